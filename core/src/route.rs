@@ -1,0 +1,1 @@
+//! TODO: route (being written)

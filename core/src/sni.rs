@@ -1,0 +1,1 @@
+//! TODO: sni (being written)

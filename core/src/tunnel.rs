@@ -1,0 +1,1 @@
+//! TODO: tunnel (being written)
