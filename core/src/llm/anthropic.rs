@@ -1,0 +1,1 @@
+//! TODO: anthropic (being written)

@@ -1,0 +1,1 @@
+//! TODO: openai (being written)

@@ -1,0 +1,1 @@
+//! TODO: sse (being written)
