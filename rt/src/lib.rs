@@ -1,1 +1,112 @@
-//! placeholder
+//! `gate-rt`: the one capability set that Gate's daemon and relay are written against.
+//!
+//! The daemon and relay logic is written once, generic over [`Runtime`]. Two crates
+//! implement it: `gate-runtime-tokio` and `gate-runtime-smol`. What a runtime must give:
+//! spawning detached tasks, timers, TCP listen / accept / connect, name resolution, and the
+//! `quinn::Runtime` that drives a QUIC endpoint. Everything built on top of those
+//! capabilities (hyper server and client glue, QUIC endpoint construction) lives here once,
+//! so that there is exactly one HTTP client path and one server path for both runtimes.
+//!
+//! Byte streams use the `tokio::io::{AsyncRead, AsyncWrite}` traits as the common
+//! vocabulary, because quinn's streams and tokio-rustls already speak them. Only the traits
+//! are used: nothing in this crate starts or requires a tokio runtime.
+//!
+//! This crate must not contain protocol logic (that is `gate-core`) nor any
+//! runtime-specific code (that is the runtime crates).
+
+pub mod client;
+pub mod hyper_glue;
+pub mod quic;
+#[cfg(feature = "scenario")]
+pub mod scenario;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A byte stream usable by every part of Gate: TCP connections, TLS sessions on top of
+/// them and QUIC streams.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// The capabilities an async runtime gives to Gate.
+///
+/// Implementations are cheap handles (`Clone`) to a running executor.
+pub trait Runtime: Clone + Send + Sync + 'static {
+    /// The name used on the command line (`--runtime tokio|smol`) and in logs.
+    const NAME: &'static str;
+
+    /// A connected TCP stream.
+    type TcpStream: ByteStream;
+    /// A bound TCP listener.
+    type TcpListener: Send + Sync + 'static;
+    /// A timer future.
+    type Sleep: Future<Output = ()> + Send + Sync + 'static;
+
+    /// Runs `fut` to completion in the background. Dropping nothing cancels it: tasks that
+    /// must stop are told so through their own channels.
+    fn spawn<F>(&self, fut: F)
+    where
+        F: Future<Output = ()> + Send + 'static;
+
+    /// A future that completes after `duration`.
+    fn sleep(&self, duration: Duration) -> Self::Sleep;
+
+    /// Binds a TCP listener (with `SO_REUSEADDR`, as servers expect).
+    fn bind_tcp(&self, addr: SocketAddr) -> io::Result<Self::TcpListener>;
+
+    /// The address a listener is bound to (useful with port 0).
+    fn listener_addr(listener: &Self::TcpListener) -> io::Result<SocketAddr>;
+
+    /// Accepts the next connection.
+    fn accept(
+        listener: &Self::TcpListener,
+    ) -> impl Future<Output = io::Result<(Self::TcpStream, SocketAddr)>> + Send;
+
+    /// Opens a TCP connection (with `TCP_NODELAY` set).
+    fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<Self::TcpStream>> + Send;
+
+    /// Resolves `host:port` to socket addresses without blocking the executor.
+    fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> impl Future<Output = io::Result<Vec<SocketAddr>>> + Send;
+
+    /// The quinn runtime that drives QUIC endpoints on this executor.
+    fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime>;
+}
+
+/// Races `fut` against a timer: `Err(Elapsed)` when `duration` passes first.
+pub async fn timeout<R: Runtime, F: Future>(
+    rt: &R,
+    duration: Duration,
+    fut: F,
+) -> Result<F::Output, Elapsed> {
+    use std::pin::pin;
+    use std::task::Poll;
+    let mut fut = pin!(fut);
+    let mut sleep = pin!(rt.sleep(duration));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(v) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Ok(v));
+        }
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(Elapsed));
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// The error of [`timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("timed out")]
+pub struct Elapsed;
