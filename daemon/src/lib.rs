@@ -1,1 +1,11 @@
-//! placeholder
+//! `gate-daemon`: the Gate AI gateway (`gate` binary) as a library.
+//!
+//! The daemon logic is written once, generic over [`gate_rt::Runtime`], and driven by
+//! `gate-runtime-tokio` or `gate-runtime-smol` (`--runtime tokio|smol`). Protocol logic
+//! (routing, SSE, conversion, config layering) lives in `gate-core`; this crate does the
+//! I/O around it: sockets, files, the environment, logs.
+
+pub mod app;
+pub mod cli;
+pub mod server;
+pub mod state;

@@ -1,0 +1,101 @@
+//! The `gate` command line (DESIGN.md §7): argument parsing, and the glue from each
+//! subcommand to the library. Errors are printed for a person at a terminal and turned
+//! into a non-zero exit code here, at the binary's edge.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::app::App;
+use crate::{server, state};
+
+/// Gate: a self-hosted AI gateway in front of OpenAI, Anthropic and every
+/// OpenAI-compatible provider.
+#[derive(Debug, Parser)]
+#[command(name = "gate", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Which async runtime drives the daemon.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeChoice {
+    /// tokio's multi-threaded runtime (default).
+    #[default]
+    Tokio,
+    /// smol's executor, one thread per core.
+    Smol,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: the HTTP API (OpenAI and Anthropic) and web UI.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// A configuration file (TOML); repeat for several, later files win. This is the
+    /// "Nix" layer: environment > runtime file > these files > defaults.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// The state directory (runtime config, keys, tokens). `GATE_STATE_DIR` overrides it;
+    /// default `$XDG_STATE_HOME/gate` (or `/var/lib/gate` under systemd).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The async runtime.
+    #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
+    pub runtime: RuntimeChoice,
+    /// Address to listen on (overrides the config's `host`).
+    #[arg(long, value_name = "ADDR", hide = true)]
+    pub host: Option<std::net::IpAddr>,
+    /// Port to listen on (overrides the config's `port`).
+    #[arg(long, value_name = "PORT", hide = true)]
+    pub port: Option<u16>,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging("info");
+    let state_dir = state::resolve_state_dir(args.state_dir.as_deref())?;
+    state::ensure_dir(&state_dir)?;
+    let host = args.host.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let port = args.port.unwrap_or(3000);
+    let addr = std::net::SocketAddr::new(host, port);
+    match args.runtime {
+        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, addr))?,
+        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr))?,
+    }
+}
+
+async fn run<R: gate_rt::Runtime>(rt: R, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+    let listener = server::bind(&rt, addr)?;
+    let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
+    tracing::info!(address = %bound, runtime = R::NAME, "gate listening");
+    let app = Arc::new(App::new(rt.clone()));
+    server::serve(rt, listener, app).await;
+    Ok(())
+}
