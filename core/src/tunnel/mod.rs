@@ -55,8 +55,13 @@
 //! unless configured) from the 4 prefix bytes alone, before buffering or allocating for the
 //! frame. Decoding never panics; every malformed input is a [`FrameError`].
 
+pub mod daemon;
 pub mod frame;
 
+pub use daemon::{
+    AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
+    DisconnectReason, RegisteredNames,
+};
 pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
