@@ -57,6 +57,7 @@
 
 pub mod daemon;
 pub mod frame;
+pub mod names;
 
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
@@ -66,4 +67,8 @@ pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
     StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+};
+pub use names::{
+    validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
+    NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, NODE_ID_LEN,
 };
