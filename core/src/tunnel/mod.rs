@@ -58,6 +58,7 @@
 pub mod daemon;
 pub mod frame;
 pub mod names;
+pub mod relay;
 
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
@@ -71,4 +72,8 @@ pub use frame::{
 pub use names::{
     validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
     NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, NODE_ID_LEN,
+};
+pub use relay::{
+    CloseReason, RelayConfig, RelayEvent, RelaySession, RelayState, StreamRefusal,
+    ACME_CHALLENGE_PREFIX,
 };
