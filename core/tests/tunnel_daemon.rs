@@ -404,3 +404,95 @@ proptest! {
         }
     }
 }
+
+#[derive(Debug, Clone)]
+enum Input {
+    Advance(u64),
+    Connected(u64),
+    ConnectFailed(u64),
+    Lost(u64),
+    Frame(u64, Frame),
+    AcmeSet,
+}
+
+fn relay_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (0u32..20_000).prop_map(registered_frame),
+        Just(Frame::Refused {
+            reason: "no".into()
+        }),
+        (0u64..6).prop_map(|seq| Frame::HeartbeatAck { seq }),
+        Just(Frame::Drain),
+        (0u64..4).prop_map(
+            |request_id| Frame::AcmeChallengeResult(AcmeChallengeResult {
+                request_id,
+                outcome: Ok(())
+            })
+        ),
+        Just(Frame::Heartbeat { seq: 1 }),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        3 => (0u64..70_000).prop_map(Input::Advance),
+        2 => (0u64..3).prop_map(Input::Connected),
+        1 => (0u64..3).prop_map(Input::ConnectFailed),
+        1 => (0u64..3).prop_map(Input::Lost),
+        3 => ((0u64..3), relay_frame()).prop_map(|(a, f)| Input::Frame(a, f)),
+        1 => Just(Input::AcmeSet),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever the runtime and the relay do, the session never panics, always has a next
+    /// deadline (it cannot wedge), never schedules a reconnect beyond the backoff cap, and every
+    /// frame it transmits is encodable.
+    #[test]
+    fn random_inputs_never_wedge_the_daemon(seed in any::<u64>(), inputs in proptest::collection::vec(input(), 1..80)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut session = DaemonSession::new(config(), seed, t0);
+        let mut last_attempt = 0u64;
+        for input in inputs {
+            // The attempt offsets pick the latest attempt or an older (stale) one.
+            let pick = |back: u64| ConnectionAttempt(last_attempt.saturating_sub(back));
+            match input {
+                Input::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
+                }
+                Input::Connected(back) => session.handle_connected(pick(back), now),
+                Input::ConnectFailed(back) => session.handle_connect_failed(pick(back), now, "x".into()),
+                Input::Lost(back) => session.handle_connection_lost(pick(back), now, "x".into()),
+                Input::Frame(back, frame) => session.handle_frame(pick(back), now, frame),
+                Input::AcmeSet => {
+                    let registered = matches!(session.state(), DaemonState::Registered { .. });
+                    let result = session.request_acme_set("_acme-challenge.x".into(), "v".into());
+                    prop_assert_eq!(result.is_ok(), registered);
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    DaemonEvent::Connect(attempt) => {
+                        prop_assert!(attempt.0 > last_attempt);
+                        last_attempt = attempt.0;
+                    }
+                    DaemonEvent::Transmit(frame) => {
+                        prop_assert!(frame.to_bytes().is_ok());
+                    }
+                    _ => {}
+                }
+            }
+            let deadline = session.poll_timeout();
+            prop_assert!(deadline.is_some(), "no deadline in {:?}", session.state());
+            if let DaemonState::Disconnected { next_attempt_at } = session.state() {
+                prop_assert!(*next_attempt_at <= now + Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -358,3 +358,110 @@ fn frames_out_of_place_are_protocol_violations() {
     session.handle_frame(t0, 0, Frame::Heartbeat { seq: 1 }, &mut names);
     assert_eq!(drain(&mut session), []);
 }
+
+mod random_inputs {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        Advance(u64),
+        Frame(Frame),
+        Lost,
+        Drain,
+        CompleteAcme(u64),
+    }
+
+    fn daemon_frame() -> impl Strategy<Value = Frame> {
+        let a = node('a');
+        prop_oneof![
+            proptest::option::of(prop_oneof![Just("home"), Just("bad_label"), Just("work")])
+                .prop_map(register_frame),
+            (0u64..5).prop_map(|seq| Frame::Heartbeat { seq }),
+            (
+                0u64..4,
+                prop_oneof![
+                    Just("_acme-challenge.home.relay.test".to_owned()),
+                    Just("_acme-challenge.work.relay.test".to_owned()),
+                    Just(format!("_acme-challenge.{a}.relay.test")),
+                    Just("home.relay.test".to_owned()),
+                ]
+            )
+                .prop_map(|(request_id, name)| Frame::AcmeChallengeSet(
+                    AcmeChallengeSet {
+                        request_id,
+                        name,
+                        txt_value: "v".into()
+                    }
+                )),
+            (0u64..4).prop_map(|request_id| Frame::AcmeChallengeClear(AcmeChallengeClear {
+                request_id,
+                name: "_acme-challenge.home.relay.test".into()
+            })),
+            Just(Frame::Drain),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            2 => (0u64..30_000).prop_map(Input::Advance),
+            4 => daemon_frame().prop_map(Input::Frame),
+            1 => Just(Input::Lost),
+            1 => Just(Input::Drain),
+            1 => (0u64..4).prop_map(Input::CompleteAcme),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever a daemon sends, the relay session never panics, only asks DNS for the
+        /// daemon's own challenge records, keeps the node online exactly while registered, and
+        /// closes once with the node marked offline.
+        #[test]
+        fn random_daemon_input_keeps_the_relay_consistent(
+            inputs in proptest::collection::vec(input(), 1..60)
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut names = table();
+            // Another node holds `work`.
+            names.register(&node('b'), Some("work"), 0);
+            let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+            let mut closed = 0;
+            for input in inputs {
+                match input {
+                    Input::Advance(ms) => {
+                        now += Duration::from_millis(ms);
+                        session.handle_timeout(now, 1000, &mut names);
+                    }
+                    Input::Frame(frame) => session.handle_frame(now, 1000, frame, &mut names),
+                    Input::Lost => session.handle_connection_lost(1000, &mut names),
+                    Input::Drain => session.start_drain(),
+                    Input::CompleteAcme(id) => session.complete_acme(id, Ok(())),
+                }
+                while let Some(event) = session.poll_event() {
+                    match event {
+                        RelayEvent::DnsSet { name, .. } => {
+                            let owned = name
+                                .strip_prefix("_acme-challenge.")
+                                .is_some_and(|n| names.owns(&node('a'), n));
+                            prop_assert!(owned, "DNS write for {} not owned by the daemon", name);
+                        }
+                        RelayEvent::Closed { .. } => closed += 1,
+                        RelayEvent::Transmit(frame) => prop_assert!(frame.to_bytes().is_ok()),
+                        _ => {}
+                    }
+                }
+                let registered = matches!(
+                    session.state(),
+                    RelayState::Registered { .. } | RelayState::Draining { .. }
+                );
+                prop_assert_eq!(names.is_online(&node('a')), registered);
+                prop_assert_eq!(closed > 0, *session.state() == RelayState::Closed);
+                prop_assert!(closed <= 1);
+                prop_assert_eq!(names.claim_owner("work"), Some(&node('b')));
+            }
+        }
+    }
+}

@@ -677,10 +677,11 @@ pub fn decode_stream_header(
 /// Incremental decoder for a stream of frames (the control stream).
 ///
 /// Push bytes as they arrive with [`FrameDecoder::push`], then call [`FrameDecoder::decode`]
-/// until it returns `Ok(None)`. Memory: the decoder holds the bytes pushed and not yet decoded.
-/// It never reserves space for a declared length, and rejects a length prefix over
-/// `max_frame_len` as soon as the prefix is complete; so if the caller drains `decode` after each
-/// push, it holds at most `max_frame_len + 4` bytes plus the last pushed chunk.
+/// until it returns `Ok(None)`. Memory: the decoder holds only the bytes pushed and not yet
+/// decoded. It never reserves space for a declared length, and rejects a length prefix over
+/// `max_frame_len` as soon as the prefix is complete; so a caller that drains `decode` after each
+/// push holds at most `max_frame_len + 4 - 1` bytes of an incomplete frame plus the chunk it
+/// pushes next (the default maximum is [`DEFAULT_MAX_FRAME_LEN`], 64 KiB).
 ///
 /// Errors are terminal: after one, `decode` returns the same error again and `push` discards
 /// its input, since the next frame boundary cannot be found.
@@ -720,8 +721,9 @@ impl FrameDecoder {
         if self.failed.is_some() {
             return;
         }
-        if self.read_offset > 0 && self.read_offset >= self.buffer.len() / 2 {
-            self.buffer.drain(..self.read_offset);
+        // Drop what was already decoded, so the buffer holds only undecoded bytes.
+        if self.read_offset > 0 {
+            self.buffer.drain(..self.read_offset.min(self.buffer.len()));
             self.read_offset = 0;
         }
         self.buffer.extend_from_slice(bytes);

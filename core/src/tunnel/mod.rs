@@ -1,9 +1,26 @@
 //! The relay <-> daemon tunnel protocol (DESIGN.md §4), sans-IO.
 //!
-//! Owns: the wire format of tunnel frames ([`frame`]), their incremental decoder, and the
-//! session state machines of both ends. Must not: open sockets or QUIC connections, read clocks
-//! (time arrives as `now: Instant`), use global randomness (jitter comes from a caller seed), or
-//! panic on anything a peer sends.
+//! Owns: the wire format of tunnel frames, their incremental decoder, the session state
+//! machines of both ends, and the relay's name table. Must not: open sockets or QUIC
+//! connections, read clocks (time arrives as `now: Instant`, wall-clock time for persisted
+//! claims as `now_unix_secs`), use global randomness (jitter comes from a caller seed), or panic
+//! on anything a peer sends.
+//!
+//! Code map:
+//! - [`frame`]: [`Frame`] and its fields, [`Frame::encode`], [`decode_frame`], [`FrameDecoder`],
+//!   [`decode_stream_header`].
+//! - [`daemon`]: [`DaemonSession`], the daemon's connection to one relay address: connect,
+//!   register, heartbeat, drain, reconnect with exponential backoff and seeded full jitter, ACME
+//!   requests.
+//! - [`relay`]: [`RelaySession`], the relay's side of one daemon connection: registration,
+//!   heartbeat acks and liveness, ACME records restricted to the daemon's own names, drain, and
+//!   the ownership check before a forwarded stream is opened.
+//! - [`names`]: [`RelayNameTable`], name -> node id with claims, lapse, online set and a serde
+//!   snapshot.
+//!
+//! Invariants (tested by properties and by the seeded simulation in `core/tests/tunnel_sim.rs`):
+//! a forwarded stream is only opened to a node that owns the name; a custom-label claim never
+//! changes owner before it lapses; a daemon registers again once its relay is back.
 //!
 //! # Transport
 //!
