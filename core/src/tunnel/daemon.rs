@@ -1,0 +1,580 @@
+//! The daemon's end of one relay connection, as a sans-IO state machine.
+//!
+//! Owns: the connection lifecycle towards one relay address (connect, register, heartbeat,
+//! drain, reconnect with exponential backoff and full jitter), the heartbeat sequence numbers,
+//! and the ids of outstanding ACME requests. Must not: touch sockets or QUIC, read a clock, or
+//! draw randomness from anywhere but the seed it was given.
+//!
+//! # Driving loop
+//!
+//! ```text
+//! let mut session = DaemonSession::new(config, seed, now);
+//! loop {
+//!     while let Some(event) = session.poll_event() {
+//!         match event {
+//!             DaemonEvent::Connect(attempt) => start a QUIC connection, open the control stream,
+//!                 then call handle_connected(attempt, now) or handle_connect_failed(attempt, ..),
+//!             DaemonEvent::Transmit(frame) => encode it onto the control stream,
+//!             DaemonEvent::Disconnected { .. } => close the connection if it is still open,
+//!             other events => update status, logs, the ACME client,
+//!         }
+//!     }
+//!     wait until session.poll_timeout(), a control frame (handle_frame), or a connection loss
+//!     (handle_connection_lost); then call handle_timeout(now) when the deadline has passed.
+//! }
+//! ```
+//!
+//! One session serves one relay address; a daemon with several relays runs one per address.
+//! Every input that concerns a connection carries the [`ConnectionAttempt`] it was started with,
+//! so late reports about an older connection are ignored.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use super::frame::{
+    AcmeChallengeClear, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame, Register, Registered,
+    PROTOCOL_VERSION,
+};
+
+/// Tunables of a [`DaemonSession`]. `Default` gives the production values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// The daemon's software version, sent in [`Register`].
+    pub daemon_version: String,
+    /// The custom DNS label to ask for, if any.
+    pub custom_label: Option<String>,
+    /// First reconnect delay ceiling; doubles per consecutive failure (default 1 s).
+    pub backoff_base: Duration,
+    /// Largest reconnect delay ceiling (default 60 s).
+    pub backoff_cap: Duration,
+    /// How long connecting (QUIC handshake and control stream) may take (default 10 s).
+    pub connect_timeout: Duration,
+    /// How long the relay may take to answer [`Register`] (default 10 s).
+    pub registration_timeout: Duration,
+    /// The connection is declared dead after this many heartbeat intervals without an ack
+    /// (default 3).
+    pub missed_heartbeats_allowed: u32,
+    /// Lower bound applied to the relay's heartbeat interval, so a bogus relay cannot make the
+    /// daemon spin (default 1 s).
+    pub min_heartbeat_interval: Duration,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            daemon_version: String::new(),
+            custom_label: None,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(10),
+            registration_timeout: Duration::from_secs(10),
+            missed_heartbeats_allowed: 3,
+            min_heartbeat_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Identifies one connection attempt; reports about other attempts are ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnectionAttempt(pub u64);
+
+/// The names a relay granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredNames {
+    /// `<node-id>.<suffix>`, always granted.
+    pub node_name: String,
+    /// `<custom-label>.<suffix>` when granted.
+    pub custom_name: Option<String>,
+    /// Why the custom label was refused, when it was.
+    pub custom_name_refusal: Option<String>,
+}
+
+/// Why a connection ended or never came up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    /// The runtime could not connect.
+    #[error("could not connect to the relay: {0}")]
+    ConnectFailed(String),
+    /// Connecting took longer than [`DaemonConfig::connect_timeout`].
+    #[error("connecting to the relay timed out")]
+    ConnectTimeout,
+    /// The relay did not answer the registration in time.
+    #[error("the relay did not answer the registration in time")]
+    RegistrationTimeout,
+    /// The relay refused the registration.
+    #[error("the relay refused the registration: {0}")]
+    Refused(String),
+    /// The runtime reported the connection lost.
+    #[error("connection to the relay lost: {0}")]
+    ConnectionLost(String),
+    /// No heartbeat ack for too long.
+    #[error("the relay stopped answering heartbeats")]
+    HeartbeatTimeout,
+    /// The relay sent something the protocol does not allow.
+    #[error("the relay broke the protocol: {0}")]
+    ProtocolViolation(String),
+}
+
+/// What the runtime must do or know, drained with [`DaemonSession::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonEvent {
+    /// Open a QUIC connection to the relay and its control stream; report the outcome with
+    /// [`DaemonSession::handle_connected`] or [`DaemonSession::handle_connect_failed`].
+    Connect(ConnectionAttempt),
+    /// Send this frame on the control stream of the current connection.
+    Transmit(Frame),
+    /// The relay accepted the registration.
+    Registered(RegisteredNames),
+    /// The relay refused the registration entirely (a [`DaemonEvent::Disconnected`] follows).
+    Refused {
+        /// The relay's reason.
+        reason: String,
+    },
+    /// The relay is going away: it takes no new work; existing streams may finish.
+    Draining,
+    /// Outcome of an ACME request made with [`DaemonSession::request_acme_set`] or
+    /// [`DaemonSession::request_acme_clear`].
+    AcmeChallengeResult {
+        /// The id returned by the request.
+        request_id: u64,
+        /// `Err` carries the relay's message, or says the connection was lost.
+        outcome: Result<(), String>,
+    },
+    /// The relay reported an error on the control stream.
+    RelayError(ErrorFrame),
+    /// The connection is over (close it if still open); the next attempt is scheduled.
+    Disconnected {
+        /// Why.
+        reason: DisconnectReason,
+    },
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DaemonState {
+    /// No connection; the next attempt starts at `next_attempt_at`.
+    Disconnected {
+        /// When [`DaemonEvent::Connect`] will be emitted.
+        next_attempt_at: Instant,
+    },
+    /// Waiting for the runtime to connect.
+    Connecting {
+        /// The attempt in progress.
+        attempt: ConnectionAttempt,
+        /// Deadline for [`DaemonSession::handle_connected`].
+        deadline: Instant,
+    },
+    /// [`Register`] sent, waiting for the answer.
+    Registering {
+        /// The attempt in progress.
+        attempt: ConnectionAttempt,
+        /// Deadline for the answer.
+        deadline: Instant,
+    },
+    /// Registered and heartbeating.
+    Registered {
+        /// The connection.
+        attempt: ConnectionAttempt,
+        /// The names granted.
+        names: RegisteredNames,
+    },
+    /// The relay announced it is going away; heartbeats continue until the connection ends.
+    Draining {
+        /// The connection.
+        attempt: ConnectionAttempt,
+        /// The names granted (still served by existing streams).
+        names: RegisteredNames,
+    },
+}
+
+/// Why an ACME request could not be queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcmeRequestError {
+    /// Only a registered, non-draining connection takes ACME requests.
+    #[error("not registered with this relay")]
+    NotRegistered,
+}
+
+/// Heartbeat bookkeeping of a registered connection.
+#[derive(Debug, Clone)]
+struct Heartbeats {
+    interval: Duration,
+    next_send_at: Instant,
+    /// Registration time or the time of the last ack that acknowledged something new.
+    last_heard_at: Instant,
+    last_sent_seq: u64,
+    last_acked_seq: u64,
+}
+
+/// SplitMix64: a small deterministic generator for backoff jitter, seeded by the caller.
+#[derive(Debug, Clone)]
+struct JitterRng(u64);
+
+impl JitterRng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `[0, ceiling]`, at nanosecond resolution.
+    fn duration_up_to(&mut self, ceiling: Duration) -> Duration {
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        let draw = self.next_u64() % nanos.saturating_add(1).max(1);
+        Duration::from_nanos(draw)
+    }
+}
+
+/// The daemon's session with one relay. See the module docs for the driving loop.
+#[derive(Debug, Clone)]
+pub struct DaemonSession {
+    config: DaemonConfig,
+    state: DaemonState,
+    heartbeats: Option<Heartbeats>,
+    events: VecDeque<DaemonEvent>,
+    rng: JitterRng,
+    next_attempt: u64,
+    /// Failures since the last successful registration; drives the backoff exponent.
+    consecutive_failures: u32,
+    next_request_id: u64,
+    pending_acme: BTreeSet<u64>,
+}
+
+impl DaemonSession {
+    /// A session that will connect at `now` (on the first [`DaemonSession::handle_timeout`]).
+    /// `seed` feeds the reconnect jitter; give each session its own.
+    pub fn new(config: DaemonConfig, seed: u64, now: Instant) -> Self {
+        Self {
+            config,
+            state: DaemonState::Disconnected {
+                next_attempt_at: now,
+            },
+            heartbeats: None,
+            events: VecDeque::new(),
+            rng: JitterRng(seed),
+            next_attempt: 1,
+            consecutive_failures: 0,
+            next_request_id: 1,
+            pending_acme: BTreeSet::new(),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &DaemonState {
+        &self.state
+    }
+
+    /// The granted names while registered or draining.
+    pub fn names(&self) -> Option<&RegisteredNames> {
+        match &self.state {
+            DaemonState::Registered { names, .. } | DaemonState::Draining { names, .. } => {
+                Some(names)
+            }
+            _ => None,
+        }
+    }
+
+    /// The next event for the runtime, if any.
+    pub fn poll_event(&mut self) -> Option<DaemonEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`DaemonSession::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match &self.state {
+            DaemonState::Disconnected { next_attempt_at } => Some(*next_attempt_at),
+            DaemonState::Connecting { deadline, .. }
+            | DaemonState::Registering { deadline, .. } => Some(*deadline),
+            DaemonState::Registered { .. } | DaemonState::Draining { .. } => self
+                .heartbeats
+                .as_ref()
+                .map(|hb| hb.next_send_at.min(self.dead_at(hb))),
+        }
+    }
+
+    fn dead_at(&self, hb: &Heartbeats) -> Instant {
+        let allowed = self.config.missed_heartbeats_allowed.max(1);
+        hb.last_heard_at + hb.interval.saturating_mul(allowed)
+    }
+
+    fn current_attempt(&self) -> Option<ConnectionAttempt> {
+        match &self.state {
+            DaemonState::Disconnected { .. } => None,
+            DaemonState::Connecting { attempt, .. }
+            | DaemonState::Registering { attempt, .. }
+            | DaemonState::Registered { attempt, .. }
+            | DaemonState::Draining { attempt, .. } => Some(*attempt),
+        }
+    }
+
+    /// Drives timers: starts connection attempts, sends heartbeats, and declares timeouts.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match &self.state {
+            DaemonState::Disconnected { next_attempt_at } => {
+                if now >= *next_attempt_at {
+                    let attempt = ConnectionAttempt(self.next_attempt);
+                    self.next_attempt = self.next_attempt.saturating_add(1);
+                    self.state = DaemonState::Connecting {
+                        attempt,
+                        deadline: now + self.config.connect_timeout,
+                    };
+                    self.events.push_back(DaemonEvent::Connect(attempt));
+                }
+            }
+            DaemonState::Connecting { deadline, .. } => {
+                if now >= *deadline {
+                    self.fail(now, DisconnectReason::ConnectTimeout);
+                }
+            }
+            DaemonState::Registering { deadline, .. } => {
+                if now >= *deadline {
+                    self.fail(now, DisconnectReason::RegistrationTimeout);
+                }
+            }
+            DaemonState::Registered { .. } | DaemonState::Draining { .. } => {
+                let Some(hb) = self.heartbeats.as_ref() else {
+                    return;
+                };
+                if now >= self.dead_at(hb) {
+                    self.fail(now, DisconnectReason::HeartbeatTimeout);
+                    return;
+                }
+                if let Some(hb) = self.heartbeats.as_mut() {
+                    if now >= hb.next_send_at {
+                        hb.last_sent_seq = hb.last_sent_seq.saturating_add(1);
+                        // Skip missed slots instead of bursting after a stall.
+                        while hb.next_send_at <= now {
+                            hb.next_send_at += hb.interval;
+                        }
+                        let seq = hb.last_sent_seq;
+                        self.events
+                            .push_back(DaemonEvent::Transmit(Frame::Heartbeat { seq }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The runtime connected `attempt` and opened the control stream: register.
+    pub fn handle_connected(&mut self, attempt: ConnectionAttempt, now: Instant) {
+        if !matches!(self.state, DaemonState::Connecting { attempt: a, .. } if a == attempt) {
+            return;
+        }
+        self.state = DaemonState::Registering {
+            attempt,
+            deadline: now + self.config.registration_timeout,
+        };
+        self.events
+            .push_back(DaemonEvent::Transmit(Frame::Register(Register {
+                protocol_version: PROTOCOL_VERSION,
+                daemon_version: self.config.daemon_version.clone(),
+                custom_label: self.config.custom_label.clone(),
+            })));
+    }
+
+    /// The runtime could not connect `attempt`.
+    pub fn handle_connect_failed(
+        &mut self,
+        attempt: ConnectionAttempt,
+        now: Instant,
+        error: String,
+    ) {
+        if matches!(self.state, DaemonState::Connecting { attempt: a, .. } if a == attempt) {
+            self.fail(now, DisconnectReason::ConnectFailed(error));
+        }
+    }
+
+    /// The runtime lost the connection of `attempt` (closed, reset, stream error, undecodable
+    /// frame). A relay that drained is reconnected to without an added failure.
+    pub fn handle_connection_lost(
+        &mut self,
+        attempt: ConnectionAttempt,
+        now: Instant,
+        error: String,
+    ) {
+        if self.current_attempt() != Some(attempt) {
+            return;
+        }
+        if matches!(self.state, DaemonState::Draining { .. }) {
+            // A planned goodbye: come back soon, as after a success.
+            self.consecutive_failures = 0;
+        }
+        self.fail(now, DisconnectReason::ConnectionLost(error));
+    }
+
+    /// A control frame arrived on the connection of `attempt`.
+    pub fn handle_frame(&mut self, attempt: ConnectionAttempt, now: Instant, frame: Frame) {
+        if self.current_attempt() != Some(attempt) {
+            return;
+        }
+        match (&self.state, frame) {
+            (DaemonState::Registering { .. }, Frame::Registered(registered)) => {
+                self.on_registered(attempt, now, registered);
+            }
+            (DaemonState::Registering { .. }, Frame::Refused { reason }) => {
+                self.events.push_back(DaemonEvent::Refused {
+                    reason: reason.clone(),
+                });
+                self.fail(now, DisconnectReason::Refused(reason));
+            }
+            (
+                DaemonState::Registered { .. } | DaemonState::Draining { .. },
+                Frame::HeartbeatAck { seq },
+            ) => {
+                if let Some(hb) = self.heartbeats.as_mut() {
+                    if seq > hb.last_sent_seq {
+                        self.violation(now, format!("ack for heartbeat {seq} that was never sent"));
+                    } else if seq > hb.last_acked_seq {
+                        hb.last_acked_seq = seq;
+                        hb.last_heard_at = now;
+                    }
+                }
+            }
+            (
+                DaemonState::Registered { .. } | DaemonState::Draining { .. },
+                Frame::AcmeChallengeResult(result),
+            ) => {
+                if self.pending_acme.remove(&result.request_id) {
+                    self.events.push_back(DaemonEvent::AcmeChallengeResult {
+                        request_id: result.request_id,
+                        outcome: result.outcome,
+                    });
+                } else {
+                    self.violation(
+                        now,
+                        format!("result for unknown ACME request {}", result.request_id),
+                    );
+                }
+            }
+            (DaemonState::Registered { attempt, names }, Frame::Drain) => {
+                self.state = DaemonState::Draining {
+                    attempt: *attempt,
+                    names: names.clone(),
+                };
+                self.events.push_back(DaemonEvent::Draining);
+            }
+            (DaemonState::Draining { .. }, Frame::Drain) => {}
+            (_, Frame::Error(error)) => self.events.push_back(DaemonEvent::RelayError(error)),
+            (_, other) => {
+                self.violation(
+                    now,
+                    format!("unexpected frame type 0x{:02x}", other.frame_type()),
+                );
+            }
+        }
+    }
+
+    /// Asks the relay to publish an ACME TXT record; the answer comes as
+    /// [`DaemonEvent::AcmeChallengeResult`] with the returned id.
+    pub fn request_acme_set(
+        &mut self,
+        name: String,
+        txt_value: String,
+    ) -> Result<u64, AcmeRequestError> {
+        let request_id = self.reserve_acme_request()?;
+        self.events
+            .push_back(DaemonEvent::Transmit(Frame::AcmeChallengeSet(
+                AcmeChallengeSet {
+                    request_id,
+                    name,
+                    txt_value,
+                },
+            )));
+        Ok(request_id)
+    }
+
+    /// Asks the relay to remove an ACME TXT record.
+    pub fn request_acme_clear(&mut self, name: String) -> Result<u64, AcmeRequestError> {
+        let request_id = self.reserve_acme_request()?;
+        self.events
+            .push_back(DaemonEvent::Transmit(Frame::AcmeChallengeClear(
+                AcmeChallengeClear { request_id, name },
+            )));
+        Ok(request_id)
+    }
+
+    fn reserve_acme_request(&mut self) -> Result<u64, AcmeRequestError> {
+        if !matches!(self.state, DaemonState::Registered { .. }) {
+            return Err(AcmeRequestError::NotRegistered);
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.pending_acme.insert(request_id);
+        Ok(request_id)
+    }
+
+    fn on_registered(&mut self, attempt: ConnectionAttempt, now: Instant, registered: Registered) {
+        if registered.protocol_version == 0 || registered.protocol_version > PROTOCOL_VERSION {
+            self.violation(
+                now,
+                format!(
+                    "relay chose protocol version {}, this daemon speaks 1..={PROTOCOL_VERSION}",
+                    registered.protocol_version
+                ),
+            );
+            return;
+        }
+        let interval = registered
+            .heartbeat_interval()
+            .max(self.config.min_heartbeat_interval);
+        let names = RegisteredNames {
+            node_name: registered.node_name,
+            custom_name: registered.custom_name,
+            custom_name_refusal: registered.custom_name_refusal,
+        };
+        self.consecutive_failures = 0;
+        self.heartbeats = Some(Heartbeats {
+            interval,
+            next_send_at: now + interval,
+            last_heard_at: now,
+            last_sent_seq: 0,
+            last_acked_seq: 0,
+        });
+        self.state = DaemonState::Registered {
+            attempt,
+            names: names.clone(),
+        };
+        self.events.push_back(DaemonEvent::Registered(names));
+    }
+
+    fn violation(&mut self, now: Instant, message: String) {
+        self.events
+            .push_back(DaemonEvent::Transmit(Frame::Error(ErrorFrame {
+                code: ErrorCode::PROTOCOL_VIOLATION,
+                message: message.clone(),
+            })));
+        self.fail(now, DisconnectReason::ProtocolViolation(message));
+    }
+
+    /// Ends the current connection and schedules the next attempt with backoff and full jitter.
+    fn fail(&mut self, now: Instant, reason: DisconnectReason) {
+        for request_id in std::mem::take(&mut self.pending_acme) {
+            self.events.push_back(DaemonEvent::AcmeChallengeResult {
+                request_id,
+                outcome: Err(format!("request abandoned: {reason}")),
+            });
+        }
+        self.heartbeats = None;
+        let ceiling = self.backoff_ceiling();
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let delay = self.rng.duration_up_to(ceiling);
+        self.state = DaemonState::Disconnected {
+            next_attempt_at: now + delay,
+        };
+        self.events.push_back(DaemonEvent::Disconnected { reason });
+    }
+
+    /// The current ceiling of the reconnect delay (before jitter), for status displays.
+    pub fn backoff_ceiling(&self) -> Duration {
+        let exponent = self.consecutive_failures.min(31);
+        self.config
+            .backoff_base
+            .saturating_mul(1u32 << exponent)
+            .min(self.config.backoff_cap)
+    }
+}

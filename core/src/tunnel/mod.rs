@@ -1,0 +1,96 @@
+//! The relay <-> daemon tunnel protocol (DESIGN.md §4), sans-IO.
+//!
+//! Owns: the wire format of tunnel frames, their incremental decoder, the session state
+//! machines of both ends, and the relay's name table. Must not: open sockets or QUIC
+//! connections, read clocks (time arrives as `now: Instant`, wall-clock time for persisted
+//! claims as `now_unix_secs`), use global randomness (jitter comes from a caller seed), or panic
+//! on anything a peer sends.
+//!
+//! Code map:
+//! - [`frame`]: [`Frame`] and its fields, [`Frame::encode`], [`decode_frame`], [`FrameDecoder`],
+//!   [`decode_stream_header`].
+//! - [`daemon`]: [`DaemonSession`], the daemon's connection to one relay address: connect,
+//!   register, heartbeat, drain, reconnect with exponential backoff and seeded full jitter, ACME
+//!   requests.
+//! - [`relay`]: [`RelaySession`], the relay's side of one daemon connection: registration,
+//!   heartbeat acks and liveness, ACME records restricted to the daemon's own names, drain, and
+//!   the ownership check before a forwarded stream is opened.
+//! - [`names`]: [`RelayNameTable`], name -> node id with claims, lapse, online set and a serde
+//!   snapshot.
+//!
+//! Invariants (tested by properties and by the seeded simulation in `core/tests/tunnel_sim.rs`):
+//! a forwarded stream is only opened to a node that owns the name; a custom-label claim never
+//! changes owner before it lapses; a daemon registers again once its relay is back.
+//!
+//! # Transport
+//!
+//! QUIC with ALPN [`ALPN`] (`gate-relay/1`). The daemon opens the first bidirectional stream:
+//! that is the **control stream**, carrying a sequence of frames in both directions, starting
+//! with [`Frame::Register`]. Every HTTPS connection the relay forwards is a **relay-opened
+//! bidirectional stream** that starts with exactly one [`Frame::StreamHeader`] frame, followed by
+//! the client's raw bytes (use [`decode_stream_header`] on its first bytes).
+//!
+//! # Frame layout
+//!
+//! All integers are big-endian.
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | `len`: `u32`, length of everything after this field (type byte + body); `1 <= len <= max` |
+//! | 1 | frame type |
+//! | `len - 1` | body, per type below; must be consumed exactly (no trailing bytes) |
+//!
+//! Field encodings: `u8`/`u16`/`u32`/`u64` big-endian; `str` = `u16` byte length + UTF-8
+//! bytes (at most [`MAX_STRING_LEN`]); `opt<str>` = `u8` 0 (absent) or 1 followed by `str`;
+//! `addr` = `u8` 4 + 4 address bytes, or `u8` 6 + 16 address bytes, then `u16` port (IPv6 flow
+//! info and scope id are not carried).
+//!
+//! | type | frame | direction | body |
+//! |---|---|---|---|
+//! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label |
+//! | `0x02` | Registered | relay -> daemon | `u16` protocol version, `str` node name (`<node-id>.<suffix>`), `opt<str>` custom name granted, `opt<str>` custom name refusal reason, `u32` heartbeat interval (ms) |
+//! | `0x03` | Refused | relay -> daemon | `str` reason |
+//! | `0x04` | Heartbeat | daemon -> relay | `u64` seq |
+//! | `0x05` | HeartbeatAck | relay -> daemon | `u64` seq |
+//! | `0x06` | StreamHeader | relay -> daemon, forwarded streams only | `addr` client address, `str` server name |
+//! | `0x07` | AcmeChallengeSet | daemon -> relay | `u64` request id, `str` record name, `str` TXT value |
+//! | `0x08` | AcmeChallengeClear | daemon -> relay | `u64` request id, `str` record name |
+//! | `0x09` | AcmeChallengeResult | relay -> daemon | `u64` request id, `u8` 0 = ok, or 1 followed by `str` error message |
+//! | `0x0A` | Drain | relay -> daemon | empty |
+//! | `0x0B` | Error | either | `u16` code ([`ErrorCode`]), `str` message |
+//!
+//! # Versioning
+//!
+//! [`PROTOCOL_VERSION`] is 1. The daemon sends the highest version it speaks in `Register`; the
+//! relay answers `Registered` with the version both will use (at most the daemon's) or `Refused`
+//! when it has none in common. Unknown frame types are a decoding error, so a new frame type
+//! needs a new protocol version.
+//!
+//! # Limits
+//!
+//! A decoder rejects any length prefix over its maximum ([`DEFAULT_MAX_FRAME_LEN`] = 64 KiB
+//! unless configured) from the 4 prefix bytes alone, before buffering or allocating for the
+//! frame. Decoding never panics; every malformed input is a [`FrameError`].
+
+pub mod daemon;
+pub mod frame;
+pub mod names;
+pub mod relay;
+
+pub use daemon::{
+    AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
+    DisconnectReason, RegisteredNames,
+};
+pub use frame::{
+    decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
+    EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
+    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+};
+pub use names::{
+    validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
+    NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, NODE_ID_LEN,
+};
+pub use relay::{
+    CloseReason, RelayConfig, RelayEvent, RelaySession, RelayState, StreamRefusal,
+    ACME_CHALLENGE_PREFIX,
+};

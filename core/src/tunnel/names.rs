@@ -1,0 +1,415 @@
+//! The relay's name table: which daemon (node id) owns which public name, and who is online.
+//!
+//! Owns: node id and label validation, custom-label claims bound to node ids, their lapse after
+//! a configurable absence, the online set, and a serde snapshot for persistence. Must not: read
+//! clocks or files. Wall-clock time arrives as `now_unix_secs` (seconds since the Unix epoch),
+//! because claims outlive the process and `Instant` does not; the caller persists snapshots.
+//!
+//! Names: a daemon always owns `<node-id>.<suffix>`; `<label>.<suffix>` is granted when the label
+//! is free, lapsed, or already bound to the same node id. Labels shaped like node ids are
+//! reserved, so a custom label can never shadow another daemon's node-id name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Length of a node id: lower-case base32 without padding of a 32-byte Ed25519 public key.
+pub const NODE_ID_LEN: usize = 52;
+
+/// Default absence after which a custom-label claim lapses (30 days).
+pub const DEFAULT_CLAIM_LAPSE: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// A daemon's node id: 52 characters of lower-case RFC 4648 base32 (`a-z`, `2-7`), a valid DNS
+/// label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Validates a node id.
+    pub fn parse(text: &str) -> Result<Self, NameError> {
+        let well_formed = text.len() == NODE_ID_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b));
+        if well_formed {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(NameError::InvalidNodeId(text.chars().take(80).collect()))
+        }
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = NameError;
+    fn try_from(text: String) -> Result<Self, NameError> {
+        Self::parse(&text)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+/// Invalid names and ids.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    /// Not a node id.
+    #[error("`{0}` is not a node id (52 characters of lower-case base32)")]
+    InvalidNodeId(String),
+    /// Not a DNS label.
+    #[error("`{label}` is not a valid DNS label: {why}")]
+    InvalidLabel {
+        /// The label (truncated to 80 characters).
+        label: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// The label has the shape of a node id.
+    #[error("`{0}` is reserved: labels shaped like node ids cannot be claimed")]
+    ReservedLabel(String),
+    /// Not a valid domain suffix.
+    #[error("`{0}` is not a valid domain suffix (dot-separated DNS labels)")]
+    InvalidSuffix(String),
+    /// A snapshot holds the same label twice.
+    #[error("the snapshot claims label `{0}` twice")]
+    DuplicateClaim(String),
+}
+
+/// Validates a custom label and returns it lower-cased: 1 to 63 characters of `a-z`, `0-9` and
+/// `-`, not starting or ending with `-`, and not shaped like a node id.
+pub fn validate_custom_label(label: &str) -> Result<String, NameError> {
+    let lower = label.to_ascii_lowercase();
+    let invalid = |why| NameError::InvalidLabel {
+        label: label.chars().take(80).collect(),
+        why,
+    };
+    if lower.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if lower.len() > 63 {
+        return Err(invalid("it is longer than 63 characters"));
+    }
+    if !lower
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(invalid("only letters, digits and `-` are allowed"));
+    }
+    if lower.starts_with('-') || lower.ends_with('-') {
+        return Err(invalid("it must not start or end with `-`"));
+    }
+    if NodeId::parse(&lower).is_ok() {
+        return Err(NameError::ReservedLabel(lower));
+    }
+    Ok(lower)
+}
+
+fn is_dns_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+/// Configuration of a [`RelayNameTable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameTableConfig {
+    /// The relay's domain suffix, e.g. `relay.example.com` or `localhost`; stored lower-case.
+    pub domain_suffix: String,
+    /// Absence after which a custom-label claim lapses ([`DEFAULT_CLAIM_LAPSE`]).
+    pub claim_lapse: Duration,
+}
+
+impl NameTableConfig {
+    /// Validates the suffix (lower-cased, trailing dot removed) and uses the default lapse.
+    pub fn new(domain_suffix: &str) -> Result<Self, NameError> {
+        let suffix = domain_suffix.trim_end_matches('.').to_ascii_lowercase();
+        if suffix.is_empty() || suffix.len() > 253 || !suffix.split('.').all(is_dns_label) {
+            return Err(NameError::InvalidSuffix(
+                domain_suffix.chars().take(80).collect(),
+            ));
+        }
+        Ok(Self {
+            domain_suffix: suffix,
+            claim_lapse: DEFAULT_CLAIM_LAPSE,
+        })
+    }
+}
+
+/// One persisted claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimRecord {
+    /// The custom label.
+    pub label: String,
+    /// Its owner.
+    pub node_id: NodeId,
+    /// When the owner was last seen, in seconds since the Unix epoch.
+    pub last_seen_unix_secs: u64,
+}
+
+/// The persistent part of a [`RelayNameTable`]: claims, sorted by label.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameTableSnapshot {
+    /// All claims.
+    pub claims: Vec<ClaimRecord>,
+}
+
+/// What a registration was granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameGrant {
+    /// `<node-id>.<suffix>`.
+    pub node_name: String,
+    /// `<label>.<suffix>` when the custom label was granted.
+    pub custom_name: Option<String>,
+    /// Why the custom label was refused, written for a person.
+    pub custom_name_refusal: Option<String>,
+}
+
+impl NameGrant {
+    /// Every name granted, node name first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.node_name.as_str()).chain(self.custom_name.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Claim {
+    node_id: NodeId,
+    last_seen_unix_secs: u64,
+}
+
+/// Name -> node table of a relay. See the module docs.
+#[derive(Debug, Clone)]
+pub struct RelayNameTable {
+    config: NameTableConfig,
+    claims: BTreeMap<String, Claim>,
+    /// Online nodes and how many live registrations each has (a daemon may reconnect before its
+    /// old connection is declared dead).
+    online: BTreeMap<NodeId, u32>,
+}
+
+impl RelayNameTable {
+    /// An empty table.
+    pub fn new(config: NameTableConfig) -> Self {
+        Self {
+            config,
+            claims: BTreeMap::new(),
+            online: BTreeMap::new(),
+        }
+    }
+
+    /// A table restored from a snapshot; every node starts offline.
+    pub fn from_snapshot(
+        config: NameTableConfig,
+        snapshot: NameTableSnapshot,
+    ) -> Result<Self, NameError> {
+        let mut table = Self::new(config);
+        for record in snapshot.claims {
+            let label = validate_custom_label(&record.label)?;
+            if table.claims.contains_key(&label) {
+                return Err(NameError::DuplicateClaim(label));
+            }
+            table.claims.insert(
+                label,
+                Claim {
+                    node_id: record.node_id,
+                    last_seen_unix_secs: record.last_seen_unix_secs,
+                },
+            );
+        }
+        Ok(table)
+    }
+
+    /// The persistent state, for the caller to write to disk.
+    pub fn snapshot(&self) -> NameTableSnapshot {
+        NameTableSnapshot {
+            claims: self
+                .claims
+                .iter()
+                .map(|(label, claim)| ClaimRecord {
+                    label: label.clone(),
+                    node_id: claim.node_id.clone(),
+                    last_seen_unix_secs: claim.last_seen_unix_secs,
+                })
+                .collect(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NameTableConfig {
+        &self.config
+    }
+
+    /// `<node-id>.<suffix>`.
+    pub fn node_name(&self, node_id: &NodeId) -> String {
+        format!("{node_id}.{}", self.config.domain_suffix)
+    }
+
+    fn lapsed(&self, claim: &Claim, now_unix_secs: u64) -> bool {
+        !self.is_online(&claim.node_id)
+            && now_unix_secs.saturating_sub(claim.last_seen_unix_secs)
+                >= self.config.claim_lapse.as_secs()
+    }
+
+    /// Registers an online daemon and decides its custom label. The node stays online until a
+    /// matching [`RelayNameTable::go_offline`].
+    pub fn register(
+        &mut self,
+        node_id: &NodeId,
+        custom_label: Option<&str>,
+        now_unix_secs: u64,
+    ) -> NameGrant {
+        let count = self.online.entry(node_id.clone()).or_insert(0);
+        *count = count.saturating_add(1);
+        self.touch(node_id, now_unix_secs);
+        let node_name = self.node_name(node_id);
+        let Some(requested) = custom_label else {
+            return NameGrant {
+                node_name,
+                custom_name: None,
+                custom_name_refusal: None,
+            };
+        };
+        match self.claim(node_id, requested, now_unix_secs) {
+            Ok(custom_name) => NameGrant {
+                node_name,
+                custom_name: Some(custom_name),
+                custom_name_refusal: None,
+            },
+            Err(refusal) => NameGrant {
+                node_name,
+                custom_name: None,
+                custom_name_refusal: Some(refusal),
+            },
+        }
+    }
+
+    fn claim(
+        &mut self,
+        node_id: &NodeId,
+        requested: &str,
+        now_unix_secs: u64,
+    ) -> Result<String, String> {
+        let label = validate_custom_label(requested)
+            .map_err(|error| format!("custom domain refused: {error}"))?;
+        let name = format!("{label}.{}", self.config.domain_suffix);
+        if let Some(existing) = self.claims.get(&label) {
+            if existing.node_id != *node_id && !self.lapsed(existing, now_unix_secs) {
+                return Err(format!(
+                    "custom domain refused: `{name}` is claimed by another node; \
+                     it becomes free after that node has been absent for {} days",
+                    self.config.claim_lapse.as_secs() / 86_400
+                ));
+            }
+        }
+        // One custom label per node: a node that asks for a new label gives up its old one.
+        self.claims
+            .retain(|other, claim| claim.node_id != *node_id || *other == label);
+        self.claims.insert(
+            label,
+            Claim {
+                node_id: node_id.clone(),
+                last_seen_unix_secs: now_unix_secs,
+            },
+        );
+        Ok(name)
+    }
+
+    /// Records that `node_id` was seen (e.g. on a heartbeat): refreshes its claims.
+    pub fn touch(&mut self, node_id: &NodeId, now_unix_secs: u64) {
+        for claim in self.claims.values_mut() {
+            if claim.node_id == *node_id {
+                claim.last_seen_unix_secs = claim.last_seen_unix_secs.max(now_unix_secs);
+            }
+        }
+    }
+
+    /// One registration of `node_id` ended. The node is offline once all have ended.
+    pub fn go_offline(&mut self, node_id: &NodeId, now_unix_secs: u64) {
+        self.touch(node_id, now_unix_secs);
+        if let Some(count) = self.online.get_mut(node_id) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.online.remove(node_id);
+            }
+        }
+    }
+
+    /// Whether `node_id` has a live registration.
+    pub fn is_online(&self, node_id: &NodeId) -> bool {
+        self.online.contains_key(node_id)
+    }
+
+    /// Removes lapsed claims; returns the labels removed. Call it now and then (e.g. before
+    /// taking a snapshot); lookups and claims already treat lapsed claims as absent.
+    pub fn expire(&mut self, now_unix_secs: u64) -> Vec<String> {
+        let lapsed: Vec<String> = self
+            .claims
+            .iter()
+            .filter(|(_, claim)| self.lapsed(claim, now_unix_secs))
+            .map(|(label, _)| label.clone())
+            .collect();
+        for label in &lapsed {
+            self.claims.remove(label);
+        }
+        lapsed
+    }
+
+    /// The owner of a custom label, online or not (lapsed claims included until expired).
+    pub fn claim_owner(&self, label: &str) -> Option<&NodeId> {
+        self.claims.get(label).map(|claim| &claim.node_id)
+    }
+
+    /// The online node that serves `server_name` (case-insensitive, trailing dot allowed), or
+    /// `None` for names outside the suffix, unknown labels and offline owners.
+    pub fn lookup(&self, server_name: &str) -> Option<NodeId> {
+        let name = server_name.trim_end_matches('.').to_ascii_lowercase();
+        let label = name
+            .strip_suffix(self.config.domain_suffix.as_str())?
+            .strip_suffix('.')?;
+        if label.contains('.') {
+            return None;
+        }
+        let node_id = match NodeId::parse(label) {
+            Ok(node_id) => node_id,
+            Err(_) => self.claims.get(label)?.node_id.clone(),
+        };
+        self.is_online(&node_id).then_some(node_id)
+    }
+
+    /// Whether `name` (a record name without the `_acme-challenge.` prefix, or a server name)
+    /// is one of the names `node_id` currently owns.
+    pub fn owns(&self, node_id: &NodeId, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let Some(label) = name
+            .strip_suffix(self.config.domain_suffix.as_str())
+            .and_then(|rest| rest.strip_suffix('.'))
+        else {
+            return false;
+        };
+        label == node_id.as_str()
+            || self
+                .claims
+                .get(label)
+                .is_some_and(|claim| claim.node_id == *node_id)
+    }
+}

@@ -1,0 +1,498 @@
+//! Scripted event sequences for the daemon's relay session.
+
+use std::time::{Duration, Instant};
+
+use gate_core::tunnel::{
+    AcmeChallengeResult, AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent,
+    DaemonSession, DaemonState, DisconnectReason, ErrorCode, Frame, Register, Registered,
+    RegisteredNames, PROTOCOL_VERSION,
+};
+use proptest::prelude::*;
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn config() -> DaemonConfig {
+    DaemonConfig {
+        daemon_version: "0.1.0".into(),
+        custom_label: Some("home".into()),
+        ..DaemonConfig::default()
+    }
+}
+
+fn drain(session: &mut DaemonSession) -> Vec<DaemonEvent> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn registered_frame(interval_ms: u32) -> Frame {
+    Frame::Registered(Registered {
+        protocol_version: PROTOCOL_VERSION,
+        node_name: "node.relay.test".into(),
+        custom_name: Some("home.relay.test".into()),
+        custom_name_refusal: None,
+        heartbeat_interval_ms: interval_ms,
+    })
+}
+
+fn names() -> RegisteredNames {
+    RegisteredNames {
+        node_name: "node.relay.test".into(),
+        custom_name: Some("home.relay.test".into()),
+        custom_name_refusal: None,
+    }
+}
+
+/// Brings a fresh session to Registered with a 10 s heartbeat interval; returns the attempt.
+fn register(session: &mut DaemonSession, now: Instant) -> ConnectionAttempt {
+    session.handle_timeout(now);
+    let events = drain(session);
+    let [DaemonEvent::Connect(attempt)] = events[..] else {
+        panic!("expected Connect, got {events:?}");
+    };
+    session.handle_connected(attempt, now);
+    assert_eq!(
+        drain(session),
+        [DaemonEvent::Transmit(Frame::Register(Register {
+            protocol_version: PROTOCOL_VERSION,
+            daemon_version: "0.1.0".into(),
+            custom_label: Some("home".into()),
+        }))]
+    );
+    session.handle_frame(attempt, now, registered_frame(10_000));
+    assert_eq!(drain(session), [DaemonEvent::Registered(names())]);
+    attempt
+}
+
+#[test]
+fn connects_immediately_registers_and_heartbeats() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    assert_eq!(session.poll_timeout(), Some(t0));
+    let attempt = register(&mut session, t0);
+    assert_eq!(session.names(), Some(&names()));
+    assert_eq!(session.poll_timeout(), Some(t0 + 10 * SECOND));
+
+    // Nothing happens before the interval.
+    session.handle_timeout(t0 + 9 * SECOND);
+    assert_eq!(drain(&mut session), []);
+
+    session.handle_timeout(t0 + 10 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Transmit(Frame::Heartbeat { seq: 1 })]
+    );
+    session.handle_frame(attempt, t0 + 11 * SECOND, Frame::HeartbeatAck { seq: 1 });
+    session.handle_timeout(t0 + 20 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Transmit(Frame::Heartbeat { seq: 2 })]
+    );
+    assert!(matches!(session.state(), DaemonState::Registered { .. }));
+}
+
+#[test]
+fn missed_acks_declare_the_connection_dead_and_reconnect() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = register(&mut session, t0);
+    // Heartbeats at 10 s and 20 s go unanswered; 3 intervals after registration it is dead.
+    session.handle_timeout(t0 + 10 * SECOND);
+    session.handle_timeout(t0 + 20 * SECOND);
+    assert_eq!(drain(&mut session).len(), 2);
+    session.handle_timeout(t0 + 30 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Disconnected {
+            reason: DisconnectReason::HeartbeatTimeout
+        }]
+    );
+    let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+        panic!("expected Disconnected");
+    };
+    // First failure: full jitter within [0, base].
+    assert!(next_attempt_at <= t0 + 30 * SECOND + SECOND);
+    // Stale reports about the dead connection are ignored.
+    session.handle_connection_lost(attempt, t0 + 30 * SECOND, "late".into());
+    session.handle_frame(attempt, t0 + 30 * SECOND, Frame::HeartbeatAck { seq: 1 });
+    assert_eq!(drain(&mut session), []);
+    session.handle_timeout(next_attempt_at);
+    let events = drain(&mut session);
+    assert!(
+        matches!(events[..], [DaemonEvent::Connect(next)] if next != attempt),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn backoff_grows_to_the_cap_with_full_jitter() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 42, t0);
+    let mut now = t0;
+    let mut ceilings = Vec::new();
+    for _ in 0..10 {
+        session.handle_timeout(now);
+        let events = drain(&mut session);
+        let [DaemonEvent::Connect(attempt)] = events[..] else {
+            panic!("expected Connect, got {events:?}");
+        };
+        ceilings.push(session.backoff_ceiling());
+        session.handle_connect_failed(attempt, now, "refused".into());
+        let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+            panic!("expected Disconnected");
+        };
+        let delay = next_attempt_at - now;
+        assert!(
+            delay <= *ceilings.last().unwrap(),
+            "{delay:?} over {ceilings:?}"
+        );
+        assert_eq!(
+            drain(&mut session),
+            [DaemonEvent::Disconnected {
+                reason: DisconnectReason::ConnectFailed("refused".into())
+            }]
+        );
+        now = next_attempt_at;
+    }
+    let secs: Vec<u64> = ceilings.iter().map(Duration::as_secs).collect();
+    assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60, 60]);
+}
+
+#[test]
+fn same_seed_same_schedule_different_seed_different_schedule() {
+    fn schedule(seed: u64) -> Vec<Duration> {
+        let t0 = Instant::now();
+        let mut session = DaemonSession::new(config(), seed, t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            session.handle_timeout(now);
+            let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+                panic!("expected Connect");
+            };
+            session.handle_connect_failed(attempt, now, "x".into());
+            let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+                panic!("expected Disconnected");
+            };
+            delays.push(next_attempt_at - now);
+            now = next_attempt_at;
+            drain(&mut session);
+        }
+        delays
+    }
+    assert_eq!(schedule(1), schedule(1));
+    assert_ne!(schedule(1), schedule(2));
+}
+
+#[test]
+fn refusal_is_reported_then_retried_with_backoff() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 3, t0);
+    session.handle_timeout(t0);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, t0);
+    drain(&mut session);
+    session.handle_frame(
+        attempt,
+        t0,
+        Frame::Refused {
+            reason: "unsupported protocol version".into(),
+        },
+    );
+    assert_eq!(
+        drain(&mut session),
+        [
+            DaemonEvent::Refused {
+                reason: "unsupported protocol version".into()
+            },
+            DaemonEvent::Disconnected {
+                reason: DisconnectReason::Refused("unsupported protocol version".into())
+            }
+        ]
+    );
+    assert!(matches!(session.state(), DaemonState::Disconnected { .. }));
+}
+
+#[test]
+fn connect_and_registration_time_out() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 3, t0);
+    session.handle_timeout(t0);
+    drain(&mut session);
+    assert_eq!(session.poll_timeout(), Some(t0 + 10 * SECOND));
+    session.handle_timeout(t0 + 10 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Disconnected {
+            reason: DisconnectReason::ConnectTimeout
+        }]
+    );
+    let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+        panic!("expected Disconnected");
+    };
+    session.handle_timeout(next_attempt_at);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, next_attempt_at);
+    drain(&mut session);
+    session.handle_timeout(next_attempt_at + 10 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Disconnected {
+            reason: DisconnectReason::RegistrationTimeout
+        }]
+    );
+}
+
+#[test]
+fn custom_name_refusal_keeps_the_node_name() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 3, t0);
+    session.handle_timeout(t0);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, t0);
+    drain(&mut session);
+    session.handle_frame(
+        attempt,
+        t0,
+        Frame::Registered(Registered {
+            protocol_version: PROTOCOL_VERSION,
+            node_name: "node.relay.test".into(),
+            custom_name: None,
+            custom_name_refusal: Some("label `home` belongs to another node".into()),
+            heartbeat_interval_ms: 5_000,
+        }),
+    );
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Registered(RegisteredNames {
+            node_name: "node.relay.test".into(),
+            custom_name: None,
+            custom_name_refusal: Some("label `home` belongs to another node".into()),
+        })]
+    );
+}
+
+#[test]
+fn drain_then_loss_reconnects_quickly() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 9, t0);
+    let attempt = register(&mut session, t0);
+    session.handle_frame(attempt, t0 + SECOND, Frame::Drain);
+    assert_eq!(drain(&mut session), [DaemonEvent::Draining]);
+    assert_eq!(
+        session.request_acme_set("_acme-challenge.node.relay.test".into(), "v".into()),
+        Err(AcmeRequestError::NotRegistered)
+    );
+    session.handle_connection_lost(attempt, t0 + 2 * SECOND, "closed by relay".into());
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Disconnected {
+            reason: DisconnectReason::ConnectionLost("closed by relay".into())
+        }]
+    );
+    let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+        panic!("expected Disconnected");
+    };
+    assert!(next_attempt_at <= t0 + 3 * SECOND);
+}
+
+#[test]
+fn acme_requests_are_answered_or_abandoned_on_loss() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 9, t0);
+    let attempt = register(&mut session, t0);
+    let first = session
+        .request_acme_set("_acme-challenge.home.relay.test".into(), "token".into())
+        .unwrap();
+    let second = session
+        .request_acme_clear("_acme-challenge.home.relay.test".into())
+        .unwrap();
+    assert_ne!(first, second);
+    assert_eq!(drain(&mut session).len(), 2);
+    session.handle_frame(
+        attempt,
+        t0,
+        Frame::AcmeChallengeResult(AcmeChallengeResult {
+            request_id: first,
+            outcome: Ok(()),
+        }),
+    );
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::AcmeChallengeResult {
+            request_id: first,
+            outcome: Ok(())
+        }]
+    );
+    session.handle_connection_lost(attempt, t0, "reset".into());
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[..],
+        [
+            DaemonEvent::AcmeChallengeResult { request_id, outcome: Err(_) },
+            DaemonEvent::Disconnected { .. }
+        ] if *request_id == second
+    ));
+}
+
+#[test]
+fn unexpected_frames_are_protocol_violations() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 9, t0);
+    let attempt = register(&mut session, t0);
+    session.handle_frame(attempt, t0, Frame::HeartbeatAck { seq: 99 });
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[..],
+        [
+            DaemonEvent::Transmit(Frame::Error(e)),
+            DaemonEvent::Disconnected { reason: DisconnectReason::ProtocolViolation(_) }
+        ] if e.code == ErrorCode::PROTOCOL_VIOLATION
+    ));
+}
+
+#[test]
+fn newer_protocol_version_in_registered_is_rejected() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 9, t0);
+    session.handle_timeout(t0);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, t0);
+    drain(&mut session);
+    let Frame::Registered(mut registered) = registered_frame(1000) else {
+        unreachable!()
+    };
+    registered.protocol_version = PROTOCOL_VERSION + 1;
+    session.handle_frame(attempt, t0, Frame::Registered(registered));
+    assert!(matches!(
+        drain(&mut session).last(),
+        Some(DaemonEvent::Disconnected {
+            reason: DisconnectReason::ProtocolViolation(_)
+        })
+    ));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Every reconnect delay lies within the full-jitter window [0, min(cap, base * 2^n)].
+    #[test]
+    fn reconnect_delays_stay_within_the_jitter_window(seed in any::<u64>(), failures in 1usize..20) {
+        let t0 = Instant::now();
+        let mut session = DaemonSession::new(config(), seed, t0);
+        let mut now = t0;
+        for n in 0..failures {
+            session.handle_timeout(now);
+            let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+                return Err(TestCaseError::fail("expected Connect"));
+            };
+            let ceiling = Duration::from_secs(1u64 << n.min(20)).min(Duration::from_secs(60));
+            session.handle_connect_failed(attempt, now, "x".into());
+            let DaemonState::Disconnected { next_attempt_at } = *session.state() else {
+                return Err(TestCaseError::fail("expected Disconnected"));
+            };
+            prop_assert!(next_attempt_at - now <= ceiling);
+            prop_assert_eq!(session.poll_timeout(), Some(next_attempt_at));
+            now = next_attempt_at;
+            drain(&mut session);
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Input {
+    Advance(u64),
+    Connected(u64),
+    ConnectFailed(u64),
+    Lost(u64),
+    Frame(u64, Frame),
+    AcmeSet,
+}
+
+fn relay_frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (0u32..20_000).prop_map(registered_frame),
+        Just(Frame::Refused {
+            reason: "no".into()
+        }),
+        (0u64..6).prop_map(|seq| Frame::HeartbeatAck { seq }),
+        Just(Frame::Drain),
+        (0u64..4).prop_map(
+            |request_id| Frame::AcmeChallengeResult(AcmeChallengeResult {
+                request_id,
+                outcome: Ok(())
+            })
+        ),
+        Just(Frame::Heartbeat { seq: 1 }),
+    ]
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        3 => (0u64..70_000).prop_map(Input::Advance),
+        2 => (0u64..3).prop_map(Input::Connected),
+        1 => (0u64..3).prop_map(Input::ConnectFailed),
+        1 => (0u64..3).prop_map(Input::Lost),
+        3 => ((0u64..3), relay_frame()).prop_map(|(a, f)| Input::Frame(a, f)),
+        1 => Just(Input::AcmeSet),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever the runtime and the relay do, the session never panics, always has a next
+    /// deadline (it cannot wedge), never schedules a reconnect beyond the backoff cap, and every
+    /// frame it transmits is encodable.
+    #[test]
+    fn random_inputs_never_wedge_the_daemon(seed in any::<u64>(), inputs in proptest::collection::vec(input(), 1..80)) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut session = DaemonSession::new(config(), seed, t0);
+        let mut last_attempt = 0u64;
+        for input in inputs {
+            // The attempt offsets pick the latest attempt or an older (stale) one.
+            let pick = |back: u64| ConnectionAttempt(last_attempt.saturating_sub(back));
+            match input {
+                Input::Advance(ms) => {
+                    now += Duration::from_millis(ms);
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
+                }
+                Input::Connected(back) => session.handle_connected(pick(back), now),
+                Input::ConnectFailed(back) => session.handle_connect_failed(pick(back), now, "x".into()),
+                Input::Lost(back) => session.handle_connection_lost(pick(back), now, "x".into()),
+                Input::Frame(back, frame) => session.handle_frame(pick(back), now, frame),
+                Input::AcmeSet => {
+                    let registered = matches!(session.state(), DaemonState::Registered { .. });
+                    let result = session.request_acme_set("_acme-challenge.x".into(), "v".into());
+                    prop_assert_eq!(result.is_ok(), registered);
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    DaemonEvent::Connect(attempt) => {
+                        prop_assert!(attempt.0 > last_attempt);
+                        last_attempt = attempt.0;
+                    }
+                    DaemonEvent::Transmit(frame) => {
+                        prop_assert!(frame.to_bytes().is_ok());
+                    }
+                    _ => {}
+                }
+            }
+            let deadline = session.poll_timeout();
+            prop_assert!(deadline.is_some(), "no deadline in {:?}", session.state());
+            if let DaemonState::Disconnected { next_attempt_at } = session.state() {
+                prop_assert!(*next_attempt_at <= now + Duration::from_secs(60));
+            }
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Scripted event sequences for the relay's per-daemon session.
+
+use std::time::{Duration, Instant};
+
+use gate_core::tunnel::{
+    AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, CloseReason, ErrorCode, Frame,
+    NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable, RelaySession,
+    RelayState, StreamHeader, StreamRefusal, PROTOCOL_VERSION,
+};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn node(c: char) -> NodeId {
+    NodeId::parse(&c.to_string().repeat(52)).unwrap()
+}
+
+fn table() -> RelayNameTable {
+    RelayNameTable::new(NameTableConfig::new("relay.test").unwrap())
+}
+
+fn drain(session: &mut RelaySession) -> Vec<RelayEvent> {
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn register_frame(label: Option<&str>) -> Frame {
+    Frame::Register(Register {
+        protocol_version: PROTOCOL_VERSION,
+        daemon_version: "0.1.0".into(),
+        custom_label: label.map(str::to_owned),
+    })
+}
+
+fn registered_session(
+    names: &mut RelayNameTable,
+    id: char,
+    label: Option<&str>,
+    now: Instant,
+) -> RelaySession {
+    let mut session = RelaySession::new(node(id), RelayConfig::default(), now);
+    session.handle_frame(now, 1000, register_frame(label), names);
+    drain(&mut session);
+    session
+}
+
+#[test]
+fn registration_grants_names_and_answers_heartbeats() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    assert_eq!(session.poll_timeout(), Some(t0 + 10 * SECOND));
+    session.handle_frame(t0, 1000, register_frame(Some("home")), &mut names);
+    let events = drain(&mut session);
+    let [RelayEvent::Transmit(Frame::Registered(registered)), RelayEvent::Registered(grant)] =
+        &events[..]
+    else {
+        panic!("unexpected {events:?}");
+    };
+    assert_eq!(registered.protocol_version, PROTOCOL_VERSION);
+    assert_eq!(registered.node_name, format!("{}.relay.test", node('a')));
+    assert_eq!(registered.custom_name.as_deref(), Some("home.relay.test"));
+    assert_eq!(registered.heartbeat_interval_ms, 15_000);
+    assert_eq!(grant.custom_name.as_deref(), Some("home.relay.test"));
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+
+    session.handle_frame(
+        t0 + 15 * SECOND,
+        1015,
+        Frame::Heartbeat { seq: 1 },
+        &mut names,
+    );
+    assert_eq!(
+        drain(&mut session),
+        [RelayEvent::Transmit(Frame::HeartbeatAck { seq: 1 })]
+    );
+    assert_eq!(session.poll_timeout(), Some(t0 + 60 * SECOND));
+}
+
+#[test]
+fn future_protocol_versions_are_answered_with_ours() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    let frame = Frame::Register(Register {
+        protocol_version: 7,
+        daemon_version: "9".into(),
+        custom_label: None,
+    });
+    session.handle_frame(t0, 0, frame, &mut names);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        RelayEvent::Transmit(Frame::Registered(r)) if r.protocol_version == PROTOCOL_VERSION
+    ));
+}
+
+#[test]
+fn version_zero_is_refused() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    let frame = Frame::Register(Register {
+        protocol_version: 0,
+        daemon_version: "9".into(),
+        custom_label: None,
+    });
+    session.handle_frame(t0, 0, frame, &mut names);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        RelayEvent::Transmit(Frame::Refused { .. })
+    ));
+    assert!(matches!(
+        &events[1],
+        RelayEvent::Closed {
+            reason: CloseReason::Refused(_)
+        }
+    ));
+    assert!(!names.is_online(&node('a')));
+}
+
+#[test]
+fn missing_register_and_missing_heartbeats_close_the_session() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    session.handle_timeout(t0 + 10 * SECOND, 0, &mut names);
+    assert_eq!(
+        drain(&mut session),
+        [RelayEvent::Closed {
+            reason: CloseReason::RegistrationTimeout
+        }]
+    );
+
+    let mut session = registered_session(&mut names, 'b', None, t0);
+    assert!(names.is_online(&node('b')));
+    session.handle_timeout(t0 + 44 * SECOND, 1044, &mut names);
+    assert_eq!(drain(&mut session), []);
+    session.handle_timeout(t0 + 45 * SECOND, 1045, &mut names);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[..],
+        [
+            RelayEvent::Transmit(Frame::Error(e)),
+            RelayEvent::Closed { reason: CloseReason::HeartbeatTimeout }
+        ] if e.code == ErrorCode::HEARTBEAT_TIMEOUT
+    ));
+    assert!(!names.is_online(&node('b')));
+    assert_eq!(session.poll_timeout(), None);
+}
+
+#[test]
+fn streams_only_for_owned_names_on_registered_sessions() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut a = registered_session(&mut names, 'a', Some("home"), t0);
+    let _b = registered_session(&mut names, 'b', Some("work"), t0);
+    let client = "198.51.100.4:40000".parse().unwrap();
+    assert_eq!(
+        a.stream_header(&names, client, "HOME.relay.test"),
+        Ok(Frame::StreamHeader(StreamHeader {
+            client_addr: client,
+            server_name: "home.relay.test".into()
+        }))
+    );
+    assert_eq!(
+        a.stream_header(&names, client, "work.relay.test"),
+        Err(StreamRefusal::NotOwner("work.relay.test".into()))
+    );
+    let b_name = format!("{}.relay.test", node('b'));
+    assert!(a.stream_header(&names, client, &b_name).is_err());
+    a.start_drain();
+    assert_eq!(drain(&mut a), [RelayEvent::Transmit(Frame::Drain)]);
+    assert_eq!(
+        a.stream_header(&names, client, "home.relay.test"),
+        Err(StreamRefusal::NotAccepting)
+    );
+    assert!(matches!(a.state(), RelayState::Draining { .. }));
+}
+
+#[test]
+fn acme_records_only_for_own_names() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut a = registered_session(&mut names, 'a', Some("home"), t0);
+    let _b = registered_session(&mut names, 'b', Some("work"), t0);
+
+    let set = |request_id, name: &str| {
+        Frame::AcmeChallengeSet(AcmeChallengeSet {
+            request_id,
+            name: name.into(),
+            txt_value: "digest".into(),
+        })
+    };
+    a.handle_frame(
+        t0,
+        1000,
+        set(1, "_acme-challenge.work.relay.test"),
+        &mut names,
+    );
+    let events = drain(&mut a);
+    assert!(matches!(
+        &events[..],
+        [RelayEvent::Transmit(Frame::AcmeChallengeResult(
+            AcmeChallengeResult {
+                request_id: 1,
+                outcome: Err(_)
+            }
+        ))]
+    ));
+    a.handle_frame(t0, 1000, set(2, "work.relay.test"), &mut names);
+    assert!(matches!(
+        &drain(&mut a)[..],
+        [RelayEvent::Transmit(Frame::AcmeChallengeResult(
+            AcmeChallengeResult {
+                request_id: 2,
+                outcome: Err(_)
+            }
+        ))]
+    ));
+
+    a.handle_frame(
+        t0,
+        1000,
+        set(3, "_acme-challenge.Home.relay.test."),
+        &mut names,
+    );
+    assert_eq!(
+        drain(&mut a),
+        [RelayEvent::DnsSet {
+            request_id: 3,
+            name: "_acme-challenge.home.relay.test".into(),
+            txt_value: "digest".into()
+        }]
+    );
+    a.complete_acme(3, Ok(()));
+    a.complete_acme(3, Ok(())); // Second completion is ignored.
+    assert_eq!(
+        drain(&mut a),
+        [RelayEvent::Transmit(Frame::AcmeChallengeResult(
+            AcmeChallengeResult {
+                request_id: 3,
+                outcome: Ok(())
+            }
+        ))]
+    );
+    a.handle_frame(
+        t0,
+        1000,
+        Frame::AcmeChallengeClear(AcmeChallengeClear {
+            request_id: 4,
+            name: "_acme-challenge.home.relay.test".into(),
+        }),
+        &mut names,
+    );
+    assert_eq!(
+        drain(&mut a),
+        [RelayEvent::DnsClear {
+            request_id: Some(4),
+            name: "_acme-challenge.home.relay.test".into()
+        }]
+    );
+}
+
+#[test]
+fn acme_records_are_removed_after_their_lifetime_and_on_close() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut a = registered_session(&mut names, 'a', None, t0);
+    let record = format!("_acme-challenge.{}.relay.test", node('a'));
+    a.handle_frame(
+        t0,
+        1000,
+        Frame::AcmeChallengeSet(AcmeChallengeSet {
+            request_id: 1,
+            name: record.clone(),
+            txt_value: "v".into(),
+        }),
+        &mut names,
+    );
+    drain(&mut a);
+    // Keep the session alive with heartbeats, and let the record expire.
+    for minute in 0..10u32 {
+        let now = t0 + minute * 60 * SECOND;
+        a.handle_frame(
+            now,
+            1000,
+            Frame::Heartbeat {
+                seq: u64::from(minute) + 1,
+            },
+            &mut names,
+        );
+        a.handle_timeout(now, 1000, &mut names);
+    }
+    a.handle_frame(
+        t0 + 600 * SECOND,
+        1600,
+        Frame::Heartbeat { seq: 99 },
+        &mut names,
+    );
+    a.handle_timeout(t0 + 600 * SECOND, 1600, &mut names);
+    let events = drain(&mut a);
+    assert!(events.contains(&RelayEvent::DnsClear {
+        request_id: None,
+        name: record.clone()
+    }));
+
+    a.handle_frame(
+        t0 + 600 * SECOND,
+        1600,
+        Frame::AcmeChallengeSet(AcmeChallengeSet {
+            request_id: 2,
+            name: record.clone(),
+            txt_value: "v".into(),
+        }),
+        &mut names,
+    );
+    drain(&mut a);
+    a.handle_connection_lost(1601, &mut names);
+    assert_eq!(
+        drain(&mut a),
+        [
+            RelayEvent::DnsClear {
+                request_id: None,
+                name: record
+            },
+            RelayEvent::Closed {
+                reason: CloseReason::ConnectionLost
+            }
+        ]
+    );
+    assert!(!names.is_online(&node('a')));
+}
+
+#[test]
+fn frames_out_of_place_are_protocol_violations() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    session.handle_frame(t0, 0, Frame::Heartbeat { seq: 1 }, &mut names);
+    let events = drain(&mut session);
+    assert!(matches!(
+        events.last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::ProtocolViolation(_)
+        })
+    ));
+
+    let mut session = registered_session(&mut names, 'b', None, t0);
+    session.handle_frame(t0, 0, register_frame(None), &mut names);
+    assert!(matches!(
+        drain(&mut session).last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::ProtocolViolation(_)
+        })
+    ));
+    assert!(!names.is_online(&node('b')));
+    // Frames after close are ignored.
+    session.handle_frame(t0, 0, Frame::Heartbeat { seq: 1 }, &mut names);
+    assert_eq!(drain(&mut session), []);
+}
+
+mod random_inputs {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Input {
+        Advance(u64),
+        Frame(Frame),
+        Lost,
+        Drain,
+        CompleteAcme(u64),
+    }
+
+    fn daemon_frame() -> impl Strategy<Value = Frame> {
+        let a = node('a');
+        prop_oneof![
+            proptest::option::of(prop_oneof![Just("home"), Just("bad_label"), Just("work")])
+                .prop_map(register_frame),
+            (0u64..5).prop_map(|seq| Frame::Heartbeat { seq }),
+            (
+                0u64..4,
+                prop_oneof![
+                    Just("_acme-challenge.home.relay.test".to_owned()),
+                    Just("_acme-challenge.work.relay.test".to_owned()),
+                    Just(format!("_acme-challenge.{a}.relay.test")),
+                    Just("home.relay.test".to_owned()),
+                ]
+            )
+                .prop_map(|(request_id, name)| Frame::AcmeChallengeSet(
+                    AcmeChallengeSet {
+                        request_id,
+                        name,
+                        txt_value: "v".into()
+                    }
+                )),
+            (0u64..4).prop_map(|request_id| Frame::AcmeChallengeClear(AcmeChallengeClear {
+                request_id,
+                name: "_acme-challenge.home.relay.test".into()
+            })),
+            Just(Frame::Drain),
+        ]
+    }
+
+    fn input() -> impl Strategy<Value = Input> {
+        prop_oneof![
+            2 => (0u64..30_000).prop_map(Input::Advance),
+            4 => daemon_frame().prop_map(Input::Frame),
+            1 => Just(Input::Lost),
+            1 => Just(Input::Drain),
+            1 => (0u64..4).prop_map(Input::CompleteAcme),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever a daemon sends, the relay session never panics, only asks DNS for the
+        /// daemon's own challenge records, keeps the node online exactly while registered, and
+        /// closes once with the node marked offline.
+        #[test]
+        fn random_daemon_input_keeps_the_relay_consistent(
+            inputs in proptest::collection::vec(input(), 1..60)
+        ) {
+            let t0 = Instant::now();
+            let mut now = t0;
+            let mut names = table();
+            // Another node holds `work`.
+            names.register(&node('b'), Some("work"), 0);
+            let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+            let mut closed = 0;
+            for input in inputs {
+                match input {
+                    Input::Advance(ms) => {
+                        now += Duration::from_millis(ms);
+                        session.handle_timeout(now, 1000, &mut names);
+                    }
+                    Input::Frame(frame) => session.handle_frame(now, 1000, frame, &mut names),
+                    Input::Lost => session.handle_connection_lost(1000, &mut names),
+                    Input::Drain => session.start_drain(),
+                    Input::CompleteAcme(id) => session.complete_acme(id, Ok(())),
+                }
+                while let Some(event) = session.poll_event() {
+                    match event {
+                        RelayEvent::DnsSet { name, .. } => {
+                            let owned = name
+                                .strip_prefix("_acme-challenge.")
+                                .is_some_and(|n| names.owns(&node('a'), n));
+                            prop_assert!(owned, "DNS write for {} not owned by the daemon", name);
+                        }
+                        RelayEvent::Closed { .. } => closed += 1,
+                        RelayEvent::Transmit(frame) => prop_assert!(frame.to_bytes().is_ok()),
+                        _ => {}
+                    }
+                }
+                let registered = matches!(
+                    session.state(),
+                    RelayState::Registered { .. } | RelayState::Draining { .. }
+                );
+                prop_assert_eq!(names.is_online(&node('a')), registered);
+                prop_assert_eq!(closed > 0, *session.state() == RelayState::Closed);
+                prop_assert!(closed <= 1);
+                prop_assert_eq!(names.claim_owner("work"), Some(&node('b')));
+            }
+        }
+    }
+}
