@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with Rust stable.
+# Installs what the tests need when it is missing, then runs, in order:
+#   lint (fmt, clippy), dependency audit, the sans-IO check of gate-core,
+#   unit + property + end-to-end tests (cargo nextest), the Python SDK suite,
+#   and every fuzz target for a short time.
+# Usage: ./test.sh            everything
+#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e fuzz
+# FUZZ_SECONDS (default 30) sets the time per fuzz target.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stages=("$@")
+if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e fuzz); fi
+want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+step() { printf '\n==> %s\n' "$*"; }
+export CARGO_TERM_COLOR=never
+
+apt_updated=0
+need_apt() { # need_apt COMMAND PACKAGE...
+    command -v "$1" >/dev/null 2>&1 && return 0
+    shift
+    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+need_cargo() { # need_cargo SUBCOMMAND CRATE
+    cargo "$1" --version >/dev/null 2>&1 || cargo install --locked -q "$2"
+}
+
+if want lint; then
+    step "cargo fmt --check"
+    cargo fmt --all -- --check
+    step "cargo clippy --all-targets -- -D warnings"
+    cargo clippy --workspace --all-targets -- -D warnings
+fi
+
+if want audit; then
+    step "dependency audit (cargo deny: licenses, bans, sources)"
+    need_cargo deny cargo-deny
+    cargo deny check bans licenses sources
+fi
+
+if want core-io; then
+    step "gate-core stays sans-IO"
+    tree=$(cargo tree -p gate-core -e normal --prefix none)
+    bad=$(printf '%s\n' "$tree" | awk '{print $1}' | grep -xE 'tokio|smol|async-io|async-net|mio|hyper|reqwest|quinn' || true)
+    if [ -n "$bad" ]; then
+        echo "gate-core depends on I/O crates: $bad" >&2
+        exit 1
+    fi
+    echo "ok: none of tokio, smol, async-io, async-net, mio, hyper, reqwest, quinn"
+fi
+
+if want tests; then
+    step "cargo nextest run --workspace"
+    cargo nextest run --workspace --no-fail-fast
+fi
+
+if want e2e && [ -x tests/e2e/run.sh ]; then
+    step "end-to-end: official OpenAI and Anthropic SDKs against the real binaries"
+    need_apt python3 python3 python3-venv
+    cargo build --workspace --examples --bins -q
+    tests/e2e/run.sh
+fi
+
+if want fuzz; then
+    step "fuzz targets, ${FUZZ_SECONDS:-30}s each"
+    need_cargo fuzz cargo-fuzz
+    targets=$(cd fuzz && cargo fuzz list)
+    (cd fuzz && cargo fuzz build -s none -O)
+    for t in $targets; do
+        corpus="fuzz/corpus/$t"
+        mkdir -p "$corpus"
+        work=$(mktemp -d)
+        cp -r "$corpus"/. "$work"/ 2>/dev/null || true
+        log=$(mktemp)
+        if (cd fuzz && cargo fuzz run -s none -O "$t" "$work" -- \
+                -max_total_time="${FUZZ_SECONDS:-30}" -print_final_stats=1) >"$log" 2>&1; then
+            execs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' || echo '?')
+            echo "fuzz $t: ok, $execs executions, no crash"
+        else
+            echo "fuzz $t: FAILED" >&2
+            tail -60 "$log" >&2
+            exit 1
+        fi
+        rm -rf "$work" "$log"
+    done
+fi
+
+step "all requested stages passed"
