@@ -6,6 +6,7 @@
 //! I/O around it: sockets, files, the environment, logs.
 
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod server;
 pub mod state;

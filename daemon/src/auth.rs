@@ -1,0 +1,321 @@
+//! Client authentication: Gate API keys (stored only as SHA-256 hashes in
+//! `<state_dir>/tokens.json`) and JWTs signed HS256 with `auth.jwt.secret`.
+//!
+//! Invariants: a token's plaintext exists only in the output of `gate token create`; the
+//! store holds hashes. JWT verification pins HS256 (so `alg: none` and every other
+//! algorithm are refused), checks the issuer and the expiry. Nothing here logs a token.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use ring::rand::SecureRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::state;
+
+/// Prefix of Gate API keys; makes them recognisable in a leaked-secret scan.
+pub const TOKEN_PREFIX: &str = "gk_";
+
+/// One stored API key (never the key itself).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// Short public identifier, used by `gate token revoke ID`.
+    pub id: String,
+    /// A label chosen by the user.
+    pub name: String,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Creation time, seconds since the Unix epoch.
+    pub created_at: u64,
+    /// Expiry, seconds since the Unix epoch, if any.
+    pub expires_at: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TokenFile {
+    tokens: Vec<TokenRecord>,
+}
+
+/// The file-backed API key store.
+#[derive(Debug)]
+pub struct TokenStore {
+    path: PathBuf,
+    by_hash: BTreeMap<String, TokenRecord>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random number generator failed"))?;
+    Ok(bytes)
+}
+
+impl TokenStore {
+    /// The store's file in a state directory.
+    pub fn path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join("tokens.json")
+    }
+
+    /// Loads the store (an absent file is an empty store).
+    pub fn load(state_dir: &Path) -> Result<Self> {
+        let path = Self::path_in(state_dir);
+        let file: TokenFile = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not a valid token file", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let by_hash = file.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect();
+        Ok(Self { path, by_hash })
+    }
+
+    fn save(&self) -> Result<()> {
+        let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let bytes = serde_json::to_vec_pretty(&TokenFile { tokens })?;
+        state::write_atomic(&self.path, &bytes)
+            .with_context(|| format!("writing {}", self.path.display()))
+    }
+
+    /// Creates a key; returns its record and the plaintext key (shown once).
+    pub fn create(&mut self, name: &str, ttl_secs: Option<u64>) -> Result<(TokenRecord, String)> {
+        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
+        let token = format!("{TOKEN_PREFIX}{secret}");
+        let id: String = random_bytes::<6>()?.iter().map(|b| format!("{b:02x}")).collect();
+        let created_at = now_unix();
+        let record = TokenRecord {
+            id,
+            name: name.to_owned(),
+            sha256: sha256_hex(token.as_bytes()),
+            created_at,
+            expires_at: ttl_secs.map(|ttl| created_at.saturating_add(ttl)),
+        };
+        self.by_hash.insert(record.sha256.clone(), record.clone());
+        self.save()?;
+        Ok((record, token))
+    }
+
+    /// All records, oldest first.
+    pub fn list(&self) -> Vec<TokenRecord> {
+        let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
+        tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        tokens
+    }
+
+    /// Revokes a key by id; false when no key has that id.
+    pub fn revoke(&mut self, id: &str) -> Result<bool> {
+        let before = self.by_hash.len();
+        self.by_hash.retain(|_, t| t.id != id);
+        if self.by_hash.len() == before {
+            return Ok(false);
+        }
+        self.save()?;
+        Ok(true)
+    }
+
+    /// The record of a valid, unexpired key.
+    pub fn verify(&self, token: &str) -> Option<&TokenRecord> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        let record = self.by_hash.get(&sha256_hex(token.as_bytes()))?;
+        match record.expires_at {
+            Some(exp) if exp <= now_unix() => None,
+            _ => Some(record),
+        }
+    }
+}
+
+/// JWT settings (`[auth.jwt]`).
+#[derive(Clone)]
+pub struct JwtSettings {
+    key: jsonwebtoken::DecodingKey,
+    validation: jsonwebtoken::Validation,
+}
+
+impl std::fmt::Debug for JwtSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSettings").field("secret", &"(set)").finish()
+    }
+}
+
+impl JwtSettings {
+    /// HS256 with `secret`, issuer `issuer`; expiry always required.
+    pub fn new(secret: &str, issuer: &str) -> Self {
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "iss"]);
+        validation.leeway = 30;
+        Self { key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()), validation }
+    }
+
+    /// The subject of a valid token.
+    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+        #[derive(Deserialize)]
+        struct Claims {
+            #[serde(default)]
+            sub: Option<String>,
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
+                _ => AuthError::Invalid,
+            },
+        )?;
+        Ok(data.claims.sub.unwrap_or_else(|| "jwt".to_owned()))
+    }
+}
+
+/// Why a request was not authenticated. Messages never include the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing credentials: send `Authorization: Bearer <token>` or `x-api-key: <token>`")]
+    Missing,
+    #[error("invalid API key or token")]
+    Invalid,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token was issued by another issuer")]
+    WrongIssuer,
+    #[error("the token is not signed with HS256")]
+    WrongAlgorithm,
+}
+
+/// The credential a request carries: `Authorization: Bearer` or `x-api-key`.
+pub fn credential(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let value = value.trim();
+        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
+        {
+            let token = token.trim();
+            if !token.is_empty() {
+                return Some(token);
+            }
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Parses durations such as `30d`, `12h`, `90m`, `3600s` or `3600`.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 90m"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h, d or w")),
+    };
+    n.checked_mul(factor).ok_or_else(|| format!("{text:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("gate-auth-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn tokens_are_stored_as_hashes_and_verify() {
+        let dir = temp_dir("store");
+        let mut store = TokenStore::load(&dir).unwrap();
+        let (record, token) = store.create("ci", None).unwrap();
+        assert!(token.starts_with(TOKEN_PREFIX));
+        let file = std::fs::read_to_string(TokenStore::path_in(&dir)).unwrap();
+        assert!(!file.contains(&token));
+        assert!(file.contains(&record.sha256));
+        let reloaded = TokenStore::load(&dir).unwrap();
+        assert_eq!(reloaded.verify(&token).map(|r| r.id.clone()), Some(record.id.clone()));
+        assert!(reloaded.verify("gk_wrong").is_none());
+        let mut store = reloaded;
+        assert!(store.revoke(&record.id).unwrap());
+        assert!(store.verify(&token).is_none());
+        assert!(!store.revoke(&record.id).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn expired_tokens_do_not_verify() {
+        let dir = temp_dir("expiry");
+        let mut store = TokenStore::load(&dir).unwrap();
+        let (_, token) = store.create("short", Some(0)).unwrap();
+        assert!(store.verify(&token).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn jwt_checks_algorithm_issuer_and_expiry() {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        let settings = JwtSettings::new("s3cret", "gate-daemon");
+        let exp = now_unix() + 3600;
+        let claims = serde_json::json!({"sub": "alice", "iss": "gate-daemon", "exp": exp});
+        let good = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert_eq!(settings.verify(&good).unwrap(), "alice");
+        let wrong_key = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"other")).unwrap();
+        assert_eq!(settings.verify(&wrong_key), Err(AuthError::Invalid));
+        let other_iss = serde_json::json!({"iss": "someone", "exp": exp});
+        let t = encode(&Header::default(), &other_iss, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert_eq!(settings.verify(&t), Err(AuthError::WrongIssuer));
+        let expired = serde_json::json!({"iss": "gate-daemon", "exp": now_unix() - 3600});
+        let t = encode(&Header::default(), &expired, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert_eq!(settings.verify(&t), Err(AuthError::Expired));
+        let hs512 = Header::new(jsonwebtoken::Algorithm::HS512);
+        let t = encode(&hs512, &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        assert_eq!(settings.verify(&t), Err(AuthError::WrongAlgorithm));
+        // alg: none, unsigned.
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let none = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "typ": "JWT"})), b64(&claims));
+        assert!(settings.verify(&none).is_err());
+    }
+
+    #[test]
+    fn credentials_from_either_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(credential(&h), None);
+        h.insert("x-api-key", "k1".parse().unwrap());
+        assert_eq!(credential(&h), Some("k1"));
+        h.insert(http::header::AUTHORIZATION, "Bearer k2".parse().unwrap());
+        assert_eq!(credential(&h), Some("k2"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_secs("30d"), Ok(30 * 86_400));
+        assert_eq!(parse_duration_secs("90m"), Ok(5400));
+        assert_eq!(parse_duration_secs("15"), Ok(15));
+        assert!(parse_duration_secs("3y").is_err());
+        assert!(parse_duration_secs("abc").is_err());
+    }
+}
