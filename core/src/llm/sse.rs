@@ -68,8 +68,8 @@
 //! dispatched one). Concatenating every frame's bytes and the `leftover` from
 //! [`SseFramer::finish`] gives back the input exactly, so forwarding frame by frame is
 //! byte-transparent while each event leaves as soon as its blank line has arrived. One detail:
-//! when a blank line ends in CR, the frame ends there and a following LF (the rest of a CRLF) is
-//! the first byte of the next frame; any SSE client treats that LF as part of the line ending,
+//! when a blank line ends in CR and the LF of that CRLF has not arrived yet, the frame ends at
+//! the CR and the LF becomes the first byte of the next frame; any SSE client treats that LF as part of the line ending,
 //! so it is harmless even when the proxy inserts its own events between frames.
 
 use std::borrow::Cow;
@@ -230,7 +230,8 @@ fn write_event_and_data(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
 /// What was left when the stream ended (see [`SseParser::finish`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SseEnd {
-    /// Bytes after the last blank line (or the whole stream if there was none).
+    /// Bytes after the last blank line and its line ending (or the whole stream if there was
+    /// no blank line).
     pub leftover_bytes: u64,
     /// The stream ended inside an event: after the last blank line there was at least one
     /// non-empty line, complete or not. Per the standard that event is discarded.
@@ -368,8 +369,11 @@ struct Scanner {
     buf_offset: u64,
     /// Index in `buf` of the next unparsed byte.
     cursor: usize,
-    /// Stream offset where the current block starts.
+    /// Stream offset where the current block starts (its raw bytes, for the framer).
     block_start: u64,
+    /// Stream offset from which the current block's size is counted: `block_start`, or one
+    /// more when the block starts with the LF of a CRLF that ended the previous block.
+    block_size_start: u64,
     /// The previous line ended with CR: an LF next is part of that line ending.
     skip_lf: bool,
     /// No complete line has been processed yet (a leading BOM is still to be removed).
@@ -398,6 +402,7 @@ impl Scanner {
             buf_offset: 0,
             cursor: 0,
             block_start: 0,
+            block_size_start: 0,
             skip_lf: false,
             at_stream_start: true,
             fields: FieldState::default(),
@@ -440,6 +445,33 @@ impl Scanner {
         }
     }
 
+    /// The first place where a limit is broken, for a line starting at `line_start` whose
+    /// content ends at `content_end` and whose bytes counted so far end at `counted_end`.
+    ///
+    /// Errors are reported at the earliest stream offset that breaks a limit, so the same stream
+    /// gives the same error whatever the chunking.
+    fn first_violation(&self, line_start: u64, content_end: u64, counted_end: u64) -> Option<SseError> {
+        let max_line = self.max_line_bytes as u64;
+        let max_event = self.max_event_bytes as u64;
+        let line_violation = (content_end - line_start > max_line).then(|| line_start.saturating_add(max_line));
+        let event_violation =
+            (counted_end - self.block_size_start > max_event).then(|| self.block_size_start.saturating_add(max_event));
+        let line_error = SseError::LineTooLong {
+            limit: self.max_line_bytes,
+            line_start,
+        };
+        let event_error = SseError::EventTooLarge {
+            limit: self.max_event_bytes,
+            event_start: self.block_size_start,
+        };
+        match (line_violation, event_violation) {
+            (Some(line_at), Some(event_at)) if event_at < line_at => Some(event_error),
+            (Some(_), _) => Some(line_error),
+            (None, Some(_)) => Some(event_error),
+            (None, None) => None,
+        }
+    }
+
     /// Parses lines until a blank line completes a block, or the buffered bytes run out.
     fn poll_block(&mut self) -> Option<Result<Block, SseError>> {
         if let Some(error) = &self.failure {
@@ -458,6 +490,11 @@ impl Scanner {
                     }
                     Some(byte) => {
                         if *byte == b'\n' {
+                            // The rest of a CRLF whose CR ended the previous block belongs to no
+                            // block's size, whatever the chunking.
+                            if self.offset_of(self.cursor) == self.block_size_start {
+                                self.block_size_start += 1;
+                            }
                             self.cursor += 1;
                         }
                         self.skip_lf = false;
@@ -469,30 +506,30 @@ impl Scanner {
             let rest = self.buf.get(line_start_index..).unwrap_or_default();
             let Some(line_len) = rest.iter().position(|byte| *byte == b'\n' || *byte == b'\r') else {
                 // Only a partial line is left: check the limits now so it cannot grow forever.
-                if rest.len() > self.max_line_bytes {
-                    let limit = self.max_line_bytes;
-                    return self.fail(SseError::LineTooLong { limit, line_start });
-                }
-                let block_len = self.offset_of(self.buf.len()) - self.block_start;
-                if block_len > self.max_event_bytes as u64 {
-                    let (limit, event_start) = (self.max_event_bytes, self.block_start);
-                    return self.fail(SseError::EventTooLarge { limit, event_start });
+                let stream_end = self.offset_of(self.buf.len());
+                if let Some(error) = self.first_violation(line_start, stream_end, stream_end) {
+                    return self.fail(error);
                 }
                 self.compact();
                 return None;
             };
-            if line_len > self.max_line_bytes {
-                let limit = self.max_line_bytes;
-                return self.fail(SseError::LineTooLong { limit, line_start });
-            }
             let line_end_index = line_start_index + line_len;
-            let after_line_ending = line_end_index + 1;
-            let block_len = self.offset_of(after_line_ending) - self.block_start;
-            if block_len > self.max_event_bytes as u64 {
-                let (limit, event_start) = (self.max_event_bytes, self.block_start);
-                return self.fail(SseError::EventTooLarge { limit, event_start });
+            let line_end = self.offset_of(line_end_index);
+            if let Some(error) = self.first_violation(line_start, line_end, line_end + 1) {
+                return self.fail(error);
             }
-            self.skip_lf = self.buf.get(line_end_index) == Some(&b'\r');
+            let line_ending_len = if self.buf.get(line_end_index) == Some(&b'\r') {
+                match self.buf.get(line_end_index + 1) {
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                    None => {
+                        self.skip_lf = true;
+                        1
+                    }
+                }
+            } else {
+                1
+            };
             let mut line = self.buf.get(line_start_index..line_end_index).unwrap_or_default();
             if self.at_stream_start {
                 self.at_stream_start = false;
@@ -502,11 +539,12 @@ impl Scanner {
                 Ok(kind) => kind,
                 Err(error) => return self.fail(error),
             };
-            self.cursor = after_line_ending;
+            self.cursor = line_end_index + line_ending_len;
             if let LineKind::Blank = kind {
                 let start = self.block_start;
                 let end = self.offset_of(self.cursor);
                 self.block_start = end;
+                self.block_size_start = end;
                 let event = self.fields.dispatch();
                 return Some(Ok(Block { start, end, event }));
             }
@@ -520,7 +558,7 @@ impl Scanner {
         let partial_content = partial_line.iter().any(|byte| *byte != b'\n' && *byte != b'\r');
         // A lone LF that completes a CRLF is not content (skip_lf still set).
         (
-            stream_end - self.block_start,
+            stream_end - self.block_size_start,
             self.fields.block.has_content || partial_content,
         )
     }
