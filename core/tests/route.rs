@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gate_core::route::{
-    AttemptOutcome, BreakerConfig, Candidate, CircuitBreaker, Health, ProviderKind, Router, Tier, UpstreamSpec,
-    WireProtocol,
+    AttemptOutcome, BreakerConfig, Candidate, CircuitBreaker, Health, ProviderKind, Router, Tier,
+    UpstreamSpec, WireProtocol,
 };
 use proptest::prelude::*;
 
@@ -17,7 +17,13 @@ fn upstream(name: &str, provider: ProviderKind) -> UpstreamSpec {
 fn names(candidates: &[Candidate]) -> Vec<(&str, &str, Tier)> {
     candidates
         .iter()
-        .map(|candidate| (candidate.upstream_name.as_str(), candidate.upstream_model.as_str(), candidate.tier))
+        .map(|candidate| {
+            (
+                candidate.upstream_name.as_str(),
+                candidate.upstream_model.as_str(),
+                candidate.tier,
+            )
+        })
         .collect()
 }
 
@@ -28,7 +34,10 @@ fn sample_router() -> Router {
     let mut groq = upstream("groq", ProviderKind::Groq);
     groq.discovered_models = vec!["gpt-4o".into(), "llama-3.3-70b-versatile".into()];
     let mut local = upstream("ollama", ProviderKind::Custom);
-    local.aliases = BTreeMap::from([("fast".into(), "llama3.2:3b".into()), ("gpt-4o".into(), "qwen2.5:7b".into())]);
+    local.aliases = BTreeMap::from([
+        ("fast".into(), "llama3.2:3b".into()),
+        ("gpt-4o".into(), "qwen2.5:7b".into()),
+    ]);
     local.discovered_models = vec!["llama3.2:3b".into()];
     let anthropic = upstream("anthropic", ProviderKind::Anthropic);
     Router::new(vec![openrouter, openai, groq, local, anthropic]).unwrap()
@@ -56,7 +65,11 @@ fn tiers_then_configuration_order() {
     );
     assert_eq!(
         names(&router.candidates("anthropic/claude-sonnet-4", now)),
-        vec![("openrouter", "anthropic/claude-sonnet-4", Tier::ProviderDefault)]
+        vec![(
+            "openrouter",
+            "anthropic/claude-sonnet-4",
+            Tier::ProviderDefault
+        )]
     );
     assert_eq!(
         names(&router.candidates("claude-sonnet-4-5", now)),
@@ -72,7 +85,10 @@ fn disabled_upstreams_are_skipped_everywhere() {
     specs[3].enabled = false;
     let router = Router::new(specs).unwrap();
     assert!(router.candidates("fast", Instant::now()).is_empty());
-    assert!(router.list_models().iter().all(|entry| entry.upstream_name != "ollama"));
+    assert!(router
+        .list_models()
+        .iter()
+        .all(|entry| entry.upstream_name != "ollama"));
 }
 
 #[test]
@@ -81,7 +97,13 @@ fn list_models_deduplicates_and_names_the_first_upstream() {
     let entries = router.list_models();
     let listed: Vec<(&str, &str, &str)> = entries
         .iter()
-        .map(|entry| (entry.id.as_str(), entry.upstream_name.as_str(), entry.upstream_model.as_str()))
+        .map(|entry| {
+            (
+                entry.id.as_str(),
+                entry.upstream_name.as_str(),
+                entry.upstream_model.as_str(),
+            )
+        })
         .collect();
     let expected = vec![
         ("fast", "ollama", "llama3.2:3b"),
@@ -101,7 +123,8 @@ fn open_circuits_are_excluded_and_half_open_admits_one_trial() {
         base_cooldown: Duration::from_secs(30),
         ..BreakerConfig::default()
     };
-    let mut router = Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
+    let mut router =
+        Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
     let t0 = Instant::now();
     let ollama = router.find("ollama").unwrap();
     router.record_outcome(ollama, &AttemptOutcome::ConnectError, t0);
@@ -109,7 +132,12 @@ fn open_circuits_are_excluded_and_half_open_admits_one_trial() {
     router.record_outcome(ollama, &AttemptOutcome::HttpStatus(503), t0);
     assert_eq!(router.health(ollama, t0), Some(Health::Closed));
     router.record_outcome(ollama, &AttemptOutcome::Timeout, t0);
-    assert_eq!(router.health(ollama, t0), Some(Health::Open { until: t0 + Duration::from_secs(30) }));
+    assert_eq!(
+        router.health(ollama, t0),
+        Some(Health::Open {
+            until: t0 + Duration::from_secs(30)
+        })
+    );
     assert_eq!(names(&router.candidates("gpt-4o", t0))[0].0, "openai");
     assert_eq!(router.all_candidates("gpt-4o").len(), 3);
 
@@ -128,7 +156,8 @@ fn breaker_state_survives_a_configuration_change() {
         failure_threshold: 1,
         ..BreakerConfig::default()
     };
-    let mut router = Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
+    let mut router =
+        Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
     let now = Instant::now();
     let groq = router.find("groq").unwrap();
     router.record_failure(groq, now);
@@ -137,10 +166,16 @@ fn breaker_state_survives_a_configuration_change() {
     specs.push(upstream("mistral", ProviderKind::Mistral));
     router.replace_upstreams(specs).unwrap();
     let groq = router.find("groq").unwrap();
-    assert!(matches!(router.health(groq, now), Some(Health::Open { .. })));
+    assert!(matches!(
+        router.health(groq, now),
+        Some(Health::Open { .. })
+    ));
     let mistral = router.find("mistral").unwrap();
     assert_eq!(router.health(mistral, now), Some(Health::Closed));
-    let duplicate = vec![upstream("a", ProviderKind::Custom), upstream("a", ProviderKind::OpenAi)];
+    let duplicate = vec![
+        upstream("a", ProviderKind::Custom),
+        upstream("a", ProviderKind::OpenAi),
+    ];
     assert!(router.replace_upstreams(duplicate).is_err());
     assert!(router.find("groq").is_some(), "unchanged after an error");
 }
@@ -152,7 +187,10 @@ fn discovered_models_can_be_updated() {
     let ollama = router.find("ollama").unwrap();
     assert!(router.candidates("phi4", now).is_empty());
     router.set_discovered_models(ollama, vec!["phi4".into()]);
-    assert_eq!(names(&router.candidates("phi4", now)), vec![("ollama", "phi4", Tier::Discovered)]);
+    assert_eq!(
+        names(&router.candidates("phi4", now)),
+        vec![("ollama", "phi4", Tier::Discovered)]
+    );
 }
 
 #[test]
@@ -160,7 +198,11 @@ fn provider_names_and_default_patterns() {
     for kind in ProviderKind::ALL {
         assert_eq!(kind.as_str().parse::<ProviderKind>(), Ok(kind));
     }
-    assert!("vllm".parse::<ProviderKind>().unwrap_err().to_string().contains("custom"));
+    assert!("vllm"
+        .parse::<ProviderKind>()
+        .unwrap_err()
+        .to_string()
+        .contains("custom"));
     let cases = [
         (ProviderKind::OpenAi, "gpt-4o-mini", true),
         (ProviderKind::OpenAi, "o1", true),
@@ -181,7 +223,11 @@ fn provider_names_and_default_patterns() {
         (ProviderKind::Groq, "openai/gpt-oss-120b", true),
         (ProviderKind::Groq, "claude-3", false),
         (ProviderKind::OpenRouter, "openai/gpt-4o", true),
-        (ProviderKind::OpenRouter, "meta-llama/llama-3.1-8b-instruct:free", true),
+        (
+            ProviderKind::OpenRouter,
+            "meta-llama/llama-3.1-8b-instruct:free",
+            true,
+        ),
         (ProviderKind::OpenRouter, "gpt-4o", false),
         (ProviderKind::OpenRouter, "/x", false),
         (ProviderKind::OpenRouter, "x/", false),
@@ -255,16 +301,18 @@ fn upstream_specs() -> impl Strategy<Value = Vec<UpstreamSpec>> {
         specs
             .into_iter()
             .enumerate()
-            .map(|(index, (provider, models, aliases, discovered, enabled, weight))| UpstreamSpec {
-                name: format!("up{index}"),
-                provider,
-                protocol: provider.default_protocol(),
-                models,
-                aliases,
-                discovered_models: discovered,
-                enabled,
-                weight,
-            })
+            .map(
+                |(index, (provider, models, aliases, discovered, enabled, weight))| UpstreamSpec {
+                    name: format!("up{index}"),
+                    provider,
+                    protocol: provider.default_protocol(),
+                    models,
+                    aliases,
+                    discovered_models: discovered,
+                    enabled,
+                    weight,
+                },
+            )
             .collect()
     })
 }
@@ -369,7 +417,9 @@ impl ReferenceBreaker {
         match self.mode {
             ReferenceMode::Closed(_) => true,
             ReferenceMode::Open(until) if now < until => false,
-            ReferenceMode::Half(Some(started)) if now < started + self.config.trial_timeout => false,
+            ReferenceMode::Half(Some(started)) if now < started + self.config.trial_timeout => {
+                false
+            }
             _ => {
                 self.mode = ReferenceMode::Half(Some(now));
                 true
@@ -390,7 +440,9 @@ impl ReferenceBreaker {
 
     fn failure(&mut self, now: Instant) {
         match self.mode {
-            ReferenceMode::Closed(failures) if failures + 1 >= self.config.failure_threshold => self.trip(now),
+            ReferenceMode::Closed(failures) if failures + 1 >= self.config.failure_threshold => {
+                self.trip(now)
+            }
             ReferenceMode::Closed(failures) => self.mode = ReferenceMode::Closed(failures + 1),
             ReferenceMode::Open(_) => {}
             ReferenceMode::Half(_) => self.trip(now),
@@ -407,9 +459,12 @@ impl ReferenceBreaker {
         match self.mode {
             ReferenceMode::Closed(_) => Health::Closed,
             ReferenceMode::Open(until) if now < until => Health::Open { until },
-            ReferenceMode::Open(_) => Health::HalfOpen { trial_in_flight: false },
+            ReferenceMode::Open(_) => Health::HalfOpen {
+                trial_in_flight: false,
+            },
             ReferenceMode::Half(trial) => Health::HalfOpen {
-                trial_in_flight: trial.is_some_and(|started| now < started + self.config.trial_timeout),
+                trial_in_flight: trial
+                    .is_some_and(|started| now < started + self.config.trial_timeout),
             },
         }
     }

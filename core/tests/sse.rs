@@ -60,7 +60,10 @@ fn split_at_points(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
 #[test]
 fn whatwg_spec_examples() {
     // "data: YHOO\ndata: +2\ndata: 10" is one event with three lines.
-    assert_eq!(parse(b"data: YHOO\ndata: +2\ndata: 10\n\n"), vec![SseEvent::data("YHOO\n+2\n10")]);
+    assert_eq!(
+        parse(b"data: YHOO\ndata: +2\ndata: 10\n\n"),
+        vec![SseEvent::data("YHOO\n+2\n10")]
+    );
     // Comment, then two events; the id is sticky but reported per block.
     let stream = b": test stream\n\ndata: first event\nid: 1\n\ndata:second event\nid\n\ndata:  third event\n\n";
     assert_eq!(
@@ -77,13 +80,19 @@ fn whatwg_spec_examples() {
         vec![SseEvent::data(""), SseEvent::data("\n")]
     );
     // "data:test" and "data: test" are the same.
-    assert_eq!(parse(b"data:test\n\ndata: test\n\n"), vec![SseEvent::data("test"), SseEvent::data("test")]);
+    assert_eq!(
+        parse(b"data:test\n\ndata: test\n\n"),
+        vec![SseEvent::data("test"), SseEvent::data("test")]
+    );
 }
 
 #[test]
 fn fields_and_ignored_lines() {
     let stream = b"event: delta\nretry: 1500\nunknown: x\nid: a\0b\ndata: {}\n\n";
-    assert_eq!(parse(stream), vec![event(Some("delta"), "{}", None, Some(1500))]);
+    assert_eq!(
+        parse(stream),
+        vec![event(Some("delta"), "{}", None, Some(1500))]
+    );
     // Invalid retry values are ignored; the last valid one wins.
     assert_eq!(
         parse(b"retry: 10\nretry: 1x\nretry:\nretry: 99999999999999999999999\ndata: a\n\n"),
@@ -116,7 +125,12 @@ fn all_line_endings_and_cr_split_across_chunks() {
         b"data: a\rdata: b\r\rdata: c\r\r",
         b"data: a\r\ndata: b\r\rdata: c\n\r\n",
     ] {
-        assert_eq!(parse(stream), expected, "{:?}", String::from_utf8_lossy(stream));
+        assert_eq!(
+            parse(stream),
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(stream)
+        );
         // Every two-way split, including CR | LF.
         for cut in 0..=stream.len() {
             let (events, end) = parse_chunks([&stream[..cut], &stream[cut..]], LINE, EVENT);
@@ -143,8 +157,14 @@ fn byte_order_mark_only_at_stream_start() {
     let (events, _) = parse_chunks([&b"\xEF"[..], b"\xBB", b"\xBFdata: a\n\n"], LINE, EVENT);
     assert_eq!(events, vec![SseEvent::data("a")]);
     // A second BOM, or one later in the stream, is part of the field name: the line is ignored.
-    assert_eq!(parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n"), vec![SseEvent::data("b")]);
-    assert_eq!(parse(b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"), vec![SseEvent::data("a")]);
+    assert_eq!(
+        parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: a\n\ndata: b\n\n"),
+        vec![SseEvent::data("b")]
+    );
+    assert_eq!(
+        parse(b"data: a\n\n\xEF\xBB\xBFdata: b\n\n"),
+        vec![SseEvent::data("a")]
+    );
 }
 
 #[test]
@@ -154,7 +174,10 @@ fn utf8_split_across_chunks_survives_and_invalid_is_replaced() {
         let (events, _) = parse_chunks([&stream[..cut], &stream[cut..]], LINE, EVENT);
         assert_eq!(events, vec![SseEvent::data("héllo → 世界 🎉")]);
     }
-    assert_eq!(parse(b"data: a\xFFb\xE2\x82\n\n"), vec![SseEvent::data("a\u{FFFD}b\u{FFFD}")]);
+    assert_eq!(
+        parse(b"data: a\xFFb\xE2\x82\n\n"),
+        vec![SseEvent::data("a\u{FFFD}b\u{FFFD}")]
+    );
 }
 
 #[test]
@@ -162,22 +185,46 @@ fn strict_utf8_mode_rejects_invalid_bytes() {
     let mut parser = SseParser::new(LINE, EVENT).reject_invalid_utf8();
     parser.push(b"data: ok\n\ndata: a\xFF\n\ndata: later\n\n");
     assert_eq!(parser.next_event(), Some(Ok(SseEvent::data("ok"))));
-    assert_eq!(parser.next_event(), Some(Err(SseError::InvalidUtf8 { line_start: 10 })));
+    assert_eq!(
+        parser.next_event(),
+        Some(Err(SseError::InvalidUtf8 { line_start: 10 }))
+    );
     assert_eq!(parser.next_event(), None);
-    assert_eq!(parser.finish(), Err(SseError::InvalidUtf8 { line_start: 10 }));
+    assert_eq!(
+        parser.finish(),
+        Err(SseError::InvalidUtf8 { line_start: 10 })
+    );
 }
 
 #[test]
 fn finish_reports_incomplete_events() {
     let (events, end) = parse_chunks([&b"data: a\n\ndata: b\n"[..]], LINE, EVENT);
     assert_eq!(events, vec![SseEvent::data("a")]);
-    assert_eq!(end, Ok(SseEnd { leftover_bytes: 8, incomplete_event: true }));
+    assert_eq!(
+        end,
+        Ok(SseEnd {
+            leftover_bytes: 8,
+            incomplete_event: true
+        })
+    );
     let (_, end) = parse_chunks([&b"data: a\n\ndata: partial"[..]], LINE, EVENT);
     assert!(end.unwrap().incomplete_event);
     let (_, end) = parse_chunks([&b"data: a\r\n\r"[..], b"\n"], LINE, EVENT);
-    assert_eq!(end, Ok(SseEnd { leftover_bytes: 0, incomplete_event: false }));
+    assert_eq!(
+        end,
+        Ok(SseEnd {
+            leftover_bytes: 0,
+            incomplete_event: false
+        })
+    );
     let (_, end) = parse_chunks([&b""[..]], LINE, EVENT);
-    assert_eq!(end, Ok(SseEnd { leftover_bytes: 0, incomplete_event: false }));
+    assert_eq!(
+        end,
+        Ok(SseEnd {
+            leftover_bytes: 0,
+            incomplete_event: false
+        })
+    );
 }
 
 #[test]
@@ -188,7 +235,13 @@ fn over_long_line_is_an_error_before_it_is_complete() {
     parser.push(b"data: 0123456789"); // 16 bytes: still allowed
     assert_eq!(parser.next_event(), None);
     parser.push(b"x");
-    assert_eq!(parser.next_event(), Some(Err(SseError::LineTooLong { limit: 16, line_start: 10 })));
+    assert_eq!(
+        parser.next_event(),
+        Some(Err(SseError::LineTooLong {
+            limit: 16,
+            line_start: 10
+        }))
+    );
     // Further input is ignored and does not accumulate.
     for _ in 0..1000 {
         parser.push(&[b'y'; 1000]);
@@ -197,7 +250,13 @@ fn over_long_line_is_an_error_before_it_is_complete() {
     assert!(parser.finish().is_err());
     // A complete over-long line in one chunk.
     let (_, end) = parse_chunks([&b"data: 01234567890123456789\n\n"[..]], 16, 1 << 20);
-    assert_eq!(end, Err(SseError::LineTooLong { limit: 16, line_start: 0 }));
+    assert_eq!(
+        end,
+        Err(SseError::LineTooLong {
+            limit: 16,
+            line_start: 0
+        })
+    );
 }
 
 #[test]
@@ -208,7 +267,13 @@ fn over_large_event_is_an_error() {
         stream.extend_from_slice(b"data: 0123456789\n");
     }
     let (_, end) = parse_chunks([&stream[..]], 64, 1000);
-    assert_eq!(end, Err(SseError::EventTooLarge { limit: 1000, event_start: 0 }));
+    assert_eq!(
+        end,
+        Err(SseError::EventTooLarge {
+            limit: 1000,
+            event_start: 0
+        })
+    );
     // Comments without a blank line count too (the framer would keep their bytes).
     let comments = b":\n".repeat(600);
     let (_, end) = parse_chunks([&comments[..]], 64, 1000);
@@ -223,9 +288,14 @@ fn over_large_event_is_an_error() {
 #[test]
 fn encoder_output() {
     let mut out = Vec::new();
-    event(Some("message_delta"), "line1\nline2\r\nline3\r", Some("42"), Some(3000))
-        .encode(&mut out)
-        .unwrap();
+    event(
+        Some("message_delta"),
+        "line1\nline2\r\nline3\r",
+        Some("42"),
+        Some(3000),
+    )
+    .encode(&mut out)
+    .unwrap();
     assert_eq!(
         String::from_utf8(out.clone()).unwrap(),
         "id: 42\nretry: 3000\nevent: message_delta\ndata: line1\ndata: line2\ndata: line3\ndata:\n\n"
@@ -234,10 +304,16 @@ fn encoder_output() {
     encode_data(None, "{\"x\":1}", &mut out).unwrap();
     encode_data(Some("ping"), "", &mut out).unwrap();
     encode_comment("keep-alive", &mut out).unwrap();
-    assert_eq!(out, b"data: {\"x\":1}\n\nevent: ping\ndata:\n\n: keep-alive\n");
+    assert_eq!(
+        out,
+        b"data: {\"x\":1}\n\nevent: ping\ndata:\n\n: keep-alive\n"
+    );
     assert_eq!(
         parse(&out),
-        vec![SseEvent::data("{\"x\":1}"), event(Some("ping"), "", None, None)]
+        vec![
+            SseEvent::data("{\"x\":1}"),
+            event(Some("ping"), "", None, None)
+        ]
     );
 }
 
@@ -252,9 +328,18 @@ fn encoder_rejects_fields_that_would_change_meaning() {
         event(None, "", Some("a\rb"), None).encode(&mut out),
         Err(SseEncodeError::LineBreakInField { field: "id" })
     );
-    assert_eq!(event(None, "", Some("a\0"), None).encode(&mut out), Err(SseEncodeError::NulInId));
-    assert_eq!(encode_data(Some("x\n"), "", &mut out), Err(SseEncodeError::LineBreakInField { field: "event" }));
-    assert_eq!(encode_comment("a\nb", &mut out), Err(SseEncodeError::LineBreakInComment));
+    assert_eq!(
+        event(None, "", Some("a\0"), None).encode(&mut out),
+        Err(SseEncodeError::NulInId)
+    );
+    assert_eq!(
+        encode_data(Some("x\n"), "", &mut out),
+        Err(SseEncodeError::LineBreakInField { field: "event" })
+    );
+    assert_eq!(
+        encode_comment("a\nb", &mut out),
+        Err(SseEncodeError::LineBreakInComment)
+    );
     assert!(out.is_empty(), "nothing is written on error");
 }
 
@@ -270,7 +355,12 @@ fn framer_keeps_original_bytes_and_parses_events() {
     let pieces: Vec<&[u8]> = frames.iter().map(|frame| &frame.bytes[..]).collect();
     assert_eq!(
         pieces,
-        vec![&b": ping\n\n"[..], b"event: a\r\ndata: 1\r\n\r\n", b"data: 2\n\n", b"\n"]
+        vec![
+            &b": ping\n\n"[..],
+            b"event: a\r\ndata: 1\r\n\r\n",
+            b"data: 2\n\n",
+            b"\n"
+        ]
     );
     assert_eq!(frames[0].event, None);
     assert_eq!(frames[1].event, Some(event(Some("a"), "1", None, None)));
@@ -290,7 +380,12 @@ fn encodable_event() -> impl Strategy<Value = SseEvent> {
         proptest::option::of(single_line),
         proptest::option::of(any::<u64>()),
     )
-        .prop_map(|(event, data, id, retry)| SseEvent { event, data, id, retry })
+        .prop_map(|(event, data, id, retry)| SseEvent {
+            event,
+            data,
+            id,
+            retry,
+        })
 }
 
 /// What the parser gives back for an encoded event: line breaks normalised, empty event = None.

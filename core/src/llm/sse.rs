@@ -89,7 +89,9 @@ pub enum SseError {
         line_start: u64,
     },
     /// One event block was larger than `max_event_bytes`.
-    #[error("SSE event larger than {limit} bytes (event starts at byte {event_start} of the stream)")]
+    #[error(
+        "SSE event larger than {limit} bytes (event starts at byte {event_start} of the stream)"
+    )]
     EventTooLarge {
         /// The configured `max_event_bytes`.
         limit: usize,
@@ -169,7 +171,11 @@ impl SseEvent {
 
 /// Appends an event with an optional `event` field and `data` to `out`, without building an
 /// [`SseEvent`]. Same rules as [`SseEvent::encode`].
-pub fn encode_data(event: Option<&str>, data: &str, out: &mut Vec<u8>) -> Result<(), SseEncodeError> {
+pub fn encode_data(
+    event: Option<&str>,
+    data: &str,
+    out: &mut Vec<u8>,
+) -> Result<(), SseEncodeError> {
     check_single_line(event, "event")?;
     write_event_and_data(out, event, data);
     Ok(())
@@ -188,7 +194,9 @@ pub fn encode_comment(text: &str, out: &mut Vec<u8>) -> Result<(), SseEncodeErro
 
 fn check_single_line(value: Option<&str>, field: &'static str) -> Result<(), SseEncodeError> {
     match value {
-        Some(value) if value.contains(['\r', '\n']) => Err(SseEncodeError::LineBreakInField { field }),
+        Some(value) if value.contains(['\r', '\n']) => {
+            Err(SseEncodeError::LineBreakInField { field })
+        }
         _ => Ok(()),
     }
 }
@@ -219,7 +227,11 @@ fn write_event_and_data(out: &mut Vec<u8>, event: Option<&str>, data: &str) {
             }
             Some(at) => {
                 write_field(out, "data", &rest[..at]);
-                let after = if rest[at..].starts_with("\r\n") { at + 2 } else { at + 1 };
+                let after = if rest[at..].starts_with("\r\n") {
+                    at + 2
+                } else {
+                    at + 1
+                };
                 rest = &rest[after..];
             }
         }
@@ -287,7 +299,12 @@ enum LineKind {
 }
 
 impl FieldState {
-    fn process_line(&mut self, line: &[u8], line_start: u64, strict_utf8: bool) -> Result<LineKind, SseError> {
+    fn process_line(
+        &mut self,
+        line: &[u8],
+        line_start: u64,
+        strict_utf8: bool,
+    ) -> Result<LineKind, SseError> {
         if line.is_empty() {
             return Ok(LineKind::Blank);
         }
@@ -313,20 +330,20 @@ impl FieldState {
                 self.block.has_data = true;
             }
             b"event" => self.block.event_type = decode(value).into_owned(),
-            b"id" => {
-                if !value.contains(&0) {
-                    let id = decode(value).into_owned();
-                    self.last_event_id_buffer.clone_from(&id);
-                    self.block.id = Some(id);
-                }
+            // An id containing NUL is ignored.
+            b"id" if !value.contains(&0) => {
+                let id = decode(value).into_owned();
+                self.last_event_id_buffer.clone_from(&id);
+                self.block.id = Some(id);
             }
-            b"retry" => {
-                if !value.is_empty() && value.iter().all(u8::is_ascii_digit) {
-                    // Digits only, so from_utf8 cannot fail; u64 overflow ignores the field.
-                    if let Some(millis) = std::str::from_utf8(value).ok().and_then(|digits| digits.parse().ok()) {
-                        self.block.retry = Some(millis);
-                        self.reconnection_time = Some(millis);
-                    }
+            // Only ASCII digits count; a value that overflows u64 is ignored too.
+            b"retry" if !value.is_empty() && value.iter().all(u8::is_ascii_digit) => {
+                let millis = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|digits| digits.parse::<u64>().ok());
+                if let Some(millis) = millis {
+                    self.block.retry = Some(millis);
+                    self.reconnection_time = Some(millis);
                 }
             }
             _ => {}
@@ -434,7 +451,9 @@ impl Scanner {
     fn compact(&mut self) {
         let release = if self.keep_block_bytes {
             let block_index = self.block_start.saturating_sub(self.buf_offset);
-            usize::try_from(block_index).unwrap_or(usize::MAX).min(self.cursor)
+            usize::try_from(block_index)
+                .unwrap_or(usize::MAX)
+                .min(self.cursor)
         } else {
             self.cursor
         };
@@ -450,12 +469,18 @@ impl Scanner {
     ///
     /// Errors are reported at the earliest stream offset that breaks a limit, so the same stream
     /// gives the same error whatever the chunking.
-    fn first_violation(&self, line_start: u64, content_end: u64, counted_end: u64) -> Option<SseError> {
+    fn first_violation(
+        &self,
+        line_start: u64,
+        content_end: u64,
+        counted_end: u64,
+    ) -> Option<SseError> {
         let max_line = self.max_line_bytes as u64;
         let max_event = self.max_event_bytes as u64;
-        let line_violation = (content_end - line_start > max_line).then(|| line_start.saturating_add(max_line));
-        let event_violation =
-            (counted_end - self.block_size_start > max_event).then(|| self.block_size_start.saturating_add(max_event));
+        let line_violation =
+            (content_end - line_start > max_line).then(|| line_start.saturating_add(max_line));
+        let event_violation = (counted_end - self.block_size_start > max_event)
+            .then(|| self.block_size_start.saturating_add(max_event));
         let line_error = SseError::LineTooLong {
             limit: self.max_line_bytes,
             line_start,
@@ -504,7 +529,10 @@ impl Scanner {
             let line_start_index = self.cursor;
             let line_start = self.offset_of(line_start_index);
             let rest = self.buf.get(line_start_index..).unwrap_or_default();
-            let Some(line_len) = rest.iter().position(|byte| *byte == b'\n' || *byte == b'\r') else {
+            let Some(line_len) = rest
+                .iter()
+                .position(|byte| *byte == b'\n' || *byte == b'\r')
+            else {
                 // Only a partial line is left: check the limits now so it cannot grow forever.
                 let stream_end = self.offset_of(self.buf.len());
                 if let Some(error) = self.first_violation(line_start, stream_end, stream_end) {
@@ -530,7 +558,10 @@ impl Scanner {
             } else {
                 1
             };
-            let mut line = self.buf.get(line_start_index..line_end_index).unwrap_or_default();
+            let mut line = self
+                .buf
+                .get(line_start_index..line_end_index)
+                .unwrap_or_default();
             if self.at_stream_start {
                 self.at_stream_start = false;
                 line = line.strip_prefix(BYTE_ORDER_MARK).unwrap_or(line);
@@ -555,7 +586,9 @@ impl Scanner {
     fn end_state(&self) -> (u64, bool) {
         let stream_end = self.offset_of(self.buf.len());
         let partial_line = self.buf.get(self.cursor..).unwrap_or_default();
-        let partial_content = partial_line.iter().any(|byte| *byte != b'\n' && *byte != b'\r');
+        let partial_content = partial_line
+            .iter()
+            .any(|byte| *byte != b'\n' && *byte != b'\r');
         // A lone LF that completes a CRLF is not content (skip_lf still set).
         (
             stream_end - self.block_size_start,
@@ -597,7 +630,9 @@ impl SseParser {
     pub fn next_event(&mut self) -> Option<Result<SseEvent, SseError>> {
         loop {
             match self.scanner.poll_block()? {
-                Ok(Block { event: Some(event), .. }) => return Some(Ok(event)),
+                Ok(Block {
+                    event: Some(event), ..
+                }) => return Some(Ok(event)),
                 Ok(Block { event: None, .. }) => continue,
                 Err(error) => return Some(Err(error)),
             }
@@ -665,7 +700,9 @@ impl SseFramer {
             Err(error) => return Some(Err(error)),
         };
         let scanner = &self.scanner;
-        let index = |offset: u64| usize::try_from(offset.saturating_sub(scanner.buf_offset)).unwrap_or(usize::MAX);
+        let index = |offset: u64| {
+            usize::try_from(offset.saturating_sub(scanner.buf_offset)).unwrap_or(usize::MAX)
+        };
         let bytes = scanner
             .buf
             .get(index(block.start)..index(block.end))
@@ -690,7 +727,12 @@ impl SseFramer {
             return Err(error);
         }
         let (_, incomplete_event) = self.scanner.end_state();
-        let start = usize::try_from(self.scanner.block_start.saturating_sub(self.scanner.buf_offset)).unwrap_or(usize::MAX);
+        let start = usize::try_from(
+            self.scanner
+                .block_start
+                .saturating_sub(self.scanner.buf_offset),
+        )
+        .unwrap_or(usize::MAX);
         let leftover = self.scanner.buf.get(start..).unwrap_or_default().to_vec();
         Ok(SseFramerEnd {
             leftover,

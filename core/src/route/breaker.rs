@@ -105,7 +105,9 @@ impl CircuitBreaker {
         match self.state {
             State::Closed { .. } => Health::Closed,
             State::Open { until } if now < until => Health::Open { until },
-            State::Open { .. } => Health::HalfOpen { trial_in_flight: false },
+            State::Open { .. } => Health::HalfOpen {
+                trial_in_flight: false,
+            },
             State::HalfOpen { trial_started } => Health::HalfOpen {
                 trial_in_flight: self.trial_running(trial_started, now),
             },
@@ -116,7 +118,10 @@ impl CircuitBreaker {
     pub fn is_available(&self, now: Instant) -> bool {
         matches!(
             self.health(now),
-            Health::Closed | Health::HalfOpen { trial_in_flight: false }
+            Health::Closed
+                | Health::HalfOpen {
+                    trial_in_flight: false
+                }
         )
     }
 
@@ -156,7 +161,9 @@ impl CircuitBreaker {
     /// The request failed (connect error, timeout, 429, 5xx, broken stream).
     pub fn record_failure(&mut self, now: Instant) {
         match self.state {
-            State::Closed { consecutive_failures } => {
+            State::Closed {
+                consecutive_failures,
+            } => {
                 let failures = consecutive_failures.saturating_add(1);
                 if failures >= self.config.failure_threshold.max(1) {
                     self.trip(now);
@@ -175,7 +182,9 @@ impl CircuitBreaker {
     /// before the upstream answered): another trial may go.
     pub fn release(&mut self) {
         if let State::HalfOpen { .. } = self.state {
-            self.state = State::HalfOpen { trial_started: None };
+            self.state = State::HalfOpen {
+                trial_started: None,
+            };
         }
     }
 
@@ -236,7 +245,12 @@ mod tests {
         let until = t0 + Duration::from_secs(10);
         assert_eq!(breaker.health(t0), Health::Open { until });
         assert!(!breaker.try_acquire(until - Duration::from_millis(1)));
-        assert_eq!(breaker.health(until), Health::HalfOpen { trial_in_flight: false });
+        assert_eq!(
+            breaker.health(until),
+            Health::HalfOpen {
+                trial_in_flight: false
+            }
+        );
         assert!(breaker.try_acquire(until));
         assert!(!breaker.try_acquire(until), "only one trial");
         breaker.record_success(until);
@@ -261,7 +275,9 @@ mod tests {
             breaker.record_failure(now);
         }
         assert_eq!(cooldowns, [10, 20, 35, 35].map(Duration::from_secs));
-        let Health::Open { until } = breaker.health(now) else { panic!() };
+        let Health::Open { until } = breaker.health(now) else {
+            panic!()
+        };
         now = until;
         assert!(breaker.try_acquire(now));
         breaker.record_success(now);
@@ -282,6 +298,9 @@ mod tests {
         breaker.release();
         assert!(breaker.try_acquire(half_open + Duration::from_secs(5)));
         breaker.record_failure(half_open + Duration::from_secs(6));
-        assert!(matches!(breaker.health(half_open + Duration::from_secs(6)), Health::Open { .. }));
+        assert!(matches!(
+            breaker.health(half_open + Duration::from_secs(6)),
+            Health::Open { .. }
+        ));
     }
 }

@@ -35,7 +35,9 @@ impl AttemptOutcome {
     /// the upstream is up and answering, so it counts as a success.
     pub fn is_upstream_failure(&self) -> bool {
         match self {
-            AttemptOutcome::ConnectError | AttemptOutcome::Timeout | AttemptOutcome::FailedAfterFirstByte => true,
+            AttemptOutcome::ConnectError
+            | AttemptOutcome::Timeout
+            | AttemptOutcome::FailedAfterFirstByte => true,
             AttemptOutcome::HttpStatus(status) => *status == 429 || (500..=599).contains(status),
         }
     }
@@ -55,12 +57,24 @@ mod tests {
         assert!(should_failover(&AttemptOutcome::ConnectError));
         assert!(should_failover(&AttemptOutcome::Timeout));
         for status in [429, 500, 502, 503, 504, 599] {
-            assert!(should_failover(&AttemptOutcome::HttpStatus(status)), "{status}");
-            assert!(AttemptOutcome::HttpStatus(status).is_upstream_failure(), "{status}");
+            assert!(
+                should_failover(&AttemptOutcome::HttpStatus(status)),
+                "{status}"
+            );
+            assert!(
+                AttemptOutcome::HttpStatus(status).is_upstream_failure(),
+                "{status}"
+            );
         }
         for status in [200, 204, 301, 400, 401, 403, 404, 408, 413, 422, 600] {
-            assert!(!should_failover(&AttemptOutcome::HttpStatus(status)), "{status}");
-            assert!(!AttemptOutcome::HttpStatus(status).is_upstream_failure(), "{status}");
+            assert!(
+                !should_failover(&AttemptOutcome::HttpStatus(status)),
+                "{status}"
+            );
+            assert!(
+                !AttemptOutcome::HttpStatus(status).is_upstream_failure(),
+                "{status}"
+            );
         }
         assert!(!should_failover(&AttemptOutcome::FailedAfterFirstByte));
         assert!(AttemptOutcome::FailedAfterFirstByte.is_upstream_failure());

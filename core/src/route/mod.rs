@@ -39,6 +39,6 @@ pub mod models;
 pub use breaker::{BreakerConfig, CircuitBreaker, Health};
 pub use failover::{should_failover, AttemptOutcome};
 pub use models::{
-    Candidate, ModelEntry, ProviderKind, RouteError, Router, Tier, UnknownProvider, UpstreamId, UpstreamSpec,
-    WireProtocol,
+    Candidate, ModelEntry, ProviderKind, RouteError, Router, Tier, UnknownProvider, UpstreamId,
+    UpstreamSpec, WireProtocol,
 };

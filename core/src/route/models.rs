@@ -315,7 +315,10 @@ impl Router {
     }
 
     /// A router whose breakers use `breaker_config`.
-    pub fn with_breaker_config(upstreams: Vec<UpstreamSpec>, breaker_config: BreakerConfig) -> Result<Self, RouteError> {
+    pub fn with_breaker_config(
+        upstreams: Vec<UpstreamSpec>,
+        breaker_config: BreakerConfig,
+    ) -> Result<Self, RouteError> {
         let mut router = Router {
             upstreams: Vec::new(),
             model_sets: Vec::new(),
@@ -357,7 +360,10 @@ impl Router {
 
     /// Records the models an upstream listed. Unknown ids are ignored.
     pub fn set_discovered_models(&mut self, upstream: UpstreamId, models: Vec<String>) {
-        if let (Some(spec), Some(sets)) = (self.upstreams.get_mut(upstream.0), self.model_sets.get_mut(upstream.0)) {
+        if let (Some(spec), Some(sets)) = (
+            self.upstreams.get_mut(upstream.0),
+            self.model_sets.get_mut(upstream.0),
+        ) {
             sets.discovered = models.iter().cloned().collect();
             spec.discovered_models = models;
         }
@@ -375,7 +381,10 @@ impl Router {
 
     /// The id of the upstream with this name.
     pub fn find(&self, name: &str) -> Option<UpstreamId> {
-        self.upstreams.iter().position(|spec| spec.name == name).map(UpstreamId)
+        self.upstreams
+            .iter()
+            .position(|spec| spec.name == name)
+            .map(UpstreamId)
     }
 
     /// Ids of all upstreams, in order.
@@ -484,7 +493,9 @@ impl Router {
 
     /// The breaker state of an upstream at `now` (for metrics).
     pub fn health(&self, upstream: UpstreamId, now: Instant) -> Option<Health> {
-        self.breakers.get(upstream.0).map(|breaker| breaker.health(now))
+        self.breakers
+            .get(upstream.0)
+            .map(|breaker| breaker.health(now))
     }
 
     /// The breaker of an upstream.
@@ -539,9 +550,9 @@ fn weighted_key(seed: u64, name: &str, weight: u32) -> f64 {
         return f64::NEG_INFINITY;
     }
     // FNV-1a of the name, mixed with the seed through splitmix64.
-    let name_hash = name
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3));
+    let name_hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
     let mut z = seed ^ name_hash;
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
