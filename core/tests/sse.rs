@@ -507,3 +507,24 @@ proptest! {
         prop_assert!(fed <= limit + chunk, "error only after {} bytes", fed);
     }
 }
+
+#[test]
+fn byte_at_a_time_long_lines() {
+    let long = "x".repeat(10_000);
+    let stream = format!(": hi\r\ndata: {long}\r\ndata: é\r\n\r\nevent: e\rdata: {long}\r\r");
+    let (events, end) = parse_chunks(stream.as_bytes().chunks(1), 20_000, 40_000);
+    assert_eq!(
+        events,
+        vec![
+            SseEvent::data(format!("{long}\né")),
+            event(Some("e"), &long, None, None)
+        ]
+    );
+    assert_eq!(
+        end,
+        Ok(SseEnd {
+            leftover_bytes: 0,
+            incomplete_event: false
+        })
+    );
+}

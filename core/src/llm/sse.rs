@@ -395,6 +395,8 @@ struct Scanner {
     skip_lf: bool,
     /// No complete line has been processed yet (a leading BOM is still to be removed).
     at_stream_start: bool,
+    /// Stream offset up to which the current partial line holds no line ending.
+    searched_to: u64,
     fields: FieldState,
     /// Set by the first error; the error is reported once by `poll_block`.
     failure: Option<SseError>,
@@ -422,6 +424,7 @@ impl Scanner {
             block_size_start: 0,
             skip_lf: false,
             at_stream_start: true,
+            searched_to: 0,
             fields: FieldState::default(),
             failure: None,
             failure_reported: false,
@@ -528,11 +531,18 @@ impl Scanner {
             }
             let line_start_index = self.cursor;
             let line_start = self.offset_of(line_start_index);
-            let rest = self.buf.get(line_start_index..).unwrap_or_default();
-            let Some(line_len) = rest
+            // Bytes of a partial line already searched are not searched again, so a long line
+            // arriving in small chunks costs linear time.
+            let searched = usize::try_from(self.searched_to.saturating_sub(self.buf_offset))
+                .unwrap_or(usize::MAX)
+                .max(line_start_index);
+            let unsearched = self.buf.get(searched..).unwrap_or_default();
+            let Some(line_len) = unsearched
                 .iter()
                 .position(|byte| *byte == b'\n' || *byte == b'\r')
+                .map(|position| searched - line_start_index + position)
             else {
+                self.searched_to = self.offset_of(self.buf.len());
                 // Only a partial line is left: check the limits now so it cannot grow forever.
                 let stream_end = self.offset_of(self.buf.len());
                 if let Some(error) = self.first_violation(line_start, stream_end, stream_end) {
