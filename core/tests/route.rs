@@ -261,6 +261,28 @@ fn weighted_order_is_deterministic_and_follows_weights() {
     assert!((1350..1650).contains(&heavy_first), "{heavy_first}");
 }
 
+#[test]
+fn latency_order_prefers_fast_and_unmeasured_upstreams() {
+    let specs = ["a", "b", "c", "d"]
+        .map(|name| upstream(name, ProviderKind::Anthropic))
+        .to_vec();
+    let mut router = Router::new(specs).unwrap();
+    let now = Instant::now();
+    let id = |router: &Router, name: &str| router.find(name).unwrap();
+    let (a, b, c) = (id(&router, "a"), id(&router, "b"), id(&router, "c"));
+    router.record_latency(a, Duration::from_millis(400));
+    router.record_latency(b, Duration::from_millis(100));
+    router.record_latency(c, Duration::from_millis(100));
+    router.record_latency(c, Duration::from_millis(500)); // average 200 ms
+    assert_eq!(router.latency(c), Some(Duration::from_millis(200)));
+    let order: Vec<String> = router
+        .candidates_by_latency("claude-x", now)
+        .into_iter()
+        .map(|candidate| candidate.upstream_name)
+        .collect();
+    assert_eq!(order, ["d", "b", "c", "a"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Properties
 
@@ -524,6 +546,7 @@ proptest! {
         history in history(),
         removed in 0usize..7,
         seed in any::<u64>(),
+        latencies in proptest::collection::vec((0usize..7, 0u64..500), 0..12),
     ) {
         let start = Instant::now();
         let mut full = Router::with_breaker_config(specs.clone(), test_breaker_config()).unwrap();
@@ -532,6 +555,13 @@ proptest! {
         let rest: Vec<UpstreamSpec> = specs.iter().filter(|spec| spec.name != removed_name).cloned().collect();
         let mut reduced = Router::with_breaker_config(rest, test_breaker_config()).unwrap();
         prop_assert_eq!(apply_history(&mut reduced, &history, start), now);
+        for (index, millis) in &latencies {
+            for router in [&mut full, &mut reduced] {
+                if let Some(id) = router.find(&format!("up{index}")) {
+                    router.record_latency(id, Duration::from_millis(*millis));
+                }
+            }
+        }
         for model in MODEL_POOL {
             prop_assert_eq!(full.candidates(model, now), full.candidates(model, now));
             let without = |candidates: Vec<Candidate>| -> Vec<(String, String, Tier)> {
@@ -546,12 +576,19 @@ proptest! {
                 without(full.candidates_weighted(model, now, seed)),
                 without(reduced.candidates_weighted(model, now, seed))
             );
+            prop_assert_eq!(
+                without(full.candidates_by_latency(model, now)),
+                without(reduced.candidates_by_latency(model, now))
+            );
             // The weighted order is a permutation of the plain one within each tier.
             let mut plain = without(full.candidates(model, now));
             let mut weighted = without(full.candidates_weighted(model, now, seed));
+            let mut by_latency = without(full.candidates_by_latency(model, now));
             plain.sort();
             weighted.sort();
-            prop_assert_eq!(plain, weighted);
+            by_latency.sort();
+            prop_assert_eq!(&plain, &weighted);
+            prop_assert_eq!(&plain, &by_latency);
         }
     }
 

@@ -13,14 +13,15 @@
 //! 3. [`Tier::Discovered`]: the upstream listed the model when asked.
 //!
 //! Each upstream appears at most once, in its best tier. Within a tier the configuration order
-//! is kept (or a seeded weighted order, [`Router::candidates_weighted`]). Disabled upstreams and
+//! is kept (or a seeded weighted order, [`Router::candidates_weighted`], or lowest latency
+//! first, [`Router::candidates_by_latency`]). Disabled upstreams and
 //! upstreams whose breaker admits nothing now are left out; an unknown model gives an empty
 //! list, which the daemon answers with 404.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::breaker::{BreakerConfig, CircuitBreaker, Health};
 use super::failover::AttemptOutcome;
@@ -305,6 +306,8 @@ pub struct Router {
     upstreams: Vec<UpstreamSpec>,
     model_sets: Vec<ModelSets>,
     breakers: Vec<CircuitBreaker>,
+    /// Moving average of each upstream's time to first byte, once measured.
+    latencies: Vec<Option<Duration>>,
     breaker_config: BreakerConfig,
 }
 
@@ -323,14 +326,15 @@ impl Router {
             upstreams: Vec::new(),
             model_sets: Vec::new(),
             breakers: Vec::new(),
+            latencies: Vec::new(),
             breaker_config,
         };
         router.replace_upstreams(upstreams)?;
         Ok(router)
     }
 
-    /// Swaps in a new upstream list (after a configuration change). Breakers of upstreams
-    /// that keep their name keep their state; new ones start closed. Previous [`UpstreamId`]s
+    /// Swaps in a new upstream list (after a configuration change). Upstreams that keep their
+    /// name keep their breaker state and latency average; new ones start closed and unmeasured. Previous [`UpstreamId`]s
     /// are invalid afterwards. On error nothing changes.
     pub fn replace_upstreams(&mut self, upstreams: Vec<UpstreamSpec>) -> Result<(), RouteError> {
         let mut seen = BTreeSet::new();
@@ -339,20 +343,22 @@ impl Router {
                 return Err(RouteError::DuplicateUpstream(spec.name.clone()));
             }
         }
-        let mut old_breakers: BTreeMap<String, CircuitBreaker> = self
-            .upstreams
-            .iter()
-            .map(|spec| spec.name.clone())
-            .zip(std::mem::take(&mut self.breakers))
+        let old_names = self.upstreams.iter().map(|spec| spec.name.clone());
+        let mut old_state: BTreeMap<String, (CircuitBreaker, Option<Duration>)> = old_names
+            .zip(
+                std::mem::take(&mut self.breakers)
+                    .into_iter()
+                    .zip(std::mem::take(&mut self.latencies)),
+            )
             .collect();
-        self.breakers = upstreams
+        (self.breakers, self.latencies) = upstreams
             .iter()
             .map(|spec| {
-                old_breakers
+                old_state
                     .remove(&spec.name)
-                    .unwrap_or_else(|| CircuitBreaker::new(self.breaker_config))
+                    .unwrap_or_else(|| (CircuitBreaker::new(self.breaker_config), None))
             })
-            .collect();
+            .unzip();
         self.model_sets = upstreams.iter().map(ModelSets::of).collect();
         self.upstreams = upstreams;
         Ok(())
@@ -465,6 +471,36 @@ impl Router {
         // Higher key first; ties keep configuration order (sort_by is stable).
         candidates.sort_by(|a, b| a.tier.cmp(&b.tier).then_with(|| key(b).total_cmp(&key(a))));
         candidates
+    }
+
+    /// Like [`candidates`](Self::candidates), but within each tier the upstream with the lowest
+    /// average latency ([`record_latency`](Self::record_latency)) comes first. Unmeasured
+    /// upstreams come before measured ones (so they get measured); ties keep configuration
+    /// order. Each upstream's place depends only on its own measurements, so removing one keeps
+    /// the relative order of the others.
+    pub fn candidates_by_latency(&self, model: &str, now: Instant) -> Vec<Candidate> {
+        let mut candidates = self.candidates(model, now);
+        candidates.sort_by_key(|candidate| (candidate.tier, self.latency(candidate.upstream)));
+        candidates
+    }
+
+    /// Adds one latency sample (e.g. time to first byte) to an upstream's moving average
+    /// (each new sample weighs 1/4).
+    pub fn record_latency(&mut self, upstream: UpstreamId, sample: Duration) {
+        if let Some(average) = self.latencies.get_mut(upstream.0) {
+            *average = Some(match *average {
+                None => sample,
+                Some(previous) => {
+                    let nanos = (previous.as_nanos() * 3 + sample.as_nanos()) / 4;
+                    Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+                }
+            });
+        }
+    }
+
+    /// An upstream's latency average, `None` until measured.
+    pub fn latency(&self, upstream: UpstreamId) -> Option<Duration> {
+        self.latencies.get(upstream.0).copied().flatten()
     }
 
     /// The models to show in `GET /v1/models`: explicit models, aliases and discovered models
