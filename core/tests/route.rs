@@ -1,0 +1,630 @@
+//! Model routing: tiers, aliases, breakers and failover order, with properties over random
+//! upstream sets, model lists, failure histories and times.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gate_core::route::{
+    AttemptOutcome, BreakerConfig, Candidate, CircuitBreaker, Health, ProviderKind, Router, Tier,
+    UpstreamSpec, WireProtocol,
+};
+use proptest::prelude::*;
+
+fn upstream(name: &str, provider: ProviderKind) -> UpstreamSpec {
+    UpstreamSpec::new(name, provider)
+}
+
+fn names(candidates: &[Candidate]) -> Vec<(&str, &str, Tier)> {
+    candidates
+        .iter()
+        .map(|candidate| {
+            (
+                candidate.upstream_name.as_str(),
+                candidate.upstream_model.as_str(),
+                candidate.tier,
+            )
+        })
+        .collect()
+}
+
+fn sample_router() -> Router {
+    let openrouter = upstream("openrouter", ProviderKind::OpenRouter);
+    let mut openai = upstream("openai", ProviderKind::OpenAi);
+    openai.models = vec!["ft:gpt-4o:acme".into()];
+    let mut groq = upstream("groq", ProviderKind::Groq);
+    groq.discovered_models = vec!["gpt-4o".into(), "llama-3.3-70b-versatile".into()];
+    let mut local = upstream("ollama", ProviderKind::Custom);
+    local.aliases = BTreeMap::from([
+        ("fast".into(), "llama3.2:3b".into()),
+        ("gpt-4o".into(), "qwen2.5:7b".into()),
+    ]);
+    local.discovered_models = vec!["llama3.2:3b".into()];
+    let anthropic = upstream("anthropic", ProviderKind::Anthropic);
+    Router::new(vec![openrouter, openai, groq, local, anthropic]).unwrap()
+}
+
+#[test]
+fn tiers_then_configuration_order() {
+    let router = sample_router();
+    let now = Instant::now();
+    assert_eq!(
+        names(&router.candidates("gpt-4o", now)),
+        vec![
+            ("ollama", "qwen2.5:7b", Tier::Explicit),
+            ("openai", "gpt-4o", Tier::ProviderDefault),
+            ("groq", "gpt-4o", Tier::Discovered),
+        ]
+    );
+    assert_eq!(
+        names(&router.candidates("fast", now)),
+        vec![("ollama", "llama3.2:3b", Tier::Explicit)]
+    );
+    assert_eq!(
+        names(&router.candidates("llama-3.3-70b-versatile", now)),
+        vec![("groq", "llama-3.3-70b-versatile", Tier::ProviderDefault)]
+    );
+    assert_eq!(
+        names(&router.candidates("anthropic/claude-sonnet-4", now)),
+        vec![(
+            "openrouter",
+            "anthropic/claude-sonnet-4",
+            Tier::ProviderDefault
+        )]
+    );
+    assert_eq!(
+        names(&router.candidates("claude-sonnet-4-5", now)),
+        vec![("anthropic", "claude-sonnet-4-5", Tier::ProviderDefault)]
+    );
+    assert!(router.candidates("no-such-model", now).is_empty());
+    assert_eq!(router.upstreams()[4].protocol, WireProtocol::Anthropic);
+}
+
+#[test]
+fn disabled_upstreams_are_skipped_everywhere() {
+    let mut specs = sample_router().upstreams().to_vec();
+    specs[3].enabled = false;
+    let router = Router::new(specs).unwrap();
+    assert!(router.candidates("fast", Instant::now()).is_empty());
+    assert!(router
+        .list_models()
+        .iter()
+        .all(|entry| entry.upstream_name != "ollama"));
+}
+
+#[test]
+fn list_models_deduplicates_and_names_the_first_upstream() {
+    let router = sample_router();
+    let entries = router.list_models();
+    let listed: Vec<(&str, &str, &str)> = entries
+        .iter()
+        .map(|entry| {
+            (
+                entry.id.as_str(),
+                entry.upstream_name.as_str(),
+                entry.upstream_model.as_str(),
+            )
+        })
+        .collect();
+    let expected = vec![
+        ("fast", "ollama", "llama3.2:3b"),
+        ("ft:gpt-4o:acme", "openai", "ft:gpt-4o:acme"),
+        ("gpt-4o", "ollama", "qwen2.5:7b"),
+        ("llama-3.3-70b-versatile", "groq", "llama-3.3-70b-versatile"),
+        // Groq's provider default (`llama*`, tier 2) beats Ollama's discovered list (tier 3).
+        ("llama3.2:3b", "groq", "llama3.2:3b"),
+    ];
+    assert_eq!(listed, expected);
+}
+
+#[test]
+fn open_circuits_are_excluded_and_half_open_admits_one_trial() {
+    let config = BreakerConfig {
+        failure_threshold: 2,
+        base_cooldown: Duration::from_secs(30),
+        ..BreakerConfig::default()
+    };
+    let mut router =
+        Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
+    let t0 = Instant::now();
+    let ollama = router.find("ollama").unwrap();
+    router.record_outcome(ollama, &AttemptOutcome::ConnectError, t0);
+    router.record_outcome(ollama, &AttemptOutcome::HttpStatus(400), t0); // up, answering
+    router.record_outcome(ollama, &AttemptOutcome::HttpStatus(503), t0);
+    assert_eq!(router.health(ollama, t0), Some(Health::Closed));
+    router.record_outcome(ollama, &AttemptOutcome::Timeout, t0);
+    assert_eq!(
+        router.health(ollama, t0),
+        Some(Health::Open {
+            until: t0 + Duration::from_secs(30)
+        })
+    );
+    assert_eq!(names(&router.candidates("gpt-4o", t0))[0].0, "openai");
+    assert_eq!(router.all_candidates("gpt-4o").len(), 3);
+
+    let later = t0 + Duration::from_secs(30);
+    assert_eq!(names(&router.candidates("gpt-4o", later))[0].0, "ollama");
+    assert!(router.try_acquire(ollama, later));
+    assert!(!router.try_acquire(ollama, later));
+    assert_eq!(names(&router.candidates("gpt-4o", later))[0].0, "openai");
+    router.record_success(ollama, later);
+    assert_eq!(router.health(ollama, later), Some(Health::Closed));
+}
+
+#[test]
+fn breaker_state_survives_a_configuration_change() {
+    let config = BreakerConfig {
+        failure_threshold: 1,
+        ..BreakerConfig::default()
+    };
+    let mut router =
+        Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
+    let now = Instant::now();
+    let groq = router.find("groq").unwrap();
+    router.record_failure(groq, now);
+    let mut specs = router.upstreams().to_vec();
+    specs.remove(0);
+    specs.push(upstream("mistral", ProviderKind::Mistral));
+    router.replace_upstreams(specs).unwrap();
+    let groq = router.find("groq").unwrap();
+    assert!(matches!(
+        router.health(groq, now),
+        Some(Health::Open { .. })
+    ));
+    let mistral = router.find("mistral").unwrap();
+    assert_eq!(router.health(mistral, now), Some(Health::Closed));
+    let duplicate = vec![
+        upstream("a", ProviderKind::Custom),
+        upstream("a", ProviderKind::OpenAi),
+    ];
+    assert!(router.replace_upstreams(duplicate).is_err());
+    assert!(router.find("groq").is_some(), "unchanged after an error");
+}
+
+#[test]
+fn discovered_models_can_be_updated() {
+    let mut router = sample_router();
+    let now = Instant::now();
+    let ollama = router.find("ollama").unwrap();
+    assert!(router.candidates("phi4", now).is_empty());
+    router.set_discovered_models(ollama, vec!["phi4".into()]);
+    assert_eq!(
+        names(&router.candidates("phi4", now)),
+        vec![("ollama", "phi4", Tier::Discovered)]
+    );
+}
+
+#[test]
+fn provider_names_and_default_patterns() {
+    for kind in ProviderKind::ALL {
+        assert_eq!(kind.as_str().parse::<ProviderKind>(), Ok(kind));
+    }
+    assert!("vllm"
+        .parse::<ProviderKind>()
+        .unwrap_err()
+        .to_string()
+        .contains("custom"));
+    let cases = [
+        (ProviderKind::OpenAi, "gpt-4o-mini", true),
+        (ProviderKind::OpenAi, "o1", true),
+        (ProviderKind::OpenAi, "o3-mini", true),
+        (ProviderKind::OpenAi, "o4-mini-high", true),
+        (ProviderKind::OpenAi, "o1x", false),
+        (ProviderKind::OpenAi, "text-embedding-3-small", true),
+        (ProviderKind::OpenAi, "claude-3", false),
+        (ProviderKind::Anthropic, "claude-opus-4-1", true),
+        (ProviderKind::Anthropic, "gpt-4", false),
+        (ProviderKind::Google, "gemini-2.5-pro", true),
+        (ProviderKind::Google, "gemma-3-27b-it", true),
+        (ProviderKind::Mistral, "open-mistral-nemo", true),
+        (ProviderKind::Mistral, "codestral-latest", true),
+        (ProviderKind::Mistral, "gpt-4", false),
+        (ProviderKind::Groq, "llama-3.1-8b-instant", true),
+        (ProviderKind::Groq, "qwen-qwq-32b", true),
+        (ProviderKind::Groq, "openai/gpt-oss-120b", true),
+        (ProviderKind::Groq, "claude-3", false),
+        (ProviderKind::OpenRouter, "openai/gpt-4o", true),
+        (
+            ProviderKind::OpenRouter,
+            "meta-llama/llama-3.1-8b-instruct:free",
+            true,
+        ),
+        (ProviderKind::OpenRouter, "gpt-4o", false),
+        (ProviderKind::OpenRouter, "/x", false),
+        (ProviderKind::OpenRouter, "x/", false),
+        (ProviderKind::Custom, "gpt-4o", false),
+    ];
+    for (kind, model, expected) in cases {
+        assert_eq!(kind.serves_by_default(model), expected, "{kind} {model}");
+    }
+}
+
+#[test]
+fn weighted_order_is_deterministic_and_follows_weights() {
+    let mut heavy = upstream("heavy", ProviderKind::OpenAi);
+    heavy.weight = Some(3);
+    let light = upstream("light", ProviderKind::OpenAi);
+    let mut never = upstream("never-first", ProviderKind::OpenAi);
+    never.weight = Some(0);
+    let router = Router::new(vec![never, light, heavy]).unwrap();
+    let now = Instant::now();
+    let mut heavy_first = 0;
+    for seed in 0..2000u64 {
+        let order = router.candidates_weighted("gpt-4o", now, seed);
+        assert_eq!(order, router.candidates_weighted("gpt-4o", now, seed));
+        assert_eq!(order.len(), 3);
+        assert_eq!(order[2].upstream_name, "never-first");
+        if order[0].upstream_name == "heavy" {
+            heavy_first += 1;
+        }
+    }
+    // Expected 1500 of 2000; deterministic seeds, so this cannot flake.
+    assert!((1350..1650).contains(&heavy_first), "{heavy_first}");
+}
+
+#[test]
+fn latency_order_prefers_fast_and_unmeasured_upstreams() {
+    let specs = ["a", "b", "c", "d"]
+        .map(|name| upstream(name, ProviderKind::Anthropic))
+        .to_vec();
+    let mut router = Router::new(specs).unwrap();
+    let now = Instant::now();
+    let id = |router: &Router, name: &str| router.find(name).unwrap();
+    let (a, b, c) = (id(&router, "a"), id(&router, "b"), id(&router, "c"));
+    router.record_latency(a, Duration::from_millis(400));
+    router.record_latency(b, Duration::from_millis(100));
+    router.record_latency(c, Duration::from_millis(100));
+    router.record_latency(c, Duration::from_millis(500)); // average 200 ms
+    assert_eq!(router.latency(c), Some(Duration::from_millis(200)));
+    let order: Vec<String> = router
+        .candidates_by_latency("claude-x", now)
+        .into_iter()
+        .map(|candidate| candidate.upstream_name)
+        .collect();
+    assert_eq!(order, ["d", "b", "c", "a"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Properties
+
+const MODEL_POOL: [&str; 12] = [
+    "gpt-4o",
+    "o1",
+    "o3-mini",
+    "claude-3-5-sonnet",
+    "gemini-2.0-flash",
+    "llama3-8b",
+    "mistral-large",
+    "meta-llama/llama-3-70b",
+    "my-model",
+    "fast",
+    "other",
+    "unknown-to-all",
+];
+
+fn model_name() -> impl Strategy<Value = String> {
+    // Leave out the last pool entry so one model is never configured anywhere.
+    (0..MODEL_POOL.len() - 1).prop_map(|index| MODEL_POOL[index].to_owned())
+}
+
+fn provider() -> impl Strategy<Value = ProviderKind> {
+    (0..ProviderKind::ALL.len()).prop_map(|index| ProviderKind::ALL[index])
+}
+
+fn upstream_specs() -> impl Strategy<Value = Vec<UpstreamSpec>> {
+    let spec = (
+        provider(),
+        proptest::collection::vec(model_name(), 0..3),
+        proptest::collection::btree_map(model_name(), model_name(), 0..2),
+        proptest::collection::vec(model_name(), 0..3),
+        proptest::bool::weighted(0.85),
+        proptest::option::of(0u32..4),
+    );
+    proptest::collection::vec(spec, 1..7).prop_map(|specs| {
+        specs
+            .into_iter()
+            .enumerate()
+            .map(
+                |(index, (provider, models, aliases, discovered, enabled, weight))| UpstreamSpec {
+                    name: format!("up{index}"),
+                    provider,
+                    protocol: provider.default_protocol(),
+                    models,
+                    aliases,
+                    discovered_models: discovered,
+                    enabled,
+                    weight,
+                },
+            )
+            .collect()
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    Success,
+    Failure,
+    Acquire,
+    Release,
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        2 => Just(Event::Failure),
+        1 => Just(Event::Success),
+        1 => Just(Event::Acquire),
+        1 => Just(Event::Release),
+    ]
+}
+
+/// (upstream index, event, seconds since the previous event)
+fn history() -> impl Strategy<Value = Vec<(usize, Event, u64)>> {
+    proptest::collection::vec((0usize..7, event(), 0u64..20), 0..60)
+}
+
+fn test_breaker_config() -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: 3,
+        base_cooldown: Duration::from_secs(10),
+        max_cooldown: Duration::from_secs(40),
+        trial_timeout: Duration::from_secs(15),
+    }
+}
+
+/// Applies a history to the upstreams named in it; returns the time after it.
+fn apply_history(router: &mut Router, history: &[(usize, Event, u64)], start: Instant) -> Instant {
+    let mut now = start;
+    for (index, event, step) in history {
+        now += Duration::from_secs(*step);
+        let Some(id) = router.find(&format!("up{index}")) else {
+            continue;
+        };
+        match event {
+            Event::Success => router.record_success(id, now),
+            Event::Failure => router.record_failure(id, now),
+            Event::Acquire => {
+                router.try_acquire(id, now);
+            }
+            Event::Release => router.release(id),
+        }
+    }
+    now
+}
+
+/// The route an upstream should give, straight from DESIGN.md section 5.
+fn expected_route(spec: &UpstreamSpec, model: &str) -> Option<(Tier, String)> {
+    if !spec.enabled {
+        None
+    } else if let Some(target) = spec.aliases.get(model) {
+        Some((Tier::Explicit, target.clone()))
+    } else if spec.models.iter().any(|listed| listed == model) {
+        Some((Tier::Explicit, model.to_owned()))
+    } else if spec.provider.serves_by_default(model) {
+        Some((Tier::ProviderDefault, model.to_owned()))
+    } else if spec.discovered_models.iter().any(|listed| listed == model) {
+        Some((Tier::Discovered, model.to_owned()))
+    } else {
+        None
+    }
+}
+
+/// Reference breaker: the rules of the breaker module written as plainly as possible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ReferenceMode {
+    Closed(u32),
+    Open(Instant),
+    Half(Option<Instant>),
+}
+
+struct ReferenceBreaker {
+    mode: ReferenceMode,
+    trips: u32,
+    config: BreakerConfig,
+}
+
+impl ReferenceBreaker {
+    fn trip(&mut self, now: Instant) {
+        let mut cooldown = self.config.base_cooldown;
+        for _ in 0..self.trips {
+            cooldown *= 2;
+            if cooldown >= self.config.max_cooldown {
+                cooldown = self.config.max_cooldown;
+                break;
+            }
+        }
+        self.trips += 1;
+        self.mode = ReferenceMode::Open(now + cooldown);
+    }
+
+    fn acquire(&mut self, now: Instant) -> bool {
+        match self.mode {
+            ReferenceMode::Closed(_) => true,
+            ReferenceMode::Open(until) if now < until => false,
+            ReferenceMode::Half(Some(started)) if now < started + self.config.trial_timeout => {
+                false
+            }
+            _ => {
+                self.mode = ReferenceMode::Half(Some(now));
+                true
+            }
+        }
+    }
+
+    fn success(&mut self) {
+        match self.mode {
+            ReferenceMode::Closed(_) => self.mode = ReferenceMode::Closed(0),
+            ReferenceMode::Open(_) => {}
+            ReferenceMode::Half(_) => {
+                self.mode = ReferenceMode::Closed(0);
+                self.trips = 0;
+            }
+        }
+    }
+
+    fn failure(&mut self, now: Instant) {
+        match self.mode {
+            ReferenceMode::Closed(failures) if failures + 1 >= self.config.failure_threshold => {
+                self.trip(now)
+            }
+            ReferenceMode::Closed(failures) => self.mode = ReferenceMode::Closed(failures + 1),
+            ReferenceMode::Open(_) => {}
+            ReferenceMode::Half(_) => self.trip(now),
+        }
+    }
+
+    fn release(&mut self) {
+        if let ReferenceMode::Half(_) = self.mode {
+            self.mode = ReferenceMode::Half(None);
+        }
+    }
+
+    fn health(&self, now: Instant) -> Health {
+        match self.mode {
+            ReferenceMode::Closed(_) => Health::Closed,
+            ReferenceMode::Open(until) if now < until => Health::Open { until },
+            ReferenceMode::Open(_) => Health::HalfOpen {
+                trial_in_flight: false,
+            },
+            ReferenceMode::Half(trial) => Health::HalfOpen {
+                trial_in_flight: trial
+                    .is_some_and(|started| now < started + self.config.trial_timeout),
+            },
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Never an open-circuited upstream, never one that lacks the model, never a disabled one;
+    /// and every upstream that is available and has the model is there, in tier then
+    /// configuration order, with the right upstream model name.
+    #[test]
+    fn candidates_are_exactly_the_available_upstreams_with_the_model(
+        specs in upstream_specs(),
+        history in history(),
+        extra_seconds in 0u64..60,
+    ) {
+        let mut router = Router::with_breaker_config(specs.clone(), test_breaker_config()).unwrap();
+        let start = Instant::now();
+        let now = apply_history(&mut router, &history, start) + Duration::from_secs(extra_seconds);
+        for model in MODEL_POOL {
+            let candidates = router.candidates(model, now);
+            for candidate in &candidates {
+                let health = router.health(candidate.upstream, now).unwrap();
+                prop_assert!(!matches!(health, Health::Open { .. }), "{} is open", candidate.upstream_name);
+                prop_assert!(router.breaker(candidate.upstream).unwrap().is_available(now));
+            }
+            let mut expected = Vec::new();
+            for tier in [Tier::Explicit, Tier::ProviderDefault, Tier::Discovered] {
+                for (index, spec) in specs.iter().enumerate() {
+                    let id = router.find(&spec.name).unwrap();
+                    prop_assert_eq!(id.index(), index);
+                    if !router.breaker(id).unwrap().is_available(now) {
+                        continue;
+                    }
+                    if let Some((found_tier, upstream_model)) = expected_route(spec, model) {
+                        if found_tier == tier {
+                            expected.push((spec.name.clone(), upstream_model, tier));
+                        }
+                    }
+                }
+            }
+            let got: Vec<(String, String, Tier)> = candidates
+                .iter()
+                .map(|candidate| (candidate.upstream_name.clone(), candidate.upstream_model.clone(), candidate.tier))
+                .collect();
+            prop_assert_eq!(got, expected);
+        }
+        prop_assert!(router.candidates("unknown-to-all", now).is_empty());
+    }
+
+    /// Same inputs give the same order, and removing an upstream (with its history) keeps the
+    /// relative order of the others, for the plain and the weighted order.
+    #[test]
+    fn failover_order_is_stable_under_removal(
+        specs in upstream_specs(),
+        history in history(),
+        removed in 0usize..7,
+        seed in any::<u64>(),
+        latencies in proptest::collection::vec((0usize..7, 0u64..500), 0..12),
+    ) {
+        let start = Instant::now();
+        let mut full = Router::with_breaker_config(specs.clone(), test_breaker_config()).unwrap();
+        let now = apply_history(&mut full, &history, start);
+        let removed_name = format!("up{}", removed % specs.len());
+        let rest: Vec<UpstreamSpec> = specs.iter().filter(|spec| spec.name != removed_name).cloned().collect();
+        let mut reduced = Router::with_breaker_config(rest, test_breaker_config()).unwrap();
+        prop_assert_eq!(apply_history(&mut reduced, &history, start), now);
+        for (index, millis) in &latencies {
+            for router in [&mut full, &mut reduced] {
+                if let Some(id) = router.find(&format!("up{index}")) {
+                    router.record_latency(id, Duration::from_millis(*millis));
+                }
+            }
+        }
+        for model in MODEL_POOL {
+            prop_assert_eq!(full.candidates(model, now), full.candidates(model, now));
+            let without = |candidates: Vec<Candidate>| -> Vec<(String, String, Tier)> {
+                candidates
+                    .into_iter()
+                    .filter(|candidate| candidate.upstream_name != removed_name)
+                    .map(|candidate| (candidate.upstream_name, candidate.upstream_model, candidate.tier))
+                    .collect()
+            };
+            prop_assert_eq!(without(full.candidates(model, now)), without(reduced.candidates(model, now)));
+            prop_assert_eq!(
+                without(full.candidates_weighted(model, now, seed)),
+                without(reduced.candidates_weighted(model, now, seed))
+            );
+            prop_assert_eq!(
+                without(full.candidates_by_latency(model, now)),
+                without(reduced.candidates_by_latency(model, now))
+            );
+            // The weighted order is a permutation of the plain one within each tier.
+            let mut plain = without(full.candidates(model, now));
+            let mut weighted = without(full.candidates_weighted(model, now, seed));
+            let mut by_latency = without(full.candidates_by_latency(model, now));
+            plain.sort();
+            weighted.sort();
+            by_latency.sort();
+            prop_assert_eq!(&plain, &weighted);
+            prop_assert_eq!(&plain, &by_latency);
+        }
+    }
+
+    /// The breaker agrees with the reference model over random event sequences and times.
+    #[test]
+    fn breaker_matches_reference_model(
+        events in proptest::collection::vec((event(), 0u64..25), 0..120),
+        threshold in 1u32..5,
+    ) {
+        let config = BreakerConfig { failure_threshold: threshold, ..test_breaker_config() };
+        let mut breaker = CircuitBreaker::new(config);
+        let mut reference = ReferenceBreaker { mode: ReferenceMode::Closed(0), trips: 0, config };
+        let mut now = Instant::now();
+        for (event, step) in events {
+            now += Duration::from_secs(step);
+            match event {
+                Event::Success => {
+                    breaker.record_success(now);
+                    reference.success();
+                }
+                Event::Failure => {
+                    breaker.record_failure(now);
+                    reference.failure(now);
+                }
+                Event::Acquire => prop_assert_eq!(breaker.try_acquire(now), reference.acquire(now)),
+                Event::Release => {
+                    breaker.release();
+                    reference.release();
+                }
+            }
+            prop_assert_eq!(breaker.health(now), reference.health(now));
+            // Two attempts at the same instant are never both trials.
+            let mut copy = breaker.clone();
+            if !matches!(copy.health(now), Health::Closed) && copy.try_acquire(now) {
+                prop_assert!(!copy.try_acquire(now));
+            }
+        }
+    }
+}
