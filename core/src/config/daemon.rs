@@ -275,7 +275,9 @@ pub(crate) fn derive_defaults(tree: &mut Table) {
 fn any_origin(table: &Table) -> Origin {
     for node in table.values() {
         match node {
-            Node::Leaf(leaf) if !matches!(leaf.origin, Origin::Default | Origin::Derived { .. }) => {
+            Node::Leaf(leaf)
+                if !matches!(leaf.origin, Origin::Default | Origin::Derived { .. }) =>
+            {
                 return leaf.origin.clone()
             }
             Node::Table(inner) => {

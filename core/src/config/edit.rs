@@ -66,7 +66,10 @@ pub fn runtime_set(
     }
     let secret = path.last().is_some_and(|k| is_secret_key(k));
     let converted = convert_text(resolved.kind, value, secret).map_err(|(expected, found)| {
-        bad_path(key, format!("must be {expected}, but the new value is {found}"))
+        bad_path(
+            key,
+            format!("must be {expected}, but the new value is {found}"),
+        )
     })?;
     let mut document = runtime_document(schema, sources)?;
     let Some((last, parents)) = path.split_last() else {
@@ -169,7 +172,12 @@ pub fn runtime_remove(
 
     let mut lower = Vec::new();
     for file in &sources.nix_files {
-        lower.push(parse_file_layer(schema, Layer::Nix, &file.path, &file.text)?);
+        lower.push(parse_file_layer(
+            schema,
+            Layer::Nix,
+            &file.path,
+            &file.text,
+        )?);
     }
     let (lower_tree, _) = merge_layers(lower);
     let in_lower = get_path(&lower_tree, &path).is_some();
@@ -185,7 +193,10 @@ pub fn runtime_remove(
         ));
     }
     if !in_lower && !in_runtime {
-        return Err(bad_path(key, "is not set in any layer, so there is nothing to remove"));
+        return Err(bad_path(
+            key,
+            "is not set in any layer, so there is nothing to remove",
+        ));
     }
     if in_lower {
         let text = format_key_path(&path);
@@ -214,5 +225,9 @@ pub fn runtime_remove_upstream(
     sources: &ConfigSources,
     name: &str,
 ) -> Result<String, ConfigError> {
-    runtime_remove(schema, sources, &format_key_path(&["upstreams".to_owned(), name.to_owned()]))
+    runtime_remove(
+        schema,
+        sources,
+        &format_key_path(&["upstreams".to_owned(), name.to_owned()]),
+    )
 }

@@ -11,7 +11,9 @@ use super::tree::{Layer, Origin};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
     /// A file is not valid TOML.
-    #[error("the {layer} file {path} is not valid TOML at line {line}, column {column}: {message}")]
+    #[error(
+        "the {layer} file {path} is not valid TOML at line {line}, column {column}: {message}"
+    )]
     InvalidToml {
         /// The layer the file belongs to.
         layer: Layer,

@@ -12,7 +12,9 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::schema::{is_secret_key, Field, Kind, Schema, TOMBSTONE_KEY};
-use super::tree::{format_key_path, parse_key_path, Layer, LayerData, Leaf, Origin, Tombstone, Value};
+use super::tree::{
+    format_key_path, parse_key_path, Layer, LayerData, Leaf, Origin, Tombstone, Value,
+};
 
 /// Largest configuration file accepted, in bytes (1 MiB).
 pub const MAX_FILE_BYTES: usize = 1 << 20;
@@ -66,14 +68,7 @@ pub fn parse_file_layer(
             parse_tombstones(schema, &context, value, &mut out)?;
             continue;
         }
-        convert_field(
-            &context,
-            schema.root,
-            key,
-            value,
-            &mut key_path,
-            &mut out,
-        )?;
+        convert_field(&context, schema.root, key, value, &mut key_path, &mut out)?;
     }
     Ok(out)
 }
@@ -103,14 +98,13 @@ fn parse_tombstones(
                 found: describe_de(item.get_ref(), false),
             });
         };
-        let path = check_tombstone_path(schema, text).map_err(|problem| {
-            ConfigError::InvalidValue {
+        let path =
+            check_tombstone_path(schema, text).map_err(|problem| ConfigError::InvalidValue {
                 key: TOMBSTONE_KEY.to_owned(),
                 origin: origin.clone(),
                 expected: expected.to_owned(),
                 found: format!("{text:?}, which {problem}"),
-            }
-        })?;
+            })?;
         out.tombstones.push(Tombstone { path, origin });
     }
     Ok(())
@@ -336,7 +330,10 @@ where
         let Some(path) = decode_env_name(schema.env_prefix, name) else {
             return Err(ConfigError::UnknownEnvVar {
                 var: name.to_owned(),
-                key: name.get(prefix_underscore.len()..).unwrap_or("").to_ascii_lowercase(),
+                key: name
+                    .get(prefix_underscore.len()..)
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
                 hint: " (levels are separated by `__`, e.g. GATE_AUTH__JWT__SECRET)".to_owned(),
             });
         };
@@ -346,11 +343,13 @@ where
             }
         }
         let key = format_key_path(&path);
-        let resolved = schema.resolve(&path).map_err(|e| ConfigError::UnknownEnvVar {
-            var: name.to_owned(),
-            key: key.clone(),
-            hint: e.hint(),
-        })?;
+        let resolved = schema
+            .resolve(&path)
+            .map_err(|e| ConfigError::UnknownEnvVar {
+                var: name.to_owned(),
+                key: key.clone(),
+                hint: e.hint(),
+            })?;
         if !resolved.kind.is_leaf() {
             return Err(ConfigError::UnknownEnvVar {
                 var: name.to_owned(),
@@ -385,10 +384,13 @@ where
                     found,
                 }
             })?;
-        out.insert(&path, Leaf {
-            value: converted,
-            origin,
-        });
+        out.insert(
+            &path,
+            Leaf {
+                value: converted,
+                origin,
+            },
+        );
         seen.push((path, name.to_owned()));
     }
     Ok(out)
@@ -468,4 +470,3 @@ fn parse_list_text(text: &str) -> Option<Vec<String>> {
         )
     }
 }
-

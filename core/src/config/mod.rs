@@ -70,8 +70,8 @@ mod schema;
 mod tree;
 
 pub use daemon::{
-    AuthConfig, DaemonConfig, DaemonRelayConfig, JwtConfig, LetsEncryptConfig, Provider,
-    Secret, ServerLimits, UpstreamConfig,
+    AuthConfig, DaemonConfig, DaemonRelayConfig, JwtConfig, LetsEncryptConfig, Provider, Secret,
+    ServerLimits, UpstreamConfig,
 };
 pub use edit::{runtime_remove, runtime_remove_upstream, runtime_set, runtime_unset};
 pub use error::ConfigError;
@@ -86,8 +86,8 @@ pub use schema::{
     TOMBSTONE_KEY,
 };
 pub use tree::{
-    format_key_path, get_path, merge_layers, parse_key_path, Layer, LayerData, Leaf, Node,
-    Origin, Table, Tombstone, Value, MAX_KEY_PATH_BYTES,
+    format_key_path, get_path, merge_layers, parse_key_path, Layer, LayerData, Leaf, Node, Origin,
+    Table, Tombstone, Value, MAX_KEY_PATH_BYTES,
 };
 
 /// The text of one configuration file and the path to name it by in messages.
@@ -183,7 +183,12 @@ pub struct Loaded<T> {
 pub fn merge(schema: &Schema, sources: &ConfigSources) -> Result<MergedConfig, ConfigError> {
     let mut layers = Vec::with_capacity(sources.nix_files.len() + 2);
     for file in &sources.nix_files {
-        layers.push(parse_file_layer(schema, Layer::Nix, &file.path, &file.text)?);
+        layers.push(parse_file_layer(
+            schema,
+            Layer::Nix,
+            &file.path,
+            &file.text,
+        )?);
     }
     layers.push(parse_file_layer(
         schema,
@@ -191,7 +196,10 @@ pub fn merge(schema: &Schema, sources: &ConfigSources) -> Result<MergedConfig, C
         &sources.runtime.path,
         &sources.runtime.text,
     )?);
-    layers.push(parse_env_layer(schema, sources.env.iter().map(|(k, v)| (k, v)))?);
+    layers.push(parse_env_layer(
+        schema,
+        sources.env.iter().map(|(k, v)| (k, v)),
+    )?);
     let (mut tree, removed) = merge_layers(layers);
     (schema.derive)(&mut tree);
     schema::fill_defaults(schema.root, &mut tree);

@@ -85,7 +85,10 @@ pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
         .leaf("dns.enabled")
         .map_or(Origin::Default, |l| l.origin.clone());
     for (key, var) in [
-        ("dns.cloudflare.api_token", "RELAY__DNS__CLOUDFLARE__API_TOKEN"),
+        (
+            "dns.cloudflare.api_token",
+            "RELAY__DNS__CLOUDFLARE__API_TOKEN",
+        ),
         ("dns.cloudflare.zone_id", "RELAY__DNS__CLOUDFLARE__ZONE_ID"),
     ] {
         if r.leaf(key).is_none() {

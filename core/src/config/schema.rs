@@ -268,7 +268,10 @@ fn is_log_filter(s: &str) -> bool {
 /// Whether `s` is an `http://` or `https://` URL with a non-empty host, an optional valid
 /// port, and no whitespace.
 pub fn is_http_url(s: &str) -> bool {
-    let rest = match s.strip_prefix("https://").or_else(|| s.strip_prefix("http://")) {
+    let rest = match s
+        .strip_prefix("https://")
+        .or_else(|| s.strip_prefix("http://"))
+    {
         Some(rest) => rest,
         None => return false,
     };
@@ -363,8 +366,10 @@ pub fn parse_relay_address(s: &str) -> Option<RelayAddress> {
 /// Whether a key holds a secret that rendering must redact: `api_key`, `secret`,
 /// `api_token`, `token`, `password`, or a name ending in `_key`, `_token` or `_secret`.
 pub fn is_secret_key(name: &str) -> bool {
-    matches!(name, "api_key" | "secret" | "api_token" | "token" | "password")
-        || name.ends_with("_key")
+    matches!(
+        name,
+        "api_key" | "secret" | "api_token" | "token" | "password"
+    ) || name.ends_with("_key")
         || name.ends_with("_token")
         || name.ends_with("_secret")
 }
@@ -602,7 +607,11 @@ static JWT_FIELDS: [Field; 3] = [
 ];
 
 static AUTH_FIELDS: [Field; 2] = [
-    field("allow_loopback", Kind::Bool, Some(DefaultValue::Bool(false))),
+    field(
+        "allow_loopback",
+        Kind::Bool,
+        Some(DefaultValue::Bool(false)),
+    ),
     field("jwt", Kind::Table(&JWT_FIELDS), None),
 ];
 
