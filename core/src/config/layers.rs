@@ -270,8 +270,7 @@ fn describe_de(de: &DeValue<'_>, secret: bool) -> String {
     match de {
         DeValue::String(_) if secret => "a string that is not shown here (secret)".to_owned(),
         DeValue::String(s) => format!("the string {}", quote_limited(s)),
-        DeValue::Integer(i) if i.radix() == 10 => format!("the integer {}", i.as_str()),
-        DeValue::Integer(_) => "an integer out of range".to_owned(),
+        DeValue::Integer(i) => format!("the integer {i}"),
         DeValue::Float(f) => format!("the float {}", f.as_str()),
         DeValue::Boolean(b) => format!("the boolean {b}"),
         DeValue::Datetime(d) => format!("the datetime {d}"),
