@@ -320,3 +320,14 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Key paths survive format -> parse, including segments that need quotes.
+    #[test]
+    fn key_paths_round_trip(segments in prop::collection::vec("[a-z0-9_.\" \\\\-]{1,8}", 1..5)) {
+        let text = gate_core::config::format_key_path(&segments);
+        prop_assert_eq!(gate_core::config::parse_key_path(&text), Some(segments));
+    }
+}

@@ -7,6 +7,33 @@
 //! system or the process environment: callers read files and `std::env::vars()` and pass
 //! the text in ([`ConfigSources`]).
 //!
+//! # Driving it
+//!
+//! ```
+//! use gate_core::config::{load_daemon, ConfigSources, SourceText};
+//!
+//! // The binary reads these; the core only sees text.
+//! let mut sources = ConfigSources::new("/var/lib/gate/config.toml");
+//! sources.nix_files.push(SourceText::new("/etc/gate/gate.toml", "port = 8080\n"));
+//! sources.runtime.text = "log_level = \"debug\"\n".to_owned();
+//! sources.env = vec![("GATE_UPSTREAMS__OPENAI__API_KEY".into(), "sk-...".into())];
+//!
+//! match load_daemon(&sources) {
+//!     Ok(loaded) => {
+//!         assert_eq!(loaded.config.port, 8080);
+//!         assert_eq!(loaded.config.upstreams["openai"].base_url, "https://api.openai.com/v1");
+//!         // `gate config show --origin`:
+//!         let shown = loaded.merged.render_text(true);
+//!         assert!(shown.contains("api_key = \"(set)\"  # from env GATE_UPSTREAMS__OPENAI__API_KEY"));
+//!     }
+//!     // One sentence naming key, origin, expectation; exit non-zero before binding.
+//!     Err(error) => panic!("{error}"),
+//! }
+//! ```
+//!
+//! To change the runtime layer, call an editing helper with the current sources, write
+//! the returned text atomically, and reload.
+//!
 //! # Layers
 //!
 //! Lowest priority first: **Defaults < Nix < Runtime < Environment**.
