@@ -679,3 +679,39 @@ fn oversized_inputs_are_refused() {
     let e = daemon_err(&sources(&[("/big.toml", &big)], "", &[]));
     assert!(matches!(e, ConfigError::TooLarge { .. }));
 }
+
+#[test]
+fn adding_a_custom_upstream_needs_one_change() {
+    let s = ConfigSources::new(RUNTIME);
+    // One key at a time cannot work: each half alone is invalid.
+    assert!(runtime_set(&DAEMON_SCHEMA, &s, "upstreams.local.provider", "custom").is_err());
+    let text = gate_core::config::runtime_set_many(
+        &DAEMON_SCHEMA,
+        &s,
+        &[
+            ("upstreams.local.provider", "custom"),
+            ("upstreams.local.base_url", "http://127.0.0.1:11434/v1"),
+            ("upstreams.local.api_key", "sk-local"),
+        ],
+    )
+    .unwrap();
+    let c = load_daemon(&s.with_runtime_text(text)).unwrap().config;
+    assert_eq!(c.upstreams["local"].base_url, "http://127.0.0.1:11434/v1");
+    assert_eq!(c.upstreams["local"].provider, Provider::Custom);
+}
+
+#[test]
+fn removed_upstream_can_be_added_anew() {
+    let nix = "[upstreams.openai]\nprovider = \"openai\"\nmodels = [\"gpt-4o\"]\n";
+    let s = sources(&[("/n.toml", nix)], "", &[]);
+    let removed = runtime_remove_upstream(&DAEMON_SCHEMA, &s, "openai").unwrap();
+    let s = s.with_runtime_text(removed);
+    let text = runtime_set(&DAEMON_SCHEMA, &s, "upstreams.openai.api_key", "sk-new").unwrap();
+    let c = load_daemon(&s.with_runtime_text(text)).unwrap().config;
+    // The Nix definition stays removed; only the runtime's own keys apply.
+    assert!(c.upstreams["openai"].models.is_empty());
+    assert_eq!(
+        c.upstreams["openai"].api_key.as_ref().unwrap().expose(),
+        "sk-new"
+    );
+}

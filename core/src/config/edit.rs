@@ -57,6 +57,29 @@ pub fn runtime_set(
     key: &str,
     value: &str,
 ) -> Result<String, ConfigError> {
+    runtime_set_many(schema, sources, &[(key, value)])
+}
+
+/// Set several keys in one change, validated together: what `gate upstream add` needs,
+/// since a `custom` upstream is only valid once both `provider` and `base_url` are set.
+pub fn runtime_set_many(
+    schema: &Schema,
+    sources: &ConfigSources,
+    assignments: &[(&str, &str)],
+) -> Result<String, ConfigError> {
+    let mut document = runtime_document(schema, sources)?;
+    for (key, value) in assignments {
+        set_in_document(schema, &mut document, key, value)?;
+    }
+    finish(schema, sources, &document)
+}
+
+fn set_in_document(
+    schema: &Schema,
+    document: &mut toml::Table,
+    key: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
     let path = parse_key_path(key).ok_or_else(|| bad_path(key, "is not a key path"))?;
     let resolved = schema
         .resolve(&path)
@@ -71,11 +94,10 @@ pub fn runtime_set(
             format!("must be {expected}, but the new value is {found}"),
         )
     })?;
-    let mut document = runtime_document(schema, sources)?;
     let Some((last, parents)) = path.split_last() else {
         return Err(bad_path(key, "is empty"));
     };
-    let mut table = &mut document;
+    let mut table = document;
     for segment in parents {
         let entry = table
             .entry(segment.clone())
@@ -89,7 +111,7 @@ pub fn runtime_set(
         };
     }
     table.insert(last.clone(), Value::to_toml(&converted));
-    finish(schema, sources, &document)
+    Ok(())
 }
 
 /// Remove `path` from a document; prune tables left empty. Returns whether it was there.

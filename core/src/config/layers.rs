@@ -138,12 +138,8 @@ fn convert_field(
     let name = key.get_ref().as_ref();
     key_path.push(name.to_owned());
     let Some(field) = super::schema::find_field(fields, name) else {
-        let hint = fields
-            .iter()
-            .map(|f| f.name)
-            .filter(|candidate| close(candidate, name))
-            .map(|candidate| format!(" (did you mean `{candidate}`?)"))
-            .next()
+        let hint = super::schema::suggest(name, fields)
+            .map(|s| format!(" ({s})"))
             .unwrap_or_default();
         return Err(ConfigError::UnknownKey {
             key: format_key_path(key_path),
@@ -154,16 +150,6 @@ fn convert_field(
     convert_node(context, &field.kind, value, key_path, out)?;
     key_path.pop();
     Ok(())
-}
-
-fn close(a: &str, b: &str) -> bool {
-    // A cheap typo test: same length +-1 and at most two differing positions, or a prefix.
-    let (a, b) = (a.as_bytes(), b.as_bytes());
-    if a.len().abs_diff(b.len()) > 1 {
-        return false;
-    }
-    let differing = a.iter().zip(b.iter()).filter(|(x, y)| x != y).count();
-    differing + a.len().abs_diff(b.len()) <= 2
 }
 
 fn convert_node(
@@ -320,7 +306,7 @@ where
 {
     let mut out = LayerData::default();
     let prefix_underscore = format!("{}_", schema.env_prefix);
-    let mut seen: Vec<(Vec<String>, String)> = Vec::new();
+    let mut seen: std::collections::BTreeMap<Vec<String>, String> = Default::default();
     for (name, value) in vars {
         let (name, value) = (name.as_ref(), value.as_ref());
         if !name.starts_with(&prefix_underscore) {
@@ -356,7 +342,7 @@ where
                 hint: " (it names a table; set one of its keys instead)".to_owned(),
             });
         }
-        if let Some((_, first)) = seen.iter().find(|(p, _)| *p == path) {
+        if let Some(first) = seen.get(&path) {
             return Err(ConfigError::DuplicateEnvVar {
                 key,
                 first: first.clone(),
@@ -390,7 +376,7 @@ where
                 origin,
             },
         );
-        seen.push((path, name.to_owned()));
+        seen.insert(path, name.to_owned());
     }
     Ok(out)
 }

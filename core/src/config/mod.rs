@@ -100,7 +100,9 @@ pub use daemon::{
     AuthConfig, DaemonConfig, DaemonRelayConfig, JwtConfig, LetsEncryptConfig, Provider, Secret,
     ServerLimits, UpstreamConfig,
 };
-pub use edit::{runtime_remove, runtime_remove_upstream, runtime_set, runtime_unset};
+pub use edit::{
+    runtime_remove, runtime_remove_upstream, runtime_set, runtime_set_many, runtime_unset,
+};
 pub use error::ConfigError;
 pub use layers::{
     convert_text, decode_env_name, parse_env_layer, parse_file_layer, MAX_ENV_VALUE_BYTES,

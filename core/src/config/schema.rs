@@ -493,7 +493,7 @@ pub(crate) fn find_field<'f>(fields: &'f [Field], name: &str) -> Option<&'f Fiel
 }
 
 /// "did you mean `x`?" for a close sibling name (edit distance at most 2).
-fn suggest(name: &str, fields: &[Field]) -> Option<String> {
+pub(crate) fn suggest(name: &str, fields: &[Field]) -> Option<String> {
     fields
         .iter()
         .map(|f| (edit_distance(name, f.name), f.name))
