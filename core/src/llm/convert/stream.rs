@@ -361,7 +361,8 @@ pub struct OpenAiToAnthropicStream {
 }
 
 impl OpenAiToAnthropicStream {
-    /// `model` is reported in `message_start` when the upstream chunk names none.
+    /// `model` is reported in `message_start` when the upstream's first chunk names none
+    /// (the upstream's own model name is preferred, as in non-streaming conversion).
     pub fn new(model: &str) -> Self {
         OpenAiToAnthropicStream {
             id: None,
@@ -415,7 +416,7 @@ impl OpenAiToAnthropicStream {
         if self.id.is_none() && !chunk.id.is_empty() {
             self.id = Some(chunk.id.clone());
         }
-        if self.model.is_empty() && !chunk.model.is_empty() {
+        if !self.started && !chunk.model.is_empty() {
             self.model = chunk.model.clone();
         }
         self.ensure_started(&mut out, chunk.usage.as_ref());
