@@ -525,7 +525,10 @@ fn openai_stream_early_end_and_error() {
         r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
     );
     assert_eq!(out.len(), 1);
-    assert!(out[0].data.contains("Rate limit reached"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&out[0].data).unwrap_or_default(),
+        json!({"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached"}})
+    );
     assert!(converter.is_done());
     assert!(converter.finish().is_empty());
 }
@@ -541,4 +544,51 @@ fn passthrough_helpers_on_real_bodies() {
         rewritten,
         br#"{"model":"claude-haiku-4-5","max_tokens":64,"messages":[{"role":"user","content":"hi"}],"stream":true}"#.to_vec()
     );
+}
+
+#[test]
+fn unknown_roles_blocks_and_fields_are_tolerated() {
+    let openai = json!({"model": "m", "messages": [
+        {"role": "function", "name": "f", "content": "legacy"},
+        {"role": "user", "content": [{"type": "file", "file": {"file_id": "f1"}}, {"type": "text", "text": "hi"}], "extra": 1},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}, {"type": "text", "text": "ok"}], "audio": null}
+    ], "response_format": {"type": "json_object"}, "logit_bias": {"1": 2}});
+    let out = to_value(openai_request_body_to_anthropic(
+        openai.to_string().as_bytes(),
+    ));
+    assert_eq!(
+        out["messages"],
+        json!([
+            {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}
+        ])
+    );
+    let anthropic = json!({"model": "m", "max_tokens": 9, "thinking": {"type": "enabled", "budget_tokens": 1024},
+    "messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "doc"}},
+        {"type": "image", "source": {"type": "file", "file_id": "file_1"}},
+        {"type": "text", "text": "summarize", "cache_control": {"type": "ephemeral"}}
+    ]}]});
+    let out = to_value(anthropic_request_body_to_openai(
+        anthropic.to_string().as_bytes(),
+    ));
+    assert_eq!(
+        out["messages"],
+        json!([{"role": "user", "content": "summarize"}])
+    );
+    // Unknown stream event types and deltas are skipped, not fatal.
+    let mut converter = AnthropicToOpenAiStream::new("m", 0, false);
+    assert_eq!(
+        converter
+            .handle_event(
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#
+            )
+            .len(),
+        1 // the role chunk only
+    );
+    assert!(converter
+        .handle_event(Some("future"), r#"{"type":"future_event","x":1}"#)
+        .is_empty());
+    assert!(!converter.is_done());
 }

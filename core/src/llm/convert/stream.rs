@@ -37,6 +37,29 @@ fn kind_from_anthropic_type(kind: &str) -> ApiErrorKind {
     }
 }
 
+/// Maps an OpenAI in-stream `error` object (its `code`, else its `type`) to a status class;
+/// anything unrecognised is the upstream's fault (502).
+fn kind_from_openai_error(error: &Value) -> ApiErrorKind {
+    let code = error.get("code").and_then(Value::as_str);
+    let kind = error.get("type").and_then(Value::as_str);
+    match code.or(kind) {
+        Some(
+            "rate_limit_exceeded"
+            | "insufficient_quota"
+            | "rate_limit_error"
+            | "requests"
+            | "tokens",
+        ) => ApiErrorKind::RateLimit,
+        Some("context_length_exceeded" | "invalid_request_error") => ApiErrorKind::InvalidRequest,
+        Some("invalid_api_key" | "authentication_error") => ApiErrorKind::Authentication,
+        Some("permission_error" | "permission_denied") => ApiErrorKind::Permission,
+        Some("model_not_found") => ApiErrorKind::NotFound,
+        Some("timeout") => ApiErrorKind::Timeout,
+        Some("service_unavailable" | "overloaded") => ApiErrorKind::Unavailable,
+        _ => ApiErrorKind::BadGateway,
+    }
+}
+
 /// Upstream speaks Anthropic Messages streaming, the client expects OpenAI chunks.
 ///
 /// Output: `data: <chat.completion.chunk>` events (no event name): first a role chunk, then
@@ -401,7 +424,8 @@ impl OpenAiToAnthropicStream {
                     .unwrap_or("upstream error")
                     .to_owned(),
             };
-            return self.fail(&mut out, ApiErrorKind::BadGateway, &message);
+            let kind = kind_from_openai_error(&error);
+            return self.fail(&mut out, kind, &message);
         }
         let chunk: oa::ChatCompletionChunk = match serde_json::from_str(data) {
             Ok(chunk) => chunk,
