@@ -15,6 +15,11 @@
 //! - [`stream`] — [`OpenAiToAnthropicStream`], [`AnthropicToOpenAiStream`].
 //! - [`tokens`] — [`estimate_input_tokens`].
 //!
+//! Memory: whole-body functions allocate in proportion to the body, whose size the caller
+//! bounds (413 above its limit); serde_json's nesting limit (128) turns deep documents into
+//! errors, and the `model` rewrite scans iteratively. Stream converters keep no text, only
+//! one entry per tool call (at most [`MAX_STREAM_TOOL_CALLS`]).
+//!
 //! What is lost in conversion is listed on each function; the rule is: map what has an
 //! equivalent, drop what has none, and reject (HTTP 400) only what would change the meaning
 //! of the request if dropped (`n > 1`, server tools, tool-call arguments that are not a JSON
