@@ -3,8 +3,8 @@
 //! The input is used twice: whole, as a JSON body for every request / response conversion,
 //! the count-tokens estimate and the pass-through helpers; and split on `\n` into a sequence
 //! of SSE event data for both stream converters (a line `event:<name>` sets the event name of
-//! the next data line). Nothing may panic, and a model rewrite that succeeds must leave a
-//! body that is valid JSON whose `model` is the new one.
+//! the next data line). Nothing may panic, and a body that routing accepts
+//! ([`request_summary`]) must still be accepted after a model rewrite, with the new model.
 #![no_main]
 use gate_core::llm::convert::{
     anthropic_request_body_to_openai, anthropic_response_body_to_openai,
@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = openai_response_body_to_anthropic(data);
     let _ = anthropic_response_body_to_openai(data, 0);
     let _ = estimate_count_tokens_body(data);
-    let _ = request_summary(data);
-    if let Ok(rewritten) = rewrite_model(data, "gate-model") {
+    let original_summary = request_summary(data);
+    if let (Ok(_), Ok(rewritten)) = (&original_summary, rewrite_model(data, "gate-model")) {
         let summary = request_summary(&rewritten);
         assert_eq!(
             summary.map(|s| s.model),

@@ -43,12 +43,16 @@ pub fn request_summary(body: &[u8]) -> Result<RequestSummary, ConvertError> {
 /// key order, number formatting, string escapes, nested objects, other members, a trailing
 /// newline). The new value is written with serde_json's string escaping. A key spelled with
 /// escapes (`"mod\u0065l"`) is recognised too. When the object has no `model` member, one is
-/// inserted as the first member (`{"model":"x",...`). Fails when the body is not valid JSON,
+/// inserted as the first member (`{"model":"x",...`). Fails when the body is not valid JSON
+/// (including invalid UTF-8 anywhere),
 /// is not an object, or its `model` is not a string.
 pub fn rewrite_model(body: &[u8], new_model: &str) -> Result<Vec<u8>, ConvertError> {
     // Validate the whole document first; the scanner below can then assume well-formed
     // JSON (it still never indexes out of bounds).
-    serde_json::from_slice::<serde::de::IgnoredAny>(body)
+    // JSON text is UTF-8; serde_json does not check the bytes of values it skips.
+    let text = std::str::from_utf8(body)
+        .map_err(|err| ConvertError::InvalidRequest(format!("body is not UTF-8: {err}")))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
         .map_err(|err| ConvertError::InvalidRequest(err.to_string()))?;
     let new_value = serde_json::to_string(new_model)
         .map_err(|err| ConvertError::InvalidRequest(err.to_string()))?;
@@ -228,5 +232,6 @@ mod tests {
         assert!(rewrite_model(b"[]", "m").is_err());
         assert!(rewrite_model(br#"{"model":3}"#, "m").is_err());
         assert!(rewrite_model(br#"{"model":"a""#, "m").is_err());
+        assert!(rewrite_model(b"{\"model\":\"a\",\"x\":\"\xff\"}", "m").is_err());
     }
 }
