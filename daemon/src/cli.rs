@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use gate_core::config::DaemonConfig;
+
 use crate::app::App;
-use crate::{server, state};
+use crate::auth::TokenStore;
+use crate::gateway::Gateway;
+use crate::{server, settings, state};
 
 /// Gate: a self-hosted AI gateway in front of OpenAI, Anthropic and every
 /// OpenAI-compatible provider.
@@ -79,23 +83,45 @@ fn init_logging(level: &str) {
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging("info");
     let state_dir = state::resolve_state_dir(args.state_dir.as_deref())?;
+    // Configuration errors end the program before any port is bound.
+    let loaded = settings::load(&args.config, &state_dir)?;
+    let config = loaded.config;
+    init_logging(&config.log_level);
     state::ensure_dir(&state_dir)?;
-    let host = args.host.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    let port = args.port.unwrap_or(3000);
+    let host: std::net::IpAddr = match args.host {
+        Some(host) => host,
+        None => config.host.parse().map_err(|_| {
+            anyhow::anyhow!("`host` = {:?} is not an IP address", config.host)
+        })?,
+    };
+    let port = args.port.unwrap_or(config.port);
     let addr = std::net::SocketAddr::new(host, port);
+    let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
-        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, addr))?,
-        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr))?,
+        RuntimeChoice::Tokio => {
+            gate_runtime_tokio::block_on(|rt| run(rt, addr, config, tokens))?
+        }
+        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens))?,
     }
 }
 
-async fn run<R: gate_rt::Runtime>(rt: R, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+async fn run<R: gate_rt::Runtime>(
+    rt: R,
+    addr: std::net::SocketAddr,
+    config: DaemonConfig,
+    tokens: TokenStore,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::new(rt.clone(), &config, tokens)?);
     let listener = server::bind(&rt, addr)?;
     let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
-    tracing::info!(address = %bound, runtime = R::NAME, "gate listening");
-    let app = Arc::new(App::new(rt.clone()));
+    tracing::info!(
+        address = %bound,
+        runtime = R::NAME,
+        upstreams = config.upstreams.len(),
+        "gate listening on http://{bound}"
+    );
+    let app = Arc::new(App::new(gateway));
     server::serve(rt, listener, app).await;
     Ok(())
 }

@@ -8,5 +8,10 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod convert;
+pub mod errors;
+pub mod gateway;
+pub mod metrics;
 pub mod server;
+pub mod settings;
 pub mod state;
