@@ -192,6 +192,12 @@ impl MergedConfig {
         render::render_text(self, origins)
     }
 
+    /// `config get KEY`: the value at `key` as TOML text (a table as TOML sections),
+    /// secrets redacted, `# from <origin>` when `origins`; `None` when not set.
+    pub fn render_key(&self, key: &str, origins: bool) -> Option<String> {
+        render::render_key(self, key, origins)
+    }
+
     /// `config show --json`: `{ "key.path": {"value": .., "origin": {..}} }`, secrets
     /// redacted; removed paths appear with `"value": null, "removed": true`.
     pub fn render_json(&self) -> serde_json::Value {
