@@ -715,3 +715,23 @@ fn removed_upstream_can_be_added_anew() {
         "sk-new"
     );
 }
+
+#[test]
+fn config_get_renders_one_key_redacted() {
+    let loaded = load_daemon(&show_sources()).unwrap();
+    let m = &loaded.merged;
+    assert_eq!(m.render_key("port", false).as_deref(), Some("8080"));
+    assert_eq!(
+        m.render_key("upstreams.openai.api_key", true).as_deref(),
+        Some("\"(set)\"  # from env GATE_UPSTREAMS__OPENAI__API_KEY")
+    );
+    expect![[r#"
+        [upstreams.openai]
+        api_key = "(set)"
+        base_url = "https://api.openai.com/v1"
+        enabled = true
+        provider = "openai"
+    "#]]
+    .assert_eq(&m.render_key("upstreams.openai", false).unwrap());
+    assert_eq!(m.render_key("upstreams.old", false), None);
+}

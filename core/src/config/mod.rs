@@ -40,7 +40,8 @@
 //! - Defaults: compiled into the [`Schema`].
 //! - Nix: one or more `--config FILE` texts; a later file overrides an earlier one.
 //! - Runtime: `<state_dir>/config.toml`, written by the daemon and the CLI
-//!   ([`runtime_set`], [`runtime_unset`], [`runtime_remove`], [`runtime_remove_upstream`]).
+//!   ([`runtime_set`], [`runtime_set_many`], [`runtime_unset`], [`runtime_remove`],
+//!   [`runtime_remove_upstream`]).
 //! - Environment: `GATE_` (daemon) or `RELAY_` (relay) then the key path, levels split by
 //!   `__`; `GATE__X` and `GATE_X` are the same (see [`decode_env_name`]).
 //!
@@ -80,6 +81,29 @@
 //! `connect_timeout_secs` (10, 1..=300): TCP + TLS connect to an upstream.
 //! `idle_timeout_secs` (300, 1..=3600): longest silence on an upstream response, between
 //! bytes, before the request fails with 504 (long, because reasoning models think quietly).
+//!
+//! # Relay limits (`[limits]`)
+//!
+//! `handshake_timeout_ms` (5000, 100..=60000): time to read a ClientHello.
+//! `max_connections` (16384), `max_connections_per_ip` (256), `max_connections_per_node`
+//! (4096), each 1..=1000000.
+//!
+//! # Other choices
+//!
+//! - An upstream named after a provider (`[upstreams.openai]`) needs no `provider` key; any
+//!   other name must set it. `base_url` defaults per provider (see
+//!   [`Provider::default_base_url`]); `custom` means OpenAI-compatible and requires it.
+//! - Upstream names: `a-z0-9_-`, at most 64, starting and ending with a letter or digit, no
+//!   `__`, so every upstream can be named from the environment.
+//! - `auth.jwt.secret` must be at least 16 bytes; `auth.jwt.expiration_hours` defaults to
+//!   24; `letsencrypt.auto_renew_days` is 1..=89 (certificates live 90 days).
+//! - The relay's `domain_suffix` defaults to `localhost` (names `<id>.localhost` resolve to
+//!   loopback, so a local relay works without DNS); production sets its own.
+//! - `relay.enable = true` needs at least one address; `dns.enabled = true` needs
+//!   `dns.cloudflare.api_token` and `zone_id`.
+//! - Node ids in `<id>@host:port` are 52 characters of lower-case base32 ([`NODE_ID_LEN`]).
+//! - Secrets (see [`is_secret_key`]) are shown as `"(set)"` by every renderer and never
+//!   quoted in error messages; the typed configs hold them as [`Secret`].
 //!
 //! # Bounds
 //!
@@ -190,6 +214,12 @@ impl MergedConfig {
     /// secrets shown as `"(set)"`.
     pub fn render_text(&self, origins: bool) -> String {
         render::render_text(self, origins)
+    }
+
+    /// `config get KEY`: the value at `key` as TOML text (a table as TOML sections),
+    /// secrets redacted, `# from <origin>` when `origins`; `None` when not set.
+    pub fn render_key(&self, key: &str, origins: bool) -> Option<String> {
+        render::render_key(self, key, origins)
     }
 
     /// `config show --json`: `{ "key.path": {"value": .., "origin": {..}} }`, secrets

@@ -72,6 +72,27 @@ fn render_table(out: &mut String, table: &Table, path: &mut Vec<String>, origins
     }
 }
 
+/// `gate config get KEY`: a leaf's value as TOML (secrets redacted), or a table's keys as
+/// TOML text under their headers; `None` when the key is not set.
+pub(crate) fn render_key(merged: &MergedConfig, key: &str, origins: bool) -> Option<String> {
+    let mut path = super::tree::parse_key_path(key)?;
+    match super::tree::get_path(&merged.tree, &path)? {
+        Node::Leaf(leaf) => {
+            let name = path.last().map_or("", String::as_str);
+            let mut out = shown_value(name, leaf).to_toml().to_string();
+            if origins {
+                let _ = write!(out, "  # from {}", leaf.origin.short());
+            }
+            Some(out)
+        }
+        Node::Table(table) => {
+            let mut out = String::new();
+            render_table(&mut out, table, &mut path, origins);
+            Some(out)
+        }
+    }
+}
+
 fn origin_json(origin: &Origin) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     map.insert("layer".to_owned(), origin.layer().name().into());
