@@ -60,14 +60,17 @@ impl<R: Runtime> App<R> {
                         );
                     }
                 }
-                let mut response = Response::new(full_body(Bytes::from(self.gateway.render_metrics())));
+                let mut response =
+                    Response::new(full_body(Bytes::from(self.gateway.render_metrics())));
                 response.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
                 );
                 response
             }
-            (&Method::GET, "/v1/models" | "/models") => self.gateway.list_models(req.headers(), peer),
+            (&Method::GET, "/v1/models" | "/models") => {
+                self.gateway.list_models(req.headers(), peer)
+            }
             (&Method::POST, _) => match Endpoint::from_path(path) {
                 Some(endpoint) => self.gateway.handle(endpoint, req, peer).await,
                 None => not_found(&req),
@@ -104,8 +107,9 @@ pub fn full_body(bytes: Bytes) -> Body {
 pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from(value.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }

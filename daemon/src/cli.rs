@@ -79,7 +79,12 @@ pub fn main() -> ExitCode {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -91,17 +96,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     state::ensure_dir(&state_dir)?;
     let host: std::net::IpAddr = match args.host {
         Some(host) => host,
-        None => config.host.parse().map_err(|_| {
-            anyhow::anyhow!("`host` = {:?} is not an IP address", config.host)
-        })?,
+        None => config
+            .host
+            .parse()
+            .map_err(|_| anyhow::anyhow!("`host` = {:?} is not an IP address", config.host))?,
     };
     let port = args.port.unwrap_or(config.port);
     let addr = std::net::SocketAddr::new(host, port);
     let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
-        RuntimeChoice::Tokio => {
-            gate_runtime_tokio::block_on(|rt| run(rt, addr, config, tokens))?
-        }
+        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, addr, config, tokens))?,
         RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens))?,
     }
 }

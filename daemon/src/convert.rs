@@ -12,7 +12,10 @@ use gate_core::llm::sse;
 use gate_core::route::WireProtocol;
 
 fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// SSE bytes of converted events.
@@ -67,19 +70,17 @@ pub fn stream_converter(
     include_usage: bool,
 ) -> Box<dyn StreamConverter> {
     match upstream {
-        WireProtocol::Anthropic => {
-            Box::new(AnthropicToOpenAiStream::new(model, unix_now(), include_usage))
-        }
+        WireProtocol::Anthropic => Box::new(AnthropicToOpenAiStream::new(
+            model,
+            unix_now(),
+            include_usage,
+        )),
         WireProtocol::OpenAi => Box::new(OpenAiToAnthropicStream::new(model)),
     }
 }
 
 /// Converts a client request body to the other protocol, for `upstream_model`.
-pub fn request(
-    client: WireProtocol,
-    body: &[u8],
-    upstream_model: &str,
-) -> Result<Vec<u8>, String> {
+pub fn request(client: WireProtocol, body: &[u8], upstream_model: &str) -> Result<Vec<u8>, String> {
     let converted = match client {
         WireProtocol::OpenAi => core_convert::openai_request_body_to_anthropic(body),
         WireProtocol::Anthropic => core_convert::anthropic_request_body_to_openai(body),
@@ -92,7 +93,9 @@ pub fn request(
 pub fn response(upstream: WireProtocol, body: &[u8]) -> Result<Vec<u8>, String> {
     match upstream {
         WireProtocol::OpenAi => core_convert::openai_response_body_to_anthropic(body),
-        WireProtocol::Anthropic => core_convert::anthropic_response_body_to_openai(body, unix_now()),
+        WireProtocol::Anthropic => {
+            core_convert::anthropic_response_body_to_openai(body, unix_now())
+        }
     }
     .map_err(|e| e.to_string())
 }

@@ -20,11 +20,14 @@ pub fn error_body(protocol: WireProtocol, status: StatusCode, message: &str) -> 
 
 /// A complete error response for `protocol`.
 pub fn error_response(protocol: WireProtocol, status: StatusCode, message: &str) -> Response<Body> {
-    let mut response = Response::new(full_body(Bytes::from(error_body(protocol, status, message))));
+    let mut response = Response::new(full_body(Bytes::from(error_body(
+        protocol, status, message,
+    ))));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -36,7 +39,10 @@ pub fn stream_error_event(protocol: WireProtocol, status: StatusCode, message: &
         WireProtocol::OpenAi => errors::openai_stream_error(kind, message),
         WireProtocol::Anthropic => errors::anthropic_stream_error(kind, message),
     };
-    crate::convert::encode_events(vec![event]).into_iter().next().unwrap_or_default()
+    crate::convert::encode_events(vec![event])
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }
 
 /// Pulls a human message out of an upstream error body of either protocol.
@@ -56,18 +62,29 @@ mod tests {
 
     #[test]
     fn shapes() {
-        let o: serde_json::Value =
-            serde_json::from_str(&error_body(WireProtocol::OpenAi, StatusCode::NOT_FOUND, "no such model")).unwrap();
+        let o: serde_json::Value = serde_json::from_str(&error_body(
+            WireProtocol::OpenAi,
+            StatusCode::NOT_FOUND,
+            "no such model",
+        ))
+        .unwrap();
         assert_eq!(o["error"]["message"], "no such model");
         assert_eq!(o["error"]["type"], "invalid_request_error");
         assert_eq!(o["error"]["code"], "model_not_found");
-        let a: serde_json::Value =
-            serde_json::from_str(&error_body(WireProtocol::Anthropic, StatusCode::UNAUTHORIZED, "bad key")).unwrap();
+        let a: serde_json::Value = serde_json::from_str(&error_body(
+            WireProtocol::Anthropic,
+            StatusCode::UNAUTHORIZED,
+            "bad key",
+        ))
+        .unwrap();
         assert_eq!(a["type"], "error");
         assert_eq!(a["error"]["type"], "authentication_error");
         let ev = stream_error_event(WireProtocol::Anthropic, StatusCode::BAD_GATEWAY, "broke");
         assert!(ev.starts_with(b"event: error\ndata: {"));
-        assert_eq!(upstream_message(br#"{"error":{"message":"m"}}"#).as_deref(), Some("m"));
+        assert_eq!(
+            upstream_message(br#"{"error":{"message":"m"}}"#).as_deref(),
+            Some("m")
+        );
         assert_eq!(
             upstream_message(br#"{"type":"error","error":{"type":"x","message":"n"}}"#).as_deref(),
             Some("n")

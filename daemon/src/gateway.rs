@@ -136,8 +136,7 @@ impl Snapshot {
         let mut upstreams = Vec::new();
         let mut specs = Vec::new();
         for (name, up) in &config.upstreams {
-            let provider: ProviderKind =
-                up.provider.name().parse().unwrap_or(ProviderKind::Custom);
+            let provider: ProviderKind = up.provider.name().parse().unwrap_or(ProviderKind::Custom);
             let protocol = provider.default_protocol();
             let mut spec = UpstreamSpec::new(name.clone(), provider);
             spec.protocol = protocol;
@@ -204,7 +203,9 @@ impl<R: Runtime> Gateway<R> {
     /// Swaps in a new configuration; requests in flight finish on the old one.
     pub fn reload(&self, config: &DaemonConfig) -> anyhow::Result<()> {
         let (snapshot, specs) = Snapshot::from_config(config);
-        self.lock_router().replace_upstreams(specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.lock_router()
+            .replace_upstreams(specs)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
         Ok(())
     }
@@ -215,7 +216,10 @@ impl<R: Runtime> Gateway<R> {
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {
-        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn lock_router(&self) -> std::sync::MutexGuard<'_, Router> {
@@ -254,7 +258,9 @@ impl<R: Runtime> Gateway<R> {
                 let up = matches!(health, gate_core::route::Health::Closed);
                 self.metrics
                     .upstream_up
-                    .get_or_create(&UpstreamLabels { upstream: spec.name.clone() })
+                    .get_or_create(&UpstreamLabels {
+                        upstream: spec.name.clone(),
+                    })
                     .set(i64::from(up));
             }
         }
@@ -265,7 +271,11 @@ impl<R: Runtime> Gateway<R> {
     /// `anthropic-version`).
     pub fn list_models(&self, headers: &HeaderMap, peer: Peer) -> Response<Body> {
         let anthropic = headers.contains_key("anthropic-version");
-        let protocol = if anthropic { WireProtocol::Anthropic } else { WireProtocol::OpenAi };
+        let protocol = if anthropic {
+            WireProtocol::Anthropic
+        } else {
+            WireProtocol::OpenAi
+        };
         if let Err(e) = self.authenticate(headers, peer) {
             return error_response(protocol, StatusCode::UNAUTHORIZED, &e.to_string());
         }
@@ -306,7 +316,12 @@ impl<R: Runtime> Gateway<R> {
     }
 
     /// Serves one LLM request end to end.
-    pub async fn handle(&self, endpoint: Endpoint, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    pub async fn handle(
+        &self,
+        endpoint: Endpoint,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Response<Body> {
         let started = Instant::now();
         let protocol = endpoint.client_protocol();
         let response = match self.handle_inner(endpoint, req, peer, started).await {
@@ -326,7 +341,9 @@ impl<R: Runtime> Gateway<R> {
         if !is_event_stream(response.headers()) {
             self.metrics
                 .request_duration
-                .get_or_create(&EndpointLabels { endpoint: endpoint.label().to_owned() })
+                .get_or_create(&EndpointLabels {
+                    endpoint: endpoint.label().to_owned(),
+                })
                 .observe(started.elapsed().as_secs_f64());
         }
         response
@@ -347,15 +364,25 @@ impl<R: Runtime> Gateway<R> {
         let (parts, body) = req.into_parts();
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
         let request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            Refusal(StatusCode::BAD_REQUEST, format!("the request body is not valid JSON: {e}"))
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid JSON: {e}"),
+            )
         })?;
-        let Some(model) = request.get("model").and_then(|m| m.as_str()).map(str::to_owned) else {
+        let Some(model) = request
+            .get("model")
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)
+        else {
             return Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 "the request has no \"model\" string field".to_owned(),
             ));
         };
-        let stream = request.get("stream").and_then(|s| s.as_bool()).unwrap_or(false);
+        let stream = request
+            .get("stream")
+            .and_then(|s| s.as_bool())
+            .unwrap_or(false);
         let include_usage = request
             .pointer("/stream_options/include_usage")
             .and_then(|v| v.as_bool())
@@ -388,21 +415,29 @@ impl<R: Runtime> Gateway<R> {
         if candidates.is_empty() {
             return Err(Refusal(
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("every upstream serving `{model}` is failing (circuit open); try again shortly"),
+                format!(
+                    "every upstream serving `{model}` is failing (circuit open); try again shortly"
+                ),
             ));
         }
 
         // Count tokens locally when no Anthropic upstream can.
         if endpoint == Endpoint::CountTokens
             && !candidates.iter().any(|c| {
-                snapshot.upstreams.get(c.upstream.index()).map(|u| u.protocol)
+                snapshot
+                    .upstreams
+                    .get(c.upstream.index())
+                    .map(|u| u.protocol)
                     == Some(WireProtocol::Anthropic)
             })
         {
             let estimate = convert::estimate_count_tokens(&body)
                 .map_err(|message| Refusal(StatusCode::BAD_REQUEST, message))?;
             let mut out = Response::new(full_body(Bytes::from(estimate)));
-            out.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            out.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             return Ok(out);
         }
 
@@ -416,7 +451,10 @@ impl<R: Runtime> Gateway<R> {
             if endpoint == Endpoint::CountTokens && upstream.protocol != WireProtocol::Anthropic {
                 continue;
             }
-            if !self.lock_router().try_acquire(candidate.upstream, Instant::now()) {
+            if !self
+                .lock_router()
+                .try_acquire(candidate.upstream, Instant::now())
+            {
                 continue;
             }
             let upstream_body = match build_upstream_body(
@@ -433,26 +471,49 @@ impl<R: Runtime> Gateway<R> {
                     return Err(Refusal(StatusCode::BAD_REQUEST, message));
                 }
             };
-            let upstream_req = build_upstream_request(endpoint, &parts.headers, upstream, upstream_body)
-                .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
+            let upstream_req =
+                build_upstream_request(endpoint, &parts.headers, upstream, upstream_body)
+                    .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
             let attempt_started = Instant::now();
-            let sent = gate_rt::timeout(&self.rt, snapshot.limits.idle_timeout, self.client.request(upstream_req)).await;
+            let sent = gate_rt::timeout(
+                &self.rt,
+                snapshot.limits.idle_timeout,
+                self.client.request(upstream_req),
+            )
+            .await;
             let outcome_label;
             let response = match sent {
                 Err(gate_rt::Elapsed) => {
-                    self.record(candidate.upstream, &AttemptOutcome::Timeout, &upstream.name, "timeout");
+                    self.record(
+                        candidate.upstream,
+                        &AttemptOutcome::Timeout,
+                        &upstream.name,
+                        "timeout",
+                    );
                     last_failure = Refusal(
                         StatusCode::GATEWAY_TIMEOUT,
-                        format!("upstream `{}` did not answer within {:?}", upstream.name, snapshot.limits.idle_timeout),
+                        format!(
+                            "upstream `{}` did not answer within {:?}",
+                            upstream.name, snapshot.limits.idle_timeout
+                        ),
                     );
                     continue;
                 }
                 Ok(Err(e)) => {
-                    self.record(candidate.upstream, &AttemptOutcome::ConnectError, &upstream.name, "connect_error");
+                    self.record(
+                        candidate.upstream,
+                        &AttemptOutcome::ConnectError,
+                        &upstream.name,
+                        "connect_error",
+                    );
                     tracing::warn!(upstream = %upstream.name, error = %error_chain(&e), "upstream request failed");
                     last_failure = Refusal(
                         StatusCode::BAD_GATEWAY,
-                        format!("upstream `{}` could not be reached: {}", upstream.name, error_chain(&e)),
+                        format!(
+                            "upstream `{}` could not be reached: {}",
+                            upstream.name,
+                            error_chain(&e)
+                        ),
                     );
                     continue;
                 }
@@ -461,28 +522,61 @@ impl<R: Runtime> Gateway<R> {
             let status = response.status();
             let outcome = AttemptOutcome::HttpStatus(status.as_u16());
             if outcome.should_failover() && !is_last {
-                self.record(candidate.upstream, &outcome, &upstream.name, "failover_status");
+                self.record(
+                    candidate.upstream,
+                    &outcome,
+                    &upstream.name,
+                    "failover_status",
+                );
                 let (_, body) = response.into_parts();
-                let bytes = collect_with_timeout(&self.rt, body, snapshot.limits.idle_timeout).await.unwrap_or_default();
+                let bytes = collect_with_timeout(&self.rt, body, snapshot.limits.idle_timeout)
+                    .await
+                    .unwrap_or_default();
                 tracing::warn!(upstream = %upstream.name, %status, message = upstream_message(&bytes).unwrap_or_default(), "upstream failed; trying the next one");
-                last_failure = Refusal(map_upstream_status(status), format!("upstream `{}` answered {status}", upstream.name));
+                last_failure = Refusal(
+                    map_upstream_status(status),
+                    format!("upstream `{}` answered {status}", upstream.name),
+                );
                 continue;
             }
-            outcome_label = if status.is_success() { "ok" } else { "error_status" };
+            outcome_label = if status.is_success() {
+                "ok"
+            } else {
+                "error_status"
+            };
             self.record(candidate.upstream, &outcome, &upstream.name, outcome_label);
-            self.lock_router().record_latency(candidate.upstream, attempt_started.elapsed());
+            self.lock_router()
+                .record_latency(candidate.upstream, attempt_started.elapsed());
             return Ok(self
-                .respond(endpoint, client_protocol, upstream, &model, (stream, include_usage), response, started)
+                .respond(
+                    endpoint,
+                    client_protocol,
+                    upstream,
+                    &model,
+                    (stream, include_usage),
+                    response,
+                    started,
+                )
                 .await);
         }
         Err(last_failure)
     }
 
-    fn record(&self, id: gate_core::route::UpstreamId, outcome: &AttemptOutcome, name: &str, label: &str) {
-        self.lock_router().record_outcome(id, outcome, Instant::now());
+    fn record(
+        &self,
+        id: gate_core::route::UpstreamId,
+        outcome: &AttemptOutcome,
+        name: &str,
+        label: &str,
+    ) {
+        self.lock_router()
+            .record_outcome(id, outcome, Instant::now());
         self.metrics
             .upstream_attempts
-            .get_or_create(&AttemptLabels { upstream: name.to_owned(), outcome: label.to_owned() })
+            .get_or_create(&AttemptLabels {
+                upstream: name.to_owned(),
+                outcome: label.to_owned(),
+            })
             .inc();
     }
 
@@ -503,10 +597,16 @@ impl<R: Runtime> Gateway<R> {
         let same_protocol = client_protocol == upstream.protocol;
 
         if !status.is_success() {
-            let bytes = collect_with_timeout(&self.rt, body, snapshot_idle).await.unwrap_or_default();
+            let bytes = collect_with_timeout(&self.rt, body, snapshot_idle)
+                .await
+                .unwrap_or_default();
             let message = upstream_message(&bytes)
                 .unwrap_or_else(|| format!("upstream `{}` answered {status}", upstream.name));
-            let client_status = if status.is_server_error() { map_upstream_status(status) } else { status };
+            let client_status = if status.is_server_error() {
+                map_upstream_status(status)
+            } else {
+                status
+            };
             if same_protocol && status.is_client_error() {
                 let mut out = Response::new(full_body(bytes));
                 *out.status_mut() = status;
@@ -516,11 +616,17 @@ impl<R: Runtime> Gateway<R> {
             return error_response(client_protocol, client_status, &message);
         }
 
-        if is_event_stream(&parts.headers) || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers)) {
+        if is_event_stream(&parts.headers)
+            || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
+        {
             let converter = if same_protocol {
                 None
             } else {
-                Some(convert::stream_converter(upstream.protocol, model, include_usage))
+                Some(convert::stream_converter(
+                    upstream.protocol,
+                    model,
+                    include_usage,
+                ))
             };
             let pipe = StreamPipe {
                 inner: body,
@@ -545,8 +651,14 @@ impl<R: Runtime> Gateway<R> {
             };
             let mut out = Response::new(pipe.boxed());
             copy_response_headers(&parts.headers, out.headers_mut());
-            out.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            out.headers_mut().insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            out.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            out.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
             return out;
         }
 
@@ -556,13 +668,17 @@ impl<R: Runtime> Gateway<R> {
                 return error_response(
                     client_protocol,
                     StatusCode::BAD_GATEWAY,
-                    &format!("upstream `{}` broke off its answer: {message}", upstream.name),
+                    &format!(
+                        "upstream `{}` broke off its answer: {message}",
+                        upstream.name
+                    ),
                 )
             }
         };
         let mut usage = Usage::default();
         usage.observe_json(&bytes);
-        self.metrics.add_tokens(&upstream.name, model, usage.input, usage.output);
+        self.metrics
+            .add_tokens(&upstream.name, model, usage.input, usage.output);
         if same_protocol || endpoint == Endpoint::CountTokens {
             let mut out = Response::new(full_body(bytes));
             copy_response_headers(&parts.headers, out.headers_mut());
@@ -571,13 +687,19 @@ impl<R: Runtime> Gateway<R> {
         match convert::response(upstream.protocol, &bytes) {
             Ok(converted) => {
                 let mut out = Response::new(full_body(Bytes::from(converted)));
-                out.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                out.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
                 out
             }
             Err(message) => error_response(
                 client_protocol,
                 StatusCode::BAD_GATEWAY,
-                &format!("upstream `{}` sent an answer Gate could not convert: {message}", upstream.name),
+                &format!(
+                    "upstream `{}` sent an answer Gate could not convert: {message}",
+                    upstream.name
+                ),
             ),
         }
     }
@@ -625,7 +747,13 @@ fn is_json(headers: &HeaderMap) -> bool {
 fn check_json_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
     match headers.get(http::header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => Ok(()),
-        Some(Ok(v)) if v.trim().to_ascii_lowercase().starts_with("application/json") => Ok(()),
+        Some(Ok(v))
+            if v.trim()
+                .to_ascii_lowercase()
+                .starts_with("application/json") =>
+        {
+            Ok(())
+        }
         Some(Ok(v)) => Err(Refusal(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!("Content-Type must be application/json, not {v:?}"),
@@ -641,7 +769,9 @@ async fn read_body_limited(body: Incoming, max: u64) -> Result<Bytes, Refusal> {
     let too_large = || {
         Refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the request body is larger than the limit of {max} bytes (server.max_body_bytes)"),
+            format!(
+                "the request body is larger than the limit of {max} bytes (server.max_body_bytes)"
+            ),
         )
     };
     if body.size_hint().lower() > max {
@@ -651,11 +781,18 @@ async fn read_body_limited(body: Incoming, max: u64) -> Result<Bytes, Refusal> {
     match limited.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(Refusal(StatusCode::BAD_REQUEST, format!("could not read the request body: {e}"))),
+        Err(e) => Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            format!("could not read the request body: {e}"),
+        )),
     }
 }
 
-async fn collect_with_timeout<R: Runtime>(rt: &R, body: Incoming, idle: Duration) -> Result<Bytes, String> {
+async fn collect_with_timeout<R: Runtime>(
+    rt: &R,
+    body: Incoming,
+    idle: Duration,
+) -> Result<Bytes, String> {
     // Non-streamed bodies are small; bound the whole read by the idle timeout per chunk.
     let mut body = body;
     let mut out = Vec::new();
@@ -675,7 +812,8 @@ async fn collect_with_timeout<R: Runtime>(rt: &R, body: Incoming, idle: Duration
 
 /// Request headers passed from the client to the upstream. Everything else, above all
 /// `authorization` and `x-api-key`, stays behind.
-const FORWARDED_REQUEST_HEADERS: &[&str] = &["accept", "user-agent", "anthropic-beta", "openai-beta"];
+const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["accept", "user-agent", "anthropic-beta", "openai-beta"];
 
 fn build_upstream_request(
     endpoint: Endpoint,
@@ -683,28 +821,46 @@ fn build_upstream_request(
     upstream: &UpstreamTarget,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, String> {
-    let url = format!("{}{}", upstream.base_url, endpoint.upstream_path(upstream.protocol));
+    let url = format!(
+        "{}{}",
+        upstream.base_url,
+        endpoint.upstream_path(upstream.protocol)
+    );
     let mut builder = Request::builder().method(Method::POST).uri(&url);
-    let headers = builder.headers_mut().ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
+    let headers = builder
+        .headers_mut()
+        .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(v) = client_headers.get(*name) {
             headers.insert(*name, v.clone());
         }
     }
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     match upstream.protocol {
         WireProtocol::OpenAi => {
             if let Some(key) = &upstream.api_key {
                 let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| format!("the api_key of upstream `{}` is not a valid header value", upstream.name))?;
+                    .map_err(|_| {
+                        format!(
+                            "the api_key of upstream `{}` is not a valid header value",
+                            upstream.name
+                        )
+                    })?;
                 value.set_sensitive(true);
                 headers.insert(http::header::AUTHORIZATION, value);
             }
         }
         WireProtocol::Anthropic => {
             if let Some(key) = &upstream.api_key {
-                let mut value = HeaderValue::from_str(key.expose())
-                    .map_err(|_| format!("the api_key of upstream `{}` is not a valid header value", upstream.name))?;
+                let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                    format!(
+                        "the api_key of upstream `{}` is not a valid header value",
+                        upstream.name
+                    )
+                })?;
                 value.set_sensitive(true);
                 headers.insert("x-api-key", value);
             }
@@ -715,7 +871,9 @@ fn build_upstream_request(
             headers.insert("anthropic-version", version);
         }
     }
-    builder.body(Full::new(body)).map_err(|e| format!("invalid upstream request to {url}: {e}"))
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("invalid upstream request to {url}: {e}"))
 }
 
 const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
@@ -758,7 +916,10 @@ fn build_upstream_body(
         Endpoint::ChatCompletions | Endpoint::Messages => {
             convert::request(client_protocol, body, upstream_model).map(Bytes::from)
         }
-        _ => Err(format!("{} cannot be served by this upstream", endpoint.label())),
+        _ => Err(format!(
+            "{} cannot be served by this upstream",
+            endpoint.label()
+        )),
     }
 }
 
@@ -775,7 +936,9 @@ impl Usage {
         if memchr_usage(data).is_none() {
             return;
         }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else { return };
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
         let usage = value
             .get("usage")
             .or_else(|| value.get("message").and_then(|m| m.get("usage")))
@@ -829,16 +992,27 @@ impl<R: Runtime> StreamPipe<R> {
         if let Mode::Convert(_, converter) = &mut self.mode {
             let _ = converter.finish(false);
         }
-        self.pending.push_back(stream_error_event(self.client_protocol, StatusCode::BAD_GATEWAY, message));
+        self.pending.push_back(stream_error_event(
+            self.client_protocol,
+            StatusCode::BAD_GATEWAY,
+            message,
+        ));
         self.finish_metrics();
         self.done = true;
     }
 
     fn finish_metrics(&mut self) {
-        self.metrics.add_tokens(&self.upstream_name, &self.model, self.usage.input, self.usage.output);
+        self.metrics.add_tokens(
+            &self.upstream_name,
+            &self.model,
+            self.usage.input,
+            self.usage.output,
+        );
         self.metrics
             .request_duration
-            .get_or_create(&EndpointLabels { endpoint: self.endpoint.label().to_owned() })
+            .get_or_create(&EndpointLabels {
+                endpoint: self.endpoint.label().to_owned(),
+            })
             .observe(self.started.elapsed().as_secs_f64());
     }
 
@@ -847,7 +1021,9 @@ impl<R: Runtime> StreamPipe<R> {
             self.first_byte = true;
             self.metrics
                 .time_to_first_token
-                .get_or_create(&UpstreamLabels { upstream: self.upstream_name.clone() })
+                .get_or_create(&UpstreamLabels {
+                    upstream: self.upstream_name.clone(),
+                })
                 .observe(self.started.elapsed().as_secs_f64());
         }
         match &mut self.mode {

@@ -40,8 +40,11 @@ pub struct TokenLabels {
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
-    [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]
-        .into_iter()
+    [
+        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+        300.0,
+    ]
+    .into_iter()
 }
 
 /// All metrics of the daemon.
@@ -66,20 +69,22 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("gate");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Client requests by endpoint and status", requests.clone());
-        let request_duration =
-            Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(latency_buckets())
-            });
+        registry.register(
+            "requests",
+            "Client requests by endpoint and status",
+            requests.clone(),
+        );
+        let request_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "request_duration_seconds",
             "Time from request to the end of the response",
             request_duration.clone(),
         );
-        let time_to_first_token =
-            Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new(latency_buckets())
-            });
+        let time_to_first_token = Family::<UpstreamLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(latency_buckets())
+        });
         registry.register(
             "time_to_first_token_seconds",
             "Time from request to the first streamed byte from the upstream",
@@ -92,7 +97,11 @@ impl Metrics {
             upstream_attempts.clone(),
         );
         let tokens = Family::<TokenLabels, Counter>::default();
-        registry.register("tokens", "Tokens by upstream, model and kind", tokens.clone());
+        registry.register(
+            "tokens",
+            "Tokens by upstream, model and kind",
+            tokens.clone(),
+        );
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
             "upstream_up",

@@ -18,14 +18,19 @@ pub fn read_sources(config_files: &[PathBuf], state_dir: &Path) -> Result<Config
     for file in config_files {
         let text = std::fs::read_to_string(file)
             .with_context(|| format!("cannot read the config file {}", file.display()))?;
-        sources.nix_files.push(SourceText::new(file.display().to_string(), text));
+        sources
+            .nix_files
+            .push(SourceText::new(file.display().to_string(), text));
     }
     match std::fs::read_to_string(&runtime_path) {
         Ok(text) => sources.runtime.text = text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
             return Err(e).with_context(|| {
-                format!("cannot read the runtime config file {}", runtime_path.display())
+                format!(
+                    "cannot read the runtime config file {}",
+                    runtime_path.display()
+                )
             })
         }
     }
