@@ -240,8 +240,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let addr = std::net::SocketAddr::new(host, port);
     let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
-        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, addr, config, tokens))?,
-        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens))?,
+        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
+            run(rt, addr, config, tokens, args.config, state_dir)
+        })?,
+        RuntimeChoice::Smol => {
+            gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens, args.config, state_dir))?
+        }
     }
 }
 
