@@ -90,11 +90,8 @@ impl Endpoint {
     /// Whether an upstream speaking `protocol` can serve this endpoint (natively or by
     /// conversion).
     fn served_by(self, protocol: WireProtocol) -> bool {
-        match (self, protocol) {
-            (_, WireProtocol::OpenAi) => true,
-            (Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions, _) => true,
-            _ => false,
-        }
+        protocol == WireProtocol::OpenAi
+            || matches!(self, Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions)
     }
 
     /// The path under the upstream's base URL.
@@ -481,7 +478,6 @@ impl<R: Runtime> Gateway<R> {
                 self.client.request(upstream_req),
             )
             .await;
-            let outcome_label;
             let response = match sent {
                 Err(gate_rt::Elapsed) => {
                     self.record(
@@ -539,7 +535,7 @@ impl<R: Runtime> Gateway<R> {
                 );
                 continue;
             }
-            outcome_label = if status.is_success() {
+            let outcome_label = if status.is_success() {
                 "ok"
             } else {
                 "error_status"
