@@ -71,7 +71,10 @@ fn parse_counting(input: &[u8]) -> (Result<Status, sni::SniError>, u64) {
 fn the_counter_sees_allocations() {
     let before = allocations();
     let boxed = std::hint::black_box(Box::new(7u64));
-    assert!(allocations() > before, "the counting allocator must be active");
+    assert!(
+        allocations() > before,
+        "the counting allocator must be active"
+    );
     drop(boxed);
 }
 
@@ -90,7 +93,13 @@ fn parsing_fragments_prefixes_and_errors_does_not_allocate() {
     let reframed = hellos::reframe(&hellos::handshake_message(&hello), &[1, 100, 7]);
     let mut garbage = hello.clone();
     garbage[60] ^= 0xff;
-    let inputs: [&[u8]; 5] = [&reframed, &hello[..hello.len() / 2], &garbage, b"GET / HTTP/1.1\r\n", &[]];
+    let inputs: [&[u8]; 5] = [
+        &reframed,
+        &hello[..hello.len() / 2],
+        &garbage,
+        b"GET / HTTP/1.1\r\n",
+        &[],
+    ];
     for input in inputs {
         let (status, count) = parse_counting(input);
         assert_eq!(count, 0, "parse allocated for {status:?}");

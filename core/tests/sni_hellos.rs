@@ -57,7 +57,9 @@ struct StandInMlKemShare {
 
 impl ActiveKeyExchange for StandInMlKemShare {
     fn complete(self: Box<Self>, _peer_pub_key: &[u8]) -> Result<SharedSecret, rustls::Error> {
-        Err(rustls::Error::General("stand-in ML-KEM group cannot complete".into()))
+        Err(rustls::Error::General(
+            "stand-in ML-KEM group cannot complete".into(),
+        ))
     }
 
     fn hybrid_component(&self) -> Option<(NamedGroup, &[u8])> {
@@ -136,7 +138,10 @@ pub fn add_padding_extension(message: &[u8], pad_len: usize, fragments: &[usize]
     let cipher_suites_at = session_id_at + 1 + usize::from(message[session_id_at]);
     let compression_at = cipher_suites_at
         + 2
-        + usize::from(u16::from_be_bytes([message[cipher_suites_at], message[cipher_suites_at + 1]]));
+        + usize::from(u16::from_be_bytes([
+            message[cipher_suites_at],
+            message[cipher_suites_at + 1],
+        ]));
     let extensions_at = compression_at + 1 + usize::from(message[compression_at]);
     let mut out = message.to_vec();
     out.extend([0, 21]);
@@ -169,7 +174,9 @@ pub fn reframe(message: &[u8], fragments: &[usize]) -> Vec<u8> {
     let mut rest = message;
     let mut sizes = fragments.iter().cycle();
     while !rest.is_empty() {
-        let size = (*sizes.next().unwrap_or(&16384)).clamp(1, 16384).min(rest.len());
+        let size = (*sizes.next().unwrap_or(&16384))
+            .clamp(1, 16384)
+            .min(rest.len());
         out.extend([22, 3, 1]);
         out.extend(u16::try_from(size).unwrap().to_be_bytes());
         out.extend(&rest[..size]);
@@ -228,7 +235,10 @@ fn write_fuzz_corpus() {
         ("rustls-small-padded.bin", small),
         ("rustls-plain-no-alpn.bin", unpadded),
         ("rustls-pq-x25519mlkem768-padded.bin", pq.clone()),
-        ("rustls-pq-fragmented-7-records.bin", reframe(&handshake_message(&pq), &[256])),
+        (
+            "rustls-pq-fragmented-7-records.bin",
+            reframe(&handshake_message(&pq), &[256]),
+        ),
         ("rustls-no-sni-alpn-h2.bin", no_sni_alpn_only),
     ];
     for (name, bytes) in files {

@@ -43,8 +43,14 @@ struct Generated {
 }
 
 fn generated_hello() -> impl Strategy<Value = Generated> {
-    (dns_name(), alpn_list(), any::<bool>(), any::<u64>(), 0usize..400).prop_map(
-        |(server_name, alpn, post_quantum, case_mask, padding)| {
+    (
+        dns_name(),
+        alpn_list(),
+        any::<bool>(),
+        any::<u64>(),
+        0usize..400,
+    )
+        .prop_map(|(server_name, alpn, post_quantum, case_mask, padding)| {
             let spec = HelloSpec {
                 server_name,
                 alpn,
@@ -54,12 +60,12 @@ fn generated_hello() -> impl Strategy<Value = Generated> {
             upper_case_name(&mut bytes, spec.server_name.as_bytes(), case_mask);
             if post_quantum {
                 // Browsers add GREASE/ECH on top; make sure the hello is well past 1.5 KB.
+                let padding = padding + 1520usize.saturating_sub(bytes.len() + 4);
                 bytes = add_padding_extension(&handshake_message(&bytes), padding, &[16384]);
                 assert!(bytes.len() > 1500, "PQ hello of {} bytes", bytes.len());
             }
             Generated { bytes, spec }
-        },
-    )
+        })
 }
 
 /// Upper-cases letters of the host name inside the server_name extension, by `mask` bits.

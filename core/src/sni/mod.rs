@@ -91,21 +91,32 @@ impl Status {
 }
 
 /// What the relay needs from a ClientHello.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClientHelloInfo {
-    server_name: Option<ServerName>,
+    /// Empty when the client sent no host name (kept inline rather than in an `Option` so the
+    /// parser can fill it in place).
+    server_name: ServerName,
     alpn: AlpnList,
 }
 
 impl ClientHelloInfo {
     /// The validated, lower-cased server name, if the client sent one.
     pub fn server_name(&self) -> Option<&ServerName> {
-        self.server_name.as_ref()
+        (!self.server_name.is_empty()).then_some(&self.server_name)
     }
 
     /// The ALPN protocol names offered, most preferred first (empty without the extension).
     pub fn alpn(&self) -> &AlpnList {
         &self.alpn
+    }
+}
+
+impl std::fmt::Debug for ClientHelloInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientHelloInfo")
+            .field("server_name", &self.server_name())
+            .field("alpn", &self.alpn)
+            .finish()
     }
 }
 
@@ -143,9 +154,13 @@ pub enum SniError {
 /// Pure and allocation-free; never panics. See the module docs for the limits.
 pub fn parse(input: &[u8]) -> Result<Status, SniError> {
     let mut cursor = HandshakeCursor::new(input);
-    match parse_client_hello(&mut cursor) {
-        Ok(hello) if hello.server_name.is_some() => Ok(Status::Found(hello)),
-        Ok(hello) => Ok(Status::NoSni(hello)),
+    let mut hello = ClientHelloInfo {
+        server_name: ServerName::EMPTY,
+        alpn: AlpnList::new(),
+    };
+    match parse_client_hello(&mut cursor, &mut hello) {
+        Ok(()) if !hello.server_name.is_empty() => Ok(Status::Found(hello)),
+        Ok(()) => Ok(Status::NoSni(hello)),
         Err(Stop::NeedMore) => {
             if input.len() >= MAX_CLIENT_HELLO_BYTES {
                 // Unreachable by construction (records never extend past the bound); kept so
@@ -186,7 +201,7 @@ fn within(
     Ok(())
 }
 
-fn parse_client_hello(cursor: &mut HandshakeCursor<'_>) -> Step<ClientHelloInfo> {
+fn parse_client_hello(cursor: &mut HandshakeCursor<'_>, hello: &mut ClientHelloInfo) -> Step<()> {
     let handshake_type = cursor.u8()?;
     if handshake_type != HANDSHAKE_TYPE_CLIENT_HELLO {
         return Err(SniError::UnexpectedHandshakeType { handshake_type }.into());
@@ -230,12 +245,8 @@ fn parse_client_hello(cursor: &mut HandshakeCursor<'_>) -> Step<ClientHelloInfo>
     within(cursor, end, compression_len, "compression_methods")?;
     cursor.skip(compression_len)?;
 
-    let mut hello = ClientHelloInfo {
-        server_name: None,
-        alpn: AlpnList::new(),
-    };
     if cursor.read() == end {
-        return Ok(hello); // a ClientHello without extensions (TLS 1.0 style)
+        return Ok(()); // a ClientHello without extensions (TLS 1.0 style)
     }
     within(cursor, end, 2, "extensions length")?;
     let extensions_len = usize::from(cursor.u16()?);
@@ -243,38 +254,59 @@ fn parse_client_hello(cursor: &mut HandshakeCursor<'_>) -> Step<ClientHelloInfo>
         return Err(SniError::BadLength("extensions do not end where the ClientHello ends").into());
     }
 
-    let mut seen = [0u16; MAX_EXTENSIONS];
+    // Extension types below 64 (all the common ones) are tracked in a bit set, others in a
+    // short list; `seen_count` counts both against MAX_EXTENSIONS.
+    let mut seen_low: u64 = 0;
+    let mut seen_other = [0u16; MAX_EXTENSIONS];
+    let mut seen_other_count = 0usize;
     let mut seen_count = 0usize;
     while cursor.read() < end {
         within(cursor, end, 4, "extension header")?;
         let extension_type = cursor.u16()?;
         let extension_len = usize::from(cursor.u16()?);
         within(cursor, end, extension_len, "extension body")?;
-        let known = seen.get(..seen_count).unwrap_or_default();
-        if known.contains(&extension_type) {
+        if seen_count == MAX_EXTENSIONS {
+            return Err(SniError::TooManyExtensions.into());
+        }
+        seen_count += 1;
+        let duplicate = if extension_type < 64 {
+            let bit = 1u64 << extension_type;
+            let duplicate = seen_low & bit != 0;
+            seen_low |= bit;
+            duplicate
+        } else {
+            let known = seen_other.get(..seen_other_count).unwrap_or_default();
+            let duplicate = known.contains(&extension_type);
+            if let Some(slot) = seen_other.get_mut(seen_other_count) {
+                *slot = extension_type;
+                seen_other_count += 1;
+            }
+            duplicate
+        };
+        if duplicate {
             return Err(SniError::DuplicateExtension { extension_type }.into());
         }
-        let slot = seen
-            .get_mut(seen_count)
-            .ok_or(SniError::TooManyExtensions)?;
-        *slot = extension_type;
-        seen_count += 1;
 
         let extension_end = cursor.read() + extension_len;
         match extension_type {
             EXTENSION_SERVER_NAME => {
-                hello.server_name = parse_server_name(cursor, extension_end)?;
+                parse_server_name(cursor, extension_end, &mut hello.server_name)?
             }
-            EXTENSION_ALPN => hello.alpn = parse_alpn(cursor, extension_end)?,
+            EXTENSION_ALPN => parse_alpn(cursor, extension_end, &mut hello.alpn)?,
             _ => cursor.skip(extension_len)?,
         }
     }
-    Ok(hello)
+    Ok(())
 }
 
 /// The server_name extension (RFC 6066, section 3): a list of (type, name) entries of which at
 /// most one is a host name. Entries of other types are skipped.
-fn parse_server_name(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<Option<ServerName>> {
+/// The host name is copied straight into `name`'s inline storage and validated there.
+fn parse_server_name(
+    cursor: &mut HandshakeCursor<'_>,
+    end: usize,
+    name: &mut ServerName,
+) -> Step<()> {
     within(cursor, end, 2, "server_name list length")?;
     let list_len = usize::from(cursor.u16()?);
     if cursor.read() + list_len != end {
@@ -283,7 +315,7 @@ fn parse_server_name(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<Optio
     if list_len == 0 {
         return Err(SniError::BadLength("server_name list is empty").into());
     }
-    let mut found = None;
+    let mut found = false;
     while cursor.read() < end {
         within(cursor, end, 3, "server_name entry header")?;
         let name_type = cursor.u8()?;
@@ -293,24 +325,35 @@ fn parse_server_name(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<Optio
             cursor.skip(name_len)?;
             continue;
         }
-        if found.is_some() {
+        if found {
             return Err(SniError::from(ServerNameError::MultipleHostNames).into());
         }
         if name_len > MAX_WIRE_HOST_NAME_LEN {
             return Err(SniError::from(ServerNameError::TooLong { length: name_len }).into());
         }
-        let mut raw = [0u8; MAX_WIRE_HOST_NAME_LEN];
-        let raw = raw
-            .get_mut(..name_len)
-            .ok_or(Stop::Fail(SniError::BadLength("host name")))?;
-        cursor.copy_into(raw)?;
-        found = Some(ServerName::new(raw).map_err(SniError::from)?);
+        found = true;
+        // Copy up to 253 bytes; a 254th may only be the trailing dot.
+        let stored = name_len.min(MAX_SERVER_NAME_LEN);
+        let storage = name
+            .storage_mut()
+            .get_mut(..stored)
+            .ok_or(SniError::BadLength("host name"))?;
+        cursor.copy_into(storage)?;
+        let mut len = stored;
+        if name_len > stored {
+            if cursor.u8()? != b'.' {
+                return Err(SniError::from(ServerNameError::TooLong { length: name_len }).into());
+            }
+        } else if storage.last() == Some(&b'.') {
+            len -= 1;
+        }
+        name.validate_in_place(len).map_err(SniError::from)?;
     }
-    Ok(found)
+    Ok(())
 }
 
 /// The ALPN extension (RFC 7301, section 3.1): a non-empty list of non-empty names.
-fn parse_alpn(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<AlpnList> {
+fn parse_alpn(cursor: &mut HandshakeCursor<'_>, end: usize, alpn: &mut AlpnList) -> Step<()> {
     within(cursor, end, 2, "ALPN list length")?;
     let list_len = usize::from(cursor.u16()?);
     if cursor.read() + list_len != end {
@@ -319,7 +362,6 @@ fn parse_alpn(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<AlpnList> {
     if list_len == 0 {
         return Err(SniError::from(AlpnError::EmptyList).into());
     }
-    let mut alpn = AlpnList::new();
     while cursor.read() < end {
         let name_len = cursor.u8()?;
         if name_len == 0 {
@@ -331,7 +373,7 @@ fn parse_alpn(cursor: &mut HandshakeCursor<'_>, end: usize) -> Step<AlpnList> {
             None => cursor.skip(usize::from(name_len))?,
         }
     }
-    Ok(alpn)
+    Ok(())
 }
 
 #[cfg(test)]

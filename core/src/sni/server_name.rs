@@ -56,18 +56,47 @@ pub struct ServerName {
 impl ServerName {
     /// Validates `raw` by the module rules and returns it lower-cased.
     pub fn new(raw: &[u8]) -> Result<ServerName, ServerNameError> {
+        let mut name = ServerName::EMPTY;
         let raw = raw.strip_suffix(b".").unwrap_or(raw);
-        if raw.is_empty() {
-            return Err(ServerNameError::Empty);
-        }
         if raw.len() > MAX_SERVER_NAME_LEN {
             return Err(ServerNameError::TooLong { length: raw.len() });
         }
-        let mut bytes = [0u8; MAX_SERVER_NAME_LEN];
+        let storage = name
+            .bytes
+            .get_mut(..raw.len())
+            .ok_or(ServerNameError::TooLong { length: raw.len() })?;
+        storage.copy_from_slice(raw);
+        name.validate_in_place(raw.len())?;
+        Ok(name)
+    }
+
+    /// Placeholder for "no name yet"; never handed out as a valid name.
+    pub(crate) const EMPTY: ServerName = ServerName {
+        bytes: [0; MAX_SERVER_NAME_LEN],
+        len: 0,
+    };
+
+    /// Storage for the parser to copy raw name bytes into before [`Self::validate_in_place`].
+    pub(crate) fn storage_mut(&mut self) -> &mut [u8; MAX_SERVER_NAME_LEN] {
+        &mut self.bytes
+    }
+
+    /// Validates and lower-cases the first `len` bytes of the storage (no trailing dot) and
+    /// makes them the name. On error the name is left empty.
+    pub(crate) fn validate_in_place(&mut self, len: usize) -> Result<(), ServerNameError> {
+        self.len = 0;
+        let raw = self
+            .bytes
+            .get_mut(..len)
+            .ok_or(ServerNameError::TooLong { length: len })?;
+        if raw.is_empty() {
+            return Err(ServerNameError::Empty);
+        }
         let mut label_len = 0usize;
         let mut label_all_digits = true;
         let mut previous = b'.';
-        for (slot, &byte) in bytes.iter_mut().zip(raw) {
+        for slot in raw.iter_mut() {
+            let byte = *slot;
             let lower = byte.to_ascii_lowercase();
             match lower {
                 b'.' => {
@@ -95,7 +124,7 @@ impl ServerName {
             *slot = lower;
             previous = lower;
         }
-        // `raw` is non-empty and had any trailing dot stripped, so a last '.' means ".." or ".".
+        // The trailing dot was stripped by the caller, so a last '.' means ".." or ".".
         if label_len == 0 {
             return Err(ServerNameError::EmptyLabel);
         }
@@ -105,12 +134,8 @@ impl ServerName {
         if label_all_digits {
             return Err(ServerNameError::IpLiteral);
         }
-        Ok(ServerName {
-            bytes,
-            // Checked above: raw.len() <= 253.
-            len: u8::try_from(raw.len())
-                .map_err(|_| ServerNameError::TooLong { length: raw.len() })?,
-        })
+        self.len = u8::try_from(len).map_err(|_| ServerNameError::TooLong { length: len })?;
+        Ok(())
     }
 
     /// The name as bytes (lower-case ASCII).
@@ -129,7 +154,7 @@ impl ServerName {
         usize::from(self.len)
     }
 
-    /// Always false: a `ServerName` has at least one label. Provided for API symmetry.
+    /// Always false for a name handed out by this module (it has at least one label).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
