@@ -30,17 +30,33 @@ pub struct Peer {
 /// The shared request router.
 pub struct App<R: Runtime> {
     pub gateway: Arc<Gateway<R>>,
+    /// The admin API and web UI (`/admin/...`, `/ui/...`), when enabled.
+    pub admin: Option<Arc<crate::admin::Admin<R>>>,
 }
 
 impl<R: Runtime> App<R> {
     /// A router over `gateway`.
     pub fn new(gateway: Arc<Gateway<R>>) -> Self {
-        Self { gateway }
+        Self {
+            gateway,
+            admin: None,
+        }
+    }
+
+    /// The same router serving the admin API and web UI too.
+    pub fn with_admin(mut self, admin: Arc<crate::admin::Admin<R>>) -> Self {
+        self.admin = Some(admin);
+        self
     }
 
     /// Handles one request.
     pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
         let path = req.uri().path();
+        if crate::admin::Admin::<R>::owns(path) {
+            if let Some(admin) = &self.admin {
+                return admin.handle(req, peer).await;
+            }
+        }
         match (req.method(), path) {
             (&Method::GET, "/health") => json(
                 StatusCode::OK,

@@ -50,6 +50,15 @@ pub enum Command {
     /// Create, list and revoke Gate API keys for clients.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Show the running daemon: upstreams and their health, relay, certificate, and a
+    /// fresh one-time web UI login link.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
 }
 
 /// Where the configuration comes from (for commands other than `serve`).
@@ -201,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Config(command) => commands::config(command),
         Command::Upstream(command) => commands::upstream(command),
         Command::Token(command) => commands::token(command),
+        Command::Status { json, source } => commands::status(&source, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -226,7 +236,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let state_dir = state::resolve_state_dir(args.state_dir.as_deref())?;
     // Configuration errors end the program before any port is bound.
     let loaded = settings::load(&args.config, &state_dir)?;
-    let config = loaded.config;
+    let config = &loaded.config;
     init_logging(&config.log_level);
     state::ensure_dir(&state_dir)?;
     let host: std::net::IpAddr = match args.host {
@@ -241,10 +251,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
         RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
-            run(rt, addr, config, tokens, args.config, state_dir)
+            run(rt, addr, loaded, tokens, args.config, state_dir)
         })?,
         RuntimeChoice::Smol => {
-            gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens, args.config, state_dir))?
+            gate_runtime_smol::block_on(|rt| run(rt, addr, loaded, tokens, args.config, state_dir))?
         }
     }
 }
@@ -252,27 +262,46 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 async fn run<R: gate_rt::Runtime>(
     rt: R,
     addr: std::net::SocketAddr,
-    config: DaemonConfig,
+    loaded: gate_core::config::Loaded<DaemonConfig>,
     tokens: TokenStore,
     config_files: Vec<PathBuf>,
     state_dir: PathBuf,
 ) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(rt.clone(), &config, tokens)?);
+    let config = &loaded.config;
+    let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
+    let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
     let listener = server::bind(&rt, addr)?;
     let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
+    let upstream_count = config.upstreams.len();
+    let reloader = Arc::new(crate::reload::Reloader::new(
+        gateway.clone(),
+        config_files,
+        state_dir.clone(),
+        loaded,
+    ));
+    let admin = Arc::new(crate::admin::Admin::new(
+        reloader.clone(),
+        admin_token,
+        bound,
+    ));
+    if let Err(e) = state::write_atomic(
+        &crate::admin::client::addr_file(&state_dir),
+        format!("{bound}\n").as_bytes(),
+    ) {
+        tracing::warn!(error = %e, "cannot record the listen address in the state directory; the CLI will look at the configured host:port");
+    }
     tracing::info!(
         address = %bound,
         runtime = R::NAME,
-        upstreams = config.upstreams.len(),
+        upstreams = upstream_count,
         "gate listening on http://{bound}"
     );
-    rt.spawn(crate::reload::watch(
-        rt.clone(),
-        gateway.clone(),
-        config_files,
-        state_dir,
-    ));
-    let app = Arc::new(App::new(gateway));
+    match admin.login_url() {
+        Ok(url) => tracing::info!("web UI: open {url} to sign in (one use, 15 minutes; `gate status` prints a new one)"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
+    }
+    rt.spawn(reloader.watch(rt.clone()));
+    let app = Arc::new(App::new(gateway).with_admin(admin));
     server::serve(rt, listener, app).await;
     Ok(())
 }

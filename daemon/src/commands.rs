@@ -1,20 +1,40 @@
 //! The `gate` subcommands other than `serve`: configuration, upstreams and API keys.
 //!
-//! They work on the files of the state directory; a running daemon notices changes to
-//! the runtime file and to the key store within a second (see `reload`). Output meant for
-//! scripts is plain: `gate token create` prints the key alone on stdout.
+//! Changes go through the admin API of a running daemon when there is one (found by
+//! [`AdminClient::discover`]), so they are live at once; without a daemon they edit the
+//! files of the state directory with the same core editing helpers (a daemon started later
+//! reads them; one that the CLI could not reach notices within a second, see `reload`).
+//! Output meant for scripts is plain: `gate token create` prints the key alone on stdout.
 
 use std::io::Read;
 
 use anyhow::{Context, Result};
 use gate_core::config::{self, DAEMON_SCHEMA};
 
+use crate::admin::client::AdminClient;
 use crate::auth::{parse_duration_secs, TokenStore};
 use crate::cli::{ConfigArgs, ConfigCommand, TokenCommand, UpstreamCommand};
 use crate::{settings, state};
 
 fn state_dir(args: &ConfigArgs) -> Result<std::path::PathBuf> {
     state::resolve_state_dir(args.state_dir.as_deref())
+}
+
+/// The running daemon of this state directory, if any (announced on stderr).
+fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
+    let dir = state_dir(source)?;
+    let client = AdminClient::discover(&source.config, &dir);
+    if let Some(client) = &client {
+        eprintln!("(via the running daemon at {}; the change is live)", client.addr());
+    }
+    Ok(client)
+}
+
+fn no_config(state_dir: &Option<std::path::PathBuf>) -> ConfigArgs {
+    ConfigArgs {
+        config: Vec::new(),
+        state_dir: state_dir.clone(),
+    }
 }
 
 /// `gate check-config`.
@@ -76,6 +96,17 @@ pub fn config(command: ConfigCommand) -> Result<()> {
             }
         }
         ConfigCommand::Set { key, value, source } => {
+            if let Some(client) = daemon(&source)? {
+                client
+                    .call_ok(
+                        "PUT",
+                        &format!("config/{key}"),
+                        Some(&serde_json::json!({ "value": value })),
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                eprintln!("set `{key}` in the runtime configuration");
+                return Ok(());
+            }
             edit_runtime(&source, |sources| {
                 config::runtime_set(&DAEMON_SCHEMA, sources, &key, &value)
             })?;
@@ -83,6 +114,11 @@ pub fn config(command: ConfigCommand) -> Result<()> {
             Ok(())
         }
         ConfigCommand::Unset { key, source } => {
+            if let Some(client) = daemon(&source)? {
+                client.call_ok("DELETE", &format!("config/{key}"), None)?;
+                eprintln!("removed `{key}` from the runtime configuration");
+                return Ok(());
+            }
             edit_runtime(&source, |sources| {
                 config::runtime_unset(&DAEMON_SCHEMA, sources, &key)
             })?;
@@ -143,6 +179,17 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
             if !models.is_empty() {
                 assignments.push((format!("{prefix}.models"), models.join(",")));
             }
+            if let Some(client) = daemon(&source)? {
+                let mut body = serde_json::Map::new();
+                body.insert("name".into(), name.clone().into());
+                for (key, value) in &assignments {
+                    let field = key.rsplit('.').next().unwrap_or_default();
+                    body.insert(field.to_owned(), value.clone().into());
+                }
+                client.call_ok("POST", "upstreams", Some(&serde_json::Value::Object(body)))?;
+                eprintln!("upstream `{name}` saved in the runtime configuration");
+                return Ok(());
+            }
             let refs: Vec<(&str, &str)> = assignments
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -193,6 +240,11 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
             Ok(())
         }
         UpstreamCommand::Remove { name, source } => {
+            if let Some(client) = daemon(&source)? {
+                client.call_ok("DELETE", &format!("upstreams/{name}"), None)?;
+                eprintln!("upstream `{name}` removed (it stays removed across restarts)");
+                return Ok(());
+            }
             edit_runtime(&source, |sources| {
                 config::runtime_remove_upstream(&DAEMON_SCHEMA, sources, &name)
             })?;
@@ -210,6 +262,28 @@ pub fn token(command: TokenCommand) -> Result<()> {
             expires,
             state_dir,
         } => {
+            if let Some(client) = daemon(&no_config(&state_dir))? {
+                let mut body = serde_json::json!({ "name": name });
+                if let Some(expires) = &expires {
+                    body["expires"] = expires.clone().into();
+                }
+                let created = client.call_ok("POST", "tokens", Some(&body))?;
+                let token = created
+                    .get("token")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| anyhow::anyhow!("the daemon returned no key"))?;
+                println!("{token}");
+                eprintln!(
+                    "created API key id {} ({}){}; it is shown only once",
+                    created["id"].as_str().unwrap_or("?"),
+                    created["name"].as_str().unwrap_or("?"),
+                    match created["expires_at"].as_u64() {
+                        Some(t) => format!(", expires at unix time {t}"),
+                        None => String::new(),
+                    }
+                );
+                return Ok(());
+            }
             let dir = state::resolve_state_dir(state_dir.as_deref())?;
             state::ensure_dir(&dir)?;
             let ttl = expires
@@ -259,6 +333,11 @@ pub fn token(command: TokenCommand) -> Result<()> {
             Ok(())
         }
         TokenCommand::Revoke { id, state_dir } => {
+            if let Some(client) = daemon(&no_config(&state_dir))? {
+                client.call_ok("DELETE", &format!("tokens/{id}"), None)?;
+                eprintln!("revoked API key {id}");
+                return Ok(());
+            }
             let dir = state::resolve_state_dir(state_dir.as_deref())?;
             let mut store = TokenStore::load(&dir)?;
             if store.revoke(&id)? {
@@ -269,4 +348,67 @@ pub fn token(command: TokenCommand) -> Result<()> {
             }
         }
     }
+}
+
+/// `gate status`.
+pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
+    let dir = state_dir(source)?;
+    let Some(client) = AdminClient::discover(&source.config, &dir) else {
+        anyhow::bail!(
+            "no running daemon found for the state directory {} (start one with `gate serve`; \
+             the CLI looks at {}, then the configured host:port)",
+            dir.display(),
+            crate::admin::client::addr_file(&dir).display()
+        );
+    };
+    let mut status = client.call_ok("GET", "status", None)?;
+    let login = client.call_ok("POST", "login-url", None)?;
+    let url = login
+        .get("url")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if json {
+        status["login_url"] = url.into();
+        println!("{}", serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    println!(
+        "gate {} ({} runtime) listening on {}",
+        text(&status["version"]),
+        text(&status["runtime"]),
+        text(&status["listen"])
+    );
+    println!("state directory: {}", text(&status["state_dir"]));
+    let upstreams = status["upstreams"].as_array().cloned().unwrap_or_default();
+    if upstreams.is_empty() {
+        println!("upstreams: none (add one with `gate upstream add NAME --provider P`)");
+    } else {
+        println!("upstreams:");
+        for u in &upstreams {
+            println!(
+                "  {}\t{}\t{}\t{}\tkey {}",
+                text(&u["name"]),
+                text(&u["provider"]),
+                text(&u["base_url"]),
+                text(&u["health"]["state"]),
+                if u["api_key"]["set"].as_bool() == Some(true) {
+                    "set"
+                } else {
+                    "not set"
+                }
+            );
+        }
+    }
+    println!("relay: {}", text(&status["relay"]["state"]));
+    println!("certificate: {}", text(&status["certificate"]["state"]));
+    if let Some(error) = status["last_reload_error"].get("message") {
+        println!(
+            "last reload error (the previous configuration is still in effect): {}",
+            error.as_str().unwrap_or("")
+        );
+    }
+    println!("web UI login (one use, 15 minutes): {url}");
+    Ok(())
 }

@@ -242,6 +242,29 @@ impl<R: Runtime> Gateway<R> {
         }
     }
 
+    /// The circuit state of each configured upstream at `now`, by name (admin status).
+    pub fn upstream_health(&self, now: Instant) -> Vec<(String, gate_core::route::Health)> {
+        let router = self.lock_router();
+        router
+            .ids()
+            .filter_map(|id| Some((router.upstream(id)?.name.clone(), router.health(id, now)?)))
+            .collect()
+    }
+
+    /// Every model clients can ask for, with the upstreams routing would try, in order
+    /// (admin "models and routes").
+    pub fn routes(&self) -> Vec<(String, Vec<gate_core::route::Candidate>)> {
+        let router = self.lock_router();
+        router
+            .list_models()
+            .into_iter()
+            .map(|m| {
+                let candidates = router.all_candidates(&m.id);
+                (m.id, candidates)
+            })
+            .collect()
+    }
+
     /// Updates the upstream health gauges and renders `/metrics`.
     pub fn render_metrics(&self) -> String {
         let now = Instant::now();

@@ -5,6 +5,7 @@
 //! (routing, SSE, conversion, config layering) lives in `gate-core`; this crate does the
 //! I/O around it: sockets, files, the environment, logs.
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;

@@ -1,0 +1,443 @@
+//! The admin JSON API (`/admin/api/...`), called by the web UI and by the CLI when a
+//! daemon is running. Every change goes through the core's editing helpers, is written
+//! atomically and applied at once ([`Reloader::edit_runtime`]); a refused change returns
+//! 400 with the reason and changes nothing.
+//!
+//! Routes (all need the admin token or a UI session; see the parent module):
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | GET | `status` | version, listen URL, upstreams with circuit health, relay, certificate, last reload error |
+//! | GET | `config` | merged configuration with the origin of each value (secrets as `"(set)"`) |
+//! | PUT | `config/KEY` `{"value": ..}` | set a key in the runtime layer |
+//! | DELETE | `config/KEY` | unset a key of the runtime layer |
+//! | GET | `upstreams` | upstreams; keys only as set / not set with their origin |
+//! | POST | `upstreams` `{"name","provider","base_url"?,"api_key"?,"models"?}` | add (or replace keys of) an upstream |
+//! | PUT | `upstreams/NAME` `{"provider"?,"base_url"?,"api_key"?,"models"?,"enabled"?}` | edit |
+//! | DELETE | `upstreams/NAME` | remove (stays removed even if a `--config` file defines it) |
+//! | GET | `tokens` | API keys (ids and names, never the keys) |
+//! | POST | `tokens` `{"name","expires"?}` | create; the key is in this answer only |
+//! | DELETE | `tokens/ID` | revoke |
+//! | GET | `models` | models clients can ask for, with the upstreams tried in order |
+//! | GET | `reload` | the last reload error, if any |
+//! | POST | `login-url` | a fresh one-time web UI login URL |
+
+use std::time::Instant;
+
+use gate_core::config::{self, DaemonConfig, Loaded, DAEMON_SCHEMA};
+use gate_core::route::{Health, Tier};
+use gate_rt::Runtime;
+use http::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+
+use super::{api_error, Admin};
+use crate::app::{self, Body, Peer};
+use crate::auth::parse_duration_secs;
+use crate::reload::EditError;
+
+/// Dispatches one authenticated admin API request (`route` is the path after `/admin/api/`).
+pub async fn route<R: Runtime>(
+    admin: &Admin<R>,
+    method: &Method,
+    route: &str,
+    body: &[u8],
+    peer: Peer,
+) -> Response<Body> {
+    let (head, rest) = match route.split_once('/') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (route, None),
+    };
+    let result = match (method, head, rest) {
+        (&Method::GET, "status", None) => Ok(status(admin)),
+        (&Method::GET, "config", None) => Ok(config_view(admin)),
+        (&Method::PUT, "config", Some(key)) => set_key(admin, key, body),
+        (&Method::DELETE, "config", Some(key)) => unset_key(admin, key),
+        (&Method::GET, "upstreams", None) => Ok(json!({
+            "upstreams": upstreams_view(admin, &admin.reloader.current()),
+            "providers": config::PROVIDERS,
+        })),
+        (&Method::POST, "upstreams", None) => add_upstream(admin, body),
+        (&Method::PUT, "upstreams", Some(name)) => edit_upstream(admin, name, body),
+        (&Method::DELETE, "upstreams", Some(name)) => remove_upstream(admin, name),
+        (&Method::GET, "tokens", None) => tokens_view(admin),
+        (&Method::POST, "tokens", None) => create_token(admin, body),
+        (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id),
+        (&Method::GET, "models", None) => Ok(models_view(admin)),
+        (&Method::GET, "reload", None) => Ok(json!({
+            "last_reload_error": admin.reloader.last_error(),
+        })),
+        (&Method::POST, "login-url", None) => admin
+            .login_url()
+            .map(|url| json!({ "url": url }))
+            .map_err(|e| Failure::Internal(format!("{e:#}"))),
+        _ => Err(Failure::NotFound(format!(
+            "no admin route {method} /admin/api/{route}"
+        ))),
+    };
+    match result {
+        Ok(value) => app::json(StatusCode::OK, value),
+        Err(Failure::Refused(message)) => {
+            tracing::info!(peer = %peer.addr, %message, "admin change refused");
+            api_error(StatusCode::BAD_REQUEST, &message)
+        }
+        Err(Failure::NotFound(message)) => api_error(StatusCode::NOT_FOUND, &message),
+        Err(Failure::Internal(message)) => {
+            tracing::error!(%message, "admin request failed");
+            api_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
+        }
+    }
+}
+
+enum Failure {
+    Refused(String),
+    NotFound(String),
+    Internal(String),
+}
+
+impl From<EditError> for Failure {
+    fn from(e: EditError) -> Self {
+        match e {
+            EditError::Refused(e) => Failure::Refused(format!("refused: {e}; nothing was changed")),
+            EditError::Io(e) => Failure::Internal(format!("{e:#}")),
+        }
+    }
+}
+
+type ApiResult = Result<Value, Failure>;
+
+fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(Failure::Refused("the body must be a JSON object".into())),
+        Err(e) => Err(Failure::Refused(format!("the body is not valid JSON: {e}"))),
+    }
+}
+
+/// A JSON value as the text the core's converters take (like an environment value).
+fn value_text(field: &str, value: &Value) -> Result<String, Failure> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Bool(b) => Ok(b.to_string()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Array(items) => {
+            if items.iter().all(Value::is_string) {
+                Ok(value.to_string())
+            } else {
+                Err(Failure::Refused(format!(
+                    "`{field}`: a list must hold strings only"
+                )))
+            }
+        }
+        _ => Err(Failure::Refused(format!(
+            "`{field}`: expected a string, number, boolean or list of strings"
+        ))),
+    }
+}
+
+fn origin_short(loaded: &Loaded<DaemonConfig>, key: &str) -> Option<String> {
+    loaded.merged.get(key).map(|leaf| leaf.origin.short())
+}
+
+fn origin_layer(loaded: &Loaded<DaemonConfig>, key: &str) -> Option<&'static str> {
+    loaded.merged.get(key).map(|leaf| leaf.origin.layer().name())
+}
+
+fn health_json(health: Option<Health>, now: Instant) -> Value {
+    match health {
+        Some(Health::Closed) => json!({ "state": "healthy" }),
+        Some(Health::Open { until }) => json!({
+            "state": "circuit open",
+            "retry_in_secs": until.saturating_duration_since(now).as_secs(),
+        }),
+        Some(Health::HalfOpen { .. }) => json!({ "state": "trial" }),
+        None => json!({ "state": "unknown" }),
+    }
+}
+
+fn upstreams_view<R: Runtime>(admin: &Admin<R>, loaded: &Loaded<DaemonConfig>) -> Vec<Value> {
+    let now = Instant::now();
+    let health = admin.reloader.gateway().upstream_health(now);
+    loaded
+        .config
+        .upstreams
+        .values()
+        .map(|u| {
+            let prefix = format!("upstreams.{}", u.name);
+            let key_name = format!("{prefix}.api_key");
+            json!({
+                "name": u.name,
+                "provider": u.provider.name(),
+                "base_url": u.base_url,
+                "api_key": {
+                    "set": u.api_key.is_some(),
+                    "origin": origin_short(loaded, &key_name),
+                },
+                "models": u.models,
+                "aliases": u.aliases,
+                "enabled": u.enabled,
+                "origin": origin_short(loaded, &format!("{prefix}.provider")),
+                "layer": origin_layer(loaded, &format!("{prefix}.provider")),
+                "health": health_json(
+                    health.iter().find(|(name, _)| *name == u.name).map(|(_, h)| *h),
+                    now,
+                ),
+            })
+        })
+        .collect()
+}
+
+fn status<R: Runtime>(admin: &Admin<R>) -> Value {
+    let loaded = admin.reloader.current();
+    let c = &loaded.config;
+    let relay = if c.relay.enable {
+        json!({
+            "state": "configured, not connected (the relay client is not part of this build yet)",
+            "addresses": c.relay.addresses.iter().map(|a| format!("{}:{}", a.host, a.port)).collect::<Vec<_>>(),
+            "public_url": Value::Null,
+        })
+    } else {
+        json!({ "state": "not configured", "public_url": Value::Null })
+    };
+    let certificate = if c.letsencrypt.enabled {
+        json!({ "state": "no certificate yet (ACME is not part of this build yet)", "expires_at": Value::Null })
+    } else {
+        json!({ "state": "not configured", "expires_at": Value::Null })
+    };
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "runtime": R::NAME,
+        "listen": super::base_url(admin.listen),
+        "state_dir": admin.reloader.state_dir().display().to_string(),
+        "config_files": admin.reloader.config_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        "upstreams": upstreams_view(admin, &loaded),
+        "relay": relay,
+        "certificate": certificate,
+        "last_reload_error": admin.reloader.last_error(),
+    })
+}
+
+fn config_view<R: Runtime>(admin: &Admin<R>) -> Value {
+    let loaded = admin.reloader.current();
+    json!({
+        "values": loaded.merged.render_json(),
+        "runtime_file": crate::settings::runtime_file(admin.reloader.state_dir()).display().to_string(),
+        "last_reload_error": admin.reloader.last_error(),
+    })
+}
+
+fn set_key<R: Runtime>(admin: &Admin<R>, key: &str, body: &[u8]) -> ApiResult {
+    let body = parse_body(body)?;
+    let value = body
+        .get("value")
+        .ok_or_else(|| Failure::Refused("the body needs a `value`".into()))?;
+    let text = value_text(key, value)?;
+    admin
+        .reloader
+        .edit_runtime(|sources| config::runtime_set(&DAEMON_SCHEMA, sources, key, &text))?;
+    tracing::info!(%key, "admin: set a key in the runtime configuration");
+    Ok(json!({ "ok": true, "key": key }))
+}
+
+fn unset_key<R: Runtime>(admin: &Admin<R>, key: &str) -> ApiResult {
+    admin
+        .reloader
+        .edit_runtime(|sources| config::runtime_unset(&DAEMON_SCHEMA, sources, key))?;
+    tracing::info!(%key, "admin: unset a key of the runtime configuration");
+    Ok(json!({ "ok": true, "key": key }))
+}
+
+/// The assignments for an upstream's fields present in `body`.
+fn upstream_assignments(
+    name: &str,
+    body: &serde_json::Map<String, Value>,
+) -> Result<Vec<(String, String)>, Failure> {
+    let mut out = Vec::new();
+    for field in ["provider", "base_url", "api_key", "models", "enabled"] {
+        let Some(value) = body.get(field) else {
+            continue;
+        };
+        // An empty key or URL from a form means "leave as it is".
+        if matches!(field, "api_key" | "base_url") && value.as_str().is_some_and(str::is_empty) {
+            continue;
+        }
+        if value.is_null() {
+            continue;
+        }
+        let text = match (field, value) {
+            ("models", Value::String(s)) => {
+                let list: Vec<&str> = s
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .collect();
+                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
+            }
+            _ => value_text(field, value)?,
+        };
+        out.push((format!("upstreams.{name}.{field}"), text));
+    }
+    for field in body.keys() {
+        if !matches!(
+            field.as_str(),
+            "name" | "provider" | "base_url" | "api_key" | "models" | "enabled"
+        ) {
+            return Err(Failure::Refused(format!(
+                "unknown upstream field `{field}` (expected provider, base_url, api_key, models, enabled)"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn apply_upstream<R: Runtime>(
+    admin: &Admin<R>,
+    name: &str,
+    body: &serde_json::Map<String, Value>,
+) -> ApiResult {
+    let assignments = upstream_assignments(name, body)?;
+    if assignments.is_empty() {
+        return Err(Failure::Refused("nothing to change".into()));
+    }
+    let refs: Vec<(&str, &str)> = assignments
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    admin
+        .reloader
+        .edit_runtime(|sources| config::runtime_set_many(&DAEMON_SCHEMA, sources, &refs))?;
+    let fields: Vec<&str> = assignments
+        .iter()
+        .filter_map(|(k, _)| k.rsplit('.').next())
+        .collect();
+    tracing::info!(upstream = %name, fields = ?fields, "admin: upstream saved");
+    Ok(json!({ "ok": true, "name": name }))
+}
+
+fn add_upstream<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
+    let body = parse_body(body)?;
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Failure::Refused("the body needs a `name`".into()))?
+        .to_owned();
+    if !body.contains_key("provider") && !config::PROVIDERS.contains(&name.as_str()) {
+        return Err(Failure::Refused(format!(
+            "upstream `{name}` needs a `provider` (one of {})",
+            config::PROVIDERS.join(", ")
+        )));
+    }
+    apply_upstream(admin, &name, &body)
+}
+
+fn edit_upstream<R: Runtime>(admin: &Admin<R>, name: &str, body: &[u8]) -> ApiResult {
+    let body = parse_body(body)?;
+    if !admin.reloader.current().config.upstreams.contains_key(name) {
+        return Err(Failure::NotFound(format!("no upstream named `{name}`")));
+    }
+    apply_upstream(admin, name, &body)
+}
+
+fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
+    if !admin.reloader.current().config.upstreams.contains_key(name) {
+        return Err(Failure::NotFound(format!("no upstream named `{name}`")));
+    }
+    admin.reloader.edit_runtime(|sources| {
+        config::runtime_remove_upstream(&DAEMON_SCHEMA, sources, name)
+    })?;
+    tracing::info!(upstream = %name, "admin: upstream removed");
+    Ok(json!({ "ok": true, "name": name }))
+}
+
+fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
+    let store = crate::auth::TokenStore::load(admin.reloader.state_dir())
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let rows: Vec<Value> = store
+        .list()
+        .iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "name": t.name,
+                "created_at": t.created_at,
+                "expires_at": t.expires_at,
+                "expired": t.expires_at.is_some_and(|e| e <= now),
+            })
+        })
+        .collect();
+    Ok(json!({ "tokens": rows }))
+}
+
+fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
+    let body = parse_body(body)?;
+    let name = body
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .unwrap_or("default")
+        .to_owned();
+    let ttl = match body.get("expires").and_then(Value::as_str).map(str::trim) {
+        Some(text) if !text.is_empty() => Some(
+            parse_duration_secs(text).map_err(|e| Failure::Refused(format!("`expires`: {e}")))?,
+        ),
+        _ => None,
+    };
+    let (record, token) = admin
+        .reloader
+        .edit_tokens(|store| store.create(&name, ttl))
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    tracing::info!(id = %record.id, name = %record.name, "admin: API key created");
+    Ok(json!({
+        "id": record.id,
+        "name": record.name,
+        "created_at": record.created_at,
+        "expires_at": record.expires_at,
+        "token": token,
+    }))
+}
+
+fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
+    let revoked = admin
+        .reloader
+        .edit_tokens(|store| store.revoke(id))
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    if !revoked {
+        return Err(Failure::NotFound(format!("no API key has id {id}")));
+    }
+    tracing::info!(%id, "admin: API key revoked");
+    Ok(json!({ "ok": true, "id": id }))
+}
+
+fn tier_name(tier: Tier) -> &'static str {
+    match tier {
+        Tier::Explicit => "listed",
+        Tier::ProviderDefault => "provider default",
+        Tier::Discovered => "discovered",
+    }
+}
+
+fn models_view<R: Runtime>(admin: &Admin<R>) -> Value {
+    let routes = admin.reloader.gateway().routes();
+    let models: Vec<Value> = routes
+        .into_iter()
+        .map(|(model, candidates)| {
+            json!({
+                "model": model,
+                "routes": candidates.iter().map(|c| json!({
+                    "upstream": c.upstream_name,
+                    "upstream_model": c.upstream_model,
+                    "why": tier_name(c.tier),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({ "models": models })
+}

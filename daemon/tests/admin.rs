@@ -1,0 +1,780 @@
+//! Runtime configuration end to end, against the real `gate` binary under both runtimes:
+//! layer priority, live changes through the CLI and admin API, persistence across
+//! restarts, crash safety of the runtime file, bad input at start and on hot reload, and
+//! the admin surface's security (no token, no entry; no secret in any output).
+//!
+//! Upstreams are a tiny HTTP responder inside this test (std threads), so nothing here
+//! depends on another process than `gate`. Waits are for conditions with deadlines.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gate_daemon::admin::client::{http_request, HttpResponse};
+use serde_json::{json, Value};
+
+const RUNTIMES: [&str; 2] = ["tokio", "smol"];
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn gate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
+    // Keep the test's own environment out of the daemon's configuration.
+    for (name, _) in std::env::vars() {
+        if name.starts_with("GATE_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gate-admin-test-{}-{}-{}",
+        std::process::id(),
+        tag,
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+// ---------------------------------------------------------------- mock upstream
+
+/// An OpenAI-compatible upstream answering every chat request with its own name.
+struct Mock {
+    addr: SocketAddr,
+    /// `Authorization` headers it received.
+    seen_auth: Arc<Mutex<Vec<String>>>,
+    hits: Arc<AtomicUsize>,
+}
+
+impl Mock {
+    fn start(name: &'static str) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen_auth = Arc::new(Mutex::new(Vec::new()));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (seen, count) = (seen_auth.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (seen, count) = (seen.clone(), count.clone());
+                std::thread::spawn(move || serve_mock(stream, name, &seen, &count));
+            }
+        });
+        Mock {
+            addr,
+            seen_auth,
+            hits,
+        }
+    }
+
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+fn serve_mock(stream: TcpStream, name: &str, seen: &Mutex<Vec<String>>, hits: &AtomicUsize) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if k == "authorization" {
+                    seen.lock().unwrap().push(v.trim().to_owned());
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        let model = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let answer = json!({
+            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": format!("hello from {name}")}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the daemon
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    state_dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(runtime: &str, state_dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Daemon {
+        let mut cmd = gate();
+        cmd.args(["serve", "--runtime", runtime, "--host", "127.0.0.1", "--port", "0"])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for config in configs {
+            cmd.arg("--config").arg(config);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("gate serve starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = wait_for("the daemon to listen", || {
+            let lines = log.lock().unwrap();
+            lines.iter().find_map(|l| {
+                let rest = l.split("gate listening on http://").nth(1)?;
+                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            })
+        });
+        Daemon {
+            child,
+            addr,
+            log,
+            state_dir: state_dir.to_path_buf(),
+        }
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir.join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    fn admin(&self, method: &str, route: &str, body: Option<Value>) -> HttpResponse {
+        let auth = format!("Bearer {}", self.admin_token());
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        http_request(
+            self.addr,
+            method,
+            &format!("/admin/api/{route}"),
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn chat(&self, api_key: &str, model: &str) -> HttpResponse {
+        let auth = format!("Bearer {api_key}");
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        http_request(
+            self.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.to_string().as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log_text()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a CLI command; returns (success, stdout, stderr).
+fn cli(args: &[&str], state_dir: &Path, stdin: Option<&str>) -> (bool, String, String) {
+    let mut cmd = gate();
+    cmd.args(args)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_no_secret(secrets: &[&str], text: &str, where_: &str) {
+    for secret in secrets {
+        assert!(
+            !text.contains(secret),
+            "a secret value appears in {where_}:\n{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn priority_of_layers_is_reported_with_origins() {
+    let dir = temp_dir("priority");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let nix = dir.join("nix.toml");
+    std::fs::write(
+        &nix,
+        "log_level = \"warn\"\nport = 4001\np2p_port = 4101\n[auth.jwt]\nexpiration_hours = 5\n",
+    )
+    .unwrap();
+    std::fs::write(
+        state.join("config.toml"),
+        "log_level = \"debug\"\nport = 4002\n",
+    )
+    .unwrap();
+    let out = gate()
+        .args(["config", "show", "--origin", "--json", "--config"])
+        .arg(&nix)
+        .arg("--state-dir")
+        .arg(&state)
+        .env("GATE_LOG_LEVEL", "trace")
+        .env("GATE__AUTH__JWT__EXPIRATION_HOURS", "7")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = |key: &str, value: Value, layer: &str| {
+        let entry = &shown[key];
+        assert_eq!(entry["value"], value, "{key}: {entry}");
+        assert_eq!(entry["origin"]["layer"], layer, "{key}: {entry}");
+    };
+    // Set in all four layers (log_level has a default): the environment wins.
+    check("log_level", json!("trace"), "environment");
+    check("auth.jwt.expiration_hours", json!(7), "environment");
+    assert_eq!(
+        shown["log_level"]["origin"]["variable"], "GATE_LOG_LEVEL",
+        "{shown}"
+    );
+    // Defaults, nix and runtime: the runtime file wins, with its file and line.
+    check("port", json!(4002), "runtime");
+    assert_eq!(shown["port"]["origin"]["line"], 2);
+    assert!(shown["port"]["origin"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("config.toml"));
+    // Defaults and nix: nix wins.
+    check("p2p_port", json!(4101), "nix");
+    // Defaults only.
+    check("auth.jwt.issuer", json!("gate-daemon"), "defaults");
+    // Without the environment, the runtime value of log_level shows.
+    let out = gate()
+        .args(["config", "show", "--json", "--config"])
+        .arg(&nix)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["log_level"]["value"], "debug");
+    assert_eq!(shown["log_level"]["origin"]["layer"], "runtime");
+}
+
+#[test]
+fn live_changes_through_the_cli_persist_across_restarts() {
+    for runtime in RUNTIMES {
+        live_change(runtime);
+    }
+}
+
+fn live_change(runtime: &str) {
+    let dir = temp_dir(&format!("live-{runtime}"));
+    let state = dir.join("state");
+    let nix_mock = Mock::start("nix-mock");
+    let live_mock = Mock::start("live-mock");
+    let nix = dir.join("nix.toml");
+    let nix_key = "sk-nix-secret-0123456789";
+    std::fs::write(
+        &nix,
+        format!(
+            "[upstreams.nixup]\nprovider = \"custom\"\nbase_url = \"{}\"\napi_key = \"{nix_key}\"\nmodels = [\"nix-model\"]\n",
+            nix_mock.base_url()
+        ),
+    )
+    .unwrap();
+    let jwt_secret = "jwt-secret-abcdefghijklmnop";
+    let env = [("GATE_AUTH__JWT__SECRET", jwt_secret)];
+    let daemon = Daemon::start(runtime, &state, &[&nix], &env);
+    let mut outputs = String::new();
+
+    // An API key, created through the running daemon.
+    let (ok, api_key, err) = cli(&["token", "create", "--name", "test"], &state, None);
+    assert!(ok, "{err}");
+    assert!(err.contains("via the running daemon"), "{err}");
+    let api_key = api_key.trim().to_owned();
+    outputs.push_str(&err);
+    let response = daemon.chat(&api_key, "nix-model");
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.json()["choices"][0]["message"]["content"], "hello from nix-mock");
+
+    // Add an upstream with a key; the very next request uses it.
+    let live_key = "sk-live-secret-9876543210";
+    let base = live_mock.base_url();
+    let (ok, out, err) = cli(
+        &[
+            "upstream", "add", "live", "--provider", "custom", "--base-url", &base,
+            "--api-key-stdin", "--models", "live-model",
+        ],
+        &state,
+        Some(live_key),
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("via the running daemon"), "{err}");
+    outputs.push_str(&out);
+    outputs.push_str(&err);
+    let response = daemon.chat(&api_key, "live-model");
+    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(response.json()["choices"][0]["message"]["content"], "hello from live-mock");
+    assert_eq!(
+        live_mock.seen_auth.lock().unwrap().last().map(String::as_str),
+        Some(format!("Bearer {live_key}").as_str()),
+        "the upstream gets its own key, not the client's"
+    );
+
+    // The admin API shows the key as set, never its value.
+    for route in ["status", "config", "upstreams", "models", "tokens", "reload"] {
+        let response = daemon.admin("GET", route, None);
+        assert_eq!(response.status, 200, "{route}");
+        let text = String::from_utf8_lossy(&response.body).into_owned();
+        assert_no_secret(&[live_key, nix_key, jwt_secret, &api_key], &text, route);
+        outputs.push_str(&text);
+    }
+    let upstreams = daemon.admin("GET", "upstreams", None).json();
+    let live = upstreams["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "live")
+        .unwrap()
+        .clone();
+    assert_eq!(live["api_key"]["set"], true);
+    assert_eq!(live["layer"], "runtime");
+    let (ok, out, err) = cli(&["config", "show", "--origin"], &state, None);
+    assert!(ok, "{err}");
+    assert!(out.contains("api_key = \"(set)\""), "{out}");
+    outputs.push_str(&out);
+    let (ok, out, err) = cli(&["upstream", "list"], &state, None);
+    assert!(ok, "{err}");
+    outputs.push_str(&out);
+    let (ok, out, err) = cli(&["status"], &state, None);
+    assert!(ok, "{err}");
+    assert!(out.contains("live") && out.contains("/ui/login?code="), "{out}");
+    outputs.push_str(&out);
+
+    // Restart: the upstream is still there.
+    let log = daemon.kill();
+    outputs.push_str(&log);
+    let daemon = Daemon::start(runtime, &state, &[&nix], &env);
+    let response = daemon.chat(&api_key, "live-model");
+    assert_eq!(response.status, 200, "after restart");
+
+    // Remove the upstream the --config file defines; it is gone at once.
+    let (ok, _, err) = cli(&["upstream", "remove", "nixup"], &state, None);
+    assert!(ok, "{err}");
+    assert!(err.contains("via the running daemon"), "{err}");
+    let nix_hits = nix_mock.hits.load(Ordering::SeqCst);
+    let response = daemon.chat(&api_key, "nix-model");
+    assert_eq!(response.status, 404, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(nix_mock.hits.load(Ordering::SeqCst), nix_hits);
+    let log = daemon.kill();
+    outputs.push_str(&log);
+
+    // Restart: still gone, while the nix file still defines it.
+    let daemon = Daemon::start(runtime, &state, &[&nix], &env);
+    let response = daemon.chat(&api_key, "nix-model");
+    assert_eq!(response.status, 404, "removed upstream came back after restart");
+    let names: Vec<String> = daemon.admin("GET", "upstreams", None).json()["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, vec!["live".to_owned()]);
+
+    // Revoke the API key through the CLI: refused at once.
+    let tokens = daemon.admin("GET", "tokens", None).json();
+    let id = tokens["tokens"][0]["id"].as_str().unwrap().to_owned();
+    let (ok, _, err) = cli(&["token", "revoke", &id], &state, None);
+    assert!(ok, "{err}");
+    assert_eq!(daemon.chat(&api_key, "live-model").status, 401);
+    outputs.push_str(&daemon.kill());
+
+    assert_no_secret(&[live_key, nix_key, jwt_secret], &outputs, "CLI output, logs or API");
+    // The API key itself appears only where it was printed once (stdout of create).
+    assert!(!outputs.contains(&api_key), "the API key leaked");
+}
+
+#[test]
+fn without_a_daemon_the_cli_edits_the_file() {
+    let dir = temp_dir("offline");
+    let state = dir.join("state");
+    let (ok, _, err) = cli(&["config", "set", "log_level", "debug"], &state, None);
+    assert!(ok, "{err}");
+    assert!(!err.contains("via the running daemon"), "{err}");
+    let text = std::fs::read_to_string(state.join("config.toml")).unwrap();
+    assert!(text.contains("log_level = \"debug\""), "{text}");
+    // A bad value is refused with the reason, and nothing changes.
+    let (ok, _, err) = cli(&["config", "set", "port", "not-a-number"], &state, None);
+    assert!(!ok);
+    assert!(err.contains("port") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(std::fs::read_to_string(state.join("config.toml")).unwrap(), text);
+}
+
+#[test]
+fn bad_values_through_the_api_are_refused_and_change_nothing() {
+    for runtime in RUNTIMES {
+        let dir = temp_dir(&format!("refuse-{runtime}"));
+        let state = dir.join("state");
+        let daemon = Daemon::start(runtime, &state, &[], &[]);
+        let ok = daemon.admin("PUT", "config/log_level", Some(json!({"value": "debug"})));
+        assert_eq!(ok.status, 200);
+        let before = std::fs::read(state.join("config.toml")).unwrap();
+        for (method, route, body) in [
+            ("PUT", "config/port", json!({"value": "eighty"})),
+            ("PUT", "config/no_such_key", json!({"value": "1"})),
+            ("POST", "upstreams", json!({"name": "x", "provider": "nonsense"})),
+            ("POST", "upstreams", json!({"name": "mine", "provider": "custom"})),
+            ("POST", "upstreams", json!({"name": "Bad Name!", "provider": "openai"})),
+        ] {
+            let response = daemon.admin(method, route, Some(body.clone()));
+            assert_eq!(response.status, 400, "{route} {body}");
+            let error = response.json()["error"].as_str().unwrap().to_owned();
+            assert!(error.contains("nothing was changed") || error.contains("needs"), "{error}");
+            assert_eq!(std::fs::read(state.join("config.toml")).unwrap(), before);
+        }
+        let (ok, _, err) = cli(&["config", "set", "port", "eighty"], &state, None);
+        assert!(!ok);
+        assert!(err.contains("`port`") && err.contains("via the running daemon"), "{err}");
+        assert_eq!(std::fs::read(state.join("config.toml")).unwrap(), before);
+    }
+}
+
+#[test]
+fn bad_runtime_file_at_start_exits_before_binding() {
+    let cases = [
+        ("port = \n", vec!["config.toml", "line 1", "TOML"]),
+        ("log_level = \"info\"\nport = \"eighty\"\n", vec!["config.toml", "line 2", "`port`", "must be"]),
+        (
+            "[upstreams.x]\nprovider = \"nonsense\"\n",
+            vec!["config.toml", "upstreams.x.provider", "must be"],
+        ),
+    ];
+    for runtime in RUNTIMES {
+        for (text, expected) in &cases {
+            let dir = temp_dir("badstart");
+            std::fs::write(dir.join("config.toml"), text).unwrap();
+            // A port we hold: if the daemon tried to bind it, the message would say so.
+            let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = holder.local_addr().unwrap().port().to_string();
+            let out = gate()
+                .args(["serve", "--runtime", runtime, "--port", &port, "--state-dir"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "{text:?} was accepted");
+            for needle in expected {
+                assert!(err.contains(needle), "{text:?}: {needle:?} missing in: {err}");
+            }
+            assert!(!err.contains("cannot listen") && !err.contains("listening"), "{err}");
+            // The file is left as it was.
+            assert_eq!(std::fs::read_to_string(dir.join("config.toml")).unwrap(), *text);
+        }
+    }
+}
+
+#[test]
+fn bad_runtime_file_on_hot_reload_keeps_the_last_good_config() {
+    for runtime in RUNTIMES {
+        let dir = temp_dir(&format!("hot-{runtime}"));
+        let state = dir.join("state");
+        let mock = Mock::start("mock");
+        let daemon = Daemon::start(runtime, &state, &[], &[]);
+        let added = daemon.admin(
+            "POST",
+            "upstreams",
+            Some(json!({"name": "m", "provider": "custom", "base_url": mock.base_url(), "models": "m-model"})),
+        );
+        assert_eq!(added.status, 200, "{:?}", added.json());
+        let key = daemon.admin("POST", "tokens", Some(json!({"name": "t"}))).json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(daemon.chat(&key, "m-model").status, 200);
+
+        // Someone edits the file by hand and breaks it.
+        let path = state.join("config.toml");
+        let good = std::fs::read_to_string(&path).unwrap();
+        let broken = format!("{good}\nport = [\n");
+        std::fs::write(&path, &broken).unwrap();
+        let error = wait_for("the reload error", || {
+            let v = daemon.admin("GET", "status", None).json();
+            v["last_reload_error"]["message"].as_str().map(str::to_owned)
+        });
+        assert!(error.contains("config.toml") && error.contains("line"), "{error}");
+        // Still serving with the last good config; the file is untouched.
+        assert_eq!(daemon.chat(&key, "m-model").status, 200);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
+        assert!(daemon.log_text().contains("keeping the last good one"));
+        let config = daemon.admin("GET", "config", None).json();
+        assert!(config["last_reload_error"]["message"].is_string());
+
+        // A bad value (valid TOML) is handled the same way.
+        std::fs::write(&path, format!("{good}\nlog_level = 5\n")).unwrap();
+        wait_for("the second reload error", || {
+            let v = daemon.admin("GET", "reload", None).json();
+            v["last_reload_error"]["message"]
+                .as_str()
+                .filter(|m| m.contains("log_level"))
+                .map(str::to_owned)
+        });
+        assert_eq!(daemon.chat(&key, "m-model").status, 200);
+
+        // Fixing the file clears the error.
+        std::fs::write(&path, &good).unwrap();
+        wait_for("the error to clear", || {
+            let v = daemon.admin("GET", "reload", None).json();
+            v["last_reload_error"].is_null().then_some(())
+        });
+    }
+}
+
+#[test]
+fn kill_9_while_writing_leaves_a_complete_runtime_file() {
+    for runtime in RUNTIMES {
+        let dir = temp_dir(&format!("crash-{runtime}"));
+        let state = dir.join("state");
+        for round in 0..4 {
+            let daemon = Daemon::start(runtime, &state, &[], &[]);
+            let addr = daemon.addr;
+            let token = daemon.admin_token();
+            let writes = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let (w, s) = (writes.clone(), stop.clone());
+            let writer = std::thread::spawn(move || {
+                let auth = format!("Bearer {token}");
+                let mut i = 0usize;
+                while !s.load(Ordering::SeqCst) {
+                    i += 1;
+                    // A large, self-consistent value: 300 models all tagged with `i`.
+                    let models: Vec<String> = (0..300).map(|n| format!("m{n}-v{i}")).collect();
+                    let body = json!({"value": models}).to_string();
+                    match http_request(
+                        addr,
+                        "PUT",
+                        "/admin/api/config/upstreams.big.models",
+                        &[("Authorization", &auth)],
+                        body.as_bytes(),
+                    ) {
+                        Ok(r) if r.status == 200 => {
+                            w.fetch_add(1, Ordering::SeqCst);
+                        }
+                        _ => {
+                            if i == 1 {
+                                // The upstream does not exist yet: create it once.
+                                let _ = http_request(
+                                    addr,
+                                    "POST",
+                                    "/admin/api/upstreams",
+                                    &[("Authorization", &auth)],
+                                    json!({"name": "big", "provider": "openai"}).to_string().as_bytes(),
+                                );
+                            }
+                        }
+                    }
+                }
+            });
+            let target = writes.load(Ordering::SeqCst) + 10 + round * 7;
+            wait_for("writes", || (writes.load(Ordering::SeqCst) >= target).then_some(()));
+            // kill -9 in the middle of the write loop.
+            let mut daemon = daemon;
+            let _ = daemon.child.kill();
+            let _ = daemon.child.wait();
+            stop.store(true, Ordering::SeqCst);
+            let _ = writer.join();
+            drop(daemon);
+
+            let out = gate()
+                .args(["config", "show", "--json", "--state-dir"])
+                .arg(&state)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: the runtime file does not load after kill -9: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let models = shown["upstreams.big.models"]["value"].as_array().unwrap();
+            assert_eq!(models.len(), 300, "round {round}: torn list");
+            let tag = models[0].as_str().unwrap().split("-v").nth(1).unwrap().to_owned();
+            assert!(
+                models.iter().all(|m| m.as_str().unwrap().ends_with(&format!("-v{tag}"))),
+                "round {round}: mixed versions in one file"
+            );
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(state.join("config.toml")).unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+}
+
+#[test]
+fn admin_endpoints_refuse_without_the_token() {
+    for runtime in RUNTIMES {
+        let dir = temp_dir(&format!("sec-{runtime}"));
+        let state = dir.join("state");
+        let daemon = Daemon::start(runtime, &state, &[], &[("GATE_AUTH__ALLOW_LOOPBACK", "true")]);
+        let token_mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(state.join("admin.token")).unwrap().permissions(),
+        );
+        assert_eq!(token_mode & 0o777, 0o600);
+        let routes = [
+            ("GET", "/admin/api/status"),
+            ("GET", "/admin/api/config"),
+            ("PUT", "/admin/api/config/log_level"),
+            ("DELETE", "/admin/api/config/log_level"),
+            ("GET", "/admin/api/upstreams"),
+            ("POST", "/admin/api/upstreams"),
+            ("DELETE", "/admin/api/upstreams/x"),
+            ("GET", "/admin/api/tokens"),
+            ("POST", "/admin/api/tokens"),
+            ("GET", "/admin/api/models"),
+            ("POST", "/admin/api/login-url"),
+        ];
+        let body = br#"{"value":"debug","name":"x","provider":"openai"}"#;
+        // Loopback trust is on for the LLM API here; the admin API still refuses.
+        for (method, path) in routes {
+            for headers in [
+                vec![],
+                vec![("Authorization", "Bearer wrong")],
+                vec![("Authorization", "Bearer gk_not_an_admin_token")],
+                vec![("Cookie", "gate_session=forged")],
+            ] {
+                let r = http_request(daemon.addr, method, path, &headers, body).unwrap();
+                assert_eq!(r.status, 401, "{method} {path} {headers:?}");
+            }
+        }
+        assert!(!state.join("config.toml").exists(), "a refused request wrote the file");
+        // The web UI needs a session; a login code works once.
+        let r = http_request(daemon.addr, "GET", "/ui/", &[], b"").unwrap();
+        assert_eq!(r.status, 401);
+        let url = daemon.admin("POST", "login-url", None).json()["url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let path = url.split_once(&daemon.addr.to_string()).unwrap().1.to_owned();
+        let r = http_request(daemon.addr, "GET", &path, &[], b"").unwrap();
+        assert_eq!(r.status, 303);
+        let cookie = r.header("set-cookie").unwrap().to_owned();
+        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        let session = cookie.split(';').next().unwrap().to_owned();
+        let again = http_request(daemon.addr, "GET", &path, &[], b"").unwrap();
+        assert_eq!(again.status, 401, "a login code worked twice");
+        let page = http_request(daemon.addr, "GET", "/ui/", &[("Cookie", &session)], b"").unwrap();
+        assert_eq!(page.status, 200);
+        // Cookie-authenticated changes need the CSRF header and a same-origin Origin.
+        let set = br#"{"value":"debug"}"#;
+        let r = http_request(daemon.addr, "PUT", "/admin/api/config/log_level", &[("Cookie", &session)], set).unwrap();
+        assert_eq!(r.status, 403);
+        let r = http_request(
+            daemon.addr,
+            "PUT",
+            "/admin/api/config/log_level",
+            &[("Cookie", &session), ("X-Gate-CSRF", "1"), ("Origin", "http://evil.example")],
+            set,
+        )
+        .unwrap();
+        assert_eq!(r.status, 403);
+        let origin = format!("http://{}", daemon.addr);
+        let r = http_request(
+            daemon.addr,
+            "PUT",
+            "/admin/api/config/log_level",
+            &[("Cookie", &session), ("X-Gate-CSRF", "1"), ("Origin", &origin)],
+            set,
+        )
+        .unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.json());
+        let log = daemon.kill();
+        assert!(!log.contains(&session.replace("gate_session=", "")), "session id logged");
+    }
+}

@@ -1,0 +1,352 @@
+// Gate web UI: a few pages over the admin API (/admin/api/...). Plain JS, no build step.
+// Every value from the server is inserted as text (never as HTML). Every change carries
+// the X-Gate-CSRF header, which the server requires of cookie-authenticated changes.
+"use strict";
+
+const PAGES = ["status", "upstreams", "models", "tokens", "config"];
+const BASE_URL_HINTS = {
+  openai: "https://api.openai.com/v1",
+  anthropic: "https://api.anthropic.com",
+  custom: "required, e.g. http://127.0.0.1:11434/v1",
+};
+let editingUpstream = null;
+
+function $(sel) { return document.querySelector(sel); }
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(child instanceof Node ? child : String(child));
+  }
+  return node;
+}
+
+async function api(method, path, body) {
+  const options = { method, credentials: "same-origin", headers: { "X-Gate-CSRF": "1" } };
+  if (body !== undefined) {
+    options.headers["Content-Type"] = "application/json";
+    options.body = JSON.stringify(body);
+  }
+  const response = await fetch("/admin/api/" + path, options);
+  if (response.status === 401) {
+    window.location.href = "/ui/";
+    throw new Error("signed out");
+  }
+  let data = null;
+  try { data = await response.json(); } catch (_) { data = null; }
+  if (!response.ok) {
+    throw new Error((data && data.error) || ("HTTP " + response.status));
+  }
+  return data;
+}
+
+function showMessage(text, kind) {
+  const box = $("#message");
+  box.textContent = text;
+  box.className = "banner " + (kind || "ok");
+  box.hidden = !text;
+}
+
+function showReloadError(error) {
+  const box = $("#reload-error");
+  if (error && error.message) {
+    box.textContent = "The last configuration change could not be applied, so the previous configuration is still in effect:\n" + error.message;
+    box.hidden = false;
+  } else {
+    box.hidden = true;
+  }
+}
+
+function layerBadge(origin) {
+  if (!origin) return el("span", { class: "muted" }, "-");
+  const text = String(origin);
+  const layer = text.split(" ")[0];
+  const known = ["defaults", "nix", "runtime", "env", "environment"].includes(layer) ? layer : "defaults";
+  const name = known === "env" ? "environment" : known;
+  const detail = text.slice(layer.length).trim();
+  return el("span", {}, el("span", { class: "layer layer-" + name }, name),
+    detail ? el("span", { class: "origin-detail" }, detail) : null);
+}
+
+function healthBadge(health) {
+  const state = (health && health.state) || "unknown";
+  const kind = state === "healthy" ? "good" : state === "circuit open" ? "bad" : "warn";
+  let text = state;
+  if (health && health.retry_in_secs !== undefined) text += " (retry in " + health.retry_in_secs + " s)";
+  return el("span", { class: "badge " + kind }, text);
+}
+
+function keyText(u) {
+  if (!u.api_key || !u.api_key.set) return el("span", { class: "muted" }, "not set");
+  return el("span", {}, el("span", { class: "badge good" }, "set"), " ", layerBadge(u.api_key.origin));
+}
+
+function fillTable(selector, rows, emptySelector) {
+  const body = $(selector + " tbody");
+  body.replaceChildren(...rows);
+  $(selector).hidden = rows.length === 0;
+  if (emptySelector) $(emptySelector).hidden = rows.length !== 0;
+}
+
+function formatTime(unix) {
+  if (!unix) return "never";
+  return new Date(unix * 1000).toLocaleString();
+}
+
+// ---- pages ----
+
+async function loadStatus() {
+  const s = await api("GET", "status");
+  showReloadError(s.last_reload_error);
+  $("#gateway-info").replaceChildren(
+    el("dt", {}, "Version"), el("dd", {}, s.version),
+    el("dt", {}, "Runtime"), el("dd", {}, s.runtime),
+    el("dt", {}, "Base URL"), el("dd", { class: "mono" }, s.listen + "/v1"),
+    el("dt", {}, "State directory"), el("dd", { class: "mono" }, s.state_dir),
+  );
+  $("#sdk-hint").textContent =
+    "from openai import OpenAI\nclient = OpenAI(base_url=\"" + s.listen + "/v1\", api_key=\"gk_...\")";
+  $("#relay-state").textContent = s.relay.state + (s.relay.public_url ? " — " + s.relay.public_url : "");
+  $("#cert-state").textContent = s.certificate.state + (s.certificate.expires_at ? " — expires " + s.certificate.expires_at : "");
+  fillTable("#status-upstreams", s.upstreams.map(u => el("tr", {},
+    el("td", {}, u.name), el("td", {}, u.provider), el("td", {}, healthBadge(u.health)), el("td", {}, keyText(u)))),
+    "#status-empty");
+}
+
+async function loadUpstreams() {
+  const data = await api("GET", "upstreams");
+  const select = $("#upstream-form select[name=provider]");
+  if (select.options.length === 0) {
+    for (const p of data.providers) select.append(el("option", { value: p }, p));
+    select.addEventListener("change", providerChanged);
+    providerChanged();
+  }
+  fillTable("#upstreams-table", data.upstreams.map(u => el("tr", { "data-upstream": u.name },
+    el("td", {}, el("strong", {}, u.name), u.enabled ? null : el("span", { class: "badge warn" }, " disabled")),
+    el("td", {}, u.provider),
+    el("td", { class: "mono" }, u.base_url),
+    el("td", {}, (u.models || []).join(", ") || el("span", { class: "muted" }, "provider defaults")),
+    el("td", { class: "api-key" }, keyText(u)),
+    el("td", {}, healthBadge(u.health)),
+    el("td", {}, layerBadge(u.origin)),
+    el("td", {},
+      el("button", { class: "secondary small", type: "button", onclick: () => startEdit(u) }, "Edit"), " ",
+      el("button", { class: "danger small", type: "button", onclick: () => removeUpstream(u.name) }, "Remove")),
+  )), "#upstreams-empty");
+}
+
+function providerChanged() {
+  const form = $("#upstream-form");
+  const p = form.provider.value;
+  form.base_url.placeholder = BASE_URL_HINTS[p] || "provider default";
+}
+
+function startEdit(u) {
+  const form = $("#upstream-form");
+  editingUpstream = u.name;
+  form.name.value = u.name;
+  form.name.readOnly = true;
+  form.provider.value = u.provider;
+  form.base_url.value = u.base_url;
+  form.api_key.value = "";
+  form.api_key.placeholder = u.api_key.set ? "(set; leave empty to keep it)" : "paste the provider's key";
+  form.models.value = (u.models || []).join(", ");
+  form.enabled.checked = u.enabled;
+  $("#upstream-form-title").textContent = "Edit upstream " + u.name;
+  $("#upstream-save").textContent = "Save changes";
+  $("#upstream-cancel").hidden = false;
+  form.scrollIntoView({ behavior: "smooth" });
+}
+
+function resetUpstreamForm() {
+  const form = $("#upstream-form");
+  form.reset();
+  editingUpstream = null;
+  form.name.readOnly = false;
+  form.api_key.placeholder = "paste the provider's key";
+  $("#upstream-form-title").textContent = "Add an upstream";
+  $("#upstream-save").textContent = "Add upstream";
+  $("#upstream-cancel").hidden = true;
+  providerChanged();
+}
+
+async function saveUpstream(event) {
+  event.preventDefault();
+  const form = event.target;
+  const body = {
+    provider: form.provider.value,
+    base_url: form.base_url.value.trim(),
+    api_key: form.api_key.value.trim(),
+    models: form.models.value,
+    enabled: form.enabled.checked,
+  };
+  if (!editingUpstream) body.name = form.name.value.trim();
+  if (editingUpstream === null && !form.models.value.trim()) delete body.models;
+  try {
+    if (editingUpstream) await api("PUT", "upstreams/" + encodeURIComponent(editingUpstream), body);
+    else await api("POST", "upstreams", body);
+    showMessage("Upstream " + (editingUpstream || body.name) + " saved; it is in use now.", "ok");
+    resetUpstreamForm();
+    await loadUpstreams();
+  } catch (e) {
+    showMessage(e.message, "error");
+  }
+}
+
+async function removeUpstream(name) {
+  if (!window.confirm("Remove upstream " + name + "? It stays removed after a restart, even if a --config file defines it.")) return;
+  try {
+    await api("DELETE", "upstreams/" + encodeURIComponent(name));
+    showMessage("Upstream " + name + " removed.", "ok");
+    await loadUpstreams();
+  } catch (e) { showMessage(e.message, "error"); }
+}
+
+async function loadModels() {
+  const data = await api("GET", "models");
+  fillTable("#models-table", data.models.map(m => el("tr", {},
+    el("td", { class: "mono" }, m.model),
+    el("td", {}, ...m.routes.map((r, i) => el("span", { class: "route" },
+      (i + 1) + ". " + r.upstream + (r.upstream_model !== m.model ? " as " + r.upstream_model : "") + " ",
+      el("span", { class: "muted" }, "(" + r.why + ")")))),
+  )), "#models-empty");
+}
+
+async function loadTokens() {
+  const data = await api("GET", "tokens");
+  fillTable("#tokens-table", data.tokens.map(t => el("tr", {},
+    el("td", { class: "mono" }, t.id),
+    el("td", {}, t.name),
+    el("td", {}, formatTime(t.created_at)),
+    el("td", {}, t.expired ? el("span", { class: "badge bad" }, "expired") : formatTime(t.expires_at)),
+    el("td", {}, el("button", { class: "danger small", type: "button", onclick: () => revokeToken(t) }, "Revoke")),
+  )), "#tokens-empty");
+}
+
+async function createToken(event) {
+  event.preventDefault();
+  const form = event.target;
+  try {
+    const created = await api("POST", "tokens", { name: form.name.value.trim(), expires: form.expires.value.trim() });
+    $("#new-token-value").textContent = created.token;
+    $("#new-token").hidden = false;
+    form.reset();
+    showMessage("", "ok");
+    await loadTokens();
+  } catch (e) { showMessage(e.message, "error"); }
+}
+
+async function revokeToken(t) {
+  if (!window.confirm("Revoke API key " + t.name + " (" + t.id + ")? Clients using it stop working at once.")) return;
+  try {
+    await api("DELETE", "tokens/" + encodeURIComponent(t.id));
+    showMessage("API key " + t.id + " revoked.", "ok");
+    await loadTokens();
+  } catch (e) { showMessage(e.message, "error"); }
+}
+
+function valueText(entry) {
+  if (entry.removed) return el("span", { class: "muted" }, "(removed)");
+  const v = entry.value;
+  if (Array.isArray(v)) return v.join(", ");
+  return v === null || v === undefined ? "" : String(v);
+}
+
+function originOf(entry) {
+  const o = entry.origin || {};
+  let detail = "";
+  if (o.file) detail = o.file + ":" + o.line;
+  else if (o.variable) detail = o.variable;
+  else if (o.reason) detail = o.reason;
+  return (o.layer || "defaults") + (detail ? " " + detail : "");
+}
+
+async function loadConfig() {
+  const data = await api("GET", "config");
+  showReloadError(data.last_reload_error);
+  const keys = Object.keys(data.values).sort();
+  $("#config-keys").replaceChildren(...keys.map(k => el("option", { value: k })));
+  fillTable("#config-table", keys.map(k => {
+    const entry = data.values[k];
+    const layer = (entry.origin && entry.origin.layer) || "defaults";
+    return el("tr", { "data-key": k, "data-layer": layer },
+      el("td", { class: "mono" }, k),
+      el("td", { class: "mono" }, valueText(entry)),
+      el("td", {}, layerBadge(originOf(entry))),
+      el("td", {},
+        el("button", { class: "secondary small", type: "button", onclick: () => editKey(k, entry) }, "Change"), " ",
+        layer === "runtime" && !entry.removed
+          ? el("button", { class: "danger small", type: "button", onclick: () => unsetKey(k) }, "Reset")
+          : null),
+    );
+  }));
+}
+
+function editKey(key, entry) {
+  const form = $("#config-form");
+  form.key.value = key;
+  form.value.value = entry.value === "(set)" ? "" : (Array.isArray(entry.value) ? entry.value.join(", ") : (entry.value ?? ""));
+  form.value.focus();
+  form.scrollIntoView({ behavior: "smooth" });
+}
+
+async function saveKey(event) {
+  event.preventDefault();
+  const form = event.target;
+  const key = form.key.value.trim();
+  try {
+    await api("PUT", "config/" + encodeURIComponent(key), { value: form.value.value });
+    showMessage(key + " saved in the runtime configuration; it is in effect now.", "ok");
+    form.reset();
+    await loadConfig();
+  } catch (e) { showMessage(e.message, "error"); }
+}
+
+async function unsetKey(key) {
+  try {
+    await api("DELETE", "config/" + encodeURIComponent(key));
+    showMessage(key + " reset: the value from a lower layer applies again.", "ok");
+    await loadConfig();
+  } catch (e) { showMessage(e.message, "error"); }
+}
+
+const LOADERS = { status: loadStatus, upstreams: loadUpstreams, models: loadModels, tokens: loadTokens, config: loadConfig };
+
+async function route() {
+  const name = (window.location.hash || "#status").slice(1);
+  const page = PAGES.includes(name) ? name : "status";
+  for (const p of PAGES) $("#page-" + p).hidden = p !== page;
+  for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === page);
+  showMessage("", "ok");
+  if (page !== "tokens") $("#new-token").hidden = true;
+  try {
+    await LOADERS[page]();
+    if (page !== "config" && page !== "status") {
+      const s = await api("GET", "reload");
+      showReloadError(s.last_reload_error);
+    }
+  } catch (e) {
+    showMessage(e.message, "error");
+  }
+  document.body.dataset.loaded = page;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("#upstream-form").addEventListener("submit", saveUpstream);
+  $("#upstream-cancel").addEventListener("click", resetUpstreamForm);
+  $("#token-form").addEventListener("submit", createToken);
+  $("#config-form").addEventListener("submit", saveKey);
+  $("#new-token-copy").addEventListener("click", () => navigator.clipboard.writeText($("#new-token-value").textContent));
+  $("#logout").addEventListener("click", async () => {
+    await fetch("/ui/logout", { method: "POST", headers: { "X-Gate-CSRF": "1" }, credentials: "same-origin" });
+    window.location.href = "/ui/";
+  });
+  window.addEventListener("hashchange", route);
+  route();
+});
