@@ -297,7 +297,9 @@ async fn run<R: gate_rt::Runtime>(
         "gate listening on http://{bound}"
     );
     match admin.login_url() {
-        Ok(url) => tracing::info!("web UI: open {url} to sign in (one use, 15 minutes; `gate status` prints a new one)"),
+        Ok(url) => tracing::info!(
+            "web UI: open {url} to sign in (one use, 15 minutes; `gate status` prints a new one)"
+        ),
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
     }
     rt.spawn(reloader.watch(rt.clone()));

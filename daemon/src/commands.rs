@@ -25,7 +25,10 @@ fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     let dir = state_dir(source)?;
     let client = AdminClient::discover(&source.config, &dir);
     if let Some(client) = &client {
-        eprintln!("(via the running daemon at {}; the change is live)", client.addr());
+        eprintln!(
+            "(via the running daemon at {}; the change is live)",
+            client.addr()
+        );
     }
     Ok(client)
 }

@@ -156,12 +156,20 @@ struct Daemon {
 impl Daemon {
     fn start(runtime: &str, state_dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = gate();
-        cmd.args(["serve", "--runtime", runtime, "--host", "127.0.0.1", "--port", "0"])
-            .arg("--state-dir")
-            .arg(state_dir)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args([
+            "serve",
+            "--runtime",
+            runtime,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
         for config in configs {
             cmd.arg("--config").arg(config);
         }
@@ -309,7 +317,11 @@ fn priority_of_layers_is_reported_with_origins() {
         .env("GATE__AUTH__JWT__EXPIRATION_HOURS", "7")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     let check = |key: &str, value: Value, layer: &str| {
         let entry = &shown[key];
@@ -381,16 +393,32 @@ fn live_change(runtime: &str) {
     let api_key = api_key.trim().to_owned();
     outputs.push_str(&err);
     let response = daemon.chat(&api_key, "nix-model");
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
-    assert_eq!(response.json()["choices"][0]["message"]["content"], "hello from nix-mock");
+    assert_eq!(
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "hello from nix-mock"
+    );
 
     // Add an upstream with a key; the very next request uses it.
     let live_key = "sk-live-secret-9876543210";
     let base = live_mock.base_url();
     let (ok, out, err) = cli(
         &[
-            "upstream", "add", "live", "--provider", "custom", "--base-url", &base,
-            "--api-key-stdin", "--models", "live-model",
+            "upstream",
+            "add",
+            "live",
+            "--provider",
+            "custom",
+            "--base-url",
+            &base,
+            "--api-key-stdin",
+            "--models",
+            "live-model",
         ],
         &state,
         Some(live_key),
@@ -400,16 +428,36 @@ fn live_change(runtime: &str) {
     outputs.push_str(&out);
     outputs.push_str(&err);
     let response = daemon.chat(&api_key, "live-model");
-    assert_eq!(response.status, 200, "{}", String::from_utf8_lossy(&response.body));
-    assert_eq!(response.json()["choices"][0]["message"]["content"], "hello from live-mock");
     assert_eq!(
-        live_mock.seen_auth.lock().unwrap().last().map(String::as_str),
+        response.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
+    assert_eq!(
+        response.json()["choices"][0]["message"]["content"],
+        "hello from live-mock"
+    );
+    assert_eq!(
+        live_mock
+            .seen_auth
+            .lock()
+            .unwrap()
+            .last()
+            .map(String::as_str),
         Some(format!("Bearer {live_key}").as_str()),
         "the upstream gets its own key, not the client's"
     );
 
     // The admin API shows the key as set, never its value.
-    for route in ["status", "config", "upstreams", "models", "tokens", "reload"] {
+    for route in [
+        "status",
+        "config",
+        "upstreams",
+        "models",
+        "tokens",
+        "reload",
+    ] {
         let response = daemon.admin("GET", route, None);
         assert_eq!(response.status, 200, "{route}");
         let text = String::from_utf8_lossy(&response.body).into_owned();
@@ -435,7 +483,10 @@ fn live_change(runtime: &str) {
     outputs.push_str(&out);
     let (ok, out, err) = cli(&["status"], &state, None);
     assert!(ok, "{err}");
-    assert!(out.contains("live") && out.contains("/ui/login?code="), "{out}");
+    assert!(
+        out.contains("live") && out.contains("/ui/login?code="),
+        "{out}"
+    );
     outputs.push_str(&out);
 
     // Restart: the upstream is still there.
@@ -451,7 +502,12 @@ fn live_change(runtime: &str) {
     assert!(err.contains("via the running daemon"), "{err}");
     let nix_hits = nix_mock.hits.load(Ordering::SeqCst);
     let response = daemon.chat(&api_key, "nix-model");
-    assert_eq!(response.status, 404, "{}", String::from_utf8_lossy(&response.body));
+    assert_eq!(
+        response.status,
+        404,
+        "{}",
+        String::from_utf8_lossy(&response.body)
+    );
     assert_eq!(nix_mock.hits.load(Ordering::SeqCst), nix_hits);
     let log = daemon.kill();
     outputs.push_str(&log);
@@ -459,7 +515,10 @@ fn live_change(runtime: &str) {
     // Restart: still gone, while the nix file still defines it.
     let daemon = Daemon::start(runtime, &state, &[&nix], &env);
     let response = daemon.chat(&api_key, "nix-model");
-    assert_eq!(response.status, 404, "removed upstream came back after restart");
+    assert_eq!(
+        response.status, 404,
+        "removed upstream came back after restart"
+    );
     let names: Vec<String> = daemon.admin("GET", "upstreams", None).json()["upstreams"]
         .as_array()
         .unwrap()
@@ -476,7 +535,11 @@ fn live_change(runtime: &str) {
     assert_eq!(daemon.chat(&api_key, "live-model").status, 401);
     outputs.push_str(&daemon.kill());
 
-    assert_no_secret(&[live_key, nix_key, jwt_secret], &outputs, "CLI output, logs or API");
+    assert_no_secret(
+        &[live_key, nix_key, jwt_secret],
+        &outputs,
+        "CLI output, logs or API",
+    );
     // The API key itself appears only where it was printed once (stdout of create).
     assert!(!outputs.contains(&api_key), "the API key leaked");
 }
@@ -493,8 +556,14 @@ fn without_a_daemon_the_cli_edits_the_file() {
     // A bad value is refused with the reason, and nothing changes.
     let (ok, _, err) = cli(&["config", "set", "port", "not-a-number"], &state, None);
     assert!(!ok);
-    assert!(err.contains("port") && err.contains("nothing was changed"), "{err}");
-    assert_eq!(std::fs::read_to_string(state.join("config.toml")).unwrap(), text);
+    assert!(
+        err.contains("port") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("config.toml")).unwrap(),
+        text
+    );
 }
 
 #[test]
@@ -509,19 +578,37 @@ fn bad_values_through_the_api_are_refused_and_change_nothing() {
         for (method, route, body) in [
             ("PUT", "config/port", json!({"value": "eighty"})),
             ("PUT", "config/no_such_key", json!({"value": "1"})),
-            ("POST", "upstreams", json!({"name": "x", "provider": "nonsense"})),
-            ("POST", "upstreams", json!({"name": "mine", "provider": "custom"})),
-            ("POST", "upstreams", json!({"name": "Bad Name!", "provider": "openai"})),
+            (
+                "POST",
+                "upstreams",
+                json!({"name": "x", "provider": "nonsense"}),
+            ),
+            (
+                "POST",
+                "upstreams",
+                json!({"name": "mine", "provider": "custom"}),
+            ),
+            (
+                "POST",
+                "upstreams",
+                json!({"name": "Bad Name!", "provider": "openai"}),
+            ),
         ] {
             let response = daemon.admin(method, route, Some(body.clone()));
             assert_eq!(response.status, 400, "{route} {body}");
             let error = response.json()["error"].as_str().unwrap().to_owned();
-            assert!(error.contains("nothing was changed") || error.contains("needs"), "{error}");
+            assert!(
+                error.contains("nothing was changed") || error.contains("needs"),
+                "{error}"
+            );
             assert_eq!(std::fs::read(state.join("config.toml")).unwrap(), before);
         }
         let (ok, _, err) = cli(&["config", "set", "port", "eighty"], &state, None);
         assert!(!ok);
-        assert!(err.contains("`port`") && err.contains("via the running daemon"), "{err}");
+        assert!(
+            err.contains("`port`") && err.contains("via the running daemon"),
+            "{err}"
+        );
         assert_eq!(std::fs::read(state.join("config.toml")).unwrap(), before);
     }
 }
@@ -530,7 +617,10 @@ fn bad_values_through_the_api_are_refused_and_change_nothing() {
 fn bad_runtime_file_at_start_exits_before_binding() {
     let cases = [
         ("port = \n", vec!["config.toml", "line 1", "TOML"]),
-        ("log_level = \"info\"\nport = \"eighty\"\n", vec!["config.toml", "line 2", "`port`", "must be"]),
+        (
+            "log_level = \"info\"\nport = \"eighty\"\n",
+            vec!["config.toml", "line 2", "`port`", "must be"],
+        ),
         (
             "[upstreams.x]\nprovider = \"nonsense\"\n",
             vec!["config.toml", "upstreams.x.provider", "must be"],
@@ -544,18 +634,34 @@ fn bad_runtime_file_at_start_exits_before_binding() {
             let holder = TcpListener::bind("127.0.0.1:0").unwrap();
             let port = holder.local_addr().unwrap().port().to_string();
             let out = gate()
-                .args(["serve", "--runtime", runtime, "--port", &port, "--state-dir"])
+                .args([
+                    "serve",
+                    "--runtime",
+                    runtime,
+                    "--port",
+                    &port,
+                    "--state-dir",
+                ])
                 .arg(&dir)
                 .output()
                 .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(!out.status.success(), "{text:?} was accepted");
             for needle in expected {
-                assert!(err.contains(needle), "{text:?}: {needle:?} missing in: {err}");
+                assert!(
+                    err.contains(needle),
+                    "{text:?}: {needle:?} missing in: {err}"
+                );
             }
-            assert!(!err.contains("cannot listen") && !err.contains("listening"), "{err}");
+            assert!(
+                !err.contains("cannot listen") && !err.contains("listening"),
+                "{err}"
+            );
             // The file is left as it was.
-            assert_eq!(std::fs::read_to_string(dir.join("config.toml")).unwrap(), *text);
+            assert_eq!(
+                std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+                *text
+            );
         }
     }
 }
@@ -573,7 +679,9 @@ fn bad_runtime_file_on_hot_reload_keeps_the_last_good_config() {
             Some(json!({"name": "m", "provider": "custom", "base_url": mock.base_url(), "models": "m-model"})),
         );
         assert_eq!(added.status, 200, "{:?}", added.json());
-        let key = daemon.admin("POST", "tokens", Some(json!({"name": "t"}))).json()["token"]
+        let key = daemon
+            .admin("POST", "tokens", Some(json!({"name": "t"})))
+            .json()["token"]
             .as_str()
             .unwrap()
             .to_owned();
@@ -586,9 +694,14 @@ fn bad_runtime_file_on_hot_reload_keeps_the_last_good_config() {
         std::fs::write(&path, &broken).unwrap();
         let error = wait_for("the reload error", || {
             let v = daemon.admin("GET", "status", None).json();
-            v["last_reload_error"]["message"].as_str().map(str::to_owned)
+            v["last_reload_error"]["message"]
+                .as_str()
+                .map(str::to_owned)
         });
-        assert!(error.contains("config.toml") && error.contains("line"), "{error}");
+        assert!(
+            error.contains("config.toml") && error.contains("line"),
+            "{error}"
+        );
         // Still serving with the last good config; the file is untouched.
         assert_eq!(daemon.chat(&key, "m-model").status, 200);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), broken);
@@ -654,7 +767,9 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
                                     "POST",
                                     "/admin/api/upstreams",
                                     &[("Authorization", &auth)],
-                                    json!({"name": "big", "provider": "openai"}).to_string().as_bytes(),
+                                    json!({"name": "big", "provider": "openai"})
+                                        .to_string()
+                                        .as_bytes(),
                                 );
                             }
                         }
@@ -662,7 +777,9 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
                 }
             });
             let target = writes.load(Ordering::SeqCst) + 10 + round * 7;
-            wait_for("writes", || (writes.load(Ordering::SeqCst) >= target).then_some(()));
+            wait_for("writes", || {
+                (writes.load(Ordering::SeqCst) >= target).then_some(())
+            });
             // kill -9 in the middle of the write loop.
             let mut daemon = daemon;
             let _ = daemon.child.kill();
@@ -682,15 +799,27 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
                 String::from_utf8_lossy(&out.stderr)
             );
             let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-            let models = shown["upstreams.big.models"]["value"].as_array().unwrap();
+            let models = shown["upstreams.big.models"]["value"]
+                .as_array()
+                .unwrap_or_else(|| panic!("round {round}: empty or torn runtime file: {shown}"));
             assert_eq!(models.len(), 300, "round {round}: torn list");
-            let tag = models[0].as_str().unwrap().split("-v").nth(1).unwrap().to_owned();
+            let tag = models[0]
+                .as_str()
+                .unwrap()
+                .split("-v")
+                .nth(1)
+                .unwrap()
+                .to_owned();
             assert!(
-                models.iter().all(|m| m.as_str().unwrap().ends_with(&format!("-v{tag}"))),
+                models
+                    .iter()
+                    .all(|m| m.as_str().unwrap().ends_with(&format!("-v{tag}"))),
                 "round {round}: mixed versions in one file"
             );
             let mode = std::os::unix::fs::PermissionsExt::mode(
-                &std::fs::metadata(state.join("config.toml")).unwrap().permissions(),
+                &std::fs::metadata(state.join("config.toml"))
+                    .unwrap()
+                    .permissions(),
             );
             assert_eq!(mode & 0o777, 0o600);
         }
@@ -702,9 +831,16 @@ fn admin_endpoints_refuse_without_the_token() {
     for runtime in RUNTIMES {
         let dir = temp_dir(&format!("sec-{runtime}"));
         let state = dir.join("state");
-        let daemon = Daemon::start(runtime, &state, &[], &[("GATE_AUTH__ALLOW_LOOPBACK", "true")]);
+        let daemon = Daemon::start(
+            runtime,
+            &state,
+            &[],
+            &[("GATE_AUTH__ALLOW_LOOPBACK", "true")],
+        );
         let token_mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(state.join("admin.token")).unwrap().permissions(),
+            &std::fs::metadata(state.join("admin.token"))
+                .unwrap()
+                .permissions(),
         );
         assert_eq!(token_mode & 0o777, 0o600);
         let routes = [
@@ -733,7 +869,10 @@ fn admin_endpoints_refuse_without_the_token() {
                 assert_eq!(r.status, 401, "{method} {path} {headers:?}");
             }
         }
-        assert!(!state.join("config.toml").exists(), "a refused request wrote the file");
+        assert!(
+            !state.join("config.toml").exists(),
+            "a refused request wrote the file"
+        );
         // The web UI needs a session; a login code works once.
         let r = http_request(daemon.addr, "GET", "/ui/", &[], b"").unwrap();
         assert_eq!(r.status, 401);
@@ -741,11 +880,18 @@ fn admin_endpoints_refuse_without_the_token() {
             .as_str()
             .unwrap()
             .to_owned();
-        let path = url.split_once(&daemon.addr.to_string()).unwrap().1.to_owned();
+        let path = url
+            .split_once(&daemon.addr.to_string())
+            .unwrap()
+            .1
+            .to_owned();
         let r = http_request(daemon.addr, "GET", &path, &[], b"").unwrap();
         assert_eq!(r.status, 303);
         let cookie = r.header("set-cookie").unwrap().to_owned();
-        assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+        assert!(
+            cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+            "{cookie}"
+        );
         let session = cookie.split(';').next().unwrap().to_owned();
         let again = http_request(daemon.addr, "GET", &path, &[], b"").unwrap();
         assert_eq!(again.status, 401, "a login code worked twice");
@@ -753,13 +899,24 @@ fn admin_endpoints_refuse_without_the_token() {
         assert_eq!(page.status, 200);
         // Cookie-authenticated changes need the CSRF header and a same-origin Origin.
         let set = br#"{"value":"debug"}"#;
-        let r = http_request(daemon.addr, "PUT", "/admin/api/config/log_level", &[("Cookie", &session)], set).unwrap();
+        let r = http_request(
+            daemon.addr,
+            "PUT",
+            "/admin/api/config/log_level",
+            &[("Cookie", &session)],
+            set,
+        )
+        .unwrap();
         assert_eq!(r.status, 403);
         let r = http_request(
             daemon.addr,
             "PUT",
             "/admin/api/config/log_level",
-            &[("Cookie", &session), ("X-Gate-CSRF", "1"), ("Origin", "http://evil.example")],
+            &[
+                ("Cookie", &session),
+                ("X-Gate-CSRF", "1"),
+                ("Origin", "http://evil.example"),
+            ],
             set,
         )
         .unwrap();
@@ -769,12 +926,19 @@ fn admin_endpoints_refuse_without_the_token() {
             daemon.addr,
             "PUT",
             "/admin/api/config/log_level",
-            &[("Cookie", &session), ("X-Gate-CSRF", "1"), ("Origin", &origin)],
+            &[
+                ("Cookie", &session),
+                ("X-Gate-CSRF", "1"),
+                ("Origin", &origin),
+            ],
             set,
         )
         .unwrap();
         assert_eq!(r.status, 200, "{:?}", r.json());
         let log = daemon.kill();
-        assert!(!log.contains(&session.replace("gate_session=", "")), "session id logged");
+        assert!(
+            !log.contains(&session.replace("gate_session=", "")),
+            "session id logged"
+        );
     }
 }

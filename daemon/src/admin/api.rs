@@ -142,7 +142,10 @@ fn origin_short(loaded: &Loaded<DaemonConfig>, key: &str) -> Option<String> {
 }
 
 fn origin_layer(loaded: &Loaded<DaemonConfig>, key: &str) -> Option<&'static str> {
-    loaded.merged.get(key).map(|leaf| leaf.origin.layer().name())
+    loaded
+        .merged
+        .get(key)
+        .map(|leaf| leaf.origin.layer().name())
 }
 
 fn health_json(health: Option<Health>, now: Instant) -> Value {
@@ -345,9 +348,9 @@ fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
     if !admin.reloader.current().config.upstreams.contains_key(name) {
         return Err(Failure::NotFound(format!("no upstream named `{name}`")));
     }
-    admin.reloader.edit_runtime(|sources| {
-        config::runtime_remove_upstream(&DAEMON_SCHEMA, sources, name)
-    })?;
+    admin
+        .reloader
+        .edit_runtime(|sources| config::runtime_remove_upstream(&DAEMON_SCHEMA, sources, name))?;
     tracing::info!(upstream = %name, "admin: upstream removed");
     Ok(json!({ "ok": true, "name": name }))
 }

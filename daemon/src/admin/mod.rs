@@ -188,7 +188,10 @@ fn csrf_check(headers: &HeaderMap) -> Result<(), &'static str> {
 }
 
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match Limited::new(req.into_body(), MAX_ADMIN_BODY).collect().await {
+    match Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(_) => Err(api_error(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -80,7 +80,10 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// Equality of two secrets without an early exit (compares their hashes).
 pub fn secrets_equal(a: &str, b: &str) -> bool {
     let (x, y) = (sha256(a.as_bytes()), sha256(b.as_bytes()));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 /// Hashed credentials with expiry, bounded in number.
@@ -132,10 +135,12 @@ impl Sessions {
     /// A new one-time login code.
     pub fn new_login_code(&self, now: Instant) -> Result<String> {
         let code = random_token(24)?;
-        self.codes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(&code, now + LOGIN_CODE_TTL, now, MAX_LOGIN_CODES);
+        self.codes.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            &code,
+            now + LOGIN_CODE_TTL,
+            now,
+            MAX_LOGIN_CODES,
+        );
         Ok(code)
     }
 

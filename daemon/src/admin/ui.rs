@@ -115,7 +115,10 @@ fn redirect(to: &'static str) -> Response<Body> {
 }
 
 fn login_needed(status: StatusCode, message: &str) -> Response<Body> {
-    page(status, LOGIN_NEEDED_HTML.replace("MESSAGE", &escape(message)))
+    page(
+        status,
+        LOGIN_NEEDED_HTML.replace("MESSAGE", &escape(message)),
+    )
 }
 
 fn page(status: StatusCode, html: String) -> Response<Body> {
@@ -131,9 +134,10 @@ fn page(status: StatusCode, html: String) -> Response<Body> {
 
 fn asset(text: &'static str, content_type: &'static str) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from_static(text.as_bytes())));
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     security_headers(&mut response);
     response
 }
@@ -146,7 +150,10 @@ fn security_headers(response: &mut Response<Body>) {
             "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
         ),
     );
-    headers.insert(http::header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        http::header::X_FRAME_OPTIONS,
+        HeaderValue::from_static("DENY"),
+    );
     headers.insert(
         http::header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Gate's web UI in headless Chromium (Playwright via playwright-core, Debian's chromium),
+# under both runtimes. Installs what it needs when missing; exits non-zero on failure.
+# Screenshots of every page: tests/ui/artifacts/<runtime>-<page>.png
+# GATE_BIN: a prebuilt `gate` binary (default: built here with cargo).
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(cd ../.. && pwd)
+
+apt_updated=0
+need_apt() { # need_apt COMMAND PACKAGE...
+    command -v "$1" >/dev/null 2>&1 && return 0
+    shift
+    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+need_apt chromium chromium
+need_apt node nodejs
+need_apt npm npm
+
+if [ ! -d node_modules/playwright-core ]; then
+    npm ci --no-audit --no-fund --silent 2>/dev/null || npm install --no-audit --no-fund --silent
+fi
+
+if [ -z "${GATE_BIN:-}" ]; then
+    (cd "$root" && cargo build -q -p gate-daemon --bin gate)
+    GATE_BIN="$root/target/debug/gate"
+fi
+export GATE_BIN
+
+mkdir -p artifacts
+for runtime in tokio smol; do
+    node ui.test.mjs --runtime "$runtime"
+done

@@ -1,0 +1,260 @@
+// Gate's web UI in headless Chromium, as a first-time user would use it:
+// sign in with the login link the daemon prints, add an upstream with a key, see it
+// listed with the key hidden, make a chat request through it, change a setting and see it
+// come from the runtime layer, see a reload error. A screenshot of each page goes to
+// artifacts/<runtime>-<page>.png.
+//
+// Usage: node ui.test.mjs --runtime tokio|smol   (GATE_BIN: path of the `gate` binary)
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import http from "node:http";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const runtime = process.argv[process.argv.indexOf("--runtime") + 1] || "tokio";
+const gateBin = process.env.GATE_BIN;
+const artifacts = path.join(path.dirname(new URL(import.meta.url).pathname), "artifacts");
+const UPSTREAM_KEY = "sk-ui-secret-" + Math.random().toString(36).slice(2) + "-never-shown";
+const DEADLINE_MS = 20000;
+
+function fail(message) { throw new Error(`[${runtime}] ${message}`); }
+function check(condition, message) { if (!condition) fail(message); }
+
+async function waitFor(what, fn) {
+  const start = Date.now();
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() - start > DEADLINE_MS) fail(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+// A mock OpenAI-compatible upstream that remembers the keys it was sent.
+function startMock() {
+  const seenAuth = [];
+  const server = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (c) => { body += c; });
+    req.on("end", () => {
+      seenAuth.push(req.headers.authorization || "");
+      let model = "";
+      try { model = JSON.parse(body).model; } catch (_) { /* not JSON */ }
+      const answer = JSON.stringify({
+        id: "chatcmpl-ui", object: "chat.completion", created: 0, model,
+        choices: [{ index: 0, finish_reason: "stop", message: { role: "assistant", content: "hello from the mock" } }],
+        usage: { prompt_tokens: 1, completion_tokens: 4, total_tokens: 5 },
+      });
+      res.writeHead(200, { "content-type": "application/json" });
+      res.end(answer);
+    });
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, seenAuth, port: server.address().port })));
+}
+
+function startGate(stateDir) {
+  const env = { ...process.env, RUST_LOG: "info" };
+  for (const k of Object.keys(env)) if (k.startsWith("GATE_")) delete env[k];
+  const child = spawn(gateBin, ["serve", "--runtime", runtime, "--host", "127.0.0.1", "--port", "0", "--state-dir", stateDir],
+    { env, stdio: ["ignore", "ignore", "pipe"] });
+  const log = [];
+  child.stderr.setEncoding("utf8");
+  let partial = "";
+  child.stderr.on("data", (chunk) => {
+    partial += chunk;
+    const lines = partial.split("\n");
+    partial = lines.pop();
+    log.push(...lines);
+  });
+  return { child, log };
+}
+
+async function main() {
+  fs.mkdirSync(artifacts, { recursive: true });
+  const mock = await startMock();
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `gate-ui-${runtime}-`));
+  const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), `gate-ui-chromium-${runtime}-`));
+  const gate = startGate(stateDir);
+  let context;
+  try {
+    const loginUrl = await waitFor("the login URL in the daemon's log", () => {
+      for (const line of gate.log) {
+        const m = line.match(/(http:\/\/\S+\/ui\/login\?code=[A-Za-z0-9_-]+)/);
+        if (m) return m[1];
+      }
+      return null;
+    });
+    const base = new URL(loginUrl).origin;
+
+    context = await chromium.launchPersistentContext(userDataDir, {
+      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+      headless: true,
+      viewport: { width: 1280, height: 860 },
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    const page = context.pages()[0] || await context.newPage();
+    page.on("dialog", (d) => d.accept());
+    const pageErrors = [];
+    page.on("pageerror", (e) => pageErrors.push(String(e)));
+    const shot = (name) => page.screenshot({ path: path.join(artifacts, `${runtime}-${name}.png`), fullPage: true });
+    const loaded = (name) => page.waitForSelector(`body[data-loaded="${name}"]`);
+    const go = async (name) => {
+      await page.evaluate(() => { delete document.body.dataset.loaded; });
+      await page.click(`nav a[data-page="${name}"]`);
+      await loaded(name);
+    };
+    const noSecretOnPage = async (where) => {
+      const html = await page.content();
+      check(!html.includes(UPSTREAM_KEY), `the upstream key is visible on the ${where} page`);
+    };
+
+    // Before signing in, the UI says how to.
+    await page.goto(base + "/ui/");
+    check((await page.textContent("body")).includes("gate status"), "the sign-in page does not say how to sign in");
+    await shot("signed-out");
+
+    // Sign in with the printed link.
+    await page.goto(loginUrl);
+    await loaded("status");
+    check(page.url() === base + "/ui/", `after login the URL is ${page.url()}`);
+    check((await page.textContent("#status-empty")).includes("No upstreams yet"), "no first-step hint on an empty status page");
+    await shot("status-empty");
+
+    // Add an upstream with a key.
+    await go("upstreams");
+    await page.fill("#upstream-form input[name=name]", "mock");
+    await page.selectOption("#upstream-form select[name=provider]", "custom");
+    await page.fill("#upstream-form input[name=base_url]", `http://127.0.0.1:${mock.port}/v1`);
+    await page.fill("#upstream-form input[name=api_key]", UPSTREAM_KEY);
+    await page.fill("#upstream-form input[name=models]", "ui-model");
+    await page.click("#upstream-save");
+    await page.waitForSelector('tr[data-upstream="mock"]');
+    const keyCell = await page.textContent('tr[data-upstream="mock"] td.api-key');
+    check(keyCell.includes("set") && keyCell.includes("runtime"), `key cell shows "${keyCell}"`);
+    check((await page.inputValue("#upstream-form input[name=api_key]")) === "", "the key field was not cleared");
+    await noSecretOnPage("upstreams");
+    await shot("upstreams");
+
+    // A bad value is refused with the reason.
+    await page.fill("#upstream-form input[name=name]", "broken");
+    await page.selectOption("#upstream-form select[name=provider]", "custom");
+    await page.click("#upstream-save");
+    await page.waitForSelector("#message.error");
+    check((await page.textContent("#message")).includes("base_url"), "refusal does not name the key");
+    await shot("upstreams-refused");
+    check(await page.$('tr[data-upstream="broken"]') === null, "a refused upstream was listed");
+
+    // An API key for the client; shown once.
+    await go("tokens");
+    await page.fill("#token-form input[name=name]", "ui-test");
+    await page.click("#token-form button[type=submit]");
+    await page.waitForSelector("#new-token:not([hidden])");
+    const apiKey = (await page.textContent("#new-token-value")).trim();
+    check(apiKey.startsWith("gk_"), `unexpected API key "${apiKey}"`);
+    await page.waitForSelector("#tokens-table tbody tr");
+    await shot("tokens");
+
+    // A chat request through the new upstream, like an SDK would send it.
+    const response = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer " + apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ model: "ui-model", messages: [{ role: "user", content: "hi" }] }),
+    });
+    const answer = await response.json();
+    check(response.status === 200, `chat request: ${response.status} ${JSON.stringify(answer)}`);
+    check(answer.choices[0].message.content === "hello from the mock", "the answer did not come from the mock");
+    check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "the upstream did not get its key");
+
+    // Edit the upstream without retyping the key: the key is kept.
+    await go("upstreams");
+    await page.click('tr[data-upstream="mock"] button:text("Edit")');
+    check((await page.inputValue("#upstream-form input[name=api_key]")) === "", "the key was shown back for editing");
+    await page.fill("#upstream-form input[name=models]", "ui-model, ui-model-2");
+    await page.click("#upstream-save");
+    await page.waitForSelector("#message.ok");
+    const second = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer " + apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ model: "ui-model-2", messages: [{ role: "user", content: "hi" }] }),
+    });
+    check(second.status === 200, `chat request after edit: ${second.status}`);
+    check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "editing lost the key");
+
+    // Models and routes.
+    await go("models");
+    const models = await page.textContent("#models-table");
+    check(models.includes("ui-model") && models.includes("mock"), `models page: ${models}`);
+    await noSecretOnPage("models");
+    await shot("models");
+
+    // Change a setting; it shows as coming from the runtime layer.
+    await go("config");
+    const before = await page.getAttribute('tr[data-key="log_level"]', "data-layer");
+    check(before === "defaults", `log_level starts in layer ${before}`);
+    await page.fill("#config-form input[name=key]", "log_level");
+    await page.fill("#config-form input[name=value]", "debug");
+    await page.click("#config-form button[type=submit]");
+    await page.waitForSelector('tr[data-key="log_level"][data-layer="runtime"]');
+    const row = await page.textContent('tr[data-key="log_level"]');
+    check(row.includes("debug") && row.includes("runtime"), `log_level row: ${row}`);
+    const keyRow = await page.textContent('tr[data-key="upstreams.mock.api_key"]');
+    check(keyRow.includes("(set)"), `api_key row: ${keyRow}`);
+    await noSecretOnPage("config");
+    await shot("config");
+
+    // A broken runtime file: the UI shows the error, the gateway keeps working.
+    const runtimeFile = path.join(stateDir, "config.toml");
+    const good = fs.readFileSync(runtimeFile, "utf8");
+    fs.writeFileSync(runtimeFile, good + "\nport = [\n");
+    await waitFor("the reload error in the UI", async () => {
+      await page.evaluate(() => { delete document.body.dataset.loaded; });
+      await page.click('nav a[data-page="status"]');
+      await page.evaluate(() => window.dispatchEvent(new HashChangeEvent("hashchange")));
+      await loaded("status");
+      return await page.isVisible("#reload-error");
+    });
+    const shown = await page.textContent("#reload-error");
+    check(shown.includes("config.toml") && shown.includes("line"), `reload error: ${shown}`);
+    await shot("status-reload-error");
+    fs.writeFileSync(runtimeFile, good);
+    await waitFor("the reload error to clear", async () => {
+      await page.evaluate(() => { delete document.body.dataset.loaded; window.dispatchEvent(new HashChangeEvent("hashchange")); });
+      await loaded("status");
+      return !(await page.isVisible("#reload-error"));
+    });
+    const health = await page.textContent("#status-upstreams");
+    check(health.includes("mock") && health.includes("healthy"), `status upstreams: ${health}`);
+    await noSecretOnPage("status");
+    await shot("status");
+
+    // Remove the upstream.
+    await go("upstreams");
+    await page.click('tr[data-upstream="mock"] button:text("Remove")');
+    await page.waitForSelector('tr[data-upstream="mock"]', { state: "detached" });
+
+    // The login link worked once only.
+    const again = await context.newPage();
+    const r = await again.goto(loginUrl);
+    check(r.status() === 401, `second use of the login link: ${r.status()}`);
+    await again.close();
+
+    check(pageErrors.length === 0, `JavaScript errors: ${pageErrors.join("; ")}`);
+    const logText = gate.log.join("\n");
+    check(!logText.includes(UPSTREAM_KEY), "the upstream key is in the daemon's log");
+    check(!logText.includes(apiKey), "the API key is in the daemon's log");
+    console.log(`ui test (${runtime}): ok; screenshots in ${artifacts}`);
+  } finally {
+    if (context) await context.close();
+    gate.child.kill("SIGKILL");
+    mock.server.close();
+    fs.rmSync(stateDir, { recursive: true, force: true });
+    fs.rmSync(userDataDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e.stack || String(e));
+  process.exit(1);
+});
