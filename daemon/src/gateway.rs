@@ -91,7 +91,10 @@ impl Endpoint {
     /// conversion).
     fn served_by(self, protocol: WireProtocol) -> bool {
         protocol == WireProtocol::OpenAi
-            || matches!(self, Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions)
+            || matches!(
+                self,
+                Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions
+            )
     }
 
     /// The path under the upstream's base URL.
