@@ -274,6 +274,7 @@ async fn run<R: gate_rt::Runtime>(
     let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
     let upstream_count = config.upstreams.len();
     let reloader = Arc::new(crate::reload::Reloader::new(
+        rt.clone(),
         gateway.clone(),
         config_files,
         state_dir.clone(),
@@ -302,7 +303,7 @@ async fn run<R: gate_rt::Runtime>(
         ),
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
     }
-    rt.spawn(reloader.watch(rt.clone()));
+    rt.spawn(reloader.clone().watch());
     let app = Arc::new(App::new(gateway).with_admin(admin));
     server::serve(rt, listener, app).await;
     Ok(())

@@ -27,6 +27,9 @@ use crate::{settings, state};
 
 /// How often the files are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the upstreams are asked again which models they serve (also at start and
+/// after every reload).
+pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp(Option<(SystemTime, u64)>);
@@ -68,6 +71,7 @@ pub enum EditError {
 
 /// The daemon's live configuration: last good config, last error, and the apply path.
 pub struct Reloader<R: Runtime> {
+    rt: R,
     gateway: Arc<Gateway<R>>,
     config_files: Vec<PathBuf>,
     state_dir: PathBuf,
@@ -84,12 +88,14 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl<R: Runtime> Reloader<R> {
     /// A reloader for a gateway started with `loaded`.
     pub fn new(
+        rt: R,
         gateway: Arc<Gateway<R>>,
         config_files: Vec<PathBuf>,
         state_dir: PathBuf,
         loaded: Loaded<DaemonConfig>,
     ) -> Self {
         Self {
+            rt,
             gateway,
             config_files,
             state_dir,
@@ -135,6 +141,7 @@ impl<R: Runtime> Reloader<R> {
             Ok(loaded) => {
                 *lock(&self.current) = loaded;
                 *lock(&self.last_error) = None;
+                self.spawn_model_discovery();
                 tracing::info!(
                     file = %settings::runtime_file(&self.state_dir).display(),
                     "configuration reloaded"
@@ -151,6 +158,13 @@ impl<R: Runtime> Reloader<R> {
                 Err(message)
             }
         }
+    }
+
+    /// Asks the upstreams for their model lists in the background.
+    fn spawn_model_discovery(&self) {
+        let gateway = self.gateway.clone();
+        self.rt
+            .spawn(async move { gateway.discover_models().await });
     }
 
     /// Reloads the API key store into the gateway.
@@ -200,14 +214,22 @@ impl<R: Runtime> Reloader<R> {
         Ok(result)
     }
 
-    /// Watches the files forever, applying changes.
-    pub async fn watch(self: Arc<Self>, rt: R) {
+    /// Watches the files forever, applying changes; asks the upstreams for their models
+    /// at start and every [`DISCOVERY_INTERVAL`].
+    pub async fn watch(self: Arc<Self>) {
+        let rt = self.rt.clone();
         let runtime_path = settings::runtime_file(&self.state_dir);
         let tokens_path = TokenStore::path_in(&self.state_dir);
         let mut runtime_seen = stamp(&runtime_path);
         let mut tokens_seen = stamp(&tokens_path);
+        self.spawn_model_discovery();
+        let mut last_discovery = std::time::Instant::now();
         loop {
             rt.sleep(POLL_INTERVAL).await;
+            if last_discovery.elapsed() >= DISCOVERY_INTERVAL {
+                last_discovery = std::time::Instant::now();
+                self.spawn_model_discovery();
+            }
             let now = stamp(&runtime_path);
             if now != runtime_seen {
                 runtime_seen = now;

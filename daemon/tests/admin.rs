@@ -60,7 +60,7 @@ fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
 /// An OpenAI-compatible upstream answering every chat request with its own name.
 struct Mock {
     addr: SocketAddr,
-    /// `Authorization` headers it received.
+    /// `Authorization` headers of the chat requests it received.
     seen_auth: Arc<Mutex<Vec<String>>>,
     hits: Arc<AtomicUsize>,
 }
@@ -99,6 +99,7 @@ fn serve_mock(stream: TcpStream, name: &str, seen: &Mutex<Vec<String>>, hits: &A
             return;
         }
         let mut length = 0usize;
+        let mut auth = String::new();
         loop {
             let mut header = String::new();
             if reader.read_line(&mut header).unwrap_or(0) == 0 {
@@ -114,7 +115,7 @@ fn serve_mock(stream: TcpStream, name: &str, seen: &Mutex<Vec<String>>, hits: &A
                     length = v.trim().parse().unwrap_or(0);
                 }
                 if k == "authorization" {
-                    seen.lock().unwrap().push(v.trim().to_owned());
+                    auth = v.trim().to_owned();
                 }
             }
         }
@@ -122,6 +123,19 @@ fn serve_mock(stream: TcpStream, name: &str, seen: &Mutex<Vec<String>>, hits: &A
         if reader.read_exact(&mut body).is_err() {
             return;
         }
+        if line.starts_with("GET") {
+            // Model discovery: this mock lists none (routing uses the configured lists).
+            let list = r#"{"object":"list","data":[]}"#;
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{list}",
+                list.len()
+            );
+            if stream.write_all(response.as_bytes()).is_err() {
+                return;
+            }
+            continue;
+        }
+        seen.lock().unwrap().push(auth);
         hits.fetch_add(1, Ordering::SeqCst);
         let model = serde_json::from_slice::<Value>(&body)
             .ok()
@@ -734,7 +748,9 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
     for runtime in RUNTIMES {
         let dir = temp_dir(&format!("crash-{runtime}"));
         let state = dir.join("state");
+        let mock = Mock::start("big");
         for round in 0..4 {
+            let base = mock.base_url();
             let daemon = Daemon::start(runtime, &state, &[], &[]);
             let addr = daemon.addr;
             let token = daemon.admin_token();
@@ -767,7 +783,7 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
                                     "POST",
                                     "/admin/api/upstreams",
                                     &[("Authorization", &auth)],
-                                    json!({"name": "big", "provider": "openai"})
+                                    json!({"name": "big", "provider": "custom", "base_url": base})
                                         .to_string()
                                         .as_bytes(),
                                 );

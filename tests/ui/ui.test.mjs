@@ -38,6 +38,11 @@ function startMock() {
     let body = "";
     req.on("data", (c) => { body += c; });
     req.on("end", () => {
+      if (req.method === "GET") { // model discovery: none listed here
+        res.writeHead(200, { "content-type": "application/json" });
+        res.end(JSON.stringify({ object: "list", data: [] }));
+        return;
+      }
       seenAuth.push(req.headers.authorization || "");
       let model = "";
       try { model = JSON.parse(body).model; } catch (_) { /* not JSON */ }
