@@ -297,9 +297,10 @@ async fn run<R: gate_rt::Runtime>(
         upstreams = upstream_count,
         "gate listening on http://{bound}"
     );
+    // Printed whatever the log level: it is how a person gets into the web UI.
     match admin.login_url() {
-        Ok(url) => tracing::info!(
-            "web UI: open {url} to sign in (one use, 15 minutes; `gate status` prints a new one)"
+        Ok(url) => eprintln!(
+            "gate: web UI: open {url} to sign in (works once, for 15 minutes; `gate status` prints a new one)"
         ),
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
     }

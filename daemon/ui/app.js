@@ -235,11 +235,26 @@ async function createToken(event) {
   try {
     const created = await api("POST", "tokens", { name: form.name.value.trim(), expires: form.expires.value.trim() });
     $("#new-token-value").textContent = created.token;
+    $("#new-token-curl").textContent = await curlExample(created.token);
     $("#new-token").hidden = false;
     form.reset();
     showMessage("", "ok");
     await loadTokens();
   } catch (e) { showMessage(e.message, "error"); }
+}
+
+// A ready-to-paste request with a model the routes know (or a placeholder).
+async function curlExample(token) {
+  let model = "MODEL";
+  try {
+    const models = await api("GET", "models");
+    if (models.models.length) model = models.models[0].model;
+  } catch (_) { /* keep the placeholder */ }
+  const body = JSON.stringify({ model, messages: [{ role: "user", content: "Hello!" }] });
+  return "curl " + window.location.origin + "/v1/chat/completions \\\n" +
+    "  -H 'Authorization: Bearer " + token + "' \\\n" +
+    "  -H 'Content-Type: application/json' \\\n" +
+    "  -d '" + body + "'";
 }
 
 async function revokeToken(t) {

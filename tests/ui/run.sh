@@ -17,6 +17,7 @@ need_apt() { # need_apt COMMAND PACKAGE...
 need_apt chromium chromium
 need_apt node nodejs
 need_apt npm npm
+need_apt curl curl
 
 if [ ! -d node_modules/playwright-core ]; then
     npm ci --no-audit --no-fund --silent 2>/dev/null || npm install --no-audit --no-fund --silent

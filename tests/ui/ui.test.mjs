@@ -5,13 +5,15 @@
 // artifacts/<runtime>-<page>.png.
 //
 // Usage: node ui.test.mjs --runtime tokio|smol   (GATE_BIN: path of the `gate` binary)
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { promisify } from "node:util";
 import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import { chromium } from "playwright-core";
 
+const execFileAsync = promisify(execFile);
 const runtime = process.argv[process.argv.indexOf("--runtime") + 1] || "tokio";
 const gateBin = process.env.GATE_BIN;
 const artifacts = path.join(path.dirname(new URL(import.meta.url).pathname), "artifacts");
@@ -160,6 +162,13 @@ async function main() {
     check(apiKey.startsWith("gk_"), `unexpected API key "${apiKey}"`);
     await page.waitForSelector("#tokens-table tbody tr");
     await shot("tokens");
+
+    // The page offers a ready-to-paste request; run it as a user would, with curl.
+    const curl = (await page.textContent("#new-token-curl")).trim();
+    check(curl.includes("ui-model") && curl.includes(apiKey), `curl example: ${curl}`);
+    // (async: the mock upstream runs in this process)
+    const { stdout: curlOut } = await execFileAsync("bash", ["-c", curl + " --silent --show-error --max-time 20"]);
+    check(JSON.parse(curlOut).choices[0].message.content === "hello from the mock", `curl answer: ${curlOut}`);
 
     // A chat request through the new upstream, like an SDK would send it.
     const response = await fetch(base + "/v1/chat/completions", {
