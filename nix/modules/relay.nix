@@ -7,7 +7,7 @@
 { config, lib, pkgs, ... }:
 let
   inherit (lib)
-    any attrNames attrValues concatMap escapeShellArgs filter filterAttrs length listToAttrs
+    any attrValues concatMap escapeShellArgs filter filterAttrs length listToAttrs
     literalExpression mapAttrsToList mkIf mkMerge mkOption nameValuePair optionalAttrs optionals
     recursiveUpdate types unique;
 

@@ -3,7 +3,7 @@
 # Evaluates to a list of { name; ok; got; want; } (run with --eval --strict --json
 # --read-write-mode so that the rendered TOML files exist in the store).
 let
-  inherit (builtins) attrNames elem filter head isString length match readFile split;
+  inherit (builtins) attrNames elem filter head isString match readFile split;
   examples = import ./examples.nix;
   lib = import ./lib-stub.nix;
   pkgs = import ./pkgs-stub.nix { inherit lib; };
@@ -40,7 +40,12 @@ let
   # The overlay and package.nix, called the way nixpkgs would call them.
   overlayPkgs =
     let
-      pkgLib = lib // { cleanSource = src: src; licenses = { mit = "MIT"; asl20 = "Apache-2.0"; }; };
+      pkgLib = lib // {
+        cleanSource = src: src;
+        cleanSourceWith = { src, filter }: assert !(filter "/src/target" "directory") && filter "/src/core" "directory"; src;
+        licenses = { mit = "MIT"; asl20 = "Apache-2.0"; };
+        platforms = { linux = [ "x86_64-linux" ]; darwin = [ "aarch64-darwin" ]; };
+      };
       final = {
         callPackage = fn: args: import fn ({ lib = pkgLib; rustPlatform.buildRustPackage = attrs: attrs; } // args);
       };
@@ -355,9 +360,9 @@ in
 # A test whose expression throws fails alone (the message is in nix's stderr).
 map
   (t:
-    let tried = builtins.tryEval (builtins.deepSeq t.got t.got); in
-    t // {
-      got = if tried.success then tried.value else "<evaluation error>";
-      ok = tried.success && tried.value == t.want;
-    })
+  let tried = builtins.tryEval (builtins.deepSeq t.got t.got); in
+  t // {
+    got = if tried.success then tried.value else "<evaluation error>";
+    ok = tried.success && tried.value == t.want;
+  })
   tests
