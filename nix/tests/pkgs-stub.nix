@@ -44,6 +44,7 @@ in
 {
   gate-daemon = fakePackage "gate-daemon" "gate";
   gate-relay = fakePackage "gate-relay" "gate-relay";
+  curl = fakePackage "curl" "curl";
   writeText = name: text: builtins.toFile name text;
   formats.toml = _: {
     type = lib.types.attrsOf lib.types.anything // { description = "TOML value"; };

@@ -3,8 +3,9 @@
 #   1. `nix-instantiate --parse` on every .nix file;
 #   2. the modules evaluated with the seed's examples by a stand-in for nixpkgs' lib and
 #      module system (lib-stub.nix, nixos-stub.nix): rendered units, TOML, firewall,
-#      users (module-tests.nix), and configurations that must fail to evaluate
-#      (negative.nix: option typos, ports out of range, wrong types, assertions);
+#      users (module-tests.nix), flake.nix's outputs with a stand-in nixpkgs input
+#      (flake-tests.nix), and configurations that must fail to evaluate (negative.nix:
+#      option typos, ports out of range, wrong types, the modules' assertions);
 #   3. the rendered TOML accepted by `gate check-config` / `gate-relay check-config`, with
 #      the seed's secrets files loaded the way systemd loads an EnvironmentFile, and the
 #      seed's variable names reaching the right keys (`gate config get KEY --origin`);
@@ -66,15 +67,17 @@ for f in "${nix_files[@]}"; do
 done
 
 # ---------------------------------------------------------------- 2. evaluate
-if nix_eval nix/tests/module-tests.nix >"$work/module-tests.json" 2>"$work/module-tests.err"; then
-    while IFS=$'\t' read -r ok name detail; do
-        if [ "$ok" = 1 ]; then pass "eval: $name"; else fail "eval: $name" "$detail"; fi
-    done < <(json 'print("\n".join(("1" if t["ok"] else "0") + "\t" + t["name"] + "\t" + ("" if t["ok"] else "got  " + json.dumps(t["got"]) + "  want " + json.dumps(t["want"])) for t in d))' <"$work/module-tests.json")
-    # tests whose expression threw: nix printed why
-    if grep -q error "$work/module-tests.err"; then cat "$work/module-tests.err" >&2; fi
-else
-    fail "eval: nix/tests/module-tests.nix" "$(cat "$work/module-tests.err")"
-fi
+for suite in module-tests flake-tests; do
+    if nix_eval "nix/tests/$suite.nix" >"$work/$suite.json" 2>"$work/$suite.err"; then
+        while IFS=$'\t' read -r ok name detail; do
+            if [ "$ok" = 1 ]; then pass "eval: $name"; else fail "eval: $name" "$detail"; fi
+        done < <(json 'print("\n".join(("1" if t["ok"] else "0") + "\t" + t["name"] + "\t" + ("" if t["ok"] else "got  " + json.dumps(t["got"]) + "  want " + json.dumps(t["want"])) for t in d))' <"$work/$suite.json")
+        # a test whose expression threw: nix printed why
+        if grep -q error "$work/$suite.err"; then cat "$work/$suite.err" >&2; fi
+    else
+        fail "eval: nix/tests/$suite.nix" "$(cat "$work/$suite.err")"
+    fi
+done
 
 mapfile -t negatives < <(nix-instantiate --eval --json -E 'builtins.attrNames (import ./nix/tests/negative.nix)' | json 'print("\n".join(d))')
 for n in "${negatives[@]}"; do
