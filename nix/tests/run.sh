@@ -193,6 +193,22 @@ if [ -f "$work/render.json" ]; then
     printf 'GATE_LOG_LEVEL=warn\n' >"$work/log.env"
     expect_get "environment wins over the runtime file" "$work/log.env" log_level '^"warn" +# from env GATE_LOG_LEVEL$'
 
+    # An upstream from initialUpstreams removed at runtime stays removed (the Nix file is
+    # read again at every start).
+    flake_toml=$(config_of seed-flake gate-daemon)
+    state="$work/state/remove-check"
+    mkdir -p "$state"
+    list() { in_unit_env /dev/null "$gate" upstream list --config "$flake_toml" --state-dir "$state" 2>&1; }
+    before=$(list)
+    in_unit_env /dev/null "$gate" upstream remove openai --config "$flake_toml" --state-dir "$state" >/dev/null 2>&1
+    after=$(list)
+    if grep -q '^openai' <<<"$before" && ! grep -q '^openai' <<<"$after"; then
+        pass "an upstream from initialUpstreams removed at runtime stays removed"
+    else
+        fail "an upstream from initialUpstreams removed at runtime stays removed" "before: $before
+after: $after"
+    fi
+
     if [ "$relay_has_check_config" = 1 ]; then
         relay_toml=$(config_of seed-relay gate-relay-default)
         state="$work/state/relay-env-check"
