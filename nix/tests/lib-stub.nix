@@ -40,7 +40,7 @@ let
       rhs;
   isDerivation = v: isAttrs v && (v.type or null) == "derivation";
   escapeShellArg = arg:
-    if match "[A-Za-z0-9_./:=@,+-]+" arg != null then arg
+    if match "[[:alnum:],._+:@%/-]+" arg != null then arg
     else "'${builtins.replaceStrings [ "'" ] [ "'\\''" ] arg}'";
   escapeShellArgs = concatMapStringsSep " " escapeShellArg;
   getExe' = pkg: bin: "${pkg}/bin/${bin}";
