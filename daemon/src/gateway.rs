@@ -91,7 +91,10 @@ impl Endpoint {
     /// conversion).
     fn served_by(self, protocol: WireProtocol) -> bool {
         protocol == WireProtocol::OpenAi
-            || matches!(self, Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions)
+            || matches!(
+                self,
+                Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions
+            )
     }
 
     /// The path under the upstream's base URL.
@@ -221,6 +224,84 @@ impl<R: Runtime> Gateway<R> {
 
     fn lock_router(&self) -> std::sync::MutexGuard<'_, Router> {
         self.router.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Asks every upstream which models it serves (`GET {base}/models`, or
+    /// `{base}/v1/models` for Anthropic) and feeds the answers to routing's third tier.
+    /// Failures are logged and leave that upstream's list as it was.
+    pub async fn discover_models(&self) {
+        let snapshot = self.snapshot();
+        for upstream in &snapshot.upstreams {
+            let url = match upstream.protocol {
+                WireProtocol::OpenAi => format!("{}/models", upstream.base_url),
+                WireProtocol::Anthropic => format!("{}/v1/models", upstream.base_url),
+            };
+            let mut builder = Request::builder().method(Method::GET).uri(&url);
+            if let Some(headers) = builder.headers_mut() {
+                if let Some(key) = &upstream.api_key {
+                    let value = match upstream.protocol {
+                        WireProtocol::OpenAi => {
+                            HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                        }
+                        WireProtocol::Anthropic => HeaderValue::from_str(key.expose()),
+                    };
+                    if let Ok(mut value) = value {
+                        value.set_sensitive(true);
+                        let name = match upstream.protocol {
+                            WireProtocol::OpenAi => http::header::AUTHORIZATION,
+                            WireProtocol::Anthropic => http::HeaderName::from_static("x-api-key"),
+                        };
+                        headers.insert(name, value);
+                    }
+                }
+                if upstream.protocol == WireProtocol::Anthropic {
+                    headers.insert(
+                        "anthropic-version",
+                        HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+                    );
+                }
+            }
+            let Ok(req) = builder.body(Full::new(Bytes::new())) else {
+                continue;
+            };
+            let timeout = Duration::from_secs(15);
+            let answer = match gate_rt::timeout(&self.rt, timeout, self.client.request(req)).await {
+                Ok(Ok(response)) if response.status().is_success() => {
+                    collect_with_timeout(&self.rt, response.into_body(), timeout)
+                        .await
+                        .ok()
+                }
+                Ok(Ok(response)) => {
+                    tracing::debug!(upstream = %upstream.name, status = %response.status(), "model list not available");
+                    None
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(upstream = %upstream.name, error = %error_chain(&e), "model list not available");
+                    None
+                }
+                Err(_) => None,
+            };
+            let Some(body) = answer else { continue };
+            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                continue;
+            };
+            let models: Vec<String> = value
+                .get("data")
+                .and_then(|d| d.as_array())
+                .map(|items| {
+                    items
+                        .iter()
+                        .filter_map(|m| m.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+                        .take(10_000)
+                        .collect()
+                })
+                .unwrap_or_default();
+            let mut router = self.lock_router();
+            if let Some(id) = router.find(&upstream.name) {
+                tracing::debug!(upstream = %upstream.name, count = models.len(), "discovered models");
+                router.set_discovered_models(id, models);
+            }
+        }
     }
 
     /// Checks the client's credentials.
