@@ -249,6 +249,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
+/// The address to listen on: an IP literal, or a host name resolved once at start
+/// (`localhost` -> 127.0.0.1).
+fn resolve_listen_addr(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip) = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(std::net::SocketAddr::new(ip, port));
+    }
+    let mut addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("`host` = {host:?} does not resolve: {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("`host` = {host:?} resolves to no address"))
+}
+
 async fn run<R: gate_rt::Runtime>(
     rt: R,
     addr: std::net::SocketAddr,
