@@ -229,15 +229,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = loaded.config;
     init_logging(&config.log_level);
     state::ensure_dir(&state_dir)?;
-    let host: std::net::IpAddr = match args.host {
-        Some(host) => host,
-        None => config
-            .host
-            .parse()
-            .map_err(|_| anyhow::anyhow!("`host` = {:?} is not an IP address", config.host))?,
-    };
     let port = args.port.unwrap_or(config.port);
-    let addr = std::net::SocketAddr::new(host, port);
+    let addr = match args.host {
+        Some(host) => std::net::SocketAddr::new(host, port),
+        None => resolve_listen_addr(&config.host, port)?,
+    };
     let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
         RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
