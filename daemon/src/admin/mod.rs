@@ -26,7 +26,6 @@ use bytes::Bytes;
 use gate_rt::Runtime;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 
 use crate::app::{json, Body, Peer};
 use crate::reload::Reloader;
@@ -76,8 +75,13 @@ impl<R: Runtime> Admin<R> {
         Ok(format!("{}/ui/login?code={code}", base_url(self.listen)))
     }
 
-    /// Handles a request whose path [`Admin::owns`].
-    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    /// Handles a request whose path [`Admin::owns`]. `peer.remote` gives no exemption and
+    /// no extra trust: every admin request needs a credential, from anywhere.
+    pub async fn handle<B>(&self, req: Request<B>, peer: Peer) -> Response<Body>
+    where
+        B: hyper::body::Body,
+        B::Error: Into<crate::app::BoxError>,
+    {
         let path = req.uri().path().to_owned();
         if path == "/ui" || path.starts_with("/ui/") {
             return ui::handle(self, &req, &path, peer);
@@ -187,7 +191,11 @@ fn csrf_check(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+async fn read_body<B>(req: Request<B>) -> Result<Bytes, Response<Body>>
+where
+    B: hyper::body::Body,
+    B::Error: Into<crate::app::BoxError>,
+{
     match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()
         .await
@@ -203,4 +211,82 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
 /// A JSON error `{"error": message}`.
 pub fn api_error(status: StatusCode, message: &str) -> Response<Body> {
     json(status, serde_json::json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::TokenStore;
+    use crate::gateway::Gateway;
+    use http_body_util::Full;
+
+    fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
+        let mut builder = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        builder
+            .body(Full::new(Bytes::from_static(br#"{"value":"debug"}"#)))
+            .unwrap()
+    }
+
+    /// Connections through the relay (`remote`) get no admin access without the token,
+    /// even from a loopback address and with loopback trust on; with it, they do.
+    #[test]
+    fn relayed_requests_need_the_admin_token() {
+        let dir = std::env::temp_dir().join(format!("gate-admin-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut sources = gate_core::config::ConfigSources::new("config.toml");
+        sources.env = vec![("GATE_AUTH__ALLOW_LOOPBACK".into(), "true".into())];
+        let loaded = gate_core::config::load_daemon(&sources).unwrap();
+        let listen: SocketAddr = "127.0.0.1:3000".parse().unwrap();
+        gate_runtime_tokio::block_on(|rt| async move {
+            let tokens = TokenStore::load(&dir).unwrap();
+            let gateway = Arc::new(Gateway::new(rt.clone(), &loaded.config, tokens).unwrap());
+            let reloader = Arc::new(Reloader::new(rt, gateway, Vec::new(), dir.clone(), loaded));
+            let admin = Admin::new(reloader, "gadm_secret".into(), listen);
+            let relayed = Peer {
+                addr: "127.0.0.1:5555".parse().unwrap(),
+                remote: true,
+            };
+            for (method, path) in [
+                ("GET", "/admin/api/status"),
+                ("PUT", "/admin/api/config/log_level"),
+                ("POST", "/admin/api/login-url"),
+            ] {
+                let r = admin.handle(request(method, path, &[]), relayed).await;
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+                let r = admin
+                    .handle(
+                        request(method, path, &[("authorization", "Bearer nope")]),
+                        relayed,
+                    )
+                    .await;
+                assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{method} {path}");
+            }
+            let r = admin.handle(request("GET", "/ui/", &[]), relayed).await;
+            assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+            let r = admin
+                .handle(
+                    request(
+                        "GET",
+                        "/admin/api/status",
+                        &[("authorization", "Bearer gadm_secret")],
+                    ),
+                    relayed,
+                )
+                .await;
+            assert_eq!(r.status(), StatusCode::OK);
+            // A session made through the relay gets a Secure cookie.
+            let url = admin.login_url().unwrap();
+            let path = url.trim_start_matches("http://127.0.0.1:3000").to_owned();
+            let r = admin.handle(request("GET", &path, &[]), relayed).await;
+            assert_eq!(r.status(), StatusCode::SEE_OTHER);
+            let cookie = r.headers()[http::header::SET_COOKIE].to_str().unwrap();
+            assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"));
+            std::fs::remove_dir_all(&dir).unwrap();
+        })
+        .unwrap();
+    }
 }
