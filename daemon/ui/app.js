@@ -10,6 +10,7 @@ const BASE_URL_HINTS = {
   custom: "required, e.g. http://127.0.0.1:11434/v1",
 };
 let editingUpstream = null;
+let editingOriginal = null;
 
 function $(sel) { return document.querySelector(sel); }
 
@@ -150,6 +151,7 @@ function providerChanged() {
 function startEdit(u) {
   const form = $("#upstream-form");
   editingUpstream = u.name;
+  editingOriginal = u;
   form.name.value = u.name;
   form.name.readOnly = true;
   form.provider.value = u.provider;
@@ -168,12 +170,17 @@ function resetUpstreamForm() {
   const form = $("#upstream-form");
   form.reset();
   editingUpstream = null;
+  editingOriginal = null;
   form.name.readOnly = false;
   form.api_key.placeholder = "paste the provider's key";
   $("#upstream-form-title").textContent = "Add an upstream";
   $("#upstream-save").textContent = "Add upstream";
   $("#upstream-cancel").hidden = true;
   providerChanged();
+}
+
+function modelList(text) {
+  return text.split(",").map(m => m.trim()).filter(m => m).join(",");
 }
 
 async function saveUpstream(event) {
@@ -186,8 +193,23 @@ async function saveUpstream(event) {
     models: form.models.value,
     enabled: form.enabled.checked,
   };
-  if (!editingUpstream) body.name = form.name.value.trim();
-  if (editingUpstream === null && !form.models.value.trim()) delete body.models;
+  if (editingUpstream) {
+    // Send only what changed, so values from other layers keep their origin.
+    const u = editingOriginal;
+    if (body.provider === u.provider) delete body.provider;
+    if (body.base_url === u.base_url) delete body.base_url;
+    if (modelList(body.models) === (u.models || []).join(",")) delete body.models;
+    if (body.enabled === u.enabled) delete body.enabled;
+    if (!body.api_key) delete body.api_key;
+    if (Object.keys(body).length === 0) {
+      showMessage("Nothing changed.", "ok");
+      return;
+    }
+  } else {
+    body.name = form.name.value.trim();
+    if (!modelList(body.models)) delete body.models;
+    if (body.enabled) delete body.enabled;
+  }
   try {
     if (editingUpstream) await api("PUT", "upstreams/" + encodeURIComponent(editingUpstream), body);
     else await api("POST", "upstreams", body);
@@ -294,11 +316,13 @@ async function loadConfig() {
       el("td", { class: "mono" }, k),
       el("td", { class: "mono" }, valueText(entry)),
       el("td", {}, layerBadge(originOf(entry))),
-      el("td", {},
-        el("button", { class: "secondary small", type: "button", onclick: () => editKey(k, entry) }, "Change"), " ",
-        layer === "runtime" && !entry.removed
-          ? el("button", { class: "danger small", type: "button", onclick: () => unsetKey(k) }, "Reset")
-          : null),
+      entry.removed
+        ? el("td", {}, el("button", { class: "secondary small", type: "button", title: "Undo the removal: lower layers apply again", onclick: () => unsetKey(k) }, "Restore"))
+        : el("td", {},
+          el("button", { class: "secondary small", type: "button", onclick: () => editKey(k, entry) }, "Change"), " ",
+          layer === "runtime"
+            ? el("button", { class: "danger small", type: "button", title: "Remove this value from the runtime layer: lower layers apply again", onclick: () => unsetKey(k) }, "Reset")
+            : null),
     );
   }));
 }
@@ -326,7 +350,7 @@ async function saveKey(event) {
 async function unsetKey(key) {
   try {
     await api("DELETE", "config/" + encodeURIComponent(key));
-    showMessage(key + " reset: the value from a lower layer applies again.", "ok");
+    showMessage(key + ": the runtime layer no longer sets it; lower layers apply again.", "ok");
     await loadConfig();
   } catch (e) { showMessage(e.message, "error"); }
 }

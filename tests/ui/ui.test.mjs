@@ -60,10 +60,11 @@ function startMock() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve({ server, seenAuth, port: server.address().port })));
 }
 
-function startGate(stateDir) {
+function startGate(stateDir, configFile) {
   const env = { ...process.env, RUST_LOG: "info" };
   for (const k of Object.keys(env)) if (k.startsWith("GATE_")) delete env[k];
-  const child = spawn(gateBin, ["serve", "--runtime", runtime, "--host", "127.0.0.1", "--port", "0", "--state-dir", stateDir],
+  const child = spawn(gateBin, ["serve", "--runtime", runtime, "--host", "127.0.0.1", "--port", "0",
+    "--state-dir", stateDir, "--config", configFile],
     { env, stdio: ["ignore", "ignore", "pipe"] });
   const log = [];
   child.stderr.setEncoding("utf8");
@@ -82,7 +83,10 @@ async function main() {
   const mock = await startMock();
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), `gate-ui-${runtime}-`));
   const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), `gate-ui-chromium-${runtime}-`));
-  const gate = startGate(stateDir);
+  // The "Nix" layer: an upstream defined by a --config file.
+  const configFile = path.join(stateDir, "..", path.basename(stateDir) + "-nix.toml");
+  fs.writeFileSync(configFile, `[upstreams.nixup]\nprovider = "custom"\nbase_url = "http://127.0.0.1:${mock.port}/v1"\nmodels = ["nix-model"]\n`);
+  const gate = startGate(stateDir, configFile);
   let context;
   try {
     const loginUrl = await waitFor("the login URL in the daemon's log", () => {
@@ -126,8 +130,8 @@ async function main() {
     await page.goto(loginUrl);
     await loaded("status");
     check(page.url() === base + "/ui/", `after login the URL is ${page.url()}`);
-    check((await page.textContent("#status-empty")).includes("No upstreams yet"), "no first-step hint on an empty status page");
-    await shot("status-empty");
+    check((await page.textContent("#status-upstreams")).includes("nixup"), "the --config upstream is not on the status page");
+    await shot("status-start");
 
     // Add an upstream with a key.
     await go("upstreams");
@@ -165,7 +169,7 @@ async function main() {
 
     // The page offers a ready-to-paste request; run it as a user would, with curl.
     const curl = (await page.textContent("#new-token-curl")).trim();
-    check(curl.includes("ui-model") && curl.includes(apiKey), `curl example: ${curl}`);
+    check(/"model":"(ui-model|nix-model)"/.test(curl) && curl.includes(apiKey), `curl example: ${curl}`);
     // (async: the mock upstream runs in this process)
     const { stdout: curlOut } = await execFileAsync("bash", ["-c", curl + " --silent --show-error --max-time 20"]);
     check(JSON.parse(curlOut).choices[0].message.content === "hello from the mock", `curl answer: ${curlOut}`);
@@ -195,6 +199,17 @@ async function main() {
     });
     check(second.status === 200, `chat request after edit: ${second.status}`);
     check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "editing lost the key");
+
+    // Edit the --config upstream: only the changed field moves to the runtime layer.
+    check((await page.textContent('tr[data-upstream="nixup"]')).includes("nix"), "nixup is not shown as coming from nix");
+    await page.click('tr[data-upstream="nixup"] button:text("Edit")');
+    await page.fill("#upstream-form input[name=models]", "nix-model, nix-model-2");
+    await page.click("#upstream-save");
+    await page.waitForSelector("#message.ok");
+    await go("config");
+    check(await page.getAttribute('tr[data-key="upstreams.nixup.models"]', "data-layer") === "runtime", "edited field not in the runtime layer");
+    check(await page.getAttribute('tr[data-key="upstreams.nixup.provider"]', "data-layer") === "nix", "unchanged field moved out of the nix layer");
+    check(await page.getAttribute('tr[data-key="upstreams.nixup.base_url"]', "data-layer") === "nix", "unchanged base_url moved out of the nix layer");
 
     // Models and routes.
     await go("models");
@@ -243,10 +258,30 @@ async function main() {
     await noSecretOnPage("status");
     await shot("status");
 
-    // Remove the upstream.
+    // Remove the upstreams, the --config one included.
     await go("upstreams");
     await page.click('tr[data-upstream="mock"] button:text("Remove")');
     await page.waitForSelector('tr[data-upstream="mock"]', { state: "detached" });
+    await page.click('tr[data-upstream="nixup"] button:text("Remove")');
+    await page.waitForSelector('tr[data-upstream="nixup"]', { state: "detached" });
+    await page.waitForSelector("#upstreams-empty:not([hidden])");
+    const gone = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer " + apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ model: "nix-model", messages: [{ role: "user", content: "hi" }] }),
+    });
+    check(gone.status === 404, `request to a removed upstream's model: ${gone.status}`);
+    await go("config");
+    await shot("config-after-removal");
+    // Restore the --config upstream from the configuration page: it serves again.
+    await page.click('tr[data-key="upstreams.nixup"] button:text("Restore")');
+    await page.waitForSelector('tr[data-key="upstreams.nixup.provider"][data-layer="nix"]');
+    const back = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer " + apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ model: "nix-model", messages: [{ role: "user", content: "hi" }] }),
+    });
+    check(back.status === 200, `request after restoring the --config upstream: ${back.status}`);
 
     // The login link worked once only.
     const again = await context.newPage();
@@ -264,6 +299,7 @@ async function main() {
     gate.child.kill("SIGKILL");
     mock.server.close();
     fs.rmSync(stateDir, { recursive: true, force: true });
+    fs.rmSync(configFile, { force: true });
     fs.rmSync(userDataDir, { recursive: true, force: true });
   }
 }

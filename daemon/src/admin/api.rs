@@ -44,9 +44,10 @@ pub async fn route<R: Runtime>(
     peer: Peer,
 ) -> Response<Body> {
     let (head, rest) = match route.split_once('/') {
-        Some((head, rest)) => (head, Some(rest)),
+        Some((head, rest)) => (head, Some(percent_decode(rest))),
         None => (route, None),
     };
+    let rest = rest.as_deref();
     let result = match (method, head, rest) {
         (&Method::GET, "status", None) => Ok(status(admin)),
         (&Method::GET, "config", None) => Ok(config_view(admin)),
@@ -86,6 +87,28 @@ pub async fn route<R: Runtime>(
             api_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
         }
     }
+}
+
+/// Decodes `%XX` escapes of one path segment (what `encodeURIComponent` produces);
+/// malformed escapes are kept as they are.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = |j: usize| bytes.get(j).and_then(|c| (*c as char).to_digit(16));
+        match (b, hex(i + 1), hex(i + 2)) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 enum Failure {
@@ -443,4 +466,41 @@ fn models_view<R: Runtime>(admin: &Admin<R>) -> Value {
         })
         .collect();
     json!({ "models": models })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_path_segments() {
+        assert_eq!(percent_decode("upstreams.a.models"), "upstreams.a.models");
+        assert_eq!(percent_decode("gpt%2F4%20o"), "gpt/4 o");
+        assert_eq!(percent_decode("bad%zz%4"), "bad%zz%4");
+        assert_eq!(percent_decode("%C3%A9"), "é");
+    }
+
+    #[test]
+    fn upstream_fields_become_assignments() {
+        let body = serde_json::json!({
+            "name": "x", "provider": "custom", "base_url": "", "api_key": "sk-1",
+            "models": "a, b,,c", "enabled": false
+        });
+        let body = body.as_object().unwrap();
+        let got = upstream_assignments("x", body).ok().unwrap();
+        assert_eq!(
+            got,
+            vec![
+                ("upstreams.x.provider".to_owned(), "custom".to_owned()),
+                ("upstreams.x.api_key".to_owned(), "sk-1".to_owned()),
+                (
+                    "upstreams.x.models".to_owned(),
+                    r#"["a","b","c"]"#.to_owned()
+                ),
+                ("upstreams.x.enabled".to_owned(), "false".to_owned()),
+            ]
+        );
+        let unknown = serde_json::json!({"name": "x", "colour": "red"});
+        assert!(upstream_assignments("x", unknown.as_object().unwrap()).is_err());
+    }
 }
