@@ -501,6 +501,16 @@ fn live_change(runtime: &str) {
         out.contains("live") && out.contains("/ui/login?code="),
         "{out}"
     );
+    assert!(out.contains("relay: not configured"), "{out}");
+    outputs.push_str(&out);
+    let (ok, out, err) = cli(&["status", "--json"], &state, None);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert!(status["login_url"]
+        .as_str()
+        .unwrap()
+        .contains("/ui/login?code="));
+    assert_eq!(status["upstreams"].as_array().unwrap().len(), 2);
     outputs.push_str(&out);
 
     // Restart: the upstream is still there.
