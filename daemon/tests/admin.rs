@@ -883,6 +883,7 @@ fn admin_endpoints_refuse_without_the_token() {
             ("POST", "/admin/api/login-url"),
         ];
         let body = br#"{"value":"debug","name":"x","provider":"openai"}"#;
+        let forged = format!("gate_session_{}=forged", daemon.addr.port());
         // Loopback trust is on for the LLM API here; the admin API still refuses.
         for (method, path) in routes {
             for headers in [
@@ -890,6 +891,7 @@ fn admin_endpoints_refuse_without_the_token() {
                 vec![("Authorization", "Bearer wrong")],
                 vec![("Authorization", "Bearer gk_not_an_admin_token")],
                 vec![("Cookie", "gate_session=forged")],
+                vec![("Cookie", forged.as_str())],
             ] {
                 let r = http_request(daemon.addr, method, path, &headers, body).unwrap();
                 assert_eq!(r.status, 401, "{method} {path} {headers:?}");

@@ -30,7 +30,7 @@ use http_body_util::{BodyExt, Limited};
 use crate::app::{json, Body, Peer};
 use crate::reload::Reloader;
 
-use session::{secrets_equal, Sessions, SESSION_COOKIE};
+use session::{secrets_equal, Sessions, SESSION_COOKIE_PREFIX};
 
 /// Largest admin request body.
 pub const MAX_ADMIN_BODY: usize = 64 * 1024;
@@ -44,6 +44,8 @@ pub struct Admin<R: Runtime> {
     sessions: Sessions,
     /// The address the daemon listens on (for login URLs and status).
     listen: SocketAddr,
+    /// The session cookie's name.
+    cookie_name: String,
 }
 
 /// How a request proved it may administer.
@@ -61,6 +63,7 @@ impl<R: Runtime> Admin<R> {
             admin_token,
             sessions: Sessions::default(),
             listen,
+            cookie_name: format!("{SESSION_COOKIE_PREFIX}{}", listen.port()),
         }
     }
 
@@ -122,14 +125,14 @@ impl<R: Runtime> Admin<R> {
         if let Some(token) = bearer(headers) {
             return secrets_equal(token, &self.admin_token).then_some(Credential::AdminToken);
         }
-        let session = cookie(headers, SESSION_COOKIE)?;
+        let session = cookie(headers, &self.cookie_name)?;
         self.sessions
             .is_valid(session, Instant::now())
             .then_some(Credential::Session)
     }
 
     fn session_of(&self, headers: &HeaderMap) -> Option<String> {
-        let session = cookie(headers, SESSION_COOKIE)?;
+        let session = cookie(headers, &self.cookie_name)?;
         self.sessions
             .is_valid(session, Instant::now())
             .then(|| session.to_owned())
@@ -284,6 +287,7 @@ mod tests {
             let r = admin.handle(request("GET", &path, &[]), relayed).await;
             assert_eq!(r.status(), StatusCode::SEE_OTHER);
             let cookie = r.headers()[http::header::SET_COOKIE].to_str().unwrap();
+            assert!(cookie.starts_with("gate_session_3000="), "{cookie}");
             assert!(cookie.contains("; Secure") && cookie.contains("HttpOnly"));
             std::fs::remove_dir_all(&dir).unwrap();
         })

@@ -28,8 +28,9 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
 pub const MAX_LOGIN_CODES: usize = 64;
 /// Most sessions at once.
 pub const MAX_SESSIONS: usize = 256;
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "gate_session";
+/// Prefix of the session cookie's name; the daemon's port follows (`gate_session_3000`),
+/// because browsers share cookies between ports of one host and several daemons may run.
+pub const SESSION_COOKIE_PREFIX: &str = "gate_session_";
 /// Prefix of admin tokens (recognisable in a leaked-secret scan).
 pub const ADMIN_TOKEN_PREFIX: &str = "gadm_";
 

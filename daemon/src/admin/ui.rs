@@ -12,7 +12,7 @@ use bytes::Bytes;
 use gate_rt::Runtime;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 
-use super::session::{SESSION_COOKIE, SESSION_TTL};
+use super::session::SESSION_TTL;
 use super::{cookie, csrf_check, Admin};
 use crate::app::{full_body, Body, Peer};
 
@@ -43,11 +43,11 @@ pub fn handle<R: Runtime, B>(
             if let Err(why) = csrf_check(req.headers()) {
                 return page(StatusCode::FORBIDDEN, why.to_owned());
             }
-            if let Some(session) = cookie(req.headers(), SESSION_COOKIE) {
+            if let Some(session) = cookie(req.headers(), &admin.cookie_name) {
                 admin.sessions.end(session, Instant::now());
             }
             let mut response = redirect("/ui/");
-            set_cookie(&mut response, "", 0, peer.remote);
+            set_cookie(&mut response, &admin.cookie_name, "", 0, peer.remote);
             response
         }
         (&Method::GET, "/ui" | "/ui/") => {
@@ -75,7 +75,13 @@ fn login<R: Runtime, B>(admin: &Admin<R>, req: &Request<B>, peer: Peer) -> Respo
         Ok(Some(session)) => {
             tracing::info!(peer = %peer.addr, remote = peer.remote, "web UI: signed in with a login link");
             let mut response = redirect("/ui/");
-            set_cookie(&mut response, &session, SESSION_TTL.as_secs(), peer.remote);
+            set_cookie(
+                &mut response,
+                &admin.cookie_name,
+                &session,
+                SESSION_TTL.as_secs(),
+                peer.remote,
+            );
             response
         }
         Ok(None) => {
@@ -92,9 +98,9 @@ fn login<R: Runtime, B>(admin: &Admin<R>, req: &Request<B>, peer: Peer) -> Respo
     }
 }
 
-fn set_cookie(response: &mut Response<Body>, value: &str, max_age: u64, secure: bool) {
+fn set_cookie(response: &mut Response<Body>, name: &str, value: &str, max_age: u64, secure: bool) {
     let cookie = format!(
-        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        "{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if secure { "; Secure" } else { "" }
     );
     if let Ok(value) = HeaderValue::from_str(&cookie) {
