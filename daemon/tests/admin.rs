@@ -884,6 +884,14 @@ fn admin_endpoints_refuse_without_the_token() {
         ];
         let body = br#"{"value":"debug","name":"x","provider":"openai"}"#;
         let forged = format!("gate_session_{}=forged", daemon.addr.port());
+        // A valid client API key is not an admin credential.
+        let client_key = daemon
+            .admin("POST", "tokens", Some(json!({"name": "client"})))
+            .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let client_auth = format!("Bearer {client_key}");
         // Loopback trust is on for the LLM API here; the admin API still refuses.
         for (method, path) in routes {
             for headers in [
@@ -892,6 +900,7 @@ fn admin_endpoints_refuse_without_the_token() {
                 vec![("Authorization", "Bearer gk_not_an_admin_token")],
                 vec![("Cookie", "gate_session=forged")],
                 vec![("Cookie", forged.as_str())],
+                vec![("Authorization", client_auth.as_str())],
             ] {
                 let r = http_request(daemon.addr, method, path, &headers, body).unwrap();
                 assert_eq!(r.status, 401, "{method} {path} {headers:?}");
