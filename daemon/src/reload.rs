@@ -79,6 +79,9 @@ pub struct Reloader<R: Runtime> {
     last_error: Mutex<Option<ReloadError>>,
     /// Serialises edits of the runtime file and of the key store.
     write_lock: Mutex<()>,
+    /// The runtime file and key store as last applied, so the poller does not apply an
+    /// admin edit a second time.
+    seen: Mutex<(Stamp, Stamp)>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -98,10 +101,14 @@ impl<R: Runtime> Reloader<R> {
             rt,
             gateway,
             config_files,
-            state_dir,
             current: Mutex::new(loaded),
             last_error: Mutex::new(None),
             write_lock: Mutex::new(()),
+            seen: Mutex::new((
+                stamp(&settings::runtime_file(&state_dir)),
+                stamp(&TokenStore::path_in(&state_dir)),
+            )),
+            state_dir,
         }
     }
 
@@ -197,6 +204,7 @@ impl<R: Runtime> Reloader<R> {
         let path = settings::runtime_file(&self.state_dir);
         state::write_atomic(&path, text.as_bytes())
             .map_err(|e| EditError::Io(anyhow::anyhow!("writing {}: {e}", path.display())))?;
+        lock(&self.seen).0 = stamp(&path);
         self.apply_config_from_disk()
             .map_err(|e| EditError::Io(anyhow::anyhow!("saved, but not applied: {e}")))
     }
@@ -210,6 +218,7 @@ impl<R: Runtime> Reloader<R> {
         state::ensure_dir(&self.state_dir)?;
         let mut store = TokenStore::load(&self.state_dir)?;
         let result = edit(&mut store)?;
+        lock(&self.seen).1 = stamp(&TokenStore::path_in(&self.state_dir));
         self.gateway.set_tokens(store);
         Ok(result)
     }
@@ -220,8 +229,6 @@ impl<R: Runtime> Reloader<R> {
         let rt = self.rt.clone();
         let runtime_path = settings::runtime_file(&self.state_dir);
         let tokens_path = TokenStore::path_in(&self.state_dir);
-        let mut runtime_seen = stamp(&runtime_path);
-        let mut tokens_seen = stamp(&tokens_path);
         self.spawn_model_discovery();
         let mut last_discovery = std::time::Instant::now();
         loop {
@@ -230,14 +237,17 @@ impl<R: Runtime> Reloader<R> {
                 last_discovery = std::time::Instant::now();
                 self.spawn_model_discovery();
             }
-            let now = stamp(&runtime_path);
-            if now != runtime_seen {
-                runtime_seen = now;
+            let (runtime_now, tokens_now) = (stamp(&runtime_path), stamp(&tokens_path));
+            let (runtime_changed, tokens_changed) = {
+                let mut seen = lock(&self.seen);
+                let changed = (seen.0 != runtime_now, seen.1 != tokens_now);
+                *seen = (runtime_now, tokens_now);
+                changed
+            };
+            if runtime_changed {
                 let _ = self.apply_config_from_disk();
             }
-            let now = stamp(&tokens_path);
-            if now != tokens_seen {
-                tokens_seen = now;
+            if tokens_changed {
                 let _ = self.apply_tokens_from_disk();
             }
         }
