@@ -46,7 +46,8 @@
 //! # Upstream keys
 //!
 //! With `--expect-key K`, OpenAI-style requests must carry `Authorization: Bearer K` and
-//! Anthropic-style ones `x-api-key: K` (or the `--expect-anthropic-key` value when given) plus an
+//! Anthropic-style ones `x-api-key: K` or `Authorization: Bearer K` (the current `anthropic` SDK sends
+//! the latter; K is the `--expect-anthropic-key` value when given) plus an
 //! `anthropic-version` header; otherwise 401 in the provider's error shape (400 when only
 //! `anthropic-version` is missing). Without the flags any key is accepted.
 //!
@@ -275,7 +276,7 @@ impl AsyncWrite for ResettableStream {
 }
 
 /// The largest request body the mock reads (bigger ones get 413).
-const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
+const MAX_REQUEST_BODY: usize = 256 * 1024 * 1024;
 
 async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
     let received_at = common::unix_now();
@@ -404,7 +405,9 @@ fn check_key(mock: &Mock, protocol: Protocol, headers: &HeaderMap) -> Result<(),
         }
         Protocol::Anthropic => {
             let Some(expected) = &mock.anthropic_key else { return Ok(()) };
-            if header("x-api-key") != Some(expected.as_str()) {
+            // The real API takes the key as `x-api-key` or, as current SDKs send it, as a Bearer token.
+            let presented = header("x-api-key").or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")));
+            if presented != Some(expected.as_str()) {
                 return Err(error_response(protocol, StatusCode::UNAUTHORIZED, "invalid x-api-key", None));
             }
             if header("anthropic-version").is_none() {
