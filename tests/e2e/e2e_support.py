@@ -361,3 +361,9 @@ def make_unsigned_jwt() -> str:
 
     now = int(time.time())
     return b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "e2e", "iss": JWT_ISSUER, "iat": now, "exp": now + 3600}) + "."
+
+
+# Contract assumption for the timeout failover test: per-upstream timeouts in the gate config
+# (DESIGN.md names no keys yet). Connect timeout, and the idle timeout that also bounds the
+# wait for the response head. Change here if gate names them differently.
+UPSTREAM_TIMEOUTS = {"connect_timeout_ms": 1000, "idle_timeout_ms": 1000}
