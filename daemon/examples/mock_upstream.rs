@@ -74,6 +74,7 @@
 //!   (plus `retry-after` when `retry_after` is set); otherwise the normal answer is sent with
 //!   `pause_ms` between stream events and, with `break_after: N`, the connection is cut after N
 //!   events (no clean end of stream). Answers `{"id": N}`.
+//! - `GET /health` answers `{"status":"ok"}` (readiness probe; not recorded).
 //! - `GET /_mock/behaviour` lists the rules; `DELETE /_mock/behaviour` removes them all.
 //! - A single request may also carry its own rule in the header `x-mock-behaviour: <json>`
 //!   (matching fields ignored); it takes precedence over the registered rules. Through a gateway
@@ -125,7 +126,11 @@ struct Args {
     #[arg(long)]
     expect_anthropic_key: Option<String>,
     /// Models listed by GET /v1/models (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "gpt-4o-mini,text-embedding-3-small,claude-mock")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gpt-4o-mini,text-embedding-3-small,claude-mock"
+    )]
     models: Vec<String>,
     /// How many requests to keep for GET /_mock/requests (0: record nothing).
     #[arg(long, default_value_t = 10_000)]
@@ -182,7 +187,10 @@ async fn run(args: Args) -> io::Result<()> {
         writeln!(out, "listening http://{addr}")?;
         out.flush()?;
     }
-    let anthropic_key = args.expect_anthropic_key.clone().or_else(|| args.expect_key.clone());
+    let anthropic_key = args
+        .expect_anthropic_key
+        .clone()
+        .or_else(|| args.expect_key.clone());
     let mock = Arc::new(Mock {
         openai_key: args.expect_key,
         anthropic_key,
@@ -204,7 +212,10 @@ async fn run(args: Args) -> io::Result<()> {
         let mock = mock.clone();
         tokio::spawn(async move {
             let reset = Arc::new(AtomicBool::new(false));
-            let io = TokioIo::new(ResettableStream { inner: stream, reset: reset.clone() });
+            let io = TokioIo::new(ResettableStream {
+                inner: stream,
+                reset: reset.clone(),
+            });
             let service = hyper::service::service_fn(move |req| {
                 let mock = mock.clone();
                 let reset = reset.clone();
@@ -213,7 +224,10 @@ async fn run(args: Args) -> io::Result<()> {
                         Outcome::Respond(response) => Ok(response),
                         Outcome::Reset => {
                             reset.store(true, Ordering::SeqCst);
-                            Err(io::Error::new(io::ErrorKind::ConnectionReset, "mock: reset as asked"))
+                            Err(io::Error::new(
+                                io::ErrorKind::ConnectionReset,
+                                "mock: reset as asked",
+                            ))
                         }
                     }
                 }
@@ -248,13 +262,21 @@ impl Drop for ResettableStream {
 }
 
 impl AsyncRead for ResettableStream {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for ResettableStream {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -283,6 +305,12 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
 
+    if path == "/health" {
+        return Outcome::Respond(common::json_response(
+            StatusCode::OK,
+            &serde_json::json!({"status": "ok"}),
+        ));
+    }
     if path.starts_with("/_mock/") {
         let body = match read_body(body).await {
             Ok(body) => body,
@@ -294,25 +322,50 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
     let protocol = protocol_of(&path, &parts.headers);
     let body = match read_body(body).await {
         Ok(body) => body,
-        Err(e) => return Outcome::Respond(error_response(protocol, StatusCode::PAYLOAD_TOO_LARGE, &e, None)),
+        Err(e) => {
+            return Outcome::Respond(error_response(
+                protocol,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &e,
+                None,
+            ))
+        }
     };
-    let json: Option<serde_json::Value> = if body.is_empty() { None } else { serde_json::from_slice(&body).ok() };
-    let model = json.as_ref().and_then(|v| v.get("model")).and_then(|m| m.as_str()).map(str::to_owned);
+    let json: Option<serde_json::Value> = if body.is_empty() {
+        None
+    } else {
+        serde_json::from_slice(&body).ok()
+    };
+    let model = json
+        .as_ref()
+        .and_then(|v| v.get("model"))
+        .and_then(|m| m.as_str())
+        .map(str::to_owned);
 
     let header_rule = parts
         .headers
         .get("x-mock-behaviour")
         .and_then(|v| v.to_str().ok())
-        .map(|s| serde_json::from_str::<Behaviour>(s).map_err(|e| format!("bad x-mock-behaviour header: {e}")));
+        .map(|s| {
+            serde_json::from_str::<Behaviour>(s)
+                .map_err(|e| format!("bad x-mock-behaviour header: {e}"))
+        });
     let behaviour = match header_rule {
         Some(Ok(b)) => Some(b),
         Some(Err(message)) => {
-            return Outcome::Respond(error_response(protocol, StatusCode::BAD_REQUEST, &message, None));
+            return Outcome::Respond(error_response(
+                protocol,
+                StatusCode::BAD_REQUEST,
+                &message,
+                None,
+            ));
         }
         None => mock.rules.take_match(model.as_deref(), &path),
     };
 
-    let record_id = mock.recorder.record(&parts, &body, received_at, behaviour.as_ref());
+    let record_id = mock
+        .recorder
+        .record(&parts, &body, received_at, behaviour.as_ref());
 
     let behaviour = behaviour.unwrap_or_default();
     if let Some(delay) = behaviour.delay_ms.filter(|d| *d > 0) {
@@ -324,10 +377,15 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
     if let Some(status) = behaviour.status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let message = format!("mock: injected status {}", status.as_u16());
-        return Outcome::Respond(error_response(protocol, status, &message, behaviour.retry_after));
+        return Outcome::Respond(error_response(
+            protocol,
+            status,
+            &message,
+            behaviour.retry_after,
+        ));
     }
-    if let Err(response) = check_key(mock, protocol, &parts.headers) {
-        return Outcome::Respond(response);
+    if let Err((status, message)) = check_key(mock, protocol, &parts.headers) {
+        return Outcome::Respond(error_response(protocol, status, message, None));
     }
 
     let pacing = common::Pacing {
@@ -354,8 +412,14 @@ fn route(
     let need_json = || -> Result<&serde_json::Value, (StatusCode, String)> {
         match json {
             Some(v) if v.is_object() => Ok(v),
-            _ if raw.is_empty() => Err((StatusCode::BAD_REQUEST, "the request body is empty; expected JSON".into())),
-            _ => Err((StatusCode::BAD_REQUEST, "the request body is not a JSON object".into())),
+            _ if raw.is_empty() => Err((
+                StatusCode::BAD_REQUEST,
+                "the request body is empty; expected JSON".into(),
+            )),
+            _ => Err((
+                StatusCode::BAD_REQUEST,
+                "the request body is not a JSON object".into(),
+            )),
         }
     };
     match (method, path) {
@@ -369,11 +433,22 @@ fn route(
         (&Method::POST, "/v1/responses") => openai::responses(mock, need_json()?),
         (&Method::POST, "/v1/messages") => anthropic::messages(mock, need_json()?),
         (&Method::POST, "/v1/messages/count_tokens") => anthropic::count_tokens(need_json()?),
-        (_, "/v1/models" | "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/responses")
-        | (_, "/v1/messages" | "/v1/messages/count_tokens") => {
-            Err((StatusCode::METHOD_NOT_ALLOWED, format!("method {method} not allowed on {path}")))
-        }
-        _ => Err((StatusCode::NOT_FOUND, format!("no route for {method} {path}"))),
+        (
+            _,
+            "/v1/models"
+            | "/v1/chat/completions"
+            | "/v1/completions"
+            | "/v1/embeddings"
+            | "/v1/responses",
+        )
+        | (_, "/v1/messages" | "/v1/messages/count_tokens") => Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed on {path}"),
+        )),
+        _ => Err((
+            StatusCode::NOT_FOUND,
+            format!("no route for {method} {path}"),
+        )),
     }
 }
 
@@ -386,36 +461,42 @@ fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
     }
 }
 
-fn check_key(mock: &Mock, protocol: Protocol, headers: &HeaderMap) -> Result<(), Response<MockBody>> {
+/// Checks the upstream key; on failure, the status and message to answer with.
+fn check_key(
+    mock: &Mock,
+    protocol: Protocol,
+    headers: &HeaderMap,
+) -> Result<(), (StatusCode, &'static str)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match protocol {
         Protocol::OpenAi => {
-            let Some(expected) = &mock.openai_key else { return Ok(()) };
+            let Some(expected) = &mock.openai_key else {
+                return Ok(());
+            };
             let presented = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
-            if presented == Some(expected.as_str()) {
-                Ok(())
-            } else {
-                let message = if presented.is_none() {
-                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-                } else {
-                    "Incorrect API key provided."
-                };
-                Err(error_response(protocol, StatusCode::UNAUTHORIZED, message, None))
+            match presented {
+                Some(key) if key == expected.as_str() => Ok(()),
+                None => Err((
+                    StatusCode::UNAUTHORIZED,
+                    "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                )),
+                Some(_) => Err((StatusCode::UNAUTHORIZED, "Incorrect API key provided.")),
             }
         }
         Protocol::Anthropic => {
-            let Some(expected) = &mock.anthropic_key else { return Ok(()) };
+            let Some(expected) = &mock.anthropic_key else {
+                return Ok(());
+            };
             // The real API takes the key as `x-api-key` or, as current SDKs send it, as a Bearer token.
-            let presented = header("x-api-key").or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")));
+            let presented = header("x-api-key")
+                .or_else(|| header("authorization").and_then(|v| v.strip_prefix("Bearer ")));
             if presented != Some(expected.as_str()) {
-                return Err(error_response(protocol, StatusCode::UNAUTHORIZED, "invalid x-api-key", None));
+                return Err((StatusCode::UNAUTHORIZED, "invalid x-api-key"));
             }
             if header("anthropic-version").is_none() {
-                return Err(error_response(
-                    protocol,
+                return Err((
                     StatusCode::BAD_REQUEST,
                     "anthropic-version: header is required",
-                    None,
                 ));
             }
             Ok(())
@@ -424,12 +505,23 @@ fn check_key(mock: &Mock, protocol: Protocol, headers: &HeaderMap) -> Result<(),
 }
 
 /// An error in the provider's own shape.
-pub fn error_response(protocol: Protocol, status: StatusCode, message: &str, retry_after: Option<u64>) -> Response<MockBody> {
+pub fn error_response(
+    protocol: Protocol,
+    status: StatusCode,
+    message: &str,
+    retry_after: Option<u64>,
+) -> Response<MockBody> {
     let value = match protocol {
         Protocol::OpenAi => {
             let (kind, code) = match status.as_u16() {
-                401 => ("invalid_request_error", serde_json::json!("invalid_api_key")),
-                404 => ("invalid_request_error", serde_json::json!("model_not_found")),
+                401 => (
+                    "invalid_request_error",
+                    serde_json::json!("invalid_api_key"),
+                ),
+                404 => (
+                    "invalid_request_error",
+                    serde_json::json!("model_not_found"),
+                ),
                 429 => ("requests", serde_json::json!("rate_limit_exceeded")),
                 400..=499 => ("invalid_request_error", serde_json::Value::Null),
                 _ => ("server_error", serde_json::Value::Null),

@@ -73,9 +73,18 @@ def runtime(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+# Runtimes whose gate could not start with the default config: the factory fails fast for them
+# instead of waiting out the startup deadline once per test.
+_FAILED_RUNTIMES: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def gate(runtime: str, mock: MockUpstream, work_root: Path):
-    server = Gate.start(work_root / f"gate-{runtime}", runtime, default_upstreams(mock))
+    try:
+        server = Gate.start(work_root / f"gate-{runtime}", runtime, default_upstreams(mock))
+    except Exception as e:
+        _FAILED_RUNTIMES[runtime] = f"{type(e).__name__}: {e}"
+        raise
     yield server
     server.stop()
 
@@ -85,6 +94,8 @@ def gate_factory(runtime: str, tmp_path: Path):
     started: list[Gate] = []
 
     def start(upstreams, extra_top=None) -> Gate:
+        if runtime in _FAILED_RUNTIMES:
+            pytest.fail(f"gate ({runtime}) did not start with the default config: {_FAILED_RUNTIMES[runtime]}")
         server = Gate.start(tmp_path / f"gate-{len(started)}", runtime, upstreams, extra_top)
         started.append(server)
         return server

@@ -21,8 +21,16 @@ pub fn models(mock: &Mock) -> Answer {
         .iter()
         .map(|id| json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"}))
         .collect();
-    let first = data.first().and_then(|m| m.get("id")).cloned().unwrap_or(Value::Null);
-    let last = data.last().and_then(|m| m.get("id")).cloned().unwrap_or(Value::Null);
+    let first = data
+        .first()
+        .and_then(|m| m.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let last = data
+        .last()
+        .and_then(|m| m.get("id"))
+        .cloned()
+        .unwrap_or(Value::Null);
     Answer::Json(json!({"data": data, "has_more": false, "first_id": first, "last_id": last}))
 }
 
@@ -39,7 +47,11 @@ fn last_is_tool_result(messages: &[Value]) -> bool {
         .last()
         .and_then(|m| m.get("content"))
         .and_then(Value::as_array)
-        .is_some_and(|blocks| blocks.iter().any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result")))
+        .is_some_and(|blocks| {
+            blocks
+                .iter()
+                .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+        })
 }
 
 fn chosen_tool(request: &Value) -> Option<(String, Option<Value>)> {
@@ -49,7 +61,11 @@ fn chosen_tool(request: &Value) -> Option<(String, Option<Value>)> {
     if choice_type == Some("none") {
         return None;
     }
-    let forced = if choice_type == Some("tool") { choice.and_then(|c| c.get("name")).and_then(Value::as_str) } else { None };
+    let forced = if choice_type == Some("tool") {
+        choice.and_then(|c| c.get("name")).and_then(Value::as_str)
+    } else {
+        None
+    };
     let mut functions = tools.iter().filter_map(|t| {
         let name = t.get("name")?.as_str()?.to_owned();
         Some((name, t.get("input_schema").cloned()))
@@ -88,10 +104,17 @@ pub fn messages(mock: &Mock, request: &Value) -> Outcome {
         .and_then(|m| m.get("content"))
         .map(common::content_text)
         .unwrap_or_default();
-    let tool = if after_tool { None } else { chosen_tool(request) };
+    let tool = if after_tool {
+        None
+    } else {
+        chosen_tool(request)
+    };
     let id = format!("msg_mock{}", mock.next_id());
     let input_tokens = input_tokens(request);
-    let stream = request.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    let stream = request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
 
     let (block, stop_reason, output_tokens) = match &tool {
         Some((name, schema)) => {
@@ -114,8 +137,10 @@ pub fn messages(mock: &Mock, request: &Value) -> Outcome {
             "output_tokens": output, "service_tier": "standard"})
     };
     if !stream {
-        return Ok(Answer::Json(json!({"id": id, "type": "message", "role": "assistant", "model": model,
-            "content": [block], "stop_reason": stop_reason, "stop_sequence": null, "usage": usage(output_tokens)})));
+        return Ok(Answer::Json(
+            json!({"id": id, "type": "message", "role": "assistant", "model": model,
+            "content": [block], "stop_reason": stop_reason, "stop_sequence": null, "usage": usage(output_tokens)}),
+        ));
     }
 
     let mut events = vec![named_event(
@@ -157,19 +182,29 @@ pub fn messages(mock: &Mock, request: &Value) -> Outcome {
             }
         }
     }
-    events.push(named_event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+    events.push(named_event(
+        "content_block_stop",
+        &json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push(named_event(
         "message_delta",
         &json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
             "usage": {"output_tokens": output_tokens}}),
     ));
-    events.push(named_event("message_stop", &json!({"type": "message_stop"})));
+    events.push(named_event(
+        "message_stop",
+        &json!({"type": "message_stop"}),
+    ));
     Ok(Answer::Sse(events))
 }
 
 /// `POST /v1/messages/count_tokens`.
 pub fn count_tokens(request: &Value) -> Outcome {
-    if request.get("model").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if request
+        .get("model")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
         return Err(bad_request("model: Field required"));
     }
     messages_of(request)?;

@@ -19,12 +19,18 @@ use crate::{Mock, MockBody};
 
 /// Wall-clock time as Unix seconds (comparable with Python's `time.time()`).
 pub fn unix_now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Whole Unix seconds, for `created` fields.
 pub fn unix_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A JSON response with a known length.
@@ -32,9 +38,10 @@ pub fn json_response(status: StatusCode, value: &Value) -> Response<MockBody> {
     let bytes = Bytes::from(value.to_string());
     let mut response = Response::new(EventBody::once(bytes).boxed());
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -61,7 +68,9 @@ impl Answer {
                 if let Some((mock, id)) = &pacing.recorder {
                     mock.recorder.event_sent(*id, unix_now());
                 }
-                response.headers_mut().insert("x-request-id", http::HeaderValue::from_static("req_mock"));
+                response
+                    .headers_mut()
+                    .insert("x-request-id", http::HeaderValue::from_static("req_mock"));
                 response
             }
             Answer::Sse(events) => {
@@ -77,8 +86,14 @@ impl Answer {
                 };
                 let mut response = Response::new(body.boxed());
                 let headers = response.headers_mut();
-                headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/event-stream; charset=utf-8"));
-                headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-cache"));
+                headers.insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                );
+                headers.insert(
+                    http::header::CACHE_CONTROL,
+                    http::HeaderValue::from_static("no-cache"),
+                );
                 headers.insert("x-request-id", http::HeaderValue::from_static("req_mock"));
                 response
             }
@@ -129,25 +144,35 @@ impl Body for EventBody {
     type Data = Bytes;
     type Error = io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if this.events.is_empty() {
             return Poll::Ready(None);
         }
         if this.break_after.is_some_and(|n| this.sent >= n) {
             this.events.clear();
-            return Poll::Ready(Some(Err(io::Error::new(io::ErrorKind::BrokenPipe, "mock: stream cut as asked"))));
+            return Poll::Ready(Some(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "mock: stream cut as asked",
+            ))));
         }
         if this.sent > 0 && !this.pause.is_zero() && this.waited_for != this.sent {
             let pause = this.pause;
-            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
             this.sleep = None;
             this.waited_for = this.sent;
         }
-        let Some(chunk) = this.events.pop_front() else { return Poll::Ready(None) };
+        let Some(chunk) = this.events.pop_front() else {
+            return Poll::Ready(None);
+        };
         this.sent += 1;
         if let Some((mock, id)) = &this.recorder {
             mock.recorder.event_sent(*id, unix_now());
@@ -245,7 +270,11 @@ pub fn tool_arguments(schema: Option<&Value>) -> Value {
     let mut args = serde_json::Map::new();
     if let Some(Value::Object(props)) = schema.and_then(|s| s.get("properties")) {
         for (name, prop) in props {
-            let value = if let Some(first) = prop.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+            let value = if let Some(first) = prop
+                .get("enum")
+                .and_then(Value::as_array)
+                .and_then(|e| e.first())
+            {
                 first.clone()
             } else {
                 match prop.get("type").and_then(Value::as_str) {

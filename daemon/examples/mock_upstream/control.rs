@@ -48,7 +48,8 @@ pub struct Behaviour {
 
 impl Behaviour {
     fn matches(&self, model: Option<&str>, path: &str) -> bool {
-        self.model.as_deref().is_none_or(|m| Some(m) == model) && self.path.as_deref().is_none_or(|p| p == path)
+        self.model.as_deref().is_none_or(|m| Some(m) == model)
+            && self.path.as_deref().is_none_or(|p| p == path)
     }
 }
 
@@ -72,9 +73,9 @@ impl Rules {
         if rules.is_empty() {
             return None;
         }
-        let rule = rules
-            .iter_mut()
-            .find(|r| r.behaviour.matches(model, path) && r.behaviour.times.is_none_or(|t| r.used < t))?;
+        let rule = rules.iter_mut().find(|r| {
+            r.behaviour.matches(model, path) && r.behaviour.times.is_none_or(|t| r.used < t)
+        })?;
         rule.used += 1;
         Some(rule.behaviour.clone())
     }
@@ -82,7 +83,11 @@ impl Rules {
     fn add(&self, behaviour: Behaviour) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         if let Ok(mut rules) = self.rules.lock() {
-            rules.push(Rule { id, behaviour, used: 0 });
+            rules.push(Rule {
+                id,
+                behaviour,
+                used: 0,
+            });
         }
         id
     }
@@ -130,7 +135,11 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(limit: usize) -> Self {
-        Self { limit, records: Mutex::new(VecDeque::new()), next_id: AtomicU64::new(1) }
+        Self {
+            limit,
+            records: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(1),
+        }
     }
 
     /// Stores a request; returns its id (None when recording is off).
@@ -153,7 +162,12 @@ impl Recorder {
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body_b64: base64::engine::general_purpose::STANDARD.encode(body),
             received_at,
@@ -179,7 +193,9 @@ impl Recorder {
 
     fn list(&self) -> serde_json::Value {
         match self.records.lock() {
-            Ok(records) => serde_json::to_value(&*records).unwrap_or_else(|_| serde_json::json!([])),
+            Ok(records) => {
+                serde_json::to_value(&*records).unwrap_or_else(|_| serde_json::json!([]))
+            }
             Err(_) => serde_json::json!([]),
         }
     }
@@ -194,12 +210,16 @@ impl Recorder {
 /// Serves `/_mock/...`.
 pub fn handle(mock: &Mock, method: &Method, path: &str, body: &Bytes) -> http::Response<MockBody> {
     match (method, path) {
-        (&Method::GET, "/_mock/requests") => common::json_response(StatusCode::OK, &mock.recorder.list()),
+        (&Method::GET, "/_mock/requests") => {
+            common::json_response(StatusCode::OK, &mock.recorder.list())
+        }
         (&Method::DELETE, "/_mock/requests") => {
             mock.recorder.clear();
             common::json_response(StatusCode::OK, &serde_json::json!({"cleared": true}))
         }
-        (&Method::GET, "/_mock/behaviour") => common::json_response(StatusCode::OK, &mock.rules.list()),
+        (&Method::GET, "/_mock/behaviour") => {
+            common::json_response(StatusCode::OK, &mock.rules.list())
+        }
         (&Method::DELETE, "/_mock/behaviour") => {
             mock.rules.clear();
             common::json_response(StatusCode::OK, &serde_json::json!({"cleared": true}))
@@ -211,7 +231,10 @@ pub fn handle(mock: &Mock, method: &Method, path: &str, body: &Bytes) -> http::R
             }
             Err(e) => plain_error(StatusCode::BAD_REQUEST, &format!("bad behaviour rule: {e}")),
         },
-        _ => plain_error(StatusCode::NOT_FOUND, &format!("no control route {method} {path}")),
+        _ => plain_error(
+            StatusCode::NOT_FOUND,
+            &format!("no control route {method} {path}"),
+        ),
     }
 }
 

@@ -23,7 +23,10 @@ fn required_model(request: &Value) -> Result<String, (StatusCode, String)> {
 }
 
 fn wants_stream(request: &Value) -> bool {
-    request.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    request
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
 }
 
 /// `GET /v1/models`.
@@ -44,7 +47,11 @@ fn chosen_tool(request: &Value, nested: bool) -> Option<(String, Option<Value>)>
     if choice.and_then(Value::as_str) == Some("none") {
         return None;
     }
-    let forced = choice.and_then(|c| c.get("function").and_then(|f| f.get("name")).or_else(|| c.get("name")));
+    let forced = choice.and_then(|c| {
+        c.get("function")
+            .and_then(|f| f.get("name"))
+            .or_else(|| c.get("name"))
+    });
     let functions = tools.iter().filter_map(|t| {
         let f = if nested { t.get("function")? } else { t };
         let name = f.get("name")?.as_str()?.to_owned();
@@ -65,9 +72,12 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
         .and_then(Value::as_array)
         .ok_or_else(|| bad_request("'messages' is a required property"))?;
     let last = messages.last();
-    let last_is_tool_result = last.and_then(|m| m.get("role")).and_then(Value::as_str) == Some("tool");
+    let last_is_tool_result =
+        last.and_then(|m| m.get("role")).and_then(Value::as_str) == Some("tool");
     let prompt = if last_is_tool_result {
-        last.and_then(|m| m.get("content")).map(common::content_text).unwrap_or_default()
+        last.and_then(|m| m.get("content"))
+            .map(common::content_text)
+            .unwrap_or_default()
     } else {
         messages
             .iter()
@@ -77,7 +87,11 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
             .map(common::content_text)
             .unwrap_or_default()
     };
-    let tool = if last_is_tool_result { None } else { chosen_tool(request, true) };
+    let tool = if last_is_tool_result {
+        None
+    } else {
+        chosen_tool(request, true)
+    };
     let id = format!("chatcmpl-mock{}", mock.next_id());
     let created = common::unix_secs();
     let prompt_tokens = common::count_words(&Value::Array(messages.clone()));
@@ -100,17 +114,29 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
                 })));
             }
             let include_usage = include_usage(request);
-            let chunk = |delta: Value, finish: Value| chunk(&id, created, &model, delta, finish, include_usage);
+            let chunk = |delta: Value, finish: Value| {
+                chunk(&id, created, &model, delta, finish, include_usage)
+            };
             let mut events = vec![chunk(
                 json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [{"index": 0, "id": call_id,
                     "type": "function", "function": {"name": name, "arguments": ""}}]}),
                 Value::Null,
             )];
             for fragment in common::fragments(&arguments, 4) {
-                events.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}), Value::Null));
+                events.push(chunk(
+                    json!({"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}),
+                    Value::Null,
+                ));
             }
             events.push(chunk(json!({}), json!("tool_calls")));
-            Ok(Answer::Sse(finish_chat_stream(events, &id, created, &model, include_usage, usage)))
+            Ok(Answer::Sse(finish_chat_stream(
+                events,
+                &id,
+                created,
+                &model,
+                include_usage,
+                usage,
+            )))
         }
         None => {
             let text = common::reply_text(&prompt);
@@ -124,13 +150,25 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
                 })));
             }
             let include_usage = include_usage(request);
-            let chunk = |delta: Value, finish: Value| chunk(&id, created, &model, delta, finish, include_usage);
-            let mut events = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), Value::Null)];
+            let chunk = |delta: Value, finish: Value| {
+                chunk(&id, created, &model, delta, finish, include_usage)
+            };
+            let mut events = vec![chunk(
+                json!({"role": "assistant", "content": "", "refusal": null}),
+                Value::Null,
+            )];
             for delta in common::text_deltas(&text) {
                 events.push(chunk(json!({"content": delta}), Value::Null));
             }
             events.push(chunk(json!({}), json!("stop")));
-            Ok(Answer::Sse(finish_chat_stream(events, &id, created, &model, include_usage, usage)))
+            Ok(Answer::Sse(finish_chat_stream(
+                events,
+                &id,
+                created,
+                &model,
+                include_usage,
+                usage,
+            )))
         }
     }
 }
@@ -151,7 +189,14 @@ fn usage(prompt_tokens: u64, completion_tokens: u64) -> Value {
             "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}})
 }
 
-fn chunk(id: &str, created: u64, model: &str, delta: Value, finish: Value, include_usage: bool) -> Bytes {
+fn chunk(
+    id: &str,
+    created: u64,
+    model: &str,
+    delta: Value,
+    finish: Value,
+    include_usage: bool,
+) -> Bytes {
     let mut value = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
         "service_tier": "default", "system_fingerprint": "fp_mock",
         "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
@@ -170,9 +215,11 @@ fn finish_chat_stream(
     usage: Value,
 ) -> Vec<Bytes> {
     if include_usage {
-        events.push(data_event(&json!({"id": id, "object": "chat.completion.chunk", "created": created,
+        events.push(data_event(
+            &json!({"id": id, "object": "chat.completion.chunk", "created": created,
             "model": model, "service_tier": "default", "system_fingerprint": "fp_mock",
-            "choices": [], "usage": usage})));
+            "choices": [], "usage": usage}),
+        ));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     events
@@ -183,7 +230,11 @@ pub fn completions(mock: &Mock, request: &Value) -> Outcome {
     let model = required_model(request)?;
     let prompt = match request.get("prompt") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
         Some(_) => String::new(),
         None => return Err(bad_request("'prompt' is a required property")),
     };
@@ -195,10 +246,12 @@ pub fn completions(mock: &Mock, request: &Value) -> Outcome {
     let usage = json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens});
     if !wants_stream(request) {
-        return Ok(Answer::Json(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        return Ok(Answer::Json(
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
             "system_fingerprint": "fp_mock",
             "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": "stop"}],
-            "usage": usage})));
+            "usage": usage}),
+        ));
     }
     let include_usage = include_usage(request);
     let piece = |text: &str, finish: Value| {
@@ -210,11 +263,16 @@ pub fn completions(mock: &Mock, request: &Value) -> Outcome {
         }
         data_event(&v)
     };
-    let mut events: Vec<Bytes> = common::text_deltas(&text).iter().map(|d| piece(d, Value::Null)).collect();
+    let mut events: Vec<Bytes> = common::text_deltas(&text)
+        .iter()
+        .map(|d| piece(d, Value::Null))
+        .collect();
     events.push(piece("", json!("stop")));
     if include_usage {
-        events.push(data_event(&json!({"id": id, "object": "text_completion", "created": created,
-            "model": model, "choices": [], "usage": usage})));
+        events.push(data_event(
+            &json!({"id": id, "object": "text_completion", "created": created,
+            "model": model, "choices": [], "usage": usage}),
+        ));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
     Ok(Answer::Sse(events))
@@ -225,18 +283,31 @@ pub fn embeddings(request: &Value) -> Outcome {
     let model = required_model(request)?;
     let inputs: Vec<String> = match request.get("input") {
         Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
-            items.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         // Token ids: one input of numbers, or many.
-        Some(Value::Array(items)) if items.iter().all(Value::is_number) => vec![Value::Array(items.clone()).to_string()],
-        Some(Value::Array(items)) if items.iter().all(Value::is_array) => items.iter().map(Value::to_string).collect(),
-        _ => return Err(bad_request("'input' must be a string, an array of strings, or token arrays")),
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => {
+            vec![Value::Array(items.clone()).to_string()]
+        }
+        Some(Value::Array(items)) if items.iter().all(Value::is_array) => {
+            items.iter().map(Value::to_string).collect()
+        }
+        _ => {
+            return Err(bad_request(
+                "'input' must be a string, an array of strings, or token arrays",
+            ))
+        }
     };
     if inputs.is_empty() {
         return Err(bad_request("'input' must not be empty"));
     }
-    let dimensions = request.get("dimensions").and_then(Value::as_u64).unwrap_or(16);
+    let dimensions = request
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(16);
     if dimensions == 0 || dimensions > 4096 {
         return Err(bad_request("'dimensions' must be between 1 and 4096"));
     }
@@ -257,13 +328,17 @@ pub fn embeddings(request: &Value) -> Outcome {
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    Ok(Answer::Json(json!({"object": "list", "data": data, "model": model,
-        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})))
+    Ok(Answer::Json(
+        json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}),
+    ))
 }
 
 /// A unit vector seeded by an FNV-1a hash of the text (same text, same vector).
 fn embedding_vector(text: &str, dimensions: usize) -> Vec<f32> {
-    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut state = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
     let raw: Vec<f32> = (0..dimensions)
         .map(|_| {
             // xorshift64*
@@ -285,13 +360,20 @@ fn embedding_vector(text: &str, dimensions: usize) -> Vec<f32> {
 /// `POST /v1/responses`.
 pub fn responses(mock: &Mock, request: &Value) -> Outcome {
     let model = required_model(request)?;
-    let input = request.get("input").ok_or_else(|| bad_request("'input' is a required property"))?;
+    let input = request
+        .get("input")
+        .ok_or_else(|| bad_request("'input' is a required property"))?;
     let (prompt, last_is_tool_output) = match input {
         Value::String(s) => (s.clone(), false),
         Value::Array(items) => {
             let last = items.last();
-            if last.and_then(|i| i.get("type")).and_then(Value::as_str) == Some("function_call_output") {
-                let output = last.and_then(|i| i.get("output")).map(common::content_text).unwrap_or_default();
+            if last.and_then(|i| i.get("type")).and_then(Value::as_str)
+                == Some("function_call_output")
+            {
+                let output = last
+                    .and_then(|i| i.get("output"))
+                    .map(common::content_text)
+                    .unwrap_or_default();
                 (output, true)
             } else {
                 let text = items
@@ -304,9 +386,17 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
                 (text, false)
             }
         }
-        _ => return Err(bad_request("'input' must be a string or an array of input items")),
+        _ => {
+            return Err(bad_request(
+                "'input' must be a string or an array of input items",
+            ))
+        }
     };
-    let tool = if last_is_tool_output { None } else { chosen_tool(request, false) };
+    let tool = if last_is_tool_output {
+        None
+    } else {
+        chosen_tool(request, false)
+    };
     let id = format!("resp_mock{}", mock.next_id());
     let item_id = format!("msg_mock{}", mock.next_id());
     let created = common::unix_secs();
@@ -359,15 +449,24 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
         seq += 1;
         events.push(named_event(name, &data));
     };
-    push("response.created", json!({"response": response("in_progress", vec![], Value::Null)}));
-    push("response.in_progress", json!({"response": response("in_progress", vec![], Value::Null)}));
+    push(
+        "response.created",
+        json!({"response": response("in_progress", vec![], Value::Null)}),
+    );
+    push(
+        "response.in_progress",
+        json!({"response": response("in_progress", vec![], Value::Null)}),
+    );
     match &tool {
         Some((name, _)) => {
             let arguments = done_item["arguments"].as_str().unwrap_or("{}").to_owned();
             let mut added = done_item.clone();
             added["arguments"] = json!("");
             added["status"] = json!("in_progress");
-            push("response.output_item.added", json!({"output_index": 0, "item": added}));
+            push(
+                "response.output_item.added",
+                json!({"output_index": 0, "item": added}),
+            );
             for fragment in common::fragments(&arguments, 4) {
                 push(
                     "response.function_call_arguments.delta",
@@ -380,7 +479,10 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
             );
         }
         None => {
-            let text = done_item["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+            let text = done_item["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             push(
                 "response.output_item.added",
                 json!({"output_index": 0, "item": {"type": "message", "id": item_id, "status": "in_progress",
@@ -408,7 +510,13 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
             );
         }
     }
-    push("response.output_item.done", json!({"output_index": 0, "item": done_item}));
-    push("response.completed", json!({"response": response("completed", vec![done_item.clone()], usage)}));
+    push(
+        "response.output_item.done",
+        json!({"output_index": 0, "item": done_item}),
+    );
+    push(
+        "response.completed",
+        json!({"response": response("completed", vec![done_item.clone()], usage)}),
+    );
     Ok(Answer::Sse(events))
 }
