@@ -198,17 +198,22 @@ def test_behaviour_pause_between_events(openai_direct, mock: MockUpstream):
 
 
 def test_behaviour_break_after(openai_direct, anthropic_direct, mock: MockUpstream):
+    # The events before the cut arrive; then the connection drops and the SDK raises.
     mock.behave(break_after=2, times=2)
+    received = []
     with pytest.raises((openai.APIError, httpx.HTTPError)):
-        for _chunk in openai_direct.chat.completions.create(
+        for chunk in openai_direct.chat.completions.create(
             model=OPENAI_CHAT_MODEL, messages=[{"role": "user", "content": "a b c d e"}], stream=True
         ):
-            pass
+            received.append(chunk)
+    assert len(received) == 2
+    events = []
     with pytest.raises((anthropic.APIError, httpx.HTTPError)):
-        for _event in anthropic_direct.messages.create(
+        for event in anthropic_direct.messages.create(
             model="claude-mock-1", max_tokens=8, messages=[{"role": "user", "content": "a b c d e"}], stream=True
         ):
-            pass
+            events.append(event.type)
+    assert events == ["message_start", "content_block_start"]
 
 
 def test_behaviour_per_request_header(mock: MockUpstream):

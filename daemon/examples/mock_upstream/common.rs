@@ -111,6 +111,9 @@ pub fn data_event(data: &Value) -> Bytes {
     Bytes::from(format!("data: {data}\n\n"))
 }
 
+/// How long a stream that is to be cut waits, after its last event, for that event to be flushed.
+const FLUSH_BEFORE_BREAK: Duration = Duration::from_millis(50);
+
 /// The body: each chunk its own frame, with an optional pause between chunks and an optional
 /// cut after some of them. Send times go to the recorder.
 pub struct EventBody {
@@ -153,6 +156,15 @@ impl Body for EventBody {
             return Poll::Ready(None);
         }
         if this.break_after.is_some_and(|n| this.sent >= n) {
+            // Let hyper flush the events already handed over (it writes while the body is
+            // pending), then cut: the client gets exactly `break_after` events.
+            let sleep = this
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(FLUSH_BEFORE_BREAK)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.sleep = None;
             this.events.clear();
             return Poll::Ready(Some(Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
