@@ -14,6 +14,13 @@ import pytest
 
 import checks
 from conftest import anthropic_for, openai_for
+try:  # the current SDKs speak through httpx2; older ones through httpx
+    import httpx2
+
+    TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx.HTTPError, httpx2.HTTPError)
+except ImportError:
+    TRANSPORT_ERRORS = (httpx.HTTPError,)
+
 from e2e_support import (
     ANTHROPIC_MOCK_MODELS,
     ANTHROPIC_UPSTREAM_KEY,
@@ -201,14 +208,14 @@ def test_behaviour_break_after(openai_direct, anthropic_direct, mock: MockUpstre
     # The events before the cut arrive; then the connection drops and the SDK raises.
     mock.behave(break_after=2, times=2)
     received = []
-    with pytest.raises((openai.APIError, httpx.HTTPError)):
+    with pytest.raises((openai.APIError, *TRANSPORT_ERRORS)):
         for chunk in openai_direct.chat.completions.create(
             model=OPENAI_CHAT_MODEL, messages=[{"role": "user", "content": "a b c d e"}], stream=True
         ):
             received.append(chunk)
     assert len(received) == 2
     events = []
-    with pytest.raises((anthropic.APIError, httpx.HTTPError)):
+    with pytest.raises((anthropic.APIError, *TRANSPORT_ERRORS)):
         for event in anthropic_direct.messages.create(
             model="claude-mock-1", max_tokens=8, messages=[{"role": "user", "content": "a b c d e"}], stream=True
         ):
