@@ -72,8 +72,10 @@
 //!   `delay_ms` waits before the response head; `reset` then drops the connection with a TCP RST
 //!   and no response; `status` answers with that status and an error body in the provider's shape
 //!   (plus `retry-after` when `retry_after` is set); otherwise the normal answer is sent with
-//!   `pause_ms` between stream events and, with `break_after: N`, the connection is cut after N
-//!   events (no clean end of stream). Answers `{"id": N}`.
+//!   `pause_ms` between stream events and, with `break_after: N`, the connection is cut once the
+//!   first N events are flushed (no clean end of stream; applies to streamed answers only).
+//!   Answers `{"id": N}`. A slow upstream for timeout tests is `delay_ms` larger than the
+//!   client's timeout.
 //! - `GET /health` answers `{"status":"ok"}` (readiness probe; not recorded).
 //! - `GET /_mock/behaviour` lists the rules; `DELETE /_mock/behaviour` removes them all.
 //! - A single request may also carry its own rule in the header `x-mock-behaviour: <json>`
