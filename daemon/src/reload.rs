@@ -27,9 +27,7 @@ use crate::{settings, state};
 
 /// How often the files are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the upstreams are asked again which models they serve (also at start and
-/// after every reload).
-pub const DISCOVERY_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp(Option<(SystemTime, u64)>);
@@ -148,7 +146,6 @@ impl<R: Runtime> Reloader<R> {
             Ok(loaded) => {
                 *lock(&self.current) = loaded;
                 *lock(&self.last_error) = None;
-                self.spawn_model_discovery();
                 tracing::info!(
                     file = %settings::runtime_file(&self.state_dir).display(),
                     "configuration reloaded"
@@ -165,13 +162,6 @@ impl<R: Runtime> Reloader<R> {
                 Err(message)
             }
         }
-    }
-
-    /// Asks the upstreams for their model lists in the background.
-    fn spawn_model_discovery(&self) {
-        let gateway = self.gateway.clone();
-        self.rt
-            .spawn(async move { gateway.discover_models().await });
     }
 
     /// Reloads the API key store into the gateway.
@@ -223,20 +213,13 @@ impl<R: Runtime> Reloader<R> {
         Ok(result)
     }
 
-    /// Watches the files forever, applying changes; asks the upstreams for their models
-    /// at start and every [`DISCOVERY_INTERVAL`].
+    /// Watches the files forever, applying changes.
     pub async fn watch(self: Arc<Self>) {
         let rt = self.rt.clone();
         let runtime_path = settings::runtime_file(&self.state_dir);
         let tokens_path = TokenStore::path_in(&self.state_dir);
-        self.spawn_model_discovery();
-        let mut last_discovery = std::time::Instant::now();
         loop {
             rt.sleep(POLL_INTERVAL).await;
-            if last_discovery.elapsed() >= DISCOVERY_INTERVAL {
-                last_discovery = std::time::Instant::now();
-                self.spawn_model_discovery();
-            }
             let (runtime_now, tokens_now) = (stamp(&runtime_path), stamp(&tokens_path));
             let (runtime_changed, tokens_changed) = {
                 let mut seen = lock(&self.seen);
