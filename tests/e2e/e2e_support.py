@@ -228,9 +228,18 @@ def toml_value(value: Any) -> str:
 def render_config(port: int, upstreams: dict[str, dict[str, Any]], extra_top: dict[str, Any] | None = None) -> str:
     """The gate config TOML (DESIGN.md §6). Upstreams are written in the given order."""
     lines = ['host = "127.0.0.1"', f"port = {port}"]
+    tables = {}
     for key, value in (extra_top or {}).items():
-        lines.append(f"{key} = {toml_value(value)}")
+        if isinstance(value, dict):
+            tables[key] = value
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
     lines.append("")
+    for table, fields in tables.items():
+        lines.append(f"[{table}]")
+        for key, value in fields.items():
+            lines.append(f"{key} = {toml_value(value)}")
+        lines.append("")
     for name, fields in upstreams.items():
         lines.append(f"[upstreams.{name}]")
         for key, value in fields.items():
@@ -363,7 +372,6 @@ def make_unsigned_jwt() -> str:
     return b64({"alg": "none", "typ": "JWT"}) + "." + b64({"sub": "e2e", "iss": JWT_ISSUER, "iat": now, "exp": now + 3600}) + "."
 
 
-# Contract assumption for the timeout failover test: per-upstream timeouts in the gate config
-# (DESIGN.md names no keys yet). Connect timeout, and the idle timeout that also bounds the
-# wait for the response head. Change here if gate names them differently.
-UPSTREAM_TIMEOUTS = {"connect_timeout_ms": 1000, "idle_timeout_ms": 1000}
+# Gate's upstream timeouts (`[server]` in the config): the connect timeout, and the idle
+# timeout that also bounds the wait for the response head.
+SHORT_TIMEOUTS = {"server": {"connect_timeout_secs": 1, "idle_timeout_secs": 1}}

@@ -20,7 +20,7 @@ from conftest import anthropic_for, openai_for
 from e2e_support import (
     ANTHROPIC_UPSTREAM_KEY,
     OPENAI_UPSTREAM_KEY,
-    UPSTREAM_TIMEOUTS,
+    SHORT_TIMEOUTS,
     anthropic_upstream,
     free_port,
     make_jwt,
@@ -85,7 +85,7 @@ def test_failover_on_connection_reset(gate_factory, primary, mock):
 def test_failover_on_timeout(gate_factory, primary, mock):
     # The primary holds the response head for a minute; gate's upstream timeout is 1 s.
     primary.behave(delay_ms=60_000)
-    gate = gate_factory(openai_pair(primary.url, mock.url, **UPSTREAM_TIMEOUTS))
+    gate = gate_factory(openai_pair(primary.url, mock.url), SHORT_TIMEOUTS)
     chat_ok(gate)
     assert len(primary.requests("/v1/chat/completions")) == 1
     assert len(mock.requests("/v1/chat/completions")) == 1
