@@ -28,7 +28,6 @@ use crate::{settings, state};
 /// How often the files are checked.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct Stamp(Option<(SystemTime, u64)>);
 
