@@ -211,6 +211,7 @@ pub struct AcmeManager<R: Runtime, S: ChallengeSetter> {
     account_path: PathBuf,
     status: Arc<Mutex<AcmeStatus>>,
     stopped: Arc<AtomicBool>,
+    running: Arc<AtomicBool>,
 }
 
 impl<R: Runtime, S: ChallengeSetter> Clone for AcmeManager<R, S> {
@@ -223,6 +224,7 @@ impl<R: Runtime, S: ChallengeSetter> Clone for AcmeManager<R, S> {
             account_path: self.account_path.clone(),
             status: self.status.clone(),
             stopped: self.stopped.clone(),
+            running: self.running.clone(),
         }
     }
 }
@@ -248,6 +250,7 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
             account_path: state_dir.join("acme").join("account.json"),
             status: Arc::new(Mutex::new(status)),
             stopped: Arc::new(AtomicBool::new(false)),
+            running: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -261,9 +264,14 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
         &self.store
     }
 
-    /// Asks [`AcmeManager::run`] to return at its next wake-up.
+    /// Asks [`AcmeManager::run`] to return at its next wake-up (after an attempt in flight).
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`AcmeManager::run`] is still looping.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
     }
 
     /// When the certificate now served should be renewed (now for a self-signed one).
@@ -305,8 +313,10 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
     pub async fn run(self) {
         /// Re-check the schedule at least this often (wall-clock jumps, stop requests).
         const MAX_NAP: Duration = Duration::from_secs(3600);
+        self.running.store(true, Ordering::SeqCst);
         loop {
             if self.stopped.load(Ordering::SeqCst) {
+                self.running.store(false, Ordering::SeqCst);
                 return;
             }
             let now = SystemTime::now();
