@@ -378,7 +378,10 @@ mod tests {
         assert_ne!(info.serial, first.serial);
         let (key_path, chain_path) = store.paths();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&key_path).expect("key").permissions().mode();
+        let mode = std::fs::metadata(&key_path)
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert!(chain_path.exists());
 
@@ -415,7 +418,10 @@ mod tests {
             &["A.example.test".into(), "b.example.test.".into()],
             &["a.example.test".into(), "".into(), "c.example.test".into()],
         );
-        assert_eq!(names, ["a.example.test", "b.example.test", "c.example.test"]);
+        assert_eq!(
+            names,
+            ["a.example.test", "b.example.test", "c.example.test"]
+        );
     }
 
     #[test]

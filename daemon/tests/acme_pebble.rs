@@ -38,7 +38,10 @@ impl<R: Runtime> ChallengeSetter for DirectSetter<R> {
             .map_err(|e| e.to_string())
     }
     async fn clear(&self, record_name: &str) -> Result<(), String> {
-        self.records.clear(record_name).await.map_err(|e| e.to_string())
+        self.records
+            .clear(record_name)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -187,7 +190,10 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     );
 
     // First certificate.
-    let first = manager.renew_now().await.expect("a certificate from Pebble");
+    let first = manager
+        .renew_now()
+        .await
+        .expect("a certificate from Pebble");
     assert!(!first.self_signed);
     assert_eq!(first.names, names);
     let status = manager.status();
@@ -196,10 +202,16 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     assert!(fake.records().is_empty(), "challenge records are removed");
     {
         use std::os::unix::fs::PermissionsExt;
-        let key_mode = std::fs::metadata(store.paths().0).expect("key").permissions().mode();
+        let key_mode = std::fs::metadata(store.paths().0)
+            .expect("key")
+            .permissions()
+            .mode();
         assert_eq!(key_mode & 0o777, 0o600);
         let account = state_dir.join("acme/account.json");
-        let mode = std::fs::metadata(account).expect("account").permissions().mode();
+        let mode = std::fs::metadata(account)
+            .expect("account")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let (mut open_conn, leaf) = connect(&rt, port, &pebble_root)
@@ -230,7 +242,11 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     let (_, leaf) = connect(&rt, port, &pebble_root)
         .await
         .expect("the renewed certificate verifies");
-    assert_ne!(serial_of(&leaf), first.serial, "a new connection sees the new certificate");
+    assert_ne!(
+        serial_of(&leaf),
+        first.serial,
+        "a new connection sees the new certificate"
+    );
     echo::<R>(&mut open_conn, b"after renewal").await;
 
     // Reopening the store loads the stored certificate.
@@ -255,7 +271,11 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     assert!(!err.to_string().contains(TOKEN), "{err}");
     assert_eq!(store.info().serial, serial_before);
     let status = failing.status();
-    assert!(status.last_error.as_deref().unwrap_or("").contains("HTTP 500"));
+    assert!(status
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("HTTP 500"));
     assert_eq!(status.consecutive_failures, 1);
     rt.spawn(failing.clone().run());
     wait_until(&rt, "three failures in a row, next retry scheduled", || {
@@ -270,7 +290,11 @@ async fn pebble_flow<R: Runtime>(rt: R) {
         .and_then(|(next, last)| next.duration_since(last).ok())
         .unwrap_or_default();
     assert!(gap >= Duration::from_millis(800), "backoff grows: {gap:?}");
-    assert_eq!(store.info().serial, serial_before, "current certificate kept");
+    assert_eq!(
+        store.info().serial,
+        serial_before,
+        "current certificate kept"
+    );
     // The provider recovers: the next retry succeeds.
     fake.set_failure(0);
     wait_until(&rt, "recovery after the provider is back", || {

@@ -51,14 +51,20 @@ async fn client_round_trip<R: Runtime>(rt: R) {
 
     // Create with and without quotes: both are stored quoted and listed unquoted.
     let id1 = cf.create_txt(name, "value-one").await.expect("create");
-    let id2 = cf.create_txt(name, "\"value-two\"").await.expect("create quoted");
+    let id2 = cf
+        .create_txt(name, "\"value-two\"")
+        .await
+        .expect("create quoted");
     let mut listed = cf.list_txt(name).await.expect("list");
     listed.sort_by(|a, b| a.value.cmp(&b.value));
     let values: Vec<&str> = listed.iter().map(|r| r.value.as_str()).collect();
     assert_eq!(values, ["value-one", "value-two"]);
     assert!(listed.iter().all(|r| r.name == name));
     let stored = fake.records();
-    assert!(stored.iter().all(|(_, content)| content.starts_with('"')), "{stored:?}");
+    assert!(
+        stored.iter().all(|(_, content)| content.starts_with('"')),
+        "{stored:?}"
+    );
 
     cf.delete_txt(name, &id1).await.expect("delete");
     // Deleting what is gone is success.
@@ -70,23 +76,38 @@ async fn client_round_trip<R: Runtime>(rt: R) {
 
     // The zone is found by name when no zone id is configured.
     let by_name = Cloudflare::new(rt.clone(), settings(&fake, TOKEN, None));
-    let id = by_name.create_txt(name, "v").await.expect("create via zone lookup");
-    by_name.delete_txt(name, &id).await.expect("delete via zone lookup");
+    let id = by_name
+        .create_txt(name, "v")
+        .await
+        .expect("create via zone lookup");
+    by_name
+        .delete_txt(name, &id)
+        .await
+        .expect("delete via zone lookup");
 
     // A wrong token is a clear error that does not contain either token.
-    let wrong = Cloudflare::new(rt.clone(), settings(&fake, "wrong-secret-token", Some(ZONE_ID)));
+    let wrong = Cloudflare::new(
+        rt.clone(),
+        settings(&fake, "wrong-secret-token", Some(ZONE_ID)),
+    );
     let err = wrong.create_txt(name, "v").await.expect_err("wrong token");
     assert!(matches!(err, DnsError::Unauthorized { .. }), "{err:?}");
     let text = err.to_string();
     assert!(text.contains("refused the API token"), "{text}");
-    assert!(!text.contains("wrong-secret-token") && !text.contains(TOKEN), "{text}");
+    assert!(
+        !text.contains("wrong-secret-token") && !text.contains(TOKEN),
+        "{text}"
+    );
 
     // A server error is a clear error naming the operation and the status.
     fake.set_failure(500);
     let err = cf.create_txt(name, "v").await.expect_err("500");
     let text = err.to_string();
     assert!(matches!(err, DnsError::Api { .. }), "{err:?}");
-    assert!(text.contains("HTTP 500") && text.contains("create the TXT record"), "{text}");
+    assert!(
+        text.contains("HTTP 500") && text.contains("create the TXT record"),
+        "{text}"
+    );
     assert!(!text.contains(TOKEN), "{text}");
     fake.set_failure(0);
 
@@ -120,7 +141,10 @@ async fn challenge_records<R: Runtime>(rt: R) {
     let b = "_acme-challenge.node-b.example.test";
 
     records.set("node-a", a, "token-a").await.expect("set a");
-    records.set("node-a", a, "token-a").await.expect("set a again is success");
+    records
+        .set("node-a", a, "token-a")
+        .await
+        .expect("set a again is success");
     records.set("node-b", b, "token-b").await.expect("set b");
     assert_eq!(fake.records().len(), 2);
     assert_eq!(records.record_names(), [a, b]);
@@ -140,12 +164,21 @@ async fn challenge_records<R: Runtime>(rt: R) {
     assert!(fake.records().is_empty());
 
     // Not a challenge name.
-    let err = records.set("node-a", "node-a.example.test", "x").await.expect_err("bad name");
-    assert!(matches!(err, ChallengeError::NotAChallengeName(_)), "{err:?}");
+    let err = records
+        .set("node-a", "node-a.example.test", "x")
+        .await
+        .expect_err("bad name");
+    assert!(
+        matches!(err, ChallengeError::NotAChallengeName(_)),
+        "{err:?}"
+    );
 
     // Provider failure: a clear answer for the daemon, nothing remembered.
     fake.set_failure(500);
-    let err = records.set("node-a", a, "x").await.expect_err("provider down");
+    let err = records
+        .set("node-a", a, "x")
+        .await
+        .expect_err("provider down");
     assert!(err.to_string().contains("HTTP 500"), "{err}");
     assert!(records.record_names().is_empty());
     fake.set_failure(0);
@@ -161,7 +194,10 @@ async fn challenge_records<R: Runtime>(rt: R) {
     );
     short.set("node-a", a, "expiring").await.expect("set");
     assert_eq!(fake.records().len(), 1);
-    wait_until(&rt, "the expired record is deleted", || fake.records().is_empty()).await;
+    wait_until(&rt, "the expired record is deleted", || {
+        fake.records().is_empty()
+    })
+    .await;
     assert!(short.record_names().is_empty());
 
     // Disabled DNS refuses with the reason, and writes nothing.

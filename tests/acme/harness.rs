@@ -58,13 +58,22 @@ impl FakeCloudflare {
         let script = repo_root().join("tests/acme/fake_cloudflare.py");
         let mut cmd = Command::new("python3");
         cmd.arg(script)
-            .args(["--token", token, "--zone-id", zone_id, "--zone-name", zone_name])
+            .args([
+                "--token",
+                token,
+                "--zone-id",
+                zone_id,
+                "--zone-name",
+                zone_name,
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
         if let Some(url) = challtestsrv {
             cmd.args(["--challtestsrv", url]);
         }
-        let mut child = cmd.spawn().expect("start python3 tests/acme/fake_cloudflare.py");
+        let mut child = cmd
+            .spawn()
+            .expect("start python3 tests/acme/fake_cloudflare.py");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout)
@@ -219,7 +228,9 @@ impl Pebble {
             CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
                 .expect("leaf params");
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).expect("leaf cert");
+        let leaf = leaf_params
+            .signed_by(&leaf_key, &issuer)
+            .expect("leaf cert");
         std::fs::create_dir_all(dir).expect("pebble dir");
         let https_ca_file = dir.join("pebble-https-ca.pem");
         std::fs::write(&https_ca_file, ca_cert.pem()).expect("write CA");
@@ -275,7 +286,10 @@ impl Pebble {
         let out = Command::new("curl")
             .args(["-sS", "--cacert"])
             .arg(&self.https_ca_file)
-            .arg(format!("https://localhost:{}/roots/0", self.management_port))
+            .arg(format!(
+                "https://localhost:{}/roots/0",
+                self.management_port
+            ))
             .output()
             .expect("run curl");
         assert!(out.status.success(), "curl /roots/0 failed: {out:?}");

@@ -192,11 +192,9 @@ impl<R: Runtime> Cloudflare<R> {
         } else {
             format!("HTTP {}: {messages}", status.as_u16())
         };
-        let auth_code = envelope.as_ref().is_some_and(|e| {
-            e.errors
-                .iter()
-                .any(|m| AUTH_ERROR_CODES.contains(&m.code))
-        });
+        let auth_code = envelope
+            .as_ref()
+            .is_some_and(|e| e.errors.iter().any(|m| AUTH_ERROR_CODES.contains(&m.code)));
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN || auth_code {
             return Err(DnsError::Unauthorized {
                 provider: PROVIDER,

@@ -84,10 +84,12 @@ pub trait DnsProvider: Send + Sync + 'static {
 
     /// Deletes the record with this provider id (deleting a record that is already gone is
     /// success).
-    fn delete_txt(&self, name: &str, id: &str) -> impl Future<Output = Result<(), DnsError>> + Send;
+    fn delete_txt(&self, name: &str, id: &str)
+        -> impl Future<Output = Result<(), DnsError>> + Send;
 
     /// Lists the TXT records named `name`.
-    fn list_txt(&self, name: &str) -> impl Future<Output = Result<Vec<TxtRecord>, DnsError>> + Send;
+    fn list_txt(&self, name: &str)
+        -> impl Future<Output = Result<Vec<TxtRecord>, DnsError>> + Send;
 }
 
 /// Removes one pair of surrounding double quotes, as providers may store TXT content quoted.

@@ -150,12 +150,16 @@ impl<R: Runtime, P: DnsProvider> ChallengeRecords<R, P> {
             let mut state = self.lock();
             let generation = state.next_generation;
             state.next_generation = state.next_generation.wrapping_add(1);
-            state.records.entry(name.clone()).or_default().push(Written {
-                owner: owner.to_owned(),
-                value,
-                record_id,
-                generation,
-            });
+            state
+                .records
+                .entry(name.clone())
+                .or_default()
+                .push(Written {
+                    owner: owner.to_owned(),
+                    value,
+                    record_id,
+                    generation,
+                });
             generation
         };
         tracing::info!(record = %name, node = %owner, "ACME TXT record published");
