@@ -229,15 +229,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = loaded.config;
     init_logging(&config.log_level);
     state::ensure_dir(&state_dir)?;
-    let host: std::net::IpAddr = match args.host {
-        Some(host) => host,
-        None => config
-            .host
-            .parse()
-            .map_err(|_| anyhow::anyhow!("`host` = {:?} is not an IP address", config.host))?,
-    };
     let port = args.port.unwrap_or(config.port);
-    let addr = std::net::SocketAddr::new(host, port);
+    let addr = match args.host {
+        Some(host) => std::net::SocketAddr::new(host, port),
+        None => resolve_listen_addr(&config.host, port)?,
+    };
     let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
         RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
@@ -247,6 +243,27 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens, args.config, state_dir))?
         }
     }
+}
+
+/// The address to listen on: an IP literal, or a host name resolved once at start
+/// (`localhost` -> 127.0.0.1).
+fn resolve_listen_addr(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip) = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(std::net::SocketAddr::new(ip, port));
+    }
+    let mut addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("`host` = {host:?} does not resolve: {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("`host` = {host:?} resolves to no address"))
 }
 
 async fn run<R: gate_rt::Runtime>(

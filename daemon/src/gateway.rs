@@ -402,11 +402,30 @@ impl<R: Runtime> Gateway<R> {
     ) -> Response<Body> {
         let started = Instant::now();
         let protocol = endpoint.client_protocol();
-        let response = match self.handle_inner(endpoint, req, peer, started).await {
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let response = match self
+            .handle_inner(endpoint, parts, &mut body, peer, started)
+            .await
+        {
             Ok(response) => response,
             Err(Refusal(status, message)) => {
                 tracing::info!(endpoint = endpoint.label(), %status, %message, "request refused");
-                error_response(protocol, status, &message)
+                let mut response = error_response(protocol, status, &message);
+                // A refusal before the body was read: read (a bounded amount of) it, so
+                // the connection can serve the client's next request; otherwise close it.
+                let drained = match body.take() {
+                    Some(unread) => drain_body(&self.rt, unread).await,
+                    None => status != StatusCode::PAYLOAD_TOO_LARGE,
+                };
+                {
+                    if !drained {
+                        response
+                            .headers_mut()
+                            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                }
+                response
             }
         };
         self.metrics
@@ -430,16 +449,22 @@ impl<R: Runtime> Gateway<R> {
     async fn handle_inner(
         &self,
         endpoint: Endpoint,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: &mut Option<Incoming>,
         peer: Peer,
         started: Instant,
     ) -> Result<Response<Body>, Refusal> {
         let client_protocol = endpoint.client_protocol();
-        self.authenticate(req.headers(), peer)
+        self.authenticate(&parts.headers, peer)
             .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
         let snapshot = self.snapshot();
-        check_json_content_type(req.headers())?;
-        let (parts, body) = req.into_parts();
+        check_json_content_type(&parts.headers)?;
+        let Some(body) = body.take() else {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "the request body was already read".to_owned(),
+            ));
+        };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
         let request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             Refusal(
@@ -840,6 +865,20 @@ fn check_json_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
             "Content-Type must be application/json".to_owned(),
         )),
     }
+}
+
+/// Reads and discards an unread request body of up to 1 MiB within 5 s; false when the
+/// body was larger or slower (the connection should then be closed).
+async fn drain_body<R: Runtime>(rt: &R, body: Incoming) -> bool {
+    const DRAIN_LIMIT: usize = 1 << 20;
+    if body.size_hint().lower() > DRAIN_LIMIT as u64 {
+        return false;
+    }
+    let limited = http_body_util::Limited::new(body, DRAIN_LIMIT);
+    matches!(
+        gate_rt::timeout(rt, Duration::from_secs(5), limited.collect()).await,
+        Ok(Ok(_))
+    )
 }
 
 async fn read_body_limited(body: Incoming, max: u64) -> Result<Bytes, Refusal> {
