@@ -210,6 +210,40 @@ impl<R: Runtime, P: DnsProvider> ChallengeRecords<R, P> {
         }
     }
 
+    /// Carries out a `RelayEvent::DnsSet` / `DnsClear` of the session of daemon `owner`.
+    /// Returns `Some((request_id, outcome))` to pass to `RelaySession::complete_acme` when the
+    /// daemon asked (the outcome's `Err` is the clear answer for the daemon), `None` for the
+    /// relay's own cleanups and for other events. A set can take the propagation delay: run it
+    /// in a spawned task, not in the control loop.
+    pub async fn apply_event(
+        &self,
+        owner: &str,
+        event: &gate_core::tunnel::RelayEvent,
+    ) -> Option<(u64, Result<(), String>)> {
+        use gate_core::tunnel::RelayEvent;
+        match event {
+            RelayEvent::DnsSet {
+                request_id,
+                name,
+                txt_value,
+            } => {
+                let outcome = self.set(owner, name, txt_value).await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(record = %name, node = %owner, error = %e, "ACME TXT record not published");
+                }
+                Some((*request_id, outcome.map_err(|e| e.to_string())))
+            }
+            RelayEvent::DnsClear { request_id, name } => {
+                let outcome = self.clear(name).await;
+                if let Err(e) = &outcome {
+                    tracing::warn!(record = %name, node = %owner, error = %e, "ACME TXT record not deleted");
+                }
+                request_id.map(|id| (id, outcome.map_err(|e| e.to_string())))
+            }
+            _ => None,
+        }
+    }
+
     /// Names with records currently held (for status and tests).
     pub fn record_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.lock().records.keys().cloned().collect();
