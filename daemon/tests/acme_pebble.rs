@@ -68,6 +68,20 @@ fn serve_tls<R: Runtime>(rt: &R, store: &Arc<CertStore>) -> u16 {
                     return;
                 };
                 let mut buf = [0u8; 1024];
+                // An HTTP GET (from curl) gets a tiny answer; anything else is echoed.
+                if let Ok(n) = tls.read(&mut buf).await {
+                    if buf[..n].starts_with(b"GET ") {
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                            .await;
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                    if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                    let _ = tls.flush().await;
+                }
                 while let Ok(n) = tls.read(&mut buf).await {
                     if n == 0 || tls.write_all(&buf[..n]).await.is_err() {
                         break;
@@ -219,6 +233,7 @@ async fn pebble_flow<R: Runtime>(rt: R) {
         .expect("the served certificate verifies against Pebble's root");
     assert_eq!(serial_of(&leaf), first.serial);
     echo::<R>(&mut open_conn, b"before renewal").await;
+    curl_verifies(&rt, port, &dir.join("pebble-root.pem"), &pebble.root_pem()).await;
 
     // Renewal: a window longer than the certificate's life renews at once.
     let renewing = AcmeManager::new(
@@ -306,6 +321,38 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     assert_eq!(failing.status().last_error, None);
     assert_ne!(store.info().serial, second.serial);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `curl --cacert <Pebble's root>` (no `-k`) fetches from the TLS listener.
+async fn curl_verifies<R: Runtime>(rt: &R, port: u16, root_path: &std::path::Path, root_pem: &str) {
+    std::fs::write(root_path, root_pem).expect("write root");
+    let args = vec![
+        "-sS".to_owned(),
+        "--max-time".to_owned(),
+        "20".to_owned(),
+        "--cacert".to_owned(),
+        root_path.display().to_string(),
+        "--resolve".to_owned(),
+        format!("{NAME}:{port}:127.0.0.1"),
+        format!("https://{NAME}:{port}/"),
+    ];
+    // curl blocks: run it on a thread and poll, so the runtime keeps serving.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::process::Command::new("curl").args(&args).output());
+    });
+    let output = loop {
+        if let Ok(out) = rx.try_recv() {
+            break out.expect("run curl");
+        }
+        rt.sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, b"ok");
 }
 
 fn serial_of(leaf: &CertificateDer<'_>) -> String {
