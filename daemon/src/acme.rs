@@ -274,10 +274,11 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// When the certificate now served should be renewed (now for a self-signed one).
+    /// When the certificate now served should be renewed: now for the self-signed stand-in or
+    /// one that lacks a wanted name, else `renew_before` ahead of its expiry.
     pub fn renewal_due(&self, now: SystemTime) -> SystemTime {
         let info = self.store.info();
-        if info.self_signed {
+        if info.self_signed || !covers(&info.names, &self.settings.names) {
             return now;
         }
         info.not_after
@@ -286,8 +287,14 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
     }
 
     /// Obtains (or renews) the certificate once, records the outcome in the status.
+    /// The whole attempt is bounded by `order_timeout` (records a timed-out attempt leaves
+    /// behind are removed by the relay after their lifetime).
     pub async fn renew_now(&self) -> Result<CertInfo, AcmeError> {
-        let result = self.obtain().await;
+        let limit = self.settings.order_timeout;
+        let result = match gate_rt::timeout(&self.rt, limit, self.obtain()).await {
+            Ok(result) => result,
+            Err(_) => Err(AcmeError::Timeout(limit)),
+        };
         let now = SystemTime::now();
         let mut status = self.lock_status();
         status.last_attempt = Some(now);
@@ -508,6 +515,20 @@ impl<R: Runtime, S: ChallengeSetter> AcmeManager<R, S> {
     }
 }
 
+/// Whether a certificate for `have` covers every name in `want` (exact names, or a wildcard
+/// `*.parent` for a one-label child).
+pub fn covers(have: &[String], want: &[String]) -> bool {
+    want.iter().all(|w| {
+        have.iter().any(|h| {
+            h.eq_ignore_ascii_case(w)
+                || h.strip_prefix("*.").is_some_and(|parent| {
+                    w.split_once('.')
+                        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(parent))
+                })
+        })
+    })
+}
+
 /// `initial * 2^(failures-1)`, at most `max`.
 pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
     let exponent = failures.saturating_sub(1).min(30);
@@ -550,6 +571,16 @@ mod tests {
         assert_eq!(backoff(s(60), s(3600), 3), s(240));
         assert_eq!(backoff(s(60), s(3600), 10), s(3600));
         assert_eq!(backoff(s(60), s(3600), u32::MAX), s(3600));
+    }
+
+    #[test]
+    fn coverage_of_names() {
+        let v = |names: &[&str]| names.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(covers(&v(&["a.x.test", "b.x.test"]), &v(&["a.x.test"])));
+        assert!(!covers(&v(&["a.x.test"]), &v(&["a.x.test", "b.x.test"])));
+        assert!(covers(&v(&["*.x.test"]), &v(&["b.x.test"])));
+        assert!(!covers(&v(&["*.x.test"]), &v(&["c.b.x.test"])));
+        assert!(covers(&v(&["A.x.test"]), &v(&["a.x.test"])));
     }
 
     #[test]
