@@ -5,9 +5,11 @@
 //! (routing, SSE, conversion, config layering) lives in `gate-core`; this crate does the
 //! I/O around it: sockets, files, the environment, logs.
 
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod convert;

@@ -3,3 +3,4 @@
 //! name (DESIGN.md §4). Written once over [`gate_rt::Runtime`].
 
 pub mod cli;
+pub mod dns;
