@@ -5,13 +5,13 @@
 #   unit + property + end-to-end tests (cargo nextest), the Python SDK suite,
 #   the NixOS module tests, and every fuzz target for a short time.
 # Usage: ./test.sh            everything
-#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e nix fuzz
+#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e ui nix fuzz
 # FUZZ_SECONDS (default 30) sets the time per fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 stages=("$@")
-if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e nix fuzz); fi
+if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e ui nix fuzz); fi
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never
@@ -52,6 +52,10 @@ if want core-io; then
 fi
 
 if want tests; then
+    step "tools the tests drive: curl, openssl, pebble (ACME test server)"
+    need_apt curl curl
+    need_apt openssl openssl
+    need_apt pebble pebble
     step "cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast
 fi
@@ -61,6 +65,11 @@ if want e2e && [ -x tests/e2e/run.sh ]; then
     need_apt python3 python3 python3-venv
     cargo build --workspace --examples --bins -q
     tests/e2e/run.sh
+fi
+
+if want ui; then
+    step "web UI in headless Chromium (both runtimes)"
+    tests/ui/run.sh
 fi
 
 if want nix; then

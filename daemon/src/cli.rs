@@ -322,6 +322,15 @@ async fn run<R: gate_rt::Runtime>(
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
     }
     rt.spawn(reloader.clone().watch());
+    // Routing's third tier: the models upstreams without an explicit list say they serve.
+    let discovery = gateway.clone();
+    let discovery_rt = rt.clone();
+    rt.spawn(async move {
+        loop {
+            discovery.discover_models().await;
+            discovery_rt.sleep(std::time::Duration::from_secs(60)).await;
+        }
+    });
     let app = Arc::new(App::new(gateway).with_admin(admin));
     server::serve(rt, listener, app).await;
     Ok(())

@@ -226,12 +226,24 @@ impl<R: Runtime> Gateway<R> {
         self.router.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Asks every upstream which models it serves (`GET {base}/models`, or
-    /// `{base}/v1/models` for Anthropic) and feeds the answers to routing's third tier.
-    /// Failures are logged and leave that upstream's list as it was.
+    /// Asks every upstream without an explicit `models` list which models it serves
+    /// (`GET {base}/models`, or `{base}/v1/models` for Anthropic) and feeds the answers to
+    /// routing's third tier. Failures are logged and leave that upstream's list as it was.
     pub async fn discover_models(&self) {
         let snapshot = self.snapshot();
+        let explicit: std::collections::HashSet<String> = {
+            let router = self.lock_router();
+            router
+                .upstreams()
+                .iter()
+                .filter(|spec| !spec.models.is_empty() || !spec.enabled)
+                .map(|spec| spec.name.clone())
+                .collect()
+        };
         for upstream in &snapshot.upstreams {
+            if explicit.contains(&upstream.name) {
+                continue;
+            }
             let url = match upstream.protocol {
                 WireProtocol::OpenAi => format!("{}/models", upstream.base_url),
                 WireProtocol::Anthropic => format!("{}/v1/models", upstream.base_url),
