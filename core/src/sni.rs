@@ -1,1 +1,0 @@
-//! TODO: sni (being written)
