@@ -98,7 +98,11 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn serve(config: &[PathBuf], state_dir: Option<&Path>, runtime: RuntimeChoice) -> anyhow::Result<()> {
+fn serve(
+    config: &[PathBuf],
+    state_dir: Option<&Path>,
+    runtime: RuntimeChoice,
+) -> anyhow::Result<()> {
     let settings = if config.is_empty() {
         RelaySettings::default()
     } else {
@@ -108,7 +112,9 @@ fn serve(config: &[PathBuf], state_dir: Option<&Path>, runtime: RuntimeChoice) -
     let dir = state::relay_state_dir(state_dir)?;
     let identity = Identity::load_or_create(&dir)?;
     match runtime {
-        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, settings, identity, dir))?,
+        RuntimeChoice::Tokio => {
+            gate_runtime_tokio::block_on(|rt| run(rt, settings, identity, dir))?
+        }
         RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, settings, identity, dir))?,
     }
 }

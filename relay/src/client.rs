@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gate_core::tunnel::{
-    decode_stream_header, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession,
-    DaemonState, FrameDecoder, StreamHeader, DEFAULT_MAX_FRAME_LEN,
+    decode_stream_header, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
+    FrameDecoder, StreamHeader, DEFAULT_MAX_FRAME_LEN,
 };
 use gate_rt::Runtime;
 use rustls::pki_types::CertificateDer;
@@ -285,11 +285,7 @@ impl<R: Runtime> RelayTask<R> {
                     None => std::future::pending().await,
                 }
             };
-            let woke = race(
-                self.shutdown.wait(),
-                race(timer, input),
-            )
-            .await;
+            let woke = race(self.shutdown.wait(), race(timer, input)).await;
             let woke = match woke {
                 Either::Left(()) => Wake::Shutdown,
                 Either::Right(Either::Left(())) => Wake::Timer,
@@ -300,8 +296,7 @@ impl<R: Runtime> RelayTask<R> {
                 Wake::Shutdown => {
                     if let Some(mut live) = live.take() {
                         let _ = live.send.finish();
-                        live.connection
-                            .close(0u32.into(), b"daemon shutting down");
+                        live.connection.close(0u32.into(), b"daemon shutting down");
                     }
                     self.update(|status| {
                         status.state = RelayConnectionState::Disconnected;
@@ -312,7 +307,9 @@ impl<R: Runtime> RelayTask<R> {
                 }
                 Wake::Timer => session.handle_timeout(now),
                 Wake::Data(read) => {
-                    let Some(current) = live.as_mut() else { continue };
+                    let Some(current) = live.as_mut() else {
+                        continue;
+                    };
                     let attempt = current.attempt;
                     match read {
                         Ok(Some(count)) => {
@@ -423,7 +420,10 @@ impl<R: Runtime> RelayTask<R> {
                 tracing::info!(relay = %self.address, "the relay is draining");
                 self.update(|status| status.state = RelayConnectionState::Draining);
             }
-            DaemonEvent::AcmeChallengeResult { request_id, outcome } => {
+            DaemonEvent::AcmeChallengeResult {
+                request_id,
+                outcome,
+            } => {
                 tracing::debug!(relay = %self.address, request_id, ?outcome, "ACME record result");
             }
             DaemonEvent::RelayError(error) => {
@@ -492,7 +492,9 @@ async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handle
         let task_rt = rt.clone();
         rt.spawn(async move {
             match gate_rt::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_header(recv)).await {
-                Ok(Ok((header, recv, rest))) => handler(header, TunnelStream::new(send, recv, rest)),
+                Ok(Ok((header, recv, rest))) => {
+                    handler(header, TunnelStream::new(send, recv, rest))
+                }
                 Ok(Err(e)) => tracing::debug!("dropping a forwarded stream: {e}"),
                 Err(gate_rt::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
             }
@@ -500,7 +502,9 @@ async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handle
     }
 }
 
-type HeaderFuture = Pin<Box<dyn Future<Output = Result<(StreamHeader, quinn::RecvStream, Vec<u8>), String>> + Send>>;
+type HeaderFuture = Pin<
+    Box<dyn Future<Output = Result<(StreamHeader, quinn::RecvStream, Vec<u8>), String>> + Send>,
+>;
 
 /// Reads the stream header; returns it, the stream, and the payload bytes read past it.
 fn read_header(mut recv: quinn::RecvStream) -> HeaderFuture {

@@ -92,15 +92,8 @@ pub fn node_id_from_public_key(public_key: &[u8; PUBLIC_KEY_LEN]) -> NodeId {
     let text = data_encoding::BASE32_NOPAD
         .encode(public_key)
         .to_ascii_lowercase();
-    // 32 bytes always encode to 52 characters of [a-z2-7].
-    NodeId::parse(&text).unwrap_or_else(|_| unreachable_node_id())
-}
-
-#[cold]
-fn unreachable_node_id() -> NodeId {
-    // Base32 of 32 bytes is always a well-formed node id; this is never reached.
-    NodeId::parse(&"a".repeat(gate_core::tunnel::NODE_ID_LEN))
-        .unwrap_or_else(|_| unreachable!("52 times `a` is a node id"))
+    // 32 bytes always encode to 52 characters of [a-z2-7], which is exactly a node id.
+    NodeId::parse(&text).unwrap_or_else(|_| unreachable!("base32 of 32 bytes is a node id"))
 }
 
 /// The Ed25519 public key in a SubjectPublicKeyInfo, or `None` for any other key.
@@ -271,10 +264,9 @@ impl Identity {
     ) -> Result<quinn::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier: Arc<dyn ServerCertVerifier> = match trust {
-            RelayTrust::Pinned(node_id) => Arc::new(NodeCertVerifier::new(
-                &provider,
-                Some(node_id.clone()),
-            )),
+            RelayTrust::Pinned(node_id) => {
+                Arc::new(NodeCertVerifier::new(&provider, Some(node_id.clone())))
+            }
             RelayTrust::WebPki { extra_ca } => {
                 let mut roots = rustls::RootCertStore::empty();
                 roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -575,7 +567,10 @@ mod tests {
         assert_eq!(id.as_str(), "a".repeat(52));
         let id = node_id_from_public_key(&[0xff; 32]);
         assert_eq!(id.as_str().len(), 52);
-        assert!(id.as_str().bytes().all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)));
     }
 
     #[test]
@@ -653,14 +648,24 @@ mod tests {
     fn relay_addresses_parse() {
         let id = "b".repeat(52);
         let pinned: RelayAddress = format!("{id}@relay.example.com:31145").parse().expect("ok");
-        assert_eq!(pinned.pinned.as_ref().map(|n| n.as_str()), Some(id.as_str()));
+        assert_eq!(
+            pinned.pinned.as_ref().map(|n| n.as_str()),
+            Some(id.as_str())
+        );
         assert_eq!(pinned.host, "relay.example.com");
         assert_eq!(pinned.port, 31145);
         assert_eq!(pinned.to_string(), format!("{id}@relay.example.com:31145"));
         let v6: RelayAddress = "[::1]:443".parse().expect("ok");
         assert_eq!(v6.host, "::1");
         assert_eq!(v6.to_string(), "[::1]:443");
-        for bad in ["relay", "relay:0", "relay:x", ":443", "short@relay:443", "a b:1"] {
+        for bad in [
+            "relay",
+            "relay:0",
+            "relay:x",
+            ":443",
+            "short@relay:443",
+            "a b:1",
+        ] {
             assert!(bad.parse::<RelayAddress>().is_err(), "{bad}");
         }
     }

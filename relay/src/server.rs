@@ -146,23 +146,90 @@ impl Metrics {
     fn render(&self) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let rows: [(&str, &str, &str, u64); 13] = [
-            ("gate_relay_https_accepted_total", "counter", "HTTPS connections accepted", get(&self.https_accepted)),
-            ("gate_relay_https_open", "gauge", "HTTPS connections open", get(&self.https_open)),
-            ("gate_relay_forwarded_total", "counter", "connections forwarded to daemons", get(&self.forwarded)),
-            ("gate_relay_forwarded_open", "gauge", "forwarded connections open", get(&self.forwarded_open)),
-            ("gate_relay_unknown_name_total", "counter", "connections for unknown or offline names", get(&self.unknown_name)),
-            ("gate_relay_no_sni_total", "counter", "ClientHellos without a server name", get(&self.no_sni)),
-            ("gate_relay_invalid_hello_total", "counter", "connections without a valid ClientHello", get(&self.invalid_hello)),
-            ("gate_relay_handshake_timeouts_total", "counter", "connections cut off at the handshake timeout", get(&self.handshake_timeouts)),
-            ("gate_relay_over_limit_total", "counter", "connections refused by a limit", get(&self.over_limit)),
-            ("gate_relay_daemon_unreachable_total", "counter", "connections whose daemon could not be reached", get(&self.daemon_unreachable)),
-            ("gate_relay_daemons_registered", "gauge", "registered daemon connections", get(&self.daemons_registered)),
-            ("gate_relay_bytes_to_daemons_total", "counter", "bytes copied from clients to daemons", get(&self.bytes_to_daemons)),
-            ("gate_relay_bytes_to_clients_total", "counter", "bytes copied from daemons to clients", get(&self.bytes_to_clients)),
+            (
+                "gate_relay_https_accepted_total",
+                "counter",
+                "HTTPS connections accepted",
+                get(&self.https_accepted),
+            ),
+            (
+                "gate_relay_https_open",
+                "gauge",
+                "HTTPS connections open",
+                get(&self.https_open),
+            ),
+            (
+                "gate_relay_forwarded_total",
+                "counter",
+                "connections forwarded to daemons",
+                get(&self.forwarded),
+            ),
+            (
+                "gate_relay_forwarded_open",
+                "gauge",
+                "forwarded connections open",
+                get(&self.forwarded_open),
+            ),
+            (
+                "gate_relay_unknown_name_total",
+                "counter",
+                "connections for unknown or offline names",
+                get(&self.unknown_name),
+            ),
+            (
+                "gate_relay_no_sni_total",
+                "counter",
+                "ClientHellos without a server name",
+                get(&self.no_sni),
+            ),
+            (
+                "gate_relay_invalid_hello_total",
+                "counter",
+                "connections without a valid ClientHello",
+                get(&self.invalid_hello),
+            ),
+            (
+                "gate_relay_handshake_timeouts_total",
+                "counter",
+                "connections cut off at the handshake timeout",
+                get(&self.handshake_timeouts),
+            ),
+            (
+                "gate_relay_over_limit_total",
+                "counter",
+                "connections refused by a limit",
+                get(&self.over_limit),
+            ),
+            (
+                "gate_relay_daemon_unreachable_total",
+                "counter",
+                "connections whose daemon could not be reached",
+                get(&self.daemon_unreachable),
+            ),
+            (
+                "gate_relay_daemons_registered",
+                "gauge",
+                "registered daemon connections",
+                get(&self.daemons_registered),
+            ),
+            (
+                "gate_relay_bytes_to_daemons_total",
+                "counter",
+                "bytes copied from clients to daemons",
+                get(&self.bytes_to_daemons),
+            ),
+            (
+                "gate_relay_bytes_to_clients_total",
+                "counter",
+                "bytes copied from daemons to clients",
+                get(&self.bytes_to_clients),
+            ),
         ];
         let mut out = String::new();
         for (name, kind, help, value) in rows {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
         }
         out
     }
@@ -200,7 +267,9 @@ struct Shared {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock cannot leave the routing state half-updated in a way
     // that matters more than stopping the relay would; keep serving.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Holds one HTTPS connection's place in the limits.
@@ -212,7 +281,10 @@ struct HttpsSlot {
 impl Drop for HttpsSlot {
     fn drop(&mut self) {
         self.shared.https_total.fetch_sub(1, Ordering::Relaxed);
-        self.shared.metrics.https_open.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .metrics
+            .https_open
+            .fetch_sub(1, Ordering::Relaxed);
         let mut per_ip = lock(&self.shared.https_per_ip);
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
@@ -329,7 +401,8 @@ impl Shared {
         let mut core = lock(&self.core);
         let id = core.next_session_id;
         core.next_session_id += 1;
-        let session = RelaySession::new(node_id.clone(), self.session_config.clone(), Instant::now());
+        let session =
+            RelaySession::new(node_id.clone(), self.session_config.clone(), Instant::now());
         core.sessions.insert(
             id,
             DaemonEntry {
@@ -347,8 +420,15 @@ impl Shared {
         let Some(mut entry) = core.sessions.remove(&id) else {
             return;
         };
-        if entry.session.accepts_streams() || matches!(entry.session.state(), gate_core::tunnel::RelayState::Draining { .. }) {
-            self.metrics.daemons_registered.fetch_sub(1, Ordering::Relaxed);
+        if entry.session.accepts_streams()
+            || matches!(
+                entry.session.state(),
+                gate_core::tunnel::RelayState::Draining { .. }
+            )
+        {
+            self.metrics
+                .daemons_registered
+                .fetch_sub(1, Ordering::Relaxed);
         }
         entry
             .session
@@ -585,7 +665,12 @@ pub async fn start<R: Runtime>(
     };
 
     let (task_guard, tasks) = async_channel::bounded::<()>(1);
-    rt.spawn(accept_https(rt.clone(), shared.clone(), listener, task_guard.clone()));
+    rt.spawn(accept_https(
+        rt.clone(),
+        shared.clone(),
+        listener,
+        task_guard.clone(),
+    ));
     for endpoint in [&p2p, &udp_https] {
         rt.spawn(accept_daemons(
             rt.clone(),
@@ -646,7 +731,10 @@ async fn accept_https<R: Runtime>(
                 continue;
             }
         };
-        shared.metrics.https_accepted.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .https_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let Some(slot) = shared.take_https_slot(peer.ip()) else {
             shared.metrics.over_limit.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(%peer, "connection limit reached; closing");
@@ -773,22 +861,21 @@ async fn serve_https<R: Runtime>(
             return;
         }
     };
-    let (mut send, recv) =
-        match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
-            Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => {
-                metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
-                refuse(&rt, &mut stream, sni::internal_error_alert()).await;
-                return;
-            }
-            Err(gate_rt::Elapsed) => {
-                metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
-                refuse(&rt, &mut stream, sni::internal_error_alert()).await;
-                return;
-            }
-        };
+    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+        Err(gate_rt::Elapsed) => {
+            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+    };
     let mut head = Vec::with_capacity(route.header.encoded_len() + hello.len());
     if route.header.encode(&mut head).is_err() {
         // Server names are at most 253 bytes; a header always encodes.
@@ -814,8 +901,12 @@ async fn serve_https<R: Runtime>(
     .await;
     match copied {
         Ok((to_daemon, to_client)) => {
-            metrics.bytes_to_daemons.fetch_add(to_daemon, Ordering::Relaxed);
-            metrics.bytes_to_clients.fetch_add(to_client, Ordering::Relaxed);
+            metrics
+                .bytes_to_daemons
+                .fetch_add(to_daemon, Ordering::Relaxed);
+            metrics
+                .bytes_to_clients
+                .fetch_add(to_client, Ordering::Relaxed);
         }
         Err(e) => {
             tracing::debug!(%peer, name = %server_name, "forwarded connection ended: {e}");
@@ -838,7 +929,10 @@ async fn accept_daemons<R: Runtime>(
             Either::Right(Some(incoming)) => incoming,
         };
         let Some(slot) = shared.take_daemon_slot() else {
-            tracing::warn!("daemon connection limit reached; refusing {}", incoming.remote_address());
+            tracing::warn!(
+                "daemon connection limit reached; refusing {}",
+                incoming.remote_address()
+            );
             incoming.refuse();
             continue;
         };
@@ -925,14 +1019,21 @@ async fn drive_daemon<R: Runtime>(
         while let Some(event) = shared.with_session(id, |s, _| s.poll_event()).flatten() {
             match event {
                 RelayEvent::Transmit(frame) => {
-                    let Some((send, _)) = control.as_mut() else { continue };
-                    let Ok(bytes) = frame.to_bytes() else { continue };
+                    let Some((send, _)) = control.as_mut() else {
+                        continue;
+                    };
+                    let Ok(bytes) = frame.to_bytes() else {
+                        continue;
+                    };
                     if let Err(e) = send.write_all(&bytes).await {
                         return DaemonOutcome::Closed(format!("control stream: {e}"));
                     }
                 }
                 RelayEvent::Registered(grant) => {
-                    shared.metrics.daemons_registered.fetch_add(1, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .daemons_registered
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         node_name = %grant.node_name,
                         custom_name = grant.custom_name.as_deref().unwrap_or("-"),
@@ -943,7 +1044,9 @@ async fn drive_daemon<R: Runtime>(
                     }
                     shared.persist_names();
                 }
-                RelayEvent::DnsSet { request_id, name, .. } => {
+                RelayEvent::DnsSet {
+                    request_id, name, ..
+                } => {
                     tracing::warn!(record = %name, "ACME TXT record requested, but no DNS provider is configured");
                     shared.with_session(id, |s, _| {
                         s.complete_acme(
@@ -990,14 +1093,19 @@ async fn drive_daemon<R: Runtime>(
                 shared.shutdown.wait().await;
                 DaemonInput::Shutdown
             },
-            race(async {
-                timer.await;
-                DaemonInput::Timer
-            }, input),
+            race(
+                async {
+                    timer.await;
+                    DaemonInput::Timer
+                },
+                input,
+            ),
         )
         .await;
         let woke = match woke {
-            Either::Left(input) | Either::Right(Either::Left(input)) | Either::Right(Either::Right(input)) => input,
+            Either::Left(input)
+            | Either::Right(Either::Left(input))
+            | Either::Right(Either::Right(input)) => input,
         };
         let now = Instant::now();
         match woke {
@@ -1033,7 +1141,9 @@ async fn drive_daemon<R: Runtime>(
                                 }
                                 let _ = send.finish();
                             }
-                            return DaemonOutcome::Closed(format!("undecodable control frame: {e}"));
+                            return DaemonOutcome::Closed(format!(
+                                "undecodable control frame: {e}"
+                            ));
                         }
                     }
                 }

@@ -177,11 +177,10 @@ impl RelaySettings {
                 path: display.clone(),
                 source,
             })?;
-            let table: toml::Table =
-                toml::from_str(&text).map_err(|e| SettingsError::Invalid {
-                    path: display.clone(),
-                    message: e.to_string(),
-                })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
+                path: display.clone(),
+                message: e.to_string(),
+            })?;
             merge_tables(&mut merged, table);
             names.push(display);
         }
@@ -223,8 +222,11 @@ mod tests {
             "https_port = 8443\ndomain_suffix = \"gate.localhost\"\n[limits]\nmax_connections = 5\n",
         )
         .expect("write");
-        std::fs::write(&b, "https_port = 9443\n[limits]\nmax_connections_per_ip = 2\n")
-            .expect("write");
+        std::fs::write(
+            &b,
+            "https_port = 9443\n[limits]\nmax_connections_per_ip = 2\n",
+        )
+        .expect("write");
         let settings = RelaySettings::from_files(&[&a, &b]).expect("parse");
         assert_eq!(settings.https_port, 9443);
         assert_eq!(settings.domain_suffix, "gate.localhost");

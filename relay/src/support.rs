@@ -111,7 +111,11 @@ impl TunnelStream {
 
     /// The halves and the part of the prefix not read yet.
     pub fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream, Vec<u8>) {
-        let rest = self.prefix.get(self.prefix_offset..).unwrap_or_default().to_vec();
+        let rest = self
+            .prefix
+            .get(self.prefix_offset..)
+            .unwrap_or_default()
+            .to_vec();
         (self.send, self.recv, rest)
     }
 }

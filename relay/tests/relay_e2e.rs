@@ -85,10 +85,16 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     let relay_identity = Identity::load_or_create(&relay_state)?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, &relay_state).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || daemon.is_registered()).await?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
     let status = daemon.status();
     assert_eq!(status.names, vec![daemon.node_name.clone()]);
-    assert_eq!(status.public_urls, vec![format!("https://{}/", daemon.node_name)]);
+    assert_eq!(
+        status.public_urls,
+        vec![format!("https://{}/", daemon.node_name)]
+    );
     assert_eq!(status.registrations, 1);
 
     let https = relay.https_addr();
@@ -138,7 +144,10 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     let out = String::from_utf8_lossy(&openssl.stdout);
     let daemon_pem = pem(&daemon.certificate);
     let first_line = daemon_pem.lines().nth(1).unwrap_or_default();
-    assert!(out.contains(first_line), "openssl did not see the daemon's certificate:\n{out}");
+    assert!(
+        out.contains(first_line),
+        "openssl did not see the daemon's certificate:\n{out}"
+    );
     assert!(
         out.contains("HTTP/1.1 200 OK\r\n") && out.contains("\r\n\r\nok"),
         "openssl:\n{out}"
@@ -152,7 +161,15 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     let hello_len = client_hello(big.clone(), &name)?.len();
     assert!(hello_len > 1500, "ClientHello is only {hello_len} bytes");
     let tcp = rt.connect_tcp(https).await?;
-    let (tls, presented) = tls_connect(Trickle { inner: tcp, chunk: 7 }, &name, big).await?;
+    let (tls, presented) = tls_connect(
+        Trickle {
+            inner: tcp,
+            chunk: 7,
+        },
+        &name,
+        big,
+    )
+    .await?;
     assert_eq!(presented, daemon.certificate);
     assert_eq!(get_health(tls, &name).await?, "ok");
 
@@ -182,7 +199,10 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     settings.limits.max_connections_per_ip = 4;
     let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || daemon.is_registered()).await?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
     let https = relay.https_addr();
     let name = daemon.node_name.clone();
 
@@ -211,9 +231,12 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     for _ in 0..4 {
         idle.push(rt.connect_tcp(https).await?);
     }
-    wait_until(&rt, Duration::from_secs(10), "four connections open", || {
-        relay.stats().https_open == 4
-    })
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "four connections open",
+        || relay.stats().https_open == 4,
+    )
     .await?;
     let mut fifth = rt.connect_tcp(https).await?;
     time_until_closed(&rt, &mut fifth, Duration::from_secs(10)).await?;
@@ -233,7 +256,10 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     Ok(())
 }
 
-async fn claims_and_restart<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+async fn claims_and_restart<RR: Runtime, DR: Runtime>(
+    relay_rt: RR,
+    rt: DR,
+) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let relay_identity = Identity::load_or_create(dir.path())?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
@@ -246,7 +272,10 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> R
     let b = start_daemon(&rt, relay_address(&relay, 1), Some("shop"))?;
     wait_until(&rt, REGISTER_LIMIT, "B registered", || b.is_registered()).await?;
     let refusal = b.status().custom_name_refusal.unwrap_or_default();
-    assert!(refusal.contains("claimed by another node"), "B was told: {refusal:?}");
+    assert!(
+        refusal.contains("claimed by another node"),
+        "B was told: {refusal:?}"
+    );
     assert_eq!(b.status().names, vec![b.node_name.clone()]);
     health_via_relay(&rt, relay.https_addr(), &shop, &a.certificate).await?;
     health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
@@ -259,16 +288,24 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> R
     settings.p2p_port = relay.quic_addrs()[0].port();
     relay.shutdown().await;
     let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
-    assert_eq!(relay.claim_owner("shop"), Some(a_id), "the claim did not survive the restart");
+    assert_eq!(
+        relay.claim_owner("shop"),
+        Some(a_id),
+        "the claim did not survive the restart"
+    );
 
     // B re-registers by itself and is still refused the held label.
     wait_until(&rt, REGISTER_LIMIT, "B registered again", || {
         let status = b.status();
-        status.registrations >= 2 && status.state == gate_relay::client::RelayConnectionState::Registered
+        status.registrations >= 2
+            && status.state == gate_relay::client::RelayConnectionState::Registered
     })
     .await?;
     let refusal = b.status().custom_name_refusal.unwrap_or_default();
-    assert!(refusal.contains("claimed by another node"), "B was told: {refusal:?}");
+    assert!(
+        refusal.contains("claimed by another node"),
+        "B was told: {refusal:?}"
+    );
     health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
     expect_unrecognized_name(&rt, relay.https_addr(), &shop, &a.certificate).await?;
     b.client.shutdown().await;
@@ -282,9 +319,17 @@ async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
     let relay_identity = Identity::load_or_create(dir.path())?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || daemon.is_registered()).await?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
     let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (mut tls, _) = tls_connect(tcp, &daemon.node_name, client_config(&daemon.certificate, Vec::new())?).await?;
+    let (mut tls, _) = tls_connect(
+        tcp,
+        &daemon.node_name,
+        client_config(&daemon.certificate, Vec::new())?,
+    )
+    .await?;
     tls.write_all(b"ECHO\n").await?;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let (sent_tx, sent_rx) = async_channel::bounded(1);
@@ -309,7 +354,9 @@ async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
         if result.is_ok() {
             result = writer.shutdown().await.map_err(|e| e.to_string());
         }
-        let _ = sent_tx.send((result, digest.finish().as_ref().to_vec())).await;
+        let _ = sent_tx
+            .send((result, digest.finish().as_ref().to_vec()))
+            .await;
     });
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let mut received = 0usize;

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gate_relay::client::{RelayClient, RelayClientConfig, RelayConnectionState, RelayStatus, StreamHandler};
+use gate_relay::client::{
+    RelayClient, RelayClientConfig, RelayConnectionState, RelayStatus, StreamHandler,
+};
 use gate_relay::identity::{Identity, RelayAddress};
 use gate_relay::server::{self, RunningRelay};
 use gate_relay::settings::RelaySettings;
@@ -130,7 +132,11 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub fn status(&self) -> RelayStatus {
-        self.client.status().into_iter().next().expect("one relay configured")
+        self.client
+            .status()
+            .into_iter()
+            .next()
+            .expect("one relay configured")
     }
 
     pub fn is_registered(&self) -> bool {
@@ -228,7 +234,10 @@ async fn respond(
     Ok(())
 }
 
-pub fn client_config(trust: &CertificateDer<'static>, alpn: Vec<Vec<u8>>) -> Result<Arc<rustls::ClientConfig>, BoxError> {
+pub fn client_config(
+    trust: &CertificateDer<'static>,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<rustls::ClientConfig>, BoxError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(trust.clone())?;
     let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -267,8 +276,10 @@ pub async fn get_health<S: AsyncRead + AsyncWrite + Unpin>(
     mut tls: tokio_rustls::client::TlsStream<S>,
     name: &str,
 ) -> Result<String, BoxError> {
-    tls.write_all(format!("GET /health HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(
+        format!("GET /health HTTP/1.1\r\nhost: {name}\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
     let mut response = Vec::new();
     tls.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response).into_owned();
