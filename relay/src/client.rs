@@ -10,6 +10,7 @@
 //! Must not: terminate TLS or speak HTTP (the daemon does that on the stream it is given), make
 //! protocol decisions (those are `gate_core::tunnel`'s), or use runtime-specific APIs.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,7 @@ pub struct RelayClient {
     statuses: Arc<Mutex<Vec<RelayStatus>>>,
     shutdown: Shutdown,
     tasks: async_channel::Receiver<()>,
+    commands: Vec<async_channel::Sender<AcmeCommand>>,
 }
 
 impl std::fmt::Debug for RelayClient {
@@ -136,6 +138,37 @@ struct RelayTask<R: Runtime> {
     handler: StreamHandler,
     shutdown: Shutdown,
     public_https_port: u16,
+    commands: async_channel::Receiver<AcmeCommand>,
+}
+
+/// The answer to an ACME record request.
+type AcmeReply = async_channel::Sender<Result<(), AcmeError>>;
+
+/// A request from the daemon to one relay task.
+enum AcmeCommand {
+    Set {
+        record: String,
+        value: String,
+        reply: AcmeReply,
+    },
+    Clear {
+        record: String,
+        reply: AcmeReply,
+    },
+}
+
+/// Why an ACME DNS-01 record request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcmeError {
+    /// No relay is registered right now.
+    #[error("no relay is registered; ACME records are written through a registered relay")]
+    NoRelay,
+    /// The relay answered with an error (not our name, no DNS provider, provider failure).
+    #[error("the relay refused the ACME record: {0}")]
+    Relay(String),
+    /// The relay connection ended before the answer.
+    #[error("the relay connection ended before the answer")]
+    Lost,
 }
 
 /// The live connection of a relay task.
@@ -187,8 +220,11 @@ impl RelayClient {
             daemon_version: config.daemon_version.clone(),
             ..config.session.clone()
         };
+        let mut commands = Vec::new();
         for (index, address) in config.relays.iter().enumerate() {
             let client_config = identity.relay_client_config(&address.trust(&config.extra_ca))?;
+            let (command_tx, command_rx) = async_channel::bounded(16);
+            commands.push(command_tx);
             let task = RelayTask {
                 rt: rt.clone(),
                 endpoint: endpoint.clone(),
@@ -199,6 +235,7 @@ impl RelayClient {
                 handler: handler.clone(),
                 shutdown: shutdown.clone(),
                 public_https_port: config.public_https_port,
+                commands: command_rx,
             };
             let session = DaemonSession::new(session_config.clone(), random_seed(), Instant::now());
             let running = running.clone();
@@ -211,7 +248,43 @@ impl RelayClient {
             statuses,
             shutdown,
             tasks,
+            commands,
         })
+    }
+
+    /// Asks a registered relay to publish the ACME DNS-01 record `record` (e.g.
+    /// `_acme-challenge.<name>`) with TXT `value`, and waits for its answer. The relay refuses
+    /// names that are not this daemon's own.
+    pub async fn set_acme_txt(&self, record: &str, value: &str) -> Result<(), AcmeError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.send_to_registered(AcmeCommand::Set {
+            record: record.to_owned(),
+            value: value.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.recv().await.unwrap_or(Err(AcmeError::Lost))
+    }
+
+    /// Asks a registered relay to remove the ACME record `record`.
+    pub async fn clear_acme_txt(&self, record: &str) -> Result<(), AcmeError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.send_to_registered(AcmeCommand::Clear {
+            record: record.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.recv().await.unwrap_or(Err(AcmeError::Lost))
+    }
+
+    async fn send_to_registered(&self, command: AcmeCommand) -> Result<(), AcmeError> {
+        let index = self
+            .status()
+            .iter()
+            .position(|s| s.state == RelayConnectionState::Registered)
+            .ok_or(AcmeError::NoRelay)?;
+        let sender = self.commands.get(index).ok_or(AcmeError::NoRelay)?;
+        sender.send(command).await.map_err(|_| AcmeError::Lost)
     }
 
     /// A snapshot of every relay's status, in configuration order.
@@ -233,6 +306,7 @@ impl RelayClient {
 enum Wake {
     Shutdown,
     Timer,
+    Command(AcmeCommand),
     Data(Result<Option<usize>, quinn::ReadError>),
 }
 
@@ -258,8 +332,18 @@ impl<R: Runtime> RelayTask<R> {
     async fn run(self, mut session: DaemonSession) {
         let mut live: Option<Live> = None;
         let mut buf = vec![0u8; 8 * 1024];
+        let mut acme_replies: HashMap<u64, AcmeReply> = HashMap::new();
         loop {
             while let Some(event) = session.poll_event() {
+                if let DaemonEvent::AcmeChallengeResult {
+                    request_id,
+                    outcome,
+                } = &event
+                {
+                    if let Some(reply) = acme_replies.remove(request_id) {
+                        let _ = reply.try_send(outcome.clone().map_err(AcmeError::Relay));
+                    }
+                }
                 self.handle_event(&mut session, &mut live, event).await;
             }
             let state = match session.state() {
@@ -285,11 +369,19 @@ impl<R: Runtime> RelayTask<R> {
                     None => std::future::pending().await,
                 }
             };
-            let woke = race(self.shutdown.wait(), race(timer, input)).await;
+            let command = async {
+                match self.commands.recv().await {
+                    Ok(command) => command,
+                    // The client handle is gone; only shutdown ends the task.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let woke = race(self.shutdown.wait(), race(timer, race(command, input))).await;
             let woke = match woke {
                 Either::Left(()) => Wake::Shutdown,
                 Either::Right(Either::Left(())) => Wake::Timer,
-                Either::Right(Either::Right(read)) => Wake::Data(read),
+                Either::Right(Either::Right(Either::Left(command))) => Wake::Command(command),
+                Either::Right(Either::Right(Either::Right(read))) => Wake::Data(read),
             };
             let now = Instant::now();
             match woke {
@@ -306,6 +398,26 @@ impl<R: Runtime> RelayTask<R> {
                     return;
                 }
                 Wake::Timer => session.handle_timeout(now),
+                Wake::Command(command) => {
+                    let (requested, reply) = match command {
+                        AcmeCommand::Set {
+                            record,
+                            value,
+                            reply,
+                        } => (session.request_acme_set(record, value), reply),
+                        AcmeCommand::Clear { record, reply } => {
+                            (session.request_acme_clear(record), reply)
+                        }
+                    };
+                    match requested {
+                        Ok(request_id) => {
+                            acme_replies.insert(request_id, reply);
+                        }
+                        Err(_) => {
+                            let _ = reply.try_send(Err(AcmeError::NoRelay));
+                        }
+                    }
+                }
                 Wake::Data(read) => {
                     let Some(current) = live.as_mut() else {
                         continue;

@@ -239,6 +239,8 @@ impl Metrics {
 struct DaemonEntry {
     session: RelaySession,
     connection: quinn::Connection,
+    /// Counted in `daemons_registered`.
+    counted: bool,
 }
 
 /// Routing state, behind one mutex.
@@ -408,6 +410,7 @@ impl Shared {
             DaemonEntry {
                 session,
                 connection,
+                counted: false,
             },
         );
         core.by_node.entry(node_id).or_default().insert(id);
@@ -420,12 +423,7 @@ impl Shared {
         let Some(mut entry) = core.sessions.remove(&id) else {
             return;
         };
-        if entry.session.accepts_streams()
-            || matches!(
-                entry.session.state(),
-                gate_core::tunnel::RelayState::Draining { .. }
-            )
-        {
+        if entry.counted {
             self.metrics
                 .daemons_registered
                 .fetch_sub(1, Ordering::Relaxed);
@@ -438,6 +436,19 @@ impl Shared {
             ids.remove(&id);
             if ids.is_empty() {
                 core.by_node.remove(&node_id);
+            }
+        }
+    }
+
+    /// Counts session `id` as a registered daemon (once).
+    fn mark_counted(&self, id: u64) {
+        let mut core = lock(&self.core);
+        if let Some(entry) = core.sessions.get_mut(&id) {
+            if !entry.counted {
+                entry.counted = true;
+                self.metrics
+                    .daemons_registered
+                    .fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -1030,10 +1041,7 @@ async fn drive_daemon<R: Runtime>(
                     }
                 }
                 RelayEvent::Registered(grant) => {
-                    shared
-                        .metrics
-                        .daemons_registered
-                        .fetch_add(1, Ordering::Relaxed);
+                    shared.mark_counted(id);
                     tracing::info!(
                         node_name = %grant.node_name,
                         custom_name = grant.custom_name.as_deref().unwrap_or("-"),

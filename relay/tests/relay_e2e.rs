@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use gate_relay::client::AcmeError;
 use gate_relay::identity::Identity;
 use gate_rt::Runtime;
 use rustls::pki_types::ServerName;
@@ -57,7 +58,7 @@ fn client_hello(config: Arc<rustls::ClientConfig>, name: &str) -> Result<Vec<u8>
 /// Waits until the peer closes the connection (EOF or error) and returns how long it took.
 async fn time_until_closed<R: Runtime>(
     rt: &R,
-    stream: &mut R::TcpStream,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
     limit: Duration,
 ) -> Result<Duration, BoxError> {
     let start = Instant::now();
@@ -83,7 +84,9 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     let dir = tempfile::tempdir()?;
     let relay_state = dir.path().join("relay");
     let relay_identity = Identity::load_or_create(&relay_state)?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, &relay_state).await?;
+    let mut settings = test_settings();
+    settings.metrics_port = Some(0);
+    let relay = start_relay(&relay_rt, settings, &relay_identity, &relay_state).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
         daemon.is_registered()
@@ -181,6 +184,44 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     assert!(stats.unknown_name >= 2, "{stats:?}");
     assert!(stats.forwarded >= 5, "{stats:?}");
 
+    // Metrics, in the Prometheus text format, on loopback.
+    let metrics_addr = relay.metrics_addr().ok_or("metrics listener not started")?;
+    let mut metrics = rt.connect_tcp(metrics_addr).await?;
+    metrics
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    metrics.read_to_string(&mut text).await?;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("\ngate_relay_daemons_registered 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE gate_relay_forwarded_total counter\n"),
+        "{text}"
+    );
+
+    // ACME records: only for the daemon's own names; this relay has no DNS provider.
+    let own = daemon
+        .client
+        .set_acme_txt(&format!("_acme-challenge.{name}"), "token")
+        .await;
+    assert_eq!(
+        own,
+        Err(AcmeError::Relay(
+            "DNS provider not configured on this relay".to_owned()
+        ))
+    );
+    let foreign = daemon
+        .client
+        .set_acme_txt(&format!("_acme-challenge.other.{SUFFIX}"), "token")
+        .await;
+    assert!(
+        matches!(&foreign, Err(AcmeError::Relay(m)) if m.contains("not an ACME challenge record for one of this daemon's names")),
+        "{foreign:?}"
+    );
+
     // The daemon goes away: its name gets the alert.
     daemon.client.shutdown().await;
     wait_until(&rt, REGISTER_LIMIT, "daemon offline at the relay", || {
@@ -226,6 +267,28 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
         "closed after {held:?}, before the handshake timeout"
     );
 
+    // One byte every 200 ms: cut off at the handshake timeout, long before the hello is whole.
+    let slow = rt.connect_tcp(https).await?;
+    let (mut slow_reader, mut slow_writer) = tokio::io::split(slow);
+    let trickle_rt = rt.clone();
+    let trickle = hello.clone();
+    let started = Instant::now();
+    rt.spawn(async move {
+        for byte in trickle {
+            if slow_writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            trickle_rt.sleep(Duration::from_millis(200)).await;
+        }
+    });
+    time_until_closed(&rt, &mut slow_reader, Duration::from_secs(10)).await?;
+    assert!(started.elapsed() >= Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+    wait_until(&rt, Duration::from_secs(10), "connections released", || {
+        relay.stats().https_open == 0
+    })
+    .await?;
+
     // Per source IP: the fifth open connection is closed at once.
     let mut idle = Vec::new();
     for _ in 0..4 {
@@ -249,7 +312,7 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
 
     let stats = relay.stats();
     assert!(stats.invalid_hello >= 1, "{stats:?}");
-    assert!(stats.handshake_timeouts >= 1, "{stats:?}");
+    assert!(stats.handshake_timeouts >= 2, "{stats:?}");
     assert!(stats.over_limit >= 1, "{stats:?}");
     daemon.client.shutdown().await;
     relay.shutdown().await;
