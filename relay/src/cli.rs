@@ -48,6 +48,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
         runtime: RuntimeChoice,
     },
+    /// Read and validate the settings, then exit (non-zero with the reason when invalid).
+    CheckConfig {
+        /// A TOML settings file; repeat to layer several (later ones win).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+    },
     /// Print the relay's node id (what daemons pin as `<id>@host:port`), creating the key on
     /// first use.
     Id {
@@ -66,6 +72,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Some(Command::Id { state_dir }) => print_id(state_dir.as_deref()),
+        Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Serve {
             config,
             state_dir,
@@ -88,6 +95,30 @@ fn print_id(state_dir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn load_settings(config: &[PathBuf]) -> anyhow::Result<RelaySettings> {
+    let settings = if config.is_empty() {
+        RelaySettings::default()
+    } else {
+        RelaySettings::from_files(config)?
+    };
+    gate_core::tunnel::NameTableConfig::new(&settings.domain_suffix)
+        .map_err(|e| anyhow::anyhow!("domain_suffix: {e}"))?;
+    Ok(settings)
+}
+
+fn check_config(config: &[PathBuf]) -> anyhow::Result<()> {
+    let settings = load_settings(config)?;
+    eprintln!(
+        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}",
+        settings.bind_address,
+        settings.https_port,
+        settings.p2p_port,
+        settings.https_port,
+        settings.domain_suffix
+    );
+    Ok(())
+}
+
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
@@ -103,11 +134,7 @@ fn serve(
     state_dir: Option<&Path>,
     runtime: RuntimeChoice,
 ) -> anyhow::Result<()> {
-    let settings = if config.is_empty() {
-        RelaySettings::default()
-    } else {
-        RelaySettings::from_files(config)?
-    };
+    let settings = load_settings(config)?;
     init_logging(&settings.log_level);
     let dir = state::relay_state_dir(state_dir)?;
     let identity = Identity::load_or_create(&dir)?;
@@ -125,8 +152,14 @@ async fn run<R: gate_rt::Runtime>(
     identity: Identity,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
+    use futures_lite::StreamExt as _;
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(|e| anyhow::anyhow!("could not install signal handlers: {e}"))?;
     let relay = crate::server::start(rt, settings, &identity, &dir).await?;
-    relay.stopped().await;
+    // SIGTERM / SIGINT: tell the daemons, save the claims, release the ports.
+    let signal = signals.next().await;
+    tracing::info!(?signal, "stopping");
     relay.shutdown().await;
     Ok(())
 }

@@ -163,7 +163,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     );
 
     // Back on the same ports: the daemon registers again by itself.
-    let _relay = spawn_relay(relay_runtime, &config, &state, &log);
+    let mut relay = spawn_relay(relay_runtime, &config, &state, &log);
     let again = wait_until(
         &rt,
         Duration::from_secs(30),
@@ -189,6 +189,25 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     );
     health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
     health_via_relay(&rt, https, &format!("kept.{SUFFIX}"), &daemon.certificate).await?;
+
+    // SIGTERM: a clean exit, with the claims saved.
+    let pid = relay.0.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status()?;
+    assert!(sent.success());
+    let mut exit = None;
+    wait_until(
+        &rt,
+        Duration::from_secs(20),
+        "relay exits on SIGTERM",
+        || {
+            exit = relay.0.try_wait().ok().flatten();
+            exit.is_some()
+        },
+    )
+    .await?;
+    assert!(exit.is_some_and(|s| s.success()), "exit status {exit:?}");
+    let names = std::fs::read_to_string(state.join("names.json"))?;
+    assert!(names.contains("\"kept\""), "{names}");
     daemon.client.shutdown().await;
     Ok(())
 }
