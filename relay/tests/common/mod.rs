@@ -31,7 +31,11 @@ where
     F: FnOnce(gate_runtime_tokio::TokioRuntime, gate_runtime_tokio::TokioRuntime) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
-    let result = gate_runtime_tokio::block_on(|rt| scenario(rt.clone(), rt)).expect("tokio");
+    let result = gate_runtime_tokio::block_on(|rt| {
+        let watchdog = rt.clone();
+        bounded(watchdog, scenario(rt.clone(), rt))
+    })
+    .expect("tokio");
     if let Err(e) = result {
         panic!("scenario failed: {e}");
     }
@@ -42,7 +46,11 @@ where
     F: FnOnce(gate_runtime_smol::SmolRuntime, gate_runtime_smol::SmolRuntime) -> Fut,
     Fut: Future<Output = Result<(), BoxError>>,
 {
-    let result = gate_runtime_smol::block_on(|rt| scenario(rt.clone(), rt)).expect("smol");
+    let result = gate_runtime_smol::block_on(|rt| {
+        let watchdog = rt.clone();
+        bounded(watchdog, scenario(rt.clone(), rt))
+    })
+    .expect("smol");
     if let Err(e) = result {
         panic!("scenario failed: {e}");
     }
@@ -63,11 +71,30 @@ where
         })
     });
     let smol_rt = handle_rx.recv().expect("smol runtime handle");
-    let result = gate_runtime_tokio::block_on(|rt| scenario(smol_rt, rt)).expect("tokio");
+    let result = gate_runtime_tokio::block_on(|rt| {
+        let watchdog = rt.clone();
+        bounded(watchdog, scenario(smol_rt, rt))
+    })
+    .expect("tokio");
     drop(stop_tx);
     let _ = smol_thread.join();
     if let Err(e) = result {
         panic!("scenario failed: {e}");
+    }
+}
+
+/// Every scenario ends within this time, passing or failing, instead of hanging.
+pub const SCENARIO_LIMIT: Duration = Duration::from_secs(180);
+
+async fn bounded<R: Runtime>(
+    rt: R,
+    scenario: impl Future<Output = Result<(), BoxError>>,
+) -> Result<(), BoxError> {
+    match gate_rt::timeout(&rt, SCENARIO_LIMIT, scenario).await {
+        Ok(result) => result,
+        Err(gate_rt::Elapsed) => {
+            Err(format!("scenario did not finish within {SCENARIO_LIMIT:?}").into())
+        }
     }
 }
 
@@ -298,16 +325,23 @@ pub async fn health_via_relay<R: Runtime>(
     name: &str,
     daemon_cert: &CertificateDer<'static>,
 ) -> Result<(), BoxError> {
-    let tcp = rt.connect_tcp(relay_https).await?;
-    let (tls, presented) = tls_connect(tcp, name, client_config(daemon_cert, Vec::new())?).await?;
-    if presented != *daemon_cert {
-        return Err("the certificate seen is not the daemon's".into());
+    let attempt = async {
+        let tcp = rt.connect_tcp(relay_https).await?;
+        let (tls, presented) =
+            tls_connect(tcp, name, client_config(daemon_cert, Vec::new())?).await?;
+        if presented != *daemon_cert {
+            return Err::<(), BoxError>("the certificate seen is not the daemon's".into());
+        }
+        let body = get_health(tls, name).await?;
+        if body != "ok" {
+            return Err(format!("unexpected body {body:?}").into());
+        }
+        Ok(())
+    };
+    match gate_rt::timeout(rt, Duration::from_secs(30), attempt).await {
+        Ok(result) => result,
+        Err(gate_rt::Elapsed) => Err(format!("GET /health via {name} took over 30 s").into()),
     }
-    let body = get_health(tls, name).await?;
-    if body != "ok" {
-        return Err(format!("unexpected body {body:?}").into());
-    }
-    Ok(())
 }
 
 /// Runs a blocking closure on its own thread and awaits its result without blocking the
