@@ -258,7 +258,9 @@ struct Shared {
     session_config: RelayConfig,
     names_path: PathBuf,
     core: Mutex<Core>,
-    persist_lock: Mutex<()>,
+    /// Serializes writers; holds the (label, owner) pairs last written, so registrations that
+    /// change no claim do not rewrite the file.
+    persist_lock: Mutex<Vec<(String, NodeId)>>,
     https_per_ip: Mutex<HashMap<IpAddr, usize>>,
     https_total: AtomicUsize,
     daemon_connections: AtomicUsize,
@@ -468,12 +470,29 @@ impl Shared {
     /// Writes the name table to the state directory (atomically). Failures are logged: the
     /// claims stay in memory and the next write tries again.
     fn persist_names(&self) {
-        let _writer = lock(&self.persist_lock);
+        self.write_names(true);
+    }
+
+    /// Writes the name table when a claim was added, moved or removed since the last write.
+    fn persist_claim_changes(&self) {
+        self.write_names(false);
+    }
+
+    fn write_names(&self, always: bool) {
+        let mut written = lock(&self.persist_lock);
         let snapshot = {
             let mut core = lock(&self.core);
             core.names.expire(unix_now());
             core.names.snapshot()
         };
+        let claims: Vec<(String, NodeId)> = snapshot
+            .claims
+            .iter()
+            .map(|c| (c.label.clone(), c.node_id.clone()))
+            .collect();
+        if !always && claims == *written {
+            return;
+        }
         let json = match serde_json::to_vec_pretty(&snapshot) {
             Ok(json) => json,
             Err(e) => {
@@ -481,8 +500,9 @@ impl Shared {
                 return;
             }
         };
-        if let Err(e) = state::write_atomically(&self.names_path, &json, 0o600) {
-            tracing::error!("could not save the name claims: {e}");
+        match state::write_atomically(&self.names_path, &json, 0o600) {
+            Ok(()) => *written = claims,
+            Err(e) => tracing::error!("could not save the name claims: {e}"),
         }
     }
 }
@@ -652,7 +672,7 @@ pub async fn start<R: Runtime>(
             forwarded_per_node: HashMap::new(),
             next_session_id: 1,
         }),
-        persist_lock: Mutex::new(()),
+        persist_lock: Mutex::new(Vec::new()),
         https_per_ip: Mutex::new(HashMap::new()),
         https_total: AtomicUsize::new(0),
         daemon_connections: AtomicUsize::new(0),
@@ -1050,7 +1070,7 @@ async fn drive_daemon<R: Runtime>(
                     if let Some(refusal) = &grant.custom_name_refusal {
                         tracing::warn!(node_name = %grant.node_name, "{refusal}");
                     }
-                    shared.persist_names();
+                    shared.persist_claim_changes();
                 }
                 RelayEvent::DnsSet {
                     request_id, name, ..
