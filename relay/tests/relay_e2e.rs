@@ -238,6 +238,7 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_connections_per_ip = 4;
+    settings.limits.max_connections_per_node = 1;
     let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
@@ -307,6 +308,42 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     wait_until(&rt, Duration::from_secs(10), "connections released", || {
         relay.stats().https_open == 0
     })
+    .await?;
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+
+    // Per daemon: while one forwarded connection is open, a second one gets an alert.
+    let tcp = rt.connect_tcp(https).await?;
+    let config = client_config(&daemon.certificate, Vec::new())?;
+    let (mut held, _) = tls_connect(tcp, &name, config.clone()).await?;
+    held.write_all(b"ECHO\nping").await?;
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await?;
+    let tcp = rt.connect_tcp(https).await?;
+    match tls_connect(tcp, &name, config).await {
+        Ok(_) => return Err("a second connection passed the per-daemon limit".into()),
+        Err(e) => {
+            let alert = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            assert!(
+                matches!(
+                    alert,
+                    Some(rustls::Error::AlertReceived(
+                        rustls::AlertDescription::InternalError
+                    ))
+                ),
+                "expected an internal_error alert, got {e}"
+            );
+        }
+    }
+    drop(held);
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "forwarded connection released",
+        || relay.stats().forwarded_open == 0,
+    )
     .await?;
     health_via_relay(&rt, https, &name, &daemon.certificate).await?;
 
