@@ -13,7 +13,7 @@
 //! than Ed25519 on a pinned or self-signed peer, or know about relay or daemon logic.
 
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -550,11 +550,6 @@ impl ClientCertVerifier for NodeCertVerifier {
     fn client_auth_mandatory(&self) -> bool {
         true
     }
-}
-
-/// Writes the node id to `out` followed by a newline (for `id` subcommands).
-pub fn print_node_id(identity: &Identity, mut out: impl Write) -> io::Result<()> {
-    writeln!(out, "{}", identity.node_id())
 }
 
 #[cfg(test)]
