@@ -238,12 +238,25 @@ impl Identity {
     /// `gate-relay/1`, and a mandatory client certificate (any self-signed Ed25519 one; read the
     /// daemon's node id with [`peer_node_id`]).
     pub fn relay_server_config(&self) -> Result<quinn::ServerConfig, IdentityError> {
+        self.relay_server_config_with(None)
+    }
+
+    /// [`Identity::relay_server_config`], presenting `presented` (a certificate chain and its
+    /// key, e.g. issued by a CA for the relay's host name) instead of the node certificate
+    /// when given. Daemons that pin the relay's id need the node certificate; daemons that
+    /// do not pin check `presented` against WebPKI roots and their extra CA.
+    pub fn relay_server_config_with(
+        &self,
+        presented: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<quinn::ServerConfig, IdentityError> {
         let provider = provider();
+        let (chain, key) =
+            presented.unwrap_or_else(|| (vec![self.certificate()], self.private_key()));
         let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_error)?
             .with_client_cert_verifier(Arc::new(NodeCertVerifier::new(&provider, None)))
-            .with_single_cert(vec![self.certificate()], self.private_key())
+            .with_single_cert(chain, key)
             .map_err(tls_error)?;
         tls.alpn_protocols = vec![gate_rt::quic::TUNNEL_ALPN.to_vec()];
         let mut config = gate_rt::quic::server_config(tls).map_err(tls_error)?;

@@ -27,6 +27,8 @@ use gate_core::tunnel::{
     RelayConfig, RelayEvent, RelayNameTable, RelaySession,
 };
 use gate_rt::Runtime;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::identity::{peer_node_id, Identity, IdentityError};
@@ -77,6 +79,9 @@ pub enum ServeError {
     /// The TLS configuration failed.
     #[error(transparent)]
     Identity(#[from] IdentityError),
+    /// The configured QUIC certificate or key is unusable.
+    #[error("tunnel certificate: {0}")]
+    Certificate(String),
 }
 
 /// Counters exported by the metrics listener and [`RunningRelay::stats`].
@@ -507,6 +512,34 @@ impl Shared {
     }
 }
 
+/// The certificate chain and key from `[tunnel] certificate_file` / `key_file`, if set.
+fn load_presented_certificate(
+    settings: &RelaySettings,
+) -> Result<Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, ServeError> {
+    let tunnel = &settings.tunnel;
+    let (cert_path, key_path) = match (&tunnel.certificate_file, &tunnel.key_file) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        _ => {
+            return Err(ServeError::Certificate(
+                "tunnel.certificate_file and tunnel.key_file must be set together".to_owned(),
+            ))
+        }
+    };
+    let chain = CertificateDer::pem_file_iter(cert_path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ServeError::Certificate(format!("{}: {e}", cert_path.display())))?;
+    if chain.is_empty() {
+        return Err(ServeError::Certificate(format!(
+            "{}: no certificate found",
+            cert_path.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| ServeError::Certificate(format!("{}: {e}", key_path.display())))?;
+    Ok(Some((chain, key)))
+}
+
 fn load_names(path: &Path, config: NameTableConfig) -> Result<RelayNameTable, ServeError> {
     let bad = |why: String| ServeError::Names {
         path: path.to_owned(),
@@ -632,7 +665,8 @@ pub async fn start<R: Runtime>(
         addr: https_bind,
         source,
     })?;
-    let server_config = identity.relay_server_config()?;
+    let presented = load_presented_certificate(&settings)?;
+    let server_config = identity.relay_server_config_with(presented)?;
     let p2p_bind = bind(settings.p2p_port);
     let p2p = identity
         .quic_endpoint(&rt, p2p_bind, Some(server_config.clone()))

@@ -99,6 +99,12 @@ pub struct TunnelSettings {
     pub heartbeat_interval_ms: u64,
     /// Milliseconds a daemon has to register after connecting.
     pub registration_timeout_ms: u64,
+    /// PEM certificate chain the QUIC endpoints present instead of the self-signed node
+    /// certificate, for daemons that do not pin the relay's id (they check it against WebPKI
+    /// roots or their extra CA). Needs `key_file`.
+    pub certificate_file: Option<std::path::PathBuf>,
+    /// PEM private key of `certificate_file`.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 impl Default for TunnelSettings {
@@ -106,6 +112,8 @@ impl Default for TunnelSettings {
         Self {
             heartbeat_interval_ms: 15_000,
             registration_timeout_ms: 10_000,
+            certificate_file: None,
+            key_file: None,
         }
     }
 }

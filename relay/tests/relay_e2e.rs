@@ -478,6 +478,78 @@ async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
     Ok(())
 }
 
+/// A relay presenting a CA-issued certificate on QUIC; the daemon does not pin its id and
+/// trusts the CA as its extra root.
+async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+        .signed_by(&leaf_key, &issuer)?;
+    let cert_file = dir.path().join("relay.pem");
+    let key_file = dir.path().join("relay.key");
+    std::fs::write(&cert_file, leaf.pem())?;
+    std::fs::write(&key_file, leaf_key.serialize_pem())?;
+
+    let mut settings = test_settings();
+    settings.tunnel.certificate_file = Some(cert_file);
+    settings.tunnel.key_file = Some(key_file);
+    let relay_identity = Identity::load_or_create(&dir.path().join("state"))?;
+    let relay = start_relay(
+        &relay_rt,
+        settings,
+        &relay_identity,
+        &dir.path().join("state"),
+    )
+    .await?;
+    let port = relay.quic_addrs()[0].port();
+
+    // Not pinned and the CA not trusted: no registration, and the status says why.
+    let untrusting = start_daemon(&rt, format!("localhost:{port}").parse()?, None)?;
+    wait_until(
+        &rt,
+        REGISTER_LIMIT,
+        "a certificate error is reported",
+        || {
+            untrusting
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("certificate"))
+        },
+    )
+    .await?;
+    assert!(!untrusting.is_registered());
+    untrusting.client.shutdown().await;
+
+    // Trusting the CA: registers and serves.
+    let daemon = start_daemon_with_ca(
+        &rt,
+        format!("localhost:{port}").parse()?,
+        ca_cert.der().clone(),
+    )?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    health_via_relay(
+        &rt,
+        relay.https_addr(),
+        &daemon.node_name,
+        &daemon.certificate,
+    )
+    .await?;
+    daemon.client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
 macro_rules! on_every_runtime {
     ($scenario:ident) => {
         mod $scenario {
@@ -501,3 +573,4 @@ on_every_runtime!(forwarding);
 on_every_runtime!(limits);
 on_every_runtime!(claims_and_restart);
 on_every_runtime!(large_transfer);
+on_every_runtime!(unpinned_relay);

@@ -185,6 +185,24 @@ pub fn start_daemon<R: Runtime>(
     relay: RelayAddress,
     custom_label: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
+    start_daemon_full(rt, relay, custom_label, Vec::new())
+}
+
+/// [`start_daemon`] trusting `extra_ca` for relays that are not pinned.
+pub fn start_daemon_with_ca<R: Runtime>(
+    rt: &R,
+    relay: RelayAddress,
+    extra_ca: CertificateDer<'static>,
+) -> Result<TestDaemon, BoxError> {
+    start_daemon_full(rt, relay, None, vec![extra_ca])
+}
+
+fn start_daemon_full<R: Runtime>(
+    rt: &R,
+    relay: RelayAddress,
+    custom_label: Option<&str>,
+    extra_ca: Vec<CertificateDer<'static>>,
+) -> Result<TestDaemon, BoxError> {
     let identity = Identity::generate()?;
     let node_name = format!("{}.{SUFFIX}", identity.node_id());
     let custom_name = custom_label.map(|label| format!("{label}.{SUFFIX}"));
@@ -213,6 +231,7 @@ pub fn start_daemon<R: Runtime>(
     let mut config = RelayClientConfig {
         relays: vec![relay],
         custom_label: custom_label.map(str::to_owned),
+        extra_ca,
         ..RelayClientConfig::default()
     };
     config.session.backoff_base = Duration::from_millis(100);
