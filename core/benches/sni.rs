@@ -5,7 +5,6 @@
 //! Run: `cargo bench -p gate-core --bench sni`
 
 #[path = "../tests/sni_hellos.rs"]
-#[allow(dead_code)]
 mod hellos;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

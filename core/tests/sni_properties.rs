@@ -107,7 +107,7 @@ fn chunk_sizes() -> impl Strategy<Value = Vec<usize>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// One piece: Found with the lower-cased name and the ALPN list rustls sent.
     /// Any split: NeedMore after every chunk until the last, then the identical answer.

@@ -59,6 +59,7 @@ impl<'a> HandshakeCursor<'a> {
     }
 
     /// Handshake bytes consumed so far.
+    #[inline]
     pub(crate) fn read(&self) -> usize {
         self.read
     }
@@ -66,6 +67,7 @@ impl<'a> HandshakeCursor<'a> {
     /// Reads and validates the header of the next record. Each check is made as soon as its
     /// byte is present, so garbage is rejected after one byte and the answer for a prefix never
     /// contradicts the answer for a longer input.
+    #[inline]
     fn enter_record(&mut self) -> Step<()> {
         let start = self.pos;
         // A record starting here needs its header and at least one payload byte.
@@ -113,6 +115,7 @@ impl<'a> HandshakeCursor<'a> {
 
     /// Consumes and returns the longest contiguous run of at most `max` bytes (`max >= 1`)
     /// available at the cursor, entering the next record if the current one is used up.
+    #[inline]
     fn chunk(&mut self, max: usize) -> Step<&'a [u8]> {
         if self.record_left == 0 {
             self.enter_record()?;
@@ -133,6 +136,7 @@ impl<'a> HandshakeCursor<'a> {
     }
 
     /// Fixed-size read; takes the fast path when all `N` bytes sit in the current record.
+    #[inline]
     fn array<const N: usize>(&mut self) -> Step<[u8; N]> {
         let mut out = [0u8; N];
         if self.record_left >= N {
@@ -148,21 +152,25 @@ impl<'a> HandshakeCursor<'a> {
         Ok(out)
     }
 
+    #[inline]
     pub(crate) fn u8(&mut self) -> Step<u8> {
         let [byte] = self.array::<1>()?;
         Ok(byte)
     }
 
+    #[inline]
     pub(crate) fn u16(&mut self) -> Step<u16> {
         Ok(u16::from_be_bytes(self.array::<2>()?))
     }
 
+    #[inline]
     pub(crate) fn u24(&mut self) -> Step<usize> {
         let [a, b, c] = self.array::<3>()?;
         Ok(usize::from(a) << 16 | usize::from(b) << 8 | usize::from(c))
     }
 
     /// Consumes `count` bytes without looking at them.
+    #[inline]
     pub(crate) fn skip(&mut self, mut count: usize) -> Step<()> {
         while count > 0 {
             count -= self.chunk(count)?.len();
@@ -172,6 +180,7 @@ impl<'a> HandshakeCursor<'a> {
 
     /// Consumes `dst.len()` bytes into `dst` (the only copy the parser makes, into inline
     /// storage owned by the caller).
+    #[inline]
     pub(crate) fn copy_into(&mut self, dst: &mut [u8]) -> Step<()> {
         let mut filled = 0;
         while filled < dst.len() {

@@ -28,7 +28,9 @@
 //!
 //! The answer for a prefix never contradicts the answer for a longer input: once [`parse`]
 //! returns an error or a result, every extension of that input gives the same error or result.
-//! A valid ClientHello gives [`Status::NeedMore`] for every strict prefix.
+//! A valid ClientHello gives [`Status::NeedMore`] for every prefix that stops short of its
+//! last byte, and the answer does not depend on how the bytes were split into reads or how the
+//! handshake message was split into records.
 //!
 //! # Limits
 //!
@@ -42,7 +44,19 @@
 //!   type may appear once.
 //! - Results live inline: a [`ServerName`] (253 bytes) and an [`AlpnList`]
 //!   ([`ALPN_INLINE_CAPACITY`] bytes). A parse performs no heap allocation.
-//! - Bytes after the ClientHello (in its last record or beyond) are not inspected.
+//! - Bytes after the ClientHello (in its last record or beyond) are not inspected, so the
+//!   answer can come before a last record that carries more than the hello has fully arrived.
+//! - The time bound (how long to wait for [`Status::NeedMore`] to resolve) is the caller's.
+//!
+//! # Decisions
+//!
+//! - Server names: see [`ServerName`]: one trailing dot is stripped, IP literals and
+//!   underscores are rejected, upper case is folded. A `server_name` extension whose entries
+//!   are all of unknown name types counts as no SNI; two host names are an error.
+//! - ALPN: an empty list or an empty name is an error (RFC 7301); names that do not fit the
+//!   inline storage are dropped from the end and reported by [`AlpnList::is_complete`].
+//! - Record versions 3.0..=3.4 are accepted on every record; the ClientHello's own
+//!   `legacy_version` must have major version 3. Nothing else in the hello is judged.
 
 mod alpn;
 mod cursor;

@@ -45,6 +45,22 @@ pub enum ServerNameError {
     MultipleHostNames,
 }
 
+/// For each byte: its lower-case form if it may appear in a host name, else 0.
+const HOST_NAME_BYTE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut byte = 0usize;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' => b,
+            b'A'..=b'Z' => b.to_ascii_lowercase(),
+            _ => 0,
+        };
+        byte += 1;
+    }
+    table
+};
+
 /// A validated DNS host name: lower-case ASCII, no trailing dot, at most 253 bytes, stored
 /// inline.
 #[derive(Clone)]
@@ -97,29 +113,27 @@ impl ServerName {
         let mut previous = b'.';
         for slot in raw.iter_mut() {
             let byte = *slot;
-            let lower = byte.to_ascii_lowercase();
-            match lower {
-                b'.' => {
-                    if label_len == 0 {
-                        return Err(ServerNameError::EmptyLabel);
-                    }
-                    if previous == b'-' {
-                        return Err(ServerNameError::HyphenAtLabelEdge);
-                    }
-                    label_len = 0;
-                    label_all_digits = true;
+            let lower = HOST_NAME_BYTE.get(usize::from(byte)).copied().unwrap_or(0);
+            if lower == b'.' {
+                if label_len == 0 {
+                    return Err(ServerNameError::EmptyLabel);
                 }
-                b'a'..=b'z' | b'0'..=b'9' | b'-' => {
-                    if lower == b'-' && label_len == 0 {
-                        return Err(ServerNameError::HyphenAtLabelEdge);
-                    }
-                    label_len += 1;
-                    if label_len > MAX_LABEL_LEN {
-                        return Err(ServerNameError::LabelTooLong { length: label_len });
-                    }
-                    label_all_digits &= lower.is_ascii_digit();
+                if previous == b'-' {
+                    return Err(ServerNameError::HyphenAtLabelEdge);
                 }
-                _ => return Err(ServerNameError::InvalidByte { byte }),
+                label_len = 0;
+                label_all_digits = true;
+            } else if lower != 0 {
+                if lower == b'-' && label_len == 0 {
+                    return Err(ServerNameError::HyphenAtLabelEdge);
+                }
+                label_len += 1;
+                if label_len > MAX_LABEL_LEN {
+                    return Err(ServerNameError::LabelTooLong { length: label_len });
+                }
+                label_all_digits &= lower.is_ascii_digit();
+            } else {
+                return Err(ServerNameError::InvalidByte { byte });
             }
             *slot = lower;
             previous = lower;
