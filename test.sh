@@ -3,15 +3,15 @@
 # Installs what the tests need when it is missing, then runs, in order:
 #   lint (fmt, clippy), dependency audit, the sans-IO check of gate-core,
 #   unit + property + end-to-end tests (cargo nextest), the Python SDK suite,
-#   and every fuzz target for a short time.
+#   the NixOS module tests, and every fuzz target for a short time.
 # Usage: ./test.sh            everything
-#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e fuzz
+#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e nix fuzz
 # FUZZ_SECONDS (default 30) sets the time per fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 stages=("$@")
-if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e fuzz); fi
+if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e nix fuzz); fi
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never
@@ -61,6 +61,11 @@ if want e2e && [ -x tests/e2e/run.sh ]; then
     need_apt python3 python3 python3-venv
     cargo build --workspace --examples --bins -q
     tests/e2e/run.sh
+fi
+
+if want nix; then
+    step "NixOS modules, overlay and flake (nix/tests/run.sh)"
+    nix/tests/run.sh
 fi
 
 if want fuzz; then

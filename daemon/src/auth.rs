@@ -47,7 +47,10 @@ pub struct TokenStore {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -78,7 +81,11 @@ impl TokenStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let by_hash = file.tokens.into_iter().map(|t| (t.sha256.clone(), t)).collect();
+        let by_hash = file
+            .tokens
+            .into_iter()
+            .map(|t| (t.sha256.clone(), t))
+            .collect();
         Ok(Self { path, by_hash })
     }
 
@@ -94,7 +101,10 @@ impl TokenStore {
     pub fn create(&mut self, name: &str, ttl_secs: Option<u64>) -> Result<(TokenRecord, String)> {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
         let token = format!("{TOKEN_PREFIX}{secret}");
-        let id: String = random_bytes::<6>()?.iter().map(|b| format!("{b:02x}")).collect();
+        let id: String = random_bytes::<6>()?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         let created_at = now_unix();
         let record = TokenRecord {
             id,
@@ -148,7 +158,9 @@ pub struct JwtSettings {
 
 impl std::fmt::Debug for JwtSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtSettings").field("secret", &"(set)").finish()
+        f.debug_struct("JwtSettings")
+            .field("secret", &"(set)")
+            .finish()
     }
 }
 
@@ -159,7 +171,10 @@ impl JwtSettings {
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "iss"]);
         validation.leeway = 30;
-        Self { key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()), validation }
+        Self {
+            key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
     }
 
     /// The subject of a valid token.
@@ -198,9 +213,14 @@ pub enum AuthError {
 
 /// The credential a request carries: `Authorization: Bearer` or `x-api-key`.
 pub fn credential(headers: &http::HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
-        if let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))
+        if let Some(token) = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
         {
             let token = token.trim();
             if !token.is_empty() {
@@ -222,16 +242,23 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
         Some(i) => text.split_at(i),
         None => (text, "s"),
     };
-    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 90m"))?;
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30d, 12h, 90m"))?;
     let factor = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
         "w" => 604_800,
-        _ => return Err(format!("unknown unit {unit:?} in {text:?}: use s, m, h, d or w")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {text:?}: use s, m, h, d or w"
+            ))
+        }
     };
-    n.checked_mul(factor).ok_or_else(|| format!("{text:?} is too long"))
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 #[cfg(test)]
@@ -255,7 +282,10 @@ mod tests {
         assert!(!file.contains(&token));
         assert!(file.contains(&record.sha256));
         let reloaded = TokenStore::load(&dir).unwrap();
-        assert_eq!(reloaded.verify(&token).map(|r| r.id.clone()), Some(record.id.clone()));
+        assert_eq!(
+            reloaded.verify(&token).map(|r| r.id.clone()),
+            Some(record.id.clone())
+        );
         assert!(reloaded.verify("gk_wrong").is_none());
         let mut store = reloaded;
         assert!(store.revoke(&record.id).unwrap());
@@ -279,15 +309,35 @@ mod tests {
         let settings = JwtSettings::new("s3cret", "gate-daemon");
         let exp = now_unix() + 3600;
         let claims = serde_json::json!({"sub": "alice", "iss": "gate-daemon", "exp": exp});
-        let good = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let good = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert_eq!(settings.verify(&good).unwrap(), "alice");
-        let wrong_key = encode(&Header::default(), &claims, &EncodingKey::from_secret(b"other")).unwrap();
+        let wrong_key = encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(b"other"),
+        )
+        .unwrap();
         assert_eq!(settings.verify(&wrong_key), Err(AuthError::Invalid));
         let other_iss = serde_json::json!({"iss": "someone", "exp": exp});
-        let t = encode(&Header::default(), &other_iss, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let t = encode(
+            &Header::default(),
+            &other_iss,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert_eq!(settings.verify(&t), Err(AuthError::WrongIssuer));
         let expired = serde_json::json!({"iss": "gate-daemon", "exp": now_unix() - 3600});
-        let t = encode(&Header::default(), &expired, &EncodingKey::from_secret(b"s3cret")).unwrap();
+        let t = encode(
+            &Header::default(),
+            &expired,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap();
         assert_eq!(settings.verify(&t), Err(AuthError::Expired));
         let hs512 = Header::new(jsonwebtoken::Algorithm::HS512);
         let t = encode(&hs512, &claims, &EncodingKey::from_secret(b"s3cret")).unwrap();
@@ -296,7 +346,11 @@ mod tests {
         let b64 = |v: &serde_json::Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
-        let none = format!("{}.{}.", b64(&serde_json::json!({"alg": "none", "typ": "JWT"})), b64(&claims));
+        let none = format!(
+            "{}.{}.",
+            b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+            b64(&claims)
+        );
         assert!(settings.verify(&none).is_err());
     }
 

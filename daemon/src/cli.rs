@@ -8,8 +8,12 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use gate_core::config::DaemonConfig;
+
 use crate::app::App;
-use crate::{server, state};
+use crate::auth::TokenStore;
+use crate::gateway::Gateway;
+use crate::{commands, server, settings, state};
 
 /// Gate: a self-hosted AI gateway in front of OpenAI, Anthropic and every
 /// OpenAI-compatible provider.
@@ -34,6 +38,137 @@ pub enum RuntimeChoice {
 pub enum Command {
     /// Run the gateway: the HTTP API (OpenAI and Anthropic) and web UI.
     Serve(ServeArgs),
+    /// Validate the merged configuration (files, runtime file, environment) and exit.
+    CheckConfig(ConfigArgs),
+    /// Show or change the configuration. `set`/`unset` edit the runtime layer
+    /// (`<state_dir>/config.toml`); a running daemon picks changes up within a second.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Add, list and remove upstream providers (runtime layer).
+    #[command(subcommand)]
+    Upstream(UpstreamCommand),
+    /// Create, list and revoke Gate API keys for clients.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// Where the configuration comes from (for commands other than `serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArgs {
+    /// A configuration file (the Nix layer); repeat for several, later files win.
+    #[arg(long = "config", value_name = "FILE")]
+    pub config: Vec<PathBuf>,
+    /// The state directory (see `gate serve --help`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the merged configuration (secrets redacted).
+    Show {
+        /// Say which layer (and file/line or variable) each value comes from.
+        #[arg(long)]
+        origin: bool,
+        /// Print JSON: {"key.path": {"value": .., "origin": ..}}.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+    /// Print one value (secrets redacted), e.g. `gate config get auth.jwt.issuer`.
+    Get {
+        /// Dotted key path.
+        key: String,
+        /// Also print where it comes from.
+        #[arg(long)]
+        origin: bool,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+    /// Set a value in the runtime layer, e.g. `gate config set port 8080`.
+    Set {
+        /// Dotted key path.
+        key: String,
+        /// The value (lists: comma-separated or a TOML array).
+        value: String,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+    /// Remove a value from the runtime layer (lower layers apply again).
+    Unset {
+        /// Dotted key path.
+        key: String,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UpstreamCommand {
+    /// Add (or replace) an upstream in the runtime layer.
+    Add {
+        /// Name (a-z, 0-9, `_`, `-`), used in routes and GATE_UPSTREAMS__<NAME>__API_KEY.
+        name: String,
+        /// openai, anthropic, google, mistral, groq, openrouter or custom (OpenAI-compatible).
+        #[arg(long)]
+        provider: String,
+        /// Base URL as the provider's SDK documents it, e.g. http://127.0.0.1:11434/v1.
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+        /// Read the provider API key from standard input (never from the command line).
+        #[arg(long)]
+        api_key_stdin: bool,
+        /// Models this upstream serves (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+    /// List upstreams with their provider, base URL and whether a key is set.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+    /// Remove an upstream (also one defined by a --config file: it stays removed).
+    Remove {
+        name: String,
+        #[command(flatten)]
+        source: ConfigArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API key; prints the key alone on stdout (details on stderr).
+    Create {
+        /// A label for the key.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// Lifetime such as 30d, 12h or 90m (default: no expiry).
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        /// The state directory (see `gate serve --help`).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// List API keys (ids and names; keys themselves are never stored).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// Revoke an API key by id.
+    Revoke {
+        id: String,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,6 +197,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => commands::check_config(&args),
+        Command::Config(command) => commands::config(command),
+        Command::Upstream(command) => commands::upstream(command),
+        Command::Token(command) => commands::token(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,27 +214,82 @@ pub fn main() -> ExitCode {
 fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging("info");
     let state_dir = state::resolve_state_dir(args.state_dir.as_deref())?;
+    // Configuration errors end the program before any port is bound.
+    let loaded = settings::load(&args.config, &state_dir)?;
+    let config = loaded.config;
+    init_logging(&config.log_level);
     state::ensure_dir(&state_dir)?;
-    let host = args.host.unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-    let port = args.port.unwrap_or(3000);
-    let addr = std::net::SocketAddr::new(host, port);
+    let port = args.port.unwrap_or(config.port);
+    let addr = match args.host {
+        Some(host) => std::net::SocketAddr::new(host, port),
+        None => resolve_listen_addr(&config.host, port)?,
+    };
+    let tokens = TokenStore::load(&state_dir)?;
     match args.runtime {
-        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, addr))?,
-        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, addr))?,
+        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
+            run(rt, addr, config, tokens, args.config, state_dir)
+        })?,
+        RuntimeChoice::Smol => {
+            gate_runtime_smol::block_on(|rt| run(rt, addr, config, tokens, args.config, state_dir))?
+        }
     }
 }
 
-async fn run<R: gate_rt::Runtime>(rt: R, addr: std::net::SocketAddr) -> anyhow::Result<()> {
+/// The address to listen on: an IP literal, or a host name resolved once at start
+/// (`localhost` -> 127.0.0.1).
+fn resolve_listen_addr(host: &str, port: u16) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(ip) = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(std::net::SocketAddr::new(ip, port));
+    }
+    let mut addrs: Vec<_> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| anyhow::anyhow!("`host` = {host:?} does not resolve: {e}"))?
+        .collect();
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    addrs
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("`host` = {host:?} resolves to no address"))
+}
+
+async fn run<R: gate_rt::Runtime>(
+    rt: R,
+    addr: std::net::SocketAddr,
+    config: DaemonConfig,
+    tokens: TokenStore,
+    config_files: Vec<PathBuf>,
+    state_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let gateway = Arc::new(Gateway::new(rt.clone(), &config, tokens)?);
     let listener = server::bind(&rt, addr)?;
     let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
-    tracing::info!(address = %bound, runtime = R::NAME, "gate listening");
-    let app = Arc::new(App::new(rt.clone()));
+    tracing::info!(
+        address = %bound,
+        runtime = R::NAME,
+        upstreams = config.upstreams.len(),
+        "gate listening on http://{bound}"
+    );
+    rt.spawn(crate::reload::watch(
+        rt.clone(),
+        gateway.clone(),
+        config_files,
+        state_dir,
+    ));
+    let app = Arc::new(App::new(gateway));
     server::serve(rt, listener, app).await;
     Ok(())
 }

@@ -8,5 +8,12 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod commands;
+pub mod convert;
+pub mod errors;
+pub mod gateway;
+pub mod metrics;
+pub mod reload;
 pub mod server;
+pub mod settings;
 pub mod state;

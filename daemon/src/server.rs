@@ -40,7 +40,10 @@ pub async fn serve<R: Runtime>(rt: R, listener: R::TcpListener, app: Arc<App<R>>
         let conn_rt = rt.clone();
         let settings = settings.clone();
         rt.spawn(async move {
-            let peer = Peer { addr: peer, remote: false };
+            let peer = Peer {
+                addr: peer,
+                remote: false,
+            };
             let service = hyper::service::service_fn(move |req| {
                 let app = app.clone();
                 async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }

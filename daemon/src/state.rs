@@ -30,7 +30,12 @@ pub fn resolve_state_dir_from(
     }
     if let Some(dirs) = env("STATE_DIRECTORY").filter(|v| !v.is_empty()) {
         // systemd may list several directories separated by ':'; the first is ours.
-        let first = dirs.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        let first = dirs
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
         if !first.is_empty() {
             return Ok(PathBuf::from(first));
         }
@@ -62,8 +67,14 @@ pub fn ensure_dir(dir: &Path) -> Result<()> {
 /// directory, fsync, rename over the target, fsync of the directory. A crash at any point
 /// leaves either the old file or the new one, never a torn one.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = fs::OpenOptions::new()
@@ -91,8 +102,10 @@ mod tests {
     use std::ffi::OsString;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> =
-            pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
+        let map: HashMap<String, OsString> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), OsString::from(v)))
+            .collect();
         move |name| map.get(name).cloned()
     }
 
@@ -105,12 +118,27 @@ mod tests {
             ("XDG_STATE_HOME", "/xdg"),
             ("HOME", "/home/u"),
         ]);
-        assert_eq!(resolve_state_dir_from(Some(flag), &all).unwrap(), Path::new("/env"));
-        let no_env = env_of(&[("STATE_DIRECTORY", "/var/lib/gate"), ("XDG_STATE_HOME", "/xdg")]);
-        assert_eq!(resolve_state_dir_from(Some(flag), &no_env).unwrap(), Path::new("/flag"));
-        assert_eq!(resolve_state_dir_from(None, &no_env).unwrap(), Path::new("/var/lib/gate"));
+        assert_eq!(
+            resolve_state_dir_from(Some(flag), &all).unwrap(),
+            Path::new("/env")
+        );
+        let no_env = env_of(&[
+            ("STATE_DIRECTORY", "/var/lib/gate"),
+            ("XDG_STATE_HOME", "/xdg"),
+        ]);
+        assert_eq!(
+            resolve_state_dir_from(Some(flag), &no_env).unwrap(),
+            Path::new("/flag")
+        );
+        assert_eq!(
+            resolve_state_dir_from(None, &no_env).unwrap(),
+            Path::new("/var/lib/gate")
+        );
         let xdg = env_of(&[("XDG_STATE_HOME", "/xdg"), ("HOME", "/home/u")]);
-        assert_eq!(resolve_state_dir_from(None, &xdg).unwrap(), Path::new("/xdg/gate"));
+        assert_eq!(
+            resolve_state_dir_from(None, &xdg).unwrap(),
+            Path::new("/xdg/gate")
+        );
         let home = env_of(&[("HOME", "/home/u")]);
         assert_eq!(
             resolve_state_dir_from(None, &home).unwrap(),

@@ -5,5 +5,6 @@
 
 pub mod anthropic;
 pub mod convert;
+pub mod errors;
 pub mod openai;
 pub mod sse;

@@ -1,0 +1,426 @@
+//! The daemon's typed configuration ([`DaemonConfig`]) and its cross-field rules.
+//!
+//! Owns: provider defaults (`base_url` per provider, provider inferred from an upstream
+//! named after one), the rules that involve more than one key (a `custom` upstream needs
+//! `base_url`; an enabled relay needs an address), and the conversion of the merged tree to
+//! typed values. Must not know about layers or text formats.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use super::error::ConfigError;
+use super::schema::{parse_relay_address, RelayAddress, PROVIDERS};
+use super::tree::{Leaf, Node, Origin, Table, Value};
+use super::Reader;
+
+/// An upstream provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Provider {
+    /// OpenAI.
+    OpenAi,
+    /// Anthropic (Messages API).
+    Anthropic,
+    /// Google Gemini through its OpenAI-compatible endpoint.
+    Google,
+    /// Mistral.
+    Mistral,
+    /// Groq.
+    Groq,
+    /// OpenRouter.
+    OpenRouter,
+    /// Any OpenAI-compatible server (Ollama, vLLM, ...); needs `base_url`.
+    Custom,
+}
+
+impl Provider {
+    /// Parse a provider name as written in config.
+    pub fn from_name(name: &str) -> Option<Provider> {
+        Some(match name {
+            "openai" => Provider::OpenAi,
+            "anthropic" => Provider::Anthropic,
+            "google" => Provider::Google,
+            "mistral" => Provider::Mistral,
+            "groq" => Provider::Groq,
+            "openrouter" => Provider::OpenRouter,
+            "custom" => Provider::Custom,
+            _ => return None,
+        })
+    }
+
+    /// The name as written in config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::OpenAi => "openai",
+            Provider::Anthropic => "anthropic",
+            Provider::Google => "google",
+            Provider::Mistral => "mistral",
+            Provider::Groq => "groq",
+            Provider::OpenRouter => "openrouter",
+            Provider::Custom => "custom",
+        }
+    }
+
+    /// The base URL as the provider's own SDK writes it (OpenAI-style ones include the
+    /// version path, Anthropic's does not); `None` for `custom`.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            Provider::OpenAi => Some("https://api.openai.com/v1"),
+            Provider::Anthropic => Some("https://api.anthropic.com"),
+            Provider::Google => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
+            Provider::Mistral => Some("https://api.mistral.ai/v1"),
+            Provider::Groq => Some("https://api.groq.com/openai/v1"),
+            Provider::OpenRouter => Some("https://openrouter.ai/api/v1"),
+            Provider::Custom => None,
+        }
+    }
+
+    /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
+    pub fn speaks_anthropic(self) -> bool {
+        self == Provider::Anthropic
+    }
+}
+
+/// A secret value: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must use it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(set)")
+    }
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The map key.
+    pub name: String,
+    /// The provider.
+    pub provider: Provider,
+    /// The base URL (provider default when not set).
+    pub base_url: String,
+    /// The provider key the gateway injects.
+    pub api_key: Option<Secret>,
+    /// Models this upstream serves explicitly.
+    pub models: Vec<String>,
+    /// Alias -> model name at this upstream.
+    pub aliases: BTreeMap<String, String>,
+    /// Whether routing may use it (default true).
+    pub enabled: bool,
+}
+
+/// `[relay]` of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonRelayConfig {
+    /// Connect to relays.
+    pub enable: bool,
+    /// Relays to register with (all of them).
+    pub addresses: Vec<RelayAddress>,
+    /// Label for `<custom_domain>.<domain_suffix>`.
+    pub custom_domain: Option<String>,
+}
+
+/// `[auth.jwt]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// HS256 secret; JWT auth is off without it.
+    pub secret: Option<Secret>,
+    /// Required issuer (default "gate-daemon").
+    pub issuer: String,
+    /// Lifetime of tokens the daemon issues (default 24 hours).
+    pub expiration_hours: u32,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Trust clients on loopback without a token (default false; never via the relay).
+    pub allow_loopback: bool,
+    /// JWT settings.
+    pub jwt: JwtConfig,
+}
+
+/// `[letsencrypt]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LetsEncryptConfig {
+    /// Get certificates by ACME DNS-01 through the relay.
+    pub enabled: bool,
+    /// ACME account contact.
+    pub email: Option<String>,
+    /// Use the Let's Encrypt staging directory.
+    pub staging: bool,
+    /// Extra names to include.
+    pub domains: Vec<String>,
+    /// Renew this many days before expiry (default 30).
+    pub auto_renew_days: u32,
+    /// Another ACME directory (e.g. Pebble).
+    pub directory_url: Option<String>,
+    /// PEM file of the root that signs that directory's HTTPS.
+    pub ca_file: Option<String>,
+}
+
+/// `[server]`: limits of the daemon's HTTP serving and upstream calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Largest client request body (default 32 MiB).
+    pub max_body_bytes: u64,
+    /// TCP + TLS connect timeout to an upstream (default 10 s).
+    pub connect_timeout: Duration,
+    /// Longest silence on an upstream response before failing (default 300 s).
+    pub idle_timeout: Duration,
+}
+
+/// The daemon's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Listen host for the HTTP API and web UI (default 127.0.0.1).
+    pub host: String,
+    /// Listen port (default 3000).
+    pub port: u16,
+    /// QUIC port (default 41147).
+    pub p2p_port: u16,
+    /// Tracing filter (default "info").
+    pub log_level: String,
+    /// Relay client.
+    pub relay: DaemonRelayConfig,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// Client authentication.
+    pub auth: AuthConfig,
+    /// ACME.
+    pub letsencrypt: LetsEncryptConfig,
+    /// Limits.
+    pub server: ServerLimits,
+}
+
+fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
+    let map = match tree.get("upstreams") {
+        Some(Node::Table(map)) => Some(map),
+        _ => None,
+    };
+    map.into_iter().flat_map(|m| {
+        m.iter().filter_map(|(name, node)| match node {
+            Node::Table(t) => Some((name, t)),
+            Node::Leaf(_) => None,
+        })
+    })
+}
+
+/// Fill `provider` from the upstream's name when the name is a provider, and `base_url`
+/// from the provider's default.
+pub(crate) fn derive_defaults(tree: &mut Table) {
+    let Some(Node::Table(map)) = tree.get_mut("upstreams") else {
+        return;
+    };
+    for (name, node) in map.iter_mut() {
+        let Node::Table(entry) = node else { continue };
+        if !entry.contains_key("provider") && PROVIDERS.contains(&name.as_str()) && name != "custom"
+        {
+            entry.insert(
+                "provider".to_owned(),
+                Node::Leaf(Leaf {
+                    value: Value::String(name.clone()),
+                    origin: Origin::Derived {
+                        reason: "the upstream's name".to_owned(),
+                    },
+                }),
+            );
+        }
+        let provider = match entry.get("provider") {
+            Some(Node::Leaf(Leaf {
+                value: Value::String(p),
+                ..
+            })) => Provider::from_name(p),
+            _ => None,
+        };
+        if let Some(url) = provider.and_then(Provider::default_base_url) {
+            if !entry.contains_key("base_url") {
+                entry.insert(
+                    "base_url".to_owned(),
+                    Node::Leaf(Leaf {
+                        value: Value::String(url.to_owned()),
+                        origin: Origin::Derived {
+                            reason: format!(
+                                "default for provider {}",
+                                provider.map_or("", Provider::name)
+                            ),
+                        },
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// The first origin found in a table, to point at where an entry was defined.
+fn any_origin(table: &Table) -> Origin {
+    for node in table.values() {
+        match node {
+            Node::Leaf(leaf)
+                if !matches!(leaf.origin, Origin::Default | Origin::Derived { .. }) =>
+            {
+                return leaf.origin.clone()
+            }
+            Node::Table(inner) => {
+                let origin = any_origin(inner);
+                if origin != Origin::Default {
+                    return origin;
+                }
+            }
+            Node::Leaf(_) => {}
+        }
+    }
+    Origin::Default
+}
+
+/// Rules across keys: every upstream has a provider; `custom` has a `base_url`; an enabled
+/// relay has at least one address.
+pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
+    for (name, entry) in upstream_entries(tree) {
+        if !entry.contains_key("provider") {
+            return Err(ConfigError::InvalidValue {
+                key: format!("upstreams.{name}.provider"),
+                origin: any_origin(entry),
+                expected: format!(
+                    "set, because `{name}` is not a provider name ({})",
+                    super::schema::StrCheck::Provider.expected()
+                ),
+                found: "missing".to_owned(),
+            });
+        }
+        if !entry.contains_key("base_url") {
+            let origin = match entry.get("provider") {
+                Some(Node::Leaf(leaf)) => leaf.origin.clone(),
+                _ => any_origin(entry),
+            };
+            return Err(ConfigError::InvalidValue {
+                key: format!("upstreams.{name}.base_url"),
+                origin,
+                expected: "set for provider custom (an OpenAI-compatible URL such as http://127.0.0.1:11434/v1)".to_owned(),
+                found: "missing".to_owned(),
+            });
+        }
+    }
+    let reader = Reader { tree };
+    if reader.bool("relay.enable").unwrap_or(false) && reader.list("relay.addresses")?.is_empty() {
+        let origin = reader
+            .leaf("relay.enable")
+            .map_or(Origin::Default, |l| l.origin.clone());
+        return Err(ConfigError::InvalidValue {
+            key: "relay.addresses".to_owned(),
+            origin,
+            expected: "at least one relay address (host:port) when relay.enable is true".to_owned(),
+            found: "an empty list".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+impl DaemonConfig {
+    /// Build the typed configuration from a merged, default-filled tree.
+    pub(crate) fn from_tree(tree: &Table) -> Result<DaemonConfig, ConfigError> {
+        check_tree(tree)?;
+        let r = Reader { tree };
+        let mut addresses = Vec::new();
+        for text in r.list("relay.addresses")? {
+            let address = parse_relay_address(&text).ok_or_else(|| ConfigError::InvalidValue {
+                key: "relay.addresses".to_owned(),
+                origin: r
+                    .leaf("relay.addresses")
+                    .map_or(Origin::Default, |l| l.origin.clone()),
+                expected: "a list of host:port or <node-id>@host:port".to_owned(),
+                found: format!("{text:?}"),
+            })?;
+            addresses.push(address);
+        }
+        let mut upstreams = BTreeMap::new();
+        for (name, entry) in upstream_entries(tree) {
+            let key = |field: &str| format!("upstreams.{name}.{field}");
+            let provider_name = r.string(&key("provider"))?;
+            let provider =
+                Provider::from_name(&provider_name).ok_or_else(|| ConfigError::InvalidValue {
+                    key: key("provider"),
+                    origin: any_origin(entry),
+                    expected: super::schema::StrCheck::Provider.expected().to_owned(),
+                    found: format!("{provider_name:?}"),
+                })?;
+            let mut aliases = BTreeMap::new();
+            if let Some(Node::Table(alias_table)) = entry.get("aliases") {
+                for (alias, node) in alias_table {
+                    if let Node::Leaf(Leaf {
+                        value: Value::String(model),
+                        ..
+                    }) = node
+                    {
+                        aliases.insert(alias.clone(), model.clone());
+                    }
+                }
+            }
+            upstreams.insert(
+                name.clone(),
+                UpstreamConfig {
+                    name: name.clone(),
+                    provider,
+                    base_url: r.string(&key("base_url"))?,
+                    api_key: r.opt_string(&key("api_key"))?.map(Secret),
+                    models: r.list(&key("models"))?,
+                    aliases,
+                    enabled: r.bool(&key("enabled"))?,
+                },
+            );
+        }
+        Ok(DaemonConfig {
+            host: r.string("host")?,
+            port: r.int("port")?,
+            p2p_port: r.int("p2p_port")?,
+            log_level: r.string("log_level")?,
+            relay: DaemonRelayConfig {
+                enable: r.bool("relay.enable")?,
+                addresses,
+                custom_domain: r.opt_string("relay.custom_domain")?,
+            },
+            upstreams,
+            auth: AuthConfig {
+                allow_loopback: r.bool("auth.allow_loopback")?,
+                jwt: JwtConfig {
+                    secret: r.opt_string("auth.jwt.secret")?.map(Secret),
+                    issuer: r.string("auth.jwt.issuer")?,
+                    expiration_hours: r.int("auth.jwt.expiration_hours")?,
+                },
+            },
+            letsencrypt: LetsEncryptConfig {
+                enabled: r.bool("letsencrypt.enabled")?,
+                email: r.opt_string("letsencrypt.email")?,
+                staging: r.bool("letsencrypt.staging")?,
+                domains: r.list("letsencrypt.domains")?,
+                auto_renew_days: r.int("letsencrypt.auto_renew_days")?,
+                directory_url: r.opt_string("letsencrypt.directory_url")?,
+                ca_file: r.opt_string("letsencrypt.ca_file")?,
+            },
+            server: ServerLimits {
+                max_body_bytes: r.int("server.max_body_bytes")?,
+                connect_timeout: Duration::from_secs(r.int("server.connect_timeout_secs")?),
+                idle_timeout: Duration::from_secs(r.int("server.idle_timeout_secs")?),
+            },
+        })
+    }
+}

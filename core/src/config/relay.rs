@@ -1,0 +1,146 @@
+//! The relay's typed configuration ([`RelayConfig`]) and its cross-field rules.
+//!
+//! Owns: the rule that enabled DNS needs its provider's credentials, and the conversion of
+//! the merged tree to typed values. Must not know about layers or text formats.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::daemon::Secret;
+use super::error::ConfigError;
+use super::tree::{Origin, Table};
+use super::Reader;
+
+/// A DNS provider the relay writes ACME TXT records with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsProvider {
+    /// Cloudflare's v4 API.
+    Cloudflare,
+}
+
+/// `[dns.cloudflare]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudflareConfig {
+    /// API token with DNS edit rights on the zone.
+    pub api_token: Option<Secret>,
+    /// The zone id.
+    pub zone_id: Option<String>,
+    /// API base URL (default `https://api.cloudflare.com/client/v4`; tests point it at a fake).
+    pub api_url: String,
+}
+
+/// `[dns]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Write ACME TXT records for daemons.
+    pub enabled: bool,
+    /// Which provider.
+    pub provider: DnsProvider,
+    /// Cloudflare settings.
+    pub cloudflare: CloudflareConfig,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Time to read a ClientHello (default 5000 ms).
+    pub handshake_timeout: Duration,
+    /// Open client connections in all (default 16384).
+    pub max_connections: u32,
+    /// Open client connections per client IP (default 256).
+    pub max_connections_per_ip: u32,
+    /// Open client connections per daemon (default 4096).
+    pub max_connections_per_node: u32,
+}
+
+/// The relay's whole configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// HTTPS (TCP) and daemon tunnel (UDP) port (default 443).
+    pub https_port: u16,
+    /// QUIC port (default 31145).
+    pub p2p_port: u16,
+    /// Bind address (default 0.0.0.0).
+    pub bind_address: IpAddr,
+    /// Tracing filter (default "info").
+    pub log_level: String,
+    /// Names are `<node-id>.<domain_suffix>` (default "localhost", which resolves to
+    /// loopback for local use).
+    pub domain_suffix: String,
+    /// Days of absence after which a name claim lapses (default 30).
+    pub claim_lapse_days: u32,
+    /// DNS for ACME.
+    pub dns: DnsConfig,
+    /// Connection limits.
+    pub limits: RelayLimits,
+}
+
+/// Enabled DNS needs the provider's token and zone.
+pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
+    let r = Reader { tree };
+    if !r.bool("dns.enabled").unwrap_or(false) {
+        return Ok(());
+    }
+    let origin = r
+        .leaf("dns.enabled")
+        .map_or(Origin::Default, |l| l.origin.clone());
+    for (key, var) in [
+        (
+            "dns.cloudflare.api_token",
+            "RELAY__DNS__CLOUDFLARE__API_TOKEN",
+        ),
+        ("dns.cloudflare.zone_id", "RELAY__DNS__CLOUDFLARE__ZONE_ID"),
+    ] {
+        if r.leaf(key).is_none() {
+            return Err(ConfigError::InvalidValue {
+                key: key.to_owned(),
+                origin,
+                expected: format!("set when dns.enabled is true (for example with {var})"),
+                found: "missing".to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl RelayConfig {
+    /// Build the typed configuration from a merged, default-filled tree.
+    pub(crate) fn from_tree(tree: &Table) -> Result<RelayConfig, ConfigError> {
+        check_tree(tree)?;
+        let r = Reader { tree };
+        let bind_text = r.string("bind_address")?;
+        let bind_address = bind_text
+            .parse::<IpAddr>()
+            .map_err(|_| ConfigError::InvalidValue {
+                key: "bind_address".to_owned(),
+                origin: r
+                    .leaf("bind_address")
+                    .map_or(Origin::Default, |l| l.origin.clone()),
+                expected: "an IP address".to_owned(),
+                found: format!("{bind_text:?}"),
+            })?;
+        Ok(RelayConfig {
+            https_port: r.int("https_port")?,
+            p2p_port: r.int("p2p_port")?,
+            bind_address,
+            log_level: r.string("log_level")?,
+            domain_suffix: r.string("domain_suffix")?,
+            claim_lapse_days: r.int("claim_lapse_days")?,
+            dns: DnsConfig {
+                enabled: r.bool("dns.enabled")?,
+                provider: DnsProvider::Cloudflare,
+                cloudflare: CloudflareConfig {
+                    api_token: r.opt_string("dns.cloudflare.api_token")?.map(Secret::new),
+                    zone_id: r.opt_string("dns.cloudflare.zone_id")?,
+                    api_url: r.string("dns.cloudflare.api_url")?,
+                },
+            },
+            limits: RelayLimits {
+                handshake_timeout: Duration::from_millis(r.int("limits.handshake_timeout_ms")?),
+                max_connections: r.int("limits.max_connections")?,
+                max_connections_per_ip: r.int("limits.max_connections_per_ip")?,
+                max_connections_per_node: r.int("limits.max_connections_per_node")?,
+            },
+        })
+    }
+}

@@ -1,0 +1,737 @@
+//! Example-based tests of `gate_core::config`: layers, env decoding, validation messages,
+//! tombstones, editing helpers, and snapshots of `config show` output.
+
+use expect_test::expect;
+use gate_core::config::{
+    decode_env_name, load_daemon, load_relay, runtime_remove_upstream, runtime_set, runtime_unset,
+    ConfigError, ConfigSources, Layer, Origin, Provider, SourceText, Value, DAEMON_SCHEMA,
+    RELAY_SCHEMA,
+};
+
+const RUNTIME: &str = "/var/lib/gate/config.toml";
+
+fn sources(nix: &[(&str, &str)], runtime: &str, env: &[(&str, &str)]) -> ConfigSources {
+    ConfigSources {
+        nix_files: nix.iter().map(|(p, t)| SourceText::new(*p, *t)).collect(),
+        runtime: SourceText::new(RUNTIME, runtime),
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn daemon_err(s: &ConfigSources) -> ConfigError {
+    match load_daemon(s) {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn daemon_defaults() {
+    let loaded = load_daemon(&sources(&[], "", &[])).unwrap();
+    let c = loaded.config;
+    assert_eq!(c.host, "127.0.0.1");
+    assert_eq!(c.port, 3000);
+    assert_eq!(c.p2p_port, 41147);
+    assert_eq!(c.log_level, "info");
+    assert!(!c.relay.enable);
+    assert!(c.upstreams.is_empty());
+    assert!(!c.auth.allow_loopback);
+    assert_eq!(c.auth.jwt.issuer, "gate-daemon");
+    assert_eq!(c.letsencrypt.auto_renew_days, 30);
+    assert_eq!(c.server.max_body_bytes, 32 << 20);
+}
+
+#[test]
+fn relay_defaults() {
+    let c = load_relay(&sources(&[], "", &[])).unwrap().config;
+    assert_eq!(c.https_port, 443);
+    assert_eq!(c.p2p_port, 31145);
+    assert_eq!(c.bind_address.to_string(), "0.0.0.0");
+    assert_eq!(c.claim_lapse_days, 30);
+    assert_eq!(c.domain_suffix, "localhost");
+    assert!(!c.dns.enabled);
+    assert_eq!(
+        c.dns.cloudflare.api_url,
+        "https://api.cloudflare.com/client/v4"
+    );
+}
+
+#[test]
+fn seed_example_with_secrets_from_environment() {
+    let nix = r#"
+host = "127.0.0.1"
+port = 8080
+p2p_port = 41147
+
+[relay]
+enable = true
+addresses = ["relay.hellas.ai:443"]
+custom_domain = "myserver"
+
+[upstreams.openai]
+provider = "openai"
+
+[upstreams.anthropic]
+provider = "anthropic"
+"#;
+    let s = sources(
+        &[("/etc/gate/gate.toml", nix)],
+        "",
+        &[
+            ("GATE_AUTH__JWT__SECRET", "your-secret-here"),
+            ("GATE_UPSTREAMS__OPENAI__API_KEY", "sk-test"),
+            ("GATE_LETSENCRYPT__EMAIL", "admin@example.com"),
+            ("PATH", "/usr/bin"),
+            ("GATE_STATE_DIR", "/tmp/x"),
+        ],
+    );
+    let c = load_daemon(&s).unwrap().config;
+    assert_eq!(c.port, 8080);
+    assert_eq!(c.relay.addresses[0].host, "relay.hellas.ai");
+    assert_eq!(c.relay.addresses[0].port, 443);
+    let openai = &c.upstreams["openai"];
+    assert_eq!(openai.provider, Provider::OpenAi);
+    assert_eq!(openai.base_url, "https://api.openai.com/v1");
+    assert_eq!(openai.api_key.as_ref().unwrap().expose(), "sk-test");
+    assert!(openai.enabled);
+    assert_eq!(
+        c.upstreams["anthropic"].base_url,
+        "https://api.anthropic.com"
+    );
+    assert_eq!(c.auth.jwt.secret.unwrap().expose(), "your-secret-here");
+    assert_eq!(c.letsencrypt.email.as_deref(), Some("admin@example.com"));
+}
+
+#[test]
+fn relay_seed_environment() {
+    let nix = "https_port = 443\np2p_port = 31145\nlog_level = \"info\"\ndomain_suffix = \"gate.hellas.ai\"\n[dns]\nenabled = true\nprovider = \"cloudflare\"\n";
+    let s = sources(
+        &[("/etc/gate-relay/default.toml", nix)],
+        "",
+        &[
+            ("RELAY__DNS__CLOUDFLARE__API_TOKEN", "your-token"),
+            ("RELAY__DNS__CLOUDFLARE__ZONE_ID", "your-zone-id"),
+        ],
+    );
+    let c = load_relay(&s).unwrap().config;
+    assert!(c.dns.enabled);
+    assert_eq!(c.dns.cloudflare.api_token.unwrap().expose(), "your-token");
+    assert_eq!(c.dns.cloudflare.zone_id.as_deref(), Some("your-zone-id"));
+    // Without the token, the error names the key and says how to set it.
+    let e = load_relay(&sources(&[("/etc/r.toml", nix)], "", &[])).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`dns.cloudflare.api_token` from the nix file /etc/r.toml (line 6, column 11) must be set when dns.enabled is true (for example with RELAY__DNS__CLOUDFLARE__API_TOKEN), but it is missing"
+    );
+}
+
+#[test]
+fn env_name_forms() {
+    let path = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        decode_env_name("GATE", "GATE_AUTH__JWT__SECRET"),
+        path(&["auth", "jwt", "secret"])
+    );
+    assert_eq!(
+        decode_env_name("GATE", "GATE__AUTH__JWT__SECRET"),
+        path(&["auth", "jwt", "secret"])
+    );
+    assert_eq!(
+        decode_env_name("GATE", "GATE_UPSTREAMS__OPENAI__API_KEY"),
+        path(&["upstreams", "openai", "api_key"])
+    );
+    assert_eq!(
+        decode_env_name("RELAY", "RELAY__DNS__CLOUDFLARE__API_TOKEN"),
+        path(&["dns", "cloudflare", "api_token"])
+    );
+    assert_eq!(
+        decode_env_name("RELAY", "RELAY_HTTPS_PORT"),
+        path(&["https_port"])
+    );
+    assert_eq!(decode_env_name("GATE", "GATEWAY"), None);
+    assert_eq!(decode_env_name("GATE", "GATE_"), None);
+    assert_eq!(decode_env_name("GATE", "GATE_A___B"), None);
+}
+
+#[test]
+fn env_types_are_converted() {
+    let s = sources(
+        &[],
+        "",
+        &[
+            ("GATE_PORT", " 8081 "),
+            ("GATE_AUTH__ALLOW_LOOPBACK", "yes"),
+            ("GATE_RELAY__ENABLE", "true"),
+            ("GATE_RELAY__ADDRESSES", "a.example:443, b.example:443"),
+            (
+                "GATE_LETSENCRYPT__DOMAINS",
+                r#"["x.example.com", "y.example.com"]"#,
+            ),
+        ],
+    );
+    let c = load_daemon(&s).unwrap().config;
+    assert_eq!(c.port, 8081);
+    assert!(c.auth.allow_loopback);
+    assert_eq!(c.relay.addresses.len(), 2);
+    assert_eq!(c.letsencrypt.domains, ["x.example.com", "y.example.com"]);
+}
+
+#[test]
+fn unknown_env_var_is_named() {
+    let e = daemon_err(&sources(&[], "", &[("GATE_PROT", "1")]));
+    assert_eq!(
+        e.to_string(),
+        "environment variable GATE_PROT names `prot`, which is not a config key (did you mean `port`?)"
+    );
+    let e = daemon_err(&sources(&[], "", &[("GATE_AUTH", "1")]));
+    assert!(e.to_string().contains("names a table"), "{e}");
+}
+
+#[test]
+fn duplicate_env_forms_are_refused() {
+    let e = daemon_err(&sources(
+        &[],
+        "",
+        &[("GATE_PORT", "1"), ("GATE__PORT", "2")],
+    ));
+    assert_eq!(
+        e.to_string(),
+        "environment variables GATE_PORT and GATE__PORT both set `port`; keep only one"
+    );
+}
+
+#[test]
+fn bad_env_value_names_key_and_variable() {
+    let e = daemon_err(&sources(&[], "", &[("GATE_PORT", "eighty")]));
+    assert_eq!(
+        e.to_string(),
+        "`port` from the environment variable GATE_PORT must be an integer from 1 to 65535, but it is \"eighty\""
+    );
+    assert_eq!(e.layer(), Some(Layer::Environment));
+    assert_eq!(e.key(), Some("port"));
+}
+
+#[test]
+fn secrets_never_appear_in_errors() {
+    let e = daemon_err(&sources(&[], "", &[("GATE_AUTH__JWT__SECRET", "short")]));
+    assert!(!e.to_string().contains("short"), "{e}");
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[auth.jwt]\nsecret = 42\n")],
+        "",
+        &[],
+    ));
+    assert!(e.to_string().contains("the integer 42"), "{e}");
+}
+
+#[test]
+fn file_errors_name_file_line_and_column() {
+    let e = daemon_err(&sources(
+        &[("/etc/gate/a.toml", "host = \"::1\"\nport = 0\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(
+        e.to_string(),
+        "`port` from the nix file /etc/gate/a.toml (line 2, column 8) must be an integer from 1 to 65535, but it is the integer 0"
+    );
+    let e = daemon_err(&sources(
+        &[("/etc/gate/a.toml", "[relay]\nenabel = true\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(
+        e.to_string(),
+        "unknown key `relay.enabel` in the nix file /etc/gate/a.toml (line 2, column 1) (did you mean `enable`?)"
+    );
+    let e = daemon_err(&sources(&[], "port = = 3\n", &[]));
+    assert!(
+        e.to_string()
+            .starts_with("the runtime file /var/lib/gate/config.toml is not valid TOML at line 1"),
+        "{e}"
+    );
+}
+
+#[test]
+fn upstream_rules() {
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[upstreams.local]\nprovider = \"custom\"\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(e.key(), Some("upstreams.local.base_url"));
+    assert!(e.to_string().contains("line 2, column 12"), "{e}");
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[upstreams.local]\nmodels = [\"m\"]\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(e.key(), Some("upstreams.local.provider"));
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[upstreams.x]\nprovider = \"azure\"\n")],
+        "",
+        &[],
+    ));
+    assert!(e.to_string().contains("one of openai, anthropic"), "{e}");
+    let e = daemon_err(&sources(
+        &[(
+            "/n.toml",
+            "[upstreams.x]\nprovider = \"custom\"\nbase_url = \"ftp://x\"\n",
+        )],
+        "",
+        &[],
+    ));
+    assert_eq!(e.key(), Some("upstreams.x.base_url"));
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[upstreams.Bad]\nprovider = \"openai\"\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(e.key(), Some("upstreams.Bad"));
+    let ok = "[upstreams.ollama]\nprovider = \"custom\"\nbase_url = \"http://127.0.0.1:11434/v1\"\nmodels = [\"llama3\"]\n[upstreams.ollama.aliases]\n\"gpt-4.1\" = \"llama3\"\n";
+    let c = load_daemon(&sources(&[("/n.toml", ok)], "", &[]))
+        .unwrap()
+        .config;
+    assert_eq!(c.upstreams["ollama"].aliases["gpt-4.1"], "llama3");
+    // An upstream named after a provider needs no provider key.
+    let c = load_daemon(&sources(&[], "", &[("GATE_UPSTREAMS__GROQ__API_KEY", "k")]))
+        .unwrap()
+        .config;
+    assert_eq!(c.upstreams["groq"].provider, Provider::Groq);
+    assert_eq!(
+        c.upstreams["groq"].base_url,
+        "https://api.groq.com/openai/v1"
+    );
+}
+
+#[test]
+fn relay_addresses_and_hosts_are_checked() {
+    let id = "a".repeat(52);
+    let good = format!(
+        "[relay]\nenable = true\naddresses = [\"{id}@relay.example:443\", \"[::1]:31145\"]\n"
+    );
+    let c = load_daemon(&sources(&[("/n.toml", &good)], "", &[]))
+        .unwrap()
+        .config;
+    assert_eq!(c.relay.addresses[0].node_id.as_deref(), Some(id.as_str()));
+    assert_eq!(c.relay.addresses[1].host, "::1");
+    for bad in [
+        "relay.example",
+        "relay.example:0",
+        "x@relay.example:443",
+        "re lay:1",
+    ] {
+        let text = format!("[relay]\naddresses = [\"{bad}\"]\n");
+        let e = daemon_err(&sources(&[("/n.toml", &text)], "", &[]));
+        assert_eq!(e.key(), Some("relay.addresses"), "{bad}: {e}");
+    }
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[relay]\nenable = true\n")],
+        "",
+        &[],
+    ));
+    assert_eq!(e.key(), Some("relay.addresses"));
+    let e = daemon_err(&sources(&[], "", &[("GATE_HOST", "not a host")]));
+    assert_eq!(e.key(), Some("host"));
+    let e = load_relay(&sources(&[], "", &[("RELAY_BIND_ADDRESS", "localhost")])).unwrap_err();
+    assert_eq!(e.key(), Some("bind_address"));
+}
+
+#[test]
+fn later_nix_file_wins_and_tables_merge() {
+    let a = "port = 1000\n[auth.jwt]\nissuer = \"a\"\nexpiration_hours = 5\n";
+    let b = "port = 2000\n[auth.jwt]\nissuer = \"b\"\n";
+    let loaded = load_daemon(&sources(&[("/a.toml", a), ("/b.toml", b)], "", &[])).unwrap();
+    assert_eq!(loaded.config.port, 2000);
+    assert_eq!(loaded.config.auth.jwt.issuer, "b");
+    assert_eq!(loaded.config.auth.jwt.expiration_hours, 5);
+    let leaf = loaded.merged.get("auth.jwt.expiration_hours").unwrap();
+    assert!(matches!(&leaf.origin, Origin::File { path, line: 4, .. } if path == "/a.toml"));
+}
+
+#[test]
+fn tombstone_removes_nix_upstream_but_env_brings_it_back() {
+    let nix = "[upstreams.openai]\nprovider = \"openai\"\n[upstreams.anthropic]\nprovider = \"anthropic\"\n";
+    let s = sources(&[("/n.toml", nix)], "", &[]);
+    let runtime = runtime_remove_upstream(&DAEMON_SCHEMA, &s, "openai").unwrap();
+    assert_eq!(runtime, "_removed = [\"upstreams.openai\"]\n");
+    let s = s.with_runtime_text(runtime.clone());
+    let c = load_daemon(&s).unwrap().config;
+    assert!(!c.upstreams.contains_key("openai"));
+    assert!(c.upstreams.contains_key("anthropic"));
+    // The environment wins over the tombstone.
+    let mut with_env = s.clone();
+    with_env
+        .env
+        .push(("GATE_UPSTREAMS__OPENAI__API_KEY".into(), "sk".into()));
+    let c = load_daemon(&with_env).unwrap().config;
+    assert_eq!(c.upstreams["openai"].provider, Provider::OpenAi);
+    // Removing what only the environment sets is refused with a clear reason.
+    let e = runtime_remove_upstream(&DAEMON_SCHEMA, &with_env, "openai").unwrap_err();
+    assert!(
+        e.to_string().contains("GATE_UPSTREAMS__OPENAI__API_KEY"),
+        "{e}"
+    );
+    // Unset drops the tombstone again.
+    let back = runtime_unset(&DAEMON_SCHEMA, &s, "upstreams.openai").unwrap();
+    assert_eq!(back, "");
+    // Removing an unknown upstream is an error.
+    assert!(runtime_remove_upstream(&DAEMON_SCHEMA, &s, "nope").is_err());
+}
+
+#[test]
+fn tombstones_are_checked() {
+    let e = daemon_err(&sources(&[], "_removed = [\"port\"]\n", &[]));
+    assert!(e.to_string().contains("cannot be removed"), "{e}");
+    let e = daemon_err(&sources(&[], "_removed = [\"upstreamz.x\"]\n", &[]));
+    assert!(e.to_string().contains("did you mean `upstreams`"), "{e}");
+    // Only the runtime layer may remove things.
+    let e = daemon_err(&sources(&[("/n.toml", "_removed = []\n")], "", &[]));
+    assert_eq!(e.key(), Some("_removed"));
+}
+
+#[test]
+fn runtime_set_validates_and_preserves() {
+    let s = sources(
+        &[],
+        "port = 4000\n[upstreams.openai]\napi_key = \"sk\"\n",
+        &[],
+    );
+    let text = runtime_set(&DAEMON_SCHEMA, &s, "log_level", "debug").unwrap();
+    expect![[r#"
+        log_level = "debug"
+        port = 4000
+
+        [upstreams.openai]
+        api_key = "sk"
+    "#]]
+    .assert_eq(&text);
+    let text = runtime_set(
+        &DAEMON_SCHEMA,
+        &s,
+        "relay.addresses",
+        "r.example:443,s.example:443",
+    )
+    .unwrap();
+    assert!(
+        text.contains("addresses = [\"r.example:443\", \"s.example:443\"]"),
+        "{text}"
+    );
+    let e = runtime_set(&DAEMON_SCHEMA, &s, "port", "70000").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`port` must be an integer from 1 to 65535, but the new value is \"70000\""
+    );
+    assert!(runtime_set(&DAEMON_SCHEMA, &s, "auth", "x").is_err());
+    assert!(runtime_set(&DAEMON_SCHEMA, &s, "nope", "x").is_err());
+    // Whole-config rules apply: a custom upstream without base_url is refused.
+    let e = runtime_set(&DAEMON_SCHEMA, &s, "upstreams.local.provider", "custom").unwrap_err();
+    assert_eq!(e.key(), Some("upstreams.local.base_url"));
+    let text = runtime_unset(&DAEMON_SCHEMA, &s, "upstreams.openai.api_key").unwrap();
+    assert_eq!(text, "port = 4000\n");
+    let text = runtime_set(
+        &RELAY_SCHEMA,
+        &ConfigSources::new("/r"),
+        "dns.cloudflare.api_url",
+        "http://127.0.0.1:9000/client/v4",
+    )
+    .unwrap();
+    assert_eq!(
+        text,
+        "[dns.cloudflare]\napi_url = \"http://127.0.0.1:9000/client/v4\"\n"
+    );
+}
+
+#[test]
+fn merged_values_keep_types() {
+    let loaded = load_daemon(&sources(&[], "", &[("GATE_LETSENCRYPT__STAGING", "on")])).unwrap();
+    assert_eq!(
+        loaded.merged.get("letsencrypt.staging").unwrap().value,
+        Value::Bool(true)
+    );
+}
+
+fn show_sources() -> ConfigSources {
+    let nix = r#"port = 8080
+
+[relay]
+enable = true
+addresses = ["relay.hellas.ai:443"]
+custom_domain = "myserver"
+
+[upstreams.openai]
+provider = "openai"
+
+[upstreams.old]
+provider = "groq"
+"#;
+    let runtime = "_removed = [\"upstreams.old\"]\nlog_level = \"debug\"\n\n[upstreams.ollama]\nprovider = \"custom\"\nbase_url = \"http://127.0.0.1:11434/v1\"\n\n[upstreams.ollama.aliases]\n\"gpt-4.1\" = \"llama3\"\n";
+    sources(
+        &[("/etc/gate/gate.toml", nix)],
+        runtime,
+        &[
+            ("GATE_AUTH__JWT__SECRET", "a-very-secret-value-123"),
+            ("GATE_UPSTREAMS__OPENAI__API_KEY", "sk-live-1234"),
+        ],
+    )
+}
+
+#[test]
+fn snapshot_config_show_with_origins() {
+    let loaded = load_daemon(&show_sources()).unwrap();
+    let text = loaded.merged.render_text(true);
+    assert!(!text.contains("sk-live-1234") && !text.contains("a-very-secret"));
+    expect![[r##"
+        # removed: upstreams.old  # by runtime /var/lib/gate/config.toml:1:13
+        host = "127.0.0.1"  # from defaults
+        log_level = "debug"  # from runtime /var/lib/gate/config.toml:2:13
+        p2p_port = 41147  # from defaults
+        port = 8080  # from nix /etc/gate/gate.toml:1:8
+
+        [auth]
+        allow_loopback = false  # from defaults
+
+        [auth.jwt]
+        expiration_hours = 24  # from defaults
+        issuer = "gate-daemon"  # from defaults
+        secret = "(set)"  # from env GATE_AUTH__JWT__SECRET
+
+        [letsencrypt]
+        auto_renew_days = 30  # from defaults
+        domains = []  # from defaults
+        enabled = false  # from defaults
+        staging = false  # from defaults
+
+        [relay]
+        addresses = ["relay.hellas.ai:443"]  # from nix /etc/gate/gate.toml:5:13
+        custom_domain = "myserver"  # from nix /etc/gate/gate.toml:6:17
+        enable = true  # from nix /etc/gate/gate.toml:4:10
+
+        [server]
+        connect_timeout_secs = 10  # from defaults
+        idle_timeout_secs = 300  # from defaults
+        max_body_bytes = 33554432  # from defaults
+
+        [upstreams.ollama]
+        base_url = "http://127.0.0.1:11434/v1"  # from runtime /var/lib/gate/config.toml:6:12
+        enabled = true  # from defaults
+        provider = "custom"  # from runtime /var/lib/gate/config.toml:5:12
+
+        [upstreams.ollama.aliases]
+        "gpt-4.1" = "llama3"  # from runtime /var/lib/gate/config.toml:9:13
+
+        [upstreams.openai]
+        api_key = "(set)"  # from env GATE_UPSTREAMS__OPENAI__API_KEY
+        base_url = "https://api.openai.com/v1"  # from defaults (default for provider openai)
+        enabled = true  # from defaults
+        provider = "openai"  # from nix /etc/gate/gate.toml:9:12
+    "##]]
+    .assert_eq(&text);
+}
+
+#[test]
+fn snapshot_config_show_plain() {
+    let loaded = load_relay(&sources(
+        &[],
+        "",
+        &[("RELAY__DNS__CLOUDFLARE__API_TOKEN", "tok")],
+    ))
+    .unwrap();
+    expect![[r#"
+        bind_address = "0.0.0.0"
+        claim_lapse_days = 30
+        domain_suffix = "localhost"
+        https_port = 443
+        log_level = "info"
+        p2p_port = 31145
+
+        [dns]
+        enabled = false
+        provider = "cloudflare"
+
+        [dns.cloudflare]
+        api_token = "(set)"
+        api_url = "https://api.cloudflare.com/client/v4"
+
+        [limits]
+        handshake_timeout_ms = 5000
+        max_connections = 16384
+        max_connections_per_ip = 256
+        max_connections_per_node = 4096
+    "#]]
+    .assert_eq(&loaded.merged.render_text(false));
+}
+
+#[test]
+fn snapshot_config_show_json() {
+    let loaded = load_daemon(&show_sources()).unwrap();
+    let json = loaded.merged.render_json();
+    let pick: serde_json::Map<String, serde_json::Value> = json
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("upstreams") || k.as_str() == "port" || k.as_str() == "auth.jwt.secret"
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let text = serde_json::to_string_pretty(&pick).unwrap();
+    assert!(!text.contains("sk-live"));
+    expect![[r#"
+        {
+          "auth.jwt.secret": {
+            "origin": {
+              "layer": "environment",
+              "variable": "GATE_AUTH__JWT__SECRET"
+            },
+            "value": "(set)"
+          },
+          "port": {
+            "origin": {
+              "column": 8,
+              "file": "/etc/gate/gate.toml",
+              "layer": "nix",
+              "line": 1
+            },
+            "value": 8080
+          },
+          "upstreams.old": {
+            "origin": {
+              "column": 13,
+              "file": "/var/lib/gate/config.toml",
+              "layer": "runtime",
+              "line": 1
+            },
+            "removed": true,
+            "value": null
+          },
+          "upstreams.ollama.aliases.\"gpt-4.1\"": {
+            "origin": {
+              "column": 13,
+              "file": "/var/lib/gate/config.toml",
+              "layer": "runtime",
+              "line": 9
+            },
+            "value": "llama3"
+          },
+          "upstreams.ollama.base_url": {
+            "origin": {
+              "column": 12,
+              "file": "/var/lib/gate/config.toml",
+              "layer": "runtime",
+              "line": 6
+            },
+            "value": "http://127.0.0.1:11434/v1"
+          },
+          "upstreams.ollama.enabled": {
+            "origin": {
+              "layer": "defaults"
+            },
+            "value": true
+          },
+          "upstreams.ollama.provider": {
+            "origin": {
+              "column": 12,
+              "file": "/var/lib/gate/config.toml",
+              "layer": "runtime",
+              "line": 5
+            },
+            "value": "custom"
+          },
+          "upstreams.openai.api_key": {
+            "origin": {
+              "layer": "environment",
+              "variable": "GATE_UPSTREAMS__OPENAI__API_KEY"
+            },
+            "value": "(set)"
+          },
+          "upstreams.openai.base_url": {
+            "origin": {
+              "layer": "defaults",
+              "reason": "default for provider openai"
+            },
+            "value": "https://api.openai.com/v1"
+          },
+          "upstreams.openai.enabled": {
+            "origin": {
+              "layer": "defaults"
+            },
+            "value": true
+          },
+          "upstreams.openai.provider": {
+            "origin": {
+              "column": 12,
+              "file": "/etc/gate/gate.toml",
+              "layer": "nix",
+              "line": 9
+            },
+            "value": "openai"
+          }
+        }"#]]
+    .assert_eq(&text);
+}
+
+#[test]
+fn oversized_inputs_are_refused() {
+    let big = "#".repeat(gate_core::config::MAX_FILE_BYTES + 1);
+    let e = daemon_err(&sources(&[("/big.toml", &big)], "", &[]));
+    assert!(matches!(e, ConfigError::TooLarge { .. }));
+}
+
+#[test]
+fn adding_a_custom_upstream_needs_one_change() {
+    let s = ConfigSources::new(RUNTIME);
+    // One key at a time cannot work: each half alone is invalid.
+    assert!(runtime_set(&DAEMON_SCHEMA, &s, "upstreams.local.provider", "custom").is_err());
+    let text = gate_core::config::runtime_set_many(
+        &DAEMON_SCHEMA,
+        &s,
+        &[
+            ("upstreams.local.provider", "custom"),
+            ("upstreams.local.base_url", "http://127.0.0.1:11434/v1"),
+            ("upstreams.local.api_key", "sk-local"),
+        ],
+    )
+    .unwrap();
+    let c = load_daemon(&s.with_runtime_text(text)).unwrap().config;
+    assert_eq!(c.upstreams["local"].base_url, "http://127.0.0.1:11434/v1");
+    assert_eq!(c.upstreams["local"].provider, Provider::Custom);
+}
+
+#[test]
+fn removed_upstream_can_be_added_anew() {
+    let nix = "[upstreams.openai]\nprovider = \"openai\"\nmodels = [\"gpt-4o\"]\n";
+    let s = sources(&[("/n.toml", nix)], "", &[]);
+    let removed = runtime_remove_upstream(&DAEMON_SCHEMA, &s, "openai").unwrap();
+    let s = s.with_runtime_text(removed);
+    let text = runtime_set(&DAEMON_SCHEMA, &s, "upstreams.openai.api_key", "sk-new").unwrap();
+    let c = load_daemon(&s.with_runtime_text(text)).unwrap().config;
+    // The Nix definition stays removed; only the runtime's own keys apply.
+    assert!(c.upstreams["openai"].models.is_empty());
+    assert_eq!(
+        c.upstreams["openai"].api_key.as_ref().unwrap().expose(),
+        "sk-new"
+    );
+}
+
+#[test]
+fn config_get_renders_one_key_redacted() {
+    let loaded = load_daemon(&show_sources()).unwrap();
+    let m = &loaded.merged;
+    assert_eq!(m.render_key("port", false).as_deref(), Some("8080"));
+    assert_eq!(
+        m.render_key("upstreams.openai.api_key", true).as_deref(),
+        Some("\"(set)\"  # from env GATE_UPSTREAMS__OPENAI__API_KEY")
+    );
+    expect![[r#"
+        [upstreams.openai]
+        api_key = "(set)"
+        base_url = "https://api.openai.com/v1"
+        enabled = true
+        provider = "openai"
+    "#]]
+    .assert_eq(&m.render_key("upstreams.openai", false).unwrap());
+    assert_eq!(m.render_key("upstreams.old", false), None);
+}

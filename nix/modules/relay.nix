@@ -1,0 +1,262 @@
+# services.gate-relay: the Gate SNI relay (`gate-relay serve`), one systemd unit per
+# instance: services.gate-relay.instances.<name> runs gate-relay-<name>.service with its
+# state (node key, name claims) in /var/lib/gate-relay-<name>.
+#
+# Each instance's options are rendered to TOML and passed with `--config`; secrets (the
+# Cloudflare token) come from `environmentFile` as RELAY__... variables.
+{ config, lib, pkgs, ... }:
+let
+  inherit (lib)
+    any attrValues concatMap escapeShellArgs filter filterAttrs length listToAttrs
+    literalExpression mapAttrsToList mkIf mkMerge mkOption nameValuePair optionalAttrs optionals
+    recursiveUpdate types unique;
+
+  gateLib = import ./lib.nix { inherit lib; };
+  cfg = config.services.gate-relay;
+  settingsFormat = pkgs.formats.toml { };
+
+  instanceModule = {
+    options = {
+      enable = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Whether to run this instance (gate-relay-<name>.service).";
+      };
+      package = mkOption {
+        type = types.package;
+        default = pkgs.gate-relay;
+        defaultText = literalExpression "pkgs.gate-relay";
+        description = "The relay package (provides `bin/gate-relay`).";
+      };
+      runtime = mkOption {
+        type = types.enum [ "tokio" "smol" ];
+        default = "tokio";
+        description = "The async runtime the relay runs on (`gate-relay serve --runtime`).";
+      };
+      httpsPort = mkOption {
+        type = types.port;
+        default = 443;
+        description = ''
+          Port for HTTPS clients (TCP) and for daemon tunnels (QUIC on the same UDP port).
+          Key `https_port`. Below 1024 the unit keeps CAP_NET_BIND_SERVICE, nothing more.
+        '';
+      };
+      p2pPort = mkOption {
+        type = types.port;
+        default = 31145;
+        description = "Port of the relay's QUIC endpoint (UDP). Key `p2p_port`.";
+      };
+      bindAddress = mkOption {
+        type = types.str;
+        default = "0.0.0.0";
+        example = "10.0.0.1";
+        description = "IP address to listen on (`::` for all IPv6 and IPv4). Key `bind_address`.";
+      };
+      logLevel = mkOption {
+        type = types.str;
+        default = "info";
+        example = "warn,gate_relay=debug";
+        description = "Log level or tracing filter (`RUST_LOG` overrides it). Key `log_level`.";
+      };
+      openFirewall = mkOption {
+        type = types.bool;
+        default = false;
+        description = "Open TCP `httpsPort` and UDP `httpsPort` and `p2pPort` on all interfaces.";
+      };
+      openFirewallOnInterfaces = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "eth0" ];
+        description = "Open the same ports as `openFirewall`, but only on these interfaces.";
+      };
+      domainSuffix = mkOption {
+        type = types.str;
+        default = "localhost";
+        example = "gate.hellas.ai";
+        description = ''
+          Daemons get `<node-id>.<domainSuffix>` and `<customDomain>.<domainSuffix>`; point
+          a wildcard DNS record `*.<domainSuffix>` at this relay. Key `domain_suffix`.
+        '';
+      };
+      dns = {
+        enabled = mkOption {
+          type = types.bool;
+          default = false;
+          description = ''
+            Write the `_acme-challenge` TXT records daemons ask for (ACME DNS-01), for their
+            own names only. Needs RELAY__DNS__CLOUDFLARE__API_TOKEN and
+            RELAY__DNS__CLOUDFLARE__ZONE_ID in `environmentFile`. Key `dns.enabled`.
+          '';
+        };
+        provider = mkOption {
+          type = types.enum [ "cloudflare" ];
+          default = "cloudflare";
+          description = "The DNS provider. Key `dns.provider`.";
+        };
+      };
+      environmentFile = mkOption {
+        type = types.nullOr types.path;
+        default = null;
+        example = "/run/secrets/gate-relay";
+        description = ''
+          A file of `NAME=value` lines read by systemd (`EnvironmentFile=`), the only place
+          for secrets: `RELAY__DNS__CLOUDFLARE__API_TOKEN`, `RELAY__DNS__CLOUDFLARE__ZONE_ID`
+          (`RELAY__` then the key path with `__` between levels). Never copied to the store.
+        '';
+      };
+      settings = mkOption {
+        type = settingsFormat.type;
+        default = { };
+        example = literalExpression ''
+          {
+            claim_lapse_days = 30;
+            limits = { max_connections = 16384; max_connections_per_ip = 256; };
+          }
+        '';
+        description = ''
+          Any other configuration keys (snake_case), merged over the TOML the options above
+          produce. Keys that have an option of their own must be set through it, and the
+          API token through `environmentFile`.
+        '';
+      };
+    };
+  };
+
+  relays = mapAttrsToList
+    (name: inst: { unit = "gate-relay-${name}"; label = "services.gate-relay.instances.${name}"; inherit name inst; })
+    (filterAttrs (_: inst: inst.enable) cfg.instances);
+  active = cfg.enable && relays != [ ];
+
+  renderSettings = inst: recursiveUpdate
+    {
+      https_port = inst.httpsPort;
+      p2p_port = inst.p2pPort;
+      bind_address = inst.bindAddress;
+      log_level = inst.logLevel;
+      domain_suffix = inst.domainSuffix;
+      dns = { inherit (inst.dns) enabled provider; };
+    }
+    inst.settings;
+
+  configFile = r: settingsFormat.generate "${r.unit}.toml" (renderSettings r.inst);
+
+  # TCP httpsPort for clients; UDP httpsPort and p2pPort for QUIC.
+  firewallPorts = inst: {
+    allowedTCPPorts = [ inst.httpsPort ];
+    allowedUDPPorts = unique [ inst.httpsPort inst.p2pPort ];
+  };
+
+  service = r: {
+    description = "Gate relay (${r.label})";
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+    serviceConfig = gateLib.hardening { needsLowPorts = r.inst.httpsPort < 1024 || r.inst.p2pPort < 1024; } // {
+      Type = "exec";
+      ExecStart = escapeShellArgs [
+        "${r.inst.package}/bin/gate-relay"
+        "serve"
+        "--config"
+        "${configFile r}"
+        "--state-dir"
+        "/var/lib/${r.unit}"
+        "--runtime"
+        r.inst.runtime
+      ];
+      User = "gate-relay";
+      Group = "gate-relay";
+      StateDirectory = r.unit;
+      StateDirectoryMode = "0700";
+      WorkingDirectory = "/var/lib/${r.unit}";
+      Restart = "on-failure";
+      RestartSec = "5s";
+    } // optionalAttrs (r.inst.environmentFile != null) {
+      EnvironmentFile = toString r.inst.environmentFile;
+    };
+  };
+
+  ownedKeys = inst:
+    filter (k: inst.settings ? ${k}) [ "https_port" "p2p_port" "bind_address" "log_level" "domain_suffix" ]
+    ++ concatMap (k: optionals ((inst.settings.dns or { }) ? ${k}) [ "dns.${k}" ]) [ "enabled" "provider" ];
+
+  assertionsFor = r: [
+    {
+      assertion = r.inst.httpsPort != r.inst.p2pPort;
+      message = "${r.label}: httpsPort and p2pPort must differ (both are UDP ports).";
+    }
+    {
+      assertion = ownedKeys r.inst == [ ];
+      message = "${r.label}.settings sets ${toString (ownedKeys r.inst)}: use the instance's own options for these.";
+    }
+    {
+      assertion = !((r.inst.settings.dns.cloudflare or { }) ? api_token);
+      message = "${r.label}.settings holds dns.cloudflare.api_token: the Nix store is world-readable; put RELAY__DNS__CLOUDFLARE__API_TOKEN in ${r.label}.environmentFile instead.";
+    }
+    {
+      assertion = !r.inst.dns.enabled || r.inst.environmentFile != null;
+      message = "${r.label}.dns.enabled needs ${r.label}.environmentFile with RELAY__DNS__CLOUDFLARE__API_TOKEN and RELAY__DNS__CLOUDFLARE__ZONE_ID.";
+    }
+    {
+      assertion = builtins.match "[a-z0-9][a-z0-9-]*" r.name != null;
+      message = "services.gate-relay.instances: `${r.name}` is not a valid name (lower-case letters, digits and '-').";
+    }
+  ];
+
+  # Two instances may share a port only on different bind addresses.
+  sockets = concatMap
+    (r: [ "tcp/${r.inst.bindAddress}/${toString r.inst.httpsPort}" ]
+      ++ map (p: "udp/${r.inst.bindAddress}/${toString p}") (unique [ r.inst.httpsPort r.inst.p2pPort ]))
+    relays;
+in
+{
+  options.services.gate-relay = {
+    enable = mkOption {
+      type = types.bool;
+      default = any (inst: inst.enable) (attrValues cfg.instances);
+      defaultText = literalExpression "true if any instance is enabled";
+      description = ''
+        Run the relay instances in `services.gate-relay.instances` (each with `enable`).
+        Defining an instance is enough; set this to false to stop them all.
+      '';
+    };
+    instances = mkOption {
+      type = types.attrsOf (types.submodule instanceModule);
+      default = { };
+      example = literalExpression ''
+        {
+          public = { httpsPort = 443; p2pPort = 31145; };
+          internal = { httpsPort = 8443; p2pPort = 31146; bindAddress = "10.0.0.1"; };
+        }
+      '';
+      description = "Relays to run: gate-relay-<name>.service, state in /var/lib/gate-relay-<name>.";
+    };
+  };
+
+  config = mkIf active {
+    assertions = concatMap assertionsFor relays ++ [
+      {
+        assertion = length (unique sockets) == length sockets;
+        message = "services.gate-relay.instances: two instances listen on the same address and port (${toString sockets}).";
+      }
+    ];
+
+    systemd.services = listToAttrs (map (r: nameValuePair r.unit (service r)) relays);
+
+    networking.firewall = {
+      allowedTCPPorts = concatMap (r: optionals r.inst.openFirewall (firewallPorts r.inst).allowedTCPPorts) relays;
+      allowedUDPPorts = concatMap (r: optionals r.inst.openFirewall (firewallPorts r.inst).allowedUDPPorts) relays;
+      interfaces = mkMerge (concatMap
+        (r: map (iface: { ${iface} = firewallPorts r.inst; }) r.inst.openFirewallOnInterfaces)
+        relays);
+    };
+
+    users.users.gate-relay = {
+      isSystemUser = true;
+      group = "gate-relay";
+      description = "Gate relay";
+    };
+    users.groups.gate-relay = { };
+
+    environment.systemPackages = unique (map (r: r.inst.package) relays);
+  };
+}

@@ -1,0 +1,198 @@
+# The configurations the tests evaluate: first the seed document's examples exactly as it
+# writes them (the user's own description of these modules), then fuller ones that set
+# every configuration key the modules can render.
+let
+  # The seed's flake input `gate`, as far as its snippets use it.
+  gate.overlays.default = import ../overlay.nix;
+in
+{
+  # "In a NixOS Configuration"
+  seed-flake = {
+    services.gate-daemon = {
+      enable = true;
+      port = 8080;
+      initialUpstreams = [{
+        name = "openai";
+        provider = "openai";
+      }];
+    };
+  };
+
+  # "#### `gate-daemon`"
+  seed-daemon = {
+    services.gate-daemon = {
+      enable = true;
+
+      # Network configuration
+      host = "127.0.0.1";
+      port = 3000;
+      p2pPort = 41147;
+
+      # Firewall options
+      openFirewall = true; # Opens on all interfaces
+      openFirewallOnInterfaces = [ "eth0" "wg0" ]; # Or specific interfaces
+
+      # Initial upstream providers (API keys added at runtime)
+      initialUpstreams = [
+        { name = "openai"; provider = "openai"; }
+        { name = "anthropic"; provider = "anthropic"; }
+      ];
+
+      # Relay client configuration
+      relay = {
+        enable = true;
+        addresses = [ "relay.hellas.ai:443" ];
+        customDomain = "myserver"; # Optional: myserver.gate.hellas.ai
+      };
+
+      # Environment file for secrets
+      environmentFile = "/run/secrets/gate-daemon";
+    };
+  };
+
+  # "#### `gate-relay`"
+  seed-relay = {
+    services.gate-relay = {
+      enable = true;
+
+      instances.default = {
+        enable = true;
+        httpsPort = 443;
+        p2pPort = 31145;
+        logLevel = "info";
+
+        # Firewall configuration
+        openFirewallOnInterfaces = [ "eth0" ];
+
+        # DNS provider settings
+        domainSuffix = "gate.hellas.ai";
+        dns = {
+          enabled = true;
+          provider = "cloudflare";
+        };
+
+        # Secrets via environment file
+        environmentFile = "/run/secrets/gate-relay";
+      };
+    };
+  };
+
+  # "### Overlay Usage"
+  seed-overlay = { pkgs, ... }: {
+    nixpkgs.overlays = [ gate.overlays.default ];
+
+    environment.systemPackages = with pkgs; [
+      gate-daemon
+      gate-relay
+    ];
+  };
+
+  # "### Multiple Instances"
+  seed-instances = {
+    services.gate-relay.instances = {
+      public = {
+        enable = true;
+        httpsPort = 443;
+        p2pPort = 31145;
+      };
+      internal = {
+        enable = true;
+        httpsPort = 8443;
+        p2pPort = 31146;
+        bindAddress = "10.0.0.1";
+      };
+    };
+  };
+
+  # Named daemon instances next to the default one, on a public address.
+  daemon-instances = {
+    services.gate-daemon = {
+      enable = true;
+      openFirewallOnInterfaces = [ "eth0" ];
+      instances.team = {
+        host = "0.0.0.0";
+        port = 3001;
+        p2pPort = 41148;
+        openFirewall = true;
+        runtime = "smol";
+      };
+      instances.stopped = {
+        enable = false;
+        port = 3002;
+      };
+    };
+    services.gate-relay.instances.edge = {
+      httpsPort = 8443;
+      p2pPort = 31146;
+      openFirewallOnInterfaces = [ "eth0" ];
+    };
+  };
+
+  # Every daemon key the module renders, through options and `settings`.
+  daemon-full = {
+    services.gate-daemon = {
+      enable = true;
+      host = "0.0.0.0";
+      port = 80;
+      p2pPort = 41147;
+      logLevel = "warn,gate=debug";
+      openFirewall = true;
+      initialUpstreams = [
+        { name = "openai"; provider = "openai"; }
+        { name = "local"; provider = "custom"; baseUrl = "http://127.0.0.1:11434/v1"; models = [ "llama3.2" "qwen2.5:7b" ]; }
+      ];
+      relay = {
+        enable = true;
+        addresses = [ "relay.hellas.ai:443" "[2001:db8::1]:443" ];
+        customDomain = "myserver";
+      };
+      environmentFile = "/run/secrets/gate-daemon";
+      settings = {
+        upstreams.openai = {
+          base_url = "https://api.openai.com/v1";
+          models = [ "gpt-4o" "gpt-4.1-mini" ];
+          aliases = { fast = "gpt-4.1-mini"; "gpt-4.1" = "gpt-4o"; };
+          enabled = true;
+        };
+        upstreams.backup = { provider = "anthropic"; enabled = false; };
+        auth = {
+          allow_loopback = false;
+          jwt = { issuer = "gate-daemon"; expiration_hours = 12; };
+        };
+        letsencrypt = {
+          enabled = true;
+          staging = true;
+          domains = [ "myserver.gate.hellas.ai" ];
+          auto_renew_days = 30;
+          directory_url = "https://acme-staging-v02.api.letsencrypt.org/directory";
+          ca_file = "/etc/ssl/certs/ca-certificates.crt";
+        };
+        server = { max_body_bytes = 33554432; connect_timeout_secs = 10; idle_timeout_secs = 300; };
+      };
+    };
+  };
+
+  # Every relay key the module renders.
+  relay-full = {
+    services.gate-relay.instances.full = {
+      httpsPort = 8443;
+      p2pPort = 31146;
+      bindAddress = "::";
+      logLevel = "debug";
+      openFirewall = true;
+      domainSuffix = "gate.example.com";
+      dns = { enabled = true; provider = "cloudflare"; };
+      environmentFile = "/run/secrets/gate-relay";
+      settings = {
+        claim_lapse_days = 30;
+        dns.cloudflare.api_url = "https://api.cloudflare.com/client/v4";
+        limits = {
+          handshake_timeout_ms = 5000;
+          max_connections = 16384;
+          max_connections_per_ip = 256;
+          max_connections_per_node = 4096;
+        };
+      };
+    };
+  };
+}
