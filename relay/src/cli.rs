@@ -95,12 +95,9 @@ fn print_id(state_dir: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The merged configuration: `--config` files, then the `RELAY_` environment.
 fn load_settings(config: &[PathBuf]) -> anyhow::Result<RelaySettings> {
-    let settings = if config.is_empty() {
-        RelaySettings::default()
-    } else {
-        RelaySettings::from_files(config)?
-    };
+    let (settings, _) = crate::settings::load(config, std::env::vars().collect())?;
     gate_core::tunnel::NameTableConfig::new(&settings.domain_suffix)
         .map_err(|e| anyhow::anyhow!("domain_suffix: {e}"))?;
     Ok(settings)

@@ -745,6 +745,12 @@ pub async fn start<R: Runtime>(
         ));
     }
     rt.spawn(persist_periodically(rt.clone(), shared.clone(), task_guard));
+    if shared.settings.dns_enabled {
+        tracing::warn!(
+            "dns.enabled is set, but this build has no DNS provider client yet: \
+             daemons' ACME record requests will be answered with an error"
+        );
+    }
     tracing::info!(
         node_id = %identity.node_id(),
         https = %https_addr,
@@ -1109,12 +1115,14 @@ async fn drive_daemon<R: Runtime>(
                 RelayEvent::DnsSet {
                     request_id, name, ..
                 } => {
-                    tracing::warn!(record = %name, "ACME TXT record requested, but no DNS provider is configured");
+                    let answer = if shared.settings.dns_enabled {
+                        "this relay build cannot write DNS records yet (dns.enabled is set, but the Cloudflare client is not part of it)"
+                    } else {
+                        "DNS provider not configured on this relay"
+                    };
+                    tracing::warn!(record = %name, "ACME TXT record requested: {answer}");
                     shared.with_session(id, |s, _| {
-                        s.complete_acme(
-                            request_id,
-                            Err("DNS provider not configured on this relay".to_owned()),
-                        )
+                        s.complete_acme(request_id, Err(answer.to_owned()))
                     });
                 }
                 RelayEvent::DnsClear { request_id, .. } => {

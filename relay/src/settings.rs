@@ -1,20 +1,22 @@
-//! The relay's settings (DESIGN.md §6 relay keys) and their defaults.
+//! The settings `gate-relay serve` runs with, and how they are read.
 //!
-//! Owns: [`RelaySettings`], its defaults, and reading it from one or more TOML files (later
-//! files override earlier ones key by key). Must not: touch sockets or the state directory.
+//! Owns: [`RelaySettings`] (what [`crate::server::start`] needs) and [`load`], which reads the
+//! `--config` files and the `RELAY_` environment, merges them with the layered configuration of
+//! `gate_core::config` (DESIGN.md §6: Environment > Nix files > Defaults) and converts the
+//! result. Must not: touch sockets or the state directory.
 //!
-//! This is a stand-in until the layered configuration (`gate_core::config`) is wired in: the
-//! key names are the final ones, so the same files keep working.
+//! A few knobs have no configuration key yet and keep their defaults from the command line:
+//! the tunnel timing ([`TunnelSettings`]), the QUIC certificate for unpinned daemons, the
+//! metrics port and the daemon connection limit. Tests and embedders set them directly.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use gate_core::config::{self, ConfigSources, SourceText};
 
 /// Everything `gate-relay serve` needs to know.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelaySettings {
     /// TCP port for HTTPS clients; the relay also accepts daemon tunnels on this UDP port.
     pub https_port: u16,
@@ -30,10 +32,10 @@ pub struct RelaySettings {
     pub claim_lapse_days: u64,
     /// Connection limits.
     pub limits: RelayLimits,
-    /// Daemon tunnel timing.
+    /// Daemon tunnel timing and certificate.
     pub tunnel: TunnelSettings,
-    /// DNS provider for ACME DNS-01 records.
-    pub dns: DnsSettings,
+    /// Whether daemons may ask for ACME TXT records (`dns.enabled`).
+    pub dns_enabled: bool,
     /// Plain-text Prometheus metrics on `127.0.0.1:<metrics_port>`; off when absent.
     pub metrics_port: Option<u16>,
 }
@@ -49,15 +51,14 @@ impl Default for RelaySettings {
             claim_lapse_days: 30,
             limits: RelayLimits::default(),
             tunnel: TunnelSettings::default(),
-            dns: DnsSettings::default(),
+            dns_enabled: false,
             metrics_port: None,
         }
     }
 }
 
 /// Limits that keep one client, one source or one daemon from exhausting the relay.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayLimits {
     /// Milliseconds a client has to send its whole ClientHello.
     pub handshake_timeout_ms: u64,
@@ -74,8 +75,8 @@ pub struct RelayLimits {
 impl Default for RelayLimits {
     fn default() -> Self {
         Self {
-            handshake_timeout_ms: 10_000,
-            max_connections: 20_000,
+            handshake_timeout_ms: 5_000,
+            max_connections: 16_384,
             max_connections_per_ip: 256,
             max_connections_per_node: 4_096,
             max_daemon_connections: 10_000,
@@ -90,9 +91,8 @@ impl RelayLimits {
     }
 }
 
-/// `[tunnel]`: timing of the daemon connections.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Timing of the daemon connections, and the certificate their QUIC endpoints present.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelSettings {
     /// Heartbeat interval announced to daemons, in milliseconds; a daemon silent for three
     /// intervals is dropped.
@@ -102,9 +102,9 @@ pub struct TunnelSettings {
     /// PEM certificate chain the QUIC endpoints present instead of the self-signed node
     /// certificate, for daemons that do not pin the relay's id (they check it against WebPKI
     /// roots or their extra CA). Needs `key_file`.
-    pub certificate_file: Option<std::path::PathBuf>,
+    pub certificate_file: Option<PathBuf>,
     /// PEM private key of `certificate_file`.
-    pub key_file: Option<std::path::PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for TunnelSettings {
@@ -118,44 +118,36 @@ impl Default for TunnelSettings {
     }
 }
 
-/// `[dns]`: where ACME TXT records are written.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DnsSettings {
-    /// Whether the relay writes ACME records at all.
-    pub enabled: bool,
-    /// The provider name (`cloudflare`).
-    pub provider: Option<String>,
-    /// `[dns.cloudflare]`.
-    pub cloudflare: Option<CloudflareSettings>,
-}
-
-/// `[dns.cloudflare]`.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CloudflareSettings {
-    /// API token (a secret).
-    pub api_token: Option<String>,
-    /// Zone id.
-    pub zone_id: Option<String>,
-    /// API base URL (for tests against a fake).
-    pub api_url: Option<String>,
-}
-
-impl std::fmt::Debug for CloudflareSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CloudflareSettings")
-            .field("api_token", &self.api_token.as_ref().map(|_| "<redacted>"))
-            .field("zone_id", &self.zone_id)
-            .field("api_url", &self.api_url)
-            .finish()
+impl From<&config::RelayConfig> for RelaySettings {
+    fn from(config: &config::RelayConfig) -> Self {
+        let limits = &config.limits;
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            https_port: config.https_port,
+            p2p_port: config.p2p_port,
+            bind_address: config.bind_address,
+            log_level: config.log_level.clone(),
+            domain_suffix: config.domain_suffix.clone(),
+            claim_lapse_days: u64::from(config.claim_lapse_days),
+            limits: RelayLimits {
+                handshake_timeout_ms: u64::try_from(limits.handshake_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+                max_connections: count(limits.max_connections),
+                max_connections_per_ip: count(limits.max_connections_per_ip),
+                max_connections_per_node: count(limits.max_connections_per_node),
+                ..RelayLimits::default()
+            },
+            tunnel: TunnelSettings::default(),
+            dns_enabled: config.dns.enabled,
+            metrics_port: None,
+        }
     }
 }
 
 /// Why settings could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// The file could not be read.
+    /// A `--config` file could not be read.
     #[error("could not read {path}: {source}")]
     Read {
         /// The file.
@@ -163,57 +155,30 @@ pub enum SettingsError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// The merged TOML does not describe valid settings.
-    #[error("{path}: {message}")]
-    Invalid {
-        /// The file (or the merged files).
-        path: String,
-        /// What is wrong, as the TOML parser says it.
-        message: String,
-    },
+    /// The merged configuration is invalid; the message names key, origin and expectation.
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigError),
 }
 
-impl RelaySettings {
-    /// Reads the files in order; each one overrides the keys it sets.
-    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self, SettingsError> {
-        let mut merged = toml::Table::new();
-        let mut names = Vec::new();
-        for path in paths {
-            let path = path.as_ref();
-            let display = path.display().to_string();
-            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                path: display.clone(),
-                source,
-            })?;
-            let table: toml::Table = toml::from_str(&text).map_err(|e| SettingsError::Invalid {
-                path: display.clone(),
-                message: e.to_string(),
-            })?;
-            merge_tables(&mut merged, table);
-            names.push(display);
-        }
-        let settings: RelaySettings =
-            toml::Value::Table(merged)
-                .try_into()
-                .map_err(|e: toml::de::Error| SettingsError::Invalid {
-                    path: names.join(", "),
-                    message: e.to_string(),
-                })?;
-        Ok(settings)
+/// Reads the `--config` files (later ones win) and the `RELAY_` environment `env`, merges them
+/// over the defaults and converts the result.
+pub fn load(
+    config_files: &[impl AsRef<Path>],
+    env: Vec<(String, String)>,
+) -> Result<(RelaySettings, config::Loaded<config::RelayConfig>), SettingsError> {
+    let mut sources = ConfigSources::new("(the relay has no runtime configuration file)");
+    for path in config_files {
+        let path = path.as_ref();
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        sources.nix_files.push(SourceText::new(display, text));
     }
-}
-
-fn merge_tables(base: &mut toml::Table, overlay: toml::Table) {
-    for (key, value) in overlay {
-        match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(existing)), toml::Value::Table(new)) => {
-                merge_tables(existing, new)
-            }
-            (_, value) => {
-                base.insert(key, value);
-            }
-        }
-    }
+    sources.env = env;
+    let loaded = config::load_relay(&sources)?;
+    Ok((RelaySettings::from(&loaded.config), loaded))
 }
 
 #[cfg(test)]
@@ -221,7 +186,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn later_files_override_key_by_key() {
+    fn files_layer_and_the_environment_wins() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = dir.path().join("a.toml");
         let b = dir.path().join("b.toml");
@@ -235,12 +200,21 @@ mod tests {
             "https_port = 9443\n[limits]\nmax_connections_per_ip = 2\n",
         )
         .expect("write");
-        let settings = RelaySettings::from_files(&[&a, &b]).expect("parse");
+        let env = vec![("RELAY__P2P_PORT".to_owned(), "4000".to_owned())];
+        let (settings, _) = load(&[&a, &b], env).expect("load");
         assert_eq!(settings.https_port, 9443);
+        assert_eq!(settings.p2p_port, 4000);
         assert_eq!(settings.domain_suffix, "gate.localhost");
         assert_eq!(settings.limits.max_connections, 5);
         assert_eq!(settings.limits.max_connections_per_ip, 2);
-        assert_eq!(settings.p2p_port, 31145);
+        assert_eq!(settings.limits.handshake_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let none: [&Path; 0] = [];
+        let (settings, _) = load(&none, Vec::new()).expect("load");
+        assert_eq!(settings, RelaySettings::default());
     }
 
     #[test]
@@ -248,7 +222,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = dir.path().join("a.toml");
         std::fs::write(&a, "htps_port = 1\n").expect("write");
-        let error = RelaySettings::from_files(&[&a]).expect_err("typo");
+        let error = load(&[&a], Vec::new()).expect_err("typo");
         assert!(error.to_string().contains("htps_port"), "{error}");
     }
 }

@@ -161,19 +161,38 @@ impl AsyncWrite for TunnelStream {
     }
 }
 
-/// Starts a QUIC endpoint on `addr` whose stateless-reset key is derived from `secret` (the
-/// node's private key), so that after a restart on the same address the peers of the old
-/// connections learn at once that those connections are gone.
+/// Starts a QUIC endpoint on `addr` whose stateless-reset key and connection-id key are
+/// derived from `secret` (the node's private key), so that after a restart on the same address
+/// the peers of the old connections are sent a stateless reset and learn at once that those
+/// connections are gone.
 pub fn quic_endpoint<R: gate_rt::Runtime>(
     rt: &R,
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
     secret: &[u8],
 ) -> io::Result<quinn::Endpoint> {
-    let salt = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"gate-relay stateless reset v1");
-    let derived = ring::hmac::sign(&salt, secret);
-    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derived.as_ref());
-    let config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    let derive = |label: &[u8]| {
+        let salt = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, label);
+        ring::hmac::sign(&salt, secret)
+    };
+    let reset_key = ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        derive(b"gate-relay stateless reset v1").as_ref(),
+    );
+    // Connection ids are validated with a keyed hash before a reset is sent for them, so the
+    // key must also survive the restart.
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(
+        derive(b"gate-relay connection id v1")
+            .as_ref()
+            .get(..8)
+            .unwrap_or(&[0u8; 8]),
+    );
+    let cid_key = u64::from_le_bytes(cid_key);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     let socket = std::net::UdpSocket::bind(addr)?;
     quinn::Endpoint::new(config, server, socket, rt.quinn_runtime())
 }

@@ -115,7 +115,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         &config,
         format!(
             "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
-             domain_suffix = \"{SUFFIX}\"\nlog_level = \"debug\"\n[tunnel]\nheartbeat_interval_ms = 1000\n"
+             domain_suffix = \"{SUFFIX}\"\nlog_level = \"debug\"\n"
         ),
     )?;
     let log = dir.path().join("relay.log");
