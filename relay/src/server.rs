@@ -683,10 +683,9 @@ pub async fn start<R: Runtime>(
             addr: udp_https_bind,
             source,
         })?;
-    let quic_addrs = vec![
-        p2p.local_addr().unwrap_or(p2p_bind),
-        udp_https.local_addr().unwrap_or(udp_https_bind),
-    ];
+    let quic_p2p_addr = p2p.local_addr().unwrap_or(p2p_bind);
+    let quic_https_addr = udp_https.local_addr().unwrap_or(udp_https_bind);
+    let quic_addrs = vec![quic_p2p_addr, quic_https_addr];
 
     let tunnel = &settings.tunnel;
     let session_config = RelayConfig {
@@ -754,8 +753,8 @@ pub async fn start<R: Runtime>(
     tracing::info!(
         node_id = %identity.node_id(),
         https = %https_addr,
-        quic_p2p = %quic_addrs[0],
-        quic_https = %quic_addrs[1],
+        quic_p2p = %quic_p2p_addr,
+        quic_https = %quic_https_addr,
         domain_suffix = %shared.settings.domain_suffix,
         runtime = R::NAME,
         "relay listening"
