@@ -364,41 +364,34 @@ pub struct RelayAddressError {
 impl FromStr for RelayAddress {
     type Err = RelayAddressError;
 
+    /// The grammar is `gate_core::config`'s (one parser for config validation and use).
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = |why: &str| RelayAddressError {
-            address: text.chars().take(200).collect(),
-            why: why.to_owned(),
+        let parsed =
+            gate_core::config::parse_relay_address(text).ok_or_else(|| RelayAddressError {
+                address: text.chars().take(200).collect(),
+                why: "expected host:port or <52-character relay node id>@host:port, \
+                      with a port from 1 to 65535"
+                    .to_owned(),
+            })?;
+        RelayAddress::try_from(&parsed)
+    }
+}
+
+impl TryFrom<&gate_core::config::RelayAddress> for RelayAddress {
+    type Error = RelayAddressError;
+
+    fn try_from(parsed: &gate_core::config::RelayAddress) -> Result<Self, Self::Error> {
+        let pinned = match &parsed.node_id {
+            Some(id) => Some(NodeId::parse(id).map_err(|e| RelayAddressError {
+                address: id.clone(),
+                why: e.to_string(),
+            })?),
+            None => None,
         };
-        let (pinned, host_port) = match text.split_once('@') {
-            Some((id, rest)) => (
-                Some(NodeId::parse(id).map_err(|e| error(&e.to_string()))?),
-                rest,
-            ),
-            None => (None, text),
-        };
-        let (host, port) = host_port
-            .rsplit_once(':')
-            .ok_or_else(|| error("the port is missing"))?;
-        let port: u16 = port
-            .parse()
-            .map_err(|_| error("the port is not a number from 1 to 65535"))?;
-        if port == 0 {
-            return Err(error("the port is not a number from 1 to 65535"));
-        }
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        if host.is_empty() {
-            return Err(error("the host is missing"));
-        }
-        if ServerName::try_from(host).is_err() {
-            return Err(error("the host is neither a DNS name nor an IP address"));
-        }
         Ok(Self {
             pinned,
-            host: host.to_owned(),
-            port,
+            host: parsed.host.clone(),
+            port: parsed.port,
         })
     }
 }
