@@ -238,7 +238,7 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_connections_per_ip = 4;
-    settings.limits.max_connections_per_node = 1;
+    settings.limits.max_connections_per_node = 2;
     let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
@@ -257,8 +257,9 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
 
     // Half a ClientHello is cut off at the handshake timeout; meanwhile others are served.
     let hello = client_hello(client_config(&daemon.certificate, Vec::new())?, &name)?;
-    let mut half = rt.connect_tcp(https).await?;
+    // The relay's deadline starts at accept, which may come before connect() returns here.
     let sent_at = Instant::now();
+    let mut half = rt.connect_tcp(https).await?;
     half.write_all(&hello[..hello.len() / 2]).await?;
     health_via_relay(&rt, https, &name, &daemon.certificate).await?;
     time_until_closed(&rt, &mut half, Duration::from_secs(10)).await?;
@@ -269,11 +270,11 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     );
 
     // One byte every 200 ms: cut off at the handshake timeout, long before the hello is whole.
+    let started = Instant::now();
     let slow = rt.connect_tcp(https).await?;
     let (mut slow_reader, mut slow_writer) = tokio::io::split(slow);
     let trickle_rt = rt.clone();
     let trickle = hello.clone();
-    let started = Instant::now();
     rt.spawn(async move {
         for byte in trickle {
             if slow_writer.write_all(&[byte]).await.is_err() {
@@ -311,13 +312,24 @@ async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), Bo
     .await?;
     health_via_relay(&rt, https, &name, &daemon.certificate).await?;
 
-    // Per daemon: while one forwarded connection is open, a second one gets an alert.
-    let tcp = rt.connect_tcp(https).await?;
+    // Per daemon: while two forwarded connections are open, a third one gets an alert.
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "earlier forwarded connections released",
+        || relay.stats().forwarded_open == 0,
+    )
+    .await?;
     let config = client_config(&daemon.certificate, Vec::new())?;
-    let (mut held, _) = tls_connect(tcp, &name, config.clone()).await?;
-    held.write_all(b"ECHO\nping").await?;
-    let mut pong = [0u8; 4];
-    held.read_exact(&mut pong).await?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = rt.connect_tcp(https).await?;
+        let (mut open, _) = tls_connect(tcp, &name, config.clone()).await?;
+        open.write_all(b"ECHO\nping").await?;
+        let mut pong = [0u8; 4];
+        open.read_exact(&mut pong).await?;
+        held.push(open);
+    }
     let tcp = rt.connect_tcp(https).await?;
     match tls_connect(tcp, &name, config).await {
         Ok(_) => return Err("a second connection passed the per-daemon limit".into()),
