@@ -11,8 +11,6 @@
 //! protocol decisions (those are `gate_core::tunnel`'s), or use runtime-specific APIs.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -614,29 +612,25 @@ async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handle
     }
 }
 
-type HeaderFuture = Pin<
-    Box<dyn Future<Output = Result<(StreamHeader, quinn::RecvStream, Vec<u8>), String>> + Send>,
->;
-
 /// Reads the stream header; returns it, the stream, and the payload bytes read past it.
-fn read_header(mut recv: quinn::RecvStream) -> HeaderFuture {
-    Box::pin(async move {
-        let mut prefix = Vec::with_capacity(512);
-        let mut chunk = [0u8; 2048];
-        loop {
-            match decode_stream_header(&prefix, DEFAULT_MAX_FRAME_LEN) {
-                Ok(Some((header, consumed))) => {
-                    let rest = prefix.get(consumed..).unwrap_or_default().to_vec();
-                    return Ok((header, recv, rest));
-                }
-                Ok(None) => {}
-                Err(e) => return Err(e.to_string()),
+async fn read_header(
+    mut recv: quinn::RecvStream,
+) -> Result<(StreamHeader, quinn::RecvStream, Vec<u8>), String> {
+    let mut prefix = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        match decode_stream_header(&prefix, DEFAULT_MAX_FRAME_LEN) {
+            Ok(Some((header, consumed))) => {
+                let rest = prefix.get(consumed..).unwrap_or_default().to_vec();
+                return Ok((header, recv, rest));
             }
-            match recv.read(&mut chunk).await {
-                Ok(Some(count)) => prefix.extend_from_slice(chunk.get(..count).unwrap_or_default()),
-                Ok(None) => return Err("stream ended before its header".to_owned()),
-                Err(e) => return Err(e.to_string()),
-            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
         }
-    })
+        match recv.read(&mut chunk).await {
+            Ok(Some(count)) => prefix.extend_from_slice(chunk.get(..count).unwrap_or_default()),
+            Ok(None) => return Err("stream ended before its header".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
 }
