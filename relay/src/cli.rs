@@ -1,8 +1,16 @@
 //! The `gate-relay` command line (DESIGN.md §7).
+//!
+//! Owns: argument parsing, logging setup, choosing the runtime, and turning errors into
+//! messages and exit codes. Must not: contain relay logic (that is [`crate::server`]).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+
+use crate::identity::Identity;
+use crate::settings::RelaySettings;
+use crate::state;
 
 /// gate-relay: gives Gate daemons a public HTTPS address. Reads the server name of each
 /// TLS connection without decrypting it and forwards the bytes over QUIC to the daemon
@@ -14,17 +22,141 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
+/// The async runtime to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum RuntimeChoice {
+    /// tokio, multi-threaded.
+    #[default]
+    Tokio,
+    /// smol, one executor thread per core.
+    Smol,
+}
+
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the relay: HTTPS on `https_port` (TCP), daemon tunnels on `p2p_port` and
+    /// `https_port` (UDP).
+    Serve {
+        /// A TOML settings file; repeat to layer several (later ones win).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+        /// State directory (key, name claims). Default: $STATE_DIRECTORY, else
+        /// $XDG_STATE_HOME/gate-relay.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Async runtime.
+        #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
+        runtime: RuntimeChoice,
+    },
+    /// Read and validate the settings, then exit (non-zero with the reason when invalid).
+    CheckConfig {
+        /// A TOML settings file; repeat to layer several (later ones win).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+    },
+    /// Print the relay's node id (what daemons pin as `<id>@host:port`), creating the key on
+    /// first use.
+    Id {
+        /// State directory. Default: $STATE_DIRECTORY, else $XDG_STATE_HOME/gate-relay.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+}
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         None => {
             let _ = Cli::command().print_help();
-            ExitCode::from(2)
+            return ExitCode::from(2);
         }
-        Some(command) => match command {},
+        Some(Command::Id { state_dir }) => print_id(state_dir.as_deref()),
+        Some(Command::CheckConfig { config }) => check_config(&config),
+        Some(Command::Serve {
+            config,
+            state_dir,
+            runtime,
+        }) => serve(&config, state_dir.as_deref(), runtime),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("gate-relay: {error:#}");
+            ExitCode::FAILURE
+        }
     }
+}
+
+fn print_id(state_dir: Option<&Path>) -> anyhow::Result<()> {
+    let dir = state::relay_state_dir(state_dir)?;
+    let identity = Identity::load_or_create(&dir)?;
+    println!("{}", identity.node_id());
+    Ok(())
+}
+
+/// The merged configuration: `--config` files, then the `RELAY_` environment.
+fn load_settings(config: &[PathBuf]) -> anyhow::Result<RelaySettings> {
+    let (settings, _) = crate::settings::load(config, std::env::vars().collect())?;
+    gate_core::tunnel::NameTableConfig::new(&settings.domain_suffix)
+        .map_err(|e| anyhow::anyhow!("domain_suffix: {e}"))?;
+    Ok(settings)
+}
+
+fn check_config(config: &[PathBuf]) -> anyhow::Result<()> {
+    let settings = load_settings(config)?;
+    eprintln!(
+        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}",
+        settings.bind_address,
+        settings.https_port,
+        settings.p2p_port,
+        settings.https_port,
+        settings.domain_suffix
+    );
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(
+    config: &[PathBuf],
+    state_dir: Option<&Path>,
+    runtime: RuntimeChoice,
+) -> anyhow::Result<()> {
+    let settings = load_settings(config)?;
+    init_logging(&settings.log_level);
+    let dir = state::relay_state_dir(state_dir)?;
+    let identity = Identity::load_or_create(&dir)?;
+    match runtime {
+        RuntimeChoice::Tokio => {
+            gate_runtime_tokio::block_on(|rt| run(rt, settings, identity, dir))?
+        }
+        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, settings, identity, dir))?,
+    }
+}
+
+async fn run<R: gate_rt::Runtime>(
+    rt: R,
+    settings: RelaySettings,
+    identity: Identity,
+    dir: PathBuf,
+) -> anyhow::Result<()> {
+    use futures_lite::StreamExt as _;
+    let mut signals =
+        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
+            .map_err(|e| anyhow::anyhow!("could not install signal handlers: {e}"))?;
+    let relay = crate::server::start(rt, settings, &identity, &dir).await?;
+    // SIGTERM / SIGINT: tell the daemons, save the claims, release the ports.
+    let signal = signals.next().await;
+    tracing::info!(?signal, "stopping");
+    relay.shutdown().await;
+    Ok(())
 }

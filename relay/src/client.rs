@@ -1,0 +1,636 @@
+//! The daemon's side of the tunnel: keeps a registration with every configured relay and hands
+//! each forwarded connection to the daemon.
+//!
+//! Owns: one task per relay address driving a [`DaemonSession`] over a QUIC connection from
+//! the daemon's endpoint (connect, control stream, register with the optional custom label,
+//! heartbeats, reconnect with backoff and jitter), the per-relay status snapshot, and the
+//! acceptance of relay-opened streams: their [`StreamHeader`] is decoded (bounded in bytes and
+//! time) and `(header, stream)` goes to the daemon's [`StreamHandler`].
+//!
+//! Must not: terminate TLS or speak HTTP (the daemon does that on the stream it is given), make
+//! protocol decisions (those are `gate_core::tunnel`'s), or use runtime-specific APIs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gate_core::tunnel::{
+    decode_stream_header, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
+    FrameDecoder, StreamHeader, DEFAULT_MAX_FRAME_LEN,
+};
+use gate_rt::Runtime;
+use rustls::pki_types::CertificateDer;
+
+use crate::identity::{Identity, IdentityError, RelayAddress};
+use crate::support::{race, Either, Shutdown, TunnelStream};
+
+/// How long a relay-opened stream may take to deliver its header.
+const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the daemon does with a forwarded connection: terminate TLS on `stream` (the client's
+/// ClientHello is its first bytes) and serve HTTP, marked remote. Called on the runtime's
+/// executor; return quickly (spawn the work).
+pub type StreamHandler = Arc<dyn Fn(StreamHeader, TunnelStream) + Send + Sync>;
+
+/// What [`RelayClient`] needs to know.
+#[derive(Debug, Clone)]
+pub struct RelayClientConfig {
+    /// Every relay to register with (`relay.addresses`).
+    pub relays: Vec<RelayAddress>,
+    /// The custom DNS label to ask for (`relay.custom_domain`).
+    pub custom_label: Option<String>,
+    /// The daemon's version, sent in the registration.
+    pub daemon_version: String,
+    /// Extra trusted CAs for relays that are not pinned.
+    pub extra_ca: Vec<CertificateDer<'static>>,
+    /// The relays' public HTTPS port, used to render public URLs (443 by default).
+    pub public_https_port: u16,
+    /// Session tunables (backoff, timeouts); `custom_label` and `daemon_version` above win.
+    pub session: DaemonConfig,
+}
+
+impl Default for RelayClientConfig {
+    fn default() -> Self {
+        Self {
+            relays: Vec::new(),
+            custom_label: None,
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+            extra_ca: Vec::new(),
+            public_https_port: 443,
+            session: DaemonConfig::default(),
+        }
+    }
+}
+
+/// Where the connection to one relay stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelayConnectionState {
+    /// Waiting before the next attempt.
+    Disconnected,
+    /// Opening the QUIC connection.
+    Connecting,
+    /// Connected, waiting for the relay to answer the registration.
+    Registering,
+    /// Registered: the names below are served.
+    Registered,
+    /// The relay is going away; a new connection follows.
+    Draining,
+}
+
+impl std::fmt::Display for RelayConnectionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Disconnected => "disconnected",
+            Self::Connecting => "connecting",
+            Self::Registering => "registering",
+            Self::Registered => "registered",
+            Self::Draining => "draining",
+        })
+    }
+}
+
+/// The status of one relay, for `gate status` and the web UI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The address as configured.
+    pub address: String,
+    /// Connection state.
+    pub state: RelayConnectionState,
+    /// Names granted by the relay (node name first), while registered.
+    pub names: Vec<String>,
+    /// `https://<name>/` for each granted name.
+    pub public_urls: Vec<String>,
+    /// Why the custom name was refused, if it was.
+    pub custom_name_refusal: Option<String>,
+    /// The last error (connection failure, refusal, lost connection).
+    pub last_error: Option<String>,
+    /// How many times a registration succeeded since start.
+    pub registrations: u64,
+}
+
+/// Keeps the daemon registered with its relays. Dropping it does not stop it: call
+/// [`RelayClient::shutdown`].
+pub struct RelayClient {
+    statuses: Arc<Mutex<Vec<RelayStatus>>>,
+    shutdown: Shutdown,
+    tasks: async_channel::Receiver<()>,
+    commands: Vec<async_channel::Sender<AcmeCommand>>,
+}
+
+impl std::fmt::Debug for RelayClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayClient")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Everything one relay's task needs.
+struct RelayTask<R: Runtime> {
+    rt: R,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    address: RelayAddress,
+    index: usize,
+    statuses: Arc<Mutex<Vec<RelayStatus>>>,
+    handler: StreamHandler,
+    shutdown: Shutdown,
+    public_https_port: u16,
+    commands: async_channel::Receiver<AcmeCommand>,
+}
+
+/// The answer to an ACME record request.
+type AcmeReply = async_channel::Sender<Result<(), AcmeError>>;
+
+/// A request from the daemon to one relay task.
+enum AcmeCommand {
+    Set {
+        record: String,
+        value: String,
+        reply: AcmeReply,
+    },
+    Clear {
+        record: String,
+        reply: AcmeReply,
+    },
+}
+
+/// Why an ACME DNS-01 record request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcmeError {
+    /// No relay is registered right now.
+    #[error("no relay is registered; ACME records are written through a registered relay")]
+    NoRelay,
+    /// The relay answered with an error (not our name, no DNS provider, provider failure).
+    #[error("the relay refused the ACME record: {0}")]
+    Relay(String),
+    /// The relay connection ended before the answer.
+    #[error("the relay connection ended before the answer")]
+    Lost,
+}
+
+/// The live connection of a relay task.
+struct Live {
+    attempt: ConnectionAttempt,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    decoder: FrameDecoder,
+}
+
+fn random_seed() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 8];
+    let _ = ring::rand::SystemRandom::new().fill(&mut bytes);
+    u64::from_le_bytes(bytes)
+}
+
+impl RelayClient {
+    /// Starts one task per relay in `config.relays`, connecting from `endpoint` (the daemon's
+    /// QUIC endpoint on its `p2p_port`) with `identity` as client certificate. Every forwarded
+    /// stream goes to `handler`.
+    pub fn start<R: Runtime>(
+        rt: &R,
+        endpoint: quinn::Endpoint,
+        identity: &Identity,
+        config: RelayClientConfig,
+        handler: StreamHandler,
+    ) -> Result<Self, IdentityError> {
+        let statuses = Arc::new(Mutex::new(
+            config
+                .relays
+                .iter()
+                .map(|address| RelayStatus {
+                    address: address.to_string(),
+                    state: RelayConnectionState::Disconnected,
+                    names: Vec::new(),
+                    public_urls: Vec::new(),
+                    custom_name_refusal: None,
+                    last_error: None,
+                    registrations: 0,
+                })
+                .collect(),
+        ));
+        let shutdown = Shutdown::new();
+        let (running, tasks) = async_channel::bounded::<()>(1);
+        let session_config = DaemonConfig {
+            custom_label: config.custom_label.clone(),
+            daemon_version: config.daemon_version.clone(),
+            ..config.session.clone()
+        };
+        let mut commands = Vec::new();
+        for (index, address) in config.relays.iter().enumerate() {
+            let client_config = identity.relay_client_config(&address.trust(&config.extra_ca))?;
+            let (command_tx, command_rx) = async_channel::bounded(16);
+            commands.push(command_tx);
+            let task = RelayTask {
+                rt: rt.clone(),
+                endpoint: endpoint.clone(),
+                client_config,
+                address: address.clone(),
+                index,
+                statuses: statuses.clone(),
+                handler: handler.clone(),
+                shutdown: shutdown.clone(),
+                public_https_port: config.public_https_port,
+                commands: command_rx,
+            };
+            let session = DaemonSession::new(session_config.clone(), random_seed(), Instant::now());
+            let running = running.clone();
+            rt.spawn(async move {
+                task.run(session).await;
+                drop(running);
+            });
+        }
+        Ok(Self {
+            statuses,
+            shutdown,
+            tasks,
+            commands,
+        })
+    }
+
+    /// Asks a registered relay to publish the ACME DNS-01 record `record` (e.g.
+    /// `_acme-challenge.<name>`) with TXT `value`, and waits for its answer. The relay refuses
+    /// names that are not this daemon's own.
+    pub async fn set_acme_txt(&self, record: &str, value: &str) -> Result<(), AcmeError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.send_to_registered(AcmeCommand::Set {
+            record: record.to_owned(),
+            value: value.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.recv().await.unwrap_or(Err(AcmeError::Lost))
+    }
+
+    /// Asks a registered relay to remove the ACME record `record`.
+    pub async fn clear_acme_txt(&self, record: &str) -> Result<(), AcmeError> {
+        let (reply, answer) = async_channel::bounded(1);
+        self.send_to_registered(AcmeCommand::Clear {
+            record: record.to_owned(),
+            reply,
+        })
+        .await?;
+        answer.recv().await.unwrap_or(Err(AcmeError::Lost))
+    }
+
+    async fn send_to_registered(&self, command: AcmeCommand) -> Result<(), AcmeError> {
+        let index = self
+            .status()
+            .iter()
+            .position(|s| s.state == RelayConnectionState::Registered)
+            .ok_or(AcmeError::NoRelay)?;
+        let sender = self.commands.get(index).ok_or(AcmeError::NoRelay)?;
+        sender.send(command).await.map_err(|_| AcmeError::Lost)
+    }
+
+    /// A snapshot of every relay's status, in configuration order.
+    pub fn status(&self) -> Vec<RelayStatus> {
+        self.statuses
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
+    }
+
+    /// Closes every relay connection and waits until the tasks have ended.
+    pub async fn shutdown(self) {
+        self.shutdown.trigger();
+        let _ = self.tasks.recv().await;
+    }
+}
+
+/// What woke a relay task.
+enum Wake {
+    Shutdown,
+    Timer,
+    Command(AcmeCommand),
+    Data(Result<Option<usize>, quinn::ReadError>),
+}
+
+impl<R: Runtime> RelayTask<R> {
+    fn update(&self, f: impl FnOnce(&mut RelayStatus)) {
+        let mut statuses = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(status) = statuses.get_mut(self.index) {
+            f(status);
+        }
+    }
+
+    fn public_url(&self, name: &str) -> String {
+        if self.public_https_port == 443 {
+            format!("https://{name}/")
+        } else {
+            format!("https://{name}:{}/", self.public_https_port)
+        }
+    }
+
+    async fn run(self, mut session: DaemonSession) {
+        let mut live: Option<Live> = None;
+        let mut buf = vec![0u8; 8 * 1024];
+        let mut acme_replies: HashMap<u64, AcmeReply> = HashMap::new();
+        loop {
+            while let Some(event) = session.poll_event() {
+                if let DaemonEvent::AcmeChallengeResult {
+                    request_id,
+                    outcome,
+                } = &event
+                {
+                    if let Some(reply) = acme_replies.remove(request_id) {
+                        let _ = reply.try_send(outcome.clone().map_err(AcmeError::Relay));
+                    }
+                }
+                self.handle_event(&mut session, &mut live, event).await;
+            }
+            let state = match session.state() {
+                DaemonState::Disconnected { .. } => RelayConnectionState::Disconnected,
+                DaemonState::Connecting { .. } => RelayConnectionState::Connecting,
+                DaemonState::Registering { .. } => RelayConnectionState::Registering,
+                DaemonState::Registered { .. } => RelayConnectionState::Registered,
+                DaemonState::Draining { .. } => RelayConnectionState::Draining,
+            };
+            self.update(|status| status.state = state);
+
+            let timeout = session.poll_timeout();
+            let rt = &self.rt;
+            let timer = async move {
+                match timeout {
+                    Some(at) => rt.sleep(at.saturating_duration_since(Instant::now())).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let input = async {
+                match live.as_mut() {
+                    Some(live) => live.recv.read(&mut buf).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let command = async {
+                match self.commands.recv().await {
+                    Ok(command) => command,
+                    // The client handle is gone; only shutdown ends the task.
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            let woke = race(self.shutdown.wait(), race(timer, race(command, input))).await;
+            let woke = match woke {
+                Either::Left(()) => Wake::Shutdown,
+                Either::Right(Either::Left(())) => Wake::Timer,
+                Either::Right(Either::Right(Either::Left(command))) => Wake::Command(command),
+                Either::Right(Either::Right(Either::Right(read))) => Wake::Data(read),
+            };
+            let now = Instant::now();
+            match woke {
+                Wake::Shutdown => {
+                    if let Some(mut live) = live.take() {
+                        let _ = live.send.finish();
+                        live.connection.close(0u32.into(), b"daemon shutting down");
+                    }
+                    self.update(|status| {
+                        status.state = RelayConnectionState::Disconnected;
+                        status.names.clear();
+                        status.public_urls.clear();
+                    });
+                    return;
+                }
+                Wake::Timer => session.handle_timeout(now),
+                Wake::Command(command) => {
+                    let (requested, reply) = match command {
+                        AcmeCommand::Set {
+                            record,
+                            value,
+                            reply,
+                        } => (session.request_acme_set(record, value), reply),
+                        AcmeCommand::Clear { record, reply } => {
+                            (session.request_acme_clear(record), reply)
+                        }
+                    };
+                    match requested {
+                        Ok(request_id) => {
+                            acme_replies.insert(request_id, reply);
+                        }
+                        Err(_) => {
+                            let _ = reply.try_send(Err(AcmeError::NoRelay));
+                        }
+                    }
+                }
+                Wake::Data(read) => {
+                    let Some(current) = live.as_mut() else {
+                        continue;
+                    };
+                    let attempt = current.attempt;
+                    match read {
+                        Ok(Some(count)) => {
+                            current.decoder.push(buf.get(..count).unwrap_or_default());
+                            loop {
+                                match current.decoder.decode() {
+                                    Ok(Some(frame)) => session.handle_frame(attempt, now, frame),
+                                    Ok(None) => break,
+                                    Err(e) => {
+                                        session.handle_connection_lost(
+                                            attempt,
+                                            now,
+                                            format!("undecodable control frame: {e}"),
+                                        );
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Ok(None) => session.handle_connection_lost(
+                            attempt,
+                            now,
+                            "the relay closed the control stream".to_owned(),
+                        ),
+                        Err(e) => session.handle_connection_lost(attempt, now, e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle_event(
+        &self,
+        session: &mut DaemonSession,
+        live: &mut Option<Live>,
+        event: DaemonEvent,
+    ) {
+        let now = Instant::now;
+        match event {
+            DaemonEvent::Connect(attempt) => {
+                if let Some(old) = live.take() {
+                    old.connection.close(0u32.into(), b"reconnecting");
+                }
+                self.update(|status| status.state = RelayConnectionState::Connecting);
+                let connect_timeout = session_connect_timeout(session);
+                let outcome = race(
+                    self.shutdown.wait(),
+                    gate_rt::timeout(&self.rt, connect_timeout, self.connect()),
+                )
+                .await;
+                match outcome {
+                    Either::Left(()) => {}
+                    Either::Right(Ok(Ok((connection, send, recv)))) => {
+                        tracing::debug!(relay = %self.address, "connected");
+                        self.rt.spawn(accept_streams(
+                            self.rt.clone(),
+                            connection.clone(),
+                            self.handler.clone(),
+                        ));
+                        *live = Some(Live {
+                            attempt,
+                            connection,
+                            send,
+                            recv,
+                            decoder: FrameDecoder::default(),
+                        });
+                        session.handle_connected(attempt, now());
+                    }
+                    Either::Right(Ok(Err(error))) => {
+                        session.handle_connect_failed(attempt, now(), error);
+                    }
+                    Either::Right(Err(gate_rt::Elapsed)) => {
+                        session.handle_connect_failed(attempt, now(), "timed out".to_owned());
+                    }
+                }
+            }
+            DaemonEvent::Transmit(frame) => {
+                let Some(current) = live.as_mut() else { return };
+                let Ok(bytes) = frame.to_bytes() else { return };
+                if let Err(e) = current.send.write_all(&bytes).await {
+                    let attempt = current.attempt;
+                    session.handle_connection_lost(attempt, now(), e.to_string());
+                }
+            }
+            DaemonEvent::Registered(names) => {
+                let granted: Vec<String> = std::iter::once(names.node_name.clone())
+                    .chain(names.custom_name.clone())
+                    .collect();
+                let urls: Vec<String> = granted.iter().map(|n| self.public_url(n)).collect();
+                tracing::info!(relay = %self.address, urls = ?urls, "registered with the relay");
+                if let Some(refusal) = &names.custom_name_refusal {
+                    tracing::warn!(relay = %self.address, "{refusal}");
+                }
+                self.update(|status| {
+                    status.state = RelayConnectionState::Registered;
+                    status.names = granted;
+                    status.public_urls = urls;
+                    status.custom_name_refusal = names.custom_name_refusal.clone();
+                    status.last_error = None;
+                    status.registrations += 1;
+                });
+            }
+            DaemonEvent::Refused { reason } => {
+                tracing::error!(relay = %self.address, "the relay refused the registration: {reason}");
+                self.update(|status| status.last_error = Some(format!("refused: {reason}")));
+            }
+            DaemonEvent::Draining => {
+                tracing::info!(relay = %self.address, "the relay is draining");
+                self.update(|status| status.state = RelayConnectionState::Draining);
+            }
+            DaemonEvent::AcmeChallengeResult {
+                request_id,
+                outcome,
+            } => {
+                tracing::debug!(relay = %self.address, request_id, ?outcome, "ACME record result");
+            }
+            DaemonEvent::RelayError(error) => {
+                tracing::warn!(relay = %self.address, code = error.code.0, "relay error: {}", error.message);
+                self.update(|status| status.last_error = Some(error.message.clone()));
+            }
+            DaemonEvent::Disconnected { reason } => {
+                if let Some(old) = live.take() {
+                    old.connection.close(0u32.into(), b"disconnected");
+                }
+                tracing::info!(relay = %self.address, "relay connection ended: {reason}");
+                self.update(|status| {
+                    status.state = RelayConnectionState::Disconnected;
+                    status.names.clear();
+                    status.public_urls.clear();
+                    status.last_error = Some(reason.to_string());
+                });
+            }
+        }
+    }
+
+    /// Resolves the relay, connects, and opens the control stream.
+    async fn connect(
+        &self,
+    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+        let addrs = self
+            .rt
+            .resolve(&self.address.host, self.address.port)
+            .await
+            .map_err(|e| format!("could not resolve {}: {e}", self.address.host))?;
+        let local_v6 = self
+            .endpoint
+            .local_addr()
+            .map(|a| a.is_ipv6())
+            .unwrap_or(false);
+        let addr = addrs
+            .iter()
+            .find(|a| a.is_ipv6() == local_v6)
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| format!("{} has no address", self.address.host))?;
+        let connection = self
+            .endpoint
+            .connect_with(self.client_config.clone(), addr, &self.address.host)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+        Ok((connection, send, recv))
+    }
+}
+
+fn session_connect_timeout(session: &DaemonSession) -> Duration {
+    match session.state() {
+        DaemonState::Connecting { deadline, .. } => {
+            deadline.saturating_duration_since(Instant::now())
+        }
+        _ => Duration::from_secs(10),
+    }
+}
+
+/// Accepts the relay-opened streams of one connection until it ends.
+async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handler: StreamHandler) {
+    while let Ok((send, recv)) = connection.accept_bi().await {
+        let handler = handler.clone();
+        let task_rt = rt.clone();
+        rt.spawn(async move {
+            match gate_rt::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_header(recv)).await {
+                Ok(Ok((header, recv, rest))) => {
+                    handler(header, TunnelStream::new(send, recv, rest))
+                }
+                Ok(Err(e)) => tracing::debug!("dropping a forwarded stream: {e}"),
+                Err(gate_rt::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
+            }
+        });
+    }
+}
+
+/// Reads the stream header; returns it, the stream, and the payload bytes read past it.
+async fn read_header(
+    mut recv: quinn::RecvStream,
+) -> Result<(StreamHeader, quinn::RecvStream, Vec<u8>), String> {
+    let mut prefix = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        match decode_stream_header(&prefix, DEFAULT_MAX_FRAME_LEN) {
+            Ok(Some((header, consumed))) => {
+                let rest = prefix.get(consumed..).unwrap_or_default().to_vec();
+                return Ok((header, recv, rest));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match recv.read(&mut chunk).await {
+            Ok(Some(count)) => prefix.extend_from_slice(chunk.get(..count).unwrap_or_default()),
+            Ok(None) => return Err("stream ended before its header".to_owned()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The settings `gate-relay serve` runs with, and how they are read.
+//!
+//! Owns: [`RelaySettings`] (what [`crate::server::start`] needs) and [`load`], which reads the
+//! `--config` files and the `RELAY_` environment, merges them with the layered configuration of
+//! `gate_core::config` (DESIGN.md §6: Environment > Nix files > Defaults) and converts the
+//! result. Must not: touch sockets or the state directory.
+//!
+//! A few knobs have no configuration key yet and keep their defaults from the command line:
+//! the tunnel timing ([`TunnelSettings`]), the QUIC certificate for unpinned daemons, the
+//! metrics port and the daemon connection limit. Tests and embedders set them directly.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gate_core::config::{self, ConfigSources, SourceText};
+
+/// Everything `gate-relay serve` needs to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// TCP port for HTTPS clients; the relay also accepts daemon tunnels on this UDP port.
+    pub https_port: u16,
+    /// UDP port of the QUIC endpoint for daemons.
+    pub p2p_port: u16,
+    /// Address all listeners bind to.
+    pub bind_address: IpAddr,
+    /// `error`, `warn`, `info`, `debug` or `trace` (or a tracing filter directive).
+    pub log_level: String,
+    /// Daemons get `<node-id>.<domain_suffix>` and `<custom>.<domain_suffix>`.
+    pub domain_suffix: String,
+    /// Days of absence after which a custom name claim lapses.
+    pub claim_lapse_days: u64,
+    /// Connection limits.
+    pub limits: RelayLimits,
+    /// Daemon tunnel timing and certificate.
+    pub tunnel: TunnelSettings,
+    /// Whether daemons may ask for ACME TXT records (`dns.enabled`).
+    pub dns_enabled: bool,
+    /// Plain-text Prometheus metrics on `127.0.0.1:<metrics_port>`; off when absent.
+    pub metrics_port: Option<u16>,
+}
+
+impl Default for RelaySettings {
+    fn default() -> Self {
+        Self {
+            https_port: 443,
+            p2p_port: 31145,
+            bind_address: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            log_level: "info".to_owned(),
+            domain_suffix: "localhost".to_owned(),
+            claim_lapse_days: 30,
+            limits: RelayLimits::default(),
+            tunnel: TunnelSettings::default(),
+            dns_enabled: false,
+            metrics_port: None,
+        }
+    }
+}
+
+/// Limits that keep one client, one source or one daemon from exhausting the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Milliseconds a client has to send its whole ClientHello.
+    pub handshake_timeout_ms: u64,
+    /// Open HTTPS connections in total (being read or forwarded).
+    pub max_connections: usize,
+    /// Open HTTPS connections from one source IP address.
+    pub max_connections_per_ip: usize,
+    /// Open forwarded connections to one daemon.
+    pub max_connections_per_node: usize,
+    /// QUIC connections from daemons in total.
+    pub max_daemon_connections: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout_ms: 5_000,
+            max_connections: 16_384,
+            max_connections_per_ip: 256,
+            max_connections_per_node: 4_096,
+            max_daemon_connections: 10_000,
+        }
+    }
+}
+
+impl RelayLimits {
+    /// The handshake timeout as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// Timing of the daemon connections, and the certificate their QUIC endpoints present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelSettings {
+    /// Heartbeat interval announced to daemons, in milliseconds; a daemon silent for three
+    /// intervals is dropped.
+    pub heartbeat_interval_ms: u64,
+    /// Milliseconds a daemon has to register after connecting.
+    pub registration_timeout_ms: u64,
+    /// PEM certificate chain the QUIC endpoints present instead of the self-signed node
+    /// certificate, for daemons that do not pin the relay's id (they check it against WebPKI
+    /// roots or their extra CA). Needs `key_file`.
+    pub certificate_file: Option<PathBuf>,
+    /// PEM private key of `certificate_file`.
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval_ms: 15_000,
+            registration_timeout_ms: 10_000,
+            certificate_file: None,
+            key_file: None,
+        }
+    }
+}
+
+impl From<&config::RelayConfig> for RelaySettings {
+    fn from(config: &config::RelayConfig) -> Self {
+        let limits = &config.limits;
+        let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        Self {
+            https_port: config.https_port,
+            p2p_port: config.p2p_port,
+            bind_address: config.bind_address,
+            log_level: config.log_level.clone(),
+            domain_suffix: config.domain_suffix.clone(),
+            claim_lapse_days: u64::from(config.claim_lapse_days),
+            limits: RelayLimits {
+                handshake_timeout_ms: u64::try_from(limits.handshake_timeout.as_millis())
+                    .unwrap_or(u64::MAX),
+                max_connections: count(limits.max_connections),
+                max_connections_per_ip: count(limits.max_connections_per_ip),
+                max_connections_per_node: count(limits.max_connections_per_node),
+                ..RelayLimits::default()
+            },
+            tunnel: TunnelSettings::default(),
+            dns_enabled: config.dns.enabled,
+            metrics_port: None,
+        }
+    }
+}
+
+/// Why settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// A `--config` file could not be read.
+    #[error("could not read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The merged configuration is invalid; the message names key, origin and expectation.
+    #[error(transparent)]
+    Invalid(#[from] config::ConfigError),
+}
+
+/// Reads the `--config` files (later ones win) and the `RELAY_` environment `env`, merges them
+/// over the defaults and converts the result.
+pub fn load(
+    config_files: &[impl AsRef<Path>],
+    env: Vec<(String, String)>,
+) -> Result<(RelaySettings, config::Loaded<config::RelayConfig>), SettingsError> {
+    let mut sources = ConfigSources::new("(the relay has no runtime configuration file)");
+    for path in config_files {
+        let path = path.as_ref();
+        let display = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+            path: display.clone(),
+            source,
+        })?;
+        sources.nix_files.push(SourceText::new(display, text));
+    }
+    sources.env = env;
+    let loaded = config::load_relay(&sources)?;
+    Ok((RelaySettings::from(&loaded.config), loaded))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_layer_and_the_environment_wins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        let b = dir.path().join("b.toml");
+        std::fs::write(
+            &a,
+            "https_port = 8443\ndomain_suffix = \"gate.localhost\"\n[limits]\nmax_connections = 5\n",
+        )
+        .expect("write");
+        std::fs::write(
+            &b,
+            "https_port = 9443\n[limits]\nmax_connections_per_ip = 2\n",
+        )
+        .expect("write");
+        let env = vec![("RELAY__P2P_PORT".to_owned(), "4000".to_owned())];
+        let (settings, _) = load(&[&a, &b], env).expect("load");
+        assert_eq!(settings.https_port, 9443);
+        assert_eq!(settings.p2p_port, 4000);
+        assert_eq!(settings.domain_suffix, "gate.localhost");
+        assert_eq!(settings.limits.max_connections, 5);
+        assert_eq!(settings.limits.max_connections_per_ip, 2);
+        assert_eq!(settings.limits.handshake_timeout_ms, 5_000);
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let none: [&Path; 0] = [];
+        let (settings, _) = load(&none, Vec::new()).expect("load");
+        assert_eq!(settings, RelaySettings::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, "htps_port = 1\n").expect("write");
+        let error = load(&[&a], Vec::new()).expect_err("typo");
+        assert!(error.to_string().contains("htps_port"), "{error}");
+    }
+}

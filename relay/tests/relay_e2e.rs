@@ -1,0 +1,588 @@
+//! End to end on loopback: a relay, daemons (RelayClient + a rustls responder), and real TLS
+//! clients (rustls, curl, openssl s_client). Every scenario runs on tokio, on smol, and with
+//! the relay on smol and the daemon side on tokio.
+
+mod common;
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use gate_relay::client::AcmeError;
+use gate_relay::identity::Identity;
+use gate_rt::Runtime;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REGISTER_LIMIT: Duration = Duration::from_secs(15);
+
+fn is_unrecognized_name(error: &BoxError) -> bool {
+    let io = error.downcast_ref::<std::io::Error>();
+    let tls = io
+        .and_then(|e| e.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    matches!(
+        tls,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnrecognisedName
+        ))
+    )
+}
+
+async fn expect_unrecognized_name<R: Runtime>(
+    rt: &R,
+    relay_https: std::net::SocketAddr,
+    name: &str,
+    trust: &rustls::pki_types::CertificateDer<'static>,
+) -> Result<(), BoxError> {
+    let tcp = rt.connect_tcp(relay_https).await?;
+    match tls_connect(tcp, name, client_config(trust, Vec::new())?).await {
+        Ok(_) => Err(format!("TLS to {name} succeeded; expected unrecognized_name").into()),
+        Err(e) if is_unrecognized_name(&e) => Ok(()),
+        Err(e) => Err(format!("TLS to {name} failed with {e}; expected unrecognized_name").into()),
+    }
+}
+
+/// A real ClientHello for `name` as rustls would send it.
+fn client_hello(config: Arc<rustls::ClientConfig>, name: &str) -> Result<Vec<u8>, BoxError> {
+    let mut conn = rustls::ClientConnection::new(config, ServerName::try_from(name.to_owned())?)?;
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello)?;
+    }
+    Ok(hello)
+}
+
+/// Waits until the peer closes the connection (EOF or error) and returns how long it took.
+async fn time_until_closed<R: Runtime>(
+    rt: &R,
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> Result<Duration, BoxError> {
+    let start = Instant::now();
+    let mut sink = [0u8; 256];
+    let closed = gate_rt::timeout(rt, limit, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    match closed {
+        Ok(()) => Ok(start.elapsed()),
+        Err(_) => Err(format!("the relay did not close the connection within {limit:?}").into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let relay_state = dir.path().join("relay");
+    let relay_identity = Identity::load_or_create(&relay_state)?;
+    let mut settings = test_settings();
+    settings.metrics_port = Some(0);
+    let relay = start_relay(&relay_rt, settings, &relay_identity, &relay_state).await?;
+    let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    let status = daemon.status();
+    assert_eq!(status.names, vec![daemon.node_name.clone()]);
+    assert_eq!(
+        status.public_urls,
+        vec![format!("https://{}/", daemon.node_name)]
+    );
+    assert_eq!(status.registrations, 1);
+
+    let https = relay.https_addr();
+    let name = daemon.node_name.clone();
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+
+    // curl, trusting only the daemon's certificate.
+    let pem_path = dir.path().join("daemon.pem");
+    std::fs::write(&pem_path, pem(&daemon.certificate))?;
+    let port = https.port();
+    let (curl_name, curl_pem) = (name.clone(), pem_path.clone());
+    let curl = blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--resolve"])
+            .arg(format!("{curl_name}:{port}:127.0.0.1"))
+            .arg("--cacert")
+            .arg(&curl_pem)
+            .arg(format!("https://{curl_name}:{port}/health"))
+            .output()
+    })
+    .await?;
+    assert!(
+        curl.status.success() && curl.stdout == b"ok",
+        "curl: {:?} {} {}",
+        curl.status,
+        String::from_utf8_lossy(&curl.stdout),
+        String::from_utf8_lossy(&curl.stderr)
+    );
+
+    // openssl s_client with -servername: sees the daemon's certificate and the answer.
+    let ossl_name = name.clone();
+    let openssl = blocking(move || -> std::io::Result<std::process::Output> {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-servername", &ossl_name, "-showcerts", "-ign_eof"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(b"GET /health HTTP/1.0\r\n\r\n")?;
+        }
+        child.wait_with_output()
+    })
+    .await?;
+    let out = String::from_utf8_lossy(&openssl.stdout);
+    let daemon_pem = pem(&daemon.certificate);
+    let first_line = daemon_pem.lines().nth(1).unwrap_or_default();
+    assert!(
+        out.contains(first_line),
+        "openssl did not see the daemon's certificate:\n{out}"
+    );
+    assert!(
+        out.contains("HTTP/1.1 200 OK\r\n") && out.contains("\r\n\r\nok"),
+        "openssl:\n{out}"
+    );
+
+    // A ClientHello over 1.5 KB, written 7 bytes at a time.
+    let alpn: Vec<Vec<u8>> = (0..40)
+        .map(|i| format!("protocol-{i:02}-{}", "x".repeat(28)).into_bytes())
+        .collect();
+    let big = client_config(&daemon.certificate, alpn)?;
+    let hello_len = client_hello(big.clone(), &name)?.len();
+    assert!(hello_len > 1500, "ClientHello is only {hello_len} bytes");
+    let tcp = rt.connect_tcp(https).await?;
+    let (tls, presented) = tls_connect(
+        Trickle {
+            inner: tcp,
+            chunk: 7,
+        },
+        &name,
+        big,
+    )
+    .await?;
+    assert_eq!(presented, daemon.certificate);
+    assert_eq!(get_health(tls, &name).await?, "ok");
+
+    // Unknown names get the alert, and the relay stays up.
+    expect_unrecognized_name(&rt, https, &format!("nobody.{SUFFIX}"), &daemon.certificate).await?;
+    expect_unrecognized_name(&rt, https, "example.com", &daemon.certificate).await?;
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+    let stats = relay.stats();
+    assert!(stats.unknown_name >= 2, "{stats:?}");
+    assert!(stats.forwarded >= 5, "{stats:?}");
+
+    // Metrics, in the Prometheus text format, on loopback.
+    let metrics_addr = relay.metrics_addr().ok_or("metrics listener not started")?;
+    let mut metrics = rt.connect_tcp(metrics_addr).await?;
+    metrics
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    metrics.read_to_string(&mut text).await?;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(
+        text.contains("\ngate_relay_daemons_registered 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE gate_relay_forwarded_total counter\n"),
+        "{text}"
+    );
+
+    // ACME records: only for the daemon's own names; this relay has no DNS provider.
+    let own = daemon
+        .client
+        .set_acme_txt(&format!("_acme-challenge.{name}"), "token")
+        .await;
+    assert_eq!(
+        own,
+        Err(AcmeError::Relay(
+            "DNS provider not configured on this relay".to_owned()
+        ))
+    );
+    let foreign = daemon
+        .client
+        .set_acme_txt(&format!("_acme-challenge.other.{SUFFIX}"), "token")
+        .await;
+    assert!(
+        matches!(&foreign, Err(AcmeError::Relay(m)) if m.contains("not an ACME challenge record for one of this daemon's names")),
+        "{foreign:?}"
+    );
+
+    // The daemon goes away: its name gets the alert.
+    daemon.client.shutdown().await;
+    wait_until(&rt, REGISTER_LIMIT, "daemon offline at the relay", || {
+        relay.stats().daemons_registered == 0
+    })
+    .await?;
+    expect_unrecognized_name(&rt, https, &name, &daemon.certificate).await?;
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let mut settings = test_settings();
+    settings.limits.max_connections_per_ip = 4;
+    settings.limits.max_connections_per_node = 2;
+    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    let https = relay.https_addr();
+    let name = daemon.node_name.clone();
+
+    // Garbage is cut off at once (no need to wait for the handshake timeout).
+    let mut garbage = rt.connect_tcp(https).await?;
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nhost: example\r\n\r\n")
+        .await?;
+    time_until_closed(&rt, &mut garbage, Duration::from_secs(10)).await?;
+
+    // Half a ClientHello is cut off at the handshake timeout; meanwhile others are served.
+    let hello = client_hello(client_config(&daemon.certificate, Vec::new())?, &name)?;
+    // The relay's deadline starts at accept, which may come before connect() returns here.
+    let sent_at = Instant::now();
+    let mut half = rt.connect_tcp(https).await?;
+    half.write_all(&hello[..hello.len() / 2]).await?;
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+    time_until_closed(&rt, &mut half, Duration::from_secs(10)).await?;
+    let held = sent_at.elapsed();
+    assert!(
+        held >= Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
+        "closed after {held:?}, before the handshake timeout"
+    );
+
+    // One byte every 200 ms: cut off at the handshake timeout, long before the hello is whole.
+    let started = Instant::now();
+    let slow = rt.connect_tcp(https).await?;
+    let (mut slow_reader, mut slow_writer) = tokio::io::split(slow);
+    let trickle_rt = rt.clone();
+    let trickle = hello.clone();
+    rt.spawn(async move {
+        for byte in trickle {
+            if slow_writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            trickle_rt.sleep(Duration::from_millis(200)).await;
+        }
+    });
+    time_until_closed(&rt, &mut slow_reader, Duration::from_secs(10)).await?;
+    assert!(started.elapsed() >= Duration::from_millis(HANDSHAKE_TIMEOUT_MS));
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+    wait_until(&rt, Duration::from_secs(10), "connections released", || {
+        relay.stats().https_open == 0
+    })
+    .await?;
+
+    // Per source IP: the fifth open connection is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(rt.connect_tcp(https).await?);
+    }
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "four connections open",
+        || relay.stats().https_open == 4,
+    )
+    .await?;
+    let mut fifth = rt.connect_tcp(https).await?;
+    time_until_closed(&rt, &mut fifth, Duration::from_secs(10)).await?;
+    drop(idle);
+    wait_until(&rt, Duration::from_secs(10), "connections released", || {
+        relay.stats().https_open == 0
+    })
+    .await?;
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+
+    // Per daemon: while two forwarded connections are open, a third one gets an alert.
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "earlier forwarded connections released",
+        || relay.stats().forwarded_open == 0,
+    )
+    .await?;
+    let config = client_config(&daemon.certificate, Vec::new())?;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let tcp = rt.connect_tcp(https).await?;
+        let (mut open, _) = tls_connect(tcp, &name, config.clone()).await?;
+        open.write_all(b"ECHO\nping").await?;
+        let mut pong = [0u8; 4];
+        open.read_exact(&mut pong).await?;
+        held.push(open);
+    }
+    let tcp = rt.connect_tcp(https).await?;
+    match tls_connect(tcp, &name, config).await {
+        Ok(_) => return Err("a second connection passed the per-daemon limit".into()),
+        Err(e) => {
+            let alert = e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|e| e.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            assert!(
+                matches!(
+                    alert,
+                    Some(rustls::Error::AlertReceived(
+                        rustls::AlertDescription::InternalError
+                    ))
+                ),
+                "expected an internal_error alert, got {e}"
+            );
+        }
+    }
+    drop(held);
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "forwarded connection released",
+        || relay.stats().forwarded_open == 0,
+    )
+    .await?;
+    health_via_relay(&rt, https, &name, &daemon.certificate).await?;
+
+    let stats = relay.stats();
+    assert!(stats.invalid_hello >= 1, "{stats:?}");
+    assert!(stats.handshake_timeouts >= 2, "{stats:?}");
+    assert!(stats.over_limit >= 1, "{stats:?}");
+    daemon.client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn claims_and_restart<RR: Runtime, DR: Runtime>(
+    relay_rt: RR,
+    rt: DR,
+) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let shop = format!("shop.{SUFFIX}");
+
+    // A takes the label through the p2p port; B asks for it through the UDP https port.
+    let a = start_daemon(&rt, relay_address(&relay, 0), Some("shop"))?;
+    wait_until(&rt, REGISTER_LIMIT, "A registered", || a.is_registered()).await?;
+    assert_eq!(a.status().names, vec![a.node_name.clone(), shop.clone()]);
+    let b = start_daemon(&rt, relay_address(&relay, 1), Some("shop"))?;
+    wait_until(&rt, REGISTER_LIMIT, "B registered", || b.is_registered()).await?;
+    let refusal = b.status().custom_name_refusal.unwrap_or_default();
+    assert!(
+        refusal.contains("claimed by another node"),
+        "B was told: {refusal:?}"
+    );
+    assert_eq!(b.status().names, vec![b.node_name.clone()]);
+    health_via_relay(&rt, relay.https_addr(), &shop, &a.certificate).await?;
+    health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
+
+    // A leaves; the relay restarts on the same ports and state directory.
+    let a_id = relay.claim_owner("shop").ok_or("no claim on shop")?;
+    a.client.shutdown().await;
+    let mut settings = test_settings();
+    settings.https_port = relay.https_addr().port();
+    settings.p2p_port = relay.quic_addrs()[0].port();
+    relay.shutdown().await;
+    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    assert_eq!(
+        relay.claim_owner("shop"),
+        Some(a_id),
+        "the claim did not survive the restart"
+    );
+
+    // B re-registers by itself and is still refused the held label.
+    wait_until(&rt, REGISTER_LIMIT, "B registered again", || {
+        let status = b.status();
+        status.registrations >= 2
+            && status.state == gate_relay::client::RelayConnectionState::Registered
+    })
+    .await?;
+    let refusal = b.status().custom_name_refusal.unwrap_or_default();
+    assert!(
+        refusal.contains("claimed by another node"),
+        "B was told: {refusal:?}"
+    );
+    health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
+    expect_unrecognized_name(&rt, relay.https_addr(), &shop, &a.certificate).await?;
+    b.client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    const TOTAL: usize = 64 << 20;
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    let tcp = rt.connect_tcp(relay.https_addr()).await?;
+    let (mut tls, _) = tls_connect(
+        tcp,
+        &daemon.node_name,
+        client_config(&daemon.certificate, Vec::new())?,
+    )
+    .await?;
+    tls.write_all(b"ECHO\n").await?;
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    let (sent_tx, sent_rx) = async_channel::bounded(1);
+    rt.spawn(async move {
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut result = Ok(());
+        for _ in 0..TOTAL / chunk.len() {
+            for word in chunk.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                word.copy_from_slice(&state.to_le_bytes());
+            }
+            digest.update(&chunk);
+            if let Err(e) = writer.write_all(&chunk).await {
+                result = Err(e.to_string());
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = writer.shutdown().await.map_err(|e| e.to_string());
+        }
+        let _ = sent_tx
+            .send((result, digest.finish().as_ref().to_vec()))
+            .await;
+    });
+    let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut received = 0usize;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        received += n;
+        digest.update(&buf[..n]);
+    }
+    let (sent, sent_digest) = sent_rx.recv().await?;
+    sent?;
+    assert_eq!(received, TOTAL, "bytes echoed back");
+    assert_eq!(digest.finish().as_ref(), sent_digest.as_slice(), "checksum");
+    daemon.client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+/// A relay presenting a CA-issued certificate on QUIC; the daemon does not pin its id and
+/// trusts the CA as its extra root.
+async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "gate test CA");
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?
+        .signed_by(&leaf_key, &issuer)?;
+    let cert_file = dir.path().join("relay.pem");
+    let key_file = dir.path().join("relay.key");
+    std::fs::write(&cert_file, leaf.pem())?;
+    std::fs::write(&key_file, leaf_key.serialize_pem())?;
+
+    let mut settings = test_settings();
+    settings.tunnel.certificate_file = Some(cert_file);
+    settings.tunnel.key_file = Some(key_file);
+    let relay_identity = Identity::load_or_create(&dir.path().join("state"))?;
+    let relay = start_relay(
+        &relay_rt,
+        settings,
+        &relay_identity,
+        &dir.path().join("state"),
+    )
+    .await?;
+    let port = relay.quic_addrs()[0].port();
+
+    // Not pinned and the CA not trusted: no registration, and the status says why.
+    let untrusting = start_daemon(&rt, format!("localhost:{port}").parse()?, None)?;
+    wait_until(
+        &rt,
+        REGISTER_LIMIT,
+        "a certificate error is reported",
+        || {
+            untrusting
+                .status()
+                .last_error
+                .is_some_and(|e| e.contains("certificate"))
+        },
+    )
+    .await?;
+    assert!(!untrusting.is_registered());
+    untrusting.client.shutdown().await;
+
+    // Trusting the CA: registers and serves.
+    let daemon = start_daemon_with_ca(
+        &rt,
+        format!("localhost:{port}").parse()?,
+        ca_cert.der().clone(),
+    )?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    health_via_relay(
+        &rt,
+        relay.https_addr(),
+        &daemon.node_name,
+        &daemon.certificate,
+    )
+    .await?;
+    daemon.client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
+macro_rules! on_every_runtime {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[test]
+            fn tokio() {
+                super::tokio_tokio(super::$scenario);
+            }
+            #[test]
+            fn smol() {
+                super::smol_smol(super::$scenario);
+            }
+            #[test]
+            fn relay_smol_daemon_tokio() {
+                super::smol_relay_tokio_daemon(super::$scenario);
+            }
+        }
+    };
+}
+
+on_every_runtime!(forwarding);
+on_every_runtime!(limits);
+on_every_runtime!(claims_and_restart);
+on_every_runtime!(large_transfer);
+on_every_runtime!(unpinned_relay);
