@@ -50,6 +50,12 @@ pub enum Command {
     /// Create, list and revoke Gate API keys for clients.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print this daemon's node id (its relay name is `<node id>.<domain suffix>`).
+    Id {
+        /// The state directory holding the node key (created on first use).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
     /// Show the running daemon: upstreams and their health, relay, certificate, and a
     /// fresh one-time web UI login link.
     Status {
@@ -210,6 +216,12 @@ pub fn main() -> ExitCode {
         Command::Config(command) => commands::config(command),
         Command::Upstream(command) => commands::upstream(command),
         Command::Token(command) => commands::token(command),
+        Command::Id { state_dir } => state::resolve_state_dir(state_dir.as_deref())
+            .and_then(|dir| {
+                state::ensure_dir(&dir)?;
+                crate::remote::node_id(&dir)
+            })
+            .map(|id| println!("{id}")),
         Command::Status { json, source } => commands::status(&source, json),
     };
     match result {
@@ -331,7 +343,12 @@ async fn run<R: gate_rt::Runtime>(
             discovery_rt.sleep(std::time::Duration::from_secs(60)).await;
         }
     });
-    let app = Arc::new(App::new(gateway).with_admin(admin));
+    let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
+    if let Some(remote) =
+        crate::remote::Remote::start(&rt, &reloader.current().config, &state_dir, app.clone())?
+    {
+        gateway.set_remote(remote);
+    }
     server::serve(rt, listener, app).await;
     Ok(())
 }

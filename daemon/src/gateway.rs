@@ -176,6 +176,8 @@ pub struct Gateway<R: Runtime> {
     router: Mutex<Router>,
     pub metrics: Arc<Metrics>,
     tokens: RwLock<TokenStore>,
+    /// The relay side, once started (status pages and metrics read it).
+    remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
 }
 
 /// A failed request before any byte went out: status and message for the client.
@@ -197,6 +199,7 @@ impl<R: Runtime> Gateway<R> {
             router: Mutex::new(router),
             metrics: Arc::new(Metrics::new()),
             tokens: RwLock::new(tokens),
+            remote: std::sync::OnceLock::new(),
         })
     }
 
@@ -358,9 +361,34 @@ impl<R: Runtime> Gateway<R> {
             .collect()
     }
 
+    /// Attaches the relay side (once).
+    pub fn set_remote(&self, remote: Arc<crate::remote::Remote<R>>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The relay side, when relays are enabled.
+    pub fn remote(&self) -> Option<&Arc<crate::remote::Remote<R>>> {
+        self.remote.get()
+    }
+
     /// Updates the upstream health gauges and renders `/metrics`.
     pub fn render_metrics(&self) -> String {
         let now = Instant::now();
+        if let Some(remote) = self.remote.get() {
+            let status = remote.status();
+            for relay in &status.relays {
+                let address = relay["address"].as_str().unwrap_or_default().to_owned();
+                let up = relay["state"].as_str() == Some("registered");
+                self.metrics
+                    .relay_registered
+                    .get_or_create(&crate::metrics::RelayLabels { relay: address })
+                    .set(i64::from(up));
+            }
+            if let Some(cert) = &status.certificate {
+                let expiry = i64::try_from(cert.expiry_unix_seconds()).unwrap_or(i64::MAX);
+                self.metrics.certificate_expiry.set(expiry);
+            }
+        }
         {
             let router = self.lock_router();
             for id in router.ids() {

@@ -17,6 +17,7 @@ pub mod errors;
 pub mod gateway;
 pub mod metrics;
 pub mod reload;
+pub mod remote;
 pub mod server;
 pub mod settings;
 pub mod state;

@@ -27,6 +27,11 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelayLabels {
+    pub relay: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub upstream: String,
     pub outcome: String,
@@ -56,6 +61,8 @@ pub struct Metrics {
     pub upstream_attempts: Family<AttemptLabels, Counter>,
     pub tokens: Family<TokenLabels, Counter>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub relay_registered: Family<RelayLabels, Gauge>,
+    pub certificate_expiry: Gauge,
     render_lock: Mutex<()>,
 }
 
@@ -108,8 +115,22 @@ impl Metrics {
             "Upstream circuit state: 1 closed, 0.5 half-open (as 0), 0 open",
             upstream_up.clone(),
         );
+        let relay_registered = Family::<RelayLabels, Gauge>::default();
+        registry.register(
+            "relay_registered",
+            "1 while registered with the relay, else 0",
+            relay_registered.clone(),
+        );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the certificate served through relays",
+            certificate_expiry.clone(),
+        );
         Self {
             registry,
+            relay_registered,
+            certificate_expiry,
             requests,
             request_duration,
             time_to_first_token,

@@ -218,19 +218,52 @@ fn upstreams_view<R: Runtime>(admin: &Admin<R>, loaded: &Loaded<DaemonConfig>) -
 fn status<R: Runtime>(admin: &Admin<R>) -> Value {
     let loaded = admin.reloader.current();
     let c = &loaded.config;
-    let relay = if c.relay.enable {
-        json!({
-            "state": "configured, not connected (the relay client is not part of this build yet)",
+    let remote = admin.reloader.gateway().remote().map(|r| r.status());
+    let relay = match (&remote, c.relay.enable) {
+        (Some(status), _) => {
+            let public_urls: Vec<Value> = status
+                .relays
+                .iter()
+                .flat_map(|r| r["public_urls"].as_array().cloned().unwrap_or_default())
+                .collect();
+            let connected = status
+                .relays
+                .iter()
+                .any(|r| r["state"].as_str() == Some("registered"));
+            json!({
+                "state": if connected { "registered" } else { "connecting" },
+                "node_id": status.node_id,
+                "relays": status.relays,
+                "public_url": public_urls.first().cloned().unwrap_or(Value::Null),
+                "public_urls": public_urls,
+            })
+        }
+        (None, true) => json!({
+            "state": "configured; takes effect at the next start",
             "addresses": c.relay.addresses.iter().map(|a| format!("{}:{}", a.host, a.port)).collect::<Vec<_>>(),
             "public_url": Value::Null,
-        })
-    } else {
-        json!({ "state": "not configured", "public_url": Value::Null })
+        }),
+        (None, false) => json!({ "state": "not configured", "public_url": Value::Null }),
     };
-    let certificate = if c.letsencrypt.enabled {
-        json!({ "state": "no certificate yet (ACME is not part of this build yet)", "expires_at": Value::Null })
-    } else {
-        json!({ "state": "not configured", "expires_at": Value::Null })
+    let certificate = match remote.as_ref().and_then(|r| r.certificate.clone()) {
+        Some(info) => {
+            let acme = remote.as_ref().and_then(|r| r.acme.clone());
+            let mut value = crate::remote::certificate_json(&info);
+            value["state"] = json!(if info.self_signed {
+                "self-signed (until Let's Encrypt delivers one)"
+            } else {
+                "issued"
+            });
+            value["expires_at"] = json!(info.expiry_unix_seconds());
+            if let Some(acme) = acme {
+                value["acme_last_error"] = json!(acme.last_error);
+                value["acme_consecutive_failures"] = json!(acme.consecutive_failures);
+            } else if c.letsencrypt.enabled {
+                value["acme_last_error"] = json!("waiting for a relay registration");
+            }
+            value
+        }
+        None => json!({ "state": "not configured", "expires_at": Value::Null }),
     };
     json!({
         "version": env!("CARGO_PKG_VERSION"),

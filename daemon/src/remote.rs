@@ -1,0 +1,268 @@
+//! Public HTTPS through relays (DESIGN.md §4), the daemon's side: the node identity, the
+//! QUIC endpoint on `p2p_port`, the relay client (`gate_relay::client`), TLS termination of
+//! forwarded connections with the certificate store, and ACME DNS-01 through the relay.
+//!
+//! Every connection that arrives through a relay is served by the same [`App`] as the local
+//! listener, marked `remote`: it is never trusted as loopback.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gate_core::config::DaemonConfig;
+use gate_relay::client::{RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler};
+use gate_relay::identity::{Identity, RelayAddress};
+use gate_rt::hyper_glue::{serve_connection, ServerSettings};
+use gate_rt::Runtime;
+use rustls::pki_types::CertificateDer;
+
+use crate::acme::{AcmeManager, AcmeSettings, AcmeStatus, ChallengeSetter};
+use crate::app::{App, Peer};
+use crate::certs::{certificate_names, CertInfo, CertStore};
+
+/// Time allowed for a TLS handshake on a forwarded connection.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What `gate status`, the web UI and `/metrics` show about relays and certificates.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteStatus {
+    /// The daemon's node id.
+    pub node_id: String,
+    /// Per relay: address, state, names, public URLs, last error.
+    pub relays: Vec<serde_json::Value>,
+    /// The certificate served on relayed connections.
+    pub certificate: Option<CertInfo>,
+    /// ACME state, when Let's Encrypt is enabled.
+    pub acme: Option<AcmeStatus>,
+}
+
+/// The running relay side of the daemon.
+pub struct Remote<R: Runtime> {
+    node_id: String,
+    client: Arc<RelayClient>,
+    certs: Arc<CertStore>,
+    acme: Mutex<Option<AcmeManager<R, RelayChallenges>>>,
+}
+
+/// ACME DNS-01 records published through the relay's control stream.
+pub struct RelayChallenges {
+    client: Arc<RelayClient>,
+}
+
+impl ChallengeSetter for RelayChallenges {
+    async fn set(&self, record_name: &str, value: &str) -> Result<(), String> {
+        self.client
+            .set_acme_txt(record_name, value)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn clear(&self, record_name: &str) -> Result<(), String> {
+        self.client
+            .clear_acme_txt(record_name)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The node id of the identity in `state_dir` (created on first use, mode 0600).
+pub fn node_id(state_dir: &Path) -> anyhow::Result<String> {
+    let identity = Identity::load_or_create(state_dir)
+        .map_err(|e| anyhow::anyhow!("cannot load the node identity: {e}"))?;
+    Ok(identity.node_id().to_string())
+}
+
+fn load_extra_roots(config: &DaemonConfig) -> Vec<CertificateDer<'static>> {
+    // The ACME CA file also signs test relays' certificates in loopback setups; a relay with
+    // a public certificate needs none.
+    let Some(path) = config.letsencrypt.ca_file.as_deref() else {
+        return Vec::new();
+    };
+    match crate::acme::load_roots(Path::new(path)) {
+        Ok(roots) => roots,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read letsencrypt.ca_file");
+            Vec::new()
+        }
+    }
+}
+
+impl<R: Runtime> Remote<R> {
+    /// Starts the relay client when `relay.enable`; `None` otherwise.
+    pub fn start(
+        rt: &R,
+        config: &DaemonConfig,
+        state_dir: &Path,
+        app: Arc<App<R>>,
+    ) -> anyhow::Result<Option<Arc<Self>>> {
+        if !config.relay.enable {
+            return Ok(None);
+        }
+        let identity = Identity::load_or_create(state_dir)
+            .map_err(|e| anyhow::anyhow!("cannot load the node identity: {e}"))?;
+        let node_id = identity.node_id().to_string();
+        let bind = SocketAddr::from(([0, 0, 0, 0], config.p2p_port));
+        let endpoint = identity.quic_endpoint(rt, bind, None).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot open the QUIC endpoint on UDP {bind}: {e} (change `p2p_port` or GATE_P2P_PORT)"
+            )
+        })?;
+        let mut relays = Vec::new();
+        for address in &config.relay.addresses {
+            let relay = RelayAddress::try_from(address)
+                .map_err(|e| anyhow::anyhow!("relay.addresses: {e}"))?;
+            relays.push(relay);
+        }
+        let certs = CertStore::open(state_dir, std::slice::from_ref(&node_id))
+            .map_err(|e| anyhow::anyhow!("cannot open the certificate store: {e}"))?;
+        let tls = certs.server_config(&[b"h2", b"http/1.1"]);
+        let handler_rt = rt.clone();
+        let handler: StreamHandler = Arc::new(move |header, stream| {
+            let rt = handler_rt.clone();
+            let app = app.clone();
+            let tls = tls.clone();
+            handler_rt.spawn(async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+                let tls_stream =
+                    match gate_rt::timeout(&rt, TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %header.client_addr, error = %e, "TLS handshake through the relay failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %header.client_addr, "TLS handshake through the relay timed out");
+                            return;
+                        }
+                    };
+                let peer = Peer { addr: header.client_addr, remote: true };
+                let service = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
+                });
+                let settings = ServerSettings::default();
+                if let Err(e) = serve_connection(rt, tls_stream, &settings, service).await {
+                    tracing::debug!(client = %peer.addr, error = %e, "relayed connection ended with an error");
+                }
+            });
+        });
+        let client_config = RelayClientConfig {
+            relays,
+            custom_label: config.relay.custom_domain.clone(),
+            extra_ca: load_extra_roots(config),
+            ..RelayClientConfig::default()
+        };
+        let client = RelayClient::start(rt, endpoint, &identity, client_config, handler)
+            .map_err(|e| anyhow::anyhow!("cannot start the relay client: {e}"))?;
+        let client = Arc::new(client);
+        tracing::info!(node_id = %node_id, relays = config.relay.addresses.len(), "relay client started");
+        let remote = Arc::new(Self {
+            node_id,
+            client,
+            certs,
+            acme: Mutex::new(None),
+        });
+        if config.letsencrypt.enabled {
+            remote.clone().start_acme_when_registered(
+                rt.clone(),
+                config.clone(),
+                state_dir.to_path_buf(),
+            );
+        }
+        Ok(Some(remote))
+    }
+
+    /// Waits for a first registration (names are granted by the relay), then keeps a
+    /// certificate for them with ACME DNS-01 through the relay.
+    fn start_acme_when_registered(
+        self: Arc<Self>,
+        rt: R,
+        config: DaemonConfig,
+        state_dir: std::path::PathBuf,
+    ) {
+        let task_rt = rt.clone();
+        rt.spawn(async move {
+            let names = loop {
+                let names: Vec<String> = self
+                    .client
+                    .status()
+                    .into_iter()
+                    .filter(|s| s.state == RelayConnectionState::Registered)
+                    .flat_map(|s| s.names)
+                    .collect();
+                if !names.is_empty() {
+                    break names;
+                }
+                task_rt.sleep(Duration::from_millis(500)).await;
+            };
+            let names = certificate_names(&names, &config.letsencrypt.domains);
+            let settings = match AcmeSettings::from_config(&config.letsencrypt, names) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "Let's Encrypt is enabled but its settings are unusable");
+                    return;
+                }
+            };
+            let setter = Arc::new(RelayChallenges { client: self.client.clone() });
+            let manager = AcmeManager::new(task_rt.clone(), &state_dir, settings, setter, self.certs.clone());
+            *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Some(manager.clone());
+            manager.run().await;
+        });
+    }
+
+    /// The node id.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A snapshot for status pages and metrics.
+    pub fn status(&self) -> RemoteStatus {
+        let relays = self
+            .client
+            .status()
+            .into_iter()
+            .map(|s| {
+                serde_json::json!({
+                    "address": s.address,
+                    "state": format!("{:?}", s.state).to_lowercase(),
+                    "names": s.names,
+                    "public_urls": s.public_urls,
+                    "custom_name_refusal": s.custom_name_refusal,
+                    "last_error": s.last_error,
+                    "registrations": s.registrations,
+                })
+            })
+            .collect();
+        let acme = self
+            .acme
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.status());
+        RemoteStatus {
+            node_id: self.node_id.clone(),
+            relays,
+            certificate: Some(self.certs.info()),
+            acme,
+        }
+    }
+
+    /// Whether at least one relay has this daemon registered.
+    pub fn registered(&self) -> bool {
+        self.client
+            .status()
+            .iter()
+            .any(|s| s.state == RelayConnectionState::Registered)
+    }
+}
+
+/// JSON of a certificate for status pages.
+pub fn certificate_json(info: &CertInfo) -> serde_json::Value {
+    serde_json::json!({
+        "names": info.names,
+        "self_signed": info.self_signed,
+        "serial": info.serial,
+        "expires_at_unix": info.expiry_unix_seconds(),
+    })
+}
