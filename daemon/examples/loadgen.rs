@@ -17,7 +17,7 @@
 //!
 //! Report (milliseconds): `{"label", "url", "concurrency", "stream", "requests", "errors",
 //! "first_error", "elapsed_s", "throughput_rps", "latency_ms": {"mean","p50","p90","p99","max"},
-//! "ttfb_ms": {...} (streams only), "bytes_received"}`. Warm-up requests are not counted.
+//! "ttfb_ms": {...} (streams only), "bytes_received", "client_cpu_ms_per_request"}`. Warm-up requests are not counted.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -181,6 +181,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     barrier.wait().await;
     let started = Instant::now();
+    let cpu_at_start = own_cpu_seconds();
     if let Ok(mut deadline) = shared.deadline.lock() {
         *deadline = Some(started + Duration::from_secs_f64(args.duration.max(0.0)));
     }
@@ -192,6 +193,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let client_cpu_s = own_cpu_seconds() - cpu_at_start;
 
     let mut latencies: Vec<u64> = samples.iter().map(|s| s.latency_ns).collect();
     let mut ttfbs: Vec<u64> = samples.iter().map(|s| s.ttfb_ns).collect();
@@ -207,12 +209,24 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "throughput_rps": if elapsed > 0.0 { samples.len() as f64 / elapsed } else { 0.0 },
         "latency_ms": summary(&mut latencies),
         "bytes_received": shared.bytes.load(Ordering::Relaxed),
+        "client_cpu_ms_per_request": if samples.is_empty() { 0.0 } else { client_cpu_s * 1000.0 / samples.len() as f64 },
     });
     if args.stream {
         report["ttfb_ms"] = summary(&mut ttfbs);
     }
     println!("{}", serde_json::to_string(&report)?);
     Ok(())
+}
+
+/// CPU time (user + system) this process has used so far, from `/proc/self/stat` (0 elsewhere).
+fn own_cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // The kernel reports in clock ticks; USER_HZ is 100 on every Linux ABI Rust targets.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Mean and percentiles (nearest rank) in milliseconds.
