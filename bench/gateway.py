@@ -232,8 +232,8 @@ def start_mock(root: Path, work: Path) -> Target:
     return Target("mock", base + "/v1/chat/completions", f"Bearer {UPSTREAM_KEY}", proc)
 
 
-def start_gate(root: Path, work: Path, mock_port: int) -> Target:
-    binary = root / "target/release/gate"
+def start_gate(root: Path, work: Path, mock_port: int, binary: Path | None = None) -> Target:
+    binary = binary or root / "target/release/gate"
     state = work / "gate-state"
     state.mkdir()
     port = free_port()
@@ -517,7 +517,8 @@ def chart(results: dict, path: Path) -> None:
     targets = [t for t in ("mock", "gate", "litellm") if any(t in s[sc] for sc, _, _ in SCENARIOS)]
     names = {"mock": "mock (direct)", "gate": "Gate", "litellm": "LiteLLM"}
     colors = {"mock": "#9e9e9e", "gate": "#1f77b4", "litellm": "#d62728"}
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4.8))
+    soak_data = results.get("soak")
+    fig, axes = plt.subplots(1, 5 if soak_data else 4, figsize=(21 if soak_data else 17, 4.8))
     width = 0.8 / max(len(targets), 1)
 
     def bars(ax, scenarios, value, title, ylabel, log=False, annotate="{:.2f}"):
@@ -540,9 +541,29 @@ def chart(results: dict, path: Path) -> None:
 
     c1 = ["c1", "c1-stream"]
     c50 = ["c50", "c50-stream"]
-    bars(axes[0], c1, lambda r: r["latency_ms"]["p50"], "latency p50, concurrency 1", "ms", log=True)
-    bars(axes[1], c1, lambda r: r["latency_ms"]["p99"], "latency p99, concurrency 1", "ms", log=True)
-    bars(axes[2], c50, lambda r: r["throughput_rps"], "throughput, concurrency 50", "requests/s", log=True,
+    # Concurrency 1: whole response (plain and stream) and, for the stream, the first event.
+    groups = [("c1", "latency_ms"), ("c1-stream", "latency_ms"), ("c1-stream", "ttfb_ms")]
+    group_names = ["plain", "stream\n(whole)", "stream\n(first event)"]
+
+    def c1_bars(ax, key, title):
+        xs = range(len(groups))
+        for i, t in enumerate(targets):
+            vals = [s[sc][t][sec][key] if s[sc].get(t) else 0 for sc, sec in groups]
+            pos = [x + (i - (len(targets) - 1) / 2) * width for x in xs]
+            b = ax.bar(pos, vals, width, label=names[t], color=colors[t])
+            for rect, v in zip(b, vals):
+                ax.annotate(f"{v:.2f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                            va="bottom", fontsize=7, rotation=90, xytext=(0, 2), textcoords="offset points")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels(group_names, fontsize=8)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("ms (log)")
+        ax.set_yscale("log")
+        ax.margins(y=0.25)
+
+    c1_bars(axes[0], "p50", "latency p50, concurrency 1")
+    c1_bars(axes[1], "p99", "latency p99, concurrency 1")
+    bars(axes[2], c50, lambda r: r["throughput_rps"], "throughput, concurrency 50", "requests/s (log)", log=True,
          annotate="{:,.0f}")
     # RSS: Gate idle / under load / end of soak; LiteLLM idle / under load (all its processes).
     rss = results["rss"]
@@ -568,7 +589,17 @@ def chart(results: dict, path: Path) -> None:
     axes[3].set_ylabel("MB")
     axes[3].set_yscale("log")
     axes[3].margins(y=0.25)
-    axes[0].legend(fontsize=8, loc="upper left")
+    handles, labels_ = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels_, fontsize=8, loc="upper left", ncol=len(targets))
+    if soak_data:
+        series = soak_data["rss_series_mb"]
+        axes[4].plot([t / 60.0 for t, _ in series], [v for _, v in series], color=colors["gate"])
+        axes[4].set_ylim(0, max(80.0, soak_data["rss_max_mb"] * 1.1))
+        axes[4].axhline(80, color="#d62728", linestyle=":", linewidth=1)
+        axes[4].annotate("80 MB target", (0, 80), xytext=(2, -10), textcoords="offset points", fontsize=7)
+        axes[4].set_title(f"Gate VmRSS during the {soak_data['minutes']:g}-min soak (c=50)", fontsize=10)
+        axes[4].set_xlabel("minutes")
+        axes[4].set_ylabel("MB")
     env = results["environment"]
     fig.suptitle(
         f"Gate vs. direct-to-mock vs. LiteLLM — {env['date']}, {env['cpus']} CPUs, mode {results['mode']}, "
@@ -577,6 +608,8 @@ def chart(results: dict, path: Path) -> None:
     )
     fig.tight_layout()
     fig.savefig(path)
+    # A raster copy for viewers without SVG support (not committed: bench/out/ is ignored).
+    fig.savefig(path.parent / "out" / (path.stem + ".png"), dpi=110)
 
 
 # ---------------------------------------------------------------- main
@@ -590,10 +623,15 @@ def main() -> int:
     mode.add_argument("--full", action="store_true")
     ap.add_argument("--soak-minutes", type=float, default=None)
     ap.add_argument("--skip-litellm", action="store_true")
+    ap.add_argument("--chart-only", type=Path, default=None, help="redraw the chart from a results JSON and exit")
+    ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate binary instead of target/release/gate")
     ap.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
 
     root = args.root
+    if args.chart_only:
+        chart(json.loads(args.chart_only.read_text()), root / "bench/gateway.svg")
+        return 0
     full = args.full
     mode_name = "full" if full else "quick"
     soak_minutes = args.soak_minutes if args.soak_minutes is not None else (10.0 if full else 0.0)
@@ -627,6 +665,7 @@ def main() -> int:
             "litellm_workers": None if args.skip_litellm else args.litellm_workers,
             "rustc": subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip(),
             "workdir": str(work),
+            "gate_binary": str(args.gate_binary or root / "target/release/gate"),
         },
         "scenarios": {},
         "rss": {},
@@ -635,7 +674,7 @@ def main() -> int:
     print(f"== work dir {work}", file=sys.stderr)
     mock = start_mock(root, work)
     mock_port = int(mock.url.split(":")[2].split("/")[0])
-    gate = start_gate(root, work, mock_port)
+    gate = start_gate(root, work, mock_port, args.gate_binary)
     time.sleep(1.0)
     results["rss"]["gate_idle_start_mb"] = rss_mb(gate.proc.pid)
     results["rss"]["mock_idle_mb"] = rss_mb(mock.proc.pid)
