@@ -136,13 +136,24 @@ fn parse_target(args: &Args) -> Result<Target, String> {
         return Err("only http:// URLs are supported".into());
     }
     let authority = uri.authority().ok_or("the URL has no host")?.to_string();
-    let host_port = if uri.port().is_some() { authority.clone() } else { format!("{authority}:80") };
-    let path = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let host_port = if uri.port().is_some() {
+        authority.clone()
+    } else {
+        format!("{authority}:80")
+    };
+    let path = uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     let mut headers = Vec::new();
     for raw in &args.headers {
-        let (name, value) = raw.split_once(':').ok_or_else(|| format!("bad --header {raw:?}: want `name: value`"))?;
-        let name = http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|e| format!("bad header name: {e}"))?;
-        let value = http::HeaderValue::from_str(value.trim()).map_err(|e| format!("bad header value: {e}"))?;
+        let (name, value) = raw
+            .split_once(':')
+            .ok_or_else(|| format!("bad --header {raw:?}: want `name: value`"))?;
+        let name = http::HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|e| format!("bad header name: {e}"))?;
+        let value = http::HeaderValue::from_str(value.trim())
+            .map_err(|e| format!("bad header value: {e}"))?;
         headers.push((name, value));
     }
     Ok(Target {
@@ -177,7 +188,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         let shared = shared.clone();
         let barrier = barrier.clone();
         let warmup = args.warmup;
-        workers.push(tokio::spawn(async move { worker(target, shared, barrier, warmup).await }));
+        workers.push(tokio::spawn(async move {
+            worker(target, shared, barrier, warmup).await
+        }));
     }
     barrier.wait().await;
     let started = Instant::now();
@@ -220,11 +233,20 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
 /// CPU time (user + system) this process has used so far, from `/proc/self/stat` (0 elsewhere).
 fn own_cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0.0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
     // Fields after the command name (which ends with the last ')'): state is field 3, utime 14, stime 15.
-    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else { return 0.0 };
+    let Some(rest) = stat.rfind(')').and_then(|i| stat.get(i + 2..)) else {
+        return 0.0;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // The kernel reports in clock ticks; USER_HZ is 100 on every Linux ABI Rust targets.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -254,7 +276,9 @@ fn summary(values: &mut [u64]) -> serde_json::Value {
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 async fn connect(target: &Target) -> Result<Sender, String> {
-    let stream = TcpStream::connect(&target.host_port).await.map_err(|e| format!("connect {}: {e}", target.host_port))?;
+    let stream = TcpStream::connect(&target.host_port)
+        .await
+        .map_err(|e| format!("connect {}: {e}", target.host_port))?;
     let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -272,7 +296,10 @@ async fn worker(
     warmup: u64,
 ) -> Vec<Sample> {
     let mut samples = Vec::new();
-    let mut sender: Option<Sender> = connect(&target).await.map_err(|e| shared.note_error(e)).ok();
+    let mut sender: Option<Sender> = connect(&target)
+        .await
+        .map_err(|e| shared.note_error(e))
+        .ok();
     for _ in 0..warmup {
         if let Some(s) = sender.as_mut() {
             if one_request(&target, s).await.is_err() {
@@ -310,19 +337,34 @@ async fn worker(
 
 /// Sends one request on the connection and reads the whole answer.
 async fn one_request(target: &Target, sender: &mut Sender) -> Result<(Sample, u64), String> {
-    sender.ready().await.map_err(|e| format!("connection not ready: {e}"))?;
-    let method = if target.body.is_empty() { http::Method::GET } else { http::Method::POST };
-    let mut builder = http::Request::builder().method(method).uri(target.path.as_str()).header(http::header::HOST, target.authority.as_str());
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection not ready: {e}"))?;
+    let method = if target.body.is_empty() {
+        http::Method::GET
+    } else {
+        http::Method::POST
+    };
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(target.path.as_str())
+        .header(http::header::HOST, target.authority.as_str());
     if !target.body.is_empty() {
         builder = builder.header(http::header::CONTENT_TYPE, "application/json");
     }
     for (name, value) in &target.headers {
         builder = builder.header(name, value);
     }
-    let request = builder.body(Full::new(target.body.clone())).map_err(|e| format!("request: {e}"))?;
+    let request = builder
+        .body(Full::new(target.body.clone()))
+        .map_err(|e| format!("request: {e}"))?;
     let started = Instant::now();
     let exchange = async {
-        let response = sender.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("send: {e}"))?;
         let status = response.status();
         let mut body: Incoming = response.into_body();
         let mut ttfb: Option<Instant> = None;
@@ -333,11 +375,15 @@ async fn one_request(target: &Target, sender: &mut Sender) -> Result<(Sample, u6
         let mut first_chunk: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| format!("body: {e}"))?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             if data.is_empty() {
                 continue;
             }
-            if ttfb.is_none() && (memchr_pair(&data) || (last_byte == b'\n' && data.first() == Some(&b'\n'))) {
+            if ttfb.is_none()
+                && (memchr_pair(&data) || (last_byte == b'\n' && data.first() == Some(&b'\n')))
+            {
                 ttfb = Some(Instant::now());
             }
             if first_chunk.len() < 512 {
@@ -352,14 +398,28 @@ async fn one_request(target: &Target, sender: &mut Sender) -> Result<(Sample, u6
         }
         let done = Instant::now();
         if !status.is_success() {
-            return Err(format!("status {status}: {}", String::from_utf8_lossy(&first_chunk)));
+            return Err(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&first_chunk)
+            ));
         }
         if target.stream && !String::from_utf8_lossy(&tail).contains("data: [DONE]") {
-            return Err(format!("stream did not end with data: [DONE] (tail {:?})", String::from_utf8_lossy(&tail)));
+            return Err(format!(
+                "stream did not end with data: [DONE] (tail {:?})",
+                String::from_utf8_lossy(&tail)
+            ));
         }
         let latency_ns = (done - started).as_nanos() as u64;
-        let ttfb_ns = ttfb.map(|t| (t - started).as_nanos() as u64).unwrap_or(latency_ns);
-        Ok((Sample { latency_ns, ttfb_ns }, bytes))
+        let ttfb_ns = ttfb
+            .map(|t| (t - started).as_nanos() as u64)
+            .unwrap_or(latency_ns);
+        Ok((
+            Sample {
+                latency_ns,
+                ttfb_ns,
+            },
+            bytes,
+        ))
     };
     match tokio::time::timeout(target.timeout, exchange).await {
         Ok(result) => result,
