@@ -1115,19 +1115,36 @@ impl Usage {
         if memchr_usage(data).is_none() {
             return;
         }
-        let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        // Only the usage counters are decoded; every other field is skipped without allocating.
+        #[derive(serde::Deserialize, Default)]
+        struct Counts {
+            prompt_tokens: Option<u64>,
+            input_tokens: Option<u64>,
+            completion_tokens: Option<u64>,
+            output_tokens: Option<u64>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Nested {
+            usage: Option<Counts>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Top {
+            usage: Option<Counts>,
+            message: Option<Nested>,
+            response: Option<Nested>,
+        }
+        let Ok(top) = serde_json::from_slice::<Top>(data) else {
             return;
         };
-        let usage = value
-            .get("usage")
-            .or_else(|| value.get("message").and_then(|m| m.get("usage")))
-            .or_else(|| value.get("response").and_then(|m| m.get("usage")));
+        let usage = top
+            .usage
+            .or_else(|| top.message.and_then(|m| m.usage))
+            .or_else(|| top.response.and_then(|m| m.usage));
         let Some(usage) = usage else { return };
-        let get = |k: &str| usage.get(k).and_then(|v| v.as_u64());
-        if let Some(n) = get("prompt_tokens").or_else(|| get("input_tokens")) {
+        if let Some(n) = usage.prompt_tokens.or(usage.input_tokens) {
             self.input = self.input.max(n);
         }
-        if let Some(n) = get("completion_tokens").or_else(|| get("output_tokens")) {
+        if let Some(n) = usage.completion_tokens.or(usage.output_tokens) {
             self.output = self.output.max(n);
         }
     }

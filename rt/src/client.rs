@@ -39,7 +39,7 @@ impl Default for ClientSettings {
         Self {
             connect_timeout: Duration::from_secs(10),
             pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 32,
+            pool_max_idle_per_host: 1024,
             extra_roots: Vec::new(),
         }
     }
