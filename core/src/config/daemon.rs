@@ -14,72 +14,8 @@ use super::schema::{parse_relay_address, RelayAddress, PROVIDERS};
 use super::tree::{Leaf, Node, Origin, Table, Value};
 use super::Reader;
 
-/// An upstream provider.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Provider {
-    /// OpenAI.
-    OpenAi,
-    /// Anthropic (Messages API).
-    Anthropic,
-    /// Google Gemini through its OpenAI-compatible endpoint.
-    Google,
-    /// Mistral.
-    Mistral,
-    /// Groq.
-    Groq,
-    /// OpenRouter.
-    OpenRouter,
-    /// Any OpenAI-compatible server (Ollama, vLLM, ...); needs `base_url`.
-    Custom,
-}
-
-impl Provider {
-    /// Parse a provider name as written in config.
-    pub fn from_name(name: &str) -> Option<Provider> {
-        Some(match name {
-            "openai" => Provider::OpenAi,
-            "anthropic" => Provider::Anthropic,
-            "google" => Provider::Google,
-            "mistral" => Provider::Mistral,
-            "groq" => Provider::Groq,
-            "openrouter" => Provider::OpenRouter,
-            "custom" => Provider::Custom,
-            _ => return None,
-        })
-    }
-
-    /// The name as written in config.
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::OpenAi => "openai",
-            Provider::Anthropic => "anthropic",
-            Provider::Google => "google",
-            Provider::Mistral => "mistral",
-            Provider::Groq => "groq",
-            Provider::OpenRouter => "openrouter",
-            Provider::Custom => "custom",
-        }
-    }
-
-    /// The base URL as the provider's own SDK writes it (OpenAI-style ones include the
-    /// version path, Anthropic's does not); `None` for `custom`.
-    pub fn default_base_url(self) -> Option<&'static str> {
-        match self {
-            Provider::OpenAi => Some("https://api.openai.com/v1"),
-            Provider::Anthropic => Some("https://api.anthropic.com"),
-            Provider::Google => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
-            Provider::Mistral => Some("https://api.mistral.ai/v1"),
-            Provider::Groq => Some("https://api.groq.com/openai/v1"),
-            Provider::OpenRouter => Some("https://openrouter.ai/api/v1"),
-            Provider::Custom => None,
-        }
-    }
-
-    /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
-    pub fn speaks_anthropic(self) -> bool {
-        self == Provider::Anthropic
-    }
-}
+/// An upstream provider: the same type routing uses, so there is one list of providers.
+pub use crate::route::ProviderKind as Provider;
 
 /// A secret value: `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]

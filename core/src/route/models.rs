@@ -62,6 +62,35 @@ impl ProviderKind {
         ProviderKind::Custom,
     ];
 
+    /// Parses a provider name as written in config.
+    pub fn from_name(name: &str) -> Option<ProviderKind> {
+        name.parse().ok()
+    }
+
+    /// The name as written in config (same as [`ProviderKind::as_str`]).
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+
+    /// The base URL as the provider's own SDK writes it (OpenAI-style ones include the
+    /// version path, Anthropic's does not); `None` for `custom`.
+    pub fn default_base_url(self) -> Option<&'static str> {
+        match self {
+            ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
+            ProviderKind::Anthropic => Some("https://api.anthropic.com"),
+            ProviderKind::Google => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
+            ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
+            ProviderKind::Groq => Some("https://api.groq.com/openai/v1"),
+            ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
+            ProviderKind::Custom => None,
+        }
+    }
+
+    /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
+    pub fn speaks_anthropic(self) -> bool {
+        self == ProviderKind::Anthropic
+    }
+
     /// The configuration spelling (`provider = "openai"`).
     pub fn as_str(self) -> &'static str {
         match self {
