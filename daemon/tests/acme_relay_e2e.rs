@@ -116,7 +116,10 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> S
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {DEADLINE:?} waiting for {what}\n{}", context());
+    panic!(
+        "timed out after {DEADLINE:?} waiting for {what}\n{}",
+        context()
+    );
 }
 
 fn acme_records(fake: &FakeCloudflare) -> Vec<(String, String)> {

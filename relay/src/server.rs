@@ -49,6 +49,9 @@ const COPY_BUFFER_BYTES: usize = 16 * 1024;
 /// reads the alert instead of a connection reset.
 const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
 
+/// The answer to a daemon's ACME TXT request when `dns.enabled` is false.
+const DNS_DISABLED: &str = "DNS provider not configured on this relay";
+
 /// How often claims' last-seen times are written to disk.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -1148,6 +1151,20 @@ async fn drive_daemon<R: Runtime>(
                         tracing::warn!(node_name = %grant.node_name, "{refusal}");
                     }
                     shared.persist_claim_changes();
+                }
+                RelayEvent::DnsSet {
+                    request_id, name, ..
+                } if !shared.settings.dns.enabled => {
+                    tracing::warn!(record = %name, "ACME TXT record requested, but dns.enabled is false");
+                    shared.with_session(id, |s, _| {
+                        s.complete_acme(request_id, Err(DNS_DISABLED.to_owned()))
+                    });
+                }
+                RelayEvent::DnsClear { request_id, .. } if !shared.settings.dns.enabled => {
+                    // Nothing was written, so nothing is left to delete.
+                    if let Some(request_id) = request_id {
+                        shared.with_session(id, |s, _| s.complete_acme(request_id, Ok(())));
+                    }
                 }
                 event @ (RelayEvent::DnsSet { .. } | RelayEvent::DnsClear { .. }) => {
                     let dns = dns.clone();
