@@ -231,6 +231,38 @@ mod tests {
     }
 
     #[test]
+    fn the_dns_section_reaches_the_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(
+            &a,
+            "[dns]\nenabled = true\nprovider = \"cloudflare\"\n[dns.cloudflare]\nzone_id = \"z1\"\napi_url = \"http://127.0.0.1:9/client/v4\"\n",
+        )
+        .expect("write");
+        let env = vec![(
+            "RELAY__DNS__CLOUDFLARE__API_TOKEN".to_owned(),
+            "secret-token".to_owned(),
+        )];
+        let (settings, _) = load(&[&a], env).expect("load");
+        assert!(settings.dns.enabled);
+        assert_eq!(settings.dns.cloudflare.zone_id.as_deref(), Some("z1"));
+        assert_eq!(
+            settings.dns.cloudflare.api_url,
+            "http://127.0.0.1:9/client/v4"
+        );
+        assert_eq!(
+            settings
+                .dns
+                .cloudflare
+                .api_token
+                .as_ref()
+                .map(|t| t.expose()),
+            Some("secret-token")
+        );
+        assert!(!format!("{settings:?}").contains("secret-token"));
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let dir = tempfile::tempdir().expect("tempdir");
         let a = dir.path().join("a.toml");
