@@ -52,6 +52,10 @@ const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
 /// The answer to a daemon's ACME TXT request when `dns.enabled` is false.
 const DNS_DISABLED: &str = "DNS provider not configured on this relay";
 
+/// ACME requests of one daemon connection being carried out at once; further ones are refused
+/// until one finishes (keeps a daemon from flooding the DNS provider).
+const MAX_ACME_IN_FLIGHT: usize = 16;
+
 /// How often claims' last-seen times are written to disk.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -1047,6 +1051,27 @@ type AcmeRecords<R> = ChallengeRecords<R, Cloudflare<R>>;
 /// The answer to a daemon's ACME TXT request: request id and outcome for `complete_acme`.
 type AcmeAnswer = (u64, Result<(), String>);
 
+/// One of a daemon connection's [`MAX_ACME_IN_FLIGHT`] places for ACME requests being carried
+/// out; given back when dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn take(counter: &Arc<AtomicUsize>) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ACME_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What woke a daemon connection's task.
 enum DaemonInput {
     Shutdown,
@@ -1119,8 +1144,9 @@ async fn drive_daemon<R: Runtime>(
     connection: &quinn::Connection,
 ) -> DaemonOutcome {
     // Finished ACME requests come back here; the loop keeps a sender, so `recv` never fails.
-    // At most as many answers as the session has requests outstanding (it bounds those).
-    let (acme_done, acme_answers) = async_channel::unbounded::<AcmeAnswer>();
+    // At most MAX_ACME_IN_FLIGHT answers are ever queued.
+    let (acme_done, acme_answers) = async_channel::bounded::<AcmeAnswer>(MAX_ACME_IN_FLIGHT);
+    let acme_in_flight = Arc::new(AtomicUsize::new(0));
     let mut control: Option<(quinn::SendStream, quinn::RecvStream)> = None;
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; 8 * 1024];
@@ -1167,14 +1193,35 @@ async fn drive_daemon<R: Runtime>(
                     }
                 }
                 event @ (RelayEvent::DnsSet { .. } | RelayEvent::DnsClear { .. }) => {
+                    let Some(slot) = InFlight::take(&acme_in_flight) else {
+                        let request_id = match &event {
+                            RelayEvent::DnsSet { request_id, .. } => Some(*request_id),
+                            RelayEvent::DnsClear { request_id, .. } => *request_id,
+                            _ => None,
+                        };
+                        tracing::warn!(node = %owner, "too many ACME requests at once; refused");
+                        if let Some(request_id) = request_id {
+                            shared.with_session(id, |s, _| {
+                                s.complete_acme(
+                                    request_id,
+                                    Err(format!(
+                                        "too many ACME requests in progress at once (at most {MAX_ACME_IN_FLIGHT}); try again"
+                                    )),
+                                )
+                            });
+                        }
+                        continue;
+                    };
                     let dns = dns.clone();
                     let owner = owner.to_owned();
                     let done = acme_done.clone();
                     rt.spawn(async move {
                         if let Some(answer) = dns.apply_event(&owner, &event).await {
-                            // The connection may be gone by now; then nobody waits for it.
+                            // Queued answers never outnumber the places, so this does not
+                            // wait; if the connection is gone, nobody waits for the answer.
                             let _ = done.send(answer).await;
                         }
+                        drop(slot);
                     });
                 }
                 RelayEvent::Closed { reason } => {
