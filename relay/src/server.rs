@@ -5,7 +5,9 @@
 //! daemon, daemon connections), the handshake deadline, the TLS alerts sent when a name cannot
 //! be routed, one task per daemon connection driving a [`RelaySession`] over its control
 //! stream, forwarded streams (header frame, replay of the ClientHello bytes, copy both ways
-//! with half-close), persistence of the name table, and the optional metrics listener.
+//! with half-close), persistence of the name table, the optional metrics listener, and
+//! carrying out the sessions' ACME TXT requests through [`crate::dns::ChallengeRecords`] (each
+//! in its own task, so a set waiting for propagation never blocks a session's loop).
 //!
 //! Must not: terminate TLS, look inside forwarded bytes past the ClientHello, make protocol
 //! decisions (those belong to `gate_core::tunnel`), or use runtime-specific APIs (everything is
@@ -31,6 +33,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::dns::{ChallengeRecords, ChallengeSettings, Cloudflare, CloudflareSettings};
 use crate::identity::{peer_node_id, Identity, IdentityError};
 use crate::settings::RelaySettings;
 use crate::state::{self, StateError};
@@ -45,6 +48,13 @@ const COPY_BUFFER_BYTES: usize = 16 * 1024;
 /// How long the relay keeps reading (and discarding) after sending an alert, so the client
 /// reads the alert instead of a connection reset.
 const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
+
+/// The answer to a daemon's ACME TXT request when `dns.enabled` is false.
+const DNS_DISABLED: &str = "DNS provider not configured on this relay";
+
+/// ACME requests of one daemon connection being carried out at once; further ones are refused
+/// until one finishes (keeps a daemon from flooding the DNS provider).
+const MAX_ACME_IN_FLIGHT: usize = 16;
 
 /// How often claims' last-seen times are written to disk.
 const PERSIST_INTERVAL: Duration = Duration::from_secs(60);
@@ -424,11 +434,12 @@ impl Shared {
         id
     }
 
-    fn remove_session(&self, id: u64) {
+    /// Removes session `id`; returns whether it was its node's last connection.
+    fn remove_session(&self, id: u64) -> bool {
         let mut core = lock(&self.core);
         let core = &mut *core;
         let Some(mut entry) = core.sessions.remove(&id) else {
-            return;
+            return false;
         };
         if entry.counted {
             self.metrics
@@ -439,12 +450,15 @@ impl Shared {
             .session
             .handle_connection_lost(unix_now(), &mut core.names);
         let node_id = entry.session.node_id().clone();
-        if let Some(ids) = core.by_node.get_mut(&node_id) {
-            ids.remove(&id);
-            if ids.is_empty() {
-                core.by_node.remove(&node_id);
-            }
+        let Some(ids) = core.by_node.get_mut(&node_id) else {
+            return true;
+        };
+        ids.remove(&id);
+        if ids.is_empty() {
+            core.by_node.remove(&node_id);
+            return true;
         }
+        false
     }
 
     /// Counts session `id` as a registered daemon (once).
@@ -694,6 +708,22 @@ pub async fn start<R: Runtime>(
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
+    let dns = ChallengeRecords::from_config(
+        rt.clone(),
+        &settings.dns,
+        ChallengeSettings {
+            propagation_delay: settings.dns_propagation_delay,
+            ..ChallengeSettings::default()
+        },
+    );
+    if settings.dns.enabled {
+        if let Err(e) = CloudflareSettings::from_config(&settings.dns.cloudflare) {
+            tracing::warn!(
+                "dns.enabled is set, but the DNS provider cannot be used ({e}): \
+                 daemons' ACME record requests will be refused"
+            );
+        }
+    }
     let shared = Arc::new(Shared {
         settings,
         session_config,
@@ -739,23 +769,19 @@ pub async fn start<R: Runtime>(
         rt.spawn(accept_daemons(
             rt.clone(),
             shared.clone(),
+            dns.clone(),
             endpoint.clone(),
             task_guard.clone(),
         ));
     }
     rt.spawn(persist_periodically(rt.clone(), shared.clone(), task_guard));
-    if shared.settings.dns_enabled {
-        tracing::warn!(
-            "dns.enabled is set, but this build has no DNS provider client yet: \
-             daemons' ACME record requests will be answered with an error"
-        );
-    }
     tracing::info!(
         node_id = %identity.node_id(),
         https = %https_addr,
         quic_p2p = %quic_p2p_addr,
         quic_https = %quic_https_addr,
         domain_suffix = %shared.settings.domain_suffix,
+        acme_dns = dns.enabled(),
         runtime = R::NAME,
         "relay listening"
     );
@@ -990,6 +1016,7 @@ async fn serve_https<R: Runtime>(
 async fn accept_daemons<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
+    dns: AcmeRecords<R>,
     endpoint: quinn::Endpoint,
     running: async_channel::Sender<()>,
 ) {
@@ -1009,6 +1036,7 @@ async fn accept_daemons<R: Runtime>(
         rt.spawn(serve_daemon(
             rt.clone(),
             shared.clone(),
+            dns.clone(),
             incoming,
             slot,
             running.clone(),
@@ -1017,10 +1045,38 @@ async fn accept_daemons<R: Runtime>(
     drop(running);
 }
 
+/// The ACME TXT records the relay writes for its daemons.
+type AcmeRecords<R> = ChallengeRecords<R, Cloudflare<R>>;
+
+/// The answer to a daemon's ACME TXT request: request id and outcome for `complete_acme`.
+type AcmeAnswer = (u64, Result<(), String>);
+
+/// One of a daemon connection's [`MAX_ACME_IN_FLIGHT`] places for ACME requests being carried
+/// out; given back when dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn take(counter: &Arc<AtomicUsize>) -> Option<Self> {
+        counter
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_ACME_IN_FLIGHT).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(counter.clone()))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// What woke a daemon connection's task.
 enum DaemonInput {
     Shutdown,
     Timer,
+    AcmeDone(AcmeAnswer),
     ControlOpened(Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>),
     Data(Result<Option<usize>, quinn::ReadError>),
 }
@@ -1028,6 +1084,7 @@ enum DaemonInput {
 async fn serve_daemon<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
+    dns: AcmeRecords<R>,
     incoming: quinn::Incoming,
     _slot: DaemonSlot,
     _running: async_channel::Sender<()>,
@@ -1058,8 +1115,12 @@ async fn serve_daemon<R: Runtime>(
     };
     tracing::debug!(%remote, node = %node_id, "daemon connected");
     let id = shared.add_session(node_id.clone(), connection.clone());
-    let outcome = drive_daemon(&rt, &shared, id, &connection).await;
-    shared.remove_session(id);
+    let owner = node_id.to_string();
+    let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, &connection).await;
+    if shared.remove_session(id) && dns.enabled() {
+        // The daemon's TXT records go with its last connection.
+        rt.spawn(async move { dns.owner_disconnected(&owner).await });
+    }
     match outcome {
         DaemonOutcome::Shutdown => connection.close(0u32.into(), b"relay shutting down"),
         DaemonOutcome::Closed(reason) => {
@@ -1077,9 +1138,15 @@ enum DaemonOutcome {
 async fn drive_daemon<R: Runtime>(
     rt: &R,
     shared: &Arc<Shared>,
+    dns: &AcmeRecords<R>,
+    owner: &str,
     id: u64,
     connection: &quinn::Connection,
 ) -> DaemonOutcome {
+    // Finished ACME requests come back here; the loop keeps a sender, so `recv` never fails.
+    // At most MAX_ACME_IN_FLIGHT answers are ever queued.
+    let (acme_done, acme_answers) = async_channel::bounded::<AcmeAnswer>(MAX_ACME_IN_FLIGHT);
+    let acme_in_flight = Arc::new(AtomicUsize::new(0));
     let mut control: Option<(quinn::SendStream, quinn::RecvStream)> = None;
     let mut decoder = FrameDecoder::default();
     let mut buf = vec![0u8; 8 * 1024];
@@ -1113,21 +1180,49 @@ async fn drive_daemon<R: Runtime>(
                 }
                 RelayEvent::DnsSet {
                     request_id, name, ..
-                } => {
-                    let answer = if shared.settings.dns_enabled {
-                        "this relay build cannot write DNS records yet (dns.enabled is set, but the Cloudflare client is not part of it)"
-                    } else {
-                        "DNS provider not configured on this relay"
-                    };
-                    tracing::warn!(record = %name, "ACME TXT record requested: {answer}");
+                } if !shared.settings.dns.enabled => {
+                    tracing::warn!(record = %name, "ACME TXT record requested, but dns.enabled is false");
                     shared.with_session(id, |s, _| {
-                        s.complete_acme(request_id, Err(answer.to_owned()))
+                        s.complete_acme(request_id, Err(DNS_DISABLED.to_owned()))
                     });
                 }
-                RelayEvent::DnsClear { request_id, .. } => {
+                RelayEvent::DnsClear { request_id, .. } if !shared.settings.dns.enabled => {
+                    // Nothing was written, so nothing is left to delete.
                     if let Some(request_id) = request_id {
                         shared.with_session(id, |s, _| s.complete_acme(request_id, Ok(())));
                     }
+                }
+                event @ (RelayEvent::DnsSet { .. } | RelayEvent::DnsClear { .. }) => {
+                    let Some(slot) = InFlight::take(&acme_in_flight) else {
+                        let request_id = match &event {
+                            RelayEvent::DnsSet { request_id, .. } => Some(*request_id),
+                            RelayEvent::DnsClear { request_id, .. } => *request_id,
+                            _ => None,
+                        };
+                        tracing::warn!(node = %owner, "too many ACME requests at once; refused");
+                        if let Some(request_id) = request_id {
+                            shared.with_session(id, |s, _| {
+                                s.complete_acme(
+                                    request_id,
+                                    Err(format!(
+                                        "too many ACME requests in progress at once (at most {MAX_ACME_IN_FLIGHT}); try again"
+                                    )),
+                                )
+                            });
+                        }
+                        continue;
+                    };
+                    let dns = dns.clone();
+                    let owner = owner.to_owned();
+                    let done = acme_done.clone();
+                    rt.spawn(async move {
+                        if let Some(answer) = dns.apply_event(&owner, &event).await {
+                            // Queued answers never outnumber the places, so this does not
+                            // wait; if the connection is gone, nobody waits for the answer.
+                            let _ = done.send(answer).await;
+                        }
+                        drop(slot);
+                    });
                 }
                 RelayEvent::Closed { reason } => {
                     if let Some((send, _)) = control.as_mut() {
@@ -1157,6 +1252,20 @@ async fn drive_daemon<R: Runtime>(
                 Some((_, recv)) => DaemonInput::Data(recv.read(&mut buf).await),
             }
         };
+        let input = race(
+            async {
+                match acme_answers.recv().await {
+                    Ok(answer) => DaemonInput::AcmeDone(answer),
+                    Err(_) => std::future::pending().await,
+                }
+            },
+            input,
+        );
+        let input = async {
+            match input.await {
+                Either::Left(input) | Either::Right(input) => input,
+            }
+        };
         let woke = race(
             async {
                 shared.shutdown.wait().await;
@@ -1184,6 +1293,9 @@ async fn drive_daemon<R: Runtime>(
             }
             DaemonInput::Timer => {
                 shared.with_session(id, |s, names| s.handle_timeout(now, unix_now(), names));
+            }
+            DaemonInput::AcmeDone((request_id, outcome)) => {
+                shared.with_session(id, |s, _| s.complete_acme(request_id, outcome));
             }
             DaemonInput::ControlOpened(Ok(streams)) => control = Some(streams),
             DaemonInput::ControlOpened(Err(e)) => {

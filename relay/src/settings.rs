@@ -7,7 +7,7 @@
 //!
 //! A few knobs have no configuration key yet and keep their defaults from the command line:
 //! the tunnel timing ([`TunnelSettings`]), the QUIC certificate for unpinned daemons, the
-//! metrics port and the daemon connection limit. Tests and embedders set them directly.
+//! metrics port, the DNS propagation delay and the daemon connection limit. Tests and embedders set them directly.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -34,8 +34,11 @@ pub struct RelaySettings {
     pub limits: RelayLimits,
     /// Daemon tunnel timing and certificate.
     pub tunnel: TunnelSettings,
-    /// Whether daemons may ask for ACME TXT records (`dns.enabled`).
-    pub dns_enabled: bool,
+    /// `[dns]`: whether and through which provider daemons' ACME TXT records are written.
+    pub dns: config::DnsConfig,
+    /// How long the relay waits after the provider accepted a TXT record before telling the
+    /// daemon it is in place (no configuration key; default 5 s).
+    pub dns_propagation_delay: Duration,
     /// Plain-text Prometheus metrics on `127.0.0.1:<metrics_port>`; off when absent.
     pub metrics_port: Option<u16>,
 }
@@ -51,7 +54,16 @@ impl Default for RelaySettings {
             claim_lapse_days: 30,
             limits: RelayLimits::default(),
             tunnel: TunnelSettings::default(),
-            dns_enabled: false,
+            dns: config::DnsConfig {
+                enabled: false,
+                provider: config::DnsProvider::Cloudflare,
+                cloudflare: config::CloudflareConfig {
+                    api_token: None,
+                    zone_id: None,
+                    api_url: crate::dns::DEFAULT_CLOUDFLARE_API_URL.to_owned(),
+                },
+            },
+            dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: None,
         }
     }
@@ -138,7 +150,8 @@ impl From<&config::RelayConfig> for RelaySettings {
                 ..RelayLimits::default()
             },
             tunnel: TunnelSettings::default(),
-            dns_enabled: config.dns.enabled,
+            dns: config.dns.clone(),
+            dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: None,
         }
     }
@@ -215,6 +228,38 @@ mod tests {
         let none: [&Path; 0] = [];
         let (settings, _) = load(&none, Vec::new()).expect("load");
         assert_eq!(settings, RelaySettings::default());
+    }
+
+    #[test]
+    fn the_dns_section_reaches_the_server() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(
+            &a,
+            "[dns]\nenabled = true\nprovider = \"cloudflare\"\n[dns.cloudflare]\nzone_id = \"z1\"\napi_url = \"http://127.0.0.1:9/client/v4\"\n",
+        )
+        .expect("write");
+        let env = vec![(
+            "RELAY__DNS__CLOUDFLARE__API_TOKEN".to_owned(),
+            "secret-token".to_owned(),
+        )];
+        let (settings, _) = load(&[&a], env).expect("load");
+        assert!(settings.dns.enabled);
+        assert_eq!(settings.dns.cloudflare.zone_id.as_deref(), Some("z1"));
+        assert_eq!(
+            settings.dns.cloudflare.api_url,
+            "http://127.0.0.1:9/client/v4"
+        );
+        assert_eq!(
+            settings
+                .dns
+                .cloudflare
+                .api_token
+                .as_ref()
+                .map(|t| t.expose()),
+            Some("secret-token")
+        );
+        assert!(!format!("{settings:?}").contains("secret-token"));
     }
 
     #[test]
