@@ -171,7 +171,7 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
 
     wait_for(
         "the daemon to answer through the relay",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "200"
                 && curl_via_relay(&node_name, https_port, "/health", &[]).1 == "200"
@@ -253,7 +253,7 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
     drop(gate);
     wait_for(
         "the relay to notice the daemon left",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "000",
     );
     drop(relay);
