@@ -32,6 +32,18 @@ fn free_tcp_port() -> u16 {
         .port()
 }
 
+/// A port free for both TCP and UDP (the relay serves HTTPS on TCP and tunnels on UDP of
+/// the same port).
+fn free_tcp_and_udp_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -99,7 +111,12 @@ fn curl_via_relay(name: &str, port: u16, path: &str, headers: &[&str]) -> (Strin
     (body.to_owned(), code.trim().to_owned())
 }
 
-fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
+fn wait_for(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+    logs: impl Fn() -> String,
+) {
     let end = Instant::now() + deadline;
     while Instant::now() < end {
         if check() {
@@ -107,7 +124,7 @@ fn wait_for(what: &str, deadline: Duration, mut check: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out waiting for {what}");
+    panic!("timed out waiting for {what}\n{}", logs());
 }
 
 fn scenario(relay_runtime: &str, daemon_runtime: &str) {
@@ -117,7 +134,7 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let https_port = free_tcp_port();
+    let https_port = free_tcp_and_udp_port();
     let relay_p2p = free_udp_port();
     let daemon_p2p = free_udp_port();
     let daemon_port = free_tcp_port();
@@ -176,6 +193,7 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
             curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "200"
                 && curl_via_relay(&node_name, https_port, "/health", &[]).1 == "200"
         },
+        || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log()),
     );
     for name in [&node_name, &custom_name] {
         let (body, code) = curl_via_relay(name, https_port, "/health", &[]);
@@ -255,6 +273,7 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
         "the relay to notice the daemon left",
         Duration::from_secs(90),
         || curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "000",
+        || format!("relay log:\n{}", relay.log()),
     );
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
