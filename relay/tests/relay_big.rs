@@ -4,12 +4,12 @@
 //! SHA-256 of what was sent is compared with the SHA-256 of what came back, and the byte counts
 //! must match exactly.
 //!
-//! Sizes: 256 MiB each way runs by default (tokio). The full 1 GiB each way (issue 4) takes
-//! too long in the debug test profile on a 2-core machine (the echo path runs TLS twice and
-//! QUIC once per direction in unoptimised code), so those tests are `#[ignore]`d and run in
-//! release mode by `bench/relay.sh`:
-//! `cargo test --release -p gate-relay --test relay_big -- --ignored`.
-//! `GATE_RELAY_BIG_MIB` overrides the size of every test in this file (in MiB).
+//! Size: 1 GiB each way (issue 4). Measured in the debug test profile on the 2-core dev
+//! machine (with a release build running beside it): about 25 s per test on tokio and 28 s on
+//! smol, so both run by default. The mixed case (relay on smol, daemon on tokio) is
+//! `#[ignore]`d to keep `cargo test` shorter; `bench/relay.sh` runs all three in release mode
+//! (`cargo test --release -p gate-relay --test relay_big -- --include-ignored`).
+//! `GATE_RELAY_BIG_MIB` overrides the size (in MiB) for quick local runs.
 
 mod common;
 
@@ -137,27 +137,19 @@ async fn echo_through_relay<RR: Runtime, DR: Runtime>(
 }
 
 #[test]
-fn quarter_gib_each_way_tokio() {
-    let total = size_bytes(256);
-    tokio_tokio(|relay_rt, rt| echo_through_relay(relay_rt, rt, total));
-}
-
-#[test]
-#[ignore = "1 GiB each way: minutes in the debug profile; bench/relay.sh runs it in release"]
 fn one_gib_each_way_tokio() {
     let total = size_bytes(1024);
     tokio_tokio(|relay_rt, rt| echo_through_relay(relay_rt, rt, total));
 }
 
 #[test]
-#[ignore = "1 GiB each way: minutes in the debug profile; bench/relay.sh runs it in release"]
 fn one_gib_each_way_smol() {
     let total = size_bytes(1024);
     smol_smol(|relay_rt, rt| echo_through_relay(relay_rt, rt, total));
 }
 
 #[test]
-#[ignore = "1 GiB each way: minutes in the debug profile; bench/relay.sh runs it in release"]
+#[ignore = "a third 1 GiB run; bench/relay.sh runs it in release"]
 fn one_gib_each_way_smol_relay_tokio_daemon() {
     let total = size_bytes(1024);
     smol_relay_tokio_daemon(|relay_rt, rt| echo_through_relay(relay_rt, rt, total));
