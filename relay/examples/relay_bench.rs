@@ -121,7 +121,7 @@ fn spawn_relay(bin: &Path, dir: &Path, https_port: u16, p2p_port: u16) -> Result
             "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
              domain_suffix = \"{SUFFIX}\"\nlog_level = \"warn\"\n[limits]\n\
              max_connections = 40000\nmax_connections_per_ip = 40000\n\
-             max_connections_per_node = 40000\nmax_daemon_connections = 10000\n"
+             max_connections_per_node = 40000\n"
         ),
     )?;
     let log = std::fs::File::create(dir.join("relay.log"))?;
@@ -525,7 +525,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         verdict(relay_gbit >= 2.0 && relay_gbit >= 0.5 * direct_gbit)
     );
     println!(
-        "| (b) new connection to first byte, median of {} (ms) | {:.3} | {:.3} | +{:.3} ms | <= +0.5 ms | {} |",
+        "| (b) new connection to first byte, median of {} (ms) | {:.3} | {:.3} | {:+.3} ms | <= +0.5 ms | {} |",
         o.ttfb,
         ms(relay_p50),
         ms(direct_p50),
@@ -533,7 +533,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         verdict(added_p50 <= 0.5)
     );
     println!(
-        "| (b) new connection to first byte, p99 (ms) | {:.3} | {:.3} | +{:.3} ms | (info) | |",
+        "| (b) new connection to first byte, p99 (ms) | {:.3} | {:.3} | {:+.3} ms | (info) | |",
         ms(relay_p99),
         ms(direct_p99),
         added_p99
