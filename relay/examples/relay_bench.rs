@@ -113,7 +113,12 @@ fn free_ports() -> (u16, u16) {
     }
 }
 
-fn spawn_relay(bin: &Path, dir: &Path, https_port: u16, p2p_port: u16) -> Result<RelayProcess, BoxError> {
+fn spawn_relay(
+    bin: &Path,
+    dir: &Path,
+    https_port: u16,
+    p2p_port: u16,
+) -> Result<RelayProcess, BoxError> {
     let config = dir.join("relay.toml");
     std::fs::write(
         &config,
@@ -379,9 +384,12 @@ async fn open_idle<R: Runtime>(
             }
         });
     }
-    wait_for(rt, Duration::from_secs(300), "idle connections opened", || {
-        done.load(Ordering::SeqCst) >= count
-    })
+    wait_for(
+        rt,
+        Duration::from_secs(300),
+        "idle connections opened",
+        || done.load(Ordering::SeqCst) >= count,
+    )
     .await?;
     if let Some(e) = failed.lock().ok().and_then(|f| f.clone()) {
         return Err(e.into());
@@ -469,14 +477,21 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     for _ in 0..o.daemons {
         idle.push(start_daemon(&rt, address.clone())?);
     }
-    wait_for(&rt, Duration::from_secs(120), "idle daemons registered", || {
-        idle.iter().all(Daemon::registered)
-    })
+    wait_for(
+        &rt,
+        Duration::from_secs(120),
+        "idle daemons registered",
+        || idle.iter().all(Daemon::registered),
+    )
     .await?;
     settle(&rt).await;
     let rss_daemons = relay.rss_kib()?;
     let per_daemon = (rss_daemons.saturating_sub(rss_one_daemon)) as f64 / o.daemons.max(1) as f64;
-    eprintln!("{} idle daemons registered after {:.1?}", o.daemons, run_started.elapsed());
+    eprintln!(
+        "{} idle daemons registered after {:.1?}",
+        o.daemons,
+        run_started.elapsed()
+    );
 
     // (c, d) Idle forwarded connections, spread over all daemons.
     let mut targets = vec![(name.clone(), config.clone())];
@@ -495,7 +510,10 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     let per_conn_all = (rss_all.saturating_sub(rss_daemons)) as f64 / open.max(1) as f64;
     let per_conn_step = (rss_all.saturating_sub(rss_first_step)) as f64
         / (open.saturating_sub(first_step)).max(1) as f64;
-    eprintln!("{open} idle connections open after {:.1?}", run_started.elapsed());
+    eprintln!(
+        "{open} idle connections open after {:.1?}",
+        run_started.elapsed()
+    );
 
     // A connection still works with all of them open.
     let ttfb_loaded = time_to_first_byte(&rt, https, &name, config.clone()).await?;
@@ -511,9 +529,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     let added_p99 = ms(relay_p99) - ms(direct_p99);
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!();
-    println!(
-        "| measure | via relay | direct | ratio / delta | target | verdict |"
-    );
+    println!("| measure | via relay | direct | ratio / delta | target | verdict |");
     println!("|---|---|---|---|---|---|");
     println!(
         "| (a) one HTTPS download, {} MiB, median of {} (Gbit/s) | {:.2} | {:.2} | {:.0}% of direct | >= 2 Gbit/s and >= 50% | {} |",
