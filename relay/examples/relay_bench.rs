@@ -579,7 +579,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     );
     println!();
     println!(
-        "relay RSS (KiB): start with 1 daemon {rss_one_daemon}; +{} daemons {rss_daemons}; +{first_step} connections {rss_first_step}; +{open} connections {rss_all}. Run took {:.1?}.",
+        "relay RSS (KiB): 1 daemon {rss_one_daemon}; with {} more idle daemons {rss_daemons}; and {first_step} idle connections {rss_first_step}; and {open} idle connections {rss_all}. Run took {:.1?}.",
         o.daemons,
         run_started.elapsed()
     );
