@@ -538,7 +538,11 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         relay_gbit,
         direct_gbit,
         relay_gbit / direct_gbit * 100.0,
-        verdict(relay_gbit >= 2.0 && relay_gbit >= 0.5 * direct_gbit)
+        format!(
+            "2 Gbit/s {}, 50% {}",
+            verdict(relay_gbit >= 2.0),
+            verdict(relay_gbit >= 0.5 * direct_gbit)
+        )
     );
     println!(
         "| (b) new connection to first byte, median of {} (ms) | {:.3} | {:.3} | {:+.3} ms | <= +0.5 ms | {} |",
