@@ -3,7 +3,10 @@
 #
 #   bench/relay.sh                 # full run (1 GiB downloads, 200 TTFB samples,
 #                                  #   200 idle daemons, 10,000 idle forwarded connections)
-#   RELAY_BENCH_QUICK=1 bench/relay.sh   # a smaller smoke run
+#   bench/relay.sh --quick         # a smaller smoke run (not for the numbers)
+#
+# (Not an environment variable: `gate-relay` reads every `RELAY_*` variable as configuration
+# and refuses to start on one that is not a key.)
 #
 # Steps: build `gate-relay` and the driver `relay/examples/relay_bench.rs` in release; run the
 # 1 GiB-each-way checksum tests (relay/tests/relay_big.rs) in release on tokio, smol and mixed;
@@ -19,7 +22,7 @@ echo "ulimit -n: $(ulimit -n)"
 TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 cargo build --release -p gate-relay --bin gate-relay --example relay_bench
 
-if [[ "${RELAY_BENCH_QUICK:-0}" == 1 ]]; then
+if [[ "${1:-}" == --quick ]]; then
     ARGS=(--download-mib 256 --rounds 1 --ttfb 50 --daemons 20 --connections 1000)
     BIG_MIB=64
 else
