@@ -5,8 +5,8 @@
 //! must match exactly.
 //!
 //! Size: 1 GiB each way (issue 4). Measured in the debug test profile on the 2-core dev
-//! machine (with a release build running beside it): about 25 s per test on tokio and 28 s on
-//! smol, so both run by default. The mixed case (relay on smol, daemon on tokio) is
+//! machine: 16-28 s per test on tokio and on smol depending on the load beside it,
+//! so both run by default. The mixed case (relay on smol, daemon on tokio) is
 //! `#[ignore]`d to keep `cargo test` shorter; `bench/relay.sh` runs all three in release mode
 //! (`cargo test --release -p gate-relay --test relay_big -- --include-ignored`).
 //! `GATE_RELAY_BIG_MIB` overrides the size (in MiB) for quick local runs.
