@@ -114,7 +114,7 @@ async function loadStatus() {
   $("#sdk-hint").textContent =
     "from openai import OpenAI\nclient = OpenAI(base_url=\"" + s.listen + "/v1\", api_key=\"gk_...\")";
   $("#relay-state").textContent = s.relay.state + (s.relay.public_url ? " — " + s.relay.public_url : "");
-  $("#cert-state").textContent = s.certificate.state + (s.certificate.expires_at ? " — expires " + s.certificate.expires_at : "");
+  $("#cert-state").textContent = s.certificate.state + (s.certificate.expires_at ? " — expires " + formatTime(s.certificate.expires_at) : "");
   fillTable("#status-upstreams", s.upstreams.map(u => el("tr", {},
     el("td", {}, u.name), el("td", {}, u.provider), el("td", {}, healthBadge(u.health)), el("td", {}, keyText(u)))),
     "#status-empty");
