@@ -207,7 +207,8 @@ fn scenario(runtime: &str) {
 
     let logs = || {
         format!(
-            "relay log:\n{}\ngate log:\n{}\nfake Cloudflare records: {:?}",
+            "last curl: {:?}\nrelay log:\n{}\ngate log:\n{}\nfake Cloudflare records: {:?}",
+            curl_verified(&custom_name, https_port, &root),
             relay.log(),
             gate.log(),
             fake.records()

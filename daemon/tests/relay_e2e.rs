@@ -97,17 +97,35 @@ fn output(cmd: &mut Command) -> (bool, String) {
     )
 }
 
+/// The last curl error, for the logs of a failed wait.
+static LAST_CURL_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
 fn curl_via_relay(name: &str, port: u16, path: &str, headers: &[&str]) -> (String, String) {
     let mut cmd = Command::new("curl");
-    cmd.args(["-sk", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}"])
-        .arg("--resolve")
-        .arg(format!("{name}:{port}:127.0.0.1"))
-        .arg(format!("https://{name}:{port}{path}"));
+    cmd.args([
+        "-skS",
+        "--max-time",
+        "10",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--resolve")
+    .arg(format!("{name}:{port}:127.0.0.1"))
+    .arg(format!("https://{name}:{port}{path}"));
     for h in headers {
         cmd.args(["-H", h]);
     }
-    let (_, text) = output(&mut cmd);
-    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    let out = cmd.output().expect("run curl");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !stderr.trim().is_empty() {
+        if let Ok(mut last) = LAST_CURL_ERROR.lock() {
+            *last = format!("{name}{path}: {}", stderr.trim());
+        }
+    }
+    let (body, code) = stdout.rsplit_once('\n').unwrap_or((&stdout, ""));
     (body.to_owned(), code.trim().to_owned())
 }
 
@@ -124,7 +142,14 @@ fn wait_for(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out waiting for {what}\n{}", logs());
+    let curl = LAST_CURL_ERROR
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    panic!(
+        "timed out waiting for {what}\nlast curl error: {curl}\n{}",
+        logs()
+    );
 }
 
 fn scenario(relay_runtime: &str, daemon_runtime: &str) {
