@@ -155,9 +155,34 @@ impl Identity {
                 why,
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Publish without clobbering: two processes starting at once (`gate serve`
+                // and `gate id`) must end up with one key. Write a private temporary file,
+                // then hard-link it into place, which fails if another process won.
                 let identity = Self::generate()?;
-                state::write_atomically(&path, &identity.pkcs8, 0o600)?;
-                Ok(identity)
+                let tmp = state_dir.join(format!(".{KEY_FILE_NAME}.{}.new", std::process::id()));
+                state::write_atomically(&tmp, &identity.pkcs8, 0o600)?;
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => Ok(identity),
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let bytes = std::fs::read(&path).map_err(|source| StateError::Io {
+                            action: "read",
+                            path: path.clone(),
+                            source,
+                        })?;
+                        Self::from_pkcs8(&bytes).map_err(|why| IdentityError::BadKeyFile {
+                            path: path.clone(),
+                            why,
+                        })
+                    }
+                    Err(source) => Err(StateError::Io {
+                        action: "write",
+                        path,
+                        source,
+                    }
+                    .into()),
+                }
             }
             Err(source) => Err(StateError::Io {
                 action: "read",
