@@ -9,9 +9,9 @@
 { config, lib, pkgs, ... }:
 let
   inherit (lib)
-    attrNames concatMap escapeShellArgs filter filterAttrs length listToAttrs literalExpression
-    mapAttrsToList mkEnableOption mkIf mkMerge mkOption nameValuePair optional optionalAttrs optionals
-    recursiveUpdate types unique;
+    attrNames concatMap filter filterAttrs length listToAttrs literalExpression mapAttrsToList
+    mkEnableOption mkIf mkOption nameValuePair optional optionalAttrs recursiveUpdate types
+    unique;
 
   gateLib = import ./lib.nix { inherit lib; };
   cfg = config.services.gate-daemon;
@@ -196,33 +196,13 @@ let
     allowedUDPPorts = [ inst.p2pPort ];
   };
 
-  service = d: {
+  service = d: gateLib.service {
     description = "Gate AI gateway (${d.label})";
-    wantedBy = [ "multi-user.target" ];
-    wants = [ "network-online.target" ];
-    after = [ "network-online.target" ];
-    serviceConfig = gateLib.hardening { needsLowPorts = d.inst.port < 1024 || d.inst.p2pPort < 1024; } // {
-      Type = "exec";
-      ExecStart = escapeShellArgs [
-        "${d.inst.package}/bin/gate"
-        "serve"
-        "--config"
-        "${configFile d}"
-        "--state-dir"
-        "/var/lib/${d.stateDir}"
-        "--runtime"
-        d.inst.runtime
-      ];
-      User = "gate";
-      Group = "gate";
-      StateDirectory = d.stateDir;
-      StateDirectoryMode = "0700";
-      WorkingDirectory = "/var/lib/${d.stateDir}";
-      Restart = "on-failure";
-      RestartSec = "5s";
-    } // optionalAttrs (d.inst.environmentFile != null) {
-      EnvironmentFile = toString d.inst.environmentFile;
-    };
+    bin = "gate";
+    inherit (d) inst stateDir;
+    configFile = configFile d;
+    user = "gate";
+    needsLowPorts = d.inst.port < 1024 || d.inst.p2pPort < 1024;
   };
 
   ownedKeys = inst:
@@ -278,35 +258,24 @@ in
     };
   };
 
-  config = mkIf (daemons != [ ]) {
+  config = mkIf (daemons != [ ]) ({
     assertions = concatMap assertionsFor daemons ++ [
       {
         assertion = length (unique allTcpPorts) == length allTcpPorts && length (unique allUdpPorts) == length allUdpPorts;
         message = "services.gate-daemon: two daemons use the same port (TCP ${toString allTcpPorts}; UDP ${toString allUdpPorts}).";
       }
       {
-        assertion = filter (n: builtins.match "[a-z0-9][a-z0-9-]*" n == null) (attrNames cfg.instances) == [ ];
+        assertion = filter (n: !gateLib.isInstanceName n) (attrNames cfg.instances) == [ ];
         message = "services.gate-daemon.instances: names must be lower-case letters, digits and '-'.";
       }
     ];
 
     systemd.services = listToAttrs (map (d: nameValuePair d.unit (service d)) daemons);
 
-    networking.firewall = {
-      allowedTCPPorts = concatMap (d: optionals d.inst.openFirewall (firewallPorts d.inst).allowedTCPPorts) daemons;
-      allowedUDPPorts = concatMap (d: optionals d.inst.openFirewall (firewallPorts d.inst).allowedUDPPorts) daemons;
-      interfaces = mkMerge (concatMap
-        (d: map (iface: { ${iface} = firewallPorts d.inst; }) d.inst.openFirewallOnInterfaces)
-        daemons);
-    };
-
-    users.users.gate = {
-      isSystemUser = true;
-      group = "gate";
-      description = "Gate AI gateway";
-    };
-    users.groups.gate = { };
-
-    environment.systemPackages = unique (map (d: d.inst.package) daemons);
-  };
+    networking.firewall = gateLib.firewall firewallPorts (map (d: d.inst) daemons);
+  } // gateLib.userAndPackages {
+    name = "gate";
+    description = "Gate AI gateway";
+    instances = map (d: d.inst) daemons;
+  });
 }

@@ -1,13 +1,70 @@
-# Helpers shared by the gate-daemon and gate-relay modules: the systemd hardening both
-# units use and small predicates. Not a module; imported with `import ./lib.nix { inherit lib; }`.
+# Helpers shared by the gate-daemon and gate-relay modules: the systemd unit and hardening
+# both use, the firewall and user blocks, and small predicates. Not a module; imported with
+# `import ./lib.nix { inherit lib; }`.
 { lib }:
 let
-  inherit (lib) optionalAttrs;
+  inherit (lib) concatMap escapeShellArgs mkMerge optionalAttrs optionals unique;
 in
-{
+rec {
   # Whether a listen address only accepts connections from this machine.
   isLoopback = host:
     host == "localhost" || host == "::1" || lib.hasPrefix "127." host;
+
+  # Whether `name` may name an instance (and so a unit and a state directory).
+  isInstanceName = name: builtins.match "[a-z0-9][a-z0-9-]*" name != null;
+
+  # A Gate service: `bin serve --config configFile --state-dir /var/lib/stateDir --runtime
+  # inst.runtime` from `inst.package`, as `user`, hardened, restarted on failure, with
+  # `inst.environmentFile` (if any) as its EnvironmentFile.
+  service = { description, bin, inst, configFile, stateDir, user, needsLowPorts }: {
+    inherit description;
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" ];
+    serviceConfig = hardening { inherit needsLowPorts; } // {
+      Type = "exec";
+      ExecStart = escapeShellArgs [
+        "${inst.package}/bin/${bin}"
+        "serve"
+        "--config"
+        "${configFile}"
+        "--state-dir"
+        "/var/lib/${stateDir}"
+        "--runtime"
+        inst.runtime
+      ];
+      User = user;
+      Group = user;
+      StateDirectory = stateDir;
+      StateDirectoryMode = "0700";
+      WorkingDirectory = "/var/lib/${stateDir}";
+      Restart = "on-failure";
+      RestartSec = "5s";
+    } // optionalAttrs (inst.environmentFile != null) {
+      EnvironmentFile = toString inst.environmentFile;
+    };
+  };
+
+  # `networking.firewall` for instances with `openFirewall` and `openFirewallOnInterfaces`;
+  # `ports inst` gives `{ allowedTCPPorts; allowedUDPPorts; }`.
+  firewall = ports: instances: {
+    allowedTCPPorts = concatMap (inst: optionals inst.openFirewall (ports inst).allowedTCPPorts) instances;
+    allowedUDPPorts = concatMap (inst: optionals inst.openFirewall (ports inst).allowedUDPPorts) instances;
+    interfaces = mkMerge (concatMap
+      (inst: map (iface: { ${iface} = ports inst; }) inst.openFirewallOnInterfaces)
+      instances);
+  };
+
+  # The system user and group `name` a service runs as, and the instances' packages.
+  userAndPackages = { name, description, instances }: {
+    users.users.${name} = {
+      isSystemUser = true;
+      group = name;
+      inherit description;
+    };
+    users.groups.${name} = { };
+    environment.systemPackages = unique (map (inst: inst.package) instances);
+  };
 
   # The [Service] settings shared by every Gate unit. `needsLowPorts`: the service binds a
   # port below 1024, so it keeps CAP_NET_BIND_SERVICE (ambient, and nothing else).

@@ -7,9 +7,8 @@
 { config, lib, pkgs, ... }:
 let
   inherit (lib)
-    any attrValues concatMap escapeShellArgs filter filterAttrs length listToAttrs
-    literalExpression mapAttrsToList mkIf mkMerge mkOption nameValuePair optionalAttrs optionals
-    recursiveUpdate types unique;
+    any attrValues concatMap filter filterAttrs length listToAttrs literalExpression
+    mapAttrsToList mkIf mkOption nameValuePair optionals recursiveUpdate types unique;
 
   gateLib = import ./lib.nix { inherit lib; };
   cfg = config.services.gate-relay;
@@ -146,33 +145,14 @@ let
     allowedUDPPorts = unique [ inst.httpsPort inst.p2pPort ];
   };
 
-  service = r: {
+  service = r: gateLib.service {
     description = "Gate relay (${r.label})";
-    wantedBy = [ "multi-user.target" ];
-    wants = [ "network-online.target" ];
-    after = [ "network-online.target" ];
-    serviceConfig = gateLib.hardening { needsLowPorts = r.inst.httpsPort < 1024 || r.inst.p2pPort < 1024; } // {
-      Type = "exec";
-      ExecStart = escapeShellArgs [
-        "${r.inst.package}/bin/gate-relay"
-        "serve"
-        "--config"
-        "${configFile r}"
-        "--state-dir"
-        "/var/lib/${r.unit}"
-        "--runtime"
-        r.inst.runtime
-      ];
-      User = "gate-relay";
-      Group = "gate-relay";
-      StateDirectory = r.unit;
-      StateDirectoryMode = "0700";
-      WorkingDirectory = "/var/lib/${r.unit}";
-      Restart = "on-failure";
-      RestartSec = "5s";
-    } // optionalAttrs (r.inst.environmentFile != null) {
-      EnvironmentFile = toString r.inst.environmentFile;
-    };
+    bin = "gate-relay";
+    inherit (r) inst;
+    configFile = configFile r;
+    stateDir = r.unit;
+    user = "gate-relay";
+    needsLowPorts = r.inst.httpsPort < 1024 || r.inst.p2pPort < 1024;
   };
 
   ownedKeys = inst:
@@ -197,7 +177,7 @@ let
       message = "${r.label}.dns.enabled needs ${r.label}.environmentFile with RELAY__DNS__CLOUDFLARE__API_TOKEN and RELAY__DNS__CLOUDFLARE__ZONE_ID.";
     }
     {
-      assertion = builtins.match "[a-z0-9][a-z0-9-]*" r.name != null;
+      assertion = gateLib.isInstanceName r.name;
       message = "services.gate-relay.instances: `${r.name}` is not a valid name (lower-case letters, digits and '-').";
     }
   ];
@@ -232,7 +212,7 @@ in
     };
   };
 
-  config = mkIf active {
+  config = mkIf active ({
     assertions = concatMap assertionsFor relays ++ [
       {
         assertion = length (unique sockets) == length sockets;
@@ -242,21 +222,10 @@ in
 
     systemd.services = listToAttrs (map (r: nameValuePair r.unit (service r)) relays);
 
-    networking.firewall = {
-      allowedTCPPorts = concatMap (r: optionals r.inst.openFirewall (firewallPorts r.inst).allowedTCPPorts) relays;
-      allowedUDPPorts = concatMap (r: optionals r.inst.openFirewall (firewallPorts r.inst).allowedUDPPorts) relays;
-      interfaces = mkMerge (concatMap
-        (r: map (iface: { ${iface} = firewallPorts r.inst; }) r.inst.openFirewallOnInterfaces)
-        relays);
-    };
-
-    users.users.gate-relay = {
-      isSystemUser = true;
-      group = "gate-relay";
-      description = "Gate relay";
-    };
-    users.groups.gate-relay = { };
-
-    environment.systemPackages = unique (map (r: r.inst.package) relays);
-  };
+    networking.firewall = gateLib.firewall firewallPorts (map (r: r.inst) relays);
+  } // gateLib.userAndPackages {
+    name = "gate-relay";
+    description = "Gate relay";
+    instances = map (r: r.inst) relays;
+  });
 }
