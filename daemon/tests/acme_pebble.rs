@@ -7,10 +7,12 @@
 #[path = "../../tests/acme/harness.rs"]
 mod harness;
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::temp_dir;
 use gate_core::config::{CloudflareConfig, DnsConfig, DnsProvider as DnsProviderKind, Secret};
 use gate_daemon::acme::{load_roots, AcmeManager, AcmeSettings, ChallengeSetter};
 use gate_daemon::certs::CertStore;
@@ -43,13 +45,6 @@ impl<R: Runtime> ChallengeSetter for DirectSetter<R> {
             .await
             .map_err(|e| e.to_string())
     }
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gate-acme-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 /// A TLS echo server on loopback serving `store`'s certificate; returns its port.
@@ -147,7 +142,7 @@ async fn wait_until<R: Runtime>(rt: &R, what: &str, mut done: impl FnMut() -> bo
 }
 
 async fn pebble_flow<R: Runtime>(rt: R) {
-    let dir = temp_dir(R::NAME);
+    let dir = temp_dir(&format!("acme-{}", R::NAME));
     let chall = ChallTestSrv::start();
     let fake = FakeCloudflare::start(TOKEN, "zone-1", ZONE, Some(&chall.management_url()));
     let pebble = Pebble::start(&dir.join("pebble"), &chall, 3600);
@@ -236,16 +231,19 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     curl_verifies(&rt, port, &dir.join("pebble-root.pem"), &pebble.root_pem()).await;
 
     // Renewal: a window longer than the certificate's life renews at once.
-    let renewing = AcmeManager::new(
-        rt.clone(),
-        &state_dir,
-        AcmeSettings {
-            renew_before: Duration::from_secs(10 * 3600),
-            ..settings.clone()
-        },
-        setter.clone(),
-        store.clone(),
-    );
+    let eager_manager = || {
+        AcmeManager::new(
+            rt.clone(),
+            &state_dir,
+            AcmeSettings {
+                renew_before: Duration::from_secs(10 * 3600),
+                ..settings.clone()
+            },
+            setter.clone(),
+            store.clone(),
+        )
+    };
+    let renewing = eager_manager();
     rt.spawn(renewing.clone().run());
     wait_until(&rt, "a renewed certificate", || {
         store.info().serial != first.serial
@@ -269,16 +267,7 @@ async fn pebble_flow<R: Runtime>(rt: R) {
     assert!(!reopened.info().self_signed);
 
     // Provider failure: the current certificate stays, the error is reported, retries back off.
-    let failing = AcmeManager::new(
-        rt.clone(),
-        &state_dir,
-        AcmeSettings {
-            renew_before: Duration::from_secs(10 * 3600),
-            ..settings.clone()
-        },
-        setter.clone(),
-        store.clone(),
-    );
+    let failing = eager_manager();
     fake.set_failure(500);
     let serial_before = store.info().serial;
     let err = failing.renew_now().await.expect_err("provider down");

@@ -10,11 +10,13 @@
 #[path = "../../tests/acme/harness.rs"]
 mod harness;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{gate_bin, node_id, output, start_daemon_with_relay, start_relay, wait_until};
 use harness::{ChallTestSrv, FakeCloudflare, Pebble};
 
 /// The relay's domain suffix and the fake Cloudflare zone; Pebble only needs the TXT records,
@@ -24,74 +26,6 @@ const TOKEN: &str = "cf-e2e-token";
 const ZONE_ID: &str = "zone-e2e";
 /// How long each awaited condition may take (the relay waits 5 s for propagation per record).
 const DEADLINE: Duration = Duration::from_secs(90);
-
-fn gate_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_gate"))
-}
-
-fn relay_bin() -> PathBuf {
-    let path = gate_bin().with_file_name("gate-relay");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p gate-relay`, or run the tests with --workspace)",
-        path.display()
-    );
-    path
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .expect("bind a UDP port")
-        .local_addr()
-        .expect("local addr")
-        .port()
-}
-
-/// A child process whose output goes to a log file; killed when dropped.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).expect("create log");
-        let child = cmd
-            .stdout(Stdio::from(file.try_clone().expect("log fd")))
-            .stderr(Stdio::from(file))
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("spawn");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().expect("run command");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 /// `curl` to `https://name:port/health` through the relay, verifying the certificate against
 /// `root` (no `-k`); returns (success, body and errors).
@@ -106,22 +40,6 @@ fn curl_verified(name: &str, port: u16, root: &Path) -> (bool, String) {
     )
 }
 
-/// Polls `check` every 100 ms until it holds; panics with `what` and `context()` at the
-/// deadline.
-fn wait_for(what: &str, mut check: impl FnMut() -> bool, context: impl Fn() -> String) {
-    let end = Instant::now() + DEADLINE;
-    while Instant::now() < end {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "timed out after {DEADLINE:?} waiting for {what}\n{}",
-        context()
-    );
-}
-
 fn acme_records(fake: &FakeCloudflare) -> Vec<(String, String)> {
     fake.records()
         .into_iter()
@@ -130,12 +48,7 @@ fn acme_records(fake: &FakeCloudflare) -> Vec<(String, String)> {
 }
 
 fn scenario(runtime: &str) {
-    let dir = std::env::temp_dir().join(format!(
-        "gate-acme-relay-e2e-{runtime}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = common::temp_dir(&format!("acme-relay-e2e-{runtime}"));
 
     let dns = ChallTestSrv::start();
     let fake = FakeCloudflare::start(TOKEN, ZONE_ID, SUFFIX, Some(&dns.management_url()));
@@ -143,66 +56,33 @@ fn scenario(runtime: &str) {
     let root = dir.join("pebble-root.pem");
     std::fs::write(&root, pebble.root_pem()).expect("write Pebble's root");
 
-    let https_port = harness::free_port();
-    let relay_p2p = free_udp_port();
-    let daemon_p2p = free_udp_port();
-    let daemon_port = harness::free_port();
-
-    let relay_state = dir.join("relay-state");
-    let (ok, relay_id) = output(
-        Command::new(relay_bin())
-            .args(["id", "--state-dir"])
-            .arg(&relay_state),
-    );
-    assert!(ok, "gate-relay id: {relay_id}");
-    let relay_id = relay_id.trim().to_owned();
-    std::fs::write(
-        dir.join("relay.toml"),
-        format!(
-            "https_port = {https_port}\np2p_port = {relay_p2p}\nbind_address = \"127.0.0.1\"\n\
-             domain_suffix = \"{SUFFIX}\"\n\n[dns]\nenabled = true\nprovider = \"cloudflare\"\n\n\
+    let relay = start_relay(
+        &dir,
+        runtime,
+        SUFFIX,
+        &format!(
+            "\n[dns]\nenabled = true\nprovider = \"cloudflare\"\n\n\
              [dns.cloudflare]\napi_url = \"{}\"\nzone_id = \"{ZONE_ID}\"\n",
             fake.api_url
         ),
-    )
-    .expect("write relay.toml");
-    let mut relay_cmd = Command::new(relay_bin());
-    relay_cmd
-        .args(["serve", "--runtime", runtime, "--config"])
-        .arg(dir.join("relay.toml"))
-        .arg("--state-dir")
-        .arg(&relay_state)
-        .env("RELAY__DNS__CLOUDFLARE__API_TOKEN", TOKEN);
-    let relay = Proc::spawn(relay_cmd, dir.join("relay.log"));
+        &[("RELAY__DNS__CLOUDFLARE__API_TOKEN", TOKEN)],
+    );
+    let https_port = relay.https_port;
 
     let gate_state = dir.join("gate-state");
-    std::fs::write(
-        dir.join("gate.toml"),
-        format!(
-            "host = \"127.0.0.1\"\nport = {daemon_port}\np2p_port = {daemon_p2p}\n\n\
-             [relay]\nenable = true\naddresses = [\"{relay_id}@127.0.0.1:{relay_p2p}\"]\n\
-             custom_domain = \"myserver\"\n\n\
-             [letsencrypt]\nenabled = true\ndirectory_url = \"{}\"\nca_file = \"{}\"\n",
+    let (gate, _) = start_daemon_with_relay(
+        &dir,
+        runtime,
+        &gate_state,
+        &relay,
+        &format!(
+            "[letsencrypt]\nenabled = true\ndirectory_url = \"{}\"\nca_file = \"{}\"\n",
             pebble.directory_url(),
             pebble.https_ca_file.display()
         ),
-    )
-    .expect("write gate.toml");
-    let mut gate_cmd = Command::new(gate_bin());
-    gate_cmd
-        .args(["serve", "--runtime", runtime, "--config"])
-        .arg(dir.join("gate.toml"))
-        .arg("--state-dir")
-        .arg(&gate_state)
-        .env("GATE_LETSENCRYPT__EMAIL", "ops@example.test");
-    let gate = Proc::spawn(gate_cmd, dir.join("gate.log"));
-    let (ok, node_id) = output(
-        Command::new(gate_bin())
-            .args(["id", "--state-dir"])
-            .arg(&gate_state),
+        &[("GATE_LETSENCRYPT__EMAIL", "ops@example.test")],
     );
-    assert!(ok, "gate id: {node_id}");
-    let node_name = format!("{}.{SUFFIX}", node_id.trim());
+    let node_name = format!("{}.{SUFFIX}", node_id(&gate_bin(), &gate_state));
     let custom_name = format!("myserver.{SUFFIX}");
 
     let logs = || {
@@ -217,8 +97,9 @@ fn scenario(runtime: &str) {
 
     // The daemon gets Pebble's certificate for its names, and clients through the relay
     // verify it against Pebble's issuing root.
-    wait_for(
+    wait_until(
         "the daemon's ACME certificate to verify through the relay",
+        DEADLINE,
         || {
             curl_verified(&node_name, https_port, &root).0
                 && curl_verified(&custom_name, https_port, &root).0
@@ -232,8 +113,9 @@ fn scenario(runtime: &str) {
     }
 
     // The records were written through the relay and are gone once validated.
-    wait_for(
+    wait_until(
         "the ACME TXT records to be deleted",
+        DEADLINE,
         || acme_records(&fake).is_empty(),
         logs,
     );
@@ -245,8 +127,9 @@ fn scenario(runtime: &str) {
 
     // Nothing appears after the daemon leaves either.
     drop(gate);
-    wait_for(
+    wait_until(
         "the relay to notice the daemon left",
+        DEADLINE,
         || !curl_verified(&custom_name, https_port, &root).0,
         || relay.log(),
     );

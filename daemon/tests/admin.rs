@@ -3,19 +3,22 @@
 //! restarts, crash safety of the runtime file, bad input at start and on hot reload, and
 //! the admin surface's security (no token, no entry; no secret in any output).
 //!
-//! Upstreams are a tiny HTTP responder inside this test (std threads), so nothing here
+//! Upstreams are a tiny HTTP responder in `common` (std threads), so nothing here
 //! depends on another process than `gate`. Waits are for conditions with deadlines.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{temp_dir, wait_for, Mock};
 use gate_daemon::admin::client::{http_request, HttpResponse};
 use serde_json::{json, Value};
+
+mod common;
 
 const RUNTIMES: [&str; 2] = ["tokio", "smol"];
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -29,133 +32,6 @@ fn gate() -> Command {
         }
     }
     cmd
-}
-
-fn temp_dir(tag: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "gate-admin-test-{}-{}-{}",
-        std::process::id(),
-        tag,
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-// ---------------------------------------------------------------- mock upstream
-
-/// An OpenAI-compatible upstream answering every chat request with its own name.
-struct Mock {
-    addr: SocketAddr,
-    /// `Authorization` headers of the chat requests it received.
-    seen_auth: Arc<Mutex<Vec<String>>>,
-    hits: Arc<AtomicUsize>,
-}
-
-impl Mock {
-    fn start(name: &'static str) -> Mock {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen_auth = Arc::new(Mutex::new(Vec::new()));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let (seen, count) = (seen_auth.clone(), hits.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (seen, count) = (seen.clone(), count.clone());
-                std::thread::spawn(move || serve_mock(stream, name, &seen, &count));
-            }
-        });
-        Mock {
-            addr,
-            seen_auth,
-            hits,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://{}/v1", self.addr)
-    }
-}
-
-fn serve_mock(stream: TcpStream, name: &str, seen: &Mutex<Vec<String>>, hits: &AtomicUsize) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        let mut auth = String::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                let k = k.trim().to_ascii_lowercase();
-                if k == "content-length" {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if k == "authorization" {
-                    auth = v.trim().to_owned();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        if line.starts_with("GET") {
-            // Model discovery: this mock lists none (routing uses the configured lists).
-            let list = r#"{"object":"list","data":[]}"#;
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{list}",
-                list.len()
-            );
-            if stream.write_all(response.as_bytes()).is_err() {
-                return;
-            }
-            continue;
-        }
-        seen.lock().unwrap().push(auth);
-        hits.fetch_add(1, Ordering::SeqCst);
-        let model = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v["model"].as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let answer = json!({
-            "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
-            "choices": [{"index": 0, "finish_reason": "stop",
-                "message": {"role": "assistant", "content": format!("hello from {name}")}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
-        })
-        .to_string();
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-            answer.len()
-        );
-        if stream.write_all(response.as_bytes()).is_err() {
-            return;
-        }
-    }
 }
 
 // ---------------------------------------------------------------- the daemon
@@ -199,13 +75,18 @@ impl Daemon {
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr = wait_for("the daemon to listen", || {
-            let lines = log.lock().unwrap();
-            lines.iter().find_map(|l| {
-                let rest = l.split("gate listening on http://").nth(1)?;
-                rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
-            })
-        });
+        let addr = wait_for(
+            "the daemon to listen",
+            DEADLINE,
+            || {
+                let lines = log.lock().unwrap();
+                lines.iter().find_map(|l| {
+                    let rest = l.split("gate listening on http://").nth(1)?;
+                    rest.split_whitespace().next()?.parse::<SocketAddr>().ok()
+                })
+            },
+            || log.lock().unwrap().join("\n"),
+        );
         Daemon {
             child,
             addr,
@@ -251,6 +132,21 @@ impl Daemon {
             body.to_string().as_bytes(),
         )
         .unwrap()
+    }
+
+    /// Asserts that a chat request for `model` succeeds and is answered by the mock `name`.
+    fn assert_answered_by(&self, api_key: &str, model: &str, name: &str) {
+        let response = self.chat(api_key, model);
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+        assert_eq!(
+            response.json()["choices"][0]["message"]["content"],
+            format!("hello from {name}")
+        );
     }
 
     fn log_text(&self) -> String {
@@ -406,17 +302,7 @@ fn live_change(runtime: &str) {
     assert!(err.contains("via the running daemon"), "{err}");
     let api_key = api_key.trim().to_owned();
     outputs.push_str(&err);
-    let response = daemon.chat(&api_key, "nix-model");
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(
-        response.json()["choices"][0]["message"]["content"],
-        "hello from nix-mock"
-    );
+    daemon.assert_answered_by(&api_key, "nix-model", "nix-mock");
 
     // Add an upstream with a key; the very next request uses it.
     let live_key = "sk-live-secret-9876543210";
@@ -441,17 +327,7 @@ fn live_change(runtime: &str) {
     assert!(err.contains("via the running daemon"), "{err}");
     outputs.push_str(&out);
     outputs.push_str(&err);
-    let response = daemon.chat(&api_key, "live-model");
-    assert_eq!(
-        response.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&response.body)
-    );
-    assert_eq!(
-        response.json()["choices"][0]["message"]["content"],
-        "hello from live-mock"
-    );
+    daemon.assert_answered_by(&api_key, "live-model", "live-mock");
     assert_eq!(
         live_mock
             .seen_auth
@@ -716,12 +592,17 @@ fn bad_runtime_file_on_hot_reload_keeps_the_last_good_config() {
         let good = std::fs::read_to_string(&path).unwrap();
         let broken = format!("{good}\nport = [\n");
         std::fs::write(&path, &broken).unwrap();
-        let error = wait_for("the reload error", || {
-            let v = daemon.admin("GET", "status", None).json();
-            v["last_reload_error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-        });
+        let error = wait_for(
+            "the reload error",
+            DEADLINE,
+            || {
+                let v = daemon.admin("GET", "status", None).json();
+                v["last_reload_error"]["message"]
+                    .as_str()
+                    .map(str::to_owned)
+            },
+            || daemon.log_text(),
+        );
         assert!(
             error.contains("config.toml") && error.contains("line"),
             "{error}"
@@ -735,21 +616,31 @@ fn bad_runtime_file_on_hot_reload_keeps_the_last_good_config() {
 
         // A bad value (valid TOML) is handled the same way.
         std::fs::write(&path, format!("{good}\nlog_level = 5\n")).unwrap();
-        wait_for("the second reload error", || {
-            let v = daemon.admin("GET", "reload", None).json();
-            v["last_reload_error"]["message"]
-                .as_str()
-                .filter(|m| m.contains("log_level"))
-                .map(str::to_owned)
-        });
+        wait_for(
+            "the second reload error",
+            DEADLINE,
+            || {
+                let v = daemon.admin("GET", "reload", None).json();
+                v["last_reload_error"]["message"]
+                    .as_str()
+                    .filter(|m| m.contains("log_level"))
+                    .map(str::to_owned)
+            },
+            || daemon.log_text(),
+        );
         assert_eq!(daemon.chat(&key, "m-model").status, 200);
 
         // Fixing the file clears the error.
         std::fs::write(&path, &good).unwrap();
-        wait_for("the error to clear", || {
-            let v = daemon.admin("GET", "reload", None).json();
-            v["last_reload_error"].is_null().then_some(())
-        });
+        wait_for(
+            "the error to clear",
+            DEADLINE,
+            || {
+                let v = daemon.admin("GET", "reload", None).json();
+                v["last_reload_error"].is_null().then_some(())
+            },
+            || daemon.log_text(),
+        );
     }
 }
 
@@ -803,9 +694,12 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
                 }
             });
             let target = writes.load(Ordering::SeqCst) + 10 + round * 7;
-            wait_for("writes", || {
-                (writes.load(Ordering::SeqCst) >= target).then_some(())
-            });
+            wait_for(
+                "writes",
+                DEADLINE,
+                || (writes.load(Ordering::SeqCst) >= target).then_some(()),
+                || daemon.log_text(),
+            );
             // kill -9 in the middle of the write loop.
             let mut daemon = daemon;
             let _ = daemon.child.kill();

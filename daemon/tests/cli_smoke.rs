@@ -1,10 +1,12 @@
 //! The `gate` binary answers `--help` and `--version` on every command, and refuses a bad
 //! configuration before binding a port, naming the key and where it came from.
 
+mod common;
+
 use std::process::Command;
 
 fn gate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_gate"))
+    Command::new(common::gate_bin())
 }
 
 #[test]
@@ -32,8 +34,7 @@ fn version_and_help() {
 
 #[test]
 fn bad_config_is_refused_before_binding() {
-    let dir = std::env::temp_dir().join(format!("gate-cli-smoke-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("cli-smoke");
     let file = dir.join("gate.toml");
     std::fs::write(&file, "port = 70000\n").unwrap();
     let out = gate()

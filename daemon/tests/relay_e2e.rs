@@ -3,99 +3,16 @@
 //! client (`curl --resolve`, `openssl s_client`) reaches the daemon's `/health` through the
 //! relay and sees the daemon's certificate; relayed requests are never loopback-trusted.
 
-use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{gate_bin, node_id, output, start_daemon_with_relay, start_relay, wait_until};
 
 const SUFFIX: &str = "gate.localhost";
-
-fn gate_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_gate"))
-}
-
-fn relay_bin() -> PathBuf {
-    let path = gate_bin().with_file_name("gate-relay");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build -p gate-relay`, or run the tests with --workspace)",
-        path.display()
-    );
-    path
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A port free for both TCP and UDP (the relay serves HTTPS on TCP and tunnels on UDP of
-/// the same port).
-fn free_tcp_and_udp_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, log: PathBuf) -> Self {
-        let file = std::fs::File::create(&log).unwrap();
-        let child = cmd
-            .stdout(Stdio::from(file.try_clone().unwrap()))
-            .stderr(Stdio::from(file))
-            .env_remove("RUST_LOG")
-            .spawn()
-            .expect("spawn");
-        Proc { child, log }
-    }
-
-    fn log(&self) -> String {
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut text);
-        }
-        text
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn output(cmd: &mut Command) -> (bool, String) {
-    let out = cmd.output().expect("run command");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
+/// How long each awaited condition may take.
+const DEADLINE: Duration = Duration::from_secs(90);
 
 /// The last curl error, for the logs of a failed wait.
 static LAST_CURL_ERROR: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
@@ -129,96 +46,45 @@ fn curl_via_relay(name: &str, port: u16, path: &str, headers: &[&str]) -> (Strin
     (body.to_owned(), code.trim().to_owned())
 }
 
-fn wait_for(
-    what: &str,
-    deadline: Duration,
-    mut check: impl FnMut() -> bool,
-    logs: impl Fn() -> String,
-) {
-    let end = Instant::now() + deadline;
-    while Instant::now() < end {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let curl = LAST_CURL_ERROR
+fn last_curl_error() -> String {
+    LAST_CURL_ERROR
         .lock()
         .map(|s| s.clone())
-        .unwrap_or_default();
-    panic!(
-        "timed out waiting for {what}\nlast curl error: {curl}\n{}",
-        logs()
-    );
+        .unwrap_or_default()
 }
 
 fn scenario(relay_runtime: &str, daemon_runtime: &str) {
-    let dir = std::env::temp_dir().join(format!(
-        "gate-relay-e2e-{relay_runtime}-{daemon_runtime}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let https_port = free_tcp_and_udp_port();
-    let relay_p2p = free_udp_port();
-    let daemon_p2p = free_udp_port();
-    let daemon_port = free_tcp_port();
-
-    let relay_state = dir.join("relay-state");
-    let (ok, relay_id) = output(
-        Command::new(relay_bin())
-            .args(["id", "--state-dir"])
-            .arg(&relay_state),
-    );
-    assert!(ok, "gate-relay id: {relay_id}");
-    let relay_id = relay_id.trim().to_owned();
-    std::fs::write(
-        dir.join("relay.toml"),
-        format!(
-            "https_port = {https_port}\np2p_port = {relay_p2p}\nbind_address = \"127.0.0.1\"\ndomain_suffix = \"{SUFFIX}\"\n"
-        ),
-    )
-    .unwrap();
-    let mut relay_cmd = Command::new(relay_bin());
-    relay_cmd
-        .args(["serve", "--runtime", relay_runtime, "--config"])
-        .arg(dir.join("relay.toml"))
-        .arg("--state-dir")
-        .arg(&relay_state);
-    let relay = Proc::spawn(relay_cmd, dir.join("relay.log"));
-
+    let dir = common::temp_dir(&format!("relay-e2e-{relay_runtime}-{daemon_runtime}"));
+    let relay = start_relay(&dir, relay_runtime, SUFFIX, "", &[]);
+    let https_port = relay.https_port;
     let gate_state = dir.join("gate-state");
-    std::fs::write(
-        dir.join("gate.toml"),
-        format!(
-            "host = \"127.0.0.1\"\nport = {daemon_port}\np2p_port = {daemon_p2p}\n\n[auth]\nallow_loopback = true\n\n[relay]\nenable = true\naddresses = [\"{relay_id}@127.0.0.1:{relay_p2p}\"]\ncustom_domain = \"myserver\"\n"
-        ),
-    )
-    .unwrap();
-    let mut gate_cmd = Command::new(gate_bin());
-    gate_cmd
-        .args(["serve", "--runtime", daemon_runtime, "--config"])
-        .arg(dir.join("gate.toml"))
-        .arg("--state-dir")
-        .arg(&gate_state);
-    let gate = Proc::spawn(gate_cmd, dir.join("gate.log"));
-    let (ok, node_id) = output(
-        Command::new(gate_bin())
-            .args(["id", "--state-dir"])
-            .arg(&gate_state),
+    let (gate, daemon_addr) = start_daemon_with_relay(
+        &dir,
+        daemon_runtime,
+        &gate_state,
+        &relay,
+        "[auth]\nallow_loopback = true\n",
+        &[],
     );
-    assert!(ok, "gate id: {node_id}");
-    let node_name = format!("{}.{SUFFIX}", node_id.trim());
+    let node_id = node_id(&gate_bin(), &gate_state);
+    let node_name = format!("{node_id}.{SUFFIX}");
     let custom_name = format!("myserver.{SUFFIX}");
 
-    wait_for(
+    wait_until(
         "the daemon to answer through the relay",
-        Duration::from_secs(90),
+        DEADLINE,
         || {
             curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "200"
                 && curl_via_relay(&node_name, https_port, "/health", &[]).1 == "200"
         },
-        || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log()),
+        || {
+            format!(
+                "last curl error: {}\nrelay log:\n{}\ngate log:\n{}",
+                last_curl_error(),
+                relay.log(),
+                gate.log()
+            )
+        },
     );
     for name in [&node_name, &custom_name] {
         let (body, code) = curl_via_relay(name, https_port, "/health", &[]);
@@ -260,14 +126,14 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
     );
     assert!(ok, "{x509}");
     assert!(
-        x509.contains(node_id.trim()),
+        x509.contains(&node_id),
         "the certificate is not the daemon's:\n{x509}"
     );
 
     // Loopback trust applies locally, never through the relay.
     let local = Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg(format!("http://127.0.0.1:{daemon_port}/v1/models"))
+        .arg(format!("http://{daemon_addr}/v1/models"))
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&local.stdout), "200");
@@ -294,11 +160,17 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
 
     // Daemon gone: its names get the alert, not a hang.
     drop(gate);
-    wait_for(
+    wait_until(
         "the relay to notice the daemon left",
-        Duration::from_secs(90),
+        DEADLINE,
         || curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "000",
-        || format!("relay log:\n{}", relay.log()),
+        || {
+            format!(
+                "last curl error: {}\nrelay log:\n{}",
+                last_curl_error(),
+                relay.log()
+            )
+        },
     );
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);

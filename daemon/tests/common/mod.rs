@@ -1,0 +1,481 @@
+//! Scaffolding shared by the daemon's tests: the binaries under test, child processes logging
+//! to a file, waits for a condition with a deadline, start-up on ports that may be taken by a
+//! test running in parallel, the relay and daemon started that way, and a mock upstream.
+//!
+//! Each test binary compiles this module on its own and uses part of it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// How often a wait polls its condition.
+const POLL: Duration = Duration::from_millis(50);
+/// How many times a server is started on new ports after losing one to another test.
+const START_ATTEMPTS: usize = 5;
+/// How long a server may take to start (and a daemon to register with its relay).
+const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The `gate` binary under test.
+pub fn gate_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gate"))
+}
+
+/// The `gate-relay` binary, built next to `gate`.
+pub fn relay_bin() -> PathBuf {
+    let path = gate_bin().with_file_name("gate-relay");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build -p gate-relay`, or run the tests with --workspace)",
+        path.display()
+    );
+    path
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gate-test-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temp dir");
+    dir
+}
+
+/// A loopback UDP port that was free a moment ago. Another process may take it before the
+/// caller binds it: start servers with [`start_on_free_ports`].
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .expect("bind a UDP port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// A loopback port that was free for both TCP and UDP a moment ago (the relay serves HTTPS
+/// on TCP and tunnels on UDP of the same port). Same caveat as [`free_udp_port`].
+pub fn free_tcp_and_udp_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Runs `cmd` to completion; returns (success, stdout followed by stderr).
+pub fn output(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Polls `check` until it gives a value; panics with `what` and `context()` at the deadline.
+pub fn wait_for<T>(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if Instant::now() >= end {
+            panic!(
+                "timed out after {deadline:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// [`wait_for`] a condition that holds or not.
+pub fn wait_until(
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    wait_for(what, deadline, || check().then_some(()), context)
+}
+
+/// A child process whose stdout and stderr go to a log file; killed when dropped.
+pub struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
+        let file = std::fs::File::create(&log).expect("create log");
+        let child = cmd
+            .stdout(Stdio::from(file.try_clone().expect("log fd")))
+            .stderr(Stdio::from(file))
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("spawn");
+        Proc { child, log }
+    }
+
+    /// What the process wrote so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Its exit status, once it has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a server on ports probed free ([`free_udp_port`] and the like) and waits until
+/// `ready` sees it up. Between the probe and the server's bind, a test running in parallel
+/// may take a port: when the server exits saying an address is in use, `start` is called
+/// again (it probes new ports). Any other exit, or no readiness by `deadline`, fails the
+/// test with the server's log.
+pub fn start_on_free_ports<T>(
+    what: &str,
+    deadline: Duration,
+    mut start: impl FnMut() -> (Proc, T),
+    mut ready: impl FnMut(&Proc, &T) -> bool,
+) -> (Proc, T) {
+    for _ in 0..START_ATTEMPTS {
+        let (mut proc, value) = start();
+        let end = Instant::now() + deadline;
+        loop {
+            if ready(&proc, &value) {
+                return (proc, value);
+            }
+            if let Some(status) = proc.exited() {
+                let log = proc.log();
+                assert!(
+                    log.contains("in use"),
+                    "{what} exited ({status}) before it was ready:\n{log}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out after {deadline:?} waiting for {what} to start\n{}",
+                proc.log()
+            );
+            std::thread::sleep(POLL);
+        }
+    }
+    panic!("{what}: a port was taken at each of {START_ATTEMPTS} attempts");
+}
+
+/// Reads the address `gate serve` recorded in its state directory once it listens (useful
+/// with `--port 0`).
+pub fn daemon_addr(state_dir: &Path) -> Option<SocketAddr> {
+    std::fs::read_to_string(state_dir.join("daemon.addr"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A `gate-relay serve` on loopback, with the ports it got.
+pub struct Relay {
+    pub proc: Proc,
+    pub node_id: String,
+    /// HTTPS (TCP) and QUIC (UDP) for clients.
+    pub https_port: u16,
+    /// QUIC for daemons.
+    pub p2p_port: u16,
+}
+
+impl Relay {
+    /// What a daemon's `relay.addresses` names it by: `<node id>@127.0.0.1:<p2p port>`.
+    pub fn address(&self) -> String {
+        format!("{}@127.0.0.1:{}", self.node_id, self.p2p_port)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log()
+    }
+}
+
+/// Starts `gate-relay serve` on probed loopback ports with its state in `dir/relay-state`;
+/// its config is written to `dir/relay.toml`, ending with `extra_config`, its log to
+/// `dir/relay.log`. Returns once it listens.
+pub fn start_relay(
+    dir: &Path,
+    runtime: &str,
+    domain_suffix: &str,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> Relay {
+    let state_dir = dir.join("relay-state");
+    let node_id = node_id(&relay_bin(), &state_dir);
+    let (proc, (https_port, p2p_port)) = start_on_free_ports(
+        "the relay",
+        START_DEADLINE,
+        || {
+            let https_port = free_tcp_and_udp_port();
+            let p2p_port = free_udp_port();
+            let config = dir.join("relay.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
+                     domain_suffix = \"{domain_suffix}\"\n{extra_config}"
+                ),
+            )
+            .expect("write relay.toml");
+            let mut cmd = Command::new(relay_bin());
+            cmd.args(["serve", "--runtime", runtime, "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(&state_dir)
+                .envs(env.iter().copied());
+            (
+                Proc::spawn(cmd, dir.join("relay.log")),
+                (https_port, p2p_port),
+            )
+        },
+        |relay, _| relay.log().contains("relay listening"),
+    );
+    Relay {
+        proc,
+        node_id,
+        https_port,
+        p2p_port,
+    }
+}
+
+/// Starts `gate serve` with its relay client on: HTTP on an ephemeral loopback port, its
+/// QUIC endpoint on a probed one, registering with `relay` and claiming the custom name
+/// `myserver`. Its config is written to `dir/gate.toml` (the `[relay]` table, then
+/// `extra_config`), its log to `dir/gate.log`. Returns once the daemon has registered, with
+/// its HTTP address.
+pub fn start_daemon_with_relay(
+    dir: &Path,
+    runtime: &str,
+    state_dir: &Path,
+    relay: &Relay,
+    extra_config: &str,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr) {
+    let relay = relay.address();
+    let (proc, ()) = start_on_free_ports(
+        "the daemon",
+        START_DEADLINE,
+        || {
+            let p2p_port = free_udp_port();
+            let config = dir.join("gate.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "host = \"127.0.0.1\"\np2p_port = {p2p_port}\n\n\
+                     [relay]\nenable = true\naddresses = [\"{relay}\"]\ncustom_domain = \"myserver\"\n\n\
+                     {extra_config}"
+                ),
+            )
+            .expect("write gate.toml");
+            let mut cmd = Command::new(gate_bin());
+            cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(state_dir)
+                .envs(env.iter().copied());
+            (Proc::spawn(cmd, dir.join("gate.log")), ())
+        },
+        |gate, ()| gate.log().contains("registered with the relay"),
+    );
+    let addr = daemon_addr(state_dir).expect("the daemon recorded its address");
+    (proc, addr)
+}
+
+/// The node id `<bin> id` prints for `state_dir` (`gate` or `gate-relay`; it creates the key
+/// on first use).
+pub fn node_id(bin: &Path, state_dir: &Path) -> String {
+    let (ok, id) = output(Command::new(bin).args(["id", "--state-dir"]).arg(state_dir));
+    assert!(ok, "{} id: {id}", bin.display());
+    id.trim().to_owned()
+}
+
+// ---------------------------------------------------------------- mock upstream
+
+/// An OpenAI-compatible upstream on loopback (std threads): it answers every chat request
+/// with its own name, and `GET …/models` with its model list; or, started with
+/// [`Mock::hanging`], it reads requests and never answers.
+pub struct Mock {
+    pub addr: SocketAddr,
+    /// `Authorization` headers of the chat requests it received.
+    pub seen_auth: Arc<Mutex<Vec<String>>>,
+    /// Chat requests received.
+    pub hits: Arc<AtomicUsize>,
+    /// Model-list requests received.
+    pub model_list_requests: Arc<AtomicUsize>,
+}
+
+#[derive(Clone)]
+struct MockBehaviour {
+    name: &'static str,
+    models: Vec<String>,
+    hang: bool,
+}
+
+impl Mock {
+    /// A mock that lists no models (routing then uses the configured lists).
+    pub fn start(name: &'static str) -> Mock {
+        Self::spawn(MockBehaviour {
+            name,
+            models: Vec::new(),
+            hang: false,
+        })
+    }
+
+    /// A mock that lists `models`.
+    pub fn listing(name: &'static str, models: &[&str]) -> Mock {
+        Self::spawn(MockBehaviour {
+            name,
+            models: models.iter().map(|m| m.to_string()).collect(),
+            hang: false,
+        })
+    }
+
+    /// A mock that accepts connections and reads requests, but never answers.
+    pub fn hanging(name: &'static str) -> Mock {
+        Self::spawn(MockBehaviour {
+            name,
+            models: Vec::new(),
+            hang: true,
+        })
+    }
+
+    fn spawn(behaviour: MockBehaviour) -> Mock {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock");
+        let addr = listener.local_addr().expect("mock address");
+        let mock = Mock {
+            addr,
+            seen_auth: Arc::default(),
+            hits: Arc::default(),
+            model_list_requests: Arc::default(),
+        };
+        let counters = (
+            mock.seen_auth.clone(),
+            mock.hits.clone(),
+            mock.model_list_requests.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (behaviour, counters) = (behaviour.clone(), counters.clone());
+                std::thread::spawn(move || serve_mock(stream, &behaviour, &counters));
+            }
+        });
+        mock
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+type MockCounters = (Arc<Mutex<Vec<String>>>, Arc<AtomicUsize>, Arc<AtomicUsize>);
+
+fn serve_mock(stream: TcpStream, behaviour: &MockBehaviour, counters: &MockCounters) {
+    let (seen, hits, model_lists) = counters;
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        let mut auth = String::new();
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if k == "content-length" {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                if k == "authorization" {
+                    auth = v.trim().to_owned();
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let answer = if line.starts_with("GET") {
+            model_lists.fetch_add(1, Ordering::SeqCst);
+            let data: Vec<Value> = behaviour
+                .models
+                .iter()
+                .map(|id| json!({"id": id, "object": "model"}))
+                .collect();
+            json!({"object": "list", "data": data}).to_string()
+        } else {
+            seen.lock().unwrap().push(auth);
+            hits.fetch_add(1, Ordering::SeqCst);
+            let model = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["model"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            json!({
+                "id": "chatcmpl-mock", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": format!("hello from {}", behaviour.name)}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+            })
+            .to_string()
+        };
+        if behaviour.hang {
+            // Hold the connection, unanswered, until the client gives up on it.
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            return;
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        if stream.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
