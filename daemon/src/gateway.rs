@@ -231,7 +231,9 @@ impl<R: Runtime> Gateway<R> {
 
     /// Asks every upstream without an explicit `models` list which models it serves
     /// (`GET {base}/models`, or `{base}/v1/models` for Anthropic) and feeds the answers to
-    /// routing's third tier. Failures are logged and leave that upstream's list as it was.
+    /// routing's third tier. The upstreams are asked all at once and each answer is used as
+    /// soon as it arrives, so a slow upstream (up to the timeout) delays no one else's list.
+    /// Failures are logged and leave that upstream's list as it was.
     pub async fn discover_models(&self) {
         let snapshot = self.snapshot();
         let explicit: std::collections::HashSet<String> = {
@@ -243,64 +245,82 @@ impl<R: Runtime> Gateway<R> {
                 .map(|spec| spec.name.clone())
                 .collect()
         };
-        for upstream in &snapshot.upstreams {
-            if explicit.contains(&upstream.name) {
-                continue;
-            }
-            let url = match upstream.protocol {
-                WireProtocol::OpenAi => format!("{}/models", upstream.base_url),
-                WireProtocol::Anthropic => format!("{}/v1/models", upstream.base_url),
-            };
-            let mut builder = Request::builder().method(Method::GET).uri(&url);
-            if let Some(headers) = builder.headers_mut() {
-                if let Some(key) = &upstream.api_key {
-                    let value = match upstream.protocol {
-                        WireProtocol::OpenAi => {
-                            HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                        }
-                        WireProtocol::Anthropic => HeaderValue::from_str(key.expose()),
-                    };
-                    if let Ok(mut value) = value {
-                        value.set_sensitive(true);
-                        let name = match upstream.protocol {
-                            WireProtocol::OpenAi => http::header::AUTHORIZATION,
-                            WireProtocol::Anthropic => http::HeaderName::from_static("x-api-key"),
-                        };
-                        headers.insert(name, value);
+        let queries = snapshot
+            .upstreams
+            .iter()
+            .filter(|upstream| !explicit.contains(&upstream.name))
+            .map(|upstream| self.discover_upstream_models(upstream));
+        futures_util::future::join_all(queries).await;
+    }
+
+    /// Discovery for one upstream: asks it, and on an answer sets its discovered models.
+    async fn discover_upstream_models(&self, upstream: &UpstreamTarget) {
+        let Some(models) = self.fetch_model_list(upstream).await else {
+            return;
+        };
+        let mut router = self.lock_router();
+        if let Some(id) = router.find(&upstream.name) {
+            tracing::debug!(upstream = %upstream.name, count = models.len(), "discovered models");
+            router.set_discovered_models(id, models);
+        }
+    }
+
+    /// The model ids `upstream` lists, or `None` when it gives no usable answer within the
+    /// timeout.
+    async fn fetch_model_list(&self, upstream: &UpstreamTarget) -> Option<Vec<String>> {
+        const TIMEOUT: Duration = Duration::from_secs(15);
+        let url = match upstream.protocol {
+            WireProtocol::OpenAi => format!("{}/models", upstream.base_url),
+            WireProtocol::Anthropic => format!("{}/v1/models", upstream.base_url),
+        };
+        let mut builder = Request::builder().method(Method::GET).uri(&url);
+        if let Some(headers) = builder.headers_mut() {
+            if let Some(key) = &upstream.api_key {
+                let value = match upstream.protocol {
+                    WireProtocol::OpenAi => {
+                        HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                     }
-                }
-                if upstream.protocol == WireProtocol::Anthropic {
-                    headers.insert(
-                        "anthropic-version",
-                        HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
-                    );
+                    WireProtocol::Anthropic => HeaderValue::from_str(key.expose()),
+                };
+                if let Ok(mut value) = value {
+                    value.set_sensitive(true);
+                    let name = match upstream.protocol {
+                        WireProtocol::OpenAi => http::header::AUTHORIZATION,
+                        WireProtocol::Anthropic => http::HeaderName::from_static("x-api-key"),
+                    };
+                    headers.insert(name, value);
                 }
             }
-            let Ok(req) = builder.body(Full::new(Bytes::new())) else {
-                continue;
-            };
-            let timeout = Duration::from_secs(15);
-            let answer = match gate_rt::timeout(&self.rt, timeout, self.client.request(req)).await {
-                Ok(Ok(response)) if response.status().is_success() => {
-                    collect_with_timeout(&self.rt, response.into_body(), timeout)
-                        .await
-                        .ok()
-                }
-                Ok(Ok(response)) => {
-                    tracing::debug!(upstream = %upstream.name, status = %response.status(), "model list not available");
-                    None
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(upstream = %upstream.name, error = %error_chain(&e), "model list not available");
-                    None
-                }
-                Err(_) => None,
-            };
-            let Some(body) = answer else { continue };
-            let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
-                continue;
-            };
-            let models: Vec<String> = value
+            if upstream.protocol == WireProtocol::Anthropic {
+                headers.insert(
+                    "anthropic-version",
+                    HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION),
+                );
+            }
+        }
+        let req = builder.body(Full::new(Bytes::new())).ok()?;
+        let body = match gate_rt::timeout(&self.rt, TIMEOUT, self.client.request(req)).await {
+            Ok(Ok(response)) if response.status().is_success() => {
+                collect_with_timeout(&self.rt, response.into_body(), TIMEOUT)
+                    .await
+                    .ok()?
+            }
+            Ok(Ok(response)) => {
+                tracing::debug!(upstream = %upstream.name, status = %response.status(), "model list not available");
+                return None;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(upstream = %upstream.name, error = %error_chain(&e), "model list not available");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(upstream = %upstream.name, "model list not available: no answer within {TIMEOUT:?}");
+                return None;
+            }
+        };
+        let value = serde_json::from_slice::<serde_json::Value>(&body).ok()?;
+        Some(
+            value
                 .get("data")
                 .and_then(|d| d.as_array())
                 .map(|items| {
@@ -310,13 +330,8 @@ impl<R: Runtime> Gateway<R> {
                         .take(10_000)
                         .collect()
                 })
-                .unwrap_or_default();
-            let mut router = self.lock_router();
-            if let Some(id) = router.find(&upstream.name) {
-                tracing::debug!(upstream = %upstream.name, count = models.len(), "discovered models");
-                router.set_discovered_models(id, models);
-            }
-        }
+                .unwrap_or_default(),
+        )
     }
 
     /// Checks the client's credentials.
