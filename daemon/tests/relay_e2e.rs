@@ -8,7 +8,10 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{gate_bin, node_id, output, start_daemon_with_relay, start_relay, wait_until};
+use common::{
+    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, start_daemon_with_relay,
+    start_relay, start_relay_on, wait_until,
+};
 
 const SUFFIX: &str = "gate.localhost";
 /// How long each awaited condition may take.
@@ -185,6 +188,31 @@ fn require_tools() {
     for tool in ["curl", "openssl"] {
         assert!(have(tool), "{tool} is required (apt-get install {tool})");
     }
+}
+
+/// A port another process takes between the probe and the relay's bind makes the relay exit
+/// with "address in use", and the start-up helper tries again on new ports.
+#[test]
+fn a_port_taken_before_the_relay_binds_is_retried() {
+    let dir = common::temp_dir("relay-port-taken");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("take a UDP port");
+    let taken_port = taken.local_addr().expect("local addr").port();
+    let mut offered = Vec::new();
+    let relay = start_relay_on(&dir, "tokio", SUFFIX, "", &[], || {
+        let p2p = if offered.is_empty() {
+            taken_port
+        } else {
+            free_udp_port()
+        };
+        offered.push(p2p);
+        (free_tcp_and_udp_port(), p2p)
+    });
+    assert_eq!(offered.len(), 2, "attempts: {offered:?}");
+    assert_eq!(relay.p2p_port, offered[1]);
+    assert!(relay.log().contains("relay listening"), "{}", relay.log());
+    drop(relay);
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -236,14 +236,26 @@ pub fn start_relay(
     extra_config: &str,
     env: &[(&str, &str)],
 ) -> Relay {
+    let probe = || (free_tcp_and_udp_port(), free_udp_port());
+    start_relay_on(dir, runtime, domain_suffix, extra_config, env, probe)
+}
+
+/// [`start_relay`] on the (HTTPS, p2p) ports `ports` gives at each attempt.
+pub fn start_relay_on(
+    dir: &Path,
+    runtime: &str,
+    domain_suffix: &str,
+    extra_config: &str,
+    env: &[(&str, &str)],
+    mut ports: impl FnMut() -> (u16, u16),
+) -> Relay {
     let state_dir = dir.join("relay-state");
     let node_id = node_id(&relay_bin(), &state_dir);
     let (proc, (https_port, p2p_port)) = start_on_free_ports(
         "the relay",
         START_DEADLINE,
         || {
-            let https_port = free_tcp_and_udp_port();
-            let p2p_port = free_udp_port();
+            let (https_port, p2p_port) = ports();
             let config = dir.join("relay.toml");
             std::fs::write(
                 &config,
