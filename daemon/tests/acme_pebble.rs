@@ -349,28 +349,16 @@ fn serial_of(leaf: &CertificateDer<'_>) -> String {
     cert.raw_serial_as_string().replace(':', "")
 }
 
-fn require_pebble() -> bool {
-    if harness::pebble_installed() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("GATE_SKIP_PEBBLE").is_some(),
-        "pebble is not installed: apt-get install -y pebble (or set GATE_SKIP_PEBBLE=1)"
-    );
-    eprintln!("skipping: pebble not installed and GATE_SKIP_PEBBLE is set");
-    false
-}
-
 #[test]
 fn acme_with_pebble_tokio() {
-    if require_pebble() {
+    if harness::require_pebble() {
         gate_runtime_tokio::block_on(pebble_flow).expect("runtime");
     }
 }
 
 #[test]
 fn acme_with_pebble_smol() {
-    if require_pebble() {
+    if harness::require_pebble() {
         gate_runtime_smol::block_on(pebble_flow).expect("runtime");
     }
 }

@@ -143,21 +143,8 @@ fn scenario(runtime: &str) {
 }
 
 fn require_tools() -> bool {
-    for tool in ["curl", "python3"] {
-        assert!(
-            Command::new(tool).arg("--version").output().is_ok(),
-            "{tool} is required (apt-get install -y {tool})"
-        );
-    }
-    if harness::pebble_installed() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("GATE_SKIP_PEBBLE").is_some(),
-        "pebble is not installed: apt-get install -y pebble (test.sh installs it; or set GATE_SKIP_PEBBLE=1)"
-    );
-    eprintln!("skipping: pebble not installed and GATE_SKIP_PEBBLE is set");
-    false
+    common::require_tools(&["curl", "python3"]);
+    harness::require_pebble()
 }
 
 #[test]

@@ -191,6 +191,23 @@ fn cli(args: &[&str], state_dir: &Path, stdin: Option<&str>) -> (bool, String, S
     )
 }
 
+/// Runs `cmd`, which must succeed (else `what` fails the test with its stderr), and parses
+/// its stdout as JSON.
+fn json_output(cmd: &mut Command, what: &str) -> Value {
+    let out = cmd.output().expect("run gate");
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what}: stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
 fn assert_no_secret(secrets: &[&str], text: &str, where_: &str) {
     for secret in secrets {
         assert!(
@@ -218,21 +235,16 @@ fn priority_of_layers_is_reported_with_origins() {
         "log_level = \"debug\"\nport = 4002\n",
     )
     .unwrap();
-    let out = gate()
-        .args(["config", "show", "--origin", "--json", "--config"])
-        .arg(&nix)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("GATE_LOG_LEVEL", "trace")
-        .env("GATE__AUTH__JWT__EXPIRATION_HOURS", "7")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let shown = json_output(
+        gate()
+            .args(["config", "show", "--origin", "--json", "--config"])
+            .arg(&nix)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("GATE_LOG_LEVEL", "trace")
+            .env("GATE__AUTH__JWT__EXPIRATION_HOURS", "7"),
+        "config show",
     );
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     let check = |key: &str, value: Value, layer: &str| {
         let entry = &shown[key];
         assert_eq!(entry["value"], value, "{key}: {entry}");
@@ -257,14 +269,14 @@ fn priority_of_layers_is_reported_with_origins() {
     // Defaults only.
     check("auth.jwt.issuer", json!("gate-daemon"), "defaults");
     // Without the environment, the runtime value of log_level shows.
-    let out = gate()
-        .args(["config", "show", "--json", "--config"])
-        .arg(&nix)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = json_output(
+        gate()
+            .args(["config", "show", "--json", "--config"])
+            .arg(&nix)
+            .arg("--state-dir")
+            .arg(&state),
+        "config show",
+    );
     assert_eq!(shown["log_level"]["value"], "debug");
     assert_eq!(shown["log_level"]["origin"]["layer"], "runtime");
 }
@@ -708,17 +720,12 @@ fn kill_9_while_writing_leaves_a_complete_runtime_file() {
             let _ = writer.join();
             drop(daemon);
 
-            let out = gate()
-                .args(["config", "show", "--json", "--state-dir"])
-                .arg(&state)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "round {round}: the runtime file does not load after kill -9: {}",
-                String::from_utf8_lossy(&out.stderr)
+            let shown = json_output(
+                gate()
+                    .args(["config", "show", "--json", "--state-dir"])
+                    .arg(&state),
+                &format!("round {round}: config show after kill -9"),
             );
-            let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
             let models = shown["upstreams.big.models"]["value"]
                 .as_array()
                 .unwrap_or_else(|| panic!("round {round}: empty or torn runtime file: {shown}"));
@@ -829,42 +836,30 @@ fn admin_endpoints_refuse_without_the_token() {
         let page = http_request(daemon.addr, "GET", "/ui/", &[("Cookie", &session)], b"").unwrap();
         assert_eq!(page.status, 200);
         // Cookie-authenticated changes need the CSRF header and a same-origin Origin.
-        let set = br#"{"value":"debug"}"#;
-        let r = http_request(
-            daemon.addr,
-            "PUT",
-            "/admin/api/config/log_level",
-            &[("Cookie", &session)],
-            set,
-        )
-        .unwrap();
+        let set_log_level = |headers: &[(&str, &str)]| {
+            http_request(
+                daemon.addr,
+                "PUT",
+                "/admin/api/config/log_level",
+                headers,
+                br#"{"value":"debug"}"#,
+            )
+            .unwrap()
+        };
+        let r = set_log_level(&[("Cookie", &session)]);
         assert_eq!(r.status, 403);
-        let r = http_request(
-            daemon.addr,
-            "PUT",
-            "/admin/api/config/log_level",
-            &[
-                ("Cookie", &session),
-                ("X-Gate-CSRF", "1"),
-                ("Origin", "http://evil.example"),
-            ],
-            set,
-        )
-        .unwrap();
+        let r = set_log_level(&[
+            ("Cookie", &session),
+            ("X-Gate-CSRF", "1"),
+            ("Origin", "http://evil.example"),
+        ]);
         assert_eq!(r.status, 403);
         let origin = format!("http://{}", daemon.addr);
-        let r = http_request(
-            daemon.addr,
-            "PUT",
-            "/admin/api/config/log_level",
-            &[
-                ("Cookie", &session),
-                ("X-Gate-CSRF", "1"),
-                ("Origin", &origin),
-            ],
-            set,
-        )
-        .unwrap();
+        let r = set_log_level(&[
+            ("Cookie", &session),
+            ("X-Gate-CSRF", "1"),
+            ("Origin", &origin),
+        ]);
         assert_eq!(r.status, 200, "{:?}", r.json());
         let log = daemon.kill();
         assert!(

@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, start_daemon_with_relay,
-    start_relay, start_relay_on, wait_until,
+    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, require_tools,
+    start_daemon_with_relay, start_relay, start_relay_on, wait_until,
 };
 
 const SUFFIX: &str = "gate.localhost";
@@ -179,17 +179,6 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn have(tool: &str) -> bool {
-    Command::new(tool).arg("--version").output().is_ok()
-        || Command::new(tool).arg("version").output().is_ok()
-}
-
-fn require_tools() {
-    for tool in ["curl", "openssl"] {
-        assert!(have(tool), "{tool} is required (apt-get install {tool})");
-    }
-}
-
 /// A port another process takes between the probe and the relay's bind makes the relay exit
 /// with "address in use", and the start-up helper tries again on new ports.
 #[test]
@@ -217,18 +206,18 @@ fn a_port_taken_before_the_relay_binds_is_retried() {
 
 #[test]
 fn relay_and_daemon_on_tokio() {
-    require_tools();
+    require_tools(&["curl", "openssl"]);
     scenario("tokio", "tokio");
 }
 
 #[test]
 fn relay_and_daemon_on_smol() {
-    require_tools();
+    require_tools(&["curl", "openssl"]);
     scenario("smol", "smol");
 }
 
 #[test]
 fn relay_on_smol_daemon_on_tokio() {
-    require_tools();
+    require_tools(&["curl", "openssl"]);
     scenario("smol", "tokio");
 }

@@ -158,6 +158,21 @@ pub fn pebble_installed() -> bool {
     })
 }
 
+/// Whether a test that needs Pebble can run: true when it is installed; false (the test
+/// skips, saying so) when it is not and `GATE_SKIP_PEBBLE` is set; otherwise the test fails
+/// with how to install it.
+pub fn require_pebble() -> bool {
+    if pebble_installed() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("GATE_SKIP_PEBBLE").is_some(),
+        "pebble is not installed: apt-get install -y pebble (test.sh installs it; or set GATE_SKIP_PEBBLE=1)"
+    );
+    eprintln!("skipping: pebble not installed and GATE_SKIP_PEBBLE is set");
+    false
+}
+
 /// `pebble-challtestsrv` serving DNS on `dns_port` and its management API on `management_port`.
 pub struct ChallTestSrv {
     pub guard: ChildGuard,

@@ -73,6 +73,18 @@ pub fn free_tcp_and_udp_port() -> u16 {
     }
 }
 
+/// Fails the test unless each of `tools` can be run (`--version`, or `version` as openssl
+/// has it); their Debian packages have the same names.
+pub fn require_tools(tools: &[&str]) {
+    for tool in tools {
+        let runs = |arg: &str| Command::new(tool).arg(arg).output().is_ok();
+        assert!(
+            runs("--version") || runs("version"),
+            "{tool} is required (apt-get install -y {tool})"
+        );
+    }
+}
+
 /// Runs `cmd` to completion; returns (success, stdout followed by stderr).
 pub fn output(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().expect("run command");
