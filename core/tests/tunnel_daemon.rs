@@ -30,6 +30,7 @@ fn registered_frame(interval_ms: u32) -> Frame {
         custom_name: Some("home.relay.test".into()),
         custom_name_refusal: None,
         heartbeat_interval_ms: interval_ms,
+        https_port: Some(8443),
     })
 }
 
@@ -38,6 +39,7 @@ fn names() -> RegisteredNames {
         node_name: "node.relay.test".into(),
         custom_name: Some("home.relay.test".into()),
         custom_name_refusal: None,
+        https_port: Some(8443),
     }
 }
 
@@ -264,6 +266,7 @@ fn custom_name_refusal_keeps_the_node_name() {
             custom_name: None,
             custom_name_refusal: Some("label `home` belongs to another node".into()),
             heartbeat_interval_ms: 5_000,
+            https_port: None,
         }),
     );
     assert_eq!(
@@ -272,6 +275,7 @@ fn custom_name_refusal_keeps_the_node_name() {
             node_name: "node.relay.test".into(),
             custom_name: None,
             custom_name_refusal: Some("label `home` belongs to another node".into()),
+            https_port: None,
         })]
     );
 }
