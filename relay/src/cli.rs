@@ -197,8 +197,12 @@ fn status(config: &[PathBuf], state_dir: Option<&Path>, json: bool) -> anyhow::R
 
 fn check_config(config: &[PathBuf]) -> anyhow::Result<()> {
     let settings = load_settings(config)?;
+    let metrics = settings
+        .metrics_port
+        .map(|port| format!(", metrics on 127.0.0.1:{port}"))
+        .unwrap_or_default();
     eprintln!(
-        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}",
+        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}{metrics}",
         settings.bind_address,
         settings.https_port,
         settings.p2p_port,
