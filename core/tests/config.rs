@@ -81,8 +81,12 @@ fn relay_metrics_tunnel_and_daemon_limit_keys() {
     assert_eq!(c.tunnel.certificate_file.as_deref(), Some("/c.pem"));
     assert_eq!(c.tunnel.key_file.as_deref(), Some("/k.pem"));
 
-    let e = load_relay(&sources(&[("/etc/r.toml", "metrics_port = 70000\n")], "", &[]))
-        .unwrap_err();
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "metrics_port = 70000\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "`metrics_port` from the nix file /etc/r.toml (line 1, column 16) must be an integer from 1 to 65535, but it is the integer 70000"
@@ -99,7 +103,8 @@ fn relay_metrics_tunnel_and_daemon_limit_keys() {
     );
     let e = load_relay(&sources(&[], "", &[("RELAY_TUNNEL__HEARTBEAT_MS", "1")])).unwrap_err();
     assert!(
-        e.to_string().contains("tunnel.heartbeat_ms") && e.to_string().contains("RELAY_TUNNEL__HEARTBEAT_MS"),
+        e.to_string().contains("tunnel.heartbeat_ms")
+            && e.to_string().contains("RELAY_TUNNEL__HEARTBEAT_MS"),
         "{e}"
     );
 }

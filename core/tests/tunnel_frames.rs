@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use gate_core::tunnel::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, MAX_STRING_LEN, PROTOCOL_VERSION,
+    StreamHeader, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, MAX_STRING_LEN,
+    PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 

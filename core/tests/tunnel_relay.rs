@@ -4,9 +4,8 @@ use std::time::{Duration, Instant};
 
 use gate_core::tunnel::{
     decode_frame, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, CloseReason,
-    ErrorCode, Frame, DEFAULT_MAX_FRAME_LEN,
-    NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable, RelaySession,
-    RelayState, StreamHeader, StreamRefusal, PROTOCOL_VERSION,
+    ErrorCode, Frame, NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable,
+    RelaySession, RelayState, StreamHeader, StreamRefusal, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 const SECOND: Duration = Duration::from_secs(1);

@@ -301,7 +301,10 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
             "gate status lacks {url}:\n{text}"
         );
     }
-    let json = status_cmd.arg("--json").output().expect("gate status --json");
+    let json = status_cmd
+        .arg("--json")
+        .output()
+        .expect("gate status --json");
     assert!(json.status.success(), "gate status --json: {json:?}");
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
     assert_eq!(

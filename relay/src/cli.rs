@@ -132,6 +132,7 @@ fn load_settings(config: &[PathBuf]) -> anyhow::Result<RelaySettings> {
 fn status(config: &[PathBuf], state_dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
     use crate::status::{self, Liveness};
     let dir = state::relay_state_dir(state_dir)?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
     let snapshot = status::read(&dir).map_err(anyhow::Error::msg)?;
     let now = crate::support::unix_now();
     let alive = snapshot

@@ -343,7 +343,12 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// `3d 4h`, `2h 5m`, `4m 10s`, `12s`.
 pub fn format_duration(secs: u64) -> String {
-    let (d, h, m, s) = (secs / 86_400, secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let (d, h, m, s) = (
+        secs / 86_400,
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+    );
     if d > 0 {
         format!("{d}d {h}h")
     } else if h > 0 {
@@ -540,10 +545,7 @@ mod tests {
     fn liveness_needs_a_live_pid_and_a_fresh_snapshot() {
         let snapshot = sample(1_000);
         assert_eq!(liveness(None, 1_000, true), Liveness::NotRunning);
-        assert_eq!(
-            liveness(Some(&snapshot), 1_005, true),
-            Liveness::Running
-        );
+        assert_eq!(liveness(Some(&snapshot), 1_005, true), Liveness::Running);
         assert_eq!(
             liveness(Some(&snapshot), 1_005, false),
             Liveness::NotRunning
@@ -594,7 +596,8 @@ mod tests {
         );
         assert!(text.starts_with("gate-relay is not running\n"), "{text}");
         assert!(
-            text.contains("alpha.gate.test  bbbb") && text.contains("lapses 1970-01-03 00:03:20 UTC"),
+            text.contains("alpha.gate.test  bbbb")
+                && text.contains("lapses 1970-01-03 00:03:20 UTC"),
             "{text}"
         );
         assert!(text.contains("zeta.gate.test  aaaa") && text.contains("owner online"));
@@ -677,6 +680,9 @@ mod tests {
         }
         // The snapshot survives a JSON round trip (what `status` reads back).
         let json = serde_json::to_string(&s).expect("json");
-        assert_eq!(serde_json::from_str::<StatusSnapshot>(&json).expect("back"), s);
+        assert_eq!(
+            serde_json::from_str::<StatusSnapshot>(&json).expect("back"),
+            s
+        );
     }
 }

@@ -101,7 +101,9 @@ async fn status_json_until<R: Runtime>(
             }
         }
         if std::time::Instant::now() >= deadline {
-            return Err(format!("timed out waiting for status: {what}\nlast ({exit:?}): {text}").into());
+            return Err(
+                format!("timed out waiting for status: {what}\nlast ({exit:?}): {text}").into(),
+            );
         }
         rt.sleep(Duration::from_millis(100)).await;
     }
@@ -126,8 +128,13 @@ async fn scrape(port: u16) -> Result<String, BoxError> {
 
 /// The value of metric `name` in a Prometheus text exposition.
 fn metric(text: &str, name: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().find_map(|line| {
+        line.strip_prefix(name)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 fn spawn_relay(runtime: &str, config: &Path, state_dir: &Path, log: &Path) -> Relay {
@@ -237,8 +244,15 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
 
     // The metrics listener (metrics_port in the file) counts what happened.
     let metrics = scrape(metrics_port).await?;
-    assert!(metric(&metrics, "gate_relay_forwarded_total").is_some_and(|n| n >= 1), "{metrics}");
-    assert_eq!(metric(&metrics, "gate_relay_daemons_registered"), Some(1), "{metrics}");
+    assert!(
+        metric(&metrics, "gate_relay_forwarded_total").is_some_and(|n| n >= 1),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "gate_relay_daemons_registered"),
+        Some(1),
+        "{metrics}"
+    );
 
     // `gate-relay status` from another process: running, with the daemon and its claim.
     let daemon_id = daemon
@@ -246,8 +260,10 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         .strip_suffix(&format!(".{SUFFIX}"))
         .expect("node name")
         .to_owned();
+    // (The snapshot is rewritten every 2 s; the forwarded connection may not be in it yet.)
     let json = status_json_until(&rt, &state, &config, 0, "the daemon listed", |v| {
         v["daemons"][0]["state"] == "registered"
+            && v["counters"]["forwarded"].as_u64().is_some_and(|n| n >= 1)
     })
     .await?;
     assert_eq!(json["running"], true, "{json}");
@@ -255,12 +271,23 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     assert_eq!(json["runtime"], relay_runtime, "{json}");
     assert_eq!(json["node_id"], relay_id.as_str(), "{json}");
     assert_eq!(json["domain_suffix"], SUFFIX, "{json}");
-    assert_eq!(json["listen"]["https"], format!("127.0.0.1:{https_port}"), "{json}");
+    assert_eq!(
+        json["listen"]["https"],
+        format!("127.0.0.1:{https_port}"),
+        "{json}"
+    );
     assert_eq!(json["listen"]["public_https_port"], https_port, "{json}");
-    assert_eq!(json["listen"]["metrics"], format!("127.0.0.1:{metrics_port}"), "{json}");
+    assert_eq!(
+        json["listen"]["metrics"],
+        format!("127.0.0.1:{metrics_port}"),
+        "{json}"
+    );
     assert_eq!(
         json["listen"]["quic"],
-        serde_json::json!([format!("127.0.0.1:{p2p_port}"), format!("127.0.0.1:{https_port}")])
+        serde_json::json!([
+            format!("127.0.0.1:{p2p_port}"),
+            format!("127.0.0.1:{https_port}")
+        ])
     );
     assert_eq!(json["daemons_total"], 1, "{json}");
     let listed = &json["daemons"][0];
@@ -270,13 +297,23 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         serde_json::json!([daemon.node_name, format!("kept.{SUFFIX}")])
     );
     assert!(
-        listed["remote"].as_str().is_some_and(|r| r.starts_with("127.0.0.1:")),
+        listed["remote"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("127.0.0.1:")),
         "{json}"
     );
     assert_eq!(json["claims"][0]["label"], "kept", "{json}");
     assert_eq!(json["claims"][0]["online"], true, "{json}");
-    assert_eq!(json["connections"]["max_daemon_connections"], 10_000, "{json}");
-    assert!(json["counters"]["forwarded"].as_u64().is_some_and(|n| n >= 1), "{json}");
+    assert_eq!(
+        json["connections"]["max_daemon_connections"], 10_000,
+        "{json}"
+    );
+    assert!(
+        json["counters"]["forwarded"]
+            .as_u64()
+            .is_some_and(|n| n >= 1),
+        "{json}"
+    );
     assert_eq!(json["dns"]["enabled"], false, "{json}");
     let (code, text) = relay_status(&state, &config, false);
     assert_eq!(code, Some(0), "{text}");
@@ -329,7 +366,10 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("gate-relay is not running: pid"), "{text}");
     assert!(text.contains("did not stop cleanly"), "{text}");
-    assert!(text.contains(&format!("kept.{SUFFIX}  {daemon_id}  owner last seen")), "{text}");
+    assert!(
+        text.contains(&format!("kept.{SUFFIX}  {daemon_id}  owner last seen")),
+        "{text}"
+    );
     assert!(text.contains("a claim lapses after 7 days"), "{text}");
     let (code, json) = relay_status(&state, &config, true);
     assert_eq!(code, Some(3), "{json}");
@@ -430,9 +470,20 @@ async fn metrics_from_the_environment<R: Runtime>(
         return Err(format!("{e}\nrelay log:\n{}", std::fs::read_to_string(&log)?).into());
     }
     let before = scrape(metrics_port).await?;
-    assert_eq!(metric(&before, "gate_relay_https_accepted_total"), Some(0), "{before}");
-    assert_eq!(metric(&before, "gate_relay_unknown_name_total"), Some(0), "{before}");
-    assert!(before.contains("# TYPE gate_relay_forwarded_total counter"), "{before}");
+    assert_eq!(
+        metric(&before, "gate_relay_https_accepted_total"),
+        Some(0),
+        "{before}"
+    );
+    assert_eq!(
+        metric(&before, "gate_relay_unknown_name_total"),
+        Some(0),
+        "{before}"
+    );
+    assert!(
+        before.contains("# TYPE gate_relay_forwarded_total counter"),
+        "{before}"
+    );
 
     // A TLS client for an unknown name: accepted, then refused with unrecognized_name.
     let https = std::net::SocketAddr::from(([127, 0, 0, 1], https_port));

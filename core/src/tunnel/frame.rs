@@ -200,7 +200,9 @@ pub enum EncodeError {
         len: usize,
     },
     /// A field is set that the frame's protocol version cannot carry (it would be lost).
-    #[error("field `{field}` needs protocol version {since} or later; the frame has version {version}")]
+    #[error(
+        "field `{field}` needs protocol version {since} or later; the frame has version {version}"
+    )]
     FieldNeedsVersion {
         /// The field's name.
         field: &'static str,

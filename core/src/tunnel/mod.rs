@@ -91,8 +91,8 @@ pub use daemon::{
 pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, LENGTH_PREFIX_LEN, MAX_STRING_LEN,
-    PROTOCOL_VERSION,
+    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, LENGTH_PREFIX_LEN,
+    MAX_STRING_LEN, PROTOCOL_VERSION,
 };
 pub use names::{
     validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
