@@ -365,8 +365,7 @@ fn registered_v1_has_the_version_1_layout() {
 /// Version 2 appends the public HTTPS port; 0 on the wire is "not announced".
 #[test]
 fn registered_v2_carries_the_https_port() {
-    assert_eq!(HTTPS_PORT_SINCE_VERSION, 2);
-    assert!(PROTOCOL_VERSION >= HTTPS_PORT_SINCE_VERSION);
+    const { assert!(HTTPS_PORT_SINCE_VERSION == 2 && PROTOCOL_VERSION >= HTTPS_PORT_SINCE_VERSION) };
     let with_port = registered_v(2, Some(8443));
     let bytes = encode(&with_port);
     assert_eq!(
