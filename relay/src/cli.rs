@@ -153,13 +153,15 @@ fn status(config: &[PathBuf], state_dir: Option<&Path>, json: bool) -> anyhow::R
         return Ok(ExitCode::SUCCESS);
     }
     // Not running: what is on disk. The domain suffix and lapse period come from the settings
-    // given, else from the relay's last snapshot.
+    // given, else from the relay's last snapshot (also when the settings do not load here,
+    // e.g. because the DNS token lives only in the service's environment).
     let (suffix, lapse_days) = match (&snapshot, config.is_empty()) {
         (Some(last), true) => (last.domain_suffix.clone(), last.claim_lapse_days),
-        _ => {
-            let settings = load_settings(config)?;
-            (settings.domain_suffix, settings.claim_lapse_days)
-        }
+        (last, _) => match (load_settings(config), last) {
+            (Ok(settings), _) => (settings.domain_suffix, settings.claim_lapse_days),
+            (Err(_), Some(last)) => (last.domain_suffix.clone(), last.claim_lapse_days),
+            (Err(e), None) => return Err(e),
+        },
     };
     let names_path = dir.join(crate::server::NAMES_FILE_NAME);
     let names = match std::fs::read(&names_path) {

@@ -536,22 +536,25 @@ impl Shared {
     }
 }
 
-/// What `gate-relay status` reports that does not change while the relay runs.
-struct StatusFixed {
+/// What `gate-relay status` reports that does not change while the relay runs, and the DNS
+/// records whose state it shows.
+struct StatusFixed<R: Runtime> {
     pid: u32,
     runtime: &'static str,
     started_at: u64,
     node_id: String,
     listen: crate::status::Listen,
+    dns: AcmeRecords<R>,
 }
 
 impl Shared {
     /// The status snapshot now (see [`crate::status`]).
     fn status_snapshot<R: Runtime>(
         &self,
-        fixed: &StatusFixed,
-        dns: &AcmeRecords<R>,
+        fixed: &StatusFixed<R>,
+        stopped_at: Option<u64>,
     ) -> crate::status::StatusSnapshot {
+        let dns = &fixed.dns;
         use crate::status::{ClaimInfo, Connections, DaemonInfo, DnsInfo, StatusSnapshot};
         let settings = &self.settings;
         let limits = &settings.limits;
@@ -608,6 +611,7 @@ impl Shared {
             runtime: fixed.runtime.to_owned(),
             started_at: fixed.started_at,
             written_at: now,
+            stopped_at,
             node_id: fixed.node_id.clone(),
             domain_suffix: settings.domain_suffix.clone(),
             listen: fixed.listen.clone(),
@@ -644,15 +648,14 @@ impl Shared {
 async fn write_status_periodically<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
-    fixed: StatusFixed,
-    dns: AcmeRecords<R>,
+    fixed: Arc<StatusFixed<R>>,
     state_dir: PathBuf,
     changed: async_channel::Receiver<()>,
     _running: async_channel::Sender<()>,
 ) {
     let mut failing = false;
     loop {
-        let snapshot = shared.status_snapshot(&fixed, &dns);
+        let snapshot = shared.status_snapshot(&fixed, None);
         match crate::status::write(&state_dir, &snapshot) {
             Ok(()) => failing = false,
             Err(e) if !failing => {
@@ -721,6 +724,7 @@ pub struct RunningRelay<R: Runtime> {
     rt: R,
     shared: Arc<Shared>,
     state_dir: PathBuf,
+    status: Arc<StatusFixed<R>>,
     node_id: NodeId,
     https_addr: SocketAddr,
     quic_addrs: Vec<SocketAddr>,
@@ -793,8 +797,11 @@ impl<R: Runtime> RunningRelay<R> {
             let _ = gate_rt::timeout(&self.rt, Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         self.shared.persist_names();
-        // A clean stop: `gate-relay status` says "not running" without a crash notice.
-        crate::status::remove(&self.state_dir);
+        // A clean stop: the last snapshot says so, with the final counters.
+        let last = self.shared.status_snapshot(&self.status, Some(unix_now()));
+        if let Err(e) = crate::status::write(&self.state_dir, &last) {
+            tracing::warn!("could not write the final status snapshot: {e}");
+        }
     }
 }
 
@@ -926,7 +933,7 @@ pub async fn start<R: Runtime>(
             task_guard.clone(),
         ));
     }
-    let fixed = StatusFixed {
+    let status = Arc::new(StatusFixed {
         pid: std::process::id(),
         runtime: R::NAME,
         started_at: unix_now(),
@@ -937,12 +944,12 @@ pub async fn start<R: Runtime>(
             metrics: metrics_addr.map(|a| a.to_string()),
             public_https_port: https_addr.port(),
         },
-    };
+        dns: dns.clone(),
+    });
     rt.spawn(write_status_periodically(
         rt.clone(),
         shared.clone(),
-        fixed,
-        dns.clone(),
+        status.clone(),
         state_dir.to_owned(),
         status_changes,
         task_guard.clone(),
@@ -962,6 +969,7 @@ pub async fn start<R: Runtime>(
         rt,
         shared,
         state_dir: state_dir.to_owned(),
+        status,
         node_id: identity.node_id().clone(),
         https_addr,
         quic_addrs,

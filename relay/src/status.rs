@@ -3,8 +3,9 @@
 //!
 //! Owns: the status snapshot ([`StatusSnapshot`]) that `gate-relay serve` writes into its state
 //! directory ([`STATUS_FILE_NAME`], atomically, mode 0600, every [`WRITE_INTERVAL`] and soon
-//! after a daemon comes or goes; removed on a clean stop), reading it back, deciding whether the
-//! relay is running ([`Liveness`]: the writer's pid is alive and the snapshot is fresh), and
+//! after a daemon comes or goes; a last one with `stopped_at` on a clean stop), reading it back,
+//! deciding whether the relay is running ([`Liveness`]: not stopped, the writer's pid is alive
+//! and the snapshot is fresh), and
 //! rendering the answer as text or JSON. Must not: hold secrets in the snapshot (no API token,
 //! no keys), or talk to the relay's sockets.
 //!
@@ -54,6 +55,9 @@ pub struct StatusSnapshot {
     pub started_at: u64,
     /// When this snapshot was written, seconds since the Unix epoch.
     pub written_at: u64,
+    /// Set in the last snapshot of a relay that stopped cleanly: when it stopped.
+    #[serde(default)]
+    pub stopped_at: Option<u64>,
     /// The relay's node id (what daemons pin as `<id>@host:port`).
     pub node_id: String,
     /// Daemons get `<node-id>.<domain_suffix>` and `<label>.<domain_suffix>`.
@@ -232,16 +236,6 @@ pub fn write(state_dir: &Path, snapshot: &StatusSnapshot) -> Result<(), String> 
         .map_err(|e| e.to_string())
 }
 
-/// Removes the snapshot (on a clean stop). A missing file is fine.
-pub fn remove(state_dir: &Path) {
-    let path = state_dir.join(STATUS_FILE_NAME);
-    if let Err(e) = std::fs::remove_file(&path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!("could not remove {}: {e}", path.display());
-        }
-    }
-}
-
 /// Whether the relay that wrote a snapshot is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Liveness {
@@ -249,7 +243,7 @@ pub enum Liveness {
     Running,
     /// Its process is alive but has not written for longer than [`STALE_AFTER`].
     NotResponding,
-    /// Its process is gone (killed, crashed) or no snapshot exists (stopped cleanly, or never
+    /// It stopped cleanly, its process is gone (killed, crashed), or no snapshot exists (never
     /// started with this state directory).
     NotRunning,
 }
@@ -259,7 +253,7 @@ pub fn liveness(snapshot: Option<&StatusSnapshot>, now: u64, pid_alive: bool) ->
     let Some(snapshot) = snapshot else {
         return Liveness::NotRunning;
     };
-    if !pid_alive {
+    if !pid_alive || snapshot.stopped_at.is_some() {
         return Liveness::NotRunning;
     }
     if now.saturating_sub(snapshot.written_at) > STALE_AFTER.as_secs() {
@@ -499,6 +493,16 @@ pub fn render_not_running(
 ) -> String {
     let mut out = String::new();
     match (liveness, last) {
+        (_, Some(StatusSnapshot {
+            stopped_at: Some(stopped),
+            started_at,
+            ..
+        })) => out.push_str(&format!(
+            "gate-relay is not running: it stopped cleanly at {} ({} ago) after running for {}\n",
+            format_utc(*stopped),
+            format_duration(now.saturating_sub(*stopped)),
+            format_duration(stopped.saturating_sub(*started_at))
+        )),
         (Liveness::NotResponding, Some(last)) => out.push_str(&format!(
             "gate-relay is NOT RESPONDING: pid {} is alive but its last status is from {} ({} ago)\n",
             last.pid,
@@ -553,6 +557,23 @@ mod tests {
         assert_eq!(
             liveness(Some(&snapshot), 1_000 + STALE_AFTER.as_secs() + 1, true),
             Liveness::NotResponding
+        );
+        let stopped = StatusSnapshot {
+            stopped_at: Some(1_000),
+            ..snapshot
+        };
+        assert_eq!(liveness(Some(&stopped), 1_001, true), Liveness::NotRunning);
+        let text = render_not_running(
+            Liveness::NotRunning,
+            Some(&stopped),
+            Path::new("/r"),
+            &[],
+            30,
+            1_060,
+        );
+        assert!(
+            text.starts_with("gate-relay is not running: it stopped cleanly at 1970-01-01 00:16:40 UTC (1m 0s ago) after running for 1m 5s\n"),
+            "{text}"
         );
     }
 
@@ -611,6 +632,7 @@ mod tests {
             runtime: "smol".into(),
             started_at: written_at - 65,
             written_at,
+            stopped_at: None,
             node_id: "n".repeat(52),
             domain_suffix: "gate.test".into(),
             listen: Listen {

@@ -426,11 +426,13 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     assert!(exit.is_some_and(|s| s.success()), "exit status {exit:?}");
     let names = std::fs::read_to_string(state.join("names.json"))?;
     assert!(names.contains("\"kept\""), "{names}");
-    // Stopped cleanly: no status snapshot left, `status` says "not running" plainly.
-    assert!(!state.join("status.json").exists());
+    // Stopped cleanly: the last snapshot says so; `status` exits with 3.
     let (code, text) = relay_status(&state, &config, false);
     assert_eq!(code, Some(3), "{text}");
-    assert!(text.starts_with("gate-relay is not running\n"), "{text}");
+    assert!(
+        text.starts_with("gate-relay is not running: it stopped cleanly at "),
+        "{text}"
+    );
     assert!(text.contains(&format!("kept.{SUFFIX}")), "{text}");
     daemon.client.shutdown().await;
     Ok(())
@@ -513,6 +515,95 @@ async fn metrics_from_the_environment<R: Runtime>(
         rt.sleep(Duration::from_millis(50)).await;
     }
     Ok(())
+}
+
+/// A relay with the DNS provider configured: `status` shows it ready with its zone, and the API
+/// token appears nowhere in the snapshot. Stopped with SIGSTOP, the relay is reported as not
+/// responding (exit 1) once its snapshot is stale, and as running again after SIGCONT.
+async fn dns_state_and_a_stuck_relay<R: Runtime>(
+    rt: R,
+    relay_runtime: &str,
+) -> Result<(), BoxError> {
+    const TOKEN: &str = "cf-token-that-must-not-leak-4711";
+    let dir = tempfile::tempdir()?;
+    let state = dir.path().join("state");
+    let (https_port, p2p_port) = free_ports();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
+             domain_suffix = \"{SUFFIX}\"\n[dns]\nenabled = true\n[dns.cloudflare]\n\
+             zone_id = \"zone-42\"\napi_url = \"http://127.0.0.1:9/client/v4\"\n"
+        ),
+    )?;
+    let log = dir.path().join("relay.log");
+    let relay = spawn_relay_with_env(
+        relay_runtime,
+        &config,
+        &state,
+        &log,
+        &[("RELAY__DNS__CLOUDFLARE__API_TOKEN", TOKEN.to_owned())],
+    );
+    let json = status_json_until(&rt, &state, &config, 0, "running", |v| v["running"] == true)
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}\nrelay log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })?;
+    assert_eq!(json["dns"]["enabled"], true, "{json}");
+    assert_eq!(json["dns"]["ready"], true, "{json}");
+    assert_eq!(json["dns"]["zone_id"], "zone-42", "{json}");
+    assert_eq!(
+        json["dns"]["api_url"], "http://127.0.0.1:9/client/v4",
+        "{json}"
+    );
+    let snapshot = std::fs::read_to_string(state.join("status.json"))?;
+    assert!(
+        !snapshot.contains(TOKEN),
+        "the API token leaked into status.json"
+    );
+    let (code, text) = relay_status(&state, &config, false);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("DNS (ACME records for daemons): cloudflare ready, zone zone-42"),
+        "{text}"
+    );
+    assert!(!text.contains(TOKEN));
+
+    let pid = relay.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?
+        .success());
+    let stuck = status_json_until(&rt, &state, &config, 1, "not responding", |v| {
+        v["state"] == "not responding"
+    })
+    .await;
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()?
+        .success());
+    let stuck = stuck?;
+    assert_eq!(stuck["running"], false, "{stuck}");
+    assert_eq!(stuck["last_status"]["pid"], relay.0.id(), "{stuck}");
+    status_json_until(&rt, &state, &config, 0, "running again", |v| {
+        v["running"] == true
+    })
+    .await?;
+    Ok(())
+}
+
+#[test]
+fn dns_state_and_a_stuck_relay_on_smol() {
+    smol_smol(|_, rt| dns_state_and_a_stuck_relay(rt, "smol"));
+}
+
+#[test]
+fn dns_state_and_a_stuck_relay_on_tokio() {
+    tokio_tokio(|_, rt| dns_state_and_a_stuck_relay(rt, "tokio"));
 }
 
 #[test]
