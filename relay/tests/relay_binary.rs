@@ -205,6 +205,57 @@ fn serve_rejects_an_unknown_key_before_binding() {
     assert!(stderr.contains("htps_port"), "{stderr}");
 }
 
+/// `[tunnel]` keys from the file reach the server: a certificate file that does not exist stops
+/// `serve` with a message naming it; `check-config` accepts the keys and rejects a certificate
+/// without its key.
+#[test]
+fn tunnel_keys_from_the_file_reach_the_server() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (https_port, p2p_port) = free_ports();
+    let config = dir.path().join("relay.toml");
+    let missing = dir.path().join("missing-chain.pem");
+    std::fs::write(
+        &config,
+        format!(
+            "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
+             [tunnel]\nheartbeat_interval_ms = 5000\ncertificate_file = \"{}\"\n\
+             key_file = \"{}\"\n",
+            missing.display(),
+            dir.path().join("missing-key.pem").display()
+        ),
+    )
+    .expect("write");
+    let check = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert!(check.status.success(), "{check:?}");
+    let serve = Command::new(BINARY)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .expect("serve");
+    assert!(!serve.status.success());
+    let stderr = String::from_utf8_lossy(&serve.stderr);
+    assert!(
+        stderr.contains("tunnel certificate") && stderr.contains("missing-chain.pem"),
+        "{stderr}"
+    );
+
+    std::fs::write(&config, "[tunnel]\ncertificate_file = \"/c.pem\"\n").expect("write");
+    let check = Command::new(BINARY)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert!(!check.status.success());
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert!(stderr.contains("tunnel.key_file"), "{stderr}");
+}
+
 async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
