@@ -57,6 +57,56 @@ fn relay_defaults() {
         c.dns.cloudflare.api_url,
         "https://api.cloudflare.com/client/v4"
     );
+    assert_eq!(c.metrics_port, None);
+    assert_eq!(c.limits.max_daemon_connections, 10_000);
+    assert_eq!(c.tunnel.heartbeat_interval.as_millis(), 15_000);
+    assert_eq!(c.tunnel.registration_timeout.as_millis(), 10_000);
+    assert_eq!(c.tunnel.certificate_file, None);
+    assert_eq!(c.tunnel.key_file, None);
+}
+
+#[test]
+fn relay_metrics_tunnel_and_daemon_limit_keys() {
+    let nix = "metrics_port = 9464\n[limits]\nmax_daemon_connections = 50\n[tunnel]\ncertificate_file = \"/c.pem\"\nkey_file = \"/k.pem\"\n";
+    let c = load_relay(&sources(
+        &[("/etc/r.toml", nix)],
+        "",
+        &[("RELAY_TUNNEL__HEARTBEAT_INTERVAL_MS", "3000")],
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.metrics_port, Some(9464));
+    assert_eq!(c.limits.max_daemon_connections, 50);
+    assert_eq!(c.tunnel.heartbeat_interval.as_millis(), 3_000);
+    assert_eq!(c.tunnel.certificate_file.as_deref(), Some("/c.pem"));
+    assert_eq!(c.tunnel.key_file.as_deref(), Some("/k.pem"));
+
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "metrics_port = 70000\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`metrics_port` from the nix file /etc/r.toml (line 1, column 16) must be an integer from 1 to 65535, but it is the integer 70000"
+    );
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "[tunnel]\nkey_file = \"/k.pem\"\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`tunnel.certificate_file` from the nix file /etc/r.toml (line 2, column 12) must be set when tunnel.key_file is set (they go together), but it is missing"
+    );
+    let e = load_relay(&sources(&[], "", &[("RELAY_TUNNEL__HEARTBEAT_MS", "1")])).unwrap_err();
+    assert!(
+        e.to_string().contains("tunnel.heartbeat_ms")
+            && e.to_string().contains("RELAY_TUNNEL__HEARTBEAT_MS"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -560,6 +610,11 @@ fn snapshot_config_show_plain() {
         max_connections = 16384
         max_connections_per_ip = 256
         max_connections_per_node = 4096
+        max_daemon_connections = 10000
+
+        [tunnel]
+        heartbeat_interval_ms = 15000
+        registration_timeout_ms = 10000
     "#]]
     .assert_eq(&loaded.merged.render_text(false));
 }

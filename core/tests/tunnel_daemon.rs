@@ -30,6 +30,7 @@ fn registered_frame(interval_ms: u32) -> Frame {
         custom_name: Some("home.relay.test".into()),
         custom_name_refusal: None,
         heartbeat_interval_ms: interval_ms,
+        https_port: Some(8443),
     })
 }
 
@@ -38,6 +39,7 @@ fn names() -> RegisteredNames {
         node_name: "node.relay.test".into(),
         custom_name: Some("home.relay.test".into()),
         custom_name_refusal: None,
+        https_port: Some(8443),
     }
 }
 
@@ -245,6 +247,40 @@ fn connect_and_registration_time_out() {
     );
 }
 
+/// A version 1 relay answers a version 2 daemon with version 1 and no port: the daemon
+/// registers all the same and knows the port was not announced (it assumes 443).
+#[test]
+fn a_version_1_relay_is_accepted_without_a_port() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 3, t0);
+    session.handle_timeout(t0);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, t0);
+    drain(&mut session);
+    session.handle_frame(
+        attempt,
+        t0,
+        Frame::Registered(Registered {
+            protocol_version: 1,
+            node_name: "node.relay.test".into(),
+            custom_name: Some("home.relay.test".into()),
+            custom_name_refusal: None,
+            heartbeat_interval_ms: 10_000,
+            https_port: None,
+        }),
+    );
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Registered(RegisteredNames {
+            https_port: None,
+            ..names()
+        })]
+    );
+    assert!(matches!(session.state(), DaemonState::Registered { .. }));
+}
+
 #[test]
 fn custom_name_refusal_keeps_the_node_name() {
     let t0 = Instant::now();
@@ -264,6 +300,7 @@ fn custom_name_refusal_keeps_the_node_name() {
             custom_name: None,
             custom_name_refusal: Some("label `home` belongs to another node".into()),
             heartbeat_interval_ms: 5_000,
+            https_port: None,
         }),
     );
     assert_eq!(
@@ -272,6 +309,7 @@ fn custom_name_refusal_keeps_the_node_name() {
             node_name: "node.relay.test".into(),
             custom_name: None,
             custom_name_refusal: Some("label `home` belongs to another node".into()),
+            https_port: None,
         })]
     );
 }

@@ -5,7 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use gate_core::tunnel::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, DEFAULT_MAX_FRAME_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+    StreamHeader, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, MAX_STRING_LEN,
+    PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 
@@ -49,15 +50,18 @@ fn registered() -> impl Strategy<Value = Frame> {
         proptest::option::of(text()),
         proptest::option::of(text()),
         any::<u32>(),
+        proptest::option::of(1..=u16::MAX),
     )
         .prop_map(
-            |(protocol_version, node_name, custom_name, custom_name_refusal, interval)| {
+            |(protocol_version, node_name, custom_name, custom_name_refusal, interval, port)| {
                 Frame::Registered(Registered {
                     protocol_version,
                     node_name,
                     custom_name,
                     custom_name_refusal,
                     heartbeat_interval_ms: interval,
+                    // Version 1 frames cannot carry the port (encoding refuses it, tested below).
+                    https_port: port.filter(|_| protocol_version >= HTTPS_PORT_SINCE_VERSION),
                 })
             },
         )
@@ -328,7 +332,7 @@ fn stream_header_has_the_documented_layout() {
 #[test]
 fn register_has_the_documented_layout() {
     let frame = Frame::Register(Register {
-        protocol_version: PROTOCOL_VERSION,
+        protocol_version: 1,
         daemon_version: "1".into(),
         custom_label: Some("x".into()),
     });
@@ -336,6 +340,79 @@ fn register_has_the_documented_layout() {
         encode(&frame),
         [0, 0, 0, 10, 0x01, 0, 1, 0, 1, b'1', 1, 0, 1, b'x']
     );
+}
+
+fn registered_v(protocol_version: u16, https_port: Option<u16>) -> Frame {
+    Frame::Registered(Registered {
+        protocol_version,
+        node_name: "n".into(),
+        custom_name: None,
+        custom_name_refusal: None,
+        heartbeat_interval_ms: 1000,
+        https_port,
+    })
+}
+
+/// Version 1 `Registered` ends with the heartbeat interval, as version 1 peers decode it.
+#[test]
+fn registered_v1_has_the_version_1_layout() {
+    assert_eq!(
+        encode(&registered_v(1, None)),
+        [0, 0, 0, 12, 0x02, 0, 1, 0, 1, b'n', 0, 0, 0, 0, 0x03, 0xE8]
+    );
+}
+
+/// Version 2 appends the public HTTPS port; 0 on the wire is "not announced".
+#[test]
+fn registered_v2_carries_the_https_port() {
+    const { assert!(HTTPS_PORT_SINCE_VERSION == 2 && PROTOCOL_VERSION >= HTTPS_PORT_SINCE_VERSION) };
+    let with_port = registered_v(2, Some(8443));
+    let bytes = encode(&with_port);
+    assert_eq!(
+        bytes,
+        [0, 0, 0, 14, 0x02, 0, 2, 0, 1, b'n', 0, 0, 0, 0, 0x03, 0xE8, 0x20, 0xFB]
+    );
+    assert_eq!(with_port.encoded_len(), bytes.len());
+    let without = encode(&registered_v(2, None));
+    assert_eq!(without.get(without.len() - 2..), Some(&[0u8, 0][..]));
+    assert_eq!(
+        decode_frame(&without, DEFAULT_MAX_FRAME_LEN),
+        Ok(Some((registered_v(2, None), without.len())))
+    );
+    // A version 2 frame without its port is truncated, not silently version 1.
+    let mut cut = without.clone();
+    cut.truncate(cut.len() - 2);
+    cut[3] -= 2;
+    assert!(matches!(
+        decode_frame(&cut, DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::Truncated {
+            field: "https_port",
+            ..
+        })
+    ));
+    // A version 1 decoder's view: the port would be trailing bytes, so it is never sent at v1.
+    let mut v1_with_extra = encode(&registered_v(1, None));
+    v1_with_extra.extend_from_slice(&[0x20, 0xFB]);
+    v1_with_extra[3] += 2;
+    assert!(matches!(
+        decode_frame(&v1_with_extra, DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::TrailingBytes { count: 2, .. })
+    ));
+}
+
+/// Encoding a port into a version 1 frame would lose it; the encoder refuses and writes nothing.
+#[test]
+fn a_port_in_a_version_1_frame_is_refused_by_the_encoder() {
+    let mut out = vec![9u8];
+    assert_eq!(
+        registered_v(1, Some(8443)).encode(&mut out),
+        Err(EncodeError::FieldNeedsVersion {
+            field: "https_port",
+            since: 2,
+            version: 1,
+        })
+    );
+    assert_eq!(out, [9]);
 }
 
 #[test]

@@ -3,9 +3,9 @@
 use std::time::{Duration, Instant};
 
 use gate_core::tunnel::{
-    AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, CloseReason, ErrorCode, Frame,
-    NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable, RelaySession,
-    RelayState, StreamHeader, StreamRefusal, PROTOCOL_VERSION,
+    decode_frame, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, CloseReason,
+    ErrorCode, Frame, NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable,
+    RelaySession, RelayState, StreamHeader, StreamRefusal, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -91,6 +91,39 @@ fn future_protocol_versions_are_answered_with_ours() {
         &events[0],
         RelayEvent::Transmit(Frame::Registered(r)) if r.protocol_version == PROTOCOL_VERSION
     ));
+}
+
+/// The public HTTPS port reaches daemons that can decode it (version 2 on), and only them: a
+/// version 1 daemon would reject the extra field as trailing bytes.
+#[test]
+fn the_https_port_is_announced_from_version_2_on() {
+    let config = RelayConfig {
+        https_port: Some(8443),
+        ..RelayConfig::default()
+    };
+    for (version, expected) in [(1, None), (2, Some(8443)), (9, Some(8443))] {
+        let t0 = Instant::now();
+        let mut names = table();
+        let mut session = RelaySession::new(node('a'), config.clone(), t0);
+        let frame = Frame::Register(Register {
+            protocol_version: version,
+            daemon_version: "old".into(),
+            custom_label: None,
+        });
+        session.handle_frame(t0, 0, frame, &mut names);
+        let events = drain(&mut session);
+        let Some(RelayEvent::Transmit(registered @ Frame::Registered(r))) = events.first() else {
+            panic!("unexpected {events:?}");
+        };
+        assert_eq!(r.https_port, expected, "daemon version {version}");
+        assert_eq!(r.protocol_version, version.min(PROTOCOL_VERSION));
+        // What the relay sends always encodes, and a decoder of that version reads it back.
+        let bytes = registered.to_bytes().expect("encodes");
+        let decoded = decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN)
+            .expect("decodes")
+            .map(|(frame, _)| frame);
+        assert_eq!(decoded.as_ref(), Some(registered));
+    }
 }
 
 #[test]

@@ -405,6 +405,13 @@ pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
         }
     }
     println!("relay: {}", text(&status["relay"]["state"]));
+    for url in status["relay"]["public_urls"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
+        println!("  public URL: {}", text(url));
+    }
     println!("certificate: {}", text(&status["certificate"]["state"]));
     if let Some(error) = status["last_reload_error"].get("message") {
         println!(

@@ -153,6 +153,38 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
     assert_eq!(code, "200", "{body}");
     assert!(body.contains("\"registered\""), "{body}");
 
+    // `gate status` shows the public URLs with the relay's HTTPS port (not 443 here), as the
+    // relay announced it in the registration answer.
+    let mut status_cmd = Command::new(gate_bin());
+    status_cmd
+        .args(["status", "--config"])
+        .arg(dir.join("gate.toml"))
+        .arg("--state-dir")
+        .arg(&gate_state);
+    let (ok, text) = output(&mut status_cmd);
+    assert!(ok, "gate status: {text}");
+    for name in [&node_name, &custom_name] {
+        let url = format!("https://{name}:{https_port}/");
+        assert!(
+            text.contains(&format!("public URL: {url}")),
+            "gate status lacks {url}:\n{text}"
+        );
+    }
+    let json = status_cmd
+        .arg("--json")
+        .output()
+        .expect("gate status --json");
+    assert!(json.status.success(), "gate status --json: {json:?}");
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).expect("status JSON");
+    assert_eq!(
+        json["relay"]["public_urls"],
+        serde_json::json!([
+            format!("https://{node_name}:{https_port}/"),
+            format!("https://{custom_name}:{https_port}/")
+        ]),
+        "{json}"
+    );
+
     // An unknown name gets a TLS alert, and the relay keeps serving.
     let (_, code) = curl_via_relay(&format!("nobody.{SUFFIX}"), https_port, "/health", &[]);
     assert_eq!(code, "000");

@@ -3,7 +3,9 @@
 # state (node key, name claims) in /var/lib/gate-relay-<name>.
 #
 # Each instance's options are rendered to TOML and passed with `--config`; secrets (the
-# Cloudflare token) come from `environmentFile` as RELAY__... variables.
+# Cloudflare token) come from `environmentFile` as RELAY__... variables. An operator sees an
+# instance's state with `gate-relay status --state-dir /var/lib/gate-relay-<name>` (as root or
+# the gate-relay user).
 { config, lib, pkgs, ... }:
 let
   inherit (lib)
@@ -56,6 +58,15 @@ let
         default = "info";
         example = "warn,gate_relay=debug";
         description = "Log level or tracing filter (`RUST_LOG` overrides it). Key `log_level`.";
+      };
+      metricsPort = mkOption {
+        type = types.nullOr types.port;
+        default = null;
+        example = 9464;
+        description = ''
+          Serve Prometheus metrics on `127.0.0.1:<metricsPort>` (loopback only; never opened
+          in the firewall). Off when null. Key `metrics_port`.
+        '';
       };
       openFirewall = mkOption {
         type = types.bool;
@@ -127,14 +138,15 @@ let
   active = cfg.enable && relays != [ ];
 
   renderSettings = inst: recursiveUpdate
-    {
+    ({
       https_port = inst.httpsPort;
       p2p_port = inst.p2pPort;
       bind_address = inst.bindAddress;
       log_level = inst.logLevel;
       domain_suffix = inst.domainSuffix;
       dns = { inherit (inst.dns) enabled provider; };
-    }
+    } // optionalAttrs (inst.metricsPort != null) { metrics_port = inst.metricsPort; }
+    )
     inst.settings;
 
   configFile = r: settingsFormat.generate "${r.unit}.toml" (renderSettings r.inst);
@@ -156,7 +168,7 @@ let
   };
 
   ownedKeys = inst:
-    filter (k: inst.settings ? ${k}) [ "https_port" "p2p_port" "bind_address" "log_level" "domain_suffix" ]
+    filter (k: inst.settings ? ${k}) [ "https_port" "p2p_port" "bind_address" "log_level" "domain_suffix" "metrics_port" ]
     ++ concatMap (k: optionals ((inst.settings.dns or { }) ? ${k}) [ "dns.${k}" ]) [ "enabled" "provider" ];
 
   assertionsFor = r: [
@@ -185,7 +197,8 @@ let
   # Two instances may share a port only on different bind addresses.
   sockets = concatMap
     (r: [ "tcp/${r.inst.bindAddress}/${toString r.inst.httpsPort}" ]
-      ++ map (p: "udp/${r.inst.bindAddress}/${toString p}") (unique [ r.inst.httpsPort r.inst.p2pPort ]))
+      ++ map (p: "udp/${r.inst.bindAddress}/${toString p}") (unique [ r.inst.httpsPort r.inst.p2pPort ])
+      ++ optionals (r.inst.metricsPort != null) [ "tcp/127.0.0.1/${toString r.inst.metricsPort}" ])
     relays;
 in
 {

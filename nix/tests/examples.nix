@@ -179,6 +179,7 @@ in
       p2pPort = 31146;
       bindAddress = "::";
       logLevel = "debug";
+      metricsPort = 9464;
       openFirewall = true;
       domainSuffix = "gate.example.com";
       dns = { enabled = true; provider = "cloudflare"; };
@@ -191,6 +192,11 @@ in
           max_connections = 16384;
           max_connections_per_ip = 256;
           max_connections_per_node = 4096;
+          max_daemon_connections = 10000;
+        };
+        tunnel = {
+          heartbeat_interval_ms = 15000;
+          registration_timeout_ms = 10000;
         };
       };
     };

@@ -322,8 +322,22 @@ let
         "api_url = \"https://api.cloudflare.com/client/v4\""
         "[limits]"
         "max_connections_per_node = 4096"
+        "max_daemon_connections = 10000"
+        "metrics_port = 9464"
+        "[tunnel]"
+        "heartbeat_interval_ms = 15000"
       ];
       want = [ ];
+    }
+    {
+      name = "relay-full: the metrics port stays closed in the firewall (loopback only)";
+      got = relayFull.firewall.allowedTCPPorts;
+      want = [ 8443 ];
+    }
+    {
+      name = "seed-relay: no metrics_port unless metricsPort is set";
+      got = hasLines relay.services.gate-relay-default [ "metrics_port" ];
+      want = [ "metrics_port" ];
     }
 
     # ---- switches

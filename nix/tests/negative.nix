@@ -90,6 +90,14 @@ in
     error = "two instances listen on the same address and port";
     modules = [{ services.gate-relay.instances = { a.httpsPort = 8443; b = { httpsPort = 8443; p2pPort = 31146; }; }; }];
   };
+  relay-instances-same-metrics-port = {
+    error = "two instances listen on the same address and port";
+    modules = [ examples.seed-instances { services.gate-relay.instances = { public.metricsPort = 9464; internal.metricsPort = 9464; }; } ];
+  };
+  relay-metrics-port-in-settings = {
+    error = "use the instance's own options for these";
+    modules = [{ services.gate-relay.instances.a.settings.metrics_port = 9464; }];
+  };
   relay-https-equals-p2p = {
     error = "httpsPort and p2pPort must differ";
     modules = [{ services.gate-relay.instances.a = { httpsPort = 8443; p2pPort = 8443; }; }];

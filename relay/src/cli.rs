@@ -54,6 +54,24 @@ pub enum Command {
         #[arg(long = "config", value_name = "FILE")]
         config: Vec<PathBuf>,
     },
+    /// Show whether the relay runs (pid, uptime, runtime), its node id and addresses, the
+    /// connected daemons, name claims with their lapse dates, open connections and limits, and
+    /// the DNS provider's state. Reads the status the running relay keeps in its state
+    /// directory; exits with 3 when the relay is not running (the persisted claims are shown
+    /// anyway) and 1 when it does not respond.
+    Status {
+        /// The relay's TOML settings files (for the domain suffix and the claim lapse period
+        /// when the relay is not running).
+        #[arg(long = "config", value_name = "FILE")]
+        config: Vec<PathBuf>,
+        /// State directory of the relay. Default: $STATE_DIRECTORY, else
+        /// $XDG_STATE_HOME/gate-relay.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the relay's node id (what daemons pin as `<id>@host:port`), creating the key on
     /// first use.
     Id {
@@ -72,6 +90,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         Some(Command::Id { state_dir }) => print_id(state_dir.as_deref()),
+        Some(Command::Status {
+            config,
+            state_dir,
+            json,
+        }) => match status(&config, state_dir.as_deref(), json) {
+            Ok(code) => return code,
+            Err(error) => Err(error),
+        },
         Some(Command::CheckConfig { config }) => check_config(&config),
         Some(Command::Serve {
             config,
@@ -103,10 +129,83 @@ fn load_settings(config: &[PathBuf]) -> anyhow::Result<RelaySettings> {
     Ok(settings)
 }
 
+fn status(config: &[PathBuf], state_dir: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::status::{self, Liveness};
+    let dir = state::relay_state_dir(state_dir)?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let snapshot = status::read(&dir).map_err(anyhow::Error::msg)?;
+    let now = crate::support::unix_now();
+    let alive = snapshot
+        .as_ref()
+        .is_some_and(|s| status::is_relay_process(s.pid));
+    let liveness = status::liveness(snapshot.as_ref(), now, alive);
+    if let (Liveness::Running, Some(snapshot)) = (liveness, &snapshot) {
+        if json {
+            let mut value = serde_json::to_value(snapshot)?;
+            value["running"] = true.into();
+            value["state"] = "running".into();
+            value["state_dir"] = dir.display().to_string().into();
+            value["uptime_secs"] = now.saturating_sub(snapshot.started_at).into();
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        } else {
+            print!("{}", status::render_running(snapshot, &dir, now));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    // Not running: what is on disk. The domain suffix and lapse period come from the settings
+    // given, else from the relay's last snapshot (also when the settings do not load here,
+    // e.g. because the DNS token lives only in the service's environment).
+    let (suffix, lapse_days) = match (&snapshot, config.is_empty()) {
+        (Some(last), true) => (last.domain_suffix.clone(), last.claim_lapse_days),
+        (last, _) => match (load_settings(config), last) {
+            (Ok(settings), _) => (settings.domain_suffix, settings.claim_lapse_days),
+            (Err(_), Some(last)) => (last.domain_suffix.clone(), last.claim_lapse_days),
+            (Err(e), None) => return Err(e),
+        },
+    };
+    let names_path = dir.join(crate::server::NAMES_FILE_NAME);
+    let names = match std::fs::read(&names_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a name table: {e}", names_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+        Err(e) => anyhow::bail!("could not read {}: {e}", names_path.display()),
+    };
+    let claims = status::claims_from_names(&names, &suffix, lapse_days, |_| false);
+    let state = match liveness {
+        Liveness::NotResponding => "not responding",
+        _ => "not running",
+    };
+    if json {
+        let value = serde_json::json!({
+            "running": false,
+            "state": state,
+            "state_dir": dir.display().to_string(),
+            "last_status": snapshot,
+            "domain_suffix": suffix,
+            "claim_lapse_days": lapse_days,
+            "claims": claims,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!(
+            "{}",
+            status::render_not_running(liveness, snapshot.as_ref(), &dir, &claims, lapse_days, now)
+        );
+    }
+    Ok(match liveness {
+        Liveness::NotResponding => ExitCode::FAILURE,
+        _ => ExitCode::from(status::EXIT_NOT_RUNNING),
+    })
+}
+
 fn check_config(config: &[PathBuf]) -> anyhow::Result<()> {
     let settings = load_settings(config)?;
+    let metrics = settings
+        .metrics_port
+        .map(|port| format!(", metrics on 127.0.0.1:{port}"))
+        .unwrap_or_default();
     eprintln!(
-        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}",
+        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}{metrics}",
         settings.bind_address,
         settings.https_port,
         settings.p2p_port,

@@ -43,7 +43,9 @@ pub struct RelayClientConfig {
     pub daemon_version: String,
     /// Extra trusted CAs for relays that are not pinned.
     pub extra_ca: Vec<CertificateDer<'static>>,
-    /// The relays' public HTTPS port, used to render public URLs (443 by default).
+    /// The public HTTPS port assumed for relays that do not announce theirs (protocol version
+    /// 1 relays; 443 by default). A relay that announces its port in the registration answer
+    /// is believed instead.
     pub public_https_port: u16,
     /// Session tunables (backoff, timeouts); `custom_label` and `daemon_version` above win.
     pub session: DaemonConfig,
@@ -106,6 +108,15 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
     /// How many times a registration succeeded since start.
     pub registrations: u64,
+}
+
+/// The public URL of `name` served on HTTPS `port`: the port is left out when it is 443.
+pub fn public_url(name: &str, port: u16) -> String {
+    if port == 443 {
+        format!("https://{name}/")
+    } else {
+        format!("https://{name}:{port}/")
+    }
 }
 
 /// Keeps the daemon registered with its relays. Dropping it does not stop it: call
@@ -319,12 +330,10 @@ impl<R: Runtime> RelayTask<R> {
         }
     }
 
-    fn public_url(&self, name: &str) -> String {
-        if self.public_https_port == 443 {
-            format!("https://{name}/")
-        } else {
-            format!("https://{name}:{}/", self.public_https_port)
-        }
+    /// `https://<name>/`, with `:<port>` when the relay's public HTTPS port (as it announced
+    /// it, else the configured fallback) is not 443.
+    fn public_url(&self, name: &str, announced_port: Option<u16>) -> String {
+        public_url(name, announced_port.unwrap_or(self.public_https_port))
     }
 
     async fn run(self, mut session: DaemonSession) {
@@ -508,7 +517,10 @@ impl<R: Runtime> RelayTask<R> {
                 let granted: Vec<String> = std::iter::once(names.node_name.clone())
                     .chain(names.custom_name.clone())
                     .collect();
-                let urls: Vec<String> = granted.iter().map(|n| self.public_url(n)).collect();
+                let urls: Vec<String> = granted
+                    .iter()
+                    .map(|n| self.public_url(n, names.https_port))
+                    .collect();
                 tracing::info!(relay = %self.address, urls = ?urls, "registered with the relay");
                 if let Some(refusal) = &names.custom_name_refusal {
                     tracing::warn!(relay = %self.address, "{refusal}");

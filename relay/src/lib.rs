@@ -11,6 +11,8 @@
 //!   configured relay and hands forwarded streams to the daemon.
 //! - [`settings`]: the relay's settings and their defaults.
 //! - [`state`]: state directory rule and atomic file writes.
+//! - [`status`]: `gate-relay status`: the status snapshot a running relay writes into its
+//!   state directory, liveness, and rendering.
 //! - [`dns`]: the DNS provider (Cloudflare) and the ACME challenge records it writes.
 //! - [`support`]: shutdown signal, race, replaying stream wrapper, QUIC endpoint constructor.
 //! - [`cli`]: the command line.
@@ -22,4 +24,5 @@ pub mod identity;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod status;
 pub mod support;

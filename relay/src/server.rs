@@ -254,6 +254,9 @@ impl Metrics {
 struct DaemonEntry {
     session: RelaySession,
     connection: quinn::Connection,
+    /// Its UDP address, and when it connected (Unix seconds), for `gate-relay status`.
+    remote: SocketAddr,
+    connected_at: u64,
     /// Counted in `daemons_registered`.
     counted: bool,
 }
@@ -281,6 +284,8 @@ struct Shared {
     daemon_connections: AtomicUsize,
     metrics: Metrics,
     shutdown: Shutdown,
+    /// Signalled when a daemon comes or goes, so the status snapshot is rewritten soon.
+    status_changed: async_channel::Sender<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -417,6 +422,7 @@ impl Shared {
     }
 
     fn add_session(&self, node_id: NodeId, connection: quinn::Connection) -> u64 {
+        let remote = connection.remote_address();
         let mut core = lock(&self.core);
         let id = core.next_session_id;
         core.next_session_id += 1;
@@ -427,6 +433,8 @@ impl Shared {
             DaemonEntry {
                 session,
                 connection,
+                remote,
+                connected_at: unix_now(),
                 counted: false,
             },
         );
@@ -441,6 +449,7 @@ impl Shared {
         let Some(mut entry) = core.sessions.remove(&id) else {
             return false;
         };
+        let _ = self.status_changed.try_send(());
         if entry.counted {
             self.metrics
                 .daemons_registered
@@ -470,6 +479,7 @@ impl Shared {
                 self.metrics
                     .daemons_registered
                     .fetch_add(1, Ordering::Relaxed);
+                let _ = self.status_changed.try_send(());
             }
         }
     }
@@ -526,6 +536,144 @@ impl Shared {
     }
 }
 
+/// What `gate-relay status` reports that does not change while the relay runs, and the DNS
+/// records whose state it shows.
+struct StatusFixed<R: Runtime> {
+    pid: u32,
+    runtime: &'static str,
+    started_at: u64,
+    node_id: String,
+    listen: crate::status::Listen,
+    dns: AcmeRecords<R>,
+}
+
+impl Shared {
+    /// The status snapshot now (see [`crate::status`]).
+    fn status_snapshot<R: Runtime>(
+        &self,
+        fixed: &StatusFixed<R>,
+        stopped_at: Option<u64>,
+    ) -> crate::status::StatusSnapshot {
+        let dns = &fixed.dns;
+        use crate::status::{ClaimInfo, Connections, DaemonInfo, DnsInfo, StatusSnapshot};
+        let settings = &self.settings;
+        let limits = &settings.limits;
+        let now = unix_now();
+        let (daemons_total, daemons, claims): (usize, Vec<DaemonInfo>, Vec<ClaimInfo>) = {
+            let core = lock(&self.core);
+            let mut ids: Vec<&u64> = core.sessions.keys().collect();
+            ids.sort();
+            let daemons = ids
+                .into_iter()
+                .take(crate::status::MAX_LISTED_DAEMONS)
+                .filter_map(|id| core.sessions.get(id))
+                .map(|entry| {
+                    let node_id = entry.session.node_id();
+                    let (state, grant) = match entry.session.state() {
+                        gate_core::tunnel::RelayState::AwaitingRegister { .. } => {
+                            ("registering", None)
+                        }
+                        gate_core::tunnel::RelayState::Registered { grant } => {
+                            ("registered", Some(grant))
+                        }
+                        gate_core::tunnel::RelayState::Draining { grant } => {
+                            ("draining", Some(grant))
+                        }
+                        gate_core::tunnel::RelayState::Closed => ("closing", None),
+                    };
+                    DaemonInfo {
+                        node_id: node_id.to_string(),
+                        state: state.to_owned(),
+                        names: grant
+                            .map(|g| g.names().map(str::to_owned).collect())
+                            .unwrap_or_default(),
+                        custom_name_refusal: grant.and_then(|g| g.custom_name_refusal.clone()),
+                        connected_at: entry.connected_at,
+                        remote: entry.remote.to_string(),
+                        forwarded_open: core.forwarded_per_node.get(node_id).copied().unwrap_or(0),
+                    }
+                })
+                .collect();
+            let claims = crate::status::claims_from_names(
+                &core.names.snapshot(),
+                &settings.domain_suffix,
+                settings.claim_lapse_days,
+                |node_id| core.names.is_online(node_id),
+            );
+            (core.sessions.len(), daemons, claims)
+        };
+        let stats = self.metrics.snapshot();
+        let cloudflare = &settings.dns.cloudflare;
+        StatusSnapshot {
+            format: crate::status::FORMAT,
+            pid: fixed.pid,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            runtime: fixed.runtime.to_owned(),
+            started_at: fixed.started_at,
+            written_at: now,
+            stopped_at,
+            node_id: fixed.node_id.clone(),
+            domain_suffix: settings.domain_suffix.clone(),
+            listen: fixed.listen.clone(),
+            claim_lapse_days: settings.claim_lapse_days,
+            daemons_total,
+            daemons,
+            claims,
+            connections: Connections {
+                https_open: stats.https_open,
+                forwarded_open: stats.forwarded_open,
+                daemon_connections: self.daemon_connections.load(Ordering::Relaxed),
+                max_connections: limits.max_connections,
+                max_connections_per_ip: limits.max_connections_per_ip,
+                max_connections_per_node: limits.max_connections_per_node,
+                max_daemon_connections: limits.max_daemon_connections,
+                handshake_timeout_ms: limits.handshake_timeout_ms,
+            },
+            counters: stats.into(),
+            dns: DnsInfo {
+                enabled: settings.dns.enabled,
+                provider: "cloudflare".to_owned(),
+                ready: dns.enabled(),
+                problem: dns.problem().filter(|_| settings.dns.enabled),
+                zone_id: cloudflare.zone_id.clone(),
+                api_url: cloudflare.api_url.clone(),
+                records: dns.record_names(),
+            },
+        }
+    }
+}
+
+/// Rewrites the status snapshot every [`crate::status::WRITE_INTERVAL`] and soon after a
+/// daemon comes or goes (at most every 250 ms), until shutdown.
+async fn write_status_periodically<R: Runtime>(
+    rt: R,
+    shared: Arc<Shared>,
+    fixed: Arc<StatusFixed<R>>,
+    state_dir: PathBuf,
+    changed: async_channel::Receiver<()>,
+    _running: async_channel::Sender<()>,
+) {
+    let mut failing = false;
+    loop {
+        let snapshot = shared.status_snapshot(&fixed, None);
+        match crate::status::write(&state_dir, &snapshot) {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!("could not write the status snapshot: {e}");
+            }
+            Err(_) => {}
+        }
+        let wait = async {
+            rt.sleep(Duration::from_millis(250)).await;
+            let _ = race(changed.recv(), rt.sleep(crate::status::WRITE_INTERVAL)).await;
+        };
+        if let Either::Left(()) = race(shared.shutdown.wait(), wait).await {
+            return;
+        }
+    }
+}
+
 /// The certificate chain and key from `[tunnel] certificate_file` / `key_file`, if set.
 fn load_presented_certificate(
     settings: &RelaySettings,
@@ -575,6 +723,8 @@ fn load_names(path: &Path, config: NameTableConfig) -> Result<RelayNameTable, Se
 pub struct RunningRelay<R: Runtime> {
     rt: R,
     shared: Arc<Shared>,
+    state_dir: PathBuf,
+    status: Arc<StatusFixed<R>>,
     node_id: NodeId,
     https_addr: SocketAddr,
     quic_addrs: Vec<SocketAddr>,
@@ -647,6 +797,11 @@ impl<R: Runtime> RunningRelay<R> {
             let _ = gate_rt::timeout(&self.rt, Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         self.shared.persist_names();
+        // A clean stop: the last snapshot says so, with the final counters.
+        let last = self.shared.status_snapshot(&self.status, Some(unix_now()));
+        if let Err(e) = crate::status::write(&self.state_dir, &last) {
+            tracing::warn!("could not write the final status snapshot: {e}");
+        }
     }
 }
 
@@ -705,6 +860,8 @@ pub async fn start<R: Runtime>(
     let session_config = RelayConfig {
         heartbeat_interval: Duration::from_millis(tunnel.heartbeat_interval_ms.max(100)),
         registration_timeout: Duration::from_millis(tunnel.registration_timeout_ms.max(100)),
+        // Daemons render their public URLs with it (`https://<name>:<port>/` unless 443).
+        https_port: Some(https_addr.port()),
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
@@ -724,6 +881,7 @@ pub async fn start<R: Runtime>(
             );
         }
     }
+    let (status_changed, status_changes) = async_channel::bounded::<()>(1);
     let shared = Arc::new(Shared {
         settings,
         session_config,
@@ -741,6 +899,7 @@ pub async fn start<R: Runtime>(
         daemon_connections: AtomicUsize::new(0),
         metrics: Metrics::default(),
         shutdown: Shutdown::new(),
+        status_changed,
     });
 
     let metrics_addr = match metrics_port {
@@ -774,6 +933,27 @@ pub async fn start<R: Runtime>(
             task_guard.clone(),
         ));
     }
+    let status = Arc::new(StatusFixed {
+        pid: std::process::id(),
+        runtime: R::NAME,
+        started_at: unix_now(),
+        node_id: identity.node_id().to_string(),
+        listen: crate::status::Listen {
+            https: https_addr.to_string(),
+            quic: quic_addrs.iter().map(ToString::to_string).collect(),
+            metrics: metrics_addr.map(|a| a.to_string()),
+            public_https_port: https_addr.port(),
+        },
+        dns: dns.clone(),
+    });
+    rt.spawn(write_status_periodically(
+        rt.clone(),
+        shared.clone(),
+        status.clone(),
+        state_dir.to_owned(),
+        status_changes,
+        task_guard.clone(),
+    ));
     rt.spawn(persist_periodically(rt.clone(), shared.clone(), task_guard));
     tracing::info!(
         node_id = %identity.node_id(),
@@ -788,6 +968,8 @@ pub async fn start<R: Runtime>(
     Ok(RunningRelay {
         rt,
         shared,
+        state_dir: state_dir.to_owned(),
+        status,
         node_id: identity.node_id().clone(),
         https_addr,
         quic_addrs,

@@ -5,9 +5,8 @@
 //! `gate_core::config` (DESIGN.md §6: Environment > Nix files > Defaults) and converts the
 //! result. Must not: touch sockets or the state directory.
 //!
-//! A few knobs have no configuration key yet and keep their defaults from the command line:
-//! the tunnel timing ([`TunnelSettings`]), the QUIC certificate for unpinned daemons, the
-//! metrics port, the DNS propagation delay and the daemon connection limit. Tests and embedders set them directly.
+//! Every field has a configuration key except the DNS propagation delay, which keeps its
+//! default (tests and embedders set it directly).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -134,6 +133,7 @@ impl From<&config::RelayConfig> for RelaySettings {
     fn from(config: &config::RelayConfig) -> Self {
         let limits = &config.limits;
         let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Self {
             https_port: config.https_port,
             p2p_port: config.p2p_port,
@@ -142,17 +142,21 @@ impl From<&config::RelayConfig> for RelaySettings {
             domain_suffix: config.domain_suffix.clone(),
             claim_lapse_days: u64::from(config.claim_lapse_days),
             limits: RelayLimits {
-                handshake_timeout_ms: u64::try_from(limits.handshake_timeout.as_millis())
-                    .unwrap_or(u64::MAX),
+                handshake_timeout_ms: millis(limits.handshake_timeout),
                 max_connections: count(limits.max_connections),
                 max_connections_per_ip: count(limits.max_connections_per_ip),
                 max_connections_per_node: count(limits.max_connections_per_node),
-                ..RelayLimits::default()
+                max_daemon_connections: count(limits.max_daemon_connections),
             },
-            tunnel: TunnelSettings::default(),
+            tunnel: TunnelSettings {
+                heartbeat_interval_ms: millis(config.tunnel.heartbeat_interval),
+                registration_timeout_ms: millis(config.tunnel.registration_timeout),
+                certificate_file: config.tunnel.certificate_file.as_ref().map(PathBuf::from),
+                key_file: config.tunnel.key_file.as_ref().map(PathBuf::from),
+            },
             dns: config.dns.clone(),
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
-            metrics_port: None,
+            metrics_port: config.metrics_port,
         }
     }
 }
@@ -260,6 +264,87 @@ mod tests {
             Some("secret-token")
         );
         assert!(!format!("{settings:?}").contains("secret-token"));
+    }
+
+    #[test]
+    fn metrics_tunnel_and_daemon_limit_keys_reach_the_settings() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(
+            &a,
+            "metrics_port = 9100\n[limits]\nmax_daemon_connections = 7\n\
+             [tunnel]\nheartbeat_interval_ms = 5000\ncertificate_file = \"/etc/relay/chain.pem\"\n\
+             key_file = \"/etc/relay/key.pem\"\n",
+        )
+        .expect("write");
+        let (settings, _) = load(&[&a], Vec::new()).expect("load");
+        assert_eq!(settings.metrics_port, Some(9100));
+        assert_eq!(settings.limits.max_daemon_connections, 7);
+        assert_eq!(settings.tunnel.heartbeat_interval_ms, 5_000);
+        assert_eq!(settings.tunnel.registration_timeout_ms, 10_000);
+        assert_eq!(
+            settings.tunnel.certificate_file.as_deref(),
+            Some(Path::new("/etc/relay/chain.pem"))
+        );
+        assert_eq!(
+            settings.tunnel.key_file.as_deref(),
+            Some(Path::new("/etc/relay/key.pem"))
+        );
+
+        // The environment wins, in both the one- and two-underscore forms.
+        let env = vec![
+            ("RELAY_METRICS_PORT".to_owned(), "9200".to_owned()),
+            (
+                "RELAY__LIMITS__MAX_DAEMON_CONNECTIONS".to_owned(),
+                "3".to_owned(),
+            ),
+            (
+                "RELAY_TUNNEL__REGISTRATION_TIMEOUT_MS".to_owned(),
+                "2000".to_owned(),
+            ),
+        ];
+        let (settings, _) = load(&[&a], env).expect("load");
+        assert_eq!(settings.metrics_port, Some(9200));
+        assert_eq!(settings.limits.max_daemon_connections, 3);
+        assert_eq!(settings.tunnel.registration_timeout_ms, 2_000);
+    }
+
+    #[test]
+    fn bad_values_of_the_new_keys_name_key_origin_and_expectation() {
+        let none: [&Path; 0] = [];
+        for (var, value, key, expected) in [
+            (
+                "RELAY_METRICS_PORT",
+                "0",
+                "metrics_port",
+                "an integer from 1 to 65535",
+            ),
+            (
+                "RELAY_TUNNEL__HEARTBEAT_INTERVAL_MS",
+                "10",
+                "tunnel.heartbeat_interval_ms",
+                "an integer from 1000 to 600000",
+            ),
+            (
+                "RELAY_LIMITS__MAX_DAEMON_CONNECTIONS",
+                "many",
+                "limits.max_daemon_connections",
+                "an integer from 1 to 1000000",
+            ),
+        ] {
+            let error = load(&none, vec![(var.to_owned(), value.to_owned())])
+                .expect_err(var)
+                .to_string();
+            for part in [key, var, expected] {
+                assert!(error.contains(part), "{var}: {error:?} lacks {part:?}");
+            }
+        }
+        // A certificate without its key is refused up front, naming the missing key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.toml");
+        std::fs::write(&a, "[tunnel]\ncertificate_file = \"/c.pem\"\n").expect("write");
+        let error = load(&[&a], Vec::new()).expect_err("no key").to_string();
+        assert!(error.contains("tunnel.key_file"), "{error}");
     }
 
     #[test]

@@ -88,6 +88,17 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
 /// fsync, rename over `path`, fsync of the directory. Readers see the old or the new content,
 /// never a mix, even after a crash.
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    replace(path, bytes, mode, true)
+}
+
+/// Replaces `path` with `bytes` like [`write_atomically`] (readers never see a mix), without
+/// the fsyncs: for files rewritten every few seconds whose loss in a crash does not matter
+/// (the status snapshot).
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
+    replace(path, bytes, mode, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), StateError> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -109,6 +120,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Stat
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io_error("chmod", &temp))?;
         file.write_all(bytes).map_err(io_error("write", &temp))?;
+        if !durable {
+            return fs::rename(&temp, path).map_err(io_error("replace", path));
+        }
         file.sync_all().map_err(io_error("sync", &temp))?;
         fs::rename(&temp, path).map_err(io_error("replace", path))?;
         let dir_handle = fs::File::open(dir).map_err(io_error("open", dir))?;

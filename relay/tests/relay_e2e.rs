@@ -94,9 +94,14 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     .await?;
     let status = daemon.status();
     assert_eq!(status.names, vec![daemon.node_name.clone()]);
+    // The relay announces its HTTPS port (a free one here, not 443), so the URL carries it.
     assert_eq!(
         status.public_urls,
-        vec![format!("https://{}/", daemon.node_name)]
+        vec![format!(
+            "https://{}:{}/",
+            daemon.node_name,
+            relay.https_addr().port()
+        )]
     );
     assert_eq!(status.registrations, 1);
 

@@ -132,7 +132,7 @@ pub use layers::{
     convert_text, decode_env_name, parse_env_layer, parse_file_layer, MAX_ENV_VALUE_BYTES,
     MAX_FILE_BYTES,
 };
-pub use relay::{CloudflareConfig, DnsConfig, DnsProvider, RelayConfig, RelayLimits};
+pub use relay::{CloudflareConfig, DnsConfig, DnsProvider, RelayConfig, RelayLimits, TunnelConfig};
 pub use schema::{
     is_http_url, is_secret_key, parse_relay_address, DefaultValue, Field, Kind, RelayAddress,
     Schema, StrCheck, DAEMON_SCHEMA, DNS_PROVIDERS, NODE_ID_LEN, PROVIDERS, RELAY_SCHEMA,
@@ -356,6 +356,13 @@ impl<'t> Reader<'t> {
             ) => T::try_from(*i).map_err(|_| Self::wrong(key, leaf, "an integer in range")),
             Some(leaf) => Err(Self::wrong(key, leaf, "an integer")),
             None => Err(Self::missing(key, "an integer")),
+        }
+    }
+
+    pub fn opt_int<T: TryFrom<i64>>(&self, key: &str) -> Result<Option<T>, ConfigError> {
+        match self.leaf(key) {
+            None => Ok(None),
+            Some(_) => self.int(key).map(Some),
         }
     }
 

@@ -51,6 +51,23 @@ pub struct RelayLimits {
     pub max_connections_per_ip: u32,
     /// Open client connections per daemon (default 4096).
     pub max_connections_per_node: u32,
+    /// QUIC connections from daemons in all (default 10000).
+    pub max_daemon_connections: u32,
+}
+
+/// `[tunnel]`: the daemon connections' timing, and the certificate their QUIC endpoints present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// Heartbeat interval announced to daemons (default 15000 ms); a daemon silent for three
+    /// intervals is dropped.
+    pub heartbeat_interval: Duration,
+    /// Time a daemon has to register after connecting (default 10000 ms).
+    pub registration_timeout: Duration,
+    /// PEM certificate chain presented to daemons instead of the self-signed node certificate,
+    /// for daemons that do not pin the relay's id. Set together with `key_file`.
+    pub certificate_file: Option<String>,
+    /// PEM private key of `certificate_file`.
+    pub key_file: Option<String>,
 }
 
 /// The relay's whole configuration.
@@ -73,11 +90,29 @@ pub struct RelayConfig {
     pub dns: DnsConfig,
     /// Connection limits.
     pub limits: RelayLimits,
+    /// Daemon tunnel timing and certificate.
+    pub tunnel: TunnelConfig,
+    /// Prometheus metrics on `127.0.0.1:<metrics_port>`; off when unset.
+    pub metrics_port: Option<u16>,
 }
 
-/// Enabled DNS needs the provider's token and zone.
+/// Enabled DNS needs the provider's token and zone; a tunnel certificate needs its key and the
+/// other way round.
 pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
     let r = Reader { tree };
+    for (set, missing) in [
+        ("tunnel.certificate_file", "tunnel.key_file"),
+        ("tunnel.key_file", "tunnel.certificate_file"),
+    ] {
+        if let (Some(leaf), None) = (r.leaf(set), r.leaf(missing)) {
+            return Err(ConfigError::InvalidValue {
+                key: missing.to_owned(),
+                origin: leaf.origin.clone(),
+                expected: format!("set when {set} is set (they go together)"),
+                found: "missing".to_owned(),
+            });
+        }
+    }
     if !r.bool("dns.enabled").unwrap_or(false) {
         return Ok(());
     }
@@ -140,7 +175,17 @@ impl RelayConfig {
                 max_connections: r.int("limits.max_connections")?,
                 max_connections_per_ip: r.int("limits.max_connections_per_ip")?,
                 max_connections_per_node: r.int("limits.max_connections_per_node")?,
+                max_daemon_connections: r.int("limits.max_daemon_connections")?,
             },
+            tunnel: TunnelConfig {
+                heartbeat_interval: Duration::from_millis(r.int("tunnel.heartbeat_interval_ms")?),
+                registration_timeout: Duration::from_millis(
+                    r.int("tunnel.registration_timeout_ms")?,
+                ),
+                certificate_file: r.opt_string("tunnel.certificate_file")?,
+                key_file: r.opt_string("tunnel.key_file")?,
+            },
+            metrics_port: r.opt_int("metrics_port")?,
         })
     }
 }

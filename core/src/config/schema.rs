@@ -722,7 +722,7 @@ static DNS_FIELDS: [Field; 3] = [
     field("cloudflare", Kind::Table(&CLOUDFLARE_FIELDS), None),
 ];
 
-static LIMITS_FIELDS: [Field; 4] = [
+static LIMITS_FIELDS: [Field; 5] = [
     field(
         "handshake_timeout_ms",
         Kind::Integer {
@@ -755,9 +755,38 @@ static LIMITS_FIELDS: [Field; 4] = [
         },
         Some(DefaultValue::Integer(4_096)),
     ),
+    field(
+        "max_daemon_connections",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some(DefaultValue::Integer(10_000)),
+    ),
 ];
 
-static RELAY_FIELDS: [Field; 8] = [
+static TUNNEL_FIELDS: [Field; 4] = [
+    field(
+        "heartbeat_interval_ms",
+        Kind::Integer {
+            min: 1_000,
+            max: 600_000,
+        },
+        Some(DefaultValue::Integer(15_000)),
+    ),
+    field(
+        "registration_timeout_ms",
+        Kind::Integer {
+            min: 1_000,
+            max: 300_000,
+        },
+        Some(DefaultValue::Integer(10_000)),
+    ),
+    field("certificate_file", Kind::String(StrCheck::NonEmpty), None),
+    field("key_file", Kind::String(StrCheck::NonEmpty), None),
+];
+
+static RELAY_FIELDS: [Field; 10] = [
     field("https_port", PORT, Some(DefaultValue::Integer(443))),
     field("p2p_port", PORT, Some(DefaultValue::Integer(31145))),
     field(
@@ -780,8 +809,10 @@ static RELAY_FIELDS: [Field; 8] = [
         Kind::Integer { min: 1, max: 3650 },
         Some(DefaultValue::Integer(30)),
     ),
+    field("metrics_port", PORT, None),
     field("dns", Kind::Table(&DNS_FIELDS), None),
     field("limits", Kind::Table(&LIMITS_FIELDS), None),
+    field("tunnel", Kind::Table(&TUNNEL_FIELDS), None),
 ];
 
 /// The relay (`gate-relay`) schema. Environment prefix `RELAY`.

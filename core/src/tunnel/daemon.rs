@@ -87,6 +87,9 @@ pub struct RegisteredNames {
     pub custom_name: Option<String>,
     /// Why the custom label was refused, when it was.
     pub custom_name_refusal: Option<String>,
+    /// The relay's public HTTPS port, when it announced one (protocol version 2 or later);
+    /// `None` means 443.
+    pub https_port: Option<u16>,
 }
 
 /// Why a connection ended or never came up.
@@ -526,6 +529,7 @@ impl DaemonSession {
             node_name: registered.node_name,
             custom_name: registered.custom_name,
             custom_name_refusal: registered.custom_name_refusal,
+            https_port: registered.https_port,
         };
         self.consecutive_failures = 0;
         self.heartbeats = Some(Heartbeats {

@@ -11,8 +11,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Wire protocol version spoken by this build. Sent by the daemon in [`Register`] and echoed
-/// (or lowered) by the relay in [`Registered`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// (or lowered) by the relay in [`Registered`]. Version 2 added [`Registered::https_port`].
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The first protocol version whose [`Registered`] frame carries the relay's public HTTPS port.
+pub const HTTPS_PORT_SINCE_VERSION: u16 = 2;
 
 /// ALPN protocol identifier of the tunnel's QUIC connections.
 pub const ALPN: &[u8] = b"gate-relay/1";
@@ -66,6 +69,11 @@ pub struct Registered {
     pub custom_name_refusal: Option<String>,
     /// How often the daemon must send [`Frame::Heartbeat`], in milliseconds.
     pub heartbeat_interval_ms: u32,
+    /// The TCP port HTTPS clients reach the relay on, so the daemon can tell its public URLs
+    /// (`https://<name>:<port>/` unless it is 443). On the wire from protocol version
+    /// [`HTTPS_PORT_SINCE_VERSION`] on, as a `u16` where 0 means "not announced" (`None`);
+    /// a version 1 frame never has it, so an older relay's answer decodes as `None`.
+    pub https_port: Option<u16>,
 }
 
 impl Registered {
@@ -190,6 +198,18 @@ pub enum EncodeError {
         field: &'static str,
         /// Its length in bytes.
         len: usize,
+    },
+    /// A field is set that the frame's protocol version cannot carry (it would be lost).
+    #[error(
+        "field `{field}` needs protocol version {since} or later; the frame has version {version}"
+    )]
+    FieldNeedsVersion {
+        /// The field's name.
+        field: &'static str,
+        /// The first version that carries it.
+        since: u16,
+        /// The frame's version.
+        version: u16,
     },
 }
 
@@ -331,6 +351,13 @@ impl Frame {
                 }
             }
             Frame::Registered(r) => {
+                if r.https_port.is_some() && r.protocol_version < HTTPS_PORT_SINCE_VERSION {
+                    return Err(EncodeError::FieldNeedsVersion {
+                        field: "https_port",
+                        since: HTTPS_PORT_SINCE_VERSION,
+                        version: r.protocol_version,
+                    });
+                }
                 check_str("node_name", &r.node_name)?;
                 if let Some(name) = &r.custom_name {
                     check_str("custom_name", name)?;
@@ -380,6 +407,9 @@ impl Frame {
                 put_opt_str(out, r.custom_name.as_deref());
                 put_opt_str(out, r.custom_name_refusal.as_deref());
                 put_u32(out, r.heartbeat_interval_ms);
+                if r.protocol_version >= HTTPS_PORT_SINCE_VERSION {
+                    put_u16(out, r.https_port.unwrap_or(0));
+                }
             }
             Frame::Refused { reason } => put_str(out, reason),
             Frame::Heartbeat { seq } | Frame::HeartbeatAck { seq } => put_u64(out, *seq),
@@ -439,6 +469,11 @@ impl Frame {
                     + opt_len(r.custom_name.as_ref())
                     + opt_len(r.custom_name_refusal.as_ref())
                     + 4
+                    + if r.protocol_version >= HTTPS_PORT_SINCE_VERSION {
+                        2
+                    } else {
+                        0
+                    }
             }
             Frame::Refused { reason } => str_len(reason),
             Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } => 8,
@@ -552,13 +587,26 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, FrameError> {
             daemon_version: r.string("daemon_version")?,
             custom_label: r.opt_string("custom_label")?,
         }),
-        frame_type::REGISTERED => Frame::Registered(Registered {
-            protocol_version: r.u16("protocol_version")?,
-            node_name: r.string("node_name")?,
-            custom_name: r.opt_string("custom_name")?,
-            custom_name_refusal: r.opt_string("custom_name_refusal")?,
-            heartbeat_interval_ms: r.u32("heartbeat_interval_ms")?,
-        }),
+        frame_type::REGISTERED => {
+            let protocol_version = r.u16("protocol_version")?;
+            let node_name = r.string("node_name")?;
+            let custom_name = r.opt_string("custom_name")?;
+            let custom_name_refusal = r.opt_string("custom_name_refusal")?;
+            let heartbeat_interval_ms = r.u32("heartbeat_interval_ms")?;
+            let https_port = if protocol_version >= HTTPS_PORT_SINCE_VERSION {
+                Some(r.u16("https_port")?).filter(|port| *port != 0)
+            } else {
+                None
+            };
+            Frame::Registered(Registered {
+                protocol_version,
+                node_name,
+                custom_name,
+                custom_name_refusal,
+                heartbeat_interval_ms,
+                https_port,
+            })
+        }
         frame_type::REFUSED => Frame::Refused {
             reason: r.string("reason")?,
         },

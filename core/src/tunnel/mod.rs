@@ -48,7 +48,7 @@
 //! | type | frame | direction | body |
 //! |---|---|---|---|
 //! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label |
-//! | `0x02` | Registered | relay -> daemon | `u16` protocol version, `str` node name (`<node-id>.<suffix>`), `opt<str>` custom name granted, `opt<str>` custom name refusal reason, `u32` heartbeat interval (ms) |
+//! | `0x02` | Registered | relay -> daemon | `u16` protocol version, `str` node name (`<node-id>.<suffix>`), `opt<str>` custom name granted, `opt<str>` custom name refusal reason, `u32` heartbeat interval (ms), then from version 2 on: `u16` public HTTPS port (0 = not announced) |
 //! | `0x03` | Refused | relay -> daemon | `str` reason |
 //! | `0x04` | Heartbeat | daemon -> relay | `u64` seq |
 //! | `0x05` | HeartbeatAck | relay -> daemon | `u64` seq |
@@ -61,10 +61,17 @@
 //!
 //! # Versioning
 //!
-//! [`PROTOCOL_VERSION`] is 1. The daemon sends the highest version it speaks in `Register`; the
+//! [`PROTOCOL_VERSION`] is 2. The daemon sends the highest version it speaks in `Register`; the
 //! relay answers `Registered` with the version both will use (at most the daemon's) or `Refused`
 //! when it has none in common. Unknown frame types are a decoding error, so a new frame type
-//! needs a new protocol version.
+//! needs a new protocol version. The ALPN stays `gate-relay/1`: versions are negotiated inside.
+//!
+//! Version 2 appends the relay's public HTTPS port to `Registered`. Since the decoder reads the
+//! version first and only expects the port when it is at least 2, every pairing works: a version
+//! 1 daemon asks for 1 and gets a version 1 answer without the port; a version 2 daemon talking
+//! to a version 1 relay gets a version 1 answer (the relay lowers to its own version) and
+//! assumes port 443; two version 2 peers exchange the port. A version 1 decoder would reject the
+//! port as trailing bytes, which is why the relay only sends it when both speak version 2.
 //!
 //! # Limits
 //!
@@ -84,7 +91,8 @@ pub use daemon::{
 pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, LENGTH_PREFIX_LEN,
+    MAX_STRING_LEN, PROTOCOL_VERSION,
 };
 pub use names::{
     validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame,
-    Register, Registered, StreamHeader, PROTOCOL_VERSION,
+    Register, Registered, StreamHeader, HTTPS_PORT_SINCE_VERSION, PROTOCOL_VERSION,
 };
 use super::names::{NameGrant, NodeId, RelayNameTable};
 
@@ -48,6 +48,9 @@ pub struct RelayConfig {
     pub acme_record_lifetime: Duration,
     /// At most this many ACME records per daemon at once (default 8).
     pub max_acme_records: usize,
+    /// The relay's public HTTPS port, announced in [`Registered::https_port`] to daemons that
+    /// speak protocol version 2 or later (default `None`: not announced; daemons assume 443).
+    pub https_port: Option<u16>,
 }
 
 impl Default for RelayConfig {
@@ -58,6 +61,7 @@ impl Default for RelayConfig {
             registration_timeout: Duration::from_secs(10),
             acme_record_lifetime: Duration::from_secs(600),
             max_acme_records: 8,
+            https_port: None,
         }
     }
 }
@@ -319,13 +323,20 @@ impl RelaySession {
         self.last_heard_at = now;
         let interval_ms =
             u32::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
+        let protocol_version = register.protocol_version.min(PROTOCOL_VERSION);
+        // An older daemon could not decode the port (see the versioning notes in the module).
+        let https_port = self
+            .config
+            .https_port
+            .filter(|_| protocol_version >= HTTPS_PORT_SINCE_VERSION);
         self.events
             .push_back(RelayEvent::Transmit(Frame::Registered(Registered {
-                protocol_version: register.protocol_version.min(PROTOCOL_VERSION),
+                protocol_version,
                 node_name: grant.node_name.clone(),
                 custom_name: grant.custom_name.clone(),
                 custom_name_refusal: grant.custom_name_refusal.clone(),
                 heartbeat_interval_ms: interval_ms,
+                https_port,
             })));
         self.events.push_back(RelayEvent::Registered(grant.clone()));
         self.state = RelayState::Registered { grant };

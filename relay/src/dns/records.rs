@@ -127,6 +127,12 @@ impl<R: Runtime, P: DnsProvider> ChallengeRecords<R, P> {
         self.inner.provider.is_ok()
     }
 
+    /// Why requests are refused (DNS disabled, or the provider's settings unusable); `None`
+    /// when they are served.
+    pub fn problem(&self) -> Option<String> {
+        self.inner.provider.as_ref().err().cloned()
+    }
+
     /// Publishes `TXT name = value` for the daemon `owner` (its node id) and returns once the
     /// provider has it (plus the propagation delay). Setting a value already set is success.
     pub async fn set(&self, owner: &str, name: &str, value: &str) -> Result<(), ChallengeError> {
