@@ -164,6 +164,35 @@ impl CertStore {
         Ok(info)
     }
 
+    /// While the served certificate is self-signed, makes sure it names `names` (the names the
+    /// relays granted), so a client that pins it (`curl --cacert`) can check the host name.
+    /// Returns whether a new one was made. A stored or ACME certificate is left alone.
+    pub fn cover_with_self_signed(&self, names: &[String]) -> Result<bool, CertError> {
+        let current = self.snapshot();
+        let info = &current.loaded.info;
+        if !info.self_signed || names.is_empty() {
+            return Ok(false);
+        }
+        let mut wanted: Vec<String> = self.names.iter().chain(names).cloned().collect();
+        wanted.sort();
+        wanted.dedup();
+        let mut have = info.names.clone();
+        have.sort();
+        if have == wanted {
+            return Ok(false);
+        }
+        let loaded = self_signed(&wanted)?;
+        let next = Arc::new(CertSet { loaded });
+        match self.current.write() {
+            // An ACME certificate may have been installed in between: keep it.
+            Ok(mut guard) if guard.loaded.info.self_signed => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+            Ok(_) => return Ok(false),
+        }
+        tracing::info!(names = ?wanted, "serving a self-signed certificate for the relay names");
+        Ok(true)
+    }
+
     /// A resolver for rustls server configs.
     pub fn resolver(self: &Arc<Self>) -> Arc<CertResolver> {
         Arc::new(CertResolver(self.clone()))
@@ -388,6 +417,34 @@ mod tests {
         let reopened = CertStore::open(&dir, &names).expect("reopen");
         assert_eq!(reopened.info().serial, info.serial);
         assert!(!reopened.info().self_signed);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn self_signed_follows_the_granted_names_until_a_real_one_is_installed() {
+        let dir = temp_dir("cover");
+        let store = CertStore::open(&dir, &["node".to_owned()]).expect("open");
+        let granted = vec!["node.gate.test".to_owned(), "mine.gate.test".to_owned()];
+        assert!(store.cover_with_self_signed(&granted).expect("cover"));
+        let mut names = store.info().names;
+        names.sort();
+        assert_eq!(names, ["mine.gate.test", "node", "node.gate.test"]);
+        assert!(store.info().self_signed);
+        // Same names again: nothing to do.
+        assert!(!store.cover_with_self_signed(&granted).expect("again"));
+
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(granted.clone())
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let installed = store
+            .install(&cert.pem(), &key.serialize_pem())
+            .expect("install");
+        assert!(!store
+            .cover_with_self_signed(&["other.gate.test".to_owned()])
+            .expect("after install"));
+        assert_eq!(store.info().serial, installed.serial);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -412,6 +412,20 @@ pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
     {
         println!("  public URL: {}", text(url));
     }
+    let relays = status["relay"]["relays"].as_array().map(Vec::as_slice);
+    for relay in relays.unwrap_or_default() {
+        println!(
+            "  relay {}: {}",
+            text(&relay["address"]),
+            text(&relay["state"])
+        );
+        if let Some(refusal) = relay["custom_name_refusal"].as_str() {
+            println!("    custom name refused: {refusal}");
+        }
+        if let Some(error) = relay["last_error"].as_str() {
+            println!("    last error: {error}");
+        }
+    }
     println!("certificate: {}", text(&status["certificate"]["state"]));
     if let Some(error) = status["last_reload_error"].get("message") {
         println!(

@@ -163,6 +163,7 @@ impl<R: Runtime> Remote<R> {
             certs,
             acme: Mutex::new(None),
         });
+        remote.clone().keep_self_signed_names(rt.clone());
         if config.letsencrypt.enabled {
             remote.clone().start_acme_when_registered(
                 rt.clone(),
@@ -171,6 +172,29 @@ impl<R: Runtime> Remote<R> {
             );
         }
         Ok(Some(remote))
+    }
+
+    /// Until a real certificate is in place, the self-signed one names whatever the relays
+    /// granted (`<node-id>.<suffix>`, the custom name), checked every second.
+    fn keep_self_signed_names(self: Arc<Self>, rt: R) {
+        let task_rt = rt.clone();
+        rt.spawn(async move {
+            loop {
+                let names: Vec<String> = self
+                    .client
+                    .status()
+                    .into_iter()
+                    .filter(|s| s.state == RelayConnectionState::Registered)
+                    .flat_map(|s| s.names)
+                    .collect();
+                let names = certificate_names(&names, &[]);
+                if let Err(e) = self.certs.cover_with_self_signed(&names) {
+                    tracing::warn!(error = %e, "cannot make a self-signed certificate for the relay names");
+                }
+                let pause = if names.is_empty() { 250 } else { 1000 };
+                task_rt.sleep(Duration::from_millis(pause)).await;
+            }
+        });
     }
 
     /// Waits for a first registration (names are granted by the relay), then keeps a

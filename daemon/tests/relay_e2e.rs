@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{
     free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, require_tools,
-    start_daemon_with_relay, start_relay, start_relay_on, wait_until,
+    start_daemon_with_relay, start_relay, start_relay_on, wait_for, wait_until,
 };
 
 const SUFFIX: &str = "gate.localhost";
@@ -132,6 +132,33 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
         x509.contains(&node_id),
         "the certificate is not the daemon's:\n{x509}"
     );
+    // Within about a second of registering, the self-signed certificate names what the relay
+    // granted, so a client pinning it can check the host name.
+    wait_for(
+        "the self-signed certificate to name the relay names",
+        Duration::from_secs(15),
+        || {
+            let (_, text) = output(
+                Command::new("openssl")
+                    .args(["s_client", "-connect"])
+                    .arg(format!("127.0.0.1:{https_port}"))
+                    .args(["-servername", &custom_name])
+                    .stdin(Stdio::null()),
+            );
+            let start = text.find("-----BEGIN CERTIFICATE-----")?;
+            let end = text.find("-----END CERTIFICATE-----")? + 25;
+            std::fs::write(&pem_path, &text[start..end]).ok()?;
+            let (_, x509) = output(
+                Command::new("openssl")
+                    .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+                    .arg(&pem_path),
+            );
+            (x509.contains(&format!("DNS:{custom_name}"))
+                && x509.contains(&format!("DNS:{node_name}")))
+            .then_some(())
+        },
+        String::new,
+    );
 
     // Loopback trust applies locally, never through the relay.
     let local = Command::new("curl")
@@ -163,6 +190,11 @@ fn scenario(relay_runtime: &str, daemon_runtime: &str) {
         .arg(&gate_state);
     let (ok, text) = output(&mut status_cmd);
     assert!(ok, "gate status: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("relay ") && l.ends_with(": registered")),
+        "gate status lacks the relay's own line:\n{text}"
+    );
     for name in [&node_name, &custom_name] {
         let url = format!("https://{name}:{https_port}/");
         assert!(
