@@ -91,6 +91,27 @@ impl RelayProcess {
     }
 }
 
+/// CPU time (user + system, all threads) a process has used so far, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms).
+fn cpu_seconds(pid: &str) -> Result<f64, BoxError> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) in parentheses.
+    let rest = stat.rsplit_once(')').ok_or("stat format")?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let utime: f64 = fields.get(11).ok_or("utime")?.parse()?;
+    let stime: f64 = fields.get(12).ok_or("stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+/// CPU seconds used so far by this process and by the relay.
+fn cpu_now(relay: &RelayProcess) -> Result<(f64, f64), BoxError> {
+    Ok((
+        cpu_seconds("self")?,
+        cpu_seconds(&relay.0.id().to_string())?,
+    ))
+}
+
 fn free_ports() -> (u16, u16) {
     loop {
         let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
@@ -440,24 +461,46 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     let bytes = o.download_mib * MIB;
     let mut via_relay = Vec::new();
     let mut via_direct = Vec::new();
+    // CPU seconds per GiB: this process (client + responder + daemon side) for direct, this
+    // process plus the relay for the relayed download. Less sensitive to other load on the
+    // machine than the rates.
+    let mut cpu_direct = Vec::new();
+    let mut cpu_relay = Vec::new();
+    let gib = bytes as f64 / (1024.0 * MIB as f64);
     for round in 0..o.rounds {
+        let before = cpu_now(&relay)?;
         let d = download(&rt, direct, &name, config.clone(), bytes).await?;
+        let middle = cpu_now(&relay)?;
         let r = download(&rt, https, &name, config.clone(), bytes).await?;
+        let after = cpu_now(&relay)?;
         let gbit = |s: f64| bytes as f64 * 8.0 / s / 1e9;
+        let direct_cpu = (middle.0 - before.0) / gib;
+        let relay_driver_cpu = (after.0 - middle.0) / gib;
+        let relay_cpu = (after.1 - middle.1) / gib;
         eprintln!(
-            "round {round}: direct {:.2} Gbit/s, relay {:.2} Gbit/s",
+            "round {round}: direct {:.2} Gbit/s ({direct_cpu:.2} CPU s/GiB), relay {:.2} Gbit/s \
+             ({:.2} CPU s/GiB: driver {relay_driver_cpu:.2}, relay {relay_cpu:.2})",
             gbit(d),
-            gbit(r)
+            gbit(r),
+            relay_driver_cpu + relay_cpu,
         );
         via_direct.push(gbit(d));
         via_relay.push(gbit(r));
+        cpu_direct.push(direct_cpu);
+        cpu_relay.push((relay_driver_cpu + relay_cpu, relay_cpu));
     }
+    cpu_relay.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cpu_relay_total, cpu_relay_own) = cpu_relay
+        .get(cpu_relay.len() / 2)
+        .copied()
+        .unwrap_or_default();
     let median_f = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
     let relay_gbit = median_f(&mut via_relay);
     let direct_gbit = median_f(&mut via_direct);
+    let cpu_direct = median_f(&mut cpu_direct);
 
     // (b) Time to first byte, alternating.
     let mut ttfb_relay = Vec::new();
@@ -544,6 +587,13 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         direct_gbit,
         relay_gbit / direct_gbit * 100.0,
         throughput_verdict
+    );
+    println!(
+        "| (a) CPU seconds per GiB downloaded, median (all processes; relay process alone) | {:.2} ({:.2}) | {:.2} | {:.0}% of direct's CPU per byte | (info) | |",
+        cpu_relay_total,
+        cpu_relay_own,
+        cpu_direct,
+        cpu_relay_total / cpu_direct * 100.0
     );
     println!(
         "| (b) new connection to first byte, median of {} (ms) | {:.3} | {:.3} | {:+.3} ms | <= +0.5 ms | {} |",

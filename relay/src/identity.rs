@@ -285,7 +285,7 @@ impl Identity {
             .map_err(tls_error)?;
         tls.alpn_protocols = vec![gate_rt::quic::TUNNEL_ALPN.to_vec()];
         let mut config = gate_rt::quic::server_config(tls).map_err(tls_error)?;
-        let mut transport = quinn::TransportConfig::default();
+        let mut transport = gate_rt::quic::transport_config();
         // Daemons open only their control stream; the relay opens the forwarded ones.
         transport.max_concurrent_bidi_streams(4u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
@@ -328,7 +328,7 @@ impl Identity {
             .map_err(tls_error)?;
         tls.alpn_protocols = vec![gate_rt::quic::TUNNEL_ALPN.to_vec()];
         let mut config = gate_rt::quic::client_config(tls).map_err(tls_error)?;
-        let mut transport = quinn::TransportConfig::default();
+        let mut transport = gate_rt::quic::transport_config();
         // Every forwarded HTTPS connection is one relay-opened stream.
         transport.max_concurrent_bidi_streams(16_384u32.into());
         transport.max_concurrent_uni_streams(0u32.into());

@@ -7,6 +7,8 @@
 //!   (shared with the daemon).
 //! - [`server`]: `gate-relay serve`: HTTPS listener, SNI routing, QUIC endpoints, daemon
 //!   sessions, forwarding, limits, name persistence, metrics.
+//! - `forward`: one forwarded connection's copy loop, TCP <-> QUIC stream, without buffers
+//!   of its own while idle.
 //! - [`client`]: the daemon's side: [`client::RelayClient`] keeps a registration with every
 //!   configured relay and hands forwarded streams to the daemon.
 //! - [`settings`]: the relay's settings and their defaults.
@@ -20,6 +22,7 @@
 pub mod cli;
 pub mod client;
 pub mod dns;
+mod forward;
 pub mod identity;
 pub mod server;
 pub mod settings;

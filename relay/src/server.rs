@@ -42,9 +42,6 @@ use crate::support::{race, unix_now, Either, Shutdown};
 /// File name of the persisted name table in the state directory.
 pub const NAMES_FILE_NAME: &str = "names.json";
 
-/// Copy buffer per direction of a forwarded connection.
-const COPY_BUFFER_BYTES: usize = 16 * 1024;
-
 /// How long the relay keeps reading (and discarding) after sending an alert, so the client
 /// reads the alert instead of a connection reset.
 const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
@@ -1094,7 +1091,7 @@ async fn serve_https<R: Runtime>(
     shared: Arc<Shared>,
     mut stream: R::TcpStream,
     peer: SocketAddr,
-    _slot: HttpsSlot,
+    slot: HttpsSlot,
 ) {
     let metrics = &shared.metrics;
     let mut hello = Vec::with_capacity(2048);
@@ -1161,36 +1158,58 @@ async fn serve_https<R: Runtime>(
     }
     head.extend_from_slice(&hello);
     drop(hello);
-    if send.write_all(&head).await.is_err() {
+    if send.write_chunk(bytes::Bytes::from(head)).await.is_err() {
         metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
         refuse(&rt, &mut stream, sni::internal_error_alert()).await;
         return;
     }
-    drop(head);
     metrics.forwarded.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, name = %server_name, "forwarding");
-    let mut tunnel = tokio::io::join(recv, send);
-    let copied = tokio::io::copy_bidirectional_with_sizes(
-        &mut stream,
-        &mut tunnel,
-        COPY_BUFFER_BYTES,
-        COPY_BUFFER_BYTES,
-    )
-    .await;
-    match copied {
-        Ok((to_daemon, to_client)) => {
-            metrics
-                .bytes_to_daemons
-                .fetch_add(to_daemon, Ordering::Relaxed);
-            metrics
-                .bytes_to_clients
-                .fetch_add(to_client, Ordering::Relaxed);
-        }
-        Err(e) => {
-            tracing::debug!(%peer, name = %server_name, "forwarded connection ended: {e}");
-            let (mut recv, mut send) = tunnel.into_inner();
-            let _ = send.reset(0u32.into());
-            let _ = recv.stop(0u32.into());
+    // The forwarding is a task of its own and this one ends: an open forwarded connection
+    // then holds only the forwarding state, not this task's (ClientHello reading, refusals).
+    let Route {
+        _slot: node_slot, ..
+    } = route;
+    let forwarding = Forwarding {
+        shared: shared.clone(),
+        peer,
+        server_name,
+        _slots: (slot, node_slot),
+    };
+    rt.spawn(forwarding.run(stream, send, recv));
+}
+
+/// What one forwarded connection keeps while it is open.
+struct Forwarding {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    server_name: String,
+    /// Its places in the limits, released when the connection ends.
+    _slots: (HttpsSlot, NodeSlot),
+}
+
+impl Forwarding {
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        mut stream: S,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let metrics = &self.shared.metrics;
+        match crate::forward::forward(&mut stream, &mut send, &mut recv).await {
+            Ok(copied) => {
+                metrics
+                    .bytes_to_daemons
+                    .fetch_add(copied.to_daemon, Ordering::Relaxed);
+                metrics
+                    .bytes_to_clients
+                    .fetch_add(copied.to_client, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, name = %self.server_name, "forwarded connection ended: {e}");
+                let _ = send.reset(0u32.into());
+                let _ = recv.stop(0u32.into());
+            }
         }
     }
 }

@@ -193,6 +193,5 @@ pub fn quic_endpoint<R: gate_rt::Runtime>(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    let socket = std::net::UdpSocket::bind(addr)?;
-    quinn::Endpoint::new(config, server, socket, rt.quinn_runtime())
+    gate_rt::quic::endpoint_with(rt, addr, config, server)
 }
