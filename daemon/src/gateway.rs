@@ -9,7 +9,8 @@
 //! - a pass-through request (same protocol) forwards the client's body bytes untouched,
 //!   except the `model` field when an alias maps it to another upstream model;
 //! - failover happens only before any byte of the response reaches the client;
-//! - streams are forwarded frame by frame as they arrive, never buffered whole;
+//! - streams are forwarded as they arrive, never buffered whole and never held waiting for
+//!   more data (chunks already read from the upstream go out together, see `StreamPipe`);
 //! - no total-time cap: only a connect timeout and an idle timeout between bytes.
 
 use std::collections::VecDeque;
