@@ -2,6 +2,7 @@
 
 use gate_core::llm::sse::{
     encode_comment, encode_data, SseEncodeError, SseEnd, SseError, SseEvent, SseFramer, SseParser,
+    SseWatcher,
 };
 use proptest::prelude::*;
 
@@ -479,6 +480,27 @@ proptest! {
         prop_assert_eq!(parsed_end.unwrap().incomplete_event, end.incomplete_event);
     }
 
+    /// The watcher reports every event the parser dispatches whose data holds the marker, in
+    /// order, whatever the chunking (and only events of blocks that hold it).
+    #[test]
+    fn watcher_finds_every_marked_event(
+        bytes in sse_like_bytes(),
+        cuts in proptest::collection::vec(any::<usize>(), 0..12),
+        marker in prop_oneof![Just(&b"e"[..]), Just(&b"1"[..]), Just(&b"data"[..]), Just("é".as_bytes())],
+    ) {
+        let (parsed, _) = parse_chunks([&bytes[..]], 1 << 16, 1 << 16);
+        let marker_text = std::str::from_utf8(marker).unwrap();
+        let expected: Vec<SseEvent> =
+            parsed.into_iter().filter(|e| e.data.contains(marker_text)).collect();
+        let mut watcher = SseWatcher::new(marker, 1 << 16);
+        let mut seen = Vec::new();
+        for chunk in split_at_points(&bytes, &cuts) {
+            watcher.push(&chunk, |event| seen.push(event));
+        }
+        let seen: Vec<SseEvent> = seen.into_iter().filter(|e| e.data.contains(marker_text)).collect();
+        prop_assert_eq!(seen, expected);
+    }
+
     /// Random bytes never panic, and with no line ending memory stays within the limit: the
     /// parser reports LineTooLong instead of buffering.
     #[test]
@@ -527,4 +549,68 @@ fn byte_at_a_time_long_lines() {
             incomplete_event: false
         })
     );
+}
+
+#[test]
+fn watcher_parses_only_marked_blocks() {
+    let stream = concat!(
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+        ": keep-alive\n\n",
+        "event: message_delta\r\ndata: {\"usage\":{\"output_tokens\":7}}\r\n\r\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3}}\n\n",
+        "data: [DONE]\n\n",
+    );
+    for size in 1..stream.len() {
+        let mut watcher = SseWatcher::new(b"\"usage\"", 1 << 10);
+        let mut seen = Vec::new();
+        for chunk in stream.as_bytes().chunks(size) {
+            watcher.push(chunk, |event| seen.push(event));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                event(
+                    Some("message_delta"),
+                    "{\"usage\":{\"output_tokens\":7}}",
+                    None,
+                    None
+                ),
+                SseEvent::data("{\"choices\":[],\"usage\":{\"prompt_tokens\":3}}"),
+            ],
+            "chunks of {size}"
+        );
+    }
+}
+
+#[test]
+fn watcher_skips_an_oversized_block_and_resumes() {
+    let big = format!("data: {{\"usage\":\"{}\"}}\n\n", "x".repeat(200));
+    let small = "data: {\"usage\":1}\r\n\r\n";
+    let stream = format!("{big}{small}{big}{small}");
+    for size in [1, 7, 64, 100, 1000] {
+        let mut watcher = SseWatcher::new(b"usage", 100);
+        let mut seen = Vec::new();
+        for chunk in stream.as_bytes().chunks(size) {
+            watcher.push(chunk, |event| seen.push(event));
+        }
+        assert_eq!(
+            seen,
+            vec![
+                SseEvent::data("{\"usage\":1}"),
+                SseEvent::data("{\"usage\":1}")
+            ],
+            "chunks of {size}"
+        );
+    }
+}
+
+#[test]
+fn watcher_keeps_a_byte_order_mark_inside_the_stream() {
+    // At the start of the stream a BOM is dropped; later it is part of the line, so the line
+    // is not a `data` field.
+    let stream = "\u{feff}data: u1\n\n\u{feff}data: u2\n\ndata: u3\n\n";
+    let mut watcher = SseWatcher::new(b"u", 1 << 10);
+    let mut seen = Vec::new();
+    watcher.push(stream.as_bytes(), |event| seen.push(event));
+    assert_eq!(seen, vec![SseEvent::data("u1"), SseEvent::data("u3")]);
 }

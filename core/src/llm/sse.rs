@@ -71,6 +71,13 @@
 //! when a blank line ends in CR and the LF of that CRLF has not arrived yet, the frame ends at
 //! the CR and the LF becomes the first byte of the next frame; any SSE client treats that LF as part of the line ending,
 //! so it is harmless even when the proxy inserts its own events between frames.
+//!
+//! # Watching a forwarded stream cheaply
+//! A proxy that forwards the bytes as they are and only needs the few events that contain some
+//! marker (the `"usage"` of token counts) uses [`SseWatcher`]: it finds the blank lines that end
+//! event blocks with a byte search, keeps only the bytes of an unfinished block, and parses a
+//! block (with [`SseParser`], so by the same rules) only when its raw bytes contain the marker.
+//! Every event whose `data` contains the marker is reported; events without it may be too.
 
 use std::borrow::Cow;
 
@@ -749,4 +756,164 @@ impl SseFramer {
             incomplete_event,
         })
     }
+}
+
+/// Reports the events of a stream whose raw block contains a marker, without parsing the other
+/// blocks (see the module docs, "Watching a forwarded stream cheaply"). It never changes or holds
+/// the stream: the caller forwards its bytes itself and pushes a view of them here.
+///
+/// Guarantee: every event that [`SseParser`] would dispatch for the same bytes and whose `data`
+/// contains the marker is reported, in order, whatever the chunking; other events of the same
+/// blocks may be reported too. Memory: at most the bytes of one unfinished block, bounded by
+/// `max_event_bytes`; a block larger than that is skipped (not reported), and watching resumes
+/// at the next blank line.
+#[derive(Debug)]
+pub struct SseWatcher {
+    marker: memchr::memmem::Finder<'static>,
+    max_event_bytes: usize,
+    /// Bytes after the last blank line seen (an unfinished block).
+    carry: Vec<u8>,
+    /// Stream offset of the first byte of `carry` (or of the next chunk when `carry` is empty).
+    offset: u64,
+    /// The unfinished block outgrew `max_event_bytes`: it is dropped up to its end, and `carry`
+    /// only holds the line ending bytes at its end (they may start a blank line).
+    skipping: bool,
+}
+
+impl SseWatcher {
+    /// A watcher for blocks containing `marker`, which must not contain CR or LF (a marker
+    /// with a line break could never be inside one `data` line).
+    ///
+    /// # Panics
+    /// When `marker` is empty or contains CR or LF.
+    pub fn new(marker: &'static [u8], max_event_bytes: usize) -> Self {
+        assert!(
+            !marker.is_empty() && !marker.iter().any(|b| *b == b'\r' || *b == b'\n'),
+            "the marker must be non-empty and on one line"
+        );
+        SseWatcher {
+            marker: memchr::memmem::Finder::new(marker),
+            max_event_bytes,
+            carry: Vec::new(),
+            offset: 0,
+            skipping: false,
+        }
+    }
+
+    /// Looks at the next bytes of the stream; calls `on_event` for each event of a completed
+    /// block that contains the marker.
+    pub fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+        if chunk.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.carry);
+        let cut = if buf.is_empty() {
+            // The usual case: nothing unfinished, the chunk is searched where it is.
+            let cut = last_block_end(chunk);
+            self.complete(&chunk[..cut], &mut on_event);
+            buf.extend_from_slice(&chunk[cut..]);
+            cut
+        } else {
+            buf.extend_from_slice(chunk);
+            let cut = last_block_end(&buf);
+            self.complete(&buf[..cut], &mut on_event);
+            buf.drain(..cut);
+            cut
+        };
+        self.offset += cut as u64;
+        self.keep(buf);
+    }
+
+    /// `done` ends at a block end (or is empty): reports the marked events in it.
+    fn complete(&mut self, done: &[u8], on_event: &mut impl FnMut(SseEvent)) {
+        if done.is_empty() {
+            return;
+        }
+        let mut from = 0;
+        if self.skipping {
+            // The first block of `done` is the rest of the oversized one.
+            self.skipping = false;
+            from = next_block_end(done, 0);
+        }
+        while let Some(found) = self.marker.find(&done[from..]) {
+            let at = from + found;
+            let start = from + last_block_end(&done[from..at]);
+            let end = next_block_end(done, at);
+            let block = &done[start..end];
+            if block.len() <= self.max_event_bytes {
+                let mut parser = SseParser::new(self.max_event_bytes, self.max_event_bytes);
+                if self.offset + start as u64 != 0 {
+                    // Not the start of the stream: a leading byte order mark is content here,
+                    // so give the parser a blank line first (it dispatches nothing).
+                    parser.push(b"\n");
+                }
+                parser.push(block);
+                while let Some(Ok(event)) = parser.next_event() {
+                    on_event(event);
+                }
+            }
+            from = end;
+        }
+    }
+
+    /// Keeps the unfinished block `rest` (it holds no blank line), unless it is too large.
+    fn keep(&mut self, mut rest: Vec<u8>) {
+        if rest.len() > self.max_event_bytes {
+            self.skipping = true;
+        }
+        if self.skipping {
+            // Only line ending bytes at the very end can belong to the blank line that ends the
+            // skipped block; they are at most 2 (more would have made a blank line).
+            let tail = rest.iter().rev().take_while(|b| is_line_break(**b)).count();
+            let tail_start = rest.len() - tail;
+            self.offset += tail_start as u64;
+            rest = rest[tail_start..].to_vec();
+        }
+        self.carry = rest;
+    }
+}
+
+/// Whether a maximal run of CR / LF bytes holds at least two line endings, i.e. ends a blank
+/// line (CRLF is one ending; any other pair, and any run of three or more, is at least two).
+fn run_ends_blank_line(run: &[u8]) -> bool {
+    run.len() >= 3 || (run.len() == 2 && run != b"\r\n")
+}
+
+fn is_line_break(byte: u8) -> bool {
+    byte == b'\r' || byte == b'\n'
+}
+
+/// The index just after the last blank line in `data` (0 when there is none). A run of line
+/// endings is taken whole, so a cut never splits a CRLF.
+fn last_block_end(data: &[u8]) -> usize {
+    let mut end = data.len();
+    while let Some(last) = memchr::memrchr2(b'\n', b'\r', &data[..end]) {
+        let mut first = last;
+        while first > 0 && is_line_break(data[first - 1]) {
+            first -= 1;
+        }
+        if run_ends_blank_line(&data[first..=last]) {
+            return last + 1;
+        }
+        end = first;
+    }
+    0
+}
+
+/// The index just after the first blank line in `data` at or after `from` (`data.len()` when
+/// there is none; callers pass data that ends at a block end).
+fn next_block_end(data: &[u8], from: usize) -> usize {
+    let mut start = from;
+    while let Some(found) = memchr::memchr2(b'\n', b'\r', &data[start..]) {
+        let first = start + found;
+        let mut last = first + 1;
+        while last < data.len() && is_line_break(data[last]) {
+            last += 1;
+        }
+        if run_ends_blank_line(&data[first..last]) {
+            return last;
+        }
+        start = last;
+    }
+    data.len()
 }
