@@ -1,8 +1,10 @@
 //! Fuzz the SSE parser and framer: the input's first bytes choose the limits and the chunk
 //! sizes, the rest is the stream. Parsing in those chunks must give the same events, errors and
-//! end report as parsing in one piece, and the framer must give back the input byte for byte.
+//! end report as parsing in one piece, the framer must give back the input byte for byte, and
+//! the watcher (pass-through streams' usage finder) must report, in order, the data of every
+//! event the parser finds whose data holds the marker.
 #![no_main]
-use gate_core::llm::sse::{SseEvent, SseFramer, SseParser};
+use gate_core::llm::sse::{SseEvent, SseFramer, SseParser, SseWatcher};
 use libfuzzer_sys::fuzz_target;
 
 type Outcome = (Vec<SseEvent>, String);
@@ -43,6 +45,23 @@ fuzz_target!(|data: &[u8]| {
     let one_shot = parse(std::iter::once(stream), max_line, max_event);
     let chunked = parse(chunks.iter().copied(), max_line, max_event);
     assert_eq!(one_shot, chunked);
+
+    // The watcher, on the same chunks, against a parser with its bound.
+    const WATCH_LIMIT: usize = 1 << 16;
+    let (parsed, _) = parse(std::iter::once(stream), WATCH_LIMIT, WATCH_LIMIT);
+    let marked = |events: Vec<SseEvent>| -> Vec<String> {
+        events
+            .into_iter()
+            .map(|e| e.data)
+            .filter(|d| d.contains('e'))
+            .collect()
+    };
+    let mut watcher = SseWatcher::new(b"e", WATCH_LIMIT);
+    let mut seen = Vec::new();
+    for chunk in &chunks {
+        watcher.push(chunk, |event| seen.push(event));
+    }
+    assert_eq!(marked(seen), marked(parsed));
 
     let mut framer = SseFramer::new(max_line, max_event);
     let mut rebuilt = Vec::new();
