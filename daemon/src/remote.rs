@@ -178,23 +178,30 @@ impl<R: Runtime> Remote<R> {
     /// granted (`<node-id>.<suffix>`, the custom name), checked every second.
     fn keep_self_signed_names(self: Arc<Self>, rt: R) {
         let task_rt = rt.clone();
+        let this = Arc::downgrade(&self);
+        drop(self);
         rt.spawn(async move {
-            loop {
-                let names: Vec<String> = self
-                    .client
-                    .status()
-                    .into_iter()
-                    .filter(|s| s.state == RelayConnectionState::Registered)
-                    .flat_map(|s| s.names)
-                    .collect();
-                let names = certificate_names(&names, &[]);
-                if let Err(e) = self.certs.cover_with_self_signed(&names) {
+            // Ends when the remote side is dropped.
+            while let Some(remote) = this.upgrade() {
+                let names = certificate_names(&remote.registered_names(), &[]);
+                if let Err(e) = remote.certs.cover_with_self_signed(&names) {
                     tracing::warn!(error = %e, "cannot make a self-signed certificate for the relay names");
                 }
+                drop(remote);
                 let pause = if names.is_empty() { 250 } else { 1000 };
                 task_rt.sleep(Duration::from_millis(pause)).await;
             }
         });
+    }
+
+    /// The names granted by the relays this daemon is registered with now.
+    fn registered_names(&self) -> Vec<String> {
+        self.client
+            .status()
+            .into_iter()
+            .filter(|s| s.state == RelayConnectionState::Registered)
+            .flat_map(|s| s.names)
+            .collect()
     }
 
     /// Waits for a first registration (names are granted by the relay), then keeps a
@@ -208,13 +215,7 @@ impl<R: Runtime> Remote<R> {
         let task_rt = rt.clone();
         rt.spawn(async move {
             let names = loop {
-                let names: Vec<String> = self
-                    .client
-                    .status()
-                    .into_iter()
-                    .filter(|s| s.state == RelayConnectionState::Registered)
-                    .flat_map(|s| s.names)
-                    .collect();
+                let names = self.registered_names();
                 if !names.is_empty() {
                     break names;
                 }
