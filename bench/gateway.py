@@ -54,7 +54,14 @@ def start(cmd: list[str], log: Path, env: dict | None = None, stdout=None) -> su
         stderr=log_file,
         stdin=subprocess.DEVNULL,
         env=env,
-        start_new_session=True,
+        # A process group of its own (so `stop` can signal LiteLLM's workers with it), but the
+        # same session as the load generator: with the kernel's autogroup scheduling
+        # (/proc/sys/kernel/sched_autogroup_enabled = 1, Debian's default) every session is
+        # one scheduling group with an equal share of the CPU, so a target in a session of its
+        # own was held to a third of the 2 cores whenever mock, proxy and load generator were
+        # all busy, and a proxy that needs more than a third measured slower than it is. In one
+        # session the kernel shares the CPU per thread, as in a benchmark run from one shell.
+        process_group=0,
     )
     CHILDREN.append(proc)
     return proc
@@ -380,7 +387,7 @@ def soak(root: Path, gate: Target, others: list[Target], minutes: float, period:
             "--warmup", "5", "--threads", "1", "--timeout", "60", "--label", f"soak-{'stream' if stream else 'plain'}",
         ] + (["--stream"] if stream else [])
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True))
+                                      process_group=0))
         CHILDREN.append(procs[-1])
     with RssSampler(gate.proc.pid, False, period) as sampler:
         reports = []

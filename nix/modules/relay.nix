@@ -10,7 +10,7 @@
 let
   inherit (lib)
     any attrValues concatMap filter filterAttrs length listToAttrs literalExpression
-    mapAttrsToList mkIf mkOption nameValuePair optionals recursiveUpdate types unique;
+    mapAttrsToList mkIf mkOption nameValuePair optionalAttrs optionals recursiveUpdate types unique;
 
   gateLib = import ./lib.nix { inherit lib; };
   cfg = config.services.gate-relay;
