@@ -13,7 +13,11 @@
 //! Usage: `relay_bench --relay-bin PATH [--download-mib N] [--rounds N] [--ttfb N]
 //! [--daemons N] [--connections N]`. Prints a Markdown table.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
+
+// The relay tests' harness: free ports and deadline waits.
+#[path = "../tests/common/mod.rs"]
+mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,28 +114,6 @@ fn cpu_now(relay: &RelayProcess) -> Result<(f64, f64), BoxError> {
         cpu_seconds("self")?,
         cpu_seconds(&relay.0.id().to_string())?,
     ))
-}
-
-fn free_ports() -> (u16, u16) {
-    loop {
-        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(https) = tcp.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        let Ok(udp) = UdpSocket::bind(("127.0.0.1", https)) else {
-            continue;
-        };
-        let Ok(p2p) = UdpSocket::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(p2p_port) = p2p.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        drop((tcp, udp, p2p));
-        return (https, p2p_port);
-    }
 }
 
 fn spawn_relay(
@@ -341,22 +323,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn wait_for<R: Runtime>(
-    rt: &R,
-    limit: Duration,
-    what: &str,
-    mut condition: impl FnMut() -> bool,
-) -> Result<(), BoxError> {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        if Instant::now() >= deadline {
-            return Err(format!("timed out after {limit:?}: {what}").into());
-        }
-        rt.sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
 /// Opens `count` TLS connections through the relay, spread over `daemons`, with 32 in flight;
 /// they are kept open in `held`.
 async fn open_idle<R: Runtime>(
@@ -405,7 +371,7 @@ async fn open_idle<R: Runtime>(
             }
         });
     }
-    wait_for(
+    common::wait_until(
         rt,
         Duration::from_secs(300),
         "idle connections opened",
@@ -427,7 +393,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
     let relay_id = Identity::load_or_create(&state)?.node_id().clone();
-    let (https_port, p2p_port) = free_ports();
+    let (https_port, p2p_port) = common::free_ports();
     let relay = spawn_relay(&o.relay_bin, dir.path(), https_port, p2p_port)?;
     let https = SocketAddr::from(([127, 0, 0, 1], https_port));
     let address: RelayAddress = format!("{relay_id}@127.0.0.1:{p2p_port}").parse()?;
@@ -435,7 +401,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
 
     // The measured daemon, and the direct listener serving the same responder.
     let daemon = start_daemon(&rt, address.clone())?;
-    let registered = wait_for(&rt, Duration::from_secs(20), "daemon registered", || {
+    let registered = common::wait_until(&rt, Duration::from_secs(20), "daemon registered", || {
         daemon.registered()
     })
     .await;
@@ -520,7 +486,7 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     for _ in 0..o.daemons {
         idle.push(start_daemon(&rt, address.clone())?);
     }
-    wait_for(
+    common::wait_until(
         &rt,
         Duration::from_secs(120),
         "idle daemons registered",

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -24,29 +24,6 @@ impl Drop for Relay {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-/// Two free ports: one free for TCP and UDP (https_port), one free for UDP (p2p_port).
-fn free_ports() -> (u16, u16) {
-    loop {
-        let Ok(tcp) = TcpListener::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(https) = tcp.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        let Ok(udp) = UdpSocket::bind(("127.0.0.1", https)) else {
-            continue;
-        };
-        let Ok(p2p) = UdpSocket::bind("127.0.0.1:0") else {
-            continue;
-        };
-        let Ok(p2p_port) = p2p.local_addr().map(|a| a.port()) else {
-            continue;
-        };
-        drop((tcp, udp, p2p));
-        return (https, p2p_port);
     }
 }
 

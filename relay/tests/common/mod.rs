@@ -425,3 +425,26 @@ pub fn pem(cert: &CertificateDer<'_>) -> String {
     out.push_str("-----END CERTIFICATE-----\n");
     out
 }
+
+/// Two free ports: one free for TCP and UDP (https_port), one free for UDP (p2p_port).
+pub fn free_ports() -> (u16, u16) {
+    loop {
+        let Ok(tcp) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(https) = tcp.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        let Ok(udp) = std::net::UdpSocket::bind(("127.0.0.1", https)) else {
+            continue;
+        };
+        let Ok(p2p) = std::net::UdpSocket::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(p2p_port) = p2p.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        drop((tcp, udp, p2p));
+        return (https, p2p_port);
+    }
+}
