@@ -2,11 +2,12 @@
 //! between a relay-side and a daemon-side endpoint: path MTU discovery grows the packets up to
 //! `MAX_UDP_PAYLOAD` (loopback carries 65,536 bytes), and a bulk transfer keeps them there.
 //!
-//! The second part guards a limit of quinn: it sends up to 10 packets in one segmentation-
-//! offload send, which must fit in one UDP datagram; with packets too large for that, every
-//! batched send fails, the losses trip black-hole detection and the path falls back to 1,200
-//! bytes (ARCHITECTURE.md, "QUIC transport settings"). A quinn upgrade that changes the batch
-//! size makes this test fail instead of quietly costing throughput.
+//! The second part guards the send path: quinn sends up to 10 packets in one segmentation-
+//! offload send, more than one UDP datagram holds at this packet size, and
+//! `gate_rt::quic::SplitSocket` cuts such sends. Were a batch refused instead (`EMSGSIZE`,
+//! dropped silently by quinn-udp), the losses would trip black-hole detection and the path
+//! would fall back to 1,200 bytes (ARCHITECTURE.md, "QUIC transport settings"); this test
+//! then fails instead of quietly costing throughput.
 
 mod common;
 
