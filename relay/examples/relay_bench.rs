@@ -2,9 +2,11 @@
 //!
 //! The relay runs as its own process (the `gate-relay` binary given with `--relay-bin`), so its
 //! RSS is read from `/proc/<pid>/status` alone. This process plays the daemons (a `RelayClient`
-//! each, with a small rustls HTTP responder behind it), a direct TLS listener serving the same
-//! responder, and the HTTPS clients. It measures, in one run:
-//! - (a) one large HTTPS download through the relay vs directly from the responder;
+//! each, with a small rustls HTTP responder behind it) and a direct TLS listener serving the
+//! same responder. It measures, in one run:
+//! - (a) one large HTTPS download through the relay vs directly from the responder, each by a
+//!   client process of its own (this binary with `--client`: one thread, blocking I/O, rustls,
+//!   as `curl` or a browser would be a process apart from the daemon);
 //! - (b) time to first response byte of a new connection (TCP + TLS + `GET /ping`), relay vs
 //!   direct, alternating, median and p99;
 //! - (c) relay RSS per registered idle daemon and per open forwarded connection;
@@ -262,32 +264,64 @@ async fn connect_tls<R: Runtime>(
         .await?)
 }
 
-/// Downloads `bytes` over HTTPS; returns the seconds from the request to the last byte.
-async fn download<R: Runtime>(
-    rt: &R,
-    addr: SocketAddr,
-    name: &str,
-    config: Arc<rustls::ClientConfig>,
-    bytes: u64,
-) -> Result<f64, BoxError> {
-    let mut tls = connect_tls(rt, addr, name, config).await?;
+/// The HTTPS client of (a), run as a process of its own (`relay_bench --client ADDR NAME
+/// CERT BYTES`), as a browser or `curl` would be: one thread, blocking I/O, rustls. Prints
+/// the seconds from the request to the last byte and its own CPU seconds.
+fn client_main(args: &[String]) -> Result<(), BoxError> {
+    let [addr, name, cert, bytes] = args else {
+        return Err("usage: relay_bench --client ADDR NAME CERT_DER_FILE BYTES".into());
+    };
+    let addr: SocketAddr = addr.parse()?;
+    let bytes: u64 = bytes.parse()?;
+    let trust = CertificateDer::from(std::fs::read(cert)?);
+    let connection =
+        rustls::ClientConnection::new(client_config(&trust)?, ServerName::try_from(name.clone())?)?;
+    let tcp = std::net::TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    let mut tls = rustls::StreamOwned::new(connection, tcp);
+    use std::io::{Read, Write};
     let started = Instant::now();
-    tls.write_all(format!("GET /bytes/{bytes} HTTP/1.1\r\nhost: {name}\r\n\r\n").as_bytes())
-        .await?;
+    tls.write_all(format!("GET /bytes/{bytes} HTTP/1.1\r\nhost: {name}\r\n\r\n").as_bytes())?;
+    tls.flush()?;
     let mut buf = vec![0u8; BLOCK];
     let mut total = 0u64;
     loop {
-        let n = tls.read(&mut buf).await?;
-        if n == 0 {
-            break;
+        match tls.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n as u64,
+            // The responder closes after the body; a missing close_notify is not an error here.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e.into()),
         }
-        total += n as u64;
     }
     let elapsed = started.elapsed().as_secs_f64();
     if total < bytes {
         return Err(format!("download ended after {total} of {bytes} bytes").into());
     }
-    Ok(elapsed)
+    println!("{elapsed} {}", cpu_seconds("self")?);
+    Ok(())
+}
+
+/// Runs one download of `bytes` in a client process; returns (seconds from the request to the
+/// last byte, the client's CPU seconds).
+fn download(addr: SocketAddr, name: &str, cert: &Path, bytes: u64) -> Result<(f64, f64), BoxError> {
+    let output = Command::new(std::env::current_exe()?)
+        .arg("--client")
+        .arg(addr.to_string())
+        .arg(name)
+        .arg(cert)
+        .arg(bytes.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    if !output.status.success() {
+        return Err(format!("the client process failed: {}", output.status).into());
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let mut fields = text.split_whitespace().map(str::parse::<f64>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(elapsed)), Some(Ok(cpu))) => Ok((elapsed, cpu)),
+        _ => Err(format!("unexpected client output: {text:?}").into()),
+    }
 }
 
 /// Time from the TCP connect to the first byte of the response to `GET /ping`.
@@ -423,37 +457,43 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     let config = client_config(&daemon.certificate)?;
     let name = daemon.name.clone();
 
-    // (a) Throughput, alternating direct and relay.
+    // (a) Throughput, alternating direct and relay; the client is a process of its own.
+    let cert_file = dir.path().join("daemon-cert.der");
+    std::fs::write(&cert_file, daemon.certificate.as_ref())?;
     let bytes = o.download_mib * MIB;
     let mut via_relay = Vec::new();
     let mut via_direct = Vec::new();
-    // CPU seconds per GiB: this process (client + responder + daemon side) for direct, this
-    // process plus the relay for the relayed download. Less sensitive to other load on the
+    // CPU seconds per GiB of all processes taking part: client + daemon (this process) for
+    // direct, client + relay + daemon through the relay. Less sensitive to other load on the
     // machine than the rates.
     let mut cpu_direct = Vec::new();
     let mut cpu_relay = Vec::new();
     let gib = bytes as f64 / (1024.0 * MIB as f64);
     for round in 0..o.rounds {
         let before = cpu_now(&relay)?;
-        let d = download(&rt, direct, &name, config.clone(), bytes).await?;
+        let (d, d_client) = download(direct, &name, &cert_file, bytes)?;
         let middle = cpu_now(&relay)?;
-        let r = download(&rt, https, &name, config.clone(), bytes).await?;
+        let (r, r_client) = download(https, &name, &cert_file, bytes)?;
         let after = cpu_now(&relay)?;
         let gbit = |s: f64| bytes as f64 * 8.0 / s / 1e9;
-        let direct_cpu = (middle.0 - before.0) / gib;
-        let relay_driver_cpu = (after.0 - middle.0) / gib;
+        let direct_cpu = (middle.0 - before.0 + d_client) / gib;
+        let relay_daemon_cpu = (after.0 - middle.0) / gib;
+        let relay_client_cpu = r_client / gib;
         let relay_cpu = (after.1 - middle.1) / gib;
         eprintln!(
-            "round {round}: direct {:.2} Gbit/s ({direct_cpu:.2} CPU s/GiB), relay {:.2} Gbit/s \
-             ({:.2} CPU s/GiB: driver {relay_driver_cpu:.2}, relay {relay_cpu:.2})",
+            "round {round}: direct {:.2} Gbit/s ({direct_cpu:.2} CPU s/GiB: client {:.2}, \
+             daemon {:.2}), relay {:.2} Gbit/s ({:.2} CPU s/GiB: client {relay_client_cpu:.2}, \
+             daemon {relay_daemon_cpu:.2}, relay {relay_cpu:.2})",
             gbit(d),
+            d_client / gib,
+            (middle.0 - before.0) / gib,
             gbit(r),
-            relay_driver_cpu + relay_cpu,
+            relay_client_cpu + relay_daemon_cpu + relay_cpu,
         );
         via_direct.push(gbit(d));
         via_relay.push(gbit(r));
         cpu_direct.push(direct_cpu);
-        cpu_relay.push((relay_driver_cpu + relay_cpu, relay_cpu));
+        cpu_relay.push((relay_client_cpu + relay_daemon_cpu + relay_cpu, relay_cpu));
     }
     cpu_relay.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (cpu_relay_total, cpu_relay_own) = cpu_relay
@@ -609,6 +649,10 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
 }
 
 fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--client") {
+        return client_main(args.get(1..).unwrap_or_default());
+    }
     let o = options()?;
     gate_runtime_tokio::block_on(|rt| run(rt, o))??;
     Ok(())
