@@ -492,11 +492,8 @@ proptest! {
         let marker_text = std::str::from_utf8(marker).unwrap();
         let expected: Vec<SseEvent> =
             parsed.into_iter().filter(|e| e.data.contains(marker_text)).collect();
-        let mut watcher = SseWatcher::new(marker, 1 << 16);
-        let mut seen = Vec::new();
-        for chunk in split_at_points(&bytes, &cuts) {
-            watcher.push(&chunk, |event| seen.push(event));
-        }
+        let chunks = split_at_points(&bytes, &cuts);
+        let seen = watch(marker, 1 << 16, chunks.iter().map(|c| &c[..]));
         let seen: Vec<SseEvent> = seen.into_iter().filter(|e| e.data.contains(marker_text)).collect();
         prop_assert_eq!(seen, expected);
     }
@@ -551,6 +548,20 @@ fn byte_at_a_time_long_lines() {
     );
 }
 
+/// The events an [`SseWatcher`] for `marker` (blocks up to `max` bytes) reports, fed `chunks`.
+fn watch<'a>(
+    marker: &'static [u8],
+    max: usize,
+    chunks: impl IntoIterator<Item = &'a [u8]>,
+) -> Vec<SseEvent> {
+    let mut watcher = SseWatcher::new(marker, max);
+    let mut seen = Vec::new();
+    for chunk in chunks {
+        watcher.push(chunk, |event| seen.push(event));
+    }
+    seen
+}
+
 #[test]
 fn watcher_parses_only_marked_blocks() {
     let stream = concat!(
@@ -561,11 +572,7 @@ fn watcher_parses_only_marked_blocks() {
         "data: [DONE]\n\n",
     );
     for size in 1..stream.len() {
-        let mut watcher = SseWatcher::new(b"\"usage\"", 1 << 10);
-        let mut seen = Vec::new();
-        for chunk in stream.as_bytes().chunks(size) {
-            watcher.push(chunk, |event| seen.push(event));
-        }
+        let seen = watch(b"\"usage\"", 1 << 10, stream.as_bytes().chunks(size));
         assert_eq!(
             seen,
             vec![
@@ -588,11 +595,7 @@ fn watcher_skips_an_oversized_block_and_resumes() {
     let small = "data: {\"usage\":1}\r\n\r\n";
     let stream = format!("{big}{small}{big}{small}");
     for size in [1, 7, 64, 100, 1000] {
-        let mut watcher = SseWatcher::new(b"usage", 100);
-        let mut seen = Vec::new();
-        for chunk in stream.as_bytes().chunks(size) {
-            watcher.push(chunk, |event| seen.push(event));
-        }
+        let seen = watch(b"usage", 100, stream.as_bytes().chunks(size));
         assert_eq!(
             seen,
             vec![
@@ -609,8 +612,6 @@ fn watcher_keeps_a_byte_order_mark_inside_the_stream() {
     // At the start of the stream a BOM is dropped; later it is part of the line, so the line
     // is not a `data` field.
     let stream = "\u{feff}data: u1\n\n\u{feff}data: u2\n\ndata: u3\n\n";
-    let mut watcher = SseWatcher::new(b"u", 1 << 10);
-    let mut seen = Vec::new();
-    watcher.push(stream.as_bytes(), |event| seen.push(event));
+    let seen = watch(b"u", 1 << 10, [stream.as_bytes()]);
     assert_eq!(seen, vec![SseEvent::data("u1"), SseEvent::data("u3")]);
 }

@@ -43,6 +43,18 @@ fn names() -> RegisteredNames {
     }
 }
 
+/// Lets a fresh session connect: the first event is `Connect`, the connection succeeds, and
+/// what the session then sends is dropped. Returns the attempt.
+fn connect(session: &mut DaemonSession, now: Instant) -> ConnectionAttempt {
+    session.handle_timeout(now);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, now);
+    drain(session);
+    attempt
+}
+
 /// Brings a fresh session to Registered with a 10 s heartbeat interval; returns the attempt.
 fn register(session: &mut DaemonSession, now: Instant) -> ConnectionAttempt {
     session.handle_timeout(now);
@@ -188,12 +200,7 @@ fn same_seed_same_schedule_different_seed_different_schedule() {
 fn refusal_is_reported_then_retried_with_backoff() {
     let t0 = Instant::now();
     let mut session = DaemonSession::new(config(), 3, t0);
-    session.handle_timeout(t0);
-    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
-        panic!("expected Connect");
-    };
-    session.handle_connected(attempt, t0);
-    drain(&mut session);
+    let attempt = connect(&mut session, t0);
     session.handle_frame(
         attempt,
         t0,
@@ -253,12 +260,7 @@ fn connect_and_registration_time_out() {
 fn a_version_1_relay_is_accepted_without_a_port() {
     let t0 = Instant::now();
     let mut session = DaemonSession::new(config(), 3, t0);
-    session.handle_timeout(t0);
-    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
-        panic!("expected Connect");
-    };
-    session.handle_connected(attempt, t0);
-    drain(&mut session);
+    let attempt = connect(&mut session, t0);
     session.handle_frame(
         attempt,
         t0,
@@ -285,12 +287,7 @@ fn a_version_1_relay_is_accepted_without_a_port() {
 fn custom_name_refusal_keeps_the_node_name() {
     let t0 = Instant::now();
     let mut session = DaemonSession::new(config(), 3, t0);
-    session.handle_timeout(t0);
-    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
-        panic!("expected Connect");
-    };
-    session.handle_connected(attempt, t0);
-    drain(&mut session);
+    let attempt = connect(&mut session, t0);
     session.handle_frame(
         attempt,
         t0,
@@ -397,12 +394,7 @@ fn unexpected_frames_are_protocol_violations() {
 fn newer_protocol_version_in_registered_is_rejected() {
     let t0 = Instant::now();
     let mut session = DaemonSession::new(config(), 9, t0);
-    session.handle_timeout(t0);
-    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
-        panic!("expected Connect");
-    };
-    session.handle_connected(attempt, t0);
-    drain(&mut session);
+    let attempt = connect(&mut session, t0);
     let Frame::Registered(mut registered) = registered_frame(1000) else {
         unreachable!()
     };
