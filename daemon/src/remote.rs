@@ -1,5 +1,5 @@
 //! Public HTTPS through relays (DESIGN.md §4), the daemon's side: the node identity, the
-//! QUIC endpoint on `p2p_port`, the relay client (`gate_relay::client`), TLS termination of
+//! QUIC endpoint on `p2p_port`, the relay client (`gate_rt::tunnel::client`), TLS termination of
 //! forwarded connections with the certificate store, and ACME DNS-01 through the relay.
 //!
 //! Every connection that arrives through a relay is served by the same [`App`] as the local
@@ -11,9 +11,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gate_core::config::DaemonConfig;
-use gate_relay::client::{RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler};
-use gate_relay::identity::{Identity, RelayAddress};
 use gate_rt::hyper_glue::{serve_connection, ServerSettings};
+use gate_rt::tunnel::client::{
+    RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler,
+};
+use gate_rt::tunnel::identity::{Identity, RelayAddress};
 use gate_rt::Runtime;
 use rustls::pki_types::CertificateDer;
 

@@ -12,13 +12,16 @@
 //! are used: nothing in this crate starts or requires a tokio runtime.
 //!
 //! This crate must not contain protocol logic (that is `gate-core`) nor any
-//! runtime-specific code (that is the runtime crates).
+//! runtime-specific code (that is the runtime crates). The [`tunnel`] module tree is the
+//! relay <-> daemon tunnel's I/O side, shared by both binaries: it moves frames between QUIC
+//! and the `gate_core::tunnel` state machines, which make every protocol decision.
 
 pub mod client;
 pub mod hyper_glue;
 pub mod quic;
 #[cfg(feature = "scenario")]
 pub mod scenario;
+pub mod tunnel;
 
 use std::future::Future;
 use std::io;

@@ -14,15 +14,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::Runtime;
 use gate_core::tunnel::{
     decode_stream_header, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
     FrameDecoder, StreamHeader, DEFAULT_MAX_FRAME_LEN,
 };
-use gate_rt::Runtime;
 use rustls::pki_types::CertificateDer;
 
-use crate::identity::{Identity, IdentityError, RelayAddress};
-use crate::support::{race, Either, Shutdown, TunnelStream};
+use super::identity::{Identity, IdentityError, RelayAddress};
+use super::support::{race, Either, Shutdown, TunnelStream};
 
 /// How long a relay-opened stream may take to deliver its header.
 const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -476,7 +476,7 @@ impl<R: Runtime> RelayTask<R> {
                 let connect_timeout = session_connect_timeout(session);
                 let outcome = race(
                     self.shutdown.wait(),
-                    gate_rt::timeout(&self.rt, connect_timeout, self.connect()),
+                    crate::timeout(&self.rt, connect_timeout, self.connect()),
                 )
                 .await;
                 match outcome {
@@ -500,7 +500,7 @@ impl<R: Runtime> RelayTask<R> {
                     Either::Right(Ok(Err(error))) => {
                         session.handle_connect_failed(attempt, now(), error);
                     }
-                    Either::Right(Err(gate_rt::Elapsed)) => {
+                    Either::Right(Err(crate::Elapsed)) => {
                         session.handle_connect_failed(attempt, now(), "timed out".to_owned());
                     }
                 }
@@ -613,12 +613,12 @@ async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handle
         let handler = handler.clone();
         let task_rt = rt.clone();
         rt.spawn(async move {
-            match gate_rt::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_header(recv)).await {
+            match crate::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_header(recv)).await {
                 Ok(Ok((header, recv, rest))) => {
                     handler(header, TunnelStream::new(send, recv, rest))
                 }
                 Ok(Err(e)) => tracing::debug!("dropping a forwarded stream: {e}"),
-                Err(gate_rt::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
+                Err(crate::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
             }
         });
     }

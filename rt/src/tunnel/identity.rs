@@ -26,7 +26,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use crate::state::{self, StateError};
+use super::state::{self, StateError};
 
 /// File name of the key in the state directory.
 pub const KEY_FILE_NAME: &str = "node.key";
@@ -250,13 +250,13 @@ impl Identity {
     /// A QUIC endpoint on `addr` (UDP) whose stateless-reset key is derived from this
     /// identity's key, so peers of connections from before a restart are told at once that
     /// those connections are gone. With a server configuration it also accepts connections.
-    pub fn quic_endpoint<R: gate_rt::Runtime>(
+    pub fn quic_endpoint<R: crate::Runtime>(
         &self,
         rt: &R,
         addr: std::net::SocketAddr,
         server: Option<quinn::ServerConfig>,
     ) -> io::Result<quinn::Endpoint> {
-        crate::support::quic_endpoint(rt, addr, server, &self.pkcs8)
+        super::support::quic_endpoint(rt, addr, server, &self.pkcs8)
     }
 
     /// The QUIC server configuration of a relay: this identity's certificate, ALPN
@@ -283,9 +283,9 @@ impl Identity {
             .with_client_cert_verifier(Arc::new(NodeCertVerifier::new(&provider, None)))
             .with_single_cert(chain, key)
             .map_err(tls_error)?;
-        tls.alpn_protocols = vec![gate_rt::quic::TUNNEL_ALPN.to_vec()];
-        let mut config = gate_rt::quic::server_config(tls).map_err(tls_error)?;
-        let mut transport = gate_rt::quic::transport_config();
+        tls.alpn_protocols = vec![crate::quic::TUNNEL_ALPN.to_vec()];
+        let mut config = crate::quic::server_config(tls).map_err(tls_error)?;
+        let mut transport = crate::quic::transport_config();
         // Daemons open only their control stream; the relay opens the forwarded ones.
         transport.max_concurrent_bidi_streams(4u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
@@ -326,9 +326,9 @@ impl Identity {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(vec![self.certificate()], self.private_key())
             .map_err(tls_error)?;
-        tls.alpn_protocols = vec![gate_rt::quic::TUNNEL_ALPN.to_vec()];
-        let mut config = gate_rt::quic::client_config(tls).map_err(tls_error)?;
-        let mut transport = gate_rt::quic::transport_config();
+        tls.alpn_protocols = vec![crate::quic::TUNNEL_ALPN.to_vec()];
+        let mut config = crate::quic::client_config(tls).map_err(tls_error)?;
+        let mut transport = crate::quic::transport_config();
         // Every forwarded HTTPS connection is one relay-opened stream.
         transport.max_concurrent_bidi_streams(16_384u32.into());
         transport.max_concurrent_uni_streams(0u32.into());

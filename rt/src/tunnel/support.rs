@@ -165,7 +165,7 @@ impl AsyncWrite for TunnelStream {
 /// derived from `secret` (the node's private key), so that after a restart on the same address
 /// the peers of the old connections are sent a stateless reset and learn at once that those
 /// connections are gone.
-pub fn quic_endpoint<R: gate_rt::Runtime>(
+pub fn quic_endpoint<R: crate::Runtime>(
     rt: &R,
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
@@ -193,5 +193,5 @@ pub fn quic_endpoint<R: gate_rt::Runtime>(
     config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    gate_rt::quic::endpoint_with(rt, addr, config, server)
+    crate::quic::endpoint_with(rt, addr, config, server)
 }
