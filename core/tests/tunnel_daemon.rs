@@ -526,3 +526,149 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The goodbye (protocol version 3)
+// ---------------------------------------------------------------------------------------------
+
+fn registered_frame_v(protocol_version: u16) -> Frame {
+    let Frame::Registered(mut registered) = registered_frame(10_000) else {
+        unreachable!()
+    };
+    registered.protocol_version = protocol_version;
+    if protocol_version < 2 {
+        registered.https_port = None;
+    }
+    Frame::Registered(registered)
+}
+
+#[test]
+fn leave_sends_the_goodbye_and_reports_the_ack_without_reconnecting() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = register(&mut session, t0);
+    session.leave(t0 + SECOND);
+    assert_eq!(drain(&mut session), [DaemonEvent::Transmit(Frame::Leaving)]);
+    assert!(matches!(session.state(), DaemonState::Leaving { .. }));
+    // No ACME requests while leaving; a second leave changes nothing.
+    assert!(session.request_acme_set("a".into(), "b".into()).is_err());
+    session.leave(t0 + SECOND);
+    assert_eq!(drain(&mut session), []);
+    assert_eq!(session.poll_timeout(), Some(t0 + 3 * SECOND));
+
+    session.handle_frame(attempt, t0 + 2 * SECOND, Frame::LeavingAck);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Left { acknowledged: true }]
+    );
+    // Heartbeats go on so open streams can finish.
+    assert_eq!(session.poll_timeout(), Some(t0 + 10 * SECOND));
+    session.handle_timeout(t0 + 10 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Transmit(Frame::Heartbeat { seq: 1 })]
+    );
+    // A late repeated ack is ignored.
+    session.handle_frame(attempt, t0 + 11 * SECOND, Frame::LeavingAck);
+    assert_eq!(drain(&mut session), []);
+
+    // Once the connection ends the session stops for good.
+    session.handle_connection_lost(attempt, t0 + 12 * SECOND, "closed".into());
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[..],
+        [DaemonEvent::Disconnected {
+            reason: DisconnectReason::ConnectionLost(_)
+        }]
+    ));
+    assert_eq!(session.state(), &DaemonState::Stopped);
+    assert_eq!(session.poll_timeout(), None);
+    session.handle_timeout(t0 + 100 * SECOND);
+    assert_eq!(drain(&mut session), []);
+}
+
+#[test]
+fn an_unanswered_goodbye_ends_after_the_leave_timeout() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    register(&mut session, t0);
+    session.leave(t0);
+    drain(&mut session);
+    session.handle_timeout(t0 + SECOND);
+    assert_eq!(drain(&mut session), []);
+    session.handle_timeout(t0 + 2 * SECOND);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Left {
+            acknowledged: false
+        }]
+    );
+}
+
+/// A relay that agreed on version 2 would reject the unknown frame: no `Leaving` is sent, the
+/// goodbye is over at once (closing the connection is that relay's goodbye).
+#[test]
+fn no_goodbye_frame_goes_to_a_version_2_relay() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = connect(&mut session, t0);
+    session.handle_frame(attempt, t0, registered_frame_v(2));
+    drain(&mut session);
+    session.leave(t0);
+    assert_eq!(
+        drain(&mut session),
+        [DaemonEvent::Left {
+            acknowledged: false
+        }]
+    );
+    assert!(matches!(session.state(), DaemonState::Leaving { .. }));
+}
+
+#[test]
+fn leave_without_a_registration_stops_the_session() {
+    let t0 = Instant::now();
+    // Disconnected: stops, never connects.
+    let mut idle = DaemonSession::new(config(), 7, t0);
+    idle.leave(t0);
+    assert_eq!(
+        drain(&mut idle),
+        [DaemonEvent::Left {
+            acknowledged: false
+        }]
+    );
+    idle.handle_timeout(t0 + SECOND);
+    assert_eq!(drain(&mut idle), []);
+    assert_eq!(idle.state(), &DaemonState::Stopped);
+
+    // Registering: the connection is reported over, then the goodbye.
+    let mut registering = DaemonSession::new(config(), 7, t0);
+    let attempt = connect(&mut registering, t0);
+    registering.leave(t0);
+    assert_eq!(
+        drain(&mut registering),
+        [
+            DaemonEvent::Disconnected {
+                reason: DisconnectReason::ShuttingDown
+            },
+            DaemonEvent::Left {
+                acknowledged: false
+            }
+        ]
+    );
+    registering.handle_frame(attempt, t0, registered_frame(10_000));
+    assert_eq!(drain(&mut registering), []);
+}
+
+#[test]
+fn an_ack_without_a_goodbye_is_a_protocol_violation() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = register(&mut session, t0);
+    session.handle_frame(attempt, t0, Frame::LeavingAck);
+    assert!(matches!(
+        drain(&mut session).last(),
+        Some(DaemonEvent::Disconnected {
+            reason: DisconnectReason::ProtocolViolation(_)
+        })
+    ));
+}

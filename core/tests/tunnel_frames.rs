@@ -5,8 +5,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use gate_core::tunnel::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, MAX_STRING_LEN,
-    PROTOCOL_VERSION,
+    StreamHeader, DEFAULT_MAX_FRAME_LEN, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
+    MAX_STRING_LEN, PROTOCOL_VERSION,
 };
 use proptest::prelude::*;
 
@@ -139,6 +139,8 @@ fn any_frame() -> impl Strategy<Value = Frame> {
         acme_result(),
         Just(Frame::Drain),
         error_frame(),
+        Just(Frame::Leaving),
+        Just(Frame::LeavingAck),
     ]
 }
 
@@ -418,6 +420,29 @@ fn a_port_in_a_version_1_frame_is_refused_by_the_encoder() {
 #[test]
 fn drain_is_a_bare_type_byte() {
     assert_eq!(encode(&Frame::Drain), [0, 0, 0, 1, 0x0A]);
+}
+
+#[test]
+fn goodbye_frames_are_bare_type_bytes_of_version_3() {
+    const { assert!(GOODBYE_SINCE_VERSION == 3 && PROTOCOL_VERSION >= GOODBYE_SINCE_VERSION) };
+    assert_eq!(encode(&Frame::Leaving), [0, 0, 0, 1, 0x0C]);
+    assert_eq!(encode(&Frame::LeavingAck), [0, 0, 0, 1, 0x0D]);
+    for frame in [Frame::Leaving, Frame::LeavingAck] {
+        let bytes = encode(&frame);
+        assert_eq!(bytes.len(), frame.encoded_len());
+        assert_eq!(
+            decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN),
+            Ok(Some((frame, 5)))
+        );
+    }
+    // A body on a goodbye frame is malformed, not ignored.
+    assert!(matches!(
+        decode_frame(&[0, 0, 0, 2, 0x0C, 0], DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::TrailingBytes {
+            frame_type: 0x0C,
+            count: 1
+        })
+    ));
 }
 
 #[test]

@@ -498,3 +498,144 @@ mod random_inputs {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon's goodbye (protocol version 3)
+// ---------------------------------------------------------------------------------------------
+
+/// `Leaving` takes the names out of routing at once, is acknowledged, refuses new streams, and
+/// keeps the session (heartbeats answered) for the streams already open.
+#[test]
+fn leaving_takes_the_names_out_of_routing_at_once() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = registered_session(&mut names, 'a', Some("home"), t0);
+    let client = "127.0.0.1:4000".parse().unwrap();
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+    assert!(session
+        .stream_header(&names, client, "home.relay.test")
+        .is_ok());
+
+    session.handle_frame(t0 + SECOND, 1001, Frame::Leaving, &mut names);
+    let events = drain(&mut session);
+    let [RelayEvent::Transmit(Frame::LeavingAck), RelayEvent::Left(grant)] = &events[..] else {
+        panic!("unexpected {events:?}");
+    };
+    assert_eq!(grant.custom_name.as_deref(), Some("home.relay.test"));
+    assert!(matches!(session.state(), RelayState::Left { .. }));
+    assert_eq!(names.lookup("home.relay.test"), None);
+    assert_eq!(names.lookup(&format!("{}.relay.test", node('a'))), None);
+    assert_eq!(
+        session.stream_header(&names, client, "home.relay.test"),
+        Err(StreamRefusal::NotAccepting)
+    );
+
+    // The connection stays: heartbeats are still answered, a repeated goodbye is acked again.
+    session.handle_frame(
+        t0 + 2 * SECOND,
+        1002,
+        Frame::Heartbeat { seq: 1 },
+        &mut names,
+    );
+    assert_eq!(
+        drain(&mut session),
+        [RelayEvent::Transmit(Frame::HeartbeatAck { seq: 1 })]
+    );
+    session.handle_frame(t0 + 2 * SECOND, 1002, Frame::Leaving, &mut names);
+    assert_eq!(
+        drain(&mut session),
+        [RelayEvent::Transmit(Frame::LeavingAck)]
+    );
+
+    // The claim is kept (the name lapses as for any offline daemon) and the node goes offline
+    // exactly once: a second connection of the same node stays online after this one closes.
+    let mut second = registered_session(&mut names, 'a', Some("home"), t0 + 3 * SECOND);
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+    session.handle_connection_lost(1004, &mut names);
+    assert!(matches!(
+        drain(&mut session).last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::ConnectionLost
+        })
+    ));
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+    second.handle_connection_lost(1005, &mut names);
+    assert_eq!(names.lookup("home.relay.test"), None);
+}
+
+/// A daemon that agreed on version 2 cannot say goodbye: the frame is a protocol violation,
+/// decided here and not in the runtime.
+#[test]
+fn leaving_on_a_version_2_session_is_a_protocol_violation() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), RelayConfig::default(), t0);
+    let register = Frame::Register(Register {
+        protocol_version: 2,
+        daemon_version: "old".into(),
+        custom_label: None,
+    });
+    session.handle_frame(t0, 1000, register, &mut names);
+    drain(&mut session);
+    assert_eq!(session.protocol_version(), 2);
+    session.handle_frame(t0, 1000, Frame::Leaving, &mut names);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        RelayEvent::Transmit(Frame::Error(e)) if e.code == ErrorCode::PROTOCOL_VIOLATION
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::ProtocolViolation(_)
+        })
+    ));
+
+    // Before registration it is a violation too.
+    let mut fresh = RelaySession::new(node('b'), RelayConfig::default(), t0);
+    fresh.handle_frame(t0, 1000, Frame::Leaving, &mut names);
+    assert!(matches!(
+        drain(&mut fresh).last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::ProtocolViolation(_)
+        })
+    ));
+}
+
+/// After the goodbye ACME requests are refused and a silent daemon still times out.
+#[test]
+fn a_leaving_daemon_gets_no_acme_records_and_still_needs_heartbeats() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = registered_session(&mut names, 'a', None, t0);
+    session.handle_frame(t0, 1000, Frame::Leaving, &mut names);
+    drain(&mut session);
+    let record = format!("_acme-challenge.{}.relay.test", node('a'));
+    session.handle_frame(
+        t0,
+        1000,
+        Frame::AcmeChallengeSet(AcmeChallengeSet {
+            request_id: 5,
+            name: record,
+            txt_value: "v".into(),
+        }),
+        &mut names,
+    );
+    assert!(matches!(
+        &drain(&mut session)[..],
+        [RelayEvent::Transmit(Frame::AcmeChallengeResult(
+            AcmeChallengeResult {
+                request_id: 5,
+                outcome: Err(_)
+            }
+        ))]
+    ));
+    assert_eq!(session.poll_timeout(), Some(t0 + 45 * SECOND));
+    session.handle_timeout(t0 + 45 * SECOND, 1045, &mut names);
+    assert!(matches!(
+        drain(&mut session).last(),
+        Some(RelayEvent::Closed {
+            reason: CloseReason::HeartbeatTimeout
+        })
+    ));
+}

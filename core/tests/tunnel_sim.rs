@@ -334,6 +334,8 @@ impl World {
                 RelayEvent::DnsClear {
                     request_id: None, ..
                 } => {}
+                // The simulated daemons never leave.
+                RelayEvent::Left(_) => panic!("unexpected goodbye"),
                 RelayEvent::Closed { .. } => {
                     self.sessions.remove(&id);
                     self.send(id, Msg::DaemonLost);

@@ -1,7 +1,8 @@
 //! The daemon's end of one relay connection, as a sans-IO state machine.
 //!
 //! Owns: the connection lifecycle towards one relay address (connect, register, heartbeat,
-//! drain, reconnect with exponential backoff and full jitter), the heartbeat sequence numbers,
+//! drain, reconnect with exponential backoff and full jitter, the goodbye when the daemon
+//! stops: [`DaemonSession::leave`]), the heartbeat sequence numbers,
 //! and the ids of outstanding ACME requests. Must not: touch sockets or QUIC, read a clock, or
 //! draw randomness from anywhere but the seed it was given.
 //!
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame, Register, Registered,
-    PROTOCOL_VERSION,
+    GOODBYE_SINCE_VERSION, PROTOCOL_VERSION,
 };
 
 /// Tunables of a [`DaemonSession`]. `Default` gives the production values.
@@ -57,6 +58,9 @@ pub struct DaemonConfig {
     /// Lower bound applied to the relay's heartbeat interval, so a bogus relay cannot make the
     /// daemon spin (default 1 s).
     pub min_heartbeat_interval: Duration,
+    /// How long [`DaemonSession::leave`] waits for the relay's [`Frame::LeavingAck`] before it
+    /// reports the goodbye unacknowledged (default 2 s).
+    pub leave_timeout: Duration,
 }
 
 impl Default for DaemonConfig {
@@ -70,6 +74,7 @@ impl Default for DaemonConfig {
             registration_timeout: Duration::from_secs(10),
             missed_heartbeats_allowed: 3,
             min_heartbeat_interval: Duration::from_secs(1),
+            leave_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -116,6 +121,9 @@ pub enum DisconnectReason {
     /// The relay sent something the protocol does not allow.
     #[error("the relay broke the protocol: {0}")]
     ProtocolViolation(String),
+    /// The daemon is stopping ([`DaemonSession::leave`]) before the registration completed.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
 }
 
 /// What the runtime must do or know, drained with [`DaemonSession::poll_event`].
@@ -145,10 +153,20 @@ pub enum DaemonEvent {
     },
     /// The relay reported an error on the control stream.
     RelayError(ErrorFrame),
-    /// The connection is over (close it if still open); the next attempt is scheduled.
+    /// The connection is over (close it if still open); the next attempt is scheduled, unless
+    /// the session is [`DaemonState::Stopped`].
     Disconnected {
         /// Why.
         reason: DisconnectReason,
+    },
+    /// The goodbye started by [`DaemonSession::leave`] is over, once per call: `acknowledged`
+    /// when the relay answered [`Frame::LeavingAck`] (the names are out of its routing), else
+    /// because the relay speaks a version without the goodbye, the ack did not come within
+    /// [`DaemonConfig::leave_timeout`], or there was no registered connection. The runtime may
+    /// now close the connection once its open streams are done.
+    Left {
+        /// Whether the relay confirmed it.
+        acknowledged: bool,
     },
 }
 
@@ -188,6 +206,18 @@ pub enum DaemonState {
         /// The names granted (still served by existing streams).
         names: RegisteredNames,
     },
+    /// The daemon said goodbye ([`DaemonSession::leave`]): no new work, heartbeats continue so
+    /// the streams already open can finish; no reconnect once the connection ends.
+    Leaving {
+        /// The connection.
+        attempt: ConnectionAttempt,
+        /// The names that were granted.
+        names: RegisteredNames,
+        /// Until when the [`Frame::LeavingAck`] is awaited; `None` once the goodbye is over.
+        ack_deadline: Option<Instant>,
+    },
+    /// Over for good: the daemon left; nothing more is scheduled.
+    Stopped,
 }
 
 /// Why an ACME request could not be queued.
@@ -238,6 +268,8 @@ impl JitterRng {
 pub struct DaemonSession {
     config: DaemonConfig,
     state: DaemonState,
+    /// The protocol version agreed with the relay (0 while not registered).
+    protocol_version: u16,
     heartbeats: Option<Heartbeats>,
     events: VecDeque<DaemonEvent>,
     rng: JitterRng,
@@ -257,6 +289,7 @@ impl DaemonSession {
             state: DaemonState::Disconnected {
                 next_attempt_at: now,
             },
+            protocol_version: 0,
             heartbeats: None,
             events: VecDeque::new(),
             rng: JitterRng(seed),
@@ -275,9 +308,9 @@ impl DaemonSession {
     /// The granted names while registered or draining.
     pub fn names(&self) -> Option<&RegisteredNames> {
         match &self.state {
-            DaemonState::Registered { names, .. } | DaemonState::Draining { names, .. } => {
-                Some(names)
-            }
+            DaemonState::Registered { names, .. }
+            | DaemonState::Draining { names, .. }
+            | DaemonState::Leaving { names, .. } => Some(names),
             _ => None,
         }
     }
@@ -297,6 +330,17 @@ impl DaemonSession {
                 .heartbeats
                 .as_ref()
                 .map(|hb| hb.next_send_at.min(self.dead_at(hb))),
+            DaemonState::Leaving { ack_deadline, .. } => {
+                let heartbeat = self
+                    .heartbeats
+                    .as_ref()
+                    .map(|hb| hb.next_send_at.min(self.dead_at(hb)));
+                match (heartbeat, *ack_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            DaemonState::Stopped => None,
         }
     }
 
@@ -307,17 +351,28 @@ impl DaemonSession {
 
     fn current_attempt(&self) -> Option<ConnectionAttempt> {
         match &self.state {
-            DaemonState::Disconnected { .. } => None,
+            DaemonState::Disconnected { .. } | DaemonState::Stopped => None,
             DaemonState::Connecting { attempt, .. }
             | DaemonState::Registering { attempt, .. }
             | DaemonState::Registered { attempt, .. }
-            | DaemonState::Draining { attempt, .. } => Some(*attempt),
+            | DaemonState::Draining { attempt, .. }
+            | DaemonState::Leaving { attempt, .. } => Some(*attempt),
         }
     }
 
     /// Drives timers: starts connection attempts, sends heartbeats, and declares timeouts.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if let DaemonState::Leaving {
+            ack_deadline: Some(deadline),
+            ..
+        } = &self.state
+        {
+            if now >= *deadline {
+                self.end_goodbye(false);
+            }
+        }
         match &self.state {
+            DaemonState::Stopped => {}
             DaemonState::Disconnected { next_attempt_at } => {
                 if now >= *next_attempt_at {
                     let attempt = ConnectionAttempt(self.next_attempt);
@@ -339,7 +394,9 @@ impl DaemonSession {
                     self.fail(now, DisconnectReason::RegistrationTimeout);
                 }
             }
-            DaemonState::Registered { .. } | DaemonState::Draining { .. } => {
+            DaemonState::Registered { .. }
+            | DaemonState::Draining { .. }
+            | DaemonState::Leaving { .. } => {
                 let Some(hb) = self.heartbeats.as_ref() else {
                     return;
                 };
@@ -426,7 +483,9 @@ impl DaemonSession {
                 self.fail(now, DisconnectReason::Refused(reason));
             }
             (
-                DaemonState::Registered { .. } | DaemonState::Draining { .. },
+                DaemonState::Registered { .. }
+                | DaemonState::Draining { .. }
+                | DaemonState::Leaving { .. },
                 Frame::HeartbeatAck { seq },
             ) => {
                 if let Some(hb) = self.heartbeats.as_mut() {
@@ -439,7 +498,9 @@ impl DaemonSession {
                 }
             }
             (
-                DaemonState::Registered { .. } | DaemonState::Draining { .. },
+                DaemonState::Registered { .. }
+                | DaemonState::Draining { .. }
+                | DaemonState::Leaving { .. },
                 Frame::AcmeChallengeResult(result),
             ) => {
                 if self.pending_acme.remove(&result.request_id) {
@@ -461,13 +522,75 @@ impl DaemonSession {
                 };
                 self.events.push_back(DaemonEvent::Draining);
             }
-            (DaemonState::Draining { .. }, Frame::Drain) => {}
+            (DaemonState::Draining { .. } | DaemonState::Leaving { .. }, Frame::Drain) => {}
+            (
+                DaemonState::Leaving {
+                    ack_deadline: Some(_),
+                    ..
+                },
+                Frame::LeavingAck,
+            ) => self.end_goodbye(true),
+            // A late or repeated ack after the goodbye is over changes nothing.
+            (DaemonState::Leaving { .. }, Frame::LeavingAck) => {}
             (_, Frame::Error(error)) => self.events.push_back(DaemonEvent::RelayError(error)),
             (_, other) => {
                 self.violation(
                     now,
                     format!("unexpected frame type 0x{:02x}", other.frame_type()),
                 );
+            }
+        }
+    }
+
+    /// The daemon is stopping: say goodbye to the relay so that it routes no new connection
+    /// here, while the streams already open finish. With a registered connection whose agreed
+    /// version has the goodbye, this sends [`Frame::Leaving`] and later reports
+    /// [`DaemonEvent::Left`] (on the ack, or unacknowledged after
+    /// [`DaemonConfig::leave_timeout`]); with an older relay it reports `Left` unacknowledged at
+    /// once (closing the connection is the only goodbye such a relay understands). Without a
+    /// registered connection the session stops (a connection being set up is reported
+    /// [`DaemonEvent::Disconnected`]) and reports `Left` unacknowledged. Never reconnects
+    /// afterwards. Calling it again changes nothing.
+    pub fn leave(&mut self, now: Instant) {
+        match &self.state {
+            DaemonState::Leaving { .. } | DaemonState::Stopped => {}
+            DaemonState::Registered { attempt, names }
+            | DaemonState::Draining { attempt, names } => {
+                let speaks_goodbye = self.protocol_version >= GOODBYE_SINCE_VERSION;
+                self.state = DaemonState::Leaving {
+                    attempt: *attempt,
+                    names: names.clone(),
+                    ack_deadline: speaks_goodbye.then(|| now + self.config.leave_timeout),
+                };
+                if speaks_goodbye {
+                    self.events.push_back(DaemonEvent::Transmit(Frame::Leaving));
+                } else {
+                    self.events.push_back(DaemonEvent::Left {
+                        acknowledged: false,
+                    });
+                }
+            }
+            DaemonState::Disconnected { .. } => {
+                self.state = DaemonState::Stopped;
+                self.events.push_back(DaemonEvent::Left {
+                    acknowledged: false,
+                });
+            }
+            DaemonState::Connecting { .. } | DaemonState::Registering { .. } => {
+                self.state = DaemonState::Stopped;
+                self.fail(now, DisconnectReason::ShuttingDown);
+                self.events.push_back(DaemonEvent::Left {
+                    acknowledged: false,
+                });
+            }
+        }
+    }
+
+    /// Ends a pending goodbye once: reports it and stops waiting for the ack.
+    fn end_goodbye(&mut self, acknowledged: bool) {
+        if let DaemonState::Leaving { ack_deadline, .. } = &mut self.state {
+            if ack_deadline.take().is_some() {
+                self.events.push_back(DaemonEvent::Left { acknowledged });
             }
         }
     }
@@ -532,6 +655,7 @@ impl DaemonSession {
             https_port: registered.https_port,
         };
         self.consecutive_failures = 0;
+        self.protocol_version = registered.protocol_version;
         self.heartbeats = Some(Heartbeats {
             interval,
             next_send_at: now + interval,
@@ -556,7 +680,15 @@ impl DaemonSession {
     }
 
     /// Ends the current connection and schedules the next attempt with backoff and full jitter.
+    /// After [`DaemonSession::leave`] the session stops instead.
     fn fail(&mut self, now: Instant, reason: DisconnectReason) {
+        // A connection lost during the goodbye ends it (the relay takes the names out when it
+        // sees the connection go).
+        self.end_goodbye(false);
+        let stopping = matches!(
+            self.state,
+            DaemonState::Leaving { .. } | DaemonState::Stopped
+        );
         for request_id in std::mem::take(&mut self.pending_acme) {
             self.events.push_back(DaemonEvent::AcmeChallengeResult {
                 request_id,
@@ -564,6 +696,12 @@ impl DaemonSession {
             });
         }
         self.heartbeats = None;
+        self.protocol_version = 0;
+        if stopping {
+            self.state = DaemonState::Stopped;
+            self.events.push_back(DaemonEvent::Disconnected { reason });
+            return;
+        }
         let ceiling = self.backoff_ceiling();
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let delay = self.rng.duration_up_to(ceiling);

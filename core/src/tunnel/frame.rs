@@ -11,11 +11,18 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 /// Wire protocol version spoken by this build. Sent by the daemon in [`Register`] and echoed
-/// (or lowered) by the relay in [`Registered`]. Version 2 added [`Registered::https_port`].
-pub const PROTOCOL_VERSION: u16 = 2;
+/// (or lowered) by the relay in [`Registered`]. Version 2 added [`Registered::https_port`],
+/// version 3 the daemon's goodbye ([`Frame::Leaving`] and [`Frame::LeavingAck`]).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first protocol version whose [`Registered`] frame carries the relay's public HTTPS port.
 pub const HTTPS_PORT_SINCE_VERSION: u16 = 2;
+
+/// The first protocol version with [`Frame::Leaving`] and [`Frame::LeavingAck`]: a daemon only
+/// says goodbye to a relay whose negotiated version is at least this (an older relay would
+/// reject the unknown frame type), and a relay treats the frame on an older session as a
+/// protocol violation.
+pub const GOODBYE_SINCE_VERSION: u16 = 3;
 
 /// ALPN protocol identifier of the tunnel's QUIC connections.
 pub const ALPN: &[u8] = b"gate-relay/1";
@@ -43,6 +50,8 @@ mod frame_type {
     pub const ACME_CHALLENGE_RESULT: u8 = 0x09;
     pub const DRAIN: u8 = 0x0A;
     pub const ERROR: u8 = 0x0B;
+    pub const LEAVING: u8 = 0x0C;
+    pub const LEAVING_ACK: u8 = 0x0D;
 }
 
 /// Daemon -> relay, first frame on the control stream: who I am and what I ask for.
@@ -184,6 +193,12 @@ pub enum Frame {
     Drain,
     /// Either side: a protocol or processing error.
     Error(ErrorFrame),
+    /// Daemon -> relay (protocol version 3 on): the daemon is going away. The relay routes no
+    /// new connection to it from now on; forwarded streams already open run until they end.
+    Leaving,
+    /// Relay -> daemon (protocol version 3 on): answer to [`Frame::Leaving`]; the daemon's names
+    /// are out of routing.
+    LeavingAck,
 }
 
 /// Why a frame could not be encoded. Nothing is written to the output in that case.
@@ -339,6 +354,8 @@ impl Frame {
             Frame::AcmeChallengeResult(_) => frame_type::ACME_CHALLENGE_RESULT,
             Frame::Drain => frame_type::DRAIN,
             Frame::Error(_) => frame_type::ERROR,
+            Frame::Leaving => frame_type::LEAVING,
+            Frame::LeavingAck => frame_type::LEAVING_ACK,
         }
     }
 
@@ -367,7 +384,11 @@ impl Frame {
                 }
             }
             Frame::Refused { reason } => check_str("reason", reason)?,
-            Frame::Heartbeat { .. } | Frame::HeartbeatAck { .. } | Frame::Drain => {}
+            Frame::Heartbeat { .. }
+            | Frame::HeartbeatAck { .. }
+            | Frame::Drain
+            | Frame::Leaving
+            | Frame::LeavingAck => {}
             Frame::StreamHeader(h) => check_str("server_name", &h.server_name)?,
             Frame::AcmeChallengeSet(s) => {
                 check_str("name", &s.name)?;
@@ -436,7 +457,7 @@ impl Frame {
                     }
                 }
             }
-            Frame::Drain => {}
+            Frame::Drain | Frame::Leaving | Frame::LeavingAck => {}
             Frame::Error(e) => {
                 put_u16(out, e.code.0);
                 put_str(out, &e.message);
@@ -486,7 +507,7 @@ impl Frame {
             Frame::AcmeChallengeResult(r) => {
                 8 + 1 + r.outcome.as_ref().err().map_or(0, |m| str_len(m))
             }
-            Frame::Drain => 0,
+            Frame::Drain | Frame::Leaving | Frame::LeavingAck => 0,
             Frame::Error(e) => 2 + str_len(&e.message),
         };
         LENGTH_PREFIX_LEN + 1 + body
@@ -643,6 +664,8 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, FrameError> {
             })
         }
         frame_type::DRAIN => Frame::Drain,
+        frame_type::LEAVING => Frame::Leaving,
+        frame_type::LEAVING_ACK => Frame::LeavingAck,
         frame_type::ERROR => Frame::Error(ErrorFrame {
             code: ErrorCode(r.u16("code")?),
             message: r.string("message")?,

@@ -58,10 +58,12 @@
 //! | `0x09` | AcmeChallengeResult | relay -> daemon | `u64` request id, `u8` 0 = ok, or 1 followed by `str` error message |
 //! | `0x0A` | Drain | relay -> daemon | empty |
 //! | `0x0B` | Error | either | `u16` code ([`ErrorCode`]), `str` message |
+//! | `0x0C` | Leaving | daemon -> relay, version 3 on | empty |
+//! | `0x0D` | LeavingAck | relay -> daemon, version 3 on | empty |
 //!
 //! # Versioning
 //!
-//! [`PROTOCOL_VERSION`] is 2. The daemon sends the highest version it speaks in `Register`; the
+//! [`PROTOCOL_VERSION`] is 3. The daemon sends the highest version it speaks in `Register`; the
 //! relay answers `Registered` with the version both will use (at most the daemon's) or `Refused`
 //! when it has none in common. Unknown frame types are a decoding error, so a new frame type
 //! needs a new protocol version. The ALPN stays `gate-relay/1`: versions are negotiated inside.
@@ -72,6 +74,19 @@
 //! to a version 1 relay gets a version 1 answer (the relay lowers to its own version) and
 //! assumes port 443; two version 2 peers exchange the port. A version 1 decoder would reject the
 //! port as trailing bytes, which is why the relay only sends it when both speak version 2.
+//!
+//! Version 3 adds the daemon's goodbye: [`Frame::Leaving`] (daemon -> relay) and
+//! [`Frame::LeavingAck`] (relay -> daemon). On `Leaving` the relay takes the daemon's names out
+//! of routing at once (a new HTTPS client for them gets the TLS `unrecognized_name` alert),
+//! keeps the forwarded streams already open, keeps answering heartbeats, and answers
+//! `LeavingAck`. The daemon closes the connection once its open streams are done. Both ends
+//! only use the frames when the negotiated version is at least [`GOODBYE_SINCE_VERSION`]:
+//!
+//! | daemon | relay | negotiated | goodbye |
+//! |---|---|---|---|
+//! | 3 | 3 | 3 | `Leaving` / `LeavingAck`, names out of routing at once |
+//! | 3 | 2 or 1 | 2 or 1 | not sent (the relay would reject the unknown type); the daemon just closes the connection, and the relay takes the names out when it sees the connection lost |
+//! | 2 or 1 | 3 | 2 or 1 | never sent; a `Leaving` on such a session is a protocol violation |
 //!
 //! # Limits
 //!
@@ -91,8 +106,8 @@ pub use daemon::{
 pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
-    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, HTTPS_PORT_SINCE_VERSION, LENGTH_PREFIX_LEN,
-    MAX_STRING_LEN, PROTOCOL_VERSION,
+    StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
+    LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
 };
 pub use names::{
     validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,

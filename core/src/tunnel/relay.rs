@@ -2,7 +2,7 @@
 //!
 //! Owns: the control-stream conversation with one daemon (registration against the
 //! [`RelayNameTable`], heartbeat acks and liveness, ACME record requests limited to the daemon's
-//! own names, drain) and the decision whether a forwarded stream may be opened to it. Must not:
+//! own names, drain, the daemon's goodbye) and the decision whether a forwarded stream may be opened to it. Must not:
 //! touch sockets, QUIC or DNS providers, read clocks, or panic on anything the daemon sends.
 //!
 //! The daemon's node id comes from its QUIC certificate, verified by the runtime before the
@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame,
-    Register, Registered, StreamHeader, HTTPS_PORT_SINCE_VERSION, PROTOCOL_VERSION,
+    Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
+    PROTOCOL_VERSION,
 };
 use super::names::{NameGrant, NodeId, RelayNameTable};
 
@@ -93,6 +94,10 @@ pub enum RelayEvent {
     Transmit(Frame),
     /// The daemon registered and was granted these names (already in the name table).
     Registered(NameGrant),
+    /// The daemon said goodbye ([`Frame::Leaving`]): its names are already out of routing
+    /// (offline in the name table), so new clients for them are refused at once. Forwarded
+    /// streams already open keep running; the connection stays until the daemon closes it.
+    Left(NameGrant),
     /// Write the TXT record `name = txt_value` through the DNS provider, then call
     /// [`RelaySession::complete_acme`] with `request_id`.
     DnsSet {
@@ -137,6 +142,12 @@ pub enum RelayState {
         /// The names granted.
         grant: NameGrant,
     },
+    /// The daemon said goodbye: its names are offline, no new streams; existing ones finish
+    /// and heartbeats are still answered until the daemon closes the connection.
+    Left {
+        /// The names that were granted.
+        grant: NameGrant,
+    },
     /// Over.
     Closed,
 }
@@ -158,6 +169,8 @@ pub struct RelaySession {
     node_id: NodeId,
     config: RelayConfig,
     state: RelayState,
+    /// The protocol version agreed in the registration (0 before it).
+    protocol_version: u16,
     last_heard_at: Instant,
     events: VecDeque<RelayEvent>,
     /// ACME records set for this daemon: record name -> when set.
@@ -174,6 +187,7 @@ impl RelaySession {
             node_id,
             config,
             state: RelayState::AwaitingRegister { deadline },
+            protocol_version: 0,
             last_heard_at: now,
             events: VecDeque::new(),
             acme_records: BTreeMap::new(),
@@ -191,6 +205,11 @@ impl RelaySession {
         &self.state
     }
 
+    /// The protocol version agreed with the daemon; 0 before registration.
+    pub fn protocol_version(&self) -> u16 {
+        self.protocol_version
+    }
+
     /// The next event for the runtime, if any.
     pub fn poll_event(&mut self) -> Option<RelayEvent> {
         self.events.pop_front()
@@ -205,7 +224,9 @@ impl RelaySession {
             .min();
         let session = match &self.state {
             RelayState::AwaitingRegister { deadline } => Some(*deadline),
-            RelayState::Registered { .. } | RelayState::Draining { .. } => Some(self.dead_at()),
+            RelayState::Registered { .. }
+            | RelayState::Draining { .. }
+            | RelayState::Left { .. } => Some(self.dead_at()),
             RelayState::Closed => None,
         };
         match (session, records) {
@@ -261,7 +282,9 @@ impl RelaySession {
                 self.on_register(now, now_unix_secs, register, names);
             }
             (
-                RelayState::Registered { .. } | RelayState::Draining { .. },
+                RelayState::Registered { .. }
+                | RelayState::Draining { .. }
+                | RelayState::Left { .. },
                 Frame::Heartbeat { seq },
             ) => {
                 self.last_heard_at = now;
@@ -286,6 +309,36 @@ impl RelaySession {
                 self.answer(
                     request_id,
                     Err("the relay is draining; ask another relay".into()),
+                );
+            }
+            (RelayState::Registered { .. } | RelayState::Draining { .. }, Frame::Leaving)
+                if self.protocol_version >= GOODBYE_SINCE_VERSION =>
+            {
+                self.on_leaving(now_unix_secs, names);
+            }
+            (RelayState::Registered { .. } | RelayState::Draining { .. }, Frame::Leaving) => {
+                let message = format!(
+                    "Leaving needs protocol version {GOODBYE_SINCE_VERSION}; this session agreed on version {}",
+                    self.protocol_version
+                );
+                self.violation(now_unix_secs, names, message);
+            }
+            (RelayState::Left { .. }, Frame::Leaving) => {
+                // Said twice: the names are already out; answer again.
+                self.events
+                    .push_back(RelayEvent::Transmit(Frame::LeavingAck));
+            }
+            (
+                RelayState::Left { .. },
+                Frame::AcmeChallengeSet(AcmeChallengeSet { request_id, .. }),
+            )
+            | (
+                RelayState::Left { .. },
+                Frame::AcmeChallengeClear(AcmeChallengeClear { request_id, .. }),
+            ) => {
+                self.answer(
+                    request_id,
+                    Err("this daemon said it is leaving; it takes no ACME records".into()),
                 );
             }
             (_, Frame::Error(_)) => {
@@ -324,6 +377,7 @@ impl RelaySession {
         let interval_ms =
             u32::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);
         let protocol_version = register.protocol_version.min(PROTOCOL_VERSION);
+        self.protocol_version = protocol_version;
         // An older daemon could not decode the port (see the versioning notes in the module).
         let https_port = self
             .config
@@ -340,6 +394,22 @@ impl RelaySession {
             })));
         self.events.push_back(RelayEvent::Registered(grant.clone()));
         self.state = RelayState::Registered { grant };
+    }
+
+    /// The daemon's goodbye: its names leave routing now (before any new client is looked up),
+    /// the ack goes out, and the session stays for the streams already open.
+    fn on_leaving(&mut self, now_unix_secs: u64, names: &mut RelayNameTable) {
+        let grant = match &self.state {
+            RelayState::Registered { grant } | RelayState::Draining { grant } => grant.clone(),
+            _ => return,
+        };
+        names.go_offline(&self.node_id, now_unix_secs);
+        self.state = RelayState::Left {
+            grant: grant.clone(),
+        };
+        self.events
+            .push_back(RelayEvent::Transmit(Frame::LeavingAck));
+        self.events.push_back(RelayEvent::Left(grant));
     }
 
     fn on_acme_set(&mut self, now: Instant, set: AcmeChallengeSet, names: &RelayNameTable) {
@@ -448,7 +518,9 @@ impl RelaySession {
             RelayState::AwaitingRegister { deadline } if now >= *deadline => {
                 self.close(now_unix_secs, names, CloseReason::RegistrationTimeout);
             }
-            RelayState::Registered { .. } | RelayState::Draining { .. }
+            RelayState::Registered { .. }
+            | RelayState::Draining { .. }
+            | RelayState::Left { .. }
                 if now >= self.dead_at() =>
             {
                 self.events
@@ -481,6 +553,7 @@ impl RelaySession {
     }
 
     fn close(&mut self, now_unix_secs: u64, names: &mut RelayNameTable, reason: CloseReason) {
+        // A session that said goodbye went offline then; only count it once.
         let was_registered = matches!(
             self.state,
             RelayState::Registered { .. } | RelayState::Draining { .. }
