@@ -17,6 +17,7 @@
 //! `Mutex<Core>`, held only for short synchronous sections and never across an `.await`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -25,9 +26,10 @@ use std::time::{Duration, Instant};
 
 use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
-    ErrorCode, ErrorFrame, Frame, FrameDecoder, NameTableConfig, NameTableSnapshot, NodeId,
+    CloseReason, EncodeError, Frame, FrameError, NameTableConfig, NameTableSnapshot, NodeId,
     RelayConfig, RelayEvent, RelayNameTable, RelaySession,
 };
+use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::Runtime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -468,6 +470,11 @@ impl Shared {
     }
 
     /// Counts session `id` as a registered daemon (once).
+    /// Asks for the status snapshot to be rewritten soon.
+    fn notify_status_changed(&self) {
+        let _ = self.status_changed.try_send(());
+    }
+
     fn mark_counted(&self, id: u64) {
         let mut core = lock(&self.core);
         if let Some(entry) = core.sessions.get_mut(&id) {
@@ -576,6 +583,7 @@ impl Shared {
                         gate_core::tunnel::RelayState::Draining { grant } => {
                             ("draining", Some(grant))
                         }
+                        gate_core::tunnel::RelayState::Left { grant } => ("left", Some(grant)),
                         gate_core::tunnel::RelayState::Closed => ("closing", None),
                     };
                     DaemonInfo {
@@ -1273,15 +1281,6 @@ impl Drop for InFlight {
     }
 }
 
-/// What woke a daemon connection's task.
-enum DaemonInput {
-    Shutdown,
-    Timer,
-    AcmeDone(AcmeAnswer),
-    ControlOpened(Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>),
-    Data(Result<Option<usize>, quinn::ReadError>),
-}
-
 async fn serve_daemon<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
@@ -1336,6 +1335,7 @@ enum DaemonOutcome {
     Closed(String),
 }
 
+/// Drives one daemon connection's control stream with the shared driver until it ends.
 async fn drive_daemon<R: Runtime>(
     rt: &R,
     shared: &Arc<Shared>,
@@ -1344,199 +1344,236 @@ async fn drive_daemon<R: Runtime>(
     id: u64,
     connection: &quinn::Connection,
 ) -> DaemonOutcome {
-    // Finished ACME requests come back here; the loop keeps a sender, so `recv` never fails.
+    // Finished ACME requests come back here; the end keeps a sender, so `recv` never fails.
     // At most MAX_ACME_IN_FLIGHT answers are ever queued.
     let (acme_done, acme_answers) = async_channel::bounded::<AcmeAnswer>(MAX_ACME_IN_FLIGHT);
-    let acme_in_flight = Arc::new(AtomicUsize::new(0));
-    let mut control: Option<(quinn::SendStream, quinn::RecvStream)> = None;
-    let mut decoder = FrameDecoder::default();
-    let mut buf = vec![0u8; 8 * 1024];
-    let mut draining = false;
-    loop {
-        // Act on everything the session asked for.
-        while let Some(event) = shared.with_session(id, |s, _| s.poll_event()).flatten() {
-            match event {
-                RelayEvent::Transmit(frame) => {
-                    let Some((send, _)) = control.as_mut() else {
-                        continue;
-                    };
-                    let Ok(bytes) = frame.to_bytes() else {
-                        continue;
-                    };
-                    if let Err(e) = send.write_all(&bytes).await {
-                        return DaemonOutcome::Closed(format!("control stream: {e}"));
-                    }
-                }
-                RelayEvent::Registered(grant) => {
-                    shared.mark_counted(id);
-                    tracing::info!(
-                        node_name = %grant.node_name,
-                        custom_name = grant.custom_name.as_deref().unwrap_or("-"),
-                        "daemon registered"
-                    );
-                    if let Some(refusal) = &grant.custom_name_refusal {
-                        tracing::warn!(node_name = %grant.node_name, "{refusal}");
-                    }
-                    shared.persist_claim_changes();
-                }
-                RelayEvent::DnsSet {
-                    request_id, name, ..
-                } if !shared.settings.dns.enabled => {
-                    tracing::warn!(record = %name, "ACME TXT record requested, but dns.enabled is false");
-                    shared.with_session(id, |s, _| {
-                        s.complete_acme(request_id, Err(DNS_DISABLED.to_owned()))
-                    });
-                }
-                RelayEvent::DnsClear { request_id, .. } if !shared.settings.dns.enabled => {
-                    // Nothing was written, so nothing is left to delete.
-                    if let Some(request_id) = request_id {
-                        shared.with_session(id, |s, _| s.complete_acme(request_id, Ok(())));
-                    }
-                }
-                event @ (RelayEvent::DnsSet { .. } | RelayEvent::DnsClear { .. }) => {
-                    let Some(slot) = InFlight::take(&acme_in_flight) else {
-                        let request_id = match &event {
-                            RelayEvent::DnsSet { request_id, .. } => Some(*request_id),
-                            RelayEvent::DnsClear { request_id, .. } => *request_id,
-                            _ => None,
-                        };
-                        tracing::warn!(node = %owner, "too many ACME requests at once; refused");
-                        if let Some(request_id) = request_id {
-                            shared.with_session(id, |s, _| {
-                                s.complete_acme(
-                                    request_id,
-                                    Err(format!(
-                                        "too many ACME requests in progress at once (at most {MAX_ACME_IN_FLIGHT}); try again"
-                                    )),
-                                )
-                            });
-                        }
-                        continue;
-                    };
-                    let dns = dns.clone();
-                    let owner = owner.to_owned();
-                    let done = acme_done.clone();
-                    rt.spawn(async move {
-                        if let Some(answer) = dns.apply_event(&owner, &event).await {
-                            // Queued answers never outnumber the places, so this does not
-                            // wait; if the connection is gone, nobody waits for the answer.
-                            let _ = done.send(answer).await;
-                        }
-                        drop(slot);
-                    });
-                }
-                RelayEvent::Closed { reason } => {
-                    if let Some((send, _)) = control.as_mut() {
-                        let _ = send.finish();
-                    }
-                    return DaemonOutcome::Closed(reason.to_string());
-                }
-            }
-        }
-        if draining {
-            if let Some((send, _)) = control.as_mut() {
-                let _ = send.finish();
-            }
-            return DaemonOutcome::Shutdown;
-        }
+    let mut end = RelayEnd {
+        rt,
+        shared,
+        dns,
+        owner,
+        id,
+        connection,
+        acme_done,
+        acme_answers,
+        acme_in_flight: Arc::new(AtomicUsize::new(0)),
+        lost: None,
+        outcome: None,
+    };
+    let mut control = None;
+    driver::drive(rt, &mut end, &mut control).await;
+    if let Some(stream) = control.as_mut() {
+        stream.finish();
+    }
+    end.outcome
+        .unwrap_or_else(|| DaemonOutcome::Closed("the control stream ended".to_owned()))
+}
 
-        let timeout = shared.with_session(id, |s, _| s.poll_timeout()).flatten();
-        let timer = async {
-            match timeout {
-                Some(at) => rt.sleep(at.saturating_duration_since(Instant::now())).await,
-                None => std::future::pending().await,
+/// What wakes a daemon connection's task besides its timer and control stream.
+enum DaemonInput {
+    Shutdown,
+    AcmeDone(AcmeAnswer),
+    ControlOpened(Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>),
+}
+
+/// The relay's end of the control-stream driver for one daemon connection: the
+/// [`RelaySession`] (inside the shared routing state), DNS work, and the outcome.
+struct RelayEnd<'a, R: Runtime> {
+    rt: &'a R,
+    shared: &'a Arc<Shared>,
+    dns: &'a AcmeRecords<R>,
+    owner: &'a str,
+    id: u64,
+    connection: &'a quinn::Connection,
+    acme_done: async_channel::Sender<AcmeAnswer>,
+    acme_answers: async_channel::Receiver<AcmeAnswer>,
+    acme_in_flight: Arc<AtomicUsize>,
+    /// How the control stream was lost, for the log (the session only says "connection lost").
+    lost: Option<String>,
+    outcome: Option<DaemonOutcome>,
+}
+
+impl<R: Runtime> RelayEnd<'_, R> {
+    fn session<T>(&self, f: impl FnOnce(&mut RelaySession, &mut RelayNameTable) -> T) -> Option<T> {
+        self.shared.with_session(self.id, f)
+    }
+
+    fn complete_acme(&self, request_id: u64, outcome: Result<(), String>) {
+        self.session(|s, _| s.complete_acme(request_id, outcome));
+    }
+
+    fn start_dns(&self, event: RelayEvent) {
+        let Some(slot) = InFlight::take(&self.acme_in_flight) else {
+            let request_id = match &event {
+                RelayEvent::DnsSet { request_id, .. } => Some(*request_id),
+                RelayEvent::DnsClear { request_id, .. } => *request_id,
+                _ => None,
+            };
+            tracing::warn!(node = %self.owner, "too many ACME requests at once; refused");
+            if let Some(request_id) = request_id {
+                self.complete_acme(
+                    request_id,
+                    Err(format!(
+                        "too many ACME requests in progress at once (at most {MAX_ACME_IN_FLIGHT}); try again"
+                    )),
+                );
+            }
+            return;
+        };
+        let dns = self.dns.clone();
+        let owner = self.owner.to_owned();
+        let done = self.acme_done.clone();
+        self.rt.spawn(async move {
+            if let Some(answer) = dns.apply_event(&owner, &event).await {
+                // Queued answers never outnumber the places, so this does not wait; if the
+                // connection is gone, nobody waits for the answer.
+                let _ = done.send(answer).await;
+            }
+            drop(slot);
+        });
+    }
+}
+
+impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
+    type Input = DaemonInput;
+    type Event = RelayEvent;
+
+    fn poll_output(&mut self) -> Option<Output<RelayEvent>> {
+        match self.session(|s, _| s.poll_event()).flatten()? {
+            RelayEvent::Transmit(frame) => Some(Output::Transmit(frame)),
+            event => Some(Output::Event(event)),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session(|s, _| s.poll_timeout()).flatten()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.session(|s, names| s.handle_timeout(now, unix_now(), names));
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        self.session(|s, names| s.handle_frame(now, unix_now(), frame, names));
+    }
+
+    fn handle_undecodable(&mut self, _now: Instant, error: FrameError) {
+        self.session(|s, names| s.handle_undecodable(unix_now(), names, error));
+    }
+
+    fn handle_encode_failed(&mut self, _now: Instant, error: EncodeError) {
+        self.session(|s, names| s.handle_encode_failed(unix_now(), names, error));
+    }
+
+    fn handle_stream_lost(&mut self, _now: Instant, reason: String) {
+        self.lost = Some(reason);
+        self.session(|s, names| s.handle_connection_lost(unix_now(), names));
+    }
+
+    fn next_input(&self, has_control: bool) -> impl Future<Output = DaemonInput> + Send + '_ {
+        let shutdown = async {
+            self.shared.shutdown.wait().await;
+            DaemonInput::Shutdown
+        };
+        let acme = async {
+            match self.acme_answers.recv().await {
+                Ok(answer) => DaemonInput::AcmeDone(answer),
+                Err(_) => std::future::pending().await,
             }
         };
-        let input = async {
-            match control.as_mut() {
-                None => DaemonInput::ControlOpened(connection.accept_bi().await),
-                Some((_, recv)) => DaemonInput::Data(recv.read(&mut buf).await),
+        let opened = async move {
+            if has_control {
+                std::future::pending::<()>().await;
             }
+            DaemonInput::ControlOpened(self.connection.accept_bi().await)
         };
-        let input = race(
-            async {
-                match acme_answers.recv().await {
-                    Ok(answer) => DaemonInput::AcmeDone(answer),
-                    Err(_) => std::future::pending().await,
-                }
-            },
-            input,
-        );
-        let input = async {
-            match input.await {
-                Either::Left(input) | Either::Right(input) => input,
-            }
-        };
-        let woke = race(
-            async {
-                shared.shutdown.wait().await;
-                DaemonInput::Shutdown
-            },
-            race(
-                async {
-                    timer.await;
-                    DaemonInput::Timer
-                },
-                input,
-            ),
-        )
-        .await;
-        let woke = match woke {
-            Either::Left(input)
-            | Either::Right(Either::Left(input))
-            | Either::Right(Either::Right(input)) => input,
-        };
-        let now = Instant::now();
-        match woke {
+        futures_lite::future::or(shutdown, futures_lite::future::or(acme, opened))
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        input: DaemonInput,
+        control: &mut Option<ControlStream>,
+    ) -> Flow {
+        match input {
             DaemonInput::Shutdown => {
-                draining = true;
-                shared.with_session(id, |s, _| s.start_drain());
-            }
-            DaemonInput::Timer => {
-                shared.with_session(id, |s, names| s.handle_timeout(now, unix_now(), names));
+                // Tell the daemon (the Drain frame is written before the driver stops).
+                self.session(|s, _| s.start_drain());
+                self.outcome = Some(DaemonOutcome::Shutdown);
+                Flow::Stop
             }
             DaemonInput::AcmeDone((request_id, outcome)) => {
-                shared.with_session(id, |s, _| s.complete_acme(request_id, outcome));
+                self.complete_acme(request_id, outcome);
+                Flow::Continue
             }
-            DaemonInput::ControlOpened(Ok(streams)) => control = Some(streams),
+            DaemonInput::ControlOpened(Ok((send, recv))) => {
+                *control = Some(ControlStream::new(send, recv));
+                Flow::Continue
+            }
             DaemonInput::ControlOpened(Err(e)) => {
-                return DaemonOutcome::Closed(format!("connection lost: {e}"));
-            }
-            DaemonInput::Data(Ok(Some(read))) => {
-                decoder.push(buf.get(..read).unwrap_or_default());
-                loop {
-                    match decoder.decode() {
-                        Ok(Some(frame)) => {
-                            shared.with_session(id, |s, names| {
-                                s.handle_frame(now, unix_now(), frame, names)
-                            });
-                        }
-                        Ok(None) => break,
-                        Err(e) => {
-                            if let Some((send, _)) = control.as_mut() {
-                                let error = Frame::Error(ErrorFrame {
-                                    code: ErrorCode::PROTOCOL_VIOLATION,
-                                    message: format!("undecodable control frame: {e}"),
-                                });
-                                if let Ok(bytes) = error.to_bytes() {
-                                    let _ = send.write_all(&bytes).await;
-                                }
-                                let _ = send.finish();
-                            }
-                            return DaemonOutcome::Closed(format!(
-                                "undecodable control frame: {e}"
-                            ));
-                        }
-                    }
-                }
-            }
-            DaemonInput::Data(Ok(None)) => {
-                return DaemonOutcome::Closed("the daemon closed its control stream".to_owned());
-            }
-            DaemonInput::Data(Err(e)) => {
-                return DaemonOutcome::Closed(format!("connection lost: {e}"));
+                self.handle_stream_lost(now, format!("connection lost: {e}"));
+                Flow::Continue
             }
         }
+    }
+
+    async fn handle_event(
+        &mut self,
+        event: RelayEvent,
+        _control: &mut Option<ControlStream>,
+    ) -> Flow {
+        let shared = self.shared;
+        match event {
+            RelayEvent::Transmit(frame) => {
+                // The driver writes frames; poll_output never hands one here.
+                tracing::debug!(frame_type = frame.frame_type(), "frame routed as an event");
+            }
+            RelayEvent::Registered(grant) => {
+                shared.mark_counted(self.id);
+                tracing::info!(
+                    node_name = %grant.node_name,
+                    custom_name = grant.custom_name.as_deref().unwrap_or("-"),
+                    "daemon registered"
+                );
+                if let Some(refusal) = &grant.custom_name_refusal {
+                    tracing::warn!(node_name = %grant.node_name, "{refusal}");
+                }
+                shared.persist_claim_changes();
+            }
+            RelayEvent::Left(grant) => {
+                tracing::info!(
+                    node_name = %grant.node_name,
+                    custom_name = grant.custom_name.as_deref().unwrap_or("-"),
+                    "daemon said goodbye; its names are no longer routed"
+                );
+                shared.notify_status_changed();
+            }
+            RelayEvent::DnsSet {
+                request_id, name, ..
+            } if !shared.settings.dns.enabled => {
+                tracing::warn!(record = %name, "ACME TXT record requested, but dns.enabled is false");
+                self.complete_acme(request_id, Err(DNS_DISABLED.to_owned()));
+            }
+            RelayEvent::DnsClear { request_id, .. } if !shared.settings.dns.enabled => {
+                // Nothing was written, so nothing is left to delete.
+                if let Some(request_id) = request_id {
+                    self.complete_acme(request_id, Ok(()));
+                }
+            }
+            event @ (RelayEvent::DnsSet { .. } | RelayEvent::DnsClear { .. }) => {
+                self.start_dns(event);
+            }
+            RelayEvent::Closed { reason } => {
+                let reason = match (&reason, self.lost.take()) {
+                    (CloseReason::ConnectionLost, Some(how)) => how,
+                    _ => reason.to_string(),
+                };
+                self.outcome = Some(DaemonOutcome::Closed(reason));
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
     }
 }
 

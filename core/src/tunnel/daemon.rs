@@ -33,8 +33,8 @@ use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    AcmeChallengeClear, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame, Register, Registered,
-    GOODBYE_SINCE_VERSION, PROTOCOL_VERSION,
+    AcmeChallengeClear, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame, Frame, FrameError,
+    Register, Registered, GOODBYE_SINCE_VERSION, PROTOCOL_VERSION,
 };
 
 /// Tunables of a [`DaemonSession`]. `Default` gives the production values.
@@ -121,6 +121,10 @@ pub enum DisconnectReason {
     /// The relay sent something the protocol does not allow.
     #[error("the relay broke the protocol: {0}")]
     ProtocolViolation(String),
+    /// A frame this daemon had to send could not be encoded (a bug or an oversized field); the
+    /// connection is closed rather than left with a frame silently missing.
+    #[error("could not encode a control frame: {0}")]
+    EncodeFailed(String),
     /// The daemon is stopping ([`DaemonSession::leave`]) before the registration completed.
     #[error("the daemon is shutting down")]
     ShuttingDown,
@@ -465,6 +469,38 @@ impl DaemonSession {
             self.consecutive_failures = 0;
         }
         self.fail(now, DisconnectReason::ConnectionLost(error));
+    }
+
+    /// The control stream of `attempt` carried bytes that are not a frame: a protocol
+    /// violation (the relay is told, the connection ends).
+    pub fn handle_undecodable(
+        &mut self,
+        attempt: ConnectionAttempt,
+        now: Instant,
+        error: FrameError,
+    ) {
+        if self.current_attempt() == Some(attempt) {
+            self.violation(now, format!("undecodable control frame: {error}"));
+        }
+    }
+
+    /// A frame the session asked to send on `attempt` could not be encoded: the relay is told
+    /// (the error frame itself always encodes) and the connection ends with the reason.
+    pub fn handle_encode_failed(
+        &mut self,
+        attempt: ConnectionAttempt,
+        now: Instant,
+        error: EncodeError,
+    ) {
+        if self.current_attempt() != Some(attempt) {
+            return;
+        }
+        self.events
+            .push_back(DaemonEvent::Transmit(Frame::Error(ErrorFrame {
+                code: ErrorCode::INTERNAL,
+                message: format!("the daemon could not encode a frame: {error}"),
+            })));
+        self.fail(now, DisconnectReason::EncodeFailed(error.to_string()));
     }
 
     /// A control frame arrived on the connection of `attempt`.

@@ -27,9 +27,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::frame::{
-    AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, ErrorCode, ErrorFrame, Frame,
-    Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
-    PROTOCOL_VERSION,
+    AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame,
+    Frame, FrameError, Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION,
+    HTTPS_PORT_SINCE_VERSION, PROTOCOL_VERSION,
 };
 use super::names::{NameGrant, NodeId, RelayNameTable};
 
@@ -85,6 +85,10 @@ pub enum CloseReason {
     /// The runtime reported the connection lost.
     #[error("connection lost")]
     ConnectionLost,
+    /// A frame this relay had to send could not be encoded; the connection is closed rather
+    /// than left with a frame silently missing.
+    #[error("could not encode a control frame: {0}")]
+    EncodeFailed(String),
 }
 
 /// What the runtime must do, drained with [`RelaySession::poll_event`].
@@ -532,6 +536,46 @@ impl RelaySession {
             }
             _ => {}
         }
+    }
+
+    /// The control stream carried bytes that are not a frame: a protocol violation (the daemon
+    /// is told, the session closes).
+    pub fn handle_undecodable(
+        &mut self,
+        now_unix_secs: u64,
+        names: &mut RelayNameTable,
+        error: FrameError,
+    ) {
+        if self.state != RelayState::Closed {
+            self.violation(
+                now_unix_secs,
+                names,
+                format!("undecodable control frame: {error}"),
+            );
+        }
+    }
+
+    /// A frame the session asked to send could not be encoded: the daemon is told (the error
+    /// frame itself always encodes) and the session closes with the reason.
+    pub fn handle_encode_failed(
+        &mut self,
+        now_unix_secs: u64,
+        names: &mut RelayNameTable,
+        error: EncodeError,
+    ) {
+        if self.state == RelayState::Closed {
+            return;
+        }
+        self.events
+            .push_back(RelayEvent::Transmit(Frame::Error(ErrorFrame {
+                code: ErrorCode::INTERNAL,
+                message: format!("the relay could not encode a frame: {error}"),
+            })));
+        self.close(
+            now_unix_secs,
+            names,
+            CloseReason::EncodeFailed(error.to_string()),
+        );
     }
 
     /// The runtime lost the connection.

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use crate::Runtime;
 use gate_core::tunnel::{
     decode_stream_header, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
-    FrameDecoder, StreamHeader, DEFAULT_MAX_FRAME_LEN,
+    EncodeError, Frame, FrameError, StreamHeader, DEFAULT_MAX_FRAME_LEN,
 };
 use rustls::pki_types::CertificateDer;
 
+use super::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use super::identity::{Identity, IdentityError, RelayAddress};
 use super::support::{race, Either, Shutdown, TunnelStream};
 
@@ -77,6 +78,9 @@ pub enum RelayConnectionState {
     Registered,
     /// The relay is going away; a new connection follows.
     Draining,
+    /// The daemon said goodbye ([`RelayClient::leave`]): the relay routes no new connections
+    /// here; open ones finish.
+    Leaving,
 }
 
 impl std::fmt::Display for RelayConnectionState {
@@ -87,6 +91,7 @@ impl std::fmt::Display for RelayConnectionState {
             Self::Registering => "registering",
             Self::Registered => "registered",
             Self::Draining => "draining",
+            Self::Leaving => "leaving",
         })
     }
 }
@@ -120,10 +125,15 @@ pub fn public_url(name: &str, port: u16) -> String {
 }
 
 /// Keeps the daemon registered with its relays. Dropping it does not stop it: call
-/// [`RelayClient::shutdown`].
+/// [`RelayClient::shutdown`] (or [`RelayClient::leave`] first, to let open connections finish
+/// after the relays stopped routing new ones here).
 pub struct RelayClient {
     statuses: Arc<Mutex<Vec<RelayStatus>>>,
     shutdown: Shutdown,
+    /// Fired by [`RelayClient::leave`].
+    leaving: Shutdown,
+    /// Closed once every relay task's goodbye is over (each holds a sender until then).
+    left: async_channel::Receiver<()>,
     tasks: async_channel::Receiver<()>,
     commands: Vec<async_channel::Sender<AcmeCommand>>,
 }
@@ -146,6 +156,7 @@ struct RelayTask<R: Runtime> {
     statuses: Arc<Mutex<Vec<RelayStatus>>>,
     handler: StreamHandler,
     shutdown: Shutdown,
+    leaving: Shutdown,
     public_https_port: u16,
     commands: async_channel::Receiver<AcmeCommand>,
 }
@@ -180,13 +191,10 @@ pub enum AcmeError {
     Lost,
 }
 
-/// The live connection of a relay task.
+/// The live connection of a relay task (its control stream is the driver's).
 struct Live {
     attempt: ConnectionAttempt,
     connection: quinn::Connection,
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
-    decoder: FrameDecoder,
 }
 
 fn random_seed() -> u64 {
@@ -223,7 +231,9 @@ impl RelayClient {
                 .collect(),
         ));
         let shutdown = Shutdown::new();
+        let leaving = Shutdown::new();
         let (running, tasks) = async_channel::bounded::<()>(1);
+        let (left_tx, left) = async_channel::bounded::<()>(1);
         let session_config = DaemonConfig {
             custom_label: config.custom_label.clone(),
             daemon_version: config.daemon_version.clone(),
@@ -243,19 +253,23 @@ impl RelayClient {
                 statuses: statuses.clone(),
                 handler: handler.clone(),
                 shutdown: shutdown.clone(),
+                leaving: leaving.clone(),
                 public_https_port: config.public_https_port,
                 commands: command_rx,
             };
             let session = DaemonSession::new(session_config.clone(), random_seed(), Instant::now());
             let running = running.clone();
+            let left_tx = left_tx.clone();
             rt.spawn(async move {
-                task.run(session).await;
+                task.run(session, left_tx).await;
                 drop(running);
             });
         }
         Ok(Self {
             statuses,
             shutdown,
+            leaving,
+            left,
             tasks,
             commands,
         })
@@ -304,19 +318,26 @@ impl RelayClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Closes every relay connection and waits until the tasks have ended.
+    /// Says goodbye to every relay (protocol version 3: [`gate_core::tunnel::Frame::Leaving`]),
+    /// so that each stops routing new connections here at once, and waits until every goodbye
+    /// is over: acknowledged, or given up after [`DaemonConfig::leave_timeout`] (2 s by
+    /// default), or at once for a relay that is not registered or speaks an older version.
+    /// Connections already forwarded keep running, and so do the relay connections and their
+    /// heartbeats, until [`RelayClient::shutdown`]. No relay is reconnected to afterwards.
+    /// Calling it again returns at once.
+    pub async fn leave(&self) {
+        self.leaving.trigger();
+        // Nothing is sent: recv() returns once every task has dropped its sender.
+        let _ = self.left.recv().await;
+    }
+
+    /// Says goodbye to every relay ([`RelayClient::leave`], bounded by the leave timeout), then
+    /// closes every relay connection and waits until the tasks have ended.
     pub async fn shutdown(self) {
+        self.leave().await;
         self.shutdown.trigger();
         let _ = self.tasks.recv().await;
     }
-}
-
-/// What woke a relay task.
-enum Wake {
-    Shutdown,
-    Timer,
-    Command(AcmeCommand),
-    Data(Result<Option<usize>, quinn::ReadError>),
 }
 
 impl<R: Runtime> RelayTask<R> {
@@ -336,235 +357,17 @@ impl<R: Runtime> RelayTask<R> {
         public_url(name, announced_port.unwrap_or(self.public_https_port))
     }
 
-    async fn run(self, mut session: DaemonSession) {
-        let mut live: Option<Live> = None;
-        let mut buf = vec![0u8; 8 * 1024];
-        let mut acme_replies: HashMap<u64, AcmeReply> = HashMap::new();
-        loop {
-            while let Some(event) = session.poll_event() {
-                if let DaemonEvent::AcmeChallengeResult {
-                    request_id,
-                    outcome,
-                } = &event
-                {
-                    if let Some(reply) = acme_replies.remove(request_id) {
-                        let _ = reply.try_send(outcome.clone().map_err(AcmeError::Relay));
-                    }
-                }
-                self.handle_event(&mut session, &mut live, event).await;
-            }
-            let state = match session.state() {
-                DaemonState::Disconnected { .. } => RelayConnectionState::Disconnected,
-                DaemonState::Connecting { .. } => RelayConnectionState::Connecting,
-                DaemonState::Registering { .. } => RelayConnectionState::Registering,
-                DaemonState::Registered { .. } => RelayConnectionState::Registered,
-                DaemonState::Draining { .. } => RelayConnectionState::Draining,
-            };
-            self.update(|status| status.state = state);
-
-            let timeout = session.poll_timeout();
-            let rt = &self.rt;
-            let timer = async move {
-                match timeout {
-                    Some(at) => rt.sleep(at.saturating_duration_since(Instant::now())).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let input = async {
-                match live.as_mut() {
-                    Some(live) => live.recv.read(&mut buf).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let command = async {
-                match self.commands.recv().await {
-                    Ok(command) => command,
-                    // The client handle is gone; only shutdown ends the task.
-                    Err(_) => std::future::pending().await,
-                }
-            };
-            let woke = race(self.shutdown.wait(), race(timer, race(command, input))).await;
-            let woke = match woke {
-                Either::Left(()) => Wake::Shutdown,
-                Either::Right(Either::Left(())) => Wake::Timer,
-                Either::Right(Either::Right(Either::Left(command))) => Wake::Command(command),
-                Either::Right(Either::Right(Either::Right(read))) => Wake::Data(read),
-            };
-            let now = Instant::now();
-            match woke {
-                Wake::Shutdown => {
-                    if let Some(mut live) = live.take() {
-                        let _ = live.send.finish();
-                        live.connection.close(0u32.into(), b"daemon shutting down");
-                    }
-                    self.update(|status| {
-                        status.state = RelayConnectionState::Disconnected;
-                        status.names.clear();
-                        status.public_urls.clear();
-                    });
-                    return;
-                }
-                Wake::Timer => session.handle_timeout(now),
-                Wake::Command(command) => {
-                    let (requested, reply) = match command {
-                        AcmeCommand::Set {
-                            record,
-                            value,
-                            reply,
-                        } => (session.request_acme_set(record, value), reply),
-                        AcmeCommand::Clear { record, reply } => {
-                            (session.request_acme_clear(record), reply)
-                        }
-                    };
-                    match requested {
-                        Ok(request_id) => {
-                            acme_replies.insert(request_id, reply);
-                        }
-                        Err(_) => {
-                            let _ = reply.try_send(Err(AcmeError::NoRelay));
-                        }
-                    }
-                }
-                Wake::Data(read) => {
-                    let Some(current) = live.as_mut() else {
-                        continue;
-                    };
-                    let attempt = current.attempt;
-                    match read {
-                        Ok(Some(count)) => {
-                            current.decoder.push(buf.get(..count).unwrap_or_default());
-                            loop {
-                                match current.decoder.decode() {
-                                    Ok(Some(frame)) => session.handle_frame(attempt, now, frame),
-                                    Ok(None) => break,
-                                    Err(e) => {
-                                        session.handle_connection_lost(
-                                            attempt,
-                                            now,
-                                            format!("undecodable control frame: {e}"),
-                                        );
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Ok(None) => session.handle_connection_lost(
-                            attempt,
-                            now,
-                            "the relay closed the control stream".to_owned(),
-                        ),
-                        Err(e) => session.handle_connection_lost(attempt, now, e.to_string()),
-                    }
-                }
-            }
-        }
-    }
-
-    async fn handle_event(
-        &self,
-        session: &mut DaemonSession,
-        live: &mut Option<Live>,
-        event: DaemonEvent,
-    ) {
-        let now = Instant::now;
-        match event {
-            DaemonEvent::Connect(attempt) => {
-                if let Some(old) = live.take() {
-                    old.connection.close(0u32.into(), b"reconnecting");
-                }
-                self.update(|status| status.state = RelayConnectionState::Connecting);
-                let connect_timeout = session_connect_timeout(session);
-                let outcome = race(
-                    self.shutdown.wait(),
-                    crate::timeout(&self.rt, connect_timeout, self.connect()),
-                )
-                .await;
-                match outcome {
-                    Either::Left(()) => {}
-                    Either::Right(Ok(Ok((connection, send, recv)))) => {
-                        tracing::debug!(relay = %self.address, "connected");
-                        self.rt.spawn(accept_streams(
-                            self.rt.clone(),
-                            connection.clone(),
-                            self.handler.clone(),
-                        ));
-                        *live = Some(Live {
-                            attempt,
-                            connection,
-                            send,
-                            recv,
-                            decoder: FrameDecoder::default(),
-                        });
-                        session.handle_connected(attempt, now());
-                    }
-                    Either::Right(Ok(Err(error))) => {
-                        session.handle_connect_failed(attempt, now(), error);
-                    }
-                    Either::Right(Err(crate::Elapsed)) => {
-                        session.handle_connect_failed(attempt, now(), "timed out".to_owned());
-                    }
-                }
-            }
-            DaemonEvent::Transmit(frame) => {
-                let Some(current) = live.as_mut() else { return };
-                let Ok(bytes) = frame.to_bytes() else { return };
-                if let Err(e) = current.send.write_all(&bytes).await {
-                    let attempt = current.attempt;
-                    session.handle_connection_lost(attempt, now(), e.to_string());
-                }
-            }
-            DaemonEvent::Registered(names) => {
-                let granted: Vec<String> = std::iter::once(names.node_name.clone())
-                    .chain(names.custom_name.clone())
-                    .collect();
-                let urls: Vec<String> = granted
-                    .iter()
-                    .map(|n| self.public_url(n, names.https_port))
-                    .collect();
-                tracing::info!(relay = %self.address, urls = ?urls, "registered with the relay");
-                if let Some(refusal) = &names.custom_name_refusal {
-                    tracing::warn!(relay = %self.address, "{refusal}");
-                }
-                self.update(|status| {
-                    status.state = RelayConnectionState::Registered;
-                    status.names = granted;
-                    status.public_urls = urls;
-                    status.custom_name_refusal = names.custom_name_refusal.clone();
-                    status.last_error = None;
-                    status.registrations += 1;
-                });
-            }
-            DaemonEvent::Refused { reason } => {
-                tracing::error!(relay = %self.address, "the relay refused the registration: {reason}");
-                self.update(|status| status.last_error = Some(format!("refused: {reason}")));
-            }
-            DaemonEvent::Draining => {
-                tracing::info!(relay = %self.address, "the relay is draining");
-                self.update(|status| status.state = RelayConnectionState::Draining);
-            }
-            DaemonEvent::AcmeChallengeResult {
-                request_id,
-                outcome,
-            } => {
-                tracing::debug!(relay = %self.address, request_id, ?outcome, "ACME record result");
-            }
-            DaemonEvent::RelayError(error) => {
-                tracing::warn!(relay = %self.address, code = error.code.0, "relay error: {}", error.message);
-                self.update(|status| status.last_error = Some(error.message.clone()));
-            }
-            DaemonEvent::Disconnected { reason } => {
-                if let Some(old) = live.take() {
-                    old.connection.close(0u32.into(), b"disconnected");
-                }
-                tracing::info!(relay = %self.address, "relay connection ended: {reason}");
-                self.update(|status| {
-                    status.state = RelayConnectionState::Disconnected;
-                    status.names.clear();
-                    status.public_urls.clear();
-                    status.last_error = Some(reason.to_string());
-                });
-            }
-        }
+    async fn run(self, session: DaemonSession, left: async_channel::Sender<()>) {
+        let mut end = DaemonEnd {
+            task: &self,
+            session,
+            live: None,
+            acme_replies: HashMap::new(),
+            leave_requested: false,
+            left: Some(left),
+        };
+        let mut control = None;
+        driver::drive(&self.rt, &mut end, &mut control).await;
     }
 
     /// Resolves the relay, connects, and opens the control stream.
@@ -644,5 +447,298 @@ async fn read_header(
             Ok(None) => return Err("stream ended before its header".to_owned()),
             Err(e) => return Err(e.to_string()),
         }
+    }
+}
+
+/// What wakes a relay task besides its timer and control stream.
+enum DaemonInput {
+    /// [`RelayClient::shutdown`]: close the connection now.
+    Shutdown,
+    /// [`RelayClient::leave`]: say goodbye to the relay.
+    Leave,
+    /// An ACME record request.
+    Command(AcmeCommand),
+}
+
+/// One relay task's end of the control-stream driver: its [`DaemonSession`], the live
+/// connection, and the answers owed to ACME callers.
+struct DaemonEnd<'a, R: Runtime> {
+    task: &'a RelayTask<R>,
+    session: DaemonSession,
+    live: Option<Live>,
+    acme_replies: HashMap<u64, AcmeReply>,
+    leave_requested: bool,
+    /// Dropped when this relay's goodbye is over; [`RelayClient::leave`] waits for every one.
+    left: Option<async_channel::Sender<()>>,
+}
+
+impl<R: Runtime> DaemonEnd<'_, R> {
+    fn attempt(&self) -> Option<ConnectionAttempt> {
+        self.live.as_ref().map(|live| live.attempt)
+    }
+
+    fn close_live(&mut self, control: &mut Option<ControlStream>, why: &'static [u8]) {
+        if let Some(mut stream) = control.take() {
+            stream.finish();
+        }
+        if let Some(old) = self.live.take() {
+            old.connection.close(0u32.into(), why);
+        }
+    }
+
+    fn publish_state(&self) {
+        let state = match self.session.state() {
+            DaemonState::Disconnected { .. } | DaemonState::Stopped => {
+                RelayConnectionState::Disconnected
+            }
+            DaemonState::Connecting { .. } => RelayConnectionState::Connecting,
+            DaemonState::Registering { .. } => RelayConnectionState::Registering,
+            DaemonState::Registered { .. } => RelayConnectionState::Registered,
+            DaemonState::Draining { .. } => RelayConnectionState::Draining,
+            DaemonState::Leaving { .. } => RelayConnectionState::Leaving,
+        };
+        self.task.update(|status| status.state = state);
+    }
+
+    async fn connect(&mut self, attempt: ConnectionAttempt, control: &mut Option<ControlStream>) {
+        self.close_live(control, b"reconnecting");
+        let task = self.task;
+        task.update(|status| status.state = RelayConnectionState::Connecting);
+        let connect_timeout = session_connect_timeout(&self.session);
+        // A shutdown or a goodbye abandons the attempt; the input is handled next.
+        let interrupted = async {
+            if self.leave_requested {
+                task.shutdown.wait().await
+            } else {
+                futures_lite::future::or(task.shutdown.wait(), task.leaving.wait()).await
+            }
+        };
+        let outcome = race(
+            interrupted,
+            crate::timeout(&task.rt, connect_timeout, task.connect()),
+        )
+        .await;
+        let now = Instant::now();
+        match outcome {
+            Either::Left(()) => {}
+            Either::Right(Ok(Ok((connection, send, recv)))) => {
+                tracing::debug!(relay = %task.address, "connected");
+                task.rt.spawn(accept_streams(
+                    task.rt.clone(),
+                    connection.clone(),
+                    task.handler.clone(),
+                ));
+                self.live = Some(Live {
+                    attempt,
+                    connection,
+                });
+                *control = Some(ControlStream::new(send, recv));
+                self.session.handle_connected(attempt, now);
+            }
+            Either::Right(Ok(Err(error))) => {
+                self.session.handle_connect_failed(attempt, now, error);
+            }
+            Either::Right(Err(crate::Elapsed)) => {
+                self.session
+                    .handle_connect_failed(attempt, now, "timed out".to_owned());
+            }
+        }
+    }
+}
+
+impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
+    type Input = DaemonInput;
+    type Event = DaemonEvent;
+
+    fn poll_output(&mut self) -> Option<Output<DaemonEvent>> {
+        match self.session.poll_event() {
+            Some(DaemonEvent::Transmit(frame)) => Some(Output::Transmit(frame)),
+            Some(event) => Some(Output::Event(event)),
+            None => {
+                self.publish_state();
+                None
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.session.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.session.handle_timeout(now);
+    }
+
+    fn handle_frame(&mut self, now: Instant, frame: Frame) {
+        if let Some(attempt) = self.attempt() {
+            self.session.handle_frame(attempt, now, frame);
+        }
+    }
+
+    fn handle_undecodable(&mut self, now: Instant, error: FrameError) {
+        if let Some(attempt) = self.attempt() {
+            self.session.handle_undecodable(attempt, now, error);
+        }
+    }
+
+    fn handle_encode_failed(&mut self, now: Instant, error: EncodeError) {
+        if let Some(attempt) = self.attempt() {
+            self.session.handle_encode_failed(attempt, now, error);
+        }
+    }
+
+    fn handle_stream_lost(&mut self, now: Instant, reason: String) {
+        if let Some(attempt) = self.attempt() {
+            self.session.handle_connection_lost(attempt, now, reason);
+        }
+    }
+
+    fn next_input(
+        &self,
+        _has_control: bool,
+    ) -> impl std::future::Future<Output = DaemonInput> + Send + '_ {
+        let task = self.task;
+        let leave_requested = self.leave_requested;
+        let shutdown = async {
+            task.shutdown.wait().await;
+            DaemonInput::Shutdown
+        };
+        let leave = async move {
+            if leave_requested {
+                std::future::pending::<()>().await;
+            }
+            task.leaving.wait().await;
+            DaemonInput::Leave
+        };
+        let command = async {
+            match task.commands.recv().await {
+                Ok(command) => DaemonInput::Command(command),
+                // The client handle is gone; only shutdown ends the task.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        futures_lite::future::or(shutdown, futures_lite::future::or(leave, command))
+    }
+
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        input: DaemonInput,
+        control: &mut Option<ControlStream>,
+    ) -> Flow {
+        match input {
+            DaemonInput::Shutdown => {
+                self.close_live(control, b"daemon shutting down");
+                self.left = None;
+                self.task.update(|status| {
+                    status.state = RelayConnectionState::Disconnected;
+                    status.names.clear();
+                    status.public_urls.clear();
+                });
+                Flow::Stop
+            }
+            DaemonInput::Leave => {
+                self.leave_requested = true;
+                self.session.leave(now);
+                Flow::Continue
+            }
+            DaemonInput::Command(command) => {
+                let (requested, reply) = match command {
+                    AcmeCommand::Set {
+                        record,
+                        value,
+                        reply,
+                    } => (self.session.request_acme_set(record, value), reply),
+                    AcmeCommand::Clear { record, reply } => {
+                        (self.session.request_acme_clear(record), reply)
+                    }
+                };
+                match requested {
+                    Ok(request_id) => {
+                        self.acme_replies.insert(request_id, reply);
+                    }
+                    Err(_) => {
+                        let _ = reply.try_send(Err(AcmeError::NoRelay));
+                    }
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn handle_event(
+        &mut self,
+        event: DaemonEvent,
+        control: &mut Option<ControlStream>,
+    ) -> Flow {
+        let task = self.task;
+        match event {
+            DaemonEvent::Connect(attempt) => self.connect(attempt, control).await,
+            DaemonEvent::Transmit(frame) => {
+                // The driver writes frames; poll_output never hands one here.
+                tracing::debug!(frame_type = frame.frame_type(), "frame routed as an event");
+            }
+            DaemonEvent::Registered(names) => {
+                let granted: Vec<String> = std::iter::once(names.node_name.clone())
+                    .chain(names.custom_name.clone())
+                    .collect();
+                let urls: Vec<String> = granted
+                    .iter()
+                    .map(|n| task.public_url(n, names.https_port))
+                    .collect();
+                tracing::info!(relay = %task.address, urls = ?urls, "registered with the relay");
+                if let Some(refusal) = &names.custom_name_refusal {
+                    tracing::warn!(relay = %task.address, "{refusal}");
+                }
+                task.update(|status| {
+                    status.state = RelayConnectionState::Registered;
+                    status.names = granted;
+                    status.public_urls = urls;
+                    status.custom_name_refusal = names.custom_name_refusal.clone();
+                    status.last_error = None;
+                    status.registrations += 1;
+                });
+            }
+            DaemonEvent::Refused { reason } => {
+                tracing::error!(relay = %task.address, "the relay refused the registration: {reason}");
+                task.update(|status| status.last_error = Some(format!("refused: {reason}")));
+            }
+            DaemonEvent::Draining => {
+                tracing::info!(relay = %task.address, "the relay is draining");
+                task.update(|status| status.state = RelayConnectionState::Draining);
+            }
+            DaemonEvent::AcmeChallengeResult {
+                request_id,
+                outcome,
+            } => {
+                tracing::debug!(relay = %task.address, request_id, ?outcome, "ACME record result");
+                if let Some(reply) = self.acme_replies.remove(&request_id) {
+                    let _ = reply.try_send(outcome.map_err(AcmeError::Relay));
+                }
+            }
+            DaemonEvent::RelayError(error) => {
+                tracing::warn!(relay = %task.address, code = error.code.0, "relay error: {}", error.message);
+                task.update(|status| status.last_error = Some(error.message.clone()));
+            }
+            DaemonEvent::Disconnected { reason } => {
+                self.close_live(control, b"disconnected");
+                tracing::info!(relay = %task.address, "relay connection ended: {reason}");
+                task.update(|status| {
+                    status.state = RelayConnectionState::Disconnected;
+                    status.names.clear();
+                    status.public_urls.clear();
+                    status.last_error = Some(reason.to_string());
+                });
+            }
+            DaemonEvent::Left { acknowledged } => {
+                if acknowledged {
+                    tracing::info!(relay = %task.address, "said goodbye; the relay routes no new connections here");
+                } else {
+                    tracing::info!(relay = %task.address, "goodbye not acknowledged (older relay, no answer in time, or not registered)");
+                }
+                self.left = None;
+            }
+        }
+        Flow::Continue
     }
 }
