@@ -567,6 +567,76 @@ async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
     Ok(())
 }
 
+/// The daemon's goodbye (protocol version 3): after `RelayClient::leave` the relay refuses new
+/// clients for the daemon's name with `unrecognized_name` at once, although the daemon is still
+/// connected and heartbeating (so without the goodbye it would keep being routed to for as long
+/// as it lives), while a connection opened before the goodbye completes its exchange.
+async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    /// Far below the liveness timeout of this relay (3 x 10 s heartbeats).
+    const PROMPTLY: Duration = Duration::from_secs(2);
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let mut settings = test_settings();
+    settings.tunnel.heartbeat_interval_ms = 10_000;
+    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let daemon = start_daemon(&rt, relay_address(&relay, 0), Some("bye"))?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await?;
+    let https = relay.https_addr();
+    let custom = daemon.custom_name.clone().ok_or("no custom name")?;
+    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+
+    // A connection opened before the goodbye, with one exchange done.
+    let tcp = rt.connect_tcp(https).await?;
+    let (mut tls, _) = tls_connect(
+        tcp,
+        &daemon.node_name,
+        client_config(&daemon.certificate, Vec::new())?,
+    )
+    .await?;
+    tls.write_all(b"ECHO\nbefore ").await?;
+    let mut echoed = [0u8; 7];
+    tls.read_exact(&mut echoed).await?;
+    assert_eq!(&echoed, b"before ");
+
+    let started = Instant::now();
+    match gate_rt::timeout(&rt, PROMPTLY, daemon.client.leave()).await {
+        Ok(()) => {}
+        Err(gate_rt::Elapsed) => return Err(format!("leave() took over {PROMPTLY:?}").into()),
+    }
+    assert_eq!(
+        daemon.status().state,
+        gate_relay::client::RelayConnectionState::Leaving
+    );
+    // Both names are out of routing now, not after a timeout.
+    expect_unrecognized_name(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    expect_unrecognized_name(&rt, https, &custom, &daemon.certificate).await?;
+    let refused_after = started.elapsed();
+    assert!(
+        refused_after < PROMPTLY,
+        "unrecognized_name came {refused_after:?} after the goodbye started"
+    );
+    // The daemon is still connected to the relay (it only said goodbye).
+    assert_eq!(relay.stats().daemons_registered, 1);
+
+    // The old connection still works to its end.
+    tls.write_all(b"after").await?;
+    tls.shutdown().await?;
+    let mut rest = Vec::new();
+    tls.read_to_end(&mut rest).await?;
+    assert_eq!(rest, b"after");
+
+    daemon.client.shutdown().await;
+    wait_until(&rt, REGISTER_LIMIT, "daemon gone from the relay", || {
+        relay.stats().daemons_registered == 0
+    })
+    .await?;
+    relay.shutdown().await;
+    Ok(())
+}
+
 macro_rules! on_every_runtime {
     ($scenario:ident) => {
         mod $scenario {
@@ -591,3 +661,4 @@ on_every_runtime!(limits);
 on_every_runtime!(claims_and_restart);
 on_every_runtime!(large_transfer);
 on_every_runtime!(unpinned_relay);
+on_every_runtime!(goodbye);
