@@ -1,0 +1,237 @@
+//! The HTTPS path: accepting TCP clients within the limits, reading the ClientHello (bounded in
+//! time and bytes) for its server name, refusing with a TLS alert when the name cannot be
+//! routed (`unrecognized_name` for names no online daemon owns), and forwarding the rest to the
+//! owner's QUIC connection on a new stream that starts with the stream header.
+//!
+//! Must not: terminate TLS or look past the ClientHello.
+
+use super::*;
+
+/// How long the relay keeps reading (and discarding) after sending an alert, so the client
+/// reads the alert instead of a connection reset.
+pub(super) const LINGER_AFTER_ALERT: Duration = Duration::from_secs(1);
+
+pub(super) async fn accept_https<R: Runtime>(
+    rt: R,
+    shared: Arc<Shared>,
+    listener: R::TcpListener,
+    running: async_channel::Sender<()>,
+) {
+    loop {
+        let (stream, peer) = match race(shared.shutdown.wait(), R::accept(&listener)).await {
+            Either::Left(()) => break,
+            Either::Right(Ok(accepted)) => accepted,
+            Either::Right(Err(e)) => {
+                // Typically out of file descriptors: back off instead of spinning.
+                tracing::warn!("accepting an HTTPS connection failed: {e}");
+                rt.sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        shared
+            .metrics
+            .https_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let Some(slot) = shared.take_https_slot(peer.ip()) else {
+            shared.metrics.over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        rt.spawn(serve_https(rt.clone(), shared.clone(), stream, peer, slot));
+    }
+    drop(running);
+}
+
+/// Why no server name could be read.
+#[derive(Debug)]
+pub(super) enum HelloError {
+    Closed,
+    Io(std::io::Error),
+    Invalid(sni::SniError),
+}
+
+/// Reads until the ClientHello is complete; `buf` keeps every byte read (to replay).
+/// `Ok(None)`: a valid ClientHello without a server name.
+pub(super) async fn read_client_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> Result<Option<String>, HelloError> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        let room = sni::MAX_CLIENT_HELLO_BYTES.saturating_sub(buf.len());
+        if room == 0 {
+            return Err(HelloError::Invalid(sni::SniError::TooLarge));
+        }
+        let want = room.min(chunk.len());
+        let read = stream
+            .read(chunk.get_mut(..want).unwrap_or_default())
+            .await
+            .map_err(HelloError::Io)?;
+        if read == 0 {
+            return Err(HelloError::Closed);
+        }
+        buf.extend_from_slice(chunk.get(..read).unwrap_or_default());
+        match sni::parse(buf) {
+            Ok(Status::NeedMore) => continue,
+            Ok(Status::Found(hello)) => {
+                return Ok(hello.server_name().map(|name| name.as_str().to_owned()))
+            }
+            Ok(Status::NoSni(_)) => return Ok(None),
+            Err(e) => return Err(HelloError::Invalid(e)),
+        }
+    }
+}
+
+/// Sends a fatal alert, closes the write side, and reads (bounded in time and bytes) until
+/// the client closes, so the alert is not lost to a reset.
+pub(super) async fn refuse<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    stream: &mut S,
+    alert: &[u8],
+) {
+    if stream.write_all(alert).await.is_err() {
+        return;
+    }
+    let _ = stream.flush().await;
+    let _ = stream.shutdown().await;
+    let _ = gate_rt::timeout(rt, LINGER_AFTER_ALERT, async {
+        let mut sink = [0u8; 1024];
+        let mut total = 0usize;
+        while total < 64 * 1024 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
+}
+
+pub(super) async fn serve_https<R: Runtime>(
+    rt: R,
+    shared: Arc<Shared>,
+    mut stream: R::TcpStream,
+    peer: SocketAddr,
+    slot: HttpsSlot,
+) {
+    let metrics = &shared.metrics;
+    let mut hello = Vec::with_capacity(2048);
+    let deadline = shared.settings.limits.handshake_timeout();
+    let server_name =
+        match gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await {
+            Ok(Ok(Some(name))) => name,
+            Ok(Ok(None)) => {
+                metrics.no_sni.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "ClientHello without a server name");
+                refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
+                return;
+            }
+            Ok(Err(HelloError::Invalid(e))) => {
+                metrics.invalid_hello.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, "not a TLS ClientHello: {e}");
+                return;
+            }
+            Ok(Err(HelloError::Closed)) => return,
+            Ok(Err(HelloError::Io(e))) => {
+                tracing::debug!(%peer, "reading the ClientHello failed: {e}");
+                return;
+            }
+            Err(gate_rt::Elapsed) => {
+                metrics.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
+                return;
+            }
+        };
+    let route = match shared.route(&server_name, peer) {
+        Ok(route) => route,
+        Err(RouteError::Unknown) => {
+            metrics.unknown_name.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "no online daemon owns this name");
+            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
+            return;
+        }
+        Err(RouteError::NodeFull) => {
+            metrics.over_limit.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "daemon at its connection limit");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+    };
+    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+        Err(gate_rt::Elapsed) => {
+            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+    };
+    let mut head = Vec::with_capacity(route.header.encoded_len() + hello.len());
+    if route.header.encode(&mut head).is_err() {
+        // Server names are at most 253 bytes; a header always encodes.
+        return;
+    }
+    head.extend_from_slice(&hello);
+    drop(hello);
+    if send.write_chunk(bytes::Bytes::from(head)).await.is_err() {
+        metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+        refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+        return;
+    }
+    metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, name = %server_name, "forwarding");
+    // The forwarding is a task of its own and this one ends: an open forwarded connection
+    // then holds only the forwarding state, not this task's (ClientHello reading, refusals).
+    let Route {
+        _slot: node_slot, ..
+    } = route;
+    let forwarding = Forwarding {
+        shared: shared.clone(),
+        peer,
+        server_name,
+        _slots: (slot, node_slot),
+    };
+    rt.spawn(forwarding.run(stream, send, recv));
+}
+
+/// What one forwarded connection keeps while it is open.
+pub(super) struct Forwarding {
+    pub(super) shared: Arc<Shared>,
+    pub(super) peer: SocketAddr,
+    pub(super) server_name: String,
+    /// Its places in the limits, released when the connection ends.
+    pub(super) _slots: (HttpsSlot, NodeSlot),
+}
+
+impl Forwarding {
+    pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+        self,
+        mut stream: S,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let metrics = &self.shared.metrics;
+        match crate::forward::forward(&mut stream, &mut send, &mut recv).await {
+            Ok(copied) => {
+                metrics
+                    .bytes_to_daemons
+                    .fetch_add(copied.to_daemon, Ordering::Relaxed);
+                metrics
+                    .bytes_to_clients
+                    .fetch_add(copied.to_client, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, name = %self.server_name, "forwarded connection ended: {e}");
+                let _ = send.reset(0u32.into());
+                let _ = recv.stop(0u32.into());
+            }
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The routing registry: every daemon connection's [`RelaySession`] and the name table, behind
+//! one mutex, and the routing decision for an HTTPS client (owner online, newest registered
+//! connection, per-daemon limit).
+//!
+//! Must not: hold the lock across an `.await` (every method here is synchronous).
+
+use super::*;
+
+/// One daemon connection known to the relay.
+pub(super) struct DaemonEntry {
+    pub(super) session: RelaySession,
+    pub(super) connection: quinn::Connection,
+    /// Its UDP address, and when it connected (Unix seconds), for `gate-relay status`.
+    pub(super) remote: SocketAddr,
+    pub(super) connected_at: u64,
+    /// Counted in `daemons_registered`.
+    pub(super) counted: bool,
+}
+
+/// Routing state, behind one mutex.
+pub(super) struct Core {
+    pub(super) names: RelayNameTable,
+    pub(super) sessions: HashMap<u64, DaemonEntry>,
+    pub(super) by_node: HashMap<NodeId, BTreeSet<u64>>,
+    pub(super) forwarded_per_node: HashMap<NodeId, usize>,
+    pub(super) next_session_id: u64,
+}
+
+/// Where a forwarded connection goes.
+pub(super) struct Route {
+    pub(super) header: Frame,
+    pub(super) connection: quinn::Connection,
+    pub(super) _slot: NodeSlot,
+}
+
+pub(super) enum RouteError {
+    /// No online daemon owns the name.
+    Unknown,
+    /// The daemon is at its connection limit.
+    NodeFull,
+}
+
+impl Shared {
+    pub(super) fn route(
+        self: &Arc<Self>,
+        server_name: &str,
+        client: SocketAddr,
+    ) -> Result<Route, RouteError> {
+        let mut core = lock(&self.core);
+        let core = &mut *core;
+        let node_id = core.names.lookup(server_name).ok_or(RouteError::Unknown)?;
+        let candidates = core.by_node.get(&node_id).ok_or(RouteError::Unknown)?;
+        // The newest registered connection of that daemon wins.
+        let found = candidates.iter().rev().find_map(|id| {
+            let entry = core.sessions.get(id)?;
+            let header = entry
+                .session
+                .stream_header(&core.names, client, server_name)
+                .ok()?;
+            Some((header, entry.connection.clone()))
+        });
+        let (header, connection) = found.ok_or(RouteError::Unknown)?;
+        let open = core.forwarded_per_node.entry(node_id.clone()).or_insert(0);
+        if *open >= self.settings.limits.max_connections_per_node {
+            return Err(RouteError::NodeFull);
+        }
+        *open += 1;
+        self.metrics.forwarded_open.fetch_add(1, Ordering::Relaxed);
+        Ok(Route {
+            header,
+            connection,
+            _slot: NodeSlot {
+                shared: self.clone(),
+                node_id,
+            },
+        })
+    }
+
+    pub(super) fn add_session(&self, node_id: NodeId, connection: quinn::Connection) -> u64 {
+        let remote = connection.remote_address();
+        let mut core = lock(&self.core);
+        let id = core.next_session_id;
+        core.next_session_id += 1;
+        let session =
+            RelaySession::new(node_id.clone(), self.session_config.clone(), Instant::now());
+        core.sessions.insert(
+            id,
+            DaemonEntry {
+                session,
+                connection,
+                remote,
+                connected_at: unix_now(),
+                counted: false,
+            },
+        );
+        core.by_node.entry(node_id).or_default().insert(id);
+        id
+    }
+
+    /// Removes session `id`; returns whether it was its node's last connection.
+    pub(super) fn remove_session(&self, id: u64) -> bool {
+        let mut core = lock(&self.core);
+        let core = &mut *core;
+        let Some(mut entry) = core.sessions.remove(&id) else {
+            return false;
+        };
+        let _ = self.status_changed.try_send(());
+        if entry.counted {
+            self.metrics
+                .daemons_registered
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        entry
+            .session
+            .handle_connection_lost(unix_now(), &mut core.names);
+        let node_id = entry.session.node_id().clone();
+        let Some(ids) = core.by_node.get_mut(&node_id) else {
+            return true;
+        };
+        ids.remove(&id);
+        if ids.is_empty() {
+            core.by_node.remove(&node_id);
+            return true;
+        }
+        false
+    }
+
+    /// Counts session `id` as a registered daemon (once).
+    /// Asks for the status snapshot to be rewritten soon.
+    pub(super) fn notify_status_changed(&self) {
+        let _ = self.status_changed.try_send(());
+    }
+
+    pub(super) fn mark_counted(&self, id: u64) {
+        let mut core = lock(&self.core);
+        if let Some(entry) = core.sessions.get_mut(&id) {
+            if !entry.counted {
+                entry.counted = true;
+                self.metrics
+                    .daemons_registered
+                    .fetch_add(1, Ordering::Relaxed);
+                let _ = self.status_changed.try_send(());
+            }
+        }
+    }
+
+    /// Runs `f` on session `id` with the name table.
+    pub(super) fn with_session<T>(
+        &self,
+        id: u64,
+        f: impl FnOnce(&mut RelaySession, &mut RelayNameTable) -> T,
+    ) -> Option<T> {
+        let mut core = lock(&self.core);
+        let core = &mut *core;
+        let entry = core.sessions.get_mut(&id)?;
+        Some(f(&mut entry.session, &mut core.names))
+    }
+}
