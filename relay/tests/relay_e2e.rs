@@ -202,10 +202,13 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
         text.contains("\ngate_relay_daemons_registered 1\n"),
         "{text}"
     );
+    // prometheus-client's exposition: the TYPE line names the counter without `_total`.
     assert!(
-        text.contains("# TYPE gate_relay_forwarded_total counter\n"),
+        text.contains("# TYPE gate_relay_forwarded counter\n"),
         "{text}"
     );
+    assert!(text.contains("\ngate_relay_forwarded_total "), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
 
     // ACME records: only for the daemon's own names; this relay has no DNS provider.
     let own = daemon

@@ -28,12 +28,9 @@ pub(super) async fn accept_https<R: Runtime>(
                 continue;
             }
         };
-        shared
-            .metrics
-            .https_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.https_accepted.inc();
         let Some(slot) = shared.take_https_slot(peer.ip()) else {
-            shared.metrics.over_limit.fetch_add(1, Ordering::Relaxed);
+            shared.metrics.over_limit.inc();
             tracing::debug!(%peer, "connection limit reached; closing");
             drop(stream);
             continue;
@@ -122,13 +119,13 @@ pub(super) async fn serve_https<R: Runtime>(
         match gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await {
             Ok(Ok(Some(name))) => name,
             Ok(Ok(None)) => {
-                metrics.no_sni.fetch_add(1, Ordering::Relaxed);
+                metrics.no_sni.inc();
                 tracing::debug!(%peer, "ClientHello without a server name");
                 refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
                 return;
             }
             Ok(Err(HelloError::Invalid(e))) => {
-                metrics.invalid_hello.fetch_add(1, Ordering::Relaxed);
+                metrics.invalid_hello.inc();
                 tracing::debug!(%peer, "not a TLS ClientHello: {e}");
                 return;
             }
@@ -138,7 +135,7 @@ pub(super) async fn serve_https<R: Runtime>(
                 return;
             }
             Err(gate_rt::Elapsed) => {
-                metrics.handshake_timeouts.fetch_add(1, Ordering::Relaxed);
+                metrics.handshake_timeouts.inc();
                 tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
                 return;
             }
@@ -146,13 +143,13 @@ pub(super) async fn serve_https<R: Runtime>(
     let route = match shared.route(&server_name, peer) {
         Ok(route) => route,
         Err(RouteError::Unknown) => {
-            metrics.unknown_name.fetch_add(1, Ordering::Relaxed);
+            metrics.unknown_name.inc();
             tracing::debug!(%peer, name = %server_name, "no online daemon owns this name");
             refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
             return;
         }
         Err(RouteError::NodeFull) => {
-            metrics.over_limit.fetch_add(1, Ordering::Relaxed);
+            metrics.over_limit.inc();
             tracing::debug!(%peer, name = %server_name, "daemon at its connection limit");
             refuse(&rt, &mut stream, sni::internal_error_alert()).await;
             return;
@@ -161,13 +158,13 @@ pub(super) async fn serve_https<R: Runtime>(
     let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
-            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            metrics.daemon_unreachable.inc();
             tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
             refuse(&rt, &mut stream, sni::internal_error_alert()).await;
             return;
         }
         Err(gate_rt::Elapsed) => {
-            metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+            metrics.daemon_unreachable.inc();
             tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
             refuse(&rt, &mut stream, sni::internal_error_alert()).await;
             return;
@@ -181,11 +178,11 @@ pub(super) async fn serve_https<R: Runtime>(
     head.extend_from_slice(&hello);
     drop(hello);
     if send.write_chunk(bytes::Bytes::from(head)).await.is_err() {
-        metrics.daemon_unreachable.fetch_add(1, Ordering::Relaxed);
+        metrics.daemon_unreachable.inc();
         refuse(&rt, &mut stream, sni::internal_error_alert()).await;
         return;
     }
-    metrics.forwarded.fetch_add(1, Ordering::Relaxed);
+    metrics.forwarded.inc();
     tracing::debug!(%peer, name = %server_name, "forwarding");
     // The forwarding is a task of its own and this one ends: an open forwarded connection
     // then holds only the forwarding state, not this task's (ClientHello reading, refusals).
@@ -220,12 +217,8 @@ impl Forwarding {
         let metrics = &self.shared.metrics;
         match crate::forward::forward(&mut stream, &mut send, &mut recv).await {
             Ok(copied) => {
-                metrics
-                    .bytes_to_daemons
-                    .fetch_add(copied.to_daemon, Ordering::Relaxed);
-                metrics
-                    .bytes_to_clients
-                    .fetch_add(copied.to_client, Ordering::Relaxed);
+                metrics.bytes_to_daemons.inc_by(copied.to_daemon);
+                metrics.bytes_to_clients.inc_by(copied.to_client);
             }
             Err(e) => {
                 tracing::debug!(peer = %self.peer, name = %self.server_name, "forwarded connection ended: {e}");

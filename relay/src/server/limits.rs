@@ -13,10 +13,7 @@ pub(super) struct HttpsSlot {
 impl Drop for HttpsSlot {
     fn drop(&mut self) {
         self.shared.https_total.fetch_sub(1, Ordering::Relaxed);
-        self.shared
-            .metrics
-            .https_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.https_open.dec();
         let mut per_ip = lock(&self.shared.https_per_ip);
         if let Some(count) = per_ip.get_mut(&self.ip) {
             *count = count.saturating_sub(1);
@@ -35,10 +32,7 @@ pub(super) struct NodeSlot {
 
 impl Drop for NodeSlot {
     fn drop(&mut self) {
-        self.shared
-            .metrics
-            .forwarded_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.forwarded_open.dec();
         let mut core = lock(&self.shared.core);
         if let Some(count) = core.forwarded_per_node.get_mut(&self.node_id) {
             *count = count.saturating_sub(1);
@@ -70,7 +64,7 @@ impl Shared {
         }
         per_ip.insert(ip, from_ip + 1);
         self.https_total.fetch_add(1, Ordering::Relaxed);
-        self.metrics.https_open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.https_open.inc();
         Some(HttpsSlot {
             shared: self.clone(),
             ip,

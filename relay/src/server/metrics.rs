@@ -5,24 +5,41 @@
 //! Must not: listen anywhere but the address it is given (loopback by default), or expose
 //! names, addresses or anything about a daemon beyond counts.
 
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use gate_rt::hyper_glue::{serve_connection, ServerSettings};
+use http_body_util::Full;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
 use super::*;
 
-/// Counters exported by the metrics listener and [`RunningRelay::stats`].
-#[derive(Debug, Default)]
+/// How long a scraper may take to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The content type of the text exposition prometheus-client writes.
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The relay's metrics. Counters are exposed with a `_total` suffix
+/// (`gate_relay_forwarded_total`), gauges without (`gate_relay_https_open`).
+#[derive(Debug)]
 pub(super) struct Metrics {
-    pub(super) https_accepted: AtomicU64,
-    pub(super) https_open: AtomicU64,
-    pub(super) forwarded: AtomicU64,
-    pub(super) forwarded_open: AtomicU64,
-    pub(super) unknown_name: AtomicU64,
-    pub(super) no_sni: AtomicU64,
-    pub(super) invalid_hello: AtomicU64,
-    pub(super) handshake_timeouts: AtomicU64,
-    pub(super) over_limit: AtomicU64,
-    pub(super) daemon_unreachable: AtomicU64,
-    pub(super) daemons_registered: AtomicU64,
-    pub(super) bytes_to_daemons: AtomicU64,
-    pub(super) bytes_to_clients: AtomicU64,
+    registry: Registry,
+    pub(super) https_accepted: Counter,
+    pub(super) https_open: Gauge,
+    pub(super) forwarded: Counter,
+    pub(super) forwarded_open: Gauge,
+    pub(super) unknown_name: Counter,
+    pub(super) no_sni: Counter,
+    pub(super) invalid_hello: Counter,
+    pub(super) handshake_timeouts: Counter,
+    pub(super) over_limit: Counter,
+    pub(super) daemon_unreachable: Counter,
+    pub(super) daemons_registered: Gauge,
+    pub(super) bytes_to_daemons: Counter,
+    pub(super) bytes_to_clients: Counter,
 }
 
 /// A snapshot of the relay's counters.
@@ -52,157 +69,127 @@ pub struct RelayStats {
     pub daemons_registered: u64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gate_relay");
+        let mut counter = |name: &str, help: &str| {
+            let metric = Counter::default();
+            registry.register(name, help, metric.clone());
+            metric
+        };
+        let https_accepted = counter("https_accepted", "HTTPS connections accepted");
+        let forwarded = counter("forwarded", "connections forwarded to daemons");
+        let unknown_name = counter("unknown_name", "connections for unknown or offline names");
+        let no_sni = counter("no_sni", "ClientHellos without a server name");
+        let invalid_hello = counter("invalid_hello", "connections without a valid ClientHello");
+        let handshake_timeouts = counter(
+            "handshake_timeouts",
+            "connections cut off at the handshake timeout",
+        );
+        let over_limit = counter("over_limit", "connections refused by a limit");
+        let daemon_unreachable = counter(
+            "daemon_unreachable",
+            "connections whose daemon could not be reached",
+        );
+        let bytes_to_daemons = counter("bytes_to_daemons", "bytes copied from clients to daemons");
+        let bytes_to_clients = counter("bytes_to_clients", "bytes copied from daemons to clients");
+        let mut gauge = |name: &str, help: &str| {
+            let metric = Gauge::default();
+            registry.register(name, help, metric.clone());
+            metric
+        };
+        let https_open = gauge("https_open", "HTTPS connections open");
+        let forwarded_open = gauge("forwarded_open", "forwarded connections open");
+        let daemons_registered = gauge("daemons_registered", "registered daemon connections");
+        Self {
+            registry,
+            https_accepted,
+            https_open,
+            forwarded,
+            forwarded_open,
+            unknown_name,
+            no_sni,
+            invalid_hello,
+            handshake_timeouts,
+            over_limit,
+            daemon_unreachable,
+            daemons_registered,
+            bytes_to_daemons,
+            bytes_to_clients,
+        }
+    }
+}
+
 impl Metrics {
     pub(super) fn snapshot(&self) -> RelayStats {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let gauge = |g: &Gauge| u64::try_from(g.get()).unwrap_or(0);
         RelayStats {
-            https_accepted: get(&self.https_accepted),
-            https_open: get(&self.https_open),
-            forwarded: get(&self.forwarded),
-            forwarded_open: get(&self.forwarded_open),
-            unknown_name: get(&self.unknown_name),
-            no_sni: get(&self.no_sni),
-            invalid_hello: get(&self.invalid_hello),
-            handshake_timeouts: get(&self.handshake_timeouts),
-            over_limit: get(&self.over_limit),
-            daemon_unreachable: get(&self.daemon_unreachable),
-            daemons_registered: get(&self.daemons_registered),
+            https_accepted: self.https_accepted.get(),
+            https_open: gauge(&self.https_open),
+            forwarded: self.forwarded.get(),
+            forwarded_open: gauge(&self.forwarded_open),
+            unknown_name: self.unknown_name.get(),
+            no_sni: self.no_sni.get(),
+            invalid_hello: self.invalid_hello.get(),
+            handshake_timeouts: self.handshake_timeouts.get(),
+            over_limit: self.over_limit.get(),
+            daemon_unreachable: self.daemon_unreachable.get(),
+            daemons_registered: gauge(&self.daemons_registered),
         }
     }
 
-    /// Prometheus text exposition format.
+    /// The text exposition of every metric.
     pub(super) fn render(&self) -> String {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let rows: [(&str, &str, &str, u64); 13] = [
-            (
-                "gate_relay_https_accepted_total",
-                "counter",
-                "HTTPS connections accepted",
-                get(&self.https_accepted),
-            ),
-            (
-                "gate_relay_https_open",
-                "gauge",
-                "HTTPS connections open",
-                get(&self.https_open),
-            ),
-            (
-                "gate_relay_forwarded_total",
-                "counter",
-                "connections forwarded to daemons",
-                get(&self.forwarded),
-            ),
-            (
-                "gate_relay_forwarded_open",
-                "gauge",
-                "forwarded connections open",
-                get(&self.forwarded_open),
-            ),
-            (
-                "gate_relay_unknown_name_total",
-                "counter",
-                "connections for unknown or offline names",
-                get(&self.unknown_name),
-            ),
-            (
-                "gate_relay_no_sni_total",
-                "counter",
-                "ClientHellos without a server name",
-                get(&self.no_sni),
-            ),
-            (
-                "gate_relay_invalid_hello_total",
-                "counter",
-                "connections without a valid ClientHello",
-                get(&self.invalid_hello),
-            ),
-            (
-                "gate_relay_handshake_timeouts_total",
-                "counter",
-                "connections cut off at the handshake timeout",
-                get(&self.handshake_timeouts),
-            ),
-            (
-                "gate_relay_over_limit_total",
-                "counter",
-                "connections refused by a limit",
-                get(&self.over_limit),
-            ),
-            (
-                "gate_relay_daemon_unreachable_total",
-                "counter",
-                "connections whose daemon could not be reached",
-                get(&self.daemon_unreachable),
-            ),
-            (
-                "gate_relay_daemons_registered",
-                "gauge",
-                "registered daemon connections",
-                get(&self.daemons_registered),
-            ),
-            (
-                "gate_relay_bytes_to_daemons_total",
-                "counter",
-                "bytes copied from clients to daemons",
-                get(&self.bytes_to_daemons),
-            ),
-            (
-                "gate_relay_bytes_to_clients_total",
-                "counter",
-                "bytes copied from daemons to clients",
-                get(&self.bytes_to_clients),
-            ),
-        ];
         let mut out = String::new();
-        for (name, kind, help, value) in rows {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!("could not render the metrics: {e}");
+            out.clear();
         }
         out
     }
 }
 
+/// Serves the metrics (whatever path is asked for) on every connection to `listener`, through
+/// hyper, until shutdown. Each response closes its connection.
 pub(super) async fn serve_metrics<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
     listener: R::TcpListener,
 ) {
+    let settings = ServerSettings {
+        header_read_timeout: HEADER_READ_TIMEOUT,
+    };
     loop {
-        let (mut stream, _) = match race(shared.shutdown.wait(), R::accept(&listener)).await {
+        let (stream, peer) = match race(shared.shutdown.wait(), R::accept(&listener)).await {
             Either::Left(()) => return,
             Either::Right(Ok(accepted)) => accepted,
-            Either::Right(Err(_)) => {
+            Either::Right(Err(e)) => {
+                tracing::debug!("accepting a metrics connection failed: {e}");
                 rt.sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
-        let shared = shared.clone();
+        let service_shared = shared.clone();
+        let service = hyper::service::service_fn(move |_request| {
+            let body = service_shared.metrics.render();
+            let response = http::Response::builder()
+                .header(http::header::CONTENT_TYPE, CONTENT_TYPE)
+                .header(http::header::CONNECTION, "close")
+                .body(Full::new(Bytes::from(body)));
+            async move {
+                Ok::<_, Infallible>(response.unwrap_or_else(|_| {
+                    let mut failed = http::Response::new(Full::new(Bytes::new()));
+                    *failed.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    failed
+                }))
+            }
+        });
+        let settings = settings.clone();
         let task_rt = rt.clone();
         rt.spawn(async move {
-            // Read the request head (bounded), whatever it asks for.
-            let mut head = Vec::new();
-            let mut chunk = [0u8; 1024];
-            let read = gate_rt::timeout(&task_rt, Duration::from_secs(5), async {
-                while head.len() < 8 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return false,
-                        Ok(n) => head.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-                    }
-                }
-                true
-            })
-            .await;
-            if read != Ok(true) {
-                return;
+            if let Err(e) = serve_connection(task_rt, stream, &settings, service).await {
+                tracing::debug!(%peer, "metrics connection ended: {e}");
             }
-            let body = shared.metrics.render();
-            let response = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
 }

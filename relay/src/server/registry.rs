@@ -65,7 +65,7 @@ impl Shared {
             return Err(RouteError::NodeFull);
         }
         *open += 1;
-        self.metrics.forwarded_open.fetch_add(1, Ordering::Relaxed);
+        self.metrics.forwarded_open.inc();
         Ok(Route {
             header,
             connection,
@@ -106,9 +106,7 @@ impl Shared {
         };
         let _ = self.status_changed.try_send(());
         if entry.counted {
-            self.metrics
-                .daemons_registered
-                .fetch_sub(1, Ordering::Relaxed);
+            self.metrics.daemons_registered.dec();
         }
         entry
             .session
@@ -136,9 +134,7 @@ impl Shared {
         if let Some(entry) = core.sessions.get_mut(&id) {
             if !entry.counted {
                 entry.counted = true;
-                self.metrics
-                    .daemons_registered
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.daemons_registered.inc();
                 let _ = self.status_changed.try_send(());
             }
         }
