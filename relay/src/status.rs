@@ -98,7 +98,8 @@ pub struct Listen {
 pub struct DaemonInfo {
     /// The daemon's node id.
     pub node_id: String,
-    /// `registering`, `registered` or `draining`.
+    /// `registering`, `registered`, `draining`, `left` (said goodbye; open streams finish) or
+    /// `closing`.
     pub state: String,
     /// Names it serves (node name first), once registered.
     pub names: Vec<String>,

@@ -20,8 +20,10 @@
 //!             other events => update status, logs, the ACME client,
 //!         }
 //!     }
-//!     wait until session.poll_timeout(), a control frame (handle_frame), or a connection loss
-//!     (handle_connection_lost); then call handle_timeout(now) when the deadline has passed.
+//!     wait until session.poll_timeout(), a control frame (handle_frame), bytes that are not a
+//!     frame (handle_undecodable), a frame that would not encode (handle_encode_failed), or a
+//!     connection loss (handle_connection_lost); then call handle_timeout(now) when the
+//!     deadline has passed. When the daemon stops: leave(now), then wait for DaemonEvent::Left.
 //! }
 //! ```
 //!

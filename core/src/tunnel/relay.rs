@@ -16,9 +16,12 @@
 //! on control frame:   session.handle_frame(now, unix, frame, &mut names)
 //! on timer:           session.handle_timeout(now, unix, &mut names)
 //! on connection loss: session.handle_connection_lost(unix, &mut names)
+//! on bytes that are not a frame: session.handle_undecodable(unix, &mut names, error)
+//! on a frame that would not encode: session.handle_encode_failed(unix, &mut names, error)
 //! on HTTPS client:    names.lookup(sni) -> node; that node's session.stream_header(..)
 //! then drain session.poll_event(): Transmit -> control stream; DnsSet / DnsClear -> DNS
 //! provider, answering DnsSet / DnsClear with a request id through complete_acme(..);
+//! Left -> the daemon said goodbye (its names are already out of routing);
 //! Closed -> close the connection.
 //! ```
 

@@ -1,9 +1,10 @@
 //! The daemon's side of the tunnel: keeps a registration with every configured relay and hands
 //! each forwarded connection to the daemon.
 //!
-//! Owns: one task per relay address driving a [`DaemonSession`] over a QUIC connection from
-//! the daemon's endpoint (connect, control stream, register with the optional custom label,
-//! heartbeats, reconnect with backoff and jitter), the per-relay status snapshot, and the
+//! Owns: one task per relay address running a [`DaemonSession`] with the shared control-stream
+//! driver ([`super::driver`]) over a QUIC connection from the daemon's endpoint (connect,
+//! control stream, register with the optional custom label, heartbeats, reconnect with backoff
+//! and jitter, the goodbye of [`RelayClient::leave`]), the per-relay status snapshot, and the
 //! acceptance of relay-opened streams: their [`StreamHeader`] is decoded (bounded in bytes and
 //! time) and `(header, stream)` goes to the daemon's [`StreamHandler`].
 //!
