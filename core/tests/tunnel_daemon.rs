@@ -672,3 +672,39 @@ fn an_ack_without_a_goodbye_is_a_protocol_violation() {
         })
     ));
 }
+
+#[test]
+fn undecodable_and_unencodable_frames_end_the_connection_with_a_reason() {
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = register(&mut session, t0);
+    session.handle_undecodable(attempt, t0, gate_core::tunnel::FrameError::EmptyFrame);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        DaemonEvent::Transmit(Frame::Error(e)) if e.code == ErrorCode::PROTOCOL_VIOLATION
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(DaemonEvent::Disconnected { reason: DisconnectReason::ProtocolViolation(m) }) if m.contains("undecodable")
+    ));
+
+    let mut session = DaemonSession::new(config(), 7, t0);
+    let attempt = register(&mut session, t0);
+    let error = gate_core::tunnel::EncodeError::StringTooLong {
+        field: "custom_label",
+        len: 70_000,
+    };
+    session.handle_encode_failed(attempt, t0, error);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        DaemonEvent::Transmit(Frame::Error(e)) if e.code == ErrorCode::INTERNAL
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(DaemonEvent::Disconnected { reason: DisconnectReason::EncodeFailed(m) }) if m.contains("custom_label")
+    ));
+    // It reconnects later, as after any failure.
+    assert!(matches!(session.state(), DaemonState::Disconnected { .. }));
+}

@@ -639,3 +639,42 @@ fn a_leaving_daemon_gets_no_acme_records_and_still_needs_heartbeats() {
         })
     ));
 }
+
+/// Bytes that are not a frame and a frame that would not encode are decided here: the daemon
+/// is told with an Error frame and the session closes with the reason (the driver drops
+/// nothing silently).
+#[test]
+fn undecodable_and_unencodable_frames_close_the_session_with_a_reason() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = registered_session(&mut names, 'a', None, t0);
+    session.handle_undecodable(1000, &mut names, gate_core::tunnel::FrameError::EmptyFrame);
+    let events = drain(&mut session);
+    assert!(matches!(
+        &events[0],
+        RelayEvent::Transmit(Frame::Error(e)) if e.code == ErrorCode::PROTOCOL_VIOLATION
+            && e.message.starts_with("undecodable control frame")
+    ));
+    assert!(matches!(
+        events.last(),
+        Some(RelayEvent::Closed { reason: CloseReason::ProtocolViolation(m) }) if m.contains("undecodable")
+    ));
+    assert_eq!(names.lookup(&format!("{}.relay.test", node('a'))), None);
+
+    let mut other = registered_session(&mut names, 'b', None, t0);
+    let error = gate_core::tunnel::EncodeError::StringTooLong {
+        field: "message",
+        len: 70_000,
+    };
+    other.handle_encode_failed(1000, &mut names, error);
+    let events = drain(&mut other);
+    let RelayEvent::Transmit(Frame::Error(sent)) = &events[0] else {
+        panic!("unexpected {events:?}");
+    };
+    assert_eq!(sent.code, ErrorCode::INTERNAL);
+    assert!(Frame::Error(sent.clone()).to_bytes().is_ok());
+    assert!(matches!(
+        events.last(),
+        Some(RelayEvent::Closed { reason: CloseReason::EncodeFailed(m) }) if m.contains("70000")
+    ));
+}
