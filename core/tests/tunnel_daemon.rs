@@ -527,6 +527,86 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Whatever happens around it, a goodbye ends: `Left` is reported exactly once, within the
+    /// leave timeout, no connection is attempted after `leave`, and `Leaving` goes out only on
+    /// a connection that negotiated version 3.
+    #[test]
+    fn a_goodbye_always_ends_and_never_reconnects(
+        seed in any::<u64>(),
+        inputs in proptest::collection::vec(input(), 1..60),
+        leave_at in 0usize..60,
+        also_leaving_ack in any::<bool>(),
+    ) {
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut session = DaemonSession::new(config(), seed, t0);
+        let mut last_attempt = 0u64;
+        let mut left_at: Option<Instant> = None;
+        let mut lefts = 0;
+        let mut inputs: Vec<Option<Input>> = inputs.into_iter().map(Some).collect();
+        let leave_at = leave_at.min(inputs.len());
+        inputs.insert(leave_at, None);
+        for input in inputs {
+            let pick = |back: u64| ConnectionAttempt(last_attempt.saturating_sub(back));
+            match input {
+                None => {
+                    session.leave(now);
+                    left_at = Some(now);
+                }
+                Some(Input::Advance(ms)) => {
+                    now += Duration::from_millis(ms);
+                    if session.poll_timeout().is_some_and(|t| t <= now) {
+                        session.handle_timeout(now);
+                    }
+                }
+                Some(Input::Connected(back)) => session.handle_connected(pick(back), now),
+                Some(Input::ConnectFailed(back)) => session.handle_connect_failed(pick(back), now, "x".into()),
+                Some(Input::Lost(back)) => session.handle_connection_lost(pick(back), now, "x".into()),
+                Some(Input::Frame(back, frame)) => {
+                    let frame = match frame {
+                        Frame::Drain if also_leaving_ack => Frame::LeavingAck,
+                        other => other,
+                    };
+                    session.handle_frame(pick(back), now, frame);
+                }
+                Some(Input::AcmeSet) => {
+                    let _ = session.request_acme_set("_acme-challenge.x".into(), "v".into());
+                }
+            }
+            while let Some(event) = session.poll_event() {
+                match event {
+                    DaemonEvent::Connect(attempt) => {
+                        prop_assert!(left_at.is_none(), "connect after leave");
+                        last_attempt = attempt.0;
+                    }
+                    DaemonEvent::Left { .. } => {
+                        prop_assert!(left_at.is_some());
+                        lefts += 1;
+                    }
+                    DaemonEvent::Transmit(Frame::Leaving) => {
+                        prop_assert!(left_at.is_some());
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(at) = left_at {
+                if now >= at + Duration::from_secs(2) {
+                    prop_assert_eq!(lefts, 1, "goodbye not over 2 s after leave, in {:?}", session.state());
+                }
+                prop_assert!(lefts <= 1);
+                let over = matches!(
+                    session.state(),
+                    DaemonState::Leaving { .. } | DaemonState::Stopped
+                );
+                prop_assert!(over, "state after leave: {:?}", session.state());
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The goodbye (protocol version 3)
 // ---------------------------------------------------------------------------------------------

@@ -432,6 +432,7 @@ mod random_inputs {
                 name: "_acme-challenge.home.relay.test".into()
             })),
             Just(Frame::Drain),
+            Just(Frame::Leaving),
         ]
     }
 
@@ -449,7 +450,8 @@ mod random_inputs {
         #![proptest_config(ProptestConfig::with_cases(128))]
 
         /// Whatever a daemon sends, the relay session never panics, only asks DNS for the
-        /// daemon's own challenge records, keeps the node online exactly while registered, and
+        /// daemon's own challenge records, keeps the node online exactly while registered (a
+        /// goodbye takes it offline at once and no stream is opened to it afterwards), and
         /// closes once with the node marked offline.
         #[test]
         fn random_daemon_input_keeps_the_relay_consistent(
@@ -491,6 +493,12 @@ mod random_inputs {
                     RelayState::Registered { .. } | RelayState::Draining { .. }
                 );
                 prop_assert_eq!(names.is_online(&node('a')), registered);
+                let client = "127.0.0.1:1".parse().unwrap();
+                let node_name = format!("{}.relay.test", node('a'));
+                prop_assert_eq!(
+                    session.stream_header(&names, client, &node_name).is_ok(),
+                    matches!(session.state(), RelayState::Registered { .. })
+                );
                 prop_assert_eq!(closed > 0, *session.state() == RelayState::Closed);
                 prop_assert!(closed <= 1);
                 prop_assert_eq!(names.claim_owner("work"), Some(&node('b')));
