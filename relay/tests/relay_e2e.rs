@@ -640,6 +640,39 @@ async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), B
     Ok(())
 }
 
+/// A control frame that cannot be encoded is not dropped: a custom label longer than a frame
+/// string holds makes `Register` unencodable, and the daemon reports why at once (and tells the
+/// relay) instead of waiting out the registration timeout with nothing sent.
+async fn unencodable_frame<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    /// Far below the 10 s registration timeout a silently dropped `Register` would end in.
+    const PROMPTLY: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let identity = Identity::generate()?;
+    let endpoint =
+        identity.quic_endpoint(&rt, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
+    let config = gate_relay::client::RelayClientConfig {
+        relays: vec![relay_address(&relay, 0)],
+        custom_label: Some("x".repeat(70_000)),
+        ..Default::default()
+    };
+    let handler: gate_relay::client::StreamHandler = Arc::new(|_, _| {});
+    let client = gate_relay::client::RelayClient::start(&rt, endpoint, &identity, config, handler)?;
+    let started = Instant::now();
+    wait_until(&rt, PROMPTLY, "the encode failure reported", || {
+        client.status()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("could not encode") && e.contains("custom_label"))
+    })
+    .await?;
+    assert!(started.elapsed() < PROMPTLY);
+    client.shutdown().await;
+    relay.shutdown().await;
+    Ok(())
+}
+
 macro_rules! on_every_runtime {
     ($scenario:ident) => {
         mod $scenario {
@@ -665,3 +698,4 @@ on_every_runtime!(claims_and_restart);
 on_every_runtime!(large_transfer);
 on_every_runtime!(unpinned_relay);
 on_every_runtime!(goodbye);
+on_every_runtime!(unencodable_frame);
