@@ -138,10 +138,12 @@ fn edit_runtime(
     edit: impl FnOnce(&config::ConfigSources) -> Result<String, config::ConfigError>,
 ) -> Result<()> {
     let dir = state_dir(source)?;
-    let sources = settings::read_sources(&source.config, &dir)?;
-    let text = edit(&sources).map_err(|e| anyhow::anyhow!("refused: {e}; nothing was changed"))?;
     state::ensure_dir(&dir)?;
     let path = settings::runtime_file(&dir);
+    // Read, edit and write under the file's lock: concurrent edits never lose each other.
+    let _lock = state::lock(&path)?;
+    let sources = settings::read_sources(&source.config, &dir)?;
+    let text = edit(&sources).map_err(|e| anyhow::anyhow!("refused: {e}; nothing was changed"))?;
     state::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }

@@ -15,6 +15,7 @@
 //! runtime-specific code (that is the runtime crates).
 
 pub mod client;
+pub mod fs;
 pub mod hyper_glue;
 pub mod quic;
 #[cfg(feature = "scenario")]
