@@ -344,6 +344,7 @@ async fn run<R: gate_rt::Runtime>(
         }
     });
     let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
+    crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
     if let Some(remote) =
         crate::remote::Remote::start(&rt, &reloader.current().config, &state_dir, app.clone())?
     {

@@ -23,12 +23,17 @@ fn state_dir(args: &ConfigArgs) -> Result<std::path::PathBuf> {
 /// The running daemon of this state directory, if any (announced on stderr).
 fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     let dir = state_dir(source)?;
-    let client = AdminClient::discover(&source.config, &dir);
-    if let Some(client) = &client {
-        eprintln!(
-            "(via the running daemon at {}; the change is live)",
-            client.addr()
-        );
+    let client = AdminClient::discover(&dir);
+    match &client {
+        Some(client) => eprintln!(
+            "(via the running daemon on {}; the change is live)",
+            client.socket().display()
+        ),
+        None => eprintln!(
+            "(no daemon answers on {}; editing the files in {})",
+            crate::admin::socket::socket_path(&dir).display(),
+            dir.display()
+        ),
     }
     Ok(client)
 }
@@ -358,12 +363,13 @@ pub fn token(command: TokenCommand) -> Result<()> {
 /// `gate status`.
 pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
     let dir = state_dir(source)?;
-    let Some(client) = AdminClient::discover(&source.config, &dir) else {
+    let Some(client) = AdminClient::discover(&dir) else {
         anyhow::bail!(
-            "no running daemon found for the state directory {} (start one with `gate serve`; \
-             the CLI looks at {}, then the configured host:port)",
+            "no running daemon found for the state directory {}: nothing answers on its admin \
+             socket {} (start one with `gate serve`, or pass the daemon's --state-dir; \
+             `gate config show` and `gate upstream list` read the files without a daemon)",
             dir.display(),
-            crate::admin::client::addr_file(&dir).display()
+            crate::admin::socket::socket_path(&dir).display()
         );
     };
     let mut status = client.call_ok("GET", "status", None)?;
