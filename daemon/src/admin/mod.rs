@@ -18,6 +18,7 @@ pub mod api;
 pub mod client;
 pub mod session;
 pub mod socket;
+pub mod types;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -215,7 +216,13 @@ where
 
 /// A JSON error `{"error": message}`.
 pub fn api_error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, serde_json::json!({ "error": message }))
+    let body = types::ApiError {
+        error: message.to_owned(),
+    };
+    json(
+        status,
+        serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[cfg(test)]
