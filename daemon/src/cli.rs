@@ -329,12 +329,6 @@ async fn run<R: gate_rt::Runtime>(
         admin_token,
         bound,
     ));
-    if let Err(e) = state::write_atomic(
-        &crate::admin::client::addr_file(&state_dir),
-        format!("{bound}\n").as_bytes(),
-    ) {
-        tracing::warn!(error = %e, "cannot record the listen address in the state directory; the CLI will look at the configured host:port");
-    }
     tracing::info!(
         address = %bound,
         runtime = R::NAME,
@@ -360,6 +354,13 @@ async fn run<R: gate_rt::Runtime>(
     });
     let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
     crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
+    // After the socket: a second daemon refused there must not overwrite the address.
+    if let Err(e) = state::write_atomic(
+        &crate::admin::client::addr_file(&state_dir),
+        format!("{bound}\n").as_bytes(),
+    ) {
+        tracing::warn!(error = %e, "cannot record the listen address in the state directory (daemon.addr, for people and tools)");
+    }
     if let Some(remote) =
         crate::remote::Remote::start(&rt, &reloader.current().config, &state_dir, app.clone())?
     {

@@ -194,7 +194,9 @@ fn with_a_daemon_the_cli_goes_through_its_socket() {
         let status: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(status["runtime"], runtime);
 
-        // A second daemon on the same state directory does not take the live socket.
+        // A second daemon on the same state directory does not take the live socket (nor
+        // overwrite the recorded address).
+        let addr_before = std::fs::read_to_string(state.join("daemon.addr")).unwrap();
         let mut second = gate();
         second
             .args([
