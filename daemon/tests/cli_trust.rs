@@ -213,6 +213,11 @@ fn with_a_daemon_the_cli_goes_through_its_socket() {
         let out = second.output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{runtime}: a second daemon started");
+        assert_eq!(
+            std::fs::read_to_string(state.join("daemon.addr")).unwrap(),
+            addr_before,
+            "{runtime}: the refused daemon overwrote daemon.addr"
+        );
         assert!(
             err.contains("another gate daemon is already running"),
             "{err}"
