@@ -311,3 +311,48 @@ fn an_open_state_directory_is_made_private() {
     let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[test]
+fn a_state_dir_too_long_for_a_socket_still_serves_and_the_cli_uses_the_files() {
+    // A Unix socket address holds about 107 bytes; this path is longer.
+    let dir = temp_dir("long");
+    let state = dir.join("s".repeat(60)).join("t".repeat(60));
+    for runtime in RUNTIMES {
+        let log = dir.join(format!("{runtime}.log"));
+        let mut cmd = gate();
+        cmd.args([
+            "serve",
+            "--runtime",
+            runtime,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .env("RUST_LOG", "info");
+        let mut daemon = Proc::spawn(cmd, log.clone());
+        wait_for(
+            "the daemon to listen",
+            DEADLINE,
+            || {
+                if let Some(status) = daemon.exited() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    panic!("{runtime}: the daemon exited ({status}):\n{text}");
+                }
+                state.join("daemon.addr").exists().then_some(())
+            },
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
+        assert!(daemon.log().contains("cannot listen on the admin socket"));
+        let (ok, out, err) = cli(&["token", "create", "--name", runtime], &state, "");
+        assert!(ok, "{runtime}: {err}");
+        assert!(
+            out.trim().starts_with("gk_") && err.contains("editing the files in"),
+            "{err}"
+        );
+        drop(daemon);
+        let _ = std::fs::remove_file(state.join("daemon.addr"));
+    }
+}

@@ -32,9 +32,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::types::{
-    CertificateView, ConfigView, CreatedToken, Done, HealthView, KeyState, LoginUrl, ModelList,
-    ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, Status, TokenList, TokenView,
-    UpstreamList, UpstreamView,
+    CertificateView, ConfigView, CreateToken, CreatedToken, Done, HealthView, KeyState, LoginUrl,
+    ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue, Status,
+    TokenList, TokenView, UpstreamList, UpstreamView,
 };
 use super::{api_error, Admin};
 use crate::app::{self, Body, Peer};
@@ -156,6 +156,12 @@ fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
         Ok(_) => Err(Failure::Refused("the body must be a JSON object".into())),
         Err(e) => Err(Failure::Refused(format!("the body is not valid JSON: {e}"))),
     }
+}
+
+/// A request body as its type; a refusal saying what was expected otherwise.
+fn parse_typed<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::Refused(format!("the body must be {shape}: {e}")))
 }
 
 /// A JSON value as the text the core's converters take (like an environment value).
@@ -365,11 +371,8 @@ fn config_view<R: Runtime>(admin: &Admin<R>) -> ConfigView {
 }
 
 fn set_key<R: Runtime>(admin: &Admin<R>, key: &str, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let value = body
-        .get("value")
-        .ok_or_else(|| Failure::Refused("the body needs a `value`".into()))?;
-    let text = value_text(key, value)?;
+    let request: SetValue = parse_typed(body, "{\"value\": ...}")?;
+    let text = value_text(key, &request.value)?;
     admin
         .reloader
         .edit_runtime(|sources| config::runtime_set(&DAEMON_SCHEMA, sources, key, &text))?;
@@ -510,15 +513,19 @@ fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
 }
 
 fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
+    let request: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateToken::default()
+    } else {
+        parse_typed(body, "{\"name\": ..., \"expires\": \"30d\"}")?
+    };
+    let name = request
+        .name
+        .as_deref()
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .unwrap_or("default")
         .to_owned();
-    let ttl = match body.get("expires").and_then(Value::as_str).map(str::trim) {
+    let ttl = match request.expires.as_deref().map(str::trim) {
         Some(text) if !text.is_empty() => Some(
             parse_duration_secs(text).map_err(|e| Failure::Refused(format!("`expires`: {e}")))?,
         ),

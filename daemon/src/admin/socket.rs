@@ -57,9 +57,23 @@ pub fn serve<R: Runtime>(rt: &R, state_dir: &Path, app: Arc<App<R>>) -> anyhow::
             })
         }
     }
-    let listener = rt
-        .bind_unix(&path)
-        .with_context(|| format!("cannot listen on the admin socket {}", path.display()))?;
+    let listener = match rt.bind_unix(&path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            // E.g. a state directory path longer than a socket address holds (~107 bytes).
+            // The daemon still runs; the CLI then edits the files, which the daemon picks
+            // up within a second. The lock stays held: still one daemon per directory.
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot listen on the admin socket; `gate` commands will edit the files of \
+                 the state directory instead (applied within a second; `gate status` needs \
+                 the socket: use a shorter state directory path)"
+            );
+            std::mem::forget(owner);
+            return Ok(());
+        }
+    };
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot set mode 0600 on {}", path.display()))?;
     tracing::info!(path = %path.display(), "admin API listening on the Unix socket");
