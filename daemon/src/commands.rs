@@ -312,19 +312,21 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
         }
         UpstreamCommand::List { json, source } => {
             let loaded = settings::load(&source.config, &state_dir(&source)?)?;
-            let rows: Vec<serde_json::Value> = loaded
+            let rows: Vec<UpstreamListRow> = loaded
                 .config
                 .upstreams
                 .values()
-                .map(|u| {
-                    serde_json::json!({
-                        "name": u.name,
-                        "provider": u.provider.name(),
-                        "base_url": u.base_url,
-                        "api_key": if u.api_key.is_some() { "(set)" } else { "(not set)" },
-                        "models": u.models,
-                        "enabled": u.enabled,
-                    })
+                .map(|u| UpstreamListRow {
+                    name: u.name.clone(),
+                    provider: u.provider.name().to_owned(),
+                    base_url: u.base_url.clone(),
+                    api_key: if u.api_key.is_some() {
+                        "(set)"
+                    } else {
+                        "(not set)"
+                    },
+                    models: u.models.clone(),
+                    enabled: u.enabled,
                 })
                 .collect();
             if json {
@@ -363,6 +365,17 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One row of `gate upstream list --json` (the key only as set / not set).
+#[derive(serde::Serialize)]
+struct UpstreamListRow {
+    name: String,
+    provider: String,
+    base_url: String,
+    api_key: &'static str,
+    models: Vec<String>,
+    enabled: bool,
 }
 
 /// One row of `gate token list --json`: the times as Unix seconds (as before) and as
