@@ -50,9 +50,12 @@ pub fn write_atomic(
         TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| {
+        // create + truncate rather than create_new: a temporary file left by a crashed
+        // process whose pid was reused must not block the write (the directory is private).
         let mut file = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(mode)
             .open(&temp)
             .map_err(|e| annotate(e, "create", &temp))?;
