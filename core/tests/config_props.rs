@@ -353,6 +353,17 @@ proptest! {
         prop_assert!(warnings[0].contains(&name));
     }
 
+    /// Any value of an integer key from the environment, multi-byte text included, gives a
+    /// result (a value, an error or a service-link warning), never a panic.
+    #[test]
+    fn env_port_values_never_panic(value in "\\PC{0,12}") {
+        let mut sources = ConfigSources::new("/state/config.toml");
+        sources.env = vec![("GATE_PORT".to_owned(), value.clone())];
+        let _ = load_daemon(&sources);
+        sources.env = vec![("GATE_PORT".to_owned(), format!("tcp:/{value}"))];
+        let _ = load_daemon(&sources);
+    }
+
     /// A secret of the wrong type is never quoted in the error, from a file or the
     /// environment.
     #[test]

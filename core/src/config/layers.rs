@@ -435,7 +435,10 @@ fn unrelated_env_warning(schema: &Schema, name: &str) -> String {
 fn is_service_link(value: &str) -> bool {
     let value = value.trim();
     ["tcp://", "udp://", "sctp://"].iter().any(|scheme| {
-        value.len() > scheme.len() && value[..scheme.len()].eq_ignore_ascii_case(scheme)
+        value.len() > scheme.len()
+            && value
+                .get(..scheme.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
     })
 }
 
