@@ -13,7 +13,7 @@ use gate_core::config::{self, DAEMON_SCHEMA};
 
 use crate::admin::client::AdminClient;
 use crate::admin::types::{
-    CreateToken, CreatedToken, Done, LoginUrl, SetValue, Status, UpstreamRequest,
+    CreateToken, CreatedToken, Done, LoginUrl, Models, SetValue, Status, UpstreamRequest,
 };
 use crate::auth::{parse_duration_secs, TokenStore};
 use crate::cli::{ConfigArgs, ConfigCommand, TokenCommand, UpstreamCommand};
@@ -293,7 +293,7 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
                     provider: Some(provider.clone()),
                     base_url: base_url.clone(),
                     api_key: key.clone(),
-                    models: (!models.is_empty()).then(|| models.clone()),
+                    models: (!models.is_empty()).then(|| Models::List(models.clone())),
                     enabled: None,
                 };
                 let _: Done = client.call_typed("POST", "upstreams", Some(&body))?;

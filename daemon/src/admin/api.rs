@@ -32,9 +32,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::types::{
-    CertificateView, ConfigView, CreateToken, CreatedToken, Done, HealthView, KeyState, LoginUrl,
-    ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue, Status,
-    TokenList, TokenView, UpstreamList, UpstreamView,
+    CertificateView, ConfigView, CreateToken, CreatedToken, Done, Flag, HealthView, KeyState,
+    LoginUrl, ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue,
+    Status, TokenList, TokenView, UpstreamList, UpstreamRequest, UpstreamView,
 };
 use super::{api_error, Admin};
 use crate::app::{self, Body, Peer};
@@ -145,17 +145,6 @@ fn reload_error<R: Runtime>(admin: &Admin<R>) -> Option<ReloadErrorView> {
         message: e.message,
         at_unix: e.at_unix,
     })
-}
-
-fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Failure::Refused("the body must be a JSON object".into())),
-        Err(e) => Err(Failure::Refused(format!("the body is not valid JSON: {e}"))),
-    }
 }
 
 /// A request body as its type; a refusal saying what was expected otherwise.
@@ -388,55 +377,44 @@ fn unset_key<R: Runtime>(admin: &Admin<R>, key: &str) -> ApiResult {
     typed(Done::key(key))
 }
 
-/// The assignments for an upstream's fields present in `body`.
-fn upstream_assignments(
-    name: &str,
-    body: &serde_json::Map<String, Value>,
-) -> Result<Vec<(String, String)>, Failure> {
-    let mut out = Vec::new();
-    for field in ["provider", "base_url", "api_key", "models", "enabled"] {
-        let Some(value) = body.get(field) else {
-            continue;
-        };
-        // An empty key or URL from a form means "leave as it is".
-        if matches!(field, "api_key" | "base_url") && value.as_str().is_some_and(str::is_empty) {
-            continue;
-        }
-        if value.is_null() {
-            continue;
-        }
-        let text = match (field, value) {
-            ("models", Value::String(s)) => {
-                let list: Vec<&str> = s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .collect();
-                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
-            }
-            _ => value_text(field, value)?,
-        };
-        out.push((format!("upstreams.{name}.{field}"), text));
+/// The assignments for an upstream's fields present in `request`.
+fn upstream_assignments(name: &str, request: &UpstreamRequest) -> Vec<(String, String)> {
+    let non_empty = |v: &Option<String>| v.clone().filter(|text| !text.is_empty());
+    let fields = [
+        ("provider", request.provider.clone()),
+        ("base_url", non_empty(&request.base_url)),
+        ("api_key", non_empty(&request.api_key)),
+        (
+            "models",
+            request
+                .models
+                .as_ref()
+                .map(|m| serde_json::Value::from(m.to_list()).to_string()),
+        ),
+        ("enabled", request.enabled.as_ref().map(Flag::to_text)),
+    ];
+    fields
+        .into_iter()
+        .filter_map(|(field, text)| Some((format!("upstreams.{name}.{field}"), text?)))
+        .collect()
+}
+
+fn parse_upstream(body: &[u8]) -> Result<UpstreamRequest, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(UpstreamRequest::default());
     }
-    for field in body.keys() {
-        if !matches!(
-            field.as_str(),
-            "name" | "provider" | "base_url" | "api_key" | "models" | "enabled"
-        ) {
-            return Err(Failure::Refused(format!(
-                "unknown upstream field `{field}` (expected provider, base_url, api_key, models, enabled)"
-            )));
-        }
-    }
-    Ok(out)
+    parse_typed(
+        body,
+        "an object with name, provider, base_url, api_key, models, enabled",
+    )
 }
 
 fn apply_upstream<R: Runtime>(
     admin: &Admin<R>,
     name: &str,
-    body: &serde_json::Map<String, Value>,
+    request: &UpstreamRequest,
 ) -> ApiResult {
-    let assignments = upstream_assignments(name, body)?;
+    let assignments = upstream_assignments(name, request);
     if assignments.is_empty() {
         return Err(Failure::Refused("nothing to change".into()));
     }
@@ -456,28 +434,27 @@ fn apply_upstream<R: Runtime>(
 }
 
 fn add_upstream<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
+    let request = parse_upstream(body)?;
+    let name = request
+        .name
+        .clone()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Failure::Refused("the body needs a `name`".into()))?
-        .to_owned();
-    if !body.contains_key("provider") && !config::PROVIDERS.contains(&name.as_str()) {
+        .ok_or_else(|| Failure::Refused("the body needs a `name`".into()))?;
+    if request.provider.is_none() && !config::PROVIDERS.contains(&name.as_str()) {
         return Err(Failure::Refused(format!(
             "upstream `{name}` needs a `provider` (one of {})",
             config::PROVIDERS.join(", ")
         )));
     }
-    apply_upstream(admin, &name, &body)
+    apply_upstream(admin, &name, &request)
 }
 
 fn edit_upstream<R: Runtime>(admin: &Admin<R>, name: &str, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
+    let request = parse_upstream(body)?;
     if !admin.reloader.current().config.upstreams.contains_key(name) {
         return Err(Failure::NotFound(format!("no upstream named `{name}`")));
     }
-    apply_upstream(admin, name, &body)
+    apply_upstream(admin, name, &request)
 }
 
 fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
@@ -602,8 +579,8 @@ mod tests {
             "name": "x", "provider": "custom", "base_url": "", "api_key": "sk-1",
             "models": "a, b,,c", "enabled": false
         });
-        let body = body.as_object().unwrap();
-        let got = upstream_assignments("x", body).ok().unwrap();
+        let request: UpstreamRequest = serde_json::from_value(body).unwrap();
+        let got = upstream_assignments("x", &request);
         assert_eq!(
             got,
             vec![
@@ -617,6 +594,16 @@ mod tests {
             ]
         );
         let unknown = serde_json::json!({"name": "x", "colour": "red"});
-        assert!(upstream_assignments("x", unknown.as_object().unwrap()).is_err());
+        assert!(parse_upstream(unknown.to_string().as_bytes()).is_err());
+        // A JSON list of models and a boolean work as well as the form's text.
+        let list = br#"{"models": [" a", "b"], "enabled": true}"#;
+        let request = parse_upstream(list).ok().unwrap();
+        assert_eq!(
+            upstream_assignments("x", &request),
+            vec![
+                ("upstreams.x.models".to_owned(), r#"["a","b"]"#.to_owned()),
+                ("upstreams.x.enabled".to_owned(), "true".to_owned()),
+            ]
+        );
     }
 }

@@ -152,10 +152,11 @@ pub struct SetValue {
     pub value: serde_json::Value,
 }
 
-/// `POST upstreams` / `PUT upstreams/NAME` as the CLI sends it. The server also accepts
-/// the web form's looser shapes (`models` as comma-separated text, empty strings for
-/// "unchanged").
+/// `POST upstreams` / `PUT upstreams/NAME`, from the CLI and the web form. An absent or
+/// `null` field, and an empty `base_url` or `api_key` (a form's untouched field), leave the
+/// value as it is; an unknown field is refused.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -166,9 +167,51 @@ pub struct UpstreamRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub models: Option<Vec<String>>,
+    pub models: Option<Models>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub enabled: Option<bool>,
+    pub enabled: Option<Flag>,
+}
+
+/// A model list: a JSON list, or comma-separated text as a form field gives it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Models {
+    List(Vec<String>),
+    Text(String),
+}
+
+impl Models {
+    /// The models, trimmed, empty ones dropped.
+    pub fn to_list(&self) -> Vec<String> {
+        let items: Vec<&str> = match self {
+            Models::List(items) => items.iter().map(String::as_str).collect(),
+            Models::Text(text) => text.split(',').collect(),
+        };
+        items
+            .into_iter()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A yes/no: a JSON boolean, or text the configuration accepts (`true`, `off`, ...).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Flag {
+    Bool(bool),
+    Text(String),
+}
+
+impl Flag {
+    /// As the text the configuration's converter takes.
+    pub fn to_text(&self) -> String {
+        match self {
+            Flag::Bool(b) => b.to_string(),
+            Flag::Text(text) => text.clone(),
+        }
+    }
 }
 
 /// `GET tokens`.
