@@ -17,14 +17,22 @@ step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never
 
 apt_updated=0
+# Every install says what it installs before it starts: some take minutes and are quiet.
 need_apt() { # need_apt COMMAND PACKAGE...
     command -v "$1" >/dev/null 2>&1 && return 0
     shift
-    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    if [ "$apt_updated" = 0 ]; then
+        printf '==> apt-get update (package lists)\n'
+        apt-get update -qq
+        apt_updated=1
+    fi
+    printf '==> installing %s (apt-get install)\n' "$*"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 need_cargo() { # need_cargo SUBCOMMAND CRATE
-    cargo "$1" --version >/dev/null 2>&1 || cargo install --locked -q "$2"
+    cargo "$1" --version >/dev/null 2>&1 && return 0
+    printf '==> installing %s (cargo install --locked, builds from source: a few minutes)\n' "$2"
+    cargo install --locked -q "$2"
 }
 
 if want lint; then
@@ -56,6 +64,7 @@ if want tests; then
     need_apt curl curl
     need_apt openssl openssl
     need_apt pebble pebble
+    need_cargo nextest cargo-nextest
     step "cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast
 fi

@@ -89,7 +89,7 @@ fn relay_metrics_tunnel_and_daemon_limit_keys() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "`metrics_port` from the nix file /etc/r.toml (line 1, column 16) must be an integer from 1 to 65535, but it is the integer 70000"
+        "`metrics_port` from the config file /etc/r.toml (line 1, column 16) must be an integer from 1 to 65535, but it is the integer 70000"
     );
     let e = load_relay(&sources(
         &[("/etc/r.toml", "[tunnel]\nkey_file = \"/k.pem\"\n")],
@@ -99,7 +99,7 @@ fn relay_metrics_tunnel_and_daemon_limit_keys() {
     .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "`tunnel.certificate_file` from the nix file /etc/r.toml (line 2, column 12) must be set when tunnel.key_file is set (they go together), but it is missing"
+        "`tunnel.certificate_file` from the config file /etc/r.toml (line 2, column 12) must be set when tunnel.key_file is set (they go together), but it is missing"
     );
     let e = load_relay(&sources(&[], "", &[("RELAY_TUNNEL__HEARTBEAT_MS", "1")])).unwrap_err();
     assert!(
@@ -174,7 +174,7 @@ fn relay_seed_environment() {
     let e = load_relay(&sources(&[("/etc/r.toml", nix)], "", &[])).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "`dns.cloudflare.api_token` from the nix file /etc/r.toml (line 6, column 11) must be set when dns.enabled is true (for example with RELAY__DNS__CLOUDFLARE__API_TOKEN), but it is missing"
+        "`dns.cloudflare.api_token` from the config file /etc/r.toml (line 6, column 11) must be set when dns.enabled is true (for example with RELAY__DNS__CLOUDFLARE__API_TOKEN), but it is missing"
     );
 }
 
@@ -273,7 +273,87 @@ fn secrets_never_appear_in_errors() {
         "",
         &[],
     ));
-    assert!(e.to_string().contains("the integer 42"), "{e}");
+    let text = e.to_string();
+    assert!(!text.contains("42"), "{e}");
+    assert!(
+        text.contains("an integer that is not shown here (secret)"),
+        "{e}"
+    );
+    // A provider key of the wrong type, in a file and in a list-typed position.
+    let e = daemon_err(&sources(
+        &[("/n.toml", "[upstreams.openai]\napi_key = 987654321\n")],
+        "",
+        &[],
+    ));
+    assert!(!e.to_string().contains("987654321"), "{e}");
+    assert!(e.to_string().contains("the config file /n.toml"), "{e}");
+    let e = daemon_err(&sources(
+        &[(
+            "/n.toml",
+            "[upstreams.openai]\napi_key = [\"sk-in-a-list\"]\n",
+        )],
+        "",
+        &[],
+    ));
+    assert!(!e.to_string().contains("sk-in-a-list"), "{e}");
+    // In the environment: the JWT secret below the minimum length is not quoted.
+    let e = daemon_err(&sources(&[], "", &[("GATE_AUTH__JWT__SECRET", "1234")]));
+    assert!(!e.to_string().contains("1234"), "{e}");
+}
+
+#[test]
+fn foreign_env_vars_are_warnings_and_typos_in_known_sections_errors() {
+    // What Kubernetes injects for a Service named `gate`, plus the port as a number.
+    let k8s = [
+        ("GATE_SERVICE_HOST", "10.0.0.1"),
+        ("GATE_SERVICE_PORT", "3000"),
+        ("GATE_SERVICE_PORT_HTTP", "3000"),
+        ("GATE_PORT_3000_TCP", "tcp://10.0.0.1:3000"),
+        ("GATE_PORT_3000_TCP_PROTO", "tcp"),
+        ("GATE_PORT_3000_TCP_PORT", "3000"),
+        ("GATE_PORT_3000_TCP_ADDR", "10.0.0.1"),
+        ("GATE_PORT", "tcp://10.0.0.1:3000"),
+    ];
+    let loaded = load_daemon(&sources(&[], "", &k8s)).expect("Kubernetes variables load");
+    assert_eq!(loaded.config.port, 3000);
+    assert_eq!(
+        loaded.merged.warnings.len(),
+        k8s.len(),
+        "{:?}",
+        loaded.merged.warnings
+    );
+    assert!(loaded
+        .merged
+        .warnings
+        .iter()
+        .any(|w| w.contains("GATE_PORT:") && w.contains("service link")));
+    // GATE_PORT as a number still works next to the service variables.
+    let mut with_port = k8s[..7].to_vec();
+    with_port.push(("GATE_PORT", "8080"));
+    let loaded = load_daemon(&sources(&[], "", &with_port)).expect("loads");
+    assert_eq!(loaded.config.port, 8080);
+    // A misspelled key inside a known section is still fatal.
+    let e = daemon_err(&sources(&[], "", &[("GATE_AUTH__JWT__SECERT", "x")]));
+    assert!(e.to_string().contains("GATE_AUTH__JWT__SECERT"), "{e}");
+    let e = daemon_err(&sources(&[], "", &[("GATE_SERVER__MAX_BODY", "1")]));
+    assert!(e.to_string().contains("GATE_SERVER__MAX_BODY"), "{e}");
+    // The relay follows the same rules.
+    let relay = load_relay(&sources(
+        &[],
+        "",
+        &[
+            ("RELAY_SERVICE_HOST", "10.0.0.2"),
+            ("RELAY_PORT_443_TCP", "tcp://10.0.0.2:443"),
+        ],
+    ))
+    .expect("relay loads");
+    assert_eq!(
+        relay.merged.warnings.len(),
+        2,
+        "{:?}",
+        relay.merged.warnings
+    );
+    assert!(load_relay(&sources(&[], "", &[("RELAY_LIMITS__MAX_CONECTIONS", "1")])).is_err());
 }
 
 #[test]
@@ -285,7 +365,7 @@ fn file_errors_name_file_line_and_column() {
     ));
     assert_eq!(
         e.to_string(),
-        "`port` from the nix file /etc/gate/a.toml (line 2, column 8) must be an integer from 1 to 65535, but it is the integer 0"
+        "`port` from the config file /etc/gate/a.toml (line 2, column 8) must be an integer from 1 to 65535, but it is the integer 0"
     );
     let e = daemon_err(&sources(
         &[("/etc/gate/a.toml", "[relay]\nenabel = true\n")],
@@ -294,7 +374,7 @@ fn file_errors_name_file_line_and_column() {
     ));
     assert_eq!(
         e.to_string(),
-        "unknown key `relay.enabel` in the nix file /etc/gate/a.toml (line 2, column 1) (did you mean `enable`?)"
+        "unknown key `relay.enabel` in the config file /etc/gate/a.toml (line 2, column 1) (did you mean `enable`?)"
     );
     let e = daemon_err(&sources(&[], "port = = 3\n", &[]));
     assert!(

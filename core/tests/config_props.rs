@@ -331,3 +331,54 @@ proptest! {
         prop_assert_eq!(gate_core::config::parse_key_path(&text), Some(segments));
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A variable under `GATE_` whose first segment starts with a prefix no daemon key has
+    /// (so it is neither a section nor a typo of one) never stops loading: it is ignored
+    /// with one warning naming it, whatever its value, and never quotes the value.
+    #[test]
+    fn foreign_env_vars_only_warn(
+        tail in "[A-Z0-9_]{0,20}",
+        value in "[ -~]{0,40}",
+    ) {
+        let name = format!("GATE_ZZQX{tail}");
+        let mut sources = ConfigSources::new("/state/config.toml");
+        sources.env = vec![(name.clone(), value.clone())];
+        let loaded = load_daemon(&sources);
+        prop_assert!(loaded.is_ok(), "{:?}", loaded.err());
+        let warnings = loaded.map(|l| l.merged.warnings).unwrap_or_default();
+        prop_assert_eq!(warnings.len(), 1);
+        prop_assert!(warnings[0].contains(&name));
+    }
+
+    /// Any value of an integer key from the environment, multi-byte text included, gives a
+    /// result (a value, an error or a service-link warning), never a panic.
+    #[test]
+    fn env_port_values_never_panic(value in "\\PC{0,12}") {
+        let mut sources = ConfigSources::new("/state/config.toml");
+        sources.env = vec![("GATE_PORT".to_owned(), value.clone())];
+        let _ = load_daemon(&sources);
+        sources.env = vec![("GATE_PORT".to_owned(), format!("tcp:/{value}"))];
+        let _ = load_daemon(&sources);
+    }
+
+    /// A secret of the wrong type is never quoted in the error, from a file or the
+    /// environment.
+    #[test]
+    fn wrong_typed_secrets_are_never_quoted(n in 100_000i64..i64::MAX) {
+        let mut sources = ConfigSources::new("/state/config.toml");
+        sources.nix_files.push(SourceText::new(
+            "/etc/gate.toml",
+            format!("[upstreams.openai]\napi_key = {n}\n\n[auth.jwt]\nsecret = {n}\n"),
+        ));
+        let e = load_daemon(&sources).err().map(|e| e.to_string()).unwrap_or_default();
+        prop_assert!(!e.is_empty());
+        prop_assert!(!e.contains(&n.to_string()), "{}", e);
+        let mut sources = ConfigSources::new("/state/config.toml");
+        sources.env = vec![("GATE_AUTH__JWT__SECRET".to_owned(), n.to_string())];
+        let e = load_daemon(&sources).err().map(|e| e.to_string()).unwrap_or_default();
+        prop_assert!(!e.contains(&n.to_string()), "{}", e);
+    }
+}

@@ -535,9 +535,9 @@ pub fn backoff(initial: Duration, max: Duration, failures: u32) -> Duration {
     initial.saturating_mul(1u32 << exponent).min(max)
 }
 
+/// Writes a private file (the account key) with the one atomic write: mode 0600, fsync of
+/// the file and of its directory ([`gate_rt::fs::write_atomic`]).
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |source: std::io::Error| AcmeError::Io {
         path: path.display().to_string(),
         source,
@@ -545,18 +545,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(io)
+    gate_rt::fs::write_atomic(path, bytes, 0o600, gate_rt::fs::Durability::Durable).map_err(io)
 }
 
 #[cfg(test)]

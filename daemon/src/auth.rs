@@ -4,6 +4,9 @@
 //! Invariants: a token's plaintext exists only in the output of `gate token create`; the
 //! store holds hashes. JWT verification pins HS256 (so `alg: none` and every other
 //! algorithm are refused), checks the issuer and the expiry. Nothing here logs a token.
+//! Every change of `tokens.json` re-reads it under its exclusive lock
+//! ([`crate::state::lock`]), so concurrent `gate token create` runs and the daemon never
+//! lose each other's keys.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,26 +84,41 @@ impl TokenStore {
     /// Loads the store (an absent file is an empty store).
     pub fn load(state_dir: &Path) -> Result<Self> {
         let path = Self::path_in(state_dir);
-        let file: TokenFile = match std::fs::read(&path) {
+        let by_hash = Self::read_records(&path)?;
+        Ok(Self { path, by_hash })
+    }
+
+    fn read_records(path: &Path) -> Result<BTreeMap<String, TokenRecord>> {
+        let file: TokenFile = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .with_context(|| format!("{} is not a valid token file", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => TokenFile::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
-        let by_hash = file
+        Ok(file
             .tokens
             .into_iter()
             .map(|t| (t.sha256.clone(), t))
-            .collect();
-        Ok(Self { path, by_hash })
+            .collect())
     }
 
-    fn save(&self) -> Result<()> {
-        let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
+    /// Applies `change` to the file's current content under the store's exclusive lock
+    /// (re-read from disk first, so a change made meanwhile by another process or thread is
+    /// kept), writes it atomically and makes it this store's content.
+    fn modify<T>(
+        &mut self,
+        change: impl FnOnce(&mut BTreeMap<String, TokenRecord>) -> T,
+    ) -> Result<T> {
+        let _lock = state::lock(&self.path)?;
+        let mut current = Self::read_records(&self.path)?;
+        let out = change(&mut current);
+        let mut tokens: Vec<_> = current.values().cloned().collect();
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         let bytes = serde_json::to_vec_pretty(&TokenFile { tokens })?;
         state::write_atomic(&self.path, &bytes)
-            .with_context(|| format!("writing {}", self.path.display()))
+            .with_context(|| format!("writing {}", self.path.display()))?;
+        self.by_hash = current;
+        Ok(out)
     }
 
     /// Creates a key; returns its record and the plaintext key (shown once).
@@ -119,8 +137,8 @@ impl TokenStore {
             created_at,
             expires_at: ttl_secs.map(|ttl| created_at.saturating_add(ttl)),
         };
-        self.by_hash.insert(record.sha256.clone(), record.clone());
-        self.save()?;
+        let stored = record.clone();
+        self.modify(|tokens| tokens.insert(stored.sha256.clone(), stored))?;
         Ok((record, token))
     }
 
@@ -133,13 +151,11 @@ impl TokenStore {
 
     /// Revokes a key by id; false when no key has that id.
     pub fn revoke(&mut self, id: &str) -> Result<bool> {
-        let before = self.by_hash.len();
-        self.by_hash.retain(|_, t| t.id != id);
-        if self.by_hash.len() == before {
-            return Ok(false);
-        }
-        self.save()?;
-        Ok(true)
+        self.modify(|tokens| {
+            let before = tokens.len();
+            tokens.retain(|_, t| t.id != id);
+            tokens.len() != before
+        })
     }
 
     /// The record of a valid, unexpired key.

@@ -7,7 +7,6 @@
 //! Must not: talk to an ACME server (that is `acme`), or log private keys.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -352,27 +351,10 @@ fn self_signed(names: &[String]) -> Result<Loaded, CertError> {
     parse(cert.pem().as_bytes(), key.serialize_pem().as_bytes(), true)
 }
 
-/// Writes `bytes` to `path` through a temporary file created with `mode`, fsynced, renamed,
-/// and the directory fsynced.
+/// Writes `bytes` to `path` atomically with `mode` ([`gate_rt::fs::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, e))?;
-    file.write_all(bytes).map_err(|e| io_err(&tmp, e))?;
-    file.sync_all().map_err(|e| io_err(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, e))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    gate_rt::fs::write_atomic(path, bytes, mode, gate_rt::fs::Durability::Durable)
+        .map_err(|e| io_err(path, e))
 }
 
 #[cfg(test)]

@@ -102,10 +102,15 @@ pub enum ConfigCommand {
         source: ConfigArgs,
     },
     /// Set a value in the runtime layer, e.g. `gate config set port 8080`.
+    ///
+    /// Secret keys (`api_key`, `secret`, `*_token`, ...) are never taken from the command
+    /// line (shell history, `ps`): give `-` as the value and the secret on standard input,
+    /// e.g. `printf %s "$JWT_SECRET" | gate config set auth.jwt.secret -`.
     Set {
         /// Dotted key path.
         key: String,
-        /// The value (lists: comma-separated or a TOML array).
+        /// The value (lists: comma-separated or a TOML array), or `-` to read it from
+        /// standard input (required for secret keys; one trailing newline is dropped).
         value: String,
         #[command(flatten)]
         source: ConfigArgs,
@@ -122,6 +127,10 @@ pub enum ConfigCommand {
 #[derive(Debug, Subcommand)]
 pub enum UpstreamCommand {
     /// Add (or replace) an upstream in the runtime layer.
+    ///
+    /// A `custom` upstream's base URL must contain a version segment such as `/v1`
+    /// (OpenAI-compatible servers serve `/v1/chat/completions`); `--force` accepts one
+    /// without, for a server that really has none.
     Add {
         /// Name (a-z, 0-9, `_`, `-`), used in routes and GATE_UPSTREAMS__<NAME>__API_KEY.
         name: String,
@@ -137,6 +146,9 @@ pub enum UpstreamCommand {
         /// Models this upstream serves (comma-separated).
         #[arg(long, value_delimiter = ',')]
         models: Vec<String>,
+        /// Accept a `custom` base URL without a version segment such as `/v1`.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         source: ConfigArgs,
     },
@@ -199,11 +211,14 @@ pub struct ServeArgs {
     /// The async runtime.
     #[arg(long, value_enum, default_value_t = RuntimeChoice::Tokio)]
     pub runtime: RuntimeChoice,
-    /// Address to listen on (overrides the config's `host`).
-    #[arg(long, value_name = "ADDR", hide = true)]
+    /// Address to listen on. Without it: `host` from the configuration, where GATE_HOST
+    /// beats the runtime file, which beats the --config files (default 127.0.0.1).
+    #[arg(long, value_name = "ADDR")]
     pub host: Option<std::net::IpAddr>,
-    /// Port to listen on (overrides the config's `port`).
-    #[arg(long, value_name = "PORT", hide = true)]
+    /// Port to listen on. Without it: `port` from the configuration, where GATE_PORT beats
+    /// the runtime file, which beats the --config files (default 3000). A GATE_PORT of the
+    /// form tcp://host:port (a Kubernetes service link) is ignored with a warning.
+    #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
 }
 
@@ -314,12 +329,6 @@ async fn run<R: gate_rt::Runtime>(
         admin_token,
         bound,
     ));
-    if let Err(e) = state::write_atomic(
-        &crate::admin::client::addr_file(&state_dir),
-        format!("{bound}\n").as_bytes(),
-    ) {
-        tracing::warn!(error = %e, "cannot record the listen address in the state directory; the CLI will look at the configured host:port");
-    }
     tracing::info!(
         address = %bound,
         runtime = R::NAME,
@@ -344,6 +353,14 @@ async fn run<R: gate_rt::Runtime>(
         }
     });
     let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
+    crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
+    // After the socket: a second daemon refused there must not overwrite the address.
+    if let Err(e) = state::write_atomic(
+        &crate::admin::client::addr_file(&state_dir),
+        format!("{bound}\n").as_bytes(),
+    ) {
+        tracing::warn!(error = %e, "cannot record the listen address in the state directory (daemon.addr, for people and tools)");
+    }
     if let Some(remote) =
         crate::remote::Remote::start(&rt, &reloader.current().config, &state_dir, app.clone())?
     {

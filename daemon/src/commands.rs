@@ -12,6 +12,9 @@ use anyhow::{Context, Result};
 use gate_core::config::{self, DAEMON_SCHEMA};
 
 use crate::admin::client::AdminClient;
+use crate::admin::types::{
+    CreateToken, CreatedToken, Done, LoginUrl, Models, SetValue, Status, UpstreamRequest,
+};
 use crate::auth::{parse_duration_secs, TokenStore};
 use crate::cli::{ConfigArgs, ConfigCommand, TokenCommand, UpstreamCommand};
 use crate::{settings, state};
@@ -23,12 +26,17 @@ fn state_dir(args: &ConfigArgs) -> Result<std::path::PathBuf> {
 /// The running daemon of this state directory, if any (announced on stderr).
 fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     let dir = state_dir(source)?;
-    let client = AdminClient::discover(&source.config, &dir);
-    if let Some(client) = &client {
-        eprintln!(
-            "(via the running daemon at {}; the change is live)",
-            client.addr()
-        );
+    let client = AdminClient::discover(&dir);
+    match &client {
+        Some(client) => eprintln!(
+            "(via the running daemon on {}; the change is live)",
+            client.socket().display()
+        ),
+        None => eprintln!(
+            "(no daemon answers on {}; editing the files in {})",
+            crate::admin::socket::socket_path(&dir).display(),
+            dir.display()
+        ),
     }
     Ok(client)
 }
@@ -99,14 +107,15 @@ pub fn config(command: ConfigCommand) -> Result<()> {
             }
         }
         ConfigCommand::Set { key, value, source } => {
+            let value = config_value(&key, value)?;
             if let Some(client) = daemon(&source)? {
-                client
-                    .call_ok(
-                        "PUT",
-                        &format!("config/{key}"),
-                        Some(&serde_json::json!({ "value": value })),
-                    )
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let _: Done = client.call_typed(
+                    "PUT",
+                    &format!("config/{key}"),
+                    Some(&SetValue {
+                        value: value.clone().into(),
+                    }),
+                )?;
                 eprintln!("set `{key}` in the runtime configuration");
                 return Ok(());
             }
@@ -118,7 +127,7 @@ pub fn config(command: ConfigCommand) -> Result<()> {
         }
         ConfigCommand::Unset { key, source } => {
             if let Some(client) = daemon(&source)? {
-                client.call_ok("DELETE", &format!("config/{key}"), None)?;
+                let _: Done = client.call_typed("DELETE", &format!("config/{key}"), None::<&()>)?;
                 eprintln!("removed `{key}` from the runtime configuration");
                 return Ok(());
             }
@@ -131,6 +140,87 @@ pub fn config(command: ConfigCommand) -> Result<()> {
     }
 }
 
+/// The value of `gate config set KEY VALUE`: `-` reads it from standard input (one trailing
+/// newline dropped); a secret key given on the command line is refused, because the command
+/// line ends up in shell history and `ps`.
+fn config_value(key: &str, value: String) -> Result<String> {
+    if value == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading the value from standard input")?;
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text)
+            .to_owned();
+        return Ok(text);
+    }
+    let secret = config::parse_key_path(key)
+        .and_then(|path| path.last().cloned())
+        .is_some_and(|last| config::is_secret_key(&last));
+    if secret {
+        anyhow::bail!(
+            "`{key}` is a secret: it is not taken from the command line (shell history and `ps` \
+             would show it); nothing was changed. Give `-` as the value and the secret on \
+             standard input, e.g. `printf %s \"$SECRET\" | gate config set {key} -`"
+        );
+    }
+    Ok(value)
+}
+
+/// Why a `custom` upstream's base URL looks wrong, if it does: OpenAI-compatible servers
+/// serve `<base>/chat/completions` under a version segment (`/v1`, `/v1beta/openai`, ...),
+/// and a base URL without one is accepted by the server's root and 404s on every request.
+pub fn unversioned_custom_url(provider: &str, base_url: &str) -> Option<String> {
+    if provider != "custom" {
+        return None;
+    }
+    let after_scheme = base_url
+        .split_once("://")
+        .map_or(base_url, |(_, rest)| rest);
+    let path = after_scheme
+        .split_once('/')
+        .map_or("", |(_, path)| path)
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
+    let versioned = path.split('/').any(|segment| {
+        let mut chars = segment.chars();
+        matches!(chars.next(), Some('v' | 'V')) && chars.next().is_some_and(|c| c.is_ascii_digit())
+    });
+    (!versioned).then(|| {
+        format!(
+            "the custom upstream's base URL {base_url} has no version segment such as /v1, so \
+             every request would go to {}/chat/completions and most servers answer 404; use \
+             {}/v1 (as the server's OpenAI-compatible API documents it)",
+            base_url.trim_end_matches('/'),
+            base_url.trim_end_matches('/')
+        )
+    })
+}
+
+/// `1970-01-01 00:00 UTC` for seconds since the Unix epoch.
+pub fn utc_date(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rest = secs % 86_400;
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
 /// Applies an edit to the runtime file: the core validates the whole resulting
 /// configuration first, so a bad value changes nothing.
 fn edit_runtime(
@@ -138,10 +228,12 @@ fn edit_runtime(
     edit: impl FnOnce(&config::ConfigSources) -> Result<String, config::ConfigError>,
 ) -> Result<()> {
     let dir = state_dir(source)?;
-    let sources = settings::read_sources(&source.config, &dir)?;
-    let text = edit(&sources).map_err(|e| anyhow::anyhow!("refused: {e}; nothing was changed"))?;
     state::ensure_dir(&dir)?;
     let path = settings::runtime_file(&dir);
+    // Read, edit and write under the file's lock: concurrent edits never lose each other.
+    let _lock = state::lock(&path)?;
+    let sources = settings::read_sources(&source.config, &dir)?;
+    let text = edit(&sources).map_err(|e| anyhow::anyhow!("refused: {e}; nothing was changed"))?;
     state::write_atomic(&path, text.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
@@ -155,8 +247,21 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
             base_url,
             api_key_stdin,
             models,
+            force,
             source,
         } => {
+            if let Some(problem) = base_url
+                .as_deref()
+                .and_then(|url| unversioned_custom_url(&provider, url))
+            {
+                if !force {
+                    anyhow::bail!(
+                        "{problem}; nothing was changed (pass --force if this server really \
+                         serves its API without a version segment)"
+                    );
+                }
+                eprintln!("gate: warning: {problem} (accepted because of --force)");
+            }
             let key = if api_key_stdin {
                 let mut text = String::new();
                 std::io::stdin()
@@ -172,24 +277,26 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
             };
             let prefix = format!("upstreams.{name}");
             let mut assignments: Vec<(String, String)> =
-                vec![(format!("{prefix}.provider"), provider)];
-            if let Some(url) = base_url {
-                assignments.push((format!("{prefix}.base_url"), url));
+                vec![(format!("{prefix}.provider"), provider.clone())];
+            if let Some(url) = &base_url {
+                assignments.push((format!("{prefix}.base_url"), url.clone()));
             }
-            if let Some(key) = key {
-                assignments.push((format!("{prefix}.api_key"), key));
+            if let Some(key) = &key {
+                assignments.push((format!("{prefix}.api_key"), key.clone()));
             }
             if !models.is_empty() {
                 assignments.push((format!("{prefix}.models"), models.join(",")));
             }
             if let Some(client) = daemon(&source)? {
-                let mut body = serde_json::Map::new();
-                body.insert("name".into(), name.clone().into());
-                for (key, value) in &assignments {
-                    let field = key.rsplit('.').next().unwrap_or_default();
-                    body.insert(field.to_owned(), value.clone().into());
-                }
-                client.call_ok("POST", "upstreams", Some(&serde_json::Value::Object(body)))?;
+                let body = UpstreamRequest {
+                    name: Some(name.clone()),
+                    provider: Some(provider.clone()),
+                    base_url: base_url.clone(),
+                    api_key: key.clone(),
+                    models: (!models.is_empty()).then(|| Models::List(models.clone())),
+                    enabled: None,
+                };
+                let _: Done = client.call_typed("POST", "upstreams", Some(&body))?;
                 eprintln!("upstream `{name}` saved in the runtime configuration");
                 return Ok(());
             }
@@ -205,19 +312,21 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
         }
         UpstreamCommand::List { json, source } => {
             let loaded = settings::load(&source.config, &state_dir(&source)?)?;
-            let rows: Vec<serde_json::Value> = loaded
+            let rows: Vec<UpstreamListRow> = loaded
                 .config
                 .upstreams
                 .values()
-                .map(|u| {
-                    serde_json::json!({
-                        "name": u.name,
-                        "provider": u.provider.name(),
-                        "base_url": u.base_url,
-                        "api_key": if u.api_key.is_some() { "(set)" } else { "(not set)" },
-                        "models": u.models,
-                        "enabled": u.enabled,
-                    })
+                .map(|u| UpstreamListRow {
+                    name: u.name.clone(),
+                    provider: u.provider.name().to_owned(),
+                    base_url: u.base_url.clone(),
+                    api_key: if u.api_key.is_some() {
+                        "(set)"
+                    } else {
+                        "(not set)"
+                    },
+                    models: u.models.clone(),
+                    enabled: u.enabled,
                 })
                 .collect();
             if json {
@@ -244,7 +353,8 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
         }
         UpstreamCommand::Remove { name, source } => {
             if let Some(client) = daemon(&source)? {
-                client.call_ok("DELETE", &format!("upstreams/{name}"), None)?;
+                let _: Done =
+                    client.call_typed("DELETE", &format!("upstreams/{name}"), None::<&()>)?;
                 eprintln!("upstream `{name}` removed (it stays removed across restarts)");
                 return Ok(());
             }
@@ -257,6 +367,29 @@ pub fn upstream(command: UpstreamCommand) -> Result<()> {
     }
 }
 
+/// One row of `gate upstream list --json` (the key only as set / not set).
+#[derive(serde::Serialize)]
+struct UpstreamListRow {
+    name: String,
+    provider: String,
+    base_url: String,
+    api_key: &'static str,
+    models: Vec<String>,
+    enabled: bool,
+}
+
+/// One row of `gate token list --json`: the times as Unix seconds (as before) and as
+/// readable UTC dates.
+#[derive(serde::Serialize)]
+struct TokenListRow {
+    id: String,
+    name: String,
+    created_at: u64,
+    expires_at: Option<u64>,
+    created: String,
+    expires: Option<String>,
+}
+
 /// `gate token ...`.
 pub fn token(command: TokenCommand) -> Result<()> {
     match command {
@@ -266,22 +399,18 @@ pub fn token(command: TokenCommand) -> Result<()> {
             state_dir,
         } => {
             if let Some(client) = daemon(&no_config(&state_dir))? {
-                let mut body = serde_json::json!({ "name": name });
-                if let Some(expires) = &expires {
-                    body["expires"] = expires.clone().into();
-                }
-                let created = client.call_ok("POST", "tokens", Some(&body))?;
-                let token = created
-                    .get("token")
-                    .and_then(serde_json::Value::as_str)
-                    .ok_or_else(|| anyhow::anyhow!("the daemon returned no key"))?;
-                println!("{token}");
+                let body = CreateToken {
+                    name: Some(name.clone()),
+                    expires: expires.clone(),
+                };
+                let created: CreatedToken = client.call_typed("POST", "tokens", Some(&body))?;
+                println!("{}", created.token);
                 eprintln!(
                     "created API key id {} ({}){}; it is shown only once",
-                    created["id"].as_str().unwrap_or("?"),
-                    created["name"].as_str().unwrap_or("?"),
-                    match created["expires_at"].as_u64() {
-                        Some(t) => format!(", expires at unix time {t}"),
+                    created.id,
+                    created.name,
+                    match created.expires_at {
+                        Some(t) => format!(", expires {}", utc_date(t)),
                         None => String::new(),
                     }
                 );
@@ -302,7 +431,7 @@ pub fn token(command: TokenCommand) -> Result<()> {
                 record.id,
                 record.name,
                 match record.expires_at {
-                    Some(t) => format!(", expires at unix time {t}"),
+                    Some(t) => format!(", expires {}", utc_date(t)),
                     None => String::new(),
                 }
             );
@@ -315,7 +444,14 @@ pub fn token(command: TokenCommand) -> Result<()> {
             if json {
                 let rows: Vec<_> = tokens
                     .iter()
-                    .map(|t| serde_json::json!({"id": t.id, "name": t.name, "created_at": t.created_at, "expires_at": t.expires_at}))
+                    .map(|t| TokenListRow {
+                        id: t.id.clone(),
+                        name: t.name.clone(),
+                        created_at: t.created_at,
+                        expires_at: t.expires_at,
+                        created: utc_date(t.created_at),
+                        expires: t.expires_at.map(utc_date),
+                    })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else if tokens.is_empty() {
@@ -326,9 +462,9 @@ pub fn token(command: TokenCommand) -> Result<()> {
                         "{}\t{}\tcreated {}{}",
                         t.id,
                         t.name,
-                        t.created_at,
+                        utc_date(t.created_at),
                         t.expires_at
-                            .map(|e| format!("\texpires {e}"))
+                            .map(|e| format!("\texpires {}", utc_date(e)))
                             .unwrap_or_default()
                     );
                 }
@@ -337,7 +473,7 @@ pub fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::Revoke { id, state_dir } => {
             if let Some(client) = daemon(&no_config(&state_dir))? {
-                client.call_ok("DELETE", &format!("tokens/{id}"), None)?;
+                let _: Done = client.call_typed("DELETE", &format!("tokens/{id}"), None::<&()>)?;
                 eprintln!("revoked API key {id}");
                 return Ok(());
             }
@@ -356,83 +492,109 @@ pub fn token(command: TokenCommand) -> Result<()> {
 /// `gate status`.
 pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
     let dir = state_dir(source)?;
-    let Some(client) = AdminClient::discover(&source.config, &dir) else {
+    let Some(client) = AdminClient::discover(&dir) else {
         anyhow::bail!(
-            "no running daemon found for the state directory {} (start one with `gate serve`; \
-             the CLI looks at {}, then the configured host:port)",
+            "no running daemon found for the state directory {}: nothing answers on its admin \
+             socket {} (start one with `gate serve`, or pass the daemon's --state-dir; \
+             `gate config show` and `gate upstream list` read the files without a daemon)",
             dir.display(),
-            crate::admin::client::addr_file(&dir).display()
+            crate::admin::socket::socket_path(&dir).display()
         );
     };
-    let mut status = client.call_ok("GET", "status", None)?;
-    let login = client.call_ok("POST", "login-url", None)?;
-    let url = login
-        .get("url")
-        .and_then(serde_json::Value::as_str)
-        .unwrap_or("")
-        .to_owned();
+    let status: Status = client.call_typed("GET", "status", None::<&()>)?;
+    let login: LoginUrl = client.call_typed("POST", "login-url", None::<&()>)?;
+    let url = login.url;
     if json {
-        status["login_url"] = url.into();
-        println!("{}", serde_json::to_string_pretty(&status)?);
+        #[derive(serde::Serialize)]
+        struct WithLogin<'a> {
+            #[serde(flatten)]
+            status: &'a Status,
+            login_url: &'a str,
+        }
+        let out = WithLogin {
+            status: &status,
+            login_url: &url,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
     println!(
         "gate {} ({} runtime) listening on {}",
-        text(&status["version"]),
-        text(&status["runtime"]),
-        text(&status["listen"])
+        status.version, status.runtime, status.listen
     );
-    println!("state directory: {}", text(&status["state_dir"]));
-    let upstreams = status["upstreams"].as_array().cloned().unwrap_or_default();
-    if upstreams.is_empty() {
+    println!("state directory: {}", status.state_dir);
+    if status.upstreams.is_empty() {
         println!("upstreams: none (add one with `gate upstream add NAME --provider P`)");
     } else {
         println!("upstreams:");
-        for u in &upstreams {
+        for u in &status.upstreams {
             println!(
                 "  {}\t{}\t{}\t{}\tkey {}",
-                text(&u["name"]),
-                text(&u["provider"]),
-                text(&u["base_url"]),
-                text(&u["health"]["state"]),
-                if u["api_key"]["set"].as_bool() == Some(true) {
-                    "set"
-                } else {
-                    "not set"
-                }
+                u.name,
+                u.provider,
+                u.base_url,
+                u.health.state,
+                if u.api_key.set { "set" } else { "not set" }
             );
+            if let Some(problem) = &u.misconfiguration {
+                println!("    misconfigured: {problem}");
+            }
         }
     }
-    println!("relay: {}", text(&status["relay"]["state"]));
-    for url in status["relay"]["public_urls"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-    {
-        println!("  public URL: {}", text(url));
+    println!("relay: {}", status.relay.state);
+    for url in status.relay.public_urls.iter().flatten() {
+        println!("  public URL: {url}");
     }
-    let relays = status["relay"]["relays"].as_array().map(Vec::as_slice);
-    for relay in relays.unwrap_or_default() {
-        println!(
-            "  relay {}: {}",
-            text(&relay["address"]),
-            text(&relay["state"])
-        );
-        if let Some(refusal) = relay["custom_name_refusal"].as_str() {
+    for relay in status.relay.relays.iter().flatten() {
+        println!("  relay {}: {}", relay.address, relay.state);
+        if let Some(refusal) = &relay.custom_name_refusal {
             println!("    custom name refused: {refusal}");
         }
-        if let Some(error) = relay["last_error"].as_str() {
+        if let Some(error) = &relay.last_error {
             println!("    last error: {error}");
         }
     }
-    println!("certificate: {}", text(&status["certificate"]["state"]));
-    if let Some(error) = status["last_reload_error"].get("message") {
+    println!("certificate: {}", status.certificate.state);
+    if let Some(error) = &status.last_reload_error {
         println!(
             "last reload error (the previous configuration is still in effect): {}",
-            error.as_str().unwrap_or("")
+            error.message
         );
     }
     println!("web UI login (one use, 15 minutes): {url}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_utc_calendar_dates() {
+        assert_eq!(utc_date(0), "1970-01-01 00:00 UTC");
+        assert_eq!(utc_date(951_782_400), "2000-02-29 00:00 UTC");
+        assert_eq!(utc_date(1_798_761_599), "2026-12-31 23:59 UTC");
+        assert_eq!(utc_date(4_107_542_400), "2100-03-01 00:00 UTC");
+    }
+
+    #[test]
+    fn custom_base_urls_need_a_version_segment() {
+        for bad in [
+            "http://127.0.0.1:11434",
+            "http://127.0.0.1:11434/",
+            "https://llm.example/api",
+            "https://llm.example/openai?v1",
+        ] {
+            assert!(unversioned_custom_url("custom", bad).is_some(), "{bad}");
+        }
+        for good in [
+            "http://127.0.0.1:11434/v1",
+            "http://127.0.0.1:11434/v1/",
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+            "https://llm.example/api/v2",
+        ] {
+            assert!(unversioned_custom_url("custom", good).is_none(), "{good}");
+        }
+        assert!(unversioned_custom_url("openai", "https://api.openai.com").is_none());
+    }
 }

@@ -393,8 +393,8 @@ impl<R: Runtime> Gateway<R> {
         if let Some(remote) = self.remote.get() {
             let status = remote.status();
             for relay in &status.relays {
-                let address = relay["address"].as_str().unwrap_or_default().to_owned();
-                let up = relay["state"].as_str() == Some("registered");
+                let address = relay.address.clone();
+                let up = relay.registered();
                 self.metrics
                     .relay_registered
                     .get_or_create(&crate::metrics::RelayLabels { relay: address })

@@ -186,11 +186,13 @@ impl<R: Runtime> Reloader<R> {
         edit: impl FnOnce(&ConfigSources) -> Result<String, ConfigError>,
     ) -> Result<(), EditError> {
         let _guard = lock(&self.write_lock);
+        state::ensure_dir(&self.state_dir).map_err(EditError::Io)?;
+        let path = settings::runtime_file(&self.state_dir);
+        // The file lock also keeps out CLI edits made without the daemon.
+        let _file_lock = state::lock(&path).map_err(EditError::Io)?;
         let sources =
             settings::read_sources(&self.config_files, &self.state_dir).map_err(EditError::Io)?;
         let text = edit(&sources).map_err(EditError::Refused)?;
-        state::ensure_dir(&self.state_dir).map_err(EditError::Io)?;
-        let path = settings::runtime_file(&self.state_dir);
         state::write_atomic(&path, text.as_bytes())
             .map_err(|e| EditError::Io(anyhow::anyhow!("writing {}: {e}", path.display())))?;
         lock(&self.seen).0 = stamp(&path);

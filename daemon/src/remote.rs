@@ -32,7 +32,7 @@ pub struct RemoteStatus {
     /// The daemon's node id.
     pub node_id: String,
     /// Per relay: address, state, names, public URLs, last error.
-    pub relays: Vec<serde_json::Value>,
+    pub relays: Vec<crate::admin::types::RelayLink>,
     /// The certificate served on relayed connections.
     pub certificate: Option<CertInfo>,
     /// ACME state, when Let's Encrypt is enabled.
@@ -249,16 +249,14 @@ impl<R: Runtime> Remote<R> {
             .client
             .status()
             .into_iter()
-            .map(|s| {
-                serde_json::json!({
-                    "address": s.address,
-                    "state": format!("{:?}", s.state).to_lowercase(),
-                    "names": s.names,
-                    "public_urls": s.public_urls,
-                    "custom_name_refusal": s.custom_name_refusal,
-                    "last_error": s.last_error,
-                    "registrations": s.registrations,
-                })
+            .map(|s| crate::admin::types::RelayLink {
+                address: s.address,
+                state: format!("{:?}", s.state).to_lowercase(),
+                names: s.names,
+                public_urls: s.public_urls,
+                custom_name_refusal: s.custom_name_refusal,
+                last_error: s.last_error,
+                registrations: s.registrations,
             })
             .collect();
         let acme = self

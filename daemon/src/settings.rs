@@ -41,5 +41,11 @@ pub fn read_sources(config_files: &[PathBuf], state_dir: &Path) -> Result<Config
 /// Reads, merges and validates the daemon's configuration.
 pub fn load(config_files: &[PathBuf], state_dir: &Path) -> Result<Loaded<DaemonConfig>> {
     let sources = read_sources(config_files, state_dir)?;
-    config::load_daemon(&sources).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))
+    let loaded =
+        config::load_daemon(&sources).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    // Logging is set up from this configuration, so warnings go to stderr directly.
+    for warning in &loaded.merged.warnings {
+        eprintln!("gate: warning: {warning}");
+    }
+    Ok(loaded)
 }

@@ -2,11 +2,11 @@
 //!
 //! Rule (DESIGN.md §6): `$GATE_STATE_DIR`, else `--state-dir`, else `$STATE_DIRECTORY`
 //! (set by systemd for the system service, i.e. `/var/lib/gate`), else
-//! `$XDG_STATE_HOME/gate`, else `~/.local/state/gate`.
+//! `$XDG_STATE_HOME/gate`, else `~/.local/state/gate`. The directory is kept at mode 0700;
+//! every file in it is written through [`gate_rt::fs::write_atomic`] and every
+//! read-modify-write holds [`lock`].
 
-use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -52,47 +52,41 @@ pub fn resolve_state_dir_from(
     )
 }
 
-/// Creates the state directory (mode 0700) if it does not exist.
+/// Creates the state directory with mode 0700, or tightens an existing one whose mode lets
+/// group or others in to 0700 (logged); fails with a message when neither is possible.
 pub fn ensure_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+    match gate_rt::fs::ensure_private_dir(dir)? {
+        gate_rt::fs::DirOutcome::Tightened(mode) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the state directory had mode {mode:04o}; changed it to 0700 (it holds keys)"
+            );
+            // Logging may not be set up yet (CLI commands): say it on stderr too.
+            eprintln!(
+                "gate: the state directory {} had mode {mode:04o}; changed it to 0700",
+                dir.display()
+            );
+        }
+        gate_rt::fs::DirOutcome::Created | gate_rt::fs::DirOutcome::AlreadyPrivate => {}
     }
     Ok(())
 }
 
-/// Writes `contents` to `path` atomically with mode 0600: a temporary file in the same
-/// directory, fsync, rename over the target, fsync of the directory. A crash at any point
-/// leaves either the old file or the new one, never a torn one.
+/// Writes a state file atomically with mode 0600 and full durability (the one
+/// implementation: [`gate_rt::fs::write_atomic`]).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    gate_rt::fs::write_atomic(path, contents, 0o600, gate_rt::fs::Durability::Durable)
+}
+
+/// Holds the exclusive lock of a state file for a read-modify-write cycle
+/// ([`gate_rt::fs::lock_exclusive`]).
+pub fn lock(path: &Path) -> Result<gate_rt::fs::FileLock> {
+    gate_rt::fs::lock_exclusive(path).with_context(|| {
+        format!(
+            "cannot lock {} for a change (is the state directory writable?)",
+            path.display()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -100,6 +94,8 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::ffi::OsString;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
         let map: HashMap<String, OsString> = pairs
@@ -160,7 +156,7 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
         fs::remove_dir_all(&dir).unwrap();

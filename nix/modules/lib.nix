@@ -89,7 +89,8 @@ rec {
       ProtectProc = "invisible";
       ProcSubset = "pid";
       PrivateMounts = true;
-      # AF_UNIX for nscd (name lookups on NixOS), AF_NETLINK for getaddrinfo's interface checks
+      # AF_UNIX for nscd (name lookups on NixOS) and the daemon's admin socket
+      # (<state dir>/admin.sock), AF_NETLINK for getaddrinfo's interface checks
       RestrictAddressFamilies = [ "AF_INET" "AF_INET6" "AF_UNIX" "AF_NETLINK" ];
       RestrictNamespaces = true;
       RestrictRealtime = true;

@@ -40,10 +40,12 @@ need_apt() { # need_apt COMMAND PACKAGE
     if [ "$apt_updated" = 0 ]; then
         apt-get -o DPkg::Lock::Timeout=600 update -qq && apt_updated=1
     fi
+    printf '==> installing %s (apt-get install)\n' "$2"
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$2" >/dev/null
 }
 need_cargo() { # need_cargo COMMAND CRATE
     command -v "$1" >/dev/null 2>&1 && return 0
+    printf '==> installing %s (cargo install --locked, builds from source: a few minutes)\n' "$2"
     cargo install --locked -q "$2"
 }
 need_apt nix-instantiate nix-bin || { echo "cannot install nix-bin" >&2; exit 1; }

@@ -195,6 +195,10 @@ pub fn load(
     }
     sources.env = env;
     let loaded = config::load_relay(&sources)?;
+    // Logging may not be set up yet when the configuration is read: stderr, always.
+    for warning in &loaded.merged.warnings {
+        eprintln!("gate-relay: warning: {warning}");
+    }
     Ok((RelaySettings::from(&loaded.config), loaded))
 }
 

@@ -2,8 +2,8 @@
 //!
 //! The daemon and relay logic is written once, generic over [`Runtime`]. Two crates
 //! implement it: `gate-runtime-tokio` and `gate-runtime-smol`. What a runtime must give:
-//! spawning detached tasks, timers, TCP listen / accept / connect, name resolution, and the
-//! `quinn::Runtime` that drives a QUIC endpoint. Everything built on top of those
+//! spawning detached tasks, timers, TCP listen / accept / connect, name resolution, the
+//! `quinn::Runtime` that drives a QUIC endpoint, and Unix socket listen / accept / connect. Everything built on top of those
 //! capabilities (hyper server and client glue, QUIC endpoint construction) lives here once,
 //! so that there is exactly one HTTP client path and one server path for both runtimes.
 //!
@@ -17,6 +17,7 @@
 //! and the `gate_core::tunnel` state machines, which make every protocol decision.
 
 pub mod client;
+pub mod fs;
 pub mod hyper_glue;
 pub mod quic;
 #[cfg(feature = "scenario")]
@@ -26,6 +27,7 @@ pub mod tunnel;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +87,28 @@ pub trait Runtime: Clone + Send + Sync + 'static {
 
     /// The quinn runtime that drives QUIC endpoints on this executor.
     fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime>;
+
+    // --- Unix domain sockets (the daemon's admin socket in its state directory) ---
+
+    /// A connected Unix domain stream socket.
+    type UnixStream: ByteStream;
+    /// A bound Unix domain socket listener.
+    type UnixListener: Send + Sync + 'static;
+
+    /// Binds a Unix socket listener at `path` (which must not exist). The socket's mode is
+    /// the caller's business (see `gate-daemon`'s admin socket).
+    fn bind_unix(&self, path: &Path) -> io::Result<Self::UnixListener>;
+
+    /// Accepts the next connection on a Unix socket listener.
+    fn accept_unix(
+        listener: &Self::UnixListener,
+    ) -> impl Future<Output = io::Result<Self::UnixStream>> + Send;
+
+    /// Connects to the Unix socket at `path`.
+    fn connect_unix(
+        &self,
+        path: &Path,
+    ) -> impl Future<Output = io::Result<Self::UnixStream>> + Send;
 }
 
 /// Races `fut` against a timer: `Err(Elapsed)` when `duration` passes first.

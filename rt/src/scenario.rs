@@ -1,4 +1,4 @@
-//! The scenario every runtime crate runs as a test: a TCP echo, a timer, an HTTP request
+//! The scenario every runtime crate runs as a test: a TCP echo, a Unix socket echo, a timer, an HTTP request
 //! through hyper's server and pooled client, and a QUIC stream on loopback. One body of
 //! code, so the two runtimes are held to exactly the same behaviour.
 
@@ -21,6 +21,7 @@ fn loopback() -> SocketAddr {
 /// Runs every step; returns a description of the first failure.
 pub async fn run<R: Runtime>(rt: R) -> Result<(), BoxError> {
     tcp_echo(&rt).await?;
+    unix_echo(&rt).await?;
     timer(&rt).await?;
     http_roundtrip(&rt).await?;
     quic_stream(&rt).await?;
@@ -44,6 +45,37 @@ pub async fn tcp_echo<R: Runtime>(rt: &R) -> Result<(), BoxError> {
     stream.read_exact(&mut back).await?;
     if back != message {
         return Err("TCP echo returned different bytes".into());
+    }
+    Ok(())
+}
+
+/// A Unix socket echo server and a client, in a private temporary directory.
+pub async fn unix_echo<R: Runtime>(rt: &R) -> Result<(), BoxError> {
+    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gate-rt-unix-{}-{}-{}",
+        R::NAME,
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    crate::fs::ensure_private_dir(&dir)?;
+    let path = dir.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = rt.bind_unix(&path)?;
+    rt.spawn(async move {
+        while let Ok(stream) = R::accept_unix(&listener).await {
+            let (mut rd, mut wr) = tokio::io::split(stream);
+            let _ = tokio::io::copy(&mut rd, &mut wr).await;
+        }
+    });
+    let mut stream = rt.connect_unix(&path).await?;
+    let message = b"echo through a unix socket";
+    stream.write_all(message).await?;
+    let mut back = vec![0u8; message.len()];
+    stream.read_exact(&mut back).await?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if back != message {
+        return Err("Unix socket echo returned different bytes".into());
     }
     Ok(())
 }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -113,6 +114,23 @@ impl gate_rt::Runtime for SmolRuntime {
 
     fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime> {
         Arc::new(quinn::SmolRuntime)
+    }
+
+    // --- Unix domain sockets ---
+
+    type UnixStream = Compat<smol::net::unix::UnixStream>;
+    type UnixListener = smol::net::unix::UnixListener;
+
+    fn bind_unix(&self, path: &Path) -> io::Result<Self::UnixListener> {
+        smol::net::unix::UnixListener::bind(path)
+    }
+
+    async fn accept_unix(listener: &Self::UnixListener) -> io::Result<Self::UnixStream> {
+        Ok(listener.accept().await?.0.compat())
+    }
+
+    async fn connect_unix(&self, path: &Path) -> io::Result<Self::UnixStream> {
+        Ok(smol::net::unix::UnixStream::connect(path).await?.compat())
     }
 }
 

@@ -5,6 +5,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,6 +96,24 @@ impl gate_rt::Runtime for TokioRuntime {
 
     fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime> {
         Arc::new(quinn::TokioRuntime)
+    }
+
+    // --- Unix domain sockets ---
+
+    type UnixStream = tokio::net::UnixStream;
+    type UnixListener = tokio::net::UnixListener;
+
+    fn bind_unix(&self, path: &Path) -> io::Result<Self::UnixListener> {
+        let _guard = self.handle.enter();
+        tokio::net::UnixListener::bind(path)
+    }
+
+    async fn accept_unix(listener: &Self::UnixListener) -> io::Result<Self::UnixStream> {
+        Ok(listener.accept().await?.0)
+    }
+
+    async fn connect_unix(&self, path: &Path) -> io::Result<Self::UnixStream> {
+        tokio::net::UnixStream::connect(path).await
     }
 }
 

@@ -11,7 +11,12 @@ apt_updated=0
 need_apt() { # need_apt COMMAND PACKAGE...
     command -v "$1" >/dev/null 2>&1 && return 0
     shift
-    if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+    if [ "$apt_updated" = 0 ]; then
+        printf '==> apt-get update (package lists)\n'
+        apt-get update -qq
+        apt_updated=1
+    fi
+    printf '==> installing %s (apt-get install)\n' "$*"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
 }
 need_apt chromium chromium
@@ -20,6 +25,7 @@ need_apt npm npm
 need_apt curl curl
 
 if [ ! -d node_modules/playwright-core ]; then
+    printf '==> installing playwright-core (npm ci, from package-lock.json)\n'
     npm ci --no-audit --no-fund --silent 2>/dev/null || npm install --no-audit --no-fund --silent
 fi
 

@@ -251,10 +251,15 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
     }
 }
 
-/// "the string \"abc\"", "the integer 5", "a table", ...; secrets are not shown.
+/// "the string \"abc\"", "the integer 5", "a table", ...; a secret's value is never shown,
+/// whatever its type (only the type is named).
 fn describe_de(de: &DeValue<'_>, secret: bool) -> String {
     match de {
         DeValue::String(_) if secret => "a string that is not shown here (secret)".to_owned(),
+        DeValue::Integer(_) if secret => "an integer that is not shown here (secret)".to_owned(),
+        DeValue::Float(_) if secret => "a float that is not shown here (secret)".to_owned(),
+        DeValue::Boolean(_) if secret => "a boolean that is not shown here (secret)".to_owned(),
+        DeValue::Datetime(_) if secret => "a datetime that is not shown here (secret)".to_owned(),
         DeValue::String(s) => format!("the string {}", quote_limited(s)),
         DeValue::Integer(i) => format!("the integer {i}"),
         DeValue::Float(f) => format!("the float {}", f.as_str()),
@@ -297,7 +302,10 @@ pub fn decode_env_name(prefix: &str, name: &str) -> Option<Vec<String>> {
 
 /// Parse the environment layer from `(name, value)` pairs. Variables outside the schema's
 /// prefix, and the reserved ones (`GATE_STATE_DIR`, ...; see [`Schema::reserved_env`]),
-/// are ignored; any other variable under the prefix must name a config key.
+/// are skipped. A variable whose first segment names a known section or key must name a
+/// config key (a misspelling is an error); one whose first segment matches nothing, and a
+/// Kubernetes service link (`GATE_PORT=tcp://10.0.0.1:3000`), is ignored with a warning in
+/// [`LayerData::warnings`].
 pub fn parse_env_layer<I, K, V>(schema: &Schema, vars: I) -> Result<LayerData, ConfigError>
 where
     I: IntoIterator<Item = (K, V)>,
@@ -312,13 +320,27 @@ where
         if !name.starts_with(&prefix_underscore) {
             continue;
         }
+        // The first segment as decoding would see it, to tell a known section from none.
+        let rest = name.get(prefix_underscore.len()..).unwrap_or("");
+        let first = rest
+            .strip_prefix('_')
+            .unwrap_or(rest)
+            .split("__")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        // A first segment one or two edits from a known one (`GATE_PROT`) is a typo of it,
+        // not a foreign variable: still an error.
+        let known_section = super::schema::find_field(schema.root, &first).is_some()
+            || super::schema::suggest(&first, schema.root).is_some();
         let Some(path) = decode_env_name(schema.env_prefix, name) else {
+            if !known_section {
+                out.warnings.push(unrelated_env_warning(schema, name));
+                continue;
+            }
             return Err(ConfigError::UnknownEnvVar {
                 var: name.to_owned(),
-                key: name
-                    .get(prefix_underscore.len()..)
-                    .unwrap_or("")
-                    .to_ascii_lowercase(),
+                key: rest.to_ascii_lowercase(),
                 hint: " (levels are separated by `__`, e.g. GATE_AUTH__JWT__SECRET)".to_owned(),
             });
         };
@@ -328,19 +350,35 @@ where
             }
         }
         let key = format_key_path(&path);
-        let resolved = schema
-            .resolve(&path)
-            .map_err(|e| ConfigError::UnknownEnvVar {
-                var: name.to_owned(),
-                key: key.clone(),
-                hint: e.hint(),
-            })?;
+        let resolved = match schema.resolve(&path) {
+            Ok(resolved) => resolved,
+            Err(_) if !known_section => {
+                out.warnings.push(unrelated_env_warning(schema, name));
+                continue;
+            }
+            Err(e) => {
+                return Err(ConfigError::UnknownEnvVar {
+                    var: name.to_owned(),
+                    key: key.clone(),
+                    hint: e.hint(),
+                })
+            }
+        };
         if !resolved.kind.is_leaf() {
             return Err(ConfigError::UnknownEnvVar {
                 var: name.to_owned(),
                 key,
                 hint: " (it names a table; set one of its keys instead)".to_owned(),
             });
+        }
+        if matches!(resolved.kind, Kind::Integer { .. }) && is_service_link(value) {
+            out.warnings.push(format!(
+                "ignoring the environment variable {name}: its value has the form \
+                 proto://host:port, which is a Kubernetes service link (Kubernetes sets it \
+                 for a Service named {}), not a `{key}`; set {name} to a number to choose one",
+                schema.env_prefix.to_ascii_lowercase()
+            ));
+            continue;
         }
         if let Some(first) = seen.get(&path) {
             return Err(ConfigError::DuplicateEnvVar {
@@ -381,6 +419,29 @@ where
     Ok(out)
 }
 
+/// The warning for a variable under the prefix whose first segment matches no section or
+/// key: Kubernetes' service variables, or another program's. Never quotes the value.
+fn unrelated_env_warning(schema: &Schema, name: &str) -> String {
+    format!(
+        "ignoring the environment variable {name}: it names no {} configuration section \
+         (Kubernetes sets such variables for a Service named {}; if you meant a setting, \
+         see `config show` for the key names)",
+        schema.env_prefix,
+        schema.env_prefix.to_ascii_lowercase()
+    )
+}
+
+/// Whether `value` is a Kubernetes service link such as `tcp://10.0.0.1:3000`.
+fn is_service_link(value: &str) -> bool {
+    let value = value.trim();
+    ["tcp://", "udp://", "sctp://"].iter().any(|scheme| {
+        value.len() > scheme.len()
+            && value
+                .get(..scheme.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+    })
+}
+
 /// Convert text (an environment value, or a value typed on the command line) to a value
 /// of `kind`:
 /// - bool: `true/false`, `1/0`, `yes/no`, `on/off`, any case;
@@ -419,6 +480,10 @@ pub fn convert_text(kind: &Kind, text: &str, secret: bool) -> Result<Value, (Str
         Kind::List(check) => {
             let items = parse_list_text(text).ok_or_else(|| (kind.expected(), found()))?;
             match items.iter().find(|item| !check.accepts(item)) {
+                Some(_) if secret => Err((
+                    kind.expected(),
+                    "a list containing a value that is not shown here (secret)".to_owned(),
+                )),
                 Some(bad) => Err((
                     kind.expected(),
                     format!("a list containing {}", quote_limited(bad)),

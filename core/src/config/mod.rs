@@ -69,11 +69,18 @@
 //! every upstream name). Values are converted to the schema type by [`convert_text`]
 //! (bool: true/false/1/0/yes/no/on/off; integers in decimal; lists of strings either as a
 //! TOML array literal `["a","b"]` or comma-separated `a,b`). A variable under the prefix
-//! that names no key is an error naming it, except the reserved names that select things
+//! whose first segment is a known section or key, or one or two edits from one, but that
+//! names no key (a misspelling: `GATE_AUTH__JWT__SECERT`, `GATE_PROT`) is an error naming it; one whose first segment matches nothing
+//! (`GATE_SERVICE_HOST`, `GATE_PORT_3000_TCP_ADDR`: Kubernetes injects these for a Service
+//! named `gate`) is ignored with a warning ([`MergedConfig::warnings`], logged by the
+//! binaries). `GATE_PORT` / `RELAY_*_PORT`-style variables whose value has the form
+//! `tcp://host:port` (or `udp://`, `sctp://`) are Kubernetes service links, not a port: ignored
+//! with a warning, so `GATE_PORT=8080` keeps working and a Service named `gate` does not stop
+//! Gate. The reserved names select things
 //! other than config (daemon: `GATE_STATE_DIR`, `GATE_CONFIG`, `GATE_RUNTIME`,
 //! `GATE_ADMIN_TOKEN`, `GATE_ADMIN_URL`, `GATE_URL`, `GATE_LOG`; relay: `RELAY_STATE_DIR`,
-//! `RELAY_CONFIG`, `RELAY_RUNTIME`, `RELAY_LOG`; both underscore forms), listed in
-//! [`Schema::reserved_env`].
+//! `RELAY_CONFIG`, `RELAY_RUNTIME`, `RELAY_LOG`; both underscore forms) and are skipped,
+//! listed in [`Schema::reserved_env`].
 //!
 //! # Daemon limits (`[server]`)
 //!
@@ -198,6 +205,9 @@ pub struct MergedConfig {
     pub tree: Table,
     /// Tombstones that were applied, in order.
     pub removed: Vec<Tombstone>,
+    /// Input that was ignored, one sentence each, for the binaries to log (see
+    /// "Environment" above).
+    pub warnings: Vec<String>,
 }
 
 impl MergedConfig {
@@ -259,11 +269,19 @@ pub fn merge(schema: &Schema, sources: &ConfigSources) -> Result<MergedConfig, C
         schema,
         sources.env.iter().map(|(k, v)| (k, v)),
     )?);
+    let warnings = layers
+        .iter_mut()
+        .flat_map(|layer| std::mem::take(&mut layer.warnings))
+        .collect();
     let (mut tree, removed) = merge_layers(layers);
     (schema.derive)(&mut tree);
     schema::fill_defaults(schema.root, &mut tree);
     (schema.check)(&tree)?;
-    Ok(MergedConfig { tree, removed })
+    Ok(MergedConfig {
+        tree,
+        removed,
+        warnings,
+    })
 }
 
 /// Load the daemon's configuration.

@@ -34,8 +34,14 @@ impl Layer {
 }
 
 impl fmt::Display for Layer {
+    /// The word used in sentences: "the config file /etc/gate.toml", "the runtime file
+    /// ...". The `--config` files are called what the user called them, not "nix" (the
+    /// layer's short name in `config show` and JSON, kept for compatibility).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.write_str(match self {
+            Layer::Nix => "config",
+            other => other.name(),
+        })
     }
 }
 
@@ -98,14 +104,14 @@ impl Origin {
                 path,
                 line,
                 column,
-            } => format!("{layer} {path}:{line}:{column}"),
+            } => format!("{} {path}:{line}:{column}", layer.name()),
             Origin::Env { var } => format!("env {var}"),
         }
     }
 }
 
 impl fmt::Display for Origin {
-    /// A phrase that fits in a sentence: "the nix file /etc/gate.toml (line 3, column 8)".
+    /// A phrase that fits in a sentence: "the config file /etc/gate.toml (line 3, column 8)".
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Default => f.write_str("the compiled-in defaults"),
@@ -217,6 +223,9 @@ pub struct LayerData {
     pub values: Table,
     /// The paths this layer removes from the layers below it.
     pub tombstones: Vec<Tombstone>,
+    /// Input this layer ignored, each a sentence for the log (environment variables that
+    /// name no known section, Kubernetes service links).
+    pub warnings: Vec<String>,
 }
 
 impl LayerData {

@@ -28,8 +28,14 @@ use gate_core::config::{self, DaemonConfig, Loaded, DAEMON_SCHEMA};
 use gate_core::route::{Health, Tier};
 use gate_rt::Runtime;
 use http::{Method, Response, StatusCode};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
 
+use super::types::{
+    CertificateView, ConfigView, CreateToken, CreatedToken, Done, Flag, HealthView, KeyState,
+    LoginUrl, ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue,
+    Status, TokenList, TokenView, UpstreamList, UpstreamRequest, UpstreamView,
+};
 use super::{api_error, Admin};
 use crate::app::{self, Body, Peer};
 use crate::auth::parse_duration_secs;
@@ -49,28 +55,28 @@ pub async fn route<R: Runtime>(
     };
     let rest = rest.as_deref();
     let result = match (method, head, rest) {
-        (&Method::GET, "status", None) => Ok(status(admin)),
-        (&Method::GET, "config", None) => Ok(config_view(admin)),
+        (&Method::GET, "status", None) => typed(status(admin)),
+        (&Method::GET, "config", None) => typed(config_view(admin)),
         (&Method::PUT, "config", Some(key)) => set_key(admin, key, body),
         (&Method::DELETE, "config", Some(key)) => unset_key(admin, key),
-        (&Method::GET, "upstreams", None) => Ok(json!({
-            "upstreams": upstreams_view(admin, &admin.reloader.current()),
-            "providers": config::PROVIDERS,
-        })),
+        (&Method::GET, "upstreams", None) => typed(UpstreamList {
+            upstreams: upstreams_view(admin, &admin.reloader.current()),
+            providers: config::PROVIDERS.iter().map(|p| (*p).to_owned()).collect(),
+        }),
         (&Method::POST, "upstreams", None) => add_upstream(admin, body),
         (&Method::PUT, "upstreams", Some(name)) => edit_upstream(admin, name, body),
         (&Method::DELETE, "upstreams", Some(name)) => remove_upstream(admin, name),
         (&Method::GET, "tokens", None) => tokens_view(admin),
         (&Method::POST, "tokens", None) => create_token(admin, body),
         (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id),
-        (&Method::GET, "models", None) => Ok(models_view(admin)),
-        (&Method::GET, "reload", None) => Ok(json!({
-            "last_reload_error": admin.reloader.last_error(),
-        })),
+        (&Method::GET, "models", None) => typed(models_view(admin)),
+        (&Method::GET, "reload", None) => typed(ReloadView {
+            last_reload_error: reload_error(admin),
+        }),
         (&Method::POST, "login-url", None) => admin
             .login_url()
-            .map(|url| json!({ "url": url }))
-            .map_err(|e| Failure::Internal(format!("{e:#}"))),
+            .map_err(|e| Failure::Internal(format!("{e:#}")))
+            .and_then(|url| typed(LoginUrl { url })),
         _ => Err(Failure::NotFound(format!(
             "no admin route {method} /admin/api/{route}"
         ))),
@@ -128,15 +134,23 @@ impl From<EditError> for Failure {
 
 type ApiResult = Result<Value, Failure>;
 
-fn parse_body(body: &[u8]) -> Result<serde_json::Map<String, Value>, Failure> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(serde_json::Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(Failure::Refused("the body must be a JSON object".into())),
-        Err(e) => Err(Failure::Refused(format!("the body is not valid JSON: {e}"))),
-    }
+/// A typed answer as the JSON body.
+fn typed<T: Serialize>(answer: T) -> ApiResult {
+    serde_json::to_value(answer)
+        .map_err(|e| Failure::Internal(format!("cannot encode the answer: {e}")))
+}
+
+fn reload_error<R: Runtime>(admin: &Admin<R>) -> Option<ReloadErrorView> {
+    admin.reloader.last_error().map(|e| ReloadErrorView {
+        message: e.message,
+        at_unix: e.at_unix,
+    })
+}
+
+/// A request body as its type; a refusal saying what was expected otherwise.
+fn parse_typed<T: serde::de::DeserializeOwned>(body: &[u8], shape: &str) -> Result<T, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|e| Failure::Refused(format!("the body must be {shape}: {e}")))
 }
 
 /// A JSON value as the text the core's converters take (like an environment value).
@@ -171,19 +185,26 @@ fn origin_layer(loaded: &Loaded<DaemonConfig>, key: &str) -> Option<&'static str
         .map(|leaf| leaf.origin.layer().name())
 }
 
-fn health_json(health: Option<Health>, now: Instant) -> Value {
-    match health {
-        Some(Health::Closed) => json!({ "state": "healthy" }),
-        Some(Health::Open { until }) => json!({
-            "state": "circuit open",
-            "retry_in_secs": until.saturating_duration_since(now).as_secs(),
-        }),
-        Some(Health::HalfOpen { .. }) => json!({ "state": "trial" }),
-        None => json!({ "state": "unknown" }),
+fn health_view(health: Option<Health>, now: Instant) -> HealthView {
+    let (state, retry_in_secs) = match health {
+        Some(Health::Closed) => ("healthy", None),
+        Some(Health::Open { until }) => (
+            "circuit open",
+            Some(until.saturating_duration_since(now).as_secs()),
+        ),
+        Some(Health::HalfOpen { .. }) => ("trial", None),
+        None => ("unknown", None),
+    };
+    HealthView {
+        state: state.to_owned(),
+        retry_in_secs,
     }
 }
 
-fn upstreams_view<R: Runtime>(admin: &Admin<R>, loaded: &Loaded<DaemonConfig>) -> Vec<Value> {
+fn upstreams_view<R: Runtime>(
+    admin: &Admin<R>,
+    loaded: &Loaded<DaemonConfig>,
+) -> Vec<UpstreamView> {
     let now = Instant::now();
     let health = admin.reloader.gateway().upstream_health(now);
     loaded
@@ -193,111 +214,159 @@ fn upstreams_view<R: Runtime>(admin: &Admin<R>, loaded: &Loaded<DaemonConfig>) -
         .map(|u| {
             let prefix = format!("upstreams.{}", u.name);
             let key_name = format!("{prefix}.api_key");
-            json!({
-                "name": u.name,
-                "provider": u.provider.name(),
-                "base_url": u.base_url,
-                "api_key": {
-                    "set": u.api_key.is_some(),
-                    "origin": origin_short(loaded, &key_name),
+            UpstreamView {
+                name: u.name.clone(),
+                provider: u.provider.name().to_owned(),
+                base_url: u.base_url.clone(),
+                api_key: KeyState {
+                    set: u.api_key.is_some(),
+                    origin: origin_short(loaded, &key_name),
                 },
-                "models": u.models,
-                "aliases": u.aliases,
-                "enabled": u.enabled,
-                "origin": origin_short(loaded, &format!("{prefix}.provider")),
-                "layer": origin_layer(loaded, &format!("{prefix}.provider")),
-                "health": health_json(
-                    health.iter().find(|(name, _)| *name == u.name).map(|(_, h)| *h),
+                models: u.models.clone(),
+                aliases: u.aliases.clone(),
+                enabled: u.enabled,
+                origin: origin_short(loaded, &format!("{prefix}.provider")),
+                layer: origin_layer(loaded, &format!("{prefix}.provider")).map(str::to_owned),
+                health: health_view(
+                    health
+                        .iter()
+                        .find(|(name, _)| *name == u.name)
+                        .map(|(_, h)| *h),
                     now,
                 ),
-            })
+                misconfiguration: crate::commands::unversioned_custom_url(
+                    u.provider.name(),
+                    &u.base_url,
+                ),
+            }
         })
         .collect()
 }
 
-fn status<R: Runtime>(admin: &Admin<R>) -> Value {
+fn status<R: Runtime>(admin: &Admin<R>) -> Status {
     let loaded = admin.reloader.current();
     let c = &loaded.config;
     let remote = admin.reloader.gateway().remote().map(|r| r.status());
     let relay = match (&remote, c.relay.enable) {
         (Some(status), _) => {
-            let public_urls: Vec<Value> = status
+            let public_urls: Vec<String> = status
                 .relays
                 .iter()
-                .flat_map(|r| r["public_urls"].as_array().cloned().unwrap_or_default())
+                .flat_map(|r| r.public_urls.iter().cloned())
                 .collect();
-            let connected = status
-                .relays
-                .iter()
-                .any(|r| r["state"].as_str() == Some("registered"));
-            json!({
-                "state": if connected { "registered" } else { "connecting" },
-                "node_id": status.node_id,
-                "relays": status.relays,
-                "public_url": public_urls.first().cloned().unwrap_or(Value::Null),
-                "public_urls": public_urls,
-            })
+            let connected = status.relays.iter().any(|r| r.registered());
+            RelayView {
+                state: if connected {
+                    "registered"
+                } else {
+                    "connecting"
+                }
+                .to_owned(),
+                node_id: Some(status.node_id.clone()),
+                relays: Some(status.relays.clone()),
+                public_url: public_urls.first().cloned(),
+                public_urls: Some(public_urls),
+                addresses: None,
+            }
         }
-        (None, true) => json!({
-            "state": "configured; takes effect at the next start",
-            "addresses": c.relay.addresses.iter().map(|a| format!("{}:{}", a.host, a.port)).collect::<Vec<_>>(),
-            "public_url": Value::Null,
-        }),
-        (None, false) => json!({ "state": "not configured", "public_url": Value::Null }),
+        (None, true) => RelayView {
+            state: "configured; takes effect at the next start".to_owned(),
+            node_id: None,
+            relays: None,
+            public_url: None,
+            public_urls: None,
+            addresses: Some(
+                c.relay
+                    .addresses
+                    .iter()
+                    .map(|a| format!("{}:{}", a.host, a.port))
+                    .collect(),
+            ),
+        },
+        (None, false) => RelayView {
+            state: "not configured".to_owned(),
+            node_id: None,
+            relays: None,
+            public_url: None,
+            public_urls: None,
+            addresses: None,
+        },
     };
     let certificate = match remote.as_ref().and_then(|r| r.certificate.clone()) {
         Some(info) => {
             let acme = remote.as_ref().and_then(|r| r.acme.clone());
-            let mut value = crate::remote::certificate_json(&info);
-            value["state"] = json!(if info.self_signed {
-                "self-signed (until Let's Encrypt delivers one)"
-            } else {
-                "issued"
-            });
-            value["expires_at"] = json!(info.expiry_unix_seconds());
-            if let Some(acme) = acme {
-                value["acme_last_error"] = json!(acme.last_error);
-                value["acme_consecutive_failures"] = json!(acme.consecutive_failures);
-            } else if c.letsencrypt.enabled {
-                value["acme_last_error"] = json!("waiting for a relay registration");
+            let (acme_last_error, acme_consecutive_failures) = match acme {
+                Some(acme) => (Some(acme.last_error), Some(acme.consecutive_failures)),
+                None if c.letsencrypt.enabled => (
+                    Some(Some("waiting for a relay registration".to_owned())),
+                    None,
+                ),
+                None => (None, None),
+            };
+            CertificateView {
+                state: if info.self_signed {
+                    "self-signed (until Let's Encrypt delivers one)"
+                } else {
+                    "issued"
+                }
+                .to_owned(),
+                names: Some(info.names.clone()),
+                self_signed: Some(info.self_signed),
+                serial: Some(info.serial.clone()),
+                expires_at_unix: Some(info.expiry_unix_seconds()),
+                expires_at: Some(info.expiry_unix_seconds()),
+                acme_last_error,
+                acme_consecutive_failures,
             }
-            value
         }
-        None => json!({ "state": "not configured", "expires_at": Value::Null }),
+        None => CertificateView {
+            state: "not configured".to_owned(),
+            names: None,
+            self_signed: None,
+            serial: None,
+            expires_at_unix: None,
+            expires_at: None,
+            acme_last_error: None,
+            acme_consecutive_failures: None,
+        },
     };
-    json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "runtime": R::NAME,
-        "listen": super::base_url(admin.listen),
-        "state_dir": admin.reloader.state_dir().display().to_string(),
-        "config_files": admin.reloader.config_files().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
-        "upstreams": upstreams_view(admin, &loaded),
-        "relay": relay,
-        "certificate": certificate,
-        "last_reload_error": admin.reloader.last_error(),
-    })
+    Status {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        runtime: R::NAME.to_owned(),
+        listen: super::base_url(admin.listen),
+        state_dir: admin.reloader.state_dir().display().to_string(),
+        config_files: admin
+            .reloader
+            .config_files()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect(),
+        upstreams: upstreams_view(admin, &loaded),
+        relay,
+        certificate,
+        last_reload_error: reload_error(admin),
+    }
 }
 
-fn config_view<R: Runtime>(admin: &Admin<R>) -> Value {
+fn config_view<R: Runtime>(admin: &Admin<R>) -> ConfigView {
     let loaded = admin.reloader.current();
-    json!({
-        "values": loaded.merged.render_json(),
-        "runtime_file": crate::settings::runtime_file(admin.reloader.state_dir()).display().to_string(),
-        "last_reload_error": admin.reloader.last_error(),
-    })
+    ConfigView {
+        values: loaded.merged.render_json(),
+        runtime_file: crate::settings::runtime_file(admin.reloader.state_dir())
+            .display()
+            .to_string(),
+        last_reload_error: reload_error(admin),
+    }
 }
 
 fn set_key<R: Runtime>(admin: &Admin<R>, key: &str, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let value = body
-        .get("value")
-        .ok_or_else(|| Failure::Refused("the body needs a `value`".into()))?;
-    let text = value_text(key, value)?;
+    let request: SetValue = parse_typed(body, "{\"value\": ...}")?;
+    let text = value_text(key, &request.value)?;
     admin
         .reloader
         .edit_runtime(|sources| config::runtime_set(&DAEMON_SCHEMA, sources, key, &text))?;
     tracing::info!(%key, "admin: set a key in the runtime configuration");
-    Ok(json!({ "ok": true, "key": key }))
+    typed(Done::key(key))
 }
 
 fn unset_key<R: Runtime>(admin: &Admin<R>, key: &str) -> ApiResult {
@@ -305,58 +374,47 @@ fn unset_key<R: Runtime>(admin: &Admin<R>, key: &str) -> ApiResult {
         .reloader
         .edit_runtime(|sources| config::runtime_unset(&DAEMON_SCHEMA, sources, key))?;
     tracing::info!(%key, "admin: unset a key of the runtime configuration");
-    Ok(json!({ "ok": true, "key": key }))
+    typed(Done::key(key))
 }
 
-/// The assignments for an upstream's fields present in `body`.
-fn upstream_assignments(
-    name: &str,
-    body: &serde_json::Map<String, Value>,
-) -> Result<Vec<(String, String)>, Failure> {
-    let mut out = Vec::new();
-    for field in ["provider", "base_url", "api_key", "models", "enabled"] {
-        let Some(value) = body.get(field) else {
-            continue;
-        };
-        // An empty key or URL from a form means "leave as it is".
-        if matches!(field, "api_key" | "base_url") && value.as_str().is_some_and(str::is_empty) {
-            continue;
-        }
-        if value.is_null() {
-            continue;
-        }
-        let text = match (field, value) {
-            ("models", Value::String(s)) => {
-                let list: Vec<&str> = s
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|m| !m.is_empty())
-                    .collect();
-                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into())
-            }
-            _ => value_text(field, value)?,
-        };
-        out.push((format!("upstreams.{name}.{field}"), text));
+/// The assignments for an upstream's fields present in `request`.
+fn upstream_assignments(name: &str, request: &UpstreamRequest) -> Vec<(String, String)> {
+    let non_empty = |v: &Option<String>| v.clone().filter(|text| !text.is_empty());
+    let fields = [
+        ("provider", request.provider.clone()),
+        ("base_url", non_empty(&request.base_url)),
+        ("api_key", non_empty(&request.api_key)),
+        (
+            "models",
+            request
+                .models
+                .as_ref()
+                .map(|m| serde_json::Value::from(m.to_list()).to_string()),
+        ),
+        ("enabled", request.enabled.as_ref().map(Flag::to_text)),
+    ];
+    fields
+        .into_iter()
+        .filter_map(|(field, text)| Some((format!("upstreams.{name}.{field}"), text?)))
+        .collect()
+}
+
+fn parse_upstream(body: &[u8]) -> Result<UpstreamRequest, Failure> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(UpstreamRequest::default());
     }
-    for field in body.keys() {
-        if !matches!(
-            field.as_str(),
-            "name" | "provider" | "base_url" | "api_key" | "models" | "enabled"
-        ) {
-            return Err(Failure::Refused(format!(
-                "unknown upstream field `{field}` (expected provider, base_url, api_key, models, enabled)"
-            )));
-        }
-    }
-    Ok(out)
+    parse_typed(
+        body,
+        "an object with name, provider, base_url, api_key, models, enabled",
+    )
 }
 
 fn apply_upstream<R: Runtime>(
     admin: &Admin<R>,
     name: &str,
-    body: &serde_json::Map<String, Value>,
+    request: &UpstreamRequest,
 ) -> ApiResult {
-    let assignments = upstream_assignments(name, body)?;
+    let assignments = upstream_assignments(name, request);
     if assignments.is_empty() {
         return Err(Failure::Refused("nothing to change".into()));
     }
@@ -372,32 +430,31 @@ fn apply_upstream<R: Runtime>(
         .filter_map(|(k, _)| k.rsplit('.').next())
         .collect();
     tracing::info!(upstream = %name, fields = ?fields, "admin: upstream saved");
-    Ok(json!({ "ok": true, "name": name }))
+    typed(Done::name(name))
 }
 
 fn add_upstream<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
+    let request = parse_upstream(body)?;
+    let name = request
+        .name
+        .clone()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| Failure::Refused("the body needs a `name`".into()))?
-        .to_owned();
-    if !body.contains_key("provider") && !config::PROVIDERS.contains(&name.as_str()) {
+        .ok_or_else(|| Failure::Refused("the body needs a `name`".into()))?;
+    if request.provider.is_none() && !config::PROVIDERS.contains(&name.as_str()) {
         return Err(Failure::Refused(format!(
             "upstream `{name}` needs a `provider` (one of {})",
             config::PROVIDERS.join(", ")
         )));
     }
-    apply_upstream(admin, &name, &body)
+    apply_upstream(admin, &name, &request)
 }
 
 fn edit_upstream<R: Runtime>(admin: &Admin<R>, name: &str, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
+    let request = parse_upstream(body)?;
     if !admin.reloader.current().config.upstreams.contains_key(name) {
         return Err(Failure::NotFound(format!("no upstream named `{name}`")));
     }
-    apply_upstream(admin, name, &body)
+    apply_upstream(admin, name, &request)
 }
 
 fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
@@ -408,7 +465,7 @@ fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
         .reloader
         .edit_runtime(|sources| config::runtime_remove_upstream(&DAEMON_SCHEMA, sources, name))?;
     tracing::info!(upstream = %name, "admin: upstream removed");
-    Ok(json!({ "ok": true, "name": name }))
+    typed(Done::name(name))
 }
 
 fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
@@ -418,32 +475,34 @@ fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let rows: Vec<Value> = store
+    let rows: Vec<TokenView> = store
         .list()
         .iter()
-        .map(|t| {
-            json!({
-                "id": t.id,
-                "name": t.name,
-                "created_at": t.created_at,
-                "expires_at": t.expires_at,
-                "expired": t.expires_at.is_some_and(|e| e <= now),
-            })
+        .map(|t| TokenView {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            expired: t.expires_at.is_some_and(|e| e <= now),
         })
         .collect();
-    Ok(json!({ "tokens": rows }))
+    typed(TokenList { tokens: rows })
 }
 
 fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
-    let body = parse_body(body)?;
-    let name = body
-        .get("name")
-        .and_then(Value::as_str)
+    let request: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateToken::default()
+    } else {
+        parse_typed(body, "{\"name\": ..., \"expires\": \"30d\"}")?
+    };
+    let name = request
+        .name
+        .as_deref()
         .map(str::trim)
         .filter(|n| !n.is_empty())
         .unwrap_or("default")
         .to_owned();
-    let ttl = match body.get("expires").and_then(Value::as_str).map(str::trim) {
+    let ttl = match request.expires.as_deref().map(str::trim) {
         Some(text) if !text.is_empty() => Some(
             parse_duration_secs(text).map_err(|e| Failure::Refused(format!("`expires`: {e}")))?,
         ),
@@ -454,13 +513,13 @@ fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
         .edit_tokens(|store| store.create(&name, ttl))
         .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     tracing::info!(id = %record.id, name = %record.name, "admin: API key created");
-    Ok(json!({
-        "id": record.id,
-        "name": record.name,
-        "created_at": record.created_at,
-        "expires_at": record.expires_at,
-        "token": token,
-    }))
+    typed(CreatedToken {
+        id: record.id,
+        name: record.name,
+        created_at: record.created_at,
+        expires_at: record.expires_at,
+        token,
+    })
 }
 
 fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
@@ -472,7 +531,7 @@ fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
         return Err(Failure::NotFound(format!("no API key has id {id}")));
     }
     tracing::info!(%id, "admin: API key revoked");
-    Ok(json!({ "ok": true, "id": id }))
+    typed(Done::id(id))
 }
 
 fn tier_name(tier: Tier) -> &'static str {
@@ -483,22 +542,23 @@ fn tier_name(tier: Tier) -> &'static str {
     }
 }
 
-fn models_view<R: Runtime>(admin: &Admin<R>) -> Value {
+fn models_view<R: Runtime>(admin: &Admin<R>) -> ModelList {
     let routes = admin.reloader.gateway().routes();
-    let models: Vec<Value> = routes
+    let models = routes
         .into_iter()
-        .map(|(model, candidates)| {
-            json!({
-                "model": model,
-                "routes": candidates.iter().map(|c| json!({
-                    "upstream": c.upstream_name,
-                    "upstream_model": c.upstream_model,
-                    "why": tier_name(c.tier),
-                })).collect::<Vec<_>>(),
-            })
+        .map(|(model, candidates)| ModelView {
+            model,
+            routes: candidates
+                .iter()
+                .map(|c| RouteView {
+                    upstream: c.upstream_name.clone(),
+                    upstream_model: c.upstream_model.clone(),
+                    why: tier_name(c.tier).to_owned(),
+                })
+                .collect(),
         })
         .collect();
-    json!({ "models": models })
+    ModelList { models }
 }
 
 #[cfg(test)]
@@ -519,8 +579,8 @@ mod tests {
             "name": "x", "provider": "custom", "base_url": "", "api_key": "sk-1",
             "models": "a, b,,c", "enabled": false
         });
-        let body = body.as_object().unwrap();
-        let got = upstream_assignments("x", body).ok().unwrap();
+        let request: UpstreamRequest = serde_json::from_value(body).unwrap();
+        let got = upstream_assignments("x", &request);
         assert_eq!(
             got,
             vec![
@@ -534,6 +594,16 @@ mod tests {
             ]
         );
         let unknown = serde_json::json!({"name": "x", "colour": "red"});
-        assert!(upstream_assignments("x", unknown.as_object().unwrap()).is_err());
+        assert!(parse_upstream(unknown.to_string().as_bytes()).is_err());
+        // A JSON list of models and a boolean work as well as the form's text.
+        let list = br#"{"models": [" a", "b"], "enabled": true}"#;
+        let request = parse_upstream(list).ok().unwrap();
+        assert_eq!(
+            upstream_assignments("x", &request),
+            vec![
+                ("upstreams.x.models".to_owned(), r#"["a","b"]"#.to_owned()),
+                ("upstreams.x.enabled".to_owned(), "true".to_owned()),
+            ]
+        );
     }
 }

@@ -1,18 +1,22 @@
 //! How the CLI finds a running daemon and calls its admin API, so that `gate config set`,
 //! `gate upstream add`, `gate token create`... are live when a daemon runs.
 //!
-//! Discovery: the admin token is `GATE_ADMIN_TOKEN` or `<state_dir>/admin.token`; the
-//! address is `GATE_ADMIN_URL`, else the one the daemon wrote to `<state_dir>/daemon.addr`
-//! when it started, else the configured `host:port`. A daemon counts as running when it
-//! answers `GET /admin/api/status` with 200 for that token; anything else (nothing
-//! listening, another program, a daemon of another state directory) means "not running"
-//! and the CLI works on the files instead.
+//! Discovery: the daemon of a state directory serves its admin API on
+//! `<state_dir>/admin.sock` ([`super::socket`]). That is the only place the CLI looks: a
+//! Unix socket in the 0700 state directory can only be made by a process that may write
+//! that directory, so the CLI knows it talks to the real daemon before it sends the admin
+//! token (`GATE_ADMIN_TOKEN` or `<state_dir>/admin.token`) or a provider key. It never
+//! sends either over TCP to whatever holds the daemon's port. A daemon counts as running
+//! when it answers `GET /admin/api/status` with 200 there; anything else (no socket, a
+//! stale one, a refusal) means "not running" and the CLI works on the files instead.
 //!
-//! The HTTP client is a minimal blocking HTTP/1.1 client over `std::net` (one request per
-//! connection, bounded response size): the CLI needs no async runtime for this.
+//! The HTTP client is a minimal blocking HTTP/1.1 client over `std` sockets (one request
+//! per connection, bounded response size): the CLI needs no async runtime for this.
+//! [`http_request`] (TCP) is kept for tests and tools that talk to the web listener.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,7 +32,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Read/write timeout of one request.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The file where a running daemon records its listen address.
+/// The file where a running daemon records its TCP listen address (for people and tests;
+/// the CLI does not use it).
 pub fn addr_file(state_dir: &Path) -> PathBuf {
     state_dir.join("daemon.addr")
 }
@@ -56,7 +61,7 @@ impl HttpResponse {
     }
 }
 
-/// One blocking HTTP/1.1 request to `addr` (`Connection: close`).
+/// One blocking HTTP/1.1 request to `addr` over TCP (`Connection: close`).
 pub fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -64,11 +69,36 @@ pub fn http_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<HttpResponse> {
-    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
+    let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    exchange(stream, &addr.to_string(), method, path, headers, body)
+}
+
+/// One blocking HTTP/1.1 request over the Unix socket at `socket` (`Connection: close`).
+pub fn http_request_unix(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    exchange(stream, "localhost", method, path, headers, body)
+}
+
+fn exchange(
+    mut stream: impl Read + Write,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
     let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
     for (name, value) in headers {
@@ -132,39 +162,42 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// A running daemon's admin API.
+/// A running daemon's admin API, reached through its Unix socket.
 #[derive(Debug, Clone)]
 pub struct AdminClient {
-    addr: SocketAddr,
+    socket: PathBuf,
     token: String,
 }
 
 impl AdminClient {
-    /// The daemon's address.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// The daemon's admin socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
-    /// Finds the daemon that owns `state_dir`, if one is running.
-    pub fn discover(config_files: &[PathBuf], state_dir: &Path) -> Option<AdminClient> {
+    /// Finds the daemon that owns `state_dir`, if one is running (see the module comment:
+    /// only its admin socket is tried).
+    pub fn discover(state_dir: &Path) -> Option<AdminClient> {
+        let socket = super::socket::socket_path(state_dir);
+        if !socket.exists() {
+            return None;
+        }
         let token = std::env::var("GATE_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty())
             .or_else(|| read_admin_token(state_dir))?;
-        for addr in candidate_addrs(config_files, state_dir) {
-            let client = AdminClient {
-                addr,
-                token: token.clone(),
-            };
-            match client.call("GET", "status", None) {
-                Ok((200, _)) => return Some(client),
-                Ok((status, _)) => {
-                    tracing::debug!(%addr, status, "not our daemon");
-                }
-                Err(_) => {}
+        let client = AdminClient { socket, token };
+        match client.call("GET", "status", None) {
+            Ok((200, _)) => Some(client),
+            Ok((status, _)) => {
+                tracing::debug!(status, "the admin socket refused the admin token");
+                None
+            }
+            Err(e) => {
+                tracing::debug!(error = %format!("{e:#}"), "no daemon on the admin socket");
+                None
             }
         }
-        None
     }
 
     /// Calls `/admin/api/<route>`; returns the status and the JSON body.
@@ -175,14 +208,14 @@ impl AdminClient {
         if body.is_some() {
             headers.push(("Content-Type", "application/json"));
         }
-        let response = http_request(
-            self.addr,
+        let response = http_request_unix(
+            &self.socket,
             method,
             &format!("/admin/api/{route}"),
             &headers,
             bytes.as_bytes(),
         )
-        .with_context(|| format!("calling the daemon at {}", self.addr))?;
+        .with_context(|| format!("calling the daemon on {}", self.socket.display()))?;
         Ok((response.status, response.json()))
     }
 
@@ -200,55 +233,19 @@ impl AdminClient {
             anyhow::bail!("{message}")
         }
     }
-}
 
-fn candidate_addrs(config_files: &[PathBuf], state_dir: &Path) -> Vec<SocketAddr> {
-    let mut out: Vec<SocketAddr> = Vec::new();
-    let mut push = |text: &str| {
-        let text = text.trim();
-        let text = text
-            .strip_prefix("http://")
-            .unwrap_or(text)
-            .trim_end_matches('/');
-        if let Ok(addrs) = text.to_socket_addrs() {
-            for addr in addrs {
-                let addr = loopback_if_unspecified(addr);
-                if !out.contains(&addr) {
-                    out.push(addr);
-                }
-            }
-        }
-    };
-    if let Ok(url) = std::env::var("GATE_ADMIN_URL") {
-        if !url.is_empty() {
-            push(&url);
-            return out;
-        }
-    }
-    if let Ok(text) = std::fs::read_to_string(addr_file(state_dir)) {
-        push(&text);
-    }
-    if let Ok(loaded) = crate::settings::load(config_files, state_dir) {
-        let c = loaded.config;
-        let host = if c.host.contains(':') {
-            format!("[{}]", c.host)
-        } else {
-            c.host
-        };
-        push(&format!("{host}:{}", c.port));
-    }
-    out
-}
-
-fn loopback_if_unspecified(addr: SocketAddr) -> SocketAddr {
-    if addr.ip().is_unspecified() {
-        let ip = match addr {
-            SocketAddr::V4(_) => std::net::IpAddr::from([127, 0, 0, 1]),
-            SocketAddr::V6(_) => std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
-        };
-        SocketAddr::new(ip, addr.port())
-    } else {
-        addr
+    /// Calls the API with a typed request body and reads a typed answer.
+    pub fn call_typed<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        route: &str,
+        body: Option<&Req>,
+    ) -> Result<Resp> {
+        let body = body.map(serde_json::to_value).transpose()?;
+        let value = self.call_ok(method, route, body.as_ref())?;
+        serde_json::from_value(value).with_context(|| {
+            format!("the daemon's answer to {method} /admin/api/{route} has an unexpected shape")
+        })
     }
 }
 

@@ -10,12 +10,15 @@
 //! or write the runtime file other than through the core's editing helpers.
 //!
 //! Code map: [`api`] (the JSON routes), [`session`] (admin token, login codes, sessions),
-//! [`ui`] (the built-in web UI assets and the login page), [`client`] (how the CLI finds
-//! and calls a running daemon).
+//! [`ui`] (the built-in web UI assets and the login page), [`socket`] (the admin API on
+//! `<state_dir>/admin.sock`), [`client`] (how the CLI finds and calls a running daemon
+//! through that socket).
 
 pub mod api;
 pub mod client;
 pub mod session;
+pub mod socket;
+pub mod types;
 pub mod ui;
 
 use std::net::SocketAddr;
@@ -213,7 +216,13 @@ where
 
 /// A JSON error `{"error": message}`.
 pub fn api_error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, serde_json::json!({ "error": message }))
+    let body = types::ApiError {
+        error: message.to_owned(),
+    };
+    json(
+        status,
+        serde_json::to_value(body).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[cfg(test)]

@@ -58,6 +58,12 @@ pub fn load_or_create_admin_token(state_dir: &Path) -> Result<String> {
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     }
     state::ensure_dir(state_dir)?;
+    // Create-if-absent under the file's lock, checking again: two daemons starting at once
+    // end up with one token.
+    let _lock = state::lock(&path)?;
+    if let Some(token) = read_admin_token(state_dir) {
+        return Ok(token);
+    }
     let token = format!("{ADMIN_TOKEN_PREFIX}{}", random_token(32)?);
     state::write_atomic(&path, format!("{token}\n").as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;

@@ -1,14 +1,14 @@
 //! The state directory: where it is, creating it private, and replacing files in it atomically.
 //!
 //! Owns: the state directory rule of `gate-relay` (`--state-dir`, else `$STATE_DIRECTORY`, else
-//! `$XDG_STATE_HOME/gate-relay`, else `~/.local/state/gate-relay`), directory creation with mode
-//! 0700, and atomic file replacement (temp file, fsync, rename, fsync of the directory). Must
-//! not: know what the files contain.
+//! `$XDG_STATE_HOME/gate-relay`, else `~/.local/state/gate-relay`), and the relay's error
+//! wrapping of the shared state-file rules in [`crate::fs`] (private directory, atomic
+//! replacement). Must not: know what the files contain.
 
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io;
 use std::path::{Path, PathBuf};
+
+use crate::fs::Durability;
 
 /// Errors on the state directory, naming the path and the action.
 #[derive(Debug, thiserror::Error)]
@@ -70,74 +70,43 @@ pub fn resolve_state_dir(
     Err(StateError::NoStateDir)
 }
 
-/// Creates `dir` (and parents) if missing; a directory created here gets mode 0700. An existing
-/// directory keeps its mode, because systemd or the operator chose it.
+/// Creates `dir` (and parents) with mode 0700 if missing; an existing directory whose mode
+/// lets group or others in is tightened to 0700 (logged), or refused with a message when that
+/// is not possible ([`crate::fs::ensure_private_dir`]).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
-    if dir.is_dir() {
-        return Ok(());
+    match crate::fs::ensure_private_dir(dir).map_err(io_error("prepare", dir))? {
+        crate::fs::DirOutcome::Tightened(mode) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the state directory had mode {mode:04o}; changed it to 0700 (it holds keys)"
+            );
+        }
+        crate::fs::DirOutcome::Created | crate::fs::DirOutcome::AlreadyPrivate => {}
     }
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_error("create", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_error("chmod", dir))
+    Ok(())
 }
 
-/// Replaces `path` with `bytes` atomically: a temp file with `mode` in the same directory,
-/// fsync, rename over `path`, fsync of the directory. Readers see the old or the new content,
-/// never a mix, even after a crash.
+/// Replaces `path` with `bytes` atomically with `mode`, durably (the one implementation:
+/// [`crate::fs::write_atomic`] with [`Durability::Durable`]).
 pub fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    replace(path, bytes, mode, true)
+    crate::fs::write_atomic(path, bytes, mode, Durability::Durable)
+        .map_err(io_error("replace", path))
 }
 
 /// Replaces `path` with `bytes` like [`write_atomically`] (readers never see a mix), without
-/// the fsyncs: for files rewritten every few seconds whose loss in a crash does not matter
-/// (the status snapshot).
+/// the fsyncs ([`Durability::RenameOnly`]): for files rewritten every few seconds whose loss
+/// in a crash does not matter (the status snapshot).
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StateError> {
-    replace(path, bytes, mode, false)
-}
-
-fn replace(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<(), StateError> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".to_owned());
-    let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&temp)
-            .map_err(io_error("create", &temp))?;
-        // The mode given to open() is filtered by the umask; set it exactly.
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_error("chmod", &temp))?;
-        file.write_all(bytes).map_err(io_error("write", &temp))?;
-        if !durable {
-            return fs::rename(&temp, path).map_err(io_error("replace", path));
-        }
-        file.sync_all().map_err(io_error("sync", &temp))?;
-        fs::rename(&temp, path).map_err(io_error("replace", path))?;
-        let dir_handle = fs::File::open(dir).map_err(io_error("open", dir))?;
-        dir_handle.sync_all().map_err(io_error("sync", dir))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    result
+    crate::fs::write_atomic(path, bytes, mode, Durability::RenameOnly)
+        .map_err(io_error("replace", path))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::ffi::OsString;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn env<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
         move |name| {
@@ -190,5 +159,16 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn an_existing_open_state_dir_is_made_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        fs::create_dir(&state).expect("mkdir");
+        fs::set_permissions(&state, fs::Permissions::from_mode(0o755)).expect("chmod");
+        ensure_private_dir(&state).expect("tighten");
+        let mode = fs::metadata(&state).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 }
