@@ -6,6 +6,7 @@
 //! `quinn::Runtime` that drives a QUIC endpoint. Everything built on top of those
 //! capabilities (hyper server and client glue, QUIC endpoint construction) lives here once,
 //! so that there is exactly one HTTP client path and one server path for both runtimes.
+//! The stop signals (SIGTERM, SIGINT) are awaited the same way on both ([`signal`]).
 //!
 //! Byte streams use the `tokio::io::{AsyncRead, AsyncWrite}` traits as the common
 //! vocabulary, because quinn's streams and tokio-rustls already speak them. Only the traits
@@ -19,6 +20,7 @@ pub mod hyper_glue;
 pub mod quic;
 #[cfg(feature = "scenario")]
 pub mod scenario;
+pub mod signal;
 
 use std::future::Future;
 use std::io;
