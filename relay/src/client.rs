@@ -304,8 +304,9 @@ impl RelayClient {
             .unwrap_or_else(|poisoned| poisoned.into_inner().clone())
     }
 
-    /// Closes every relay connection and waits until the tasks have ended.
-    pub async fn shutdown(self) {
+    /// Closes every relay connection and waits until the tasks have ended. Takes `&self`:
+    /// the daemon shares the client (ACME challenges) and stops it through that share.
+    pub async fn shutdown(&self) {
         self.shutdown.trigger();
         let _ = self.tasks.recv().await;
     }

@@ -108,19 +108,19 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    serve_connection_until(rt, io, settings, service, std::future::pending()).await
+    serve_connection_until(rt, io, settings.clone(), service, std::future::pending()).await
 }
 
 /// [`serve_connection`], and when `shutdown` completes the connection is closed gracefully:
 /// requests in flight finish (HTTP/2 gets a GOAWAY), no new one is read, idle connections
 /// close at once.
-pub async fn serve_connection_until<R, IO, S, B, D>(
+pub fn serve_connection_until<R, IO, S, B, D>(
     rt: R,
     io: IO,
-    settings: &ServerSettings,
+    settings: ServerSettings,
     service: S,
     shutdown: D,
-) -> Result<(), BoxError>
+) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>>
 where
     R: Runtime,
     IO: ByteStream,
@@ -130,64 +130,121 @@ where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
-    D: Future<Output = ()>,
+    D: Future<Output = ()> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(HyperExecutor(rt.clone()));
-    builder
-        .http1()
-        .timer(HyperTimer(rt.clone()))
-        .header_read_timeout(settings.header_read_timeout)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(HyperTimer(rt.clone()))
-        .keep_alive_interval(settings.http2_keepalive_interval)
-        .keep_alive_timeout(settings.http2_keepalive_timeout);
-    let activity = Arc::new(Activity::new());
-    let service = Tracked {
-        inner: service,
-        activity: activity.clone(),
-    };
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    let mut shutdown = std::pin::pin!(shutdown);
-    let mut shutdown_seen = false;
-    let mut closing = false;
-    let mut timer = Box::pin(rt.sleep(settings.header_read_timeout));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(result) = conn.as_mut().poll(cx) {
+    Box::pin(async move {
+        let mut builder = auto::Builder::new(HyperExecutor(rt.clone()));
+        builder
+            .http1()
+            .timer(HyperTimer(rt.clone()))
+            .header_read_timeout(settings.header_read_timeout)
+            .keep_alive(true);
+        builder
+            .http2()
+            .timer(HyperTimer(rt.clone()))
+            .keep_alive_interval(settings.http2_keepalive_interval)
+            .keep_alive_timeout(settings.http2_keepalive_timeout);
+        let activity = Arc::new(Activity::new());
+        let service = Tracked {
+            inner: service,
+            activity: activity.clone(),
+        };
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let timer = Box::pin(rt.sleep(settings.header_read_timeout));
+        Watchdog {
+            conn: std::pin::pin!(conn),
+            shutdown: std::pin::pin!(shutdown),
+            shutdown_seen: false,
+            closing: false,
+            timer,
+            rt,
+            activity,
+            settings,
+        }
+        .await
+    })
+}
+
+/// A connection that can be told to close once its requests in flight are done.
+trait GracefulConnection: Future<Output = Result<(), BoxError>> {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulConnection for auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    E: auto::HttpServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives a connection and closes it when `shutdown` completes or when it has been silent
+/// longer than the settings allow (a named future rather than a closure: hyper's executors
+/// need `Send` for every lifetime, which closures over borrowed state do not prove).
+struct Watchdog<'c, C, D, R: Runtime> {
+    conn: Pin<&'c mut C>,
+    shutdown: Pin<&'c mut D>,
+    shutdown_seen: bool,
+    closing: bool,
+    timer: Pin<Box<R::Sleep>>,
+    rt: R,
+    activity: Arc<Activity>,
+    settings: ServerSettings,
+}
+
+// No field is structurally pinned: the pinned futures sit behind `Pin<&mut>` and `Pin<Box>`.
+impl<C, D, R: Runtime> Unpin for Watchdog<'_, C, D, R> {}
+
+impl<C, D, R> Future for Watchdog<'_, C, D, R>
+where
+    C: GracefulConnection,
+    D: Future<Output = ()>,
+    R: Runtime,
+{
+    type Output = Result<(), BoxError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Poll::Ready(result) = this.conn.as_mut().poll(cx) {
             return Poll::Ready(result);
         }
-        if !shutdown_seen && shutdown.as_mut().poll(cx).is_ready() {
-            shutdown_seen = true;
-            conn.as_mut().graceful_shutdown();
+        if !this.shutdown_seen && this.shutdown.as_mut().poll(cx).is_ready() {
+            this.shutdown_seen = true;
+            this.conn.as_mut().close_gracefully();
             // The connection may be done right away (idle): poll it again.
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        while timer.as_mut().poll(cx).is_ready() {
-            if closing {
+        while this.timer.as_mut().poll(cx).is_ready() {
+            if this.closing {
                 // Told to close and still not gone: drop it.
                 return Poll::Ready(Ok(()));
             }
-            match activity.silent_until(settings) {
+            match this.activity.silent_until(&this.settings) {
                 Some(deadline) if deadline > Instant::now() => {
-                    timer = Box::pin(rt.sleep(deadline.saturating_duration_since(Instant::now())));
+                    let wait = deadline.saturating_duration_since(Instant::now());
+                    this.timer = Box::pin(this.rt.sleep(wait));
                 }
                 Some(_) => {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
-                    timer = Box::pin(rt.sleep(CLOSE_GRACE));
+                    this.closing = true;
+                    this.conn.as_mut().close_gracefully();
+                    this.timer = Box::pin(this.rt.sleep(CLOSE_GRACE));
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
                 // A request is in flight: look again later.
-                None => timer = Box::pin(rt.sleep(settings.keep_alive_timeout)),
+                None => this.timer = Box::pin(this.rt.sleep(this.settings.keep_alive_timeout)),
             }
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// What the silence watchdog of a connection needs: requests in flight and since when none is.
@@ -218,8 +275,8 @@ impl Activity {
         if !self.served.load(Ordering::Acquire) {
             return Some(self.origin + settings.header_read_timeout);
         }
-        let idle_since = self.origin
-            + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+        let idle_since =
+            self.origin + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
         Some(idle_since + settings.keep_alive_timeout)
     }
 
@@ -231,7 +288,7 @@ impl Activity {
 }
 
 /// One request in flight, from the service call until its response body is dropped.
-struct FlightGuard(Arc<Activity>);
+pub struct FlightGuard(Arc<Activity>);
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
@@ -255,18 +312,44 @@ where
 {
     type Response = hyper::Response<GuardedBody<B>>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let guard = self.activity.start();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let response = fut.await?;
-            Ok(response.map(|inner| GuardedBody {
-                inner,
-                _guard: guard,
-            }))
-        })
+        TrackedFuture {
+            inner: self.inner.call(req),
+            guard: Some(guard),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response being made; its body takes over the in-flight guard.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        guard: Option<FlightGuard>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<hyper::Response<B>, E>>,
+{
+    type Output = Result<hyper::Response<GuardedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let guard = this.guard.take();
+        Poll::Ready(Ok(response.map(|inner| GuardedBody {
+            inner,
+            _guard: guard,
+        })))
     }
 }
 
@@ -275,7 +358,7 @@ pin_project_lite::pin_project! {
     pub struct GuardedBody<B> {
         #[pin]
         inner: B,
-        _guard: FlightGuard,
+        _guard: Option<FlightGuard>,
     }
 }
 
