@@ -1,0 +1,284 @@
+//! Listeners an attacker cannot hold open, with the real `gate` binary on loopback under
+//! tokio and smol: a silent TCP connection, half an HTTP/2 preface, an idle HTTP/2
+//! connection, an idle HTTP/1 keep-alive connection and (through the real `gate-relay`) a
+//! TLS connection that goes silent after its handshake are all closed by the daemon within
+//! the configured (short) limits; at the default limits, silent connections are closed within
+//! ~10 s and a legitimate client is served during a flood of them; with
+//! `server.max_connections = 3` the fourth connection is closed and the log says why.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{
+    gate_bin, node_id, start_daemon_with_relay, start_local_daemon, start_relay, temp_dir,
+    wait_for, wait_until,
+};
+
+/// Limits of a second, so that each test takes a few seconds.
+const SHORT: &str = "[server]\nheader_read_timeout_secs = 1\nkeep_alive_timeout_secs = 1\n\
+                     http2_keepalive_interval_secs = 1\nhttp2_keepalive_timeout_secs = 1\n";
+/// The most a connection may stay open under [`SHORT`] (1 s, the 1 s close grace, slack for
+/// a loaded machine).
+const SHORT_BOUND: Duration = Duration::from_secs(5);
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// An empty SETTINGS frame (length 0, type 4, no flags, stream 0).
+const H2_SETTINGS: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+
+/// Reads (and discards) until the peer closes; how long that took, or `None` if it was still
+/// open after `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("set a read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                if start.elapsed() >= limit {
+                    return None;
+                }
+            }
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+fn assert_closed(what: &str, stream: &mut TcpStream, limit: Duration, log: impl Fn() -> String) {
+    match closed_within(stream, limit) {
+        Some(took) => eprintln!("{what}: closed after {took:?}"),
+        None => panic!("{what}: still open after {limit:?}\n{}", log()),
+    }
+}
+
+/// `GET /health` on `stream` (kept alive); the status line, or `None` if the connection
+/// ended first.
+fn get_health(stream: &mut TcpStream) -> Option<String> {
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: gate\r\n\r\n")
+        .ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if body.len() >= length {
+                return head.lines().next().map(str::to_owned);
+            }
+        }
+    }
+}
+
+fn silent_connections_are_closed(runtime: &str) {
+    let dir = temp_dir(&format!("listeners-short-{runtime}"));
+    let (gate, addr) = start_local_daemon(&dir, runtime, SHORT, None);
+    let log = || gate.log();
+
+    // Nothing at all.
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    assert_closed("silent TCP", &mut silent, SHORT_BOUND, log);
+
+    // Half an HTTP/1 request head.
+    let mut partial = TcpStream::connect(addr).expect("connect");
+    partial.write_all(b"GET /health HTTP/1.1\r\nhost: ga").unwrap();
+    assert_closed("half an HTTP/1 head", &mut partial, SHORT_BOUND, log);
+
+    // Half the HTTP/2 preface.
+    let mut half = TcpStream::connect(addr).expect("connect");
+    half.write_all(&H2_PREFACE[..10]).unwrap();
+    assert_closed("half an HTTP/2 preface", &mut half, SHORT_BOUND, log);
+
+    // A complete HTTP/2 connection that never opens a stream.
+    let mut idle_h2 = TcpStream::connect(addr).expect("connect");
+    idle_h2.write_all(H2_PREFACE).unwrap();
+    idle_h2.write_all(H2_SETTINGS).unwrap();
+    assert_closed("idle HTTP/2", &mut idle_h2, SHORT_BOUND, log);
+
+    // HTTP/1 keep-alive after one answered request.
+    let mut keep_alive = TcpStream::connect(addr).expect("connect");
+    let status = get_health(&mut keep_alive);
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{}", log());
+    assert_closed("idle HTTP/1 keep-alive", &mut keep_alive, SHORT_BOUND, log);
+}
+
+#[test]
+fn silent_connections_are_closed_in_time_tokio() {
+    silent_connections_are_closed("tokio");
+}
+
+#[test]
+fn silent_connections_are_closed_in_time_smol() {
+    silent_connections_are_closed("smol");
+}
+
+/// At the default limits: 300 silent connections, a legitimate client is served meanwhile,
+/// and every silent one is closed within ~10 s.
+fn flood_at_default_limits(runtime: &str) {
+    let dir = temp_dir(&format!("listeners-flood-{runtime}"));
+    let (gate, addr) = start_local_daemon(&dir, runtime, "", None);
+    let opened = Instant::now();
+    let mut flood: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(addr).expect("connect a silent connection"))
+        .collect();
+    let mut client = TcpStream::connect(addr).expect("connect the legitimate client");
+    let status = get_health(&mut client);
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{}", gate.log());
+    // Default header_read_timeout_secs = 10: all closed by ~10 s after they were opened.
+    let limit = Duration::from_secs(16);
+    for (i, stream) in flood.iter_mut().enumerate() {
+        let left = limit.saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(stream, left).is_some(),
+            "silent connection {i} still open {:?} after it was opened\n{}",
+            opened.elapsed(),
+            gate.log()
+        );
+    }
+}
+
+#[test]
+fn a_client_is_served_during_a_flood_of_silent_connections_tokio() {
+    flood_at_default_limits("tokio");
+}
+
+#[test]
+fn a_client_is_served_during_a_flood_of_silent_connections_smol() {
+    flood_at_default_limits("smol");
+}
+
+/// `max_connections = 3`: the fourth connection is closed without an answer, with a log
+/// line; once one of the three ends, connections are served again.
+fn connection_cap(runtime: &str) {
+    let dir = temp_dir(&format!("listeners-cap-{runtime}"));
+    let (gate, addr) = start_local_daemon(
+        &dir,
+        runtime,
+        "[server]\nmax_connections = 3\nkeep_alive_timeout_secs = 60\n",
+        None,
+    );
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let status = get_health(&mut s);
+            assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "connection {i}: {}", gate.log());
+            s
+        })
+        .collect();
+    let mut fourth = TcpStream::connect(addr).expect("connect (the kernel accepts)");
+    assert_eq!(get_health(&mut fourth), None, "the fourth connection was served");
+    assert_closed("the fourth connection", &mut fourth, SHORT_BOUND, || gate.log());
+    wait_until(
+        "the log line of a full listener",
+        Duration::from_secs(5),
+        || gate.log().contains("local listener full: 3 connections open (server.max_connections)"),
+        || gate.log(),
+    );
+    drop(held.pop());
+    let status = wait_for(
+        "a connection to be served again after one ended",
+        Duration::from_secs(10),
+        || {
+            let mut s = TcpStream::connect(addr).ok()?;
+            get_health(&mut s)
+        },
+        || gate.log(),
+    );
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(gate.log().contains("local listener accepts connections again"), "{}", gate.log());
+}
+
+#[test]
+fn the_connection_cap_closes_the_connection_beyond_it_tokio() {
+    connection_cap("tokio");
+}
+
+#[test]
+fn the_connection_cap_closes_the_connection_beyond_it_smol() {
+    connection_cap("smol");
+}
+
+/// A TLS connection through the real relay that completes its handshake with the daemon and
+/// then says nothing is closed by the daemon within the header-read limit.
+fn silent_tls_through_relay(runtime: &str) {
+    common::require_tools(&["openssl"]);
+    let dir = temp_dir(&format!("listeners-relay-{runtime}"));
+    let relay = start_relay(&dir, runtime, "gate.localhost", "", &[]);
+    let state = dir.join("gate-state");
+    let (gate, _) = start_daemon_with_relay(&dir, runtime, &state, &relay, SHORT, &[]);
+    let name = format!("{}.gate.localhost", node_id(&gate_bin(), &state));
+    let context = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+    let mut last = String::new();
+    // The daemon's name may take a moment to route after registration: retry until a
+    // handshake completes, then time how long the silent session stays open.
+    let took = wait_for(
+        "a silent TLS session through the relay to be closed by the daemon",
+        Duration::from_secs(60),
+        || {
+            let mut s_client = Command::new("openssl")
+                .args(["s_client", "-quiet", "-connect"])
+                .arg(format!("127.0.0.1:{}", relay.https_port))
+                .args(["-servername", &name])
+                // stdin stays open and silent: the client sends nothing after the handshake.
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run openssl");
+            let started = Instant::now();
+            let status = wait_for(
+                "openssl s_client to end",
+                Duration::from_secs(20),
+                || s_client.try_wait().ok().flatten(),
+                String::new,
+            );
+            let mut err = String::new();
+            if let Some(mut e) = s_client.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            last = format!("{status}: {err}");
+            // A completed handshake shows the verification of the daemon's certificate.
+            (err.contains("verify") || err.contains("depth")).then(|| started.elapsed())
+        },
+        || format!("last s_client: {last}\n{}", context()),
+    );
+    assert!(
+        took < SHORT_BOUND,
+        "the silent TLS session stayed open {took:?}\n{}",
+        context()
+    );
+}
+
+#[test]
+fn a_silent_tls_session_through_the_relay_is_closed_tokio() {
+    silent_tls_through_relay("tokio");
+}
+
+#[test]
+fn a_silent_tls_session_through_the_relay_is_closed_smol() {
+    silent_tls_through_relay("smol");
+}
+
