@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    gate_bin, node_id, output, start_daemon_with_relay, start_local_daemon, start_relay,
-    temp_dir, wait_until, Proc, RawResponse, StreamingMock,
+    gate_bin, node_id, output, start_daemon_with_relay, start_local_daemon, start_relay, temp_dir,
+    wait_until, Proc, RawResponse, StreamingMock,
 };
 
 /// How long each awaited condition may take.
@@ -29,7 +29,8 @@ fn config(mock: &StreamingMock, server: &str) -> String {
 
 const OPENAI_STREAM: &str =
     r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-const ANTHROPIC_STREAM: &str = r#"{"model":"m","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+const ANTHROPIC_STREAM: &str =
+    r#"{"model":"m","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
 
 fn start_stream(addr: SocketAddr, anthropic: bool) -> RawResponse {
     if anthropic {
@@ -49,7 +50,13 @@ fn wait_first_event(response: &RawResponse, gate: &Proc) {
         "the first streamed event",
         DEADLINE,
         || response.text().contains("tok0"),
-        || format!("response so far:\n{}\ngate log:\n{}", response.text(), gate.log()),
+        || {
+            format!(
+                "response so far:\n{}\ngate log:\n{}",
+                response.text(),
+                gate.log()
+            )
+        },
     );
 }
 
@@ -92,7 +99,12 @@ fn stream_finishes_within_grace(runtime: &str) {
         "stopping took {:?}",
         signalled.elapsed()
     );
-    for step in ["stop requested", "no new connections", "every connection has finished", "gate stopped"] {
+    for step in [
+        "stop requested",
+        "no new connections",
+        "every connection has finished",
+        "gate stopped",
+    ] {
         assert!(log.contains(step), "the log lacks {step:?}:\n{log}");
     }
 }
@@ -142,7 +154,10 @@ fn stream_ends_with_error_event_after_grace(runtime: &str, anthropic: bool) {
         "no shutdown error event:\n{text}\ngate log:\n{log}"
     );
     if anthropic {
-        assert!(text.contains("event: error"), "not an Anthropic error event:\n{text}");
+        assert!(
+            text.contains("event: error"),
+            "not an Anthropic error event:\n{text}"
+        );
         assert!(!text.contains("message_stop"), "{text}");
     } else {
         assert!(
@@ -256,13 +271,11 @@ fn relayed_client_refused_after_goodbye(runtime: &str) {
 }
 
 #[test]
-#[ignore = "needs the goodbye frame from branch relay"]
 fn relayed_client_gets_unrecognized_name_after_goodbye_tokio() {
     relayed_client_refused_after_goodbye("tokio");
 }
 
 #[test]
-#[ignore = "needs the goodbye frame from branch relay"]
 fn relayed_client_gets_unrecognized_name_after_goodbye_smol() {
     relayed_client_refused_after_goodbye("smol");
 }

@@ -104,7 +104,9 @@ fn silent_connections_are_closed(runtime: &str) {
 
     // Half an HTTP/1 request head.
     let mut partial = TcpStream::connect(addr).expect("connect");
-    partial.write_all(b"GET /health HTTP/1.1\r\nhost: ga").unwrap();
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\nhost: ga")
+        .unwrap();
     assert_closed("half an HTTP/1 head", &mut partial, SHORT_BOUND, log);
 
     // Half the HTTP/2 preface.
@@ -184,17 +186,31 @@ fn connection_cap(runtime: &str) {
         .map(|i| {
             let mut s = TcpStream::connect(addr).expect("connect");
             let status = get_health(&mut s);
-            assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "connection {i}: {}", gate.log());
+            assert_eq!(
+                status.as_deref(),
+                Some("HTTP/1.1 200 OK"),
+                "connection {i}: {}",
+                gate.log()
+            );
             s
         })
         .collect();
     let mut fourth = TcpStream::connect(addr).expect("connect (the kernel accepts)");
-    assert_eq!(get_health(&mut fourth), None, "the fourth connection was served");
-    assert_closed("the fourth connection", &mut fourth, SHORT_BOUND, || gate.log());
+    assert_eq!(
+        get_health(&mut fourth),
+        None,
+        "the fourth connection was served"
+    );
+    assert_closed("the fourth connection", &mut fourth, SHORT_BOUND, || {
+        gate.log()
+    });
     wait_until(
         "the log line of a full listener",
         Duration::from_secs(5),
-        || gate.log().contains("local listener full: 3 connections open (server.max_connections)"),
+        || {
+            gate.log()
+                .contains("local listener full: 3 connections open (server.max_connections)")
+        },
         || gate.log(),
     );
     drop(held.pop());
@@ -208,7 +224,12 @@ fn connection_cap(runtime: &str) {
         || gate.log(),
     );
     assert_eq!(status, "HTTP/1.1 200 OK");
-    assert!(gate.log().contains("local listener accepts connections again"), "{}", gate.log());
+    assert!(
+        gate.log()
+            .contains("local listener accepts connections again"),
+        "{}",
+        gate.log()
+    );
 }
 
 #[test]
@@ -283,4 +304,3 @@ fn a_silent_tls_session_through_the_relay_is_closed_tokio() {
 fn a_silent_tls_session_through_the_relay_is_closed_smol() {
     silent_tls_through_relay("smol");
 }
-

@@ -178,7 +178,7 @@ impl Proc {
             "the process to exit",
             deadline,
             || self.exited(),
-            || String::new(),
+            String::new,
         )
     }
 }
@@ -537,7 +537,8 @@ pub fn start_local_daemon(
 ) -> (Proc, SocketAddr) {
     let state_dir = dir.join("state");
     let config_path = dir.join("gate.toml");
-    std::fs::write(&config_path, format!("host = \"127.0.0.1\"\n{config}")).expect("write gate.toml");
+    std::fs::write(&config_path, format!("host = \"127.0.0.1\"\n{config}"))
+        .expect("write gate.toml");
     let mut cmd = match shell_prefix {
         None => Command::new(gate_bin()),
         Some(prefix) => {
@@ -570,7 +571,11 @@ pub fn start_local_daemon(
         },
         || proc.log(),
     );
-    assert!(proc.exited().is_none(), "the daemon exited:\n{}", proc.log());
+    assert!(
+        proc.exited().is_none(),
+        "the daemon exited:\n{}",
+        proc.log()
+    );
     (proc, addr)
 }
 
@@ -679,7 +684,9 @@ impl RawResponse {
         }
         request.push_str("\r\n");
         request.push_str(body);
-        stream.write_all(request.as_bytes()).expect("send the request");
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .expect("read timeout");
