@@ -196,9 +196,15 @@ impl<R: Runtime> RunningDaemon<R> {
             self.grace
         );
         self.stop.trigger();
+        self.local.stop_admitting();
+        self.relayed.stop_admitting();
         if let Some(remote) = &self.remote {
-            remote.shutdown().await;
-            tracing::info!("stopping: left the relays (they route no new connection here)");
+            let left = gate_rt::timeout(&self.rt, self.grace, remote.shutdown()).await;
+            if left.is_ok() {
+                tracing::info!("stopping: left the relays (they route no new connection here)");
+            } else {
+                tracing::warn!("stopping: the relay client did not stop within the grace");
+            }
         }
         let drained = async {
             self.local.closed().await;

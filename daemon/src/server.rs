@@ -128,9 +128,14 @@ impl ConnectionCap {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Stops admitting connections (idempotent).
+    pub fn stop_admitting(&self) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
     /// Stops admitting connections; completes once every admitted one has ended.
     pub async fn closed(&self) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.stop_admitting();
         // Nothing is ever sent: recv() returns once every permit's sender is dropped.
         let _ = self.all_closed.recv().await;
     }
@@ -202,4 +207,49 @@ pub async fn serve<R: Runtime>(
 /// A convenience for tests and callers that want the bound address.
 pub fn local_addr<R: Runtime>(listener: &R::TcpListener) -> Option<SocketAddr> {
     R::listener_addr(listener).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 40000))
+    }
+
+    #[test]
+    fn admits_up_to_the_cap_and_frees_places_on_drop() {
+        let cap = ConnectionCap::new("test", 2);
+        let first = cap.admit(peer()).expect("first");
+        let second = cap.admit(peer()).expect("second");
+        assert!(cap.admit(peer()).is_none(), "a third beyond a cap of 2");
+        assert_eq!(cap.open(), 2);
+        assert_eq!(cap.refused.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert_eq!(cap.open(), 1);
+        let third = cap.admit(peer()).expect("a place freed by a drop");
+        // The burst of refusals is over: its count is reset.
+        assert_eq!(cap.refused.load(Ordering::Relaxed), 0);
+        drop((second, third));
+        assert_eq!(cap.open(), 0);
+    }
+
+    #[test]
+    fn closed_waits_for_every_permit_and_refuses_new_ones() {
+        let cap = ConnectionCap::new("test", 8);
+        let permit = cap.admit(peer()).expect("admitted");
+        cap.stop_admitting();
+        assert!(cap.admit(peer()).is_none(), "admitted after stop");
+        let mut closed = Box::pin(cap.closed());
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        assert!(
+            closed.as_mut().poll(&mut cx).is_pending(),
+            "closed before the last connection ended"
+        );
+        drop(permit);
+        assert!(closed.as_mut().poll(&mut cx).is_ready());
+    }
 }

@@ -224,6 +224,12 @@ where
         }
         while this.timer.as_mut().poll(cx).is_ready() {
             if this.closing {
+                if this.activity.in_flight.load(Ordering::Acquire) > 0 {
+                    // A request came in just as it was told to close: hyper finishes that one
+                    // and then closes the connection; look again later.
+                    this.timer = Box::pin(this.rt.sleep(this.settings.keep_alive_timeout));
+                    continue;
+                }
                 // Told to close and still not gone: drop it.
                 return Poll::Ready(Ok(()));
             }
@@ -379,5 +385,37 @@ impl<B: hyper::body::Body> hyper::body::Body for GuardedBody<B> {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn silence_deadline_follows_the_connection_state() {
+        let settings = ServerSettings {
+            header_read_timeout: Duration::from_secs(3),
+            keep_alive_timeout: Duration::from_secs(7),
+            ..ServerSettings::default()
+        };
+        let activity = Arc::new(Activity::new());
+        // No request yet: the header-read limit from the start.
+        assert_eq!(
+            activity.silent_until(&settings),
+            Some(activity.origin + Duration::from_secs(3))
+        );
+        let first = activity.start();
+        let second = activity.start();
+        // Requests in flight: no deadline, however long they take.
+        assert_eq!(activity.silent_until(&settings), None);
+        drop(first);
+        assert_eq!(activity.silent_until(&settings), None);
+        drop(second);
+        // Idle: the keep-alive limit from the end of the last request.
+        let deadline = activity.silent_until(&settings).expect("a deadline");
+        let ended =
+            activity.origin + Duration::from_millis(activity.idle_since_ms.load(Ordering::Acquire));
+        assert_eq!(deadline, ended + Duration::from_secs(7));
     }
 }
