@@ -95,9 +95,7 @@ let
     }
     {
       name = "server.shutdown_grace_secs = 5: TimeoutStopSec 20";
-      got = (import ./eval.nix {
-        modules = [ ../modules/default.nix examples.seed-flake { services.gate-daemon.settings.server.shutdown_grace_secs = 5; } ];
-      }).services.gate-daemon.serviceConfig.TimeoutStopSec;
+      got = (import ./eval.nix { modules = [ ../modules/default.nix examples.seed-flake { services.gate-daemon.settings.server.shutdown_grace_secs = 5; } ]; }).services.gate-daemon.serviceConfig.TimeoutStopSec;
       want = 20;
     }
     {
