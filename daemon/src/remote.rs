@@ -1,6 +1,8 @@
 //! Public HTTPS through relays (DESIGN.md §4), the daemon's side: the node identity, the
-//! QUIC endpoint on `p2p_port`, the relay client (`gate_relay::client`), TLS termination of
-//! forwarded connections with the certificate store, and ACME DNS-01 through the relay.
+//! QUIC endpoint on `p2p_port`, the relay client (`gate_relay::client`) and leaving the relays
+//! on a stop, TLS termination of forwarded connections with the certificate store (handshake
+//! bounded; the local listener's silence limits and a connection cap of their own), and ACME
+//! DNS-01 through the relay.
 //!
 //! Every connection that arrives through a relay is served by the same [`App`] as the local
 //! listener, marked `remote`: it is never trusted as loopback.
