@@ -5,10 +5,11 @@
 //! connection watches.
 //!
 //! The stop sequence (each step logged): stop accepting (local listener closed, relayed
-//! connections refused), leave the relays, let requests and streams in flight go on for
-//! `server.shutdown_grace_secs`, then end the streams still open with an error event in
-//! their client's protocol, wait briefly for those to be written, and wait for config
-//! writes in progress. The CLI turns SIGTERM / SIGINT into this, and exits 0.
+//! connections refused), leave the relays ([`Remote::leave`]), let requests and streams in
+//! flight go on for `server.shutdown_grace_secs`, then end the streams still open with an
+//! error event in their client's protocol, wait briefly for those to be written, close the
+//! relay tunnels ([`Remote::shutdown`]), and wait for config writes in progress. The CLI
+//! turns SIGTERM / SIGINT into this, and exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -199,7 +200,7 @@ impl<R: Runtime> RunningDaemon<R> {
         self.local.stop_admitting();
         self.relayed.stop_admitting();
         if let Some(remote) = &self.remote {
-            let left = gate_rt::timeout(&self.rt, self.grace, remote.shutdown()).await;
+            let left = gate_rt::timeout(&self.rt, self.grace, remote.leave()).await;
             if left.is_ok() {
                 tracing::info!("stopping: left the relays (they route no new connection here)");
             } else {
@@ -237,6 +238,16 @@ impl<R: Runtime> RunningDaemon<R> {
                     open_local = local,
                     open_relayed = relayed,
                     "stopping: connections still open after {STREAM_END_FLUSH:?}; dropping them"
+                );
+            }
+        }
+        if let Some(remote) = &self.remote {
+            if gate_rt::timeout(&self.rt, STREAM_END_FLUSH, remote.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "stopping: the relay tunnels did not close within {STREAM_END_FLUSH:?}"
                 );
             }
         }

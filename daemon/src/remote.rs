@@ -250,8 +250,17 @@ impl<R: Runtime> Remote<R> {
         });
     }
 
-    /// Leaves every relay (closes the tunnels; the relays stop routing to this daemon) and
-    /// waits until the relay client's tasks have ended.
+    /// The first step of a stop: the relays must route no new connection here from now on.
+    ///
+    /// Until the relay client can say goodbye on a tunnel that stays open (branch `relay`
+    /// adds that frame), this closes the tunnels, which also ends the relayed requests in
+    /// flight; with the goodbye it should send it and keep the tunnels for those requests.
+    pub async fn leave(&self) {
+        self.client.shutdown().await;
+    }
+
+    /// The last step of a stop: closes every tunnel and waits until the relay client's tasks
+    /// have ended (idempotent; after [`Remote::leave`] there may be nothing left to close).
     pub async fn shutdown(&self) {
         self.client.shutdown().await;
     }
