@@ -64,11 +64,11 @@ fn refuses_connections(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err()
 }
 
-/// SIGTERM while a 2-second stream is on: the stream completes normally, new connections are
+/// SIGTERM while a 4-second stream is on: the stream completes normally, new connections are
 /// refused meanwhile, the process exits 0 after it.
 fn stream_finishes_within_grace(runtime: &str) {
     let dir = temp_dir(&format!("lifecycle-grace-{runtime}"));
-    let mock = StreamingMock::start(8, Duration::from_millis(250));
+    let mock = StreamingMock::start(16, Duration::from_millis(250));
     let (mut gate, addr) = start_local_daemon(&dir, runtime, &config(&mock, ""), None);
     let response = start_stream(addr, false);
     wait_first_event(&response, &gate);
@@ -90,7 +90,7 @@ fn stream_finishes_within_grace(runtime: &str) {
     assert!(status.success(), "exit status {status}:\n{log}");
     let text = response.text();
     assert!(
-        text.contains("tok7") && text.contains("[DONE]"),
+        text.contains("tok15") && text.contains("[DONE]"),
         "the stream did not complete:\n{text}\ngate log:\n{log}"
     );
     assert!(!text.contains("shutting down"), "{text}");
@@ -197,14 +197,13 @@ fn grace_over_ends_an_anthropic_stream_with_an_error_event_smol() {
 fn sigint_with_sigint_ignored(runtime: &str) {
     let dir = temp_dir(&format!("lifecycle-sigint-{runtime}"));
     let mock = StreamingMock::start(1, Duration::from_millis(1));
-    let (mut gate, addr) =
-        start_local_daemon(&dir, runtime, &config(&mock, ""), Some("trap '' INT;"));
+    let (mut gate, _) = start_local_daemon(&dir, runtime, &config(&mock, ""), Some("trap '' INT;"));
     gate.signal("INT");
     let status = gate.wait_exit(DEADLINE);
     let log = gate.log();
     assert!(status.success(), "exit status {status}:\n{log}");
     assert!(log.contains("signal=SIGINT"), "{log}");
-    assert!(refuses_connections(addr));
+    assert!(log.contains("gate stopped"), "{log}");
 }
 
 #[test]
