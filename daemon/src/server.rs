@@ -158,8 +158,21 @@ pub async fn serve_one<R: Runtime, IO: gate_rt::ByteStream>(
     if let Err(e) =
         serve_connection_until(rt, io, settings, service, async move { stop.wait().await }).await
     {
-        tracing::debug!(%peer.addr, remote = peer.remote, error = %e, "connection ended with an error");
+        let error = error_chain(&*e);
+        tracing::debug!(%peer.addr, remote = peer.remote, %error, "connection ended with an error");
     }
+}
+
+/// An error and its sources, `: `-separated (hyper's "http2 error" says why only in them).
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 /// Accepts connections until `stop` fires, serving each on its own task; then drops the

@@ -2,7 +2,8 @@
 //! tokio and smol: a silent TCP connection, half an HTTP/2 preface, an idle HTTP/2
 //! connection, an idle HTTP/1 keep-alive connection and (through the real `gate-relay`) a
 //! TLS connection that goes silent after its handshake are all closed by the daemon within
-//! the configured (short) limits; at the default limits, silent connections are closed within
+//! the configured (short) limits, and so is an HTTP/2 client (curl) that stops answering PINGs
+//! in the middle of a stream; at the default limits, silent connections are closed within
 //! ~10 s and a legitimate client is served during a flood of them; with
 //! `server.max_connections = 3` the fourth connection is closed and the log says why.
 
@@ -303,4 +304,67 @@ fn a_silent_tls_session_through_the_relay_is_closed_tokio() {
 #[test]
 fn a_silent_tls_session_through_the_relay_is_closed_smol() {
     silent_tls_through_relay("smol");
+}
+
+/// An HTTP/2 client (curl, prior knowledge) with a long stream open that stops answering
+/// PINGs (SIGSTOP) is closed after `http2_keepalive_interval + http2_keepalive_timeout`,
+/// although a request is in flight.
+fn h2_peer_that_stops_answering_pings(runtime: &str) {
+    common::require_tools(&["curl"]);
+    let dir = temp_dir(&format!("listeners-ping-{runtime}"));
+    let mock = common::StreamingMock::start(300, Duration::from_millis(200));
+    let config = format!(
+        "log_level = \"info,gate_daemon=debug\"\n{SHORT}\n[auth]\nallow_loopback = true\n\n\
+         [upstreams.mock]\nprovider = \"custom\"\nbase_url = \"{}\"\nmodels = [\"m\"]\n",
+        mock.base_url()
+    );
+    let (gate, addr) = start_local_daemon(&dir, runtime, &config, None);
+    let out = dir.join("curl.out");
+    let mut curl = common::Proc::spawn(
+        {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sN", "--http2-prior-knowledge", "-X", "POST"])
+                .args(["-H", "content-type: application/json", "-d"])
+                .arg(r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+                .arg(format!("http://{addr}/v1/chat/completions"));
+            cmd
+        },
+        out.clone(),
+    );
+    wait_until(
+        "the stream to start over HTTP/2",
+        Duration::from_secs(30),
+        || curl.log().contains("tok0"),
+        || format!("curl: {}\ngate log:\n{}", curl.log(), gate.log()),
+    );
+    curl.signal("STOP");
+    let stopped = Instant::now();
+    wait_until(
+        "the daemon to close the connection of a peer that does not answer PINGs",
+        Duration::from_secs(10),
+        || gate.log().contains("keep-alive timed out"),
+        || gate.log(),
+    );
+    assert!(
+        stopped.elapsed() < SHORT_BOUND,
+        "took {:?}",
+        stopped.elapsed()
+    );
+    curl.signal("CONT");
+    assert!(
+        !curl.log().contains("[DONE]"),
+        "the stream ended normally: {}",
+        curl.log()
+    );
+    let _ = curl.exited();
+}
+
+#[test]
+fn an_http2_peer_that_stops_answering_pings_is_closed_tokio() {
+    h2_peer_that_stops_answering_pings("tokio");
+}
+
+#[test]
+fn an_http2_peer_that_stops_answering_pings_is_closed_smol() {
+    h2_peer_that_stops_answering_pings("smol");
 }
