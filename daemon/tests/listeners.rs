@@ -5,7 +5,9 @@
 //! the configured (short) limits, and so is an HTTP/2 client (curl) that stops answering PINGs
 //! in the middle of a stream; at the default limits, silent connections are closed within
 //! ~10 s and a legitimate client is served during a flood of them; with
-//! `server.max_connections = 3` the fourth connection is closed and the log says why.
+//! `server.max_connections = 3` the fourth connection is closed and the log says why, and
+//! with `max_connections = 2` a third TLS session through the relay is closed before its
+//! handshake.
 
 mod common;
 
@@ -367,4 +369,122 @@ fn an_http2_peer_that_stops_answering_pings_is_closed_tokio() {
 #[test]
 fn an_http2_peer_that_stops_answering_pings_is_closed_smol() {
     h2_peer_that_stops_answering_pings("smol");
+}
+
+/// A TLS session through the relay that stays open and silent: `openssl s_client` with its
+/// stdin held open, output in `log`. Killed when dropped.
+struct SilentTls {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl SilentTls {
+    fn open(port: u16, name: &str, log: std::path::PathBuf) -> SilentTls {
+        let file = std::fs::File::create(&log).expect("create the s_client log");
+        let child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-servername", name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::from(file.try_clone().expect("log fd")))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("run openssl");
+        SilentTls { child, log }
+    }
+
+    fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the handshake completed (the daemon's certificate was checked).
+    fn handshake_done(&self) -> bool {
+        self.output().contains("depth=")
+    }
+
+    fn ended(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for SilentTls {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `max_connections = 2` on relayed connections: two silent TLS sessions through the relay
+/// hold the places; a third is closed before its handshake, and the log says why.
+fn relayed_connection_cap(runtime: &str) {
+    common::require_tools(&["openssl"]);
+    let dir = temp_dir(&format!("listeners-relay-cap-{runtime}"));
+    let relay = start_relay(&dir, runtime, "gate.localhost", "", &[]);
+    let state = dir.join("gate-state");
+    let (gate, _) = start_daemon_with_relay(
+        &dir,
+        runtime,
+        &state,
+        &relay,
+        "[server]\nmax_connections = 2\nheader_read_timeout_secs = 60\n",
+        &[],
+    );
+    let name = format!("{}.gate.localhost", node_id(&gate_bin(), &state));
+    let context = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+    let mut attempt = 0;
+    let mut open_one = |what: &str| {
+        wait_for(
+            what,
+            Duration::from_secs(60),
+            || {
+                attempt += 1;
+                let mut session = SilentTls::open(
+                    relay.https_port,
+                    &name,
+                    dir.join(format!("s_client-{attempt}.log")),
+                );
+                // Until the handshake is done or the session ended (name not routed yet).
+                let end = Instant::now() + Duration::from_secs(10);
+                while !session.handshake_done() && !session.ended() && Instant::now() < end {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                session.handshake_done().then_some(session)
+            },
+            context,
+        )
+    };
+    let first = open_one("a first silent TLS session through the relay");
+    let second = open_one("a second silent TLS session through the relay");
+    let mut third = SilentTls::open(relay.https_port, &name, dir.join("s_client-third.log"));
+    wait_until(
+        "the third session to be closed",
+        Duration::from_secs(10),
+        || third.ended(),
+        context,
+    );
+    assert!(
+        !third.handshake_done(),
+        "the third session got a handshake: {}",
+        third.output()
+    );
+    wait_until(
+        "the log line of a full relayed listener",
+        Duration::from_secs(5),
+        || {
+            gate.log()
+                .contains("relayed listener full: 2 connections open (server.max_connections)")
+        },
+        context,
+    );
+    assert!(!first.output().is_empty() && !second.output().is_empty());
+}
+
+#[test]
+fn the_relayed_connection_cap_closes_the_connection_beyond_it_tokio() {
+    relayed_connection_cap("tokio");
+}
+
+#[test]
+fn the_relayed_connection_cap_closes_the_connection_beyond_it_smol() {
+    relayed_connection_cap("smol");
 }
