@@ -641,8 +641,14 @@ fn snapshot_config_show_with_origins() {
 
         [server]
         connect_timeout_secs = 10  # from defaults
+        header_read_timeout_secs = 10  # from defaults
+        http2_keepalive_interval_secs = 20  # from defaults
+        http2_keepalive_timeout_secs = 10  # from defaults
         idle_timeout_secs = 300  # from defaults
+        keep_alive_timeout_secs = 10  # from defaults
         max_body_bytes = 33554432  # from defaults
+        max_connections = 4096  # from defaults
+        shutdown_grace_secs = 30  # from defaults
 
         [upstreams.ollama]
         base_url = "http://127.0.0.1:11434/v1"  # from runtime /var/lib/gate/config.toml:6:12

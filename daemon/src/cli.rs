@@ -4,16 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use gate_core::config::DaemonConfig;
-
-use crate::app::App;
 use crate::auth::TokenStore;
-use crate::gateway::Gateway;
-use crate::{commands, server, settings, state};
+use crate::daemon::{DaemonOptions, RunningDaemon};
+use crate::{commands, settings, state};
 
 /// Gate: a self-hosted AI gateway in front of OpenAI, Anthropic and every
 /// OpenAI-compatible provider.
@@ -272,13 +268,16 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => resolve_listen_addr(&config.host, port)?,
     };
     let tokens = TokenStore::load(&state_dir)?;
+    let options = DaemonOptions {
+        addr,
+        loaded,
+        tokens,
+        config_files: args.config,
+        state_dir,
+    };
     match args.runtime {
-        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| {
-            run(rt, addr, loaded, tokens, args.config, state_dir)
-        })?,
-        RuntimeChoice::Smol => {
-            gate_runtime_smol::block_on(|rt| run(rt, addr, loaded, tokens, args.config, state_dir))?
-        }
+        RuntimeChoice::Tokio => gate_runtime_tokio::block_on(|rt| run(rt, options))?,
+        RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, options))?,
     }
 }
 
@@ -303,69 +302,17 @@ fn resolve_listen_addr(host: &str, port: u16) -> anyhow::Result<std::net::Socket
         .ok_or_else(|| anyhow::anyhow!("`host` = {host:?} resolves to no address"))
 }
 
-async fn run<R: gate_rt::Runtime>(
-    rt: R,
-    addr: std::net::SocketAddr,
-    loaded: gate_core::config::Loaded<DaemonConfig>,
-    tokens: TokenStore,
-    config_files: Vec<PathBuf>,
-    state_dir: PathBuf,
-) -> anyhow::Result<()> {
-    let config = &loaded.config;
-    let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
-    let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
-    let listener = server::bind(&rt, addr)?;
-    let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
-    let upstream_count = config.upstreams.len();
-    let reloader = Arc::new(crate::reload::Reloader::new(
-        rt.clone(),
-        gateway.clone(),
-        config_files,
-        state_dir.clone(),
-        loaded,
-    ));
-    let admin = Arc::new(crate::admin::Admin::new(
-        reloader.clone(),
-        admin_token,
-        bound,
-    ));
-    tracing::info!(
-        address = %bound,
-        runtime = R::NAME,
-        upstreams = upstream_count,
-        "gate listening on http://{bound}"
-    );
-    // Printed whatever the log level: it is how a person gets into the web UI.
-    match admin.login_url() {
-        Ok(url) => eprintln!(
-            "gate: web UI: open {url} to sign in (works once, for 15 minutes; `gate status` prints a new one)"
-        ),
-        Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
+/// Starts the daemon, waits for SIGTERM or SIGINT, and stops it (DESIGN.md §7).
+async fn run<R: gate_rt::Runtime>(rt: R, options: DaemonOptions) -> anyhow::Result<()> {
+    // Installed before anything listens, so a signal at any time after "listening" stops the
+    // daemon cleanly (and SIGINT is honoured even when the parent shell ignored it).
+    let mut signals = gate_rt::signal::StopSignals::install()
+        .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
+    let daemon = RunningDaemon::start(rt, options)?;
+    match signals.next().await {
+        Ok(signal) => tracing::info!(%signal, "stop requested"),
+        Err(e) => tracing::warn!(error = %e, "the signal handler failed; stopping"),
     }
-    rt.spawn(reloader.clone().watch());
-    // Routing's third tier: the models upstreams without an explicit list say they serve.
-    let discovery = gateway.clone();
-    let discovery_rt = rt.clone();
-    rt.spawn(async move {
-        loop {
-            discovery.discover_models().await;
-            discovery_rt.sleep(std::time::Duration::from_secs(60)).await;
-        }
-    });
-    let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
-    crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
-    // After the socket: a second daemon refused there must not overwrite the address.
-    if let Err(e) = state::write_atomic(
-        &crate::admin::client::addr_file(&state_dir),
-        format!("{bound}\n").as_bytes(),
-    ) {
-        tracing::warn!(error = %e, "cannot record the listen address in the state directory (daemon.addr, for people and tools)");
-    }
-    if let Some(remote) =
-        crate::remote::Remote::start(&rt, &reloader.current().config, &state_dir, app.clone())?
-    {
-        gateway.set_remote(remote);
-    }
-    server::serve(rt, listener, app).await;
+    daemon.shutdown().await;
     Ok(())
 }

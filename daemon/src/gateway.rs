@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -179,6 +179,8 @@ pub struct Gateway<R: Runtime> {
     tokens: RwLock<TokenStore>,
     /// The relay side, once started (status pages and metrics read it).
     remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
+    /// Fired when a stop's grace is over: live streams end with an error event.
+    stream_stop: StreamStop,
 }
 
 /// A failed request before any byte went out: status and message for the client.
@@ -201,7 +203,14 @@ impl<R: Runtime> Gateway<R> {
             metrics: Arc::new(Metrics::new()),
             tokens: RwLock::new(tokens),
             remote: std::sync::OnceLock::new(),
+            stream_stop: StreamStop::default(),
         })
+    }
+
+    /// Ends every live stream with an error event in its client's protocol (a stop whose
+    /// grace is over); streams started later end at once too.
+    pub fn end_streams(&self) {
+        self.stream_stop.fire();
     }
 
     /// Swaps in a new configuration; requests in flight finish on the old one.
@@ -835,6 +844,9 @@ impl<R: Runtime> Gateway<R> {
                 upstream_name: upstream.name.clone(),
                 model: model.to_owned(),
                 endpoint,
+                stop: self.stream_stop.clone(),
+                stop_id: self.stream_stop.next_id(),
+                stop_waker: None,
             };
             let mut out = Response::new(pipe.boxed());
             copy_response_headers(&parts.headers, out.headers_mut());
@@ -1236,9 +1248,86 @@ struct StreamPipe<R: Runtime> {
     upstream_name: String,
     model: String,
     endpoint: Endpoint,
+    /// The daemon's "end the streams" signal, the pipe's key in it and the waker it holds.
+    stop: StreamStop,
+    stop_id: u64,
+    stop_waker: Option<Waker>,
+}
+
+/// The stop signal [`StreamPipe`]s poll: once fired, each ends with an error event. Holds
+/// one waker per live pipe (its key from [`StreamStop::next_id`]), replaced only when the
+/// pipe's waker changes, removed when the pipe is dropped.
+#[derive(Clone, Default)]
+struct StreamStop(Arc<StreamStopInner>);
+
+#[derive(Default)]
+struct StreamStopInner {
+    fired: std::sync::atomic::AtomicBool,
+    next_id: std::sync::atomic::AtomicU64,
+    wakers: Mutex<std::collections::HashMap<u64, Waker>>,
+}
+
+impl StreamStop {
+    fn fire(&self) {
+        self.0
+            .fired
+            .store(true, std::sync::atomic::Ordering::Release);
+        let wakers = std::mem::take(&mut *self.0.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers.into_values() {
+            waker.wake();
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.0
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn fired(&self) -> bool {
+        self.0.fired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn forget(&self, id: u64) {
+        self.0
+            .wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+}
+
+impl<R: Runtime> Drop for StreamPipe<R> {
+    fn drop(&mut self) {
+        if self.stop_waker.is_some() {
+            self.stop.forget(self.stop_id);
+        }
+    }
 }
 
 impl<R: Runtime> StreamPipe<R> {
+    /// True once the daemon's stop has fired; otherwise registers the task's waker with it.
+    fn stop_fired(&mut self, cx: &Context<'_>) -> bool {
+        if self.stop.fired() {
+            return true;
+        }
+        if !self
+            .stop_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.stop_waker = Some(cx.waker().clone());
+            self.stop
+                .0
+                .wakers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.stop_id, cx.waker().clone());
+        }
+        // Fired between the first check and the registration: its wake may have missed us.
+        self.stop.fired()
+    }
+
     fn push(&mut self, bytes: Bytes) {
         self.pending_bytes += bytes.len();
         self.pending.push_back(bytes);
@@ -1260,15 +1349,15 @@ impl<R: Runtime> StreamPipe<R> {
     }
 
     fn fail(&mut self, message: &str) {
+        self.fail_with(StatusCode::BAD_GATEWAY, message);
+    }
+
+    fn fail_with(&mut self, status: StatusCode, message: &str) {
         tracing::warn!(upstream = %self.upstream_name, %message, "stream broke off");
         if let Mode::Convert(_, converter) = &mut self.mode {
             let _ = converter.finish(false);
         }
-        self.push(stream_error_event(
-            self.client_protocol,
-            StatusCode::BAD_GATEWAY,
-            message,
-        ));
+        self.push(stream_error_event(self.client_protocol, status, message));
         self.finish_metrics();
         self.done = true;
     }
@@ -1373,6 +1462,13 @@ impl<R: Runtime> HttpBody for StreamPipe<R> {
             if this.done {
                 return Poll::Ready(this.take_batch().map(|bytes| Ok(Frame::data(bytes))));
             }
+            if this.stop.fired() {
+                this.fail_with(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "gate is shutting down and its grace period for streams is over; retry the request",
+                );
+                continue;
+            }
             if this.pending_bytes >= BATCH_MAX_BYTES {
                 if let Some(bytes) = this.take_batch() {
                     return Poll::Ready(Some(Ok(Frame::data(bytes))));
@@ -1411,6 +1507,10 @@ impl<R: Runtime> HttpBody for StreamPipe<R> {
                         }
                     }
                     this.fresh = false;
+                    if this.stop_fired(cx) {
+                        // Ended at the top of the loop.
+                        continue;
+                    }
                     if this.idle_expired(cx) {
                         let message = format!("the upstream sent nothing for {:?}", this.idle);
                         this.fail(&message);

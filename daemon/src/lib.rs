@@ -13,6 +13,7 @@ pub mod certs;
 pub mod cli;
 pub mod commands;
 pub mod convert;
+pub mod daemon;
 pub mod errors;
 pub mod gateway;
 pub mod metrics;

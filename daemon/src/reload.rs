@@ -214,6 +214,12 @@ impl<R: Runtime> Reloader<R> {
         Ok(result)
     }
 
+    /// Returns once no runtime-file or API-key write is in progress (the daemon calls it last
+    /// when it stops, so that an edit made from the web UI is on disk before it exits).
+    pub fn wait_for_writes(&self) {
+        drop(lock(&self.write_lock));
+    }
+
     /// Watches the files forever, applying changes.
     pub async fn watch(self: Arc<Self>) {
         let rt = self.rt.clone();

@@ -1,6 +1,8 @@
 //! Public HTTPS through relays (DESIGN.md §4), the daemon's side: the node identity, the
-//! QUIC endpoint on `p2p_port`, the relay client (`gate_rt::tunnel::client`), TLS termination of
-//! forwarded connections with the certificate store, and ACME DNS-01 through the relay.
+//! QUIC endpoint on `p2p_port`, the relay client (`gate_rt::tunnel::client`) and leaving the relays
+//! on a stop, TLS termination of forwarded connections with the certificate store (handshake
+//! bounded; the local listener's silence limits and a connection cap of their own), and ACME
+//! DNS-01 through the relay.
 //!
 //! Every connection that arrives through a relay is served by the same [`App`] as the local
 //! listener, marked `remote`: it is never trusted as loopback.
@@ -11,20 +13,32 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gate_core::config::DaemonConfig;
-use gate_rt::hyper_glue::{serve_connection, ServerSettings};
+use gate_rt::hyper_glue::ServerSettings;
 use gate_rt::tunnel::client::{
     RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler,
 };
 use gate_rt::tunnel::identity::{Identity, RelayAddress};
+use gate_rt::tunnel::support::Shutdown;
 use gate_rt::Runtime;
 use rustls::pki_types::CertificateDer;
 
 use crate::acme::{AcmeManager, AcmeSettings, AcmeStatus, ChallengeSetter};
 use crate::app::{App, Peer};
 use crate::certs::{certificate_names, CertInfo, CertStore};
+use crate::server::{serve_one, ConnectionCap};
 
-/// Time allowed for a TLS handshake on a forwarded connection.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// How connections through relays are served: the same silence limits as the local
+/// listener (the TLS handshake gets `header_read_timeout` of its own), their own cap on open
+/// connections, and the daemon's stop signal.
+#[derive(Clone, Debug)]
+pub struct RelayedListener {
+    /// HTTP silence limits; `header_read_timeout` also bounds the TLS handshake.
+    pub settings: ServerSettings,
+    /// Open relayed connections, at most `server.max_connections`.
+    pub cap: Arc<ConnectionCap>,
+    /// Fires when the daemon stops: no new relayed connection, the others close gracefully.
+    pub stop: Shutdown,
+}
 
 /// What `gate status`, the web UI and `/metrics` show about relays and certificates.
 #[derive(Clone, Debug, Default)]
@@ -97,6 +111,7 @@ impl<R: Runtime> Remote<R> {
         config: &DaemonConfig,
         state_dir: &Path,
         app: Arc<App<R>>,
+        listener: RelayedListener,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if !config.relay.enable {
             return Ok(None);
@@ -121,32 +136,31 @@ impl<R: Runtime> Remote<R> {
         let tls = certs.server_config(&[b"h2", b"http/1.1"]);
         let handler_rt = rt.clone();
         let handler: StreamHandler = Arc::new(move |header, stream| {
+            let Some(permit) = listener.cap.admit(header.client_addr) else {
+                // Full or stopping: dropping the stream resets it at once.
+                return;
+            };
             let rt = handler_rt.clone();
             let app = app.clone();
             let tls = tls.clone();
+            let listener = listener.clone();
             handler_rt.spawn(async move {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-                let tls_stream =
-                    match gate_rt::timeout(&rt, TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::debug!(client = %header.client_addr, error = %e, "TLS handshake through the relay failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(client = %header.client_addr, "TLS handshake through the relay timed out");
-                            return;
-                        }
-                    };
+                let handshake = listener.settings.header_read_timeout;
+                let tls_stream = match gate_rt::timeout(&rt, handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %header.client_addr, error = %e, "TLS handshake through the relay failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %header.client_addr, "TLS handshake through the relay timed out (server.header_read_timeout_secs)");
+                        return;
+                    }
+                };
                 let peer = Peer { addr: header.client_addr, remote: true };
-                let service = hyper::service::service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(app.handle(req, peer).await) }
-                });
-                let settings = ServerSettings::default();
-                if let Err(e) = serve_connection(rt, tls_stream, &settings, service).await {
-                    tracing::debug!(client = %peer.addr, error = %e, "relayed connection ended with an error");
-                }
+                serve_one(rt, tls_stream, peer, app, listener.settings, listener.stop).await;
+                drop(permit);
             });
         });
         let client_config = RelayClientConfig {
@@ -236,6 +250,19 @@ impl<R: Runtime> Remote<R> {
             *self.acme.lock().unwrap_or_else(|e| e.into_inner()) = Some(manager.clone());
             manager.run().await;
         });
+    }
+
+    /// The first step of a stop: every relay is told goodbye (tunnel protocol version 3) and
+    /// routes no new connection here from then on, while the tunnels stay open for the relayed
+    /// requests still in flight. Bounded: each goodbye is acknowledged or given up after 2 s.
+    pub async fn leave(&self) {
+        self.client.leave().await;
+    }
+
+    /// The last step of a stop: closes every tunnel and waits until the relay client's tasks
+    /// have ended (idempotent; after [`Remote::leave`] there may be nothing left to close).
+    pub async fn shutdown(&self) {
+        self.client.shutdown().await;
     }
 
     /// The node id.

@@ -203,6 +203,9 @@ let
     configFile = configFile d;
     user = "gate";
     needsLowPorts = d.inst.port < 1024 || d.inst.p2pPort < 1024;
+    # On SIGTERM the daemon lets requests in flight go on for server.shutdown_grace_secs
+    # (default 30), then ends streams and needs a few seconds more: SIGKILL only after that.
+    timeoutStopSec = ((d.inst.settings.server or { }).shutdown_grace_secs or 30) + 15;
   };
 
   ownedKeys = inst:

@@ -15,8 +15,11 @@ rec {
 
   # A Gate service: `bin serve --config configFile --state-dir /var/lib/stateDir --runtime
   # inst.runtime` from `inst.package`, as `user`, hardened, restarted on failure, with
-  # `inst.environmentFile` (if any) as its EnvironmentFile.
-  service = { description, bin, inst, configFile, stateDir, user, needsLowPorts }: {
+  # `inst.environmentFile` (if any) as its EnvironmentFile. `timeoutStopSec` (when not null):
+  # how long systemd waits after SIGTERM before SIGKILL (above the service's own grace).
+  # LimitNOFILE: room for every connection the listeners admit (`server.max_connections`
+  # per listener) plus upstream connections and files; systemd's default is 1024.
+  service = { description, bin, inst, configFile, stateDir, user, needsLowPorts, timeoutStopSec ? null }: {
     inherit description;
     wantedBy = [ "multi-user.target" ];
     wants = [ "network-online.target" ];
@@ -40,6 +43,9 @@ rec {
       WorkingDirectory = "/var/lib/${stateDir}";
       Restart = "on-failure";
       RestartSec = "5s";
+      LimitNOFILE = 65536;
+    } // optionalAttrs (timeoutStopSec != null) {
+      TimeoutStopSec = timeoutStopSec;
     } // optionalAttrs (inst.environmentFile != null) {
       EnvironmentFile = toString inst.environmentFile;
     };

@@ -89,6 +89,24 @@ let
       };
     }
     {
+      name = "seed-flake: SIGKILL only 15 s after the default 30 s grace; LimitNOFILE 65536";
+      got = { inherit (flake.services.gate-daemon.serviceConfig) TimeoutStopSec LimitNOFILE; };
+      want = { TimeoutStopSec = 45; LimitNOFILE = 65536; };
+    }
+    {
+      name = "server.shutdown_grace_secs = 5: TimeoutStopSec 20";
+      got = (import ./eval.nix { modules = [ ../modules/default.nix examples.seed-flake { services.gate-daemon.settings.server.shutdown_grace_secs = 5; } ]; }).services.gate-daemon.serviceConfig.TimeoutStopSec;
+      want = 20;
+    }
+    {
+      name = "seed-relay: LimitNOFILE 65536, systemd's own stop timeout";
+      got = {
+        limit = relay.services.gate-relay-default.serviceConfig.LimitNOFILE;
+        timeout = relay.services.gate-relay-default.serviceConfig ? TimeoutStopSec;
+      };
+      want = { limit = 65536; timeout = false; };
+    }
+    {
       name = "seed-flake: port 8080 needs no capability";
       got = caps flake.services.gate-daemon;
       want = noCaps;

@@ -250,14 +250,14 @@ async fn run<R: gate_rt::Runtime>(
     identity: Identity,
     dir: PathBuf,
 ) -> anyhow::Result<()> {
-    use futures_lite::StreamExt as _;
-    let mut signals =
-        async_signal::Signals::new([async_signal::Signal::Term, async_signal::Signal::Int])
-            .map_err(|e| anyhow::anyhow!("could not install signal handlers: {e}"))?;
+    let mut signals = gate_rt::signal::StopSignals::install()
+        .map_err(|e| anyhow::anyhow!("could not install signal handlers: {e}"))?;
     let relay = crate::server::start(rt, settings, &identity, &dir).await?;
     // SIGTERM / SIGINT: tell the daemons, save the claims, release the ports.
-    let signal = signals.next().await;
-    tracing::info!(?signal, "stopping");
+    match signals.next().await {
+        Ok(signal) => tracing::info!(%signal, "stopping"),
+        Err(e) => tracing::warn!(error = %e, "stopping: the signal handler failed"),
+    }
     relay.shutdown().await;
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! `quinn::Runtime` that drives a QUIC endpoint, and Unix socket listen / accept / connect. Everything built on top of those
 //! capabilities (hyper server and client glue, QUIC endpoint construction) lives here once,
 //! so that there is exactly one HTTP client path and one server path for both runtimes.
+//! The stop signals (SIGTERM, SIGINT) are awaited the same way on both ([`signal`]).
 //!
 //! Byte streams use the `tokio::io::{AsyncRead, AsyncWrite}` traits as the common
 //! vocabulary, because quinn's streams and tokio-rustls already speak them. Only the traits
@@ -22,6 +23,7 @@ pub mod hyper_glue;
 pub mod quic;
 #[cfg(feature = "scenario")]
 pub mod scenario;
+pub mod signal;
 pub mod tunnel;
 
 use std::future::Future;

@@ -123,6 +123,27 @@ pub struct ServerLimits {
     pub connect_timeout: Duration,
     /// Longest silence on an upstream response before failing (default 300 s).
     pub idle_timeout: Duration,
+    /// Lifecycle and listener limits.
+    pub listen: ListenLimits,
+}
+
+/// `[server]` keys of the daemon's lifecycle and listeners: how long a stop waits, and how
+/// long a client connection may stay silent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenLimits {
+    /// On SIGTERM/SIGINT, how long requests and streams in flight may go on (default 30 s).
+    pub shutdown_grace: Duration,
+    /// Time from accepting a connection (or finishing the TLS handshake) to the first full
+    /// request head; also the TLS handshake's own limit (default 10 s).
+    pub header_read_timeout: Duration,
+    /// How long a connection with no request in flight may stay silent (default 10 s).
+    pub keep_alive_timeout: Duration,
+    /// HTTP/2 PING interval on connections (default 20 s).
+    pub http2_keepalive_interval: Duration,
+    /// How long an HTTP/2 PING may go unanswered before the connection is closed (default 10 s).
+    pub http2_keepalive_timeout: Duration,
+    /// Open connections per listener (local, relayed); more are closed at once (default 4096).
+    pub max_connections: usize,
 }
 
 /// The daemon's whole configuration.
@@ -356,6 +377,22 @@ impl DaemonConfig {
                 max_body_bytes: r.int("server.max_body_bytes")?,
                 connect_timeout: Duration::from_secs(r.int("server.connect_timeout_secs")?),
                 idle_timeout: Duration::from_secs(r.int("server.idle_timeout_secs")?),
+                listen: ListenLimits {
+                    shutdown_grace: Duration::from_secs(r.int("server.shutdown_grace_secs")?),
+                    header_read_timeout: Duration::from_secs(
+                        r.int("server.header_read_timeout_secs")?,
+                    ),
+                    keep_alive_timeout: Duration::from_secs(
+                        r.int("server.keep_alive_timeout_secs")?,
+                    ),
+                    http2_keepalive_interval: Duration::from_secs(
+                        r.int("server.http2_keepalive_interval_secs")?,
+                    ),
+                    http2_keepalive_timeout: Duration::from_secs(
+                        r.int("server.http2_keepalive_timeout_secs")?,
+                    ),
+                    max_connections: r.int("server.max_connections")?,
+                },
             },
         })
     }

@@ -633,7 +633,7 @@ static LETSENCRYPT_FIELDS: [Field; 7] = [
     field("ca_file", Kind::String(StrCheck::NonEmpty), None),
 ];
 
-static SERVER_FIELDS: [Field; 3] = [
+static SERVER_FIELDS: [Field; 9] = [
     field(
         "max_body_bytes",
         Kind::Integer {
@@ -651,6 +651,42 @@ static SERVER_FIELDS: [Field; 3] = [
         "idle_timeout_secs",
         Kind::Integer { min: 1, max: 3600 },
         Some(DefaultValue::Integer(300)),
+    ),
+    // Lifecycle and listener limits (issue 11): how long a stop waits for requests in flight,
+    // and how long a connection may stay silent. The defaults close a silent connection
+    // within ~10 s; `max_connections` applies to each listener (local, relayed).
+    field(
+        "shutdown_grace_secs",
+        Kind::Integer { min: 0, max: 3600 },
+        Some(DefaultValue::Integer(30)),
+    ),
+    field(
+        "header_read_timeout_secs",
+        Kind::Integer { min: 1, max: 300 },
+        Some(DefaultValue::Integer(10)),
+    ),
+    field(
+        "keep_alive_timeout_secs",
+        Kind::Integer { min: 1, max: 3600 },
+        Some(DefaultValue::Integer(10)),
+    ),
+    field(
+        "http2_keepalive_interval_secs",
+        Kind::Integer { min: 1, max: 3600 },
+        Some(DefaultValue::Integer(20)),
+    ),
+    field(
+        "http2_keepalive_timeout_secs",
+        Kind::Integer { min: 1, max: 300 },
+        Some(DefaultValue::Integer(10)),
+    ),
+    field(
+        "max_connections",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some(DefaultValue::Integer(4096)),
     ),
 ];
 

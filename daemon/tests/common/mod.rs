@@ -161,6 +161,26 @@ impl Proc {
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
     }
+
+    /// Sends it a signal by name (`TERM`, `INT`) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// Waits (bounded) until it has exited; its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        wait_for(
+            "the process to exit",
+            deadline,
+            || self.exited(),
+            String::new,
+        )
+    }
 }
 
 impl Drop for Proc {
@@ -501,5 +521,196 @@ fn serve_mock(stream: TcpStream, behaviour: &MockBehaviour, counters: &MockCount
         if stream.write_all(response.as_bytes()).is_err() {
             return;
         }
+    }
+}
+
+// ---------------------------------------------------------------- a local daemon
+
+/// Starts `gate serve` on an ephemeral loopback port with `config` (TOML) as its only config
+/// file, its state in `dir/state`, its log in `dir/gate.log`; returns once it listens.
+/// `wrap` runs it through `sh -c` with a prefix (e.g. `trap "" INT;`) when given.
+pub fn start_local_daemon(
+    dir: &Path,
+    runtime: &str,
+    config: &str,
+    shell_prefix: Option<&str>,
+) -> (Proc, SocketAddr) {
+    let state_dir = dir.join("state");
+    let config_path = dir.join("gate.toml");
+    std::fs::write(&config_path, format!("host = \"127.0.0.1\"\n{config}"))
+        .expect("write gate.toml");
+    let mut cmd = match shell_prefix {
+        None => Command::new(gate_bin()),
+        Some(prefix) => {
+            let mut sh = Command::new("sh");
+            sh.arg("-c")
+                .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                .arg(gate_bin());
+            sh
+        }
+    };
+    cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
+        .arg(&config_path)
+        .arg("--state-dir")
+        .arg(&state_dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("GATE_") {
+            cmd.env_remove(name);
+        }
+    }
+    let mut proc = Proc::spawn(cmd, dir.join("gate.log"));
+    let addr = wait_for(
+        "the daemon to listen",
+        START_DEADLINE,
+        || {
+            if proc.log().contains("gate listening") {
+                daemon_addr(&state_dir)
+            } else {
+                None
+            }
+        },
+        || proc.log(),
+    );
+    assert!(
+        proc.exited().is_none(),
+        "the daemon exited:\n{}",
+        proc.log()
+    );
+    (proc, addr)
+}
+
+// ---------------------------------------------------------------- streaming upstream
+
+/// An OpenAI-compatible upstream (std threads) that answers every POST with a streamed chat
+/// completion: `events` chunks `pause` apart, then `[DONE]`.
+pub struct StreamingMock {
+    pub addr: SocketAddr,
+}
+
+impl StreamingMock {
+    pub fn start(events: usize, pause: Duration) -> StreamingMock {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the mock");
+        let addr = listener.local_addr().expect("mock address");
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || stream_answer(stream, events, pause));
+            }
+        });
+        StreamingMock { addr }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+fn stream_answer(stream: TcpStream, events: usize, pause: Duration) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    let mut length = 0usize;
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+            return;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0u8; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";
+    if stream.write_all(head.as_bytes()).is_err() {
+        return;
+    }
+    for i in 0..events {
+        let delta = if i == 0 {
+            json!({"role": "assistant", "content": format!("tok{i} ")})
+        } else {
+            json!({"content": format!("tok{i} ")})
+        };
+        let chunk = json!({
+            "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 0, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": null}]
+        });
+        if stream
+            .write_all(format!("data: {chunk}\n\n").as_bytes())
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return;
+        }
+        // Pacing of the stream (what a model's token rate looks like), not a wait in a test.
+        std::thread::sleep(pause);
+    }
+    let last = json!({
+        "id": "chatcmpl-stream", "object": "chat.completion.chunk", "created": 0, "model": "m",
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]
+    });
+    let _ = stream.write_all(format!("data: {last}\n\ndata: [DONE]\n\n").as_bytes());
+}
+
+/// A raw HTTP/1.1 request on a new connection whose response is read on a thread into a
+/// shared buffer (for watching a stream while it arrives); `Connection: close`.
+pub struct RawResponse {
+    pub bytes: Arc<Mutex<Vec<u8>>>,
+    pub done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl RawResponse {
+    pub fn send(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> RawResponse {
+        let mut stream = TcpStream::connect(addr).expect("connect to the daemon");
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            request.push_str(&format!("{k}: {v}\r\n"));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream
+            .write_all(request.as_bytes())
+            .expect("send the request");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("read timeout");
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (b, d) = (bytes.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => b.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+            d.store(true, Ordering::SeqCst);
+        });
+        RawResponse { bytes, done }
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
     }
 }

@@ -158,6 +158,8 @@ pub(super) async fn serve_metrics<R: Runtime>(
 ) {
     let settings = ServerSettings {
         header_read_timeout: HEADER_READ_TIMEOUT,
+        keep_alive_timeout: HEADER_READ_TIMEOUT,
+        ..ServerSettings::default()
     };
     loop {
         let (stream, peer) = match race(shared.shutdown.wait(), R::accept(&listener)).await {

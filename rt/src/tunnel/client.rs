@@ -334,7 +334,7 @@ impl RelayClient {
 
     /// Says goodbye to every relay ([`RelayClient::leave`], bounded by the leave timeout), then
     /// closes every relay connection and waits until the tasks have ended.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.leave().await;
         self.shutdown.trigger();
         let _ = self.tasks.recv().await;

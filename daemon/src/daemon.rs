@@ -1,0 +1,259 @@
+//! The running daemon (`gate serve`): everything one needs is started by
+//! [`RunningDaemon::start`] (listener bound, gateway, config reloader, model discovery,
+//! relay client, web UI login link) and stopped, in order, by [`RunningDaemon::shutdown`].
+//! Mirrors the relay's `RunningRelay`: one [`Shutdown`] broadcast that every accept loop and
+//! connection watches.
+//!
+//! The stop sequence (each step logged): stop accepting (local listener closed, relayed
+//! connections refused), leave the relays ([`Remote::leave`]), let requests and streams in
+//! flight go on for `server.shutdown_grace_secs`, then end the streams still open with an
+//! error event in their client's protocol, wait briefly for those to be written, close the
+//! relay tunnels ([`Remote::shutdown`]), and wait for config writes in progress. The CLI
+//! turns SIGTERM / SIGINT into this, and exits 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gate_core::config::{DaemonConfig, Loaded};
+use gate_rt::tunnel::support::{race, Either, Shutdown};
+use gate_rt::Runtime;
+
+use crate::app::App;
+use crate::auth::TokenStore;
+use crate::gateway::Gateway;
+use crate::reload::Reloader;
+use crate::remote::{RelayedListener, Remote};
+use crate::server::{self, ConnectionCap};
+use crate::state;
+
+/// How long connections get to write the error events of the streams ended at the end of
+/// the grace before the daemon stops without them.
+const STREAM_END_FLUSH: Duration = Duration::from_secs(5);
+
+/// What [`RunningDaemon::start`] needs besides the runtime.
+#[derive(Debug)]
+pub struct DaemonOptions {
+    /// The address to listen on (port 0: any free port).
+    pub addr: SocketAddr,
+    /// The merged configuration.
+    pub loaded: Loaded<DaemonConfig>,
+    /// The API keys.
+    pub tokens: TokenStore,
+    /// The `--config` files (reloaded on change).
+    pub config_files: Vec<PathBuf>,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// A started daemon: its address, and the way to stop it.
+pub struct RunningDaemon<R: Runtime> {
+    gateway: Arc<Gateway<R>>,
+    reloader: Arc<Reloader<R>>,
+    remote: Option<Arc<Remote<R>>>,
+    addr: SocketAddr,
+    stop: Shutdown,
+    local: Arc<ConnectionCap>,
+    relayed: Arc<ConnectionCap>,
+    grace: Duration,
+    rt: R,
+}
+
+impl<R: Runtime> std::fmt::Debug for RunningDaemon<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningDaemon")
+            .field("addr", &self.addr)
+            .field("grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: Runtime> RunningDaemon<R> {
+    /// Binds the listener and starts every task. Returns once the port is open.
+    pub fn start(rt: R, options: DaemonOptions) -> anyhow::Result<Self> {
+        let DaemonOptions {
+            addr,
+            loaded,
+            tokens,
+            config_files,
+            state_dir,
+        } = options;
+        let config = &loaded.config;
+        let limits = config.server.listen.clone();
+        let settings = server::server_settings(&limits);
+        let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
+        let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
+        let listener = server::bind(&rt, addr)?;
+        let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
+        let upstream_count = config.upstreams.len();
+        let reloader = Arc::new(Reloader::new(
+            rt.clone(),
+            gateway.clone(),
+            config_files,
+            state_dir.clone(),
+            loaded,
+        ));
+        let admin = Arc::new(crate::admin::Admin::new(
+            reloader.clone(),
+            admin_token,
+            bound,
+        ));
+        let stop = Shutdown::new();
+        rt.spawn(reloader.clone().watch());
+        // Routing's third tier: the models upstreams without an explicit list say they serve.
+        let discovery = gateway.clone();
+        let discovery_rt = rt.clone();
+        let discovery_stop = stop.clone();
+        rt.spawn(async move {
+            loop {
+                discovery.discover_models().await;
+                let pause = discovery_rt.sleep(Duration::from_secs(60));
+                if let Either::Left(()) = race(discovery_stop.wait(), pause).await {
+                    return;
+                }
+            }
+        });
+        let app = Arc::new(App::new(gateway.clone()).with_admin(admin.clone()));
+        crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
+        // After the socket: a second daemon refused there must not overwrite the address.
+        if let Err(e) = state::write_atomic(
+            &crate::admin::client::addr_file(&state_dir),
+            format!("{bound}\n").as_bytes(),
+        ) {
+            tracing::warn!(error = %e, "cannot record the listen address in the state directory; daemon.addr, for people and tools");
+        }
+        let local = ConnectionCap::new("local", limits.max_connections);
+        let relayed = ConnectionCap::new("relayed", limits.max_connections);
+        let remote = Remote::start(
+            &rt,
+            &reloader.current().config,
+            &state_dir,
+            app.clone(),
+            RelayedListener {
+                settings: settings.clone(),
+                cap: relayed.clone(),
+                stop: stop.clone(),
+            },
+        )?;
+        if let Some(remote) = &remote {
+            gateway.set_remote(remote.clone());
+        }
+        rt.spawn(server::serve(
+            rt.clone(),
+            listener,
+            app,
+            settings,
+            local.clone(),
+            stop.clone(),
+        ));
+        tracing::info!(
+            address = %bound,
+            runtime = R::NAME,
+            upstreams = upstream_count,
+            "gate listening on http://{bound}"
+        );
+        // Printed whatever the log level: it is how a person gets into the web UI.
+        match admin.login_url() {
+            Ok(url) => eprintln!(
+                "gate: web UI: open {url} to sign in (works once, for 15 minutes; `gate status` prints a new one)"
+            ),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "no web UI login link"),
+        }
+        Ok(Self {
+            gateway,
+            reloader,
+            remote,
+            addr: bound,
+            stop,
+            local,
+            relayed,
+            grace: limits.shutdown_grace,
+            rt,
+        })
+    }
+
+    /// The address the local listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The gateway all listeners serve.
+    pub fn gateway(&self) -> &Arc<Gateway<R>> {
+        &self.gateway
+    }
+
+    /// Open connections now: (local listener, through relays).
+    pub fn open_connections(&self) -> (usize, usize) {
+        (self.local.open(), self.relayed.open())
+    }
+
+    /// The stop sequence (see the module docs); returns when the daemon may exit.
+    pub async fn shutdown(self) {
+        let started = Instant::now();
+        let (local, relayed) = self.open_connections();
+        tracing::info!(
+            open_local = local,
+            open_relayed = relayed,
+            "stopping: no new connections; requests in flight may finish within {:?} (server.shutdown_grace_secs)",
+            self.grace
+        );
+        self.stop.trigger();
+        self.local.stop_admitting();
+        self.relayed.stop_admitting();
+        if let Some(remote) = &self.remote {
+            let left = gate_rt::timeout(&self.rt, self.grace, remote.leave()).await;
+            if left.is_ok() {
+                tracing::info!("stopping: left the relays (they route no new connection here)");
+            } else {
+                tracing::warn!("stopping: the relay client did not stop within the grace");
+            }
+        }
+        let drained = async {
+            self.local.closed().await;
+            self.relayed.closed().await;
+        };
+        let remaining = self.grace.saturating_sub(started.elapsed());
+        if gate_rt::timeout(&self.rt, remaining, drained).await.is_ok() {
+            tracing::info!("stopping: every connection has finished");
+        } else {
+            let (local, relayed) = self.open_connections();
+            tracing::warn!(
+                open_local = local,
+                open_relayed = relayed,
+                "stopping: the grace of {:?} is over; ending the streams still open with an error event",
+                self.grace
+            );
+            self.gateway.end_streams();
+            let flushed = async {
+                self.local.closed().await;
+                self.relayed.closed().await;
+            };
+            if gate_rt::timeout(&self.rt, STREAM_END_FLUSH, flushed)
+                .await
+                .is_ok()
+            {
+                tracing::info!("stopping: the remaining connections have closed");
+            } else {
+                let (local, relayed) = self.open_connections();
+                tracing::warn!(
+                    open_local = local,
+                    open_relayed = relayed,
+                    "stopping: connections still open after {STREAM_END_FLUSH:?}; dropping them"
+                );
+            }
+        }
+        if let Some(remote) = &self.remote {
+            if gate_rt::timeout(&self.rt, STREAM_END_FLUSH, remote.shutdown())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "stopping: the relay tunnels did not close within {STREAM_END_FLUSH:?}"
+                );
+            }
+        }
+        self.reloader.wait_for_writes();
+        tracing::info!(elapsed = ?started.elapsed(), "gate stopped");
+    }
+}
