@@ -3,6 +3,7 @@
 //! share, plus the PQ hello fragmented over 7 records. Criterion reports elements/s = hellos/s.
 //!
 //! Run: `cargo bench -p gate-core --bench sni`
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "../tests/sni_hellos.rs"]
 mod hellos;

@@ -1,5 +1,6 @@
 //! Example-based tests of `gate_core::config`: layers, env decoding, validation messages,
 //! tombstones, editing helpers, and snapshots of `config show` output.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use expect_test::expect;
 use gate_core::config::{

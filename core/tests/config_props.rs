@@ -1,5 +1,6 @@
 //! Properties of `gate_core::config`: the priority law over arbitrary key sets, environment
 //! name decoding, errors naming key and layer, and tombstones against the other layers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::collections::BTreeSet;
 

@@ -1,4 +1,5 @@
 //! Conversion examples with realistic payloads (as the official SDKs send and expect them).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use gate_core::llm::convert::{
     anthropic_request_body_to_openai, anthropic_response_body_to_openai,

@@ -1,5 +1,7 @@
 //! Model routing: tiers, aliases, breakers and failover order, with properties over random
 //! upstream sets, model lists, failure histories and times.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+#![allow(clippy::disallowed_methods)] // tests take one real `Instant` to start simulated time from
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

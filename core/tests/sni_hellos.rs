@@ -10,6 +10,8 @@
 //! an X25519 component, exactly the shape Chrome and Firefox send. It can never complete a
 //! handshake; it only has to be written into a ClientHello.
 #![allow(dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+#![allow(clippy::disallowed_methods)] // tests take one real `Instant` to start simulated time from
 
 use std::sync::Arc;
 

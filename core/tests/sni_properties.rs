@@ -1,6 +1,7 @@
 //! Properties of `gate_core::sni::parse` over real ClientHellos written by rustls (random
 //! server names in random case, random ALPN lists, with and without a post-quantum-sized key
 //! share), re-split and re-framed at random, truncated and corrupted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "sni_hellos.rs"]
 mod hellos;

@@ -1,4 +1,5 @@
 //! SSE parser, framer and encoder: WHATWG examples, edge cases and properties.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use gate_core::llm::sse::{
     encode_comment, encode_data, SseEncodeError, SseEnd, SseError, SseEvent, SseFramer, SseParser,

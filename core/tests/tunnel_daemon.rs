@@ -1,4 +1,6 @@
 //! Scripted event sequences for the daemon's relay session.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+#![allow(clippy::disallowed_methods)] // tests take one real `Instant` to start simulated time from
 
 use std::time::{Duration, Instant};
 

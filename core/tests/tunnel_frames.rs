@@ -1,4 +1,5 @@
 //! Tunnel frame codec: round trips, split-invariance, limits and malformed input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 

@@ -5,6 +5,8 @@
 //! that node, a custom label to the node it was first granted to); a claim never changes owner;
 //! once faults stop, every daemon is registered again and reachable through the relay.
 //! Every frame crosses the wire codec (encode, then incremental decode in random chunks).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+#![allow(clippy::disallowed_methods)] // tests take one real `Instant` to start simulated time from
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

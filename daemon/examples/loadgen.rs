@@ -18,6 +18,7 @@
 //! Report (milliseconds): `{"label", "url", "concurrency", "stream", "requests", "errors",
 //! "first_error", "elapsed_s", "throughput_rps", "latency_ms": {"mean","p50","p90","p99","max"},
 //! "ttfb_ms": {...} (streams only), "bytes_received", "client_cpu_ms_per_request"}`. Warm-up requests are not counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -81,6 +81,7 @@
 //! - A single request may also carry its own rule in the header `x-mock-behaviour: <json>`
 //!   (matching fields ignored); it takes precedence over the registered rules. Through a gateway
 //!   that does not forward unknown headers, use `POST /_mock/behaviour` instead.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "mock_upstream/anthropic.rs"]
 mod anthropic;

@@ -4,6 +4,7 @@
 //! `gate-runtime-tokio` or `gate-runtime-smol` (`--runtime tokio|smol`). Protocol logic
 //! (routing, SSE, conversion, config layering) lives in `gate-core`; this crate does the
 //! I/O around it: sockets, files, the environment, logs.
+#![forbid(unsafe_code)]
 
 pub mod acme;
 pub mod admin;

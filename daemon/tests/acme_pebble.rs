@@ -3,6 +3,7 @@
 //! through the fake Cloudflare API (tests/acme/fake_cloudflare.py) into challtestsrv. A TLS
 //! listener on loopback serves the `certs` resolver; a rustls client verifies what it serves
 //! against Pebble's root. Both runtimes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "../../tests/acme/harness.rs"]
 mod harness;

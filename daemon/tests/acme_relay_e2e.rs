@@ -6,6 +6,7 @@
 //! the relay against Pebble's issuing root, without `-k`, and no TXT record may be left behind.
 //! Both binaries on tokio, then both on smol. Needs the Debian package `pebble`, `curl`,
 //! `python3`, and `gate-relay` built next to `gate` (`cargo build -p gate-relay`).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "../../tests/acme/harness.rs"]
 mod harness;

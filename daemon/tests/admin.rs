@@ -5,6 +5,7 @@
 //!
 //! Upstreams are a tiny HTTP responder in `common` (std threads), so nothing here
 //! depends on another process than `gate`. Waits are for conditions with deadlines.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};

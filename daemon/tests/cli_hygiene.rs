@@ -2,6 +2,7 @@
 //! it, secrets stay off the command line and out of errors, `--help` documents the listen
 //! flags, dates are readable, config errors name the real file, and a `custom` base URL
 //! without a version segment is refused or flagged. Daemon tests run under both runtimes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::io::Write;
 use std::net::TcpStream;

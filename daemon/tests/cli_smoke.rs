@@ -1,5 +1,6 @@
 //! The `gate` binary answers `--help` and `--version` on every command, and refuses a bad
 //! configuration before binding a port, naming the key and where it came from.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

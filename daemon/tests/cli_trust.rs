@@ -2,6 +2,7 @@
 //! the daemon before it sends anything (it talks only to `<state_dir>/admin.sock`, never to
 //! whatever holds the TCP port), concurrent edits without a daemon lose nothing (file
 //! locks), and the state directory is kept private. Daemon tests run under both runtimes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 use std::io::{Read, Write};
 use std::net::TcpListener;

@@ -4,6 +4,7 @@
 //! shapes); new connections are refused once the signal is in; SIGINT stops a daemon whose
 //! parent ignored SIGINT (a script's `gate serve &`). And through a relay: once the daemon
 //! has said goodbye, a client of its name gets `unrecognized_name` at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! `server.max_connections = 3` the fourth connection is closed and the log says why, and
 //! with `max_connections = 2` a third TLS session through the relay is closed before its
 //! handshake.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

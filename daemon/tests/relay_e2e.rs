@@ -2,6 +2,7 @@
 //! and `gate serve` under tokio, smol, and relay-on-smol with daemon-on-tokio. A real TLS
 //! client (`curl --resolve`, `openssl s_client`) reaches the daemon's `/health` through the
 //! relay and sees the daemon's certificate; relayed requests are never loopback-trusted.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

@@ -15,6 +15,7 @@
 //!   state directory, liveness, and rendering.
 //! - [`dns`]: the DNS provider (Cloudflare) and the ACME challenge records it writes.
 //! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod dns;

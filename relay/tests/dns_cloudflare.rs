@@ -1,5 +1,6 @@
 //! The relay's Cloudflare client and challenge-record manager against the fake Cloudflare API
 //! (tests/acme/fake_cloudflare.py), on loopback, under both runtimes.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 #[path = "../../tests/acme/harness.rs"]
 mod harness;

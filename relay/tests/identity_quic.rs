@@ -1,6 +1,7 @@
 //! Node identities over a real QUIC handshake on loopback: both sides learn the other's node
 //! id from its certificate, a wrong pin is refused, and a client without a node certificate
 //! never gets a working connection.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

@@ -8,6 +8,7 @@
 //! dropped silently by quinn-udp), the losses would trip black-hole detection and the path
 //! would fall back to 1,200 bytes (ARCHITECTURE.md, "QUIC transport settings"); this test
 //! then fails instead of quietly costing throughput.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

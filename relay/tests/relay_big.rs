@@ -10,6 +10,7 @@
 //! `#[ignore]`d to keep `cargo test` shorter; `bench/relay.sh` runs all three in release mode
 //! (`cargo test --release -p gate-relay --test relay_big -- --include-ignored`).
 //! `GATE_RELAY_BIG_MIB` overrides the size (in MiB) for quick local runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

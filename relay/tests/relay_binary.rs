@@ -2,6 +2,7 @@
 //! `status` (running, killed, stopped), the metrics listener (from the file and from
 //! `RELAY_METRICS_PORT`), and a relay killed with SIGKILL in the middle of a transfer and started
 //! again: the daemon's client notices, registers again, and new connections work.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! End to end on loopback: a relay, daemons (RelayClient + a rustls responder), and real TLS
 //! clients (rustls, curl, openssl s_client). Every scenario runs on tokio, on smol, and with
 //! the relay on smol and the daemon side on tokio.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
 

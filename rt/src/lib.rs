@@ -16,6 +16,7 @@
 //! runtime-specific code (that is the runtime crates). The [`tunnel`] module tree is the
 //! relay <-> daemon tunnel's I/O side, shared by both binaries: it moves frames between QUIC
 //! and the `gate_core::tunnel` state machines, which make every protocol decision.
+#![forbid(unsafe_code)]
 
 pub mod client;
 pub mod fs;

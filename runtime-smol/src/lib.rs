@@ -3,6 +3,7 @@
 //! Glue only: every behaviour lives in `gate-rt` (shared) or `gate-core` (protocol).
 //! smol's sockets speak the `futures-io` traits; they are adapted to the tokio I/O traits
 //! that `gate-rt` uses with `tokio-util`'s compat layer (traits only, no tokio runtime).
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::io;

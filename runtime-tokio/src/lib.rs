@@ -1,6 +1,7 @@
 //! [`gate_rt::Runtime`] on tokio: a multi-threaded tokio runtime with one worker per core.
 //!
 //! Glue only: every behaviour lives in `gate-rt` (shared) or `gate-core` (protocol).
+#![forbid(unsafe_code)]
 
 use std::future::Future;
 use std::io;
