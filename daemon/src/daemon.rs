@@ -57,6 +57,7 @@ pub struct RunningDaemon<R: Runtime> {
     local: Arc<ConnectionCap>,
     relayed: Arc<ConnectionCap>,
     grace: Duration,
+    state_dir: std::path::PathBuf,
     rt: R,
 }
 
@@ -169,6 +170,7 @@ impl<R: Runtime> RunningDaemon<R> {
             local,
             relayed,
             grace: limits.shutdown_grace,
+            state_dir,
             rt,
         })
     }
@@ -254,6 +256,18 @@ impl<R: Runtime> RunningDaemon<R> {
             }
         }
         self.reloader.wait_for_writes();
+        // This process still holds the socket's lock, so both files are ours: a CLI run after
+        // the stop finds no socket and edits the files, and nothing claims a daemon is here.
+        for file in [
+            crate::admin::socket::socket_path(&self.state_dir),
+            crate::admin::client::addr_file(&self.state_dir),
+        ] {
+            if let Err(e) = std::fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::debug!(path = %file.display(), error = %e, "cannot remove on stop");
+                }
+            }
+        }
         tracing::info!(elapsed = ?started.elapsed(), "gate stopped");
     }
 }

@@ -108,6 +108,13 @@ fn stream_finishes_within_grace(runtime: &str) {
     ] {
         assert!(log.contains(step), "the log lacks {step:?}:\n{log}");
     }
+    // A clean stop leaves no admin socket or address behind for the CLI to trip on.
+    for leftover in ["admin.sock", "daemon.addr"] {
+        assert!(
+            !dir.join("state").join(leftover).exists(),
+            "{leftover} is left after a clean stop"
+        );
+    }
 }
 
 #[test]
