@@ -1,31 +1,16 @@
 //! The daemon's HTTP router: one [`App`] serves the local listener and the connections a
 //! relay forwards (marked `remote`: never loopback-trusted).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use gate_rt::Runtime;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::gateway::{Endpoint, Gateway};
 
-/// Boxed error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body type: buffered or streaming.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// Who is on the other end of a request.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer {
-    /// The client's address (for relayed connections, as reported by the relay).
-    pub addr: SocketAddr,
-    /// True when the connection came through a relay.
-    pub remote: bool,
-}
+pub use crate::web::{full_body, json, Body, BoxError, Peer};
 
 /// The shared request router.
 pub struct App<R: Runtime> {
@@ -112,20 +97,4 @@ fn not_found<B>(req: &Request<B>) -> Response<Body> {
         StatusCode::NOT_FOUND,
         &format!("no route for {} {}", req.method(), req.uri().path()),
     )
-}
-
-/// A buffered body.
-pub fn full_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full_body(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }

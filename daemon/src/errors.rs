@@ -7,7 +7,7 @@ use gate_core::llm::errors::{self, ApiErrorKind};
 use gate_core::route::WireProtocol;
 use http::{Response, StatusCode};
 
-use crate::app::{full_body, Body};
+use crate::web::{full_body, Body};
 
 /// The JSON error body for `protocol` (builders in `gate_core::llm::errors`).
 pub fn error_body(protocol: WireProtocol, status: StatusCode, message: &str) -> String {

@@ -1,0 +1,149 @@
+//! The gateway: authenticates a client request, routes its model to upstream candidates
+//! (`gate_core::route`), injects the provider key, fails over before the first byte, and
+//! streams the answer back event by event, converting between the OpenAI and Anthropic
+//! protocols when client and upstream differ (`gate_core::llm::convert`).
+//!
+//! The request path, split by stage:
+//! - [`endpoint`] - the table of LLM endpoints Gate serves;
+//! - [`snapshot`] - the part of the configuration the request path reads;
+//! - [`access`] - client authentication and `GET /v1/models`;
+//! - [`discovery`] - asking upstreams which models they serve;
+//! - [`dispatch`] - one request: read, route, try the candidates in turn (failover);
+//! - [`upstream`] - building the upstream request, reading its answer;
+//! - [`respond`] - turning the upstream's answer into the client's;
+//! - [`stream`] - the streamed body ([`stream::StreamPipe`]);
+//! - [`usage`] - token counts read from answers;
+//! - [`observe`] - metrics of attempts and health gauges.
+//!
+//! Invariants:
+//! - the client's credentials are never forwarded: upstream requests are built from an
+//!   allow-list of headers plus the upstream's own key;
+//! - a pass-through request (same protocol) forwards the client's body bytes untouched,
+//!   except the `model` field when an alias maps it to another upstream model;
+//! - failover happens only before any byte of the response reaches the client;
+//! - streams are forwarded as they arrive, never buffered whole and never held waiting for
+//!   more data (chunks already read from the upstream go out together, see `StreamPipe`);
+//! - no total-time cap: only a connect timeout and an idle timeout between bytes.
+
+mod access;
+mod body;
+mod discovery;
+mod dispatch;
+pub mod endpoint;
+mod observe;
+mod respond;
+pub mod snapshot;
+mod stream;
+mod upstream;
+mod usage;
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use gate_core::config::DaemonConfig;
+use gate_core::route::Router;
+use gate_rt::client::{http_client, ClientSettings, HttpClient};
+use gate_rt::Runtime;
+use http_body_util::Full;
+
+use crate::auth::TokenStore;
+use crate::metrics::Metrics;
+
+pub use endpoint::Endpoint;
+pub use snapshot::{Snapshot, UpstreamTarget};
+
+/// The `anthropic-version` sent when the client gave none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The gateway: shared by every connection.
+pub struct Gateway<R: Runtime> {
+    rt: R,
+    client: HttpClient<R, Full<Bytes>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    router: Mutex<Router>,
+    pub metrics: Arc<Metrics>,
+    tokens: RwLock<TokenStore>,
+    /// The relay side, once started (status pages and metrics read it).
+    remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
+}
+
+impl<R: Runtime> Gateway<R> {
+    /// A gateway for `config`, with the API keys of `tokens`.
+    pub fn new(rt: R, config: &DaemonConfig, tokens: TokenStore) -> anyhow::Result<Self> {
+        let (snapshot, specs) = Snapshot::from_config(config);
+        let router = Router::new(specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let settings = ClientSettings {
+            connect_timeout: config.server.connect_timeout,
+            ..ClientSettings::default()
+        };
+        Ok(Self {
+            client: http_client(rt.clone(), &settings),
+            rt,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            router: Mutex::new(router),
+            metrics: Arc::new(Metrics::new()),
+            tokens: RwLock::new(tokens),
+            remote: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Swaps in a new configuration; requests in flight finish on the old one.
+    pub fn reload(&self, config: &DaemonConfig) -> anyhow::Result<()> {
+        let (snapshot, specs) = Snapshot::from_config(config);
+        self.lock_router()
+            .replace_upstreams(specs)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        Ok(())
+    }
+
+    /// Reloads the API key store from the state directory.
+    pub fn set_tokens(&self, tokens: TokenStore) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock_router(&self) -> std::sync::MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The circuit state of each configured upstream at `now`, by name (admin status).
+    pub fn upstream_health(&self, now: Instant) -> Vec<(String, gate_core::route::Health)> {
+        let router = self.lock_router();
+        router
+            .ids()
+            .filter_map(|id| Some((router.upstream(id)?.name.clone(), router.health(id, now)?)))
+            .collect()
+    }
+
+    /// Every model clients can ask for, with the upstreams routing would try, in order
+    /// (admin "models and routes").
+    pub fn routes(&self) -> Vec<(String, Vec<gate_core::route::Candidate>)> {
+        let router = self.lock_router();
+        router
+            .list_models()
+            .into_iter()
+            .map(|m| {
+                let candidates = router.all_candidates(&m.id);
+                (m.id, candidates)
+            })
+            .collect()
+    }
+
+    /// Attaches the relay side (once).
+    pub fn set_remote(&self, remote: Arc<crate::remote::Remote<R>>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The relay side, when relays are enabled.
+    pub fn remote(&self) -> Option<&Arc<crate::remote::Remote<R>>> {
+        self.remote.get()
+    }
+}

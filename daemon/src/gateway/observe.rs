@@ -1,0 +1,67 @@
+//! Metrics of the request path: attempt outcomes, and the gauges refreshed when `/metrics`
+//! is rendered (upstream health, relay state, certificate expiry).
+
+use std::time::Instant;
+
+use gate_core::route::AttemptOutcome;
+use gate_rt::Runtime;
+
+use super::Gateway;
+use crate::metrics::{AttemptLabels, UpstreamLabels};
+
+impl<R: Runtime> Gateway<R> {
+    /// Updates the upstream health gauges and renders `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        if let Some(remote) = self.remote.get() {
+            let status = remote.status();
+            for relay in &status.relays {
+                let address = relay["address"].as_str().unwrap_or_default().to_owned();
+                let up = relay["state"].as_str() == Some("registered");
+                self.metrics
+                    .relay_registered
+                    .get_or_create(&crate::metrics::RelayLabels { relay: address })
+                    .set(i64::from(up));
+            }
+            if let Some(cert) = &status.certificate {
+                let expiry = i64::try_from(cert.expiry_unix_seconds()).unwrap_or(i64::MAX);
+                self.metrics.certificate_expiry.set(expiry);
+            }
+        }
+        {
+            let router = self.lock_router();
+            for id in router.ids() {
+                let (Some(spec), Some(health)) = (router.upstream(id), router.health(id, now))
+                else {
+                    continue;
+                };
+                let up = matches!(health, gate_core::route::Health::Closed);
+                self.metrics
+                    .upstream_up
+                    .get_or_create(&UpstreamLabels {
+                        upstream: spec.name.clone(),
+                    })
+                    .set(i64::from(up));
+            }
+        }
+        self.metrics.render()
+    }
+
+    pub(super) fn record(
+        &self,
+        id: gate_core::route::UpstreamId,
+        outcome: &AttemptOutcome,
+        name: &str,
+        label: &str,
+    ) {
+        self.lock_router()
+            .record_outcome(id, outcome, Instant::now());
+        self.metrics
+            .upstream_attempts
+            .get_or_create(&AttemptLabels {
+                upstream: name.to_owned(),
+                outcome: label.to_owned(),
+            })
+            .inc();
+    }
+}

@@ -1,0 +1,155 @@
+//! Turns an upstream's answer into the client's: errors in the client's shape, streams
+//! through [`StreamPipe`], buffered answers passed through or converted.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+use gate_core::llm::sse::{SseParser, SseWatcher};
+use gate_core::route::WireProtocol;
+use gate_rt::Runtime;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
+use super::upstream::{
+    collect_with_timeout, copy_response_headers, is_event_stream, is_json, map_upstream_status,
+};
+use super::usage::{Usage, USAGE_KEY};
+use super::{Endpoint, Gateway, UpstreamTarget};
+use crate::convert;
+use crate::errors::{error_response, upstream_message};
+use crate::web::{full_body, Body};
+
+impl<R: Runtime> Gateway<R> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn respond(
+        &self,
+        endpoint: Endpoint,
+        client_protocol: WireProtocol,
+        upstream: &UpstreamTarget,
+        model: &str,
+        (stream_requested, include_usage): (bool, bool),
+        response: Response<Incoming>,
+        started: Instant,
+    ) -> Response<Body> {
+        let snapshot_idle = self.snapshot().limits.idle_timeout;
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let same_protocol = client_protocol == upstream.protocol;
+
+        if !status.is_success() {
+            let bytes = collect_with_timeout(&self.rt, body, snapshot_idle)
+                .await
+                .unwrap_or_default();
+            let message = upstream_message(&bytes)
+                .unwrap_or_else(|| format!("upstream `{}` answered {status}", upstream.name));
+            let client_status = if status.is_server_error() {
+                map_upstream_status(status)
+            } else {
+                status
+            };
+            if same_protocol && status.is_client_error() {
+                let mut out = Response::new(full_body(bytes));
+                *out.status_mut() = status;
+                copy_response_headers(&parts.headers, out.headers_mut());
+                return out;
+            }
+            return error_response(client_protocol, client_status, &message);
+        }
+
+        if is_event_stream(&parts.headers)
+            || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
+        {
+            let converter = if same_protocol {
+                None
+            } else {
+                Some(convert::stream_converter(
+                    upstream.protocol,
+                    model,
+                    include_usage,
+                ))
+            };
+            let started_pipe = Instant::now();
+            let pipe = StreamPipe {
+                inner: body,
+                rt: self.rt.clone(),
+                idle: snapshot_idle,
+                sleep: Box::pin(self.rt.sleep(snapshot_idle)),
+                armed_at: started_pipe,
+                last_data: started_pipe,
+                client_protocol,
+                upstream_protocol: upstream.protocol,
+                mode: match converter {
+                    None => Mode::PassThrough(SseWatcher::new(USAGE_KEY, SSE_MAX_EVENT)),
+                    Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
+                },
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                fresh: false,
+                empty_yields: 0,
+                done: false,
+                first_byte: false,
+                started,
+                usage: Usage::default(),
+                metrics: self.metrics.clone(),
+                upstream_name: upstream.name.clone(),
+                model: model.to_owned(),
+                endpoint,
+            };
+            let mut out = Response::new(pipe.boxed());
+            copy_response_headers(&parts.headers, out.headers_mut());
+            out.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            out.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            return out;
+        }
+
+        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle).await {
+            Ok(bytes) => bytes,
+            Err(message) => {
+                return error_response(
+                    client_protocol,
+                    StatusCode::BAD_GATEWAY,
+                    &format!(
+                        "upstream `{}` broke off its answer: {message}",
+                        upstream.name
+                    ),
+                )
+            }
+        };
+        let mut usage = Usage::default();
+        usage.observe_json(&bytes);
+        self.metrics
+            .add_tokens(&upstream.name, model, usage.input, usage.output);
+        if same_protocol || endpoint == Endpoint::CountTokens {
+            let mut out = Response::new(full_body(bytes));
+            copy_response_headers(&parts.headers, out.headers_mut());
+            return out;
+        }
+        match convert::response(upstream.protocol, &bytes) {
+            Ok(converted) => {
+                let mut out = Response::new(full_body(Bytes::from(converted)));
+                out.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                out
+            }
+            Err(message) => error_response(
+                client_protocol,
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "upstream `{}` sent an answer Gate could not convert: {message}",
+                    upstream.name
+                ),
+            ),
+        }
+    }
+}
