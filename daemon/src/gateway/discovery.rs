@@ -9,7 +9,7 @@ use gate_rt::Runtime;
 use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 
-use super::upstream::{collect_with_timeout, error_chain};
+use super::upstream::{check_conversion_bound, collect_with_timeout, error_chain};
 use super::{Gateway, UpstreamTarget, DEFAULT_ANTHROPIC_VERSION};
 
 impl<R: Runtime> Gateway<R> {
@@ -83,11 +83,16 @@ impl<R: Runtime> Gateway<R> {
             }
         }
         let req = builder.body(Full::new(Bytes::new())).ok()?;
+        let max = self.snapshot().limits.max_response_bytes;
         let body = match gate_rt::timeout(&self.rt, TIMEOUT, self.client.request(req)).await {
             Ok(Ok(response)) if response.status().is_success() => {
-                collect_with_timeout(&self.rt, response.into_body(), TIMEOUT)
-                    .await
-                    .ok()?
+                match collect_with_timeout(&self.rt, response.into_body(), TIMEOUT, max).await {
+                    Ok(body) => body,
+                    Err(e) => {
+                        tracing::warn!(upstream = %upstream.name, error = %e, "model list not read");
+                        return None;
+                    }
+                }
             }
             Ok(Ok(response)) => {
                 tracing::debug!(upstream = %upstream.name, status = %response.status(), "model list not available");
@@ -102,6 +107,10 @@ impl<R: Runtime> Gateway<R> {
                 return None;
             }
         };
+        if let Err(e) = check_conversion_bound(&body) {
+            tracing::warn!(upstream = %upstream.name, error = %e, "model list not read");
+            return None;
+        }
         let value = serde_json::from_slice::<serde_json::Value>(&body).ok()?;
         Some(
             value

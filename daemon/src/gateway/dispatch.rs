@@ -1,18 +1,22 @@
 //! One LLM request from start to answer: authenticate, read the body, route its model,
 //! try the candidates in turn (failover before the first byte), and count it.
 
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gate_core::route::{AttemptOutcome, WireProtocol};
+use gate_core::llm::convert::request_summary;
+use gate_core::llm::endpoint::bounded_echo;
+use gate_core::route::{AttemptOutcome, AttemptPlan, WireProtocol};
 use gate_rt::Runtime;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
+use super::attempt::AttemptSlot;
 use super::upstream::{
-    build_upstream_body, build_upstream_request, collect_with_timeout, error_chain,
-    is_event_stream, map_upstream_status,
+    build_upstream_body, build_upstream_request, check_conversion_bound, collect_with_timeout,
+    error_chain, is_event_stream, map_upstream_status, retry_after,
 };
 use super::{Endpoint, Gateway};
 use crate::convert;
@@ -94,63 +98,45 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        let request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        // Only what routing needs is read; the rest of the body is skipped, not built into
+        // a tree (a pass-through request is forwarded as the client's bytes).
+        let summary = request_summary(&body).map_err(|e| {
             Refusal(
                 StatusCode::BAD_REQUEST,
-                format!("the request body is not valid JSON: {e}"),
+                format!(
+                    "the request body is not a JSON object with a string \"model\": {}",
+                    bounded_echo(&e.to_string(), MAX_ECHO_CHARS)
+                ),
             )
         })?;
-        let Some(model) = request
-            .get("model")
-            .and_then(|m| m.as_str())
-            .map(str::to_owned)
-        else {
+        let Some(model) = summary.model else {
             return Err(Refusal(
                 StatusCode::BAD_REQUEST,
                 "the request has no \"model\" string field".to_owned(),
             ));
         };
-        let stream = request
-            .get("stream")
-            .and_then(|s| s.as_bool())
-            .unwrap_or(false);
-        let include_usage = request
-            .pointer("/stream_options/include_usage")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let (stream, include_usage) = (summary.stream, summary.include_usage);
 
         let now = Instant::now();
-        let (candidates, known) = {
-            let router = self.lock_router();
-            let known = router.all_candidates(&model);
-            let candidates = router.candidates(&model, now);
-            (candidates, known)
-        };
-        let served = |c: &gate_core::route::Candidate| {
-            snapshot
-                .upstreams
-                .get(c.upstream.index())
-                .is_some_and(|u| endpoint.served_by(u.protocol))
-        };
-        if !known.iter().any(served) {
+        let seed = self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let plan = self
+            .lock_router()
+            .plan(&model, now, seed, |spec| endpoint.served_by(spec.protocol));
+        let echoed = bounded_echo(&model, MAX_ECHO_CHARS);
+        if !plan.known {
             return Err(Refusal(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "the model `{model}` does not exist or no upstream serves it for {}; \
+                    "the model `{echoed}` does not exist or no upstream serves it for {}; \
                      GET /v1/models lists the models Gate routes",
                     endpoint.label()
                 ),
             ));
         }
-        let candidates: Vec<_> = candidates.into_iter().filter(|c| served(c)).collect();
-        if candidates.is_empty() {
-            return Err(Refusal(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!(
-                    "every upstream serving `{model}` is failing (circuit open); try again shortly"
-                ),
-            ));
+        if plan.candidates.is_empty() {
+            return Ok(self.no_candidate(client_protocol, &echoed, &plan, now));
         }
+        let candidates = plan.candidates;
 
         // Count tokens locally when no Anthropic upstream can.
         if endpoint == Endpoint::CountTokens
@@ -162,6 +148,8 @@ impl<R: Runtime> Gateway<R> {
                     == Some(WireProtocol::Anthropic)
             })
         {
+            check_conversion_bound(&body)
+                .map_err(|message| Refusal(StatusCode::PAYLOAD_TOO_LARGE, message))?;
             let estimate = convert::estimate_count_tokens(&body)
                 .map_err(|message| Refusal(StatusCode::BAD_REQUEST, message))?;
             let mut out = Response::new(full_body(Bytes::from(estimate)));
@@ -172,6 +160,7 @@ impl<R: Runtime> Gateway<R> {
             return Ok(out);
         }
 
+        let max_response = snapshot.limits.max_response_bytes;
         let mut last_failure = Refusal(StatusCode::BAD_GATEWAY, "no upstream was tried".to_owned());
         let count = candidates.len();
         for (index, candidate) in candidates.into_iter().enumerate() {
@@ -182,26 +171,26 @@ impl<R: Runtime> Gateway<R> {
             if endpoint == Endpoint::CountTokens && upstream.protocol != WireProtocol::Anthropic {
                 continue;
             }
-            if !self
-                .lock_router()
-                .try_acquire(candidate.upstream, Instant::now())
-            {
+            // The slot goes back to the breaker when dropped unsettled: on `?`, on `continue`
+            // before a verdict, and when the client goes away and this future is dropped.
+            let Some(slot) = AttemptSlot::acquire(
+                &self.router,
+                candidate.upstream,
+                &upstream.name,
+                &candidate.upstream_model,
+                Instant::now(),
+            ) else {
                 continue;
-            }
-            let upstream_body = match build_upstream_body(
+            };
+            let upstream_body = build_upstream_body(
                 endpoint,
                 client_protocol,
                 upstream.protocol,
                 &body,
                 &model,
                 &candidate.upstream_model,
-            ) {
-                Ok(b) => b,
-                Err(message) => {
-                    self.lock_router().release(candidate.upstream);
-                    return Err(Refusal(StatusCode::BAD_REQUEST, message));
-                }
-            };
+            )
+            .map_err(|(status, message)| Refusal(status, message))?;
             let upstream_req =
                 build_upstream_request(endpoint, &parts.headers, upstream, upstream_body)
                     .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
@@ -214,12 +203,8 @@ impl<R: Runtime> Gateway<R> {
             .await;
             let response = match sent {
                 Err(gate_rt::Elapsed) => {
-                    self.record(
-                        candidate.upstream,
-                        &AttemptOutcome::Timeout,
-                        &upstream.name,
-                        "timeout",
-                    );
+                    self.count_attempt(&upstream.name, "timeout");
+                    slot.settle(&AttemptOutcome::Timeout, None);
                     last_failure = Refusal(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!(
@@ -230,20 +215,13 @@ impl<R: Runtime> Gateway<R> {
                     continue;
                 }
                 Ok(Err(e)) => {
-                    self.record(
-                        candidate.upstream,
-                        &AttemptOutcome::ConnectError,
-                        &upstream.name,
-                        "connect_error",
-                    );
-                    tracing::warn!(upstream = %upstream.name, error = %error_chain(&e), "upstream request failed");
+                    self.count_attempt(&upstream.name, "connect_error");
+                    slot.settle(&AttemptOutcome::ConnectError, None);
+                    let error = self.scrub_str(&snapshot, &error_chain(&e));
+                    tracing::warn!(upstream = %upstream.name, %error, "upstream request failed");
                     last_failure = Refusal(
                         StatusCode::BAD_GATEWAY,
-                        format!(
-                            "upstream `{}` could not be reached: {}",
-                            upstream.name,
-                            error_chain(&e)
-                        ),
+                        format!("upstream `{}` could not be reached: {error}", upstream.name),
                     );
                     continue;
                 }
@@ -251,18 +229,19 @@ impl<R: Runtime> Gateway<R> {
             };
             let status = response.status();
             let outcome = AttemptOutcome::HttpStatus(status.as_u16());
+            let retry_after = retry_after(response.headers());
             if outcome.should_failover() && !is_last {
-                self.record(
-                    candidate.upstream,
-                    &outcome,
-                    &upstream.name,
-                    "failover_status",
-                );
+                self.count_attempt(&upstream.name, "failover_status");
+                slot.settle(&outcome, retry_after);
                 let (_, body) = response.into_parts();
-                let bytes = collect_with_timeout(&self.rt, body, snapshot.limits.idle_timeout)
-                    .await
+                let bytes =
+                    collect_with_timeout(&self.rt, body, snapshot.limits.idle_timeout, max_response)
+                        .await
+                        .unwrap_or_default();
+                let message = upstream_message(&bytes)
+                    .map(|m| self.scrub_str(&snapshot, &m))
                     .unwrap_or_default();
-                tracing::warn!(upstream = %upstream.name, %status, message = upstream_message(&bytes).unwrap_or_default(), "upstream failed; trying the next one");
+                tracing::warn!(upstream = %upstream.name, %status, %message, "upstream failed; trying the next one");
                 last_failure = Refusal(
                     map_upstream_status(status),
                     format!("upstream `{}` answered {status}", upstream.name),
@@ -274,9 +253,15 @@ impl<R: Runtime> Gateway<R> {
             } else {
                 "error_status"
             };
-            self.record(candidate.upstream, &outcome, &upstream.name, outcome_label);
+            self.count_attempt(&upstream.name, outcome_label);
             self.lock_router()
                 .record_latency(candidate.upstream, attempt_started.elapsed());
+            let sink = if outcome.is_rate_limited() {
+                slot.settle(&outcome, retry_after);
+                None
+            } else {
+                Some(slot.settle_keeping_sink(&outcome))
+            };
             return Ok(self
                 .respond(
                     endpoint,
@@ -286,9 +271,52 @@ impl<R: Runtime> Gateway<R> {
                     (stream, include_usage),
                     response,
                     started,
+                    sink,
                 )
                 .await);
         }
         Err(last_failure)
     }
+
+    /// The answer when routing admits no candidate now: 429 with `retry-after` when the
+    /// upstreams serving the model are rate limiting it, else 503 (with `retry-after` when a
+    /// circuit's reopening time is known).
+    fn no_candidate(
+        &self,
+        protocol: WireProtocol,
+        model: &str,
+        plan: &AttemptPlan,
+        now: Instant,
+    ) -> Response<Body> {
+        let seconds = |until: Instant| until.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
+        let (status, message, retry) = match (plan.rate_limited_until, plan.open_until) {
+            (Some(until), _) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "every upstream serving `{model}` is rate limiting it; retry after {} s",
+                    seconds(until)
+                ),
+                Some(seconds(until)),
+            ),
+            (None, open) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "every upstream serving `{model}` is failing (circuit open); try again shortly"
+                ),
+                open.map(seconds),
+            ),
+        };
+        tracing::info!(%status, %message, "request refused");
+        let mut response = error_response(protocol, status, &message);
+        if let Some(retry) = retry {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+        }
+        response
+    }
 }
+
+/// How many characters of a client-supplied name (a model) an error message or log line
+/// echoes.
+pub(super) const MAX_ECHO_CHARS: usize = 200;

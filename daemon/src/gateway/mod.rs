@@ -3,8 +3,12 @@
 //! streams the answer back event by event, converting between the OpenAI and Anthropic
 //! protocols when client and upstream differ (`gate_core::llm::convert`).
 //!
+//! The pure decisions live in `gate_core`: the endpoint table, status mapping and header
+//! allow-lists in `gate_core::llm::endpoint`, usage extraction in `gate_core::llm::usage`,
+//! secret scrubbing in `gate_core::llm::scrub`, the attempt plan in `gate_core::route`.
+//!
 //! The request path, split by stage:
-//! - [`endpoint`] - the table of LLM endpoints Gate serves;
+//! - [`attempt`] - the breaker slot of one attempt, given back on drop;
 //! - [`snapshot`] - the part of the configuration the request path reads;
 //! - [`access`] - client authentication and `GET /v1/models`;
 //! - [`discovery`] - asking upstreams which models they serve;
@@ -12,7 +16,6 @@
 //! - [`upstream`] - building the upstream request, reading its answer;
 //! - [`respond`] - turning the upstream's answer into the client's;
 //! - [`stream`] - the streamed body ([`stream::StreamPipe`]);
-//! - [`usage`] - token counts read from answers;
 //! - [`observe`] - metrics of attempts and health gauges.
 //!
 //! Invariants:
@@ -26,17 +29,17 @@
 //! - no total-time cap: only a connect timeout and an idle timeout between bytes.
 
 mod access;
+mod attempt;
 mod body;
 mod discovery;
 mod dispatch;
-pub mod endpoint;
 mod observe;
 mod respond;
 pub mod snapshot;
 mod stream;
 mod upstream;
-mod usage;
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -49,8 +52,9 @@ use http_body_util::Full;
 
 use crate::auth::TokenStore;
 use crate::metrics::Metrics;
+use attempt::SharedRouter;
 
-pub use endpoint::Endpoint;
+pub use gate_core::llm::endpoint::Endpoint;
 pub use snapshot::{Snapshot, UpstreamTarget};
 
 /// The `anthropic-version` sent when the client gave none.
@@ -61,7 +65,11 @@ pub struct Gateway<R: Runtime> {
     rt: R,
     client: HttpClient<R, Full<Bytes>>,
     snapshot: RwLock<Arc<Snapshot>>,
-    router: Mutex<Router>,
+    router: SharedRouter,
+    /// Secrets the configuration does not hold (the admin token), scrubbed like its own.
+    extra_secrets: RwLock<Vec<String>>,
+    /// Per-request seeds of the `weighted` strategy's draw.
+    seeds: AtomicU64,
     pub metrics: Arc<Metrics>,
     tokens: RwLock<TokenStore>,
     /// The relay side, once started (status pages and metrics read it).
@@ -72,7 +80,11 @@ impl<R: Runtime> Gateway<R> {
     /// A gateway for `config`, with the API keys of `tokens`.
     pub fn new(rt: R, config: &DaemonConfig, tokens: TokenStore) -> anyhow::Result<Self> {
         let (snapshot, specs) = Snapshot::from_config(config);
-        let router = Router::new(specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut router = Router::new(specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        router.set_strategies(config.routing.strategy.clone());
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
         let settings = ClientSettings {
             connect_timeout: config.server.connect_timeout,
             ..ClientSettings::default()
@@ -81,7 +93,9 @@ impl<R: Runtime> Gateway<R> {
             client: http_client(rt.clone(), &settings),
             rt,
             snapshot: RwLock::new(Arc::new(snapshot)),
-            router: Mutex::new(router),
+            router: Arc::new(Mutex::new(router)),
+            extra_secrets: RwLock::new(Vec::new()),
+            seeds: AtomicU64::new(seed),
             metrics: Arc::new(Metrics::new()),
             tokens: RwLock::new(tokens),
             remote: std::sync::OnceLock::new(),
@@ -91,9 +105,13 @@ impl<R: Runtime> Gateway<R> {
     /// Swaps in a new configuration; requests in flight finish on the old one.
     pub fn reload(&self, config: &DaemonConfig) -> anyhow::Result<()> {
         let (snapshot, specs) = Snapshot::from_config(config);
-        self.lock_router()
-            .replace_upstreams(specs)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        {
+            let mut router = self.lock_router();
+            router
+                .replace_upstreams(specs)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            router.set_strategies(config.routing.strategy.clone());
+        }
         *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
         Ok(())
     }
@@ -111,7 +129,33 @@ impl<R: Runtime> Gateway<R> {
     }
 
     fn lock_router(&self) -> std::sync::MutexGuard<'_, Router> {
-        self.router.lock().unwrap_or_else(|e| e.into_inner())
+        attempt::lock(&self.router)
+    }
+
+    /// Adds a secret that is not in the configuration (the admin token) to those scrubbed
+    /// from upstream text before it reaches a client or a log.
+    pub fn protect_secret(&self, secret: &str) {
+        let mut extra = self.extra_secrets.write().unwrap_or_else(|e| e.into_inner());
+        if !extra.iter().any(|s| s == secret) {
+            extra.push(secret.to_owned());
+        }
+    }
+
+    /// `text` without any configured secret.
+    fn scrub<'a>(&self, snapshot: &Snapshot, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let extra = self.extra_secrets.read().unwrap_or_else(|e| e.into_inner());
+        let all: Vec<&str> = snapshot
+            .secrets
+            .iter()
+            .chain(extra.iter())
+            .map(String::as_str)
+            .collect();
+        gate_core::llm::scrub::scrub_secrets(text, &all)
+    }
+
+    /// [`scrub`](Self::scrub) for a message.
+    fn scrub_str(&self, snapshot: &Snapshot, text: &str) -> String {
+        String::from_utf8_lossy(&self.scrub(snapshot, text.as_bytes())).into_owned()
     }
 
     /// The circuit state of each configured upstream at `now`, by name (admin status).

@@ -3,7 +3,6 @@
 
 use std::time::Instant;
 
-use gate_core::route::AttemptOutcome;
 use gate_rt::Runtime;
 
 use super::Gateway;
@@ -47,20 +46,14 @@ impl<R: Runtime> Gateway<R> {
         self.metrics.render()
     }
 
-    pub(super) fn record(
-        &self,
-        id: gate_core::route::UpstreamId,
-        outcome: &AttemptOutcome,
-        name: &str,
-        label: &str,
-    ) {
-        self.lock_router()
-            .record_outcome(id, outcome, Instant::now());
+    /// Counts one attempt at an upstream by outcome (the breaker hears of it through the
+    /// attempt's slot).
+    pub(super) fn count_attempt(&self, upstream: &str, outcome: &str) {
         self.metrics
             .upstream_attempts
             .get_or_create(&AttemptLabels {
-                upstream: name.to_owned(),
-                outcome: label.to_owned(),
+                upstream: upstream.to_owned(),
+                outcome: outcome.to_owned(),
             })
             .inc();
     }

@@ -13,10 +13,13 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
+use super::attempt::OutcomeSink;
 use super::upstream::{
-    collect_with_timeout, copy_response_headers, is_event_stream, is_json, map_upstream_status,
+    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream,
+    is_json, map_upstream_status, ReadError,
 };
-use super::usage::{Usage, USAGE_KEY};
+use gate_core::llm::endpoint::forwards_response_header;
+use gate_core::llm::usage::{Usage, USAGE_KEY};
 use super::{Endpoint, Gateway, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
@@ -33,30 +36,53 @@ impl<R: Runtime> Gateway<R> {
         (stream_requested, include_usage): (bool, bool),
         response: Response<Incoming>,
         started: Instant,
+        sink: Option<OutcomeSink>,
     ) -> Response<Body> {
-        let snapshot_idle = self.snapshot().limits.idle_timeout;
+        let snapshot = self.snapshot();
+        let snapshot_idle = snapshot.limits.idle_timeout;
+        let max_response = snapshot.limits.max_response_bytes;
         let status = response.status();
         let (parts, body) = response.into_parts();
         let same_protocol = client_protocol == upstream.protocol;
 
         if !status.is_success() {
-            let bytes = collect_with_timeout(&self.rt, body, snapshot_idle)
-                .await
-                .unwrap_or_default();
-            let message = upstream_message(&bytes)
-                .unwrap_or_else(|| format!("upstream `{}` answered {status}", upstream.name));
+            // Error bodies are read under the same cap as answers; one that is too large or
+            // broken is replaced by a message that says so.
+            let (bytes, read_error) =
+                match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await {
+                    Ok(bytes) => (bytes, None),
+                    Err(e) => (Bytes::new(), Some(e)),
+                };
+            // Upstream text may echo what Gate sent it (the provider key): scrubbed.
+            let bytes = Bytes::from(self.scrub(&snapshot, &bytes).into_owned());
+            let message = match (upstream_message(&bytes), read_error) {
+                (Some(message), _) => message,
+                (None, Some(e)) => format!(
+                    "upstream `{}` answered {status}, and its error body could not be read: {e}",
+                    upstream.name
+                ),
+                (None, None) => format!("upstream `{}` answered {status}", upstream.name),
+            };
             let client_status = if status.is_server_error() {
                 map_upstream_status(status)
             } else {
                 status
             };
-            if same_protocol && status.is_client_error() {
+            if same_protocol && status.is_client_error() && !bytes.is_empty() {
                 let mut out = Response::new(full_body(bytes));
                 *out.status_mut() = status;
                 copy_response_headers(&parts.headers, out.headers_mut());
                 return out;
             }
-            return error_response(client_protocol, client_status, &message);
+            // In the client's protocol, keeping what tells it when to come back.
+            let mut out = error_response(client_protocol, client_status, &message);
+            for (name, value) in &parts.headers {
+                let name_text = name.as_str();
+                if name_text != "content-type" && forwards_response_header(name_text) {
+                    out.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            return out;
         }
 
         if is_event_stream(&parts.headers)
@@ -97,6 +123,7 @@ impl<R: Runtime> Gateway<R> {
                 upstream_name: upstream.name.clone(),
                 model: model.to_owned(),
                 endpoint,
+                sink,
             };
             let mut out = Response::new(pipe.boxed());
             copy_response_headers(&parts.headers, out.headers_mut());
@@ -111,18 +138,25 @@ impl<R: Runtime> Gateway<R> {
             return out;
         }
 
-        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle).await {
+        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await
+        {
             Ok(bytes) => bytes,
-            Err(message) => {
+            Err(e) => {
+                let what = match e {
+                    ReadError::TooLarge(_) => "sent an answer Gate will not buffer",
+                    _ => "broke off its answer",
+                };
+                tracing::warn!(upstream = %upstream.name, error = %e, "{what}");
                 return error_response(
                     client_protocol,
                     StatusCode::BAD_GATEWAY,
-                    &format!(
-                        "upstream `{}` broke off its answer: {message}",
-                        upstream.name
-                    ),
-                )
+                    &format!("upstream `{}` {what}: {e}", upstream.name),
+                );
             }
+        };
+        let bytes = match self.scrub(&snapshot, &bytes) {
+            std::borrow::Cow::Borrowed(_) => bytes,
+            std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
         };
         let mut usage = Usage::default();
         usage.observe_json(&bytes);
@@ -132,6 +166,13 @@ impl<R: Runtime> Gateway<R> {
             let mut out = Response::new(full_body(bytes));
             copy_response_headers(&parts.headers, out.headers_mut());
             return out;
+        }
+        if let Err(message) = check_conversion_bound(&bytes) {
+            return error_response(
+                client_protocol,
+                StatusCode::BAD_GATEWAY,
+                &format!("upstream `{}` sent an answer Gate could not convert: {message}", upstream.name),
+            );
         }
         match convert::response(upstream.protocol, &bytes) {
             Ok(converted) => {

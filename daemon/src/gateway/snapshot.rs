@@ -23,6 +23,10 @@ pub struct Snapshot {
     pub limits: ServerLimits,
     pub jwt: Option<JwtSettings>,
     pub allow_loopback: bool,
+    /// Every configured secret (upstream API keys, the JWT secret), scrubbed from upstream
+    /// text before it reaches a client or a log; the admin token joins through
+    /// [`super::Gateway::protect_secret`].
+    pub secrets: Vec<String>,
 }
 
 impl Snapshot {
@@ -39,6 +43,7 @@ impl Snapshot {
             spec.models = up.models.clone();
             spec.aliases = up.aliases.clone();
             spec.enabled = up.enabled;
+            spec.weight = up.weight;
             specs.push(spec);
             upstreams.push(UpstreamTarget {
                 name: name.clone(),
@@ -54,7 +59,14 @@ impl Snapshot {
             .secret
             .as_ref()
             .map(|secret| JwtSettings::new(secret.expose(), &config.auth.jwt.issuer));
+        let secrets = upstreams
+            .iter()
+            .filter_map(|u: &UpstreamTarget| u.api_key.as_ref())
+            .chain(config.auth.jwt.secret.as_ref())
+            .map(|secret| secret.expose().to_owned())
+            .collect();
         let snapshot = Snapshot {
+            secrets,
             upstreams,
             limits: config.server.clone(),
             jwt,

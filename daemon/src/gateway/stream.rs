@@ -16,7 +16,9 @@ use gate_rt::Runtime;
 use http::StatusCode;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 
-use super::usage::Usage;
+use super::attempt::OutcomeSink;
+use gate_core::llm::usage::Usage;
+use gate_core::route::AttemptOutcome;
 use super::Endpoint;
 use crate::convert::StreamConverter;
 use crate::errors::stream_error_event;
@@ -84,6 +86,9 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) upstream_name: String,
     pub(super) model: String,
     pub(super) endpoint: Endpoint,
+    /// Where a break after the first byte is reported (the breaker of this upstream and
+    /// model counts it).
+    pub(super) sink: Option<OutcomeSink>,
 }
 
 impl<R: Runtime> StreamPipe<R> {
@@ -109,6 +114,9 @@ impl<R: Runtime> StreamPipe<R> {
 
     pub(super) fn fail(&mut self, message: &str) {
         tracing::warn!(upstream = %self.upstream_name, %message, "stream broke off");
+        if let Some(sink) = self.sink.take() {
+            sink.report(&AttemptOutcome::FailedAfterFirstByte, None);
+        }
         if let Mode::Convert(_, converter) = &mut self.mode {
             let _ = converter.finish(false);
         }

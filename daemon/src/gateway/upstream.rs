@@ -5,11 +5,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use gate_core::llm::endpoint;
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body as HttpBody, Incoming};
 
 use super::{Endpoint, UpstreamTarget, DEFAULT_ANTHROPIC_VERSION};
 use crate::convert;
@@ -28,15 +29,17 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// The status the client sees for an upstream's 5xx / 429.
+/// The status the client sees for an upstream's status
+/// ([`gate_core::llm::endpoint::client_status_for_upstream`]).
 pub(super) fn map_upstream_status(status: StatusCode) -> StatusCode {
-    match status.as_u16() {
-        429 => StatusCode::TOO_MANY_REQUESTS,
-        503 | 529 => StatusCode::SERVICE_UNAVAILABLE,
-        504 => StatusCode::GATEWAY_TIMEOUT,
-        s if s >= 500 => StatusCode::BAD_GATEWAY,
-        _ => status,
-    }
+    StatusCode::from_u16(endpoint::client_status_for_upstream(status.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// The upstream's `retry-after`, in seconds, when it gave one.
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    endpoint::parse_retry_after_secs(value).map(Duration::from_secs)
 }
 
 pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
@@ -53,32 +56,60 @@ pub(super) fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.contains("json"))
 }
 
+/// Why a buffered upstream answer could not be read whole.
+#[derive(Debug)]
+pub(super) enum ReadError {
+    /// Longer than the cap (`server.max_response_bytes`).
+    TooLarge(u64),
+    /// Silent for longer than the idle timeout.
+    Idle(Duration),
+    /// The connection failed.
+    Broken(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::TooLarge(max) => write!(
+                f,
+                "the answer is larger than {max} bytes (server.max_response_bytes; raise it, or \
+                 ask for a stream)"
+            ),
+            ReadError::Idle(idle) => write!(f, "no data for {idle:?}"),
+            ReadError::Broken(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Reads a buffered upstream body of at most `max` bytes, each chunk within `idle`.
 pub(super) async fn collect_with_timeout<R: Runtime>(
     rt: &R,
     body: Incoming,
     idle: Duration,
-) -> Result<Bytes, String> {
-    // Non-streamed bodies are small; bound the whole read by the idle timeout per chunk.
+    max: u64,
+) -> Result<Bytes, ReadError> {
     let mut body = body;
+    if body.size_hint().lower() > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
     let mut out = Vec::new();
     loop {
         match gate_rt::timeout(rt, idle, body.frame()).await {
-            Err(_) => return Err(format!("no data for {idle:?}")),
+            Err(_) => return Err(ReadError::Idle(idle)),
             Ok(None) => return Ok(Bytes::from(out)),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
+            Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    if out.len().saturating_add(data.len()) > limit {
+                        return Err(ReadError::TooLarge(max));
+                    }
                     out.extend_from_slice(data);
                 }
             }
         }
     }
 }
-
-/// Request headers passed from the client to the upstream. Everything else, above all
-/// `authorization` and `x-api-key`, stays behind.
-pub(super) const FORWARDED_REQUEST_HEADERS: &[&str] =
-    &["accept", "user-agent", "anthropic-beta", "openai-beta"];
 
 pub(super) fn build_upstream_request(
     endpoint: Endpoint,
@@ -95,7 +126,7 @@ pub(super) fn build_upstream_request(
     let headers = builder
         .headers_mut()
         .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
-    for name in FORWARDED_REQUEST_HEADERS {
+    for name in endpoint::FORWARDED_REQUEST_HEADERS {
         if let Some(v) = client_headers.get(*name) {
             headers.insert(*name, v.clone());
         }
@@ -141,21 +172,11 @@ pub(super) fn build_upstream_request(
         .map_err(|e| format!("invalid upstream request to {url}: {e}"))
 }
 
-pub(super) const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
-    "content-type",
-    "retry-after",
-    "x-request-id",
-    "request-id",
-    "openai-processing-ms",
-];
-
+/// Copies the upstream response headers a client may see
+/// ([`gate_core::llm::endpoint::forwards_response_header`]).
 pub(super) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
-        let n = name.as_str();
-        if FORWARDED_RESPONSE_HEADERS.contains(&n)
-            || n.starts_with("x-ratelimit-")
-            || n.starts_with("anthropic-ratelimit-")
-        {
+        if endpoint::forwards_response_header(name.as_str()) {
             to.insert(name.clone(), value.clone());
         }
     }
@@ -170,20 +191,47 @@ pub(super) fn build_upstream_body(
     body: &Bytes,
     model: &str,
     upstream_model: &str,
-) -> Result<Bytes, String> {
+) -> Result<Bytes, (StatusCode, String)> {
+    let bad_request = |message| (StatusCode::BAD_REQUEST, message);
     if client_protocol == upstream_protocol {
         if model == upstream_model {
             return Ok(body.clone());
         }
-        return convert::rewrite_model(body, upstream_model).map(Bytes::from);
+        return convert::rewrite_model(body, upstream_model)
+            .map(Bytes::from)
+            .map_err(bad_request);
     }
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Messages => {
-            convert::request(client_protocol, body, upstream_model).map(Bytes::from)
+            check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
+            convert::request(client_protocol, body, upstream_model)
+                .map(Bytes::from)
+                .map_err(bad_request)
         }
-        _ => Err(format!(
+        _ => Err(bad_request(format!(
             "{} cannot be served by this upstream",
             endpoint.label()
-        )),
+        ))),
     }
+}
+
+/// The most memory a conversion may spend on the parsed tree of one body (estimated by
+/// [`gate_core::llm::convert::tree_cost_estimate`] before parsing). Pass-through never
+/// parses a body whole; conversion must, so it is bounded here.
+pub(super) const MAX_CONVERSION_TREE_BYTES: usize = 128 << 20;
+
+/// Refuses a body whose parse tree would take more than [`MAX_CONVERSION_TREE_BYTES`].
+pub(super) fn check_conversion_bound(body: &[u8]) -> Result<(), String> {
+    let estimate = gate_core::llm::convert::tree_cost_estimate(body);
+    if estimate > MAX_CONVERSION_TREE_BYTES {
+        return Err(format!(
+            "this body ({} bytes, about {} MiB once parsed) is too large to convert between the \
+             OpenAI and Anthropic protocols (limit {} MiB parsed); send it to a model whose \
+             upstream speaks the client's protocol, or send less",
+            body.len(),
+            estimate >> 20,
+            MAX_CONVERSION_TREE_BYTES >> 20
+        ));
+    }
+    Ok(())
 }
