@@ -563,6 +563,7 @@ fn snapshot_config_show_with_origins() {
         connect_timeout_secs = 10  # from defaults
         idle_timeout_secs = 300  # from defaults
         max_body_bytes = 33554432  # from defaults
+        max_response_bytes = 67108864  # from defaults
 
         [upstreams.ollama]
         base_url = "http://127.0.0.1:11434/v1"  # from runtime /var/lib/gate/config.toml:6:12

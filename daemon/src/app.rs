@@ -43,6 +43,7 @@ impl<R: Runtime> App<R> {
             }
         }
         match (req.method(), path) {
+            (&Method::GET | &Method::HEAD, "/") => self.index(&req),
             (&Method::GET, "/health") => json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -90,6 +91,46 @@ impl<R: Runtime> App<R> {
         }
     }
 }
+
+impl<R: Runtime> App<R> {
+    /// `GET /`: browsers (asking for HTML) are sent to the web UI when it is served; any
+    /// other client gets a short JSON index of what Gate serves.
+    fn index<B>(&self, req: &Request<B>) -> Response<Body> {
+        let wants_html = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
+        if wants_html && self.admin.is_some() {
+            let mut response = Response::new(full_body(Bytes::new()));
+            *response.status_mut() = StatusCode::FOUND;
+            response.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static(UI_PATH),
+            );
+            return response;
+        }
+        let endpoints: Vec<String> = Endpoint::ALL
+            .iter()
+            .map(|e| format!("POST {}", e.path()))
+            .chain(["GET /v1/models".to_owned()])
+            .collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "name": "gate",
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoints": endpoints,
+                "health": "/health",
+                "metrics": "/metrics",
+                "ui": self.admin.as_ref().map(|_| UI_PATH),
+            }),
+        )
+    }
+}
+
+/// Where the web UI lives (`GET /` sends browsers there).
+const UI_PATH: &str = "/ui/";
 
 fn not_found<B>(req: &Request<B>) -> Response<Body> {
     crate::errors::error_response(

@@ -299,6 +299,7 @@ async fn run<R: gate_rt::Runtime>(
     let config = &loaded.config;
     let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
     let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
+    gateway.protect_secret(&admin_token);
     let listener = server::bind(&rt, addr)?;
     let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
     let upstream_count = config.upstreams.len();

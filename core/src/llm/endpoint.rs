@@ -155,11 +155,9 @@ pub fn parse_retry_after_secs(value: &str) -> Option<u64> {
 pub fn bounded_echo(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
-        Some((cut, _)) => std::borrow::Cow::Owned(format!(
-            "{}... ({} bytes in all)",
-            &text[..cut],
-            text.len()
-        )),
+        Some((cut, _)) => {
+            std::borrow::Cow::Owned(format!("{}... ({} bytes in all)", &text[..cut], text.len()))
+        }
     }
 }
 
@@ -188,12 +186,17 @@ mod tests {
         assert_eq!(client_status_for_upstream(429), 429);
         assert_eq!(client_status_for_upstream(404), 404);
         assert!(forwards_response_header("retry-after"));
-        assert!(forwards_response_header("anthropic-ratelimit-requests-limit"));
+        assert!(forwards_response_header(
+            "anthropic-ratelimit-requests-limit"
+        ));
         assert!(!forwards_response_header("set-cookie"));
         assert!(!FORWARDED_REQUEST_HEADERS.contains(&"authorization"));
         assert_eq!(parse_retry_after_secs(" 7 "), Some(7));
         assert_eq!(parse_retry_after_secs("1.2"), Some(2));
-        assert_eq!(parse_retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            parse_retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"),
+            None
+        );
         assert_eq!(parse_retry_after_secs("-1"), None);
         assert_eq!(bounded_echo("short", 10), "short");
         let long = "é".repeat(50);

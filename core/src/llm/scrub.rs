@@ -70,7 +70,10 @@ mod tests {
             &*out,
             &b"Bearer [redacted] and [redacted][redacted]; short"[..]
         );
-        assert!(matches!(scrub_secrets(b"nothing here", &secrets), Cow::Borrowed(_)));
+        assert!(matches!(
+            scrub_secrets(b"nothing here", &secrets),
+            Cow::Borrowed(_)
+        ));
         assert_eq!(
             scrub_secrets_str("key=sk-upstream-secret", &secrets),
             "key=[redacted]"

@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 
-
 /// Token counts seen in a response.
 #[derive(Default, Debug, Clone, Copy)]
 pub struct Usage {
@@ -71,7 +70,9 @@ mod tests {
     fn reads_both_protocols_and_keeps_the_largest() {
         let mut usage = Usage::default();
         usage.observe_json(br#"{"usage":{"prompt_tokens":3,"completion_tokens":5}}"#);
-        usage.observe_json(br#"{"type":"message_start","message":{"usage":{"input_tokens":4,"output_tokens":1}}}"#);
+        usage.observe_json(
+            br#"{"type":"message_start","message":{"usage":{"input_tokens":4,"output_tokens":1}}}"#,
+        );
         usage.observe_json(br#"{"response":{"usage":{"input_tokens":2,"output_tokens":9}}}"#);
         usage.observe_json(b"not json \"usage\"");
         assert_eq!((usage.input, usage.output), (4, 9));

@@ -450,9 +450,8 @@ impl Router {
             }
         }
         let old_names = self.upstreams.iter().map(|spec| spec.name.clone());
-        let mut old_state: BTreeMap<String, UpstreamState> = old_names
-            .zip(std::mem::take(&mut self.states))
-            .collect();
+        let mut old_state: BTreeMap<String, UpstreamState> =
+            old_names.zip(std::mem::take(&mut self.states)).collect();
         self.states = upstreams
             .iter()
             .map(|spec| old_state.remove(&spec.name).unwrap_or_default())
@@ -600,8 +599,7 @@ impl Router {
                 self.rate_limited_until(candidate.upstream, &candidate.upstream_model, now)
             {
                 earliest(&mut plan.rate_limited_until, until);
-            } else if !self.breaker_available(candidate.upstream, &candidate.upstream_model, now)
-            {
+            } else if !self.breaker_available(candidate.upstream, &candidate.upstream_model, now) {
                 if let Some(Health::Open { until }) = self
                     .breaker(candidate.upstream, &candidate.upstream_model)
                     .map(|breaker| breaker.health(now))
@@ -714,11 +712,12 @@ impl Router {
                     Health::Open { until: a.max(b) }
                 }
                 (Health::Open { until }, _) | (_, Health::Open { until }) => Health::Open { until },
-                (Health::HalfOpen { trial_in_flight: a }, Health::HalfOpen { trial_in_flight: b }) => {
-                    Health::HalfOpen {
-                        trial_in_flight: a || b,
-                    }
-                }
+                (
+                    Health::HalfOpen { trial_in_flight: a },
+                    Health::HalfOpen { trial_in_flight: b },
+                ) => Health::HalfOpen {
+                    trial_in_flight: a || b,
+                },
                 (half @ Health::HalfOpen { .. }, Health::Closed)
                 | (Health::Closed, half @ Health::HalfOpen { .. }) => half,
                 (Health::Closed, Health::Closed) => Health::Closed,
@@ -763,7 +762,11 @@ impl Router {
     /// Drops the breaker of (upstream, model) when it is back at rest.
     fn forget_if_at_rest(&mut self, upstream: UpstreamId, model: &str) {
         if let Some(state) = self.states.get_mut(upstream.0) {
-            if state.breakers.get(model).is_some_and(CircuitBreaker::is_at_rest) {
+            if state
+                .breakers
+                .get(model)
+                .is_some_and(CircuitBreaker::is_at_rest)
+            {
                 state.breakers.remove(model);
             }
         }
@@ -777,7 +780,11 @@ impl Router {
         {
             return false;
         }
-        match self.states.get_mut(upstream.0).and_then(|s| s.breakers.get_mut(model)) {
+        match self
+            .states
+            .get_mut(upstream.0)
+            .and_then(|s| s.breakers.get_mut(model))
+        {
             Some(breaker) => breaker.try_acquire(now),
             // Closed and at rest: admitted, nothing to remember.
             None => true,

@@ -12,8 +12,8 @@ use gate_rt::Runtime;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
 use super::attempt::AttemptSlot;
+use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
 use super::upstream::{
     build_upstream_body, build_upstream_request, check_conversion_bound, collect_with_timeout,
     error_chain, is_event_stream, map_upstream_status, retry_after,
@@ -118,7 +118,9 @@ impl<R: Runtime> Gateway<R> {
         let (stream, include_usage) = (summary.stream, summary.include_usage);
 
         let now = Instant::now();
-        let seed = self.seeds.fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
+        let seed = self
+            .seeds
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed);
         let plan = self
             .lock_router()
             .plan(&model, now, seed, |spec| endpoint.served_by(spec.protocol));
@@ -234,10 +236,14 @@ impl<R: Runtime> Gateway<R> {
                 self.count_attempt(&upstream.name, "failover_status");
                 slot.settle(&outcome, retry_after);
                 let (_, body) = response.into_parts();
-                let bytes =
-                    collect_with_timeout(&self.rt, body, snapshot.limits.idle_timeout, max_response)
-                        .await
-                        .unwrap_or_default();
+                let bytes = collect_with_timeout(
+                    &self.rt,
+                    body,
+                    snapshot.limits.idle_timeout,
+                    max_response,
+                )
+                .await
+                .unwrap_or_default();
                 let message = upstream_message(&bytes)
                     .map(|m| self.scrub_str(&snapshot, &m))
                     .unwrap_or_default();
@@ -288,7 +294,13 @@ impl<R: Runtime> Gateway<R> {
         plan: &AttemptPlan,
         now: Instant,
     ) -> Response<Body> {
-        let seconds = |until: Instant| until.saturating_duration_since(now).as_secs_f64().ceil().max(1.0) as u64;
+        let seconds = |until: Instant| {
+            until
+                .saturating_duration_since(now)
+                .as_secs_f64()
+                .ceil()
+                .max(1.0) as u64
+        };
         let (status, message, retry) = match (plan.rate_limited_until, plan.open_until) {
             (Some(until), _) => (
                 StatusCode::TOO_MANY_REQUESTS,

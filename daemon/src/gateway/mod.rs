@@ -45,7 +45,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gate_core::config::DaemonConfig;
-use gate_core::route::Router;
+use gate_core::route::{BreakerConfig, Router};
 use gate_rt::client::{http_client, ClientSettings, HttpClient};
 use gate_rt::Runtime;
 use http_body_util::Full;
@@ -79,8 +79,19 @@ pub struct Gateway<R: Runtime> {
 impl<R: Runtime> Gateway<R> {
     /// A gateway for `config`, with the API keys of `tokens`.
     pub fn new(rt: R, config: &DaemonConfig, tokens: TokenStore) -> anyhow::Result<Self> {
+        Self::with_breaker_config(rt, config, tokens, BreakerConfig::default())
+    }
+
+    /// [`new`](Self::new) with breakers tuned by `breaker` (tests use short cooldowns).
+    pub fn with_breaker_config(
+        rt: R,
+        config: &DaemonConfig,
+        tokens: TokenStore,
+        breaker: BreakerConfig,
+    ) -> anyhow::Result<Self> {
         let (snapshot, specs) = Snapshot::from_config(config);
-        let mut router = Router::new(specs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut router =
+            Router::with_breaker_config(specs, breaker).map_err(|e| anyhow::anyhow!("{e}"))?;
         router.set_strategies(config.routing.strategy.clone());
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -135,7 +146,10 @@ impl<R: Runtime> Gateway<R> {
     /// Adds a secret that is not in the configuration (the admin token) to those scrubbed
     /// from upstream text before it reaches a client or a log.
     pub fn protect_secret(&self, secret: &str) {
-        let mut extra = self.extra_secrets.write().unwrap_or_else(|e| e.into_inner());
+        let mut extra = self
+            .extra_secrets
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         if !extra.iter().any(|s| s == secret) {
             extra.push(secret.to_owned());
         }

@@ -12,18 +12,18 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::attempt::OutcomeSink;
+use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
-    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream,
-    is_json, map_upstream_status, ReadError,
+    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream, is_json,
+    map_upstream_status, ReadError,
 };
-use gate_core::llm::endpoint::forwards_response_header;
-use gate_core::llm::usage::{Usage, USAGE_KEY};
 use super::{Endpoint, Gateway, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
+use gate_core::llm::endpoint::forwards_response_header;
+use gate_core::llm::usage::{Usage, USAGE_KEY};
 
 impl<R: Runtime> Gateway<R> {
     #[allow(clippy::too_many_arguments)]
@@ -138,8 +138,7 @@ impl<R: Runtime> Gateway<R> {
             return out;
         }
 
-        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await
-        {
+        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await {
             Ok(bytes) => bytes,
             Err(e) => {
                 let what = match e {
@@ -171,7 +170,10 @@ impl<R: Runtime> Gateway<R> {
             return error_response(
                 client_protocol,
                 StatusCode::BAD_GATEWAY,
-                &format!("upstream `{}` sent an answer Gate could not convert: {message}", upstream.name),
+                &format!(
+                    "upstream `{}` sent an answer Gate could not convert: {message}",
+                    upstream.name
+                ),
             );
         }
         match convert::response(upstream.protocol, &bytes) {

@@ -17,13 +17,13 @@ use http::StatusCode;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 
 use super::attempt::OutcomeSink;
-use gate_core::llm::usage::Usage;
-use gate_core::route::AttemptOutcome;
 use super::Endpoint;
 use crate::convert::StreamConverter;
 use crate::errors::stream_error_event;
 use crate::metrics::{EndpointLabels, Metrics, UpstreamLabels};
 use crate::web::BoxError;
+use gate_core::llm::usage::Usage;
+use gate_core::route::AttemptOutcome;
 
 /// Limits of SSE lines and events read from upstreams.
 pub(super) const SSE_MAX_LINE: usize = 4 << 20;
