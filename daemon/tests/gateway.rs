@@ -237,6 +237,7 @@ async fn start_gate<R: Runtime>(
 ) -> Gate<R> {
     let dir = common::temp_dir(&format!("gateway-{tag}-{}", R::NAME));
     let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("create the state directory");
     let file = dir.join("gate.toml");
     std::fs::write(&file, config).expect("write gate.toml");
     let loaded = gate_daemon::settings::load(&[file], &state).expect("configuration");
