@@ -9,7 +9,7 @@
 # For each build: starts the mock upstream and `gate serve` on free loopback ports, sends a
 # warm-up request, then the 31 MB request (N at once), and reads the daemon's peak RSS
 # (VmHWM in /proc/PID/status) after each round. The before-worktree and its target directory
-# live under ${TMPDIR:-/tmp} and are reused by later runs. Prints one table; exit 0 when every
+# live under ${TMPDIR:-/tmp} (or $BEFORE_TREE and $BEFORE_TARGET) and are reused by later runs. Prints one table; exit 0 when every
 # request got an answer.
 set -euo pipefail
 
@@ -32,8 +32,8 @@ case "$profile" in
 esac
 
 tmp="${TMPDIR:-/tmp}"
-before_tree="$tmp/gate-bench-$before_rev"
-before_target="$tmp/gate-bench-$before_rev-target"
+before_tree="${BEFORE_TREE:-$tmp/gate-bench-$before_rev}"
+before_target="${BEFORE_TARGET:-$tmp/gate-bench-$before_rev-target}"
 
 echo "== building this tree ($profile): gate, mock_upstream" >&2
 (cd "$root" && cargo build $profile_flag --quiet -p gate-daemon --bin gate --example mock_upstream)
