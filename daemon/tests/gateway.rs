@@ -63,6 +63,8 @@ struct Reply {
     body: Vec<u8>,
     /// Never answer (hold the connection until the peer closes it).
     hang: bool,
+    /// Promise more body than is sent, then close the connection (a stream that breaks).
+    truncate: bool,
 }
 
 impl Reply {
@@ -72,6 +74,17 @@ impl Reply {
             headers: vec![("content-type", "application/json".into())],
             body: body.to_string().into_bytes(),
             hang: false,
+            truncate: false,
+        }
+    }
+    /// An SSE stream that sends one chunk and breaks off.
+    fn broken_stream() -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n".to_vec(),
+            hang: false,
+            truncate: true,
         }
     }
     fn chat(text: &str) -> Reply {
@@ -93,6 +106,7 @@ impl Reply {
             headers: Vec::new(),
             body: Vec::new(),
             hang: true,
+            truncate: false,
         }
     }
 }
@@ -184,16 +198,21 @@ fn serve(stream: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, closed: &A
             closed.fetch_add(1, Ordering::SeqCst);
             return;
         }
+        let promised = reply.body.len() + if reply.truncate { 1000 } else { 0 };
         let mut head = format!(
-            "HTTP/1.1 {} X\r\ncontent-length: {}\r\n",
-            reply.status,
-            reply.body.len()
+            "HTTP/1.1 {} X\r\ncontent-length: {promised}\r\n",
+            reply.status
         );
         for (name, value) in &reply.headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&reply.body).is_err() {
+            return;
+        }
+        if reply.truncate {
+            let _ = stream.flush();
+            let _ = stream.shutdown(std::net::Shutdown::Both);
             return;
         }
     }
@@ -546,6 +565,49 @@ async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
     assert_eq!(gate.health("solo"), Health::Closed);
 }
 
+/// A stream that breaks after its first bytes counts against the breaker of its (upstream,
+/// model) (`FailedAfterFirstByte`): enough of them open the circuit, though each began 200.
+async fn broken_streams_open_the_breaker<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|_| Reply::broken_stream());
+    let config = upstream_block(
+        "streamer",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"s\"]",
+    );
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        base_cooldown: Duration::from_secs(60),
+        ..BreakerConfig::default()
+    };
+    let gate = start_gate(&rt, "broken-stream", &config, breaker).await;
+    let mut request = chat("s");
+    request["stream"] = true.into();
+    for _ in 0..2 {
+        let answer = gate.post("/v1/chat/completions", request.clone()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let text = answer.text();
+        assert!(text.contains("par"), "{text}");
+        assert!(
+            text.contains("\"error\""),
+            "the break ends with an error event: {text}"
+        );
+    }
+    assert!(
+        matches!(gate.health("streamer"), Health::Open { .. }),
+        "{:?}",
+        gate.health("streamer")
+    );
+    let answer = gate.post("/v1/chat/completions", request).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
 /// `[routing.strategy]` orders a model's upstreams: `weighted` with weight 0 puts the first
 /// configured upstream last; a model without a strategy keeps configuration order.
 async fn strategies_order_the_upstreams<R: Runtime>(rt: R) {
@@ -692,6 +754,7 @@ both_runtimes!(
     rate_limit_fails_over_and_stays_with_its_model,
     rate_limit_reaches_the_client_across_conversion,
     breaker_per_model_and_slot_released_on_disconnect,
+    broken_streams_open_the_breaker,
     strategies_order_the_upstreams,
     caps_scrubbing_and_bounded_echo,
     bearer_any_case_and_index,

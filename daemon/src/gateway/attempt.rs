@@ -20,8 +20,8 @@ pub(super) fn lock(router: &SharedRouter) -> MutexGuard<'_, Router> {
 
 /// Where outcomes of an (upstream, model) are reported. Upstreams are named, not indexed:
 /// a reload in the middle of an attempt renumbers them.
-#[derive(Clone, Debug)]
-pub(super) struct OutcomeSink {
+#[derive(Debug)]
+struct OutcomeSink {
     router: SharedRouter,
     upstream: String,
     model: String,
@@ -35,7 +35,7 @@ impl OutcomeSink {
     }
 
     /// Reports an outcome (a 429 with its `retry-after`, when given).
-    pub(super) fn report(&self, outcome: &AttemptOutcome, retry_after: Option<Duration>) {
+    fn report(&self, outcome: &AttemptOutcome, retry_after: Option<Duration>) {
         let now = Instant::now();
         self.with(|router, id| {
             if outcome.is_rate_limited() {
@@ -79,14 +79,6 @@ impl AttemptSlot {
     pub(super) fn settle(mut self, outcome: &AttemptOutcome, retry_after: Option<Duration>) {
         self.settled = true;
         self.sink.report(outcome, retry_after);
-    }
-
-    /// Settles the attempt as a success (headers arrived) and keeps a sink for what the
-    /// stream does later ([`AttemptOutcome::FailedAfterFirstByte`]).
-    pub(super) fn settle_keeping_sink(mut self, outcome: &AttemptOutcome) -> OutcomeSink {
-        self.settled = true;
-        self.sink.report(outcome, None);
-        self.sink.clone()
     }
 }
 

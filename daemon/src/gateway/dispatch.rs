@@ -262,11 +262,13 @@ impl<R: Runtime> Gateway<R> {
             self.count_attempt(&upstream.name, outcome_label);
             self.lock_router()
                 .record_latency(candidate.upstream, attempt_started.elapsed());
-            let sink = if outcome.is_rate_limited() {
+            // A success is judged when the answer is through (a stream may still break);
+            // an error status is judged now.
+            let slot = if status.is_success() {
+                Some(slot)
+            } else {
                 slot.settle(&outcome, retry_after);
                 None
-            } else {
-                Some(slot.settle_keeping_sink(&outcome))
             };
             return Ok(self
                 .respond(
@@ -277,7 +279,7 @@ impl<R: Runtime> Gateway<R> {
                     (stream, include_usage),
                     response,
                     started,
-                    sink,
+                    slot,
                 )
                 .await);
         }

@@ -12,7 +12,7 @@ use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::attempt::OutcomeSink;
+use super::attempt::AttemptSlot;
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
     check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream, is_json,
@@ -24,6 +24,7 @@ use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
 use gate_core::llm::endpoint::forwards_response_header;
 use gate_core::llm::usage::{Usage, USAGE_KEY};
+use gate_core::route::AttemptOutcome;
 
 impl<R: Runtime> Gateway<R> {
     #[allow(clippy::too_many_arguments)]
@@ -36,7 +37,7 @@ impl<R: Runtime> Gateway<R> {
         (stream_requested, include_usage): (bool, bool),
         response: Response<Incoming>,
         started: Instant,
-        sink: Option<OutcomeSink>,
+        slot: Option<AttemptSlot>,
     ) -> Response<Body> {
         let snapshot = self.snapshot();
         let snapshot_idle = snapshot.limits.idle_timeout;
@@ -123,7 +124,7 @@ impl<R: Runtime> Gateway<R> {
                 upstream_name: upstream.name.clone(),
                 model: model.to_owned(),
                 endpoint,
-                sink,
+                slot,
             };
             let mut out = Response::new(pipe.boxed());
             copy_response_headers(&parts.headers, out.headers_mut());
@@ -139,8 +140,21 @@ impl<R: Runtime> Gateway<R> {
         }
 
         let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await {
-            Ok(bytes) => bytes,
+            Ok(bytes) => {
+                if let Some(slot) = slot {
+                    slot.settle(&AttemptOutcome::HttpStatus(status.as_u16()), None);
+                }
+                bytes
+            }
             Err(e) => {
+                if let Some(slot) = slot {
+                    let outcome = match e {
+                        // The upstream is up; the answer is only too large for Gate.
+                        ReadError::TooLarge(_) => AttemptOutcome::HttpStatus(status.as_u16()),
+                        _ => AttemptOutcome::FailedAfterFirstByte,
+                    };
+                    slot.settle(&outcome, None);
+                }
                 let what = match e {
                     ReadError::TooLarge(_) => "sent an answer Gate will not buffer",
                     _ => "broke off its answer",

@@ -16,7 +16,7 @@ use gate_rt::Runtime;
 use http::StatusCode;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 
-use super::attempt::OutcomeSink;
+use super::attempt::AttemptSlot;
 use super::Endpoint;
 use crate::convert::StreamConverter;
 use crate::errors::stream_error_event;
@@ -86,9 +86,10 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) upstream_name: String,
     pub(super) model: String,
     pub(super) endpoint: Endpoint,
-    /// Where a break after the first byte is reported (the breaker of this upstream and
-    /// model counts it).
-    pub(super) sink: Option<OutcomeSink>,
+    /// The attempt's breaker slot: settled as a success when the stream ends cleanly, as
+    /// [`AttemptOutcome::FailedAfterFirstByte`] when it breaks; given back unsettled when the
+    /// client goes away first.
+    pub(super) slot: Option<AttemptSlot>,
 }
 
 impl<R: Runtime> StreamPipe<R> {
@@ -114,8 +115,8 @@ impl<R: Runtime> StreamPipe<R> {
 
     pub(super) fn fail(&mut self, message: &str) {
         tracing::warn!(upstream = %self.upstream_name, %message, "stream broke off");
-        if let Some(sink) = self.sink.take() {
-            sink.report(&AttemptOutcome::FailedAfterFirstByte, None);
+        if let Some(slot) = self.slot.take() {
+            slot.settle(&AttemptOutcome::FailedAfterFirstByte, None);
         }
         if let Mode::Convert(_, converter) = &mut self.mode {
             let _ = converter.finish(false);
@@ -186,6 +187,9 @@ impl<R: Runtime> StreamPipe<R> {
     }
 
     pub(super) fn on_end(&mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.settle(&AttemptOutcome::HttpStatus(200), None);
+        }
         if let Mode::Convert(_, converter) = &mut self.mode {
             for out in converter.finish(true) {
                 self.push(out);
