@@ -265,10 +265,21 @@ async fn start_gate<R: Runtime>(
     let gateway = Arc::new(
         Gateway::with_breaker_config(rt.clone(), &loaded.config, tokens, breaker).expect("gateway"),
     );
-    let app = Arc::new(App::new(gateway.clone()));
     let listener =
         gate_daemon::server::bind(rt, "127.0.0.1:0".parse().unwrap()).expect("bind gate");
     let addr = gate_daemon::server::local_addr::<R>(&listener).expect("gate address");
+    // With the admin API and web UI, as `gate serve` has them.
+    let admin_token = "admin-token-for-the-gateway-tests".to_owned();
+    gateway.protect_secret(&admin_token);
+    let reloader = Arc::new(gate_daemon::reload::Reloader::new(
+        rt.clone(),
+        gateway.clone(),
+        Vec::new(),
+        state.clone(),
+        loaded,
+    ));
+    let admin = Arc::new(gate_daemon::admin::Admin::new(reloader, admin_token, addr));
+    let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
     rt.spawn(gate_daemon::server::serve(rt.clone(), listener, app));
     Gate {
         addr,
@@ -721,6 +732,13 @@ async fn bearer_any_case_and_index<R: Runtime>(rt: R) {
         .header("authorization", "BEARER gk_wrong");
     let answer = gate.send(builder, chat("m").to_string().into_bytes()).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+
+    let browser = gate
+        .request("GET", "/")
+        .header("accept", "text/html,*/*;q=0.8");
+    let answer = gate.send(browser, Vec::new()).await;
+    assert_eq!(answer.status, StatusCode::FOUND, "{}", answer.text());
+    assert_eq!(answer.headers["location"], "/ui/");
 
     let answer = gate.send(gate.request("GET", "/"), Vec::new()).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
