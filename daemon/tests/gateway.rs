@@ -714,6 +714,42 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
     );
 }
 
+/// Model discovery reads lists up to `server.max_response_bytes`: a larger list is not used
+/// (and not buffered whole), a smaller one is.
+async fn discovery_is_capped<R: Runtime>(rt: R) {
+    let list = |count: usize| {
+        let data: Vec<Value> = (0..count)
+            .map(|i| json!({"id": format!("listed-model-{i:05}"), "object": "model"}))
+            .collect();
+        Reply::json(200, json!({"object": "list", "data": data}))
+    };
+    let huge = Upstream::start(move |_| list(5000));
+    let small = Upstream::start(move |_| list(3));
+    let config = format!(
+        "{}{}[server]\nmax_response_bytes = 65536\n",
+        upstream_block("a-huge", "custom", &huge.base_url(), ""),
+        upstream_block("b-small", "custom", &small.base_url(), ""),
+    );
+    let gate = start_gate(&rt, "discovery-cap", &config, BreakerConfig::default()).await;
+    gate.gateway.discover_models().await;
+    assert_eq!(huge.hits(), 1);
+    assert_eq!(small.hits(), 1);
+    let routes = gate.gateway.routes();
+    let names: Vec<&str> = routes.iter().map(|(model, _)| model.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "listed-model-00000",
+            "listed-model-00001",
+            "listed-model-00002"
+        ],
+        "only the small list is used"
+    );
+    assert!(routes
+        .iter()
+        .all(|(_, candidates)| candidates.iter().all(|c| c.upstream_name == "b-small")));
+}
+
 /// `Authorization: BEARER` is accepted (the scheme is case-insensitive); `GET /` answers a
 /// JSON index, not a 404.
 async fn bearer_any_case_and_index<R: Runtime>(rt: R) {
@@ -776,4 +812,5 @@ both_runtimes!(
     strategies_order_the_upstreams,
     caps_scrubbing_and_bounded_echo,
     bearer_any_case_and_index,
+    discovery_is_capped,
 );
