@@ -654,13 +654,27 @@ async fn strategies_order_the_upstreams<R: Runtime>(rt: R) {
 /// text that echoes the provider key is scrubbed, passed through or converted; a huge model
 /// name is echoed bounded.
 async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
-    let upstream = Upstream::start(|seen| match seen.model().as_str() {
+    let upstream = Upstream::start(|seen| {
+        match seen.model().as_str() {
         "big" => Reply::json(200, json!({"pad": "x".repeat(100_000)})),
+        "stream-echo" => Reply {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: format!(
+                "data: {}\n\ndata: [DONE]\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": seen.header("authorization").unwrap_or("")}}]})
+            )
+            .into_bytes(),
+            hang: false,
+            truncate: false,
+        },
         _ => Reply::json(
             400,
             json!({"error": {"message": format!("bad key: {}", seen.header("authorization").unwrap_or("")),
                 "type": "invalid_request_error"}}),
         ),
+    }
     });
     let anthropic = Upstream::start(|seen| {
         Reply::json(
@@ -675,7 +689,7 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
             "openai-like",
             "custom",
             &upstream.base_url(),
-            "models = [\"big\", \"echo\"]"
+            "models = [\"big\", \"echo\", \"stream-echo\"]"
         ),
         upstream_block(
             "anthropic",
@@ -701,6 +715,13 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
 
     let answer = gate.post("/v1/chat/completions", chat("claude-echo")).await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text());
+    assert!(!answer.text().contains(UPSTREAM_KEY), "{}", answer.text());
+    assert!(answer.text().contains("[redacted]"), "{}", answer.text());
+
+    let mut streamed = chat("stream-echo");
+    streamed["stream"] = true.into();
+    let answer = gate.post("/v1/chat/completions", streamed).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert!(!answer.text().contains(UPSTREAM_KEY), "{}", answer.text());
     assert!(answer.text().contains("[redacted]"), "{}", answer.text());
 

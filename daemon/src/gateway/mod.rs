@@ -157,14 +157,18 @@ impl<R: Runtime> Gateway<R> {
 
     /// `text` without any configured secret.
     fn scrub<'a>(&self, snapshot: &Snapshot, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        gate_core::llm::scrub::scrub_secrets(text, &self.all_secrets(snapshot))
+    }
+
+    /// The configured secrets and those added by [`protect_secret`](Self::protect_secret).
+    fn all_secrets(&self, snapshot: &Snapshot) -> Vec<String> {
         let extra = self.extra_secrets.read().unwrap_or_else(|e| e.into_inner());
-        let all: Vec<&str> = snapshot
+        snapshot
             .secrets
             .iter()
             .chain(extra.iter())
-            .map(String::as_str)
-            .collect();
-        gate_core::llm::scrub::scrub_secrets(text, &all)
+            .cloned()
+            .collect()
     }
 
     /// [`scrub`](Self::scrub) for a message.

@@ -2,6 +2,7 @@
 //! through [`StreamPipe`], buffered answers passed through or converted.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -125,6 +126,7 @@ impl<R: Runtime> Gateway<R> {
                 model: model.to_owned(),
                 endpoint,
                 slot,
+                secrets: Arc::new(self.all_secrets(&snapshot)),
             };
             let mut out = Response::new(pipe.boxed());
             copy_response_headers(&parts.headers, out.headers_mut());

@@ -90,6 +90,18 @@ pub(super) struct StreamPipe<R: Runtime> {
     /// [`AttemptOutcome::FailedAfterFirstByte`] when it breaks; given back unsettled when the
     /// client goes away first.
     pub(super) slot: Option<AttemptSlot>,
+    /// Every configured secret, scrubbed from each chunk before it goes out. Chunk by chunk:
+    /// a secret split across two upstream chunks is not caught (the pipe never holds data
+    /// back to look at the next chunk); upstreams send whole events per chunk in practice.
+    pub(super) secrets: Arc<Vec<String>>,
+}
+
+/// `chunk` without any of `secrets` (untouched, not copied, when none occurs).
+fn scrub_chunk(secrets: &[String], chunk: Bytes) -> Bytes {
+    match gate_core::llm::scrub::scrub_secrets(&chunk, secrets) {
+        std::borrow::Cow::Borrowed(_) => chunk,
+        std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
+    }
 }
 
 impl<R: Runtime> StreamPipe<R> {
@@ -159,6 +171,7 @@ impl<R: Runtime> StreamPipe<R> {
             Mode::PassThrough(watcher) => {
                 let usage = &mut self.usage;
                 watcher.push(&data, |event| usage.observe_json(event.data.as_bytes()));
+                let data = scrub_chunk(&self.secrets, data);
                 self.push(data);
             }
             Mode::Convert(parser, converter) => {
@@ -169,6 +182,7 @@ impl<R: Runtime> StreamPipe<R> {
                         Ok(event) => {
                             self.usage.observe_json(event.data.as_bytes());
                             for out in converter.event(event.event.as_deref(), &event.data) {
+                                let out = scrub_chunk(&self.secrets, out);
                                 self.pending_bytes += out.len();
                                 self.pending.push_back(out);
                             }
