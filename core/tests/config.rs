@@ -649,6 +649,7 @@ fn snapshot_config_show_with_origins() {
         keep_alive_timeout_secs = 10  # from defaults
         max_body_bytes = 33554432  # from defaults
         max_connections = 4096  # from defaults
+        max_response_bytes = 67108864  # from defaults
         shutdown_grace_secs = 30  # from defaults
 
         [upstreams.ollama]

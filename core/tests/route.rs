@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
 use gate_core::route::{
-    AttemptOutcome, BreakerConfig, Candidate, CircuitBreaker, Health, ProviderKind, Router, Tier,
-    UpstreamSpec, WireProtocol,
+    AttemptOutcome, BreakerConfig, Candidate, CircuitBreaker, Health, ProviderKind, RouteStrategy,
+    Router, Tier, UpstreamSpec, WireProtocol, DEFAULT_RATE_LIMIT_BACKOFF,
 };
 use proptest::prelude::*;
 
@@ -129,11 +131,12 @@ fn open_circuits_are_excluded_and_half_open_admits_one_trial() {
         Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
     let t0 = Instant::now();
     let ollama = router.find("ollama").unwrap();
-    router.record_outcome(ollama, &AttemptOutcome::ConnectError, t0);
-    router.record_outcome(ollama, &AttemptOutcome::HttpStatus(400), t0); // up, answering
-    router.record_outcome(ollama, &AttemptOutcome::HttpStatus(503), t0);
+    let qwen = "qwen2.5:7b"; // what ollama is asked for when a client says gpt-4o
+    router.record_outcome(ollama, qwen, &AttemptOutcome::ConnectError, t0);
+    router.record_outcome(ollama, qwen, &AttemptOutcome::HttpStatus(400), t0); // up, answering
+    router.record_outcome(ollama, qwen, &AttemptOutcome::HttpStatus(503), t0);
     assert_eq!(router.health(ollama, t0), Some(Health::Closed));
-    router.record_outcome(ollama, &AttemptOutcome::Timeout, t0);
+    router.record_outcome(ollama, qwen, &AttemptOutcome::Timeout, t0);
     assert_eq!(
         router.health(ollama, t0),
         Some(Health::Open {
@@ -142,13 +145,19 @@ fn open_circuits_are_excluded_and_half_open_admits_one_trial() {
     );
     assert_eq!(names(&router.candidates("gpt-4o", t0))[0].0, "openai");
     assert_eq!(router.all_candidates("gpt-4o").len(), 3);
+    // Only that model's circuit is open: ollama's other models still route to it.
+    assert_eq!(names(&router.candidates("fast", t0))[0].0, "ollama");
+    assert_eq!(
+        router.model_health(ollama, "llama3.2:3b", t0),
+        Some(Health::Closed)
+    );
 
     let later = t0 + Duration::from_secs(30);
     assert_eq!(names(&router.candidates("gpt-4o", later))[0].0, "ollama");
-    assert!(router.try_acquire(ollama, later));
-    assert!(!router.try_acquire(ollama, later));
+    assert!(router.try_acquire(ollama, qwen, later));
+    assert!(!router.try_acquire(ollama, qwen, later));
     assert_eq!(names(&router.candidates("gpt-4o", later))[0].0, "openai");
-    router.record_success(ollama, later);
+    router.record_success(ollama, qwen, later);
     assert_eq!(router.health(ollama, later), Some(Health::Closed));
 }
 
@@ -162,7 +171,7 @@ fn breaker_state_survives_a_configuration_change() {
         Router::with_breaker_config(sample_router().upstreams().to_vec(), config).unwrap();
     let now = Instant::now();
     let groq = router.find("groq").unwrap();
-    router.record_failure(groq, now);
+    router.record_failure(groq, "gpt-4o", now);
     let mut specs = router.upstreams().to_vec();
     specs.remove(0);
     specs.push(upstream("mistral", ProviderKind::Mistral));
@@ -347,6 +356,8 @@ enum Event {
     Failure,
     Acquire,
     Release,
+    /// A 429 with this `retry-after` in seconds (`None`: none given).
+    RateLimited(Option<u64>),
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -358,9 +369,21 @@ fn event() -> impl Strategy<Value = Event> {
     ]
 }
 
-/// (upstream index, event, seconds since the previous event)
-fn history() -> impl Strategy<Value = Vec<(usize, Event, u64)>> {
-    proptest::collection::vec((0usize..7, event(), 0u64..20), 0..60)
+fn event_with_rate_limits() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        4 => event(),
+        1 => proptest::option::of(0u64..30).prop_map(Event::RateLimited),
+    ]
+}
+
+/// (upstream index, model sent upstream, event, seconds since the previous event)
+type History = Vec<(usize, String, Event, u64)>;
+
+fn history() -> impl Strategy<Value = History> {
+    proptest::collection::vec(
+        (0usize..7, model_name(), event_with_rate_limits(), 0u64..20),
+        0..60,
+    )
 }
 
 fn test_breaker_config() -> BreakerConfig {
@@ -372,24 +395,106 @@ fn test_breaker_config() -> BreakerConfig {
     }
 }
 
-/// Applies a history to the upstreams named in it; returns the time after it.
-fn apply_history(router: &mut Router, history: &[(usize, Event, u64)], start: Instant) -> Instant {
+/// Applies a history to the upstreams named in it (and to `reference`, when given); returns
+/// the time after it.
+fn apply_history(
+    router: &mut Router,
+    history: &History,
+    start: Instant,
+    mut reference: Option<&mut ReferenceRouting>,
+) -> Instant {
     let mut now = start;
-    for (index, event, step) in history {
+    for (index, model, event, step) in history {
         now += Duration::from_secs(*step);
-        let Some(id) = router.find(&format!("up{index}")) else {
+        let name = format!("up{index}");
+        let Some(id) = router.find(&name) else {
             continue;
         };
+        if let Some(reference) = reference.as_deref_mut() {
+            reference.apply(&name, model, *event, now);
+        }
         match event {
-            Event::Success => router.record_success(id, now),
-            Event::Failure => router.record_failure(id, now),
+            Event::Success => router.record_success(id, model, now),
+            Event::Failure => router.record_failure(id, model, now),
             Event::Acquire => {
-                router.try_acquire(id, now);
+                router.try_acquire(id, model, now);
             }
-            Event::Release => router.release(id),
+            Event::Release => router.release(id, model),
+            Event::RateLimited(seconds) => {
+                router.record_rate_limited(id, model, seconds.map(Duration::from_secs), now)
+            }
         }
     }
     now
+}
+
+/// Reference routing state: one reference breaker per (upstream, model) and the rate limits,
+/// as plainly as the rules say.
+struct ReferenceRouting {
+    config: BreakerConfig,
+    breakers: HashMap<(String, String), ReferenceBreaker>,
+    rate_limited_until: HashMap<(String, String), Instant>,
+}
+
+impl ReferenceRouting {
+    fn new(config: BreakerConfig) -> Self {
+        ReferenceRouting {
+            config,
+            breakers: HashMap::new(),
+            rate_limited_until: HashMap::new(),
+        }
+    }
+
+    fn breaker(&mut self, upstream: &str, model: &str) -> &mut ReferenceBreaker {
+        let config = self.config;
+        self.breakers
+            .entry((upstream.to_owned(), model.to_owned()))
+            .or_insert(ReferenceBreaker {
+                mode: ReferenceMode::Closed(0),
+                trips: 0,
+                config,
+            })
+    }
+
+    fn limited(&self, upstream: &str, model: &str, now: Instant) -> bool {
+        self.rate_limited_until
+            .get(&(upstream.to_owned(), model.to_owned()))
+            .is_some_and(|until| *until > now)
+    }
+
+    fn apply(&mut self, upstream: &str, model: &str, event: Event, now: Instant) {
+        match event {
+            Event::Success => self.breaker(upstream, model).success(),
+            Event::Failure => self.breaker(upstream, model).failure(now),
+            Event::Acquire => {
+                if !self.limited(upstream, model, now) {
+                    self.breaker(upstream, model).acquire(now);
+                }
+            }
+            Event::Release => self.breaker(upstream, model).release(),
+            Event::RateLimited(seconds) => {
+                self.breaker(upstream, model).release();
+                let until = now + seconds.map_or(DEFAULT_RATE_LIMIT_BACKOFF, Duration::from_secs);
+                let slot = self
+                    .rate_limited_until
+                    .entry((upstream.to_owned(), model.to_owned()))
+                    .or_insert(until);
+                *slot = (*slot).max(until);
+            }
+        }
+    }
+
+    /// Whether (upstream, model) may be tried at `now`.
+    fn admits(&mut self, upstream: &str, model: &str, now: Instant) -> bool {
+        !self.limited(upstream, model, now)
+            && matches!(
+                self.breaker(upstream, model).health(now),
+                Health::Closed
+                    | Health::HalfOpen {
+                        trial_in_flight: false
+                    }
+            )
+    }
 }
 
 /// The route an upstream should give, straight from DESIGN.md section 5.
@@ -507,25 +612,24 @@ proptest! {
         extra_seconds in 0u64..60,
     ) {
         let mut router = Router::with_breaker_config(specs.clone(), test_breaker_config()).unwrap();
+        let mut reference = ReferenceRouting::new(test_breaker_config());
         let start = Instant::now();
-        let now = apply_history(&mut router, &history, start) + Duration::from_secs(extra_seconds);
+        let now = apply_history(&mut router, &history, start, Some(&mut reference))
+            + Duration::from_secs(extra_seconds);
         for model in MODEL_POOL {
             let candidates = router.candidates(model, now);
             for candidate in &candidates {
-                let health = router.health(candidate.upstream, now).unwrap();
+                let health = router.model_health(candidate.upstream, &candidate.upstream_model, now).unwrap();
                 prop_assert!(!matches!(health, Health::Open { .. }), "{} is open", candidate.upstream_name);
-                prop_assert!(router.breaker(candidate.upstream).unwrap().is_available(now));
+                prop_assert!(router.rate_limited_until(candidate.upstream, &candidate.upstream_model, now).is_none());
             }
             let mut expected = Vec::new();
             for tier in [Tier::Explicit, Tier::ProviderDefault, Tier::Discovered] {
                 for (index, spec) in specs.iter().enumerate() {
                     let id = router.find(&spec.name).unwrap();
                     prop_assert_eq!(id.index(), index);
-                    if !router.breaker(id).unwrap().is_available(now) {
-                        continue;
-                    }
                     if let Some((found_tier, upstream_model)) = expected_route(spec, model) {
-                        if found_tier == tier {
+                        if found_tier == tier && reference.admits(&spec.name, &upstream_model, now) {
                             expected.push((spec.name.clone(), upstream_model, tier));
                         }
                     }
@@ -552,11 +656,11 @@ proptest! {
     ) {
         let start = Instant::now();
         let mut full = Router::with_breaker_config(specs.clone(), test_breaker_config()).unwrap();
-        let now = apply_history(&mut full, &history, start);
+        let now = apply_history(&mut full, &history, start, None);
         let removed_name = format!("up{}", removed % specs.len());
         let rest: Vec<UpstreamSpec> = specs.iter().filter(|spec| spec.name != removed_name).cloned().collect();
         let mut reduced = Router::with_breaker_config(rest, test_breaker_config()).unwrap();
-        prop_assert_eq!(apply_history(&mut reduced, &history, start), now);
+        prop_assert_eq!(apply_history(&mut reduced, &history, start, None), now);
         for (index, millis) in &latencies {
             for router in [&mut full, &mut reduced] {
                 if let Some(id) = router.find(&format!("up{index}")) {
@@ -620,6 +724,7 @@ proptest! {
                     breaker.release();
                     reference.release();
                 }
+                Event::RateLimited(_) => {}
             }
             prop_assert_eq!(breaker.health(now), reference.health(now));
             // Two attempts at the same instant are never both trials.
@@ -628,5 +733,79 @@ proptest! {
                 prop_assert!(!copy.try_acquire(now));
             }
         }
+    }
+
+    /// The attempt plan holds exactly the admitted candidates, in the order of the model's
+    /// strategy; `known` says whether any upstream serves the model; when some serving
+    /// upstream is rate limited, the plan says until when (the earliest).
+    #[test]
+    fn plan_follows_the_strategy_and_explains_what_it_left_out(
+        specs in upstream_specs(),
+        history in history(),
+        seed in any::<u64>(),
+        strategy in 0usize..3,
+        served_protocol in proptest::option::of(prop_oneof![Just(WireProtocol::OpenAi), Just(WireProtocol::Anthropic)]),
+    ) {
+        let mut router = Router::with_breaker_config(specs, test_breaker_config()).unwrap();
+        let start = Instant::now();
+        let now = apply_history(&mut router, &history, start, None);
+        let strategy = RouteStrategy::ALL[strategy];
+        router.set_strategies(MODEL_POOL.iter().map(|m| (m.to_string(), strategy)).collect());
+        let serves = |spec: &UpstreamSpec| served_protocol.is_none_or(|p| spec.protocol == p);
+        for model in MODEL_POOL {
+            let plan = router.plan(model, now, seed, serves);
+            let ordered = match strategy {
+                RouteStrategy::Ordered => router.candidates(model, now),
+                RouteStrategy::Weighted => router.candidates_weighted(model, now, seed),
+                RouteStrategy::LeastLatency => router.candidates_by_latency(model, now),
+            };
+            let expected: Vec<Candidate> = ordered
+                .into_iter()
+                .filter(|c| serves(router.upstream(c.upstream).unwrap()))
+                .collect();
+            prop_assert_eq!(&plan.candidates, &expected);
+            let serving: Vec<Candidate> = router
+                .all_candidates(model)
+                .into_iter()
+                .filter(|c| serves(router.upstream(c.upstream).unwrap()))
+                .collect();
+            prop_assert_eq!(plan.known, !serving.is_empty());
+            let limited = serving
+                .iter()
+                .filter_map(|c| router.rate_limited_until(c.upstream, &c.upstream_model, now))
+                .min();
+            prop_assert_eq!(plan.rate_limited_until, limited);
+        }
+    }
+
+    /// A 429 never moves a breaker, and failures of one model never take another model of the
+    /// same upstream out of routing.
+    #[test]
+    fn rate_limits_and_failures_stay_with_their_model(
+        failures in 1u32..12,
+        retry_after in proptest::option::of(1u64..100),
+    ) {
+        let mut spec = upstream("one", ProviderKind::OpenAi);
+        spec.models = vec!["a-model".into(), "b-model".into()];
+        let mut router = Router::with_breaker_config(vec![spec], test_breaker_config()).unwrap();
+        let id = router.find("one").unwrap();
+        let now = Instant::now();
+        for _ in 0..failures {
+            router.record_outcome(id, "a-model", &AttemptOutcome::HttpStatus(429), now);
+        }
+        prop_assert_eq!(router.model_health(id, "a-model", now), Some(Health::Closed));
+        prop_assert!(router.candidates("a-model", now).is_empty());
+        router.record_rate_limited(id, "b-model", retry_after.map(Duration::from_secs), now);
+        let back = now + retry_after.map_or(DEFAULT_RATE_LIMIT_BACKOFF, Duration::from_secs);
+        prop_assert!(router.candidates("b-model", back - Duration::from_millis(1)).is_empty());
+        prop_assert_eq!(router.candidates("b-model", back).len(), 1);
+        // Once a-model's own rate limit is over, its 5xx open its breaker alone.
+        let later = back.max(now + DEFAULT_RATE_LIMIT_BACKOFF);
+        for _ in 0..failures {
+            router.record_outcome(id, "a-model", &AttemptOutcome::HttpStatus(502), later);
+        }
+        prop_assert_eq!(router.candidates("b-model", later).len(), 1);
+        let open = failures >= test_breaker_config().failure_threshold;
+        prop_assert_eq!(router.candidates("a-model", later).is_empty(), open);
     }
 }

@@ -1,31 +1,16 @@
 //! The daemon's HTTP router: one [`App`] serves the local listener and the connections a
 //! relay forwards (marked `remote`: never loopback-trusted).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use gate_rt::Runtime;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 
 use crate::gateway::{Endpoint, Gateway};
 
-/// Boxed error type of response bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body type: buffered or streaming.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// Who is on the other end of a request.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer {
-    /// The client's address (for relayed connections, as reported by the relay).
-    pub addr: SocketAddr,
-    /// True when the connection came through a relay.
-    pub remote: bool,
-}
+pub use crate::web::{full_body, json, Body, BoxError, Peer};
 
 /// The shared request router.
 pub struct App<R: Runtime> {
@@ -58,6 +43,7 @@ impl<R: Runtime> App<R> {
             }
         }
         match (req.method(), path) {
+            (&Method::GET | &Method::HEAD, "/") => self.index(&req),
             (&Method::GET, "/health") => json(
                 StatusCode::OK,
                 serde_json::json!({
@@ -106,26 +92,50 @@ impl<R: Runtime> App<R> {
     }
 }
 
+impl<R: Runtime> App<R> {
+    /// `GET /`: browsers (asking for HTML) are sent to the web UI when it is served; any
+    /// other client gets a short JSON index of what Gate serves.
+    fn index<B>(&self, req: &Request<B>) -> Response<Body> {
+        let wants_html = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
+        if wants_html && self.admin.is_some() {
+            let mut response = Response::new(full_body(Bytes::new()));
+            *response.status_mut() = StatusCode::FOUND;
+            response.headers_mut().insert(
+                http::header::LOCATION,
+                http::HeaderValue::from_static(UI_PATH),
+            );
+            return response;
+        }
+        let endpoints: Vec<String> = Endpoint::ALL
+            .iter()
+            .map(|e| format!("POST {}", e.path()))
+            .chain(["GET /v1/models".to_owned()])
+            .collect();
+        json(
+            StatusCode::OK,
+            serde_json::json!({
+                "name": "gate",
+                "version": env!("CARGO_PKG_VERSION"),
+                "endpoints": endpoints,
+                "health": "/health",
+                "metrics": "/metrics",
+                "ui": self.admin.as_ref().map(|_| UI_PATH),
+            }),
+        )
+    }
+}
+
+/// Where the web UI lives (`GET /` sends browsers there).
+const UI_PATH: &str = "/ui/";
+
 fn not_found<B>(req: &Request<B>) -> Response<Body> {
     crate::errors::error_response(
         gate_core::route::WireProtocol::OpenAi,
         StatusCode::NOT_FOUND,
         &format!("no route for {} {}", req.method(), req.uri().path()),
     )
-}
-
-/// A buffered body.
-pub fn full_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
-}
-
-/// A JSON response.
-pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(full_body(Bytes::from(value.to_string())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    response
 }

@@ -239,13 +239,11 @@ pub fn credential(headers: &http::HeaderMap) -> Option<&str> {
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
     {
+        // The scheme is case-insensitive (RFC 9110 section 11.1): `Bearer`, `bearer`, `BEARER`.
         let value = value.trim();
-        if let Some(token) = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-        {
+        if let Some((scheme, token)) = value.split_once(' ') {
             let token = token.trim();
-            if !token.is_empty() {
+            if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
                 return Some(token);
             }
         }
@@ -384,6 +382,13 @@ mod tests {
         assert_eq!(credential(&h), Some("k1"));
         h.insert(http::header::AUTHORIZATION, "Bearer k2".parse().unwrap());
         assert_eq!(credential(&h), Some("k2"));
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme}  k3 ");
+            h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(credential(&h), Some("k3"), "{scheme}");
+        }
+        h.insert(http::header::AUTHORIZATION, "Basic k4".parse().unwrap());
+        assert_eq!(credential(&h), Some("k1"), "not a bearer token: x-api-key");
     }
 
     #[test]

@@ -85,6 +85,7 @@ impl<R: Runtime> RunningDaemon<R> {
         let settings = server::server_settings(&limits);
         let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
         let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
+        gateway.protect_secret(&admin_token);
         let listener = server::bind(&rt, addr)?;
         let bound = server::local_addr::<R>(&listener).unwrap_or(addr);
         let upstream_count = config.upstreams.len();

@@ -7,7 +7,7 @@ use gate_core::llm::errors::{self, ApiErrorKind};
 use gate_core::route::WireProtocol;
 use http::{Response, StatusCode};
 
-use crate::app::{full_body, Body};
+use crate::web::{full_body, Body};
 
 /// The JSON error body for `protocol` (builders in `gate_core::llm::errors`).
 pub fn error_body(protocol: WireProtocol, status: StatusCode, message: &str) -> String {
@@ -45,13 +45,24 @@ pub fn stream_error_event(protocol: WireProtocol, status: StatusCode, message: &
         .unwrap_or_default()
 }
 
-/// Pulls a human message out of an upstream error body of either protocol.
+/// Pulls a human message (its first 500 characters) out of an upstream error body of either
+/// protocol. Only `error` / `error.message` are decoded; the rest of the body is skipped, not
+/// built into a tree.
 pub fn upstream_message(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let error = value.get("error")?;
-    let message = match error {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.get("message")?.as_str()?.to_owned(),
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Option<ErrorValue>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum ErrorValue {
+        Text(String),
+        Object { message: Option<String> },
+    }
+    let envelope: Envelope = serde_json::from_slice(body).ok()?;
+    let message = match envelope.error? {
+        ErrorValue::Text(text) => text,
+        ErrorValue::Object { message } => message?,
     };
     Some(message.chars().take(500).collect())
 }

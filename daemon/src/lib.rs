@@ -23,3 +23,4 @@ pub mod remote;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod web;

@@ -9,7 +9,7 @@
 use gate_core::llm::convert::{
     anthropic_request_body_to_openai, anthropic_response_body_to_openai,
     estimate_count_tokens_body, openai_request_body_to_anthropic,
-    openai_response_body_to_anthropic, request_summary, rewrite_model, AnthropicToOpenAiStream,
+    openai_response_body_to_anthropic, request_summary, rewrite_model, tree_cost_estimate, AnthropicToOpenAiStream,
     OpenAiToAnthropicStream,
 };
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +20,15 @@ fuzz_target!(|data: &[u8]| {
     let _ = openai_response_body_to_anthropic(data);
     let _ = anthropic_response_body_to_openai(data, 0);
     let _ = estimate_count_tokens_body(data);
+    // The conversion bound's estimate never undercounts the text itself.
+    assert!(tree_cost_estimate(data) >= data.len());
+    // Scrubbing removes a secret wherever the input puts it.
+    let secret = b"sk-fuzz-secret-0123";
+    let mut with_secret = data.to_vec();
+    with_secret.extend_from_slice(secret);
+    with_secret.extend_from_slice(data);
+    let scrubbed = gate_core::llm::scrub::scrub_secrets(&with_secret, &[&secret[..]]);
+    assert!(scrubbed.windows(secret.len()).all(|window| window != secret));
     let original_summary = request_summary(data);
     if let (Ok(_), Ok(rewritten)) = (&original_summary, rewrite_model(data, "gate-model")) {
         let summary = request_summary(&rewritten);

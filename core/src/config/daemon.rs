@@ -62,6 +62,8 @@ pub struct UpstreamConfig {
     pub aliases: BTreeMap<String, String>,
     /// Whether routing may use it (default true).
     pub enabled: bool,
+    /// Relative weight for the `weighted` strategy (`None` counts as 1).
+    pub weight: Option<u32>,
 }
 
 /// `[relay]` of the daemon.
@@ -125,6 +127,9 @@ pub struct ServerLimits {
     pub idle_timeout: Duration,
     /// Lifecycle and listener limits.
     pub listen: ListenLimits,
+    /// Largest buffered upstream answer: non-streamed bodies, error bodies, model lists
+    /// (default 64 MiB).
+    pub max_response_bytes: u64,
 }
 
 /// `[server]` keys of the daemon's lifecycle and listeners: how long a stop waits, and how
@@ -144,6 +149,13 @@ pub struct ListenLimits {
     pub http2_keepalive_timeout: Duration,
     /// Open connections per listener (local, relayed); more are closed at once (default 4096).
     pub max_connections: usize,
+}
+
+/// `[routing]`: how the upstreams of one tier are ordered, per model or alias.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RoutingConfig {
+    /// Model or alias (as clients name it) -> strategy; others are `ordered`.
+    pub strategy: BTreeMap<String, crate::route::RouteStrategy>,
 }
 
 /// The daemon's whole configuration.
@@ -167,6 +179,8 @@ pub struct DaemonConfig {
     pub letsencrypt: LetsEncryptConfig,
     /// Limits.
     pub server: ServerLimits,
+    /// Routing strategies.
+    pub routing: RoutingConfig,
 }
 
 fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
@@ -180,6 +194,27 @@ fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
             Node::Leaf(_) => None,
         })
     })
+}
+
+/// `[routing.strategy]`: model or alias -> strategy. Values were checked by the schema
+/// ([`super::schema::StrCheck::RouteStrategy`]); anything else is skipped.
+fn routing_strategies(tree: &Table) -> BTreeMap<String, crate::route::RouteStrategy> {
+    let Some(Node::Table(routing)) = tree.get("routing") else {
+        return BTreeMap::new();
+    };
+    let Some(Node::Table(strategies)) = routing.get("strategy") else {
+        return BTreeMap::new();
+    };
+    strategies
+        .iter()
+        .filter_map(|(model, node)| match node {
+            Node::Leaf(Leaf {
+                value: Value::String(name),
+                ..
+            }) => Some((model.clone(), crate::route::RouteStrategy::from_name(name)?)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Fill `provider` from the upstream's name when the name is a provider, and `base_url`
@@ -342,6 +377,7 @@ impl DaemonConfig {
                     models: r.list(&key("models"))?,
                     aliases,
                     enabled: r.bool(&key("enabled"))?,
+                    weight: r.opt_int(&key("weight"))?,
                 },
             );
         }
@@ -393,6 +429,10 @@ impl DaemonConfig {
                     ),
                     max_connections: r.int("server.max_connections")?,
                 },
+                max_response_bytes: r.int("server.max_response_bytes")?,
+            },
+            routing: RoutingConfig {
+                strategy: routing_strategies(tree),
             },
         })
     }

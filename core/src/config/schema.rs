@@ -136,6 +136,8 @@ pub enum StrCheck {
     UpstreamName,
     /// A model or alias name: 1..=256 bytes, no whitespace or control characters.
     ModelName,
+    /// A routing strategy: `ordered`, `weighted` or `least_latency`.
+    RouteStrategy,
 }
 
 /// Provider names an upstream may use.
@@ -180,6 +182,7 @@ impl StrCheck {
                 "an upstream name of a-z, 0-9, _ and - (starting and ending with a letter or digit)"
             }
             StrCheck::ModelName => "a model name without spaces",
+            StrCheck::RouteStrategy => "one of ordered, weighted, least_latency",
         }
     }
 
@@ -205,6 +208,7 @@ impl StrCheck {
                     && s.len() <= 256
                     && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             }
+            StrCheck::RouteStrategy => crate::route::RouteStrategy::from_name(s).is_some(),
         }
     }
 }
@@ -564,7 +568,7 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 6] = [
+static UPSTREAM_FIELDS: [Field; 7] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -578,6 +582,8 @@ static UPSTREAM_FIELDS: [Field; 6] = [
         None,
     ),
     field("enabled", Kind::Bool, Some(DefaultValue::Bool(true))),
+    // Routing (issue 11): relative weight for the `weighted` strategy (unset counts as 1).
+    field("weight", Kind::Integer { min: 0, max: 1000 }, None),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);
@@ -633,7 +639,7 @@ static LETSENCRYPT_FIELDS: [Field; 7] = [
     field("ca_file", Kind::String(StrCheck::NonEmpty), None),
 ];
 
-static SERVER_FIELDS: [Field; 9] = [
+static SERVER_FIELDS: [Field; 10] = [
     field(
         "max_body_bytes",
         Kind::Integer {
@@ -688,9 +694,30 @@ static SERVER_FIELDS: [Field; 9] = [
         },
         Some(DefaultValue::Integer(4096)),
     ),
+    // Request path (issue 11): largest buffered upstream answer (non-streamed bodies, error
+    // bodies, model lists).
+    field(
+        "max_response_bytes",
+        Kind::Integer {
+            min: 64 << 10,
+            max: 1 << 30,
+        },
+        Some(DefaultValue::Integer(64 << 20)),
+    ),
 ];
 
-static DAEMON_FIELDS: [Field; 9] = [
+// Routing (issue 11): `[routing.strategy]` maps a model or alias to its strategy.
+static ROUTE_STRATEGY: Kind = Kind::String(StrCheck::RouteStrategy);
+static ROUTING_FIELDS: [Field; 1] = [field(
+    "strategy",
+    Kind::Map {
+        key: StrCheck::ModelName,
+        entry: &ROUTE_STRATEGY,
+    },
+    None,
+)];
+
+static DAEMON_FIELDS: [Field; 10] = [
     field(
         "host",
         Kind::String(StrCheck::Host),
@@ -715,6 +742,7 @@ static DAEMON_FIELDS: [Field; 9] = [
     field("auth", Kind::Table(&AUTH_FIELDS), None),
     field("letsencrypt", Kind::Table(&LETSENCRYPT_FIELDS), None),
     field("server", Kind::Table(&SERVER_FIELDS), None),
+    field("routing", Kind::Table(&ROUTING_FIELDS), None),
 ];
 
 /// The daemon (`gate`) schema. Environment prefix `GATE`.

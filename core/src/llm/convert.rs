@@ -31,7 +31,9 @@ pub mod response;
 pub mod stream;
 pub mod tokens;
 
-pub use passthrough::{request_summary, rewrite_model, RequestSummary};
+pub use passthrough::{
+    request_summary, rewrite_model, tree_cost_estimate, RequestSummary, TREE_BYTES_PER_VALUE,
+};
 pub use request::{
     anthropic_request_body_to_openai, anthropic_request_to_openai,
     openai_request_body_to_anthropic, openai_request_to_anthropic, DEFAULT_ANTHROPIC_MAX_TOKENS,

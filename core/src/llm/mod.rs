@@ -1,10 +1,15 @@
 //! LLM protocol logic: the OpenAI and Anthropic wire types that routing and conversion
-//! need, an incremental SSE parser and encoder, and OpenAI <-> Anthropic conversion.
+//! need, an incremental SSE parser and encoder, OpenAI <-> Anthropic conversion, and the
+//! gateway's pure request-path decisions (endpoint table, status mapping, header allow-lists,
+//! usage extraction, secret scrubbing).
 //!
 //! Pure data transformation: no I/O, no clocks.
 
 pub mod anthropic;
 pub mod convert;
+pub mod endpoint;
 pub mod errors;
 pub mod openai;
+pub mod scrub;
 pub mod sse;
+pub mod usage;

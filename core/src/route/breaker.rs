@@ -1,4 +1,4 @@
-//! A circuit breaker for one upstream, with time passed in.
+//! A circuit breaker for one (upstream, model), with time passed in.
 //!
 //! It owns the Closed -> Open -> HalfOpen -> Closed cycle and nothing else: it must not read a
 //! clock, sleep or know what a request is. The daemon tells it about outcomes
@@ -158,7 +158,8 @@ impl CircuitBreaker {
         }
     }
 
-    /// The request failed (connect error, timeout, 429, 5xx, broken stream).
+    /// The request failed (connect error, timeout, 5xx, broken stream; not a 429, which is
+    /// rate limiting and tracked apart).
     pub fn record_failure(&mut self, now: Instant) {
         match self.state {
             State::Closed {
@@ -186,6 +187,16 @@ impl CircuitBreaker {
                 trial_started: None,
             };
         }
+    }
+
+    /// Closed, with no failure counted and no trip to remember: the state of a new breaker
+    /// (such a breaker need not be kept).
+    pub fn is_at_rest(&self) -> bool {
+        self.state
+            == State::Closed {
+                consecutive_failures: 0,
+            }
+            && self.trips_in_a_row == 0
     }
 
     /// The cooldown the next trip would use.
@@ -219,6 +230,7 @@ impl CircuitBreaker {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // one real `Instant` to start simulated time from
 mod tests {
     use super::*;
 

@@ -30,16 +30,23 @@ impl AttemptOutcome {
         }
     }
 
-    /// Whether this outcome is the upstream failing (counts toward opening its circuit):
-    /// connect error, timeout, 429, 5xx, or a stream that broke off. A 4xx other than 429 means
-    /// the upstream is up and answering, so it counts as a success.
+    /// Whether this outcome is the upstream failing (counts toward opening the circuit of that
+    /// upstream and model): connect error, timeout, 5xx, or a stream that broke off. A 429 is
+    /// rate limiting, tracked apart ([`is_rate_limited`](Self::is_rate_limited)); any other 4xx
+    /// means the upstream is up and answering, so it counts as a success.
     pub fn is_upstream_failure(&self) -> bool {
         match self {
             AttemptOutcome::ConnectError
             | AttemptOutcome::Timeout
             | AttemptOutcome::FailedAfterFirstByte => true,
-            AttemptOutcome::HttpStatus(status) => *status == 429 || (500..=599).contains(status),
+            AttemptOutcome::HttpStatus(status) => (500..=599).contains(status),
         }
+    }
+
+    /// Whether the upstream said it is rate limiting this caller (429): the (upstream, model)
+    /// is put aside for its `retry-after`, without counting toward the breaker.
+    pub fn is_rate_limited(&self) -> bool {
+        *self == AttemptOutcome::HttpStatus(429)
     }
 }
 
@@ -56,7 +63,7 @@ mod tests {
     fn failover_table() {
         assert!(should_failover(&AttemptOutcome::ConnectError));
         assert!(should_failover(&AttemptOutcome::Timeout));
-        for status in [429, 500, 502, 503, 504, 599] {
+        for status in [500, 502, 503, 504, 599] {
             assert!(
                 should_failover(&AttemptOutcome::HttpStatus(status)),
                 "{status}"
@@ -65,7 +72,12 @@ mod tests {
                 AttemptOutcome::HttpStatus(status).is_upstream_failure(),
                 "{status}"
             );
+            assert!(!AttemptOutcome::HttpStatus(status).is_rate_limited());
         }
+        let rate_limited = AttemptOutcome::HttpStatus(429);
+        assert!(rate_limited.should_failover());
+        assert!(!rate_limited.is_upstream_failure());
+        assert!(rate_limited.is_rate_limited());
         for status in [200, 204, 301, 400, 401, 403, 404, 408, 413, 422, 600] {
             assert!(
                 !should_failover(&AttemptOutcome::HttpStatus(status)),

@@ -12,11 +12,18 @@
 //!    [`ProviderKind::serves_by_default`]).
 //! 3. [`Tier::Discovered`]: the upstream listed the model when asked.
 //!
-//! Each upstream appears at most once, in its best tier. Within a tier the configuration order
-//! is kept (or a seeded weighted order, [`Router::candidates_weighted`], or lowest latency
-//! first, [`Router::candidates_by_latency`]). Disabled upstreams and
-//! upstreams whose breaker admits nothing now are left out; an unknown model gives an empty
-//! list, which the daemon answers with 404.
+//! Each upstream appears at most once, in its best tier. Within a tier the model's
+//! [`RouteStrategy`] orders them: configuration order (`ordered`, the default), a seeded
+//! weighted draw by upstream `weight` (`weighted`, [`Router::candidates_weighted`]), or lowest
+//! latency first (`least_latency`, [`Router::candidates_by_latency`]); [`Router::plan`] applies
+//! it. Disabled upstreams, (upstream, model) pairs whose breaker admits nothing now, and pairs
+//! rate limited by a 429 are left out; an unknown model gives an empty list, which the daemon
+//! answers with 404.
+//!
+//! Failure state is kept per (upstream, model name sent upstream): a breaker that opens on
+//! connection errors, timeouts, 5xx and broken streams, and a rate limit that a 429 sets for
+//! its `retry-after`. One model failing or rate limited leaves the upstream's other models
+//! routable.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -235,8 +242,8 @@ pub struct UpstreamSpec {
     pub discovered_models: Vec<String>,
     /// Disabled upstreams are never candidates and list no models.
     pub enabled: bool,
-    /// Relative weight for [`Router::candidates_weighted`]; `None` counts as 1, `Some(0)` puts
-    /// the upstream last in its tier.
+    /// Relative weight for the `weighted` strategy; `None` counts as 1, `Some(0)` puts the
+    /// upstream last in its tier.
     pub weight: Option<u32>,
 }
 
@@ -328,16 +335,86 @@ impl ModelSets {
     }
 }
 
-/// The daemon's model routing: upstreams in configuration order, their model sets and their
-/// circuit breakers.
+/// How the upstreams of one tier are ordered for a model or alias (`[routing.strategy]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RouteStrategy {
+    /// Configuration order (the default).
+    #[default]
+    Ordered,
+    /// A weighted random order by upstream `weight` ([`Router::candidates_weighted`]).
+    Weighted,
+    /// Lowest measured latency first ([`Router::candidates_by_latency`]).
+    LeastLatency,
+}
+
+impl RouteStrategy {
+    /// Every strategy, in documentation order.
+    pub const ALL: [RouteStrategy; 3] = [
+        RouteStrategy::Ordered,
+        RouteStrategy::Weighted,
+        RouteStrategy::LeastLatency,
+    ];
+
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteStrategy::Ordered => "ordered",
+            RouteStrategy::Weighted => "weighted",
+            RouteStrategy::LeastLatency => "least_latency",
+        }
+    }
+
+    /// Parses the configuration spelling.
+    pub fn from_name(name: &str) -> Option<RouteStrategy> {
+        RouteStrategy::ALL
+            .into_iter()
+            .find(|strategy| strategy.as_str() == name)
+    }
+}
+
+/// How long a 429 without a usable `retry-after` puts an (upstream, model) aside.
+pub const DEFAULT_RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(5);
+/// The longest a `retry-after` may put an (upstream, model) aside.
+pub const MAX_RATE_LIMIT_BACKOFF: Duration = Duration::from_secs(3600);
+/// The most models whose breaker or rate-limit state one upstream keeps. Provider default
+/// patterns let clients name models without end; past this many, a new model's failures are
+/// not tracked (its requests still flow) until older entries expire or close.
+pub const MAX_TRACKED_MODELS: usize = 1024;
+
+/// Breaker, rate-limit and latency state of one upstream. Breakers are per model (the name
+/// sent upstream); a model without an entry has a closed breaker at rest.
+#[derive(Debug, Clone, Default)]
+struct UpstreamState {
+    breakers: BTreeMap<String, CircuitBreaker>,
+    rate_limited_until: BTreeMap<String, Instant>,
+    /// Moving average of the time to first byte, once measured.
+    latency: Option<Duration>,
+}
+
+/// What routing decided for one request: the candidates to try now, in order, and, when
+/// there are none, why.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AttemptPlan {
+    /// The upstreams to try, best first (tiers, then the model's strategy).
+    pub candidates: Vec<Candidate>,
+    /// Some upstream serves the model (whatever its state): false means 404.
+    pub known: bool,
+    /// The earliest end of a rate limit among the upstreams left out for one.
+    pub rate_limited_until: Option<Instant>,
+    /// The earliest end of an open circuit among the upstreams left out for one.
+    pub open_until: Option<Instant>,
+}
+
+/// The daemon's model routing: upstreams in configuration order, their model sets, and per
+/// (upstream, model) circuit breakers and rate limits.
 #[derive(Debug, Clone)]
 pub struct Router {
     upstreams: Vec<UpstreamSpec>,
     model_sets: Vec<ModelSets>,
-    breakers: Vec<CircuitBreaker>,
-    /// Moving average of each upstream's time to first byte, once measured.
-    latencies: Vec<Option<Duration>>,
+    states: Vec<UpstreamState>,
     breaker_config: BreakerConfig,
+    /// Strategy per requested model or alias; absent means [`RouteStrategy::Ordered`].
+    strategies: BTreeMap<String, RouteStrategy>,
 }
 
 impl Router {
@@ -354,17 +431,17 @@ impl Router {
         let mut router = Router {
             upstreams: Vec::new(),
             model_sets: Vec::new(),
-            breakers: Vec::new(),
-            latencies: Vec::new(),
+            states: Vec::new(),
             breaker_config,
+            strategies: BTreeMap::new(),
         };
         router.replace_upstreams(upstreams)?;
         Ok(router)
     }
 
     /// Swaps in a new upstream list (after a configuration change). Upstreams that keep their
-    /// name keep their breaker state and latency average; new ones start closed and unmeasured. Previous [`UpstreamId`]s
-    /// are invalid afterwards. On error nothing changes.
+    /// name keep their breakers, rate limits and latency average; new ones start closed and
+    /// unmeasured. Previous [`UpstreamId`]s are invalid afterwards. On error nothing changes.
     pub fn replace_upstreams(&mut self, upstreams: Vec<UpstreamSpec>) -> Result<(), RouteError> {
         let mut seen = BTreeSet::new();
         for spec in &upstreams {
@@ -373,24 +450,25 @@ impl Router {
             }
         }
         let old_names = self.upstreams.iter().map(|spec| spec.name.clone());
-        let mut old_state: BTreeMap<String, (CircuitBreaker, Option<Duration>)> = old_names
-            .zip(
-                std::mem::take(&mut self.breakers)
-                    .into_iter()
-                    .zip(std::mem::take(&mut self.latencies)),
-            )
-            .collect();
-        (self.breakers, self.latencies) = upstreams
+        let mut old_state: BTreeMap<String, UpstreamState> =
+            old_names.zip(std::mem::take(&mut self.states)).collect();
+        self.states = upstreams
             .iter()
-            .map(|spec| {
-                old_state
-                    .remove(&spec.name)
-                    .unwrap_or_else(|| (CircuitBreaker::new(self.breaker_config), None))
-            })
-            .unzip();
+            .map(|spec| old_state.remove(&spec.name).unwrap_or_default())
+            .collect();
         self.model_sets = upstreams.iter().map(ModelSets::of).collect();
         self.upstreams = upstreams;
         Ok(())
+    }
+
+    /// Sets the strategy of each model or alias (as clients name it); others are ordered.
+    pub fn set_strategies(&mut self, strategies: BTreeMap<String, RouteStrategy>) {
+        self.strategies = strategies;
+    }
+
+    /// The strategy for a requested model or alias.
+    pub fn strategy(&self, model: &str) -> RouteStrategy {
+        self.strategies.get(model).copied().unwrap_or_default()
     }
 
     /// Records the models an upstream listed. Unknown ids are ignored.
@@ -427,7 +505,7 @@ impl Router {
         (0..self.upstreams.len()).map(UpstreamId)
     }
 
-    /// How (and whether) one upstream serves `model`, ignoring its breaker.
+    /// How (and whether) one upstream serves `model`, ignoring its state.
     fn route_for(&self, index: usize, model: &str) -> Option<(Tier, String)> {
         let spec = self.upstreams.get(index)?;
         let sets = self.model_sets.get(index)?;
@@ -449,9 +527,9 @@ impl Router {
         None
     }
 
-    fn matching(&self, model: &str, admit: impl Fn(usize) -> bool) -> Vec<Candidate> {
+    /// Every upstream that serves `model`, in tier then configuration order.
+    fn matching(&self, model: &str) -> Vec<Candidate> {
         let mut candidates: Vec<Candidate> = (0..self.upstreams.len())
-            .filter(|index| admit(*index))
             .filter_map(|index| {
                 let (tier, upstream_model) = self.route_for(index, model)?;
                 Some(Candidate {
@@ -467,20 +545,94 @@ impl Router {
         candidates
     }
 
-    /// The upstreams to try for `model`, best first, leaving out those whose breaker admits
-    /// nothing at `now` (open, or half-open with its trial in flight). Empty for an unknown
-    /// model. Call [`try_acquire`](Self::try_acquire) before each attempt.
-    pub fn candidates(&self, model: &str, now: Instant) -> Vec<Candidate> {
-        self.matching(model, |index| {
-            self.breakers
-                .get(index)
-                .is_some_and(|breaker| breaker.is_available(now))
-        })
+    /// Whether a candidate may be tried at `now`: its (upstream, model) breaker admits a
+    /// request and it is not rate limited.
+    fn admits(&self, candidate: &Candidate, now: Instant) -> bool {
+        self.breaker_available(candidate.upstream, &candidate.upstream_model, now)
+            && self
+                .rate_limited_until(candidate.upstream, &candidate.upstream_model, now)
+                .is_none()
     }
 
-    /// Every upstream that serves `model`, whatever its breaker says.
+    fn breaker_available(&self, upstream: UpstreamId, model: &str, now: Instant) -> bool {
+        self.breaker(upstream, model)
+            .is_none_or(|breaker| breaker.is_available(now))
+    }
+
+    /// The upstreams to try for `model`, best first in configuration order within a tier,
+    /// leaving out those whose (upstream, model) breaker admits nothing at `now` (open, or
+    /// half-open with its trial in flight) and those rate limited at `now`. Empty for an
+    /// unknown model. Call [`try_acquire`](Self::try_acquire) before each attempt.
+    pub fn candidates(&self, model: &str, now: Instant) -> Vec<Candidate> {
+        let mut candidates = self.matching(model);
+        candidates.retain(|candidate| self.admits(candidate, now));
+        candidates
+    }
+
+    /// Every upstream that serves `model`, whatever its breaker or rate limit says.
     pub fn all_candidates(&self, model: &str) -> Vec<Candidate> {
-        self.matching(model, |_| true)
+        self.matching(model)
+    }
+
+    /// The attempt plan for one request for `model` at `now`: the admitted candidates that
+    /// `serves` accepts (e.g. that can serve the endpoint), ordered by the model's
+    /// [`RouteStrategy`] (`seed` drives the weighted draw), and why others were left out.
+    pub fn plan(
+        &self,
+        model: &str,
+        now: Instant,
+        seed: u64,
+        serves: impl Fn(&UpstreamSpec) -> bool,
+    ) -> AttemptPlan {
+        let mut plan = AttemptPlan::default();
+        let serving: Vec<Candidate> = self
+            .matching(model)
+            .into_iter()
+            .filter(|candidate| self.upstream(candidate.upstream).is_some_and(&serves))
+            .collect();
+        plan.known = !serving.is_empty();
+        let earliest = |slot: &mut Option<Instant>, at: Instant| {
+            *slot = Some(slot.map_or(at, |current| current.min(at)));
+        };
+        for candidate in serving {
+            if let Some(until) =
+                self.rate_limited_until(candidate.upstream, &candidate.upstream_model, now)
+            {
+                earliest(&mut plan.rate_limited_until, until);
+            } else if !self.breaker_available(candidate.upstream, &candidate.upstream_model, now) {
+                if let Some(Health::Open { until }) = self
+                    .breaker(candidate.upstream, &candidate.upstream_model)
+                    .map(|breaker| breaker.health(now))
+                {
+                    earliest(&mut plan.open_until, until);
+                }
+            } else {
+                plan.candidates.push(candidate);
+            }
+        }
+        self.order(&mut plan.candidates, self.strategy(model), seed);
+        plan
+    }
+
+    /// Orders candidates within each tier by `strategy`.
+    fn order(&self, candidates: &mut [Candidate], strategy: RouteStrategy, seed: u64) {
+        match strategy {
+            RouteStrategy::Ordered => candidates.sort_by_key(|candidate| candidate.tier),
+            RouteStrategy::Weighted => {
+                let key = |candidate: &Candidate| {
+                    let weight = self
+                        .upstream(candidate.upstream)
+                        .and_then(|spec| spec.weight)
+                        .unwrap_or(1);
+                    weighted_key(seed, &candidate.upstream_name, weight)
+                };
+                // Higher key first; ties keep configuration order (sort_by is stable).
+                candidates
+                    .sort_by(|a, b| a.tier.cmp(&b.tier).then_with(|| key(b).total_cmp(&key(a))));
+            }
+            RouteStrategy::LeastLatency => candidates
+                .sort_by_key(|candidate| (candidate.tier, self.latency(candidate.upstream))),
+        }
     }
 
     /// Like [`candidates`](Self::candidates), but within each tier upstreams are ordered by a
@@ -490,15 +642,7 @@ impl Router {
     /// its name, so removing one upstream keeps the relative order of the others.
     pub fn candidates_weighted(&self, model: &str, now: Instant, seed: u64) -> Vec<Candidate> {
         let mut candidates = self.candidates(model, now);
-        let key = |candidate: &Candidate| {
-            let weight = self
-                .upstream(candidate.upstream)
-                .and_then(|spec| spec.weight)
-                .unwrap_or(1);
-            weighted_key(seed, &candidate.upstream_name, weight)
-        };
-        // Higher key first; ties keep configuration order (sort_by is stable).
-        candidates.sort_by(|a, b| a.tier.cmp(&b.tier).then_with(|| key(b).total_cmp(&key(a))));
+        self.order(&mut candidates, RouteStrategy::Weighted, seed);
         candidates
     }
 
@@ -509,15 +653,15 @@ impl Router {
     /// the relative order of the others.
     pub fn candidates_by_latency(&self, model: &str, now: Instant) -> Vec<Candidate> {
         let mut candidates = self.candidates(model, now);
-        candidates.sort_by_key(|candidate| (candidate.tier, self.latency(candidate.upstream)));
+        self.order(&mut candidates, RouteStrategy::LeastLatency, 0);
         candidates
     }
 
     /// Adds one latency sample (e.g. time to first byte) to an upstream's moving average
     /// (each new sample weighs 1/4).
     pub fn record_latency(&mut self, upstream: UpstreamId, sample: Duration) {
-        if let Some(average) = self.latencies.get_mut(upstream.0) {
-            *average = Some(match *average {
+        if let Some(state) = self.states.get_mut(upstream.0) {
+            state.latency = Some(match state.latency {
                 None => sample,
                 Some(previous) => {
                     let nanos = (previous.as_nanos() * 3 + sample.as_nanos()) / 4;
@@ -529,7 +673,7 @@ impl Router {
 
     /// An upstream's latency average, `None` until measured.
     pub fn latency(&self, upstream: UpstreamId) -> Option<Duration> {
-        self.latencies.get(upstream.0).copied().flatten()
+        self.states.get(upstream.0).and_then(|state| state.latency)
     }
 
     /// The models to show in `GET /v1/models`: explicit models, aliases and discovered models
@@ -556,53 +700,193 @@ impl Router {
             .collect()
     }
 
-    /// The breaker state of an upstream at `now` (for metrics).
+    /// An upstream's health at `now` over all its models (for metrics and status): open when
+    /// some model's circuit is open (until the latest of them), else half-open when some is,
+    /// else closed.
     pub fn health(&self, upstream: UpstreamId, now: Instant) -> Option<Health> {
-        self.breakers
-            .get(upstream.0)
-            .map(|breaker| breaker.health(now))
+        let state = self.states.get(upstream.0)?;
+        let mut health = Health::Closed;
+        for breaker in state.breakers.values() {
+            health = match (health, breaker.health(now)) {
+                (Health::Open { until: a }, Health::Open { until: b }) => {
+                    Health::Open { until: a.max(b) }
+                }
+                (Health::Open { until }, _) | (_, Health::Open { until }) => Health::Open { until },
+                (
+                    Health::HalfOpen { trial_in_flight: a },
+                    Health::HalfOpen { trial_in_flight: b },
+                ) => Health::HalfOpen {
+                    trial_in_flight: a || b,
+                },
+                (half @ Health::HalfOpen { .. }, Health::Closed)
+                | (Health::Closed, half @ Health::HalfOpen { .. }) => half,
+                (Health::Closed, Health::Closed) => Health::Closed,
+            };
+        }
+        Some(health)
     }
 
-    /// The breaker of an upstream.
-    pub fn breaker(&self, upstream: UpstreamId) -> Option<&CircuitBreaker> {
-        self.breakers.get(upstream.0)
+    /// The breaker state of one (upstream, model) at `now`.
+    pub fn model_health(&self, upstream: UpstreamId, model: &str, now: Instant) -> Option<Health> {
+        self.states.get(upstream.0)?;
+        Some(
+            self.breaker(upstream, model)
+                .map_or(Health::Closed, |breaker| breaker.health(now)),
+        )
     }
 
-    /// Asks the upstream's breaker to admit one attempt at `now` (see
-    /// [`CircuitBreaker::try_acquire`]). False for unknown ids.
-    pub fn try_acquire(&mut self, upstream: UpstreamId, now: Instant) -> bool {
-        self.breakers
-            .get_mut(upstream.0)
-            .is_some_and(|breaker| breaker.try_acquire(now))
+    /// The breaker of one (upstream, model), `None` while it is closed and at rest.
+    pub fn breaker(&self, upstream: UpstreamId, model: &str) -> Option<&CircuitBreaker> {
+        self.states.get(upstream.0)?.breakers.get(model)
     }
 
-    /// Reports a success to the upstream's breaker.
-    pub fn record_success(&mut self, upstream: UpstreamId, now: Instant) {
-        if let Some(breaker) = self.breakers.get_mut(upstream.0) {
-            breaker.record_success(now);
+    /// The breaker of one (upstream, model), made when missing (unless the upstream already
+    /// tracks [`MAX_TRACKED_MODELS`]).
+    fn breaker_mut(&mut self, upstream: UpstreamId, model: &str) -> Option<&mut CircuitBreaker> {
+        let config = self.breaker_config;
+        let state = self.states.get_mut(upstream.0)?;
+        if !state.breakers.contains_key(model) {
+            if state.breakers.len() >= MAX_TRACKED_MODELS {
+                state.breakers.retain(|_, breaker| !breaker.is_at_rest());
+                if state.breakers.len() >= MAX_TRACKED_MODELS {
+                    return None;
+                }
+            }
+            state
+                .breakers
+                .insert(model.to_owned(), CircuitBreaker::new(config));
+        }
+        state.breakers.get_mut(model)
+    }
+
+    /// Drops the breaker of (upstream, model) when it is back at rest.
+    fn forget_if_at_rest(&mut self, upstream: UpstreamId, model: &str) {
+        if let Some(state) = self.states.get_mut(upstream.0) {
+            if state
+                .breakers
+                .get(model)
+                .is_some_and(CircuitBreaker::is_at_rest)
+            {
+                state.breakers.remove(model);
+            }
         }
     }
 
-    /// Reports a failure to the upstream's breaker.
-    pub fn record_failure(&mut self, upstream: UpstreamId, now: Instant) {
-        if let Some(breaker) = self.breakers.get_mut(upstream.0) {
+    /// Asks the (upstream, model) breaker to admit one attempt at `now` (see
+    /// [`CircuitBreaker::try_acquire`]). False for unknown ids and rate-limited models.
+    pub fn try_acquire(&mut self, upstream: UpstreamId, model: &str, now: Instant) -> bool {
+        if self.states.get(upstream.0).is_none()
+            || self.rate_limited_until(upstream, model, now).is_some()
+        {
+            return false;
+        }
+        match self
+            .states
+            .get_mut(upstream.0)
+            .and_then(|s| s.breakers.get_mut(model))
+        {
+            Some(breaker) => breaker.try_acquire(now),
+            // Closed and at rest: admitted, nothing to remember.
+            None => true,
+        }
+    }
+
+    /// Reports a success to the (upstream, model) breaker.
+    pub fn record_success(&mut self, upstream: UpstreamId, model: &str, now: Instant) {
+        if let Some(breaker) = self
+            .states
+            .get_mut(upstream.0)
+            .and_then(|state| state.breakers.get_mut(model))
+        {
+            breaker.record_success(now);
+        }
+        self.forget_if_at_rest(upstream, model);
+    }
+
+    /// Reports a failure to the (upstream, model) breaker.
+    pub fn record_failure(&mut self, upstream: UpstreamId, model: &str, now: Instant) {
+        if let Some(breaker) = self.breaker_mut(upstream, model) {
             breaker.record_failure(now);
         }
     }
 
-    /// Reports an attempt's outcome: a failure if
-    /// [`AttemptOutcome::is_upstream_failure`], else a success.
-    pub fn record_outcome(&mut self, upstream: UpstreamId, outcome: &AttemptOutcome, now: Instant) {
-        if outcome.is_upstream_failure() {
-            self.record_failure(upstream, now);
+    /// Reports an attempt's outcome: a rate limit if [`AttemptOutcome::is_rate_limited`]
+    /// (with the default backoff: use [`record_rate_limited`](Self::record_rate_limited) to pass
+    /// the upstream's `retry-after`), a failure if [`AttemptOutcome::is_upstream_failure`],
+    /// else a success.
+    pub fn record_outcome(
+        &mut self,
+        upstream: UpstreamId,
+        model: &str,
+        outcome: &AttemptOutcome,
+        now: Instant,
+    ) {
+        if outcome.is_rate_limited() {
+            self.record_rate_limited(upstream, model, None, now);
+        } else if outcome.is_upstream_failure() {
+            self.record_failure(upstream, model, now);
         } else {
-            self.record_success(upstream, now);
+            self.record_success(upstream, model, now);
         }
     }
 
+    /// The upstream answered 429 for `model`: it is put aside until `now + retry_after`
+    /// ([`DEFAULT_RATE_LIMIT_BACKOFF`] when `None`, at most [`MAX_RATE_LIMIT_BACKOFF`]). The
+    /// breaker does not count it; a half-open trial that got it is released.
+    pub fn record_rate_limited(
+        &mut self,
+        upstream: UpstreamId,
+        model: &str,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
+        self.release(upstream, model);
+        let backoff = retry_after
+            .unwrap_or(DEFAULT_RATE_LIMIT_BACKOFF)
+            .min(MAX_RATE_LIMIT_BACKOFF);
+        let Some(until) = now.checked_add(backoff) else {
+            return;
+        };
+        let Some(state) = self.states.get_mut(upstream.0) else {
+            return;
+        };
+        if !state.rate_limited_until.contains_key(model)
+            && state.rate_limited_until.len() >= MAX_TRACKED_MODELS
+        {
+            state.rate_limited_until.retain(|_, until| *until > now);
+            if state.rate_limited_until.len() >= MAX_TRACKED_MODELS {
+                return;
+            }
+        }
+        let slot = state
+            .rate_limited_until
+            .entry(model.to_owned())
+            .or_insert(until);
+        *slot = (*slot).max(until);
+    }
+
+    /// Until when (upstream, model) is rate limited, if it is at `now`.
+    pub fn rate_limited_until(
+        &self,
+        upstream: UpstreamId,
+        model: &str,
+        now: Instant,
+    ) -> Option<Instant> {
+        self.states
+            .get(upstream.0)?
+            .rate_limited_until
+            .get(model)
+            .copied()
+            .filter(|until| *until > now)
+    }
+
     /// An admitted attempt ended without a verdict (see [`CircuitBreaker::release`]).
-    pub fn release(&mut self, upstream: UpstreamId) {
-        if let Some(breaker) = self.breakers.get_mut(upstream.0) {
+    pub fn release(&mut self, upstream: UpstreamId, model: &str) {
+        if let Some(breaker) = self
+            .states
+            .get_mut(upstream.0)
+            .and_then(|state| state.breakers.get_mut(model))
+        {
             breaker.release();
         }
     }

@@ -1,0 +1,207 @@
+//! The gateway's pure request-path decisions: the table of LLM endpoints Gate serves (path,
+//! client protocol, metrics label, which upstream protocol serves it under which path), the
+//! status a client sees for an upstream's failure, and the header allow-lists between client
+//! and upstream.
+//!
+//! Must not: do I/O or know about HTTP libraries' types (statuses are `u16`, header names
+//! lower-case `&str`), so the daemon and tests share one table.
+
+use crate::route::WireProtocol;
+
+/// The LLM endpoints Gate serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /v1/chat/completions`
+    ChatCompletions,
+    /// `POST /v1/completions`
+    Completions,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/responses`
+    Responses,
+    /// `POST /v1/messages`
+    Messages,
+    /// `POST /v1/messages/count_tokens`
+    CountTokens,
+}
+
+impl Endpoint {
+    /// Every endpoint.
+    pub const ALL: [Endpoint; 6] = [
+        Endpoint::ChatCompletions,
+        Endpoint::Completions,
+        Endpoint::Embeddings,
+        Endpoint::Responses,
+        Endpoint::Messages,
+        Endpoint::CountTokens,
+    ];
+
+    /// The endpoint of a `POST` path.
+    pub fn from_path(path: &str) -> Option<Self> {
+        Some(match path {
+            "/v1/chat/completions" | "/chat/completions" => Endpoint::ChatCompletions,
+            "/v1/completions" | "/completions" => Endpoint::Completions,
+            "/v1/embeddings" | "/embeddings" => Endpoint::Embeddings,
+            "/v1/responses" | "/responses" => Endpoint::Responses,
+            "/v1/messages" => Endpoint::Messages,
+            "/v1/messages/count_tokens" => Endpoint::CountTokens,
+            _ => return None,
+        })
+    }
+
+    /// The path clients use (`/v1/...`).
+    pub fn path(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "/v1/chat/completions",
+            Endpoint::Completions => "/v1/completions",
+            Endpoint::Embeddings => "/v1/embeddings",
+            Endpoint::Responses => "/v1/responses",
+            Endpoint::Messages => "/v1/messages",
+            Endpoint::CountTokens => "/v1/messages/count_tokens",
+        }
+    }
+
+    /// The protocol a client of this endpoint speaks.
+    pub fn client_protocol(self) -> WireProtocol {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => WireProtocol::Anthropic,
+            _ => WireProtocol::OpenAi,
+        }
+    }
+
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat_completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Responses => "responses",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "count_tokens",
+        }
+    }
+
+    /// Whether an upstream speaking `protocol` can serve this endpoint (natively or by
+    /// conversion).
+    pub fn served_by(self, protocol: WireProtocol) -> bool {
+        protocol == WireProtocol::OpenAi
+            || matches!(
+                self,
+                Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions
+            )
+    }
+
+    /// The path under the upstream's base URL.
+    pub fn upstream_path(self, protocol: WireProtocol) -> &'static str {
+        match (protocol, self) {
+            (WireProtocol::OpenAi, Endpoint::Completions) => "/completions",
+            (WireProtocol::OpenAi, Endpoint::Embeddings) => "/embeddings",
+            (WireProtocol::OpenAi, Endpoint::Responses) => "/responses",
+            (WireProtocol::OpenAi, _) => "/chat/completions",
+            (WireProtocol::Anthropic, Endpoint::CountTokens) => "/v1/messages/count_tokens",
+            (WireProtocol::Anthropic, _) => "/v1/messages",
+        }
+    }
+}
+
+/// The status the client sees for an upstream's status: 429 stays 429, 503 and 529
+/// (Anthropic's "overloaded") become 503, 504 stays 504, any other 5xx becomes 502; other
+/// statuses pass unchanged.
+pub fn client_status_for_upstream(status: u16) -> u16 {
+    match status {
+        429 => 429,
+        503 | 529 => 503,
+        504 => 504,
+        500..=599 => 502,
+        other => other,
+    }
+}
+
+/// Request headers passed from the client to the upstream. Everything else, above all
+/// `authorization` and `x-api-key`, stays behind.
+pub const FORWARDED_REQUEST_HEADERS: &[&str] =
+    &["accept", "user-agent", "anthropic-beta", "openai-beta"];
+
+/// Response headers passed from the upstream to the client, besides the rate-limit families
+/// of [`forwards_response_header`].
+pub const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "x-request-id",
+    "request-id",
+    "openai-processing-ms",
+];
+
+/// Whether an upstream response header (lower-case name) reaches the client.
+pub fn forwards_response_header(name: &str) -> bool {
+    FORWARDED_RESPONSE_HEADERS.contains(&name)
+        || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
+}
+
+/// Reads a `retry-after` value in seconds (the HTTP-date form is not used by LLM providers
+/// and reads as `None`). Values are capped at one day.
+pub fn parse_retry_after_secs(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(seconds.min(86_400));
+    }
+    let seconds = value.parse::<f64>().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| (seconds.ceil() as u64).min(86_400))
+}
+
+/// At most `max` characters of a client-supplied name (a model, a path) for a message or a
+/// log line, with a note of the full length when cut.
+pub fn bounded_echo(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(text),
+        Some((cut, _)) => {
+            std::borrow::Cow::Owned(format!("{}... ({} bytes in all)", &text[..cut], text.len()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_round_trip_and_protocols() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(Endpoint::from_path(endpoint.path()), Some(endpoint));
+            assert!(endpoint.served_by(WireProtocol::OpenAi));
+        }
+        assert!(!Endpoint::Embeddings.served_by(WireProtocol::Anthropic));
+        assert_eq!(Endpoint::from_path("/"), None);
+        assert_eq!(
+            Endpoint::Messages.upstream_path(WireProtocol::OpenAi),
+            "/chat/completions"
+        );
+    }
+
+    #[test]
+    fn statuses_headers_and_echoes() {
+        assert_eq!(client_status_for_upstream(529), 503);
+        assert_eq!(client_status_for_upstream(500), 502);
+        assert_eq!(client_status_for_upstream(429), 429);
+        assert_eq!(client_status_for_upstream(404), 404);
+        assert!(forwards_response_header("retry-after"));
+        assert!(forwards_response_header(
+            "anthropic-ratelimit-requests-limit"
+        ));
+        assert!(!forwards_response_header("set-cookie"));
+        assert!(!FORWARDED_REQUEST_HEADERS.contains(&"authorization"));
+        assert_eq!(parse_retry_after_secs(" 7 "), Some(7));
+        assert_eq!(parse_retry_after_secs("1.2"), Some(2));
+        assert_eq!(
+            parse_retry_after_secs("Wed, 21 Oct 2015 07:28:00 GMT"),
+            None
+        );
+        assert_eq!(parse_retry_after_secs("-1"), None);
+        assert_eq!(bounded_echo("short", 10), "short");
+        let long = "é".repeat(50);
+        let echoed = bounded_echo(&long, 10);
+        assert!(echoed.starts_with(&"é".repeat(10)));
+        assert!(echoed.ends_with("(100 bytes in all)"));
+    }
+}

@@ -1,0 +1,82 @@
+//! Secret scrubbing: removes every configured secret (upstream API keys, the JWT secret, the
+//! admin token) from upstream text before it reaches a client or a log, e.g. an upstream
+//! error body that echoes the `Authorization` header Gate sent.
+//!
+//! Must not: log, allocate when nothing matches, or leave any byte sequence of a secret in
+//! its output (overlapping and adjacent occurrences included).
+
+use std::borrow::Cow;
+
+/// What a secret is replaced with.
+pub const REDACTED: &[u8] = b"[redacted]";
+
+/// Secrets shorter than this are not scrubbed (they would match ordinary text); the config
+/// schema asks for longer keys anyway.
+pub const MIN_SECRET_LEN: usize = 8;
+
+/// `text` with every occurrence of each secret replaced by [`REDACTED`]. Borrows when no
+/// secret occurs. Secrets are applied longest first, so one that contains another is
+/// removed whole.
+pub fn scrub_secrets<'a, S: AsRef<[u8]>>(text: &'a [u8], secrets: &[S]) -> Cow<'a, [u8]> {
+    let mut ordered: Vec<&[u8]> = secrets
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|secret| secret.len() >= MIN_SECRET_LEN)
+        .collect();
+    ordered.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+    let mut out: Cow<'a, [u8]> = Cow::Borrowed(text);
+    for secret in ordered {
+        // Replacing can join the two sides into a new occurrence only if REDACTED plus text
+        // forms the secret; loop until none is left.
+        while memchr::memmem::find(&out, secret).is_some() {
+            let finder = memchr::memmem::Finder::new(secret);
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut last = 0;
+            for at in finder.find_iter(&out) {
+                if at < last {
+                    continue;
+                }
+                replaced.extend_from_slice(&out[last..at]);
+                replaced.extend_from_slice(REDACTED);
+                last = at + secret.len();
+            }
+            replaced.extend_from_slice(&out[last..]);
+            out = Cow::Owned(replaced);
+        }
+    }
+    out
+}
+
+/// [`scrub_secrets`] over a string (the output stays UTF-8: secrets are replaced whole, and
+/// a secret is itself UTF-8 text here).
+pub fn scrub_secrets_str<'a, S: AsRef<str>>(text: &'a str, secrets: &[S]) -> Cow<'a, str> {
+    let bytes: Vec<&[u8]> = secrets.iter().map(|s| s.as_ref().as_bytes()).collect();
+    match scrub_secrets(text.as_bytes(), &bytes) {
+        Cow::Borrowed(_) => Cow::Borrowed(text),
+        Cow::Owned(bytes) => Cow::Owned(String::from_utf8_lossy(&bytes).into_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_every_occurrence_and_borrows_otherwise() {
+        let secrets = ["sk-upstream-secret", "short"];
+        let text = b"Bearer sk-upstream-secret and sk-upstream-secretsk-upstream-secret; short";
+        let out = scrub_secrets(text, &secrets);
+        assert_eq!(
+            &*out,
+            &b"Bearer [redacted] and [redacted][redacted]; short"[..]
+        );
+        assert!(matches!(
+            scrub_secrets(b"nothing here", &secrets),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            scrub_secrets_str("key=sk-upstream-secret", &secrets),
+            "key=[redacted]"
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! The gateway: authenticates a client request, routes its model to upstream candidates
+//! (`gate_core::route`), injects the provider key, fails over before the first byte, and
+//! streams the answer back event by event, converting between the OpenAI and Anthropic
+//! protocols when client and upstream differ (`gate_core::llm::convert`).
+//!
+//! The pure decisions live in `gate_core`: the endpoint table, status mapping and header
+//! allow-lists in `gate_core::llm::endpoint`, usage extraction in `gate_core::llm::usage`,
+//! secret scrubbing in `gate_core::llm::scrub`, the attempt plan in `gate_core::route`.
+//!
+//! The request path, split by stage:
+//! - [`attempt`] - the breaker slot of one attempt, given back on drop;
+//! - [`snapshot`] - the part of the configuration the request path reads;
+//! - [`access`] - client authentication and `GET /v1/models`;
+//! - [`discovery`] - asking upstreams which models they serve;
+//! - [`dispatch`] - one request: read, route, try the candidates in turn (failover);
+//! - [`upstream`] - building the upstream request, reading its answer;
+//! - [`respond`] - turning the upstream's answer into the client's;
+//! - [`stream`] - the streamed body ([`stream::StreamPipe`]);
+//! - [`observe`] - metrics of attempts and health gauges.
+//!
+//! Invariants:
+//! - the client's credentials are never forwarded: upstream requests are built from an
+//!   allow-list of headers plus the upstream's own key;
+//! - a pass-through request (same protocol) forwards the client's body bytes untouched,
+//!   except the `model` field when an alias maps it to another upstream model;
+//! - failover happens only before any byte of the response reaches the client;
+//! - streams are forwarded as they arrive, never buffered whole and never held waiting for
+//!   more data (chunks already read from the upstream go out together, see `StreamPipe`);
+//! - no total-time cap: only a connect timeout and an idle timeout between bytes.
+
+mod access;
+mod attempt;
+mod body;
+mod discovery;
+mod dispatch;
+mod observe;
+mod respond;
+pub mod snapshot;
+mod stream;
+mod upstream;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use gate_core::config::DaemonConfig;
+use gate_core::route::{BreakerConfig, Router};
+use gate_rt::client::{http_client, ClientSettings, HttpClient};
+use gate_rt::Runtime;
+use http_body_util::Full;
+
+use crate::auth::TokenStore;
+use crate::metrics::Metrics;
+use attempt::SharedRouter;
+
+pub use gate_core::llm::endpoint::Endpoint;
+pub use snapshot::{Snapshot, UpstreamTarget};
+
+/// The `anthropic-version` sent when the client gave none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The gateway: shared by every connection.
+pub struct Gateway<R: Runtime> {
+    rt: R,
+    client: HttpClient<R, Full<Bytes>>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    router: SharedRouter,
+    /// Secrets the configuration does not hold (the admin token), scrubbed like its own.
+    extra_secrets: RwLock<Vec<String>>,
+    /// Per-request seeds of the `weighted` strategy's draw.
+    seeds: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    tokens: RwLock<TokenStore>,
+    /// The relay side, once started (status pages and metrics read it).
+    remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
+    /// Fired when a stop's grace is over: live streams end with an error event.
+    stream_stop: stream::StreamStop,
+}
+
+impl<R: Runtime> Gateway<R> {
+    /// A gateway for `config`, with the API keys of `tokens`.
+    pub fn new(rt: R, config: &DaemonConfig, tokens: TokenStore) -> anyhow::Result<Self> {
+        Self::with_breaker_config(rt, config, tokens, BreakerConfig::default())
+    }
+
+    /// Ends every live stream with an error event in its client's protocol (a stop whose
+    /// grace is over); streams started later end at once too.
+    pub fn end_streams(&self) {
+        self.stream_stop.fire();
+    }
+
+    /// [`new`](Self::new) with breakers tuned by `breaker` (tests use short cooldowns).
+    pub fn with_breaker_config(
+        rt: R,
+        config: &DaemonConfig,
+        tokens: TokenStore,
+        breaker: BreakerConfig,
+    ) -> anyhow::Result<Self> {
+        let (snapshot, specs) = Snapshot::from_config(config);
+        let mut router =
+            Router::with_breaker_config(specs, breaker).map_err(|e| anyhow::anyhow!("{e}"))?;
+        router.set_strategies(config.routing.strategy.clone());
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let settings = ClientSettings {
+            connect_timeout: config.server.connect_timeout,
+            ..ClientSettings::default()
+        };
+        Ok(Self {
+            client: http_client(rt.clone(), &settings),
+            rt,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            router: Arc::new(Mutex::new(router)),
+            extra_secrets: RwLock::new(Vec::new()),
+            seeds: AtomicU64::new(seed),
+            metrics: Arc::new(Metrics::new()),
+            tokens: RwLock::new(tokens),
+            remote: std::sync::OnceLock::new(),
+            stream_stop: stream::StreamStop::default(),
+        })
+    }
+
+    /// Swaps in a new configuration; requests in flight finish on the old one.
+    pub fn reload(&self, config: &DaemonConfig) -> anyhow::Result<()> {
+        let (snapshot, specs) = Snapshot::from_config(config);
+        {
+            let mut router = self.lock_router();
+            router
+                .replace_upstreams(specs)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            router.set_strategies(config.routing.strategy.clone());
+        }
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+        Ok(())
+    }
+
+    /// Reloads the API key store from the state directory.
+    pub fn set_tokens(&self, tokens: TokenStore) {
+        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn lock_router(&self) -> std::sync::MutexGuard<'_, Router> {
+        attempt::lock(&self.router)
+    }
+
+    /// Adds a secret that is not in the configuration (the admin token) to those scrubbed
+    /// from upstream text before it reaches a client or a log.
+    pub fn protect_secret(&self, secret: &str) {
+        let mut extra = self
+            .extra_secrets
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if !extra.iter().any(|s| s == secret) {
+            extra.push(secret.to_owned());
+        }
+    }
+
+    /// `text` without any configured secret.
+    fn scrub<'a>(&self, snapshot: &Snapshot, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        gate_core::llm::scrub::scrub_secrets(text, &self.all_secrets(snapshot))
+    }
+
+    /// The configured secrets and those added by [`protect_secret`](Self::protect_secret).
+    fn all_secrets(&self, snapshot: &Snapshot) -> Vec<String> {
+        let extra = self.extra_secrets.read().unwrap_or_else(|e| e.into_inner());
+        snapshot
+            .secrets
+            .iter()
+            .chain(extra.iter())
+            .cloned()
+            .collect()
+    }
+
+    /// [`scrub`](Self::scrub) for a message.
+    fn scrub_str(&self, snapshot: &Snapshot, text: &str) -> String {
+        String::from_utf8_lossy(&self.scrub(snapshot, text.as_bytes())).into_owned()
+    }
+
+    /// The circuit state of each configured upstream at `now`, by name (admin status).
+    pub fn upstream_health(&self, now: Instant) -> Vec<(String, gate_core::route::Health)> {
+        let router = self.lock_router();
+        router
+            .ids()
+            .filter_map(|id| Some((router.upstream(id)?.name.clone(), router.health(id, now)?)))
+            .collect()
+    }
+
+    /// Every model clients can ask for, with the upstreams routing would try, in order
+    /// (admin "models and routes").
+    pub fn routes(&self) -> Vec<(String, Vec<gate_core::route::Candidate>)> {
+        let router = self.lock_router();
+        router
+            .list_models()
+            .into_iter()
+            .map(|m| {
+                let candidates = router.all_candidates(&m.id);
+                (m.id, candidates)
+            })
+            .collect()
+    }
+
+    /// Attaches the relay side (once).
+    pub fn set_remote(&self, remote: Arc<crate::remote::Remote<R>>) {
+        let _ = self.remote.set(remote);
+    }
+
+    /// The relay side, when relays are enabled.
+    pub fn remote(&self) -> Option<&Arc<crate::remote::Remote<R>>> {
+        self.remote.get()
+    }
+}

@@ -1,0 +1,60 @@
+//! Metrics of the request path: attempt outcomes, and the gauges refreshed when `/metrics`
+//! is rendered (upstream health, relay state, certificate expiry).
+
+use std::time::Instant;
+
+use gate_rt::Runtime;
+
+use super::Gateway;
+use crate::metrics::{AttemptLabels, UpstreamLabels};
+
+impl<R: Runtime> Gateway<R> {
+    /// Updates the upstream health gauges and renders `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let now = Instant::now();
+        if let Some(remote) = self.remote.get() {
+            let status = remote.status();
+            for relay in &status.relays {
+                let address = relay.address.clone();
+                let up = relay.registered();
+                self.metrics
+                    .relay_registered
+                    .get_or_create(&crate::metrics::RelayLabels { relay: address })
+                    .set(i64::from(up));
+            }
+            if let Some(cert) = &status.certificate {
+                let expiry = i64::try_from(cert.expiry_unix_seconds()).unwrap_or(i64::MAX);
+                self.metrics.certificate_expiry.set(expiry);
+            }
+        }
+        {
+            let router = self.lock_router();
+            for id in router.ids() {
+                let (Some(spec), Some(health)) = (router.upstream(id), router.health(id, now))
+                else {
+                    continue;
+                };
+                let up = matches!(health, gate_core::route::Health::Closed);
+                self.metrics
+                    .upstream_up
+                    .get_or_create(&UpstreamLabels {
+                        upstream: spec.name.clone(),
+                    })
+                    .set(i64::from(up));
+            }
+        }
+        self.metrics.render()
+    }
+
+    /// Counts one attempt at an upstream by outcome (the breaker hears of it through the
+    /// attempt's slot).
+    pub(super) fn count_attempt(&self, upstream: &str, outcome: &str) {
+        self.metrics
+            .upstream_attempts
+            .get_or_create(&AttemptLabels {
+                upstream: upstream.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}

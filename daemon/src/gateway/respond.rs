@@ -1,0 +1,217 @@
+//! Turns an upstream's answer into the client's: errors in the client's shape, streams
+//! through [`StreamPipe`], buffered answers passed through or converted.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use gate_core::llm::sse::{SseParser, SseWatcher};
+use gate_core::route::WireProtocol;
+use gate_rt::Runtime;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::attempt::AttemptSlot;
+use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
+use super::upstream::{
+    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream, is_json,
+    map_upstream_status, ReadError,
+};
+use super::{Endpoint, Gateway, UpstreamTarget};
+use crate::convert;
+use crate::errors::{error_response, upstream_message};
+use crate::web::{full_body, Body};
+use gate_core::llm::endpoint::forwards_response_header;
+use gate_core::llm::usage::{Usage, USAGE_KEY};
+use gate_core::route::AttemptOutcome;
+
+impl<R: Runtime> Gateway<R> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn respond(
+        &self,
+        endpoint: Endpoint,
+        client_protocol: WireProtocol,
+        upstream: &UpstreamTarget,
+        model: &str,
+        (stream_requested, include_usage): (bool, bool),
+        response: Response<Incoming>,
+        started: Instant,
+        slot: Option<AttemptSlot>,
+    ) -> Response<Body> {
+        let snapshot = self.snapshot();
+        let snapshot_idle = snapshot.limits.idle_timeout;
+        let max_response = snapshot.limits.max_response_bytes;
+        let status = response.status();
+        let (parts, body) = response.into_parts();
+        let same_protocol = client_protocol == upstream.protocol;
+
+        if !status.is_success() {
+            // Error bodies are read under the same cap as answers; one that is too large or
+            // broken is replaced by a message that says so.
+            let (bytes, read_error) =
+                match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await {
+                    Ok(bytes) => (bytes, None),
+                    Err(e) => (Bytes::new(), Some(e)),
+                };
+            // Upstream text may echo what Gate sent it (the provider key): scrubbed.
+            let bytes = Bytes::from(self.scrub(&snapshot, &bytes).into_owned());
+            let message = match (upstream_message(&bytes), read_error) {
+                (Some(message), _) => message,
+                (None, Some(e)) => format!(
+                    "upstream `{}` answered {status}, and its error body could not be read: {e}",
+                    upstream.name
+                ),
+                (None, None) => format!("upstream `{}` answered {status}", upstream.name),
+            };
+            let client_status = if status.is_server_error() {
+                map_upstream_status(status)
+            } else {
+                status
+            };
+            if same_protocol && status.is_client_error() && !bytes.is_empty() {
+                let mut out = Response::new(full_body(bytes));
+                *out.status_mut() = status;
+                copy_response_headers(&parts.headers, out.headers_mut());
+                return out;
+            }
+            // In the client's protocol, keeping what tells it when to come back.
+            let mut out = error_response(client_protocol, client_status, &message);
+            for (name, value) in &parts.headers {
+                let name_text = name.as_str();
+                if name_text != "content-type" && forwards_response_header(name_text) {
+                    out.headers_mut().insert(name.clone(), value.clone());
+                }
+            }
+            return out;
+        }
+
+        if is_event_stream(&parts.headers)
+            || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
+        {
+            let converter = if same_protocol {
+                None
+            } else {
+                Some(convert::stream_converter(
+                    upstream.protocol,
+                    model,
+                    include_usage,
+                ))
+            };
+            let started_pipe = Instant::now();
+            let pipe = StreamPipe {
+                inner: body,
+                rt: self.rt.clone(),
+                idle: snapshot_idle,
+                sleep: Box::pin(self.rt.sleep(snapshot_idle)),
+                armed_at: started_pipe,
+                last_data: started_pipe,
+                client_protocol,
+                upstream_protocol: upstream.protocol,
+                mode: match converter {
+                    None => Mode::PassThrough(SseWatcher::new(USAGE_KEY, SSE_MAX_EVENT)),
+                    Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
+                },
+                pending: VecDeque::new(),
+                pending_bytes: 0,
+                fresh: false,
+                empty_yields: 0,
+                done: false,
+                first_byte: false,
+                started,
+                usage: Usage::default(),
+                metrics: self.metrics.clone(),
+                upstream_name: upstream.name.clone(),
+                model: model.to_owned(),
+                endpoint,
+                slot,
+                secrets: Arc::new(self.all_secrets(&snapshot)),
+                stop: self.stream_stop.clone(),
+                stop_id: self.stream_stop.next_id(),
+                stop_waker: None,
+            };
+            let mut out = Response::new(pipe.boxed());
+            copy_response_headers(&parts.headers, out.headers_mut());
+            out.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            out.headers_mut().insert(
+                http::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-cache"),
+            );
+            return out;
+        }
+
+        let bytes = match collect_with_timeout(&self.rt, body, snapshot_idle, max_response).await {
+            Ok(bytes) => {
+                if let Some(slot) = slot {
+                    slot.settle(&AttemptOutcome::HttpStatus(status.as_u16()), None);
+                }
+                bytes
+            }
+            Err(e) => {
+                if let Some(slot) = slot {
+                    let outcome = match e {
+                        // The upstream is up; the answer is only too large for Gate.
+                        ReadError::TooLarge(_) => AttemptOutcome::HttpStatus(status.as_u16()),
+                        _ => AttemptOutcome::FailedAfterFirstByte,
+                    };
+                    slot.settle(&outcome, None);
+                }
+                let what = match e {
+                    ReadError::TooLarge(_) => "sent an answer Gate will not buffer",
+                    _ => "broke off its answer",
+                };
+                tracing::warn!(upstream = %upstream.name, error = %e, "{what}");
+                return error_response(
+                    client_protocol,
+                    StatusCode::BAD_GATEWAY,
+                    &format!("upstream `{}` {what}: {e}", upstream.name),
+                );
+            }
+        };
+        let bytes = match self.scrub(&snapshot, &bytes) {
+            std::borrow::Cow::Borrowed(_) => bytes,
+            std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
+        };
+        let mut usage = Usage::default();
+        usage.observe_json(&bytes);
+        self.metrics
+            .add_tokens(&upstream.name, model, usage.input, usage.output);
+        if same_protocol || endpoint == Endpoint::CountTokens {
+            let mut out = Response::new(full_body(bytes));
+            copy_response_headers(&parts.headers, out.headers_mut());
+            return out;
+        }
+        if let Err(message) = check_conversion_bound(&bytes) {
+            return error_response(
+                client_protocol,
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "upstream `{}` sent an answer Gate could not convert: {message}",
+                    upstream.name
+                ),
+            );
+        }
+        match convert::response(upstream.protocol, &bytes) {
+            Ok(converted) => {
+                let mut out = Response::new(full_body(Bytes::from(converted)));
+                out.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                out
+            }
+            Err(message) => error_response(
+                client_protocol,
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "upstream `{}` sent an answer Gate could not convert: {message}",
+                    upstream.name
+                ),
+            ),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The part of the configuration the request path reads ([`Snapshot`]), swapped whole on
+//! reload, and each upstream as the gateway calls it ([`UpstreamTarget`]).
+
+use gate_core::config::{DaemonConfig, Secret, ServerLimits};
+use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
+
+use crate::auth::JwtSettings;
+
+/// One upstream as the gateway calls it.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub name: String,
+    pub provider: ProviderKind,
+    pub protocol: WireProtocol,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+}
+
+/// The part of the configuration the request path reads, swapped whole on reload.
+pub struct Snapshot {
+    pub upstreams: Vec<UpstreamTarget>,
+    pub limits: ServerLimits,
+    pub jwt: Option<JwtSettings>,
+    pub allow_loopback: bool,
+    /// Every configured secret (upstream API keys, the JWT secret), scrubbed from upstream
+    /// text before it reaches a client or a log; the admin token joins through
+    /// [`super::Gateway::protect_secret`].
+    pub secrets: Vec<String>,
+}
+
+impl Snapshot {
+    /// The gateway's view of a daemon configuration, and the routing specs in the same
+    /// order (so `UpstreamId::index()` indexes `upstreams`).
+    pub fn from_config(config: &DaemonConfig) -> (Snapshot, Vec<UpstreamSpec>) {
+        let mut upstreams = Vec::new();
+        let mut specs = Vec::new();
+        for (name, up) in &config.upstreams {
+            let provider: ProviderKind = up.provider.name().parse().unwrap_or(ProviderKind::Custom);
+            let protocol = provider.default_protocol();
+            let mut spec = UpstreamSpec::new(name.clone(), provider);
+            spec.protocol = protocol;
+            spec.models = up.models.clone();
+            spec.aliases = up.aliases.clone();
+            spec.enabled = up.enabled;
+            spec.weight = up.weight;
+            specs.push(spec);
+            upstreams.push(UpstreamTarget {
+                name: name.clone(),
+                provider,
+                protocol,
+                base_url: up.base_url.trim_end_matches('/').to_owned(),
+                api_key: up.api_key.clone(),
+            });
+        }
+        let jwt = config
+            .auth
+            .jwt
+            .secret
+            .as_ref()
+            .map(|secret| JwtSettings::new(secret.expose(), &config.auth.jwt.issuer));
+        let secrets = upstreams
+            .iter()
+            .filter_map(|u: &UpstreamTarget| u.api_key.as_ref())
+            .chain(config.auth.jwt.secret.as_ref())
+            .map(|secret| secret.expose().to_owned())
+            .collect();
+        let snapshot = Snapshot {
+            secrets,
+            upstreams,
+            limits: config.server.clone(),
+            jwt,
+            allow_loopback: config.auth.allow_loopback,
+        };
+        (snapshot, specs)
+    }
+}

@@ -1,0 +1,237 @@
+//! Talking to an upstream: the request Gate sends (allow-listed headers, the upstream's own
+//! key, the pass-through or converted body), reading a buffered answer, and mapping its
+//! status for the client.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gate_core::llm::endpoint;
+use gate_core::route::WireProtocol;
+use gate_rt::Runtime;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Incoming};
+
+use super::{Endpoint, UpstreamTarget, DEFAULT_ANTHROPIC_VERSION};
+use crate::convert;
+
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// The status the client sees for an upstream's status
+/// ([`gate_core::llm::endpoint::client_status_for_upstream`]).
+pub(super) fn map_upstream_status(status: StatusCode) -> StatusCode {
+    StatusCode::from_u16(endpoint::client_status_for_upstream(status.as_u16()))
+        .unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
+/// The upstream's `retry-after`, in seconds, when it gave one.
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
+    endpoint::parse_retry_after_secs(value).map(Duration::from_secs)
+}
+
+pub(super) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"))
+}
+
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"))
+}
+
+/// Why a buffered upstream answer could not be read whole.
+#[derive(Debug)]
+pub(super) enum ReadError {
+    /// Longer than the cap (`server.max_response_bytes`).
+    TooLarge(u64),
+    /// Silent for longer than the idle timeout.
+    Idle(Duration),
+    /// The connection failed.
+    Broken(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::TooLarge(max) => write!(
+                f,
+                "the answer is larger than {max} bytes (server.max_response_bytes; raise it, or \
+                 ask for a stream)"
+            ),
+            ReadError::Idle(idle) => write!(f, "no data for {idle:?}"),
+            ReadError::Broken(message) => f.write_str(message),
+        }
+    }
+}
+
+/// Reads a buffered upstream body of at most `max` bytes, each chunk within `idle`.
+pub(super) async fn collect_with_timeout<R: Runtime>(
+    rt: &R,
+    body: Incoming,
+    idle: Duration,
+    max: u64,
+) -> Result<Bytes, ReadError> {
+    let mut body = body;
+    if body.size_hint().lower() > max {
+        return Err(ReadError::TooLarge(max));
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let mut out = Vec::new();
+    loop {
+        match gate_rt::timeout(rt, idle, body.frame()).await {
+            Err(_) => return Err(ReadError::Idle(idle)),
+            Ok(None) => return Ok(Bytes::from(out)),
+            Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if out.len().saturating_add(data.len()) > limit {
+                        return Err(ReadError::TooLarge(max));
+                    }
+                    out.extend_from_slice(data);
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn build_upstream_request(
+    endpoint: Endpoint,
+    client_headers: &HeaderMap,
+    upstream: &UpstreamTarget,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
+    let url = format!(
+        "{}{}",
+        upstream.base_url,
+        endpoint.upstream_path(upstream.protocol)
+    );
+    let mut builder = Request::builder().method(Method::POST).uri(&url);
+    let headers = builder
+        .headers_mut()
+        .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
+    for name in endpoint::FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = client_headers.get(*name) {
+            headers.insert(*name, v.clone());
+        }
+    }
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    match upstream.protocol {
+        WireProtocol::OpenAi => {
+            if let Some(key) = &upstream.api_key {
+                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+                    .map_err(|_| {
+                        format!(
+                            "the api_key of upstream `{}` is not a valid header value",
+                            upstream.name
+                        )
+                    })?;
+                value.set_sensitive(true);
+                headers.insert(http::header::AUTHORIZATION, value);
+            }
+        }
+        WireProtocol::Anthropic => {
+            if let Some(key) = &upstream.api_key {
+                let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                    format!(
+                        "the api_key of upstream `{}` is not a valid header value",
+                        upstream.name
+                    )
+                })?;
+                value.set_sensitive(true);
+                headers.insert("x-api-key", value);
+            }
+            let version = client_headers
+                .get("anthropic-version")
+                .cloned()
+                .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            headers.insert("anthropic-version", version);
+        }
+    }
+    builder
+        .body(Full::new(body))
+        .map_err(|e| format!("invalid upstream request to {url}: {e}"))
+}
+
+/// Copies the upstream response headers a client may see
+/// ([`gate_core::llm::endpoint::forwards_response_header`]).
+pub(super) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
+    for (name, value) in from {
+        if endpoint::forwards_response_header(name.as_str()) {
+            to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// The body sent upstream: the client's bytes (pass-through, `model` rewritten only for
+/// an alias) or the converted request.
+pub(super) fn build_upstream_body(
+    endpoint: Endpoint,
+    client_protocol: WireProtocol,
+    upstream_protocol: WireProtocol,
+    body: &Bytes,
+    model: &str,
+    upstream_model: &str,
+) -> Result<Bytes, (StatusCode, String)> {
+    let bad_request = |message| (StatusCode::BAD_REQUEST, message);
+    if client_protocol == upstream_protocol {
+        if model == upstream_model {
+            return Ok(body.clone());
+        }
+        return convert::rewrite_model(body, upstream_model)
+            .map(Bytes::from)
+            .map_err(bad_request);
+    }
+    match endpoint {
+        Endpoint::ChatCompletions | Endpoint::Messages => {
+            check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
+            convert::request(client_protocol, body, upstream_model)
+                .map(Bytes::from)
+                .map_err(bad_request)
+        }
+        _ => Err(bad_request(format!(
+            "{} cannot be served by this upstream",
+            endpoint.label()
+        ))),
+    }
+}
+
+/// The most memory a conversion may spend on the parsed tree of one body (estimated by
+/// [`gate_core::llm::convert::tree_cost_estimate`] before parsing). Pass-through never
+/// parses a body whole; conversion must, so it is bounded here.
+pub(super) const MAX_CONVERSION_TREE_BYTES: usize = 128 << 20;
+
+/// Refuses a body whose parse tree would take more than [`MAX_CONVERSION_TREE_BYTES`].
+pub(super) fn check_conversion_bound(body: &[u8]) -> Result<(), String> {
+    let estimate = gate_core::llm::convert::tree_cost_estimate(body);
+    if estimate > MAX_CONVERSION_TREE_BYTES {
+        return Err(format!(
+            "this body ({} bytes, about {} MiB once parsed) is too large to convert between the \
+             OpenAI and Anthropic protocols (limit {} MiB parsed); send it to a model whose \
+             upstream speaks the client's protocol, or send less",
+            body.len(),
+            estimate >> 20,
+            MAX_CONVERSION_TREE_BYTES >> 20
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! The HTTP types every part of the daemon's serving shares: the response [`Body`], the
+//! [`Peer`] on the other end, and builders of buffered and JSON responses.
+//!
+//! It owns nothing else and depends on no other module of the daemon, so the router
+//! (`app`), the request path (`gateway`), the admin API and the relay side all depend on it
+//! and not on each other for these types.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Boxed error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type: buffered or streaming.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Who is on the other end of a request.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The client's address (for relayed connections, as reported by the relay).
+    pub addr: SocketAddr,
+    /// True when the connection came through a relay.
+    pub remote: bool,
+}
+
+/// A buffered body.
+pub fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(full_body(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,845 @@
+//! The request path in process: the real `Gateway` and `App` served on loopback by the
+//! daemon's own server loop, a real HTTP client, and small scripted upstreams on loopback
+//! that answer as the providers do (status, `retry-after`, error shapes). Each scenario runs
+//! under tokio and smol.
+//!
+//! Covered: pass-through bytes, failover, rate-limit state per (upstream, model) with
+//! `retry-after` (also across conversion), breakers per (upstream, model), the breaker slot
+//! given back when the client goes away, strategies and weights, `max_response_bytes`,
+//! secret scrubbing, bounded echo of model names, `BEARER`, and `GET /`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gate_core::route::{BreakerConfig, Health};
+use gate_daemon::app::App;
+use gate_daemon::auth::TokenStore;
+use gate_daemon::gateway::Gateway;
+use gate_rt::client::{http_client, ClientSettings, HttpClient};
+use gate_rt::Runtime;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+const UPSTREAM_KEY: &str = "sk-upstream-secret-key-0123456789";
+const DEADLINE: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------
+// A scripted upstream.
+
+/// One request an upstream received.
+#[derive(Clone, Debug)]
+struct Seen {
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+    fn model(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["model"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// What the upstream answers.
+struct Reply {
+    status: u16,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    /// Never answer (hold the connection until the peer closes it).
+    hang: bool,
+    /// Promise more body than is sent, then close the connection (a stream that breaks).
+    truncate: bool,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type", "application/json".into())],
+            body: body.to_string().into_bytes(),
+            hang: false,
+            truncate: false,
+        }
+    }
+    /// An SSE stream that sends one chunk and breaks off.
+    fn broken_stream() -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n".to_vec(),
+            hang: false,
+            truncate: true,
+        }
+    }
+    fn chat(text: &str) -> Reply {
+        Reply::json(
+            200,
+            json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "m",
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": text}}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}),
+        )
+    }
+    fn with_header(mut self, name: &'static str, value: &str) -> Reply {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+    fn hang() -> Reply {
+        Reply {
+            status: 0,
+            headers: Vec::new(),
+            body: Vec::new(),
+            hang: true,
+            truncate: false,
+        }
+    }
+}
+
+type Script = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+struct Upstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// Connections whose peer has gone away.
+    closed: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    fn start(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let closed: Arc<AtomicUsize> = Arc::default();
+        let script: Script = Arc::new(script);
+        let (seen2, closed2) = (seen.clone(), closed.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (script, seen, closed) = (script.clone(), seen2.clone(), closed2.clone());
+                std::thread::spawn(move || serve(stream, &script, &seen, &closed));
+            }
+        });
+        Upstream { addr, seen, closed }
+    }
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+    fn anthropic_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn hits(&self) -> usize {
+        self.seen().len()
+    }
+}
+
+fn serve(stream: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, closed: &AtomicUsize) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+        let mut headers = Vec::new();
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+                if k == "content-length" {
+                    length = v.parse().unwrap_or(0);
+                }
+                headers.push((k, v));
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let request = Seen {
+            path,
+            headers,
+            body,
+        };
+        let reply = script(&request);
+        seen.lock().unwrap().push(request);
+        if reply.hang {
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            closed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let promised = reply.body.len() + if reply.truncate { 1000 } else { 0 };
+        let mut head = format!(
+            "HTTP/1.1 {} X\r\ncontent-length: {promised}\r\n",
+            reply.status
+        );
+        for (name, value) in &reply.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&reply.body).is_err() {
+            return;
+        }
+        if reply.truncate {
+            let _ = stream.flush();
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gate in process.
+
+struct Gate<R: Runtime> {
+    addr: SocketAddr,
+    gateway: Arc<Gateway<R>>,
+    token: String,
+    client: HttpClient<R, Full<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+            )
+        })
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+async fn start_gate<R: Runtime>(
+    rt: &R,
+    tag: &str,
+    config: &str,
+    breaker: BreakerConfig,
+) -> Gate<R> {
+    let dir = common::temp_dir(&format!("gateway-{tag}-{}", R::NAME));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("create the state directory");
+    let file = dir.join("gate.toml");
+    std::fs::write(&file, config).expect("write gate.toml");
+    let loaded = gate_daemon::settings::load(&[file], &state).expect("configuration");
+    let mut tokens = TokenStore::load(&state).expect("token store");
+    let (_, token) = tokens.create("test", None).expect("create a token");
+    let gateway = Arc::new(
+        Gateway::with_breaker_config(rt.clone(), &loaded.config, tokens, breaker).expect("gateway"),
+    );
+    let listener =
+        gate_daemon::server::bind(rt, "127.0.0.1:0".parse().unwrap()).expect("bind gate");
+    let addr = gate_daemon::server::local_addr::<R>(&listener).expect("gate address");
+    // With the admin API and web UI, as `gate serve` has them.
+    let admin_token = "admin-token-for-the-gateway-tests".to_owned();
+    gateway.protect_secret(&admin_token);
+    let reloader = Arc::new(gate_daemon::reload::Reloader::new(
+        rt.clone(),
+        gateway.clone(),
+        Vec::new(),
+        state.clone(),
+        loaded,
+    ));
+    let admin = Arc::new(gate_daemon::admin::Admin::new(reloader, admin_token, addr));
+    let app = Arc::new(App::new(gateway.clone()).with_admin(admin));
+    rt.spawn(gate_daemon::server::serve(
+        rt.clone(),
+        listener,
+        app,
+        gate_rt::hyper_glue::ServerSettings::default(),
+        gate_daemon::server::ConnectionCap::new("local", 4096),
+        gate_rt::tunnel::support::Shutdown::new(),
+    ));
+    Gate {
+        addr,
+        gateway,
+        token,
+        client: http_client(rt.clone(), &ClientSettings::default()),
+    }
+}
+
+impl<R: Runtime> Gate<R> {
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+    }
+
+    async fn send(&self, builder: http::request::Builder, body: Vec<u8>) -> Answer {
+        let request = builder.body(Full::new(Bytes::from(body))).expect("request");
+        let response = self.client.request(request).await.expect("gate answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("gate body").to_bytes().to_vec();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    /// `POST path` with the Gate token as a bearer token.
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        let bytes = body.to_string().into_bytes();
+        let builder = self
+            .request("POST", path)
+            .header("authorization", format!("Bearer {}", self.token))
+            .header("content-type", "application/json");
+        self.send(builder, bytes).await
+    }
+
+    fn health(&self, upstream: &str) -> Health {
+        self.gateway
+            .upstream_health(Instant::now())
+            .into_iter()
+            .find(|(name, _)| name == upstream)
+            .map(|(_, health)| health)
+            .expect("upstream known")
+    }
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn messages(model: &str) -> Value {
+    json!({"model": model, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn wait_until<R: Runtime>(rt: &R, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        rt.sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn upstream_block(name: &str, provider: &str, base_url: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.{name}]\nprovider = \"{provider}\"\nbase_url = \"{base_url}\"\n\
+         api_key = \"{UPSTREAM_KEY}\"\n{extra}\n"
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios.
+
+/// A 429 puts that (upstream, model) aside for its `retry-after` without opening a breaker:
+/// the request fails over, the next ones skip the limited pair, and the same upstream keeps
+/// serving its other models. A pass-through body reaches the upstream byte for byte.
+async fn rate_limit_fails_over_and_stays_with_its_model<R: Runtime>(rt: R) {
+    let first = Upstream::start(|seen| {
+        if seen.model() == "shared" {
+            Reply::json(
+                429,
+                json!({"error": {"message": "slow down", "type": "rate_limit"}}),
+            )
+            .with_header("retry-after", "30")
+        } else {
+            Reply::chat("from first")
+        }
+    });
+    let second = Upstream::start(|_| Reply::chat("from second"));
+    let config = format!(
+        "{}{}",
+        upstream_block(
+            "a-first",
+            "custom",
+            &first.base_url(),
+            "models = [\"shared\", \"own\"]"
+        ),
+        upstream_block(
+            "b-second",
+            "custom",
+            &second.base_url(),
+            "models = [\"shared\"]"
+        ),
+    );
+    let gate = start_gate(&rt, "ratelimit", &config, BreakerConfig::default()).await;
+
+    let odd = b"{ \"model\" : \"shared\",\n  \"messages\":[{\"role\":\"user\",\"content\":\"x\\u00e9\"}], \"n\": 1.50 }".to_vec();
+    let builder = gate
+        .request("POST", "/v1/chat/completions")
+        .header("authorization", format!("Bearer {}", gate.token))
+        .header("content-type", "application/json");
+    let answer = gate.send(builder, odd.clone()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(answer.text().contains("from second"), "{}", answer.text());
+    assert_eq!(
+        second.seen()[0].body,
+        odd,
+        "pass-through must forward the client's bytes"
+    );
+    assert_eq!(first.hits(), 1);
+
+    for _ in 0..6 {
+        let answer = gate.post("/v1/chat/completions", chat("shared")).await;
+        assert!(answer.text().contains("from second"), "{}", answer.text());
+    }
+    assert_eq!(
+        first.hits(),
+        1,
+        "a rate-limited pair is not asked again before retry-after"
+    );
+    let answer = gate.post("/v1/chat/completions", chat("own")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(answer.text().contains("from first"), "{}", answer.text());
+    assert_eq!(
+        gate.health("a-first"),
+        Health::Closed,
+        "a 429 is not a breaker failure"
+    );
+}
+
+/// With no other candidate the client gets the upstream's 429 and `retry-after`, in its own
+/// protocol's shape across conversion; later requests are answered 429 by Gate itself until
+/// the limit is over, and the breaker never opens.
+async fn rate_limit_reaches_the_client_across_conversion<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|_| {
+        Reply::json(
+            429,
+            json!({"error": {"message": "rate limited", "type": "rate_limit"}}),
+        )
+        .with_header("retry-after", "7")
+    });
+    let config = upstream_block(
+        "only",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"conv\"]",
+    );
+    let gate = start_gate(&rt, "ratelimit-convert", &config, BreakerConfig::default()).await;
+
+    let answer = gate.post("/v1/messages", messages("conv")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.headers["retry-after"], "7");
+    let body = answer.json();
+    assert_eq!(body["type"], "error", "Anthropic shape: {body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+
+    for _ in 0..6 {
+        let answer = gate.post("/v1/messages", messages("conv")).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            answer.text()
+        );
+        let retry: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=7).contains(&retry), "{retry}");
+        assert_eq!(answer.json()["type"], "error");
+    }
+    assert_eq!(upstream.hits(), 1, "Gate answers for the limited upstream");
+    assert_eq!(
+        upstream.seen()[0].path,
+        "/v1/chat/completions",
+        "converted to OpenAI"
+    );
+    assert_eq!(gate.health("only"), Health::Closed);
+}
+
+/// 5xx open the breaker of that (upstream, model) only; once half-open, a trial whose
+/// client goes away gives its slot back at once (not after the trial timeout), and the next
+/// trial closes the circuit.
+async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
+    let mode = Arc::new(AtomicUsize::new(0)); // 0: fail, 1: hang, 2: answer
+    let mode2 = mode.clone();
+    let upstream = Upstream::start(move |seen| {
+        if seen.model() == "healthy" {
+            return Reply::chat("healthy");
+        }
+        match mode2.load(Ordering::SeqCst) {
+            0 => Reply::json(500, json!({"error": {"message": "boom"}})),
+            1 => Reply::hang(),
+            _ => Reply::chat("recovered"),
+        }
+    });
+    let config = upstream_block(
+        "solo",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"flaky\", \"healthy\"]",
+    );
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        base_cooldown: Duration::from_millis(300),
+        max_cooldown: Duration::from_millis(300),
+        trial_timeout: Duration::from_secs(600),
+    };
+    let gate = start_gate(&rt, "breaker", &config, breaker).await;
+
+    for _ in 0..2 {
+        let answer = gate.post("/v1/chat/completions", chat("flaky")).await;
+        assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    }
+    let answer = gate.post("/v1/chat/completions", chat("flaky")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert!(answer.headers.contains_key("retry-after"));
+    assert_eq!(upstream.hits(), 2, "an open circuit sends nothing upstream");
+    let answer = gate.post("/v1/chat/completions", chat("healthy")).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "other models of the upstream still route"
+    );
+
+    // Half-open: the trial hangs upstream and its client goes away.
+    mode.store(1, Ordering::SeqCst);
+    wait_until(&rt, "the circuit to half-open", || {
+        matches!(
+            gate.health("solo"),
+            Health::HalfOpen {
+                trial_in_flight: false
+            }
+        )
+    })
+    .await;
+    let hits = upstream.hits();
+    let closed_before = upstream.closed.load(Ordering::SeqCst);
+    let trial = gate.post("/v1/chat/completions", chat("flaky"));
+    let upstream_saw_it = async {
+        while upstream.hits() == hits {
+            rt.sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let raced = gate_rt::timeout(&rt, DEADLINE, async {
+        futures_util::pin_mut!(trial);
+        futures_util::future::select(trial, Box::pin(upstream_saw_it)).await;
+    })
+    .await;
+    assert!(raced.is_ok(), "the trial never reached the upstream");
+    // The client's request future is gone: Gate must drop the attempt and free the slot.
+    wait_until(&rt, "the abandoned trial's slot to be given back", || {
+        matches!(
+            gate.health("solo"),
+            Health::HalfOpen {
+                trial_in_flight: false
+            }
+        )
+    })
+    .await;
+    wait_until(&rt, "the upstream connection to close", || {
+        upstream.closed.load(Ordering::SeqCst) > closed_before
+    })
+    .await;
+
+    mode.store(2, Ordering::SeqCst);
+    let answer = gate.post("/v1/chat/completions", chat("flaky")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(gate.health("solo"), Health::Closed);
+}
+
+/// A stream that breaks after its first bytes counts against the breaker of its (upstream,
+/// model) (`FailedAfterFirstByte`): enough of them open the circuit, though each began 200.
+async fn broken_streams_open_the_breaker<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|_| Reply::broken_stream());
+    let config = upstream_block(
+        "streamer",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"s\"]",
+    );
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        base_cooldown: Duration::from_secs(60),
+        ..BreakerConfig::default()
+    };
+    let gate = start_gate(&rt, "broken-stream", &config, breaker).await;
+    let mut request = chat("s");
+    request["stream"] = true.into();
+    for _ in 0..2 {
+        let answer = gate.post("/v1/chat/completions", request.clone()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        let text = answer.text();
+        assert!(text.contains("par"), "{text}");
+        assert!(
+            text.contains("\"error\""),
+            "the break ends with an error event: {text}"
+        );
+    }
+    assert!(
+        matches!(gate.health("streamer"), Health::Open { .. }),
+        "{:?}",
+        gate.health("streamer")
+    );
+    let answer = gate.post("/v1/chat/completions", request).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(upstream.hits(), 2);
+}
+
+/// `[routing.strategy]` orders a model's upstreams: `weighted` with weight 0 puts the first
+/// configured upstream last; a model without a strategy keeps configuration order.
+async fn strategies_order_the_upstreams<R: Runtime>(rt: R) {
+    let first = Upstream::start(|_| Reply::chat("first"));
+    let second = Upstream::start(|_| Reply::chat("second"));
+    let config = format!(
+        "{}{}[routing.strategy]\nspread = \"weighted\"\n",
+        upstream_block(
+            "a-first",
+            "custom",
+            &first.base_url(),
+            "models = [\"spread\", \"plain\"]\nweight = 0"
+        ),
+        upstream_block(
+            "b-second",
+            "custom",
+            &second.base_url(),
+            "models = [\"spread\", \"plain\"]\nweight = 5"
+        ),
+    );
+    let gate = start_gate(&rt, "strategy", &config, BreakerConfig::default()).await;
+    for _ in 0..8 {
+        let answer = gate.post("/v1/chat/completions", chat("spread")).await;
+        assert!(answer.text().contains("second"), "{}", answer.text());
+        let answer = gate.post("/v1/chat/completions", chat("plain")).await;
+        assert!(answer.text().contains("first"), "{}", answer.text());
+    }
+    assert_eq!(first.hits(), 8);
+    assert_eq!(second.hits(), 8);
+}
+
+/// Buffered answers are capped by `server.max_response_bytes` (502 naming the key); upstream
+/// text that echoes the provider key is scrubbed, passed through or converted; a huge model
+/// name is echoed bounded.
+async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|seen| {
+        match seen.model().as_str() {
+        "big" => Reply::json(200, json!({"pad": "x".repeat(100_000)})),
+        "stream-echo" => Reply {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: format!(
+                "data: {}\n\ndata: [DONE]\n\n",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                    "choices": [{"index": 0, "delta": {"content": seen.header("authorization").unwrap_or("")}}]})
+            )
+            .into_bytes(),
+            hang: false,
+            truncate: false,
+        },
+        _ => Reply::json(
+            400,
+            json!({"error": {"message": format!("bad key: {}", seen.header("authorization").unwrap_or("")),
+                "type": "invalid_request_error"}}),
+        ),
+    }
+    });
+    let anthropic = Upstream::start(|seen| {
+        Reply::json(
+            401,
+            json!({"type": "error", "error": {"type": "authentication_error",
+                "message": format!("invalid x-api-key {}", seen.header("x-api-key").unwrap_or(""))}}),
+        )
+    });
+    let config = format!(
+        "{}{}[server]\nmax_response_bytes = 65536\n",
+        upstream_block(
+            "openai-like",
+            "custom",
+            &upstream.base_url(),
+            "models = [\"big\", \"echo\", \"stream-echo\"]"
+        ),
+        upstream_block(
+            "anthropic",
+            "anthropic",
+            &anthropic.anthropic_url(),
+            "models = [\"claude-echo\"]"
+        ),
+    );
+    let gate = start_gate(&rt, "caps", &config, BreakerConfig::default()).await;
+
+    let answer = gate.post("/v1/chat/completions", chat("big")).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY, "{}", answer.text());
+    assert!(
+        answer.text().contains("max_response_bytes"),
+        "{}",
+        answer.text()
+    );
+
+    let answer = gate.post("/v1/chat/completions", chat("echo")).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(!answer.text().contains(UPSTREAM_KEY), "{}", answer.text());
+    assert!(answer.text().contains("[redacted]"), "{}", answer.text());
+
+    let answer = gate.post("/v1/chat/completions", chat("claude-echo")).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text());
+    assert!(!answer.text().contains(UPSTREAM_KEY), "{}", answer.text());
+    assert!(answer.text().contains("[redacted]"), "{}", answer.text());
+
+    let mut streamed = chat("stream-echo");
+    streamed["stream"] = true.into();
+    let answer = gate.post("/v1/chat/completions", streamed).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert!(!answer.text().contains(UPSTREAM_KEY), "{}", answer.text());
+    assert!(answer.text().contains("[redacted]"), "{}", answer.text());
+
+    let huge = "gpt-".to_owned() + &"z".repeat(1 << 20);
+    let answer = gate.post("/v1/chat/completions", chat(&huge)).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert!(
+        answer.body.len() < 2048,
+        "echoed {} bytes",
+        answer.body.len()
+    );
+}
+
+/// Model discovery reads lists up to `server.max_response_bytes`: a larger list is not used
+/// (and not buffered whole), a smaller one is.
+async fn discovery_is_capped<R: Runtime>(rt: R) {
+    let list = |count: usize| {
+        let data: Vec<Value> = (0..count)
+            .map(|i| json!({"id": format!("listed-model-{i:05}"), "object": "model"}))
+            .collect();
+        Reply::json(200, json!({"object": "list", "data": data}))
+    };
+    let huge = Upstream::start(move |_| list(5000));
+    let small = Upstream::start(move |_| list(3));
+    let config = format!(
+        "{}{}[server]\nmax_response_bytes = 65536\n",
+        upstream_block("a-huge", "custom", &huge.base_url(), ""),
+        upstream_block("b-small", "custom", &small.base_url(), ""),
+    );
+    let gate = start_gate(&rt, "discovery-cap", &config, BreakerConfig::default()).await;
+    gate.gateway.discover_models().await;
+    assert_eq!(huge.hits(), 1);
+    assert_eq!(small.hits(), 1);
+    let routes = gate.gateway.routes();
+    let names: Vec<&str> = routes.iter().map(|(model, _)| model.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "listed-model-00000",
+            "listed-model-00001",
+            "listed-model-00002"
+        ],
+        "only the small list is used"
+    );
+    assert!(routes
+        .iter()
+        .all(|(_, candidates)| candidates.iter().all(|c| c.upstream_name == "b-small")));
+}
+
+/// `Authorization: BEARER` is accepted (the scheme is case-insensitive); `GET /` answers a
+/// JSON index, not a 404.
+async fn bearer_any_case_and_index<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|_| Reply::chat("ok"));
+    let config = upstream_block("u", "custom", &upstream.base_url(), "models = [\"m\"]");
+    let gate = start_gate(&rt, "bearer", &config, BreakerConfig::default()).await;
+    for scheme in ["BEARER", "bearer", "Bearer"] {
+        let builder = gate
+            .request("POST", "/v1/chat/completions")
+            .header("authorization", format!("{scheme} {}", gate.token));
+        let answer = gate.send(builder, chat("m").to_string().into_bytes()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{scheme}: {}", answer.text());
+    }
+    let builder = gate
+        .request("POST", "/v1/chat/completions")
+        .header("authorization", "BEARER gk_wrong");
+    let answer = gate.send(builder, chat("m").to_string().into_bytes()).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+
+    let browser = gate
+        .request("GET", "/")
+        .header("accept", "text/html,*/*;q=0.8");
+    let answer = gate.send(browser, Vec::new()).await;
+    assert_eq!(answer.status, StatusCode::FOUND, "{}", answer.text());
+    assert_eq!(answer.headers["location"], "/ui/");
+
+    let answer = gate.send(gate.request("GET", "/"), Vec::new()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let index = answer.json();
+    assert_eq!(index["name"], "gate");
+    assert!(index["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e == "POST /v1/chat/completions"));
+}
+
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod on_tokio {
+            $(#[test]
+            fn $name() {
+                gate_runtime_tokio::block_on(super::$name).expect("runtime");
+            })*
+        }
+        mod on_smol {
+            $(#[test]
+            fn $name() {
+                gate_runtime_smol::block_on(super::$name).expect("runtime");
+            })*
+        }
+    };
+}
+
+both_runtimes!(
+    rate_limit_fails_over_and_stays_with_its_model,
+    rate_limit_reaches_the_client_across_conversion,
+    breaker_per_model_and_slot_released_on_disconnect,
+    broken_streams_open_the_breaker,
+    strategies_order_the_upstreams,
+    caps_scrubbing_and_bounded_echo,
+    bearer_any_case_and_index,
+    discovery_is_capped,
+);
