@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::gateway::{Endpoint, Gateway};
 
-pub use crate::web::{full_body, json, Body, BoxError, Peer};
+pub use crate::web::{full_body, json, Body, BoxError, Handler, Peer};
 
 /// The shared request router.
 pub struct App<R: Runtime> {
@@ -138,4 +138,14 @@ fn not_found<B>(req: &Request<B>) -> Response<Body> {
         StatusCode::NOT_FOUND,
         &format!("no route for {} {}", req.method(), req.uri().path()),
     )
+}
+
+impl<R: Runtime> Handler for App<R> {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
+        App::handle(self, req, peer)
+    }
 }

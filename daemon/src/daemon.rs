@@ -117,7 +117,7 @@ impl<R: Runtime> RunningDaemon<R> {
             }
         });
         let app = Arc::new(App::new(gateway.clone()).with_admin(admin.clone()));
-        crate::admin::socket::serve(&rt, &state_dir, app.clone())?;
+        crate::admin::socket::serve(&rt, &state_dir, admin.clone())?;
         // After the socket: a second daemon refused there must not overwrite the address.
         if let Err(e) = state::write_atomic(
             &crate::admin::client::addr_file(&state_dir),
@@ -139,7 +139,8 @@ impl<R: Runtime> RunningDaemon<R> {
             },
         )?;
         if let Some(remote) = &remote {
-            gateway.set_remote(remote.clone());
+            gateway.set_relay_gauges(remote.clone());
+            admin.set_remote(remote.clone());
         }
         rt.spawn(server::serve(
             rt.clone(),

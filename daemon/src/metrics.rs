@@ -52,6 +52,15 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     .into_iter()
 }
 
+/// What `/metrics` shows of the relay side (implemented by `remote::Remote`), so the request
+/// path can render those gauges without depending on the relay code.
+pub trait RelayGauges: Send + Sync {
+    /// Each relay's address, and whether this daemon is registered there.
+    fn relays(&self) -> Vec<(String, bool)>;
+    /// When the certificate served on relayed connections expires (Unix seconds).
+    fn certificate_expiry(&self) -> Option<i64>;
+}
+
 /// All metrics of the daemon.
 pub struct Metrics {
     registry: Registry,

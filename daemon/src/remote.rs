@@ -23,9 +23,9 @@ use gate_rt::Runtime;
 use rustls::pki_types::CertificateDer;
 
 use crate::acme::{AcmeManager, AcmeSettings, AcmeStatus, ChallengeSetter};
-use crate::app::{App, Peer};
 use crate::certs::{certificate_names, CertInfo, CertStore};
 use crate::server::{serve_one, ConnectionCap};
+use crate::web::{Handler, Peer};
 
 /// How connections through relays are served: the same silence limits as the local
 /// listener (the TLS handshake gets `header_read_timeout` of its own), their own cap on open
@@ -110,7 +110,7 @@ impl<R: Runtime> Remote<R> {
         rt: &R,
         config: &DaemonConfig,
         state_dir: &Path,
-        app: Arc<App<R>>,
+        app: Arc<impl Handler>,
         listener: RelayedListener,
     ) -> anyhow::Result<Option<Arc<Self>>> {
         if !config.relay.enable {
@@ -317,4 +317,22 @@ pub fn certificate_json(info: &CertInfo) -> serde_json::Value {
         "serial": info.serial,
         "expires_at_unix": info.expiry_unix_seconds(),
     })
+}
+
+impl<R: Runtime> crate::metrics::RelayGauges for Remote<R> {
+    fn relays(&self) -> Vec<(String, bool)> {
+        self.status()
+            .relays
+            .into_iter()
+            .map(|relay| {
+                let up = relay.registered();
+                (relay.address, up)
+            })
+            .collect()
+    }
+
+    fn certificate_expiry(&self) -> Option<i64> {
+        let cert = self.status().certificate?;
+        Some(i64::try_from(cert.expiry_unix_seconds()).unwrap_or(i64::MAX))
+    }
 }

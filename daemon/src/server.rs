@@ -1,5 +1,5 @@
 //! The daemon's listeners: accepts TCP connections on the configured address and serves
-//! HTTP on each with the shared [`App`](crate::app::App) router, under the `[server]`
+//! HTTP on each with the shared router (any [`Handler`](crate::web::Handler); the daemon's is `app::App`), under the `[server]`
 //! silence limits ([`ServerSettings`]) and a cap on open connections per listener
 //! ([`ConnectionCap`], also used for connections through relays). Stops accepting when the
 //! daemon's shutdown fires; connections then finish what is in flight. Written once over
@@ -14,7 +14,7 @@ use gate_rt::hyper_glue::{serve_connection_until, ServerSettings};
 use gate_rt::tunnel::support::{race, Either, Shutdown};
 use gate_rt::Runtime;
 
-use crate::app::{App, Peer};
+use crate::web::{Handler, Peer};
 
 /// Binds `addr` and serves `app` on it until the process ends.
 ///
@@ -147,7 +147,7 @@ pub async fn serve_one<R: Runtime, IO: gate_rt::ByteStream>(
     rt: R,
     io: IO,
     peer: Peer,
-    app: Arc<App<R>>,
+    app: Arc<impl Handler>,
     settings: ServerSettings,
     stop: Shutdown,
 ) {
@@ -180,7 +180,7 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 pub async fn serve<R: Runtime>(
     rt: R,
     listener: R::TcpListener,
-    app: Arc<App<R>>,
+    app: Arc<impl Handler>,
     settings: ServerSettings,
     cap: Arc<ConnectionCap>,
     stop: Shutdown,

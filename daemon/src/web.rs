@@ -5,6 +5,7 @@
 //! (`app`), the request path (`gateway`), the admin API and the relay side all depend on it
 //! and not on each other for these types.
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -24,6 +25,18 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// True when the connection came through a relay.
     pub remote: bool,
+}
+
+/// What serves requests: the router (`app::App`). The listeners (`server`), the relayed
+/// connections (`remote`) and tests take any `Handler`, so none of them depends on the router
+/// and the router's dependencies (gateway, admin) never lead back to them.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request from `peer`.
+    fn handle(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<Body>> + Send;
 }
 
 /// A buffered body.

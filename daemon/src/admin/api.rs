@@ -37,9 +37,9 @@ use super::types::{
     Status, TokenList, TokenView, UpstreamList, UpstreamRequest, UpstreamView,
 };
 use super::{api_error, Admin};
-use crate::app::{self, Body, Peer};
 use crate::auth::parse_duration_secs;
 use crate::reload::EditError;
+use crate::web::{self, Body, Peer};
 
 /// Dispatches one authenticated admin API request (`route` is the path after `/admin/api/`).
 pub async fn route<R: Runtime>(
@@ -82,7 +82,7 @@ pub async fn route<R: Runtime>(
         ))),
     };
     match result {
-        Ok(value) => app::json(StatusCode::OK, value),
+        Ok(value) => web::json(StatusCode::OK, value),
         Err(Failure::Refused(message)) => {
             tracing::info!(peer = %peer.addr, %message, "admin change refused");
             api_error(StatusCode::BAD_REQUEST, &message)
@@ -246,7 +246,7 @@ fn upstreams_view<R: Runtime>(
 fn status<R: Runtime>(admin: &Admin<R>) -> Status {
     let loaded = admin.reloader.current();
     let c = &loaded.config;
-    let remote = admin.reloader.gateway().remote().map(|r| r.status());
+    let remote = admin.remote.get().map(|r| r.status());
     let relay = match (&remote, c.relay.enable) {
         (Some(status), _) => {
             let public_urls: Vec<String> = status

@@ -30,8 +30,8 @@ use gate_rt::Runtime;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 
-use crate::app::{json, Body, Peer};
 use crate::reload::Reloader;
+use crate::web::{json, Body, Peer};
 
 use session::{secrets_equal, Sessions, SESSION_COOKIE_PREFIX};
 
@@ -49,6 +49,8 @@ pub struct Admin<R: Runtime> {
     listen: SocketAddr,
     /// The session cookie's name.
     cookie_name: String,
+    /// The relay side, once started (the status page shows it).
+    remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
 }
 
 /// How a request proved it may administer.
@@ -67,7 +69,13 @@ impl<R: Runtime> Admin<R> {
             sessions: Sessions::default(),
             listen,
             cookie_name: format!("{SESSION_COOKIE_PREFIX}{}", listen.port()),
+            remote: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets the status page show the relay side (once it has started).
+    pub fn set_remote(&self, remote: Arc<crate::remote::Remote<R>>) {
+        let _ = self.remote.set(remote);
     }
 
     /// Whether `path` belongs to the admin surface.
@@ -86,7 +94,7 @@ impl<R: Runtime> Admin<R> {
     pub async fn handle<B>(&self, req: Request<B>, peer: Peer) -> Response<Body>
     where
         B: hyper::body::Body,
-        B::Error: Into<crate::app::BoxError>,
+        B::Error: Into<crate::web::BoxError>,
     {
         let path = req.uri().path().to_owned();
         if path == "/ui" || path.starts_with("/ui/") {
@@ -200,7 +208,7 @@ fn csrf_check(headers: &HeaderMap) -> Result<(), &'static str> {
 async fn read_body<B>(req: Request<B>) -> Result<Bytes, Response<Body>>
 where
     B: hyper::body::Body,
-    B::Error: Into<crate::app::BoxError>,
+    B::Error: Into<crate::web::BoxError>,
 {
     match Limited::new(req.into_body(), MAX_ADMIN_BODY)
         .collect()

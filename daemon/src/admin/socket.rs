@@ -18,7 +18,9 @@ use gate_rt::hyper_glue::{serve_connection, ServerSettings};
 use gate_rt::Runtime;
 use http::StatusCode;
 
-use crate::app::{App, Peer};
+use crate::web::Peer;
+
+use super::Admin;
 
 /// The admin socket of a state directory.
 pub fn socket_path(state_dir: &Path) -> PathBuf {
@@ -30,10 +32,10 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 pub const SOCKET_PEER: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
 
-/// Binds `<state_dir>/admin.sock` and serves the admin API of `app` on it in the
+/// Binds `<state_dir>/admin.sock` and serves the admin API of `admin` on it in the
 /// background for the rest of the process. Fails when another daemon already serves this
 /// state directory (its socket is live) or the socket cannot be made.
-pub fn serve<R: Runtime>(rt: &R, state_dir: &Path, app: Arc<App<R>>) -> anyhow::Result<()> {
+pub fn serve<R: Runtime>(rt: &R, state_dir: &Path, admin: Arc<Admin<R>>) -> anyhow::Result<()> {
     let path = socket_path(state_dir);
     // Held for the process's life: a second daemon on the same directory cannot take it,
     // and the lock disappears with the process however it ends.
@@ -90,13 +92,13 @@ pub fn serve<R: Runtime>(rt: &R, state_dir: &Path, app: Arc<App<R>>) -> anyhow::
                     continue;
                 }
             };
-            let app = app.clone();
+            let admin = admin.clone();
             let settings = settings.clone();
             let conn_rt = accept_rt.clone();
             accept_rt.spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, std::convert::Infallible>(handle(&app, req).await) }
+                    let admin = admin.clone();
+                    async move { Ok::<_, std::convert::Infallible>(handle(&admin, req).await) }
                 });
                 if let Err(e) = serve_connection(conn_rt, stream, &settings, service).await {
                     tracing::debug!(error = %e, "admin socket connection ended with an error");
@@ -109,19 +111,19 @@ pub fn serve<R: Runtime>(rt: &R, state_dir: &Path, app: Arc<App<R>>) -> anyhow::
 
 /// Only the admin API is served on the socket (no web UI, no model API).
 async fn handle<R: Runtime>(
-    app: &App<R>,
+    admin: &Admin<R>,
     req: http::Request<hyper::body::Incoming>,
-) -> http::Response<crate::app::Body> {
+) -> http::Response<crate::web::Body> {
     let peer = Peer {
         addr: SOCKET_PEER,
         remote: false,
     };
-    match &app.admin {
-        Some(admin) if req.uri().path().starts_with("/admin/api/") => admin.handle(req, peer).await,
-        _ => super::api_error(
-            StatusCode::NOT_FOUND,
-            "the admin socket serves /admin/api/ only; the web UI and the model API are on the \
-             TCP listener",
-        ),
+    if req.uri().path().starts_with("/admin/api/") {
+        return admin.handle(req, peer).await;
     }
+    super::api_error(
+        StatusCode::NOT_FOUND,
+        "the admin socket serves /admin/api/ only; the web UI and the model API are on the \
+         TCP listener",
+    )
 }

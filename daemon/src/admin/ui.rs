@@ -14,7 +14,7 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 
 use super::session::SESSION_TTL;
 use super::{cookie, csrf_check, Admin};
-use crate::app::{full_body, Body, Peer};
+use crate::web::{full_body, Body, Peer};
 
 const INDEX_HTML: &str = include_str!("../../ui/index.html");
 const APP_JS: &str = include_str!("../../ui/app.js");

@@ -72,8 +72,8 @@ pub struct Gateway<R: Runtime> {
     seeds: AtomicU64,
     pub metrics: Arc<Metrics>,
     tokens: RwLock<TokenStore>,
-    /// The relay side, once started (status pages and metrics read it).
-    remote: std::sync::OnceLock<Arc<crate::remote::Remote<R>>>,
+    /// The relay side's gauges, once it has started.
+    relay_gauges: std::sync::OnceLock<Arc<dyn crate::metrics::RelayGauges>>,
     /// Fired when a stop's grace is over: live streams end with an error event.
     stream_stop: stream::StreamStop,
 }
@@ -117,7 +117,7 @@ impl<R: Runtime> Gateway<R> {
             seeds: AtomicU64::new(seed),
             metrics: Arc::new(Metrics::new()),
             tokens: RwLock::new(tokens),
-            remote: std::sync::OnceLock::new(),
+            relay_gauges: std::sync::OnceLock::new(),
             stream_stop: stream::StreamStop::default(),
         })
     }
@@ -208,13 +208,8 @@ impl<R: Runtime> Gateway<R> {
             .collect()
     }
 
-    /// Attaches the relay side (once).
-    pub fn set_remote(&self, remote: Arc<crate::remote::Remote<R>>) {
-        let _ = self.remote.set(remote);
-    }
-
-    /// The relay side, when relays are enabled.
-    pub fn remote(&self) -> Option<&Arc<crate::remote::Remote<R>>> {
-        self.remote.get()
+    /// Lets `/metrics` show the relay side's state (once it has started).
+    pub fn set_relay_gauges(&self, gauges: Arc<dyn crate::metrics::RelayGauges>) {
+        let _ = self.relay_gauges.set(gauges);
     }
 }

@@ -12,18 +12,14 @@ impl<R: Runtime> Gateway<R> {
     /// Updates the upstream health gauges and renders `/metrics`.
     pub fn render_metrics(&self) -> String {
         let now = Instant::now();
-        if let Some(remote) = self.remote.get() {
-            let status = remote.status();
-            for relay in &status.relays {
-                let address = relay.address.clone();
-                let up = relay.registered();
+        if let Some(relay_side) = self.relay_gauges.get() {
+            for (address, up) in relay_side.relays() {
                 self.metrics
                     .relay_registered
                     .get_or_create(&crate::metrics::RelayLabels { relay: address })
                     .set(i64::from(up));
             }
-            if let Some(cert) = &status.certificate {
-                let expiry = i64::try_from(cert.expiry_unix_seconds()).unwrap_or(i64::MAX);
+            if let Some(expiry) = relay_side.certificate_expiry() {
                 self.metrics.certificate_expiry.set(expiry);
             }
         }
