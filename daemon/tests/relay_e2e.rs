@@ -285,3 +285,167 @@ fn relay_on_smol_daemon_on_tokio() {
     require_tools(&["curl", "openssl"]);
     scenario("smol", "tokio");
 }
+
+/// A TLS client (Python's `ssl` over a plain socket, so the socket can be half-closed under
+/// TLS) that sends `GET /health`, then `shutdown(SHUT_WR)` (a TCP FIN, no close_notify), and
+/// prints everything it reads until the connection ends.
+const PYTHON_SHUT_WR: &str = r#"
+import socket, ssl, sys
+host, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+sock = socket.create_connection((host, port), timeout=10)
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+def flush():
+    data = outgoing.read()
+    if data:
+        sock.sendall(data)
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        flush()
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("EOF during the TLS handshake")
+        incoming.write(data)
+flush()
+tls.write(("GET /health HTTP/1.1\r\nHost: %s\r\n\r\n" % name).encode())
+flush()
+sock.shutdown(socket.SHUT_WR)
+answer, eof = b"", False
+while True:
+    try:
+        chunk = tls.read(65536)
+        if not chunk:
+            break
+        answer += chunk
+    except ssl.SSLWantReadError:
+        if eof:
+            break
+        data = sock.recv(65536)
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+            eof = True
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        break
+sys.stdout.write(answer.decode("utf-8", "replace"))
+"#;
+
+/// Whether a client's output is the daemon's `/health` answer.
+fn is_health_answer(text: &str) -> bool {
+    text.contains("HTTP/1.1 200") && text.contains("\"status\":\"ok\"")
+}
+
+/// Through the relay, each direction of a TCP connection ends on its own: clients that stop
+/// sending once their request is out are answered; and a daemon killed with SIGKILL (no
+/// goodbye) loses its names within seconds: the next client gets `unrecognized_name`, not a
+/// hang.
+fn half_close_and_kill_scenario(relay_runtime: &str, daemon_runtime: &str) {
+    let dir = common::temp_dir(&format!("relay-doors-{relay_runtime}-{daemon_runtime}"));
+    let relay = start_relay(&dir, relay_runtime, SUFFIX, "", &[]);
+    let https_port = relay.https_port;
+    let gate_state = dir.join("gate-state");
+    let (gate, _) = start_daemon_with_relay(&dir, daemon_runtime, &gate_state, &relay, "", &[]);
+    let custom_name = format!("myserver.{SUFFIX}");
+    let logs = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+    wait_until(
+        "the daemon to answer through the relay",
+        DEADLINE,
+        || curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "200",
+        || format!("last curl error: {}\n{}", last_curl_error(), logs()),
+    );
+    let request = format!("GET /health HTTP/1.1\r\nHost: {custom_name}\r\n\r\n");
+
+    // gnutls-cli with its input closed right after the request: it sends close_notify and
+    // shuts down its write side, then reads until the server closes.
+    let mut gnutls = Command::new("sh");
+    gnutls
+        .arg("-c")
+        .arg(format!(
+            "printf '{}' | timeout 20 gnutls-cli --insecure --sni-hostname {custom_name} -p {https_port} 127.0.0.1",
+            request.replace('\r', "\\r").replace('\n', "\\n")
+        ));
+    let (_, text) = output(&mut gnutls);
+    assert!(
+        is_health_answer(&text),
+        "gnutls-cli got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // Python: TCP FIN after the request, no close_notify.
+    let mut python = Command::new("timeout");
+    python
+        .args(["20", "python3", "-c", PYTHON_SHUT_WR, "127.0.0.1"])
+        .arg(https_port.to_string())
+        .arg(&custom_name);
+    let (ok, text) = output(&mut python);
+    assert!(
+        ok && is_health_answer(&text),
+        "python SHUT_WR got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // openssl s_client keeps reading after its input ends (-ign_eof) until the server closes.
+    let mut openssl = Command::new("sh");
+    openssl.arg("-c").arg(format!(
+        "printf '{}' | timeout 20 openssl s_client -quiet -ign_eof -connect 127.0.0.1:{https_port} -servername {custom_name}",
+        format!("GET /health HTTP/1.1\r\nHost: {custom_name}\r\nConnection: close\r\n\r\n")
+            .replace('\r', "\\r")
+            .replace('\n', "\\n")
+    ));
+    let (_, text) = output(&mut openssl);
+    assert!(
+        is_health_answer(&text),
+        "openssl s_client got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // kill -9: no goodbye. The next client gets the alert within 3 s.
+    gate.signal("KILL");
+    let started = std::time::Instant::now();
+    let mut s_client = Command::new("timeout");
+    s_client
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{https_port}"))
+        .args(["-servername", &custom_name])
+        .stdin(Stdio::null());
+    let (_, text) = output(&mut s_client);
+    let elapsed = started.elapsed();
+    assert!(
+        text.contains("unrecognized name") || text.contains("alert number 112"),
+        "after kill -9 the client did not get unrecognized_name ({elapsed:?}):\n{text}\n{}",
+        logs()
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "unrecognized_name took {elapsed:?} after kill -9\n{}",
+        logs()
+    );
+    drop(gate);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn half_close_and_kill_on_tokio() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("tokio", "tokio");
+}
+
+#[test]
+fn half_close_and_kill_on_smol() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("smol", "smol");
+}
+
+#[test]
+fn half_close_and_kill_relay_on_smol_daemon_on_tokio() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("smol", "tokio");
+}
