@@ -337,12 +337,39 @@ while True:
 sys.stdout.write(answer.decode("utf-8", "replace"))
 "#;
 
+/// The subjectAltName of the certificate served for `name` through the relay (one
+/// `openssl s_client` connection), as `openssl x509` prints it.
+fn served_subject_alt_names(dir: &std::path::Path, https_port: u16, name: &str) -> String {
+    let (_, text) = output(
+        Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-connect"])
+            .arg(format!("127.0.0.1:{https_port}"))
+            .args(["-servername", name])
+            .stdin(Stdio::null()),
+    );
+    let (Some(start), Some(end)) = (
+        text.find("-----BEGIN CERTIFICATE-----"),
+        text.find("-----END CERTIFICATE-----"),
+    ) else {
+        return format!("no certificate seen:\n{text}");
+    };
+    let pem_path = dir.join("first.pem");
+    std::fs::write(&pem_path, &text[start..end + 25]).expect("write the certificate");
+    let (_, x509) = output(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&pem_path),
+    );
+    x509
+}
+
 /// Whether a client's output is the daemon's `/health` answer.
 fn is_health_answer(text: &str) -> bool {
     text.contains("HTTP/1.1 200") && text.contains("\"status\":\"ok\"")
 }
 
-/// Through the relay, each direction of a TCP connection ends on its own: clients that stop
+/// Through the relay, the first connection after a registration sees a certificate naming the
+/// custom name; each direction of a TCP connection ends on its own: clients that stop
 /// sending once their request is out are answered; and a daemon killed with SIGKILL (no
 /// goodbye) loses its names within seconds: the next client gets `unrecognized_name`, not a
 /// hang.
@@ -354,6 +381,15 @@ fn half_close_and_kill_scenario(relay_runtime: &str, daemon_runtime: &str) {
     let (gate, _) = start_daemon_with_relay(&dir, daemon_runtime, &gate_state, &relay, "", &[]);
     let custom_name = format!("myserver.{SUFFIX}");
     let logs = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+
+    // The very first connection after the registration sees a certificate naming the custom
+    // name (the background refresh would make it only within a second).
+    let san = served_subject_alt_names(&dir, https_port, &custom_name);
+    assert!(
+        san.contains(&format!("DNS:{custom_name}")),
+        "the first certificate does not name {custom_name}:\n{san}\n{}",
+        logs()
+    );
     wait_until(
         "the daemon to answer through the relay",
         DEADLINE,
