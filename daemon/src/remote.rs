@@ -325,7 +325,7 @@ impl<R: Runtime> Remote<R> {
 fn cover_before_handshake(client: &RelayClient, certs: &CertStore, server_name: &str) {
     let server_name = server_name.trim_end_matches('.').to_ascii_lowercase();
     let info = certs.info();
-    if !info.self_signed || info.names.iter().any(|n| *n == server_name) {
+    if !info.self_signed || info.names.contains(&server_name) {
         return;
     }
     let granted: Vec<String> = client
