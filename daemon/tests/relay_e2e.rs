@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, require_tools,
-    start_daemon_with_relay, start_relay, start_relay_on, wait_for, wait_until,
+    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, relay_bin, require_tools,
+    start_daemon_with_relay, start_on_free_ports, start_relay, start_relay_on, wait_for,
+    wait_until, Proc,
 };
 
 const SUFFIX: &str = "gate.localhost";
@@ -381,6 +382,14 @@ fn half_close_and_kill_scenario(relay_runtime: &str, daemon_runtime: &str) {
     let (gate, _) = start_daemon_with_relay(&dir, daemon_runtime, &gate_state, &relay, "", &[]);
     let custom_name = format!("myserver.{SUFFIX}");
     let logs = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+    // An open relay says so at start.
+    assert!(
+        relay
+            .log()
+            .contains("access.mode = \"open\": any daemon may register"),
+        "{}",
+        relay.log()
+    );
 
     // The very first connection after the registration sees a certificate naming the custom
     // name (the background refresh would make it only within a second).
@@ -484,4 +493,165 @@ fn half_close_and_kill_on_smol() {
 fn half_close_and_kill_relay_on_smol_daemon_on_tokio() {
     require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
     half_close_and_kill_scenario("smol", "tokio");
+}
+
+/// Starts `gate serve` (config in `dir/gate.toml`, log in `dir/gate.log`) registering with
+/// `relay`, and returns once its log shows `until`.
+fn start_daemon_until(
+    dir: &std::path::Path,
+    runtime: &str,
+    state_dir: &std::path::Path,
+    relay: &common::Relay,
+    until: &str,
+) -> Proc {
+    let address = relay.address();
+    let (proc, ()) = start_on_free_ports(
+        "the daemon",
+        DEADLINE,
+        || {
+            let config = dir.join("gate.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "host = \"127.0.0.1\"\np2p_port = {}\n\n[relay]\nenable = true\n\
+                     addresses = [\"{address}\"]\ncustom_domain = \"myserver\"\n",
+                    free_udp_port()
+                ),
+            )
+            .expect("write gate.toml");
+            let mut cmd = Command::new(gate_bin());
+            cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(state_dir);
+            (Proc::spawn(cmd, dir.join("gate.log")), ())
+        },
+        |gate, ()| gate.log().contains(until),
+    );
+    proc
+}
+
+/// A relay closed with `[access] mode = "allowlist"`: a listed daemon registers and is
+/// reachable; an unlisted one is refused with a message that says what to do, in its log and
+/// `gate status` and in the relay's log; it gets no name; `gate-relay status` lists who is
+/// admitted.
+fn allowlist_scenario(relay_runtime: &str, daemon_runtime: &str) {
+    let dir = common::temp_dir(&format!("relay-allowlist-{relay_runtime}-{daemon_runtime}"));
+    let listed_dir = dir.join("listed");
+    let stranger_dir = dir.join("stranger");
+    for d in [&listed_dir, &stranger_dir] {
+        std::fs::create_dir_all(d).expect("create a daemon directory");
+    }
+    let listed_state = listed_dir.join("state");
+    let stranger_state = stranger_dir.join("state");
+    let listed_id = node_id(&gate_bin(), &listed_state);
+    let stranger_id = node_id(&gate_bin(), &stranger_state);
+    let relay = start_relay(
+        &dir,
+        relay_runtime,
+        SUFFIX,
+        &format!("[access]\nmode = \"allowlist\"\nallowed_nodes = [\"{listed_id}\"]\n"),
+        &[],
+    );
+    assert!(
+        relay
+            .log()
+            .contains("access.mode = \"allowlist\": only the listed daemons may register"),
+        "{}",
+        relay.log()
+    );
+
+    let stranger = start_daemon_until(
+        &stranger_dir,
+        daemon_runtime,
+        &stranger_state,
+        &relay,
+        "the relay refused the registration",
+    );
+    let gate_log = stranger.log();
+    assert!(
+        gate_log.contains(&format!("node {stranger_id} is not one of them"))
+            && gate_log.contains("access.allowed_nodes"),
+        "the daemon's refusal does not say why:\n{gate_log}"
+    );
+    wait_until(
+        "the relay to log the refusal",
+        DEADLINE,
+        || {
+            relay
+                .log()
+                .contains("registration refused: this relay admits only")
+        },
+        || relay.log(),
+    );
+    let (ok, text) = output(
+        Command::new(gate_bin())
+            .args(["status", "--config"])
+            .arg(stranger_dir.join("gate.toml"))
+            .arg("--state-dir")
+            .arg(&stranger_state),
+    );
+    assert!(ok, "gate status: {text}");
+    assert!(
+        text.contains("refused the registration: this relay admits only"),
+        "gate status does not show the refusal:\n{text}"
+    );
+    let stranger_name = format!("{stranger_id}.{SUFFIX}");
+    assert_eq!(
+        curl_via_relay(&stranger_name, relay.https_port, "/health", &[]).1,
+        "000",
+        "an unlisted daemon is reachable"
+    );
+
+    let (listed, _) =
+        start_daemon_with_relay(&listed_dir, daemon_runtime, &listed_state, &relay, "", &[]);
+    let custom_name = format!("myserver.{SUFFIX}");
+    wait_until(
+        "the listed daemon to answer through the relay",
+        DEADLINE,
+        || curl_via_relay(&custom_name, relay.https_port, "/health", &[]).1 == "200",
+        || format!("{}\n{}\n{}", last_curl_error(), relay.log(), listed.log()),
+    );
+
+    let status = || {
+        output(
+            Command::new(relay_bin())
+                .args(["status", "--state-dir"])
+                .arg(dir.join("relay-state")),
+        )
+        .1
+    };
+    let text = wait_for(
+        "gate-relay status to list the admitted daemon",
+        DEADLINE,
+        || {
+            let text = status();
+            text.contains("access: allowlist, 1 daemon(s) admitted")
+                .then_some(text)
+        },
+        status,
+    );
+    assert!(text.contains(&format!("  {listed_id}\n")), "{text}");
+    drop(listed);
+    drop(stranger);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn allowlist_on_tokio() {
+    require_tools(&["curl"]);
+    allowlist_scenario("tokio", "tokio");
+}
+
+#[test]
+fn allowlist_on_smol() {
+    require_tools(&["curl"]);
+    allowlist_scenario("smol", "smol");
+}
+
+#[test]
+fn allowlist_relay_on_smol_daemon_on_tokio() {
+    require_tools(&["curl"]);
+    allowlist_scenario("smol", "tokio");
 }

@@ -40,6 +40,8 @@ pub struct RelaySettings {
     pub dns_propagation_delay: Duration,
     /// Plain-text Prometheus metrics on `127.0.0.1:<metrics_port>`; off when absent.
     pub metrics_port: Option<u16>,
+    /// `[access]`: who may register (default open).
+    pub access: gate_core::tunnel::AccessPolicy,
 }
 
 impl Default for RelaySettings {
@@ -64,6 +66,7 @@ impl Default for RelaySettings {
             },
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: None,
+            access: gate_core::tunnel::AccessPolicy::default(),
         }
     }
 }
@@ -157,6 +160,7 @@ impl From<&config::RelayConfig> for RelaySettings {
             dns: config.dns.clone(),
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: config.metrics_port,
+            access: config.access.clone(),
         }
     }
 }

@@ -136,6 +136,10 @@ pub enum StrCheck {
     UpstreamName,
     /// A model or alias name: 1..=256 bytes, no whitespace or control characters.
     ModelName,
+    /// A node id: 52 characters of lower-case base32 (`gate id` prints it).
+    NodeId,
+    /// A relay access mode: `open` or `allowlist`.
+    AccessMode,
 }
 
 /// Provider names an upstream may use.
@@ -180,6 +184,8 @@ impl StrCheck {
                 "an upstream name of a-z, 0-9, _ and - (starting and ending with a letter or digit)"
             }
             StrCheck::ModelName => "a model name without spaces",
+            StrCheck::NodeId => "a node id (52 characters of a-z and 2-7, as `gate id` prints it)",
+            StrCheck::AccessMode => "open or allowlist",
         }
     }
 
@@ -205,6 +211,8 @@ impl StrCheck {
                     && s.len() <= 256
                     && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             }
+            StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
+            StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
         }
     }
 }
@@ -822,7 +830,22 @@ static TUNNEL_FIELDS: [Field; 4] = [
     field("key_file", Kind::String(StrCheck::NonEmpty), None),
 ];
 
-static RELAY_FIELDS: [Field; 10] = [
+// Who may register (issue 13). Registration tokens are not implemented: `mode` takes only
+// `open` and `allowlist`.
+static ACCESS_FIELDS: [Field; 2] = [
+    field(
+        "mode",
+        Kind::String(StrCheck::AccessMode),
+        Some(DefaultValue::Str("open")),
+    ),
+    field(
+        "allowed_nodes",
+        Kind::List(StrCheck::NodeId),
+        Some(DefaultValue::List(&[])),
+    ),
+];
+
+static RELAY_FIELDS: [Field; 11] = [
     field("https_port", PORT, Some(DefaultValue::Integer(443))),
     field("p2p_port", PORT, Some(DefaultValue::Integer(31145))),
     field(
@@ -849,6 +872,7 @@ static RELAY_FIELDS: [Field; 10] = [
     field("dns", Kind::Table(&DNS_FIELDS), None),
     field("limits", Kind::Table(&LIMITS_FIELDS), None),
     field("tunnel", Kind::Table(&TUNNEL_FIELDS), None),
+    field("access", Kind::Table(&ACCESS_FIELDS), None),
 ];
 
 /// The relay (`gate-relay`) schema. Environment prefix `RELAY`.

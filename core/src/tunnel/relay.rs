@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::access::AccessPolicy;
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame,
     Frame, FrameError, Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION,
@@ -55,6 +56,8 @@ pub struct RelayConfig {
     /// The relay's public HTTPS port, announced in [`Registered::https_port`] to daemons that
     /// speak protocol version 2 or later (default `None`: not announced; daemons assume 443).
     pub https_port: Option<u16>,
+    /// Who may register (default open).
+    pub access: AccessPolicy,
 }
 
 impl Default for RelayConfig {
@@ -66,6 +69,7 @@ impl Default for RelayConfig {
             acme_record_lifetime: Duration::from_secs(600),
             max_acme_records: 8,
             https_port: None,
+            access: AccessPolicy::default(),
         }
     }
 }
@@ -369,6 +373,14 @@ impl RelaySession {
         if register.protocol_version == 0 {
             let reason =
                 format!("unsupported protocol version 0; this relay speaks 1..={PROTOCOL_VERSION}");
+            self.events.push_back(RelayEvent::Transmit(Frame::Refused {
+                reason: reason.clone(),
+            }));
+            self.close(now_unix_secs, names, CloseReason::Refused(reason));
+            return;
+        }
+        // Before any name is claimed or touched: a refused daemon leaves nothing behind.
+        if let Err(reason) = self.config.access.admit(&self.node_id) {
             self.events.push_back(RelayEvent::Transmit(Frame::Refused {
                 reason: reason.clone(),
             }));

@@ -73,6 +73,10 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a closing daemon connection waits for its last control frames to be
+/// acknowledged.
+const FLUSH_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
 pub(super) async fn serve_daemon<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
@@ -156,6 +160,9 @@ pub(super) async fn drive_daemon<R: Runtime>(
     driver::drive(rt, &mut end, &mut control).await;
     if let Some(stream) = control.as_mut() {
         stream.finish();
+        // The last frames (a `Refused` saying why, an `Error`) reach the daemon before the
+        // caller closes the connection, which would discard them; bounded.
+        let _ = gate_rt::timeout(rt, FLUSH_BEFORE_CLOSE, stream.flushed()).await;
     }
     end.outcome
         .unwrap_or_else(|| DaemonOutcome::Closed("the control stream ended".to_owned()))

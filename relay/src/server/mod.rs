@@ -300,6 +300,7 @@ pub async fn start<R: Runtime>(
         registration_timeout: Duration::from_millis(tunnel.registration_timeout_ms.max(100)),
         // Daemons render their public URLs with it (`https://<name>:<port>/` unless 443).
         https_port: Some(https_addr.port()),
+        access: settings.access.clone(),
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
@@ -403,6 +404,19 @@ pub async fn start<R: Runtime>(
         runtime = R::NAME,
         "relay listening"
     );
+    let access = &shared.settings.access;
+    match access.mode {
+        gate_core::tunnel::AccessMode::Open => tracing::warn!(
+            "access.mode = \"open\": any daemon may register and get a name under {} \
+             (and, with dns.enabled, ACME records through this relay's DNS token); \
+             set access.mode = \"allowlist\" and access.allowed_nodes to close it",
+            shared.settings.domain_suffix
+        ),
+        gate_core::tunnel::AccessMode::Allowlist => tracing::info!(
+            allowed_nodes = access.allowed_nodes.len(),
+            "access.mode = \"allowlist\": only the listed daemons may register"
+        ),
+    }
     Ok(RunningRelay {
         rt,
         shared,
