@@ -701,6 +701,7 @@ fn snapshot_config_show_plain() {
         max_connections_per_ip = 256
         max_connections_per_node = 4096
         max_daemon_connections = 10000
+        max_registrations_per_ip_per_minute = 60
 
         [tunnel]
         heartbeat_interval_ms = 15000

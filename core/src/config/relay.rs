@@ -54,6 +54,8 @@ pub struct RelayLimits {
     pub max_connections_per_node: u32,
     /// QUIC connections from daemons in all (default 10000).
     pub max_daemon_connections: u32,
+    /// Daemon connections from one address (an IPv6 /64 as one) per minute (default 60).
+    pub max_registrations_per_ip_per_minute: u32,
 }
 
 /// `[tunnel]`: the daemon connections' timing, and the certificate their QUIC endpoints present.
@@ -196,6 +198,8 @@ impl RelayConfig {
                 max_connections_per_ip: r.int("limits.max_connections_per_ip")?,
                 max_connections_per_node: r.int("limits.max_connections_per_node")?,
                 max_daemon_connections: r.int("limits.max_daemon_connections")?,
+                max_registrations_per_ip_per_minute: r
+                    .int("limits.max_registrations_per_ip_per_minute")?,
             },
             tunnel: TunnelConfig {
                 heartbeat_interval: Duration::from_millis(r.int("tunnel.heartbeat_interval_ms")?),

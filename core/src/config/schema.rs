@@ -766,7 +766,7 @@ static DNS_FIELDS: [Field; 3] = [
     field("cloudflare", Kind::Table(&CLOUDFLARE_FIELDS), None),
 ];
 
-static LIMITS_FIELDS: [Field; 5] = [
+static LIMITS_FIELDS: [Field; 6] = [
     field(
         "handshake_timeout_ms",
         Kind::Integer {
@@ -806,6 +806,15 @@ static LIMITS_FIELDS: [Field; 5] = [
             max: 1_000_000,
         },
         Some(DefaultValue::Integer(10_000)),
+    ),
+    // Daemon connections from one address (an IPv6 /64 counting as one) per minute.
+    field(
+        "max_registrations_per_ip_per_minute",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some(DefaultValue::Integer(60)),
     ),
 ];
 

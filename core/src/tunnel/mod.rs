@@ -100,7 +100,10 @@ pub mod frame;
 pub mod names;
 pub mod relay;
 
-pub use access::{address_bucket, AccessMode, AccessPolicy};
+pub use access::{
+    address_bucket, throttle_message, AccessMode, AccessPolicy, RegistrationThrottle, Throttle,
+    MAX_THROTTLED_ADDRESSES, REGISTRATION_WINDOW,
+};
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
     DisconnectReason, RegisteredNames,

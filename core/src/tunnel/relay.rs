@@ -188,6 +188,9 @@ pub struct RelaySession {
     acme_records: BTreeMap<String, Instant>,
     /// Requests handed to the DNS provider and not yet completed.
     pending_acme: BTreeMap<u64, String>,
+    /// Set by the relay before the registration arrives (e.g. too many registrations from
+    /// the daemon's address): the `Register` is refused with this reason.
+    refusal: Option<String>,
 }
 
 impl RelaySession {
@@ -203,7 +206,15 @@ impl RelaySession {
             events: VecDeque::new(),
             acme_records: BTreeMap::new(),
             pending_acme: BTreeMap::new(),
+            refusal: None,
         }
+    }
+
+    /// The registration will be refused with `reason` (sent in the `Refused` frame), before
+    /// any name is touched. For decisions made outside the session, such as the relay's
+    /// per-address registration throttle.
+    pub fn refuse_registration(&mut self, reason: String) {
+        self.refusal = Some(reason);
     }
 
     /// The daemon's node id.
@@ -380,7 +391,11 @@ impl RelaySession {
             return;
         }
         // Before any name is claimed or touched: a refused daemon leaves nothing behind.
-        if let Err(reason) = self.config.access.admit(&self.node_id) {
+        let verdict = match self.refusal.take() {
+            Some(reason) => Err(reason),
+            None => self.config.access.admit(&self.node_id),
+        };
+        if let Err(reason) = verdict {
             self.events.push_back(RelayEvent::Transmit(Frame::Refused {
                 reason: reason.clone(),
             }));

@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 
 use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
-    CloseReason, EncodeError, Frame, FrameError, NameTableConfig, NameTableSnapshot, NodeId,
-    RelayConfig, RelayEvent, RelayNameTable, RelaySession,
+    throttle_message, CloseReason, EncodeError, Frame, FrameError, NameTableConfig,
+    NameTableSnapshot, NodeId, RegistrationThrottle, RelayConfig, RelayEvent, RelayNameTable,
+    RelaySession, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::Runtime;
@@ -115,6 +116,8 @@ struct Shared {
     https_per_ip: Mutex<HashMap<IpAddr, usize>>,
     https_total: AtomicUsize,
     daemon_connections: AtomicUsize,
+    /// Daemon connections per source address per minute.
+    registrations: Mutex<RegistrationThrottle>,
     metrics: Metrics,
     shutdown: Shutdown,
     /// Signalled when a daemon comes or goes, so the status snapshot is rewritten soon.
@@ -321,6 +324,7 @@ pub async fn start<R: Runtime>(
         }
     }
     let (status_changed, status_changes) = async_channel::bounded::<()>(1);
+    let registrations_per_minute = settings.limits.max_registrations_per_ip_per_minute;
     let shared = Arc::new(Shared {
         settings,
         session_config,
@@ -336,6 +340,7 @@ pub async fn start<R: Runtime>(
         https_per_ip: Mutex::new(HashMap::new()),
         https_total: AtomicUsize::new(0),
         daemon_connections: AtomicUsize::new(0),
+        registrations: Mutex::new(RegistrationThrottle::new(registrations_per_minute)),
         metrics: Metrics::default(),
         shutdown: Shutdown::new(),
         status_changed,
