@@ -60,9 +60,10 @@ if want core-io; then
 fi
 
 if want tests; then
-    step "tools the tests drive: curl, openssl, pebble (ACME test server)"
+    step "tools the tests drive: curl, openssl, gnutls-cli, pebble (ACME test server)"
     need_apt curl curl
     need_apt openssl openssl
+    need_apt gnutls-cli gnutls-bin
     need_apt pebble pebble
     need_cargo nextest cargo-nextest
     step "cargo nextest run --workspace"

@@ -685,6 +685,10 @@ fn snapshot_config_show_plain() {
         log_level = "info"
         p2p_port = 31145
 
+        [access]
+        allowed_nodes = []
+        mode = "open"
+
         [dns]
         enabled = false
         provider = "cloudflare"
@@ -699,6 +703,7 @@ fn snapshot_config_show_plain() {
         max_connections_per_ip = 256
         max_connections_per_node = 4096
         max_daemon_connections = 10000
+        max_registrations_per_ip_per_minute = 60
 
         [tunnel]
         heartbeat_interval_ms = 15000
@@ -877,4 +882,64 @@ fn config_get_renders_one_key_redacted() {
     "#]]
     .assert_eq(&m.render_key("upstreams.openai", false).unwrap());
     assert_eq!(m.render_key("upstreams.old", false), None);
+}
+
+#[test]
+fn relay_access_keys() {
+    use gate_core::tunnel::{AccessMode, NodeId};
+    let a = "a".repeat(52);
+    let b = "b".repeat(52);
+    let c = load_relay(&sources(&[], "", &[])).unwrap().config;
+    assert_eq!(c.access.mode, AccessMode::Open);
+    assert!(c.access.allowed_nodes.is_empty());
+
+    let nix = format!("[access]\nmode = \"allowlist\"\nallowed_nodes = [\"{a}\"]\n");
+    let c = load_relay(&sources(&[("/etc/r.toml", &nix)], "", &[]))
+        .unwrap()
+        .config;
+    assert_eq!(c.access.mode, AccessMode::Allowlist);
+    assert!(c.access.allowed_nodes.contains(&NodeId::parse(&a).unwrap()));
+
+    // From the environment: a comma-separated list.
+    let both = format!("{a}, {b}");
+    let c = load_relay(&sources(
+        &[],
+        "",
+        &[
+            ("RELAY_ACCESS__MODE", "allowlist"),
+            ("RELAY_ACCESS__ALLOWED_NODES", both.as_str()),
+        ],
+    ))
+    .unwrap()
+    .config;
+    assert_eq!(c.access.allowed_nodes.len(), 2);
+
+    // An allowlist without nodes admits nobody: refused with what to do.
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "[access]\nmode = \"allowlist\"\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("access.allowed_nodes") && e.contains("gate id"),
+        "{e}"
+    );
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "[access]\nmode = \"token\"\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("open or allowlist"), "{e}");
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "[access]\nallowed_nodes = [\"nope\"]\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("node id"), "{e}");
 }

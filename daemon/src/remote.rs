@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use gate_core::config::DaemonConfig;
@@ -135,11 +135,18 @@ impl<R: Runtime> Remote<R> {
             .map_err(|e| anyhow::anyhow!("cannot open the certificate store: {e}"))?;
         let tls = certs.server_config(&[b"h2", b"http/1.1"]);
         let handler_rt = rt.clone();
+        // The relay client, once started: the handler needs its granted names.
+        let started: Arc<OnceLock<Arc<RelayClient>>> = Arc::new(OnceLock::new());
+        let handler_client = started.clone();
+        let handler_certs = certs.clone();
         let handler: StreamHandler = Arc::new(move |header, stream| {
             let Some(permit) = listener.cap.admit(header.client_addr) else {
                 // Full or stopping: dropping the stream resets it at once.
                 return;
             };
+            if let Some(client) = handler_client.get() {
+                cover_before_handshake(client, &handler_certs, &header.server_name);
+            }
             let rt = handler_rt.clone();
             let app = app.clone();
             let tls = tls.clone();
@@ -172,6 +179,7 @@ impl<R: Runtime> Remote<R> {
         let client = RelayClient::start(rt, endpoint, &identity, client_config, handler)
             .map_err(|e| anyhow::anyhow!("cannot start the relay client: {e}"))?;
         let client = Arc::new(client);
+        let _ = started.set(client.clone());
         tracing::info!(node_id = %node_id, relays = config.relay.addresses.len(), "relay client started");
         let remote = Arc::new(Self {
             node_id,
@@ -306,6 +314,32 @@ impl<R: Runtime> Remote<R> {
             .status()
             .iter()
             .any(|s| s.state == RelayConnectionState::Registered)
+    }
+}
+
+/// A relay routes a name from the moment it grants it, and the background task re-makes the
+/// self-signed certificate only every second: a connection for a granted name the certificate
+/// does not cover yet has it made now, before its handshake, so the first client already sees
+/// its name. Only names a relay granted (never one the stream header alone asks for); an ACME
+/// or stored certificate is left alone.
+fn cover_before_handshake(client: &RelayClient, certs: &CertStore, server_name: &str) {
+    let server_name = server_name.trim_end_matches('.').to_ascii_lowercase();
+    let info = certs.info();
+    if !info.self_signed || info.names.contains(&server_name) {
+        return;
+    }
+    let granted: Vec<String> = client
+        .status()
+        .into_iter()
+        .filter(|s| s.state == RelayConnectionState::Registered)
+        .flat_map(|s| s.names)
+        .collect();
+    let names = certificate_names(&granted, &[]);
+    if !names.contains(&server_name) {
+        return;
+    }
+    if let Err(e) = certs.cover_with_self_signed(&names) {
+        tracing::warn!(error = %e, "cannot make a self-signed certificate for the relay names");
     }
 }
 

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, require_tools,
-    start_daemon_with_relay, start_relay, start_relay_on, wait_for, wait_until,
+    free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, relay_bin, require_tools,
+    start_daemon_with_relay, start_on_free_ports, start_relay, start_relay_on, wait_for,
+    wait_until, Proc,
 };
 
 const SUFFIX: &str = "gate.localhost";
@@ -285,4 +286,373 @@ fn relay_and_daemon_on_smol() {
 fn relay_on_smol_daemon_on_tokio() {
     require_tools(&["curl", "openssl"]);
     scenario("smol", "tokio");
+}
+
+/// A TLS client (Python's `ssl` over a plain socket, so the socket can be half-closed under
+/// TLS) that sends `GET /health`, then `shutdown(SHUT_WR)` (a TCP FIN, no close_notify), and
+/// prints everything it reads until the connection ends.
+const PYTHON_SHUT_WR: &str = r#"
+import socket, ssl, sys
+host, port, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+sock = socket.create_connection((host, port), timeout=10)
+incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+tls = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+def flush():
+    data = outgoing.read()
+    if data:
+        sock.sendall(data)
+while True:
+    try:
+        tls.do_handshake()
+        break
+    except ssl.SSLWantReadError:
+        flush()
+        data = sock.recv(65536)
+        if not data:
+            sys.exit("EOF during the TLS handshake")
+        incoming.write(data)
+flush()
+tls.write(("GET /health HTTP/1.1\r\nHost: %s\r\n\r\n" % name).encode())
+flush()
+sock.shutdown(socket.SHUT_WR)
+answer, eof = b"", False
+while True:
+    try:
+        chunk = tls.read(65536)
+        if not chunk:
+            break
+        answer += chunk
+    except ssl.SSLWantReadError:
+        if eof:
+            break
+        data = sock.recv(65536)
+        if data:
+            incoming.write(data)
+        else:
+            incoming.write_eof()
+            eof = True
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+        break
+sys.stdout.write(answer.decode("utf-8", "replace"))
+"#;
+
+/// The subjectAltName of the certificate served for `name` through the relay (one
+/// `openssl s_client` connection), as `openssl x509` prints it.
+fn served_subject_alt_names(dir: &std::path::Path, https_port: u16, name: &str) -> String {
+    let (_, text) = output(
+        Command::new("timeout")
+            .args(["20", "openssl", "s_client", "-connect"])
+            .arg(format!("127.0.0.1:{https_port}"))
+            .args(["-servername", name])
+            .stdin(Stdio::null()),
+    );
+    let (Some(start), Some(end)) = (
+        text.find("-----BEGIN CERTIFICATE-----"),
+        text.find("-----END CERTIFICATE-----"),
+    ) else {
+        return format!("no certificate seen:\n{text}");
+    };
+    let pem_path = dir.join("first.pem");
+    std::fs::write(&pem_path, &text[start..end + 25]).expect("write the certificate");
+    let (_, x509) = output(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(&pem_path),
+    );
+    x509
+}
+
+/// Whether a client's output is the daemon's `/health` answer.
+fn is_health_answer(text: &str) -> bool {
+    text.contains("HTTP/1.1 200") && text.contains("\"status\":\"ok\"")
+}
+
+/// Through the relay, the first connection after a registration sees a certificate naming the
+/// custom name; each direction of a TCP connection ends on its own: clients that stop
+/// sending once their request is out are answered; and a daemon killed with SIGKILL (no
+/// goodbye) loses its names within seconds: the next client gets `unrecognized_name`, not a
+/// hang.
+fn half_close_and_kill_scenario(relay_runtime: &str, daemon_runtime: &str) {
+    let dir = common::temp_dir(&format!("relay-doors-{relay_runtime}-{daemon_runtime}"));
+    let relay = start_relay(&dir, relay_runtime, SUFFIX, "", &[]);
+    let https_port = relay.https_port;
+    let gate_state = dir.join("gate-state");
+    let (gate, _) = start_daemon_with_relay(&dir, daemon_runtime, &gate_state, &relay, "", &[]);
+    let custom_name = format!("myserver.{SUFFIX}");
+    let logs = || format!("relay log:\n{}\ngate log:\n{}", relay.log(), gate.log());
+    // An open relay says so at start.
+    assert!(
+        relay
+            .log()
+            .contains("access.mode = \"open\": any daemon may register"),
+        "{}",
+        relay.log()
+    );
+
+    // The very first connection after the registration sees a certificate naming the custom
+    // name (the background refresh would make it only within a second).
+    let san = served_subject_alt_names(&dir, https_port, &custom_name);
+    assert!(
+        san.contains(&format!("DNS:{custom_name}")),
+        "the first certificate does not name {custom_name}:\n{san}\n{}",
+        logs()
+    );
+    wait_until(
+        "the daemon to answer through the relay",
+        DEADLINE,
+        || curl_via_relay(&custom_name, https_port, "/health", &[]).1 == "200",
+        || format!("last curl error: {}\n{}", last_curl_error(), logs()),
+    );
+    let request = format!("GET /health HTTP/1.1\r\nHost: {custom_name}\r\n\r\n");
+
+    // gnutls-cli with its input closed right after the request: it sends close_notify and
+    // shuts down its write side, then reads until the server closes.
+    let mut gnutls = Command::new("sh");
+    gnutls
+        .arg("-c")
+        .arg(format!(
+            "printf '{}' | timeout 20 gnutls-cli --insecure --sni-hostname {custom_name} -p {https_port} 127.0.0.1",
+            request.replace('\r', "\\r").replace('\n', "\\n")
+        ));
+    let (_, text) = output(&mut gnutls);
+    assert!(
+        is_health_answer(&text),
+        "gnutls-cli got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // Python: TCP FIN after the request, no close_notify.
+    let mut python = Command::new("timeout");
+    python
+        .args(["20", "python3", "-c", PYTHON_SHUT_WR, "127.0.0.1"])
+        .arg(https_port.to_string())
+        .arg(&custom_name);
+    let (ok, text) = output(&mut python);
+    assert!(
+        ok && is_health_answer(&text),
+        "python SHUT_WR got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // openssl s_client keeps reading after its input ends (-ign_eof) until the server closes.
+    let mut openssl = Command::new("sh");
+    openssl.arg("-c").arg(format!(
+        "printf '{}' | timeout 20 openssl s_client -quiet -ign_eof -connect 127.0.0.1:{https_port} -servername {custom_name}",
+        format!("GET /health HTTP/1.1\r\nHost: {custom_name}\r\nConnection: close\r\n\r\n")
+            .replace('\r', "\\r")
+            .replace('\n', "\\n")
+    ));
+    let (_, text) = output(&mut openssl);
+    assert!(
+        is_health_answer(&text),
+        "openssl s_client got no answer:\n{text}\n{}",
+        logs()
+    );
+
+    // kill -9: no goodbye. The next client gets the alert within 3 s.
+    gate.signal("KILL");
+    let started = std::time::Instant::now();
+    let mut s_client = Command::new("timeout");
+    s_client
+        .args(["20", "openssl", "s_client", "-connect"])
+        .arg(format!("127.0.0.1:{https_port}"))
+        .args(["-servername", &custom_name])
+        .stdin(Stdio::null());
+    let (_, text) = output(&mut s_client);
+    let elapsed = started.elapsed();
+    assert!(
+        text.contains("unrecognized name") || text.contains("alert number 112"),
+        "after kill -9 the client did not get unrecognized_name ({elapsed:?}):\n{text}\n{}",
+        logs()
+    );
+    assert!(
+        elapsed < Duration::from_secs(3),
+        "unrecognized_name took {elapsed:?} after kill -9\n{}",
+        logs()
+    );
+    drop(gate);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn half_close_and_kill_on_tokio() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("tokio", "tokio");
+}
+
+#[test]
+fn half_close_and_kill_on_smol() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("smol", "smol");
+}
+
+#[test]
+fn half_close_and_kill_relay_on_smol_daemon_on_tokio() {
+    require_tools(&["curl", "openssl", "gnutls-cli", "python3"]);
+    half_close_and_kill_scenario("smol", "tokio");
+}
+
+/// Starts `gate serve` (config in `dir/gate.toml`, log in `dir/gate.log`) registering with
+/// `relay`, and returns once its log shows `until`.
+fn start_daemon_until(
+    dir: &std::path::Path,
+    runtime: &str,
+    state_dir: &std::path::Path,
+    relay: &common::Relay,
+    until: &str,
+) -> Proc {
+    let address = relay.address();
+    let (proc, ()) = start_on_free_ports(
+        "the daemon",
+        DEADLINE,
+        || {
+            let config = dir.join("gate.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "host = \"127.0.0.1\"\np2p_port = {}\n\n[relay]\nenable = true\n\
+                     addresses = [\"{address}\"]\ncustom_domain = \"myserver\"\n",
+                    free_udp_port()
+                ),
+            )
+            .expect("write gate.toml");
+            let mut cmd = Command::new(gate_bin());
+            cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
+                .arg(&config)
+                .arg("--state-dir")
+                .arg(state_dir);
+            (Proc::spawn(cmd, dir.join("gate.log")), ())
+        },
+        |gate, ()| gate.log().contains(until),
+    );
+    proc
+}
+
+/// A relay closed with `[access] mode = "allowlist"`: a listed daemon registers and is
+/// reachable; an unlisted one is refused with a message that says what to do, in its log and
+/// `gate status` and in the relay's log; it gets no name; `gate-relay status` lists who is
+/// admitted.
+fn allowlist_scenario(relay_runtime: &str, daemon_runtime: &str) {
+    let dir = common::temp_dir(&format!("relay-allowlist-{relay_runtime}-{daemon_runtime}"));
+    let listed_dir = dir.join("listed");
+    let stranger_dir = dir.join("stranger");
+    for d in [&listed_dir, &stranger_dir] {
+        std::fs::create_dir_all(d).expect("create a daemon directory");
+    }
+    let listed_state = listed_dir.join("state");
+    let stranger_state = stranger_dir.join("state");
+    let listed_id = node_id(&gate_bin(), &listed_state);
+    let stranger_id = node_id(&gate_bin(), &stranger_state);
+    let relay = start_relay(
+        &dir,
+        relay_runtime,
+        SUFFIX,
+        &format!("[access]\nmode = \"allowlist\"\nallowed_nodes = [\"{listed_id}\"]\n"),
+        &[],
+    );
+    assert!(
+        relay
+            .log()
+            .contains("access.mode = \"allowlist\": only the listed daemons may register"),
+        "{}",
+        relay.log()
+    );
+
+    let stranger = start_daemon_until(
+        &stranger_dir,
+        daemon_runtime,
+        &stranger_state,
+        &relay,
+        "the relay refused the registration",
+    );
+    let gate_log = stranger.log();
+    assert!(
+        gate_log.contains(&format!("node {stranger_id} is not one of them"))
+            && gate_log.contains("access.allowed_nodes"),
+        "the daemon's refusal does not say why:\n{gate_log}"
+    );
+    wait_until(
+        "the relay to log the refusal",
+        DEADLINE,
+        || {
+            relay
+                .log()
+                .contains("registration refused: this relay admits only")
+        },
+        || relay.log(),
+    );
+    let (ok, text) = output(
+        Command::new(gate_bin())
+            .args(["status", "--config"])
+            .arg(stranger_dir.join("gate.toml"))
+            .arg("--state-dir")
+            .arg(&stranger_state),
+    );
+    assert!(ok, "gate status: {text}");
+    assert!(
+        text.contains("refused the registration: this relay admits only"),
+        "gate status does not show the refusal:\n{text}"
+    );
+    let stranger_name = format!("{stranger_id}.{SUFFIX}");
+    assert_eq!(
+        curl_via_relay(&stranger_name, relay.https_port, "/health", &[]).1,
+        "000",
+        "an unlisted daemon is reachable"
+    );
+
+    let (listed, _) =
+        start_daemon_with_relay(&listed_dir, daemon_runtime, &listed_state, &relay, "", &[]);
+    let custom_name = format!("myserver.{SUFFIX}");
+    wait_until(
+        "the listed daemon to answer through the relay",
+        DEADLINE,
+        || curl_via_relay(&custom_name, relay.https_port, "/health", &[]).1 == "200",
+        || format!("{}\n{}\n{}", last_curl_error(), relay.log(), listed.log()),
+    );
+
+    let status = || {
+        output(
+            Command::new(relay_bin())
+                .args(["status", "--state-dir"])
+                .arg(dir.join("relay-state")),
+        )
+        .1
+    };
+    let text = wait_for(
+        "gate-relay status to list the admitted daemon",
+        DEADLINE,
+        || {
+            let text = status();
+            text.contains("access: allowlist, 1 daemon(s) admitted")
+                .then_some(text)
+        },
+        status,
+    );
+    assert!(text.contains(&format!("  {listed_id}\n")), "{text}");
+    drop(listed);
+    drop(stranger);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn allowlist_on_tokio() {
+    require_tools(&["curl"]);
+    allowlist_scenario("tokio", "tokio");
+}
+
+#[test]
+fn allowlist_on_smol() {
+    require_tools(&["curl"]);
+    allowlist_scenario("smol", "smol");
+}
+
+#[test]
+fn allowlist_relay_on_smol_daemon_on_tokio() {
+    require_tools(&["curl"]);
+    allowlist_scenario("smol", "tokio");
 }

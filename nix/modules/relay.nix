@@ -104,6 +104,26 @@ let
           description = "The DNS provider. Key `dns.provider`.";
         };
       };
+      access = {
+        mode = mkOption {
+          type = types.enum [ "open" "allowlist" ];
+          default = "open";
+          description = ''
+            Who may register: `open` (any daemon gets `<node-id>.<domainSuffix>` and, with
+            `dns.enabled`, ACME records through your DNS token; the relay warns about it at
+            start) or `allowlist` (only `allowedNodes`). Key `access.mode`.
+          '';
+        };
+        allowedNodes = mkOption {
+          type = types.listOf (types.strMatching "[a-z2-7]{52}");
+          default = [ ];
+          example = [ "jmeo6zaoqtegzmcwq4unojsl5d3vji7kkv5d22ekrihslsc32vla" ];
+          description = ''
+            The daemons admitted when `mode = "allowlist"`: their node ids, as `gate id`
+            prints them. Key `access.allowed_nodes`.
+          '';
+        };
+      };
       environmentFile = mkOption {
         type = types.nullOr types.path;
         default = null;
@@ -145,6 +165,7 @@ let
       log_level = inst.logLevel;
       domain_suffix = inst.domainSuffix;
       dns = { inherit (inst.dns) enabled provider; };
+      access = { mode = inst.access.mode; allowed_nodes = inst.access.allowedNodes; };
     } // optionalAttrs (inst.metricsPort != null) { metrics_port = inst.metricsPort; }
     )
     inst.settings;
@@ -169,7 +190,8 @@ let
 
   ownedKeys = inst:
     filter (k: inst.settings ? ${k}) [ "https_port" "p2p_port" "bind_address" "log_level" "domain_suffix" "metrics_port" ]
-    ++ concatMap (k: optionals ((inst.settings.dns or { }) ? ${k}) [ "dns.${k}" ]) [ "enabled" "provider" ];
+    ++ concatMap (k: optionals ((inst.settings.dns or { }) ? ${k}) [ "dns.${k}" ]) [ "enabled" "provider" ]
+    ++ concatMap (k: optionals ((inst.settings.access or { }) ? ${k}) [ "access.${k}" ]) [ "mode" "allowed_nodes" ];
 
   assertionsFor = r: [
     {
@@ -183,6 +205,10 @@ let
     {
       assertion = !((r.inst.settings.dns.cloudflare or { }) ? api_token);
       message = "${r.label}.settings holds dns.cloudflare.api_token: the Nix store is world-readable; put RELAY__DNS__CLOUDFLARE__API_TOKEN in ${r.label}.environmentFile instead.";
+    }
+    {
+      assertion = r.inst.access.mode != "allowlist" || r.inst.access.allowedNodes != [ ];
+      message = "${r.label}.access.mode = \"allowlist\" needs access.allowedNodes (each daemon's `gate id`): an empty allowlist admits nobody.";
     }
     {
       assertion = !r.inst.dns.enabled || r.inst.environmentFile != null;

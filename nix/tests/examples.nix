@@ -183,6 +183,10 @@ in
       openFirewall = true;
       domainSuffix = "gate.example.com";
       dns = { enabled = true; provider = "cloudflare"; };
+      access = {
+        mode = "allowlist";
+        allowedNodes = [ "jmeo6zaoqtegzmcwq4unojsl5d3vji7kkv5d22ekrihslsc32vla" ];
+      };
       environmentFile = "/run/secrets/gate-relay";
       settings = {
         claim_lapse_days = 30;

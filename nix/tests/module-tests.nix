@@ -215,6 +215,9 @@ let
         "[dns]"
         "enabled = true"
         "provider = \"cloudflare\""
+        "[access]"
+        "mode = \"open\""
+        "allowed_nodes = []"
       ];
       want = [ ];
     }
@@ -344,6 +347,9 @@ let
         "metrics_port = 9464"
         "[tunnel]"
         "heartbeat_interval_ms = 15000"
+        "[access]"
+        "mode = \"allowlist\""
+        "allowed_nodes = [\"jmeo6zaoqtegzmcwq4unojsl5d3vji7kkv5d22ekrihslsc32vla\"]"
       ];
       want = [ ];
     }

@@ -82,6 +82,18 @@ in
     error = "initialUpstreams: each name may appear once";
     modules = [{ services.gate-daemon = { enable = true; initialUpstreams = [{ name = "a"; provider = "openai"; } { name = "a"; provider = "groq"; }]; }; }];
   };
+  relay-allowlist-without-nodes = {
+    error = "services.gate-relay.instances.default.access.mode = \"allowlist\" needs access.allowedNodes";
+    modules = [{ services.gate-relay.instances.default.access.mode = "allowlist"; }];
+  };
+  relay-allowlist-bad-node-id = {
+    error = "allowedNodes";
+    modules = [{ services.gate-relay.instances.default.access = { mode = "allowlist"; allowedNodes = [ "not-a-node-id" ]; }; }];
+  };
+  relay-access-in-settings = {
+    error = "use the instance's own options for these";
+    modules = [{ services.gate-relay.instances.default.settings.access.mode = "allowlist"; }];
+  };
   relay-dns-without-secrets = {
     error = "dns.enabled needs services.gate-relay.instances.default.environmentFile";
     modules = [{ services.gate-relay.instances.default.dns.enabled = true; }];

@@ -132,7 +132,8 @@ fn spawn_relay(
             "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
              domain_suffix = \"{SUFFIX}\"\nlog_level = \"warn\"\n[limits]\n\
              max_connections = 40000\nmax_connections_per_ip = 40000\n\
-             max_connections_per_node = 40000\n"
+             max_connections_per_node = 40000\n\
+             max_registrations_per_ip_per_minute = 1000\n"
         ),
     )?;
     let log = std::fs::File::create(dir.join("relay.log"))?;

@@ -174,15 +174,23 @@ impl Downstream {
     }
 }
 
-/// Copies both ways until both directions have ended; the first error ends it (the caller
-/// then resets the QUIC stream).
+/// Copies both ways until both directions have ended, each on its own: the client's TCP EOF
+/// finishes the QUIC stream while the daemon's answer still flows, and the stream's finish
+/// shuts down the TCP write side while the client may still send. The first error ends it
+/// (the caller then resets the QUIC stream). `first`: bytes already read from `recv`, written
+/// to the client before anything else.
 pub(crate) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     tcp: &mut S,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
+    first: Bytes,
 ) -> io::Result<Copied> {
     let mut up = Upstream::default();
     let mut down = Downstream::default();
+    if !first.is_empty() {
+        down.bytes = first.len() as u64;
+        down.chunks.push(first);
+    }
     poll_fn(|cx| {
         if !up.done {
             if let Poll::Ready(Err(e)) = up.poll(cx, tcp, send) {

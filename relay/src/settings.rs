@@ -40,6 +40,8 @@ pub struct RelaySettings {
     pub dns_propagation_delay: Duration,
     /// Plain-text Prometheus metrics on `127.0.0.1:<metrics_port>`; off when absent.
     pub metrics_port: Option<u16>,
+    /// `[access]`: who may register (default open).
+    pub access: gate_core::tunnel::AccessPolicy,
 }
 
 impl Default for RelaySettings {
@@ -64,6 +66,7 @@ impl Default for RelaySettings {
             },
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: None,
+            access: gate_core::tunnel::AccessPolicy::default(),
         }
     }
 }
@@ -81,6 +84,9 @@ pub struct RelayLimits {
     pub max_connections_per_node: usize,
     /// QUIC connections from daemons in total.
     pub max_daemon_connections: usize,
+    /// Daemon connections from one address (an IPv6 /64 as one) per minute; past it the
+    /// registration is refused with a message, past twice that the connection is dropped.
+    pub max_registrations_per_ip_per_minute: u32,
 }
 
 impl Default for RelayLimits {
@@ -91,6 +97,7 @@ impl Default for RelayLimits {
             max_connections_per_ip: 256,
             max_connections_per_node: 4_096,
             max_daemon_connections: 10_000,
+            max_registrations_per_ip_per_minute: 60,
         }
     }
 }
@@ -147,6 +154,7 @@ impl From<&config::RelayConfig> for RelaySettings {
                 max_connections_per_ip: count(limits.max_connections_per_ip),
                 max_connections_per_node: count(limits.max_connections_per_node),
                 max_daemon_connections: count(limits.max_daemon_connections),
+                max_registrations_per_ip_per_minute: limits.max_registrations_per_ip_per_minute,
             },
             tunnel: TunnelSettings {
                 heartbeat_interval_ms: millis(config.tunnel.heartbeat_interval),
@@ -157,6 +165,7 @@ impl From<&config::RelayConfig> for RelaySettings {
             dns: config.dns.clone(),
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: config.metrics_port,
+            access: config.access.clone(),
         }
     }
 }

@@ -78,6 +78,18 @@ pub struct StatusSnapshot {
     pub counters: Counters,
     /// The DNS provider for daemons' ACME records.
     pub dns: DnsInfo,
+    /// Who may register (`[access]`); absent in snapshots of older relays.
+    #[serde(default)]
+    pub access: AccessInfo,
+}
+
+/// `[access]` as the relay runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct AccessInfo {
+    /// `open` or `allowlist` (empty in snapshots of older relays, which were open).
+    pub mode: String,
+    /// The daemons admitted in allowlist mode.
+    pub allowed_nodes: Vec<String>,
 }
 
 /// Listening addresses.
@@ -381,6 +393,21 @@ fn render_claims(out: &mut String, claims: &[ClaimInfo], lapse_days: u64, now: u
     }
 }
 
+/// Who is admitted: open to any daemon, or the allowlist.
+fn render_access(out: &mut String, access: &AccessInfo) {
+    if access.mode == "allowlist" {
+        out.push_str(&format!(
+            "access: allowlist, {} daemon(s) admitted\n",
+            access.allowed_nodes.len()
+        ));
+        for node in &access.allowed_nodes {
+            out.push_str(&format!("  {node}\n"));
+        }
+    } else {
+        out.push_str("access: open (any daemon may register; set access.mode = \"allowlist\")\n");
+    }
+}
+
 /// The text `gate-relay status` prints for a running relay.
 pub fn render_running(snapshot: &StatusSnapshot, state_dir: &Path, now: u64) -> String {
     let s = snapshot;
@@ -409,6 +436,7 @@ pub fn render_running(snapshot: &StatusSnapshot, state_dir: &Path, now: u64) -> 
         Some(addr) => out.push_str(&format!("metrics: http://{addr}/metrics\n")),
         None => out.push_str("metrics: off (set metrics_port)\n"),
     }
+    render_access(&mut out, &s.access);
     let c = &s.connections;
     out.push_str(&format!(
         "daemons connected: {} (limit {})\n",
@@ -677,6 +705,7 @@ mod tests {
                 api_url: "https://api.cloudflare.com/client/v4".into(),
                 records: Vec::new(),
             },
+            access: AccessInfo::default(),
         }
     }
 

@@ -674,6 +674,67 @@ async fn unencodable_frame<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
     Ok(())
 }
 
+/// Registrations from one address are throttled: past the per-minute limit the daemon is
+/// refused with a message that says why and when to try again, and it gets no name.
+async fn registration_throttle<RR: Runtime, DR: Runtime>(
+    relay_rt: RR,
+    rt: DR,
+) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let mut settings = test_settings();
+    settings.limits.max_registrations_per_ip_per_minute = 2;
+    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let mut admitted = Vec::new();
+    for _ in 0..2 {
+        let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
+        wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+            daemon.is_registered()
+        })
+        .await?;
+        admitted.push(daemon);
+    }
+    let third = start_daemon(&rt, relay_address(&relay, 0), None)?;
+    wait_until(&rt, REGISTER_LIMIT, "the third daemon refused", || {
+        third
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("too many registrations from your address"))
+    })
+    .await?;
+    let error = third.status().last_error.unwrap_or_default();
+    assert!(
+        error.contains("at most 2 a minute") && error.contains("try again in"),
+        "{error}"
+    );
+    assert_eq!(third.status().registrations, 0);
+    // It keeps being refused (its retries only make it worse), and it has no name.
+    rt.sleep(Duration::from_millis(500)).await;
+    assert!(!third.is_registered());
+    expect_unrecognized_name(
+        &rt,
+        relay.https_addr(),
+        &third.node_name,
+        &third.certificate,
+    )
+    .await?;
+    for daemon in &admitted {
+        health_via_relay(
+            &rt,
+            relay.https_addr(),
+            &daemon.node_name,
+            &daemon.certificate,
+        )
+        .await?;
+    }
+    third.client.shutdown().await;
+    for daemon in admitted {
+        daemon.client.shutdown().await;
+    }
+    relay.shutdown().await;
+    Ok(())
+}
+
 macro_rules! on_every_runtime {
     ($scenario:ident) => {
         mod $scenario {
@@ -700,3 +761,4 @@ on_every_runtime!(large_transfer);
 on_every_runtime!(unpinned_relay);
 on_every_runtime!(goodbye);
 on_every_runtime!(unencodable_frame);
+on_every_runtime!(registration_throttle);

@@ -138,6 +138,10 @@ where
             .http1()
             .timer(HyperTimer(rt.clone()))
             .header_read_timeout(settings.header_read_timeout)
+            // A client may stop sending once its request is out (TCP FIN, or a QUIC stream
+            // finish through a relay) and still wait for the answer: its end of input is not
+            // an aborted request.
+            .half_close(true)
             .keep_alive(true);
         builder
             .http2()

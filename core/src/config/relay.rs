@@ -10,6 +10,7 @@ use super::daemon::Secret;
 use super::error::ConfigError;
 use super::tree::{Origin, Table};
 use super::Reader;
+use crate::tunnel::{AccessMode, AccessPolicy, NodeId};
 
 /// A DNS provider the relay writes ACME TXT records with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct RelayLimits {
     pub max_connections_per_node: u32,
     /// QUIC connections from daemons in all (default 10000).
     pub max_daemon_connections: u32,
+    /// Daemon connections from one address (an IPv6 /64 as one) per minute (default 60).
+    pub max_registrations_per_ip_per_minute: u32,
 }
 
 /// `[tunnel]`: the daemon connections' timing, and the certificate their QUIC endpoints present.
@@ -94,6 +97,8 @@ pub struct RelayConfig {
     pub tunnel: TunnelConfig,
     /// Prometheus metrics on `127.0.0.1:<metrics_port>`; off when unset.
     pub metrics_port: Option<u16>,
+    /// `[access]`: who may register.
+    pub access: AccessPolicy,
 }
 
 /// Enabled DNS needs the provider's token and zone; a tunnel certificate needs its key and the
@@ -112,6 +117,23 @@ pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
                 found: "missing".to_owned(),
             });
         }
+    }
+    // An allowlist without a node would admit nobody: surely a mistake.
+    if r.string("access.mode").ok().as_deref() == Some("allowlist")
+        && r.list("access.allowed_nodes")
+            .map_or(true, |l| l.is_empty())
+    {
+        let origin = r
+            .leaf("access.mode")
+            .map_or(Origin::Default, |l| l.origin.clone());
+        return Err(ConfigError::InvalidValue {
+            key: "access.allowed_nodes".to_owned(),
+            origin,
+            expected:
+                "at least one node id when access.mode is allowlist (each daemon's `gate id`)"
+                    .to_owned(),
+            found: "an empty list".to_owned(),
+        });
     }
     if !r.bool("dns.enabled").unwrap_or(false) {
         return Ok(());
@@ -176,6 +198,8 @@ impl RelayConfig {
                 max_connections_per_ip: r.int("limits.max_connections_per_ip")?,
                 max_connections_per_node: r.int("limits.max_connections_per_node")?,
                 max_daemon_connections: r.int("limits.max_daemon_connections")?,
+                max_registrations_per_ip_per_minute: r
+                    .int("limits.max_registrations_per_ip_per_minute")?,
             },
             tunnel: TunnelConfig {
                 heartbeat_interval: Duration::from_millis(r.int("tunnel.heartbeat_interval_ms")?),
@@ -186,6 +210,14 @@ impl RelayConfig {
                 key_file: r.opt_string("tunnel.key_file")?,
             },
             metrics_port: r.opt_int("metrics_port")?,
+            access: AccessPolicy {
+                mode: AccessMode::parse(&r.string("access.mode")?).unwrap_or_default(),
+                allowed_nodes: r
+                    .list("access.allowed_nodes")?
+                    .iter()
+                    .filter_map(|id| NodeId::parse(id).ok())
+                    .collect(),
+            },
         })
     }
 }

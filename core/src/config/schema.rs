@@ -138,6 +138,10 @@ pub enum StrCheck {
     ModelName,
     /// A routing strategy: `ordered`, `weighted` or `least_latency`.
     RouteStrategy,
+    /// A node id: 52 characters of lower-case base32 (`gate id` prints it).
+    NodeId,
+    /// A relay access mode: `open` or `allowlist`.
+    AccessMode,
 }
 
 /// Provider names an upstream may use.
@@ -183,6 +187,8 @@ impl StrCheck {
             }
             StrCheck::ModelName => "a model name without spaces",
             StrCheck::RouteStrategy => "one of ordered, weighted, least_latency",
+            StrCheck::NodeId => "a node id (52 characters of a-z and 2-7, as `gate id` prints it)",
+            StrCheck::AccessMode => "open or allowlist",
         }
     }
 
@@ -209,6 +215,8 @@ impl StrCheck {
                     && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             }
             StrCheck::RouteStrategy => crate::route::RouteStrategy::from_name(s).is_some(),
+            StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
+            StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
         }
     }
 }
@@ -786,7 +794,7 @@ static DNS_FIELDS: [Field; 3] = [
     field("cloudflare", Kind::Table(&CLOUDFLARE_FIELDS), None),
 ];
 
-static LIMITS_FIELDS: [Field; 5] = [
+static LIMITS_FIELDS: [Field; 6] = [
     field(
         "handshake_timeout_ms",
         Kind::Integer {
@@ -827,6 +835,15 @@ static LIMITS_FIELDS: [Field; 5] = [
         },
         Some(DefaultValue::Integer(10_000)),
     ),
+    // Daemon connections from one address (an IPv6 /64 counting as one) per minute.
+    field(
+        "max_registrations_per_ip_per_minute",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000,
+        },
+        Some(DefaultValue::Integer(60)),
+    ),
 ];
 
 static TUNNEL_FIELDS: [Field; 4] = [
@@ -850,7 +867,22 @@ static TUNNEL_FIELDS: [Field; 4] = [
     field("key_file", Kind::String(StrCheck::NonEmpty), None),
 ];
 
-static RELAY_FIELDS: [Field; 10] = [
+// Who may register (issue 13). Registration tokens are not implemented: `mode` takes only
+// `open` and `allowlist`.
+static ACCESS_FIELDS: [Field; 2] = [
+    field(
+        "mode",
+        Kind::String(StrCheck::AccessMode),
+        Some(DefaultValue::Str("open")),
+    ),
+    field(
+        "allowed_nodes",
+        Kind::List(StrCheck::NodeId),
+        Some(DefaultValue::List(&[])),
+    ),
+];
+
+static RELAY_FIELDS: [Field; 11] = [
     field("https_port", PORT, Some(DefaultValue::Integer(443))),
     field("p2p_port", PORT, Some(DefaultValue::Integer(31145))),
     field(
@@ -877,6 +909,7 @@ static RELAY_FIELDS: [Field; 10] = [
     field("dns", Kind::Table(&DNS_FIELDS), None),
     field("limits", Kind::Table(&LIMITS_FIELDS), None),
     field("tunnel", Kind::Table(&TUNNEL_FIELDS), None),
+    field("access", Kind::Table(&ACCESS_FIELDS), None),
 ];
 
 /// The relay (`gate-relay`) schema. Environment prefix `RELAY`.

@@ -94,11 +94,16 @@
 //! unless configured) from the 4 prefix bytes alone, before buffering or allocating for the
 //! frame. Decoding never panics; every malformed input is a [`FrameError`].
 
+pub mod access;
 pub mod daemon;
 pub mod frame;
 pub mod names;
 pub mod relay;
 
+pub use access::{
+    address_bucket, throttle_message, AccessMode, AccessPolicy, RegistrationThrottle, Throttle,
+    MAX_THROTTLED_ADDRESSES, REGISTRATION_WINDOW,
+};
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
     DisconnectReason, RegisteredNames,

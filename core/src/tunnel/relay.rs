@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::access::AccessPolicy;
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame,
     Frame, FrameError, Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION,
@@ -55,6 +56,8 @@ pub struct RelayConfig {
     /// The relay's public HTTPS port, announced in [`Registered::https_port`] to daemons that
     /// speak protocol version 2 or later (default `None`: not announced; daemons assume 443).
     pub https_port: Option<u16>,
+    /// Who may register (default open).
+    pub access: AccessPolicy,
 }
 
 impl Default for RelayConfig {
@@ -66,6 +69,7 @@ impl Default for RelayConfig {
             acme_record_lifetime: Duration::from_secs(600),
             max_acme_records: 8,
             https_port: None,
+            access: AccessPolicy::default(),
         }
     }
 }
@@ -184,6 +188,9 @@ pub struct RelaySession {
     acme_records: BTreeMap<String, Instant>,
     /// Requests handed to the DNS provider and not yet completed.
     pending_acme: BTreeMap<u64, String>,
+    /// Set by the relay before the registration arrives (e.g. too many registrations from
+    /// the daemon's address): the `Register` is refused with this reason.
+    refusal: Option<String>,
 }
 
 impl RelaySession {
@@ -199,7 +206,15 @@ impl RelaySession {
             events: VecDeque::new(),
             acme_records: BTreeMap::new(),
             pending_acme: BTreeMap::new(),
+            refusal: None,
         }
+    }
+
+    /// The registration will be refused with `reason` (sent in the `Refused` frame), before
+    /// any name is touched. For decisions made outside the session, such as the relay's
+    /// per-address registration throttle.
+    pub fn refuse_registration(&mut self, reason: String) {
+        self.refusal = Some(reason);
     }
 
     /// The daemon's node id.
@@ -369,6 +384,18 @@ impl RelaySession {
         if register.protocol_version == 0 {
             let reason =
                 format!("unsupported protocol version 0; this relay speaks 1..={PROTOCOL_VERSION}");
+            self.events.push_back(RelayEvent::Transmit(Frame::Refused {
+                reason: reason.clone(),
+            }));
+            self.close(now_unix_secs, names, CloseReason::Refused(reason));
+            return;
+        }
+        // Before any name is claimed or touched: a refused daemon leaves nothing behind.
+        let verdict = match self.refusal.take() {
+            Some(reason) => Err(reason),
+            None => self.config.access.admit(&self.node_id),
+        };
+        if let Err(reason) = verdict {
             self.events.push_back(RelayEvent::Transmit(Frame::Refused {
                 reason: reason.clone(),
             }));

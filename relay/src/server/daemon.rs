@@ -26,6 +26,21 @@ pub(super) async fn accept_daemons<R: Runtime>(
             Either::Left(()) | Either::Right(None) => break,
             Either::Right(Some(incoming)) => incoming,
         };
+        let remote = incoming.remote_address();
+        let per_minute = shared.settings.limits.max_registrations_per_ip_per_minute;
+        let throttled = lock(&shared.registrations).attempt(remote.ip(), Instant::now());
+        let refusal = match throttled {
+            Throttle::Admit => None,
+            Throttle::Refuse { retry_after } => {
+                tracing::info!(%remote, "too many registrations from this address; refusing the registration");
+                Some(throttle_message(per_minute, retry_after))
+            }
+            Throttle::Drop => {
+                tracing::debug!(%remote, "far too many registrations from this address; dropping the connection");
+                incoming.refuse();
+                continue;
+            }
+        };
         let Some(slot) = shared.take_daemon_slot() else {
             tracing::warn!(
                 "daemon connection limit reached; refusing {}",
@@ -39,6 +54,7 @@ pub(super) async fn accept_daemons<R: Runtime>(
             shared.clone(),
             dns.clone(),
             incoming,
+            refusal,
             slot,
             running.clone(),
         ));
@@ -73,11 +89,16 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a closing daemon connection waits for its last control frames to be
+/// acknowledged.
+const FLUSH_BEFORE_CLOSE: Duration = Duration::from_secs(1);
+
 pub(super) async fn serve_daemon<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
     dns: AcmeRecords<R>,
     incoming: quinn::Incoming,
+    refusal: Option<String>,
     _slot: DaemonSlot,
     _running: async_channel::Sender<()>,
 ) {
@@ -107,6 +128,9 @@ pub(super) async fn serve_daemon<R: Runtime>(
     };
     tracing::debug!(%remote, node = %node_id, "daemon connected");
     let id = shared.add_session(node_id.clone(), connection.clone());
+    if let Some(reason) = refusal {
+        shared.with_session(id, |session, _| session.refuse_registration(reason));
+    }
     let owner = node_id.to_string();
     let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, &connection).await;
     if shared.remove_session(id) && dns.enabled() {
@@ -156,6 +180,9 @@ pub(super) async fn drive_daemon<R: Runtime>(
     driver::drive(rt, &mut end, &mut control).await;
     if let Some(stream) = control.as_mut() {
         stream.finish();
+        // The last frames (a `Refused` saying why, an `Error`) reach the daemon before the
+        // caller closes the connection, which would discard them; bounded.
+        let _ = gate_rt::timeout(rt, FLUSH_BEFORE_CLOSE, stream.flushed()).await;
     }
     end.outcome
         .unwrap_or_else(|| DaemonOutcome::Closed("the control stream ended".to_owned()))

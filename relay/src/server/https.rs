@@ -158,9 +158,11 @@ pub(super) async fn serve_https<R: Runtime>(
     let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
+            // The connection is closed: the daemon is gone, and so are its names.
             metrics.daemon_unreachable.inc();
             tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
-            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            shared.forget_session(route.session, "a stream could not be opened");
+            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
             return;
         }
         Err(gate_rt::Elapsed) => {
@@ -179,9 +181,48 @@ pub(super) async fn serve_https<R: Runtime>(
     drop(hello);
     if send.write_chunk(bytes::Bytes::from(head)).await.is_err() {
         metrics.daemon_unreachable.inc();
-        refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+        shared.forget_session(route.session, "a stream could not be written");
+        refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
         return;
     }
+    let mut recv = recv;
+    // Until the daemon's first bytes (its ServerHello or alert) arrive, the client has been
+    // sent nothing, so a daemon that turns out to be gone (killed: its tunnel dies of the
+    // QUIC idle timeout, a few seconds) or that refuses the stream can still be answered
+    // with a TLS alert instead of a hang and an EOF.
+    let answer = gate_rt::timeout(
+        &rt,
+        deadline,
+        race(route.connection.closed(), recv.read_chunk(usize::MAX, true)),
+    )
+    .await;
+    let first = match answer {
+        Ok(Either::Right(Ok(Some(chunk)))) => chunk.bytes,
+        Ok(Either::Left(_)) | Ok(Either::Right(Err(quinn::ReadError::ConnectionLost(_)))) => {
+            metrics.daemon_unreachable.inc();
+            tracing::debug!(%peer, name = %server_name, "the daemon's connection closed before it answered");
+            shared.forget_session(route.session, "the connection closed");
+            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
+            return;
+        }
+        Ok(Either::Right(Ok(None))) | Ok(Either::Right(Err(_))) => {
+            // Refused by the daemon (at its connection cap, stopping): the stream was reset
+            // or finished empty.
+            metrics.daemon_unreachable.inc();
+            tracing::debug!(%peer, name = %server_name, "the daemon refused the connection");
+            let _ = send.reset(0u32.into());
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+        Err(gate_rt::Elapsed) => {
+            metrics.daemon_unreachable.inc();
+            tracing::debug!(%peer, name = %server_name, "the daemon did not answer the ClientHello in time");
+            let _ = send.reset(0u32.into());
+            let _ = recv.stop(0u32.into());
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
+    };
     metrics.forwarded.inc();
     tracing::debug!(%peer, name = %server_name, "forwarding");
     // The forwarding is a task of its own and this one ends: an open forwarded connection
@@ -195,7 +236,7 @@ pub(super) async fn serve_https<R: Runtime>(
         server_name,
         _slots: (slot, node_slot),
     };
-    rt.spawn(forwarding.run(stream, send, recv));
+    rt.spawn(forwarding.run(stream, send, recv, first));
 }
 
 /// What one forwarded connection keeps while it is open.
@@ -213,9 +254,10 @@ impl Forwarding {
         mut stream: S,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
+        first: bytes::Bytes,
     ) {
         let metrics = &self.shared.metrics;
-        match crate::forward::forward(&mut stream, &mut send, &mut recv).await {
+        match crate::forward::forward(&mut stream, &mut send, &mut recv, first).await {
             Ok(copied) => {
                 metrics.bytes_to_daemons.inc_by(copied.to_daemon);
                 metrics.bytes_to_clients.inc_by(copied.to_client);

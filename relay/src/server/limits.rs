@@ -53,7 +53,10 @@ impl Drop for DaemonSlot {
 }
 
 impl Shared {
+    /// A place for one HTTPS connection from `ip`, counted per [`address_bucket`](gate_core::tunnel::address_bucket) (an IPv6
+    /// /64 is one address: its holder can use every address in it).
     pub(super) fn take_https_slot(self: &Arc<Self>, ip: IpAddr) -> Option<HttpsSlot> {
+        let ip = gate_core::tunnel::address_bucket(ip);
         let limits = &self.settings.limits;
         let mut per_ip = lock(&self.https_per_ip);
         let from_ip = per_ip.get(&ip).copied().unwrap_or(0);

@@ -32,8 +32,9 @@ use std::time::{Duration, Instant};
 
 use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
-    CloseReason, EncodeError, Frame, FrameError, NameTableConfig, NameTableSnapshot, NodeId,
-    RelayConfig, RelayEvent, RelayNameTable, RelaySession,
+    throttle_message, CloseReason, EncodeError, Frame, FrameError, NameTableConfig,
+    NameTableSnapshot, NodeId, RegistrationThrottle, RelayConfig, RelayEvent, RelayNameTable,
+    RelaySession, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::Runtime;
@@ -115,6 +116,8 @@ struct Shared {
     https_per_ip: Mutex<HashMap<IpAddr, usize>>,
     https_total: AtomicUsize,
     daemon_connections: AtomicUsize,
+    /// Daemon connections per source address per minute.
+    registrations: Mutex<RegistrationThrottle>,
     metrics: Metrics,
     shutdown: Shutdown,
     /// Signalled when a daemon comes or goes, so the status snapshot is rewritten soon.
@@ -300,6 +303,7 @@ pub async fn start<R: Runtime>(
         registration_timeout: Duration::from_millis(tunnel.registration_timeout_ms.max(100)),
         // Daemons render their public URLs with it (`https://<name>:<port>/` unless 443).
         https_port: Some(https_addr.port()),
+        access: settings.access.clone(),
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
@@ -320,6 +324,7 @@ pub async fn start<R: Runtime>(
         }
     }
     let (status_changed, status_changes) = async_channel::bounded::<()>(1);
+    let registrations_per_minute = settings.limits.max_registrations_per_ip_per_minute;
     let shared = Arc::new(Shared {
         settings,
         session_config,
@@ -335,6 +340,7 @@ pub async fn start<R: Runtime>(
         https_per_ip: Mutex::new(HashMap::new()),
         https_total: AtomicUsize::new(0),
         daemon_connections: AtomicUsize::new(0),
+        registrations: Mutex::new(RegistrationThrottle::new(registrations_per_minute)),
         metrics: Metrics::default(),
         shutdown: Shutdown::new(),
         status_changed,
@@ -403,6 +409,19 @@ pub async fn start<R: Runtime>(
         runtime = R::NAME,
         "relay listening"
     );
+    let access = &shared.settings.access;
+    match access.mode {
+        gate_core::tunnel::AccessMode::Open => tracing::warn!(
+            "access.mode = \"open\": any daemon may register and get a name under {} \
+             (and, with dns.enabled, ACME records through this relay's DNS token); \
+             set access.mode = \"allowlist\" and access.allowed_nodes to close it",
+            shared.settings.domain_suffix
+        ),
+        gate_core::tunnel::AccessMode::Allowlist => tracing::info!(
+            allowed_nodes = access.allowed_nodes.len(),
+            "access.mode = \"allowlist\": only the listed daemons may register"
+        ),
+    }
     Ok(RunningRelay {
         rt,
         shared,

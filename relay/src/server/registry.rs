@@ -30,6 +30,8 @@ pub(super) struct Core {
 pub(super) struct Route {
     pub(super) header: Frame,
     pub(super) connection: quinn::Connection,
+    /// The daemon connection's session id (to forget it when it turns out to be gone).
+    pub(super) session: u64,
     pub(super) _slot: NodeSlot,
 }
 
@@ -51,15 +53,20 @@ impl Shared {
         let node_id = core.names.lookup(server_name).ok_or(RouteError::Unknown)?;
         let candidates = core.by_node.get(&node_id).ok_or(RouteError::Unknown)?;
         // The newest registered connection of that daemon wins.
+        // A connection quinn already knows to be closed (idle timeout, reset) is skipped even
+        // before its task has removed it.
         let found = candidates.iter().rev().find_map(|id| {
             let entry = core.sessions.get(id)?;
+            if entry.connection.close_reason().is_some() {
+                return None;
+            }
             let header = entry
                 .session
                 .stream_header(&core.names, client, server_name)
                 .ok()?;
-            Some((header, entry.connection.clone()))
+            Some((header, entry.connection.clone(), *id))
         });
-        let (header, connection) = found.ok_or(RouteError::Unknown)?;
+        let (header, connection, session) = found.ok_or(RouteError::Unknown)?;
         let open = core.forwarded_per_node.entry(node_id.clone()).or_insert(0);
         if *open >= self.settings.limits.max_connections_per_node {
             return Err(RouteError::NodeFull);
@@ -69,6 +76,7 @@ impl Shared {
         Ok(Route {
             header,
             connection,
+            session,
             _slot: NodeSlot {
                 shared: self.clone(),
                 node_id,
@@ -95,6 +103,29 @@ impl Shared {
         );
         core.by_node.entry(node_id).or_default().insert(id);
         id
+    }
+
+    /// Session `id`'s daemon is gone (a stream could not be opened, or its connection closed
+    /// while a client waited): no client is routed to it from now on, and its connection is
+    /// closed so its task ends and removes it with the usual clean-up ([`Self::remove_session`]).
+    pub(super) fn forget_session(&self, id: u64, why: &'static str) {
+        let connection = {
+            let mut core = lock(&self.core);
+            let core = &mut *core;
+            let Some(entry) = core.sessions.get(&id) else {
+                return;
+            };
+            let node_id = entry.session.node_id().clone();
+            let connection = entry.connection.clone();
+            if let Some(ids) = core.by_node.get_mut(&node_id) {
+                ids.remove(&id);
+                if ids.is_empty() {
+                    core.by_node.remove(&node_id);
+                }
+            }
+            connection
+        };
+        connection.close(0u32.into(), why.as_bytes());
     }
 
     /// Removes session `id`; returns whether it was its node's last connection.

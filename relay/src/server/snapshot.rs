@@ -108,6 +108,15 @@ impl Shared {
                 api_url: cloudflare.api_url.clone(),
                 records: dns.record_names(),
             },
+            access: crate::status::AccessInfo {
+                mode: settings.access.mode.as_str().to_owned(),
+                allowed_nodes: settings
+                    .access
+                    .allowed_nodes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            },
         }
     }
 }

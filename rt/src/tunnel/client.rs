@@ -687,18 +687,19 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                     .iter()
                     .map(|n| task.public_url(n, names.https_port))
                     .collect();
-                tracing::info!(relay = %task.address, urls = ?urls, "registered with the relay");
-                if let Some(refusal) = &names.custom_name_refusal {
-                    tracing::warn!(relay = %task.address, "{refusal}");
-                }
+                // The status first: what the log says is already visible to the daemon.
                 task.update(|status| {
                     status.state = RelayConnectionState::Registered;
                     status.names = granted;
-                    status.public_urls = urls;
+                    status.public_urls = urls.clone();
                     status.custom_name_refusal = names.custom_name_refusal.clone();
                     status.last_error = None;
                     status.registrations += 1;
                 });
+                tracing::info!(relay = %task.address, urls = ?urls, "registered with the relay");
+                if let Some(refusal) = &names.custom_name_refusal {
+                    tracing::warn!(relay = %task.address, "{refusal}");
+                }
             }
             DaemonEvent::Refused { reason } => {
                 tracing::error!(relay = %task.address, "the relay refused the registration: {reason}");

@@ -67,6 +67,13 @@ impl ControlStream {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// After [`Self::finish`]: completes once the peer has acknowledged everything written
+    /// (or stopped the stream, or the connection is gone). Closing the connection before
+    /// that discards what is still unacknowledged, such as a last `Refused` frame.
+    pub async fn flushed(&self) {
+        let _ = self.send.stopped().await;
+    }
 }
 
 /// An output of a session, as the driver sees it.

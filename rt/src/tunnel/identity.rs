@@ -289,6 +289,9 @@ impl Identity {
         // Daemons open only their control stream; the relay opens the forwarded ones.
         transport.max_concurrent_bidi_streams(4u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
+        // The relay probes too: a daemon dead without a word (kill -9, power loss) is noticed
+        // within the idle timeout even if its own keep-alives are rarer (older daemons).
+        transport.keep_alive_interval(Some(TUNNEL_KEEP_ALIVE));
         transport.max_idle_timeout(Some(idle_timeout()));
         config.transport_config(Arc::new(transport));
         Ok(config)
@@ -332,15 +335,27 @@ impl Identity {
         // Every forwarded HTTPS connection is one relay-opened stream.
         transport.max_concurrent_bidi_streams(16_384u32.into());
         transport.max_concurrent_uni_streams(0u32.into());
-        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        transport.keep_alive_interval(Some(TUNNEL_KEEP_ALIVE));
         transport.max_idle_timeout(Some(idle_timeout()));
         config.transport_config(Arc::new(transport));
         Ok(config)
     }
 }
 
+/// Both ends of a tunnel send a keep-alive this often, so each hears from the other at least
+/// twice a second (its pings and the answers to its own).
+pub const TUNNEL_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+/// A tunnel silent this long is dead (quinn closes it; the relay drops the daemon's names
+/// from routing, the daemon reconnects). Short, so a killed daemon's clients get
+/// `unrecognized_name` within seconds instead of a hang; two and a half keep-alive rounds, so
+/// one or two lost packets do not close a healthy tunnel.
+pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_millis(2_500);
+
 fn idle_timeout() -> quinn::IdleTimeout {
-    quinn::IdleTimeout::from(quinn::VarInt::from_u32(30_000))
+    quinn::IdleTimeout::from(quinn::VarInt::from_u32(
+        u32::try_from(TUNNEL_IDLE_TIMEOUT.as_millis()).unwrap_or(u32::MAX),
+    ))
 }
 
 fn provider() -> Arc<CryptoProvider> {
