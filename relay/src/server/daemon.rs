@@ -106,9 +106,13 @@ pub(super) async fn serve_daemon<R: Runtime>(
         return;
     };
     tracing::debug!(%remote, node = %node_id, "daemon connected");
-    let id = shared.add_session(node_id.clone(), connection.clone());
+    let id = shared.add_session(
+        node_id.clone(),
+        DaemonLink::Quic(connection.clone()),
+        remote,
+    );
     let owner = node_id.to_string();
-    let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, &connection).await;
+    let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, Some(&connection), None).await;
     if shared.remove_session(id) && dns.enabled() {
         // The daemon's TXT records go with its last connection.
         rt.spawn(async move { dns.owner_disconnected(&owner).await });
@@ -134,7 +138,8 @@ pub(super) async fn drive_daemon<R: Runtime>(
     dns: &AcmeRecords<R>,
     owner: &str,
     id: u64,
-    connection: &quinn::Connection,
+    connection: Option<&quinn::Connection>,
+    control: Option<ControlStream>,
 ) -> DaemonOutcome {
     // Finished ACME requests come back here; the end keeps a sender, so `recv` never fails.
     // At most MAX_ACME_IN_FLIGHT answers are ever queued.
@@ -152,7 +157,7 @@ pub(super) async fn drive_daemon<R: Runtime>(
         lost: None,
         outcome: None,
     };
-    let mut control = None;
+    let mut control = control;
     driver::drive(rt, &mut end, &mut control).await;
     if let Some(stream) = control.as_mut() {
         stream.finish();
@@ -176,7 +181,9 @@ pub(super) struct RelayEnd<'a, R: Runtime> {
     pub(super) dns: &'a AcmeRecords<R>,
     pub(super) owner: &'a str,
     pub(super) id: u64,
-    pub(super) connection: &'a quinn::Connection,
+    /// The QUIC connection the control stream is accepted on; `None` for a tunnel over TCP,
+    /// whose control stream exists from the start.
+    pub(super) connection: Option<&'a quinn::Connection>,
     pub(super) acme_done: async_channel::Sender<AcmeAnswer>,
     pub(super) acme_answers: async_channel::Receiver<AcmeAnswer>,
     pub(super) acme_in_flight: Arc<AtomicUsize>,
@@ -277,10 +284,12 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
             }
         };
         let opened = async move {
-            if has_control {
-                std::future::pending::<()>().await;
+            match self.connection {
+                Some(connection) if !has_control => {
+                    DaemonInput::ControlOpened(connection.accept_bi().await)
+                }
+                _ => std::future::pending().await,
             }
-            DaemonInput::ControlOpened(self.connection.accept_bi().await)
         };
         futures_lite::future::or(shutdown, futures_lite::future::or(acme, opened))
     }

@@ -115,8 +115,15 @@ pub(super) async fn serve_https<R: Runtime>(
     let metrics = &shared.metrics;
     let mut hello = Vec::with_capacity(2048);
     let deadline = shared.settings.limits.handshake_timeout();
+    let read = gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await;
+    if matches!(read, Ok(Ok(_))) && is_tunnel_hello(&hello) {
+        // A daemon's tunnel over TCP (UDP blocked on its side): the `tcp` module serves it.
+        let handoff: TunnelHandoff = (Box::new(stream), hello, peer, slot);
+        let _ = shared.tcp_daemons.send(handoff).await;
+        return;
+    }
     let server_name =
-        match gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await {
+        match read {
             Ok(Ok(Some(name))) => name,
             Ok(Ok(None)) => {
                 metrics.no_sni.inc();
@@ -155,7 +162,16 @@ pub(super) async fn serve_https<R: Runtime>(
             return;
         }
     };
-    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
+    let connection = match &route.connection {
+        DaemonLink::Quic(connection) => connection.clone(),
+        DaemonLink::Tcp(opener) => {
+            let opener = opener.clone();
+            forward_over_tcp(rt, shared, stream, peer, server_name, hello, route, slot, opener)
+                .await;
+            return;
+        }
+    };
+    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
             metrics.daemon_unreachable.inc();

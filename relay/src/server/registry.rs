@@ -9,8 +9,9 @@ use super::*;
 /// One daemon connection known to the relay.
 pub(super) struct DaemonEntry {
     pub(super) session: RelaySession,
-    pub(super) connection: quinn::Connection,
-    /// Its UDP address, and when it connected (Unix seconds), for `gate-relay status`.
+    pub(super) connection: DaemonLink,
+    /// Its address (UDP, or TCP for a tunnel over TCP), and when it connected (Unix seconds),
+    /// for `gate-relay status`.
     pub(super) remote: SocketAddr,
     pub(super) connected_at: u64,
     /// Counted in `daemons_registered`.
@@ -26,10 +27,27 @@ pub(super) struct Core {
     pub(super) next_session_id: u64,
 }
 
+/// A daemon connection, over either transport: streams to the daemon are opened on it.
+#[derive(Clone)]
+pub(super) enum DaemonLink {
+    Quic(quinn::Connection),
+    Tcp(TcpOpener),
+}
+
+impl DaemonLink {
+    /// `quic` or `tcp`, for `gate-relay status`.
+    pub(super) fn transport(&self) -> &'static str {
+        match self {
+            Self::Quic(_) => "quic",
+            Self::Tcp(_) => "tcp",
+        }
+    }
+}
+
 /// Where a forwarded connection goes.
 pub(super) struct Route {
     pub(super) header: Frame,
-    pub(super) connection: quinn::Connection,
+    pub(super) connection: DaemonLink,
     pub(super) _slot: NodeSlot,
 }
 
@@ -76,8 +94,12 @@ impl Shared {
         })
     }
 
-    pub(super) fn add_session(&self, node_id: NodeId, connection: quinn::Connection) -> u64 {
-        let remote = connection.remote_address();
+    pub(super) fn add_session(
+        &self,
+        node_id: NodeId,
+        connection: DaemonLink,
+        remote: SocketAddr,
+    ) -> u64 {
         let mut core = lock(&self.core);
         let id = core.next_session_id;
         core.next_session_id += 1;
