@@ -469,6 +469,8 @@ impl<R: Runtime> RelayTask<R> {
             acme_replies: HashMap::new(),
             leave_requested: false,
             left: Some(left),
+            probe_stop: None,
+            quic_works: async_channel::bounded(1),
         };
         let mut control = None;
         driver::drive(&self.rt, &mut end, &mut control).await;
@@ -553,26 +555,46 @@ impl<R: Runtime> RelayTask<R> {
             }
         }
     }
+}
 
-    /// Whether a QUIC handshake with the relay completes now (the background probe while on
-    /// TCP); the probe connection is closed at once.
-    async fn probe_quic(&self) -> bool {
-        let probe = async {
-            let addr = self.resolve(self.address.port).await?;
-            let connection = self
-                .endpoint
-                .connect_with(self.client_config.clone(), addr, &self.address.host)
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
-            connection.close(0u32.into(), b"probe");
-            Ok::<(), String>(())
-        };
-        matches!(
-            crate::timeout(&self.rt, QUIC_FALLBACK_AFTER, probe).await,
-            Ok(Ok(()))
-        )
-    }
+/// While the tunnel runs over TCP in [`TransportPolicy::Auto`]: tries a QUIC handshake with
+/// the relay now and then (waits from [`QUIC_PROBE_FIRST`] doubling to [`QUIC_PROBE_CAP`]);
+/// the probe connections are closed at once. Sends on `works` when one completes; ends then,
+/// or when `stop` fires.
+async fn probe_quic<R: Runtime>(
+    rt: R,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    host: String,
+    stop: Shutdown,
+    works: async_channel::Sender<()>,
+) {
+    let probes = async {
+        let mut wait = QUIC_PROBE_FIRST;
+        loop {
+            rt.sleep(wait).await;
+            let attempt = async {
+                let connection = endpoint
+                    .connect_with(client_config.clone(), addr, &host)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                connection.close(0u32.into(), b"probe");
+                Ok::<(), String>(())
+            };
+            match crate::timeout(&rt, QUIC_FALLBACK_AFTER, attempt).await {
+                Ok(Ok(())) => {
+                    let _ = works.try_send(());
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, "QUIC probe failed: {e}"),
+                Err(crate::Elapsed) => tracing::debug!(%addr, "QUIC probe timed out"),
+            }
+            wait = (wait * 2).min(QUIC_PROBE_CAP);
+        }
+    };
+    let _ = race(stop.wait(), probes).await;
 }
 
 fn session_connect_timeout(session: &DaemonSession) -> Duration {
@@ -677,6 +699,8 @@ enum DaemonInput {
     Leave,
     /// An ACME record request.
     Command(AcmeCommand),
+    /// The background probe completed a QUIC handshake while the tunnel runs over TCP.
+    QuicWorks,
 }
 
 /// One relay task's end of the control-stream driver: its [`DaemonSession`], the live
@@ -685,6 +709,10 @@ struct DaemonEnd<'a, R: Runtime> {
     task: &'a RelayTask<R>,
     session: DaemonSession,
     live: Option<Live>,
+    /// Stops the background QUIC probe of the current TCP tunnel.
+    probe_stop: Option<Shutdown>,
+    /// The probe's "QUIC works" (the end keeps a sender, so `recv` never fails).
+    quic_works: (async_channel::Sender<()>, async_channel::Receiver<()>),
     acme_replies: HashMap<u64, AcmeReply>,
     leave_requested: bool,
     /// Dropped when this relay's goodbye is over; [`RelayClient::leave`] waits for every one.
@@ -702,6 +730,55 @@ impl<R: Runtime> DaemonEnd<'_, R> {
         }
         if let Some(old) = self.live.take() {
             old.link.close(why);
+        }
+        self.stop_probe();
+    }
+
+    fn stop_probe(&mut self) {
+        if let Some(stop) = self.probe_stop.take() {
+            stop.trigger();
+        }
+        // A "QUIC works" from a probe of an earlier tunnel is stale.
+        let _ = self.quic_works.1.try_recv();
+    }
+
+    /// Starts the background QUIC probe for a TCP tunnel the auto policy fell back to.
+    fn start_probe(&mut self, addr: std::net::SocketAddr) {
+        self.stop_probe();
+        let stop = Shutdown::new();
+        let task = self.task;
+        task.rt.spawn(probe_quic(
+            task.rt.clone(),
+            task.endpoint.clone(),
+            task.client_config.clone(),
+            addr,
+            task.address.host.clone(),
+            stop.clone(),
+            self.quic_works.0.clone(),
+        ));
+        self.probe_stop = Some(stop);
+    }
+
+    /// QUIC works again: the TCP tunnel's control stream is finished (the relay drops the
+    /// session and closes the connection once the forwarded streams still on it have ended;
+    /// they keep running), and the session reconnects, QUIC first.
+    fn move_to_quic(&mut self, now: Instant, control: &mut Option<ControlStream>) {
+        let on_tcp = matches!(
+            self.live.as_ref().map(|live| &live.link),
+            Some(Link::Tcp(_))
+        );
+        if !on_tcp {
+            return;
+        }
+        tracing::info!(relay = %self.task.address, "QUIC works again; moving the tunnel back from TCP");
+        if let Some(mut stream) = control.take() {
+            stream.finish();
+        }
+        self.stop_probe();
+        // Not closed: its open streams finish on their own.
+        if let Some(live) = self.live.take() {
+            self.session
+                .handle_connection_lost(live.attempt, now, "moving back to QUIC".to_owned());
         }
     }
 
@@ -740,6 +817,12 @@ impl<R: Runtime> DaemonEnd<'_, R> {
                 let transport = link.transport();
                 tracing::debug!(relay = %task.address, %transport, "connected");
                 task.update(|status| status.transport = Some(transport));
+                if transport == Transport::Tcp && task.transport == TransportPolicy::Auto {
+                    match task.resolve(task.address.port).await {
+                        Ok(addr) => self.start_probe(addr),
+                        Err(e) => tracing::debug!("no QUIC probe: {e}"),
+                    }
+                }
                 self.live = Some(Live { attempt, link });
                 *control = Some(stream);
                 self.session.handle_connected(attempt, now);
@@ -822,7 +905,14 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                 Err(_) => std::future::pending().await,
             }
         };
-        futures_lite::future::or(shutdown, futures_lite::future::or(leave, command))
+        let quic_works = async {
+            let _ = self.quic_works.1.recv().await;
+            DaemonInput::QuicWorks
+        };
+        futures_lite::future::or(
+            shutdown,
+            futures_lite::future::or(leave, futures_lite::future::or(command, quic_works)),
+        )
     }
 
     fn handle_input(
@@ -841,6 +931,12 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                     status.public_urls.clear();
                 });
                 Flow::Stop
+            }
+            DaemonInput::QuicWorks => {
+                if !self.leave_requested {
+                    self.move_to_quic(now, control);
+                }
+                Flow::Continue
             }
             DaemonInput::Leave => {
                 self.leave_requested = true;
@@ -933,6 +1029,7 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                     status.names.clear();
                     status.public_urls.clear();
                     status.last_error = Some(reason.to_string());
+                    status.transport = None;
                 });
             }
             DaemonEvent::Left { acknowledged } => {
