@@ -548,7 +548,10 @@ pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
     for relay in status.relay.relays.iter().flatten() {
         match &relay.transport {
             Some(transport) => {
-                println!("  relay {}: {} over {transport}", relay.address, relay.state)
+                println!(
+                    "  relay {}: {} over {transport}",
+                    relay.address, relay.state
+                )
             }
             None => println!("  relay {}: {}", relay.address, relay.state),
         }

@@ -135,7 +135,11 @@ impl TlsClient {
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stdout.read(&mut buf) {
-                if n == 0 || tx.send(String::from_utf8_lossy(&buf[..n]).into_owned()).is_err() {
+                if n == 0
+                    || tx
+                        .send(String::from_utf8_lossy(&buf[..n]).into_owned())
+                        .is_err()
+                {
                     break;
                 }
             }
@@ -306,7 +310,12 @@ fn scenario(runtime: &str) {
         || relay_status(&relay_state).contains("registered  over quic"),
         || format!("{}\n{}", relay_status(&relay_state), context()),
     );
-    assert_eq!(curl_health(&ns, &name), "200", "curl over QUIC\n{}", context());
+    assert_eq!(
+        curl_health(&ns, &name),
+        "200",
+        "curl over QUIC\n{}",
+        context()
+    );
     if let Err(e) = long.get_health(&name) {
         panic!(
             "second request on the connection opened over TCP: {e}\n{}",

@@ -40,7 +40,13 @@ async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), 
     })
     .await?;
     assert_eq!(daemon.status().transport, Some(Transport::Tcp));
-    health_via_relay(&rt, relay.https_addr(), &daemon.node_name, &daemon.certificate).await?;
+    health_via_relay(
+        &rt,
+        relay.https_addr(),
+        &daemon.node_name,
+        &daemon.certificate,
+    )
+    .await?;
     assert!(relay.stats().forwarded >= 1, "forwarded through the relay");
     daemon.client.shutdown().await;
     relay.shutdown().await;
@@ -72,10 +78,7 @@ async fn echo_round<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn fallback_and_back<RR: Runtime, DR: Runtime>(
-    relay_rt: RR,
-    rt: DR,
-) -> Result<(), BoxError> {
+async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let relay_identity = Identity::load_or_create(dir.path())?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
@@ -88,12 +91,21 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(
         TransportPolicy::Auto,
         relay.https_addr().port(),
     )?;
-    wait_until(&rt, FALLBACK_DEADLINE, "registered over the TCP fallback", || {
-        daemon.is_registered() && daemon.status().transport == Some(Transport::Tcp)
-    })
+    wait_until(
+        &rt,
+        FALLBACK_DEADLINE,
+        "registered over the TCP fallback",
+        || daemon.is_registered() && daemon.status().transport == Some(Transport::Tcp),
+    )
     .await?;
     eprintln!("registered over TCP after {:.2?}", started.elapsed());
-    health_via_relay(&rt, relay.https_addr(), &daemon.node_name, &daemon.certificate).await?;
+    health_via_relay(
+        &rt,
+        relay.https_addr(),
+        &daemon.node_name,
+        &daemon.certificate,
+    )
+    .await?;
 
     // A long connection through the TCP tunnel, open across the move.
     let tcp = rt.connect_tcp(relay.https_addr()).await?;
@@ -115,7 +127,13 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(
         daemon.status().registrations >= 2,
         "registered again over QUIC"
     );
-    health_via_relay(&rt, relay.https_addr(), &daemon.node_name, &daemon.certificate).await?;
+    health_via_relay(
+        &rt,
+        relay.https_addr(),
+        &daemon.node_name,
+        &daemon.certificate,
+    )
+    .await?;
     // The connection opened over TCP is intact after the move.
     echo_round(&mut long, &vec![0x5a; 256 * 1024]).await?;
     long.shutdown().await?;
@@ -138,10 +156,7 @@ fn auto_falls_back_to_tcp_and_moves_back_smol() {
     smol_smol(fallback_and_back);
 }
 
-async fn quic_only_blocked<RR: Runtime, DR: Runtime>(
-    relay_rt: RR,
-    rt: DR,
-) -> Result<(), BoxError> {
+async fn quic_only_blocked<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let relay_identity = Identity::load_or_create(dir.path())?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;

@@ -122,31 +122,30 @@ pub(super) async fn serve_https<R: Runtime>(
         let _ = shared.tcp_daemons.send(handoff).await;
         return;
     }
-    let server_name =
-        match read {
-            Ok(Ok(Some(name))) => name,
-            Ok(Ok(None)) => {
-                metrics.no_sni.inc();
-                tracing::debug!(%peer, "ClientHello without a server name");
-                refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-                return;
-            }
-            Ok(Err(HelloError::Invalid(e))) => {
-                metrics.invalid_hello.inc();
-                tracing::debug!(%peer, "not a TLS ClientHello: {e}");
-                return;
-            }
-            Ok(Err(HelloError::Closed)) => return,
-            Ok(Err(HelloError::Io(e))) => {
-                tracing::debug!(%peer, "reading the ClientHello failed: {e}");
-                return;
-            }
-            Err(gate_rt::Elapsed) => {
-                metrics.handshake_timeouts.inc();
-                tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
-                return;
-            }
-        };
+    let server_name = match read {
+        Ok(Ok(Some(name))) => name,
+        Ok(Ok(None)) => {
+            metrics.no_sni.inc();
+            tracing::debug!(%peer, "ClientHello without a server name");
+            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
+            return;
+        }
+        Ok(Err(HelloError::Invalid(e))) => {
+            metrics.invalid_hello.inc();
+            tracing::debug!(%peer, "not a TLS ClientHello: {e}");
+            return;
+        }
+        Ok(Err(HelloError::Closed)) => return,
+        Ok(Err(HelloError::Io(e))) => {
+            tracing::debug!(%peer, "reading the ClientHello failed: {e}");
+            return;
+        }
+        Err(gate_rt::Elapsed) => {
+            metrics.handshake_timeouts.inc();
+            tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
+            return;
+        }
+    };
     let route = match shared.route(&server_name, peer) {
         Ok(route) => route,
         Err(RouteError::Unknown) => {
@@ -166,8 +165,18 @@ pub(super) async fn serve_https<R: Runtime>(
         DaemonLink::Quic(connection) => connection.clone(),
         DaemonLink::Tcp(opener) => {
             let opener = opener.clone();
-            forward_over_tcp(rt, shared, stream, peer, server_name, hello, route, slot, opener)
-                .await;
+            forward_over_tcp(
+                rt,
+                shared,
+                stream,
+                peer,
+                server_name,
+                hello,
+                route,
+                slot,
+                opener,
+            )
+            .await;
             return;
         }
     };

@@ -36,11 +36,11 @@ pub(super) async fn accept_tcp_daemons<R: Runtime>(
     running: async_channel::Sender<()>,
 ) {
     loop {
-        let (stream, hello, peer, slot) =
-            match race(shared.shutdown.wait(), handoffs.recv()).await {
-                Either::Left(()) | Either::Right(Err(_)) => break,
-                Either::Right(Ok(handoff)) => handoff,
-            };
+        let (stream, hello, peer, slot) = match race(shared.shutdown.wait(), handoffs.recv()).await
+        {
+            Either::Left(()) | Either::Right(Err(_)) => break,
+            Either::Right(Ok(handoff)) => handoff,
+        };
         rt.spawn(serve_tcp_daemon(
             rt.clone(),
             shared.clone(),
@@ -75,19 +75,18 @@ async fn serve_tcp_daemon<R: Runtime>(
     };
     let deadline = shared.settings.limits.handshake_timeout();
     let acceptor = tokio_rustls::TlsAcceptor::from(shared.tcp_tls.clone());
-    let tls = match gate_rt::timeout(&rt, deadline, acceptor.accept(Replay::new(hello, stream)))
-        .await
-    {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, "daemon TLS handshake over TCP failed: {e}");
-            return;
-        }
-        Err(gate_rt::Elapsed) => {
-            tracing::debug!(%peer, "daemon TLS handshake over TCP timed out");
-            return;
-        }
-    };
+    let tls =
+        match gate_rt::timeout(&rt, deadline, acceptor.accept(Replay::new(hello, stream))).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "daemon TLS handshake over TCP failed: {e}");
+                return;
+            }
+            Err(gate_rt::Elapsed) => {
+                tracing::debug!(%peer, "daemon TLS handshake over TCP timed out");
+                return;
+            }
+        };
     let node_id = tls
         .get_ref()
         .1

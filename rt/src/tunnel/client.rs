@@ -535,8 +535,14 @@ impl<R: Runtime> RelayTask<R> {
             result.unwrap_or_else(|crate::Elapsed| Err(format!("{what} timed out")))
         };
         match self.transport {
-            TransportPolicy::Quic => timed("QUIC", crate::timeout(&self.rt, limit, self.connect_quic()).await),
-            TransportPolicy::Tcp => timed("TCP", crate::timeout(&self.rt, limit, self.connect_tcp()).await),
+            TransportPolicy::Quic => timed(
+                "QUIC",
+                crate::timeout(&self.rt, limit, self.connect_quic()).await,
+            ),
+            TransportPolicy::Tcp => timed(
+                "TCP",
+                crate::timeout(&self.rt, limit, self.connect_tcp()).await,
+            ),
             TransportPolicy::Auto => {
                 let started = Instant::now();
                 let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
@@ -549,9 +555,14 @@ impl<R: Runtime> RelayTask<R> {
                     Err(e) => e,
                 };
                 tracing::info!(relay = %self.address, "QUIC failed ({quic_error}); trying TLS over TCP on port {}", self.tcp_port);
-                let rest = limit.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-                timed("TCP", crate::timeout(&self.rt, rest, self.connect_tcp()).await)
-                    .map_err(|tcp_error| format!("QUIC: {quic_error}; TCP: {tcp_error}"))
+                let rest = limit
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1));
+                timed(
+                    "TCP",
+                    crate::timeout(&self.rt, rest, self.connect_tcp()).await,
+                )
+                .map_err(|tcp_error| format!("QUIC: {quic_error}; TCP: {tcp_error}"))
             }
         }
     }
@@ -634,9 +645,7 @@ async fn accept_tcp_streams<R: Runtime>(
         let task_rt = rt.clone();
         rt.spawn(async move {
             match crate::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_tcp_header(stream)).await {
-                Ok(Ok((header, stream, rest))) => {
-                    handler(header, TunnelStream::tcp(stream, rest))
-                }
+                Ok(Ok((header, stream, rest))) => handler(header, TunnelStream::tcp(stream, rest)),
                 Ok(Err(e)) => tracing::debug!("dropping a forwarded stream: {e}"),
                 Err(crate::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
             }
@@ -777,8 +786,11 @@ impl<R: Runtime> DaemonEnd<'_, R> {
         self.stop_probe();
         // Not closed: its open streams finish on their own.
         if let Some(live) = self.live.take() {
-            self.session
-                .handle_connection_lost(live.attempt, now, "moving back to QUIC".to_owned());
+            self.session.handle_connection_lost(
+                live.attempt,
+                now,
+                "moving back to QUIC".to_owned(),
+            );
         }
     }
 

@@ -310,9 +310,10 @@ impl Identity {
         &self,
         presented: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
-        Ok(Arc::new(
-            self.relay_tls_server(presented, super::tcp::TCP_TUNNEL_ALPN)?,
-        ))
+        Ok(Arc::new(self.relay_tls_server(
+            presented,
+            super::tcp::TCP_TUNNEL_ALPN,
+        )?))
     }
 
     /// The TLS configuration a daemon dials a relay's TCP tunnel with: the same client
