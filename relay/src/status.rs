@@ -701,7 +701,7 @@ mod tests {
             "127.0.0.1:31145, 127.0.0.1:8443",
             "metrics: http://127.0.0.1:9100/metrics",
             "daemons connected: 1 (limit 10000)",
-            "from 127.0.0.1:41147",
+            "over quic from 127.0.0.1:41147",
             "custom name refused: label `x`",
             "name claims: none",
             "4 HTTPS open (limit 16384, 256 per client IP), 3 forwarded open (limit 4096 per daemon)",
