@@ -60,11 +60,14 @@ if want core-io; then
 fi
 
 if want tests; then
-    step "tools the tests drive: curl, openssl, gnutls-cli, pebble (ACME test server)"
+    step "tools the tests drive: curl, openssl, gnutls-cli, pebble (ACME test server), nft and ip (network namespaces)"
     need_apt curl curl
     need_apt openssl openssl
     need_apt gnutls-cli gnutls-bin
     need_apt pebble pebble
+    # daemon/tests/relay_udp_blocked.rs drops UDP to the relay inside a network namespace.
+    need_apt nft nftables
+    need_apt ip iproute2
     need_cargo nextest cargo-nextest
     step "cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast

@@ -9,9 +9,11 @@
 # and refuses to start on one that is not a key.)
 #
 # Steps: build `gate-relay` and the driver `relay/examples/relay_bench.rs` in release; run the
-# 1 GiB-each-way checksum tests (relay/tests/relay_big.rs) in release on tokio, smol and mixed;
-# then the driver, which starts the relay binary as its own process (so its RSS is the relay's
-# alone) and prints the results table. Needs `ulimit -n` >= ~25,000 for 10,000 connections
+# 1 GiB-each-way checksum tests (relay/tests/relay_big.rs) in release on tokio, smol and mixed,
+# over QUIC and over the TCP tunnel (the path when UDP is blocked); then the driver, which
+# starts the relay binary as its own process (so its RSS is the relay's alone) and prints the
+# results table: one download direct, through the relay over QUIC, and through the relay over
+# the TCP tunnel (a second daemon with `relay.transport = "tcp"`), with ratios and CPU per GiB. Needs `ulimit -n` >= ~25,000 for 10,000 connections
 # (both ends of each connection live on this machine); the script raises it to 65536.
 set -euo pipefail
 cd "$(dirname "$0")/.."

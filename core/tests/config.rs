@@ -639,6 +639,8 @@ fn snapshot_config_show_with_origins() {
         addresses = ["relay.hellas.ai:443"]  # from nix /etc/gate/gate.toml:5:13
         custom_domain = "myserver"  # from nix /etc/gate/gate.toml:6:17
         enable = true  # from nix /etc/gate/gate.toml:4:10
+        tcp_port = 443  # from defaults
+        transport = "auto"  # from defaults
 
         [server]
         connect_timeout_secs = 10  # from defaults
@@ -942,4 +944,24 @@ fn relay_access_keys() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("node id"), "{e}");
+}
+
+#[test]
+fn relay_transport_and_tcp_port() {
+    let c = load_daemon(&sources(&[], "", &[])).unwrap().config;
+    assert_eq!(c.relay.transport, "auto");
+    assert_eq!(c.relay.tcp_port, 443);
+    let s = sources(
+        &[],
+        "",
+        &[
+            ("GATE_RELAY__TRANSPORT", "tcp"),
+            ("GATE_RELAY__TCP_PORT", "8443"),
+        ],
+    );
+    let c = load_daemon(&s).unwrap().config;
+    assert_eq!(c.relay.transport, "tcp");
+    assert_eq!(c.relay.tcp_port, 8443);
+    let e = daemon_err(&sources(&[], "", &[("GATE_RELAY__TRANSPORT", "udp")]));
+    assert!(e.to_string().contains("auto, quic or tcp"), "{e}");
 }

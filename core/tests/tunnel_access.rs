@@ -2,6 +2,8 @@
 //! admit (nothing claimed, a `Refused` frame that says what to do), and the per-address key
 //! of the connection limits (an IPv6 /64 counts as one address), and the throttle on
 //! registrations per address.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::disallowed_methods)] // tests take a real `Instant` as their time origin
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -10,8 +12,8 @@ use std::time::{Duration, Instant};
 use gate_core::tunnel::{
     address_bucket, throttle_message, AccessMode, AccessPolicy, CloseReason, Frame,
     NameTableConfig, NodeId, Register, RegistrationThrottle, RelayConfig, RelayEvent,
-    RelayNameTable, RelaySession, RelayState, Throttle, MAX_THROTTLED_ADDRESSES,
-    PROTOCOL_VERSION, REGISTRATION_WINDOW,
+    RelayNameTable, RelaySession, RelayState, Throttle, MAX_THROTTLED_ADDRESSES, PROTOCOL_VERSION,
+    REGISTRATION_WINDOW,
 };
 use proptest::prelude::*;
 

@@ -546,7 +546,15 @@ pub fn status(source: &ConfigArgs, json: bool) -> Result<()> {
         println!("  public URL: {url}");
     }
     for relay in status.relay.relays.iter().flatten() {
-        println!("  relay {}: {}", relay.address, relay.state);
+        match &relay.transport {
+            Some(transport) => {
+                println!(
+                    "  relay {}: {} over {transport}",
+                    relay.address, relay.state
+                )
+            }
+            None => println!("  relay {}: {}", relay.address, relay.state),
+        }
         if let Some(refusal) = &relay.custom_name_refusal {
             println!("    custom name refused: {refusal}");
         }

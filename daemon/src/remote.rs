@@ -174,6 +174,12 @@ impl<R: Runtime> Remote<R> {
             relays,
             custom_label: config.relay.custom_domain.clone(),
             extra_ca: load_extra_roots(config),
+            transport: config
+                .relay
+                .transport
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!(e))?,
+            tcp_port: config.relay.tcp_port,
             ..RelayClientConfig::default()
         };
         let client = RelayClient::start(rt, endpoint, &identity, client_config, handler)
@@ -292,6 +298,7 @@ impl<R: Runtime> Remote<R> {
                 custom_name_refusal: s.custom_name_refusal,
                 last_error: s.last_error,
                 registrations: s.registrations,
+                transport: s.transport.map(|t| t.as_str().to_owned()),
             })
             .collect();
         let acme = self

@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gate_relay::client::{RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler};
+use gate_relay::client::{
+    RelayClient, RelayClientConfig, RelayConnectionState, StreamHandler, TransportPolicy,
+};
 use gate_relay::identity::{Identity, RelayAddress};
 use gate_rt::Runtime;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
@@ -167,6 +169,16 @@ impl Daemon {
 }
 
 fn start_daemon<R: Runtime>(rt: &R, relay: RelayAddress) -> Result<Daemon, BoxError> {
+    start_daemon_via(rt, relay, TransportPolicy::Quic, 443)
+}
+
+/// A daemon whose tunnel uses `transport` (`Tcp`: TLS over TCP on `tcp_port`, issue 13).
+fn start_daemon_via<R: Runtime>(
+    rt: &R,
+    relay: RelayAddress,
+    transport: TransportPolicy,
+    tcp_port: u16,
+) -> Result<Daemon, BoxError> {
     let identity = Identity::generate()?;
     let name = format!("{}.{SUFFIX}", identity.node_id());
     let cert = rcgen::generate_simple_self_signed(vec![name.clone()])?;
@@ -190,6 +202,8 @@ fn start_daemon<R: Runtime>(rt: &R, relay: RelayAddress) -> Result<Daemon, BoxEr
     });
     let config = RelayClientConfig {
         relays: vec![relay],
+        transport,
+        tcp_port,
         ..RelayClientConfig::default()
     };
     let client = RelayClient::start(rt, endpoint, &identity, config, handler)?;
@@ -462,6 +476,18 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     if let Err(e) = registered {
         return Err(format!("{e}\nrelay log:\n{}", std::fs::read_to_string(&log)?).into());
     }
+    // A second daemon whose tunnel runs over TLS/TCP (the path when UDP is blocked).
+    let daemon_tcp = start_daemon_via(&rt, address.clone(), TransportPolicy::Tcp, https_port)?;
+    let registered = common::wait_until(
+        &rt,
+        Duration::from_secs(20),
+        "daemon registered over TCP",
+        || daemon_tcp.registered(),
+    )
+    .await;
+    if let Err(e) = registered {
+        return Err(format!("{e}\nrelay log:\n{}", std::fs::read_to_string(&log)?).into());
+    }
     let listener = rt.bind_tcp(SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let direct = R::listener_addr(&listener)?;
     let direct_acceptor = daemon.acceptor.clone();
@@ -480,6 +506,10 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
     // (a) Throughput, alternating direct and relay; the client is a process of its own.
     let cert_file = dir.path().join("daemon-cert.der");
     std::fs::write(&cert_file, daemon.certificate.as_ref())?;
+    let tcp_cert_file = dir.path().join("daemon-tcp-cert.der");
+    std::fs::write(&tcp_cert_file, daemon_tcp.certificate.as_ref())?;
+    let mut via_tcp = Vec::new();
+    let mut cpu_tcp = Vec::new();
     let bytes = o.download_mib * MIB;
     let mut via_relay = Vec::new();
     let mut via_direct = Vec::new();
@@ -510,6 +540,16 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
             gbit(r),
             relay_client_cpu + relay_daemon_cpu + relay_cpu,
         );
+        let (t, t_client) = download(https, &daemon_tcp.name, &tcp_cert_file, bytes)?;
+        let after_tcp = cpu_now(&relay)?;
+        let tcp_total = (after_tcp.0 - after.0 + t_client + after_tcp.1 - after.1) / gib;
+        let tcp_relay = (after_tcp.1 - after.1) / gib;
+        eprintln!(
+            "round {round}: relay over the TCP tunnel {:.2} Gbit/s ({tcp_total:.2} CPU s/GiB: relay {tcp_relay:.2})",
+            gbit(t)
+        );
+        via_tcp.push(gbit(t));
+        cpu_tcp.push((tcp_total, tcp_relay));
         via_direct.push(gbit(d));
         via_relay.push(gbit(r));
         cpu_direct.push(direct_cpu);
@@ -524,6 +564,9 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         v.sort_by(|a, b| a.total_cmp(b));
         v.get(v.len() / 2).copied().unwrap_or_default()
     };
+    cpu_tcp.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (cpu_tcp_total, cpu_tcp_own) = cpu_tcp.get(cpu_tcp.len() / 2).copied().unwrap_or_default();
+    let tcp_gbit = median_f(&mut via_tcp);
     let relay_gbit = median_f(&mut via_relay);
     let direct_gbit = median_f(&mut via_direct);
     let cpu_direct = median_f(&mut cpu_direct);
@@ -620,6 +663,19 @@ async fn run<R: Runtime>(rt: R, o: Options) -> Result<(), BoxError> {
         cpu_relay_own,
         cpu_direct,
         cpu_relay_total / cpu_direct * 100.0
+    );
+    println!(
+        "| (a) the same over the TCP tunnel (UDP blocked), median (Gbit/s) | {:.2} | {:.2} | {:.0}% of direct | (info) | |",
+        tcp_gbit,
+        direct_gbit,
+        tcp_gbit / direct_gbit * 100.0,
+    );
+    println!(
+        "| (a) CPU seconds per GiB over the TCP tunnel (all processes; relay alone) | {:.2} ({:.2}) | {:.2} | {:.0}% of direct's CPU per byte | (info) | |",
+        cpu_tcp_total,
+        cpu_tcp_own,
+        cpu_direct,
+        cpu_tcp_total / cpu_direct * 100.0
     );
     println!(
         "| (b) new connection to first byte, median of {} (ms) | {:.3} | {:.3} | {:+.3} ms | <= +0.5 ms | {} |",

@@ -119,10 +119,17 @@ pub struct DaemonInfo {
     pub custom_name_refusal: Option<String>,
     /// When it connected, seconds since the Unix epoch.
     pub connected_at: u64,
-    /// Its UDP address as the relay sees it.
+    /// Its address as the relay sees it (UDP for QUIC, TCP for a tunnel over TCP).
     pub remote: String,
+    /// `quic`, or `tcp` for a tunnel over TLS/TCP (when UDP is blocked on the daemon's side).
+    #[serde(default = "default_transport")]
+    pub transport: String,
     /// Forwarded connections open to it.
     pub forwarded_open: usize,
+}
+
+fn default_transport() -> String {
+    "quic".to_owned()
 }
 
 /// One custom name claim.
@@ -444,9 +451,10 @@ pub fn render_running(snapshot: &StatusSnapshot, state_dir: &Path, now: u64) -> 
     ));
     for d in &s.daemons {
         out.push_str(&format!(
-            "  {}  {}  from {}  since {} ({} ago)  {} forwarded open\n",
+            "  {}  {}  over {} from {}  since {} ({} ago)  {} forwarded open\n",
             d.node_id,
             d.state,
+            d.transport,
             d.remote,
             format_utc(d.connected_at),
             format_duration(now.saturating_sub(d.connected_at)),
@@ -679,6 +687,7 @@ mod tests {
                 custom_name_refusal: Some("label `x` is held by another node".into()),
                 connected_at: written_at - 5,
                 remote: "127.0.0.1:41147".into(),
+                transport: "quic".into(),
                 forwarded_open: 3,
             }],
             claims: Vec::new(),
@@ -721,7 +730,7 @@ mod tests {
             "127.0.0.1:31145, 127.0.0.1:8443",
             "metrics: http://127.0.0.1:9100/metrics",
             "daemons connected: 1 (limit 10000)",
-            "from 127.0.0.1:41147",
+            "over quic from 127.0.0.1:41147",
             "custom name refused: label `x`",
             "name claims: none",
             "4 HTTPS open (limit 16384, 256 per client IP), 3 forwarded open (limit 4096 per daemon)",

@@ -4,6 +4,9 @@
 //! SHA-256 of what was sent is compared with the SHA-256 of what came back, and the byte counts
 //! must match exactly.
 //!
+//! The daemon's tunnel runs over QUIC, and in the `over_tcp` tests over TLS/TCP with HTTP/2
+//! streams (issue 13, UDP blocked).
+//!
 //! Size: 1 GiB each way (issue 4). Measured in the debug test profile on the 2-core dev
 //! machine: 16-28 s per test on tokio and on smol depending on the load beside it,
 //! so both run by default. The mixed case (relay on smol, daemon on tokio) is
@@ -17,6 +20,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use gate_relay::client::{Transport, TransportPolicy};
 use gate_relay::identity::Identity;
 use gate_rt::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,15 +59,36 @@ async fn echo_through_relay<RR: Runtime, DR: Runtime>(
     rt: DR,
     total: u64,
 ) -> Result<(), BoxError> {
+    echo_through_relay_via(relay_rt, rt, total, TransportPolicy::Quic).await
+}
+
+/// [`echo_through_relay`] with the daemon's tunnel over `transport` (`Tcp`: TLS over TCP on
+/// the relay's HTTPS port, issue 13).
+async fn echo_through_relay_via<RR: Runtime, DR: Runtime>(
+    relay_rt: RR,
+    rt: DR,
+    total: u64,
+    transport: TransportPolicy,
+) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let relay_state = dir.path().join("relay");
     let relay_identity = Identity::load_or_create(&relay_state)?;
     let relay = start_relay(&relay_rt, test_settings(), &relay_identity, &relay_state).await?;
-    let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
+    let daemon = start_daemon_via(
+        &rt,
+        relay_address(&relay, 0),
+        transport,
+        relay.https_addr().port(),
+    )?;
     wait_until(&rt, Duration::from_secs(15), "daemon registered", || {
         daemon.is_registered()
     })
     .await?;
+    let expected = match transport {
+        TransportPolicy::Tcp => Transport::Tcp,
+        TransportPolicy::Quic | TransportPolicy::Auto => Transport::Quic,
+    };
+    assert_eq!(daemon.status().transport, Some(expected));
 
     let tcp = rt.connect_tcp(relay.https_addr()).await?;
     let (tls, presented) = tls_connect(
@@ -120,7 +145,7 @@ async fn echo_through_relay<RR: Runtime, DR: Runtime>(
     let (received, received_digest) = down?;
     let elapsed = started.elapsed();
     eprintln!(
-        "echo of {} MiB through the relay: {:.2?}, {:.1} Mbit/s each way",
+        "echo of {} MiB through the relay over {expected}: {:.2?}, {:.1} Mbit/s each way",
         total / MIB,
         elapsed,
         (total as f64 * 8.0) / elapsed.as_secs_f64() / 1e6
@@ -154,4 +179,16 @@ fn one_gib_each_way_smol() {
 fn one_gib_each_way_smol_relay_tokio_daemon() {
     let total = size_bytes(1024);
     smol_relay_tokio_daemon(|relay_rt, rt| echo_through_relay(relay_rt, rt, total));
+}
+
+#[test]
+fn one_gib_each_way_over_tcp_tokio() {
+    let total = size_bytes(1024);
+    tokio_tokio(|relay_rt, rt| echo_through_relay_via(relay_rt, rt, total, TransportPolicy::Tcp));
+}
+
+#[test]
+fn one_gib_each_way_over_tcp_smol() {
+    let total = size_bytes(1024);
+    smol_smol(|relay_rt, rt| echo_through_relay_via(relay_rt, rt, total, TransportPolicy::Tcp));
 }

@@ -349,7 +349,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     for expected in [
         format!("running: pid {}, {relay_runtime} runtime", relay.0.id()),
         format!("node id: {relay_id}"),
-        format!("{daemon_id}  registered  from 127.0.0.1:"),
+        format!("{daemon_id}  registered  over quic from 127.0.0.1:"),
         format!("kept.{SUFFIX}  {daemon_id}  owner online"),
         format!("metrics: http://127.0.0.1:{metrics_port}/metrics"),
         "DNS (ACME records for daemons): off".to_owned(),

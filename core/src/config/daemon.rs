@@ -75,6 +75,10 @@ pub struct DaemonRelayConfig {
     pub addresses: Vec<RelayAddress>,
     /// Label for `<custom_domain>.<domain_suffix>`.
     pub custom_domain: Option<String>,
+    /// `auto` (QUIC, falling back to TLS over TCP when UDP is blocked), `quic` or `tcp`.
+    pub transport: String,
+    /// The relays' HTTPS (TCP) port, where the tunnel over TCP is dialled.
+    pub tcp_port: u16,
 }
 
 /// `[auth.jwt]`.
@@ -390,6 +394,8 @@ impl DaemonConfig {
                 enable: r.bool("relay.enable")?,
                 addresses,
                 custom_domain: r.opt_string("relay.custom_domain")?,
+                transport: r.string("relay.transport")?,
+                tcp_port: r.int("relay.tcp_port")?,
             },
             upstreams,
             auth: AuthConfig {

@@ -130,6 +130,8 @@ pub enum StrCheck {
     Provider,
     /// A DNS provider name.
     DnsProvider,
+    /// A relay transport policy: `auto`, `quic` or `tcp`.
+    RelayTransport,
     /// A relay address: `host:port` or `<node-id>@host:port`.
     RelayAddress,
     /// An upstream name: `a-z0-9_-`, starting and ending with a letter or digit, at most 64.
@@ -181,6 +183,7 @@ impl StrCheck {
                 "one of openai, anthropic, google, mistral, groq, openrouter, custom"
             }
             StrCheck::DnsProvider => "cloudflare",
+            StrCheck::RelayTransport => "auto, quic or tcp",
             StrCheck::RelayAddress => "a relay address host:port or <node-id>@host:port",
             StrCheck::UpstreamName => {
                 "an upstream name of a-z, 0-9, _ and - (starting and ending with a letter or digit)"
@@ -207,6 +210,7 @@ impl StrCheck {
             StrCheck::LogLevel => is_log_filter(s),
             StrCheck::Provider => PROVIDERS.contains(&s),
             StrCheck::DnsProvider => DNS_PROVIDERS.contains(&s),
+            StrCheck::RelayTransport => RELAY_TRANSPORTS.contains(&s),
             StrCheck::RelayAddress => parse_relay_address(s).is_some(),
             StrCheck::UpstreamName => is_upstream_name(s),
             StrCheck::ModelName => {
@@ -596,7 +600,10 @@ static UPSTREAM_FIELDS: [Field; 7] = [
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);
 
-static DAEMON_RELAY_FIELDS: [Field; 3] = [
+/// `relay.transport` values: QUIC with a fallback to TLS over TCP, QUIC only, TCP only.
+pub const RELAY_TRANSPORTS: &[&str] = &["auto", "quic", "tcp"];
+
+static DAEMON_RELAY_FIELDS: [Field; 5] = [
     field("enable", Kind::Bool, Some(DefaultValue::Bool(false))),
     field(
         "addresses",
@@ -604,6 +611,12 @@ static DAEMON_RELAY_FIELDS: [Field; 3] = [
         Some(DefaultValue::List(&[])),
     ),
     field("custom_domain", Kind::String(StrCheck::DnsLabel), None),
+    field(
+        "transport",
+        Kind::String(StrCheck::RelayTransport),
+        Some(DefaultValue::Str("auto")),
+    ),
+    field("tcp_port", PORT, Some(DefaultValue::Integer(443))),
 ];
 
 static JWT_FIELDS: [Field; 3] = [

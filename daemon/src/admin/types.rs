@@ -97,6 +97,9 @@ pub struct RelayLink {
     pub custom_name_refusal: Option<String>,
     pub last_error: Option<String>,
     pub registrations: u64,
+    /// `quic` or `tcp` (TLS over TCP when UDP to the relay is blocked), while connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 impl RelayLink {

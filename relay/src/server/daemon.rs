@@ -27,19 +27,9 @@ pub(super) async fn accept_daemons<R: Runtime>(
             Either::Right(Some(incoming)) => incoming,
         };
         let remote = incoming.remote_address();
-        let per_minute = shared.settings.limits.max_registrations_per_ip_per_minute;
-        let throttled = lock(&shared.registrations).attempt(remote.ip(), Instant::now());
-        let refusal = match throttled {
-            Throttle::Admit => None,
-            Throttle::Refuse { retry_after } => {
-                tracing::info!(%remote, "too many registrations from this address; refusing the registration");
-                Some(throttle_message(per_minute, retry_after))
-            }
-            Throttle::Drop => {
-                tracing::debug!(%remote, "far too many registrations from this address; dropping the connection");
-                incoming.refuse();
-                continue;
-            }
+        let Some(refusal) = registration_throttle(&shared, remote) else {
+            incoming.refuse();
+            continue;
         };
         let Some(slot) = shared.take_daemon_slot() else {
             tracing::warn!(
@@ -60,6 +50,29 @@ pub(super) async fn accept_daemons<R: Runtime>(
         ));
     }
     drop(running);
+}
+
+/// The registration throttle's decision for a daemon connection from `remote`, over either
+/// transport: `None` drops the connection before its handshake (far over the limit),
+/// `Some(Some(message))` lets it connect only to be refused with `message`, `Some(None)`
+/// admits it.
+pub(super) fn registration_throttle(
+    shared: &Shared,
+    remote: std::net::SocketAddr,
+) -> Option<Option<String>> {
+    let per_minute = shared.settings.limits.max_registrations_per_ip_per_minute;
+    let throttled = lock(&shared.registrations).attempt(remote.ip(), Instant::now());
+    match throttled {
+        Throttle::Admit => Some(None),
+        Throttle::Refuse { retry_after } => {
+            tracing::info!(%remote, "too many registrations from this address; refusing the registration");
+            Some(Some(throttle_message(per_minute, retry_after)))
+        }
+        Throttle::Drop => {
+            tracing::debug!(%remote, "far too many registrations from this address; dropping the connection");
+            None
+        }
+    }
 }
 
 /// The ACME TXT records the relay writes for its daemons.
@@ -127,12 +140,16 @@ pub(super) async fn serve_daemon<R: Runtime>(
         return;
     };
     tracing::debug!(%remote, node = %node_id, "daemon connected");
-    let id = shared.add_session(node_id.clone(), connection.clone());
+    let id = shared.add_session(
+        node_id.clone(),
+        DaemonLink::Quic(connection.clone()),
+        remote,
+    );
     if let Some(reason) = refusal {
         shared.with_session(id, |session, _| session.refuse_registration(reason));
     }
     let owner = node_id.to_string();
-    let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, &connection).await;
+    let outcome = drive_daemon(&rt, &shared, &dns, &owner, id, Some(&connection), None).await;
     if shared.remove_session(id) && dns.enabled() {
         // The daemon's TXT records go with its last connection.
         rt.spawn(async move { dns.owner_disconnected(&owner).await });
@@ -158,7 +175,8 @@ pub(super) async fn drive_daemon<R: Runtime>(
     dns: &AcmeRecords<R>,
     owner: &str,
     id: u64,
-    connection: &quinn::Connection,
+    connection: Option<&quinn::Connection>,
+    control: Option<ControlStream>,
 ) -> DaemonOutcome {
     // Finished ACME requests come back here; the end keeps a sender, so `recv` never fails.
     // At most MAX_ACME_IN_FLIGHT answers are ever queued.
@@ -176,7 +194,7 @@ pub(super) async fn drive_daemon<R: Runtime>(
         lost: None,
         outcome: None,
     };
-    let mut control = None;
+    let mut control = control;
     driver::drive(rt, &mut end, &mut control).await;
     if let Some(stream) = control.as_mut() {
         stream.finish();
@@ -203,7 +221,9 @@ pub(super) struct RelayEnd<'a, R: Runtime> {
     pub(super) dns: &'a AcmeRecords<R>,
     pub(super) owner: &'a str,
     pub(super) id: u64,
-    pub(super) connection: &'a quinn::Connection,
+    /// The QUIC connection the control stream is accepted on; `None` for a tunnel over TCP,
+    /// whose control stream exists from the start.
+    pub(super) connection: Option<&'a quinn::Connection>,
     pub(super) acme_done: async_channel::Sender<AcmeAnswer>,
     pub(super) acme_answers: async_channel::Receiver<AcmeAnswer>,
     pub(super) acme_in_flight: Arc<AtomicUsize>,
@@ -304,10 +324,12 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
             }
         };
         let opened = async move {
-            if has_control {
-                std::future::pending::<()>().await;
+            match self.connection {
+                Some(connection) if !has_control => {
+                    DaemonInput::ControlOpened(connection.accept_bi().await)
+                }
+                _ => std::future::pending().await,
             }
-            DaemonInput::ControlOpened(self.connection.accept_bi().await)
         };
         futures_lite::future::or(shutdown, futures_lite::future::or(acme, opened))
     }

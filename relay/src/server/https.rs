@@ -115,31 +115,37 @@ pub(super) async fn serve_https<R: Runtime>(
     let metrics = &shared.metrics;
     let mut hello = Vec::with_capacity(2048);
     let deadline = shared.settings.limits.handshake_timeout();
-    let server_name =
-        match gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await {
-            Ok(Ok(Some(name))) => name,
-            Ok(Ok(None)) => {
-                metrics.no_sni.inc();
-                tracing::debug!(%peer, "ClientHello without a server name");
-                refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-                return;
-            }
-            Ok(Err(HelloError::Invalid(e))) => {
-                metrics.invalid_hello.inc();
-                tracing::debug!(%peer, "not a TLS ClientHello: {e}");
-                return;
-            }
-            Ok(Err(HelloError::Closed)) => return,
-            Ok(Err(HelloError::Io(e))) => {
-                tracing::debug!(%peer, "reading the ClientHello failed: {e}");
-                return;
-            }
-            Err(gate_rt::Elapsed) => {
-                metrics.handshake_timeouts.inc();
-                tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
-                return;
-            }
-        };
+    let read = gate_rt::timeout(&rt, deadline, read_client_hello(&mut stream, &mut hello)).await;
+    if matches!(read, Ok(Ok(_))) && is_tunnel_hello(&hello) {
+        // A daemon's tunnel over TCP (UDP blocked on its side): the `tcp` module serves it.
+        let handoff: TunnelHandoff = (Box::new(stream), hello, peer, slot);
+        let _ = shared.tcp_daemons.send(handoff).await;
+        return;
+    }
+    let server_name = match read {
+        Ok(Ok(Some(name))) => name,
+        Ok(Ok(None)) => {
+            metrics.no_sni.inc();
+            tracing::debug!(%peer, "ClientHello without a server name");
+            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
+            return;
+        }
+        Ok(Err(HelloError::Invalid(e))) => {
+            metrics.invalid_hello.inc();
+            tracing::debug!(%peer, "not a TLS ClientHello: {e}");
+            return;
+        }
+        Ok(Err(HelloError::Closed)) => return,
+        Ok(Err(HelloError::Io(e))) => {
+            tracing::debug!(%peer, "reading the ClientHello failed: {e}");
+            return;
+        }
+        Err(gate_rt::Elapsed) => {
+            metrics.handshake_timeouts.inc();
+            tracing::debug!(%peer, bytes = hello.len(), "no complete ClientHello in time");
+            return;
+        }
+    };
     let route = match shared.route(&server_name, peer) {
         Ok(route) => route,
         Err(RouteError::Unknown) => {
@@ -155,7 +161,26 @@ pub(super) async fn serve_https<R: Runtime>(
             return;
         }
     };
-    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, route.connection.open_bi()).await {
+    let connection = match &route.connection {
+        DaemonLink::Quic(connection) => connection.clone(),
+        DaemonLink::Tcp(opener) => {
+            let opener = opener.clone();
+            forward_over_tcp(
+                rt,
+                shared,
+                stream,
+                peer,
+                server_name,
+                hello,
+                route,
+                slot,
+                opener,
+            )
+            .await;
+            return;
+        }
+    };
+    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, connection.open_bi()).await {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
             // The connection is closed: the daemon is gone, and so are its names.
@@ -193,7 +218,7 @@ pub(super) async fn serve_https<R: Runtime>(
     let answer = gate_rt::timeout(
         &rt,
         deadline,
-        race(route.connection.closed(), recv.read_chunk(usize::MAX, true)),
+        race(connection.closed(), recv.read_chunk(usize::MAX, true)),
     )
     .await;
     let first = match answer {

@@ -9,6 +9,8 @@
 //! - `https`: the HTTPS path (accept within limits, ClientHello, TLS alerts, forwarding).
 //! - `daemon`: the daemon path (accept, node certificate, one [`RelaySession`] per connection
 //!   driven by `gate_rt::tunnel::driver`, ACME TXT requests in tasks of their own).
+//! - `tcp`: the daemon path over TCP (ALPN `gate-relay-tcp/1` on the HTTPS port: TLS
+//!   terminated, HTTP/2 streams, the same session driver) and forwarding over such tunnels.
 //! - `registry`: sessions and the name table behind one mutex, and the routing decision.
 //! - `limits`: connection-limit places as drop guards.
 //! - `persist`: loading and writing the name claims.
@@ -37,6 +39,7 @@ use gate_core::tunnel::{
     RelaySession, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
+use gate_rt::tunnel::tcp::TcpOpener;
 use gate_rt::Runtime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -55,6 +58,7 @@ mod metrics;
 mod persist;
 mod registry;
 mod snapshot;
+mod tcp;
 
 use self::daemon::*;
 use self::https::*;
@@ -63,6 +67,7 @@ use self::metrics::*;
 use self::persist::*;
 use self::registry::*;
 use self::snapshot::*;
+use self::tcp::*;
 
 pub use self::metrics::RelayStats;
 
@@ -122,6 +127,10 @@ struct Shared {
     shutdown: Shutdown,
     /// Signalled when a daemon comes or goes, so the status snapshot is rewritten soon.
     status_changed: async_channel::Sender<()>,
+    /// The TLS configuration daemon tunnels over TCP are terminated with (`tcp`).
+    tcp_tls: Arc<rustls::ServerConfig>,
+    /// Where the HTTPS path hands daemon tunnels over TCP to `tcp`.
+    tcp_daemons: async_channel::Sender<TunnelHandoff>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -276,6 +285,11 @@ pub async fn start<R: Runtime>(
         source,
     })?;
     let presented = load_presented_certificate(&settings)?;
+    let tcp_tls = identity.relay_tcp_server_config(
+        presented
+            .as_ref()
+            .map(|(chain, key)| (chain.clone(), key.clone_key())),
+    )?;
     let server_config = identity.relay_server_config_with(presented)?;
     let p2p_bind = bind(settings.p2p_port);
     let p2p = identity
@@ -325,6 +339,7 @@ pub async fn start<R: Runtime>(
     }
     let (status_changed, status_changes) = async_channel::bounded::<()>(1);
     let registrations_per_minute = settings.limits.max_registrations_per_ip_per_minute;
+    let (tcp_daemons, tcp_handoffs) = async_channel::bounded::<TunnelHandoff>(64);
     let shared = Arc::new(Shared {
         settings,
         session_config,
@@ -344,6 +359,8 @@ pub async fn start<R: Runtime>(
         metrics: Metrics::default(),
         shutdown: Shutdown::new(),
         status_changed,
+        tcp_tls,
+        tcp_daemons,
     });
 
     let metrics_addr = match metrics_port {
@@ -366,6 +383,13 @@ pub async fn start<R: Runtime>(
         rt.clone(),
         shared.clone(),
         listener,
+        task_guard.clone(),
+    ));
+    rt.spawn(accept_tcp_daemons(
+        rt.clone(),
+        shared.clone(),
+        dns.clone(),
+        tcp_handoffs,
         task_guard.clone(),
     ));
     for endpoint in [&p2p, &udp_https] {

@@ -9,8 +9,9 @@ use super::*;
 /// One daemon connection known to the relay.
 pub(super) struct DaemonEntry {
     pub(super) session: RelaySession,
-    pub(super) connection: quinn::Connection,
-    /// Its UDP address, and when it connected (Unix seconds), for `gate-relay status`.
+    pub(super) connection: DaemonLink,
+    /// Its address (UDP, or TCP for a tunnel over TCP), and when it connected (Unix seconds),
+    /// for `gate-relay status`.
     pub(super) remote: SocketAddr,
     pub(super) connected_at: u64,
     /// Counted in `daemons_registered`.
@@ -26,10 +27,43 @@ pub(super) struct Core {
     pub(super) next_session_id: u64,
 }
 
+/// A daemon connection, over either transport: streams to the daemon are opened on it.
+#[derive(Clone)]
+pub(super) enum DaemonLink {
+    Quic(quinn::Connection),
+    Tcp(TcpOpener),
+}
+
+impl DaemonLink {
+    /// `quic` or `tcp`, for `gate-relay status`.
+    pub(super) fn transport(&self) -> &'static str {
+        match self {
+            Self::Quic(_) => "quic",
+            Self::Tcp(_) => "tcp",
+        }
+    }
+
+    /// Whether the link is known to be closed (idle timeout, reset, closed by us).
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            Self::Quic(connection) => connection.close_reason().is_some(),
+            Self::Tcp(opener) => opener.is_closed(),
+        }
+    }
+
+    /// Closes the link; `why` goes to a QUIC peer as the close reason.
+    pub(super) fn close(&self, why: &str) {
+        match self {
+            Self::Quic(connection) => connection.close(0u32.into(), why.as_bytes()),
+            Self::Tcp(opener) => opener.close(),
+        }
+    }
+}
+
 /// Where a forwarded connection goes.
 pub(super) struct Route {
     pub(super) header: Frame,
-    pub(super) connection: quinn::Connection,
+    pub(super) connection: DaemonLink,
     /// The daemon connection's session id (to forget it when it turns out to be gone).
     pub(super) session: u64,
     pub(super) _slot: NodeSlot,
@@ -57,7 +91,7 @@ impl Shared {
         // before its task has removed it.
         let found = candidates.iter().rev().find_map(|id| {
             let entry = core.sessions.get(id)?;
-            if entry.connection.close_reason().is_some() {
+            if entry.connection.is_closed() {
                 return None;
             }
             let header = entry
@@ -84,8 +118,12 @@ impl Shared {
         })
     }
 
-    pub(super) fn add_session(&self, node_id: NodeId, connection: quinn::Connection) -> u64 {
-        let remote = connection.remote_address();
+    pub(super) fn add_session(
+        &self,
+        node_id: NodeId,
+        connection: DaemonLink,
+        remote: SocketAddr,
+    ) -> u64 {
         let mut core = lock(&self.core);
         let id = core.next_session_id;
         core.next_session_id += 1;
@@ -125,7 +163,7 @@ impl Shared {
             }
             connection
         };
-        connection.close(0u32.into(), why.as_bytes());
+        connection.close(why);
     }
 
     /// Removes session `id`; returns whether it was its node's last connection.

@@ -59,6 +59,7 @@ impl Shared {
                         custom_name_refusal: grant.and_then(|g| g.custom_name_refusal.clone()),
                         connected_at: entry.connected_at,
                         remote: entry.remote.to_string(),
+                        transport: entry.connection.transport().to_owned(),
                         forwarded_open: core.forwarded_per_node.get(node_id).copied().unwrap_or(0),
                     }
                 })

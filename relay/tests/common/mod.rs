@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use gate_relay::client::{
     RelayClient, RelayClientConfig, RelayConnectionState, RelayStatus, StreamHandler,
+    TransportPolicy,
 };
 use gate_relay::identity::{Identity, RelayAddress};
 use gate_relay::server::{self, RunningRelay};
@@ -185,7 +186,18 @@ pub fn start_daemon<R: Runtime>(
     relay: RelayAddress,
     custom_label: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, custom_label, Vec::new())
+    start_daemon_full(rt, relay, custom_label, Vec::new(), None)
+}
+
+/// [`start_daemon`] with the transport policy `transport`, dialling the tunnel over TCP on
+/// `tcp_port`.
+pub fn start_daemon_via<R: Runtime>(
+    rt: &R,
+    relay: RelayAddress,
+    transport: TransportPolicy,
+    tcp_port: u16,
+) -> Result<TestDaemon, BoxError> {
+    start_daemon_full(rt, relay, None, Vec::new(), Some((transport, tcp_port)))
 }
 
 /// [`start_daemon`] trusting `extra_ca` for relays that are not pinned.
@@ -194,7 +206,7 @@ pub fn start_daemon_with_ca<R: Runtime>(
     relay: RelayAddress,
     extra_ca: CertificateDer<'static>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, None, vec![extra_ca])
+    start_daemon_full(rt, relay, None, vec![extra_ca], None)
 }
 
 fn start_daemon_full<R: Runtime>(
@@ -202,6 +214,7 @@ fn start_daemon_full<R: Runtime>(
     relay: RelayAddress,
     custom_label: Option<&str>,
     extra_ca: Vec<CertificateDer<'static>>,
+    transport: Option<(TransportPolicy, u16)>,
 ) -> Result<TestDaemon, BoxError> {
     let identity = Identity::generate()?;
     let node_name = format!("{}.{SUFFIX}", identity.node_id());
@@ -234,6 +247,10 @@ fn start_daemon_full<R: Runtime>(
         extra_ca,
         ..RelayClientConfig::default()
     };
+    if let Some((policy, tcp_port)) = transport {
+        config.transport = policy;
+        config.tcp_port = tcp_port;
+    }
     config.session.backoff_base = Duration::from_millis(100);
     config.session.backoff_cap = Duration::from_millis(500);
     config.session.min_heartbeat_interval = Duration::from_millis(100);
@@ -446,5 +463,79 @@ pub fn free_ports() -> (u16, u16) {
         };
         drop((tcp, udp, p2p));
         return (https, p2p_port);
+    }
+}
+
+/// A UDP forwarder in front of a relay's QUIC port that can drop every datagram, as a network
+/// that blocks UDP does: std threads, one client (the daemon's endpoint), stopped on drop.
+pub struct UdpGate {
+    /// Where the daemon sends its QUIC datagrams.
+    pub addr: SocketAddr,
+    blocked: Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UdpGate {
+    /// A gate to `target`, dropping everything while `blocked`.
+    pub fn start(target: SocketAddr, blocked: bool) -> std::io::Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let front = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let back = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        back.connect(target)?;
+        let tick = Some(Duration::from_millis(50));
+        front.set_read_timeout(tick)?;
+        back.set_read_timeout(tick)?;
+        let addr = front.local_addr()?;
+        let blocked = Arc::new(AtomicBool::new(blocked));
+        let stop = Arc::new(AtomicBool::new(false));
+        let client: Arc<std::sync::Mutex<Option<SocketAddr>>> = Arc::default();
+        let (front2, back2) = (front.try_clone()?, back.try_clone()?);
+        {
+            let (blocked, stop, client) = (blocked.clone(), stop.clone(), client.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = front.recv_from(&mut buf) {
+                        if let Ok(mut c) = client.lock() {
+                            *c = Some(from);
+                        }
+                        if !blocked.load(Ordering::Relaxed) {
+                            let _ = back.send(&buf[..n]);
+                        }
+                    }
+                }
+            });
+        }
+        {
+            let (blocked, stop) = (blocked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65_536];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = back2.recv(&mut buf) {
+                        let to = client.lock().ok().and_then(|c| *c);
+                        if let (Some(to), false) = (to, blocked.load(Ordering::Relaxed)) {
+                            let _ = front2.send_to(&buf[..n], to);
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            addr,
+            blocked,
+            stop,
+        })
+    }
+
+    /// Drops (true) or passes (false) every datagram from now on.
+    pub fn set_blocked(&self, blocked: bool) {
+        self.blocked
+            .store(blocked, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for UdpGate {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

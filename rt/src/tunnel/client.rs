@@ -51,7 +51,74 @@ pub struct RelayClientConfig {
     pub public_https_port: u16,
     /// Session tunables (backoff, timeouts); `custom_label` and `daemon_version` above win.
     pub session: DaemonConfig,
+    /// Which transports to use (`relay.transport`).
+    pub transport: TransportPolicy,
+    /// The relays' HTTPS (TCP) port, where the tunnel over TCP is dialled (`relay.tcp_port`).
+    pub tcp_port: u16,
 }
+
+/// Which transport the daemon reaches a relay with (`relay.transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransportPolicy {
+    /// QUIC first; when its handshake fails or times out ([`QUIC_FALLBACK_AFTER`]), TLS over
+    /// TCP on the relay's HTTPS port. While on TCP, QUIC is tried again in the background
+    /// and the tunnel moves back once it works.
+    #[default]
+    Auto,
+    /// QUIC only.
+    Quic,
+    /// TLS over TCP only.
+    Tcp,
+}
+
+impl std::str::FromStr for TransportPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            other => Err(format!(
+                "relay.transport: unknown transport {other:?}; use auto, quic or tcp"
+            )),
+        }
+    }
+}
+
+/// The transport a tunnel runs over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS over TCP with HTTP/2 streams ([`super::tcp`]).
+    Tcp,
+}
+
+impl Transport {
+    /// `quic` or `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// In [`TransportPolicy::Auto`], how long the QUIC handshake may take before the daemon tries
+/// TCP instead (within the session's connect timeout).
+pub const QUIC_FALLBACK_AFTER: Duration = Duration::from_secs(3);
+
+/// In [`TransportPolicy::Auto`] while on TCP: the first and the longest wait between
+/// background QUIC probes.
+const QUIC_PROBE_FIRST: Duration = Duration::from_secs(2);
+const QUIC_PROBE_CAP: Duration = Duration::from_secs(60);
 
 impl Default for RelayClientConfig {
     fn default() -> Self {
@@ -62,6 +129,8 @@ impl Default for RelayClientConfig {
             extra_ca: Vec::new(),
             public_https_port: 443,
             session: DaemonConfig::default(),
+            transport: TransportPolicy::Auto,
+            tcp_port: 443,
         }
     }
 }
@@ -114,6 +183,8 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
     /// How many times a registration succeeded since start.
     pub registrations: u64,
+    /// The transport of the current connection, while there is one.
+    pub transport: Option<Transport>,
 }
 
 /// The public URL of `name` served on HTTPS `port`: the port is left out when it is 443.
@@ -152,6 +223,9 @@ struct RelayTask<R: Runtime> {
     rt: R,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    tcp_config: Arc<rustls::ClientConfig>,
+    transport: TransportPolicy,
+    tcp_port: u16,
     address: RelayAddress,
     index: usize,
     statuses: Arc<Mutex<Vec<RelayStatus>>>,
@@ -195,7 +269,30 @@ pub enum AcmeError {
 /// The live connection of a relay task (its control stream is the driver's).
 struct Live {
     attempt: ConnectionAttempt,
-    connection: quinn::Connection,
+    link: Link,
+}
+
+/// A connection to a relay, over either transport.
+enum Link {
+    Quic(quinn::Connection),
+    /// Closes the TCP tunnel when triggered.
+    Tcp(Shutdown),
+}
+
+impl Link {
+    fn transport(&self) -> Transport {
+        match self {
+            Self::Quic(_) => Transport::Quic,
+            Self::Tcp(_) => Transport::Tcp,
+        }
+    }
+
+    fn close(&self, why: &'static [u8]) {
+        match self {
+            Self::Quic(connection) => connection.close(0u32.into(), why),
+            Self::Tcp(close) => close.trigger(),
+        }
+    }
 }
 
 fn random_seed() -> u64 {
@@ -228,6 +325,7 @@ impl RelayClient {
                     custom_name_refusal: None,
                     last_error: None,
                     registrations: 0,
+                    transport: None,
                 })
                 .collect(),
         ));
@@ -242,13 +340,18 @@ impl RelayClient {
         };
         let mut commands = Vec::new();
         for (index, address) in config.relays.iter().enumerate() {
-            let client_config = identity.relay_client_config(&address.trust(&config.extra_ca))?;
+            let trust = address.trust(&config.extra_ca);
+            let client_config = identity.relay_client_config(&trust)?;
+            let tcp_config = identity.relay_tcp_client_config(&trust)?;
             let (command_tx, command_rx) = async_channel::bounded(16);
             commands.push(command_tx);
             let task = RelayTask {
                 rt: rt.clone(),
                 endpoint: endpoint.clone(),
                 client_config,
+                tcp_config,
+                transport: config.transport,
+                tcp_port: config.tcp_port,
                 address: address.clone(),
                 index,
                 statuses: statuses.clone(),
@@ -366,18 +469,18 @@ impl<R: Runtime> RelayTask<R> {
             acme_replies: HashMap::new(),
             leave_requested: false,
             left: Some(left),
+            probe_stop: None,
+            quic_works: async_channel::bounded(1),
         };
         let mut control = None;
         driver::drive(&self.rt, &mut end, &mut control).await;
     }
 
-    /// Resolves the relay, connects, and opens the control stream.
-    async fn connect(
-        &self,
-    ) -> Result<(quinn::Connection, quinn::SendStream, quinn::RecvStream), String> {
+    /// Resolves the relay to the address to dial from an endpoint of this family.
+    async fn resolve(&self, port: u16) -> Result<std::net::SocketAddr, String> {
         let addrs = self
             .rt
-            .resolve(&self.address.host, self.address.port)
+            .resolve(&self.address.host, port)
             .await
             .map_err(|e| format!("could not resolve {}: {e}", self.address.host))?;
         let local_v6 = self
@@ -385,12 +488,17 @@ impl<R: Runtime> RelayTask<R> {
             .local_addr()
             .map(|a| a.is_ipv6())
             .unwrap_or(false);
-        let addr = addrs
+        addrs
             .iter()
             .find(|a| a.is_ipv6() == local_v6)
             .or(addrs.first())
             .copied()
-            .ok_or_else(|| format!("{} has no address", self.address.host))?;
+            .ok_or_else(|| format!("{} has no address", self.address.host))
+    }
+
+    /// Resolves the relay, connects over QUIC, and opens the control stream.
+    async fn connect_quic(&self) -> Result<(Link, ControlStream), String> {
+        let addr = self.resolve(self.address.port).await?;
         let connection = self
             .endpoint
             .connect_with(self.client_config.clone(), addr, &self.address.host)
@@ -398,8 +506,106 @@ impl<R: Runtime> RelayTask<R> {
             .await
             .map_err(|e| e.to_string())?;
         let (send, recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        Ok((connection, send, recv))
+        self.rt.spawn(accept_streams(
+            self.rt.clone(),
+            connection.clone(),
+            self.handler.clone(),
+        ));
+        Ok((Link::Quic(connection), ControlStream::new(send, recv)))
     }
+
+    /// Resolves the relay, dials its HTTPS port over TCP ([`super::tcp`]), and waits for the
+    /// control stream.
+    async fn connect_tcp(&self) -> Result<(Link, ControlStream), String> {
+        let addr = self.resolve(self.tcp_port).await?;
+        let tunnel =
+            super::tcp::dial(&self.rt, addr, &self.address.host, self.tcp_config.clone()).await?;
+        self.rt.spawn(accept_tcp_streams(
+            self.rt.clone(),
+            tunnel.streams,
+            self.handler.clone(),
+        ));
+        Ok((Link::Tcp(tunnel.close), ControlStream::tcp(tunnel.control)))
+    }
+
+    /// Connects as the transport policy says, within `limit`: in `auto`, QUIC for at most
+    /// [`QUIC_FALLBACK_AFTER`], then TCP.
+    async fn connect(&self, limit: Duration) -> Result<(Link, ControlStream), String> {
+        let timed = |what: &'static str, result: Result<Result<_, String>, crate::Elapsed>| {
+            result.unwrap_or_else(|crate::Elapsed| Err(format!("{what} timed out")))
+        };
+        match self.transport {
+            TransportPolicy::Quic => timed(
+                "QUIC",
+                crate::timeout(&self.rt, limit, self.connect_quic()).await,
+            ),
+            TransportPolicy::Tcp => timed(
+                "TCP",
+                crate::timeout(&self.rt, limit, self.connect_tcp()).await,
+            ),
+            TransportPolicy::Auto => {
+                let started = Instant::now();
+                let quic_limit = limit.min(QUIC_FALLBACK_AFTER);
+                let quic = timed(
+                    "the QUIC handshake",
+                    crate::timeout(&self.rt, quic_limit, self.connect_quic()).await,
+                );
+                let quic_error = match quic {
+                    Ok(connected) => return Ok(connected),
+                    Err(e) => e,
+                };
+                tracing::info!(relay = %self.address, "QUIC failed ({quic_error}); trying TLS over TCP on port {}", self.tcp_port);
+                let rest = limit
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1));
+                timed(
+                    "TCP",
+                    crate::timeout(&self.rt, rest, self.connect_tcp()).await,
+                )
+                .map_err(|tcp_error| format!("QUIC: {quic_error}; TCP: {tcp_error}"))
+            }
+        }
+    }
+}
+
+/// While the tunnel runs over TCP in [`TransportPolicy::Auto`]: tries a QUIC handshake with
+/// the relay now and then (waits from [`QUIC_PROBE_FIRST`] doubling to [`QUIC_PROBE_CAP`]);
+/// the probe connections are closed at once. Sends on `works` when one completes; ends then,
+/// or when `stop` fires.
+async fn probe_quic<R: Runtime>(
+    rt: R,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    addr: std::net::SocketAddr,
+    host: String,
+    stop: Shutdown,
+    works: async_channel::Sender<()>,
+) {
+    let probes = async {
+        let mut wait = QUIC_PROBE_FIRST;
+        loop {
+            rt.sleep(wait).await;
+            let attempt = async {
+                let connection = endpoint
+                    .connect_with(client_config.clone(), addr, &host)
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())?;
+                connection.close(0u32.into(), b"probe");
+                Ok::<(), String>(())
+            };
+            match crate::timeout(&rt, QUIC_FALLBACK_AFTER, attempt).await {
+                Ok(Ok(())) => {
+                    let _ = works.try_send(());
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(%addr, "QUIC probe failed: {e}"),
+                Err(crate::Elapsed) => tracing::debug!(%addr, "QUIC probe timed out"),
+            }
+            wait = (wait * 2).min(QUIC_PROBE_CAP);
+        }
+    };
+    let _ = race(stop.wait(), probes).await;
 }
 
 fn session_connect_timeout(session: &DaemonSession) -> Duration {
@@ -425,6 +631,49 @@ async fn accept_streams<R: Runtime>(rt: R, connection: quinn::Connection, handle
                 Err(crate::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
             }
         });
+    }
+}
+
+/// Accepts the relay-opened streams of one TCP tunnel until it ends.
+async fn accept_tcp_streams<R: Runtime>(
+    rt: R,
+    streams: async_channel::Receiver<super::tcp::H2Stream>,
+    handler: StreamHandler,
+) {
+    while let Ok(stream) = streams.recv().await {
+        let handler = handler.clone();
+        let task_rt = rt.clone();
+        rt.spawn(async move {
+            match crate::timeout(&task_rt, STREAM_HEADER_TIMEOUT, read_tcp_header(stream)).await {
+                Ok(Ok((header, stream, rest))) => handler(header, TunnelStream::tcp(stream, rest)),
+                Ok(Err(e)) => tracing::debug!("dropping a forwarded stream: {e}"),
+                Err(crate::Elapsed) => tracing::debug!("forwarded stream sent no header in time"),
+            }
+        });
+    }
+}
+
+/// [`read_header`] on a stream of a TCP tunnel.
+async fn read_tcp_header(
+    mut stream: super::tcp::H2Stream,
+) -> Result<(StreamHeader, super::tcp::H2Stream, Vec<u8>), String> {
+    use tokio::io::AsyncReadExt;
+    let mut prefix = Vec::with_capacity(512);
+    let mut chunk = [0u8; 2048];
+    loop {
+        match decode_stream_header(&prefix, DEFAULT_MAX_FRAME_LEN) {
+            Ok(Some((header, consumed))) => {
+                let rest = prefix.get(consumed..).unwrap_or_default().to_vec();
+                return Ok((header, stream, rest));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err("stream ended before its header".to_owned()),
+            Ok(count) => prefix.extend_from_slice(chunk.get(..count).unwrap_or_default()),
+            Err(e) => return Err(e.to_string()),
+        }
     }
 }
 
@@ -459,6 +708,8 @@ enum DaemonInput {
     Leave,
     /// An ACME record request.
     Command(AcmeCommand),
+    /// The background probe completed a QUIC handshake while the tunnel runs over TCP.
+    QuicWorks,
 }
 
 /// One relay task's end of the control-stream driver: its [`DaemonSession`], the live
@@ -467,6 +718,10 @@ struct DaemonEnd<'a, R: Runtime> {
     task: &'a RelayTask<R>,
     session: DaemonSession,
     live: Option<Live>,
+    /// Stops the background QUIC probe of the current TCP tunnel.
+    probe_stop: Option<Shutdown>,
+    /// The probe's "QUIC works" (the end keeps a sender, so `recv` never fails).
+    quic_works: (async_channel::Sender<()>, async_channel::Receiver<()>),
     acme_replies: HashMap<u64, AcmeReply>,
     leave_requested: bool,
     /// Dropped when this relay's goodbye is over; [`RelayClient::leave`] waits for every one.
@@ -483,7 +738,59 @@ impl<R: Runtime> DaemonEnd<'_, R> {
             stream.finish();
         }
         if let Some(old) = self.live.take() {
-            old.connection.close(0u32.into(), why);
+            old.link.close(why);
+        }
+        self.stop_probe();
+    }
+
+    fn stop_probe(&mut self) {
+        if let Some(stop) = self.probe_stop.take() {
+            stop.trigger();
+        }
+        // A "QUIC works" from a probe of an earlier tunnel is stale.
+        let _ = self.quic_works.1.try_recv();
+    }
+
+    /// Starts the background QUIC probe for a TCP tunnel the auto policy fell back to.
+    fn start_probe(&mut self, addr: std::net::SocketAddr) {
+        self.stop_probe();
+        let stop = Shutdown::new();
+        let task = self.task;
+        task.rt.spawn(probe_quic(
+            task.rt.clone(),
+            task.endpoint.clone(),
+            task.client_config.clone(),
+            addr,
+            task.address.host.clone(),
+            stop.clone(),
+            self.quic_works.0.clone(),
+        ));
+        self.probe_stop = Some(stop);
+    }
+
+    /// QUIC works again: the TCP tunnel's control stream is finished (the relay drops the
+    /// session and closes the connection once the forwarded streams still on it have ended;
+    /// they keep running), and the session reconnects, QUIC first.
+    fn move_to_quic(&mut self, now: Instant, control: &mut Option<ControlStream>) {
+        let on_tcp = matches!(
+            self.live.as_ref().map(|live| &live.link),
+            Some(Link::Tcp(_))
+        );
+        if !on_tcp {
+            return;
+        }
+        tracing::info!(relay = %self.task.address, "QUIC works again; moving the tunnel back from TCP");
+        if let Some(mut stream) = control.take() {
+            stream.finish();
+        }
+        self.stop_probe();
+        // Not closed: its open streams finish on their own.
+        if let Some(live) = self.live.take() {
+            self.session.handle_connection_lost(
+                live.attempt,
+                now,
+                "moving back to QUIC".to_owned(),
+            );
         }
     }
 
@@ -514,34 +821,26 @@ impl<R: Runtime> DaemonEnd<'_, R> {
                 futures_lite::future::or(task.shutdown.wait(), task.leaving.wait()).await
             }
         };
-        let outcome = race(
-            interrupted,
-            crate::timeout(&task.rt, connect_timeout, task.connect()),
-        )
-        .await;
+        let outcome = race(interrupted, task.connect(connect_timeout)).await;
         let now = Instant::now();
         match outcome {
             Either::Left(()) => {}
-            Either::Right(Ok(Ok((connection, send, recv)))) => {
-                tracing::debug!(relay = %task.address, "connected");
-                task.rt.spawn(accept_streams(
-                    task.rt.clone(),
-                    connection.clone(),
-                    task.handler.clone(),
-                ));
-                self.live = Some(Live {
-                    attempt,
-                    connection,
-                });
-                *control = Some(ControlStream::new(send, recv));
+            Either::Right(Ok((link, stream))) => {
+                let transport = link.transport();
+                tracing::debug!(relay = %task.address, %transport, "connected");
+                task.update(|status| status.transport = Some(transport));
+                if transport == Transport::Tcp && task.transport == TransportPolicy::Auto {
+                    match task.resolve(task.address.port).await {
+                        Ok(addr) => self.start_probe(addr),
+                        Err(e) => tracing::debug!("no QUIC probe: {e}"),
+                    }
+                }
+                self.live = Some(Live { attempt, link });
+                *control = Some(stream);
                 self.session.handle_connected(attempt, now);
             }
-            Either::Right(Ok(Err(error))) => {
+            Either::Right(Err(error)) => {
                 self.session.handle_connect_failed(attempt, now, error);
-            }
-            Either::Right(Err(crate::Elapsed)) => {
-                self.session
-                    .handle_connect_failed(attempt, now, "timed out".to_owned());
             }
         }
     }
@@ -618,7 +917,14 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                 Err(_) => std::future::pending().await,
             }
         };
-        futures_lite::future::or(shutdown, futures_lite::future::or(leave, command))
+        let quic_works = async {
+            let _ = self.quic_works.1.recv().await;
+            DaemonInput::QuicWorks
+        };
+        futures_lite::future::or(
+            shutdown,
+            futures_lite::future::or(leave, futures_lite::future::or(command, quic_works)),
+        )
     }
 
     fn handle_input(
@@ -637,6 +943,12 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                     status.public_urls.clear();
                 });
                 Flow::Stop
+            }
+            DaemonInput::QuicWorks => {
+                if !self.leave_requested {
+                    self.move_to_quic(now, control);
+                }
+                Flow::Continue
             }
             DaemonInput::Leave => {
                 self.leave_requested = true;
@@ -730,6 +1042,7 @@ impl<R: Runtime> ControlEnd for DaemonEnd<'_, R> {
                     status.names.clear();
                     status.public_urls.clear();
                     status.last_error = Some(reason.to_string());
+                    status.transport = None;
                 });
             }
             DaemonEvent::Left { acknowledged } => {

@@ -30,34 +30,56 @@ use std::time::Instant;
 
 use gate_core::tunnel::{EncodeError, Frame, FrameDecoder, FrameError};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::tcp::H2Stream;
 use crate::Runtime;
 
 /// Bytes read from the control stream at a time.
 const READ_CHUNK: usize = 8 * 1024;
 
-/// A control stream: the two halves of the QUIC stream and the decoder of what arrives.
+/// A control stream: the two halves of the QUIC stream, or the HTTP/2 stream of a TCP tunnel
+/// ([`super::tcp`]), and the decoder of what arrives.
 pub struct ControlStream {
-    send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    halves: Halves,
     decoder: FrameDecoder,
     buf: Vec<u8>,
 }
 
+/// The transport under a control stream.
+enum Halves {
+    Quic {
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+    },
+    Tcp(H2Stream),
+}
+
 impl std::fmt::Debug for ControlStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlStream")
-            .field("id", &self.send.id())
-            .field("buffered", &self.decoder.buffered_len())
-            .finish()
+        let mut out = f.debug_struct("ControlStream");
+        match &self.halves {
+            Halves::Quic { send, .. } => out.field("quic_id", &send.id()),
+            Halves::Tcp(_) => out.field("transport", &"tcp"),
+        };
+        out.field("buffered", &self.decoder.buffered_len()).finish()
     }
 }
 
 impl ControlStream {
     /// The control stream made of `send` and `recv`, with a decoder of the default maximum.
     pub fn new(send: quinn::SendStream, recv: quinn::RecvStream) -> Self {
+        Self::with(Halves::Quic { send, recv })
+    }
+
+    /// The control stream of a TCP tunnel.
+    pub fn tcp(stream: H2Stream) -> Self {
+        Self::with(Halves::Tcp(stream))
+    }
+
+    fn with(halves: Halves) -> Self {
         Self {
-            send,
-            recv,
+            halves,
             decoder: FrameDecoder::default(),
             buf: vec![0u8; READ_CHUNK],
         }
@@ -65,14 +87,44 @@ impl ControlStream {
 
     /// Finishes the send side (the peer reads the end of the stream after what was written).
     pub fn finish(&mut self) {
-        let _ = self.send.finish();
+        match &mut self.halves {
+            Halves::Quic { send, .. } => {
+                let _ = send.finish();
+            }
+            Halves::Tcp(stream) => stream.finish(),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.halves {
+            Halves::Quic { send, .. } => send.write_all(bytes).await.map_err(Into::into),
+            Halves::Tcp(stream) => stream.write_all(bytes).await,
+        }
+    }
+
+    /// Reads into the buffer: `Ok(None)` at the end of the stream.
+    async fn read(&mut self) -> std::io::Result<Option<usize>> {
+        match &mut self.halves {
+            Halves::Quic { recv, .. } => recv.read(&mut self.buf).await.map_err(Into::into),
+            Halves::Tcp(stream) => match stream.read(&mut self.buf).await? {
+                0 => Ok(None),
+                count => Ok(Some(count)),
+            },
+        }
     }
 
     /// After [`Self::finish`]: completes once the peer has acknowledged everything written
     /// (or stopped the stream, or the connection is gone). Closing the connection before
     /// that discards what is still unacknowledged, such as a last `Refused` frame.
+    /// Over TCP there is nothing to wait for: HTTP/2 frames leave in order on one TCP
+    /// connection, so what was written goes out before the connection's own close.
     pub async fn flushed(&self) {
-        let _ = self.send.stopped().await;
+        match &self.halves {
+            Halves::Quic { send, .. } => {
+                let _ = send.stopped().await;
+            }
+            Halves::Tcp(_) => {}
+        }
     }
 }
 
@@ -101,7 +153,7 @@ enum SendError {
     #[error(transparent)]
     Encode(#[from] EncodeError),
     #[error("writing the control stream failed: {0}")]
-    Write(#[from] quinn::WriteError),
+    Write(#[from] std::io::Error),
 }
 
 /// One end of the tunnel: a core session plus what the end does with its other outputs. The
@@ -149,7 +201,7 @@ pub trait ControlEnd {
 enum Wake<I> {
     Timer,
     Input(I),
-    Read(Result<Option<usize>, quinn::ReadError>),
+    Read(std::io::Result<Option<usize>>),
 }
 
 /// Runs `end` over `control` until the end says [`Flow::Stop`]. The control stream may be
@@ -240,7 +292,7 @@ async fn flush<E: ControlEnd>(end: &mut E, control: &mut Option<ControlStream>) 
 
 async fn send(stream: &mut ControlStream, frame: &Frame) -> Result<(), SendError> {
     let bytes = frame.to_bytes()?;
-    stream.send.write_all(&bytes).await?;
+    stream.write_all(&bytes).await?;
     Ok(())
 }
 
@@ -262,7 +314,7 @@ async fn wait<R: Runtime, E: ControlEnd>(
     let input = async { Wake::Input(end.next_input(has_control).await) };
     let read = async {
         match control.as_mut() {
-            Some(stream) => Wake::Read(stream.recv.read(&mut stream.buf).await),
+            Some(stream) => Wake::Read(stream.read().await),
             None => std::future::pending().await,
         }
     };

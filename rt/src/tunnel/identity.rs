@@ -274,16 +274,7 @@ impl Identity {
         &self,
         presented: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
     ) -> Result<quinn::ServerConfig, IdentityError> {
-        let provider = provider();
-        let (chain, key) =
-            presented.unwrap_or_else(|| (vec![self.certificate()], self.private_key()));
-        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(tls_error)?
-            .with_client_cert_verifier(Arc::new(NodeCertVerifier::new(&provider, None)))
-            .with_single_cert(chain, key)
-            .map_err(tls_error)?;
-        tls.alpn_protocols = vec![crate::quic::TUNNEL_ALPN.to_vec()];
+        let tls = self.relay_tls_server(presented, crate::quic::TUNNEL_ALPN)?;
         let mut config = crate::quic::server_config(tls).map_err(tls_error)?;
         let mut transport = crate::quic::transport_config();
         // Daemons open only their control stream; the relay opens the forwarded ones.
@@ -303,6 +294,66 @@ impl Identity {
         &self,
         trust: &RelayTrust,
     ) -> Result<quinn::ClientConfig, IdentityError> {
+        let tls = self.relay_tls_client(trust, crate::quic::TUNNEL_ALPN)?;
+        let mut config = crate::quic::client_config(tls).map_err(tls_error)?;
+        let mut transport = crate::quic::transport_config();
+        // Every forwarded HTTPS connection is one relay-opened stream.
+        transport.max_concurrent_bidi_streams(16_384u32.into());
+        transport.max_concurrent_uni_streams(0u32.into());
+        transport.keep_alive_interval(Some(TUNNEL_KEEP_ALIVE));
+        transport.max_idle_timeout(Some(idle_timeout()));
+        config.transport_config(Arc::new(transport));
+        Ok(config)
+    }
+
+    /// The TLS configuration a relay terminates daemon tunnels over TCP with
+    /// ([`super::tcp`]): the same certificate and client verification as its QUIC endpoint,
+    /// ALPN [`super::tcp::TCP_TUNNEL_ALPN`].
+    pub fn relay_tcp_server_config(
+        &self,
+        presented: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        Ok(Arc::new(self.relay_tls_server(
+            presented,
+            super::tcp::TCP_TUNNEL_ALPN,
+        )?))
+    }
+
+    /// The TLS configuration a daemon dials a relay's TCP tunnel with: the same client
+    /// certificate and relay check (`trust`) as over QUIC, ALPN
+    /// [`super::tcp::TCP_TUNNEL_ALPN`].
+    pub fn relay_tcp_client_config(
+        &self,
+        trust: &RelayTrust,
+    ) -> Result<Arc<rustls::ClientConfig>, IdentityError> {
+        Ok(Arc::new(
+            self.relay_tls_client(trust, super::tcp::TCP_TUNNEL_ALPN)?,
+        ))
+    }
+
+    fn relay_tls_server(
+        &self,
+        presented: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+        alpn: &[u8],
+    ) -> Result<rustls::ServerConfig, IdentityError> {
+        let provider = provider();
+        let (chain, key) =
+            presented.unwrap_or_else(|| (vec![self.certificate()], self.private_key()));
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(Arc::new(NodeCertVerifier::new(&provider, None)))
+            .with_single_cert(chain, key)
+            .map_err(tls_error)?;
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
+    }
+
+    fn relay_tls_client(
+        &self,
+        trust: &RelayTrust,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConfig, IdentityError> {
         let provider = provider();
         let verifier: Arc<dyn ServerCertVerifier> = match trust {
             RelayTrust::Pinned(node_id) => {
@@ -329,16 +380,8 @@ impl Identity {
             .with_custom_certificate_verifier(verifier)
             .with_client_auth_cert(vec![self.certificate()], self.private_key())
             .map_err(tls_error)?;
-        tls.alpn_protocols = vec![crate::quic::TUNNEL_ALPN.to_vec()];
-        let mut config = crate::quic::client_config(tls).map_err(tls_error)?;
-        let mut transport = crate::quic::transport_config();
-        // Every forwarded HTTPS connection is one relay-opened stream.
-        transport.max_concurrent_bidi_streams(16_384u32.into());
-        transport.max_concurrent_uni_streams(0u32.into());
-        transport.keep_alive_interval(Some(TUNNEL_KEEP_ALIVE));
-        transport.max_idle_timeout(Some(idle_timeout()));
-        config.transport_config(Arc::new(transport));
-        Ok(config)
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(tls)
     }
 }
 

@@ -4,7 +4,8 @@
 //! Owns: the node identity (Ed25519 key, node id, self-signed QUIC certificate, peer
 //! verifiers: [`identity`]), the state-directory file helpers the identity is stored with
 //! ([`state`]), the runtime-independent pieces both ends use (shutdown signal, race, replaying
-//! stream, QUIC endpoint with a stable reset key: [`support`]), the one control-stream driver
+//! stream, QUIC endpoint with a stable reset key: [`support`]), the tunnel over TLS/TCP with
+//! HTTP/2 streams for networks that drop UDP ([`tcp`]), the one control-stream driver
 //! both ends run ([`driver`]) and the daemon's relay client ([`client`]).
 //!
 //! Must not: make protocol decisions (those are `gate_core::tunnel`'s: the driver only moves
@@ -16,3 +17,4 @@ pub mod driver;
 pub mod identity;
 pub mod state;
 pub mod support;
+pub mod tcp;

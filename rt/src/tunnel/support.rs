@@ -1,6 +1,6 @@
 //! Small runtime-independent pieces shared by the relay server and the daemon's relay client:
-//! a shutdown signal, a two-way race, wall-clock seconds, a stream wrapper that replays bytes
-//! already read, and the QUIC endpoint constructor with a stable stateless-reset key.
+//! a shutdown signal, a two-way race, wall-clock seconds, the tunnel stream (QUIC or TCP) that
+//! replays bytes already read, and the QUIC endpoint constructor with a stable stateless-reset key.
 //!
 //! Must not: depend on a particular async runtime (everything here is plain futures and the
 //! tokio I/O traits, which need no tokio runtime).
@@ -77,24 +77,35 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A bidirectional QUIC stream as one byte stream, with bytes that were read ahead (after a
-/// header) replayed first. Shutting down the write side finishes the QUIC send stream.
+/// A bidirectional tunnel stream (QUIC, or HTTP/2 over TCP: [`super::tcp`]) as one byte
+/// stream, with bytes that were read ahead (after a header) replayed first. Shutting down the
+/// write side finishes the send stream.
 pub struct TunnelStream {
     prefix: Vec<u8>,
     prefix_offset: usize,
-    recv: quinn::RecvStream,
-    send: quinn::SendStream,
+    inner: Halves,
+}
+
+enum Halves {
+    Quic {
+        recv: quinn::RecvStream,
+        send: quinn::SendStream,
+    },
+    Tcp(super::tcp::H2Stream),
 }
 
 impl std::fmt::Debug for TunnelStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TunnelStream")
-            .field("id", &self.send.id())
-            .field(
-                "replay_pending",
-                &self.prefix.len().saturating_sub(self.prefix_offset),
-            )
-            .finish()
+        let mut out = f.debug_struct("TunnelStream");
+        match &self.inner {
+            Halves::Quic { send, .. } => out.field("quic_id", &send.id()),
+            Halves::Tcp(_) => out.field("transport", &"tcp"),
+        };
+        out.field(
+            "replay_pending",
+            &self.prefix.len().saturating_sub(self.prefix_offset),
+        )
+        .finish()
     }
 }
 
@@ -104,19 +115,17 @@ impl TunnelStream {
         Self {
             prefix,
             prefix_offset: 0,
-            recv,
-            send,
+            inner: Halves::Quic { recv, send },
         }
     }
 
-    /// The halves and the part of the prefix not read yet.
-    pub fn into_parts(self) -> (quinn::SendStream, quinn::RecvStream, Vec<u8>) {
-        let rest = self
-            .prefix
-            .get(self.prefix_offset..)
-            .unwrap_or_default()
-            .to_vec();
-        (self.send, self.recv, rest)
+    /// A stream of a TCP tunnel; `prefix` is returned by reads first.
+    pub fn tcp(stream: super::tcp::H2Stream, prefix: Vec<u8>) -> Self {
+        Self {
+            prefix,
+            prefix_offset: 0,
+            inner: Halves::Tcp(stream),
+        }
     }
 }
 
@@ -139,7 +148,10 @@ impl AsyncRead for TunnelStream {
                 return Poll::Ready(Ok(()));
             }
         }
-        Pin::new(&mut this.recv).poll_read(cx, buf)
+        match &mut this.inner {
+            Halves::Quic { recv, .. } => Pin::new(recv).poll_read(cx, buf),
+            Halves::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
     }
 }
 
@@ -149,15 +161,24 @@ impl AsyncWrite for TunnelStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        AsyncWrite::poll_write(Pin::new(&mut self.send), cx, buf)
+        match &mut self.inner {
+            Halves::Quic { send, .. } => AsyncWrite::poll_write(Pin::new(send), cx, buf),
+            Halves::Tcp(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_flush(Pin::new(&mut self.send), cx)
+        match &mut self.inner {
+            Halves::Quic { send, .. } => AsyncWrite::poll_flush(Pin::new(send), cx),
+            Halves::Tcp(stream) => Pin::new(stream).poll_flush(cx),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        AsyncWrite::poll_shutdown(Pin::new(&mut self.send), cx)
+        match &mut self.inner {
+            Halves::Quic { send, .. } => AsyncWrite::poll_shutdown(Pin::new(send), cx),
+            Halves::Tcp(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
     }
 }
 
