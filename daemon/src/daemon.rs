@@ -82,7 +82,7 @@ impl<R: Runtime> RunningDaemon<R> {
         } = options;
         let config = &loaded.config;
         let limits = config.server.listen.clone();
-        let settings = server::server_settings(&limits);
+        let settings = server::server_settings(&limits, false);
         let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
         let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
         gateway.protect_secret(&admin_token);
@@ -133,7 +133,7 @@ impl<R: Runtime> RunningDaemon<R> {
             &state_dir,
             app.clone(),
             RelayedListener {
-                settings: settings.clone(),
+                settings: server::server_settings(&limits, true),
                 cap: relayed.clone(),
                 stop: stop.clone(),
             },

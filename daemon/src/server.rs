@@ -30,12 +30,21 @@ pub fn bind<R: Runtime>(rt: &R, addr: SocketAddr) -> anyhow::Result<R::TcpListen
 }
 
 /// The HTTP connection settings from the `[server]` limits.
-pub fn server_settings(limits: &ListenLimits) -> ServerSettings {
+///
+/// The end of a client's input mid-request (HTTP/1) means different things per listener.
+/// On the local listener it is the client going away (an agent cancelling a request, curl
+/// stopped): the request is dropped, which frees its breaker slot and stops the upstream call
+/// (nginx and uvicorn do the same). Through a relay it is only the end of what the client
+/// sends: the relay forwards each direction's end on its own (a TCP FIN becomes a QUIC stream
+/// finish and then a TLS close_notify), and a client that half-closes after its request
+/// (`gnutls-cli` with its input closed, `shutdown(SHUT_WR)`) is answered.
+pub fn server_settings(limits: &ListenLimits, relayed: bool) -> ServerSettings {
     ServerSettings {
         header_read_timeout: limits.header_read_timeout,
         keep_alive_timeout: limits.keep_alive_timeout,
         http2_keepalive_interval: limits.http2_keepalive_interval,
         http2_keepalive_timeout: limits.http2_keepalive_timeout,
+        half_close: relayed,
     }
 }
 

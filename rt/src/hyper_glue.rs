@@ -71,6 +71,11 @@ pub struct ServerSettings {
     pub http2_keepalive_interval: Duration,
     /// HTTP/2: how long a PING may go unanswered before the connection is closed.
     pub http2_keepalive_timeout: Duration,
+    /// HTTP/1: whether the end of the client's input while its request is in flight is only
+    /// the end of what it sends (`true`: the answer is still written), or the client going
+    /// away (`false`: the request is dropped, and with it its upstream call). TCP cannot tell
+    /// the two apart until something is written.
+    pub half_close: bool,
 }
 
 impl Default for ServerSettings {
@@ -80,6 +85,7 @@ impl Default for ServerSettings {
             keep_alive_timeout: Duration::from_secs(10),
             http2_keepalive_interval: Duration::from_secs(20),
             http2_keepalive_timeout: Duration::from_secs(10),
+            half_close: false,
         }
     }
 }
@@ -138,10 +144,7 @@ where
             .http1()
             .timer(HyperTimer(rt.clone()))
             .header_read_timeout(settings.header_read_timeout)
-            // A client may stop sending once its request is out (TCP FIN, or a QUIC stream
-            // finish through a relay) and still wait for the answer: its end of input is not
-            // an aborted request.
-            .half_close(true)
+            .half_close(settings.half_close)
             .keep_alive(true);
         builder
             .http2()
