@@ -42,6 +42,8 @@
 //!
 //! Gemini-style (Google's `v1beta`; errors `{"error":{"code","message","status"}}`; key in
 //! `x-goog-api-key` or `?key=`, checked against `--expect-gemini-key`, else `--expect-key`):
+//! - `/v1beta/openai/...`: Google's OpenAI-compatible endpoint, answered like `/v1/...` with
+//!   the Gemini key as a Bearer token.
 //! - `POST /v1beta/models/{m}:generateContent`, `:streamGenerateContent` (`?alt=sse`: SSE;
 //!   without it: one JSON array sent in pieces), `:countTokens`; `GET /v1beta/models[/{m}]`.
 //!   `functionCall` parts when `functionDeclarations` are given.
@@ -169,6 +171,8 @@ pub enum Protocol {
     OpenAi,
     Anthropic,
     Gemini,
+    /// Google's OpenAI-compatible endpoint: OpenAI shapes, the Gemini key as a Bearer token.
+    GoogleOpenAi,
 }
 
 /// The response body: a list of chunks, each written as its own frame, optionally paced.
@@ -345,6 +349,12 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
         return Outcome::Respond(control::handle(mock, &parts.method, &path, &body));
     }
 
+    // Google's OpenAI-compatible endpoint (`/v1beta/openai/...`): OpenAI shapes, Gemini key.
+    let google_compat = path.starts_with("/v1beta/openai/");
+    let path = match path.strip_prefix("/v1beta/openai/") {
+        Some(rest) => format!("/v1/{rest}"),
+        None => path,
+    };
     let protocol = protocol_of(&path, &parts.headers);
     let body = match read_body(body).await {
         Ok(body) => body,
@@ -420,7 +430,13 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
             behaviour.retry_after,
         ));
     }
-    if let Err((status, message)) = check_key(mock, protocol, &parts.headers, parts.uri.query()) {
+    let key_protocol = if google_compat {
+        Protocol::GoogleOpenAi
+    } else {
+        protocol
+    };
+    if let Err((status, message)) = check_key(mock, key_protocol, &parts.headers, parts.uri.query())
+    {
         return Outcome::Respond(error_response(protocol, status, message, None));
     }
     if let Err(message) = validate(&parts.method, &path, json.as_ref(), &parts.headers) {
@@ -592,8 +608,13 @@ fn check_key(
                 )),
             }
         }
-        Protocol::OpenAi => {
-            let Some(expected) = &mock.openai_key else {
+        Protocol::OpenAi | Protocol::GoogleOpenAi => {
+            let expected = if protocol == Protocol::GoogleOpenAi {
+                mock.gemini_key.as_ref().or(mock.openai_key.as_ref())
+            } else {
+                mock.openai_key.as_ref()
+            };
+            let Some(expected) = expected else {
                 return Ok(());
             };
             let presented = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
@@ -635,7 +656,7 @@ pub fn error_response(
     retry_after: Option<u64>,
 ) -> Response<MockBody> {
     let value = match protocol {
-        Protocol::OpenAi => {
+        Protocol::OpenAi | Protocol::GoogleOpenAi => {
             let (kind, code) = match status.as_u16() {
                 401 => (
                     "invalid_request_error",

@@ -39,7 +39,7 @@ PROMPT = "Read the file notes.txt in the current directory and tell me exactly w
 
 NEEDS_MESSAGES_CONVERSION = "Claude Code's current request shapes (system messages mid-conversation, adaptive thinking, max_tokens on reasoning models) toward an OpenAI upstream: issue 12 part A (branch agents)"
 NEEDS_RESPONSES_EVERYWHERE = "/v1/responses on non-OpenAI upstreams: issue 12 part A (branch agents)"
-NEEDS_GEMINI_PROTOCOL = "Gemini API as a client protocol and the native google upstream: issue 12 part B, not finished on this branch"
+NEEDS_NATIVE_GEMINI_UPSTREAM = "the google provider speaking Gemini natively (generativelanguage v1beta): issue 12 part B step 3, not done on this branch"
 
 
 def upstreams(mock: MockUpstream) -> dict:
@@ -49,9 +49,10 @@ def upstreams(mock: MockUpstream) -> dict:
         # Stands for an OpenAI-compatible server without the Responses API (Groq, vLLM, Ollama):
         # how an upstream says so is part A's (branch agents) per-upstream setting.
         "chat_only_mock": openai_upstream(mock.url, [OPENAI_CHAT_ONLY_MODEL]),
+        # The google provider on Google's OpenAI-compatible endpoint (what it speaks today).
         "gemini_mock": {
             "provider": "google",
-            "base_url": f"{mock.url}/v1beta",
+            "base_url": f"{mock.url}/v1beta/openai",
             "api_key": GEMINI_UPSTREAM_KEY,
             "models": [GEMINI_MODEL],
         },
@@ -148,9 +149,20 @@ def gemini_read_call(ws) -> dict:
     return {"file_path": str(ws.notes)}
 
 
-@pytest.mark.xfail(reason=NEEDS_GEMINI_PROTOCOL, strict=False)
 def test_gemini_cli_gemini_upstream(mock, gate_factory, workspace):
     gate = gate_factory(upstreams(mock))
+    script_tool_call(mock, "read_file", gemini_read_call(workspace))
+    run = run_gemini(workspace, gate.url, make_jwt(), GEMINI_MODEL, PROMPT)
+    assert_tool_round_trip(run, mock, workspace, "/v1beta/openai/chat/completions")
+    for record in mock.requests():
+        assert record.header("authorization") == f"Bearer {GEMINI_UPSTREAM_KEY}"
+
+
+@pytest.mark.xfail(reason=NEEDS_NATIVE_GEMINI_UPSTREAM, strict=False)
+def test_gemini_cli_native_gemini_upstream(mock, gate_factory, workspace):
+    ups = upstreams(mock)
+    ups["gemini_mock"]["base_url"] = f"{mock.url}/v1beta"
+    gate = gate_factory(ups)
     script_tool_call(mock, "read_file", gemini_read_call(workspace))
     run = run_gemini(workspace, gate.url, make_jwt(), GEMINI_MODEL, PROMPT)
     assert_tool_round_trip(run, mock, workspace, "/v1beta/models/")
@@ -158,9 +170,15 @@ def test_gemini_cli_gemini_upstream(mock, gate_factory, workspace):
         assert record.header("x-goog-api-key") == GEMINI_UPSTREAM_KEY
 
 
-@pytest.mark.xfail(reason=NEEDS_GEMINI_PROTOCOL, strict=False)
 def test_gemini_cli_openai_upstream(mock, gate_factory, workspace):
     gate = gate_factory(upstreams(mock))
     script_tool_call(mock, "read_file", gemini_read_call(workspace))
     run = run_gemini(workspace, gate.url, make_jwt(), OPENAI_REASONING_MODEL, PROMPT)
     assert_tool_round_trip(run, mock, workspace, "/v1/chat/completions")
+
+
+def test_gemini_cli_anthropic_upstream(mock, gate_factory, workspace):
+    gate = gate_factory(upstreams(mock))
+    script_tool_call(mock, "read_file", gemini_read_call(workspace))
+    run = run_gemini(workspace, gate.url, make_jwt(), CLAUDE_MODEL, PROMPT)
+    assert_tool_round_trip(run, mock, workspace, "/v1/messages")
