@@ -173,22 +173,14 @@ fn essence(request: &oa::ChatCompletionRequest) -> Essence {
 }
 
 /// Gemini merges consecutive turns of one role; compare texts as one concatenation per role.
-fn merged(
-    e: Essence,
-) -> (
-    String,
-    String,
-    String,
-    Vec<(String, String, Value)>,
-    Vec<(String, String)>,
-) {
-    (
-        e.system,
-        e.user.concat(),
-        e.assistant.concat(),
-        e.calls,
-        e.results,
-    )
+fn merged(e: Essence) -> Essence {
+    Essence {
+        system: e.system,
+        user: vec![e.user.concat()],
+        assistant: vec![e.assistant.concat()],
+        calls: e.calls,
+        results: e.results,
+    }
 }
 
 proptest! {
