@@ -155,3 +155,17 @@ def test_sdk_error_is_raised_as_client_error(gemini_client):
     with pytest.raises(genai_errors.ClientError) as raised:
         gemini_client.models.generate_content(model="no-such-model", contents="x")
     assert raised.value.code == 404
+
+
+def test_broken_upstream_stream_ends_with_a_google_error(gate, client_token, mock):
+    mock.behave(path="/v1/chat/completions", break_after=3)
+    body = {"contents": [{"role": "user", "parts": [{"text": "a stream that breaks off early"}]}]}
+    response = httpx.post(
+        f"{gate.url}/v1beta/models/{OPENAI_CHAT_MODEL}:streamGenerateContent",
+        params={"alt": "sse"}, headers={"x-goog-api-key": client_token}, json=body, timeout=CLIENT_TIMEOUT_S,
+    )
+    assert response.status_code == 200
+    events = [line.removeprefix("data: ") for line in response.text.splitlines() if line.startswith("data: ")]
+    last = __import__("json").loads(events[-1])
+    assert last["error"]["status"] == "INTERNAL" or last["error"]["code"] == 502, last
+    assert all("finishReason" not in e for e in events), events

@@ -9,7 +9,8 @@
 //! (never logged: the query is not logged anywhere, and only [`gemini::scrub_key_from_query`]
 //! may put it in a message).
 //!
-//! Must not: hold protocol logic (that is gate-core's) or buffer a stream.
+//! Metrics count these requests under the `chat_completions` endpoint label (the path they
+//! take). Must not: hold protocol logic (that is gate-core's) or buffer a stream.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -278,6 +279,15 @@ fn copy_upstream_headers(from: &http::HeaderMap, to: &mut http::HeaderMap) {
     }
 }
 
+/// The message of an error event the request path wrote into a broken stream
+/// (`{"error": {"message": ...}}`), if `data` is one.
+fn stream_error(data: &str) -> Option<String> {
+    if !data.contains("\"error\"") {
+        return None;
+    }
+    crate::errors::upstream_message(data.as_bytes())
+}
+
 fn model_resource(id: &str) -> serde_json::Value {
     serde_json::json!({
         "name": format!("models/{id}"),
@@ -313,6 +323,19 @@ impl GeminiStreamBody {
             self.elements += 1;
             self.pending.push_back(Bytes::from(bytes));
         }
+    }
+
+    /// Ends the stream with an error element in Google's shape.
+    fn fail(&mut self, message: &str) {
+        let error = String::from_utf8_lossy(&gemini::error_body(502, message)).into_owned();
+        self.frame(vec![StreamEvent {
+            event: None,
+            data: error,
+        }]);
+        if !self.sse {
+            self.pending.push_back(Bytes::from_static(b"]"));
+        }
+        self.finished = true;
     }
 
     fn end(&mut self) {
@@ -355,6 +378,11 @@ impl hyper::body::Body for GeminiStreamBody {
                         while let Some(event) = this.parser.next_event() {
                             match event {
                                 Ok(event) => {
+                                    if let Some(message) = stream_error(&event.data) {
+                                        // A broken stream: end with Google's error, not a STOP.
+                                        this.fail(&message);
+                                        break;
+                                    }
                                     let events = this.converter.handle_data(&event.data);
                                     this.frame(events);
                                 }
