@@ -71,7 +71,7 @@ if want tests; then
 fi
 
 if want e2e && [ -x tests/e2e/run.sh ]; then
-    step "end-to-end: official OpenAI and Anthropic SDKs against the real binaries"
+    step "end-to-end: official OpenAI, Anthropic and google-genai SDKs against the real binaries"
     need_apt python3 python3 python3-venv
     cargo build --workspace --examples --bins -q
     tests/e2e/run.sh

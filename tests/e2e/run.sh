@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the end-to-end suite: the real `gate` binary and the mock upstream on loopback, driven
-# by the official openai and anthropic SDKs, under both runtimes.
+# by the official openai, anthropic and google-genai SDKs, under both runtimes.
 #
 # Builds nothing. Build first (from the repo root):
 #     cargo build -p gate-daemon --bin gate --example mock_upstream
