@@ -169,3 +169,23 @@ def test_broken_upstream_stream_ends_with_a_google_error(gate, client_token, moc
     last = __import__("json").loads(events[-1])
     assert last["error"]["status"] == "INTERNAL" or last["error"]["code"] == 502, last
     assert all("finishReason" not in e for e in events), events
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_google_upstream_through_its_openai_compatible_url(gate_factory, client_token, mock, stream):
+    # The google provider as configured today: Google's OpenAI-compatible endpoint.
+    gate = gate_factory(
+        {"google_mock": {"provider": "google", "base_url": f"{mock.url}/v1beta/openai",
+                         "api_key": OPENAI_UPSTREAM_KEY, "models": ["gemini-2.5-flash"]}}
+    )
+    client = genai.Client(api_key=client_token, http_options=types.HttpOptions(base_url=gate.url, api_version="v1beta"))
+    tool = types.Tool(function_declarations=[types.FunctionDeclaration(name="get_weather", parameters_json_schema=WEATHER_TOOL_SCHEMA)])
+    config = types.GenerateContentConfig(tools=[tool], automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
+    if stream:
+        calls = [c for chunk in client.models.generate_content_stream(model="gemini-2.5-flash", contents="weather?", config=config) for c in (chunk.function_calls or [])]
+    else:
+        calls = client.models.generate_content(model="gemini-2.5-flash", contents="weather?", config=config).function_calls
+    assert [(c.name, c.args) for c in calls] == [("get_weather", {"city": "mock", "unit": "celsius"})]
+    [record] = mock.requests()
+    assert record.path == "/v1beta/openai/chat/completions"
+    assert record.header("authorization") == f"Bearer {OPENAI_UPSTREAM_KEY}"
