@@ -3,15 +3,16 @@
 # Installs what the tests need when it is missing, then runs, in order:
 #   lint (fmt, clippy), dependency audit, the sans-IO check of gate-core,
 #   unit + property + end-to-end tests (cargo nextest), the Python SDK suite,
+#   the real coding agents (Claude Code, Codex, Gemini CLI from npm), the web UI,
 #   the NixOS module tests, and every fuzz target for a short time.
 # Usage: ./test.sh            everything
-#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e ui nix fuzz
+#        ./test.sh STAGE...   only some stages: lint audit core-io tests e2e agents ui nix fuzz
 # FUZZ_SECONDS (default 30) sets the time per fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 stages=("$@")
-if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e ui nix fuzz); fi
+if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e agents ui nix fuzz); fi
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never
@@ -74,10 +75,17 @@ if want tests; then
 fi
 
 if want e2e && [ -x tests/e2e/run.sh ]; then
-    step "end-to-end: official OpenAI and Anthropic SDKs against the real binaries"
+    step "end-to-end: official OpenAI, Anthropic and google-genai SDKs against the real binaries"
     need_apt python3 python3 python3-venv
     cargo build --workspace --examples --bins -q
     tests/e2e/run.sh
+fi
+
+if want agents; then
+    step "coding agents: Claude Code, Codex CLI and Gemini CLI (npm, pinned) through gate (both runtimes)"
+    need_apt python3 python3 python3-venv
+    cargo build -p gate-daemon --bin gate --example mock_upstream -q
+    tests/agents/run.sh
 fi
 
 if want ui; then

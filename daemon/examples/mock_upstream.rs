@@ -40,6 +40,18 @@
 //!   `input_json_delta`.
 //! - `POST /v1/messages/count_tokens`; `GET /v1/models` when the request carries `anthropic-version`.
 //!
+//! Gemini-style (Google's `v1beta`; errors `{"error":{"code","message","status"}}`; key in
+//! `x-goog-api-key` or `?key=`, checked against `--expect-gemini-key`, else `--expect-key`):
+//! - `/v1beta/openai/...`: Google's OpenAI-compatible endpoint, answered like `/v1/...` with
+//!   the Gemini key as a Bearer token.
+//! - `POST /v1beta/models/{m}:generateContent`, `:streamGenerateContent` (`?alt=sse`: SSE;
+//!   without it: one JSON array sent in pieces), `:countTokens`; `GET /v1beta/models[/{m}]`.
+//!   `functionCall` parts when `functionDeclarations` are given.
+//!
+//! Every request is checked as strictly as the real provider checks it (`mock_upstream/validate.rs`):
+//! unknown top-level fields, unknown roles, `max_tokens` on OpenAI reasoning models (o1, o3, o4,
+//! gpt-5) are refused with a 400 in the provider's shape.
+//!
 //! The reply text is `mock reply: <text of the last user message>` (first 200 characters), so a
 //! test can see its prompt went through. Token counts are word counts.
 //!
@@ -64,8 +76,11 @@
 //!   ```json
 //!   {"model": "gpt-x", "path": "/v1/chat/completions", "times": 1,
 //!    "status": 500, "retry_after": 1, "delay_ms": 0, "reset": false,
-//!    "pause_ms": 0, "break_after": null}
+//!    "pause_ms": 0, "break_after": null, "with_tool": null, "tool_arguments": null}
 //!   ```
+//!   `with_tool: NAME` (matching) applies only to requests that offer a tool of that name and
+//!   whose last turn is not a tool result; the answer is then a call to NAME with
+//!   `tool_arguments` (default: made from its schema). That is how a test scripts an agent turn.
 //!   Matching: `model` (the request body's `model`) and `path`, when given, must equal the
 //!   request's. Rules are tried in the order they were added; the first that matches and has
 //!   `times` left (absent = forever) applies and uses up one of its `times`. Effects:
@@ -89,8 +104,12 @@ mod anthropic;
 mod common;
 #[path = "mock_upstream/control.rs"]
 mod control;
+#[path = "mock_upstream/gemini.rs"]
+mod gemini;
 #[path = "mock_upstream/openai.rs"]
 mod openai;
+#[path = "mock_upstream/validate.rs"]
+mod validate;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -128,6 +147,9 @@ struct Args {
     /// A different key for Anthropic-style requests (defaults to --expect-key).
     #[arg(long)]
     expect_anthropic_key: Option<String>,
+    /// A different key for Gemini-style requests (`x-goog-api-key` or `?key=`; defaults to --expect-key).
+    #[arg(long)]
+    expect_gemini_key: Option<String>,
     /// Models listed by GET /v1/models (comma separated).
     #[arg(
         long,
@@ -148,6 +170,9 @@ struct Args {
 pub enum Protocol {
     OpenAi,
     Anthropic,
+    Gemini,
+    /// Google's OpenAI-compatible endpoint: OpenAI shapes, the Gemini key as a Bearer token.
+    GoogleOpenAi,
 }
 
 /// The response body: a list of chunks, each written as its own frame, optionally paced.
@@ -157,6 +182,7 @@ pub type MockBody = BoxBody<Bytes, io::Error>;
 pub struct Mock {
     pub openai_key: Option<String>,
     pub anthropic_key: Option<String>,
+    pub gemini_key: Option<String>,
     pub models: Vec<String>,
     pub recorder: Recorder,
     pub rules: control::Rules,
@@ -197,6 +223,7 @@ async fn run(args: Args) -> io::Result<()> {
     let mock = Arc::new(Mock {
         openai_key: args.expect_key,
         anthropic_key,
+        gemini_key: args.expect_gemini_key,
         models: args.models,
         recorder: Recorder::new(args.record_limit),
         rules: control::Rules::default(),
@@ -322,6 +349,12 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
         return Outcome::Respond(control::handle(mock, &parts.method, &path, &body));
     }
 
+    // Google's OpenAI-compatible endpoint (`/v1beta/openai/...`): OpenAI shapes, Gemini key.
+    let google_compat = path.starts_with("/v1beta/openai/");
+    let path = match path.strip_prefix("/v1beta/openai/") {
+        Some(rest) => format!("/v1/{rest}"),
+        None => path,
+    };
     let protocol = protocol_of(&path, &parts.headers);
     let body = match read_body(body).await {
         Ok(body) => body,
@@ -339,11 +372,19 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
     } else {
         serde_json::from_slice(&body).ok()
     };
-    let model = json
-        .as_ref()
-        .and_then(|v| v.get("model"))
-        .and_then(|m| m.as_str())
-        .map(str::to_owned);
+    let model = match gemini::parse_path(&path) {
+        Some(
+            gemini::Call::Generate(m)
+            | gemini::Call::Stream(m)
+            | gemini::Call::CountTokens(m)
+            | gemini::Call::Get(m),
+        ) => Some(m.to_owned()),
+        _ => json
+            .as_ref()
+            .and_then(|v| v.get("model"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned),
+    };
 
     let header_rule = parts
         .headers
@@ -363,7 +404,9 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
                 None,
             ));
         }
-        None => mock.rules.take_match(model.as_deref(), &path),
+        None => mock
+            .rules
+            .take_match(model.as_deref(), &path, json.as_ref()),
     };
 
     let record_id = mock
@@ -387,16 +430,40 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
             behaviour.retry_after,
         ));
     }
-    if let Err((status, message)) = check_key(mock, protocol, &parts.headers) {
+    let key_protocol = if google_compat {
+        Protocol::GoogleOpenAi
+    } else {
+        protocol
+    };
+    if let Err((status, message)) = check_key(mock, key_protocol, &parts.headers, parts.uri.query())
+    {
         return Outcome::Respond(error_response(protocol, status, message, None));
     }
+    if let Err(message) = validate(&parts.method, &path, json.as_ref(), &parts.headers) {
+        return Outcome::Respond(error_response(
+            protocol,
+            StatusCode::BAD_REQUEST,
+            &message,
+            None,
+        ));
+    }
+    let scripted = behaviour.forced_call();
 
     let pacing = common::Pacing {
         pause: Duration::from_millis(behaviour.pause_ms.unwrap_or(0)),
         break_after: behaviour.break_after,
         recorder: record_id.map(|id| (mock.clone(), id)),
     };
-    let answer = route(mock, &parts.method, &path, protocol, json.as_ref(), &body);
+    let query = parts.uri.query().unwrap_or("");
+    let answer = route(
+        mock,
+        &parts.method,
+        (&path, query),
+        protocol,
+        json.as_ref(),
+        &body,
+        scripted.as_ref(),
+    );
     Outcome::Respond(match answer {
         Ok(answer) => answer.into_response(pacing),
         Err((status, message)) => error_response(protocol, status, &message, None),
@@ -407,10 +474,11 @@ async fn handle(mock: &Arc<Mock>, req: Request<Incoming>) -> Outcome {
 fn route(
     mock: &Mock,
     method: &Method,
-    path: &str,
+    (path, query): (&str, &str),
     protocol: Protocol,
     json: Option<&serde_json::Value>,
     raw: &[u8],
+    scripted: Option<&common::ForcedCall>,
 ) -> Result<common::Answer, (StatusCode, String)> {
     let need_json = || -> Result<&serde_json::Value, (StatusCode, String)> {
         match json {
@@ -425,16 +493,34 @@ fn route(
             )),
         }
     };
+    if let Some(call) = gemini::parse_path(path) {
+        return match (method, call) {
+            (&Method::GET, gemini::Call::List) => Ok(gemini::models(mock)),
+            (&Method::GET, gemini::Call::Get(m)) => gemini::model(mock, m),
+            (&Method::POST, gemini::Call::Generate(m)) => {
+                gemini::generate(mock, m, need_json()?, None, scripted)
+            }
+            (&Method::POST, gemini::Call::Stream(m)) => {
+                let sse = query.split('&').any(|kv| kv == "alt=sse");
+                gemini::generate(mock, m, need_json()?, Some(sse), scripted)
+            }
+            (&Method::POST, gemini::Call::CountTokens(_)) => gemini::count_tokens(need_json()?),
+            _ => Err((
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("method {method} not allowed on {path}"),
+            )),
+        };
+    }
     match (method, path) {
         (&Method::GET, "/v1/models") => Ok(match protocol {
-            Protocol::OpenAi => openai::models(mock),
             Protocol::Anthropic => anthropic::models(mock),
+            _ => openai::models(mock),
         }),
-        (&Method::POST, "/v1/chat/completions") => openai::chat(mock, need_json()?),
+        (&Method::POST, "/v1/chat/completions") => openai::chat(mock, need_json()?, scripted),
         (&Method::POST, "/v1/completions") => openai::completions(mock, need_json()?),
         (&Method::POST, "/v1/embeddings") => openai::embeddings(need_json()?),
-        (&Method::POST, "/v1/responses") => openai::responses(mock, need_json()?),
-        (&Method::POST, "/v1/messages") => anthropic::messages(mock, need_json()?),
+        (&Method::POST, "/v1/responses") => openai::responses(mock, need_json()?, scripted),
+        (&Method::POST, "/v1/messages") => anthropic::messages(mock, need_json()?, scripted),
         (&Method::POST, "/v1/messages/count_tokens") => anthropic::count_tokens(need_json()?),
         (
             _,
@@ -455,9 +541,35 @@ fn route(
     }
 }
 
-/// Anthropic paths, or any request that carries `anthropic-version`, speak Anthropic.
+/// The provider-strict checks of `validate.rs` for the request shapes that have them.
+fn validate(
+    method: &Method,
+    path: &str,
+    json: Option<&serde_json::Value>,
+    headers: &HeaderMap,
+) -> Result<(), String> {
+    let (Some(json), &Method::POST) = (json, method) else {
+        return Ok(());
+    };
+    match path {
+        "/v1/chat/completions" => validate::validate_chat_request(json),
+        "/v1/messages" => validate::validate_messages_request(json, headers),
+        "/v1/responses" => validate::validate_responses_request(json),
+        _ => match gemini::parse_path(path) {
+            Some(gemini::Call::Generate(_) | gemini::Call::Stream(_)) => {
+                validate::validate_gemini_request(json)
+            }
+            _ => Ok(()),
+        },
+    }
+}
+
+/// Gemini paths (`/v1beta/...`) speak Gemini; Anthropic paths, or any request that carries
+/// `anthropic-version`, speak Anthropic.
 fn protocol_of(path: &str, headers: &HeaderMap) -> Protocol {
-    if path.starts_with("/v1/messages") || headers.contains_key("anthropic-version") {
+    if path.starts_with("/v1beta/") {
+        Protocol::Gemini
+    } else if path.starts_with("/v1/messages") || headers.contains_key("anthropic-version") {
         Protocol::Anthropic
     } else {
         Protocol::OpenAi
@@ -469,11 +581,40 @@ fn check_key(
     mock: &Mock,
     protocol: Protocol,
     headers: &HeaderMap,
+    query: Option<&str>,
 ) -> Result<(), (StatusCode, &'static str)> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     match protocol {
-        Protocol::OpenAi => {
-            let Some(expected) = &mock.openai_key else {
+        Protocol::Gemini => {
+            // Google's key: the Gemini key if given, else the OpenAI-style one.
+            let Some(expected) = mock.gemini_key.as_ref().or(mock.openai_key.as_ref()) else {
+                return Ok(());
+            };
+            let from_query = query.and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("key="))
+                    .map(str::to_owned)
+            });
+            let presented = header("x-goog-api-key").map(str::to_owned).or(from_query);
+            match presented {
+                Some(key) if key == *expected => Ok(()),
+                None => Err((
+                    StatusCode::FORBIDDEN,
+                    "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+                )),
+                Some(_) => Err((
+                    StatusCode::BAD_REQUEST,
+                    "API key not valid. Please pass a valid API key.",
+                )),
+            }
+        }
+        Protocol::OpenAi | Protocol::GoogleOpenAi => {
+            let expected = if protocol == Protocol::GoogleOpenAi {
+                mock.gemini_key.as_ref().or(mock.openai_key.as_ref())
+            } else {
+                mock.openai_key.as_ref()
+            };
+            let Some(expected) = expected else {
                 return Ok(());
             };
             let presented = header("authorization").and_then(|v| v.strip_prefix("Bearer "));
@@ -515,7 +656,7 @@ pub fn error_response(
     retry_after: Option<u64>,
 ) -> Response<MockBody> {
     let value = match protocol {
-        Protocol::OpenAi => {
+        Protocol::OpenAi | Protocol::GoogleOpenAi => {
             let (kind, code) = match status.as_u16() {
                 401 => (
                     "invalid_request_error",
@@ -543,6 +684,20 @@ pub fn error_response(
                 _ => "api_error",
             };
             serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+        }
+        Protocol::Gemini => {
+            let status_name = match status.as_u16() {
+                400 | 413 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
+                405 => "UNIMPLEMENTED",
+                429 => "RESOURCE_EXHAUSTED",
+                503 | 529 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                _ => "INTERNAL",
+            };
+            serde_json::json!({"error": {"code": status.as_u16(), "message": message, "status": status_name}})
         }
     };
     let mut response = common::json_response(status, &value);

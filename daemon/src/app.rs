@@ -42,6 +42,9 @@ impl<R: Runtime> App<R> {
                 return admin.handle(req, peer).await;
             }
         }
+        if path.starts_with("/v1beta/") || path == "/v1beta" {
+            return self.gateway.handle_gemini(req, peer).await;
+        }
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/") => self.index(&req),
             (&Method::GET, "/health") => json(

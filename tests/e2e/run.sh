@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the end-to-end suite: the real `gate` binary and the mock upstream on loopback, driven
-# by the official openai and anthropic SDKs, under both runtimes.
+# by the official openai, anthropic and google-genai SDKs, under both runtimes.
 #
 # Builds nothing. Build first (from the repo root):
 #     cargo build -p gate-daemon --bin gate --example mock_upstream
@@ -20,7 +20,7 @@ fi
 stamp="$venv/.requirements.sha256"
 want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    printf '==> installing the Python SDKs (pip install -r %s: openai, anthropic, PyJWT, httpx, pytest)\n' "$here/requirements.txt"
+    printf '==> installing the Python SDKs (pip install -r %s: openai, anthropic, google-genai, PyJWT, httpx, pytest)\n' "$here/requirements.txt"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
     echo "$want" > "$stamp"
 fi

@@ -1,4 +1,4 @@
-//! LLM protocol logic: the OpenAI and Anthropic wire types that routing and conversion
+//! LLM protocol logic: the OpenAI, Anthropic and Gemini wire types that routing and conversion
 //! need, an incremental SSE parser and encoder, OpenAI <-> Anthropic conversion, and the
 //! gateway's pure request-path decisions (endpoint table, status mapping, header allow-lists,
 //! usage extraction, secret scrubbing).
@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod convert;
 pub mod endpoint;
 pub mod errors;
+pub mod gemini;
 pub mod openai;
 pub mod scrub;
 pub mod sse;

@@ -5,7 +5,7 @@
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{self, named_event, Answer};
+use crate::common::{self, named_event, Answer, ForcedCall};
 use crate::Mock;
 
 type Outcome = Result<Answer, (StatusCode, String)>;
@@ -54,7 +54,7 @@ fn last_is_tool_result(messages: &[Value]) -> bool {
         })
 }
 
-fn chosen_tool(request: &Value) -> Option<(String, Option<Value>)> {
+fn chosen_tool(request: &Value, scripted: Option<&ForcedCall>) -> Option<(String, Option<Value>)> {
     let tools = request.get("tools")?.as_array()?;
     let choice = request.get("tool_choice");
     let choice_type = choice.and_then(|c| c.get("type")).and_then(Value::as_str);
@@ -70,7 +70,7 @@ fn chosen_tool(request: &Value) -> Option<(String, Option<Value>)> {
         let name = t.get("name")?.as_str()?.to_owned();
         Some((name, t.get("input_schema").cloned()))
     });
-    match forced {
+    match scripted.map(|f| f.name.as_str()).or(forced) {
         Some(name) => functions.find(|(n, _)| n == name),
         None => functions.next(),
     }
@@ -87,7 +87,7 @@ fn input_tokens(request: &Value) -> u64 {
 }
 
 /// `POST /v1/messages`.
-pub fn messages(mock: &Mock, request: &Value) -> Outcome {
+pub fn messages(mock: &Mock, request: &Value, scripted: Option<&ForcedCall>) -> Outcome {
     let model = match request.get("model").and_then(Value::as_str) {
         Some(m) if !m.is_empty() => m.to_owned(),
         _ => return Err(bad_request("model: Field required")),
@@ -107,7 +107,7 @@ pub fn messages(mock: &Mock, request: &Value) -> Outcome {
     let tool = if after_tool {
         None
     } else {
-        chosen_tool(request)
+        chosen_tool(request, scripted)
     };
     let id = format!("msg_mock{}", mock.next_id());
     let input_tokens = input_tokens(request);
@@ -118,7 +118,7 @@ pub fn messages(mock: &Mock, request: &Value) -> Outcome {
 
     let (block, stop_reason, output_tokens) = match &tool {
         Some((name, schema)) => {
-            let input = common::tool_arguments(schema.as_ref());
+            let input = common::call_arguments(scripted, schema.as_ref());
             let tokens = common::count_text_words(&input.to_string());
             (
                 json!({"type": "tool_use", "id": format!("toolu_mock{}", mock.next_id()), "name": name, "input": input}),

@@ -51,6 +51,13 @@ pub enum Answer {
     Json(Value),
     /// Server-sent events, each already framed (`event: ...\ndata: ...\n\n`).
     Sse(Vec<Bytes>),
+    /// A JSON document sent in pieces (Gemini's stream without `alt=sse`).
+    JsonStream(Vec<Bytes>),
+}
+
+enum Kind {
+    Sse,
+    Other,
 }
 
 /// How a stream is paced and cut, and where its send times are recorded.
@@ -62,6 +69,10 @@ pub struct Pacing {
 
 impl Answer {
     pub fn into_response(self, pacing: Pacing) -> Response<MockBody> {
+        let self_kind = match &self {
+            Answer::Sse(_) => Kind::Sse,
+            _ => Kind::Other,
+        };
         match self {
             Answer::Json(value) => {
                 let mut response = json_response(StatusCode::OK, &value);
@@ -73,7 +84,12 @@ impl Answer {
                     .insert("x-request-id", http::HeaderValue::from_static("req_mock"));
                 response
             }
-            Answer::Sse(events) => {
+            Answer::Sse(events) | Answer::JsonStream(events) => {
+                let content_type = if matches!(self_kind, Kind::Sse) {
+                    "text/event-stream; charset=utf-8"
+                } else {
+                    "application/json; charset=UTF-8"
+                };
                 let body = EventBody {
                     events: events.into(),
                     pause: pacing.pause,
@@ -88,7 +104,7 @@ impl Answer {
                 let headers = response.headers_mut();
                 headers.insert(
                     http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                    http::HeaderValue::from_static(content_type),
                 );
                 headers.insert(
                     http::header::CACHE_CONTROL,
@@ -314,4 +330,101 @@ pub fn fragments(text: &str, pieces: usize) -> Vec<String> {
     }
     let size = chars.len().div_ceil(pieces.max(1)).max(1);
     chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+/// A tool call scripted by a behaviour rule (`with_tool`, `tool_arguments`).
+#[derive(Clone, Debug)]
+pub struct ForcedCall {
+    pub name: String,
+    /// `None`: arguments made from the tool's schema.
+    pub arguments: Option<Value>,
+}
+
+/// The names of the tools a request offers, in any of the three shapes: Chat Completions
+/// (`tools[].function.name`), Anthropic and Responses (`tools[].name`), Gemini
+/// (`tools[].functionDeclarations[].name`, also `function_declarations`).
+pub fn offered_tools(request: &Value) -> Vec<String> {
+    let mut names = Vec::new();
+    for tool in request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(name) = tool
+            .get("name")
+            .or_else(|| tool.get("function").and_then(|f| f.get("name")))
+            .and_then(Value::as_str)
+        {
+            names.push(name.to_owned());
+        }
+        for decls in ["functionDeclarations", "function_declarations"] {
+            for decl in tool
+                .get(decls)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(name) = decl.get("name").and_then(Value::as_str) {
+                    names.push(name.to_owned());
+                }
+            }
+        }
+    }
+    names
+}
+
+/// Is the request's last turn a tool result, in any of the four request shapes (Chat `tool`
+/// message, Anthropic `tool_result` block, Responses `function_call_output` item, Gemini
+/// `functionResponse` part)?
+pub fn last_turn_is_tool_result(request: &Value) -> bool {
+    if let Some(last) = request
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+    {
+        if last.get("role").and_then(Value::as_str) == Some("tool") {
+            return true;
+        }
+        return last
+            .get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|blocks| {
+                blocks
+                    .iter()
+                    .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            });
+    }
+    if let Some(last) = request
+        .get("input")
+        .and_then(Value::as_array)
+        .and_then(|i| i.last())
+    {
+        return matches!(
+            last.get("type").and_then(Value::as_str),
+            Some("function_call_output" | "custom_tool_call_output")
+        );
+    }
+    if let Some(last) = request
+        .get("contents")
+        .and_then(Value::as_array)
+        .and_then(|c| c.last())
+    {
+        return last
+            .get("parts")
+            .and_then(Value::as_array)
+            .is_some_and(|parts| {
+                parts.iter().any(|p| {
+                    p.get("functionResponse").is_some() || p.get("function_response").is_some()
+                })
+            });
+    }
+    false
+}
+
+/// The arguments of a call to `name`: the scripted ones, or made from `schema`.
+pub fn call_arguments(forced: Option<&ForcedCall>, schema: Option<&Value>) -> Value {
+    forced
+        .and_then(|f| f.arguments.clone())
+        .unwrap_or_else(|| tool_arguments(schema))
 }

@@ -44,12 +44,38 @@ pub struct Behaviour {
     /// Cut the connection after this many stream events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_after: Option<usize>,
+    /// Applies only to requests that offer a tool of this name and whose last turn is not a
+    /// tool result; the answer is then a call to that tool (a scripted agent turn).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with_tool: Option<String>,
+    /// With `with_tool`: the call's arguments (default: made from the tool's schema).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_arguments: Option<serde_json::Value>,
 }
 
 impl Behaviour {
-    fn matches(&self, model: Option<&str>, path: &str) -> bool {
+    fn matches(
+        &self,
+        model: Option<&str>,
+        path: &str,
+        request: Option<&serde_json::Value>,
+    ) -> bool {
         self.model.as_deref().is_none_or(|m| Some(m) == model)
             && self.path.as_deref().is_none_or(|p| p == path)
+            && self.with_tool.as_deref().is_none_or(|tool| {
+                request.is_some_and(|r| {
+                    common::offered_tools(r).iter().any(|t| t == tool)
+                        && !common::last_turn_is_tool_result(r)
+                })
+            })
+    }
+
+    /// The tool call this rule scripts, if any.
+    pub fn forced_call(&self) -> Option<common::ForcedCall> {
+        self.with_tool.as_ref().map(|name| common::ForcedCall {
+            name: name.clone(),
+            arguments: self.tool_arguments.clone(),
+        })
     }
 }
 
@@ -68,13 +94,19 @@ pub struct Rules {
 
 impl Rules {
     /// The first rule that matches and has uses left; uses one of them.
-    pub fn take_match(&self, model: Option<&str>, path: &str) -> Option<Behaviour> {
+    pub fn take_match(
+        &self,
+        model: Option<&str>,
+        path: &str,
+        request: Option<&serde_json::Value>,
+    ) -> Option<Behaviour> {
         let mut rules = self.rules.lock().ok()?;
         if rules.is_empty() {
             return None;
         }
         let rule = rules.iter_mut().find(|r| {
-            r.behaviour.matches(model, path) && r.behaviour.times.is_none_or(|t| r.used < t)
+            r.behaviour.matches(model, path, request)
+                && r.behaviour.times.is_none_or(|t| r.used < t)
         })?;
         rule.used += 1;
         Some(rule.behaviour.clone())

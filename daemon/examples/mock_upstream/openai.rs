@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::common::{self, data_event, named_event, Answer};
+use crate::common::{self, data_event, named_event, Answer, ForcedCall};
 use crate::Mock;
 
 type Outcome = Result<Answer, (StatusCode, String)>;
@@ -41,7 +41,11 @@ pub fn models(mock: &Mock) -> Answer {
 
 /// The tool the mock calls: `(name, parameters schema)`, honouring a forced `tool_choice`.
 /// Chat tools nest under `function`; Responses tools are flat.
-fn chosen_tool(request: &Value, nested: bool) -> Option<(String, Option<Value>)> {
+fn chosen_tool(
+    request: &Value,
+    nested: bool,
+    scripted: Option<&ForcedCall>,
+) -> Option<(String, Option<Value>)> {
     let tools = request.get("tools")?.as_array()?;
     let choice = request.get("tool_choice");
     if choice.and_then(Value::as_str) == Some("none") {
@@ -58,14 +62,17 @@ fn chosen_tool(request: &Value, nested: bool) -> Option<(String, Option<Value>)>
         Some((name, f.get("parameters").cloned()))
     });
     let mut functions = functions.collect::<Vec<_>>().into_iter();
-    match forced.and_then(Value::as_str) {
+    match scripted
+        .map(|f| f.name.as_str())
+        .or(forced.and_then(Value::as_str))
+    {
         Some(name) => functions.find(|(n, _)| n == name),
         None => functions.next(),
     }
 }
 
 /// `POST /v1/chat/completions`.
-pub fn chat(mock: &Mock, request: &Value) -> Outcome {
+pub fn chat(mock: &Mock, request: &Value, scripted: Option<&ForcedCall>) -> Outcome {
     let model = required_model(request)?;
     let messages = request
         .get("messages")
@@ -90,7 +97,7 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
     let tool = if last_is_tool_result {
         None
     } else {
-        chosen_tool(request, true)
+        chosen_tool(request, true, scripted)
     };
     let id = format!("chatcmpl-mock{}", mock.next_id());
     let created = common::unix_secs();
@@ -98,7 +105,7 @@ pub fn chat(mock: &Mock, request: &Value) -> Outcome {
 
     match tool {
         Some((name, schema)) => {
-            let arguments = common::tool_arguments(schema.as_ref()).to_string();
+            let arguments = common::call_arguments(scripted, schema.as_ref()).to_string();
             let call_id = format!("call_mock{}", mock.next_id());
             let completion_tokens = common::count_text_words(&arguments);
             let usage = usage(prompt_tokens, completion_tokens);
@@ -358,7 +365,7 @@ fn embedding_vector(text: &str, dimensions: usize) -> Vec<f32> {
 }
 
 /// `POST /v1/responses`.
-pub fn responses(mock: &Mock, request: &Value) -> Outcome {
+pub fn responses(mock: &Mock, request: &Value, scripted: Option<&ForcedCall>) -> Outcome {
     let model = required_model(request)?;
     let input = request
         .get("input")
@@ -395,7 +402,7 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
     let tool = if last_is_tool_output {
         None
     } else {
-        chosen_tool(request, false)
+        chosen_tool(request, false, scripted)
     };
     let id = format!("resp_mock{}", mock.next_id());
     let item_id = format!("msg_mock{}", mock.next_id());
@@ -404,7 +411,7 @@ pub fn responses(mock: &Mock, request: &Value) -> Outcome {
 
     let (done_item, output_tokens) = match &tool {
         Some((name, schema)) => {
-            let arguments = common::tool_arguments(schema.as_ref()).to_string();
+            let arguments = common::call_arguments(scripted, schema.as_ref()).to_string();
             let tokens = common::count_text_words(&arguments);
             (
                 json!({"type": "function_call", "id": item_id, "call_id": format!("call_mock{}", mock.next_id()),

@@ -86,7 +86,6 @@ impl<R: Runtime> Gateway<R> {
         peer: Peer,
         started: Instant,
     ) -> Result<Response<Body>, Refusal> {
-        let client_protocol = endpoint.client_protocol();
         self.authenticate(&parts.headers, peer)
             .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
         let snapshot = self.snapshot();
@@ -98,6 +97,20 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
+        self.dispatch_body(endpoint, &parts, body, started).await
+    }
+
+    /// Routes a request whose body is read (and whose client is authenticated) and tries
+    /// its candidates. The Gemini front door (`gemini.rs`) enters here with a converted body.
+    pub(super) async fn dispatch_body(
+        &self,
+        endpoint: Endpoint,
+        parts: &http::request::Parts,
+        body: Bytes,
+        started: Instant,
+    ) -> Result<Response<Body>, Refusal> {
+        let client_protocol = endpoint.client_protocol();
+        let snapshot = self.snapshot();
         // Only what routing needs is read; the rest of the body is skipped, not built into
         // a tree (a pass-through request is forwarded as the client's bytes).
         let summary = request_summary(&body).map_err(|e| {

@@ -13,6 +13,8 @@
 //! - [`access`] - client authentication and `GET /v1/models`;
 //! - [`discovery`] - asking upstreams which models they serve;
 //! - [`dispatch`] - one request: read, route, try the candidates in turn (failover);
+//! - [`gemini`] - the Gemini API front door (`/v1beta/models...`), converted through
+//!   Chat Completions into [`dispatch`];
 //! - [`upstream`] - building the upstream request, reading its answer;
 //! - [`respond`] - turning the upstream's answer into the client's;
 //! - [`stream`] - the streamed body ([`stream::StreamPipe`]);
@@ -33,6 +35,7 @@ mod attempt;
 mod body;
 mod discovery;
 mod dispatch;
+mod gemini;
 mod observe;
 mod respond;
 pub mod snapshot;
