@@ -71,6 +71,7 @@ fn register(session: &mut DaemonSession, now: Instant) -> ConnectionAttempt {
             protocol_version: PROTOCOL_VERSION,
             daemon_version: "0.1.0".into(),
             custom_label: Some("home".into()),
+            token: None,
         }))]
     );
     session.handle_frame(attempt, now, registered_frame(10_000));

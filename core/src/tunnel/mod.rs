@@ -98,11 +98,13 @@ pub mod access;
 pub mod daemon;
 pub mod frame;
 pub mod names;
+pub mod quota;
 pub mod relay;
 
 pub use access::{
-    address_bucket, throttle_message, AccessMode, AccessPolicy, RegistrationThrottle, Throttle,
-    MAX_THROTTLED_ADDRESSES, REGISTRATION_WINDOW,
+    address_bucket, is_token_name, split_token_entry, throttle_message, AccessMode, AccessPolicy,
+    Account, RegistrationThrottle, RegistrationToken, Throttle, MAX_THROTTLED_ADDRESSES,
+    MIN_TOKEN_SECRET_LEN, REGISTRATION_WINDOW,
 };
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
@@ -112,12 +114,14 @@ pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
     StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
-    LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+    LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION, TOKEN_SINCE_VERSION,
 };
 pub use names::{
-    validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
-    NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, NODE_ID_LEN,
+    validate_custom_label, ClaimRecord, ClaimRules, NameError, NameGrant, NameTableConfig,
+    NameTableSnapshot, NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, DEFAULT_MAX_CLAIMS,
+    NODE_ID_LEN,
 };
+pub use quota::{Quota, QuotaLedger, QuotaRefusal, Quotas, UsageView, ACME_WINDOW, BYTES_WINDOW};
 pub use relay::{
     CloseReason, RelayConfig, RelayEvent, RelaySession, RelayState, StreamRefusal,
     ACME_CHALLENGE_PREFIX,
