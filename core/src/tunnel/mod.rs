@@ -47,7 +47,7 @@
 //!
 //! | type | frame | direction | body |
 //! |---|---|---|---|
-//! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label |
+//! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label, then from version 4 on and only when the daemon has one: `str` registration token |
 //! | `0x02` | Registered | relay -> daemon | `u16` protocol version, `str` node name (`<node-id>.<suffix>`), `opt<str>` custom name granted, `opt<str>` custom name refusal reason, `u32` heartbeat interval (ms), then from version 2 on: `u16` public HTTPS port (0 = not announced) |
 //! | `0x03` | Refused | relay -> daemon | `str` reason |
 //! | `0x04` | Heartbeat | daemon -> relay | `u64` seq |
@@ -63,7 +63,7 @@
 //!
 //! # Versioning
 //!
-//! [`PROTOCOL_VERSION`] is 3. The daemon sends the highest version it speaks in `Register`; the
+//! [`PROTOCOL_VERSION`] is 4. The daemon sends the highest version it speaks in `Register`; the
 //! relay answers `Registered` with the version both will use (at most the daemon's) or `Refused`
 //! when it has none in common. Unknown frame types are a decoding error, so a new frame type
 //! needs a new protocol version. The ALPN stays `gate-relay/1`: versions are negotiated inside.
@@ -87,6 +87,22 @@
 //! | 3 | 3 | 3 | `Leaving` / `LeavingAck`, names out of routing at once |
 //! | 3 | 2 or 1 | 2 or 1 | not sent (the relay would reject the unknown type); the daemon just closes the connection, and the relay takes the names out when it sees the connection lost |
 //! | 2 or 1 | 3 | 2 or 1 | never sent; a `Leaving` on such a session is a protocol violation |
+//!
+//! Version 4 adds the registration token ([`Register::token`], the daemon's `relay.token`) as a
+//! trailing `str` of `Register`, present only when the daemon has a token. So a version 4
+//! daemon without a token sends what a version 3 relay reads (it answers with version 3), and a
+//! version 3 daemon is told by a relay in token mode that it has no token and should upgrade.
+//! A version 4 daemon *with* a token talking to a version 3 relay gets that relay's protocol
+//! violation ("trailing bytes" in `Register`); the daemon reports it as a refusal that says
+//! the relay is older than tokens (upgrade it, or unset `relay.token`).
+//!
+//! | daemon | relay | token set | outcome |
+//! |---|---|---|---|
+//! | 4 | 4 | yes | checked by the relay's access policy |
+//! | 4 | 4 | no | a relay in token mode refuses: set `relay.token` |
+//! | 4 | 3 or older | no | registers, version 3 or older |
+//! | 4 | 3 or older | yes | refused: the relay is older than tokens |
+//! | 3 or older | 4 | - | a relay in token mode refuses: upgrade the daemon |
 //!
 //! # Limits
 //!
