@@ -768,6 +768,42 @@ mod tests {
     }
 
     #[test]
+    fn token_mode_names_tokens_and_their_daemons() {
+        let mut s = sample(1_000);
+        s.access = AccessInfo {
+            mode: "token".into(),
+            allowed_nodes: Vec::new(),
+            tokens: vec![
+                TokenInfo {
+                    name: "team-a".into(),
+                    daemons: vec!["d".repeat(52)],
+                },
+                TokenInfo {
+                    name: "ci".into(),
+                    daemons: Vec::new(),
+                },
+            ],
+        };
+        s.daemons[0].token = Some("team-a".into());
+        let text = render_running(&s, Path::new("/var/lib/r"), 1_001);
+        for expected in [
+            "access: token, 2 token(s)\n",
+            &format!("  token team-a: used by {}\n", "d".repeat(52)),
+            "  token ci: no daemon connected\n",
+            "    admitted with token team-a\n",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        // Older snapshots without tokens still read.
+        let json = serde_json::to_string(&s).expect("json");
+        let back: StatusSnapshot = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back.access.tokens.len(), 2);
+    }
+
+    #[test]
     fn running_text_names_everything_an_operator_needs() {
         let s = sample(1_000);
         let text = render_running(&s, Path::new("/var/lib/r"), 1_001);
