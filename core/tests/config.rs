@@ -701,6 +701,7 @@ fn snapshot_config_show_plain() {
 
         [limits]
         handshake_timeout_ms = 5000
+        max_claims = 10000
         max_connections = 16384
         max_connections_per_ip = 256
         max_connections_per_node = 4096
@@ -935,7 +936,18 @@ fn relay_access_keys() {
     ))
     .unwrap_err()
     .to_string();
-    assert!(e.contains("open or allowlist"), "{e}");
+    assert!(
+        e.contains("access.tokens") && e.contains("RELAY__ACCESS__TOKENS"),
+        "{e}"
+    );
+    let e = load_relay(&sources(
+        &[("/etc/r.toml", "[access]\nmode = \"closed\"\n")],
+        "",
+        &[],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("open, allowlist or token"), "{e}");
     let e = load_relay(&sources(
         &[("/etc/r.toml", "[access]\nallowed_nodes = [\"nope\"]\n")],
         "",
@@ -944,6 +956,143 @@ fn relay_access_keys() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("node id"), "{e}");
+}
+
+#[test]
+fn relay_access_tokens_quotas_and_claims() {
+    use gate_core::config::Secret;
+    use gate_core::tunnel::{AccessMode, Account, NodeId, Quota, PROTOCOL_VERSION};
+    let node = NodeId::parse(&"a".repeat(52)).unwrap();
+    let nix = "[access]\nmode = \"token\"\n\
+               [access.default_quota]\nconnections = 10\nacme_requests_per_hour = 5\n\
+               [access.quotas.team-a]\nconnections = 100\nbytes_per_day = 1000000\n\
+               [limits]\nmax_claims = 50\n";
+    let tokens = "team-a:0123456789abcdef0123, team-b:fedcba9876543210fedc";
+    let loaded = load_relay(&sources(
+        &[("/etc/r.toml", nix)],
+        "",
+        &[("RELAY__ACCESS__TOKENS", tokens)],
+    ))
+    .unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.access.mode, AccessMode::Token);
+    assert_eq!(c.limits.max_claims, 50);
+    assert_eq!(
+        c.access.token_names().collect::<Vec<_>>(),
+        ["team-a", "team-b"]
+    );
+    assert_eq!(
+        c.access.admit(
+            &node,
+            Some(&Secret::new("fedcba9876543210fedc")),
+            PROTOCOL_VERSION
+        ),
+        Ok(Account::Token("team-b".into()))
+    );
+    // A token's unset quota fields come from the default.
+    assert_eq!(
+        c.access
+            .quotas
+            .for_account(&Account::Token("team-a".into())),
+        Quota {
+            custom_names: None,
+            connections: Some(100),
+            bytes_per_day: Some(1_000_000),
+            acme_requests_per_hour: Some(5),
+        }
+    );
+    assert_eq!(
+        c.access
+            .quotas
+            .for_account(&Account::Token("team-b".into()))
+            .connections,
+        Some(10)
+    );
+    // Never shown: not in `config show`, not in Debug.
+    for text in [
+        loaded.merged.render_text(true),
+        loaded.merged.render_json().to_string(),
+        format!("{c:?}"),
+    ] {
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+        assert!(!text.contains("fedcba98"), "{text}");
+    }
+    assert!(loaded
+        .merged
+        .render_text(false)
+        .contains("tokens = \"(set)\""));
+
+    // A bad entry is refused without quoting it.
+    let e = load_relay(&sources(
+        &[],
+        "",
+        &[
+            ("RELAY__ACCESS__MODE", "token"),
+            ("RELAY__ACCESS__TOKENS", "team-a:short-secret"),
+        ],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("access.tokens") && e.contains("name:secret"),
+        "{e}"
+    );
+    assert!(!e.contains("short-secret"), "{e}");
+    // Duplicate names, and a quota for a token that does not exist.
+    let e = load_relay(&sources(
+        &[],
+        "",
+        &[
+            ("RELAY__ACCESS__MODE", "token"),
+            (
+                "RELAY__ACCESS__TOKENS",
+                "x:0123456789abcdef0123,x:fedcba9876543210fedc",
+            ),
+        ],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("\"x\" twice"), "{e}");
+    let e = load_relay(&sources(
+        &[(
+            "/etc/r.toml",
+            "[access]\nmode = \"token\"\n[access.quotas.nobody]\nconnections = 1\n",
+        )],
+        "",
+        &[("RELAY__ACCESS__TOKENS", "x:0123456789abcdef0123")],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("access.quotas.nobody"), "{e}");
+    // Default claims cap.
+    let c = load_relay(&sources(&[], "", &[])).unwrap().config;
+    assert_eq!(c.limits.max_claims, 10_000);
+}
+
+#[test]
+fn daemon_relay_token_is_a_secret() {
+    let loaded = load_daemon(&sources(
+        &[],
+        "",
+        &[("GATE_RELAY__TOKEN", "team-a:0123456789abcdef0123")],
+    ))
+    .unwrap();
+    assert_eq!(
+        loaded
+            .config
+            .relay
+            .token
+            .as_ref()
+            .map(|t| t.expose().to_owned()),
+        Some("team-a:0123456789abcdef0123".to_owned())
+    );
+    let text = loaded.merged.render_text(true);
+    assert!(!text.contains("0123456789abcdef"), "{text}");
+    assert!(text.contains("GATE_RELAY__TOKEN"), "{text}");
+    let e = load_daemon(&sources(&[], "", &[("GATE_RELAY__TOKEN", "short")]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("relay.token") && !e.contains("short"), "{e}");
 }
 
 #[test]

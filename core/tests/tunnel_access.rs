@@ -9,11 +9,12 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
+use gate_core::config::Secret;
 use gate_core::tunnel::{
-    address_bucket, throttle_message, AccessMode, AccessPolicy, CloseReason, Frame,
-    NameTableConfig, NodeId, Register, RegistrationThrottle, RelayConfig, RelayEvent,
-    RelayNameTable, RelaySession, RelayState, Throttle, MAX_THROTTLED_ADDRESSES, PROTOCOL_VERSION,
-    REGISTRATION_WINDOW,
+    address_bucket, split_token_entry, throttle_message, AccessMode, AccessPolicy, Account,
+    CloseReason, Frame, NameTableConfig, NodeId, Register, RegistrationThrottle, RegistrationToken,
+    RelayConfig, RelayEvent, RelayNameTable, RelaySession, RelayState, Throttle,
+    MAX_THROTTLED_ADDRESSES, PROTOCOL_VERSION, REGISTRATION_WINDOW,
 };
 use proptest::prelude::*;
 
@@ -31,6 +32,7 @@ fn register(session: &mut RelaySession, names: &mut RelayNameTable, now: Instant
             protocol_version: PROTOCOL_VERSION,
             daemon_version: "0.1.0".into(),
             custom_label: Some("home".into()),
+            token: None,
         }),
         names,
     );
@@ -44,6 +46,7 @@ fn an_unlisted_daemon_is_refused_and_claims_nothing() {
         access: AccessPolicy {
             mode: AccessMode::Allowlist,
             allowed_nodes: BTreeSet::from([node_from(0)]),
+            ..AccessPolicy::default()
         },
         ..RelayConfig::default()
     };
@@ -85,10 +88,14 @@ proptest! {
         asking in any::<u8>(),
     ) {
         let node = node_from(asking);
-        prop_assert!(AccessPolicy::default().admit(&node).is_ok());
+        prop_assert!(AccessPolicy::default().admit(&node, None, PROTOCOL_VERSION).is_ok());
         let allowed: BTreeSet<NodeId> = listed.iter().map(|b| node_from(*b)).collect();
-        let policy = AccessPolicy { mode: AccessMode::Allowlist, allowed_nodes: allowed.clone() };
-        prop_assert_eq!(policy.admit(&node).is_ok(), allowed.contains(&node));
+        let policy = AccessPolicy {
+            mode: AccessMode::Allowlist,
+            allowed_nodes: allowed.clone(),
+            ..AccessPolicy::default()
+        };
+        prop_assert_eq!(policy.admit(&node, None, PROTOCOL_VERSION).is_ok(), allowed.contains(&node));
     }
 
     #[test]
@@ -111,10 +118,10 @@ proptest! {
 
 #[test]
 fn access_modes_round_trip_their_names() {
-    for mode in [AccessMode::Open, AccessMode::Allowlist] {
+    for mode in [AccessMode::Open, AccessMode::Allowlist, AccessMode::Token] {
         assert_eq!(AccessMode::parse(mode.as_str()), Some(mode));
     }
-    assert_eq!(AccessMode::parse("token"), None);
+    assert_eq!(AccessMode::parse("closed"), None);
 }
 
 #[test]
@@ -180,4 +187,183 @@ fn a_registration_the_relay_refuses_claims_nothing() {
     );
     assert_eq!(*session.state(), RelayState::Closed);
     assert!(names.snapshot().claims.is_empty());
+}
+
+fn token_policy(allowed: &[NodeId]) -> AccessPolicy {
+    AccessPolicy {
+        mode: AccessMode::Token,
+        allowed_nodes: allowed.iter().cloned().collect(),
+        tokens: vec![
+            RegistrationToken::new("team-a", "a-secret-of-twenty-bytes"),
+            RegistrationToken::new("team-b", "another-secret-value-b"),
+        ],
+        ..AccessPolicy::default()
+    }
+}
+
+fn register_with_token(
+    session: &mut RelaySession,
+    names: &mut RelayNameTable,
+    now: Instant,
+    protocol_version: u16,
+    token: Option<&str>,
+) -> Vec<RelayEvent> {
+    session.handle_frame(
+        now,
+        1000,
+        Frame::Register(Register {
+            protocol_version,
+            daemon_version: "0.1.0".into(),
+            custom_label: Some("home".into()),
+            token: token.map(Secret::new),
+        }),
+        names,
+    );
+    std::iter::from_fn(|| session.poll_event()).collect()
+}
+
+fn refusal(events: &[RelayEvent]) -> Option<String> {
+    events.iter().find_map(|e| match e {
+        RelayEvent::Transmit(Frame::Refused { reason }) => Some(reason.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn token_mode_admits_the_right_token_and_says_what_is_wrong_otherwise() {
+    let now = Instant::now();
+    let config = RelayConfig {
+        access: token_policy(&[]),
+        ..RelayConfig::default()
+    };
+    let mut names = RelayNameTable::new(NameTableConfig::new("relay.test").unwrap());
+
+    // No token: refused, told to set relay.token; nothing claimed.
+    let mut session = RelaySession::new(node_from(1), config.clone(), now);
+    let events = register_with_token(&mut session, &mut names, now, PROTOCOL_VERSION, None);
+    let reason = refusal(&events).expect("refused");
+    assert!(reason.contains("relay.token"), "{reason}");
+    assert!(reason.contains("GATE_RELAY__TOKEN"), "{reason}");
+    assert!(names.snapshot().claims.is_empty());
+
+    // A daemon older than tokens is told to upgrade.
+    let mut session = RelaySession::new(node_from(1), config.clone(), now);
+    let events = register_with_token(&mut session, &mut names, now, 3, None);
+    let reason = refusal(&events).expect("refused");
+    assert!(reason.contains("upgrade"), "{reason}");
+
+    // A wrong token: refused, and the message does not echo it.
+    let mut session = RelaySession::new(node_from(1), config.clone(), now);
+    let events = register_with_token(
+        &mut session,
+        &mut names,
+        now,
+        PROTOCOL_VERSION,
+        Some("a-secret-of-twenty-bytez"),
+    );
+    let reason = refusal(&events).expect("refused");
+    assert!(reason.contains("not one this relay accepts"), "{reason}");
+    assert!(!reason.contains("twenty-bytez"), "{reason}");
+    assert!(names.snapshot().claims.is_empty());
+
+    // The right one, as the secret alone or as the whole `name:secret` entry.
+    for presented in [
+        "a-secret-of-twenty-bytes",
+        "team-a:a-secret-of-twenty-bytes",
+    ] {
+        let mut session = RelaySession::new(node_from(1), config.clone(), now);
+        let events = register_with_token(
+            &mut session,
+            &mut names,
+            now,
+            PROTOCOL_VERSION,
+            Some(presented),
+        );
+        assert!(refusal(&events).is_none(), "{events:?}");
+        assert_eq!(session.account(), Some(&Account::Token("team-a".into())));
+        assert!(matches!(session.state(), RelayState::Registered { .. }));
+    }
+    // Another token's name with this secret is not a match.
+    let mut session = RelaySession::new(node_from(2), config, now);
+    let events = register_with_token(
+        &mut session,
+        &mut names,
+        now,
+        PROTOCOL_VERSION,
+        Some("team-b:a-secret-of-twenty-bytes"),
+    );
+    assert!(refusal(&events).is_some());
+}
+
+#[test]
+fn token_and_allowlist_together_need_both() {
+    let now = Instant::now();
+    let config = RelayConfig {
+        access: token_policy(&[node_from(0)]),
+        ..RelayConfig::default()
+    };
+    let mut names = RelayNameTable::new(NameTableConfig::new("relay.test").unwrap());
+    let mut session = RelaySession::new(node_from(1), config.clone(), now);
+    let events = register_with_token(
+        &mut session,
+        &mut names,
+        now,
+        PROTOCOL_VERSION,
+        Some("another-secret-value-b"),
+    );
+    let reason = refusal(&events).expect("unlisted node refused");
+    assert!(reason.contains("access.allowed_nodes"), "{reason}");
+    let mut session = RelaySession::new(node_from(0), config, now);
+    let events = register_with_token(
+        &mut session,
+        &mut names,
+        now,
+        PROTOCOL_VERSION,
+        Some("another-secret-value-b"),
+    );
+    assert!(refusal(&events).is_none(), "{events:?}");
+    assert_eq!(session.account(), Some(&Account::Token("team-b".into())));
+}
+
+#[test]
+fn token_entries_and_secrets_in_debug() {
+    assert_eq!(
+        split_token_entry("team-a:0123456789abcdef:x"),
+        Some(("team-a", "0123456789abcdef:x"))
+    );
+    assert_eq!(split_token_entry("team-a:short"), None);
+    assert_eq!(split_token_entry("Team:0123456789abcdef"), None);
+    assert_eq!(split_token_entry("0123456789abcdef"), None);
+    let policy = token_policy(&[]);
+    let shown = format!("{policy:?}");
+    assert!(shown.contains("team-a"), "{shown}");
+    assert!(!shown.contains("twenty"), "{shown}");
+}
+
+proptest! {
+    /// In token mode exactly the configured secrets are admitted, each as its own name.
+    #[test]
+    fn token_mode_admits_exactly_the_configured_secrets(
+        secrets in proptest::collection::btree_set("[a-z0-9]{16,24}", 1..5),
+        guess in "[a-z0-9]{16,24}",
+    ) {
+        let secrets: Vec<String> = secrets.into_iter().collect();
+        let policy = AccessPolicy {
+            mode: AccessMode::Token,
+            tokens: secrets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| RegistrationToken::new(&format!("t{i}"), s))
+                .collect(),
+            ..AccessPolicy::default()
+        };
+        let node = node_from(0);
+        for (i, secret) in secrets.iter().enumerate() {
+            let admitted = policy.admit(&node, Some(&Secret::new(secret.clone())), PROTOCOL_VERSION);
+            prop_assert_eq!(admitted, Ok(Account::Token(format!("t{i}"))));
+        }
+        let verdict = policy.admit(&node, Some(&Secret::new(guess.clone())), PROTOCOL_VERSION);
+        prop_assert_eq!(verdict.is_ok(), secrets.contains(&guess));
+        prop_assert!(policy.admit(&node, None, PROTOCOL_VERSION).is_err());
+    }
 }

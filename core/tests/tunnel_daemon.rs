@@ -71,6 +71,7 @@ fn register(session: &mut DaemonSession, now: Instant) -> ConnectionAttempt {
             protocol_version: PROTOCOL_VERSION,
             daemon_version: "0.1.0".into(),
             custom_label: Some("home".into()),
+            token: None,
         }))]
     );
     session.handle_frame(attempt, now, registered_frame(10_000));
@@ -789,4 +790,66 @@ fn undecodable_and_unencodable_frames_end_the_connection_with_a_reason() {
     ));
     // It reconnects later, as after any failure.
     assert!(matches!(session.state(), DaemonState::Disconnected { .. }));
+}
+
+/// The token goes in `Register`; a relay older than tokens answers the unreadable `Register`
+/// with a protocol violation, which the daemon reports as a refusal that says why and what to
+/// do. Without a token, an `Error` stays an informational relay error.
+#[test]
+fn a_token_is_sent_and_an_old_relays_protocol_error_is_explained() {
+    use gate_core::config::Secret;
+    let t0 = Instant::now();
+    let mut session = DaemonSession::new(
+        DaemonConfig {
+            token: Some(Secret::new("team-secret-0123456789")),
+            ..config()
+        },
+        7,
+        t0,
+    );
+    session.handle_timeout(t0);
+    let Some(DaemonEvent::Connect(attempt)) = session.poll_event() else {
+        panic!("expected Connect");
+    };
+    session.handle_connected(attempt, t0);
+    let sent = drain(&mut session);
+    assert!(
+        matches!(&sent[..], [DaemonEvent::Transmit(Frame::Register(r))]
+            if r.token.as_ref().map(Secret::expose) == Some("team-secret-0123456789")
+                && r.protocol_version == PROTOCOL_VERSION),
+        "{sent:?}"
+    );
+    session.handle_frame(
+        attempt,
+        t0,
+        Frame::Error(gate_core::tunnel::ErrorFrame {
+            code: ErrorCode::PROTOCOL_VIOLATION,
+            message: "undecodable control frame: 24 trailing bytes after frame type 0x01".into(),
+        }),
+    );
+    let events = drain(&mut session);
+    let reason = events
+        .iter()
+        .find_map(|e| match e {
+            DaemonEvent::Refused { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .expect("reported as a refusal");
+    assert!(
+        reason.contains("relays older than tunnel protocol 4 do not take registration tokens")
+            && reason.contains("relay.token")
+            && reason.contains("trailing bytes"),
+        "{reason}"
+    );
+    assert!(!reason.contains("team-secret"), "{reason}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            DaemonEvent::Disconnected {
+                reason: DisconnectReason::Refused(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
 }

@@ -3,11 +3,12 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use gate_core::config::Secret;
 use gate_core::tunnel::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
     StreamHeader, DEFAULT_MAX_FRAME_LEN, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
-    MAX_STRING_LEN, PROTOCOL_VERSION,
+    MAX_STRING_LEN, PROTOCOL_VERSION, TOKEN_SINCE_VERSION,
 };
 use proptest::prelude::*;
 
@@ -33,15 +34,23 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn register() -> impl Strategy<Value = Frame> {
-    (any::<u16>(), text(), proptest::option::of(text())).prop_map(
-        |(protocol_version, daemon_version, custom_label)| {
+    (
+        any::<u16>(),
+        text(),
+        proptest::option::of(text()),
+        proptest::option::of(text()),
+    )
+        .prop_map(|(protocol_version, daemon_version, custom_label, token)| {
             Frame::Register(Register {
                 protocol_version,
                 daemon_version,
                 custom_label,
+                // Tokens exist from version 4 on.
+                token: token
+                    .filter(|_| protocol_version >= TOKEN_SINCE_VERSION)
+                    .map(Secret::new),
             })
-        },
-    )
+        })
 }
 
 fn registered() -> impl Strategy<Value = Frame> {
@@ -338,6 +347,7 @@ fn register_has_the_documented_layout() {
         protocol_version: 1,
         daemon_version: "1".into(),
         custom_label: Some("x".into()),
+        token: None,
     });
     assert_eq!(
         encode(&frame),
@@ -611,4 +621,59 @@ fn ipv6_client_address_round_trips() {
             bytes.len()
         )))
     );
+}
+
+fn register_v(protocol_version: u16, token: Option<&str>) -> Register {
+    Register {
+        protocol_version,
+        daemon_version: "1".into(),
+        custom_label: None,
+        token: token.map(Secret::new),
+    }
+}
+
+/// A version 4 Register without a token is byte for byte a version 3 one but for the version:
+/// an older relay reads it (and lowers the version). With a token, the token follows as a
+/// trailing `str`.
+#[test]
+fn register_token_is_a_trailing_string_present_only_when_set() {
+    let without = Frame::Register(register_v(4, None)).to_bytes().unwrap();
+    let v3 = Frame::Register(register_v(3, None)).to_bytes().unwrap();
+    assert_eq!(without[..5], v3[..5]);
+    assert_eq!(without[7..], v3[7..]);
+    let with = Frame::Register(register_v(4, Some("s3cret-s3cret-s3cret")))
+        .to_bytes()
+        .unwrap();
+    assert_eq!(with.len(), without.len() + 2 + 20);
+    assert_eq!(
+        &with[without.len()..without.len() + 2],
+        &20u16.to_be_bytes()
+    );
+    assert_eq!(&with[without.len() + 2..], b"s3cret-s3cret-s3cret");
+    let (decoded, _) = decode_frame(&with, DEFAULT_MAX_FRAME_LEN).unwrap().unwrap();
+    assert_eq!(
+        decoded,
+        Frame::Register(register_v(4, Some("s3cret-s3cret-s3cret")))
+    );
+    // The token never shows in Debug output (frames may be logged).
+    assert!(!format!("{decoded:?}").contains("s3cret"));
+}
+
+/// Before version 4 a token cannot be sent (the encoder refuses), and trailing bytes after a
+/// version 3 Register are refused by the decoder, as a version 3 relay does.
+#[test]
+fn a_token_needs_version_4() {
+    assert_eq!(TOKEN_SINCE_VERSION, 4);
+    assert!(matches!(
+        Frame::Register(register_v(3, Some("s3cret-s3cret-s3cret"))).to_bytes(),
+        Err(EncodeError::FieldNeedsVersion { field: "token", .. })
+    ));
+    let mut bytes = Frame::Register(register_v(4, Some("s3cret-s3cret-s3cret")))
+        .to_bytes()
+        .unwrap();
+    bytes[5..7].copy_from_slice(&3u16.to_be_bytes());
+    assert!(matches!(
+        decode_frame(&bytes, DEFAULT_MAX_FRAME_LEN),
+        Err(FrameError::TrailingBytes { .. })
+    ));
 }

@@ -29,6 +29,7 @@ fn register_frame(label: Option<&str>) -> Frame {
         protocol_version: PROTOCOL_VERSION,
         daemon_version: "0.1.0".into(),
         custom_label: label.map(str::to_owned),
+        token: None,
     })
 }
 
@@ -86,6 +87,7 @@ fn future_protocol_versions_are_answered_with_ours() {
         protocol_version: 7,
         daemon_version: "9".into(),
         custom_label: None,
+        token: None,
     });
     session.handle_frame(t0, 0, frame, &mut names);
     let events = drain(&mut session);
@@ -111,6 +113,7 @@ fn the_https_port_is_announced_from_version_2_on() {
             protocol_version: version,
             daemon_version: "old".into(),
             custom_label: None,
+            token: None,
         });
         session.handle_frame(t0, 0, frame, &mut names);
         let events = drain(&mut session);
@@ -137,6 +140,7 @@ fn version_zero_is_refused() {
         protocol_version: 0,
         daemon_version: "9".into(),
         custom_label: None,
+        token: None,
     });
     session.handle_frame(t0, 0, frame, &mut names);
     let events = drain(&mut session);
@@ -584,6 +588,7 @@ fn leaving_on_a_version_2_session_is_a_protocol_violation() {
         protocol_version: 2,
         daemon_version: "old".into(),
         custom_label: None,
+        token: None,
     });
     session.handle_frame(t0, 1000, register, &mut names);
     drain(&mut session);

@@ -173,6 +173,7 @@ impl<R: Runtime> Remote<R> {
         let client_config = RelayClientConfig {
             relays,
             custom_label: config.relay.custom_domain.clone(),
+            token: config.relay.token.clone(),
             extra_ca: load_extra_roots(config),
             transport: config
                 .relay

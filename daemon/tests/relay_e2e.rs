@@ -504,6 +504,7 @@ fn start_daemon_until(
     state_dir: &std::path::Path,
     relay: &common::Relay,
     until: &str,
+    env: &[(&str, &str)],
 ) -> Proc {
     let address = relay.address();
     let (proc, ()) = start_on_free_ports(
@@ -524,7 +525,8 @@ fn start_daemon_until(
             cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
                 .arg(&config)
                 .arg("--state-dir")
-                .arg(state_dir);
+                .arg(state_dir)
+                .envs(env.iter().copied());
             (Proc::spawn(cmd, dir.join("gate.log")), ())
         },
         |gate, ()| gate.log().contains(until),
@@ -568,6 +570,7 @@ fn allowlist_scenario(relay_runtime: &str, daemon_runtime: &str) {
         &stranger_state,
         &relay,
         "the relay refused the registration",
+        &[],
     );
     let gate_log = stranger.log();
     assert!(
@@ -655,4 +658,165 @@ fn allowlist_on_smol() {
 fn allowlist_relay_on_smol_daemon_on_tokio() {
     require_tools(&["curl"]);
     allowlist_scenario("smol", "tokio");
+}
+
+/// A relay closed with `[access] mode = "token"`, the tokens in `RELAY__ACCESS__TOKENS`: a
+/// daemon with the right token (`GATE_RELAY__TOKEN`) registers and is reachable; one without a
+/// token and one with a wrong token are refused with a message that says what to do, in their
+/// log and `gate status` and in the relay's log; no secret shows in any log or status; `gate-relay
+/// status` names the token and the daemon that used it.
+fn token_scenario(relay_runtime: &str, daemon_runtime: &str) {
+    const SECRET: &str = "right-secret-0123456789";
+    const WRONG: &str = "wrong-secret-0123456789";
+    let dir = common::temp_dir(&format!("relay-token-{relay_runtime}-{daemon_runtime}"));
+    let dirs: Vec<_> = ["good", "none", "wrong"]
+        .iter()
+        .map(|d| dir.join(d))
+        .collect();
+    for d in &dirs {
+        std::fs::create_dir_all(d).expect("create a daemon directory");
+    }
+    let states: Vec<_> = dirs.iter().map(|d| d.join("state")).collect();
+    let good_id = node_id(&gate_bin(), &states[0]);
+    let tokens = format!("team-a:{SECRET}");
+    let relay = start_relay(
+        &dir,
+        relay_runtime,
+        SUFFIX,
+        "[access]\nmode = \"token\"\n",
+        &[("RELAY__ACCESS__TOKENS", tokens.as_str())],
+    );
+    assert!(
+        relay.log().contains(
+            "access.mode = \"token\": only daemons with a registration token may register"
+        ),
+        "{}",
+        relay.log()
+    );
+
+    let none = start_daemon_until(
+        &dirs[1],
+        daemon_runtime,
+        &states[1],
+        &relay,
+        "the relay refused the registration",
+        &[],
+    );
+    assert!(
+        none.log()
+            .contains("sent none; set relay.token (GATE_RELAY__TOKEN)"),
+        "the daemon's refusal does not say why:\n{}",
+        none.log()
+    );
+    let wrong = start_daemon_until(
+        &dirs[2],
+        daemon_runtime,
+        &states[2],
+        &relay,
+        "the relay refused the registration",
+        &[("GATE_RELAY__TOKEN", WRONG)],
+    );
+    assert!(
+        wrong.log().contains("is not one this relay accepts"),
+        "the daemon's refusal does not say why:\n{}",
+        wrong.log()
+    );
+    wait_until(
+        "the relay to log both refusals",
+        DEADLINE,
+        || {
+            let log = relay.log();
+            log.contains(
+                "registration refused: this relay admits only daemons with a registration token",
+            ) && log.contains("registration refused: the registration token node")
+        },
+        || relay.log(),
+    );
+    let (ok, text) = output(
+        Command::new(gate_bin())
+            .args(["status", "--config"])
+            .arg(dirs[2].join("gate.toml"))
+            .arg("--state-dir")
+            .arg(&states[2]),
+    );
+    assert!(ok, "gate status: {text}");
+    assert!(
+        text.contains("refused the registration: the registration token node"),
+        "gate status does not show the refusal:\n{text}"
+    );
+
+    let (good, _) = start_daemon_with_relay(
+        &dirs[0],
+        daemon_runtime,
+        &states[0],
+        &relay,
+        "",
+        &[("GATE_RELAY__TOKEN", SECRET)],
+    );
+    let custom_name = format!("myserver.{SUFFIX}");
+    wait_until(
+        "the daemon with the token to answer through the relay",
+        DEADLINE,
+        || curl_via_relay(&custom_name, relay.https_port, "/health", &[]).1 == "200",
+        || format!("{}\n{}\n{}", last_curl_error(), relay.log(), good.log()),
+    );
+
+    let status = || {
+        output(
+            Command::new(relay_bin())
+                .args(["status", "--state-dir"])
+                .arg(dir.join("relay-state")),
+        )
+        .1
+    };
+    let text = wait_for(
+        "gate-relay status to name the token and its daemon",
+        DEADLINE,
+        || {
+            let text = status();
+            text.contains(&format!("token team-a: used by {good_id}"))
+                .then_some(text)
+        },
+        status,
+    );
+    assert!(text.contains("access: token, 1 token(s)"), "{text}");
+    assert!(text.contains("admitted with token team-a"), "{text}");
+    // No secret anywhere a person or another user can read.
+    let status_json =
+        std::fs::read_to_string(dir.join("relay-state").join("status.json")).unwrap_or_default();
+    for (what, text) in [
+        ("relay log", relay.log()),
+        ("gate-relay status", text),
+        ("status.json", status_json),
+        ("daemon log", good.log()),
+        ("daemon log", wrong.log()),
+    ] {
+        assert!(
+            !text.contains(SECRET) && !text.contains(WRONG),
+            "a token shows in the {what}:\n{text}"
+        );
+    }
+    drop(good);
+    drop(none);
+    drop(wrong);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_on_tokio() {
+    require_tools(&["curl"]);
+    token_scenario("tokio", "tokio");
+}
+
+#[test]
+fn token_on_smol() {
+    require_tools(&["curl"]);
+    token_scenario("smol", "smol");
+}
+
+#[test]
+fn token_relay_on_smol_daemon_on_tokio() {
+    require_tools(&["curl"]);
+    token_scenario("smol", "tokio");
 }

@@ -141,8 +141,9 @@ let
       description = ''
         A file of `NAME=value` lines read by systemd (`EnvironmentFile=`), the only place
         for secrets: `GATE_AUTH__JWT__SECRET`, `GATE_UPSTREAMS__OPENAI__API_KEY`,
-        `GATE_LETSENCRYPT__EMAIL`, ... (`GATE_` then the key path with `__` between levels).
-        Never copied to the Nix store.
+        `GATE_LETSENCRYPT__EMAIL`, `GATE_RELAY__TOKEN` (the registration token a relay in
+        token mode asks for: the secret its operator gave you, alone or as `name:secret`), ...
+        (`GATE_` then the key path with `__` between levels). Never copied to the Nix store.
       '';
     };
     settings = mkOption {
@@ -212,6 +213,7 @@ let
     filter (k: inst.settings ? ${k}) [ "host" "port" "p2p_port" "log_level" "relay" ];
   secretKeys = inst:
     optional ((inst.settings.auth.jwt or { }) ? secret) "auth.jwt.secret"
+    ++ optional ((inst.settings.relay or { }) ? token) "relay.token"
     ++ concatMap (n: optional ((inst.settings.upstreams.${n} or { }) ? api_key) "upstreams.${n}.api_key")
       (attrNames (inst.settings.upstreams or { }));
 

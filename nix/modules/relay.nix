@@ -106,12 +106,17 @@ let
       };
       access = {
         mode = mkOption {
-          type = types.enum [ "open" "allowlist" ];
+          type = types.enum [ "open" "allowlist" "token" ];
           default = "open";
           description = ''
             Who may register: `open` (any daemon gets `<node-id>.<domainSuffix>` and, with
             `dns.enabled`, ACME records through your DNS token; the relay warns about it at
-            start) or `allowlist` (only `allowedNodes`). Key `access.mode`.
+            start), `allowlist` (only `allowedNodes`) or `token` (only daemons with one of the
+            registration tokens in `RELAY__ACCESS__TOKENS`, `name:secret` entries separated by
+            commas, which must come from `environmentFile`; with `allowedNodes` set, a daemon
+            also has to be listed). Quotas per token: `settings.access.quotas.<name>` and
+            `settings.access.default_quota` (`custom_names`, `connections`, `bytes_per_day`,
+            `acme_requests_per_hour`). Key `access.mode`.
           '';
         };
         allowedNodes = mkOption {
@@ -119,8 +124,9 @@ let
           default = [ ];
           example = [ "jmeo6zaoqtegzmcwq4unojsl5d3vji7kkv5d22ekrihslsc32vla" ];
           description = ''
-            The daemons admitted when `mode = "allowlist"`: their node ids, as `gate id`
-            prints them. Key `access.allowed_nodes`.
+            The daemons admitted when `mode = "allowlist"` (and, when not empty, the only ones
+            a token admits when `mode = "token"`): their node ids, as `gate id` prints them.
+            Key `access.allowed_nodes`.
           '';
         };
       };
@@ -130,8 +136,9 @@ let
         example = "/run/secrets/gate-relay";
         description = ''
           A file of `NAME=value` lines read by systemd (`EnvironmentFile=`), the only place
-          for secrets: `RELAY__DNS__CLOUDFLARE__API_TOKEN`, `RELAY__DNS__CLOUDFLARE__ZONE_ID`
-          (`RELAY__` then the key path with `__` between levels). Never copied to the store.
+          for secrets: `RELAY__DNS__CLOUDFLARE__API_TOKEN`, `RELAY__DNS__CLOUDFLARE__ZONE_ID`,
+          `RELAY__ACCESS__TOKENS` (`RELAY__` then the key path with `__` between levels).
+          Never copied to the store.
         '';
       };
       settings = mkOption {
@@ -205,6 +212,14 @@ let
     {
       assertion = !((r.inst.settings.dns.cloudflare or { }) ? api_token);
       message = "${r.label}.settings holds dns.cloudflare.api_token: the Nix store is world-readable; put RELAY__DNS__CLOUDFLARE__API_TOKEN in ${r.label}.environmentFile instead.";
+    }
+    {
+      assertion = !((r.inst.settings.access or { }) ? tokens);
+      message = "${r.label}.settings holds access.tokens: the Nix store is world-readable; put RELAY__ACCESS__TOKENS in ${r.label}.environmentFile instead.";
+    }
+    {
+      assertion = r.inst.access.mode != "token" || r.inst.environmentFile != null;
+      message = "${r.label}.access.mode = \"token\" needs ${r.label}.environmentFile with RELAY__ACCESS__TOKENS (name:secret entries, comma-separated): tokens are secrets and never go in the Nix store.";
     }
     {
       assertion = r.inst.access.mode != "allowlist" || r.inst.access.allowedNodes != [ ];

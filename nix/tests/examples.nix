@@ -205,4 +205,24 @@ in
       };
     };
   };
+
+  # A relay closed with registration tokens, quotas per token and a cap on claims; the daemon
+  # presents its token from its environment file.
+  relay-token = {
+    services.gate-relay.instances.closed = {
+      domainSuffix = "gate.example.com";
+      access.mode = "token";
+      environmentFile = "/run/secrets/gate-relay-token";
+      settings = {
+        limits.max_claims = 1000;
+        access.default_quota = { custom_names = 1; connections = 64; acme_requests_per_hour = 10; };
+        access.quotas.team-a = { connections = 512; bytes_per_day = 10000000000; };
+      };
+    };
+    services.gate-daemon = {
+      enable = true;
+      relay = { enable = true; addresses = [ "relay.example.com:31145" ]; customDomain = "myserver"; };
+      environmentFile = "/run/secrets/gate-daemon-token";
+    };
+  };
 }

@@ -16,6 +16,7 @@ let
   named = ev "daemon-instances";
   full = ev "daemon-full";
   relayFull = ev "relay-full";
+  relayToken = ev "relay-token";
   overlay = ev "seed-overlay";
 
   exec = unit: unit.serviceConfig.ExecStart;
@@ -350,6 +351,16 @@ let
         "[access]"
         "mode = \"allowlist\""
         "allowed_nodes = [\"jmeo6zaoqtegzmcwq4unojsl5d3vji7kkv5d22ekrihslsc32vla\"]"
+      ];
+      want = [ ];
+    }
+    {
+      name = "relay-token: token mode and quotas rendered, no token in the store";
+      got = hasLines relayToken.services.gate-relay-closed [
+        "mode = \"token\""
+        "max_claims = 1000"
+        "acme_requests_per_hour = 10"
+        "bytes_per_day = 10000000000"
       ];
       want = [ ];
     }

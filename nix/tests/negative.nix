@@ -122,4 +122,16 @@ in
     error = "services.gate-daemon.environmentFile' is not of type `null or path'";
     modules = [{ services.gate-daemon = { enable = true; environmentFile = "secrets/gate"; }; }];
   };
+  relay-token-without-environment-file = {
+    error = "access.mode = \"token\" needs services.gate-relay.instances.default.environmentFile with RELAY__ACCESS__TOKENS";
+    modules = [{ services.gate-relay.instances.default.access.mode = "token"; }];
+  };
+  relay-tokens-in-settings = {
+    error = "settings holds access.tokens: the Nix store is world-readable";
+    modules = [{ services.gate-relay.instances.default.settings.access.tokens = [ "a:0123456789abcdef" ]; }];
+  };
+  daemon-relay-token-in-settings = {
+    error = "holds the secret relay.token";
+    modules = [{ services.gate-daemon = { enable = true; settings.relay.token = "0123456789abcdef"; }; }];
+  };
 }

@@ -114,10 +114,19 @@ cat >"$work/gate-relay.env" <<'EOF'
 RELAY__DNS__CLOUDFLARE__API_TOKEN=your-token
 RELAY__DNS__CLOUDFLARE__ZONE_ID=your-zone-id
 EOF
+# A relay closed with tokens, and a daemon holding one of them.
+cat >"$work/gate-relay-token.env" <<'EOF'
+RELAY__ACCESS__TOKENS=team-a:0123456789abcdef0123,team-b:fedcba9876543210fedc
+EOF
+cat >"$work/gate-daemon-token.env" <<'EOF'
+GATE_RELAY__TOKEN=0123456789abcdef0123
+EOF
 secrets_for() { # the test's copy of an EnvironmentFile path
     case "$1" in
         /run/secrets/gate-daemon) echo "$work/gate-daemon.env" ;;
         /run/secrets/gate-relay) echo "$work/gate-relay.env" ;;
+        /run/secrets/gate-relay-token) echo "$work/gate-relay-token.env" ;;
+        /run/secrets/gate-daemon-token) echo "$work/gate-daemon-token.env" ;;
         *) echo /dev/null ;;
     esac
 }

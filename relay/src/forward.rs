@@ -178,20 +178,21 @@ impl Downstream {
 /// finishes the QUIC stream while the daemon's answer still flows, and the stream's finish
 /// shuts down the TCP write side while the client may still send. The first error ends it
 /// (the caller then resets the QUIC stream). `first`: bytes already read from `recv`, written
-/// to the client before anything else.
+/// to the client before anything else. The bytes copied are reported either way (quotas count
+/// them).
 pub(crate) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
     tcp: &mut S,
     send: &mut quinn::SendStream,
     recv: &mut quinn::RecvStream,
     first: Bytes,
-) -> io::Result<Copied> {
+) -> (Copied, io::Result<()>) {
     let mut up = Upstream::default();
     let mut down = Downstream::default();
     if !first.is_empty() {
         down.bytes = first.len() as u64;
         down.chunks.push(first);
     }
-    poll_fn(|cx| {
+    let outcome = poll_fn(|cx| {
         if !up.done {
             if let Poll::Ready(Err(e)) = up.poll(cx, tcp, send) {
                 return Poll::Ready(Err(e));
@@ -203,13 +204,15 @@ pub(crate) async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if up.done && down.done {
-            Poll::Ready(Ok(Copied {
-                to_daemon: up.bytes,
-                to_client: down.bytes,
-            }))
+            Poll::Ready(Ok(()))
         } else {
             Poll::Pending
         }
     })
-    .await
+    .await;
+    let copied = Copied {
+        to_daemon: up.bytes,
+        to_client: down.bytes,
+    };
+    (copied, outcome)
 }

@@ -87,6 +87,8 @@ pub struct RelayLimits {
     /// Daemon connections from one address (an IPv6 /64 as one) per minute; past it the
     /// registration is refused with a message, past twice that the connection is dropped.
     pub max_registrations_per_ip_per_minute: u32,
+    /// Name claims kept, all nodes together (`limits.max_claims`).
+    pub max_claims: usize,
 }
 
 impl Default for RelayLimits {
@@ -98,6 +100,7 @@ impl Default for RelayLimits {
             max_connections_per_node: 4_096,
             max_daemon_connections: 10_000,
             max_registrations_per_ip_per_minute: 60,
+            max_claims: gate_core::tunnel::DEFAULT_MAX_CLAIMS,
         }
     }
 }
@@ -155,6 +158,7 @@ impl From<&config::RelayConfig> for RelaySettings {
                 max_connections_per_node: count(limits.max_connections_per_node),
                 max_daemon_connections: count(limits.max_daemon_connections),
                 max_registrations_per_ip_per_minute: limits.max_registrations_per_ip_per_minute,
+                max_claims: limits.max_claims,
             },
             tunnel: TunnelSettings {
                 heartbeat_interval_ms: millis(config.tunnel.heartbeat_interval),

@@ -88,8 +88,21 @@ pub struct StatusSnapshot {
 pub struct AccessInfo {
     /// `open` or `allowlist` (empty in snapshots of older relays, which were open).
     pub mode: String,
-    /// The daemons admitted in allowlist mode.
+    /// The daemons admitted in allowlist mode (and in token mode, when listed).
     pub allowed_nodes: Vec<String>,
+    /// The registration tokens of token mode, by name (never their secrets), with the daemons
+    /// connected with each.
+    #[serde(default)]
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// One registration token, by name.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// The token's name (`access.tokens` entries are `name:secret`).
+    pub name: String,
+    /// Node ids of the daemons connected with it now.
+    pub daemons: Vec<String>,
 }
 
 /// Listening addresses.
@@ -126,6 +139,9 @@ pub struct DaemonInfo {
     pub transport: String,
     /// Forwarded connections open to it.
     pub forwarded_open: usize,
+    /// The registration token it was admitted with (token mode), by name.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_transport() -> String {
@@ -410,8 +426,35 @@ fn render_access(out: &mut String, access: &AccessInfo) {
         for node in &access.allowed_nodes {
             out.push_str(&format!("  {node}\n"));
         }
+    } else if access.mode == "token" {
+        out.push_str(&format!(
+            "access: token, {} token(s)\n",
+            access.tokens.len()
+        ));
+        for token in &access.tokens {
+            if token.daemons.is_empty() {
+                out.push_str(&format!("  token {}: no daemon connected\n", token.name));
+            } else {
+                out.push_str(&format!(
+                    "  token {}: used by {}\n",
+                    token.name,
+                    token.daemons.join(", ")
+                ));
+            }
+        }
+        if !access.allowed_nodes.is_empty() {
+            out.push_str(&format!(
+                "  and only these {} daemon(s):\n",
+                access.allowed_nodes.len()
+            ));
+            for node in &access.allowed_nodes {
+                out.push_str(&format!("    {node}\n"));
+            }
+        }
     } else {
-        out.push_str("access: open (any daemon may register; set access.mode = \"allowlist\")\n");
+        out.push_str(
+            "access: open (any daemon may register; set access.mode = \"allowlist\" or \"token\")\n",
+        );
     }
 }
 
@@ -460,6 +503,9 @@ pub fn render_running(snapshot: &StatusSnapshot, state_dir: &Path, now: u64) -> 
             format_duration(now.saturating_sub(d.connected_at)),
             d.forwarded_open
         ));
+        if let Some(token) = &d.token {
+            out.push_str(&format!("    admitted with token {token}\n"));
+        }
         for name in &d.names {
             out.push_str(&format!("    {name}\n"));
         }
@@ -630,11 +676,13 @@ mod tests {
                     label: "zeta".into(),
                     node_id: a.clone(),
                     last_seen_unix_secs: 100,
+                    token: None,
                 },
                 ClaimRecord {
                     label: "alpha".into(),
                     node_id: b,
                     last_seen_unix_secs: 200,
+                    token: None,
                 },
             ],
         };
@@ -689,6 +737,7 @@ mod tests {
                 remote: "127.0.0.1:41147".into(),
                 transport: "quic".into(),
                 forwarded_open: 3,
+                token: None,
             }],
             claims: Vec::new(),
             connections: Connections {
@@ -716,6 +765,42 @@ mod tests {
             },
             access: AccessInfo::default(),
         }
+    }
+
+    #[test]
+    fn token_mode_names_tokens_and_their_daemons() {
+        let mut s = sample(1_000);
+        s.access = AccessInfo {
+            mode: "token".into(),
+            allowed_nodes: Vec::new(),
+            tokens: vec![
+                TokenInfo {
+                    name: "team-a".into(),
+                    daemons: vec!["d".repeat(52)],
+                },
+                TokenInfo {
+                    name: "ci".into(),
+                    daemons: Vec::new(),
+                },
+            ],
+        };
+        s.daemons[0].token = Some("team-a".into());
+        let text = render_running(&s, Path::new("/var/lib/r"), 1_001);
+        for expected in [
+            "access: token, 2 token(s)\n",
+            &format!("  token team-a: used by {}\n", "d".repeat(52)),
+            "  token ci: no daemon connected\n",
+            "    admitted with token team-a\n",
+        ] {
+            assert!(
+                text.contains(expected),
+                "{expected:?} missing from:\n{text}"
+            );
+        }
+        // Older snapshots without tokens still read.
+        let json = serde_json::to_string(&s).expect("json");
+        let back: StatusSnapshot = serde_json::from_str(&json).expect("read back");
+        assert_eq!(back.access.tokens.len(), 2);
     }
 
     #[test]

@@ -89,6 +89,7 @@ async fn scenario<R: Runtime>(rt: R) {
             protocol_version: 1,
             daemon_version: "test".into(),
             custom_label: None,
+            token: None,
         }),
         &mut names,
     );

@@ -735,6 +735,199 @@ async fn registration_throttle<RR: Runtime, DR: Runtime>(
     Ok(())
 }
 
+/// Token mode with quotas per token, end to end: the right token registers, a wrong or missing
+/// one is refused with a message that says what to do; the token's custom names, forwarded
+/// connections at once, bytes per day and ACME requests per hour each refuse with their
+/// message; the relay's claims in total are capped.
+async fn token_quotas<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    use gate_core::tunnel::{AccessMode, AccessPolicy, Quota, RegistrationToken};
+    const TEAM: &str = "team-secret-0123456789";
+    const METERED: &str = "metered-secret-0123456";
+    let dir = tempfile::tempdir()?;
+    let relay_identity = Identity::load_or_create(dir.path())?;
+    let mut settings = test_settings();
+    settings.limits.max_claims = 2;
+    settings.access = AccessPolicy {
+        mode: AccessMode::Token,
+        tokens: vec![
+            RegistrationToken::new("team", TEAM),
+            RegistrationToken::new("metered", METERED),
+        ],
+        ..AccessPolicy::default()
+    };
+    settings.access.quotas.per_token.insert(
+        "team".into(),
+        Quota {
+            custom_names: Some(1),
+            connections: Some(1),
+            bytes_per_day: None,
+            acme_requests_per_hour: Some(1),
+        },
+    );
+    settings.access.quotas.per_token.insert(
+        "metered".into(),
+        Quota {
+            bytes_per_day: Some(1_000),
+            ..Quota::default()
+        },
+    );
+    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let https = relay.https_addr();
+
+    // Missing and wrong tokens: refused, told what to do, never registered.
+    let none = start_daemon_with_token(&rt, relay_address(&relay, 0), Some("x"), None)?;
+    let wrong = start_daemon_with_token(
+        &rt,
+        relay_address(&relay, 0),
+        Some("y"),
+        Some("team-secret-0123456788"),
+    )?;
+    wait_until(&rt, REGISTER_LIMIT, "the token-less daemon refused", || {
+        none.status()
+            .last_error
+            .is_some_and(|e| e.contains("sent none") && e.contains("GATE_RELAY__TOKEN"))
+    })
+    .await?;
+    wait_until(&rt, REGISTER_LIMIT, "the wrong token refused", || {
+        wrong
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("not one this relay accepts"))
+    })
+    .await?;
+    let error = wrong.status().last_error.unwrap_or_default();
+    assert!(
+        !error.contains("0123456788"),
+        "the refusal echoes the token: {error}"
+    );
+    assert_eq!(wrong.status().registrations, 0);
+    expect_unrecognized_name(&rt, https, &wrong.node_name, &wrong.certificate).await?;
+    none.client.shutdown().await;
+    wrong.client.shutdown().await;
+
+    // The right token registers; its second daemon is over the token's custom names.
+    let first = start_daemon_with_token(&rt, relay_address(&relay, 0), Some("first"), Some(TEAM))?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        first.is_registered()
+    })
+    .await?;
+    assert_eq!(first.status().custom_name_refusal, None);
+    let second =
+        start_daemon_with_token(&rt, relay_address(&relay, 0), Some("second"), Some(TEAM))?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        second.is_registered()
+    })
+    .await?;
+    let refusal = second.status().custom_name_refusal.unwrap_or_default();
+    assert!(
+        refusal.contains("token team") && refusal.contains("custom_names"),
+        "{refusal}"
+    );
+    health_via_relay(&rt, https, &second.node_name, &second.certificate).await?;
+
+    // Connections at once: the token's one connection is held, the next gets an alert.
+    let name = first.custom_name.clone().unwrap_or_default();
+    let config = client_config(&first.certificate, Vec::new())?;
+    let tcp = rt.connect_tcp(https).await?;
+    let (mut held, _) = tls_connect(tcp, &name, config.clone()).await?;
+    held.write_all(b"ECHO\nping").await?;
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await?;
+    let tcp = rt.connect_tcp(https).await?;
+    match tls_connect(
+        tcp,
+        &second.node_name,
+        client_config(&second.certificate, Vec::new())?,
+    )
+    .await
+    {
+        Ok(_) => return Err("a connection passed the token's connection quota".into()),
+        Err(e) => assert!(is_alert(&e, rustls::AlertDescription::InternalError), "{e}"),
+    }
+    drop(held);
+    wait_until(&rt, Duration::from_secs(10), "connection released", || {
+        relay.stats().forwarded_open == 0
+    })
+    .await?;
+    health_via_relay(&rt, https, &name, &first.certificate).await?;
+
+    // ACME requests per hour: the first is counted (and answered: no DNS here), the second
+    // refused by the quota.
+    let record = format!("_acme-challenge.{name}");
+    let answer = first.client.set_acme_txt(&record, "v").await;
+    assert!(
+        matches!(&answer, Err(AcmeError::Relay(m)) if m.contains("DNS provider not configured")),
+        "{answer:?}"
+    );
+    let answer = first.client.set_acme_txt(&record, "v").await;
+    assert!(
+        matches!(&answer, Err(AcmeError::Relay(m)) if m.contains("acme_requests_per_hour")),
+        "{answer:?}"
+    );
+
+    // Claims in total: `first` holds one; a metered daemon takes the second; the third is
+    // refused by limits.max_claims.
+    let metered = start_daemon_with_token(
+        &rt,
+        relay_address(&relay, 0),
+        Some("metered"),
+        Some(METERED),
+    )?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        metered.is_registered()
+    })
+    .await?;
+    assert_eq!(metered.status().custom_name_refusal, None);
+    let third =
+        start_daemon_with_token(&rt, relay_address(&relay, 0), Some("third"), Some(METERED))?;
+    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
+        third.is_registered()
+    })
+    .await?;
+    let refusal = third.status().custom_name_refusal.unwrap_or_default();
+    assert!(refusal.contains("limits.max_claims"), "{refusal}");
+
+    // Bytes per day: 1,000 for the metered token; a connection that moves more uses them up,
+    // and the next is refused.
+    let metered_name = metered.custom_name.clone().unwrap_or_default();
+    let config = client_config(&metered.certificate, Vec::new())?;
+    {
+        let tcp = rt.connect_tcp(https).await?;
+        let (mut big, _) = tls_connect(tcp, &metered_name, config.clone()).await?;
+        let payload = vec![b'x'; 4_000];
+        big.write_all(b"ECHO\n").await?;
+        big.write_all(&payload).await?;
+        let mut back = vec![0u8; payload.len()];
+        big.read_exact(&mut back).await?;
+        big.shutdown().await?;
+    }
+    wait_until(&rt, Duration::from_secs(10), "connection released", || {
+        relay.stats().forwarded_open == 0
+    })
+    .await?;
+    let tcp = rt.connect_tcp(https).await?;
+    match tls_connect(tcp, &metered_name, config).await {
+        Ok(_) => return Err("a connection passed the token's bytes per day".into()),
+        Err(e) => assert!(is_alert(&e, rustls::AlertDescription::InternalError), "{e}"),
+    }
+    // Other tokens are not affected.
+    health_via_relay(&rt, https, &name, &first.certificate).await?;
+
+    for daemon in [first, second, metered, third] {
+        daemon.client.shutdown().await;
+    }
+    relay.shutdown().await;
+    Ok(())
+}
+
+fn is_alert(error: &BoxError, description: rustls::AlertDescription) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .and_then(|e| e.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| *e == rustls::Error::AlertReceived(description))
+}
+
 macro_rules! on_every_runtime {
     ($scenario:ident) => {
         mod $scenario {
@@ -762,3 +955,4 @@ on_every_runtime!(unpinned_relay);
 on_every_runtime!(goodbye);
 on_every_runtime!(unencodable_frame);
 on_every_runtime!(registration_throttle);
+on_every_runtime!(token_quotas);

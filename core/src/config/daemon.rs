@@ -79,6 +79,8 @@ pub struct DaemonRelayConfig {
     pub transport: String,
     /// The relays' HTTPS (TCP) port, where the tunnel over TCP is dialled.
     pub tcp_port: u16,
+    /// The registration token presented to relays in token mode (`GATE_RELAY__TOKEN`).
+    pub token: Option<Secret>,
 }
 
 /// `[auth.jwt]`.
@@ -396,6 +398,7 @@ impl DaemonConfig {
                 custom_domain: r.opt_string("relay.custom_domain")?,
                 transport: r.string("relay.transport")?,
                 tcp_port: r.int("relay.tcp_port")?,
+                token: r.opt_string("relay.token")?.map(Secret::new),
             },
             upstreams,
             auth: AuthConfig {

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use super::daemon::Secret;
 use super::error::ConfigError;
-use super::tree::{Origin, Table};
+use super::tree::{Node, Origin, Table};
 use super::Reader;
-use crate::tunnel::{AccessMode, AccessPolicy, NodeId};
+use crate::tunnel::{
+    split_token_entry, AccessMode, AccessPolicy, NodeId, Quota, Quotas, RegistrationToken,
+};
 
 /// A DNS provider the relay writes ACME TXT records with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct RelayLimits {
     pub max_daemon_connections: u32,
     /// Daemon connections from one address (an IPv6 /64 as one) per minute (default 60).
     pub max_registrations_per_ip_per_minute: u32,
+    /// Name claims kept, all nodes together (default 10000; each node holds at most one).
+    pub max_claims: usize,
 }
 
 /// `[tunnel]`: the daemon connections' timing, and the certificate their QUIC endpoints present.
@@ -116,6 +120,53 @@ pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
                 expected: format!("set when {set} is set (they go together)"),
                 found: "missing".to_owned(),
             });
+        }
+    }
+    let mode = r.string("access.mode").ok();
+    let mode_origin = || {
+        r.leaf("access.mode")
+            .map_or(Origin::Default, |l| l.origin.clone())
+    };
+    let tokens = r.list("access.tokens").unwrap_or_default();
+    let token_names: Vec<&str> = tokens
+        .iter()
+        .filter_map(|entry| split_token_entry(entry).map(|(name, _)| name))
+        .collect();
+    // Token mode without a token would admit nobody: surely a mistake.
+    if mode.as_deref() == Some("token") && token_names.is_empty() {
+        return Err(ConfigError::InvalidValue {
+            key: "access.tokens".to_owned(),
+            origin: mode_origin(),
+            expected: "at least one token name:secret when access.mode is token (set \
+                       RELAY__ACCESS__TOKENS, e.g. through the service's environment file)"
+                .to_owned(),
+            found: "none".to_owned(),
+        });
+    }
+    for (i, name) in token_names.iter().enumerate() {
+        if token_names[..i].contains(name) {
+            return Err(ConfigError::InvalidValue {
+                key: "access.tokens".to_owned(),
+                origin: r
+                    .leaf("access.tokens")
+                    .map_or(Origin::Default, |l| l.origin.clone()),
+                expected: "each token name once".to_owned(),
+                found: format!("the name {name:?} twice"),
+            });
+        }
+    }
+    if let Some(Node::Table(quotas)) =
+        super::tree::get_path(tree, &["access".to_owned(), "quotas".to_owned()])
+    {
+        for name in quotas.keys() {
+            if mode.as_deref() == Some("token") && !token_names.contains(&name.as_str()) {
+                return Err(ConfigError::InvalidValue {
+                    key: format!("access.quotas.{name}"),
+                    origin: mode_origin(),
+                    expected: "the name of a token in access.tokens".to_owned(),
+                    found: format!("{name:?}, which names no token"),
+                });
+            }
         }
     }
     // An allowlist without a node would admit nobody: surely a mistake.
@@ -200,6 +251,7 @@ impl RelayConfig {
                 max_daemon_connections: r.int("limits.max_daemon_connections")?,
                 max_registrations_per_ip_per_minute: r
                     .int("limits.max_registrations_per_ip_per_minute")?,
+                max_claims: r.int("limits.max_claims")?,
             },
             tunnel: TunnelConfig {
                 heartbeat_interval: Duration::from_millis(r.int("tunnel.heartbeat_interval_ms")?),
@@ -217,7 +269,43 @@ impl RelayConfig {
                     .iter()
                     .filter_map(|id| NodeId::parse(id).ok())
                     .collect(),
+                tokens: r
+                    .list("access.tokens")?
+                    .iter()
+                    .filter_map(|entry| split_token_entry(entry))
+                    .map(|(name, secret)| RegistrationToken::new(name, secret))
+                    .collect(),
+                quotas: read_quotas(&r, tree)?,
             },
         })
     }
+}
+
+/// `access.default_quota` and `access.quotas.<token>`: a token's unset fields come from the
+/// default.
+fn read_quotas(r: &Reader<'_>, tree: &Table) -> Result<Quotas, ConfigError> {
+    let read = |prefix: &str, fallback: Quota| -> Result<Quota, ConfigError> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        Ok(Quota {
+            custom_names: r.opt_int(&key("custom_names"))?.or(fallback.custom_names),
+            connections: r.opt_int(&key("connections"))?.or(fallback.connections),
+            bytes_per_day: r.opt_int(&key("bytes_per_day"))?.or(fallback.bytes_per_day),
+            acme_requests_per_hour: r
+                .opt_int(&key("acme_requests_per_hour"))?
+                .or(fallback.acme_requests_per_hour),
+        })
+    };
+    let default = read("access.default_quota", Quota::default())?;
+    let mut per_token = std::collections::BTreeMap::new();
+    if let Some(Node::Table(quotas)) =
+        super::tree::get_path(tree, &["access".to_owned(), "quotas".to_owned()])
+    {
+        for name in quotas.keys() {
+            per_token.insert(
+                name.clone(),
+                read(&format!("access.quotas.{name}"), default)?,
+            );
+        }
+    }
+    Ok(Quotas { default, per_token })
 }

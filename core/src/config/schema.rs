@@ -142,8 +142,13 @@ pub enum StrCheck {
     RouteStrategy,
     /// A node id: 52 characters of lower-case base32 (`gate id` prints it).
     NodeId,
-    /// A relay access mode: `open` or `allowlist`.
+    /// A relay access mode: `open`, `allowlist` or `token`.
     AccessMode,
+    /// A named registration token `name:secret` (name of a-z, 0-9, -, _; secret of at least
+    /// 16 bytes).
+    NamedToken,
+    /// A registration token's name.
+    TokenName,
 }
 
 /// Provider names an upstream may use.
@@ -191,7 +196,11 @@ impl StrCheck {
             StrCheck::ModelName => "a model name without spaces",
             StrCheck::RouteStrategy => "one of ordered, weighted, least_latency",
             StrCheck::NodeId => "a node id (52 characters of a-z and 2-7, as `gate id` prints it)",
-            StrCheck::AccessMode => "open or allowlist",
+            StrCheck::AccessMode => "open, allowlist or token",
+            StrCheck::NamedToken => {
+                "a named token name:secret (name of a-z, 0-9, - and _; secret of at least 16 bytes)"
+            }
+            StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
         }
     }
 
@@ -221,6 +230,8 @@ impl StrCheck {
             StrCheck::RouteStrategy => crate::route::RouteStrategy::from_name(s).is_some(),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
+            StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
+            StrCheck::TokenName => crate::tunnel::is_token_name(s),
         }
     }
 }
@@ -380,11 +391,11 @@ pub fn parse_relay_address(s: &str) -> Option<RelayAddress> {
 }
 
 /// Whether a key holds a secret that rendering must redact: `api_key`, `secret`,
-/// `api_token`, `token`, `password`, or a name ending in `_key`, `_token` or `_secret`.
+/// `api_token`, `token`, `tokens`, `password`, or a name ending in `_key`, `_token` or `_secret`.
 pub fn is_secret_key(name: &str) -> bool {
     matches!(
         name,
-        "api_key" | "secret" | "api_token" | "token" | "password"
+        "api_key" | "secret" | "api_token" | "token" | "tokens" | "password"
     ) || name.ends_with("_key")
         || name.ends_with("_token")
         || name.ends_with("_secret")
@@ -603,7 +614,7 @@ static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);
 /// `relay.transport` values: QUIC with a fallback to TLS over TCP, QUIC only, TCP only.
 pub const RELAY_TRANSPORTS: &[&str] = &["auto", "quic", "tcp"];
 
-static DAEMON_RELAY_FIELDS: [Field; 5] = [
+static DAEMON_RELAY_FIELDS: [Field; 6] = [
     field("enable", Kind::Bool, Some(DefaultValue::Bool(false))),
     field(
         "addresses",
@@ -617,6 +628,9 @@ static DAEMON_RELAY_FIELDS: [Field; 5] = [
         Some(DefaultValue::Str("auto")),
     ),
     field("tcp_port", PORT, Some(DefaultValue::Integer(443))),
+    // The registration token for relays in token mode: the secret part of the relay's
+    // `name:secret` (a secret: environment file, `GATE_RELAY__TOKEN`).
+    field("token", Kind::String(StrCheck::Secret(16)), None),
 ];
 
 static JWT_FIELDS: [Field; 3] = [
@@ -807,7 +821,7 @@ static DNS_FIELDS: [Field; 3] = [
     field("cloudflare", Kind::Table(&CLOUDFLARE_FIELDS), None),
 ];
 
-static LIMITS_FIELDS: [Field; 6] = [
+static LIMITS_FIELDS: [Field; 7] = [
     field(
         "handshake_timeout_ms",
         Kind::Integer {
@@ -857,6 +871,15 @@ static LIMITS_FIELDS: [Field; 6] = [
         },
         Some(DefaultValue::Integer(60)),
     ),
+    // Name claims the relay keeps, all nodes together (one custom label per node).
+    field(
+        "max_claims",
+        Kind::Integer {
+            min: 0,
+            max: 10_000_000,
+        },
+        Some(DefaultValue::Integer(10_000)),
+    ),
 ];
 
 static TUNNEL_FIELDS: [Field; 4] = [
@@ -880,9 +903,46 @@ static TUNNEL_FIELDS: [Field; 4] = [
     field("key_file", Kind::String(StrCheck::NonEmpty), None),
 ];
 
-// Who may register (issue 13). Registration tokens are not implemented: `mode` takes only
-// `open` and `allowlist`.
-static ACCESS_FIELDS: [Field; 2] = [
+// Who may register (issue 13): open, an allowlist of node ids, or named registration tokens
+// (`name:secret`, secrets, so `RELAY__ACCESS__TOKENS` is the place for them), with quotas per
+// account.
+static QUOTA_FIELDS: [Field; 4] = [
+    field(
+        "custom_names",
+        Kind::Integer {
+            min: 0,
+            max: 1_000_000,
+        },
+        None,
+    ),
+    field(
+        "connections",
+        Kind::Integer {
+            min: 0,
+            max: 1_000_000,
+        },
+        None,
+    ),
+    field(
+        "bytes_per_day",
+        Kind::Integer {
+            min: 0,
+            max: i64::MAX,
+        },
+        None,
+    ),
+    field(
+        "acme_requests_per_hour",
+        Kind::Integer {
+            min: 0,
+            max: 1_000_000,
+        },
+        None,
+    ),
+];
+static QUOTA: Kind = Kind::Table(&QUOTA_FIELDS);
+
+static ACCESS_FIELDS: [Field; 5] = [
     field(
         "mode",
         Kind::String(StrCheck::AccessMode),
@@ -892,6 +952,16 @@ static ACCESS_FIELDS: [Field; 2] = [
         "allowed_nodes",
         Kind::List(StrCheck::NodeId),
         Some(DefaultValue::List(&[])),
+    ),
+    field("tokens", Kind::List(StrCheck::NamedToken), None),
+    field("default_quota", Kind::Table(&QUOTA_FIELDS), None),
+    field(
+        "quotas",
+        Kind::Map {
+            key: StrCheck::TokenName,
+            entry: &QUOTA,
+        },
+        None,
     ),
 ];
 

@@ -34,9 +34,11 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::config::Secret;
+
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame, Frame, FrameError,
-    Register, Registered, GOODBYE_SINCE_VERSION, PROTOCOL_VERSION,
+    Register, Registered, GOODBYE_SINCE_VERSION, PROTOCOL_VERSION, TOKEN_SINCE_VERSION,
 };
 
 /// Tunables of a [`DaemonSession`]. `Default` gives the production values.
@@ -46,6 +48,8 @@ pub struct DaemonConfig {
     pub daemon_version: String,
     /// The custom DNS label to ask for, if any.
     pub custom_label: Option<String>,
+    /// The registration token to present (`relay.token`), if any.
+    pub token: Option<Secret>,
     /// First reconnect delay ceiling; doubles per consecutive failure (default 1 s).
     pub backoff_base: Duration,
     /// Largest reconnect delay ceiling (default 60 s).
@@ -70,6 +74,7 @@ impl Default for DaemonConfig {
         Self {
             daemon_version: String::new(),
             custom_label: None,
+            token: None,
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
@@ -440,6 +445,7 @@ impl DaemonSession {
                 protocol_version: PROTOCOL_VERSION,
                 daemon_version: self.config.daemon_version.clone(),
                 custom_label: self.config.custom_label.clone(),
+                token: self.config.token.clone(),
             })));
     }
 
@@ -570,6 +576,23 @@ impl DaemonSession {
             ) => self.end_goodbye(true),
             // A late or repeated ack after the goodbye is over changes nothing.
             (DaemonState::Leaving { .. }, Frame::LeavingAck) => {}
+            // A relay older than tokens cannot read a Register that carries one: it answers
+            // with a protocol violation instead of Registered. Say so plainly.
+            (DaemonState::Registering { .. }, Frame::Error(error))
+                if self.config.token.is_some() && error.code == ErrorCode::PROTOCOL_VIOLATION =>
+            {
+                let reason = format!(
+                    "the relay could not read this daemon's registration ({}); relays older than \
+                     tunnel protocol {TOKEN_SINCE_VERSION} do not take registration tokens: \
+                     upgrade the relay, or unset relay.token (GATE_RELAY__TOKEN) if it does not \
+                     need one",
+                    error.message
+                );
+                self.events.push_back(DaemonEvent::Refused {
+                    reason: reason.clone(),
+                });
+                self.fail(now, DisconnectReason::Refused(reason));
+            }
             (_, Frame::Error(error)) => self.events.push_back(DaemonEvent::RelayError(error)),
             (_, other) => {
                 self.violation(

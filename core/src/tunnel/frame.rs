@@ -10,10 +10,16 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use crate::config::Secret;
+
 /// Wire protocol version spoken by this build. Sent by the daemon in [`Register`] and echoed
 /// (or lowered) by the relay in [`Registered`]. Version 2 added [`Registered::https_port`],
-/// version 3 the daemon's goodbye ([`Frame::Leaving`] and [`Frame::LeavingAck`]).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// version 3 the daemon's goodbye ([`Frame::Leaving`] and [`Frame::LeavingAck`]), version 4 the
+/// registration token ([`Register::token`]).
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// The first protocol version whose [`Register`] frame may carry a registration token.
+pub const TOKEN_SINCE_VERSION: u16 = 4;
 
 /// The first protocol version whose [`Registered`] frame carries the relay's public HTTPS port.
 pub const HTTPS_PORT_SINCE_VERSION: u16 = 2;
@@ -63,6 +69,11 @@ pub struct Register {
     pub daemon_version: String,
     /// The custom DNS label the daemon would like (`<label>.<suffix>`), if any.
     pub custom_label: Option<String>,
+    /// The registration token (`relay.token`), if the daemon has one. On the wire from
+    /// protocol version [`TOKEN_SINCE_VERSION`] on, as a trailing `str` that is present only
+    /// when set, so a token-less Register of version 4 is byte for byte what an older relay
+    /// reads. `Debug` never shows it.
+    pub token: Option<Secret>,
 }
 
 /// Relay -> daemon: registration accepted, with the names granted.
@@ -366,6 +377,16 @@ impl Frame {
                 if let Some(label) = &r.custom_label {
                     check_str("custom_label", label)?;
                 }
+                if let Some(token) = &r.token {
+                    if r.protocol_version < TOKEN_SINCE_VERSION {
+                        return Err(EncodeError::FieldNeedsVersion {
+                            field: "token",
+                            since: TOKEN_SINCE_VERSION,
+                            version: r.protocol_version,
+                        });
+                    }
+                    check_str("token", token.expose())?;
+                }
             }
             Frame::Registered(r) => {
                 if r.https_port.is_some() && r.protocol_version < HTTPS_PORT_SINCE_VERSION {
@@ -421,6 +442,9 @@ impl Frame {
                 put_u16(out, r.protocol_version);
                 put_str(out, &r.daemon_version);
                 put_opt_str(out, r.custom_label.as_deref());
+                if let Some(token) = &r.token {
+                    put_str(out, token.expose());
+                }
             }
             Frame::Registered(r) => {
                 put_u16(out, r.protocol_version);
@@ -484,7 +508,11 @@ impl Frame {
         let str_len = |s: &str| 2 + s.len();
         let opt_len = |s: Option<&String>| 1 + s.map_or(0, |s| str_len(s));
         let body = match self {
-            Frame::Register(r) => 2 + str_len(&r.daemon_version) + opt_len(r.custom_label.as_ref()),
+            Frame::Register(r) => {
+                2 + str_len(&r.daemon_version)
+                    + opt_len(r.custom_label.as_ref())
+                    + r.token.as_ref().map_or(0, |t| str_len(t.expose()))
+            }
             Frame::Registered(r) => {
                 2 + str_len(&r.node_name)
                     + opt_len(r.custom_name.as_ref())
@@ -603,11 +631,24 @@ fn decode_body(frame_type: u8, body: &[u8]) -> Result<Frame, FrameError> {
         rest: body,
     };
     let frame = match frame_type {
-        frame_type::REGISTER => Frame::Register(Register {
-            protocol_version: r.u16("protocol_version")?,
-            daemon_version: r.string("daemon_version")?,
-            custom_label: r.opt_string("custom_label")?,
-        }),
+        frame_type::REGISTER => {
+            let protocol_version = r.u16("protocol_version")?;
+            let daemon_version = r.string("daemon_version")?;
+            let custom_label = r.opt_string("custom_label")?;
+            // Present only when set, and only from version 4 on (an older frame with more
+            // bytes is rejected as trailing bytes below).
+            let token = if protocol_version >= TOKEN_SINCE_VERSION && !r.rest.is_empty() {
+                Some(Secret::new(r.string("token")?))
+            } else {
+                None
+            };
+            Frame::Register(Register {
+                protocol_version,
+                daemon_version,
+                custom_label,
+                token,
+            })
+        }
         frame_type::REGISTERED => {
             let protocol_version = r.u16("protocol_version")?;
             let node_name = r.string("node_name")?;

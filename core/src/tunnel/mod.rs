@@ -47,7 +47,7 @@
 //!
 //! | type | frame | direction | body |
 //! |---|---|---|---|
-//! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label |
+//! | `0x01` | Register | daemon -> relay | `u16` protocol version, `str` daemon software version, `opt<str>` requested custom label, then from version 4 on and only when the daemon has one: `str` registration token |
 //! | `0x02` | Registered | relay -> daemon | `u16` protocol version, `str` node name (`<node-id>.<suffix>`), `opt<str>` custom name granted, `opt<str>` custom name refusal reason, `u32` heartbeat interval (ms), then from version 2 on: `u16` public HTTPS port (0 = not announced) |
 //! | `0x03` | Refused | relay -> daemon | `str` reason |
 //! | `0x04` | Heartbeat | daemon -> relay | `u64` seq |
@@ -63,7 +63,7 @@
 //!
 //! # Versioning
 //!
-//! [`PROTOCOL_VERSION`] is 3. The daemon sends the highest version it speaks in `Register`; the
+//! [`PROTOCOL_VERSION`] is 4. The daemon sends the highest version it speaks in `Register`; the
 //! relay answers `Registered` with the version both will use (at most the daemon's) or `Refused`
 //! when it has none in common. Unknown frame types are a decoding error, so a new frame type
 //! needs a new protocol version. The ALPN stays `gate-relay/1`: versions are negotiated inside.
@@ -88,6 +88,22 @@
 //! | 3 | 2 or 1 | 2 or 1 | not sent (the relay would reject the unknown type); the daemon just closes the connection, and the relay takes the names out when it sees the connection lost |
 //! | 2 or 1 | 3 | 2 or 1 | never sent; a `Leaving` on such a session is a protocol violation |
 //!
+//! Version 4 adds the registration token ([`Register::token`], the daemon's `relay.token`) as a
+//! trailing `str` of `Register`, present only when the daemon has a token. So a version 4
+//! daemon without a token sends what a version 3 relay reads (it answers with version 3), and a
+//! version 3 daemon is told by a relay in token mode that it has no token and should upgrade.
+//! A version 4 daemon *with* a token talking to a version 3 relay gets that relay's protocol
+//! violation ("trailing bytes" in `Register`); the daemon reports it as a refusal that says
+//! the relay is older than tokens (upgrade it, or unset `relay.token`).
+//!
+//! | daemon | relay | token set | outcome |
+//! |---|---|---|---|
+//! | 4 | 4 | yes | checked by the relay's access policy |
+//! | 4 | 4 | no | a relay in token mode refuses: set `relay.token` |
+//! | 4 | 3 or older | no | registers, version 3 or older |
+//! | 4 | 3 or older | yes | refused: the relay is older than tokens |
+//! | 3 or older | 4 | - | a relay in token mode refuses: upgrade the daemon |
+//!
 //! # Limits
 //!
 //! A decoder rejects any length prefix over its maximum ([`DEFAULT_MAX_FRAME_LEN`] = 64 KiB
@@ -98,11 +114,13 @@ pub mod access;
 pub mod daemon;
 pub mod frame;
 pub mod names;
+pub mod quota;
 pub mod relay;
 
 pub use access::{
-    address_bucket, throttle_message, AccessMode, AccessPolicy, RegistrationThrottle, Throttle,
-    MAX_THROTTLED_ADDRESSES, REGISTRATION_WINDOW,
+    address_bucket, is_token_name, split_token_entry, throttle_message, AccessMode, AccessPolicy,
+    Account, RegistrationThrottle, RegistrationToken, Throttle, MAX_THROTTLED_ADDRESSES,
+    MIN_TOKEN_SECRET_LEN, REGISTRATION_WINDOW,
 };
 pub use daemon::{
     AcmeRequestError, ConnectionAttempt, DaemonConfig, DaemonEvent, DaemonSession, DaemonState,
@@ -112,12 +130,14 @@ pub use frame::{
     decode_frame, decode_stream_header, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet,
     EncodeError, ErrorCode, ErrorFrame, Frame, FrameDecoder, FrameError, Register, Registered,
     StreamHeader, ALPN, DEFAULT_MAX_FRAME_LEN, GOODBYE_SINCE_VERSION, HTTPS_PORT_SINCE_VERSION,
-    LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION,
+    LENGTH_PREFIX_LEN, MAX_STRING_LEN, PROTOCOL_VERSION, TOKEN_SINCE_VERSION,
 };
 pub use names::{
-    validate_custom_label, ClaimRecord, NameError, NameGrant, NameTableConfig, NameTableSnapshot,
-    NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, NODE_ID_LEN,
+    validate_custom_label, ClaimRecord, ClaimRules, NameError, NameGrant, NameTableConfig,
+    NameTableSnapshot, NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, DEFAULT_MAX_CLAIMS,
+    NODE_ID_LEN,
 };
+pub use quota::{Quota, QuotaLedger, QuotaRefusal, Quotas, UsageView, ACME_WINDOW, BYTES_WINDOW};
 pub use relay::{
     CloseReason, RelayConfig, RelayEvent, RelaySession, RelayState, StreamRefusal,
     ACME_CHALLENGE_PREFIX,

@@ -164,7 +164,37 @@ pub struct ClaimRecord {
     pub node_id: NodeId,
     /// When the owner was last seen, in seconds since the Unix epoch.
     pub last_seen_unix_secs: u64,
+    /// The registration token the owner was admitted with when it claimed the label, for the
+    /// token's custom-name quota (absent in open and allowlist modes and in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
+
+/// Bounds on the claims a registration may add: what strangers can make the relay keep.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRules {
+    /// Claims the relay holds at most, all nodes together (`limits.max_claims`).
+    pub max_claims: usize,
+    /// The registration token the daemon was admitted with, if any: its claims are counted
+    /// together against `max_custom_names`.
+    pub token: Option<String>,
+    /// Custom names the daemon's account may hold (`None`: no limit beyond one per node; 0:
+    /// none).
+    pub max_custom_names: Option<u32>,
+}
+
+impl Default for ClaimRules {
+    fn default() -> Self {
+        Self {
+            max_claims: DEFAULT_MAX_CLAIMS,
+            token: None,
+            max_custom_names: None,
+        }
+    }
+}
+
+/// Default of `limits.max_claims`.
+pub const DEFAULT_MAX_CLAIMS: usize = 10_000;
 
 /// The persistent part of a [`RelayNameTable`]: claims, sorted by label.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +225,7 @@ impl NameGrant {
 struct Claim {
     node_id: NodeId,
     last_seen_unix_secs: u64,
+    token: Option<String>,
 }
 
 /// Name -> node table of a relay. See the module docs.
@@ -233,6 +264,7 @@ impl RelayNameTable {
                 Claim {
                     node_id: record.node_id,
                     last_seen_unix_secs: record.last_seen_unix_secs,
+                    token: record.token,
                 },
             );
         }
@@ -249,6 +281,7 @@ impl RelayNameTable {
                     label: label.clone(),
                     node_id: claim.node_id.clone(),
                     last_seen_unix_secs: claim.last_seen_unix_secs,
+                    token: claim.token.clone(),
                 })
                 .collect(),
         }
@@ -270,13 +303,27 @@ impl RelayNameTable {
                 >= self.config.claim_lapse.as_secs()
     }
 
-    /// Registers an online daemon and decides its custom label. The node stays online until a
-    /// matching [`RelayNameTable::go_offline`].
+    /// Registers an online daemon and decides its custom label under the default
+    /// [`ClaimRules`]. The node stays online until a matching [`RelayNameTable::go_offline`].
     pub fn register(
         &mut self,
         node_id: &NodeId,
         custom_label: Option<&str>,
         now_unix_secs: u64,
+    ) -> NameGrant {
+        self.register_with(node_id, custom_label, now_unix_secs, &ClaimRules::default())
+    }
+
+    /// Registers an online daemon and decides its custom label under `rules`: a label that
+    /// would be a new claim beyond `rules.max_claims`, or beyond the account's
+    /// `max_custom_names`, is refused (the node keeps its node-id name). A label the node
+    /// already holds is always kept.
+    pub fn register_with(
+        &mut self,
+        node_id: &NodeId,
+        custom_label: Option<&str>,
+        now_unix_secs: u64,
+        rules: &ClaimRules,
     ) -> NameGrant {
         let count = self.online.entry(node_id.clone()).or_insert(0);
         *count = count.saturating_add(1);
@@ -289,7 +336,7 @@ impl RelayNameTable {
                 custom_name_refusal: None,
             };
         };
-        match self.claim(node_id, requested, now_unix_secs) {
+        match self.claim(node_id, requested, now_unix_secs, rules) {
             Ok(custom_name) => NameGrant {
                 node_name,
                 custom_name: Some(custom_name),
@@ -308,6 +355,7 @@ impl RelayNameTable {
         node_id: &NodeId,
         requested: &str,
         now_unix_secs: u64,
+        rules: &ClaimRules,
     ) -> Result<String, String> {
         let label = validate_custom_label(requested)
             .map_err(|error| format!("custom domain refused: {error}"))?;
@@ -321,16 +369,62 @@ impl RelayNameTable {
                 ));
             }
         }
+        let already_held = self
+            .claims
+            .get(&label)
+            .is_some_and(|claim| claim.node_id == *node_id);
+        if !already_held {
+            // Claims other nodes hold (lapsed ones no longer count); this node's own claim is
+            // given up below, so it does not count either.
+            let live_others =
+                |claim: &&Claim| claim.node_id != *node_id && !self.lapsed(claim, now_unix_secs);
+            let held = self.claims.values().filter(live_others).count();
+            if held >= rules.max_claims {
+                return Err(format!(
+                    "custom domain refused: this relay holds as many name claims as it keeps \
+                     ({}, limits.max_claims); ask the relay's operator to raise it, or use the \
+                     node-id name",
+                    rules.max_claims
+                ));
+            }
+            if let Some(max) = rules.max_custom_names {
+                let account_held = match &rules.token {
+                    Some(token) => self
+                        .claims
+                        .values()
+                        .filter(live_others)
+                        .filter(|claim| claim.token.as_deref() == Some(token.as_str()))
+                        .count(),
+                    None => 0,
+                };
+                if u32::try_from(account_held).unwrap_or(u32::MAX) >= max {
+                    let whose = match &rules.token {
+                        Some(token) => format!("the daemons of token {token} hold"),
+                        None => "this daemon may hold".to_owned(),
+                    };
+                    return Err(format!(
+                        "custom domain refused: {whose} {max} custom names, the quota (access \
+                         quota `custom_names`); ask the relay's operator to raise it, or use \
+                         the node-id name"
+                    ));
+                }
+            }
+        }
         // One custom label per node: a node that asks for a new label gives up its old one.
         self.claims
             .retain(|other, claim| claim.node_id != *node_id || *other == label);
-        self.claims.insert(
-            label,
-            Claim {
-                node_id: node_id.clone(),
-                last_seen_unix_secs: now_unix_secs,
-            },
-        );
+        let token = rules.token.clone();
+        let claim = self.claims.entry(label).or_insert(Claim {
+            node_id: node_id.clone(),
+            last_seen_unix_secs: now_unix_secs,
+            token: token.clone(),
+        });
+        if claim.node_id != *node_id {
+            // A lapsed claim taken over.
+            claim.node_id = node_id.clone();
+        }
+        claim.last_seen_unix_secs = claim.last_seen_unix_secs.max(now_unix_secs);
+        claim.token = token;
         Ok(name)
     }
 
@@ -372,6 +466,18 @@ impl RelayNameTable {
             self.claims.remove(label);
         }
         lapsed
+    }
+
+    /// Claims held now (lapsed ones included until expired).
+    pub fn claim_count(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// The token a node's claim was made with, if any.
+    pub fn claim_token(&self, label: &str) -> Option<&str> {
+        self.claims
+            .get(label)
+            .and_then(|claim| claim.token.as_deref())
     }
 
     /// The owner of a custom label, online or not (lapsed claims included until expired).

@@ -29,13 +29,13 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::access::AccessPolicy;
+use super::access::{AccessPolicy, Account};
 use super::frame::{
     AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, EncodeError, ErrorCode, ErrorFrame,
     Frame, FrameError, Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION,
     HTTPS_PORT_SINCE_VERSION, PROTOCOL_VERSION,
 };
-use super::names::{NameGrant, NodeId, RelayNameTable};
+use super::names::{ClaimRules, NameGrant, NodeId, RelayNameTable, DEFAULT_MAX_CLAIMS};
 
 /// Prefix of ACME DNS-01 record names.
 pub const ACME_CHALLENGE_PREFIX: &str = "_acme-challenge.";
@@ -56,8 +56,10 @@ pub struct RelayConfig {
     /// The relay's public HTTPS port, announced in [`Registered::https_port`] to daemons that
     /// speak protocol version 2 or later (default `None`: not announced; daemons assume 443).
     pub https_port: Option<u16>,
-    /// Who may register (default open).
+    /// Who may register (default open), with the quotas of each account.
     pub access: AccessPolicy,
+    /// Name claims the relay holds at most, all nodes together (`limits.max_claims`).
+    pub max_claims: usize,
 }
 
 impl Default for RelayConfig {
@@ -70,6 +72,7 @@ impl Default for RelayConfig {
             max_acme_records: 8,
             https_port: None,
             access: AccessPolicy::default(),
+            max_claims: DEFAULT_MAX_CLAIMS,
         }
     }
 }
@@ -191,6 +194,8 @@ pub struct RelaySession {
     /// Set by the relay before the registration arrives (e.g. too many registrations from
     /// the daemon's address): the `Register` is refused with this reason.
     refusal: Option<String>,
+    /// Who the daemon counts as for quotas, once admitted.
+    account: Option<Account>,
 }
 
 impl RelaySession {
@@ -207,6 +212,7 @@ impl RelaySession {
             acme_records: BTreeMap::new(),
             pending_acme: BTreeMap::new(),
             refusal: None,
+            account: None,
         }
     }
 
@@ -263,6 +269,24 @@ impl RelaySession {
                 .config
                 .heartbeat_interval
                 .saturating_mul(self.config.missed_heartbeats_allowed.max(1))
+    }
+
+    /// Who the daemon counts as for quotas (its token, or itself); `None` before it is
+    /// admitted.
+    pub fn account(&self) -> Option<&Account> {
+        self.account.as_ref()
+    }
+
+    /// Refuses an ACME request this session handed out as [`RelayEvent::DnsSet`] before the
+    /// DNS provider was asked (a quota said no): the record is forgotten (nothing to delete)
+    /// and the daemon gets `reason`.
+    pub fn refuse_acme(&mut self, request_id: u64, reason: String) {
+        if let Some(record) = self.pending_acme.remove(&request_id) {
+            self.acme_records.remove(&record);
+            if self.state != RelayState::Closed {
+                self.answer(request_id, Err(reason));
+            }
+        }
     }
 
     /// Whether new forwarded streams may be opened to this daemon.
@@ -393,20 +417,35 @@ impl RelaySession {
         // Before any name is claimed or touched: a refused daemon leaves nothing behind.
         let verdict = match self.refusal.take() {
             Some(reason) => Err(reason),
-            None => self.config.access.admit(&self.node_id),
+            None => self.config.access.admit(
+                &self.node_id,
+                register.token.as_ref(),
+                register.protocol_version,
+            ),
         };
-        if let Err(reason) = verdict {
-            self.events.push_back(RelayEvent::Transmit(Frame::Refused {
-                reason: reason.clone(),
-            }));
-            self.close(now_unix_secs, names, CloseReason::Refused(reason));
-            return;
-        }
-        let grant = names.register(
+        let account = match verdict {
+            Ok(account) => account,
+            Err(reason) => {
+                self.events.push_back(RelayEvent::Transmit(Frame::Refused {
+                    reason: reason.clone(),
+                }));
+                self.close(now_unix_secs, names, CloseReason::Refused(reason));
+                return;
+            }
+        };
+        let quota = self.config.access.quotas.for_account(&account);
+        let rules = ClaimRules {
+            max_claims: self.config.max_claims,
+            token: account.token_name().map(str::to_owned),
+            max_custom_names: quota.custom_names,
+        };
+        let grant = names.register_with(
             &self.node_id,
             register.custom_label.as_deref(),
             now_unix_secs,
+            &rules,
         );
+        self.account = Some(account);
         self.last_heard_at = now;
         let interval_ms =
             u32::try_from(self.config.heartbeat_interval.as_millis()).unwrap_or(u32::MAX);

@@ -368,6 +368,17 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
         _control: &mut Option<ControlStream>,
     ) -> Flow {
         let shared = self.shared;
+        if let RelayEvent::DnsSet {
+            request_id, name, ..
+        } = &event
+        {
+            if let Err(why) = shared.count_acme_request(self.id) {
+                tracing::info!(node = %self.owner, record = %name, "ACME request refused: {why}");
+                let request_id = *request_id;
+                self.session(|s, _| s.refuse_acme(request_id, why));
+                return Flow::Continue;
+            }
+        }
         match event {
             RelayEvent::Transmit(frame) => {
                 // The driver writes frames; poll_output never hands one here.

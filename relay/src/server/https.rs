@@ -160,6 +160,12 @@ pub(super) async fn serve_https<R: Runtime>(
             refuse(&rt, &mut stream, sni::internal_error_alert()).await;
             return;
         }
+        Err(RouteError::Quota(why)) => {
+            metrics.over_limit.inc();
+            tracing::info!(%peer, name = %server_name, "connection refused: {why}");
+            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
+            return;
+        }
     };
     let connection = match &route.connection {
         DaemonLink::Quic(connection) => connection.clone(),
@@ -275,18 +281,20 @@ pub(super) struct Forwarding {
 
 impl Forwarding {
     pub(super) async fn run<S: AsyncRead + AsyncWrite + Unpin>(
-        self,
+        mut self,
         mut stream: S,
         mut send: quinn::SendStream,
         mut recv: quinn::RecvStream,
         first: bytes::Bytes,
     ) {
         let metrics = &self.shared.metrics;
-        match crate::forward::forward(&mut stream, &mut send, &mut recv, first).await {
-            Ok(copied) => {
-                metrics.bytes_to_daemons.inc_by(copied.to_daemon);
-                metrics.bytes_to_clients.inc_by(copied.to_client);
-            }
+        let (copied, outcome) =
+            crate::forward::forward(&mut stream, &mut send, &mut recv, first).await;
+        metrics.bytes_to_daemons.inc_by(copied.to_daemon);
+        metrics.bytes_to_clients.inc_by(copied.to_client);
+        self._slots.1.bytes = copied.to_daemon.saturating_add(copied.to_client);
+        match outcome {
+            Ok(()) => {}
             Err(e) => {
                 tracing::debug!(peer = %self.peer, name = %self.server_name, "forwarded connection ended: {e}");
                 let _ = send.reset(0u32.into());

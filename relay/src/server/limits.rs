@@ -25,15 +25,28 @@ impl Drop for HttpsSlot {
 }
 
 /// Holds one forwarded connection's place in its daemon's limit.
+/// Also holds its place in the account's connection quota, and counts the bytes the
+/// connection carried against the account's day when it ends.
 pub(super) struct NodeSlot {
     pub(super) shared: Arc<Shared>,
     pub(super) node_id: NodeId,
+    /// The daemon's account, when it was admitted (quotas apply).
+    pub(super) account: Option<gate_core::tunnel::Account>,
+    /// Bytes forwarded both ways, set when the forwarding ends.
+    pub(super) bytes: u64,
 }
 
 impl Drop for NodeSlot {
     fn drop(&mut self) {
-        self.shared.metrics.forwarded_open.dec();
         let mut core = lock(&self.shared.core);
+        // Before the gauge goes down: whoever sees the connection gone also sees its quota
+        // released and its bytes counted.
+        if let Some(account) = &self.account {
+            core.quotas.close_connection(account);
+            core.quotas
+                .record_bytes(account, self.bytes, Instant::now());
+        }
+        self.shared.metrics.forwarded_open.dec();
         if let Some(count) = core.forwarded_per_node.get_mut(&self.node_id) {
             *count = count.saturating_sub(1);
             if *count == 0 {

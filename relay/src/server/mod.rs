@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
     throttle_message, CloseReason, EncodeError, Frame, FrameError, NameTableConfig,
-    NameTableSnapshot, NodeId, RegistrationThrottle, RelayConfig, RelayEvent, RelayNameTable,
-    RelaySession, Throttle,
+    NameTableSnapshot, NodeId, QuotaLedger, RegistrationThrottle, RelayConfig, RelayEvent,
+    RelayNameTable, RelaySession, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::tunnel::tcp::TcpOpener;
@@ -318,6 +318,7 @@ pub async fn start<R: Runtime>(
         // Daemons render their public URLs with it (`https://<name>:<port>/` unless 443).
         https_port: Some(https_addr.port()),
         access: settings.access.clone(),
+        max_claims: settings.limits.max_claims,
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
@@ -350,6 +351,7 @@ pub async fn start<R: Runtime>(
             by_node: HashMap::new(),
             forwarded_per_node: HashMap::new(),
             next_session_id: 1,
+            quotas: QuotaLedger::new(),
         }),
         persist_lock: Mutex::new(Vec::new()),
         https_per_ip: Mutex::new(HashMap::new()),
@@ -444,6 +446,11 @@ pub async fn start<R: Runtime>(
         gate_core::tunnel::AccessMode::Allowlist => tracing::info!(
             allowed_nodes = access.allowed_nodes.len(),
             "access.mode = \"allowlist\": only the listed daemons may register"
+        ),
+        gate_core::tunnel::AccessMode::Token => tracing::info!(
+            tokens = %access.token_names().collect::<Vec<_>>().join(","),
+            allowed_nodes = access.allowed_nodes.len(),
+            "access.mode = \"token\": only daemons with a registration token may register"
         ),
     }
     Ok(RunningRelay {

@@ -25,6 +25,8 @@ pub(super) struct Core {
     pub(super) by_node: HashMap<NodeId, BTreeSet<u64>>,
     pub(super) forwarded_per_node: HashMap<NodeId, usize>,
     pub(super) next_session_id: u64,
+    /// What each account (token, or node in open and allowlist modes) uses against its quota.
+    pub(super) quotas: QuotaLedger,
 }
 
 /// A daemon connection, over either transport: streams to the daemon are opened on it.
@@ -74,6 +76,8 @@ pub(super) enum RouteError {
     Unknown,
     /// The daemon is at its connection limit.
     NodeFull,
+    /// The daemon's account is at a quota (connections, bytes per day): why.
+    Quota(String),
 }
 
 impl Shared {
@@ -98,14 +102,21 @@ impl Shared {
                 .session
                 .stream_header(&core.names, client, server_name)
                 .ok()?;
-            Some((header, entry.connection.clone(), *id))
+            let account = entry.session.account().cloned();
+            Some((header, entry.connection.clone(), *id, account))
         });
-        let (header, connection, session) = found.ok_or(RouteError::Unknown)?;
-        let open = core.forwarded_per_node.entry(node_id.clone()).or_insert(0);
-        if *open >= self.settings.limits.max_connections_per_node {
+        let (header, connection, session, account) = found.ok_or(RouteError::Unknown)?;
+        let open = core.forwarded_per_node.get(&node_id).copied().unwrap_or(0);
+        if open >= self.settings.limits.max_connections_per_node {
             return Err(RouteError::NodeFull);
         }
-        *open += 1;
+        if let Some(account) = &account {
+            let quota = self.session_config.access.quotas.for_account(account);
+            core.quotas
+                .open_connection(account, &quota, Instant::now())
+                .map_err(|refusal| RouteError::Quota(refusal.to_string()))?;
+        }
+        *core.forwarded_per_node.entry(node_id.clone()).or_insert(0) += 1;
         self.metrics.forwarded_open.inc();
         Ok(Route {
             header,
@@ -114,6 +125,8 @@ impl Shared {
             _slot: NodeSlot {
                 shared: self.clone(),
                 node_id,
+                account,
+                bytes: 0,
             },
         })
     }
@@ -180,6 +193,7 @@ impl Shared {
         entry
             .session
             .handle_connection_lost(unix_now(), &mut core.names);
+        core.quotas.prune(Instant::now());
         let node_id = entry.session.node_id().clone();
         let Some(ids) = core.by_node.get_mut(&node_id) else {
             return true;
@@ -207,6 +221,24 @@ impl Shared {
                 let _ = self.status_changed.try_send(());
             }
         }
+    }
+
+    /// Counts an ACME challenge request of session `id`'s daemon against its account's
+    /// quota; `Err` says why it is refused.
+    pub(super) fn count_acme_request(&self, id: u64) -> Result<(), String> {
+        let mut core = lock(&self.core);
+        let core = &mut *core;
+        let Some(account) = core
+            .sessions
+            .get(&id)
+            .and_then(|entry| entry.session.account().cloned())
+        else {
+            return Ok(());
+        };
+        let quota = self.session_config.access.quotas.for_account(&account);
+        core.quotas
+            .acme_request(&account, &quota, Instant::now())
+            .map_err(|refusal| refusal.to_string())
     }
 
     /// Runs `f` on session `id` with the name table.

@@ -27,6 +27,10 @@ impl Shared {
         let settings = &self.settings;
         let limits = &settings.limits;
         let now = unix_now();
+        let mut token_users: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeSet<String>,
+        > = Default::default();
         let (daemons_total, daemons, claims): (usize, Vec<DaemonInfo>, Vec<ClaimInfo>) = {
             let core = lock(&self.core);
             let mut ids: Vec<&u64> = core.sessions.keys().collect();
@@ -61,9 +65,22 @@ impl Shared {
                         remote: entry.remote.to_string(),
                         transport: entry.connection.transport().to_owned(),
                         forwarded_open: core.forwarded_per_node.get(node_id).copied().unwrap_or(0),
+                        token: entry
+                            .session
+                            .account()
+                            .and_then(|a| a.token_name())
+                            .map(str::to_owned),
                     }
                 })
                 .collect();
+            for entry in core.sessions.values() {
+                if let Some(name) = entry.session.account().and_then(|a| a.token_name()) {
+                    token_users
+                        .entry(name.to_owned())
+                        .or_default()
+                        .insert(entry.session.node_id().to_string());
+                }
+            }
             let claims = crate::status::claims_from_names(
                 &core.names.snapshot(),
                 &settings.domain_suffix,
@@ -116,6 +133,17 @@ impl Shared {
                     .allowed_nodes
                     .iter()
                     .map(ToString::to_string)
+                    .collect(),
+                tokens: settings
+                    .access
+                    .token_names()
+                    .map(|name| crate::status::TokenInfo {
+                        name: name.to_owned(),
+                        daemons: token_users
+                            .get(name)
+                            .map(|ids| ids.iter().cloned().collect())
+                            .unwrap_or_default(),
+                    })
                     .collect(),
             },
         }

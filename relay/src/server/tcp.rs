@@ -194,11 +194,12 @@ pub(super) async fn forward_over_tcp<R: Runtime>(
     } = route;
     let shared = shared.clone();
     rt.spawn(async move {
-        let _slots = (slot, node_slot);
+        let mut slots = (slot, node_slot);
         match tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await {
             Ok((to_daemon, to_client)) => {
                 shared.metrics.bytes_to_daemons.inc_by(to_daemon);
                 shared.metrics.bytes_to_clients.inc_by(to_client);
+                slots.1.bytes = to_daemon.saturating_add(to_client);
             }
             Err(e) => {
                 tracing::debug!(%peer, name = %server_name, "forwarded connection ended: {e}");

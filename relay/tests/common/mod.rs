@@ -186,7 +186,17 @@ pub fn start_daemon<R: Runtime>(
     relay: RelayAddress,
     custom_label: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, custom_label, Vec::new(), None)
+    start_daemon_full(rt, relay, custom_label, Vec::new(), None, None)
+}
+
+/// [`start_daemon`] presenting the registration token `token`.
+pub fn start_daemon_with_token<R: Runtime>(
+    rt: &R,
+    relay: RelayAddress,
+    custom_label: Option<&str>,
+    token: Option<&str>,
+) -> Result<TestDaemon, BoxError> {
+    start_daemon_full(rt, relay, custom_label, Vec::new(), None, token)
 }
 
 /// [`start_daemon`] with the transport policy `transport`, dialling the tunnel over TCP on
@@ -197,7 +207,14 @@ pub fn start_daemon_via<R: Runtime>(
     transport: TransportPolicy,
     tcp_port: u16,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, None, Vec::new(), Some((transport, tcp_port)))
+    start_daemon_full(
+        rt,
+        relay,
+        None,
+        Vec::new(),
+        Some((transport, tcp_port)),
+        None,
+    )
 }
 
 /// [`start_daemon`] trusting `extra_ca` for relays that are not pinned.
@@ -206,7 +223,7 @@ pub fn start_daemon_with_ca<R: Runtime>(
     relay: RelayAddress,
     extra_ca: CertificateDer<'static>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, None, vec![extra_ca], None)
+    start_daemon_full(rt, relay, None, vec![extra_ca], None, None)
 }
 
 fn start_daemon_full<R: Runtime>(
@@ -215,6 +232,7 @@ fn start_daemon_full<R: Runtime>(
     custom_label: Option<&str>,
     extra_ca: Vec<CertificateDer<'static>>,
     transport: Option<(TransportPolicy, u16)>,
+    token: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
     let identity = Identity::generate()?;
     let node_name = format!("{}.{SUFFIX}", identity.node_id());
@@ -244,6 +262,7 @@ fn start_daemon_full<R: Runtime>(
     let mut config = RelayClientConfig {
         relays: vec![relay],
         custom_label: custom_label.map(str::to_owned),
+        token: token.map(gate_core::config::Secret::new),
         extra_ca,
         ..RelayClientConfig::default()
     };

@@ -41,6 +41,8 @@ pub struct RelayClientConfig {
     pub relays: Vec<RelayAddress>,
     /// The custom DNS label to ask for (`relay.custom_domain`).
     pub custom_label: Option<String>,
+    /// The registration token presented to relays in token mode (`relay.token`).
+    pub token: Option<gate_core::config::Secret>,
     /// The daemon's version, sent in the registration.
     pub daemon_version: String,
     /// Extra trusted CAs for relays that are not pinned.
@@ -49,7 +51,8 @@ pub struct RelayClientConfig {
     /// 1 relays; 443 by default). A relay that announces its port in the registration answer
     /// is believed instead.
     pub public_https_port: u16,
-    /// Session tunables (backoff, timeouts); `custom_label` and `daemon_version` above win.
+    /// Session tunables (backoff, timeouts); `custom_label`, `token` and `daemon_version` above
+    /// win.
     pub session: DaemonConfig,
     /// Which transports to use (`relay.transport`).
     pub transport: TransportPolicy,
@@ -125,6 +128,7 @@ impl Default for RelayClientConfig {
         Self {
             relays: Vec::new(),
             custom_label: None,
+            token: None,
             daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
             extra_ca: Vec::new(),
             public_https_port: 443,
@@ -335,6 +339,7 @@ impl RelayClient {
         let (left_tx, left) = async_channel::bounded::<()>(1);
         let session_config = DaemonConfig {
             custom_label: config.custom_label.clone(),
+            token: config.token.clone(),
             daemon_version: config.daemon_version.clone(),
             ..config.session.clone()
         };
