@@ -81,12 +81,18 @@ pub fn stream_converter(
 
 /// Converts a client request body to the other protocol, for `upstream_model`.
 pub fn request(client: WireProtocol, body: &[u8], upstream_model: &str) -> Result<Vec<u8>, String> {
-    let converted = match client {
-        WireProtocol::OpenAi => core_convert::openai_request_body_to_anthropic(body),
-        WireProtocol::Anthropic => core_convert::anthropic_request_body_to_openai(body),
+    match client {
+        WireProtocol::OpenAi => {
+            let converted =
+                core_convert::openai_request_body_to_anthropic(body).map_err(|e| e.to_string())?;
+            rewrite_model(&converted, upstream_model)
+        }
+        // The OpenAI side's per-model rules need the upstream's model id.
+        WireProtocol::Anthropic => {
+            core_convert::anthropic_request_body_to_openai_for_model(body, upstream_model)
+                .map_err(|e| e.to_string())
+        }
     }
-    .map_err(|e| e.to_string())?;
-    rewrite_model(&converted, upstream_model)
 }
 
 /// Converts an upstream response body (in `upstream`'s protocol) to the other protocol.

@@ -35,7 +35,8 @@ pub use passthrough::{
     request_summary, rewrite_model, tree_cost_estimate, RequestSummary, TREE_BYTES_PER_VALUE,
 };
 pub use request::{
-    anthropic_request_body_to_openai, anthropic_request_to_openai,
+    anthropic_request_body_to_openai, anthropic_request_body_to_openai_for_model,
+    anthropic_request_to_openai, effort_for_thinking, thinking_for_effort,
     openai_request_body_to_anthropic, openai_request_to_anthropic, DEFAULT_ANTHROPIC_MAX_TOKENS,
 };
 pub use response::{

@@ -122,6 +122,61 @@ pub fn client_status_for_upstream(status: u16) -> u16 {
 pub const FORWARDED_REQUEST_HEADERS: &[&str] =
     &["accept", "user-agent", "anthropic-beta", "openai-beta"];
 
+/// Request headers passed to an upstream speaking `upstream`: the common ones, plus only that
+/// protocol's beta header (`anthropic-beta` never goes to an OpenAI-format upstream, nor
+/// `openai-beta` to Anthropic).
+pub fn forwarded_request_headers(upstream: WireProtocol) -> &'static [&'static str] {
+    match upstream {
+        WireProtocol::OpenAi => &["accept", "user-agent", "openai-beta"],
+        WireProtocol::Anthropic => &["accept", "user-agent", "anthropic-beta"],
+    }
+}
+
+/// The name under which an upstream response header reaches a client of `client` when
+/// Gate converted between protocols (`None`: not forwarded). Same protocol: the name itself
+/// when [`forwards_response_header`] allows it. Across protocols: `retry-after` as is; the
+/// request id renamed (`x-request-id` <-> `request-id`); the request and token rate-limit
+/// counts renamed between `x-ratelimit-{limit,remaining}-{requests,tokens}` and
+/// `anthropic-ratelimit-{requests,tokens}-{limit,remaining}`. Reset times are dropped across
+/// protocols (OpenAI sends a duration, `6m0s`; Anthropic an RFC 3339 instant), as are
+/// Anthropic's input/output token families, which OpenAI has no name for.
+pub fn client_response_header(
+    name: &str,
+    client: WireProtocol,
+    upstream: WireProtocol,
+) -> Option<std::borrow::Cow<'static, str>> {
+    use std::borrow::Cow;
+    if client == upstream {
+        return forwards_response_header(name).then(|| Cow::Owned(name.to_owned()));
+    }
+    match (name, client) {
+        ("content-type" | "retry-after", _) => return Some(Cow::Owned(name.to_owned())),
+        ("request-id", WireProtocol::OpenAi) => return Some(Cow::Borrowed("x-request-id")),
+        ("x-request-id", WireProtocol::Anthropic) => return Some(Cow::Borrowed("request-id")),
+        _ => {}
+    }
+    const PAIRS: [(&str, &str); 4] = [
+        (
+            "x-ratelimit-limit-requests",
+            "anthropic-ratelimit-requests-limit",
+        ),
+        (
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-requests-remaining",
+        ),
+        ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
+        (
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-tokens-remaining",
+        ),
+    ];
+    PAIRS.iter().find_map(|(openai, anthropic)| match client {
+        WireProtocol::OpenAi if name == *anthropic => Some(Cow::Borrowed(*openai)),
+        WireProtocol::Anthropic if name == *openai => Some(Cow::Borrowed(*anthropic)),
+        _ => None,
+    })
+}
+
 /// Response headers passed from the upstream to the client, besides the rate-limit families
 /// of [`forwards_response_header`].
 pub const FORWARDED_RESPONSE_HEADERS: &[&str] = &[
@@ -176,6 +231,34 @@ mod tests {
         assert_eq!(
             Endpoint::Messages.upstream_path(WireProtocol::OpenAi),
             "/chat/completions"
+        );
+    }
+
+    #[test]
+    fn headers_across_protocols() {
+        use WireProtocol::{Anthropic, OpenAi};
+        assert!(!forwarded_request_headers(OpenAi).contains(&"anthropic-beta"));
+        assert!(forwarded_request_headers(Anthropic).contains(&"anthropic-beta"));
+        assert!(!forwarded_request_headers(Anthropic).contains(&"authorization"));
+        let map = |name, client, upstream| {
+            client_response_header(name, client, upstream).map(|n| n.into_owned())
+        };
+        assert_eq!(
+            map("anthropic-ratelimit-requests-remaining", OpenAi, Anthropic).as_deref(),
+            Some("x-ratelimit-remaining-requests")
+        );
+        assert_eq!(
+            map("x-ratelimit-limit-tokens", Anthropic, OpenAi).as_deref(),
+            Some("anthropic-ratelimit-tokens-limit")
+        );
+        assert_eq!(map("request-id", OpenAi, Anthropic).as_deref(), Some("x-request-id"));
+        assert_eq!(map("x-request-id", Anthropic, OpenAi).as_deref(), Some("request-id"));
+        assert_eq!(map("retry-after", Anthropic, OpenAi).as_deref(), Some("retry-after"));
+        assert_eq!(map("x-ratelimit-reset-requests", Anthropic, OpenAi), None);
+        assert_eq!(map("set-cookie", Anthropic, OpenAi), None);
+        assert_eq!(
+            map("x-ratelimit-reset-requests", OpenAi, OpenAi).as_deref(),
+            Some("x-ratelimit-reset-requests")
         );
     }
 

@@ -9,6 +9,7 @@ pub mod anthropic;
 pub mod convert;
 pub mod endpoint;
 pub mod errors;
+pub mod model_rules;
 pub mod openai;
 pub mod scrub;
 pub mod sse;

@@ -16,14 +16,14 @@ use hyper::body::Incoming;
 use super::attempt::AttemptSlot;
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
-    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream, is_json,
+    check_conversion_bound, collect_with_timeout, copy_converted_response_headers,
+    copy_response_headers, is_event_stream, is_json,
     map_upstream_status, ReadError,
 };
 use super::{Endpoint, Gateway, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
-use gate_core::llm::endpoint::forwards_response_header;
 use gate_core::llm::usage::{Usage, USAGE_KEY};
 use gate_core::route::AttemptOutcome;
 
@@ -78,12 +78,12 @@ impl<R: Runtime> Gateway<R> {
             }
             // In the client's protocol, keeping what tells it when to come back.
             let mut out = error_response(client_protocol, client_status, &message);
-            for (name, value) in &parts.headers {
-                let name_text = name.as_str();
-                if name_text != "content-type" && forwards_response_header(name_text) {
-                    out.headers_mut().insert(name.clone(), value.clone());
-                }
-            }
+            copy_converted_response_headers(
+                &parts.headers,
+                out.headers_mut(),
+                client_protocol,
+                upstream.protocol,
+            );
             return out;
         }
 
@@ -132,7 +132,12 @@ impl<R: Runtime> Gateway<R> {
                 stop_waker: None,
             };
             let mut out = Response::new(pipe.boxed());
-            copy_response_headers(&parts.headers, out.headers_mut());
+            copy_converted_response_headers(
+                &parts.headers,
+                out.headers_mut(),
+                client_protocol,
+                upstream.protocol,
+            );
             out.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
@@ -198,6 +203,12 @@ impl<R: Runtime> Gateway<R> {
         match convert::response(upstream.protocol, &bytes) {
             Ok(converted) => {
                 let mut out = Response::new(full_body(Bytes::from(converted)));
+                copy_converted_response_headers(
+                    &parts.headers,
+                    out.headers_mut(),
+                    client_protocol,
+                    upstream.protocol,
+                );
                 out.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),

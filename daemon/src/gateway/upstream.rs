@@ -126,7 +126,7 @@ pub(super) fn build_upstream_request(
     let headers = builder
         .headers_mut()
         .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
-    for name in endpoint::FORWARDED_REQUEST_HEADERS {
+    for name in endpoint::forwarded_request_headers(upstream.protocol) {
         if let Some(v) = client_headers.get(*name) {
             headers.insert(*name, v.clone());
         }
@@ -178,6 +178,28 @@ pub(super) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     for (name, value) in from {
         if endpoint::forwards_response_header(name.as_str()) {
             to.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Copies the upstream response headers a client of `client` may see when Gate converted
+/// from `upstream`, renamed to the client's protocol
+/// ([`gate_core::llm::endpoint::client_response_header`]); `content-type` is left to the
+/// caller.
+pub(super) fn copy_converted_response_headers(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    client: WireProtocol,
+    upstream: WireProtocol,
+) {
+    for (name, value) in from {
+        if name == http::header::CONTENT_TYPE {
+            continue;
+        }
+        if let Some(mapped) = endpoint::client_response_header(name.as_str(), client, upstream) {
+            if let Ok(mapped) = http::HeaderName::from_bytes(mapped.as_bytes()) {
+                to.insert(mapped, value.clone());
+            }
         }
     }
 }
