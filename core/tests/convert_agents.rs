@@ -88,7 +88,10 @@ fn claude_code_shape_converts_for_a_reasoning_model() {
     );
     assert_eq!(parts[4], json!({"type": "text", "text": "plain notes"}));
     // Thinking in history is dropped, the tool call kept.
-    assert_eq!(out["messages"][2]["tool_calls"][0]["function"]["name"], "Read");
+    assert_eq!(
+        out["messages"][2]["tool_calls"][0]["function"]["name"],
+        "Read"
+    );
     assert!(out["messages"][2].get("content").is_none_or(Value::is_null));
     // gpt-5: max_completion_tokens, no sampling or stop, effort mapped.
     assert_eq!(out["max_completion_tokens"], 32000);
@@ -118,9 +121,18 @@ fn a_chat_model_keeps_max_tokens_clamped_stop_and_no_effort() {
 #[test]
 fn thinking_forms_map_to_reasoning_effort() {
     let cases = [
-        (json!({"type": "enabled", "budget_tokens": 2000}), Some("low")),
-        (json!({"type": "enabled", "budget_tokens": 10000}), Some("medium")),
-        (json!({"type": "enabled", "budget_tokens": 20000}), Some("high")),
+        (
+            json!({"type": "enabled", "budget_tokens": 2000}),
+            Some("low"),
+        ),
+        (
+            json!({"type": "enabled", "budget_tokens": 10000}),
+            Some("medium"),
+        ),
+        (
+            json!({"type": "enabled", "budget_tokens": 20000}),
+            Some("high"),
+        ),
         (json!({"type": "adaptive"}), None),
         (json!({"type": "disabled"}), Some("minimal")),
     ];
@@ -179,7 +191,10 @@ fn server_tools_mcp_and_url_documents_are_refused_by_name() {
     });
     let err = to_openai(body, "gpt-4o").unwrap_err();
     assert!(err.to_string().contains("web_search"), "{err}");
-    assert_eq!(err.kind(), gate_core::llm::errors::ApiErrorKind::InvalidRequest);
+    assert_eq!(
+        err.kind(),
+        gate_core::llm::errors::ApiErrorKind::InvalidRequest
+    );
     let body = json!({
         "model": "x", "max_tokens": 10,
         "messages": [{"role": "user", "content": "hi"}],
@@ -214,7 +229,10 @@ fn openai_reasoning_effort_and_files_to_anthropic() {
         ]}]
     }))
     .unwrap();
-    assert_eq!(out["thinking"], json!({"type": "enabled", "budget_tokens": 8192}));
+    assert_eq!(
+        out["thinking"],
+        json!({"type": "enabled", "budget_tokens": 8192})
+    );
     assert!(out.get("temperature").is_none());
     assert_eq!(
         out["messages"][0]["content"][1],
@@ -312,5 +330,8 @@ fn streamed_reasoning_becomes_a_thinking_block() {
     let start: Value = serde_json::from_str(&events[1].data).unwrap();
     assert_eq!(start["content_block"]["type"], "thinking");
     let delta: Value = serde_json::from_str(&events[3].data).unwrap();
-    assert_eq!(delta["delta"], json!({"type": "thinking_delta", "thinking": "more"}));
+    assert_eq!(
+        delta["delta"],
+        json!({"type": "thinking_delta", "thinking": "more"})
+    );
 }

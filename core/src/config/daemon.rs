@@ -64,6 +64,8 @@ pub struct UpstreamConfig {
     pub enabled: bool,
     /// Relative weight for the `weighted` strategy (`None` counts as 1).
     pub weight: Option<u32>,
+    /// Whether it serves the Responses API itself (`None`: the provider's default).
+    pub responses: Option<bool>,
 }
 
 /// `[relay]` of the daemon.
@@ -378,6 +380,7 @@ impl DaemonConfig {
                     aliases,
                     enabled: r.bool(&key("enabled"))?,
                     weight: r.opt_int(&key("weight"))?,
+                    responses: r.opt_bool(&key("responses"))?,
                 },
             );
         }

@@ -568,7 +568,7 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 7] = [
+static UPSTREAM_FIELDS: [Field; 8] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -584,6 +584,9 @@ static UPSTREAM_FIELDS: [Field; 7] = [
     field("enabled", Kind::Bool, Some(DefaultValue::Bool(true))),
     // Routing (issue 11): relative weight for the `weighted` strategy (unset counts as 1).
     field("weight", Kind::Integer { min: 0, max: 1000 }, None),
+    // Issue 12: whether the upstream serves `/responses` itself (unset: the provider's
+    // default, true for `openai` only).
+    field("responses", Kind::Bool, None),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);

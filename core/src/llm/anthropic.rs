@@ -198,14 +198,19 @@ pub enum ContentBlock {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum DocumentSource {
     /// `media_type` is `application/pdf`.
-    Base64 { media_type: String, data: String },
+    Base64 {
+        media_type: String,
+        data: String,
+    },
     /// `media_type` is `text/plain`.
     Text {
         #[serde(default)]
         media_type: String,
         data: String,
     },
-    Url { url: String },
+    Url {
+        url: String,
+    },
     /// Content-block sources, file references and anything newer.
     #[serde(other)]
     Unknown,

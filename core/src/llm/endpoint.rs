@@ -87,8 +87,27 @@ impl Endpoint {
         protocol == WireProtocol::OpenAi
             || matches!(
                 self,
-                Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions
+                Endpoint::Messages
+                    | Endpoint::CountTokens
+                    | Endpoint::ChatCompletions
+                    | Endpoint::Responses
             )
+    }
+
+    /// How a request to this endpoint reaches an upstream speaking `protocol`
+    /// (`speaks_responses`: the upstream serves `/responses` itself).
+    pub fn translation(self, protocol: WireProtocol, speaks_responses: bool) -> Translation {
+        match (self, protocol) {
+            (Endpoint::Responses, WireProtocol::OpenAi) if !speaks_responses => {
+                Translation::ResponsesToChat
+            }
+            (Endpoint::Responses, WireProtocol::Anthropic) => Translation::ResponsesToMessages,
+            (Endpoint::ChatCompletions, WireProtocol::Anthropic) => Translation::ChatToMessages,
+            (Endpoint::Messages | Endpoint::CountTokens, WireProtocol::OpenAi) => {
+                Translation::MessagesToChat
+            }
+            _ => Translation::PassThrough,
+        }
     }
 
     /// The path under the upstream's base URL.
@@ -100,6 +119,32 @@ impl Endpoint {
             (WireProtocol::OpenAi, _) => "/chat/completions",
             (WireProtocol::Anthropic, Endpoint::CountTokens) => "/v1/messages/count_tokens",
             (WireProtocol::Anthropic, _) => "/v1/messages",
+        }
+    }
+}
+
+/// How a request travels to its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Translation {
+    /// Client and upstream speak the same API: the client's bytes go through.
+    PassThrough,
+    /// Chat Completions client, Anthropic upstream.
+    ChatToMessages,
+    /// Anthropic Messages client, OpenAI-format upstream.
+    MessagesToChat,
+    /// Responses client, OpenAI-format upstream without `/responses`.
+    ResponsesToChat,
+    /// Responses client, Anthropic upstream (through Chat Completions).
+    ResponsesToMessages,
+}
+
+impl Translation {
+    /// The path under the upstream's base URL for `endpoint` travelling this way.
+    pub fn upstream_path(self, endpoint: Endpoint, protocol: WireProtocol) -> &'static str {
+        match self {
+            Translation::ResponsesToChat => "/chat/completions",
+            Translation::ResponsesToMessages => "/v1/messages",
+            _ => endpoint.upstream_path(protocol),
         }
     }
 }
@@ -164,7 +209,10 @@ pub fn client_response_header(
             "x-ratelimit-remaining-requests",
             "anthropic-ratelimit-requests-remaining",
         ),
-        ("x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit"),
+        (
+            "x-ratelimit-limit-tokens",
+            "anthropic-ratelimit-tokens-limit",
+        ),
         (
             "x-ratelimit-remaining-tokens",
             "anthropic-ratelimit-tokens-remaining",
@@ -251,9 +299,18 @@ mod tests {
             map("x-ratelimit-limit-tokens", Anthropic, OpenAi).as_deref(),
             Some("anthropic-ratelimit-tokens-limit")
         );
-        assert_eq!(map("request-id", OpenAi, Anthropic).as_deref(), Some("x-request-id"));
-        assert_eq!(map("x-request-id", Anthropic, OpenAi).as_deref(), Some("request-id"));
-        assert_eq!(map("retry-after", Anthropic, OpenAi).as_deref(), Some("retry-after"));
+        assert_eq!(
+            map("request-id", OpenAi, Anthropic).as_deref(),
+            Some("x-request-id")
+        );
+        assert_eq!(
+            map("x-request-id", Anthropic, OpenAi).as_deref(),
+            Some("request-id")
+        );
+        assert_eq!(
+            map("retry-after", Anthropic, OpenAi).as_deref(),
+            Some("retry-after")
+        );
         assert_eq!(map("x-ratelimit-reset-requests", Anthropic, OpenAi), None);
         assert_eq!(map("set-cookie", Anthropic, OpenAi), None);
         assert_eq!(

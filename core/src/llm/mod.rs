@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod errors;
 pub mod model_rules;
 pub mod openai;
+pub mod responses;
 pub mod scrub;
 pub mod sse;
 pub mod usage;

@@ -162,7 +162,10 @@ mod tests {
     fn reasoning_models_get_max_completion_tokens_and_no_sampling() {
         let mut r = request("gpt-5-mini");
         apply_openai_model_rules(&mut r);
-        assert_eq!((r.max_tokens, r.max_completion_tokens), (None, Some(32_000)));
+        assert_eq!(
+            (r.max_tokens, r.max_completion_tokens),
+            (None, Some(32_000))
+        );
         assert_eq!((r.temperature, r.top_p, r.stop), (None, None, None));
         assert_eq!(r.reasoning_effort.as_deref(), Some("minimal"));
 
@@ -178,7 +181,10 @@ mod tests {
     fn other_models_keep_max_tokens_clamped_to_their_cap() {
         let mut r = request("gpt-4o");
         apply_openai_model_rules(&mut r);
-        assert_eq!((r.max_tokens, r.max_completion_tokens), (Some(16_384), None));
+        assert_eq!(
+            (r.max_tokens, r.max_completion_tokens),
+            (Some(16_384), None)
+        );
         assert_eq!(r.temperature, Some(0.5));
         assert_eq!(r.reasoning_effort, None);
         let mut r = request("my-local-model");

@@ -93,6 +93,12 @@ impl ProviderKind {
         }
     }
 
+    /// Whether the provider's API serves the Responses API (`/responses`) itself; the others
+    /// get it converted to Chat Completions or Anthropic Messages.
+    pub fn speaks_responses(self) -> bool {
+        self == ProviderKind::OpenAi
+    }
+
     /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
     pub fn speaks_anthropic(self) -> bool {
         self == ProviderKind::Anthropic

@@ -186,8 +186,7 @@ impl<R: Runtime> Gateway<R> {
             };
             let upstream_body = build_upstream_body(
                 endpoint,
-                client_protocol,
-                upstream.protocol,
+                upstream.translation(endpoint),
                 &body,
                 &model,
                 &candidate.upstream_model,

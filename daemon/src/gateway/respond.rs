@@ -17,13 +17,13 @@ use super::attempt::AttemptSlot;
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
     check_conversion_bound, collect_with_timeout, copy_converted_response_headers,
-    copy_response_headers, is_event_stream, is_json,
-    map_upstream_status, ReadError,
+    copy_response_headers, is_event_stream, is_json, map_upstream_status, ReadError,
 };
 use super::{Endpoint, Gateway, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
+use gate_core::llm::endpoint::Translation;
 use gate_core::llm::usage::{Usage, USAGE_KEY};
 use gate_core::route::AttemptOutcome;
 
@@ -45,7 +45,8 @@ impl<R: Runtime> Gateway<R> {
         let max_response = snapshot.limits.max_response_bytes;
         let status = response.status();
         let (parts, body) = response.into_parts();
-        let same_protocol = client_protocol == upstream.protocol;
+        let translation = upstream.translation(endpoint);
+        let same_protocol = translation == Translation::PassThrough;
 
         if !status.is_success() {
             // Error bodies are read under the same cap as answers; one that is too large or
@@ -90,15 +91,7 @@ impl<R: Runtime> Gateway<R> {
         if is_event_stream(&parts.headers)
             || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
         {
-            let converter = if same_protocol {
-                None
-            } else {
-                Some(convert::stream_converter(
-                    upstream.protocol,
-                    model,
-                    include_usage,
-                ))
-            };
+            let converter = convert::stream_converter(translation, model, include_usage);
             let started_pipe = Instant::now();
             let pipe = StreamPipe {
                 inner: body,
@@ -200,7 +193,7 @@ impl<R: Runtime> Gateway<R> {
                 ),
             );
         }
-        match convert::response(upstream.protocol, &bytes) {
+        match convert::response(translation, &bytes) {
             Ok(converted) => {
                 let mut out = Response::new(full_body(Bytes::from(converted)));
                 copy_converted_response_headers(

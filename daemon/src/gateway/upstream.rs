@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gate_core::llm::endpoint;
+use gate_core::llm::endpoint::{self, Translation};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -120,7 +120,9 @@ pub(super) fn build_upstream_request(
     let url = format!(
         "{}{}",
         upstream.base_url,
-        endpoint.upstream_path(upstream.protocol)
+        upstream
+            .translation(endpoint)
+            .upstream_path(endpoint, upstream.protocol)
     );
     let mut builder = Request::builder().method(Method::POST).uri(&url);
     let headers = builder
@@ -208,14 +210,13 @@ pub(super) fn copy_converted_response_headers(
 /// an alias) or the converted request.
 pub(super) fn build_upstream_body(
     endpoint: Endpoint,
-    client_protocol: WireProtocol,
-    upstream_protocol: WireProtocol,
+    translation: Translation,
     body: &Bytes,
     model: &str,
     upstream_model: &str,
 ) -> Result<Bytes, (StatusCode, String)> {
     let bad_request = |message| (StatusCode::BAD_REQUEST, message);
-    if client_protocol == upstream_protocol {
+    if translation == Translation::PassThrough {
         if model == upstream_model {
             return Ok(body.clone());
         }
@@ -224,9 +225,9 @@ pub(super) fn build_upstream_body(
             .map_err(bad_request);
     }
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => {
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
-            convert::request(client_protocol, body, upstream_model)
+            convert::request(translation, body, upstream_model)
                 .map(Bytes::from)
                 .map_err(bad_request)
         }

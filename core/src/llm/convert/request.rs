@@ -223,7 +223,10 @@ pub fn openai_request_to_anthropic(
     let (temperature, top_p) = if thinking.is_some() {
         (None, None)
     } else {
-        (request.temperature.map(|t| t.clamp(0.0, 1.0)), request.top_p)
+        (
+            request.temperature.map(|t| t.clamp(0.0, 1.0)),
+            request.top_p,
+        )
     };
 
     Ok(an::MessagesRequest {
@@ -434,7 +437,9 @@ pub fn anthropic_request_to_openai(
     for (index, message) in request.messages.into_iter().enumerate() {
         match message.role {
             an::Role::User => push_user_turn(&mut messages, message.content.into_blocks(), index)?,
-            an::Role::Assistant => push_assistant_turn(&mut messages, message.content.into_blocks()),
+            an::Role::Assistant => {
+                push_assistant_turn(&mut messages, message.content.into_blocks())
+            }
             an::Role::System => {
                 let text = match message.content {
                     an::MessageContent::Text(text) => text,
