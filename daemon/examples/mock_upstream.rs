@@ -91,6 +91,8 @@ mod common;
 mod control;
 #[path = "mock_upstream/openai.rs"]
 mod openai;
+#[path = "mock_upstream/strict_agents.rs"]
+mod strict_agents;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

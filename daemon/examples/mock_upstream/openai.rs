@@ -66,6 +66,7 @@ fn chosen_tool(request: &Value, nested: bool) -> Option<(String, Option<Value>)>
 
 /// `POST /v1/chat/completions`.
 pub fn chat(mock: &Mock, request: &Value) -> Outcome {
+    crate::strict_agents::check_chat_request(request).map_err(bad_request)?;
     let model = required_model(request)?;
     let messages = request
         .get("messages")
