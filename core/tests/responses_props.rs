@@ -18,13 +18,18 @@ fn split_text(text: &str, cuts: &[usize]) -> Vec<String> {
     let mut points: Vec<usize> = if boundaries.is_empty() {
         Vec::new()
     } else {
-        cuts.iter().map(|c| boundaries[c % boundaries.len()]).collect()
+        cuts.iter()
+            .map(|c| boundaries[c % boundaries.len()])
+            .collect()
     };
     points.push(0);
     points.push(text.len());
     points.sort_unstable();
     points.dedup();
-    points.windows(2).map(|w| text[w[0]..w[1]].to_owned()).collect()
+    points
+        .windows(2)
+        .map(|w| text[w[0]..w[1]].to_owned())
+        .collect()
 }
 
 fn chunk(delta: Value, finish: Value) -> String {
@@ -61,7 +66,11 @@ fn chat_stream(
             ));
         }
     }
-    let finish = if calls.is_empty() { "stop" } else { "tool_calls" };
+    let finish = if calls.is_empty() {
+        "stop"
+    } else {
+        "tool_calls"
+    };
     data.push(chunk(json!({}), json!(finish)));
     data.push(
         json!({"id": "chatcmpl-p", "object": "chat.completion.chunk", "created": 0, "model": "m",
@@ -121,10 +130,15 @@ fn reassemble(events: &[StreamEvent]) -> Reassembled {
                 reasoning.push_str(value["delta"].as_str().unwrap())
             }
             "response.output_item.added" if value["item"]["type"] == "function_call" => arguments
-                .push((value["item"]["name"].as_str().unwrap().to_owned(), String::new())),
-            "response.function_call_arguments.delta" => {
-                arguments.last_mut().unwrap().1.push_str(value["delta"].as_str().unwrap())
-            }
+                .push((
+                    value["item"]["name"].as_str().unwrap().to_owned(),
+                    String::new(),
+                )),
+            "response.function_call_arguments.delta" => arguments
+                .last_mut()
+                .unwrap()
+                .1
+                .push_str(value["delta"].as_str().unwrap()),
             "response.completed" => completed = value["response"].clone(),
             _ => {}
         }
@@ -144,7 +158,10 @@ fn reassemble(events: &[StreamEvent]) -> Reassembled {
 
 fn tool_calls() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::vec(
-        ("[a-z_]{1,12}", prop::collection::btree_map("[a-z]{1,6}", "\\PC{0,12}", 0..4)),
+        (
+            "[a-z_]{1,12}",
+            prop::collection::btree_map("[a-z]{1,6}", "\\PC{0,12}", 0..4),
+        ),
         0..3,
     )
     .prop_map(|calls| {

@@ -1298,6 +1298,88 @@ async fn claude_code_shape_on_an_openai_upstream<R: Runtime>(rt: R) {
     assert_eq!(sent["reasoning_effort"], "low");
 }
 
+/// A pass-through chat stream whose client did not ask for usage: Gate asks an OpenAI
+/// upstream for it (`stream_options.include_usage`), strips the usage-only chunk from what
+/// the client receives, and counts the tokens.
+async fn usage_on_pass_through_streams<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|seen| {
+        let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 0,
+                   "model": "gpt-4o", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![
+            (
+                "",
+                chunk(
+                    json!({"role": "assistant", "content": "hello"}),
+                    Value::Null,
+                ),
+            ),
+            ("", chunk(json!({}), json!("stop"))),
+        ];
+        if body["stream_options"]["include_usage"] == true {
+            events.push((
+                "",
+                json!({"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 0,
+                "model": "gpt-4o", "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}),
+            ));
+        }
+        let mut reply = sse(&events);
+        reply.body.extend_from_slice(b"data: [DONE]\n\n");
+        reply
+    });
+    let config = upstream_block(
+        "oai",
+        "openai",
+        &upstream.base_url(),
+        "models = [\"gpt-4o\"]",
+    );
+    let gate = start_gate(&rt, "usage-passthrough", &config, BreakerConfig::default()).await;
+
+    let answer = gate
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let text = answer.text();
+    assert!(text.contains("hello") && text.contains("[DONE]"), "{text}");
+    assert!(
+        !text.contains("prompt_tokens"),
+        "the client did not ask for usage: {text}"
+    );
+    let sent: Value = serde_json::from_slice(&upstream.seen()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(sent["messages"][0]["content"], "hi");
+
+    // A client that asked gets the chunk, and its body goes through untouched.
+    let asked = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let answer = gate.post("/v1/chat/completions", asked.clone()).await;
+    assert!(
+        answer.text().contains("\"prompt_tokens\":5"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(upstream.seen()[1].body, asked.to_string().into_bytes());
+
+    let metrics = gate
+        .send(gate.request("GET", "/metrics"), Vec::new())
+        .await
+        .text();
+    let output_tokens = metrics
+        .lines()
+        .find(|l| {
+            l.contains("tokens") && l.contains("upstream=\"oai\"") && l.contains("kind=\"output\"")
+        })
+        .unwrap_or_else(|| panic!("no output token line in {metrics}"));
+    assert!(output_tokens.ends_with(" 14"), "{output_tokens}");
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -1327,4 +1409,5 @@ both_runtimes!(
     responses_on_a_chat_only_upstream,
     responses_on_an_anthropic_upstream,
     claude_code_shape_on_an_openai_upstream,
+    usage_on_pass_through_streams,
 );

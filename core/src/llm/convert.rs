@@ -36,7 +36,8 @@ pub mod stream;
 pub mod tokens;
 
 pub use passthrough::{
-    request_summary, rewrite_model, tree_cost_estimate, RequestSummary, TREE_BYTES_PER_VALUE,
+    is_usage_only_chunk, request_summary, rewrite_model, tree_cost_estimate, with_include_usage,
+    RequestSummary, TREE_BYTES_PER_VALUE,
 };
 pub use request::{
     anthropic_request_body_to_openai, anthropic_request_body_to_openai_for_model,

@@ -99,6 +99,15 @@ impl ProviderKind {
         self == ProviderKind::OpenAi
     }
 
+    /// Whether the provider's Chat Completions takes `stream_options.include_usage` (Gate asks
+    /// for usage on pass-through streams only there).
+    pub fn takes_stream_options(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::OpenRouter
+        )
+    }
+
     /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
     pub fn speaks_anthropic(self) -> bool {
         self == ProviderKind::Anthropic

@@ -7,19 +7,62 @@ use serde_json::Value;
 
 /// Top-level fields OpenAI's Chat Completions accepts.
 const CHAT_FIELDS: &[&str] = &[
-    "model", "messages", "audio", "frequency_penalty", "function_call", "functions",
-    "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities",
-    "n", "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key",
-    "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier", "stop",
-    "store", "stream", "stream_options", "temperature", "tool_choice", "tools", "top_logprobs",
-    "top_p", "user", "verbosity", "web_search_options",
+    "model",
+    "messages",
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "max_completion_tokens",
+    "max_tokens",
+    "metadata",
+    "modalities",
+    "n",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "reasoning_effort",
+    "response_format",
+    "safety_identifier",
+    "seed",
+    "service_tier",
+    "stop",
+    "store",
+    "stream",
+    "stream_options",
+    "temperature",
+    "tool_choice",
+    "tools",
+    "top_logprobs",
+    "top_p",
+    "user",
+    "verbosity",
+    "web_search_options",
 ];
 
 /// Top-level fields Anthropic's Messages API accepts (betas included).
 const MESSAGES_FIELDS: &[&str] = &[
-    "model", "messages", "max_tokens", "system", "stop_sequences", "temperature", "top_p",
-    "top_k", "metadata", "stream", "tools", "tool_choice", "thinking", "service_tier",
-    "container", "mcp_servers", "context_management", "output_config",
+    "model",
+    "messages",
+    "max_tokens",
+    "system",
+    "stop_sequences",
+    "temperature",
+    "top_p",
+    "top_k",
+    "metadata",
+    "stream",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "service_tier",
+    "container",
+    "mcp_servers",
+    "context_management",
+    "output_config",
 ];
 
 /// OpenAI's reasoning families refuse `max_tokens`.
@@ -39,9 +82,23 @@ pub fn check_chat_request(request: &Value) -> Result<(), String> {
     if let Some(key) = object.keys().find(|k| !CHAT_FIELDS.contains(&k.as_str())) {
         return Err(format!("Unrecognized request argument supplied: {key}"));
     }
-    for (index, message) in request["messages"].as_array().into_iter().flatten().enumerate() {
+    for (index, message) in request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
-        if !["system", "developer", "user", "assistant", "tool", "function"].contains(&role) {
+        if ![
+            "system",
+            "developer",
+            "user",
+            "assistant",
+            "tool",
+            "function",
+        ]
+        .contains(&role)
+        {
             return Err(format!(
                 "Invalid value: '{role}'. Supported values are: 'system', 'assistant', 'user', \
                  'function', 'tool', and 'developer'. (messages[{index}].role)"
@@ -50,9 +107,11 @@ pub fn check_chat_request(request: &Value) -> Result<(), String> {
     }
     let model = request["model"].as_str().unwrap_or("");
     if is_openai_reasoning_model(model) && object.contains_key("max_tokens") {
-        return Err("Unsupported parameter: 'max_tokens' is not supported with this model. Use \
+        return Err(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. Use \
                     'max_completion_tokens' instead."
-            .into());
+                .into(),
+        );
     }
     Ok(())
 }
@@ -62,10 +121,18 @@ pub fn check_messages_request(request: &Value) -> Result<(), String> {
     let Some(object) = request.as_object() else {
         return Ok(());
     };
-    if let Some(key) = object.keys().find(|k| !MESSAGES_FIELDS.contains(&k.as_str())) {
+    if let Some(key) = object
+        .keys()
+        .find(|k| !MESSAGES_FIELDS.contains(&k.as_str()))
+    {
         return Err(format!("{key}: Extra inputs are not permitted"));
     }
-    for (index, message) in request["messages"].as_array().into_iter().flatten().enumerate() {
+    for (index, message) in request["messages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         // `system` is accepted in `messages` by the API's newer shape (Claude Code sends it).
         if !["user", "assistant", "system"].contains(&role) {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gate_core::llm::sse::{SseParser, SseWatcher};
+use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderValue, Response, StatusCode};
@@ -35,7 +35,7 @@ impl<R: Runtime> Gateway<R> {
         client_protocol: WireProtocol,
         upstream: &UpstreamTarget,
         model: &str,
-        (stream_requested, include_usage): (bool, bool),
+        (stream_requested, include_usage, strip_usage): (bool, bool, bool),
         response: Response<Incoming>,
         started: Instant,
         slot: Option<AttemptSlot>,
@@ -103,6 +103,9 @@ impl<R: Runtime> Gateway<R> {
                 client_protocol,
                 upstream_protocol: upstream.protocol,
                 mode: match converter {
+                    None if strip_usage => {
+                        Mode::PassThroughStripUsage(SseFramer::new(SSE_MAX_LINE, SSE_MAX_EVENT))
+                    }
                     None => Mode::PassThrough(SseWatcher::new(USAGE_KEY, SSE_MAX_EVENT)),
                     Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
                 },
