@@ -56,7 +56,7 @@ def test_client_x_api_key_not_forwarded_to_openai_upstream(gate_http, client_tok
 
 OPENAI_RAW_BODY = (
     b'{\n   "temperature" :0.25,\t"messages": [ {"content" : "byte\\u0020for byte \\ud83d\\ude00",'
-    b'  "role":"user"} ] ,\r\n "model":"gpt-4o-mini",   "n":1, "extra_field": {"b":2 ,"a":[1,2.50,3e0]}  }\n\n'
+    b'  "role":"user"} ] ,\r\n "model":"gpt-4o-mini",   "n":1, "logit_bias": {"2":2.50 ,"1":3e0}  }\n\n'
 )
 
 ANTHROPIC_RAW_BODY = (
