@@ -335,3 +335,48 @@ fn streamed_reasoning_becomes_a_thinking_block() {
         json!({"type": "thinking_delta", "thinking": "more"})
     );
 }
+
+#[test]
+fn responses_developer_messages_become_system_and_storage_features_are_refused() {
+    use gate_core::llm::convert::responses_request_body_to_chat;
+    let body = json!({
+        "model": "x",
+        "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "env"}]},
+            {"role": "user", "content": "hi"},
+            {"type": "custom_tool_call", "call_id": "c1", "name": "apply_patch", "input": "*** Begin"},
+            {"type": "custom_tool_call_output", "call_id": "c1", "output": "done"}
+        ],
+        "tools": [{"type": "custom", "name": "apply_patch"}, {"type": "local_shell"}]
+    });
+    let out: Value = serde_json::from_slice(
+        &responses_request_body_to_chat(body.to_string().as_bytes(), "llama-3").unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        out["messages"][0],
+        json!({"role": "system", "content": "env"})
+    );
+    assert_eq!(out["messages"][1], json!({"role": "user", "content": "hi"}));
+    assert_eq!(
+        out["messages"][2]["tool_calls"][0]["function"],
+        json!({"name": "apply_patch", "arguments": "{\"input\":\"*** Begin\"}"})
+    );
+    assert_eq!(out["messages"][3]["role"], "tool");
+    assert!(
+        out.get("tools").is_none(),
+        "only function tools are sent: {out}"
+    );
+    for refused in [
+        json!({"model": "x", "input": "hi", "previous_response_id": "resp_1"}),
+        json!({"model": "x", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+        json!({"model": "x", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
+    ] {
+        let err = responses_request_body_to_chat(refused.to_string().as_bytes(), "m").unwrap_err();
+        assert_eq!(
+            err.kind(),
+            gate_core::llm::errors::ApiErrorKind::InvalidRequest,
+            "{err}"
+        );
+    }
+}

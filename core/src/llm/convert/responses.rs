@@ -63,7 +63,8 @@ fn invalid(message: String) -> ConvertError {
 /// - `previous_response_id` and `item_reference` items need the server-side storage only
 ///   OpenAI has: 400 naming the alternative (send the whole conversation, `store: false`).
 /// - `instructions` -> a leading `system` message; `input` as a string -> one user message.
-/// - `message` items (with or without `type`), roles user/system/developer/assistant:
+/// - `message` items (with or without `type`), roles user/system/developer (sent as
+///   `system`)/assistant:
 ///   `input_text`/`output_text`/`refusal` -> text, `input_image` (URL or data URL) -> image
 ///   part, `input_file` with `file_data` -> file part (`file_id`/`file_url`: 400).
 /// - `function_call` -> an assistant tool call (merged into the preceding assistant
@@ -310,7 +311,9 @@ fn push_message_item(
             content,
             name: None,
         },
-        "developer" => oa::ChatMessage::Developer {
+        // Many chat-only servers (and their chat templates) know no `developer` role;
+        // OpenAI reads `system` as `developer` for the models that distinguish them.
+        "developer" => oa::ChatMessage::System {
             content,
             name: None,
         },
