@@ -131,6 +131,7 @@ pub fn request(
     translation: Translation,
     body: &[u8],
     upstream_model: &str,
+    upstream_cap: Option<u32>,
 ) -> Result<Vec<u8>, String> {
     match translation {
         Translation::PassThrough => rewrite_model(body, upstream_model),
@@ -140,12 +141,14 @@ pub fn request(
             rewrite_model(&converted, upstream_model)
         }
         // The OpenAI side's per-model rules need the upstream's model id.
-        Translation::MessagesToChat => {
-            core_convert::anthropic_request_body_to_openai_for_model(body, upstream_model)
-                .map_err(|e| e.to_string())
-        }
+        Translation::MessagesToChat => core_convert::anthropic_request_body_to_openai_for_model(
+            body,
+            upstream_model,
+            upstream_cap,
+        )
+        .map_err(|e| e.to_string()),
         Translation::ResponsesToChat => {
-            core_convert::responses_request_body_to_chat(body, upstream_model)
+            core_convert::responses_request_body_to_chat(body, upstream_model, upstream_cap)
                 .map_err(|e| e.to_string())
         }
         Translation::ResponsesToMessages => {

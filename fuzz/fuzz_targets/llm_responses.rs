@@ -32,7 +32,7 @@ fn check(events: &[StreamEvent]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = responses_request_body_to_chat(data, "gpt-5");
+    let _ = responses_request_body_to_chat(data, "gpt-5", Some(4096));
     let _ = responses_request_body_to_anthropic(data, "claude");
     let _ = chat_response_body_to_responses(data, 0);
     let _ = anthropic_response_body_to_responses(data, 0);

@@ -568,7 +568,7 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 8] = [
+static UPSTREAM_FIELDS: [Field; 9] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -587,6 +587,16 @@ static UPSTREAM_FIELDS: [Field; 8] = [
     // Issue 12: whether the upstream serves `/responses` itself (unset: the provider's
     // default, true for `openai` only).
     field("responses", Kind::Bool, None),
+    // Issue 12: the largest output this upstream's models take (caps converted requests'
+    // max tokens, on top of the built-in per-model table).
+    field(
+        "max_output_tokens",
+        Kind::Integer {
+            min: 1,
+            max: 100_000_000,
+        },
+        None,
+    ),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);

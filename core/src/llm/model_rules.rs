@@ -91,12 +91,25 @@ pub fn openai_model_rule(model: &str) -> &'static ModelRule {
 ///   not have becomes the nearest one it has (`minimal` -> `low` on o-series, `xhigh` ->
 ///   `high`).
 pub fn apply_openai_model_rules(request: &mut oa::ChatCompletionRequest) {
+    apply_openai_model_rules_capped(request, None);
+}
+
+/// [`apply_openai_model_rules`], with an upstream's own output cap
+/// (`[upstreams.x] max_output_tokens`) applied on top of the model's.
+pub fn apply_openai_model_rules_capped(
+    request: &mut oa::ChatCompletionRequest,
+    upstream_cap: Option<u32>,
+) {
     let rule = openai_model_rule(&request.model);
     let limit = request
         .max_completion_tokens
         .take()
         .or(request.max_tokens.take())
         .map(|limit| match rule.max_output_tokens {
+            Some(cap) => limit.min(cap),
+            None => limit,
+        })
+        .map(|limit| match upstream_cap {
             Some(cap) => limit.min(cap),
             None => limit,
         });
@@ -191,6 +204,9 @@ mod tests {
         apply_openai_model_rules(&mut r);
         assert_eq!(r.max_tokens, Some(32_000));
         assert!(r.stop.is_some());
+        let mut r = request("my-local-model");
+        apply_openai_model_rules_capped(&mut r, Some(8192));
+        assert_eq!(r.max_tokens, Some(8192));
         let mut r = request("gpt-oss-20b");
         r.reasoning_effort = Some("xhigh".into());
         apply_openai_model_rules(&mut r);

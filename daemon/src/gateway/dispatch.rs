@@ -191,7 +191,7 @@ impl<R: Runtime> Gateway<R> {
                 upstream.translation(endpoint),
                 &body,
                 &model,
-                &candidate.upstream_model,
+                (&candidate.upstream_model, upstream.max_output_tokens),
             )
             .map_err(|(status, message)| Refusal(status, message))?;
             // Usage on a pass-through chat stream whose client did not ask for it: asked of

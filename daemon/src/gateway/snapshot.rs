@@ -18,6 +18,8 @@ pub struct UpstreamTarget {
     pub api_key: Option<Secret>,
     /// Serves `/responses` itself (`responses` in config, else the provider's default).
     pub responses: bool,
+    /// `max_output_tokens`: caps the output of requests Gate converts for this upstream.
+    pub max_output_tokens: Option<u32>,
 }
 
 impl UpstreamTarget {
@@ -62,6 +64,7 @@ impl Snapshot {
                 base_url: up.base_url.trim_end_matches('/').to_owned(),
                 api_key: up.api_key.clone(),
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
+                max_output_tokens: up.max_output_tokens,
             });
         }
         let jwt = config

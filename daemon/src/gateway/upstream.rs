@@ -213,7 +213,7 @@ pub(super) fn build_upstream_body(
     translation: Translation,
     body: &Bytes,
     model: &str,
-    upstream_model: &str,
+    (upstream_model, upstream_cap): (&str, Option<u32>),
 ) -> Result<Bytes, (StatusCode, String)> {
     let bad_request = |message| (StatusCode::BAD_REQUEST, message);
     if translation == Translation::PassThrough {
@@ -227,7 +227,7 @@ pub(super) fn build_upstream_body(
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
-            convert::request(translation, body, upstream_model)
+            convert::request(translation, body, upstream_model, upstream_cap)
                 .map(Bytes::from)
                 .map_err(bad_request)
         }
