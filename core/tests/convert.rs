@@ -551,7 +551,7 @@ fn passthrough_helpers_on_real_bodies() {
 fn unknown_roles_blocks_and_fields_are_tolerated() {
     let openai = json!({"model": "m", "messages": [
         {"role": "function", "name": "f", "content": "legacy"},
-        {"role": "user", "content": [{"type": "file", "file": {"file_id": "f1"}}, {"type": "text", "text": "hi"}], "extra": 1},
+        {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AA", "format": "wav"}}, {"type": "text", "text": "hi"}], "extra": 1},
         {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}, {"type": "text", "text": "ok"}], "audio": null}
     ], "response_format": {"type": "json_object"}, "logit_bias": {"1": 2}});
     let out = to_value(openai_request_body_to_anthropic(
@@ -573,9 +573,13 @@ fn unknown_roles_blocks_and_fields_are_tolerated() {
     let out = to_value(anthropic_request_body_to_openai(
         anthropic.to_string().as_bytes(),
     ));
+    // Text documents become text parts (issue 12); file-sourced images are dropped.
     assert_eq!(
         out["messages"],
-        json!([{"role": "user", "content": "summarize"}])
+        json!([{"role": "user", "content": [
+            {"type": "text", "text": "doc"},
+            {"type": "text", "text": "summarize"}
+        ]}])
     );
     // Unknown stream event types and deltas are skipped, not fatal.
     let mut converter = AnthropicToOpenAiStream::new("m", 0, false);
@@ -583,7 +587,7 @@ fn unknown_roles_blocks_and_fields_are_tolerated() {
         converter
             .handle_event(
                 Some("content_block_delta"),
-                r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#
             )
             .len(),
         1 // the role chunk only

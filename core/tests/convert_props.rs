@@ -142,6 +142,7 @@ fn build_openai_request(system: Option<String>, turns: &[Turn]) -> oa::ChatCompl
         stream_options: None,
         n: None,
         user: None,
+        reasoning_effort: None,
     }
 }
 
@@ -262,7 +263,7 @@ fn accumulate_anthropic(events: &[StreamEvent]) -> (String, Vec<(String, String)
                         block.2.push_str(&partial_json);
                     }
                 }
-                an::BlockDelta::Unknown => {}
+                _ => {}
             },
             an::MessageStreamEvent::MessageStop => saw_stop = true,
             _ => {}

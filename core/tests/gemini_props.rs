@@ -119,6 +119,7 @@ fn chat_request(system: Option<String>, turns: &[Turn]) -> oa::ChatCompletionReq
         stream_options: None,
         n: None,
         user: None,
+        reasoning_effort: None,
     }
 }
 
@@ -404,6 +405,8 @@ fn chat_completion(
                 content,
                 tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
                 refusal: None,
+                reasoning_content: None,
+                reasoning: None,
             },
             finish_reason: Some(
                 if calls.is_empty() {

@@ -6,10 +6,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use gate_core::llm::convert::{
-    self as core_convert, AnthropicToOpenAiStream, OpenAiToAnthropicStream, StreamEvent,
+    self as core_convert, AnthropicToOpenAiStream, ChatToResponsesStream, OpenAiToAnthropicStream,
+    StreamEvent,
 };
+use gate_core::llm::endpoint::Translation;
 use gate_core::llm::sse;
-use gate_core::route::WireProtocol;
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -63,38 +64,113 @@ impl StreamConverter for OpenAiToAnthropicStream {
     }
 }
 
-/// The converter for an upstream speaking `upstream` (the client speaks the other one).
+impl StreamConverter for ChatToResponsesStream {
+    fn event(&mut self, event: Option<&str>, data: &str) -> Vec<Bytes> {
+        encode_events(self.handle_event(event, data))
+    }
+    fn finish(&mut self, _clean: bool) -> Vec<Bytes> {
+        encode_events(ChatToResponsesStream::finish(self))
+    }
+}
+
+/// Anthropic events -> Chat Completions chunks -> Responses events.
+struct AnthropicToResponses {
+    to_chat: AnthropicToOpenAiStream,
+    to_responses: ChatToResponsesStream,
+}
+
+impl AnthropicToResponses {
+    fn relay(&mut self, chunks: Vec<StreamEvent>) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(self.to_responses.handle_event(None, &chunk.data));
+        }
+        encode_events(out)
+    }
+}
+
+impl StreamConverter for AnthropicToResponses {
+    fn event(&mut self, event: Option<&str>, data: &str) -> Vec<Bytes> {
+        let chunks = self.to_chat.handle_event(event, data);
+        self.relay(chunks)
+    }
+    fn finish(&mut self, _clean: bool) -> Vec<Bytes> {
+        let chunks = self.to_chat.finish();
+        let mut out = self.relay(chunks);
+        out.extend(encode_events(self.to_responses.finish()));
+        out
+    }
+}
+
+/// The stream converter for a request travelling by `translation` (`None` for
+/// pass-through).
 pub fn stream_converter(
-    upstream: WireProtocol,
+    translation: Translation,
     model: &str,
     include_usage: bool,
-) -> Box<dyn StreamConverter> {
-    match upstream {
-        WireProtocol::Anthropic => Box::new(AnthropicToOpenAiStream::new(
+) -> Option<Box<dyn StreamConverter>> {
+    Some(match translation {
+        Translation::PassThrough => return None,
+        Translation::ChatToMessages => Box::new(AnthropicToOpenAiStream::new(
             model,
             unix_now(),
             include_usage,
         )),
-        WireProtocol::OpenAi => Box::new(OpenAiToAnthropicStream::new(model)),
+        Translation::MessagesToChat => Box::new(OpenAiToAnthropicStream::new(model)),
+        Translation::ResponsesToChat => Box::new(ChatToResponsesStream::new(model, unix_now())),
+        Translation::ResponsesToMessages => Box::new(AnthropicToResponses {
+            to_chat: AnthropicToOpenAiStream::new(model, unix_now(), true),
+            to_responses: ChatToResponsesStream::new(model, unix_now()),
+        }),
+    })
+}
+
+/// Converts a client request body for an upstream reached by `translation`, for
+/// `upstream_model`.
+pub fn request(
+    translation: Translation,
+    body: &[u8],
+    upstream_model: &str,
+    upstream_cap: Option<u32>,
+) -> Result<Vec<u8>, String> {
+    match translation {
+        Translation::PassThrough => rewrite_model(body, upstream_model),
+        Translation::ChatToMessages => {
+            let converted =
+                core_convert::openai_request_body_to_anthropic(body).map_err(|e| e.to_string())?;
+            rewrite_model(&converted, upstream_model)
+        }
+        // The OpenAI side's per-model rules need the upstream's model id.
+        Translation::MessagesToChat => core_convert::anthropic_request_body_to_openai_for_model(
+            body,
+            upstream_model,
+            upstream_cap,
+        )
+        .map_err(|e| e.to_string()),
+        Translation::ResponsesToChat => {
+            core_convert::responses_request_body_to_chat(body, upstream_model, upstream_cap)
+                .map_err(|e| e.to_string())
+        }
+        Translation::ResponsesToMessages => {
+            core_convert::responses_request_body_to_anthropic(body, upstream_model)
+                .map_err(|e| e.to_string())
+        }
     }
 }
 
-/// Converts a client request body to the other protocol, for `upstream_model`.
-pub fn request(client: WireProtocol, body: &[u8], upstream_model: &str) -> Result<Vec<u8>, String> {
-    let converted = match client {
-        WireProtocol::OpenAi => core_convert::openai_request_body_to_anthropic(body),
-        WireProtocol::Anthropic => core_convert::anthropic_request_body_to_openai(body),
-    }
-    .map_err(|e| e.to_string())?;
-    rewrite_model(&converted, upstream_model)
-}
-
-/// Converts an upstream response body (in `upstream`'s protocol) to the other protocol.
-pub fn response(upstream: WireProtocol, body: &[u8]) -> Result<Vec<u8>, String> {
-    match upstream {
-        WireProtocol::OpenAi => core_convert::openai_response_body_to_anthropic(body),
-        WireProtocol::Anthropic => {
+/// Converts an upstream response body for a request that travelled by `translation`.
+pub fn response(translation: Translation, body: &[u8]) -> Result<Vec<u8>, String> {
+    match translation {
+        Translation::PassThrough => Ok(body.to_vec()),
+        Translation::MessagesToChat => core_convert::openai_response_body_to_anthropic(body),
+        Translation::ChatToMessages => {
             core_convert::anthropic_response_body_to_openai(body, unix_now())
+        }
+        Translation::ResponsesToChat => {
+            core_convert::chat_response_body_to_responses(body, unix_now())
+        }
+        Translation::ResponsesToMessages => {
+            core_convert::anthropic_response_body_to_responses(body, unix_now())
         }
     }
     .map_err(|e| e.to_string())

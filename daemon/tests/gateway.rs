@@ -816,6 +816,571 @@ async fn bearer_any_case_and_index<R: Runtime>(rt: R) {
         .any(|e| e == "POST /v1/chat/completions"));
 }
 
+// ---------------------------------------------------------------------------------------
+// Coding agents' shapes across protocols (issue 12). The scripted upstreams refuse what
+// the real APIs refuse (strict checks kept in their own functions).
+
+/// What OpenAI's Chat Completions refuses: unknown top-level fields, unknown roles,
+/// `max_tokens` on reasoning models (o-series, gpt-5).
+fn strict_openai_chat_check(body: &Value) -> Result<(), String> {
+    const FIELDS: &[&str] = &[
+        "model",
+        "messages",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "stop",
+        "stream",
+        "stream_options",
+        "n",
+        "user",
+        "reasoning_effort",
+        "response_format",
+        "seed",
+        "logprobs",
+    ];
+    let object = body.as_object().ok_or("body is not an object")?;
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            return Err(format!("Unrecognized request argument supplied: {key}"));
+        }
+    }
+    for message in body["messages"].as_array().ok_or("no messages")? {
+        let role = message["role"].as_str().unwrap_or("");
+        if !["system", "developer", "user", "assistant", "tool"].contains(&role) {
+            return Err(format!("Invalid value: '{role}'"));
+        }
+    }
+    let model = body["model"].as_str().unwrap_or("");
+    let reasoning = model.starts_with("gpt-5") || model.starts_with('o');
+    if reasoning && object.contains_key("max_tokens") {
+        return Err(
+            "Unsupported parameter: 'max_tokens' is not supported with this model. \
+                    Use 'max_completion_tokens' instead."
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// What Anthropic's Messages API refuses: unknown top-level fields, roles other than user
+/// and assistant, a missing `max_tokens`.
+fn strict_anthropic_check(body: &Value) -> Result<(), String> {
+    const FIELDS: &[&str] = &[
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "stop_sequences",
+        "temperature",
+        "top_p",
+        "top_k",
+        "metadata",
+        "stream",
+        "tools",
+        "tool_choice",
+        "thinking",
+    ];
+    let object = body.as_object().ok_or("body is not an object")?;
+    for key in object.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            return Err(format!("{key}: Extra inputs are not permitted"));
+        }
+    }
+    if !object.contains_key("max_tokens") {
+        return Err("max_tokens: Field required".into());
+    }
+    for message in body["messages"].as_array().ok_or("no messages")? {
+        let role = message["role"].as_str().unwrap_or("");
+        if !["user", "assistant"].contains(&role) {
+            return Err(format!(
+                "messages: Input tag '{role}' found using 'role' does not match"
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn refusal(message: String) -> Reply {
+    Reply::json(
+        400,
+        json!({"error": {"message": message, "type": "invalid_request_error"}}),
+    )
+}
+
+fn sse(events: &[(&str, Value)]) -> Reply {
+    let mut body = String::new();
+    for (name, data) in events {
+        if !name.is_empty() {
+            body.push_str(&format!("event: {name}\n"));
+        }
+        body.push_str(&format!("data: {data}\n\n"));
+    }
+    Reply {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream".into())],
+        body: body.into_bytes(),
+        hang: false,
+        truncate: false,
+    }
+}
+
+/// A chat-completions-only upstream (no `/responses`), strict, answering with a tool call.
+fn chat_only_upstream() -> Upstream {
+    Upstream::start(|seen| {
+        if seen.path != "/v1/chat/completions" {
+            return Reply::json(404, json!({"error": {"message": "not found"}}));
+        }
+        let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if let Err(message) = strict_openai_chat_check(&body) {
+            return refusal(message);
+        }
+        if body["stream"] == true {
+            let chunk = |delta: Value, finish: Value| {
+                json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 0,
+                       "model": "gpt-5-mini", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+            };
+            return sse(&[
+                (
+                    "",
+                    chunk(
+                        json!({"role": "assistant", "reasoning_content": "think"}),
+                        Value::Null,
+                    ),
+                ),
+                ("", chunk(json!({"content": "Let me look."}), Value::Null)),
+                (
+                    "",
+                    chunk(
+                        json!({"tool_calls": [{"index": 0, "id": "call_7", "type": "function",
+                    "function": {"name": "shell", "arguments": "{\"cmd\":"}}]}),
+                        Value::Null,
+                    ),
+                ),
+                (
+                    "",
+                    chunk(
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"ls\"}"}}]}),
+                        Value::Null,
+                    ),
+                ),
+                ("", chunk(json!({}), json!("tool_calls"))),
+                (
+                    "",
+                    json!({"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 0,
+                    "model": "gpt-5-mini", "choices": [],
+                    "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+                ),
+            ])
+            .with_header("x-request-id", "req_chat_1");
+        }
+        Reply::json(
+            200,
+            json!({"id": "chatcmpl-8", "object": "chat.completion", "created": 0, "model": "gpt-5-mini",
+                "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                    "role": "assistant", "content": null,
+                    "tool_calls": [{"id": "call_7", "type": "function",
+                        "function": {"name": "shell", "arguments": "{\"cmd\":\"ls\"}"}}]}}],
+                "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}}),
+        )
+        .with_header("x-request-id", "req_chat_1")
+    })
+}
+
+/// A strict Anthropic upstream answering with a tool use.
+fn anthropic_upstream() -> Upstream {
+    Upstream::start(|seen| {
+        if seen.path != "/v1/messages" {
+            return Reply::json(
+                404,
+                json!({"type": "error", "error": {"type": "not_found_error", "message": "no"}}),
+            );
+        }
+        let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        if let Err(message) = strict_anthropic_check(&body) {
+            return Reply::json(
+                400,
+                json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}}),
+            );
+        }
+        if body["stream"] == true {
+            return sse(&[
+                ("message_start", json!({"type": "message_start", "message": {"id": "msg_5", "type": "message",
+                    "role": "assistant", "content": [], "model": "claude-x", "stop_reason": null,
+                    "stop_sequence": null, "usage": {"input_tokens": 13, "output_tokens": 1}}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 0,
+                    "content_block": {"type": "text", "text": ""}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 0,
+                    "delta": {"type": "text_delta", "text": "Checking."}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 1,
+                    "content_block": {"type": "tool_use", "id": "toolu_3", "name": "shell", "input": {}}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 1,
+                    "delta": {"type": "input_json_delta", "partial_json": "{\"cmd\": \"ls\"}"}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "tool_use",
+                    "stop_sequence": null}, "usage": {"output_tokens": 9}})),
+                ("message_stop", json!({"type": "message_stop"})),
+            ])
+            .with_header("request-id", "req_ant_1")
+            .with_header("anthropic-ratelimit-requests-remaining", "49");
+        }
+        Reply::json(
+            200,
+            json!({"id": "msg_4", "type": "message", "role": "assistant", "model": "claude-x",
+                "content": [{"type": "text", "text": "Checking."},
+                    {"type": "tool_use", "id": "toolu_3", "name": "shell", "input": {"cmd": "ls"}}],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 13, "output_tokens": 9}}),
+        )
+        .with_header("request-id", "req_ant_1")
+        .with_header("anthropic-ratelimit-requests-remaining", "49")
+    })
+}
+
+/// A Codex-style Responses request: instructions, a tool, history with a function call and
+/// its output, a reasoning item, an unknown hosted tool.
+fn codex_request(model: &str, stream: bool) -> Value {
+    json!({
+        "model": model,
+        "instructions": "You are Codex.",
+        "input": [
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "list files"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": null},
+            {"type": "function_call", "call_id": "call_1", "name": "shell", "arguments": "{\"cmd\":\"pwd\"}"},
+            {"type": "function_call_output", "call_id": "call_1", "output": "/work"}
+        ],
+        "tools": [
+            {"type": "function", "name": "shell", "description": "run", "strict": false,
+             "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}},
+            {"type": "web_search"}
+        ],
+        "tool_choice": "auto",
+        "parallel_tool_calls": false,
+        "reasoning": {"effort": "medium", "summary": "auto"},
+        "store": false,
+        "stream": stream,
+        "include": ["reasoning.encrypted_content"],
+        "max_output_tokens": 4000
+    })
+}
+
+/// Parses a Responses SSE body: (event name, data) pairs; checks each event's name equals
+/// its `type` and `sequence_number` counts from 0.
+fn responses_events(text: &str) -> Vec<(String, Value)> {
+    let mut events = Vec::new();
+    for block in text.split("\n\n").filter(|b| !b.trim().is_empty()) {
+        let mut name = String::new();
+        let mut data = String::new();
+        for line in block.lines() {
+            if let Some(rest) = line.strip_prefix("event: ") {
+                name = rest.to_owned();
+            } else if let Some(rest) = line.strip_prefix("data: ") {
+                data.push_str(rest);
+            }
+        }
+        let value: Value = serde_json::from_str(&data).unwrap();
+        assert_eq!(value["type"], name.as_str(), "{value}");
+        assert_eq!(value["sequence_number"], events.len(), "{value}");
+        events.push((name, value));
+    }
+    events
+}
+
+fn check_tool_call_output(response: &Value) {
+    let calls: Vec<&Value> = response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|item| item["type"] == "function_call")
+        .collect();
+    assert_eq!(calls.len(), 1, "{response}");
+    assert_eq!(calls[0]["name"], "shell");
+    assert_eq!(
+        serde_json::from_str::<Value>(calls[0]["arguments"].as_str().unwrap()).unwrap(),
+        json!({"cmd": "ls"})
+    );
+    assert!(calls[0]["call_id"]
+        .as_str()
+        .is_some_and(|id| !id.is_empty()));
+}
+
+/// `/v1/responses` for a model on a chat-completions-only upstream: converted to Chat
+/// Completions (strictly valid for a gpt-5 model), answered as a Responses object, plain
+/// and streamed with the full event sequence.
+async fn responses_on_a_chat_only_upstream<R: Runtime>(rt: R) {
+    let upstream = chat_only_upstream();
+    let config = upstream_block(
+        "groq",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"gpt-5-mini\"]\nmax_output_tokens = 3000",
+    );
+    let gate = start_gate(&rt, "responses-chat", &config, BreakerConfig::default()).await;
+
+    let answer = gate
+        .post("/v1/responses", codex_request("gpt-5-mini", false))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let response = answer.json();
+    assert_eq!(response["object"], "response");
+    assert_eq!(response["status"], "completed");
+    check_tool_call_output(&response);
+    assert_eq!(response["usage"]["input_tokens"], 11);
+    assert_eq!(response["usage"]["output_tokens"], 7);
+    assert_eq!(response["usage"]["total_tokens"], 18);
+    assert_eq!(answer.headers["x-request-id"], "req_chat_1");
+    let seen = upstream.seen();
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    // Codex asked for 4000; the upstream's `max_output_tokens` caps it.
+    assert_eq!(sent["max_completion_tokens"], 3000);
+    assert_eq!(sent["reasoning_effort"], "medium");
+    assert_eq!(
+        sent["messages"][0],
+        json!({"role": "system", "content": "You are Codex."})
+    );
+    assert_eq!(sent["messages"][2]["tool_calls"][0]["id"], "call_1");
+    assert_eq!(
+        sent["messages"][3],
+        json!({"role": "tool", "content": "/work", "tool_call_id": "call_1"})
+    );
+    assert_eq!(
+        sent["tools"].as_array().unwrap().len(),
+        1,
+        "hosted tools dropped"
+    );
+
+    let answer = gate
+        .post("/v1/responses", codex_request("gpt-5-mini", true))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let events = responses_events(&answer.text());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    for required in [
+        "response.created",
+        "response.in_progress",
+        "response.output_item.added",
+        "response.reasoning_summary_text.delta",
+        "response.content_part.added",
+        "response.output_text.delta",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.function_call_arguments.delta",
+        "response.function_call_arguments.done",
+        "response.output_item.done",
+        "response.completed",
+    ] {
+        assert!(
+            names.contains(&required),
+            "{required} missing from {names:?}"
+        );
+    }
+    assert_eq!(names[0], "response.created");
+    assert_eq!(*names.last().unwrap(), "response.completed");
+    let completed = &events.last().unwrap().1["response"];
+    check_tool_call_output(completed);
+    assert_eq!(completed["usage"]["input_tokens"], 11);
+    assert_eq!(completed["usage"]["output_tokens"], 7);
+    let sent: Value = serde_json::from_slice(&upstream.seen()[1].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+}
+
+/// `/v1/responses` for a model on an Anthropic upstream: converted to Messages, answered as
+/// a Responses object, plain and streamed; headers renamed to OpenAI's.
+async fn responses_on_an_anthropic_upstream<R: Runtime>(rt: R) {
+    let upstream = anthropic_upstream();
+    let config = upstream_block(
+        "claude",
+        "anthropic",
+        &upstream.anthropic_url(),
+        "models = [\"claude-x\"]",
+    );
+    let gate = start_gate(
+        &rt,
+        "responses-anthropic",
+        &config,
+        BreakerConfig::default(),
+    )
+    .await;
+
+    let answer = gate
+        .post("/v1/responses", codex_request("claude-x", false))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let response = answer.json();
+    check_tool_call_output(&response);
+    let message = response["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|item| item["type"] == "message")
+        .cloned()
+        .unwrap();
+    assert_eq!(message["content"][0]["text"], "Checking.");
+    assert_eq!(response["usage"]["input_tokens"], 13);
+    assert_eq!(response["usage"]["output_tokens"], 9);
+    assert_eq!(answer.headers["x-request-id"], "req_ant_1");
+    assert_eq!(answer.headers["x-ratelimit-remaining-requests"], "49");
+    let seen = upstream.seen();
+    assert_eq!(seen[0].path, "/v1/messages");
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(sent["system"], "You are Codex.");
+    assert_eq!(sent["max_tokens"], 4000);
+
+    let answer = gate
+        .post("/v1/responses", codex_request("claude-x", true))
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let events = responses_events(&answer.text());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names[0], "response.created");
+    assert!(names.contains(&"response.output_text.delta"), "{names:?}");
+    assert!(
+        names.contains(&"response.function_call_arguments.delta"),
+        "{names:?}"
+    );
+    assert_eq!(*names.last().unwrap(), "response.completed");
+    let completed = &events.last().unwrap().1["response"];
+    check_tool_call_output(completed);
+    assert_eq!(completed["usage"]["input_tokens"], 13);
+    assert_eq!(completed["usage"]["output_tokens"], 9);
+}
+
+/// Claude Code's newer request shape (a system message mid-conversation, adaptive thinking,
+/// effort, an `anthropic-beta` header) on a gpt-5 model of an OpenAI upstream: valid for the
+/// strict upstream, no `anthropic-beta` upstream, the request id back as `request-id`.
+async fn claude_code_shape_on_an_openai_upstream<R: Runtime>(rt: R) {
+    let upstream = chat_only_upstream();
+    let config = upstream_block(
+        "oai",
+        "openai",
+        &upstream.base_url(),
+        "models = [\"gpt-5-mini\"]",
+    );
+    let gate = start_gate(&rt, "claude-code-openai", &config, BreakerConfig::default()).await;
+    let body = json!({
+        "model": "gpt-5-mini", "max_tokens": 32000,
+        "system": [{"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "system", "content": "reminder"},
+            {"role": "user", "content": [{"type": "text", "text": "list", "cache_control": {"type": "ephemeral"}}]}
+        ],
+        "thinking": {"type": "adaptive"},
+        "output_config": {"effort": "low"},
+        "tools": [{"name": "shell", "input_schema": {"type": "object"}}],
+        "stream": false
+    });
+    let builder = gate
+        .request("POST", "/v1/messages")
+        .header("x-api-key", gate.token.clone())
+        .header("anthropic-version", "2023-06-01")
+        .header("anthropic-beta", "mid-conversation-system-2025-01-01")
+        .header("content-type", "application/json");
+    let answer = gate.send(builder, body.to_string().into_bytes()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let message = answer.json();
+    assert_eq!(message["content"][0]["type"], "tool_use", "{message}");
+    assert_eq!(message["stop_reason"], "tool_use");
+    assert_eq!(answer.headers["request-id"], "req_chat_1");
+    let seen = upstream.seen();
+    assert_eq!(seen[0].header("anthropic-beta"), None);
+    let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
+    assert_eq!(
+        sent["messages"][2],
+        json!({"role": "system", "content": "reminder"})
+    );
+    assert_eq!(sent["max_completion_tokens"], 32000);
+    assert_eq!(sent["reasoning_effort"], "low");
+}
+
+/// A pass-through chat stream whose client did not ask for usage: Gate asks an OpenAI
+/// upstream for it (`stream_options.include_usage`), strips the usage-only chunk from what
+/// the client receives, and counts the tokens.
+async fn usage_on_pass_through_streams<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|seen| {
+        let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
+        let chunk = |delta: Value, finish: Value| {
+            json!({"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 0,
+                   "model": "gpt-4o", "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        };
+        let mut events = vec![
+            (
+                "",
+                chunk(
+                    json!({"role": "assistant", "content": "hello"}),
+                    Value::Null,
+                ),
+            ),
+            ("", chunk(json!({}), json!("stop"))),
+        ];
+        if body["stream_options"]["include_usage"] == true {
+            events.push((
+                "",
+                json!({"id": "chatcmpl-u", "object": "chat.completion.chunk", "created": 0,
+                "model": "gpt-4o", "choices": [],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}),
+            ));
+        }
+        let mut reply = sse(&events);
+        reply.body.extend_from_slice(b"data: [DONE]\n\n");
+        reply
+    });
+    let config = upstream_block(
+        "oai",
+        "openai",
+        &upstream.base_url(),
+        "models = [\"gpt-4o\"]",
+    );
+    let gate = start_gate(&rt, "usage-passthrough", &config, BreakerConfig::default()).await;
+
+    let answer = gate
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-4o", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let text = answer.text();
+    assert!(text.contains("hello") && text.contains("[DONE]"), "{text}");
+    assert!(
+        !text.contains("prompt_tokens"),
+        "the client did not ask for usage: {text}"
+    );
+    let sent: Value = serde_json::from_slice(&upstream.seen()[0].body).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    assert_eq!(sent["messages"][0]["content"], "hi");
+
+    // A client that asked gets the chunk, and its body goes through untouched.
+    let asked = json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let answer = gate.post("/v1/chat/completions", asked.clone()).await;
+    assert!(
+        answer.text().contains("\"prompt_tokens\":5"),
+        "{}",
+        answer.text()
+    );
+    assert_eq!(upstream.seen()[1].body, asked.to_string().into_bytes());
+
+    let metrics = gate
+        .send(gate.request("GET", "/metrics"), Vec::new())
+        .await
+        .text();
+    let output_tokens = metrics
+        .lines()
+        .find(|l| {
+            l.contains("tokens") && l.contains("upstream=\"oai\"") && l.contains("kind=\"output\"")
+        })
+        .unwrap_or_else(|| panic!("no output token line in {metrics}"));
+    assert!(output_tokens.ends_with(" 14"), "{output_tokens}");
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -842,4 +1407,8 @@ both_runtimes!(
     caps_scrubbing_and_bounded_echo,
     bearer_any_case_and_index,
     discovery_is_capped,
+    responses_on_a_chat_only_upstream,
+    responses_on_an_anthropic_upstream,
+    claude_code_shape_on_an_openai_upstream,
+    usage_on_pass_through_streams,
 );

@@ -262,7 +262,9 @@ def anthropic_upstream(mock_url: str, models: list[str], key: str = ANTHROPIC_UP
 
 def default_upstreams(mock: MockUpstream) -> dict[str, dict[str, Any]]:
     return {
-        "openai_mock": openai_upstream(mock.url, OPENAI_MOCK_MODELS),
+        # Serves /v1/responses itself (pass-through); `custom` upstreams otherwise get it
+        # converted to Chat Completions.
+        "openai_mock": openai_upstream(mock.url, OPENAI_MOCK_MODELS, responses=True),
         "anthropic_mock": anthropic_upstream(mock.url, ANTHROPIC_MOCK_MODELS),
     }
 

@@ -64,6 +64,10 @@ pub struct UpstreamConfig {
     pub enabled: bool,
     /// Relative weight for the `weighted` strategy (`None` counts as 1).
     pub weight: Option<u32>,
+    /// Whether it serves the Responses API itself (`None`: the provider's default).
+    pub responses: Option<bool>,
+    /// Output cap for requests Gate converts for this upstream.
+    pub max_output_tokens: Option<u32>,
 }
 
 /// `[relay]` of the daemon.
@@ -384,6 +388,8 @@ impl DaemonConfig {
                     aliases,
                     enabled: r.bool(&key("enabled"))?,
                     weight: r.opt_int(&key("weight"))?,
+                    responses: r.opt_bool(&key("responses"))?,
+                    max_output_tokens: r.opt_int(&key("max_output_tokens"))?,
                 },
             );
         }

@@ -364,6 +364,13 @@ impl<'t> Reader<'t> {
         }
     }
 
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.leaf(key) {
+            None => Ok(None),
+            Some(_) => self.bool(key).map(Some),
+        }
+    }
+
     pub fn int<T: TryFrom<i64>>(&self, key: &str) -> Result<T, ConfigError> {
         match self.leaf(key) {
             Some(

@@ -591,7 +591,7 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 7] = [
+static UPSTREAM_FIELDS: [Field; 9] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -607,6 +607,19 @@ static UPSTREAM_FIELDS: [Field; 7] = [
     field("enabled", Kind::Bool, Some(DefaultValue::Bool(true))),
     // Routing (issue 11): relative weight for the `weighted` strategy (unset counts as 1).
     field("weight", Kind::Integer { min: 0, max: 1000 }, None),
+    // Issue 12: whether the upstream serves `/responses` itself (unset: the provider's
+    // default, true for `openai` only).
+    field("responses", Kind::Bool, None),
+    // Issue 12: the largest output this upstream's models take (caps converted requests'
+    // max tokens, on top of the built-in per-model table).
+    field(
+        "max_output_tokens",
+        Kind::Integer {
+            min: 1,
+            max: 100_000_000,
+        },
+        None,
+    ),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);

@@ -34,6 +34,38 @@ pub struct MessagesRequest {
     pub tools: Option<Vec<Tool>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_choice: Option<ToolChoice>,
+    /// Extended thinking: enabled with a budget, adaptive, or disabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thinking: Option<ThinkingConfig>,
+    /// `output_config.effort` (`low | medium | high | max`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_config: Option<OutputConfig>,
+    /// Remote MCP servers the Anthropic API connects to itself (beta); only an Anthropic
+    /// upstream can run them, so conversion refuses a request that names any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp_servers: Option<Vec<Value>>,
+}
+
+/// `thinking` of a request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ThinkingConfig {
+    Enabled {
+        #[serde(default)]
+        budget_tokens: u32,
+    },
+    Adaptive,
+    Disabled,
+    /// Newer modes: treated as the model's default.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `output_config` of a request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effort: Option<String>,
 }
 
 /// `POST /v1/messages/count_tokens` request body: a messages request without `max_tokens`.
@@ -79,12 +111,14 @@ impl SystemPrompt {
     }
 }
 
-/// The two conversation roles.
+/// The conversation roles. `system` appears in `messages` only in the newer request shape
+/// (mid-conversation system messages); responses are always `assistant`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     User,
     Assistant,
+    System,
 }
 
 /// One conversation turn.
@@ -136,7 +170,48 @@ pub enum ContentBlock {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         is_error: Option<bool>,
     },
-    /// Extended thinking, documents, server tools and anything newer: not mapped.
+    /// A document (PDF or plain text) as input.
+    Document {
+        source: DocumentSource,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        title: Option<String>,
+    },
+    /// Extended thinking output (and input, when a client sends its history back).
+    Thinking {
+        #[serde(default)]
+        thinking: String,
+        /// Always serialized: the SDKs declare it required.
+        #[serde(default)]
+        signature: String,
+    },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
+    /// Server tools, search results and anything newer: not mapped.
+    #[serde(other)]
+    Unknown,
+}
+
+/// `source` of a document block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum DocumentSource {
+    /// `media_type` is `application/pdf`.
+    Base64 {
+        media_type: String,
+        data: String,
+    },
+    /// `media_type` is `text/plain`.
+    Text {
+        #[serde(default)]
+        media_type: String,
+        data: String,
+    },
+    Url {
+        url: String,
+    },
+    /// Content-block sources, file references and anything newer.
     #[serde(other)]
     Unknown,
 }
@@ -301,7 +376,13 @@ pub enum BlockDelta {
     InputJsonDelta {
         partial_json: String,
     },
-    /// Thinking, signature and citation deltas: not mapped.
+    ThinkingDelta {
+        thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
+    },
+    /// Citation deltas and anything newer: not mapped.
     #[serde(other)]
     Unknown,
 }

@@ -13,6 +13,9 @@
 //! - [`request`] — [`openai_request_to_anthropic`], [`anthropic_request_to_openai`].
 //! - [`response`] — [`openai_response_to_anthropic`], [`anthropic_response_to_openai`].
 //! - [`stream`] — [`OpenAiToAnthropicStream`], [`AnthropicToOpenAiStream`].
+//! - [`responses`] — the Responses API on Chat Completions (and, through it, Anthropic)
+//!   upstreams: [`responses_request_to_chat`], [`chat_response_to_responses`],
+//!   [`ChatToResponsesStream`].
 //! - [`tokens`] — [`estimate_input_tokens`].
 //!
 //! Memory: whole-body functions allocate in proportion to the body, whose size the caller
@@ -28,19 +31,28 @@
 pub mod passthrough;
 pub mod request;
 pub mod response;
+pub mod responses;
 pub mod stream;
 pub mod tokens;
 
 pub use passthrough::{
-    request_summary, rewrite_model, tree_cost_estimate, RequestSummary, TREE_BYTES_PER_VALUE,
+    is_usage_only_chunk, request_summary, rewrite_model, tree_cost_estimate, with_include_usage,
+    RequestSummary, TREE_BYTES_PER_VALUE,
 };
 pub use request::{
-    anthropic_request_body_to_openai, anthropic_request_to_openai,
-    openai_request_body_to_anthropic, openai_request_to_anthropic, DEFAULT_ANTHROPIC_MAX_TOKENS,
+    anthropic_request_body_to_openai, anthropic_request_body_to_openai_for_model,
+    anthropic_request_to_openai, effort_for_thinking, openai_request_body_to_anthropic,
+    openai_request_to_anthropic, thinking_for_effort, DEFAULT_ANTHROPIC_MAX_TOKENS,
 };
 pub use response::{
     anthropic_response_body_to_openai, anthropic_response_to_openai,
     openai_response_body_to_anthropic, openai_response_to_anthropic,
+};
+pub use responses::{
+    anthropic_response_body_to_responses, chat_response_body_to_responses,
+    chat_response_to_responses, responses_request_body_to_anthropic,
+    responses_request_body_to_chat, responses_request_to_chat, ChatToResponsesStream,
+    MAX_RESPONSES_STREAM_TEXT,
 };
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream, MAX_STREAM_TOOL_CALLS};
 pub use tokens::{estimate_count_tokens_body, estimate_input_tokens};

@@ -87,8 +87,27 @@ impl Endpoint {
         protocol == WireProtocol::OpenAi
             || matches!(
                 self,
-                Endpoint::Messages | Endpoint::CountTokens | Endpoint::ChatCompletions
+                Endpoint::Messages
+                    | Endpoint::CountTokens
+                    | Endpoint::ChatCompletions
+                    | Endpoint::Responses
             )
+    }
+
+    /// How a request to this endpoint reaches an upstream speaking `protocol`
+    /// (`speaks_responses`: the upstream serves `/responses` itself).
+    pub fn translation(self, protocol: WireProtocol, speaks_responses: bool) -> Translation {
+        match (self, protocol) {
+            (Endpoint::Responses, WireProtocol::OpenAi) if !speaks_responses => {
+                Translation::ResponsesToChat
+            }
+            (Endpoint::Responses, WireProtocol::Anthropic) => Translation::ResponsesToMessages,
+            (Endpoint::ChatCompletions, WireProtocol::Anthropic) => Translation::ChatToMessages,
+            (Endpoint::Messages | Endpoint::CountTokens, WireProtocol::OpenAi) => {
+                Translation::MessagesToChat
+            }
+            _ => Translation::PassThrough,
+        }
     }
 
     /// The path under the upstream's base URL.
@@ -100,6 +119,32 @@ impl Endpoint {
             (WireProtocol::OpenAi, _) => "/chat/completions",
             (WireProtocol::Anthropic, Endpoint::CountTokens) => "/v1/messages/count_tokens",
             (WireProtocol::Anthropic, _) => "/v1/messages",
+        }
+    }
+}
+
+/// How a request travels to its upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Translation {
+    /// Client and upstream speak the same API: the client's bytes go through.
+    PassThrough,
+    /// Chat Completions client, Anthropic upstream.
+    ChatToMessages,
+    /// Anthropic Messages client, OpenAI-format upstream.
+    MessagesToChat,
+    /// Responses client, OpenAI-format upstream without `/responses`.
+    ResponsesToChat,
+    /// Responses client, Anthropic upstream (through Chat Completions).
+    ResponsesToMessages,
+}
+
+impl Translation {
+    /// The path under the upstream's base URL for `endpoint` travelling this way.
+    pub fn upstream_path(self, endpoint: Endpoint, protocol: WireProtocol) -> &'static str {
+        match self {
+            Translation::ResponsesToChat => "/chat/completions",
+            Translation::ResponsesToMessages => "/v1/messages",
+            _ => endpoint.upstream_path(protocol),
         }
     }
 }
@@ -121,6 +166,64 @@ pub fn client_status_for_upstream(status: u16) -> u16 {
 /// `authorization` and `x-api-key`, stays behind.
 pub const FORWARDED_REQUEST_HEADERS: &[&str] =
     &["accept", "user-agent", "anthropic-beta", "openai-beta"];
+
+/// Request headers passed to an upstream speaking `upstream`: the common ones, plus only that
+/// protocol's beta header (`anthropic-beta` never goes to an OpenAI-format upstream, nor
+/// `openai-beta` to Anthropic).
+pub fn forwarded_request_headers(upstream: WireProtocol) -> &'static [&'static str] {
+    match upstream {
+        WireProtocol::OpenAi => &["accept", "user-agent", "openai-beta"],
+        WireProtocol::Anthropic => &["accept", "user-agent", "anthropic-beta"],
+    }
+}
+
+/// The name under which an upstream response header reaches a client of `client` when
+/// Gate converted between protocols (`None`: not forwarded). Same protocol: the name itself
+/// when [`forwards_response_header`] allows it. Across protocols: `retry-after` as is; the
+/// request id renamed (`x-request-id` <-> `request-id`); the request and token rate-limit
+/// counts renamed between `x-ratelimit-{limit,remaining}-{requests,tokens}` and
+/// `anthropic-ratelimit-{requests,tokens}-{limit,remaining}`. Reset times are dropped across
+/// protocols (OpenAI sends a duration, `6m0s`; Anthropic an RFC 3339 instant), as are
+/// Anthropic's input/output token families, which OpenAI has no name for.
+pub fn client_response_header(
+    name: &str,
+    client: WireProtocol,
+    upstream: WireProtocol,
+) -> Option<std::borrow::Cow<'static, str>> {
+    use std::borrow::Cow;
+    if client == upstream {
+        return forwards_response_header(name).then(|| Cow::Owned(name.to_owned()));
+    }
+    match (name, client) {
+        ("content-type" | "retry-after", _) => return Some(Cow::Owned(name.to_owned())),
+        ("request-id", WireProtocol::OpenAi) => return Some(Cow::Borrowed("x-request-id")),
+        ("x-request-id", WireProtocol::Anthropic) => return Some(Cow::Borrowed("request-id")),
+        _ => {}
+    }
+    const PAIRS: [(&str, &str); 4] = [
+        (
+            "x-ratelimit-limit-requests",
+            "anthropic-ratelimit-requests-limit",
+        ),
+        (
+            "x-ratelimit-remaining-requests",
+            "anthropic-ratelimit-requests-remaining",
+        ),
+        (
+            "x-ratelimit-limit-tokens",
+            "anthropic-ratelimit-tokens-limit",
+        ),
+        (
+            "x-ratelimit-remaining-tokens",
+            "anthropic-ratelimit-tokens-remaining",
+        ),
+    ];
+    PAIRS.iter().find_map(|(openai, anthropic)| match client {
+        WireProtocol::OpenAi if name == *anthropic => Some(Cow::Borrowed(*openai)),
+        WireProtocol::Anthropic if name == *openai => Some(Cow::Borrowed(*anthropic)),
+        _ => None,
+    })
+}
 
 /// Response headers passed from the upstream to the client, besides the rate-limit families
 /// of [`forwards_response_header`].
@@ -176,6 +279,43 @@ mod tests {
         assert_eq!(
             Endpoint::Messages.upstream_path(WireProtocol::OpenAi),
             "/chat/completions"
+        );
+    }
+
+    #[test]
+    fn headers_across_protocols() {
+        use WireProtocol::{Anthropic, OpenAi};
+        assert!(!forwarded_request_headers(OpenAi).contains(&"anthropic-beta"));
+        assert!(forwarded_request_headers(Anthropic).contains(&"anthropic-beta"));
+        assert!(!forwarded_request_headers(Anthropic).contains(&"authorization"));
+        let map = |name, client, upstream| {
+            client_response_header(name, client, upstream).map(|n| n.into_owned())
+        };
+        assert_eq!(
+            map("anthropic-ratelimit-requests-remaining", OpenAi, Anthropic).as_deref(),
+            Some("x-ratelimit-remaining-requests")
+        );
+        assert_eq!(
+            map("x-ratelimit-limit-tokens", Anthropic, OpenAi).as_deref(),
+            Some("anthropic-ratelimit-tokens-limit")
+        );
+        assert_eq!(
+            map("request-id", OpenAi, Anthropic).as_deref(),
+            Some("x-request-id")
+        );
+        assert_eq!(
+            map("x-request-id", Anthropic, OpenAi).as_deref(),
+            Some("request-id")
+        );
+        assert_eq!(
+            map("retry-after", Anthropic, OpenAi).as_deref(),
+            Some("retry-after")
+        );
+        assert_eq!(map("x-ratelimit-reset-requests", Anthropic, OpenAi), None);
+        assert_eq!(map("set-cookie", Anthropic, OpenAi), None);
+        assert_eq!(
+            map("x-ratelimit-reset-requests", OpenAi, OpenAi).as_deref(),
+            Some("x-ratelimit-reset-requests")
         );
     }
 

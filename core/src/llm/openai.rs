@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// `POST /v1/chat/completions` request body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
@@ -40,6 +40,9 @@ pub struct ChatCompletionRequest {
     pub n: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// `minimal | low | medium | high` (model-dependent) for reasoning models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<String>,
 }
 
 /// `stream_options` of a streaming request.
@@ -140,7 +143,11 @@ pub enum ContentPart {
     ImageUrl {
         image_url: ImageUrl,
     },
-    /// Audio, files and anything newer: not mapped.
+    /// A file (PDF) as input, inline (`file_data`, a `data:` URL) or by id.
+    File {
+        file: FileInput,
+    },
+    /// Audio and anything newer: not mapped.
     #[serde(other)]
     Unknown,
 }
@@ -151,6 +158,30 @@ pub struct ImageUrl {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+}
+
+/// `file` part payload.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FileInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+    /// `data:<media>;base64,<data>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_data: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_id: Option<String>,
+}
+
+/// The reasoning text of a message or delta: `reasoning_content` (DeepSeek, vLLM, Qwen) or
+/// `reasoning` as a string (OpenRouter, Groq, newer vLLM). Not part of OpenAI's own API.
+pub fn reasoning_text<'a>(
+    reasoning_content: &'a Option<String>,
+    reasoning: &'a Option<Value>,
+) -> Option<&'a str> {
+    reasoning_content
+        .as_deref()
+        .or_else(|| reasoning.as_ref().and_then(Value::as_str))
+        .filter(|text| !text.is_empty())
 }
 
 /// A tool call made by the assistant (request history and non-streaming response).
@@ -265,6 +296,12 @@ pub struct ResponseMessage {
     pub tool_calls: Option<Vec<ToolCall>>,
     #[serde(default)]
     pub refusal: Option<String>,
+    /// Reasoning text of OpenAI-compatible reasoning servers (see [`reasoning_text`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Read only (OpenRouter's and Groq's name for the same thing).
+    #[serde(default, skip_serializing)]
+    pub reasoning: Option<Value>,
 }
 
 fn assistant_role() -> String {
@@ -338,6 +375,12 @@ pub struct ChunkDelta {
     pub refusal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// Reasoning text fragment (see [`reasoning_text`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// Read only (OpenRouter's and Groq's name for the same thing).
+    #[serde(default, skip_serializing)]
+    pub reasoning: Option<Value>,
 }
 
 /// A fragment of a streamed tool call; fragments with the same `index` belong together.

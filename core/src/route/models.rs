@@ -93,6 +93,21 @@ impl ProviderKind {
         }
     }
 
+    /// Whether the provider's API serves the Responses API (`/responses`) itself; the others
+    /// get it converted to Chat Completions or Anthropic Messages.
+    pub fn speaks_responses(self) -> bool {
+        self == ProviderKind::OpenAi
+    }
+
+    /// Whether the provider's Chat Completions takes `stream_options.include_usage` (Gate asks
+    /// for usage on pass-through streams only there).
+    pub fn takes_stream_options(self) -> bool {
+        matches!(
+            self,
+            ProviderKind::OpenAi | ProviderKind::Groq | ProviderKind::OpenRouter
+        )
+    }
+
     /// Whether the upstream speaks the Anthropic Messages API (else the OpenAI API).
     pub fn speaks_anthropic(self) -> bool {
         self == ProviderKind::Anthropic

@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gate_core::llm::convert::request_summary;
+use gate_core::llm::convert::{request_summary, with_include_usage};
 use gate_core::llm::endpoint::bounded_echo;
+use gate_core::llm::endpoint::Translation;
 use gate_core::route::{AttemptOutcome, AttemptPlan, WireProtocol};
 use gate_rt::Runtime;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -129,6 +130,7 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let (stream, include_usage) = (summary.stream, summary.include_usage);
+        let has_stream_options = summary.has_stream_options;
 
         let now = Instant::now();
         let seed = self
@@ -199,13 +201,28 @@ impl<R: Runtime> Gateway<R> {
             };
             let upstream_body = build_upstream_body(
                 endpoint,
-                client_protocol,
-                upstream.protocol,
+                upstream.translation(endpoint),
                 &body,
                 &model,
-                &candidate.upstream_model,
+                (&candidate.upstream_model, upstream.max_output_tokens),
             )
             .map_err(|(status, message)| Refusal(status, message))?;
+            // Usage on a pass-through chat stream whose client did not ask for it: asked of
+            // upstreams known to take `stream_options`, and its extra chunk stripped again.
+            let strip_usage = endpoint == Endpoint::ChatCompletions
+                && stream
+                && !include_usage
+                && !has_stream_options
+                && upstream.translation(endpoint) == Translation::PassThrough
+                && upstream.provider.takes_stream_options();
+            let upstream_body = match strip_usage
+                .then(|| with_include_usage(&upstream_body))
+                .flatten()
+            {
+                Some(with_usage) => Bytes::from(with_usage),
+                None => upstream_body,
+            };
+            let strip_usage = strip_usage && upstream_body.len() != body.len();
             let upstream_req =
                 build_upstream_request(endpoint, &parts.headers, upstream, upstream_body)
                     .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
@@ -289,7 +306,7 @@ impl<R: Runtime> Gateway<R> {
                     client_protocol,
                     upstream,
                     &model,
-                    (stream, include_usage),
+                    (stream, include_usage, strip_usage),
                     response,
                     started,
                     slot,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use gate_core::llm::sse::{SseParser, SseWatcher};
+use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderValue, Response, StatusCode};
@@ -16,14 +16,14 @@ use hyper::body::Incoming;
 use super::attempt::AttemptSlot;
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
-    check_conversion_bound, collect_with_timeout, copy_response_headers, is_event_stream, is_json,
-    map_upstream_status, ReadError,
+    check_conversion_bound, collect_with_timeout, copy_converted_response_headers,
+    copy_response_headers, is_event_stream, is_json, map_upstream_status, ReadError,
 };
 use super::{Endpoint, Gateway, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
-use gate_core::llm::endpoint::forwards_response_header;
+use gate_core::llm::endpoint::Translation;
 use gate_core::llm::usage::{Usage, USAGE_KEY};
 use gate_core::route::AttemptOutcome;
 
@@ -35,7 +35,7 @@ impl<R: Runtime> Gateway<R> {
         client_protocol: WireProtocol,
         upstream: &UpstreamTarget,
         model: &str,
-        (stream_requested, include_usage): (bool, bool),
+        (stream_requested, include_usage, strip_usage): (bool, bool, bool),
         response: Response<Incoming>,
         started: Instant,
         slot: Option<AttemptSlot>,
@@ -45,7 +45,8 @@ impl<R: Runtime> Gateway<R> {
         let max_response = snapshot.limits.max_response_bytes;
         let status = response.status();
         let (parts, body) = response.into_parts();
-        let same_protocol = client_protocol == upstream.protocol;
+        let translation = upstream.translation(endpoint);
+        let same_protocol = translation == Translation::PassThrough;
 
         if !status.is_success() {
             // Error bodies are read under the same cap as answers; one that is too large or
@@ -78,27 +79,19 @@ impl<R: Runtime> Gateway<R> {
             }
             // In the client's protocol, keeping what tells it when to come back.
             let mut out = error_response(client_protocol, client_status, &message);
-            for (name, value) in &parts.headers {
-                let name_text = name.as_str();
-                if name_text != "content-type" && forwards_response_header(name_text) {
-                    out.headers_mut().insert(name.clone(), value.clone());
-                }
-            }
+            copy_converted_response_headers(
+                &parts.headers,
+                out.headers_mut(),
+                client_protocol,
+                upstream.protocol,
+            );
             return out;
         }
 
         if is_event_stream(&parts.headers)
             || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
         {
-            let converter = if same_protocol {
-                None
-            } else {
-                Some(convert::stream_converter(
-                    upstream.protocol,
-                    model,
-                    include_usage,
-                ))
-            };
+            let converter = convert::stream_converter(translation, model, include_usage);
             let started_pipe = Instant::now();
             let pipe = StreamPipe {
                 inner: body,
@@ -110,6 +103,9 @@ impl<R: Runtime> Gateway<R> {
                 client_protocol,
                 upstream_protocol: upstream.protocol,
                 mode: match converter {
+                    None if strip_usage => {
+                        Mode::PassThroughStripUsage(SseFramer::new(SSE_MAX_LINE, SSE_MAX_EVENT))
+                    }
                     None => Mode::PassThrough(SseWatcher::new(USAGE_KEY, SSE_MAX_EVENT)),
                     Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
                 },
@@ -132,7 +128,12 @@ impl<R: Runtime> Gateway<R> {
                 stop_waker: None,
             };
             let mut out = Response::new(pipe.boxed());
-            copy_response_headers(&parts.headers, out.headers_mut());
+            copy_converted_response_headers(
+                &parts.headers,
+                out.headers_mut(),
+                client_protocol,
+                upstream.protocol,
+            );
             out.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream"),
@@ -195,9 +196,15 @@ impl<R: Runtime> Gateway<R> {
                 ),
             );
         }
-        match convert::response(upstream.protocol, &bytes) {
+        match convert::response(translation, &bytes) {
             Ok(converted) => {
                 let mut out = Response::new(full_body(Bytes::from(converted)));
+                copy_converted_response_headers(
+                    &parts.headers,
+                    out.headers_mut(),
+                    client_protocol,
+                    upstream.protocol,
+                );
                 out.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     HeaderValue::from_static("application/json"),

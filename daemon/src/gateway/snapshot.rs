@@ -2,6 +2,7 @@
 //! reload, and each upstream as the gateway calls it ([`UpstreamTarget`]).
 
 use gate_core::config::{DaemonConfig, Secret, ServerLimits};
+use gate_core::llm::endpoint::Translation;
 use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
 
 use crate::auth::JwtSettings;
@@ -15,6 +16,17 @@ pub struct UpstreamTarget {
     /// Without a trailing slash.
     pub base_url: String,
     pub api_key: Option<Secret>,
+    /// Serves `/responses` itself (`responses` in config, else the provider's default).
+    pub responses: bool,
+    /// `max_output_tokens`: caps the output of requests Gate converts for this upstream.
+    pub max_output_tokens: Option<u32>,
+}
+
+impl UpstreamTarget {
+    /// How a request to `endpoint` reaches this upstream.
+    pub fn translation(&self, endpoint: gate_core::llm::endpoint::Endpoint) -> Translation {
+        endpoint.translation(self.protocol, self.responses)
+    }
 }
 
 /// The part of the configuration the request path reads, swapped whole on reload.
@@ -51,6 +63,8 @@ impl Snapshot {
                 protocol,
                 base_url: up.base_url.trim_end_matches('/').to_owned(),
                 api_key: up.api_key.clone(),
+                responses: up.responses.unwrap_or(provider.speaks_responses()),
+                max_output_tokens: up.max_output_tokens,
             });
         }
         let jwt = config

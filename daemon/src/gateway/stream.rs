@@ -10,7 +10,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gate_core::llm::sse::{SseParser, SseWatcher};
+use gate_core::llm::convert::is_usage_only_chunk;
+use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::StatusCode;
@@ -35,6 +36,11 @@ pub(super) enum Mode {
     PassThrough(SseWatcher),
     /// Other protocol: parse events and re-encode them in the client's protocol.
     Convert(SseParser, Box<dyn StreamConverter>),
+    /// Same protocol, but Gate asked the upstream for usage the client did not ask for:
+    /// events are forwarded byte for byte as each completes, except the usage-only chunk.
+    PassThroughStripUsage(SseFramer),
+    /// The framer's end state was taken (the stream is over).
+    Ended,
 }
 
 /// How many scheduler turns in a row without new upstream data the pipe yields before it
@@ -262,6 +268,36 @@ impl<R: Runtime> StreamPipe<R> {
                 let data = scrub_chunk(&self.secrets, data);
                 self.push(data);
             }
+            Mode::PassThroughStripUsage(framer) => {
+                framer.push(&data);
+                let mut failed = None;
+                let mut out = Vec::new();
+                while let Some(frame) = framer.next_frame() {
+                    match frame {
+                        Ok(frame) => {
+                            if let Some(event) = &frame.event {
+                                self.usage.observe_json(event.data.as_bytes());
+                                if is_usage_only_chunk(&event.data) {
+                                    continue;
+                                }
+                            }
+                            out.push(Bytes::from(frame.bytes));
+                        }
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                for piece in out {
+                    let piece = scrub_chunk(&self.secrets, piece);
+                    self.push(piece);
+                }
+                if let Some(message) = failed {
+                    self.fail(&format!("the upstream stream is malformed: {message}"));
+                }
+            }
+            Mode::Ended => {}
             Mode::Convert(parser, converter) => {
                 parser.push(&data);
                 let mut failed = None;
@@ -291,6 +327,19 @@ impl<R: Runtime> StreamPipe<R> {
     pub(super) fn on_end(&mut self) {
         if let Some(slot) = self.slot.take() {
             slot.settle(&AttemptOutcome::HttpStatus(200), None);
+        }
+        if matches!(self.mode, Mode::PassThroughStripUsage(_)) {
+            if let Mode::PassThroughStripUsage(framer) =
+                std::mem::replace(&mut self.mode, Mode::Ended)
+            {
+                // Bytes after the last complete event go out as they are.
+                if let Ok(end) = framer.finish() {
+                    if !end.leftover.is_empty() {
+                        let leftover = scrub_chunk(&self.secrets, Bytes::from(end.leftover));
+                        self.push(leftover);
+                    }
+                }
+            }
         }
         if let Mode::Convert(_, converter) = &mut self.mode {
             for out in converter.finish(true) {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use gate_core::llm::endpoint;
+use gate_core::llm::endpoint::{self, Translation};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
@@ -120,13 +120,15 @@ pub(super) fn build_upstream_request(
     let url = format!(
         "{}{}",
         upstream.base_url,
-        endpoint.upstream_path(upstream.protocol)
+        upstream
+            .translation(endpoint)
+            .upstream_path(endpoint, upstream.protocol)
     );
     let mut builder = Request::builder().method(Method::POST).uri(&url);
     let headers = builder
         .headers_mut()
         .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
-    for name in endpoint::FORWARDED_REQUEST_HEADERS {
+    for name in endpoint::forwarded_request_headers(upstream.protocol) {
         if let Some(v) = client_headers.get(*name) {
             headers.insert(*name, v.clone());
         }
@@ -182,18 +184,39 @@ pub(super) fn copy_response_headers(from: &HeaderMap, to: &mut HeaderMap) {
     }
 }
 
+/// Copies the upstream response headers a client of `client` may see when Gate converted
+/// from `upstream`, renamed to the client's protocol
+/// ([`gate_core::llm::endpoint::client_response_header`]); `content-type` is left to the
+/// caller.
+pub(super) fn copy_converted_response_headers(
+    from: &HeaderMap,
+    to: &mut HeaderMap,
+    client: WireProtocol,
+    upstream: WireProtocol,
+) {
+    for (name, value) in from {
+        if name == http::header::CONTENT_TYPE {
+            continue;
+        }
+        if let Some(mapped) = endpoint::client_response_header(name.as_str(), client, upstream) {
+            if let Ok(mapped) = http::HeaderName::from_bytes(mapped.as_bytes()) {
+                to.insert(mapped, value.clone());
+            }
+        }
+    }
+}
+
 /// The body sent upstream: the client's bytes (pass-through, `model` rewritten only for
 /// an alias) or the converted request.
 pub(super) fn build_upstream_body(
     endpoint: Endpoint,
-    client_protocol: WireProtocol,
-    upstream_protocol: WireProtocol,
+    translation: Translation,
     body: &Bytes,
     model: &str,
-    upstream_model: &str,
+    (upstream_model, upstream_cap): (&str, Option<u32>),
 ) -> Result<Bytes, (StatusCode, String)> {
     let bad_request = |message| (StatusCode::BAD_REQUEST, message);
-    if client_protocol == upstream_protocol {
+    if translation == Translation::PassThrough {
         if model == upstream_model {
             return Ok(body.clone());
         }
@@ -202,9 +225,9 @@ pub(super) fn build_upstream_body(
             .map_err(bad_request);
     }
     match endpoint {
-        Endpoint::ChatCompletions | Endpoint::Messages => {
+        Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
-            convert::request(client_protocol, body, upstream_model)
+            convert::request(translation, body, upstream_model, upstream_cap)
                 .map(Bytes::from)
                 .map_err(bad_request)
         }

@@ -16,6 +16,8 @@ pub struct RequestSummary {
     pub stream: bool,
     /// `stream_options.include_usage` (OpenAI); absent means `false`.
     pub include_usage: bool,
+    /// A non-null top-level `stream_options` is present.
+    pub has_stream_options: bool,
 }
 
 #[derive(Deserialize)]
@@ -43,11 +45,50 @@ pub fn request_summary(body: &[u8]) -> Result<RequestSummary, ConvertError> {
     Ok(RequestSummary {
         model: peek.model,
         stream: peek.stream.unwrap_or(false),
+        has_stream_options: peek.stream_options.is_some(),
         include_usage: peek
             .stream_options
             .and_then(|options| options.include_usage)
             .unwrap_or(false),
     })
+}
+
+/// The body of a streamed OpenAI chat request with `"stream_options":{"include_usage":true}`
+/// spliced in as its first member, every other byte kept; `None` when `body` does not start
+/// (after whitespace) with `{`. Only for bodies whose summary has no `stream_options`: the
+/// caller then strips the usage-only chunk ([`is_usage_only_chunk`]) from what the client
+/// receives, so the client sees the stream it asked for and Gate still learns the usage.
+pub fn with_include_usage(body: &[u8]) -> Option<Vec<u8>> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace())?;
+    if body[start] != b'{' {
+        return None;
+    }
+    let rest = &body[start + 1..];
+    let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+    let mut out = Vec::with_capacity(body.len() + 48);
+    out.extend_from_slice(&body[..=start]);
+    out.extend_from_slice(br#""stream_options":{"include_usage":true}"#);
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+/// Whether an OpenAI stream event's data is the usage-only chunk `include_usage` adds (an
+/// object with an empty `choices` list and a non-null `usage`).
+pub fn is_usage_only_chunk(data: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        choices: Option<Vec<serde::de::IgnoredAny>>,
+        #[serde(default)]
+        usage: Option<serde::de::IgnoredAny>,
+    }
+    matches!(
+        serde_json::from_str::<Probe>(data),
+        Ok(Probe { choices: Some(choices), usage: Some(_) }) if choices.is_empty()
+    )
 }
 
 /// Bytes a `serde_json::Value` tree of a document costs per JSON value, on top of the text
@@ -235,6 +276,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn include_usage_is_spliced_in_and_usage_chunks_recognised() {
+        let body = br#" {"model":"m","stream":true}"#;
+        let out = with_include_usage(body).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&out).unwrap(),
+            r#" {"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+        let summary = request_summary(&out).unwrap();
+        assert!(summary.include_usage && summary.has_stream_options);
+        assert_eq!(
+            with_include_usage(b"{}").unwrap(),
+            br#"{"stream_options":{"include_usage":true}}"#
+        );
+        assert_eq!(with_include_usage(b"[1]"), None);
+        assert!(is_usage_only_chunk(
+            r#"{"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}"#
+        ));
+        assert!(!is_usage_only_chunk(
+            r#"{"id":"c","choices":[{"index":0}],"usage":null}"#
+        ));
+        assert!(!is_usage_only_chunk(
+            r#"{"id":"c","choices":[],"usage":null}"#
+        ));
+        assert!(!is_usage_only_chunk("[DONE]"));
+    }
+
+    #[test]
     fn summary_reads_model_and_stream() {
         let summary = request_summary(
             br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true}"#,
@@ -245,6 +313,7 @@ mod tests {
                 model: Some("gpt-4o".into()),
                 stream: true,
                 include_usage: false,
+                has_stream_options: false,
             })
         );
         assert_eq!(

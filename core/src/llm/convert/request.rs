@@ -26,6 +26,23 @@ pub fn anthropic_request_body_to_openai(body: &[u8]) -> Result<Vec<u8>, ConvertE
     serde_json::to_vec(&converted).map_err(|err| ConvertError::InvalidRequest(err.to_string()))
 }
 
+/// Parses an Anthropic messages request body, converts it for `upstream_model` (the model
+/// id the OpenAI-format upstream knows) and applies that model's parameter rules
+/// ([`crate::llm::model_rules::apply_openai_model_rules`], with `upstream_cap` as the
+/// upstream's own output cap); the result is serialized JSON.
+pub fn anthropic_request_body_to_openai_for_model(
+    body: &[u8],
+    upstream_model: &str,
+    upstream_cap: Option<u32>,
+) -> Result<Vec<u8>, ConvertError> {
+    let request: an::MessagesRequest = serde_json::from_slice(body)
+        .map_err(|err| ConvertError::InvalidRequest(err.to_string()))?;
+    let mut converted = anthropic_request_to_openai(request)?;
+    converted.model = upstream_model.to_owned();
+    crate::llm::model_rules::apply_openai_model_rules_capped(&mut converted, upstream_cap);
+    serde_json::to_vec(&converted).map_err(|err| ConvertError::InvalidRequest(err.to_string()))
+}
+
 /// OpenAI chat request -> Anthropic messages request.
 ///
 /// - `system` and `developer` messages, wherever they are, become the top-level `system`
@@ -65,7 +82,9 @@ pub fn openai_request_to_anthropic(
                 }
                 continue;
             }
-            oa::ChatMessage::User { content, .. } => (an::Role::User, user_blocks(content)),
+            oa::ChatMessage::User { content, .. } => {
+                (an::Role::User, user_blocks(content, message_index)?)
+            }
             oa::ChatMessage::Assistant {
                 content,
                 tool_calls,
@@ -177,13 +196,45 @@ pub fn openai_request_to_anthropic(
         tool_choice
     };
 
+    let max_tokens = request
+        .max_completion_tokens
+        .or(request.max_tokens)
+        .unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS);
+    let forced_tool = matches!(
+        tool_choice,
+        Some(an::ToolChoice::Any { .. } | an::ToolChoice::Tool { .. })
+    );
+    // Mid tool loop (the last turn carries tool results), Anthropic wants the previous
+    // assistant turn to start with its signed thinking block, which an OpenAI client does
+    // not send back: thinking stays off there.
+    let in_tool_loop = messages.last().is_some_and(|m| match &m.content {
+        an::MessageContent::Blocks(blocks) => blocks
+            .iter()
+            .any(|b| matches!(b, an::ContentBlock::ToolResult { .. })),
+        an::MessageContent::Text(_) => false,
+    });
+    let thinking = if forced_tool || in_tool_loop {
+        None
+    } else {
+        request
+            .reasoning_effort
+            .as_deref()
+            .and_then(|effort| thinking_for_effort(effort, max_tokens))
+    };
+    // Anthropic refuses sampling changes with thinking on.
+    let (temperature, top_p) = if thinking.is_some() {
+        (None, None)
+    } else {
+        (
+            request.temperature.map(|t| t.clamp(0.0, 1.0)),
+            request.top_p,
+        )
+    };
+
     Ok(an::MessagesRequest {
         model: request.model,
         messages,
-        max_tokens: request
-            .max_completion_tokens
-            .or(request.max_tokens)
-            .unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS),
+        max_tokens,
         system: if system_parts.is_empty() {
             None
         } else {
@@ -193,8 +244,8 @@ pub fn openai_request_to_anthropic(
             .stop
             .map(oa::StopSequences::into_vec)
             .filter(|stops| !stops.is_empty()),
-        temperature: request.temperature.map(|t| t.clamp(0.0, 1.0)),
-        top_p: request.top_p,
+        temperature,
+        top_p,
         top_k: None,
         metadata: request.user.map(|user| an::Metadata {
             user_id: Some(user),
@@ -202,7 +253,61 @@ pub fn openai_request_to_anthropic(
         stream: request.stream,
         tools: tools.filter(|t| !t.is_empty()),
         tool_choice,
+        thinking,
+        output_config: None,
+        mcp_servers: None,
     })
+}
+
+/// Thinking budgets for OpenAI's `reasoning_effort` levels, in tokens.
+pub const THINKING_BUDGET_LOW: u32 = 2048;
+pub const THINKING_BUDGET_MEDIUM: u32 = 8192;
+pub const THINKING_BUDGET_HIGH: u32 = 24576;
+/// Anthropic's smallest thinking budget.
+pub const THINKING_BUDGET_MIN: u32 = 1024;
+
+/// OpenAI `reasoning_effort` -> Anthropic `thinking`: `none`/`minimal` -> off; low, medium,
+/// high (and `xhigh`) -> enabled with [`THINKING_BUDGET_LOW`] / `_MEDIUM` / `_HIGH`, cut to
+/// fit under `max_tokens` (Anthropic counts thinking in `max_tokens`); off when less than
+/// [`THINKING_BUDGET_MIN`] would be left.
+pub fn thinking_for_effort(effort: &str, max_tokens: u32) -> Option<an::ThinkingConfig> {
+    let budget = match effort {
+        "low" => THINKING_BUDGET_LOW,
+        "medium" => THINKING_BUDGET_MEDIUM,
+        "high" | "xhigh" => THINKING_BUDGET_HIGH,
+        _ => return None,
+    };
+    let budget = budget.min(max_tokens.saturating_sub(1024).max(max_tokens / 2));
+    (budget >= THINKING_BUDGET_MIN).then_some(an::ThinkingConfig::Enabled {
+        budget_tokens: budget,
+    })
+}
+
+/// Anthropic `output_config.effort`, else `thinking` -> OpenAI `reasoning_effort`:
+/// effort low/medium/high/max -> low/medium/high/high; thinking enabled with a budget below
+/// 4096 -> low, below 16384 -> medium, else high; `disabled` -> `minimal` (the per-model rules
+/// raise it to the model's lowest level); adaptive or absent -> none (the model's default).
+pub fn effort_for_thinking(
+    thinking: Option<&an::ThinkingConfig>,
+    output_config: Option<&an::OutputConfig>,
+) -> Option<String> {
+    if let Some(effort) = output_config.and_then(|c| c.effort.as_deref()) {
+        let mapped = match effort {
+            "low" => "low",
+            "medium" => "medium",
+            "high" | "max" => "high",
+            _ => return None,
+        };
+        return Some(mapped.to_owned());
+    }
+    let effort = match thinking? {
+        an::ThinkingConfig::Enabled { budget_tokens } if *budget_tokens < 4096 => "low",
+        an::ThinkingConfig::Enabled { budget_tokens } if *budget_tokens < 16384 => "medium",
+        an::ThinkingConfig::Enabled { .. } => "high",
+        an::ThinkingConfig::Disabled => "minimal",
+        an::ThinkingConfig::Adaptive | an::ThinkingConfig::Unknown => return None,
+    };
+    Some(effort.to_owned())
 }
 
 fn push_text(blocks: &mut Vec<an::ContentBlock>, text: String) {
@@ -211,8 +316,11 @@ fn push_text(blocks: &mut Vec<an::ContentBlock>, text: String) {
     }
 }
 
-fn user_blocks(content: oa::MessageContent) -> Vec<an::ContentBlock> {
-    match content {
+fn user_blocks(
+    content: oa::MessageContent,
+    message_index: usize,
+) -> Result<Vec<an::ContentBlock>, ConvertError> {
+    Ok(match content {
         oa::MessageContent::Text(text) => {
             let mut blocks = Vec::new();
             push_text(&mut blocks, text);
@@ -228,25 +336,55 @@ fn user_blocks(content: oa::MessageContent) -> Vec<an::ContentBlock> {
                             source: image_source_from_url(image_url.url),
                         })
                     }
+                    oa::ContentPart::File { file } => {
+                        blocks.push(document_from_file(file, message_index)?)
+                    }
                     oa::ContentPart::Unknown => {}
                 }
             }
             blocks
         }
-    }
+    })
+}
+
+/// An OpenAI `file` part (inline `file_data`) -> an Anthropic document block. A file id
+/// refers to OpenAI's file storage, which an Anthropic upstream cannot read: 400.
+fn document_from_file(
+    file: oa::FileInput,
+    message_index: usize,
+) -> Result<an::ContentBlock, ConvertError> {
+    let Some(data_url) = file.file_data else {
+        return Err(ConvertError::Unsupported(format!(
+            "messages[{message_index}]: a `file` part by `file_id` refers to OpenAI's file \
+             storage and cannot be sent to an Anthropic upstream; send it inline as `file_data`"
+        )));
+    };
+    let (media_type, data) = match split_data_url(&data_url) {
+        Some((media_type, data)) => (media_type.to_owned(), data.to_owned()),
+        // Bare base64 (some clients omit the `data:` prefix): a PDF.
+        None => ("application/pdf".to_owned(), data_url),
+    };
+    Ok(an::ContentBlock::Document {
+        source: an::DocumentSource::Base64 { media_type, data },
+        title: file.filename,
+    })
+}
+
+/// `data:<media_type>;base64,<data>` -> (media type, data).
+fn split_data_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("data:")?;
+    let (header, data) = rest.split_once(',')?;
+    let media_type = header.strip_suffix(";base64")?;
+    Some((media_type, data))
 }
 
 /// `data:<media_type>;base64,<data>` -> base64 source; anything else -> url source.
 fn image_source_from_url(url: String) -> an::ImageSource {
-    if let Some(rest) = url.strip_prefix("data:") {
-        if let Some((header, data)) = rest.split_once(',') {
-            if let Some(media_type) = header.strip_suffix(";base64") {
-                return an::ImageSource::Base64 {
-                    media_type: media_type.to_owned(),
-                    data: data.to_owned(),
-                };
-            }
-        }
+    if let Some((media_type, data)) = split_data_url(&url) {
+        return an::ImageSource::Base64 {
+            media_type: media_type.to_owned(),
+            data: data.to_owned(),
+        };
     }
     an::ImageSource::Url { url }
 }
@@ -291,11 +429,33 @@ pub fn anthropic_request_to_openai(
             });
         }
     }
-    for message in request.messages {
-        let blocks = message.content.into_blocks();
+    if request.mcp_servers.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(ConvertError::Unsupported(
+            "`mcp_servers` (MCP connector) is run by the Anthropic API itself and cannot be \
+             sent to an OpenAI-format upstream"
+                .into(),
+        ));
+    }
+    for (index, message) in request.messages.into_iter().enumerate() {
         match message.role {
-            an::Role::User => push_user_turn(&mut messages, blocks),
-            an::Role::Assistant => push_assistant_turn(&mut messages, blocks),
+            an::Role::User => push_user_turn(&mut messages, message.content.into_blocks(), index)?,
+            an::Role::Assistant => {
+                push_assistant_turn(&mut messages, message.content.into_blocks())
+            }
+            an::Role::System => {
+                let text = match message.content {
+                    an::MessageContent::Text(text) => text,
+                    an::MessageContent::Blocks(blocks) => {
+                        an::SystemPrompt::Blocks(blocks).joined_text()
+                    }
+                };
+                if !text.is_empty() {
+                    messages.push(oa::ChatMessage::System {
+                        content: oa::MessageContent::Text(text),
+                        name: None,
+                    });
+                }
+            }
         }
     }
 
@@ -304,7 +464,9 @@ pub fn anthropic_request_to_openai(
         if let Some(kind) = tool.kind.as_deref() {
             if kind != "custom" {
                 return Err(ConvertError::Unsupported(format!(
-                    "server tool {:?} (type {kind:?}) cannot be sent to an OpenAI-format upstream",
+                    "server tool {:?} (type {kind:?}) is run by the Anthropic API itself and \
+                     cannot be sent to an OpenAI-format upstream; remove it or route the \
+                     model to an Anthropic upstream",
                     tool.name
                 )));
             }
@@ -347,6 +509,8 @@ pub fn anthropic_request_to_openai(
     };
     let has_tools = !tools.is_empty();
     let streaming = request.stream == Some(true);
+    let reasoning_effort =
+        effort_for_thinking(request.thinking.as_ref(), request.output_config.as_ref());
 
     Ok(oa::ChatCompletionRequest {
         model: request.model,
@@ -372,10 +536,15 @@ pub fn anthropic_request_to_openai(
         }),
         n: None,
         user: request.metadata.and_then(|metadata| metadata.user_id),
+        reasoning_effort,
     })
 }
 
-fn push_user_turn(messages: &mut Vec<oa::ChatMessage>, blocks: Vec<an::ContentBlock>) {
+fn push_user_turn(
+    messages: &mut Vec<oa::ChatMessage>,
+    blocks: Vec<an::ContentBlock>,
+    message_index: usize,
+) -> Result<(), ConvertError> {
     let mut parts = Vec::new();
     for block in blocks {
         match block {
@@ -397,11 +566,17 @@ fn push_user_turn(messages: &mut Vec<oa::ChatMessage>, blocks: Vec<an::ContentBl
                 ),
                 tool_call_id: tool_use_id,
             }),
-            an::ContentBlock::ToolUse { .. } | an::ContentBlock::Unknown => {}
+            an::ContentBlock::Document { source, title } => {
+                parts.push(document_part(source, title, message_index)?)
+            }
+            an::ContentBlock::ToolUse { .. }
+            | an::ContentBlock::Thinking { .. }
+            | an::ContentBlock::RedactedThinking { .. }
+            | an::ContentBlock::Unknown => {}
         }
     }
     let content = match parts.as_slice() {
-        [] => return,
+        [] => return Ok(()),
         [oa::ContentPart::Text { text }] => oa::MessageContent::Text(text.clone()),
         _ => oa::MessageContent::Parts(parts),
     };
@@ -409,6 +584,40 @@ fn push_user_turn(messages: &mut Vec<oa::ChatMessage>, blocks: Vec<an::ContentBl
         content,
         name: None,
     });
+    Ok(())
+}
+
+/// An Anthropic document block -> an OpenAI content part: base64 (PDF) -> a `file` part with
+/// `file_data`; plain text -> a text part (after its title); a URL -> 400 (Chat Completions
+/// takes files inline only).
+fn document_part(
+    source: an::DocumentSource,
+    title: Option<String>,
+    message_index: usize,
+) -> Result<oa::ContentPart, ConvertError> {
+    match source {
+        an::DocumentSource::Base64 { media_type, data } => Ok(oa::ContentPart::File {
+            file: oa::FileInput {
+                filename: Some(title.unwrap_or_else(|| "document.pdf".to_owned())),
+                file_data: Some(format!("data:{media_type};base64,{data}")),
+                file_id: None,
+            },
+        }),
+        an::DocumentSource::Text { data, .. } => Ok(oa::ContentPart::Text {
+            text: match title {
+                Some(title) => format!("{title}\n\n{data}"),
+                None => data,
+            },
+        }),
+        an::DocumentSource::Url { .. } => Err(ConvertError::Unsupported(format!(
+            "messages[{message_index}]: a document with a URL source cannot be sent to an \
+             OpenAI-format upstream (Chat Completions takes files inline); send it as base64"
+        ))),
+        an::DocumentSource::Unknown => Err(ConvertError::Unsupported(format!(
+            "messages[{message_index}]: this document source (file or content blocks) cannot \
+             be sent to an OpenAI-format upstream; send it as base64 or text"
+        ))),
+    }
 }
 
 fn push_assistant_turn(messages: &mut Vec<oa::ChatMessage>, blocks: Vec<an::ContentBlock>) {

@@ -32,7 +32,8 @@ pub fn anthropic_response_body_to_openai(
 /// OpenAI chat completion -> Anthropic message. Uses the first choice (there is one, as
 /// requests are sent with `n` = 1); a response without choices is an upstream error.
 ///
-/// Text (and a refusal) become text blocks, tool calls `tool_use` blocks whose `input` is
+/// Reasoning text (`reasoning_content` or `reasoning`, see [`oa::reasoning_text`]) becomes a
+/// leading thinking block with an empty signature. Text (and a refusal) become text blocks, tool calls `tool_use` blocks whose `input` is
 /// the parsed arguments (arguments that are not a JSON object become `{}`: Anthropic
 /// requires an object). `finish_reason` -> `stop_reason`: stop -> end_turn, length ->
 /// max_tokens, tool_calls -> tool_use, content_filter -> refusal (`stop_sequence` is always
@@ -47,6 +48,15 @@ pub fn openai_response_to_anthropic(
         ));
     };
     let mut content = Vec::new();
+    if let Some(reasoning) =
+        oa::reasoning_text(&choice.message.reasoning_content, &choice.message.reasoning)
+    {
+        // OpenAI-compatible servers do not sign their reasoning; the signature stays empty.
+        content.push(an::ContentBlock::Thinking {
+            thinking: reasoning.to_owned(),
+            signature: String::new(),
+        });
+    }
     if let Some(text) = choice.message.content.filter(|t| !t.is_empty()) {
         content.push(an::ContentBlock::Text { text });
     }
@@ -101,7 +111,8 @@ pub(crate) fn arguments_object(arguments: &str) -> Value {
 /// (seconds) to report.
 ///
 /// Text blocks are concatenated into `content` (`null` when there is none), `tool_use`
-/// blocks become `tool_calls`; thinking and other blocks are dropped. `stop_reason` ->
+/// blocks become `tool_calls`; thinking blocks become `reasoning_content` (the field
+/// OpenAI-compatible reasoning servers use); redacted thinking and other blocks are dropped. `stop_reason` ->
 /// `finish_reason`: end_turn / stop_sequence / pause_turn / null -> stop, max_tokens ->
 /// length, tool_use -> tool_calls, refusal -> content_filter. Usage: `prompt_tokens` =
 /// input + cache read + cache creation tokens (OpenAI counts cached tokens in the prompt),
@@ -111,10 +122,12 @@ pub fn anthropic_response_to_openai(
     created: u64,
 ) -> oa::ChatCompletion {
     let mut text = String::new();
+    let mut reasoning = String::new();
     let mut tool_calls = Vec::new();
     for block in response.content {
         match block {
             an::ContentBlock::Text { text: piece } => text.push_str(&piece),
+            an::ContentBlock::Thinking { thinking, .. } => reasoning.push_str(&thinking),
             an::ContentBlock::ToolUse { id, name, input } => tool_calls.push(oa::ToolCall {
                 id,
                 kind: "function".into(),
@@ -144,6 +157,8 @@ pub fn anthropic_response_to_openai(
                 content: (!text.is_empty() || tool_calls.is_empty()).then_some(text),
                 tool_calls: (!tool_calls.is_empty()).then_some(tool_calls),
                 refusal: None,
+                reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                reasoning: None,
             },
             finish_reason: Some(
                 stop_reason_to_finish_reason(response.stop_reason.as_deref()).into(),

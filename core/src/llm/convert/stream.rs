@@ -66,7 +66,8 @@ fn kind_from_openai_error(error: &Value) -> ApiErrorKind {
 /// `content` deltas and `tool_calls` deltas (`index` counts tool calls from 0; the first
 /// fragment carries `id`, `type` and `function.name`, later ones `function.arguments`), then a
 /// chunk with `finish_reason`, then, when `include_usage`, a usage chunk with empty
-/// `choices`, then `data: [DONE]`. Thinking deltas are dropped.
+/// `choices`, then `data: [DONE]`. Thinking deltas become `reasoning_content` deltas (the
+/// field OpenAI-compatible reasoning servers use; clients that do not know it ignore it).
 #[derive(Debug, Clone)]
 pub struct AnthropicToOpenAiStream {
     id: String,
@@ -200,7 +201,18 @@ impl AnthropicToOpenAiStream {
                             }
                         }
                     }
-                    an::BlockDelta::Unknown => {}
+                    an::BlockDelta::ThinkingDelta { thinking } => {
+                        if !thinking.is_empty() {
+                            out.push(self.chunk(
+                                oa::ChunkDelta {
+                                    reasoning_content: Some(thinking),
+                                    ..Default::default()
+                                },
+                                None,
+                            ));
+                        }
+                    }
+                    an::BlockDelta::SignatureDelta { .. } | an::BlockDelta::Unknown => {}
                 }
             }
             an::MessageStreamEvent::MessageDelta { delta, usage } => {
@@ -350,6 +362,7 @@ fn done_event() -> StreamEvent {
 enum OpenBlock {
     Text(u32),
     Tool(u32),
+    Thinking(u32),
 }
 
 /// Only the `error` member, to tell an in-stream error from a chunk.
@@ -361,7 +374,8 @@ struct ErrorProbe {
 
 /// Upstream speaks OpenAI chunks, the client expects Anthropic Messages streaming events.
 ///
-/// Output: `message_start` (on the first chunk), then per run of text a text block
+/// Output: `message_start` (on the first chunk), then per run of reasoning text
+/// (`reasoning_content` / `reasoning`) a thinking block with `thinking_delta`s, per run of text a text block
 /// (`content_block_start` / `text_delta`s / `content_block_stop`) and per tool call a
 /// `tool_use` block (`content_block_start` with id and name and `input: {}`, then
 /// `input_json_delta`s carrying the argument fragments), then at `data: [DONE]` (or at
@@ -450,6 +464,12 @@ impl OpenAiToAnthropicStream {
         let Some(choice) = chunk.choices.into_iter().find(|c| c.index == 0) else {
             return out;
         };
+        if let Some(reasoning) =
+            oa::reasoning_text(&choice.delta.reasoning_content, &choice.delta.reasoning)
+        {
+            let reasoning = reasoning.to_owned();
+            self.push_thinking(&mut out, reasoning);
+        }
         for text in [choice.delta.content, choice.delta.refusal]
             .into_iter()
             .flatten()
@@ -535,7 +555,9 @@ impl OpenAiToAnthropicStream {
     }
 
     fn close_open_block(&mut self, out: &mut Vec<StreamEvent>) {
-        if let Some(OpenBlock::Text(index) | OpenBlock::Tool(index)) = self.open_block.take() {
+        if let Some(OpenBlock::Text(index) | OpenBlock::Tool(index) | OpenBlock::Thinking(index)) =
+            self.open_block.take()
+        {
             out.push(anthropic_event(&an::MessageStreamEvent::ContentBlockStop {
                 index,
             }));
@@ -548,6 +570,7 @@ impl OpenAiToAnthropicStream {
         self.next_block_index = self.next_block_index.saturating_add(1);
         self.open_block = Some(match block {
             an::ContentBlock::ToolUse { .. } => OpenBlock::Tool(index),
+            an::ContentBlock::Thinking { .. } => OpenBlock::Thinking(index),
             _ => OpenBlock::Text(index),
         });
         out.push(anthropic_event(
@@ -576,6 +599,25 @@ impl OpenAiToAnthropicStream {
             &an::MessageStreamEvent::ContentBlockDelta {
                 index,
                 delta: an::BlockDelta::TextDelta { text },
+            },
+        ));
+    }
+
+    fn push_thinking(&mut self, out: &mut Vec<StreamEvent>, thinking: String) {
+        let index = match self.open_block {
+            Some(OpenBlock::Thinking(index)) => index,
+            _ => self.open_new_block(
+                out,
+                an::ContentBlock::Thinking {
+                    thinking: String::new(),
+                    signature: String::new(),
+                },
+            ),
+        };
+        out.push(anthropic_event(
+            &an::MessageStreamEvent::ContentBlockDelta {
+                index,
+                delta: an::BlockDelta::ThinkingDelta { thinking },
             },
         ));
     }

@@ -56,6 +56,14 @@ fn block_size(block: &an::ContentBlock) -> (usize, u64) {
     match block {
         an::ContentBlock::Text { text } => (text.chars().count(), 0),
         an::ContentBlock::Image { .. } => (0, 1),
+        an::ContentBlock::Thinking { thinking, .. } => (thinking.chars().count(), 0),
+        an::ContentBlock::Document {
+            source: an::DocumentSource::Text { data, .. },
+            ..
+        } => (data.chars().count(), 0),
+        // A PDF: counted like an image per document (pages are not known without parsing).
+        an::ContentBlock::Document { .. } => (0, 1),
+        an::ContentBlock::RedactedThinking { .. } => (0, 0),
         an::ContentBlock::ToolUse { name, input, .. } => (
             name.chars()
                 .count()

@@ -265,7 +265,26 @@ pub fn gemini_request_to_openai(
         }),
         n: config.candidate_count,
         user: None,
+        reasoning_effort: thinking_to_effort(config.thinking_config.as_ref()),
     })
+}
+
+/// `thinkingConfig` as an OpenAI `reasoning_effort`: `thinkingLevel` by name, a
+/// `thinkingBudget` by size (0: off, which Chat Completions says as `minimal`; -1, dynamic:
+/// left to the model). The per-model rules then fit it to what the served model takes.
+fn thinking_to_effort(config: Option<&super::ThinkingConfig>) -> Option<String> {
+    let config = config?;
+    if let Some(level) = config.thinking_level.as_deref() {
+        let level = level.to_ascii_lowercase();
+        return matches!(level.as_str(), "minimal" | "low" | "medium" | "high").then_some(level);
+    }
+    match config.thinking_budget? {
+        0 => Some("minimal".into()),
+        b if b < 0 => None,
+        b if b <= 2_048 => Some("low".into()),
+        b if b <= 16_384 => Some("medium".into()),
+        _ => Some("high".into()),
+    }
 }
 
 fn joined_text(parts: &[Part], separator: &str) -> String {
@@ -286,6 +305,9 @@ fn message_parts(content: oa::MessageContent) -> Vec<Part> {
             .filter_map(|part| match part {
                 oa::ContentPart::Text { text } => Some(Part::text(text)),
                 oa::ContentPart::ImageUrl { image_url } => Some(image_part(image_url.url)),
+                // Inline files (a `data:` URL) become inline data; a file id has no Gemini
+                // equivalent and is dropped.
+                oa::ContentPart::File { file } => file.file_data.map(image_part),
                 oa::ContentPart::Unknown => None,
             })
             .collect(),

@@ -156,9 +156,14 @@ pub fn gemini_response_to_openai(
         .map(|(i, candidate)| {
             let parts = candidate.content.map(|c| c.parts).unwrap_or_default();
             let mut text = String::new();
+            let mut thoughts = String::new();
             let mut calls = Vec::new();
             for part in parts {
                 if part.thought == Some(true) {
+                    // Thought summaries come back as reasoning text.
+                    if let Some(t) = part.text {
+                        thoughts.push_str(&t);
+                    }
                     continue;
                 }
                 if let Some(t) = part.text {
@@ -191,6 +196,8 @@ pub fn gemini_response_to_openai(
                     content: (!text.is_empty() || calls.is_empty()).then_some(text),
                     tool_calls: (!calls.is_empty()).then_some(calls),
                     refusal: None,
+                    reasoning_content: (!thoughts.is_empty()).then_some(thoughts),
+                    reasoning: None,
                 },
                 finish_reason: Some(finish.to_owned()),
                 logprobs: None,
