@@ -108,8 +108,6 @@ mod control;
 mod gemini;
 #[path = "mock_upstream/openai.rs"]
 mod openai;
-#[path = "mock_upstream/strict_agents.rs"]
-mod strict_agents;
 #[path = "mock_upstream/validate.rs"]
 mod validate;
 

@@ -6,8 +6,8 @@ tool's output with text that echoes it (`mock reply: ...`). A test passes when t
 its final answer holds the canary (so the tool really ran and its output made the round trip),
 and the upstream saw only its own protocol with gate's upstream key.
 
-Routes that need work of issue 12 not on this branch yet are marked xfail (strict=False) with the
-reason; they turn into passes as that work lands.
+The one route not built yet (the google provider speaking Gemini natively) is marked xfail
+(strict=False) with the reason.
 """
 
 from __future__ import annotations
@@ -37,18 +37,16 @@ from e2e_support import (
 
 PROMPT = "Read the file notes.txt in the current directory and tell me exactly what it says."
 
-NEEDS_MESSAGES_CONVERSION = "Claude Code's current request shapes (system messages mid-conversation, adaptive thinking, max_tokens on reasoning models) toward an OpenAI upstream: issue 12 part A (branch agents)"
-NEEDS_RESPONSES_EVERYWHERE = "/v1/responses on non-OpenAI upstreams: issue 12 part A (branch agents)"
-NEEDS_NATIVE_GEMINI_UPSTREAM = "the google provider speaking Gemini natively (generativelanguage v1beta): issue 12 part B step 3, not done on this branch"
+NEEDS_NATIVE_GEMINI_UPSTREAM = "the google provider speaking Gemini natively (generativelanguage v1beta): issue 12, not done yet"
 
 
 def upstreams(mock: MockUpstream) -> dict:
     return {
         "anthropic_mock": anthropic_upstream(mock.url, [CLAUDE_MODEL]),
-        "openai_mock": openai_upstream(mock.url, [OPENAI_REASONING_MODEL]),
-        # Stands for an OpenAI-compatible server without the Responses API (Groq, vLLM, Ollama):
-        # how an upstream says so is part A's (branch agents) per-upstream setting.
-        "chat_only_mock": openai_upstream(mock.url, [OPENAI_CHAT_ONLY_MODEL]),
+        # Serves /v1/responses itself, as OpenAI does (`custom` upstreams default to no).
+        "openai_mock": openai_upstream(mock.url, [OPENAI_REASONING_MODEL], responses=True),
+        # An OpenAI-compatible server without the Responses API (Groq, vLLM, Ollama).
+        "chat_only_mock": openai_upstream(mock.url, [OPENAI_CHAT_ONLY_MODEL], responses=False),
         # The google provider on Google's OpenAI-compatible endpoint (what it speaks today).
         "gemini_mock": {
             "provider": "google",
@@ -101,7 +99,6 @@ def test_claude_code_anthropic_upstream(mock, gate_factory, workspace):
         assert record.header("x-api-key") == ANTHROPIC_UPSTREAM_KEY
 
 
-@pytest.mark.xfail(reason=NEEDS_MESSAGES_CONVERSION, strict=False)
 def test_claude_code_openai_upstream_unknown_model(mock, gate_factory, workspace):
     gate = gate_factory(upstreams(mock))
     script_tool_call(mock, "Read", {"file_path": str(workspace.notes)})
@@ -126,7 +123,6 @@ def test_codex_openai_upstream(mock, gate_factory, workspace):
     assert_tool_round_trip(run, mock, workspace, "/v1/responses")
 
 
-@pytest.mark.xfail(reason=NEEDS_RESPONSES_EVERYWHERE, strict=False)
 def test_codex_anthropic_upstream(mock, gate_factory, workspace):
     gate = gate_factory(upstreams(mock))
     script_tool_call(mock, "exec_command", codex_shell_call(workspace))
@@ -134,7 +130,6 @@ def test_codex_anthropic_upstream(mock, gate_factory, workspace):
     assert_tool_round_trip(run, mock, workspace, "/v1/messages")
 
 
-@pytest.mark.xfail(reason=NEEDS_RESPONSES_EVERYWHERE, strict=False)
 def test_codex_chat_only_upstream(mock, gate_factory, workspace):
     gate = gate_factory(upstreams(mock))
     script_tool_call(mock, "exec_command", codex_shell_call(workspace))

@@ -73,7 +73,6 @@ fn chosen_tool(
 
 /// `POST /v1/chat/completions`.
 pub fn chat(mock: &Mock, request: &Value, scripted: Option<&ForcedCall>) -> Outcome {
-    crate::strict_agents::check_chat_request(request).map_err(bad_request)?;
     let model = required_model(request)?;
     let messages = request
         .get("messages")

@@ -151,12 +151,14 @@ const GEMINI_GENERATION_FIELDS: &[&str] = &[
     "mediaResolution",
 ];
 
-/// Reasoning models refuse `max_tokens` (and want `max_completion_tokens`).
+/// Reasoning models refuse `max_tokens` (and want `max_completion_tokens`): the o-series and
+/// gpt-5 (`gpt-5`, `gpt-5-mini`, `gpt-5.1`), not `gpt-5-chat`.
 pub fn is_openai_reasoning_model(model: &str) -> bool {
-    let model = model.rsplit('/').next().unwrap_or(model);
-    ["o1", "o3", "o4", "gpt-5"]
-        .iter()
-        .any(|p| model == *p || model.starts_with(&format!("{p}-")))
+    let id = model.rsplit('/').next().unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+        id.strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-') || rest.starts_with('.'))
+    }) && !id.starts_with("gpt-5-chat")
 }
 
 fn unknown_field<'a>(request: &'a Value, known: &[&str]) -> Option<&'a str> {
