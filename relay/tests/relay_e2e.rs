@@ -824,6 +824,12 @@ async fn token_quotas<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<
         "{refusal}"
     );
     health_via_relay(&rt, https, &second.node_name, &second.certificate).await?;
+    // The relay counts a forwarded connection until both ends have closed it, a moment after
+    // the client has its answer.
+    wait_until(&rt, Duration::from_secs(10), "connection released", || {
+        relay.stats().forwarded_open == 0
+    })
+    .await?;
 
     // Connections at once: the token's one connection is held, the next gets an alert.
     let name = first.custom_name.clone().unwrap_or_default();
