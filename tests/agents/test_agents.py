@@ -153,7 +153,6 @@ def test_gemini_cli_gemini_upstream(mock, gate_factory, workspace):
         assert record.header("authorization") == f"Bearer {GEMINI_UPSTREAM_KEY}"
 
 
-@pytest.mark.xfail(reason=NEEDS_NATIVE_GEMINI_UPSTREAM, strict=False)
 def test_gemini_cli_native_gemini_upstream(mock, gate_factory, workspace):
     ups = upstreams(mock)
     ups["gemini_mock"]["base_url"] = f"{mock.url}/v1beta"
