@@ -37,8 +37,6 @@ from e2e_support import (
 
 PROMPT = "Read the file notes.txt in the current directory and tell me exactly what it says."
 
-NEEDS_NATIVE_GEMINI_UPSTREAM = "the google provider speaking Gemini natively (generativelanguage v1beta): issue 12, not done yet"
-
 
 def upstreams(mock: MockUpstream) -> dict:
     return {
