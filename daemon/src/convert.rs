@@ -173,11 +173,9 @@ pub fn stream_converter(
             to_chat: AnthropicToOpenAiStream::new(model, unix_now(), true),
             to_responses: ChatToResponsesStream::new(model, unix_now()),
         }),
-        Translation::ChatToGemini => Box::new(GeminiToOpenAiStream::new(
-            model,
-            unix_now(),
-            include_usage,
-        )),
+        Translation::ChatToGemini => {
+            Box::new(GeminiToOpenAiStream::new(model, unix_now(), include_usage))
+        }
         Translation::MessagesToGemini => Box::new(GeminiThroughChat {
             to_chat: GeminiToOpenAiStream::new(model, unix_now(), true),
             leg: ChatLeg::Anthropic(OpenAiToAnthropicStream::new(model)),
@@ -247,7 +245,9 @@ fn to_gemini(
         serde_json::from_slice(&chat).map_err(|e| e.to_string())?;
     let mut request = gemini::openai_request_to_gemini(request).map_err(|e| e.to_string())?;
     if let Some(cap) = upstream_cap {
-        let config = request.generation_config.get_or_insert_with(Default::default);
+        let config = request
+            .generation_config
+            .get_or_insert_with(Default::default);
         config.max_output_tokens = Some(config.max_output_tokens.map_or(cap, |m| m.min(cap)));
     }
     serde_json::to_vec(&request).map_err(|e| e.to_string())
