@@ -10,6 +10,7 @@ use gate_core::llm::convert::{
     StreamEvent,
 };
 use gate_core::llm::endpoint::Translation;
+use gate_core::llm::gemini::{self, GeminiToOpenAiStream};
 use gate_core::llm::sse;
 
 fn unix_now() -> u64 {
@@ -102,6 +103,56 @@ impl StreamConverter for AnthropicToResponses {
     }
 }
 
+impl StreamConverter for GeminiToOpenAiStream {
+    fn event(&mut self, _event: Option<&str>, data: &str) -> Vec<Bytes> {
+        encode_events(self.handle_data(data))
+    }
+    fn finish(&mut self, _clean: bool) -> Vec<Bytes> {
+        encode_events(GeminiToOpenAiStream::finish(self))
+    }
+}
+
+/// The second leg after Gemini -> Chat Completions: Chat chunks to the client's protocol.
+enum ChatLeg {
+    Anthropic(OpenAiToAnthropicStream),
+    Responses(ChatToResponsesStream),
+}
+
+/// Gemini chunks -> Chat Completions chunks -> Anthropic or Responses events.
+struct GeminiThroughChat {
+    to_chat: GeminiToOpenAiStream,
+    leg: ChatLeg,
+}
+
+impl GeminiThroughChat {
+    fn relay(&mut self, chunks: Vec<StreamEvent>) -> Vec<StreamEvent> {
+        let mut out = Vec::new();
+        for chunk in chunks {
+            out.extend(match &mut self.leg {
+                ChatLeg::Anthropic(c) => c.handle_event(None, &chunk.data),
+                ChatLeg::Responses(c) => c.handle_event(None, &chunk.data),
+            });
+        }
+        out
+    }
+}
+
+impl StreamConverter for GeminiThroughChat {
+    fn event(&mut self, _event: Option<&str>, data: &str) -> Vec<Bytes> {
+        let chunks = self.to_chat.handle_data(data);
+        encode_events(self.relay(chunks))
+    }
+    fn finish(&mut self, _clean: bool) -> Vec<Bytes> {
+        let chunks = self.to_chat.finish();
+        let mut out = self.relay(chunks);
+        out.extend(match &mut self.leg {
+            ChatLeg::Anthropic(c) => c.finish(),
+            ChatLeg::Responses(c) => c.finish(),
+        });
+        encode_events(out)
+    }
+}
+
 /// The stream converter for a request travelling by `translation` (`None` for
 /// pass-through).
 pub fn stream_converter(
@@ -121,6 +172,17 @@ pub fn stream_converter(
         Translation::ResponsesToMessages => Box::new(AnthropicToResponses {
             to_chat: AnthropicToOpenAiStream::new(model, unix_now(), true),
             to_responses: ChatToResponsesStream::new(model, unix_now()),
+        }),
+        Translation::ChatToGemini => {
+            Box::new(GeminiToOpenAiStream::new(model, unix_now(), include_usage))
+        }
+        Translation::MessagesToGemini => Box::new(GeminiThroughChat {
+            to_chat: GeminiToOpenAiStream::new(model, unix_now(), true),
+            leg: ChatLeg::Anthropic(OpenAiToAnthropicStream::new(model)),
+        }),
+        Translation::ResponsesToGemini => Box::new(GeminiThroughChat {
+            to_chat: GeminiToOpenAiStream::new(model, unix_now(), true),
+            leg: ChatLeg::Responses(ChatToResponsesStream::new(model, unix_now())),
         }),
     })
 }
@@ -155,11 +217,60 @@ pub fn request(
             core_convert::responses_request_body_to_anthropic(body, upstream_model)
                 .map_err(|e| e.to_string())
         }
+        // The Gemini request has no model (it is in the path): Chat is the hub.
+        Translation::ChatToGemini => to_gemini(Ok(body.to_vec()), upstream_cap),
+        Translation::MessagesToGemini => to_gemini(
+            core_convert::anthropic_request_body_to_openai_for_model(
+                body,
+                upstream_model,
+                upstream_cap,
+            ),
+            upstream_cap,
+        ),
+        Translation::ResponsesToGemini => to_gemini(
+            core_convert::responses_request_body_to_chat(body, upstream_model, upstream_cap),
+            upstream_cap,
+        ),
     }
 }
 
-/// Converts an upstream response body for a request that travelled by `translation`.
-pub fn response(translation: Translation, body: &[u8]) -> Result<Vec<u8>, String> {
+/// A Chat Completions request (or the error of making one) as a Gemini request, its
+/// `maxOutputTokens` capped at `upstream_cap`.
+fn to_gemini(
+    chat: Result<Vec<u8>, core_convert::ConvertError>,
+    upstream_cap: Option<u32>,
+) -> Result<Vec<u8>, String> {
+    let chat = chat.map_err(|e| e.to_string())?;
+    let request: gate_core::llm::openai::ChatCompletionRequest =
+        serde_json::from_slice(&chat).map_err(|e| e.to_string())?;
+    let mut request = gemini::openai_request_to_gemini(request).map_err(|e| e.to_string())?;
+    if let Some(cap) = upstream_cap {
+        let config = request
+            .generation_config
+            .get_or_insert_with(Default::default);
+        config.max_output_tokens = Some(config.max_output_tokens.map_or(cap, |m| m.min(cap)));
+    }
+    serde_json::to_vec(&request).map_err(|e| e.to_string())
+}
+
+/// Converts an upstream response body for a request that travelled by `translation`
+/// (`model`: the name the client asked for, which Gemini answers do not carry).
+pub fn response(translation: Translation, body: &[u8], model: &str) -> Result<Vec<u8>, String> {
+    let from_gemini = || {
+        gemini::gemini_response_body_to_openai(body, model, unix_now()).map_err(|e| e.to_string())
+    };
+    match translation {
+        Translation::ChatToGemini => return from_gemini(),
+        Translation::MessagesToGemini => {
+            return core_convert::openai_response_body_to_anthropic(&from_gemini()?)
+                .map_err(|e| e.to_string())
+        }
+        Translation::ResponsesToGemini => {
+            return core_convert::chat_response_body_to_responses(&from_gemini()?, unix_now())
+                .map_err(|e| e.to_string())
+        }
+        _ => {}
+    }
     match translation {
         Translation::PassThrough => Ok(body.to_vec()),
         Translation::MessagesToChat => core_convert::openai_response_body_to_anthropic(body),
@@ -172,6 +283,9 @@ pub fn response(translation: Translation, body: &[u8]) -> Result<Vec<u8>, String
         Translation::ResponsesToMessages => {
             core_convert::anthropic_response_body_to_responses(body, unix_now())
         }
+        Translation::ChatToGemini
+        | Translation::MessagesToGemini
+        | Translation::ResponsesToGemini => return from_gemini(),
     }
     .map_err(|e| e.to_string())
 }

@@ -15,6 +15,11 @@ pub fn error_body(protocol: WireProtocol, status: StatusCode, message: &str) -> 
     match protocol {
         WireProtocol::OpenAi => errors::openai_error_json(kind, message, None),
         WireProtocol::Anthropic => errors::anthropic_error_json(kind, message),
+        WireProtocol::Gemini => String::from_utf8_lossy(&gate_core::llm::gemini::error_body(
+            status.as_u16(),
+            message,
+        ))
+        .into_owned(),
     }
 }
 
@@ -38,6 +43,14 @@ pub fn stream_error_event(protocol: WireProtocol, status: StatusCode, message: &
     let event = match protocol {
         WireProtocol::OpenAi => errors::openai_stream_error(kind, message),
         WireProtocol::Anthropic => errors::anthropic_stream_error(kind, message),
+        WireProtocol::Gemini => gate_core::llm::convert::StreamEvent {
+            event: None,
+            data: String::from_utf8_lossy(&gate_core::llm::gemini::error_body(
+                status.as_u16(),
+                message,
+            ))
+            .into_owned(),
+        },
     };
     crate::convert::encode_events(vec![event])
         .into_iter()

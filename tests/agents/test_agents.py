@@ -37,8 +37,6 @@ from e2e_support import (
 
 PROMPT = "Read the file notes.txt in the current directory and tell me exactly what it says."
 
-NEEDS_NATIVE_GEMINI_UPSTREAM = "the google provider speaking Gemini natively (generativelanguage v1beta): issue 12, not done yet"
-
 
 def upstreams(mock: MockUpstream) -> dict:
     return {
@@ -153,7 +151,6 @@ def test_gemini_cli_gemini_upstream(mock, gate_factory, workspace):
         assert record.header("authorization") == f"Bearer {GEMINI_UPSTREAM_KEY}"
 
 
-@pytest.mark.xfail(reason=NEEDS_NATIVE_GEMINI_UPSTREAM, strict=False)
 def test_gemini_cli_native_gemini_upstream(mock, gate_factory, workspace):
     ups = upstreams(mock)
     ups["gemini_mock"]["base_url"] = f"{mock.url}/v1beta"

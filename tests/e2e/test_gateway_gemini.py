@@ -189,3 +189,126 @@ def test_google_upstream_through_its_openai_compatible_url(gate_factory, client_
     [record] = mock.requests()
     assert record.path == "/v1beta/openai/chat/completions"
     assert record.header("authorization") == f"Bearer {OPENAI_UPSTREAM_KEY}"
+
+
+# The google provider speaking the Gemini API natively (base_url not ending in /openai):
+# every client protocol reaches `/v1beta/models/{model}:generateContent` (or
+# `:streamGenerateContent?alt=sse`) with the upstream key in `x-goog-api-key`.
+
+NATIVE_MODEL = "gemini-2.5-flash"
+
+
+@pytest.fixture
+def native_gate(gate_factory, mock):
+    return gate_factory(
+        {"google_native": {"provider": "google", "base_url": f"{mock.url}/v1beta",
+                           "api_key": OPENAI_UPSTREAM_KEY, "models": [NATIVE_MODEL]}}
+    )
+
+
+def assert_native_upstream(mock, count: int, stream: bool) -> None:
+    records = mock.requests()
+    method = "streamGenerateContent" if stream else "generateContent"
+    assert [r.path for r in records] == [f"/v1beta/models/{NATIVE_MODEL}:{method}"] * count, [r.path for r in records]
+    for record in records:
+        assert record.header("x-goog-api-key") == OPENAI_UPSTREAM_KEY
+        assert record.header("authorization") is None
+        assert "model" not in record.json()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gemini_client_on_native_upstream(native_gate, client_token, mock, stream):
+    client = genai.Client(api_key=client_token, http_options=types.HttpOptions(base_url=native_gate.url, api_version="v1beta"))
+    if stream:
+        chunks = list(client.models.generate_content_stream(model=NATIVE_MODEL, contents="native words"))
+        assert "".join(c.text or "" for c in chunks) == "mock reply: native words"
+        assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
+    else:
+        response = client.models.generate_content(model=NATIVE_MODEL, contents="native words")
+        assert response.text == "mock reply: native words"
+        assert response.usage_metadata.prompt_token_count > 0
+    assert_native_upstream(mock, 1, stream)
+    assert OPENAI_UPSTREAM_KEY not in native_gate.log()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_chat_on_native_upstream(native_gate, client_token, mock, stream):
+    import openai
+
+    client = openai.OpenAI(api_key=client_token, base_url=f"{native_gate.url}/v1", timeout=CLIENT_TIMEOUT_S)
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello native"}]
+    if stream:
+        chunks = list(client.chat.completions.create(model=NATIVE_MODEL, messages=messages, stream=True,
+                                                     stream_options={"include_usage": True}))
+        text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert text == "mock reply: hello native"
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    else:
+        completion = client.chat.completions.create(model=NATIVE_MODEL, messages=messages, max_tokens=32)
+        assert completion.choices[0].message.content == "mock reply: hello native"
+        assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+        assert completion.choices[0].finish_reason == "stop"
+    assert_native_upstream(mock, 1, stream)
+    sent = mock.requests()[0].json()
+    assert sent["systemInstruction"]["parts"][0]["text"] == "be brief"
+    if not stream:
+        assert sent["generationConfig"]["maxOutputTokens"] == 32
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_openai_sdk_tool_call_on_native_upstream(native_gate, client_token, mock, stream):
+    import openai
+
+    client = openai.OpenAI(api_key=client_token, base_url=f"{native_gate.url}/v1", timeout=CLIENT_TIMEOUT_S)
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_TOOL_SCHEMA}}]
+    question = {"role": "user", "content": "weather in Paris?"}
+    if stream:
+        chunks = list(client.chat.completions.create(model=NATIVE_MODEL, messages=[question], tools=tools, stream=True))
+        parts = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+        name = "".join(p.function.name or "" for p in parts if p.function)
+        arguments = "".join(p.function.arguments or "" for p in parts if p.function)
+        call_id = next(p.id for p in parts if p.id)
+    else:
+        message = client.chat.completions.create(model=NATIVE_MODEL, messages=[question], tools=tools).choices[0].message
+        [call] = message.tool_calls
+        name, arguments, call_id = call.function.name, call.function.arguments, call.id
+    assert name == "get_weather"
+    assert __import__("json").loads(arguments) == {"city": "mock", "unit": "celsius"}
+    final = client.chat.completions.create(
+        model=NATIVE_MODEL, tools=tools,
+        messages=[question,
+                  {"role": "assistant", "content": None,
+                   "tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}]},
+                  {"role": "tool", "tool_call_id": call_id, "content": "sunny and 21C"}],
+    )
+    assert final.choices[0].message.content == "mock reply: sunny and 21C"
+    second = mock.requests()[-1].json()
+    assert second["contents"][-1]["parts"][0]["functionResponse"]["name"] == "get_weather"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_anthropic_sdk_on_native_upstream(native_gate, client_token, mock, stream):
+    import anthropic
+
+    client = anthropic.Anthropic(api_key=client_token, base_url=native_gate.url, timeout=CLIENT_TIMEOUT_S)
+    args = dict(model=NATIVE_MODEL, max_tokens=64, system="be brief", messages=[{"role": "user", "content": "hi from claude"}])
+    if stream:
+        with client.messages.stream(**args) as events:
+            text = "".join(events.text_stream)
+            message = events.get_final_message()
+    else:
+        message = client.messages.create(**args)
+        text = message.content[0].text
+    assert text == "mock reply: hi from claude"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens > 0
+    assert_native_upstream(mock, 1, stream)
+
+
+def test_responses_sdk_on_native_upstream(native_gate, client_token, mock):
+    import openai
+
+    client = openai.OpenAI(api_key=client_token, base_url=f"{native_gate.url}/v1", timeout=CLIENT_TIMEOUT_S)
+    response = client.responses.create(model=NATIVE_MODEL, input="hello responses", store=False)
+    assert response.output_text == "mock reply: hello responses"
+    assert_native_upstream(mock, 1, False)

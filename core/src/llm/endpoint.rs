@@ -102,6 +102,11 @@ impl Endpoint {
                 Translation::ResponsesToChat
             }
             (Endpoint::Responses, WireProtocol::Anthropic) => Translation::ResponsesToMessages,
+            (Endpoint::ChatCompletions, WireProtocol::Gemini) => Translation::ChatToGemini,
+            (Endpoint::Messages | Endpoint::CountTokens, WireProtocol::Gemini) => {
+                Translation::MessagesToGemini
+            }
+            (Endpoint::Responses, WireProtocol::Gemini) => Translation::ResponsesToGemini,
             (Endpoint::ChatCompletions, WireProtocol::Anthropic) => Translation::ChatToMessages,
             (Endpoint::Messages | Endpoint::CountTokens, WireProtocol::OpenAi) => {
                 Translation::MessagesToChat
@@ -119,8 +124,32 @@ impl Endpoint {
             (WireProtocol::OpenAi, _) => "/chat/completions",
             (WireProtocol::Anthropic, Endpoint::CountTokens) => "/v1/messages/count_tokens",
             (WireProtocol::Anthropic, _) => "/v1/messages",
+            // The model is in the path: see [`gemini_upstream_path`].
+            (WireProtocol::Gemini, _) => "",
         }
     }
+}
+
+/// The path under a native Gemini upstream's base URL (`.../v1beta`) for `model`:
+/// `/models/{model}:generateContent`, or `:streamGenerateContent?alt=sse` for a stream. The
+/// model is percent-encoded but for RFC 3986's unreserved characters, so no model name can
+/// reach another path or add a query.
+pub fn gemini_upstream_path(model: &str, stream: bool) -> String {
+    let mut out = String::with_capacity(model.len() + 48);
+    out.push_str("/models/");
+    for byte in model.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out.push_str(if stream {
+        ":streamGenerateContent?alt=sse"
+    } else {
+        ":generateContent"
+    });
+    out
 }
 
 /// How a request travels to its upstream.
@@ -136,6 +165,12 @@ pub enum Translation {
     ResponsesToChat,
     /// Responses client, Anthropic upstream (through Chat Completions).
     ResponsesToMessages,
+    /// Chat Completions client, native Gemini upstream.
+    ChatToGemini,
+    /// Anthropic Messages client, native Gemini upstream (through Chat Completions).
+    MessagesToGemini,
+    /// Responses client, native Gemini upstream (through Chat Completions).
+    ResponsesToGemini,
 }
 
 impl Translation {
@@ -144,6 +179,9 @@ impl Translation {
         match self {
             Translation::ResponsesToChat => "/chat/completions",
             Translation::ResponsesToMessages => "/v1/messages",
+            Translation::ChatToGemini
+            | Translation::MessagesToGemini
+            | Translation::ResponsesToGemini => "",
             _ => endpoint.upstream_path(protocol),
         }
     }
@@ -174,6 +212,7 @@ pub fn forwarded_request_headers(upstream: WireProtocol) -> &'static [&'static s
     match upstream {
         WireProtocol::OpenAi => &["accept", "user-agent", "openai-beta"],
         WireProtocol::Anthropic => &["accept", "user-agent", "anthropic-beta"],
+        WireProtocol::Gemini => &["user-agent"],
     }
 }
 
@@ -280,6 +319,36 @@ mod tests {
             Endpoint::Messages.upstream_path(WireProtocol::OpenAi),
             "/chat/completions"
         );
+    }
+
+    #[test]
+    fn gemini_upstream_paths() {
+        assert_eq!(
+            gemini_upstream_path("gemini-2.5-flash", false),
+            "/models/gemini-2.5-flash:generateContent"
+        );
+        assert_eq!(
+            gemini_upstream_path("a/b?c", true),
+            "/models/a%2Fb%3Fc:streamGenerateContent?alt=sse"
+        );
+        assert_eq!(
+            Endpoint::Messages.translation(WireProtocol::Gemini, false),
+            Translation::MessagesToGemini
+        );
+        assert!(!Endpoint::Embeddings.served_by(WireProtocol::Gemini));
+        assert!(Endpoint::Responses.served_by(WireProtocol::Gemini));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn gemini_paths_stay_in_place(model in ".{0,40}", stream: bool) {
+            let path = gemini_upstream_path(&model, stream);
+            let rest = path.strip_prefix("/models/").unwrap_or_default();
+            proptest::prop_assert!(!rest.contains('/'));
+            proptest::prop_assert!(!rest.contains('#'));
+            proptest::prop_assert_eq!(rest.matches('?').count(), usize::from(stream));
+            proptest::prop_assert_eq!(rest.matches(':').count(), 1);
+        }
     }
 
     #[test]

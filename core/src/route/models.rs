@@ -85,7 +85,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => Some("https://api.openai.com/v1"),
             ProviderKind::Anthropic => Some("https://api.anthropic.com"),
-            ProviderKind::Google => Some("https://generativelanguage.googleapis.com/v1beta/openai"),
+            ProviderKind::Google => Some("https://generativelanguage.googleapis.com/v1beta"),
             ProviderKind::Mistral => Some("https://api.mistral.ai/v1"),
             ProviderKind::Groq => Some("https://api.groq.com/openai/v1"),
             ProviderKind::OpenRouter => Some("https://openrouter.ai/api/v1"),
@@ -132,6 +132,19 @@ impl ProviderKind {
         match self {
             ProviderKind::Anthropic => WireProtocol::Anthropic,
             _ => WireProtocol::OpenAi,
+        }
+    }
+
+    /// The protocol an upstream of this provider at `base_url` speaks: `google` speaks the
+    /// Gemini API natively unless its base URL is Google's OpenAI-compatible one (ends in
+    /// `/openai`, as configs written before the native protocol do); the others, their
+    /// [`ProviderKind::default_protocol`].
+    pub fn protocol_for(self, base_url: &str) -> WireProtocol {
+        match self {
+            ProviderKind::Google if !base_url.trim_end_matches('/').ends_with("/openai") => {
+                WireProtocol::Gemini
+            }
+            _ => self.default_protocol(),
         }
     }
 
@@ -238,6 +251,8 @@ pub enum WireProtocol {
     OpenAi,
     /// Anthropic Messages (`/v1/messages`).
     Anthropic,
+    /// Google's Gemini API (`/models/{model}:generateContent`, `v1beta`).
+    Gemini,
 }
 
 /// One configured upstream, as routing sees it.

@@ -54,7 +54,7 @@ impl<R: Runtime> Gateway<R> {
     pub(super) async fn fetch_model_list(&self, upstream: &UpstreamTarget) -> Option<Vec<String>> {
         const TIMEOUT: Duration = Duration::from_secs(15);
         let url = match upstream.protocol {
-            WireProtocol::OpenAi => format!("{}/models", upstream.base_url),
+            WireProtocol::OpenAi | WireProtocol::Gemini => format!("{}/models", upstream.base_url),
             WireProtocol::Anthropic => format!("{}/v1/models", upstream.base_url),
         };
         let mut builder = Request::builder().method(Method::GET).uri(&url);
@@ -64,13 +64,16 @@ impl<R: Runtime> Gateway<R> {
                     WireProtocol::OpenAi => {
                         HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                     }
-                    WireProtocol::Anthropic => HeaderValue::from_str(key.expose()),
+                    WireProtocol::Anthropic | WireProtocol::Gemini => {
+                        HeaderValue::from_str(key.expose())
+                    }
                 };
                 if let Ok(mut value) = value {
                     value.set_sensitive(true);
                     let name = match upstream.protocol {
                         WireProtocol::OpenAi => http::header::AUTHORIZATION,
                         WireProtocol::Anthropic => http::HeaderName::from_static("x-api-key"),
+                        WireProtocol::Gemini => http::HeaderName::from_static("x-goog-api-key"),
                     };
                     headers.insert(name, value);
                 }
@@ -112,6 +115,23 @@ impl<R: Runtime> Gateway<R> {
             return None;
         }
         let value = serde_json::from_slice::<serde_json::Value>(&body).ok()?;
+        if upstream.protocol == WireProtocol::Gemini {
+            // `{"models": [{"name": "models/gemini-2.5-flash", ...}]}`
+            return Some(
+                value
+                    .get("models")
+                    .and_then(|d| d.as_array())
+                    .map(|items| {
+                        items
+                            .iter()
+                            .filter_map(|m| m.get("name").and_then(|n| n.as_str()))
+                            .map(|n| n.strip_prefix("models/").unwrap_or(n).to_owned())
+                            .take(10_000)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            );
+        }
         Some(
             value
                 .get("data")

@@ -223,9 +223,14 @@ impl<R: Runtime> Gateway<R> {
                 None => upstream_body,
             };
             let strip_usage = strip_usage && upstream_body.len() != body.len();
-            let upstream_req =
-                build_upstream_request(endpoint, &parts.headers, upstream, upstream_body)
-                    .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
+            let upstream_req = build_upstream_request(
+                endpoint,
+                &parts.headers,
+                upstream,
+                upstream_body,
+                (&candidate.upstream_model, stream),
+            )
+            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
             let attempt_started = Instant::now();
             let sent = gate_rt::timeout(
                 &self.rt,

@@ -178,7 +178,16 @@ impl<R: Runtime> Gateway<R> {
             std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
         };
         let mut usage = Usage::default();
-        usage.observe_json(&bytes);
+        if upstream.protocol == WireProtocol::Gemini {
+            // `usageMetadata`, read once converted to Chat Completions' `usage`.
+            if let Ok(chat) =
+                gate_core::llm::gemini::gemini_response_body_to_openai(&bytes, model, 0)
+            {
+                usage.observe_json(&chat);
+            }
+        } else {
+            usage.observe_json(&bytes);
+        }
         self.metrics
             .add_tokens(&upstream.name, model, usage.input, usage.output);
         if same_protocol || endpoint == Endpoint::CountTokens {
@@ -196,7 +205,7 @@ impl<R: Runtime> Gateway<R> {
                 ),
             );
         }
-        match convert::response(translation, &bytes) {
+        match convert::response(translation, &bytes, model) {
             Ok(converted) => {
                 let mut out = Response::new(full_body(Bytes::from(converted)));
                 copy_converted_response_headers(

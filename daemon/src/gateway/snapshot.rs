@@ -49,7 +49,7 @@ impl Snapshot {
         let mut specs = Vec::new();
         for (name, up) in &config.upstreams {
             let provider: ProviderKind = up.provider.name().parse().unwrap_or(ProviderKind::Custom);
-            let protocol = provider.default_protocol();
+            let protocol = provider.protocol_for(&up.base_url);
             let mut spec = UpstreamSpec::new(name.clone(), provider);
             spec.protocol = protocol;
             spec.models = up.models.clone();

@@ -111,19 +111,29 @@ pub(super) async fn collect_with_timeout<R: Runtime>(
     }
 }
 
+/// The request to `upstream` (`(upstream_model, stream)`: a native Gemini upstream takes
+/// both in its path).
 pub(super) fn build_upstream_request(
     endpoint: Endpoint,
     client_headers: &HeaderMap,
     upstream: &UpstreamTarget,
     body: Bytes,
+    (upstream_model, stream): (&str, bool),
 ) -> Result<Request<Full<Bytes>>, String> {
-    let url = format!(
-        "{}{}",
-        upstream.base_url,
-        upstream
-            .translation(endpoint)
-            .upstream_path(endpoint, upstream.protocol)
-    );
+    let url = match upstream.protocol {
+        WireProtocol::Gemini => format!(
+            "{}{}",
+            upstream.base_url,
+            endpoint::gemini_upstream_path(upstream_model, stream)
+        ),
+        _ => format!(
+            "{}{}",
+            upstream.base_url,
+            upstream
+                .translation(endpoint)
+                .upstream_path(endpoint, upstream.protocol)
+        ),
+    };
     let mut builder = Request::builder().method(Method::POST).uri(&url);
     let headers = builder
         .headers_mut()
@@ -149,6 +159,19 @@ pub(super) fn build_upstream_request(
                     })?;
                 value.set_sensitive(true);
                 headers.insert(http::header::AUTHORIZATION, value);
+            }
+        }
+        WireProtocol::Gemini => {
+            // In a header, never in the URL (URLs end up in logs and error messages).
+            if let Some(key) = &upstream.api_key {
+                let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                    format!(
+                        "the api_key of upstream `{}` is not a valid header value",
+                        upstream.name
+                    )
+                })?;
+                value.set_sensitive(true);
+                headers.insert("x-goog-api-key", value);
             }
         }
         WireProtocol::Anthropic => {
