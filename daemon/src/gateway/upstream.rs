@@ -147,50 +147,29 @@ pub(super) fn build_upstream_request(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    match upstream.protocol {
-        WireProtocol::OpenAi => {
-            if let Some(key) = &upstream.api_key {
-                let mut value = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-                    .map_err(|_| {
-                        format!(
-                            "the api_key of upstream `{}` is not a valid header value",
-                            upstream.name
-                        )
-                    })?;
-                value.set_sensitive(true);
-                headers.insert(http::header::AUTHORIZATION, value);
-            }
-        }
-        WireProtocol::Gemini => {
-            // In a header, never in the URL (URLs end up in logs and error messages).
-            if let Some(key) = &upstream.api_key {
-                let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                    format!(
-                        "the api_key of upstream `{}` is not a valid header value",
-                        upstream.name
-                    )
-                })?;
-                value.set_sensitive(true);
-                headers.insert("x-goog-api-key", value);
-            }
-        }
-        WireProtocol::Anthropic => {
-            if let Some(key) = &upstream.api_key {
-                let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                    format!(
-                        "the api_key of upstream `{}` is not a valid header value",
-                        upstream.name
-                    )
-                })?;
-                value.set_sensitive(true);
-                headers.insert("x-api-key", value);
-            }
-            let version = client_headers
-                .get("anthropic-version")
-                .cloned()
-                .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
-            headers.insert("anthropic-version", version);
-        }
+    // The key in the header the protocol names, never in the URL (URLs end up in logs and
+    // error messages), marked sensitive so no debug output shows it.
+    if let Some(key) = &upstream.api_key {
+        let (name, value) = match upstream.protocol {
+            WireProtocol::OpenAi => ("authorization", format!("Bearer {}", key.expose())),
+            WireProtocol::Gemini => ("x-goog-api-key", key.expose().to_owned()),
+            WireProtocol::Anthropic => ("x-api-key", key.expose().to_owned()),
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            format!(
+                "the api_key of upstream `{}` is not a valid header value",
+                upstream.name
+            )
+        })?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if upstream.protocol == WireProtocol::Anthropic {
+        let version = client_headers
+            .get("anthropic-version")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+        headers.insert("anthropic-version", version);
     }
     builder
         .body(Full::new(body))
