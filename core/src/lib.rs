@@ -7,6 +7,7 @@
 //! `runtime-smol`) and the binaries (`daemon/`, `relay/`) own every socket and buffer.
 //!
 //! Modules:
+//! - [`accounting`]: key policies, money, budget periods, usage records.
 //! - [`sni`]: incremental TLS ClientHello reader (server name and ALPN).
 //! - [`tunnel`]: the relay <-> daemon wire protocol: frames, decoder, sessions.
 //! - [`route`]: model routing with a circuit breaker, and the relay's name table.
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accounting;
 pub mod config;
 pub mod llm;
 pub mod route;

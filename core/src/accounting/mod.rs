@@ -1,0 +1,20 @@
+//! Accounting: what a key may do and what it used, as plain data and pure decisions.
+//!
+//! - [`policy`]: a key's policy (allowed models, requests and tokens per minute, a spend
+//!   budget per period, owner) and the model-name globs it is written in;
+//! - [`money`]: amounts of US dollars as integer nano-dollars (no float drift in sums);
+//! - [`period`]: the start of a budget period (UTC day, ISO week, calendar month, total)
+//!   from a Unix time, without a calendar library;
+//! - [`record`]: one request's usage record, as the daemon logs it.
+//!
+//! Time always arrives as an argument (Unix seconds or an `Instant` the caller read).
+
+pub mod money;
+pub mod period;
+pub mod policy;
+pub mod record;
+
+pub use money::Usd;
+pub use period::Period;
+pub use policy::{Budget, KeyPolicy, ModelPatterns};
+pub use record::UsageRecord;
