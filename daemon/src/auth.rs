@@ -17,6 +17,8 @@ use base64::Engine;
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
+use gate_core::accounting::KeyPolicy;
+
 use crate::state;
 
 /// Prefix of Gate API keys; makes them recognisable in a leaked-secret scan.
@@ -35,6 +37,41 @@ pub struct TokenRecord {
     pub created_at: u64,
     /// Expiry, seconds since the Unix epoch, if any.
     pub expires_at: Option<u64>,
+    /// What the key may do (models, rate, budget, owner); absent: no limit.
+    #[serde(default, skip_serializing_if = "KeyPolicy::is_default")]
+    pub policy: KeyPolicy,
+}
+
+/// Who is calling, once authenticated, and what they may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The key id the usage log and the budgets use: a Gate key's id, `jwt:<sub>` for a
+    /// JWT, `loopback` for a trusted loopback client.
+    pub key_id: String,
+    /// The key's name (Gate keys), the JWT's subject, or `loopback`.
+    pub name: String,
+    /// The policy that applies to this request.
+    pub policy: KeyPolicy,
+}
+
+impl Caller {
+    /// A trusted loopback client (`auth.allow_loopback`): no key, no limit.
+    pub fn loopback() -> Self {
+        Self {
+            key_id: "loopback".to_owned(),
+            name: "loopback".to_owned(),
+            policy: KeyPolicy::default(),
+        }
+    }
+
+    /// The caller of a Gate API key.
+    pub fn of_key(record: &TokenRecord) -> Self {
+        Self {
+            key_id: record.id.clone(),
+            name: record.name.clone(),
+            policy: record.policy.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -136,6 +173,7 @@ impl TokenStore {
             sha256: sha256_hex(token.as_bytes()),
             created_at,
             expires_at: ttl_secs.map(|ttl| created_at.saturating_add(ttl)),
+            policy: KeyPolicy::default(),
         };
         let stored = record.clone();
         self.modify(|tokens| tokens.insert(stored.sha256.clone(), stored))?;

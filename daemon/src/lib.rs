@@ -23,4 +23,5 @@ pub mod remote;
 pub mod server;
 pub mod settings;
 pub mod state;
+pub mod usage;
 pub mod web;

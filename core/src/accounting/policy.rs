@@ -40,6 +40,11 @@ pub struct KeyPolicy {
 }
 
 impl KeyPolicy {
+    /// Whether nothing is set (no limit and no owner): the policy is left out when stored.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
     /// Whether the key has no limit at all.
     pub fn is_unlimited(&self) -> bool {
         self.models.is_empty() && self.rpm.is_none() && self.tpm.is_none() && self.budget.is_none()

@@ -6,26 +6,33 @@ use gate_rt::Runtime;
 use http::{HeaderMap, Response, StatusCode};
 
 use super::Gateway;
-use crate::auth::{self, AuthError};
+use crate::auth::{self, AuthError, Caller};
 use crate::errors::error_response;
 use crate::web::{json, Body, Peer};
 
 impl<R: Runtime> Gateway<R> {
-    /// Checks the client's credentials.
-    pub fn authenticate(&self, headers: &HeaderMap, peer: Peer) -> Result<(), AuthError> {
+    /// Checks the client's credentials; returns who is calling and the policy that applies.
+    pub fn authenticate(&self, headers: &HeaderMap, peer: Peer) -> Result<Caller, AuthError> {
         let snapshot = self.snapshot();
         let Some(token) = auth::credential(headers) else {
             if snapshot.allow_loopback && !peer.remote && peer.addr.ip().is_loopback() {
-                return Ok(());
+                return Ok(Caller::loopback());
             }
             return Err(AuthError::Missing);
         };
         if token.starts_with(auth::TOKEN_PREFIX) {
             let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-            return tokens.verify(token).map(|_| ()).ok_or(AuthError::Invalid);
+            return tokens
+                .verify(token)
+                .map(Caller::of_key)
+                .ok_or(AuthError::Invalid);
         }
         match &snapshot.jwt {
-            Some(jwt) => jwt.verify(token).map(|_| ()),
+            Some(jwt) => jwt.verify(token).map(|sub| Caller {
+                key_id: format!("jwt:{sub}"),
+                name: sub,
+                policy: gate_core::accounting::KeyPolicy::default(),
+            }),
             None => Err(AuthError::Invalid),
         }
     }
