@@ -79,6 +79,8 @@ pub struct Gateway<R: Runtime> {
     relay_gauges: std::sync::OnceLock<Arc<dyn crate::metrics::RelayGauges>>,
     /// Fired when a stop's grace is over: live streams end with an error event.
     stream_stop: stream::StreamStop,
+    /// Where each finished request's usage record goes (the usage log).
+    usage: RwLock<Arc<dyn crate::usage::UsageSink>>,
 }
 
 impl<R: Runtime> Gateway<R> {
@@ -122,7 +124,18 @@ impl<R: Runtime> Gateway<R> {
             tokens: RwLock::new(tokens),
             relay_gauges: std::sync::OnceLock::new(),
             stream_stop: stream::StreamStop::default(),
+            usage: RwLock::new(Arc::new(crate::usage::Discard)),
         })
+    }
+
+    /// Sends each finished request's usage record to `sink` from now on.
+    pub fn set_usage_sink(&self, sink: Arc<dyn crate::usage::UsageSink>) {
+        *self.usage.write().unwrap_or_else(|e| e.into_inner()) = sink;
+    }
+
+    /// The sink usage records go to.
+    pub fn usage_sink(&self) -> Arc<dyn crate::usage::UsageSink> {
+        self.usage.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Swaps in a new configuration; requests in flight finish on the old one.
