@@ -34,7 +34,7 @@ pub fn input_tokens(body: &[u8]) -> u64 {
     let mut text_bytes: u64 = 0;
     let mut media_tokens: u64 = 0;
     let mut run = 0usize;
-    let mut flush = |run: usize, text: &mut u64, media: &mut u64| {
+    let flush = |run: usize, text: &mut u64, media: &mut u64| {
         if run >= MEDIA_RUN {
             *media += (run as u64 / 32).max(INLINE_MEDIA_MIN_TOKENS);
         } else {
@@ -113,7 +113,10 @@ mod tests {
             Some(11)
         );
         assert_eq!(requested_max_output(br#"{"model":"x"}"#), None);
-        assert_eq!(max_output_tokens(br#"{"max_tokens":100000}"#, Some(16_384)), 16_384);
+        assert_eq!(
+            max_output_tokens(br#"{"max_tokens":100000}"#, Some(16_384)),
+            16_384
+        );
         assert_eq!(max_output_tokens(br#"{}"#, Some(8)), 8);
         assert_eq!(max_output_tokens(br#"{}"#, None), DEFAULT_MAX_OUTPUT);
     }

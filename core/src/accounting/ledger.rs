@@ -214,9 +214,15 @@ mod tests {
         assert_eq!((s.spent, s.reserved), (Usd(100_000_000), Usd::ZERO));
         let r = ledger.reserve("k", b, NOW, Usd(900_000_000)).unwrap();
         ledger.settle(r, Usd(900_000_000), Some(Period::Day), NOW);
-        assert!(ledger.reserve("k", b, NOW, Usd(1)).is_err(), "exactly spent");
+        assert!(
+            ledger.reserve("k", b, NOW, Usd(1)).is_err(),
+            "exactly spent"
+        );
         let tomorrow = NOW + 86_400;
-        assert!(ledger.reserve("k", b, tomorrow, Usd(1)).is_ok(), "a new day");
+        assert!(
+            ledger.reserve("k", b, tomorrow, Usd(1)).is_ok(),
+            "a new day"
+        );
         assert_eq!(ledger.spend("k", Period::Day, tomorrow).spent, Usd::ZERO);
     }
 

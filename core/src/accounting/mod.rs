@@ -22,10 +22,10 @@ pub mod prices;
 pub mod ratelimit;
 pub mod record;
 
+pub use ledger::{BudgetRefusal, KeySpend, Ledger, Reservation};
 pub use money::Usd;
 pub use period::Period;
 pub use policy::{Budget, KeyPolicy, ModelPatterns};
-pub use ledger::{BudgetRefusal, KeySpend, Ledger, Reservation};
 pub use prices::{cost, Price, PriceTable, TokenCounts};
 pub use ratelimit::{Limited, Limits, RateLimiter, RateRefusal, RateStatus, Window};
 pub use record::UsageRecord;

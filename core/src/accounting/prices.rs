@@ -218,7 +218,6 @@ pub fn strip_snapshot_suffix(model: &str) -> &str {
     model
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,7 +251,10 @@ mod tests {
             ("openrouter", "anthropic/claude-sonnet-4.5"),
         ];
         for (provider, model) in flagship {
-            assert!(table.lookup(provider, model).is_some(), "{provider} {model}");
+            assert!(
+                table.lookup(provider, model).is_some(),
+                "{provider} {model}"
+            );
         }
     }
 
@@ -279,7 +281,10 @@ mod tests {
         assert_eq!(table.lookup("openai", "o3-deep-research"), None, "no guess");
         assert_eq!(table.lookup("custom", "gpt-4o"), None);
         assert_eq!(strip_snapshot_suffix("gpt-5"), "gpt-5");
-        assert_eq!(strip_snapshot_suffix("claude-3-5-haiku-latest"), "claude-3-5-haiku");
+        assert_eq!(
+            strip_snapshot_suffix("claude-3-5-haiku-latest"),
+            "claude-3-5-haiku"
+        );
         assert_eq!(strip_snapshot_suffix("x@20250101"), "x");
     }
 

@@ -134,9 +134,12 @@ impl RateLimiter {
             return Ok(RateStatus::default());
         }
         let tats = self.keys.get(key).copied().unwrap_or_default();
-        let requests = limits
-            .rpm
-            .map(|rpm| (u64::from(rpm), gcra(tats.requests, now_ns, u64::from(rpm), 1)));
+        let requests = limits.rpm.map(|rpm| {
+            (
+                u64::from(rpm),
+                gcra(tats.requests, now_ns, u64::from(rpm), 1),
+            )
+        });
         let token_check = limits
             .tpm
             .map(|tpm| (tpm, gcra(tats.tokens, now_ns, tpm, tokens)));
@@ -199,7 +202,10 @@ impl RateLimiter {
         } else {
             let refund = step.saturating_mul(estimated - actual);
             // Never below `now`: an allowance cannot be fuller than whole.
-            tats.tokens = tats.tokens.saturating_sub(refund).max(now_ns.min(tats.tokens));
+            tats.tokens = tats
+                .tokens
+                .saturating_sub(refund)
+                .max(now_ns.min(tats.tokens));
         }
     }
 
@@ -256,7 +262,10 @@ mod tests {
         assert_eq!(refused.retry_after_ns, 20 * S);
         assert_eq!(refused.status.requests.unwrap().reset_ns, 60 * S);
         assert!(rl.admit("k", limits, 0, t0 + 20 * S).is_ok());
-        assert!(rl.admit("other", limits, 0, t0).is_ok(), "keys are separate");
+        assert!(
+            rl.admit("other", limits, 0, t0).is_ok(),
+            "keys are separate"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::error::ConfigError;
-use super::schema::{is_secret_key, Field, Kind, Schema, TOMBSTONE_KEY};
+use super::schema::{is_secret_key, Field, Kind, Schema, StrCheck, TOMBSTONE_KEY};
 use super::tree::{
     format_key_path, parse_key_path, Layer, LayerData, Leaf, Origin, Tombstone, Value,
 };
@@ -223,6 +223,21 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
             match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) if (*min..=*max).contains(&n) => Ok(Value::Integer(n)),
                 _ => Err(mismatch()),
+            }
+        }
+        // Prices may be written as TOML numbers; they are kept as their exact text.
+        (Kind::String(StrCheck::UsdPerMillion), DeValue::Float(f)) => {
+            if StrCheck::UsdPerMillion.accepts(f.as_str()) {
+                Ok(Value::String(f.as_str().to_owned()))
+            } else {
+                Err(mismatch())
+            }
+        }
+        (Kind::String(StrCheck::UsdPerMillion), DeValue::Integer(i)) => {
+            if i.radix() == 10 && StrCheck::UsdPerMillion.accepts(i.as_str()) {
+                Ok(Value::String(i.as_str().to_owned()))
+            } else {
+                Err(mismatch())
             }
         }
         (Kind::String(check), DeValue::String(s)) => {

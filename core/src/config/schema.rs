@@ -149,6 +149,9 @@ pub enum StrCheck {
     NamedToken,
     /// A registration token's name.
     TokenName,
+    /// US dollars per million tokens: a non-negative decimal (`2.5`, `0.075`, `"3"`), at most
+    /// nine decimals. TOML numbers are accepted and kept as their text.
+    UsdPerMillion,
 }
 
 /// Provider names an upstream may use.
@@ -201,6 +204,9 @@ impl StrCheck {
                 "a named token name:secret (name of a-z, 0-9, - and _; secret of at least 16 bytes)"
             }
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
+            StrCheck::UsdPerMillion => {
+                "US dollars per million tokens, a non-negative decimal such as 2.5 or 0.075"
+            }
         }
     }
 
@@ -232,6 +238,7 @@ impl StrCheck {
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
             StrCheck::TokenName => crate::tunnel::is_token_name(s),
+            StrCheck::UsdPerMillion => crate::accounting::Usd::parse(s).is_ok() && !s.contains('$'),
         }
     }
 }
@@ -591,7 +598,17 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 9] = [
+// Issue 14: `[upstreams.<name>.prices."<model>"]`: the price of a model at this upstream,
+// over the built-in table (`core/src/accounting/prices.toml`).
+static PRICE_FIELDS: [Field; 4] = [
+    field("input", Kind::String(StrCheck::UsdPerMillion), None),
+    field("output", Kind::String(StrCheck::UsdPerMillion), None),
+    field("cached", Kind::String(StrCheck::UsdPerMillion), None),
+    field("cache_write", Kind::String(StrCheck::UsdPerMillion), None),
+];
+static PRICE: Kind = Kind::Table(&PRICE_FIELDS);
+
+static UPSTREAM_FIELDS: [Field; 10] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -617,6 +634,14 @@ static UPSTREAM_FIELDS: [Field; 9] = [
         Kind::Integer {
             min: 1,
             max: 100_000_000,
+        },
+        None,
+    ),
+    field(
+        "prices",
+        Kind::Map {
+            key: StrCheck::ModelName,
+            entry: &PRICE,
         },
         None,
     ),

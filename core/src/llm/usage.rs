@@ -115,7 +115,11 @@ mod tests {
             br#"{"type":"message_start","message":{"usage":{"input_tokens":10,"cache_read_input_tokens":50,"cache_creation_input_tokens":40,"output_tokens":1}}}"#,
         );
         assert_eq!(
-            (anthropic.input, anthropic.cached_tokens, anthropic.cache_write_tokens),
+            (
+                anthropic.input,
+                anthropic.cached_tokens,
+                anthropic.cache_write_tokens
+            ),
             (100, 50, 40)
         );
     }
