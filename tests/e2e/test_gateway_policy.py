@@ -107,8 +107,9 @@ def test_model_not_allowed_raises_permission_denied(policy_gate, mock):
     with pytest.raises(anthropic.PermissionDeniedError) as raised:
         ant(gate, key).messages.create(**say_hi(ANTHROPIC_MODEL, max_tokens=16))
     assert f"may not use the model `{ANTHROPIC_MODEL}`" in str(raised.value)
+    google = gem(gate, key)  # kept: the SDK closes its connection pool with the client
     with pytest.raises(genai_errors.ClientError) as raised:
-        gem(gate, key).models.generate_content(model=ANTHROPIC_MODEL, contents="hi")
+        google.models.generate_content(model=ANTHROPIC_MODEL, contents="hi")
     assert raised.value.code == 403 and raised.value.status == "PERMISSION_DENIED"
     assert mock.requests("/v1/chat/completions") == [] and mock.requests("/v1/messages") == []
     # What the key may use, and only that, is listed.
@@ -157,8 +158,9 @@ def test_budget_and_unknown_price_raise_402(policy_gate, mock):
         ant(gate, key).messages.create(**say_hi(OPENAI_CHAT_MODEL, max_tokens=10_000))
     assert raised.value.status_code == 402
     assert "budget" in str(raised.value)
+    google = gem(gate, key)
     with pytest.raises(genai_errors.ClientError) as raised:
-        gem(gate, key).models.generate_content(
+        google.models.generate_content(
             model=OPENAI_CHAT_MODEL, contents="hi", config=types.GenerateContentConfig(max_output_tokens=10_000)
         )
     assert raised.value.code == 402
