@@ -17,7 +17,7 @@ use base64::Engine;
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
-use gate_core::accounting::KeyPolicy;
+use gate_core::accounting::{Budget, KeyPolicy, ModelPatterns, Period, Usd};
 
 use crate::state;
 
@@ -40,6 +40,87 @@ pub struct TokenRecord {
     /// What the key may do (models, rate, budget, owner); absent: no limit.
     #[serde(default, skip_serializing_if = "KeyPolicy::is_default")]
     pub policy: KeyPolicy,
+}
+
+/// A change to a key's name, expiry or policy; `None` leaves a field as it is, `Some(None)`
+/// removes a limit. Checked as a whole before anything is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyEdit {
+    pub name: Option<String>,
+    /// Lifetime from now in seconds; `Some(None)`: never expires.
+    pub expires_in: Option<Option<u64>>,
+    /// Allowed models; an empty list allows every model.
+    pub models: Option<ModelPatterns>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u64>>,
+    /// The budget's amount; its period is `period` or the key's current one (default month).
+    pub budget: Option<Option<Usd>>,
+    pub period: Option<Period>,
+    pub owner: Option<Option<String>>,
+}
+
+impl KeyEdit {
+    /// Applies the edit to `record` at `now` (Unix seconds), or says what is wrong.
+    pub fn apply(&self, record: &mut TokenRecord, now: u64) -> Result<(), String> {
+        let mut next = record.clone();
+        if let Some(name) = &self.name {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err("the name is empty".to_owned());
+            }
+            next.name = name.to_owned();
+        }
+        if let Some(expires) = self.expires_in {
+            next.expires_at = expires.map(|ttl| now.saturating_add(ttl));
+        }
+        if let Some(models) = &self.models {
+            next.policy.models = models.clone();
+        }
+        if let Some(rpm) = self.rpm {
+            if rpm == Some(0) {
+                return Err("rpm must be at least 1 (use `none` to remove the limit)".to_owned());
+            }
+            next.policy.rpm = rpm;
+        }
+        if let Some(tpm) = self.tpm {
+            if tpm == Some(0) {
+                return Err("tpm must be at least 1 (use `none` to remove the limit)".to_owned());
+            }
+            next.policy.tpm = tpm;
+        }
+        match (self.budget, self.period) {
+            (Some(None), Some(_)) => {
+                return Err("a period was given with no budget; give both, e.g. \
+                            --budget 20 --period month"
+                    .to_owned())
+            }
+            (Some(None), None) => next.policy.budget = None,
+            (Some(Some(limit)), period) => {
+                let period = period
+                    .or(next.policy.budget.map(|b| b.period))
+                    .unwrap_or(Period::Month);
+                next.policy.budget = Some(Budget { limit, period });
+            }
+            (None, Some(period)) => match &mut next.policy.budget {
+                Some(budget) => budget.period = period,
+                None => {
+                    return Err("the key has no budget to set a period for; give one, \
+                                e.g. --budget 20 --period month"
+                        .to_owned())
+                }
+            },
+            (None, None) => {}
+        }
+        if let Some(owner) = &self.owner {
+            next.policy.owner = owner
+                .as_deref()
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned);
+        }
+        *record = next;
+        Ok(())
+    }
 }
 
 /// Who is calling, once authenticated, and what they may do.
@@ -160,6 +241,16 @@ impl TokenStore {
 
     /// Creates a key; returns its record and the plaintext key (shown once).
     pub fn create(&mut self, name: &str, ttl_secs: Option<u64>) -> Result<(TokenRecord, String)> {
+        self.create_with(&KeyEdit {
+            name: Some(name.to_owned()),
+            expires_in: Some(ttl_secs),
+            ..KeyEdit::default()
+        })
+    }
+
+    /// Creates a key with the name, expiry and policy of `edit` (name `default` when it
+    /// has none); returns its record and the plaintext key (shown once).
+    pub fn create_with(&mut self, edit: &KeyEdit) -> Result<(TokenRecord, String)> {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
         let token = format!("{TOKEN_PREFIX}{secret}");
         let id: String = random_bytes::<6>()?
@@ -167,14 +258,16 @@ impl TokenStore {
             .map(|b| format!("{b:02x}"))
             .collect();
         let created_at = now_unix();
-        let record = TokenRecord {
+        let mut record = TokenRecord {
             id,
-            name: name.to_owned(),
+            name: "default".to_owned(),
             sha256: sha256_hex(token.as_bytes()),
             created_at,
-            expires_at: ttl_secs.map(|ttl| created_at.saturating_add(ttl)),
+            expires_at: None,
             policy: KeyPolicy::default(),
         };
+        edit.apply(&mut record, created_at)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let stored = record.clone();
         self.modify(|tokens| tokens.insert(stored.sha256.clone(), stored))?;
         Ok((record, token))
@@ -185,6 +278,20 @@ impl TokenStore {
         let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         tokens
+    }
+
+    /// Changes the key with id `id`; `Ok(None)` when no key has that id, an error when the
+    /// edit is not valid (nothing is written then).
+    pub fn update(&mut self, id: &str, edit: &KeyEdit) -> Result<Option<TokenRecord>> {
+        let now = now_unix();
+        self.modify(|tokens| {
+            let Some(record) = tokens.values_mut().find(|t| t.id == id) else {
+                return Ok(None);
+            };
+            edit.apply(record, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Some(record.clone()))
+        })?
     }
 
     /// Revokes a key by id; false when no key has that id.
