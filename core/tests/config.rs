@@ -625,6 +625,7 @@ fn snapshot_config_show_with_origins() {
         allow_loopback = false  # from defaults
 
         [auth.jwt]
+        budget_period = "month"  # from defaults
         expiration_hours = 24  # from defaults
         issuer = "gate-daemon"  # from defaults
         secret = "(set)"  # from env GATE_AUTH__JWT__SECRET
@@ -1113,4 +1114,43 @@ fn relay_transport_and_tcp_port() {
     assert_eq!(c.relay.tcp_port, 8443);
     let e = daemon_err(&sources(&[], "", &[("GATE_RELAY__TRANSPORT", "udp")]));
     assert!(e.to_string().contains("auto, quic or tcp"), "{e}");
+}
+
+#[test]
+fn jwt_audience_and_policy_ceiling() {
+    use gate_core::accounting::{Period, Usd};
+    let text = "[auth.jwt]\naudience = \"gate\"\nmodels = [\"gpt-*\"]\nrpm = 60\nbudget = 20\n\
+                budget_period = \"day\"\n";
+    let c = load_daemon(&sources(&[("/etc/gate.toml", text)], "", &[]))
+        .unwrap()
+        .config;
+    assert_eq!(c.auth.jwt.audience.as_deref(), Some("gate"));
+    let ceiling = &c.auth.jwt.ceiling;
+    assert!(ceiling.models.allows("gpt-4o") && !ceiling.models.allows("claude-x"));
+    assert_eq!(ceiling.rpm, Some(60));
+    let budget = ceiling.budget.unwrap();
+    assert_eq!(
+        (budget.limit, budget.period),
+        (Usd::parse("20").unwrap(), Period::Day)
+    );
+    // Dollars as a float, a string, or from the environment.
+    for (runtime, env) in [
+        ("[auth.jwt]\nbudget = 2.5\n", vec![]),
+        ("[auth.jwt]\nbudget = \"$2.50\"\n", vec![]),
+        ("", vec![("GATE_AUTH__JWT__BUDGET", "2.5")]),
+    ] {
+        let c = load_daemon(&sources(&[], runtime, &env)).unwrap().config;
+        let budget = c.auth.jwt.ceiling.budget.unwrap();
+        assert_eq!(budget.limit, Usd::parse("2.5").unwrap());
+        assert_eq!(budget.period, Period::Month, "the default period");
+    }
+    for bad in [
+        "[auth.jwt]\nbudget = -1\n",
+        "[auth.jwt]\nbudget = \"lots\"\n",
+        "[auth.jwt]\nbudget_period = \"fortnight\"\n",
+        "[auth.jwt]\nrpm = 0\n",
+    ] {
+        let e = daemon_err(&sources(&[], bad, &[])).to_string();
+        assert!(e.contains("auth.jwt."), "{bad}: {e}");
+    }
 }

@@ -321,46 +321,138 @@ impl TokenStore {
 pub struct JwtSettings {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
+    /// The longest lifetime accepted, seconds.
+    max_lifetime: u64,
+    /// The most a token may do; its `gate` claim is bounded by it.
+    ceiling: KeyPolicy,
 }
 
 impl std::fmt::Debug for JwtSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtSettings")
             .field("secret", &"(set)")
+            .field("max_lifetime", &self.max_lifetime)
+            .field("ceiling", &self.ceiling)
             .finish()
     }
 }
 
+/// Seconds of clock skew allowed on `exp`, `nbf` and the lifetime.
+const JWT_LEEWAY: u64 = 30;
+
+/// The members of the `gate` claim (a token's policy).
+const POLICY_CLAIMS: [&str; 5] = ["models", "rpm", "tpm", "budget", "owner"];
+
 impl JwtSettings {
-    /// HS256 with `secret`, issuer `issuer`; expiry always required.
+    /// HS256 with `secret`, issuer `issuer`, a lifetime of at most 24 hours, no audience,
+    /// no ceiling.
     pub fn new(secret: &str, issuer: &str) -> Self {
+        Self::with_rules(secret, issuer, 24, None, KeyPolicy::default())
+    }
+
+    /// HS256 with `secret`; `iss` must be `issuer`, `exp` is required and at most
+    /// `max_hours` after `iat` (and after now), `nbf` is honoured, `aud` must be
+    /// `audience` when one is set (and absent otherwise), and the token's `gate` policy claim
+    /// is bounded by `ceiling`.
+    pub fn with_rules(
+        secret: &str,
+        issuer: &str,
+        max_hours: u32,
+        audience: Option<&str>,
+        ceiling: KeyPolicy,
+    ) -> Self {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
-        validation.leeway = 30;
+        validation.leeway = JWT_LEEWAY;
+        validation.validate_nbf = true;
+        match audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            }
+            // A token meant for an audience is not meant for a gateway that names none.
+            None => validation.set_required_spec_claims(&["exp", "iss"]),
+        }
         Self {
             key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            max_lifetime: u64::from(max_hours) * 3600,
+            ceiling,
         }
     }
 
-    /// The subject of a valid token.
-    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// The caller of a valid token: `jwt:<sub>`, with the token's policy (claim `gate`)
+    /// bounded by the operator's ceiling.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         #[derive(Deserialize)]
         struct Claims {
             #[serde(default)]
             sub: Option<String>,
+            exp: u64,
+            #[serde(default)]
+            iat: Option<u64>,
+            #[serde(default)]
+            gate: Option<serde_json::Value>,
+        }
+        // RFC 7515 section 4.1.11: a `crit` header names extensions that must be understood;
+        // Gate understands none, so any is refused (jsonwebtoken does not look at it).
+        if header_has_crit(token) {
+            return Err(AuthError::CriticalExtension);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                    AuthError::WrongAudience
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
                 _ => AuthError::Invalid,
             },
         )?;
-        Ok(data.claims.sub.unwrap_or_else(|| "jwt".to_owned()))
+        let claims = data.claims;
+        let now = now_unix();
+        let too_long = |from: u64| claims.exp.saturating_sub(from) > self.max_lifetime + JWT_LEEWAY;
+        if too_long(now) || claims.iat.is_some_and(too_long) {
+            return Err(AuthError::TooLongLived);
+        }
+        let policy = match claims.gate {
+            None => KeyPolicy::default(),
+            Some(serde_json::Value::Object(members)) => {
+                if members.keys().any(|k| !POLICY_CLAIMS.contains(&k.as_str())) {
+                    return Err(AuthError::BadPolicyClaim);
+                }
+                serde_json::from_value(serde_json::Value::Object(members))
+                    .map_err(|_| AuthError::BadPolicyClaim)?
+            }
+            Some(_) => return Err(AuthError::BadPolicyClaim),
+        };
+        let sub = claims.sub.unwrap_or_else(|| "jwt".to_owned());
+        let mut policy = policy.bounded_by(&self.ceiling);
+        if policy.owner.is_none() {
+            policy.owner = Some(sub.clone());
+        }
+        Ok(Caller {
+            key_id: format!("jwt:{sub}"),
+            name: sub,
+            policy,
+        })
     }
+}
+
+/// Whether the token's header (its first segment) has a `crit` member. A header that does
+/// not decode is left to the signature check to refuse.
+fn header_has_crit(token: &str) -> bool {
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|value| value.get("crit").is_some())
 }
 
 /// Why a request was not authenticated. Messages never include the token.
@@ -376,6 +468,21 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token is not signed with HS256")]
     WrongAlgorithm,
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error(
+        "the token lives longer than this gateway accepts (exp - iat over auth.jwt.expiration_hours)"
+    )]
+    TooLongLived,
+    #[error("the token's audience (aud) is not this gateway's (auth.jwt.audience)")]
+    WrongAudience,
+    #[error("the token's header names critical extensions (crit) this gateway does not support")]
+    CriticalExtension,
+    #[error(
+        "the token's `gate` claim is not a policy: an object of models, rpm, tpm, budget \
+         {{usd, period}}, owner"
+    )]
+    BadPolicyClaim,
 }
 
 /// The credential a request carries: `Authorization: Bearer` or `x-api-key`.
@@ -480,7 +587,9 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert_eq!(settings.verify(&good).unwrap(), "alice");
+        let caller = settings.verify(&good).unwrap();
+        assert_eq!(caller.key_id, "jwt:alice");
+        assert_eq!(caller.policy.owner.as_deref(), Some("alice"));
         let wrong_key = encode(
             &Header::default(),
             &claims,
@@ -517,6 +626,117 @@ mod tests {
             b64(&claims)
         );
         assert!(settings.verify(&none).is_err());
+    }
+
+    fn sign(claims: &serde_json::Value) -> String {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwt_nbf_lifetime_audience_and_crit() {
+        use serde_json::json;
+        let now = now_unix();
+        let settings =
+            JwtSettings::with_rules("s3cret", "gate-daemon", 2, None, KeyPolicy::default());
+        let ok = json!({"sub": "a", "iss": "gate-daemon", "iat": now, "exp": now + 3600});
+        assert!(settings.verify(&sign(&ok)).is_ok());
+        // nbf in the future (beyond the leeway), then in the past.
+        let early = json!({"iss": "gate-daemon", "nbf": now + 600, "exp": now + 3600});
+        assert_eq!(settings.verify(&sign(&early)), Err(AuthError::NotYetValid));
+        let late = json!({"iss": "gate-daemon", "nbf": now - 60, "exp": now + 3600});
+        assert!(settings.verify(&sign(&late)).is_ok());
+        // Longer than 2 hours: from iat, or from now when there is no iat.
+        let long = json!({"iss": "gate-daemon", "iat": now - 7000, "exp": now + 600});
+        assert_eq!(settings.verify(&sign(&long)), Err(AuthError::TooLongLived));
+        let long = json!({"iss": "gate-daemon", "exp": now + 3 * 3600});
+        assert_eq!(settings.verify(&sign(&long)), Err(AuthError::TooLongLived));
+        // No audience configured: a token for an audience is refused.
+        let aud = json!({"iss": "gate-daemon", "aud": "gate", "exp": now + 600});
+        assert_eq!(settings.verify(&sign(&aud)), Err(AuthError::WrongAudience));
+        // Audience configured: it must be there and match.
+        let with_aud = JwtSettings::with_rules(
+            "s3cret",
+            "gate-daemon",
+            2,
+            Some("gate"),
+            KeyPolicy::default(),
+        );
+        assert!(with_aud.verify(&sign(&aud)).is_ok());
+        let other = json!({"iss": "gate-daemon", "aud": ["other"], "exp": now + 600});
+        assert_eq!(
+            with_aud.verify(&sign(&other)),
+            Err(AuthError::WrongAudience)
+        );
+        let none = json!({"iss": "gate-daemon", "exp": now + 600});
+        assert_eq!(with_aud.verify(&sign(&none)), Err(AuthError::WrongAudience));
+        // crit: refused before anything else, whatever it names.
+        let mut header = jsonwebtoken::Header::default();
+        header.kid = Some("k".to_owned());
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let crit_header = b64(&json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}));
+        let good = sign(&ok);
+        let rest = good.split_once('.').unwrap().1;
+        assert_eq!(
+            settings.verify(&format!("{crit_header}.{rest}")),
+            Err(AuthError::CriticalExtension)
+        );
+    }
+
+    #[test]
+    fn jwt_policy_claims_are_bounded_by_the_operator() {
+        use gate_core::accounting::{Budget, Period, Usd};
+        use serde_json::json;
+        let now = now_unix();
+        let ceiling = KeyPolicy {
+            models: ModelPatterns::parse("gpt-*,claude-*"),
+            rpm: Some(100),
+            tpm: None,
+            budget: Some(Budget {
+                limit: Usd::parse("10").unwrap(),
+                period: Period::Month,
+            }),
+            owner: None,
+        };
+        let settings = JwtSettings::with_rules("s3cret", "gate-daemon", 24, None, ceiling);
+        let claims = json!({"sub": "bob", "iss": "gate-daemon", "exp": now + 600,
+            "gate": {"models": ["gpt-4o*", "gemini-*"], "rpm": 1000, "tpm": 5000,
+                     "budget": {"usd": 50, "period": "month"}, "owner": "team-b"}});
+        let caller = settings.verify(&sign(&claims)).unwrap();
+        assert_eq!(caller.key_id, "jwt:bob");
+        let p = caller.policy;
+        assert!(p.models.allows("gpt-4o-mini"));
+        assert!(
+            !p.models.allows("gemini-2.5-pro"),
+            "outside the operator's models"
+        );
+        assert!(
+            !p.models.allows("claude-sonnet-4"),
+            "outside the token's models"
+        );
+        assert_eq!((p.rpm, p.tpm), (Some(100), Some(5000)));
+        assert_eq!(p.budget.unwrap().limit, Usd::parse("10").unwrap());
+        assert_eq!(p.owner.as_deref(), Some("team-b"));
+        // No claim: the ceiling applies as is.
+        let plain = json!({"sub": "c", "iss": "gate-daemon", "exp": now + 600});
+        let p = settings.verify(&sign(&plain)).unwrap().policy;
+        assert_eq!(p.rpm, Some(100));
+        assert!(!p.models.allows("gemini-2.5-pro"));
+        // A misspelt or mistyped claim is refused, not ignored.
+        for bad in [json!({"rmp": 5}), json!("gpt-*"), json!({"rpm": "many"})] {
+            let claims = json!({"iss": "gate-daemon", "exp": now + 600, "gate": bad});
+            assert_eq!(
+                settings.verify(&sign(&claims)),
+                Err(AuthError::BadPolicyClaim)
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use super::error::ConfigError;
-use super::schema::{is_secret_key, Field, Kind, Schema, TOMBSTONE_KEY};
+use super::schema::{is_secret_key, Field, Kind, Schema, StrCheck, TOMBSTONE_KEY};
 use super::tree::{
     format_key_path, parse_key_path, Layer, LayerData, Leaf, Origin, Tombstone, Value,
 };
@@ -232,6 +232,13 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
                 Err(mismatch())
             }
         }
+        // Dollar amounts may be written as TOML numbers (`budget = 20`, `input = 2.5`).
+        (Kind::String(check @ StrCheck::Usd), DeValue::Integer(n)) if n.radix() == 10 => {
+            accept_number(*check, n.as_str()).ok_or_else(mismatch)
+        }
+        (Kind::String(check @ StrCheck::Usd), DeValue::Float(f)) => {
+            accept_number(*check, f.as_str()).ok_or_else(mismatch)
+        }
         (Kind::List(check), DeValue::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
             for item in items.iter() {
@@ -249,6 +256,11 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
         }
         _ => Err(mismatch()),
     }
+}
+
+fn accept_number(check: StrCheck, text: &str) -> Option<Value> {
+    let text = text.replace('_', "");
+    check.accepts(&text).then_some(Value::String(text))
 }
 
 /// "the string \"abc\"", "the integer 5", "a table", ...; a secret's value is never shown,

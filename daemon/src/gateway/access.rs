@@ -28,11 +28,7 @@ impl<R: Runtime> Gateway<R> {
                 .ok_or(AuthError::Invalid);
         }
         match &snapshot.jwt {
-            Some(jwt) => jwt.verify(token).map(|sub| Caller {
-                key_id: format!("jwt:{sub}"),
-                name: sub,
-                policy: gate_core::accounting::KeyPolicy::default(),
-            }),
+            Some(jwt) => jwt.verify(token),
             None => Err(AuthError::Invalid),
         }
     }
