@@ -676,8 +676,6 @@ mod tests {
         let none = json!({"iss": "gate-daemon", "exp": now + 600});
         assert_eq!(with_aud.verify(&sign(&none)), Err(AuthError::WrongAudience));
         // crit: refused before anything else, whatever it names.
-        let mut header = jsonwebtoken::Header::default();
-        header.kid = Some("k".to_owned());
         let b64 = |v: &serde_json::Value| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
         };
