@@ -468,6 +468,21 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token is not signed with HS256")]
     WrongAlgorithm,
+    #[error(
+        "loopback trust does not cover a request body that is not Content-Type: application/json \
+         (what a web page can send); send the body as JSON, or an API key"
+    )]
+    LoopbackNotJson,
+    #[error(
+        "loopback trust does not cover requests from a web page of another origin; \
+         send an API key (gate token create)"
+    )]
+    LoopbackForeignOrigin,
+    #[error(
+        "loopback trust does not cover a Host that is not loopback (127.0.0.1, [::1], localhost); \
+         send an API key (gate token create)"
+    )]
+    LoopbackForeignHost,
     #[error("the token is not valid yet (nbf is in the future)")]
     NotYetValid,
     #[error(
