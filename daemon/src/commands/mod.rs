@@ -202,20 +202,10 @@ pub fn unversioned_custom_url(provider: &str, base_url: &str) -> Option<String> 
 
 /// `1970-01-01 00:00 UTC` for seconds since the Unix epoch.
 pub fn utc_date(secs: u64) -> String {
-    let days = secs / 86_400;
     let rest = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        "{} {:02}:{:02} UTC",
+        gate_core::accounting::period::date_string(secs),
         rest / 3600,
         rest % 3600 / 60
     )
