@@ -559,7 +559,7 @@ def f_rps(v):
 def f_pct(v, target=None):
     if v is None:
         return "-"
-    return f"{v:.0%}" + (f" (≥ {target:.0%})" if target else "")
+    return (f"{v:.0%}" if v >= 0.1 else f"{v:.2%}") + (f" (≥ {target:.0%})" if target else "")
 
 
 def f_ms(v, target=None, signed=False):
@@ -631,14 +631,13 @@ def chart(results: dict, path: Path) -> None:
               "litellm": "#d62728", "portkey": "#ff7f0e"}
     so = results.get("soak")
     fig, axes = plt.subplots(1, 4 if so else 3, figsize=(20 if so else 16, 5))
-    width = 0.8 / max(len(paths), 1)
 
     def grouped(ax, groups, key, title, ylabel, log=False, fmt="{:.2f}", skip=()):
-        for i, t in enumerate(paths):
-            if t in skip:
-                continue
+        shown = [t for t in paths if t not in skip]
+        width = 0.8 / max(len(shown), 1)
+        for i, t in enumerate(shown):
             vals = [rows[t].get(key(g)) or 0 for g in groups]
-            pos = [x + (i - (len(paths) - 1) / 2) * width for x in range(len(groups))]
+            pos = [x + (i - (len(shown) - 1) / 2) * width for x in range(len(groups))]
             bars = ax.bar(pos, vals, width, label=LABELS[t], color=colors[t])
             for rect, v in zip(bars, vals):
                 ax.annotate(fmt.format(v), (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
@@ -659,7 +658,8 @@ def chart(results: dict, path: Path) -> None:
     axes[1].set_xticklabels(["p50", "p99", "stream p50", "stream p99"], fontsize=8)
     for y, label in ((T_ADDED_P50_MS, "0.1 ms"), (T_ADDED_P99_MS, "0.5 ms")):
         axes[1].axhline(y, color="#555", linestyle=":", linewidth=1)
-        axes[1].annotate(f"target {label}", (-0.45, y), fontsize=7, xytext=(0, 2), textcoords="offset points")
+        axes[1].annotate(f"target {label}", (1.0, y), xycoords=("axes fraction", "data"), fontsize=7, ha="right",
+                         va="bottom", color="#555")
     proxies = [t for t in paths if rows[t].get("rss_max_mb") and t not in ("direct", "gate-policy")]
     b = axes[2].bar(range(len(proxies)), [rows[t]["rss_max_mb"] for t in proxies],
                     color=[colors[t] for t in proxies])
@@ -670,6 +670,8 @@ def chart(results: dict, path: Path) -> None:
     axes[2].set_xticklabels([LABELS[t] for t in proxies], rotation=20, ha="right", fontsize=8)
     axes[2].set_yscale("log")
     axes[2].axhline(T_RSS_MB, color="#555", linestyle=":", linewidth=1)
+    axes[2].annotate("target 30 MB (Gate)", (1.0, T_RSS_MB), xycoords=("axes fraction", "data"), fontsize=7,
+                     ha="right", va="bottom", color="#555")
     axes[2].set_title("max RSS under c=50 load (process tree)", fontsize=10)
     axes[2].set_ylabel("MB (log)")
     axes[2].margins(y=0.3)
@@ -682,12 +684,14 @@ def chart(results: dict, path: Path) -> None:
         axes[3].set_xlabel("minutes")
         axes[3].set_ylabel("MB")
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=8, loc="upper left", ncol=len(paths))
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(paths), frameon=False)
     env = results["environment"]
     fig.suptitle(f"HTTP-layer limit (issue 16) — {env['date']}, {env['cpus']} CPUs, mode {results['mode']}, "
                  f"load avg {env['loadavg_start']} (bench/throughput.sh)", fontsize=10, y=0.995)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path)
+    # A raster copy for viewers without SVG support (not committed: bench/out/ is ignored).
+    fig.savefig(path.parent / "out" / (path.stem + ".png"), dpi=100)
 
 
 # ---------------------------------------------------------------- main
@@ -764,7 +768,7 @@ def main() -> int:
             "kernel": platform.release(),
             "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
             "nginx": version_of([shutil.which("nginx") or "/usr/sbin/nginx", "-v"]),
-            "wrk": version_of(["wrk", "-v"]),
+            "wrk": (version_of(["wrk", "-v"]) or "").split(" Copyright")[0] or None,
             "node": version_of(["node", "--version"]),
             "litellm": litellm_version(),
             "litellm_workers": args.litellm_workers,
