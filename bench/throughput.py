@@ -197,6 +197,9 @@ class Target:
                  plain_path: str = "/v1/chat/completions", stream_path: str = "/v1/chat/completions",
                  stream_headers: dict | None = None):
         self.name, self.proc, self.base = name, proc, base
+        # RSS and CPU over the whole process tree (nginx's master + worker, LiteLLM's workers);
+        # Gate is one process, so its own /proc entry is read without walking /proc.
+        self.tree = not name.startswith("gate")
         self.plain_url = base + plain_path
         self.stream_url = base + stream_path
         self.headers = headers
@@ -357,7 +360,6 @@ def start_portkey(root: Path, work: Path, origin_port: int) -> Target:
     # The gateway's server listens on every interface and has no option for it: this preload
     # makes its listen() bind 127.0.0.1 (nothing else changes).
     env["NODE_OPTIONS"] = (env.get("NODE_OPTIONS", "") + f" --require {root / 'bench/loopback-listen.cjs'}").strip()
-    env["NODE_ENV"] = "production"
     proc = start([str(binary), f"--port={port}", "--headless"], work / "portkey.log", env=env)
     base = f"http://127.0.0.1:{port}"
     hdr = {"authorization": f"Bearer {UPSTREAM_KEY}", "x-portkey-provider": "openai"}
@@ -409,16 +411,16 @@ def wrk(work: Path, target: Target, stream: bool, conc: int, duration: float) ->
 
 def measure(work: Path, target: Target, stream: bool, conc: int, duration: float, sample_rss: bool) -> dict:
     pid = target.proc.pid if target.proc else None
-    cpu0 = cpu_s(pid, True) if pid else None
+    cpu0 = cpu_s(pid, target.tree) if pid else None
     if pid and sample_rss:
-        with RssSampler(pid, True, 0.2) as sampler:
+        with RssSampler(pid, target.tree, 0.2) as sampler:
             r = wrk(work, target, stream, conc, duration)
         r["rss_max_mb"] = sampler.max
-        r["rss_end_mb"] = rss_mb(pid, tree=True)
+        r["rss_end_mb"] = rss_mb(pid, tree=target.tree)
     else:
         r = wrk(work, target, stream, conc, duration)
     if pid:
-        r["proxy_cpu_ms_per_request"] = (cpu_s(pid, True) - cpu0) * 1000.0 / max(r["requests"], 1)
+        r["proxy_cpu_ms_per_request"] = (cpu_s(pid, target.tree) - cpu0) * 1000.0 / max(r["requests"], 1)
     return r
 
 
@@ -878,7 +880,10 @@ def main() -> int:
         print()
         print(f"Soak: {so['minutes']:g} min, RSS every {so['sample_period_s']:g} s: minute 2 mean "
               f"{so['minute2_mean_mb'] or 0:.1f} MB, last minute mean {so['last_minute_mean_mb'] or 0:.1f} MB, "
-              f"max {so['rss_max_mb']:.1f} MB: {'flat' if so['flat'] else 'NOT flat'}")
+              f"max {so['rss_max_mb']:.1f} MB: {'flat' if so['flat'] else 'NOT flat'}; load: "
+              + ", ".join(f"{kind} {l.get('requests', 0) / max(l.get('duration_us', 1) / 1e6, 1e-9):,.0f} req/s "
+                          f"({sum(l.get('errors', {}).values())} errors of {l.get('requests', 0):,})"
+                          for kind, l in zip(("plain", "streamed"), so["loads"])))
     print()
     print(f"JSON: bench/out/throughput-{mode_name}-{stamp}.json; chart: bench/throughput.svg")
     return 0
