@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 # Process handling and /proc sampling are shared with bench/gateway.py (same directory).
-from gateway import RssSampler, cpu_s, free_port, rss_mb, start, stop, stop_all
+from gateway import CHILDREN, RssSampler, cpu_s, free_port, rss_mb, start, stop, stop_all
 
 MODEL = "bench-model"  # routed to the origin's plain location
 STREAM_MODEL = "bench-stream"  # routed to the origin's SSE location
@@ -301,6 +301,8 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
     if policy["budget"]:
         args += ["--budget", "1000"]
     if policy["rpm"]:
+        # 1,000,000 a minute is above what one 15 s run can send even at 60 k req/s; were the
+        # limit hit, the 429s would show as errors in the table.
         args += ["--rpm", "1000000"]
     policy["args"] = args
     policy_key = token(*args)
@@ -435,6 +437,7 @@ def soak(work: Path, gate: Target, minutes: float, period: float = 10.0) -> dict
         script = lua_script(work / f"wrk-soak-{'s' if stream else 'p'}.lua", gate, stream)
         cmd = ["wrk", "-t1", "-c25", f"-d{round(duration)}s", "--timeout", "30s", "-s", str(script), gate.url(stream)]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, process_group=0))
+        CHILDREN.append(procs[-1])  # stopped with the rest on Ctrl-C
     series = []
     t0 = time.monotonic()
     while any(p.poll() is None for p in procs):
