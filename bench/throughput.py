@@ -746,6 +746,7 @@ def main() -> int:
     atexit.register(stop_all)
 
     def on_signal(signum, _frame):
+        print(f"bench: signal {signum}, stopping", file=sys.stderr, flush=True)
         stop_all()
         sys.exit(128 + signum)
 
