@@ -473,7 +473,7 @@ SCENARIOS = [  # name, concurrency, stream
 
 
 def median_of(runs: list[dict]) -> dict:
-    out = {"rounds": runs}
+    out = {"rounds": runs}  # summarize() pairs paths round by round
     out["rps"] = statistics.median(r["rps"] for r in runs)
     out["latency_ms"] = {k: statistics.median(r["latency_ms"][k] for r in runs) for k in runs[0]["latency_ms"]}
     for k in ("rss_max_mb", "rss_end_mb", "proxy_cpu_ms_per_request"):
@@ -485,40 +485,54 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def summarize(results: dict) -> dict:
+    """Per path: rates, shares, latencies, RSS. Ratios and differences between two paths are
+    taken within each round (the two ran minutes apart at most) and then the median across
+    rounds, which on a shared machine is steadier than the ratio of two medians."""
     s = results["scenarios"]
 
     def get(sc, t):
         return s.get(sc, {}).get(t)
 
+    def paired(sc, a, b, f):
+        ra, rb = get(sc, a), get(sc, b)
+        if not ra or not rb:
+            return None
+        vals = [f(x, y) for x, y in zip(ra["rounds"], rb["rounds"])]
+        vals = [v for v in vals if v is not None]
+        return statistics.median(vals) if vals else None
+
+    def share(x, y):
+        return x["rps"] / y["rps"] if y["rps"] else None
+
     rows = {}
     for t in results["paths"]:
         row = {}
-        for sc, share_of in (("c50", "nginx-proxy"), ("c50-stream", "nginx-proxy")):
-            r, ref = get(sc, t), get(sc, share_of)
+        for sc in ("c50", "c50-stream"):
+            r = get(sc, t)
             if r:
                 row[f"{sc}_rps"] = r["rps"]
-                row[f"{sc}_share_of_nginx_proxy"] = r["rps"] / ref["rps"] if ref and ref["rps"] else None
+                row[f"{sc}_share_of_nginx_proxy"] = paired(sc, t, "nginx-proxy", share)
                 row[f"{sc}_errors"] = r["errors"]
                 row[f"{sc}_requests"] = r["requests"]
                 row[f"{sc}_cpu_ms_per_request"] = r.get("proxy_cpu_ms_per_request")
         for sc in ("c1", "c1-stream"):
-            r, d = get(sc, t), get(sc, "direct")
+            r = get(sc, t)
             if r:
                 row[f"{sc}_p50_ms"] = r["latency_ms"]["p50"]
                 row[f"{sc}_p99_ms"] = r["latency_ms"]["p99"]
-                if d and t != "direct":
-                    row[f"{sc}_added_p50_ms"] = r["latency_ms"]["p50"] - d["latency_ms"]["p50"]
-                    row[f"{sc}_added_p99_ms"] = r["latency_ms"]["p99"] - d["latency_ms"]["p99"]
+                if t != "direct":
+                    for q in ("p50", "p99"):
+                        row[f"{sc}_added_{q}_ms"] = paired(
+                            sc, t, "direct", lambda x, y, q=q: x["latency_ms"][q] - y["latency_ms"][q])
         rss = [get(sc, t).get("rss_max_mb") for sc in ("c50", "c50-stream") if get(sc, t)]
         rss = [v for v in rss if v is not None]
         if rss:
             row["rss_max_mb"] = max(rss)
             row["rss_end_mb"] = get("c50-stream", t).get("rss_end_mb") if get("c50-stream", t) else None
         rows[t] = row
-    g, gp = rows.get("gate", {}), rows.get("gate-policy", {})
-    for sc in ("c50", "c50-stream"):
-        if g.get(f"{sc}_rps") and gp.get(f"{sc}_rps"):
-            gp[f"{sc}_share_of_plain_key"] = gp[f"{sc}_rps"] / g[f"{sc}_rps"]
+    if "gate-policy" in rows:
+        for sc in ("c50", "c50-stream"):
+            rows["gate-policy"][f"{sc}_share_of_plain_key"] = paired(sc, "gate-policy", "gate", share)
     return rows
 
 
