@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -426,6 +427,46 @@ def measure(work: Path, target: Target, stream: bool, conc: int, duration: float
     return r
 
 
+# ---------------------------------------------------------------- profile
+
+
+def profile_gate(work: Path, out_dir: Path, gate: Target, duration: float, stamp: str) -> dict:
+    """perf record of Gate under c=50 (plain, then streamed), in runs of their own after the
+    measured rounds (perf's sampling slows Gate, so these runs' rates are not reported). Writes
+    perf's flat report (by symbol, and by shared object: kernel / gate / libc) and the perf.data
+    to bench/out/. Flat on purpose: the release build has no frame pointers, and DWARF unwinding
+    of a busy run takes minutes to report; record call graphs by hand when they are needed."""
+    if not shutil.which("perf"):
+        return {"error": "perf is not installed (Debian: apt-get install linux-perf)"}
+    out = {}
+    for stream in (False, True):
+        kind = "stream" if stream else "plain"
+        data = out_dir / f"perf-gate-{kind}-{stamp}.data"  # for `perf report -i` by hand
+        rec = subprocess.Popen(["perf", "record", "-F", "999", "-p", str(gate.proc.pid),
+                                "-o", str(data), "--", "sleep", str(round(duration))],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.5)  # perf attaches before the load starts
+        r = wrk(work, gate, stream, 50, duration)
+        _, err = rec.communicate(timeout=duration + 120)
+        if rec.returncode != 0 or not data.exists():
+            out[kind] = {"error": f"perf record failed: {err.strip()[-300:]}"}
+            continue
+        reports = {}
+        for sort in ("dso", "dso,symbol"):
+            rep = subprocess.run(["perf", "report", "-i", str(data), "--sort", sort,
+                                  "--percent-limit", "0.5", "--stdio"], capture_output=True, text=True, timeout=600)
+            # perf pads the symbol column to its longest name and adds empty columns: squeeze them.
+            lines = (re.sub(r" {3,}", "  ", re.sub(r"(\s+-)+\s*$", "", l)).rstrip() for l in rep.stdout.splitlines())
+            reports[sort] = "\n".join(l for l in lines if l.strip() and not l.startswith("#"))
+        path = out_dir / f"perf-gate-{kind}-{stamp}.txt"
+        path.write_text(f"perf record -F 999 (flat) of gate, c=50 {kind}, {r['requests']} requests "
+                        f"({r['rps']:,.0f} req/s under perf)\n\n== by shared object\n{reports['dso']}\n\n"
+                        f"== by symbol\n{reports['dso,symbol']}\n")
+        out[kind] = {"report": str(path.relative_to(out_dir.parent.parent)), "by_dso": reports["dso"].splitlines()[:8],
+                     "top_symbols": reports["dso,symbol"].splitlines()[:15]}
+    return out
+
+
 # ---------------------------------------------------------------- soak
 
 
@@ -738,6 +779,8 @@ def main() -> int:
     ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate instead of target/release/gate")
     ap.add_argument("--gate-extra-config", type=Path, default=None,
                     help="TOML appended to Gate's config (e.g. the usage log's settings)")
+    ap.add_argument("--perf", action="store_true",
+                    help="after the rounds, profile Gate with perf under c=50 (reports in bench/out/)")
     ap.add_argument("--litellm-workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--chart-only", type=Path, default=None, help="redraw the chart from a results JSON and exit")
     ap.add_argument("--peer-notes", default="", help="install problems reported by throughput.sh")
@@ -866,6 +909,11 @@ def main() -> int:
     for sc in per:
         results["scenarios"][sc] = {t: median_of(rs) for t, rs in per[sc].items() if rs}
 
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if args.perf:
+        print("== perf record of Gate at c=50 (plain, streamed)", file=sys.stderr)
+        results["perf"] = profile_gate(work, out_dir, gate, dur_c50, stamp)
+
     # Peers are not needed for the soak: stop them so that they do not compete for the CPU.
     for t in targets:
         if t.name in ("litellm", "portkey"):
@@ -879,7 +927,6 @@ def main() -> int:
     results["targets"] = targets_met(results)
     stop_all()
 
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     for p in (out_dir / f"throughput-{mode_name}-{stamp}.json", out_dir / "throughput-latest.json"):
         p.write_text(json.dumps(results, indent=1))
     chart(results, root / "bench/throughput.svg")
@@ -902,6 +949,17 @@ def main() -> int:
               + ", ".join(f"{kind} {l.get('requests', 0) / max(l.get('duration_us', 1) / 1e6, 1e-9):,.0f} req/s "
                           f"({sum(l.get('errors', {}).values())} errors of {l.get('requests', 0):,})"
                           for kind, l in zip(("plain", "streamed"), so["loads"])))
+    for kind, pr in (results.get("perf") or {}).items():
+        print()
+        if "error" in pr:
+            print(f"perf ({kind}): {pr['error']}")
+            continue
+        print(f"Where Gate's CPU goes at c=50, {kind} (perf, {pr['report']}):")
+        print("```")
+        print("\n".join(pr["by_dso"]))
+        print("...")
+        print("\n".join(pr["top_symbols"]))
+        print("```")
     print()
     print(f"JSON: bench/out/throughput-{mode_name}-{stamp}.json; chart: bench/throughput.svg")
     return 0
