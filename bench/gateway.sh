@@ -16,11 +16,9 @@ cd "$root"
 echo "== building release binaries (gate, mock_upstream, loadgen)" >&2
 cargo build --release --quiet -p gate-daemon --bin gate --example mock_upstream --example loadgen
 
-venv="$root/bench/.venv"
-if [ ! -x "$venv/bin/litellm" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
-    echo "== installing litellm[proxy] and matplotlib into bench/.venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet 'litellm[proxy]' matplotlib
-fi
+# shellcheck source=bench/common.sh
+source "$root/bench/common.sh"
+ensure_litellm
 
+venv="$root/bench/.venv"
 exec "$venv/bin/python" "$root/bench/gateway.py" --root "$root" "$@"

@@ -4,9 +4,9 @@
 
 use expect_test::expect;
 use gate_core::config::{
-    decode_env_name, load_daemon, load_relay, runtime_remove_upstream, runtime_set, runtime_unset,
-    ConfigError, ConfigSources, Layer, Origin, Provider, SourceText, Value, DAEMON_SCHEMA,
-    RELAY_SCHEMA,
+    decode_env_name, load_daemon, load_relay, runtime_remove_upstream, runtime_set,
+    runtime_set_many, runtime_unset, ConfigError, ConfigSources, Layer, Origin, Provider,
+    SourceText, Value, DAEMON_SCHEMA, RELAY_SCHEMA,
 };
 
 const RUNTIME: &str = "/var/lib/gate/config.toml";
@@ -625,6 +625,7 @@ fn snapshot_config_show_with_origins() {
         allow_loopback = false  # from defaults
 
         [auth.jwt]
+        budget_period = "month"  # from defaults
         expiration_hours = 24  # from defaults
         issuer = "gate-daemon"  # from defaults
         secret = "(set)"  # from env GATE_AUTH__JWT__SECRET
@@ -1153,5 +1154,121 @@ cache_write = 0.375
     assert!(e.to_string().contains("input = 2.5, output = 10"), "{e}");
     let negative = "[upstreams.openai]\nprovider = \"openai\"\n[upstreams.openai.prices.\"gpt-4o\"]\ninput = -1\noutput = 1\n";
     let e = daemon_err(&sources(&[("/n.toml", negative)], "", &[]));
-    assert!(e.to_string().contains("non-negative decimal"), "{e}");
+    assert!(e.to_string().contains("an amount of US dollars"), "{e}");
+}
+
+#[test]
+fn jwt_audience_and_policy_ceiling() {
+    use gate_core::accounting::{Period, Usd};
+    let text = "[auth.jwt]\naudience = \"gate\"\nmodels = [\"gpt-*\"]\nrpm = 60\nbudget = 20\n\
+                budget_period = \"day\"\n";
+    let c = load_daemon(&sources(&[("/etc/gate.toml", text)], "", &[]))
+        .unwrap()
+        .config;
+    assert_eq!(c.auth.jwt.audience.as_deref(), Some("gate"));
+    let ceiling = &c.auth.jwt.ceiling;
+    assert!(ceiling.models.allows("gpt-4o") && !ceiling.models.allows("claude-x"));
+    assert_eq!(ceiling.rpm, Some(60));
+    let budget = ceiling.budget.unwrap();
+    assert_eq!(
+        (budget.limit, budget.period),
+        (Usd::parse("20").unwrap(), Period::Day)
+    );
+    // Dollars as a float, a string, or from the environment.
+    for (runtime, env) in [
+        ("[auth.jwt]\nbudget = 2.5\n", vec![]),
+        ("[auth.jwt]\nbudget = \"$2.50\"\n", vec![]),
+        ("", vec![("GATE_AUTH__JWT__BUDGET", "2.5")]),
+    ] {
+        let c = load_daemon(&sources(&[], runtime, &env)).unwrap().config;
+        let budget = c.auth.jwt.ceiling.budget.unwrap();
+        assert_eq!(budget.limit, Usd::parse("2.5").unwrap());
+        assert_eq!(budget.period, Period::Month, "the default period");
+    }
+    for bad in [
+        "[auth.jwt]\nbudget = -1\n",
+        "[auth.jwt]\nbudget = \"lots\"\n",
+        "[auth.jwt]\nbudget_period = \"fortnight\"\n",
+        "[auth.jwt]\nrpm = 0\n",
+    ] {
+        let e = daemon_err(&sources(&[], bad, &[])).to_string();
+        assert!(e.contains("auth.jwt."), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn a_provider_key_never_follows_a_changed_base_url() {
+    let stored =
+        "[upstreams.vllm]\nprovider = \"custom\"\nbase_url = \"http://10.0.0.5:8000/v1\"\n\
+                  api_key = \"sk-stored-secret-value\"\n";
+    let s = sources(&[], stored, &[]);
+    let key_of = |text: &str| {
+        load_daemon(&sources(&[], text, &[]))
+            .unwrap()
+            .config
+            .upstreams["vllm"]
+            .api_key
+            .as_ref()
+            .map(|k| k.expose().to_owned())
+    };
+    // Another URL alone: the stored key is dropped.
+    let text = runtime_set(
+        &DAEMON_SCHEMA,
+        &s,
+        "upstreams.vllm.base_url",
+        "https://evil.example/v1",
+    )
+    .unwrap();
+    assert_eq!(key_of(&text), None, "{text}");
+    assert!(!text.contains("sk-stored-secret-value"));
+    // Another URL with a key in the same edit: that key is kept.
+    let text = runtime_set_many(
+        &DAEMON_SCHEMA,
+        &s,
+        &[
+            ("upstreams.vllm.base_url", "https://new.example/v1"),
+            ("upstreams.vllm.api_key", "sk-new-key-for-new-host"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(key_of(&text).as_deref(), Some("sk-new-key-for-new-host"));
+    // The same URL, or another field: the key stays.
+    for (key, value) in [
+        ("upstreams.vllm.base_url", "http://10.0.0.5:8000/v1"),
+        ("upstreams.vllm.enabled", "false"),
+    ] {
+        let text = runtime_set(&DAEMON_SCHEMA, &s, key, value).unwrap();
+        assert_eq!(
+            key_of(&text).as_deref(),
+            Some("sk-stored-secret-value"),
+            "{key}"
+        );
+    }
+    // A provider change moves the derived URL: the key is dropped too.
+    let s = sources(
+        &[],
+        "[upstreams.main]\nprovider = \"openai\"\napi_key = \"sk-openai-key\"\n",
+        &[],
+    );
+    let text = runtime_set(&DAEMON_SCHEMA, &s, "upstreams.main.provider", "groq").unwrap();
+    assert!(!text.contains("sk-openai-key"), "{text}");
+    // A key from the environment cannot be dropped from here: refused, saying where it is.
+    let s = sources(
+        &[],
+        "[upstreams.vllm]\nprovider = \"custom\"\nbase_url = \"http://10.0.0.5:8000/v1\"\n",
+        &[("GATE_UPSTREAMS__VLLM__API_KEY", "sk-env-secret-value")],
+    );
+    let e = runtime_set(
+        &DAEMON_SCHEMA,
+        &s,
+        "upstreams.vllm.base_url",
+        "https://evil.example/v1",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("GATE_UPSTREAMS__VLLM__API_KEY") && e.contains("base_url"),
+        "{e}"
+    );
+    assert!(!e.contains("sk-env-secret-value"), "{e}");
 }

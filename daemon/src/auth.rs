@@ -17,7 +17,7 @@ use base64::Engine;
 use ring::rand::SecureRandom;
 use serde::{Deserialize, Serialize};
 
-use gate_core::accounting::KeyPolicy;
+use gate_core::accounting::{Budget, KeyPolicy, ModelPatterns, Period, Usd};
 
 use crate::state;
 
@@ -40,6 +40,87 @@ pub struct TokenRecord {
     /// What the key may do (models, rate, budget, owner); absent: no limit.
     #[serde(default, skip_serializing_if = "KeyPolicy::is_default")]
     pub policy: KeyPolicy,
+}
+
+/// A change to a key's name, expiry or policy; `None` leaves a field as it is, `Some(None)`
+/// removes a limit. Checked as a whole before anything is written.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyEdit {
+    pub name: Option<String>,
+    /// Lifetime from now in seconds; `Some(None)`: never expires.
+    pub expires_in: Option<Option<u64>>,
+    /// Allowed models; an empty list allows every model.
+    pub models: Option<ModelPatterns>,
+    pub rpm: Option<Option<u32>>,
+    pub tpm: Option<Option<u64>>,
+    /// The budget's amount; its period is `period` or the key's current one (default month).
+    pub budget: Option<Option<Usd>>,
+    pub period: Option<Period>,
+    pub owner: Option<Option<String>>,
+}
+
+impl KeyEdit {
+    /// Applies the edit to `record` at `now` (Unix seconds), or says what is wrong.
+    pub fn apply(&self, record: &mut TokenRecord, now: u64) -> Result<(), String> {
+        let mut next = record.clone();
+        if let Some(name) = &self.name {
+            let name = name.trim();
+            if name.is_empty() {
+                return Err("the name is empty".to_owned());
+            }
+            next.name = name.to_owned();
+        }
+        if let Some(expires) = self.expires_in {
+            next.expires_at = expires.map(|ttl| now.saturating_add(ttl));
+        }
+        if let Some(models) = &self.models {
+            next.policy.models = models.clone();
+        }
+        if let Some(rpm) = self.rpm {
+            if rpm == Some(0) {
+                return Err("rpm must be at least 1 (use `none` to remove the limit)".to_owned());
+            }
+            next.policy.rpm = rpm;
+        }
+        if let Some(tpm) = self.tpm {
+            if tpm == Some(0) {
+                return Err("tpm must be at least 1 (use `none` to remove the limit)".to_owned());
+            }
+            next.policy.tpm = tpm;
+        }
+        match (self.budget, self.period) {
+            (Some(None), Some(_)) => {
+                return Err("a period was given with no budget; give both, e.g. \
+                            --budget 20 --period month"
+                    .to_owned())
+            }
+            (Some(None), None) => next.policy.budget = None,
+            (Some(Some(limit)), period) => {
+                let period = period
+                    .or(next.policy.budget.map(|b| b.period))
+                    .unwrap_or(Period::Month);
+                next.policy.budget = Some(Budget { limit, period });
+            }
+            (None, Some(period)) => match &mut next.policy.budget {
+                Some(budget) => budget.period = period,
+                None => {
+                    return Err("the key has no budget to set a period for; give one, \
+                                e.g. --budget 20 --period month"
+                        .to_owned())
+                }
+            },
+            (None, None) => {}
+        }
+        if let Some(owner) = &self.owner {
+            next.policy.owner = owner
+                .as_deref()
+                .map(str::trim)
+                .filter(|o| !o.is_empty())
+                .map(str::to_owned);
+        }
+        *record = next;
+        Ok(())
+    }
 }
 
 /// Who is calling, once authenticated, and what they may do.
@@ -160,6 +241,16 @@ impl TokenStore {
 
     /// Creates a key; returns its record and the plaintext key (shown once).
     pub fn create(&mut self, name: &str, ttl_secs: Option<u64>) -> Result<(TokenRecord, String)> {
+        self.create_with(&KeyEdit {
+            name: Some(name.to_owned()),
+            expires_in: Some(ttl_secs),
+            ..KeyEdit::default()
+        })
+    }
+
+    /// Creates a key with the name, expiry and policy of `edit` (name `default` when it
+    /// has none); returns its record and the plaintext key (shown once).
+    pub fn create_with(&mut self, edit: &KeyEdit) -> Result<(TokenRecord, String)> {
         let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
         let token = format!("{TOKEN_PREFIX}{secret}");
         let id: String = random_bytes::<6>()?
@@ -167,14 +258,16 @@ impl TokenStore {
             .map(|b| format!("{b:02x}"))
             .collect();
         let created_at = now_unix();
-        let record = TokenRecord {
+        let mut record = TokenRecord {
             id,
-            name: name.to_owned(),
+            name: "default".to_owned(),
             sha256: sha256_hex(token.as_bytes()),
             created_at,
-            expires_at: ttl_secs.map(|ttl| created_at.saturating_add(ttl)),
+            expires_at: None,
             policy: KeyPolicy::default(),
         };
+        edit.apply(&mut record, created_at)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let stored = record.clone();
         self.modify(|tokens| tokens.insert(stored.sha256.clone(), stored))?;
         Ok((record, token))
@@ -185,6 +278,20 @@ impl TokenStore {
         let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         tokens
+    }
+
+    /// Changes the key with id `id`; `Ok(None)` when no key has that id, an error when the
+    /// edit is not valid (nothing is written then).
+    pub fn update(&mut self, id: &str, edit: &KeyEdit) -> Result<Option<TokenRecord>> {
+        let now = now_unix();
+        self.modify(|tokens| {
+            let Some(record) = tokens.values_mut().find(|t| t.id == id) else {
+                return Ok(None);
+            };
+            edit.apply(record, now)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(Some(record.clone()))
+        })?
     }
 
     /// Revokes a key by id; false when no key has that id.
@@ -214,46 +321,138 @@ impl TokenStore {
 pub struct JwtSettings {
     key: jsonwebtoken::DecodingKey,
     validation: jsonwebtoken::Validation,
+    /// The longest lifetime accepted, seconds.
+    max_lifetime: u64,
+    /// The most a token may do; its `gate` claim is bounded by it.
+    ceiling: KeyPolicy,
 }
 
 impl std::fmt::Debug for JwtSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JwtSettings")
             .field("secret", &"(set)")
+            .field("max_lifetime", &self.max_lifetime)
+            .field("ceiling", &self.ceiling)
             .finish()
     }
 }
 
+/// Seconds of clock skew allowed on `exp`, `nbf` and the lifetime.
+const JWT_LEEWAY: u64 = 30;
+
+/// The members of the `gate` claim (a token's policy).
+const POLICY_CLAIMS: [&str; 5] = ["models", "rpm", "tpm", "budget", "owner"];
+
 impl JwtSettings {
-    /// HS256 with `secret`, issuer `issuer`; expiry always required.
+    /// HS256 with `secret`, issuer `issuer`, a lifetime of at most 24 hours, no audience,
+    /// no ceiling.
     pub fn new(secret: &str, issuer: &str) -> Self {
+        Self::with_rules(secret, issuer, 24, None, KeyPolicy::default())
+    }
+
+    /// HS256 with `secret`; `iss` must be `issuer`, `exp` is required and at most
+    /// `max_hours` after `iat` (and after now), `nbf` is honoured, `aud` must be
+    /// `audience` when one is set (and absent otherwise), and the token's `gate` policy claim
+    /// is bounded by `ceiling`.
+    pub fn with_rules(
+        secret: &str,
+        issuer: &str,
+        max_hours: u32,
+        audience: Option<&str>,
+        ceiling: KeyPolicy,
+    ) -> Self {
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_issuer(&[issuer]);
-        validation.set_required_spec_claims(&["exp", "iss"]);
-        validation.leeway = 30;
+        validation.leeway = JWT_LEEWAY;
+        validation.validate_nbf = true;
+        match audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            }
+            // A token meant for an audience is not meant for a gateway that names none.
+            None => validation.set_required_spec_claims(&["exp", "iss"]),
+        }
         Self {
             key: jsonwebtoken::DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            max_lifetime: u64::from(max_hours) * 3600,
+            ceiling,
         }
     }
 
-    /// The subject of a valid token.
-    pub fn verify(&self, token: &str) -> Result<String, AuthError> {
+    /// The caller of a valid token: `jwt:<sub>`, with the token's policy (claim `gate`)
+    /// bounded by the operator's ceiling.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
         #[derive(Deserialize)]
         struct Claims {
             #[serde(default)]
             sub: Option<String>,
+            exp: u64,
+            #[serde(default)]
+            iat: Option<u64>,
+            #[serde(default)]
+            gate: Option<serde_json::Value>,
+        }
+        // RFC 7515 section 4.1.11: a `crit` header names extensions that must be understood;
+        // Gate understands none, so any is refused (jsonwebtoken does not look at it).
+        if header_has_crit(token) {
+            return Err(AuthError::CriticalExtension);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
             |e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                 jsonwebtoken::errors::ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => AuthError::WrongAudience,
+                jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+                    AuthError::WrongAudience
+                }
                 jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => AuthError::WrongAlgorithm,
                 _ => AuthError::Invalid,
             },
         )?;
-        Ok(data.claims.sub.unwrap_or_else(|| "jwt".to_owned()))
+        let claims = data.claims;
+        let now = now_unix();
+        let too_long = |from: u64| claims.exp.saturating_sub(from) > self.max_lifetime + JWT_LEEWAY;
+        if too_long(now) || claims.iat.is_some_and(too_long) {
+            return Err(AuthError::TooLongLived);
+        }
+        let policy = match claims.gate {
+            None => KeyPolicy::default(),
+            Some(serde_json::Value::Object(members)) => {
+                if members.keys().any(|k| !POLICY_CLAIMS.contains(&k.as_str())) {
+                    return Err(AuthError::BadPolicyClaim);
+                }
+                serde_json::from_value(serde_json::Value::Object(members))
+                    .map_err(|_| AuthError::BadPolicyClaim)?
+            }
+            Some(_) => return Err(AuthError::BadPolicyClaim),
+        };
+        let sub = claims.sub.unwrap_or_else(|| "jwt".to_owned());
+        let mut policy = policy.bounded_by(&self.ceiling);
+        if policy.owner.is_none() {
+            policy.owner = Some(sub.clone());
+        }
+        Ok(Caller {
+            key_id: format!("jwt:{sub}"),
+            name: sub,
+            policy,
+        })
     }
+}
+
+/// Whether the token's header (its first segment) has a `crit` member. A header that does
+/// not decode is left to the signature check to refuse.
+fn header_has_crit(token: &str) -> bool {
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|value| value.get("crit").is_some())
 }
 
 /// Why a request was not authenticated. Messages never include the token.
@@ -269,6 +468,36 @@ pub enum AuthError {
     WrongIssuer,
     #[error("the token is not signed with HS256")]
     WrongAlgorithm,
+    #[error(
+        "loopback trust does not cover a request body that is not Content-Type: application/json \
+         (what a web page can send); send the body as JSON, or an API key"
+    )]
+    LoopbackNotJson,
+    #[error(
+        "loopback trust does not cover requests from a web page of another origin; \
+         send an API key (gate token create)"
+    )]
+    LoopbackForeignOrigin,
+    #[error(
+        "loopback trust does not cover a Host that is not loopback (127.0.0.1, [::1], localhost); \
+         send an API key (gate token create)"
+    )]
+    LoopbackForeignHost,
+    #[error("the token is not valid yet (nbf is in the future)")]
+    NotYetValid,
+    #[error(
+        "the token lives longer than this gateway accepts (exp - iat over auth.jwt.expiration_hours)"
+    )]
+    TooLongLived,
+    #[error("the token's audience (aud) is not this gateway's (auth.jwt.audience)")]
+    WrongAudience,
+    #[error("the token's header names critical extensions (crit) this gateway does not support")]
+    CriticalExtension,
+    #[error(
+        "the token's `gate` claim is not a policy: an object of models, rpm, tpm, budget \
+         {{usd, period}}, owner"
+    )]
+    BadPolicyClaim,
 }
 
 /// The credential a request carries: `Authorization: Bearer` or `x-api-key`.
@@ -373,7 +602,9 @@ mod tests {
             &EncodingKey::from_secret(b"s3cret"),
         )
         .unwrap();
-        assert_eq!(settings.verify(&good).unwrap(), "alice");
+        let caller = settings.verify(&good).unwrap();
+        assert_eq!(caller.key_id, "jwt:alice");
+        assert_eq!(caller.policy.owner.as_deref(), Some("alice"));
         let wrong_key = encode(
             &Header::default(),
             &claims,
@@ -410,6 +641,115 @@ mod tests {
             b64(&claims)
         );
         assert!(settings.verify(&none).is_err());
+    }
+
+    fn sign(claims: &serde_json::Value) -> String {
+        use jsonwebtoken::{encode, EncodingKey, Header};
+        encode(
+            &Header::default(),
+            claims,
+            &EncodingKey::from_secret(b"s3cret"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn jwt_nbf_lifetime_audience_and_crit() {
+        use serde_json::json;
+        let now = now_unix();
+        let settings =
+            JwtSettings::with_rules("s3cret", "gate-daemon", 2, None, KeyPolicy::default());
+        let ok = json!({"sub": "a", "iss": "gate-daemon", "iat": now, "exp": now + 3600});
+        assert!(settings.verify(&sign(&ok)).is_ok());
+        // nbf in the future (beyond the leeway), then in the past.
+        let early = json!({"iss": "gate-daemon", "nbf": now + 600, "exp": now + 3600});
+        assert_eq!(settings.verify(&sign(&early)), Err(AuthError::NotYetValid));
+        let late = json!({"iss": "gate-daemon", "nbf": now - 60, "exp": now + 3600});
+        assert!(settings.verify(&sign(&late)).is_ok());
+        // Longer than 2 hours: from iat, or from now when there is no iat.
+        let long = json!({"iss": "gate-daemon", "iat": now - 7000, "exp": now + 600});
+        assert_eq!(settings.verify(&sign(&long)), Err(AuthError::TooLongLived));
+        let long = json!({"iss": "gate-daemon", "exp": now + 3 * 3600});
+        assert_eq!(settings.verify(&sign(&long)), Err(AuthError::TooLongLived));
+        // No audience configured: a token for an audience is refused.
+        let aud = json!({"iss": "gate-daemon", "aud": "gate", "exp": now + 600});
+        assert_eq!(settings.verify(&sign(&aud)), Err(AuthError::WrongAudience));
+        // Audience configured: it must be there and match.
+        let with_aud = JwtSettings::with_rules(
+            "s3cret",
+            "gate-daemon",
+            2,
+            Some("gate"),
+            KeyPolicy::default(),
+        );
+        assert!(with_aud.verify(&sign(&aud)).is_ok());
+        let other = json!({"iss": "gate-daemon", "aud": ["other"], "exp": now + 600});
+        assert_eq!(
+            with_aud.verify(&sign(&other)),
+            Err(AuthError::WrongAudience)
+        );
+        let none = json!({"iss": "gate-daemon", "exp": now + 600});
+        assert_eq!(with_aud.verify(&sign(&none)), Err(AuthError::WrongAudience));
+        // crit: refused before anything else, whatever it names.
+        let b64 = |v: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+        };
+        let crit_header = b64(&json!({"alg": "HS256", "typ": "JWT", "crit": ["exp"]}));
+        let good = sign(&ok);
+        let rest = good.split_once('.').unwrap().1;
+        assert_eq!(
+            settings.verify(&format!("{crit_header}.{rest}")),
+            Err(AuthError::CriticalExtension)
+        );
+    }
+
+    #[test]
+    fn jwt_policy_claims_are_bounded_by_the_operator() {
+        use gate_core::accounting::{Budget, Period, Usd};
+        use serde_json::json;
+        let now = now_unix();
+        let ceiling = KeyPolicy {
+            models: ModelPatterns::parse("gpt-*,claude-*"),
+            rpm: Some(100),
+            tpm: None,
+            budget: Some(Budget {
+                limit: Usd::parse("10").unwrap(),
+                period: Period::Month,
+            }),
+            owner: None,
+        };
+        let settings = JwtSettings::with_rules("s3cret", "gate-daemon", 24, None, ceiling);
+        let claims = json!({"sub": "bob", "iss": "gate-daemon", "exp": now + 600,
+            "gate": {"models": ["gpt-4o*", "gemini-*"], "rpm": 1000, "tpm": 5000,
+                     "budget": {"usd": 50, "period": "month"}, "owner": "team-b"}});
+        let caller = settings.verify(&sign(&claims)).unwrap();
+        assert_eq!(caller.key_id, "jwt:bob");
+        let p = caller.policy;
+        assert!(p.models.allows("gpt-4o-mini"));
+        assert!(
+            !p.models.allows("gemini-2.5-pro"),
+            "outside the operator's models"
+        );
+        assert!(
+            !p.models.allows("claude-sonnet-4"),
+            "outside the token's models"
+        );
+        assert_eq!((p.rpm, p.tpm), (Some(100), Some(5000)));
+        assert_eq!(p.budget.unwrap().limit, Usd::parse("10").unwrap());
+        assert_eq!(p.owner.as_deref(), Some("team-b"));
+        // No claim: the ceiling applies as is.
+        let plain = json!({"sub": "c", "iss": "gate-daemon", "exp": now + 600});
+        let p = settings.verify(&sign(&plain)).unwrap().policy;
+        assert_eq!(p.rpm, Some(100));
+        assert!(!p.models.allows("gemini-2.5-pro"));
+        // A misspelt or mistyped claim is refused, not ignored.
+        for bad in [json!({"rmp": 5}), json!("gpt-*"), json!({"rpm": "many"})] {
+            let claims = json!({"iss": "gate-daemon", "exp": now + 600, "gate": bad});
+            assert_eq!(
+                settings.verify(&sign(&claims)),
+                Err(AuthError::BadPolicyClaim)
+            );
+        }
     }
 
     #[test]

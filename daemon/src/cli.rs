@@ -167,6 +167,10 @@ pub enum UpstreamCommand {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Create an API key; prints the key alone on stdout (details on stderr).
+    ///
+    /// Without policy options the key may use every model without limit. Example: a key for
+    /// CI that may use GPT and Claude models, 60 requests a minute and $20 a month:
+    ///   gate token create --name ci --models 'gpt-*,claude-*' --rpm 60 --budget 20 --period month
     Create {
         /// A label for the key.
         #[arg(long, default_value = "default")]
@@ -174,11 +178,30 @@ pub enum TokenCommand {
         /// Lifetime such as 30d, 12h or 90m (default: no expiry).
         #[arg(long, value_name = "DURATION")]
         expires: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         /// The state directory (see `gate serve --help`).
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
-    /// List API keys (ids and names; keys themselves are never stored).
+    /// Change a key's name, expiry or policy; options left out stay as they are, `none`
+    /// removes a limit (`--rpm none`, `--budget none`, `--models ''`, `--expires never`).
+    Update {
+        /// The key's id (see `gate token list`).
+        id: String,
+        /// A new label.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new lifetime counted from now (30d, 12h, 90m), or `never`.
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+    },
+    /// List API keys: id, name, policy, spend this period, last use, dates (keys themselves
+    /// are never stored).
     List {
         /// Print JSON.
         #[arg(long)]
@@ -192,6 +215,31 @@ pub enum TokenCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+}
+
+/// What a key may do (`gate token create` and `update`).
+#[derive(Debug, Default, clap::Args)]
+pub struct PolicyArgs {
+    /// Models the key may ask for: exact names, aliases or globs, comma-separated
+    /// ('gpt-*,claude-*'); '' allows every model.
+    #[arg(long, value_name = "LIST")]
+    pub models: Option<String>,
+    /// Requests per minute, or `none`.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<String>,
+    /// Tokens (input + output) per minute, or `none`.
+    #[arg(long, value_name = "N")]
+    pub tpm: Option<String>,
+    /// Spend budget in US dollars per period (20, 0.50, $5), or `none`.
+    #[arg(long, value_name = "USD")]
+    pub budget: Option<String>,
+    /// The budget's period: day, week (ISO, from Monday), month or total (default month).
+    /// Periods start at 00:00 UTC.
+    #[arg(long, value_name = "PERIOD")]
+    pub period: Option<String>,
+    /// Who the key is for (free text shown in listings and the usage log), or `none`.
+    #[arg(long, value_name = "TEXT")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]

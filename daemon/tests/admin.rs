@@ -869,3 +869,169 @@ fn admin_endpoints_refuse_without_the_token() {
         );
     }
 }
+
+/// The policy of the key with `id` in `gate token list --json`.
+fn listed_policy(state: &Path, id: &str) -> Value {
+    let rows = json_output(
+        gate()
+            .args(["token", "list", "--json", "--state-dir"])
+            .arg(state),
+        "token list --json",
+    );
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id)
+        .unwrap_or_else(|| panic!("key {id} not listed: {rows}"))["policy"]
+        .clone()
+}
+
+/// The id `gate token create` announced on stderr (`created API key id ID (...)`).
+fn created_id(stderr: &str) -> String {
+    stderr
+        .split("created API key id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key id in: {stderr}"))
+        .to_owned()
+}
+
+#[test]
+fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
+    // Without a daemon: the CLI edits tokens.json.
+    let dir = temp_dir("policy-offline");
+    let state = dir.join("state");
+    let (ok, key, err) = cli(
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci",
+            "--models",
+            "gpt-*, claude-*",
+            "--rpm",
+            "60",
+            "--tpm",
+            "100000",
+            "--budget",
+            "$20",
+            "--period",
+            "week",
+            "--owner",
+            "alice",
+            "--expires",
+            "30d",
+        ],
+        &state,
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(key.trim().starts_with("gk_"), "{key}");
+    let id = created_id(&err);
+    assert_eq!(
+        listed_policy(&state, &id),
+        json!({"models": ["gpt-*", "claude-*"], "rpm": 60, "tpm": 100000,
+               "budget": {"usd": 20.0, "period": "week"}, "owner": "alice"})
+    );
+    let (ok, out, err) = cli(&["token", "list"], &state, None);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("models gpt-*,claude-*")
+            && out.contains("rpm 60")
+            && out.contains("budget $20.00/week")
+            && out.contains("owner alice")
+            && out.contains("expires 20"),
+        "{out}"
+    );
+    // Options left out stay; `none` removes a limit; a budget keeps its period.
+    let (ok, _, err) = cli(
+        &[
+            "token", "update", &id, "--rpm", "none", "--budget", "5", "--models", "",
+        ],
+        &state,
+        None,
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("budget $5.00/week"), "{err}");
+    assert_eq!(
+        listed_policy(&state, &id),
+        json!({"tpm": 100000, "budget": {"usd": 5.0, "period": "week"}, "owner": "alice"})
+    );
+    // Bad input: what was wrong and what to do; nothing written.
+    let before = std::fs::read(state.join("tokens.json")).unwrap();
+    for (args, expect) in [
+        (
+            vec!["token", "update", &id, "--rpm", "0"],
+            "rpm must be at least 1",
+        ),
+        (vec!["token", "update", &id, "--budget", "lots"], "--budget"),
+        (
+            vec!["token", "update", &id, "--period", "fortnight"],
+            "--period",
+        ),
+        (vec!["token", "update", &id], "nothing to change"),
+        (
+            vec!["token", "update", "nosuchid", "--rpm", "5"],
+            "no API key has id nosuchid",
+        ),
+        (
+            vec!["token", "create", "--name", "x", "--period", "day"],
+            "no budget",
+        ),
+    ] {
+        let (ok, _, err) = cli(&args, &state, None);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(expect), "{args:?}: {err}");
+        assert_eq!(std::fs::read(state.join("tokens.json")).unwrap(), before);
+    }
+
+    // With a daemon, both runtimes: the same through the admin API, live.
+    for runtime in RUNTIMES {
+        let dir = temp_dir(&format!("policy-{runtime}"));
+        let state = dir.join("state");
+        let daemon = Daemon::start(runtime, &state, &[], &[]);
+        let created = daemon
+            .admin(
+                "POST",
+                "tokens",
+                Some(
+                    json!({"name": "team", "models": "gpt-4o-mini", "budget": 2.5,
+                            "period": "day"}),
+                ),
+            )
+            .json();
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (ok, _, err) = cli(
+            &["token", "update", &id, "--tpm", "5000", "--owner", "ops"],
+            &state,
+            None,
+        );
+        assert!(ok, "{err}");
+        assert!(err.contains("via the running daemon"), "{err}");
+        let listed = daemon.admin("GET", "tokens", None).json();
+        assert_eq!(
+            listed["tokens"][0]["policy"],
+            json!({"models": ["gpt-4o-mini"], "tpm": 5000,
+                   "budget": {"usd": 2.5, "period": "day"}, "owner": "ops"})
+        );
+        // `null` removes a limit through the API; unknown fields and ids are refused.
+        let done = daemon.admin(
+            "PATCH",
+            &format!("tokens/{id}"),
+            Some(json!({"budget": null})),
+        );
+        assert_eq!(done.status, 200);
+        assert!(
+            daemon.admin("GET", "tokens", None).json()["tokens"][0]["policy"]
+                .get("budget")
+                .is_none()
+        );
+        let refused = daemon.admin("PATCH", &format!("tokens/{id}"), Some(json!({"rmp": 5})));
+        assert_eq!(refused.status, 400);
+        assert!(refused.json()["error"].as_str().unwrap().contains("rmp"));
+        let refused = daemon.admin("PATCH", &format!("tokens/{id}"), Some(json!({"rpm": 0})));
+        assert_eq!(refused.status, 400);
+        let missing = daemon.admin("PATCH", "tokens/nosuchid", Some(json!({"rpm": 5})));
+        assert_eq!(missing.status, 404);
+    }
+}

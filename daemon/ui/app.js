@@ -240,26 +240,100 @@ async function loadModels() {
   )), "#models-empty");
 }
 
+let editingToken = null;
+
+// The policy as short chips: models, rpm, tpm, budget, owner.
+function policyChips(p) {
+  const chips = [];
+  if (p.models && p.models.length) chips.push("models " + p.models.join(", "));
+  if (p.rpm) chips.push(p.rpm + " req/min");
+  if (p.tpm) chips.push(p.tpm + " tokens/min");
+  if (p.budget) chips.push("$" + Number(p.budget.usd).toFixed(2) + " / " + p.budget.period);
+  if (!chips.length) chips.push("no limits");
+  if (p.owner) chips.push("owner " + p.owner);
+  return el("span", { class: "policy" }, ...chips.map(c => el("span", { class: "chip" }, c)));
+}
+
 async function loadTokens() {
   const data = await api("GET", "tokens");
-  fillTable("#tokens-table", data.tokens.map(t => el("tr", {},
+  fillTable("#tokens-table", data.tokens.map(t => el("tr", { "data-id": t.id },
     el("td", { class: "mono" }, t.id),
     el("td", {}, t.name),
+    el("td", {}, policyChips(t.policy || {})),
     el("td", {}, formatTime(t.created_at)),
     el("td", {}, t.expired ? el("span", { class: "badge bad" }, "expired") : formatTime(t.expires_at)),
-    el("td", {}, el("button", { class: "danger small", type: "button", onclick: () => revokeToken(t) }, "Revoke")),
+    el("td", {}, el("span", { class: "row-actions" },
+      el("button", { class: "secondary small", type: "button", onclick: () => editToken(t) }, "Edit"),
+      el("button", { class: "danger small", type: "button", onclick: () => revokeToken(t) }, "Revoke"))),
   )), "#tokens-empty");
+}
+
+// The form's fields as the admin API's edit. Creating: empty fields are left out (no
+// limit). Editing: an emptied field is `null` (the limit is removed).
+function tokenBody(form, editing) {
+  const body = {};
+  const text = name => form[name].value.trim();
+  const put = (name, value) => {
+    if (value === "" || value === null) { if (editing) body[name] = null; }
+    else body[name] = value;
+  };
+  body.name = text("name");
+  put("models", text("models") === "" ? null : text("models"));
+  put("rpm", text("rpm") === "" ? null : Number(text("rpm")));
+  put("tpm", text("tpm") === "" ? null : Number(text("tpm")));
+  put("budget", text("budget") === "" ? null : text("budget"));
+  if (text("budget") !== "") body.period = form.period.value;
+  put("owner", text("owner") === "" ? null : text("owner"));
+  if (text("expires") !== "") body.expires = text("expires");
+  return body;
+}
+
+function editToken(t) {
+  const form = $("#token-form");
+  const p = t.policy || {};
+  editingToken = t.id;
+  form.name.value = t.name;
+  form.expires.value = "";
+  form.expires.placeholder = t.expires_at ? "expires " + formatTime(t.expires_at) + " (e.g. 30d from now, or never)" : "never (e.g. 30d from now)";
+  form.models.value = (p.models || []).join(", ");
+  form.rpm.value = p.rpm || "";
+  form.tpm.value = p.tpm || "";
+  form.budget.value = p.budget ? p.budget.usd : "";
+  form.period.value = p.budget ? p.budget.period : "month";
+  form.owner.value = p.owner || "";
+  $("#token-form-title").textContent = "Edit API key " + t.name + " (" + t.id + ")";
+  $("#token-submit").textContent = "Save changes";
+  $("#token-cancel").hidden = false;
+  form.scrollIntoView({ behavior: "smooth" });
+}
+
+function resetTokenForm() {
+  const form = $("#token-form");
+  editingToken = null;
+  form.reset();
+  form.expires.placeholder = "e.g. 30d, 12h (empty: never)";
+  $("#token-form-title").textContent = "Create an API key";
+  $("#token-submit").textContent = "Create key";
+  $("#token-cancel").hidden = true;
 }
 
 async function createToken(event) {
   event.preventDefault();
   const form = event.target;
   try {
-    const created = await api("POST", "tokens", { name: form.name.value.trim(), expires: form.expires.value.trim() });
+    if (editingToken) {
+      const id = editingToken;
+      await api("PATCH", "tokens/" + encodeURIComponent(id), tokenBody(form, true));
+      resetTokenForm();
+      showMessage("API key " + id + " updated.", "ok");
+      await loadTokens();
+      return;
+    }
+    const created = await api("POST", "tokens", tokenBody(form, false));
     $("#new-token-value").textContent = created.token;
     $("#new-token-curl").textContent = await curlExample(created.token);
     $("#new-token").hidden = false;
-    form.reset();
+    resetTokenForm();
     showMessage("", "ok");
     await loadTokens();
   } catch (e) { showMessage(e.message, "error"); }
@@ -380,6 +454,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#upstream-form").addEventListener("submit", saveUpstream);
   $("#upstream-cancel").addEventListener("click", resetUpstreamForm);
   $("#token-form").addEventListener("submit", createToken);
+  $("#token-cancel").addEventListener("click", resetTokenForm);
   $("#config-form").addEventListener("submit", saveKey);
   $("#new-token-copy").addEventListener("click", () => navigator.clipboard.writeText($("#new-token-value").textContent));
   $("#logout").addEventListener("click", async () => {

@@ -355,12 +355,17 @@ def make_jwt(
     expires_in_s: int = 3600,
     algorithm: str = "HS256",
     subject: str = "e2e-client",
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> str:
+    """A signed token; `extra` adds or replaces claims (`nbf`, `aud`, the `gate` policy claim),
+    `headers` header members (`crit`)."""
     now = int(time.time())
     claims: dict[str, Any] = {"sub": subject, "iat": now, "exp": now + expires_in_s}
     if issuer is not None:
         claims["iss"] = issuer
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    claims.update(extra or {})
+    return jwt.encode(claims, secret, algorithm=algorithm, headers=headers)
 
 
 def make_unsigned_jwt() -> str:

@@ -1,8 +1,11 @@
-"""Client auth, both runtimes: missing, malformed, wrongly signed, expired, wrong-issuer,
-other-algorithm and `alg: none` tokens get 401 in the error shape of the protocol the client
+"""Client auth, both runtimes: missing, malformed, wrongly signed, expired, not-yet-valid
+(`nbf`), too-long-lived (over `auth.jwt.expiration_hours`), foreign-audience, `crit`-bearing,
+wrong-issuer, other-algorithm and `alg: none` tokens get 401 in the error shape of the protocol the client
 spoke, reach no upstream, and no secret ever shows up in a response or in gate's log."""
 
 from __future__ import annotations
+
+import time
 
 import anthropic
 import openai
@@ -28,6 +31,11 @@ BAD_TOKENS = {
     "other_algorithm": lambda: make_jwt(algorithm="HS512"),
     "alg_none": make_unsigned_jwt,
     "truncated_signature": lambda: make_jwt()[:-6],
+    "not_yet_valid": lambda: make_jwt(extra={"nbf": int(time.time()) + 3600}),
+    "too_long_lived": lambda: make_jwt(expires_in_s=48 * 3600),
+    "foreign_audience": lambda: make_jwt(extra={"aud": "some-other-service"}),
+    "critical_extension": lambda: make_jwt(headers={"crit": ["exp"]}),
+    "bad_policy_claim": lambda: make_jwt(extra={"gate": {"rmp": 5}}),
 }
 
 OPENAI_BODY = {"model": OPENAI_CHAT_MODEL, "messages": [{"role": "user", "content": "hi"}]}

@@ -198,6 +198,41 @@ async function main() {
       body: JSON.stringify({ model: "ui-model-2", messages: [{ role: "user", content: "hi" }] }),
     });
     check(second.status === 200, `chat request after edit: ${second.status}`);
+
+    // Give the key a policy from the page: the table shows it and the API stores it.
+    await go("tokens");
+    await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
+    check((await page.inputValue("#token-form input[name=name]")) === "ui-test", "the edit form is not filled");
+    await page.fill("#token-form input[name=models]", "ui-model, ui-model-*");
+    await page.fill("#token-form input[name=rpm]", "30");
+    await page.fill("#token-form input[name=budget]", "5");
+    await page.selectOption("#token-form select[name=period]", "day");
+    await page.fill("#token-form input[name=owner]", "ui team");
+    await page.click("#token-submit");
+    await page.waitForSelector("#message.ok");
+    const chips = await page.textContent('#tokens-table tr:has-text("ui-test")');
+    for (const want of ["models ui-model, ui-model-*", "30 req/min", "$5.00 / day", "owner ui team"]) {
+      check(chips.includes(want), `policy chips lack "${want}": ${chips}`);
+    }
+    await shot("tokens-policy");
+    // A bad value is refused with the field named, and the key keeps its policy.
+    await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
+    await page.fill("#token-form input[name=expires]", "soon");
+    await page.click("#token-submit");
+    await page.waitForSelector("#message.error");
+    check((await page.textContent("#message")).includes("expires"), "the refusal does not name expires");
+    await page.click("#token-cancel");
+    // Emptying a field removes that limit only.
+    await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
+    await page.fill("#token-form input[name=rpm]", "");
+    await page.click("#token-submit");
+    await page.waitForSelector("#message.ok");
+    const adminToken = fs.readFileSync(path.join(stateDir, "admin.token"), "utf8").trim();
+    const stored = await (await fetch(base + "/admin/api/tokens", { headers: { authorization: "Bearer " + adminToken } })).json();
+    const policy = stored.tokens.find(t => t.name === "ui-test").policy;
+    check(policy.rpm === undefined && policy.budget.usd === 5 && policy.budget.period === "day" && policy.owner === "ui team",
+      `stored policy: ${JSON.stringify(policy)}`);
+    await go("upstreams");
     check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "editing lost the key");
 
     // Edit the --config upstream: only the changed field moves to the runtime layer.

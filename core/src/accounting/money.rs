@@ -99,10 +99,19 @@ impl Serialize for Usd {
 
 impl<'de> Deserialize<'de> for Usd {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = f64::deserialize(d)?;
-        Usd::from_f64(value).ok_or_else(|| {
-            serde::de::Error::custom(format!("{value} is not a non-negative dollar amount"))
-        })
+        // A number of dollars, or a string as `Usd::parse` reads it ("20", "$0.50").
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Number(f64),
+            Text(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Number(value) => Usd::from_f64(value).ok_or_else(|| {
+                serde::de::Error::custom(format!("{value} is not a non-negative dollar amount"))
+            }),
+            Form::Text(text) => Usd::parse(&text).map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use super::error::ConfigError;
 use super::schema::{parse_relay_address, RelayAddress, PROVIDERS};
 use super::tree::{Leaf, Node, Origin, Table, Value};
 use super::Reader;
+use crate::accounting::{Budget, KeyPolicy, ModelPatterns, Usd};
 
 /// An upstream provider: the same type routing uses, so there is one list of providers.
 pub use crate::route::ProviderKind as Provider;
@@ -97,8 +98,13 @@ pub struct JwtConfig {
     pub secret: Option<Secret>,
     /// Required issuer (default "gate-daemon").
     pub issuer: String,
-    /// Lifetime of tokens the daemon issues (default 24 hours).
+    /// The longest lifetime accepted (`exp` - `iat`, and `exp` - now), hours (default 24).
     pub expiration_hours: u32,
+    /// Required `aud`; unset: tokens carrying an `aud` are refused.
+    pub audience: Option<String>,
+    /// The most any token may do: its claims are bounded by these (models, rpm, tpm,
+    /// budget per period).
+    pub ceiling: KeyPolicy,
 }
 
 /// `[auth]`.
@@ -231,7 +237,7 @@ fn routing_strategies(tree: &Table) -> BTreeMap<String, crate::route::RouteStrat
 }
 
 /// `[upstreams.<name>.prices]`: model -> price. Values were checked by the schema
-/// ([`super::schema::StrCheck::UsdPerMillion`]) and `input`/`output` by [`check_tree`].
+/// ([`super::schema::StrCheck::Usd`]) and `input`/`output` by [`check_tree`].
 fn upstream_prices(entry: &Table) -> BTreeMap<String, crate::accounting::Price> {
     let Some(Node::Table(prices)) = entry.get("prices") else {
         return BTreeMap::new();
@@ -472,6 +478,25 @@ impl DaemonConfig {
                     secret: r.opt_string("auth.jwt.secret")?.map(Secret),
                     issuer: r.string("auth.jwt.issuer")?,
                     expiration_hours: r.int("auth.jwt.expiration_hours")?,
+                    audience: r.opt_string("auth.jwt.audience")?,
+                    ceiling: KeyPolicy {
+                        models: ModelPatterns::new(r.list("auth.jwt.models")?),
+                        rpm: r.opt_int("auth.jwt.rpm")?,
+                        tpm: r.opt_int("auth.jwt.tpm")?,
+                        // Both were checked against the schema (StrCheck::Usd, ::Period).
+                        budget: match r.opt_string("auth.jwt.budget")? {
+                            Some(usd) => Usd::parse(&usd).ok().map(|limit| Budget {
+                                limit,
+                                period: r
+                                    .string("auth.jwt.budget_period")
+                                    .ok()
+                                    .and_then(|p| p.parse().ok())
+                                    .unwrap_or_default(),
+                            }),
+                            None => None,
+                        },
+                        owner: None,
+                    },
                 },
             },
             letsencrypt: LetsEncryptConfig {

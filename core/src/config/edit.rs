@@ -41,11 +41,92 @@ fn runtime_document(schema: &Schema, sources: &ConfigSources) -> Result<toml::Ta
 fn finish(
     schema: &Schema,
     sources: &ConfigSources,
-    document: &toml::Table,
+    document: &mut toml::Table,
+    assigned: &[&str],
 ) -> Result<String, ConfigError> {
+    let text = toml::to_string(document).map_err(|e| bad_path("(runtime file)", e.to_string()))?;
+    let after = merge(schema, &sources.with_runtime_text(text.clone()))?;
+    // A provider key never follows a changed destination on its own.
+    let Ok(before) = merge(schema, sources) else {
+        return Ok(text);
+    };
+    let moved = moved_keys(&before.tree, &after.tree, assigned)?;
+    if moved.is_empty() {
+        return Ok(text);
+    }
+    if let Some(toml::Value::Table(upstreams)) = document.get_mut("upstreams") {
+        for name in &moved {
+            if let Some(toml::Value::Table(entry)) = upstreams.get_mut(name) {
+                entry.remove("api_key");
+            }
+        }
+    }
     let text = toml::to_string(document).map_err(|e| bad_path("(runtime file)", e.to_string()))?;
     merge(schema, &sources.with_runtime_text(text.clone()))?;
     Ok(text)
+}
+
+/// The upstreams whose requests would now go to another URL (`base_url` changed, set,
+/// unset, or derived from a changed `provider`) while their provider key was not given in
+/// the same edit (`assigned`): the key set in the runtime file is dropped so that it is
+/// never sent to a host the person who stored it did not choose (a web UI session could
+/// otherwise point `base_url` anywhere). A key from the Nix files or the environment cannot
+/// be dropped from here: the edit is refused, naming where the key comes from.
+fn moved_keys(
+    before: &super::tree::Table,
+    after: &super::tree::Table,
+    assigned: &[&str],
+) -> Result<Vec<String>, ConfigError> {
+    let (Some(Node::Table(before)), Some(Node::Table(after))) =
+        (before.get("upstreams"), after.get("upstreams"))
+    else {
+        return Ok(Vec::new());
+    };
+    let leaf = |entry: &super::tree::Table, key: &str| match entry.get(key) {
+        Some(Node::Leaf(leaf)) => Some(leaf.clone()),
+        _ => None,
+    };
+    let mut moved = Vec::new();
+    for (name, node) in after {
+        let (Node::Table(new), Some(Node::Table(old))) = (node, before.get(name)) else {
+            continue;
+        };
+        let url = |entry| leaf(entry, "base_url").map(|l| l.value);
+        if url(new) == url(old) {
+            continue;
+        }
+        let key_path = ["upstreams".to_owned(), name.clone(), "api_key".to_owned()];
+        if assigned
+            .iter()
+            .any(|k| parse_key_path(k).as_deref() == Some(&key_path[..]))
+        {
+            continue;
+        }
+        let Some(key) = leaf(new, "api_key") else {
+            continue;
+        };
+        match &key.origin {
+            super::tree::Origin::File {
+                layer: Layer::Runtime,
+                ..
+            } => moved.push(name.clone()),
+            origin => {
+                return Err(bad_path(
+                    &format_key_path(&[
+                        "upstreams".to_owned(),
+                        name.clone(),
+                        "base_url".to_owned(),
+                    ]),
+                    format!(
+                        "cannot change here: the upstream's key comes from {origin}, and would \
+                         then be sent to the new URL; change base_url where the key is set, or \
+                         give the key in the same edit"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(moved)
 }
 
 /// Set `key` (a dotted path such as `upstreams.openai.api_key`) to `value`, given as text
@@ -71,7 +152,8 @@ pub fn runtime_set_many(
     for (key, value) in assignments {
         set_in_document(schema, &mut document, key, value)?;
     }
-    finish(schema, sources, &document)
+    let keys: Vec<&str> = assignments.iter().map(|(k, _)| *k).collect();
+    finish(schema, sources, &mut document, &keys)
 }
 
 fn set_in_document(
@@ -177,7 +259,7 @@ pub fn runtime_unset(
         .filter(|t| parse_key_path(t).is_none_or(|p| !is_prefix(&path, &p)))
         .collect();
     set_tombstones(&mut document, kept);
-    finish(schema, sources, &document)
+    finish(schema, sources, &mut document, &[])
 }
 
 /// Remove `key` for good: drop it from the runtime file and, when the defaults or a Nix
@@ -228,7 +310,7 @@ pub fn runtime_remove(
         }
         set_tombstones(&mut document, list);
     }
-    finish(schema, sources, &document)
+    finish(schema, sources, &mut document, &[])
 }
 
 fn first_env_var(node: &Node) -> Option<String> {

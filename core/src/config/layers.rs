@@ -225,27 +225,19 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
                 _ => Err(mismatch()),
             }
         }
-        // Prices may be written as TOML numbers; they are kept as their exact text.
-        (Kind::String(StrCheck::UsdPerMillion), DeValue::Float(f)) => {
-            if StrCheck::UsdPerMillion.accepts(f.as_str()) {
-                Ok(Value::String(f.as_str().to_owned()))
-            } else {
-                Err(mismatch())
-            }
-        }
-        (Kind::String(StrCheck::UsdPerMillion), DeValue::Integer(i)) => {
-            if i.radix() == 10 && StrCheck::UsdPerMillion.accepts(i.as_str()) {
-                Ok(Value::String(i.as_str().to_owned()))
-            } else {
-                Err(mismatch())
-            }
-        }
         (Kind::String(check), DeValue::String(s)) => {
             if check.accepts(s) {
                 Ok(Value::String(s.to_string()))
             } else {
                 Err(mismatch())
             }
+        }
+        // Dollar amounts may be written as TOML numbers (`budget = 20`, `input = 2.5`).
+        (Kind::String(check @ StrCheck::Usd), DeValue::Integer(n)) if n.radix() == 10 => {
+            accept_number(*check, n.as_str()).ok_or_else(mismatch)
+        }
+        (Kind::String(check @ StrCheck::Usd), DeValue::Float(f)) => {
+            accept_number(*check, f.as_str()).ok_or_else(mismatch)
         }
         (Kind::List(check), DeValue::Array(items)) => {
             let mut out = Vec::with_capacity(items.len());
@@ -264,6 +256,11 @@ fn convert_de_leaf(kind: &Kind, de: &DeValue<'_>, secret: bool) -> Result<Value,
         }
         _ => Err(mismatch()),
     }
+}
+
+fn accept_number(check: StrCheck, text: &str) -> Option<Value> {
+    let text = text.replace('_', "");
+    check.accepts(&text).then_some(Value::String(text))
 }
 
 /// "the string \"abc\"", "the integer 5", "a table", ...; a secret's value is never shown,

@@ -149,9 +149,10 @@ pub enum StrCheck {
     NamedToken,
     /// A registration token's name.
     TokenName,
-    /// US dollars per million tokens: a non-negative decimal (`2.5`, `0.075`, `"3"`), at most
-    /// nine decimals. TOML numbers are accepted and kept as their text.
-    UsdPerMillion,
+    /// An amount of US dollars (`20`, `0.50`, `$5`); TOML numbers are accepted too.
+    Usd,
+    /// A budget period: `day`, `week`, `month` or `total`.
+    Period,
 }
 
 /// Provider names an upstream may use.
@@ -204,9 +205,8 @@ impl StrCheck {
                 "a named token name:secret (name of a-z, 0-9, - and _; secret of at least 16 bytes)"
             }
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
-            StrCheck::UsdPerMillion => {
-                "US dollars per million tokens, a non-negative decimal such as 2.5 or 0.075"
-            }
+            StrCheck::Usd => "an amount of US dollars such as 20 or 0.50",
+            StrCheck::Period => "a budget period: day, week, month or total",
         }
     }
 
@@ -234,11 +234,12 @@ impl StrCheck {
                     && !s.chars().any(|c| c.is_whitespace() || c.is_control())
             }
             StrCheck::RouteStrategy => crate::route::RouteStrategy::from_name(s).is_some(),
+            StrCheck::Usd => crate::accounting::Usd::parse(s).is_ok(),
+            StrCheck::Period => s.parse::<crate::accounting::Period>().is_ok(),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
             StrCheck::TokenName => crate::tunnel::is_token_name(s),
-            StrCheck::UsdPerMillion => crate::accounting::Usd::parse(s).is_ok() && !s.contains('$'),
         }
     }
 }
@@ -601,10 +602,10 @@ const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 // Issue 14: `[upstreams.<name>.prices."<model>"]`: the price of a model at this upstream,
 // over the built-in table (`core/src/accounting/prices.toml`).
 static PRICE_FIELDS: [Field; 4] = [
-    field("input", Kind::String(StrCheck::UsdPerMillion), None),
-    field("output", Kind::String(StrCheck::UsdPerMillion), None),
-    field("cached", Kind::String(StrCheck::UsdPerMillion), None),
-    field("cache_write", Kind::String(StrCheck::UsdPerMillion), None),
+    field("input", Kind::String(StrCheck::Usd), None),
+    field("output", Kind::String(StrCheck::Usd), None),
+    field("cached", Kind::String(StrCheck::Usd), None),
+    field("cache_write", Kind::String(StrCheck::Usd), None),
 ];
 static PRICE: Kind = Kind::Table(&PRICE_FIELDS);
 
@@ -671,7 +672,7 @@ static DAEMON_RELAY_FIELDS: [Field; 6] = [
     field("token", Kind::String(StrCheck::Secret(16)), None),
 ];
 
-static JWT_FIELDS: [Field; 3] = [
+static JWT_FIELDS: [Field; 9] = [
     field("secret", Kind::String(StrCheck::Secret(16)), None),
     field(
         "issuer",
@@ -682,6 +683,30 @@ static JWT_FIELDS: [Field; 3] = [
         "expiration_hours",
         Kind::Integer { min: 1, max: 8760 },
         Some(DefaultValue::Integer(24)),
+    ),
+    field("audience", Kind::String(StrCheck::NonEmpty), None),
+    field("models", Kind::List(StrCheck::ModelName), None),
+    field(
+        "rpm",
+        Kind::Integer {
+            min: 1,
+            max: 100_000_000,
+        },
+        None,
+    ),
+    field(
+        "tpm",
+        Kind::Integer {
+            min: 1,
+            max: 1_000_000_000_000,
+        },
+        None,
+    ),
+    field("budget", Kind::String(StrCheck::Usd), None),
+    field(
+        "budget_period",
+        Kind::String(StrCheck::Period),
+        Some(DefaultValue::Str("month")),
     ),
 ];
 

@@ -16,7 +16,8 @@
 //! | PUT | `upstreams/NAME` `{"provider"?,"base_url"?,"api_key"?,"models"?,"enabled"?}` | edit |
 //! | DELETE | `upstreams/NAME` | remove (stays removed even if a `--config` file defines it) |
 //! | GET | `tokens` | API keys (ids and names, never the keys) |
-//! | POST | `tokens` `{"name","expires"?}` | create; the key is in this answer only |
+//! | POST | `tokens` `{"name","expires"?,"models"?,"rpm"?,"tpm"?,"budget"?,"period"?,"owner"?}` | create; the key is in this answer only |
+//! | PATCH | `tokens/ID` `{"models"?,"rpm"?,"tpm"?,"budget"?,"period"?,"owner"?,"expires"?,"name"?}` | change a key's policy (`null` removes a limit) |
 //! | DELETE | `tokens/ID` | revoke |
 //! | GET | `models` | models clients can ask for, with the upstreams tried in order |
 //! | GET | `reload` | the last reload error, if any |
@@ -32,12 +33,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::types::{
-    CertificateView, ConfigView, CreateToken, CreatedToken, Done, Flag, HealthView, KeyState,
-    LoginUrl, ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue,
-    Status, TokenList, TokenView, UpstreamList, UpstreamRequest, UpstreamView,
+    CertificateView, ConfigView, CreatedToken, Done, Flag, HealthView, KeyState, LoginUrl,
+    ModelList, ModelView, RelayView, ReloadErrorView, ReloadView, RouteView, SetValue, Status,
+    TokenEdit, TokenList, TokenView, UpstreamList, UpstreamRequest, UpstreamView,
 };
 use super::{api_error, Admin};
-use crate::auth::parse_duration_secs;
 use crate::reload::EditError;
 use crate::web::{self, Body, Peer};
 
@@ -68,6 +68,7 @@ pub async fn route<R: Runtime>(
         (&Method::DELETE, "upstreams", Some(name)) => remove_upstream(admin, name),
         (&Method::GET, "tokens", None) => tokens_view(admin),
         (&Method::POST, "tokens", None) => create_token(admin, body),
+        (&Method::PATCH, "tokens", Some(id)) => update_token(admin, id, body),
         (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id),
         (&Method::GET, "models", None) => typed(models_view(admin)),
         (&Method::GET, "reload", None) => typed(ReloadView {
@@ -484,34 +485,26 @@ fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
             created_at: t.created_at,
             expires_at: t.expires_at,
             expired: t.expires_at.is_some_and(|e| e <= now),
+            policy: t.policy.clone(),
         })
         .collect();
     typed(TokenList { tokens: rows })
 }
 
+const TOKEN_EDIT_SHAPE: &str = "{\"name\": \"ci\", \"models\": \"gpt-*,claude-*\", \"rpm\": 60, \
+     \"tpm\": 100000, \"budget\": 20, \"period\": \"month\", \"owner\": \"alice\", \"expires\": \"30d\"}";
+
 fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
-    let request: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateToken::default()
+    let request: TokenEdit = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenEdit::default()
     } else {
-        parse_typed(body, "{\"name\": ..., \"expires\": \"30d\"}")?
+        parse_typed(body, TOKEN_EDIT_SHAPE)?
     };
-    let name = request
-        .name
-        .as_deref()
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .unwrap_or("default")
-        .to_owned();
-    let ttl = match request.expires.as_deref().map(str::trim) {
-        Some(text) if !text.is_empty() => Some(
-            parse_duration_secs(text).map_err(|e| Failure::Refused(format!("`expires`: {e}")))?,
-        ),
-        _ => None,
-    };
+    let edit = request.to_key_edit().map_err(Failure::Refused)?;
     let (record, token) = admin
         .reloader
-        .edit_tokens(|store| store.create(&name, ttl))
-        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+        .edit_tokens(|store| store.create_with(&edit))
+        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
     tracing::info!(id = %record.id, name = %record.name, "admin: API key created");
     typed(CreatedToken {
         id: record.id,
@@ -520,6 +513,20 @@ fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
         expires_at: record.expires_at,
         token,
     })
+}
+
+fn update_token<R: Runtime>(admin: &Admin<R>, id: &str, body: &[u8]) -> ApiResult {
+    let request: TokenEdit = parse_typed(body, TOKEN_EDIT_SHAPE)?;
+    let edit = request.to_key_edit().map_err(Failure::Refused)?;
+    let updated = admin
+        .reloader
+        .edit_tokens(|store| store.update(id, &edit))
+        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+    if updated.is_none() {
+        return Err(Failure::NotFound(format!("no API key has id {id}")));
+    }
+    tracing::info!(%id, "admin: API key changed");
+    typed(Done::id(id))
 }
 
 fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {

@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
+use gate_core::accounting::{KeyPolicy, ModelPatterns, Period, Usd};
 use serde::{Deserialize, Serialize};
+
+use crate::auth::{parse_duration_secs, KeyEdit};
 
 /// `GET status`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -231,16 +234,92 @@ pub struct TokenView {
     pub created_at: u64,
     pub expires_at: Option<u64>,
     pub expired: bool,
+    /// Models, rpm, tpm, budget `{usd, period}`, owner; fields absent: no limit.
+    #[serde(default)]
+    pub policy: KeyPolicy,
 }
 
-/// `POST tokens`.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CreateToken {
+/// `POST tokens` (create) and `PATCH tokens/ID` (change). A field left out stays as it is
+/// (create: no limit); `null` removes a limit. `models` is a list or a comma-separated
+/// string (empty: every model), `budget` a number of dollars or a string such as `"$20"`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEdit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// A lifetime such as `30d`.
+    /// A lifetime from now such as `30d`; `null` or `"never"`: no expiry.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub expires: Option<Option<String>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub models: Option<Option<ModelPatterns>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub rpm: Option<Option<u32>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub tpm: Option<Option<u64>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub budget: Option<Option<Usd>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires: Option<String>,
+    pub period: Option<Period>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub owner: Option<Option<String>>,
+}
+
+/// The old name of [`TokenEdit`] for `POST tokens`.
+pub type CreateToken = TokenEdit;
+
+/// A field that is present: `null` is `Some(None)`, absent stays `None` (serde `default`).
+fn present<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+impl TokenEdit {
+    /// The checked edit, or what is wrong with it (field named).
+    pub fn to_key_edit(&self) -> Result<KeyEdit, String> {
+        let expires_in = match &self.expires {
+            None => None,
+            Some(None) => Some(None),
+            Some(Some(text)) if matches!(text.trim(), "never" | "none" | "") => Some(None),
+            Some(Some(text)) => Some(Some(
+                parse_duration_secs(text).map_err(|e| format!("`expires`: {e}"))?,
+            )),
+        };
+        Ok(KeyEdit {
+            name: self.name.clone(),
+            expires_in,
+            models: self.models.clone().map(Option::unwrap_or_default),
+            rpm: self.rpm,
+            tpm: self.tpm,
+            budget: self.budget,
+            period: self.period,
+            owner: self.owner.clone(),
+        })
+    }
 }
 
 /// The answer to `POST tokens`: the key is in this answer only.

@@ -37,6 +37,9 @@ use crate::usage::UsageSink;
 use crate::web::Body;
 use gate_core::llm::endpoint::bounded_echo;
 
+/// Keys with rate-limit state above which admission forgets those whose allowance is whole.
+const PRUNE_ABOVE: usize = 10_000;
+
 /// The ledger and rate limiter of every key, shared by the gateway's requests.
 pub(crate) struct Accounting {
     ledger: Mutex<Ledger>,
@@ -530,60 +533,64 @@ impl<R: Runtime> Gateway<R> {
             }
         }
         let now = unix_now();
-        let reservation =
-            match self
-                .accounting
-                .ledger()
-                .reserve(&caller.key_id, budget, now, max_cost)
-            {
-                Ok(r) => r,
-                Err(refusal) => {
-                    return Err(self.refuse(
-                        caller,
-                        label,
-                        protocol,
-                        model,
-                        started,
-                        StatusCode::PAYMENT_REQUIRED,
-                        "budget",
-                        &budget_message(caller, &refusal),
-                    ))
-                }
-            };
+        // Each lock is held for one statement: never two at once.
+        let reserved = self
+            .accounting
+            .ledger()
+            .reserve(&caller.key_id, budget, now, max_cost);
+        let reservation = match reserved {
+            Ok(r) => r,
+            Err(refusal) => {
+                return Err(self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::PAYMENT_REQUIRED,
+                    "budget",
+                    &budget_message(caller, &refusal),
+                ))
+            }
+        };
         let limits = limits_of(caller);
         let now_ns = self.accounting.now_ns();
-        let rate =
-            match self
-                .accounting
-                .limiter()
-                .admit(&caller.key_id, limits, estimated_input, now_ns)
-            {
-                Ok(status) => status,
-                Err(refusal) => {
-                    self.accounting.ledger().settle(
-                        reservation,
-                        Usd::ZERO,
-                        budget.map(|b| b.period),
-                        now,
-                    );
-                    let mut response = self.refuse(
-                        caller,
-                        label,
-                        protocol,
-                        model,
-                        started,
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "rate_limited",
-                        &rate_message(caller, &refusal, limits),
-                    );
-                    rate_headers(protocol, &refusal.status, response.headers_mut());
-                    response.headers_mut().insert(
-                        http::header::RETRY_AFTER,
-                        HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
-                    );
-                    return Err(response);
-                }
-            };
+        let admitted = {
+            let mut limiter = self.accounting.limiter();
+            if limiter.len() > PRUNE_ABOVE {
+                // Keys whose allowances are whole again need no state (JWT subjects come
+                // and go).
+                limiter.prune(now_ns);
+            }
+            limiter.admit(&caller.key_id, limits, estimated_input, now_ns)
+        };
+        let rate = match admitted {
+            Ok(status) => status,
+            Err(refusal) => {
+                self.accounting.ledger().settle(
+                    reservation,
+                    Usd::ZERO,
+                    budget.map(|b| b.period),
+                    now,
+                );
+                let mut response = self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    &rate_message(caller, &refusal, limits),
+                );
+                rate_headers(protocol, &refusal.status, response.headers_mut());
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
+                );
+                return Err(response);
+            }
+        };
         let mut record = Self::usage_record(caller, label, model);
         record.status = StatusCode::OK.as_u16();
         Ok((

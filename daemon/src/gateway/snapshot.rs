@@ -70,12 +70,16 @@ impl Snapshot {
                 prices: up.prices.clone(),
             });
         }
-        let jwt = config
-            .auth
-            .jwt
-            .secret
-            .as_ref()
-            .map(|secret| JwtSettings::new(secret.expose(), &config.auth.jwt.issuer));
+        let jwt = config.auth.jwt.secret.as_ref().map(|secret| {
+            let jwt = &config.auth.jwt;
+            JwtSettings::with_rules(
+                secret.expose(),
+                &jwt.issuer,
+                jwt.expiration_hours,
+                jwt.audience.as_deref(),
+                jwt.ceiling.clone(),
+            )
+        });
         let secrets = upstreams
             .iter()
             .filter_map(|u: &UpstreamTarget| u.api_key.as_ref())

@@ -12,19 +12,19 @@ use anyhow::{Context, Result};
 use gate_core::config::{self, DAEMON_SCHEMA};
 
 use crate::admin::client::AdminClient;
-use crate::admin::types::{
-    CreateToken, CreatedToken, Done, LoginUrl, Models, SetValue, Status, UpstreamRequest,
-};
-use crate::auth::{parse_duration_secs, TokenStore};
-use crate::cli::{ConfigArgs, ConfigCommand, TokenCommand, UpstreamCommand};
+use crate::admin::types::{Done, LoginUrl, Models, SetValue, Status, UpstreamRequest};
+use crate::cli::{ConfigArgs, ConfigCommand, UpstreamCommand};
 use crate::{settings, state};
+
+mod token;
+pub use token::token;
 
 fn state_dir(args: &ConfigArgs) -> Result<std::path::PathBuf> {
     state::resolve_state_dir(args.state_dir.as_deref())
 }
 
 /// The running daemon of this state directory, if any (announced on stderr).
-fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
+pub(crate) fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     let dir = state_dir(source)?;
     let client = AdminClient::discover(&dir);
     match &client {
@@ -41,7 +41,7 @@ fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     Ok(client)
 }
 
-fn no_config(state_dir: &Option<std::path::PathBuf>) -> ConfigArgs {
+pub(crate) fn no_config(state_dir: &Option<std::path::PathBuf>) -> ConfigArgs {
     ConfigArgs {
         config: Vec::new(),
         state_dir: state_dir.clone(),
@@ -202,20 +202,10 @@ pub fn unversioned_custom_url(provider: &str, base_url: &str) -> Option<String> 
 
 /// `1970-01-01 00:00 UTC` for seconds since the Unix epoch.
 pub fn utc_date(secs: u64) -> String {
-    let days = secs / 86_400;
     let rest = secs % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01 (non-negative here).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        "{} {:02}:{:02} UTC",
+        gate_core::accounting::period::date_string(secs),
         rest / 3600,
         rest % 3600 / 60
     )
@@ -376,117 +366,6 @@ struct UpstreamListRow {
     api_key: &'static str,
     models: Vec<String>,
     enabled: bool,
-}
-
-/// One row of `gate token list --json`: the times as Unix seconds (as before) and as
-/// readable UTC dates.
-#[derive(serde::Serialize)]
-struct TokenListRow {
-    id: String,
-    name: String,
-    created_at: u64,
-    expires_at: Option<u64>,
-    created: String,
-    expires: Option<String>,
-}
-
-/// `gate token ...`.
-pub fn token(command: TokenCommand) -> Result<()> {
-    match command {
-        TokenCommand::Create {
-            name,
-            expires,
-            state_dir,
-        } => {
-            if let Some(client) = daemon(&no_config(&state_dir))? {
-                let body = CreateToken {
-                    name: Some(name.clone()),
-                    expires: expires.clone(),
-                };
-                let created: CreatedToken = client.call_typed("POST", "tokens", Some(&body))?;
-                println!("{}", created.token);
-                eprintln!(
-                    "created API key id {} ({}){}; it is shown only once",
-                    created.id,
-                    created.name,
-                    match created.expires_at {
-                        Some(t) => format!(", expires {}", utc_date(t)),
-                        None => String::new(),
-                    }
-                );
-                return Ok(());
-            }
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            state::ensure_dir(&dir)?;
-            let ttl = expires
-                .as_deref()
-                .map(parse_duration_secs)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("--expires: {e}"))?;
-            let mut store = TokenStore::load(&dir)?;
-            let (record, token) = store.create(&name, ttl)?;
-            println!("{token}");
-            eprintln!(
-                "created API key id {} ({}){}; it is shown only once",
-                record.id,
-                record.name,
-                match record.expires_at {
-                    Some(t) => format!(", expires {}", utc_date(t)),
-                    None => String::new(),
-                }
-            );
-            Ok(())
-        }
-        TokenCommand::List { json, state_dir } => {
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            let store = TokenStore::load(&dir)?;
-            let tokens = store.list();
-            if json {
-                let rows: Vec<_> = tokens
-                    .iter()
-                    .map(|t| TokenListRow {
-                        id: t.id.clone(),
-                        name: t.name.clone(),
-                        created_at: t.created_at,
-                        expires_at: t.expires_at,
-                        created: utc_date(t.created_at),
-                        expires: t.expires_at.map(utc_date),
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else if tokens.is_empty() {
-                eprintln!("no API keys; create one with `gate token create --name NAME`");
-            } else {
-                for t in tokens {
-                    println!(
-                        "{}\t{}\tcreated {}{}",
-                        t.id,
-                        t.name,
-                        utc_date(t.created_at),
-                        t.expires_at
-                            .map(|e| format!("\texpires {}", utc_date(e)))
-                            .unwrap_or_default()
-                    );
-                }
-            }
-            Ok(())
-        }
-        TokenCommand::Revoke { id, state_dir } => {
-            if let Some(client) = daemon(&no_config(&state_dir))? {
-                let _: Done = client.call_typed("DELETE", &format!("tokens/{id}"), None::<&()>)?;
-                eprintln!("revoked API key {id}");
-                return Ok(());
-            }
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            let mut store = TokenStore::load(&dir)?;
-            if store.revoke(&id)? {
-                eprintln!("revoked API key {id}");
-                Ok(())
-            } else {
-                anyhow::bail!("no API key has id {id} (see `gate token list`)")
-            }
-        }
-    }
 }
 
 /// `gate status`.

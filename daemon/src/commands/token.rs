@@ -1,0 +1,226 @@
+//! `gate token ...`: create, change, list and revoke API keys with their policy.
+
+use std::str::FromStr;
+
+use anyhow::{Context, Result};
+use gate_core::accounting::{KeyPolicy, ModelPatterns, Period, Usd};
+
+use super::{daemon, no_config, utc_date};
+use crate::admin::types::{CreatedToken, Done, TokenEdit};
+use crate::auth::{TokenRecord, TokenStore};
+use crate::cli::{PolicyArgs, TokenCommand};
+use crate::state;
+
+/// One row of `gate token list --json`: the times as Unix seconds (as before) and as
+/// readable UTC dates, and the key's policy.
+#[derive(serde::Serialize)]
+struct TokenListRow {
+    id: String,
+    name: String,
+    created_at: u64,
+    expires_at: Option<u64>,
+    created: String,
+    expires: Option<String>,
+    policy: KeyPolicy,
+}
+
+/// `none` (or `off`) as "remove the limit", anything else through `parse`.
+fn limit<T>(
+    flag: &str,
+    text: Option<String>,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<Option<T>>> {
+    let Some(text) = text else { return Ok(None) };
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") || text.eq_ignore_ascii_case("off") {
+        return Ok(Some(None));
+    }
+    parse(text)
+        .map(|v| Some(Some(v)))
+        .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+fn count<T: FromStr>(text: &str) -> Result<T, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a whole number (or `none` to remove the limit)"))
+}
+
+/// The admin API's edit from the command line's options.
+fn token_edit(
+    name: Option<String>,
+    expires: Option<String>,
+    policy: PolicyArgs,
+) -> Result<TokenEdit> {
+    Ok(TokenEdit {
+        name,
+        expires: expires.map(Some),
+        models: policy.models.map(|m| Some(ModelPatterns::parse(&m))),
+        rpm: limit("--rpm", policy.rpm, count)?,
+        tpm: limit("--tpm", policy.tpm, count)?,
+        budget: limit("--budget", policy.budget, Usd::parse)?,
+        period: policy
+            .period
+            .as_deref()
+            .map(Period::from_str)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--period: {e}"))?,
+        owner: limit("--owner", policy.owner, |t| Ok(t.to_owned()))?,
+    })
+}
+
+/// `models gpt-*,claude-*  rpm 60  budget $20.00/month  owner alice`, or `no limits`.
+pub fn describe_policy(policy: &KeyPolicy) -> String {
+    let mut parts = Vec::new();
+    if !policy.models.is_empty() {
+        parts.push(format!("models {}", policy.models.patterns().join(",")));
+    }
+    if let Some(rpm) = policy.rpm {
+        parts.push(format!("rpm {rpm}"));
+    }
+    if let Some(tpm) = policy.tpm {
+        parts.push(format!("tpm {tpm}"));
+    }
+    if let Some(budget) = policy.budget {
+        parts.push(format!("budget {}/{}", budget.limit, budget.period));
+    }
+    if parts.is_empty() {
+        parts.push("no limits".to_owned());
+    }
+    if let Some(owner) = &policy.owner {
+        parts.push(format!("owner {owner}"));
+    }
+    parts.join("  ")
+}
+
+fn announce_created(id: &str, name: &str, expires_at: Option<u64>) {
+    eprintln!(
+        "created API key id {id} ({name}){}; it is shown only once",
+        match expires_at {
+            Some(t) => format!(", expires {}", utc_date(t)),
+            None => String::new(),
+        }
+    );
+}
+
+fn print_list(tokens: &[TokenRecord], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<_> = tokens
+            .iter()
+            .map(|t| TokenListRow {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+                created: utc_date(t.created_at),
+                expires: t.expires_at.map(utc_date),
+                policy: t.policy.clone(),
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if tokens.is_empty() {
+        eprintln!("no API keys; create one with `gate token create --name NAME`");
+        return Ok(());
+    }
+    for t in tokens {
+        println!(
+            "{}\t{}\tcreated {}{}\t{}",
+            t.id,
+            t.name,
+            utc_date(t.created_at),
+            t.expires_at
+                .map(|e| format!("\texpires {}", utc_date(e)))
+                .unwrap_or_default(),
+            describe_policy(&t.policy),
+        );
+    }
+    Ok(())
+}
+
+/// `gate token ...`.
+pub fn token(command: TokenCommand) -> Result<()> {
+    match command {
+        TokenCommand::Create {
+            name,
+            expires,
+            policy,
+            state_dir,
+        } => {
+            let body = token_edit(Some(name), expires, policy)?;
+            // Checked before anything is sent or written.
+            let edit = body.to_key_edit().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if let Some(client) = daemon(&no_config(&state_dir))? {
+                let created: CreatedToken = client.call_typed("POST", "tokens", Some(&body))?;
+                println!("{}", created.token);
+                announce_created(&created.id, &created.name, created.expires_at);
+                return Ok(());
+            }
+            let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            state::ensure_dir(&dir)?;
+            let mut store = TokenStore::load(&dir)?;
+            let (record, token) = store.create_with(&edit)?;
+            println!("{token}");
+            announce_created(&record.id, &record.name, record.expires_at);
+            Ok(())
+        }
+        TokenCommand::Update {
+            id,
+            name,
+            expires,
+            policy,
+            state_dir,
+        } => {
+            let body = token_edit(name, expires, policy)?;
+            let edit = body.to_key_edit().map_err(|e| anyhow::anyhow!("{e}"))?;
+            if body == TokenEdit::default() {
+                anyhow::bail!(
+                    "nothing to change: give at least one of --name, --expires, --models, --rpm, \
+                     --tpm, --budget, --period, --owner (see `gate token update --help`)"
+                );
+            }
+            if let Some(client) = daemon(&no_config(&state_dir))? {
+                let _: Done = client.call_typed("PATCH", &format!("tokens/{id}"), Some(&body))?;
+            } else {
+                let dir = state::resolve_state_dir(state_dir.as_deref())?;
+                let mut store = TokenStore::load(&dir)?;
+                if store.update(&id, &edit)?.is_none() {
+                    anyhow::bail!("no API key has id {id} (see `gate token list`)");
+                }
+            }
+            let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            let store = TokenStore::load(&dir)?;
+            let record = store
+                .list()
+                .into_iter()
+                .find(|t| t.id == id)
+                .with_context(|| format!("API key {id} changed, but is no longer listed"))?;
+            eprintln!(
+                "updated API key {id} ({}): {}",
+                record.name,
+                describe_policy(&record.policy)
+            );
+            Ok(())
+        }
+        TokenCommand::List { json, state_dir } => {
+            let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            let store = TokenStore::load(&dir)?;
+            print_list(&store.list(), json)
+        }
+        TokenCommand::Revoke { id, state_dir } => {
+            if let Some(client) = daemon(&no_config(&state_dir))? {
+                let _: Done = client.call_typed("DELETE", &format!("tokens/{id}"), None::<&()>)?;
+                eprintln!("revoked API key {id}");
+                return Ok(());
+            }
+            let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            let mut store = TokenStore::load(&dir)?;
+            if store.revoke(&id)? {
+                eprintln!("revoked API key {id}");
+                Ok(())
+            } else {
+                anyhow::bail!("no API key has id {id} (see `gate token list`)")
+            }
+        }
+    }
+}
