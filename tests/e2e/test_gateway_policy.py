@@ -5,7 +5,6 @@ rate-limit headers come back on successes."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -30,38 +29,33 @@ from e2e_support import (
     OPENAI_MOCK_MODELS,
 )
 
-# One key per policy. The openai upstream is declared `provider = "openai"` so the built-in
-# price table applies to its models (gpt-4o-mini: $0.15 / $0.60 per million tokens).
+# One key per policy, made with `gate token create` and its policy flags. The openai upstream is
+# declared `provider = "openai"` so the built-in price table applies to its models
+# (gpt-4o-mini: $0.15 / $0.60 per million tokens).
 POLICIES = {
-    "chat-only": {"models": [OPENAI_CHAT_MODEL]},
-    "one-a-minute": {"rpm": 1},
-    "one-a-minute-anthropic": {"rpm": 1},
-    "one-a-minute-gemini": {"rpm": 1},
-    "tenth-of-a-cent": {"budget": {"usd": 0.001, "period": "day"}},
+    "chat-only": ["--models", OPENAI_CHAT_MODEL],
+    "one-a-minute": ["--rpm", "1"],
+    "one-a-minute-anthropic": ["--rpm", "1"],
+    "one-a-minute-gemini": ["--rpm", "1"],
+    "tenth-of-a-cent": ["--budget", "0.001", "--period", "day", "--owner", "e2e"],
 }
 
 
 def create_keys(state_dir: Path) -> dict[str, str]:
-    """Keys made with `gate token create`, their policies written into the token file (as
-    `gate token update` stores them) before gate starts."""
+    """Keys made with `gate token create` in the state directory gate then starts on."""
     state_dir.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATE_")}
     env["HOME"] = str(state_dir.parent)
     keys = {}
-    for name in POLICIES:
+    for name, flags in POLICIES.items():
         out = subprocess.run(
-            [str(gate_bin()), "token", "create", "--name", name, "--state-dir", str(state_dir)],
+            [str(gate_bin()), "token", "create", "--name", name, *flags, "--state-dir", str(state_dir)],
             capture_output=True,
             text=True,
             env=env,
-            check=True,
         )
+        assert out.returncode == 0, out.stderr
         keys[name] = out.stdout.strip()
-    path = state_dir / "tokens.json"
-    stored = json.loads(path.read_text())
-    for record in stored["tokens"]:
-        record["policy"] = POLICIES[record["name"]]
-    path.write_text(json.dumps(stored))
     return keys
 
 
