@@ -1117,6 +1117,47 @@ fn relay_transport_and_tcp_port() {
 }
 
 #[test]
+fn upstream_prices_override_the_builtin_table() {
+    let toml = r#"
+[upstreams.openai]
+provider = "openai"
+
+[upstreams.openai.prices."gpt-4o"]
+input = 2
+output = 8.5
+cached = "0.075"
+
+[upstreams.openai.prices."my-fine-tune"]
+input = 0.3
+output = 1.2
+cache_write = 0.375
+"#;
+    let loaded = load_daemon(&sources(&[("/n.toml", toml)], "", &[])).unwrap();
+    let prices = &loaded.config.upstreams["openai"].prices;
+    let gpt4o = prices["gpt-4o"];
+    assert_eq!(gpt4o.input.0, 2_000_000_000);
+    assert_eq!(gpt4o.output.0, 8_500_000_000);
+    assert_eq!(gpt4o.cached.0, 75_000_000);
+    assert_eq!(gpt4o.cache_write, gpt4o.input, "defaults to input");
+    assert_eq!(prices["my-fine-tune"].cache_write.0, 375_000_000);
+    let shown = loaded.merged.render_text(true);
+    assert!(
+        shown.contains("[upstreams.openai.prices.gpt-4o]")
+            || shown.contains("[upstreams.openai.prices.\"gpt-4o\"]"),
+        "{shown}"
+    );
+    assert!(shown.contains("output = \"8.5\""), "{shown}");
+
+    let missing = "[upstreams.openai]\nprovider = \"openai\"\n[upstreams.openai.prices.\"gpt-4o\"]\ninput = 1\n";
+    let e = daemon_err(&sources(&[("/n.toml", missing)], "", &[]));
+    assert_eq!(e.key(), Some("upstreams.openai.prices.gpt-4o.output"));
+    assert!(e.to_string().contains("input = 2.5, output = 10"), "{e}");
+    let negative = "[upstreams.openai]\nprovider = \"openai\"\n[upstreams.openai.prices.\"gpt-4o\"]\ninput = -1\noutput = 1\n";
+    let e = daemon_err(&sources(&[("/n.toml", negative)], "", &[]));
+    assert!(e.to_string().contains("an amount of US dollars"), "{e}");
+}
+
+#[test]
 fn jwt_audience_and_policy_ceiling() {
     use gate_core::accounting::{Period, Usd};
     let text = "[auth.jwt]\naudience = \"gate\"\nmodels = [\"gpt-*\"]\nrpm = 60\nbudget = 20\n\

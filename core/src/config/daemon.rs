@@ -69,6 +69,9 @@ pub struct UpstreamConfig {
     pub responses: Option<bool>,
     /// Output cap for requests Gate converts for this upstream.
     pub max_output_tokens: Option<u32>,
+    /// Model -> price at this upstream, over the built-in table
+    /// (`[upstreams.<name>.prices."<model>"]`).
+    pub prices: BTreeMap<String, crate::accounting::Price>,
 }
 
 /// `[relay]` of the daemon.
@@ -233,6 +236,39 @@ fn routing_strategies(tree: &Table) -> BTreeMap<String, crate::route::RouteStrat
         .collect()
 }
 
+/// `[upstreams.<name>.prices]`: model -> price. Values were checked by the schema
+/// ([`super::schema::StrCheck::Usd`]) and `input`/`output` by [`check_tree`].
+fn upstream_prices(entry: &Table) -> BTreeMap<String, crate::accounting::Price> {
+    let Some(Node::Table(prices)) = entry.get("prices") else {
+        return BTreeMap::new();
+    };
+    let amount = |price: &Table, field: &str| match price.get(field) {
+        Some(Node::Leaf(Leaf {
+            value: Value::String(text),
+            ..
+        })) => crate::accounting::Usd::parse(text).ok(),
+        _ => None,
+    };
+    prices
+        .iter()
+        .filter_map(|(model, node)| {
+            let Node::Table(price) = node else {
+                return None;
+            };
+            let input = amount(price, "input")?;
+            Some((
+                model.clone(),
+                crate::accounting::Price {
+                    input,
+                    output: amount(price, "output")?,
+                    cached: amount(price, "cached").unwrap_or(input),
+                    cache_write: amount(price, "cache_write").unwrap_or(input),
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Fill `provider` from the upstream's name when the name is a provider, and `base_url`
 /// from the provider's default.
 pub(crate) fn derive_defaults(tree: &mut Table) {
@@ -328,6 +364,28 @@ pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
             });
         }
     }
+    for (name, entry) in upstream_entries(tree) {
+        let Some(Node::Table(prices)) = entry.get("prices") else {
+            continue;
+        };
+        for (model, node) in prices {
+            let Node::Table(price) = node else { continue };
+            for required in ["input", "output"] {
+                if !price.contains_key(required) {
+                    return Err(ConfigError::InvalidValue {
+                        key: format!("upstreams.{name}.prices.{model}.{required}"),
+                        origin: any_origin(price),
+                        expected: format!(
+                            "set: a price needs `input` and `output` (US dollars per million \
+                             tokens; `cached` and `cache_write` default to `input`), e.g. \
+                             [upstreams.{name}.prices.\"{model}\"] input = 2.5, output = 10"
+                        ),
+                        found: "missing".to_owned(),
+                    });
+                }
+            }
+        }
+    }
     let reader = Reader { tree };
     if reader.bool("relay.enable").unwrap_or(false) && reader.list("relay.addresses")?.is_empty() {
         let origin = reader
@@ -396,6 +454,7 @@ impl DaemonConfig {
                     weight: r.opt_int(&key("weight"))?,
                     responses: r.opt_bool(&key("responses"))?,
                     max_output_tokens: r.opt_int(&key("max_output_tokens"))?,
+                    prices: upstream_prices(entry),
                 },
             );
         }

@@ -599,7 +599,17 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 9] = [
+// Issue 14: `[upstreams.<name>.prices."<model>"]`: the price of a model at this upstream,
+// over the built-in table (`core/src/accounting/prices.toml`).
+static PRICE_FIELDS: [Field; 4] = [
+    field("input", Kind::String(StrCheck::Usd), None),
+    field("output", Kind::String(StrCheck::Usd), None),
+    field("cached", Kind::String(StrCheck::Usd), None),
+    field("cache_write", Kind::String(StrCheck::Usd), None),
+];
+static PRICE: Kind = Kind::Table(&PRICE_FIELDS);
+
+static UPSTREAM_FIELDS: [Field; 10] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -625,6 +635,14 @@ static UPSTREAM_FIELDS: [Field; 9] = [
         Kind::Integer {
             min: 1,
             max: 100_000_000,
+        },
+        None,
+    ),
+    field(
+        "prices",
+        Kind::Map {
+            key: StrCheck::ModelName,
+            entry: &PRICE,
         },
         None,
     ),

@@ -20,6 +20,8 @@ pub enum ApiErrorKind {
     InvalidRequest,
     /// 401: missing or wrong credentials.
     Authentication,
+    /// 402: the key's spend budget does not cover the request.
+    PaymentRequired,
     /// 403: credentials valid but not allowed.
     Permission,
     /// 404: unknown model or endpoint.
@@ -44,6 +46,7 @@ impl ApiErrorKind {
         match self {
             ApiErrorKind::InvalidRequest => 400,
             ApiErrorKind::Authentication => 401,
+            ApiErrorKind::PaymentRequired => 402,
             ApiErrorKind::Permission => 403,
             ApiErrorKind::NotFound => 404,
             ApiErrorKind::RequestTooLarge => 413,
@@ -60,6 +63,7 @@ impl ApiErrorKind {
     pub fn from_status(status: u16) -> ApiErrorKind {
         match status {
             401 => ApiErrorKind::Authentication,
+            402 => ApiErrorKind::PaymentRequired,
             403 => ApiErrorKind::Permission,
             404 => ApiErrorKind::NotFound,
             413 => ApiErrorKind::RequestTooLarge,
@@ -73,12 +77,13 @@ impl ApiErrorKind {
     }
 
     /// Anthropic's `error.type`: `invalid_request_error`, `authentication_error`,
-    /// `permission_error`, `not_found_error`, `request_too_large`, `rate_limit_error`,
+    /// `billing_error` (402), `permission_error`, `not_found_error`, `request_too_large`, `rate_limit_error`,
     /// `api_error` (500, 502), `overloaded_error` (503), `timeout_error` (504).
     pub fn anthropic_type(self) -> &'static str {
         match self {
             ApiErrorKind::InvalidRequest => "invalid_request_error",
             ApiErrorKind::Authentication => "authentication_error",
+            ApiErrorKind::PaymentRequired => "billing_error",
             ApiErrorKind::Permission => "permission_error",
             ApiErrorKind::NotFound => "not_found_error",
             ApiErrorKind::RequestTooLarge => "request_too_large",
@@ -90,14 +95,15 @@ impl ApiErrorKind {
     }
 
     /// OpenAI's `error.type`: client errors are `invalid_request_error` (as OpenAI sends
-    /// for 401 and 404 too), except 403 `permission_error` and 429 `rate_limit_error`;
-    /// 5xx are `server_error`.
+    /// for 401 and 404 too), except 402 `insufficient_quota`, 403 `permission_error` and
+    /// 429 `rate_limit_error`; 5xx are `server_error`.
     pub fn openai_type(self) -> &'static str {
         match self {
             ApiErrorKind::InvalidRequest
             | ApiErrorKind::Authentication
             | ApiErrorKind::NotFound
             | ApiErrorKind::RequestTooLarge => "invalid_request_error",
+            ApiErrorKind::PaymentRequired => "insufficient_quota",
             ApiErrorKind::Permission => "permission_error",
             ApiErrorKind::RateLimit => "rate_limit_error",
             ApiErrorKind::Internal
@@ -112,6 +118,7 @@ impl ApiErrorKind {
         match self {
             ApiErrorKind::InvalidRequest | ApiErrorKind::Internal => None,
             ApiErrorKind::Authentication => Some("invalid_api_key"),
+            ApiErrorKind::PaymentRequired => Some("budget_exceeded"),
             ApiErrorKind::Permission => Some("permission_denied"),
             ApiErrorKind::NotFound => Some("model_not_found"),
             ApiErrorKind::RequestTooLarge => Some("request_too_large"),
@@ -214,7 +221,7 @@ mod tests {
 
     #[test]
     fn status_round_trip() {
-        for status in [400, 401, 403, 404, 413, 429, 500, 502, 503, 504] {
+        for status in [400, 401, 402, 403, 404, 413, 429, 500, 502, 503, 504] {
             assert_eq!(ApiErrorKind::from_status(status).status(), status);
         }
         assert_eq!(ApiErrorKind::from_status(529), ApiErrorKind::Unavailable);

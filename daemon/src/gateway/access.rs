@@ -99,10 +99,13 @@ impl<R: Runtime> Gateway<R> {
         } else {
             WireProtocol::OpenAi
         };
-        if let Err(e) = self.authenticate(headers, peer) {
-            return error_response(protocol, StatusCode::UNAUTHORIZED, &e.to_string());
-        }
-        let models = self.lock_router().list_models();
+        let caller = match self.authenticate(headers, peer) {
+            Ok(caller) => caller,
+            Err(e) => return error_response(protocol, StatusCode::UNAUTHORIZED, &e.to_string()),
+        };
+        let mut models = self.lock_router().list_models();
+        // A key limited to some models sees only those.
+        models.retain(|m| caller.policy.models.allows(&m.id));
         let body = if anthropic {
             let data: Vec<_> = models
                 .iter()

@@ -20,6 +20,7 @@ use super::upstream::{
     error_chain, is_event_stream, map_upstream_status, retry_after,
 };
 use super::{Endpoint, Gateway};
+use crate::auth::Caller;
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::metrics::{EndpointLabels, RequestLabels};
@@ -87,7 +88,8 @@ impl<R: Runtime> Gateway<R> {
         peer: Peer,
         started: Instant,
     ) -> Result<Response<Body>, Refusal> {
-        self.authenticate(&parts.headers, peer)
+        let caller = self
+            .authenticate(&parts.headers, peer)
             .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
         let snapshot = self.snapshot();
         check_json_content_type(&parts.headers)?;
@@ -98,7 +100,8 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        self.dispatch_body(endpoint, &parts, body, started).await
+        self.dispatch_body(endpoint, &parts, body, started, &caller)
+            .await
     }
 
     /// Routes a request whose body is read (and whose client is authenticated) and tries
@@ -109,6 +112,7 @@ impl<R: Runtime> Gateway<R> {
         parts: &http::request::Parts,
         body: Bytes,
         started: Instant,
+        caller: &Caller,
     ) -> Result<Response<Body>, Refusal> {
         let client_protocol = endpoint.client_protocol();
         let snapshot = self.snapshot();
@@ -129,6 +133,10 @@ impl<R: Runtime> Gateway<R> {
                 "the request has no \"model\" string field".to_owned(),
             ));
         };
+        let label = policy_label(endpoint, parts);
+        if let Err(refused) = self.check_model(caller, label, client_protocol, &model, started) {
+            return Ok(refused);
+        }
         let (stream, include_usage) = (summary.stream, summary.include_usage);
         let has_stream_options = summary.has_stream_options;
 
@@ -153,7 +161,7 @@ impl<R: Runtime> Gateway<R> {
         if plan.candidates.is_empty() {
             return Ok(self.no_candidate(client_protocol, &echoed, &plan, now));
         }
-        let candidates = plan.candidates;
+        let mut candidates = plan.candidates;
 
         // Count tokens locally when no Anthropic upstream can.
         if endpoint == Endpoint::CountTokens
@@ -177,6 +185,20 @@ impl<R: Runtime> Gateway<R> {
             return Ok(out);
         }
 
+        let (mut charge, admission) = match self.admit(
+            caller,
+            endpoint,
+            label,
+            client_protocol,
+            &model,
+            &body,
+            &mut candidates,
+            &snapshot,
+            started,
+        ) {
+            Ok(admitted) => admitted,
+            Err(refused) => return Ok(refused),
+        };
         let max_response = snapshot.limits.max_response_bytes;
         let mut last_failure = Refusal(StatusCode::BAD_GATEWAY, "no upstream was tried".to_owned());
         let count = candidates.len();
@@ -305,7 +327,8 @@ impl<R: Runtime> Gateway<R> {
                 slot.settle(&outcome, retry_after);
                 None
             };
-            return Ok(self
+            charge.answered_by(upstream, &candidate.upstream_model);
+            let mut out = self
                 .respond(
                     endpoint,
                     client_protocol,
@@ -315,9 +338,13 @@ impl<R: Runtime> Gateway<R> {
                     response,
                     started,
                     slot,
+                    charge,
                 )
-                .await);
+                .await;
+            admission.decorate(client_protocol, &mut out);
+            return Ok(out);
         }
+        charge.finish_unanswered(last_failure.0, "upstream_error");
         Err(last_failure)
     }
 
@@ -363,6 +390,16 @@ impl<R: Runtime> Gateway<R> {
                 .insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
         }
         response
+    }
+}
+
+/// The endpoint label of usage records: `gemini` for the Gemini front door (which enters
+/// through Chat Completions), else the endpoint's own.
+fn policy_label(endpoint: Endpoint, parts: &http::request::Parts) -> &'static str {
+    if parts.uri.path().starts_with("/v1beta/") {
+        "gemini"
+    } else {
+        endpoint.label()
     }
 }
 

@@ -93,9 +93,10 @@ impl<R: Runtime> Gateway<R> {
             }
         }
         parts.headers.remove("x-goog-api-key");
-        if let Err(e) = self.authenticate(&parts.headers, peer) {
-            return google_error(StatusCode::UNAUTHORIZED, &e.to_string());
-        }
+        let caller = match self.authenticate(&parts.headers, peer) {
+            Ok(caller) => caller,
+            Err(e) => return google_error(StatusCode::UNAUTHORIZED, &e.to_string()),
+        };
         let (method, model) = match call {
             ModelsCall::List => (Method::GET, None),
             ModelsCall::Get(m) => (Method::GET, Some(m.to_owned())),
@@ -109,7 +110,9 @@ impl<R: Runtime> Gateway<R> {
                 &format!("{path} accepts {method} only"),
             );
         }
-        let routed = self.lock_router().list_models();
+        let mut routed = self.lock_router().list_models();
+        // A key limited to some models sees only those.
+        routed.retain(|m| caller.policy.models.allows(&m.id));
         match call {
             ModelsCall::List => {
                 let models: Vec<_> = routed.iter().map(|m| model_resource(&m.id)).collect();
@@ -132,11 +135,11 @@ impl<R: Runtime> Gateway<R> {
             ModelsCall::CountTokens(_) => self.gemini_count_tokens(&parts, body, &model).await,
             ModelsCall::StreamGenerate(_) => {
                 let sse = gemini::wants_sse(query.as_deref());
-                self.gemini_generate(&parts, body, &model, Some(sse), started)
+                self.gemini_generate(&parts, body, &model, Some(sse), started, &caller)
                     .await
             }
             _ => {
-                self.gemini_generate(&parts, body, &model, None, started)
+                self.gemini_generate(&parts, body, &model, None, started, &caller)
                     .await
             }
         };
@@ -198,6 +201,7 @@ impl<R: Runtime> Gateway<R> {
         model: &str,
         stream: Option<bool>,
         started: Instant,
+        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
         check_json_content_type(&parts.headers)?;
         let snapshot = self.snapshot();
@@ -205,7 +209,13 @@ impl<R: Runtime> Gateway<R> {
         let chat = gemini::gemini_request_body_to_openai(&body, model, stream.is_some())
             .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
         let response = self
-            .dispatch_body(Endpoint::ChatCompletions, parts, Bytes::from(chat), started)
+            .dispatch_body(
+                Endpoint::ChatCompletions,
+                parts,
+                Bytes::from(chat),
+                started,
+                caller,
+            )
             .await?;
         let (mut head, body) = response.into_parts();
         if !head.status.is_success() {
@@ -222,6 +232,8 @@ impl<R: Runtime> Gateway<R> {
                 out.headers_mut()
                     .insert(http::header::RETRY_AFTER, retry.clone());
             }
+            // The key's rate-limit headers on a refusal.
+            copy_upstream_headers(&head.headers, out.headers_mut());
             return Ok(out);
         }
         head.headers.remove(http::header::CONTENT_LENGTH);

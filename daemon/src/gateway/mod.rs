@@ -18,7 +18,8 @@
 //! - [`upstream`] - building the upstream request, reading its answer;
 //! - [`respond`] - turning the upstream's answer into the client's;
 //! - [`stream`] - the streamed body ([`stream::StreamPipe`]);
-//! - [`observe`] - metrics of attempts and health gauges.
+//! - [`observe`] - metrics of attempts and health gauges;
+//! - [`policy`] - keys' policies: allowed models, rate limits, budgets, usage records.
 //!
 //! Invariants:
 //! - the client's credentials are never forwarded: upstream requests are built from an
@@ -37,6 +38,7 @@ mod discovery;
 mod dispatch;
 mod gemini;
 mod observe;
+mod policy;
 mod respond;
 pub mod snapshot;
 mod stream;
@@ -81,6 +83,8 @@ pub struct Gateway<R: Runtime> {
     stream_stop: stream::StreamStop,
     /// Where each finished request's usage record goes (the usage log).
     usage: RwLock<Arc<dyn crate::usage::UsageSink>>,
+    /// Spend and rate-limit state of every key (issue 14).
+    accounting: Arc<policy::Accounting>,
 }
 
 impl<R: Runtime> Gateway<R> {
@@ -125,6 +129,7 @@ impl<R: Runtime> Gateway<R> {
             relay_gauges: std::sync::OnceLock::new(),
             stream_stop: stream::StreamStop::default(),
             usage: RwLock::new(Arc::new(crate::usage::Discard)),
+            accounting: Arc::new(policy::Accounting::default()),
         })
     }
 

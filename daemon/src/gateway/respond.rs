@@ -14,6 +14,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::attempt::AttemptSlot;
+use super::policy::Charge;
 use super::stream::{Mode, StreamPipe, SSE_MAX_EVENT, SSE_MAX_LINE};
 use super::upstream::{
     check_conversion_bound, collect_with_timeout, copy_converted_response_headers,
@@ -39,6 +40,7 @@ impl<R: Runtime> Gateway<R> {
         response: Response<Incoming>,
         started: Instant,
         slot: Option<AttemptSlot>,
+        charge: Charge,
     ) -> Response<Body> {
         let snapshot = self.snapshot();
         let snapshot_idle = snapshot.limits.idle_timeout;
@@ -71,6 +73,7 @@ impl<R: Runtime> Gateway<R> {
             } else {
                 status
             };
+            charge.finish_unanswered(client_status, "upstream_error");
             if same_protocol && status.is_client_error() && !bytes.is_empty() {
                 let mut out = Response::new(full_body(bytes));
                 *out.status_mut() = status;
@@ -126,6 +129,7 @@ impl<R: Runtime> Gateway<R> {
                 stop: self.stream_stop.clone(),
                 stop_id: self.stream_stop.next_id(),
                 stop_waker: None,
+                charge: Some(charge),
             };
             let mut out = Response::new(pipe.boxed());
             copy_converted_response_headers(
@@ -161,6 +165,12 @@ impl<R: Runtime> Gateway<R> {
                     };
                     slot.settle(&outcome, None);
                 }
+                // The upstream may have billed the request: charged as far as is known.
+                charge.finish(
+                    StatusCode::BAD_GATEWAY,
+                    Usage::default(),
+                    Some("upstream_error"),
+                );
                 let what = match e {
                     ReadError::TooLarge(_) => "sent an answer Gate will not buffer",
                     _ => "broke off its answer",
@@ -190,6 +200,9 @@ impl<R: Runtime> Gateway<R> {
         }
         self.metrics
             .add_tokens(&upstream.name, model, usage.input, usage.output);
+        let mut charge = charge;
+        charge.on_bytes(bytes.len());
+        charge.finish(status, usage, None);
         if same_protocol || endpoint == Endpoint::CountTokens {
             let mut out = Response::new(full_body(bytes));
             copy_response_headers(&parts.headers, out.headers_mut());

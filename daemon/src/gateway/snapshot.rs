@@ -20,6 +20,8 @@ pub struct UpstreamTarget {
     pub responses: bool,
     /// `max_output_tokens`: caps the output of requests Gate converts for this upstream.
     pub max_output_tokens: Option<u32>,
+    /// `[upstreams.X.prices]`: model prices over the built-in table (issue 14).
+    pub prices: std::collections::BTreeMap<String, gate_core::accounting::Price>,
 }
 
 impl UpstreamTarget {
@@ -65,6 +67,7 @@ impl Snapshot {
                 api_key: up.api_key.clone(),
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
                 max_output_tokens: up.max_output_tokens,
+                prices: up.prices.clone(),
             });
         }
         let jwt = config.auth.jwt.secret.as_ref().map(|secret| {

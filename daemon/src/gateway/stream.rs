@@ -18,6 +18,7 @@ use http::StatusCode;
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 
 use super::attempt::AttemptSlot;
+use super::policy::Charge;
 use super::Endpoint;
 use crate::convert::StreamConverter;
 use crate::errors::stream_error_event;
@@ -104,6 +105,9 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) stop: StreamStop,
     pub(super) stop_id: u64,
     pub(super) stop_waker: Option<Waker>,
+    /// The key's charge for this request: finished when the stream ends or breaks, and as
+    /// abandoned when the pipe is dropped first (the client went away).
+    pub(super) charge: Option<Charge>,
 }
 
 /// The stop signal [`StreamPipe`]s poll: once fired (a stop whose grace is over), each ends
@@ -154,6 +158,9 @@ impl<R: Runtime> Drop for StreamPipe<R> {
     fn drop(&mut self) {
         if self.stop_waker.is_some() {
             self.stop.forget(self.stop_id);
+        }
+        if let Some(charge) = self.charge.take() {
+            charge.finish(StatusCode::OK, self.usage, Some("abandoned"));
         }
     }
 }
@@ -213,6 +220,9 @@ impl<R: Runtime> StreamPipe<R> {
         if let Some(slot) = self.slot.take() {
             slot.settle(&AttemptOutcome::FailedAfterFirstByte, None);
         }
+        if let Some(charge) = self.charge.take() {
+            charge.finish(StatusCode::OK, self.usage, Some("upstream_error"));
+        }
         self.end_with_error(StatusCode::BAD_GATEWAY, message);
     }
 
@@ -220,6 +230,9 @@ impl<R: Runtime> StreamPipe<R> {
     /// stopping): the breaker slot is given back unsettled.
     fn end_for_stop(&mut self) {
         drop(self.slot.take());
+        if let Some(charge) = self.charge.take() {
+            charge.finish(StatusCode::OK, self.usage, Some("shutdown"));
+        }
         self.end_with_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "gate is shutting down and its grace period for streams is over; retry the request",
@@ -252,6 +265,9 @@ impl<R: Runtime> StreamPipe<R> {
     }
 
     pub(super) fn on_data(&mut self, data: Bytes) {
+        if let Some(charge) = &mut self.charge {
+            charge.on_bytes(data.len());
+        }
         if !self.first_byte {
             self.first_byte = true;
             self.metrics
@@ -327,6 +343,9 @@ impl<R: Runtime> StreamPipe<R> {
     pub(super) fn on_end(&mut self) {
         if let Some(slot) = self.slot.take() {
             slot.settle(&AttemptOutcome::HttpStatus(200), None);
+        }
+        if let Some(charge) = self.charge.take() {
+            charge.finish(StatusCode::OK, self.usage, None);
         }
         if matches!(self.mode, Mode::PassThroughStripUsage(_)) {
             if let Mode::PassThroughStripUsage(framer) =

@@ -376,6 +376,8 @@ pub fn status_name(http_status: u16) -> &'static str {
         400 | 413 => "INVALID_ARGUMENT",
         401 => "UNAUTHENTICATED",
         403 => "PERMISSION_DENIED",
+        // A spend budget is a quota, as Google reports its own.
+        402 => "RESOURCE_EXHAUSTED",
         404 => "NOT_FOUND",
         405 | 501 => "UNIMPLEMENTED",
         409 => "ABORTED",

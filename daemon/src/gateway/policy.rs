@@ -1,0 +1,678 @@
+//! Keys' policies on the request path (issue 14): allowed models, requests and tokens per
+//! minute, spend budgets, and one usage record per request.
+//!
+//! The decisions are gate-core's (`accounting::{ledger, ratelimit, prices, estimate}`); this
+//! module holds their state for the daemon ([`Accounting`]), answers refusals in the
+//! client's protocol with the rate-limit headers, and settles each admitted request through
+//! a [`Charge`]: a guard that the answer's end (body read, stream ended or broken) finishes
+//! with the upstream's usage, and whose `Drop` settles whatever is left (a client that went
+//! away mid-stream, a failed attempt chain, a dropped future), so no reservation leaks.
+//!
+//! Order of the checks: model (403), price known for a budgeted key (402), budget (402),
+//! rate limits (429; a refusal here gives the reservation back). The reservation is the most
+//! the request can cost on any candidate upstream: estimated input plus its output bound at
+//! the dearest candidate's price.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gate_core::accounting::estimate;
+use gate_core::accounting::ledger::{KeySpend, UNBUDGETED_PERIOD};
+use gate_core::accounting::period::{civil_from_days, date_string};
+use gate_core::accounting::prices::lookup_in;
+use gate_core::accounting::{
+    cost, BudgetRefusal, Ledger, Limited, Limits, Period, Price, PriceTable, RateLimiter,
+    RateRefusal, RateStatus, Reservation, TokenCounts, UsageRecord, Usd, Window,
+};
+use gate_core::llm::usage::Usage;
+use gate_core::route::{Candidate, WireProtocol};
+use gate_rt::Runtime;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use super::dispatch::MAX_ECHO_CHARS;
+use super::{Endpoint, Gateway, Snapshot, UpstreamTarget};
+use crate::auth::Caller;
+use crate::errors::error_response;
+use crate::usage::UsageSink;
+use crate::web::Body;
+use gate_core::llm::endpoint::bounded_echo;
+
+/// Keys with rate-limit state above which admission forgets those whose allowance is whole.
+const PRUNE_ABOVE: usize = 10_000;
+
+/// The ledger and rate limiter of every key, shared by the gateway's requests.
+pub(crate) struct Accounting {
+    ledger: Mutex<Ledger>,
+    limiter: Mutex<RateLimiter>,
+    epoch: Instant,
+}
+
+impl Default for Accounting {
+    fn default() -> Self {
+        Self {
+            ledger: Mutex::new(Ledger::new()),
+            limiter: Mutex::new(RateLimiter::new()),
+            epoch: Instant::now(),
+        }
+    }
+}
+
+impl Accounting {
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
+        self.limiter.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The price of `model` at `upstream`: its `[upstreams.X.prices]` first, then the built-in
+/// table of its provider.
+pub(super) fn price_of(upstream: &UpstreamTarget, model: &str) -> Option<Price> {
+    lookup_in(&upstream.prices, model)
+        .or_else(|| PriceTable::builtin().lookup(upstream.provider.as_str(), model))
+}
+
+fn limits_of(caller: &Caller) -> Limits {
+    Limits {
+        rpm: caller.policy.rpm,
+        tpm: caller.policy.tpm,
+    }
+}
+
+/// The rate-limit state a key was admitted with, for the answer's headers.
+pub(super) struct Admission {
+    rate: RateStatus,
+    limits: Limits,
+}
+
+impl Admission {
+    /// Puts the key's rate-limit headers on a success (replacing the upstream's own of the
+    /// client's family).
+    pub(super) fn decorate(&self, protocol: WireProtocol, response: &mut Response<Body>) {
+        if !self.limits.is_none() {
+            rate_headers(protocol, &self.rate, response.headers_mut());
+        }
+    }
+}
+
+/// Settles one admitted request: gives its reservation back charging the actual cost,
+/// corrects its token-per-minute charge, and hands its usage record to the sink. Finished
+/// explicitly when the answer ends; `Drop` finishes it as abandoned otherwise.
+pub(super) struct Charge {
+    accounting: Arc<Accounting>,
+    sink: Arc<dyn UsageSink>,
+    reservation: Option<Reservation>,
+    period: Option<Period>,
+    tpm: Option<u64>,
+    estimated_input: u64,
+    max_output: u64,
+    record: UsageRecord,
+    started: Instant,
+    /// The answering upstream's price for the served model (`None`: unknown, or nothing
+    /// answered).
+    price: Option<Price>,
+    answered: bool,
+    /// Bytes of answer sent to the client (the output estimate of a stream without usage).
+    streamed_bytes: u64,
+    done: bool,
+}
+
+impl Charge {
+    /// The attempt that answers (failover: only this one is charged).
+    pub(super) fn answered_by(&mut self, upstream: &UpstreamTarget, served_model: &str) {
+        self.price = price_of(upstream, served_model);
+        self.answered = true;
+        self.record.upstream = Some(upstream.name.clone());
+        self.record.served_model = Some(served_model.to_owned());
+    }
+
+    /// Notes answer bytes sent to the client; the first marks the time to first token.
+    pub(super) fn on_bytes(&mut self, n: usize) {
+        if self.record.ttft_ms.is_none() {
+            self.record.ttft_ms = Some(millis(self.started.elapsed()));
+        }
+        self.streamed_bytes = self.streamed_bytes.saturating_add(n as u64);
+    }
+
+    /// Settles an attempt the upstream refused or failed before answering: nothing is
+    /// charged.
+    pub(super) fn finish_unanswered(mut self, status: StatusCode, error: &str) {
+        self.answered = false;
+        self.settle(status, Usage::default(), Some(error));
+    }
+
+    /// Settles with `usage` as the answer ended: `status` as the client got it, `error` the
+    /// failure's kind when it failed.
+    pub(super) fn finish(mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+        self.settle(status, usage, error);
+    }
+
+    fn settle(&mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let tokens = if !self.answered {
+            TokenCounts::default()
+        } else {
+            TokenCounts {
+                input: if usage.input > 0 {
+                    usage.input
+                } else {
+                    self.estimated_input
+                },
+                output: if error.is_none() && (usage.input > 0 || usage.output > 0) {
+                    usage.output
+                } else {
+                    // No final count from the upstream (a stream cut short, an answer
+                    // without usage): what was sent, a third of a token per byte (SSE
+                    // framing included), at most the request's bound.
+                    let sent = estimate::output_tokens_of_text(self.streamed_bytes)
+                        .min(self.max_output.max(usage.output));
+                    usage.output.max(sent)
+                },
+                cached: usage.cached_tokens,
+                cache_write: usage.cache_write_tokens,
+            }
+        };
+        let actual = self.price.map(|p| cost(tokens, &p));
+        let now = unix_now();
+        if let Some(reservation) = self.reservation.take() {
+            self.accounting.ledger().settle(
+                reservation,
+                actual.unwrap_or(Usd::ZERO),
+                self.period,
+                now,
+            );
+        }
+        if self.tpm.is_some() {
+            let now_ns = self.accounting.now_ns();
+            self.accounting.limiter().settle_tokens(
+                &self.record.key_id,
+                self.tpm,
+                self.estimated_input,
+                tokens.input + tokens.output,
+                now_ns,
+            );
+        }
+        let mut record = std::mem::take(&mut self.record);
+        record.input_tokens = tokens.input;
+        record.output_tokens = tokens.output;
+        record.cached_tokens = tokens.cached;
+        record.cache_write_tokens = tokens.cache_write;
+        record.cost = if self.answered {
+            actual
+        } else {
+            Some(Usd::ZERO)
+        };
+        record.latency_ms = millis(self.started.elapsed());
+        record.status = status.as_u16();
+        record.error = error.map(str::to_owned);
+        self.sink.record(record);
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        if !self.done {
+            let (status, error) = if self.answered {
+                (StatusCode::OK, "abandoned")
+            } else {
+                (StatusCode::BAD_GATEWAY, "not_forwarded")
+            };
+            self.settle(status, Usage::default(), Some(error));
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of Unix seconds.
+fn utc_minute(unix: u64) -> String {
+    let secs = unix % 86_400;
+    format!(
+        "{} {:02}:{:02} UTC",
+        date_string(unix),
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+/// RFC 3339 (`2026-12-04T12:00:00Z`) of Unix seconds.
+fn rfc3339(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86_400) as i64);
+    let secs = unix % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// OpenAI's duration text: `1s`, `6m0s`, `1h2m3s`, `250ms`.
+fn duration_text(ns: u64) -> String {
+    let ms = ns.div_ceil(1_000_000);
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = ms.div_ceil(1000);
+    let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+    match (h, m) {
+        (0, 0) => format!("{s}s"),
+        (0, _) => format!("{m}m{s}s"),
+        _ => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// Sets the rate-limit headers of the client's family (`x-ratelimit-*` for OpenAI and Gemini
+/// clients, `anthropic-ratelimit-*` for Anthropic's), removing the upstream's of that family.
+pub(super) fn rate_headers(protocol: WireProtocol, status: &RateStatus, headers: &mut HeaderMap) {
+    let anthropic = protocol == WireProtocol::Anthropic;
+    let family = if anthropic {
+        "anthropic-ratelimit-"
+    } else {
+        "x-ratelimit-"
+    };
+    let stale: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with(family))
+        .cloned()
+        .collect();
+    for name in stale {
+        headers.remove(name);
+    }
+    let now = unix_now();
+    let mut put = |name: String, value: String| {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.insert(name, value);
+        }
+    };
+    for (what, window) in [("requests", status.requests), ("tokens", status.tokens)] {
+        let Some(Window {
+            limit,
+            remaining,
+            reset_ns,
+        }) = window
+        else {
+            continue;
+        };
+        if anthropic {
+            let reset = now + reset_ns.div_ceil(1_000_000_000);
+            put(format!("{family}{what}-limit"), limit.to_string());
+            put(format!("{family}{what}-remaining"), remaining.to_string());
+            put(format!("{family}{what}-reset"), rfc3339(reset));
+        } else {
+            put(format!("{family}limit-{what}"), limit.to_string());
+            put(format!("{family}remaining-{what}"), remaining.to_string());
+            put(format!("{family}reset-{what}"), duration_text(reset_ns));
+        }
+    }
+}
+
+fn budget_message(caller: &Caller, refusal: &BudgetRefusal) -> String {
+    let period = match refusal.period {
+        Period::Day => "daily",
+        Period::Week => "weekly",
+        Period::Month => "monthly",
+        Period::Total => "total",
+    };
+    let held = if refusal.reserved > Usd::ZERO {
+        format!(" ({} more is held by requests in flight)", refusal.reserved)
+    } else {
+        String::new()
+    };
+    let resets = match refusal.resets_at {
+        Some(at) => format!("; the budget starts again at {}", utc_minute(at)),
+        None => "; it is a total budget: raise it with `gate token update`".to_owned(),
+    };
+    format!(
+        "key `{}` has spent {} of its {period} budget of {}{held}, and this request could cost \
+         up to {}{resets}",
+        caller.name, refusal.spent, refusal.limit, refusal.asked
+    )
+}
+
+fn rate_message(caller: &Caller, refusal: &RateRefusal, limits: Limits) -> String {
+    let retry = refusal.retry_after_ns.div_ceil(1_000_000_000).max(1);
+    match refusal.limited {
+        Limited::Requests => format!(
+            "key `{}` is limited to {} requests per minute; retry after {retry} s",
+            caller.name,
+            limits.rpm.unwrap_or(0)
+        ),
+        Limited::Tokens => format!(
+            "key `{}` is limited to {} tokens per minute; retry after {retry} s",
+            caller.name,
+            limits.tpm.unwrap_or(0)
+        ),
+    }
+}
+
+impl<R: Runtime> Gateway<R> {
+    /// A fresh usage record for `caller`'s request.
+    fn usage_record(caller: &Caller, label: &str, model: &str) -> UsageRecord {
+        UsageRecord {
+            at_ms: unix_now_ms(),
+            key_id: caller.key_id.clone(),
+            owner: caller.policy.owner.clone(),
+            endpoint: label.to_owned(),
+            model: model.to_owned(),
+            ..UsageRecord::default()
+        }
+    }
+
+    /// Answers a policy refusal in the client's protocol and logs its usage record.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        caller: &Caller,
+        label: &str,
+        protocol: WireProtocol,
+        model: &str,
+        started: Instant,
+        status: StatusCode,
+        kind: &str,
+        message: &str,
+    ) -> Response<Body> {
+        tracing::info!(key = %caller.key_id, endpoint = label, %status, %message, "request refused by the key's policy");
+        let mut record = Self::usage_record(caller, label, model);
+        record.status = status.as_u16();
+        record.error = Some(kind.to_owned());
+        record.latency_ms = millis(started.elapsed());
+        record.cost = Some(Usd::ZERO);
+        self.usage_sink().record(record);
+        error_response(protocol, status, message)
+    }
+
+    /// 403 unless `caller`'s key may ask for `model`.
+    #[allow(clippy::result_large_err)]
+    pub(super) fn check_model(
+        &self,
+        caller: &Caller,
+        label: &str,
+        protocol: WireProtocol,
+        model: &str,
+        started: Instant,
+    ) -> Result<(), Response<Body>> {
+        let allowed = &caller.policy.models;
+        if allowed.allows(model) {
+            return Ok(());
+        }
+        let message = format!(
+            "key `{}` may not use the model `{}`; it may use: {}",
+            caller.name,
+            bounded_echo(model, MAX_ECHO_CHARS),
+            allowed.patterns().join(", ")
+        );
+        Err(self.refuse(
+            caller,
+            label,
+            protocol,
+            model,
+            started,
+            StatusCode::FORBIDDEN,
+            "model_not_allowed",
+            &message,
+        ))
+    }
+
+    /// Admits `caller`'s request to `endpoint` for `model` with `body`, over `candidates`
+    /// (a budgeted key keeps only those whose price is known): reserves its maximum cost and
+    /// charges its rate limits, or answers the refusal.
+    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
+    pub(super) fn admit(
+        &self,
+        caller: &Caller,
+        endpoint: Endpoint,
+        label: &str,
+        protocol: WireProtocol,
+        model: &str,
+        body: &[u8],
+        candidates: &mut Vec<Candidate>,
+        snapshot: &Snapshot,
+        started: Instant,
+    ) -> Result<(Charge, Admission), Response<Body>> {
+        let policy = &caller.policy;
+        let upstream_of = |c: &Candidate| snapshot.upstreams.get(c.upstream.index());
+        let free = endpoint == Endpoint::CountTokens;
+        let estimated_input = if free {
+            0
+        } else {
+            estimate::input_tokens(body)
+        };
+        let model_cap = candidates.first().and_then(upstream_of).and_then(|u| {
+            let first = candidates
+                .first()
+                .map_or(model, |c| c.upstream_model.as_str());
+            let rule = gate_core::llm::model_rules::openai_model_rule(first).max_output_tokens;
+            match (rule, u.max_output_tokens) {
+                (Some(a), Some(b)) => Some(u64::from(a.min(b))),
+                (a, b) => a.or(b).map(u64::from),
+            }
+        });
+        let max_output = if free || endpoint == Endpoint::Embeddings {
+            0
+        } else {
+            estimate::max_output_tokens(body, model_cap)
+        };
+        let budget = policy.budget;
+        let mut max_cost = Usd::ZERO;
+        if budget.is_some() && !free {
+            let unpriced: Vec<String> = candidates
+                .iter()
+                .filter_map(|c| {
+                    let u = upstream_of(c)?;
+                    price_of(u, &c.upstream_model)
+                        .is_none()
+                        .then(|| format!("[upstreams.{}.prices.\"{}\"]", u.name, c.upstream_model))
+                })
+                .collect();
+            candidates.retain(|c| {
+                upstream_of(c).is_some_and(|u| price_of(u, &c.upstream_model).is_some())
+            });
+            if candidates.is_empty() {
+                let message = format!(
+                    "key `{}` has a spend budget, and Gate knows no price for the model `{}` \
+                     where it is served, so it cannot keep the budget; an operator adds one \
+                     in the configuration: {} input = <USD per million input tokens>, \
+                     output = <USD per million output tokens>",
+                    caller.name,
+                    bounded_echo(model, MAX_ECHO_CHARS),
+                    unpriced.join(" or ")
+                );
+                return Err(self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::PAYMENT_REQUIRED,
+                    "price_unknown",
+                    &message,
+                ));
+            }
+            let tokens = TokenCounts {
+                input: estimated_input,
+                output: max_output,
+                cached: 0,
+                cache_write: 0,
+            };
+            for c in candidates.iter() {
+                if let Some(price) = upstream_of(c).and_then(|u| price_of(u, &c.upstream_model)) {
+                    // Cache writes may cost more than plain input: the dearer of the two.
+                    let dearest = Price {
+                        input: price.input.max(price.cache_write),
+                        ..price
+                    };
+                    max_cost = max_cost.max(cost(tokens, &dearest));
+                }
+            }
+        }
+        let now = unix_now();
+        // Each lock is held for one statement: never two at once.
+        let reserved = self
+            .accounting
+            .ledger()
+            .reserve(&caller.key_id, budget, now, max_cost);
+        let reservation = match reserved {
+            Ok(r) => r,
+            Err(refusal) => {
+                return Err(self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::PAYMENT_REQUIRED,
+                    "budget",
+                    &budget_message(caller, &refusal),
+                ))
+            }
+        };
+        let limits = limits_of(caller);
+        let now_ns = self.accounting.now_ns();
+        let admitted = {
+            let mut limiter = self.accounting.limiter();
+            if limiter.len() > PRUNE_ABOVE {
+                // Keys whose allowances are whole again need no state (JWT subjects come
+                // and go).
+                limiter.prune(now_ns);
+            }
+            limiter.admit(&caller.key_id, limits, estimated_input, now_ns)
+        };
+        let rate = match admitted {
+            Ok(status) => status,
+            Err(refusal) => {
+                self.accounting.ledger().settle(
+                    reservation,
+                    Usd::ZERO,
+                    budget.map(|b| b.period),
+                    now,
+                );
+                let mut response = self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    &rate_message(caller, &refusal, limits),
+                );
+                rate_headers(protocol, &refusal.status, response.headers_mut());
+                response.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
+                );
+                return Err(response);
+            }
+        };
+        let mut record = Self::usage_record(caller, label, model);
+        record.status = StatusCode::OK.as_u16();
+        Ok((
+            Charge {
+                accounting: self.accounting.clone(),
+                sink: self.usage_sink(),
+                reservation: Some(reservation),
+                period: budget.map(|b| b.period),
+                tpm: limits.tpm,
+                estimated_input,
+                max_output,
+                record,
+                started,
+                price: None,
+                answered: false,
+                streamed_bytes: 0,
+                done: false,
+            },
+            Admission { rate, limits },
+        ))
+    }
+
+    /// Sets what `key_id` spent in its current budget period (from the usage log, at start).
+    pub fn restore_spend(&self, key_id: &str, spent: Usd) {
+        let period = self.key_period(key_id);
+        let start = period.start(unix_now());
+        self.accounting.ledger().restore(key_id, spent, start);
+    }
+
+    /// `key_id`'s spend in its current budget period (its budget's period; a month for keys
+    /// without a budget): spent, held by requests in flight, and the period.
+    pub fn key_spend(&self, key_id: &str) -> (KeySpend, Period) {
+        let period = self.key_period(key_id);
+        (
+            self.accounting.ledger().spend(key_id, period, unix_now()),
+            period,
+        )
+    }
+
+    fn key_period(&self, key_id: &str) -> Period {
+        let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
+        tokens
+            .list()
+            .into_iter()
+            .find(|t| t.id == key_id)
+            .and_then(|t| t.policy.budget)
+            .map_or(UNBUDGETED_PERIOD, |b| b.period)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_texts() {
+        assert_eq!(duration_text(250_000_000), "250ms");
+        assert_eq!(duration_text(1_000_000_000), "1s");
+        assert_eq!(duration_text(360_000_000_000), "6m0s");
+        assert_eq!(duration_text(3_723_000_000_000), "1h2m3s");
+        assert_eq!(rfc3339(1_796_310_245), "2026-12-03T15:04:05Z");
+        assert_eq!(utc_minute(1_796_310_245), "2026-12-03 15:04 UTC");
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-ratelimit-limit-requests",
+            HeaderValue::from_static("9999"),
+        );
+        let status = RateStatus {
+            requests: Some(Window {
+                limit: 10,
+                remaining: 9,
+                reset_ns: 6_000_000_000,
+            }),
+            tokens: None,
+        };
+        rate_headers(WireProtocol::OpenAi, &status, &mut headers);
+        assert_eq!(headers["x-ratelimit-limit-requests"], "10");
+        assert_eq!(headers["x-ratelimit-remaining-requests"], "9");
+        assert_eq!(headers["x-ratelimit-reset-requests"], "6s");
+        let mut headers = HeaderMap::new();
+        rate_headers(WireProtocol::Anthropic, &status, &mut headers);
+        assert_eq!(headers["anthropic-ratelimit-requests-limit"], "10");
+        assert!(headers.contains_key("anthropic-ratelimit-requests-reset"));
+    }
+}

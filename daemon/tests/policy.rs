@@ -1,0 +1,786 @@
+//! Keys' policies on the request path (issue 14), in process under tokio and smol: the real
+//! `Gateway` served by the daemon's own server loop, keys with policies in the token store, a
+//! usage sink that keeps the records, and an OpenAI-style upstream on loopback that sends usage
+//! only when asked (`stream_options.include_usage`), as OpenAI does, and can hold its streams
+//! open until the test releases them.
+//!
+//! Covered: model refusals in the three protocols and `/v1/models` filtered; RPM and TPM
+//! refusals with `retry-after` and rate-limit headers (and the headers on successes, replacing
+//! the upstream's); budget and unknown-price refusals; settlement on pass-through and
+//! converted routes, streamed and not, and the Gemini front door; concurrent streams against
+//! one budget never spend past it; an abandoned stream is settled.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gate_core::accounting::{KeyPolicy, UsageRecord, Usd};
+use gate_daemon::app::App;
+use gate_daemon::auth::TokenStore;
+use gate_daemon::gateway::Gateway;
+use gate_rt::client::{http_client, ClientSettings, HttpClient};
+use gate_rt::Runtime;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(15);
+/// Output tokens the upstream reports for every answer.
+const COMPLETION: u64 = 40;
+/// $1000 per million output tokens: a tenth of a cent per token (input is free).
+const PRICES: &str = "[upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000\n";
+const MILLI: u64 = 1_000_000; // $0.001 in nano-dollars
+
+// ---------------------------------------------------------------------------------------
+// The upstream.
+
+struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    /// Streams send their first chunk, then wait for this before the rest.
+    release: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    fn start(completion: u64, released: bool) -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+        let addr = listener.local_addr().expect("upstream address");
+        let hits: Arc<AtomicUsize> = Arc::default();
+        let release = Arc::new(AtomicBool::new(released));
+        let (h, r) = (hits.clone(), release.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (h, r) = (h.clone(), r.clone());
+                std::thread::spawn(move || serve(stream, completion, &h, &r));
+            }
+        });
+        Upstream {
+            addr,
+            hits,
+            release,
+        }
+    }
+    fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+    fn release(&self) {
+        self.release.store(true, Ordering::SeqCst);
+    }
+}
+
+fn serve(stream: TcpStream, completion: u64, hits: &AtomicUsize, release: &AtomicBool) {
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut stream = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = header.split_once(':') {
+                if k.trim().eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if line.starts_with("GET") {
+            let answer = json!({"object": "list", "data": []}).to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            continue;
+        }
+        hits.fetch_add(1, Ordering::SeqCst);
+        let request: Value = serde_json::from_slice(&body).unwrap_or_default();
+        let model = request["model"].as_str().unwrap_or_default().to_owned();
+        let usage = json!({"prompt_tokens": 10, "completion_tokens": completion,
+            "total_tokens": 10 + completion});
+        if request["stream"] != true {
+            let answer = json!({
+                "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "hello there"}}],
+                "usage": usage,
+            })
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                 x-ratelimit-limit-requests: 10000\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            continue;
+        }
+        let chunk = |delta: Value, finish: Value| {
+            let c = json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0,
+                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]});
+            format!("data: {c}\n\n")
+        };
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
+                    x-ratelimit-limit-requests: 10000\r\nconnection: close\r\n\r\n";
+        let first = chunk(
+            json!({"role": "assistant", "content": "hello "}),
+            Value::Null,
+        );
+        if stream
+            .write_all(format!("{head}{first}").as_bytes())
+            .and_then(|()| stream.flush())
+            .is_err()
+        {
+            return;
+        }
+        // Held until the test lets the stream finish (a model still generating).
+        while !release.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut rest = chunk(json!({"content": "world"}), json!("stop"));
+        if request["stream_options"]["include_usage"] == true {
+            let c = json!({"id": "chatcmpl-s", "object": "chat.completion.chunk", "created": 0,
+                "model": model, "choices": [], "usage": usage});
+            rest.push_str(&format!("data: {c}\n\n"));
+        }
+        rest.push_str("data: [DONE]\n\n");
+        let _ = stream.write_all(rest.as_bytes());
+        return;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Gate in process, with keys that have policies.
+
+#[derive(Default)]
+struct Records(Mutex<Vec<UsageRecord>>);
+
+impl gate_daemon::usage::UsageSink for Records {
+    fn record(&self, record: UsageRecord) {
+        self.0.lock().unwrap().push(record);
+    }
+}
+
+struct Key {
+    id: String,
+    token: String,
+}
+
+struct Gate<R: Runtime> {
+    addr: SocketAddr,
+    gateway: Arc<Gateway<R>>,
+    keys: Vec<Key>,
+    records: Arc<Records>,
+    client: HttpClient<R, Full<Bytes>>,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_else(|| panic!("no {name} in {:?}", self.headers))
+    }
+}
+
+/// Gate with `config` and one key per policy (JSON, as stored in the token file).
+async fn start_gate<R: Runtime>(rt: &R, tag: &str, config: &str, policies: &[Value]) -> Gate<R> {
+    let dir = common::temp_dir(&format!("policy-{tag}-{}", R::NAME));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("create the state directory");
+    let file = dir.join("gate.toml");
+    std::fs::write(&file, config).expect("write gate.toml");
+    let loaded = gate_daemon::settings::load(&[file], &state).expect("configuration");
+    let mut store = TokenStore::load(&state).expect("token store");
+    let mut keys = Vec::new();
+    for (i, _) in policies.iter().enumerate() {
+        let (record, token) = store
+            .create(&format!("key{i}"), None)
+            .expect("create a key");
+        keys.push(Key {
+            id: record.id,
+            token,
+        });
+    }
+    // The policies, written into the token file as `gate token update` stores them.
+    let path = TokenStore::path_in(&state);
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for record in stored["tokens"].as_array_mut().unwrap() {
+        let i: usize = record["name"].as_str().unwrap()[3..].parse().unwrap();
+        let policy: KeyPolicy = serde_json::from_value(policies[i].clone()).expect("a policy");
+        record["policy"] = serde_json::to_value(policy).unwrap();
+    }
+    std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+    let store = TokenStore::load(&state).expect("token store");
+    let gateway = Arc::new(Gateway::new(rt.clone(), &loaded.config, store).expect("gateway"));
+    let records = Arc::new(Records::default());
+    gateway.set_usage_sink(records.clone());
+    let listener =
+        gate_daemon::server::bind(rt, "127.0.0.1:0".parse().unwrap()).expect("bind gate");
+    let addr = gate_daemon::server::local_addr::<R>(&listener).expect("gate address");
+    let app = Arc::new(App::new(gateway.clone()));
+    rt.spawn(gate_daemon::server::serve(
+        rt.clone(),
+        listener,
+        app,
+        gate_rt::hyper_glue::ServerSettings::default(),
+        gate_daemon::server::ConnectionCap::new("local", 4096),
+        gate_rt::tunnel::support::Shutdown::new(),
+    ));
+    Gate {
+        addr,
+        gateway,
+        keys,
+        records,
+        client: http_client(rt.clone(), &ClientSettings::default()),
+    }
+}
+
+impl<R: Runtime> Gate<R> {
+    async fn send(&self, method: &str, path: &str, key: usize, body: Option<Value>) -> Answer {
+        let token = &self.keys[key].token;
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("authorization", format!("Bearer {token}"))
+            .header("x-goog-api-key", token.as_str());
+        if path.starts_with("/v1/messages") {
+            builder = builder.header("anthropic-version", "2023-06-01");
+        }
+        let bytes = match body {
+            Some(body) => {
+                builder = builder.header("content-type", "application/json");
+                body.to_string().into_bytes()
+            }
+            None => Vec::new(),
+        };
+        let request = builder.body(Full::new(Bytes::from(bytes))).unwrap();
+        let response = self.client.request(request).await.expect("gate answers");
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.expect("gate body").to_bytes().to_vec();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    async fn post(&self, path: &str, key: usize, body: Value) -> Answer {
+        self.send("POST", path, key, Some(body)).await
+    }
+
+    /// (spent, reserved) of key `key`, in nano-dollars.
+    fn spend(&self, key: usize) -> (u64, u64) {
+        let (spend, _) = self.gateway.key_spend(&self.keys[key].id);
+        (spend.spent.0, spend.reserved.0)
+    }
+
+    fn records(&self) -> Vec<UsageRecord> {
+        self.records.0.lock().unwrap().clone()
+    }
+}
+
+fn chat(model: &str, max_tokens: u64, stream: bool) -> Value {
+    json!({"model": model, "max_tokens": max_tokens, "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]})
+}
+
+fn messages(model: &str, max_tokens: u64, stream: bool) -> Value {
+    json!({"model": model, "max_tokens": max_tokens, "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}]})
+}
+
+async fn wait_until<R: Runtime>(rt: &R, what: &str, mut check: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            Instant::now() < end,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn upstream_config(upstream: &Upstream, models: &str, extra: &str) -> String {
+    format!(
+        "[upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\napi_key = \"sk-upstream-key-0123456789\"\n\
+         models = [{models}]\n{extra}",
+        upstream.base_url()
+    )
+}
+
+/// A raw streaming request on its own connection (a thread reads it): the bytes so far, and
+/// a switch that makes the reader drop the connection (a client that goes away).
+struct RawStream {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+    hang_up: Arc<AtomicBool>,
+}
+
+impl RawStream {
+    fn open(addr: SocketAddr, path: &str, token: &str, body: &Value) -> RawStream {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(addr).expect("connect to gate");
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             authorization: Bearer {token}\r\nanthropic-version: 2023-06-01\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).expect("send");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let bytes: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let done: Arc<AtomicBool> = Arc::default();
+        let hang_up: Arc<AtomicBool> = Arc::default();
+        let (b, d, h) = (bytes.clone(), done.clone(), hang_up.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !h.load(Ordering::SeqCst) {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => b.lock().unwrap().extend_from_slice(&buf[..n]),
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Err(_) => break,
+                }
+            }
+            d.store(true, Ordering::SeqCst);
+            // Dropping the stream closes the connection.
+        });
+        RawStream {
+            bytes,
+            done,
+            hang_up,
+        }
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+    fn status(&self) -> Option<u16> {
+        let text = self.text();
+        text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Scenarios.
+
+/// A key limited to `gpt-4o*` is refused other models with 403 in each client's protocol,
+/// naming the model and what it may use; `/v1/models` lists only what it may use; nothing
+/// reaches the upstream; each refusal is a usage record.
+async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(&upstream, "\"gpt-4o\", \"claude-3-haiku\"", "");
+    let gate = start_gate(&rt, "models", &config, &[json!({"models": ["gpt-4o*"]})]).await;
+
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("claude-3-haiku", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    let error = &a.json()["error"];
+    assert_eq!(error["type"], "permission_error");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("`claude-3-haiku`") && message.contains("gpt-4o*"),
+        "{message}"
+    );
+
+    let a = gate
+        .post("/v1/messages", 0, messages("claude-3-haiku", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert_eq!(a.json()["type"], "error");
+    assert_eq!(a.json()["error"]["type"], "permission_error");
+
+    let a = gate
+        .post(
+            "/v1beta/models/claude-3-haiku:generateContent",
+            0,
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert_eq!(a.json()["error"]["status"], "PERMISSION_DENIED");
+
+    let listed = gate.send("GET", "/v1/models", 0, None).await.json();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["gpt-4o"]);
+    let listed = gate.send("GET", "/v1beta/models", 0, None).await.json();
+    assert_eq!(listed["models"].as_array().unwrap().len(), 1, "{listed}");
+
+    assert_eq!(
+        upstream.hits.load(Ordering::SeqCst),
+        0,
+        "refused before the upstream"
+    );
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+
+    let records = gate.records();
+    let refused: Vec<_> = records
+        .iter()
+        .filter(|r| r.error.as_deref() == Some("model_not_allowed"))
+        .collect();
+    assert_eq!(refused.len(), 3, "{records:?}");
+    assert!(refused
+        .iter()
+        .all(|r| r.status == 403 && r.key_id == gate.keys[0].id));
+    assert_eq!(
+        refused
+            .iter()
+            .map(|r| r.endpoint.as_str())
+            .collect::<Vec<_>>(),
+        ["chat_completions", "messages", "gemini"]
+    );
+    let ok = records.iter().find(|r| r.status == 200).expect("a success");
+    assert_eq!(ok.served_model.as_deref(), Some("gpt-4o"));
+    assert_eq!(ok.upstream.as_deref(), Some("oai"));
+    assert_eq!((ok.input_tokens, ok.output_tokens), (10, COMPLETION));
+}
+
+/// Requests per minute: successes carry the key's `x-ratelimit-*` (not the upstream's); the
+/// refusal is 429 with `retry-after` and the headers, in OpenAI's and Anthropic's shapes.
+/// Tokens per minute: the input estimate is charged at admission.
+async fn rate_limits_with_headers<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(&upstream, "\"gpt-4o\"", "");
+    let gate = start_gate(
+        &rt,
+        "rate",
+        &config,
+        &[json!({"rpm": 2}), json!({"tpm": 50}), json!({"rpm": 1})],
+    )
+    .await;
+
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("x-ratelimit-limit-requests"), "2");
+    assert_eq!(a.header("x-ratelimit-remaining-requests"), "1");
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 10, true))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("x-ratelimit-remaining-requests"), "0");
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+    assert!(a.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("2 requests per minute"));
+    let retry: u64 = a.header("retry-after").parse().unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    assert_eq!(a.header("x-ratelimit-limit-requests"), "2");
+    assert_eq!(a.header("x-ratelimit-remaining-requests"), "0");
+    assert!(a.header("x-ratelimit-reset-requests").ends_with('s'));
+
+    // Tokens: ~400 bytes of prompt is well over 50 tokens: admitted with the allowance whole,
+    // then refused.
+    let long = json!({"model": "gpt-4o", "max_tokens": 5,
+        "messages": [{"role": "user", "content": "word ".repeat(80)}]});
+    let a = gate.post("/v1/chat/completions", 1, long.clone()).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("x-ratelimit-limit-tokens"), "50");
+    let a = gate.post("/v1/chat/completions", 1, long).await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert!(a.text().contains("tokens per minute"), "{}", a.text());
+    assert_eq!(a.header("x-ratelimit-remaining-tokens"), "0");
+    assert!(a.headers.contains_key("retry-after"));
+
+    // Anthropic's family for Anthropic clients, on success and refusal.
+    let a = gate
+        .post("/v1/messages", 2, messages("gpt-4o", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.header("anthropic-ratelimit-requests-limit"), "1");
+    assert_eq!(a.header("anthropic-ratelimit-requests-remaining"), "0");
+    let a = gate
+        .post("/v1/messages", 2, messages("gpt-4o", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+    assert!(a
+        .header("anthropic-ratelimit-requests-reset")
+        .ends_with('Z'));
+    assert!(a.headers.contains_key("retry-after"));
+
+    let limited = gate
+        .records()
+        .iter()
+        .filter(|r| r.error.as_deref() == Some("rate_limited"))
+        .count();
+    assert_eq!(limited, 3);
+}
+
+/// Budgets: a request whose maximum cost does not fit is 402 with spent, limit and reset;
+/// a budgeted key asking for a model without a price is 402 saying how to add one; an
+/// unbudgeted key records the tokens with the cost unknown. Every route settles to the
+/// upstream's usage: pass-through and converted, streamed and not, and the Gemini front door.
+async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(&upstream, "\"gpt-4o\", \"house-model\"", PRICES);
+    let gate = start_gate(
+        &rt,
+        "budget",
+        &config,
+        &[json!({"budget": {"usd": 1, "period": "month"}}), json!({})],
+    )
+    .await;
+
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 2000, false))
+        .await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("has spent $0.00 of its monthly budget of $1.00")
+            && message.contains("could cost up to $2.00")
+            && message.contains("starts again at"),
+        "{message}"
+    );
+    let a = gate
+        .post("/v1/messages", 0, messages("gpt-4o", 2000, false))
+        .await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_eq!(a.json()["error"]["type"], "billing_error");
+
+    let a = gate
+        .post("/v1/chat/completions", 0, chat("house-model", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert!(
+        a.text()
+            .contains("[upstreams.oai.prices.\\\"house-model\\\"]"),
+        "{}",
+        a.text()
+    );
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+
+    // Each route costs COMPLETION output tokens at $0.001.
+    let per_request = COMPLETION * MILLI;
+    let routes: Vec<(&str, Value)> = vec![
+        ("/v1/chat/completions", chat("gpt-4o", 100, false)),
+        ("/v1/chat/completions", chat("gpt-4o", 100, true)),
+        ("/v1/messages", messages("gpt-4o", 100, false)),
+        ("/v1/messages", messages("gpt-4o", 100, true)),
+        (
+            "/v1beta/models/gpt-4o:generateContent",
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                "generationConfig": {"maxOutputTokens": 100}}),
+        ),
+        (
+            "/v1beta/models/gpt-4o:streamGenerateContent?alt=sse",
+            json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}],
+                "generationConfig": {"maxOutputTokens": 100}}),
+        ),
+    ];
+    for (i, (path, body)) in routes.into_iter().enumerate() {
+        let a = gate.post(path, 0, body).await;
+        assert_eq!(a.status, StatusCode::OK, "{path}: {}", a.text());
+        let expected = (i as u64 + 1) * per_request;
+        wait_until(&rt, &format!("{path} to settle"), || {
+            gate.spend(0) == (expected, 0)
+        })
+        .await;
+    }
+    let records = gate.records();
+    let charged: Vec<_> = records.iter().filter(|r| r.status == 200).collect();
+    assert_eq!(charged.len(), 6, "{records:?}");
+    for r in &charged {
+        assert_eq!(r.cost, Some(Usd(per_request)), "{r:?}");
+        assert_eq!(r.output_tokens, COMPLETION, "{r:?}");
+        assert!(r.error.is_none(), "{r:?}");
+    }
+
+    // No budget: served, tokens recorded, cost unknown.
+    let a = gate
+        .post("/v1/chat/completions", 1, chat("house-model", 10, false))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let last = gate.records().pop().unwrap();
+    assert_eq!(last.key_id, gate.keys[1].id);
+    assert_eq!((last.output_tokens, last.cost), (COMPLETION, None));
+}
+
+/// Eight concurrent streams on a $1 budget, each able to cost $0.30: three are admitted and
+/// hold $0.90; the others are refused while they run. Spent plus held never passes $1; once
+/// they end, spent is what they cost and what is left does not admit another.
+async fn concurrent_streams_never_overspend<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(250, false);
+    let config = upstream_config(&upstream, "\"gpt-4o\"", PRICES);
+    let gate = start_gate(
+        &rt,
+        "concurrent",
+        &config,
+        &[json!({"budget": {"usd": 1, "period": "day"}})],
+    )
+    .await;
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let limit = 1000 * MILLI;
+    let streams: Vec<RawStream> = (0..8)
+        .map(|_| {
+            RawStream::open(
+                gate.addr,
+                "/v1/chat/completions",
+                &gate.keys[0].token,
+                &body,
+            )
+        })
+        .collect();
+    wait_until(&rt, "every request to be answered or refused", || {
+        let (spent, reserved) = gate.spend(0);
+        assert!(spent + reserved <= limit, "{spent} + {reserved} > {limit}");
+        streams.iter().all(|s| s.status().is_some())
+    })
+    .await;
+    let admitted = streams.iter().filter(|s| s.status() == Some(200)).count();
+    let refused = streams.iter().filter(|s| s.status() == Some(402)).count();
+    assert_eq!((admitted, refused), (3, 5));
+    assert_eq!(gate.spend(0), (0, 900 * MILLI));
+    upstream.release();
+    wait_until(&rt, "the streams to end and settle", || {
+        let (spent, reserved) = gate.spend(0);
+        assert!(spent + reserved <= limit, "{spent} + {reserved} > {limit}");
+        streams.iter().all(|s| s.done.load(Ordering::SeqCst)) && reserved == 0
+    })
+    .await;
+    assert_eq!(gate.spend(0), (750 * MILLI, 0));
+    for s in streams.iter().filter(|s| s.status() == Some(200)) {
+        assert!(s.text().contains("[DONE]"), "{}", s.text());
+    }
+    let again = RawStream::open(
+        gate.addr,
+        "/v1/chat/completions",
+        &gate.keys[0].token,
+        &body,
+    );
+    wait_until(&rt, "the next request to be refused", || {
+        again.status().is_some()
+    })
+    .await;
+    assert_eq!(again.status(), Some(402), "{}", again.text());
+}
+
+/// A client that goes away mid-stream: its stream is settled (the reservation given back,
+/// the tokens streamed so far charged), on the pass-through and the converted route.
+async fn abandoned_streams_are_settled<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, false);
+    let config = upstream_config(&upstream, "\"gpt-4o\"", PRICES);
+    let gate = start_gate(
+        &rt,
+        "abandoned",
+        &config,
+        &[json!({"budget": {"usd": 1, "period": "week"}})],
+    )
+    .await;
+    let routes = [
+        ("/v1/chat/completions", chat("gpt-4o", 300, true), "hello"),
+        ("/v1/messages", messages("gpt-4o", 300, true), "hello"),
+    ];
+    let mut spent_before = 0;
+    for (path, body, first_words) in routes {
+        let stream = RawStream::open(gate.addr, path, &gate.keys[0].token, &body);
+        wait_until(&rt, "the first chunk", || {
+            stream.text().contains(first_words)
+        })
+        .await;
+        assert_eq!(
+            gate.spend(0),
+            (spent_before, 300 * MILLI),
+            "held while streaming"
+        );
+        stream.hang_up.store(true, Ordering::SeqCst);
+        wait_until(
+            &rt,
+            &format!("the abandoned {path} stream to settle"),
+            || gate.spend(0).1 == 0,
+        )
+        .await;
+        let (spent, _) = gate.spend(0);
+        assert!(
+            spent > spent_before && spent - spent_before <= 300 * MILLI,
+            "charged what was streamed, at most the reservation: {spent}"
+        );
+        spent_before = spent;
+        let record = gate.records().pop().unwrap();
+        assert_eq!(record.error.as_deref(), Some("abandoned"), "{record:?}");
+        assert!(record.output_tokens > 0 && record.output_tokens <= 300);
+    }
+    upstream.release();
+}
+
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod on_tokio {
+            $(#[test]
+            fn $name() {
+                gate_runtime_tokio::block_on(super::$name).expect("runtime");
+            })*
+        }
+        mod on_smol {
+            $(#[test]
+            fn $name() {
+                gate_runtime_smol::block_on(super::$name).expect("runtime");
+            })*
+        }
+    };
+}
+
+both_runtimes!(
+    model_refusals_in_every_protocol,
+    rate_limits_with_headers,
+    budgets_and_settlement_on_every_route,
+    concurrent_streams_never_overspend,
+    abandoned_streams_are_settled,
+);
