@@ -381,6 +381,11 @@ impl JwtSettings {
         }
     }
 
+    /// The period of the operator's JWT budget, if it sets one.
+    pub fn budget_period(&self) -> Option<Period> {
+        self.ceiling.budget.map(|b| b.period)
+    }
+
     /// The caller of a valid token: `jwt:<sub>`, with the token's policy (claim `gate`)
     /// bounded by the operator's ceiling.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {

@@ -631,6 +631,17 @@ impl<R: Runtime> Gateway<R> {
     }
 
     fn key_period(&self, key_id: &str) -> Period {
+        if key_id.starts_with("jwt:") {
+            // A JWT's budget is bounded by the operator's, whose period holds when both
+            // set one; without an operator budget the claim's period is known only per
+            // request, and listings use a month.
+            return self
+                .snapshot()
+                .jwt
+                .as_ref()
+                .and_then(|jwt| jwt.budget_period())
+                .unwrap_or(UNBUDGETED_PERIOD);
+        }
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens
             .list()
