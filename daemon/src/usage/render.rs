@@ -243,11 +243,11 @@ mod tests {
         expect![[r#"
             Usage since 2026-12-03 15:04 UTC, by key
 
-            KEY                    NAME         REQUESTS      INPUT  OUTPUT  CACHED  COST               ERRORS
-            3fa2c1d4e5f6           laptop          1,200  1,480,800  67,200   8,400  $12.3457              120
+            KEY                    NAME         REQUESTS      INPUT  OUTPUT  CACHED  COST                ERRORS
+            3fa2c1d4e5f6           laptop          1,200  1,480,800  67,200   8,400  $12.3457               120
             jwt:alice@example.com  -                  31     38,254   1,736     217  $0.0045 + unknown        3
             0a1b2c3d4e5f           ci, nightly         5      6,170     280      35  unknown                  0
-            ------------------------------------------------------------------------------------------------------
+            ---------------------------------------------------------------------------------------------------
             TOTAL                                  1,236  1,525,224  69,216   8,652  $12.3502 + unknown     123
 
             unknown: 7 request(s) used a model without a known price; the dollar amounts leave them out.
@@ -267,11 +267,11 @@ mod tests {
         expect![[r#"
             Usage since 2026-12-03 15:04 UTC, by day
 
-            DAY         REQUESTS  INPUT  OUTPUT  CACHED  COST      ERRORS
-            2026-12-01        10  12,340    560      70  <$0.0001       1
-            2026-12-02        20  24,680  1,120     140  $0.0200        2
-            -------------------------------------------------------------
-            TOTAL             30  37,020  1,680     210  $0.0200        3
+            DAY         REQUESTS   INPUT  OUTPUT  CACHED  COST      ERRORS
+            2026-12-01        10  12,340     560      70  <$0.0001       1
+            2026-12-02        20  24,680   1,120     140  $0.0200        2
+            --------------------------------------------------------------
+            TOTAL             30  37,020   1,680     210  $0.0200        3
         "#]]
         .assert_eq(&table(&days, "usage.db"));
         let upstreams = summary(
@@ -284,7 +284,7 @@ mod tests {
             UPSTREAM  REQUESTS  INPUT  OUTPUT  CACHED  COST     ERRORS
             openai           3  3,702     168      21  $1.5000       0
             -                2  2,468     112      14  $0.0000       0
-            ---------------------------------------------------------
+            ----------------------------------------------------------
             TOTAL            5  6,170     280      35  $1.5000       0
         "#]]
         .assert_eq(&table(&upstreams, "usage.db"));

@@ -564,3 +564,366 @@ pub fn total(rows: &[UsageRow]) -> UsageRow {
         errors: acc.errors + r.errors,
     })
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system's temp dir.
+    pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gate-usage-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    // 2026-12-03 15:04:05 UTC, a Thursday.
+    pub(crate) const NOW_MS: u64 = 1_796_310_245_000;
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 24 * HOUR;
+
+    pub(crate) fn record(at_ms: u64, key: &str, model: &str, cost: Option<u64>) -> UsageRecord {
+        UsageRecord {
+            at_ms,
+            key_id: key.into(),
+            owner: None,
+            endpoint: "chat".into(),
+            model: model.into(),
+            served_model: Some(format!("{model}-2026")),
+            upstream: Some("openai".into()),
+            input_tokens: 100,
+            output_tokens: 10,
+            cached_tokens: 40,
+            cache_write_tokens: 0,
+            cost: cost.map(Usd),
+            latency_ms: 250,
+            ttft_ms: Some(40),
+            status: 200,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_every_field() {
+        let dir = temp_dir("roundtrip");
+        let path = UsageDb::path_in(&dir);
+        let mut db = UsageDb::open(&path).unwrap();
+        let full = UsageRecord {
+            at_ms: NOW_MS,
+            key_id: "3fa2c1d4e5f6".into(),
+            owner: Some("team-a".into()),
+            endpoint: "messages".into(),
+            model: "claude-x".into(),
+            served_model: Some("claude-x-20261201".into()),
+            upstream: Some("anthropic".into()),
+            input_tokens: 1_234,
+            output_tokens: 567,
+            cached_tokens: 89,
+            cache_write_tokens: 10,
+            cost: Some(Usd(12_345)),
+            latency_ms: 1_500,
+            ttft_ms: Some(120),
+            status: 200,
+            error: None,
+        };
+        let bare = UsageRecord {
+            at_ms: NOW_MS + 1,
+            key_id: "jwt:alice".into(),
+            endpoint: "chat".into(),
+            model: "nope".into(),
+            status: 404,
+            error: Some("no_upstream".into()),
+            ..UsageRecord::default()
+        };
+        let huge = UsageRecord {
+            at_ms: NOW_MS + 2,
+            key_id: "k".into(),
+            input_tokens: u64::MAX,
+            cost: Some(Usd(u64::MAX)),
+            ..UsageRecord::default()
+        };
+        db.insert(&[full.clone(), bare.clone()]).unwrap();
+        db.insert(&[huge]).unwrap();
+        drop(db);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let db = UsageDb::open_read_only(&path).unwrap().unwrap();
+        let mode: String = db
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let back = db.records_since(0).unwrap();
+        assert_eq!(back[..2], [full, bare]);
+        // Past i64::MAX is clamped, never wrapped to a negative amount.
+        assert_eq!(back[2].input_tokens, i64::MAX as u64);
+        assert_eq!(back[2].cost, Some(Usd(i64::MAX as u64)));
+        assert_eq!(db.records_since(NOW_MS + 1).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_only_open_never_creates_and_reads_an_empty_file() {
+        let dir = temp_dir("readonly");
+        let path = UsageDb::path_in(&dir);
+        assert!(UsageDb::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists(), "a reader must not create the log");
+        // A file the daemon created but never wrote a schema to reads as empty.
+        std::fs::write(&path, b"").unwrap();
+        let db = UsageDb::open_read_only(&path).unwrap().unwrap();
+        assert!(db.summary(0, GroupBy::Key).unwrap().is_empty());
+        assert!(db.spend_since(0).unwrap().is_empty());
+        assert_eq!(
+            db.spent_in_current_period("k", Period::Month, NOW_MS / 1000)
+                .unwrap(),
+            Usd::ZERO
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_way_out() {
+        let dir = temp_dir("newer");
+        let path = UsageDb::path_in(&dir);
+        drop(UsageDb::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 7;").unwrap();
+        drop(conn);
+        let err = UsageDb::open(&path).unwrap_err().to_string();
+        assert!(err.contains("schema version 7") && err.contains("move the file aside"), "{err}");
+        let err = UsageDb::open_read_only(&path).unwrap_err().to_string();
+        assert!(err.contains("newer gate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_broad_mode_is_tightened() {
+        let dir = temp_dir("mode");
+        let path = UsageDb::path_in(&dir);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(UsageDb::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A log with three keys over three days, costs known and unknown, one failure.
+    fn sample(dir: &Path) -> UsageDb {
+        let mut db = UsageDb::open(&UsageDb::path_in(dir)).unwrap();
+        let mut owned = record(NOW_MS - HOUR, "k1", "gpt-4o", Some(2_000_000_000));
+        owned.owner = Some("team-a".into());
+        let mut failed = record(NOW_MS - 2 * HOUR, "k2", "claude-x", None);
+        failed.status = 502;
+        failed.error = Some("upstream_error".into());
+        failed.upstream = None;
+        db.insert(&[
+            // 2026-12-01: k1 spends $1 on gpt-4o.
+            record(NOW_MS - 2 * DAY, "k1", "gpt-4o", Some(1_000_000_000)),
+            // 2026-12-02: k2, no price known.
+            record(NOW_MS - DAY, "k2", "mystery", None),
+            // 2026-12-03.
+            owned,
+            failed,
+            record(NOW_MS - 3 * HOUR, "jwt:alice", "gpt-4o", Some(500_000_000)),
+        ])
+        .unwrap();
+        db
+    }
+
+    #[test]
+    fn summaries_group_and_sum() {
+        let dir = temp_dir("summary");
+        let db = sample(&dir);
+        let by_key = db.summary(0, GroupBy::Key).unwrap();
+        let view: Vec<_> = by_key
+            .iter()
+            .map(|r| {
+                (
+                    r.group.clone().unwrap(),
+                    r.requests,
+                    r.cost_usd,
+                    r.unknown_cost_requests,
+                    r.errors,
+                )
+            })
+            .collect();
+        // Largest spend first; k2 spent nothing known.
+        assert_eq!(
+            view,
+            vec![
+                ("k1".into(), 2, Usd(3_000_000_000), 0, 0),
+                ("jwt:alice".into(), 1, Usd(500_000_000), 0, 0),
+                ("k2".into(), 2, Usd(0), 2, 1),
+            ]
+        );
+        assert_eq!(by_key[0].input_tokens, 200);
+        assert_eq!(by_key[0].output_tokens, 20);
+        assert_eq!(by_key[0].cached_tokens, 80);
+        let days: Vec<_> = db
+            .summary(0, GroupBy::Day)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group.unwrap(), r.requests))
+            .collect();
+        assert_eq!(
+            days,
+            vec![
+                ("2026-12-01".into(), 1),
+                ("2026-12-02".into(), 1),
+                ("2026-12-03".into(), 3)
+            ]
+        );
+        let upstreams: Vec<_> = db
+            .summary(0, GroupBy::Upstream)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group, r.requests))
+            .collect();
+        assert_eq!(upstreams, vec![(Some("openai".into()), 4), (None, 1)]);
+        let owners: Vec<_> = db
+            .summary(0, GroupBy::Owner)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group, r.cost_usd))
+            .collect();
+        assert_eq!(
+            owners,
+            vec![
+                (Some("team-a".into()), Usd(2_000_000_000)),
+                (None, Usd(1_500_000_000))
+            ]
+        );
+        let models: Vec<_> = db
+            .summary(NOW_MS - DAY - HOUR, GroupBy::Model)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group.unwrap(), r.requests))
+            .collect();
+        assert_eq!(
+            models,
+            vec![
+                ("gpt-4o".into(), 2),
+                ("claude-x".into(), 1),
+                ("mystery".into(), 1)
+            ]
+        );
+        let all = total(&by_key);
+        assert_eq!(
+            (all.requests, all.cost_usd, all.unknown_cost_requests, all.errors),
+            (5, Usd(3_500_000_000), 2, 1)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spend_per_key_and_period_and_last_use() {
+        let dir = temp_dir("spend");
+        let db = sample(&dir);
+        let now = NOW_MS / 1000;
+        assert_eq!(
+            db.spend_since(0).unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), Usd(500_000_000)),
+                ("k1".to_owned(), Usd(3_000_000_000)),
+            ])
+        );
+        // Today (2026-12-03) k1 spent $2; this month (and week, from Monday 11-30) $3.
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Day, now).unwrap(),
+            Usd(2_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Week, now).unwrap(),
+            Usd(3_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Total, now).unwrap(),
+            Usd(3_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k2", Period::Month, now).unwrap(),
+            Usd::ZERO
+        );
+        assert_eq!(
+            db.spent_in_current_periods(
+                [("k1", Period::Day), ("jwt:alice", Period::Month), ("new", Period::Day)],
+                now
+            )
+            .unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), Usd(500_000_000)),
+                ("k1".to_owned(), Usd(2_000_000_000)),
+                ("new".to_owned(), Usd::ZERO),
+            ])
+        );
+        // Next month, k1's monthly spend starts again.
+        let january = now + 40 * 86_400;
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Month, january).unwrap(),
+            Usd::ZERO
+        );
+        assert_eq!(
+            db.last_used().unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), NOW_MS - 3 * HOUR),
+                ("k1".to_owned(), NOW_MS - HOUR),
+                // Its failed request two hours ago is its last use.
+                ("k2".to_owned(), NOW_MS - 2 * HOUR),
+            ])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chart_series_per_day() {
+        let dir = temp_dir("series");
+        let db = sample(&dir);
+        let series = db.series(NOW_MS - DAY - HOUR).unwrap();
+        let spend: Vec<_> = series
+            .spend
+            .iter()
+            .map(|p| (p.day.as_str(), p.key_id.as_str(), p.cost_usd, p.unknown_cost_requests))
+            .collect();
+        assert_eq!(
+            spend,
+            vec![
+                ("2026-12-02", "k2", Usd(0), 1),
+                ("2026-12-03", "jwt:alice", Usd(500_000_000), 0),
+                ("2026-12-03", "k1", Usd(2_000_000_000), 0),
+                ("2026-12-03", "k2", Usd(0), 1),
+            ]
+        );
+        let tokens: Vec<_> = series
+            .tokens
+            .iter()
+            .map(|p| (p.day.as_str(), p.model.as_str(), p.requests, p.input_tokens))
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![
+                ("2026-12-02", "mystery", 1, 100),
+                ("2026-12-03", "claude-x", 1, 100),
+                ("2026-12-03", "gpt-4o", 2, 200),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deletes_before_a_cutoff() {
+        let dir = temp_dir("delete");
+        let db = sample(&dir);
+        assert_eq!(db.delete_before(NOW_MS - DAY).unwrap(), 1);
+        assert_eq!(db.records_since(0).unwrap().len(), 4);
+        assert_eq!(db.delete_before(NOW_MS - DAY).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
