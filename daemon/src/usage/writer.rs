@@ -271,3 +271,115 @@ impl Writer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::store::tests::{record, temp_dir};
+
+    fn read_all(dir: &Path) -> Vec<UsageRecord> {
+        UsageDb::open_read_only(&UsageDb::path_in(dir))
+            .unwrap()
+            .unwrap()
+            .records_since(0)
+            .unwrap()
+    }
+
+    /// Polls `check` for up to `deadline`.
+    fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        check()
+    }
+
+    #[test]
+    fn records_are_written_within_the_interval_and_a_close_loses_nothing() {
+        let dir = temp_dir("writer");
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        let now = now_ms();
+        log.record(record(now, "k1", "m", Some(5)));
+        // No flush asked for: the writer's own timer writes it.
+        assert!(
+            wait_until(FLUSH_INTERVAL * 10, || read_all(&dir).len() == 1),
+            "one record not written by the writer's timer"
+        );
+        // More than a batch, handed over faster than a second: all written on close.
+        let n = 3 * MAX_BATCH + 7;
+        for i in 0..n {
+            let mut r = record(now + 1, "k2", "m", None);
+            r.latency_ms = i as u64;
+            log.record(r);
+        }
+        log.flush_and_close();
+        let back = read_all(&dir);
+        assert_eq!(back.len(), n + 1);
+        let seqs: Vec<u64> = back.iter().skip(1).map(|r| r.latency_ms).collect();
+        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>(), "in order, none lost");
+        // After the close, records are counted as dropped, not waited for.
+        log.record(record(now, "k3", "m", None));
+        assert_eq!(log.metrics.usage_dropped.get(), 1);
+        assert_eq!(read_all(&dir).len(), n + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn retention_deletes_old_records_at_start() {
+        let dir = temp_dir("retention");
+        let now = now_ms();
+        let day = 86_400_000;
+        let mut db = UsageDb::open(&UsageDb::path_in(&dir)).unwrap();
+        db.insert(&[
+            record(now - 100 * day, "old", "m", None),
+            record(now - 89 * day, "kept", "m", None),
+            record(now, "new", "m", None),
+        ])
+        .unwrap();
+        drop(db);
+        // 0 keeps everything.
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        log.flush();
+        log.flush_and_close();
+        assert_eq!(read_all(&dir).len(), 3);
+        // 90 days: the 100-day-old record goes, before anything else is written.
+        let log = UsageLog::open(&dir, 90, Arc::new(Metrics::new())).unwrap();
+        log.flush();
+        let keys: Vec<String> = read_all(&dir).into_iter().map(|r| r.key_id).collect();
+        assert_eq!(keys, ["kept", "new"]);
+        log.flush_and_close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With the database locked by someone else, `record` still returns at once: the
+    /// channel fills, the rest is dropped and counted, and what was taken is written once
+    /// the lock is gone.
+    #[test]
+    fn a_stuck_writer_never_blocks_the_request_path() {
+        let dir = temp_dir("stuck");
+        let metrics = Arc::new(Metrics::new());
+        let log = UsageLog::open(&dir, 0, metrics.clone()).unwrap();
+        let path = UsageDb::path_in(&dir);
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        let now = now_ms();
+        let handed = CHANNEL_CAPACITY + 2 * MAX_BATCH + 100;
+        for i in 0..handed {
+            let mut r = record(now, "k", "m", None);
+            r.latency_ms = i as u64;
+            log.record(r);
+        }
+        let dropped = metrics.usage_dropped.get();
+        assert!(dropped >= 100, "dropped {dropped}");
+        assert!(metrics.render().contains("gate_usage_records_dropped_total"));
+        blocker.execute_batch("ROLLBACK;").unwrap();
+        drop(blocker);
+        log.flush_and_close();
+        let written = read_all(&dir).len() as u64;
+        assert_eq!(written + dropped, handed as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
