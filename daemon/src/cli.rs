@@ -200,7 +200,9 @@ pub enum TokenCommand {
 
 /// `gate usage`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Examples:\n  gate usage                       per key, the last 7 days\n  gate usage --since 24h --by model\n  gate usage --since 2026-12-01 --by day --csv > december.csv\n  gate usage --since all --by owner --json")]
+#[command(
+    after_help = "Examples:\n  gate usage                       per key, the last 7 days\n  gate usage --since 24h --by model\n  gate usage --since 2026-12-01 --by day --csv > december.csv\n  gate usage --since all --by owner --json"
+)]
 pub struct UsageArgs {
     /// The start of the summed time: a duration back from now (7d, 24h, 90m, 2w), a UTC date
     /// (2026-12-01, from 00:00 UTC), or `all` (everything the log keeps; see

@@ -558,7 +558,8 @@ fn now_ms() -> u64 {
 /// `since=` of a usage route (`default` when absent).
 fn since_param(query: &str, default: &str) -> Result<u64, Failure> {
     let text = query_param(query, "since").unwrap_or_else(|| default.to_owned());
-    crate::usage::parse_since(&text, now_ms()).map_err(|e| Failure::Refused(format!("`since`: {e}")))
+    crate::usage::parse_since(&text, now_ms())
+        .map_err(|e| Failure::Refused(format!("`since`: {e}")))
 }
 
 async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
@@ -569,23 +570,21 @@ async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
         None => crate::usage::GroupBy::Key,
     };
     let state_dir = admin.reloader.state_dir().to_path_buf();
-    let summary = crate::usage::blocking(move || {
-        crate::usage::report::summary(&state_dir, since_ms, by)
-    })
-    .await
-    .map_err(Failure::Internal)?
-    .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    let summary =
+        crate::usage::blocking(move || crate::usage::report::summary(&state_dir, since_ms, by))
+            .await
+            .map_err(Failure::Internal)?
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     typed(summary)
 }
 
 async fn usage_series<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
     let since_ms = since_param(query, "30d")?;
     let state_dir = admin.reloader.state_dir().to_path_buf();
-    let series =
-        crate::usage::blocking(move || crate::usage::report::series(&state_dir, since_ms))
-            .await
-            .map_err(Failure::Internal)?
-            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    let series = crate::usage::blocking(move || crate::usage::report::series(&state_dir, since_ms))
+        .await
+        .map_err(Failure::Internal)?
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
     typed(series)
 }
 

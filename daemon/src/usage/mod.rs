@@ -132,7 +132,15 @@ mod tests {
             ),
             "2026-12-01"
         );
-        for bad in ["", "yesterday", "2026-02-31", "2026-13-01", "-7d", "7y", "2026-1-1"] {
+        for bad in [
+            "",
+            "yesterday",
+            "2026-02-31",
+            "2026-13-01",
+            "-7d",
+            "7y",
+            "2026-1-1",
+        ] {
             let err = parse_since(bad, NOW_MS).unwrap_err();
             assert!(!err.is_empty(), "{bad}");
         }

@@ -28,7 +28,11 @@ pub fn dollars(usd: Usd) -> String {
     if ten_thousandths == 0 && usd.0 > 0 {
         return "<$0.0001".to_owned();
     }
-    format!("${}.{:04}", ten_thousandths / 10_000, ten_thousandths % 10_000)
+    format!(
+        "${}.{:04}",
+        ten_thousandths / 10_000,
+        ten_thousandths % 10_000
+    )
 }
 
 /// The cost cell: the known sum, and `unknown` when any request had no price.
@@ -204,7 +208,13 @@ mod tests {
     use super::*;
     use expect_test::expect;
 
-    fn row(group: Option<&str>, name: Option<&str>, requests: u64, cost: u64, unknown: u64) -> UsageRow {
+    fn row(
+        group: Option<&str>,
+        name: Option<&str>,
+        requests: u64,
+        cost: u64,
+        unknown: u64,
+    ) -> UsageRow {
         UsageRow {
             group: group.map(str::to_owned),
             name: name.map(str::to_owned),
@@ -231,7 +241,13 @@ mod tests {
         summary(
             "key",
             vec![
-                row(Some("3fa2c1d4e5f6"), Some("laptop"), 1200, 12_345_678_901, 0),
+                row(
+                    Some("3fa2c1d4e5f6"),
+                    Some("laptop"),
+                    1200,
+                    12_345_678_901,
+                    0,
+                ),
                 row(Some("jwt:alice@example.com"), None, 31, 4_500_000, 2),
                 row(Some("0a1b2c3d4e5f"), Some("ci, nightly"), 5, 0, 5),
             ],
@@ -276,7 +292,10 @@ mod tests {
         .assert_eq(&table(&days, "usage.db"));
         let upstreams = summary(
             "upstream",
-            vec![row(Some("openai"), None, 3, 1_500_000_000, 0), row(None, None, 2, 0, 0)],
+            vec![
+                row(Some("openai"), None, 3, 1_500_000_000, 0),
+                row(None, None, 2, 0, 0),
+            ],
         );
         expect![[r#"
             Usage since 2026-12-03 15:04 UTC, by upstream
@@ -308,7 +327,10 @@ mod tests {
             0a1b2c3d4e5f,"ci, nightly",5,6170,280,35,0,5,0
         "#]]
         .assert_eq(&csv(&by_key()));
-        let models = summary("model", vec![row(Some("gpt-\"4o\""), None, 1, 20 * NANOS_PER_USD, 0)]);
+        let models = summary(
+            "model",
+            vec![row(Some("gpt-\"4o\""), None, 1, 20 * NANOS_PER_USD, 0)],
+        );
         expect![[r#"
             model,requests,input_tokens,output_tokens,cached_tokens,cost_usd,unknown_cost_requests,errors
             "gpt-""4o""",1,1234,56,7,20,0,0

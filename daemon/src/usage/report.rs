@@ -78,14 +78,14 @@ pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> an
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let since_ms = super::parse_since(since, now_ms).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let since_ms =
+        super::parse_since(since, now_ms).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
     let summary = summary(state_dir, since_ms, by)
         .with_context(|| format!("reading the usage log in {}", state_dir.display()))?;
     let text = match format {
-        Format::Table => super::render::table(
-            &summary,
-            &UsageDb::path_in(state_dir).display().to_string(),
-        ),
+        Format::Table => {
+            super::render::table(&summary, &UsageDb::path_in(state_dir).display().to_string())
+        }
         Format::Json => super::render::json(&summary),
         Format::Csv => super::render::csv(&summary),
     };

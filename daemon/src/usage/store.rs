@@ -422,9 +422,7 @@ impl UsageDb {
             .prepare("SELECT key_id, MAX(at_ms) FROM usage GROUP BY key_id")
             .map_err(&err)?;
         let rows = statement
-            .query_map([], |row| {
-                Ok((row.get::<_, String>(0)?, uint(row.get(1)?)))
-            })
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, uint(row.get(1)?))))
             .map_err(&err)?;
         rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(&err)
     }
@@ -697,7 +695,10 @@ pub(crate) mod tests {
         conn.execute_batch("PRAGMA user_version = 7;").unwrap();
         drop(conn);
         let err = UsageDb::open(&path).unwrap_err().to_string();
-        assert!(err.contains("schema version 7") && err.contains("move the file aside"), "{err}");
+        assert!(
+            err.contains("schema version 7") && err.contains("move the file aside"),
+            "{err}"
+        );
         let err = UsageDb::open_read_only(&path).unwrap_err().to_string();
         assert!(err.contains("newer gate"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -817,7 +818,12 @@ pub(crate) mod tests {
         );
         let all = total(&by_key);
         assert_eq!(
-            (all.requests, all.cost_usd, all.unknown_cost_requests, all.errors),
+            (
+                all.requests,
+                all.cost_usd,
+                all.unknown_cost_requests,
+                all.errors
+            ),
             (5, Usd(3_500_000_000), 2, 1)
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -845,16 +851,22 @@ pub(crate) mod tests {
             Usd(3_000_000_000)
         );
         assert_eq!(
-            db.spent_in_current_period("k1", Period::Total, now).unwrap(),
+            db.spent_in_current_period("k1", Period::Total, now)
+                .unwrap(),
             Usd(3_000_000_000)
         );
         assert_eq!(
-            db.spent_in_current_period("k2", Period::Month, now).unwrap(),
+            db.spent_in_current_period("k2", Period::Month, now)
+                .unwrap(),
             Usd::ZERO
         );
         assert_eq!(
             db.spent_in_current_periods(
-                [("k1", Period::Day), ("jwt:alice", Period::Month), ("new", Period::Day)],
+                [
+                    ("k1", Period::Day),
+                    ("jwt:alice", Period::Month),
+                    ("new", Period::Day)
+                ],
                 now
             )
             .unwrap(),
@@ -867,7 +879,8 @@ pub(crate) mod tests {
         // Next month, k1's monthly spend starts again.
         let january = now + 40 * 86_400;
         assert_eq!(
-            db.spent_in_current_period("k1", Period::Month, january).unwrap(),
+            db.spent_in_current_period("k1", Period::Month, january)
+                .unwrap(),
             Usd::ZERO
         );
         assert_eq!(
@@ -890,7 +903,14 @@ pub(crate) mod tests {
         let spend: Vec<_> = series
             .spend
             .iter()
-            .map(|p| (p.day.as_str(), p.key_id.as_str(), p.cost_usd, p.unknown_cost_requests))
+            .map(|p| {
+                (
+                    p.day.as_str(),
+                    p.key_id.as_str(),
+                    p.cost_usd,
+                    p.unknown_cost_requests,
+                )
+            })
             .collect();
         assert_eq!(
             spend,

@@ -128,11 +128,7 @@ impl UsageLog {
         if self.sender.send(Message::Close(done)).is_ok() {
             let _ = wait.recv();
         }
-        let writer = self
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(writer) = writer {
             if writer.join().is_err() {
                 tracing::error!("the usage log's writer thread panicked");
@@ -319,7 +315,11 @@ mod tests {
         let back = read_all(&dir);
         assert_eq!(back.len(), n + 1);
         let seqs: Vec<u64> = back.iter().skip(1).map(|r| r.latency_ms).collect();
-        assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>(), "in order, none lost");
+        assert_eq!(
+            seqs,
+            (0..n as u64).collect::<Vec<_>>(),
+            "in order, none lost"
+        );
         // After the close, records are counted as dropped, not waited for.
         log.record(record(now, "k3", "m", None));
         assert_eq!(log.metrics.usage_dropped.get(), 1);
@@ -374,7 +374,9 @@ mod tests {
         }
         let dropped = metrics.usage_dropped.get();
         assert!(dropped >= 100, "dropped {dropped}");
-        assert!(metrics.render().contains("gate_usage_records_dropped_total"));
+        assert!(metrics
+            .render()
+            .contains("gate_usage_records_dropped_total"));
         blocker.execute_batch("ROLLBACK;").unwrap();
         drop(blocker);
         log.flush_and_close();
