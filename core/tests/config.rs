@@ -43,6 +43,27 @@ fn daemon_defaults() {
     assert_eq!(c.auth.jwt.issuer, "gate-daemon");
     assert_eq!(c.letsencrypt.auto_renew_days, 30);
     assert_eq!(c.server.max_body_bytes, 32 << 20);
+    assert!(c.usage.enabled);
+    assert_eq!(c.usage.retention_days, 90);
+}
+
+#[test]
+fn usage_keys() {
+    let loaded = load_daemon(&sources(
+        &[("/etc/gate/gate.toml", "[usage]\nretention_days = 0\n")],
+        "",
+        &[("GATE_USAGE__ENABLED", "false")],
+    ))
+    .unwrap();
+    assert!(!loaded.config.usage.enabled);
+    assert_eq!(
+        loaded.config.usage.retention_days, 0,
+        "0 keeps records forever"
+    );
+    let err = daemon_err(&sources(&[], "", &[("GATE_USAGE__RETENTION_DAYS", "-1")])).to_string();
+    assert!(err.contains("usage.retention_days"), "{err}");
+    let err = daemon_err(&sources(&[], "[usage]\nretension_days = 30\n", &[])).to_string();
+    assert!(err.contains("retention_days"), "{err}");
 }
 
 #[test]
@@ -668,6 +689,10 @@ fn snapshot_config_show_with_origins() {
         base_url = "https://api.openai.com/v1"  # from defaults (default for provider openai)
         enabled = true  # from defaults
         provider = "openai"  # from nix /etc/gate/gate.toml:9:12
+
+        [usage]
+        enabled = true  # from defaults
+        retention_days = 90  # from defaults
     "##]]
     .assert_eq(&text);
 }

@@ -52,6 +52,10 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         state_dir: Option<PathBuf>,
     },
+    /// Show who used what: requests, tokens and cost from the usage log
+    /// (`<state_dir>/usage.db`), summed per key, model, upstream, day or owner. Reads the
+    /// file directly, whether or not the daemon runs.
+    Usage(UsageArgs),
     /// Show the running daemon: upstreams and their health, relay, certificate, and a
     /// fresh one-time web UI login link.
     Status {
@@ -242,6 +246,33 @@ pub struct PolicyArgs {
     pub owner: Option<String>,
 }
 
+/// `gate usage`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Examples:\n  gate usage                       per key, the last 7 days\n  gate usage --since 24h --by model\n  gate usage --since 2026-12-01 --by day --csv > december.csv\n  gate usage --since all --by owner --json"
+)]
+pub struct UsageArgs {
+    /// The start of the summed time: a duration back from now (7d, 24h, 90m, 2w), a UTC date
+    /// (2026-12-01, from 00:00 UTC), or `all` (everything the log keeps; see
+    /// usage.retention_days).
+    #[arg(long, value_name = "WHEN", default_value = "7d")]
+    pub since: String,
+    /// What one row sums: an API key (with its name from tokens.json), the model the client
+    /// asked for, the upstream that answered, a UTC day, or the key's owner.
+    #[arg(long, value_enum, value_name = "GROUP", default_value_t = crate::usage::GroupBy::Key)]
+    pub by: crate::usage::GroupBy,
+    /// Print a JSON array of objects (one per row; costs in dollars, with the count of
+    /// requests whose cost is unknown).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV with a header line (costs as exact decimal dollars).
+    #[arg(long)]
+    pub csv: bool,
+    /// The state directory holding usage.db (see `gate serve --help`).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
     /// A configuration file (TOML); repeat for several, later files win. This is the
@@ -281,6 +312,7 @@ pub fn main() -> ExitCode {
                 crate::remote::node_id(&dir)
             })
             .map(|id| println!("{id}")),
+        Command::Usage(args) => usage(&args),
         Command::Status { json, source } => commands::status(&source, json),
     };
     match result {
@@ -290,6 +322,16 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn usage(args: &UsageArgs) -> anyhow::Result<()> {
+    let dir = state::resolve_state_dir(args.state_dir.as_deref())?;
+    let format = match (args.json, args.csv) {
+        (true, _) => crate::usage::report::Format::Json,
+        (_, true) => crate::usage::report::Format::Csv,
+        _ => crate::usage::report::Format::Table,
+    };
+    crate::usage::report::command(&dir, &args.since, args.by, format)
 }
 
 fn init_logging(level: &str) {

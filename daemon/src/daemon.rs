@@ -8,8 +8,10 @@
 //! connections refused), leave the relays ([`Remote::leave`]), let requests and streams in
 //! flight go on for `server.shutdown_grace_secs`, then end the streams still open with an
 //! error event in their client's protocol, wait briefly for those to be written, close the
-//! relay tunnels ([`Remote::shutdown`]), and wait for config writes in progress. The CLI
-//! turns SIGTERM / SIGINT into this, and exits 0.
+//! relay tunnels ([`Remote::shutdown`]), wait for config writes in progress, and write the
+//! usage records still waiting ([`UsageLog::flush_and_close`]: every request, streams
+//! included, has handed its record over by then). The CLI turns SIGTERM / SIGINT into
+//! this, and exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ use crate::reload::Reloader;
 use crate::remote::{RelayedListener, Remote};
 use crate::server::{self, ConnectionCap};
 use crate::state;
+use crate::usage::{MetricsOnly, UsageLog};
 
 /// How long connections get to write the error events of the streams ended at the end of
 /// the grace before the daemon stops without them.
@@ -58,6 +61,8 @@ pub struct RunningDaemon<R: Runtime> {
     relayed: Arc<ConnectionCap>,
     grace: Duration,
     state_dir: std::path::PathBuf,
+    /// The usage log (None when `usage.enabled` is false).
+    usage: Option<Arc<UsageLog>>,
     rt: R,
 }
 
@@ -84,6 +89,20 @@ impl<R: Runtime> RunningDaemon<R> {
         let limits = config.server.listen.clone();
         let settings = server::server_settings(&limits, false);
         let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
+        // Before any port is bound: a usage log that cannot be opened stops the start.
+        let usage = if config.usage.enabled {
+            let log = UsageLog::open(
+                &state_dir,
+                config.usage.retention_days,
+                gateway.metrics.clone(),
+            )?;
+            gateway.set_usage_sink(log.clone());
+            Some(log)
+        } else {
+            tracing::info!("usage log off (usage.enabled = false): per-key metrics only");
+            gateway.set_usage_sink(Arc::new(MetricsOnly(gateway.metrics.clone())));
+            None
+        };
         let admin_token = crate::admin::session::load_or_create_admin_token(&state_dir)?;
         gateway.protect_secret(&admin_token);
         let listener = server::bind(&rt, addr)?;
@@ -173,6 +192,7 @@ impl<R: Runtime> RunningDaemon<R> {
             relayed,
             grace: limits.shutdown_grace,
             state_dir,
+            usage,
             rt,
         })
     }
@@ -185,6 +205,11 @@ impl<R: Runtime> RunningDaemon<R> {
     /// The gateway all listeners serve.
     pub fn gateway(&self) -> &Arc<Gateway<R>> {
         &self.gateway
+    }
+
+    /// The usage log, when it is on.
+    pub fn usage_log(&self) -> Option<&Arc<UsageLog>> {
+        self.usage.as_ref()
     }
 
     /// Open connections now: (local listener, through relays).
@@ -258,6 +283,12 @@ impl<R: Runtime> RunningDaemon<R> {
             }
         }
         self.reloader.wait_for_writes();
+        if let Some(usage) = self.usage.clone() {
+            match crate::usage::blocking(move || usage.flush_and_close()).await {
+                Ok(()) => tracing::info!("stopping: usage log written and closed"),
+                Err(e) => tracing::error!(error = %e, "stopping: the usage log was not closed"),
+            }
+        }
         // This process still holds the socket's lock, so both files are ours: a CLI run after
         // the stop finds no socket and edits the files, and nothing claims a daemon is here.
         for file in [

@@ -1,7 +1,12 @@
 //! Prometheus metrics (`GET /metrics`): requests, latency and time-to-first-token
-//! histograms, tokens by upstream and model, upstream health.
+//! histograms, tokens by upstream and model, upstream health, and usage per key and model
+//! (from the usage sink, at most [`MAX_KEY_MODEL_SERIES`] label sets).
 
+use std::collections::HashSet;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+
+use gate_core::accounting::UsageRecord;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -44,6 +49,22 @@ pub struct TokenLabels {
     pub kind: String,
 }
 
+/// Usage per key and model (`key` is the key id, `jwt:<subject>` or `loopback`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KeyModelLabels {
+    pub key: String,
+    pub model: String,
+}
+
+/// At most this many (key, model) label sets per usage family; later ones are counted under
+/// `key="other", model="other"`, so a flood of keys or JWT subjects cannot grow `/metrics`
+/// without bound.
+pub const MAX_KEY_MODEL_SERIES: usize = 500;
+
+/// The model label of a request that reached no upstream (refused, unknown model): the
+/// client's model name is not a label there, as any text could be.
+pub const NO_UPSTREAM_MODEL: &str = "none";
+
 fn latency_buckets() -> impl Iterator<Item = f64> {
     [
         0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -72,6 +93,14 @@ pub struct Metrics {
     pub upstream_up: Family<UpstreamLabels, Gauge>,
     pub relay_registered: Family<RelayLabels, Gauge>,
     pub certificate_expiry: Gauge,
+    pub key_requests: Family<KeyModelLabels, Counter>,
+    pub key_input_tokens: Family<KeyModelLabels, Counter>,
+    pub key_output_tokens: Family<KeyModelLabels, Counter>,
+    pub key_cost: Family<KeyModelLabels, Counter<f64, AtomicU64>>,
+    /// Usage records not written to the usage log (its channel full, or closed).
+    pub usage_dropped: Counter,
+    /// The (key, model) label sets admitted so far.
+    key_model_series: Mutex<HashSet<KeyModelLabels>>,
     render_lock: Mutex<()>,
 }
 
@@ -136,8 +165,44 @@ impl Metrics {
             "Expiry (Unix time) of the certificate served through relays",
             certificate_expiry.clone(),
         );
+        let key_requests = Family::<KeyModelLabels, Counter>::default();
+        registry.register(
+            "key_requests",
+            "Requests per API key and model (model \"none\": no upstream reached)",
+            key_requests.clone(),
+        );
+        let key_input_tokens = Family::<KeyModelLabels, Counter>::default();
+        registry.register(
+            "key_input_tokens",
+            "Input tokens per API key and model",
+            key_input_tokens.clone(),
+        );
+        let key_output_tokens = Family::<KeyModelLabels, Counter>::default();
+        registry.register(
+            "key_output_tokens",
+            "Output tokens per API key and model",
+            key_output_tokens.clone(),
+        );
+        let key_cost = Family::<KeyModelLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "key_cost_usd",
+            "Known cost in US dollars per API key and model (requests without a price add 0)",
+            key_cost.clone(),
+        );
+        let usage_dropped = Counter::default();
+        registry.register(
+            "usage_records_dropped",
+            "Usage records the usage log could not take (writer behind, or closed)",
+            usage_dropped.clone(),
+        );
         Self {
             registry,
+            key_requests,
+            key_input_tokens,
+            key_output_tokens,
+            key_cost,
+            usage_dropped,
+            key_model_series: Mutex::new(HashSet::new()),
             relay_registered,
             certificate_expiry,
             requests,
@@ -165,6 +230,53 @@ impl Metrics {
         }
     }
 
+    /// Counts one finished request in the per-key families.
+    pub fn record_usage(&self, record: &UsageRecord) {
+        let model = match &record.upstream {
+            Some(_) => record.model.as_str(),
+            None => NO_UPSTREAM_MODEL,
+        };
+        let labels = self.key_model_labels(&record.key_id, model);
+        self.key_requests.get_or_create(&labels).inc();
+        if record.input_tokens > 0 {
+            self.key_input_tokens
+                .get_or_create(&labels)
+                .inc_by(record.input_tokens);
+        }
+        if record.output_tokens > 0 {
+            self.key_output_tokens
+                .get_or_create(&labels)
+                .inc_by(record.output_tokens);
+        }
+        if let Some(cost) = record.cost {
+            self.key_cost.get_or_create(&labels).inc_by(cost.as_f64());
+        }
+    }
+
+    /// The labels for (key, model): itself while fewer than [`MAX_KEY_MODEL_SERIES`] sets
+    /// exist, else `other`/`other`.
+    fn key_model_labels(&self, key: &str, model: &str) -> KeyModelLabels {
+        let labels = KeyModelLabels {
+            key: key.to_owned(),
+            model: model.to_owned(),
+        };
+        let mut seen = self
+            .key_model_series
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if seen.contains(&labels) {
+            return labels;
+        }
+        if seen.len() < MAX_KEY_MODEL_SERIES {
+            seen.insert(labels.clone());
+            return labels;
+        }
+        KeyModelLabels {
+            key: "other".to_owned(),
+            model: "other".to_owned(),
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let _guard = self.render_lock.lock();
@@ -173,5 +285,63 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gate_core::accounting::Usd;
+
+    fn record(key: &str, model: &str, upstream: Option<&str>) -> UsageRecord {
+        UsageRecord {
+            key_id: key.into(),
+            model: model.into(),
+            upstream: upstream.map(str::to_owned),
+            input_tokens: 10,
+            output_tokens: 5,
+            cost: Some(Usd(1_500_000_000)),
+            status: 200,
+            ..UsageRecord::default()
+        }
+    }
+
+    #[test]
+    fn per_key_counters_are_bounded() {
+        let metrics = Metrics::new();
+        metrics.record_usage(&record("k1", "gpt-4o", Some("openai")));
+        metrics.record_usage(&record("k1", "gpt-4o", Some("openai")));
+        metrics.record_usage(&record("k1", "made-up-name", None));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"gate_key_requests_total{key="k1",model="gpt-4o"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"gate_key_input_tokens_total{key="k1",model="gpt-4o"} 20"#));
+        assert!(text.contains(r#"gate_key_output_tokens_total{key="k1",model="gpt-4o"} 10"#));
+        assert!(text.contains(r#"gate_key_cost_usd_total{key="k1",model="gpt-4o"} 3.0"#));
+        // A request that reached no upstream does not put the client's model name in a label.
+        assert!(text.contains(r#"gate_key_requests_total{key="k1",model="none"} 1"#));
+        assert!(!text.contains("made-up-name"));
+        for i in 0..MAX_KEY_MODEL_SERIES + 50 {
+            metrics.record_usage(&record(&format!("jwt:user{i}"), "m", Some("u")));
+        }
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("gate_key_requests_total{"))
+            .count();
+        // The admitted sets, plus the one `other` set.
+        assert_eq!(series, MAX_KEY_MODEL_SERIES + 1, "{text}");
+        // Two sets existed before the flood: 52 of the 550 new keys overflowed.
+        assert!(
+            text.contains(r#"gate_key_requests_total{key="other",model="other"} 52"#),
+            "{text}"
+        );
+        // Known label sets keep counting under their own labels.
+        metrics.record_usage(&record("k1", "gpt-4o", Some("openai")));
+        assert!(metrics
+            .render()
+            .contains(r#"gate_key_requests_total{key="k1",model="gpt-4o"} 3"#));
     }
 }

@@ -177,6 +177,15 @@ pub struct RoutingConfig {
     pub strategy: BTreeMap<String, crate::route::RouteStrategy>,
 }
 
+/// `[usage]`: the usage log (`<state_dir>/usage.db`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// Whether each request's usage is recorded (default true).
+    pub enabled: bool,
+    /// Days records are kept; 0 keeps them forever (default 90).
+    pub retention_days: u32,
+}
+
 /// The daemon's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -200,6 +209,8 @@ pub struct DaemonConfig {
     pub server: ServerLimits,
     /// Routing strategies.
     pub routing: RoutingConfig,
+    /// The usage log.
+    pub usage: UsageConfig,
 }
 
 fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
@@ -532,6 +543,10 @@ impl DaemonConfig {
             },
             routing: RoutingConfig {
                 strategy: routing_strategies(tree),
+            },
+            usage: UsageConfig {
+                enabled: r.bool("usage.enabled")?,
+                retention_days: r.int("usage.retention_days")?,
             },
         })
     }

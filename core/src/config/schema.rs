@@ -815,7 +815,21 @@ static ROUTING_FIELDS: [Field; 1] = [field(
     None,
 )];
 
-static DAEMON_FIELDS: [Field; 10] = [
+// The usage log (issue 14): one record per request in `<state_dir>/usage.db`, kept for
+// `retention_days` (0: forever).
+static USAGE_FIELDS: [Field; 2] = [
+    field("enabled", Kind::Bool, Some(DefaultValue::Bool(true))),
+    field(
+        "retention_days",
+        Kind::Integer {
+            min: 0,
+            max: 36_500,
+        },
+        Some(DefaultValue::Integer(90)),
+    ),
+];
+
+static DAEMON_FIELDS: [Field; 11] = [
     field(
         "host",
         Kind::String(StrCheck::Host),
@@ -841,6 +855,7 @@ static DAEMON_FIELDS: [Field; 10] = [
     field("letsencrypt", Kind::Table(&LETSENCRYPT_FIELDS), None),
     field("server", Kind::Table(&SERVER_FIELDS), None),
     field("routing", Kind::Table(&ROUTING_FIELDS), None),
+    field("usage", Kind::Table(&USAGE_FIELDS), None),
 ];
 
 /// The daemon (`gate`) schema. Environment prefix `GATE`.

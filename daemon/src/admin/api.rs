@@ -21,6 +21,8 @@
 //! | DELETE | `tokens/ID` | revoke |
 //! | GET | `models` | models clients can ask for, with the upstreams tried in order |
 //! | GET | `reload` | the last reload error, if any |
+//! | GET | `usage?since=7d&by=key` | the usage log summed per key, model, upstream, day or owner (`gate usage --json` rows, plus the total) |
+//! | GET | `usage/series?since=30d` | spend per day per key and tokens per day per model, for the web UI's charts |
 //! | POST | `login-url` | a fresh one-time web UI login URL |
 
 use std::time::Instant;
@@ -41,11 +43,13 @@ use super::{api_error, Admin};
 use crate::reload::EditError;
 use crate::web::{self, Body, Peer};
 
-/// Dispatches one authenticated admin API request (`route` is the path after `/admin/api/`).
+/// Dispatches one authenticated admin API request (`route` is the path after `/admin/api/`,
+/// `query` what followed `?`).
 pub async fn route<R: Runtime>(
     admin: &Admin<R>,
     method: &Method,
     route: &str,
+    query: &str,
     body: &[u8],
     peer: Peer,
 ) -> Response<Body> {
@@ -71,6 +75,8 @@ pub async fn route<R: Runtime>(
         (&Method::PATCH, "tokens", Some(id)) => update_token(admin, id, body),
         (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id),
         (&Method::GET, "models", None) => typed(models_view(admin)),
+        (&Method::GET, "usage", None) => usage_summary(admin, query).await,
+        (&Method::GET, "usage", Some("series")) => usage_series(admin, query).await,
         (&Method::GET, "reload", None) => typed(ReloadView {
             last_reload_error: reload_error(admin),
         }),
@@ -539,6 +545,54 @@ fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
     }
     tracing::info!(%id, "admin: API key revoked");
     typed(Done::id(id))
+}
+
+/// The value of `name` in a query string (`a=1&b=2`), percent-decoded (`+` as a space).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| percent_decode(&value.replace('+', " ")))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `since=` of a usage route (`default` when absent).
+fn since_param(query: &str, default: &str) -> Result<u64, Failure> {
+    let text = query_param(query, "since").unwrap_or_else(|| default.to_owned());
+    crate::usage::parse_since(&text, now_ms())
+        .map_err(|e| Failure::Refused(format!("`since`: {e}")))
+}
+
+async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
+    let since_ms = since_param(query, "7d")?;
+    let by = match query_param(query, "by") {
+        Some(text) => crate::usage::GroupBy::parse(&text)
+            .map_err(|e| Failure::Refused(format!("`by`: {e}")))?,
+        None => crate::usage::GroupBy::Key,
+    };
+    let state_dir = admin.reloader.state_dir().to_path_buf();
+    let summary =
+        crate::usage::blocking(move || crate::usage::report::summary(&state_dir, since_ms, by))
+            .await
+            .map_err(Failure::Internal)?
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    typed(summary)
+}
+
+async fn usage_series<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
+    let since_ms = since_param(query, "30d")?;
+    let state_dir = admin.reloader.state_dir().to_path_buf();
+    let series = crate::usage::blocking(move || crate::usage::report::series(&state_dir, since_ms))
+        .await
+        .map_err(Failure::Internal)?
+        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+    typed(series)
 }
 
 fn tier_name(tier: Tier) -> &'static str {

@@ -125,11 +125,12 @@ impl<R: Runtime> Admin<R> {
             }
         }
         let route = route.to_owned();
+        let query = req.uri().query().unwrap_or("").to_owned();
         let body = match read_body(req).await {
             Ok(body) => body,
             Err(response) => return response,
         };
-        api::route(self, &method, &route, &body, peer).await
+        api::route(self, &method, &route, &query, &body, peer).await
     }
 
     fn check_credential(&self, headers: &HeaderMap) -> Option<Credential> {

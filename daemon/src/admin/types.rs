@@ -413,3 +413,74 @@ pub struct RouteView {
 pub struct ApiError {
     pub error: String,
 }
+
+/// `GET usage?since=7d&by=key`: the usage log summed per group (`gate usage --json` prints
+/// the `rows`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UsageSummary {
+    /// The start of the summed time, Unix milliseconds.
+    pub since_ms: u64,
+    /// What the rows are grouped by: `key`, `model`, `upstream`, `day` or `owner`.
+    pub by: String,
+    pub rows: Vec<UsageRow>,
+    /// All rows together (`group` is null).
+    pub total: UsageRow,
+}
+
+/// One group of the usage log.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UsageRow {
+    /// The key id, model, upstream, day (`YYYY-MM-DD`, UTC) or owner; null when the
+    /// records had none (no upstream reached, no owner).
+    pub group: Option<String>,
+    /// For `by=key`: the key's name in `tokens.json` (absent for JWT subjects and revoked
+    /// keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    /// The sum of the known costs, in US dollars.
+    pub cost_usd: Usd,
+    /// Requests whose cost is unknown (no price for their model): `cost_usd` leaves them
+    /// out, so it is a lower bound when this is not 0.
+    pub unknown_cost_requests: u64,
+    /// Requests that failed (status 400 or more, or an error kind).
+    pub errors: u64,
+}
+
+/// `GET usage/series?since=30d`: what the web UI charts, per UTC day.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UsageSeries {
+    pub since_ms: u64,
+    /// Spend per day per key.
+    pub spend: Vec<SpendPoint>,
+    /// Tokens per day per model (the model clients asked for).
+    pub tokens: Vec<TokenPoint>,
+}
+
+/// One key's spend on one day.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SpendPoint {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub key_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub requests: u64,
+    pub cost_usd: Usd,
+    pub unknown_cost_requests: u64,
+}
+
+/// One model's tokens on one day.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TokenPoint {
+    /// `YYYY-MM-DD` (UTC).
+    pub day: String,
+    pub model: String,
+    pub requests: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+}

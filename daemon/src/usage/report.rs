@@ -1,0 +1,94 @@
+//! Reading the usage log for people: the summary and chart series with key names resolved
+//! from `tokens.json` (shared by `gate usage` and the admin API), and the `gate usage`
+//! command itself. Blocking (SQLite): the admin API calls these through
+//! [`super::blocking`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context;
+
+use super::store::{total, GroupBy, UsageDb};
+use crate::admin::types::{UsageSeries, UsageSummary};
+use crate::auth::TokenStore;
+
+/// How `gate usage` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    Csv,
+}
+
+/// Key id -> name, from the state directory's `tokens.json` (empty when it cannot be read:
+/// names are a convenience, the ids stay).
+fn key_names(state_dir: &Path) -> BTreeMap<String, String> {
+    match TokenStore::load(state_dir) {
+        Ok(store) => store.list().into_iter().map(|t| (t.id, t.name)).collect(),
+        Err(e) => {
+            tracing::debug!(error = %format!("{e:#}"), "usage: key names unavailable");
+            BTreeMap::new()
+        }
+    }
+}
+
+/// The usage since `since_ms` grouped `by`, from `<state_dir>/usage.db` (read-only; an
+/// absent file is no usage).
+pub fn summary(state_dir: &Path, since_ms: u64, by: GroupBy) -> anyhow::Result<UsageSummary> {
+    let path = UsageDb::path_in(state_dir);
+    let mut rows = match UsageDb::open_read_only(&path)? {
+        Some(db) => db.summary(since_ms, by)?,
+        None => Vec::new(),
+    };
+    if by == GroupBy::Key && !rows.is_empty() {
+        let names = key_names(state_dir);
+        for row in &mut rows {
+            row.name = row.group.as_ref().and_then(|id| names.get(id).cloned());
+        }
+    }
+    Ok(UsageSummary {
+        since_ms,
+        by: by.as_str().to_owned(),
+        total: total(&rows),
+        rows,
+    })
+}
+
+/// The web UI's chart series since `since_ms`, with key names.
+pub fn series(state_dir: &Path, since_ms: u64) -> anyhow::Result<UsageSeries> {
+    let path = UsageDb::path_in(state_dir);
+    let mut series = match UsageDb::open_read_only(&path)? {
+        Some(db) => db.series(since_ms)?,
+        None => UsageSeries {
+            since_ms,
+            ..UsageSeries::default()
+        },
+    };
+    if !series.spend.is_empty() {
+        let names = key_names(state_dir);
+        for point in &mut series.spend {
+            point.name = names.get(&point.key_id).cloned();
+        }
+    }
+    Ok(series)
+}
+
+/// `gate usage`: prints the summary of `state_dir`'s usage log.
+pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> anyhow::Result<()> {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let since_ms =
+        super::parse_since(since, now_ms).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
+    let summary = summary(state_dir, since_ms, by)
+        .with_context(|| format!("reading the usage log in {}", state_dir.display()))?;
+    let text = match format {
+        Format::Table => {
+            super::render::table(&summary, &UsageDb::path_in(state_dir).display().to_string())
+        }
+        Format::Json => super::render::json(&summary),
+        Format::Csv => super::render::csv(&summary),
+    };
+    print!("{text}");
+    Ok(())
+}

@@ -1,0 +1,949 @@
+//! The usage database: `<state_dir>/usage.db`, SQLite in WAL mode, one table of records.
+//!
+//! Owns the schema, the writes (batches in one transaction, retention deletes) and every
+//! query (spend per key and period, last use, summaries, chart series). Blocking: it runs
+//! on the writer thread ([`super::writer`]), on a short-lived thread per admin query, or
+//! in the CLI. Must not: be called on an async executor's thread, or create the file when
+//! opened read-only (`gate usage` on a machine where nothing was recorded).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gate_core::accounting::{Period, UsageRecord, Usd};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::admin::types::{SpendPoint, TokenPoint, UsageRow, UsageSeries};
+
+/// The database's file name in the state directory.
+pub const DB_FILE: &str = "usage.db";
+
+/// The schema version this build writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+/// How long a connection waits for another one's lock (a checkpoint, the writer's commit).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS usage (
+    id                 INTEGER PRIMARY KEY,
+    at_ms              INTEGER NOT NULL,
+    key_id             TEXT    NOT NULL,
+    owner              TEXT,
+    endpoint           TEXT    NOT NULL,
+    model              TEXT    NOT NULL,
+    served_model       TEXT,
+    upstream           TEXT,
+    input_tokens       INTEGER NOT NULL,
+    output_tokens      INTEGER NOT NULL,
+    cached_tokens      INTEGER NOT NULL,
+    cache_write_tokens INTEGER NOT NULL,
+    cost_nanos         INTEGER,
+    latency_ms         INTEGER NOT NULL,
+    ttft_ms            INTEGER,
+    status             INTEGER NOT NULL,
+    error              TEXT
+);
+CREATE INDEX IF NOT EXISTS usage_at ON usage (at_ms);
+CREATE INDEX IF NOT EXISTS usage_key_at ON usage (key_id, at_ms);
+";
+
+/// Why the usage database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The file could not be opened or prepared.
+    #[error("cannot open the usage log {path}: {source} (move the file aside to start a new log, or set usage.enabled = false)")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file's permissions could not be set.
+    #[error("cannot make the usage log {path} private (mode 0600): {source}")]
+    Mode {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the usage log's writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+    /// A newer Gate wrote this file.
+    #[error("the usage log {path} has schema version {found}; this gate reads up to {SCHEMA_VERSION} (a newer gate wrote it: upgrade, or move the file aside)")]
+    NewerSchema { path: PathBuf, found: i64 },
+    /// A query or write failed.
+    #[error("usage log {path}: {what}: {source}")]
+    Query {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+/// What [`UsageDb::summary`] groups by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum GroupBy {
+    /// The API key (or `jwt:<subject>`, `loopback`).
+    #[default]
+    Key,
+    /// The model the client asked for.
+    Model,
+    /// The upstream that answered.
+    Upstream,
+    /// The UTC day.
+    Day,
+    /// The key's owner.
+    Owner,
+}
+
+impl GroupBy {
+    /// Every grouping, in the order `--help` lists them.
+    pub const ALL: [GroupBy; 5] = [
+        GroupBy::Key,
+        GroupBy::Model,
+        GroupBy::Upstream,
+        GroupBy::Day,
+        GroupBy::Owner,
+    ];
+
+    /// The name in the CLI, the admin API and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key",
+            GroupBy::Model => "model",
+            GroupBy::Upstream => "upstream",
+            GroupBy::Day => "day",
+            GroupBy::Owner => "owner",
+        }
+    }
+
+    /// From its name.
+    pub fn parse(text: &str) -> Result<GroupBy, String> {
+        GroupBy::ALL
+            .into_iter()
+            .find(|g| g.as_str().eq_ignore_ascii_case(text.trim()))
+            .ok_or_else(|| {
+                format!("{text:?} is not a grouping: use key, model, upstream, day or owner")
+            })
+    }
+
+    /// The SQL expression of the group (a fixed string per variant, never user text).
+    fn column(self) -> &'static str {
+        match self {
+            GroupBy::Key => "key_id",
+            GroupBy::Model => "model",
+            GroupBy::Upstream => "upstream",
+            GroupBy::Day => "strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch')",
+            GroupBy::Owner => "owner",
+        }
+    }
+}
+
+/// An open usage database.
+#[derive(Debug)]
+pub struct UsageDb {
+    conn: Connection,
+    path: PathBuf,
+    /// False for a read-only connection to a file whose schema was never written.
+    has_table: bool,
+}
+
+/// A u64 as SQLite's signed integer (values past i64::MAX are clamped; no real count or
+/// amount gets there).
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// An integer column back as u64 (negative values, which Gate never writes, read as 0).
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+impl UsageDb {
+    /// The database's path in `state_dir`.
+    pub fn path_in(state_dir: &Path) -> PathBuf {
+        state_dir.join(DB_FILE)
+    }
+
+    /// Opens (creating it, mode 0600) the database for writing: WAL mode,
+    /// `synchronous = NORMAL` (a commit survives the process being killed; only a power loss
+    /// can take the last commits), the schema created or checked.
+    pub fn open(path: &Path) -> Result<UsageDb, StoreError> {
+        create_private(path)?;
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            tracing::warn!(path = %path.display(), %mode, "the usage log could not switch to WAL mode");
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))
+            .map_err(open_err)?;
+        Ok(UsageDb {
+            conn,
+            path: path.to_owned(),
+            has_table: true,
+        })
+    }
+
+    /// Opens the database read-only (`gate usage`, the admin API): `None` when the file does
+    /// not exist (nothing recorded yet). Works while a daemon writes (WAL readers do not
+    /// block the writer, nor it them).
+    pub fn open_read_only(path: &Path) -> Result<Option<UsageDb>, StoreError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let open_err = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_owned(),
+                found: version,
+            });
+        }
+        Ok(Some(UsageDb {
+            conn,
+            path: path.to_owned(),
+            has_table: version >= 1,
+        }))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn query_err(&self, what: &'static str) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Query {
+            path: self.path.clone(),
+            what,
+            source,
+        }
+    }
+
+    /// Writes `records` in one transaction (all or none).
+    pub fn insert(&mut self, records: &[UsageRecord]) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let err = |what| {
+            let path = path.clone();
+            move |source| StoreError::Query { path, what, source }
+        };
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(err("begin a transaction"))?;
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO usage (at_ms, key_id, owner, endpoint, model, served_model,
+                        upstream, input_tokens, output_tokens, cached_tokens, cache_write_tokens,
+                        cost_nanos, latency_ms, ttft_ms, status, error)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                )
+                .map_err(err("prepare the insert"))?;
+            for r in records {
+                insert
+                    .execute(params![
+                        int(r.at_ms),
+                        r.key_id,
+                        r.owner,
+                        r.endpoint,
+                        r.model,
+                        r.served_model,
+                        r.upstream,
+                        int(r.input_tokens),
+                        int(r.output_tokens),
+                        int(r.cached_tokens),
+                        int(r.cache_write_tokens),
+                        r.cost.map(|c| int(c.0)),
+                        int(r.latency_ms),
+                        r.ttft_ms.map(int),
+                        i64::from(r.status),
+                        r.error,
+                    ])
+                    .map_err(err("insert a record"))?;
+            }
+        }
+        tx.commit().map_err(err("commit"))
+    }
+
+    /// Deletes the records from before `cutoff_ms`; how many.
+    pub fn delete_before(&self, cutoff_ms: u64) -> Result<usize, StoreError> {
+        self.conn
+            .execute("DELETE FROM usage WHERE at_ms < ?1", [int(cutoff_ms)])
+            .map_err(self.query_err("delete old records"))
+    }
+
+    /// Every record from `since_ms` on, oldest first (export and tests).
+    pub fn records_since(&self, since_ms: u64) -> Result<Vec<UsageRecord>, StoreError> {
+        if !self.has_table {
+            return Ok(Vec::new());
+        }
+        let err = self.query_err("read records");
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT at_ms, key_id, owner, endpoint, model, served_model, upstream,
+                    input_tokens, output_tokens, cached_tokens, cache_write_tokens, cost_nanos,
+                    latency_ms, ttft_ms, status, error
+                 FROM usage WHERE at_ms >= ?1 ORDER BY at_ms, id",
+            )
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([int(since_ms)], |row| {
+                Ok(UsageRecord {
+                    at_ms: uint(row.get(0)?),
+                    key_id: row.get(1)?,
+                    owner: row.get(2)?,
+                    endpoint: row.get(3)?,
+                    model: row.get(4)?,
+                    served_model: row.get(5)?,
+                    upstream: row.get(6)?,
+                    input_tokens: uint(row.get(7)?),
+                    output_tokens: uint(row.get(8)?),
+                    cached_tokens: uint(row.get(9)?),
+                    cache_write_tokens: uint(row.get(10)?),
+                    cost: row.get::<_, Option<i64>>(11)?.map(|c| Usd(uint(c))),
+                    latency_ms: uint(row.get(12)?),
+                    ttft_ms: row.get::<_, Option<i64>>(13)?.map(uint),
+                    status: u16::try_from(row.get::<_, i64>(14)?).unwrap_or(0),
+                    error: row.get(15)?,
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// The known spend of each key since `since_ms` (records with an unknown cost add 0).
+    pub fn spend_since(&self, since_ms: u64) -> Result<BTreeMap<String, Usd>, StoreError> {
+        if !self.has_table {
+            return Ok(BTreeMap::new());
+        }
+        let err = self.query_err("sum spend per key");
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT key_id, SUM(cost_nanos) FROM usage
+                 WHERE at_ms >= ?1 AND cost_nanos IS NOT NULL GROUP BY key_id",
+            )
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([int(since_ms)], |row| {
+                Ok((row.get::<_, String>(0)?, Usd(uint(row.get(1)?))))
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(&err)
+    }
+
+    /// What `key_id` spent in the budget period holding `now_unix` (Unix seconds).
+    pub fn spent_in_current_period(
+        &self,
+        key_id: &str,
+        period: Period,
+        now_unix: u64,
+    ) -> Result<Usd, StoreError> {
+        if !self.has_table {
+            return Ok(Usd::ZERO);
+        }
+        let since_ms = period.start(now_unix).saturating_mul(1000);
+        let nanos: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT SUM(cost_nanos) FROM usage WHERE key_id = ?1 AND at_ms >= ?2",
+                params![key_id, int(since_ms)],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(self.query_err("sum a key's spend"))?
+            .flatten();
+        Ok(Usd(nanos.map_or(0, uint)))
+    }
+
+    /// [`spent_in_current_period`](Self::spent_in_current_period) for many keys at once
+    /// (restoring budgets at start): key id -> spend in its period.
+    pub fn spent_in_current_periods<'k>(
+        &self,
+        keys: impl IntoIterator<Item = (&'k str, Period)>,
+        now_unix: u64,
+    ) -> Result<BTreeMap<String, Usd>, StoreError> {
+        let mut out = BTreeMap::new();
+        for (key_id, period) in keys {
+            out.insert(
+                key_id.to_owned(),
+                self.spent_in_current_period(key_id, period, now_unix)?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// When each key was last used (Unix milliseconds; within the retention).
+    pub fn last_used(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        if !self.has_table {
+            return Ok(BTreeMap::new());
+        }
+        let err = self.query_err("read last use per key");
+        let mut statement = self
+            .conn
+            .prepare("SELECT key_id, MAX(at_ms) FROM usage GROUP BY key_id")
+            .map_err(&err)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, uint(row.get(1)?))))
+            .map_err(&err)?;
+        rows.collect::<Result<BTreeMap<_, _>, _>>().map_err(&err)
+    }
+
+    /// The records since `since_ms` summed per group: for `Day` oldest day first, else the
+    /// largest spend first (then most requests, then the group's name).
+    pub fn summary(&self, since_ms: u64, by: GroupBy) -> Result<Vec<UsageRow>, StoreError> {
+        if !self.has_table {
+            return Ok(Vec::new());
+        }
+        let order = match by {
+            GroupBy::Day => "grp",
+            _ => "cost DESC, requests DESC, grp",
+        };
+        let sql = format!(
+            "SELECT {column} AS grp, COUNT(*) AS requests, SUM(input_tokens), SUM(output_tokens),
+                SUM(cached_tokens), COALESCE(SUM(cost_nanos), 0) AS cost,
+                COUNT(*) - COUNT(cost_nanos),
+                SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)
+             FROM usage WHERE at_ms >= ?1 GROUP BY grp ORDER BY {order}",
+            column = by.column()
+        );
+        let err = self.query_err("summarise");
+        let mut statement = self.conn.prepare(&sql).map_err(&err)?;
+        let rows = statement
+            .query_map([int(since_ms)], |row| {
+                Ok(UsageRow {
+                    group: row.get(0)?,
+                    name: None,
+                    requests: uint(row.get(1)?),
+                    input_tokens: uint(row.get(2)?),
+                    output_tokens: uint(row.get(3)?),
+                    cached_tokens: uint(row.get(4)?),
+                    cost_usd: Usd(uint(row.get(5)?)),
+                    unknown_cost_requests: uint(row.get(6)?),
+                    errors: uint(row.get(7)?),
+                })
+            })
+            .map_err(&err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(&err)
+    }
+
+    /// The web UI's charts since `since_ms`: spend per UTC day per key, tokens per UTC day
+    /// per model; both ordered by day, then key or model.
+    pub fn series(&self, since_ms: u64) -> Result<UsageSeries, StoreError> {
+        let mut series = UsageSeries {
+            since_ms,
+            ..UsageSeries::default()
+        };
+        if !self.has_table {
+            return Ok(series);
+        }
+        let err = self.query_err("chart series");
+        let mut spend = self
+            .conn
+            .prepare(
+                "SELECT strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch') AS day, key_id, COUNT(*),
+                    COALESCE(SUM(cost_nanos), 0), COUNT(*) - COUNT(cost_nanos)
+                 FROM usage WHERE at_ms >= ?1 GROUP BY day, key_id ORDER BY day, key_id",
+            )
+            .map_err(&err)?;
+        series.spend = spend
+            .query_map([int(since_ms)], |row| {
+                Ok(SpendPoint {
+                    day: row.get(0)?,
+                    key_id: row.get(1)?,
+                    name: None,
+                    requests: uint(row.get(2)?),
+                    cost_usd: Usd(uint(row.get(3)?)),
+                    unknown_cost_requests: uint(row.get(4)?),
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        let mut tokens = self
+            .conn
+            .prepare(
+                "SELECT strftime('%Y-%m-%d', at_ms / 1000, 'unixepoch') AS day, model, COUNT(*),
+                    SUM(input_tokens), SUM(output_tokens), SUM(cached_tokens)
+                 FROM usage WHERE at_ms >= ?1 GROUP BY day, model ORDER BY day, model",
+            )
+            .map_err(&err)?;
+        series.tokens = tokens
+            .query_map([int(since_ms)], |row| {
+                Ok(TokenPoint {
+                    day: row.get(0)?,
+                    model: row.get(1)?,
+                    requests: uint(row.get(2)?),
+                    input_tokens: uint(row.get(3)?),
+                    output_tokens: uint(row.get(4)?),
+                    cached_tokens: uint(row.get(5)?),
+                })
+            })
+            .map_err(&err)?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(&err)?;
+        Ok(series)
+    }
+}
+
+/// Creates the database file with mode 0600 if it does not exist, and tightens an existing
+/// one that group or others may read. SQLite gives its `-wal` and `-shm` files the
+/// database's mode.
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mode_err = |source| StoreError::Mode {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(mode_err)?;
+    let mode = file.metadata().map_err(mode_err)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(mode_err)?;
+        tracing::warn!(path = %path.display(), "the usage log had mode {mode:04o}; changed it to 0600");
+    }
+    Ok(())
+}
+
+/// The sum of `rows` (the total line of a summary; `group` is None).
+pub fn total(rows: &[UsageRow]) -> UsageRow {
+    rows.iter().fold(UsageRow::default(), |acc, r| UsageRow {
+        group: None,
+        name: None,
+        requests: acc.requests + r.requests,
+        input_tokens: acc.input_tokens + r.input_tokens,
+        output_tokens: acc.output_tokens + r.output_tokens,
+        cached_tokens: acc.cached_tokens + r.cached_tokens,
+        cost_usd: acc.cost_usd.saturating_add(r.cost_usd),
+        unknown_cost_requests: acc.unknown_cost_requests + r.unknown_cost_requests,
+        errors: acc.errors + r.errors,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system's temp dir.
+    pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "gate-usage-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    // 2026-12-03 15:04:05 UTC, a Thursday.
+    pub(crate) const NOW_MS: u64 = 1_796_310_245_000;
+    const HOUR: u64 = 3_600_000;
+    const DAY: u64 = 24 * HOUR;
+
+    pub(crate) fn record(at_ms: u64, key: &str, model: &str, cost: Option<u64>) -> UsageRecord {
+        UsageRecord {
+            at_ms,
+            key_id: key.into(),
+            owner: None,
+            endpoint: "chat".into(),
+            model: model.into(),
+            served_model: Some(format!("{model}-2026")),
+            upstream: Some("openai".into()),
+            input_tokens: 100,
+            output_tokens: 10,
+            cached_tokens: 40,
+            cache_write_tokens: 0,
+            cost: cost.map(Usd),
+            latency_ms: 250,
+            ttft_ms: Some(40),
+            status: 200,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_with_every_field() {
+        let dir = temp_dir("roundtrip");
+        let path = UsageDb::path_in(&dir);
+        let mut db = UsageDb::open(&path).unwrap();
+        let full = UsageRecord {
+            at_ms: NOW_MS,
+            key_id: "3fa2c1d4e5f6".into(),
+            owner: Some("team-a".into()),
+            endpoint: "messages".into(),
+            model: "claude-x".into(),
+            served_model: Some("claude-x-20261201".into()),
+            upstream: Some("anthropic".into()),
+            input_tokens: 1_234,
+            output_tokens: 567,
+            cached_tokens: 89,
+            cache_write_tokens: 10,
+            cost: Some(Usd(12_345)),
+            latency_ms: 1_500,
+            ttft_ms: Some(120),
+            status: 200,
+            error: None,
+        };
+        let bare = UsageRecord {
+            at_ms: NOW_MS + 1,
+            key_id: "jwt:alice".into(),
+            endpoint: "chat".into(),
+            model: "nope".into(),
+            status: 404,
+            error: Some("no_upstream".into()),
+            ..UsageRecord::default()
+        };
+        let huge = UsageRecord {
+            at_ms: NOW_MS + 2,
+            key_id: "k".into(),
+            input_tokens: u64::MAX,
+            cost: Some(Usd(u64::MAX)),
+            ..UsageRecord::default()
+        };
+        db.insert(&[full.clone(), bare.clone()]).unwrap();
+        db.insert(&[huge]).unwrap();
+        drop(db);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let db = UsageDb::open_read_only(&path).unwrap().unwrap();
+        let mode: String = db
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let back = db.records_since(0).unwrap();
+        assert_eq!(back[..2], [full, bare]);
+        // Past i64::MAX is clamped, never wrapped to a negative amount.
+        assert_eq!(back[2].input_tokens, i64::MAX as u64);
+        assert_eq!(back[2].cost, Some(Usd(i64::MAX as u64)));
+        assert_eq!(db.records_since(NOW_MS + 1).unwrap().len(), 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_only_open_never_creates_and_reads_an_empty_file() {
+        let dir = temp_dir("readonly");
+        let path = UsageDb::path_in(&dir);
+        assert!(UsageDb::open_read_only(&path).unwrap().is_none());
+        assert!(!path.exists(), "a reader must not create the log");
+        // A file the daemon created but never wrote a schema to reads as empty.
+        std::fs::write(&path, b"").unwrap();
+        let db = UsageDb::open_read_only(&path).unwrap().unwrap();
+        assert!(db.summary(0, GroupBy::Key).unwrap().is_empty());
+        assert!(db.spend_since(0).unwrap().is_empty());
+        assert_eq!(
+            db.spent_in_current_period("k", Period::Month, NOW_MS / 1000)
+                .unwrap(),
+            Usd::ZERO
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused_with_a_way_out() {
+        let dir = temp_dir("newer");
+        let path = UsageDb::path_in(&dir);
+        drop(UsageDb::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA user_version = 7;").unwrap();
+        drop(conn);
+        let err = UsageDb::open(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("schema version 7") && err.contains("move the file aside"),
+            "{err}"
+        );
+        let err = UsageDb::open_read_only(&path).unwrap_err().to_string();
+        assert!(err.contains("newer gate"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_broad_mode_is_tightened() {
+        let dir = temp_dir("mode");
+        let path = UsageDb::path_in(&dir);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(UsageDb::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A log with three keys over three days, costs known and unknown, one failure.
+    fn sample(dir: &Path) -> UsageDb {
+        let mut db = UsageDb::open(&UsageDb::path_in(dir)).unwrap();
+        let mut owned = record(NOW_MS - HOUR, "k1", "gpt-4o", Some(2_000_000_000));
+        owned.owner = Some("team-a".into());
+        let mut failed = record(NOW_MS - 2 * HOUR, "k2", "claude-x", None);
+        failed.status = 502;
+        failed.error = Some("upstream_error".into());
+        failed.upstream = None;
+        db.insert(&[
+            // 2026-12-01: k1 spends $1 on gpt-4o.
+            record(NOW_MS - 2 * DAY, "k1", "gpt-4o", Some(1_000_000_000)),
+            // 2026-12-02: k2, no price known.
+            record(NOW_MS - DAY, "k2", "mystery", None),
+            // 2026-12-03.
+            owned,
+            failed,
+            record(NOW_MS - 3 * HOUR, "jwt:alice", "gpt-4o", Some(500_000_000)),
+        ])
+        .unwrap();
+        db
+    }
+
+    #[test]
+    fn summaries_group_and_sum() {
+        let dir = temp_dir("summary");
+        let db = sample(&dir);
+        let by_key = db.summary(0, GroupBy::Key).unwrap();
+        let view: Vec<_> = by_key
+            .iter()
+            .map(|r| {
+                (
+                    r.group.clone().unwrap(),
+                    r.requests,
+                    r.cost_usd,
+                    r.unknown_cost_requests,
+                    r.errors,
+                )
+            })
+            .collect();
+        // Largest spend first; k2 spent nothing known.
+        assert_eq!(
+            view,
+            vec![
+                ("k1".into(), 2, Usd(3_000_000_000), 0, 0),
+                ("jwt:alice".into(), 1, Usd(500_000_000), 0, 0),
+                ("k2".into(), 2, Usd(0), 2, 1),
+            ]
+        );
+        assert_eq!(by_key[0].input_tokens, 200);
+        assert_eq!(by_key[0].output_tokens, 20);
+        assert_eq!(by_key[0].cached_tokens, 80);
+        let days: Vec<_> = db
+            .summary(0, GroupBy::Day)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group.unwrap(), r.requests))
+            .collect();
+        assert_eq!(
+            days,
+            vec![
+                ("2026-12-01".into(), 1),
+                ("2026-12-02".into(), 1),
+                ("2026-12-03".into(), 3)
+            ]
+        );
+        let upstreams: Vec<_> = db
+            .summary(0, GroupBy::Upstream)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group, r.requests))
+            .collect();
+        assert_eq!(upstreams, vec![(Some("openai".into()), 4), (None, 1)]);
+        let owners: Vec<_> = db
+            .summary(0, GroupBy::Owner)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group, r.cost_usd))
+            .collect();
+        assert_eq!(
+            owners,
+            vec![
+                (Some("team-a".into()), Usd(2_000_000_000)),
+                (None, Usd(1_500_000_000))
+            ]
+        );
+        let models: Vec<_> = db
+            .summary(NOW_MS - DAY - HOUR, GroupBy::Model)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.group.unwrap(), r.requests))
+            .collect();
+        assert_eq!(
+            models,
+            vec![
+                ("gpt-4o".into(), 2),
+                ("claude-x".into(), 1),
+                ("mystery".into(), 1)
+            ]
+        );
+        let all = total(&by_key);
+        assert_eq!(
+            (
+                all.requests,
+                all.cost_usd,
+                all.unknown_cost_requests,
+                all.errors
+            ),
+            (5, Usd(3_500_000_000), 2, 1)
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn spend_per_key_and_period_and_last_use() {
+        let dir = temp_dir("spend");
+        let db = sample(&dir);
+        let now = NOW_MS / 1000;
+        assert_eq!(
+            db.spend_since(0).unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), Usd(500_000_000)),
+                ("k1".to_owned(), Usd(3_000_000_000)),
+            ])
+        );
+        // Today (2026-12-03) k1 spent $2; this month (and week, from Monday 11-30) $3.
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Day, now).unwrap(),
+            Usd(2_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Week, now).unwrap(),
+            Usd(3_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Total, now)
+                .unwrap(),
+            Usd(3_000_000_000)
+        );
+        assert_eq!(
+            db.spent_in_current_period("k2", Period::Month, now)
+                .unwrap(),
+            Usd::ZERO
+        );
+        assert_eq!(
+            db.spent_in_current_periods(
+                [
+                    ("k1", Period::Day),
+                    ("jwt:alice", Period::Month),
+                    ("new", Period::Day)
+                ],
+                now
+            )
+            .unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), Usd(500_000_000)),
+                ("k1".to_owned(), Usd(2_000_000_000)),
+                ("new".to_owned(), Usd::ZERO),
+            ])
+        );
+        // Next month, k1's monthly spend starts again.
+        let january = now + 40 * 86_400;
+        assert_eq!(
+            db.spent_in_current_period("k1", Period::Month, january)
+                .unwrap(),
+            Usd::ZERO
+        );
+        assert_eq!(
+            db.last_used().unwrap(),
+            BTreeMap::from([
+                ("jwt:alice".to_owned(), NOW_MS - 3 * HOUR),
+                ("k1".to_owned(), NOW_MS - HOUR),
+                // Its failed request two hours ago is its last use.
+                ("k2".to_owned(), NOW_MS - 2 * HOUR),
+            ])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chart_series_per_day() {
+        let dir = temp_dir("series");
+        let db = sample(&dir);
+        let series = db.series(NOW_MS - DAY - HOUR).unwrap();
+        let spend: Vec<_> = series
+            .spend
+            .iter()
+            .map(|p| {
+                (
+                    p.day.as_str(),
+                    p.key_id.as_str(),
+                    p.cost_usd,
+                    p.unknown_cost_requests,
+                )
+            })
+            .collect();
+        assert_eq!(
+            spend,
+            vec![
+                ("2026-12-02", "k2", Usd(0), 1),
+                ("2026-12-03", "jwt:alice", Usd(500_000_000), 0),
+                ("2026-12-03", "k1", Usd(2_000_000_000), 0),
+                ("2026-12-03", "k2", Usd(0), 1),
+            ]
+        );
+        let tokens: Vec<_> = series
+            .tokens
+            .iter()
+            .map(|p| (p.day.as_str(), p.model.as_str(), p.requests, p.input_tokens))
+            .collect();
+        assert_eq!(
+            tokens,
+            vec![
+                ("2026-12-02", "mystery", 1, 100),
+                ("2026-12-03", "claude-x", 1, 100),
+                ("2026-12-03", "gpt-4o", 2, 200),
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn deletes_before_a_cutoff() {
+        let dir = temp_dir("delete");
+        let db = sample(&dir);
+        assert_eq!(db.delete_before(NOW_MS - DAY).unwrap(), 1);
+        assert_eq!(db.records_since(0).unwrap().len(), 4);
+        assert_eq!(db.delete_before(NOW_MS - DAY).unwrap(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

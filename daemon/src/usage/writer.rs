@@ -1,0 +1,387 @@
+//! The usage log's writer: [`UsageLog`] is the gateway's [`UsageSink`]. `record` counts the
+//! record in the per-key metrics and pushes it into a bounded channel without ever
+//! waiting; one writer thread (a plain `std::thread`: SQLite is blocking, and a thread of
+//! its own keeps it off every async executor) writes what arrived in one transaction at
+//! most [`FLUSH_INTERVAL`] after the first record of a batch, or as soon as
+//! [`MAX_BATCH`] records wait. It also deletes records past the retention, at start and
+//! then daily.
+//!
+//! Durability: a committed batch survives the process being killed (WAL,
+//! `synchronous = NORMAL`); what is lost after `kill -9` is what was still in the channel
+//! or the batch: at most the last [`FLUSH_INTERVAL`] of records (plus the time of one
+//! write). [`UsageLog::flush_and_close`] on a clean stop writes everything handed over.
+//!
+//! Must not: block or allocate beyond the channel on the request path, or let a full
+//! channel slow requests down (records are dropped, counted in
+//! `gate_usage_records_dropped_total`, and a warning is logged at most once a minute).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gate_core::accounting::UsageRecord;
+
+use super::store::{StoreError, UsageDb};
+use super::UsageSink;
+use crate::metrics::Metrics;
+
+/// The longest a record waits in memory before its batch is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// A batch this large is written at once.
+pub const MAX_BATCH: usize = 1024;
+/// Records the channel holds; more are dropped (and counted) rather than waited for.
+pub const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Records kept for another try when writing fails (a full disk); older ones are dropped.
+const MAX_PENDING: usize = 64 * 1024;
+/// How often old records are deleted.
+const RETENTION_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// At most one "records dropped" warning per this long.
+const DROP_WARNING_EVERY_MS: u64 = 60_000;
+
+enum Message {
+    Record(Box<UsageRecord>),
+    /// Write everything received so far, then answer.
+    Flush(SyncSender<()>),
+    /// Write everything, answer, and stop.
+    Close(SyncSender<()>),
+}
+
+/// The usage log of a running daemon (see the module docs).
+pub struct UsageLog {
+    sender: SyncSender<Message>,
+    metrics: Arc<Metrics>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    last_drop_warning_ms: AtomicU64,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for UsageLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageLog")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl UsageLog {
+    /// Opens (or creates) `<state_dir>/usage.db` and starts the writer thread, which first
+    /// deletes records older than `retention_days` (0: keeps everything).
+    pub fn open(
+        state_dir: &Path,
+        retention_days: u32,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<UsageLog>, StoreError> {
+        let path = UsageDb::path_in(state_dir);
+        let db = UsageDb::open(&path)?;
+        let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let writer_metrics = metrics.clone();
+        let writer = std::thread::Builder::new()
+            .name("gate-usage-writer".into())
+            .spawn(move || {
+                Writer {
+                    db,
+                    metrics: writer_metrics,
+                    retention_days,
+                    batch: Vec::new(),
+                }
+                .run(receiver)
+            })
+            .map_err(StoreError::Thread)?;
+        tracing::info!(path = %path.display(), retention_days, "usage log open");
+        Ok(Arc::new(UsageLog {
+            sender,
+            metrics,
+            writer: Mutex::new(Some(writer)),
+            last_drop_warning_ms: AtomicU64::new(0),
+            path,
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Waits until every record handed over before this call is written (tests, and
+    /// readers that must see the latest spend). Blocking: not for an async executor.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Flush(done)).is_ok() {
+            let _ = wait.recv();
+        }
+    }
+
+    /// Writes every record handed over so far and stops the writer (a clean stop; records
+    /// handed over afterwards are dropped and counted). Blocking: the daemon calls it
+    /// through [`super::blocking`].
+    pub fn flush_and_close(&self) {
+        let (done, wait) = mpsc::sync_channel(1);
+        if self.sender.send(Message::Close(done)).is_ok() {
+            let _ = wait.recv();
+        }
+        let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(writer) = writer {
+            if writer.join().is_err() {
+                tracing::error!("the usage log's writer thread panicked");
+            }
+        }
+    }
+
+    fn dropped(&self, why: &str) {
+        self.metrics.usage_dropped.inc();
+        let now = now_ms();
+        let last = self.last_drop_warning_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DROP_WARNING_EVERY_MS
+            && self
+                .last_drop_warning_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                dropped_total = self.metrics.usage_dropped.get(),
+                "usage records dropped: {why} (gate_usage_records_dropped_total counts them; this warning repeats at most once a minute)"
+            );
+        }
+    }
+}
+
+impl UsageSink for UsageLog {
+    fn record(&self, record: UsageRecord) {
+        self.metrics.record_usage(&record);
+        match self.sender.try_send(Message::Record(Box::new(record))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped(
+                "the writer is behind (more than 16384 records waiting; is the disk slow or full?)",
+            ),
+            Err(TrySendError::Disconnected(_)) => self.dropped("the usage log is closed"),
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    db: UsageDb,
+    metrics: Arc<Metrics>,
+    retention_days: u32,
+    batch: Vec<UsageRecord>,
+}
+
+impl Writer {
+    fn run(mut self, receiver: mpsc::Receiver<Message>) {
+        self.apply_retention();
+        let mut next_retention = Instant::now() + RETENTION_EVERY;
+        // When the oldest record of the batch must be written.
+        let mut deadline: Option<Instant> = None;
+        loop {
+            let wake = deadline.unwrap_or(next_retention).min(next_retention);
+            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+                Ok(Message::Record(record)) => {
+                    self.batch.push(*record);
+                    if self.batch.len() >= MAX_BATCH {
+                        self.write();
+                    }
+                }
+                Ok(Message::Flush(done)) => {
+                    self.write();
+                    let _ = done.send(());
+                }
+                Ok(Message::Close(done)) => {
+                    // Whatever else is queued was handed over before the close took effect.
+                    let mut waiting = Vec::new();
+                    while let Ok(message) = receiver.try_recv() {
+                        match message {
+                            Message::Record(record) => self.batch.push(*record),
+                            Message::Flush(other) | Message::Close(other) => waiting.push(other),
+                        }
+                    }
+                    self.write();
+                    let _ = done.send(());
+                    for other in waiting {
+                        let _ = other.send(());
+                    }
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.write();
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if self.batch.is_empty() {
+                deadline = None;
+            } else {
+                let due = *deadline.get_or_insert(now + FLUSH_INTERVAL);
+                if now >= due {
+                    self.write();
+                    deadline = (!self.batch.is_empty()).then(|| now + FLUSH_INTERVAL);
+                }
+            }
+            if now >= next_retention {
+                self.apply_retention();
+                next_retention = now + RETENTION_EVERY;
+            }
+        }
+    }
+
+    /// Writes the batch; on failure keeps it for the next try (up to [`MAX_PENDING`]).
+    fn write(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        match self.db.insert(&self.batch) {
+            Ok(()) => self.batch.clear(),
+            Err(e) => {
+                tracing::error!(error = %e, records = self.batch.len(), "cannot write usage records; will try again");
+                if self.batch.len() > MAX_PENDING {
+                    let excess = self.batch.len() - MAX_PENDING;
+                    self.batch.drain(..excess);
+                    self.metrics.usage_dropped.inc_by(excess as u64);
+                }
+            }
+        }
+    }
+
+    fn apply_retention(&self) {
+        if self.retention_days == 0 {
+            return;
+        }
+        let cutoff = now_ms().saturating_sub(u64::from(self.retention_days) * 86_400_000);
+        match self.db.delete_before(cutoff) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                retention_days = self.retention_days,
+                "usage log: deleted records past the retention (usage.retention_days)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "usage log: cannot delete old records"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::store::tests::{record, temp_dir};
+
+    fn read_all(dir: &Path) -> Vec<UsageRecord> {
+        UsageDb::open_read_only(&UsageDb::path_in(dir))
+            .unwrap()
+            .unwrap()
+            .records_since(0)
+            .unwrap()
+    }
+
+    /// Polls `check` for up to `deadline`.
+    fn wait_until(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if check() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        check()
+    }
+
+    #[test]
+    fn records_are_written_within_the_interval_and_a_close_loses_nothing() {
+        let dir = temp_dir("writer");
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        let now = now_ms();
+        log.record(record(now, "k1", "m", Some(5)));
+        // No flush asked for: the writer's own timer writes it.
+        assert!(
+            wait_until(FLUSH_INTERVAL * 10, || read_all(&dir).len() == 1),
+            "one record not written by the writer's timer"
+        );
+        // More than a batch, handed over faster than a second: all written on close.
+        let n = 3 * MAX_BATCH + 7;
+        for i in 0..n {
+            let mut r = record(now + 1, "k2", "m", None);
+            r.latency_ms = i as u64;
+            log.record(r);
+        }
+        log.flush_and_close();
+        let back = read_all(&dir);
+        assert_eq!(back.len(), n + 1);
+        let seqs: Vec<u64> = back.iter().skip(1).map(|r| r.latency_ms).collect();
+        assert_eq!(
+            seqs,
+            (0..n as u64).collect::<Vec<_>>(),
+            "in order, none lost"
+        );
+        // After the close, records are counted as dropped, not waited for.
+        log.record(record(now, "k3", "m", None));
+        assert_eq!(log.metrics.usage_dropped.get(), 1);
+        assert_eq!(read_all(&dir).len(), n + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn retention_deletes_old_records_at_start() {
+        let dir = temp_dir("retention");
+        let now = now_ms();
+        let day = 86_400_000;
+        let mut db = UsageDb::open(&UsageDb::path_in(&dir)).unwrap();
+        db.insert(&[
+            record(now - 100 * day, "old", "m", None),
+            record(now - 89 * day, "kept", "m", None),
+            record(now, "new", "m", None),
+        ])
+        .unwrap();
+        drop(db);
+        // 0 keeps everything.
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        log.flush();
+        log.flush_and_close();
+        assert_eq!(read_all(&dir).len(), 3);
+        // 90 days: the 100-day-old record goes, before anything else is written.
+        let log = UsageLog::open(&dir, 90, Arc::new(Metrics::new())).unwrap();
+        log.flush();
+        let keys: Vec<String> = read_all(&dir).into_iter().map(|r| r.key_id).collect();
+        assert_eq!(keys, ["kept", "new"]);
+        log.flush_and_close();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With the database locked by someone else, `record` still returns at once: the
+    /// channel fills, the rest is dropped and counted, and what was taken is written once
+    /// the lock is gone.
+    #[test]
+    fn a_stuck_writer_never_blocks_the_request_path() {
+        let dir = temp_dir("stuck");
+        let metrics = Arc::new(Metrics::new());
+        let log = UsageLog::open(&dir, 0, metrics.clone()).unwrap();
+        let path = UsageDb::path_in(&dir);
+        let blocker = rusqlite::Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        let now = now_ms();
+        let handed = CHANNEL_CAPACITY + 2 * MAX_BATCH + 100;
+        for i in 0..handed {
+            let mut r = record(now, "k", "m", None);
+            r.latency_ms = i as u64;
+            log.record(r);
+        }
+        let dropped = metrics.usage_dropped.get();
+        assert!(dropped >= 100, "dropped {dropped}");
+        assert!(metrics
+            .render()
+            .contains("gate_usage_records_dropped_total"));
+        blocker.execute_batch("ROLLBACK;").unwrap();
+        drop(blocker);
+        log.flush_and_close();
+        let written = read_all(&dir).len() as u64;
+        assert_eq!(written + dropped, handed as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
