@@ -88,7 +88,15 @@ impl<R: Runtime> RunningDaemon<R> {
         let config = &loaded.config;
         let limits = config.server.listen.clone();
         let settings = server::server_settings(&limits, false);
+        let budgeted: Vec<(String, gate_core::accounting::Period)> = tokens
+            .list()
+            .iter()
+            .filter_map(|t| t.policy.budget.map(|b| (t.id.clone(), b.period)))
+            .collect();
         let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
+        // Budgets go on where they were: spend this period read back from the usage log
+        // (what a kill -9 lost is at most its last second).
+        restore_spend(&gateway, &state_dir, &budgeted)?;
         // Before any port is bound: a usage log that cannot be opened stops the start.
         let usage = if config.usage.enabled {
             let log = UsageLog::open(
@@ -303,4 +311,40 @@ impl<R: Runtime> RunningDaemon<R> {
         }
         tracing::info!(elapsed = ?started.elapsed(), "gate stopped");
     }
+}
+
+/// Restores each budgeted key's (and each JWT subject's) spend in its current period from
+/// the usage log, before any request is served.
+fn restore_spend<R: Runtime>(
+    gateway: &Gateway<R>,
+    state_dir: &std::path::Path,
+    budgeted: &[(String, gate_core::accounting::Period)],
+) -> anyhow::Result<()> {
+    let path = crate::usage::UsageDb::path_in(state_dir);
+    let Some(db) = crate::usage::UsageDb::open_read_only(&path)? else {
+        return Ok(());
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut restored = 0usize;
+    for (key_id, period) in budgeted {
+        let spent = db.spent_in_current_period(key_id, *period, now)?;
+        if spent > gate_core::accounting::Usd::ZERO {
+            gateway.restore_spend(key_id, spent);
+            restored += 1;
+        }
+    }
+    for key_id in db.last_used()?.into_keys().filter(|k| k.starts_with("jwt:")) {
+        let (_, period) = gateway.key_spend(&key_id);
+        let spent = db.spent_in_current_period(&key_id, period, now)?;
+        if spent > gate_core::accounting::Usd::ZERO {
+            gateway.restore_spend(&key_id, spent);
+            restored += 1;
+        }
+    }
+    if restored > 0 {
+        tracing::info!(keys = restored, "budgets: spend this period restored from the usage log");
+    }
+    Ok(())
 }
