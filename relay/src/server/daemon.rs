@@ -396,6 +396,28 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
                 }
                 shared.persist_claim_changes();
             }
+            RelayEvent::CheckClaim { label, token } => {
+                // The registration waits for the store's verdict (bounded by
+                // CLAIM_CHECK_LIMIT); only this daemon's connection waits, and it has nothing
+                // else to do before it is registered.
+                let verdict = match &shared.claim_store {
+                    Some(store) => {
+                        let node_id = self.session(|s, _| s.node_id().clone());
+                        match node_id {
+                            Some(node_id) => {
+                                store
+                                    .claim(&label, &node_id, token.as_deref(), unix_now())
+                                    .await
+                            }
+                            None => return Flow::Continue,
+                        }
+                    }
+                    None => gate_core::tunnel::SharedClaim::Unavailable(
+                        "this relay has no claim store".to_owned(),
+                    ),
+                };
+                self.session(|s, names| s.complete_claim(Instant::now(), unix_now(), verdict, names));
+            }
             RelayEvent::Left(grant) => {
                 tracing::info!(
                     node_name = %grant.node_name,
