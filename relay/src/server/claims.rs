@@ -90,6 +90,9 @@ pub(super) trait ClaimStore: Send + Sync {
     /// Connects (and migrates) now if not connected.
     fn connect(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
+    /// Whether a connection is up (as last seen).
+    fn is_connected(&self) -> bool;
+
     /// Where, without the password.
     fn describe(&self) -> String;
 }
@@ -179,6 +182,10 @@ impl<R: Runtime> ClaimStore for PgClaims<R> {
         Box::pin(self.pg.connect())
     }
 
+    fn is_connected(&self) -> bool {
+        self.pg.is_connected()
+    }
+
     fn describe(&self) -> String {
         self.pg.url().to_string()
     }
@@ -216,16 +223,36 @@ impl Shared {
     }
 }
 
+/// While the store is down, how often the relay tries to reconnect by itself (so that the
+/// first claim after an outage does not wait for a connection).
+pub(super) const RECONNECT_CHECK: Duration = Duration::from_secs(1);
+
+/// The store's upkeep: every [`RECONNECT_CHECK`] a lost connection is re-made (with the
+/// client's backoff), every `claim_refresh_interval` the claims of daemons online here are
+/// reported as seen.
 pub(super) async fn refresh_claims_periodically<R: Runtime>(
     rt: R,
     shared: Arc<Shared>,
     _running: async_channel::Sender<()>,
 ) {
+    let Some(store) = &shared.claim_store else {
+        return;
+    };
     let interval = shared.settings.claim_refresh_interval;
+    let mut next_refresh = Instant::now() + interval;
     loop {
-        match race(shared.shutdown.wait(), rt.sleep(interval)).await {
+        let tick = RECONNECT_CHECK.min(interval);
+        match race(shared.shutdown.wait(), rt.sleep(tick)).await {
             Either::Left(()) => return,
-            Either::Right(()) => shared.refresh_shared_claims().await,
+            Either::Right(()) => {}
+        }
+        if !store.is_connected() {
+            // Logged by the client: once when the outage starts, once when it ends.
+            let _ = store.connect().await;
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + interval;
+            shared.refresh_shared_claims().await;
         }
     }
 }

@@ -232,6 +232,14 @@ impl<R: Runtime> RunningRelay<R> {
         lock(&self.shared.core).names.claim_owner(label).cloned()
     }
 
+    /// With `[store] url`: whether the relay is connected to the shared claim store now.
+    pub fn claim_store_connected(&self) -> Option<bool> {
+        self.shared
+            .claim_store
+            .as_ref()
+            .map(|store| store.is_connected())
+    }
+
     /// Completes when the relay has stopped (after [`RunningRelay::shutdown`] was called
     /// elsewhere through [`RunningRelay::shutdown_handle`]).
     pub async fn stopped(&self) {
