@@ -176,7 +176,10 @@ async fn shared_claims<RR: Runtime, DR: Runtime>(
         "shared_claims",
         "SELECT node_id FROM gate_relay_claims WHERE label = 'old'",
     )?;
-    assert_ne!(old_owner, stranger, "the store still names the lapsed owner");
+    assert_ne!(
+        old_owner, stranger,
+        "the store still names the lapsed owner"
+    );
 
     for daemon in [x, y, z, held, old] {
         daemon.client.shutdown().await;
@@ -207,14 +210,20 @@ async fn store_outage<RR: Runtime, DR: Runtime>(
     let before_name = format!("before.{SUFFIX}");
 
     pg.lock().unwrap().stop()?;
-    wait_until(&rt, Duration::from_secs(10), "relay sees the store down", || {
-        relay.claim_store_connected() == Some(false)
-    })
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "relay sees the store down",
+        || relay.claim_store_connected() == Some(false),
+    )
     .await?;
     let during = start_daemon(&rt, relay_address(&relay, 0), Some("during"))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered during the outage", || {
-        during.is_registered()
-    })
+    wait_until(
+        &rt,
+        REGISTER_LIMIT,
+        "daemon registered during the outage",
+        || during.is_registered(),
+    )
     .await?;
     let told = refusal(&during);
     assert!(
@@ -233,9 +242,12 @@ async fn store_outage<RR: Runtime, DR: Runtime>(
     })
     .await?;
     let after = start_daemon(&rt, relay_address(&relay, 1), Some("after"))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered after the outage", || {
-        after.is_registered()
-    })
+    wait_until(
+        &rt,
+        REGISTER_LIMIT,
+        "daemon registered after the outage",
+        || after.is_registered(),
+    )
     .await?;
     assert_eq!(refusal(&after), "", "claims do not work after the outage");
     curl_health(
@@ -288,7 +300,10 @@ async fn migrate_once<RR: Runtime, DR: Runtime>(
         one.is_registered() && two.is_registered()
     })
     .await?;
-    assert_eq!((refusal(&one), refusal(&two)), (String::new(), String::new()));
+    assert_eq!(
+        (refusal(&one), refusal(&two)),
+        (String::new(), String::new())
+    );
     one.client.shutdown().await;
     two.client.shutdown().await;
     a.shutdown().await;

@@ -63,10 +63,9 @@ pub fn pg_bin_dir() -> Result<PathBuf, String> {
         })
         .collect();
     found.sort();
-    found
-        .pop()
-        .map(|(_, bin)| bin)
-        .ok_or_else(|| "no initdb under /usr/lib/postgresql/*/bin; apt-get install -y postgresql".to_owned())
+    found.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        "no initdb under /usr/lib/postgresql/*/bin; apt-get install -y postgresql".to_owned()
+    })
 }
 
 /// A PostgreSQL cluster of a test; stopped (by PID if `pg_ctl` cannot) when dropped.
@@ -141,11 +140,7 @@ impl PgServer {
         Err(last)
     }
 
-    fn pg_command(
-        &self,
-        program: &str,
-        args: impl FnOnce(&mut Command),
-    ) -> Result<Output, String> {
+    fn pg_command(&self, program: &str, args: impl FnOnce(&mut Command)) -> Result<Output, String> {
         let path = self.bin.join(program);
         let mut cmd = if self.as_postgres {
             let mut cmd = Command::new("runuser");
@@ -210,8 +205,23 @@ impl PgServer {
     /// unaligned, tuples-only output.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
         let out = Command::new(self.bin.join("psql"))
-            .args(["-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1"])
-            .args(["-p", &self.port.to_string(), "-U", "postgres", "-d", database])
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
             .args(["-c", sql])
             .env("PGPASSWORD", PG_PASSWORD)
             .env("PGCONNECT_TIMEOUT", "10")
@@ -280,7 +290,9 @@ impl Drop for PgServer {
             .is_ok_and(|out| out.status.success());
         if !stopped {
             if let Some(pid) = self.pid() {
-                let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
         }
     }
@@ -304,7 +316,14 @@ impl RedisServer {
         let port = free_port()?;
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
             .arg("--dir")
             .arg(dir.path())
             .stdin(Stdio::null())

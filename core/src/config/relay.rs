@@ -288,11 +288,9 @@ impl RelayConfig {
                     .collect(),
                 quotas: read_quotas(&r, tree)?,
             },
-            store: r
-                .opt_string("store.url")?
-                .map(|url| RelayStoreConfig {
-                    url: Secret::new(url),
-                }),
+            store: r.opt_string("store.url")?.map(|url| RelayStoreConfig {
+                url: Secret::new(url),
+            }),
         })
     }
 }

@@ -427,7 +427,9 @@ pub fn is_postgres_url(s: &str) -> bool {
         return false;
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
     !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 

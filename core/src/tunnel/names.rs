@@ -499,8 +499,10 @@ impl RelayNameTable {
     ///   message as a claim refused on this relay, and a stale claim of this node forgotten.
     /// - [`SharedClaim::Unavailable`]: the store could not be asked. Only a renewal is
     ///   granted (this table says the node holds the label and the claim has not lapsed:
-    ///   no other relay can have handed it over); a new claim is refused, never granted on
-    ///   one relay's word, with `why` in the message.
+    ///   its owner was online here or seen within the lapse, and this relay reports the
+    ///   claims of online owners to the store, so no other relay can have handed it over);
+    ///   a new claim is refused, never granted on one relay's word, with `why` in the
+    ///   message.
     pub fn register_shared(
         &mut self,
         node_id: &NodeId,
@@ -523,10 +525,8 @@ impl RelayNameTable {
                 grant
             }
             SharedClaim::Unavailable(why) => {
-                let lapse = self.config.claim_lapse.as_secs();
                 let renewal = self.claims.get(label).is_some_and(|claim| {
-                    claim.node_id == *node_id
-                        && now_unix_secs.saturating_sub(claim.last_seen_unix_secs) < lapse
+                    claim.node_id == *node_id && !self.lapsed(claim, now_unix_secs)
                 });
                 if renewal {
                     return self.register_with(node_id, Some(label), now_unix_secs, rules);

@@ -416,7 +416,9 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
                         "this relay has no claim store".to_owned(),
                     ),
                 };
-                self.session(|s, names| s.complete_claim(Instant::now(), unix_now(), verdict, names));
+                self.session(|s, names| {
+                    s.complete_claim(Instant::now(), unix_now(), verdict, names)
+                });
             }
             RelayEvent::Left(grant) => {
                 tracing::info!(

@@ -516,11 +516,9 @@ impl<R: Runtime> Postgres<R> {
             }
             Some(Host::Unix(dir)) => {
                 let path: PathBuf = dir.join(format!(".s.PGSQL.{port}"));
-                let stream = inner
-                    .rt
-                    .connect_unix(&path)
-                    .await
-                    .map_err(|e| self.unavailable(format!("connecting to {}: {e}", path.display())))?;
+                let stream = inner.rt.connect_unix(&path).await.map_err(|e| {
+                    self.unavailable(format!("connecting to {}: {e}", path.display()))
+                })?;
                 Ok(Box::new(stream))
             }
             None => Err(StoreError::Url("the URL names no host".to_owned())),
@@ -584,7 +582,11 @@ async fn migrate(client: &mut Client, schema: &Schema) -> Result<(), MigrateErro
                 "INSERT INTO {MIGRATIONS_TABLE} (component, version, description) \
                  VALUES ($1, $2, $3)"
             ),
-            &[&schema.component, &migration.version, &migration.description],
+            &[
+                &schema.component,
+                &migration.version,
+                &migration.description,
+            ],
         )
         .await?;
         tracing::info!(
