@@ -417,8 +417,9 @@ pub fn is_secret_key(name: &str) -> bool {
         || name.ends_with("_secret")
 }
 
-/// Whether `s` looks like a PostgreSQL URL: `postgres://` or `postgresql://`, then at least
-/// a host (after any `user:password@`). The full parse is the client's (`gate_rt::store`).
+/// Whether `s` looks like a PostgreSQL URL: `postgres://` or `postgresql://`, then a host
+/// (after any `user:password@`) or a `host=` parameter. The full parse is the client's
+/// (`gate_rt::store`).
 pub fn is_postgres_url(s: &str) -> bool {
     let Some(rest) = s
         .strip_prefix("postgres://")
@@ -430,7 +431,11 @@ pub fn is_postgres_url(s: &str) -> bool {
     let host = authority
         .rsplit_once('@')
         .map_or(authority, |(_, host)| host);
-    !host.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+    // `postgres:///gate?host=/run/postgresql`: a Unix socket directory as a parameter.
+    let host_parameter = rest
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("host=")));
+    (!host.is_empty() || host_parameter) && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A program's configuration schema.
