@@ -391,3 +391,75 @@ fn redis_server_starts_and_stops() {
         "port {port} still answers"
     );
 }
+
+/// The real binary's log, from start to an outage and back, names the store as
+/// `postgres://user@host:port/database` and never prints the password: first with a wrong
+/// password (refused by PostgreSQL), then with the right one.
+fn serve_logs_the_store_without_its_password(runtime: &str) {
+    let pg = PgServer::start().expect("PostgreSQL");
+    let url = pg.create_database("logs").expect("database");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    };
+    std::fs::write(
+        &config,
+        format!(
+            "https_port = {}\np2p_port = {}\nbind_address = \"127.0.0.1\"\ndomain_suffix = \"{SUFFIX}\"\n",
+            free(),
+            free()
+        ),
+    )
+    .unwrap();
+    let wrong = url.replace(PG_PASSWORD, "Wrong-Passw0rd-42");
+    let shown = format!("postgres://postgres@127.0.0.1:{}/logs", pg.port());
+    for (store_url, expect) in [
+        (wrong.as_str(), "password authentication failed"),
+        (url.as_str(), "name claims are shared through PostgreSQL"),
+    ] {
+        let log = dir.path().join("relay.log");
+        let _ = std::fs::remove_file(&log);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_gate-relay"))
+            .args(["serve", "--runtime", runtime, "--config"])
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env("RELAY__STORE__URL", store_url)
+            .env_remove("RUST_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let text = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains(expect) && text.contains("relay listening") {
+                break text;
+            }
+            if std::time::Instant::now() >= deadline || child.try_wait().unwrap().is_some() {
+                let _ = child.kill();
+                panic!("no {expect:?} in the log within 20 s:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(text.contains(&shown), "{text}");
+        assert!(!text.contains(PG_PASSWORD), "{text}");
+        assert!(!text.contains("Wrong-Passw0rd-42"), "{text}");
+    }
+}
+
+#[test]
+fn serve_logs_the_store_without_its_password_tokio() {
+    serve_logs_the_store_without_its_password("tokio");
+}
+
+#[test]
+fn serve_logs_the_store_without_its_password_smol() {
+    serve_logs_the_store_without_its_password("smol");
+}
