@@ -403,9 +403,11 @@ pub async fn start<R: Runtime>(
                 store = %store.describe(),
                 "name claims are shared through PostgreSQL"
             ),
-            Err(error) => tracing::warn!(
-                "name claims are shared through PostgreSQL, which cannot be used yet: {error}; \
-                 new custom names are refused until it can"
+            // The client logged why; this says what it means for daemons.
+            Err(_) => tracing::warn!(
+                store = %store.describe(),
+                "name claims are shared through PostgreSQL, which cannot be used yet: new \
+                 custom names are refused until it can (the relay keeps trying)"
             ),
         }
     }

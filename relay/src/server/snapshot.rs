@@ -147,6 +147,13 @@ impl Shared {
                     })
                     .collect(),
             },
+            store: self
+                .claim_store
+                .as_ref()
+                .map(|store| crate::status::StoreInfo {
+                    url: store.describe(),
+                    connected: store.is_connected(),
+                }),
         }
     }
 }
