@@ -34,6 +34,7 @@ async fn relay_on_store<R: Runtime>(
     let identity = Identity::load_or_create(&state)?;
     let mut settings = test_settings();
     settings.store_url = Some(Secret::new(url));
+    settings.claim_refresh_interval = Duration::from_secs(1);
     start_relay(rt, settings, &identity, &state).await
 }
 
@@ -122,10 +123,34 @@ async fn shared_claims<RR: Runtime, DR: Runtime>(
         "shared_claims",
         "SELECT node_id FROM gate_relay_claims WHERE label = 'shop'",
     )?;
-    assert_eq!(
-        Some(owner.as_str()),
-        x.node_name.strip_suffix(&format!(".{SUFFIX}"))
+    let owner_id = x
+        .node_name
+        .strip_suffix(&format!(".{SUFFIX}"))
+        .unwrap()
+        .to_owned();
+    assert_eq!(owner, owner_id);
+
+    // The relays report the claims of their online daemons in batches (every second here):
+    // a claim made to look 40 days old is refreshed, and a row deleted by hand comes back.
+    let db = |sql: &str| pg.lock().unwrap().psql("shared_claims", sql);
+    db("UPDATE gate_relay_claims SET last_seen = last_seen - 40 * 86400 WHERE label = 'shop'")?;
+    let fresh = format!(
+        "SELECT count(*) FROM gate_relay_claims WHERE label = 'shop' AND last_seen >= {}",
+        unix_now() - 60
     );
+    wait_until(
+        &rt,
+        Duration::from_secs(10),
+        "shop's last-seen refreshed",
+        || db(&fresh).is_ok_and(|n| n == "1"),
+    )
+    .await?;
+    db("DELETE FROM gate_relay_claims WHERE label = 'shop'")?;
+    wait_until(&rt, Duration::from_secs(10), "shop's row put back", || {
+        db("SELECT node_id FROM gate_relay_claims WHERE label = 'shop'")
+            .is_ok_and(|owner| owner == owner_id)
+    })
+    .await?;
 
     // X is reachable through either relay (curl), by its custom and its node name.
     curl_health(dir.path(), a.https_addr().port(), &shop, &x.certificate).await?;

@@ -4,7 +4,8 @@
 //!
 //! Owns: the table (migration `relay` 1), the claim statement (one atomic upsert that grants
 //! a free, own or lapsed label and gives up the node's other label), the batched last-seen
-//! refresh, and turning store failures into [`SharedClaim::Unavailable`]. The decisions on
+//! refresh (an upsert too: a missing row of an online owner is put back), and turning store
+//! failures into [`SharedClaim::Unavailable`]. The decisions on
 //! the verdict are `gate_core`'s ([`RelayNameTable::register_shared`]); this relay still
 //! routes only to daemons connected to it, from its own name table.
 //!
@@ -13,7 +14,7 @@
 
 use std::pin::Pin;
 
-use gate_core::tunnel::{ClaimRecord, SharedClaim};
+use gate_core::tunnel::ClaimRecord;
 use gate_rt::store::{Migration, PgUrl, Postgres, Schema, StoreError};
 
 use super::*;
@@ -55,11 +56,14 @@ WITH claimed AS (
 )
 SELECT label FROM claimed";
 
-/// Moves the last-seen times of claims whose owners are online here forward (never back).
+/// Reports claims whose owners are online here: moves their last-seen times forward (never
+/// back), and puts back a row that is missing (a database restored or cleaned by hand) unless
+/// another node holds the label meanwhile.
 const REFRESH_SQL: &str = "
-UPDATE gate_relay_claims AS c SET last_seen = GREATEST(c.last_seen, v.seen)
-FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(label, node_id, seen)
-WHERE c.label = v.label AND c.node_id = v.node_id";
+INSERT INTO gate_relay_claims AS c (label, node_id, last_seen, token)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])
+ON CONFLICT (label) DO UPDATE SET last_seen = GREATEST(c.last_seen, EXCLUDED.last_seen)
+    WHERE c.node_id = EXCLUDED.node_id";
 
 /// Removes claims lapsed long ago (lookups already treat them as free).
 const EXPIRE_SQL: &str = "DELETE FROM gate_relay_claims WHERE last_seen <= $1";
@@ -166,8 +170,9 @@ impl<R: Runtime> ClaimStore for PgClaims<R> {
                     .iter()
                     .map(|c| unix_i64(c.last_seen_unix_secs))
                     .collect();
+                let tokens: Vec<Option<String>> = claims.iter().map(|c| c.token.clone()).collect();
                 self.pg
-                    .execute(REFRESH_SQL, &[&labels, &nodes, &seen])
+                    .execute(REFRESH_SQL, &[&labels, &nodes, &seen, &tokens])
                     .await?;
             }
             // Long lapsed: twice the lapse, so a claim a relay may still be taking over is

@@ -37,7 +37,7 @@ use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
     throttle_message, CloseReason, EncodeError, Frame, FrameError, NameTableConfig,
     NameTableSnapshot, NodeId, QuotaLedger, RegistrationThrottle, RelayConfig, RelayEvent,
-    RelayNameTable, RelaySession, Throttle,
+    RelayNameTable, RelaySession, SharedClaim, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::tunnel::tcp::TcpOpener;
