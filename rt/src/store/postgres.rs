@@ -370,17 +370,17 @@ impl<R: Runtime> Postgres<R> {
         if let Some(client) = self.ready()? {
             return Ok(client);
         }
-        // Wait for the connecting token; whoever held it may have connected meanwhile.
-        let token = self.inner.connect_token.1.recv().await;
-        let result = match self.ready() {
-            Ok(Some(client)) => Ok(client),
-            Err(error) => Err(error),
-            Ok(None) => self.connect_once().await,
+        // Wait for the connecting token; whoever held it may have connected meanwhile. The
+        // guard gives it back also when this future is dropped mid-connect (a caller's
+        // timeout), or the next caller would wait forever.
+        let _token = match self.inner.connect_token.1.recv().await {
+            Ok(()) => TokenGuard(&self.inner.connect_token.0),
+            Err(_) => return Err(self.unavailable("the store is closing".to_owned())),
         };
-        if token.is_ok() {
-            let _ = self.inner.connect_token.0.try_send(());
+        match self.ready()? {
+            Some(client) => Ok(client),
+            None => self.connect_once().await,
         }
-        result
     }
 
     /// The current client if it works; the last error while backing off; `None`: connect.
@@ -523,6 +523,15 @@ impl<R: Runtime> Postgres<R> {
             }
             None => Err(StoreError::Url("the URL names no host".to_owned())),
         }
+    }
+}
+
+/// The connecting token, given back when dropped.
+struct TokenGuard<'a>(&'a async_channel::Sender<()>);
+
+impl Drop for TokenGuard<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.try_send(());
     }
 }
 
