@@ -222,8 +222,13 @@ impl Shared {
             }
             core.names.online_claims()
         };
-        if let Err(error) = store.refresh(online, unix_now()).await {
-            tracing::warn!("could not refresh the shared name claims: {error}");
+        match store.refresh(online, unix_now()).await {
+            Ok(()) => {}
+            // An outage is logged once by the client, when it starts and when it ends.
+            Err(error @ StoreError::Unavailable { .. }) => {
+                tracing::debug!("could not refresh the shared name claims: {error}");
+            }
+            Err(error) => tracing::warn!("could not refresh the shared name claims: {error}"),
         }
     }
 }
