@@ -22,6 +22,9 @@ apt_updated=0
 need_apt() { # need_apt COMMAND PACKAGE...
     command -v "$1" >/dev/null 2>&1 && return 0
     shift
+    apt_install "$@"
+}
+apt_install() { # apt_install PACKAGE...
     if [ "$apt_updated" = 0 ]; then
         printf '==> apt-get update (package lists)\n'
         apt-get update -qq
@@ -61,7 +64,7 @@ if want core-io; then
 fi
 
 if want tests; then
-    step "tools the tests drive: curl, openssl, gnutls-cli, pebble (ACME test server), nft and ip (network namespaces)"
+    step "tools the tests drive: curl, openssl, gnutls-cli, pebble (ACME test server), nft and ip (network namespaces), postgresql and redis-server (shared state)"
     need_apt curl curl
     need_apt openssl openssl
     need_apt gnutls-cli gnutls-bin
@@ -69,6 +72,10 @@ if want tests; then
     # daemon/tests/relay_udp_blocked.rs drops UDP to the relay inside a network namespace.
     need_apt nft nftables
     need_apt ip iproute2
+    # Shared state (tests/support/store_servers.rs): a real PostgreSQL, whose initdb and
+    # pg_ctl Debian keeps off the PATH, and Redis.
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_install postgresql
+    need_apt redis-server redis-server
     need_cargo nextest cargo-nextest
     step "cargo nextest run --workspace"
     cargo nextest run --workspace --no-fail-fast

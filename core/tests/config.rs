@@ -1297,3 +1297,48 @@ fn a_provider_key_never_follows_a_changed_base_url() {
     );
     assert!(!e.contains("sk-env-secret-value"), "{e}");
 }
+
+#[test]
+fn relay_store_url_is_a_secret_from_file_or_environment() {
+    let url = "postgres://relay:Pw-0123456789@db.internal:5432/gate";
+    let loaded = load_relay(&sources(&[], "", &[("RELAY__STORE__URL", url)])).unwrap();
+    assert_eq!(
+        loaded
+            .config
+            .store
+            .as_ref()
+            .map(|s| s.url.expose().to_owned()),
+        Some(url.to_owned())
+    );
+    let text = loaded.merged.render_text(true);
+    assert!(!text.contains("Pw-0123456789"), "{text}");
+    assert!(text.contains("RELAY__STORE__URL"), "{text}");
+    // Unset: claims stay in the state directory.
+    assert_eq!(
+        load_relay(&sources(&[], "", &[])).unwrap().config.store,
+        None
+    );
+    // A Unix socket directory as a parameter is a host too.
+    let socket = "postgres:///gate?host=/run/postgresql";
+    let loaded = load_relay(&sources(
+        &[("/r.toml", &format!("[store]\nurl = \"{socket}\"\n"))],
+        "",
+        &[],
+    ))
+    .unwrap();
+    assert_eq!(loaded.config.store.unwrap().url.expose(), socket);
+    // Not a PostgreSQL URL: the key and what is expected, never the value.
+    for bad in [
+        "mysql://relay:Pw-0123456789@db/gate",
+        "postgres://relay:Pw-0123456789@/gate",
+    ] {
+        let e = load_relay(&sources(&[], "", &[("RELAY__STORE__URL", bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("store.url") && e.contains("PostgreSQL URL"),
+            "{e}"
+        );
+        assert!(!e.contains("Pw-0123456789"), "{e}");
+    }
+}

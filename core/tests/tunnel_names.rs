@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use gate_core::tunnel::{
-    validate_custom_label, NameError, NameTableConfig, NameTableSnapshot, NodeId, RelayNameTable,
+    validate_custom_label, ClaimRules, NameError, NameTableConfig, NameTableSnapshot, NodeId,
+    RelayNameTable, SharedClaim,
 };
 use proptest::prelude::*;
 
@@ -192,8 +193,156 @@ fn suffix_is_validated() {
     );
 }
 
+#[test]
+fn shared_store_grant_overrides_a_stale_local_owner() {
+    // This relay remembers `home` for A; the store (after A's claim lapsed there and another
+    // relay handed it over, or simply because the store says so) grants it to B.
+    let mut names = table();
+    let (a, b) = (node('a'), node('b'));
+    names.register(&a, Some("home"), 1000);
+    names.go_offline(&a, 1000);
+    let rules = ClaimRules::default();
+    let label = names
+        .precheck_shared_claim(&b, "Home", 2000, &rules)
+        .unwrap();
+    assert_eq!(
+        label, "home",
+        "the store is asked about the lower-cased label"
+    );
+    let grant = names.register_shared(&b, &label, 2000, &rules, &SharedClaim::Granted);
+    assert_eq!(grant.custom_name.as_deref(), Some("home.relay.example"));
+    assert_eq!(names.claim_owner("home"), Some(&b));
+    assert_eq!(names.lookup("home.relay.example"), Some(b));
+}
+
+#[test]
+fn shared_store_refusal_reads_like_a_local_one_and_forgets_a_stale_own_claim() {
+    let mut names = table();
+    let a = node('a');
+    names.register(&a, Some("home"), 1000);
+    names.go_offline(&a, 1000);
+    let rules = ClaimRules::default();
+    let grant = names.register_shared(&a, "home", 2000, &rules, &SharedClaim::Taken);
+    assert_eq!(grant.custom_name, None);
+    assert_eq!(grant.node_name, format!("{a}.relay.example"));
+    let refusal = grant.custom_name_refusal.unwrap();
+    assert!(
+        refusal.contains("home.relay.example") && refusal.contains("claimed by another node"),
+        "{refusal}"
+    );
+    assert_eq!(
+        names.claim_owner("home"),
+        None,
+        "a claim the store gave away stays here"
+    );
+    assert!(names.is_online(&a), "the node-id name is still granted");
+}
+
+#[test]
+fn unavailable_store_renews_held_claims_only() {
+    let mut names = table();
+    let (a, b) = (node('a'), node('b'));
+    names.register(&a, Some("home"), 1000);
+    names.go_offline(&a, 1000);
+    let rules = ClaimRules::default();
+    let down = SharedClaim::Unavailable("the store is unreachable".to_owned());
+    // A held `home` here and its claim has not lapsed: renewed.
+    let grant = names.register_shared(&a, "home", 1000 + DAY, &rules, &down);
+    assert_eq!(grant.custom_name.as_deref(), Some("home.relay.example"));
+    // B's new claim is never granted on this relay's word alone.
+    let grant = names.register_shared(&b, "work", 1000 + DAY, &rules, &down);
+    assert_eq!(grant.custom_name, None);
+    let refusal = grant.custom_name_refusal.unwrap();
+    assert!(
+        refusal.contains("cannot reach the claim store")
+            && refusal.contains("work.relay.example")
+            && refusal.contains("the store is unreachable"),
+        "{refusal}"
+    );
+    assert_eq!(names.claim_owner("work"), None);
+    // Nor is a claim that lapsed here.
+    names.go_offline(&a, 1000 + DAY);
+    let grant = names.register_shared(&a, "home", 1000 + 40 * DAY, &rules, &down);
+    assert_eq!(grant.custom_name, None);
+}
+
+#[test]
+fn precheck_applies_this_relays_rules_but_not_ownership() {
+    let mut names = table();
+    let (a, b) = (node('a'), node('b'));
+    names.register(&a, Some("home"), 1000);
+    let rules = ClaimRules::default();
+    // Ownership is the store's to decide, so a label A holds here is still asked about.
+    assert_eq!(
+        names.precheck_shared_claim(&b, "home", 1000, &rules),
+        Ok("home".to_owned())
+    );
+    assert!(names
+        .precheck_shared_claim(&b, "-bad", 1000, &rules)
+        .unwrap_err()
+        .contains("not a valid DNS label"));
+    let full = ClaimRules {
+        max_claims: 1,
+        ..ClaimRules::default()
+    };
+    assert!(names
+        .precheck_shared_claim(&b, "work", 1000, &full)
+        .unwrap_err()
+        .contains("limits.max_claims"));
+    // The node that holds the label is not counted against the limit.
+    assert!(names.precheck_shared_claim(&a, "home", 1000, &full).is_ok());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever this relay remembers, a shared verdict decides: Granted makes the node the
+    /// owner, Taken never leaves it owning the label, Unavailable never grants a label this
+    /// table did not already hold for the node unlapsed. The node-id name is granted always.
+    #[test]
+    fn shared_verdicts_decide_and_never_split_brain(
+        ops in proptest::collection::vec((0u8..5, 0usize..3, 0usize..3, 0u64..(20 * DAY)), 1..60)
+    ) {
+        let nodes = [node('a'), node('b'), node('c')];
+        let labels = ["home", "work", "lab"];
+        let mut names = table();
+        let rules = ClaimRules::default();
+        let mut now = 0u64;
+        for (op, n, l, step) in ops {
+            now += step;
+            let (who, label) = (&nodes[n], labels[l]);
+            let held_unlapsed = names.snapshot().claims.iter().any(|claim| {
+                claim.label == label
+                    && claim.node_id == *who
+                    && (names.is_online(who) || now - claim.last_seen_unix_secs < 30 * DAY)
+            });
+            let owner_before = names.claim_owner(label).cloned();
+            let verdict = match op {
+                0 => SharedClaim::Granted,
+                1 => SharedClaim::Taken,
+                2 => SharedClaim::Unavailable("down".to_owned()),
+                3 => { names.go_offline(who, now); continue; }
+                _ => { names.expire(now); continue; }
+            };
+            let grant = names.register_shared(who, label, now, &rules, &verdict);
+            prop_assert_eq!(&grant.node_name, &format!("{who}.relay.example"));
+            let owns = names.claim_owner(label) == Some(who);
+            match verdict {
+                SharedClaim::Granted => {
+                    prop_assert!(owns);
+                    prop_assert!(grant.custom_name.is_some());
+                }
+                SharedClaim::Taken => {
+                    prop_assert!(!owns);
+                    prop_assert!(grant.custom_name.is_none());
+                }
+                SharedClaim::Unavailable(_) => {
+                    prop_assert_eq!(grant.custom_name.is_some(), held_unlapsed);
+                    prop_assert_eq!(names.claim_owner(label), owner_before.as_ref());
+                }
+            }
+        }
+    }
 
     /// Whatever sequence of registrations, disconnects and expiries, an unlapsed claim never
     /// changes owner, and lookup only ever answers online nodes that own the name.

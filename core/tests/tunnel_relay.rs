@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use gate_core::tunnel::{
     decode_frame, AcmeChallengeClear, AcmeChallengeResult, AcmeChallengeSet, CloseReason,
     ErrorCode, Frame, NameTableConfig, NodeId, Register, RelayConfig, RelayEvent, RelayNameTable,
-    RelaySession, RelayState, StreamHeader, StreamRefusal, DEFAULT_MAX_FRAME_LEN, PROTOCOL_VERSION,
+    RelaySession, RelayState, SharedClaim, StreamHeader, StreamRefusal, DEFAULT_MAX_FRAME_LEN,
+    PROTOCOL_VERSION,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -692,4 +693,95 @@ fn undecodable_and_unencodable_frames_close_the_session_with_a_reason() {
         events.last(),
         Some(RelayEvent::Closed { reason: CloseReason::EncodeFailed(m) }) if m.contains("70000")
     ));
+}
+
+fn shared_config() -> RelayConfig {
+    RelayConfig {
+        shared_claims: true,
+        ..RelayConfig::default()
+    }
+}
+
+#[test]
+fn shared_claims_wait_for_the_store_before_answering() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('a'), shared_config(), t0);
+    session.handle_frame(t0, 1000, register_frame(Some("Home")), &mut names);
+    let events = drain(&mut session);
+    assert_eq!(
+        events,
+        vec![RelayEvent::CheckClaim {
+            label: "home".to_owned(),
+            token: None
+        }]
+    );
+    assert!(matches!(session.state(), RelayState::CheckingClaim { .. }));
+    assert_eq!(names.lookup("home.relay.test"), None, "nothing granted yet");
+    assert!(!names.is_online(&node('a')));
+    assert_eq!(session.poll_timeout(), Some(t0 + 10 * SECOND));
+
+    session.complete_claim(t0 + SECOND, 1001, SharedClaim::Granted, &mut names);
+    let events = drain(&mut session);
+    let [RelayEvent::Transmit(Frame::Registered(registered)), RelayEvent::Registered(_)] =
+        &events[..]
+    else {
+        panic!("unexpected {events:?}");
+    };
+    assert_eq!(registered.custom_name.as_deref(), Some("home.relay.test"));
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+    // A late second verdict changes nothing.
+    session.complete_claim(t0 + SECOND, 1001, SharedClaim::Taken, &mut names);
+    assert!(drain(&mut session).is_empty());
+    assert_eq!(names.lookup("home.relay.test"), Some(node('a')));
+}
+
+#[test]
+fn shared_claims_without_an_answer_in_time_count_as_unavailable() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('b'), shared_config(), t0);
+    session.handle_frame(t0, 1000, register_frame(Some("work")), &mut names);
+    drain(&mut session);
+    session.handle_timeout(t0 + 10 * SECOND, 1010, &mut names);
+    let events = drain(&mut session);
+    let [RelayEvent::Transmit(Frame::Registered(registered)), RelayEvent::Registered(_)] =
+        &events[..]
+    else {
+        panic!("unexpected {events:?}");
+    };
+    assert_eq!(registered.custom_name, None);
+    let refusal = registered.custom_name_refusal.clone().unwrap();
+    assert!(refusal.contains("did not answer within 10 s"), "{refusal}");
+    assert!(names.is_online(&node('b')), "the node-id name works");
+}
+
+#[test]
+fn shared_claims_skip_the_store_for_labels_refused_here_and_for_no_label() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut bad = RelaySession::new(node('c'), shared_config(), t0);
+    bad.handle_frame(t0, 1000, register_frame(Some("-bad-")), &mut names);
+    let events = drain(&mut bad);
+    assert!(
+        matches!(&events[..], [RelayEvent::Transmit(Frame::Registered(r)), RelayEvent::Registered(_)]
+            if r.custom_name_refusal.as_deref().is_some_and(|m| m.contains("not a valid DNS label"))),
+        "{events:?}"
+    );
+    let mut plain = RelaySession::new(node('d'), shared_config(), t0);
+    plain.handle_frame(t0, 1000, register_frame(None), &mut names);
+    assert!(matches!(plain.state(), RelayState::Registered { .. }));
+}
+
+#[test]
+fn a_connection_lost_while_the_store_is_asked_leaves_nothing_online() {
+    let t0 = Instant::now();
+    let mut names = table();
+    let mut session = RelaySession::new(node('e'), shared_config(), t0);
+    session.handle_frame(t0, 1000, register_frame(Some("lab")), &mut names);
+    drain(&mut session);
+    session.handle_connection_lost(1001, &mut names);
+    session.complete_claim(t0 + SECOND, 1001, SharedClaim::Granted, &mut names);
+    assert!(!names.is_online(&node('e')));
+    assert_eq!(names.claim_owner("lab"), None);
 }

@@ -338,6 +338,8 @@ impl World {
                 } => {}
                 // The simulated daemons never leave.
                 RelayEvent::Left(_) => panic!("unexpected goodbye"),
+                // The simulated relay keeps its claims to itself (no `shared_claims`).
+                RelayEvent::CheckClaim { .. } => panic!("unexpected claim check"),
                 RelayEvent::Closed { .. } => {
                     self.sessions.remove(&id);
                     self.send(id, Msg::DaemonLost);

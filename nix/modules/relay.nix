@@ -214,6 +214,13 @@ let
       message = "${r.label}.settings holds dns.cloudflare.api_token: the Nix store is world-readable; put RELAY__DNS__CLOUDFLARE__API_TOKEN in ${r.label}.environmentFile instead.";
     }
     {
+      # A store URL without a password (peer authentication over a Unix socket) may live in
+      # settings; one with a password must not reach the world-readable store.
+      assertion = !((r.inst.settings.store or { }) ? url)
+        || builtins.match "[a-z]+://[^/@?]*:[^/@?]*@.*" r.inst.settings.store.url == null;
+      message = "${r.label}.settings.store.url holds a password: the Nix store is world-readable; put RELAY__STORE__URL in ${r.label}.environmentFile instead.";
+    }
+    {
       assertion = !((r.inst.settings.access or { }) ? tokens);
       message = "${r.label}.settings holds access.tokens: the Nix store is world-readable; put RELAY__ACCESS__TOKENS in ${r.label}.environmentFile instead.";
     }

@@ -225,4 +225,19 @@ in
       environmentFile = "/run/secrets/gate-daemon-token";
     };
   };
+
+  # Two relay instances sharing name claims in one PostgreSQL database: the URL (with its
+  # password) comes from each instance's environment file, never from settings.
+  relay-shared-claims = {
+    services.gate-relay.instances.eu = {
+      domainSuffix = "gate.example.com";
+      environmentFile = "/run/secrets/gate-relay-store";
+    };
+    services.gate-relay.instances.us = {
+      domainSuffix = "gate.example.com";
+      httpsPort = 8443;
+      p2pPort = 31146;
+      environmentFile = "/run/secrets/gate-relay-store";
+    };
+  };
 }

@@ -17,6 +17,7 @@ let
   full = ev "daemon-full";
   relayFull = ev "relay-full";
   relayToken = ev "relay-token";
+  relayShared = ev "relay-shared-claims";
   overlay = ev "seed-overlay";
 
   exec = unit: unit.serviceConfig.ExecStart;
@@ -363,6 +364,15 @@ let
         "bytes_per_day = 10000000000"
       ];
       want = [ ];
+    }
+    {
+      name = "relay-shared-claims: the store URL reaches the units only through their environment files";
+      got = [
+        (unitBasics relayShared.services.gate-relay-eu).environmentFile
+        (unitBasics relayShared.services.gate-relay-us).environmentFile
+        (hasLines relayShared.services.gate-relay-eu [ "[store]" ])
+      ];
+      want = [ "/run/secrets/gate-relay-store" "/run/secrets/gate-relay-store" [ "[store]" ] ];
     }
     {
       name = "relay-full: the metrics port stays closed in the firewall (loopback only)";

@@ -130,6 +130,10 @@ in
     error = "settings holds access.tokens: the Nix store is world-readable";
     modules = [{ services.gate-relay.instances.default.settings.access.tokens = [ "a:0123456789abcdef" ]; }];
   };
+  relay-store-password-in-settings = {
+    error = "settings.store.url holds a password: the Nix store is world-readable";
+    modules = [{ services.gate-relay.instances.default.settings.store.url = "postgres://relay:hunter2@db.internal/gate"; }];
+  };
   daemon-relay-token-in-settings = {
     error = "holds the secret relay.token";
     modules = [{ services.gate-daemon = { enable = true; settings.relay.token = "0123456789abcdef"; }; }];

@@ -121,12 +121,17 @@ EOF
 cat >"$work/gate-daemon-token.env" <<'EOF'
 GATE_RELAY__TOKEN=0123456789abcdef0123
 EOF
+# Relays sharing name claims: check-config parses the URL (it does not connect).
+cat >"$work/gate-relay-store.env" <<'EOF'
+RELAY__STORE__URL=postgres://gate_relay:store-secret-0123@db.internal:5432/gate
+EOF
 secrets_for() { # the test's copy of an EnvironmentFile path
     case "$1" in
         /run/secrets/gate-daemon) echo "$work/gate-daemon.env" ;;
         /run/secrets/gate-relay) echo "$work/gate-relay.env" ;;
         /run/secrets/gate-relay-token) echo "$work/gate-relay-token.env" ;;
         /run/secrets/gate-daemon-token) echo "$work/gate-daemon-token.env" ;;
+        /run/secrets/gate-relay-store) echo "$work/gate-relay-store.env" ;;
         *) echo /dev/null ;;
     esac
 }

@@ -204,8 +204,17 @@ fn check_config(config: &[PathBuf]) -> anyhow::Result<()> {
         .metrics_port
         .map(|port| format!(", metrics on 127.0.0.1:{port}"))
         .unwrap_or_default();
+    // The whole URL is parsed as the relay will (the schema checks only its shape); what is
+    // shown of it never includes the password.
+    let store = match &settings.store_url {
+        Some(url) => {
+            let url = gate_rt::store::PgUrl::parse(url.expose())?;
+            format!(", name claims shared through {url}")
+        }
+        None => String::new(),
+    };
     eprintln!(
-        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}{metrics}",
+        "configuration is valid: HTTPS on {}:{} (TCP), QUIC on UDP {} and {}, names under {}{metrics}{store}",
         settings.bind_address,
         settings.https_port,
         settings.p2p_port,

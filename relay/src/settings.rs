@@ -42,6 +42,12 @@ pub struct RelaySettings {
     pub metrics_port: Option<u16>,
     /// `[access]`: who may register (default open).
     pub access: gate_core::tunnel::AccessPolicy,
+    /// `[store] url`: the PostgreSQL database the relays of a deployment share their name
+    /// claims in; `None` keeps them in the state directory only.
+    pub store_url: Option<config::Secret>,
+    /// How often the last-seen times of the claims of daemons connected here are written to
+    /// the shared store (no configuration key; default 60 s, the `names.json` interval).
+    pub claim_refresh_interval: Duration,
 }
 
 impl Default for RelaySettings {
@@ -67,6 +73,8 @@ impl Default for RelaySettings {
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: None,
             access: gate_core::tunnel::AccessPolicy::default(),
+            store_url: None,
+            claim_refresh_interval: Duration::from_secs(60),
         }
     }
 }
@@ -170,6 +178,8 @@ impl From<&config::RelayConfig> for RelaySettings {
             dns_propagation_delay: crate::dns::ChallengeSettings::default().propagation_delay,
             metrics_port: config.metrics_port,
             access: config.access.clone(),
+            store_url: config.store.as_ref().map(|store| store.url.clone()),
+            claim_refresh_interval: RelaySettings::default().claim_refresh_interval,
         }
     }
 }

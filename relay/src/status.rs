@@ -81,6 +81,18 @@ pub struct StatusSnapshot {
     /// Who may register (`[access]`); absent in snapshots of older relays.
     #[serde(default)]
     pub access: AccessInfo,
+    /// The claim store shared with other relays (`[store] url`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreInfo>,
+}
+
+/// `[store]` as the relay runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StoreInfo {
+    /// `postgres://user@host:port/database` (never the password).
+    pub url: String,
+    /// Whether the relay is connected to it now.
+    pub connected: bool,
 }
 
 /// `[access]` as the relay runs it.
@@ -487,6 +499,17 @@ pub fn render_running(snapshot: &StatusSnapshot, state_dir: &Path, now: u64) -> 
         None => out.push_str("metrics: off (set metrics_port)\n"),
     }
     render_access(&mut out, &s.access);
+    if let Some(store) = &s.store {
+        out.push_str(&format!(
+            "claims shared through: {} ({})\n",
+            store.url,
+            if store.connected {
+                "connected"
+            } else {
+                "unreachable: new custom names are refused"
+            }
+        ));
+    }
     let c = &s.connections;
     out.push_str(&format!(
         "daemons connected: {} (limit {})\n",
@@ -764,7 +787,29 @@ mod tests {
                 records: Vec::new(),
             },
             access: AccessInfo::default(),
+            store: None,
         }
+    }
+
+    #[test]
+    fn a_shared_store_is_shown_with_its_state() {
+        let mut s = sample(1_000);
+        let text = render_running(&s, Path::new("/var/lib/r"), 1_001);
+        assert!(!text.contains("claims shared through"), "{text}");
+        s.store = Some(StoreInfo {
+            url: "postgres://relay@db:5432/gate".into(),
+            connected: false,
+        });
+        let text = render_running(&s, Path::new("/var/lib/r"), 1_001);
+        assert!(
+            text.contains(
+                "claims shared through: postgres://relay@db:5432/gate (unreachable: new custom names are refused)\n"
+            ),
+            "{text}"
+        );
+        let back: StatusSnapshot =
+            serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.store, s.store);
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub mod quic;
 #[cfg(feature = "scenario")]
 pub mod scenario;
 pub mod signal;
+pub mod store;
 pub mod tunnel;
 
 use std::future::Future;

@@ -139,7 +139,10 @@ pub use layers::{
     convert_text, decode_env_name, parse_env_layer, parse_file_layer, MAX_ENV_VALUE_BYTES,
     MAX_FILE_BYTES,
 };
-pub use relay::{CloudflareConfig, DnsConfig, DnsProvider, RelayConfig, RelayLimits, TunnelConfig};
+pub use relay::{
+    CloudflareConfig, DnsConfig, DnsProvider, RelayConfig, RelayLimits, RelayStoreConfig,
+    TunnelConfig,
+};
 pub use schema::{
     is_http_url, is_secret_key, parse_relay_address, DefaultValue, Field, Kind, RelayAddress,
     Schema, StrCheck, DAEMON_SCHEMA, DNS_PROVIDERS, NODE_ID_LEN, PROVIDERS, RELAY_SCHEMA,

@@ -103,6 +103,17 @@ pub struct RelayConfig {
     pub metrics_port: Option<u16>,
     /// `[access]`: who may register.
     pub access: AccessPolicy,
+    /// `[store]`: where the relays of a deployment share their name claims; `None` keeps
+    /// them in the state directory.
+    pub store: Option<RelayStoreConfig>,
+}
+
+/// `[store]` of the relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayStoreConfig {
+    /// `postgres://user:password@host:port/database` (`RELAY__STORE__URL`): a secret, since
+    /// it may carry the password.
+    pub url: Secret,
 }
 
 /// Enabled DNS needs the provider's token and zone; a tunnel certificate needs its key and the
@@ -277,6 +288,9 @@ impl RelayConfig {
                     .collect(),
                 quotas: read_quotas(&r, tree)?,
             },
+            store: r.opt_string("store.url")?.map(|url| RelayStoreConfig {
+                url: Secret::new(url),
+            }),
         })
     }
 }

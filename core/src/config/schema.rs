@@ -153,6 +153,9 @@ pub enum StrCheck {
     Usd,
     /// A budget period: `day`, `week`, `month` or `total`.
     Period,
+    /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
+    /// a password).
+    PostgresUrl,
 }
 
 /// Provider names an upstream may use.
@@ -207,6 +210,9 @@ impl StrCheck {
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
             StrCheck::Usd => "an amount of US dollars such as 20 or 0.50",
             StrCheck::Period => "a budget period: day, week, month or total",
+            StrCheck::PostgresUrl => {
+                "a PostgreSQL URL such as postgres://user:password@host:5432/database"
+            }
         }
     }
 
@@ -236,6 +242,7 @@ impl StrCheck {
             StrCheck::RouteStrategy => crate::route::RouteStrategy::from_name(s).is_some(),
             StrCheck::Usd => crate::accounting::Usd::parse(s).is_ok(),
             StrCheck::Period => s.parse::<crate::accounting::Period>().is_ok(),
+            StrCheck::PostgresUrl => is_postgres_url(s),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
@@ -399,14 +406,36 @@ pub fn parse_relay_address(s: &str) -> Option<RelayAddress> {
 }
 
 /// Whether a key holds a secret that rendering must redact: `api_key`, `secret`,
-/// `api_token`, `token`, `tokens`, `password`, or a name ending in `_key`, `_token` or `_secret`.
+/// `api_token`, `token`, `tokens`, `password`, the store URLs `url` and `redis_url` (they may
+/// carry a password), or a name ending in `_key`, `_token` or `_secret`.
 pub fn is_secret_key(name: &str) -> bool {
     matches!(
         name,
-        "api_key" | "secret" | "api_token" | "token" | "tokens" | "password"
+        "api_key" | "secret" | "api_token" | "token" | "tokens" | "password" | "url" | "redis_url"
     ) || name.ends_with("_key")
         || name.ends_with("_token")
         || name.ends_with("_secret")
+}
+
+/// Whether `s` looks like a PostgreSQL URL: `postgres://` or `postgresql://`, then a host
+/// (after any `user:password@`) or a `host=` parameter. The full parse is the client's
+/// (`gate_rt::store`).
+pub fn is_postgres_url(s: &str) -> bool {
+    let Some(rest) = s
+        .strip_prefix("postgres://")
+        .or_else(|| s.strip_prefix("postgresql://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    // `postgres:///gate?host=/run/postgresql`: a Unix socket directory as a parameter.
+    let host_parameter = rest
+        .split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|p| p.starts_with("host=")));
+    (!host.is_empty() || host_parameter) && !s.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A program's configuration schema.
@@ -1043,7 +1072,11 @@ static ACCESS_FIELDS: [Field; 5] = [
     ),
 ];
 
-static RELAY_FIELDS: [Field; 11] = [
+// Shared state (issue 15): the relays of one deployment keep their name claims in one
+// PostgreSQL database (`RELAY__STORE__URL`, a secret: it may hold the password).
+static RELAY_STORE_FIELDS: [Field; 1] = [field("url", Kind::String(StrCheck::PostgresUrl), None)];
+
+static RELAY_FIELDS: [Field; 12] = [
     field("https_port", PORT, Some(DefaultValue::Integer(443))),
     field("p2p_port", PORT, Some(DefaultValue::Integer(31145))),
     field(
@@ -1071,6 +1104,7 @@ static RELAY_FIELDS: [Field; 11] = [
     field("limits", Kind::Table(&LIMITS_FIELDS), None),
     field("tunnel", Kind::Table(&TUNNEL_FIELDS), None),
     field("access", Kind::Table(&ACCESS_FIELDS), None),
+    field("store", Kind::Table(&RELAY_STORE_FIELDS), None),
 ];
 
 /// The relay (`gate-relay`) schema. Environment prefix `RELAY`.

@@ -134,11 +134,11 @@ pub use frame::{
 };
 pub use names::{
     validate_custom_label, ClaimRecord, ClaimRules, NameError, NameGrant, NameTableConfig,
-    NameTableSnapshot, NodeId, RelayNameTable, DEFAULT_CLAIM_LAPSE, DEFAULT_MAX_CLAIMS,
-    NODE_ID_LEN,
+    NameTableSnapshot, NodeId, RelayNameTable, SharedClaim, DEFAULT_CLAIM_LAPSE,
+    DEFAULT_MAX_CLAIMS, NODE_ID_LEN,
 };
 pub use quota::{Quota, QuotaLedger, QuotaRefusal, Quotas, UsageView, ACME_WINDOW, BYTES_WINDOW};
 pub use relay::{
-    CloseReason, RelayConfig, RelayEvent, RelaySession, RelayState, StreamRefusal,
-    ACME_CHALLENGE_PREFIX,
+    CloseReason, PendingRegistration, RelayConfig, RelayEvent, RelaySession, RelayState,
+    StreamRefusal, ACME_CHALLENGE_PREFIX,
 };

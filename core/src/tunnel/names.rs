@@ -203,6 +203,19 @@ pub struct NameTableSnapshot {
     pub claims: Vec<ClaimRecord>,
 }
 
+/// A shared claim store's verdict on a custom label (relays sharing claims, see
+/// [`RelayNameTable::register_shared`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedClaim {
+    /// The store now binds the label to the asking node (new, renewed, or taken over after
+    /// the previous owner's claim lapsed).
+    Granted,
+    /// Another node holds the label and its claim has not lapsed.
+    Taken,
+    /// The store could not be asked: why, for the daemon (no secrets).
+    Unavailable(String),
+}
+
 /// What a registration was granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameGrant {
@@ -359,58 +372,89 @@ impl RelayNameTable {
     ) -> Result<String, String> {
         let label = validate_custom_label(requested)
             .map_err(|error| format!("custom domain refused: {error}"))?;
-        let name = format!("{label}.{}", self.config.domain_suffix);
         if let Some(existing) = self.claims.get(&label) {
             if existing.node_id != *node_id && !self.lapsed(existing, now_unix_secs) {
-                return Err(format!(
-                    "custom domain refused: `{name}` is claimed by another node; \
-                     it becomes free after that node has been absent for {} days",
-                    self.config.claim_lapse.as_secs() / 86_400
-                ));
+                return Err(self.taken_message(&label));
             }
         }
+        self.check_rules(node_id, &label, now_unix_secs, rules)?;
+        Ok(self.take_claim(node_id, label, now_unix_secs, rules))
+    }
+
+    /// The refusal of a label another node holds.
+    fn taken_message(&self, label: &str) -> String {
+        format!(
+            "custom domain refused: `{label}.{}` is claimed by another node; \
+             it becomes free after that node has been absent for {} days",
+            self.config.domain_suffix,
+            self.config.claim_lapse.as_secs() / 86_400
+        )
+    }
+
+    /// The bounds of `rules` for `node_id` taking `label` (nothing to check when it already
+    /// holds it).
+    fn check_rules(
+        &self,
+        node_id: &NodeId,
+        label: &str,
+        now_unix_secs: u64,
+        rules: &ClaimRules,
+    ) -> Result<(), String> {
         let already_held = self
             .claims
-            .get(&label)
+            .get(label)
             .is_some_and(|claim| claim.node_id == *node_id);
-        if !already_held {
-            // Claims other nodes hold (lapsed ones no longer count); this node's own claim is
-            // given up below, so it does not count either.
-            let live_others =
-                |claim: &&Claim| claim.node_id != *node_id && !self.lapsed(claim, now_unix_secs);
-            let held = self.claims.values().filter(live_others).count();
-            if held >= rules.max_claims {
+        if already_held {
+            return Ok(());
+        }
+        // Claims other nodes hold (lapsed ones no longer count); this node's own claim is
+        // given up when it takes the new label, so it does not count either.
+        let live_others =
+            |claim: &&Claim| claim.node_id != *node_id && !self.lapsed(claim, now_unix_secs);
+        let held = self.claims.values().filter(live_others).count();
+        if held >= rules.max_claims {
+            return Err(format!(
+                "custom domain refused: this relay holds as many name claims as it keeps \
+                 ({}, limits.max_claims); ask the relay's operator to raise it, or use the \
+                 node-id name",
+                rules.max_claims
+            ));
+        }
+        if let Some(max) = rules.max_custom_names {
+            let account_held = match &rules.token {
+                Some(token) => self
+                    .claims
+                    .values()
+                    .filter(live_others)
+                    .filter(|claim| claim.token.as_deref() == Some(token.as_str()))
+                    .count(),
+                None => 0,
+            };
+            if u32::try_from(account_held).unwrap_or(u32::MAX) >= max {
+                let whose = match &rules.token {
+                    Some(token) => format!("the daemons of token {token} hold"),
+                    None => "this daemon may hold".to_owned(),
+                };
                 return Err(format!(
-                    "custom domain refused: this relay holds as many name claims as it keeps \
-                     ({}, limits.max_claims); ask the relay's operator to raise it, or use the \
-                     node-id name",
-                    rules.max_claims
+                    "custom domain refused: {whose} {max} custom names, the quota (access \
+                     quota `custom_names`); ask the relay's operator to raise it, or use \
+                     the node-id name"
                 ));
             }
-            if let Some(max) = rules.max_custom_names {
-                let account_held = match &rules.token {
-                    Some(token) => self
-                        .claims
-                        .values()
-                        .filter(live_others)
-                        .filter(|claim| claim.token.as_deref() == Some(token.as_str()))
-                        .count(),
-                    None => 0,
-                };
-                if u32::try_from(account_held).unwrap_or(u32::MAX) >= max {
-                    let whose = match &rules.token {
-                        Some(token) => format!("the daemons of token {token} hold"),
-                        None => "this daemon may hold".to_owned(),
-                    };
-                    return Err(format!(
-                        "custom domain refused: {whose} {max} custom names, the quota (access \
-                         quota `custom_names`); ask the relay's operator to raise it, or use \
-                         the node-id name"
-                    ));
-                }
-            }
         }
-        // One custom label per node: a node that asks for a new label gives up its old one.
+        Ok(())
+    }
+
+    /// Binds `label` to `node_id` (a lapsed or stale owner replaced); the node's other label,
+    /// if any, is given up: one custom label per node. Returns `<label>.<suffix>`.
+    fn take_claim(
+        &mut self,
+        node_id: &NodeId,
+        label: String,
+        now_unix_secs: u64,
+        rules: &ClaimRules,
+    ) -> String {
+        let name = format!("{label}.{}", self.config.domain_suffix);
         self.claims
             .retain(|other, claim| claim.node_id != *node_id || *other == label);
         let token = rules.token.clone();
@@ -420,12 +464,99 @@ impl RelayNameTable {
             token: token.clone(),
         });
         if claim.node_id != *node_id {
-            // A lapsed claim taken over.
+            // A lapsed (or, with a shared store, stale) claim taken over.
             claim.node_id = node_id.clone();
+            claim.last_seen_unix_secs = now_unix_secs;
         }
         claim.last_seen_unix_secs = claim.last_seen_unix_secs.max(now_unix_secs);
         claim.token = token;
-        Ok(name)
+        name
+    }
+
+    /// For relays that share claims through a store: the checks [`Self::register_with`] makes
+    /// on a custom label except who owns it, which the store decides (validity, then the
+    /// bounds of `rules` counted on this relay's table). Returns the lower-cased label to ask
+    /// the store about, or the refusal [`Self::register_with`] would give.
+    pub fn precheck_shared_claim(
+        &self,
+        node_id: &NodeId,
+        requested: &str,
+        now_unix_secs: u64,
+        rules: &ClaimRules,
+    ) -> Result<String, String> {
+        let label = validate_custom_label(requested)
+            .map_err(|error| format!("custom domain refused: {error}"))?;
+        self.check_rules(node_id, &label, now_unix_secs, rules)?;
+        Ok(label)
+    }
+
+    /// For relays that share claims through a store: registers an online daemon whose custom
+    /// `label` (from [`Self::precheck_shared_claim`]) the store judged `verdict`.
+    ///
+    /// - [`SharedClaim::Granted`]: the store binds the label to this node, so the table does
+    ///   too, whoever it remembered (a claim another relay saw lapse and handed over).
+    /// - [`SharedClaim::Taken`]: another node holds it in the store; refused with the same
+    ///   message as a claim refused on this relay, and a stale claim of this node forgotten.
+    /// - [`SharedClaim::Unavailable`]: the store could not be asked. Only a renewal is
+    ///   granted (this table says the node holds the label and the claim has not lapsed:
+    ///   its owner was online here or seen within the lapse, and this relay reports the
+    ///   claims of online owners to the store, so no other relay can have handed it over);
+    ///   a new claim is refused, never granted on one relay's word, with `why` in the
+    ///   message.
+    pub fn register_shared(
+        &mut self,
+        node_id: &NodeId,
+        label: &str,
+        now_unix_secs: u64,
+        rules: &ClaimRules,
+        verdict: &SharedClaim,
+    ) -> NameGrant {
+        match verdict {
+            SharedClaim::Granted => {
+                self.take_claim(node_id, label.to_owned(), now_unix_secs, rules);
+                self.register_with(node_id, Some(label), now_unix_secs, rules)
+            }
+            SharedClaim::Taken => {
+                if self.claim_owner(label) == Some(node_id) {
+                    self.claims.remove(label);
+                }
+                let mut grant = self.register_with(node_id, None, now_unix_secs, rules);
+                grant.custom_name_refusal = Some(self.taken_message(label));
+                grant
+            }
+            SharedClaim::Unavailable(why) => {
+                let renewal = self.claims.get(label).is_some_and(|claim| {
+                    claim.node_id == *node_id && !self.lapsed(claim, now_unix_secs)
+                });
+                if renewal {
+                    return self.register_with(node_id, Some(label), now_unix_secs, rules);
+                }
+                let mut grant = self.register_with(node_id, None, now_unix_secs, rules);
+                grant.custom_name_refusal = Some(format!(
+                    "custom domain refused: the relay cannot reach the claim store its \
+                     deployment shares, so it cannot check that `{label}.{}` is free ({why}); \
+                     the node-id name works meanwhile, and the daemon gets the name when it \
+                     registers again once the store is back",
+                    self.config.domain_suffix
+                ));
+                grant
+            }
+        }
+    }
+
+    /// Claims whose owner is online on this relay, with their last-seen times: what a relay
+    /// sharing claims reports to the store so that they do not lapse elsewhere.
+    pub fn online_claims(&self) -> Vec<ClaimRecord> {
+        self.claims
+            .iter()
+            .filter(|(_, claim)| self.is_online(&claim.node_id))
+            .map(|(label, claim)| ClaimRecord {
+                label: label.clone(),
+                node_id: claim.node_id.clone(),
+                last_seen_unix_secs: claim.last_seen_unix_secs,
+                token: claim.token.clone(),
+            })
+            .collect()
     }
 
     /// Records that `node_id` was seen (e.g. on a heartbeat): refreshes its claims.

@@ -22,6 +22,8 @@
 //! then drain session.poll_event(): Transmit -> control stream; DnsSet / DnsClear -> DNS
 //! provider, answering DnsSet / DnsClear with a request id through complete_acme(..);
 //! Left -> the daemon said goodbye (its names are already out of routing);
+//! CheckClaim (only with `shared_claims`) -> ask the shared claim store, answer with
+//! complete_claim(..);
 //! Closed -> close the connection.
 //! ```
 
@@ -35,7 +37,9 @@ use super::frame::{
     Frame, FrameError, Register, Registered, StreamHeader, GOODBYE_SINCE_VERSION,
     HTTPS_PORT_SINCE_VERSION, PROTOCOL_VERSION,
 };
-use super::names::{ClaimRules, NameGrant, NodeId, RelayNameTable, DEFAULT_MAX_CLAIMS};
+use super::names::{
+    ClaimRules, NameGrant, NodeId, RelayNameTable, SharedClaim, DEFAULT_MAX_CLAIMS,
+};
 
 /// Prefix of ACME DNS-01 record names.
 pub const ACME_CHALLENGE_PREFIX: &str = "_acme-challenge.";
@@ -60,6 +64,12 @@ pub struct RelayConfig {
     pub access: AccessPolicy,
     /// Name claims the relay holds at most, all nodes together (`limits.max_claims`).
     pub max_claims: usize,
+    /// The relays of a deployment share their claims through a store (`[store] url`): a
+    /// custom label is granted only after the store agreed ([`RelayEvent::CheckClaim`]).
+    pub shared_claims: bool,
+    /// How long a registration waits for the store's verdict before it is judged unavailable
+    /// (default 10 s).
+    pub claim_check_timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -73,6 +83,8 @@ impl Default for RelayConfig {
             https_port: None,
             access: AccessPolicy::default(),
             max_claims: DEFAULT_MAX_CLAIMS,
+            shared_claims: false,
+            claim_check_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -131,6 +143,15 @@ pub enum RelayEvent {
         /// Full record name.
         name: String,
     },
+    /// With [`RelayConfig::shared_claims`]: ask the shared store whether this daemon may hold
+    /// the custom `label`, then call [`RelaySession::complete_claim`] with its verdict. The
+    /// registration waits for it (at most [`RelayConfig::claim_check_timeout`]).
+    CheckClaim {
+        /// The validated, lower-cased label.
+        label: String,
+        /// The registration token the daemon was admitted with, if any.
+        token: Option<String>,
+    },
     /// The session is over: close the connection. The node is already marked offline.
     Closed {
         /// Why.
@@ -145,6 +166,14 @@ pub enum RelayState {
     AwaitingRegister {
         /// Deadline for it.
         deadline: Instant,
+    },
+    /// Admitted; waiting for the shared claim store's verdict on the custom label before
+    /// answering the registration.
+    CheckingClaim {
+        /// When the store is judged unavailable.
+        deadline: Instant,
+        /// The registration being decided.
+        pending: Box<PendingRegistration>,
     },
     /// Registered; forwarded streams may be opened.
     Registered {
@@ -164,6 +193,15 @@ pub enum RelayState {
     },
     /// Over.
     Closed,
+}
+
+/// A registration admitted and waiting for the shared claim store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRegistration {
+    register: Register,
+    account: Account,
+    rules: ClaimRules,
+    label: String,
 }
 
 /// Why a forwarded stream may not be opened to this daemon.
@@ -251,7 +289,8 @@ impl RelaySession {
             .map(|set_at| *set_at + self.config.acme_record_lifetime)
             .min();
         let session = match &self.state {
-            RelayState::AwaitingRegister { deadline } => Some(*deadline),
+            RelayState::AwaitingRegister { deadline }
+            | RelayState::CheckingClaim { deadline, .. } => Some(*deadline),
             RelayState::Registered { .. }
             | RelayState::Draining { .. }
             | RelayState::Left { .. } => Some(self.dead_at()),
@@ -439,12 +478,76 @@ impl RelaySession {
             token: account.token_name().map(str::to_owned),
             max_custom_names: quota.custom_names,
         };
+        if self.config.shared_claims {
+            // A label that passes this relay's own checks is asked of the shared store; one
+            // that does not is refused below exactly as without a store.
+            let checked = register.custom_label.as_deref().map(|requested| {
+                names.precheck_shared_claim(&self.node_id, requested, now_unix_secs, &rules)
+            });
+            if let Some(Ok(label)) = checked {
+                self.events.push_back(RelayEvent::CheckClaim {
+                    label: label.clone(),
+                    token: rules.token.clone(),
+                });
+                self.state = RelayState::CheckingClaim {
+                    deadline: now + self.config.claim_check_timeout,
+                    pending: Box::new(PendingRegistration {
+                        register,
+                        account,
+                        rules,
+                        label,
+                    }),
+                };
+                return;
+            }
+        }
         let grant = names.register_with(
             &self.node_id,
             register.custom_label.as_deref(),
             now_unix_secs,
             &rules,
         );
+        self.finish_registration(now, &register, account, grant);
+    }
+
+    /// The shared claim store's verdict on the label of a registration in
+    /// [`RelayState::CheckingClaim`] (after [`RelayEvent::CheckClaim`]): the daemon is
+    /// registered and answered, with the custom name or with why not
+    /// ([`RelayNameTable::register_shared`]). Ignored in any other state (the session closed
+    /// meanwhile, or the verdict came too late and the store was judged unavailable).
+    pub fn complete_claim(
+        &mut self,
+        now: Instant,
+        now_unix_secs: u64,
+        verdict: SharedClaim,
+        names: &mut RelayNameTable,
+    ) {
+        if !matches!(self.state, RelayState::CheckingClaim { .. }) {
+            return;
+        }
+        let RelayState::CheckingClaim { pending, .. } =
+            std::mem::replace(&mut self.state, RelayState::Closed)
+        else {
+            return;
+        };
+        let PendingRegistration {
+            register,
+            account,
+            rules,
+            label,
+        } = *pending;
+        let grant = names.register_shared(&self.node_id, &label, now_unix_secs, &rules, &verdict);
+        self.finish_registration(now, &register, account, grant);
+    }
+
+    /// Answers an admitted registration with what `grant` holds (already in the name table).
+    fn finish_registration(
+        &mut self,
+        now: Instant,
+        register: &Register,
+        account: Account,
+        grant: NameGrant,
+    ) {
         self.account = Some(account);
         self.last_heard_at = now;
         let interval_ms =
@@ -590,6 +693,18 @@ impl RelaySession {
         match &self.state {
             RelayState::AwaitingRegister { deadline } if now >= *deadline => {
                 self.close(now_unix_secs, names, CloseReason::RegistrationTimeout);
+            }
+            RelayState::CheckingClaim { deadline, .. } if now >= *deadline => {
+                let waited = self.config.claim_check_timeout;
+                self.complete_claim(
+                    now,
+                    now_unix_secs,
+                    SharedClaim::Unavailable(format!(
+                        "the claim store did not answer within {} s",
+                        waited.as_secs()
+                    )),
+                    names,
+                );
             }
             RelayState::Registered { .. }
             | RelayState::Draining { .. }

@@ -181,6 +181,8 @@ pub(super) async fn drive_daemon<R: Runtime>(
     // Finished ACME requests come back here; the end keeps a sender, so `recv` never fails.
     // At most MAX_ACME_IN_FLIGHT answers are ever queued.
     let (acme_done, acme_answers) = async_channel::bounded::<AcmeAnswer>(MAX_ACME_IN_FLIGHT);
+    // A session asks the claim store at most once (its registration).
+    let (claim_done, claim_verdicts) = async_channel::bounded::<SharedClaim>(1);
     let mut end = RelayEnd {
         rt,
         shared,
@@ -190,6 +192,8 @@ pub(super) async fn drive_daemon<R: Runtime>(
         connection,
         acme_done,
         acme_answers,
+        claim_done,
+        claim_verdicts,
         acme_in_flight: Arc::new(AtomicUsize::new(0)),
         lost: None,
         outcome: None,
@@ -210,6 +214,7 @@ pub(super) async fn drive_daemon<R: Runtime>(
 pub(super) enum DaemonInput {
     Shutdown,
     AcmeDone(AcmeAnswer),
+    ClaimDone(SharedClaim),
     ControlOpened(Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>),
 }
 
@@ -227,6 +232,9 @@ pub(super) struct RelayEnd<'a, R: Runtime> {
     pub(super) acme_done: async_channel::Sender<AcmeAnswer>,
     pub(super) acme_answers: async_channel::Receiver<AcmeAnswer>,
     pub(super) acme_in_flight: Arc<AtomicUsize>,
+    /// The shared claim store's verdict comes back here from its task.
+    pub(super) claim_done: async_channel::Sender<SharedClaim>,
+    pub(super) claim_verdicts: async_channel::Receiver<SharedClaim>,
     /// How the control stream was lost, for the log (the session only says "connection lost").
     pub(super) lost: Option<String>,
     pub(super) outcome: Option<DaemonOutcome>,
@@ -323,6 +331,12 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
                 Err(_) => std::future::pending().await,
             }
         };
+        let claim = async {
+            match self.claim_verdicts.recv().await {
+                Ok(verdict) => DaemonInput::ClaimDone(verdict),
+                Err(_) => std::future::pending().await,
+            }
+        };
         let opened = async move {
             match self.connection {
                 Some(connection) if !has_control => {
@@ -331,7 +345,10 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
                 _ => std::future::pending().await,
             }
         };
-        futures_lite::future::or(shutdown, futures_lite::future::or(acme, opened))
+        futures_lite::future::or(
+            shutdown,
+            futures_lite::future::or(acme, futures_lite::future::or(claim, opened)),
+        )
     }
 
     fn handle_input(
@@ -349,6 +366,10 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
             }
             DaemonInput::AcmeDone((request_id, outcome)) => {
                 self.complete_acme(request_id, outcome);
+                Flow::Continue
+            }
+            DaemonInput::ClaimDone(verdict) => {
+                self.session(|s, names| s.complete_claim(now, unix_now(), verdict, names));
                 Flow::Continue
             }
             DaemonInput::ControlOpened(Ok((send, recv))) => {
@@ -395,6 +416,29 @@ impl<R: Runtime> ControlEnd for RelayEnd<'_, R> {
                     tracing::warn!(node_name = %grant.node_name, "{refusal}");
                 }
                 shared.persist_claim_changes();
+            }
+            RelayEvent::CheckClaim { label, token } => {
+                // Asked in a task of its own (bounded by CLAIM_CHECK_LIMIT), like DNS work:
+                // the connection's loop goes on; the registration waits in the session.
+                let node_id = self.session(|s, _| s.node_id().clone());
+                if let Some(node_id) = node_id {
+                    let shared = shared.clone();
+                    let done = self.claim_done.clone();
+                    self.rt.spawn(async move {
+                        let verdict = match &shared.claim_store {
+                            Some(store) => {
+                                store
+                                    .claim(&label, &node_id, token.as_deref(), unix_now())
+                                    .await
+                            }
+                            None => {
+                                SharedClaim::Unavailable("this relay has no claim store".to_owned())
+                            }
+                        };
+                        // The connection may be gone; then nobody waits for it.
+                        let _ = done.send(verdict).await;
+                    });
+                }
             }
             RelayEvent::Left(grant) => {
                 tracing::info!(

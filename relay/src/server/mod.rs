@@ -14,6 +14,7 @@
 //! - `registry`: sessions and the name table behind one mutex, and the routing decision.
 //! - `limits`: connection-limit places as drop guards.
 //! - `persist`: loading and writing the name claims.
+//! - `claims`: name claims shared with the other relays of a deployment (`[store] url`).
 //! - `snapshot`: the status snapshot for `gate-relay status`.
 //! - `metrics`: counters (prometheus-client) and the metrics listener (hyper).
 //!
@@ -36,7 +37,7 @@ use gate_core::sni::{self, Status};
 use gate_core::tunnel::{
     throttle_message, CloseReason, EncodeError, Frame, FrameError, NameTableConfig,
     NameTableSnapshot, NodeId, QuotaLedger, RegistrationThrottle, RelayConfig, RelayEvent,
-    RelayNameTable, RelaySession, Throttle,
+    RelayNameTable, RelaySession, SharedClaim, Throttle,
 };
 use gate_rt::tunnel::driver::{self, ControlEnd, ControlStream, Flow, Output};
 use gate_rt::tunnel::tcp::TcpOpener;
@@ -51,6 +52,7 @@ use crate::settings::RelaySettings;
 use crate::state::{self, StateError};
 use crate::support::{race, unix_now, Either, Shutdown};
 
+mod claims;
 mod daemon;
 mod https;
 mod limits;
@@ -60,6 +62,7 @@ mod registry;
 mod snapshot;
 mod tcp;
 
+use self::claims::*;
 use self::daemon::*;
 use self::https::*;
 use self::limits::*;
@@ -107,6 +110,9 @@ pub enum ServeError {
     /// The configured QUIC certificate or key is unusable.
     #[error("tunnel certificate: {0}")]
     Certificate(String),
+    /// `[store] url` is unusable (the message never holds its password).
+    #[error(transparent)]
+    Store(#[from] gate_rt::store::StoreError),
 }
 
 /// State shared by every task of one relay.
@@ -131,6 +137,8 @@ struct Shared {
     tcp_tls: Arc<rustls::ServerConfig>,
     /// Where the HTTPS path hands daemon tunnels over TCP to `tcp`.
     tcp_daemons: async_channel::Sender<TunnelHandoff>,
+    /// The claims shared with the deployment's other relays, with `[store] url`.
+    claim_store: Option<Box<dyn ClaimStore>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -224,6 +232,14 @@ impl<R: Runtime> RunningRelay<R> {
         lock(&self.shared.core).names.claim_owner(label).cloned()
     }
 
+    /// With `[store] url`: whether the relay is connected to the shared claim store now.
+    pub fn claim_store_connected(&self) -> Option<bool> {
+        self.shared
+            .claim_store
+            .as_ref()
+            .map(|store| store.is_connected())
+    }
+
     /// Completes when the relay has stopped (after [`RunningRelay::shutdown`] was called
     /// elsewhere through [`RunningRelay::shutdown_handle`]).
     pub async fn stopped(&self) {
@@ -271,6 +287,18 @@ pub async fn start<R: Runtime>(
     name_config.claim_lapse = Duration::from_secs(settings.claim_lapse_days.saturating_mul(86_400));
     let names_path = state_dir.join(NAMES_FILE_NAME);
     let names = load_names(&names_path, name_config)?;
+    let claim_store: Option<Box<dyn ClaimStore>> = match &settings.store_url {
+        Some(url) => {
+            let url = gate_rt::store::PgUrl::parse(url.expose())?;
+            Some(Box::new(PgClaims::new(
+                rt.clone(),
+                url,
+                Duration::from_secs(settings.claim_lapse_days.saturating_mul(86_400)),
+                settings.claim_refresh_interval,
+            )))
+        }
+        None => None,
+    };
 
     let bind = |port| SocketAddr::new(settings.bind_address, port);
     let https_bind = bind(settings.https_port);
@@ -319,6 +347,8 @@ pub async fn start<R: Runtime>(
         https_port: Some(https_addr.port()),
         access: settings.access.clone(),
         max_claims: settings.limits.max_claims,
+        shared_claims: claim_store.is_some(),
+        claim_check_timeout: CLAIM_CHECK_LIMIT + Duration::from_secs(2),
         ..RelayConfig::default()
     };
     let metrics_port = settings.metrics_port;
@@ -363,7 +393,24 @@ pub async fn start<R: Runtime>(
         status_changed,
         tcp_tls,
         tcp_daemons,
+        claim_store,
     });
+    if let Some(store) = &shared.claim_store {
+        // Connect and migrate now, so that a wrong address or password shows at start; the
+        // relay runs either way (claims are refused until the store answers).
+        match store.connect().await {
+            Ok(()) => tracing::info!(
+                store = %store.describe(),
+                "name claims are shared through PostgreSQL"
+            ),
+            // The client logged why; this says what it means for daemons.
+            Err(_) => tracing::warn!(
+                store = %store.describe(),
+                "name claims are shared through PostgreSQL, which cannot be used yet: new \
+                 custom names are refused until it can (the relay keeps trying)"
+            ),
+        }
+    }
 
     let metrics_addr = match metrics_port {
         Some(port) => {
@@ -424,6 +471,13 @@ pub async fn start<R: Runtime>(
         status_changes,
         task_guard.clone(),
     ));
+    if shared.claim_store.is_some() {
+        rt.spawn(refresh_claims_periodically(
+            rt.clone(),
+            shared.clone(),
+            task_guard.clone(),
+        ));
+    }
     rt.spawn(persist_periodically(rt.clone(), shared.clone(), task_guard));
     tracing::info!(
         node_id = %identity.node_id(),

@@ -42,7 +42,8 @@ impl Shared {
                 .map(|entry| {
                     let node_id = entry.session.node_id();
                     let (state, grant) = match entry.session.state() {
-                        gate_core::tunnel::RelayState::AwaitingRegister { .. } => {
+                        gate_core::tunnel::RelayState::AwaitingRegister { .. }
+                        | gate_core::tunnel::RelayState::CheckingClaim { .. } => {
                             ("registering", None)
                         }
                         gate_core::tunnel::RelayState::Registered { grant } => {
@@ -146,6 +147,13 @@ impl Shared {
                     })
                     .collect(),
             },
+            store: self
+                .claim_store
+                .as_ref()
+                .map(|store| crate::status::StoreInfo {
+                    url: store.describe(),
+                    connected: store.is_connected(),
+                }),
         }
     }
 }

@@ -186,7 +186,7 @@ pub fn start_daemon<R: Runtime>(
     relay: RelayAddress,
     custom_label: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, custom_label, Vec::new(), None, None)
+    start_daemon_full(rt, vec![relay], custom_label, Vec::new(), None, None)
 }
 
 /// [`start_daemon`] presenting the registration token `token`.
@@ -196,7 +196,7 @@ pub fn start_daemon_with_token<R: Runtime>(
     custom_label: Option<&str>,
     token: Option<&str>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, custom_label, Vec::new(), None, token)
+    start_daemon_full(rt, vec![relay], custom_label, Vec::new(), None, token)
 }
 
 /// [`start_daemon`] with the transport policy `transport`, dialling the tunnel over TCP on
@@ -209,7 +209,7 @@ pub fn start_daemon_via<R: Runtime>(
 ) -> Result<TestDaemon, BoxError> {
     start_daemon_full(
         rt,
-        relay,
+        vec![relay],
         None,
         Vec::new(),
         Some((transport, tcp_port)),
@@ -223,12 +223,22 @@ pub fn start_daemon_with_ca<R: Runtime>(
     relay: RelayAddress,
     extra_ca: CertificateDer<'static>,
 ) -> Result<TestDaemon, BoxError> {
-    start_daemon_full(rt, relay, None, vec![extra_ca], None, None)
+    start_daemon_full(rt, vec![relay], None, vec![extra_ca], None, None)
+}
+
+/// [`start_daemon`] registering with every relay of `relays` (as a daemon with several
+/// `relay.addresses` does).
+pub fn start_daemon_on_relays<R: Runtime>(
+    rt: &R,
+    relays: Vec<RelayAddress>,
+    custom_label: Option<&str>,
+) -> Result<TestDaemon, BoxError> {
+    start_daemon_full(rt, relays, custom_label, Vec::new(), None, None)
 }
 
 fn start_daemon_full<R: Runtime>(
     rt: &R,
-    relay: RelayAddress,
+    relays: Vec<RelayAddress>,
     custom_label: Option<&str>,
     extra_ca: Vec<CertificateDer<'static>>,
     transport: Option<(TransportPolicy, u16)>,
@@ -260,7 +270,7 @@ fn start_daemon_full<R: Runtime>(
         });
     });
     let mut config = RelayClientConfig {
-        relays: vec![relay],
+        relays,
         custom_label: custom_label.map(str::to_owned),
         token: token.map(gate_core::config::Secret::new),
         extra_ca,

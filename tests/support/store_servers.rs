@@ -1,0 +1,406 @@
+//! Real PostgreSQL and Redis servers for tests (QUALITY.md: Debian's `postgresql` 15 and
+//! `redis-server` 7), started on 127.0.0.1 with their data in a temporary directory and
+//! stopped by their guards' `Drop`, also when a test fails.
+//!
+//! Shared by the Rust tests of every crate: include it by path,
+//! `#[path = "../../tests/support/store_servers.rs"] mod store_servers;`
+//! (`./test.sh` installs the packages when they are missing).
+//!
+//! PostgreSQL refuses to run as root: as root, `initdb` and `pg_ctl` run as the `postgres`
+//! user through `runuser`, on a data directory chowned to it; the Unix socket goes to the
+//! temporary directory, TCP to a free port on 127.0.0.1, logins over TCP need the password
+//! (SCRAM). One cluster serves a whole test; [`PgServer::create_database`] gives each part of
+//! it a database of its own. Servers are tuned for tests (no fsync).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The superuser's password in test clusters (what the tests check never leaks).
+pub const PG_PASSWORD: &str = "pg-test-Secr3t-9f2c";
+
+fn is_root() -> bool {
+    // `id -u` spares every test crate a libc dependency.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.trim_ascii() == b"0")
+        .unwrap_or(false)
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("free port: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("free port: {e}"))
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The directory of PostgreSQL's server programs (`initdb`, `pg_ctl`, `psql`): Debian keeps
+/// them in `/usr/lib/postgresql/<major>/bin`; the newest is taken.
+pub fn pg_bin_dir() -> Result<PathBuf, String> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|e| {
+            format!("/usr/lib/postgresql: {e}; install PostgreSQL: apt-get install -y postgresql")
+        })?
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((major, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        "no initdb under /usr/lib/postgresql/*/bin; apt-get install -y postgresql".to_owned()
+    })
+}
+
+/// A PostgreSQL cluster of a test; stopped (by PID if `pg_ctl` cannot) when dropped.
+pub struct PgServer {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    data: PathBuf,
+    run: PathBuf,
+    port: u16,
+    as_postgres: bool,
+    running: bool,
+}
+
+impl PgServer {
+    /// `initdb` and start a cluster on a free port (tried on three ports when one is taken
+    /// meanwhile).
+    pub fn start() -> Result<Self, String> {
+        let bin = pg_bin_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("gate-pg-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let as_postgres = is_root();
+        let run = dir.path().join("run");
+        let data = dir.path().join("data");
+        std::fs::create_dir(&run).map_err(|e| format!("{}: {e}", run.display()))?;
+        std::fs::create_dir(&data).map_err(|e| format!("{}: {e}", data.display()))?;
+        let pwfile = run.join("pwfile");
+        std::fs::write(&pwfile, PG_PASSWORD).map_err(|e| format!("pwfile: {e}"))?;
+        if as_postgres {
+            use std::os::unix::fs::PermissionsExt;
+            // The postgres user must reach its directories inside root's temporary one.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| format!("chmod: {e}"))?;
+            let chown = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&run)
+                .arg(&data)
+                .output()
+                .map_err(|e| format!("chown: {e}"))?;
+            if !chown.status.success() {
+                return Err(format!("chown postgres: {}", output_text(&chown)));
+            }
+        }
+        let mut server = Self {
+            dir,
+            bin,
+            data,
+            run,
+            port: 0,
+            as_postgres,
+            running: false,
+        };
+        let initdb = server.pg_command("initdb", |cmd| {
+            cmd.arg("-D")
+                .arg(&server.data)
+                .args(["-U", "postgres", "-E", "UTF8", "--no-sync"])
+                .args(["--auth-local=trust", "--auth-host=scram-sha-256"])
+                .arg(format!("--pwfile={}", pwfile.display()));
+        })?;
+        if !initdb.status.success() {
+            return Err(format!("initdb failed: {}", output_text(&initdb)));
+        }
+        let mut last = String::new();
+        for _ in 0..3 {
+            server.port = free_port()?;
+            match server.pg_ctl_start() {
+                Ok(()) => return Ok(server),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn pg_command(&self, program: &str, args: impl FnOnce(&mut Command)) -> Result<Output, String> {
+        let path = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(&path);
+            cmd
+        } else {
+            Command::new(&path)
+        };
+        args(&mut cmd);
+        cmd.stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{program}: {e}"))
+    }
+
+    fn pg_ctl_start(&mut self) -> Result<(), String> {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
+             -c synchronous_commit=off -c max_connections=50",
+            self.port,
+            self.run.display()
+        );
+        let log = self.run.join("postgres.log");
+        let out = self.pg_command("pg_ctl", |cmd| {
+            cmd.arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&log)
+                .args(["-w", "-t", "30", "-o"])
+                .arg(&options)
+                .arg("start");
+        })?;
+        if !out.status.success() {
+            let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!(
+                "pg_ctl start failed: {}\n{log_text}",
+                output_text(&out)
+            ));
+        }
+        self.running = true;
+        Ok(())
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The TCP address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// `postgres://postgres:<password>@127.0.0.1:<port>/<database>`.
+    pub fn url(&self, database: &str) -> String {
+        format!(
+            "postgres://postgres:{PG_PASSWORD}@127.0.0.1:{}/{database}",
+            self.port
+        )
+    }
+
+    /// Runs `sql` on `database` with psql (over TCP, with the password); returns its
+    /// unaligned, tuples-only output.
+    pub fn psql(&self, database: &str, sql: &str) -> Result<String, String> {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+            ])
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+            ])
+            .args(["-c", sql])
+            .env("PGPASSWORD", PG_PASSWORD)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("psql: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("psql {sql:?}: {}", output_text(&out)));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Creates database `name`; returns its URL.
+    pub fn create_database(&self, name: &str) -> Result<String, String> {
+        self.psql("postgres", &format!("CREATE DATABASE \"{name}\""))?;
+        Ok(self.url(name))
+    }
+
+    /// Stops the server (fast shutdown: clients are disconnected); the data stays.
+    pub fn stop(&mut self) -> Result<(), String> {
+        let out = self.pg_command("pg_ctl", |cmd| {
+            cmd.arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        })?;
+        if !out.status.success() {
+            return Err(format!("pg_ctl stop failed: {}", output_text(&out)));
+        }
+        self.running = false;
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.pg_ctl_start()
+    }
+
+    /// The postmaster's PID, from `postmaster.pid`.
+    fn pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The server log so far (for a failing test's message).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.run.join("postgres.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        if !self.running {
+            return;
+        }
+        let stopped = self
+            .pg_command("pg_ctl", |cmd| {
+                cmd.arg("-D")
+                    .arg(&self.data)
+                    .args(["-m", "immediate", "-w", "-t", "10", "stop"]);
+            })
+            .is_ok_and(|out| out.status.success());
+        if !stopped {
+            if let Some(pid) = self.pid() {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+    }
+}
+
+/// A Redis server of a test (no persistence); killed when dropped.
+pub struct RedisServer {
+    _dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    /// Starts `redis-server` on a free port of 127.0.0.1 and waits (at most 10 s) until it
+    /// answers `PING`.
+    pub fn start() -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("gate-redis-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        let port = free_port()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "yes",
+            ])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("redis-server: {e}; apt-get install -y redis-server"))?;
+        let mut server = Self {
+            _dir: dir,
+            child,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match server.command("PING") {
+                Ok(answer) if answer == "+PONG" => return Ok(server),
+                _ if Instant::now() >= deadline => {
+                    return Err("redis-server did not answer PING within 10 s".to_owned())
+                }
+                _ => {
+                    if let Ok(Some(status)) = server.child.try_wait() {
+                        return Err(format!("redis-server exited: {status}"));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one inline command; returns the first line of the answer.
+    pub fn command(&self, command: &str) -> Result<String, String> {
+        let mut stream = TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], self.port)),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("{command}\r\n").as_bytes())
+            .map_err(|e| format!("write: {e}"))?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n") {
+            if stream.read(&mut byte).map_err(|e| format!("read: {e}"))? == 0 {
+                break;
+            }
+            answer.push(byte[0]);
+        }
+        Ok(String::from_utf8_lossy(&answer).trim_end().to_owned())
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
