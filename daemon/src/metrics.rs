@@ -115,7 +115,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "tokens",
-            "Tokens by upstream, model and kind",
+            "Tokens by upstream, model and kind (input, output, cached, cache_write)",
             tokens.clone(),
         );
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
@@ -153,6 +153,23 @@ impl Metrics {
     /// Counts tokens of one response.
     pub fn add_tokens(&self, upstream: &str, model: &str, input: u64, output: u64) {
         for (kind, n) in [("input", input), ("output", output)] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        upstream: upstream.to_owned(),
+                        model: model.to_owned(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// Adds the token counts of one answer: input and output, and the prompt-cache reads
+    /// and writes (`kind="cached"`, `kind="cache_write"`) when the upstream reported them.
+    pub fn add_usage(&self, upstream: &str, model: &str, usage: &gate_core::llm::usage::Usage) {
+        self.add_tokens(upstream, model, usage.input, usage.output);
+        for (kind, n) in [("cached", usage.cached), ("cache_write", usage.cache_write)] {
             if n > 0 {
                 self.tokens
                     .get_or_create(&TokenLabels {

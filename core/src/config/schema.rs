@@ -149,6 +149,9 @@ pub enum StrCheck {
     NamedToken,
     /// A registration token's name.
     TokenName,
+    /// A Chat Completions parameter an upstream's model rule may drop
+    /// ([`crate::llm::model_rules::DROPPABLE_PARAMS`]).
+    ChatParam,
 }
 
 /// Provider names an upstream may use.
@@ -201,6 +204,11 @@ impl StrCheck {
                 "a named token name:secret (name of a-z, 0-9, - and _; secret of at least 16 bytes)"
             }
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
+            StrCheck::ChatParam => {
+                "a Chat Completions parameter: max_tokens, max_completion_tokens, temperature, \
+                 top_p, stop, stream_options, n, user, reasoning_effort, tools, tool_choice or \
+                 parallel_tool_calls"
+            }
         }
     }
 
@@ -232,6 +240,7 @@ impl StrCheck {
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
             StrCheck::TokenName => crate::tunnel::is_token_name(s),
+            StrCheck::ChatParam => crate::llm::model_rules::DROPPABLE_PARAMS.contains(&s),
         }
     }
 }
@@ -591,7 +600,7 @@ pub(crate) fn fill_defaults(fields: &'static [Field], table: &mut Table) {
 
 const PORT: Kind = Kind::Integer { min: 1, max: 65535 };
 
-static UPSTREAM_FIELDS: [Field; 9] = [
+static UPSTREAM_FIELDS: [Field; 11] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -620,8 +629,33 @@ static UPSTREAM_FIELDS: [Field; 9] = [
         },
         None,
     ),
+    // Issue 12: whether Gate may add `stream_options.include_usage` to pass-through chat
+    // streams (unset: the provider's default, on for openai, groq and openrouter).
+    field("stream_usage", Kind::Bool, None),
+    // Issue 12: per-model rules of this upstream, overriding the built-in table's row.
+    field(
+        "model_rules",
+        Kind::Map {
+            key: StrCheck::ModelName,
+            entry: &MODEL_RULE,
+        },
+        None,
+    ),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
+static MODEL_RULE_FIELDS: [Field; 3] = [
+    field("reasoning", Kind::Bool, None),
+    field(
+        "max_output_tokens",
+        Kind::Integer {
+            min: 1,
+            max: 100_000_000,
+        },
+        None,
+    ),
+    field("drop", Kind::List(StrCheck::ChatParam), None),
+];
+static MODEL_RULE: Kind = Kind::Table(&MODEL_RULE_FIELDS);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);
 
 /// `relay.transport` values: QUIC with a fallback to TLS over TCP, QUIC only, TCP only.

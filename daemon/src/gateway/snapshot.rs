@@ -1,7 +1,10 @@
 //! The part of the configuration the request path reads ([`Snapshot`]), swapped whole on
 //! reload, and each upstream as the gateway calls it ([`UpstreamTarget`]).
 
+use std::collections::BTreeMap;
+
 use gate_core::config::{DaemonConfig, Secret, ServerLimits};
+use gate_core::llm::model_rules::{find_override, ModelRuleOverride, UpstreamRules};
 use gate_core::llm::endpoint::Translation;
 use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
 
@@ -20,12 +23,25 @@ pub struct UpstreamTarget {
     pub responses: bool,
     /// `max_output_tokens`: caps the output of requests Gate converts for this upstream.
     pub max_output_tokens: Option<u32>,
+    /// Gate may add `stream_options.include_usage` to pass-through chat streams
+    /// (`stream_usage` in config, else the provider's default).
+    pub stream_usage: bool,
+    /// `model_rules`: this upstream's own rules for its models.
+    pub model_rules: BTreeMap<String, ModelRuleOverride>,
 }
 
 impl UpstreamTarget {
     /// How a request to `endpoint` reaches this upstream.
     pub fn translation(&self, endpoint: gate_core::llm::endpoint::Endpoint) -> Translation {
         endpoint.translation(self.protocol, self.responses)
+    }
+
+    /// What this upstream adds to the per-model table for `upstream_model`.
+    pub fn rules_for(&self, upstream_model: &str) -> UpstreamRules<'_> {
+        UpstreamRules {
+            max_output_tokens: self.max_output_tokens,
+            model: find_override(&self.model_rules, upstream_model),
+        }
     }
 }
 
@@ -65,6 +81,10 @@ impl Snapshot {
                 api_key: up.api_key.clone(),
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
                 max_output_tokens: up.max_output_tokens,
+                stream_usage: up
+                    .stream_usage
+                    .unwrap_or(provider.takes_stream_options()),
+                model_rules: up.model_rules.clone(),
             });
         }
         let jwt = config
