@@ -1470,17 +1470,18 @@ fn gemini_upstream_block(name: &str, upstream: &Upstream, extra: &str) -> String
     )
 }
 
+/// The sum of the `tokens` counters of `upstream` and `kind` over every model.
 fn metric_line(metrics: &str, upstream: &str, kind: &str) -> Option<u64> {
     metrics
         .lines()
-        .find(|l| {
+        .filter(|l| {
             !l.starts_with('#')
                 && l.contains("tokens")
                 && l.contains(&format!("upstream=\"{upstream}\""))
                 && l.contains(&format!("kind=\"{kind}\""))
         })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .reduce(|a, b| a + b)
 }
 
 /// A Gemini client on a native Gemini upstream: its bytes go through untouched (only the
