@@ -336,15 +336,20 @@ def test_gemini_client_passes_through_to_native_upstream(native_gate, client_tok
     for record in (generate, stream):
         sent = record.json()
         assert sent["generationConfig"]["topK"] == 3
-        assert sent["generationConfig"]["thinkingConfig"]["thinkingBudget"] == 256
+        thinking = sent["generationConfig"]["thinkingConfig"]  # Google takes both spellings
+        assert thinking.get("thinkingBudget", thinking.get("thinking_budget")) == 256
         assert sent["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]
         assert sent["tools"] == [{"googleSearch": {}}]
         assert record.header("x-goog-api-key") == OPENAI_UPSTREAM_KEY
     assert chunks[-1].usage_metadata.candidates_token_count > 0
 
     counted = client.models.count_tokens(model=NATIVE_MODEL, contents="one two three four five")
-    assert counted.total_tokens == 5
-    assert mock.requests()[-1].path == f"/v1beta/models/{NATIVE_MODEL}:countTokens"
+    record = mock.requests()[-1]
+    assert record.path == f"/v1beta/models/{NATIVE_MODEL}:countTokens"
+    # The upstream's own count: what it answers when asked directly.
+    direct = httpx.post(f"{mock.url}{record.path}", content=record.body,
+                        headers={"x-goog-api-key": OPENAI_UPSTREAM_KEY, "content-type": "application/json"})
+    assert counted.total_tokens == direct.json()["totalTokens"]
     assert OPENAI_UPSTREAM_KEY not in native_gate.log()
 
 
