@@ -1161,7 +1161,10 @@ max_output_tokens = 65536
         text.contains("drop = [\"user\", \"parallel_tool_calls\"]  # from nix /n.toml:13:8"),
         "{text}"
     );
-    assert!(text.contains("stream_usage = false  # from nix /n.toml:3:16"), "{text}");
+    assert!(
+        text.contains("stream_usage = false  # from nix /n.toml:3:16"),
+        "{text}"
+    );
 
     // A parameter no rule may drop, a field rules do not have, a wrong type: named errors.
     let bad = |rule: &str| {
@@ -1175,8 +1178,15 @@ max_output_tokens = 65536
         ))
     };
     let e = bad("drop = [\"messages\"]");
-    assert_eq!(e.key(), Some("upstreams.openai.model_rules.gpt-5.drop"), "{e}");
-    assert!(e.to_string().contains("a Chat Completions parameter"), "{e}");
+    assert_eq!(
+        e.key(),
+        Some("upstreams.openai.model_rules.gpt-5.drop"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("a Chat Completions parameter"),
+        "{e}"
+    );
     let e = bad("reasonin = true");
     assert!(e.to_string().contains("did you mean `reasoning`"), "{e}");
     let e = bad("max_output_tokens = 0");

@@ -5,11 +5,11 @@
 //! keeps its text and tool calls; nothing panics on arbitrary input.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
-use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::convert::{
     responses_request_body_to_anthropic, responses_request_body_to_chat, AnthropicToOpenAiStream,
     ChatToResponsesStream, StreamEvent,
 };
+use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::sse::SseParser;
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -1384,7 +1384,6 @@ async fn usage_on_pass_through_streams<R: Runtime>(rt: R) {
     assert!(output_tokens.ends_with(" 14"), "{output_tokens}");
 }
 
-
 // ---------------------------------------------------------------------------------------
 // Gemini clients on native Gemini upstreams (pass-through) and on converted ones.
 
@@ -1401,7 +1400,8 @@ impl<R: Runtime> Gate<R> {
 }
 
 fn gemini_chunk(text: &str, finish: bool, usage: Value) -> Value {
-    let mut candidate = json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    let mut candidate =
+        json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
     if finish {
         candidate["finishReason"] = json!("STOP");
     }
@@ -1414,9 +1414,16 @@ fn native_gemini_upstream() -> Upstream {
     Upstream::start(|seen| {
         let path = seen.path.as_str();
         if seen.header("x-goog-api-key") != Some(UPSTREAM_KEY) {
-            return Reply::json(403, json!({"error": {"code": 403, "message": "API key not valid", "status": "PERMISSION_DENIED"}}));
+            return Reply::json(
+                403,
+                json!({"error": {"code": 403, "message": "API key not valid", "status": "PERMISSION_DENIED"}}),
+            );
         }
-        let first = gemini_chunk("native ", false, json!({"promptTokenCount": 11, "totalTokenCount": 11}));
+        let first = gemini_chunk(
+            "native ",
+            false,
+            json!({"promptTokenCount": 11, "totalTokenCount": 11}),
+        );
         let last = gemini_chunk(
             "answer",
             true,
@@ -1453,11 +1460,17 @@ fn native_gemini_upstream() -> Upstream {
         }
         if path.ends_with(":generateContent") {
             if path.contains("/models/failing:") {
-                return Reply::json(503, json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}));
+                return Reply::json(
+                    503,
+                    json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}),
+                );
             }
             return Reply::json(200, last);
         }
-        Reply::json(404, json!({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}))
+        Reply::json(
+            404,
+            json!({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}),
+        )
     })
 }
 
@@ -1500,7 +1513,9 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
     // Fields the Chat Completions hub cannot carry: they reach Google only by pass-through.
     let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"topK":3,"thinkingConfig":{"thinkingBudget":512}},"safetySettings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_NONE"}]}"#;
 
-    let answer = gate.gemini("/v1beta/models/fast:generateContent", body).await;
+    let answer = gate
+        .gemini("/v1beta/models/fast:generateContent", body)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let seen = upstream.seen();
     let sent = seen.last().unwrap();
@@ -1517,15 +1532,27 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.json(), expected, "Google's answer as it is");
 
     let answer = gate
-        .gemini("/v1beta/models/gemini-x:streamGenerateContent?alt=sse", body)
+        .gemini(
+            "/v1beta/models/gemini-x:streamGenerateContent?alt=sse",
+            body,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let sent = upstream.seen().last().unwrap().clone();
-    assert_eq!(sent.path, "/v1beta/models/gemini-x:streamGenerateContent?alt=sse");
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+    );
     assert_eq!(sent.body, body.to_vec());
     let text = answer.text();
-    assert!(text.starts_with("data: {") && text.contains("\r\n\r\n"), "{text}");
-    assert!(text.contains("\"native \"") && text.contains("\"answer\""), "{text}");
+    assert!(
+        text.starts_with("data: {") && text.contains("\r\n\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"native \"") && text.contains("\"answer\""),
+        "{text}"
+    );
 
     let answer = gate
         .gemini("/v1beta/models/gemini-x:streamGenerateContent", body)
@@ -1535,7 +1562,11 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
         upstream.seen().last().unwrap().path,
         "/v1beta/models/gemini-x:streamGenerateContent"
     );
-    assert!(answer.text().contains("\n,\r\n"), "Google's own separators: {}", answer.text());
+    assert!(
+        answer.text().contains("\n,\r\n"),
+        "Google's own separators: {}",
+        answer.text()
+    );
     let elements = answer.json();
     assert_eq!(elements.as_array().map(Vec::len), Some(2), "{elements}");
 
@@ -1548,7 +1579,10 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.json(), json!({"totalTokens": 42}));
     let sent = upstream.seen().last().unwrap().clone();
     assert_eq!(sent.path, "/v1beta/models/gemini-x:countTokens");
-    assert_eq!(sent.body, br#"{"contents":[{"parts":[{"text":"one two"}]}]}"#.to_vec());
+    assert_eq!(
+        sent.body,
+        br#"{"contents":[{"parts":[{"text":"one two"}]}]}"#.to_vec()
+    );
 
     let answer = gate
         .gemini("/v1beta/models/broken:streamGenerateContent", body)
@@ -1561,10 +1595,25 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
 
     // Usage from `usageMetadata` of the answer and of both stream forms: 3 x (11, 4 + 2, 8),
     // and the broken stream's first element (11 input).
-    let metrics = gate.send(gate.request("GET", "/metrics"), Vec::new()).await.text();
-    assert_eq!(metric_line(&metrics, "google", "input"), Some(44), "{metrics}");
-    assert_eq!(metric_line(&metrics, "google", "output"), Some(18), "{metrics}");
-    assert_eq!(metric_line(&metrics, "google", "cached"), Some(24), "{metrics}");
+    let metrics = gate
+        .send(gate.request("GET", "/metrics"), Vec::new())
+        .await
+        .text();
+    assert_eq!(
+        metric_line(&metrics, "google", "input"),
+        Some(44),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_line(&metrics, "google", "output"),
+        Some(18),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_line(&metrics, "google", "cached"),
+        Some(24),
+        "{metrics}"
+    );
 }
 
 /// One plan mixing a native Gemini upstream and a converted one: a failing native upstream
@@ -1590,7 +1639,11 @@ async fn gemini_mixed_failover_and_server_tools<R: Runtime>(rt: R) {
     // Ordered by name: `a-*` first.
     let config = format!(
         "{}{}{}",
-        gemini_upstream_block("a-google", &native, "models = [\"failing\", \"native-first\"]"),
+        gemini_upstream_block(
+            "a-google",
+            &native,
+            "models = [\"failing\", \"native-first\"]"
+        ),
         upstream_block(
             "b-openai",
             "openai",
@@ -1603,7 +1656,9 @@ async fn gemini_mixed_failover_and_server_tools<R: Runtime>(rt: R) {
     let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
 
     // Native first, failing (503): the converted upstream answers, converted back to Gemini.
-    let answer = gate.gemini("/v1beta/models/failing:generateContent", body).await;
+    let answer = gate
+        .gemini("/v1beta/models/failing:generateContent", body)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(
         answer.json()["candidates"][0]["content"]["parts"][0]["text"],
@@ -1614,9 +1669,14 @@ async fn gemini_mixed_failover_and_server_tools<R: Runtime>(rt: R) {
     // Converted first, failing (500): the native upstream gets the client's own bytes.
     chat_fails.store(true, Ordering::SeqCst);
     let before = native.hits();
-    let answer = gate.gemini("/v1beta/models/chat-first:generateContent", body).await;
+    let answer = gate
+        .gemini("/v1beta/models/chat-first:generateContent", body)
+        .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    assert_eq!(answer.json()["candidates"][0]["content"]["parts"][0]["text"], "answer");
+    assert_eq!(
+        answer.json()["candidates"][0]["content"]["parts"][0]["text"],
+        "answer"
+    );
     assert_eq!(native.hits(), before + 1);
     assert_eq!(native.seen().last().unwrap().body, body.to_vec());
     chat_fails.store(false, Ordering::SeqCst);
@@ -1633,20 +1693,36 @@ async fn gemini_mixed_failover_and_server_tools<R: Runtime>(rt: R) {
 
     // No native upstream for the model: 400 in Google's shape naming the tool; nothing sent.
     let answer = gate
-        .gemini("/v1beta/models/chat-only:streamGenerateContent?alt=sse", with_search)
+        .gemini(
+            "/v1beta/models/chat-only:streamGenerateContent?alt=sse",
+            with_search,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
     let error = answer.json();
     assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
     let message = error["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("googleSearch") && message.contains("native Gemini upstream"), "{message}");
+    assert!(
+        message.contains("googleSearch") && message.contains("native Gemini upstream"),
+        "{message}"
+    );
     assert_eq!(chat_hits.load(Ordering::SeqCst), chat_before);
 
     // countTokens without a native upstream: Gate's estimate; with one: Google's.
     let count = br#"{"contents":[{"parts":[{"text":"one two three"}]}]}"#;
-    let answer = gate.gemini("/v1beta/models/chat-only:countTokens", count).await;
-    assert!(answer.json()["totalTokens"].as_u64().is_some_and(|n| n > 0 && n != 42), "{}", answer.text());
-    let answer = gate.gemini("/v1beta/models/chat-first:countTokens", count).await;
+    let answer = gate
+        .gemini("/v1beta/models/chat-only:countTokens", count)
+        .await;
+    assert!(
+        answer.json()["totalTokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n != 42),
+        "{}",
+        answer.text()
+    );
+    let answer = gate
+        .gemini("/v1beta/models/chat-first:countTokens", count)
+        .await;
     assert_eq!(answer.json(), json!({"totalTokens": 42}));
 }
 
@@ -1685,15 +1761,19 @@ async fn stream_usage_and_model_rules_per_upstream<R: Runtime>(rt: R) {
         ),
     );
     let gate = start_gate(&rt, "per-upstream-rules", &config, BreakerConfig::default()).await;
-    let stream = |model: &str| {
-        json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]})
-    };
+    let stream = |model: &str| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
     let answer = gate.post("/v1/chat/completions", stream("local-a")).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
-    assert_eq!(upstream.seen().last().unwrap().json_body()["stream_options"]["include_usage"], true);
+    assert_eq!(
+        upstream.seen().last().unwrap().json_body()["stream_options"]["include_usage"],
+        true
+    );
     let asked = stream("gpt-4o");
     gate.post("/v1/chat/completions", asked.clone()).await;
-    assert_eq!(upstream.seen().last().unwrap().body, asked.to_string().into_bytes());
+    assert_eq!(
+        upstream.seen().last().unwrap().body,
+        asked.to_string().into_bytes()
+    );
 
     // Claude Code's shape on a model only this upstream's rule knows.
     let answer = gate
@@ -1707,7 +1787,10 @@ async fn stream_usage_and_model_rules_per_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let sent = upstream.seen().last().unwrap().json_body();
     assert_eq!(sent["max_completion_tokens"], 1000, "{sent}");
-    assert!(sent.get("max_tokens").is_none() && sent.get("temperature").is_none(), "{sent}");
+    assert!(
+        sent.get("max_tokens").is_none() && sent.get("temperature").is_none(),
+        "{sent}"
+    );
     assert!(sent.get("user").is_none(), "dropped by the rule: {sent}");
 }
 

@@ -159,8 +159,7 @@ impl UpstreamRules<'_> {
         let Some(rule) = self.model.filter(|r| !r.drop.is_empty()) else {
             return Ok(body);
         };
-        let mut value: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&body)?;
+        let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)?;
         for name in &rule.drop {
             value.remove(name);
         }

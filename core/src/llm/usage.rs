@@ -179,7 +179,10 @@ mod tests {
         openai.observe_json(
             br#"{"usage":{"prompt_tokens":100,"completion_tokens":5,"prompt_tokens_details":{"cached_tokens":64}}}"#,
         );
-        assert_eq!((openai.input, openai.cached, openai.cache_write), (100, 64, 0));
+        assert_eq!(
+            (openai.input, openai.cached, openai.cache_write),
+            (100, 64, 0)
+        );
         let mut responses = Usage::default();
         responses.observe_json(
             br#"{"type":"response.completed","response":{"usage":{"input_tokens":10,"output_tokens":2,"input_tokens_details":{"cached_tokens":8}}}}"#,
@@ -221,7 +224,9 @@ mod tests {
             }
         );
         let mut snake = Usage::default();
-        snake.observe_gemini_json(br#"{"usage_metadata":{"prompt_token_count":2,"candidates_token_count":1}}"#);
+        snake.observe_gemini_json(
+            br#"{"usage_metadata":{"prompt_token_count":2,"candidates_token_count":1}}"#,
+        );
         assert_eq!((snake.input, snake.output), (2, 1));
         // OpenAI's key is not Gemini's.
         let mut none = Usage::default();

@@ -17,8 +17,9 @@ use super::attempt::AttemptSlot;
 use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
 use super::gemini::NativeGemini;
 use super::upstream::{
-    build_native_gemini_request, build_upstream_body, build_upstream_request, check_conversion_bound, collect_with_timeout,
-    error_chain, is_event_stream, map_upstream_status, retry_after,
+    build_native_gemini_request, build_upstream_body, build_upstream_request,
+    check_conversion_bound, collect_with_timeout, error_chain, is_event_stream,
+    map_upstream_status, retry_after,
 };
 use super::{Endpoint, Gateway};
 use crate::convert;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use gate_core::config::{DaemonConfig, Secret, ServerLimits};
-use gate_core::llm::model_rules::{find_override, ModelRuleOverride, UpstreamRules};
 use gate_core::llm::endpoint::Translation;
+use gate_core::llm::model_rules::{find_override, ModelRuleOverride, UpstreamRules};
 use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
 
 use crate::auth::JwtSettings;
@@ -81,9 +81,7 @@ impl Snapshot {
                 api_key: up.api_key.clone(),
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
                 max_output_tokens: up.max_output_tokens,
-                stream_usage: up
-                    .stream_usage
-                    .unwrap_or(provider.takes_stream_options()),
+                stream_usage: up.stream_usage.unwrap_or(provider.takes_stream_options()),
                 model_rules: up.model_rules.clone(),
             });
         }

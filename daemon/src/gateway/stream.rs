@@ -279,7 +279,9 @@ impl<R: Runtime> StreamPipe<R> {
         match &mut self.mode {
             Mode::PassThrough(watcher) => {
                 let (usage, protocol) = (&mut self.usage, self.upstream_protocol);
-                watcher.push(&data, |event| usage.observe(protocol, event.data.as_bytes()));
+                watcher.push(&data, |event| {
+                    usage.observe(protocol, event.data.as_bytes())
+                });
                 let data = scrub_chunk(&self.secrets, data);
                 self.push(data);
             }

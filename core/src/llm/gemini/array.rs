@@ -258,7 +258,10 @@ mod tests {
         d.push(b"[{}");
         assert_eq!(d.error_framing().map(|f| f.prefix), Some(","));
         d.push(b"x");
-        assert_eq!(all(&mut d), vec![Ok("{}".to_owned()), Err(ArrayStreamError::Unexpected(b'x'))]);
+        assert_eq!(
+            all(&mut d),
+            vec![Ok("{}".to_owned()), Err(ArrayStreamError::Unexpected(b'x'))]
+        );
         d.push(b"]");
         assert!(!d.is_done());
 

@@ -17,6 +17,7 @@ pub mod request;
 pub mod response;
 pub mod stream;
 
+pub use array::{ArrayStreamError, ErrorFraming, GeminiArrayDecoder};
 pub use request::{
     gemini_request_body_to_openai, gemini_request_to_openai, openai_request_body_to_gemini,
     openai_request_to_gemini,
@@ -25,7 +26,6 @@ pub use response::{
     gemini_response_body_to_openai, gemini_response_to_openai, openai_response_body_to_gemini,
     openai_response_to_gemini,
 };
-pub use array::{ArrayStreamError, ErrorFraming, GeminiArrayDecoder};
 pub use stream::{GeminiToOpenAiStream, OpenAiToGeminiStream};
 
 use serde::{Deserialize, Serialize};
@@ -556,7 +556,10 @@ mod tests {
 
     #[test]
     fn native_calls_and_server_tools() {
-        assert_eq!(NativeCall::StreamSse.suffix(), ":streamGenerateContent?alt=sse");
+        assert_eq!(
+            NativeCall::StreamSse.suffix(),
+            ":streamGenerateContent?alt=sse"
+        );
         assert!(!NativeCall::CountTokens.is_stream());
         assert_eq!(
             server_tool(br#"{"tools":[{"functionDeclarations":[]},{"googleSearch":{}}]}"#)
