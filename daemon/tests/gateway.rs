@@ -6,7 +6,10 @@
 //! Covered: pass-through bytes, failover, rate-limit state per (upstream, model) with
 //! `retry-after` (also across conversion), breakers per (upstream, model), the breaker slot
 //! given back when the client goes away, strategies and weights, `max_response_bytes`,
-//! secret scrubbing, bounded echo of model names, `BEARER`, and `GET /`.
+//! secret scrubbing, bounded echo of model names, `BEARER`, and `GET /`; Gemini clients on
+//! native Gemini upstreams (pass-through, both stream forms, `countTokens`, failover mixing
+//! native and converted candidates, Google server tools), per-upstream `stream_usage` and
+//! `model_rules`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
