@@ -208,7 +208,7 @@ impl<R: Runtime> Gateway<R> {
                 )),
             };
             return self
-                .gemini_dispatch(parts, &native, model, false, started)
+                .gemini_dispatch_native_only(parts, &native, model, false, started)
                 .await;
         }
         let bad = |e: String| Refusal(StatusCode::BAD_REQUEST, e);
@@ -265,6 +265,7 @@ impl<R: Runtime> Gateway<R> {
             native_only: None,
         };
         if let Some(tool) = gemini::server_tool(&native.body) {
+            let tool = bounded_echo(&tool, super::dispatch::MAX_ECHO_CHARS);
             native.native_only = Some(format!(
                 "the Gemini server tool `{tool}` runs on Google's servers: it needs a native \
                  Gemini upstream (provider google), and none serves `{}` now; remove the tool \
@@ -289,11 +290,19 @@ impl<R: Runtime> Gateway<R> {
         };
         match chat {
             Some(chat) => {
-                self.gemini_dispatch_converted(parts, &native, Bytes::from(chat), model, started)
+                self.gemini_dispatch(parts, &native, Bytes::from(chat), model, started)
                     .await
             }
             None => {
-                self.gemini_dispatch(parts, &native, model, stream.is_some(), started)
+                // Routes may change before dispatch (a reload): without a Chat body, only
+                // native upstreams may be tried.
+                native.native_only.get_or_insert_with(|| {
+                    format!(
+                        "no native Gemini upstream serves `{}` now",
+                        bounded_echo(model, super::dispatch::MAX_ECHO_CHARS)
+                    )
+                });
+                self.gemini_dispatch_native_only(parts, &native, model, stream.is_some(), started)
                     .await
             }
         }
@@ -301,7 +310,7 @@ impl<R: Runtime> Gateway<R> {
 
     /// Dispatches a request only native Gemini upstreams get (the Chat body carries only
     /// what routing reads).
-    async fn gemini_dispatch(
+    async fn gemini_dispatch_native_only(
         &self,
         parts: &http::request::Parts,
         native: &NativeGemini,
@@ -313,13 +322,13 @@ impl<R: Runtime> Gateway<R> {
             "model": model, "stream": stream, "messages": []
         }))
         .unwrap_or_default();
-        self.gemini_dispatch_converted(parts, native, Bytes::from(routing), model, started)
+        self.gemini_dispatch(parts, native, Bytes::from(routing), model, started)
             .await
     }
 
     /// Dispatches with both bodies; a native answer goes back as it is, a Chat Completions
     /// one converted.
-    async fn gemini_dispatch_converted(
+    async fn gemini_dispatch(
         &self,
         parts: &http::request::Parts,
         native: &NativeGemini,
