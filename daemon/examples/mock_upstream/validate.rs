@@ -355,7 +355,8 @@ mod tests {
     fn gemini_count_tokens_takes_one_form() {
         let ok = serde_json::json!({"contents": [{"parts": [{"text": "a"}]}]});
         assert!(validate_gemini_count_tokens(&ok).is_ok());
-        let inner = serde_json::json!({"generateContentRequest": {"model": "models/g", "contents": []}});
+        let inner =
+            serde_json::json!({"generateContentRequest": {"model": "models/g", "contents": []}});
         assert!(validate_gemini_count_tokens(&inner).is_ok());
         let both = serde_json::json!({"contents": [], "generateContentRequest": {"contents": []}});
         assert!(validate_gemini_count_tokens(&both).is_err());
