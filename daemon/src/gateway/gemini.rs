@@ -33,6 +33,7 @@ use hyper::body::{Frame, Incoming};
 
 use super::body::{check_json_content_type, read_body_limited, Refusal};
 use super::respond::NativeGeminiAnswer;
+use super::upstream::check_conversion_bound;
 use super::{Endpoint, Gateway};
 use crate::web::{full_body, Body, Peer};
 
@@ -276,14 +277,20 @@ impl<R: Runtime> Gateway<R> {
         // The Chat Completions body: what converted upstreams get and routing reads. Not
         // built when only native upstreams serve the model (their bodies are not parsed).
         let chat = if has_converted && native.native_only.is_none() {
-            match gemini::gemini_request_body_to_openai(&native.body, model, stream.is_some()) {
+            let converted = check_conversion_bound(&native.body)
+                .map_err(|m| Refusal(StatusCode::PAYLOAD_TOO_LARGE, m))
+                .and_then(|()| {
+                    gemini::gemini_request_body_to_openai(&native.body, model, stream.is_some())
+                        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))
+                });
+            match converted {
                 Ok(chat) => Some(chat),
                 // A request the converter refuses may still suit a native upstream.
-                Err(e) if has_native => {
-                    native.native_only = Some(e.to_string());
+                Err(Refusal(_, why)) if has_native => {
+                    native.native_only = Some(why);
                     None
                 }
-                Err(e) => return Err(Refusal(StatusCode::BAD_REQUEST, e.to_string())),
+                Err(refusal) => return Err(refusal),
             }
         } else {
             None

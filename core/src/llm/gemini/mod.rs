@@ -500,15 +500,15 @@ impl NativeCall {
 /// such a request can go to a native Gemini upstream only. Reads `tools` alone (the rest of
 /// the body is skipped); a body that is not a JSON object reads as none.
 pub fn server_tool(body: &[u8]) -> Option<String> {
+    // Only the tool kinds (keys) are kept; their contents are skipped, not built into a tree.
     #[derive(Deserialize)]
     struct Tools {
         #[serde(default)]
-        tools: Option<Vec<serde_json::Map<String, Value>>>,
+        tools: Option<Vec<std::collections::BTreeMap<String, serde::de::IgnoredAny>>>,
     }
     let tools: Tools = serde_json::from_slice(body).ok()?;
     tools.tools?.into_iter().find_map(|tool| {
-        tool.into_iter()
-            .map(|(kind, _)| kind)
+        tool.into_keys()
             .find(|kind| kind != "functionDeclarations" && kind != "function_declarations")
     })
 }
