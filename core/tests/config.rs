@@ -1342,3 +1342,81 @@ fn relay_store_url_is_a_secret_from_file_or_environment() {
         assert!(!e.contains("Pw-0123456789"), "{e}");
     }
 }
+
+#[test]
+fn upstream_model_rules_and_stream_usage() {
+    let ok = r#"[upstreams.mistral]
+provider = "mistral"
+stream_usage = false
+
+[upstreams.local]
+provider = "custom"
+base_url = "http://127.0.0.1:8000/v1"
+stream_usage = true
+
+[upstreams.local.model_rules."qwen3-32b"]
+reasoning = true
+max_output_tokens = 8192
+drop = ["user", "parallel_tool_calls"]
+
+[upstreams.local.model_rules."gpt-4.1"]
+max_output_tokens = 65536
+"#;
+    let loaded = load_daemon(&sources(&[("/n.toml", ok)], "", &[])).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.upstreams["mistral"].stream_usage, Some(false));
+    assert_eq!(c.upstreams["local"].stream_usage, Some(true));
+    let qwen = &c.upstreams["local"].model_rules["qwen3-32b"];
+    assert_eq!(
+        (qwen.reasoning, qwen.max_output_tokens, qwen.drop.clone()),
+        (
+            Some(true),
+            Some(8192),
+            vec!["user".to_owned(), "parallel_tool_calls".to_owned()]
+        )
+    );
+    assert_eq!(
+        c.upstreams["local"].model_rules["gpt-4.1"].max_output_tokens,
+        Some(65536)
+    );
+    // `config show` renders them with their origins.
+    let text = loaded.merged.render_text(true);
+    assert!(
+        text.contains("[upstreams.local.model_rules.qwen3-32b]"),
+        "{text}"
+    );
+    assert!(
+        text.contains("drop = [\"user\", \"parallel_tool_calls\"]  # from nix /n.toml:13:8"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stream_usage = false  # from nix /n.toml:3:16"),
+        "{text}"
+    );
+
+    // A parameter no rule may drop, a field rules do not have, a wrong type: named errors.
+    let bad = |rule: &str| {
+        daemon_err(&sources(
+            &[(
+                "/n.toml",
+                &format!("[upstreams.openai]\n[upstreams.openai.model_rules.\"gpt-5\"]\n{rule}\n"),
+            )],
+            "",
+            &[],
+        ))
+    };
+    let e = bad("drop = [\"messages\"]");
+    assert_eq!(
+        e.key(),
+        Some("upstreams.openai.model_rules.gpt-5.drop"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("a Chat Completions parameter"),
+        "{e}"
+    );
+    let e = bad("reasonin = true");
+    assert!(e.to_string().contains("did you mean `reasoning`"), "{e}");
+    let e = bad("max_output_tokens = 0");
+    assert!(e.to_string().contains("an integer from 1"), "{e}");
+}

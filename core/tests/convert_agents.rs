@@ -8,11 +8,16 @@ use gate_core::llm::convert::{
     openai_request_body_to_anthropic, openai_response_body_to_anthropic, ConvertError,
     OpenAiToAnthropicStream,
 };
+use gate_core::llm::model_rules::UpstreamRules;
 use serde_json::{json, Value};
 
 fn to_openai(body: Value, model: &str) -> Result<Value, ConvertError> {
-    anthropic_request_body_to_openai_for_model(&serde_json::to_vec(&body).unwrap(), model, None)
-        .map(|bytes| serde_json::from_slice(&bytes).unwrap())
+    anthropic_request_body_to_openai_for_model(
+        &serde_json::to_vec(&body).unwrap(),
+        model,
+        UpstreamRules::default(),
+    )
+    .map(|bytes| serde_json::from_slice(&bytes).unwrap())
 }
 
 fn to_anthropic(body: Value) -> Result<Value, ConvertError> {
@@ -350,7 +355,12 @@ fn responses_developer_messages_become_system_and_storage_features_are_refused()
         "tools": [{"type": "custom", "name": "apply_patch"}, {"type": "local_shell"}]
     });
     let out: Value = serde_json::from_slice(
-        &responses_request_body_to_chat(body.to_string().as_bytes(), "llama-3", Some(100)).unwrap(),
+        &responses_request_body_to_chat(
+            body.to_string().as_bytes(),
+            "llama-3",
+            UpstreamRules::capped(Some(100)),
+        )
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -372,8 +382,12 @@ fn responses_developer_messages_become_system_and_storage_features_are_refused()
         json!({"model": "x", "input": [{"type": "item_reference", "id": "msg_1"}]}),
         json!({"model": "x", "input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}),
     ] {
-        let err =
-            responses_request_body_to_chat(refused.to_string().as_bytes(), "m", None).unwrap_err();
+        let err = responses_request_body_to_chat(
+            refused.to_string().as_bytes(),
+            "m",
+            UpstreamRules::default(),
+        )
+        .unwrap_err();
         assert_eq!(
             err.kind(),
             gate_core::llm::errors::ApiErrorKind::InvalidRequest,

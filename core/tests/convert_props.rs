@@ -467,3 +467,92 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Per-upstream model rules (`[upstreams.x.model_rules."<model>"]`).
+
+mod upstream_model_rules {
+    use super::*;
+    use gate_core::llm::convert::anthropic_request_body_to_openai_for_model;
+    use gate_core::llm::model_rules::{
+        find_override, ModelRuleOverride, UpstreamRules, DROPPABLE_PARAMS,
+    };
+    use std::collections::BTreeMap;
+
+    fn rule() -> impl Strategy<Value = ModelRuleOverride> {
+        (
+            proptest::option::of(any::<bool>()),
+            proptest::option::of(1u32..200_000),
+            proptest::sample::subsequence(DROPPABLE_PARAMS.to_vec(), 0..4),
+        )
+            .prop_map(|(reasoning, max_output_tokens, drop)| ModelRuleOverride {
+                reasoning,
+                max_output_tokens,
+                drop: drop.into_iter().map(str::to_owned).collect(),
+            })
+    }
+
+    proptest! {
+        /// Whatever the rule, the request Gate sends obeys it: a reasoning rule gives
+        /// `max_completion_tokens` and no sampling parameters, a non-reasoning one
+        /// `max_tokens`; the limit is within every cap; dropped parameters are absent; the
+        /// messages are kept.
+        #[test]
+        fn converted_requests_obey_the_upstreams_rule(
+            model in prop_oneof![Just("gpt-5-mini"), Just("gpt-4o"), Just("local-model"), Just("o3")],
+            rule in rule(),
+            upstream_cap in proptest::option::of(1u32..200_000),
+            max_tokens in 1u32..300_000,
+            text in "\\PC{1,20}",
+        ) {
+            let body = json!({"model": "client-name", "max_tokens": max_tokens, "temperature": 0.5,
+                "stop_sequences": ["x"], "metadata": {"user_id": "u"},
+                "messages": [{"role": "user", "content": text.clone()}]});
+            let mut rules = BTreeMap::new();
+            rules.insert(model.to_owned(), rule.clone());
+            let upstream = UpstreamRules { max_output_tokens: upstream_cap, model: find_override(&rules, model) };
+            let sent: Value = serde_json::from_slice(
+                &anthropic_request_body_to_openai_for_model(body.to_string().as_bytes(), model, upstream).unwrap(),
+            ).unwrap();
+            let reasoning = rule.reasoning.unwrap_or_else(|| gate_core::llm::model_rules::openai_model_rule(model).reasoning);
+            let (limit_key, other_key) = if reasoning { ("max_completion_tokens", "max_tokens") } else { ("max_tokens", "max_completion_tokens") };
+            prop_assert!(sent.get(other_key).is_none(), "{}", sent);
+            if let Some(limit) = sent.get(limit_key).and_then(Value::as_u64) {
+                prop_assert!(limit <= u64::from(max_tokens));
+                if let Some(cap) = upstream_cap { prop_assert!(limit <= u64::from(cap)); }
+                if let Some(cap) = rule.max_output_tokens { prop_assert!(limit <= u64::from(cap)); }
+            } else {
+                prop_assert!(rule.drop.iter().any(|d| d == limit_key), "{}", sent);
+            }
+            if reasoning {
+                prop_assert!(sent.get("temperature").is_none() && sent.get("stop").is_none());
+            }
+            for dropped in &rule.drop {
+                prop_assert!(sent.get(dropped).is_none(), "{} still in {}", dropped, sent);
+            }
+            prop_assert_eq!(sent["messages"][0]["content"].as_str(), Some(text.as_str()));
+            prop_assert_eq!(sent["model"].as_str(), Some(model));
+        }
+
+        /// The override for a model is its exact key, else the longest key naming its family.
+        #[test]
+        fn overrides_match_like_the_table(
+            keys in proptest::collection::btree_set("[a-c]{1,3}(-[a-c]{1,2})?", 1..6),
+            model in "[a-c]{1,3}(-[a-c]{1,2}){0,2}",
+        ) {
+            let rules: BTreeMap<String, ModelRuleOverride> = keys.iter().enumerate()
+                .map(|(i, k)| (k.clone(), ModelRuleOverride { max_output_tokens: Some(i as u32 + 1), ..Default::default() }))
+                .collect();
+            let expected = if rules.contains_key(&model) {
+                Some(model.clone())
+            } else {
+                keys.iter()
+                    .filter(|k| model.strip_prefix(k.as_str()).is_some_and(|rest| rest.starts_with('-')))
+                    .max_by_key(|k| k.len())
+                    .cloned()
+            };
+            let found = find_override(&rules, &model).map(|r| r.max_output_tokens);
+            prop_assert_eq!(found, expected.map(|k| rules[&k].max_output_tokens));
+        }
+    }
+}

@@ -499,3 +499,58 @@ fn finish_reasons_and_thoughts() {
     ));
     assert!(back.candidates.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// The JSON-array stream decoder.
+
+fn array_element() -> impl Strategy<Value = Value> {
+    (text(), args(), 0u64..1000).prop_map(|(t, a, n)| {
+        json!({"candidates": [{"content": {"role": "model", "parts": [{"text": t}]}}],
+            "args": a, "usageMetadata": {"promptTokenCount": n}})
+    })
+}
+
+fn decode_all(pieces: &[&[u8]]) -> Vec<Result<Vec<u8>, gemini::ArrayStreamError>> {
+    let mut decoder = gemini::GeminiArrayDecoder::new(1 << 20);
+    let mut out = Vec::new();
+    for piece in pieces {
+        decoder.push(piece);
+        out.extend(std::iter::from_fn(|| decoder.next_element()));
+    }
+    out
+}
+
+proptest! {
+    /// Every split of a JSON-array stream gives the elements one-shot decoding gives, each
+    /// the element's own text, whatever whitespace and separators Google puts between them.
+    #[test]
+    fn array_stream_every_split_agrees(
+        elements in prop::collection::vec(array_element(), 0..5),
+        separator in prop_oneof![Just(","), Just("\n,\r\n"), Just(" , ")],
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+    ) {
+        let texts: Vec<String> = elements.iter().map(Value::to_string).collect();
+        let stream = format!("[{}]", texts.join(separator));
+        let bytes = stream.as_bytes();
+        let one_shot = decode_all(&[bytes]);
+        let expected: Vec<_> = texts.iter().map(|t| Ok(t.as_bytes().to_vec())).collect();
+        prop_assert_eq!(&one_shot, &expected);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+        points.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for p in points {
+            pieces.push(&bytes[last..p]);
+            last = p;
+        }
+        pieces.push(&bytes[last..]);
+        prop_assert_eq!(decode_all(&pieces), one_shot);
+    }
+
+    /// Arbitrary bytes in any split: no panic, and the same elements and error as one shot.
+    #[test]
+    fn array_stream_any_bytes(data in prop::collection::vec(any::<u8>(), 0..256), cut in any::<prop::sample::Index>()) {
+        let at = cut.index(data.len() + 1);
+        prop_assert_eq!(decode_all(&[&data[..at], &data[at..]]), decode_all(&[&data]));
+    }
+}

@@ -9,6 +9,7 @@ use gate_core::llm::convert::{
     responses_request_body_to_anthropic, responses_request_body_to_chat, AnthropicToOpenAiStream,
     ChatToResponsesStream, StreamEvent,
 };
+use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::sse::SseParser;
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -270,7 +271,7 @@ proptest! {
             input.push(json!({"type": "function_call_output", "call_id": format!("call_{index}"), "output": output}));
         }
         let body = json!({"model": "x", "instructions": instructions, "input": input}).to_string();
-        let chat: Value = serde_json::from_slice(&responses_request_body_to_chat(body.as_bytes(), "m", None).unwrap()).unwrap();
+        let chat: Value = serde_json::from_slice(&responses_request_body_to_chat(body.as_bytes(), "m", UpstreamRules::default()).unwrap()).unwrap();
         prop_assert_eq!(&chat["messages"][0]["content"], &json!(instructions));
         prop_assert_eq!(&chat["messages"][1]["content"], &json!(user));
         if !calls.is_empty() {
@@ -296,7 +297,7 @@ proptest! {
 
     #[test]
     fn responses_converters_never_panic(data in "\\PC{0,200}", model in "\\PC{0,10}") {
-        let _ = responses_request_body_to_chat(data.as_bytes(), &model, Some(1));
+        let _ = responses_request_body_to_chat(data.as_bytes(), &model, UpstreamRules::capped(Some(1)));
         let _ = responses_request_body_to_anthropic(data.as_bytes(), &model);
         let _ = gate_core::llm::convert::chat_response_body_to_responses(data.as_bytes(), 0);
         let _ = gate_core::llm::convert::anthropic_response_body_to_responses(data.as_bytes(), 0);

@@ -559,6 +559,7 @@ fn validate(
             Some(gemini::Call::Generate(_) | gemini::Call::Stream(_)) => {
                 validate::validate_gemini_request(json)
             }
+            Some(gemini::Call::CountTokens(_)) => validate::validate_gemini_count_tokens(json),
             _ => Ok(()),
         },
     }

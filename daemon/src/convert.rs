@@ -11,6 +11,7 @@ use gate_core::llm::convert::{
 };
 use gate_core::llm::endpoint::Translation;
 use gate_core::llm::gemini::{self, GeminiToOpenAiStream};
+use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::sse;
 
 fn unix_now() -> u64 {
@@ -193,8 +194,9 @@ pub fn request(
     translation: Translation,
     body: &[u8],
     upstream_model: &str,
-    upstream_cap: Option<u32>,
+    rules: UpstreamRules<'_>,
 ) -> Result<Vec<u8>, String> {
+    let upstream_cap = rules.max_output_tokens;
     match translation {
         Translation::PassThrough => rewrite_model(body, upstream_model),
         Translation::ChatToMessages => {
@@ -203,14 +205,12 @@ pub fn request(
             rewrite_model(&converted, upstream_model)
         }
         // The OpenAI side's per-model rules need the upstream's model id.
-        Translation::MessagesToChat => core_convert::anthropic_request_body_to_openai_for_model(
-            body,
-            upstream_model,
-            upstream_cap,
-        )
-        .map_err(|e| e.to_string()),
+        Translation::MessagesToChat => {
+            core_convert::anthropic_request_body_to_openai_for_model(body, upstream_model, rules)
+                .map_err(|e| e.to_string())
+        }
         Translation::ResponsesToChat => {
-            core_convert::responses_request_body_to_chat(body, upstream_model, upstream_cap)
+            core_convert::responses_request_body_to_chat(body, upstream_model, rules)
                 .map_err(|e| e.to_string())
         }
         Translation::ResponsesToMessages => {
@@ -220,15 +220,11 @@ pub fn request(
         // The Gemini request has no model (it is in the path): Chat is the hub.
         Translation::ChatToGemini => to_gemini(Ok(body.to_vec()), upstream_cap),
         Translation::MessagesToGemini => to_gemini(
-            core_convert::anthropic_request_body_to_openai_for_model(
-                body,
-                upstream_model,
-                upstream_cap,
-            ),
+            core_convert::anthropic_request_body_to_openai_for_model(body, upstream_model, rules),
             upstream_cap,
         ),
         Translation::ResponsesToGemini => to_gemini(
-            core_convert::responses_request_body_to_chat(body, upstream_model, upstream_cap),
+            core_convert::responses_request_body_to_chat(body, upstream_model, rules),
             upstream_cap,
         ),
     }

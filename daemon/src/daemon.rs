@@ -335,7 +335,11 @@ fn restore_spend<R: Runtime>(
             restored += 1;
         }
     }
-    for key_id in db.last_used()?.into_keys().filter(|k| k.starts_with("jwt:")) {
+    for key_id in db
+        .last_used()?
+        .into_keys()
+        .filter(|k| k.starts_with("jwt:"))
+    {
         let (_, period) = gateway.key_spend(&key_id);
         let spent = db.spent_in_current_period(&key_id, period, now)?;
         if spent > gate_core::accounting::Usd::ZERO {
@@ -344,7 +348,10 @@ fn restore_spend<R: Runtime>(
         }
     }
     if restored > 0 {
-        tracing::info!(keys = restored, "budgets: spend this period restored from the usage log");
+        tracing::info!(
+            keys = restored,
+            "budgets: spend this period restored from the usage log"
+        );
     }
     Ok(())
 }

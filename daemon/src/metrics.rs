@@ -144,7 +144,7 @@ impl Metrics {
         let tokens = Family::<TokenLabels, Counter>::default();
         registry.register(
             "tokens",
-            "Tokens by upstream, model and kind",
+            "Tokens by upstream, model and kind (input, output, cached, cache_write)",
             tokens.clone(),
         );
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
@@ -274,6 +274,26 @@ impl Metrics {
         KeyModelLabels {
             key: "other".to_owned(),
             model: "other".to_owned(),
+        }
+    }
+
+    /// Adds the token counts of one answer: input and output, and the prompt-cache reads
+    /// and writes (`kind="cached"`, `kind="cache_write"`) when the upstream reported them.
+    pub fn add_usage(&self, upstream: &str, model: &str, usage: &gate_core::llm::usage::Usage) {
+        self.add_tokens(upstream, model, usage.input, usage.output);
+        for (kind, n) in [
+            ("cached", usage.cached_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ] {
+            if n > 0 {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        upstream: upstream.to_owned(),
+                        model: model.to_owned(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(n);
+            }
         }
     }
 

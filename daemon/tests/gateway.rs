@@ -6,7 +6,10 @@
 //! Covered: pass-through bytes, failover, rate-limit state per (upstream, model) with
 //! `retry-after` (also across conversion), breakers per (upstream, model), the breaker slot
 //! given back when the client goes away, strategies and weights, `max_response_bytes`,
-//! secret scrubbing, bounded echo of model names, `BEARER`, and `GET /`.
+//! secret scrubbing, bounded echo of model names, `BEARER`, and `GET /`; Gemini clients on
+//! native Gemini upstreams (pass-through, both stream forms, `countTokens`, failover mixing
+//! native and converted candidates, Google server tools), per-upstream `stream_usage` and
+//! `model_rules`.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
@@ -48,6 +51,9 @@ impl Seen {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+    fn json_body(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
     fn model(&self) -> String {
         serde_json::from_slice::<Value>(&self.body)
@@ -1381,6 +1387,416 @@ async fn usage_on_pass_through_streams<R: Runtime>(rt: R) {
     assert!(output_tokens.ends_with(" 14"), "{output_tokens}");
 }
 
+// ---------------------------------------------------------------------------------------
+// Gemini clients on native Gemini upstreams (pass-through) and on converted ones.
+
+impl<R: Runtime> Gate<R> {
+    /// `POST path` as a Gemini client sends it: the Gate key in `x-goog-api-key`, the body as
+    /// given (bytes, so a test can compare what the upstream received).
+    async fn gemini(&self, path: &str, body: &[u8]) -> Answer {
+        let builder = self
+            .request("POST", path)
+            .header("x-goog-api-key", &self.token)
+            .header("content-type", "application/json");
+        self.send(builder, body.to_vec()).await
+    }
+}
+
+fn gemini_chunk(text: &str, finish: bool, usage: Value) -> Value {
+    let mut candidate =
+        json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+    if finish {
+        candidate["finishReason"] = json!("STOP");
+    }
+    json!({"candidates": [candidate], "usageMetadata": usage, "modelVersion": "gemini-x"})
+}
+
+/// A native Gemini upstream (`/v1beta/models/{m}:{method}`) answering each call as Google
+/// does; a model named `broken` breaks its JSON-array stream after the first element.
+fn native_gemini_upstream() -> Upstream {
+    Upstream::start(|seen| {
+        let path = seen.path.as_str();
+        if seen.header("x-goog-api-key") != Some(UPSTREAM_KEY) {
+            return Reply::json(
+                403,
+                json!({"error": {"code": 403, "message": "API key not valid", "status": "PERMISSION_DENIED"}}),
+            );
+        }
+        let first = gemini_chunk(
+            "native ",
+            false,
+            json!({"promptTokenCount": 11, "totalTokenCount": 11}),
+        );
+        let last = gemini_chunk(
+            "answer",
+            true,
+            json!({"promptTokenCount": 11, "candidatesTokenCount": 4, "thoughtsTokenCount": 2,
+                   "cachedContentTokenCount": 8, "totalTokenCount": 17}),
+        );
+        if path.ends_with(":countTokens") {
+            return Reply::json(200, json!({"totalTokens": 42}));
+        }
+        if path.ends_with(":streamGenerateContent?alt=sse") {
+            let body = format!("data: {first}\r\n\r\ndata: {last}\r\n\r\n");
+            return Reply {
+                status: 200,
+                headers: vec![("content-type", "text/event-stream".into())],
+                body: body.into_bytes(),
+                hang: false,
+                truncate: false,
+            };
+        }
+        if path.ends_with(":streamGenerateContent") {
+            let broken = path.contains("/models/broken:");
+            let body = if broken {
+                format!("[{first}")
+            } else {
+                format!("[{first}\n,\r\n{last}]")
+            };
+            return Reply {
+                status: 200,
+                headers: vec![("content-type", "application/json; charset=UTF-8".into())],
+                body: body.into_bytes(),
+                hang: false,
+                truncate: broken,
+            };
+        }
+        if path.ends_with(":generateContent") {
+            if path.contains("/models/failing:") {
+                return Reply::json(
+                    503,
+                    json!({"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}),
+                );
+            }
+            return Reply::json(200, last);
+        }
+        Reply::json(
+            404,
+            json!({"error": {"code": 404, "message": "no such method", "status": "NOT_FOUND"}}),
+        )
+    })
+}
+
+fn gemini_upstream_block(name: &str, upstream: &Upstream, extra: &str) -> String {
+    upstream_block(
+        name,
+        "google",
+        &format!("http://{}/v1beta", upstream.addr),
+        extra,
+    )
+}
+
+/// The sum of the `tokens` counters of `upstream` and `kind` over every model.
+fn metric_line(metrics: &str, upstream: &str, kind: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| {
+            !l.starts_with('#')
+                && l.contains("tokens")
+                && l.contains(&format!("upstream=\"{upstream}\""))
+                && l.contains(&format!("kind=\"{kind}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .reduce(|a, b| a + b)
+}
+
+/// A Gemini client on a native Gemini upstream: its bytes go through untouched (only the
+/// model in the path, after an alias, and the key header are Gate's), and the answer comes
+/// back untouched in all three forms (JSON, SSE, the JSON-array stream); `countTokens` is
+/// Google's; usage is read from `usageMetadata` (cached tokens included); a JSON-array stream
+/// that breaks still ends as one array, with an error element.
+async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
+    let upstream = native_gemini_upstream();
+    let config = gemini_upstream_block(
+        "google",
+        &upstream,
+        "models = [\"gemini-x\", \"broken\"]\n[upstreams.google.aliases]\nfast = \"gemini-x\"",
+    );
+    let gate = start_gate(&rt, "gemini-native", &config, BreakerConfig::default()).await;
+    // Fields the Chat Completions hub cannot carry: they reach Google only by pass-through.
+    let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}],"generationConfig":{"topK":3,"thinkingConfig":{"thinkingBudget":512}},"safetySettings":[{"category":"HARM_CATEGORY_HARASSMENT","threshold":"BLOCK_NONE"}]}"#;
+
+    let answer = gate
+        .gemini("/v1beta/models/fast:generateContent", body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let seen = upstream.seen();
+    let sent = seen.last().unwrap();
+    assert_eq!(sent.path, "/v1beta/models/gemini-x:generateContent");
+    assert_eq!(sent.body, body.to_vec(), "the client's bytes, untouched");
+    assert_eq!(sent.header("x-goog-api-key"), Some(UPSTREAM_KEY));
+    assert!(sent.header("authorization").is_none());
+    let expected = gemini_chunk(
+        "answer",
+        true,
+        json!({"promptTokenCount": 11, "candidatesTokenCount": 4, "thoughtsTokenCount": 2,
+               "cachedContentTokenCount": 8, "totalTokenCount": 17}),
+    );
+    assert_eq!(answer.json(), expected, "Google's answer as it is");
+
+    let answer = gate
+        .gemini(
+            "/v1beta/models/gemini-x:streamGenerateContent?alt=sse",
+            body,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let sent = upstream.seen().last().unwrap().clone();
+    assert_eq!(
+        sent.path,
+        "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
+    );
+    assert_eq!(sent.body, body.to_vec());
+    let text = answer.text();
+    assert!(
+        text.starts_with("data: {") && text.contains("\r\n\r\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("\"native \"") && text.contains("\"answer\""),
+        "{text}"
+    );
+
+    let answer = gate
+        .gemini("/v1beta/models/gemini-x:streamGenerateContent", body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        upstream.seen().last().unwrap().path,
+        "/v1beta/models/gemini-x:streamGenerateContent"
+    );
+    assert!(
+        answer.text().contains("\n,\r\n"),
+        "Google's own separators: {}",
+        answer.text()
+    );
+    let elements = answer.json();
+    assert_eq!(elements.as_array().map(Vec::len), Some(2), "{elements}");
+
+    let answer = gate
+        .gemini(
+            "/v1beta/models/fast:countTokens",
+            br#"{"contents":[{"parts":[{"text":"one two"}]}]}"#,
+        )
+        .await;
+    assert_eq!(answer.json(), json!({"totalTokens": 42}));
+    let sent = upstream.seen().last().unwrap().clone();
+    assert_eq!(sent.path, "/v1beta/models/gemini-x:countTokens");
+    assert_eq!(
+        sent.body,
+        br#"{"contents":[{"parts":[{"text":"one two"}]}]}"#.to_vec()
+    );
+
+    let answer = gate
+        .gemini("/v1beta/models/broken:streamGenerateContent", body)
+        .await;
+    let elements: Value = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("not one JSON array ({e}): {}", answer.text()));
+    let elements = elements.as_array().cloned().unwrap_or_default();
+    assert_eq!(elements.len(), 2, "{}", answer.text());
+    assert_eq!(elements[1]["error"]["code"], 502, "{}", answer.text());
+
+    // Usage from `usageMetadata` of the answer and of both stream forms: 3 x (11, 4 + 2, 8),
+    // and the broken stream's first element (11 input).
+    let metrics = gate
+        .send(gate.request("GET", "/metrics"), Vec::new())
+        .await
+        .text();
+    assert_eq!(
+        metric_line(&metrics, "google", "input"),
+        Some(44),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_line(&metrics, "google", "output"),
+        Some(18),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_line(&metrics, "google", "cached"),
+        Some(24),
+        "{metrics}"
+    );
+}
+
+/// One plan mixing a native Gemini upstream and a converted one: a failing native upstream
+/// fails over to the converted one (which gets the Chat Completions conversion and whose
+/// answer is converted back), and a failing converted one to the native one (which gets the
+/// client's bytes). A Google server tool goes only to the native upstream, and without one
+/// is a 400 in Google's shape naming the tool.
+async fn gemini_mixed_failover_and_server_tools<R: Runtime>(rt: R) {
+    let native = native_gemini_upstream();
+    let chat_hits = Arc::new(AtomicUsize::new(0));
+    let chat_fails = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (hits, fails) = (chat_hits.clone(), chat_fails.clone());
+    let converted = Upstream::start(move |seen| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        if fails.load(Ordering::SeqCst) {
+            return Reply::json(500, json!({"error": {"message": "down"}}));
+        }
+        if let Err(e) = strict_openai_chat_check(&seen.json_body()) {
+            return refusal(e);
+        }
+        Reply::chat("converted answer")
+    });
+    // Ordered by name: `a-*` first.
+    let config = format!(
+        "{}{}{}",
+        gemini_upstream_block(
+            "a-google",
+            &native,
+            "models = [\"failing\", \"native-first\"]"
+        ),
+        upstream_block(
+            "b-openai",
+            "openai",
+            &converted.base_url(),
+            "models = [\"failing\", \"native-first\", \"chat-first\", \"chat-only\"]"
+        ),
+        gemini_upstream_block("c-google", &native, "models = [\"chat-first\"]"),
+    );
+    let gate = start_gate(&rt, "gemini-mixed", &config, BreakerConfig::default()).await;
+    let body = br#"{"contents":[{"role":"user","parts":[{"text":"hi"}]}]}"#;
+
+    // Native first, failing (503): the converted upstream answers, converted back to Gemini.
+    let answer = gate
+        .gemini("/v1beta/models/failing:generateContent", body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.json()["candidates"][0]["content"]["parts"][0]["text"],
+        "converted answer"
+    );
+    assert_eq!(chat_hits.load(Ordering::SeqCst), 1);
+
+    // Converted first, failing (500): the native upstream gets the client's own bytes.
+    chat_fails.store(true, Ordering::SeqCst);
+    let before = native.hits();
+    let answer = gate
+        .gemini("/v1beta/models/chat-first:generateContent", body)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        answer.json()["candidates"][0]["content"]["parts"][0]["text"],
+        "answer"
+    );
+    assert_eq!(native.hits(), before + 1);
+    assert_eq!(native.seen().last().unwrap().body, body.to_vec());
+    chat_fails.store(false, Ordering::SeqCst);
+
+    // A server tool: the converted upstream (first in order) is skipped.
+    let with_search = br#"{"contents":[{"role":"user","parts":[{"text":"news?"}]}],"tools":[{"googleSearch":{}}]}"#;
+    let chat_before = chat_hits.load(Ordering::SeqCst);
+    let answer = gate
+        .gemini("/v1beta/models/chat-first:generateContent", with_search)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(native.seen().last().unwrap().body, with_search.to_vec());
+    assert_eq!(chat_hits.load(Ordering::SeqCst), chat_before);
+
+    // No native upstream for the model: 400 in Google's shape naming the tool; nothing sent.
+    let answer = gate
+        .gemini(
+            "/v1beta/models/chat-only:streamGenerateContent?alt=sse",
+            with_search,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text());
+    let error = answer.json();
+    assert_eq!(error["error"]["status"], "INVALID_ARGUMENT", "{error}");
+    let message = error["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("googleSearch") && message.contains("native Gemini upstream"),
+        "{message}"
+    );
+    assert_eq!(chat_hits.load(Ordering::SeqCst), chat_before);
+
+    // countTokens without a native upstream: Gate's estimate; with one: Google's.
+    let count = br#"{"contents":[{"parts":[{"text":"one two three"}]}]}"#;
+    let answer = gate
+        .gemini("/v1beta/models/chat-only:countTokens", count)
+        .await;
+    assert!(
+        answer.json()["totalTokens"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n != 42),
+        "{}",
+        answer.text()
+    );
+    let answer = gate
+        .gemini("/v1beta/models/chat-first:countTokens", count)
+        .await;
+    assert_eq!(answer.json(), json!({"totalTokens": 42}));
+}
+
+/// `stream_usage` per upstream (a custom server told it takes `stream_options`; an OpenAI
+/// upstream told it does not), and `model_rules` per upstream (a model the built-in table
+/// does not know made a reasoning model with a cap, a parameter dropped).
+async fn stream_usage_and_model_rules_per_upstream<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(|seen| {
+        let body = seen.json_body();
+        if body["stream"] == true {
+            let mut reply = sse(&[(
+                "",
+                json!({"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                       "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}),
+            )]);
+            reply.body.extend_from_slice(b"data: [DONE]\n\n");
+            return reply;
+        }
+        Reply::chat("ok")
+    });
+    let config = format!(
+        "{}{}",
+        upstream_block(
+            "custom-on",
+            "custom",
+            &upstream.base_url(),
+            "models = [\"local-a\", \"my-reasoner-7b\"]\nstream_usage = true\n\
+             [upstreams.custom-on.model_rules.my-reasoner]\nreasoning = true\n\
+             max_output_tokens = 1000\ndrop = [\"user\"]"
+        ),
+        upstream_block(
+            "openai-off",
+            "openai",
+            &upstream.base_url(),
+            "models = [\"gpt-4o\"]\nstream_usage = false"
+        ),
+    );
+    let gate = start_gate(&rt, "per-upstream-rules", &config, BreakerConfig::default()).await;
+    let stream = |model: &str| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let answer = gate.post("/v1/chat/completions", stream("local-a")).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(
+        upstream.seen().last().unwrap().json_body()["stream_options"]["include_usage"],
+        true
+    );
+    let asked = stream("gpt-4o");
+    gate.post("/v1/chat/completions", asked.clone()).await;
+    assert_eq!(
+        upstream.seen().last().unwrap().body,
+        asked.to_string().into_bytes()
+    );
+
+    // Claude Code's shape on a model only this upstream's rule knows.
+    let answer = gate
+        .post(
+            "/v1/messages",
+            json!({"model": "my-reasoner-7b", "max_tokens": 32000, "temperature": 0.5,
+                   "metadata": {"user_id": "u1"},
+                   "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let sent = upstream.seen().last().unwrap().json_body();
+    assert_eq!(sent["max_completion_tokens"], 1000, "{sent}");
+    assert!(
+        sent.get("max_tokens").is_none() && sent.get("temperature").is_none(),
+        "{sent}"
+    );
+    assert!(sent.get("user").is_none(), "dropped by the rule: {sent}");
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -1411,4 +1827,7 @@ both_runtimes!(
     responses_on_an_anthropic_upstream,
     claude_code_shape_on_an_openai_upstream,
     usage_on_pass_through_streams,
+    gemini_pass_through_on_a_native_upstream,
+    gemini_mixed_failover_and_server_tools,
+    stream_usage_and_model_rules_per_upstream,
 );

@@ -7,6 +7,7 @@
 //! may panic; every emitted event is JSON whose `type` is its SSE name and whose
 //! `sequence_number` counts from 0; a stream ends with at most one terminal event.
 #![no_main]
+use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::convert::{
     anthropic_response_body_to_responses, chat_response_body_to_responses,
     responses_request_body_to_anthropic, responses_request_body_to_chat, AnthropicToOpenAiStream,
@@ -32,7 +33,7 @@ fn check(events: &[StreamEvent]) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let _ = responses_request_body_to_chat(data, "gpt-5", Some(4096));
+    let _ = responses_request_body_to_chat(data, "gpt-5", UpstreamRules::capped(Some(4096)));
     let _ = responses_request_body_to_anthropic(data, "claude");
     let _ = chat_response_body_to_responses(data, 0);
     let _ = anthropic_response_body_to_responses(data, 0);

@@ -82,12 +82,3 @@ def workspace(tmp_path: Path) -> Workspace:
     home = tmp_path / "home"
     home.mkdir()
     return Workspace(root=root, home=home, canary=canary)
-# appended to conftest at runtime for debugging: dumps mock requests after each test
-import json, pytest
-@pytest.fixture(autouse=True)
-def dump_requests(mock, request):
-    yield
-    with open(f"/tmp/gem-explore/{request.node.name}.txt", "w") as f:
-        for r in mock.requests():
-            f.write(f"=== {r.method} {r.path} {r.query} {[h for h in r.headers if h[0].lower() not in ('authorization','x-api-key','x-goog-api-key')]}\n")
-            f.write(r.body.decode(errors='replace') + "\n")

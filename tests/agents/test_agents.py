@@ -6,8 +6,9 @@ tool's output with text that echoes it (`mock reply: ...`). A test passes when t
 its final answer holds the canary (so the tool really ran and its output made the round trip),
 and the upstream saw only its own protocol with gate's upstream key.
 
-The one route not built yet (the google provider speaking Gemini natively) is marked xfail
-(strict=False) with the reason.
+Gemini CLI on a native Gemini upstream (the google provider) is passed through: the upstream
+sees the CLI's own request, fields the Chat Completions hub cannot carry (topK, thinkingConfig)
+included.
 """
 
 from __future__ import annotations
@@ -160,6 +161,9 @@ def test_gemini_cli_native_gemini_upstream(mock, gate_factory, workspace):
     assert_tool_round_trip(run, mock, workspace, "/v1beta/models/")
     for record in mock.requests():
         assert record.header("x-goog-api-key") == GEMINI_UPSTREAM_KEY
+        # Passed through: what only the Gemini API says reaches the upstream as the CLI sent it.
+        config = record.json().get("generationConfig", {})
+        assert "topK" in config and "thinkingConfig" in config, config
 
 
 def test_gemini_cli_openai_upstream(mock, gate_factory, workspace):

@@ -312,3 +312,52 @@ def test_responses_sdk_on_native_upstream(native_gate, client_token, mock):
     response = client.responses.create(model=NATIVE_MODEL, input="hello responses", store=False)
     assert response.output_text == "mock reply: hello responses"
     assert_native_upstream(mock, 1, False)
+
+
+def test_gemini_client_passes_through_to_native_upstream(native_gate, client_token, mock):
+    """What the Chat Completions hub cannot carry (topK, safety settings, a thinking budget,
+    a Google server tool) reaches a native upstream as the SDK sent it; countTokens is
+    Google's own count, not Gate's estimate."""
+    client = genai.Client(api_key=client_token, http_options=types.HttpOptions(base_url=native_gate.url, api_version="v1beta"))
+    config = types.GenerateContentConfig(
+        top_k=3,
+        safety_settings=[types.SafetySetting(category=types.HarmCategory.HARM_CATEGORY_HARASSMENT,
+                                             threshold=types.HarmBlockThreshold.BLOCK_NONE)],
+        thinking_config=types.ThinkingConfig(thinking_budget=256),
+        tools=[types.Tool(google_search=types.GoogleSearch())],
+    )
+    response = client.models.generate_content(model=NATIVE_MODEL, contents="keep my fields", config=config)
+    assert response.text == "mock reply: keep my fields"
+    chunks = list(client.models.generate_content_stream(model=NATIVE_MODEL, contents="keep my fields", config=config))
+    assert "".join(c.text or "" for c in chunks) == "mock reply: keep my fields"
+    generate, stream = mock.requests()
+    assert generate.path == f"/v1beta/models/{NATIVE_MODEL}:generateContent"
+    assert stream.path == f"/v1beta/models/{NATIVE_MODEL}:streamGenerateContent"
+    for record in (generate, stream):
+        sent = record.json()
+        assert sent["generationConfig"]["topK"] == 3
+        thinking = sent["generationConfig"]["thinkingConfig"]  # Google takes both spellings
+        assert thinking.get("thinkingBudget", thinking.get("thinking_budget")) == 256
+        assert sent["safetySettings"] == [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]
+        assert sent["tools"] == [{"googleSearch": {}}]
+        assert record.header("x-goog-api-key") == OPENAI_UPSTREAM_KEY
+    assert chunks[-1].usage_metadata.candidates_token_count > 0
+
+    counted = client.models.count_tokens(model=NATIVE_MODEL, contents="one two three four five")
+    record = mock.requests()[-1]
+    assert record.path == f"/v1beta/models/{NATIVE_MODEL}:countTokens"
+    # The upstream's own count: what it answers when asked directly.
+    direct = httpx.post(f"{mock.url}{record.path}", content=record.body,
+                        headers={"x-goog-api-key": OPENAI_UPSTREAM_KEY, "content-type": "application/json"})
+    assert counted.total_tokens == direct.json()["totalTokens"]
+    assert OPENAI_UPSTREAM_KEY not in native_gate.log()
+
+
+def test_google_server_tool_needs_a_native_upstream(gemini_client, mock):
+    """A Google server tool toward a converted upstream: a 400 in Google's shape naming it."""
+    config = types.GenerateContentConfig(tools=[types.Tool(code_execution=types.ToolCodeExecution())])
+    with pytest.raises(genai_errors.ClientError) as raised:
+        gemini_client.models.generate_content(model=OPENAI_CHAT_MODEL, contents="run code", config=config)
+    assert raised.value.code == 400
+    assert "codeExecution" in raised.value.message
+    assert mock.requests() == []

@@ -72,6 +72,11 @@ pub struct UpstreamConfig {
     /// Model -> price at this upstream, over the built-in table
     /// (`[upstreams.<name>.prices."<model>"]`).
     pub prices: BTreeMap<String, crate::accounting::Price>,
+    /// Whether Gate may add `stream_options.include_usage` to pass-through chat streams
+    /// (`None`: the provider's default).
+    pub stream_usage: Option<bool>,
+    /// Per-model rules overriding the built-in table's row (`model_rules."<model>"`).
+    pub model_rules: BTreeMap<String, crate::llm::model_rules::ModelRuleOverride>,
 }
 
 /// `[relay]` of the daemon.
@@ -412,6 +417,37 @@ pub(crate) fn check_tree(tree: &Table) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `model_rules` of one upstream entry (types were checked against the schema on load).
+fn model_rules(entry: &Table) -> BTreeMap<String, crate::llm::model_rules::ModelRuleOverride> {
+    let mut out = BTreeMap::new();
+    let Some(Node::Table(rules)) = entry.get("model_rules") else {
+        return out;
+    };
+    for (model, node) in rules {
+        let Node::Table(fields) = node else { continue };
+        let leaf = |name: &str| match fields.get(name) {
+            Some(Node::Leaf(Leaf { value, .. })) => Some(value),
+            _ => None,
+        };
+        let rule = crate::llm::model_rules::ModelRuleOverride {
+            reasoning: match leaf("reasoning") {
+                Some(Value::Bool(b)) => Some(*b),
+                _ => None,
+            },
+            max_output_tokens: match leaf("max_output_tokens") {
+                Some(Value::Integer(n)) => u32::try_from(*n).ok(),
+                _ => None,
+            },
+            drop: match leaf("drop") {
+                Some(Value::List(items)) => items.clone(),
+                _ => Vec::new(),
+            },
+        };
+        out.insert(model.clone(), rule);
+    }
+    out
+}
+
 impl DaemonConfig {
     /// Build the typed configuration from a merged, default-filled tree.
     pub(crate) fn from_tree(tree: &Table) -> Result<DaemonConfig, ConfigError> {
@@ -466,6 +502,8 @@ impl DaemonConfig {
                     responses: r.opt_bool(&key("responses"))?,
                     max_output_tokens: r.opt_int(&key("max_output_tokens"))?,
                     prices: upstream_prices(entry),
+                    stream_usage: r.opt_bool(&key("stream_usage"))?,
+                    model_rules: model_rules(entry),
                 },
             );
         }

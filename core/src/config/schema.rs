@@ -156,6 +156,9 @@ pub enum StrCheck {
     /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
     /// a password).
     PostgresUrl,
+    /// A Chat Completions parameter an upstream's model rule may drop
+    /// ([`crate::llm::model_rules::DROPPABLE_PARAMS`]).
+    ChatParam,
 }
 
 /// Provider names an upstream may use.
@@ -213,6 +216,11 @@ impl StrCheck {
             StrCheck::PostgresUrl => {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/database"
             }
+            StrCheck::ChatParam => {
+                "a Chat Completions parameter: max_tokens, max_completion_tokens, temperature, \
+                 top_p, stop, stream_options, n, user, reasoning_effort, tools, tool_choice or \
+                 parallel_tool_calls"
+            }
         }
     }
 
@@ -247,6 +255,7 @@ impl StrCheck {
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
             StrCheck::TokenName => crate::tunnel::is_token_name(s),
+            StrCheck::ChatParam => crate::llm::model_rules::DROPPABLE_PARAMS.contains(&s),
         }
     }
 }
@@ -638,7 +647,7 @@ static PRICE_FIELDS: [Field; 4] = [
 ];
 static PRICE: Kind = Kind::Table(&PRICE_FIELDS);
 
-static UPSTREAM_FIELDS: [Field; 10] = [
+static UPSTREAM_FIELDS: [Field; 12] = [
     field("provider", Kind::String(StrCheck::Provider), None),
     field("base_url", Kind::String(StrCheck::Url), None),
     field("api_key", Kind::String(StrCheck::NonEmpty), None),
@@ -675,8 +684,33 @@ static UPSTREAM_FIELDS: [Field; 10] = [
         },
         None,
     ),
+    // Issue 12: whether Gate may add `stream_options.include_usage` to pass-through chat
+    // streams (unset: the provider's default, on for openai, groq and openrouter).
+    field("stream_usage", Kind::Bool, None),
+    // Issue 12: per-model rules of this upstream, overriding the built-in table's row.
+    field(
+        "model_rules",
+        Kind::Map {
+            key: StrCheck::ModelName,
+            entry: &MODEL_RULE,
+        },
+        None,
+    ),
 ];
 static MODEL_NAME: Kind = Kind::String(StrCheck::ModelName);
+static MODEL_RULE_FIELDS: [Field; 3] = [
+    field("reasoning", Kind::Bool, None),
+    field(
+        "max_output_tokens",
+        Kind::Integer {
+            min: 1,
+            max: 100_000_000,
+        },
+        None,
+    ),
+    field("drop", Kind::List(StrCheck::ChatParam), None),
+];
+static MODEL_RULE: Kind = Kind::Table(&MODEL_RULE_FIELDS);
 static UPSTREAM: Kind = Kind::Table(&UPSTREAM_FIELDS);
 
 /// `relay.transport` values: QUIC with a fallback to TLS over TCP, QUIC only, TCP only.

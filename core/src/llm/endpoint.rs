@@ -135,6 +135,18 @@ impl Endpoint {
 /// model is percent-encoded but for RFC 3986's unreserved characters, so no model name can
 /// reach another path or add a query.
 pub fn gemini_upstream_path(model: &str, stream: bool) -> String {
+    gemini_native_path(
+        model,
+        if stream {
+            crate::llm::gemini::NativeCall::StreamSse
+        } else {
+            crate::llm::gemini::NativeCall::Generate
+        },
+    )
+}
+
+/// [`gemini_upstream_path`] for any call a Gemini client makes (its body passed through).
+pub fn gemini_native_path(model: &str, call: crate::llm::gemini::NativeCall) -> String {
     let mut out = String::with_capacity(model.len() + 48);
     out.push_str("/models/");
     for byte in model.bytes() {
@@ -144,11 +156,7 @@ pub fn gemini_upstream_path(model: &str, stream: bool) -> String {
             out.push_str(&format!("%{byte:02X}"));
         }
     }
-    out.push_str(if stream {
-        ":streamGenerateContent?alt=sse"
-    } else {
-        ":generateContent"
-    });
+    out.push_str(call.suffix());
     out
 }
 

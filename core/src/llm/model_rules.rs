@@ -5,7 +5,9 @@
 //! Owns: the [`OPENAI_MODEL_RULES`] table (prefix of the model id -> [`ModelRule`]; the
 //! longest matching prefix wins; a `vendor/` prefix, as OpenRouter writes ids, is ignored)
 //! and [`apply_openai_model_rules`], which rewrites a converted Chat Completions request to
-//! what that model accepts. To support a new family, add a row.
+//! what that model accepts. To support a new family, add a row. An upstream may override a
+//! row for its own models ([`ModelRuleOverride`], `[upstreams.x.model_rules."model"]`:
+//! `reasoning`, `max_output_tokens`, `drop`), matched the same way as the table.
 //! Must not: touch pass-through bodies (a client that speaks the upstream's protocol gets
 //! its bytes forwarded; these rules are for requests Gate builds), do I/O.
 
@@ -69,18 +71,100 @@ pub const OPENAI_MODEL_RULES: &[ModelRule] = &[
 /// The rule of models the table does not know.
 pub const DEFAULT_RULE: ModelRule = rule("", false, NO_EFFORT, None);
 
+/// Whether `prefix` names `model`'s family: `model` (without a `vendor/` prefix) is
+/// `prefix` or starts with it followed by `-` or `.` (`o3` matches `o3-mini`, not `o30`).
+fn prefix_matches(prefix: &str, model: &str) -> bool {
+    let id = model.rsplit('/').next().unwrap_or(model);
+    id.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-') || rest.starts_with('.'))
+}
+
 /// The rule for `model` (longest matching prefix, [`DEFAULT_RULE`] when none matches).
 pub fn openai_model_rule(model: &str) -> &'static ModelRule {
-    let id = model.rsplit('/').next().unwrap_or(model);
     OPENAI_MODEL_RULES
         .iter()
-        .filter(|rule| {
-            id.strip_prefix(rule.prefix).is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('-') || rest.starts_with('.')
-            })
-        })
+        .filter(|rule| prefix_matches(rule.prefix, model))
         .max_by_key(|rule| rule.prefix.len())
         .unwrap_or(&DEFAULT_RULE)
+}
+
+/// One upstream's own rule for a model family (`[upstreams.x.model_rules."<model>"]`): each
+/// set field replaces the table row's; `drop` lists request parameters removed from what
+/// Gate sends (after the table's rules).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelRuleOverride {
+    /// Whether the family reasons (`max_completion_tokens`, no `temperature`/`top_p`/`stop`).
+    pub reasoning: Option<bool>,
+    /// Its output cap.
+    pub max_output_tokens: Option<u32>,
+    /// Chat Completions parameters it refuses ([`DROPPABLE_PARAMS`]).
+    pub drop: Vec<String>,
+}
+
+/// The Chat Completions parameters an upstream's rule may drop: every top-level field a
+/// converted request can carry but `model`, `messages` and `stream`.
+pub const DROPPABLE_PARAMS: &[&str] = &[
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "stream_options",
+    "n",
+    "user",
+    "reasoning_effort",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+];
+
+/// The override in `rules` (keyed by model name) for `model`: the same matching as the
+/// table (a `vendor/` prefix ignored, the longest key that is `model` or its family prefix).
+pub fn find_override<'a>(
+    rules: &'a std::collections::BTreeMap<String, ModelRuleOverride>,
+    model: &str,
+) -> Option<&'a ModelRuleOverride> {
+    if let Some(exact) = rules.get(model) {
+        return Some(exact);
+    }
+    rules
+        .iter()
+        .filter(|(prefix, _)| prefix_matches(prefix, model))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, rule)| rule)
+}
+
+/// What an upstream adds to the table for one converted request: its output cap
+/// (`[upstreams.x] max_output_tokens`) and its own rule for the model, if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamRules<'a> {
+    /// Caps every converted request's output, on top of the model's cap.
+    pub max_output_tokens: Option<u32>,
+    /// The upstream's rule for this model ([`find_override`]).
+    pub model: Option<&'a ModelRuleOverride>,
+}
+
+impl UpstreamRules<'_> {
+    /// Only an output cap.
+    pub fn capped(max_output_tokens: Option<u32>) -> UpstreamRules<'static> {
+        UpstreamRules {
+            max_output_tokens,
+            model: None,
+        }
+    }
+
+    /// A serialized converted request without the parameters the upstream's rule drops
+    /// (the bytes unchanged when it drops none).
+    pub fn drop_params(&self, body: Vec<u8>) -> Result<Vec<u8>, serde_json::Error> {
+        let Some(rule) = self.model.filter(|r| !r.drop.is_empty()) else {
+            return Ok(body);
+        };
+        let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&body)?;
+        for name in &rule.drop {
+            value.remove(name);
+        }
+        serde_json::to_vec(&value)
+    }
 }
 
 /// Rewrites a Chat Completions request built by conversion to what its model accepts:
@@ -100,20 +184,39 @@ pub fn apply_openai_model_rules_capped(
     request: &mut oa::ChatCompletionRequest,
     upstream_cap: Option<u32>,
 ) {
-    let rule = openai_model_rule(&request.model);
+    apply_openai_model_rules_for(request, UpstreamRules::capped(upstream_cap));
+}
+
+/// [`apply_openai_model_rules`] with what the upstream adds: its output cap, and its own
+/// rule for the model, whose `reasoning` and `max_output_tokens` replace the table row's
+/// (`drop` is applied to the serialized request, [`UpstreamRules::drop_params`]).
+pub fn apply_openai_model_rules_for(
+    request: &mut oa::ChatCompletionRequest,
+    upstream: UpstreamRules<'_>,
+) {
+    let row = openai_model_rule(&request.model);
+    let reasoning = upstream
+        .model
+        .and_then(|o| o.reasoning)
+        .unwrap_or(row.reasoning);
+    let model_cap = upstream
+        .model
+        .and_then(|o| o.max_output_tokens)
+        .or(row.max_output_tokens);
     let limit = request
         .max_completion_tokens
         .take()
         .or(request.max_tokens.take())
-        .map(|limit| match rule.max_output_tokens {
+        .map(|limit| match model_cap {
             Some(cap) => limit.min(cap),
             None => limit,
         })
-        .map(|limit| match upstream_cap {
+        .map(|limit| match upstream.max_output_tokens {
             Some(cap) => limit.min(cap),
             None => limit,
         });
-    if rule.reasoning {
+    let rule = row;
+    if reasoning {
         request.max_completion_tokens = limit;
         request.temperature = None;
         request.top_p = None;
@@ -211,5 +314,56 @@ mod tests {
         r.reasoning_effort = Some("xhigh".into());
         apply_openai_model_rules(&mut r);
         assert_eq!(r.reasoning_effort.as_deref(), Some("high"));
+    }
+
+    #[test]
+    fn upstream_overrides_replace_the_row_and_drop_params() {
+        let mut rules = std::collections::BTreeMap::new();
+        rules.insert(
+            "my-reasoner".to_owned(),
+            ModelRuleOverride {
+                reasoning: Some(true),
+                max_output_tokens: Some(1000),
+                drop: vec!["user".into()],
+            },
+        );
+        rules.insert(
+            "gpt-4o".to_owned(),
+            ModelRuleOverride {
+                max_output_tokens: Some(64_000),
+                ..Default::default()
+            },
+        );
+        let found = find_override(&rules, "vendor/my-reasoner-2");
+        assert_eq!(found.and_then(|o| o.reasoning), Some(true));
+        assert!(find_override(&rules, "my-reasoners").is_none());
+
+        let mut r = request("my-reasoner-2");
+        r.user = Some("u".into());
+        let upstream = UpstreamRules {
+            max_output_tokens: None,
+            model: found,
+        };
+        apply_openai_model_rules_for(&mut r, upstream);
+        assert_eq!((r.max_tokens, r.max_completion_tokens), (None, Some(1000)));
+        assert_eq!((r.temperature, r.stop.is_some()), (None, false));
+        let body = upstream
+            .drop_params(serde_json::to_vec(&r).unwrap())
+            .unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert!(value.get("user").is_none());
+        assert_eq!(value["max_completion_tokens"], 1000);
+
+        // A larger cap than the table's replaces it; the upstream-wide cap still applies.
+        let mut r = request("gpt-4o-mini");
+        r.max_tokens = Some(50_000);
+        let upstream = UpstreamRules {
+            max_output_tokens: Some(40_000),
+            model: find_override(&rules, "gpt-4o-mini"),
+        };
+        apply_openai_model_rules_for(&mut r, upstream);
+        assert_eq!(r.max_tokens, Some(40_000));
+        let unchanged = b"{\"a\":1}".to_vec();
+        assert_eq!(upstream.drop_params(unchanged.clone()).unwrap(), unchanged);
     }
 }

@@ -309,6 +309,26 @@ pub fn validate_gemini_request(request: &Value) -> Result<(), String> {
     Ok(())
 }
 
+/// `countTokens` bodies, as Google checks them: `contents` or a whole
+/// `generateContentRequest` (itself a valid request), not both, nothing else.
+pub fn validate_gemini_count_tokens(request: &Value) -> Result<(), String> {
+    if let Some(field) = gemini_unknown(request, &["contents", "generateContentRequest"]) {
+        return Err(format!(
+            "Invalid JSON payload received. Unknown name \"{field}\": Cannot find field."
+        ));
+    }
+    let inner = request
+        .get("generateContentRequest")
+        .or_else(|| request.get("generate_content_request"));
+    match (request.get("contents"), inner) {
+        (Some(_), Some(_)) => {
+            Err("contents and generate_content_request are mutually exclusive".into())
+        }
+        (_, Some(inner)) => validate_gemini_request(inner),
+        (contents, None) => validate_gemini_request(&serde_json::json!({ "contents": contents })),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +349,18 @@ mod tests {
         assert!(validate_gemini_request(&bad).is_err());
         let role = serde_json::json!({"contents": [{"role": "assistant", "parts": []}]});
         assert!(validate_gemini_request(&role).is_err());
+    }
+
+    #[test]
+    fn gemini_count_tokens_takes_one_form() {
+        let ok = serde_json::json!({"contents": [{"parts": [{"text": "a"}]}]});
+        assert!(validate_gemini_count_tokens(&ok).is_ok());
+        let inner =
+            serde_json::json!({"generateContentRequest": {"model": "models/g", "contents": []}});
+        assert!(validate_gemini_count_tokens(&inner).is_ok());
+        let both = serde_json::json!({"contents": [], "generateContentRequest": {"contents": []}});
+        assert!(validate_gemini_count_tokens(&both).is_err());
+        let unknown = serde_json::json!({"contents": [], "model": "g"});
+        assert!(validate_gemini_count_tokens(&unknown).is_err());
     }
 }

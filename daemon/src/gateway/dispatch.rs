@@ -15,9 +15,11 @@ use hyper::body::Incoming;
 
 use super::attempt::AttemptSlot;
 use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
+use super::gemini::NativeGemini;
 use super::upstream::{
-    build_upstream_body, build_upstream_request, check_conversion_bound, collect_with_timeout,
-    error_chain, is_event_stream, map_upstream_status, retry_after,
+    build_native_gemini_request, build_upstream_body, build_upstream_request,
+    check_conversion_bound, collect_with_timeout, error_chain, is_event_stream,
+    map_upstream_status, retry_after,
 };
 use super::{Endpoint, Gateway};
 use crate::auth::Caller;
@@ -100,12 +102,15 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        self.dispatch_body(endpoint, &parts, body, started, &caller)
+        self.dispatch_body(endpoint, &parts, body, started, &caller, None)
             .await
     }
 
     /// Routes a request whose body is read (and whose client is authenticated) and tries
     /// its candidates. The Gemini front door (`gemini.rs`) enters here with a converted body.
+    ///
+    /// `native`: a Gemini client's own request (`gemini.rs`), sent untouched to the native
+    /// Gemini candidates while the others get `body` (its Chat Completions conversion).
     pub(super) async fn dispatch_body(
         &self,
         endpoint: Endpoint,
@@ -113,6 +118,7 @@ impl<R: Runtime> Gateway<R> {
         body: Bytes,
         started: Instant,
         caller: &Caller,
+        native: Option<&NativeGemini>,
     ) -> Result<Response<Body>, Refusal> {
         let client_protocol = endpoint.client_protocol();
         let snapshot = self.snapshot();
@@ -200,7 +206,11 @@ impl<R: Runtime> Gateway<R> {
             Err(refused) => return Ok(refused),
         };
         let max_response = snapshot.limits.max_response_bytes;
-        let mut last_failure = Refusal(StatusCode::BAD_GATEWAY, "no upstream was tried".to_owned());
+        let mut last_failure = match native.and_then(|n| n.native_only.as_ref()) {
+            // Said when no native Gemini upstream serves the model.
+            Some(why) => Refusal(StatusCode::BAD_REQUEST, why.clone()),
+            None => Refusal(StatusCode::BAD_GATEWAY, "no upstream was tried".to_owned()),
+        };
         let count = candidates.len();
         for (index, candidate) in candidates.into_iter().enumerate() {
             let is_last = index + 1 == count;
@@ -208,6 +218,11 @@ impl<R: Runtime> Gateway<R> {
                 continue;
             };
             if endpoint == Endpoint::CountTokens && upstream.protocol != WireProtocol::Anthropic {
+                continue;
+            }
+            // A Gemini client's request goes to a native Gemini upstream as it is.
+            let native_here = native.filter(|_| upstream.protocol == WireProtocol::Gemini);
+            if native_here.is_none() && native.is_some_and(|n| n.native_only.is_some()) {
                 continue;
             }
             // The slot goes back to the breaker when dropped unsettled: on `?`, on `continue`
@@ -221,38 +236,54 @@ impl<R: Runtime> Gateway<R> {
             ) else {
                 continue;
             };
-            let upstream_body = build_upstream_body(
-                endpoint,
-                upstream.translation(endpoint),
-                &body,
-                &model,
-                (&candidate.upstream_model, upstream.max_output_tokens),
-            )
-            .map_err(|(status, message)| Refusal(status, message))?;
-            // Usage on a pass-through chat stream whose client did not ask for it: asked of
-            // upstreams known to take `stream_options`, and its extra chunk stripped again.
-            let strip_usage = endpoint == Endpoint::ChatCompletions
-                && stream
-                && !include_usage
-                && !has_stream_options
-                && upstream.translation(endpoint) == Translation::PassThrough
-                && upstream.provider.takes_stream_options();
-            let upstream_body = match strip_usage
-                .then(|| with_include_usage(&upstream_body))
-                .flatten()
-            {
-                Some(with_usage) => Bytes::from(with_usage),
-                None => upstream_body,
+            let (upstream_req, strip_usage) = if let Some(native) = native_here {
+                let request = build_native_gemini_request(
+                    &parts.headers,
+                    upstream,
+                    native.body.clone(),
+                    &candidate.upstream_model,
+                    native.call,
+                )
+                .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
+                (request, false)
+            } else {
+                let upstream_body = build_upstream_body(
+                    endpoint,
+                    upstream.translation(endpoint),
+                    &body,
+                    &model,
+                    (
+                        &candidate.upstream_model,
+                        upstream.rules_for(&candidate.upstream_model),
+                    ),
+                )
+                .map_err(|(status, message)| Refusal(status, message))?;
+                // Usage on a pass-through chat stream whose client did not ask for it: asked of
+                // upstreams whose `stream_usage` is on, and its extra chunk stripped again.
+                let strip_usage = endpoint == Endpoint::ChatCompletions
+                    && stream
+                    && !include_usage
+                    && !has_stream_options
+                    && upstream.translation(endpoint) == Translation::PassThrough
+                    && upstream.stream_usage;
+                let upstream_body = match strip_usage
+                    .then(|| with_include_usage(&upstream_body))
+                    .flatten()
+                {
+                    Some(with_usage) => Bytes::from(with_usage),
+                    None => upstream_body,
+                };
+                let strip_usage = strip_usage && upstream_body.len() != body.len();
+                let upstream_req = build_upstream_request(
+                    endpoint,
+                    &parts.headers,
+                    upstream,
+                    upstream_body,
+                    (&candidate.upstream_model, stream),
+                )
+                .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
+                (upstream_req, strip_usage)
             };
-            let strip_usage = strip_usage && upstream_body.len() != body.len();
-            let upstream_req = build_upstream_request(
-                endpoint,
-                &parts.headers,
-                upstream,
-                upstream_body,
-                (&candidate.upstream_model, stream),
-            )
-            .map_err(|e| Refusal(StatusCode::BAD_GATEWAY, e))?;
             let attempt_started = Instant::now();
             let sent = gate_rt::timeout(
                 &self.rt,
@@ -339,6 +370,7 @@ impl<R: Runtime> Gateway<R> {
                     started,
                     slot,
                     charge,
+                    native_here.map(|n| n.call),
                 )
                 .await;
             admission.decorate(client_protocol, &mut out);

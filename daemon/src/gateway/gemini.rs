@@ -1,13 +1,16 @@
 //! The Gemini API front door (`/v1beta/models...`): Gemini clients (the `google-genai` SDKs,
 //! Gemini CLI) on any routed model.
 //!
-//! A Gemini request is converted to Chat Completions (the hub, `gate_core::llm::gemini`) and
-//! goes through the ordinary request path ([`Gateway::dispatch_body`]): routing, failover,
-//! the upstream's own protocol (OpenAI-style as is, Anthropic through the existing
-//! converter). The answer comes back converted: JSON, SSE (`?alt=sse`) or Google's JSON-array
-//! stream; errors in Google's shape. The Gate key comes in `x-goog-api-key` or `?key=`
-//! (never logged: the query is not logged anywhere, and only [`gemini::scrub_key_from_query`]
-//! may put it in a message).
+//! A Gemini request goes through the ordinary request path ([`Gateway::dispatch_body`]) with
+//! two bodies: the client's own ([`NativeGemini`]), sent untouched to native Gemini upstreams
+//! (the `google` provider; only the model in the path and the key header are Gate's), and its
+//! Chat Completions conversion (the hub, `gate_core::llm::gemini`) for every other upstream
+//! (OpenAI-style as is, Anthropic through the existing converter). Failover may cross
+//! between the two. A native answer comes back as it is (JSON, SSE or Google's JSON-array
+//! stream); a converted one is converted back. What only Google can run (server tools such
+//! as `googleSearch`, `countTokens`) goes to native upstreams only. Errors in Google's shape.
+//! The Gate key comes in `x-goog-api-key` or `?key=` (never logged: the query is not logged
+//! anywhere, and only [`gemini::scrub_key_from_query`] may put it in a message).
 //!
 //! Metrics count these requests under the `chat_completions` endpoint label (the path they
 //! take). Must not: hold protocol logic (that is gate-core's) or buffer a stream.
@@ -19,19 +22,33 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gate_core::llm::convert::{openai_request_to_anthropic, StreamEvent};
-use gate_core::llm::gemini::{self, ModelsCall, OpenAiToGeminiStream};
+use gate_core::llm::endpoint::bounded_echo;
+use gate_core::llm::gemini::{self, ModelsCall, NativeCall, OpenAiToGeminiStream};
 use gate_core::llm::sse::SseParser;
+use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 
 use super::body::{check_json_content_type, read_body_limited, Refusal};
+use super::respond::NativeGeminiAnswer;
+use super::upstream::check_conversion_bound;
 use super::{Endpoint, Gateway};
 use crate::web::{full_body, Body, Peer};
 
 /// The largest upstream event the stream converter reads.
 const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// A Gemini client's request as native Gemini upstreams get it: its own bytes and call.
+pub(super) struct NativeGemini {
+    /// The client's body, untouched.
+    pub(super) body: Bytes,
+    pub(super) call: NativeCall,
+    /// Why only a native Gemini upstream may serve it (a Google server tool, `countTokens`,
+    /// a request the converter refuses): the 400 when none can be tried.
+    pub(super) native_only: Option<String>,
+}
 
 /// An error answer in Google's shape.
 pub fn google_error(status: StatusCode, message: &str) -> Response<Body> {
@@ -132,7 +149,10 @@ impl<R: Runtime> Gateway<R> {
         }
         let model = model.unwrap_or_default();
         let result = match call {
-            ModelsCall::CountTokens(_) => self.gemini_count_tokens(&parts, body, &model).await,
+            ModelsCall::CountTokens(_) => {
+                self.gemini_count_tokens(&parts, body, &model, started, &caller)
+                    .await
+            }
             ModelsCall::StreamGenerate(_) => {
                 let sse = gemini::wants_sse(query.as_deref());
                 self.gemini_generate(&parts, body, &model, Some(sse), started, &caller)
@@ -152,17 +172,50 @@ impl<R: Runtime> Gateway<R> {
         }
     }
 
-    /// `countTokens`: an estimate made locally (the request converted to Anthropic's shape
-    /// and counted like `/v1/messages/count_tokens` without an Anthropic upstream).
+    /// Whether some upstream serving `model` speaks Gemini natively, and whether some does not.
+    fn gemini_routes(&self, model: &str) -> (bool, bool) {
+        let snapshot = self.snapshot();
+        let candidates = self.lock_router().all_candidates(model);
+        let native = |c: &gate_core::route::Candidate| {
+            snapshot
+                .upstreams
+                .get(c.upstream.index())
+                .is_some_and(|u| u.protocol == WireProtocol::Gemini)
+        };
+        (
+            candidates.iter().any(native),
+            candidates.iter().any(|c| !native(c)),
+        )
+    }
+
+    /// `countTokens`: Google's count from a native Gemini upstream serving the model, else an
+    /// estimate made locally (the request converted to Anthropic's shape and counted like
+    /// `/v1/messages/count_tokens` without an Anthropic upstream).
     async fn gemini_count_tokens(
         &self,
         parts: &http::request::Parts,
         body: Incoming,
         model: &str,
+        started: Instant,
+        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
         check_json_content_type(&parts.headers)?;
         let snapshot = self.snapshot();
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
+        if self.gemini_routes(model).0 {
+            let native = NativeGemini {
+                body,
+                call: NativeCall::CountTokens,
+                native_only: Some(format!(
+                    "countTokens for `{}` is answered by a native Gemini upstream, and none \
+                     could be tried",
+                    bounded_echo(model, super::dispatch::MAX_ECHO_CHARS)
+                )),
+            };
+            return self
+                .gemini_dispatch_native_only(parts, &native, model, false, started, caller)
+                .await;
+        }
         let bad = |e: String| Refusal(StatusCode::BAD_REQUEST, e);
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -206,17 +259,122 @@ impl<R: Runtime> Gateway<R> {
         check_json_content_type(&parts.headers)?;
         let snapshot = self.snapshot();
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        let chat = gemini::gemini_request_body_to_openai(&body, model, stream.is_some())
-            .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))?;
+        let call = match stream {
+            None => NativeCall::Generate,
+            Some(true) => NativeCall::StreamSse,
+            Some(false) => NativeCall::StreamArray,
+        };
+        let (has_native, has_converted) = self.gemini_routes(model);
+        let mut native = NativeGemini {
+            body,
+            call,
+            native_only: None,
+        };
+        if let Some(tool) = gemini::server_tool(&native.body) {
+            let tool = bounded_echo(&tool, super::dispatch::MAX_ECHO_CHARS);
+            native.native_only = Some(format!(
+                "the Gemini server tool `{tool}` runs on Google's servers: it needs a native \
+                 Gemini upstream (provider google), and none serves `{}` now; remove the tool \
+                 or pick a model a google upstream serves",
+                bounded_echo(model, super::dispatch::MAX_ECHO_CHARS)
+            ));
+        }
+        // The Chat Completions body: what converted upstreams get and routing reads. Not
+        // built when only native upstreams serve the model (their bodies are not parsed).
+        let chat = if has_converted && native.native_only.is_none() {
+            let converted = check_conversion_bound(&native.body)
+                .map_err(|m| Refusal(StatusCode::PAYLOAD_TOO_LARGE, m))
+                .and_then(|()| {
+                    gemini::gemini_request_body_to_openai(&native.body, model, stream.is_some())
+                        .map_err(|e| Refusal(StatusCode::BAD_REQUEST, e.to_string()))
+                });
+            match converted {
+                Ok(chat) => Some(chat),
+                // A request the converter refuses may still suit a native upstream.
+                Err(Refusal(_, why)) if has_native => {
+                    native.native_only = Some(why);
+                    None
+                }
+                Err(refusal) => return Err(refusal),
+            }
+        } else {
+            None
+        };
+        match chat {
+            Some(chat) => {
+                self.gemini_dispatch(parts, &native, Bytes::from(chat), model, started, caller)
+                    .await
+            }
+            None => {
+                // Routes may change before dispatch (a reload): without a Chat body, only
+                // native upstreams may be tried.
+                native.native_only.get_or_insert_with(|| {
+                    format!(
+                        "no native Gemini upstream serves `{}` now",
+                        bounded_echo(model, super::dispatch::MAX_ECHO_CHARS)
+                    )
+                });
+                self.gemini_dispatch_native_only(
+                    parts,
+                    &native,
+                    model,
+                    stream.is_some(),
+                    started,
+                    caller,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Dispatches a request only native Gemini upstreams get (the Chat body carries only
+    /// what routing reads).
+    async fn gemini_dispatch_native_only(
+        &self,
+        parts: &http::request::Parts,
+        native: &NativeGemini,
+        model: &str,
+        stream: bool,
+        started: Instant,
+        caller: &crate::auth::Caller,
+    ) -> Result<Response<Body>, Refusal> {
+        let routing = serde_json::to_vec(&serde_json::json!({
+            "model": model, "stream": stream, "messages": []
+        }))
+        .unwrap_or_default();
+        self.gemini_dispatch(parts, native, Bytes::from(routing), model, started, caller)
+            .await
+    }
+
+    /// Dispatches with both bodies; a native answer goes back as it is, a Chat Completions
+    /// one converted.
+    async fn gemini_dispatch(
+        &self,
+        parts: &http::request::Parts,
+        native: &NativeGemini,
+        chat: Bytes,
+        model: &str,
+        started: Instant,
+        caller: &crate::auth::Caller,
+    ) -> Result<Response<Body>, Refusal> {
         let response = self
             .dispatch_body(
                 Endpoint::ChatCompletions,
                 parts,
-                Bytes::from(chat),
+                chat,
                 started,
                 caller,
+                Some(native),
             )
             .await?;
+        if response.extensions().get::<NativeGeminiAnswer>().is_some() {
+            return Ok(response);
+        }
+        let stream = match native.call {
+            NativeCall::StreamSse => Some(true),
+            NativeCall::StreamArray => Some(false),
+            NativeCall::Generate | NativeCall::CountTokens => None,
+        };
         let (mut head, body) = response.into_parts();
         if !head.status.is_success() {
             // The path answered in OpenAI's error shape: keep the status and the message.

@@ -25,8 +25,14 @@ use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
 use gate_core::llm::endpoint::Translation;
-use gate_core::llm::usage::{Usage, USAGE_KEY};
+use gate_core::llm::gemini::{GeminiArrayDecoder, NativeCall};
+use gate_core::llm::usage::{usage_key, Usage};
 use gate_core::route::AttemptOutcome;
+
+/// Marks a response that came from a native Gemini upstream for a Gemini client's own
+/// request (`gemini.rs` passes it on as it is).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NativeGeminiAnswer;
 
 impl<R: Runtime> Gateway<R> {
     #[allow(clippy::too_many_arguments)]
@@ -41,14 +47,55 @@ impl<R: Runtime> Gateway<R> {
         started: Instant,
         slot: Option<AttemptSlot>,
         charge: Charge,
+        native: Option<NativeCall>,
+    ) -> Response<Body> {
+        let mut out = self
+            .respond_inner(
+                endpoint,
+                client_protocol,
+                upstream,
+                model,
+                (stream_requested, include_usage, strip_usage),
+                response,
+                started,
+                slot,
+                charge,
+                native,
+            )
+            .await;
+        if native.is_some() {
+            // The Gemini front door passes this answer on as it is.
+            out.extensions_mut().insert(NativeGeminiAnswer);
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn respond_inner(
+        &self,
+        endpoint: Endpoint,
+        client_protocol: WireProtocol,
+        upstream: &UpstreamTarget,
+        model: &str,
+        (stream_requested, include_usage, strip_usage): (bool, bool, bool),
+        response: Response<Incoming>,
+        started: Instant,
+        slot: Option<AttemptSlot>,
+        charge: Charge,
+        native: Option<NativeCall>,
     ) -> Response<Body> {
         let snapshot = self.snapshot();
         let snapshot_idle = snapshot.limits.idle_timeout;
         let max_response = snapshot.limits.max_response_bytes;
         let status = response.status();
         let (parts, body) = response.into_parts();
-        let translation = upstream.translation(endpoint);
+        // A Gemini client's request on a native Gemini upstream: Google's answer as it is.
+        let (translation, client_protocol) = match native {
+            Some(_) => (Translation::PassThrough, WireProtocol::Gemini),
+            None => (upstream.translation(endpoint), client_protocol),
+        };
         let same_protocol = translation == Translation::PassThrough;
+        let array_stream = native == Some(NativeCall::StreamArray);
 
         if !status.is_success() {
             // Error bodies are read under the same cap as answers; one that is too large or
@@ -92,6 +139,7 @@ impl<R: Runtime> Gateway<R> {
         }
 
         if is_event_stream(&parts.headers)
+            || array_stream
             || (stream_requested && endpoint != Endpoint::CountTokens && !is_json(&parts.headers))
         {
             let converter = convert::stream_converter(translation, model, include_usage);
@@ -106,10 +154,16 @@ impl<R: Runtime> Gateway<R> {
                 client_protocol,
                 upstream_protocol: upstream.protocol,
                 mode: match converter {
+                    None if array_stream => {
+                        Mode::PassThroughArray(GeminiArrayDecoder::new(SSE_MAX_EVENT))
+                    }
                     None if strip_usage => {
                         Mode::PassThroughStripUsage(SseFramer::new(SSE_MAX_LINE, SSE_MAX_EVENT))
                     }
-                    None => Mode::PassThrough(SseWatcher::new(USAGE_KEY, SSE_MAX_EVENT)),
+                    None => Mode::PassThrough(SseWatcher::new(
+                        usage_key(upstream.protocol),
+                        SSE_MAX_EVENT,
+                    )),
                     Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
                 },
                 pending: VecDeque::new(),
@@ -140,7 +194,11 @@ impl<R: Runtime> Gateway<R> {
             );
             out.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
+                HeaderValue::from_static(if array_stream {
+                    "application/json; charset=UTF-8"
+                } else {
+                    "text/event-stream"
+                }),
             );
             out.headers_mut().insert(
                 http::header::CACHE_CONTROL,
@@ -188,18 +246,8 @@ impl<R: Runtime> Gateway<R> {
             std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
         };
         let mut usage = Usage::default();
-        if upstream.protocol == WireProtocol::Gemini {
-            // `usageMetadata`, read once converted to Chat Completions' `usage`.
-            if let Ok(chat) =
-                gate_core::llm::gemini::gemini_response_body_to_openai(&bytes, model, 0)
-            {
-                usage.observe_json(&chat);
-            }
-        } else {
-            usage.observe_json(&bytes);
-        }
-        self.metrics
-            .add_tokens(&upstream.name, model, usage.input, usage.output);
+        usage.observe(upstream.protocol, &bytes);
+        self.metrics.add_usage(&upstream.name, model, &usage);
         let mut charge = charge;
         charge.on_bytes(bytes.len());
         charge.finish(status, usage, None);

@@ -1,8 +1,11 @@
 //! The part of the configuration the request path reads ([`Snapshot`]), swapped whole on
 //! reload, and each upstream as the gateway calls it ([`UpstreamTarget`]).
 
+use std::collections::BTreeMap;
+
 use gate_core::config::{DaemonConfig, Secret, ServerLimits};
 use gate_core::llm::endpoint::Translation;
+use gate_core::llm::model_rules::{find_override, ModelRuleOverride, UpstreamRules};
 use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
 
 use crate::auth::JwtSettings;
@@ -22,12 +25,25 @@ pub struct UpstreamTarget {
     pub max_output_tokens: Option<u32>,
     /// `[upstreams.X.prices]`: model prices over the built-in table (issue 14).
     pub prices: std::collections::BTreeMap<String, gate_core::accounting::Price>,
+    /// Gate may add `stream_options.include_usage` to pass-through chat streams
+    /// (`stream_usage` in config, else the provider's default).
+    pub stream_usage: bool,
+    /// `model_rules`: this upstream's own rules for its models.
+    pub model_rules: BTreeMap<String, ModelRuleOverride>,
 }
 
 impl UpstreamTarget {
     /// How a request to `endpoint` reaches this upstream.
     pub fn translation(&self, endpoint: gate_core::llm::endpoint::Endpoint) -> Translation {
         endpoint.translation(self.protocol, self.responses)
+    }
+
+    /// What this upstream adds to the per-model table for `upstream_model`.
+    pub fn rules_for(&self, upstream_model: &str) -> UpstreamRules<'_> {
+        UpstreamRules {
+            max_output_tokens: self.max_output_tokens,
+            model: find_override(&self.model_rules, upstream_model),
+        }
     }
 }
 
@@ -68,6 +84,8 @@ impl Snapshot {
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
                 max_output_tokens: up.max_output_tokens,
                 prices: up.prices.clone(),
+                stream_usage: up.stream_usage.unwrap_or(provider.takes_stream_options()),
+                model_rules: up.model_rules.clone(),
             });
         }
         let jwt = config.auth.jwt.secret.as_ref().map(|secret| {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gate_core::llm::convert::is_usage_only_chunk;
+use gate_core::llm::gemini::GeminiArrayDecoder;
 use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
@@ -40,6 +41,9 @@ pub(super) enum Mode {
     /// Same protocol, but Gate asked the upstream for usage the client did not ask for:
     /// events are forwarded byte for byte as each completes, except the usage-only chunk.
     PassThroughStripUsage(SseFramer),
+    /// Gemini's JSON-array stream passed through: bytes forwarded as they come; the decoder
+    /// finds the elements (for usage) and how to close the array if the stream breaks.
+    PassThroughArray(GeminiArrayDecoder),
     /// The framer's end state was taken (the stream is over).
     Ended,
 }
@@ -244,18 +248,29 @@ impl<R: Runtime> StreamPipe<R> {
         if let Mode::Convert(_, converter) = &mut self.mode {
             let _ = converter.finish(false);
         }
+        if let Mode::PassThroughArray(decoder) = &self.mode {
+            // An error element that keeps the client's array one JSON document.
+            if let Some(framing) = decoder.error_framing() {
+                let mut bytes = framing.prefix.as_bytes().to_vec();
+                bytes.extend_from_slice(&gate_core::llm::gemini::error_body(
+                    status.as_u16(),
+                    message,
+                ));
+                bytes.extend_from_slice(framing.suffix.as_bytes());
+                self.push(Bytes::from(bytes));
+            }
+            self.finish_metrics();
+            self.done = true;
+            return;
+        }
         self.push(stream_error_event(self.client_protocol, status, message));
         self.finish_metrics();
         self.done = true;
     }
 
     pub(super) fn finish_metrics(&mut self) {
-        self.metrics.add_tokens(
-            &self.upstream_name,
-            &self.model,
-            self.usage.input,
-            self.usage.output,
-        );
+        self.metrics
+            .add_usage(&self.upstream_name, &self.model, &self.usage);
         self.metrics
             .request_duration
             .get_or_create(&EndpointLabels {
@@ -279,8 +294,21 @@ impl<R: Runtime> StreamPipe<R> {
         }
         match &mut self.mode {
             Mode::PassThrough(watcher) => {
-                let usage = &mut self.usage;
-                watcher.push(&data, |event| usage.observe_json(event.data.as_bytes()));
+                let (usage, protocol) = (&mut self.usage, self.upstream_protocol);
+                watcher.push(&data, |event| {
+                    usage.observe(protocol, event.data.as_bytes())
+                });
+                let data = scrub_chunk(&self.secrets, data);
+                self.push(data);
+            }
+            Mode::PassThroughArray(decoder) => {
+                decoder.push(&data);
+                // A malformed array is the client's to see; only usage is read here.
+                while let Some(element) = decoder.next_element() {
+                    if let Ok(element) = element {
+                        self.usage.observe_gemini_json(&element);
+                    }
+                }
                 let data = scrub_chunk(&self.secrets, data);
                 self.push(data);
             }
@@ -320,7 +348,8 @@ impl<R: Runtime> StreamPipe<R> {
                 while let Some(event) = parser.next_event() {
                     match event {
                         Ok(event) => {
-                            self.usage.observe_json(event.data.as_bytes());
+                            self.usage
+                                .observe(self.upstream_protocol, event.data.as_bytes());
                             for out in converter.event(event.event.as_deref(), &event.data) {
                                 let out = scrub_chunk(&self.secrets, out);
                                 self.pending_bytes += out.len();
@@ -464,7 +493,6 @@ impl<R: Runtime> HttpBody for StreamPipe<R> {
 // No field is structurally pinned: the upstream body is Unpin and the timer is boxed.
 impl<R: Runtime> Unpin for StreamPipe<R> {}
 
-// `upstream_protocol` is kept for logs and future per-protocol handling.
 impl<R: Runtime> std::fmt::Debug for StreamPipe<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StreamPipe")

@@ -134,6 +134,33 @@ pub(super) fn build_upstream_request(
                 .upstream_path(endpoint, upstream.protocol)
         ),
     };
+    upstream_request_to(url, client_headers, upstream, body)
+}
+
+/// A native Gemini upstream's request for a Gemini client's `call`: the client's body as it
+/// is, the model in the path.
+pub(super) fn build_native_gemini_request(
+    client_headers: &HeaderMap,
+    upstream: &UpstreamTarget,
+    body: Bytes,
+    upstream_model: &str,
+    call: gate_core::llm::gemini::NativeCall,
+) -> Result<Request<Full<Bytes>>, String> {
+    let url = format!(
+        "{}{}",
+        upstream.base_url,
+        endpoint::gemini_native_path(upstream_model, call)
+    );
+    upstream_request_to(url, client_headers, upstream, body)
+}
+
+/// `POST url` with the allow-listed client headers and the upstream's key.
+fn upstream_request_to(
+    url: String,
+    client_headers: &HeaderMap,
+    upstream: &UpstreamTarget,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, String> {
     let mut builder = Request::builder().method(Method::POST).uri(&url);
     let headers = builder
         .headers_mut()
@@ -215,7 +242,7 @@ pub(super) fn build_upstream_body(
     translation: Translation,
     body: &Bytes,
     model: &str,
-    (upstream_model, upstream_cap): (&str, Option<u32>),
+    (upstream_model, rules): (&str, gate_core::llm::model_rules::UpstreamRules<'_>),
 ) -> Result<Bytes, (StatusCode, String)> {
     let bad_request = |message| (StatusCode::BAD_REQUEST, message);
     if translation == Translation::PassThrough {
@@ -229,7 +256,7 @@ pub(super) fn build_upstream_body(
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
-            convert::request(translation, body, upstream_model, upstream_cap)
+            convert::request(translation, body, upstream_model, rules)
                 .map(Bytes::from)
                 .map_err(bad_request)
         }

@@ -28,19 +28,22 @@ pub fn anthropic_request_body_to_openai(body: &[u8]) -> Result<Vec<u8>, ConvertE
 
 /// Parses an Anthropic messages request body, converts it for `upstream_model` (the model
 /// id the OpenAI-format upstream knows) and applies that model's parameter rules
-/// ([`crate::llm::model_rules::apply_openai_model_rules`], with `upstream_cap` as the
-/// upstream's own output cap); the result is serialized JSON.
+/// ([`crate::llm::model_rules::apply_openai_model_rules_for`], with what the upstream adds:
+/// its output cap, its own rule for the model and the parameters that rule drops); the
+/// result is serialized JSON.
 pub fn anthropic_request_body_to_openai_for_model(
     body: &[u8],
     upstream_model: &str,
-    upstream_cap: Option<u32>,
+    upstream: crate::llm::model_rules::UpstreamRules<'_>,
 ) -> Result<Vec<u8>, ConvertError> {
     let request: an::MessagesRequest = serde_json::from_slice(body)
         .map_err(|err| ConvertError::InvalidRequest(err.to_string()))?;
     let mut converted = anthropic_request_to_openai(request)?;
     converted.model = upstream_model.to_owned();
-    crate::llm::model_rules::apply_openai_model_rules_capped(&mut converted, upstream_cap);
-    serde_json::to_vec(&converted).map_err(|err| ConvertError::InvalidRequest(err.to_string()))
+    crate::llm::model_rules::apply_openai_model_rules_for(&mut converted, upstream);
+    serde_json::to_vec(&converted)
+        .and_then(|body| upstream.drop_params(body))
+        .map_err(|err| ConvertError::InvalidRequest(err.to_string()))
 }
 
 /// OpenAI chat request -> Anthropic messages request.

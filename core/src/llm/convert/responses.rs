@@ -23,17 +23,19 @@ use serde_json::{json, Map, Value};
 pub const MAX_RESPONSES_STREAM_TEXT: usize = 64 << 20;
 
 /// Parses a Responses request body and converts it to a Chat Completions request for
-/// `upstream_model`, with that model's parameter rules and the upstream's own output cap
-/// (`upstream_cap`) applied; serialized JSON.
+/// `upstream_model`, with that model's parameter rules and what the upstream adds (its
+/// output cap, its own rule for the model) applied; serialized JSON.
 pub fn responses_request_body_to_chat(
     body: &[u8],
     upstream_model: &str,
-    upstream_cap: Option<u32>,
+    upstream: crate::llm::model_rules::UpstreamRules<'_>,
 ) -> Result<Vec<u8>, ConvertError> {
     let mut chat = responses_request_body_to_chat_request(body)?;
     chat.model = upstream_model.to_owned();
-    crate::llm::model_rules::apply_openai_model_rules_capped(&mut chat, upstream_cap);
-    serde_json::to_vec(&chat).map_err(|err| ConvertError::InvalidRequest(err.to_string()))
+    crate::llm::model_rules::apply_openai_model_rules_for(&mut chat, upstream);
+    serde_json::to_vec(&chat)
+        .and_then(|body| upstream.drop_params(body))
+        .map_err(|err| ConvertError::InvalidRequest(err.to_string()))
 }
 
 /// Parses a Responses request body and converts it to an Anthropic Messages request for

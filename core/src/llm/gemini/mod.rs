@@ -12,10 +12,12 @@
 //! Field names: Google's JSON mapping accepts camelCase and snake_case for every field; we
 //! read both (serde aliases) and write camelCase, as Google's own SDKs do.
 
+pub mod array;
 pub mod request;
 pub mod response;
 pub mod stream;
 
+pub use array::{ArrayStreamError, ErrorFraming, GeminiArrayDecoder};
 pub use request::{
     gemini_request_body_to_openai, gemini_request_to_openai, openai_request_body_to_gemini,
     openai_request_to_gemini,
@@ -465,6 +467,54 @@ pub fn key_from_query(query: &str) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
+/// A Gemini client's call as it goes to a native Gemini upstream, its body untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeCall {
+    /// `:generateContent`
+    Generate,
+    /// `:streamGenerateContent?alt=sse`
+    StreamSse,
+    /// `:streamGenerateContent` (one JSON array sent in pieces)
+    StreamArray,
+    /// `:countTokens`
+    CountTokens,
+}
+
+impl NativeCall {
+    /// The method and query after `/models/{model}`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            NativeCall::Generate => ":generateContent",
+            NativeCall::StreamSse => ":streamGenerateContent?alt=sse",
+            NativeCall::StreamArray => ":streamGenerateContent",
+            NativeCall::CountTokens => ":countTokens",
+        }
+    }
+
+    /// Whether the answer is a stream.
+    pub fn is_stream(self) -> bool {
+        matches!(self, NativeCall::StreamSse | NativeCall::StreamArray)
+    }
+}
+
+/// The Gemini server tool (`googleSearch`, `codeExecution`, `urlContext`, ...: any tool kind
+/// but `functionDeclarations`) a request body asks for, if any: only Google runs those, so
+/// such a request can go to a native Gemini upstream only. Reads `tools` alone (the rest of
+/// the body is skipped); a body that is not a JSON object reads as none.
+pub fn server_tool(body: &[u8]) -> Option<String> {
+    // Only the tool kinds (keys) are kept; their contents are skipped, not built into a tree.
+    #[derive(Deserialize)]
+    struct Tools {
+        #[serde(default)]
+        tools: Option<Vec<std::collections::BTreeMap<String, serde::de::IgnoredAny>>>,
+    }
+    let tools: Tools = serde_json::from_slice(body).ok()?;
+    tools.tools?.into_iter().find_map(|tool| {
+        tool.into_keys()
+            .find(|kind| kind != "functionDeclarations" && kind != "function_declarations")
+    })
+}
+
 /// Whether the query asks for SSE (`alt=sse`); without it a stream is one JSON array.
 pub fn wants_sse(query: Option<&str>) -> bool {
     query.is_some_and(|q| q.split('&').any(|pair| pair == "alt=sse"))
@@ -504,6 +554,25 @@ mod tests {
         );
         assert!(wants_sse(Some("key=x&alt=sse")));
         assert!(!wants_sse(Some("alt=json")));
+    }
+
+    #[test]
+    fn native_calls_and_server_tools() {
+        assert_eq!(
+            NativeCall::StreamSse.suffix(),
+            ":streamGenerateContent?alt=sse"
+        );
+        assert!(!NativeCall::CountTokens.is_stream());
+        assert_eq!(
+            server_tool(br#"{"tools":[{"functionDeclarations":[]},{"googleSearch":{}}]}"#)
+                .as_deref(),
+            Some("googleSearch")
+        );
+        assert_eq!(
+            server_tool(br#"{"contents":[],"tools":[{"function_declarations":[]}]}"#),
+            None
+        );
+        assert_eq!(server_tool(b"[1]"), None);
     }
 
     #[test]
