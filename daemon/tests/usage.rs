@@ -419,3 +419,102 @@ fn the_admin_api_and_the_cli_read_the_log_of_a_running_daemon() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Budgets survive a crash: spend settled by a daemon that is then killed with SIGKILL is
+/// read back from the usage log by the next start (tokio, then smol on the same state), and
+/// `gate token list` shows the same figure.
+#[test]
+fn spend_survives_kill_9_and_restart() {
+    let dir = temp_dir("usage-budget-kill9");
+    let state_dir = dir.join("state");
+    let mock = common::Mock::start("budget-mock");
+    let created = Command::new(common::gate_bin())
+        .args([
+            "token", "create", "--name", "ci", "--budget", "50", "--period", "month",
+        ])
+        .arg("--state-dir")
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    let config = format!(
+        "[upstreams.mock]\nprovider = \"custom\"\nbase_url = \"{}\"\nmodels = [\"priced-model\"]\n\
+         [upstreams.mock.prices.\"priced-model\"]\ninput = 1000\noutput = 2000\n",
+        mock.base_url()
+    );
+    let spent_of = |addr, state_dir: &Path| {
+        let token = std::fs::read_to_string(state_dir.join("admin.token")).unwrap();
+        let auth = format!("Bearer {}", token.trim());
+        let response = http_request(
+            addr,
+            "GET",
+            "/admin/api/tokens",
+            &[("Authorization", &auth)],
+            b"",
+        )
+        .unwrap();
+        let body: Value = serde_json::from_slice(&response.body).unwrap();
+        body["tokens"][0]["spent_usd"].as_f64().unwrap()
+    };
+    let (mut first, addr) = start_local_daemon(&dir, "tokio", &config, None);
+    let body =
+        r#"{"model":"priced-model","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
+    for _ in 0..3 {
+        let auth = format!("Bearer {key}");
+        let response = http_request(
+            addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("Authorization", &auth),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(
+            response.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&response.body)
+        );
+    }
+    let spent = spent_of(addr, &state_dir);
+    assert!(spent > 0.0, "nothing was charged");
+    // The writer flushes within a second; then the process dies without a chance to act.
+    wait_until(
+        "three records in the usage log",
+        Duration::from_secs(10),
+        || all_records(&state_dir).len() >= 3,
+        || first.log(),
+    );
+    first.signal("KILL");
+    first.wait_exit(Duration::from_secs(10));
+    let (mut second, addr) = start_local_daemon(&dir, "smol", &config, None);
+    assert_eq!(spent_of(addr, &state_dir), spent, "spend after restart");
+    assert!(
+        second.log().contains("restored from the usage log"),
+        "{}",
+        second.log()
+    );
+    let listed = Command::new(common::gate_bin())
+        .args(["token", "list", "--json", "--state-dir"])
+        .arg(&state_dir)
+        .output()
+        .unwrap();
+    let rows: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(rows[0]["spent_usd"].as_f64(), Some(spent));
+    assert!(
+        rows[0]["last_used"]
+            .as_str()
+            .is_some_and(|d| d.ends_with("UTC")),
+        "{rows}"
+    );
+    second.signal("TERM");
+    second.wait_exit(Duration::from_secs(20));
+}

@@ -482,10 +482,22 @@ fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let gateway = admin.reloader.gateway();
+    let path = crate::usage::UsageDb::path_in(admin.reloader.state_dir());
+    let last_used = crate::usage::UsageDb::open_read_only(&path)
+        .ok()
+        .flatten()
+        .and_then(|db| db.last_used().ok())
+        .unwrap_or_default();
     let rows: Vec<TokenView> = store
         .list()
         .iter()
-        .map(|t| TokenView {
+        .map(|t| (t, gateway.key_spend(&t.id)))
+        .map(|(t, (spend, period))| TokenView {
+            spent_usd: spend.spent,
+            held_usd: spend.reserved,
+            period,
+            last_used_at: last_used.get(&t.id).map(|ms| ms / 1000),
             id: t.id.clone(),
             name: t.name.clone(),
             created_at: t.created_at,

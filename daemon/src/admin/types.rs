@@ -237,6 +237,17 @@ pub struct TokenView {
     /// Models, rpm, tpm, budget `{usd, period}`, owner; fields absent: no limit.
     #[serde(default)]
     pub policy: KeyPolicy,
+    /// Spent in the current period (the budget's; a month without one), settled requests.
+    #[serde(default)]
+    pub spent_usd: Usd,
+    /// Held by requests in flight (reserved, not yet settled).
+    #[serde(default)]
+    pub held_usd: Usd,
+    #[serde(default)]
+    pub period: Period,
+    /// The last request with this key, Unix seconds (from the usage log).
+    #[serde(default)]
+    pub last_used_at: Option<u64>,
 }
 
 /// `POST tokens` (create) and `PATCH tokens/ID` (change). A field left out stays as it is

@@ -22,6 +22,41 @@ struct TokenListRow {
     created: String,
     expires: Option<String>,
     policy: KeyPolicy,
+    /// Spent in the current budget period (the budget's period; a month without one),
+    /// from the usage log.
+    spent_usd: f64,
+    period: Period,
+    /// The last request with this key (`YYYY-MM-DD HH:MM UTC`), from the usage log.
+    last_used: Option<String>,
+}
+
+/// Spend this period and last use per key id, read from `<state_dir>/usage.db` (read-only;
+/// absent: none yet).
+struct UsageFacts {
+    spent: std::collections::BTreeMap<String, Usd>,
+    last_used_ms: std::collections::BTreeMap<String, u64>,
+}
+
+fn key_period(t: &TokenRecord) -> Period {
+    t.policy.budget.map_or(Period::Month, |b| b.period)
+}
+
+fn usage_facts(dir: &std::path::Path, tokens: &[TokenRecord]) -> Result<UsageFacts> {
+    let mut facts = UsageFacts {
+        spent: Default::default(),
+        last_used_ms: Default::default(),
+    };
+    let Some(db) = crate::usage::UsageDb::open_read_only(&crate::usage::UsageDb::path_in(dir))?
+    else {
+        return Ok(facts);
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    facts.spent =
+        db.spent_in_current_periods(tokens.iter().map(|t| (t.id.as_str(), key_period(t))), now)?;
+    facts.last_used_ms = db.last_used()?;
+    Ok(facts)
 }
 
 /// `none` (or `off`) as "remove the limit", anything else through `parse`.
@@ -102,7 +137,9 @@ fn announce_created(id: &str, name: &str, expires_at: Option<u64>) {
     );
 }
 
-fn print_list(tokens: &[TokenRecord], json: bool) -> Result<()> {
+fn print_list(tokens: &[TokenRecord], facts: &UsageFacts, json: bool) -> Result<()> {
+    let spent = |t: &TokenRecord| facts.spent.get(&t.id).copied().unwrap_or(Usd::ZERO);
+    let last_used = |t: &TokenRecord| facts.last_used_ms.get(&t.id).map(|ms| utc_date(ms / 1000));
     if json {
         let rows: Vec<_> = tokens
             .iter()
@@ -114,6 +151,9 @@ fn print_list(tokens: &[TokenRecord], json: bool) -> Result<()> {
                 created: utc_date(t.created_at),
                 expires: t.expires_at.map(utc_date),
                 policy: t.policy.clone(),
+                spent_usd: spent(t).as_f64(),
+                period: key_period(t),
+                last_used: last_used(t),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -124,8 +164,12 @@ fn print_list(tokens: &[TokenRecord], json: bool) -> Result<()> {
         return Ok(());
     }
     for t in tokens {
+        let spend = match t.policy.budget {
+            Some(b) => format!("spent {} of {} this {}", spent(t), b.limit, b.period),
+            None => format!("spent {} this {}", spent(t), key_period(t)),
+        };
         println!(
-            "{}\t{}\tcreated {}{}\t{}",
+            "{}\t{}\tcreated {}{}\t{}\t{}\t{}",
             t.id,
             t.name,
             utc_date(t.created_at),
@@ -133,6 +177,8 @@ fn print_list(tokens: &[TokenRecord], json: bool) -> Result<()> {
                 .map(|e| format!("\texpires {}", utc_date(e)))
                 .unwrap_or_default(),
             describe_policy(&t.policy),
+            spend.replace("this total", "in total"),
+            last_used(t).map_or("never used".to_owned(), |d| format!("last used {d}")),
         );
     }
     Ok(())
@@ -205,7 +251,9 @@ pub fn token(command: TokenCommand) -> Result<()> {
         TokenCommand::List { json, state_dir } => {
             let dir = state::resolve_state_dir(state_dir.as_deref())?;
             let store = TokenStore::load(&dir)?;
-            print_list(&store.list(), json)
+            let tokens = store.list();
+            let facts = usage_facts(&dir, &tokens)?;
+            print_list(&tokens, &facts, json)
         }
         TokenCommand::Revoke { id, state_dir } => {
             if let Some(client) = daemon(&no_config(&state_dir))? {
