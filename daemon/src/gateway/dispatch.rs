@@ -191,13 +191,22 @@ impl<R: Runtime> Gateway<R> {
             return Ok(out);
         }
 
+        // A Gemini client's own request is what the estimates read (the Chat Completions body
+        // beside it may be only a routing stub), and its countTokens costs nothing.
+        let (admit_endpoint, admit_body) = match native {
+            Some(n) if n.call == gate_core::llm::gemini::NativeCall::CountTokens => {
+                (Endpoint::CountTokens, &n.body)
+            }
+            Some(n) => (endpoint, &n.body),
+            None => (endpoint, &body),
+        };
         let (mut charge, admission) = match self.admit(
             caller,
-            endpoint,
+            admit_endpoint,
             label,
             client_protocol,
             &model,
-            &body,
+            admit_body,
             &mut candidates,
             &snapshot,
             started,
