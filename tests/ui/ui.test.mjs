@@ -232,6 +232,19 @@ async function main() {
     const policy = stored.tokens.find(t => t.name === "ui-test").policy;
     check(policy.rpm === undefined && policy.budget.usd === 5 && policy.budget.period === "day" && policy.owner === "ui team",
       `stored policy: ${JSON.stringify(policy)}`);
+    // Policies are enforced: a model outside the key's list is refused...
+    const refused = await fetch(base + "/v1/chat/completions", {
+      method: "POST",
+      headers: { authorization: "Bearer " + apiKey, "content-type": "application/json" },
+      body: JSON.stringify({ model: "nix-model", messages: [{ role: "user", content: "hi" }] }),
+    });
+    check(refused.status === 403, `a model outside the key's list: ${refused.status}`);
+    // ...until the limits are removed from the page (every field emptied).
+    await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
+    for (const field of ["models", "budget", "owner"]) await page.fill(`#token-form input[name=${field}]`, "");
+    await page.click("#token-submit");
+    await page.waitForSelector("#message.ok");
+    check((await page.textContent('#tokens-table tr:has-text("ui-test")')).includes("no limits"), "limits not removed");
     await go("upstreams");
     check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "editing lost the key");
 
