@@ -3,7 +3,7 @@
 // the X-Gate-CSRF header, which the server requires of cookie-authenticated changes.
 "use strict";
 
-const PAGES = ["status", "upstreams", "models", "tokens", "config"];
+const PAGES = ["status", "upstreams", "models", "tokens", "usage", "config"];
 const BASE_URL_HINTS = {
   openai: "https://api.openai.com/v1",
   anthropic: "https://api.anthropic.com",
@@ -18,6 +18,7 @@ function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") node.className = v;
+    else if (k === "style") node.style.cssText = v; // CSSOM: allowed by the page's CSP
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v);
   }
@@ -339,6 +340,93 @@ async function createToken(event) {
   } catch (e) { showMessage(e.message, "error"); }
 }
 
+const SVG_NS = "http://www.w3.org/2000/svg";
+const COLORS = ["#2f5bea", "#1a7f4b", "#a15c07", "#b42318", "#6b4fbb", "#0e7490", "#7c6f00", "#c2410c"];
+
+function svgEl(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A stacked bar chart: one bar per day, one colour per series; `points` are
+// {day, series, value}. Values are drawn as given; `format` labels the axis.
+function stackedBars(container, points, format) {
+  container.replaceChildren();
+  if (!points.length) { container.append(el("p", { class: "muted" }, "Nothing in this time.")); return; }
+  const days = [...new Set(points.map(p => p.day))].sort();
+  const totals = new Map();
+  for (const p of points) totals.set(p.series, (totals.get(p.series) || 0) + p.value);
+  const series = [...totals.keys()].sort((a, b) => totals.get(b) - totals.get(a));
+  const shown = series.slice(0, COLORS.length - 1);
+  const colorOf = name => shown.includes(name) ? COLORS[shown.indexOf(name)] : COLORS[COLORS.length - 1];
+  const perDay = new Map(days.map(d => [d, 0]));
+  for (const p of points) perDay.set(p.day, perDay.get(p.day) + p.value);
+  const max = Math.max(...perDay.values()) || 1;
+  const W = 720, H = 220, left = 64, bottom = 24, top = 8;
+  const svg = svgEl("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+  const plotH = H - bottom - top, step = (W - left) / days.length, barW = Math.max(2, step * 0.7);
+  for (const f of [0, 0.5, 1]) {
+    const y = top + plotH * (1 - f);
+    svg.append(svgEl("line", { x1: left, x2: W, y1: y, y2: y, stroke: "#dde1e7" }));
+    svg.append(svgEl("text", { x: left - 6, y: y + 4, "text-anchor": "end", "font-size": 11, fill: "#5f6b7a" }, format(max * f)));
+  }
+  days.forEach((day, i) => {
+    let y = top + plotH;
+    const x = left + i * step + (step - barW) / 2;
+    for (const p of points.filter(p => p.day === day).sort((a, b) => series.indexOf(a.series) - series.indexOf(b.series))) {
+      const h = plotH * p.value / max;
+      y -= h;
+      const rect = svgEl("rect", { x, y, width: barW, height: Math.max(h, 0), fill: colorOf(p.series) });
+      rect.append(svgEl("title", {}, `${day} ${p.series}: ${format(p.value)}`));
+      svg.append(rect);
+    }
+    if (days.length <= 16 || i % Math.ceil(days.length / 8) === 0) {
+      svg.append(svgEl("text", { x: x + barW / 2, y: H - 6, "text-anchor": "middle", "font-size": 11, fill: "#5f6b7a" }, day.slice(5)));
+    }
+  });
+  const legend = el("div", { class: "legend" }, ...shown.map(name =>
+    el("span", {}, el("span", { class: "swatch", style: "background:" + colorOf(name) }), name)));
+  if (series.length > shown.length) legend.append(el("span", {}, el("span", { class: "swatch", style: "background:" + COLORS[COLORS.length - 1] }), "others"));
+  container.append(svg, legend);
+}
+
+const usd = v => "$" + (v >= 100 ? v.toFixed(0) : v >= 1 ? v.toFixed(2) : v.toFixed(4));
+const count = v => v >= 1e6 ? (v / 1e6).toFixed(1) + "M" : v >= 1e3 ? (v / 1e3).toFixed(1) + "k" : String(Math.round(v));
+
+async function loadUsage() {
+  const since = $("#usage-since").value;
+  const [summary, series, tokens] = await Promise.all([
+    api("GET", "usage?by=key&since=" + encodeURIComponent(since)),
+    api("GET", "usage/series?since=" + encodeURIComponent(since)),
+    api("GET", "tokens"),
+  ]);
+  const budgets = tokens.tokens.filter(t => t.policy && t.policy.budget);
+  $("#usage-budgets").replaceChildren(...budgets.map(t => {
+    const limit = t.policy.budget.usd, spent = t.spent_usd || 0, held = t.held_usd || 0;
+    const pct = v => Math.min(100, limit > 0 ? 100 * v / limit : 100);
+    return el("div", { class: "budget" + (spent >= limit ? " over" : ""), "data-id": t.id },
+      el("div", { class: "label" }, el("span", {}, t.name + " (" + t.id + ")"),
+        el("span", {}, usd(spent) + " of " + usd(limit) + " this " + t.policy.budget.period + (held > 0 ? ", " + usd(held) + " in flight" : ""))),
+      el("div", { class: "bar" },
+        el("div", { class: "spent", style: `width:${pct(spent)}%` }),
+        el("div", { class: "held", style: `width:${Math.max(0, pct(spent + held) - pct(spent))}%` })));
+  }));
+  $("#usage-budgets-empty").hidden = budgets.length > 0;
+  stackedBars($("#usage-spend-chart"), series.spend.map(p => ({ day: p.day, series: p.name || p.key_id, value: p.cost_usd })), usd);
+  stackedBars($("#usage-tokens-chart"), series.tokens.map(p => ({ day: p.day, series: p.model, value: p.input_tokens + p.output_tokens })), count);
+  const rows = [...summary.rows].sort((a, b) => b.cost_usd - a.cost_usd || b.requests - a.requests);
+  fillTable("#usage-keys", rows.map(r => el("tr", {},
+    el("td", {}, (r.name ? r.name + " " : "") , el("span", { class: "muted mono" }, r.group || "")),
+    el("td", {}, String(r.requests)),
+    el("td", {}, count(r.input_tokens)),
+    el("td", {}, count(r.output_tokens)),
+    el("td", {}, usd(r.cost_usd) + (r.unknown_cost_requests ? " + unknown (" + r.unknown_cost_requests + ")" : "")),
+    el("td", {}, String(r.errors)),
+  )), "#usage-empty");
+}
+
 // A ready-to-paste request with a model the routes know (or a placeholder).
 async function curlExample(token) {
   let model = "MODEL";
@@ -429,7 +517,7 @@ async function unsetKey(key) {
   } catch (e) { showMessage(e.message, "error"); }
 }
 
-const LOADERS = { status: loadStatus, upstreams: loadUpstreams, models: loadModels, tokens: loadTokens, config: loadConfig };
+const LOADERS = { status: loadStatus, upstreams: loadUpstreams, models: loadModels, tokens: loadTokens, usage: loadUsage, config: loadConfig };
 
 async function route() {
   const name = (window.location.hash || "#status").slice(1);
@@ -455,6 +543,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#upstream-cancel").addEventListener("click", resetUpstreamForm);
   $("#token-form").addEventListener("submit", createToken);
   $("#token-cancel").addEventListener("click", resetTokenForm);
+  $("#usage-since").addEventListener("change", () => loadUsage().catch(e => showMessage(e.message, "error")));
   $("#config-form").addEventListener("submit", saveKey);
   $("#new-token-copy").addEventListener("click", () => navigator.clipboard.writeText($("#new-token-value").textContent));
   $("#logout").addEventListener("click", async () => {

@@ -331,6 +331,27 @@ async function main() {
     });
     check(back.status === 200, `request after restoring the --config upstream: ${back.status}`);
 
+    // The Usage page: the requests above are in the log (written within a second), by key
+    // and per day, and a budget shows as a bar.
+    const tokenId = (await (await fetch(base + "/admin/api/tokens", { headers: { authorization: "Bearer " + adminToken } })).json())
+      .tokens.find(t => t.name === "ui-test").id;
+    const patched = await fetch(base + "/admin/api/tokens/" + tokenId, {
+      method: "PATCH", headers: { authorization: "Bearer " + adminToken, "content-type": "application/json" },
+      body: JSON.stringify({ budget: 5, period: "day" }),
+    });
+    check(patched.status === 200, `budget through the API: ${patched.status}`);
+    await waitFor("usage records of the ui-test key", async () => {
+      await go("usage");
+      const text = await page.textContent("#usage-keys");
+      return text.includes("ui-test") ? text : null;
+    });
+    const keysText = await page.textContent("#usage-keys");
+    check(/unknown \(\d+\)/.test(keysText), `the cost of unpriced requests is not marked unknown: ${keysText}`);
+    check(await page.$("#usage-tokens-chart svg rect") !== null, "no bars in the tokens chart");
+    const budgetText = await page.textContent(`#usage-budgets .budget[data-id="${tokenId}"]`);
+    check(budgetText.includes("of $5.00 this day"), `budget bar: ${budgetText}`);
+    await shot("usage");
+
     // The login link worked once only.
     const again = await context.newPage();
     const r = await again.goto(loginUrl);
