@@ -210,7 +210,10 @@ async function main() {
     await page.fill("#token-form input[name=owner]", "ui team");
     await page.click("#token-submit");
     await page.waitForSelector("#message.ok");
-    const chips = await page.textContent('#tokens-table tr:has-text("ui-test")');
+    const chips = await waitFor("the policy chips", async () => {
+      const text = await page.textContent('#tokens-table tr:has-text("ui-test")');
+      return text.includes("30 req/min") ? text : null;
+    });
     for (const want of ["models ui-model, ui-model-*", "30 req/min", "$5.00 / day", "owner ui team"]) {
       check(chips.includes(want), `policy chips lack "${want}": ${chips}`);
     }
@@ -226,7 +229,8 @@ async function main() {
     await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
     await page.fill("#token-form input[name=rpm]", "");
     await page.click("#token-submit");
-    await page.waitForSelector("#message.ok");
+    await waitFor("the rate limit removed in the table", async () =>
+      !(await page.textContent('#tokens-table tr:has-text("ui-test")')).includes("req/min"));
     const adminToken = fs.readFileSync(path.join(stateDir, "admin.token"), "utf8").trim();
     const stored = await (await fetch(base + "/admin/api/tokens", { headers: { authorization: "Bearer " + adminToken } })).json();
     const policy = stored.tokens.find(t => t.name === "ui-test").policy;
@@ -243,8 +247,8 @@ async function main() {
     await page.click('#tokens-table tr:has-text("ui-test") button:text("Edit")');
     for (const field of ["models", "budget", "owner"]) await page.fill(`#token-form input[name=${field}]`, "");
     await page.click("#token-submit");
-    await page.waitForSelector("#message.ok");
-    check((await page.textContent('#tokens-table tr:has-text("ui-test")')).includes("no limits"), "limits not removed");
+    await waitFor("the key's limits removed in the table", async () =>
+      (await page.textContent('#tokens-table tr:has-text("ui-test")')).includes("no limits"));
     await go("upstreams");
     check(mock.seenAuth.at(-1) === "Bearer " + UPSTREAM_KEY, "editing lost the key");
 
