@@ -106,7 +106,8 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
         &daemon.node_name,
         &daemon.certificate,
     )
-    .await?;
+    .await
+    .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
 
     // A long connection through the TCP tunnel, open across the move.
     let tcp = rt.connect_tcp(relay.https_addr()).await?;
@@ -117,7 +118,9 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
     )
     .await?;
     long.write_all(b"ECHO\n").await?;
-    echo_round(&mut long, b"before the move").await?;
+    echo_round(&mut long, b"before the move")
+        .await
+        .map_err(|e| format!("echo before the move: {e}"))?;
 
     gate.set_blocked(false);
     wait_until(&rt, Duration::from_secs(30), "moved back to QUIC", || {
@@ -134,12 +137,19 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
         &daemon.node_name,
         &daemon.certificate,
     )
-    .await?;
+    .await
+    .map_err(|e| format!("GET /health after the move back to QUIC: {e}"))?;
     // The connection opened over TCP is intact after the move.
-    echo_round(&mut long, &vec![0x5a; 256 * 1024]).await?;
-    long.shutdown().await?;
+    echo_round(&mut long, &vec![0x5a; 256 * 1024])
+        .await
+        .map_err(|e| format!("echo after the move on the connection opened over TCP: {e}"))?;
+    long.shutdown()
+        .await
+        .map_err(|e| format!("closing the connection opened over TCP: {e}"))?;
     let mut rest = Vec::new();
-    long.read_to_end(&mut rest).await?;
+    long.read_to_end(&mut rest)
+        .await
+        .map_err(|e| format!("reading the end of the connection opened over TCP: {e}"))?;
     assert!(rest.is_empty(), "nothing after the echo");
 
     daemon.client.shutdown().await;

@@ -189,10 +189,12 @@ impl AsyncWrite for H2Stream {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.finished {
-            self.finished = true;
-            self.send.send_data(Bytes::new(), true).map_err(h2_io)?;
-        }
+        // Ending a send side the peer has already reset is not an error: an HTTP/2 peer that
+        // finished its own side and dropped the stream resets it (NO_ERROR) before it reads
+        // our end, while what it sent before (a TLS close_notify, say) is still to be read
+        // here. Failing the shutdown would make a copy loop drop those bytes; a real reset
+        // still shows on the read side once the data before it has been read.
+        self.finish();
         Poll::Ready(Ok(()))
     }
 }
@@ -441,4 +443,53 @@ where
     });
     let control = open(requests.clone(), CONTROL_PATH).await?;
     Ok((control, TcpOpener { requests, closed }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A daemon that answers, ends its side and drops the stream before it has read the
+    /// relay's end makes h2 reset the stream (NO_ERROR). What it sent before must still reach
+    /// the relay, and the relay's own end (shutdown) must not fail: a copy loop that failed
+    /// there dropped the daemon's last bytes (its TLS close_notify) on the floor.
+    #[test]
+    fn shutdown_after_the_peer_finished_and_reset_keeps_what_it_sent() {
+        futures_lite::future::block_on(async {
+            let (relay_io, daemon_io) = tokio::io::duplex(64 * 1024);
+            let daemon = async move {
+                let mut connection = h2::server::handshake(daemon_io).await.unwrap();
+                let (request, respond) = connection.accept().await.unwrap().unwrap();
+                let (path, mut stream) = accept_request(request, respond).unwrap();
+                assert_eq!(path, STREAM_PATH);
+                stream.write_all(b"bye").await.unwrap();
+                stream.shutdown().await.unwrap();
+                drop(stream);
+                // Keeps the connection going until the relay closes it.
+                while let Some(Ok(_)) = connection.accept().await {}
+            };
+            let relay = async move {
+                let (requests, connection) = h2::client::handshake(relay_io).await.unwrap();
+                let drive = async move {
+                    let _ = connection.await;
+                };
+                let forward = async move {
+                    let mut stream = open(requests, STREAM_PATH).await.unwrap();
+                    let reason = std::future::poll_fn(|cx| stream.send.poll_reset(cx))
+                        .await
+                        .unwrap();
+                    assert_eq!(reason, h2::Reason::NO_ERROR);
+                    let mut got = Vec::new();
+                    stream.read_to_end(&mut got).await.unwrap();
+                    assert_eq!(got, b"bye");
+                    stream.shutdown().await.unwrap();
+                };
+                futures_lite::future::zip(drive, forward).await;
+            };
+            futures_lite::future::zip(daemon, relay).await;
+        });
+    }
 }
