@@ -8,7 +8,8 @@
 //! refusals with `retry-after` and rate-limit headers (and the headers on successes, replacing
 //! the upstream's); budget and unknown-price refusals; settlement on pass-through and
 //! converted routes, streamed and not, and the Gemini front door; concurrent streams against
-//! one budget never spend past it; an abandoned stream is settled.
+//! one budget never spend past it; an abandoned stream is settled; a Gemini client on a native
+//! upstream is admitted on its own request, and its countTokens is free.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
@@ -115,6 +116,26 @@ fn serve(stream: TcpStream, completion: u64, hits: &AtomicUsize, release: &Atomi
             continue;
         }
         hits.fetch_add(1, Ordering::SeqCst);
+        // A native Gemini upstream's two calls (the `google` provider).
+        let path = line.split(' ').nth(1).unwrap_or_default();
+        if path.contains("/v1beta/models/") {
+            let answer = if path.ends_with(":countTokens") {
+                json!({"totalTokens": 42})
+            } else {
+                json!({"candidates": [{"index": 0, "finishReason": "STOP",
+                        "content": {"role": "model", "parts": [{"text": "hello there"}]}}],
+                    "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": completion,
+                        "totalTokenCount": 10 + completion},
+                    "modelVersion": "gemini-x"})
+            }
+            .to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            continue;
+        }
         let request: Value = serde_json::from_slice(&body).unwrap_or_default();
         let model = request["model"].as_str().unwrap_or_default().to_owned();
         let usage = json!({"prompt_tokens": 10, "completion_tokens": completion,
@@ -760,6 +781,92 @@ async fn abandoned_streams_are_settled<R: Runtime>(rt: R) {
     upstream.release();
 }
 
+/// A Gemini client on a native `google` upstream: admission reads the client's own request
+/// (its `generationConfig.maxOutputTokens` sizes the reservation, its contents the TPM
+/// estimate), `countTokens` reserves and charges nothing even when a generation would not fit
+/// the budget, and a generation settles to Google's `usageMetadata`.
+async fn native_gemini_admission<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = format!(
+        "[upstreams.goo]\nprovider = \"google\"\nbase_url = \"http://{}/v1beta\"\n\
+         api_key = \"goog-upstream-key-0123456789\"\nmodels = [\"gemini-x\"]\n\
+         [upstreams.goo.prices.\"gemini-x\"]\ninput = 0\noutput = 1000\n",
+        upstream.addr
+    );
+    let gate = start_gate(
+        &rt,
+        "gemini-native",
+        &config,
+        &[
+            json!({"budget": {"usd": 1, "period": "month"}}),
+            json!({"budget": {"usd": 0.01, "period": "day"}}),
+            json!({"tpm": 500}),
+        ],
+    )
+    .await;
+    let ask = |max: u64, text: &str| {
+        json!({"contents": [{"role": "user", "parts": [{"text": text}]}],
+            "generationConfig": {"maxOutputTokens": max}})
+    };
+
+    // The reservation is the client's own output bound: 2000 tokens at $0.001 is over $1.
+    let a = gate
+        .post(
+            "/v1beta/models/gemini-x:generateContent",
+            0,
+            ask(2000, "hi"),
+        )
+        .await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert!(a.text().contains("could cost up to $2.00"), "{}", a.text());
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
+
+    // Within it: served, then settled to Google's count (40 output tokens = $0.04).
+    let a = gate
+        .post("/v1beta/models/gemini-x:generateContent", 0, ask(100, "hi"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        a.json()["candidates"][0]["content"]["parts"][0]["text"],
+        "hello there"
+    );
+    wait_until(&rt, "the generation to settle", || {
+        gate.spend(0) == (COMPLETION * MILLI, 0)
+    })
+    .await;
+
+    // countTokens is free: Google's count comes back and the spend does not move, even for a
+    // key whose budget ($0.01) admits no generation of 100 tokens.
+    let a = gate
+        .post("/v1beta/models/gemini-x:generateContent", 1, ask(100, "hi"))
+        .await;
+    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    for key in [0, 1] {
+        let before = gate.spend(key);
+        let a = gate
+            .post("/v1beta/models/gemini-x:countTokens", key, ask(100, "hi"))
+            .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        assert_eq!(a.json()["totalTokens"], 42);
+        assert_eq!(gate.spend(key), before, "countTokens charged key {key}");
+    }
+
+    // TPM counts the client's contents: after a small request, ~3 KB of text (over 500
+    // tokens before any output) does not fit the minute. (A request larger than the whole
+    // allowance is let through only while the allowance is untouched.)
+    let a = gate
+        .post("/v1beta/models/gemini-x:generateContent", 2, ask(10, "hi"))
+        .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    let long = "lorem ipsum ".repeat(250);
+    let a = gate
+        .post("/v1beta/models/gemini-x:generateContent", 2, ask(10, &long))
+        .await;
+    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert!(a.headers.contains_key("retry-after"), "{:?}", a.headers);
+    assert!(a.text().contains("500 tokens per minute"), "{}", a.text());
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -783,4 +890,5 @@ both_runtimes!(
     budgets_and_settlement_on_every_route,
     concurrent_streams_never_overspend,
     abandoned_streams_are_settled,
+    native_gemini_admission,
 );
