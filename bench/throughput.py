@@ -49,6 +49,8 @@ T_STREAM_SHARE = 0.70  # >= 70% streamed
 T_ADDED_P50_MS = 0.1
 T_ADDED_P99_MS = 0.5
 T_POLICY_SHARE = 0.90  # with accounting, budget and rate limit >= 90% of the plain key
+T_ACCOUNTING_SHARE = 0.90  # issue 14: accounting (usage log + budget + rpm) costs <= 10% at c=50
+T_ACCOUNTING_C1_MS = 0.05  # ... and nothing visible at c=1: p50 within 0.05 ms of the same Gate without it
 T_RSS_MB = 30.0
 
 LABELS = {
@@ -56,6 +58,7 @@ LABELS = {
     "nginx-proxy": "nginx as proxy",
     "gate": "Gate",
     "gate-policy": "Gate, key with budget + rpm",
+    "gate-noacct": "Gate, usage log off, plain key",
     "litellm": "LiteLLM",
     "portkey": "Portkey gateway",
 }
@@ -273,17 +276,29 @@ def gate_cli_has(binary: Path, option: str) -> bool:
     return option in out.stdout
 
 
-def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str) -> tuple[Target, Target, dict]:
-    state = work / "gate-state"
+def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
+               tag: str = "", accounting: bool = True) -> tuple[Target, Target, dict]:
+    """Gate in front of the origin with a plain key and a key with a budget and a rate limit.
+    `accounting=False`: the usage log off (`[usage] enabled = false`), the comparison point of
+    issue 14's "accounting on vs off"."""
+    state = work / f"gate-state{tag}"
     state.mkdir()
     port = free_port()
-    config = work / "gate.toml"
+    config = work / f"gate{tag}.toml"
+    # Prices for the bench's models (a budgeted key is refused a model without one): what
+    # gpt-4o-mini costs, so that a budget is reserved and settled as for a real model.
+    prices = (
+        f'\n[upstreams.plain.prices."{MODEL}"]\ninput = 0.15\noutput = 0.6\n'
+        f'\n[upstreams.stream.prices."{STREAM_MODEL}"]\ninput = 0.15\noutput = 0.6\n'
+    )
     config.write_text(
         f'host = "127.0.0.1"\nport = {port}\nlog_level = "warn"\n\n'
+        + ("" if accounting else "[usage]\nenabled = false\n\n") +
         f'[upstreams.plain]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/v1"\n'
         f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{MODEL}"]\n\n'
         f'[upstreams.stream]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/stream/v1"\n'
         f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{STREAM_MODEL}"]\n'
+        + prices
         + (f"\n{extra_config}\n" if extra_config else "")
     )
 
@@ -300,16 +315,18 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
     policy = {"budget": gate_cli_has(binary, "--budget"), "rpm": gate_cli_has(binary, "--rpm")}
     args = ["--name", "bench-policy"]
     if policy["budget"]:
-        args += ["--budget", "1000"]
+        # Each request reserves its most (the model's output cap at these prices) and settles
+        # to its usage: $100,000 a month outlasts the 10-minute soak at any rate seen here.
+        args += ["--budget", "100000", "--period", "month"]
     if policy["rpm"]:
-        # 1,000,000 a minute is above what one 15 s run can send even at 60 k req/s; were the
-        # limit hit, the 429s would show as errors in the table.
-        args += ["--rpm", "1000000"]
+        # 60,000,000 a minute (a million a second) is above anything wrk can send here, so no
+        # request is refused, but every one goes through the limiter; 429s would show as errors.
+        args += ["--rpm", "60000000"]
     policy["args"] = args
     policy_key = token(*args)
-    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)], work / "gate.log")
+    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)], work / f"gate{tag}.log")
     base = f"http://127.0.0.1:{port}"
-    plain = Target("gate", proc, base, {"authorization": f"Bearer {plain_key}"})
+    plain = Target("gate" if accounting else "gate-noacct", proc, base, {"authorization": f"Bearer {plain_key}"})
     with_policy = Target("gate-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
     return plain, with_policy, policy
 
@@ -574,6 +591,13 @@ def summarize(results: dict) -> dict:
     if "gate-policy" in rows:
         for sc in ("c50", "c50-stream"):
             rows["gate-policy"][f"{sc}_share_of_plain_key"] = paired(sc, "gate-policy", "gate", share)
+            if "gate-noacct" in rows:
+                rows["gate-policy"][f"{sc}_share_of_no_accounting"] = paired(sc, "gate-policy", "gate-noacct", share)
+        if "gate-noacct" in rows:
+            for sc in ("c1", "c1-stream"):
+                for q in ("p50", "p99"):
+                    rows["gate-policy"][f"{sc}_{q}_over_no_accounting_ms"] = paired(
+                        sc, "gate-policy", "gate-noacct", lambda x, y, q=q: x["latency_ms"][q] - y["latency_ms"][q])
     return rows
 
 
@@ -601,6 +625,12 @@ def targets_met(results: dict) -> list[tuple[str, str, bool | None]]:
         "{:.0%}", lambda v: v >= T_POLICY_SHARE)
     add("key with budget + rpm, c=50 streamed, >= 90% of the plain key", gp.get("c50-stream_share_of_plain_key"),
         "{:.0%}", lambda v: v >= T_POLICY_SHARE)
+    add("accounting on (usage log, budget, rpm) vs off, c=50 non-streamed, >= 90%",
+        gp.get("c50_share_of_no_accounting"), "{:.0%}", lambda v: v >= T_ACCOUNTING_SHARE)
+    add("accounting on vs off, c=50 streamed, >= 90%",
+        gp.get("c50-stream_share_of_no_accounting"), "{:.0%}", lambda v: v >= T_ACCOUNTING_SHARE)
+    add("accounting on vs off, c=1 p50 difference <= 0.05 ms (non-streamed)",
+        gp.get("c1_p50_over_no_accounting_ms"), "{:+.3f} ms", lambda v: v <= T_ACCOUNTING_C1_MS)
     add("Gate RSS under c=50 load <= 30 MB (max of the samples)", g.get("rss_max_mb"), "{:.1f} MB",
         lambda v: v <= T_RSS_MB)
     so = results.get("soak")
@@ -658,6 +688,13 @@ def tables(results: dict) -> list[str]:
                      f"{gp['c50_share_of_plain_key']:.0%} non-streamed, "
                      f"{gp.get('c50-stream_share_of_plain_key') or 0:.0%} streamed (target ≥ 90%); "
                      f"key created with `gate token create {' '.join(results['gate_policy']['args'])}`.")
+    if gp.get("c50_share_of_no_accounting"):
+        lines.append("")
+        lines.append(f"Accounting on (usage log, budget, rpm) vs a Gate with the usage log off and a plain key "
+                     f"(issue 14, same run): {gp['c50_share_of_no_accounting']:.0%} non-streamed, "
+                     f"{gp.get('c50-stream_share_of_no_accounting') or 0:.0%} streamed at c=50 (target ≥ 90%); "
+                     f"c=1 p50 {gp.get('c1_p50_over_no_accounting_ms') or 0:+.3f} ms, "
+                     f"p99 {gp.get('c1_p99_over_no_accounting_ms') or 0:+.3f} ms.")
     lines += ["", "| path | c=1 p50 [ms] | c=1 p99 [ms] | added p50 [ms] | added p99 [ms] "
                   "| c=1 streamed p50 [ms] | streamed p99 [ms] | added p50 [ms] | added p99 [ms] |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -687,7 +724,7 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, paths = results["summary"], results["paths"]
-    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6",
+    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6", "gate-noacct": "#c6dbef",
               "litellm": "#d62728", "portkey": "#ff7f0e"}
     so = results.get("soak")
     fig, axes = plt.subplots(1, 4 if so else 3, figsize=(20 if so else 16, 5))
@@ -860,7 +897,10 @@ def main() -> int:
     extra = args.gate_extra_config.read_text() if args.gate_extra_config else ""
     gate, gate_policy, policy = start_gate(root, work, origin_port, gate_binary, extra)
     results["gate_policy"] = policy
-    targets = [direct, nginx_proxy, gate, gate_policy]
+    # The same Gate with its usage log off, for issue 14's accounting on/off pair (its second
+    # key, with a budget, is not measured).
+    gate_noacct, _, _ = start_gate(root, work, origin_port, gate_binary, extra, tag="-noacct", accounting=False)
+    targets = [direct, nginx_proxy, gate, gate_policy, gate_noacct]
     for t in targets:
         wait_ready(t, 30)
         check_answers(t)
@@ -916,11 +956,13 @@ def main() -> int:
 
     # Peers are not needed for the soak: stop them so that they do not compete for the CPU.
     for t in targets:
-        if t.name in ("litellm", "portkey"):
+        if t.name in ("litellm", "portkey", "gate-noacct"):
             stop(t.proc)
     if soak_minutes > 0:
-        print(f"== soak: Gate under 25 plain + 25 streaming connections for {soak_minutes:g} min", file=sys.stderr)
-        results["soak"] = soak(work, gate, soak_minutes)
+        # With accounting on: the key with a budget and a rate limit, the usage log writing.
+        print(f"== soak: Gate (key with budget + rpm) under 25 plain + 25 streaming connections for "
+              f"{soak_minutes:g} min", file=sys.stderr)
+        results["soak"] = soak(work, gate_policy, soak_minutes)
 
     results["environment"]["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
     results["summary"] = summarize(results)
