@@ -214,6 +214,14 @@ let
   secretKeys = inst:
     optional ((inst.settings.auth.jwt or { }) ? secret) "auth.jwt.secret"
     ++ optional ((inst.settings.relay or { }) ? token) "relay.token"
+    # A store URL with a password must not reach the world-readable store; one without (a
+    # local socket with peer authentication, a Redis without AUTH) may live in settings.
+    ++ concatMap
+      (k: optional
+        (((inst.settings.store or { }) ? ${k})
+        && builtins.match "[a-z]+://[^/@?]*:[^/@?]*@.*" inst.settings.store.${k} != null)
+        "store.${k}")
+      [ "url" "redis_url" ]
     ++ concatMap (n: optional ((inst.settings.upstreams.${n} or { }) ? api_key) "upstreams.${n}.api_key")
       (attrNames (inst.settings.upstreams or { }));
 

@@ -226,6 +226,17 @@ in
     };
   };
 
+  # One of two daemons (the other machine has the same) sharing keys, usage and budgets in
+  # PostgreSQL and rate limits in Redis: the URLs with their passwords come from the
+  # environment file; what holds no secret goes in settings.
+  daemon-shared-store = {
+    services.gate-daemon = {
+      enable = true;
+      host = "0.0.0.0";
+      environmentFile = "/run/secrets/gate-daemon-store";
+    };
+  };
+
   # Two relay instances sharing name claims in one PostgreSQL database: the URL (with its
   # password) comes from each instance's environment file, never from settings.
   relay-shared-claims = {

@@ -134,6 +134,14 @@ in
     error = "settings.store.url holds a password: the Nix store is world-readable";
     modules = [{ services.gate-relay.instances.default.settings.store.url = "postgres://relay:hunter2@db.internal/gate"; }];
   };
+  daemon-store-password-in-settings = {
+    error = "holds the secret store.url: the Nix store is world-readable";
+    modules = [{ services.gate-daemon = { enable = true; settings.store.url = "postgres://gate:hunter2@db.internal/gate"; }; }];
+  };
+  daemon-redis-password-in-settings = {
+    error = "holds the secret store.redis_url: the Nix store is world-readable";
+    modules = [{ services.gate-daemon = { enable = true; settings.store.redis_url = "redis://:hunter2@cache.internal:6379/0"; }; }];
+  };
   daemon-relay-token-in-settings = {
     error = "holds the secret relay.token";
     modules = [{ services.gate-daemon = { enable = true; settings.relay.token = "0123456789abcdef"; }; }];

@@ -125,6 +125,11 @@ EOF
 cat >"$work/gate-relay-store.env" <<'EOF'
 RELAY__STORE__URL=postgres://gate_relay:store-secret-0123@db.internal:5432/gate
 EOF
+# Daemons sharing keys, usage and budgets (PostgreSQL) and rate limits (Redis).
+cat >"$work/gate-daemon-store.env" <<'EOF'
+GATE_STORE__URL=postgres://gate:store-secret-0123@db.internal:5432/gate
+GATE_STORE__REDIS_URL=redis://:redis-secret-0123@cache.internal:6379/0
+EOF
 secrets_for() { # the test's copy of an EnvironmentFile path
     case "$1" in
         /run/secrets/gate-daemon) echo "$work/gate-daemon.env" ;;
@@ -132,6 +137,7 @@ secrets_for() { # the test's copy of an EnvironmentFile path
         /run/secrets/gate-relay-token) echo "$work/gate-relay-token.env" ;;
         /run/secrets/gate-daemon-token) echo "$work/gate-daemon-token.env" ;;
         /run/secrets/gate-relay-store) echo "$work/gate-relay-store.env" ;;
+        /run/secrets/gate-daemon-store) echo "$work/gate-daemon-store.env" ;;
         *) echo /dev/null ;;
     esac
 }
