@@ -101,20 +101,48 @@ function formatTime(unix) {
   return new Date(unix * 1000).toLocaleString();
 }
 
+// The relay card: the overall state, then per relay its address, state and transport, every
+// public URL it granted (the node-id name and the custom name), and why a custom name was
+// refused or the last error.
+function relayLines(relay) {
+  const lines = [el("div", {}, relay.state)];
+  const links = relay.relays || [];
+  for (const link of links) {
+    const head = link.address + " — " + link.state + (link.transport ? " over " + link.transport.toUpperCase() : "");
+    lines.push(el("div", { class: "mono" }, head));
+    for (const url of link.public_urls || []) {
+      lines.push(el("div", {}, el("a", { href: url, class: "mono public-url" }, url)));
+    }
+    if (link.custom_name_refusal) lines.push(el("div", { class: "badge warn" }, "custom name refused: " + link.custom_name_refusal));
+    if (link.last_error) lines.push(el("div", { class: "muted" }, "last error: " + link.last_error));
+  }
+  if (links.length === 0) {
+    for (const url of relay.public_urls || (relay.public_url ? [relay.public_url] : [])) {
+      lines.push(el("div", {}, el("a", { href: url, class: "mono public-url" }, url)));
+    }
+  }
+  return lines;
+}
+
 // ---- pages ----
 
 async function loadStatus() {
   const s = await api("GET", "status");
   showReloadError(s.last_reload_error);
-  $("#gateway-info").replaceChildren(
+  // The address this page came from is the one that works for whoever is looking at it (the
+  // relay's public name, a LAN address); the listen address is what local tools use.
+  const here = window.location.origin;
+  const info = [
     el("dt", {}, "Version"), el("dd", {}, s.version),
     el("dt", {}, "Runtime"), el("dd", {}, s.runtime),
-    el("dt", {}, "Base URL"), el("dd", { class: "mono" }, s.listen + "/v1"),
-    el("dt", {}, "State directory"), el("dd", { class: "mono" }, s.state_dir),
-  );
+    el("dt", {}, "Base URL"), el("dd", { class: "mono", id: "base-url" }, here + "/v1"),
+  ];
+  if (here !== s.listen) info.push(el("dt", {}, "On this machine"), el("dd", { class: "mono" }, s.listen + "/v1"));
+  info.push(el("dt", {}, "State directory"), el("dd", { class: "mono" }, s.state_dir));
+  $("#gateway-info").replaceChildren(...info);
   $("#sdk-hint").textContent =
-    "from openai import OpenAI\nclient = OpenAI(base_url=\"" + s.listen + "/v1\", api_key=\"gk_...\")";
-  $("#relay-state").textContent = s.relay.state + (s.relay.public_url ? " — " + s.relay.public_url : "");
+    "from openai import OpenAI\nclient = OpenAI(base_url=\"" + here + "/v1\", api_key=\"gk_...\")";
+  $("#relay-state").replaceChildren(...relayLines(s.relay));
   $("#cert-state").textContent = s.certificate.state + (s.certificate.expires_at ? " — expires " + formatTime(s.certificate.expires_at) : "");
   fillTable("#status-upstreams", s.upstreams.map(u => el("tr", {},
     el("td", {}, u.name), el("td", {}, u.provider), el("td", {}, healthBadge(u.health)), el("td", {}, keyText(u)))),

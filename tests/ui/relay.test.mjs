@@ -143,6 +143,19 @@ async function main() {
       await page.goto(`${origin}/ui/login?code=${code}`, { timeout: DEADLINE_MS });
       await page.waitForSelector("body[data-loaded]", { timeout: DEADLINE_MS });
       check(new URL(page.url()).host === `${host}:${httpsPort}`, `the UI left the public address: ${page.url()}`);
+      // The status page gives the address that works from here (the public one, not the
+      // daemon's loopback listen address) and lists both names the relay granted.
+      const baseUrl = await waitFor("the base URL on the status page", async () =>
+        (await page.textContent("#base-url").catch(() => null)) || null);
+      check(baseUrl === `${origin}/v1`, `the status page's base URL is ${JSON.stringify(baseUrl)}, not ${origin}/v1`);
+      const urls = await waitFor("the relay's public URLs on the status page", async () => {
+        const found = await page.$$eval("#relay-state .public-url", (as) => as.map((a) => a.textContent));
+        return found.length >= 2 ? found : null;
+      });
+      for (const n of [custom, nodeId]) {
+        check(urls.some((u) => new URL(u).hostname === `${n}.gate.localhost`),
+          `the relay card does not list ${n}.gate.localhost: ${JSON.stringify(urls)}`);
+      }
       if (name === custom) {
         await page.screenshot({ path: path.join(artifacts, `${label}-relay.png`), fullPage: true });
       }
