@@ -82,6 +82,59 @@ pub(super) async fn read_client_hello<S: AsyncRead + Unpin>(
 
 /// Sends a fatal alert, closes the write side, and reads (bounded in time and bytes) until
 /// the client closes, so the alert is not lost to a reset.
+/// Why a stream to the daemon could not be started.
+pub(super) enum Unopened {
+    /// Its connection is closed (the error): the daemon is gone, and so are its names.
+    Gone(String),
+    /// Not opened in time: the daemon takes no more streams.
+    Busy,
+    /// Opened, but the stream header could not be written: the daemon is gone.
+    Unwritable,
+}
+
+/// A forwarded connection whose stream to the daemon could not be started ([`Unopened`]):
+/// counted, logged, the daemon's session forgotten when it is gone, and the client refused
+/// with a TLS alert (`unrecognized_name` for a daemon that is gone, `internal_error` for one
+/// that is busy). The same on both transports.
+pub(super) async fn refuse_unopened<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
+    rt: &R,
+    shared: &Shared,
+    stream: &mut S,
+    peer: SocketAddr,
+    server_name: &str,
+    route: &Route,
+    why: Unopened,
+) {
+    shared.metrics.daemon_unreachable.inc();
+    let alert = match why {
+        Unopened::Gone(e) => {
+            tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
+            shared.forget_session(route.session, "a stream could not be opened");
+            sni::unrecognized_name_alert()
+        }
+        Unopened::Busy => {
+            tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
+            sni::internal_error_alert()
+        }
+        Unopened::Unwritable => {
+            tracing::debug!(%peer, name = %server_name, "writing the stream header to the daemon failed");
+            shared.forget_session(route.session, "a stream could not be written");
+            sni::unrecognized_name_alert()
+        }
+    };
+    refuse(rt, stream, alert).await;
+}
+
+/// A forwarded stream's first bytes: the route's stream header, then the client's
+/// ClientHello (`None` only if the header does not encode, which a server name of at most
+/// 253 bytes never makes happen).
+pub(super) fn stream_head(route: &Route, hello: Vec<u8>) -> Option<Vec<u8>> {
+    let mut head = Vec::with_capacity(route.header.encoded_len() + hello.len());
+    route.header.encode(&mut head).ok()?;
+    head.extend_from_slice(&hello);
+    Some(head)
+}
+
 pub(super) async fn refuse<R: Runtime, S: AsyncRead + AsyncWrite + Unpin>(
     rt: &R,
     stream: &mut S,
@@ -186,35 +239,26 @@ pub(super) async fn serve_https<R: Runtime>(
             return;
         }
     };
-    let (mut send, recv) = match gate_rt::timeout(&rt, deadline, connection.open_bi()).await {
+    let opened = gate_rt::timeout(&rt, deadline, connection.open_bi()).await;
+    let (mut send, recv) = match opened {
         Ok(Ok(streams)) => streams,
         Ok(Err(e)) => {
-            // The connection is closed: the daemon is gone, and so are its names.
-            metrics.daemon_unreachable.inc();
-            tracing::debug!(%peer, name = %server_name, "opening a stream to the daemon failed: {e}");
-            shared.forget_session(route.session, "a stream could not be opened");
-            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-            return;
+            let why = Unopened::Gone(e.to_string());
+            return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why)
+                .await;
         }
         Err(gate_rt::Elapsed) => {
-            metrics.daemon_unreachable.inc();
-            tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
-            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
-            return;
+            let why = Unopened::Busy;
+            return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why)
+                .await;
         }
     };
-    let mut head = Vec::with_capacity(route.header.encoded_len() + hello.len());
-    if route.header.encode(&mut head).is_err() {
-        // Server names are at most 253 bytes; a header always encodes.
+    let Some(head) = stream_head(&route, hello) else {
         return;
-    }
-    head.extend_from_slice(&hello);
-    drop(hello);
+    };
     if send.write_chunk(bytes::Bytes::from(head)).await.is_err() {
-        metrics.daemon_unreachable.inc();
-        shared.forget_session(route.session, "a stream could not be written");
-        refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-        return;
+        let why = Unopened::Unwritable;
+        return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why).await;
     }
     let mut recv = recv;
     // Until the daemon's first bytes (its ServerHello or alert) arrive, the client has been

@@ -158,34 +158,26 @@ pub(super) async fn forward_over_tcp<R: Runtime>(
 ) {
     let metrics = &shared.metrics;
     let deadline = shared.settings.limits.handshake_timeout();
-    let mut tunnel: H2Stream = match gate_rt::timeout(&rt, deadline, opener.open()).await {
+    let opened = gate_rt::timeout(&rt, deadline, opener.open()).await;
+    let mut tunnel: H2Stream = match opened {
         Ok(Ok(tunnel)) => tunnel,
         Ok(Err(e)) => {
-            metrics.daemon_unreachable.inc();
-            tracing::debug!(%peer, name = %server_name, "opening a TCP tunnel stream to the daemon failed: {e}");
-            // The tunnel is gone: so are the daemon's names, at once.
-            shared.forget_session(route.session, "a stream could not be opened");
-            refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-            return;
+            let why = Unopened::Gone(format!("over the TCP tunnel: {e}"));
+            return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why)
+                .await;
         }
         Err(gate_rt::Elapsed) => {
-            metrics.daemon_unreachable.inc();
-            tracing::debug!(%peer, name = %server_name, "the daemon takes no more streams");
-            refuse(&rt, &mut stream, sni::internal_error_alert()).await;
-            return;
+            let why = Unopened::Busy;
+            return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why)
+                .await;
         }
     };
-    let mut head = Vec::with_capacity(route.header.encoded_len() + hello.len());
-    if route.header.encode(&mut head).is_err() {
+    let Some(head) = stream_head(&route, hello) else {
         return;
-    }
-    head.extend_from_slice(&hello);
-    drop(hello);
+    };
     if tunnel.write_all(&head).await.is_err() {
-        metrics.daemon_unreachable.inc();
-        shared.forget_session(route.session, "a stream could not be written");
-        refuse(&rt, &mut stream, sni::unrecognized_name_alert()).await;
-        return;
+        let why = Unopened::Unwritable;
+        return refuse_unopened(&rt, &shared, &mut stream, peer, &server_name, &route, why).await;
     }
     metrics.forwarded.inc();
     tracing::debug!(%peer, name = %server_name, "forwarding over TCP");
