@@ -398,7 +398,7 @@ async fn run<R: gate_rt::Runtime>(rt: R, options: DaemonOptions) -> anyhow::Resu
     // daemon cleanly (and SIGINT is honoured even when the parent shell ignored it).
     let mut signals = gate_rt::signal::StopSignals::install()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let daemon = RunningDaemon::start(rt, options)?;
+    let daemon = RunningDaemon::start(rt, options).await?;
     match signals.next().await {
         Ok(signal) => tracing::info!(%signal, "stop requested"),
         Err(e) => tracing::warn!(error = %e, "the signal handler failed; stopping"),
