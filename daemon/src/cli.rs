@@ -53,8 +53,9 @@ pub enum Command {
         state_dir: Option<PathBuf>,
     },
     /// Show who used what: requests, tokens and cost from the usage log
-    /// (`<state_dir>/usage.db`), summed per key, model, upstream, day or owner. Reads the
-    /// file directly, whether or not the daemon runs.
+    /// (`<state_dir>/usage.db`), summed per key, model, upstream, day or owner. Asks the
+    /// running daemon when one answers (with `[store] url`: every daemon's usage, from the
+    /// shared store), else reads the file.
     Usage(UsageArgs),
     /// Show the running daemon: upstreams and their health, relay, certificate, and a
     /// fresh one-time web UI login link.
