@@ -661,8 +661,26 @@ impl<R: Runtime> Gateway<R> {
         written: &std::collections::HashMap<String, Usd>,
         now_unix: u64,
     ) {
-        let periods: Vec<(&String, Period)> =
-            sums.keys().map(|k| (k, self.key_period(k))).collect();
+        // One pass over the keys (not one per key): every key's budget period.
+        let key_periods: std::collections::HashMap<String, Period> = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .list()
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.policy.budget?.period)))
+            .collect();
+        let periods: Vec<(&String, Period)> = sums
+            .keys()
+            .map(|k| {
+                let period = if k.starts_with("jwt:") {
+                    self.key_period(k)
+                } else {
+                    key_periods.get(k).copied().unwrap_or(UNBUDGETED_PERIOD)
+                };
+                (k, period)
+            })
+            .collect();
         let mut ledger = self.accounting.ledger();
         for (key, period) in periods {
             let stored = sums
