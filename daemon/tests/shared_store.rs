@@ -272,7 +272,10 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     }
     let config = dir.join("a").join("gate.toml");
     let (_, shown, _) = a.gate(&["config", "show", "--config", config.to_str().unwrap()]);
-    assert!(shown.contains("store.url"), "{runtime}: config show: {shown}");
+    assert!(
+        shown.contains("[store]") && shown.contains("url = \"(set)\""),
+        "{runtime}: config show: {shown}"
+    );
     assert!(!shown.contains(PG_PASSWORD), "{runtime}: config show: {shown}");
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
