@@ -299,10 +299,7 @@ impl TokenStore {
     pub fn from_records(records: Vec<TokenRecord>) -> Self {
         Self {
             path: PathBuf::new(),
-            by_hash: records
-                .into_iter()
-                .map(|t| (t.sha256.clone(), t))
-                .collect(),
+            by_hash: records.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
         }
     }
 

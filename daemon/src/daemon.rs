@@ -28,8 +28,8 @@ use crate::gateway::Gateway;
 use crate::reload::Reloader;
 use crate::remote::{RelayedListener, Remote};
 use crate::server::{self, ConnectionCap};
-use crate::state;
 use crate::shared::{SharedStore, SharedUsageLog};
+use crate::state;
 use crate::usage::{MetricsOnly, UsageLog};
 
 /// How long connections get to write the error events of the streams ended at the end of
@@ -367,19 +367,14 @@ async fn connect_shared<R: Runtime>(
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "gate".to_owned());
     let daemon_id = format!("{host}/{}", std::process::id());
-    let store = SharedStore::connect(
-        rt.clone(),
-        url,
-        config.store.on_unavailable,
-        daemon_id,
-    )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e}; the daemon reads its keys from the shared store ([store] url) at start: \
+    let store = SharedStore::connect(rt.clone(), url, config.store.on_unavailable, daemon_id)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; the daemon reads its keys from the shared store ([store] url) at start: \
              check that PostgreSQL runs and the URL's host, port, user and password"
-        )
-    })?;
+            )
+        })?;
     gateway.set_shared(store.clone());
     crate::shared::sync_once(&store, gateway, &mut None)
         .await

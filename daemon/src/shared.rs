@@ -207,10 +207,9 @@ impl StoreHealth {
     /// Whether the store is unreachable now: the last sync failed, or none succeeded for
     /// [`UNAVAILABLE_AFTER`].
     pub fn unavailable(&self) -> bool {
-        let since_ok = self
-            .epoch
-            .elapsed()
-            .saturating_sub(Duration::from_millis(self.last_ok_ms.load(Ordering::Relaxed)));
+        let since_ok = self.epoch.elapsed().saturating_sub(Duration::from_millis(
+            self.last_ok_ms.load(Ordering::Relaxed),
+        ));
         self.failing.load(Ordering::Relaxed) || since_ok > UNAVAILABLE_AFTER
     }
 
@@ -580,7 +579,10 @@ impl<R: Runtime> SharedStore<R> {
         let output = num(&|r| r.output_tokens);
         let cached = num(&|r| r.cached_tokens);
         let cache_write = num(&|r| r.cache_write_tokens);
-        let costs: Vec<Option<i64>> = batch.iter().map(|(_, r)| r.cost.map(|c| int(c.0))).collect();
+        let costs: Vec<Option<i64>> = batch
+            .iter()
+            .map(|(_, r)| r.cost.map(|c| int(c.0)))
+            .collect();
         let latency = num(&|r| r.latency_ms);
         let ttft: Vec<Option<i64>> = batch.iter().map(|(_, r)| r.ttft_ms.map(int)).collect();
         let status: Vec<i32> = batch.iter().map(|(_, r)| i32::from(r.status)).collect();
@@ -761,7 +763,9 @@ impl<R: Runtime> UsageWriter<R> {
                     self.buffer.push_back(entry);
                     count += 1;
                 }
-                Err(e) => tracing::warn!(error = %e, "a line of the usage spool is not a record; skipped"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a line of the usage spool is not a record; skipped")
+                }
             }
         }
         self.spool_loaded = true;

@@ -58,7 +58,8 @@ impl Daemon {
 
     /// One chat request with `key`: (status, body).
     fn chat(&self, key: &str) -> (u16, String) {
-        let body = br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+        let body =
+            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
         let auth = format!("Bearer {key}");
         match http_request(
             self.addr,
@@ -112,7 +113,9 @@ impl Daemon {
         rows.as_array()
             .into_iter()
             .flatten()
-            .filter(|row| row["key"].as_str() == Some(key_id) || row["group"].as_str() == Some(key_id))
+            .filter(|row| {
+                row["key"].as_str() == Some(key_id) || row["group"].as_str() == Some(key_id)
+            })
             .filter_map(|row| row["requests"].as_u64())
             .sum()
     }
@@ -152,8 +155,11 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     });
     let db = url.rsplit('/').next().unwrap();
     assert_eq!(
-        pg.psql(db, "SELECT count(*) FROM gate_schema_migrations WHERE component = 'daemon'")
-            .unwrap(),
+        pg.psql(
+            db,
+            "SELECT count(*) FROM gate_schema_migrations WHERE component = 'daemon'"
+        )
+        .unwrap(),
         "1",
         "{runtime}: the daemon schema is migrated once"
     );
@@ -162,7 +168,10 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     let (plain_id, plain) = a.create_key("plain", &[]);
     let started = Instant::now();
     wait_status("B to accept the key made on A", &b, &plain, 200);
-    eprintln!("{runtime}: key made on A accepted by B after {:?}", started.elapsed());
+    eprintln!(
+        "{runtime}: key made on A accepted by B after {:?}",
+        started.elapsed()
+    );
 
     // Requests alternating between the daemons; `gate usage` on either shows them all.
     for i in 0..6 {
@@ -224,7 +233,12 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     }
     pg.stop().unwrap();
     // Closed: A refuses the budgeted key, in the client's protocol, saying why.
-    let refusal = wait_status("A to refuse a budgeted key while the store is down", &a, &capped, 503);
+    let refusal = wait_status(
+        "A to refuse a budgeted key while the store is down",
+        &a,
+        &capped,
+        503,
+    );
     assert!(
         refusal.contains("shared store") && refusal.contains("on_unavailable"),
         "{runtime}: {refusal}"
@@ -250,7 +264,10 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
         || (a.chat(&capped).0 == 200).then_some(()),
         || a.proc.log(),
     );
-    eprintln!("{runtime}: recovered {:?} after the restart", started.elapsed());
+    eprintln!(
+        "{runtime}: recovered {:?} after the restart",
+        started.elapsed()
+    );
     // Nothing lost: every answered request of the steady key is in the shared log.
     wait_until(
         "every request of the outage in the shared usage log",
@@ -267,8 +284,14 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     );
     for d in [&a, &b] {
         let log = d.proc.log();
-        assert!(!log.contains(PG_PASSWORD), "{runtime}: the password is in a log");
-        assert!(log.contains("shared store"), "{runtime}: the outage is logged:\n{log}");
+        assert!(
+            !log.contains(PG_PASSWORD),
+            "{runtime}: the password is in a log"
+        );
+        assert!(
+            log.contains("shared store"),
+            "{runtime}: the outage is logged:\n{log}"
+        );
     }
     let config = dir.join("a").join("gate.toml");
     let (_, shown, _) = a.gate(&["config", "show", "--config", config.to_str().unwrap()]);
@@ -276,7 +299,10 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
         shown.contains("[store]") && shown.contains("url = \"(set)\""),
         "{runtime}: config show: {shown}"
     );
-    assert!(!shown.contains(PG_PASSWORD), "{runtime}: config show: {shown}");
+    assert!(
+        !shown.contains(PG_PASSWORD),
+        "{runtime}: config show: {shown}"
+    );
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }

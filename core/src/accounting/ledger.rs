@@ -161,9 +161,7 @@ impl Ledger {
 
     /// Everything settled on `key` by this ledger since it was made (every period).
     pub fn settled_here(&self, key: &str) -> Usd {
-        self.accounts
-            .get(key)
-            .map_or(Usd::ZERO, |a| a.settled_here)
+        self.accounts.get(key).map_or(Usd::ZERO, |a| a.settled_here)
     }
 
     /// Sets `key`'s spend in its current `period` from a store that several processes
@@ -266,10 +264,22 @@ mod tests {
         assert_eq!(ledger.settled_here("k"), Usd(2_000_000_000));
         // The store has $5 from other daemons; our $2 is not written yet.
         ledger.sync_shared("k", Period::Day, NOW, Usd(5_000_000_000), Usd::ZERO);
-        assert_eq!(ledger.spend("k", Period::Day, NOW).spent, Usd(7_000_000_000));
+        assert_eq!(
+            ledger.spend("k", Period::Day, NOW).spent,
+            Usd(7_000_000_000)
+        );
         // Once written, the store's sum has it: still $7, not $9.
-        ledger.sync_shared("k", Period::Day, NOW, Usd(7_000_000_000), Usd(2_000_000_000));
-        assert_eq!(ledger.spend("k", Period::Day, NOW).spent, Usd(7_000_000_000));
+        ledger.sync_shared(
+            "k",
+            Period::Day,
+            NOW,
+            Usd(7_000_000_000),
+            Usd(2_000_000_000),
+        );
+        assert_eq!(
+            ledger.spend("k", Period::Day, NOW).spent,
+            Usd(7_000_000_000)
+        );
         // $3 more would pass $10 with the other daemons' spend counted.
         assert!(ledger.reserve("k", b, NOW, Usd(3_500_000_000)).is_err());
         assert!(ledger.reserve("k", b, NOW, Usd(3_000_000_000)).is_ok());

@@ -539,7 +539,9 @@ async fn shared_key_change<R: Runtime, T>(
     if let Some(shared) = gateway.shared() {
         match shared.load_keys().await {
             Ok(keys) => gateway.set_tokens(crate::auth::TokenStore::from_records(keys)),
-            Err(e) => tracing::warn!(error = %e, "key changed; this daemon's copy follows at its next sync"),
+            Err(e) => {
+                tracing::warn!(error = %e, "key changed; this daemon's copy follows at its next sync")
+            }
         }
     }
     Ok(out)

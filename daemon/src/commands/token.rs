@@ -65,8 +65,7 @@ fn from_daemon(dir: &std::path::Path) -> Result<Option<(Vec<TokenRecord>, UsageF
     let Some(client) = crate::admin::client::AdminClient::discover(dir) else {
         return Ok(None);
     };
-    let list: crate::admin::types::TokenList =
-        client.call_typed("GET", "tokens", None::<&()>)?;
+    let list: crate::admin::types::TokenList = client.call_typed("GET", "tokens", None::<&()>)?;
     let mut facts = UsageFacts {
         spent: Default::default(),
         last_used_ms: Default::default(),

@@ -167,10 +167,7 @@ impl<R: Runtime> Gateway<R> {
 
     /// The API keys as the gateway checks them now, oldest first.
     pub fn key_records(&self) -> Vec<crate::auth::TokenRecord> {
-        self.tokens
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .list()
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).list()
     }
 
     /// Keys, usage and spend live in `store` from now on (set once, at start).

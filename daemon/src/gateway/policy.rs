@@ -535,32 +535,30 @@ impl<R: Runtime> Gateway<R> {
         }
         if let (Some(_), Some(store)) = (budget, self.shared()) {
             let health = store.health();
-            if health.unavailable() {
-                if health.on_unavailable() == StoreUnavailable::Closed {
-                    let message = format!(
-                        "key `{}` has a spend budget, and the shared store that holds the spend \
-                         of every Gate daemon ({}) is unreachable, so the budget cannot be \
-                         kept; budgeted keys are refused until it is back \
-                         (store.on_unavailable = \"closed\"); retry later or ask the operator",
-                        caller.name,
-                        health.shown()
-                    );
-                    let mut response = self.refuse(
-                        caller,
-                        label,
-                        protocol,
-                        model,
-                        started,
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "store_unavailable",
-                        &message,
-                    );
-                    response
-                        .headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from(5u32));
-                    return Err(response);
-                }
-                // "open": admitted against the spend this daemon saw last.
+            // "closed" refuses; "open" admits against the spend this daemon saw last.
+            if health.unavailable() && health.on_unavailable() == StoreUnavailable::Closed {
+                let message = format!(
+                    "key `{}` has a spend budget, and the shared store that holds the spend \
+                     of every Gate daemon ({}) is unreachable, so the budget cannot be kept; \
+                     budgeted keys are refused until it is back \
+                     (store.on_unavailable = \"closed\"); retry later or ask the operator",
+                    caller.name,
+                    health.shown()
+                );
+                let mut response = self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &message,
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(5u32));
+                return Err(response);
             }
         }
         let now = unix_now();

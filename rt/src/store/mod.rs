@@ -9,7 +9,7 @@
 pub mod postgres;
 
 pub use postgres::{Migration, PgUrl, Postgres, Schema, StoreError};
-/// The rows [`Postgres::query`] returns.
-pub use tokio_postgres::Row;
 /// Parameter values of [`Postgres::query`] and [`Postgres::execute`].
 pub use tokio_postgres::types::ToSql;
+/// The rows [`Postgres::query`] returns.
+pub use tokio_postgres::Row;
