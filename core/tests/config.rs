@@ -676,6 +676,9 @@ fn snapshot_config_show_with_origins() {
         max_response_bytes = 67108864  # from defaults
         shutdown_grace_secs = 30  # from defaults
 
+        [store]
+        on_unavailable = "closed"  # from defaults
+
         [upstreams.ollama]
         base_url = "http://127.0.0.1:11434/v1"  # from runtime /var/lib/gate/config.toml:6:12
         enabled = true  # from defaults

@@ -193,6 +193,37 @@ fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     Ok(bytes)
 }
 
+/// A new key with the name, expiry and policy of `edit` (name `default` when it has none):
+/// its record and the plaintext key (shown once). Stored by the caller.
+pub fn new_key(edit: &KeyEdit) -> Result<(TokenRecord, String)> {
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
+    let token = format!("{TOKEN_PREFIX}{secret}");
+    let id: String = random_bytes::<6>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let created_at = now_unix();
+    let mut record = TokenRecord {
+        id,
+        name: "default".to_owned(),
+        sha256: sha256_hex(token.as_bytes()),
+        created_at,
+        expires_at: None,
+        policy: KeyPolicy::default(),
+    };
+    edit.apply(&mut record, created_at)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((record, token))
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn random_hex<const N: usize>() -> Result<String> {
+    Ok(random_bytes::<N>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
 impl TokenStore {
     /// The store's file in a state directory.
     pub fn path_in(state_dir: &Path) -> PathBuf {
@@ -227,6 +258,12 @@ impl TokenStore {
         &mut self,
         change: impl FnOnce(&mut BTreeMap<String, TokenRecord>) -> T,
     ) -> Result<T> {
+        if self.path.as_os_str().is_empty() {
+            anyhow::bail!(
+                "the keys are held by the shared store ([store] url); change them through the \
+                 running daemon (gate token ..., the admin API or the web UI)"
+            );
+        }
         let _lock = state::lock(&self.path)?;
         let mut current = Self::read_records(&self.path)?;
         let out = change(&mut current);
@@ -251,26 +288,19 @@ impl TokenStore {
     /// Creates a key with the name, expiry and policy of `edit` (name `default` when it
     /// has none); returns its record and the plaintext key (shown once).
     pub fn create_with(&mut self, edit: &KeyEdit) -> Result<(TokenRecord, String)> {
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>()?);
-        let token = format!("{TOKEN_PREFIX}{secret}");
-        let id: String = random_bytes::<6>()?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let created_at = now_unix();
-        let mut record = TokenRecord {
-            id,
-            name: "default".to_owned(),
-            sha256: sha256_hex(token.as_bytes()),
-            created_at,
-            expires_at: None,
-            policy: KeyPolicy::default(),
-        };
-        edit.apply(&mut record, created_at)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (record, token) = new_key(edit)?;
         let stored = record.clone();
         self.modify(|tokens| tokens.insert(stored.sha256.clone(), stored))?;
         Ok((record, token))
+    }
+
+    /// A store of `records` held in memory only: the daemon's copy of the keys a shared
+    /// store (`[store] url`) holds. Changes go to the shared store, never through this.
+    pub fn from_records(records: Vec<TokenRecord>) -> Self {
+        Self {
+            path: PathBuf::new(),
+            by_hash: records.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
+        }
     }
 
     /// All records, oldest first.

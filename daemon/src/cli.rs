@@ -53,8 +53,9 @@ pub enum Command {
         state_dir: Option<PathBuf>,
     },
     /// Show who used what: requests, tokens and cost from the usage log
-    /// (`<state_dir>/usage.db`), summed per key, model, upstream, day or owner. Reads the
-    /// file directly, whether or not the daemon runs.
+    /// (`<state_dir>/usage.db`), summed per key, model, upstream, day or owner. Asks the
+    /// running daemon when one answers (with `[store] url`: every daemon's usage, from the
+    /// shared store), else reads the file.
     Usage(UsageArgs),
     /// Show the running daemon: upstreams and their health, relay, certificate, and a
     /// fresh one-time web UI login link.
@@ -398,7 +399,7 @@ async fn run<R: gate_rt::Runtime>(rt: R, options: DaemonOptions) -> anyhow::Resu
     // daemon cleanly (and SIGINT is honoured even when the parent shell ignored it).
     let mut signals = gate_rt::signal::StopSignals::install()
         .map_err(|e| anyhow::anyhow!("cannot install the SIGTERM/SIGINT handlers: {e}"))?;
-    let daemon = RunningDaemon::start(rt, options)?;
+    let daemon = RunningDaemon::start(rt, options).await?;
     match signals.next().await {
         Ok(signal) => tracing::info!(%signal, "stop requested"),
         Err(e) => tracing::warn!(error = %e, "the signal handler failed; stopping"),

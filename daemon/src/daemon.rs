@@ -28,6 +28,7 @@ use crate::gateway::Gateway;
 use crate::reload::Reloader;
 use crate::remote::{RelayedListener, Remote};
 use crate::server::{self, ConnectionCap};
+use crate::shared::{SharedStore, SharedUsageLog};
 use crate::state;
 use crate::usage::{MetricsOnly, UsageLog};
 
@@ -61,8 +62,10 @@ pub struct RunningDaemon<R: Runtime> {
     relayed: Arc<ConnectionCap>,
     grace: Duration,
     state_dir: std::path::PathBuf,
-    /// The usage log (None when `usage.enabled` is false).
+    /// The usage log (None when `usage.enabled` is false or the store holds it).
     usage: Option<Arc<UsageLog>>,
+    /// The shared usage log (`[store] url` with `usage.enabled`).
+    shared_usage: Option<Arc<SharedUsageLog>>,
     rt: R,
 }
 
@@ -76,8 +79,10 @@ impl<R: Runtime> std::fmt::Debug for RunningDaemon<R> {
 }
 
 impl<R: Runtime> RunningDaemon<R> {
-    /// Binds the listener and starts every task. Returns once the port is open.
-    pub fn start(rt: R, options: DaemonOptions) -> anyhow::Result<Self> {
+    /// Binds the listener and starts every task. Returns once the port is open. With
+    /// `[store] url`, connects to the store first (migrating it) and reads the keys and
+    /// spend from it; a store that cannot be reached then stops the start.
+    pub async fn start(rt: R, options: DaemonOptions) -> anyhow::Result<Self> {
         let DaemonOptions {
             addr,
             loaded,
@@ -94,11 +99,25 @@ impl<R: Runtime> RunningDaemon<R> {
             .filter_map(|t| t.policy.budget.map(|b| (t.id.clone(), b.period)))
             .collect();
         let gateway = Arc::new(Gateway::new(rt.clone(), config, tokens)?);
-        // Budgets go on where they were: spend this period read back from the usage log
-        // (what a kill -9 lost is at most its last second).
-        restore_spend(&gateway, &state_dir, &budgeted)?;
+        let stop = Shutdown::new();
+        let shared = match &config.store.url {
+            Some(url) => Some(connect_shared(&rt, &gateway, url.expose(), config).await?),
+            None => None,
+        };
+        if shared.is_none() {
+            // Budgets go on where they were: spend this period read back from the usage log
+            // (what a kill -9 lost is at most its last second).
+            restore_spend(&gateway, &state_dir, &budgeted)?;
+        }
+        let mut shared_usage = None;
         // Before any port is bound: a usage log that cannot be opened stops the start.
-        let usage = if config.usage.enabled {
+        let usage = if let (Some(store), true) = (&shared, config.usage.enabled) {
+            let log = store.start_usage_log(&state_dir, gateway.metrics.clone());
+            gateway.set_usage_sink(log.clone());
+            shared_usage = Some(log);
+            tracing::info!(store = %store.describe(), "usage log: in the shared store");
+            None
+        } else if config.usage.enabled {
             let log = UsageLog::open(
                 &state_dir,
                 config.usage.retention_days,
@@ -128,7 +147,14 @@ impl<R: Runtime> RunningDaemon<R> {
             admin_token,
             bound,
         ));
-        let stop = Shutdown::new();
+        if let Some(store) = shared {
+            rt.spawn(crate::shared::sync(
+                rt.clone(),
+                store,
+                gateway.clone(),
+                stop.clone(),
+            ));
+        }
         rt.spawn(reloader.clone().watch());
         // Routing's third tier: the models upstreams without an explicit list say they serve.
         let discovery = gateway.clone();
@@ -201,6 +227,7 @@ impl<R: Runtime> RunningDaemon<R> {
             grace: limits.shutdown_grace,
             state_dir,
             usage,
+            shared_usage,
             rt,
         })
     }
@@ -215,9 +242,14 @@ impl<R: Runtime> RunningDaemon<R> {
         &self.gateway
     }
 
-    /// The usage log, when it is on.
+    /// The usage log, when it is on and local.
     pub fn usage_log(&self) -> Option<&Arc<UsageLog>> {
         self.usage.as_ref()
+    }
+
+    /// The shared usage log, when `[store] url` holds it.
+    pub fn shared_usage_log(&self) -> Option<&Arc<SharedUsageLog>> {
+        self.shared_usage.as_ref()
     }
 
     /// Open connections now: (local listener, through relays).
@@ -291,6 +323,16 @@ impl<R: Runtime> RunningDaemon<R> {
             }
         }
         self.reloader.wait_for_writes();
+        if let Some(log) = &self.shared_usage {
+            if log.flush_and_close().await {
+                tracing::info!("stopping: usage records written to the shared store");
+            } else {
+                tracing::warn!(
+                    "stopping: the shared store is unreachable; the usage records not yet written are spooled to {} in the state directory and written at the next start",
+                    crate::shared::SPOOL_FILE
+                );
+            }
+        }
         if let Some(usage) = self.usage.clone() {
             match crate::usage::blocking(move || usage.flush_and_close()).await {
                 Ok(()) => tracing::info!("stopping: usage log written and closed"),
@@ -311,6 +353,42 @@ impl<R: Runtime> RunningDaemon<R> {
         }
         tracing::info!(elapsed = ?started.elapsed(), "gate stopped");
     }
+}
+
+/// Connects to the shared store, makes its keys and spend the gateway's, and hands it the
+/// store. Before any port is bound: without its keys the daemon could only refuse.
+async fn connect_shared<R: Runtime>(
+    rt: &R,
+    gateway: &Arc<Gateway<R>>,
+    url: &str,
+    config: &DaemonConfig,
+) -> anyhow::Result<Arc<SharedStore<R>>> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "gate".to_owned());
+    let daemon_id = format!("{host}/{}", std::process::id());
+    let store = SharedStore::connect(rt.clone(), url, config.store.on_unavailable, daemon_id)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{e}; the daemon reads its keys from the shared store ([store] url) at start: \
+             check that PostgreSQL runs and the URL's host, port, user and password"
+            )
+        })?;
+    gateway.set_shared(store.clone());
+    crate::shared::sync_once(&store, gateway, &mut None)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the keys and spend from the shared store: {e}"))?;
+    if !config.usage.enabled {
+        tracing::warn!("usage.enabled = false with [store] url: spend is not recorded, so budgets are not shared between daemons");
+    }
+    tracing::info!(
+        store = %store.describe(),
+        keys = gateway.key_records().len(),
+        on_unavailable = ?config.store.on_unavailable,
+        "keys, usage and spend: in the shared store"
+    );
+    Ok(store)
 }
 
 /// Restores each budgeted key's (and each JWT subject's) spend in its current period from

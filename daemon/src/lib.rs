@@ -22,6 +22,7 @@ pub mod reload;
 pub mod remote;
 pub mod server;
 pub mod settings;
+pub mod shared;
 pub mod state;
 pub mod usage;
 pub mod web;

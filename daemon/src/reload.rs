@@ -165,6 +165,10 @@ impl<R: Runtime> Reloader<R> {
 
     /// Reloads the API key store into the gateway.
     pub fn apply_tokens_from_disk(&self) -> anyhow::Result<()> {
+        if self.gateway.shared().is_some() {
+            // The keys are the shared store's (`[store] url`); tokens.json is not read.
+            return Ok(());
+        }
         match TokenStore::load(&self.state_dir) {
             Ok(store) => {
                 self.gateway.set_tokens(store);
@@ -205,6 +209,9 @@ impl<R: Runtime> Reloader<R> {
         &self,
         edit: impl FnOnce(&mut TokenStore) -> anyhow::Result<T>,
     ) -> anyhow::Result<T> {
+        if self.gateway.shared().is_some() {
+            anyhow::bail!("the keys are in the shared store ([store] url), not in tokens.json");
+        }
         let _guard = lock(&self.write_lock);
         state::ensure_dir(&self.state_dir)?;
         let mut store = TokenStore::load(&self.state_dir)?;

@@ -197,7 +197,9 @@ async fn hand_over_and_stop<R: gate_rt::Runtime>(
     rt: R,
     options: gate_daemon::daemon::DaemonOptions,
 ) {
-    let daemon = gate_daemon::daemon::RunningDaemon::start(rt, options).unwrap();
+    let daemon = gate_daemon::daemon::RunningDaemon::start(rt, options)
+        .await
+        .unwrap();
     assert!(
         daemon.usage_log().is_some(),
         "usage.enabled defaults to true"

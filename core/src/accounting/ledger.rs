@@ -76,6 +76,10 @@ struct Account {
     period_start: u64,
     spent: Usd,
     reserved: Usd,
+    /// Everything settled here since start, whatever the period (never reset): what
+    /// [`Ledger::sync_shared`] adds to a shared store's sum for what the store has not
+    /// received yet.
+    settled_here: Usd,
 }
 
 /// The ledger of every key seen since start.
@@ -152,6 +156,31 @@ impl Ledger {
         );
         account.reserved = account.reserved.saturating_sub(reservation.amount);
         account.spent = account.spent.saturating_add(actual);
+        account.settled_here = account.settled_here.saturating_add(actual);
+    }
+
+    /// Everything settled on `key` by this ledger since it was made (every period).
+    pub fn settled_here(&self, key: &str) -> Usd {
+        self.accounts.get(key).map_or(Usd::ZERO, |a| a.settled_here)
+    }
+
+    /// Sets `key`'s spend in its current `period` from a store that several processes
+    /// write (`[store] url`): `stored` is the store's sum for the period, and `written` what
+    /// this process had written to the store (of its [`settled_here`](Self::settled_here))
+    /// before the store was asked. Spent becomes `stored` plus what was settled here and not
+    /// yet written: counted once, never dropped. A batch the store committed while it was
+    /// being asked is counted twice until the next sync, which errs towards refusing.
+    pub fn sync_shared(
+        &mut self,
+        key: &str,
+        period: Period,
+        now_unix: u64,
+        stored: Usd,
+        written: Usd,
+    ) {
+        let account = self.account(key, period, now_unix);
+        let unwritten = account.settled_here.saturating_sub(written);
+        account.spent = stored.saturating_add(unwritten);
     }
 
     /// Sets what `key` spent in the period that began at `period_start` (from the usage log,
@@ -224,6 +253,36 @@ mod tests {
             "a new day"
         );
         assert_eq!(ledger.spend("k", Period::Day, tomorrow).spent, Usd::ZERO);
+    }
+
+    #[test]
+    fn shared_spend_counts_what_is_not_written_yet_once() {
+        let mut ledger = Ledger::new();
+        let b = budget(10, Period::Day);
+        let r = ledger.reserve("k", b, NOW, Usd(2_000_000_000)).unwrap();
+        ledger.settle(r, Usd(2_000_000_000), Some(Period::Day), NOW);
+        assert_eq!(ledger.settled_here("k"), Usd(2_000_000_000));
+        // The store has $5 from other daemons; our $2 is not written yet.
+        ledger.sync_shared("k", Period::Day, NOW, Usd(5_000_000_000), Usd::ZERO);
+        assert_eq!(
+            ledger.spend("k", Period::Day, NOW).spent,
+            Usd(7_000_000_000)
+        );
+        // Once written, the store's sum has it: still $7, not $9.
+        ledger.sync_shared(
+            "k",
+            Period::Day,
+            NOW,
+            Usd(7_000_000_000),
+            Usd(2_000_000_000),
+        );
+        assert_eq!(
+            ledger.spend("k", Period::Day, NOW).spent,
+            Usd(7_000_000_000)
+        );
+        // $3 more would pass $10 with the other daemons' spend counted.
+        assert!(ledger.reserve("k", b, NOW, Usd(3_500_000_000)).is_err());
+        assert!(ledger.reserve("k", b, NOW, Usd(3_000_000_000)).is_ok());
     }
 
     #[test]

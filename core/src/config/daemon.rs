@@ -191,6 +191,28 @@ pub struct UsageConfig {
     pub retention_days: u32,
 }
 
+/// `store.on_unavailable`: what a budgeted key gets while the shared store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreUnavailable {
+    /// Refused, with an error saying the store is unreachable (the default): no budget can
+    /// be overspent by daemons that cannot see each other's spend.
+    #[default]
+    Closed,
+    /// Admitted against the spend last seen (daemons may overspend by what the others
+    /// spend during the outage).
+    Open,
+}
+
+/// `[store]`: shared state on PostgreSQL (issue 15).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DaemonStoreConfig {
+    /// `postgres://user:password@host:port/database` (`GATE_STORE__URL`): a secret, since it
+    /// may carry the password. `None`: everything stays in the state directory.
+    pub url: Option<Secret>,
+    /// What a budgeted key gets while the store is unreachable (default closed).
+    pub on_unavailable: StoreUnavailable,
+}
+
 /// The daemon's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -216,6 +238,8 @@ pub struct DaemonConfig {
     pub routing: RoutingConfig,
     /// The usage log.
     pub usage: UsageConfig,
+    /// Shared state (`[store]`).
+    pub store: DaemonStoreConfig,
 }
 
 fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
@@ -585,6 +609,13 @@ impl DaemonConfig {
             usage: UsageConfig {
                 enabled: r.bool("usage.enabled")?,
                 retention_days: r.int("usage.retention_days")?,
+            },
+            store: DaemonStoreConfig {
+                url: r.opt_string("store.url")?.map(Secret::new),
+                on_unavailable: match r.opt_string("store.on_unavailable")?.as_deref() {
+                    Some("open") => StoreUnavailable::Open,
+                    _ => StoreUnavailable::Closed,
+                },
             },
         })
     }

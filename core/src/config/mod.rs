@@ -128,8 +128,8 @@ mod schema;
 mod tree;
 
 pub use daemon::{
-    AuthConfig, DaemonConfig, DaemonRelayConfig, JwtConfig, LetsEncryptConfig, ListenLimits,
-    Provider, Secret, ServerLimits, UpstreamConfig, UsageConfig,
+    AuthConfig, DaemonConfig, DaemonRelayConfig, DaemonStoreConfig, JwtConfig, LetsEncryptConfig,
+    ListenLimits, Provider, Secret, ServerLimits, StoreUnavailable, UpstreamConfig, UsageConfig,
 };
 pub use edit::{
     runtime_remove, runtime_remove_upstream, runtime_set, runtime_set_many, runtime_unset,

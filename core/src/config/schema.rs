@@ -153,6 +153,9 @@ pub enum StrCheck {
     Usd,
     /// A budget period: `day`, `week`, `month` or `total`.
     Period,
+    /// What the daemon does with a budgeted key while its shared store is unreachable:
+    /// `closed` or `open`.
+    StoreUnavailable,
     /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
     /// a password).
     PostgresUrl,
@@ -213,6 +216,7 @@ impl StrCheck {
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
             StrCheck::Usd => "an amount of US dollars such as 20 or 0.50",
             StrCheck::Period => "a budget period: day, week, month or total",
+            StrCheck::StoreUnavailable => "closed or open",
             StrCheck::PostgresUrl => {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/database"
             }
@@ -251,6 +255,7 @@ impl StrCheck {
             StrCheck::Usd => crate::accounting::Usd::parse(s).is_ok(),
             StrCheck::Period => s.parse::<crate::accounting::Period>().is_ok(),
             StrCheck::PostgresUrl => is_postgres_url(s),
+            StrCheck::StoreUnavailable => matches!(s, "closed" | "open"),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
@@ -892,7 +897,18 @@ static USAGE_FIELDS: [Field; 2] = [
     ),
 ];
 
-static DAEMON_FIELDS: [Field; 11] = [
+// Shared state (issue 15): keys, the usage log and budget spend on PostgreSQL; without a
+// `url` everything stays in the state directory.
+static DAEMON_STORE_FIELDS: [Field; 2] = [
+    field("url", Kind::String(StrCheck::PostgresUrl), None),
+    field(
+        "on_unavailable",
+        Kind::String(StrCheck::StoreUnavailable),
+        Some(DefaultValue::Str("closed")),
+    ),
+];
+
+static DAEMON_FIELDS: [Field; 12] = [
     field(
         "host",
         Kind::String(StrCheck::Host),
@@ -919,6 +935,7 @@ static DAEMON_FIELDS: [Field; 11] = [
     field("server", Kind::Table(&SERVER_FIELDS), None),
     field("routing", Kind::Table(&ROUTING_FIELDS), None),
     field("usage", Kind::Table(&USAGE_FIELDS), None),
+    field("store", Kind::Table(&DAEMON_STORE_FIELDS), None),
 ];
 
 /// The daemon (`gate`) schema. Environment prefix `GATE`.

@@ -70,10 +70,10 @@ pub async fn route<R: Runtime>(
         (&Method::POST, "upstreams", None) => add_upstream(admin, body),
         (&Method::PUT, "upstreams", Some(name)) => edit_upstream(admin, name, body),
         (&Method::DELETE, "upstreams", Some(name)) => remove_upstream(admin, name),
-        (&Method::GET, "tokens", None) => tokens_view(admin),
-        (&Method::POST, "tokens", None) => create_token(admin, body),
-        (&Method::PATCH, "tokens", Some(id)) => update_token(admin, id, body),
-        (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id),
+        (&Method::GET, "tokens", None) => tokens_view(admin).await,
+        (&Method::POST, "tokens", None) => create_token(admin, body).await,
+        (&Method::PATCH, "tokens", Some(id)) => update_token(admin, id, body).await,
+        (&Method::DELETE, "tokens", Some(id)) => revoke_token(admin, id).await,
         (&Method::GET, "models", None) => typed(models_view(admin)),
         (&Method::GET, "usage", None) => usage_summary(admin, query).await,
         (&Method::GET, "usage", Some("series")) => usage_series(admin, query).await,
@@ -475,22 +475,34 @@ fn remove_upstream<R: Runtime>(admin: &Admin<R>, name: &str) -> ApiResult {
     typed(Done::name(name))
 }
 
-fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
-    let store = crate::auth::TokenStore::load(admin.reloader.state_dir())
-        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+async fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let gateway = admin.reloader.gateway();
-    let path = crate::usage::UsageDb::path_in(admin.reloader.state_dir());
-    let last_used = crate::usage::UsageDb::open_read_only(&path)
-        .ok()
-        .flatten()
-        .and_then(|db| db.last_used().ok())
-        .unwrap_or_default();
-    let rows: Vec<TokenView> = store
-        .list()
+    let (records, last_used) = match gateway.shared() {
+        Some(shared) => {
+            // The keys as this daemon checks them (the store's, at most a sync old), and
+            // last use by every daemon.
+            let last_used = shared.last_used().await.map_err(|e| {
+                Failure::Internal(format!("reading last use from the shared store: {e}"))
+            })?;
+            (gateway.key_records(), last_used)
+        }
+        None => {
+            let store = crate::auth::TokenStore::load(admin.reloader.state_dir())
+                .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+            let path = crate::usage::UsageDb::path_in(admin.reloader.state_dir());
+            let last_used = crate::usage::UsageDb::open_read_only(&path)
+                .ok()
+                .flatten()
+                .and_then(|db| db.last_used().ok())
+                .unwrap_or_default();
+            (store.list(), last_used)
+        }
+    };
+    let rows: Vec<TokenView> = records
         .iter()
         .map(|t| (t, gateway.key_spend(&t.id)))
         .map(|(t, (spend, period))| TokenView {
@@ -512,17 +524,44 @@ fn tokens_view<R: Runtime>(admin: &Admin<R>) -> ApiResult {
 const TOKEN_EDIT_SHAPE: &str = "{\"name\": \"ci\", \"models\": \"gpt-*,claude-*\", \"rpm\": 60, \
      \"tpm\": 100000, \"budget\": 20, \"period\": \"month\", \"owner\": \"alice\", \"expires\": \"30d\"}";
 
-fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
+/// A key change in the shared store, then the daemon's copy of the keys read again, so the
+/// change is in force here when the answer goes out (the other daemons see it at their next
+/// sync).
+async fn shared_key_change<R: Runtime, T>(
+    admin: &Admin<R>,
+    change: impl std::future::Future<Output = Result<T, crate::shared::KeyChangeError>>,
+) -> Result<T, Failure> {
+    let out = change.await.map_err(|e| match e {
+        crate::shared::KeyChangeError::Invalid(message) => Failure::Refused(message),
+        store @ crate::shared::KeyChangeError::Store(_) => Failure::Internal(store.to_string()),
+    })?;
+    let gateway = admin.reloader.gateway();
+    if let Some(shared) = gateway.shared() {
+        match shared.load_keys().await {
+            Ok(keys) => gateway.set_tokens(crate::auth::TokenStore::from_records(keys)),
+            Err(e) => {
+                tracing::warn!(error = %e, "key changed; this daemon's copy follows at its next sync")
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
     let request: TokenEdit = if body.iter().all(u8::is_ascii_whitespace) {
         TokenEdit::default()
     } else {
         parse_typed(body, TOKEN_EDIT_SHAPE)?
     };
     let edit = request.to_key_edit().map_err(Failure::Refused)?;
-    let (record, token) = admin
-        .reloader
-        .edit_tokens(|store| store.create_with(&edit))
-        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+    let gateway = admin.reloader.gateway();
+    let (record, token) = match gateway.shared() {
+        Some(shared) => shared_key_change(admin, shared.create_key(&edit)).await?,
+        None => admin
+            .reloader
+            .edit_tokens(|store| store.create_with(&edit))
+            .map_err(|e| Failure::Refused(format!("{e:#}")))?,
+    };
     tracing::info!(id = %record.id, name = %record.name, "admin: API key created");
     typed(CreatedToken {
         id: record.id,
@@ -533,13 +572,17 @@ fn create_token<R: Runtime>(admin: &Admin<R>, body: &[u8]) -> ApiResult {
     })
 }
 
-fn update_token<R: Runtime>(admin: &Admin<R>, id: &str, body: &[u8]) -> ApiResult {
+async fn update_token<R: Runtime>(admin: &Admin<R>, id: &str, body: &[u8]) -> ApiResult {
     let request: TokenEdit = parse_typed(body, TOKEN_EDIT_SHAPE)?;
     let edit = request.to_key_edit().map_err(Failure::Refused)?;
-    let updated = admin
-        .reloader
-        .edit_tokens(|store| store.update(id, &edit))
-        .map_err(|e| Failure::Refused(format!("{e:#}")))?;
+    let gateway = admin.reloader.gateway();
+    let updated = match gateway.shared() {
+        Some(shared) => shared_key_change(admin, shared.update_key(id, &edit)).await?,
+        None => admin
+            .reloader
+            .edit_tokens(|store| store.update(id, &edit))
+            .map_err(|e| Failure::Refused(format!("{e:#}")))?,
+    };
     if updated.is_none() {
         return Err(Failure::NotFound(format!("no API key has id {id}")));
     }
@@ -547,11 +590,15 @@ fn update_token<R: Runtime>(admin: &Admin<R>, id: &str, body: &[u8]) -> ApiResul
     typed(Done::id(id))
 }
 
-fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
-    let revoked = admin
-        .reloader
-        .edit_tokens(|store| store.revoke(id))
-        .map_err(|e| Failure::Internal(format!("{e:#}")))?;
+async fn revoke_token<R: Runtime>(admin: &Admin<R>, id: &str) -> ApiResult {
+    let gateway = admin.reloader.gateway();
+    let revoked = match gateway.shared() {
+        Some(shared) => shared_key_change(admin, shared.revoke_key(id)).await?,
+        None => admin
+            .reloader
+            .edit_tokens(|store| store.revoke(id))
+            .map_err(|e| Failure::Internal(format!("{e:#}")))?,
+    };
     if !revoked {
         return Err(Failure::NotFound(format!("no API key has id {id}")));
     }
@@ -581,6 +628,17 @@ fn since_param(query: &str, default: &str) -> Result<u64, Failure> {
         .map_err(|e| Failure::Refused(format!("`since`: {e}")))
 }
 
+/// Key id -> name, as this daemon knows the keys.
+fn key_names<R: Runtime>(admin: &Admin<R>) -> std::collections::BTreeMap<String, String> {
+    admin
+        .reloader
+        .gateway()
+        .key_records()
+        .into_iter()
+        .map(|t| (t.id, t.name))
+        .collect()
+}
+
 async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
     let since_ms = since_param(query, "7d")?;
     let by = match query_param(query, "by") {
@@ -588,6 +646,24 @@ async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
             .map_err(|e| Failure::Refused(format!("`by`: {e}")))?,
         None => crate::usage::GroupBy::Key,
     };
+    if let Some(shared) = admin.reloader.gateway().shared() {
+        let mut rows = shared
+            .summary(since_ms, by)
+            .await
+            .map_err(|e| Failure::Internal(format!("reading the shared usage log: {e}")))?;
+        if by == crate::usage::GroupBy::Key {
+            let names = key_names(admin);
+            for row in &mut rows {
+                row.name = row.group.as_ref().and_then(|id| names.get(id).cloned());
+            }
+        }
+        return typed(super::types::UsageSummary {
+            since_ms,
+            by: by.as_str().to_owned(),
+            total: crate::usage::store::total(&rows),
+            rows,
+        });
+    }
     let state_dir = admin.reloader.state_dir().to_path_buf();
     let summary =
         crate::usage::blocking(move || crate::usage::report::summary(&state_dir, since_ms, by))
@@ -599,6 +675,17 @@ async fn usage_summary<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
 
 async fn usage_series<R: Runtime>(admin: &Admin<R>, query: &str) -> ApiResult {
     let since_ms = since_param(query, "30d")?;
+    if let Some(shared) = admin.reloader.gateway().shared() {
+        let mut series = shared
+            .series(since_ms)
+            .await
+            .map_err(|e| Failure::Internal(format!("reading the shared usage log: {e}")))?;
+        let names = key_names(admin);
+        for point in &mut series.spend {
+            point.name = names.get(&point.key_id).cloned();
+        }
+        return typed(series);
+    }
     let state_dir = admin.reloader.state_dir().to_path_buf();
     let series = crate::usage::blocking(move || crate::usage::report::series(&state_dir, since_ms))
         .await

@@ -59,6 +59,38 @@ fn usage_facts(dir: &std::path::Path, tokens: &[TokenRecord]) -> Result<UsageFac
     Ok(facts)
 }
 
+/// The keys and their facts as the running daemon in `dir` answers them (`GET tokens`): with
+/// `[store] url` the keys and spend of every daemon; `None` when no daemon answers.
+fn from_daemon(dir: &std::path::Path) -> Result<Option<(Vec<TokenRecord>, UsageFacts)>> {
+    let Some(client) = crate::admin::client::AdminClient::discover(dir) else {
+        return Ok(None);
+    };
+    let list: crate::admin::types::TokenList = client.call_typed("GET", "tokens", None::<&()>)?;
+    let mut facts = UsageFacts {
+        spent: Default::default(),
+        last_used_ms: Default::default(),
+    };
+    let records = list
+        .tokens
+        .into_iter()
+        .map(|view| {
+            facts.spent.insert(view.id.clone(), view.spent_usd);
+            if let Some(at) = view.last_used_at {
+                facts.last_used_ms.insert(view.id.clone(), at * 1000);
+            }
+            TokenRecord {
+                id: view.id,
+                name: view.name,
+                sha256: String::new(),
+                created_at: view.created_at,
+                expires_at: view.expires_at,
+                policy: view.policy,
+            }
+        })
+        .collect();
+    Ok(Some((records, facts)))
+}
+
 /// `none` (or `off`) as "remove the limit", anything else through `parse`.
 fn limit<T>(
     flag: &str,
@@ -235,9 +267,11 @@ pub fn token(command: TokenCommand) -> Result<()> {
                 }
             }
             let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            let store = TokenStore::load(&dir)?;
-            let record = store
-                .list()
+            let records = match from_daemon(&dir)? {
+                Some((records, _)) => records,
+                None => TokenStore::load(&dir)?.list(),
+            };
+            let record = records
                 .into_iter()
                 .find(|t| t.id == id)
                 .with_context(|| format!("API key {id} changed, but is no longer listed"))?;
@@ -250,6 +284,9 @@ pub fn token(command: TokenCommand) -> Result<()> {
         }
         TokenCommand::List { json, state_dir } => {
             let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            if let Some((tokens, facts)) = from_daemon(&dir)? {
+                return print_list(&tokens, &facts, json);
+            }
             let store = TokenStore::load(&dir)?;
             let tokens = store.list();
             let facts = usage_facts(&dir, &tokens)?;

@@ -85,6 +85,8 @@ pub struct Gateway<R: Runtime> {
     usage: RwLock<Arc<dyn crate::usage::UsageSink>>,
     /// Spend and rate-limit state of every key (issue 14).
     accounting: Arc<policy::Accounting>,
+    /// The shared store (`[store] url`), once the daemon has connected to it.
+    shared: std::sync::OnceLock<Arc<crate::shared::SharedStore<R>>>,
 }
 
 impl<R: Runtime> Gateway<R> {
@@ -130,6 +132,7 @@ impl<R: Runtime> Gateway<R> {
             stream_stop: stream::StreamStop::default(),
             usage: RwLock::new(Arc::new(crate::usage::Discard)),
             accounting: Arc::new(policy::Accounting::default()),
+            shared: std::sync::OnceLock::new(),
         })
     }
 
@@ -157,9 +160,24 @@ impl<R: Runtime> Gateway<R> {
         Ok(())
     }
 
-    /// Reloads the API key store from the state directory.
+    /// Replaces the API keys (from the state directory, or the shared store's copy).
     pub fn set_tokens(&self, tokens: TokenStore) {
         *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+    }
+
+    /// The API keys as the gateway checks them now, oldest first.
+    pub fn key_records(&self) -> Vec<crate::auth::TokenRecord> {
+        self.tokens.read().unwrap_or_else(|e| e.into_inner()).list()
+    }
+
+    /// Keys, usage and spend live in `store` from now on (set once, at start).
+    pub fn set_shared(&self, store: Arc<crate::shared::SharedStore<R>>) {
+        let _ = self.shared.set(store);
+    }
+
+    /// The shared store, when `[store] url` is set.
+    pub fn shared(&self) -> Option<&Arc<crate::shared::SharedStore<R>>> {
+        self.shared.get()
     }
 
     fn snapshot(&self) -> Arc<Snapshot> {

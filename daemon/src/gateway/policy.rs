@@ -24,6 +24,7 @@ use gate_core::accounting::{
     cost, BudgetRefusal, Ledger, Limited, Limits, Period, Price, PriceTable, RateLimiter,
     RateRefusal, RateStatus, Reservation, TokenCounts, UsageRecord, Usd, Window,
 };
+use gate_core::config::StoreUnavailable;
 use gate_core::llm::usage::Usage;
 use gate_core::route::{Candidate, WireProtocol};
 use gate_rt::Runtime;
@@ -532,8 +533,38 @@ impl<R: Runtime> Gateway<R> {
                 }
             }
         }
+        if let (Some(_), Some(store)) = (budget, self.shared()) {
+            let health = store.health();
+            // "closed" refuses; "open" admits against the spend this daemon saw last.
+            if health.unavailable() && health.on_unavailable() == StoreUnavailable::Closed {
+                let message = format!(
+                    "key `{}` has a spend budget, and the shared store that holds the spend \
+                     of every Gate daemon ({}) is unreachable, so the budget cannot be kept; \
+                     budgeted keys are refused until it is back \
+                     (store.on_unavailable = \"closed\"); retry later or ask the operator",
+                    caller.name,
+                    health.shown()
+                );
+                let mut response = self.refuse(
+                    caller,
+                    label,
+                    protocol,
+                    model,
+                    started,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    &message,
+                );
+                response
+                    .headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(5u32));
+                return Err(response);
+            }
+        }
         let now = unix_now();
-        // Each lock is held for one statement: never two at once.
+        // Each lock is held for one statement: never two at once. The reservation is this
+        // daemon's: in-flight holds shared between daemons (Redis, `[store] redis_url`) plug
+        // in here, beside the local one.
         let reserved = self
             .accounting
             .ledger()
@@ -618,6 +649,44 @@ impl<R: Runtime> Gateway<R> {
         let period = self.key_period(key_id);
         let start = period.start(unix_now());
         self.accounting.ledger().restore(key_id, spent, start);
+    }
+
+    /// Sets each key's spend from the shared store's sums (today, week, month, total),
+    /// counting what this daemon settled and had not written when the store was asked.
+    pub(crate) fn apply_shared_spend(
+        &self,
+        sums: &std::collections::HashMap<String, [Usd; 4]>,
+        written: &std::collections::HashMap<String, Usd>,
+        now_unix: u64,
+    ) {
+        // One pass over the keys (not one per key): every key's budget period.
+        let key_periods: std::collections::HashMap<String, Period> = self
+            .tokens
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .list()
+            .into_iter()
+            .filter_map(|t| Some((t.id, t.policy.budget?.period)))
+            .collect();
+        let periods: Vec<(&String, Period)> = sums
+            .keys()
+            .map(|k| {
+                let period = if k.starts_with("jwt:") {
+                    self.key_period(k)
+                } else {
+                    key_periods.get(k).copied().unwrap_or(UNBUDGETED_PERIOD)
+                };
+                (k, period)
+            })
+            .collect();
+        let mut ledger = self.accounting.ledger();
+        for (key, period) in periods {
+            let stored = sums
+                .get(key)
+                .map_or(Usd::ZERO, |s| crate::shared::spend_in(s, period));
+            let written = written.get(key).copied().unwrap_or(Usd::ZERO);
+            ledger.sync_shared(key, period, now_unix, stored, written);
+        }
     }
 
     /// `key_id`'s spend in its current budget period (its budget's period; a month for keys

@@ -73,6 +73,22 @@ pub fn series(state_dir: &Path, since_ms: u64) -> anyhow::Result<UsageSeries> {
     Ok(series)
 }
 
+/// `since_ms` as a `since=` value the daemon parses back to the same instant: a UTC date
+/// when it is midnight, else a duration back from now in seconds (rounded down, so the
+/// daemon's window holds at least the asked one).
+fn since_ms_text(since_ms: u64) -> String {
+    if since_ms == 0 {
+        return "all".to_owned();
+    }
+    if since_ms % 86_400_000 == 0 {
+        return gate_core::accounting::period::date_string(since_ms / 1000);
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    format!("{}s", now_ms.saturating_sub(since_ms).div_ceil(1000))
+}
+
 /// `gate usage`: prints the summary of `state_dir`'s usage log.
 pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> anyhow::Result<()> {
     let now_ms = std::time::SystemTime::now()
@@ -80,12 +96,24 @@ pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> an
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let since_ms =
         super::parse_since(since, now_ms).map_err(|e| anyhow::anyhow!("--since: {e}"))?;
-    let summary = summary(state_dir, since_ms, by)
-        .with_context(|| format!("reading the usage log in {}", state_dir.display()))?;
-    let text = match format {
-        Format::Table => {
-            super::render::table(&summary, &UsageDb::path_in(state_dir).display().to_string())
+    // A running daemon answers for the log it writes: with `[store] url` that is every
+    // daemon's, in the shared store.
+    let (summary, source) = match crate::admin::client::AdminClient::discover(state_dir) {
+        Some(client) => {
+            let route = format!("usage?since={}&by={}", since_ms_text(since_ms), by.as_str());
+            let summary: UsageSummary = client
+                .call_typed("GET", &route, None::<&()>)
+                .context("asking the running daemon for the usage log")?;
+            (summary, "the running daemon".to_owned())
         }
+        None => (
+            summary(state_dir, since_ms, by)
+                .with_context(|| format!("reading the usage log in {}", state_dir.display()))?,
+            UsageDb::path_in(state_dir).display().to_string(),
+        ),
+    };
+    let text = match format {
+        Format::Table => super::render::table(&summary, &source),
         Format::Json => super::render::json(&summary),
         Format::Csv => super::render::csv(&summary),
     };

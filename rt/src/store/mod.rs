@@ -11,3 +11,5 @@ pub mod postgres;
 pub use postgres::{Migration, PgUrl, Postgres, Schema, StoreError};
 /// Parameter values of [`Postgres::query`] and [`Postgres::execute`].
 pub use tokio_postgres::types::ToSql;
+/// The rows [`Postgres::query`] returns.
+pub use tokio_postgres::Row;

@@ -1,0 +1,1023 @@
+//! Shared state on PostgreSQL (`[store] url`, issue 15): what several daemons behind one load
+//! balancer must agree on.
+//!
+//! Owns the daemon's tables (migrations of component `daemon`, run at every (re)connection
+//! under the advisory lock of `gate_rt::store`, so daemons starting together migrate once):
+//! - `gate_keys`: API keys (hash, name, expiry, policy as JSON) with a revision per row for
+//!   race-free edits, and `gate_keys_version`, a generation a trigger bumps on every change;
+//! - `gate_usage`: the usage log of every daemon, one row per request, with a unique id so a
+//!   batch written twice (an answer lost in an outage) is stored once;
+//! - `gate_spend`: spend per key per UTC day, updated in the same statement as the usage
+//!   rows, so budgets read a few rows instead of the whole log.
+//!
+//! And the daemon's side of them:
+//! - [`SharedStore`]: key edits (create, update, revoke) and the usage queries of the admin
+//!   API and `gate usage`;
+//! - [`SharedUsageLog`]: the gateway's usage sink; never waits on the request path, writes in
+//!   batches from a task, buffers while the store is down (bounded: [`MAX_BUFFERED`]) and
+//!   writes what it holds to `<state_dir>/usage-spool.jsonl` on a stop while the store is
+//!   still down (read back at the next start);
+//! - [`sync`]: every [`SYNC_INTERVAL`], the keys when their generation moved, and the spend of
+//!   every key in its period, into the gateway's key cache and ledger. Polling, not
+//!   LISTEN/NOTIFY: see ARCHITECTURE.md, "Scale-out";
+//! - [`StoreHealth`]: whether the store answered lately, for `store.on_unavailable`.
+//!
+//! Must not: wait on the store on the request path (verification reads the cache, admission
+//! reads the ledger and [`StoreHealth`]), or show the URL's password (errors come from
+//! `gate_rt::store`, which scrubs them).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use gate_core::accounting::{KeyPolicy, Period, UsageRecord, Usd};
+use gate_core::config::StoreUnavailable;
+use gate_rt::store::{Migration, PgUrl, Postgres, Row, Schema, StoreError, ToSql};
+use gate_rt::tunnel::support::{race, Either};
+use gate_rt::Runtime;
+
+use crate::admin::types::{SpendPoint, TokenPoint, UsageRow, UsageSeries};
+use crate::auth::{KeyEdit, TokenRecord, TokenStore};
+use crate::gateway::Gateway;
+use crate::metrics::Metrics;
+use crate::usage::{GroupBy, UsageSink};
+
+/// How often each daemon reads the key generation and the spend of every key: a change on
+/// one daemon takes effect on the others within this (plus one usage batch for spend).
+pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
+/// The store counts as unavailable once no sync succeeded for this long.
+pub const UNAVAILABLE_AFTER: Duration = Duration::from_secs(2);
+/// The longest a usage record waits before its batch is written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(250);
+/// Records written in one statement at most.
+pub const MAX_BATCH: usize = 1000;
+/// Records the hand-over channel holds (the writer drains it into its buffer at once).
+const CHANNEL_CAPACITY: usize = 16 * 1024;
+/// Records held in memory while the store is down; past this the oldest go to the spool
+/// file (`usage-spool.jsonl`), so none is lost while the disk takes them.
+pub const MAX_BUFFERED: usize = 100_000;
+/// On a stop, how long the writer keeps trying the store before it spools what is left.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(5);
+/// The spool file in the state directory.
+pub const SPOOL_FILE: &str = "usage-spool.jsonl";
+
+/// The daemon's tables, by version.
+pub const DAEMON_SCHEMA: Schema = Schema {
+    component: "daemon",
+    migrations: &[Migration {
+        version: 1,
+        description: "keys, usage log and spend shared by the daemons of a deployment",
+        sql: "CREATE TABLE gate_keys (
+                id text PRIMARY KEY,
+                name text NOT NULL,
+                sha256 text NOT NULL UNIQUE,
+                created_at bigint NOT NULL,
+                expires_at bigint,
+                policy text NOT NULL,
+                rev bigint NOT NULL DEFAULT 1
+            );
+            CREATE TABLE gate_keys_version (
+                one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                generation bigint NOT NULL
+            );
+            INSERT INTO gate_keys_version (one, generation) VALUES (true, 1);
+            CREATE FUNCTION gate_keys_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                UPDATE gate_keys_version SET generation = generation + 1;
+                PERFORM pg_notify('gate_keys', '');
+                RETURN NULL;
+            END $$;
+            CREATE TRIGGER gate_keys_changed AFTER INSERT OR UPDATE OR DELETE ON gate_keys
+                FOR EACH STATEMENT EXECUTE FUNCTION gate_keys_changed();
+            CREATE TABLE gate_usage (
+                uid text PRIMARY KEY,
+                daemon text NOT NULL,
+                at_ms bigint NOT NULL,
+                key_id text NOT NULL,
+                owner text,
+                endpoint text NOT NULL,
+                model text NOT NULL,
+                served_model text,
+                upstream text,
+                input_tokens bigint NOT NULL,
+                output_tokens bigint NOT NULL,
+                cached_tokens bigint NOT NULL,
+                cache_write_tokens bigint NOT NULL,
+                cost_nanos bigint,
+                latency_ms bigint NOT NULL,
+                ttft_ms bigint,
+                status integer NOT NULL,
+                error text
+            );
+            CREATE INDEX gate_usage_at ON gate_usage (at_ms);
+            CREATE INDEX gate_usage_key_at ON gate_usage (key_id, at_ms);
+            CREATE TABLE gate_spend (
+                key_id text NOT NULL,
+                day integer NOT NULL,
+                cost_nanos bigint NOT NULL,
+                PRIMARY KEY (key_id, day)
+            );",
+    }],
+};
+
+/// Inserts a batch of usage rows (a row already there, by `uid`, is skipped) and adds the
+/// cost of those inserted to `gate_spend`, in one statement: both or neither.
+const INSERT_USAGE_SQL: &str = "
+WITH ins AS (
+    INSERT INTO gate_usage (uid, daemon, at_ms, key_id, owner, endpoint, model, served_model,
+        upstream, input_tokens, output_tokens, cached_tokens, cache_write_tokens, cost_nanos,
+        latency_ms, ttft_ms, status, error)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+        $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
+        $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[],
+        $17::integer[], $18::text[])
+    ON CONFLICT (uid) DO NOTHING
+    RETURNING key_id, at_ms, cost_nanos
+), spend AS (
+    INSERT INTO gate_spend AS s (key_id, day, cost_nanos)
+    SELECT key_id, (at_ms / 86400000)::integer, SUM(COALESCE(cost_nanos, 0))::bigint
+    FROM ins GROUP BY 1, 2
+    ON CONFLICT (key_id, day) DO UPDATE SET cost_nanos = s.cost_nanos + EXCLUDED.cost_nanos
+)
+SELECT count(*) FROM ins";
+
+/// Spend per key since the start of today, this week, this month, and in total (days since
+/// the Unix epoch as `$1`, `$2`, `$3`).
+const SPEND_SQL: &str = "
+SELECT key_id,
+    COALESCE(SUM(cost_nanos) FILTER (WHERE day >= $1), 0)::bigint,
+    COALESCE(SUM(cost_nanos) FILTER (WHERE day >= $2), 0)::bigint,
+    COALESCE(SUM(cost_nanos) FILTER (WHERE day >= $3), 0)::bigint,
+    COALESCE(SUM(cost_nanos), 0)::bigint
+FROM gate_spend GROUP BY key_id";
+
+const KEYS_SQL: &str =
+    "SELECT id, name, sha256, created_at, expires_at, policy, rev FROM gate_keys";
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn uint(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Whether the store answered lately, and what a budgeted key gets when it did not.
+#[derive(Debug)]
+pub struct StoreHealth {
+    /// `postgres://user@host:port/db`, without the password.
+    shown: String,
+    on_unavailable: StoreUnavailable,
+    /// Milliseconds since `epoch` of the last successful sync.
+    last_ok_ms: AtomicU64,
+    /// The last sync failed.
+    failing: AtomicBool,
+    epoch: Instant,
+}
+
+impl StoreHealth {
+    fn new(shown: String, on_unavailable: StoreUnavailable) -> Self {
+        Self {
+            shown,
+            on_unavailable,
+            last_ok_ms: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn mark_ok(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ok_ms.store(ms, Ordering::Relaxed);
+        self.failing.store(false, Ordering::Relaxed);
+    }
+
+    fn mark_failed(&self) {
+        self.failing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the store is unreachable now: the last sync failed, or none succeeded for
+    /// [`UNAVAILABLE_AFTER`].
+    pub fn unavailable(&self) -> bool {
+        let since_ok = self.epoch.elapsed().saturating_sub(Duration::from_millis(
+            self.last_ok_ms.load(Ordering::Relaxed),
+        ));
+        self.failing.load(Ordering::Relaxed) || since_ok > UNAVAILABLE_AFTER
+    }
+
+    /// `store.on_unavailable`.
+    pub fn on_unavailable(&self) -> StoreUnavailable {
+        self.on_unavailable
+    }
+
+    /// Where the store is, without the password.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+}
+
+/// What this daemon has written to the store, per key (cost of the records committed): the
+/// ledger's [`gate_core::accounting::Ledger::sync_shared`] subtracts it from what it settled.
+#[derive(Debug, Default)]
+pub struct Written(Mutex<HashMap<String, Usd>>);
+
+impl Written {
+    fn add(&self, records: &[(String, UsageRecord)]) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in records {
+            let cost = r.cost.unwrap_or(Usd::ZERO);
+            let entry = map.entry(r.key_id.clone()).or_insert(Usd::ZERO);
+            *entry = entry.saturating_add(cost);
+        }
+    }
+
+    fn snapshot(&self) -> HashMap<String, Usd> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The shared store of a running daemon.
+pub struct SharedStore<R: Runtime> {
+    rt: R,
+    pg: Postgres<R>,
+    health: Arc<StoreHealth>,
+    written: Arc<Written>,
+    /// This daemon's name in `gate_usage.daemon`.
+    daemon_id: String,
+}
+
+impl<R: Runtime> std::fmt::Debug for SharedStore<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedStore")
+            .field("url", self.pg.url())
+            .field("daemon", &self.daemon_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a key edit in the shared store could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyChangeError {
+    /// The edit is not valid (nothing was written).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not be reached or refused the statement.
+    #[error("the shared store cannot take the change: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl<R: Runtime> SharedStore<R> {
+    /// Connects to `url` and migrates; an error says why (without the password).
+    pub async fn connect(
+        rt: R,
+        url: &str,
+        on_unavailable: StoreUnavailable,
+        daemon_id: String,
+    ) -> Result<Arc<Self>, StoreError> {
+        let url = PgUrl::parse(url)?;
+        let shown = url.to_string();
+        let pg = Postgres::new(rt.clone(), url, DAEMON_SCHEMA);
+        pg.connect().await?;
+        let health = Arc::new(StoreHealth::new(shown, on_unavailable));
+        health.mark_ok();
+        Ok(Arc::new(Self {
+            rt,
+            pg,
+            health,
+            written: Arc::default(),
+            daemon_id,
+        }))
+    }
+
+    /// The store's health (admission reads it).
+    pub fn health(&self) -> &Arc<StoreHealth> {
+        &self.health
+    }
+
+    /// Where, without the password.
+    pub fn describe(&self) -> String {
+        self.pg.url().to_string()
+    }
+
+    /// Every key (revoked ones are deleted).
+    pub async fn load_keys(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        let rows = self.pg.query(KEYS_SQL, &[]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|row| self.key_of(row).map(|(record, _)| record))
+            .collect())
+    }
+
+    fn key_of(&self, row: &Row) -> Option<(TokenRecord, i64)> {
+        let id: String = row.try_get(0).ok()?;
+        let policy: String = row.try_get(5).ok()?;
+        let policy: KeyPolicy = match serde_json::from_str(&policy) {
+            Ok(p) => p,
+            Err(e) => {
+                // A key whose policy this build cannot read is left out rather than let in
+                // without its limits.
+                tracing::error!(key = %id, error = %e, "a key's policy in the shared store is not readable; the key is refused");
+                return None;
+            }
+        };
+        Some((
+            TokenRecord {
+                id,
+                name: row.try_get(1).ok()?,
+                sha256: row.try_get(2).ok()?,
+                created_at: uint(row.try_get(3).ok()?),
+                expires_at: row.try_get::<_, Option<i64>>(4).ok()?.map(uint),
+                policy,
+            },
+            row.try_get(6).ok()?,
+        ))
+    }
+
+    async fn generation(&self) -> Result<i64, StoreError> {
+        let rows = self
+            .pg
+            .query("SELECT generation FROM gate_keys_version", &[])
+            .await?;
+        Ok(rows.first().and_then(|r| r.try_get(0).ok()).unwrap_or(0))
+    }
+
+    /// Creates a key with `edit`; returns its record and the plaintext key (shown once).
+    pub async fn create_key(
+        &self,
+        edit: &KeyEdit,
+    ) -> Result<(TokenRecord, String), KeyChangeError> {
+        let (record, token) =
+            crate::auth::new_key(edit).map_err(|e| KeyChangeError::Invalid(format!("{e:#}")))?;
+        let policy = serde_json::to_string(&record.policy)
+            .map_err(|e| KeyChangeError::Invalid(e.to_string()))?;
+        let created = int(record.created_at);
+        let expires = record.expires_at.map(int);
+        self.pg
+            .execute(
+                "INSERT INTO gate_keys (id, name, sha256, created_at, expires_at, policy)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &record.id,
+                    &record.name,
+                    &record.sha256,
+                    &created,
+                    &expires,
+                    &policy,
+                ],
+            )
+            .await?;
+        Ok((record, token))
+    }
+
+    /// Changes key `id`; `Ok(None)` when there is none. An edit made meanwhile by another
+    /// daemon is not overwritten: the row's revision must still be the one read.
+    pub async fn update_key(
+        &self,
+        id: &str,
+        edit: &KeyEdit,
+    ) -> Result<Option<TokenRecord>, KeyChangeError> {
+        for _ in 0..5 {
+            let rows = self
+                .pg
+                .query(&format!("{KEYS_SQL} WHERE id = $1"), &[&id])
+                .await?;
+            let Some((mut record, rev)) = rows.first().and_then(|row| self.key_of(row)) else {
+                return Ok(None);
+            };
+            edit.apply(&mut record, now_unix())
+                .map_err(KeyChangeError::Invalid)?;
+            let policy = serde_json::to_string(&record.policy)
+                .map_err(|e| KeyChangeError::Invalid(e.to_string()))?;
+            let expires = record.expires_at.map(int);
+            let changed = self
+                .pg
+                .execute(
+                    "UPDATE gate_keys SET name = $3, expires_at = $4, policy = $5, rev = rev + 1
+                     WHERE id = $1 AND rev = $2",
+                    &[&id, &rev, &record.name, &expires, &policy],
+                )
+                .await?;
+            if changed == 1 {
+                return Ok(Some(record));
+            }
+        }
+        Err(KeyChangeError::Invalid(format!(
+            "key {id} is being changed elsewhere at the same time; try again"
+        )))
+    }
+
+    /// Deletes key `id`; false when there is none.
+    pub async fn revoke_key(&self, id: &str) -> Result<bool, KeyChangeError> {
+        let deleted = self
+            .pg
+            .execute("DELETE FROM gate_keys WHERE id = $1", &[&id])
+            .await?;
+        Ok(deleted > 0)
+    }
+
+    /// When each key was last used (Unix milliseconds), by every daemon.
+    pub async fn last_used(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows = self
+            .pg
+            .query(
+                "SELECT key_id, MAX(at_ms) FROM gate_usage GROUP BY key_id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, uint(r.try_get(1).ok()?))))
+            .collect())
+    }
+
+    /// The usage of every daemon since `since_ms`, grouped `by` (as
+    /// [`crate::usage::UsageDb::summary`] sums the local log).
+    pub async fn summary(&self, since_ms: u64, by: GroupBy) -> Result<Vec<UsageRow>, StoreError> {
+        let column = match by {
+            GroupBy::Key => "key_id",
+            GroupBy::Model => "model",
+            GroupBy::Upstream => "upstream",
+            GroupBy::Day => "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            GroupBy::Owner => "owner",
+        };
+        let order = match by {
+            GroupBy::Day => "grp",
+            _ => "cost DESC, requests DESC, grp",
+        };
+        let sql = format!(
+            "SELECT {column} AS grp, COUNT(*)::bigint AS requests, SUM(input_tokens)::bigint,
+                SUM(output_tokens)::bigint, SUM(cached_tokens)::bigint,
+                COALESCE(SUM(cost_nanos), 0)::bigint AS cost,
+                (COUNT(*) - COUNT(cost_nanos))::bigint,
+                SUM(CASE WHEN status >= 400 OR error IS NOT NULL THEN 1 ELSE 0 END)::bigint
+             FROM gate_usage WHERE at_ms >= $1 GROUP BY grp ORDER BY {order}"
+        );
+        let since = int(since_ms);
+        let rows = self.pg.query(&sql, &[&since]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                Some(UsageRow {
+                    group: r.try_get(0).ok()?,
+                    name: None,
+                    requests: uint(r.try_get(1).ok()?),
+                    input_tokens: uint(r.try_get(2).ok()?),
+                    output_tokens: uint(r.try_get(3).ok()?),
+                    cached_tokens: uint(r.try_get(4).ok()?),
+                    cost_usd: Usd(uint(r.try_get(5).ok()?)),
+                    unknown_cost_requests: uint(r.try_get(6).ok()?),
+                    errors: uint(r.try_get(7).ok()?),
+                })
+            })
+            .collect())
+    }
+
+    /// The web UI's chart series of every daemon since `since_ms`.
+    pub async fn series(&self, since_ms: u64) -> Result<UsageSeries, StoreError> {
+        const DAY: &str = "to_char(to_timestamp(at_ms / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD')";
+        let since = int(since_ms);
+        let spend = self
+            .pg
+            .query(
+                &format!(
+                    "SELECT {DAY} AS day, key_id, COUNT(*)::bigint,
+                        COALESCE(SUM(cost_nanos), 0)::bigint, (COUNT(*) - COUNT(cost_nanos))::bigint
+                     FROM gate_usage WHERE at_ms >= $1 GROUP BY day, key_id ORDER BY day, key_id"
+                ),
+                &[&since],
+            )
+            .await?;
+        let tokens = self
+            .pg
+            .query(
+                &format!(
+                    "SELECT {DAY} AS day, model, COUNT(*)::bigint, SUM(input_tokens)::bigint,
+                        SUM(output_tokens)::bigint, SUM(cached_tokens)::bigint
+                     FROM gate_usage WHERE at_ms >= $1 GROUP BY day, model ORDER BY day, model"
+                ),
+                &[&since],
+            )
+            .await?;
+        Ok(UsageSeries {
+            since_ms,
+            spend: spend
+                .iter()
+                .filter_map(|r| {
+                    Some(SpendPoint {
+                        day: r.try_get(0).ok()?,
+                        key_id: r.try_get(1).ok()?,
+                        name: None,
+                        requests: uint(r.try_get(2).ok()?),
+                        cost_usd: Usd(uint(r.try_get(3).ok()?)),
+                        unknown_cost_requests: uint(r.try_get(4).ok()?),
+                    })
+                })
+                .collect(),
+            tokens: tokens
+                .iter()
+                .filter_map(|r| {
+                    Some(TokenPoint {
+                        day: r.try_get(0).ok()?,
+                        model: r.try_get(1).ok()?,
+                        requests: uint(r.try_get(2).ok()?),
+                        input_tokens: uint(r.try_get(3).ok()?),
+                        output_tokens: uint(r.try_get(4).ok()?),
+                        cached_tokens: uint(r.try_get(5).ok()?),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    /// Every key's settled spend by period: key -> (today, this week, this month, total).
+    async fn spend(&self, now_unix: u64) -> Result<HashMap<String, [Usd; 4]>, StoreError> {
+        let day = |p: Period| i32::try_from(p.start(now_unix) / 86_400).unwrap_or(i32::MAX);
+        let (d, w, m) = (day(Period::Day), day(Period::Week), day(Period::Month));
+        let rows = self.pg.query(SPEND_SQL, &[&d, &w, &m]).await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                let key: String = r.try_get(0).ok()?;
+                let mut sums = [Usd::ZERO; 4];
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    *sum = Usd(uint(r.try_get(i + 1).ok()?));
+                }
+                Some((key, sums))
+            })
+            .collect())
+    }
+
+    /// Writes `batch` (rows already there are skipped); counts it as written.
+    async fn write_usage(&self, batch: &[(String, UsageRecord)]) -> Result<(), StoreError> {
+        let col = |f: &dyn Fn(&UsageRecord) -> String| -> Vec<String> {
+            batch.iter().map(|(_, r)| f(r)).collect()
+        };
+        let opt = |f: &dyn Fn(&UsageRecord) -> Option<String>| -> Vec<Option<String>> {
+            batch.iter().map(|(_, r)| f(r)).collect()
+        };
+        let num = |f: &dyn Fn(&UsageRecord) -> u64| -> Vec<i64> {
+            batch.iter().map(|(_, r)| int(f(r))).collect()
+        };
+        let uids: Vec<String> = batch.iter().map(|(uid, _)| uid.clone()).collect();
+        let daemons: Vec<String> = vec![self.daemon_id.clone(); batch.len()];
+        let at = num(&|r| r.at_ms);
+        let keys = col(&|r| r.key_id.clone());
+        let owners = opt(&|r| r.owner.clone());
+        let endpoints = col(&|r| r.endpoint.clone());
+        let models = col(&|r| r.model.clone());
+        let served = opt(&|r| r.served_model.clone());
+        let upstreams = opt(&|r| r.upstream.clone());
+        let input = num(&|r| r.input_tokens);
+        let output = num(&|r| r.output_tokens);
+        let cached = num(&|r| r.cached_tokens);
+        let cache_write = num(&|r| r.cache_write_tokens);
+        let costs: Vec<Option<i64>> = batch
+            .iter()
+            .map(|(_, r)| r.cost.map(|c| int(c.0)))
+            .collect();
+        let latency = num(&|r| r.latency_ms);
+        let ttft: Vec<Option<i64>> = batch.iter().map(|(_, r)| r.ttft_ms.map(int)).collect();
+        let status: Vec<i32> = batch.iter().map(|(_, r)| i32::from(r.status)).collect();
+        let errors = opt(&|r| r.error.clone());
+        let params: [&(dyn ToSql + Sync); 18] = [
+            &uids,
+            &daemons,
+            &at,
+            &keys,
+            &owners,
+            &endpoints,
+            &models,
+            &served,
+            &upstreams,
+            &input,
+            &output,
+            &cached,
+            &cache_write,
+            &costs,
+            &latency,
+            &ttft,
+            &status,
+            &errors,
+        ];
+        self.pg.query(INSERT_USAGE_SQL, &params).await?;
+        self.written.add(batch);
+        Ok(())
+    }
+
+    /// Starts the usage log's writer task: the sink to give the gateway.
+    pub fn start_usage_log(
+        self: &Arc<Self>,
+        state_dir: &Path,
+        metrics: Arc<Metrics>,
+    ) -> Arc<SharedUsageLog> {
+        let (sender, receiver) = async_channel::bounded(CHANNEL_CAPACITY);
+        let (control, control_rx) = async_channel::unbounded();
+        let spool = state_dir.join(SPOOL_FILE);
+        let mut writer = UsageWriter {
+            store: self.clone(),
+            receiver,
+            control: control_rx,
+            buffer: VecDeque::new(),
+            oldest: None,
+            spool: spool.clone(),
+            spooled: false,
+            spool_loaded: false,
+            metrics: metrics.clone(),
+            outage_since: None,
+        };
+        writer.read_spool();
+        self.rt.spawn(writer.run());
+        Arc::new(SharedUsageLog {
+            sender,
+            control,
+            metrics,
+            last_drop_warning: Mutex::new(None),
+        })
+    }
+}
+
+/// The gateway's usage sink with `[store] url` (see the module docs).
+pub struct SharedUsageLog {
+    sender: async_channel::Sender<UsageRecord>,
+    control: async_channel::Sender<Control>,
+    metrics: Arc<Metrics>,
+    last_drop_warning: Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for SharedUsageLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedUsageLog").finish_non_exhaustive()
+    }
+}
+
+enum Control {
+    /// Write everything handed over so far (or hold it, if the store is down), then answer
+    /// whether it is written.
+    Flush(async_channel::Sender<bool>),
+    /// Write what can be written within [`CLOSE_DEADLINE`], spool the rest, stop.
+    Close(async_channel::Sender<bool>),
+}
+
+impl SharedUsageLog {
+    /// Waits until every record handed over before this call is in the store; false when
+    /// the store is down (the records stay buffered).
+    pub async fn flush(&self) -> bool {
+        let (done, wait) = async_channel::bounded(1);
+        if self.control.send(Control::Flush(done)).await.is_err() {
+            return false;
+        }
+        wait.recv().await.unwrap_or(false)
+    }
+
+    /// A clean stop: writes what it can, spools the rest to the state directory.
+    pub async fn flush_and_close(&self) -> bool {
+        let (done, wait) = async_channel::bounded(1);
+        if self.control.send(Control::Close(done)).await.is_err() {
+            return false;
+        }
+        wait.recv().await.unwrap_or(false)
+    }
+}
+
+impl UsageSink for SharedUsageLog {
+    fn record(&self, record: UsageRecord) {
+        self.metrics.record_usage(&record);
+        if self.sender.try_send(record).is_err() {
+            // The writer drains the channel into its buffer without waiting on the store,
+            // so a full channel means the writer task is stuck or gone.
+            self.metrics.usage_dropped.inc();
+            let mut last = self
+                .last_drop_warning
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    dropped_total = self.metrics.usage_dropped.get(),
+                    "usage records dropped: the shared usage log's writer is not taking them"
+                );
+            }
+        }
+    }
+}
+
+struct UsageWriter<R: Runtime> {
+    store: Arc<SharedStore<R>>,
+    receiver: async_channel::Receiver<UsageRecord>,
+    control: async_channel::Receiver<Control>,
+    /// Records not yet written, oldest first, each with its unique id.
+    buffer: VecDeque<(String, UsageRecord)>,
+    /// When the oldest record of the buffer arrived.
+    oldest: Option<Instant>,
+    spool: PathBuf,
+    /// Whether the spool file holds records (deleted once they are written).
+    spooled: bool,
+    /// Whether every record of the spool file is in the buffer.
+    spool_loaded: bool,
+    metrics: Arc<Metrics>,
+    /// When writes started failing (logged once per outage).
+    outage_since: Option<Instant>,
+}
+
+fn uid() -> String {
+    crate::auth::random_hex::<16>().unwrap_or_else(|_| {
+        // The system RNG failed: time and a counter are unique within this process.
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        format!(
+            "t{}-{}",
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        )
+    })
+}
+
+impl<R: Runtime> UsageWriter<R> {
+    /// Records a previous run spooled (the store was down when it stopped) go first.
+    fn read_spool(&mut self) {
+        let text = match std::fs::read_to_string(&self.spool) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.spooled = false;
+                return;
+            }
+            Err(e) => {
+                self.spooled = false;
+                tracing::error!(path = %self.spool.display(), error = %e, "cannot read the usage spool; its records stay in it, unwritten");
+                return;
+            }
+        };
+        let mut count = 0usize;
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            match serde_json::from_str::<(String, UsageRecord)>(line) {
+                Ok(entry) => {
+                    self.buffer.push_back(entry);
+                    count += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "a line of the usage spool is not a record; skipped")
+                }
+            }
+        }
+        self.spool_loaded = true;
+        if count > 0 {
+            self.spooled = true;
+            self.oldest = Some(Instant::now());
+            tracing::info!(records = count, path = %self.spool.display(), "usage records spooled by the last run will be written to the shared store");
+        }
+    }
+
+    fn take(&mut self, record: UsageRecord) {
+        if self.buffer.is_empty() {
+            self.oldest = Some(Instant::now());
+        }
+        self.buffer.push_back((uid(), record));
+        if self.buffer.len() > MAX_BUFFERED {
+            // Past the bound the oldest go to disk: nothing handed over is dropped while the
+            // state directory takes them.
+            let excess = self.buffer.len() - MAX_BUFFERED / 2;
+            let spilled: Vec<_> = self.buffer.drain(..excess).collect();
+            self.append_spool(&spilled);
+        }
+    }
+
+    fn append_spool(&mut self, records: &[(String, UsageRecord)]) -> bool {
+        use std::io::Write;
+        let mut text = String::new();
+        for entry in records {
+            if let Ok(line) = serde_json::to_string(entry) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.spool)
+            .and_then(|mut f| f.write_all(text.as_bytes()).and_then(|()| f.sync_data()));
+        match written {
+            Ok(()) => {
+                self.spooled = true;
+                // The file now holds records the buffer does not: read it whole again later
+                // (those already written are skipped by their ids).
+                self.spool_loaded = false;
+                tracing::warn!(records = records.len(), path = %self.spool.display(), "usage records spooled to disk (the shared store is unreachable); written to it at the next start");
+                true
+            }
+            Err(e) => {
+                self.metrics.usage_dropped.inc_by(records.len() as u64);
+                tracing::error!(records = records.len(), path = %self.spool.display(), error = %e, "usage records lost: the shared store is unreachable and the spool cannot be written");
+                false
+            }
+        }
+    }
+
+    /// Writes the buffer in batches; false when the store refused (what is left stays).
+    async fn write_all(&mut self) -> bool {
+        loop {
+            if !self.write_buffer().await {
+                return false;
+            }
+            if !self.spooled {
+                return true;
+            }
+            if self.spool_loaded {
+                // Everything the spool held is written now.
+                self.spooled = false;
+                self.spool_loaded = false;
+                if let Err(e) = std::fs::remove_file(&self.spool) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(path = %self.spool.display(), error = %e, "cannot remove the usage spool (its records are written; a next start skips them as duplicates)");
+                    }
+                }
+                return true;
+            }
+            // Records spilled to disk during the outage: read them back and write them.
+            self.read_spool();
+        }
+    }
+
+    async fn write_buffer(&mut self) -> bool {
+        while !self.buffer.is_empty() {
+            let n = self.buffer.len().min(MAX_BATCH);
+            let batch: Vec<(String, UsageRecord)> = self.buffer.iter().take(n).cloned().collect();
+            match self.store.write_usage(&batch).await {
+                Ok(()) => {
+                    self.buffer.drain(..n);
+                    if let Some(since) = self.outage_since.take() {
+                        tracing::info!(
+                            outage = ?since.elapsed(),
+                            "usage log: the shared store takes records again; the buffered ones are written"
+                        );
+                    }
+                }
+                Err(e) => {
+                    if self.outage_since.is_none() {
+                        self.outage_since = Some(Instant::now());
+                        tracing::warn!(error = %e, buffered = self.buffer.len(), "usage log: cannot write to the shared store; records are buffered in memory (up to {MAX_BUFFERED}, then spooled to disk) and written when it is back");
+                    }
+                    return false;
+                }
+            }
+        }
+        self.oldest = None;
+        true
+    }
+
+    fn drain_channel(&mut self) {
+        while let Ok(record) = self.receiver.try_recv() {
+            self.take(record);
+        }
+    }
+
+    async fn run(mut self) {
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            // Wait for a record, a control message, or the time the buffer is due.
+            let due = match (self.oldest, retry_at) {
+                (_, Some(at)) => Some(at),
+                (Some(oldest), None) => Some(oldest + FLUSH_INTERVAL),
+                (None, None) => None,
+            };
+            let wait = due.map_or(Duration::from_secs(3600), |at| {
+                at.saturating_duration_since(Instant::now())
+            });
+            let event = race(
+                race(self.receiver.recv(), self.control.recv()),
+                self.store.rt.sleep(wait),
+            )
+            .await;
+            match event {
+                Either::Left(Either::Left(Ok(record))) => {
+                    self.take(record);
+                    self.drain_channel();
+                    if self.buffer.len() < MAX_BATCH || retry_at.is_some() {
+                        continue;
+                    }
+                }
+                Either::Left(Either::Left(Err(_))) => {
+                    // Every sender is gone: write what is left, as on a close.
+                    self.close().await;
+                    return;
+                }
+                Either::Left(Either::Right(Ok(Control::Flush(done)))) => {
+                    self.drain_channel();
+                    let ok = self.write_all().await;
+                    retry_at = (!ok).then(|| Instant::now() + FLUSH_INTERVAL * 4);
+                    let _ = done.try_send(ok);
+                    continue;
+                }
+                Either::Left(Either::Right(Ok(Control::Close(done)))) => {
+                    let ok = self.close().await;
+                    let _ = done.try_send(ok);
+                    return;
+                }
+                Either::Left(Either::Right(Err(_))) => {
+                    self.close().await;
+                    return;
+                }
+                Either::Right(()) => {}
+            }
+            self.drain_channel();
+            let due_now = self
+                .oldest
+                .is_some_and(|oldest| oldest.elapsed() >= FLUSH_INTERVAL)
+                || self.buffer.len() >= MAX_BATCH;
+            if due_now && retry_at.is_none_or(|at| Instant::now() >= at) {
+                let ok = self.write_all().await;
+                // The client backs off its reconnects; this only paces the attempts.
+                retry_at = (!ok).then(|| Instant::now() + FLUSH_INTERVAL * 4);
+            }
+        }
+    }
+
+    /// Writes what it can within [`CLOSE_DEADLINE`], spools the rest.
+    async fn close(&mut self) -> bool {
+        self.drain_channel();
+        let deadline = Instant::now() + CLOSE_DEADLINE;
+        loop {
+            if self.write_all().await {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            self.store.rt.sleep(FLUSH_INTERVAL).await;
+            self.drain_channel();
+        }
+        // The records read from the spool are in it still (it is removed only once they are
+        // written); a record there twice is stored once (its id).
+        let left: Vec<_> = self.buffer.drain(..).collect();
+        self.append_spool(&left);
+        false
+    }
+}
+
+/// Keeps the gateway's keys and spend in step with the store every [`SYNC_INTERVAL`] until
+/// `stop` fires.
+pub async fn sync<R: Runtime>(
+    rt: R,
+    store: Arc<SharedStore<R>>,
+    gateway: Arc<Gateway<R>>,
+    stop: gate_rt::tunnel::support::Shutdown,
+) {
+    let mut generation = None;
+    loop {
+        match sync_once(&store, &gateway, &mut generation).await {
+            Ok(()) => {
+                if store.health.failing.load(Ordering::Relaxed) {
+                    tracing::info!(store = %store.health.shown, "shared store reachable again: keys and spend are in step");
+                }
+                store.health.mark_ok();
+            }
+            Err(e) => {
+                if !store.health.failing.load(Ordering::Relaxed) {
+                    tracing::warn!(error = %e, on_unavailable = ?store.health.on_unavailable, "shared store unreachable: keys are checked against the last copy; budgeted keys follow store.on_unavailable");
+                }
+                store.health.mark_failed();
+            }
+        }
+        if let Either::Left(()) = race(stop.wait(), rt.sleep(SYNC_INTERVAL)).await {
+            return;
+        }
+    }
+}
+
+/// Reads the keys if their generation moved, and every key's spend.
+pub async fn sync_once<R: Runtime>(
+    store: &SharedStore<R>,
+    gateway: &Gateway<R>,
+    generation: &mut Option<i64>,
+) -> Result<(), StoreError> {
+    let now = store.generation().await?;
+    if *generation != Some(now) {
+        let keys = store.load_keys().await?;
+        gateway.set_tokens(TokenStore::from_records(keys));
+        *generation = Some(now);
+    }
+    // What was written before asking: see `Ledger::sync_shared`.
+    let written = store.written.snapshot();
+    let now_unix = now_unix();
+    let spend = store.spend(now_unix).await?;
+    gateway.apply_shared_spend(&spend, &written, now_unix);
+    Ok(())
+}
+
+/// `sums` (today, this week, this month, total) for `period`.
+pub fn spend_in(sums: &[Usd; 4], period: Period) -> Usd {
+    match period {
+        Period::Day => sums[0],
+        Period::Week => sums[1],
+        Period::Month => sums[2],
+        Period::Total => sums[3],
+    }
+}

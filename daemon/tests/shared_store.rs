@@ -1,0 +1,352 @@
+//! Two real `gate serve` processes on one PostgreSQL (`[store] url`, issue 15), under tokio
+//! and smol, with Debian's PostgreSQL started by the test (tests/support/store_servers.rs):
+//!
+//! - a key created through one daemon (`gate token create`, over its admin socket) works on
+//!   the other within the sync interval; a revocation is refused on both;
+//! - requests alternate between the daemons; `gate usage` on either shows both daemons'
+//!   requests;
+//! - spend settled on one daemon counts against the budget on the other;
+//! - PostgreSQL stopped mid-load and started again: a budgeted key is refused with a clear
+//!   error on the `closed` daemon and admitted on the `open` one, keys known before keep
+//!   working on both, no usage record is lost, and both recover without a restart;
+//! - a daemon stopped while the store is down spools its unwritten usage records and writes
+//!   them at its next start;
+//! - the store's password is in no log.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod common;
+#[path = "../../tests/support/store_servers.rs"]
+mod store_servers;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{gate_bin, start_local_daemon, temp_dir, wait_for, wait_until, Mock, Proc};
+use gate_daemon::admin::client::http_request;
+use serde_json::Value;
+use store_servers::{PgServer, PG_PASSWORD};
+
+/// Generous for a loaded 2-core machine; the design bound is one sync (250 ms) plus one
+/// usage batch (250 ms).
+const PROPAGATION: Duration = Duration::from_secs(3);
+const DEADLINE: Duration = Duration::from_secs(20);
+
+struct Daemon {
+    proc: Proc,
+    addr: SocketAddr,
+    state_dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path, runtime: &str, mock: &Mock, url: &str, on_unavailable: &str) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        // Three output tokens per answer at $1 each; input free.
+        let config = format!(
+            "[store]\nurl = \"{url}\"\non_unavailable = \"{on_unavailable}\"\n\
+             [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+             api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
+             [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
+            mock.base_url()
+        );
+        let (proc, addr) = start_local_daemon(dir, runtime, &config, None);
+        Daemon {
+            proc,
+            addr,
+            state_dir: dir.join("state"),
+        }
+    }
+
+    /// One chat request with `key`: (status, body).
+    fn chat(&self, key: &str) -> (u16, String) {
+        let body =
+            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+        let auth = format!("Bearer {key}");
+        match http_request(
+            self.addr,
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body,
+        ) {
+            Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
+            Err(e) => (0, e.to_string()),
+        }
+    }
+
+    fn gate(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(gate_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `gate token create` through this daemon: (id, key).
+    fn create_key(&self, name: &str, extra: &[&str]) -> (String, String) {
+        let mut args = vec!["token", "create", "--name", name];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = self.gate(&args);
+        assert!(ok, "gate token create: {err}\n{}", self.proc.log());
+        let id = err
+            .split("created API key id ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no id in: {err}"))
+            .to_owned();
+        (id, out.trim().to_owned())
+    }
+
+    /// `gate usage --json --since all --by key` on this daemon: requests per key id.
+    fn usage_requests(&self, key_id: &str) -> u64 {
+        let (ok, out, err) = self.gate(&["usage", "--json", "--since", "all", "--by", "key"]);
+        if !ok {
+            // The store reconnecting after an outage (the client backs off): the error says
+            // so, and the callers wait.
+            assert!(err.contains("PostgreSQL at"), "gate usage: {err}");
+            assert!(!err.contains(PG_PASSWORD), "gate usage: {err}");
+            return 0;
+        }
+        let rows: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+        rows.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|row| {
+                row["key"].as_str() == Some(key_id) || row["group"].as_str() == Some(key_id)
+            })
+            .filter_map(|row| row["requests"].as_u64())
+            .sum()
+    }
+}
+
+fn wait_status(what: &str, daemon: &Daemon, key: &str, want: u16) -> String {
+    let last = std::cell::RefCell::new(String::new());
+    wait_for(
+        what,
+        PROPAGATION,
+        || {
+            let (status, body) = daemon.chat(key);
+            *last.borrow_mut() = format!("{status} {body}");
+            (status == want).then_some(body)
+        },
+        || format!("last answer: {}\n{}", last.borrow(), daemon.proc.log()),
+    )
+}
+
+#[test]
+fn two_daemons_share_keys_usage_and_spend_on_postgres() {
+    let mut pg = PgServer::start().expect("PostgreSQL (apt-get install -y postgresql)");
+    for (i, runtime) in ["tokio", "smol"].into_iter().enumerate() {
+        let url = pg.create_database(&format!("gate_{i}")).unwrap();
+        scenario(runtime, &mut pg, &url);
+    }
+}
+
+fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
+    let dir = temp_dir(&format!("shared-{runtime}"));
+    let mock = Mock::start("oai");
+    // Started together: they migrate once (the advisory lock), and both serve.
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| Daemon::start(&dir.join("a"), runtime, &mock, url, "closed"));
+        let b = s.spawn(|| Daemon::start(&dir.join("b"), runtime, &mock, url, "open"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let db = url.rsplit('/').next().unwrap();
+    assert_eq!(
+        pg.psql(
+            db,
+            "SELECT count(*) FROM gate_schema_migrations WHERE component = 'daemon'"
+        )
+        .unwrap(),
+        "1",
+        "{runtime}: the daemon schema is migrated once"
+    );
+
+    // A key made on A works on B.
+    let (plain_id, plain) = a.create_key("plain", &[]);
+    let started = Instant::now();
+    wait_status("B to accept the key made on A", &b, &plain, 200);
+    eprintln!(
+        "{runtime}: key made on A accepted by B after {:?}",
+        started.elapsed()
+    );
+
+    // Requests alternating between the daemons; `gate usage` on either shows them all.
+    for i in 0..6 {
+        let daemon = if i % 2 == 0 { &a } else { &b };
+        let (status, body) = daemon.chat(&plain);
+        assert_eq!(status, 200, "{runtime}: {body}");
+    }
+    // One request of B's wait above may have answered 200 too: count from the log itself.
+    let expected = |d: &Daemon| d.usage_requests(&plain_id);
+    wait_until(
+        "both daemons' requests in `gate usage` on A and on B",
+        PROPAGATION,
+        || expected(&a) >= 7 && expected(&a) == expected(&b),
+        || format!("A: {} B: {}", expected(&a), expected(&b)),
+    );
+
+    // Spend settled on A counts on B: $10 a day, $3 a request (three output tokens).
+    let (_, budgeted) = a.create_key("budgeted", &["--budget", "10", "--period", "day"]);
+    wait_status("B to accept the budgeted key", &b, &budgeted, 200);
+    for _ in 0..2 {
+        let (status, body) = a.chat(&budgeted);
+        assert_eq!(status, 200, "{runtime}: {body}");
+    }
+    // $9 spent ($3 on B, $6 on A): B refuses the next $3, since A's spend reached it.
+    let refusal = wait_status("B to refuse the budget A spent", &b, &budgeted, 402);
+    assert!(refusal.contains("budget"), "{runtime}: {refusal}");
+    // A sees B's $3 within one batch plus one sync too.
+    let refusal = wait_status("A to refuse the budget both spent", &a, &budgeted, 402);
+    assert!(refusal.contains("budget"), "{runtime}: {refusal}");
+
+    // A revocation on B is refused on both.
+    let (ok, _, err) = b.gate(&["token", "revoke", &plain_id]);
+    assert!(ok, "{err}");
+    wait_status("B to refuse the revoked key", &b, &plain, 401);
+    wait_status("A to refuse the key revoked on B", &a, &plain, 401);
+
+    // The store stops mid-load.
+    let (created_id, steady) = a.create_key("steady", &[]);
+    let (_, capped) = a.create_key("capped", &["--budget", "100", "--period", "month"]);
+    wait_status("B to accept the steady key", &b, &steady, 200);
+    wait_status("B to accept the capped key", &b, &capped, 200);
+    let listed = b.gate(&["token", "list", "--json"]).1;
+    let steady_id: String = serde_json::from_str::<Value>(&listed)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "steady")
+        .map(|k| k["id"].as_str().unwrap().to_owned())
+        .expect("the key made on A is listed by B");
+    assert_eq!(steady_id, created_id);
+    let mut answered = 1; // B's wait above
+    for _ in 0..4 {
+        for d in [&a, &b] {
+            let (status, body) = d.chat(&steady);
+            assert_eq!(status, 200, "{runtime}: {body}");
+            answered += 1;
+        }
+    }
+    pg.stop().unwrap();
+    // Closed: A refuses the budgeted key, in the client's protocol, saying why.
+    let refusal = wait_status(
+        "A to refuse a budgeted key while the store is down",
+        &a,
+        &capped,
+        503,
+    );
+    assert!(
+        refusal.contains("shared store") && refusal.contains("on_unavailable"),
+        "{runtime}: {refusal}"
+    );
+    assert!(!refusal.contains(PG_PASSWORD));
+    // Open: B admits it against the spend it saw last.
+    let (status, body) = b.chat(&capped);
+    assert_eq!(status, 200, "{runtime}: B is `open`: {body}");
+    // Keys known before the outage keep working on both, and their usage is kept.
+    for _ in 0..5 {
+        for d in [&a, &b] {
+            let (status, body) = d.chat(&steady);
+            assert_eq!(status, 200, "{runtime}: during the outage: {body}");
+            answered += 1;
+        }
+    }
+    pg.restart().unwrap();
+    // Recovery without a restart: A admits the budgeted key again.
+    let started = Instant::now();
+    wait_for(
+        "A to admit the budgeted key once the store is back",
+        DEADLINE,
+        || (a.chat(&capped).0 == 200).then_some(()),
+        || a.proc.log(),
+    );
+    eprintln!(
+        "{runtime}: recovered {:?} after the restart",
+        started.elapsed()
+    );
+    // Nothing lost: every answered request of the steady key is in the shared log.
+    wait_until(
+        "every request of the outage in the shared usage log",
+        DEADLINE,
+        || a.usage_requests(&steady_id) == answered && b.usage_requests(&steady_id) == answered,
+        || {
+            format!(
+                "answered {answered}, A shows {}, B shows {}\n{}",
+                a.usage_requests(&steady_id),
+                b.usage_requests(&steady_id),
+                a.proc.log()
+            )
+        },
+    );
+    for d in [&a, &b] {
+        let log = d.proc.log();
+        assert!(
+            !log.contains(PG_PASSWORD),
+            "{runtime}: the password is in a log"
+        );
+        assert!(
+            log.contains("shared store"),
+            "{runtime}: the outage is logged:\n{log}"
+        );
+    }
+    let config = dir.join("a").join("gate.toml");
+    let (_, shown, _) = a.gate(&["config", "show", "--config", config.to_str().unwrap()]);
+    assert!(
+        shown.contains("[store]") && shown.contains("url = \"(set)\""),
+        "{runtime}: config show: {shown}"
+    );
+    assert!(
+        !shown.contains(PG_PASSWORD),
+        "{runtime}: config show: {shown}"
+    );
+    // A stop while the store is down loses nothing: A spools what it could not write, and
+    // writes it when it starts again with the store back.
+    pg.stop().unwrap();
+    for _ in 0..3 {
+        let (status, body) = a.chat(&steady);
+        assert_eq!(status, 200, "{runtime}: during the second outage: {body}");
+        answered += 1;
+    }
+    let Daemon {
+        proc: mut a_proc,
+        state_dir: a_state,
+        ..
+    } = a;
+    a_proc.signal("TERM");
+    assert!(a_proc.wait_exit(DEADLINE).success(), "{}", a_proc.log());
+    let spool = a_state.join("usage-spool.jsonl");
+    assert!(
+        spool.exists(),
+        "{runtime}: no spool after a stop with the store down:\n{}",
+        a_proc.log()
+    );
+    pg.restart().unwrap();
+    let a = Daemon::start(&dir.join("a"), runtime, &mock, url, "closed");
+    wait_until(
+        "the spooled records in the shared usage log after the restart",
+        DEADLINE,
+        || b.usage_requests(&steady_id) == answered && !spool.exists(),
+        || {
+            format!(
+                "answered {answered}, B shows {}\n{}",
+                b.usage_requests(&steady_id),
+                a.proc.log()
+            )
+        },
+    );
+    assert_eq!(a.usage_requests(&steady_id), answered, "{runtime}");
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
