@@ -283,7 +283,11 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         f'[upstreams.plain]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/v1"\n'
         f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{MODEL}"]\n\n'
         f'[upstreams.stream]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/stream/v1"\n'
-        f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{STREAM_MODEL}"]\n'
+        f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{STREAM_MODEL}"]\n\n'
+        # Prices, so the key with a budget is admitted (a budgeted key is refused for a model
+        # without a known price) and every request is costed and settled.
+        f'[upstreams.plain.prices."{MODEL}"]\ninput = "1.00"\noutput = "2.00"\n\n'
+        f'[upstreams.stream.prices."{STREAM_MODEL}"]\ninput = "1.00"\noutput = "2.00"\n'
         + (f"\n{extra_config}\n" if extra_config else "")
     )
 
