@@ -69,7 +69,7 @@ def ensure_mimalloc_probes(binary: Path) -> list[str]:
     have = subprocess.run(["perf", "probe", "-l"], capture_output=True, text=True).stdout
     out = []
     for event, fn in MI_FUNCS.items():
-        ev = f"{group}:{event}"
+        ev = f"{group}:{group}_{event}"  # perf wants event names unique across groups
         # Probes name a file path: redo them, the binary at that path may have been rebuilt.
         if ev in have:
             subprocess.run(["perf", "probe", "-q", "-d", ev], capture_output=True)
@@ -166,7 +166,7 @@ def main() -> int:
         wrk(work, gate_policy, False, args.conc, 1)
         malloc_event = "probe_libc:malloc"
         if args.profile_allocs:
-            mi = [e for e in alloc_events if e.endswith(":mi_malloc_a")]
+            mi = [e for e in alloc_events if e.endswith("_mi_malloc_a")]
             malloc_event = mi[0] if mi else malloc_event
         what = (["-e", malloc_event, "-c", "200", "--call-graph", "dwarf,16384"] if args.profile_allocs
                 else ["-F", "999", "-g"])

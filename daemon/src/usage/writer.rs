@@ -64,6 +64,8 @@ struct WakeState {
     idle: AtomicBool,
     /// Records sent and not yet taken by the writer.
     queued: AtomicUsize,
+    /// How often the writer came back from parking (tests: no wake-up per record).
+    wakeups: AtomicU64,
 }
 
 /// The usage log of a running daemon (see the module docs).
@@ -303,6 +305,7 @@ impl Writer {
             let wake = deadline.unwrap_or(next_retention).min(next_retention);
             std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
             self.wake.idle.store(false, Ordering::SeqCst);
+            self.wake.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -397,6 +400,36 @@ mod tests {
         log.record(record(now, "k3", "m", None));
         assert_eq!(log.metrics.usage_dropped.get(), 1);
         assert_eq!(read_all(&dir).len(), n + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 16: records handed over back to back wake the writer once for their batch (and
+    /// the flush once more), not once each; all of them are written.
+    #[test]
+    fn the_writer_is_woken_per_batch_not_per_record() {
+        let dir = temp_dir("wakeups");
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        // Until the writer is parked and idle (after its start-up retention pass).
+        assert!(
+            wait_until(Duration::from_secs(10), || log
+                .wake
+                .idle
+                .load(Ordering::SeqCst)),
+            "the writer never went idle"
+        );
+        let before = log.wake.wakeups.load(Ordering::Relaxed);
+        let now = now_ms();
+        let n = 500;
+        for i in 0..n {
+            let mut r = record(now, "k", "m", None);
+            r.latency_ms = i;
+            log.record(r);
+        }
+        log.flush();
+        let woken = log.wake.wakeups.load(Ordering::Relaxed) - before;
+        assert!(woken <= 5, "{n} records woke the writer {woken} times");
+        assert_eq!(read_all(&dir).len(), n as usize);
+        log.flush_and_close();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
