@@ -8,7 +8,7 @@
 //! ([`crate::state::lock`]), so concurrent `gate token create` runs and the daemon never
 //! lose each other's keys.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -161,10 +161,19 @@ struct TokenFile {
 }
 
 /// The file-backed API key store.
+///
+/// Lookups on the request path are hash-map lookups (issue 16): by the key's SHA-256 digest
+/// (computed on the stack, no hex string) for [`TokenStore::verify`], and by id for
+/// [`TokenStore::get`]. Both maps are rebuilt whenever the file's content is taken in.
 #[derive(Debug)]
 pub struct TokenStore {
     path: PathBuf,
-    by_hash: BTreeMap<String, TokenRecord>,
+    by_digest: HashMap<[u8; 32], TokenRecord>,
+    /// Key id -> digest, for lookups by id.
+    by_id: HashMap<String, [u8; 32]>,
+    /// Records whose `sha256` is not 64 lower-case hex digits (a hand-edited file): listed,
+    /// never matched by a key.
+    malformed: Vec<TokenRecord>,
 }
 
 fn now_unix() -> u64 {
@@ -172,6 +181,32 @@ fn now_unix() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// The digest a record's hex `sha256` names (`None` when it is not 64 hex digits).
+fn digest_of_hex(hex: &str) -> Option<[u8; 32]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    // Lower-case only: `sha256_hex` writes lower case, and an upper-case hash never matched.
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -233,8 +268,30 @@ impl TokenStore {
     /// Loads the store (an absent file is an empty store).
     pub fn load(state_dir: &Path) -> Result<Self> {
         let path = Self::path_in(state_dir);
-        let by_hash = Self::read_records(&path)?;
-        Ok(Self { path, by_hash })
+        let records = Self::read_records(&path)?;
+        let mut store = Self {
+            path,
+            by_digest: HashMap::new(),
+            by_id: HashMap::new(),
+            malformed: Vec::new(),
+        };
+        store.take_in(records);
+        Ok(store)
+    }
+
+    /// Makes `records` (by hex hash, as in the file) this store's content.
+    fn take_in(&mut self, records: BTreeMap<String, TokenRecord>) {
+        self.by_digest.clear();
+        self.by_id.clear();
+        self.malformed.clear();
+        for (hex, record) in records {
+            let Some(digest) = digest_of_hex(&hex) else {
+                self.malformed.push(record);
+                continue;
+            };
+            self.by_id.insert(record.id.clone(), digest);
+            self.by_digest.insert(digest, record);
+        }
     }
 
     fn read_records(path: &Path) -> Result<BTreeMap<String, TokenRecord>> {
@@ -272,7 +329,7 @@ impl TokenStore {
         let bytes = serde_json::to_vec_pretty(&TokenFile { tokens })?;
         state::write_atomic(&self.path, &bytes)
             .with_context(|| format!("writing {}", self.path.display()))?;
-        self.by_hash = current;
+        self.take_in(current);
         Ok(out)
     }
 
@@ -305,7 +362,12 @@ impl TokenStore {
 
     /// All records, oldest first.
     pub fn list(&self) -> Vec<TokenRecord> {
-        let mut tokens: Vec<_> = self.by_hash.values().cloned().collect();
+        let mut tokens: Vec<_> = self
+            .by_digest
+            .values()
+            .chain(&self.malformed)
+            .cloned()
+            .collect();
         tokens.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         tokens
     }
@@ -338,10 +400,18 @@ impl TokenStore {
         if !token.starts_with(TOKEN_PREFIX) {
             return None;
         }
-        let record = self.by_hash.get(&sha256_hex(token.as_bytes()))?;
+        let record = self.by_digest.get(&sha256(token.as_bytes()))?;
         match record.expires_at {
             Some(exp) if exp <= now_unix() => None,
             _ => Some(record),
+        }
+    }
+
+    /// The record of the key with id `id` (valid or not).
+    pub fn get(&self, id: &str) -> Option<&TokenRecord> {
+        match self.by_id.get(id) {
+            Some(digest) => self.by_digest.get(digest),
+            None => self.malformed.iter().find(|t| t.id == id),
         }
     }
 }
@@ -609,10 +679,36 @@ mod tests {
             Some(record.id.clone())
         );
         assert!(reloaded.verify("gk_wrong").is_none());
+        assert_eq!(reloaded.get(&record.id), Some(&record));
+        assert_eq!(reloaded.get("nosuchid"), None);
         let mut store = reloaded;
         assert!(store.revoke(&record.id).unwrap());
         assert!(store.verify(&token).is_none());
+        assert_eq!(store.get(&record.id), None);
         assert!(!store.revoke(&record.id).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn digests_round_trip_through_hex_and_malformed_hashes_match_nothing() {
+        for data in [&b""[..], b"gk_abc", &[0xff; 100]] {
+            assert_eq!(digest_of_hex(&sha256_hex(data)), Some(sha256(data)));
+        }
+        let upper = sha256_hex(b"x").to_ascii_uppercase();
+        assert_eq!(digest_of_hex(&upper), None, "upper case never matched");
+        assert_eq!(digest_of_hex("abc"), None);
+        // A hand-edited record with a broken hash is listed and found by id, never verified.
+        let dir = temp_dir("malformed");
+        let mut store = TokenStore::load(&dir).unwrap();
+        let (record, token) = store.create("ok", None).unwrap();
+        let mut file: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(TokenStore::path_in(&dir)).unwrap()).unwrap();
+        file["tokens"][0]["sha256"] = serde_json::json!(record.sha256.to_ascii_uppercase());
+        std::fs::write(TokenStore::path_in(&dir), file.to_string()).unwrap();
+        let store = TokenStore::load(&dir).unwrap();
+        assert!(store.verify(&token).is_none());
+        assert_eq!(store.list().len(), 1);
+        assert_eq!(store.get(&record.id).map(|r| r.name.as_str()), Some("ok"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

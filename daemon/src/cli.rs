@@ -23,7 +23,8 @@ pub struct Cli {
 /// Which async runtime drives the daemon.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeChoice {
-    /// tokio's multi-threaded runtime (default).
+    /// tokio's multi-threaded runtime (default): one worker per core, or
+    /// `TOKIO_WORKER_THREADS`.
     #[default]
     Tokio,
     /// smol's executor, one thread per core.

@@ -2,6 +2,7 @@
 //! histograms, tokens by upstream and model, upstream health, and usage per key and model
 //! (from the usage sink, at most [`MAX_KEY_MODEL_SERIES`] label sets).
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
@@ -15,15 +16,18 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+// Labels whose values are fixed names (endpoints, outcomes) borrow them: looking a series
+// up on the request path allocates nothing (issue 16).
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub endpoint: String,
+    pub endpoint: Cow<'static, str>,
     pub status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
-    pub endpoint: String,
+    pub endpoint: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,14 +43,14 @@ pub struct RelayLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AttemptLabels {
     pub upstream: String,
-    pub outcome: String,
+    pub outcome: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
     pub upstream: String,
     pub model: String,
-    pub kind: String,
+    pub kind: Cow<'static, str>,
 }
 
 /// Usage per key and model (`key` is the key id, `jwt:<subject>` or `loopback`).
@@ -223,7 +227,7 @@ impl Metrics {
                     .get_or_create(&TokenLabels {
                         upstream: upstream.to_owned(),
                         model: model.to_owned(),
-                        kind: kind.to_owned(),
+                        kind: kind.into(),
                     })
                     .inc_by(n);
             }
@@ -290,7 +294,7 @@ impl Metrics {
                     .get_or_create(&TokenLabels {
                         upstream: upstream.to_owned(),
                         model: model.to_owned(),
-                        kind: kind.to_owned(),
+                        kind: kind.into(),
                     })
                     .inc_by(n);
             }

@@ -33,14 +33,16 @@ where
     F: FnOnce(TokioRuntime) -> Fut,
     Fut: Future,
 {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("gate-tokio")
-        .enable_all()
-        .build()?;
+    // One worker per core, or `TOKIO_WORKER_THREADS` (tokio's own setting) when set: tokio
+    // reads it only while the builder is not given a count.
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        builder.worker_threads(threads);
+    }
+    let runtime = builder.thread_name("gate-tokio").enable_all().build()?;
     let rt = TokioRuntime {
         handle: runtime.handle().clone(),
     };

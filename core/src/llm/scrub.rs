@@ -18,33 +18,59 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// secret occurs. Secrets are applied longest first, so one that contains another is
 /// removed whole.
 pub fn scrub_secrets<'a, S: AsRef<[u8]>>(text: &'a [u8], secrets: &[S]) -> Cow<'a, [u8]> {
-    let mut ordered: Vec<&[u8]> = secrets
-        .iter()
-        .map(AsRef::as_ref)
-        .filter(|secret| secret.len() >= MIN_SECRET_LEN)
-        .collect();
-    ordered.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
-    let mut out: Cow<'a, [u8]> = Cow::Borrowed(text);
-    for secret in ordered {
-        // Replacing can join the two sides into a new occurrence only if REDACTED plus text
-        // forms the secret; loop until none is left.
-        while memchr::memmem::find(&out, secret).is_some() {
-            let finder = memchr::memmem::Finder::new(secret);
-            let mut replaced = Vec::with_capacity(out.len());
-            let mut last = 0;
-            for at in finder.find_iter(&out) {
-                if at < last {
-                    continue;
-                }
-                replaced.extend_from_slice(&out[last..at]);
-                replaced.extend_from_slice(REDACTED);
-                last = at + secret.len();
-            }
-            replaced.extend_from_slice(&out[last..]);
-            out = Cow::Owned(replaced);
+    Scrubber::new(secrets).scrub(text)
+}
+
+/// [`scrub_secrets`] with its searchers built once: the request path keeps one per set of
+/// secrets instead of building a searcher per secret per call (issue 16).
+#[derive(Clone, Debug, Default)]
+pub struct Scrubber {
+    /// One searcher per secret of at least [`MIN_SECRET_LEN`] bytes, longest first.
+    finders: Vec<memchr::memmem::Finder<'static>>,
+}
+
+impl Scrubber {
+    /// A scrubber of `secrets` (those shorter than [`MIN_SECRET_LEN`] are left out).
+    pub fn new<S: AsRef<[u8]>>(secrets: &[S]) -> Self {
+        let mut ordered: Vec<&[u8]> = secrets
+            .iter()
+            .map(AsRef::as_ref)
+            .filter(|secret| secret.len() >= MIN_SECRET_LEN)
+            .collect();
+        ordered.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        Self {
+            finders: ordered
+                .into_iter()
+                .map(|secret| memchr::memmem::Finder::new(secret).into_owned())
+                .collect(),
         }
     }
-    out
+
+    /// `text` with every occurrence of each secret replaced by [`REDACTED`]; borrowed when
+    /// no secret occurs.
+    pub fn scrub<'a>(&self, text: &'a [u8]) -> Cow<'a, [u8]> {
+        let mut out: Cow<'a, [u8]> = Cow::Borrowed(text);
+        for finder in &self.finders {
+            let secret_len = finder.needle().len();
+            // Replacing can join the two sides into a new occurrence only if REDACTED plus
+            // text forms the secret; loop until none is left.
+            while finder.find(&out).is_some() {
+                let mut replaced = Vec::with_capacity(out.len());
+                let mut last = 0;
+                for at in finder.find_iter(&out) {
+                    if at < last {
+                        continue;
+                    }
+                    replaced.extend_from_slice(&out[last..at]);
+                    replaced.extend_from_slice(REDACTED);
+                    last = at + secret_len;
+                }
+                replaced.extend_from_slice(&out[last..]);
+                out = Cow::Owned(replaced);
+            }
+        }
+        out
+    }
 }
 
 /// [`scrub_secrets`] over a string (the output stays UTF-8: secrets are replaced whole, and

@@ -73,7 +73,7 @@ impl Usage {
 
     /// Reads `usage` from an OpenAI or Anthropic JSON body, chunk or event.
     pub fn observe_json(&mut self, data: &[u8]) {
-        if memchr::memmem::find(data, USAGE_KEY).is_none() {
+        if USAGE_FINDER.find(data).is_none() {
             return;
         }
         // Only the usage counters are decoded; every other field is skipped without allocating.
@@ -123,8 +123,8 @@ impl Usage {
 
     /// Reads `usageMetadata` from a Gemini answer or stream chunk (either spelling).
     pub fn observe_gemini_json(&mut self, data: &[u8]) {
-        if memchr::memmem::find(data, GEMINI_USAGE_KEY).is_none()
-            && memchr::memmem::find(data, b"\"usage_metadata\"").is_none()
+        if GEMINI_USAGE_FINDER.find(data).is_none()
+            && GEMINI_SNAKE_USAGE_FINDER.find(data).is_none()
         {
             return;
         }
@@ -160,6 +160,14 @@ impl Usage {
 
 /// The key every usage-bearing OpenAI or Anthropic JSON body or event holds.
 pub const USAGE_KEY: &[u8] = b"\"usage\"";
+
+// The searchers of the usage keys, built once (`memmem::find` builds one per call).
+static USAGE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(USAGE_KEY));
+static GEMINI_USAGE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(GEMINI_USAGE_KEY));
+static GEMINI_SNAKE_USAGE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage_metadata\""));
 
 /// The key of usage in Gemini answers (camelCase, as Google writes it).
 pub const GEMINI_USAGE_KEY: &[u8] = b"\"usageMetadata\"";

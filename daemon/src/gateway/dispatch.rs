@@ -67,7 +67,7 @@ impl<R: Runtime> Gateway<R> {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                endpoint: endpoint.label().to_owned(),
+                endpoint: endpoint.label().into(),
                 status: response.status().as_u16(),
             })
             .inc();
@@ -75,7 +75,7 @@ impl<R: Runtime> Gateway<R> {
             self.metrics
                 .request_duration
                 .get_or_create(&EndpointLabels {
-                    endpoint: endpoint.label().to_owned(),
+                    endpoint: endpoint.label().into(),
                 })
                 .observe(started.elapsed().as_secs_f64());
         }

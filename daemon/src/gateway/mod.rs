@@ -50,6 +50,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use gate_core::config::DaemonConfig;
+use gate_core::llm::scrub::Scrubber;
 use gate_core::route::{BreakerConfig, Router};
 use gate_rt::client::{http_client, ClientSettings, HttpClient};
 use gate_rt::Runtime;
@@ -73,6 +74,9 @@ pub struct Gateway<R: Runtime> {
     router: SharedRouter,
     /// Secrets the configuration does not hold (the admin token), scrubbed like its own.
     extra_secrets: RwLock<Vec<String>>,
+    /// The scrubber of a snapshot's secrets and the extra ones, built once per snapshot (and
+    /// again after `protect_secret`), not per request.
+    scrubber: RwLock<Option<(Arc<Snapshot>, Arc<Scrubber>)>>,
     /// Per-request seeds of the `weighted` strategy's draw.
     seeds: AtomicU64,
     pub metrics: Arc<Metrics>,
@@ -125,6 +129,7 @@ impl<R: Runtime> Gateway<R> {
             snapshot: RwLock::new(Arc::new(snapshot)),
             router: Arc::new(Mutex::new(router)),
             extra_secrets: RwLock::new(Vec::new()),
+            scrubber: RwLock::new(None),
             seeds: AtomicU64::new(seed),
             metrics: Arc::new(Metrics::new()),
             tokens: RwLock::new(tokens),
@@ -201,26 +206,40 @@ impl<R: Runtime> Gateway<R> {
         if !extra.iter().any(|s| s == secret) {
             extra.push(secret.to_owned());
         }
+        drop(extra);
+        *self.scrubber.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// `text` without any configured secret.
-    fn scrub<'a>(&self, snapshot: &Snapshot, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
-        gate_core::llm::scrub::scrub_secrets(text, &self.all_secrets(snapshot))
+    fn scrub<'a>(&self, snapshot: &Arc<Snapshot>, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        self.scrubber(snapshot).scrub(text)
     }
 
-    /// The configured secrets and those added by [`protect_secret`](Self::protect_secret).
-    fn all_secrets(&self, snapshot: &Snapshot) -> Vec<String> {
-        let extra = self.extra_secrets.read().unwrap_or_else(|e| e.into_inner());
-        snapshot
-            .secrets
-            .iter()
-            .chain(extra.iter())
-            .cloned()
-            .collect()
+    /// The scrubber of `snapshot`'s secrets and those added by
+    /// [`protect_secret`](Self::protect_secret) (built on first use after either changed).
+    fn scrubber(&self, snapshot: &Arc<Snapshot>) -> Arc<Scrubber> {
+        if let Some((of, scrubber)) = &*self.scrubber.read().unwrap_or_else(|e| e.into_inner()) {
+            if Arc::ptr_eq(of, snapshot) {
+                return scrubber.clone();
+            }
+        }
+        let scrubber = {
+            let extra = self.extra_secrets.read().unwrap_or_else(|e| e.into_inner());
+            let all: Vec<&str> = snapshot
+                .secrets
+                .iter()
+                .chain(extra.iter())
+                .map(String::as_str)
+                .collect();
+            Arc::new(Scrubber::new(&all))
+        };
+        *self.scrubber.write().unwrap_or_else(|e| e.into_inner()) =
+            Some((snapshot.clone(), scrubber.clone()));
+        scrubber
     }
 
     /// [`scrub`](Self::scrub) for a message.
-    fn scrub_str(&self, snapshot: &Snapshot, text: &str) -> String {
+    fn scrub_str(&self, snapshot: &Arc<Snapshot>, text: &str) -> String {
         String::from_utf8_lossy(&self.scrub(snapshot, text.as_bytes())).into_owned()
     }
 

@@ -44,12 +44,12 @@ impl<R: Runtime> Gateway<R> {
 
     /// Counts one attempt at an upstream by outcome (the breaker hears of it through the
     /// attempt's slot).
-    pub(super) fn count_attempt(&self, upstream: &str, outcome: &str) {
+    pub(super) fn count_attempt(&self, upstream: &str, outcome: &'static str) {
         self.metrics
             .upstream_attempts
             .get_or_create(&AttemptLabels {
                 upstream: upstream.to_owned(),
-                outcome: outcome.to_owned(),
+                outcome: outcome.into(),
             })
             .inc();
     }

@@ -304,15 +304,37 @@ pub(super) fn rate_headers(protocol: WireProtocol, status: &RateStatus, headers:
         headers.remove(name);
     }
     let now = unix_now();
-    let mut put = |name: String, value: String| {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            headers.insert(name, value);
-        }
+    // The names are fixed, so they are static (no formatting or parsing per request).
+    let names: [[&'static str; 3]; 2] = if anthropic {
+        [
+            [
+                "anthropic-ratelimit-requests-limit",
+                "anthropic-ratelimit-requests-remaining",
+                "anthropic-ratelimit-requests-reset",
+            ],
+            [
+                "anthropic-ratelimit-tokens-limit",
+                "anthropic-ratelimit-tokens-remaining",
+                "anthropic-ratelimit-tokens-reset",
+            ],
+        ]
+    } else {
+        [
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ]
     };
-    for (what, window) in [("requests", status.requests), ("tokens", status.tokens)] {
+    for (window, [limit_name, remaining_name, reset_name]) in
+        [status.requests, status.tokens].into_iter().zip(names)
+    {
         let Some(Window {
             limit,
             remaining,
@@ -321,15 +343,21 @@ pub(super) fn rate_headers(protocol: WireProtocol, status: &RateStatus, headers:
         else {
             continue;
         };
-        if anthropic {
-            let reset = now + reset_ns.div_ceil(1_000_000_000);
-            put(format!("{family}{what}-limit"), limit.to_string());
-            put(format!("{family}{what}-remaining"), remaining.to_string());
-            put(format!("{family}{what}-reset"), rfc3339(reset));
+        let reset = if anthropic {
+            rfc3339(now + reset_ns.div_ceil(1_000_000_000))
         } else {
-            put(format!("{family}limit-{what}"), limit.to_string());
-            put(format!("{family}remaining-{what}"), remaining.to_string());
-            put(format!("{family}reset-{what}"), duration_text(reset_ns));
+            duration_text(reset_ns)
+        };
+        headers.insert(
+            HeaderName::from_static(limit_name),
+            HeaderValue::from(limit),
+        );
+        headers.insert(
+            HeaderName::from_static(remaining_name),
+            HeaderValue::from(remaining),
+        );
+        if let Ok(reset) = HeaderValue::from_str(&reset) {
+            headers.insert(HeaderName::from_static(reset_name), reset);
         }
     }
 }
@@ -713,9 +741,7 @@ impl<R: Runtime> Gateway<R> {
         }
         let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
         tokens
-            .list()
-            .into_iter()
-            .find(|t| t.id == key_id)
+            .get(key_id)
             .and_then(|t| t.policy.budget)
             .map_or(UNBUDGETED_PERIOD, |b| b.period)
     }

@@ -2,7 +2,6 @@
 //! through [`StreamPipe`], buffered answers passed through or converted.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -179,7 +178,7 @@ impl<R: Runtime> Gateway<R> {
                 model: model.to_owned(),
                 endpoint,
                 slot,
-                secrets: Arc::new(self.all_secrets(&snapshot)),
+                secrets: self.scrubber(&snapshot),
                 stop: self.stream_stop.clone(),
                 stop_id: self.stream_stop.next_id(),
                 stop_waker: None,

@@ -8,6 +8,8 @@ use gate_core::llm::endpoint::Translation;
 use gate_core::llm::model_rules::{find_override, ModelRuleOverride, UpstreamRules};
 use gate_core::route::{ProviderKind, UpstreamSpec, WireProtocol};
 
+use http::{HeaderName, HeaderValue};
+
 use crate::auth::JwtSettings;
 
 /// One upstream as the gateway calls it.
@@ -30,6 +32,31 @@ pub struct UpstreamTarget {
     pub stream_usage: bool,
     /// `model_rules`: this upstream's own rules for its models.
     pub model_rules: BTreeMap<String, ModelRuleOverride>,
+    /// The header carrying `api_key`, built once (issue 16): `Ok(None)` without a key,
+    /// `Err(())` when the key is not a valid header value (each request is refused then).
+    pub auth_header: Result<Option<(HeaderName, HeaderValue)>, ()>,
+}
+
+/// The header that carries `key` in `protocol`, marked sensitive so no debug output shows it;
+/// `Err(())` when the key cannot be a header value.
+fn auth_header(protocol: WireProtocol, key: &Secret) -> Result<(HeaderName, HeaderValue), ()> {
+    let (name, value) = match protocol {
+        WireProtocol::OpenAi => (
+            http::header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", key.expose())),
+        ),
+        WireProtocol::Gemini => (
+            HeaderName::from_static("x-goog-api-key"),
+            HeaderValue::from_str(key.expose()),
+        ),
+        WireProtocol::Anthropic => (
+            HeaderName::from_static("x-api-key"),
+            HeaderValue::from_str(key.expose()),
+        ),
+    };
+    let mut value = value.map_err(|_| ())?;
+    value.set_sensitive(true);
+    Ok((name, value))
 }
 
 impl UpstreamTarget {
@@ -86,6 +113,11 @@ impl Snapshot {
                 prices: up.prices.clone(),
                 stream_usage: up.stream_usage.unwrap_or(provider.takes_stream_options()),
                 model_rules: up.model_rules.clone(),
+                auth_header: up
+                    .api_key
+                    .as_ref()
+                    .map(|key| auth_header(protocol, key))
+                    .transpose(),
             });
         }
         let jwt = config.auth.jwt.secret.as_ref().map(|secret| {

@@ -104,7 +104,7 @@ pub(super) struct StreamPipe<R: Runtime> {
     /// Every configured secret, scrubbed from each chunk before it goes out. Chunk by chunk:
     /// a secret split across two upstream chunks is not caught (the pipe never holds data
     /// back to look at the next chunk); upstreams send whole events per chunk in practice.
-    pub(super) secrets: Arc<Vec<String>>,
+    pub(super) secrets: Arc<gate_core::llm::scrub::Scrubber>,
     /// The daemon's "end the streams" signal, the pipe's key in it and the waker it holds.
     pub(super) stop: StreamStop,
     pub(super) stop_id: u64,
@@ -170,8 +170,8 @@ impl<R: Runtime> Drop for StreamPipe<R> {
 }
 
 /// `chunk` without any of `secrets` (untouched, not copied, when none occurs).
-fn scrub_chunk(secrets: &[String], chunk: Bytes) -> Bytes {
-    match gate_core::llm::scrub::scrub_secrets(&chunk, secrets) {
+fn scrub_chunk(secrets: &gate_core::llm::scrub::Scrubber, chunk: Bytes) -> Bytes {
+    match secrets.scrub(&chunk) {
         std::borrow::Cow::Borrowed(_) => chunk,
         std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
     }
@@ -274,7 +274,7 @@ impl<R: Runtime> StreamPipe<R> {
         self.metrics
             .request_duration
             .get_or_create(&EndpointLabels {
-                endpoint: self.endpoint.label().to_owned(),
+                endpoint: self.endpoint.label().into(),
             })
             .observe(self.started.elapsed().as_secs_f64());
     }

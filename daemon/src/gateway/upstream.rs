@@ -175,21 +175,18 @@ fn upstream_request_to(
         HeaderValue::from_static("application/json"),
     );
     // The key in the header the protocol names, never in the URL (URLs end up in logs and
-    // error messages), marked sensitive so no debug output shows it.
-    if let Some(key) = &upstream.api_key {
-        let (name, value) = match upstream.protocol {
-            WireProtocol::OpenAi => ("authorization", format!("Bearer {}", key.expose())),
-            WireProtocol::Gemini => ("x-goog-api-key", key.expose().to_owned()),
-            WireProtocol::Anthropic => ("x-api-key", key.expose().to_owned()),
-        };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            format!(
+    // error messages), marked sensitive so no debug output shows it (built with the snapshot).
+    match &upstream.auth_header {
+        Ok(Some((name, value))) => {
+            headers.insert(name.clone(), value.clone());
+        }
+        Ok(None) => {}
+        Err(()) => {
+            return Err(format!(
                 "the api_key of upstream `{}` is not a valid header value",
                 upstream.name
-            )
-        })?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
+            ))
+        }
     }
     if upstream.protocol == WireProtocol::Anthropic {
         let version = client_headers

@@ -6,6 +6,13 @@
 //! [`MAX_BATCH`] records wait. It also deletes records past the retention, at start and
 //! then daily.
 //!
+//! Wake-ups (issue 16): the writer is not woken per record. It parks; a record wakes it
+//! only when it is the first one while the writer is idle (no batch waiting: it then
+//! sleeps until the batch's flush deadline) or the [`MAX_BATCH`]th one queued since the
+//! writer last drained the channel; flushes and the close always wake it. Under load that
+//! is one wake-up per batch instead of one per request (a futex wake and a context switch
+//! on the request's thread each).
+//!
 //! Durability: a committed batch survives the process being killed (WAL,
 //! `synchronous = NORMAL`); what is lost after `kill -9` is what was still in the channel
 //! or the batch: at most the last [`FLUSH_INTERVAL`] of records (plus the time of one
@@ -16,10 +23,10 @@
 //! `gate_usage_records_dropped_total`, and a warning is logged at most once a minute).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TryRecvError, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gate_core::accounting::UsageRecord;
@@ -49,9 +56,23 @@ enum Message {
     Close(SyncSender<()>),
 }
 
+/// What the request path and the writer thread share to decide when to wake the writer.
+#[derive(Default)]
+struct WakeState {
+    /// The writer is parked with no batch waiting (it sleeps until the retention's time):
+    /// the next record wakes it.
+    idle: AtomicBool,
+    /// Records sent and not yet taken by the writer.
+    queued: AtomicUsize,
+    /// How often the writer came back from parking (tests: no wake-up per record).
+    wakeups: AtomicU64,
+}
+
 /// The usage log of a running daemon (see the module docs).
 pub struct UsageLog {
     sender: SyncSender<Message>,
+    wake: Arc<WakeState>,
+    writer_thread: Thread,
     metrics: Arc<Metrics>,
     writer: Mutex<Option<JoinHandle<()>>>,
     last_drop_warning_ms: AtomicU64,
@@ -84,6 +105,8 @@ impl UsageLog {
         let db = UsageDb::open(&path)?;
         let (sender, receiver) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let writer_metrics = metrics.clone();
+        let wake = Arc::new(WakeState::default());
+        let writer_wake = wake.clone();
         let writer = std::thread::Builder::new()
             .name("gate-usage-writer".into())
             .spawn(move || {
@@ -92,6 +115,7 @@ impl UsageLog {
                     metrics: writer_metrics,
                     retention_days,
                     batch: Vec::new(),
+                    wake: writer_wake,
                 }
                 .run(receiver)
             })
@@ -99,6 +123,8 @@ impl UsageLog {
         tracing::info!(path = %path.display(), retention_days, "usage log open");
         Ok(Arc::new(UsageLog {
             sender,
+            wake,
+            writer_thread: writer.thread().clone(),
             metrics,
             writer: Mutex::new(Some(writer)),
             last_drop_warning_ms: AtomicU64::new(0),
@@ -116,6 +142,7 @@ impl UsageLog {
     pub fn flush(&self) {
         let (done, wait) = mpsc::sync_channel(1);
         if self.sender.send(Message::Flush(done)).is_ok() {
+            self.writer_thread.unpark();
             let _ = wait.recv();
         }
     }
@@ -126,6 +153,7 @@ impl UsageLog {
     pub fn flush_and_close(&self) {
         let (done, wait) = mpsc::sync_channel(1);
         if self.sender.send(Message::Close(done)).is_ok() {
+            self.writer_thread.unpark();
             let _ = wait.recv();
         }
         let writer = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -157,12 +185,25 @@ impl UsageLog {
 impl UsageSink for UsageLog {
     fn record(&self, record: UsageRecord) {
         self.metrics.record_usage(&record);
+        // Counted before the send, so the writer's decrement never comes first.
+        let queued = self.wake.queued.fetch_add(1, Ordering::SeqCst) + 1;
         match self.sender.try_send(Message::Record(Box::new(record))) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.dropped(
-                "the writer is behind (more than 16384 records waiting; is the disk slow or full?)",
-            ),
-            Err(TrySendError::Disconnected(_)) => self.dropped("the usage log is closed"),
+            Ok(()) => {
+                // The first record for an idle writer starts a batch (and its deadline); a
+                // full batch is written at once. Anything else waits for the deadline.
+                if self.wake.idle.swap(false, Ordering::SeqCst) || queued == MAX_BATCH {
+                    self.writer_thread.unpark();
+                }
+            }
+            Err(e) => {
+                self.wake.queued.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    TrySendError::Full(_) => self.dropped(
+                        "the writer is behind (more than 16384 records waiting; is the disk slow or full?)",
+                    ),
+                    TrySendError::Disconnected(_) => self.dropped("the usage log is closed"),
+                }
+            }
         }
     }
 }
@@ -173,18 +214,24 @@ struct Writer {
     metrics: Arc<Metrics>,
     retention_days: u32,
     batch: Vec<UsageRecord>,
+    wake: Arc<WakeState>,
+}
+
+/// What the writer does after draining the channel.
+enum Drained {
+    /// Nothing more is waiting.
+    Empty,
+    /// The log is closed (or every sender is gone): stop.
+    Stop,
 }
 
 impl Writer {
-    fn run(mut self, receiver: mpsc::Receiver<Message>) {
-        self.apply_retention();
-        let mut next_retention = Instant::now() + RETENTION_EVERY;
-        // When the oldest record of the batch must be written.
-        let mut deadline: Option<Instant> = None;
+    /// Takes every message waiting in the channel.
+    fn drain(&mut self, receiver: &mpsc::Receiver<Message>) -> Drained {
         loop {
-            let wake = deadline.unwrap_or(next_retention).min(next_retention);
-            match receiver.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            match receiver.try_recv() {
                 Ok(Message::Record(record)) => {
+                    self.wake.queued.fetch_sub(1, Ordering::SeqCst);
                     self.batch.push(*record);
                     if self.batch.len() >= MAX_BATCH {
                         self.write();
@@ -208,13 +255,25 @@ impl Writer {
                     for other in waiting {
                         let _ = other.send(());
                     }
-                    return;
+                    return Drained::Stop;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {
+                Err(TryRecvError::Empty) => return Drained::Empty,
+                Err(TryRecvError::Disconnected) => {
                     self.write();
-                    return;
+                    return Drained::Stop;
                 }
+            }
+        }
+    }
+
+    fn run(mut self, receiver: mpsc::Receiver<Message>) {
+        self.apply_retention();
+        let mut next_retention = Instant::now() + RETENTION_EVERY;
+        // When the oldest record of the batch must be written.
+        let mut deadline: Option<Instant> = None;
+        loop {
+            if let Drained::Stop = self.drain(&receiver) {
+                return;
             }
             let now = Instant::now();
             if self.batch.is_empty() {
@@ -230,6 +289,23 @@ impl Writer {
                 self.apply_retention();
                 next_retention = now + RETENTION_EVERY;
             }
+            if deadline.is_none() {
+                // Idle: the next record wakes us. Said before the last look at the channel,
+                // so a record sent in between is either seen here or wakes us (an extra
+                // unpark only makes the next park return at once).
+                self.wake.idle.store(true, Ordering::SeqCst);
+                if let Drained::Stop = self.drain(&receiver) {
+                    return;
+                }
+                if !self.batch.is_empty() {
+                    self.wake.idle.store(false, Ordering::SeqCst);
+                    continue;
+                }
+            }
+            let wake = deadline.unwrap_or(next_retention).min(next_retention);
+            std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
+            self.wake.idle.store(false, Ordering::SeqCst);
+            self.wake.wakeups.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -324,6 +400,36 @@ mod tests {
         log.record(record(now, "k3", "m", None));
         assert_eq!(log.metrics.usage_dropped.get(), 1);
         assert_eq!(read_all(&dir).len(), n + 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Issue 16: records handed over back to back wake the writer once for their batch (and
+    /// the flush once more), not once each; all of them are written.
+    #[test]
+    fn the_writer_is_woken_per_batch_not_per_record() {
+        let dir = temp_dir("wakeups");
+        let log = UsageLog::open(&dir, 0, Arc::new(Metrics::new())).unwrap();
+        // Until the writer is parked and idle (after its start-up retention pass).
+        assert!(
+            wait_until(Duration::from_secs(10), || log
+                .wake
+                .idle
+                .load(Ordering::SeqCst)),
+            "the writer never went idle"
+        );
+        let before = log.wake.wakeups.load(Ordering::Relaxed);
+        let now = now_ms();
+        let n = 500;
+        for i in 0..n {
+            let mut r = record(now, "k", "m", None);
+            r.latency_ms = i;
+            log.record(r);
+        }
+        log.flush();
+        let woken = log.wake.wakeups.load(Ordering::Relaxed) - before;
+        assert!(woken <= 5, "{n} records woke the writer {woken} times");
+        assert_eq!(read_all(&dir).len(), n as usize);
+        log.flush_and_close();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
