@@ -86,7 +86,8 @@ pub enum RespError {
 
 /// A command: `*<n>\r\n` then each argument as `$<len>\r\n<bytes>\r\n`.
 pub fn encode_command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
         let arg = arg.as_ref();
@@ -357,10 +358,7 @@ mod tests {
 
     #[test]
     fn refuses_garbage_and_oversize() {
-        assert_eq!(
-            decode_all(&[b"?x\r\n"]),
-            Err(RespError::UnknownType(b'?'))
-        );
+        assert_eq!(decode_all(&[b"?x\r\n"]), Err(RespError::UnknownType(b'?')));
         assert!(matches!(
             decode_all(&[b":12a\r\n"]),
             Err(RespError::BadNumber(_))
