@@ -191,6 +191,28 @@ pub struct UsageConfig {
     pub retention_days: u32,
 }
 
+/// What a daemon does with a budgeted or rate-limited key's request when the shared store
+/// cannot be reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnavailable {
+    /// Refuse it (503, naming the store): no key goes over its limits (the default).
+    #[default]
+    Closed,
+    /// Decide it with this daemon's own limiter and ledger: requests go on, limits hold per
+    /// daemon until the store is back.
+    Open,
+}
+
+/// `[store]` of the daemon: state shared by several daemons (issue 15).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `redis://[[user]:password@]host[:port][/db]` (`GATE_STORE__REDIS_URL`): rate-limit
+    /// counters and in-flight budget reservations. A secret (it may carry the password).
+    pub redis_url: Option<Secret>,
+    /// `closed` (default) or `open`.
+    pub on_unavailable: OnUnavailable,
+}
+
 /// The daemon's whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
@@ -216,6 +238,8 @@ pub struct DaemonConfig {
     pub routing: RoutingConfig,
     /// The usage log.
     pub usage: UsageConfig,
+    /// `[store]`: shared state for several daemons.
+    pub store: StoreConfig,
 }
 
 fn upstream_entries(tree: &Table) -> impl Iterator<Item = (&String, &Table)> {
@@ -585,6 +609,14 @@ impl DaemonConfig {
             usage: UsageConfig {
                 enabled: r.bool("usage.enabled")?,
                 retention_days: r.int("usage.retention_days")?,
+            },
+            store: StoreConfig {
+                redis_url: r.opt_string("store.redis_url")?.map(Secret),
+                on_unavailable: if r.string("store.on_unavailable")? == "open" {
+                    OnUnavailable::Open
+                } else {
+                    OnUnavailable::Closed
+                },
             },
         })
     }

@@ -129,7 +129,7 @@ mod tree;
 
 pub use daemon::{
     AuthConfig, DaemonConfig, DaemonRelayConfig, JwtConfig, LetsEncryptConfig, ListenLimits,
-    Provider, Secret, ServerLimits, UpstreamConfig, UsageConfig,
+    OnUnavailable, Provider, Secret, ServerLimits, StoreConfig, UpstreamConfig, UsageConfig,
 };
 pub use edit::{
     runtime_remove, runtime_remove_upstream, runtime_set, runtime_set_many, runtime_unset,

@@ -156,6 +156,11 @@ pub enum StrCheck {
     /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
     /// a password).
     PostgresUrl,
+    /// A Redis URL: `redis://` with a host (a secret: it may hold a password); `rediss://`
+    /// is refused as not supported yet.
+    RedisUrl,
+    /// What a daemon does when a shared store is unreachable: `closed` or `open`.
+    OnUnavailable,
     /// A Chat Completions parameter an upstream's model rule may drop
     /// ([`crate::llm::model_rules::DROPPABLE_PARAMS`]).
     ChatParam,
@@ -216,6 +221,11 @@ impl StrCheck {
             StrCheck::PostgresUrl => {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/database"
             }
+            StrCheck::RedisUrl => {
+                "a Redis URL such as redis://:password@host:6379/0 (rediss://, Redis over TLS, \
+                 is not supported yet)"
+            }
+            StrCheck::OnUnavailable => "closed or open",
             StrCheck::ChatParam => {
                 "a Chat Completions parameter: max_tokens, max_completion_tokens, temperature, \
                  top_p, stop, stream_options, n, user, reasoning_effort, tools, tool_choice or \
@@ -251,6 +261,8 @@ impl StrCheck {
             StrCheck::Usd => crate::accounting::Usd::parse(s).is_ok(),
             StrCheck::Period => s.parse::<crate::accounting::Period>().is_ok(),
             StrCheck::PostgresUrl => is_postgres_url(s),
+            StrCheck::RedisUrl => is_redis_url(s),
+            StrCheck::OnUnavailable => matches!(s, "closed" | "open"),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
@@ -424,6 +436,17 @@ pub fn is_secret_key(name: &str) -> bool {
     ) || name.ends_with("_key")
         || name.ends_with("_token")
         || name.ends_with("_secret")
+}
+
+/// Whether `s` looks like a Redis URL: `redis://`, then a host (after any
+/// `user:password@`). The full parse is the client's (`gate_rt::store::redis`).
+pub fn is_redis_url(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("redis://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    !host.is_empty() && !host.starts_with(':')
 }
 
 /// Whether `s` looks like a PostgreSQL URL: `postgres://` or `postgresql://`, then a host
@@ -892,7 +915,18 @@ static USAGE_FIELDS: [Field; 2] = [
     ),
 ];
 
-static DAEMON_FIELDS: [Field; 11] = [
+// Shared state for several daemons (issue 15): `redis_url` holds rate-limit counters and
+// in-flight budget reservations; `on_unavailable` says what happens when it cannot be reached.
+static DAEMON_STORE_FIELDS: [Field; 2] = [
+    field("redis_url", Kind::String(StrCheck::RedisUrl), None),
+    field(
+        "on_unavailable",
+        Kind::String(StrCheck::OnUnavailable),
+        Some(DefaultValue::Str("closed")),
+    ),
+];
+
+static DAEMON_FIELDS: [Field; 12] = [
     field(
         "host",
         Kind::String(StrCheck::Host),
@@ -919,6 +953,7 @@ static DAEMON_FIELDS: [Field; 11] = [
     field("server", Kind::Table(&SERVER_FIELDS), None),
     field("routing", Kind::Table(&ROUTING_FIELDS), None),
     field("usage", Kind::Table(&USAGE_FIELDS), None),
+    field("store", Kind::Table(&DAEMON_STORE_FIELDS), None),
 ];
 
 /// The daemon (`gate`) schema. Environment prefix `GATE`.
