@@ -215,8 +215,6 @@ pub(crate) trait SharedLimits: Send + Sync {
     fn admit(&self, request: SharedAdmit) -> Decided;
     /// Settles one request in the background (retried while the store is unreachable).
     fn settle(&self, settle: SharedSettle);
-    /// `Redis at redis://host:port/db`, for messages.
-    fn describe(&self) -> String;
     /// The key's (spent, held) in the period starting at `period_start`, as this daemon last
     /// saw them in the store (for listings; `None`: not seen).
     fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)>;
@@ -232,6 +230,13 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
     let mut map = seen.lock().unwrap_or_else(|e| e.into_inner());
     if map.len() >= MAX_SEEN && !map.contains_key(key_id) {
         map.clear();
+    }
+    // Replies of concurrent requests arrive in any order; within a period the settled spend
+    // only grows, so a reply with less spent than already seen is an older one.
+    if let Some((start, seen_spent, _)) = map.get(key_id) {
+        if *start == period_start && spent < *seen_spent {
+            return;
+        }
     }
     map.insert(key_id.to_owned(), (period_start, spent, held));
 }
@@ -495,10 +500,6 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             }
             pending.fetch_sub(1, Ordering::Relaxed);
         });
-    }
-
-    fn describe(&self) -> String {
-        format!("Redis at {}", self.redis.url())
     }
 
     fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)> {
