@@ -509,3 +509,152 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             .map(|(_, spent, held)| (*spent, *held))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#[path = "../../../tests/support/store_servers.rs"]
+mod store_servers;
+
+#[cfg(test)]
+mod tests {
+    //! The scripts against a real `redis-server`: on random sequences of requests, the
+    //! admission script decides exactly as gate-core's limiter and ledger would on the same
+    //! state at the server's time, and stores the state core computes.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::store_servers;
+    use super::*;
+    use gate_rt::store::RedisUrl;
+
+    /// xorshift: a reproducible sequence without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    async fn hget<R: Runtime>(redis: &Redis<R>, key: &str, field: &str) -> u64 {
+        let value = redis
+            .command(
+                &[b"HGET".as_slice(), key.as_bytes(), field.as_bytes()],
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        value.as_i64().unwrap_or(0) as u64
+    }
+
+    async fn scripts_agree_with_core<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let admit = Script::new(ADMIT);
+        let settle = Script::new(SETTLE);
+        for seed in 1..=12u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let key = format!("k{seed}");
+            let limits = Limits {
+                rpm: Some(1 + rng.below(20) as u32),
+                tpm: Some(100 + rng.below(5000)),
+            };
+            let limit = 1 + rng.below(1000);
+            let (rate, (budget_key, holds_key)) =
+                (rate_key(&key), budget_keys(&key, Period::Day, 0));
+            let (mut spent, mut held) = (0u64, 0u64);
+            let mut in_flight: Vec<(String, u64, u64)> = Vec::new();
+            for op in 0..40u64 {
+                if rng.below(3) == 0 && !in_flight.is_empty() {
+                    let (id, amount, tokens) = in_flight.remove(0);
+                    let actual = amount * rng.below(1001) / 1000;
+                    let args = [
+                        id,
+                        actual.to_string(),
+                        limits.tpm.unwrap().to_string(),
+                        tokens.to_string(),
+                        rng.below(3000).to_string(),
+                    ];
+                    redis
+                        .eval(
+                            &settle,
+                            &[&rate, &budget_key, &holds_key],
+                            &args,
+                            DECISION_TIMEOUT,
+                        )
+                        .await
+                        .unwrap();
+                    held -= amount;
+                    spent += actual;
+                } else {
+                    let tokens = rng.below(2000);
+                    let cost = rng.below(400);
+                    let id = format!("r{op}");
+                    let args = [
+                        limits.rpm.unwrap().to_string(),
+                        limits.tpm.unwrap().to_string(),
+                        tokens.to_string(),
+                        limit.to_string(),
+                        cost.to_string(),
+                        id.clone(),
+                        "3600000".to_owned(),
+                        "0".to_owned(),
+                        "0".to_owned(),
+                    ];
+                    let Value::Array(reply) = redis
+                        .eval(
+                            &admit,
+                            &[&rate, &budget_key, &holds_key],
+                            &args,
+                            DECISION_TIMEOUT,
+                        )
+                        .await
+                        .unwrap()
+                    else {
+                        panic!("not an array");
+                    };
+                    let field = |i| int(&reply, i).unwrap();
+                    let (outcome, now) = (field(0), field(3));
+                    let tats = Tats {
+                        requests: field(4),
+                        tokens: field(5),
+                    };
+                    // Spent before, held after the decision.
+                    let held_after = if outcome == 0 { held + cost } else { held };
+                    assert_eq!(
+                        (field(1), field(2)),
+                        (spent, held_after),
+                        "seed {seed} op {op}"
+                    );
+                    if spent + held + cost > limit {
+                        assert_eq!(outcome, 1, "seed {seed} op {op}: budget");
+                        continue;
+                    }
+                    match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
+                        Ok((new, _)) => {
+                            assert_eq!(outcome, 0, "seed {seed} op {op}: core admits");
+                            assert_eq!(hget(&redis, &rate, "r").await, new.requests);
+                            assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
+                            held += cost;
+                            in_flight.push((id, cost, tokens));
+                        }
+                        Err(_) => assert_eq!(outcome, 2, "seed {seed} op {op}: core refuses"),
+                    }
+                }
+                assert_eq!(hget(&redis, &budget_key, "held").await, held);
+                assert_eq!(hget(&redis, &budget_key, "spent").await, spent);
+            }
+        }
+    }
+
+    #[test]
+    fn scripts_agree_with_core_on_tokio() {
+        gate_runtime_tokio::block_on(scripts_agree_with_core).expect("runtime");
+    }
+
+    #[test]
+    fn scripts_agree_with_core_on_smol() {
+        gate_runtime_smol::block_on(scripts_agree_with_core).expect("runtime");
+    }
+}
