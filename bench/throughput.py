@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -56,6 +57,7 @@ LABELS = {
     "nginx-proxy": "nginx as proxy",
     "gate": "Gate",
     "gate-policy": "Gate, key with budget + rpm",
+    "gate-shared-policy": "Gate, key with budget + rpm, shared store (Redis)",
     "litellm": "LiteLLM",
     "portkey": "Portkey gateway",
 }
@@ -273,11 +275,31 @@ def gate_cli_has(binary: Path, option: str) -> bool:
     return option in out.stdout
 
 
-def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str) -> tuple[Target, Target, dict]:
-    state = work / "gate-state"
+def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
+    """redis-server on a free loopback port, no persistence (the shared store's pair)."""
+    port = free_port()
+    proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", str(work)], work / "redis.log")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("bench: redis-server did not answer PING within 10 s")
+
+
+def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
+               name: str = "gate") -> tuple[Target, Target, dict]:
+    prefix = "" if name == "gate" else f"{name}-"
+    state = work / f"{prefix}gate-state"
     state.mkdir()
     port = free_port()
-    config = work / "gate.toml"
+    config = work / f"{prefix}gate.toml"
     config.write_text(
         f'host = "127.0.0.1"\nport = {port}\nlog_level = "warn"\n\n'
         f'[upstreams.plain]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/v1"\n'
@@ -307,10 +329,11 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         args += ["--rpm", "1000000"]
     policy["args"] = args
     policy_key = token(*args)
-    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)], work / "gate.log")
+    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
+                 work / f"{prefix}gate.log")
     base = f"http://127.0.0.1:{port}"
-    plain = Target("gate", proc, base, {"authorization": f"Bearer {plain_key}"})
-    with_policy = Target("gate-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
+    plain = Target(name, proc, base, {"authorization": f"Bearer {plain_key}"})
+    with_policy = Target(f"{name}-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
     return plain, with_policy, policy
 
 
@@ -574,6 +597,12 @@ def summarize(results: dict) -> dict:
     if "gate-policy" in rows:
         for sc in ("c50", "c50-stream"):
             rows["gate-policy"][f"{sc}_share_of_plain_key"] = paired(sc, "gate-policy", "gate", share)
+    if "gate-shared-policy" in rows:
+        # The embedded vs shared store pair: the same key policy, decided in-process or by one
+        # Redis script per request (and one per settlement).
+        for sc in ("c50", "c50-stream"):
+            rows["gate-shared-policy"][f"{sc}_share_of_embedded"] = paired(
+                sc, "gate-shared-policy", "gate-policy", share)
     return rows
 
 
@@ -658,6 +687,13 @@ def tables(results: dict) -> list[str]:
                      f"{gp['c50_share_of_plain_key']:.0%} non-streamed, "
                      f"{gp.get('c50-stream_share_of_plain_key') or 0:.0%} streamed (target ≥ 90%); "
                      f"key created with `gate token create {' '.join(results['gate_policy']['args'])}`.")
+    gs = rows.get("gate-shared-policy", {})
+    if gs.get("c50_share_of_embedded"):
+        lines.append("")
+        lines.append(f"Shared store (Redis on loopback, `[store] redis_url`) vs embedded, same key policy, "
+                     f"same run: {gs['c50_share_of_embedded']:.0%} non-streamed, "
+                     f"{gs.get('c50-stream_share_of_embedded') or 0:.0%} streamed (issue 15: ≥ 85% with "
+                     f"PostgreSQL + Redis at c=50).")
     lines += ["", "| path | c=1 p50 [ms] | c=1 p99 [ms] | added p50 [ms] | added p99 [ms] "
                   "| c=1 streamed p50 [ms] | streamed p99 [ms] | added p50 [ms] | added p99 [ms] |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -688,6 +724,7 @@ def chart(results: dict, path: Path) -> None:
 
     rows, paths = results["summary"], results["paths"]
     colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6",
+              "gate-shared-policy": "#08306b",
               "litellm": "#d62728", "portkey": "#ff7f0e"}
     so = results.get("soak")
     fig, axes = plt.subplots(1, 4 if so else 3, figsize=(20 if so else 16, 5))
@@ -774,6 +811,8 @@ def main() -> int:
     ap.add_argument("--skip-peers", action="store_true", help="no LiteLLM, no Portkey")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--skip-portkey", action="store_true")
+    ap.add_argument("--skip-shared-store", action="store_true",
+                    help="no embedded vs shared store (Redis) pair")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--soak-minutes", type=float, default=None)
     ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate instead of target/release/gate")
@@ -861,6 +900,15 @@ def main() -> int:
     gate, gate_policy, policy = start_gate(root, work, origin_port, gate_binary, extra)
     results["gate_policy"] = policy
     targets = [direct, nginx_proxy, gate, gate_policy]
+    if args.skip_shared_store:
+        results["skipped"]["gate-shared-policy"] = "--skip-shared-store"
+    elif not shutil.which("redis-server"):
+        results["skipped"]["gate-shared-policy"] = "redis-server is not installed (apt-get install redis-server)"
+    else:
+        _, redis_port = start_redis(work)
+        shared_extra = f'{extra}\n[store]\nredis_url = "redis://127.0.0.1:{redis_port}"\n'
+        _, gate_shared, _ = start_gate(root, work, origin_port, gate_binary, shared_extra, name="gate-shared")
+        targets.append(gate_shared)
     for t in targets:
         wait_ready(t, 30)
         check_answers(t)
