@@ -511,7 +511,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "../../../tests/support/store_servers.rs"]
 mod store_servers;
 
