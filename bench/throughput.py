@@ -306,6 +306,9 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{MODEL}"]\n\n'
         f'[upstreams.stream]\nprovider = "custom"\nbase_url = "http://127.0.0.1:{origin_port}/stream/v1"\n'
         f'api_key = "{UPSTREAM_KEY}"\nmodels = ["{STREAM_MODEL}"]\n'
+        # Prices (USD per million tokens): a budgeted key is refused a model without one.
+        f'\n[upstreams.plain.prices."{MODEL}"]\ninput = 1\noutput = 1\n'
+        f'\n[upstreams.stream.prices."{STREAM_MODEL}"]\ninput = 1\noutput = 1\n'
         + (f"\n{extra_config}\n" if extra_config else "")
     )
 
