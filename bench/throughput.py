@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,7 @@ LABELS = {
     "gate": "Gate",
     "gate-policy": "Gate, key with budget + rpm",
     "gate-noacct": "Gate, usage log off, plain key",
+    "gate-shared-policy": "Gate, key with budget + rpm, shared store (Redis)",
     "litellm": "LiteLLM",
     "portkey": "Portkey gateway",
 }
@@ -276,15 +278,34 @@ def gate_cli_has(binary: Path, option: str) -> bool:
     return option in out.stdout
 
 
+def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
+    """redis-server on a free loopback port, no persistence (the shared store's pair)."""
+    port = free_port()
+    proc = start(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--dir", str(work)], work / "redis.log")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, port
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit("bench: redis-server did not answer PING within 10 s")
+
+
 def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
-               tag: str = "", accounting: bool = True) -> tuple[Target, Target, dict]:
-    """Gate in front of the origin with a plain key and a key with a budget and a rate limit.
-    `accounting=False`: the usage log off (`[usage] enabled = false`), the comparison point of
-    issue 14's "accounting on vs off"."""
-    state = work / f"gate-state{tag}"
+               name: str = "gate", accounting: bool = True) -> tuple[Target, Target, dict]:
+    """Gate in front of the origin with a plain key (target `name`) and a key with a budget and
+    a rate limit (`name`-policy). `accounting=False`: the usage log off (`[usage] enabled =
+    false`), the comparison point of issue 14's "accounting on vs off"."""
+    prefix = "" if name == "gate" else f"{name}-"
+    state = work / f"{prefix}gate-state"
     state.mkdir()
     port = free_port()
-    config = work / f"gate{tag}.toml"
+    config = work / f"{prefix}gate.toml"
     # Prices for the bench's models (a budgeted key is refused a model without one): what
     # gpt-4o-mini costs, so that a budget is reserved and settled as for a real model.
     prices = (
@@ -324,10 +345,11 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         args += ["--rpm", "60000000"]
     policy["args"] = args
     policy_key = token(*args)
-    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)], work / f"gate{tag}.log")
+    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
+                 work / f"{prefix}gate.log")
     base = f"http://127.0.0.1:{port}"
-    plain = Target("gate" if accounting else "gate-noacct", proc, base, {"authorization": f"Bearer {plain_key}"})
-    with_policy = Target("gate-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
+    plain = Target(name, proc, base, {"authorization": f"Bearer {plain_key}"})
+    with_policy = Target(f"{name}-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
     return plain, with_policy, policy
 
 
@@ -591,6 +613,12 @@ def summarize(results: dict) -> dict:
     if "gate-policy" in rows:
         for sc in ("c50", "c50-stream"):
             rows["gate-policy"][f"{sc}_share_of_plain_key"] = paired(sc, "gate-policy", "gate", share)
+    if "gate-shared-policy" in rows:
+        # The embedded vs shared store pair: the same key policy, decided in-process or by one
+        # Redis script per request (and one per settlement).
+        for sc in ("c50", "c50-stream"):
+            rows["gate-shared-policy"][f"{sc}_share_of_embedded"] = paired(
+                sc, "gate-shared-policy", "gate-policy", share)
             if "gate-noacct" in rows:
                 rows["gate-policy"][f"{sc}_share_of_no_accounting"] = paired(sc, "gate-policy", "gate-noacct", share)
         if "gate-noacct" in rows:
@@ -695,6 +723,13 @@ def tables(results: dict) -> list[str]:
                      f"{gp.get('c50-stream_share_of_no_accounting') or 0:.0%} streamed at c=50 (target ≥ 90%); "
                      f"c=1 p50 {gp.get('c1_p50_over_no_accounting_ms') or 0:+.3f} ms, "
                      f"p99 {gp.get('c1_p99_over_no_accounting_ms') or 0:+.3f} ms.")
+    gs = rows.get("gate-shared-policy", {})
+    if gs.get("c50_share_of_embedded"):
+        lines.append("")
+        lines.append(f"Shared store (Redis on loopback, `[store] redis_url`) vs embedded, same key policy, "
+                     f"same run: {gs['c50_share_of_embedded']:.0%} non-streamed, "
+                     f"{gs.get('c50-stream_share_of_embedded') or 0:.0%} streamed (issue 15: ≥ 85% with "
+                     f"PostgreSQL + Redis at c=50).")
     lines += ["", "| path | c=1 p50 [ms] | c=1 p99 [ms] | added p50 [ms] | added p99 [ms] "
                   "| c=1 streamed p50 [ms] | streamed p99 [ms] | added p50 [ms] | added p99 [ms] |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -724,7 +759,8 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, paths = results["summary"], results["paths"]
-    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6", "gate-noacct": "#c6dbef",
+    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6",
+              "gate-noacct": "#c6dbef", "gate-shared-policy": "#08306b",
               "litellm": "#d62728", "portkey": "#ff7f0e"}
     so = results.get("soak")
     fig, axes = plt.subplots(1, 4 if so else 3, figsize=(20 if so else 16, 5))
@@ -811,6 +847,8 @@ def main() -> int:
     ap.add_argument("--skip-peers", action="store_true", help="no LiteLLM, no Portkey")
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--skip-portkey", action="store_true")
+    ap.add_argument("--skip-shared-store", action="store_true",
+                    help="no embedded vs shared store (Redis) pair")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--soak-minutes", type=float, default=None)
     ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate instead of target/release/gate")
@@ -899,8 +937,18 @@ def main() -> int:
     results["gate_policy"] = policy
     # The same Gate with its usage log off, for issue 14's accounting on/off pair (its second
     # key, with a budget, is not measured).
-    gate_noacct, _, _ = start_gate(root, work, origin_port, gate_binary, extra, tag="-noacct", accounting=False)
+    gate_noacct, _, _ = start_gate(root, work, origin_port, gate_binary, extra, name="gate-noacct",
+                                   accounting=False)
     targets = [direct, nginx_proxy, gate, gate_policy, gate_noacct]
+    if args.skip_shared_store:
+        results["skipped"]["gate-shared-policy"] = "--skip-shared-store"
+    elif not shutil.which("redis-server"):
+        results["skipped"]["gate-shared-policy"] = "redis-server is not installed (apt-get install redis-server)"
+    else:
+        _, redis_port = start_redis(work)
+        shared_extra = f'{extra}\n[store]\nredis_url = "redis://127.0.0.1:{redis_port}"\n'
+        _, gate_shared, _ = start_gate(root, work, origin_port, gate_binary, shared_extra, name="gate-shared")
+        targets.append(gate_shared)
     for t in targets:
         wait_ready(t, 30)
         check_answers(t)

@@ -13,12 +13,14 @@
 //! - [`route`]: model routing with a circuit breaker, and the relay's name table.
 //! - [`config`]: layered configuration (defaults < nix files < runtime < environment) with provenance.
 //! - [`llm`]: OpenAI / Anthropic wire types, SSE parsing and encoding, protocol conversion.
+//! - [`resp`]: the Redis protocol (RESP2/RESP3): commands encoded, replies decoded.
 
 #![forbid(unsafe_code)]
 
 pub mod accounting;
 pub mod config;
 pub mod llm;
+pub mod resp;
 pub mod route;
 pub mod sni;
 pub mod tunnel;

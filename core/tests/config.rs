@@ -1423,3 +1423,54 @@ max_output_tokens = 65536
     let e = bad("max_output_tokens = 0");
     assert!(e.to_string().contains("an integer from 1"), "{e}");
 }
+
+#[test]
+fn daemon_redis_url_is_a_secret_and_on_unavailable_defaults_to_closed() {
+    use gate_core::config::OnUnavailable;
+    let url = "redis://:Rd-0123456789@cache.internal:6379/2";
+    let loaded = load_daemon(&sources(&[], "", &[("GATE_STORE__REDIS_URL", url)])).unwrap();
+    let store = &loaded.config.store;
+    assert_eq!(
+        store.redis_url.as_ref().map(|u| u.expose().to_owned()),
+        Some(url.to_owned())
+    );
+    assert_eq!(store.on_unavailable, OnUnavailable::Closed);
+    let text = loaded.merged.render_text(true);
+    assert!(!text.contains("Rd-0123456789"), "{text}");
+    assert!(text.contains("GATE_STORE__REDIS_URL"), "{text}");
+    assert_eq!(
+        load_daemon(&sources(&[], "", &[]))
+            .unwrap()
+            .config
+            .store
+            .redis_url,
+        None
+    );
+    let open = load_daemon(&sources(&[], "[store]\non_unavailable = \"open\"\n", &[])).unwrap();
+    assert_eq!(open.config.store.on_unavailable, OnUnavailable::Open);
+    let e = daemon_err(&sources(&[], "[store]\non_unavailable = \"maybe\"\n", &[])).to_string();
+    assert!(
+        e.contains("store.on_unavailable") && e.contains("closed or open"),
+        "{e}"
+    );
+    // TLS is not supported yet, and a bad URL is named by key, never shown.
+    for bad in [
+        "rediss://:Rd-0123456789@cache:6380",
+        "http://:Rd-0123456789@cache",
+        "redis://:Rd-0123456789@",
+    ] {
+        let e = daemon_err(&sources(&[], "", &[("GATE_STORE__REDIS_URL", bad)])).to_string();
+        assert!(
+            e.contains("store.redis_url") && e.contains("Redis URL"),
+            "{e}"
+        );
+        assert!(!e.contains("Rd-0123456789"), "{e}");
+    }
+    let e = daemon_err(&sources(
+        &[],
+        "",
+        &[("GATE_STORE__REDIS_URL", "rediss://cache:6380")],
+    ))
+    .to_string();
+    assert!(e.contains("not supported yet"), "{e}");
+}

@@ -354,10 +354,14 @@ impl TokenStore {
     /// A store of `records` held in memory only: the daemon's copy of the keys a shared
     /// store (`[store] url`) holds. Changes go to the shared store, never through this.
     pub fn from_records(records: Vec<TokenRecord>) -> Self {
-        Self {
+        let mut store = Self {
             path: PathBuf::new(),
-            by_hash: records.into_iter().map(|t| (t.sha256.clone(), t)).collect(),
-        }
+            by_digest: HashMap::new(),
+            by_id: HashMap::new(),
+            malformed: Vec::new(),
+        };
+        store.take_in(records.into_iter().map(|t| (t.sha256.clone(), t)).collect());
+        store
     }
 
     /// All records, oldest first.

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use gate_core::accounting::{KeyPolicy, Period, UsageRecord, Usd};
-use gate_core::config::StoreUnavailable;
+use gate_core::config::OnUnavailable;
 use gate_rt::store::{Migration, PgUrl, Postgres, Row, Schema, StoreError, ToSql};
 use gate_rt::tunnel::support::{race, Either};
 use gate_rt::Runtime;
@@ -175,7 +175,7 @@ fn uint(v: i64) -> u64 {
 pub struct StoreHealth {
     /// `postgres://user@host:port/db`, without the password.
     shown: String,
-    on_unavailable: StoreUnavailable,
+    on_unavailable: OnUnavailable,
     /// Milliseconds since `epoch` of the last successful sync.
     last_ok_ms: AtomicU64,
     /// The last sync failed.
@@ -184,7 +184,7 @@ pub struct StoreHealth {
 }
 
 impl StoreHealth {
-    fn new(shown: String, on_unavailable: StoreUnavailable) -> Self {
+    fn new(shown: String, on_unavailable: OnUnavailable) -> Self {
         Self {
             shown,
             on_unavailable,
@@ -214,7 +214,7 @@ impl StoreHealth {
     }
 
     /// `store.on_unavailable`.
-    pub fn on_unavailable(&self) -> StoreUnavailable {
+    pub fn on_unavailable(&self) -> OnUnavailable {
         self.on_unavailable
     }
 
@@ -279,7 +279,7 @@ impl<R: Runtime> SharedStore<R> {
     pub async fn connect(
         rt: R,
         url: &str,
-        on_unavailable: StoreUnavailable,
+        on_unavailable: OnUnavailable,
         daemon_id: String,
     ) -> Result<Arc<Self>, StoreError> {
         let url = PgUrl::parse(url)?;

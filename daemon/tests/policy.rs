@@ -13,6 +13,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
+#[path = "../../tests/support/store_servers.rs"]
+mod store_servers;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -208,6 +210,7 @@ struct Key {
 }
 
 struct Gate<R: Runtime> {
+    state: std::path::PathBuf,
     addr: SocketAddr,
     gateway: Arc<Gateway<R>>,
     keys: Vec<Key>,
@@ -265,8 +268,36 @@ async fn start_gate<R: Runtime>(rt: &R, tag: &str, config: &str, policies: &[Val
         record["policy"] = serde_json::to_value(policy).unwrap();
     }
     std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
-    let store = TokenStore::load(&state).expect("token store");
-    let gateway = Arc::new(Gateway::new(rt.clone(), &loaded.config, store).expect("gateway"));
+    let mut gate = serve_gate(rt, &state, &loaded.config).await;
+    gate.keys = keys;
+    gate
+}
+
+/// Another gateway (another daemon) on the same keys as `first`, with `config`.
+async fn twin_gate<R: Runtime>(rt: &R, first: &Gate<R>, tag: &str, config: &str) -> Gate<R> {
+    let dir = common::temp_dir(&format!("policy-{tag}-{}", R::NAME));
+    let file = dir.join("gate.toml");
+    std::fs::write(&file, config).expect("write gate.toml");
+    let loaded = gate_daemon::settings::load(&[file], &dir).expect("configuration");
+    let mut gate = serve_gate(rt, &first.state, &loaded.config).await;
+    gate.keys = first
+        .keys
+        .iter()
+        .map(|k| Key {
+            id: k.id.clone(),
+            token: k.token.clone(),
+        })
+        .collect();
+    gate
+}
+
+async fn serve_gate<R: Runtime>(
+    rt: &R,
+    state: &std::path::Path,
+    config: &gate_core::config::DaemonConfig,
+) -> Gate<R> {
+    let store = TokenStore::load(state).expect("token store");
+    let gateway = Arc::new(Gateway::new(rt.clone(), config, store).expect("gateway"));
     let records = Arc::new(Records::default());
     gateway.set_usage_sink(records.clone());
     let listener =
@@ -282,9 +313,10 @@ async fn start_gate<R: Runtime>(rt: &R, tag: &str, config: &str, policies: &[Val
         gate_rt::tunnel::support::Shutdown::new(),
     ));
     Gate {
+        state: state.to_owned(),
         addr,
         gateway,
-        keys,
+        keys: Vec::new(),
         records,
         client: http_client(rt.clone(), &ClientSettings::default()),
     }
@@ -867,6 +899,318 @@ async fn native_gemini_admission<R: Runtime>(rt: R) {
     assert!(a.text().contains("500 tokens per minute"), "{}", a.text());
 }
 
+// ---------------------------------------------------------------------------------------
+// Two daemons sharing rate limits and budget reservations through a real Redis (issue 15).
+
+fn store_section(redis_url: &str, on_unavailable: &str) -> String {
+    format!("[store]\nredis_url = \"{redis_url}\"\non_unavailable = \"{on_unavailable}\"\n")
+}
+
+/// A test's own Redis client (the daemon's), for reading what the scripts stored.
+fn redis_client<R: Runtime>(rt: &R, url: &str) -> gate_rt::store::Redis<R> {
+    gate_rt::store::Redis::new(rt.clone(), gate_rt::store::RedisUrl::parse(url).unwrap())
+}
+
+/// (spent, held) of `key_id`'s daily budget in Redis, in nano-dollars.
+async fn redis_budget<R: Runtime>(redis: &gate_rt::store::Redis<R>, key_id: &str) -> (u64, u64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let start = gate_core::accounting::Period::Day.start(now);
+    let key = format!("gate:{{{key_id}}}:budget:day:{start}");
+    let mut out = [0u64; 2];
+    for (i, field) in ["spent", "held"].iter().enumerate() {
+        let value = redis
+            .command(
+                &[b"HGET".as_slice(), key.as_bytes(), field.as_bytes()],
+                Duration::from_secs(2),
+            )
+            .await
+            .expect("HGET");
+        out[i] = value.as_i64().unwrap_or(0) as u64;
+    }
+    (out[0], out[1])
+}
+
+/// rpm 5 on one key, requests alternating between two daemons on one Redis: five pass in
+/// all (the remaining count falls across both), the sixth is 429 on either, with the same
+/// headers and retry-after as one daemon gives; a key of its own is not touched.
+async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &store_section(&redis.url(), "closed"),
+    );
+    let a = start_gate(
+        &rt,
+        "shared-rpm-a",
+        &config,
+        &[json!({"rpm": 5}), json!({"rpm": 5})],
+    )
+    .await;
+    let b = twin_gate(&rt, &a, "shared-rpm-b", &config).await;
+    for i in 0..5u64 {
+        let gate = if i % 2 == 0 { &a } else { &b };
+        let answer = gate
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "request {i}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.header("x-ratelimit-limit-requests"), "5");
+        assert_eq!(
+            answer.header("x-ratelimit-remaining-requests"),
+            (4 - i).to_string(),
+            "request {i}"
+        );
+    }
+    for gate in [&a, &b] {
+        let refused = gate
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            refused.text()
+        );
+        assert!(
+            refused.text().contains("5 requests per minute"),
+            "{}",
+            refused.text()
+        );
+        let retry: u64 = refused.header("retry-after").parse().unwrap();
+        assert!((1..=12).contains(&retry), "retry-after {retry}");
+        assert_eq!(refused.header("x-ratelimit-remaining-requests"), "0");
+    }
+    assert_eq!(upstream.hits.load(Ordering::SeqCst), 5);
+    let other = b
+        .post("/v1/chat/completions", 1, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+}
+
+/// One $1 budget, eight concurrent streams each able to cost $0.30, four through each of two
+/// daemons: three are admitted in all and hold $0.90 in Redis; spent plus held never passes
+/// $1; once they end Redis has spent what they cost, and neither daemon admits another.
+async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(&rt, &redis.url());
+    let upstream = Upstream::start(250, false);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let budget = [json!({"budget": {"usd": 1, "period": "day"}})];
+    let a = start_gate(&rt, "shared-budget-a", &config, &budget).await;
+    let b = twin_gate(&rt, &a, "shared-budget-b", &config).await;
+    let key_id = a.keys[0].id.clone();
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let limit = 1000 * MILLI;
+    let streams: Vec<RawStream> = (0..8)
+        .map(|i| {
+            let gate = if i % 2 == 0 { &a } else { &b };
+            RawStream::open(
+                gate.addr,
+                "/v1/chat/completions",
+                &gate.keys[0].token,
+                &body,
+            )
+        })
+        .collect();
+    let end = Instant::now() + DEADLINE;
+    while !streams.iter().all(|s| s.status().is_some()) {
+        let (spent, held) = redis_budget(&client, &key_id).await;
+        assert!(spent + held <= limit, "{spent} + {held} > {limit}");
+        assert!(Instant::now() < end, "requests unanswered");
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    let admitted = streams.iter().filter(|s| s.status() == Some(200)).count();
+    let refused = streams.iter().filter(|s| s.status() == Some(402)).count();
+    assert_eq!((admitted, refused), (3, 5));
+    assert_eq!(redis_budget(&client, &key_id).await, (0, 900 * MILLI));
+    upstream.release();
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (spent, held) = redis_budget(&client, &key_id).await;
+        assert!(spent + held <= limit, "{spent} + {held} > {limit}");
+        if held == 0 && streams.iter().all(|s| s.done.load(Ordering::SeqCst)) {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "streams did not settle: {spent} + {held}"
+        );
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(redis_budget(&client, &key_id).await, (750 * MILLI, 0));
+    // Each daemon's listing shows the shared spend as it last saw it.
+    wait_until(&rt, "both daemons to see the settled spend", || {
+        a.spend(0) == (750 * MILLI, 0) || b.spend(0) == (750 * MILLI, 0)
+    })
+    .await;
+    for gate in [&a, &b] {
+        let again = gate
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 300, false))
+            .await;
+        assert_eq!(
+            again.status,
+            StatusCode::PAYMENT_REQUIRED,
+            "{}",
+            again.text()
+        );
+        assert!(again.text().contains("has spent $0.75"), "{}", again.text());
+    }
+}
+
+/// Redis stopped mid-load and started again. `closed`: a rate-limited key is refused with
+/// 503 naming the store while it is down, a key without limits goes on, and requests pass
+/// again once it is back, without a restart. `open`: the same key goes on through the
+/// daemon's own limiter while Redis is down.
+async fn redis_outage_and_recovery<R: Runtime>(rt: R) {
+    let mut redis = store_servers::RedisServer::start().expect("redis-server");
+    let upstream = Upstream::start(COMPLETION, true);
+    let policies = [json!({"rpm": 1000}), json!({})];
+    let closed = start_gate(
+        &rt,
+        "outage-closed",
+        &upstream_config(
+            &upstream,
+            "\"gpt-4o\"",
+            &store_section(&redis.url(), "closed"),
+        ),
+        &policies,
+    )
+    .await;
+    let open = twin_gate(
+        &rt,
+        &closed,
+        "outage-open",
+        &upstream_config(
+            &upstream,
+            "\"gpt-4o\"",
+            &store_section(&redis.url(), "open"),
+        ),
+    )
+    .await;
+    for gate in [&closed, &open] {
+        let ok = gate
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+            .await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    }
+    redis.stop();
+    let down = closed
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text()
+    );
+    let message = down.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains(&format!(
+            "Redis at redis://127.0.0.1:{}/0 is unavailable",
+            redis.port()
+        )) && message.contains("store.on_unavailable"),
+        "{message}"
+    );
+    assert_eq!(down.header("retry-after"), "1");
+    let anthropic = closed
+        .post("/v1/messages", 0, messages("gpt-4o", 10, false))
+        .await;
+    assert_eq!(anthropic.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(anthropic.json()["type"], "error", "{}", anthropic.text());
+    let unlimited = closed
+        .post("/v1/chat/completions", 1, chat("gpt-4o", 10, false))
+        .await;
+    assert_eq!(unlimited.status, StatusCode::OK, "{}", unlimited.text());
+    for _ in 0..3 {
+        let fallback = open
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+            .await;
+        assert_eq!(fallback.status, StatusCode::OK, "{}", fallback.text());
+        assert_eq!(fallback.header("x-ratelimit-limit-requests"), "1000");
+    }
+    let record = closed
+        .records()
+        .into_iter()
+        .find(|r| r.status == 503)
+        .expect("the refusal's usage record");
+    assert_eq!(record.error.as_deref(), Some("store_unavailable"));
+    redis.restart().expect("redis-server again");
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let answer = closed
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
+            .await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(
+            answer.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            answer.text()
+        );
+        assert!(Instant::now() < end, "no recovery after Redis came back");
+        rt.sleep(Duration::from_millis(50)).await;
+    }
+    // Back in Redis: the restarted server holds this minute's state again.
+    let client = redis_client(&rt, &redis.url());
+    let rate = client
+        .command(
+            &[
+                b"HGET".as_slice(),
+                format!("gate:{{{}}}:rate", closed.keys[0].id).as_bytes(),
+                b"r",
+            ],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    assert!(rate.as_i64().unwrap_or(0) > 0, "{rate:?}");
+}
+
+/// The client logs in with the URL's password and never shows it; a wrong one is a clear
+/// error without it.
+async fn redis_password_is_used_and_never_shown<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let password = "redis-Secr3t-pass-71";
+    assert_eq!(
+        redis
+            .command(&format!("CONFIG SET requirepass {password}"))
+            .unwrap(),
+        "+OK"
+    );
+    let good = redis_client(
+        &rt,
+        &format!("redis://:{password}@127.0.0.1:{}/1", redis.port()),
+    );
+    good.ping().await.expect("PING with the password");
+    let wrong = redis_client(
+        &rt,
+        &format!("redis://:wrong-{password}@127.0.0.1:{}", redis.port()),
+    );
+    let error = wrong.ping().await.unwrap_err().to_string();
+    assert!(error.contains("login was refused"), "{error}");
+    assert!(!error.contains(password), "{error}");
+    let none = redis_client(&rt, &format!("redis://127.0.0.1:{}", redis.port()));
+    let error = none.ping().await.unwrap_err().to_string();
+    assert!(error.contains("NOAUTH"), "{error}");
+}
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -891,4 +1235,8 @@ both_runtimes!(
     concurrent_streams_never_overspend,
     abandoned_streams_are_settled,
     native_gemini_admission,
+    shared_rate_limits_hold_across_daemons,
+    shared_budget_never_overspends_under_streams,
+    redis_outage_and_recovery,
+    redis_password_is_used_and_never_shown,
 );

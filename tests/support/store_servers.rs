@@ -314,7 +314,18 @@ impl RedisServer {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let port = free_port()?;
-        let child = Command::new("redis-server")
+        let child = Self::spawn(dir.path(), port)?;
+        let mut server = Self {
+            _dir: dir,
+            child,
+            port,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Result<Child, String> {
+        Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args([
                 "--save",
@@ -325,32 +336,43 @@ impl RedisServer {
                 "yes",
             ])
             .arg("--dir")
-            .arg(dir.path())
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| format!("redis-server: {e}; apt-get install -y redis-server"))?;
-        let mut server = Self {
-            _dir: dir,
-            child,
-            port,
-        };
+            .map_err(|e| format!("redis-server: {e}; apt-get install -y redis-server"))
+    }
+
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match server.command("PING") {
-                Ok(answer) if answer == "+PONG" => return Ok(server),
+            match self.command("PING") {
+                Ok(answer) if answer == "+PONG" => return Ok(()),
                 _ if Instant::now() >= deadline => {
                     return Err("redis-server did not answer PING within 10 s".to_owned())
                 }
                 _ => {
-                    if let Ok(Some(status)) = server.child.try_wait() {
+                    if let Ok(Some(status)) = self.child.try_wait() {
                         return Err(format!("redis-server exited: {status}"));
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
         }
+    }
+
+    /// Stops the server (by its PID); its data is gone (no persistence).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port (empty: no persistence) and waits until it answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.child = Self::spawn(self._dir.path(), self.port)?;
+        self.wait_ready()
     }
 
     /// The TCP port.

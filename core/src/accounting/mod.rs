@@ -27,5 +27,5 @@ pub use money::Usd;
 pub use period::Period;
 pub use policy::{Budget, KeyPolicy, ModelPatterns};
 pub use prices::{cost, Price, PriceTable, TokenCounts};
-pub use ratelimit::{Limited, Limits, RateLimiter, RateRefusal, RateStatus, Window};
+pub use ratelimit::{Limited, Limits, RateLimiter, RateRefusal, RateStatus, Tats, Window};
 pub use record::UsageRecord;

@@ -74,23 +74,32 @@ impl Limits {
     }
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Tats {
-    requests: u64,
-    tokens: u64,
+/// A key's GCRA state: the "theoretical arrival time" of each limit, on the caller's time
+/// scale (0: never used, the allowance whole).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tats {
+    /// Requests per minute.
+    pub requests: u64,
+    /// Tokens per minute.
+    pub tokens: u64,
 }
 
-/// Emission interval: nanoseconds one unit occupies at `limit` per minute.
-fn interval(limit: u64) -> u64 {
-    (MINUTE_NS / limit.max(1)).max(1)
+/// Microseconds in a minute: the scale of the shared (Redis) limiter, whose script does the
+/// same integer arithmetic as [`decide`] with `minute = MINUTE_US` (Lua numbers are doubles,
+/// exact below 2^53: Unix microseconds fit, nanoseconds do not).
+pub const MINUTE_US: u64 = 60_000_000;
+
+/// Emission interval: time one unit occupies at `limit` per `minute`.
+fn interval(minute: u64, limit: u64) -> u64 {
+    (minute / limit.max(1)).max(1)
 }
 
 /// The new arrival time if `cost` units are admitted at `now`, or the wait before they could
 /// be.
-fn gcra(tat: u64, now: u64, limit: u64, cost: u64) -> Result<u64, u64> {
+fn gcra(minute: u64, tat: u64, now: u64, limit: u64, cost: u64) -> Result<u64, u64> {
     let base = tat.max(now);
-    let new_tat = base.saturating_add(interval(limit).saturating_mul(cost));
-    let horizon = now.saturating_add(MINUTE_NS);
+    let new_tat = base.saturating_add(interval(minute, limit).saturating_mul(cost));
+    let horizon = now.saturating_add(minute);
     if new_tat <= horizon || tat <= now {
         // Within the minute's allowance, or the allowance is untouched (oversized request).
         Ok(new_tat)
@@ -99,13 +108,90 @@ fn gcra(tat: u64, now: u64, limit: u64, cost: u64) -> Result<u64, u64> {
     }
 }
 
-fn window(tat: u64, now: u64, limit: u64) -> Window {
-    let used_ns = tat.saturating_sub(now);
-    let free_ns = MINUTE_NS.saturating_sub(used_ns);
+fn window(minute: u64, tat: u64, now: u64, limit: u64) -> Window {
+    let used = tat.saturating_sub(now);
+    let free = minute.saturating_sub(used);
     Window {
         limit,
-        remaining: (free_ns / interval(limit)).min(limit),
-        reset_ns: used_ns,
+        remaining: (free / interval(minute, limit)).min(limit),
+        reset_ns: used.saturating_mul(MINUTE_NS / minute),
+    }
+}
+
+/// The limits' state in `tats` at `now`, for the headers (`minute`: the time scale, as in
+/// [`decide`]; the windows' `reset_ns` is always in nanoseconds).
+pub fn status_of(tats: Tats, limits: Limits, now: u64, minute: u64) -> RateStatus {
+    RateStatus {
+        requests: limits
+            .rpm
+            .map(|l| window(minute, tats.requests, now, u64::from(l))),
+        tokens: limits.tpm.map(|l| window(minute, tats.tokens, now, l)),
+    }
+}
+
+/// One admission decision on `tats` at `now` for a request of `tokens` (estimated): the new
+/// state and the headers' status, or the refusal (charging neither limit). `minute` is the
+/// number of time units in a minute ([`MINUTE_NS`] in-process, [`MINUTE_US`] in Redis); the
+/// refusal's `retry_after_ns` is converted to nanoseconds.
+pub fn decide(
+    tats: Tats,
+    limits: Limits,
+    tokens: u64,
+    now: u64,
+    minute: u64,
+) -> Result<(Tats, RateStatus), RateRefusal> {
+    let to_ns = MINUTE_NS / minute;
+    let requests = limits
+        .rpm
+        .map(|rpm| gcra(minute, tats.requests, now, u64::from(rpm), 1));
+    let token_check = limits
+        .tpm
+        .map(|tpm| gcra(minute, tats.tokens, now, tpm, tokens));
+    let refused = match (requests, token_check) {
+        (Some(Err(wait)), _) => Some((Limited::Requests, wait)),
+        (_, Some(Err(wait))) => Some((Limited::Tokens, wait)),
+        _ => None,
+    };
+    if let Some((limited, wait)) = refused {
+        let wait_tokens = match token_check {
+            Some(Err(w)) => w,
+            _ => 0,
+        };
+        return Err(RateRefusal {
+            limited,
+            // Both limits must allow it: the longer wait.
+            retry_after_ns: wait.max(wait_tokens).saturating_mul(to_ns),
+            status: status_of(tats, limits, now, minute),
+        });
+    }
+    let mut new = tats;
+    if let Some(Ok(tat)) = requests {
+        new.requests = tat;
+    }
+    if let Some(Ok(tat)) = token_check {
+        new.tokens = tat;
+    }
+    Ok((new, status_of(new, limits, now, minute)))
+}
+
+/// The tokens-per-minute state after correcting a request's charge from `estimated` to
+/// `actual` tokens at `now` (never fuller than whole).
+pub fn corrected_tokens_tat(
+    tat: u64,
+    tpm: u64,
+    estimated: u64,
+    actual: u64,
+    now: u64,
+    minute: u64,
+) -> u64 {
+    let step = interval(minute, tpm);
+    if actual >= estimated {
+        let extra = step.saturating_mul(actual - estimated);
+        tat.max(now).saturating_add(extra)
+    } else {
+        let refund = step.saturating_mul(estimated - actual);
+        // Never below `now`: an allowance cannot be fuller than whole.
+        tat.saturating_sub(refund).max(now.min(tat))
     }
 }
 
@@ -134,51 +220,9 @@ impl RateLimiter {
             return Ok(RateStatus::default());
         }
         let tats = self.keys.get(key).copied().unwrap_or_default();
-        let requests = limits.rpm.map(|rpm| {
-            (
-                u64::from(rpm),
-                gcra(tats.requests, now_ns, u64::from(rpm), 1),
-            )
-        });
-        let token_check = limits
-            .tpm
-            .map(|tpm| (tpm, gcra(tats.tokens, now_ns, tpm, tokens)));
-        let refused = match (requests, token_check) {
-            (Some((_, Err(wait))), _) => Some((Limited::Requests, wait)),
-            (_, Some((_, Err(wait)))) => Some((Limited::Tokens, wait)),
-            _ => None,
-        };
-        if let Some((limited, wait)) = refused {
-            let wait_tokens = match token_check {
-                Some((_, Err(w))) => w,
-                _ => 0,
-            };
-            return Err(RateRefusal {
-                limited,
-                // Both limits must allow it: the longer wait.
-                retry_after_ns: wait.max(wait_tokens),
-                status: RateStatus {
-                    requests: limits
-                        .rpm
-                        .map(|l| window(tats.requests, now_ns, u64::from(l))),
-                    tokens: limits.tpm.map(|l| window(tats.tokens, now_ns, l)),
-                },
-            });
-        }
-        let mut new = tats;
-        if let Some((_, Ok(tat))) = requests {
-            new.requests = tat;
-        }
-        if let Some((_, Ok(tat))) = token_check {
-            new.tokens = tat;
-        }
+        let (new, status) = decide(tats, limits, tokens, now_ns, MINUTE_NS)?;
         self.keys.insert(key.to_owned(), new);
-        Ok(RateStatus {
-            requests: limits
-                .rpm
-                .map(|l| window(new.requests, now_ns, u64::from(l))),
-            tokens: limits.tpm.map(|l| window(new.tokens, now_ns, l)),
-        })
+        Ok(status)
     }
 
     /// Corrects the tokens charged at admission (`estimated`) to what the request used
@@ -195,29 +239,13 @@ impl RateLimiter {
         let Some(tats) = self.keys.get_mut(key) else {
             return;
         };
-        let step = interval(tpm);
-        if actual >= estimated {
-            let extra = step.saturating_mul(actual - estimated);
-            tats.tokens = tats.tokens.max(now_ns).saturating_add(extra);
-        } else {
-            let refund = step.saturating_mul(estimated - actual);
-            // Never below `now`: an allowance cannot be fuller than whole.
-            tats.tokens = tats
-                .tokens
-                .saturating_sub(refund)
-                .max(now_ns.min(tats.tokens));
-        }
+        tats.tokens = corrected_tokens_tat(tats.tokens, tpm, estimated, actual, now_ns, MINUTE_NS);
     }
 
     /// The state of `key`'s limits at `now_ns` (for success headers after settlement).
     pub fn status(&self, key: &str, limits: Limits, now_ns: u64) -> RateStatus {
         let tats = self.keys.get(key).copied().unwrap_or_default();
-        RateStatus {
-            requests: limits
-                .rpm
-                .map(|l| window(tats.requests, now_ns, u64::from(l))),
-            tokens: limits.tpm.map(|l| window(tats.tokens, now_ns, l)),
-        }
+        status_of(tats, limits, now_ns, MINUTE_NS)
     }
 
     /// Forgets keys whose allowances are whole again at `now_ns` (bounded memory for keys

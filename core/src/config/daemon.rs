@@ -191,26 +191,33 @@ pub struct UsageConfig {
     pub retention_days: u32,
 }
 
-/// `store.on_unavailable`: what a budgeted key gets while the shared store is unreachable.
+/// `store.on_unavailable`: what a budgeted or rate-limited key's request gets while a shared
+/// store (PostgreSQL or Redis) cannot be reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StoreUnavailable {
-    /// Refused, with an error saying the store is unreachable (the default): no budget can
-    /// be overspent by daemons that cannot see each other's spend.
+pub enum OnUnavailable {
+    /// Refused (503, naming the store), the default: no key goes past its limits because
+    /// daemons cannot see each other's spend and counters.
     #[default]
     Closed,
-    /// Admitted against the spend last seen (daemons may overspend by what the others
-    /// spend during the outage).
+    /// Decided by this daemon alone: against the spend last seen from PostgreSQL, with its
+    /// own limiter and ledger for what Redis would decide (daemons may together overspend by
+    /// what the others spend during the outage).
     Open,
 }
 
-/// `[store]`: shared state on PostgreSQL (issue 15).
+/// `[store]`: state shared by several daemons (issue 15).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DaemonStoreConfig {
-    /// `postgres://user:password@host:port/database` (`GATE_STORE__URL`): a secret, since it
-    /// may carry the password. `None`: everything stays in the state directory.
+    /// `postgres://user:password@host:port/database` (`GATE_STORE__URL`): keys, the usage
+    /// log and budget spend. A secret, since it may carry the password. `None`: they stay in
+    /// the state directory.
     pub url: Option<Secret>,
-    /// What a budgeted key gets while the store is unreachable (default closed).
-    pub on_unavailable: StoreUnavailable,
+    /// `redis://[[user]:password@]host[:port][/db]` (`GATE_STORE__REDIS_URL`): rate-limit
+    /// counters and in-flight budget reservations. A secret (it may carry the password).
+    /// `None`: they stay in this daemon's memory.
+    pub redis_url: Option<Secret>,
+    /// What a limited key gets while a store is unreachable (default closed).
+    pub on_unavailable: OnUnavailable,
 }
 
 /// The daemon's whole configuration.
@@ -612,9 +619,10 @@ impl DaemonConfig {
             },
             store: DaemonStoreConfig {
                 url: r.opt_string("store.url")?.map(Secret::new),
+                redis_url: r.opt_string("store.redis_url")?.map(Secret::new),
                 on_unavailable: match r.opt_string("store.on_unavailable")?.as_deref() {
-                    Some("open") => StoreUnavailable::Open,
-                    _ => StoreUnavailable::Closed,
+                    Some("open") => OnUnavailable::Open,
+                    _ => OnUnavailable::Closed,
                 },
             },
         })

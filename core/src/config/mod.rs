@@ -129,7 +129,7 @@ mod tree;
 
 pub use daemon::{
     AuthConfig, DaemonConfig, DaemonRelayConfig, DaemonStoreConfig, JwtConfig, LetsEncryptConfig,
-    ListenLimits, Provider, Secret, ServerLimits, StoreUnavailable, UpstreamConfig, UsageConfig,
+    ListenLimits, OnUnavailable, Provider, Secret, ServerLimits, UpstreamConfig, UsageConfig,
 };
 pub use edit::{
     runtime_remove, runtime_remove_upstream, runtime_set, runtime_set_many, runtime_unset,

@@ -153,12 +153,14 @@ pub enum StrCheck {
     Usd,
     /// A budget period: `day`, `week`, `month` or `total`.
     Period,
-    /// What the daemon does with a budgeted key while its shared store is unreachable:
-    /// `closed` or `open`.
-    StoreUnavailable,
     /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
     /// a password).
     PostgresUrl,
+    /// A Redis URL: `redis://` with a host (a secret: it may hold a password); `rediss://`
+    /// is refused as not supported yet.
+    RedisUrl,
+    /// What a daemon does when a shared store is unreachable: `closed` or `open`.
+    OnUnavailable,
     /// A Chat Completions parameter an upstream's model rule may drop
     /// ([`crate::llm::model_rules::DROPPABLE_PARAMS`]).
     ChatParam,
@@ -216,10 +218,14 @@ impl StrCheck {
             StrCheck::TokenName => "a token name of a-z, 0-9, - and _ (at most 64)",
             StrCheck::Usd => "an amount of US dollars such as 20 or 0.50",
             StrCheck::Period => "a budget period: day, week, month or total",
-            StrCheck::StoreUnavailable => "closed or open",
             StrCheck::PostgresUrl => {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/database"
             }
+            StrCheck::RedisUrl => {
+                "a Redis URL such as redis://:password@host:6379/0 (rediss://, Redis over TLS, \
+                 is not supported yet)"
+            }
+            StrCheck::OnUnavailable => "closed or open",
             StrCheck::ChatParam => {
                 "a Chat Completions parameter: max_tokens, max_completion_tokens, temperature, \
                  top_p, stop, stream_options, n, user, reasoning_effort, tools, tool_choice or \
@@ -255,7 +261,8 @@ impl StrCheck {
             StrCheck::Usd => crate::accounting::Usd::parse(s).is_ok(),
             StrCheck::Period => s.parse::<crate::accounting::Period>().is_ok(),
             StrCheck::PostgresUrl => is_postgres_url(s),
-            StrCheck::StoreUnavailable => matches!(s, "closed" | "open"),
+            StrCheck::RedisUrl => is_redis_url(s),
+            StrCheck::OnUnavailable => matches!(s, "closed" | "open"),
             StrCheck::NodeId => crate::tunnel::NodeId::parse(s).is_ok(),
             StrCheck::AccessMode => crate::tunnel::AccessMode::parse(s).is_some(),
             StrCheck::NamedToken => crate::tunnel::split_token_entry(s).is_some(),
@@ -429,6 +436,17 @@ pub fn is_secret_key(name: &str) -> bool {
     ) || name.ends_with("_key")
         || name.ends_with("_token")
         || name.ends_with("_secret")
+}
+
+/// Whether `s` looks like a Redis URL: `redis://`, then a host (after any
+/// `user:password@`). The full parse is the client's (`gate_rt::store::redis`).
+pub fn is_redis_url(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("redis://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    !host.is_empty() && !host.starts_with(':')
 }
 
 /// Whether `s` looks like a PostgreSQL URL: `postgres://` or `postgresql://`, then a host
@@ -897,13 +915,16 @@ static USAGE_FIELDS: [Field; 2] = [
     ),
 ];
 
-// Shared state (issue 15): keys, the usage log and budget spend on PostgreSQL; without a
-// `url` everything stays in the state directory.
-static DAEMON_STORE_FIELDS: [Field; 2] = [
+// Shared state for several daemons (issue 15): keys, the usage log and budget spend on
+// PostgreSQL (`url`); rate-limit counters and in-flight budget reservations on Redis
+// (`redis_url`); `on_unavailable` says what a limited key gets while a store is unreachable.
+// Without them everything stays in the state directory.
+static DAEMON_STORE_FIELDS: [Field; 3] = [
     field("url", Kind::String(StrCheck::PostgresUrl), None),
+    field("redis_url", Kind::String(StrCheck::RedisUrl), None),
     field(
         "on_unavailable",
-        Kind::String(StrCheck::StoreUnavailable),
+        Kind::String(StrCheck::OnUnavailable),
         Some(DefaultValue::Str("closed")),
     ),
 ];

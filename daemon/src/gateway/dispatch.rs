@@ -200,17 +200,20 @@ impl<R: Runtime> Gateway<R> {
             Some(n) => (endpoint, &n.body),
             None => (endpoint, &body),
         };
-        let (mut charge, admission) = match self.admit(
-            caller,
-            admit_endpoint,
-            label,
-            client_protocol,
-            &model,
-            admit_body,
-            &mut candidates,
-            &snapshot,
-            started,
-        ) {
+        let (mut charge, admission) = match self
+            .admit(
+                caller,
+                admit_endpoint,
+                label,
+                client_protocol,
+                &model,
+                admit_body,
+                &mut candidates,
+                &snapshot,
+                started,
+            )
+            .await
+        {
             Ok(admitted) => admitted,
             Err(refused) => return Ok(refused),
         };

@@ -40,6 +40,7 @@ mod gemini;
 mod observe;
 mod policy;
 mod respond;
+mod shared;
 pub mod snapshot;
 mod stream;
 mod upstream;
@@ -123,6 +124,7 @@ impl<R: Runtime> Gateway<R> {
             connect_timeout: config.server.connect_timeout,
             ..ClientSettings::default()
         };
+        let rt_for_store = rt.clone();
         Ok(Self {
             client: http_client(rt.clone(), &settings),
             rt,
@@ -136,7 +138,7 @@ impl<R: Runtime> Gateway<R> {
             relay_gauges: std::sync::OnceLock::new(),
             stream_stop: stream::StreamStop::default(),
             usage: RwLock::new(Arc::new(crate::usage::Discard)),
-            accounting: Arc::new(policy::Accounting::default()),
+            accounting: Arc::new(policy::Accounting::for_store(rt_for_store, &config.store)?),
             shared: std::sync::OnceLock::new(),
         })
     }

@@ -24,13 +24,18 @@ use gate_core::accounting::{
     cost, BudgetRefusal, Ledger, Limited, Limits, Period, Price, PriceTable, RateLimiter,
     RateRefusal, RateStatus, Reservation, TokenCounts, UsageRecord, Usd, Window,
 };
-use gate_core::config::StoreUnavailable;
 use gate_core::llm::usage::Usage;
 use gate_core::route::{Candidate, WireProtocol};
 use gate_rt::Runtime;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 
+use gate_core::config::{DaemonStoreConfig, OnUnavailable};
+use gate_rt::store::{Redis, RedisUrl};
+
 use super::dispatch::MAX_ECHO_CHARS;
+use super::shared::{
+    RedisLimits, SharedAdmit, SharedDecision, SharedHold, SharedLimits, SharedSettle,
+};
 use super::{Endpoint, Gateway, Snapshot, UpstreamTarget};
 use crate::auth::Caller;
 use crate::errors::error_response;
@@ -41,11 +46,15 @@ use gate_core::llm::endpoint::bounded_echo;
 /// Keys with rate-limit state above which admission forgets those whose allowance is whole.
 const PRUNE_ABOVE: usize = 10_000;
 
-/// The ledger and rate limiter of every key, shared by the gateway's requests.
+/// The ledger and rate limiter of every key, shared by the gateway's requests; with
+/// `[store] redis_url`, the shared store that decides for budgeted and rate-limited keys
+/// instead (the ledger then still records this daemon's own spend).
 pub(crate) struct Accounting {
     ledger: Mutex<Ledger>,
     limiter: Mutex<RateLimiter>,
     epoch: Instant,
+    shared: Option<Arc<dyn SharedLimits>>,
+    on_unavailable: OnUnavailable,
 }
 
 impl Default for Accounting {
@@ -54,11 +63,35 @@ impl Default for Accounting {
             ledger: Mutex::new(Ledger::new()),
             limiter: Mutex::new(RateLimiter::new()),
             epoch: Instant::now(),
+            shared: None,
+            on_unavailable: OnUnavailable::Closed,
         }
     }
 }
 
 impl Accounting {
+    /// In-process accounting, or shared through `[store] redis_url` when it is set.
+    pub(crate) fn for_store<R: Runtime>(rt: R, store: &DaemonStoreConfig) -> anyhow::Result<Self> {
+        let shared: Option<Arc<dyn SharedLimits>> = match &store.redis_url {
+            None => None,
+            Some(url) => {
+                let url = RedisUrl::parse(url.expose())
+                    .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+                tracing::info!(
+                    on_unavailable = ?store.on_unavailable,
+                    "rate limits and budget reservations are shared through Redis at {url}"
+                );
+                let redis = Redis::new(rt.clone(), url);
+                Some(Arc::new(RedisLimits::new(rt, redis)))
+            }
+        };
+        Ok(Self {
+            shared,
+            on_unavailable: store.on_unavailable,
+            ..Self::default()
+        })
+    }
+
     fn now_ns(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
@@ -121,6 +154,8 @@ pub(super) struct Charge {
     accounting: Arc<Accounting>,
     sink: Arc<dyn UsageSink>,
     reservation: Option<Reservation>,
+    /// Admitted by the shared store: where its hold and token charge are settled.
+    shared: Option<(Arc<dyn SharedLimits>, SharedHold)>,
     period: Option<Period>,
     tpm: Option<u64>,
     estimated_input: u64,
@@ -204,7 +239,14 @@ impl Charge {
                 now,
             );
         }
-        if self.tpm.is_some() {
+        if let Some((shared, hold)) = self.shared.take() {
+            shared.settle(SharedSettle {
+                hold,
+                actual: actual.unwrap_or(Usd::ZERO),
+                estimated_tokens: self.estimated_input,
+                actual_tokens: tokens.input + tokens.output,
+            });
+        } else if self.tpm.is_some() {
             let now_ns = self.accounting.now_ns();
             self.accounting.limiter().settle_tokens(
                 &self.record.key_id,
@@ -473,7 +515,7 @@ impl<R: Runtime> Gateway<R> {
     /// (a budgeted key keeps only those whose price is known): reserves its maximum cost and
     /// charges its rate limits, or answers the refusal.
     #[allow(clippy::too_many_arguments, clippy::result_large_err)]
-    pub(super) fn admit(
+    pub(super) async fn admit(
         &self,
         caller: &Caller,
         endpoint: Endpoint,
@@ -564,7 +606,7 @@ impl<R: Runtime> Gateway<R> {
         if let (Some(_), Some(store)) = (budget, self.shared()) {
             let health = store.health();
             // "closed" refuses; "open" admits against the spend this daemon saw last.
-            if health.unavailable() && health.on_unavailable() == StoreUnavailable::Closed {
+            if health.unavailable() && health.on_unavailable() == OnUnavailable::Closed {
                 let message = format!(
                     "key `{}` has a spend budget, and the shared store that holds the spend \
                      of every Gate daemon ({}) is unreachable, so the budget cannot be kept; \
@@ -590,9 +632,117 @@ impl<R: Runtime> Gateway<R> {
             }
         }
         let now = unix_now();
-        // Each lock is held for one statement: never two at once. The reservation is this
-        // daemon's: in-flight holds shared between daemons (Redis, `[store] redis_url`) plug
-        // in here, beside the local one.
+        let limits = limits_of(caller);
+        let mut record = Self::usage_record(caller, label, model);
+        record.status = StatusCode::OK.as_u16();
+        let charge = |reservation, shared, record| Charge {
+            accounting: self.accounting.clone(),
+            sink: self.usage_sink(),
+            reservation: Some(reservation),
+            shared,
+            period: budget.map(|b| b.period),
+            tpm: limits.tpm,
+            estimated_input,
+            max_output,
+            record,
+            started,
+            price: None,
+            answered: false,
+            streamed_bytes: 0,
+            done: false,
+        };
+        let shared = self
+            .accounting
+            .shared
+            .clone()
+            .filter(|_| budget.is_some() || !limits.is_none());
+        if let Some(shared) = shared {
+            let period = budget.map_or(UNBUDGETED_PERIOD, |b| b.period);
+            let local_spent = self
+                .accounting
+                .ledger()
+                .spend(&caller.key_id, period, now)
+                .spent;
+            let decision = shared
+                .admit(SharedAdmit {
+                    key_id: caller.key_id.clone(),
+                    limits,
+                    tokens: estimated_input,
+                    budget,
+                    max_cost,
+                    now_unix: now,
+                    local_spent,
+                })
+                .await;
+            match decision {
+                Ok(SharedDecision::Admitted { status, hold, .. }) => {
+                    // The local ledger holds nothing: it only records this daemon's spend.
+                    let local =
+                        self.accounting
+                            .ledger()
+                            .reserve(&caller.key_id, None, now, Usd::ZERO);
+                    if let Ok(local) = local {
+                        return Ok((
+                            charge(local, Some((shared, hold)), record),
+                            Admission {
+                                rate: status,
+                                limits,
+                            },
+                        ));
+                    }
+                }
+                Ok(SharedDecision::Budget(refusal)) => {
+                    return Err(self.refuse(
+                        caller,
+                        label,
+                        protocol,
+                        model,
+                        started,
+                        StatusCode::PAYMENT_REQUIRED,
+                        "budget",
+                        &budget_message(caller, &refusal),
+                    ))
+                }
+                Ok(SharedDecision::Rate(refusal)) => {
+                    return Err(self
+                        .rate_refusal(caller, label, protocol, model, started, &refusal, limits))
+                }
+                Err(why) => match self.accounting.on_unavailable {
+                    OnUnavailable::Closed => {
+                        let message = format!(
+                            "{why}. Key `{}` has a budget or rate limits, which Gate keeps in \
+                             that shared store, and store.on_unavailable is \"closed\": its \
+                             requests are refused until the store answers again; retry shortly \
+                             (the operator can check the store)",
+                            caller.name
+                        );
+                        let mut response = self.refuse(
+                            caller,
+                            label,
+                            protocol,
+                            model,
+                            started,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "store_unavailable",
+                            &message,
+                        );
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
+                        return Err(response);
+                    }
+                    OnUnavailable::Open => {
+                        tracing::debug!(
+                            key = %caller.key_id,
+                            "{why}; deciding in-process (store.on_unavailable = \"open\")"
+                        );
+                    }
+                },
+            }
+        }
+        // Each lock is held for one statement: never two at once. Without Redis the
+        // reservation is this daemon's; spend settled by other daemons reaches its ledger
+        // through the PostgreSQL sync (`shared.rs`).
         let reserved = self
             .accounting
             .ledger()
@@ -612,7 +762,6 @@ impl<R: Runtime> Gateway<R> {
                 ))
             }
         };
-        let limits = limits_of(caller);
         let now_ns = self.accounting.now_ns();
         let admitted = {
             let mut limiter = self.accounting.limiter();
@@ -632,44 +781,45 @@ impl<R: Runtime> Gateway<R> {
                     budget.map(|b| b.period),
                     now,
                 );
-                let mut response = self.refuse(
-                    caller,
-                    label,
-                    protocol,
-                    model,
-                    started,
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    &rate_message(caller, &refusal, limits),
+                return Err(
+                    self.rate_refusal(caller, label, protocol, model, started, &refusal, limits)
                 );
-                rate_headers(protocol, &refusal.status, response.headers_mut());
-                response.headers_mut().insert(
-                    http::header::RETRY_AFTER,
-                    HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
-                );
-                return Err(response);
             }
         };
-        let mut record = Self::usage_record(caller, label, model);
-        record.status = StatusCode::OK.as_u16();
         Ok((
-            Charge {
-                accounting: self.accounting.clone(),
-                sink: self.usage_sink(),
-                reservation: Some(reservation),
-                period: budget.map(|b| b.period),
-                tpm: limits.tpm,
-                estimated_input,
-                max_output,
-                record,
-                started,
-                price: None,
-                answered: false,
-                streamed_bytes: 0,
-                done: false,
-            },
+            charge(reservation, None, record),
             Admission { rate, limits },
         ))
+    }
+
+    /// A 429 in the client's protocol with the rate-limit headers and Retry-After.
+    #[allow(clippy::too_many_arguments)]
+    fn rate_refusal(
+        &self,
+        caller: &Caller,
+        label: &str,
+        protocol: WireProtocol,
+        model: &str,
+        started: Instant,
+        refusal: &RateRefusal,
+        limits: Limits,
+    ) -> Response<Body> {
+        let mut response = self.refuse(
+            caller,
+            label,
+            protocol,
+            model,
+            started,
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            &rate_message(caller, refusal, limits),
+        );
+        rate_headers(protocol, &refusal.status, response.headers_mut());
+        response.headers_mut().insert(
+            http::header::RETRY_AFTER,
+            HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
+        );
+        response
     }
 
     /// Sets what `key_id` spent in its current budget period (from the usage log, at start).
@@ -721,10 +871,19 @@ impl<R: Runtime> Gateway<R> {
     /// without a budget): spent, held by requests in flight, and the period.
     pub fn key_spend(&self, key_id: &str) -> (KeySpend, Period) {
         let period = self.key_period(key_id);
-        (
-            self.accounting.ledger().spend(key_id, period, unix_now()),
-            period,
-        )
+        let now = unix_now();
+        let mut spend = self.accounting.ledger().spend(key_id, period, now);
+        if let Some((spent, held)) = self
+            .accounting
+            .shared
+            .as_ref()
+            .and_then(|shared| shared.last_seen(key_id, period.start(now)))
+        {
+            // The shared store's view (every daemon's requests) as last seen here.
+            spend.spent = spent;
+            spend.reserved = held;
+        }
+        (spend, period)
     }
 
     fn key_period(&self, key_id: &str) -> Period {

@@ -1,0 +1,660 @@
+//! Rate limits and budget reservations shared by several daemons through Redis (issue 15,
+//! `[store] redis_url`): the seam [`SharedLimits`] that admission (`policy.rs`) calls
+//! instead of its in-process limiter and ledger, and its Redis implementation
+//! [`RedisLimits`].
+//!
+//! One Lua script per decision, so no decision races another daemon's:
+//! - [`ADMIT`]: budget first (settled spend + held + this request's maximum cost <= budget,
+//!   then hold it), then GCRA for requests and tokens per minute (both or neither charged; a
+//!   refusal holds nothing). The same arithmetic as gate-core's limiter on microseconds
+//!   ([`ratelimit::decide`] with [`MINUTE_US`]): the script returns the state it decided on,
+//!   and the daemon runs core's `decide` on it for the headers and retry-after, so the shared
+//!   answers are the in-process answers.
+//! - [`SETTLE`]: releases the hold and adds the actual cost to the settled spend, corrects the
+//!   tokens-per-minute charge to the actual tokens. Idempotent: only a hold still present is
+//!   settled.
+//!
+//! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
+//! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
+//! few seconds of skew at midnight only decide which day a request counts in.
+//!
+//! Keys (hash-tagged by key id, so a cluster keeps one key's state on one slot):
+//! `gate:{<id>}:rate` (hash `r`, `t`: the TATs in Unix µs; expires when the allowance is
+//! whole), `gate:{<id>}:budget:<period>:<start>` (hash `spent`, `held`, `h:<request>`: nano-
+//! dollars; expires a day after the period ends) and `gate:{<id>}:holds:<period>:<start>`
+//! (sorted set of request ids by deadline). A hold not settled by its deadline ([`HOLD_TTL`]:
+//! a daemon that died mid-request) is charged in full to the settled spend by the next
+//! admission: the budget is never overrun, at worst a dead daemon's requests count their
+//! maximum.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gate_core::accounting::ratelimit::{self, MINUTE_US};
+use gate_core::accounting::{
+    Budget, BudgetRefusal, Limits, Period, RateRefusal, RateStatus, Tats, Usd,
+};
+use gate_core::resp::Value;
+use gate_rt::store::{Redis, RedisError, Script};
+use gate_rt::Runtime;
+
+/// How long one decision may wait for Redis before the store counts as unavailable.
+pub const DECISION_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a hold lives without being settled before it is charged in full.
+pub const HOLD_TTL: Duration = Duration::from_secs(3600);
+/// Settlements waiting for Redis to come back, at most (beyond: their holds are charged in
+/// full when their deadline passes, as for a dead daemon).
+pub const MAX_PENDING_SETTLES: usize = 10_000;
+/// How long a settlement is retried while Redis is unreachable.
+pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Reserve and rate-limit in one step. KEYS: rate, budget, holds. ARGV: rpm (0: none), tpm
+/// (0: none), tokens, budget limit (-1: none), max cost, request id, hold ttl ms, budget
+/// expiry (Unix s; 0: never), spend to start a new period's key from.
+/// Returns {outcome (0 admitted, 1 budget, 2 rate), spent, held, now µs, requests TAT,
+/// tokens TAT} (the TATs before the decision).
+pub const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
+local function fmt(x) return string.format('%d', x) end
+local rpm = tonumber(ARGV[1])
+local tpm = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+local limit = tonumber(ARGV[4])
+local cost = tonumber(ARGV[5])
+local spent, held = 0, 0
+if limit >= 0 then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    redis.call('HSET', KEYS[2], 'spent', ARGV[9], 'held', '0')
+    if tonumber(ARGV[8]) > 0 then
+      redis.call('EXPIREAT', KEYS[2], ARGV[8])
+    end
+  end
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100)
+  for _, rid in ipairs(expired) do
+    local amount = tonumber(redis.call('HGET', KEYS[2], 'h:' .. rid) or '0')
+    if redis.call('HDEL', KEYS[2], 'h:' .. rid) == 1 then
+      redis.call('HINCRBY', KEYS[2], 'held', fmt(-amount))
+      redis.call('HINCRBY', KEYS[2], 'spent', fmt(amount))
+    end
+    redis.call('ZREM', KEYS[3], rid)
+  end
+  spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+  held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
+  if spent + held + cost > limit then
+    return {1, spent, held, now, 0, 0}
+  end
+end
+local tr, tt = 0, 0
+if rpm > 0 or tpm > 0 then
+  local v = redis.call('HMGET', KEYS[1], 'r', 't')
+  tr = tonumber(v[1] or '0')
+  tt = tonumber(v[2] or '0')
+  local MINUTE = 60000000
+  local function gcra(tat, lim, c)
+    local interval = math.max(math.floor(MINUTE / lim), 1)
+    local new = math.max(tat, now) + interval * c
+    if new <= now + MINUTE or tat <= now then return true, new end
+    return false, new
+  end
+  local okr, nr, okt, nt = true, tr, true, tt
+  if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
+  if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
+  if not (okr and okt) then
+    return {2, spent, held, now, tr, tt}
+  end
+  redis.call('HSET', KEYS[1], 'r', fmt(nr), 't', fmt(nt))
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(nr, nt) - now) / 1000) + 1000))
+end
+if limit >= 0 then
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(cost))
+  redis.call('HSET', KEYS[2], 'h:' .. ARGV[6], fmt(cost))
+  redis.call('ZADD', KEYS[3], fmt(now_ms + tonumber(ARGV[7])), ARGV[6])
+  if tonumber(ARGV[8]) > 0 then
+    redis.call('EXPIREAT', KEYS[3], ARGV[8])
+  end
+  held = held + cost
+end
+return {0, spent, held, now, tr, tt}
+"#;
+
+/// Settle one admitted request. KEYS: rate, budget, holds. ARGV: request id, actual cost,
+/// tpm (0: none), estimated tokens, actual tokens. Returns {settled (1) or already (0),
+/// spent, held}.
+pub const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function fmt(x) return string.format('%d', x) end
+local tpm = tonumber(ARGV[3])
+if tpm > 0 then
+  local tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+  if tat > 0 then
+    local est, act = tonumber(ARGV[4]), tonumber(ARGV[5])
+    local step = math.max(math.floor(60000000 / tpm), 1)
+    local new
+    if act >= est then
+      new = math.max(tat, now) + step * (act - est)
+    else
+      new = math.max(tat - step * (est - act), math.min(now, tat))
+    end
+    redis.call('HSET', KEYS[1], 't', fmt(new))
+    local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+    redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(new, r) - now) / 1000) + 1000))
+  end
+end
+local settled = 0
+local amount = redis.call('HGET', KEYS[2], 'h:' .. ARGV[1])
+if amount then
+  redis.call('HDEL', KEYS[2], 'h:' .. ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(-tonumber(amount)))
+  redis.call('HINCRBY', KEYS[2], 'spent', ARGV[2])
+  settled = 1
+end
+local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
+local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
+return {settled, spent, held}
+"#;
+
+/// One admission asked of the shared store.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedAdmit {
+    pub key_id: String,
+    pub limits: Limits,
+    pub tokens: u64,
+    pub budget: Option<Budget>,
+    pub max_cost: Usd,
+    /// Unix seconds by the daemon's clock (names the budget period).
+    pub now_unix: u64,
+    /// What this daemon knows was spent this period (seeds a period's key Redis lacks).
+    pub local_spent: Usd,
+}
+
+/// Where an admitted request's budget hold lives, for its settlement.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedHold {
+    pub key_id: String,
+    pub request: String,
+    pub period: Period,
+    pub period_start: u64,
+    pub tpm: Option<u64>,
+}
+
+/// The shared store's decision.
+#[derive(Debug)]
+pub(crate) enum SharedDecision {
+    Admitted {
+        status: RateStatus,
+        hold: SharedHold,
+        spent: Usd,
+        held: Usd,
+    },
+    Budget(BudgetRefusal),
+    Rate(RateRefusal),
+}
+
+/// Settling one request in the shared store.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedSettle {
+    pub hold: SharedHold,
+    pub actual: Usd,
+    pub estimated_tokens: u64,
+    pub actual_tokens: u64,
+}
+
+type Decided = Pin<Box<dyn Future<Output = Result<SharedDecision, String>> + Send>>;
+
+/// Rate limits and budget holds kept outside this process.
+pub(crate) trait SharedLimits: Send + Sync {
+    /// Decides one admission; `Err` says why the store could not (it names the store, never
+    /// its password).
+    fn admit(&self, request: SharedAdmit) -> Decided;
+    /// Settles one request in the background (retried while the store is unreachable).
+    fn settle(&self, settle: SharedSettle);
+    /// The key's (spent, held) in the period starting at `period_start`, as this daemon last
+    /// saw them in the store (for listings; `None`: not seen).
+    fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)>;
+}
+
+/// Keys whose last-seen shared spend is kept, at most (beyond: forgotten, listings fall back
+/// to this daemon's own ledger).
+const MAX_SEEN: usize = 10_000;
+
+type Seen = Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Usd, Usd)>>>;
+
+fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
+    let mut map = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= MAX_SEEN && !map.contains_key(key_id) {
+        map.clear();
+    }
+    // Replies of concurrent requests arrive in any order; within a period the settled spend
+    // only grows, so a reply with less spent than already seen is an older one.
+    if let Some((start, seen_spent, _)) = map.get(key_id) {
+        if *start == period_start && spent < *seen_spent {
+            return;
+        }
+    }
+    map.insert(key_id.to_owned(), (period_start, spent, held));
+}
+
+/// [`SharedLimits`] on Redis.
+pub(crate) struct RedisLimits<R: Runtime> {
+    rt: R,
+    redis: Redis<R>,
+    admit: Script,
+    settle: Script,
+    /// Request ids: a per-process random prefix and a counter.
+    prefix: String,
+    next: AtomicU64,
+    pending: Arc<AtomicUsize>,
+    seen: Seen,
+}
+
+fn rate_key(id: &str) -> String {
+    format!("gate:{{{id}}}:rate")
+}
+
+fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
+    (
+        format!("gate:{{{id}}}:budget:{period}:{start}"),
+        format!("gate:{{{id}}}:holds:{period}:{start}"),
+    )
+}
+
+fn int(values: &[Value], i: usize) -> Result<u64, String> {
+    values
+        .get(i)
+        .and_then(Value::as_i64)
+        .map(|v| u64::try_from(v).unwrap_or(0))
+        .ok_or_else(|| format!("the script's reply lacks element {i}"))
+}
+
+impl<R: Runtime> RedisLimits<R> {
+    pub(crate) fn new(rt: R, redis: Redis<R>) -> Self {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            rt,
+            redis,
+            admit: Script::new(ADMIT),
+            settle: Script::new(SETTLE),
+            prefix: format!("{:x}-{:x}", std::process::id(), seed),
+            next: AtomicU64::new(0),
+            pending: Arc::new(AtomicUsize::new(0)),
+            seen: Seen::default(),
+        }
+    }
+
+    async fn decide(
+        redis: Redis<R>,
+        script: Script,
+        request: SharedAdmit,
+        hold: SharedHold,
+    ) -> Result<SharedDecision, RedisError> {
+        let (budget_key, holds_key) = budget_keys(&request.key_id, hold.period, hold.period_start);
+        let rate = rate_key(&request.key_id);
+        let expire = request
+            .budget
+            .and_then(|b| b.period.end(request.now_unix))
+            .map_or(0, |end| end + 86_400);
+        let args = [
+            request.limits.rpm.map_or(0, u64::from).to_string(),
+            request.limits.tpm.unwrap_or(0).to_string(),
+            request.tokens.to_string(),
+            request
+                .budget
+                .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
+            request.max_cost.0.to_string(),
+            hold.request.clone(),
+            HOLD_TTL.as_millis().to_string(),
+            expire.to_string(),
+            request.local_spent.0.to_string(),
+        ];
+        let reply = redis
+            .eval(
+                &script,
+                &[&rate, &budget_key, &holds_key],
+                &args,
+                DECISION_TIMEOUT,
+            )
+            .await?;
+        let bad = |why: String| RedisError::Command {
+            at: redis.url().to_string(),
+            why,
+        };
+        let Value::Array(values) = reply else {
+            return Err(bad(format!("the admission script answered {reply:?}")));
+        };
+        let field = |i| int(&values, i).map_err(bad);
+        let (outcome, spent, held, now) = (field(0)?, field(1)?, field(2)?, field(3)?);
+        let tats = Tats {
+            requests: field(4)?,
+            tokens: field(5)?,
+        };
+        let limits = request.limits;
+        Ok(match outcome {
+            1 => {
+                let budget = request.budget.unwrap_or(Budget {
+                    limit: Usd::ZERO,
+                    period: hold.period,
+                });
+                SharedDecision::Budget(BudgetRefusal {
+                    spent: Usd(spent),
+                    reserved: Usd(held),
+                    limit: budget.limit,
+                    asked: request.max_cost,
+                    period: budget.period,
+                    resets_at: budget.period.end(request.now_unix),
+                })
+            }
+            2 => SharedDecision::Rate(
+                match ratelimit::decide(tats, limits, request.tokens, now, MINUTE_US) {
+                    Err(refusal) => refusal,
+                    // Core and the script disagree (they should not): the script decided.
+                    Ok(_) => RateRefusal {
+                        limited: if limits.rpm.is_some() {
+                            gate_core::accounting::Limited::Requests
+                        } else {
+                            gate_core::accounting::Limited::Tokens
+                        },
+                        retry_after_ns: 1_000_000_000,
+                        status: ratelimit::status_of(tats, limits, now, MINUTE_US),
+                    },
+                },
+            ),
+            _ => {
+                let status = match ratelimit::decide(tats, limits, request.tokens, now, MINUTE_US) {
+                    Ok((_, status)) => status,
+                    Err(_) => ratelimit::status_of(tats, limits, now, MINUTE_US),
+                };
+                SharedDecision::Admitted {
+                    status,
+                    hold,
+                    spent: Usd(spent),
+                    held: Usd(held),
+                }
+            }
+        })
+    }
+
+    async fn settle_once(
+        redis: &Redis<R>,
+        script: &Script,
+        settle: &SharedSettle,
+    ) -> Result<(Usd, Usd), RedisError> {
+        let hold = &settle.hold;
+        let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
+        let rate = rate_key(&hold.key_id);
+        let args = [
+            hold.request.clone(),
+            settle.actual.0.to_string(),
+            hold.tpm.unwrap_or(0).to_string(),
+            settle.estimated_tokens.to_string(),
+            settle.actual_tokens.to_string(),
+        ];
+        let reply = redis
+            .eval(
+                script,
+                &[&rate, &budget_key, &holds_key],
+                &args,
+                DECISION_TIMEOUT,
+            )
+            .await?;
+        match reply {
+            Value::Array(values) => Ok((
+                Usd(int(&values, 1).unwrap_or(0)),
+                Usd(int(&values, 2).unwrap_or(0)),
+            )),
+            other => Err(RedisError::Command {
+                at: redis.url().to_string(),
+                why: format!("the settlement script answered {other:?}"),
+            }),
+        }
+    }
+}
+
+impl<R: Runtime> SharedLimits for RedisLimits<R> {
+    fn admit(&self, request: SharedAdmit) -> Decided {
+        let period = request
+            .budget
+            .map_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD, |b| {
+                b.period
+            });
+        let hold = SharedHold {
+            key_id: request.key_id.clone(),
+            request: format!(
+                "{}-{}",
+                self.prefix,
+                self.next.fetch_add(1, Ordering::Relaxed)
+            ),
+            period,
+            period_start: period.start(request.now_unix),
+            tpm: request.limits.tpm,
+        };
+        let redis = self.redis.clone();
+        let script = self.admit.clone();
+        let seen = self.seen.clone();
+        Box::pin(async move {
+            let key_id = request.key_id.clone();
+            let decision = Self::decide(redis, script, request, hold)
+                .await
+                .map_err(|e| e.to_string())?;
+            if let SharedDecision::Admitted {
+                hold, spent, held, ..
+            } = &decision
+            {
+                see(&seen, &key_id, hold.period_start, *spent, *held);
+            }
+            Ok(decision)
+        })
+    }
+
+    fn settle(&self, settle: SharedSettle) {
+        let redis = self.redis.clone();
+        let script = self.settle.clone();
+        let rt = self.rt.clone();
+        let pending = self.pending.clone();
+        let seen = self.seen.clone();
+        if pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
+            pending.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!(
+                key = %settle.hold.key_id,
+                "too many settlements wait for Redis; this request's hold will be charged in \
+                 full when it expires"
+            );
+            return;
+        }
+        self.rt.spawn(async move {
+            let started = std::time::Instant::now();
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match Self::settle_once(&redis, &script, &settle).await {
+                    Ok((spent, held)) => {
+                        let hold = &settle.hold;
+                        see(&seen, &hold.key_id, hold.period_start, spent, held);
+                        break;
+                    }
+                    Err(RedisError::Command { why, .. }) => {
+                        tracing::warn!(key = %settle.hold.key_id, "settling in Redis failed: {why}");
+                        break;
+                    }
+                    Err(e) if started.elapsed() >= SETTLE_RETRY_FOR => {
+                        tracing::warn!(
+                            key = %settle.hold.key_id,
+                            "{e}; gave up settling after {} s: the hold is charged in full when \
+                             it expires",
+                            SETTLE_RETRY_FOR.as_secs()
+                        );
+                        break;
+                    }
+                    Err(_) => {
+                        rt.sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+            pending.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+
+    fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)> {
+        let map = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key_id)
+            .filter(|(start, _, _)| *start == period_start)
+            .map(|(_, spent, held)| (*spent, *held))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "../../../tests/support/store_servers.rs"]
+mod store_servers;
+
+#[cfg(test)]
+mod tests {
+    //! The scripts against a real `redis-server`: on random sequences of requests, the
+    //! admission script decides exactly as gate-core's limiter and ledger would on the same
+    //! state at the server's time, and stores the state core computes.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::store_servers;
+    use super::*;
+    use gate_rt::store::RedisUrl;
+
+    /// xorshift: a reproducible sequence without a dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    async fn hget<R: Runtime>(redis: &Redis<R>, key: &str, field: &str) -> u64 {
+        let value = redis
+            .command(
+                &[b"HGET".as_slice(), key.as_bytes(), field.as_bytes()],
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        value.as_i64().unwrap_or(0) as u64
+    }
+
+    async fn scripts_agree_with_core<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let admit = Script::new(ADMIT);
+        let settle = Script::new(SETTLE);
+        for seed in 1..=12u64 {
+            let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let key = format!("k{seed}");
+            let limits = Limits {
+                rpm: Some(1 + rng.below(20) as u32),
+                tpm: Some(100 + rng.below(5000)),
+            };
+            let limit = 1 + rng.below(1000);
+            let (rate, (budget_key, holds_key)) =
+                (rate_key(&key), budget_keys(&key, Period::Day, 0));
+            let (mut spent, mut held) = (0u64, 0u64);
+            let mut in_flight: Vec<(String, u64, u64)> = Vec::new();
+            for op in 0..40u64 {
+                if rng.below(3) == 0 && !in_flight.is_empty() {
+                    let (id, amount, tokens) = in_flight.remove(0);
+                    let actual = amount * rng.below(1001) / 1000;
+                    let args = [
+                        id,
+                        actual.to_string(),
+                        limits.tpm.unwrap().to_string(),
+                        tokens.to_string(),
+                        rng.below(3000).to_string(),
+                    ];
+                    redis
+                        .eval(
+                            &settle,
+                            &[&rate, &budget_key, &holds_key],
+                            &args,
+                            DECISION_TIMEOUT,
+                        )
+                        .await
+                        .unwrap();
+                    held -= amount;
+                    spent += actual;
+                } else {
+                    let tokens = rng.below(2000);
+                    let cost = rng.below(400);
+                    let id = format!("r{op}");
+                    let args = [
+                        limits.rpm.unwrap().to_string(),
+                        limits.tpm.unwrap().to_string(),
+                        tokens.to_string(),
+                        limit.to_string(),
+                        cost.to_string(),
+                        id.clone(),
+                        "3600000".to_owned(),
+                        "0".to_owned(),
+                        "0".to_owned(),
+                    ];
+                    let Value::Array(reply) = redis
+                        .eval(
+                            &admit,
+                            &[&rate, &budget_key, &holds_key],
+                            &args,
+                            DECISION_TIMEOUT,
+                        )
+                        .await
+                        .unwrap()
+                    else {
+                        panic!("not an array");
+                    };
+                    let field = |i| int(&reply, i).unwrap();
+                    let (outcome, now) = (field(0), field(3));
+                    let tats = Tats {
+                        requests: field(4),
+                        tokens: field(5),
+                    };
+                    // Spent before, held after the decision.
+                    let held_after = if outcome == 0 { held + cost } else { held };
+                    assert_eq!(
+                        (field(1), field(2)),
+                        (spent, held_after),
+                        "seed {seed} op {op}"
+                    );
+                    if spent + held + cost > limit {
+                        assert_eq!(outcome, 1, "seed {seed} op {op}: budget");
+                        continue;
+                    }
+                    match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
+                        Ok((new, _)) => {
+                            assert_eq!(outcome, 0, "seed {seed} op {op}: core admits");
+                            assert_eq!(hget(&redis, &rate, "r").await, new.requests);
+                            assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
+                            held += cost;
+                            in_flight.push((id, cost, tokens));
+                        }
+                        Err(_) => assert_eq!(outcome, 2, "seed {seed} op {op}: core refuses"),
+                    }
+                }
+                assert_eq!(hget(&redis, &budget_key, "held").await, held);
+                assert_eq!(hget(&redis, &budget_key, "spent").await, spent);
+            }
+        }
+    }
+
+    #[test]
+    fn scripts_agree_with_core_on_tokio() {
+        gate_runtime_tokio::block_on(scripts_agree_with_core).expect("runtime");
+    }
+
+    #[test]
+    fn scripts_agree_with_core_on_smol() {
+        gate_runtime_smol::block_on(scripts_agree_with_core).expect("runtime");
+    }
+}
