@@ -234,6 +234,7 @@ in
       enable = true;
       host = "0.0.0.0";
       environmentFile = "/run/secrets/gate-daemon-store";
+      settings.store.on_unavailable = "closed";
     };
   };
 

@@ -203,6 +203,8 @@ if [ -f "$work/render.json" ]; then
     expect_get "GATE_UPSTREAMS__OPENAI__API_KEY sets upstreams.openai.api_key" "$work/gate-daemon.env" upstreams.openai.api_key '# from env GATE_UPSTREAMS__OPENAI__API_KEY$'
     expect_get "GATE_LETSENCRYPT__EMAIL sets letsencrypt.email" "$work/gate-daemon.env" letsencrypt.email '^"admin@example.com" +# from env GATE_LETSENCRYPT__EMAIL$'
     expect_get "without the environment file auth.jwt.secret is unset" /dev/null auth.jwt.secret 'not set'
+    expect_get "GATE_STORE__URL sets store.url (redacted)" "$work/gate-daemon-store.env" store.url '^"\(set\)" +# from env GATE_STORE__URL$'
+    expect_get "GATE_STORE__REDIS_URL sets store.redis_url (redacted)" "$work/gate-daemon-store.env" store.redis_url '^"\(set\)" +# from env GATE_STORE__REDIS_URL$'
     expect_get "port comes from the Nix layer (the --config file)" /dev/null port "^3000 +# from nix $daemon_toml"
     # Environment > Runtime > Nix: the runtime file lives in the state directory.
     if in_unit_env /dev/null "$gate" config set log_level debug --config "$daemon_toml" --state-dir "$state" >/dev/null 2>&1 &&
