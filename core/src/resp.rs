@@ -98,11 +98,18 @@ pub fn encode_command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
     out
 }
 
-/// Any value, as a RESP3 server would send it (simple strings and errors must not hold CR or
-/// LF; [`Value::Error`] is written as a simple error).
+/// Any value, as a RESP3 server would send it: [`Value::Error`] as a simple error, or as a
+/// blob error (`!len`) when its text holds CR or LF (a blob error is where such a text comes
+/// from; a line would end at its first CRLF). Simple strings must not hold CRLF (a decoded
+/// one never does).
 pub fn encode(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Simple(s) => line(out, b'+', s),
+        Value::Error(s) if s.contains(['\r', '\n']) => {
+            line(out, b'!', &s.len().to_string());
+            out.extend_from_slice(s.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
         Value::Error(s) => line(out, b'-', s),
         Value::Integer(i) => line(out, b':', &i.to_string()),
         Value::Bulk(b) => {
@@ -327,6 +334,21 @@ mod tests {
             }
         }
         Ok(out)
+    }
+
+    /// Found by the fuzz target: a RESP3 blob error whose text holds CRLF was written back as
+    /// a simple error, which ends at the first CRLF; it is written as a blob error again.
+    #[test]
+    fn a_blob_error_with_crlf_encodes_back_to_itself() {
+        let wire: &[u8] = b"!11\r\nERR a\r\n*3 b\r\n";
+        let value = decode_all(&[wire]).unwrap();
+        assert_eq!(value, vec![Value::Error("ERR a\r\n*3 b".to_owned())]);
+        let mut out = Vec::new();
+        encode(&value[0], &mut out);
+        assert_eq!(out, wire);
+        let mut plain = Vec::new();
+        encode(&Value::Error("ERR plain".to_owned()), &mut plain);
+        assert_eq!(plain, b"-ERR plain\r\n");
     }
 
     #[test]
