@@ -456,6 +456,35 @@ impl<R: Runtime> Gateway<R> {
         }
     }
 
+    /// 503 in the client's protocol with `retry-after: retry_secs`: a shared store this key's
+    /// decision needs cannot be reached and `store.on_unavailable` is "closed".
+    #[allow(clippy::too_many_arguments)]
+    fn refuse_store_unavailable(
+        &self,
+        caller: &Caller,
+        label: &str,
+        protocol: WireProtocol,
+        model: &str,
+        started: Instant,
+        message: &str,
+        retry_secs: u32,
+    ) -> Response<Body> {
+        let mut response = self.refuse(
+            caller,
+            label,
+            protocol,
+            model,
+            started,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        );
+        response
+            .headers_mut()
+            .insert(http::header::RETRY_AFTER, HeaderValue::from(retry_secs));
+        response
+    }
+
     /// Answers a policy refusal in the client's protocol and logs its usage record.
     #[allow(clippy::too_many_arguments)]
     fn refuse(
@@ -615,20 +644,9 @@ impl<R: Runtime> Gateway<R> {
                     caller.name,
                     health.shown()
                 );
-                let mut response = self.refuse(
-                    caller,
-                    label,
-                    protocol,
-                    model,
-                    started,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    &message,
-                );
-                response
-                    .headers_mut()
-                    .insert(http::header::RETRY_AFTER, HeaderValue::from(5u32));
-                return Err(response);
+                return Err(self.refuse_store_unavailable(
+                    caller, label, protocol, model, started, &message, 5,
+                ));
             }
         }
         let now = unix_now();
@@ -716,20 +734,9 @@ impl<R: Runtime> Gateway<R> {
                              (the operator can check the store)",
                             caller.name
                         );
-                        let mut response = self.refuse(
-                            caller,
-                            label,
-                            protocol,
-                            model,
-                            started,
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "store_unavailable",
-                            &message,
-                        );
-                        response
-                            .headers_mut()
-                            .insert(http::header::RETRY_AFTER, HeaderValue::from(1u64));
-                        return Err(response);
+                        return Err(self.refuse_store_unavailable(
+                            caller, label, protocol, model, started, &message, 1,
+                        ));
                     }
                     OnUnavailable::Open => {
                         tracing::debug!(
