@@ -9,9 +9,11 @@
 
 pub mod postgres;
 pub mod redis;
+pub mod tls;
 
-pub use postgres::{Migration, PgUrl, Postgres, Schema, StoreError};
+pub use postgres::{Migration, PgUrl, Postgres, Schema, StoreError, TlsMode};
 pub use redis::{Redis, RedisError, RedisUrl, Script};
+pub use tls::{StoreKind, StoreTls, Verify};
 /// Parameter values of [`Postgres::query`] and [`Postgres::execute`].
 pub use tokio_postgres::types::ToSql;
 /// The rows [`Postgres::query`] returns.

@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Row};
 
+use super::tls::{PgTlsConnect, StoreKind, StoreTls, Verify};
 use crate::{ByteStream, Runtime};
 
 /// How long one query may take before the store is judged unavailable.
@@ -66,12 +67,64 @@ pub enum StoreError {
     },
 }
 
+/// TLS to PostgreSQL, with libpq's meanings (`sslmode=` in the URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it (the default); the certificate is checked only when
+    /// `sslrootcert` names the CA (then as `verify-ca`), as libpq does.
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when `sslrootcert` names the CA
+    /// (then as `verify-ca`), as libpq does.
+    Require,
+    /// TLS, the certificate's chain checked against `sslrootcert` or the system's roots.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate must name the host of the URL.
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(value: &str) -> Result<Self, StoreError> {
+        match value {
+            "disable" => Ok(Self::Disable),
+            "prefer" => Ok(Self::Prefer),
+            "require" => Ok(Self::Require),
+            "verify-ca" => Ok(Self::VerifyCa),
+            "verify-full" => Ok(Self::VerifyFull),
+            "allow" => Err(StoreError::Url(
+                "sslmode=allow is not supported; use sslmode=prefer (TLS when the server \
+                 offers it) or disable"
+                    .to_owned(),
+            )),
+            other => Err(StoreError::Url(format!(
+                "sslmode={other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+            ))),
+        }
+    }
+
+    /// Its name in the URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
 /// A parsed `postgres://` URL; `Display` shows it without the password.
 #[derive(Clone)]
 pub struct PgUrl {
     config: Config,
     shown: String,
     password: Option<String>,
+    tls_mode: TlsMode,
+    /// The TLS settings when TLS may be used (not with `disable`, nor over a Unix socket,
+    /// where libpq does not use TLS either).
+    tls: Option<StoreTls>,
 }
 
 impl fmt::Debug for PgUrl {
@@ -88,9 +141,14 @@ impl fmt::Display for PgUrl {
 
 impl PgUrl {
     /// Parses `postgres://user:password@host:port/database?options`. A Unix socket directory
-    /// is given as `host=/run/postgresql` (query parameter) or a percent-encoded path. TLS is
-    /// not supported yet: `sslmode=require` is refused (the default, `prefer`, connects
-    /// without TLS to a server that does not insist).
+    /// is given as `host=/run/postgresql` (query parameter) or a percent-encoded path.
+    ///
+    /// TLS as libpq: `sslmode=disable|prefer|require|verify-ca|verify-full` (default
+    /// `prefer`) and `sslrootcert=PATH` (PEM; the CA certificates to trust) or
+    /// `sslrootcert=system` (the system's roots, which libpq allows only with
+    /// `verify-full`, the default then). Without `sslrootcert`, `verify-ca` and
+    /// `verify-full` trust the system's roots. A root file that cannot be read is an error
+    /// here, not at the first connection.
     pub fn parse(url: &str) -> Result<Self, StoreError> {
         if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
             return Err(StoreError::Url(
@@ -99,7 +157,55 @@ impl PgUrl {
                     .to_owned(),
             ));
         }
-        let config: Config = url.parse().map_err(|e: tokio_postgres::Error| {
+        // tokio-postgres knows sslmode disable, prefer and require only, and no sslrootcert:
+        // those two are taken out here and the rest is its to parse.
+        let (base, query) = match url.split_once('?') {
+            Some((base, query)) => (base, Some(query)),
+            None => (url, None),
+        };
+        let mut kept: Vec<&str> = Vec::new();
+        let mut mode = None;
+        let mut root = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "sslmode" => mode = Some(TlsMode::parse(&super::tls::percent_decode(value))?),
+                "sslrootcert" => {
+                    let value = super::tls::percent_decode(value);
+                    if value.is_empty() {
+                        return Err(StoreError::Url(
+                            "sslrootcert= names no file (sslrootcert=/path/to/ca.pem)".to_owned(),
+                        ));
+                    }
+                    root = Some(value);
+                }
+                "sslcert" | "sslkey" | "sslpassword" => {
+                    return Err(StoreError::Url(format!(
+                        "{key}: client certificates are not supported; log in with a password"
+                    )))
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let system_roots = root.as_deref() == Some("system");
+        let mode = match (mode, system_roots) {
+            (None, true) => TlsMode::VerifyFull,
+            (Some(m), true) if m != TlsMode::VerifyFull => {
+                return Err(StoreError::Url(format!(
+                    "sslrootcert=system needs sslmode=verify-full (not {}), as in libpq: \
+                     trusting every public CA is safe only with the host name checked",
+                    m.as_str()
+                )))
+            }
+            (mode, _) => mode.unwrap_or(TlsMode::Prefer),
+        };
+        kept.push(match mode {
+            TlsMode::Disable => "sslmode=disable",
+            TlsMode::Prefer => "sslmode=prefer",
+            _ => "sslmode=require",
+        });
+        let rebuilt = format!("{base}?{}", kept.join("&"));
+        let mut config: Config = rebuilt.parse().map_err(|e: tokio_postgres::Error| {
             // The parser's messages name options and positions, not values; scrub anyway.
             StoreError::Url(format!(
                 "not a valid PostgreSQL URL ({}); check the percent-encoding of the user and \
@@ -107,13 +213,26 @@ impl PgUrl {
                 describe(&e)
             ))
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(StoreError::Url(
-                "sslmode=require: TLS to PostgreSQL is not supported yet; reach the server \
-                 over a private network or a Unix socket, with sslmode=disable or prefer"
-                    .to_owned(),
-            ));
-        }
+        let root_file = root.filter(|_| !system_roots).map(PathBuf::from);
+        let verify = match mode {
+            TlsMode::VerifyFull => Verify::Full,
+            TlsMode::VerifyCa => Verify::Chain,
+            // libpq: with a root certificate, prefer and require check the chain too.
+            _ if root_file.is_some() => Verify::Chain,
+            _ => Verify::Nothing,
+        };
+        let tls = match config.get_hosts().first() {
+            Some(Host::Tcp(host)) if mode != TlsMode::Disable => Some(
+                StoreTls::new(StoreKind::Postgres, host, verify, root_file.as_deref())
+                    .map_err(|e| StoreError::Url(format!("TLS (sslmode={}): {e}", mode.as_str())))?,
+            ),
+            Some(Host::Unix(_)) => {
+                // libpq does not use TLS on Unix sockets; neither do we.
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+            _ => None,
+        };
         if config.get_hosts().is_empty() {
             return Err(StoreError::Url("the URL names no host".to_owned()));
         }
@@ -134,6 +253,8 @@ impl PgUrl {
             config,
             shown,
             password,
+            tls_mode: mode,
+            tls,
         };
         parsed.shown = parsed.scrub(&parsed.shown.clone());
         Ok(parsed)
@@ -145,6 +266,11 @@ impl PgUrl {
             Some(password) => text.replace(password.as_str(), "(redacted)"),
             None => text.to_owned(),
         }
+    }
+
+    /// The `sslmode` in force (`prefer` when the URL names none).
+    pub fn tls_mode(&self) -> TlsMode {
+        self.tls_mode
     }
 
     fn port(&self) -> u16 {
@@ -460,9 +586,19 @@ impl<R: Runtime> Postgres<R> {
         let (mut client, connection) = inner
             .url
             .config
-            .connect_raw(stream, NoTls)
+            .connect_raw(stream, PgTlsConnect(inner.url.tls.clone()))
             .await
-            .map_err(|e| self.unavailable(describe(&e)))?;
+            .map_err(|e| {
+                let mut why = describe(&e);
+                if why.contains("server does not support TLS") {
+                    why.push_str(&format!(
+                        " (sslmode={}); turn TLS on in the server (ssl = on, ssl_cert_file, \
+                         ssl_key_file in postgresql.conf) or use sslmode=prefer",
+                        inner.url.tls_mode.as_str()
+                    ));
+                }
+                self.unavailable(why)
+            })?;
         let component = inner.schema.component;
         let url = inner.url.clone();
         inner.rt.spawn(async move {
@@ -641,9 +777,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
-        let err = PgUrl::parse("postgres://u:p@h/db?sslmode=require")
+        let err = PgUrl::parse("postgres://u:p@h/db?sslmode=verify-everything")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("sslmode=require"), "{err}");
+        assert!(err.contains("verify-full"), "{err}");
+        let err = PgUrl::parse("postgres://u:p@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/ca.pem") && !err.contains(":p@"), "{err}");
+        let err = PgUrl::parse("postgres://u:p@h/db?sslmode=require&sslrootcert=system")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("verify-full"), "{err}");
+    }
+
+    #[test]
+    fn ssl_modes_as_libpq() {
+        let mode = |url: &str| PgUrl::parse(url).unwrap();
+        let url = mode("postgres://u:p@h/db");
+        assert_eq!(url.tls_mode(), TlsMode::Prefer);
+        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Nothing));
+        let url = mode("postgres://u:p@h/db?sslmode=disable");
+        assert!(url.tls.is_none());
+        let url = mode("postgres://u:p@h/db?sslmode=require");
+        assert_eq!(url.config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Nothing));
+        let url = mode("postgres://u:p@h/db?connect_timeout=3&sslmode=verify-ca");
+        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Chain));
+        assert_eq!(url.connect_timeout(), Duration::from_secs(3));
+        let url = mode("postgres://u:p@h/db?sslrootcert=system");
+        assert_eq!(url.tls_mode(), TlsMode::VerifyFull);
+        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Full));
+        // No TLS over a Unix socket, whatever the mode (libpq's rule).
+        let url = mode("postgres://u@%2Frun%2Fpostgresql/db?sslmode=verify-full");
+        assert!(url.tls.is_none());
+        assert_eq!(url.config.get_ssl_mode(), SslMode::Disable);
     }
 }
