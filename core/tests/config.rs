@@ -1453,9 +1453,9 @@ fn daemon_redis_url_is_a_secret_and_on_unavailable_defaults_to_closed() {
         e.contains("store.on_unavailable") && e.contains("closed or open"),
         "{e}"
     );
-    // TLS is not supported yet, and a bad URL is named by key, never shown.
+    // A bad URL is named by key, never shown.
     for bad in [
-        "rediss://:Rd-0123456789@cache:6380",
+        "redisss://:Rd-0123456789@cache:6380",
         "http://:Rd-0123456789@cache",
         "redis://:Rd-0123456789@",
     ] {
@@ -1466,11 +1466,15 @@ fn daemon_redis_url_is_a_secret_and_on_unavailable_defaults_to_closed() {
         );
         assert!(!e.contains("Rd-0123456789"), "{e}");
     }
-    let e = daemon_err(&sources(
+    // TLS (rediss://) is accepted.
+    let tls = load_daemon(&sources(
         &[],
         "",
-        &[("GATE_STORE__REDIS_URL", "rediss://cache:6380")],
+        &[("GATE_STORE__REDIS_URL", "rediss://:Rd-0123456789@cache:6380")],
     ))
-    .to_string();
-    assert!(e.contains("not supported yet"), "{e}");
+    .unwrap();
+    assert_eq!(
+        tls.config.store.redis_url.as_ref().map(|s| s.expose()),
+        Some("rediss://:Rd-0123456789@cache:6380")
+    );
 }

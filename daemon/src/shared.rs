@@ -538,7 +538,7 @@ impl<R: Runtime> SharedStore<R> {
     }
 
     /// Every key's settled spend by period: key -> (today, this week, this month, total).
-    async fn spend(&self, now_unix: u64) -> Result<HashMap<String, [Usd; 4]>, StoreError> {
+    pub(crate) async fn spend(&self, now_unix: u64) -> Result<HashMap<String, [Usd; 4]>, StoreError> {
         let day = |p: Period| i32::try_from(p.start(now_unix) / 86_400).unwrap_or(i32::MAX);
         let (d, w, m) = (day(Period::Day), day(Period::Week), day(Period::Month));
         let rows = self.pg.query(SPEND_SQL, &[&d, &w, &m]).await?;

@@ -388,7 +388,7 @@ fn check_config_hides_the_store_password() {
     for bad in [
         "mysql://relay:Hunter2-secret@db/claims",
         "postgres://relay:Hunter2-secret@db.internal:notaport/claims",
-        "postgres://relay:Hunter2-secret@db.internal/claims?sslmode=require",
+        "postgres://relay:Hunter2-secret@db.internal/claims?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
     ] {
         let out = run(bad);
         let stderr = String::from_utf8_lossy(&out.stderr);

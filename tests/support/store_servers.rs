@@ -11,6 +11,12 @@
 //! temporary directory, TCP to a free port on 127.0.0.1, logins over TCP need the password
 //! (SCRAM). One cluster serves a whole test; [`PgServer::create_database`] gives each part of
 //! it a database of its own. Servers are tuned for tests (no fsync).
+//!
+//! TLS: [`PgServer::start_tls`] and [`RedisServer::start_tls`] take a certificate and key in
+//! PEM (the tests make them with rcgen, so this file needs no crate of its own) and serve
+//! TLS: PostgreSQL with `ssl=on` (plain connections still allowed, as a server with TLS
+//! turned on does by default), Redis on its TLS port only (`--port 0`, no client
+//! certificates).
 
 #![allow(dead_code)]
 
@@ -68,6 +74,15 @@ pub fn pg_bin_dir() -> Result<PathBuf, String> {
     })
 }
 
+/// A server certificate and its key, in PEM.
+#[derive(Clone, Debug)]
+pub struct TlsPem {
+    /// The certificate (chain), PEM.
+    pub cert: String,
+    /// Its private key, PEM.
+    pub key: String,
+}
+
 /// A PostgreSQL cluster of a test; stopped (by PID if `pg_ctl` cannot) when dropped.
 pub struct PgServer {
     dir: tempfile::TempDir,
@@ -77,12 +92,24 @@ pub struct PgServer {
     port: u16,
     as_postgres: bool,
     running: bool,
+    /// `-c ssl=on ...` when started with TLS.
+    tls_options: String,
 }
 
 impl PgServer {
     /// `initdb` and start a cluster on a free port (tried on three ports when one is taken
     /// meanwhile).
     pub fn start() -> Result<Self, String> {
+        Self::start_with(None)
+    }
+
+    /// As [`Self::start`], serving TLS with `pem` (`ssl=on`, `ssl_cert_file`,
+    /// `ssl_key_file`; the key file owned by the server's user, mode 0600, as it insists).
+    pub fn start_tls(pem: &TlsPem) -> Result<Self, String> {
+        Self::start_with(Some(pem))
+    }
+
+    fn start_with(tls: Option<&TlsPem>) -> Result<Self, String> {
         let bin = pg_bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("gate-pg-")
@@ -95,6 +122,21 @@ impl PgServer {
         std::fs::create_dir(&data).map_err(|e| format!("{}: {e}", data.display()))?;
         let pwfile = run.join("pwfile");
         std::fs::write(&pwfile, PG_PASSWORD).map_err(|e| format!("pwfile: {e}"))?;
+        let mut tls_options = String::new();
+        if let Some(pem) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            let cert = run.join("server.crt");
+            let key = run.join("server.key");
+            std::fs::write(&cert, &pem.cert).map_err(|e| format!("server.crt: {e}"))?;
+            std::fs::write(&key, &pem.key).map_err(|e| format!("server.key: {e}"))?;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod server.key: {e}"))?;
+            tls_options = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                cert.display(),
+                key.display()
+            );
+        }
         if as_postgres {
             use std::os::unix::fs::PermissionsExt;
             // The postgres user must reach its directories inside root's temporary one.
@@ -118,6 +160,7 @@ impl PgServer {
             port: 0,
             as_postgres,
             running: false,
+            tls_options,
         };
         let initdb = server.pg_command("initdb", |cmd| {
             cmd.arg("-D")
@@ -158,9 +201,10 @@ impl PgServer {
     fn pg_ctl_start(&mut self) -> Result<(), String> {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c synchronous_commit=off -c max_connections=50",
+             -c synchronous_commit=off -c max_connections=50{}",
             self.port,
-            self.run.display()
+            self.run.display(),
+            self.tls_options
         );
         let log = self.run.join("postgres.log");
         let out = self.pg_command("pg_ctl", |cmd| {
@@ -303,6 +347,8 @@ pub struct RedisServer {
     _dir: tempfile::TempDir,
     child: Child,
     port: u16,
+    /// Serving TLS only (on `port`), with these files in the temp dir.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -314,19 +360,63 @@ impl RedisServer {
             .tempdir()
             .map_err(|e| format!("temp dir: {e}"))?;
         let port = free_port()?;
-        let child = Self::spawn(dir.path(), port)?;
+        let child = Self::spawn(dir.path(), port, false)?;
         let mut server = Self {
             _dir: dir,
             child,
             port,
+            tls: false,
         };
         server.wait_ready()?;
         Ok(server)
     }
 
-    fn spawn(dir: &std::path::Path, port: u16) -> Result<Child, String> {
-        Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+    /// Starts `redis-server` serving TLS only (`--tls-port` on a free port, `--port 0`) with
+    /// `pem`, trusting `ca_pem` (`--tls-ca-cert-file`; clients need no certificate:
+    /// `--tls-auth-clients no`), with `requirepass` when `password` is given; waits (at most
+    /// 10 s) until `redis-cli --tls` gets `PONG`.
+    pub fn start_tls(pem: &TlsPem, ca_pem: &str, password: Option<&str>) -> Result<Self, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("gate-redis-tls-")
+            .tempdir()
+            .map_err(|e| format!("temp dir: {e}"))?;
+        for (name, text) in [
+            ("server.crt", pem.cert.as_str()),
+            ("server.key", pem.key.as_str()),
+            ("ca.crt", ca_pem),
+            ("password", password.unwrap_or("")),
+        ] {
+            std::fs::write(dir.path().join(name), text).map_err(|e| format!("{name}: {e}"))?;
+        }
+        let port = free_port()?;
+        let child = Self::spawn(dir.path(), port, true)?;
+        let mut server = Self {
+            _dir: dir,
+            child,
+            port,
+            tls: true,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16, tls: bool) -> Result<Child, String> {
+        let mut cmd = Command::new("redis-server");
+        if tls {
+            let file = |name: &str| dir.join(name).display().to_string();
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cert-file", &file("server.crt")])
+                .args(["--tls-key-file", &file("server.key")])
+                .args(["--tls-ca-cert-file", &file("ca.crt")])
+                .args(["--tls-auth-clients", "no"]);
+            let password = std::fs::read_to_string(dir.join("password")).unwrap_or_default();
+            if !password.is_empty() {
+                cmd.args(["--requirepass", &password]);
+            }
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args([
                 "--save",
                 "",
@@ -371,7 +461,7 @@ impl RedisServer {
     /// Starts it again on the same port (empty: no persistence) and waits until it answers.
     pub fn restart(&mut self) -> Result<(), String> {
         self.stop();
-        self.child = Self::spawn(self._dir.path(), self.port)?;
+        self.child = Self::spawn(self._dir.path(), self.port, self.tls)?;
         self.wait_ready()
     }
 
@@ -385,8 +475,30 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Sends one inline command; returns the first line of the answer.
+    /// Sends one inline command; returns the first line of the answer (through `redis-cli
+    /// --tls` on a TLS server, where the answer is its text, `PONG` given as `+PONG`).
     pub fn command(&self, command: &str) -> Result<String, String> {
+        if self.tls {
+            let dir = self._dir.path();
+            let password = std::fs::read_to_string(dir.join("password")).unwrap_or_default();
+            let mut cli = Command::new("redis-cli");
+            cli.args(["--tls", "--cacert"])
+                .arg(dir.join("ca.crt"))
+                .args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+            if !password.is_empty() {
+                cli.env("REDISCLI_AUTH", password);
+            }
+            let out = cli
+                .args(command.split_whitespace())
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("redis-cli: {e}"))?;
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+            if !out.status.success() || text.contains("Could not connect") {
+                return Err(format!("redis-cli: {text}{}", output_text(&out)));
+            }
+            return Ok(if text == "PONG" { "+PONG".to_owned() } else { text });
+        }
         let mut stream = TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], self.port)),
             Duration::from_secs(2),

@@ -156,8 +156,8 @@ pub enum StrCheck {
     /// A PostgreSQL URL: `postgres://` or `postgresql://` with a host (a secret: it may hold
     /// a password).
     PostgresUrl,
-    /// A Redis URL: `redis://` with a host (a secret: it may hold a password); `rediss://`
-    /// is refused as not supported yet.
+    /// A Redis URL: `redis://` or `rediss://` (TLS) with a host (a secret: it may hold a
+    /// password).
     RedisUrl,
     /// What a daemon does when a shared store is unreachable: `closed` or `open`.
     OnUnavailable,
@@ -222,8 +222,7 @@ impl StrCheck {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/database"
             }
             StrCheck::RedisUrl => {
-                "a Redis URL such as redis://:password@host:6379/0 (rediss://, Redis over TLS, \
-                 is not supported yet)"
+                "a Redis URL such as redis://:password@host:6379/0 (rediss:// for TLS)"
             }
             StrCheck::OnUnavailable => "closed or open",
             StrCheck::ChatParam => {
@@ -441,7 +440,10 @@ pub fn is_secret_key(name: &str) -> bool {
 /// Whether `s` looks like a Redis URL: `redis://`, then a host (after any
 /// `user:password@`). The full parse is the client's (`gate_rt::store::redis`).
 pub fn is_redis_url(s: &str) -> bool {
-    let Some(rest) = s.strip_prefix("redis://") else {
+    let Some(rest) = s
+        .strip_prefix("redis://")
+        .or_else(|| s.strip_prefix("rediss://"))
+    else {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -41,11 +41,38 @@ pub(crate) fn daemon(source: &ConfigArgs) -> Result<Option<AdminClient>> {
     Ok(client)
 }
 
-pub(crate) fn no_config(state_dir: &Option<std::path::PathBuf>) -> ConfigArgs {
-    ConfigArgs {
-        config: Vec::new(),
-        state_dir: state_dir.clone(),
-    }
+/// `[store] url` as the configuration read without a daemon gives it (`GATE_STORE__URL`,
+/// the state directory's runtime file), if set: then the keys and the usage log are in
+/// PostgreSQL, not in the state directory's files, which the daemons ignore.
+pub(crate) fn shared_store_url(dir: &std::path::Path) -> Result<Option<String>> {
+    let loaded = settings::load(&[], dir)?;
+    Ok(loaded.config.store.url.map(|url| url.expose().to_owned()))
+}
+
+/// Runs `work` on the shared store of `url` (connected and migrated as a daemon would),
+/// on a runtime of the command's own; the error names the store, never the password.
+pub(crate) fn with_shared_store<T, F, Fut>(url: &str, work: F) -> Result<T>
+where
+    F: FnOnce(std::sync::Arc<crate::shared::SharedStore<gate_runtime_tokio::TokioRuntime>>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let url = url.to_owned();
+    gate_runtime_tokio::block_on(|rt| async move {
+        let store = crate::shared::SharedStore::connect(
+            rt,
+            &url,
+            gate_core::config::OnUnavailable::Closed,
+            "cli".to_owned(),
+        )
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "no daemon answers, and the shared store of [store] url cannot be reached: {e}"
+            )
+        })?;
+        work(store).await
+    })
+    .context("starting the runtime")?
 }
 
 /// `gate check-config`.

@@ -5,7 +5,8 @@ use std::str::FromStr;
 use anyhow::{Context, Result};
 use gate_core::accounting::{KeyPolicy, ModelPatterns, Period, Usd};
 
-use super::{daemon, no_config, utc_date};
+use super::{shared_store_url, utc_date, with_shared_store};
+use crate::admin::client::AdminClient;
 use crate::admin::types::{CreatedToken, Done, TokenEdit};
 use crate::auth::{TokenRecord, TokenStore};
 use crate::cli::{PolicyArgs, TokenCommand};
@@ -89,6 +90,72 @@ fn from_daemon(dir: &std::path::Path) -> Result<Option<(Vec<TokenRecord>, UsageF
         })
         .collect();
     Ok(Some((records, facts)))
+}
+
+/// Where a key command acts.
+enum Target {
+    /// The running daemon's admin API (the change is live).
+    Daemon(AdminClient),
+    /// No daemon, and `[store] url` is set: PostgreSQL, where every daemon reads its keys.
+    Shared(String),
+    /// No daemon, no shared store: the state directory's files.
+    Files(std::path::PathBuf),
+}
+
+/// The running daemon, else the shared store, else the files (announced on stderr).
+fn target(state_dir: Option<&std::path::Path>) -> Result<Target> {
+    let dir = state::resolve_state_dir(state_dir)?;
+    let socket = crate::admin::socket::socket_path(&dir);
+    if let Some(client) = AdminClient::discover(&dir) {
+        eprintln!(
+            "(via the running daemon on {}; the change is live)",
+            client.socket().display()
+        );
+        return Ok(Target::Daemon(client));
+    }
+    if let Some(url) = shared_store_url(&dir)? {
+        let shown = gate_rt::store::PgUrl::parse(&url)
+            .map(|u| u.to_string())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        eprintln!(
+            "(no daemon answers on {}; acting on the shared store {shown} of [store] url, \
+             which every daemon reads within a second)",
+            socket.display()
+        );
+        return Ok(Target::Shared(url));
+    }
+    eprintln!(
+        "(no daemon answers on {}; editing the files in {})",
+        socket.display(),
+        dir.display()
+    );
+    Ok(Target::Files(dir))
+}
+
+/// The keys and their facts in the shared store (what a daemon on it would list).
+fn from_shared(url: &str) -> Result<(Vec<TokenRecord>, UsageFacts)> {
+    with_shared_store(url, |store| async move {
+        let records = store.load_keys().await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let spend = store.spend(now).await?;
+        let last_used_ms = store.last_used().await?;
+        let spent = records
+            .iter()
+            .map(|t| {
+                let sums = spend.get(&t.id).copied().unwrap_or([Usd::ZERO; 4]);
+                (t.id.clone(), crate::shared::spend_in(&sums, key_period(t)))
+            })
+            .collect();
+        Ok((
+            records,
+            UsageFacts {
+                spent,
+                last_used_ms,
+            },
+        ))
+    })
 }
 
 /// `none` (or `off`) as "remove the limit", anything else through `parse`.
@@ -228,13 +295,24 @@ pub fn token(command: TokenCommand) -> Result<()> {
             let body = token_edit(Some(name), expires, policy)?;
             // Checked before anything is sent or written.
             let edit = body.to_key_edit().map_err(|e| anyhow::anyhow!("{e}"))?;
-            if let Some(client) = daemon(&no_config(&state_dir))? {
-                let created: CreatedToken = client.call_typed("POST", "tokens", Some(&body))?;
-                println!("{}", created.token);
-                announce_created(&created.id, &created.name, created.expires_at);
-                return Ok(());
-            }
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
+            let dir = match target(state_dir.as_deref())? {
+                Target::Daemon(client) => {
+                    let created: CreatedToken =
+                        client.call_typed("POST", "tokens", Some(&body))?;
+                    println!("{}", created.token);
+                    announce_created(&created.id, &created.name, created.expires_at);
+                    return Ok(());
+                }
+                Target::Shared(url) => {
+                    let (record, token) = with_shared_store(&url, |store| async move {
+                        Ok(store.create_key(&edit).await?)
+                    })?;
+                    println!("{token}");
+                    announce_created(&record.id, &record.name, record.expires_at);
+                    return Ok(());
+                }
+                Target::Files(dir) => dir,
+            };
             state::ensure_dir(&dir)?;
             let mut store = TokenStore::load(&dir)?;
             let (record, token) = store.create_with(&edit)?;
@@ -257,19 +335,33 @@ pub fn token(command: TokenCommand) -> Result<()> {
                      --tpm, --budget, --period, --owner (see `gate token update --help`)"
                 );
             }
-            if let Some(client) = daemon(&no_config(&state_dir))? {
-                let _: Done = client.call_typed("PATCH", &format!("tokens/{id}"), Some(&body))?;
-            } else {
-                let dir = state::resolve_state_dir(state_dir.as_deref())?;
-                let mut store = TokenStore::load(&dir)?;
-                if store.update(&id, &edit)?.is_none() {
-                    anyhow::bail!("no API key has id {id} (see `gate token list`)");
+            let records = match target(state_dir.as_deref())? {
+                Target::Daemon(client) => {
+                    let _: Done =
+                        client.call_typed("PATCH", &format!("tokens/{id}"), Some(&body))?;
+                    let dir = state::resolve_state_dir(state_dir.as_deref())?;
+                    match from_daemon(&dir)? {
+                        Some((records, _)) => records,
+                        None => TokenStore::load(&dir)?.list(),
+                    }
                 }
-            }
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            let records = match from_daemon(&dir)? {
-                Some((records, _)) => records,
-                None => TokenStore::load(&dir)?.list(),
+                Target::Shared(url) => {
+                    let key_id = id.clone();
+                    let updated = with_shared_store(&url, |store| async move {
+                        Ok(store.update_key(&key_id, &edit).await?)
+                    })?;
+                    match updated {
+                        Some(record) => vec![record],
+                        None => anyhow::bail!("no API key has id {id} (see `gate token list`)"),
+                    }
+                }
+                Target::Files(dir) => {
+                    let mut store = TokenStore::load(&dir)?;
+                    if store.update(&id, &edit)?.is_none() {
+                        anyhow::bail!("no API key has id {id} (see `gate token list`)");
+                    }
+                    TokenStore::load(&dir)?.list()
+                }
             };
             let record = records
                 .into_iter()
@@ -287,20 +379,31 @@ pub fn token(command: TokenCommand) -> Result<()> {
             if let Some((tokens, facts)) = from_daemon(&dir)? {
                 return print_list(&tokens, &facts, json);
             }
+            if let Some(url) = shared_store_url(&dir)? {
+                let (tokens, facts) = from_shared(&url)?;
+                return print_list(&tokens, &facts, json);
+            }
             let store = TokenStore::load(&dir)?;
             let tokens = store.list();
             let facts = usage_facts(&dir, &tokens)?;
             print_list(&tokens, &facts, json)
         }
         TokenCommand::Revoke { id, state_dir } => {
-            if let Some(client) = daemon(&no_config(&state_dir))? {
-                let _: Done = client.call_typed("DELETE", &format!("tokens/{id}"), None::<&()>)?;
-                eprintln!("revoked API key {id}");
-                return Ok(());
-            }
-            let dir = state::resolve_state_dir(state_dir.as_deref())?;
-            let mut store = TokenStore::load(&dir)?;
-            if store.revoke(&id)? {
+            let revoked = match target(state_dir.as_deref())? {
+                Target::Daemon(client) => {
+                    let _: Done =
+                        client.call_typed("DELETE", &format!("tokens/{id}"), None::<&()>)?;
+                    true
+                }
+                Target::Shared(url) => {
+                    let id = id.clone();
+                    with_shared_store(&url, |store| async move {
+                        Ok(store.revoke_key(&id).await?)
+                    })?
+                }
+                Target::Files(dir) => TokenStore::load(&dir)?.revoke(&id)?,
+            };
+            if revoked {
                 eprintln!("revoked API key {id}");
                 Ok(())
             } else {

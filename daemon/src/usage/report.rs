@@ -106,11 +106,42 @@ pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> an
                 .context("asking the running daemon for the usage log")?;
             (summary, "the running daemon".to_owned())
         }
-        None => (
-            summary(state_dir, since_ms, by)
-                .with_context(|| format!("reading the usage log in {}", state_dir.display()))?,
-            UsageDb::path_in(state_dir).display().to_string(),
-        ),
+        // No daemon, and `[store] url`: the shared log every daemon writes, not the local
+        // file the daemons do not use then.
+        None => match crate::commands::shared_store_url(state_dir)? {
+            Some(url) => {
+                let shown = gate_rt::store::PgUrl::parse(&url)
+                    .map(|u| u.to_string())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let summary = crate::commands::with_shared_store(&url, |store| async move {
+                    let mut rows = store.summary(since_ms, by).await?;
+                    if by == GroupBy::Key {
+                        let names: std::collections::BTreeMap<String, String> = store
+                            .load_keys()
+                            .await?
+                            .into_iter()
+                            .map(|t| (t.id, t.name))
+                            .collect();
+                        for row in &mut rows {
+                            row.name = row.group.as_ref().and_then(|id| names.get(id).cloned());
+                        }
+                    }
+                    Ok(UsageSummary {
+                        since_ms,
+                        by: by.as_str().to_owned(),
+                        total: total(&rows),
+                        rows,
+                    })
+                })?;
+                (summary, format!("the shared store {shown}"))
+            }
+            None => (
+                summary(state_dir, since_ms, by).with_context(|| {
+                    format!("reading the usage log in {}", state_dir.display())
+                })?,
+                UsageDb::path_in(state_dir).display().to_string(),
+            ),
+        },
     };
     let text = match format {
         Format::Table => super::render::table(&summary, &source),

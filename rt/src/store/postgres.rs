@@ -26,7 +26,7 @@ use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Row};
 
-use super::tls::{PgTlsConnect, StoreKind, StoreTls, Verify};
+use super::tls::{PgStream, PgTlsConnect, StoreKind, StoreTls, Verify};
 use crate::{ByteStream, Runtime};
 
 /// How long one query may take before the store is judged unavailable.
@@ -586,7 +586,7 @@ impl<R: Runtime> Postgres<R> {
         let (mut client, connection) = inner
             .url
             .config
-            .connect_raw(stream, PgTlsConnect(inner.url.tls.clone()))
+            .connect_raw(PgStream(stream), PgTlsConnect(inner.url.tls.clone()))
             .await
             .map_err(|e| {
                 let mut why = describe(&e);

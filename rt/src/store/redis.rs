@@ -17,6 +17,9 @@
 //! outage costs callers no waiting; the next command after it tries again (recovery without a
 //! restart).
 //!
+//! TLS (`rediss://`): the stream is wrapped by [`super::tls::StoreTls`] (rustls; the host
+//! name always verified; roots from `?ca=PATH` or the system's) before `AUTH`.
+//!
 //! Secrets: the URL's password is sent only in `AUTH`. [`RedisUrl`]'s `Display`, its `Debug`
 //! and every [`RedisError`] show `redis://user@host:port/db`, never the password; server
 //! texts are scrubbed of it too.
@@ -29,6 +32,7 @@ use std::time::{Duration, Instant};
 use gate_core::resp::{encode_command, Decoder, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::tls::{StoreKind, StoreTls, Verify};
 use crate::{ByteStream, Runtime};
 
 /// How long one command may take by default (callers on the request path pass less).
@@ -75,6 +79,8 @@ pub struct RedisUrl {
     username: Option<String>,
     password: Option<String>,
     shown: String,
+    /// `rediss://`: TLS, the host name verified (roots: `?ca=PATH` or the system's).
+    tls: Option<StoreTls>,
 }
 
 impl fmt::Debug for RedisUrl {
@@ -118,20 +124,21 @@ fn percent_decode(s: &str) -> Result<String, RedisError> {
 }
 
 impl RedisUrl {
-    /// Parses `redis://[[user]:password@]host[:port][/db]` (Valkey takes the same). TLS
-    /// (`rediss://`) is not supported yet and is refused with a message saying so.
+    /// Parses `redis://[[user]:password@]host[:port][/db]` (Valkey takes the same), or
+    /// `rediss://...` for TLS: the server's certificate is checked against the system's roots,
+    /// or the CA certificates (PEM) of `?ca=PATH`, and must name the host. A CA file that
+    /// cannot be read is an error here.
     pub fn parse(url: &str) -> Result<Self, RedisError> {
-        if url.starts_with("rediss://") {
-            return Err(RedisError::Url(
-                "rediss:// (Redis over TLS) is not supported yet; reach Redis over a private \
-                 network or loopback with redis://"
-                    .to_owned(),
-            ));
-        }
-        let Some(rest) = url.strip_prefix("redis://") else {
-            return Err(RedisError::Url(
-                "expected a URL starting with redis:// (redis://:password@host:6379/0)".to_owned(),
-            ));
+        let (rest, scheme) = match (url.strip_prefix("rediss://"), url.strip_prefix("redis://")) {
+            (Some(rest), _) => (rest, "rediss"),
+            (None, Some(rest)) => (rest, "redis"),
+            (None, None) => {
+                return Err(RedisError::Url(
+                    "expected a URL starting with redis:// or rediss:// (TLS) \
+                     (redis://:password@host:6379/0)"
+                        .to_owned(),
+                ))
+            }
         };
         let (authority, path) = match rest.find(['/', '?', '#']) {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -179,6 +186,30 @@ impl RedisUrl {
             .split(['?', '#'])
             .next()
             .unwrap_or("");
+        let query = path
+            .split_once('?')
+            .map(|(_, q)| q.split('#').next().unwrap_or(""))
+            .unwrap_or("");
+        let mut ca = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("ca", value)) if !value.is_empty() => {
+                    ca = Some(std::path::PathBuf::from(super::tls::percent_decode(value)));
+                }
+                _ => {
+                    let key = pair.split('=').next().unwrap_or("");
+                    return Err(RedisError::Url(format!(
+                        "unknown option {key:?} after the ? (the one option is ca=PATH, the CA \
+                         certificates of a rediss:// server)"
+                    )));
+                }
+            }
+        }
+        if ca.is_some() && scheme == "redis" {
+            return Err(RedisError::Url(
+                "ca= is for TLS: use rediss:// with it".to_owned(),
+            ));
+        }
         let db = if db_text.is_empty() {
             0
         } else {
@@ -197,6 +228,14 @@ impl RedisUrl {
         } else {
             host.clone()
         };
+        let tls = if scheme == "rediss" {
+            Some(
+                StoreTls::new(StoreKind::Redis, &host, Verify::Full, ca.as_deref())
+                    .map_err(|e| RedisError::Url(format!("TLS (rediss://): {e}")))?,
+            )
+        } else {
+            None
+        };
         let mut parsed = Self {
             host,
             port,
@@ -204,8 +243,10 @@ impl RedisUrl {
             username,
             password,
             shown: String::new(),
+            tls,
         };
-        parsed.shown = parsed.scrub(&format!("redis://{user_shown}{host_shown}:{port}/{db}"));
+        parsed.shown =
+            parsed.scrub(&format!("{scheme}://{user_shown}{host_shown}:{port}/{db}"));
         Ok(parsed)
     }
 
@@ -482,7 +523,9 @@ impl<R: Runtime> Redis<R> {
         }
     }
 
-    async fn open(&self) -> Result<Conn, RedisError> {
+    /// The connected stream: TCP, with TLS over it for `rediss://` (the handshake's error
+    /// says what to fix). Everything after (`AUTH`, `SELECT`) goes over what this returns.
+    async fn open_stream(&self) -> Result<Box<dyn ByteStream>, RedisError> {
         let url = &self.inner.url;
         let addrs: Vec<SocketAddr> = match url.host.parse::<std::net::IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, url.port)],
@@ -509,8 +552,19 @@ impl<R: Runtime> Redis<R> {
                 self.unavailable(&last.unwrap_or_else(|| format!("{} has no address", url.host)))
             );
         };
+        match &url.tls {
+            Some(tls) => match tls.handshake(Box::new(stream)).await {
+                Ok(stream) => Ok(Box::new(stream)),
+                Err(why) => Err(self.unavailable(&why)),
+            },
+            None => Ok(Box::new(stream)),
+        }
+    }
+
+    async fn open(&self) -> Result<Conn, RedisError> {
+        let url = &self.inner.url;
         let mut conn = Conn {
-            stream: Box::new(stream),
+            stream: self.open_stream().await?,
             decoder: Decoder::new(),
         };
         if let Some(password) = &url.password {
@@ -593,12 +647,15 @@ mod tests {
             RedisUrl::parse("redis://[::1]:7000").unwrap().to_string(),
             "redis://[::1]:7000/0"
         );
-        let tls = RedisUrl::parse("rediss://:pw@h:6380")
+        let tls = RedisUrl::parse("rediss://:pw@cache.internal:6380").unwrap();
+        assert_eq!(tls.to_string(), "rediss://cache.internal:6380/0");
+        assert!(tls.tls.is_some());
+        let e = RedisUrl::parse("rediss://:pw@h:6380?ca=/nonexistent/ca.pem")
             .unwrap_err()
             .to_string();
         assert!(
-            tls.contains("not supported yet") && !tls.contains("pw"),
-            "{tls}"
+            e.contains("/nonexistent/ca.pem") && !e.contains("pw@"),
+            "{e}"
         );
         for bad in [
             "http://h",
@@ -606,6 +663,8 @@ mod tests {
             "redis://h:99999",
             "redis://h/x",
             "redis://:%zz@h",
+            "redis://h?ca=/etc/ssl/ca.pem",
+            "rediss://h?tls=yes",
         ] {
             let e = RedisUrl::parse(bad).unwrap_err().to_string();
             assert!(e.starts_with("store.redis_url: "), "{bad}: {e}");

@@ -220,8 +220,12 @@ impl StoreTls {
                 }
                 other => format!("TLS: the server's certificate was refused: {other:?}"),
             },
-            Some(other) => format!("TLS handshake failed: {other}"),
-            None => format!("TLS handshake failed: {error}"),
+            Some(other) => format!(
+                "TLS handshake failed: {other} (does the server serve TLS on this port?)"
+            ),
+            None => format!(
+                "TLS handshake failed: {error} (does the server serve TLS on this port?)"
+            ),
         }
     }
 }
@@ -367,17 +371,50 @@ impl fmt::Display for TlsFailure {
 
 impl std::error::Error for TlsFailure {}
 
-impl tokio_postgres::tls::TlsConnect<Box<dyn ByteStream>> for PgTlsConnect {
+/// The stream tokio-postgres is given: a named type, not `Box<dyn ByteStream>` itself
+/// (a trait object in `TlsConnect`'s parameter makes callers' futures fail the
+/// higher-ranked `Send` check).
+pub struct PgStream(pub Box<dyn ByteStream>);
+
+impl AsyncRead for PgStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PgStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
+    }
+}
+
+impl tokio_postgres::tls::TlsConnect<PgStream> for PgTlsConnect {
     type Stream = PgTlsStream;
     type Error = TlsFailure;
     type Future = Pin<Box<dyn Future<Output = Result<PgTlsStream, TlsFailure>> + Send>>;
 
-    fn connect(self, stream: Box<dyn ByteStream>) -> Self::Future {
+    fn connect(self, stream: PgStream) -> Self::Future {
         Box::pin(async move {
             let Some(tls) = self.0 else {
                 return Err(TlsFailure("TLS is turned off (sslmode=disable)".to_owned()));
             };
-            let stream = tls.handshake(stream).await.map_err(TlsFailure)?;
+            let stream = tls.handshake(stream.0).await.map_err(TlsFailure)?;
             let binding = stream
                 .get_ref()
                 .1
