@@ -336,6 +336,83 @@ async fn migrate_once<RR: Runtime, DR: Runtime>(
     Ok(())
 }
 
+/// A CA the test trusts and a PostgreSQL certificate it signed for `localhost` (PEM):
+/// (CA, server certificate and key).
+fn test_pki() -> (String, store_servers::TlsPem) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    (
+        ca.pem(),
+        store_servers::TlsPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        },
+    )
+}
+
+/// A relay on a PostgreSQL that serves TLS, with `sslmode=verify-full` against the test CA:
+/// it connects, and a custom name claimed through it is in the shared table. With a CA that
+/// did not sign the server's certificate, the relay starts without its store and says why.
+async fn claims_over_tls<RR: Runtime, DR: Runtime>(
+    relay_rt: RR,
+    rt: DR,
+    pg: Arc<Mutex<PgServer>>,
+    ca_pem: String,
+) -> Result<(), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem)?;
+    pg.lock().unwrap().create_database("tls")?;
+    let port = pg.lock().unwrap().port();
+    let url = format!(
+        "postgres://postgres:{PG_PASSWORD}@localhost:{port}/tls?sslmode=verify-full&sslrootcert={}",
+        ca_file.display()
+    );
+    let relay = relay_on_store(&relay_rt, dir.path(), "a", &url).await?;
+    assert_eq!(relay.claim_store_connected(), Some(true));
+    let daemon = start_daemon(&rt, relay_address(&relay, 0), Some("tls-name"))?;
+    wait_until(&rt, REGISTER_LIMIT, "registered", || daemon.is_registered()).await?;
+    assert_eq!(refusal(&daemon), String::new());
+    let claims = pg.lock().unwrap().psql(
+        "tls",
+        "SELECT count(*) FROM gate_relay_claims WHERE label = 'tls-name'",
+    )?;
+    assert_eq!(claims, "1");
+    daemon.client.shutdown().await;
+    relay.shutdown().await;
+
+    // The system's roots do not hold the test CA: the relay starts without its store.
+    let wrong = format!("postgres://postgres:{PG_PASSWORD}@localhost:{port}/tls?sslmode=verify-full");
+    let relay = relay_on_store(&relay_rt, dir.path(), "b", &wrong).await?;
+    assert_eq!(relay.claim_store_connected(), Some(false));
+    relay.shutdown().await;
+    Ok(())
+}
+
+mod claims_over_tls {
+    use super::*;
+    #[test]
+    fn tokio() {
+        let (ca, pem) = test_pki();
+        let pg = Arc::new(Mutex::new(PgServer::start_tls(&pem).expect("PostgreSQL")));
+        tokio_tokio(|relay_rt, rt| super::claims_over_tls(relay_rt, rt, pg.clone(), ca));
+    }
+    #[test]
+    fn smol() {
+        let (ca, pem) = test_pki();
+        let pg = Arc::new(Mutex::new(PgServer::start_tls(&pem).expect("PostgreSQL")));
+        smol_smol(|relay_rt, rt| super::claims_over_tls(relay_rt, rt, pg.clone(), ca));
+    }
+}
+
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
