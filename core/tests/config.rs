@@ -1470,7 +1470,10 @@ fn daemon_redis_url_is_a_secret_and_on_unavailable_defaults_to_closed() {
     let tls = load_daemon(&sources(
         &[],
         "",
-        &[("GATE_STORE__REDIS_URL", "rediss://:Rd-0123456789@cache:6380")],
+        &[(
+            "GATE_STORE__REDIS_URL",
+            "rediss://:Rd-0123456789@cache:6380",
+        )],
     ))
     .unwrap();
     assert_eq!(

@@ -109,6 +109,7 @@ impl<R: Runtime> RunningDaemon<R> {
             // (what a kill -9 lost is at most its last second).
             restore_spend(&gateway, &state_dir, &budgeted)?;
         }
+        let retention_days = config.usage.retention_days;
         let mut shared_usage = None;
         // Before any port is bound: a usage log that cannot be opened stops the start.
         let usage = if let (Some(store), true) = (&shared, config.usage.enabled) {
@@ -148,6 +149,12 @@ impl<R: Runtime> RunningDaemon<R> {
             bound,
         ));
         if let Some(store) = shared {
+            rt.spawn(crate::shared::retention(
+                rt.clone(),
+                store.clone(),
+                retention_days,
+                stop.clone(),
+            ));
             rt.spawn(crate::shared::sync(
                 rt.clone(),
                 store,

@@ -538,7 +538,10 @@ impl<R: Runtime> SharedStore<R> {
     }
 
     /// Every key's settled spend by period: key -> (today, this week, this month, total).
-    pub(crate) async fn spend(&self, now_unix: u64) -> Result<HashMap<String, [Usd; 4]>, StoreError> {
+    pub(crate) async fn spend(
+        &self,
+        now_unix: u64,
+    ) -> Result<HashMap<String, [Usd; 4]>, StoreError> {
         let day = |p: Period| i32::try_from(p.start(now_unix) / 86_400).unwrap_or(i32::MAX);
         let (d, w, m) = (day(Period::Day), day(Period::Week), day(Period::Month));
         let rows = self.pg.query(SPEND_SQL, &[&d, &w, &m]).await?;
@@ -959,6 +962,79 @@ impl<R: Runtime> UsageWriter<R> {
         let left: Vec<_> = self.buffer.drain(..).collect();
         self.append_spool(&left);
         false
+    }
+}
+
+/// How often a daemon deletes shared usage rows past `usage.retention_days`.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+/// Rows one retention statement deletes at most (a first run on a large log is split into
+/// statements short enough not to hold up the syncs pipelined on the same connection).
+pub const RETENTION_CHUNK: i64 = 10_000;
+
+impl<R: Runtime> SharedStore<R> {
+    /// Deletes the shared usage rows older than `cutoff_ms`, [`RETENTION_CHUNK`] at a time;
+    /// returns how many. Idempotent: daemons doing it at the same time delete each row once
+    /// between them. `gate_spend` stays (one row per key and day): budgets are not reset by
+    /// the retention.
+    pub async fn delete_usage_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let cutoff = int(cutoff_ms);
+        let mut deleted = 0;
+        loop {
+            let n = self
+                .pg
+                .execute(
+                    "DELETE FROM gate_usage WHERE uid IN
+                        (SELECT uid FROM gate_usage WHERE at_ms < $1 LIMIT $2)",
+                    &[&cutoff, &RETENTION_CHUNK],
+                )
+                .await?;
+            deleted += n;
+            if n < u64::try_from(RETENTION_CHUNK).unwrap_or(u64::MAX) {
+                return Ok(deleted);
+            }
+        }
+    }
+}
+
+/// `usage.retention_days` on the shared usage log: at start and every
+/// [`RETENTION_INTERVAL`], rows older than the retention are deleted, in a task of its own
+/// (never on the request path). Every daemon does it; the deletes are idempotent. A store
+/// that cannot be reached is tried again at the next interval. `retention_days = 0` keeps
+/// everything.
+pub async fn retention<R: Runtime>(
+    rt: R,
+    store: Arc<SharedStore<R>>,
+    retention_days: u32,
+    stop: gate_rt::tunnel::support::Shutdown,
+) {
+    if retention_days == 0 {
+        return;
+    }
+    loop {
+        let cutoff = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis()),
+        )
+        .unwrap_or(u64::MAX)
+        .saturating_sub(u64::from(retention_days) * 86_400_000);
+        match store.delete_usage_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                deleted = n,
+                retention_days,
+                store = %store.health.shown,
+                "shared usage log: deleted records past the retention (usage.retention_days)"
+            ),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "shared usage log: cannot delete records past the retention; trying again in {} min",
+                RETENTION_INTERVAL.as_secs() / 60
+            ),
+        }
+        if let Either::Left(()) = race(stop.wait(), rt.sleep(RETENTION_INTERVAL)).await {
+            return;
+        }
     }
 }
 

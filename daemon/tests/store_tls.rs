@@ -12,6 +12,13 @@
 //!   host name are refused the same way;
 //! - a `gate serve` with both stores over TLS serves a request with a budgeted key end to
 //!   end, and its usage reaches PostgreSQL.
+//!
+//! And, on the same TLS PostgreSQL, what acts on the shared store besides the request path:
+//!
+//! - `gate token ...` and `gate usage` with `[store] url` and no daemon running act on
+//!   PostgreSQL (a key the CLI creates works on a daemon started afterwards);
+//! - `usage.retention_days` deletes old rows of the shared usage log (`gate_usage`), in the
+//!   background, leaving recent rows and the spend table.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod common;
@@ -139,8 +146,9 @@ async fn postgres_tls_modes<R: Runtime>(rt: R) {
     );
     let error = pg_session_is_tls(&rt, &url).await.unwrap_err();
     assert!(
-        error.contains(&format!("PostgreSQL at postgres://postgres@127.0.0.1:{port}/postgres"))
-            && error.contains("not valid for the host name 127.0.0.1")
+        error.contains(&format!(
+            "PostgreSQL at postgres://postgres@127.0.0.1:{port}/postgres"
+        )) && error.contains("not valid for the host name 127.0.0.1")
             && error.contains("verify-ca"),
         "{error}"
     );
@@ -212,8 +220,9 @@ async fn redis_tls<R: Runtime>(rt: R) {
     ));
     let error = wrong_name.ping().await.unwrap_err().to_string();
     assert!(
-        error.contains(&format!("Redis at rediss://127.0.0.1:{port}/0 is unavailable"))
-            && error.contains("not valid for the host name 127.0.0.1"),
+        error.contains(&format!(
+            "Redis at rediss://127.0.0.1:{port}/0 is unavailable"
+        )) && error.contains("not valid for the host name 127.0.0.1"),
         "{error}"
     );
     assert!(!error.contains(REDIS_PASSWORD), "{error}");
@@ -233,7 +242,10 @@ async fn redis_tls<R: Runtime>(rt: R) {
         .await
         .unwrap_err()
         .to_string();
-    assert!(error.contains(&format!("Redis at redis://localhost:{port}/0")), "{error}");
+    assert!(
+        error.contains(&format!("Redis at redis://localhost:{port}/0")),
+        "{error}"
+    );
     assert!(!error.contains(REDIS_PASSWORD), "{error}");
 }
 
@@ -283,7 +295,9 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         std::fs::create_dir_all(&daemon_dir).unwrap();
         let (proc, addr) = start_local_daemon(&daemon_dir, runtime, &config, None);
         let out = Command::new(gate_bin())
-            .args(["token", "create", "--name", "tls", "--budget", "10", "--period", "day"])
+            .args([
+                "token", "create", "--name", "tls", "--budget", "10", "--period", "day",
+            ])
             .arg("--state-dir")
             .arg(daemon_dir.join("state"))
             .output()
@@ -327,11 +341,18 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         wait_until(
             "the usage record in PostgreSQL",
             Duration::from_secs(10),
-            || pg.psql("gate", "SELECT count(*) FROM gate_usage").as_deref() == Ok("1"),
+            || {
+                pg.psql("gate", "SELECT count(*) FROM gate_usage")
+                    .as_deref()
+                    == Ok("1")
+            },
             || proc.log(),
         );
         let log = proc.log();
-        assert!(!log.contains(PG_PASSWORD) && !log.contains(REDIS_PASSWORD), "{log}");
+        assert!(
+            !log.contains(PG_PASSWORD) && !log.contains(REDIS_PASSWORD),
+            "{log}"
+        );
         assert!(
             log.contains(&format!("postgres://postgres@localhost:{}/gate", pg.port())),
             "{log}"
@@ -395,7 +416,10 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         .to_owned();
     let key = key.trim().to_owned();
     assert_eq!(
-        pg.psql("gate", &format!("SELECT name FROM gate_keys WHERE id = '{id}'")),
+        pg.psql(
+            "gate",
+            &format!("SELECT name FROM gate_keys WHERE id = '{id}'")
+        ),
         Ok("cli".to_owned())
     );
     assert!(
@@ -438,7 +462,8 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
             "the usage record in PostgreSQL",
             Duration::from_secs(10),
             || {
-                pg.psql("gate", "SELECT count(*) FROM gate_usage").as_deref()
+                pg.psql("gate", "SELECT count(*) FROM gate_usage")
+                    .as_deref()
                     == Ok(if runtime == "tokio" { "1" } else { "2" })
             },
             || proc.log(),
@@ -458,7 +483,9 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|row| row["group"].as_str() == Some(id.as_str()) || row["key"].as_str() == Some(id.as_str()))
+        .find(|row| {
+            row["group"].as_str() == Some(id.as_str()) || row["key"].as_str() == Some(id.as_str())
+        })
         .unwrap_or_else(|| panic!("{usage}"));
     assert_eq!(row["requests"].as_u64(), Some(2), "{usage}");
     assert_eq!(row["name"].as_str(), Some("cli"), "{usage}");
@@ -466,7 +493,10 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
     let (ok, _, err) = gate_with_store(&url, &state_dir, &["token", "update", &id, "--rpm", "5"]);
     assert!(ok && err.contains("rpm"), "{err}");
     let (ok, _, err) = gate_with_store(&url, &state_dir, &["token", "revoke", &id]);
-    assert!(ok && err.contains(&format!("revoked API key {id}")), "{err}");
+    assert!(
+        ok && err.contains(&format!("revoked API key {id}")),
+        "{err}"
+    );
     assert_eq!(
         pg.psql("gate", "SELECT count(*) FROM gate_keys"),
         Ok("0".to_owned())
@@ -480,4 +510,87 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         "{err}"
     );
     assert!(!err.contains(PG_PASSWORD), "{err}");
+}
+
+/// Usage rows `days` old (by `at_ms`), inserted as a daemon writes them.
+fn insert_usage(pg: &PgServer, uid: &str, days: u32) {
+    pg.psql(
+        "gate",
+        &format!(
+            "INSERT INTO gate_usage (uid, daemon, at_ms, key_id, endpoint, model, input_tokens,
+                output_tokens, cached_tokens, cache_write_tokens, latency_ms, status)
+             VALUES ('{uid}', 'elsewhere',
+                (extract(epoch FROM now()) * 1000)::bigint - {days}::bigint * 86400000,
+                'k1', 'chat', 'gpt-4o', 1, 1, 0, 0, 5, 200)"
+        ),
+    )
+    .unwrap();
+}
+
+/// `usage.retention_days = 30`: a daemon deletes the shared usage rows older than 30 days
+/// (written by any daemon) once it runs, and keeps the newer ones and the spend table.
+#[test]
+fn retention_applies_to_the_shared_usage_log() {
+    let dir = temp_dir("shared-retention");
+    let pki = pki(&dir.join("pki"));
+    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
+    pg.create_database("gate").unwrap();
+    let url = format!(
+        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        pki.ca_file.display()
+    );
+    let mock = Mock::start("oai");
+    let config = format!(
+        "[store]\nurl = \"{url}\"\n[usage]\nretention_days = 30\n\
+         [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n",
+        mock.base_url()
+    );
+    let daemon_dir = dir.join("daemon");
+    std::fs::create_dir_all(&daemon_dir).unwrap();
+    // A first start creates the schema.
+    drop(start_local_daemon(&daemon_dir, "tokio", &config, None));
+    pg.psql(
+        "gate",
+        "INSERT INTO gate_spend (key_id, day, cost_nanos) VALUES ('k1', 1, 5)",
+    )
+    .unwrap();
+    for runtime in ["tokio", "smol"] {
+        insert_usage(&pg, &format!("old-{runtime}"), 40);
+        insert_usage(&pg, &format!("recent-{runtime}"), 29);
+        let (proc, _) = start_local_daemon(&daemon_dir, runtime, &config, None);
+        wait_until(
+            "the rows past the retention deleted",
+            Duration::from_secs(10),
+            || {
+                pg.psql(
+                    "gate",
+                    "SELECT count(*) FROM gate_usage WHERE uid LIKE 'old-%'",
+                )
+                .as_deref()
+                    == Ok("0")
+            },
+            || proc.log(),
+        );
+        let recent = pg
+            .psql(
+                "gate",
+                "SELECT count(*) FROM gate_usage WHERE uid LIKE 'recent-%'",
+            )
+            .unwrap();
+        let expected = if runtime == "tokio" { "1" } else { "2" };
+        assert_eq!(recent, expected, "{runtime}: recent rows kept");
+        assert!(
+            proc.log().contains("deleted records past the retention"),
+            "{}",
+            proc.log()
+        );
+        drop(proc);
+    }
+    assert_eq!(
+        pg.psql("gate", "SELECT count(*) FROM gate_spend"),
+        Ok("1".to_owned()),
+        "the spend table is not touched"
+    );
 }

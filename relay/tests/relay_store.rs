@@ -390,7 +390,8 @@ async fn claims_over_tls<RR: Runtime, DR: Runtime>(
     relay.shutdown().await;
 
     // The system's roots do not hold the test CA: the relay starts without its store.
-    let wrong = format!("postgres://postgres:{PG_PASSWORD}@localhost:{port}/tls?sslmode=verify-full");
+    let wrong =
+        format!("postgres://postgres:{PG_PASSWORD}@localhost:{port}/tls?sslmode=verify-full");
     let relay = relay_on_store(&relay_rt, dir.path(), "b", &wrong).await?;
     assert_eq!(relay.claim_store_connected(), Some(false));
     relay.shutdown().await;

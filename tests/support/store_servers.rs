@@ -497,7 +497,11 @@ impl RedisServer {
             if !out.status.success() || text.contains("Could not connect") {
                 return Err(format!("redis-cli: {text}{}", output_text(&out)));
             }
-            return Ok(if text == "PONG" { "+PONG".to_owned() } else { text });
+            return Ok(if text == "PONG" {
+                "+PONG".to_owned()
+            } else {
+                text
+            });
         }
         let mut stream = TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], self.port)),

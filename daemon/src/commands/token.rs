@@ -297,8 +297,7 @@ pub fn token(command: TokenCommand) -> Result<()> {
             let edit = body.to_key_edit().map_err(|e| anyhow::anyhow!("{e}"))?;
             let dir = match target(state_dir.as_deref())? {
                 Target::Daemon(client) => {
-                    let created: CreatedToken =
-                        client.call_typed("POST", "tokens", Some(&body))?;
+                    let created: CreatedToken = client.call_typed("POST", "tokens", Some(&body))?;
                     println!("{}", created.token);
                     announce_created(&created.id, &created.name, created.expires_at);
                     return Ok(());
@@ -397,9 +396,10 @@ pub fn token(command: TokenCommand) -> Result<()> {
                 }
                 Target::Shared(url) => {
                     let id = id.clone();
-                    with_shared_store(&url, |store| async move {
-                        Ok(store.revoke_key(&id).await?)
-                    })?
+                    with_shared_store(
+                        &url,
+                        |store| async move { Ok(store.revoke_key(&id).await?) },
+                    )?
                 }
                 Target::Files(dir) => TokenStore::load(&dir)?.revoke(&id)?,
             };

@@ -136,9 +136,8 @@ pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> an
                 (summary, format!("the shared store {shown}"))
             }
             None => (
-                summary(state_dir, since_ms, by).with_context(|| {
-                    format!("reading the usage log in {}", state_dir.display())
-                })?,
+                summary(state_dir, since_ms, by)
+                    .with_context(|| format!("reading the usage log in {}", state_dir.display()))?,
                 UsageDb::path_in(state_dir).display().to_string(),
             ),
         },

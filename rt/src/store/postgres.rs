@@ -223,8 +223,9 @@ impl PgUrl {
         };
         let tls = match config.get_hosts().first() {
             Some(Host::Tcp(host)) if mode != TlsMode::Disable => Some(
-                StoreTls::new(StoreKind::Postgres, host, verify, root_file.as_deref())
-                    .map_err(|e| StoreError::Url(format!("TLS (sslmode={}): {e}", mode.as_str())))?,
+                StoreTls::new(StoreKind::Postgres, host, verify, root_file.as_deref()).map_err(
+                    |e| StoreError::Url(format!("TLS (sslmode={}): {e}", mode.as_str())),
+                )?,
             ),
             Some(Host::Unix(_)) => {
                 // libpq does not use TLS on Unix sockets; neither do we.
@@ -781,10 +782,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("verify-full"), "{err}");
-        let err = PgUrl::parse("postgres://u:p@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("/nonexistent/ca.pem") && !err.contains(":p@"), "{err}");
+        let err =
+            PgUrl::parse("postgres://u:p@h/db?sslmode=require&sslrootcert=/nonexistent/ca.pem")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.contains("/nonexistent/ca.pem") && !err.contains(":p@"),
+            "{err}"
+        );
         let err = PgUrl::parse("postgres://u:p@h/db?sslmode=require&sslrootcert=system")
             .unwrap_err()
             .to_string();
@@ -796,12 +801,18 @@ mod tests {
         let mode = |url: &str| PgUrl::parse(url).unwrap();
         let url = mode("postgres://u:p@h/db");
         assert_eq!(url.tls_mode(), TlsMode::Prefer);
-        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Nothing));
+        assert_eq!(
+            url.tls.as_ref().map(StoreTls::verify),
+            Some(Verify::Nothing)
+        );
         let url = mode("postgres://u:p@h/db?sslmode=disable");
         assert!(url.tls.is_none());
         let url = mode("postgres://u:p@h/db?sslmode=require");
         assert_eq!(url.config.get_ssl_mode(), SslMode::Require);
-        assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Nothing));
+        assert_eq!(
+            url.tls.as_ref().map(StoreTls::verify),
+            Some(Verify::Nothing)
+        );
         let url = mode("postgres://u:p@h/db?connect_timeout=3&sslmode=verify-ca");
         assert_eq!(url.tls.as_ref().map(StoreTls::verify), Some(Verify::Chain));
         assert_eq!(url.connect_timeout(), Duration::from_secs(3));

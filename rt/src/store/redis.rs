@@ -245,8 +245,7 @@ impl RedisUrl {
             shown: String::new(),
             tls,
         };
-        parsed.shown =
-            parsed.scrub(&format!("{scheme}://{user_shown}{host_shown}:{port}/{db}"));
+        parsed.shown = parsed.scrub(&format!("{scheme}://{user_shown}{host_shown}:{port}/{db}"));
         Ok(parsed)
     }
 

@@ -212,20 +212,19 @@ impl StoreTls {
                     )
                 }
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-                    "TLS: the server's certificate has expired; renew it on the server"
-                        .to_owned()
+                    "TLS: the server's certificate has expired; renew it on the server".to_owned()
                 }
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     "TLS: the server's certificate is not valid yet; check the clocks".to_owned()
                 }
                 other => format!("TLS: the server's certificate was refused: {other:?}"),
             },
-            Some(other) => format!(
-                "TLS handshake failed: {other} (does the server serve TLS on this port?)"
-            ),
-            None => format!(
-                "TLS handshake failed: {error} (does the server serve TLS on this port?)"
-            ),
+            Some(other) => {
+                format!("TLS handshake failed: {other} (does the server serve TLS on this port?)")
+            }
+            None => {
+                format!("TLS handshake failed: {error} (does the server serve TLS on this port?)")
+            }
         }
     }
 }
@@ -326,7 +325,11 @@ pub fn tls_server_end_point(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
         "1.2.840.113549.1.1.13" | "1.2.840.10045.4.3.4" => &ring::digest::SHA512,
         _ => return None,
     };
-    Some(ring::digest::digest(algorithm, cert.as_ref()).as_ref().to_vec())
+    Some(
+        ring::digest::digest(algorithm, cert.as_ref())
+            .as_ref()
+            .to_vec(),
+    )
 }
 
 /// `%XX` escapes of a URL's query value decoded (invalid escapes are kept as they are).
