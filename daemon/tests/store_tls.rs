@@ -122,6 +122,14 @@ async fn postgres_tls_modes<R: Runtime>(rt: R) {
         &format!("sslmode=verify-full&sslrootcert={ca}"),
     );
     assert_eq!(pg_session_is_tls(&rt, &url).await, Ok(true), "{}", pg.log());
+    // The login used the TLS channel binding (SCRAM-SHA-256-PLUS): with
+    // channel_binding=require the client refuses a login without it.
+    let url = pg_url(
+        "localhost",
+        port,
+        &format!("sslmode=verify-full&sslrootcert={ca}&channel_binding=require"),
+    );
+    assert_eq!(pg_session_is_tls(&rt, &url).await, Ok(true));
     // verify-ca checks the chain, not the name.
     let url = pg_url(
         "127.0.0.1",
@@ -396,6 +404,18 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
     let daemon_dir = dir.join("daemon");
     let state_dir = daemon_dir.join("state");
     std::fs::create_dir_all(&daemon_dir).unwrap();
+
+    // check-config reads the URL as the daemon will (the CA file included).
+    let (ok, out, err) = gate_with_store(&url, &state_dir, &["check-config"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("shared store {shown} (sslmode=verify-full)")),
+        "{out}"
+    );
+    let missing = url.replace("ca.pem", "missing-ca.pem");
+    let (ok, _, err) = gate_with_store(&missing, &state_dir, &["check-config"]);
+    assert!(!ok && err.contains("missing-ca.pem"), "{err}");
+    assert!(!err.contains(PG_PASSWORD), "{err}");
 
     let (ok, key, err) = gate_with_store(
         &url,

@@ -80,6 +80,21 @@ pub fn check_config(args: &ConfigArgs) -> Result<()> {
     let dir = state_dir(args)?;
     let loaded = settings::load(&args.config, &dir)?;
     let c = &loaded.config;
+    // The store URLs as the daemon will read them (TLS options and CA files included),
+    // shown without their passwords.
+    let mut stores = String::new();
+    if let Some(url) = &c.store.url {
+        let url = gate_rt::store::PgUrl::parse(url.expose()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        stores.push_str(&format!(
+            ", shared store {url} (sslmode={})",
+            url.tls_mode().as_str()
+        ));
+    }
+    if let Some(url) = &c.store.redis_url {
+        let url =
+            gate_rt::store::RedisUrl::parse(url.expose()).map_err(|e| anyhow::anyhow!("{e}"))?;
+        stores.push_str(&format!(", shared limits on {url}"));
+    }
     let names: Vec<_> = c.upstreams.keys().cloned().collect();
     println!(
         "configuration OK: listening on {}:{}, {} upstream(s){}{}",
@@ -97,6 +112,9 @@ pub fn check_config(args: &ConfigArgs) -> Result<()> {
             String::new()
         },
     );
+    if !stores.is_empty() {
+        println!("stores:{}", stores.trim_start_matches(','));
+    }
     Ok(())
 }
 
