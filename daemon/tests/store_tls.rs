@@ -521,6 +521,18 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         pg.psql("gate", "SELECT count(*) FROM gate_keys"),
         Ok("0".to_owned())
     );
+    // A CA that did not sign the server's certificate: the CLI says which store and what to
+    // change.
+    let wrong_ca = url.replace("ca.pem", "other-ca.pem");
+    let (ok, _, err) = gate_with_store(&wrong_ca, &state_dir, &["token", "list"]);
+    assert!(!ok, "{err}");
+    assert!(
+        err.contains(&format!("PostgreSQL at {shown}"))
+            && err.contains("not signed by a CA this client trusts")
+            && err.contains("sslrootcert=PATH"),
+        "{err}"
+    );
+    assert!(!err.contains(PG_PASSWORD), "{err}");
     // A store that cannot be reached says which, and what failed, without the password.
     let down = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:1/gate?sslmode=disable");
     let (ok, _, err) = gate_with_store(&down, &state_dir, &["token", "revoke", &id]);
