@@ -12,7 +12,10 @@
 //!   answers are the in-process answers.
 //! - [`SETTLE`]: releases the hold and adds the actual cost to the settled spend, corrects the
 //!   tokens-per-minute charge to the actual tokens. Idempotent: only a hold still present is
-//!   settled.
+//!   settled. Settlements are not a task per request: they go into one queue that one
+//!   background task ([`drain_settles`]) sends in pipelined rounds of up to [`SETTLE_BATCH`]
+//!   (one write; the client multiplexes them with admissions on its connection), retried
+//!   while Redis is unreachable.
 //!
 //! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
 //! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
@@ -243,16 +246,25 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
 
 /// [`SharedLimits`] on Redis.
 pub(crate) struct RedisLimits<R: Runtime> {
-    rt: R,
     redis: Redis<R>,
     admit: Script,
-    settle: Script,
     /// Request ids: a per-process random prefix and a counter.
     prefix: String,
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
     seen: Seen,
+    /// Settlements for the one task that sends them (see [`drain_settles`]).
+    settles: async_channel::Sender<Queued>,
 }
+
+/// A settlement waiting to be sent, and since when.
+struct Queued {
+    settle: SharedSettle,
+    since: std::time::Instant,
+}
+
+/// Settlements sent together, at most (one write, replies read in order).
+const SETTLE_BATCH: usize = 512;
 
 fn rate_key(id: &str) -> String {
     format!("gate:{{{id}}}:rate")
@@ -278,15 +290,25 @@ impl<R: Runtime> RedisLimits<R> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let (settles, queue) = async_channel::unbounded();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let seen = Seen::default();
+        rt.spawn(drain_settles(
+            rt.clone(),
+            redis.clone(),
+            Script::new(SETTLE),
+            queue,
+            pending.clone(),
+            seen.clone(),
+        ));
         Self {
-            rt,
             redis,
             admit: Script::new(ADMIT),
-            settle: Script::new(SETTLE),
             prefix: format!("{:x}-{:x}", std::process::id(), seed),
             next: AtomicU64::new(0),
-            pending: Arc::new(AtomicUsize::new(0)),
-            seen: Seen::default(),
+            pending,
+            seen,
+            settles,
         }
     }
 
@@ -381,39 +403,94 @@ impl<R: Runtime> RedisLimits<R> {
             }
         })
     }
+}
 
-    async fn settle_once(
-        redis: &Redis<R>,
-        script: &Script,
-        settle: &SharedSettle,
-    ) -> Result<(Usd, Usd), RedisError> {
-        let hold = &settle.hold;
-        let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
-        let rate = rate_key(&hold.key_id);
-        let args = [
+/// The settlement script's KEYS and ARGV for `settle`.
+fn settle_call(settle: &SharedSettle) -> (Vec<String>, Vec<String>) {
+    let hold = &settle.hold;
+    let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
+    (
+        vec![rate_key(&hold.key_id), budget_key, holds_key],
+        vec![
             hold.request.clone(),
             settle.actual.0.to_string(),
             hold.tpm.unwrap_or(0).to_string(),
             settle.estimated_tokens.to_string(),
             settle.actual_tokens.to_string(),
-        ];
-        let reply = redis
-            .eval(
-                script,
-                &[&rate, &budget_key, &holds_key],
-                &args,
-                DECISION_TIMEOUT,
-            )
-            .await?;
-        match reply {
-            Value::Array(values) => Ok((
-                Usd(int(&values, 1).unwrap_or(0)),
-                Usd(int(&values, 2).unwrap_or(0)),
-            )),
-            other => Err(RedisError::Command {
-                at: redis.url().to_string(),
-                why: format!("the settlement script answered {other:?}"),
-            }),
+        ],
+    )
+}
+
+/// The one task that settles: takes what is queued (up to [`SETTLE_BATCH`]), sends it in one
+/// pipelined round, and keeps what Redis could not take for the next round after a pause
+/// (100 ms doubling to 2 s), each settlement for at most [`SETTLE_RETRY_FOR`] (then its hold
+/// is charged in full at its deadline). Ends when the limits are dropped and nothing is left.
+async fn drain_settles<R: Runtime>(
+    rt: R,
+    redis: Redis<R>,
+    script: Script,
+    queue: async_channel::Receiver<Queued>,
+    pending: Arc<AtomicUsize>,
+    seen: Seen,
+) {
+    let mut batch: Vec<Queued> = Vec::new();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        if batch.is_empty() {
+            match queue.recv().await {
+                Ok(queued) => batch.push(queued),
+                Err(_) => return,
+            }
+        }
+        while batch.len() < SETTLE_BATCH {
+            match queue.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        let calls: Vec<_> = batch.iter().map(|q| settle_call(&q.settle)).collect();
+        let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
+        let mut retry = Vec::new();
+        for (queued, result) in batch.drain(..).zip(results) {
+            let key = &queued.settle.hold.key_id;
+            match result {
+                Ok(Value::Array(values)) => {
+                    let hold = &queued.settle.hold;
+                    see(
+                        &seen,
+                        &hold.key_id,
+                        hold.period_start,
+                        Usd(int(&values, 1).unwrap_or(0)),
+                        Usd(int(&values, 2).unwrap_or(0)),
+                    );
+                }
+                Ok(other) => {
+                    tracing::warn!(key = %key, "the settlement script answered {other:?}");
+                }
+                Err(RedisError::Command { why, .. }) => {
+                    tracing::warn!(key = %key, "settling in Redis failed: {why}");
+                }
+                Err(e) if queued.since.elapsed() >= SETTLE_RETRY_FOR => {
+                    tracing::warn!(
+                        key = %key,
+                        "{e}; gave up settling after {} s: the hold is charged in full when it \
+                         expires",
+                        SETTLE_RETRY_FOR.as_secs()
+                    );
+                }
+                Err(_) => {
+                    retry.push(queued);
+                    continue;
+                }
+            }
+            pending.fetch_sub(1, Ordering::Relaxed);
+        }
+        if retry.is_empty() {
+            wait = Duration::from_millis(100);
+        } else {
+            batch = retry;
+            rt.sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
 }
@@ -455,13 +532,8 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
     }
 
     fn settle(&self, settle: SharedSettle) {
-        let redis = self.redis.clone();
-        let script = self.settle.clone();
-        let rt = self.rt.clone();
-        let pending = self.pending.clone();
-        let seen = self.seen.clone();
-        if pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
-            pending.fetch_sub(1, Ordering::Relaxed);
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(
                 key = %settle.hold.key_id,
                 "too many settlements wait for Redis; this request's hold will be charged in \
@@ -469,37 +541,14 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             );
             return;
         }
-        self.rt.spawn(async move {
-            let started = std::time::Instant::now();
-            let mut wait = Duration::from_millis(100);
-            loop {
-                match Self::settle_once(&redis, &script, &settle).await {
-                    Ok((spent, held)) => {
-                        let hold = &settle.hold;
-                        see(&seen, &hold.key_id, hold.period_start, spent, held);
-                        break;
-                    }
-                    Err(RedisError::Command { why, .. }) => {
-                        tracing::warn!(key = %settle.hold.key_id, "settling in Redis failed: {why}");
-                        break;
-                    }
-                    Err(e) if started.elapsed() >= SETTLE_RETRY_FOR => {
-                        tracing::warn!(
-                            key = %settle.hold.key_id,
-                            "{e}; gave up settling after {} s: the hold is charged in full when \
-                             it expires",
-                            SETTLE_RETRY_FOR.as_secs()
-                        );
-                        break;
-                    }
-                    Err(_) => {
-                        rt.sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
-            pending.fetch_sub(1, Ordering::Relaxed);
-        });
+        let queued = Queued {
+            settle,
+            since: std::time::Instant::now(),
+        };
+        if self.settles.try_send(queued).is_err() {
+            // The settling task is gone (only while the process ends).
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)> {
