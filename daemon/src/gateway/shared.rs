@@ -125,43 +125,55 @@ end
 return {0, spent, held, now, tr, tt}
 "#;
 
-/// Settle one admitted request. KEYS: rate, budget, holds. ARGV: request id, actual cost,
-/// tpm (0: none), estimated tokens, actual tokens. Returns {settled (1) or already (0),
-/// spent, held}.
+/// Settle admitted requests of one key and period, in order, as one script call settling
+/// each in turn would. KEYS: rate, budget, holds. ARGV: tpm (0: none), then per request: its
+/// id, actual cost, estimated tokens, actual tokens. Returns {how many were settled (the
+/// others were already), spent, held, the server's time in µs}.
 pub const SETTLE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%d', x) end
-local tpm = tonumber(ARGV[3])
+local tpm = tonumber(ARGV[1])
+local tat = 0
 if tpm > 0 then
-  local tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+  tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+end
+local step = math.max(math.floor(60000000 / math.max(tpm, 1)), 1)
+local settled, released, added = 0, 0, 0
+for i = 2, #ARGV, 4 do
   if tat > 0 then
-    local est, act = tonumber(ARGV[4]), tonumber(ARGV[5])
-    local step = math.max(math.floor(60000000 / tpm), 1)
-    local new
+    local est, act = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     if act >= est then
-      new = math.max(tat, now) + step * (act - est)
+      tat = math.max(tat, now) + step * (act - est)
     else
-      new = math.max(tat - step * (est - act), math.min(now, tat))
+      tat = math.max(tat - step * (est - act), math.min(now, tat))
     end
-    redis.call('HSET', KEYS[1], 't', fmt(new))
-    local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
-    redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(new, r) - now) / 1000) + 1000))
+  end
+  local amount = redis.call('HGET', KEYS[2], 'h:' .. ARGV[i])
+  if amount then
+    redis.call('HDEL', KEYS[2], 'h:' .. ARGV[i])
+    redis.call('ZREM', KEYS[3], ARGV[i])
+    released = released + tonumber(amount)
+    added = added + tonumber(ARGV[i + 1])
+    settled = settled + 1
   end
 end
-local settled = 0
-local amount = redis.call('HGET', KEYS[2], 'h:' .. ARGV[1])
-if amount then
-  redis.call('HDEL', KEYS[2], 'h:' .. ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(-tonumber(amount)))
-  redis.call('HINCRBY', KEYS[2], 'spent', ARGV[2])
-  settled = 1
+if tat > 0 then
+  redis.call('HSET', KEYS[1], 't', fmt(tat))
+  local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tat, r) - now) / 1000) + 1000))
+end
+if settled > 0 then
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(-released))
+  redis.call('HINCRBY', KEYS[2], 'spent', fmt(added))
 end
 local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
 local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
-return {settled, spent, held}
+return {settled, spent, held, now}
 "#;
+
+/// Settlements of one key settled by one [`SETTLE`] call, at most.
+const SETTLE_PER_CALL: usize = 128;
 
 /// One admission asked of the shared store.
 #[derive(Debug, Clone)]
@@ -405,20 +417,44 @@ impl<R: Runtime> RedisLimits<R> {
     }
 }
 
-/// The settlement script's KEYS and ARGV for `settle`.
-fn settle_call(settle: &SharedSettle) -> (Vec<String>, Vec<String>) {
-    let hold = &settle.hold;
+/// The settlement script's KEYS and ARGV for `settles` (all of one key, period and tpm).
+fn settle_call(settles: &[&SharedSettle]) -> (Vec<String>, Vec<String>) {
+    let hold = &settles[0].hold;
     let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
-    (
-        vec![rate_key(&hold.key_id), budget_key, holds_key],
-        vec![
-            hold.request.clone(),
-            settle.actual.0.to_string(),
-            hold.tpm.unwrap_or(0).to_string(),
-            settle.estimated_tokens.to_string(),
-            settle.actual_tokens.to_string(),
-        ],
-    )
+    let mut args = Vec::with_capacity(1 + 4 * settles.len());
+    args.push(hold.tpm.unwrap_or(0).to_string());
+    for settle in settles {
+        args.push(settle.hold.request.clone());
+        args.push(settle.actual.0.to_string());
+        args.push(settle.estimated_tokens.to_string());
+        args.push(settle.actual_tokens.to_string());
+    }
+    (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
+}
+
+/// `batch` in groups that one [`SETTLE`] call settles: the same key, period and tpm, at most
+/// [`SETTLE_PER_CALL`] each; a key's settlements keep their order.
+fn settle_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
+    let mut groups: Vec<Vec<Queued>> = Vec::new();
+    let mut open: std::collections::HashMap<(String, Period, u64, Option<u64>), usize> =
+        std::collections::HashMap::new();
+    for queued in batch {
+        let hold = &queued.settle.hold;
+        let id = (
+            hold.key_id.clone(),
+            hold.period,
+            hold.period_start,
+            hold.tpm,
+        );
+        match open.get(&id) {
+            Some(&i) if groups[i].len() < SETTLE_PER_CALL => groups[i].push(queued),
+            _ => {
+                open.insert(id, groups.len());
+                groups.push(vec![queued]);
+            }
+        }
+    }
+    groups
 }
 
 /// The one task that settles: takes what is queued (up to [`SETTLE_BATCH`]), sends it in one
@@ -448,18 +484,22 @@ async fn drain_settles<R: Runtime>(
                 Err(_) => break,
             }
         }
-        let calls: Vec<_> = batch.iter().map(|q| settle_call(&q.settle)).collect();
+        let groups = settle_groups(std::mem::take(&mut batch));
+        let calls: Vec<_> = groups
+            .iter()
+            .map(|group| settle_call(&group.iter().map(|q| &q.settle).collect::<Vec<_>>()))
+            .collect();
         let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
         let mut retry = Vec::new();
-        for (queued, result) in batch.drain(..).zip(results) {
-            let key = &queued.settle.hold.key_id;
+        for (group, result) in groups.into_iter().zip(results) {
+            let key = group[0].settle.hold.key_id.clone();
+            let period_start = group[0].settle.hold.period_start;
             match result {
                 Ok(Value::Array(values)) => {
-                    let hold = &queued.settle.hold;
                     see(
                         &seen,
-                        &hold.key_id,
-                        hold.period_start,
+                        &key,
+                        period_start,
                         Usd(int(&values, 1).unwrap_or(0)),
                         Usd(int(&values, 2).unwrap_or(0)),
                     );
@@ -470,20 +510,25 @@ async fn drain_settles<R: Runtime>(
                 Err(RedisError::Command { why, .. }) => {
                     tracing::warn!(key = %key, "settling in Redis failed: {why}");
                 }
-                Err(e) if queued.since.elapsed() >= SETTLE_RETRY_FOR => {
-                    tracing::warn!(
-                        key = %key,
-                        "{e}; gave up settling after {} s: the hold is charged in full when it \
-                         expires",
-                        SETTLE_RETRY_FOR.as_secs()
-                    );
-                }
-                Err(_) => {
-                    retry.push(queued);
+                Err(e) => {
+                    let (kept, given_up): (Vec<Queued>, Vec<Queued>) = group
+                        .into_iter()
+                        .partition(|q| q.since.elapsed() < SETTLE_RETRY_FOR);
+                    if !given_up.is_empty() {
+                        tracing::warn!(
+                            key = %key,
+                            "{e}; gave up settling {} request(s) after {} s: their holds are \
+                             charged in full when they expire",
+                            given_up.len(),
+                            SETTLE_RETRY_FOR.as_secs()
+                        );
+                        pending.fetch_sub(given_up.len(), Ordering::Relaxed);
+                    }
+                    retry.extend(kept);
                     continue;
                 }
             }
-            pending.fetch_sub(1, Ordering::Relaxed);
+            pending.fetch_sub(group.len(), Ordering::Relaxed);
         }
         if retry.is_empty() {
             wait = Duration::from_millis(100);
@@ -616,16 +661,25 @@ mod tests {
             let mut in_flight: Vec<(String, u64, u64)> = Vec::new();
             for op in 0..40u64 {
                 if rng.below(3) == 0 && !in_flight.is_empty() {
-                    let (id, amount, tokens) = in_flight.remove(0);
-                    let actual = amount * rng.below(1001) / 1000;
-                    let args = [
-                        id,
-                        actual.to_string(),
-                        limits.tpm.unwrap().to_string(),
-                        tokens.to_string(),
-                        rng.below(3000).to_string(),
-                    ];
-                    redis
+                    // One to three requests settled by one call (the settling task's batches).
+                    let n = (1 + rng.below(3) as usize).min(in_flight.len());
+                    let mut args = vec![limits.tpm.unwrap().to_string()];
+                    let mut corrections = Vec::new();
+                    for (id, amount, tokens) in in_flight.drain(..n) {
+                        let actual = amount * rng.below(1001) / 1000;
+                        let actual_tokens = rng.below(3000);
+                        args.extend([
+                            id,
+                            actual.to_string(),
+                            tokens.to_string(),
+                            actual_tokens.to_string(),
+                        ]);
+                        corrections.push((tokens, actual_tokens));
+                        held -= amount;
+                        spent += actual;
+                    }
+                    let tat_before = hget(&redis, &rate, "t").await;
+                    let Value::Array(reply) = redis
                         .eval(
                             &settle,
                             &[&rate, &budget_key, &holds_key],
@@ -633,9 +687,32 @@ mod tests {
                             DECISION_TIMEOUT,
                         )
                         .await
-                        .unwrap();
-                    held -= amount;
-                    spent += actual;
+                        .unwrap()
+                    else {
+                        panic!("not an array");
+                    };
+                    assert_eq!(int(&reply, 0).unwrap(), n as u64, "seed {seed} op {op}");
+                    // Each correction in turn, as core's limiter makes it.
+                    let now = int(&reply, 3).unwrap();
+                    let tat = corrections.iter().fold(tat_before, |tat, &(est, act)| {
+                        if tat == 0 {
+                            return 0;
+                        }
+                        ratelimit::corrected_tokens_tat(
+                            tat,
+                            limits.tpm.unwrap(),
+                            est,
+                            act,
+                            now,
+                            MINUTE_US,
+                        )
+                    });
+                    assert_eq!(hget(&redis, &rate, "t").await, tat, "seed {seed} op {op}");
+                    assert_eq!(
+                        (int(&reply, 1).unwrap(), int(&reply, 2).unwrap()),
+                        (spent, held),
+                        "seed {seed} op {op}"
+                    );
                 } else {
                     let tokens = rng.below(2000);
                     let cost = rng.below(400);
