@@ -389,6 +389,13 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
     if keys_in_store:
         proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
                      work / f"{prefix}gate.log")
+        # Until its admin socket listens, `gate token create` would write the key to the state
+        # directory (the offline path), where a daemon on PostgreSQL does not look.
+        deadline = time.time() + 60
+        while not (state / "admin.sock").exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"bench: {name} did not open its admin socket (see {work / f'{prefix}gate.log'})")
+            time.sleep(0.1)
 
     def token(*args: str) -> str:
         deadline = time.time() + 60

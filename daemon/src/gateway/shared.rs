@@ -54,30 +54,33 @@ pub const MAX_PENDING_SETTLES: usize = 10_000;
 /// How long a settlement is retried while Redis is unreachable.
 pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
-/// Reserve and rate-limit in one step. KEYS: rate, budget, holds. ARGV: rpm (0: none), tpm
-/// (0: none), tokens, budget limit (-1: none), max cost, request id, hold ttl ms, budget
-/// expiry (Unix s; 0: never), spend to start a new period's key from.
-/// Returns {outcome (0 admitted, 1 budget, 2 rate), spent, held, now µs, requests TAT,
-/// tokens TAT} (the TATs before the decision).
+/// Reserve and rate-limit admissions of one key and budget period, each in turn, as that many
+/// single calls would decide them (one atomic step). KEYS: rate, budget, holds. ARGV, per
+/// admission (9 each): rpm (0: none), tpm (0: none), tokens, budget limit (-1: none), max
+/// cost, request id, hold ttl ms, budget expiry (Unix s; 0: never), spend to start a new
+/// period's key from. Returns one {outcome (0 admitted, 1 budget, 2 rate), spent, held, now
+/// µs, requests TAT, tokens TAT} per admission (spent and held 0 without a budget; the TATs
+/// before its decision, 0 without a rate limit).
 pub const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
 local function fmt(x) return string.format('%d', x) end
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local tokens = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-local cost = tonumber(ARGV[5])
+local n = math.floor(#ARGV / 9)
+local budgeted, limited = nil, false
+for i = 0, n - 1 do
+  if budgeted == nil and tonumber(ARGV[i * 9 + 4]) >= 0 then budgeted = i * 9 end
+  if tonumber(ARGV[i * 9 + 1]) > 0 or tonumber(ARGV[i * 9 + 2]) > 0 then limited = true end
+end
 local spent, held = 0, 0
-if limit >= 0 then
+if budgeted ~= nil then
   if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('HSET', KEYS[2], 'spent', ARGV[9], 'held', '0')
-    if tonumber(ARGV[8]) > 0 then
-      redis.call('EXPIREAT', KEYS[2], ARGV[8])
+    redis.call('HSET', KEYS[2], 'spent', ARGV[budgeted + 9], 'held', '0')
+    if tonumber(ARGV[budgeted + 8]) > 0 then
+      redis.call('EXPIREAT', KEYS[2], ARGV[budgeted + 8])
     end
   end
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100 * n)
   for _, rid in ipairs(expired) do
     local amount = tonumber(redis.call('HGET', KEYS[2], 'h:' .. rid) or '0')
     if redis.call('HDEL', KEYS[2], 'h:' .. rid) == 1 then
@@ -88,42 +91,78 @@ if limit >= 0 then
   end
   spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
   held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
-  if spent + held + cost > limit then
-    return {1, spent, held, now, 0, 0}
-  end
 end
 local tr, tt = 0, 0
-if rpm > 0 or tpm > 0 then
+if limited then
   local v = redis.call('HMGET', KEYS[1], 'r', 't')
   tr = tonumber(v[1] or '0')
   tt = tonumber(v[2] or '0')
-  local MINUTE = 60000000
-  local function gcra(tat, lim, c)
-    local interval = math.max(math.floor(MINUTE / lim), 1)
-    local new = math.max(tat, now) + interval * c
-    if new <= now + MINUTE or tat <= now then return true, new end
-    return false, new
-  end
-  local okr, nr, okt, nt = true, tr, true, tt
-  if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
-  if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
-  if not (okr and okt) then
-    return {2, spent, held, now, tr, tt}
-  end
-  redis.call('HSET', KEYS[1], 'r', fmt(nr), 't', fmt(nt))
-  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(nr, nt) - now) / 1000) + 1000))
 end
-if limit >= 0 then
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(cost))
-  redis.call('HSET', KEYS[2], 'h:' .. ARGV[6], fmt(cost))
-  redis.call('ZADD', KEYS[3], fmt(now_ms + tonumber(ARGV[7])), ARGV[6])
-  if tonumber(ARGV[8]) > 0 then
-    redis.call('EXPIREAT', KEYS[3], ARGV[8])
-  end
-  held = held + cost
+local MINUTE = 60000000
+local function gcra(tat, lim, c)
+  local interval = math.max(math.floor(MINUTE / lim), 1)
+  local new = math.max(tat, now) + interval * c
+  if new <= now + MINUTE or tat <= now then return true, new end
+  return false, new
 end
-return {0, spent, held, now, tr, tt}
+local out, fields, members = {}, {}, {}
+local rate_set, added, expiry = false, 0, 0
+for i = 0, n - 1 do
+  local b = i * 9
+  local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local tokens, limit, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local s, h = 0, 0
+  if limit >= 0 then s, h = spent, held end
+  if limit >= 0 and spent + held + cost > limit then
+    out[i + 1] = {1, s, h, now, 0, 0}
+  else
+    local ok, r0, t0 = true, 0, 0
+    if rpm > 0 or tpm > 0 then
+      r0, t0 = tr, tt
+      local okr, nr, okt, nt = true, tr, true, tt
+      if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
+      if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
+      if okr and okt then
+        tr, tt, rate_set = nr, nt, true
+      else
+        ok = false
+        out[i + 1] = {2, s, h, now, r0, t0}
+      end
+    end
+    if ok then
+      if limit >= 0 then
+        held = held + cost
+        h = held
+        added = added + cost
+        fields[#fields + 1] = 'h:' .. ARGV[b + 6]
+        fields[#fields + 1] = fmt(cost)
+        members[#members + 1] = fmt(now_ms + tonumber(ARGV[b + 7]))
+        members[#members + 1] = ARGV[b + 6]
+        expiry = tonumber(ARGV[b + 8])
+      end
+      out[i + 1] = {0, s, h, now, r0, t0}
+    end
+  end
+end
+if rate_set then
+  redis.call('HSET', KEYS[1], 'r', fmt(tr), 't', fmt(tt))
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tr, tt) - now) / 1000) + 1000))
+end
+if #fields > 0 then
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(added))
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('ZADD', KEYS[3], unpack(members))
+  if expiry > 0 then
+    redis.call('EXPIREAT', KEYS[3], fmt(expiry))
+  end
+end
+return out
 "#;
+
+/// Admissions of one key decided by one [`ADMIT`] call, at most.
+const ADMIT_PER_CALL: usize = 64;
+/// Admissions taken from the queue for one pipelined round, at most.
+const ADMIT_BATCH: usize = 512;
 
 /// Settle admitted requests of one key and period, in order, as one script call settling
 /// each in turn would. KEYS: rate, budget, holds. ARGV: tpm (0: none), then per request: its
@@ -258,8 +297,9 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
 
 /// [`SharedLimits`] on Redis.
 pub(crate) struct RedisLimits<R: Runtime> {
-    redis: Redis<R>,
-    admit: Script,
+    /// Admissions for the one task that decides them (see [`run_admissions`]).
+    admissions: async_channel::Sender<PendingAdmit>,
+    _runtime: std::marker::PhantomData<R>,
     /// Request ids: a per-process random prefix and a counter.
     prefix: String,
     next: AtomicU64,
@@ -313,9 +353,11 @@ impl<R: Runtime> RedisLimits<R> {
             pending.clone(),
             seen.clone(),
         ));
+        let (admissions, admission_queue) = async_channel::unbounded();
+        rt.spawn(run_admissions(redis, Script::new(ADMIT), admission_queue));
         Self {
-            redis,
-            admit: Script::new(ADMIT),
+            admissions,
+            _runtime: std::marker::PhantomData,
             prefix: format!("{:x}-{:x}", std::process::id(), seed),
             next: AtomicU64::new(0),
             pending,
@@ -324,47 +366,40 @@ impl<R: Runtime> RedisLimits<R> {
         }
     }
 
-    async fn decide(
-        redis: Redis<R>,
-        script: Script,
-        request: SharedAdmit,
-        hold: SharedHold,
-    ) -> Result<SharedDecision, RedisError> {
-        let (budget_key, holds_key) = budget_keys(&request.key_id, hold.period, hold.period_start);
-        let rate = rate_key(&request.key_id);
-        let expire = request
+}
+
+/// The admission script's ARGV for one admission.
+fn admit_args(request: &SharedAdmit, hold: &SharedHold) -> [String; 9] {
+    let expire = request
+        .budget
+        .and_then(|b| b.period.end(request.now_unix))
+        .map_or(0, |end| end + 86_400);
+    [
+        request.limits.rpm.map_or(0, u64::from).to_string(),
+        request.limits.tpm.unwrap_or(0).to_string(),
+        request.tokens.to_string(),
+        request
             .budget
-            .and_then(|b| b.period.end(request.now_unix))
-            .map_or(0, |end| end + 86_400);
-        let args = [
-            request.limits.rpm.map_or(0, u64::from).to_string(),
-            request.limits.tpm.unwrap_or(0).to_string(),
-            request.tokens.to_string(),
-            request
-                .budget
-                .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
-            request.max_cost.0.to_string(),
-            hold.request.clone(),
-            HOLD_TTL.as_millis().to_string(),
-            expire.to_string(),
-            request.local_spent.0.to_string(),
-        ];
-        let reply = redis
-            .eval(
-                &script,
-                &[&rate, &budget_key, &holds_key],
-                &args,
-                DECISION_TIMEOUT,
-            )
-            .await?;
-        let bad = |why: String| RedisError::Command {
-            at: redis.url().to_string(),
-            why,
-        };
-        let Value::Array(values) = reply else {
-            return Err(bad(format!("the admission script answered {reply:?}")));
-        };
-        let field = |i| int(&values, i).map_err(bad);
+            .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
+        request.max_cost.0.to_string(),
+        hold.request.clone(),
+        HOLD_TTL.as_millis().to_string(),
+        expire.to_string(),
+        request.local_spent.0.to_string(),
+    ]
+}
+
+/// One admission's decision from its element of the script's reply.
+fn decision_of(
+    reply: &Value,
+    request: &SharedAdmit,
+    hold: SharedHold,
+) -> Result<SharedDecision, String> {
+    let Value::Array(values) = reply else {
+        return Err(format!("the admission script answered {reply:?}"));
+    };
+    {
+        let field = |i| int(values, i);
         let (outcome, spent, held, now) = (field(0)?, field(1)?, field(2)?, field(3)?);
         let tats = Tats {
             requests: field(4)?,
@@ -414,6 +449,95 @@ impl<R: Runtime> RedisLimits<R> {
                 }
             }
         })
+    }
+}
+
+/// A queued admission and where its decision goes.
+struct PendingAdmit {
+    request: SharedAdmit,
+    hold: SharedHold,
+    reply: async_channel::Sender<Result<SharedDecision, String>>,
+}
+
+/// The one task that admits: takes what is queued (up to [`ADMIT_BATCH`]), groups it by key
+/// and budget period (at most [`ADMIT_PER_CALL`] per [`ADMIT`] call, in queue order), sends
+/// the round pipelined, and hands each admission its decision. Concurrent requests of one
+/// key so cost Redis one script call, not one each. Ends when the limits are dropped.
+async fn run_admissions<R: Runtime>(
+    redis: Redis<R>,
+    script: Script,
+    queue: async_channel::Receiver<PendingAdmit>,
+) {
+    let mut batch: Vec<PendingAdmit> = Vec::new();
+    loop {
+        match queue.recv().await {
+            Ok(first) => batch.push(first),
+            Err(_) => return,
+        }
+        while batch.len() < ADMIT_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut groups: Vec<Vec<PendingAdmit>> = Vec::new();
+        let mut open: std::collections::HashMap<(String, Period, u64), usize> =
+            std::collections::HashMap::new();
+        for pending in batch.drain(..) {
+            let hold = &pending.hold;
+            let id = (hold.key_id.clone(), hold.period, hold.period_start);
+            match open.get(&id) {
+                Some(&i) if groups[i].len() < ADMIT_PER_CALL => groups[i].push(pending),
+                _ => {
+                    open.insert(id, groups.len());
+                    groups.push(vec![pending]);
+                }
+            }
+        }
+        let calls: Vec<(Vec<String>, Vec<String>)> = groups
+            .iter()
+            .map(|group| {
+                let hold = &group[0].hold;
+                let (budget_key, holds_key) =
+                    budget_keys(&hold.key_id, hold.period, hold.period_start);
+                let args = group
+                    .iter()
+                    .flat_map(|p| admit_args(&p.request, &p.hold))
+                    .collect();
+                (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
+            })
+            .collect();
+        let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
+        for (group, result) in groups.into_iter().zip(results) {
+            match result {
+                Ok(Value::Array(replies)) if replies.len() == group.len() => {
+                    for (pending, reply) in group.into_iter().zip(&replies) {
+                        let decision =
+                            decision_of(reply, &pending.request, pending.hold).map_err(|why| {
+                                RedisError::Command {
+                                    at: redis.url().to_string(),
+                                    why,
+                                }
+                                .to_string()
+                            });
+                        let _ = pending.reply.try_send(decision);
+                    }
+                }
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(reply) => RedisError::Command {
+                            at: redis.url().to_string(),
+                            why: format!("the admission script answered {reply:?}"),
+                        }
+                        .to_string(),
+                    };
+                    for pending in group {
+                        let _ = pending.reply.try_send(Err(why.clone()));
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -558,14 +682,22 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             period_start: period.start(request.now_unix),
             tpm: request.limits.tpm,
         };
-        let redis = self.redis.clone();
-        let script = self.admit.clone();
         let seen = self.seen.clone();
+        let (reply, decided) = async_channel::bounded(1);
+        let key_id = request.key_id.clone();
+        let queued = self.admissions.try_send(PendingAdmit {
+            request,
+            hold,
+            reply,
+        });
         Box::pin(async move {
-            let key_id = request.key_id.clone();
-            let decision = Self::decide(redis, script, request, hold)
+            if queued.is_err() {
+                return Err("the admission task has stopped (the daemon is stopping)".to_owned());
+            }
+            let decision = decided
+                .recv()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| "the admission task has stopped".to_owned())??;
             if let SharedDecision::Admitted {
                 hold, spent, held, ..
             } = &decision
