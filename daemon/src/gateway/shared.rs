@@ -365,7 +365,6 @@ impl<R: Runtime> RedisLimits<R> {
             settles,
         }
     }
-
 }
 
 /// The admission script's ARGV for one admission.
@@ -846,21 +845,28 @@ mod tests {
                         "seed {seed} op {op}"
                     );
                 } else {
-                    let tokens = rng.below(2000);
-                    let cost = rng.below(400);
-                    let id = format!("r{op}");
-                    let args = [
-                        limits.rpm.unwrap().to_string(),
-                        limits.tpm.unwrap().to_string(),
-                        tokens.to_string(),
-                        limit.to_string(),
-                        cost.to_string(),
-                        id.clone(),
-                        "3600000".to_owned(),
-                        "0".to_owned(),
-                        "0".to_owned(),
-                    ];
-                    let Value::Array(reply) = redis
+                    // One to three admissions decided by one call (the admission task's
+                    // batches): each as core decides it after the ones before.
+                    let k = 1 + rng.below(3);
+                    let mut asked = Vec::new();
+                    let mut args = Vec::new();
+                    for j in 0..k {
+                        let (tokens, cost, id) =
+                            (rng.below(2000), rng.below(400), format!("r{op}-{j}"));
+                        args.extend([
+                            limits.rpm.unwrap().to_string(),
+                            limits.tpm.unwrap().to_string(),
+                            tokens.to_string(),
+                            limit.to_string(),
+                            cost.to_string(),
+                            id.clone(),
+                            "3600000".to_owned(),
+                            "0".to_owned(),
+                            "0".to_owned(),
+                        ]);
+                        asked.push((tokens, cost, id));
+                    }
+                    let Value::Array(replies) = redis
                         .eval(
                             &admit,
                             &[&rate, &budget_key, &holds_key],
@@ -872,32 +878,52 @@ mod tests {
                     else {
                         panic!("not an array");
                     };
-                    let field = |i| int(&reply, i).unwrap();
-                    let (outcome, now) = (field(0), field(3));
-                    let tats = Tats {
-                        requests: field(4),
-                        tokens: field(5),
-                    };
-                    // Spent before, held after the decision.
-                    let held_after = if outcome == 0 { held + cost } else { held };
-                    assert_eq!(
-                        (field(1), field(2)),
-                        (spent, held_after),
-                        "seed {seed} op {op}"
-                    );
-                    if spent + held + cost > limit {
-                        assert_eq!(outcome, 1, "seed {seed} op {op}: budget");
-                        continue;
-                    }
-                    match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
-                        Ok((new, _)) => {
-                            assert_eq!(outcome, 0, "seed {seed} op {op}: core admits");
-                            assert_eq!(hget(&redis, &rate, "r").await, new.requests);
-                            assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
-                            held += cost;
-                            in_flight.push((id, cost, tokens));
+                    assert_eq!(replies.len() as u64, k, "seed {seed} op {op}");
+                    let mut chain: Option<Tats> = None;
+                    let mut last_admitted: Option<Tats> = None;
+                    for (j, ((tokens, cost, id), reply)) in
+                        asked.into_iter().zip(&replies).enumerate()
+                    {
+                        let Value::Array(reply) = reply else {
+                            panic!("not an array: {reply:?}");
+                        };
+                        let field = |i| int(reply, i).unwrap();
+                        let (outcome, now) = (field(0), field(3));
+                        // Spent before, held after the decision.
+                        let held_after = if outcome == 0 { held + cost } else { held };
+                        assert_eq!(
+                            (field(1), field(2)),
+                            (spent, held_after),
+                            "seed {seed} op {op}.{j}"
+                        );
+                        if spent + held + cost > limit {
+                            assert_eq!(outcome, 1, "seed {seed} op {op}.{j}: budget");
+                            continue;
                         }
-                        Err(_) => assert_eq!(outcome, 2, "seed {seed} op {op}: core refuses"),
+                        let tats = Tats {
+                            requests: field(4),
+                            tokens: field(5),
+                        };
+                        if let Some(expected) = chain {
+                            assert_eq!(tats, expected, "seed {seed} op {op}.{j}: the state before");
+                        }
+                        chain = Some(tats);
+                        match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
+                            Ok((new, _)) => {
+                                assert_eq!(outcome, 0, "seed {seed} op {op}.{j}: core admits");
+                                chain = Some(new);
+                                last_admitted = Some(new);
+                                held += cost;
+                                in_flight.push((id, cost, tokens));
+                            }
+                            Err(_) => {
+                                assert_eq!(outcome, 2, "seed {seed} op {op}.{j}: core refuses")
+                            }
+                        }
+                    }
+                    if let Some(new) = last_admitted {
+                        assert_eq!(hget(&redis, &rate, "r").await, new.requests);
+                        assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
                     }
                 }
                 assert_eq!(hget(&redis, &budget_key, "held").await, held);
