@@ -178,7 +178,11 @@ if tpm > 0 then
   tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
 end
 local step = math.max(math.floor(60000000 / math.max(tpm, 1)), 1)
+local fields = {}
+for i = 2, #ARGV, 4 do fields[#fields + 1] = 'h:' .. ARGV[i] end
+local amounts = redis.call('HMGET', KEYS[2], unpack(fields))
 local settled, released, added = 0, 0, 0
+local gone, done_fields, done_ids = {}, {}, {}
 for i = 2, #ARGV, 4 do
   if tat > 0 then
     local est, act = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -188,14 +192,20 @@ for i = 2, #ARGV, 4 do
       tat = math.max(tat - step * (est - act), math.min(now, tat))
     end
   end
-  local amount = redis.call('HGET', KEYS[2], 'h:' .. ARGV[i])
-  if amount then
-    redis.call('HDEL', KEYS[2], 'h:' .. ARGV[i])
-    redis.call('ZREM', KEYS[3], ARGV[i])
+  local amount = amounts[(i - 2) / 4 + 1]
+  -- A request named twice is settled once, as two calls in a row would.
+  if amount and not gone[ARGV[i]] then
+    gone[ARGV[i]] = true
+    done_fields[#done_fields + 1] = 'h:' .. ARGV[i]
+    done_ids[#done_ids + 1] = ARGV[i]
     released = released + tonumber(amount)
     added = added + tonumber(ARGV[i + 1])
     settled = settled + 1
   end
+end
+if settled > 0 then
+  redis.call('HDEL', KEYS[2], unpack(done_fields))
+  redis.call('ZREM', KEYS[3], unpack(done_ids))
 end
 if tat > 0 then
   redis.call('HSET', KEYS[1], 't', fmt(tat))
@@ -206,9 +216,8 @@ if settled > 0 then
   redis.call('HINCRBY', KEYS[2], 'held', fmt(-released))
   redis.call('HINCRBY', KEYS[2], 'spent', fmt(added))
 end
-local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
-local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
-return {settled, spent, held, now}
+local v = redis.call('HMGET', KEYS[2], 'spent', 'held')
+return {settled, tonumber(v[1] or '0'), tonumber(v[2] or '0'), now}
 "#;
 
 /// Settlements of one key settled by one [`SETTLE`] call, at most.
