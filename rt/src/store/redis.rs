@@ -261,10 +261,13 @@ enum Failure {
     Failed(RedisError),
 }
 
+/// What a waiter is handed: its reply, or why none came.
+type Delivered = Result<Value, Failure>;
+
 /// A one-shot slot one command's reply is put in by its connection's driver.
 #[derive(Default)]
 struct ReplySlot {
-    state: Mutex<(Option<Result<Value, Failure>>, Option<Waker>)>,
+    state: Mutex<(Option<Delivered>, Option<Waker>)>,
 }
 
 impl ReplySlot {
@@ -637,12 +640,8 @@ impl<R: Runtime> Redis<R> {
     /// Queues `commands` on a live connection (opening one if its slot is empty or dead);
     /// during the backoff after a failed connection attempt, that failure at once.
     fn send(&self, commands: &[&[u8]]) -> Result<Vec<Arc<ReplySlot>>, RedisError> {
-        let i = if CONNECTIONS > 1 {
-            self.inner.next.fetch_add(1, Ordering::Relaxed) % CONNECTIONS
-        } else {
-            0
-        };
         let mut link = lock(&self.inner.link);
+        let i = self.inner.next.fetch_add(1, Ordering::Relaxed) % link.conns.len();
         if let Some(conn) = &link.conns[i] {
             if let Some(slots) = conn.enqueue(commands) {
                 return Ok(slots);
