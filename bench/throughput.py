@@ -52,6 +52,7 @@ T_ADDED_P99_MS = 0.5
 T_POLICY_SHARE = 0.90  # with accounting, budget and rate limit >= 90% of the plain key
 T_ACCOUNTING_SHARE = 0.90  # issue 14: accounting (usage log + budget + rpm) costs <= 10% at c=50
 T_ACCOUNTING_C1_MS = 0.05  # ... and nothing visible at c=1: p50 within 0.05 ms of the same Gate without it
+T_SHARED_SHARE = 0.85  # issue 15: the shared store (PostgreSQL + Redis) costs <= 15% at c=50
 T_RSS_MB = 30.0
 
 LABELS = {
@@ -60,7 +61,7 @@ LABELS = {
     "gate": "Gate",
     "gate-policy": "Gate, key with budget + rpm",
     "gate-noacct": "Gate, usage log off, plain key",
-    "gate-shared-policy": "Gate, key with budget + rpm, shared store (Redis)",
+    "gate-shared-policy": "Gate, key with budget + rpm, shared store (PostgreSQL + Redis)",
     "litellm": "LiteLLM",
     "portkey": "Portkey gateway",
 }
@@ -296,6 +297,64 @@ def start_redis(work: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit("bench: redis-server did not answer PING within 10 s")
 
 
+PG_PASSWORD = "bench-pg-Secr3t"
+
+
+def pg_bin_dir() -> Path | None:
+    """Debian's PostgreSQL server programs (/usr/lib/postgresql/<major>/bin), the newest."""
+    base = Path("/usr/lib/postgresql")
+    found = sorted((int(d.name), d / "bin") for d in base.iterdir()
+                   if d.name.isdigit() and (d / "bin/initdb").exists()) if base.is_dir() else []
+    return found[-1][1] if found else None
+
+
+def start_postgres(work: Path) -> str:
+    """A PostgreSQL cluster in the work dir on a free loopback port, as
+    tests/support/store_servers.rs starts it (initdb, SCRAM over TCP, no fsync: the bench
+    measures Gate, not the disk), with a database `gate`; returns its URL. As root, the
+    server runs as the `postgres` user (PostgreSQL refuses root)."""
+    bin_dir = pg_bin_dir()
+    assert bin_dir is not None
+    as_postgres = os.geteuid() == 0
+    pg_dir = work / "pg"
+    data, run = pg_dir / "data", pg_dir / "run"
+    for d in (pg_dir, data, run):
+        d.mkdir()
+    pwfile = run / "pwfile"
+    pwfile.write_text(PG_PASSWORD)
+    wrap: list[str] = []
+    if as_postgres:
+        os.chmod(work, 0o755)
+        os.chmod(pg_dir, 0o755)
+        subprocess.run(["chown", "-R", "postgres:postgres", str(data), str(run)], check=True)
+        wrap = ["runuser", "-u", "postgres", "--"]
+    out = subprocess.run(wrap + [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8",
+                                 "--no-sync", "--auth-local=trust", "--auth-host=scram-sha-256",
+                                 f"--pwfile={pwfile}"], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: initdb failed: {out.stdout}{out.stderr}")
+    port = free_port()
+    start(wrap + [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
+                  "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
+                  "-c", "synchronous_commit=off"], work / "postgres.log")
+    env = dict(os.environ, PGPASSWORD=PG_PASSWORD, PGCONNECT_TIMEOUT="5")
+    psql = [str(bin_dir / "psql"), "-X", "-q", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres"]
+    deadline = time.time() + 60
+    while True:
+        out = subprocess.run(psql + ["-d", "postgres", "-c", "SELECT 1"], capture_output=True, text=True,
+                             env=env, timeout=30)
+        if out.returncode == 0:
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"bench: PostgreSQL did not answer within 60 s: {out.stderr.strip()}")
+        time.sleep(0.1)
+    out = subprocess.run(psql + ["-d", "postgres", "-c", "CREATE DATABASE gate"], capture_output=True,
+                         text=True, env=env, timeout=30)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: CREATE DATABASE failed: {out.stderr.strip()}")
+    return f"postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/gate"
+
+
 def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
                name: str = "gate", accounting: bool = True) -> tuple[Target, Target, dict]:
     """Gate in front of the origin with a plain key (target `name`) and a key with a budget and
@@ -323,12 +382,31 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         + (f"\n{extra_config}\n" if extra_config else "")
     )
 
+    # With `[store] url` the keys live in PostgreSQL: they are created through the running
+    # daemon (`gate token create` reaches it over its admin socket), so it starts first.
+    keys_in_store = "\nurl = " in extra_config
+    proc = None
+    if keys_in_store:
+        proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
+                     work / f"{prefix}gate.log")
+        # Until its admin socket listens, `gate token create` would write the key to the state
+        # directory (the offline path), where a daemon on PostgreSQL does not look.
+        deadline = time.time() + 60
+        while not (state / "admin.sock").exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit(f"bench: {name} did not open its admin socket (see {work / f'{prefix}gate.log'})")
+            time.sleep(0.1)
+
     def token(*args: str) -> str:
-        out = subprocess.run([str(binary), "token", "create", *args, "--state-dir", str(state)],
-                             capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise SystemExit(f"bench: gate token create {' '.join(args)} failed: {out.stderr.strip()}")
-        return out.stdout.strip()
+        deadline = time.time() + 60
+        while True:
+            out = subprocess.run([str(binary), "token", "create", *args, "--state-dir", str(state)],
+                                 capture_output=True, text=True, timeout=30)
+            if out.returncode == 0:
+                return out.stdout.strip()
+            if not keys_in_store or time.time() > deadline:
+                raise SystemExit(f"bench: gate token create {' '.join(args)} failed: {out.stderr.strip()}")
+            time.sleep(0.2)  # the daemon is still starting (admin socket, migrations)
 
     plain_key = token("--name", "bench-plain")
     # The key of the "accounting, budget and rate limit" scenario. --budget arrived with the key
@@ -345,8 +423,9 @@ def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_con
         args += ["--rpm", "60000000"]
     policy["args"] = args
     policy_key = token(*args)
-    proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
-                 work / f"{prefix}gate.log")
+    if proc is None:
+        proc = start([str(binary), "serve", "--config", str(config), "--state-dir", str(state)],
+                     work / f"{prefix}gate.log")
     base = f"http://127.0.0.1:{port}"
     plain = Target(name, proc, base, {"authorization": f"Bearer {plain_key}"})
     with_policy = Target(f"{name}-policy", proc, base, {"authorization": f"Bearer {policy_key}"})
@@ -659,6 +738,11 @@ def targets_met(results: dict) -> list[tuple[str, str, bool | None]]:
         gp.get("c50-stream_share_of_no_accounting"), "{:.0%}", lambda v: v >= T_ACCOUNTING_SHARE)
     add("accounting on vs off, c=1 p50 difference <= 0.05 ms (non-streamed)",
         gp.get("c1_p50_over_no_accounting_ms"), "{:+.3f} ms", lambda v: v <= T_ACCOUNTING_C1_MS)
+    gs = rows.get("gate-shared-policy", {})
+    add("shared store (PostgreSQL + Redis) vs embedded, c=50 non-streamed, >= 85%",
+        gs.get("c50_share_of_embedded"), "{:.0%}", lambda v: v >= T_SHARED_SHARE)
+    add("shared store vs embedded, c=50 streamed, >= 85%",
+        gs.get("c50-stream_share_of_embedded"), "{:.0%}", lambda v: v >= T_SHARED_SHARE)
     add("Gate RSS under c=50 load <= 30 MB (max of the samples)", g.get("rss_max_mb"), "{:.1f} MB",
         lambda v: v <= T_RSS_MB)
     so = results.get("soak")
@@ -726,10 +810,9 @@ def tables(results: dict) -> list[str]:
     gs = rows.get("gate-shared-policy", {})
     if gs.get("c50_share_of_embedded"):
         lines.append("")
-        lines.append(f"Shared store (Redis on loopback, `[store] redis_url`) vs embedded, same key policy, "
+        lines.append(f"Shared store (PostgreSQL + Redis on loopback, `[store] url` + `redis_url`) vs embedded, same key policy, "
                      f"same run: {gs['c50_share_of_embedded']:.0%} non-streamed, "
-                     f"{gs.get('c50-stream_share_of_embedded') or 0:.0%} streamed (issue 15: ≥ 85% with "
-                     f"PostgreSQL + Redis at c=50).")
+                     f"{gs.get('c50-stream_share_of_embedded') or 0:.0%} streamed (issue 15: ≥ 85% at c=50).")
     lines += ["", "| path | c=1 p50 [ms] | c=1 p99 [ms] | added p50 [ms] | added p99 [ms] "
                   "| c=1 streamed p50 [ms] | streamed p99 [ms] | added p50 [ms] | added p99 [ms] |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -848,7 +931,7 @@ def main() -> int:
     ap.add_argument("--skip-litellm", action="store_true")
     ap.add_argument("--skip-portkey", action="store_true")
     ap.add_argument("--skip-shared-store", action="store_true",
-                    help="no embedded vs shared store (Redis) pair")
+                    help="no embedded vs shared store (PostgreSQL + Redis) pair")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--soak-minutes", type=float, default=None)
     ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate instead of target/release/gate")
@@ -944,9 +1027,15 @@ def main() -> int:
         results["skipped"]["gate-shared-policy"] = "--skip-shared-store"
     elif not shutil.which("redis-server"):
         results["skipped"]["gate-shared-policy"] = "redis-server is not installed (apt-get install redis-server)"
+    elif pg_bin_dir() is None:
+        results["skipped"]["gate-shared-policy"] = ("PostgreSQL's server programs are not installed "
+                                                    "(no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
     else:
         _, redis_port = start_redis(work)
-        shared_extra = f'{extra}\n[store]\nredis_url = "redis://127.0.0.1:{redis_port}"\n'
+        pg_url = start_postgres(work)
+        # Keys, usage log and spend in PostgreSQL, rate limits and budget holds in Redis.
+        shared_extra = (f'{extra}\n[store]\nurl = "{pg_url}"\n'
+                        f'redis_url = "redis://127.0.0.1:{redis_port}"\n')
         _, gate_shared, _ = start_gate(root, work, origin_port, gate_binary, shared_extra, name="gate-shared")
         targets.append(gate_shared)
     for t in targets:

@@ -12,7 +12,10 @@
 //!   answers are the in-process answers.
 //! - [`SETTLE`]: releases the hold and adds the actual cost to the settled spend, corrects the
 //!   tokens-per-minute charge to the actual tokens. Idempotent: only a hold still present is
-//!   settled.
+//!   settled. Settlements are not a task per request: they go into one queue that one
+//!   background task ([`drain_settles`]) sends in pipelined rounds of up to [`SETTLE_BATCH`]
+//!   (one write; the client multiplexes them with admissions on its connection), retried
+//!   while Redis is unreachable.
 //!
 //! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
 //! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
@@ -51,30 +54,33 @@ pub const MAX_PENDING_SETTLES: usize = 10_000;
 /// How long a settlement is retried while Redis is unreachable.
 pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
-/// Reserve and rate-limit in one step. KEYS: rate, budget, holds. ARGV: rpm (0: none), tpm
-/// (0: none), tokens, budget limit (-1: none), max cost, request id, hold ttl ms, budget
-/// expiry (Unix s; 0: never), spend to start a new period's key from.
-/// Returns {outcome (0 admitted, 1 budget, 2 rate), spent, held, now µs, requests TAT,
-/// tokens TAT} (the TATs before the decision).
+/// Reserve and rate-limit admissions of one key and budget period, each in turn, as that many
+/// single calls would decide them (one atomic step). KEYS: rate, budget, holds. ARGV, per
+/// admission (9 each): rpm (0: none), tpm (0: none), tokens, budget limit (-1: none), max
+/// cost, request id, hold ttl ms, budget expiry (Unix s; 0: never), spend to start a new
+/// period's key from. Returns one {outcome (0 admitted, 1 budget, 2 rate), spent, held, now
+/// µs, requests TAT, tokens TAT} per admission (spent and held 0 without a budget; the TATs
+/// before its decision, 0 without a rate limit).
 pub const ADMIT: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
 local function fmt(x) return string.format('%d', x) end
-local rpm = tonumber(ARGV[1])
-local tpm = tonumber(ARGV[2])
-local tokens = tonumber(ARGV[3])
-local limit = tonumber(ARGV[4])
-local cost = tonumber(ARGV[5])
+local n = math.floor(#ARGV / 9)
+local budgeted, limited = nil, false
+for i = 0, n - 1 do
+  if budgeted == nil and tonumber(ARGV[i * 9 + 4]) >= 0 then budgeted = i * 9 end
+  if tonumber(ARGV[i * 9 + 1]) > 0 or tonumber(ARGV[i * 9 + 2]) > 0 then limited = true end
+end
 local spent, held = 0, 0
-if limit >= 0 then
+if budgeted ~= nil then
   if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('HSET', KEYS[2], 'spent', ARGV[9], 'held', '0')
-    if tonumber(ARGV[8]) > 0 then
-      redis.call('EXPIREAT', KEYS[2], ARGV[8])
+    redis.call('HSET', KEYS[2], 'spent', ARGV[budgeted + 9], 'held', '0')
+    if tonumber(ARGV[budgeted + 8]) > 0 then
+      redis.call('EXPIREAT', KEYS[2], ARGV[budgeted + 8])
     end
   end
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100 * n)
   for _, rid in ipairs(expired) do
     local amount = tonumber(redis.call('HGET', KEYS[2], 'h:' .. rid) or '0')
     if redis.call('HDEL', KEYS[2], 'h:' .. rid) == 1 then
@@ -85,80 +91,137 @@ if limit >= 0 then
   end
   spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
   held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
-  if spent + held + cost > limit then
-    return {1, spent, held, now, 0, 0}
-  end
 end
 local tr, tt = 0, 0
-if rpm > 0 or tpm > 0 then
+if limited then
   local v = redis.call('HMGET', KEYS[1], 'r', 't')
   tr = tonumber(v[1] or '0')
   tt = tonumber(v[2] or '0')
-  local MINUTE = 60000000
-  local function gcra(tat, lim, c)
-    local interval = math.max(math.floor(MINUTE / lim), 1)
-    local new = math.max(tat, now) + interval * c
-    if new <= now + MINUTE or tat <= now then return true, new end
-    return false, new
-  end
-  local okr, nr, okt, nt = true, tr, true, tt
-  if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
-  if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
-  if not (okr and okt) then
-    return {2, spent, held, now, tr, tt}
-  end
-  redis.call('HSET', KEYS[1], 'r', fmt(nr), 't', fmt(nt))
-  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(nr, nt) - now) / 1000) + 1000))
 end
-if limit >= 0 then
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(cost))
-  redis.call('HSET', KEYS[2], 'h:' .. ARGV[6], fmt(cost))
-  redis.call('ZADD', KEYS[3], fmt(now_ms + tonumber(ARGV[7])), ARGV[6])
-  if tonumber(ARGV[8]) > 0 then
-    redis.call('EXPIREAT', KEYS[3], ARGV[8])
-  end
-  held = held + cost
+local MINUTE = 60000000
+local function gcra(tat, lim, c)
+  local interval = math.max(math.floor(MINUTE / lim), 1)
+  local new = math.max(tat, now) + interval * c
+  if new <= now + MINUTE or tat <= now then return true, new end
+  return false, new
 end
-return {0, spent, held, now, tr, tt}
+local out, fields, members = {}, {}, {}
+local rate_set, added, expiry = false, 0, 0
+for i = 0, n - 1 do
+  local b = i * 9
+  local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
+  local tokens, limit, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
+  local s, h = 0, 0
+  if limit >= 0 then s, h = spent, held end
+  if limit >= 0 and spent + held + cost > limit then
+    out[i + 1] = {1, s, h, now, 0, 0}
+  else
+    local ok, r0, t0 = true, 0, 0
+    if rpm > 0 or tpm > 0 then
+      r0, t0 = tr, tt
+      local okr, nr, okt, nt = true, tr, true, tt
+      if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
+      if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
+      if okr and okt then
+        tr, tt, rate_set = nr, nt, true
+      else
+        ok = false
+        out[i + 1] = {2, s, h, now, r0, t0}
+      end
+    end
+    if ok then
+      if limit >= 0 then
+        held = held + cost
+        h = held
+        added = added + cost
+        fields[#fields + 1] = 'h:' .. ARGV[b + 6]
+        fields[#fields + 1] = fmt(cost)
+        members[#members + 1] = fmt(now_ms + tonumber(ARGV[b + 7]))
+        members[#members + 1] = ARGV[b + 6]
+        expiry = tonumber(ARGV[b + 8])
+      end
+      out[i + 1] = {0, s, h, now, r0, t0}
+    end
+  end
+end
+if rate_set then
+  redis.call('HSET', KEYS[1], 'r', fmt(tr), 't', fmt(tt))
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tr, tt) - now) / 1000) + 1000))
+end
+if #fields > 0 then
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(added))
+  redis.call('HSET', KEYS[2], unpack(fields))
+  redis.call('ZADD', KEYS[3], unpack(members))
+  if expiry > 0 then
+    redis.call('EXPIREAT', KEYS[3], fmt(expiry))
+  end
+end
+return out
 "#;
 
-/// Settle one admitted request. KEYS: rate, budget, holds. ARGV: request id, actual cost,
-/// tpm (0: none), estimated tokens, actual tokens. Returns {settled (1) or already (0),
-/// spent, held}.
+/// Admissions of one key decided by one [`ADMIT`] call, at most.
+const ADMIT_PER_CALL: usize = 64;
+/// Admissions taken from the queue for one pipelined round, at most.
+const ADMIT_BATCH: usize = 512;
+
+/// Settle admitted requests of one key and period, in order, as one script call settling
+/// each in turn would. KEYS: rate, budget, holds. ARGV: tpm (0: none), then per request: its
+/// id, actual cost, estimated tokens, actual tokens. Returns {how many were settled (the
+/// others were already), spent, held, the server's time in µs}.
 pub const SETTLE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%d', x) end
-local tpm = tonumber(ARGV[3])
+local tpm = tonumber(ARGV[1])
+local tat = 0
 if tpm > 0 then
-  local tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+  tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+end
+local step = math.max(math.floor(60000000 / math.max(tpm, 1)), 1)
+local fields = {}
+for i = 2, #ARGV, 4 do fields[#fields + 1] = 'h:' .. ARGV[i] end
+local amounts = redis.call('HMGET', KEYS[2], unpack(fields))
+local settled, released, added = 0, 0, 0
+local gone, done_fields, done_ids = {}, {}, {}
+for i = 2, #ARGV, 4 do
   if tat > 0 then
-    local est, act = tonumber(ARGV[4]), tonumber(ARGV[5])
-    local step = math.max(math.floor(60000000 / tpm), 1)
-    local new
+    local est, act = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
     if act >= est then
-      new = math.max(tat, now) + step * (act - est)
+      tat = math.max(tat, now) + step * (act - est)
     else
-      new = math.max(tat - step * (est - act), math.min(now, tat))
+      tat = math.max(tat - step * (est - act), math.min(now, tat))
     end
-    redis.call('HSET', KEYS[1], 't', fmt(new))
-    local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
-    redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(new, r) - now) / 1000) + 1000))
+  end
+  local amount = amounts[(i - 2) / 4 + 1]
+  -- A request named twice is settled once, as two calls in a row would.
+  if amount and not gone[ARGV[i]] then
+    gone[ARGV[i]] = true
+    done_fields[#done_fields + 1] = 'h:' .. ARGV[i]
+    done_ids[#done_ids + 1] = ARGV[i]
+    released = released + tonumber(amount)
+    added = added + tonumber(ARGV[i + 1])
+    settled = settled + 1
   end
 end
-local settled = 0
-local amount = redis.call('HGET', KEYS[2], 'h:' .. ARGV[1])
-if amount then
-  redis.call('HDEL', KEYS[2], 'h:' .. ARGV[1])
-  redis.call('ZREM', KEYS[3], ARGV[1])
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(-tonumber(amount)))
-  redis.call('HINCRBY', KEYS[2], 'spent', ARGV[2])
-  settled = 1
+if settled > 0 then
+  redis.call('HDEL', KEYS[2], unpack(done_fields))
+  redis.call('ZREM', KEYS[3], unpack(done_ids))
 end
-local spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
-local held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
-return {settled, spent, held}
+if tat > 0 then
+  redis.call('HSET', KEYS[1], 't', fmt(tat))
+  local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tat, r) - now) / 1000) + 1000))
+end
+if settled > 0 then
+  redis.call('HINCRBY', KEYS[2], 'held', fmt(-released))
+  redis.call('HINCRBY', KEYS[2], 'spent', fmt(added))
+end
+local v = redis.call('HMGET', KEYS[2], 'spent', 'held')
+return {settled, tonumber(v[1] or '0'), tonumber(v[2] or '0'), now}
 "#;
+
+/// Settlements of one key settled by one [`SETTLE`] call, at most.
+const SETTLE_PER_CALL: usize = 128;
 
 /// One admission asked of the shared store.
 #[derive(Debug, Clone)]
@@ -243,16 +306,26 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
 
 /// [`SharedLimits`] on Redis.
 pub(crate) struct RedisLimits<R: Runtime> {
-    rt: R,
-    redis: Redis<R>,
-    admit: Script,
-    settle: Script,
+    /// Admissions for the one task that decides them (see [`run_admissions`]).
+    admissions: async_channel::Sender<PendingAdmit>,
+    _runtime: std::marker::PhantomData<R>,
     /// Request ids: a per-process random prefix and a counter.
     prefix: String,
     next: AtomicU64,
     pending: Arc<AtomicUsize>,
     seen: Seen,
+    /// Settlements for the one task that sends them (see [`drain_settles`]).
+    settles: async_channel::Sender<Queued>,
 }
+
+/// A settlement waiting to be sent, and since when.
+struct Queued {
+    settle: SharedSettle,
+    since: std::time::Instant,
+}
+
+/// Settlements sent together, at most (one write, replies read in order).
+const SETTLE_BATCH: usize = 512;
 
 fn rate_key(id: &str) -> String {
     format!("gate:{{{id}}}:rate")
@@ -278,59 +351,63 @@ impl<R: Runtime> RedisLimits<R> {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
+        let (settles, queue) = async_channel::unbounded();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let seen = Seen::default();
+        rt.spawn(drain_settles(
+            rt.clone(),
+            redis.clone(),
+            Script::new(SETTLE),
+            queue,
+            pending.clone(),
+            seen.clone(),
+        ));
+        let (admissions, admission_queue) = async_channel::unbounded();
+        rt.spawn(run_admissions(redis, Script::new(ADMIT), admission_queue));
         Self {
-            rt,
-            redis,
-            admit: Script::new(ADMIT),
-            settle: Script::new(SETTLE),
+            admissions,
+            _runtime: std::marker::PhantomData,
             prefix: format!("{:x}-{:x}", std::process::id(), seed),
             next: AtomicU64::new(0),
-            pending: Arc::new(AtomicUsize::new(0)),
-            seen: Seen::default(),
+            pending,
+            seen,
+            settles,
         }
     }
+}
 
-    async fn decide(
-        redis: Redis<R>,
-        script: Script,
-        request: SharedAdmit,
-        hold: SharedHold,
-    ) -> Result<SharedDecision, RedisError> {
-        let (budget_key, holds_key) = budget_keys(&request.key_id, hold.period, hold.period_start);
-        let rate = rate_key(&request.key_id);
-        let expire = request
+/// The admission script's ARGV for one admission.
+fn admit_args(request: &SharedAdmit, hold: &SharedHold) -> [String; 9] {
+    let expire = request
+        .budget
+        .and_then(|b| b.period.end(request.now_unix))
+        .map_or(0, |end| end + 86_400);
+    [
+        request.limits.rpm.map_or(0, u64::from).to_string(),
+        request.limits.tpm.unwrap_or(0).to_string(),
+        request.tokens.to_string(),
+        request
             .budget
-            .and_then(|b| b.period.end(request.now_unix))
-            .map_or(0, |end| end + 86_400);
-        let args = [
-            request.limits.rpm.map_or(0, u64::from).to_string(),
-            request.limits.tpm.unwrap_or(0).to_string(),
-            request.tokens.to_string(),
-            request
-                .budget
-                .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
-            request.max_cost.0.to_string(),
-            hold.request.clone(),
-            HOLD_TTL.as_millis().to_string(),
-            expire.to_string(),
-            request.local_spent.0.to_string(),
-        ];
-        let reply = redis
-            .eval(
-                &script,
-                &[&rate, &budget_key, &holds_key],
-                &args,
-                DECISION_TIMEOUT,
-            )
-            .await?;
-        let bad = |why: String| RedisError::Command {
-            at: redis.url().to_string(),
-            why,
-        };
-        let Value::Array(values) = reply else {
-            return Err(bad(format!("the admission script answered {reply:?}")));
-        };
-        let field = |i| int(&values, i).map_err(bad);
+            .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
+        request.max_cost.0.to_string(),
+        hold.request.clone(),
+        HOLD_TTL.as_millis().to_string(),
+        expire.to_string(),
+        request.local_spent.0.to_string(),
+    ]
+}
+
+/// One admission's decision from its element of the script's reply.
+fn decision_of(
+    reply: &Value,
+    request: &SharedAdmit,
+    hold: SharedHold,
+) -> Result<SharedDecision, String> {
+    let Value::Array(values) = reply else {
+        return Err(format!("the admission script answered {reply:?}"));
+    };
+    {
+        let field = |i| int(values, i);
         let (outcome, spent, held, now) = (field(0)?, field(1)?, field(2)?, field(3)?);
         let tats = Tats {
             requests: field(4)?,
@@ -381,39 +458,216 @@ impl<R: Runtime> RedisLimits<R> {
             }
         })
     }
+}
 
-    async fn settle_once(
-        redis: &Redis<R>,
-        script: &Script,
-        settle: &SharedSettle,
-    ) -> Result<(Usd, Usd), RedisError> {
-        let hold = &settle.hold;
-        let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
-        let rate = rate_key(&hold.key_id);
-        let args = [
-            hold.request.clone(),
-            settle.actual.0.to_string(),
-            hold.tpm.unwrap_or(0).to_string(),
-            settle.estimated_tokens.to_string(),
-            settle.actual_tokens.to_string(),
-        ];
-        let reply = redis
-            .eval(
-                script,
-                &[&rate, &budget_key, &holds_key],
-                &args,
-                DECISION_TIMEOUT,
-            )
-            .await?;
-        match reply {
-            Value::Array(values) => Ok((
-                Usd(int(&values, 1).unwrap_or(0)),
-                Usd(int(&values, 2).unwrap_or(0)),
-            )),
-            other => Err(RedisError::Command {
-                at: redis.url().to_string(),
-                why: format!("the settlement script answered {other:?}"),
-            }),
+/// A queued admission and where its decision goes.
+struct PendingAdmit {
+    request: SharedAdmit,
+    hold: SharedHold,
+    reply: async_channel::Sender<Result<SharedDecision, String>>,
+}
+
+/// The one task that admits: takes what is queued (up to [`ADMIT_BATCH`]), groups it by key
+/// and budget period (at most [`ADMIT_PER_CALL`] per [`ADMIT`] call, in queue order), sends
+/// the round pipelined, and hands each admission its decision. Concurrent requests of one
+/// key so cost Redis one script call, not one each. Ends when the limits are dropped.
+async fn run_admissions<R: Runtime>(
+    redis: Redis<R>,
+    script: Script,
+    queue: async_channel::Receiver<PendingAdmit>,
+) {
+    let mut batch: Vec<PendingAdmit> = Vec::new();
+    loop {
+        match queue.recv().await {
+            Ok(first) => batch.push(first),
+            Err(_) => return,
+        }
+        while batch.len() < ADMIT_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        let mut groups: Vec<Vec<PendingAdmit>> = Vec::new();
+        let mut open: std::collections::HashMap<(String, Period, u64), usize> =
+            std::collections::HashMap::new();
+        for pending in batch.drain(..) {
+            let hold = &pending.hold;
+            let id = (hold.key_id.clone(), hold.period, hold.period_start);
+            match open.get(&id) {
+                Some(&i) if groups[i].len() < ADMIT_PER_CALL => groups[i].push(pending),
+                _ => {
+                    open.insert(id, groups.len());
+                    groups.push(vec![pending]);
+                }
+            }
+        }
+        let calls: Vec<(Vec<String>, Vec<String>)> = groups
+            .iter()
+            .map(|group| {
+                let hold = &group[0].hold;
+                let (budget_key, holds_key) =
+                    budget_keys(&hold.key_id, hold.period, hold.period_start);
+                let args = group
+                    .iter()
+                    .flat_map(|p| admit_args(&p.request, &p.hold))
+                    .collect();
+                (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
+            })
+            .collect();
+        let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
+        for (group, result) in groups.into_iter().zip(results) {
+            match result {
+                Ok(Value::Array(replies)) if replies.len() == group.len() => {
+                    for (pending, reply) in group.into_iter().zip(&replies) {
+                        let decision =
+                            decision_of(reply, &pending.request, pending.hold).map_err(|why| {
+                                RedisError::Command {
+                                    at: redis.url().to_string(),
+                                    why,
+                                }
+                                .to_string()
+                            });
+                        let _ = pending.reply.try_send(decision);
+                    }
+                }
+                other => {
+                    let why = match other {
+                        Err(e) => e.to_string(),
+                        Ok(reply) => RedisError::Command {
+                            at: redis.url().to_string(),
+                            why: format!("the admission script answered {reply:?}"),
+                        }
+                        .to_string(),
+                    };
+                    for pending in group {
+                        let _ = pending.reply.try_send(Err(why.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The settlement script's KEYS and ARGV for `settles` (all of one key, period and tpm).
+fn settle_call(settles: &[&SharedSettle]) -> (Vec<String>, Vec<String>) {
+    let hold = &settles[0].hold;
+    let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
+    let mut args = Vec::with_capacity(1 + 4 * settles.len());
+    args.push(hold.tpm.unwrap_or(0).to_string());
+    for settle in settles {
+        args.push(settle.hold.request.clone());
+        args.push(settle.actual.0.to_string());
+        args.push(settle.estimated_tokens.to_string());
+        args.push(settle.actual_tokens.to_string());
+    }
+    (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
+}
+
+/// `batch` in groups that one [`SETTLE`] call settles: the same key, period and tpm, at most
+/// [`SETTLE_PER_CALL`] each; a key's settlements keep their order.
+fn settle_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
+    let mut groups: Vec<Vec<Queued>> = Vec::new();
+    let mut open: std::collections::HashMap<(String, Period, u64, Option<u64>), usize> =
+        std::collections::HashMap::new();
+    for queued in batch {
+        let hold = &queued.settle.hold;
+        let id = (
+            hold.key_id.clone(),
+            hold.period,
+            hold.period_start,
+            hold.tpm,
+        );
+        match open.get(&id) {
+            Some(&i) if groups[i].len() < SETTLE_PER_CALL => groups[i].push(queued),
+            _ => {
+                open.insert(id, groups.len());
+                groups.push(vec![queued]);
+            }
+        }
+    }
+    groups
+}
+
+/// The one task that settles: takes what is queued (up to [`SETTLE_BATCH`]), sends it in one
+/// pipelined round, and keeps what Redis could not take for the next round after a pause
+/// (100 ms doubling to 2 s), each settlement for at most [`SETTLE_RETRY_FOR`] (then its hold
+/// is charged in full at its deadline). Ends when the limits are dropped and nothing is left.
+async fn drain_settles<R: Runtime>(
+    rt: R,
+    redis: Redis<R>,
+    script: Script,
+    queue: async_channel::Receiver<Queued>,
+    pending: Arc<AtomicUsize>,
+    seen: Seen,
+) {
+    let mut batch: Vec<Queued> = Vec::new();
+    let mut wait = Duration::from_millis(100);
+    loop {
+        if batch.is_empty() {
+            match queue.recv().await {
+                Ok(queued) => batch.push(queued),
+                Err(_) => return,
+            }
+        }
+        while batch.len() < SETTLE_BATCH {
+            match queue.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        let groups = settle_groups(std::mem::take(&mut batch));
+        let calls: Vec<_> = groups
+            .iter()
+            .map(|group| settle_call(&group.iter().map(|q| &q.settle).collect::<Vec<_>>()))
+            .collect();
+        let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
+        let mut retry = Vec::new();
+        for (group, result) in groups.into_iter().zip(results) {
+            let key = group[0].settle.hold.key_id.clone();
+            let period_start = group[0].settle.hold.period_start;
+            match result {
+                Ok(Value::Array(values)) => {
+                    see(
+                        &seen,
+                        &key,
+                        period_start,
+                        Usd(int(&values, 1).unwrap_or(0)),
+                        Usd(int(&values, 2).unwrap_or(0)),
+                    );
+                }
+                Ok(other) => {
+                    tracing::warn!(key = %key, "the settlement script answered {other:?}");
+                }
+                Err(RedisError::Command { why, .. }) => {
+                    tracing::warn!(key = %key, "settling in Redis failed: {why}");
+                }
+                Err(e) => {
+                    let (kept, given_up): (Vec<Queued>, Vec<Queued>) = group
+                        .into_iter()
+                        .partition(|q| q.since.elapsed() < SETTLE_RETRY_FOR);
+                    if !given_up.is_empty() {
+                        tracing::warn!(
+                            key = %key,
+                            "{e}; gave up settling {} request(s) after {} s: their holds are \
+                             charged in full when they expire",
+                            given_up.len(),
+                            SETTLE_RETRY_FOR.as_secs()
+                        );
+                        pending.fetch_sub(given_up.len(), Ordering::Relaxed);
+                    }
+                    retry.extend(kept);
+                    continue;
+                }
+            }
+            pending.fetch_sub(group.len(), Ordering::Relaxed);
+        }
+        if retry.is_empty() {
+            wait = Duration::from_millis(100);
+        } else {
+            batch = retry;
+            rt.sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
         }
     }
 }
@@ -436,14 +690,22 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             period_start: period.start(request.now_unix),
             tpm: request.limits.tpm,
         };
-        let redis = self.redis.clone();
-        let script = self.admit.clone();
         let seen = self.seen.clone();
+        let (reply, decided) = async_channel::bounded(1);
+        let key_id = request.key_id.clone();
+        let queued = self.admissions.try_send(PendingAdmit {
+            request,
+            hold,
+            reply,
+        });
         Box::pin(async move {
-            let key_id = request.key_id.clone();
-            let decision = Self::decide(redis, script, request, hold)
+            if queued.is_err() {
+                return Err("the admission task has stopped (the daemon is stopping)".to_owned());
+            }
+            let decision = decided
+                .recv()
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| "the admission task has stopped".to_owned())??;
             if let SharedDecision::Admitted {
                 hold, spent, held, ..
             } = &decision
@@ -455,13 +717,8 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
     }
 
     fn settle(&self, settle: SharedSettle) {
-        let redis = self.redis.clone();
-        let script = self.settle.clone();
-        let rt = self.rt.clone();
-        let pending = self.pending.clone();
-        let seen = self.seen.clone();
-        if pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
-            pending.fetch_sub(1, Ordering::Relaxed);
+        if self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(
                 key = %settle.hold.key_id,
                 "too many settlements wait for Redis; this request's hold will be charged in \
@@ -469,37 +726,14 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             );
             return;
         }
-        self.rt.spawn(async move {
-            let started = std::time::Instant::now();
-            let mut wait = Duration::from_millis(100);
-            loop {
-                match Self::settle_once(&redis, &script, &settle).await {
-                    Ok((spent, held)) => {
-                        let hold = &settle.hold;
-                        see(&seen, &hold.key_id, hold.period_start, spent, held);
-                        break;
-                    }
-                    Err(RedisError::Command { why, .. }) => {
-                        tracing::warn!(key = %settle.hold.key_id, "settling in Redis failed: {why}");
-                        break;
-                    }
-                    Err(e) if started.elapsed() >= SETTLE_RETRY_FOR => {
-                        tracing::warn!(
-                            key = %settle.hold.key_id,
-                            "{e}; gave up settling after {} s: the hold is charged in full when \
-                             it expires",
-                            SETTLE_RETRY_FOR.as_secs()
-                        );
-                        break;
-                    }
-                    Err(_) => {
-                        rt.sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(2));
-                    }
-                }
-            }
-            pending.fetch_sub(1, Ordering::Relaxed);
-        });
+        let queued = Queued {
+            settle,
+            since: std::time::Instant::now(),
+        };
+        if self.settles.try_send(queued).is_err() {
+            // The settling task is gone (only while the process ends).
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)> {
@@ -567,16 +801,25 @@ mod tests {
             let mut in_flight: Vec<(String, u64, u64)> = Vec::new();
             for op in 0..40u64 {
                 if rng.below(3) == 0 && !in_flight.is_empty() {
-                    let (id, amount, tokens) = in_flight.remove(0);
-                    let actual = amount * rng.below(1001) / 1000;
-                    let args = [
-                        id,
-                        actual.to_string(),
-                        limits.tpm.unwrap().to_string(),
-                        tokens.to_string(),
-                        rng.below(3000).to_string(),
-                    ];
-                    redis
+                    // One to three requests settled by one call (the settling task's batches).
+                    let n = (1 + rng.below(3) as usize).min(in_flight.len());
+                    let mut args = vec![limits.tpm.unwrap().to_string()];
+                    let mut corrections = Vec::new();
+                    for (id, amount, tokens) in in_flight.drain(..n) {
+                        let actual = amount * rng.below(1001) / 1000;
+                        let actual_tokens = rng.below(3000);
+                        args.extend([
+                            id,
+                            actual.to_string(),
+                            tokens.to_string(),
+                            actual_tokens.to_string(),
+                        ]);
+                        corrections.push((tokens, actual_tokens));
+                        held -= amount;
+                        spent += actual;
+                    }
+                    let tat_before = hget(&redis, &rate, "t").await;
+                    let Value::Array(reply) = redis
                         .eval(
                             &settle,
                             &[&rate, &budget_key, &holds_key],
@@ -584,25 +827,55 @@ mod tests {
                             DECISION_TIMEOUT,
                         )
                         .await
-                        .unwrap();
-                    held -= amount;
-                    spent += actual;
+                        .unwrap()
+                    else {
+                        panic!("not an array");
+                    };
+                    assert_eq!(int(&reply, 0).unwrap(), n as u64, "seed {seed} op {op}");
+                    // Each correction in turn, as core's limiter makes it.
+                    let now = int(&reply, 3).unwrap();
+                    let tat = corrections.iter().fold(tat_before, |tat, &(est, act)| {
+                        if tat == 0 {
+                            return 0;
+                        }
+                        ratelimit::corrected_tokens_tat(
+                            tat,
+                            limits.tpm.unwrap(),
+                            est,
+                            act,
+                            now,
+                            MINUTE_US,
+                        )
+                    });
+                    assert_eq!(hget(&redis, &rate, "t").await, tat, "seed {seed} op {op}");
+                    assert_eq!(
+                        (int(&reply, 1).unwrap(), int(&reply, 2).unwrap()),
+                        (spent, held),
+                        "seed {seed} op {op}"
+                    );
                 } else {
-                    let tokens = rng.below(2000);
-                    let cost = rng.below(400);
-                    let id = format!("r{op}");
-                    let args = [
-                        limits.rpm.unwrap().to_string(),
-                        limits.tpm.unwrap().to_string(),
-                        tokens.to_string(),
-                        limit.to_string(),
-                        cost.to_string(),
-                        id.clone(),
-                        "3600000".to_owned(),
-                        "0".to_owned(),
-                        "0".to_owned(),
-                    ];
-                    let Value::Array(reply) = redis
+                    // One to three admissions decided by one call (the admission task's
+                    // batches): each as core decides it after the ones before.
+                    let k = 1 + rng.below(3);
+                    let mut asked = Vec::new();
+                    let mut args = Vec::new();
+                    for j in 0..k {
+                        let (tokens, cost, id) =
+                            (rng.below(2000), rng.below(400), format!("r{op}-{j}"));
+                        args.extend([
+                            limits.rpm.unwrap().to_string(),
+                            limits.tpm.unwrap().to_string(),
+                            tokens.to_string(),
+                            limit.to_string(),
+                            cost.to_string(),
+                            id.clone(),
+                            "3600000".to_owned(),
+                            "0".to_owned(),
+                            "0".to_owned(),
+                        ]);
+                        asked.push((tokens, cost, id));
+                    }
+                    let Value::Array(replies) = redis
                         .eval(
                             &admit,
                             &[&rate, &budget_key, &holds_key],
@@ -614,32 +887,52 @@ mod tests {
                     else {
                         panic!("not an array");
                     };
-                    let field = |i| int(&reply, i).unwrap();
-                    let (outcome, now) = (field(0), field(3));
-                    let tats = Tats {
-                        requests: field(4),
-                        tokens: field(5),
-                    };
-                    // Spent before, held after the decision.
-                    let held_after = if outcome == 0 { held + cost } else { held };
-                    assert_eq!(
-                        (field(1), field(2)),
-                        (spent, held_after),
-                        "seed {seed} op {op}"
-                    );
-                    if spent + held + cost > limit {
-                        assert_eq!(outcome, 1, "seed {seed} op {op}: budget");
-                        continue;
-                    }
-                    match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
-                        Ok((new, _)) => {
-                            assert_eq!(outcome, 0, "seed {seed} op {op}: core admits");
-                            assert_eq!(hget(&redis, &rate, "r").await, new.requests);
-                            assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
-                            held += cost;
-                            in_flight.push((id, cost, tokens));
+                    assert_eq!(replies.len() as u64, k, "seed {seed} op {op}");
+                    let mut chain: Option<Tats> = None;
+                    let mut last_admitted: Option<Tats> = None;
+                    for (j, ((tokens, cost, id), reply)) in
+                        asked.into_iter().zip(&replies).enumerate()
+                    {
+                        let Value::Array(reply) = reply else {
+                            panic!("not an array: {reply:?}");
+                        };
+                        let field = |i| int(reply, i).unwrap();
+                        let (outcome, now) = (field(0), field(3));
+                        // Spent before, held after the decision.
+                        let held_after = if outcome == 0 { held + cost } else { held };
+                        assert_eq!(
+                            (field(1), field(2)),
+                            (spent, held_after),
+                            "seed {seed} op {op}.{j}"
+                        );
+                        if spent + held + cost > limit {
+                            assert_eq!(outcome, 1, "seed {seed} op {op}.{j}: budget");
+                            continue;
                         }
-                        Err(_) => assert_eq!(outcome, 2, "seed {seed} op {op}: core refuses"),
+                        let tats = Tats {
+                            requests: field(4),
+                            tokens: field(5),
+                        };
+                        if let Some(expected) = chain {
+                            assert_eq!(tats, expected, "seed {seed} op {op}.{j}: the state before");
+                        }
+                        chain = Some(tats);
+                        match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
+                            Ok((new, _)) => {
+                                assert_eq!(outcome, 0, "seed {seed} op {op}.{j}: core admits");
+                                chain = Some(new);
+                                last_admitted = Some(new);
+                                held += cost;
+                                in_flight.push((id, cost, tokens));
+                            }
+                            Err(_) => {
+                                assert_eq!(outcome, 2, "seed {seed} op {op}.{j}: core refuses")
+                            }
+                        }
+                    }
+                    if let Some(new) = last_admitted {
+                        assert_eq!(hget(&redis, &rate, "r").await, new.requests);
+                        assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
                     }
                 }
                 assert_eq!(hget(&redis, &budget_key, "held").await, held);
