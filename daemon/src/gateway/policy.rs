@@ -13,6 +13,7 @@
 //! the request can cost on any candidate upstream: estimated input plus its output bound at
 //! the dearest candidate's price.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,7 +178,7 @@ impl Charge {
         self.price = price_of(upstream, served_model);
         self.answered = true;
         self.record.upstream = Some(upstream.name.clone());
-        self.record.served_model = Some(served_model.to_owned());
+        self.record.served_model = Some(served_model.into());
     }
 
     /// Notes answer bytes sent to the client; the first marks the time to first token.
@@ -190,18 +191,18 @@ impl Charge {
 
     /// Settles an attempt the upstream refused or failed before answering: nothing is
     /// charged.
-    pub(super) fn finish_unanswered(mut self, status: StatusCode, error: &str) {
+    pub(super) fn finish_unanswered(mut self, status: StatusCode, error: &'static str) {
         self.answered = false;
         self.settle(status, Usage::default(), Some(error));
     }
 
     /// Settles with `usage` as the answer ended: `status` as the client got it, `error` the
     /// failure's kind when it failed.
-    pub(super) fn finish(mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+    pub(super) fn finish(mut self, status: StatusCode, usage: Usage, error: Option<&'static str>) {
         self.settle(status, usage, error);
     }
 
-    fn settle(&mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+    fn settle(&mut self, status: StatusCode, usage: Usage, error: Option<&'static str>) {
         if self.done {
             return;
         }
@@ -268,7 +269,7 @@ impl Charge {
         };
         record.latency_ms = millis(self.started.elapsed());
         record.status = status.as_u16();
-        record.error = error.map(str::to_owned);
+        record.error = error.map(Cow::Borrowed);
         self.sink.record(record);
     }
 }
@@ -445,13 +446,13 @@ fn rate_message(caller: &Caller, refusal: &RateRefusal, limits: Limits) -> Strin
 
 impl<R: Runtime> Gateway<R> {
     /// A fresh usage record for `caller`'s request.
-    fn usage_record(caller: &Caller, label: &str, model: &str) -> UsageRecord {
+    fn usage_record(caller: &Caller, label: &'static str, model: &str) -> UsageRecord {
         UsageRecord {
             at_ms: unix_now_ms(),
             key_id: caller.key_id.clone(),
-            owner: caller.policy.owner.clone(),
-            endpoint: label.to_owned(),
-            model: model.to_owned(),
+            owner: caller.owner.clone(),
+            endpoint: label.into(),
+            model: model.into(),
             ..UsageRecord::default()
         }
     }
@@ -462,7 +463,7 @@ impl<R: Runtime> Gateway<R> {
     fn refuse_store_unavailable(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
@@ -490,18 +491,18 @@ impl<R: Runtime> Gateway<R> {
     fn refuse(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
         status: StatusCode,
-        kind: &str,
+        kind: &'static str,
         message: &str,
     ) -> Response<Body> {
         tracing::info!(key = %caller.key_id, endpoint = label, %status, %message, "request refused by the key's policy");
         let mut record = Self::usage_record(caller, label, model);
         record.status = status.as_u16();
-        record.error = Some(kind.to_owned());
+        record.error = Some(Cow::Borrowed(kind));
         record.latency_ms = millis(started.elapsed());
         record.cost = Some(Usd::ZERO);
         self.usage_sink().record(record);
@@ -513,7 +514,7 @@ impl<R: Runtime> Gateway<R> {
     pub(super) fn check_model(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
@@ -548,7 +549,7 @@ impl<R: Runtime> Gateway<R> {
         &self,
         caller: &Caller,
         endpoint: Endpoint,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         body: &[u8],
@@ -683,7 +684,7 @@ impl<R: Runtime> Gateway<R> {
                 .spent;
             let decision = shared
                 .admit(SharedAdmit {
-                    key_id: caller.key_id.clone(),
+                    key_id: caller.key_id.to_string(),
                     limits,
                     tokens: estimated_input,
                     budget,
@@ -804,7 +805,7 @@ impl<R: Runtime> Gateway<R> {
     fn rate_refusal(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
