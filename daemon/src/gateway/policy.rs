@@ -399,7 +399,8 @@ pub(super) fn rate_headers(protocol: WireProtocol, status: &RateStatus, headers:
             HeaderName::from_static(remaining_name),
             HeaderValue::from(remaining),
         );
-        if let Ok(reset) = HeaderValue::from_str(&reset) {
+        // The text's own buffer becomes the value (no copy).
+        if let Ok(reset) = HeaderValue::from_maybe_shared(bytes::Bytes::from(reset)) {
             headers.insert(HeaderName::from_static(reset_name), reset);
         }
     }
@@ -699,7 +700,7 @@ impl<R: Runtime> Gateway<R> {
                     let local =
                         self.accounting
                             .ledger()
-                            .reserve(&caller.key_id, None, now, Usd::ZERO);
+                            .reserve(Arc::clone(&caller.key_id), None, now, Usd::ZERO);
                     if let Ok(local) = local {
                         return Ok((
                             charge(local, Some((shared, hold)), record),
@@ -754,7 +755,7 @@ impl<R: Runtime> Gateway<R> {
         let reserved = self
             .accounting
             .ledger()
-            .reserve(&caller.key_id, budget, now, max_cost);
+            .reserve(Arc::clone(&caller.key_id), budget, now, max_cost);
         let reservation = match reserved {
             Ok(r) => r,
             Err(refusal) => {
