@@ -524,10 +524,7 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
         .iter()
         .all(|r| r.status == 403 && *r.key_id == *gate.keys[0].id));
     assert_eq!(
-        refused
-            .iter()
-            .map(|r| &*r.endpoint)
-            .collect::<Vec<_>>(),
+        refused.iter().map(|r| &*r.endpoint).collect::<Vec<_>>(),
         ["chat_completions", "messages", "gemini"]
     );
     let ok = records.iter().find(|r| r.status == 200).expect("a success");

@@ -130,7 +130,10 @@ mod tests {
             ..UsageRecord::default()
         };
         let json = serde_json::to_value(&bare).unwrap();
-        assert!(json.get("owner").is_none() && json.get("upstream").is_none(), "{json}");
+        assert!(
+            json.get("owner").is_none() && json.get("upstream").is_none(),
+            "{json}"
+        );
         assert_eq!(serde_json::from_value::<UsageRecord>(json).unwrap(), bare);
     }
 }

@@ -697,10 +697,12 @@ impl<R: Runtime> Gateway<R> {
             match decision {
                 Ok(SharedDecision::Admitted { status, hold, .. }) => {
                     // The local ledger holds nothing: it only records this daemon's spend.
-                    let local =
-                        self.accounting
-                            .ledger()
-                            .reserve(Arc::clone(&caller.key_id), None, now, Usd::ZERO);
+                    let local = self.accounting.ledger().reserve(
+                        Arc::clone(&caller.key_id),
+                        None,
+                        now,
+                        Usd::ZERO,
+                    );
                     if let Ok(local) = local {
                         return Ok((
                             charge(local, Some((shared, hold)), record),
@@ -752,10 +754,10 @@ impl<R: Runtime> Gateway<R> {
         // Each lock is held for one statement: never two at once. Without Redis the
         // reservation is this daemon's; spend settled by other daemons reaches its ledger
         // through the PostgreSQL sync (`shared.rs`).
-        let reserved = self
-            .accounting
-            .ledger()
-            .reserve(Arc::clone(&caller.key_id), budget, now, max_cost);
+        let reserved =
+            self.accounting
+                .ledger()
+                .reserve(Arc::clone(&caller.key_id), budget, now, max_cost);
         let reservation = match reserved {
             Ok(r) => r,
             Err(refusal) => {

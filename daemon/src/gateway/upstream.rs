@@ -134,7 +134,12 @@ pub(super) fn build_upstream_request(
             // formatted here, and its error reported.
             match upstream.fixed_uri(path) {
                 Some(uri) => {
-                    return upstream_request_to(UpstreamUrl::Parsed(uri), client_headers, upstream, body)
+                    return upstream_request_to(
+                        UpstreamUrl::Parsed(uri),
+                        client_headers,
+                        upstream,
+                        body,
+                    )
                 }
                 None => format!("{}{path}", upstream.base_url),
             }
