@@ -440,6 +440,38 @@ mod tests {
         }
     }
 
+    /// Counters found through the series cache render as the families' own series: a kind
+    /// that never counted more than zero has no series, and repeated counts add up.
+    #[test]
+    fn cached_series_render_as_family_series() {
+        let metrics = Metrics::new();
+        let usage = gate_core::llm::usage::Usage {
+            input: 7,
+            output: 3,
+            cached_tokens: 2,
+            ..Default::default()
+        };
+        metrics.add_usage("up", "m", &usage);
+        metrics.add_usage("up", "m", &usage);
+        metrics.add_tokens("up", "m2", 0, 4);
+        metrics.count_attempt("up", "ok");
+        metrics.count_attempt("up", "ok");
+        metrics.count_attempt("up", "timeout");
+        let text = metrics.render();
+        for line in [
+            r#"gate_tokens_total{upstream="up",model="m",kind="input"} 14"#,
+            r#"gate_tokens_total{upstream="up",model="m",kind="output"} 6"#,
+            r#"gate_tokens_total{upstream="up",model="m",kind="cached"} 4"#,
+            r#"gate_tokens_total{upstream="up",model="m2",kind="output"} 4"#,
+            r#"gate_upstream_attempts_total{upstream="up",outcome="ok"} 2"#,
+            r#"gate_upstream_attempts_total{upstream="up",outcome="timeout"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        assert!(!text.contains(r#"kind="cache_write""#), "{text}");
+        assert!(!text.contains(r#"model="m2",kind="input""#), "{text}");
+    }
+
     #[test]
     fn per_key_counters_are_bounded() {
         let metrics = Metrics::new();
