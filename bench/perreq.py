@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +124,31 @@ def strace_count(pid: int, run) -> tuple[dict, dict]:
     return calls, result
 
 
+class RssSampler:
+    """Gate's VmRSS every 0.2 s in a thread of its own, from construction to `stop()` (the
+    maximum, in MB): the RSS target's reading, taken in the same run as the counts."""
+
+    def __init__(self, pid: int):
+        self.pid, self.max_kb, self.done = pid, 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.done.is_set():
+            try:
+                for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        self.max_kb = max(self.max_kb, int(line.split()[1]))
+            except OSError:
+                return
+            self.done.wait(0.2)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        return self.max_kb / 1024
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", type=Path, required=True)
@@ -203,7 +229,10 @@ def main() -> int:
             for evs in (events, alloc_events):
                 if not evs:
                     continue
+                sampler = RssSampler(pid) if evs is events else None
                 counts, r = perf_stat(pid, evs, lambda: wrk(work, target, stream, args.conc, args.seconds))
+                if sampler:
+                    row["rss_max_mb"] = sampler.stop()
                 n = max(r["requests"], 1)
                 row.setdefault("requests", r["requests"])
                 row["errors"] = row.get("errors", 0) + r["errors_total"]
@@ -226,8 +255,8 @@ def main() -> int:
         {"label": args.label, "binary": str(binary), "conc": args.conc, "seconds": args.seconds,
          "results": results}, indent=2))
     print(f"\nper request, c={args.conc}, {args.label or binary}")
-    print("| scenario | CPU [µs] (task-clock) | instructions | context switches | migrations | allocations (libc + mimalloc entry points) | syscalls |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| scenario | CPU [µs] (task-clock) | instructions | context switches | migrations | allocations (libc + mimalloc entry points) | syscalls | RSS max [MB] |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, row in results.items():
         def f(v, fmt):
             return "-" if v is None else format(v, fmt)
@@ -235,7 +264,7 @@ def main() -> int:
         print(f"| {name} | {f(cpu_us and cpu_us * 1000, '.1f')} | {f(row.get('instructions'), ',.0f')} | "
               f"{f(row.get('context-switches'), '.3f')} | {f(row.get('cpu-migrations'), '.3f')} | "
               f"{f(row.get('allocs'), '.1f')} | "
-              f"{f(row.get('syscalls'), '.2f')} |")
+              f"{f(row.get('syscalls'), '.2f')} | {f(row.get('rss_max_mb'), '.1f')} |")
     if not args.no_strace:
         for name, row in results.items():
             print(f"syscalls {name}: {row['syscalls_by_name']}")

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
@@ -123,35 +124,65 @@ impl KeyEdit {
     }
 }
 
-/// Who is calling, once authenticated, and what they may do.
+/// Who is calling, once authenticated, and what they may do: a shared handle (its fields
+/// through `Deref`), so a Gate key's caller is built once when the key store is loaded and
+/// each request takes a reference count, not copies of the id, name and policy (issue 16).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Caller {
+pub struct Caller(Arc<CallerData>);
+
+/// What a [`Caller`] holds.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CallerData {
     /// The key id the usage log and the budgets use: a Gate key's id, `jwt:<sub>` for a
     /// JWT, `loopback` for a trusted loopback client.
-    pub key_id: String,
+    pub key_id: Arc<str>,
     /// The key's name (Gate keys), the JWT's subject, or `loopback`.
     pub name: String,
     /// The policy that applies to this request.
     pub policy: KeyPolicy,
+    /// `policy.owner`, shared with the usage records.
+    pub owner: Option<Arc<str>>,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = CallerData;
+    fn deref(&self) -> &CallerData {
+        &self.0
+    }
 }
 
 impl Caller {
-    /// A trusted loopback client (`auth.allow_loopback`): no key, no limit.
+    pub fn new(key_id: String, name: String, policy: KeyPolicy) -> Self {
+        Self(Arc::new(CallerData {
+            key_id: key_id.into(),
+            name,
+            owner: policy.owner.as_deref().map(Arc::from),
+            policy,
+        }))
+    }
+
+    /// A trusted loopback client (`auth.allow_loopback`): no key, no limit (one shared
+    /// value).
     pub fn loopback() -> Self {
-        Self {
-            key_id: "loopback".to_owned(),
-            name: "loopback".to_owned(),
-            policy: KeyPolicy::default(),
-        }
+        static LOOPBACK: std::sync::OnceLock<Caller> = std::sync::OnceLock::new();
+        LOOPBACK
+            .get_or_init(|| {
+                Self::new(
+                    "loopback".to_owned(),
+                    "loopback".to_owned(),
+                    KeyPolicy::default(),
+                )
+            })
+            .clone()
     }
 
     /// The caller of a Gate API key.
     pub fn of_key(record: &TokenRecord) -> Self {
-        Self {
-            key_id: record.id.clone(),
-            name: record.name.clone(),
-            policy: record.policy.clone(),
-        }
+        Self::new(
+            record.id.clone(),
+            record.name.clone(),
+            record.policy.clone(),
+        )
     }
 }
 
@@ -169,6 +200,8 @@ struct TokenFile {
 pub struct TokenStore {
     path: PathBuf,
     by_digest: HashMap<[u8; 32], TokenRecord>,
+    /// Each valid-looking record's [`Caller`], built when the records are taken in.
+    callers: HashMap<[u8; 32], Caller>,
     /// Key id -> digest, for lookups by id.
     by_id: HashMap<String, [u8; 32]>,
     /// Records whose `sha256` is not 64 lower-case hex digits (a hand-edited file): listed,
@@ -272,6 +305,7 @@ impl TokenStore {
         let mut store = Self {
             path,
             by_digest: HashMap::new(),
+            callers: HashMap::new(),
             by_id: HashMap::new(),
             malformed: Vec::new(),
         };
@@ -282,6 +316,7 @@ impl TokenStore {
     /// Makes `records` (by hex hash, as in the file) this store's content.
     fn take_in(&mut self, records: BTreeMap<String, TokenRecord>) {
         self.by_digest.clear();
+        self.callers.clear();
         self.by_id.clear();
         self.malformed.clear();
         for (hex, record) in records {
@@ -290,6 +325,7 @@ impl TokenStore {
                 continue;
             };
             self.by_id.insert(record.id.clone(), digest);
+            self.callers.insert(digest, Caller::of_key(&record));
             self.by_digest.insert(digest, record);
         }
     }
@@ -357,6 +393,7 @@ impl TokenStore {
         let mut store = Self {
             path: PathBuf::new(),
             by_digest: HashMap::new(),
+            callers: HashMap::new(),
             by_id: HashMap::new(),
             malformed: Vec::new(),
         };
@@ -408,6 +445,20 @@ impl TokenStore {
         match record.expires_at {
             Some(exp) if exp <= now_unix() => None,
             _ => Some(record),
+        }
+    }
+
+    /// The caller of `token` when it is a valid, unexpired Gate key: [`Self::verify`] and
+    /// [`Caller::of_key`] in one, with the caller built when the store was loaded.
+    pub fn verify_caller(&self, token: &str) -> Option<Caller> {
+        if !token.starts_with(TOKEN_PREFIX) {
+            return None;
+        }
+        let digest = sha256(token.as_bytes());
+        let record = self.by_digest.get(&digest)?;
+        match record.expires_at {
+            Some(exp) if exp <= now_unix() => None,
+            _ => self.callers.get(&digest).cloned(),
         }
     }
 
@@ -543,11 +594,7 @@ impl JwtSettings {
         if policy.owner.is_none() {
             policy.owner = Some(sub.clone());
         }
-        Ok(Caller {
-            key_id: format!("jwt:{sub}"),
-            name: sub,
-            policy,
-        })
+        Ok(Caller::new(format!("jwt:{sub}"), sub, policy))
     }
 }
 
@@ -738,7 +785,7 @@ mod tests {
         )
         .unwrap();
         let caller = settings.verify(&good).unwrap();
-        assert_eq!(caller.key_id, "jwt:alice");
+        assert_eq!(&*caller.key_id, "jwt:alice");
         assert_eq!(caller.policy.owner.as_deref(), Some("alice"));
         let wrong_key = encode(
             &Header::default(),
@@ -858,8 +905,8 @@ mod tests {
             "gate": {"models": ["gpt-4o*", "gemini-*"], "rpm": 1000, "tpm": 5000,
                      "budget": {"usd": 50, "period": "month"}, "owner": "team-b"}});
         let caller = settings.verify(&sign(&claims)).unwrap();
-        assert_eq!(caller.key_id, "jwt:bob");
-        let p = caller.policy;
+        assert_eq!(&*caller.key_id, "jwt:bob");
+        let p = caller.policy.clone();
         assert!(p.models.allows("gpt-4o-mini"));
         assert!(
             !p.models.allows("gemini-2.5-pro"),
@@ -874,7 +921,7 @@ mod tests {
         assert_eq!(p.owner.as_deref(), Some("team-b"));
         // No claim: the ceiling applies as is.
         let plain = json!({"sub": "c", "iss": "gate-daemon", "exp": now + 600});
-        let p = settings.verify(&sign(&plain)).unwrap().policy;
+        let p = settings.verify(&sign(&plain)).unwrap().policy.clone();
         assert_eq!(p.rpm, Some(100));
         assert!(!p.models.allows("gemini-2.5-pro"));
         // A misspelt or mistyped claim is refused, not ignored.

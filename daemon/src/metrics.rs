@@ -3,9 +3,9 @@
 //! (from the usage sink, at most [`MAX_KEY_MODEL_SERIES`] label sets).
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock, RwLock};
 
 use gate_core::accounting::UsageRecord;
 
@@ -86,6 +86,72 @@ pub trait RelayGauges: Send + Sync {
     fn certificate_expiry(&self) -> Option<i64>;
 }
 
+/// Series already looked up, by two label values (upstream and model, key and model,
+/// upstream and outcome): the request path finds their counters with two borrowed-`str`
+/// hash lookups under a read lock, and allocates no label strings once a series exists
+/// (issue 16). The families stay the source of `/metrics`: a slot is filled with the family's
+/// own counter (a shared handle) the first time it counts, so the exposition is the same as
+/// when every request looked its labels up in the family.
+struct SeriesCache<V> {
+    map: RwLock<HashMap<String, HashMap<String, V>>>,
+}
+
+impl<V> Default for SeriesCache<V> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<V: Default> SeriesCache<V> {
+    /// Runs `f` on the entry of (`a`, `b`), creating it when `admit` allows (it is given
+    /// the number of entries so far); `None` when the entry does not exist and is not
+    /// admitted.
+    fn with<T>(
+        &self,
+        a: &str,
+        b: &str,
+        admit: impl FnOnce(usize) -> bool,
+        f: impl FnOnce(&V) -> T,
+    ) -> Option<T> {
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(entry) = map.get(a).and_then(|m| m.get(b)) {
+                return Some(f(entry));
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.get(a).is_some_and(|m| m.contains_key(b)) {
+            return map.get(a).and_then(|m| m.get(b)).map(f);
+        }
+        if !admit(map.values().map(HashMap::len).sum()) {
+            return None;
+        }
+        let entry = map
+            .entry(a.to_owned())
+            .or_default()
+            .entry(b.to_owned())
+            .or_default();
+        Some(f(entry))
+    }
+}
+
+/// The token counters of one (upstream, model), by kind ([`TOKEN_KINDS`]).
+type TokenSlots = [OnceLock<Counter>; 4];
+
+/// The `kind` label values of `gate_tokens_total`, in [`TokenSlots`] order.
+const TOKEN_KINDS: [&str; 4] = ["input", "output", "cached", "cache_write"];
+
+/// The per-key counters of one admitted (key, model) label set.
+#[derive(Default)]
+struct KeySlots {
+    requests: OnceLock<Counter>,
+    input: OnceLock<Counter>,
+    output: OnceLock<Counter>,
+    cost: OnceLock<Counter<f64, AtomicU64>>,
+}
+
 /// All metrics of the daemon.
 pub struct Metrics {
     registry: Registry,
@@ -103,8 +169,12 @@ pub struct Metrics {
     pub key_cost: Family<KeyModelLabels, Counter<f64, AtomicU64>>,
     /// Usage records not written to the usage log (its channel full, or closed).
     pub usage_dropped: Counter,
-    /// The (key, model) label sets admitted so far.
-    key_model_series: Mutex<HashSet<KeyModelLabels>>,
+    /// The (key, model) label sets admitted so far (at most [`MAX_KEY_MODEL_SERIES`]).
+    key_model_series: SeriesCache<KeySlots>,
+    /// The `key="other", model="other"` set, for (key, model) sets past the limit.
+    key_model_other: KeySlots,
+    token_series: SeriesCache<TokenSlots>,
+    attempt_series: SeriesCache<OnceLock<Counter>>,
     render_lock: Mutex<()>,
 }
 
@@ -206,7 +276,10 @@ impl Metrics {
             key_output_tokens,
             key_cost,
             usage_dropped,
-            key_model_series: Mutex::new(HashSet::new()),
+            key_model_series: SeriesCache::default(),
+            key_model_other: KeySlots::default(),
+            token_series: SeriesCache::default(),
+            attempt_series: SeriesCache::default(),
             relay_registered,
             certificate_expiry,
             requests,
@@ -221,84 +294,121 @@ impl Metrics {
 
     /// Counts tokens of one response.
     pub fn add_tokens(&self, upstream: &str, model: &str, input: u64, output: u64) {
-        for (kind, n) in [("input", input), ("output", output)] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        upstream: upstream.to_owned(),
-                        model: model.to_owned(),
-                        kind: kind.into(),
-                    })
-                    .inc_by(n);
-            }
+        self.count_tokens(upstream, model, [input, output, 0, 0]);
+    }
+
+    /// Adds `counts` (in [`TOKEN_KINDS`] order) to the token counters of (upstream, model);
+    /// a kind's series is created when it first counts more than zero.
+    fn count_tokens(&self, upstream: &str, model: &str, counts: [u64; 4]) {
+        if counts.iter().all(|&n| n == 0) {
+            return;
         }
+        self.token_series.with(
+            upstream,
+            model,
+            |_| true,
+            |slots| {
+                for ((slot, kind), n) in slots.iter().zip(TOKEN_KINDS).zip(counts) {
+                    if n > 0 {
+                        slot.get_or_init(|| {
+                            self.tokens
+                                .get_or_create(&TokenLabels {
+                                    upstream: upstream.to_owned(),
+                                    model: model.to_owned(),
+                                    kind: kind.into(),
+                                })
+                                .clone()
+                        })
+                        .inc_by(n);
+                    }
+                }
+            },
+        );
+    }
+
+    /// Counts one attempt at `upstream` with `outcome`.
+    pub fn count_attempt(&self, upstream: &str, outcome: &'static str) {
+        self.attempt_series.with(
+            upstream,
+            outcome,
+            |_| true,
+            |slot| {
+                slot.get_or_init(|| {
+                    self.upstream_attempts
+                        .get_or_create(&AttemptLabels {
+                            upstream: upstream.to_owned(),
+                            outcome: outcome.into(),
+                        })
+                        .clone()
+                })
+                .inc();
+            },
+        );
     }
 
     /// Counts one finished request in the per-key families.
     pub fn record_usage(&self, record: &UsageRecord) {
         let model = match &record.upstream {
-            Some(_) => record.model.as_str(),
+            Some(_) => &*record.model,
             None => NO_UPSTREAM_MODEL,
         };
-        let labels = self.key_model_labels(&record.key_id, model);
-        self.key_requests.get_or_create(&labels).inc();
-        if record.input_tokens > 0 {
-            self.key_input_tokens
-                .get_or_create(&labels)
-                .inc_by(record.input_tokens);
-        }
-        if record.output_tokens > 0 {
-            self.key_output_tokens
-                .get_or_create(&labels)
-                .inc_by(record.output_tokens);
-        }
-        if let Some(cost) = record.cost {
-            self.key_cost.get_or_create(&labels).inc_by(cost.as_f64());
-        }
-    }
-
-    /// The labels for (key, model): itself while fewer than [`MAX_KEY_MODEL_SERIES`] sets
-    /// exist, else `other`/`other`.
-    fn key_model_labels(&self, key: &str, model: &str) -> KeyModelLabels {
-        let labels = KeyModelLabels {
+        let key = &*record.key_id;
+        let count = |slots: &KeySlots, labels: &dyn Fn() -> KeyModelLabels| {
+            slots
+                .requests
+                .get_or_init(|| self.key_requests.get_or_create(&labels()).clone())
+                .inc();
+            if record.input_tokens > 0 {
+                slots
+                    .input
+                    .get_or_init(|| self.key_input_tokens.get_or_create(&labels()).clone())
+                    .inc_by(record.input_tokens);
+            }
+            if record.output_tokens > 0 {
+                slots
+                    .output
+                    .get_or_init(|| self.key_output_tokens.get_or_create(&labels()).clone())
+                    .inc_by(record.output_tokens);
+            }
+            if let Some(cost) = record.cost {
+                slots
+                    .cost
+                    .get_or_init(|| self.key_cost.get_or_create(&labels()).clone())
+                    .inc_by(cost.as_f64());
+            }
+        };
+        let own = || KeyModelLabels {
             key: key.to_owned(),
             model: model.to_owned(),
         };
-        let mut seen = self
-            .key_model_series
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if seen.contains(&labels) {
-            return labels;
-        }
-        if seen.len() < MAX_KEY_MODEL_SERIES {
-            seen.insert(labels.clone());
-            return labels;
-        }
-        KeyModelLabels {
-            key: "other".to_owned(),
-            model: "other".to_owned(),
+        let counted = self.key_model_series.with(
+            key,
+            model,
+            |admitted| admitted < MAX_KEY_MODEL_SERIES,
+            |slots| count(slots, &own),
+        );
+        if counted.is_none() {
+            let other = || KeyModelLabels {
+                key: "other".to_owned(),
+                model: "other".to_owned(),
+            };
+            count(&self.key_model_other, &other);
         }
     }
 
     /// Adds the token counts of one answer: input and output, and the prompt-cache reads
     /// and writes (`kind="cached"`, `kind="cache_write"`) when the upstream reported them.
     pub fn add_usage(&self, upstream: &str, model: &str, usage: &gate_core::llm::usage::Usage) {
-        self.add_tokens(upstream, model, usage.input, usage.output);
-        for (kind, n) in [
-            ("cached", usage.cached_tokens),
-            ("cache_write", usage.cache_write_tokens),
-        ] {
-            if n > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        upstream: upstream.to_owned(),
-                        model: model.to_owned(),
-                        kind: kind.into(),
-                    })
-                    .inc_by(n);
-            }
-        }
+        self.count_tokens(
+            upstream,
+            model,
+            [
+                usage.input,
+                usage.output,
+                usage.cached_tokens,
+                usage.cache_write_tokens,
+            ],
+        );
     }
 
     /// The text exposition format.
@@ -321,13 +431,45 @@ mod tests {
         UsageRecord {
             key_id: key.into(),
             model: model.into(),
-            upstream: upstream.map(str::to_owned),
+            upstream: upstream.map(Into::into),
             input_tokens: 10,
             output_tokens: 5,
             cost: Some(Usd(1_500_000_000)),
             status: 200,
             ..UsageRecord::default()
         }
+    }
+
+    /// Counters found through the series cache render as the families' own series: a kind
+    /// that never counted more than zero has no series, and repeated counts add up.
+    #[test]
+    fn cached_series_render_as_family_series() {
+        let metrics = Metrics::new();
+        let usage = gate_core::llm::usage::Usage {
+            input: 7,
+            output: 3,
+            cached_tokens: 2,
+            ..Default::default()
+        };
+        metrics.add_usage("up", "m", &usage);
+        metrics.add_usage("up", "m", &usage);
+        metrics.add_tokens("up", "m2", 0, 4);
+        metrics.count_attempt("up", "ok");
+        metrics.count_attempt("up", "ok");
+        metrics.count_attempt("up", "timeout");
+        let text = metrics.render();
+        for line in [
+            r#"gate_tokens_total{upstream="up",model="m",kind="input"} 14"#,
+            r#"gate_tokens_total{upstream="up",model="m",kind="output"} 6"#,
+            r#"gate_tokens_total{upstream="up",model="m",kind="cached"} 4"#,
+            r#"gate_tokens_total{upstream="up",model="m2",kind="output"} 4"#,
+            r#"gate_upstream_attempts_total{upstream="up",outcome="ok"} 2"#,
+            r#"gate_upstream_attempts_total{upstream="up",outcome="timeout"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} not in {text}");
+        }
+        assert!(!text.contains(r#"kind="cache_write""#), "{text}");
+        assert!(!text.contains(r#"model="m2",kind="input""#), "{text}");
     }
 
     #[test]

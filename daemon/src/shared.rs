@@ -234,7 +234,7 @@ impl Written {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for (_, r) in records {
             let cost = r.cost.unwrap_or(Usd::ZERO);
-            let entry = map.entry(r.key_id.clone()).or_insert(Usd::ZERO);
+            let entry = map.entry(r.key_id.to_string()).or_insert(Usd::ZERO);
             *entry = entry.saturating_add(cost);
         }
     }
@@ -572,12 +572,12 @@ impl<R: Runtime> SharedStore<R> {
         let uids: Vec<String> = batch.iter().map(|(uid, _)| uid.clone()).collect();
         let daemons: Vec<String> = vec![self.daemon_id.clone(); batch.len()];
         let at = num(&|r| r.at_ms);
-        let keys = col(&|r| r.key_id.clone());
-        let owners = opt(&|r| r.owner.clone());
-        let endpoints = col(&|r| r.endpoint.clone());
-        let models = col(&|r| r.model.clone());
-        let served = opt(&|r| r.served_model.clone());
-        let upstreams = opt(&|r| r.upstream.clone());
+        let keys = col(&|r| r.key_id.to_string());
+        let owners = opt(&|r| r.owner.as_deref().map(str::to_owned));
+        let endpoints = col(&|r| r.endpoint.to_string());
+        let models = col(&|r| r.model.to_string());
+        let served = opt(&|r| r.served_model.as_deref().map(str::to_owned));
+        let upstreams = opt(&|r| r.upstream.as_deref().map(str::to_owned));
         let input = num(&|r| r.input_tokens);
         let output = num(&|r| r.output_tokens);
         let cached = num(&|r| r.cached_tokens);
@@ -589,7 +589,7 @@ impl<R: Runtime> SharedStore<R> {
         let latency = num(&|r| r.latency_ms);
         let ttft: Vec<Option<i64>> = batch.iter().map(|(_, r)| r.ttft_ms.map(int)).collect();
         let status: Vec<i32> = batch.iter().map(|(_, r)| i32::from(r.status)).collect();
-        let errors = opt(&|r| r.error.clone());
+        let errors = opt(&|r| r.error.as_deref().map(str::to_owned));
         let params: [&(dyn ToSql + Sync); 18] = [
             &uids,
             &daemons,

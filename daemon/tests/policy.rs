@@ -522,12 +522,9 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
     assert_eq!(refused.len(), 3, "{records:?}");
     assert!(refused
         .iter()
-        .all(|r| r.status == 403 && r.key_id == gate.keys[0].id));
+        .all(|r| r.status == 403 && *r.key_id == *gate.keys[0].id));
     assert_eq!(
-        refused
-            .iter()
-            .map(|r| r.endpoint.as_str())
-            .collect::<Vec<_>>(),
+        refused.iter().map(|r| &*r.endpoint).collect::<Vec<_>>(),
         ["chat_completions", "messages", "gemini"]
     );
     let ok = records.iter().find(|r| r.status == 200).expect("a success");
@@ -700,7 +697,7 @@ async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
         .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
     let last = gate.records().pop().unwrap();
-    assert_eq!(last.key_id, gate.keys[1].id);
+    assert_eq!(&*last.key_id, gate.keys[1].id);
     assert_eq!((last.output_tokens, last.cost), (COMPLETION, None));
 }
 

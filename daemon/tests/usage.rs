@@ -123,7 +123,7 @@ fn kill_9_loses_at_most_the_last_second() {
     let handed = handed(&read_out());
     let present: BTreeSet<u64> = all_records(&dir)
         .into_iter()
-        .filter(|r| r.key_id == "crash")
+        .filter(|r| &*r.key_id == "crash")
         .map(|r| r.latency_ms)
         .collect();
     let must_have = (FLUSH_INTERVAL + MARGIN).as_millis() as u64;

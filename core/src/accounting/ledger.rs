@@ -15,6 +15,7 @@
 //! Time arrives as Unix seconds; nothing here reads a clock.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::money::Usd;
 use super::period::Period;
@@ -27,7 +28,7 @@ pub const UNBUDGETED_PERIOD: Period = Period::Month;
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a reservation holds budget until it is settled"]
 pub struct Reservation {
-    key: String,
+    key: Arc<str>,
     amount: Usd,
 }
 
@@ -85,7 +86,8 @@ struct Account {
 /// The ledger of every key seen since start.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    accounts: HashMap<String, Account>,
+    /// By key id, shared with the reservations (reserving and settling copy no string).
+    accounts: HashMap<Arc<str>, Account>,
 }
 
 impl Ledger {
@@ -94,9 +96,9 @@ impl Ledger {
         Self::default()
     }
 
-    fn account(&mut self, key: &str, period: Period, now_unix: u64) -> &mut Account {
+    fn account(&mut self, key: &Arc<str>, period: Period, now_unix: u64) -> &mut Account {
         let start = period.start(now_unix);
-        let account = self.accounts.entry(key.to_owned()).or_default();
+        let account = self.accounts.entry(Arc::clone(key)).or_default();
         if account.period_start != start {
             // A new period (or a period of another length after a policy change): spent
             // starts at zero; reservations in flight stay held until they settle.
@@ -108,21 +110,24 @@ impl Ledger {
 
     /// Holds `max_cost` on `key`'s budget, or says why it does not fit. A key without a budget
     /// is always admitted (nothing is held; its spend is still tracked when settled).
+    ///
+    /// `key`: a `&str`, or an `Arc<str>` the caller already holds (then nothing is copied).
     pub fn reserve(
         &mut self,
-        key: &str,
+        key: impl Into<Arc<str>>,
         budget: Option<Budget>,
         now_unix: u64,
         max_cost: Usd,
     ) -> Result<Reservation, BudgetRefusal> {
+        let key: Arc<str> = key.into();
         let Some(budget) = budget else {
-            self.account(key, UNBUDGETED_PERIOD, now_unix);
+            self.account(&key, UNBUDGETED_PERIOD, now_unix);
             return Ok(Reservation {
-                key: key.to_owned(),
+                key,
                 amount: Usd::ZERO,
             });
         };
-        let account = self.account(key, budget.period, now_unix);
+        let account = self.account(&key, budget.period, now_unix);
         let committed = account.spent.saturating_add(account.reserved);
         if committed.saturating_add(max_cost) > budget.limit {
             return Err(BudgetRefusal {
@@ -136,7 +141,7 @@ impl Ledger {
         }
         account.reserved = account.reserved.saturating_add(max_cost);
         Ok(Reservation {
-            key: key.to_owned(),
+            key,
             amount: max_cost,
         })
     }
@@ -178,7 +183,7 @@ impl Ledger {
         stored: Usd,
         written: Usd,
     ) {
-        let account = self.account(key, period, now_unix);
+        let account = self.account(&Arc::from(key), period, now_unix);
         let unwritten = account.settled_here.saturating_sub(written);
         account.spent = stored.saturating_add(unwritten);
     }
@@ -186,7 +191,7 @@ impl Ledger {
     /// Sets what `key` spent in the period that began at `period_start` (from the usage log,
     /// at start). Added to whatever this ledger already charged in that period.
     pub fn restore(&mut self, key: &str, spent: Usd, period_start: u64) {
-        let account = self.accounts.entry(key.to_owned()).or_default();
+        let account = self.accounts.entry(Arc::from(key)).or_default();
         if account.period_start != period_start {
             account.period_start = period_start;
             account.spent = Usd::ZERO;

@@ -80,10 +80,7 @@ impl<R: Runtime> Gateway<R> {
         };
         if token.starts_with(auth::TOKEN_PREFIX) {
             let tokens = self.tokens.read().unwrap_or_else(|e| e.into_inner());
-            return tokens
-                .verify(token)
-                .map(Caller::of_key)
-                .ok_or(AuthError::Invalid);
+            return tokens.verify_caller(token).ok_or(AuthError::Invalid);
         }
         match &snapshot.jwt {
             Some(jwt) => jwt.verify(token),

@@ -23,7 +23,7 @@ pub(super) fn lock(router: &SharedRouter) -> MutexGuard<'_, Router> {
 #[derive(Debug)]
 struct OutcomeSink {
     router: SharedRouter,
-    upstream: String,
+    upstream: std::sync::Arc<str>,
     model: String,
 }
 
@@ -58,7 +58,7 @@ impl AttemptSlot {
     pub(super) fn acquire(
         router: &SharedRouter,
         upstream: UpstreamId,
-        upstream_name: &str,
+        upstream_name: &std::sync::Arc<str>,
         model: &str,
         now: Instant,
     ) -> Option<AttemptSlot> {
@@ -68,7 +68,7 @@ impl AttemptSlot {
         Some(AttemptSlot {
             sink: OutcomeSink {
                 router: router.clone(),
-                upstream: upstream_name.to_owned(),
+                upstream: upstream_name.clone(),
                 model: model.to_owned(),
             },
             settled: false,

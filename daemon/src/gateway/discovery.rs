@@ -32,7 +32,7 @@ impl<R: Runtime> Gateway<R> {
         let queries = snapshot
             .upstreams
             .iter()
-            .filter(|upstream| !explicit.contains(&upstream.name))
+            .filter(|upstream| !explicit.contains(&*upstream.name))
             .map(|upstream| self.discover_upstream_models(upstream));
         futures_util::future::join_all(queries).await;
     }

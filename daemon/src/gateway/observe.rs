@@ -6,7 +6,7 @@ use std::time::Instant;
 use gate_rt::Runtime;
 
 use super::Gateway;
-use crate::metrics::{AttemptLabels, UpstreamLabels};
+use crate::metrics::UpstreamLabels;
 
 impl<R: Runtime> Gateway<R> {
     /// Updates the upstream health gauges and renders `/metrics`.
@@ -45,12 +45,6 @@ impl<R: Runtime> Gateway<R> {
     /// Counts one attempt at an upstream by outcome (the breaker hears of it through the
     /// attempt's slot).
     pub(super) fn count_attempt(&self, upstream: &str, outcome: &'static str) {
-        self.metrics
-            .upstream_attempts
-            .get_or_create(&AttemptLabels {
-                upstream: upstream.to_owned(),
-                outcome: outcome.into(),
-            })
-            .inc();
+        self.metrics.count_attempt(upstream, outcome);
     }
 }

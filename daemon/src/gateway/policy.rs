@@ -13,6 +13,7 @@
 //! the request can cost on any candidate upstream: estimated input plus its output bound at
 //! the dearest candidate's price.
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -177,7 +178,7 @@ impl Charge {
         self.price = price_of(upstream, served_model);
         self.answered = true;
         self.record.upstream = Some(upstream.name.clone());
-        self.record.served_model = Some(served_model.to_owned());
+        self.record.served_model = Some(served_model.into());
     }
 
     /// Notes answer bytes sent to the client; the first marks the time to first token.
@@ -190,18 +191,18 @@ impl Charge {
 
     /// Settles an attempt the upstream refused or failed before answering: nothing is
     /// charged.
-    pub(super) fn finish_unanswered(mut self, status: StatusCode, error: &str) {
+    pub(super) fn finish_unanswered(mut self, status: StatusCode, error: &'static str) {
         self.answered = false;
         self.settle(status, Usage::default(), Some(error));
     }
 
     /// Settles with `usage` as the answer ended: `status` as the client got it, `error` the
     /// failure's kind when it failed.
-    pub(super) fn finish(mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+    pub(super) fn finish(mut self, status: StatusCode, usage: Usage, error: Option<&'static str>) {
         self.settle(status, usage, error);
     }
 
-    fn settle(&mut self, status: StatusCode, usage: Usage, error: Option<&str>) {
+    fn settle(&mut self, status: StatusCode, usage: Usage, error: Option<&'static str>) {
         if self.done {
             return;
         }
@@ -268,7 +269,7 @@ impl Charge {
         };
         record.latency_ms = millis(self.started.elapsed());
         record.status = status.as_u16();
-        record.error = error.map(str::to_owned);
+        record.error = error.map(Cow::Borrowed);
         self.sink.record(record);
     }
 }
@@ -398,7 +399,8 @@ pub(super) fn rate_headers(protocol: WireProtocol, status: &RateStatus, headers:
             HeaderName::from_static(remaining_name),
             HeaderValue::from(remaining),
         );
-        if let Ok(reset) = HeaderValue::from_str(&reset) {
+        // The text's own buffer becomes the value (no copy).
+        if let Ok(reset) = HeaderValue::from_maybe_shared(bytes::Bytes::from(reset)) {
             headers.insert(HeaderName::from_static(reset_name), reset);
         }
     }
@@ -445,13 +447,13 @@ fn rate_message(caller: &Caller, refusal: &RateRefusal, limits: Limits) -> Strin
 
 impl<R: Runtime> Gateway<R> {
     /// A fresh usage record for `caller`'s request.
-    fn usage_record(caller: &Caller, label: &str, model: &str) -> UsageRecord {
+    fn usage_record(caller: &Caller, label: &'static str, model: &str) -> UsageRecord {
         UsageRecord {
             at_ms: unix_now_ms(),
             key_id: caller.key_id.clone(),
-            owner: caller.policy.owner.clone(),
-            endpoint: label.to_owned(),
-            model: model.to_owned(),
+            owner: caller.owner.clone(),
+            endpoint: label.into(),
+            model: model.into(),
             ..UsageRecord::default()
         }
     }
@@ -462,7 +464,7 @@ impl<R: Runtime> Gateway<R> {
     fn refuse_store_unavailable(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
@@ -490,18 +492,18 @@ impl<R: Runtime> Gateway<R> {
     fn refuse(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
         status: StatusCode,
-        kind: &str,
+        kind: &'static str,
         message: &str,
     ) -> Response<Body> {
         tracing::info!(key = %caller.key_id, endpoint = label, %status, %message, "request refused by the key's policy");
         let mut record = Self::usage_record(caller, label, model);
         record.status = status.as_u16();
-        record.error = Some(kind.to_owned());
+        record.error = Some(Cow::Borrowed(kind));
         record.latency_ms = millis(started.elapsed());
         record.cost = Some(Usd::ZERO);
         self.usage_sink().record(record);
@@ -513,7 +515,7 @@ impl<R: Runtime> Gateway<R> {
     pub(super) fn check_model(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,
@@ -548,7 +550,7 @@ impl<R: Runtime> Gateway<R> {
         &self,
         caller: &Caller,
         endpoint: Endpoint,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         body: &[u8],
@@ -683,7 +685,7 @@ impl<R: Runtime> Gateway<R> {
                 .spent;
             let decision = shared
                 .admit(SharedAdmit {
-                    key_id: caller.key_id.clone(),
+                    key_id: caller.key_id.to_string(),
                     limits,
                     tokens: estimated_input,
                     budget,
@@ -695,10 +697,12 @@ impl<R: Runtime> Gateway<R> {
             match decision {
                 Ok(SharedDecision::Admitted { status, hold, .. }) => {
                     // The local ledger holds nothing: it only records this daemon's spend.
-                    let local =
-                        self.accounting
-                            .ledger()
-                            .reserve(&caller.key_id, None, now, Usd::ZERO);
+                    let local = self.accounting.ledger().reserve(
+                        Arc::clone(&caller.key_id),
+                        None,
+                        now,
+                        Usd::ZERO,
+                    );
                     if let Ok(local) = local {
                         return Ok((
                             charge(local, Some((shared, hold)), record),
@@ -750,10 +754,10 @@ impl<R: Runtime> Gateway<R> {
         // Each lock is held for one statement: never two at once. Without Redis the
         // reservation is this daemon's; spend settled by other daemons reaches its ledger
         // through the PostgreSQL sync (`shared.rs`).
-        let reserved = self
-            .accounting
-            .ledger()
-            .reserve(&caller.key_id, budget, now, max_cost);
+        let reserved =
+            self.accounting
+                .ledger()
+                .reserve(Arc::clone(&caller.key_id), budget, now, max_cost);
         let reservation = match reserved {
             Ok(r) => r,
             Err(refusal) => {
@@ -804,7 +808,7 @@ impl<R: Runtime> Gateway<R> {
     fn rate_refusal(
         &self,
         caller: &Caller,
-        label: &str,
+        label: &'static str,
         protocol: WireProtocol,
         model: &str,
         started: Instant,

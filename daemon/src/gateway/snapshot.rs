@@ -15,7 +15,7 @@ use crate::auth::JwtSettings;
 /// One upstream as the gateway calls it.
 #[derive(Debug, Clone)]
 pub struct UpstreamTarget {
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     pub provider: ProviderKind,
     pub protocol: WireProtocol,
     /// Without a trailing slash.
@@ -35,6 +35,34 @@ pub struct UpstreamTarget {
     /// The header carrying `api_key`, built once (issue 16): `Ok(None)` without a key,
     /// `Err(())` when the key is not a valid header value (each request is refused then).
     pub auth_header: Result<Option<(HeaderName, HeaderValue)>, ()>,
+    /// `base_url` joined with each fixed upstream path (those of
+    /// [`Translation::upstream_path`]), parsed once (issue 16): a request's URI is a clone of
+    /// one of these (reference counts), not a `format!` and a parse. Paths whose URL does not
+    /// parse are absent; their requests take the formatted path and report the error there.
+    pub uris: Vec<(&'static str, http::Uri)>,
+}
+
+/// Every path [`Translation::upstream_path`] can return but the empty one (a native Gemini
+/// upstream's paths carry the model: formatted per request).
+const FIXED_UPSTREAM_PATHS: [&str; 6] = [
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+];
+
+/// [`UpstreamTarget::uris`] for `base_url`.
+fn fixed_uris(base_url: &str) -> Vec<(&'static str, http::Uri)> {
+    FIXED_UPSTREAM_PATHS
+        .iter()
+        .filter_map(|path| {
+            http::Uri::try_from(format!("{base_url}{path}"))
+                .ok()
+                .map(|uri| (*path, uri))
+        })
+        .collect()
 }
 
 /// The header that carries `key` in `protocol`, marked sensitive so no debug output shows it;
@@ -63,6 +91,14 @@ impl UpstreamTarget {
     /// How a request to `endpoint` reaches this upstream.
     pub fn translation(&self, endpoint: gate_core::llm::endpoint::Endpoint) -> Translation {
         endpoint.translation(self.protocol, self.responses)
+    }
+
+    /// The URI of `path` under `base_url`, when it is one of the fixed paths and parses.
+    pub fn fixed_uri(&self, path: &str) -> Option<http::Uri> {
+        self.uris
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, uri)| uri.clone())
     }
 
     /// What this upstream adds to the per-model table for `upstream_model`.
@@ -102,11 +138,13 @@ impl Snapshot {
             spec.enabled = up.enabled;
             spec.weight = up.weight;
             specs.push(spec);
+            let base_url = up.base_url.trim_end_matches('/').to_owned();
             upstreams.push(UpstreamTarget {
-                name: name.clone(),
+                name: name.as_str().into(),
+                uris: fixed_uris(&base_url),
                 provider,
                 protocol,
-                base_url: up.base_url.trim_end_matches('/').to_owned(),
+                base_url,
                 api_key: up.api_key.clone(),
                 responses: up.responses.unwrap_or(provider.speaks_responses()),
                 max_output_tokens: up.max_output_tokens,

@@ -94,7 +94,7 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) started: Instant,
     pub(super) usage: Usage,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) upstream_name: String,
+    pub(super) upstream_name: std::sync::Arc<str>,
     pub(super) model: String,
     pub(super) endpoint: Endpoint,
     /// The attempt's breaker slot: settled as a success when the stream ends cleanly, as
@@ -288,7 +288,7 @@ impl<R: Runtime> StreamPipe<R> {
             self.metrics
                 .time_to_first_token
                 .get_or_create(&UpstreamLabels {
-                    upstream: self.upstream_name.clone(),
+                    upstream: self.upstream_name.to_string(),
                 })
                 .observe(self.started.elapsed().as_secs_f64());
         }

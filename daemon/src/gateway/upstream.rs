@@ -126,15 +126,26 @@ pub(super) fn build_upstream_request(
             upstream.base_url,
             endpoint::gemini_upstream_path(upstream_model, stream)
         ),
-        _ => format!(
-            "{}{}",
-            upstream.base_url,
-            upstream
+        _ => {
+            let path = upstream
                 .translation(endpoint)
-                .upstream_path(endpoint, upstream.protocol)
-        ),
+                .upstream_path(endpoint, upstream.protocol);
+            // Built with the snapshot (issue 16); a URL that did not parse there is
+            // formatted here, and its error reported.
+            match upstream.fixed_uri(path) {
+                Some(uri) => {
+                    return upstream_request_to(
+                        UpstreamUrl::Parsed(uri),
+                        client_headers,
+                        upstream,
+                        body,
+                    )
+                }
+                None => format!("{}{path}", upstream.base_url),
+            }
+        }
     };
-    upstream_request_to(url, client_headers, upstream, body)
+    upstream_request_to(UpstreamUrl::Text(url), client_headers, upstream, body)
 }
 
 /// A native Gemini upstream's request for a Gemini client's `call`: the client's body as it
@@ -151,20 +162,39 @@ pub(super) fn build_native_gemini_request(
         upstream.base_url,
         endpoint::gemini_native_path(upstream_model, call)
     );
-    upstream_request_to(url, client_headers, upstream, body)
+    upstream_request_to(UpstreamUrl::Text(url), client_headers, upstream, body)
+}
+
+/// Where a request goes: a URI parsed with the snapshot, or a URL formatted for this request.
+enum UpstreamUrl {
+    Parsed(http::Uri),
+    Text(String),
+}
+
+impl std::fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamUrl::Parsed(uri) => write!(f, "{uri}"),
+            UpstreamUrl::Text(url) => f.write_str(url),
+        }
+    }
 }
 
 /// `POST url` with the allow-listed client headers and the upstream's key.
 fn upstream_request_to(
-    url: String,
+    url: UpstreamUrl,
     client_headers: &HeaderMap,
     upstream: &UpstreamTarget,
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, String> {
-    let mut builder = Request::builder().method(Method::POST).uri(&url);
+    let builder = Request::builder().method(Method::POST);
+    let mut builder = match &url {
+        UpstreamUrl::Parsed(uri) => builder.uri(uri.clone()),
+        UpstreamUrl::Text(text) => builder.uri(text.as_str()),
+    };
     let headers = builder
         .headers_mut()
-        .ok_or_else(|| format!("invalid upstream URL {url:?}"))?;
+        .ok_or_else(|| format!("invalid upstream URL {:?}", url.to_string()))?;
     for name in endpoint::forwarded_request_headers(upstream.protocol) {
         if let Some(v) = client_headers.get(*name) {
             headers.insert(*name, v.clone());

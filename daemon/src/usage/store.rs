@@ -594,7 +594,7 @@ pub(crate) mod tests {
             owner: None,
             endpoint: "chat".into(),
             model: model.into(),
-            served_model: Some(format!("{model}-2026")),
+            served_model: Some(format!("{model}-2026").into()),
             upstream: Some("openai".into()),
             input_tokens: 100,
             output_tokens: 10,

@@ -454,7 +454,10 @@ mod tests {
         // 90 days: the 100-day-old record goes, before anything else is written.
         let log = UsageLog::open(&dir, 90, Arc::new(Metrics::new())).unwrap();
         log.flush();
-        let keys: Vec<String> = read_all(&dir).into_iter().map(|r| r.key_id).collect();
+        let keys: Vec<String> = read_all(&dir)
+            .into_iter()
+            .map(|r| r.key_id.to_string())
+            .collect();
         assert_eq!(keys, ["kept", "new"]);
         log.flush_and_close();
         std::fs::remove_dir_all(&dir).unwrap();
