@@ -16,7 +16,10 @@
 //! connection's one driver task writes everything queued in one write and reads replies in
 //! order, handing each to the oldest waiter. So under load one write and one read carry many
 //! commands, and Redis runs them back to back. A caller that times out only stops waiting:
-//! its reply is still read (and dropped), so later replies stay matched. A broken connection
+//! its reply is still read (and dropped), so later replies stay matched; but when the
+//! connection handed out no reply at all while the command waited, the path has gone
+//! silent and the connection is given up (its waiters fail, the next command opens a new
+//! one). A broken connection
 //! (I/O error, end of stream, a reply that is not RESP) fails every waiter in flight at once
 //! and is replaced by the next command; a command that had not been written yet is sent
 //! once more on the new connection (it cannot run twice). After a failed connection attempt,
