@@ -36,22 +36,36 @@ fn key_names(state_dir: &Path) -> BTreeMap<String, String> {
 /// absent file is no usage).
 pub fn summary(state_dir: &Path, since_ms: u64, by: GroupBy) -> anyhow::Result<UsageSummary> {
     let path = UsageDb::path_in(state_dir);
-    let mut rows = match UsageDb::open_read_only(&path)? {
+    let rows = match UsageDb::open_read_only(&path)? {
         Some(db) => db.summary(since_ms, by)?,
         None => Vec::new(),
     };
-    if by == GroupBy::Key && !rows.is_empty() {
-        let names = key_names(state_dir);
+    let names = if by == GroupBy::Key && !rows.is_empty() {
+        key_names(state_dir)
+    } else {
+        BTreeMap::new()
+    };
+    Ok(named_summary(rows, since_ms, by, &names))
+}
+
+/// A summary of `rows` (grouped `by`), each key's row named from `names`.
+fn named_summary(
+    mut rows: Vec<crate::admin::types::UsageRow>,
+    since_ms: u64,
+    by: GroupBy,
+    names: &BTreeMap<String, String>,
+) -> UsageSummary {
+    if by == GroupBy::Key {
         for row in &mut rows {
             row.name = row.group.as_ref().and_then(|id| names.get(id).cloned());
         }
     }
-    Ok(UsageSummary {
+    UsageSummary {
         since_ms,
         by: by.as_str().to_owned(),
         total: total(&rows),
         rows,
-    })
+    }
 }
 
 /// The web UI's chart series since `since_ms`, with key names.
@@ -114,24 +128,18 @@ pub fn command(state_dir: &Path, since: &str, by: GroupBy, format: Format) -> an
                     .map(|u| u.to_string())
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                 let summary = crate::commands::with_shared_store(&url, |store| async move {
-                    let mut rows = store.summary(since_ms, by).await?;
-                    if by == GroupBy::Key {
-                        let names: std::collections::BTreeMap<String, String> = store
+                    let rows = store.summary(since_ms, by).await?;
+                    let names: BTreeMap<String, String> = if by == GroupBy::Key {
+                        store
                             .load_keys()
                             .await?
                             .into_iter()
                             .map(|t| (t.id, t.name))
-                            .collect();
-                        for row in &mut rows {
-                            row.name = row.group.as_ref().and_then(|id| names.get(id).cloned());
-                        }
-                    }
-                    Ok(UsageSummary {
-                        since_ms,
-                        by: by.as_str().to_owned(),
-                        total: total(&rows),
-                        rows,
-                    })
+                            .collect()
+                    } else {
+                        BTreeMap::new()
+                    };
+                    Ok(named_summary(rows, since_ms, by, &names))
                 })?;
                 (summary, format!("the shared store {shown}"))
             }
