@@ -162,6 +162,8 @@ def main() -> int:
     ap.add_argument("--only-profile", action="store_true",
                     help="no counts: perf record (flat, -F 999) of Gate under c=50 plain with the budget+rpm key, "
                          "report by symbol to bench/out/perreq-profile-<time>.txt")
+    ap.add_argument("--callgraph", action="store_true",
+                    help="with --only-profile: DWARF call graphs (-F 499), report with children (inclusive time per function)")
     ap.add_argument("--label", default="")
     ap.add_argument("--gate-preload", default=None,
                     help="LD_PRELOAD for Gate alone (e.g. another malloc, to compare allocators without a rebuild)")
@@ -195,6 +197,7 @@ def main() -> int:
             mi = [e for e in alloc_events if e.endswith("_mi_malloc_a")]
             malloc_event = mi[0] if mi else malloc_event
         what = (["-e", malloc_event, "-c", "200", "--call-graph", "dwarf,16384"] if args.profile_allocs
+                else ["-F", "499", "--call-graph", "dwarf,16384"] if args.callgraph
                 else ["-F", "999", "-g"])
         rec = subprocess.Popen(["perf", "record", *what, "-p", str(pid), "-o", str(data)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -205,6 +208,8 @@ def main() -> int:
         text = []
         reports = ([("caller", ["--no-children", "--sort", "sym", "-g", "caller,0.5,callee,function,percent",
                                 "--percent-limit", "1"])] if args.profile_allocs else
+                   [("symbol, inclusive", ["--children", "--sort", "sym", "-g", "none", "--percent-limit", "1.5"])]
+                   if args.callgraph else
                    [(sort, ["--no-children", "--sort", sort, "-g", "none", "--percent-limit", "0.4"])
                     for sort in ("dso", "dso,symbol")])
         for sort, opts in reports:
