@@ -211,6 +211,9 @@ class Target:
         self.stream_url = base + stream_path
         self.headers = headers
         self.stream_headers = stream_headers if stream_headers is not None else headers
+        # Other processes whose CPU counts against this path (the shared store's servers):
+        # label -> process whose tree is sampled with the proxy's.
+        self.servers: dict[str, subprocess.Popen] = {}
 
     def url(self, stream: bool) -> str:
         return self.stream_url if stream else self.plain_url
@@ -308,7 +311,7 @@ def pg_bin_dir() -> Path | None:
     return found[-1][1] if found else None
 
 
-def start_postgres(work: Path) -> str:
+def start_postgres(work: Path) -> tuple[str, subprocess.Popen]:
     """A PostgreSQL cluster in the work dir on a free loopback port, as
     tests/support/store_servers.rs starts it (initdb, SCRAM over TCP, no fsync: the bench
     measures Gate, not the disk), with a database `gate`; returns its URL. As root, the
@@ -334,7 +337,7 @@ def start_postgres(work: Path) -> str:
     if out.returncode != 0:
         raise SystemExit(f"bench: initdb failed: {out.stdout}{out.stderr}")
     port = free_port()
-    start(wrap + [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
+    proc = start(wrap + [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(run),
                   "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "full_page_writes=off",
                   "-c", "synchronous_commit=off"], work / "postgres.log")
     env = dict(os.environ, PGPASSWORD=PG_PASSWORD, PGCONNECT_TIMEOUT="5")
@@ -352,7 +355,7 @@ def start_postgres(work: Path) -> str:
                          text=True, env=env, timeout=30)
     if out.returncode != 0:
         raise SystemExit(f"bench: CREATE DATABASE failed: {out.stderr.strip()}")
-    return f"postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/gate"
+    return f"postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/gate", proc
 
 
 def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
@@ -533,6 +536,7 @@ def wrk(work: Path, target: Target, stream: bool, conc: int, duration: float) ->
 def measure(work: Path, target: Target, stream: bool, conc: int, duration: float, sample_rss: bool) -> dict:
     pid = target.proc.pid if target.proc else None
     cpu0 = cpu_s(pid, target.tree) if pid else None
+    servers0 = {label: cpu_s(proc.pid, True) for label, proc in target.servers.items()}
     if pid and sample_rss:
         with RssSampler(pid, target.tree, 0.2) as sampler:
             r = wrk(work, target, stream, conc, duration)
@@ -542,6 +546,8 @@ def measure(work: Path, target: Target, stream: bool, conc: int, duration: float
         r = wrk(work, target, stream, conc, duration)
     if pid:
         r["proxy_cpu_ms_per_request"] = (cpu_s(pid, target.tree) - cpu0) * 1000.0 / max(r["requests"], 1)
+    for label, proc in target.servers.items():
+        r[f"{label}_cpu_ms_per_request"] = (cpu_s(proc.pid, True) - servers0[label]) * 1000.0 / max(r["requests"], 1)
     return r
 
 
@@ -635,7 +641,8 @@ def median_of(runs: list[dict]) -> dict:
     out = {"rounds": runs}  # summarize() pairs paths round by round
     out["rps"] = statistics.median(r["rps"] for r in runs)
     out["latency_ms"] = {k: statistics.median(r["latency_ms"][k] for r in runs) for k in runs[0]["latency_ms"]}
-    for k in ("rss_max_mb", "rss_end_mb", "proxy_cpu_ms_per_request"):
+    for k in ("rss_max_mb", "rss_end_mb", "proxy_cpu_ms_per_request", "postgresql_cpu_ms_per_request",
+              "redis_cpu_ms_per_request"):
         if all(k in r for r in runs):
             out[k] = statistics.median(r[k] for r in runs)
     out["requests"] = sum(r["requests"] for r in runs)
@@ -674,6 +681,9 @@ def summarize(results: dict) -> dict:
                 row[f"{sc}_errors"] = r["errors"]
                 row[f"{sc}_requests"] = r["requests"]
                 row[f"{sc}_cpu_ms_per_request"] = r.get("proxy_cpu_ms_per_request")
+                for server in ("postgresql", "redis"):
+                    if r.get(f"{server}_cpu_ms_per_request") is not None:
+                        row[f"{sc}_{server}_cpu_ms_per_request"] = r[f"{server}_cpu_ms_per_request"]
         for sc in ("c1", "c1-stream"):
             r = get(sc, t)
             if r:
@@ -813,6 +823,17 @@ def tables(results: dict) -> list[str]:
         lines.append(f"Shared store (PostgreSQL + Redis on loopback, `[store] url` + `redis_url`) vs embedded, same key policy, "
                      f"same run: {gs['c50_share_of_embedded']:.0%} non-streamed, "
                      f"{gs.get('c50-stream_share_of_embedded') or 0:.0%} streamed (issue 15: ≥ 85% at c=50).")
+        ge = rows.get("gate-policy", {})
+        if gs.get("c50_postgresql_cpu_ms_per_request") is not None:
+            # Where the difference goes on this one machine: the servers' CPU comes out of the
+            # same cores as Gate's, the origin's and wrk's.
+            parts = []
+            for sc, what in (("c50", "non-streamed"), ("c50-stream", "streamed")):
+                parts.append(f"{what}: Gate {1000 * (gs.get(f'{sc}_cpu_ms_per_request') or 0):.1f} µs "
+                             f"(embedded {1000 * (ge.get(f'{sc}_cpu_ms_per_request') or 0):.1f} µs), "
+                             f"PostgreSQL {1000 * (gs.get(f'{sc}_postgresql_cpu_ms_per_request') or 0):.1f} µs, "
+                             f"Redis {1000 * (gs.get(f'{sc}_redis_cpu_ms_per_request') or 0):.1f} µs")
+            lines.append(f"CPU per request at c=50, shared store: {'; '.join(parts)}.")
     lines += ["", "| path | c=1 p50 [ms] | c=1 p99 [ms] | added p50 [ms] | added p99 [ms] "
                   "| c=1 streamed p50 [ms] | streamed p99 [ms] | added p50 [ms] | added p99 [ms] |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -1031,12 +1052,13 @@ def main() -> int:
         results["skipped"]["gate-shared-policy"] = ("PostgreSQL's server programs are not installed "
                                                     "(no /usr/lib/postgresql/*/bin/initdb; apt-get install postgresql)")
     else:
-        _, redis_port = start_redis(work)
-        pg_url = start_postgres(work)
+        redis_proc, redis_port = start_redis(work)
+        pg_url, pg_proc = start_postgres(work)
         # Keys, usage log and spend in PostgreSQL, rate limits and budget holds in Redis.
         shared_extra = (f'{extra}\n[store]\nurl = "{pg_url}"\n'
                         f'redis_url = "redis://127.0.0.1:{redis_port}"\n')
         _, gate_shared, _ = start_gate(root, work, origin_port, gate_binary, shared_extra, name="gate-shared")
+        gate_shared.servers = {"postgresql": pg_proc, "redis": redis_proc}
         targets.append(gate_shared)
     for t in targets:
         wait_ready(t, 30)
