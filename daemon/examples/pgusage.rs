@@ -6,7 +6,7 @@
 //! already reaped included) and the rows written per second.
 //!
 //! ```text
-//! cargo run --release -p gate-daemon --example pgusage -- [--rows 100000] [--batches 50,200,1000] [--explain]
+//! cargo run --release -p gate-daemon --example pgusage -- [--rows 100000] [--batches 50,200,1000] [--explain] [--setup-sql SQL]
 //! ```
 //!
 //! One JSON line per batch size on stdout: `{"batch", "rows", "elapsed_s", "rows_per_s",
@@ -55,7 +55,11 @@ fn server_cpu(root: u32) -> f64 {
     let (own, reaped) = stat_ticks(root).unwrap_or((0, 0));
     let mut ticks = own + reaped;
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if ppid(pid) == Some(root) {
@@ -117,6 +121,8 @@ fn main() {
         .map(|v| v.trim().parse().expect("--batches 50,200,1000"))
         .collect();
     let explain = args.iter().any(|a| a == "--explain");
+    // SQL run after the migrations, before the first row (ablations: `DROP INDEX ...`).
+    let setup_sql = arg(&args, "--setup-sql");
 
     let pg = PgServer::start().expect("PostgreSQL (apt-get install -y postgresql)");
     let url = pg.create_database("gate").expect("create database");
@@ -132,6 +138,9 @@ fn main() {
         let store = SharedStore::connect(rt, &url, OnUnavailable::Closed, "bench".to_owned())
             .await
             .expect("connect");
+        if let Some(sql) = &setup_sql {
+            pg.psql("gate", sql).expect("--setup-sql");
+        }
         let log = store.start_usage_log(state.path(), Arc::new(Metrics::new()));
         // Warm up: the connection, the statement's plan, the first pages.
         for i in 0..1000 {
