@@ -17,7 +17,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a tool reports failure
 
 #[path = "../../tests/support/store_servers.rs"]
-#[allow(unreachable_pub, clippy::all)]
 mod store_servers;
 
 use std::borrow::Cow;
