@@ -184,11 +184,16 @@ fn main() {
         if explain {
             pg.psql("gate", "ANALYZE gate_usage").expect("analyze");
             let since = now_ms() - 3_600_000;
+            // The retention's cutoff: half the rows are older.
+            let middle = pg
+                .psql("gate", "SELECT (min(at_ms) + max(at_ms)) / 2 FROM gate_usage")
+                .expect("middle");
             for sql in [
                 format!("SELECT key_id, COUNT(*), SUM(cost_nanos) FROM gate_usage WHERE at_ms >= {since} GROUP BY key_id"),
                 format!("SELECT key_id, COUNT(*) FROM gate_usage WHERE at_ms >= {} GROUP BY key_id", now_ms() - 2_000),
                 "SELECT key_id, MAX(at_ms) FROM gate_usage GROUP BY key_id".to_owned(),
-                format!("DELETE FROM gate_usage WHERE uid IN (SELECT uid FROM gate_usage WHERE at_ms < {} LIMIT 10000)", now_ms() - 3_000),
+                format!("DELETE FROM gate_usage WHERE uid IN (SELECT uid FROM gate_usage WHERE at_ms < {middle} LIMIT 10000)"),
+                format!("DELETE FROM gate_usage WHERE ctid = ANY(ARRAY(SELECT ctid FROM gate_usage WHERE at_ms < {middle} LIMIT 10000))"),
             ] {
                 let plan = pg
                     .psql("gate", &format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) {sql}"))

@@ -1006,8 +1006,12 @@ impl<R: Runtime> SharedStore<R> {
             let n = self
                 .pg
                 .execute(
-                    "DELETE FROM gate_usage WHERE uid IN
-                        (SELECT uid FROM gate_usage WHERE at_ms < $1 LIMIT $2)",
+                    // By the rows' physical ids (a TID scan), so each chunk reads its rows
+                    // once: `uid IN (...)` let the planner join against a sequential scan of
+                    // the whole log for every chunk (bench/pgusage.sh --explain). A row
+                    // another daemon deleted meanwhile is skipped.
+                    "DELETE FROM gate_usage WHERE ctid = ANY(ARRAY(
+                        SELECT ctid FROM gate_usage WHERE at_ms < $1 LIMIT $2))",
                     &[&cutoff, &RETENTION_CHUNK],
                 )
                 .await?;
