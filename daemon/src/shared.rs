@@ -28,7 +28,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,10 +66,11 @@ pub const SPOOL_FILE: &str = "usage-spool.jsonl";
 /// The daemon's tables, by version.
 pub const DAEMON_SCHEMA: Schema = Schema {
     component: "daemon",
-    migrations: &[Migration {
-        version: 1,
-        description: "keys, usage log and spend shared by the daemons of a deployment",
-        sql: "CREATE TABLE gate_keys (
+    migrations: &[
+        Migration {
+            version: 1,
+            description: "keys, usage log and spend shared by the daemons of a deployment",
+            sql: "CREATE TABLE gate_keys (
                 id text PRIMARY KEY,
                 name text NOT NULL,
                 sha256 text NOT NULL UNIQUE,
@@ -119,7 +120,18 @@ pub const DAEMON_SCHEMA: Schema = Schema {
                 cost_nanos bigint NOT NULL,
                 PRIMARY KEY (key_id, day)
             );",
-    }],
+        },
+        Migration {
+            version: 2,
+            description: "cheaper usage rows: no (key_id, at_ms) index on gate_usage",
+            // What each usage row costs PostgreSQL (bench/pgusage.sh; ARCHITECTURE.md, "Shared
+            // usage rows"): no query reads `gate_usage_key_at` (the report, the chart and the
+            // retention select by `at_ms` alone; the last-used query groups the whole log), and
+            // its entry per row cost ~2 us of the server's CPU. Dropping an index is instant on
+            // any table size (the migration runs within the connect timeout).
+            sql: "DROP INDEX IF EXISTS gate_usage_key_at;",
+        },
+    ],
 };
 
 /// Inserts a batch of usage rows (a row already there, by `uid`, is skipped) and adds the
@@ -730,18 +742,27 @@ struct UsageWriter<R: Runtime> {
     outage_since: Option<Instant>,
 }
 
+/// A record's unique id, time-ordered: the milliseconds since the Unix epoch (12 hex digits),
+/// a counter of this process (8 hex digits) and 48 random bits (12 hex digits), 32
+/// characters as the random ids were. Ids this process makes later sort later (within one
+/// millisecond by the counter), so the primary key's B-tree takes them at its right edge,
+/// where PostgreSQL fills a page before it splits it, instead of at random pages all over an
+/// index larger than memory. Unique: within a process by (millisecond, counter), between
+/// daemons by the 48 random bits besides.
 fn uid() -> String {
-    crate::auth::random_hex::<16>().unwrap_or_else(|_| {
-        // The system RNG failed: time and a counter are unique within this process.
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        format!(
-            "t{}-{}",
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        )
-    })
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let seq = COUNTER.fetch_add(1, Ordering::Relaxed);
+    match crate::auth::random_hex::<6>() {
+        Ok(random) => format!(
+            "{:012x}{seq:08x}{random}",
+            now.as_millis() & 0xffff_ffff_ffff
+        ),
+        // The system RNG failed: time and the counter are unique within this process.
+        Err(_) => format!("t{}-{seq}", now.as_nanos()),
+    }
 }
 
 impl<R: Runtime> UsageWriter<R> {
@@ -983,8 +1004,12 @@ impl<R: Runtime> SharedStore<R> {
             let n = self
                 .pg
                 .execute(
-                    "DELETE FROM gate_usage WHERE uid IN
-                        (SELECT uid FROM gate_usage WHERE at_ms < $1 LIMIT $2)",
+                    // By the rows' physical ids (a TID scan), so each chunk reads its rows
+                    // once: `uid IN (...)` let the planner join against a sequential scan of
+                    // the whole log for every chunk (bench/pgusage.sh --explain). A row
+                    // another daemon deleted meanwhile is skipped.
+                    "DELETE FROM gate_usage WHERE ctid = ANY(ARRAY(
+                        SELECT ctid FROM gate_usage WHERE at_ms < $1 LIMIT $2))",
                     &[&cutoff, &RETENTION_CHUNK],
                 )
                 .await?;
@@ -1095,5 +1120,29 @@ pub fn spend_in(sums: &[Usd; 4], period: Period) -> Usd {
         Period::Week => sums[1],
         Period::Month => sums[2],
         Period::Total => sums[3],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::uid;
+
+    #[test]
+    fn shared_usage_uids_are_unique_and_time_ordered() {
+        let first: Vec<String> = (0..1000).map(|_| uid()).collect();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let later = uid();
+        let mut seen = std::collections::HashSet::new();
+        for id in &first {
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(seen.insert(id.clone()), "duplicate {id}");
+            assert!(*id < later, "{id} made before {later} sorts after it");
+        }
+        // Made one after the other on one thread: in order (the clock does not go back
+        // here; within a millisecond the counter orders them).
+        assert!(first.windows(2).all(|w| w[0] < w[1]), "not in order");
     }
 }

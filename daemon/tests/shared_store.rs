@@ -168,8 +168,11 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
             "SELECT count(*) FROM gate_schema_migrations WHERE component = 'daemon'"
         )
         .unwrap(),
-        "1",
-        "{runtime}: the daemon schema is migrated once"
+        gate_daemon::shared::DAEMON_SCHEMA
+            .migrations
+            .len()
+            .to_string(),
+        "{runtime}: each migration of the daemon schema is applied once"
     );
 
     // A key made on A works on B.
@@ -349,4 +352,141 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     assert_eq!(a.usage_requests(&steady_id), answered, "{runtime}");
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A database at schema version 1 with usage and spend rows (as deployed) migrates to the
+/// current version when a daemon connects: its rows stay, the indexes are those of version 2,
+/// and a batch written twice (replayed from the spool, as after a lost answer) is stored once
+/// and its cost counted once.
+async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) {
+    use std::sync::Arc;
+
+    use gate_core::accounting::{UsageRecord, Usd};
+    use gate_core::config::OnUnavailable;
+    use gate_daemon::metrics::Metrics;
+    use gate_daemon::shared::{SharedStore, DAEMON_SCHEMA, SPOOL_FILE};
+    use gate_rt::store::{PgUrl, Postgres, Schema};
+
+    let pg = PgServer::start().expect("PostgreSQL");
+    let url = pg.create_database("gate").unwrap();
+    let v1 = Schema {
+        component: DAEMON_SCHEMA.component,
+        migrations: &DAEMON_SCHEMA.migrations[..1],
+    };
+    Postgres::new(rt.clone(), PgUrl::parse(&url).unwrap(), v1)
+        .connect()
+        .await
+        .expect("schema version 1");
+    pg.psql(
+        "gate",
+        "INSERT INTO gate_usage (uid, daemon, at_ms, key_id, endpoint, model, input_tokens,
+            output_tokens, cached_tokens, cache_write_tokens, cost_nanos, latency_ms, status)
+         SELECT md5(i::text), 'old', 1700000000000 + i, 'k1', 'chat', 'm', 1, 1, 0, 0, 10, 5, 200
+         FROM generate_series(1, 500) i;
+         INSERT INTO gate_spend (key_id, day, cost_nanos) VALUES ('k1', 19675, 5000);",
+    )
+    .unwrap();
+
+    let store = SharedStore::connect(rt.clone(), &url, OnUnavailable::Closed, "new".into())
+        .await
+        .expect("migrates to the current version");
+    let versions = pg
+        .psql(
+            "gate",
+            "SELECT string_agg(version::text, ',' ORDER BY version) FROM gate_schema_migrations
+             WHERE component = 'daemon'",
+        )
+        .unwrap();
+    assert_eq!(versions, "1,2");
+    let indexes = pg
+        .psql(
+            "gate",
+            "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes
+             WHERE tablename = 'gate_usage'",
+        )
+        .unwrap();
+    assert_eq!(indexes, "gate_usage_at,gate_usage_pkey");
+    assert_eq!(
+        pg.psql(
+            "gate",
+            "SELECT count(*), sum(cost_nanos) FROM gate_usage WHERE daemon = 'old'"
+        )
+        .unwrap(),
+        "500|5000"
+    );
+    let report = store
+        .summary(0, gate_daemon::usage::GroupBy::Key)
+        .await
+        .unwrap();
+    assert_eq!(report.len(), 1, "{report:?}");
+    assert_eq!(report[0].requests, 500);
+
+    // The same 3 records spooled twice (a batch whose answer was lost, written again).
+    let state = temp_dir("pg-migrate");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let spool: String = (0..3)
+        .map(|i| {
+            let record = UsageRecord {
+                at_ms: now + i,
+                key_id: Arc::from("k2"),
+                owner: None,
+                endpoint: "chat".into(),
+                model: Arc::from("m"),
+                served_model: None,
+                upstream: None,
+                input_tokens: 1,
+                output_tokens: 1,
+                cached_tokens: 0,
+                cache_write_tokens: 0,
+                cost: Some(Usd(7)),
+                latency_ms: 1,
+                ttft_ms: None,
+                status: 200,
+                error: None,
+            };
+            serde_json::to_string(&(format!("replayed-{i}"), record)).unwrap() + "\n"
+        })
+        .collect();
+    for round in 0..2 {
+        std::fs::write(state.join(SPOOL_FILE), &spool).unwrap();
+        let log = store.start_usage_log(&state, Arc::new(Metrics::new()));
+        assert!(log.flush().await, "round {round}: spool written");
+        assert!(log.flush_and_close().await);
+        assert!(!state.join(SPOOL_FILE).exists(), "round {round}");
+    }
+    assert_eq!(
+        pg.psql(
+            "gate",
+            "SELECT count(*) FROM gate_usage WHERE key_id = 'k2'"
+        )
+        .unwrap(),
+        "3"
+    );
+    assert_eq!(
+        pg.psql(
+            "gate",
+            "SELECT sum(cost_nanos) FROM gate_spend WHERE key_id = 'k2'"
+        )
+        .unwrap(),
+        "21"
+    );
+    // Reconnecting finds nothing to migrate.
+    drop(store);
+    SharedStore::connect(rt, &url, OnUnavailable::Closed, "again".into())
+        .await
+        .expect("connects again");
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn version_1_database_migrates_and_keeps_rows_on_tokio() {
+    gate_runtime_tokio::block_on(version_1_database_migrates_and_keeps_rows).expect("runtime");
+}
+
+#[test]
+fn version_1_database_migrates_and_keeps_rows_on_smol() {
+    gate_runtime_smol::block_on(version_1_database_migrates_and_keeps_rows).expect("runtime");
 }

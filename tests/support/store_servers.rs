@@ -303,6 +303,11 @@ impl PgServer {
         self.pg_ctl_start()
     }
 
+    /// The postmaster's PID, from `postmaster.pid` (bench/pgusage.sh sums its CPU).
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        self.pid()
+    }
+
     /// The postmaster's PID, from `postmaster.pid`.
     fn pid(&self) -> Option<u32> {
         std::fs::read_to_string(self.data.join("postmaster.pid"))
