@@ -417,7 +417,7 @@ impl Lease {
         }
         let limits = request.limits;
         if !limits.is_none() {
-            if !self.rate_until.is_some_and(|until| now < until)
+            if self.rate_until.is_none_or(|until| now >= until)
                 || (limits.rpm.is_some() && self.slots == 0)
                 || (limits.tpm.is_some() && self.tokens < request.tokens)
             {
@@ -1300,7 +1300,7 @@ mod tests {
                     let now = redis
                         .eval(
                             &correct,
-                            &[&keys[0]],
+                            &[keys[0]],
                             &[
                                 limits.tpm.unwrap().to_string(),
                                 est.to_string(),
@@ -1320,7 +1320,7 @@ mod tests {
                         now,
                         MINUTE_US,
                     );
-                    assert_eq!(hget(&redis, &keys[0], "t").await, tats.tokens);
+                    assert_eq!(hget(&redis, keys[0], "t").await, tats.tokens);
                     continue;
                 }
                 let flush = if h > 0 { rng.below(h + 1) } else { 0 };
@@ -1442,14 +1442,14 @@ mod tests {
                     spent + held <= limit || granted == 0,
                     "{at}: over the budget"
                 );
-                assert_eq!(hget(&redis, &keys[1], "spent").await, spent, "{at}");
-                assert_eq!(hget(&redis, &keys[1], "held").await, held, "{at}");
+                assert_eq!(hget(&redis, keys[1], "spent").await, spent, "{at}");
+                assert_eq!(hget(&redis, keys[1], "held").await, held, "{at}");
                 assert_eq!(
-                    hget(&redis, &keys[1], &format!("h:{}", daemons[d].0)).await,
+                    hget(&redis, keys[1], &format!("h:{}", daemons[d].0)).await,
                     lease,
                     "{at}"
                 );
-                assert_eq!(hget(&redis, &keys[0], "r").await, tats.requests, "{at}");
+                assert_eq!(hget(&redis, keys[0], "r").await, tats.requests, "{at}");
             }
         }
     }
