@@ -1606,6 +1606,74 @@ async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt
     upstream.release();
 }
 
+/// A key's budget lowered while its lease on daemon A has room: A's next request is decided
+/// under the new budget at once (refused: more than it is already spent), not from the old
+/// lease, and the lease's unused part goes back to Redis.
+async fn edited_key_drops_its_lease<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(&rt, &redis.url());
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let a = start_gate(
+        &rt,
+        "lease-edit",
+        &config,
+        &[json!({"budget": {"usd": 10, "period": "day"}})],
+    )
+    .await;
+    let key_id = a.keys[0].id.clone();
+    // Concurrent requests make the lease hold more than one request's maximum.
+    let mut held_more = false;
+    for _ in 0..10 {
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(a.post("/v1/chat/completions", 0, chat("gpt-4o", 100, false)));
+        }
+        for answer in answers {
+            let answer = answer.await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        }
+        let (_, held) = redis_budget(&client, &key_id).await;
+        if held > 100 * MILLI {
+            held_more = true;
+            break;
+        }
+    }
+    assert!(held_more, "the lease never grew past one request");
+    let path = TokenStore::path_in(&a.state);
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let policy: KeyPolicy =
+        serde_json::from_value(json!({"budget": {"usd": 0.2, "period": "day"}})).unwrap();
+    stored["tokens"][0]["policy"] = serde_json::to_value(policy).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+    a.gateway
+        .set_tokens(TokenStore::load(&a.state).expect("token store"));
+    let refused = a
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 100, false))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("$0.20"), "{}", refused.text());
+    wait_budget(
+        &rt,
+        &client,
+        &key_id,
+        10_000 * MILLI,
+        "the lease to be given back",
+        DEADLINE,
+        |_, held| held == 0,
+    )
+    .await;
+}
+
 /// A lease's deadline (10 s) and a margin for a loaded machine.
 const LEASE_TTL_WAIT: Duration = Duration::from_secs(30);
 
@@ -1640,4 +1708,5 @@ both_runtimes!(
     shared_budget_leases_under_load,
     shared_rate_leases_hold_across_daemons,
     shared_lease_of_a_lost_daemon_is_charged_at_its_deadline,
+    edited_key_drops_its_lease,
 );
