@@ -1277,6 +1277,7 @@ mod tests {
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
         let script = Script::new(LEASE);
         let correct = Script::new(CORRECT_TOKENS);
+        let mut outcomes = [0u32; 3];
         for seed in 1..=12u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let id: LeaseId = (format!("k{seed}"), Period::Day, 0);
@@ -1430,6 +1431,7 @@ mod tests {
                     }
                 }
                 assert_eq!(reply.outcome, outcome, "{at}");
+                outcomes[outcome as usize] += 1;
                 lease += granted;
                 held += granted;
                 daemons[d].1 = lease;
@@ -1452,6 +1454,8 @@ mod tests {
                 assert_eq!(hget(&redis, keys[0], "r").await, tats.requests, "{at}");
             }
         }
+        // Grants, budget refusals and rate refusals were all exercised.
+        assert!(outcomes.iter().all(|&n| n > 0), "{outcomes:?}");
     }
 
     /// A lease not renewed by its deadline (a daemon that died) is charged in full by the
