@@ -994,7 +994,8 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
 }
 
 /// One $1 budget, eight concurrent streams each able to cost $0.30, four through each of two
-/// daemons: three are admitted in all and hold $0.90 in Redis; spent plus held never passes
+/// daemons: three are admitted in all and hold at least $0.90 in Redis (with the leases'
+/// unused part, given back at their next flush); spent plus held never passes
 /// $1; once they end Redis has spent what they cost, and neither daemon admits another.
 async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
     let redis = store_servers::RedisServer::start().expect("redis-server");
@@ -1034,7 +1035,13 @@ async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
     let admitted = streams.iter().filter(|s| s.status() == Some(200)).count();
     let refused = streams.iter().filter(|s| s.status() == Some(402)).count();
     assert_eq!((admitted, refused), (3, 5));
-    assert_eq!(redis_budget(&client, &key_id).await, (0, 900 * MILLI));
+    // The three streams' $0.90, plus whatever a lease holds beyond them until its next
+    // flush gives it back (a lease may grow by up to half of the budget nobody holds).
+    let (spent, held) = redis_budget(&client, &key_id).await;
+    assert!(
+        spent == 0 && (900 * MILLI..=limit).contains(&held),
+        "{spent} + {held}"
+    );
     upstream.release();
     let end = Instant::now() + DEADLINE;
     loop {
