@@ -994,7 +994,8 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
 }
 
 /// One $1 budget, eight concurrent streams each able to cost $0.30, four through each of two
-/// daemons: three are admitted in all and hold $0.90 in Redis; spent plus held never passes
+/// daemons: three are admitted in all and hold at least $0.90 in Redis (with the leases'
+/// unused part, given back at their next flush); spent plus held never passes
 /// $1; once they end Redis has spent what they cost, and neither daemon admits another.
 async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
     let redis = store_servers::RedisServer::start().expect("redis-server");
@@ -1034,7 +1035,13 @@ async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
     let admitted = streams.iter().filter(|s| s.status() == Some(200)).count();
     let refused = streams.iter().filter(|s| s.status() == Some(402)).count();
     assert_eq!((admitted, refused), (3, 5));
-    assert_eq!(redis_budget(&client, &key_id).await, (0, 900 * MILLI));
+    // The three streams' $0.90, plus whatever a lease holds beyond them until its next
+    // flush gives it back (a lease may grow by up to half of the budget nobody holds).
+    let (spent, held) = redis_budget(&client, &key_id).await;
+    assert!(
+        spent == 0 && (900 * MILLI..=limit).contains(&held),
+        "{spent} + {held}"
+    );
     upstream.release();
     let end = Instant::now() + DEADLINE;
     loop {
@@ -1208,6 +1215,475 @@ async fn redis_password_is_used_and_never_shown<R: Runtime>(rt: R) {
     assert!(error.contains("NOAUTH"), "{error}");
 }
 
+// Leases: each daemon takes budget and rate slots from Redis per chunk of requests.
+
+/// One blocking request on its own connection: the status and the response head.
+fn post_blocking(addr: SocketAddr, token: &str, body: &Value) -> (u16, String) {
+    let body = body.to_string();
+    let mut stream = TcpStream::connect(addr).expect("connect to gate");
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {token}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).expect("read the answer");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+    let head = text
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    (status, head)
+}
+
+/// Waits until Redis shows `key_id`'s daily budget as `check` wants it, asserting on every
+/// sample that spent + held never passes `limit`; the last sample.
+async fn wait_budget<R: Runtime>(
+    rt: &R,
+    client: &gate_rt::store::Redis<R>,
+    key_id: &str,
+    limit: u64,
+    what: &str,
+    deadline: Duration,
+    mut check: impl FnMut(u64, u64) -> bool,
+) -> (u64, u64) {
+    let end = Instant::now() + deadline;
+    loop {
+        let (spent, held) = redis_budget(client, key_id).await;
+        assert!(spent + held <= limit, "{what}: {spent} + {held} > {limit}");
+        if check(spent, held) {
+            return (spent, held);
+        }
+        assert!(Instant::now() < end, "{what}: still {spent} + {held}");
+        rt.sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Two daemons, one $20 budget. An idle key's first request is decided by Redis with a lease
+/// of exactly its own maximum; then twelve clients (six per daemon) send requests (at most
+/// $0.10, actually $0.04 each) until refused: spent + held never passes $20 in Redis at any
+/// sample, and once every lease is flushed and given back, Redis has spent exactly what the
+/// admitted requests cost (nothing settled is lost, nothing counted twice), within the
+/// budget, most of which was used; Redis was asked far fewer times than requests passed.
+async fn shared_budget_leases_under_load<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(&rt, &redis.url());
+    let upstream = Upstream::start(COMPLETION, false);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let budget = [json!({"budget": {"usd": 20, "period": "day"}})];
+    let a = start_gate(&rt, "lease-load-a", &config, &budget).await;
+    let b = twin_gate(&rt, &a, "lease-load-b", &config).await;
+    let key_id = a.keys[0].id.clone();
+    let limit = 20_000 * MILLI;
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]});
+    let first = RawStream::open(a.addr, "/v1/chat/completions", &a.keys[0].token, &body);
+    wait_until(&rt, "the first stream's answer", || {
+        first.status().is_some()
+    })
+    .await;
+    assert_eq!(first.status(), Some(200), "{}", first.text());
+    assert_eq!(
+        redis_budget(&client, &key_id).await,
+        (0, 300 * MILLI),
+        "an idle key leases exactly its request's maximum"
+    );
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    for gate in [&a, &b] {
+        for _ in 0..6 {
+            let (addr, token) = (gate.addr, gate.keys[0].token.clone());
+            let (admitted, finished, failures) =
+                (admitted.clone(), finished.clone(), failures.clone());
+            std::thread::spawn(move || {
+                let body = chat("gpt-4o", 100, false);
+                loop {
+                    match post_blocking(addr, &token, &body) {
+                        (200, _) => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        (402, _) => break,
+                        (status, head) => {
+                            failures.lock().unwrap().push(format!("{status}: {head}"));
+                            break;
+                        }
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    }
+    wait_budget(
+        &rt,
+        &client,
+        &key_id,
+        limit,
+        "under load",
+        Duration::from_secs(60),
+        |_, _| finished.load(Ordering::SeqCst) == 12,
+    )
+    .await;
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+    upstream.release();
+    wait_until(&rt, "the first stream to end", || {
+        first.done.load(Ordering::SeqCst)
+    })
+    .await;
+    let n = admitted.load(Ordering::SeqCst) as u64;
+    let (spent, _) = wait_budget(
+        &rt,
+        &client,
+        &key_id,
+        limit,
+        "the leases to be flushed and given back",
+        DEADLINE,
+        |_, held| held == 0,
+    )
+    .await;
+    assert_eq!(spent, (n + 1) * 40 * MILLI, "{n} requests and the stream");
+    assert!(spent >= limit / 2, "most of the budget was used: {spent}");
+    // Redis was asked per chunk of requests, not per request.
+    let stats = client
+        .command(
+            &[b"INFO".as_slice(), b"commandstats"],
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap()
+        .as_text()
+        .unwrap();
+    let calls: u64 = stats
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    eprintln!("{n} requests admitted, {calls} script calls");
+    assert!(calls * 2 < n, "{calls} script calls for {n} requests");
+}
+
+/// rpm 1200 on one key (a lease takes up to 2 slots, 100 ms of the rate), twelve clients on
+/// two daemons sending 1,500 requests as fast as they can: no more are admitted in all than
+/// GCRA allows in the time they took (the minute's burst plus its rate), the rest are 429
+/// with retry-after and the rate-limit headers.
+async fn shared_rate_leases_hold_across_daemons<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &store_section(&redis.url(), "closed"),
+    );
+    let a = start_gate(&rt, "lease-rpm-a", &config, &[json!({"rpm": 1200})]).await;
+    let b = twin_gate(&rt, &a, "lease-rpm-b", &config).await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let admitted = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+    let started = Instant::now();
+    for gate in [&a, &b] {
+        for _ in 0..6 {
+            let (addr, token) = (gate.addr, gate.keys[0].token.clone());
+            let (sent, admitted, refused, finished, failures) = (
+                sent.clone(),
+                admitted.clone(),
+                refused.clone(),
+                finished.clone(),
+                failures.clone(),
+            );
+            std::thread::spawn(move || {
+                let body = chat("gpt-4o", 10, false);
+                while sent.fetch_add(1, Ordering::SeqCst) < 1500 {
+                    match post_blocking(addr, &token, &body) {
+                        (200, _) => {
+                            admitted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        (429, head)
+                            if head.contains("retry-after:")
+                                && head.contains("x-ratelimit-limit-requests: 1200") =>
+                        {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        (status, head) => {
+                            failures.lock().unwrap().push(format!("{status}: {head}"));
+                            break;
+                        }
+                    }
+                }
+                finished.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    }
+    let end = Instant::now() + Duration::from_secs(120);
+    while finished.load(Ordering::SeqCst) < 12 {
+        assert!(Instant::now() < end, "the clients did not finish");
+        rt.sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
+    let admitted = admitted.load(Ordering::SeqCst) as u64;
+    // A burst of 1200, then one every 50 ms.
+    let allowed = 1200 + took.as_millis() as u64 / 50 + 1;
+    assert!(
+        admitted <= allowed,
+        "{admitted} admitted in {took:?} (at most {allowed})"
+    );
+    assert!(
+        refused.load(Ordering::SeqCst) > 0,
+        "the limit was never reached"
+    );
+    assert!(admitted >= 1000, "only {admitted} admitted in {took:?}");
+}
+
+/// A TCP proxy to Redis that the test can cut: every connection through it is shut and new
+/// ones are closed at once (a daemon that died, as Redis sees it).
+struct CutProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: u16) -> CutProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().unwrap().port();
+        let cut: Arc<AtomicBool> = Arc::default();
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                let mut kept = k.lock().unwrap();
+                kept.push(client.try_clone().unwrap());
+                kept.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutProxy { port, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for conn in self.conns.lock().unwrap().iter() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Daemon A leases $0.30 of a $1 budget for a stream and then loses Redis for good (as if
+/// killed): its lease is never renewed nor settled. Daemon B is refused what A's lease
+/// holds; at the lease's deadline B's next call charges it in full (once), and B then uses
+/// the rest of the budget, and no more.
+async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(&rt, &redis.url());
+    let proxy = CutProxy::start(redis.port());
+    let upstream = Upstream::start(COMPLETION, false);
+    let limit = 1000 * MILLI;
+    let budget = [json!({"budget": {"usd": 1, "period": "day"}})];
+    let a = start_gate(
+        &rt,
+        "lease-lost-a",
+        &upstream_config(
+            &upstream,
+            "\"gpt-4o\"",
+            &format!(
+                "{PRICES}{}",
+                store_section(&format!("redis://127.0.0.1:{}", proxy.port), "closed")
+            ),
+        ),
+        &budget,
+    )
+    .await;
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let b = twin_gate(&rt, &a, "lease-lost-b", &config).await;
+    let key_id = a.keys[0].id.clone();
+    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let stream = RawStream::open(a.addr, "/v1/chat/completions", &a.keys[0].token, &body);
+    wait_until(&rt, "A's stream to be admitted", || {
+        stream.status().is_some()
+    })
+    .await;
+    assert_eq!(stream.status(), Some(200), "{}", stream.text());
+    assert_eq!(redis_budget(&client, &key_id).await, (0, 300 * MILLI));
+    proxy.cut();
+    let too_big = b
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 800, false))
+        .await;
+    assert_eq!(
+        too_big.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        too_big.text()
+    );
+    // Each refusal is a lease call that charges expired leases.
+    let end = Instant::now() + LEASE_TTL_WAIT;
+    loop {
+        let (spent, held) = redis_budget(&client, &key_id).await;
+        if (spent, held) == (300 * MILLI, 0) {
+            break;
+        }
+        assert_eq!((spent, held), (0, 300 * MILLI), "charged once, in full");
+        assert!(Instant::now() < end, "A's lease was never charged");
+        let refused = b
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 800, false))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::PAYMENT_REQUIRED,
+            "{}",
+            refused.text()
+        );
+        rt.sleep(Duration::from_millis(100)).await;
+    }
+    // B uses the rest ($0.70) in requests of at most $0.10 that cost $0.04.
+    let mut n = 0u64;
+    loop {
+        let answer = b
+            .post("/v1/chat/completions", 0, chat("gpt-4o", 100, false))
+            .await;
+        if answer.status == StatusCode::PAYMENT_REQUIRED {
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        n += 1;
+        assert!(n < 100, "B was never refused");
+    }
+    let (spent, _) = wait_budget(
+        &rt,
+        &client,
+        &key_id,
+        limit,
+        "B's lease given back",
+        DEADLINE,
+        |_, held| held == 0,
+    )
+    .await;
+    assert_eq!(spent, 300 * MILLI + n * 40 * MILLI);
+    assert!(
+        spent + 100 * MILLI > limit - 40 * MILLI,
+        "B used the rest: {spent}"
+    );
+    upstream.release();
+}
+
+/// A key's budget lowered while its lease on daemon A has room: A's next request is decided
+/// under the new budget at once (refused: more than it is already spent), not from the old
+/// lease, and the lease's unused part goes back to Redis.
+async fn edited_key_drops_its_lease<R: Runtime>(rt: R) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(&rt, &redis.url());
+    let upstream = Upstream::start(COMPLETION, true);
+    let config = upstream_config(
+        &upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let a = start_gate(
+        &rt,
+        "lease-edit",
+        &config,
+        &[json!({"budget": {"usd": 10, "period": "day"}})],
+    )
+    .await;
+    let key_id = a.keys[0].id.clone();
+    // Concurrent requests make the lease hold more than one request's maximum.
+    let mut held_more = false;
+    for _ in 0..10 {
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(a.post("/v1/chat/completions", 0, chat("gpt-4o", 100, false)));
+        }
+        for answer in answers {
+            let answer = answer.await;
+            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        }
+        let (_, held) = redis_budget(&client, &key_id).await;
+        if held > 100 * MILLI {
+            held_more = true;
+            break;
+        }
+    }
+    assert!(held_more, "the lease never grew past one request");
+    let path = TokenStore::path_in(&a.state);
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let policy: KeyPolicy =
+        serde_json::from_value(json!({"budget": {"usd": 0.2, "period": "day"}})).unwrap();
+    stored["tokens"][0]["policy"] = serde_json::to_value(policy).unwrap();
+    std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+    a.gateway
+        .set_tokens(TokenStore::load(&a.state).expect("token store"));
+    let refused = a
+        .post("/v1/chat/completions", 0, chat("gpt-4o", 100, false))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        refused.text()
+    );
+    assert!(refused.text().contains("$0.20"), "{}", refused.text());
+    wait_budget(
+        &rt,
+        &client,
+        &key_id,
+        10_000 * MILLI,
+        "the lease to be given back",
+        DEADLINE,
+        |_, held| held == 0,
+    )
+    .await;
+}
+
+/// A lease's deadline (10 s) and a margin for a loaded machine.
+const LEASE_TTL_WAIT: Duration = Duration::from_secs(30);
+
 macro_rules! both_runtimes {
     ($($name:ident),* $(,)?) => {
         mod on_tokio {
@@ -1236,4 +1712,8 @@ both_runtimes!(
     shared_budget_never_overspends_under_streams,
     redis_outage_and_recovery,
     redis_password_is_used_and_never_shown,
+    shared_budget_leases_under_load,
+    shared_rate_leases_hold_across_daemons,
+    shared_lease_of_a_lost_daemon_is_charged_at_its_deadline,
+    edited_key_drops_its_lease,
 );

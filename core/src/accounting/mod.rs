@@ -9,11 +9,13 @@
 //! - [`prices`]: the built-in price table (`prices.toml`) and the cost of a request;
 //! - [`ledger`]: spent and reserved per key and period (budgets that cannot be overrun);
 //! - [`ratelimit`]: requests and tokens per minute per key (GCRA);
+//! - [`lease`]: how much of a shared budget or rate limit a daemon leases at once;
 //! - [`estimate`]: input tokens and the output bound of a request before it is forwarded.
 //!
 //! Time always arrives as an argument (Unix seconds or an `Instant` the caller read).
 
 pub mod estimate;
+pub mod lease;
 pub mod ledger;
 pub mod money;
 pub mod period;

@@ -169,7 +169,25 @@ impl<R: Runtime> Gateway<R> {
 
     /// Replaces the API keys (from the state directory, or the shared store's copy).
     pub fn set_tokens(&self, tokens: TokenStore) {
-        *self.tokens.write().unwrap_or_else(|e| e.into_inner()) = tokens;
+        let new: std::collections::HashMap<String, crate::auth::TokenRecord> = tokens
+            .list()
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        let old = std::mem::replace(
+            &mut *self.tokens.write().unwrap_or_else(|e| e.into_inner()),
+            tokens,
+        )
+        .list();
+        // Keys edited or revoked drop their shared leases at once.
+        for record in old {
+            if new
+                .get(&record.id)
+                .is_none_or(|n| n.policy != record.policy)
+            {
+                self.accounting.forget(&record.id);
+            }
+        }
     }
 
     /// The API keys as the gateway checks them now, oldest first.

@@ -97,6 +97,13 @@ impl Accounting {
         u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
+    /// `key_id`'s policy changed or it was revoked: its shared leases admit nothing more.
+    pub(crate) fn forget(&self, key_id: &str) {
+        if let Some(shared) = &self.shared {
+            shared.forget(key_id);
+        }
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }

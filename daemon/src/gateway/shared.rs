@@ -3,39 +3,56 @@
 //! instead of its in-process limiter and ledger, and its Redis implementation
 //! [`RedisLimits`].
 //!
-//! One Lua script per decision, so no decision races another daemon's:
-//! - [`ADMIT`]: budget first (settled spend + held + this request's maximum cost <= budget,
-//!   then hold it), then GCRA for requests and tokens per minute (both or neither charged; a
-//!   refusal holds nothing). The same arithmetic as gate-core's limiter on microseconds
-//!   ([`ratelimit::decide`] with [`MINUTE_US`]): the script returns the state it decided on,
-//!   and the daemon runs core's `decide` on it for the headers and retry-after, so the shared
-//!   answers are the in-process answers.
-//! - [`SETTLE`]: releases the hold and adds the actual cost to the settled spend, corrects the
-//!   tokens-per-minute charge to the actual tokens. Idempotent: only a hold still present is
-//!   settled. Settlements are not a task per request: they go into one queue that one
-//!   background task ([`drain_settles`]) sends in pipelined rounds of up to [`SETTLE_BATCH`]
-//!   (one write; the client multiplexes them with admissions on its connection), retried
-//!   while Redis is unreachable.
+//! **Leases.** Redis is asked per *chunk* of requests, not per request. For each key and
+//! budget period this daemon keeps a [`Lease`]: part of the key's budget held in Redis for
+//! this daemon (one hold, `h:lease:<daemon>:<n>`, in the same budget hash and holds set as
+//! any hold, with a deadline of [`LEASE_TTL`] renewed while in use), and a few request slots
+//! and tokens per minute taken from the GCRA state at once. A request reserves its maximum
+//! cost from the lease and takes a slot locally; when the lease cannot cover it, the one
+//! lease task asks Redis ([`LEASE`]) for more, and that answer decides the request. Settled
+//! actual costs accumulate locally and are flushed into the settled spend (moved out of the
+//! lease hold) by the same script every [`FLUSH_EVERY`] or with the next top-up, when the
+//! lease is also resized: about what the key reserved here in the last interval (nothing
+//! for an idle key, whose next request then leases exactly its own maximum, as a
+//! per-request hold did), never more than half of the budget nobody holds unless that is
+//! the request's own minimum (gate-core `accounting::lease`), so two daemons cannot starve
+//! each other. Rate slots: `k` requests' worth of TAT advanced at once (1 when idle, at most
+//! [`RATE_LEASE_SPAN_US`] of the limit's rate), usable for [`RATE_LEASE_FOR`]; unused slots
+//! expire (never returned: a limit is never exceeded across daemons; at worst a key is
+//! refused slightly early). Tokens-per-minute charges are corrected at settlement
+//! ([`CORRECT_TOKENS`], batched per key).
+//!
+//! The bound: a lease is a hold, so `spent + held <= limit` holds in Redis as with
+//! per-request holds (the script checks the budget nobody holds before it grants); only
+//! requests costing more than their reserved maximum can pass it, as before. A daemon that
+//! dies has its lease charged in full at its deadline by the next call of any daemon. A
+//! lease call that fails (Redis unreachable, no answer in time) gives the lease up here:
+//! whatever happened to it in Redis, it is charged in full at its deadline, the requests it
+//! covered settle into nothing more (they are inside that charge), and the next request
+//! takes a new lease under a new name. Refusals come from the script's answer, with the
+//! state it decided on: core's [`ratelimit::decide`] on it gives the headers and the
+//! retry-after, as in-process.
 //!
 //! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
 //! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
-//! few seconds of skew at midnight only decide which day a request counts in.
+//! few seconds of skew at midnight only decide which day a request counts in. A local
+//! admission's headers use the server time of the last answer plus the time since.
 //!
 //! Keys (hash-tagged by key id, so a cluster keeps one key's state on one slot):
 //! `gate:{<id>}:rate` (hash `r`, `t`: the TATs in Unix µs; expires when the allowance is
-//! whole), `gate:{<id>}:budget:<period>:<start>` (hash `spent`, `held`, `h:<request>`: nano-
+//! whole), `gate:{<id>}:budget:<period>:<start>` (hash `spent`, `held`, `h:<lease>`: nano-
 //! dollars; expires a day after the period ends) and `gate:{<id>}:holds:<period>:<start>`
-//! (sorted set of request ids by deadline). A hold not settled by its deadline ([`HOLD_TTL`]:
-//! a daemon that died mid-request) is charged in full to the settled spend by the next
-//! admission: the budget is never overrun, at worst a dead daemon's requests count their
-//! maximum.
+//! (sorted set of leases by deadline). A hold not renewed by its deadline is charged in full
+//! to the settled spend by the next lease call of any daemon.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use gate_core::accounting::lease::{rate_cap, RATE_LEASE_SPAN_US};
 use gate_core::accounting::ratelimit::{self, MINUTE_US};
 use gate_core::accounting::{
     Budget, BudgetRefusal, Limits, Period, RateRefusal, RateStatus, Tats, Usd,
@@ -46,41 +63,49 @@ use gate_rt::Runtime;
 
 /// How long one decision may wait for Redis before the store counts as unavailable.
 pub const DECISION_TIMEOUT: Duration = Duration::from_millis(1500);
-/// How long a hold lives without being settled before it is charged in full.
-pub const HOLD_TTL: Duration = Duration::from_secs(3600);
-/// Settlements waiting for Redis to come back, at most (beyond: their holds are charged in
-/// full when their deadline passes, as for a dead daemon).
+/// How long a lease hold lives without being renewed before it is charged in full (a daemon
+/// that died, or one that lost Redis for that long). Leases in use are renewed every third
+/// of it.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How often leases are flushed (settled costs into the spend) and resized.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(150);
+/// How long leased rate slots may be used.
+pub const RATE_LEASE_FOR: Duration = Duration::from_micros(RATE_LEASE_SPAN_US);
+/// Token corrections waiting for Redis to come back, at most (beyond: dropped; the charge
+/// at admission stands).
 pub const MAX_PENDING_SETTLES: usize = 10_000;
-/// How long a settlement is retried while Redis is unreachable.
+/// How long a token correction is retried while Redis is unreachable.
 pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
-/// Reserve and rate-limit admissions of one key and budget period, each in turn, as that many
-/// single calls would decide them (one atomic step). KEYS: rate, budget, holds. ARGV, per
-/// admission (9 each): rpm (0: none), tpm (0: none), tokens, budget limit (-1: none), max
-/// cost, request id, hold ttl ms, budget expiry (Unix s; 0: never), spend to start a new
-/// period's key from. Returns one {outcome (0 admitted, 1 budget, 2 rate), spent, held, now
-/// µs, requests TAT, tokens TAT} per admission (spent and held 0 without a budget; the TATs
-/// before its decision, 0 without a rate limit).
-pub const ADMIT: &str = r#"
+/// Flush, resize and renew one daemon's lease of one key and budget period, and take more
+/// of it (and rate slots) for a request. KEYS: rate, budget, holds. ARGV: 1 lease name,
+/// 2 whether the daemon holds it (1/0), 3 settled cost to move from the lease to the spend,
+/// 4 free lease to give back, 5 budget limit (-1: none), 6 budget the request still needs
+/// (0: none), 7 budget wished beyond it, 8 lease ttl ms, 9 budget expiry (Unix s; 0: never),
+/// 10 spend to start a new period's key from, 11 rpm (0: none), 12 tpm (0: none),
+/// 13 whether a request asks (1/0: takes rate slots), 14 request slots wished, 15 the
+/// request's tokens, 16 tokens wished. Returns {outcome (0 granted, 1 budget refused, 2 rate
+/// refused), lost (1: the daemon's hold was gone: charged at its deadline, or Redis lost
+/// it), the lease now, spent, held, now µs, requests TAT, tokens TAT (before), requests
+/// granted, tokens granted, requests TAT, tokens TAT (after)}. Arithmetic: gate-core's
+/// `lease::budget_grant` and `lease::rate_grant` (and `ratelimit::decide` for one unit).
+pub const LEASE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local now_ms = math.floor(now / 1000)
 local function fmt(x) return string.format('%d', x) end
-local n = math.floor(#ARGV / 9)
-local budgeted, limited = nil, false
-for i = 0, n - 1 do
-  if budgeted == nil and tonumber(ARGV[i * 9 + 4]) >= 0 then budgeted = i * 9 end
-  if tonumber(ARGV[i * 9 + 1]) > 0 or tonumber(ARGV[i * 9 + 2]) > 0 then limited = true end
-end
-local spent, held = 0, 0
-if budgeted ~= nil then
+local name, field = ARGV[1], 'h:' .. ARGV[1]
+local flush, release = tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, need, wish = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local rpm, tpm, asks = tonumber(ARGV[11]), tonumber(ARGV[12]), ARGV[13] == '1'
+local outcome, lost, granted = 0, 0, 0
+local spent, held, h = 0, 0, 0
+if limit >= 0 then
   if redis.call('EXISTS', KEYS[2]) == 0 then
-    redis.call('HSET', KEYS[2], 'spent', ARGV[budgeted + 9], 'held', '0')
-    if tonumber(ARGV[budgeted + 8]) > 0 then
-      redis.call('EXPIREAT', KEYS[2], ARGV[budgeted + 8])
-    end
+    redis.call('HSET', KEYS[2], 'spent', ARGV[10], 'held', '0')
+    if tonumber(ARGV[9]) > 0 then redis.call('EXPIREAT', KEYS[2], ARGV[9]) end
   end
-  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100 * n)
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', fmt(now_ms), 'LIMIT', 0, 100)
   for _, rid in ipairs(expired) do
     local amount = tonumber(redis.call('HGET', KEYS[2], 'h:' .. rid) or '0')
     if redis.call('HDEL', KEYS[2], 'h:' .. rid) == 1 then
@@ -89,138 +114,102 @@ if budgeted ~= nil then
     end
     redis.call('ZREM', KEYS[3], rid)
   end
-  spent = tonumber(redis.call('HGET', KEYS[2], 'spent') or '0')
-  held = tonumber(redis.call('HGET', KEYS[2], 'held') or '0')
+  local v = redis.call('HMGET', KEYS[2], 'spent', 'held', field)
+  spent, held = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  if v[3] then
+    h = tonumber(v[3])
+    -- Settled costs are spent whatever they were reserved at; the hold shrinks by them.
+    local f = math.min(flush, h)
+    local r = math.min(release, h - f)
+    spent = spent + flush
+    h = h - f - r
+    held = held - f - r
+  elseif ARGV[2] == '1' then
+    lost = 1
+  end
+  if need > 0 or wish > 0 then
+    local remaining = limit - spent - held
+    if need > remaining then
+      if need > 0 then outcome = 1 end
+    else
+      granted = math.max(need, math.min(need + wish, math.floor(remaining / 2)))
+    end
+  end
 end
 local tr, tt = 0, 0
-if limited then
-  local v = redis.call('HMGET', KEYS[1], 'r', 't')
-  tr = tonumber(v[1] or '0')
-  tt = tonumber(v[2] or '0')
-end
+local gr, gt = 0, 0
+local nr, nt = 0, 0
 local MINUTE = 60000000
-local function gcra(tat, lim, c)
-  local interval = math.max(math.floor(MINUTE / lim), 1)
-  local new = math.max(tat, now) + interval * c
-  if new <= now + MINUTE or tat <= now then return true, new end
-  return false, new
+local function grant(tat, lim, mn, want)
+  local step = math.max(math.floor(MINUTE / lim), 1)
+  local base = math.max(tat, now)
+  local first = base + step * mn
+  if first > now + MINUTE and tat > now then return false, 0, tat end
+  local fit = math.floor((now + MINUTE - base) / step)
+  local g = math.max(math.min(fit, math.max(want, mn)), mn)
+  return true, g, base + step * g
 end
-local out, fields, members = {}, {}, {}
-local rate_set, added, expiry = false, 0, 0
-for i = 0, n - 1 do
-  local b = i * 9
-  local rpm, tpm = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])
-  local tokens, limit, cost = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5])
-  local s, h = 0, 0
-  if limit >= 0 then s, h = spent, held end
-  if limit >= 0 and spent + held + cost > limit then
-    out[i + 1] = {1, s, h, now, 0, 0}
+if asks and (rpm > 0 or tpm > 0) then
+  local v = redis.call('HMGET', KEYS[1], 'r', 't')
+  tr, tt = tonumber(v[1] or '0'), tonumber(v[2] or '0')
+  nr, nt = tr, tt
+  if outcome == 0 then
+    local okr, okt = true, true
+    if rpm > 0 then okr, gr, nr = grant(tr, rpm, 1, tonumber(ARGV[14])) end
+    if tpm > 0 then okt, gt, nt = grant(tt, tpm, tonumber(ARGV[15]), tonumber(ARGV[16])) end
+    if okr and okt then
+      redis.call('HSET', KEYS[1], 'r', fmt(nr), 't', fmt(nt))
+      redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(nr, nt) - now) / 1000) + 1000))
+    else
+      outcome, gr, gt, nr, nt, granted = 2, 0, 0, tr, tt, 0
+    end
+  end
+end
+if limit >= 0 then
+  h = h + granted
+  held = held + granted
+  redis.call('HSET', KEYS[2], 'spent', fmt(spent), 'held', fmt(held))
+  if h > 0 then
+    redis.call('HSET', KEYS[2], field, fmt(h))
+    redis.call('ZADD', KEYS[3], fmt(now_ms + tonumber(ARGV[8])), name)
+    if tonumber(ARGV[9]) > 0 then redis.call('EXPIREAT', KEYS[3], ARGV[9]) end
   else
-    local ok, r0, t0 = true, 0, 0
-    if rpm > 0 or tpm > 0 then
-      r0, t0 = tr, tt
-      local okr, nr, okt, nt = true, tr, true, tt
-      if rpm > 0 then okr, nr = gcra(tr, rpm, 1) end
-      if tpm > 0 then okt, nt = gcra(tt, tpm, tokens) end
-      if okr and okt then
-        tr, tt, rate_set = nr, nt, true
-      else
-        ok = false
-        out[i + 1] = {2, s, h, now, r0, t0}
-      end
-    end
-    if ok then
-      if limit >= 0 then
-        held = held + cost
-        h = held
-        added = added + cost
-        fields[#fields + 1] = 'h:' .. ARGV[b + 6]
-        fields[#fields + 1] = fmt(cost)
-        members[#members + 1] = fmt(now_ms + tonumber(ARGV[b + 7]))
-        members[#members + 1] = ARGV[b + 6]
-        expiry = tonumber(ARGV[b + 8])
-      end
-      out[i + 1] = {0, s, h, now, r0, t0}
-    end
+    redis.call('HDEL', KEYS[2], field)
+    redis.call('ZREM', KEYS[3], name)
   end
 end
-if rate_set then
-  redis.call('HSET', KEYS[1], 'r', fmt(tr), 't', fmt(tt))
-  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tr, tt) - now) / 1000) + 1000))
-end
-if #fields > 0 then
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(added))
-  redis.call('HSET', KEYS[2], unpack(fields))
-  redis.call('ZADD', KEYS[3], unpack(members))
-  if expiry > 0 then
-    redis.call('EXPIREAT', KEYS[3], fmt(expiry))
-  end
-end
-return out
+return {outcome, lost, h, spent, held, now, tr, tt, gr, gt, nr, nt}
 "#;
 
-/// Admissions of one key decided by one [`ADMIT`] call, at most.
-const ADMIT_PER_CALL: usize = 64;
-/// Admissions taken from the queue for one pipelined round, at most.
+/// Admissions taken from the queue for one round, at most.
 const ADMIT_BATCH: usize = 512;
 
-/// Settle admitted requests of one key and period, in order, as one script call settling
-/// each in turn would. KEYS: rate, budget, holds. ARGV: tpm (0: none), then per request: its
-/// id, actual cost, estimated tokens, actual tokens. Returns {how many were settled (the
-/// others were already), spent, held, the server's time in µs}.
-pub const SETTLE: &str = r#"
+/// Correct the tokens-per-minute charge of one key's settled requests, in order, as one
+/// call per request would: KEYS: rate. ARGV: tpm, then per request its estimated and actual
+/// tokens. Returns the server's time in µs.
+pub const CORRECT_TOKENS: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local function fmt(x) return string.format('%d', x) end
 local tpm = tonumber(ARGV[1])
-local tat = 0
-if tpm > 0 then
-  tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
-end
+local tat = tonumber(redis.call('HGET', KEYS[1], 't') or '0')
+if tat == 0 then return now end
 local step = math.max(math.floor(60000000 / math.max(tpm, 1)), 1)
-local fields = {}
-for i = 2, #ARGV, 4 do fields[#fields + 1] = 'h:' .. ARGV[i] end
-local amounts = redis.call('HMGET', KEYS[2], unpack(fields))
-local settled, released, added = 0, 0, 0
-local gone, done_fields, done_ids = {}, {}, {}
-for i = 2, #ARGV, 4 do
-  if tat > 0 then
-    local est, act = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-    if act >= est then
-      tat = math.max(tat, now) + step * (act - est)
-    else
-      tat = math.max(tat - step * (est - act), math.min(now, tat))
-    end
-  end
-  local amount = amounts[(i - 2) / 4 + 1]
-  -- A request named twice is settled once, as two calls in a row would.
-  if amount and not gone[ARGV[i]] then
-    gone[ARGV[i]] = true
-    done_fields[#done_fields + 1] = 'h:' .. ARGV[i]
-    done_ids[#done_ids + 1] = ARGV[i]
-    released = released + tonumber(amount)
-    added = added + tonumber(ARGV[i + 1])
-    settled = settled + 1
+for i = 2, #ARGV, 2 do
+  local est, act = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+  if act >= est then
+    tat = math.max(tat, now) + step * (act - est)
+  else
+    tat = math.max(tat - step * (est - act), math.min(now, tat))
   end
 end
-if settled > 0 then
-  redis.call('HDEL', KEYS[2], unpack(done_fields))
-  redis.call('ZREM', KEYS[3], unpack(done_ids))
-end
-if tat > 0 then
-  redis.call('HSET', KEYS[1], 't', fmt(tat))
-  local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
-  redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tat, r) - now) / 1000) + 1000))
-end
-if settled > 0 then
-  redis.call('HINCRBY', KEYS[2], 'held', fmt(-released))
-  redis.call('HINCRBY', KEYS[2], 'spent', fmt(added))
-end
-local v = redis.call('HMGET', KEYS[2], 'spent', 'held')
-return {settled, tonumber(v[1] or '0'), tonumber(v[2] or '0'), now}
+redis.call('HSET', KEYS[1], 't', fmt(tat))
+local r = tonumber(redis.call('HGET', KEYS[1], 'r') or '0')
+redis.call('PEXPIRE', KEYS[1], fmt(math.floor((math.max(tat, r) - now) / 1000) + 1000))
+return now
 "#;
 
-/// Settlements of one key settled by one [`SETTLE`] call, at most.
+/// Corrections of one key settled by one [`CORRECT_TOKENS`] call, at most.
 const SETTLE_PER_CALL: usize = 128;
 
 /// One admission asked of the shared store.
@@ -237,14 +226,17 @@ pub(crate) struct SharedAdmit {
     pub local_spent: Usd,
 }
 
-/// Where an admitted request's budget hold lives, for its settlement.
+/// Which lease an admitted request was reserved from, for its settlement.
 #[derive(Debug, Clone)]
 pub(crate) struct SharedHold {
     pub key_id: String,
-    pub request: String,
     pub period: Period,
     pub period_start: u64,
     pub tpm: Option<u64>,
+    /// The lease's generation (a settlement of an older one is inside that lease's charge).
+    generation: u64,
+    /// The maximum cost reserved from the lease (0 without a budget).
+    reserved: u64,
 }
 
 /// The shared store's decision.
@@ -253,8 +245,6 @@ pub(crate) enum SharedDecision {
     Admitted {
         status: RateStatus,
         hold: SharedHold,
-        spent: Usd,
-        held: Usd,
     },
     Budget(BudgetRefusal),
     Rate(RateRefusal),
@@ -276,25 +266,29 @@ pub(crate) trait SharedLimits: Send + Sync {
     /// Decides one admission; `Err` says why the store could not (it names the store, never
     /// its password).
     fn admit(&self, request: SharedAdmit) -> Decided;
-    /// Settles one request in the background (retried while the store is unreachable).
+    /// Settles one request (its lease locally; token corrections in the background, retried
+    /// while the store is unreachable).
     fn settle(&self, settle: SharedSettle);
     /// The key's (spent, held) in the period starting at `period_start`, as this daemon last
     /// saw them in the store (for listings; `None`: not seen).
     fn last_seen(&self, key_id: &str, period_start: u64) -> Option<(Usd, Usd)>;
+    /// The key's policy changed or it was revoked: its leases admit nothing more here; what
+    /// they hold unused goes back with their next flush.
+    fn forget(&self, key_id: &str);
 }
 
 /// Keys whose last-seen shared spend is kept, at most (beyond: forgotten, listings fall back
 /// to this daemon's own ledger).
 const MAX_SEEN: usize = 10_000;
 
-type Seen = Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, Usd, Usd)>>>;
+type Seen = Arc<Mutex<HashMap<String, (u64, Usd, Usd)>>>;
 
 fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
     let mut map = seen.lock().unwrap_or_else(|e| e.into_inner());
     if map.len() >= MAX_SEEN && !map.contains_key(key_id) {
         map.clear();
     }
-    // Replies of concurrent requests arrive in any order; within a period the settled spend
+    // Replies of concurrent calls arrive in any order; within a period the settled spend
     // only grows, so a reply with less spent than already seen is an older one.
     if let Some((start, seen_spent, _)) = map.get(key_id) {
         if *start == period_start && spent < *seen_spent {
@@ -304,27 +298,386 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
     map.insert(key_id.to_owned(), (period_start, spent, held));
 }
 
-/// [`SharedLimits`] on Redis.
-pub(crate) struct RedisLimits<R: Runtime> {
-    /// Admissions for the one task that decides them (see [`run_admissions`]).
-    admissions: async_channel::Sender<PendingAdmit>,
-    _runtime: std::marker::PhantomData<R>,
-    /// Request ids: a per-process random prefix and a counter.
+/// A lease is named per key, budget period and period start.
+type LeaseId = (String, Period, u64);
+
+/// This daemon's lease of one key and budget period (see the module docs). Amounts in
+/// nano-dollars. Invariant: `lease` is at most what Redis holds under `name` (amounts given
+/// back or flushed leave it before the call is sent; grants join it when answered).
+#[derive(Debug)]
+struct Lease {
+    /// The hold's name in Redis (a new one after a failed call).
+    name: String,
+    /// Requests reserved from this lease carry it; a settlement of another is ignored.
+    generation: u64,
+    /// Whether Redis held the lease at its last answer.
+    held: bool,
+    /// The policy the lease was taken under (a request of another policy asks Redis).
+    budget_limit: Option<u64>,
+    limits: Limits,
+    /// The key's policy changed: admit nothing more from this lease.
+    stale: bool,
+    /// An admission call is in flight: requests wait for it rather than take the free part.
+    topping_up: bool,
+    lease: u64,
+    /// Maximum costs of requests in flight.
+    reserved: u64,
+    /// Actual costs settled here and not yet flushed.
+    settled: u64,
+    /// Maximum costs reserved since the last flush tick, and in the interval before.
+    used: u64,
+    recent: u64,
+    /// Rate slots: requests and tokens left, usable until `rate_until`.
+    slots: u64,
+    tokens: u64,
+    rate_until: Option<Instant>,
+    requests_used: u64,
+    tokens_used: u64,
+    recent_requests: u64,
+    recent_tokens: u64,
+    /// The GCRA state after the last grant, at the server time `server_now` (read at
+    /// `seen_at`), for local admissions' headers.
+    tats: Tats,
+    server_now: u64,
+    seen_at: Instant,
+    /// The budget key's expiry and a new period's seed, from the last request.
+    expiry: u64,
+    seed: u64,
+    renewed: Instant,
+}
+
+/// What one lease call asks (see [`LEASE`]'s ARGV).
+struct Ask {
+    flush: u64,
+    release: u64,
+    need: u64,
+    wish: u64,
+    asks: bool,
+    slots: u64,
+    tokens_min: u64,
+    tokens: u64,
+}
+
+impl Lease {
+    fn new(name: String, generation: u64) -> Self {
+        let now = Instant::now();
+        Self {
+            name,
+            generation,
+            held: false,
+            budget_limit: None,
+            limits: Limits::default(),
+            stale: true,
+            topping_up: false,
+            lease: 0,
+            reserved: 0,
+            settled: 0,
+            used: 0,
+            recent: 0,
+            slots: 0,
+            tokens: 0,
+            rate_until: None,
+            requests_used: 0,
+            tokens_used: 0,
+            recent_requests: 0,
+            recent_tokens: 0,
+            tats: Tats::default(),
+            server_now: 0,
+            seen_at: now,
+            expiry: 0,
+            seed: 0,
+            renewed: now,
+        }
+    }
+
+    fn free(&self) -> u64 {
+        self.lease
+            .saturating_sub(self.reserved.saturating_add(self.settled))
+    }
+
+    fn matches(&self, request: &SharedAdmit) -> bool {
+        !self.stale
+            && self.budget_limit == request.budget.map(|b| b.limit.0)
+            && self.limits == request.limits
+    }
+
+    /// Admits `request` from the lease alone, or `None` (Redis must be asked).
+    fn take(
+        &mut self,
+        request: &SharedAdmit,
+        id: &LeaseId,
+        now: Instant,
+    ) -> Option<SharedDecision> {
+        if self.topping_up || !self.matches(request) {
+            return None;
+        }
+        let budgeted = request.budget.is_some();
+        if budgeted && self.free() < request.max_cost.0 {
+            return None;
+        }
+        let limits = request.limits;
+        if !limits.is_none() {
+            if self.rate_until.is_none_or(|until| now >= until)
+                || (limits.rpm.is_some() && self.slots == 0)
+                || (limits.tpm.is_some() && self.tokens < request.tokens)
+            {
+                return None;
+            }
+            if limits.rpm.is_some() {
+                self.slots -= 1;
+                self.requests_used += 1;
+            }
+            if limits.tpm.is_some() {
+                self.tokens -= request.tokens;
+                self.tokens_used = self.tokens_used.saturating_add(request.tokens);
+            }
+        }
+        let reserved = if budgeted { request.max_cost.0 } else { 0 };
+        self.reserved = self.reserved.saturating_add(reserved);
+        self.used = self.used.saturating_add(reserved);
+        let elapsed = u64::try_from(now.saturating_duration_since(self.seen_at).as_micros())
+            .unwrap_or(u64::MAX);
+        let status = ratelimit::status_of(
+            self.tats,
+            limits,
+            self.server_now.saturating_add(elapsed),
+            MINUTE_US,
+        );
+        Some(SharedDecision::Admitted {
+            status,
+            hold: SharedHold {
+                key_id: id.0.clone(),
+                period: id.1,
+                period_start: id.2,
+                tpm: limits.tpm,
+                generation: self.generation,
+                reserved,
+            },
+        })
+    }
+
+    /// The lease call for `waiting` (the first decides `need`), flushing what was settled.
+    /// Amounts flushed or given back leave the lease now.
+    fn ask_for(&mut self, waiting: &[PendingAdmit]) -> Ask {
+        let first = &waiting[0].request;
+        let mut release = 0;
+        if !self.matches(first) {
+            // New, edited or forgotten: unused budget goes back, rate slots are dropped.
+            release = self.free();
+            self.slots = 0;
+            self.tokens = 0;
+            self.rate_until = None;
+            self.budget_limit = first.budget.map(|b| b.limit.0);
+            self.limits = first.limits;
+            self.stale = false;
+        }
+        self.expiry = first
+            .budget
+            .and_then(|b| b.period.end(first.now_unix))
+            .map_or(0, |end| end + 86_400);
+        self.seed = first.local_spent.0;
+        let flush = std::mem::take(&mut self.settled);
+        self.lease = self.lease.saturating_sub(flush.saturating_add(release));
+        let (need, wish) = if first.budget.is_some() {
+            let others: u64 = waiting[1..].iter().map(|p| p.request.max_cost.0).sum();
+            (
+                first.max_cost.0.saturating_sub(self.free()),
+                self.recent.max(others),
+            )
+        } else {
+            (0, 0)
+        };
+        let limits = first.limits;
+        let count = waiting.len() as u64;
+        let slots = limits.rpm.map_or(0, |rpm| {
+            rate_cap(u64::from(rpm), MINUTE_US, 1).min(count.max(self.recent_requests))
+        });
+        let tokens: u64 = waiting.iter().map(|p| p.request.tokens).sum();
+        let tokens = limits.tpm.map_or(0, |tpm| {
+            rate_cap(tpm, MINUTE_US, first.tokens)
+                .min(tokens.max(self.recent_tokens))
+                .max(first.tokens)
+        });
+        self.topping_up = true;
+        Ask {
+            flush,
+            release,
+            need,
+            wish,
+            asks: !limits.is_none(),
+            slots,
+            tokens_min: first.tokens,
+            tokens,
+        }
+    }
+
+    /// The flush tick's call, if this lease needs one: settled costs into the spend, the
+    /// free part resized toward what the key reserved in the last interval, the deadline
+    /// renewed.
+    fn ask_flush(&mut self) -> Option<Ask> {
+        self.budget_limit?;
+        let free = self.free();
+        let target = if self.stale { 0 } else { self.recent };
+        let release = free.saturating_sub(target);
+        let wish = if !self.stale && free < target / 2 {
+            target - free
+        } else {
+            0
+        };
+        let renew = self.held && self.renewed.elapsed() >= LEASE_TTL / 3;
+        if self.settled == 0 && release == 0 && wish == 0 && !renew {
+            return None;
+        }
+        let flush = std::mem::take(&mut self.settled);
+        self.lease = self.lease.saturating_sub(flush.saturating_add(release));
+        Some(Ask {
+            flush,
+            release,
+            need: 0,
+            wish,
+            asks: false,
+            slots: 0,
+            tokens_min: 0,
+            tokens: 0,
+        })
+    }
+
+    /// The script's ARGV for `ask` on this lease.
+    fn args(&self, ask: &Ask) -> Vec<String> {
+        vec![
+            self.name.clone(),
+            if self.held { "1" } else { "0" }.to_owned(),
+            ask.flush.to_string(),
+            ask.release.to_string(),
+            self.budget_limit
+                .map_or("-1".to_owned(), |limit| limit.to_string()),
+            ask.need.to_string(),
+            ask.wish.to_string(),
+            LEASE_TTL.as_millis().to_string(),
+            self.expiry.to_string(),
+            self.seed.to_string(),
+            self.limits.rpm.map_or(0, u64::from).to_string(),
+            self.limits.tpm.unwrap_or(0).to_string(),
+            if ask.asks { "1" } else { "0" }.to_owned(),
+            ask.slots.to_string(),
+            ask.tokens_min.to_string(),
+            ask.tokens.to_string(),
+        ]
+    }
+
+    /// The call failed (whether Redis ran it is unknown): the lease is given up here, to be
+    /// charged in full at its deadline; the next call takes a new one.
+    fn give_up(&mut self, name: String, generation: u64) {
+        *self = Self {
+            budget_limit: self.budget_limit,
+            limits: self.limits,
+            stale: self.stale,
+            recent: self.recent,
+            recent_requests: self.recent_requests,
+            recent_tokens: self.recent_tokens,
+            expiry: self.expiry,
+            seed: self.seed,
+            ..Self::new(name, generation)
+        };
+    }
+
+    /// Takes in the script's answer; `generation` is a fresh one if the lease was lost.
+    fn answered(&mut self, reply: &LeaseReply, generation: impl FnOnce() -> u64) {
+        if reply.lost {
+            // Charged in full (or gone with Redis's data): what it covered is inside that.
+            self.generation = generation();
+            self.reserved = 0;
+            self.settled = 0;
+        }
+        self.lease = reply.lease;
+        self.held = reply.lease > 0;
+        self.topping_up = false;
+        self.renewed = Instant::now();
+        self.server_now = reply.now;
+        self.seen_at = Instant::now();
+    }
+}
+
+/// One [`LEASE`] answer.
+struct LeaseReply {
+    outcome: u64,
+    lost: bool,
+    lease: u64,
+    spent: u64,
+    held: u64,
+    now: u64,
+    before: Tats,
+    slots: u64,
+    tokens: u64,
+    after: Tats,
+}
+
+fn lease_reply(reply: &Value) -> Result<LeaseReply, String> {
+    let Value::Array(values) = reply else {
+        return Err(format!("the lease script answered {reply:?}"));
+    };
+    let field = |i| int(values, i);
+    Ok(LeaseReply {
+        outcome: field(0)?,
+        lost: field(1)? == 1,
+        lease: field(2)?,
+        spent: field(3)?,
+        held: field(4)?,
+        now: field(5)?,
+        before: Tats {
+            requests: field(6)?,
+            tokens: field(7)?,
+        },
+        slots: field(8)?,
+        tokens: field(9)?,
+        after: Tats {
+            requests: field(10)?,
+            tokens: field(11)?,
+        },
+    })
+}
+
+type Leases = Arc<Mutex<HashMap<LeaseId, Lease>>>;
+
+fn lock(leases: &Leases) -> std::sync::MutexGuard<'_, HashMap<LeaseId, Lease>> {
+    leases.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lease names and generations: a per-process random prefix and a counter.
+struct Names {
     prefix: String,
     next: AtomicU64,
+}
+
+impl Names {
+    fn generation(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn name(&self) -> String {
+        format!("lease:{}:{}", self.prefix, self.generation())
+    }
+}
+
+/// [`SharedLimits`] on Redis.
+pub(crate) struct RedisLimits<R: Runtime> {
+    /// Admissions the local leases could not decide, for the lease task ([`run_leases`]).
+    admissions: async_channel::Sender<PendingAdmit>,
+    _runtime: std::marker::PhantomData<R>,
+    leases: Leases,
     pending: Arc<AtomicUsize>,
     seen: Seen,
-    /// Settlements for the one task that sends them (see [`drain_settles`]).
+    /// Token corrections for the one task that sends them (see [`drain_settles`]).
     settles: async_channel::Sender<Queued>,
 }
 
-/// A settlement waiting to be sent, and since when.
+/// A token correction waiting to be sent, and since when.
 struct Queued {
     settle: SharedSettle,
-    since: std::time::Instant,
+    since: Instant,
 }
 
-/// Settlements sent together, at most (one write, replies read in order).
+/// Corrections sent together, at most (one write, replies read in order).
 const SETTLE_BATCH: usize = 512;
 
 fn rate_key(id: &str) -> String {
@@ -336,6 +689,11 @@ fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
         format!("gate:{{{id}}}:budget:{period}:{start}"),
         format!("gate:{{{id}}}:holds:{period}:{start}"),
     )
+}
+
+fn lease_keys(id: &LeaseId) -> Vec<String> {
+    let (budget, holds) = budget_keys(&id.0, id.1, id.2);
+    vec![rate_key(&id.0), budget, holds]
 }
 
 fn int(values: &[Value], i: usize) -> Result<u64, String> {
@@ -354,21 +712,34 @@ impl<R: Runtime> RedisLimits<R> {
         let (settles, queue) = async_channel::unbounded();
         let pending = Arc::new(AtomicUsize::new(0));
         let seen = Seen::default();
+        let leases = Leases::default();
         rt.spawn(drain_settles(
             rt.clone(),
             redis.clone(),
-            Script::new(SETTLE),
+            Script::new(CORRECT_TOKENS),
             queue,
             pending.clone(),
-            seen.clone(),
         ));
         let (admissions, admission_queue) = async_channel::unbounded();
-        rt.spawn(run_admissions(redis, Script::new(ADMIT), admission_queue));
+        let names = Names {
+            prefix: format!("{:x}-{:x}", std::process::id(), seed),
+            next: AtomicU64::new(0),
+        };
+        rt.spawn(run_leases(
+            rt.clone(),
+            redis,
+            Script::new(LEASE),
+            admission_queue,
+            LeaseTask {
+                leases: leases.clone(),
+                seen: seen.clone(),
+                names,
+            },
+        ));
         Self {
             admissions,
             _runtime: std::marker::PhantomData,
-            prefix: format!("{:x}-{:x}", std::process::id(), seed),
-            next: AtomicU64::new(0),
+            leases,
             pending,
             seen,
             settles,
@@ -376,111 +747,84 @@ impl<R: Runtime> RedisLimits<R> {
     }
 }
 
-/// The admission script's ARGV for one admission.
-fn admit_args(request: &SharedAdmit, hold: &SharedHold) -> [String; 9] {
-    let expire = request
-        .budget
-        .and_then(|b| b.period.end(request.now_unix))
-        .map_or(0, |end| end + 86_400);
-    [
-        request.limits.rpm.map_or(0, u64::from).to_string(),
-        request.limits.tpm.unwrap_or(0).to_string(),
-        request.tokens.to_string(),
-        request
-            .budget
-            .map_or("-1".to_owned(), |b| b.limit.0.to_string()),
-        request.max_cost.0.to_string(),
-        hold.request.clone(),
-        HOLD_TTL.as_millis().to_string(),
-        expire.to_string(),
-        request.local_spent.0.to_string(),
-    ]
-}
-
-/// One admission's decision from its element of the script's reply.
-fn decision_of(
-    reply: &Value,
-    request: &SharedAdmit,
-    hold: SharedHold,
-) -> Result<SharedDecision, String> {
-    let Value::Array(values) = reply else {
-        return Err(format!("the admission script answered {reply:?}"));
-    };
-    {
-        let field = |i| int(values, i);
-        let (outcome, spent, held, now) = (field(0)?, field(1)?, field(2)?, field(3)?);
-        let tats = Tats {
-            requests: field(4)?,
-            tokens: field(5)?,
-        };
-        let limits = request.limits;
-        Ok(match outcome {
-            1 => {
-                let budget = request.budget.unwrap_or(Budget {
-                    limit: Usd::ZERO,
-                    period: hold.period,
-                });
-                SharedDecision::Budget(BudgetRefusal {
-                    spent: Usd(spent),
-                    reserved: Usd(held),
-                    limit: budget.limit,
-                    asked: request.max_cost,
-                    period: budget.period,
-                    resets_at: budget.period.end(request.now_unix),
-                })
-            }
-            2 => SharedDecision::Rate(
-                match ratelimit::decide(tats, limits, request.tokens, now, MINUTE_US) {
-                    Err(refusal) => refusal,
-                    // Core and the script disagree (they should not): the script decided.
-                    Ok(_) => RateRefusal {
-                        limited: if limits.rpm.is_some() {
-                            gate_core::accounting::Limited::Requests
-                        } else {
-                            gate_core::accounting::Limited::Tokens
-                        },
-                        retry_after_ns: 1_000_000_000,
-                        status: ratelimit::status_of(tats, limits, now, MINUTE_US),
-                    },
-                },
-            ),
-            _ => {
-                let status = match ratelimit::decide(tats, limits, request.tokens, now, MINUTE_US) {
-                    Ok((_, status)) => status,
-                    Err(_) => ratelimit::status_of(tats, limits, now, MINUTE_US),
-                };
-                SharedDecision::Admitted {
-                    status,
-                    hold,
-                    spent: Usd(spent),
-                    held: Usd(held),
-                }
-            }
-        })
-    }
-}
-
-/// A queued admission and where its decision goes.
+/// A queued admission, its lease, and where its decision goes.
 struct PendingAdmit {
     request: SharedAdmit,
-    hold: SharedHold,
+    id: LeaseId,
     reply: async_channel::Sender<Result<SharedDecision, String>>,
 }
 
-/// The one task that admits: takes what is queued (up to [`ADMIT_BATCH`]), groups it by key
-/// and budget period (at most [`ADMIT_PER_CALL`] per [`ADMIT`] call, in queue order), sends
-/// the round pipelined, and hands each admission its decision. Concurrent requests of one
-/// key so cost Redis one script call, not one each. Ends when the limits are dropped.
-async fn run_admissions<R: Runtime>(
+/// The lease task's shared state.
+struct LeaseTask {
+    leases: Leases,
+    seen: Seen,
+    names: Names,
+}
+
+/// The refusal of `request` by the script's answer `reply` (outcome 1 or 2).
+fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDecision {
+    if reply.outcome == 1 {
+        let budget = request.budget.unwrap_or(Budget {
+            limit: Usd::ZERO,
+            period: id.1,
+        });
+        return SharedDecision::Budget(BudgetRefusal {
+            spent: Usd(reply.spent),
+            reserved: Usd(reply.held),
+            limit: budget.limit,
+            asked: request.max_cost,
+            period: budget.period,
+            resets_at: budget.period.end(request.now_unix),
+        });
+    }
+    let (tats, limits, now) = (reply.before, request.limits, reply.now);
+    SharedDecision::Rate(
+        match ratelimit::decide(tats, limits, request.tokens, now, MINUTE_US) {
+            Err(refusal) => refusal,
+            // Core and the script disagree (they should not): the script decided.
+            Ok(_) => RateRefusal {
+                limited: if limits.rpm.is_some() {
+                    gate_core::accounting::Limited::Requests
+                } else {
+                    gate_core::accounting::Limited::Tokens
+                },
+                retry_after_ns: 1_000_000_000,
+                status: ratelimit::status_of(tats, limits, now, MINUTE_US),
+            },
+        },
+    )
+}
+
+/// Who a lease call of a round was for.
+enum Caller {
+    /// The waiting admissions of `groups[i]`.
+    Admissions(usize),
+    /// The flush tick.
+    Flush(LeaseId),
+}
+
+/// The one task that talks to Redis for the leases: takes the admissions the local leases
+/// could not decide (up to [`ADMIT_BATCH`]), groups them by lease, and decides them in
+/// rounds: in each, every lease with admissions waiting is tried locally first, then asked
+/// of Redis once (the round's calls pipelined), the first admission decided by the answer,
+/// the others tried on the grown lease in the next round. Every [`FLUSH_EVERY`] the other
+/// leases are flushed, resized and renewed in the same round. One call per lease in flight
+/// at most. Ends when the limits are dropped.
+async fn run_leases<R: Runtime>(
+    rt: R,
     redis: Redis<R>,
     script: Script,
     queue: async_channel::Receiver<PendingAdmit>,
+    task: LeaseTask,
 ) {
+    let mut next_tick = Instant::now() + FLUSH_EVERY;
     let mut batch: Vec<PendingAdmit> = Vec::new();
     loop {
-        match queue.recv().await {
-            Ok(first) => batch.push(first),
-            Err(_) => return,
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match gate_rt::timeout(&rt, wait, queue.recv()).await {
+            Ok(Ok(first)) => batch.push(first),
+            Ok(Err(_)) => return,
+            Err(_) => {}
         }
         while batch.len() < ADMIT_BATCH {
             match queue.try_recv() {
@@ -488,60 +832,177 @@ async fn run_admissions<R: Runtime>(
                 Err(_) => break,
             }
         }
-        let mut groups: Vec<Vec<PendingAdmit>> = Vec::new();
-        let mut open: std::collections::HashMap<(String, Period, u64), usize> =
-            std::collections::HashMap::new();
+        let mut groups: Vec<(LeaseId, Vec<PendingAdmit>)> = Vec::new();
+        let mut open: HashMap<LeaseId, usize> = HashMap::new();
         for pending in batch.drain(..) {
-            let hold = &pending.hold;
-            let id = (hold.key_id.clone(), hold.period, hold.period_start);
-            match open.get(&id) {
-                Some(&i) if groups[i].len() < ADMIT_PER_CALL => groups[i].push(pending),
-                _ => {
-                    open.insert(id, groups.len());
-                    groups.push(vec![pending]);
+            match open.get(&pending.id) {
+                Some(&i) => groups[i].1.push(pending),
+                None => {
+                    open.insert(pending.id.clone(), groups.len());
+                    groups.push((pending.id.clone(), vec![pending]));
                 }
             }
         }
-        let calls: Vec<(Vec<String>, Vec<String>)> = groups
-            .iter()
-            .map(|group| {
-                let hold = &group[0].hold;
-                let (budget_key, holds_key) =
-                    budget_keys(&hold.key_id, hold.period, hold.period_start);
-                let args = group
-                    .iter()
-                    .flat_map(|p| admit_args(&p.request, &p.hold))
-                    .collect();
-                (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
-            })
-            .collect();
-        let results = redis.eval_many(&script, &calls, DECISION_TIMEOUT).await;
-        for (group, result) in groups.into_iter().zip(results) {
-            match result {
-                Ok(Value::Array(replies)) if replies.len() == group.len() => {
-                    for (pending, reply) in group.into_iter().zip(&replies) {
-                        let decision =
-                            decision_of(reply, &pending.request, pending.hold).map_err(|why| {
-                                RedisError::Command {
-                                    at: redis.url().to_string(),
-                                    why,
-                                }
-                                .to_string()
-                            });
-                        let _ = pending.reply.try_send(decision);
+        let mut flushes = Vec::new();
+        if Instant::now() >= next_tick {
+            next_tick = Instant::now() + FLUSH_EVERY;
+            let mut leases = lock(&task.leases);
+            leases.retain(|id, lease| {
+                lease.recent = std::mem::take(&mut lease.used);
+                lease.recent_requests = std::mem::take(&mut lease.requests_used);
+                lease.recent_tokens = std::mem::take(&mut lease.tokens_used);
+                let idle = lease.lease == 0
+                    && lease.reserved == 0
+                    && lease.settled == 0
+                    && lease.recent == 0
+                    && lease.recent_requests == 0
+                    && lease.recent_tokens == 0
+                    && !lease.held
+                    && !lease.topping_up;
+                if !open.contains_key(id) && !lease.topping_up && !idle {
+                    flushes.push(id.clone());
+                }
+                !idle
+            });
+        }
+        decide_round(&redis, &script, &task, groups, flushes).await;
+    }
+}
+
+/// Decides `groups` (and flushes `flushes`) in rounds of pipelined lease calls.
+async fn decide_round<R: Runtime>(
+    redis: &Redis<R>,
+    script: &Script,
+    task: &LeaseTask,
+    mut groups: Vec<(LeaseId, Vec<PendingAdmit>)>,
+    mut flushes: Vec<LeaseId>,
+) {
+    loop {
+        let mut calls: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+        let mut callers = Vec::new();
+        {
+            let mut leases = lock(&task.leases);
+            let now = Instant::now();
+            for (i, (id, waiting)) in groups.iter_mut().enumerate() {
+                if waiting.is_empty() {
+                    continue;
+                }
+                let lease = leases
+                    .entry(id.clone())
+                    .or_insert_with(|| Lease::new(task.names.name(), task.names.generation()));
+                waiting.retain(|pending| match lease.take(&pending.request, id, now) {
+                    Some(decision) => {
+                        let _ = pending.reply.try_send(Ok(decision));
+                        false
+                    }
+                    None => true,
+                });
+                if waiting.is_empty() || lease.topping_up {
+                    continue;
+                }
+                let ask = lease.ask_for(waiting);
+                calls.push((lease_keys(id), lease.args(&ask)));
+                callers.push(Caller::Admissions(i));
+            }
+            for id in flushes.drain(..) {
+                if let Some(lease) = leases.get_mut(&id) {
+                    if let Some(ask) = lease.ask_flush() {
+                        calls.push((lease_keys(&id), lease.args(&ask)));
+                        callers.push(Caller::Flush(id));
                     }
                 }
-                other => {
-                    let why = match other {
-                        Err(e) => e.to_string(),
-                        Ok(reply) => RedisError::Command {
-                            at: redis.url().to_string(),
-                            why: format!("the admission script answered {reply:?}"),
+            }
+        }
+        if calls.is_empty() {
+            return;
+        }
+        let results = redis.eval_many(script, &calls, DECISION_TIMEOUT).await;
+        let mut leases = lock(&task.leases);
+        for (caller, result) in callers.into_iter().zip(results) {
+            let id = match &caller {
+                Caller::Admissions(i) => groups[*i].0.clone(),
+                Caller::Flush(id) => id.clone(),
+            };
+            let Some(lease) = leases.get_mut(&id) else {
+                continue;
+            };
+            let reply = result.map_err(|e| e.to_string()).and_then(|value| {
+                lease_reply(&value).map_err(|why| {
+                    RedisError::Command {
+                        at: redis.url().to_string(),
+                        why,
+                    }
+                    .to_string()
+                })
+            });
+            let reply = match reply {
+                Ok(reply) => reply,
+                Err(why) => {
+                    if lease.held || lease.lease > 0 || lease.reserved > 0 {
+                        tracing::debug!(key = %id.0, "{why}; this daemon's lease of the key is given up (charged in full at its deadline)");
+                    }
+                    lease.give_up(task.names.name(), task.names.generation());
+                    if let Caller::Admissions(i) = caller {
+                        for pending in groups[i].1.drain(..) {
+                            let _ = pending.reply.try_send(Err(why.clone()));
                         }
-                        .to_string(),
-                    };
-                    for pending in group {
-                        let _ = pending.reply.try_send(Err(why.clone()));
+                    }
+                    continue;
+                }
+            };
+            lease.answered(&reply, || task.names.generation());
+            see(&task.seen, &id.0, id.2, Usd(reply.spent), Usd(reply.held));
+            let Caller::Admissions(i) = caller else {
+                continue;
+            };
+            let waiting = &mut groups[i].1;
+            match reply.outcome {
+                0 => {
+                    if !lease.limits.is_none() {
+                        lease.slots = reply.slots;
+                        lease.tokens = reply.tokens;
+                        lease.rate_until = Some(Instant::now() + RATE_LEASE_FOR);
+                        lease.tats = reply.after;
+                    }
+                    // The grown lease decides the first (and what else it covers) now; the
+                    // rest go on to the next round.
+                    let now = Instant::now();
+                    waiting.retain(|pending| match lease.take(&pending.request, &id, now) {
+                        Some(decision) => {
+                            let _ = pending.reply.try_send(Ok(decision));
+                            false
+                        }
+                        None => true,
+                    });
+                }
+                1 => {
+                    // Refused: every waiting request that the lease and the budget nobody
+                    // holds cannot cover either.
+                    let room = lease.free().saturating_add(
+                        lease
+                            .budget_limit
+                            .unwrap_or(0)
+                            .saturating_sub(reply.spent.saturating_add(reply.held)),
+                    );
+                    let mut first = true;
+                    waiting.retain(|pending| {
+                        if first || pending.request.max_cost.0 > room {
+                            first = false;
+                            let _ =
+                                pending
+                                    .reply
+                                    .try_send(Ok(refusal(&pending.request, &id, &reply)));
+                            return false;
+                        }
+                        true
+                    });
+                }
+                _ => {
+                    lease.tats = reply.before;
+                    for pending in waiting.drain(..) {
+                        let _ = pending
+                            .reply
+                            .try_send(Ok(refusal(&pending.request, &id, &reply)));
                     }
                 }
             }
@@ -549,35 +1010,26 @@ async fn run_admissions<R: Runtime>(
     }
 }
 
-/// The settlement script's KEYS and ARGV for `settles` (all of one key, period and tpm).
+/// The correction script's KEYS and ARGV for `settles` (all of one key and tpm).
 fn settle_call(settles: &[&SharedSettle]) -> (Vec<String>, Vec<String>) {
     let hold = &settles[0].hold;
-    let (budget_key, holds_key) = budget_keys(&hold.key_id, hold.period, hold.period_start);
-    let mut args = Vec::with_capacity(1 + 4 * settles.len());
+    let mut args = Vec::with_capacity(1 + 2 * settles.len());
     args.push(hold.tpm.unwrap_or(0).to_string());
     for settle in settles {
-        args.push(settle.hold.request.clone());
-        args.push(settle.actual.0.to_string());
         args.push(settle.estimated_tokens.to_string());
         args.push(settle.actual_tokens.to_string());
     }
-    (vec![rate_key(&hold.key_id), budget_key, holds_key], args)
+    (vec![rate_key(&hold.key_id)], args)
 }
 
-/// `batch` in groups that one [`SETTLE`] call settles: the same key, period and tpm, at most
-/// [`SETTLE_PER_CALL`] each; a key's settlements keep their order.
+/// `batch` in groups that one [`CORRECT_TOKENS`] call corrects: the same key and tpm, at
+/// most [`SETTLE_PER_CALL`] each; a key's corrections keep their order.
 fn settle_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
     let mut groups: Vec<Vec<Queued>> = Vec::new();
-    let mut open: std::collections::HashMap<(String, Period, u64, Option<u64>), usize> =
-        std::collections::HashMap::new();
+    let mut open: HashMap<(String, Option<u64>), usize> = HashMap::new();
     for queued in batch {
         let hold = &queued.settle.hold;
-        let id = (
-            hold.key_id.clone(),
-            hold.period,
-            hold.period_start,
-            hold.tpm,
-        );
+        let id = (hold.key_id.clone(), hold.tpm);
         match open.get(&id) {
             Some(&i) if groups[i].len() < SETTLE_PER_CALL => groups[i].push(queued),
             _ => {
@@ -589,17 +1041,16 @@ fn settle_groups(batch: Vec<Queued>) -> Vec<Vec<Queued>> {
     groups
 }
 
-/// The one task that settles: takes what is queued (up to [`SETTLE_BATCH`]), sends it in one
-/// pipelined round, and keeps what Redis could not take for the next round after a pause
-/// (100 ms doubling to 2 s), each settlement for at most [`SETTLE_RETRY_FOR`] (then its hold
-/// is charged in full at its deadline). Ends when the limits are dropped and nothing is left.
+/// The one task that sends token corrections: takes what is queued (up to
+/// [`SETTLE_BATCH`]), sends it in one pipelined round, and keeps what Redis could not take
+/// for the next round after a pause (100 ms doubling to 2 s), each for at most
+/// [`SETTLE_RETRY_FOR`]. Ends when the limits are dropped and nothing is left.
 async fn drain_settles<R: Runtime>(
     rt: R,
     redis: Redis<R>,
     script: Script,
     queue: async_channel::Receiver<Queued>,
     pending: Arc<AtomicUsize>,
-    seen: Seen,
 ) {
     let mut batch: Vec<Queued> = Vec::new();
     let mut wait = Duration::from_millis(100);
@@ -625,22 +1076,10 @@ async fn drain_settles<R: Runtime>(
         let mut retry = Vec::new();
         for (group, result) in groups.into_iter().zip(results) {
             let key = group[0].settle.hold.key_id.clone();
-            let period_start = group[0].settle.hold.period_start;
             match result {
-                Ok(Value::Array(values)) => {
-                    see(
-                        &seen,
-                        &key,
-                        period_start,
-                        Usd(int(&values, 1).unwrap_or(0)),
-                        Usd(int(&values, 2).unwrap_or(0)),
-                    );
-                }
-                Ok(other) => {
-                    tracing::warn!(key = %key, "the settlement script answered {other:?}");
-                }
+                Ok(_) => {}
                 Err(RedisError::Command { why, .. }) => {
-                    tracing::warn!(key = %key, "settling in Redis failed: {why}");
+                    tracing::warn!(key = %key, "correcting tokens per minute in Redis failed: {why}");
                 }
                 Err(e) => {
                     let (kept, given_up): (Vec<Queued>, Vec<Queued>) = group
@@ -649,8 +1088,8 @@ async fn drain_settles<R: Runtime>(
                     if !given_up.is_empty() {
                         tracing::warn!(
                             key = %key,
-                            "{e}; gave up settling {} request(s) after {} s: their holds are \
-                             charged in full when they expire",
+                            "{e}; gave up correcting the tokens per minute of {} request(s) \
+                             after {} s: their charge at admission stands",
                             given_up.len(),
                             SETTLE_RETRY_FOR.as_secs()
                         );
@@ -679,56 +1118,57 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             .map_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD, |b| {
                 b.period
             });
-        let hold = SharedHold {
-            key_id: request.key_id.clone(),
-            request: format!(
-                "{}-{}",
-                self.prefix,
-                self.next.fetch_add(1, Ordering::Relaxed)
-            ),
+        let id: LeaseId = (
+            request.key_id.clone(),
             period,
-            period_start: period.start(request.now_unix),
-            tpm: request.limits.tpm,
-        };
-        let seen = self.seen.clone();
+            period.start(request.now_unix),
+        );
+        if let Some(lease) = lock(&self.leases).get_mut(&id) {
+            if let Some(decision) = lease.take(&request, &id, Instant::now()) {
+                return Box::pin(std::future::ready(Ok(decision)));
+            }
+        }
         let (reply, decided) = async_channel::bounded(1);
-        let key_id = request.key_id.clone();
-        let queued = self.admissions.try_send(PendingAdmit {
-            request,
-            hold,
-            reply,
-        });
+        let queued = self
+            .admissions
+            .try_send(PendingAdmit { request, id, reply });
         Box::pin(async move {
             if queued.is_err() {
-                return Err("the admission task has stopped (the daemon is stopping)".to_owned());
+                return Err("the lease task has stopped (the daemon is stopping)".to_owned());
             }
-            let decision = decided
+            decided
                 .recv()
                 .await
-                .map_err(|_| "the admission task has stopped".to_owned())??;
-            if let SharedDecision::Admitted {
-                hold, spent, held, ..
-            } = &decision
-            {
-                see(&seen, &key_id, hold.period_start, *spent, *held);
-            }
-            Ok(decision)
+                .map_err(|_| "the lease task has stopped".to_owned())?
         })
     }
 
     fn settle(&self, settle: SharedSettle) {
+        let hold = &settle.hold;
+        if hold.reserved > 0 {
+            let id = (hold.key_id.clone(), hold.period, hold.period_start);
+            if let Some(lease) = lock(&self.leases).get_mut(&id) {
+                if lease.generation == hold.generation {
+                    lease.reserved = lease.reserved.saturating_sub(hold.reserved);
+                    lease.settled = lease.settled.saturating_add(settle.actual.0);
+                }
+            }
+        }
+        if hold.tpm.is_none() || settle.estimated_tokens == settle.actual_tokens {
+            return;
+        }
         if self.pending.fetch_add(1, Ordering::Relaxed) >= MAX_PENDING_SETTLES {
             self.pending.fetch_sub(1, Ordering::Relaxed);
             tracing::warn!(
-                key = %settle.hold.key_id,
-                "too many settlements wait for Redis; this request's hold will be charged in \
-                 full when it expires"
+                key = %hold.key_id,
+                "too many token corrections wait for Redis; this request's charge at \
+                 admission stands"
             );
             return;
         }
         let queued = Queued {
             settle,
-            since: std::time::Instant::now(),
+            since: Instant::now(),
         };
         if self.settles.try_send(queued).is_err() {
             // The settling task is gone (only while the process ends).
@@ -742,6 +1182,17 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
             .filter(|(start, _, _)| *start == period_start)
             .map(|(_, spent, held)| (*spent, *held))
     }
+
+    fn forget(&self, key_id: &str) {
+        for (id, lease) in lock(&self.leases).iter_mut() {
+            if id.0 == key_id {
+                lease.stale = true;
+                lease.slots = 0;
+                lease.tokens = 0;
+                lease.rate_until = None;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -751,13 +1202,15 @@ mod store_servers;
 
 #[cfg(test)]
 mod tests {
-    //! The scripts against a real `redis-server`: on random sequences of requests, the
-    //! admission script decides exactly as gate-core's limiter and ledger would on the same
-    //! state at the server's time, and stores the state core computes.
+    //! The scripts against a real `redis-server`: on random sequences of lease calls from two
+    //! daemons, the lease script grants exactly what gate-core's lease arithmetic grants on
+    //! the same state at the server's time, refuses as core's limiter does, and stores the
+    //! state core computes; a lease not renewed is charged in full at its deadline.
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::store_servers;
     use super::*;
+    use gate_core::accounting::lease::{budget_grant, rate_grant};
     use gate_rt::store::RedisUrl;
 
     /// xorshift: a reproducible sequence without a dependency.
@@ -782,172 +1235,304 @@ mod tests {
         value.as_i64().unwrap_or(0) as u64
     }
 
-    async fn scripts_agree_with_core<R: Runtime>(rt: R) {
+    #[allow(clippy::too_many_arguments)]
+    fn args(
+        name: &str,
+        had: bool,
+        flush: u64,
+        release: u64,
+        limit: u64,
+        need: u64,
+        wish: u64,
+        ttl_ms: u64,
+        limits: Limits,
+        asks: bool,
+        slots: u64,
+        tokens_min: u64,
+        tokens: u64,
+    ) -> Vec<String> {
+        [
+            name.to_owned(),
+            u64::from(had).to_string(),
+            flush.to_string(),
+            release.to_string(),
+            limit.to_string(),
+            need.to_string(),
+            wish.to_string(),
+            ttl_ms.to_string(),
+            "0".to_owned(),
+            "0".to_owned(),
+            limits.rpm.map_or(0, u64::from).to_string(),
+            limits.tpm.unwrap_or(0).to_string(),
+            u64::from(asks).to_string(),
+            slots.to_string(),
+            tokens_min.to_string(),
+            tokens.to_string(),
+        ]
+        .to_vec()
+    }
+
+    async fn lease_agrees_with_core<R: Runtime>(rt: R) {
         let server = store_servers::RedisServer::start().expect("redis-server");
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
-        let admit = Script::new(ADMIT);
-        let settle = Script::new(SETTLE);
+        let script = Script::new(LEASE);
+        let correct = Script::new(CORRECT_TOKENS);
+        let mut outcomes = [0u32; 3];
         for seed in 1..=12u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let key = format!("k{seed}");
+            let id: LeaseId = (format!("k{seed}"), Period::Day, 0);
+            let keys = lease_keys(&id);
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let limits = Limits {
-                rpm: Some(1 + rng.below(20) as u32),
-                tpm: Some(100 + rng.below(5000)),
+                rpm: Some(1 + rng.below(200) as u32),
+                tpm: Some(100 + rng.below(50_000)),
             };
-            let limit = 1 + rng.below(1000);
-            let (rate, (budget_key, holds_key)) =
-                (rate_key(&key), budget_keys(&key, Period::Day, 0));
+            let limit = 1 + rng.below(10_000);
             let (mut spent, mut held) = (0u64, 0u64);
-            let mut in_flight: Vec<(String, u64, u64)> = Vec::new();
-            for op in 0..40u64 {
-                if rng.below(3) == 0 && !in_flight.is_empty() {
-                    // One to three requests settled by one call (the settling task's batches).
-                    let n = (1 + rng.below(3) as usize).min(in_flight.len());
-                    let mut args = vec![limits.tpm.unwrap().to_string()];
-                    let mut corrections = Vec::new();
-                    for (id, amount, tokens) in in_flight.drain(..n) {
-                        let actual = amount * rng.below(1001) / 1000;
-                        let actual_tokens = rng.below(3000);
-                        args.extend([
-                            id,
-                            actual.to_string(),
-                            tokens.to_string(),
-                            actual_tokens.to_string(),
-                        ]);
-                        corrections.push((tokens, actual_tokens));
-                        held -= amount;
-                        spent += actual;
-                    }
-                    let tat_before = hget(&redis, &rate, "t").await;
-                    let Value::Array(reply) = redis
+            // Each daemon's lease: (name, amount held).
+            let mut daemons = [("d1".to_owned(), 0u64), ("d2".to_owned(), 0u64)];
+            let mut tats = Tats::default();
+            for op in 0..60u64 {
+                let d = rng.below(2) as usize;
+                let h = daemons[d].1;
+                if rng.below(5) == 0 && tats.tokens > 0 {
+                    // Token corrections, as settlements send them.
+                    let (est, act) = (rng.below(3000), rng.below(3000));
+                    let now = redis
                         .eval(
-                            &settle,
-                            &[&rate, &budget_key, &holds_key],
-                            &args,
+                            &correct,
+                            &[keys[0]],
+                            &[
+                                limits.tpm.unwrap().to_string(),
+                                est.to_string(),
+                                act.to_string(),
+                            ],
                             DECISION_TIMEOUT,
                         )
                         .await
                         .unwrap()
-                    else {
-                        panic!("not an array");
-                    };
-                    assert_eq!(int(&reply, 0).unwrap(), n as u64, "seed {seed} op {op}");
-                    // Each correction in turn, as core's limiter makes it.
-                    let now = int(&reply, 3).unwrap();
-                    let tat = corrections.iter().fold(tat_before, |tat, &(est, act)| {
-                        if tat == 0 {
-                            return 0;
-                        }
-                        ratelimit::corrected_tokens_tat(
-                            tat,
-                            limits.tpm.unwrap(),
-                            est,
-                            act,
-                            now,
-                            MINUTE_US,
-                        )
-                    });
-                    assert_eq!(hget(&redis, &rate, "t").await, tat, "seed {seed} op {op}");
-                    assert_eq!(
-                        (int(&reply, 1).unwrap(), int(&reply, 2).unwrap()),
-                        (spent, held),
-                        "seed {seed} op {op}"
+                        .as_i64()
+                        .unwrap() as u64;
+                    tats.tokens = ratelimit::corrected_tokens_tat(
+                        tats.tokens,
+                        limits.tpm.unwrap(),
+                        est,
+                        act,
+                        now,
+                        MINUTE_US,
                     );
+                    assert_eq!(hget(&redis, keys[0], "t").await, tats.tokens);
+                    continue;
+                }
+                let flush = if h > 0 { rng.below(h + 1) } else { 0 };
+                let release = if h > flush {
+                    rng.below(h - flush + 1)
                 } else {
-                    // One to three admissions decided by one call (the admission task's
-                    // batches): each as core decides it after the ones before.
-                    let k = 1 + rng.below(3);
-                    let mut asked = Vec::new();
-                    let mut args = Vec::new();
-                    for j in 0..k {
-                        let (tokens, cost, id) =
-                            (rng.below(2000), rng.below(400), format!("r{op}-{j}"));
-                        args.extend([
-                            limits.rpm.unwrap().to_string(),
-                            limits.tpm.unwrap().to_string(),
-                            tokens.to_string(),
-                            limit.to_string(),
-                            cost.to_string(),
-                            id.clone(),
-                            "3600000".to_owned(),
-                            "0".to_owned(),
-                            "0".to_owned(),
-                        ]);
-                        asked.push((tokens, cost, id));
+                    0
+                };
+                let asks = rng.below(3) > 0;
+                let need = if asks { rng.below(2000) } else { 0 };
+                let wish = rng.below(3000);
+                let (slots, tokens_min) = (1 + rng.below(20), rng.below(2000));
+                let tokens = tokens_min + rng.below(5000);
+                let reply = redis
+                    .eval(
+                        &script,
+                        &keys,
+                        &args(
+                            &daemons[d].0,
+                            h > 0,
+                            flush,
+                            release,
+                            limit,
+                            need,
+                            wish,
+                            3_600_000,
+                            limits,
+                            asks,
+                            slots,
+                            tokens_min,
+                            tokens,
+                        ),
+                        DECISION_TIMEOUT,
+                    )
+                    .await
+                    .unwrap();
+                let reply = lease_reply(&reply).unwrap();
+                let at = format!("seed {seed} op {op}");
+                assert!(!reply.lost, "{at}");
+                // Flush and release first, then the grant on the state they leave.
+                spent += flush;
+                held -= flush + release;
+                let mut lease = h - flush - release;
+                let remaining = limit.saturating_sub(spent + held);
+                let budget = if need > 0 || wish > 0 {
+                    if need > limit.saturating_sub(spent + held) || spent + held > limit {
+                        None
+                    } else {
+                        budget_grant(need, wish, remaining)
                     }
-                    let Value::Array(replies) = redis
-                        .eval(
-                            &admit,
-                            &[&rate, &budget_key, &holds_key],
-                            &args,
-                            DECISION_TIMEOUT,
-                        )
-                        .await
-                        .unwrap()
-                    else {
-                        panic!("not an array");
-                    };
-                    assert_eq!(replies.len() as u64, k, "seed {seed} op {op}");
-                    let mut chain: Option<Tats> = None;
-                    let mut last_admitted: Option<Tats> = None;
-                    for (j, ((tokens, cost, id), reply)) in
-                        asked.into_iter().zip(&replies).enumerate()
-                    {
-                        let Value::Array(reply) = reply else {
-                            panic!("not an array: {reply:?}");
-                        };
-                        let field = |i| int(reply, i).unwrap();
-                        let (outcome, now) = (field(0), field(3));
-                        // Spent before, held after the decision.
-                        let held_after = if outcome == 0 { held + cost } else { held };
-                        assert_eq!(
-                            (field(1), field(2)),
-                            (spent, held_after),
-                            "seed {seed} op {op}.{j}"
-                        );
-                        if spent + held + cost > limit {
-                            assert_eq!(outcome, 1, "seed {seed} op {op}.{j}: budget");
-                            continue;
+                } else {
+                    Some(0)
+                };
+                let mut outcome = if budget.is_none() && need > 0 { 1 } else { 0 };
+                let mut granted = budget.unwrap_or(0);
+                if asks && outcome == 0 {
+                    assert_eq!(reply.before, tats, "{at}: the state before");
+                    let now = reply.now;
+                    let r = rate_grant(
+                        tats.requests,
+                        u64::from(limits.rpm.unwrap()),
+                        1,
+                        slots,
+                        now,
+                        MINUTE_US,
+                    );
+                    let t = rate_grant(
+                        tats.tokens,
+                        limits.tpm.unwrap(),
+                        tokens_min,
+                        tokens,
+                        now,
+                        MINUTE_US,
+                    );
+                    // One request of `tokens_min` as core's limiter decides it.
+                    let one = ratelimit::decide(tats, limits, tokens_min, now, MINUTE_US);
+                    assert_eq!(one.is_ok(), r.is_ok() && t.is_ok(), "{at}");
+                    match (r, t) {
+                        (Ok((gr, nr)), Ok((gt, nt))) => {
+                            assert_eq!((reply.slots, reply.tokens), (gr, gt), "{at}");
+                            tats = Tats {
+                                requests: nr,
+                                tokens: nt,
+                            };
+                            assert_eq!(reply.after, tats, "{at}");
                         }
-                        let tats = Tats {
-                            requests: field(4),
-                            tokens: field(5),
-                        };
-                        if let Some(expected) = chain {
-                            assert_eq!(tats, expected, "seed {seed} op {op}.{j}: the state before");
+                        _ => {
+                            outcome = 2;
+                            granted = 0;
+                            assert!(matches!(
+                                refusal(
+                                    &SharedAdmit {
+                                        key_id: id.0.clone(),
+                                        limits,
+                                        tokens: tokens_min,
+                                        budget: None,
+                                        max_cost: Usd(need),
+                                        now_unix: 0,
+                                        local_spent: Usd::ZERO,
+                                    },
+                                    &id,
+                                    &reply
+                                ),
+                                SharedDecision::Rate(_)
+                            ));
                         }
-                        chain = Some(tats);
-                        match ratelimit::decide(tats, limits, tokens, now, MINUTE_US) {
-                            Ok((new, _)) => {
-                                assert_eq!(outcome, 0, "seed {seed} op {op}.{j}: core admits");
-                                chain = Some(new);
-                                last_admitted = Some(new);
-                                held += cost;
-                                in_flight.push((id, cost, tokens));
-                            }
-                            Err(_) => {
-                                assert_eq!(outcome, 2, "seed {seed} op {op}.{j}: core refuses")
-                            }
-                        }
-                    }
-                    if let Some(new) = last_admitted {
-                        assert_eq!(hget(&redis, &rate, "r").await, new.requests);
-                        assert_eq!(hget(&redis, &rate, "t").await, new.tokens);
                     }
                 }
-                assert_eq!(hget(&redis, &budget_key, "held").await, held);
-                assert_eq!(hget(&redis, &budget_key, "spent").await, spent);
+                assert_eq!(reply.outcome, outcome, "{at}");
+                outcomes[outcome as usize] += 1;
+                lease += granted;
+                held += granted;
+                daemons[d].1 = lease;
+                assert_eq!(
+                    (reply.lease, reply.spent, reply.held),
+                    (lease, spent, held),
+                    "{at}"
+                );
+                assert!(
+                    spent + held <= limit || granted == 0,
+                    "{at}: over the budget"
+                );
+                assert_eq!(hget(&redis, keys[1], "spent").await, spent, "{at}");
+                assert_eq!(hget(&redis, keys[1], "held").await, held, "{at}");
+                assert_eq!(
+                    hget(&redis, keys[1], &format!("h:{}", daemons[d].0)).await,
+                    lease,
+                    "{at}"
+                );
+                assert_eq!(hget(&redis, keys[0], "r").await, tats.requests, "{at}");
             }
         }
+        // Grants, budget refusals and rate refusals were all exercised.
+        assert!(outcomes.iter().all(|&n| n > 0), "{outcomes:?}");
+    }
+
+    /// A lease not renewed by its deadline (a daemon that died) is charged in full by the
+    /// next call of any daemon, and its owner learns it lost it.
+    async fn unrenewed_lease_is_charged_at_its_deadline<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let id: LeaseId = ("dead".to_owned(), Period::Day, 0);
+        let keys = lease_keys(&id);
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let none = Limits::default();
+        let call = |name: &'static str, had: bool, flush: u64, need: u64, ttl: u64| {
+            let (redis, script, keys) = (&redis, &script, &keys);
+            async move {
+                let args = args(
+                    name, had, flush, 0, 1000, need, 0, ttl, none, false, 0, 0, 0,
+                );
+                lease_reply(
+                    &redis
+                        .eval(script, keys, &args, DECISION_TIMEOUT)
+                        .await
+                        .unwrap(),
+                )
+                .unwrap()
+            }
+        };
+        let taken = call("gone", false, 0, 600, 50).await;
+        assert_eq!((taken.outcome, taken.lease, taken.held), (0, 600, 600));
+        // The other daemon is refused what the lease holds...
+        let refused = call("alive", false, 0, 500, 3_600_000).await;
+        assert_eq!(refused.outcome, 1);
+        // Once its deadline has passed, the next call of any daemon charges it in full...
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let reply = call("alive", false, 0, 0, 3_600_000).await;
+            if (reply.spent, reply.held) == (600, 0) {
+                break;
+            }
+            assert_eq!((reply.spent, reply.held), (0, 600), "charged once, in full");
+            assert!(Instant::now() < end, "the lease was never charged");
+            rt.sleep(Duration::from_millis(20)).await;
+        }
+        // ...and the other daemon leases the rest of the budget, and no more.
+        let rest = call("alive", false, 0, 400, 3_600_000).await;
+        assert_eq!(
+            (rest.outcome, rest.lease, rest.spent, rest.held),
+            (0, 400, 600, 400)
+        );
+        let more = call("other", false, 0, 1, 3_600_000).await;
+        assert_eq!(more.outcome, 1);
+        let late = call("gone", true, 100, 0, 50).await;
+        assert!(late.lost, "the dead daemon's flush finds its lease gone");
+        assert_eq!(
+            (late.spent, late.held),
+            (600, 400),
+            "and is not counted twice"
+        );
     }
 
     #[test]
-    fn scripts_agree_with_core_on_tokio() {
-        gate_runtime_tokio::block_on(scripts_agree_with_core).expect("runtime");
+    fn lease_agrees_with_core_on_tokio() {
+        gate_runtime_tokio::block_on(lease_agrees_with_core).expect("runtime");
     }
 
     #[test]
-    fn scripts_agree_with_core_on_smol() {
-        gate_runtime_smol::block_on(scripts_agree_with_core).expect("runtime");
+    fn lease_agrees_with_core_on_smol() {
+        gate_runtime_smol::block_on(lease_agrees_with_core).expect("runtime");
+    }
+
+    #[test]
+    fn unrenewed_lease_is_charged_at_its_deadline_on_tokio() {
+        gate_runtime_tokio::block_on(unrenewed_lease_is_charged_at_its_deadline).expect("runtime");
+    }
+
+    #[test]
+    fn unrenewed_lease_is_charged_at_its_deadline_on_smol() {
+        gate_runtime_smol::block_on(unrenewed_lease_is_charged_at_its_deadline).expect("runtime");
     }
 }
