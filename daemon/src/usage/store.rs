@@ -140,6 +140,10 @@ impl GroupBy {
     }
 }
 
+/// Rows [`UsageDb::insert_paced`] writes between two calls of its `pace` (~30 µs of work
+/// on the benchmark machine).
+pub const PACE_EVERY: usize = 8;
+
 /// An open usage database.
 #[derive(Debug)]
 pub struct UsageDb {
@@ -258,8 +262,16 @@ impl UsageDb {
 
     /// Writes `records` in one transaction (all or none).
     pub fn insert(&mut self, records: &[UsageRecord]) -> Result<(), StoreError> {
-        /// Rows written between two yields of the core (~30 µs of work here).
-        const YIELD_EVERY: usize = 8;
+        self.insert_paced(records, &mut || {})
+    }
+
+    /// [`Self::insert`], calling `pace` between groups of [`PACE_EVERY`] rows (the writer
+    /// thread gives its core back there; see `writer::Writer::write`).
+    pub fn insert_paced(
+        &mut self,
+        records: &[UsageRecord],
+        pace: &mut dyn FnMut(),
+    ) -> Result<(), StoreError> {
         let path = self.path.clone();
         let err = |what| {
             let path = path.clone();
@@ -279,13 +291,8 @@ impl UsageDb {
                 )
                 .map_err(err("prepare the insert"))?;
             for (i, r) in records.iter().enumerate() {
-                if i > 0 && i % YIELD_EVERY == 0 {
-                    // The writer shares the cores with the request path: handing the core
-                    // back between small groups of rows keeps a request thread that wakes
-                    // here from waiting for the scheduler's whole slice (~1 ms) behind a
-                    // batch of thousands (issue 16, the c=1 p99 tail). Costs one syscall
-                    // per group when nothing else wants the core.
-                    std::thread::yield_now();
+                if i > 0 && i % PACE_EVERY == 0 {
+                    pace();
                 }
                 insert
                     .execute(params![
