@@ -714,9 +714,7 @@ async fn concurrent_streams_never_overspend<R: Runtime>(rt: R) {
         &[json!({"budget": {"usd": 1, "period": "day"}})],
     )
     .await;
-    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
-        "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hi"}]});
+    let body = streamed_chat_300();
     let limit = 1000 * MILLI;
     let streams: Vec<RawStream> = (0..8)
         .map(|_| {
@@ -904,6 +902,40 @@ fn store_section(redis_url: &str, on_unavailable: &str) -> String {
 }
 
 /// A test's own Redis client (the daemon's), for reading what the scripts stored.
+/// Two daemons on one Redis (`on_unavailable = "closed"`) in front of `upstream`, sharing
+/// one key with a daily budget of `usd` dollars: the setup of the shared-budget tests. The
+/// Redis server lives as long as the returned handle.
+async fn budget_twins<R: Runtime>(
+    rt: &R,
+    tag: &str,
+    upstream: &Upstream,
+    usd: u64,
+) -> (
+    store_servers::RedisServer,
+    gate_rt::store::Redis<R>,
+    Gate<R>,
+    Gate<R>,
+) {
+    let redis = store_servers::RedisServer::start().expect("redis-server");
+    let client = redis_client(rt, &redis.url());
+    let config = upstream_config(
+        upstream,
+        "\"gpt-4o\"",
+        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+    );
+    let budget = [json!({"budget": {"usd": usd, "period": "day"}})];
+    let a = start_gate(rt, &format!("{tag}-a"), &config, &budget).await;
+    let b = twin_gate(rt, &a, &format!("{tag}-b"), &config).await;
+    (redis, client, a, b)
+}
+
+/// A streamed chat request for `gpt-4o` of at most 300 output tokens, usage included.
+fn streamed_chat_300() -> Value {
+    json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hi"}]})
+}
+
 fn redis_client<R: Runtime>(rt: &R, url: &str) -> gate_rt::store::Redis<R> {
     gate_rt::store::Redis::new(rt.clone(), gate_rt::store::RedisUrl::parse(url).unwrap())
 }
@@ -998,21 +1030,10 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
 /// unused part, given back at their next flush); spent plus held never passes
 /// $1; once they end Redis has spent what they cost, and neither daemon admits another.
 async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
-    let redis = store_servers::RedisServer::start().expect("redis-server");
-    let client = redis_client(&rt, &redis.url());
     let upstream = Upstream::start(250, false);
-    let config = upstream_config(
-        &upstream,
-        "\"gpt-4o\"",
-        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
-    );
-    let budget = [json!({"budget": {"usd": 1, "period": "day"}})];
-    let a = start_gate(&rt, "shared-budget-a", &config, &budget).await;
-    let b = twin_gate(&rt, &a, "shared-budget-b", &config).await;
+    let (_redis, client, a, b) = budget_twins(&rt, "shared-budget", &upstream, 1).await;
     let key_id = a.keys[0].id.clone();
-    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
-        "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hi"}]});
+    let body = streamed_chat_300();
     let limit = 1000 * MILLI;
     let streams: Vec<RawStream> = (0..8)
         .map(|i| {
@@ -1273,22 +1294,11 @@ async fn wait_budget<R: Runtime>(
 /// admitted requests cost (nothing settled is lost, nothing counted twice), within the
 /// budget, most of which was used; Redis was asked far fewer times than requests passed.
 async fn shared_budget_leases_under_load<R: Runtime>(rt: R) {
-    let redis = store_servers::RedisServer::start().expect("redis-server");
-    let client = redis_client(&rt, &redis.url());
     let upstream = Upstream::start(COMPLETION, false);
-    let config = upstream_config(
-        &upstream,
-        "\"gpt-4o\"",
-        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
-    );
-    let budget = [json!({"budget": {"usd": 20, "period": "day"}})];
-    let a = start_gate(&rt, "lease-load-a", &config, &budget).await;
-    let b = twin_gate(&rt, &a, "lease-load-b", &config).await;
+    let (_redis, client, a, b) = budget_twins(&rt, "lease-load", &upstream, 20).await;
     let key_id = a.keys[0].id.clone();
     let limit = 20_000 * MILLI;
-    let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
-        "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "hi"}]});
+    let body = streamed_chat_300();
     let first = RawStream::open(a.addr, "/v1/chat/completions", &a.keys[0].token, &body);
     wait_until(&rt, "the first stream's answer", || {
         first.status().is_some()
