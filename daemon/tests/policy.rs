@@ -903,13 +903,14 @@ fn store_section(redis_url: &str, on_unavailable: &str) -> String {
 
 /// A test's own Redis client (the daemon's), for reading what the scripts stored.
 /// Two daemons on one Redis (`on_unavailable = "closed"`) in front of `upstream`, sharing
-/// one key with a daily budget of `usd` dollars: the setup of the shared-budget tests. The
-/// Redis server lives as long as the returned handle.
-async fn budget_twins<R: Runtime>(
+/// keys with `policies` (with the models' prices when `priced`): the setup of the
+/// shared-limit tests. The Redis server lives as long as the returned handle.
+async fn twins_on_redis<R: Runtime>(
     rt: &R,
     tag: &str,
     upstream: &Upstream,
-    usd: u64,
+    priced: bool,
+    policies: &[Value],
 ) -> (
     store_servers::RedisServer,
     gate_rt::store::Redis<R>,
@@ -921,10 +922,13 @@ async fn budget_twins<R: Runtime>(
     let config = upstream_config(
         upstream,
         "\"gpt-4o\"",
-        &format!("{PRICES}{}", store_section(&redis.url(), "closed")),
+        &format!(
+            "{}{}",
+            if priced { PRICES } else { "" },
+            store_section(&redis.url(), "closed")
+        ),
     );
-    let budget = [json!({"budget": {"usd": usd, "period": "day"}})];
-    let a = start_gate(rt, &format!("{tag}-a"), &config, &budget).await;
+    let a = start_gate(rt, &format!("{tag}-a"), &config, policies).await;
     let b = twin_gate(rt, &a, &format!("{tag}-b"), &config).await;
     (redis, client, a, b)
 }
@@ -966,21 +970,10 @@ async fn redis_budget<R: Runtime>(redis: &gate_rt::store::Redis<R>, key_id: &str
 /// all (the remaining count falls across both), the sixth is 429 on either, with the same
 /// headers and retry-after as one daemon gives; a key of its own is not touched.
 async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
-    let redis = store_servers::RedisServer::start().expect("redis-server");
     let upstream = Upstream::start(COMPLETION, true);
-    let config = upstream_config(
-        &upstream,
-        "\"gpt-4o\"",
-        &store_section(&redis.url(), "closed"),
-    );
-    let a = start_gate(
-        &rt,
-        "shared-rpm-a",
-        &config,
-        &[json!({"rpm": 5}), json!({"rpm": 5})],
-    )
-    .await;
-    let b = twin_gate(&rt, &a, "shared-rpm-b", &config).await;
+    let policies = [json!({"rpm": 5}), json!({"rpm": 5})];
+    let (_redis, _client, a, b) =
+        twins_on_redis(&rt, "shared-rpm", &upstream, false, &policies).await;
     for i in 0..5u64 {
         let gate = if i % 2 == 0 { &a } else { &b };
         let answer = gate
@@ -1031,7 +1024,9 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
 /// $1; once they end Redis has spent what they cost, and neither daemon admits another.
 async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
     let upstream = Upstream::start(250, false);
-    let (_redis, client, a, b) = budget_twins(&rt, "shared-budget", &upstream, 1).await;
+    let budget = [json!({"budget": {"usd": 1, "period": "day"}})];
+    let (_redis, client, a, b) =
+        twins_on_redis(&rt, "shared-budget", &upstream, true, &budget).await;
     let key_id = a.keys[0].id.clone();
     let body = streamed_chat_300();
     let limit = 1000 * MILLI;
@@ -1295,7 +1290,8 @@ async fn wait_budget<R: Runtime>(
 /// budget, most of which was used; Redis was asked far fewer times than requests passed.
 async fn shared_budget_leases_under_load<R: Runtime>(rt: R) {
     let upstream = Upstream::start(COMPLETION, false);
-    let (_redis, client, a, b) = budget_twins(&rt, "lease-load", &upstream, 20).await;
+    let budget = [json!({"budget": {"usd": 20, "period": "day"}})];
+    let (_redis, client, a, b) = twins_on_redis(&rt, "lease-load", &upstream, true, &budget).await;
     let key_id = a.keys[0].id.clone();
     let limit = 20_000 * MILLI;
     let body = streamed_chat_300();
@@ -1400,15 +1396,9 @@ async fn shared_budget_leases_under_load<R: Runtime>(rt: R) {
 /// GCRA allows in the time they took (the minute's burst plus its rate), the rest are 429
 /// with retry-after and the rate-limit headers.
 async fn shared_rate_leases_hold_across_daemons<R: Runtime>(rt: R) {
-    let redis = store_servers::RedisServer::start().expect("redis-server");
     let upstream = Upstream::start(COMPLETION, true);
-    let config = upstream_config(
-        &upstream,
-        "\"gpt-4o\"",
-        &store_section(&redis.url(), "closed"),
-    );
-    let a = start_gate(&rt, "lease-rpm-a", &config, &[json!({"rpm": 1200})]).await;
-    let b = twin_gate(&rt, &a, "lease-rpm-b", &config).await;
+    let (_redis, _client, a, b) =
+        twins_on_redis(&rt, "lease-rpm", &upstream, false, &[json!({"rpm": 1200})]).await;
     let sent = Arc::new(AtomicUsize::new(0));
     let admitted = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
