@@ -467,7 +467,7 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/chat/completions", 0, chat("claude-3-haiku", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert_status(&a, StatusCode::FORBIDDEN);
     let error = &a.json()["error"];
     assert_eq!(error["type"], "permission_error");
     let message = error["message"].as_str().unwrap();
@@ -479,7 +479,7 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/messages", 0, messages("claude-3-haiku", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert_status(&a, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["type"], "error");
     assert_eq!(a.json()["error"]["type"], "permission_error");
 
@@ -490,7 +490,7 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
             json!({"contents": [{"role": "user", "parts": [{"text": "hi"}]}]}),
         )
         .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN, "{}", a.text());
+    assert_status(&a, StatusCode::FORBIDDEN);
     assert_eq!(a.json()["error"]["status"], "PERMISSION_DENIED");
 
     let listed = gate.send("GET", "/v1/models", 0, None).await.json();
@@ -512,7 +512,7 @@ async fn model_refusals_in_every_protocol<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
 
     let records = gate.records();
     let refused: Vec<_> = records
@@ -550,18 +550,18 @@ async fn rate_limits_with_headers<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     assert_eq!(a.header("x-ratelimit-limit-requests"), "2");
     assert_eq!(a.header("x-ratelimit-remaining-requests"), "1");
     let a = gate
         .post("/v1/chat/completions", 0, chat("gpt-4o", 10, true))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     assert_eq!(a.header("x-ratelimit-remaining-requests"), "0");
     let a = gate
         .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_status(&a, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
     assert!(a.json()["error"]["message"]
         .as_str()
@@ -578,10 +578,10 @@ async fn rate_limits_with_headers<R: Runtime>(rt: R) {
     let long = json!({"model": "gpt-4o", "max_tokens": 5,
         "messages": [{"role": "user", "content": "word ".repeat(80)}]});
     let a = gate.post("/v1/chat/completions", 1, long.clone()).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     assert_eq!(a.header("x-ratelimit-limit-tokens"), "50");
     let a = gate.post("/v1/chat/completions", 1, long).await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_status(&a, StatusCode::TOO_MANY_REQUESTS);
     assert!(a.text().contains("tokens per minute"), "{}", a.text());
     assert_eq!(a.header("x-ratelimit-remaining-tokens"), "0");
     assert!(a.headers.contains_key("retry-after"));
@@ -590,13 +590,13 @@ async fn rate_limits_with_headers<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/messages", 2, messages("gpt-4o", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     assert_eq!(a.header("anthropic-ratelimit-requests-limit"), "1");
     assert_eq!(a.header("anthropic-ratelimit-requests-remaining"), "0");
     let a = gate
         .post("/v1/messages", 2, messages("gpt-4o", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_status(&a, StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
     assert!(a
         .header("anthropic-ratelimit-requests-reset")
@@ -629,7 +629,7 @@ async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/chat/completions", 0, chat("gpt-4o", 2000, false))
         .await;
-    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_status(&a, StatusCode::PAYMENT_REQUIRED);
     let message = a.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
         message.contains("has spent $0.00 of its monthly budget of $1.00")
@@ -640,13 +640,13 @@ async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/messages", 0, messages("gpt-4o", 2000, false))
         .await;
-    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_status(&a, StatusCode::PAYMENT_REQUIRED);
     assert_eq!(a.json()["error"]["type"], "billing_error");
 
     let a = gate
         .post("/v1/chat/completions", 0, chat("house-model", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_status(&a, StatusCode::PAYMENT_REQUIRED);
     assert!(
         a.text()
             .contains("[upstreams.oai.prices.\\\"house-model\\\"]"),
@@ -695,7 +695,7 @@ async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1/chat/completions", 1, chat("house-model", 10, false))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     let last = gate.records().pop().unwrap();
     assert_eq!(&*last.key_id, gate.keys[1].id);
     assert_eq!((last.output_tokens, last.cost), (COMPLETION, None));
@@ -844,7 +844,7 @@ async fn native_gemini_admission<R: Runtime>(rt: R) {
             ask(2000, "hi"),
         )
         .await;
-    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_status(&a, StatusCode::PAYMENT_REQUIRED);
     assert!(a.text().contains("could cost up to $2.00"), "{}", a.text());
     assert_eq!(upstream.hits.load(Ordering::SeqCst), 0);
 
@@ -852,7 +852,7 @@ async fn native_gemini_admission<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1beta/models/gemini-x:generateContent", 0, ask(100, "hi"))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     assert_eq!(
         a.json()["candidates"][0]["content"]["parts"][0]["text"],
         "hello there"
@@ -867,13 +867,13 @@ async fn native_gemini_admission<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1beta/models/gemini-x:generateContent", 1, ask(100, "hi"))
         .await;
-    assert_eq!(a.status, StatusCode::PAYMENT_REQUIRED, "{}", a.text());
+    assert_status(&a, StatusCode::PAYMENT_REQUIRED);
     for key in [0, 1] {
         let before = gate.spend(key);
         let a = gate
             .post("/v1beta/models/gemini-x:countTokens", key, ask(100, "hi"))
             .await;
-        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+        assert_status(&a, StatusCode::OK);
         assert_eq!(a.json()["totalTokens"], 42);
         assert_eq!(gate.spend(key), before, "countTokens charged key {key}");
     }
@@ -884,12 +884,12 @@ async fn native_gemini_admission<R: Runtime>(rt: R) {
     let a = gate
         .post("/v1beta/models/gemini-x:generateContent", 2, ask(10, "hi"))
         .await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_status(&a, StatusCode::OK);
     let long = "lorem ipsum ".repeat(250);
     let a = gate
         .post("/v1beta/models/gemini-x:generateContent", 2, ask(10, &long))
         .await;
-    assert_eq!(a.status, StatusCode::TOO_MANY_REQUESTS, "{}", a.text());
+    assert_status(&a, StatusCode::TOO_MANY_REQUESTS);
     assert!(a.headers.contains_key("retry-after"), "{:?}", a.headers);
     assert!(a.text().contains("500 tokens per minute"), "{}", a.text());
 }
@@ -938,6 +938,12 @@ fn streamed_chat_300() -> Value {
     json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
         "stream_options": {"include_usage": true},
         "messages": [{"role": "user", "content": "hi"}]})
+}
+
+/// Asserts an answer's status, showing its body when it differs.
+#[track_caller]
+fn assert_status(answer: &Answer, status: StatusCode) {
+    assert_eq!(answer.status, status, "{}", answer.text());
 }
 
 fn redis_client<R: Runtime>(rt: &R, url: &str) -> gate_rt::store::Redis<R> {
@@ -996,12 +1002,7 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
         let refused = gate
             .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
             .await;
-        assert_eq!(
-            refused.status,
-            StatusCode::TOO_MANY_REQUESTS,
-            "{}",
-            refused.text()
-        );
+        assert_status(&refused, StatusCode::TOO_MANY_REQUESTS);
         assert!(
             refused.text().contains("5 requests per minute"),
             "{}",
@@ -1015,7 +1016,7 @@ async fn shared_rate_limits_hold_across_daemons<R: Runtime>(rt: R) {
     let other = b
         .post("/v1/chat/completions", 1, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(other.status, StatusCode::OK, "{}", other.text());
+    assert_status(&other, StatusCode::OK);
 }
 
 /// One $1 budget, eight concurrent streams each able to cost $0.30, four through each of two
@@ -1082,12 +1083,7 @@ async fn shared_budget_never_overspends_under_streams<R: Runtime>(rt: R) {
         let again = gate
             .post("/v1/chat/completions", 0, chat("gpt-4o", 300, false))
             .await;
-        assert_eq!(
-            again.status,
-            StatusCode::PAYMENT_REQUIRED,
-            "{}",
-            again.text()
-        );
+        assert_status(&again, StatusCode::PAYMENT_REQUIRED);
         assert!(again.text().contains("has spent $0.75"), "{}", again.text());
     }
 }
@@ -1126,18 +1122,13 @@ async fn redis_outage_and_recovery<R: Runtime>(rt: R) {
         let ok = gate
             .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
             .await;
-        assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+        assert_status(&ok, StatusCode::OK);
     }
     redis.stop();
     let down = closed
         .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(
-        down.status,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        down.text()
-    );
+    assert_status(&down, StatusCode::SERVICE_UNAVAILABLE);
     let message = down.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
         message.contains(&format!(
@@ -1155,12 +1146,12 @@ async fn redis_outage_and_recovery<R: Runtime>(rt: R) {
     let unlimited = closed
         .post("/v1/chat/completions", 1, chat("gpt-4o", 10, false))
         .await;
-    assert_eq!(unlimited.status, StatusCode::OK, "{}", unlimited.text());
+    assert_status(&unlimited, StatusCode::OK);
     for _ in 0..3 {
         let fallback = open
             .post("/v1/chat/completions", 0, chat("gpt-4o", 10, false))
             .await;
-        assert_eq!(fallback.status, StatusCode::OK, "{}", fallback.text());
+        assert_status(&fallback, StatusCode::OK);
         assert_eq!(fallback.header("x-ratelimit-limit-requests"), "1000");
     }
     let record = closed
@@ -1178,12 +1169,7 @@ async fn redis_outage_and_recovery<R: Runtime>(rt: R) {
         if answer.status == StatusCode::OK {
             break;
         }
-        assert_eq!(
-            answer.status,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{}",
-            answer.text()
-        );
+        assert_status(&answer, StatusCode::SERVICE_UNAVAILABLE);
         assert!(Instant::now() < end, "no recovery after Redis came back");
         rt.sleep(Duration::from_millis(50)).await;
     }
@@ -1556,12 +1542,7 @@ async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt
     let too_big = b
         .post("/v1/chat/completions", 0, chat("gpt-4o", 800, false))
         .await;
-    assert_eq!(
-        too_big.status,
-        StatusCode::PAYMENT_REQUIRED,
-        "{}",
-        too_big.text()
-    );
+    assert_status(&too_big, StatusCode::PAYMENT_REQUIRED);
     // Each refusal is a lease call that charges expired leases.
     let end = Instant::now() + LEASE_TTL_WAIT;
     loop {
@@ -1574,12 +1555,7 @@ async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt
         let refused = b
             .post("/v1/chat/completions", 0, chat("gpt-4o", 800, false))
             .await;
-        assert_eq!(
-            refused.status,
-            StatusCode::PAYMENT_REQUIRED,
-            "{}",
-            refused.text()
-        );
+        assert_status(&refused, StatusCode::PAYMENT_REQUIRED);
         rt.sleep(Duration::from_millis(100)).await;
     }
     // B uses the rest ($0.70) in requests of at most $0.10 that cost $0.04.
@@ -1591,7 +1567,7 @@ async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt
         if answer.status == StatusCode::PAYMENT_REQUIRED {
             break;
         }
-        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        assert_status(&answer, StatusCode::OK);
         n += 1;
         assert!(n < 100, "B was never refused");
     }
@@ -1642,7 +1618,7 @@ async fn edited_key_drops_its_lease<R: Runtime>(rt: R) {
         }
         for answer in answers {
             let answer = answer.await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+            assert_status(&answer, StatusCode::OK);
         }
         let (_, held) = redis_budget(&client, &key_id).await;
         if held > 100 * MILLI {
@@ -1662,12 +1638,7 @@ async fn edited_key_drops_its_lease<R: Runtime>(rt: R) {
     let refused = a
         .post("/v1/chat/completions", 0, chat("gpt-4o", 100, false))
         .await;
-    assert_eq!(
-        refused.status,
-        StatusCode::PAYMENT_REQUIRED,
-        "{}",
-        refused.text()
-    );
+    assert_status(&refused, StatusCode::PAYMENT_REQUIRED);
     assert!(refused.text().contains("$0.20"), "{}", refused.text());
     wait_budget(
         &rt,
