@@ -37,7 +37,10 @@ impl Scrubber {
             .map(AsRef::as_ref)
             .filter(|secret| secret.len() >= MIN_SECRET_LEN)
             .collect();
-        ordered.sort_by_key(|secret| std::cmp::Reverse(secret.len()));
+        // Longest first; a secret configured twice (several upstreams sharing one key) is
+        // searched for once.
+        ordered.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        ordered.dedup();
         Self {
             finders: ordered
                 .into_iter()
@@ -103,6 +106,20 @@ mod tests {
         assert_eq!(
             scrub_secrets_str("key=sk-upstream-secret", &secrets),
             "key=[redacted]"
+        );
+    }
+
+    #[test]
+    fn a_secret_configured_twice_is_searched_for_once() {
+        let scrubber = Scrubber::new(&[
+            "sk-shared-upstream-key",
+            "sk-shared-upstream-key",
+            "sk-other-key-1",
+        ]);
+        assert_eq!(scrubber.finders.len(), 2);
+        assert_eq!(
+            &*scrubber.scrub(b"a sk-shared-upstream-key b sk-other-key-1"),
+            &b"a [redacted] b [redacted]"[..]
         );
     }
 }
