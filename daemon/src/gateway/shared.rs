@@ -479,7 +479,10 @@ impl Lease {
         let flush = std::mem::take(&mut self.settled);
         self.lease = self.lease.saturating_sub(flush.saturating_add(release));
         let (need, wish) = if first.budget.is_some() {
-            let others: u64 = waiting[1..].iter().map(|p| p.request.max_cost.0).sum();
+            // Saturating: a maximum cost can be near `u64::MAX` (prices saturate).
+            let others = waiting[1..]
+                .iter()
+                .fold(0u64, |sum, p| sum.saturating_add(p.request.max_cost.0));
             (
                 first.max_cost.0.saturating_sub(self.free()),
                 self.recent.max(others),
@@ -492,7 +495,9 @@ impl Lease {
         let slots = limits.rpm.map_or(0, |rpm| {
             rate_cap(u64::from(rpm), MINUTE_US, 1).min(count.max(self.recent_requests))
         });
-        let tokens: u64 = waiting.iter().map(|p| p.request.tokens).sum();
+        let tokens = waiting
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.request.tokens));
         let tokens = limits.tpm.map_or(0, |tpm| {
             rate_cap(tpm, MINUTE_US, first.tokens)
                 .min(tokens.max(self.recent_tokens))
@@ -998,12 +1003,28 @@ async fn decide_round<R: Runtime>(
                     });
                 }
                 _ => {
+                    // Refused by a rate limit: every waiting request that core's limiter
+                    // refuses on the same state; the others (fewer tokens than the first)
+                    // go on to the next round.
                     lease.tats = reply.before;
-                    for pending in waiting.drain(..) {
-                        let _ = pending
-                            .reply
-                            .try_send(Ok(refusal(&pending.request, &id, &reply)));
-                    }
+                    let mut first = true;
+                    waiting.retain(|pending| {
+                        let request = &pending.request;
+                        let refused = first
+                            || ratelimit::decide(
+                                reply.before,
+                                request.limits,
+                                request.tokens,
+                                reply.now,
+                                MINUTE_US,
+                            )
+                            .is_err();
+                        first = false;
+                        if refused {
+                            let _ = pending.reply.try_send(Ok(refusal(request, &id, &reply)));
+                        }
+                        !refused
+                    });
                 }
             }
         }
@@ -1514,6 +1535,145 @@ mod tests {
             (600, 400),
             "and is not counted twice"
         );
+    }
+
+    fn lease_task() -> LeaseTask {
+        LeaseTask {
+            leases: Leases::default(),
+            seen: Seen::default(),
+            names: Names {
+                prefix: "test".to_owned(),
+                next: AtomicU64::new(0),
+            },
+        }
+    }
+
+    type Decision = async_channel::Receiver<Result<SharedDecision, String>>;
+
+    fn pending(id: &LeaseId, request: SharedAdmit) -> (PendingAdmit, Decision) {
+        let (reply, decided) = async_channel::bounded(1);
+        let pending = PendingAdmit {
+            request,
+            id: id.clone(),
+            reply,
+        };
+        (pending, decided)
+    }
+
+    fn request(id: &LeaseId, limits: Limits, tokens: u64, budget: Option<Budget>) -> SharedAdmit {
+        SharedAdmit {
+            key_id: id.0.clone(),
+            limits,
+            tokens,
+            budget,
+            max_cost: Usd::ZERO,
+            now_unix: id.2,
+            local_spent: Usd::ZERO,
+        }
+    }
+
+    /// A round whose first admission the tokens-per-minute limit refuses refuses only the
+    /// admissions that limit refuses: a smaller one waiting behind it in the same round is
+    /// admitted (it fits the minute), not refused with a made-up retry-after.
+    async fn rate_refusal_refuses_only_what_it_refuses<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("tpm".to_owned(), Period::Month, 0);
+        let limits = Limits {
+            rpm: None,
+            tpm: Some(1000),
+        };
+        // 900 of the minute's 1000 tokens are taken.
+        let (big, decided) = pending(&id, request(&id, limits, 900, None));
+        decide_round(
+            &redis,
+            &script,
+            &task,
+            vec![(id.clone(), vec![big])],
+            vec![],
+        )
+        .await;
+        assert!(matches!(
+            decided.try_recv().unwrap(),
+            Ok(SharedDecision::Admitted { .. })
+        ));
+        // 500 more do not fit; 50 do.
+        let (over, over_decided) = pending(&id, request(&id, limits, 500, None));
+        let (fits, fits_decided) = pending(&id, request(&id, limits, 50, None));
+        decide_round(
+            &redis,
+            &script,
+            &task,
+            vec![(id.clone(), vec![over, fits])],
+            vec![],
+        )
+        .await;
+        match over_decided.try_recv().unwrap() {
+            Ok(SharedDecision::Rate(refusal)) => {
+                assert_eq!(refusal.limited, gate_core::accounting::Limited::Tokens);
+                // Core's retry-after on the stored state: 900 + 500 tokens are 1400 ms/token
+                // * 400 over the minute, give or take the time the test took.
+                assert!(refusal.retry_after_ns > 20_000_000_000, "{refusal:?}");
+            }
+            other => panic!("500 tokens over the minute: {other:?}"),
+        }
+        match fits_decided.try_recv().unwrap() {
+            Ok(SharedDecision::Admitted { .. }) => {}
+            other => panic!("50 tokens fit the minute: {other:?}"),
+        }
+    }
+
+    /// Requests whose maximum cost is near `u64::MAX` (an absurd price) are refused by the
+    /// budget; the lease task's sums saturate instead of overflowing (a panic in debug builds,
+    /// a wrapped, too small wish in release ones).
+    async fn huge_maximum_costs_are_refused<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("huge".to_owned(), Period::Day, 0);
+        let budget = Some(Budget {
+            limit: Usd(1_000_000_000),
+            period: Period::Day,
+        });
+        let mut group = Vec::new();
+        let mut decisions = Vec::new();
+        for _ in 0..3 {
+            let mut asked = request(&id, Limits::default(), 10, budget);
+            asked.max_cost = Usd(u64::MAX / 2 + 1);
+            let (p, d) = pending(&id, asked);
+            group.push(p);
+            decisions.push(d);
+        }
+        decide_round(&redis, &script, &task, vec![(id.clone(), group)], vec![]).await;
+        for decided in decisions {
+            assert!(
+                matches!(decided.try_recv().unwrap(), Ok(SharedDecision::Budget(_))),
+                "refused by the budget"
+            );
+        }
+    }
+
+    #[test]
+    fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
+        gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn rate_refusal_refuses_only_what_it_refuses_on_smol() {
+        gate_runtime_smol::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn huge_maximum_costs_are_refused_on_tokio() {
+        gate_runtime_tokio::block_on(huge_maximum_costs_are_refused).expect("runtime");
+    }
+
+    #[test]
+    fn huge_maximum_costs_are_refused_on_smol() {
+        gate_runtime_smol::block_on(huge_maximum_costs_are_refused).expect("runtime");
     }
 
     #[test]
