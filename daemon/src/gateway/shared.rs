@@ -275,7 +275,14 @@ pub(crate) trait SharedLimits: Send + Sync {
     /// The key's policy changed or it was revoked: its leases admit nothing more here; what
     /// they hold unused goes back with their next flush.
     fn forget(&self, key_id: &str);
+    /// The daemon stops (its requests are done): every lease admits nothing more, gives back
+    /// what it holds unused and flushes what was settled, rather than being charged in full at
+    /// its deadline. Resolves when that is done (`true`) or after [`GIVE_BACK_WITHIN`].
+    fn give_back(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
+
+/// How long a stopping daemon waits for its leases to be given back.
+pub const GIVE_BACK_WITHIN: Duration = Duration::from_secs(3);
 
 /// Keys whose last-seen shared spend is kept, at most (beyond: forgotten, listings fall back
 /// to this daemon's own ledger).
@@ -319,6 +326,8 @@ struct Lease {
     stale: bool,
     /// An admission call is in flight: requests wait for it rather than take the free part.
     topping_up: bool,
+    /// A call (admission or flush) is in flight.
+    calling: bool,
     lease: u64,
     /// Maximum costs of requests in flight.
     reserved: u64,
@@ -369,6 +378,7 @@ impl Lease {
             limits: Limits::default(),
             stale: true,
             topping_up: false,
+            calling: false,
             lease: 0,
             reserved: 0,
             settled: 0,
@@ -393,6 +403,20 @@ impl Lease {
     fn free(&self) -> u64 {
         self.lease
             .saturating_sub(self.reserved.saturating_add(self.settled))
+    }
+
+    /// Whether nothing of the lease is left to give back or flush (what requests in flight
+    /// reserved stays held until their settlement, or their deadline).
+    fn given_back(&self) -> bool {
+        self.budget_limit.is_none() || (!self.calling && self.settled == 0 && self.free() == 0)
+    }
+
+    /// Admit nothing more from this lease; drop its rate slots.
+    fn make_stale(&mut self) {
+        self.stale = true;
+        self.slots = 0;
+        self.tokens = 0;
+        self.rate_until = None;
     }
 
     fn matches(&self, request: &SharedAdmit) -> bool {
@@ -504,6 +528,7 @@ impl Lease {
                 .max(first.tokens)
         });
         self.topping_up = true;
+        self.calling = true;
         Ask {
             flush,
             release,
@@ -535,6 +560,7 @@ impl Lease {
         }
         let flush = std::mem::take(&mut self.settled);
         self.lease = self.lease.saturating_sub(flush.saturating_add(release));
+        self.calling = true;
         Some(Ask {
             flush,
             release,
@@ -597,6 +623,7 @@ impl Lease {
         self.lease = reply.lease;
         self.held = reply.lease > 0;
         self.topping_up = false;
+        self.calling = false;
         self.renewed = Instant::now();
         self.server_now = reply.now;
         self.seen_at = Instant::now();
@@ -668,7 +695,7 @@ impl Names {
 pub(crate) struct RedisLimits<R: Runtime> {
     /// Admissions the local leases could not decide, for the lease task ([`run_leases`]).
     admissions: async_channel::Sender<PendingAdmit>,
-    _runtime: std::marker::PhantomData<R>,
+    rt: R,
     leases: Leases,
     pending: Arc<AtomicUsize>,
     seen: Seen,
@@ -742,8 +769,8 @@ impl<R: Runtime> RedisLimits<R> {
             },
         ));
         Self {
+            rt,
             admissions,
-            _runtime: std::marker::PhantomData,
             leases,
             pending,
             seen,
@@ -1207,12 +1234,27 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
     fn forget(&self, key_id: &str) {
         for (id, lease) in lock(&self.leases).iter_mut() {
             if id.0 == key_id {
-                lease.stale = true;
-                lease.slots = 0;
-                lease.tokens = 0;
-                lease.rate_until = None;
+                lease.make_stale();
             }
         }
+    }
+
+    fn give_back(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        lock(&self.leases).values_mut().for_each(Lease::make_stale);
+        // The lease task's next flush ticks give the stale leases back; wait for their answers.
+        let (rt, leases) = (self.rt.clone(), self.leases.clone());
+        Box::pin(async move {
+            let end = Instant::now() + GIVE_BACK_WITHIN;
+            loop {
+                if lock(&leases).values().all(Lease::given_back) {
+                    return true;
+                }
+                if Instant::now() >= end {
+                    return false;
+                }
+                rt.sleep(Duration::from_millis(10)).await;
+            }
+        })
     }
 }
 
@@ -1656,6 +1698,76 @@ mod tests {
         }
     }
 
+    /// A stopping daemon gives its leases back: when `give_back` resolves, what a lease held
+    /// unused is back in the budget nobody holds and what was settled is in the spend, well
+    /// before the lease's deadline (where it would be charged in full); a request still in
+    /// flight keeps its reservation held.
+    async fn stopping_gives_leases_back<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let budget = Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        };
+        let (budget_key, holds_key) = budget_keys("stop", Period::Day, Period::Day.start(now));
+        let admit = |max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "stop".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(budget),
+                max_cost: Usd(max_cost),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        // Two requests in flight (the lease holds both), one of them settles at 40 of 300.
+        let (first, second) = (admit(300), admit(500));
+        let (first, second) = (hold(first.await), hold(second.await));
+        // (More when a flush tick has grown the lease toward what the key just reserved.)
+        assert!(hget(&redis, &budget_key, "held").await >= 800);
+        limits.settle(SharedSettle {
+            hold: first,
+            actual: Usd(40),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let started = Instant::now();
+        assert!(limits.give_back().await, "given back within the bound");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 40);
+        assert_eq!(
+            hget(&redis, &budget_key, "held").await,
+            500,
+            "only the request in flight stays held"
+        );
+        // It settles after the stop: its lease takes no more calls, so its reservation is
+        // charged in full at the deadline (a stop ends the requests before giving back).
+        limits.settle(SharedSettle {
+            hold: second,
+            actual: Usd(60),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let deadline = redis
+            .command(
+                &[b"ZCARD".as_slice(), holds_key.as_bytes()],
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(deadline.as_i64(), Some(1), "one hold with a deadline");
+    }
+
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
         gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
@@ -1664,6 +1776,16 @@ mod tests {
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_smol() {
         gate_runtime_smol::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn stopping_gives_leases_back_on_tokio() {
+        gate_runtime_tokio::block_on(stopping_gives_leases_back).expect("runtime");
+    }
+
+    #[test]
+    fn stopping_gives_leases_back_on_smol() {
+        gate_runtime_smol::block_on(stopping_gives_leases_back).expect("runtime");
     }
 
     #[test]
