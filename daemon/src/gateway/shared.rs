@@ -231,7 +231,8 @@ pub(crate) struct SharedAdmit {
 #[derive(Debug, Clone)]
 pub(crate) struct SharedHold {
     pub key_id: String,
-    pub period: Period,
+    /// The budget's period (`None`: no budget).
+    pub period: Option<Period>,
     pub period_start: u64,
     pub tpm: Option<u64>,
     /// The lease's generation (a settlement of an older one is inside that lease's charge).
@@ -306,8 +307,17 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
     map.insert(key_id.to_owned(), (period_start, spent, held));
 }
 
-/// A lease is named per key, budget period and period start.
-type LeaseId = (String, Period, u64);
+/// A lease is named per key, budget period (`None`: the key has no budget, only rate limits)
+/// and period start. (Not the month that requests without a budget are counted in: a
+/// monthly budget removed from a key would leave its lease to their calls, which skip the
+/// budget, dropping what that lease's requests cost and leaving its hold.)
+type LeaseId = (String, Option<Period>, u64);
+
+/// The budget period whose keys a lease's calls name (without a budget the script touches
+/// none of them).
+fn lease_period(id: &LeaseId) -> Period {
+    id.1.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+}
 
 /// This daemon's lease of one key and budget period (see the module docs). Amounts in
 /// nano-dollars. Invariant: `lease` is at most what Redis holds under `name` (amounts given
@@ -725,7 +735,7 @@ fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
 }
 
 fn lease_keys(id: &LeaseId) -> Vec<String> {
-    let (budget, holds) = budget_keys(&id.0, id.1, id.2);
+    let (budget, holds) = budget_keys(&id.0, lease_period(id), id.2);
     vec![rate_key(&id.0), budget, holds]
 }
 
@@ -799,7 +809,7 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
     if reply.outcome == 1 {
         let budget = request.budget.unwrap_or(Budget {
             limit: Usd::ZERO,
-            period: id.1,
+            period: lease_period(id),
         });
         return SharedDecision::Budget(BudgetRefusal {
             spent: Usd(reply.spent),
@@ -1162,15 +1172,13 @@ async fn drain_settles<R: Runtime>(
 
 impl<R: Runtime> SharedLimits for RedisLimits<R> {
     fn admit(&self, request: SharedAdmit) -> Decided {
-        let period = request
-            .budget
-            .map_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD, |b| {
-                b.period
-            });
+        let period = request.budget.map(|b| b.period);
         let id: LeaseId = (
             request.key_id.clone(),
             period,
-            period.start(request.now_unix),
+            period
+                .unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+                .start(request.now_unix),
         );
         if let Some(lease) = lock(&self.leases).get_mut(&id) {
             if let Some(decision) = lease.take(&request, &id, Instant::now()) {
@@ -1344,7 +1352,7 @@ mod tests {
         let mut outcomes = [0u32; 3];
         for seed in 1..=12u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let id: LeaseId = (format!("k{seed}"), Period::Day, 0);
+            let id: LeaseId = (format!("k{seed}"), Some(Period::Day), 0);
             let keys = lease_keys(&id);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let limits = Limits {
@@ -1528,7 +1536,7 @@ mod tests {
         let server = store_servers::RedisServer::start().expect("redis-server");
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
         let script = Script::new(LEASE);
-        let id: LeaseId = ("dead".to_owned(), Period::Day, 0);
+        let id: LeaseId = ("dead".to_owned(), Some(Period::Day), 0);
         let keys = lease_keys(&id);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let none = Limits::default();
@@ -1623,7 +1631,7 @@ mod tests {
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
         let script = Script::new(LEASE);
         let task = lease_task();
-        let id: LeaseId = ("tpm".to_owned(), Period::Month, 0);
+        let id: LeaseId = ("tpm".to_owned(), None, 0);
         let limits = Limits {
             rpm: None,
             tpm: Some(1000),
@@ -1676,7 +1684,7 @@ mod tests {
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
         let script = Script::new(LEASE);
         let task = lease_task();
-        let id: LeaseId = ("huge".to_owned(), Period::Day, 0);
+        let id: LeaseId = ("huge".to_owned(), Some(Period::Day), 0);
         let budget = Some(Budget {
             limit: Usd(1_000_000_000),
             period: Period::Day,
@@ -1769,6 +1777,64 @@ mod tests {
         assert_eq!(deadline.as_i64(), Some(1), "one hold with a deadline");
     }
 
+    /// A key's monthly budget removed (its rate limit kept) while its lease holds part of
+    /// the month's budget: the requests without a budget take a lease of their own, and the
+    /// budgeted lease still flushes what its requests cost (before and after the edit) and
+    /// gives the rest back. (The unbudgeted lease used to be the same one, as requests
+    /// without a budget are counted in the month: its calls skipped the budget, so the
+    /// settled costs were dropped and the hold stayed.)
+    async fn budget_removed_mid_lease_is_given_back<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let rpm = Limits {
+            rpm: Some(100),
+            tpm: None,
+        };
+        let (budget_key, _) = budget_keys("edit", Period::Month, Period::Month.start(now));
+        let admit = |budget: Option<Budget>, max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "edit".to_owned(),
+                limits: rpm,
+                tokens: 10,
+                budget,
+                max_cost: Usd(max_cost),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        let monthly = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Month,
+        });
+        let (first, second) = (admit(monthly, 300), admit(monthly, 500));
+        let (first, second) = (hold(first.await), hold(second.await));
+        let settle = |hold: SharedHold, actual: u64| {
+            limits.settle(SharedSettle {
+                hold,
+                actual: Usd(actual),
+                estimated_tokens: 10,
+                actual_tokens: 10,
+            })
+        };
+        settle(first, 40);
+        // The budget is removed: the key's leases are forgotten, its next request has none.
+        limits.forget("edit");
+        hold(admit(None, 0).await);
+        settle(second, 60);
+        assert!(limits.give_back().await, "given back within the bound");
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 100);
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
         gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
@@ -1787,6 +1853,16 @@ mod tests {
     #[test]
     fn stopping_gives_leases_back_on_smol() {
         gate_runtime_smol::block_on(stopping_gives_leases_back).expect("runtime");
+    }
+
+    #[test]
+    fn budget_removed_mid_lease_is_given_back_on_tokio() {
+        gate_runtime_tokio::block_on(budget_removed_mid_lease_is_given_back).expect("runtime");
+    }
+
+    #[test]
+    fn budget_removed_mid_lease_is_given_back_on_smol() {
+        gate_runtime_smol::block_on(budget_removed_mid_lease_is_given_back).expect("runtime");
     }
 
     #[test]
