@@ -80,7 +80,8 @@ pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// Flush, resize and renew one daemon's lease of one key and budget period, and take more
 /// of it (and rate slots) for a request. KEYS: rate, budget, holds. ARGV: 1 lease name,
-/// 2 whether the daemon holds it (1/0), 3 settled cost to move from the lease to the spend,
+/// 2 whether the daemon holds it (1/0), 3 settled cost to move from the lease to the spend
+/// (added to the spend alone when the daemon holds nothing: costs no reservation covered),
 /// 4 free lease to give back, 5 budget limit (-1: none), 6 budget the request still needs
 /// (0: none), 7 budget wished beyond it, 8 lease ttl ms, 9 budget expiry (Unix s; 0: never),
 /// 10 spend to start a new period's key from, 11 rpm (0: none), 12 tpm (0: none),
@@ -127,6 +128,9 @@ if limit >= 0 then
     held = held - f - r
   elseif ARGV[2] == '1' then
     lost = 1
+  else
+    -- No hold here: costs no reservation covered (a request whose maximum was 0).
+    spent = spent + flush
   end
   if need > 0 or wish > 0 then
     local remaining = limit - spent - held
@@ -1202,7 +1206,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
 
     fn settle(&self, settle: SharedSettle) {
         let hold = &settle.hold;
-        if hold.reserved > 0 {
+        if hold.period.is_some() {
             let id = (hold.key_id.clone(), hold.period, hold.period_start);
             if let Some(lease) = lock(&self.leases).get_mut(&id) {
                 if lease.generation == hold.generation {
@@ -1835,6 +1839,45 @@ mod tests {
         assert_eq!(hget(&redis, &budget_key, "held").await, 0);
     }
 
+    /// A budgeted request whose maximum cost is 0 (it reserves nothing) that costs something
+    /// after all has that cost flushed into the spend like any other.
+    async fn unreserved_cost_is_spent<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (budget_key, _) = budget_keys("zero", Period::Day, Period::Day.start(now));
+        let decision = limits
+            .admit(SharedAdmit {
+                key_id: "zero".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd::ZERO,
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+            .await;
+        let Ok(SharedDecision::Admitted { hold, .. }) = decision else {
+            panic!("admitted: {decision:?}");
+        };
+        limits.settle(SharedSettle {
+            hold,
+            actual: Usd(7),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        assert!(limits.give_back().await, "given back within the bound");
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 7);
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
         gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
@@ -1863,6 +1906,16 @@ mod tests {
     #[test]
     fn budget_removed_mid_lease_is_given_back_on_smol() {
         gate_runtime_smol::block_on(budget_removed_mid_lease_is_given_back).expect("runtime");
+    }
+
+    #[test]
+    fn unreserved_cost_is_spent_on_tokio() {
+        gate_runtime_tokio::block_on(unreserved_cost_is_spent).expect("runtime");
+    }
+
+    #[test]
+    fn unreserved_cost_is_spent_on_smol() {
+        gate_runtime_smol::block_on(unreserved_cost_is_spent).expect("runtime");
     }
 
     #[test]
