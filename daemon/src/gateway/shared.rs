@@ -346,6 +346,9 @@ struct Lease {
     lease: u64,
     /// Maximum costs of requests in flight.
     reserved: u64,
+    /// Budgeted requests in flight (the lease is kept for their settlement even when they
+    /// reserved nothing).
+    in_flight: u64,
     /// Actual costs settled here and not yet flushed.
     settled: u64,
     /// Maximum costs reserved since the last flush tick, and in the interval before.
@@ -396,6 +399,7 @@ impl Lease {
             calling: false,
             lease: 0,
             reserved: 0,
+            in_flight: 0,
             settled: 0,
             used: 0,
             recent: 0,
@@ -424,6 +428,16 @@ impl Lease {
     /// reserved stays held until their settlement, or their deadline).
     fn given_back(&self) -> bool {
         self.budget_limit.is_none() || (!self.calling && self.settled == 0 && self.free() == 0)
+    }
+
+    /// A request reserved from this lease is done, having cost `actual` (a settlement of an
+    /// older generation is inside that lease's charge: ignored).
+    fn unreserve(&mut self, hold: &SharedHold, actual: u64) {
+        if self.generation == hold.generation {
+            self.reserved = self.reserved.saturating_sub(hold.reserved);
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.settled = self.settled.saturating_add(actual);
+        }
     }
 
     /// Admit nothing more from this lease; drop its rate slots.
@@ -473,6 +487,9 @@ impl Lease {
         }
         let reserved = if budgeted { request.max_cost.0 } else { 0 };
         self.reserved = self.reserved.saturating_add(reserved);
+        if budgeted {
+            self.in_flight = self.in_flight.saturating_add(1);
+        }
         self.used = self.used.saturating_add(reserved);
         let elapsed = u64::try_from(now.saturating_duration_since(self.seen_at).as_micros())
             .unwrap_or(u64::MAX);
@@ -633,6 +650,7 @@ impl Lease {
             // Charged in full (or gone with Redis's data): what it covered is inside that.
             self.generation = generation();
             self.reserved = 0;
+            self.in_flight = 0;
             self.settled = 0;
         }
         self.lease = reply.lease;
@@ -842,6 +860,43 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
     )
 }
 
+/// Hands an admission taken from `lease` to its caller; one nobody waits for any more (a
+/// client that went away while its request waited) gives back what it reserved.
+fn hand_over(lease: &mut Lease, pending: &PendingAdmit, decision: SharedDecision) {
+    if let Err(unsent) = pending.reply.try_send(Ok(decision)) {
+        if let Ok(SharedDecision::Admitted { hold, .. }) = unsent.into_inner() {
+            lease.unreserve(&hold, 0);
+        }
+    }
+}
+
+/// What `hold`'s request cost, into its lease (if this daemon still has it).
+fn settle_lease(leases: &Leases, hold: &SharedHold, actual: u64) {
+    if hold.period.is_some() {
+        let id = (hold.key_id.clone(), hold.period, hold.period_start);
+        if let Some(lease) = lock(leases).get_mut(&id) {
+            lease.unreserve(hold, actual);
+        }
+    }
+}
+
+/// A queued admission's decision, as its caller waits for it: a caller that goes away
+/// after the decision was made, before reading it, gives back what it reserved.
+struct Waiting {
+    decided: async_channel::Receiver<Result<SharedDecision, String>>,
+    leases: Leases,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Closed first: a decision sent from now on fails, and its sender gives it back.
+        self.decided.close();
+        if let Ok(Ok(SharedDecision::Admitted { hold, .. })) = self.decided.try_recv() {
+            settle_lease(&self.leases, &hold, 0);
+        }
+    }
+}
+
 /// Who a lease call of a round was for.
 enum Caller {
     /// The waiting admissions of `groups[i]`.
@@ -900,6 +955,7 @@ async fn run_leases<R: Runtime>(
                 lease.recent_tokens = std::mem::take(&mut lease.tokens_used);
                 let idle = lease.lease == 0
                     && lease.reserved == 0
+                    && lease.in_flight == 0
                     && lease.settled == 0
                     && lease.recent == 0
                     && lease.recent_requests == 0
@@ -939,7 +995,7 @@ async fn decide_round<R: Runtime>(
                     .or_insert_with(|| Lease::new(task.names.name(), task.names.generation()));
                 waiting.retain(|pending| match lease.take(&pending.request, id, now) {
                     Some(decision) => {
-                        let _ = pending.reply.try_send(Ok(decision));
+                        hand_over(lease, pending, decision);
                         false
                     }
                     None => true,
@@ -1016,7 +1072,7 @@ async fn decide_round<R: Runtime>(
                     let now = Instant::now();
                     waiting.retain(|pending| match lease.take(&pending.request, &id, now) {
                         Some(decision) => {
-                            let _ = pending.reply.try_send(Ok(decision));
+                            hand_over(lease, pending, decision);
                             false
                         }
                         None => true,
@@ -1193,11 +1249,16 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
         let queued = self
             .admissions
             .try_send(PendingAdmit { request, id, reply });
+        let waiting = Waiting {
+            decided,
+            leases: self.leases.clone(),
+        };
         Box::pin(async move {
             if queued.is_err() {
                 return Err("the lease task has stopped (the daemon is stopping)".to_owned());
             }
-            decided
+            waiting
+                .decided
                 .recv()
                 .await
                 .map_err(|_| "the lease task has stopped".to_owned())?
@@ -1206,15 +1267,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
 
     fn settle(&self, settle: SharedSettle) {
         let hold = &settle.hold;
-        if hold.period.is_some() {
-            let id = (hold.key_id.clone(), hold.period, hold.period_start);
-            if let Some(lease) = lock(&self.leases).get_mut(&id) {
-                if lease.generation == hold.generation {
-                    lease.reserved = lease.reserved.saturating_sub(hold.reserved);
-                    lease.settled = lease.settled.saturating_add(settle.actual.0);
-                }
-            }
-        }
+        settle_lease(&self.leases, hold, settle.actual.0);
         if hold.tpm.is_none() || settle.estimated_tokens == settle.actual_tokens {
             return;
         }
@@ -1867,6 +1920,37 @@ mod tests {
         let Ok(SharedDecision::Admitted { hold, .. }) = decision else {
             panic!("admitted: {decision:?}");
         };
+        // It settles after a flush tick (seen by another key's settled cost reaching Redis),
+        // where its lease, holding nothing, used to be forgotten as idle.
+        let other = limits
+            .admit(SharedAdmit {
+                key_id: "tick".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd(300),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+            .await;
+        let Ok(SharedDecision::Admitted { hold: other, .. }) = other else {
+            panic!("admitted: {other:?}");
+        };
+        limits.settle(SharedSettle {
+            hold: other,
+            actual: Usd(40),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let (tick_key, _) = budget_keys("tick", Period::Day, Period::Day.start(now));
+        let end = Instant::now() + Duration::from_secs(10);
+        while hget(&redis, &tick_key, "spent").await != 40 {
+            assert!(Instant::now() < end, "no flush tick");
+            rt.sleep(Duration::from_millis(5)).await;
+        }
         limits.settle(SharedSettle {
             hold,
             actual: Usd(7),
@@ -1875,6 +1959,54 @@ mod tests {
         });
         assert!(limits.give_back().await, "given back within the bound");
         assert_eq!(hget(&redis, &budget_key, "spent").await, 7);
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
+    /// An admission whose caller went away (a client that disconnected while its request
+    /// waited for Redis) reserves nothing: neither when its decision finds no one to take it,
+    /// nor when it was decided but never read. Before, its maximum cost stayed reserved in
+    /// the lease, held (and renewed) in Redis for as long as the daemon ran.
+    async fn abandoned_admission_reserves_nothing<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let budget = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        });
+        let reserved = |leases: &Leases, id: &LeaseId| {
+            lock(leases)
+                .get(id)
+                .map(|l| (l.reserved, l.in_flight, l.lease))
+        };
+        // Decided by the lease task when nobody waits any more.
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("gone".to_owned(), Some(Period::Day), 0);
+        let mut asked = request(&id, Limits::default(), 10, budget);
+        asked.max_cost = Usd(300);
+        let (p, decided) = pending(&id, asked);
+        drop(decided);
+        decide_round(&redis, &script, &task, vec![(id.clone(), vec![p])], vec![]).await;
+        assert_eq!(reserved(&task.leases, &id), Some((0, 0, 300)));
+        // Decided, and the waiting future dropped before it read the decision.
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let id: LeaseId = ("gone".to_owned(), Some(Period::Day), Period::Day.start(now));
+        let mut asked = request(&id, Limits::default(), 10, budget);
+        asked.max_cost = Usd(300);
+        let waiting = limits.admit(asked);
+        let end = Instant::now() + Duration::from_secs(10);
+        while reserved(&limits.leases, &id).is_none_or(|(r, _, _)| r == 0) {
+            assert!(Instant::now() < end, "never decided");
+            rt.sleep(Duration::from_millis(2)).await;
+        }
+        drop(waiting);
+        assert_eq!(reserved(&limits.leases, &id), Some((0, 0, 300)));
+        assert!(limits.give_back().await);
+        let (budget_key, _) = budget_keys("gone", Period::Day, Period::Day.start(now));
         assert_eq!(hget(&redis, &budget_key, "held").await, 0);
     }
 
@@ -1916,6 +2048,16 @@ mod tests {
     #[test]
     fn unreserved_cost_is_spent_on_smol() {
         gate_runtime_smol::block_on(unreserved_cost_is_spent).expect("runtime");
+    }
+
+    #[test]
+    fn abandoned_admission_reserves_nothing_on_tokio() {
+        gate_runtime_tokio::block_on(abandoned_admission_reserves_nothing).expect("runtime");
+    }
+
+    #[test]
+    fn abandoned_admission_reserves_nothing_on_smol() {
+        gate_runtime_smol::block_on(abandoned_admission_reserves_nothing).expect("runtime");
     }
 
     #[test]
