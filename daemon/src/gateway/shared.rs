@@ -30,9 +30,9 @@
 //! whatever happened to it in Redis, it is charged in full at its deadline, the requests it
 //! covered settle into nothing more (they are inside that charge), and the next request
 //! takes a new lease under a new name. A daemon that stops gives its leases back
-//! ([`SharedLimits::give_back`]) once its requests are done. Refusals come from the script's answer, with the
-//! state it decided on: core's [`ratelimit::decide`] on it gives the headers and the
-//! retry-after, as in-process.
+//! ([`SharedLimits::give_back`]) once its requests are done. Refusals come from the
+//! script's answer, with the state it decided on: core's [`ratelimit::decide`] on it gives
+//! the headers and the retry-after, as in-process.
 //!
 //! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
 //! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
