@@ -2010,6 +2010,58 @@ mod tests {
         assert_eq!(hget(&redis, &budget_key, "held").await, 0);
     }
 
+    /// A lease held across a period boundary: a request admitted in the last second of a
+    /// day settles into that day's budget after the next day began, whose requests lease from
+    /// the new day's key; each day's lease flushes and gives back on its own.
+    async fn leases_across_a_period_boundary<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let today = Period::Day.start(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        );
+        let admit = |now_unix: u64, max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "midnight".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd(max_cost),
+                now_unix,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        let before = hold(admit(today - 1, 300).await);
+        let after = hold(admit(today + 1, 500).await);
+        let (yesterday_key, _) = budget_keys("midnight", Period::Day, today - 86_400);
+        let (today_key, _) = budget_keys("midnight", Period::Day, today);
+        assert_eq!(hget(&redis, &yesterday_key, "held").await, 300);
+        assert_eq!(hget(&redis, &today_key, "held").await, 500);
+        for (hold, actual) in [(before, 40), (after, 60)] {
+            limits.settle(SharedSettle {
+                hold,
+                actual: Usd(actual),
+                estimated_tokens: 10,
+                actual_tokens: 10,
+            });
+        }
+        assert!(limits.give_back().await);
+        for (key, spent) in [(&yesterday_key, 40), (&today_key, 60)] {
+            assert_eq!(hget(&redis, key, "spent").await, spent, "{key}");
+            assert_eq!(hget(&redis, key, "held").await, 0, "{key}");
+        }
+    }
+
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
         gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
@@ -2058,6 +2110,16 @@ mod tests {
     #[test]
     fn abandoned_admission_reserves_nothing_on_smol() {
         gate_runtime_smol::block_on(abandoned_admission_reserves_nothing).expect("runtime");
+    }
+
+    #[test]
+    fn leases_across_a_period_boundary_on_tokio() {
+        gate_runtime_tokio::block_on(leases_across_a_period_boundary).expect("runtime");
+    }
+
+    #[test]
+    fn leases_across_a_period_boundary_on_smol() {
+        gate_runtime_smol::block_on(leases_across_a_period_boundary).expect("runtime");
     }
 
     #[test]
