@@ -283,7 +283,8 @@ pub(crate) trait SharedLimits: Send + Sync {
     fn forget(&self, key_id: &str);
     /// The daemon stops (its requests are done): every lease admits nothing more, gives back
     /// what it holds unused and flushes what was settled, rather than being charged in full at
-    /// its deadline. Resolves when that is done (`true`) or after [`GIVE_BACK_WITHIN`].
+    /// its deadline. Resolves `true` when no lease has anything left to give back (one whose
+    /// call failed is charged at its deadline, as ever), `false` after [`GIVE_BACK_WITHIN`].
     fn give_back(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
 
