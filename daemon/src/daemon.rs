@@ -8,10 +8,11 @@
 //! connections refused), leave the relays ([`Remote::leave`]), let requests and streams in
 //! flight go on for `server.shutdown_grace_secs`, then end the streams still open with an
 //! error event in their client's protocol, wait briefly for those to be written, close the
-//! relay tunnels ([`Remote::shutdown`]), wait for config writes in progress, and write the
-//! usage records still waiting ([`UsageLog::flush_and_close`]: every request, streams
-//! included, has handed its record over by then). The CLI turns SIGTERM / SIGINT into
-//! this, and exits 0.
+//! relay tunnels ([`Remote::shutdown`]), wait for config writes in progress, give the Redis
+//! leases back (`Gateway::give_back_leases`: the unused part of each to the budget nobody
+//! holds, the settled costs to the spend), and write the usage records still waiting
+//! ([`UsageLog::flush_and_close`]: every request, streams included, has handed its record
+//! over by then). The CLI turns SIGTERM / SIGINT into this, and exits 0.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -330,6 +331,13 @@ impl<R: Runtime> RunningDaemon<R> {
             }
         }
         self.reloader.wait_for_writes();
+        match self.gateway.give_back_leases().await {
+            Some(true) => tracing::info!("stopping: the Redis leases are given back"),
+            Some(false) => tracing::warn!(
+                "stopping: Redis did not take back every lease in time; what they hold is charged to their keys at their deadline"
+            ),
+            None => {}
+        }
         if let Some(log) = &self.shared_usage {
             if log.flush_and_close().await {
                 tracing::info!("stopping: usage records written to the shared store");

@@ -1652,6 +1652,40 @@ async fn edited_key_drops_its_lease<R: Runtime>(rt: R) {
     .await;
 }
 
+/// A daemon that stops gives its lease back: after a round of concurrent requests on A (its
+/// lease grown past one request), `give_back_leases` (the stop sequence's step) leaves Redis
+/// with exactly what the requests cost spent and nothing held, at once, not at the lease's
+/// deadline charged in full; B can then lease the whole rest of the budget.
+async fn stopped_daemon_gives_its_lease_back<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let budget = [json!({"budget": {"usd": 10, "period": "day"}})];
+    let (_redis, client, a, b) = twins_on_redis(&rt, "lease-stop", &upstream, true, &budget).await;
+    let key_id = a.keys[0].id.clone();
+    let mut n = 0u64;
+    for _ in 0..3 {
+        let mut answers = Vec::new();
+        for _ in 0..8 {
+            answers.push(a.post("/v1/chat/completions", 0, chat("gpt-4o", 100, false)));
+        }
+        for answer in answers {
+            assert_status(&answer.await, StatusCode::OK);
+            n += 1;
+        }
+    }
+    assert_eq!(a.gateway.give_back_leases().await, Some(true));
+    assert_eq!(
+        redis_budget(&client, &key_id).await,
+        (n * COMPLETION * MILLI, 0),
+        "{n} requests spent, nothing held"
+    );
+    // All the rest is B's: a request whose maximum is the whole rest passes.
+    let rest = 10_000 - n * COMPLETION;
+    let answer = b
+        .post("/v1/chat/completions", 0, chat("gpt-4o", rest, false))
+        .await;
+    assert_status(&answer, StatusCode::OK);
+}
+
 /// A lease's deadline (10 s) and a margin for a loaded machine.
 const LEASE_TTL_WAIT: Duration = Duration::from_secs(30);
 
@@ -1687,4 +1721,5 @@ both_runtimes!(
     shared_rate_leases_hold_across_daemons,
     shared_lease_of_a_lost_daemon_is_charged_at_its_deadline,
     edited_key_drops_its_lease,
+    stopped_daemon_gives_its_lease_back,
 );

@@ -106,6 +106,14 @@ impl<R: Runtime> Gateway<R> {
         self.stream_stop.fire();
     }
 
+    /// The daemon stops and its requests are done: the leases of the shared limits (Redis)
+    /// give back what they hold unused and flush what was settled, so the other daemons can
+    /// use it at once instead of at the leases' deadline, charged in full (`None`: no Redis;
+    /// `Some(false)`: not all of it within the bound).
+    pub async fn give_back_leases(&self) -> Option<bool> {
+        self.accounting.give_back_leases().await
+    }
+
     /// [`new`](Self::new) with breakers tuned by `breaker` (tests use short cooldowns).
     pub fn with_breaker_config(
         rt: R,

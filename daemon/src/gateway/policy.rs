@@ -104,6 +104,16 @@ impl Accounting {
         }
     }
 
+    /// The daemon stops: the shared leases give back what they hold unused (`None`: no
+    /// shared store; `Some(false)`: not all within the bound, the rest is charged at its
+    /// deadline).
+    pub(crate) async fn give_back_leases(&self) -> Option<bool> {
+        match &self.shared {
+            Some(shared) => Some(shared.give_back().await),
+            None => None,
+        }
+    }
+
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }

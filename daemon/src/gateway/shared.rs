@@ -29,9 +29,10 @@
 //! lease call that fails (Redis unreachable, no answer in time) gives the lease up here:
 //! whatever happened to it in Redis, it is charged in full at its deadline, the requests it
 //! covered settle into nothing more (they are inside that charge), and the next request
-//! takes a new lease under a new name. Refusals come from the script's answer, with the
-//! state it decided on: core's [`ratelimit::decide`] on it gives the headers and the
-//! retry-after, as in-process.
+//! takes a new lease under a new name. A daemon that stops gives its leases back
+//! ([`SharedLimits::give_back`]) once its requests are done. Refusals come from the
+//! script's answer, with the state it decided on: core's [`ratelimit::decide`] on it gives
+//! the headers and the retry-after, as in-process.
 //!
 //! Time: rate limits use the Redis server's clock (`TIME` in the scripts), one clock for every
 //! daemon; budget periods are named by the daemon's UTC clock (a key per period start), so a
@@ -79,7 +80,8 @@ pub const SETTLE_RETRY_FOR: Duration = Duration::from_secs(600);
 
 /// Flush, resize and renew one daemon's lease of one key and budget period, and take more
 /// of it (and rate slots) for a request. KEYS: rate, budget, holds. ARGV: 1 lease name,
-/// 2 whether the daemon holds it (1/0), 3 settled cost to move from the lease to the spend,
+/// 2 whether the daemon holds it (1/0), 3 settled cost to move from the lease to the spend
+/// (added to the spend alone when the daemon holds nothing: costs no reservation covered),
 /// 4 free lease to give back, 5 budget limit (-1: none), 6 budget the request still needs
 /// (0: none), 7 budget wished beyond it, 8 lease ttl ms, 9 budget expiry (Unix s; 0: never),
 /// 10 spend to start a new period's key from, 11 rpm (0: none), 12 tpm (0: none),
@@ -126,6 +128,9 @@ if limit >= 0 then
     held = held - f - r
   elseif ARGV[2] == '1' then
     lost = 1
+  else
+    -- No hold here: costs no reservation covered (a request whose maximum was 0).
+    spent = spent + flush
   end
   if need > 0 or wish > 0 then
     local remaining = limit - spent - held
@@ -230,7 +235,8 @@ pub(crate) struct SharedAdmit {
 #[derive(Debug, Clone)]
 pub(crate) struct SharedHold {
     pub key_id: String,
-    pub period: Period,
+    /// The budget's period (`None`: no budget).
+    pub period: Option<Period>,
     pub period_start: u64,
     pub tpm: Option<u64>,
     /// The lease's generation (a settlement of an older one is inside that lease's charge).
@@ -275,7 +281,15 @@ pub(crate) trait SharedLimits: Send + Sync {
     /// The key's policy changed or it was revoked: its leases admit nothing more here; what
     /// they hold unused goes back with their next flush.
     fn forget(&self, key_id: &str);
+    /// The daemon stops (its requests are done): every lease admits nothing more, gives back
+    /// what it holds unused and flushes what was settled, rather than being charged in full at
+    /// its deadline. Resolves `true` when no lease has anything left to give back (one whose
+    /// call failed is charged at its deadline, as ever), `false` after [`GIVE_BACK_WITHIN`].
+    fn give_back(&self) -> Pin<Box<dyn Future<Output = bool> + Send>>;
 }
+
+/// How long a stopping daemon waits for its leases to be given back.
+pub const GIVE_BACK_WITHIN: Duration = Duration::from_secs(3);
 
 /// Keys whose last-seen shared spend is kept, at most (beyond: forgotten, listings fall back
 /// to this daemon's own ledger).
@@ -298,8 +312,17 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
     map.insert(key_id.to_owned(), (period_start, spent, held));
 }
 
-/// A lease is named per key, budget period and period start.
-type LeaseId = (String, Period, u64);
+/// A lease is named per key, budget period (`None`: the key has no budget, only rate limits)
+/// and period start. (Not the month that requests without a budget are counted in: a
+/// monthly budget removed from a key would leave its lease to their calls, which skip the
+/// budget, dropping what that lease's requests cost and leaving its hold.)
+type LeaseId = (String, Option<Period>, u64);
+
+/// The budget period whose keys a lease's calls name (without a budget the script touches
+/// none of them).
+fn lease_period(id: &LeaseId) -> Period {
+    id.1.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+}
 
 /// This daemon's lease of one key and budget period (see the module docs). Amounts in
 /// nano-dollars. Invariant: `lease` is at most what Redis holds under `name` (amounts given
@@ -319,9 +342,14 @@ struct Lease {
     stale: bool,
     /// An admission call is in flight: requests wait for it rather than take the free part.
     topping_up: bool,
+    /// A call (admission or flush) is in flight.
+    calling: bool,
     lease: u64,
     /// Maximum costs of requests in flight.
     reserved: u64,
+    /// Budgeted requests in flight (the lease is kept for their settlement even when they
+    /// reserved nothing).
+    in_flight: u64,
     /// Actual costs settled here and not yet flushed.
     settled: u64,
     /// Maximum costs reserved since the last flush tick, and in the interval before.
@@ -369,8 +397,10 @@ impl Lease {
             limits: Limits::default(),
             stale: true,
             topping_up: false,
+            calling: false,
             lease: 0,
             reserved: 0,
+            in_flight: 0,
             settled: 0,
             used: 0,
             recent: 0,
@@ -393,6 +423,30 @@ impl Lease {
     fn free(&self) -> u64 {
         self.lease
             .saturating_sub(self.reserved.saturating_add(self.settled))
+    }
+
+    /// Whether nothing of the lease is left to give back or flush (what requests in flight
+    /// reserved stays held until their settlement, or their deadline).
+    fn given_back(&self) -> bool {
+        self.budget_limit.is_none() || (!self.calling && self.settled == 0 && self.free() == 0)
+    }
+
+    /// A request reserved from this lease is done, having cost `actual` (a settlement of an
+    /// older generation is inside that lease's charge: ignored).
+    fn unreserve(&mut self, hold: &SharedHold, actual: u64) {
+        if self.generation == hold.generation {
+            self.reserved = self.reserved.saturating_sub(hold.reserved);
+            self.in_flight = self.in_flight.saturating_sub(1);
+            self.settled = self.settled.saturating_add(actual);
+        }
+    }
+
+    /// Admit nothing more from this lease; drop its rate slots.
+    fn make_stale(&mut self) {
+        self.stale = true;
+        self.slots = 0;
+        self.tokens = 0;
+        self.rate_until = None;
     }
 
     fn matches(&self, request: &SharedAdmit) -> bool {
@@ -434,6 +488,9 @@ impl Lease {
         }
         let reserved = if budgeted { request.max_cost.0 } else { 0 };
         self.reserved = self.reserved.saturating_add(reserved);
+        if budgeted {
+            self.in_flight = self.in_flight.saturating_add(1);
+        }
         self.used = self.used.saturating_add(reserved);
         let elapsed = u64::try_from(now.saturating_duration_since(self.seen_at).as_micros())
             .unwrap_or(u64::MAX);
@@ -479,7 +536,10 @@ impl Lease {
         let flush = std::mem::take(&mut self.settled);
         self.lease = self.lease.saturating_sub(flush.saturating_add(release));
         let (need, wish) = if first.budget.is_some() {
-            let others: u64 = waiting[1..].iter().map(|p| p.request.max_cost.0).sum();
+            // Saturating: a maximum cost can be near `u64::MAX` (prices saturate).
+            let others = waiting[1..]
+                .iter()
+                .fold(0u64, |sum, p| sum.saturating_add(p.request.max_cost.0));
             (
                 first.max_cost.0.saturating_sub(self.free()),
                 self.recent.max(others),
@@ -492,13 +552,16 @@ impl Lease {
         let slots = limits.rpm.map_or(0, |rpm| {
             rate_cap(u64::from(rpm), MINUTE_US, 1).min(count.max(self.recent_requests))
         });
-        let tokens: u64 = waiting.iter().map(|p| p.request.tokens).sum();
+        let tokens = waiting
+            .iter()
+            .fold(0u64, |sum, p| sum.saturating_add(p.request.tokens));
         let tokens = limits.tpm.map_or(0, |tpm| {
             rate_cap(tpm, MINUTE_US, first.tokens)
                 .min(tokens.max(self.recent_tokens))
                 .max(first.tokens)
         });
         self.topping_up = true;
+        self.calling = true;
         Ask {
             flush,
             release,
@@ -530,6 +593,7 @@ impl Lease {
         }
         let flush = std::mem::take(&mut self.settled);
         self.lease = self.lease.saturating_sub(flush.saturating_add(release));
+        self.calling = true;
         Some(Ask {
             flush,
             release,
@@ -587,11 +651,13 @@ impl Lease {
             // Charged in full (or gone with Redis's data): what it covered is inside that.
             self.generation = generation();
             self.reserved = 0;
+            self.in_flight = 0;
             self.settled = 0;
         }
         self.lease = reply.lease;
         self.held = reply.lease > 0;
         self.topping_up = false;
+        self.calling = false;
         self.renewed = Instant::now();
         self.server_now = reply.now;
         self.seen_at = Instant::now();
@@ -663,7 +729,7 @@ impl Names {
 pub(crate) struct RedisLimits<R: Runtime> {
     /// Admissions the local leases could not decide, for the lease task ([`run_leases`]).
     admissions: async_channel::Sender<PendingAdmit>,
-    _runtime: std::marker::PhantomData<R>,
+    rt: R,
     leases: Leases,
     pending: Arc<AtomicUsize>,
     seen: Seen,
@@ -692,7 +758,7 @@ fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
 }
 
 fn lease_keys(id: &LeaseId) -> Vec<String> {
-    let (budget, holds) = budget_keys(&id.0, id.1, id.2);
+    let (budget, holds) = budget_keys(&id.0, lease_period(id), id.2);
     vec![rate_key(&id.0), budget, holds]
 }
 
@@ -737,8 +803,8 @@ impl<R: Runtime> RedisLimits<R> {
             },
         ));
         Self {
+            rt,
             admissions,
-            _runtime: std::marker::PhantomData,
             leases,
             pending,
             seen,
@@ -766,7 +832,7 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
     if reply.outcome == 1 {
         let budget = request.budget.unwrap_or(Budget {
             limit: Usd::ZERO,
-            period: id.1,
+            period: lease_period(id),
         });
         return SharedDecision::Budget(BudgetRefusal {
             spent: Usd(reply.spent),
@@ -793,6 +859,43 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
             },
         },
     )
+}
+
+/// Hands an admission taken from `lease` to its caller; one nobody waits for any more (a
+/// client that went away while its request waited) gives back what it reserved.
+fn hand_over(lease: &mut Lease, pending: &PendingAdmit, decision: SharedDecision) {
+    if let Err(unsent) = pending.reply.try_send(Ok(decision)) {
+        if let Ok(SharedDecision::Admitted { hold, .. }) = unsent.into_inner() {
+            lease.unreserve(&hold, 0);
+        }
+    }
+}
+
+/// What `hold`'s request cost, into its lease (if this daemon still has it).
+fn settle_lease(leases: &Leases, hold: &SharedHold, actual: u64) {
+    if hold.period.is_some() {
+        let id = (hold.key_id.clone(), hold.period, hold.period_start);
+        if let Some(lease) = lock(leases).get_mut(&id) {
+            lease.unreserve(hold, actual);
+        }
+    }
+}
+
+/// A queued admission's decision, as its caller waits for it: a caller that goes away
+/// after the decision was made, before reading it, gives back what it reserved.
+struct Waiting {
+    decided: async_channel::Receiver<Result<SharedDecision, String>>,
+    leases: Leases,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // Closed first: a decision sent from now on fails, and its sender gives it back.
+        self.decided.close();
+        if let Ok(Ok(SharedDecision::Admitted { hold, .. })) = self.decided.try_recv() {
+            settle_lease(&self.leases, &hold, 0);
+        }
+    }
 }
 
 /// Who a lease call of a round was for.
@@ -853,6 +956,7 @@ async fn run_leases<R: Runtime>(
                 lease.recent_tokens = std::mem::take(&mut lease.tokens_used);
                 let idle = lease.lease == 0
                     && lease.reserved == 0
+                    && lease.in_flight == 0
                     && lease.settled == 0
                     && lease.recent == 0
                     && lease.recent_requests == 0
@@ -892,7 +996,7 @@ async fn decide_round<R: Runtime>(
                     .or_insert_with(|| Lease::new(task.names.name(), task.names.generation()));
                 waiting.retain(|pending| match lease.take(&pending.request, id, now) {
                     Some(decision) => {
-                        let _ = pending.reply.try_send(Ok(decision));
+                        hand_over(lease, pending, decision);
                         false
                     }
                     None => true,
@@ -969,7 +1073,7 @@ async fn decide_round<R: Runtime>(
                     let now = Instant::now();
                     waiting.retain(|pending| match lease.take(&pending.request, &id, now) {
                         Some(decision) => {
-                            let _ = pending.reply.try_send(Ok(decision));
+                            hand_over(lease, pending, decision);
                             false
                         }
                         None => true,
@@ -998,12 +1102,28 @@ async fn decide_round<R: Runtime>(
                     });
                 }
                 _ => {
+                    // Refused by a rate limit: every waiting request that core's limiter
+                    // refuses on the same state; the others (fewer tokens than the first)
+                    // go on to the next round.
                     lease.tats = reply.before;
-                    for pending in waiting.drain(..) {
-                        let _ = pending
-                            .reply
-                            .try_send(Ok(refusal(&pending.request, &id, &reply)));
-                    }
+                    let mut first = true;
+                    waiting.retain(|pending| {
+                        let request = &pending.request;
+                        let refused = first
+                            || ratelimit::decide(
+                                reply.before,
+                                request.limits,
+                                request.tokens,
+                                reply.now,
+                                MINUTE_US,
+                            )
+                            .is_err();
+                        first = false;
+                        if refused {
+                            let _ = pending.reply.try_send(Ok(refusal(request, &id, &reply)));
+                        }
+                        !refused
+                    });
                 }
             }
         }
@@ -1113,15 +1233,13 @@ async fn drain_settles<R: Runtime>(
 
 impl<R: Runtime> SharedLimits for RedisLimits<R> {
     fn admit(&self, request: SharedAdmit) -> Decided {
-        let period = request
-            .budget
-            .map_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD, |b| {
-                b.period
-            });
+        let period = request.budget.map(|b| b.period);
         let id: LeaseId = (
             request.key_id.clone(),
             period,
-            period.start(request.now_unix),
+            period
+                .unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+                .start(request.now_unix),
         );
         if let Some(lease) = lock(&self.leases).get_mut(&id) {
             if let Some(decision) = lease.take(&request, &id, Instant::now()) {
@@ -1132,11 +1250,16 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
         let queued = self
             .admissions
             .try_send(PendingAdmit { request, id, reply });
+        let waiting = Waiting {
+            decided,
+            leases: self.leases.clone(),
+        };
         Box::pin(async move {
             if queued.is_err() {
                 return Err("the lease task has stopped (the daemon is stopping)".to_owned());
             }
-            decided
+            waiting
+                .decided
                 .recv()
                 .await
                 .map_err(|_| "the lease task has stopped".to_owned())?
@@ -1145,15 +1268,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
 
     fn settle(&self, settle: SharedSettle) {
         let hold = &settle.hold;
-        if hold.reserved > 0 {
-            let id = (hold.key_id.clone(), hold.period, hold.period_start);
-            if let Some(lease) = lock(&self.leases).get_mut(&id) {
-                if lease.generation == hold.generation {
-                    lease.reserved = lease.reserved.saturating_sub(hold.reserved);
-                    lease.settled = lease.settled.saturating_add(settle.actual.0);
-                }
-            }
-        }
+        settle_lease(&self.leases, hold, settle.actual.0);
         if hold.tpm.is_none() || settle.estimated_tokens == settle.actual_tokens {
             return;
         }
@@ -1186,12 +1301,27 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
     fn forget(&self, key_id: &str) {
         for (id, lease) in lock(&self.leases).iter_mut() {
             if id.0 == key_id {
-                lease.stale = true;
-                lease.slots = 0;
-                lease.tokens = 0;
-                lease.rate_until = None;
+                lease.make_stale();
             }
         }
+    }
+
+    fn give_back(&self) -> Pin<Box<dyn Future<Output = bool> + Send>> {
+        lock(&self.leases).values_mut().for_each(Lease::make_stale);
+        // The lease task's next flush ticks give the stale leases back; wait for their answers.
+        let (rt, leases) = (self.rt.clone(), self.leases.clone());
+        Box::pin(async move {
+            let end = Instant::now() + GIVE_BACK_WITHIN;
+            loop {
+                if lock(&leases).values().all(Lease::given_back) {
+                    return true;
+                }
+                if Instant::now() >= end {
+                    return false;
+                }
+                rt.sleep(Duration::from_millis(10)).await;
+            }
+        })
     }
 }
 
@@ -1280,7 +1410,7 @@ mod tests {
         let mut outcomes = [0u32; 3];
         for seed in 1..=12u64 {
             let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let id: LeaseId = (format!("k{seed}"), Period::Day, 0);
+            let id: LeaseId = (format!("k{seed}"), Some(Period::Day), 0);
             let keys = lease_keys(&id);
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let limits = Limits {
@@ -1464,7 +1594,7 @@ mod tests {
         let server = store_servers::RedisServer::start().expect("redis-server");
         let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
         let script = Script::new(LEASE);
-        let id: LeaseId = ("dead".to_owned(), Period::Day, 0);
+        let id: LeaseId = ("dead".to_owned(), Some(Period::Day), 0);
         let keys = lease_keys(&id);
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let none = Limits::default();
@@ -1514,6 +1644,493 @@ mod tests {
             (600, 400),
             "and is not counted twice"
         );
+    }
+
+    fn lease_task() -> LeaseTask {
+        LeaseTask {
+            leases: Leases::default(),
+            seen: Seen::default(),
+            names: Names {
+                prefix: "test".to_owned(),
+                next: AtomicU64::new(0),
+            },
+        }
+    }
+
+    type Decision = async_channel::Receiver<Result<SharedDecision, String>>;
+
+    fn pending(id: &LeaseId, request: SharedAdmit) -> (PendingAdmit, Decision) {
+        let (reply, decided) = async_channel::bounded(1);
+        let pending = PendingAdmit {
+            request,
+            id: id.clone(),
+            reply,
+        };
+        (pending, decided)
+    }
+
+    fn request(id: &LeaseId, limits: Limits, tokens: u64, budget: Option<Budget>) -> SharedAdmit {
+        SharedAdmit {
+            key_id: id.0.clone(),
+            limits,
+            tokens,
+            budget,
+            max_cost: Usd::ZERO,
+            now_unix: id.2,
+            local_spent: Usd::ZERO,
+        }
+    }
+
+    /// A round whose first admission the tokens-per-minute limit refuses refuses only the
+    /// admissions that limit refuses: a smaller one waiting behind it in the same round is
+    /// admitted (it fits the minute), not refused with a made-up retry-after.
+    async fn rate_refusal_refuses_only_what_it_refuses<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("tpm".to_owned(), None, 0);
+        let limits = Limits {
+            rpm: None,
+            tpm: Some(1000),
+        };
+        // 900 of the minute's 1000 tokens are taken.
+        let (big, decided) = pending(&id, request(&id, limits, 900, None));
+        decide_round(
+            &redis,
+            &script,
+            &task,
+            vec![(id.clone(), vec![big])],
+            vec![],
+        )
+        .await;
+        assert!(matches!(
+            decided.try_recv().unwrap(),
+            Ok(SharedDecision::Admitted { .. })
+        ));
+        // 500 more do not fit; 50 do.
+        let (over, over_decided) = pending(&id, request(&id, limits, 500, None));
+        let (fits, fits_decided) = pending(&id, request(&id, limits, 50, None));
+        decide_round(
+            &redis,
+            &script,
+            &task,
+            vec![(id.clone(), vec![over, fits])],
+            vec![],
+        )
+        .await;
+        match over_decided.try_recv().unwrap() {
+            Ok(SharedDecision::Rate(refusal)) => {
+                assert_eq!(refusal.limited, gate_core::accounting::Limited::Tokens);
+                // Core's retry-after on the stored state: 900 + 500 tokens are 1400 ms/token
+                // * 400 over the minute, give or take the time the test took.
+                assert!(refusal.retry_after_ns > 20_000_000_000, "{refusal:?}");
+            }
+            other => panic!("500 tokens over the minute: {other:?}"),
+        }
+        match fits_decided.try_recv().unwrap() {
+            Ok(SharedDecision::Admitted { .. }) => {}
+            other => panic!("50 tokens fit the minute: {other:?}"),
+        }
+    }
+
+    /// Requests whose maximum cost is near `u64::MAX` (an absurd price) are refused by the
+    /// budget; the lease task's sums saturate instead of overflowing (a panic in debug builds,
+    /// a wrapped, too small wish in release ones).
+    async fn huge_maximum_costs_are_refused<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("huge".to_owned(), Some(Period::Day), 0);
+        let budget = Some(Budget {
+            limit: Usd(1_000_000_000),
+            period: Period::Day,
+        });
+        let mut group = Vec::new();
+        let mut decisions = Vec::new();
+        for _ in 0..3 {
+            let mut asked = request(&id, Limits::default(), 10, budget);
+            asked.max_cost = Usd(u64::MAX / 2 + 1);
+            let (p, d) = pending(&id, asked);
+            group.push(p);
+            decisions.push(d);
+        }
+        decide_round(&redis, &script, &task, vec![(id.clone(), group)], vec![]).await;
+        for decided in decisions {
+            assert!(
+                matches!(decided.try_recv().unwrap(), Ok(SharedDecision::Budget(_))),
+                "refused by the budget"
+            );
+        }
+    }
+
+    /// A stopping daemon gives its leases back: when `give_back` resolves, what a lease held
+    /// unused is back in the budget nobody holds and what was settled is in the spend, well
+    /// before the lease's deadline (where it would be charged in full); a request still in
+    /// flight keeps its reservation held.
+    async fn stopping_gives_leases_back<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let budget = Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        };
+        let (budget_key, holds_key) = budget_keys("stop", Period::Day, Period::Day.start(now));
+        let admit = |max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "stop".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(budget),
+                max_cost: Usd(max_cost),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        // Two requests in flight (the lease holds both), one of them settles at 40 of 300.
+        let (first, second) = (admit(300), admit(500));
+        let (first, second) = (hold(first.await), hold(second.await));
+        // (More when a flush tick has grown the lease toward what the key just reserved.)
+        assert!(hget(&redis, &budget_key, "held").await >= 800);
+        limits.settle(SharedSettle {
+            hold: first,
+            actual: Usd(40),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let started = Instant::now();
+        assert!(limits.give_back().await, "given back within the bound");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 40);
+        assert_eq!(
+            hget(&redis, &budget_key, "held").await,
+            500,
+            "only the request in flight stays held"
+        );
+        // It settles after the stop: its lease takes no more calls, so its reservation is
+        // charged in full at the deadline (a stop ends the requests before giving back).
+        limits.settle(SharedSettle {
+            hold: second,
+            actual: Usd(60),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let deadline = redis
+            .command(
+                &[b"ZCARD".as_slice(), holds_key.as_bytes()],
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        assert_eq!(deadline.as_i64(), Some(1), "one hold with a deadline");
+    }
+
+    /// A key's monthly budget removed (its rate limit kept) while its lease holds part of
+    /// the month's budget: the requests without a budget take a lease of their own, and the
+    /// budgeted lease still flushes what its requests cost (before and after the edit) and
+    /// gives the rest back. (The unbudgeted lease used to be the same one, as requests
+    /// without a budget are counted in the month: its calls skipped the budget, so the
+    /// settled costs were dropped and the hold stayed.)
+    async fn budget_removed_mid_lease_is_given_back<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let rpm = Limits {
+            rpm: Some(100),
+            tpm: None,
+        };
+        let (budget_key, _) = budget_keys("edit", Period::Month, Period::Month.start(now));
+        let admit = |budget: Option<Budget>, max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "edit".to_owned(),
+                limits: rpm,
+                tokens: 10,
+                budget,
+                max_cost: Usd(max_cost),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        let monthly = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Month,
+        });
+        let (first, second) = (admit(monthly, 300), admit(monthly, 500));
+        let (first, second) = (hold(first.await), hold(second.await));
+        let settle = |hold: SharedHold, actual: u64| {
+            limits.settle(SharedSettle {
+                hold,
+                actual: Usd(actual),
+                estimated_tokens: 10,
+                actual_tokens: 10,
+            })
+        };
+        settle(first, 40);
+        // The budget is removed: the key's leases are forgotten, its next request has none.
+        limits.forget("edit");
+        hold(admit(None, 0).await);
+        settle(second, 60);
+        assert!(limits.give_back().await, "given back within the bound");
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 100);
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
+    /// A budgeted request whose maximum cost is 0 (it reserves nothing) that costs something
+    /// after all has that cost flushed into the spend like any other.
+    async fn unreserved_cost_is_spent<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (budget_key, _) = budget_keys("zero", Period::Day, Period::Day.start(now));
+        let decision = limits
+            .admit(SharedAdmit {
+                key_id: "zero".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd::ZERO,
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+            .await;
+        let Ok(SharedDecision::Admitted { hold, .. }) = decision else {
+            panic!("admitted: {decision:?}");
+        };
+        // It settles after a flush tick (seen by another key's settled cost reaching Redis),
+        // where its lease, holding nothing, used to be forgotten as idle.
+        let other = limits
+            .admit(SharedAdmit {
+                key_id: "tick".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd(300),
+                now_unix: now,
+                local_spent: Usd::ZERO,
+            })
+            .await;
+        let Ok(SharedDecision::Admitted { hold: other, .. }) = other else {
+            panic!("admitted: {other:?}");
+        };
+        limits.settle(SharedSettle {
+            hold: other,
+            actual: Usd(40),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        let (tick_key, _) = budget_keys("tick", Period::Day, Period::Day.start(now));
+        let end = Instant::now() + Duration::from_secs(10);
+        while hget(&redis, &tick_key, "spent").await != 40 {
+            assert!(Instant::now() < end, "no flush tick");
+            rt.sleep(Duration::from_millis(5)).await;
+        }
+        limits.settle(SharedSettle {
+            hold,
+            actual: Usd(7),
+            estimated_tokens: 10,
+            actual_tokens: 10,
+        });
+        assert!(limits.give_back().await, "given back within the bound");
+        assert_eq!(hget(&redis, &budget_key, "spent").await, 7);
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
+    /// An admission whose caller went away (a client that disconnected while its request
+    /// waited for Redis) reserves nothing: neither when its decision finds no one to take it,
+    /// nor when it was decided but never read. Before, its maximum cost stayed reserved in
+    /// the lease, held (and renewed) in Redis for as long as the daemon ran.
+    async fn abandoned_admission_reserves_nothing<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let budget = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        });
+        let reserved = |leases: &Leases, id: &LeaseId| {
+            lock(leases)
+                .get(id)
+                .map(|l| (l.reserved, l.in_flight, l.lease))
+        };
+        // Decided by the lease task when nobody waits any more.
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("gone".to_owned(), Some(Period::Day), 0);
+        let mut asked = request(&id, Limits::default(), 10, budget);
+        asked.max_cost = Usd(300);
+        let (p, decided) = pending(&id, asked);
+        drop(decided);
+        decide_round(&redis, &script, &task, vec![(id.clone(), vec![p])], vec![]).await;
+        assert_eq!(reserved(&task.leases, &id), Some((0, 0, 300)));
+        // Decided, and the waiting future dropped before it read the decision.
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let id: LeaseId = ("gone".to_owned(), Some(Period::Day), Period::Day.start(now));
+        let mut asked = request(&id, Limits::default(), 10, budget);
+        asked.max_cost = Usd(300);
+        let waiting = limits.admit(asked);
+        let end = Instant::now() + Duration::from_secs(10);
+        while reserved(&limits.leases, &id).is_none_or(|(r, _, _)| r == 0) {
+            assert!(Instant::now() < end, "never decided");
+            rt.sleep(Duration::from_millis(2)).await;
+        }
+        drop(waiting);
+        assert_eq!(reserved(&limits.leases, &id), Some((0, 0, 300)));
+        assert!(limits.give_back().await);
+        let (budget_key, _) = budget_keys("gone", Period::Day, Period::Day.start(now));
+        assert_eq!(hget(&redis, &budget_key, "held").await, 0);
+    }
+
+    /// A lease held across a period boundary: a request admitted in the last second of a
+    /// day settles into that day's budget after the next day began, whose requests lease from
+    /// the new day's key; each day's lease flushes and gives back on its own.
+    async fn leases_across_a_period_boundary<R: Runtime>(rt: R) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let limits = RedisLimits::new(rt.clone(), redis.clone());
+        let today = Period::Day.start(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        );
+        let admit = |now_unix: u64, max_cost: u64| {
+            limits.admit(SharedAdmit {
+                key_id: "midnight".to_owned(),
+                limits: Limits::default(),
+                tokens: 10,
+                budget: Some(Budget {
+                    limit: Usd(1_000_000),
+                    period: Period::Day,
+                }),
+                max_cost: Usd(max_cost),
+                now_unix,
+                local_spent: Usd::ZERO,
+            })
+        };
+        let hold = |decision| match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
+        };
+        let before = hold(admit(today - 1, 300).await);
+        let after = hold(admit(today + 1, 500).await);
+        let (yesterday_key, _) = budget_keys("midnight", Period::Day, today - 86_400);
+        let (today_key, _) = budget_keys("midnight", Period::Day, today);
+        assert_eq!(hget(&redis, &yesterday_key, "held").await, 300);
+        assert_eq!(hget(&redis, &today_key, "held").await, 500);
+        for (hold, actual) in [(before, 40), (after, 60)] {
+            limits.settle(SharedSettle {
+                hold,
+                actual: Usd(actual),
+                estimated_tokens: 10,
+                actual_tokens: 10,
+            });
+        }
+        assert!(limits.give_back().await);
+        for (key, spent) in [(&yesterday_key, 40), (&today_key, 60)] {
+            assert_eq!(hget(&redis, key, "spent").await, spent, "{key}");
+            assert_eq!(hget(&redis, key, "held").await, 0, "{key}");
+        }
+    }
+
+    #[test]
+    fn rate_refusal_refuses_only_what_it_refuses_on_tokio() {
+        gate_runtime_tokio::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn rate_refusal_refuses_only_what_it_refuses_on_smol() {
+        gate_runtime_smol::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn stopping_gives_leases_back_on_tokio() {
+        gate_runtime_tokio::block_on(stopping_gives_leases_back).expect("runtime");
+    }
+
+    #[test]
+    fn stopping_gives_leases_back_on_smol() {
+        gate_runtime_smol::block_on(stopping_gives_leases_back).expect("runtime");
+    }
+
+    #[test]
+    fn budget_removed_mid_lease_is_given_back_on_tokio() {
+        gate_runtime_tokio::block_on(budget_removed_mid_lease_is_given_back).expect("runtime");
+    }
+
+    #[test]
+    fn budget_removed_mid_lease_is_given_back_on_smol() {
+        gate_runtime_smol::block_on(budget_removed_mid_lease_is_given_back).expect("runtime");
+    }
+
+    #[test]
+    fn unreserved_cost_is_spent_on_tokio() {
+        gate_runtime_tokio::block_on(unreserved_cost_is_spent).expect("runtime");
+    }
+
+    #[test]
+    fn unreserved_cost_is_spent_on_smol() {
+        gate_runtime_smol::block_on(unreserved_cost_is_spent).expect("runtime");
+    }
+
+    #[test]
+    fn abandoned_admission_reserves_nothing_on_tokio() {
+        gate_runtime_tokio::block_on(abandoned_admission_reserves_nothing).expect("runtime");
+    }
+
+    #[test]
+    fn abandoned_admission_reserves_nothing_on_smol() {
+        gate_runtime_smol::block_on(abandoned_admission_reserves_nothing).expect("runtime");
+    }
+
+    #[test]
+    fn leases_across_a_period_boundary_on_tokio() {
+        gate_runtime_tokio::block_on(leases_across_a_period_boundary).expect("runtime");
+    }
+
+    #[test]
+    fn leases_across_a_period_boundary_on_smol() {
+        gate_runtime_smol::block_on(leases_across_a_period_boundary).expect("runtime");
+    }
+
+    #[test]
+    fn huge_maximum_costs_are_refused_on_tokio() {
+        gate_runtime_tokio::block_on(huge_maximum_costs_are_refused).expect("runtime");
+    }
+
+    #[test]
+    fn huge_maximum_costs_are_refused_on_smol() {
+        gate_runtime_smol::block_on(huge_maximum_costs_are_refused).expect("runtime");
     }
 
     #[test]
