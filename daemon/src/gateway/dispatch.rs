@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use super::attempt::AttemptSlot;
 use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
 use super::gemini::NativeGemini;
+use super::policy::Asked;
 use super::upstream::{
     build_native_gemini_request, build_upstream_body, build_upstream_request,
     check_conversion_bound, collect_with_timeout, error_chain, is_event_stream,
@@ -139,8 +140,14 @@ impl<R: Runtime> Gateway<R> {
                 "the request has no \"model\" string field".to_owned(),
             ));
         };
-        let label = policy_label(endpoint, parts);
-        if let Err(refused) = self.check_model(caller, label, client_protocol, &model, started) {
+        let asked = Asked {
+            caller,
+            label: policy_label(endpoint, parts),
+            protocol: client_protocol,
+            model: &model,
+            started,
+        };
+        if let Err(refused) = self.check_model(asked) {
             return Ok(refused);
         }
         let (stream, include_usage) = (summary.stream, summary.include_usage);
@@ -202,15 +209,11 @@ impl<R: Runtime> Gateway<R> {
         };
         let (mut charge, admission) = match self
             .admit(
-                caller,
+                asked,
                 admit_endpoint,
-                label,
-                client_protocol,
-                &model,
                 admit_body,
                 &mut candidates,
                 &snapshot,
-                started,
             )
             .await
         {

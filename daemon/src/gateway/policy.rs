@@ -47,6 +47,18 @@ use gate_core::llm::endpoint::bounded_echo;
 /// Keys with rate-limit state above which admission forgets those whose allowance is whole.
 const PRUNE_ABOVE: usize = 10_000;
 
+/// The request a policy decision is about: who asked, at which endpoint (its policy label),
+/// in which protocol (refusals answer in it), for which model, and since when (the usage
+/// record's latency).
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    pub(super) caller: &'a Caller,
+    pub(super) label: &'static str,
+    pub(super) protocol: WireProtocol,
+    pub(super) model: &'a str,
+    pub(super) started: Instant,
+}
+
 /// The ledger and rate limiter of every key, shared by the gateway's requests; with
 /// `[store] redis_url`, the shared store that decides for budgeted and rate-limited keys
 /// instead (the ledger then still records this daemon's own spend).
@@ -464,36 +476,27 @@ fn rate_message(caller: &Caller, refusal: &RateRefusal, limits: Limits) -> Strin
 
 impl<R: Runtime> Gateway<R> {
     /// A fresh usage record for `caller`'s request.
-    fn usage_record(caller: &Caller, label: &'static str, model: &str) -> UsageRecord {
+    fn usage_record(asked: Asked<'_>) -> UsageRecord {
         UsageRecord {
             at_ms: unix_now_ms(),
-            key_id: caller.key_id.clone(),
-            owner: caller.owner.clone(),
-            endpoint: label.into(),
-            model: model.into(),
+            key_id: asked.caller.key_id.clone(),
+            owner: asked.caller.owner.clone(),
+            endpoint: asked.label.into(),
+            model: asked.model.into(),
             ..UsageRecord::default()
         }
     }
 
     /// 503 in the client's protocol with `retry-after: retry_secs`: a shared store this key's
     /// decision needs cannot be reached and `store.on_unavailable` is "closed".
-    #[allow(clippy::too_many_arguments)]
     fn refuse_store_unavailable(
         &self,
-        caller: &Caller,
-        label: &'static str,
-        protocol: WireProtocol,
-        model: &str,
-        started: Instant,
+        asked: Asked<'_>,
         message: &str,
         retry_secs: u32,
     ) -> Response<Body> {
         let mut response = self.refuse(
-            caller,
-            label,
-            protocol,
-            model,
-            started,
+            asked,
             StatusCode::SERVICE_UNAVAILABLE,
             "store_unavailable",
             message,
@@ -505,38 +508,27 @@ impl<R: Runtime> Gateway<R> {
     }
 
     /// Answers a policy refusal in the client's protocol and logs its usage record.
-    #[allow(clippy::too_many_arguments)]
     fn refuse(
         &self,
-        caller: &Caller,
-        label: &'static str,
-        protocol: WireProtocol,
-        model: &str,
-        started: Instant,
+        asked: Asked<'_>,
         status: StatusCode,
         kind: &'static str,
         message: &str,
     ) -> Response<Body> {
-        tracing::info!(key = %caller.key_id, endpoint = label, %status, %message, "request refused by the key's policy");
-        let mut record = Self::usage_record(caller, label, model);
+        tracing::info!(key = %asked.caller.key_id, endpoint = asked.label, %status, %message, "request refused by the key's policy");
+        let mut record = Self::usage_record(asked);
         record.status = status.as_u16();
         record.error = Some(Cow::Borrowed(kind));
-        record.latency_ms = millis(started.elapsed());
+        record.latency_ms = millis(asked.started.elapsed());
         record.cost = Some(Usd::ZERO);
         self.usage_sink().record(record);
-        error_response(protocol, status, message)
+        error_response(asked.protocol, status, message)
     }
 
     /// 403 unless `caller`'s key may ask for `model`.
     #[allow(clippy::result_large_err)]
-    pub(super) fn check_model(
-        &self,
-        caller: &Caller,
-        label: &'static str,
-        protocol: WireProtocol,
-        model: &str,
-        started: Instant,
-    ) -> Result<(), Response<Body>> {
+    pub(super) fn check_model(&self, asked: Asked<'_>) -> Result<(), Response<Body>> {
+        let Asked { caller, model, .. } = asked;
         let allowed = &caller.policy.models;
         if allowed.allows(model) {
             return Ok(());
@@ -547,34 +539,27 @@ impl<R: Runtime> Gateway<R> {
             bounded_echo(model, MAX_ECHO_CHARS),
             allowed.patterns().join(", ")
         );
-        Err(self.refuse(
-            caller,
-            label,
-            protocol,
-            model,
-            started,
-            StatusCode::FORBIDDEN,
-            "model_not_allowed",
-            &message,
-        ))
+        Err(self.refuse(asked, StatusCode::FORBIDDEN, "model_not_allowed", &message))
     }
 
     /// Admits `caller`'s request to `endpoint` for `model` with `body`, over `candidates`
     /// (a budgeted key keeps only those whose price is known): reserves its maximum cost and
     /// charges its rate limits, or answers the refusal.
-    #[allow(clippy::too_many_arguments, clippy::result_large_err)]
+    #[allow(clippy::result_large_err)]
     pub(super) async fn admit(
         &self,
-        caller: &Caller,
+        asked: Asked<'_>,
         endpoint: Endpoint,
-        label: &'static str,
-        protocol: WireProtocol,
-        model: &str,
         body: &[u8],
         candidates: &mut Vec<Candidate>,
         snapshot: &Snapshot,
-        started: Instant,
     ) -> Result<(Charge, Admission), Response<Body>> {
+        let Asked {
+            caller,
+            model,
+            started,
+            ..
+        } = asked;
         let policy = &caller.policy;
         let upstream_of = |c: &Candidate| snapshot.upstreams.get(c.upstream.index());
         let free = endpoint == Endpoint::CountTokens;
@@ -624,11 +609,7 @@ impl<R: Runtime> Gateway<R> {
                     unpriced.join(" or ")
                 );
                 return Err(self.refuse(
-                    caller,
-                    label,
-                    protocol,
-                    model,
-                    started,
+                    asked,
                     StatusCode::PAYMENT_REQUIRED,
                     "price_unknown",
                     &message,
@@ -663,14 +644,12 @@ impl<R: Runtime> Gateway<R> {
                     caller.name,
                     health.shown()
                 );
-                return Err(self.refuse_store_unavailable(
-                    caller, label, protocol, model, started, &message, 5,
-                ));
+                return Err(self.refuse_store_unavailable(asked, &message, 5));
             }
         }
         let now = unix_now();
         let limits = limits_of(caller);
-        let mut record = Self::usage_record(caller, label, model);
+        let mut record = Self::usage_record(asked);
         record.status = StatusCode::OK.as_u16();
         let charge = |reservation, shared, record| Charge {
             accounting: self.accounting.clone(),
@@ -732,19 +711,14 @@ impl<R: Runtime> Gateway<R> {
                 }
                 Ok(SharedDecision::Budget(refusal)) => {
                     return Err(self.refuse(
-                        caller,
-                        label,
-                        protocol,
-                        model,
-                        started,
+                        asked,
                         StatusCode::PAYMENT_REQUIRED,
                         "budget",
                         &budget_message(caller, &refusal),
                     ))
                 }
                 Ok(SharedDecision::Rate(refusal)) => {
-                    return Err(self
-                        .rate_refusal(caller, label, protocol, model, started, &refusal, limits))
+                    return Err(self.rate_refusal(asked, &refusal, limits))
                 }
                 Err(why) => match self.accounting.on_unavailable {
                     OnUnavailable::Closed => {
@@ -755,9 +729,7 @@ impl<R: Runtime> Gateway<R> {
                              (the operator can check the store)",
                             caller.name
                         );
-                        return Err(self.refuse_store_unavailable(
-                            caller, label, protocol, model, started, &message, 1,
-                        ));
+                        return Err(self.refuse_store_unavailable(asked, &message, 1));
                     }
                     OnUnavailable::Open => {
                         tracing::debug!(
@@ -779,11 +751,7 @@ impl<R: Runtime> Gateway<R> {
             Ok(r) => r,
             Err(refusal) => {
                 return Err(self.refuse(
-                    caller,
-                    label,
-                    protocol,
-                    model,
-                    started,
+                    asked,
                     StatusCode::PAYMENT_REQUIRED,
                     "budget",
                     &budget_message(caller, &refusal),
@@ -809,9 +777,7 @@ impl<R: Runtime> Gateway<R> {
                     budget.map(|b| b.period),
                     now,
                 );
-                return Err(
-                    self.rate_refusal(caller, label, protocol, model, started, &refusal, limits)
-                );
+                return Err(self.rate_refusal(asked, &refusal, limits));
             }
         };
         Ok((
@@ -821,28 +787,19 @@ impl<R: Runtime> Gateway<R> {
     }
 
     /// A 429 in the client's protocol with the rate-limit headers and Retry-After.
-    #[allow(clippy::too_many_arguments)]
     fn rate_refusal(
         &self,
-        caller: &Caller,
-        label: &'static str,
-        protocol: WireProtocol,
-        model: &str,
-        started: Instant,
+        asked: Asked<'_>,
         refusal: &RateRefusal,
         limits: Limits,
     ) -> Response<Body> {
         let mut response = self.refuse(
-            caller,
-            label,
-            protocol,
-            model,
-            started,
+            asked,
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            &rate_message(caller, refusal, limits),
+            &rate_message(asked.caller, refusal, limits),
         );
-        rate_headers(protocol, &refusal.status, response.headers_mut());
+        rate_headers(asked.protocol, &refusal.status, response.headers_mut());
         response.headers_mut().insert(
             http::header::RETRY_AFTER,
             HeaderValue::from(refusal.retry_after_ns.div_ceil(1_000_000_000).max(1)),
