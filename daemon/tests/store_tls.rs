@@ -29,8 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{gate_bin, start_local_daemon, temp_dir, wait_until, Mock};
-use gate_daemon::admin::client::http_request;
+use common::{
+    created_key_id, gate_bin, output_split, post_chat, start_local_daemon, temp_dir, wait_until,
+    Mock, CHAT_BODY,
+};
 use gate_rt::store::{PgUrl, Postgres, Redis, RedisUrl, Schema};
 use gate_rt::Runtime;
 use store_servers::{PgServer, RedisServer, TlsPem, PG_PASSWORD};
@@ -257,24 +259,7 @@ async fn redis_tls<R: Runtime>(rt: R) {
     assert!(!error.contains(REDIS_PASSWORD), "{error}");
 }
 
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod on_tokio {
-            $(#[test]
-            fn $name() {
-                gate_runtime_tokio::block_on(super::$name).expect("runtime");
-            })*
-        }
-        mod on_smol {
-            $(#[test]
-            fn $name() {
-                gate_runtime_smol::block_on(super::$name).expect("runtime");
-            })*
-        }
-    };
-}
-
-both_runtimes!(postgres_tls_modes, redis_tls);
+common::both_runtimes!(postgres_tls_modes, redis_tls);
 
 /// `gate serve` with `[store] url` over verify-full TLS and `redis_url` over rediss://: a
 /// budgeted key created through it answers, and its usage is in PostgreSQL.
@@ -313,20 +298,7 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}\n{}", proc.log());
         let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let body =
-            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
-        let auth = format!("Bearer {key}");
-        let answer = http_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            body,
-        )
-        .unwrap();
+        let answer = post_chat(addr, &key, CHAT_BODY).unwrap();
         assert_eq!(
             answer.status,
             200,
@@ -371,17 +343,12 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
 /// `gate` with `GATE_STORE__URL` set (as an operator's shell or the NixOS environment file
 /// gives it) and `--state-dir`: output and success.
 fn gate_with_store(url: &str, state_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(gate_bin())
-        .args(args)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("GATE_STORE__URL", url)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_split(
+        Command::new(gate_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("GATE_STORE__URL", url),
     )
 }
 
@@ -428,12 +395,7 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         "{err}"
     );
     assert!(!err.contains(PG_PASSWORD), "{err}");
-    let id = err
-        .split("created API key id ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in: {err}"))
-        .to_owned();
+    let id = created_key_id(&err);
     let key = key.trim().to_owned();
     assert_eq!(
         pg.psql(
@@ -459,18 +421,7 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
             mock.base_url()
         );
         let (proc, addr) = start_local_daemon(&daemon_dir, runtime, &config, None);
-        let auth = format!("Bearer {key}");
-        let answer = http_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .unwrap();
+        let answer = post_chat(addr, &key, CHAT_BODY).unwrap();
         assert_eq!(
             answer.status,
             200,
