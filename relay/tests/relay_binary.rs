@@ -362,13 +362,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     assert_eq!(mode & 0o777, 0o600);
 
     // A transfer in flight when the relay is killed ends (error or EOF), it does not hang.
-    let tcp = rt.connect_tcp(https).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut tls, _) = tls_to_daemon(&rt, https, &daemon).await?;
     tls.write_all(b"ECHO\n").await?;
     tls.write_all(&[7u8; 100_000]).await?;
     let mut echoed = vec![0u8; 100_000];

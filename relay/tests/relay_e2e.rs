@@ -243,12 +243,10 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
 }
 
 async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_connections_per_ip = 4;
     settings.limits.max_connections_per_node = 2;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
         daemon.is_registered()
@@ -436,21 +434,13 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(
 
 async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     const TOTAL: usize = 64 << 20;
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, test_settings()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
         daemon.is_registered()
     })
     .await?;
-    let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut tls, _) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
     tls.write_all(b"ECHO\n").await?;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let (sent_tx, sent_rx) = async_channel::bounded(1);
@@ -578,11 +568,9 @@ async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
 async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     /// Far below the liveness timeout of this relay (3 x 10 s heartbeats).
     const PROMPTLY: Duration = Duration::from_secs(2);
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.tunnel.heartbeat_interval_ms = 10_000;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), Some("bye"))?;
     wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
         daemon.is_registered()
@@ -593,13 +581,7 @@ async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), B
     health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
 
     // A connection opened before the goodbye, with one exchange done.
-    let tcp = rt.connect_tcp(https).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut tls, _) = tls_to_daemon(&rt, https, &daemon).await?;
     tls.write_all(b"ECHO\nbefore ").await?;
     let mut echoed = [0u8; 7];
     tls.read_exact(&mut echoed).await?;
@@ -647,9 +629,7 @@ async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), B
 async fn unencodable_frame<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     /// Far below the 10 s registration timeout a silently dropped `Register` would end in.
     const PROMPTLY: Duration = Duration::from_secs(5);
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, test_settings()).await?;
     let identity = Identity::generate()?;
     let endpoint =
         identity.quic_endpoint(&rt, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
@@ -680,11 +660,9 @@ async fn registration_throttle<RR: Runtime, DR: Runtime>(
     relay_rt: RR,
     rt: DR,
 ) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_registrations_per_ip_per_minute = 2;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let mut admitted = Vec::new();
     for _ in 0..2 {
         let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;

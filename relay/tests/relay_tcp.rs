@@ -16,26 +16,32 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gate_relay::client::{RelayConnectionState, Transport, TransportPolicy};
-use gate_relay::identity::Identity;
+use gate_relay::server::RunningRelay;
 use gate_rt::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the daemon may take to register over the fallback (the bound).
 const FALLBACK_DEADLINE: Duration = Duration::from_secs(10);
 
-async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    // The QUIC address is a gate that drops everything: only TCP can work.
+/// A relay on `relay_rt` whose QUIC port is reached only through a [`UdpGate`] that drops
+/// everything (until it is opened), and a daemon on `rt` dialling it through the gate with
+/// `transport` (TCP to the relay's HTTPS port).
+async fn behind_blocked_udp<RR: Runtime, DR: Runtime>(
+    relay_rt: &RR,
+    rt: &DR,
+    transport: TransportPolicy,
+) -> Result<(tempfile::TempDir, RunningRelay<RR>, UdpGate, TestDaemon), BoxError> {
+    let (dir, relay) = start_test_relay(relay_rt, test_settings()).await?;
     let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
     let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Tcp,
-        relay.https_addr().port(),
-    )?;
+    let daemon = start_daemon_via(rt, address, transport, relay.https_addr().port())?;
+    Ok((dir, relay, gate, daemon))
+}
+
+async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    // The QUIC address is a gate that drops everything: only TCP can work.
+    let (_dir, relay, _gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Tcp).await?;
     wait_until(&rt, FALLBACK_DEADLINE, "registered over TCP", || {
         daemon.is_registered()
     })
@@ -80,18 +86,9 @@ async fn echo_round<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
-    let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
     let started = Instant::now();
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Auto,
-        relay.https_addr().port(),
-    )?;
+    let (_dir, relay, gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Auto).await?;
     wait_until(
         &rt,
         FALLBACK_DEADLINE,
@@ -110,13 +107,7 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
     .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
 
     // A long connection through the TCP tunnel, open across the move.
-    let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (mut long, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut long, _) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
     long.write_all(b"ECHO\n").await?;
     echo_round(&mut long, b"before the move")
         .await
@@ -168,17 +159,8 @@ fn auto_falls_back_to_tcp_and_moves_back_smol() {
 }
 
 async fn quic_only_blocked<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
-    let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Quic,
-        relay.https_addr().port(),
-    )?;
+    let (_dir, relay, _gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Quic).await?;
     // Past the QUIC fallback delay plus the TCP handshake: auto would have registered.
     let waited = wait_until(&rt, Duration::from_secs(6), "registered", || {
         daemon.is_registered()

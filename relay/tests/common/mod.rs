@@ -149,6 +149,18 @@ pub async fn start_relay<R: Runtime>(
     }
 }
 
+/// [`start_relay`] with a new identity, its state in a new temporary directory that lives as
+/// long as the returned handle.
+pub async fn start_test_relay<R: Runtime>(
+    rt: &R,
+    settings: RelaySettings,
+) -> Result<(tempfile::TempDir, RunningRelay<R>), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let identity = Identity::load_or_create(dir.path())?;
+    let relay = start_relay(rt, settings, &identity, dir.path()).await?;
+    Ok((dir, relay))
+}
+
 /// A daemon: its identity, relay client, and the TLS certificate its responder serves.
 pub struct TestDaemon {
     pub client: RelayClient,
@@ -361,6 +373,28 @@ pub async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
         .cloned()
         .ok_or("no certificate")?;
     Ok((tls, presented))
+}
+
+/// [`tls_connect`] through the relay's HTTPS address `relay_https` to `daemon` by its node
+/// name, trusting its certificate.
+pub async fn tls_to_daemon<R: Runtime>(
+    rt: &R,
+    relay_https: SocketAddr,
+    daemon: &TestDaemon,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<R::TcpStream>,
+        CertificateDer<'static>,
+    ),
+    BoxError,
+> {
+    let tcp = rt.connect_tcp(relay_https).await?;
+    tls_connect(
+        tcp,
+        &daemon.node_name,
+        client_config(&daemon.certificate, Vec::new())?,
+    )
+    .await
 }
 
 /// `GET /health` over `tls`; returns the body.
