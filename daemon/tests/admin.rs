@@ -35,7 +35,9 @@ struct Daemon {
 impl Daemon {
     fn start(runtime: &str, state_dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Daemon {
         let mut cmd = gate_serve(runtime, state_dir);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for config in configs {
             cmd.arg("--config").arg(config);
         }

@@ -7,7 +7,7 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{gate, gate_in, run, temp_dir, wait_for, Proc, RUNTIMES};
+use common::{gate, gate_in, gate_serve, run, temp_dir, Proc, RUNTIMES};
 use serde_json::Value;
 
 mod common;
@@ -57,18 +57,11 @@ fn kubernetes_service_variables_do_not_stop_gate() {
             // GATE_PORT as a number keeps working next to the service variables.
             .env("GATE_PORT", port.to_string());
         let log = dir.join(format!("{runtime}.log"));
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        wait_for(
-            "gate serve to listen on GATE_PORT",
+        let mut daemon = Proc::spawn(cmd, log);
+        daemon.wait_running(
+            &format!("{runtime}: gate serve to listen on GATE_PORT"),
             DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: gate serve exited ({status}):\n{text}");
-                }
-                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()),
         );
         assert!(
             daemon.log().contains("GATE_SERVICE_HOST"),
@@ -221,34 +214,15 @@ fn a_custom_base_url_without_v1_is_refused_or_flagged() {
     assert!(ok, "{err}");
 
     for runtime in RUNTIMES {
-        let mut cmd = gate_in(
-            &[
-                "serve",
-                "--runtime",
-                runtime,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            &state,
-        );
+        let mut cmd = gate_serve(runtime, &state);
         cmd.env("RUST_LOG", "info");
         let log = dir.join(format!("{runtime}.log"));
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        let status: Value = wait_for(
-            "gate status",
-            DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: gate serve exited ({status}):\n{text}");
-                }
+        let mut daemon = Proc::spawn(cmd, log);
+        let status: Value =
+            daemon.wait_running(&format!("{runtime}: gate status"), DEADLINE, || {
                 let (ok, out, _) = run(&mut gate_in(&["status", "--json"], &state), "");
                 ok.then(|| serde_json::from_str(&out).ok()).flatten()
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
-        );
+            });
         let problem = status["upstreams"][0]["misconfiguration"].as_str();
         assert!(
             problem.is_some_and(|p| p.contains("/v1")),

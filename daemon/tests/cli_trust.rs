@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{cli, gate, gate_serve, temp_dir, wait_for, Proc, RUNTIMES};
+use common::{cli, gate, gate_serve, temp_dir, Proc, RUNTIMES};
 use serde_json::Value;
 
 mod common;
@@ -110,20 +110,10 @@ fn an_impostor_on_the_daemons_port_receives_nothing() {
 fn start_daemon(runtime: &str, state: &Path, log: &Path) -> Proc {
     let cmd = gate_serve(runtime, state);
     let mut proc = Proc::spawn(cmd, log.to_path_buf());
-    wait_for(
-        "the admin socket to answer",
+    proc.wait_running(
+        &format!("{runtime}: the admin socket to answer"),
         DEADLINE,
-        || {
-            if proc.exited().is_some() {
-                panic!(
-                    "the daemon exited:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            let (ok, _, _) = cli(&["status", "--json"], state, "");
-            ok.then_some(())
-        },
-        || std::fs::read_to_string(log).unwrap_or_default(),
+        || cli(&["status", "--json"], state, "").0.then_some(()),
     );
     proc
 }
@@ -153,20 +143,7 @@ fn with_a_daemon_the_cli_goes_through_its_socket() {
         // A second daemon on the same state directory does not take the live socket (nor
         // overwrite the recorded address).
         let addr_before = std::fs::read_to_string(state.join("daemon.addr")).unwrap();
-        let mut second = gate();
-        second
-            .args([
-                "serve",
-                "--runtime",
-                runtime,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ])
-            .arg("--state-dir")
-            .arg(&state);
-        let out = second.output().unwrap();
+        let out = gate_serve(runtime, &state).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{runtime}: a second daemon started");
         assert_eq!(
@@ -276,18 +253,11 @@ fn a_state_dir_too_long_for_a_socket_still_serves_and_the_cli_uses_the_files() {
     for runtime in RUNTIMES {
         let log = dir.join(format!("{runtime}.log"));
         let cmd = gate_serve(runtime, &state);
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        wait_for(
-            "the daemon to listen",
+        let mut daemon = Proc::spawn(cmd, log);
+        daemon.wait_running(
+            &format!("{runtime}: the daemon to listen"),
             DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: the daemon exited ({status}):\n{text}");
-                }
-                state.join("daemon.addr").exists().then_some(())
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || state.join("daemon.addr").exists().then_some(()),
         );
         assert!(daemon.log().contains("cannot listen on the admin socket"));
         let (ok, out, err) = cli(&["token", "create", "--name", runtime], &state, "");

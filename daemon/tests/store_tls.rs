@@ -25,13 +25,14 @@ mod common;
 #[path = "../../tests/support/store_servers.rs"]
 mod store_servers;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use common::{
     created_key_id, gate_bin, output_split, post_chat, start_local_daemon, temp_dir, wait_until,
-    Mock, CHAT_BODY,
+    Mock, Proc, CHAT_BODY,
 };
 use gate_rt::store::{PgUrl, Postgres, Redis, RedisUrl, Schema};
 use gate_rt::Runtime;
@@ -276,13 +277,10 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         let ca = pki.ca_file.display().to_string();
         let config = format!(
             "[store]\nurl = \"postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={ca}\"\n\
-             redis_url = \"rediss://:{REDIS_PASSWORD}@localhost:{}?ca={ca}\"\n\
-             [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
-             api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
-             [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
+             redis_url = \"rediss://:{REDIS_PASSWORD}@localhost:{}?ca={ca}\"\n{}",
             pg.port(),
             redis.port(),
-            mock.base_url()
+            priced_upstream(&mock)
         );
         let daemon_dir = dir.join("daemon");
         std::fs::create_dir_all(&daemon_dir).unwrap();
@@ -298,14 +296,7 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}\n{}", proc.log());
         let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let answer = post_chat(addr, &key, CHAT_BODY).unwrap();
-        assert_eq!(
-            answer.status,
-            200,
-            "{runtime}: {}\n{}",
-            String::from_utf8_lossy(&answer.body),
-            proc.log()
-        );
+        chat_answers(addr, &key, runtime, &proc);
         // Redis settled the request's $3 ...
         wait_until(
             "the budget settled in Redis",
@@ -338,6 +329,28 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
             "{log}"
         );
     }
+}
+
+/// The `[upstreams.oai]` table for `mock`, `gpt-4o` priced at $1 per output token.
+fn priced_upstream(mock: &Mock) -> String {
+    format!(
+        "[upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
+         [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
+        mock.base_url()
+    )
+}
+
+/// A chat request with `key` to the daemon at `addr` (`proc`), which must answer 200.
+fn chat_answers(addr: SocketAddr, key: &str, runtime: &str, proc: &Proc) {
+    let answer = post_chat(addr, key, CHAT_BODY).unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{runtime}: {}\n{}",
+        String::from_utf8_lossy(&answer.body),
+        proc.log()
+    );
 }
 
 /// `gate` with `GATE_STORE__URL` set (as an operator's shell or the NixOS environment file
@@ -413,22 +426,9 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
 
     for runtime in ["tokio", "smol"] {
         let mock = Mock::start("oai");
-        let config = format!(
-            "[store]\nurl = \"{url}\"\n\
-             [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
-             api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
-             [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
-            mock.base_url()
-        );
+        let config = format!("[store]\nurl = \"{url}\"\n{}", priced_upstream(&mock));
         let (proc, addr) = start_local_daemon(&daemon_dir, runtime, &config, None);
-        let answer = post_chat(addr, &key, CHAT_BODY).unwrap();
-        assert_eq!(
-            answer.status,
-            200,
-            "{runtime}: {}\n{}",
-            String::from_utf8_lossy(&answer.body),
-            proc.log()
-        );
+        chat_answers(addr, &key, runtime, &proc);
         wait_until(
             "the usage record in PostgreSQL",
             Duration::from_secs(10),

@@ -261,7 +261,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         return Err(format!("{e}\nrelay log:\n{}", std::fs::read_to_string(&log)?).into());
     }
     let https = std::net::SocketAddr::from(([127, 0, 0, 1], https_port));
-    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    daemon_health(&rt, https, &daemon).await?;
     // The daemon learned the relay's HTTPS port from the registration answer.
     assert_eq!(
         daemon.status().public_urls,
@@ -428,7 +428,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         daemon.status().names,
         vec![daemon.node_name.clone(), format!("kept.{SUFFIX}")]
     );
-    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    daemon_health(&rt, https, &daemon).await?;
     health_via_relay(&rt, https, &format!("kept.{SUFFIX}"), &daemon.certificate).await?;
 
     // SIGTERM: a clean exit, with the claims saved.

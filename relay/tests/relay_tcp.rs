@@ -47,13 +47,7 @@ async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), 
     })
     .await?;
     assert_eq!(daemon.status().transport, Some(Transport::Tcp));
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await?;
+    daemon_health(&rt, relay.https_addr(), &daemon).await?;
     assert!(relay.stats().forwarded >= 1, "forwarded through the relay");
     daemon.client.shutdown().await;
     relay.shutdown().await;
@@ -97,14 +91,9 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
     )
     .await?;
     eprintln!("registered over TCP after {:.2?}", started.elapsed());
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await
-    .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
+    daemon_health(&rt, relay.https_addr(), &daemon)
+        .await
+        .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
 
     // A long connection through the TCP tunnel, open across the move.
     let (mut long, _) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
@@ -122,14 +111,9 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
         daemon.status().registrations >= 2,
         "registered again over QUIC"
     );
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await
-    .map_err(|e| format!("GET /health after the move back to QUIC: {e}"))?;
+    daemon_health(&rt, relay.https_addr(), &daemon)
+        .await
+        .map_err(|e| format!("GET /health after the move back to QUIC: {e}"))?;
     // The connection opened over TCP is intact after the move.
     echo_round(&mut long, &vec![0x5a; 256 * 1024])
         .await

@@ -208,8 +208,8 @@ pub fn post_chat(addr: SocketAddr, key: &str, body: &[u8]) -> std::io::Result<Ht
     )
 }
 
-/// `gate serve` under `runtime` on an ephemeral loopback port with its state in `state` and
-/// `RUST_LOG=info` (from [`gate`]; the caller adds configs and spawns it).
+/// `gate serve` under `runtime` on an ephemeral loopback port with its state in `state`
+/// (from [`gate`]; the caller adds configs and runs it).
 pub fn gate_serve(runtime: &str, state: &Path) -> Command {
     let mut cmd = gate();
     cmd.args([
@@ -222,8 +222,7 @@ pub fn gate_serve(runtime: &str, state: &Path) -> Command {
         "0",
     ])
     .arg("--state-dir")
-    .arg(state)
-    .env("RUST_LOG", "info");
+    .arg(state);
     cmd
 }
 
@@ -299,6 +298,35 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// [`wait_for`] `check` while the process runs; if it exits first, fails the test with
+    /// `what`, its exit status and its log.
+    pub fn wait_running<T>(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "the process exited ({status}) while waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Waits (bounded) until it has exited; its status.

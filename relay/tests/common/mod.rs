@@ -443,6 +443,15 @@ pub async fn health_via_relay<R: Runtime>(
     }
 }
 
+/// [`health_via_relay`] to `daemon` by its node name.
+pub async fn daemon_health<R: Runtime>(
+    rt: &R,
+    relay_https: SocketAddr,
+    daemon: &TestDaemon,
+) -> Result<(), BoxError> {
+    health_via_relay(rt, relay_https, &daemon.node_name, &daemon.certificate).await
+}
+
 /// Runs a blocking closure on its own thread and awaits its result without blocking the
 /// executor.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
