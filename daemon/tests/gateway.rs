@@ -506,15 +506,15 @@ async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
 
     // Half-open: the trial hangs upstream and its client goes away.
     mode.store(1, Ordering::SeqCst);
-    wait_until(&rt, "the circuit to half-open", || {
+    let half_open_and_free = || {
         matches!(
             gate.health("solo"),
             Health::HalfOpen {
                 trial_in_flight: false
             }
         )
-    })
-    .await;
+    };
+    wait_until(&rt, "the circuit to half-open", half_open_and_free).await;
     let hits = upstream.hits();
     let closed_before = upstream.closed.load(Ordering::SeqCst);
     let trial = gate.post("/v1/chat/completions", chat("flaky"));
@@ -530,14 +530,11 @@ async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
     .await;
     assert!(raced.is_ok(), "the trial never reached the upstream");
     // The client's request future is gone: Gate must drop the attempt and free the slot.
-    wait_until(&rt, "the abandoned trial's slot to be given back", || {
-        matches!(
-            gate.health("solo"),
-            Health::HalfOpen {
-                trial_in_flight: false
-            }
-        )
-    })
+    wait_until(
+        &rt,
+        "the abandoned trial's slot to be given back",
+        half_open_and_free,
+    )
     .await;
     wait_until(&rt, "the upstream connection to close", || {
         upstream.closed.load(Ordering::SeqCst) > closed_before

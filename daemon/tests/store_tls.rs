@@ -353,6 +353,20 @@ fn chat_answers(addr: SocketAddr, key: &str, runtime: &str, proc: &Proc) {
     );
 }
 
+/// PostgreSQL over TLS (its PKI in `dir/pki`) with a `gate` database, and the verify-full
+/// URL a daemon reaches that database by.
+fn gate_database_over_tls(dir: &Path) -> (PgServer, String) {
+    let pki = pki(&dir.join("pki"));
+    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
+    pg.create_database("gate").unwrap();
+    let url = format!(
+        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        pki.ca_file.display()
+    );
+    (pg, url)
+}
+
 /// `gate` with `GATE_STORE__URL` set (as an operator's shell or the NixOS environment file
 /// gives it) and `--state-dir`: output and success.
 fn gate_with_store(url: &str, state_dir: &Path, args: &[&str]) -> (bool, String, String) {
@@ -372,14 +386,7 @@ fn gate_with_store(url: &str, state_dir: &Path, args: &[&str]) -> (bool, String,
 #[test]
 fn cli_without_a_daemon_acts_on_the_shared_store() {
     let dir = temp_dir("tls-cli");
-    let pki = pki(&dir.join("pki"));
-    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
-    pg.create_database("gate").unwrap();
-    let url = format!(
-        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
-        pg.port(),
-        pki.ca_file.display()
-    );
+    let (pg, url) = gate_database_over_tls(&dir);
     let shown = format!("postgres://postgres@localhost:{}/gate", pg.port());
     let daemon_dir = dir.join("daemon");
     let state_dir = daemon_dir.join("state");
@@ -515,14 +522,7 @@ fn insert_usage(pg: &PgServer, uid: &str, days: u32) {
 #[test]
 fn retention_applies_to_the_shared_usage_log() {
     let dir = temp_dir("shared-retention");
-    let pki = pki(&dir.join("pki"));
-    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
-    pg.create_database("gate").unwrap();
-    let url = format!(
-        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
-        pg.port(),
-        pki.ca_file.display()
-    );
+    let (pg, url) = gate_database_over_tls(&dir);
     let mock = Mock::start("oai");
     let config = format!(
         "[store]\nurl = \"{url}\"\n[usage]\nretention_days = 30\n\
