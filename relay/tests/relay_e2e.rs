@@ -681,7 +681,7 @@ async fn registration_throttle<RR: Runtime, DR: Runtime>(
     )
     .await?;
     for daemon in &admitted {
-        daemon_health(&rt, relay.https_addr(), &daemon).await?;
+        daemon_health(&rt, relay.https_addr(), daemon).await?;
     }
     third.client.shutdown().await;
     for daemon in admitted {
