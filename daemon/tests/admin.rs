@@ -7,7 +7,7 @@
 //! depends on another process than `gate`. Waits are for conditions with deadlines.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,25 +15,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{temp_dir, wait_for, Mock};
+use common::{cli, created_key_id, gate, gate_serve, temp_dir, wait_for, Mock, RUNTIMES};
 use gate_daemon::admin::client::{http_request, HttpResponse};
 use serde_json::{json, Value};
 
 mod common;
 
-const RUNTIMES: [&str; 2] = ["tokio", "smol"];
 const DEADLINE: Duration = Duration::from_secs(20);
-
-fn gate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
-    // Keep the test's own environment out of the daemon's configuration.
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATE_") || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
 
 // ---------------------------------------------------------------- the daemon
 
@@ -46,21 +34,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(runtime: &str, state_dir: &Path, configs: &[&Path], env: &[(&str, &str)]) -> Daemon {
-        let mut cmd = gate();
-        cmd.args([
-            "serve",
-            "--runtime",
-            runtime,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let mut cmd = gate_serve(runtime, state_dir);
+        cmd.env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         for config in configs {
             cmd.arg("--config").arg(config);
         }
@@ -166,30 +143,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs a CLI command; returns (success, stdout, stderr).
-fn cli(args: &[&str], state_dir: &Path, stdin: Option<&str>) -> (bool, String, String) {
-    let mut cmd = gate();
-    cmd.args(args)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    {
-        let mut input = child.stdin.take().unwrap();
-        if let Some(text) = stdin {
-            input.write_all(text.as_bytes()).unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Runs `cmd`, which must succeed (else `what` fails the test with its stderr), and parses
@@ -310,7 +263,7 @@ fn live_change(runtime: &str) {
     let mut outputs = String::new();
 
     // An API key, created through the running daemon.
-    let (ok, api_key, err) = cli(&["token", "create", "--name", "test"], &state, None);
+    let (ok, api_key, err) = cli(&["token", "create", "--name", "test"], &state, "");
     assert!(ok, "{err}");
     assert!(err.contains("via the running daemon"), "{err}");
     let api_key = api_key.trim().to_owned();
@@ -334,7 +287,7 @@ fn live_change(runtime: &str) {
             "live-model",
         ],
         &state,
-        Some(live_key),
+        live_key,
     );
     assert!(ok, "{err}");
     assert!(err.contains("via the running daemon"), "{err}");
@@ -377,14 +330,14 @@ fn live_change(runtime: &str) {
         .clone();
     assert_eq!(live["api_key"]["set"], true);
     assert_eq!(live["layer"], "runtime");
-    let (ok, out, err) = cli(&["config", "show", "--origin"], &state, None);
+    let (ok, out, err) = cli(&["config", "show", "--origin"], &state, "");
     assert!(ok, "{err}");
     assert!(out.contains("api_key = \"(set)\""), "{out}");
     outputs.push_str(&out);
-    let (ok, out, err) = cli(&["upstream", "list"], &state, None);
+    let (ok, out, err) = cli(&["upstream", "list"], &state, "");
     assert!(ok, "{err}");
     outputs.push_str(&out);
-    let (ok, out, err) = cli(&["status"], &state, None);
+    let (ok, out, err) = cli(&["status"], &state, "");
     assert!(ok, "{err}");
     assert!(
         out.contains("live") && out.contains("/ui/login?code="),
@@ -392,7 +345,7 @@ fn live_change(runtime: &str) {
     );
     assert!(out.contains("relay: not configured"), "{out}");
     outputs.push_str(&out);
-    let (ok, out, err) = cli(&["status", "--json"], &state, None);
+    let (ok, out, err) = cli(&["status", "--json"], &state, "");
     assert!(ok, "{err}");
     let status: Value = serde_json::from_str(&out).unwrap();
     assert!(status["login_url"]
@@ -410,7 +363,7 @@ fn live_change(runtime: &str) {
     assert_eq!(response.status, 200, "after restart");
 
     // Remove the upstream the --config file defines; it is gone at once.
-    let (ok, _, err) = cli(&["upstream", "remove", "nixup"], &state, None);
+    let (ok, _, err) = cli(&["upstream", "remove", "nixup"], &state, "");
     assert!(ok, "{err}");
     assert!(err.contains("via the running daemon"), "{err}");
     let nix_hits = nix_mock.hits.load(Ordering::SeqCst);
@@ -443,7 +396,7 @@ fn live_change(runtime: &str) {
     // Revoke the API key through the CLI: refused at once.
     let tokens = daemon.admin("GET", "tokens", None).json();
     let id = tokens["tokens"][0]["id"].as_str().unwrap().to_owned();
-    let (ok, _, err) = cli(&["token", "revoke", &id], &state, None);
+    let (ok, _, err) = cli(&["token", "revoke", &id], &state, "");
     assert!(ok, "{err}");
     assert_eq!(daemon.chat(&api_key, "live-model").status, 401);
     outputs.push_str(&daemon.kill());
@@ -461,13 +414,13 @@ fn live_change(runtime: &str) {
 fn without_a_daemon_the_cli_edits_the_file() {
     let dir = temp_dir("offline");
     let state = dir.join("state");
-    let (ok, _, err) = cli(&["config", "set", "log_level", "debug"], &state, None);
+    let (ok, _, err) = cli(&["config", "set", "log_level", "debug"], &state, "");
     assert!(ok, "{err}");
     assert!(!err.contains("via the running daemon"), "{err}");
     let text = std::fs::read_to_string(state.join("config.toml")).unwrap();
     assert!(text.contains("log_level = \"debug\""), "{text}");
     // A bad value is refused with the reason, and nothing changes.
-    let (ok, _, err) = cli(&["config", "set", "port", "not-a-number"], &state, None);
+    let (ok, _, err) = cli(&["config", "set", "port", "not-a-number"], &state, "");
     assert!(!ok);
     assert!(
         err.contains("port") && err.contains("nothing was changed"),
@@ -516,7 +469,7 @@ fn bad_values_through_the_api_are_refused_and_change_nothing() {
             );
             assert_eq!(std::fs::read(state.join("config.toml")).unwrap(), before);
         }
-        let (ok, _, err) = cli(&["config", "set", "port", "eighty"], &state, None);
+        let (ok, _, err) = cli(&["config", "set", "port", "eighty"], &state, "");
         assert!(!ok);
         assert!(
             err.contains("`port`") && err.contains("via the running daemon"),
@@ -886,16 +839,6 @@ fn listed_policy(state: &Path, id: &str) -> Value {
         .clone()
 }
 
-/// The id `gate token create` announced on stderr (`created API key id ID (...)`).
-fn created_id(stderr: &str) -> String {
-    stderr
-        .split("created API key id ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no key id in: {stderr}"))
-        .to_owned()
-}
-
 #[test]
 fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
     // Without a daemon: the CLI edits tokens.json.
@@ -923,17 +866,17 @@ fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
             "30d",
         ],
         &state,
-        None,
+        "",
     );
     assert!(ok, "{err}");
     assert!(key.trim().starts_with("gk_"), "{key}");
-    let id = created_id(&err);
+    let id = created_key_id(&err);
     assert_eq!(
         listed_policy(&state, &id),
         json!({"models": ["gpt-*", "claude-*"], "rpm": 60, "tpm": 100000,
                "budget": {"usd": 20.0, "period": "week"}, "owner": "alice"})
     );
-    let (ok, out, err) = cli(&["token", "list"], &state, None);
+    let (ok, out, err) = cli(&["token", "list"], &state, "");
     assert!(ok, "{err}");
     assert!(
         out.contains("models gpt-*,claude-*")
@@ -949,7 +892,7 @@ fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
             "token", "update", &id, "--rpm", "none", "--budget", "5", "--models", "",
         ],
         &state,
-        None,
+        "",
     );
     assert!(ok, "{err}");
     assert!(err.contains("budget $5.00/week"), "{err}");
@@ -979,7 +922,7 @@ fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
             "no budget",
         ),
     ] {
-        let (ok, _, err) = cli(&args, &state, None);
+        let (ok, _, err) = cli(&args, &state, "");
         assert!(!ok, "{args:?} succeeded");
         assert!(err.contains(expect), "{args:?}: {err}");
         assert_eq!(std::fs::read(state.join("tokens.json")).unwrap(), before);
@@ -1004,7 +947,7 @@ fn key_policy_is_set_changed_and_listed_with_or_without_a_daemon() {
         let (ok, _, err) = cli(
             &["token", "update", &id, "--tpm", "5000", "--owner", "ops"],
             &state,
-            None,
+            "",
         );
         assert!(ok, "{err}");
         assert!(err.contains("via the running daemon"), "{err}");

@@ -4,54 +4,15 @@
 //! without a version segment is refused or flagged. Daemon tests run under both runtimes.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
-use std::io::Write;
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{temp_dir, wait_for, Proc};
+use common::{gate, gate_in, gate_serve, run, temp_dir, Proc, RUNTIMES};
 use serde_json::Value;
 
 mod common;
 
-const RUNTIMES: [&str; 2] = ["tokio", "smol"];
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn gate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATE_") || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
-
-/// Runs `cmd` with `stdin`; returns (success, stdout, stderr).
-fn run(cmd: &mut Command, stdin: &str) -> (bool, String, String) {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gate");
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("gate ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn in_state(args: &[&str], state: &Path) -> Command {
-    let mut cmd = gate();
-    cmd.args(args).arg("--state-dir").arg(state);
-    cmd
-}
 
 /// A loopback port nobody listens on a moment ago.
 fn free_port() -> u16 {
@@ -74,7 +35,7 @@ const KUBERNETES: [(&str, &str); 6] = [
 fn kubernetes_service_variables_do_not_stop_gate() {
     let dir = temp_dir("k8s");
     let state = dir.join("state");
-    let (ok, out, err) = run(in_state(&["check-config"], &state).envs(KUBERNETES), "");
+    let (ok, out, err) = run(gate_in(&["check-config"], &state).envs(KUBERNETES), "");
     assert!(ok, "{err}");
     assert!(out.contains("listening on 127.0.0.1:3000"), "{out}");
     assert!(
@@ -83,31 +44,24 @@ fn kubernetes_service_variables_do_not_stop_gate() {
     );
     // A misspelled key in a known section is still an error.
     let (ok, _, err) = run(
-        in_state(&["check-config"], &state).env("GATE_AUTH__JWT__SECERT", "x"),
+        gate_in(&["check-config"], &state).env("GATE_AUTH__JWT__SECERT", "x"),
         "",
     );
     assert!(!ok && err.contains("GATE_AUTH__JWT__SECERT"), "{err}");
 
     for runtime in RUNTIMES {
         let port = free_port();
-        let mut cmd = in_state(&["serve", "--runtime", runtime], &state.join(runtime));
+        let mut cmd = gate_in(&["serve", "--runtime", runtime], &state.join(runtime));
         cmd.envs(KUBERNETES)
             .env("GATE_PORT_3000_TCP_PORT", "3000")
             // GATE_PORT as a number keeps working next to the service variables.
             .env("GATE_PORT", port.to_string());
         let log = dir.join(format!("{runtime}.log"));
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        wait_for(
-            "gate serve to listen on GATE_PORT",
+        let mut daemon = Proc::spawn(cmd, log);
+        daemon.wait_running(
+            &format!("{runtime}: gate serve to listen on GATE_PORT"),
             DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: gate serve exited ({status}):\n{text}");
-                }
-                TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()),
         );
         assert!(
             daemon.log().contains("GATE_SERVICE_HOST"),
@@ -123,7 +77,7 @@ fn secrets_are_read_from_stdin_and_never_echoed() {
     let state = dir.join("state");
     let secret = "0123456789abcdef-jwt-secret";
     let (ok, _, err) = run(
-        &mut in_state(&["config", "set", "auth.jwt.secret", secret], &state),
+        &mut gate_in(&["config", "set", "auth.jwt.secret", secret], &state),
         "",
     );
     assert!(!ok, "a secret on the command line was accepted");
@@ -134,7 +88,7 @@ fn secrets_are_read_from_stdin_and_never_echoed() {
     assert!(!err.contains(secret), "{err}");
     assert!(!state.join("config.toml").exists());
     let (ok, _, err) = run(
-        &mut in_state(&["config", "set", "auth.jwt.secret", "-"], &state),
+        &mut gate_in(&["config", "set", "auth.jwt.secret", "-"], &state),
         &format!("{secret}\n"),
     );
     assert!(ok, "{err}");
@@ -142,7 +96,7 @@ fn secrets_are_read_from_stdin_and_never_echoed() {
     assert!(text.contains(&format!("secret = \"{secret}\"")), "{text}");
     // A non-secret value still goes on the command line.
     let (ok, _, err) = run(
-        &mut in_state(&["config", "set", "log_level", "debug"], &state),
+        &mut gate_in(&["config", "set", "log_level", "debug"], &state),
         "",
     );
     assert!(ok, "{err}");
@@ -151,7 +105,7 @@ fn secrets_are_read_from_stdin_and_never_echoed() {
     let file = dir.join("gate.toml");
     std::fs::write(&file, "[upstreams.openai]\napi_key = 987654321\n").unwrap();
     let (ok, _, err) = run(
-        in_state(&["check-config"], &dir.join("other"))
+        gate_in(&["check-config"], &dir.join("other"))
             .arg("--config")
             .arg(&file),
         "",
@@ -164,7 +118,7 @@ fn secrets_are_read_from_stdin_and_never_echoed() {
     );
     assert!(!err.contains("nix file"), "{err}");
     let (ok, _, err) = run(
-        in_state(&["check-config"], &dir.join("other")).env("GATE_AUTH__JWT__SECRET", "4242"),
+        gate_in(&["check-config"], &dir.join("other")).env("GATE_AUTH__JWT__SECRET", "4242"),
         "",
     );
     assert!(!ok);
@@ -191,7 +145,7 @@ fn token_list_prints_dates() {
     let dir = temp_dir("dates");
     let state = dir.join("state");
     let (ok, _, err) = run(
-        &mut in_state(
+        &mut gate_in(
             &["token", "create", "--name", "d", "--expires", "30d"],
             &state,
         ),
@@ -199,7 +153,7 @@ fn token_list_prints_dates() {
     );
     assert!(ok, "{err}");
     assert!(err.contains(" UTC"), "{err}");
-    let (ok, out, err) = run(&mut in_state(&["token", "list"], &state), "");
+    let (ok, out, err) = run(&mut gate_in(&["token", "list"], &state), "");
     assert!(ok, "{err}");
     let line = out.lines().next().unwrap_or_default();
     let dates: Vec<&str> = line
@@ -218,7 +172,7 @@ fn token_list_prints_dates() {
             "{line}"
         );
     }
-    let (ok, out, _) = run(&mut in_state(&["token", "list", "--json"], &state), "");
+    let (ok, out, _) = run(&mut gate_in(&["token", "list", "--json"], &state), "");
     assert!(ok);
     let rows: Value = serde_json::from_str(&out).unwrap();
     assert!(rows[0]["created_at"].is_u64(), "{rows}");
@@ -235,7 +189,7 @@ fn a_custom_base_url_without_v1_is_refused_or_flagged() {
     let dir = temp_dir("v1");
     let state = dir.join("state");
     let add = |url: &str, force: bool| {
-        let mut cmd = in_state(
+        let mut cmd = gate_in(
             &[
                 "upstream",
                 "add",
@@ -260,40 +214,21 @@ fn a_custom_base_url_without_v1_is_refused_or_flagged() {
     assert!(ok, "{err}");
 
     for runtime in RUNTIMES {
-        let mut cmd = in_state(
-            &[
-                "serve",
-                "--runtime",
-                runtime,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ],
-            &state,
-        );
+        let mut cmd = gate_serve(runtime, &state);
         cmd.env("RUST_LOG", "info");
         let log = dir.join(format!("{runtime}.log"));
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        let status: Value = wait_for(
-            "gate status",
-            DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: gate serve exited ({status}):\n{text}");
-                }
-                let (ok, out, _) = run(&mut in_state(&["status", "--json"], &state), "");
+        let mut daemon = Proc::spawn(cmd, log);
+        let status: Value =
+            daemon.wait_running(&format!("{runtime}: gate status"), DEADLINE, || {
+                let (ok, out, _) = run(&mut gate_in(&["status", "--json"], &state), "");
                 ok.then(|| serde_json::from_str(&out).ok()).flatten()
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
-        );
+            });
         let problem = status["upstreams"][0]["misconfiguration"].as_str();
         assert!(
             problem.is_some_and(|p| p.contains("/v1")),
             "{runtime}: {status}"
         );
-        let (ok, out, _) = run(&mut in_state(&["status"], &state), "");
+        let (ok, out, _) = run(&mut gate_in(&["status"], &state), "");
         assert!(ok && out.contains("misconfigured"), "{runtime}: {out}");
         drop(daemon);
     }

@@ -8,49 +8,16 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{temp_dir, wait_for, Proc};
+use common::{cli, gate, gate_serve, temp_dir, Proc, RUNTIMES};
 use serde_json::Value;
 
 mod common;
 
-const RUNTIMES: [&str; 2] = ["tokio", "smol"];
 const DEADLINE: Duration = Duration::from_secs(30);
-
-fn gate() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gate"));
-    for (name, _) in std::env::vars() {
-        if name.starts_with("GATE_") || name == "RUST_LOG" {
-            cmd.env_remove(name);
-        }
-    }
-    cmd
-}
-
-/// Runs `gate ARGS --state-dir STATE` with `stdin`; returns (success, stdout, stderr).
-fn cli(args: &[&str], state: &Path, stdin: &str) -> (bool, String, String) {
-    let mut child = gate()
-        .args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run gate");
-    if let Some(mut input) = child.stdin.take() {
-        input.write_all(stdin.as_bytes()).expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("gate ends");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// An HTTP server that records every byte it receives and answers each request with a
 /// JSON body of its choosing (a token and a login link), as an impostor on the daemon's
@@ -141,34 +108,12 @@ fn an_impostor_on_the_daemons_port_receives_nothing() {
 
 /// A daemon on `state` with its stderr in a log file; returns once its admin socket answers.
 fn start_daemon(runtime: &str, state: &Path, log: &Path) -> Proc {
-    let mut cmd = gate();
-    cmd.args([
-        "serve",
-        "--runtime",
-        runtime,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-    ])
-    .arg("--state-dir")
-    .arg(state)
-    .env("RUST_LOG", "info");
+    let cmd = gate_serve(runtime, state);
     let mut proc = Proc::spawn(cmd, log.to_path_buf());
-    wait_for(
-        "the admin socket to answer",
+    proc.wait_running(
+        &format!("{runtime}: the admin socket to answer"),
         DEADLINE,
-        || {
-            if proc.exited().is_some() {
-                panic!(
-                    "the daemon exited:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            let (ok, _, _) = cli(&["status", "--json"], state, "");
-            ok.then_some(())
-        },
-        || std::fs::read_to_string(log).unwrap_or_default(),
+        || cli(&["status", "--json"], state, "").0.then_some(()),
     );
     proc
 }
@@ -198,20 +143,7 @@ fn with_a_daemon_the_cli_goes_through_its_socket() {
         // A second daemon on the same state directory does not take the live socket (nor
         // overwrite the recorded address).
         let addr_before = std::fs::read_to_string(state.join("daemon.addr")).unwrap();
-        let mut second = gate();
-        second
-            .args([
-                "serve",
-                "--runtime",
-                runtime,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ])
-            .arg("--state-dir")
-            .arg(&state);
-        let out = second.output().unwrap();
+        let out = gate_serve(runtime, &state).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{runtime}: a second daemon started");
         assert_eq!(
@@ -320,31 +252,12 @@ fn a_state_dir_too_long_for_a_socket_still_serves_and_the_cli_uses_the_files() {
     let state = dir.join("s".repeat(60)).join("t".repeat(60));
     for runtime in RUNTIMES {
         let log = dir.join(format!("{runtime}.log"));
-        let mut cmd = gate();
-        cmd.args([
-            "serve",
-            "--runtime",
-            runtime,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-        ])
-        .arg("--state-dir")
-        .arg(&state)
-        .env("RUST_LOG", "info");
-        let mut daemon = Proc::spawn(cmd, log.clone());
-        wait_for(
-            "the daemon to listen",
+        let cmd = gate_serve(runtime, &state);
+        let mut daemon = Proc::spawn(cmd, log);
+        daemon.wait_running(
+            &format!("{runtime}: the daemon to listen"),
             DEADLINE,
-            || {
-                if let Some(status) = daemon.exited() {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    panic!("{runtime}: the daemon exited ({status}):\n{text}");
-                }
-                state.join("daemon.addr").exists().then_some(())
-            },
-            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || state.join("daemon.addr").exists().then_some(()),
         );
         assert!(daemon.log().contains("cannot listen on the admin socket"));
         let (ok, out, err) = cli(&["token", "create", "--name", runtime], &state, "");

@@ -14,7 +14,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,20 +38,9 @@ const DEADLINE: Duration = Duration::from_secs(10);
 // A scripted upstream.
 
 /// One request an upstream received.
-#[derive(Clone, Debug)]
-struct Seen {
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
+type Seen = common::HttpRequest;
 
 impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
     fn json_body(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or(Value::Null)
     }
@@ -164,39 +153,10 @@ fn serve(stream: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, closed: &A
     let mut reader = BufReader::new(read_half);
     let mut stream = stream;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(request) = common::read_request(&mut reader) else {
+            // The peer went away.
             closed.fetch_add(1, Ordering::SeqCst);
             return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-        let mut headers = Vec::new();
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
-                if k == "content-length" {
-                    length = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let request = Seen {
-            path,
-            headers,
-            body,
         };
         let reply = script(&request);
         seen.lock().unwrap().push(request);
@@ -487,7 +447,7 @@ async fn rate_limit_reaches_the_client_across_conversion<R: Runtime>(rt: R) {
     }
     assert_eq!(upstream.hits(), 1, "Gate answers for the limited upstream");
     assert_eq!(
-        upstream.seen()[0].path,
+        upstream.seen()[0].path(),
         "/v1/chat/completions",
         "converted to OpenAI"
     );
@@ -546,15 +506,15 @@ async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
 
     // Half-open: the trial hangs upstream and its client goes away.
     mode.store(1, Ordering::SeqCst);
-    wait_until(&rt, "the circuit to half-open", || {
+    let half_open_and_free = || {
         matches!(
             gate.health("solo"),
             Health::HalfOpen {
                 trial_in_flight: false
             }
         )
-    })
-    .await;
+    };
+    wait_until(&rt, "the circuit to half-open", half_open_and_free).await;
     let hits = upstream.hits();
     let closed_before = upstream.closed.load(Ordering::SeqCst);
     let trial = gate.post("/v1/chat/completions", chat("flaky"));
@@ -570,14 +530,11 @@ async fn breaker_per_model_and_slot_released_on_disconnect<R: Runtime>(rt: R) {
     .await;
     assert!(raced.is_ok(), "the trial never reached the upstream");
     // The client's request future is gone: Gate must drop the attempt and free the slot.
-    wait_until(&rt, "the abandoned trial's slot to be given back", || {
-        matches!(
-            gate.health("solo"),
-            Health::HalfOpen {
-                trial_in_flight: false
-            }
-        )
-    })
+    wait_until(
+        &rt,
+        "the abandoned trial's slot to be given back",
+        half_open_and_free,
+    )
     .await;
     wait_until(&rt, "the upstream connection to close", || {
         upstream.closed.load(Ordering::SeqCst) > closed_before
@@ -938,7 +895,7 @@ fn sse(events: &[(&str, Value)]) -> Reply {
 /// A chat-completions-only upstream (no `/responses`), strict, answering with a tool call.
 fn chat_only_upstream() -> Upstream {
     Upstream::start(|seen| {
-        if seen.path != "/v1/chat/completions" {
+        if seen.path() != "/v1/chat/completions" {
             return Reply::json(404, json!({"error": {"message": "not found"}}));
         }
         let body: Value = serde_json::from_slice(&seen.body).unwrap_or(Value::Null);
@@ -1000,7 +957,7 @@ fn chat_only_upstream() -> Upstream {
 /// A strict Anthropic upstream answering with a tool use.
 fn anthropic_upstream() -> Upstream {
     Upstream::start(|seen| {
-        if seen.path != "/v1/messages" {
+        if seen.path() != "/v1/messages" {
             return Reply::json(
                 404,
                 json!({"type": "error", "error": {"type": "not_found_error", "message": "no"}}),
@@ -1141,7 +1098,7 @@ async fn responses_on_a_chat_only_upstream<R: Runtime>(rt: R) {
     assert_eq!(response["usage"]["total_tokens"], 18);
     assert_eq!(answer.headers["x-request-id"], "req_chat_1");
     let seen = upstream.seen();
-    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(seen[0].path(), "/v1/chat/completions");
     let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
     // Codex asked for 4000; the upstream's `max_output_tokens` caps it.
     assert_eq!(sent["max_completion_tokens"], 3000);
@@ -1233,7 +1190,7 @@ async fn responses_on_an_anthropic_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.headers["x-request-id"], "req_ant_1");
     assert_eq!(answer.headers["x-ratelimit-remaining-requests"], "49");
     let seen = upstream.seen();
-    assert_eq!(seen[0].path, "/v1/messages");
+    assert_eq!(seen[0].path(), "/v1/messages");
     let sent: Value = serde_json::from_slice(&seen[0].body).unwrap();
     assert_eq!(sent["system"], "You are Codex.");
     assert_eq!(sent["max_tokens"], 4000);
@@ -1415,7 +1372,7 @@ fn gemini_chunk(text: &str, finish: bool, usage: Value) -> Value {
 /// does; a model named `broken` breaks its JSON-array stream after the first element.
 fn native_gemini_upstream() -> Upstream {
     Upstream::start(|seen| {
-        let path = seen.path.as_str();
+        let path = seen.path();
         if seen.header("x-goog-api-key") != Some(UPSTREAM_KEY) {
             return Reply::json(
                 403,
@@ -1522,7 +1479,7 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let seen = upstream.seen();
     let sent = seen.last().unwrap();
-    assert_eq!(sent.path, "/v1beta/models/gemini-x:generateContent");
+    assert_eq!(sent.path(), "/v1beta/models/gemini-x:generateContent");
     assert_eq!(sent.body, body.to_vec(), "the client's bytes, untouched");
     assert_eq!(sent.header("x-goog-api-key"), Some(UPSTREAM_KEY));
     assert!(sent.header("authorization").is_none());
@@ -1543,7 +1500,7 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     let sent = upstream.seen().last().unwrap().clone();
     assert_eq!(
-        sent.path,
+        sent.path(),
         "/v1beta/models/gemini-x:streamGenerateContent?alt=sse"
     );
     assert_eq!(sent.body, body.to_vec());
@@ -1562,7 +1519,7 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
         .await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
     assert_eq!(
-        upstream.seen().last().unwrap().path,
+        upstream.seen().last().unwrap().path(),
         "/v1beta/models/gemini-x:streamGenerateContent"
     );
     assert!(
@@ -1581,7 +1538,7 @@ async fn gemini_pass_through_on_a_native_upstream<R: Runtime>(rt: R) {
         .await;
     assert_eq!(answer.json(), json!({"totalTokens": 42}));
     let sent = upstream.seen().last().unwrap().clone();
-    assert_eq!(sent.path, "/v1beta/models/gemini-x:countTokens");
+    assert_eq!(sent.path(), "/v1beta/models/gemini-x:countTokens");
     assert_eq!(
         sent.body,
         br#"{"contents":[{"parts":[{"text":"one two"}]}]}"#.to_vec()
@@ -1797,24 +1754,7 @@ async fn stream_usage_and_model_rules_per_upstream<R: Runtime>(rt: R) {
     assert!(sent.get("user").is_none(), "dropped by the rule: {sent}");
 }
 
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod on_tokio {
-            $(#[test]
-            fn $name() {
-                gate_runtime_tokio::block_on(super::$name).expect("runtime");
-            })*
-        }
-        mod on_smol {
-            $(#[test]
-            fn $name() {
-                gate_runtime_smol::block_on(super::$name).expect("runtime");
-            })*
-        }
-    };
-}
-
-both_runtimes!(
+common::both_runtimes!(
     rate_limit_fails_over_and_stays_with_its_model,
     rate_limit_reaches_the_client_across_conversion,
     breaker_per_model_and_slot_released_on_disconnect,

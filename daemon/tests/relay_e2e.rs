@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use common::{
     free_tcp_and_udp_port, free_udp_port, gate_bin, node_id, output, relay_bin, require_tools,
-    start_daemon_with_relay, start_on_free_ports, start_relay, start_relay_on, wait_for,
-    wait_until, Proc,
+    start_daemon_until, start_daemon_with_relay, start_relay, start_relay_on, wait_for, wait_until,
 };
 
 const SUFFIX: &str = "gate.localhost";
@@ -496,42 +495,14 @@ fn half_close_and_kill_relay_on_smol_daemon_on_tokio() {
     half_close_and_kill_scenario("smol", "tokio");
 }
 
-/// Starts `gate serve` (config in `dir/gate.toml`, log in `dir/gate.log`) registering with
-/// `relay`, and returns once its log shows `until`.
-fn start_daemon_until(
-    dir: &std::path::Path,
-    runtime: &str,
-    state_dir: &std::path::Path,
-    relay: &common::Relay,
-    until: &str,
-    env: &[(&str, &str)],
-) -> Proc {
-    let address = relay.address();
-    let (proc, ()) = start_on_free_ports(
-        "the daemon",
-        DEADLINE,
-        || {
-            let config = dir.join("gate.toml");
-            std::fs::write(
-                &config,
-                format!(
-                    "host = \"127.0.0.1\"\np2p_port = {}\n\n[relay]\nenable = true\n\
-                     addresses = [\"{address}\"]\ncustom_domain = \"myserver\"\n",
-                    free_udp_port()
-                ),
-            )
-            .expect("write gate.toml");
-            let mut cmd = Command::new(gate_bin());
-            cmd.args(["serve", "--runtime", runtime, "--port", "0", "--config"])
-                .arg(&config)
-                .arg("--state-dir")
-                .arg(state_dir)
-                .envs(env.iter().copied());
-            (Proc::spawn(cmd, dir.join("gate.log")), ())
-        },
-        |gate, ()| gate.log().contains(until),
-    );
-    proc
+/// What `gate-relay status` prints for the relay whose state is in `dir/relay-state`.
+fn relay_status(dir: &std::path::Path) -> String {
+    output(
+        Command::new(relay_bin())
+            .args(["status", "--state-dir"])
+            .arg(dir.join("relay-state")),
+    )
+    .1
 }
 
 /// A relay closed with `[access] mode = "allowlist"`: a listed daemon registers and is
@@ -569,8 +540,9 @@ fn allowlist_scenario(relay_runtime: &str, daemon_runtime: &str) {
         daemon_runtime,
         &stranger_state,
         &relay,
-        "the relay refused the registration",
+        "",
         &[],
+        "the relay refused the registration",
     );
     let gate_log = stranger.log();
     assert!(
@@ -617,14 +589,7 @@ fn allowlist_scenario(relay_runtime: &str, daemon_runtime: &str) {
         || format!("{}\n{}\n{}", last_curl_error(), relay.log(), listed.log()),
     );
 
-    let status = || {
-        output(
-            Command::new(relay_bin())
-                .args(["status", "--state-dir"])
-                .arg(dir.join("relay-state")),
-        )
-        .1
-    };
+    let status = || relay_status(&dir);
     let text = wait_for(
         "gate-relay status to list the admitted daemon",
         DEADLINE,
@@ -699,8 +664,9 @@ fn token_scenario(relay_runtime: &str, daemon_runtime: &str) {
         daemon_runtime,
         &states[1],
         &relay,
-        "the relay refused the registration",
+        "",
         &[],
+        "the relay refused the registration",
     );
     assert!(
         none.log()
@@ -713,8 +679,9 @@ fn token_scenario(relay_runtime: &str, daemon_runtime: &str) {
         daemon_runtime,
         &states[2],
         &relay,
-        "the relay refused the registration",
+        "",
         &[("GATE_RELAY__TOKEN", WRONG)],
+        "the relay refused the registration",
     );
     assert!(
         wrong.log().contains("is not one this relay accepts"),
@@ -761,14 +728,7 @@ fn token_scenario(relay_runtime: &str, daemon_runtime: &str) {
         || format!("{}\n{}\n{}", last_curl_error(), relay.log(), good.log()),
     );
 
-    let status = || {
-        output(
-            Command::new(relay_bin())
-                .args(["status", "--state-dir"])
-                .arg(dir.join("relay-state")),
-        )
-        .1
-    };
+    let status = || relay_status(&dir);
     let text = wait_for(
         "gate-relay status to name the token and its daemon",
         DEADLINE,

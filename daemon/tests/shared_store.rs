@@ -23,8 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{gate_bin, start_local_daemon, temp_dir, wait_for, wait_until, Mock, Proc};
-use gate_daemon::admin::client::http_request;
+use common::{
+    created_key_id, gate_bin, output_split, post_chat, start_local_daemon, temp_dir, wait_for,
+    wait_until, Mock, Proc, CHAT_BODY,
+};
 use serde_json::Value;
 use store_servers::{PgServer, PG_PASSWORD};
 
@@ -60,35 +62,18 @@ impl Daemon {
 
     /// One chat request with `key`: (status, body).
     fn chat(&self, key: &str) -> (u16, String) {
-        let body =
-            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
-        let auth = format!("Bearer {key}");
-        match http_request(
-            self.addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            body,
-        ) {
+        match post_chat(self.addr, key, CHAT_BODY) {
             Ok(r) => (r.status, String::from_utf8_lossy(&r.body).into_owned()),
             Err(e) => (0, e.to_string()),
         }
     }
 
     fn gate(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(gate_bin())
-            .args(args)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
+        output_split(
+            Command::new(gate_bin())
+                .args(args)
+                .arg("--state-dir")
+                .arg(&self.state_dir),
         )
     }
 
@@ -98,12 +83,7 @@ impl Daemon {
         args.extend_from_slice(extra);
         let (ok, out, err) = self.gate(&args);
         assert!(ok, "gate token create: {err}\n{}", self.proc.log());
-        let id = err
-            .split("created API key id ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no id in: {err}"))
-            .to_owned();
+        let id = created_key_id(&err);
         (id, out.trim().to_owned())
     }
 

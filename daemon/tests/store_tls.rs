@@ -25,12 +25,15 @@ mod common;
 #[path = "../../tests/support/store_servers.rs"]
 mod store_servers;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{gate_bin, start_local_daemon, temp_dir, wait_until, Mock};
-use gate_daemon::admin::client::http_request;
+use common::{
+    created_key_id, gate_bin, output_split, post_chat, start_local_daemon, temp_dir, wait_until,
+    Mock, Proc, CHAT_BODY,
+};
 use gate_rt::store::{PgUrl, Postgres, Redis, RedisUrl, Schema};
 use gate_rt::Runtime;
 use store_servers::{PgServer, RedisServer, TlsPem, PG_PASSWORD};
@@ -257,24 +260,7 @@ async fn redis_tls<R: Runtime>(rt: R) {
     assert!(!error.contains(REDIS_PASSWORD), "{error}");
 }
 
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod on_tokio {
-            $(#[test]
-            fn $name() {
-                gate_runtime_tokio::block_on(super::$name).expect("runtime");
-            })*
-        }
-        mod on_smol {
-            $(#[test]
-            fn $name() {
-                gate_runtime_smol::block_on(super::$name).expect("runtime");
-            })*
-        }
-    };
-}
-
-both_runtimes!(postgres_tls_modes, redis_tls);
+common::both_runtimes!(postgres_tls_modes, redis_tls);
 
 /// `gate serve` with `[store] url` over verify-full TLS and `redis_url` over rediss://: a
 /// budgeted key created through it answers, and its usage is in PostgreSQL.
@@ -291,13 +277,10 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         let ca = pki.ca_file.display().to_string();
         let config = format!(
             "[store]\nurl = \"postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={ca}\"\n\
-             redis_url = \"rediss://:{REDIS_PASSWORD}@localhost:{}?ca={ca}\"\n\
-             [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
-             api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
-             [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
+             redis_url = \"rediss://:{REDIS_PASSWORD}@localhost:{}?ca={ca}\"\n{}",
             pg.port(),
             redis.port(),
-            mock.base_url()
+            priced_upstream(&mock)
         );
         let daemon_dir = dir.join("daemon");
         std::fs::create_dir_all(&daemon_dir).unwrap();
@@ -313,27 +296,7 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{stderr}\n{}", proc.log());
         let key = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        let body =
-            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
-        let auth = format!("Bearer {key}");
-        let answer = http_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            body,
-        )
-        .unwrap();
-        assert_eq!(
-            answer.status,
-            200,
-            "{runtime}: {}\n{}",
-            String::from_utf8_lossy(&answer.body),
-            proc.log()
-        );
+        chat_answers(addr, &key, runtime, &proc);
         // Redis settled the request's $3 ...
         wait_until(
             "the budget settled in Redis",
@@ -368,20 +331,51 @@ fn daemon_with_tls_stores_serves_a_budgeted_key() {
     }
 }
 
+/// The `[upstreams.oai]` table for `mock`, `gpt-4o` priced at $1 per output token.
+fn priced_upstream(mock: &Mock) -> String {
+    format!(
+        "[upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
+         api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
+         [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
+        mock.base_url()
+    )
+}
+
+/// A chat request with `key` to the daemon at `addr` (`proc`), which must answer 200.
+fn chat_answers(addr: SocketAddr, key: &str, runtime: &str, proc: &Proc) {
+    let answer = post_chat(addr, key, CHAT_BODY).unwrap();
+    assert_eq!(
+        answer.status,
+        200,
+        "{runtime}: {}\n{}",
+        String::from_utf8_lossy(&answer.body),
+        proc.log()
+    );
+}
+
+/// PostgreSQL over TLS (its PKI in `dir/pki`) with a `gate` database, and the verify-full
+/// URL a daemon reaches that database by.
+fn gate_database_over_tls(dir: &Path) -> (PgServer, String) {
+    let pki = pki(&dir.join("pki"));
+    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
+    pg.create_database("gate").unwrap();
+    let url = format!(
+        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
+        pg.port(),
+        pki.ca_file.display()
+    );
+    (pg, url)
+}
+
 /// `gate` with `GATE_STORE__URL` set (as an operator's shell or the NixOS environment file
 /// gives it) and `--state-dir`: output and success.
 fn gate_with_store(url: &str, state_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(gate_bin())
-        .args(args)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env("GATE_STORE__URL", url)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    output_split(
+        Command::new(gate_bin())
+            .args(args)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("GATE_STORE__URL", url),
     )
 }
 
@@ -392,14 +386,7 @@ fn gate_with_store(url: &str, state_dir: &Path, args: &[&str]) -> (bool, String,
 #[test]
 fn cli_without_a_daemon_acts_on_the_shared_store() {
     let dir = temp_dir("tls-cli");
-    let pki = pki(&dir.join("pki"));
-    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
-    pg.create_database("gate").unwrap();
-    let url = format!(
-        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
-        pg.port(),
-        pki.ca_file.display()
-    );
+    let (pg, url) = gate_database_over_tls(&dir);
     let shown = format!("postgres://postgres@localhost:{}/gate", pg.port());
     let daemon_dir = dir.join("daemon");
     let state_dir = daemon_dir.join("state");
@@ -428,12 +415,7 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
         "{err}"
     );
     assert!(!err.contains(PG_PASSWORD), "{err}");
-    let id = err
-        .split("created API key id ")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no id in: {err}"))
-        .to_owned();
+    let id = created_key_id(&err);
     let key = key.trim().to_owned();
     assert_eq!(
         pg.psql(
@@ -451,33 +433,9 @@ fn cli_without_a_daemon_acts_on_the_shared_store() {
 
     for runtime in ["tokio", "smol"] {
         let mock = Mock::start("oai");
-        let config = format!(
-            "[store]\nurl = \"{url}\"\n\
-             [upstreams.oai]\nprovider = \"openai\"\nbase_url = \"{}\"\n\
-             api_key = \"sk-upstream-key-0123456789\"\nmodels = [\"gpt-4o\"]\n\
-             [upstreams.oai.prices.\"gpt-4o\"]\ninput = 0\noutput = 1000000\n",
-            mock.base_url()
-        );
+        let config = format!("[store]\nurl = \"{url}\"\n{}", priced_upstream(&mock));
         let (proc, addr) = start_local_daemon(&daemon_dir, runtime, &config, None);
-        let auth = format!("Bearer {key}");
-        let answer = http_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-            ],
-            br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            answer.status,
-            200,
-            "{runtime}: {}\n{}",
-            String::from_utf8_lossy(&answer.body),
-            proc.log()
-        );
+        chat_answers(addr, &key, runtime, &proc);
         wait_until(
             "the usage record in PostgreSQL",
             Duration::from_secs(10),
@@ -564,14 +522,7 @@ fn insert_usage(pg: &PgServer, uid: &str, days: u32) {
 #[test]
 fn retention_applies_to_the_shared_usage_log() {
     let dir = temp_dir("shared-retention");
-    let pki = pki(&dir.join("pki"));
-    let pg = PgServer::start_tls(&pki.server).expect("PostgreSQL with TLS");
-    pg.create_database("gate").unwrap();
-    let url = format!(
-        "postgres://postgres:{PG_PASSWORD}@localhost:{}/gate?sslmode=verify-full&sslrootcert={}",
-        pg.port(),
-        pki.ca_file.display()
-    );
+    let (pg, url) = gate_database_over_tls(&dir);
     let mock = Mock::start("oai");
     let config = format!(
         "[store]\nurl = \"{url}\"\n[usage]\nretention_days = 30\n\

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{start_local_daemon, temp_dir, wait_until};
+use common::{start_local_daemon, temp_dir, wait_until, RUNTIMES};
 use gate_core::accounting::{UsageRecord, Usd};
 use gate_daemon::admin::client::http_request;
 use gate_daemon::metrics::Metrics;
@@ -23,7 +23,6 @@ use serde_json::Value;
 
 mod common;
 
-const RUNTIMES: [&str; 2] = ["tokio", "smol"];
 /// The environment variable that turns [`usage_child_writer`] on.
 const CHILD_DIR_VAR: &str = "GATE_TEST_USAGE_CHILD_DIR";
 /// The writer commits at most this long after a record is handed over...
@@ -264,18 +263,13 @@ fn populate(state_dir: &Path) -> String {
 }
 
 fn gate_usage(state_dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::gate_bin())
-        .arg("usage")
-        .args(args)
-        .arg("--state-dir")
-        .arg(state_dir)
-        .env_remove("GATE_STATE_DIR")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::output_split(
+        Command::new(common::gate_bin())
+            .arg("usage")
+            .args(args)
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env_remove("GATE_STATE_DIR"),
     )
 }
 
@@ -467,18 +461,7 @@ fn spend_survives_kill_9_and_restart() {
     let body =
         r#"{"model":"priced-model","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}"#;
     for _ in 0..3 {
-        let auth = format!("Bearer {key}");
-        let response = http_request(
-            addr,
-            "POST",
-            "/v1/chat/completions",
-            &[
-                ("Authorization", &auth),
-                ("Content-Type", "application/json"),
-            ],
-            body.as_bytes(),
-        )
-        .unwrap();
+        let response = common::post_chat(addr, &key, body.as_bytes()).unwrap();
         assert_eq!(
             response.status,
             200,

@@ -90,13 +90,7 @@ async fn echo_through_relay_via<RR: Runtime, DR: Runtime>(
     };
     assert_eq!(daemon.status().transport, Some(expected));
 
-    let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (tls, presented) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (tls, presented) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
     if presented != daemon.certificate {
         return Err("the certificate seen is not the daemon's".into());
     }

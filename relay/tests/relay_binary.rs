@@ -261,7 +261,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         return Err(format!("{e}\nrelay log:\n{}", std::fs::read_to_string(&log)?).into());
     }
     let https = std::net::SocketAddr::from(([127, 0, 0, 1], https_port));
-    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    daemon_health(&rt, https, &daemon).await?;
     // The daemon learned the relay's HTTPS port from the registration answer.
     assert_eq!(
         daemon.status().public_urls,
@@ -362,13 +362,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
     assert_eq!(mode & 0o777, 0o600);
 
     // A transfer in flight when the relay is killed ends (error or EOF), it does not hang.
-    let tcp = rt.connect_tcp(https).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut tls, _) = tls_to_daemon(&rt, https, &daemon).await?;
     tls.write_all(b"ECHO\n").await?;
     tls.write_all(&[7u8; 100_000]).await?;
     let mut echoed = vec![0u8; 100_000];
@@ -434,7 +428,7 @@ async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<
         daemon.status().names,
         vec![daemon.node_name.clone(), format!("kept.{SUFFIX}")]
     );
-    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    daemon_health(&rt, https, &daemon).await?;
     health_via_relay(&rt, https, &format!("kept.{SUFFIX}"), &daemon.certificate).await?;
 
     // SIGTERM: a clean exit, with the claims saved.

@@ -19,6 +19,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const REGISTER_LIMIT: Duration = Duration::from_secs(15);
 
+/// Waits (at most [`REGISTER_LIMIT`]) until `daemon` is registered with its relay.
+async fn registered<R: Runtime>(rt: &R, daemon: &TestDaemon) -> Result<(), BoxError> {
+    wait_until(rt, REGISTER_LIMIT, "daemon registered", || {
+        daemon.is_registered()
+    })
+    .await
+}
+
 fn is_unrecognized_name(error: &BoxError) -> bool {
     let io = error.downcast_ref::<std::io::Error>();
     let tls = io
@@ -89,10 +97,7 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
     settings.metrics_port = Some(0);
     let relay = start_relay(&relay_rt, settings, &relay_identity, &relay_state).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        daemon.is_registered()
-    })
-    .await?;
+    registered(&rt, &daemon).await?;
     let status = daemon.status();
     assert_eq!(status.names, vec![daemon.node_name.clone()]);
     // The relay announces its HTTPS port (a free one here, not 443), so the URL carries it.
@@ -243,17 +248,12 @@ async fn forwarding<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<()
 }
 
 async fn limits<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_connections_per_ip = 4;
     settings.limits.max_connections_per_node = 2;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        daemon.is_registered()
-    })
-    .await?;
+    registered(&rt, &daemon).await?;
     let https = relay.https_addr();
     let name = daemon.node_name.clone();
 
@@ -399,7 +399,7 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(
     );
     assert_eq!(b.status().names, vec![b.node_name.clone()]);
     health_via_relay(&rt, relay.https_addr(), &shop, &a.certificate).await?;
-    health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
+    daemon_health(&rt, relay.https_addr(), &b).await?;
 
     // A leaves; the relay restarts on the same ports and state directory.
     let a_id = relay.claim_owner("shop").ok_or("no claim on shop")?;
@@ -427,7 +427,7 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(
         refusal.contains("claimed by another node"),
         "B was told: {refusal:?}"
     );
-    health_via_relay(&rt, relay.https_addr(), &b.node_name, &b.certificate).await?;
+    daemon_health(&rt, relay.https_addr(), &b).await?;
     expect_unrecognized_name(&rt, relay.https_addr(), &shop, &a.certificate).await?;
     b.client.shutdown().await;
     relay.shutdown().await;
@@ -436,21 +436,10 @@ async fn claims_and_restart<RR: Runtime, DR: Runtime>(
 
 async fn large_transfer<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     const TOTAL: usize = 64 << 20;
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, test_settings()).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        daemon.is_registered()
-    })
-    .await?;
-    let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    registered(&rt, &daemon).await?;
+    let (mut tls, _) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
     tls.write_all(b"ECHO\n").await?;
     let (mut reader, mut writer) = tokio::io::split(tls);
     let (sent_tx, sent_rx) = async_channel::bounded(1);
@@ -555,17 +544,8 @@ async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
         format!("localhost:{port}").parse()?,
         ca_cert.der().clone(),
     )?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        daemon.is_registered()
-    })
-    .await?;
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await?;
+    registered(&rt, &daemon).await?;
+    daemon_health(&rt, relay.https_addr(), &daemon).await?;
     daemon.client.shutdown().await;
     relay.shutdown().await;
     Ok(())
@@ -578,28 +558,17 @@ async fn unpinned_relay<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Resul
 async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     /// Far below the liveness timeout of this relay (3 x 10 s heartbeats).
     const PROMPTLY: Duration = Duration::from_secs(2);
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.tunnel.heartbeat_interval_ms = 10_000;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let daemon = start_daemon(&rt, relay_address(&relay, 0), Some("bye"))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        daemon.is_registered()
-    })
-    .await?;
+    registered(&rt, &daemon).await?;
     let https = relay.https_addr();
     let custom = daemon.custom_name.clone().ok_or("no custom name")?;
-    health_via_relay(&rt, https, &daemon.node_name, &daemon.certificate).await?;
+    daemon_health(&rt, https, &daemon).await?;
 
     // A connection opened before the goodbye, with one exchange done.
-    let tcp = rt.connect_tcp(https).await?;
-    let (mut tls, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut tls, _) = tls_to_daemon(&rt, https, &daemon).await?;
     tls.write_all(b"ECHO\nbefore ").await?;
     let mut echoed = [0u8; 7];
     tls.read_exact(&mut echoed).await?;
@@ -647,9 +616,7 @@ async fn goodbye<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), B
 async fn unencodable_frame<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
     /// Far below the 10 s registration timeout a silently dropped `Register` would end in.
     const PROMPTLY: Duration = Duration::from_secs(5);
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, test_settings()).await?;
     let identity = Identity::generate()?;
     let endpoint =
         identity.quic_endpoint(&rt, std::net::SocketAddr::from(([127, 0, 0, 1], 0)), None)?;
@@ -680,18 +647,13 @@ async fn registration_throttle<RR: Runtime, DR: Runtime>(
     relay_rt: RR,
     rt: DR,
 ) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
     let mut settings = test_settings();
     settings.limits.max_registrations_per_ip_per_minute = 2;
-    let relay = start_relay(&relay_rt, settings, &relay_identity, dir.path()).await?;
+    let (_dir, relay) = start_test_relay(&relay_rt, settings).await?;
     let mut admitted = Vec::new();
     for _ in 0..2 {
         let daemon = start_daemon(&rt, relay_address(&relay, 0), None)?;
-        wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-            daemon.is_registered()
-        })
-        .await?;
+        registered(&rt, &daemon).await?;
         admitted.push(daemon);
     }
     let third = start_daemon(&rt, relay_address(&relay, 0), None)?;
@@ -719,13 +681,7 @@ async fn registration_throttle<RR: Runtime, DR: Runtime>(
     )
     .await?;
     for daemon in &admitted {
-        health_via_relay(
-            &rt,
-            relay.https_addr(),
-            &daemon.node_name,
-            &daemon.certificate,
-        )
-        .await?;
+        daemon_health(&rt, relay.https_addr(), daemon).await?;
     }
     third.client.shutdown().await;
     for daemon in admitted {
@@ -807,23 +763,17 @@ async fn token_quotas<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<
 
     // The right token registers; its second daemon is over the token's custom names.
     let first = start_daemon_with_token(&rt, relay_address(&relay, 0), Some("first"), Some(TEAM))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        first.is_registered()
-    })
-    .await?;
+    registered(&rt, &first).await?;
     assert_eq!(first.status().custom_name_refusal, None);
     let second =
         start_daemon_with_token(&rt, relay_address(&relay, 0), Some("second"), Some(TEAM))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        second.is_registered()
-    })
-    .await?;
+    registered(&rt, &second).await?;
     let refusal = second.status().custom_name_refusal.unwrap_or_default();
     assert!(
         refusal.contains("token team") && refusal.contains("custom_names"),
         "{refusal}"
     );
-    health_via_relay(&rt, https, &second.node_name, &second.certificate).await?;
+    daemon_health(&rt, https, &second).await?;
     // The relay counts a forwarded connection until both ends have closed it, a moment after
     // the client has its answer.
     wait_until(&rt, Duration::from_secs(10), "connection released", || {
@@ -879,17 +829,11 @@ async fn token_quotas<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<
         Some("metered"),
         Some(METERED),
     )?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        metered.is_registered()
-    })
-    .await?;
+    registered(&rt, &metered).await?;
     assert_eq!(metered.status().custom_name_refusal, None);
     let third =
         start_daemon_with_token(&rt, relay_address(&relay, 0), Some("third"), Some(METERED))?;
-    wait_until(&rt, REGISTER_LIMIT, "daemon registered", || {
-        third.is_registered()
-    })
-    .await?;
+    registered(&rt, &third).await?;
     let refusal = third.status().custom_name_refusal.unwrap_or_default();
     assert!(refusal.contains("limits.max_claims"), "{refusal}");
 

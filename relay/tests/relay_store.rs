@@ -155,14 +155,11 @@ async fn shared_claims<RR: Runtime, DR: Runtime>(
     // X is reachable through either relay (curl), by its custom and its node name.
     curl_health(dir.path(), a.https_addr().port(), &shop, &x.certificate).await?;
     curl_health(dir.path(), b.https_addr().port(), &shop, &x.certificate).await?;
-    health_via_relay(&rt, b.https_addr(), &x.node_name, &x.certificate).await?;
+    daemon_health(&rt, b.https_addr(), &x).await?;
     // Each relay routes only to the daemons connected to it.
-    health_via_relay(&rt, b.https_addr(), &y.node_name, &y.certificate).await?;
+    daemon_health(&rt, b.https_addr(), &y).await?;
     let a_https = a.https_addr();
-    if health_via_relay(&rt, a_https, &y.node_name, &y.certificate)
-        .await
-        .is_ok()
-    {
+    if daemon_health(&rt, a_https, &y).await.is_ok() {
         return Err("relay A routed to Y, which is connected to B only".into());
     }
 
@@ -259,7 +256,7 @@ async fn store_outage<RR: Runtime, DR: Runtime>(
     assert_eq!(during.status().names, vec![during.node_name.clone()]);
     // Routing goes on: the earlier claim and the new daemon's node-id name.
     curl_health(dir.path(), https.port(), &before_name, &before.certificate).await?;
-    health_via_relay(&rt, https, &during.node_name, &during.certificate).await?;
+    daemon_health(&rt, https, &during).await?;
 
     pg.lock().unwrap().restart()?;
     wait_until(&rt, Duration::from_secs(15), "relay reconnected", || {

@@ -16,38 +16,38 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use gate_relay::client::{RelayConnectionState, Transport, TransportPolicy};
-use gate_relay::identity::Identity;
+use gate_relay::server::RunningRelay;
 use gate_rt::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long the daemon may take to register over the fallback (the bound).
 const FALLBACK_DEADLINE: Duration = Duration::from_secs(10);
 
-async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    // The QUIC address is a gate that drops everything: only TCP can work.
+/// A relay on `relay_rt` whose QUIC port is reached only through a [`UdpGate`] that drops
+/// everything (until it is opened), and a daemon on `rt` dialling it through the gate with
+/// `transport` (TCP to the relay's HTTPS port).
+async fn behind_blocked_udp<RR: Runtime, DR: Runtime>(
+    relay_rt: &RR,
+    rt: &DR,
+    transport: TransportPolicy,
+) -> Result<(tempfile::TempDir, RunningRelay<RR>, UdpGate, TestDaemon), BoxError> {
+    let (dir, relay) = start_test_relay(relay_rt, test_settings()).await?;
     let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
     let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Tcp,
-        relay.https_addr().port(),
-    )?;
+    let daemon = start_daemon_via(rt, address, transport, relay.https_addr().port())?;
+    Ok((dir, relay, gate, daemon))
+}
+
+async fn tcp_only<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
+    // The QUIC address is a gate that drops everything: only TCP can work.
+    let (_dir, relay, _gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Tcp).await?;
     wait_until(&rt, FALLBACK_DEADLINE, "registered over TCP", || {
         daemon.is_registered()
     })
     .await?;
     assert_eq!(daemon.status().transport, Some(Transport::Tcp));
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await?;
+    daemon_health(&rt, relay.https_addr(), &daemon).await?;
     assert!(relay.stats().forwarded >= 1, "forwarded through the relay");
     daemon.client.shutdown().await;
     relay.shutdown().await;
@@ -80,18 +80,9 @@ async fn echo_round<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 }
 
 async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
-    let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
     let started = Instant::now();
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Auto,
-        relay.https_addr().port(),
-    )?;
+    let (_dir, relay, gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Auto).await?;
     wait_until(
         &rt,
         FALLBACK_DEADLINE,
@@ -100,23 +91,12 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
     )
     .await?;
     eprintln!("registered over TCP after {:.2?}", started.elapsed());
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await
-    .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
+    daemon_health(&rt, relay.https_addr(), &daemon)
+        .await
+        .map_err(|e| format!("GET /health over the TCP tunnel: {e}"))?;
 
     // A long connection through the TCP tunnel, open across the move.
-    let tcp = rt.connect_tcp(relay.https_addr()).await?;
-    let (mut long, _) = tls_connect(
-        tcp,
-        &daemon.node_name,
-        client_config(&daemon.certificate, Vec::new())?,
-    )
-    .await?;
+    let (mut long, _) = tls_to_daemon(&rt, relay.https_addr(), &daemon).await?;
     long.write_all(b"ECHO\n").await?;
     echo_round(&mut long, b"before the move")
         .await
@@ -131,14 +111,9 @@ async fn fallback_and_back<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Re
         daemon.status().registrations >= 2,
         "registered again over QUIC"
     );
-    health_via_relay(
-        &rt,
-        relay.https_addr(),
-        &daemon.node_name,
-        &daemon.certificate,
-    )
-    .await
-    .map_err(|e| format!("GET /health after the move back to QUIC: {e}"))?;
+    daemon_health(&rt, relay.https_addr(), &daemon)
+        .await
+        .map_err(|e| format!("GET /health after the move back to QUIC: {e}"))?;
     // The connection opened over TCP is intact after the move.
     echo_round(&mut long, &vec![0x5a; 256 * 1024])
         .await
@@ -168,17 +143,8 @@ fn auto_falls_back_to_tcp_and_moves_back_smol() {
 }
 
 async fn quic_only_blocked<RR: Runtime, DR: Runtime>(relay_rt: RR, rt: DR) -> Result<(), BoxError> {
-    let dir = tempfile::tempdir()?;
-    let relay_identity = Identity::load_or_create(dir.path())?;
-    let relay = start_relay(&relay_rt, test_settings(), &relay_identity, dir.path()).await?;
-    let gate = UdpGate::start(relay.quic_addrs()[0], true)?;
-    let address = format!("{}@{}", relay.node_id(), gate.addr).parse()?;
-    let daemon = start_daemon_via(
-        &rt,
-        address,
-        TransportPolicy::Quic,
-        relay.https_addr().port(),
-    )?;
+    let (_dir, relay, _gate, daemon) =
+        behind_blocked_udp(&relay_rt, &rt, TransportPolicy::Quic).await?;
     // Past the QUIC fallback delay plus the TCP handshake: auto would have registered.
     let waited = wait_until(&rt, Duration::from_secs(6), "registered", || {
         daemon.is_registered()

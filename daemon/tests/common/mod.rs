@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use gate_daemon::admin::client::{http_request, HttpResponse};
 use serde_json::{json, Value};
 
 /// How often a wait polls its condition.
@@ -21,6 +22,32 @@ const POLL: Duration = Duration::from_millis(50);
 const START_ATTEMPTS: usize = 5;
 /// How long a server may take to start (and a daemon to register with its relay).
 const START_DEADLINE: Duration = Duration::from_secs(90);
+
+/// The runtimes every daemon test runs under, by the names `gate serve --runtime` takes.
+pub const RUNTIMES: [&str; 2] = ["tokio", "smol"];
+
+/// `both_runtimes!(a, b)` makes tests `on_tokio::a`, `on_smol::a`, … that run the async
+/// scenarios `a(rt)`, `b(rt)` of the calling module under each runtime. Used as
+/// `common::both_runtimes!(…)`.
+#[allow(unused_macros)] // not every test binary has async scenarios
+macro_rules! both_runtimes {
+    ($($name:ident),* $(,)?) => {
+        mod on_tokio {
+            $(#[test]
+            fn $name() {
+                gate_runtime_tokio::block_on(super::$name).expect("runtime");
+            })*
+        }
+        mod on_smol {
+            $(#[test]
+            fn $name() {
+                gate_runtime_smol::block_on(super::$name).expect("runtime");
+            })*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use both_runtimes;
 
 /// The `gate` binary under test.
 pub fn gate_bin() -> PathBuf {
@@ -98,6 +125,107 @@ pub fn output(cmd: &mut Command) -> (bool, String) {
     )
 }
 
+/// Runs `cmd` to completion with stdin closed; returns (success, stdout, stderr).
+pub fn output_split(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd.output().expect("run command");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `cmd` with `stdin` written to its input; returns (success, stdout, stderr).
+pub fn run(cmd: &mut Command, stdin: &str) -> (bool, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run gate");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("gate ends");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The `gate` binary with the test's own `GATE_*` and `RUST_LOG` variables removed, so that
+/// only what the test sets configures it.
+pub fn gate() -> Command {
+    let mut cmd = Command::new(gate_bin());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("GATE_") || name == "RUST_LOG" {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+/// `gate ARGS --state-dir STATE` (from [`gate`]).
+pub fn gate_in(args: &[&str], state: &Path) -> Command {
+    let mut cmd = gate();
+    cmd.args(args).arg("--state-dir").arg(state);
+    cmd
+}
+
+/// Runs `gate ARGS --state-dir STATE` with `stdin`; returns (success, stdout, stderr).
+pub fn cli(args: &[&str], state: &Path, stdin: &str) -> (bool, String, String) {
+    run(&mut gate_in(args, state), stdin)
+}
+
+/// The id `gate token create` announced on stderr (`created API key id ID (...)`).
+pub fn created_key_id(stderr: &str) -> String {
+    stderr
+        .split("created API key id ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no key id in: {stderr}"))
+        .to_owned()
+}
+
+/// A small chat request (`gpt-4o`, 3 tokens at most) for [`post_chat`].
+pub const CHAT_BODY: &[u8] =
+    br#"{"model":"gpt-4o","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+
+/// `POST /v1/chat/completions` with the JSON `body` and `authorization: Bearer KEY` to the
+/// daemon at `addr`.
+pub fn post_chat(addr: SocketAddr, key: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
+    let auth = format!("Bearer {key}");
+    http_request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+}
+
+/// `gate serve` under `runtime` on an ephemeral loopback port with its state in `state`
+/// (from [`gate`]; the caller adds configs and runs it).
+pub fn gate_serve(runtime: &str, state: &Path) -> Command {
+    let mut cmd = gate();
+    cmd.args([
+        "serve",
+        "--runtime",
+        runtime,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ])
+    .arg("--state-dir")
+    .arg(state);
+    cmd
+}
+
 /// Polls `check` until it gives a value; panics with `what` and `context()` at the deadline.
 pub fn wait_for<T>(
     what: &str,
@@ -170,6 +298,35 @@ impl Proc {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// [`wait_for`] `check` while the process runs; if it exits first, fails the test with
+    /// `what`, its exit status and its log.
+    pub fn wait_running<T>(
+        &mut self,
+        what: &str,
+        deadline: Duration,
+        mut check: impl FnMut() -> Option<T>,
+    ) -> T {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.exited() {
+                panic!(
+                    "the process exited ({status}) while waiting for {what}:\n{}",
+                    self.log()
+                );
+            }
+            if let Some(value) = check() {
+                return value;
+            }
+            if Instant::now() >= end {
+                panic!(
+                    "timed out after {deadline:?} waiting for {what}\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// Waits (bounded) until it has exited; its status.
@@ -331,6 +488,30 @@ pub fn start_daemon_with_relay(
     extra_config: &str,
     env: &[(&str, &str)],
 ) -> (Proc, SocketAddr) {
+    let proc = start_daemon_until(
+        dir,
+        runtime,
+        state_dir,
+        relay,
+        extra_config,
+        env,
+        "registered with the relay",
+    );
+    let addr = daemon_addr(state_dir).expect("the daemon recorded its address");
+    (proc, addr)
+}
+
+/// [`start_daemon_with_relay`], returning once the daemon's log shows `until` (a refusal by
+/// the relay, say) rather than its registration.
+pub fn start_daemon_until(
+    dir: &Path,
+    runtime: &str,
+    state_dir: &Path,
+    relay: &Relay,
+    extra_config: &str,
+    env: &[(&str, &str)],
+    until: &str,
+) -> Proc {
     let relay = relay.address();
     let (proc, ()) = start_on_free_ports(
         "the daemon",
@@ -355,10 +536,9 @@ pub fn start_daemon_with_relay(
                 .envs(env.iter().copied());
             (Proc::spawn(cmd, dir.join("gate.log")), ())
         },
-        |gate, ()| gate.log().contains("registered with the relay"),
+        |gate, ()| gate.log().contains(until),
     );
-    let addr = daemon_addr(state_dir).expect("the daemon recorded its address");
-    (proc, addr)
+    proc
 }
 
 /// The node id `<bin> id` prints for `state_dir` (`gate` or `gate-relay`; it creates the key
@@ -367,6 +547,75 @@ pub fn node_id(bin: &Path, state_dir: &Path) -> String {
     let (ok, id) = output(Command::new(bin).args(["id", "--state-dir"]).arg(state_dir));
     assert!(ok, "{} id: {id}", bin.display());
     id.trim().to_owned()
+}
+
+// ---------------------------------------------------------------- HTTP requests upstreams read
+
+/// One HTTP/1.1 request as an upstream in a test read it.
+#[derive(Clone, Debug)]
+pub struct HttpRequest {
+    /// The request line without its line end (`POST /v1/chat/completions HTTP/1.1`).
+    pub line: String,
+    /// The headers in order, names in lower case, values trimmed.
+    pub headers: Vec<(String, String)>,
+    /// The body (`content-length` bytes).
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// `GET`, `POST`, …
+    pub fn method(&self) -> &str {
+        self.line.split_whitespace().next().unwrap_or("")
+    }
+
+    /// The request target (`/v1/models`).
+    pub fn path(&self) -> &str {
+        self.line.split_whitespace().nth(1).unwrap_or("")
+    }
+
+    /// The first header named `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one request from `reader`: its line, its headers up to the empty line, and the
+/// `content-length` bytes of body. `None` when the connection ends or breaks before a whole
+/// request has come (the peer went away).
+pub fn read_request(reader: &mut impl BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+            return None;
+        }
+        let header = header.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_owned());
+            if k == "content-length" {
+                length = v.parse().unwrap_or(0);
+            }
+            headers.push((k, v));
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body).ok()?;
+    Some(HttpRequest {
+        line: line.trim_end().to_owned(),
+        headers,
+        body,
+    })
 }
 
 // ---------------------------------------------------------------- mock upstream
@@ -456,37 +705,8 @@ fn serve_mock(stream: TcpStream, behaviour: &MockBehaviour, counters: &MockCount
     };
     let mut reader = BufReader::new(read_half);
     let mut stream = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0usize;
-        let mut auth = String::new();
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                let k = k.trim().to_ascii_lowercase();
-                if k == "content-length" {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-                if k == "authorization" {
-                    auth = v.trim().to_owned();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let answer = if line.starts_with("GET") {
+    while let Some(request) = read_request(&mut reader) {
+        let answer = if request.method() == "GET" {
             model_lists.fetch_add(1, Ordering::SeqCst);
             let data: Vec<Value> = behaviour
                 .models
@@ -495,9 +715,10 @@ fn serve_mock(stream: TcpStream, behaviour: &MockBehaviour, counters: &MockCount
                 .collect();
             json!({"object": "list", "data": data}).to_string()
         } else {
-            seen.lock().unwrap().push(auth);
+            let auth = request.header("authorization").unwrap_or_default();
+            seen.lock().unwrap().push(auth.to_owned());
             hits.fetch_add(1, Ordering::SeqCst);
-            let model = serde_json::from_slice::<Value>(&body)
+            let model = serde_json::from_slice::<Value>(&request.body)
                 .ok()
                 .and_then(|v| v["model"].as_str().map(str::to_owned))
                 .unwrap_or_default();
@@ -610,28 +831,7 @@ fn stream_answer(stream: TcpStream, events: usize, pause: Duration) {
     };
     let mut reader = BufReader::new(read_half);
     let mut stream = stream;
-    let mut length = 0usize;
-    let mut line = String::new();
-    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-        return;
-    }
-    loop {
-        let mut header = String::new();
-        if reader.read_line(&mut header).unwrap_or(0) == 0 {
-            return;
-        }
-        let header = header.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
-    let mut body = vec![0u8; length];
-    if reader.read_exact(&mut body).is_err() {
+    if read_request(&mut reader).is_none() {
         return;
     }
     let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\nconnection: close\r\n\r\n";

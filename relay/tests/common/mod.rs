@@ -149,6 +149,18 @@ pub async fn start_relay<R: Runtime>(
     }
 }
 
+/// [`start_relay`] with a new identity, its state in a new temporary directory that lives as
+/// long as the returned handle.
+pub async fn start_test_relay<R: Runtime>(
+    rt: &R,
+    settings: RelaySettings,
+) -> Result<(tempfile::TempDir, RunningRelay<R>), BoxError> {
+    let dir = tempfile::tempdir()?;
+    let identity = Identity::load_or_create(dir.path())?;
+    let relay = start_relay(rt, settings, &identity, dir.path()).await?;
+    Ok((dir, relay))
+}
+
 /// A daemon: its identity, relay client, and the TLS certificate its responder serves.
 pub struct TestDaemon {
     pub client: RelayClient,
@@ -363,6 +375,28 @@ pub async fn tls_connect<S: AsyncRead + AsyncWrite + Unpin>(
     Ok((tls, presented))
 }
 
+/// [`tls_connect`] through the relay's HTTPS address `relay_https` to `daemon` by its node
+/// name, trusting its certificate.
+pub async fn tls_to_daemon<R: Runtime>(
+    rt: &R,
+    relay_https: SocketAddr,
+    daemon: &TestDaemon,
+) -> Result<
+    (
+        tokio_rustls::client::TlsStream<R::TcpStream>,
+        CertificateDer<'static>,
+    ),
+    BoxError,
+> {
+    let tcp = rt.connect_tcp(relay_https).await?;
+    tls_connect(
+        tcp,
+        &daemon.node_name,
+        client_config(&daemon.certificate, Vec::new())?,
+    )
+    .await
+}
+
 /// `GET /health` over `tls`; returns the body.
 pub async fn get_health<S: AsyncRead + AsyncWrite + Unpin>(
     mut tls: tokio_rustls::client::TlsStream<S>,
@@ -407,6 +441,15 @@ pub async fn health_via_relay<R: Runtime>(
         Ok(result) => result,
         Err(gate_rt::Elapsed) => Err(format!("GET /health via {name} took over 30 s").into()),
     }
+}
+
+/// [`health_via_relay`] to `daemon` by its node name.
+pub async fn daemon_health<R: Runtime>(
+    rt: &R,
+    relay_https: SocketAddr,
+    daemon: &TestDaemon,
+) -> Result<(), BoxError> {
+    health_via_relay(rt, relay_https, &daemon.node_name, &daemon.certificate).await
 }
 
 /// Runs a blocking closure on its own thread and awaits its result without blocking the
