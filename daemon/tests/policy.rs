@@ -16,7 +16,7 @@ mod common;
 #[path = "../../tests/support/store_servers.rs"]
 mod store_servers;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,30 +84,9 @@ fn serve(stream: TcpStream, completion: u64, hits: &AtomicUsize, release: &Atomi
     let mut reader = BufReader::new(read_half);
     let mut stream = stream;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(common::HttpRequest { line, body, .. }) = common::read_request(&mut reader) else {
             return;
-        }
-        let mut length = 0usize;
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':') {
-                if k.trim().eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        };
         if line.starts_with("GET") {
             let answer = json!({"object": "list", "data": []}).to_string();
             let _ = write!(
@@ -1689,24 +1668,7 @@ async fn stopped_daemon_gives_its_lease_back<R: Runtime>(rt: R) {
 /// A lease's deadline (10 s) and a margin for a loaded machine.
 const LEASE_TTL_WAIT: Duration = Duration::from_secs(30);
 
-macro_rules! both_runtimes {
-    ($($name:ident),* $(,)?) => {
-        mod on_tokio {
-            $(#[test]
-            fn $name() {
-                gate_runtime_tokio::block_on(super::$name).expect("runtime");
-            })*
-        }
-        mod on_smol {
-            $(#[test]
-            fn $name() {
-                gate_runtime_smol::block_on(super::$name).expect("runtime");
-            })*
-        }
-    };
-}
-
-both_runtimes!(
+common::both_runtimes!(
     model_refusals_in_every_protocol,
     rate_limits_with_headers,
     budgets_and_settlement_on_every_route,
