@@ -246,8 +246,13 @@ impl Written {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for (_, r) in records {
             let cost = r.cost.unwrap_or(Usd::ZERO);
-            let entry = map.entry(r.key_id.to_string()).or_insert(Usd::ZERO);
-            *entry = entry.saturating_add(cost);
+            // The key's name is copied only the first time it is seen.
+            match map.get_mut(&*r.key_id) {
+                Some(entry) => *entry = entry.saturating_add(cost),
+                None => {
+                    map.insert(r.key_id.to_string(), cost);
+                }
+            }
         }
     }
 
@@ -570,38 +575,35 @@ impl<R: Runtime> SharedStore<R> {
             .collect())
     }
 
-    /// Writes `batch` (rows already there are skipped); counts it as written.
+    /// Writes `batch` (rows already there are skipped); counts it as written. The columns
+    /// borrow the records' text (no copy per field): the statement's parameters are encoded
+    /// in one go on the runtime, so what they cost is a pause of the writer's worker.
     async fn write_usage(&self, batch: &[(String, UsageRecord)]) -> Result<(), StoreError> {
-        let col = |f: &dyn Fn(&UsageRecord) -> String| -> Vec<String> {
+        fn column<'a, T>(
+            batch: &'a [(String, UsageRecord)],
+            f: impl Fn(&'a UsageRecord) -> T,
+        ) -> Vec<T> {
             batch.iter().map(|(_, r)| f(r)).collect()
-        };
-        let opt = |f: &dyn Fn(&UsageRecord) -> Option<String>| -> Vec<Option<String>> {
-            batch.iter().map(|(_, r)| f(r)).collect()
-        };
-        let num = |f: &dyn Fn(&UsageRecord) -> u64| -> Vec<i64> {
-            batch.iter().map(|(_, r)| int(f(r))).collect()
-        };
-        let uids: Vec<String> = batch.iter().map(|(uid, _)| uid.clone()).collect();
-        let daemons: Vec<String> = vec![self.daemon_id.clone(); batch.len()];
-        let at = num(&|r| r.at_ms);
-        let keys = col(&|r| r.key_id.to_string());
-        let owners = opt(&|r| r.owner.as_deref().map(str::to_owned));
-        let endpoints = col(&|r| r.endpoint.to_string());
-        let models = col(&|r| r.model.to_string());
-        let served = opt(&|r| r.served_model.as_deref().map(str::to_owned));
-        let upstreams = opt(&|r| r.upstream.as_deref().map(str::to_owned));
-        let input = num(&|r| r.input_tokens);
-        let output = num(&|r| r.output_tokens);
-        let cached = num(&|r| r.cached_tokens);
-        let cache_write = num(&|r| r.cache_write_tokens);
-        let costs: Vec<Option<i64>> = batch
-            .iter()
-            .map(|(_, r)| r.cost.map(|c| int(c.0)))
-            .collect();
-        let latency = num(&|r| r.latency_ms);
-        let ttft: Vec<Option<i64>> = batch.iter().map(|(_, r)| r.ttft_ms.map(int)).collect();
-        let status: Vec<i32> = batch.iter().map(|(_, r)| i32::from(r.status)).collect();
-        let errors = opt(&|r| r.error.as_deref().map(str::to_owned));
+        }
+        let num = |f: fn(&UsageRecord) -> u64| column(batch, move |r| int(f(r)));
+        let uids: Vec<&str> = batch.iter().map(|(uid, _)| uid.as_str()).collect();
+        let daemons: Vec<&str> = vec![self.daemon_id.as_str(); batch.len()];
+        let at = num(|r| r.at_ms);
+        let keys = column(batch, |r| &*r.key_id);
+        let owners = column(batch, |r| r.owner.as_deref());
+        let endpoints = column(batch, |r| &*r.endpoint);
+        let models = column(batch, |r| &*r.model);
+        let served = column(batch, |r| r.served_model.as_deref());
+        let upstreams = column(batch, |r| r.upstream.as_deref());
+        let input = num(|r| r.input_tokens);
+        let output = num(|r| r.output_tokens);
+        let cached = num(|r| r.cached_tokens);
+        let cache_write = num(|r| r.cache_write_tokens);
+        let costs = column(batch, |r| r.cost.map(|c| int(c.0)));
+        let latency = num(|r| r.latency_ms);
+        let ttft = column(batch, |r| r.ttft_ms.map(int));
+        let status = column(batch, |r| i32::from(r.status));
+        let errors = column(batch, |r| r.error.as_deref());
         let params: [&(dyn ToSql + Sync); 18] = [
             &uids,
             &daemons,
@@ -751,18 +753,28 @@ struct UsageWriter<R: Runtime> {
 /// daemons by the 48 random bits besides.
 fn uid() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
+    // Drawn once per process (a system RNG call per record was most of a record's cost to
+    // the writer): the counter keeps this process's ids apart, the random part other
+    // processes' (other daemons, this daemon's earlier runs).
+    static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
+    let process = PROCESS.get_or_init(|| {
+        crate::auth::random_hex::<6>().unwrap_or_else(|_| {
+            // The system RNG failed: the process id and the start time's nanoseconds.
+            format!(
+                "{:06x}{:06x}",
+                std::process::id() & 0xff_ffff,
+                now.subsec_nanos() & 0xff_ffff
+            )
+        })
+    });
     let seq = COUNTER.fetch_add(1, Ordering::Relaxed);
-    match crate::auth::random_hex::<6>() {
-        Ok(random) => format!(
-            "{:012x}{seq:08x}{random}",
-            now.as_millis() & 0xffff_ffff_ffff
-        ),
-        // The system RNG failed: time and the counter are unique within this process.
-        Err(_) => format!("t{}-{seq}", now.as_nanos()),
-    }
+    format!(
+        "{:012x}{seq:08x}{process}",
+        now.as_millis() & 0xffff_ffff_ffff
+    )
 }
 
 impl<R: Runtime> UsageWriter<R> {
@@ -873,8 +885,9 @@ impl<R: Runtime> UsageWriter<R> {
     async fn write_buffer(&mut self) -> bool {
         while !self.buffer.is_empty() {
             let n = self.buffer.len().min(MAX_BATCH);
-            let batch: Vec<(String, UsageRecord)> = self.buffer.iter().take(n).cloned().collect();
-            match self.store.write_usage(&batch).await {
+            // Written from the buffer in place; drained once the store has them.
+            let batch = &self.buffer.make_contiguous()[..n];
+            match self.store.write_usage(batch).await {
                 Ok(()) => {
                     self.buffer.drain(..n);
                     if let Some(since) = self.outage_since.take() {
