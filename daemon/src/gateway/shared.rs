@@ -1403,8 +1403,7 @@ mod tests {
     }
 
     async fn lease_agrees_with_core<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let script = Script::new(LEASE);
         let correct = Script::new(CORRECT_TOKENS);
         let mut outcomes = [0u32; 3];
@@ -1591,8 +1590,7 @@ mod tests {
     /// A lease not renewed by its deadline (a daemon that died) is charged in full by the
     /// next call of any daemon, and its owner learns it lost it.
     async fn unrenewed_lease_is_charged_at_its_deadline<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let script = Script::new(LEASE);
         let id: LeaseId = ("dead".to_owned(), Some(Period::Day), 0);
         let keys = lease_keys(&id);
@@ -1646,6 +1644,20 @@ mod tests {
         );
     }
 
+    /// A real redis-server (kept alive by the caller) and a client of it.
+    fn redis_on<R: Runtime>(rt: &R) -> (store_servers::RedisServer, Redis<R>) {
+        let server = store_servers::RedisServer::start().expect("redis-server");
+        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        (server, redis)
+    }
+
+    fn unix_now_secs() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
     fn lease_task() -> LeaseTask {
         LeaseTask {
             leases: Leases::default(),
@@ -1685,8 +1697,7 @@ mod tests {
     /// admissions that limit refuses: a smaller one waiting behind it in the same round is
     /// admitted (it fits the minute), not refused with a made-up retry-after.
     async fn rate_refusal_refuses_only_what_it_refuses<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let script = Script::new(LEASE);
         let task = lease_task();
         let id: LeaseId = ("tpm".to_owned(), None, 0);
@@ -1738,8 +1749,7 @@ mod tests {
     /// budget; the lease task's sums saturate instead of overflowing (a panic in debug builds,
     /// a wrapped, too small wish in release ones).
     async fn huge_maximum_costs_are_refused<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let script = Script::new(LEASE);
         let task = lease_task();
         let id: LeaseId = ("huge".to_owned(), Some(Period::Day), 0);
@@ -1770,13 +1780,9 @@ mod tests {
     /// before the lease's deadline (where it would be charged in full); a request still in
     /// flight keeps its reservation held.
     async fn stopping_gives_leases_back<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now_secs();
         let budget = Budget {
             limit: Usd(1_000_000),
             period: Period::Day,
@@ -1842,13 +1848,9 @@ mod tests {
     /// without a budget are counted in the month: its calls skipped the budget, so the
     /// settled costs were dropped and the hold stayed.)
     async fn budget_removed_mid_lease_is_given_back<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now_secs();
         let rpm = Limits {
             rpm: Some(100),
             tpm: None,
@@ -1896,13 +1898,9 @@ mod tests {
     /// A budgeted request whose maximum cost is 0 (it reserves nothing) that costs something
     /// after all has that cost flushed into the spend like any other.
     async fn unreserved_cost_is_spent<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now_secs();
         let (budget_key, _) = budget_keys("zero", Period::Day, Period::Day.start(now));
         let decision = limits
             .admit(SharedAdmit {
@@ -1968,8 +1966,7 @@ mod tests {
     /// nor when it was decided but never read. Before, its maximum cost stayed reserved in
     /// the lease, held (and renewed) in Redis for as long as the daemon ran.
     async fn abandoned_admission_reserves_nothing<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let budget = Some(Budget {
             limit: Usd(1_000_000),
             period: Period::Day,
@@ -1991,10 +1988,7 @@ mod tests {
         assert_eq!(reserved(&task.leases, &id), Some((0, 0, 300)));
         // Decided, and the waiting future dropped before it read the decision.
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs();
+        let now = unix_now_secs();
         let id: LeaseId = ("gone".to_owned(), Some(Period::Day), Period::Day.start(now));
         let mut asked = request(&id, Limits::default(), 10, budget);
         asked.max_cost = Usd(300);
@@ -2015,8 +2009,7 @@ mod tests {
     /// day settles into that day's budget after the next day began, whose requests lease from
     /// the new day's key; each day's lease flushes and gives back on its own.
     async fn leases_across_a_period_boundary<R: Runtime>(rt: R) {
-        let server = store_servers::RedisServer::start().expect("redis-server");
-        let redis = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
         let today = Period::Day.start(
             std::time::SystemTime::now()
