@@ -58,6 +58,7 @@ T_RSS_MB = 30.0
 LABELS = {
     "direct": "origin direct (nginx)",
     "nginx-proxy": "nginx as proxy",
+    "hyper-floor": "hyper floor (Gate's HTTP stack, no features)",
     "gate": "Gate",
     "gate-policy": "Gate, key with budget + rpm",
     "gate-noacct": "Gate, usage log off, plain key",
@@ -356,6 +357,19 @@ def start_postgres(work: Path) -> tuple[str, subprocess.Popen]:
     if out.returncode != 0:
         raise SystemExit(f"bench: CREATE DATABASE failed: {out.stderr.strip()}")
     return f"postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/gate", proc
+
+
+def start_hyper_floor(root: Path, work: Path, origin_port: int) -> Target:
+    """daemon/examples/hyper_floor.rs: a proxy of only the libraries Gate's request path is built
+    on (tokio, hyper's server, hyper-util's pooled client), so the report can tell the stack's
+    own distance to nginx-as-proxy from Gate's features'."""
+    binary = root / "target/release/examples/hyper_floor"
+    if not binary.exists():
+        raise RuntimeError(f"{binary} is not built (cargo build --release -p gate-daemon --example hyper_floor)")
+    port = free_port()
+    proc = start([str(binary), f"127.0.0.1:{port}", f"127.0.0.1:{origin_port}"], work / "hyper-floor.log")
+    return Target("hyper-floor", proc, f"http://127.0.0.1:{port}", {"authorization": f"Bearer {UPSTREAM_KEY}"},
+                  stream_path="/stream/v1/chat/completions")
 
 
 def start_gate(root: Path, work: Path, origin_port: int, binary: Path, extra_config: str,
@@ -863,7 +877,7 @@ def chart(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows, paths = results["summary"], results["paths"]
-    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "gate": "#1f77b4", "gate-policy": "#6baed6",
+    colors = {"direct": "#9e9e9e", "nginx-proxy": "#2ca02c", "hyper-floor": "#98df8a", "gate": "#1f77b4", "gate-policy": "#6baed6",
               "gate-noacct": "#c6dbef", "gate-shared-policy": "#08306b",
               "litellm": "#d62728", "portkey": "#ff7f0e"}
     so = results.get("soak")
@@ -1043,7 +1057,12 @@ def main() -> int:
     # key, with a budget, is not measured).
     gate_noacct, _, _ = start_gate(root, work, origin_port, gate_binary, extra, name="gate-noacct",
                                    accounting=False)
-    targets = [direct, nginx_proxy, gate, gate_policy, gate_noacct]
+    targets = [direct, nginx_proxy]
+    try:
+        targets.append(start_hyper_floor(root, work, origin_port))
+    except (RuntimeError, OSError) as e:
+        results["skipped"]["hyper-floor"] = str(e)
+    targets += [gate, gate_policy, gate_noacct]
     if args.skip_shared_store:
         results["skipped"]["gate-shared-policy"] = "--skip-shared-store"
     elif not shutil.which("redis-server"):

@@ -44,8 +44,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 export PATH="$PATH:/usr/sbin"
 
-echo "== building gate (release)" >&2
-cargo build --release --quiet -p gate-daemon --bin gate
+echo "== building gate and the hyper floor (release)" >&2
+cargo build --release --quiet -p gate-daemon --bin gate --example hyper_floor
 
 notes=()
 ensure_venv || { echo "bench: matplotlib could not be installed into bench/.venv" >&2; exit 1; }

@@ -39,7 +39,10 @@ impl<R: Runtime> App<R> {
         let path = req.uri().path();
         if crate::admin::Admin::<R>::owns(path) {
             if let Some(admin) = &self.admin {
-                return admin.handle(req, peer).await;
+                // Boxed: the admin API's future is twice the size of the gateway's, and
+                // this future is moved per request by hyper (ARCHITECTURE.md
+                // "Request-path cost").
+                return Box::pin(admin.handle(req, peer)).await;
             }
         }
         if path.starts_with("/v1beta/") || path == "/v1beta" {

@@ -2,8 +2,8 @@
 //! histograms, tokens by upstream and model, upstream health, and usage per key and model
 //! (from the usage sink, at most [`MAX_KEY_MODEL_SERIES`] label sets).
 
+use rustc_hash::FxHashMap;
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock, RwLock};
 
@@ -92,14 +92,18 @@ pub trait RelayGauges: Send + Sync {
 /// (issue 16). The families stay the source of `/metrics`: a slot is filled with the family's
 /// own counter (a shared handle) the first time it counts, so the exposition is the same as
 /// when every request looked its labels up in the family.
+///
+/// FxHash, not SipHash: the labels are configured names (upstreams, models) and key ids, the
+/// key and model sets are capped at [`MAX_KEY_MODEL_SERIES`], and two SipHash lookups of
+/// short strings cost more than the counter they find.
 struct SeriesCache<V> {
-    map: RwLock<HashMap<String, HashMap<String, V>>>,
+    map: RwLock<FxHashMap<String, FxHashMap<String, V>>>,
 }
 
 impl<V> Default for SeriesCache<V> {
     fn default() -> Self {
         Self {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(FxHashMap::default()),
         }
     }
 }
@@ -125,7 +129,7 @@ impl<V: Default> SeriesCache<V> {
         if map.get(a).is_some_and(|m| m.contains_key(b)) {
             return map.get(a).and_then(|m| m.get(b)).map(f);
         }
-        if !admit(map.values().map(HashMap::len).sum()) {
+        if !admit(map.values().map(FxHashMap::len).sum()) {
             return None;
         }
         let entry = map

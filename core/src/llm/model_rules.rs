@@ -71,19 +71,25 @@ pub const OPENAI_MODEL_RULES: &[ModelRule] = &[
 /// The rule of models the table does not know.
 pub const DEFAULT_RULE: ModelRule = rule("", false, NO_EFFORT, None);
 
-/// Whether `prefix` names `model`'s family: `model` (without a `vendor/` prefix) is
-/// `prefix` or starts with it followed by `-` or `.` (`o3` matches `o3-mini`, not `o30`).
-fn prefix_matches(prefix: &str, model: &str) -> bool {
-    let id = model.rsplit('/').next().unwrap_or(model);
+/// `model` without a `vendor/` prefix (what the family prefixes are matched against).
+fn model_id(model: &str) -> &str {
+    model.rsplit('/').next().unwrap_or(model)
+}
+
+/// Whether `prefix` names the family of the model `id` (a [`model_id`]): `id` is `prefix`
+/// or starts with it followed by `-` or `.` (`o3` matches `o3-mini`, not `o30`).
+fn prefix_matches(prefix: &str, id: &str) -> bool {
     id.strip_prefix(prefix)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('-') || rest.starts_with('.'))
 }
 
 /// The rule for `model` (longest matching prefix, [`DEFAULT_RULE`] when none matches).
 pub fn openai_model_rule(model: &str) -> &'static ModelRule {
+    // The vendor prefix is cut once, not once per row (this runs for every request).
+    let id = model_id(model);
     OPENAI_MODEL_RULES
         .iter()
-        .filter(|rule| prefix_matches(rule.prefix, model))
+        .filter(|rule| prefix_matches(rule.prefix, id))
         .max_by_key(|rule| rule.prefix.len())
         .unwrap_or(&DEFAULT_RULE)
 }
@@ -127,9 +133,10 @@ pub fn find_override<'a>(
     if let Some(exact) = rules.get(model) {
         return Some(exact);
     }
+    let id = model_id(model);
     rules
         .iter()
-        .filter(|(prefix, _)| prefix_matches(prefix, model))
+        .filter(|(prefix, _)| prefix_matches(prefix, id))
         .max_by_key(|(prefix, _)| prefix.len())
         .map(|(_, rule)| rule)
 }
