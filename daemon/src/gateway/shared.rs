@@ -318,10 +318,10 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
 /// budget, dropping what that lease's requests cost and leaving its hold.)
 type LeaseId = (String, Option<Period>, u64);
 
-/// The budget period whose keys a lease's calls name (without a budget the script touches
-/// none of them).
-fn lease_period(id: &LeaseId) -> Period {
-    id.1.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+/// The budget period whose keys a lease's calls name, from the lease's budget period (`None`:
+/// no budget; the script then touches none of them).
+fn lease_period(budget_period: Option<Period>) -> Period {
+    budget_period.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
 }
 
 /// This daemon's lease of one key and budget period (see the module docs). Amounts in
@@ -758,7 +758,7 @@ fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
 }
 
 fn lease_keys(id: &LeaseId) -> Vec<String> {
-    let (budget, holds) = budget_keys(&id.0, lease_period(id), id.2);
+    let (budget, holds) = budget_keys(&id.0, lease_period(id.1), id.2);
     vec![rate_key(&id.0), budget, holds]
 }
 
@@ -832,7 +832,7 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
     if reply.outcome == 1 {
         let budget = request.budget.unwrap_or(Budget {
             limit: Usd::ZERO,
-            period: lease_period(id),
+            period: lease_period(id.1),
         });
         return SharedDecision::Budget(BudgetRefusal {
             spent: Usd(reply.spent),
@@ -1237,9 +1237,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
         let id: LeaseId = (
             request.key_id.clone(),
             period,
-            period
-                .unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
-                .start(request.now_unix),
+            lease_period(period).start(request.now_unix),
         );
         if let Some(lease) = lock(&self.leases).get_mut(&id) {
             if let Some(decision) = lease.take(&request, &id, Instant::now()) {
