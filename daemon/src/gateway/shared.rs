@@ -1080,52 +1080,60 @@ async fn decide_round<R: Runtime>(
                     });
                 }
                 1 => {
-                    // Refused: every waiting request that the lease and the budget nobody
-                    // holds cannot cover either.
+                    // Refused by the budget: the first, and every other waiting request that
+                    // the lease and the budget nobody holds cannot cover either.
                     let room = lease.free().saturating_add(
                         lease
                             .budget_limit
                             .unwrap_or(0)
                             .saturating_sub(reply.spent.saturating_add(reply.held)),
                     );
-                    let mut first = true;
-                    waiting.retain(|pending| {
-                        if first || pending.request.max_cost.0 > room {
-                            first = false;
-                            let _ =
-                                pending
-                                    .reply
-                                    .try_send(Ok(refusal(&pending.request, &id, &reply)));
-                            return false;
-                        }
-                        true
-                    });
+                    refuse_first_and(waiting, &id, &reply, |request| request.max_cost.0 > room);
                 }
                 _ => {
-                    // Refused by a rate limit: every waiting request that core's limiter
-                    // refuses on the same state; the others (fewer tokens than the first)
-                    // go on to the next round.
+                    // Refused by a rate limit: the first, and every other waiting request
+                    // that core's limiter refuses on the same state; the others (fewer tokens
+                    // than the first) go on to the next round.
                     lease.tats = reply.before;
-                    let mut first = true;
-                    waiting.retain(|pending| {
-                        let request = &pending.request;
-                        let refused = first
-                            || ratelimit::decide(
-                                reply.before,
-                                request.limits,
-                                request.tokens,
-                                reply.now,
-                                MINUTE_US,
-                            )
-                            .is_err();
-                        first = false;
-                        if refused {
-                            let _ = pending.reply.try_send(Ok(refusal(request, &id, &reply)));
-                        }
-                        !refused
+                    refuse_first_and(waiting, &id, &reply, |request| {
+                        ratelimit::decide(
+                            reply.before,
+                            request.limits,
+                            request.tokens,
+                            reply.now,
+                            MINUTE_US,
+                        )
+                        .is_err()
                     });
                 }
             }
+        }
+    }
+}
+
+/// A lease call's refusal (`reply`, outcome 1 or 2) of the admissions `waiting` for lease
+/// `id`: the first, whose need the call asked for, is refused; of the rest, those that
+/// `refuses` are refused too and the others stay, in order, for the next round.
+fn refuse_first_and(
+    waiting: &mut Vec<PendingAdmit>,
+    id: &LeaseId,
+    reply: &LeaseReply,
+    refuses: impl Fn(&SharedAdmit) -> bool,
+) {
+    let refuse = |pending: &PendingAdmit| {
+        let _ = pending
+            .reply
+            .try_send(Ok(refusal(&pending.request, id, reply)));
+    };
+    let mut rest = std::mem::take(waiting).into_iter();
+    if let Some(first) = rest.next() {
+        refuse(&first);
+    }
+    for pending in rest {
+        if refuses(&pending.request) {
+            refuse(&pending);
+        } else {
+            waiting.push(pending);
         }
     }
 }
