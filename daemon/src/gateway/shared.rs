@@ -318,10 +318,10 @@ fn see(seen: &Seen, key_id: &str, period_start: u64, spent: Usd, held: Usd) {
 /// budget, dropping what that lease's requests cost and leaving its hold.)
 type LeaseId = (String, Option<Period>, u64);
 
-/// The budget period whose keys a lease's calls name (without a budget the script touches
-/// none of them).
-fn lease_period(id: &LeaseId) -> Period {
-    id.1.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
+/// The budget period whose keys a lease's calls name, from the lease's budget period (`None`:
+/// no budget; the script then touches none of them).
+fn lease_period(budget_period: Option<Period>) -> Period {
+    budget_period.unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
 }
 
 /// This daemon's lease of one key and budget period (see the module docs). Amounts in
@@ -758,7 +758,7 @@ fn budget_keys(id: &str, period: Period, start: u64) -> (String, String) {
 }
 
 fn lease_keys(id: &LeaseId) -> Vec<String> {
-    let (budget, holds) = budget_keys(&id.0, lease_period(id), id.2);
+    let (budget, holds) = budget_keys(&id.0, lease_period(id.1), id.2);
     vec![rate_key(&id.0), budget, holds]
 }
 
@@ -832,7 +832,7 @@ fn refusal(request: &SharedAdmit, id: &LeaseId, reply: &LeaseReply) -> SharedDec
     if reply.outcome == 1 {
         let budget = request.budget.unwrap_or(Budget {
             limit: Usd::ZERO,
-            period: lease_period(id),
+            period: lease_period(id.1),
         });
         return SharedDecision::Budget(BudgetRefusal {
             spent: Usd(reply.spent),
@@ -1080,52 +1080,60 @@ async fn decide_round<R: Runtime>(
                     });
                 }
                 1 => {
-                    // Refused: every waiting request that the lease and the budget nobody
-                    // holds cannot cover either.
+                    // Refused by the budget: the first, and every other waiting request that
+                    // the lease and the budget nobody holds cannot cover either.
                     let room = lease.free().saturating_add(
                         lease
                             .budget_limit
                             .unwrap_or(0)
                             .saturating_sub(reply.spent.saturating_add(reply.held)),
                     );
-                    let mut first = true;
-                    waiting.retain(|pending| {
-                        if first || pending.request.max_cost.0 > room {
-                            first = false;
-                            let _ =
-                                pending
-                                    .reply
-                                    .try_send(Ok(refusal(&pending.request, &id, &reply)));
-                            return false;
-                        }
-                        true
-                    });
+                    refuse_first_and(waiting, &id, &reply, |request| request.max_cost.0 > room);
                 }
                 _ => {
-                    // Refused by a rate limit: every waiting request that core's limiter
-                    // refuses on the same state; the others (fewer tokens than the first)
-                    // go on to the next round.
+                    // Refused by a rate limit: the first, and every other waiting request
+                    // that core's limiter refuses on the same state; the others (fewer tokens
+                    // than the first) go on to the next round.
                     lease.tats = reply.before;
-                    let mut first = true;
-                    waiting.retain(|pending| {
-                        let request = &pending.request;
-                        let refused = first
-                            || ratelimit::decide(
-                                reply.before,
-                                request.limits,
-                                request.tokens,
-                                reply.now,
-                                MINUTE_US,
-                            )
-                            .is_err();
-                        first = false;
-                        if refused {
-                            let _ = pending.reply.try_send(Ok(refusal(request, &id, &reply)));
-                        }
-                        !refused
+                    refuse_first_and(waiting, &id, &reply, |request| {
+                        ratelimit::decide(
+                            reply.before,
+                            request.limits,
+                            request.tokens,
+                            reply.now,
+                            MINUTE_US,
+                        )
+                        .is_err()
                     });
                 }
             }
+        }
+    }
+}
+
+/// A lease call's refusal (`reply`, outcome 1 or 2) of the admissions `waiting` for lease
+/// `id`: the first, whose need the call asked for, is refused; of the rest, those that
+/// `refuses` are refused too and the others stay, in order, for the next round.
+fn refuse_first_and(
+    waiting: &mut Vec<PendingAdmit>,
+    id: &LeaseId,
+    reply: &LeaseReply,
+    refuses: impl Fn(&SharedAdmit) -> bool,
+) {
+    let refuse = |pending: &PendingAdmit| {
+        let _ = pending
+            .reply
+            .try_send(Ok(refusal(&pending.request, id, reply)));
+    };
+    let mut rest = std::mem::take(waiting).into_iter();
+    if let Some(first) = rest.next() {
+        refuse(&first);
+    }
+    for pending in rest {
+        if refuses(&pending.request) {
+            refuse(&pending);
+        } else {
+            waiting.push(pending);
         }
     }
 }
@@ -1237,9 +1245,7 @@ impl<R: Runtime> SharedLimits for RedisLimits<R> {
         let id: LeaseId = (
             request.key_id.clone(),
             period,
-            period
-                .unwrap_or(gate_core::accounting::ledger::UNBUDGETED_PERIOD)
-                .start(request.now_unix),
+            lease_period(period).start(request.now_unix),
         );
         if let Some(lease) = lock(&self.leases).get_mut(&id) {
             if let Some(decision) = lease.take(&request, &id, Instant::now()) {
@@ -1681,15 +1687,31 @@ mod tests {
         (pending, decided)
     }
 
-    fn request(id: &LeaseId, limits: Limits, tokens: u64, budget: Option<Budget>) -> SharedAdmit {
+    /// An admission of 10 tokens of `key_id` at `now_unix` (Unix seconds, naming the budget
+    /// period), costing at most `max_cost`; nothing spent here before.
+    fn admission(
+        key_id: &str,
+        limits: Limits,
+        budget: Option<Budget>,
+        max_cost: u64,
+        now_unix: u64,
+    ) -> SharedAdmit {
         SharedAdmit {
-            key_id: id.0.clone(),
+            key_id: key_id.to_owned(),
             limits,
-            tokens,
+            tokens: 10,
             budget,
-            max_cost: Usd::ZERO,
-            now_unix: id.2,
+            max_cost: Usd(max_cost),
+            now_unix,
             local_spent: Usd::ZERO,
+        }
+    }
+
+    /// The hold of an admitted request (any other decision fails the test).
+    fn admitted(decision: Result<SharedDecision, String>) -> SharedHold {
+        match decision {
+            Ok(SharedDecision::Admitted { hold, .. }) => hold,
+            other => panic!("admitted: {other:?}"),
         }
     }
 
@@ -1705,8 +1727,12 @@ mod tests {
             rpm: None,
             tpm: Some(1000),
         };
+        let tokens = |tokens| SharedAdmit {
+            tokens,
+            ..admission(&id.0, limits, None, 0, id.2)
+        };
         // 900 of the minute's 1000 tokens are taken.
-        let (big, decided) = pending(&id, request(&id, limits, 900, None));
+        let (big, decided) = pending(&id, tokens(900));
         decide_round(
             &redis,
             &script,
@@ -1720,8 +1746,8 @@ mod tests {
             Ok(SharedDecision::Admitted { .. })
         ));
         // 500 more do not fit; 50 do.
-        let (over, over_decided) = pending(&id, request(&id, limits, 500, None));
-        let (fits, fits_decided) = pending(&id, request(&id, limits, 50, None));
+        let (over, over_decided) = pending(&id, tokens(500));
+        let (fits, fits_decided) = pending(&id, tokens(50));
         decide_round(
             &redis,
             &script,
@@ -1760,8 +1786,7 @@ mod tests {
         let mut group = Vec::new();
         let mut decisions = Vec::new();
         for _ in 0..3 {
-            let mut asked = request(&id, Limits::default(), 10, budget);
-            asked.max_cost = Usd(u64::MAX / 2 + 1);
+            let asked = admission(&id.0, Limits::default(), budget, u64::MAX / 2 + 1, id.2);
             let (p, d) = pending(&id, asked);
             group.push(p);
             decisions.push(d);
@@ -1783,29 +1808,16 @@ mod tests {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
         let now = unix_now_secs();
-        let budget = Budget {
+        let budget = Some(Budget {
             limit: Usd(1_000_000),
             period: Period::Day,
-        };
+        });
         let (budget_key, holds_key) = budget_keys("stop", Period::Day, Period::Day.start(now));
-        let admit = |max_cost: u64| {
-            limits.admit(SharedAdmit {
-                key_id: "stop".to_owned(),
-                limits: Limits::default(),
-                tokens: 10,
-                budget: Some(budget),
-                max_cost: Usd(max_cost),
-                now_unix: now,
-                local_spent: Usd::ZERO,
-            })
-        };
-        let hold = |decision| match decision {
-            Ok(SharedDecision::Admitted { hold, .. }) => hold,
-            other => panic!("admitted: {other:?}"),
-        };
+        let admit =
+            |max_cost| limits.admit(admission("stop", Limits::default(), budget, max_cost, now));
         // Two requests in flight (the lease holds both), one of them settles at 40 of 300.
         let (first, second) = (admit(300), admit(500));
-        let (first, second) = (hold(first.await), hold(second.await));
+        let (first, second) = (admitted(first.await), admitted(second.await));
         // (More when a flush tick has grown the lease toward what the key just reserved.)
         assert!(hget(&redis, &budget_key, "held").await >= 800);
         limits.settle(SharedSettle {
@@ -1856,27 +1868,13 @@ mod tests {
             tpm: None,
         };
         let (budget_key, _) = budget_keys("edit", Period::Month, Period::Month.start(now));
-        let admit = |budget: Option<Budget>, max_cost: u64| {
-            limits.admit(SharedAdmit {
-                key_id: "edit".to_owned(),
-                limits: rpm,
-                tokens: 10,
-                budget,
-                max_cost: Usd(max_cost),
-                now_unix: now,
-                local_spent: Usd::ZERO,
-            })
-        };
-        let hold = |decision| match decision {
-            Ok(SharedDecision::Admitted { hold, .. }) => hold,
-            other => panic!("admitted: {other:?}"),
-        };
+        let admit = |budget, max_cost| limits.admit(admission("edit", rpm, budget, max_cost, now));
         let monthly = Some(Budget {
             limit: Usd(1_000_000),
             period: Period::Month,
         });
         let (first, second) = (admit(monthly, 300), admit(monthly, 500));
-        let (first, second) = (hold(first.await), hold(second.await));
+        let (first, second) = (admitted(first.await), admitted(second.await));
         let settle = |hold: SharedHold, actual: u64| {
             limits.settle(SharedSettle {
                 hold,
@@ -1888,7 +1886,7 @@ mod tests {
         settle(first, 40);
         // The budget is removed: the key's leases are forgotten, its next request has none.
         limits.forget("edit");
-        hold(admit(None, 0).await);
+        admitted(admit(None, 0).await);
         settle(second, 60);
         assert!(limits.give_back().await, "given back within the bound");
         assert_eq!(hget(&redis, &budget_key, "spent").await, 100);
@@ -1902,42 +1900,22 @@ mod tests {
         let limits = RedisLimits::new(rt.clone(), redis.clone());
         let now = unix_now_secs();
         let (budget_key, _) = budget_keys("zero", Period::Day, Period::Day.start(now));
-        let decision = limits
-            .admit(SharedAdmit {
-                key_id: "zero".to_owned(),
-                limits: Limits::default(),
-                tokens: 10,
-                budget: Some(Budget {
-                    limit: Usd(1_000_000),
-                    period: Period::Day,
-                }),
-                max_cost: Usd::ZERO,
-                now_unix: now,
-                local_spent: Usd::ZERO,
-            })
-            .await;
-        let Ok(SharedDecision::Admitted { hold, .. }) = decision else {
-            panic!("admitted: {decision:?}");
-        };
+        let budget = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        });
+        let hold = admitted(
+            limits
+                .admit(admission("zero", Limits::default(), budget, 0, now))
+                .await,
+        );
         // It settles after a flush tick (seen by another key's settled cost reaching Redis),
         // where its lease, holding nothing, used to be forgotten as idle.
-        let other = limits
-            .admit(SharedAdmit {
-                key_id: "tick".to_owned(),
-                limits: Limits::default(),
-                tokens: 10,
-                budget: Some(Budget {
-                    limit: Usd(1_000_000),
-                    period: Period::Day,
-                }),
-                max_cost: Usd(300),
-                now_unix: now,
-                local_spent: Usd::ZERO,
-            })
-            .await;
-        let Ok(SharedDecision::Admitted { hold: other, .. }) = other else {
-            panic!("admitted: {other:?}");
-        };
+        let other = admitted(
+            limits
+                .admit(admission("tick", Limits::default(), budget, 300, now))
+                .await,
+        );
         limits.settle(SharedSettle {
             hold: other,
             actual: Usd(40),
@@ -1980,9 +1958,7 @@ mod tests {
         let script = Script::new(LEASE);
         let task = lease_task();
         let id: LeaseId = ("gone".to_owned(), Some(Period::Day), 0);
-        let mut asked = request(&id, Limits::default(), 10, budget);
-        asked.max_cost = Usd(300);
-        let (p, decided) = pending(&id, asked);
+        let (p, decided) = pending(&id, admission(&id.0, Limits::default(), budget, 300, id.2));
         drop(decided);
         decide_round(&redis, &script, &task, vec![(id.clone(), vec![p])], vec![]).await;
         assert_eq!(reserved(&task.leases, &id), Some((0, 0, 300)));
@@ -1990,9 +1966,7 @@ mod tests {
         let limits = RedisLimits::new(rt.clone(), redis.clone());
         let now = unix_now_secs();
         let id: LeaseId = ("gone".to_owned(), Some(Period::Day), Period::Day.start(now));
-        let mut asked = request(&id, Limits::default(), 10, budget);
-        asked.max_cost = Usd(300);
-        let waiting = limits.admit(asked);
+        let waiting = limits.admit(admission(&id.0, Limits::default(), budget, 300, id.2));
         let end = Instant::now() + Duration::from_secs(10);
         while reserved(&limits.leases, &id).is_none_or(|(r, _, _)| r == 0) {
             assert!(Instant::now() < end, "never decided");
@@ -2011,32 +1985,22 @@ mod tests {
     async fn leases_across_a_period_boundary<R: Runtime>(rt: R) {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let today = Period::Day.start(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_secs(),
-        );
-        let admit = |now_unix: u64, max_cost: u64| {
-            limits.admit(SharedAdmit {
-                key_id: "midnight".to_owned(),
-                limits: Limits::default(),
-                tokens: 10,
-                budget: Some(Budget {
-                    limit: Usd(1_000_000),
-                    period: Period::Day,
-                }),
-                max_cost: Usd(max_cost),
+        let today = Period::Day.start(unix_now_secs());
+        let budget = Some(Budget {
+            limit: Usd(1_000_000),
+            period: Period::Day,
+        });
+        let admit = |now_unix, max_cost| {
+            limits.admit(admission(
+                "midnight",
+                Limits::default(),
+                budget,
+                max_cost,
                 now_unix,
-                local_spent: Usd::ZERO,
-            })
+            ))
         };
-        let hold = |decision| match decision {
-            Ok(SharedDecision::Admitted { hold, .. }) => hold,
-            other => panic!("admitted: {other:?}"),
-        };
-        let before = hold(admit(today - 1, 300).await);
-        let after = hold(admit(today + 1, 500).await);
+        let before = admitted(admit(today - 1, 300).await);
+        let after = admitted(admit(today + 1, 500).await);
         let (yesterday_key, _) = budget_keys("midnight", Period::Day, today - 86_400);
         let (today_key, _) = budget_keys("midnight", Period::Day, today);
         assert_eq!(hget(&redis, &yesterday_key, "held").await, 300);
