@@ -10,6 +10,7 @@ pub mod convert;
 pub mod endpoint;
 pub mod errors;
 pub mod gemini;
+pub mod json_members;
 pub mod model_rules;
 pub mod openai;
 pub mod responses;

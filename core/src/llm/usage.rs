@@ -76,24 +76,33 @@ impl Usage {
         if USAGE_FINDER.find(data).is_none() {
             return;
         }
-        // Only the usage counters are decoded; every other field is skipped without allocating.
+        // Only the three members that can hold usage are decoded; every other member is
+        // skipped by its brackets, not parsed (`json_members`). A document a struct parser
+        // refuses (not an object, a chosen key twice, a member of the wrong type) yields
+        // nothing, as before.
         #[derive(Deserialize)]
         struct Nested {
             usage: Option<Counts>,
         }
-        #[derive(Deserialize)]
-        struct Top {
-            usage: Option<Counts>,
-            message: Option<Nested>,
-            response: Option<Nested>,
-        }
-        let Ok(top) = serde_json::from_slice::<Top>(data) else {
+        let Some([usage, message, response]) =
+            super::json_members::top_level_members(data, ["usage", "message", "response"])
+        else {
             return;
         };
-        let usage = top
-            .usage
-            .or_else(|| top.message.and_then(|m| m.usage))
-            .or_else(|| top.response.and_then(|m| m.usage));
+        fn read<T: serde::de::DeserializeOwned>(raw: Option<&[u8]>) -> Result<Option<T>, ()> {
+            raw.map_or(Ok(None), |raw| serde_json::from_slice(raw).map_err(drop))
+        }
+        let (Ok(usage), Ok(message), Ok(response)) = (
+            read::<Option<Counts>>(usage),
+            read::<Option<Nested>>(message),
+            read::<Option<Nested>>(response),
+        ) else {
+            return;
+        };
+        let usage = usage
+            .flatten()
+            .or_else(|| message.flatten().and_then(|m| m.usage))
+            .or_else(|| response.flatten().and_then(|m| m.usage));
         let Some(usage) = usage else { return };
         // Anthropic counts cache reads and writes apart from `input_tokens`; `input` holds all.
         let cache_read = usage.cache_read_input_tokens.unwrap_or(0);
