@@ -1,9 +1,10 @@
 //! Finds chosen members of a JSON object's top level without parsing the rest: the other
 //! members' values are skipped by their brackets and quotes, not decoded or validated.
 //!
-//! Used where a whole answer passes by and only a few small members of it matter (the usage
+//! Used where a whole body passes by and only a few small members of it matter (the usage
 //! counters of every non-streamed answer: `serde` skipping a 300-byte chat completion cost
-//! ~6,400 instructions, most of them decoding `choices` only to drop it; issue 16).
+//! ~6,400 instructions, most of them decoding `choices` only to drop it; the output bound of
+//! every request, `accounting::estimate::requested_max_output`; issue 16).
 //!
 //! For a valid JSON document this reports what a `serde` struct with those fields would
 //! see: the same values, nothing when the document is not an object, when one of the
