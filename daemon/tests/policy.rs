@@ -1615,13 +1615,47 @@ async fn shared_lease_of_a_lost_daemon_is_charged_at_its_deadline<R: Runtime>(rt
     let key_id = a.keys[0].id.clone();
     let body = json!({"model": "gpt-4o", "max_tokens": 300, "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
+    // A's lease is read from Redis's monitor, as it was written: the flush tick after the
+    // stream's admission (within 150 ms) grows it to $0.60, toward what the key reserved in
+    // that interval, and the next tick (nothing reserved since) gives it back to $0.30.
+    let monitor = Monitor::start(redis.port());
     let stream = RawStream::open(a.addr, "/v1/chat/completions", &a.keys[0].token, &body);
     wait_until(&rt, "A's stream to be admitted", || {
         stream.status().is_some()
     })
     .await;
     assert_eq!(stream.status(), Some(200), "{}", stream.text());
-    assert_eq!(redis_budget(&client, &key_id).await, (0, 300 * MILLI));
+    let budget_key = budget_key(&key_id);
+    // The script writes (spent, held) when it creates the budget (held 0), then once per call.
+    let mut leases = Vec::new();
+    wait_until(&rt, "A's first lease call in Redis's monitor", || {
+        leases = monitor.budget_writes(&budget_key);
+        leases.iter().any(|&(_, held)| held > 0)
+    })
+    .await;
+    assert_eq!(
+        leases.iter().find(|&&(_, held)| held > 0),
+        Some(&(0, 300 * MILLI)),
+        "an idle key leases exactly its request's maximum"
+    );
+    // A is cut from Redis only once its lease is back at $0.30 after the growth: from then
+    // on, nothing reserved, its flushes keep it there (they only renew it), so the lease
+    // charged at its deadline is exactly $0.30 (cut during the growth, it could be $0.60).
+    wait_until(&rt, "A's lease grown and given back to $0.30", || {
+        leases = monitor.budget_writes(&budget_key);
+        let first = leases.iter().position(|&(_, held)| held > 0);
+        first.is_some_and(|first| {
+            leases[first..].iter().any(|&(_, held)| held != 300 * MILLI)
+                && leases.last() == Some(&(0, 300 * MILLI))
+        })
+    })
+    .await;
+    drop(monitor);
+    assert_eq!(
+        redis_budget(&client, &key_id).await,
+        (0, 300 * MILLI),
+        "A's lease before the cut (writes: {leases:?})"
+    );
     proxy.cut();
     let too_big = b
         .post("/v1/chat/completions", 0, chat("gpt-4o", 800, false))

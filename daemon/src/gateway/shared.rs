@@ -1771,6 +1771,93 @@ mod tests {
         }
     }
 
+    /// A budget refusal refuses the admission whose need decided the call even when a
+    /// settlement arrived while the call was in flight and the lease could now cover it: the
+    /// answer is the call's, on the state it was sent with (its refusal names that state).
+    /// Only the admissions behind it are checked against the newer state: one that fits is
+    /// admitted from the lease in the same round.
+    async fn budget_refusal_refuses_the_first_despite_a_settlement_in_flight<R: Runtime>(rt: R) {
+        let (server, redis) = redis_on(&rt);
+        // A connection of its own, to hold the call in flight: while writes are paused,
+        // Redis runs no script.
+        let pauser = Redis::new(rt.clone(), RedisUrl::parse(&server.url()).unwrap());
+        let script = Script::new(LEASE);
+        let task = lease_task();
+        let id: LeaseId = ("inflight".to_owned(), Some(Period::Day), 0);
+        let budget = Some(Budget {
+            limit: Usd(1000),
+            period: Period::Day,
+        });
+        let ask = |max_cost| {
+            pending(
+                &id,
+                admission(&id.0, Limits::default(), budget, max_cost, id.2),
+            )
+        };
+        // A leases 600 of the 1000 (an idle key leases exactly its maximum).
+        let (a, a_decided) = ask(600);
+        decide_round(&redis, &script, &task, vec![(id.clone(), vec![a])], vec![]).await;
+        let a_hold = admitted(a_decided.try_recv().unwrap());
+        assert_eq!(
+            hget(&redis, &budget_keys(&id.0, Period::Day, 0).0, "held").await,
+            600
+        );
+        // B needs 500, more than the 400 nobody holds: its call is refused. C (100) waits
+        // behind it. A settles at 40 while B's call is in flight, freeing 560 of the lease.
+        pauser
+            .command(
+                &[b"CLIENT".as_slice(), b"PAUSE", b"10000", b"WRITE"],
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap();
+        let (b, b_decided) = ask(500);
+        let (c, c_decided) = ask(100);
+        let settle_in_flight = async {
+            let end = Instant::now() + Duration::from_secs(10);
+            while !lock(&task.leases).get(&id).is_some_and(|l| l.topping_up) {
+                assert!(Instant::now() < end, "B's call never went out");
+                rt.sleep(Duration::from_millis(1)).await;
+            }
+            settle_lease(&task.leases, &a_hold, 40);
+            pauser
+                .command(&[b"CLIENT".as_slice(), b"UNPAUSE"], Duration::from_secs(2))
+                .await
+                .unwrap();
+        };
+        futures_util::future::join(
+            decide_round(
+                &redis,
+                &script,
+                &task,
+                vec![(id.clone(), vec![b, c])],
+                vec![],
+            ),
+            settle_in_flight,
+        )
+        .await;
+        match b_decided.try_recv().unwrap() {
+            Ok(SharedDecision::Budget(refusal)) => assert_eq!(
+                (
+                    refusal.spent,
+                    refusal.reserved,
+                    refusal.asked,
+                    refusal.limit
+                ),
+                (Usd(0), Usd(600), Usd(500), Usd(1000)),
+                "refused on the state the call was sent with"
+            ),
+            other => panic!("B is refused by its call's answer: {other:?}"),
+        }
+        admitted(c_decided.try_recv().unwrap());
+        let lease = &lock(&task.leases)[&id];
+        assert_eq!(
+            (lease.lease, lease.reserved, lease.settled, lease.free()),
+            (600, 100, 40, 460),
+            "C reserved from the lease, B nothing"
+        );
+    }
+
     /// Requests whose maximum cost is near `u64::MAX` (an absurd price) are refused by the
     /// budget; the lease task's sums saturate instead of overflowing (a panic in debug builds,
     /// a wrapped, too small wish in release ones).
@@ -2028,6 +2115,22 @@ mod tests {
     #[test]
     fn rate_refusal_refuses_only_what_it_refuses_on_smol() {
         gate_runtime_smol::block_on(rate_refusal_refuses_only_what_it_refuses).expect("runtime");
+    }
+
+    #[test]
+    fn budget_refusal_refuses_the_first_despite_a_settlement_in_flight_on_tokio() {
+        gate_runtime_tokio::block_on(
+            budget_refusal_refuses_the_first_despite_a_settlement_in_flight,
+        )
+        .expect("runtime");
+    }
+
+    #[test]
+    fn budget_refusal_refuses_the_first_despite_a_settlement_in_flight_on_smol() {
+        gate_runtime_smol::block_on(
+            budget_refusal_refuses_the_first_despite_a_settlement_in_flight,
+        )
+        .expect("runtime");
     }
 
     #[test]
