@@ -97,22 +97,19 @@ pub fn requested_max_output(body: &[u8]) -> Option<u64> {
     if camel.is_some() && snake.is_some() {
         return None; // one field under two names: a struct parser refuses it as a duplicate
     }
-    fn read<T: serde::de::DeserializeOwned>(raw: Option<&[u8]>) -> Result<Option<T>, ()> {
-        raw.map_or(Ok(None), |raw| serde_json::from_slice(raw).map_err(drop))
-    }
+    use crate::llm::json_members::decode_member;
     let (Ok(completion), Ok(tokens), Ok(output), Ok(generation)) = (
-        read::<Option<u64>>(completion),
-        read::<Option<u64>>(tokens),
-        read::<Option<u64>>(output),
-        read::<Option<Generation>>(camel.or(snake)),
+        decode_member::<u64>(completion),
+        decode_member::<u64>(tokens),
+        decode_member::<u64>(output),
+        decode_member::<Generation>(camel.or(snake)),
     ) else {
         return None;
     };
     completion
-        .flatten()
-        .or(tokens.flatten())
-        .or(output.flatten())
-        .or(generation.flatten().and_then(|g| g.max_output_tokens))
+        .or(tokens)
+        .or(output)
+        .or(generation.and_then(|g| g.max_output_tokens))
 }
 
 /// The most output tokens the request may produce: its own bound capped by `model_cap`,

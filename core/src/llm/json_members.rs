@@ -58,6 +58,15 @@ pub fn top_level_members<'a, const N: usize>(
     }
 }
 
+/// The value of a member `raw` as [`top_level_members`] found it (absent or `null`: `None`),
+/// decoded as `T`; `Err` when it does not decode (a struct parser would refuse the whole
+/// document then, so callers read nothing from it).
+pub fn decode_member<T: serde::de::DeserializeOwned>(
+    raw: Option<&[u8]>,
+) -> Result<Option<T>, serde_json::Error> {
+    raw.map_or(Ok(None), serde_json::from_slice::<Option<T>>)
+}
+
 /// Which of `keys` the key `raw` (its bytes between the quotes) names; a key with escapes is
 /// decoded first.
 fn chosen(raw: &[u8], keys: &[&str]) -> Option<usize> {

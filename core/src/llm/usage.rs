@@ -89,20 +89,17 @@ impl Usage {
         else {
             return;
         };
-        fn read<T: serde::de::DeserializeOwned>(raw: Option<&[u8]>) -> Result<Option<T>, ()> {
-            raw.map_or(Ok(None), |raw| serde_json::from_slice(raw).map_err(drop))
-        }
+        use super::json_members::decode_member;
         let (Ok(usage), Ok(message), Ok(response)) = (
-            read::<Option<Counts>>(usage),
-            read::<Option<Nested>>(message),
-            read::<Option<Nested>>(response),
+            decode_member::<Counts>(usage),
+            decode_member::<Nested>(message),
+            decode_member::<Nested>(response),
         ) else {
             return;
         };
         let usage = usage
-            .flatten()
-            .or_else(|| message.flatten().and_then(|m| m.usage))
-            .or_else(|| response.flatten().and_then(|m| m.usage));
+            .or_else(|| message.and_then(|m| m.usage))
+            .or_else(|| response.and_then(|m| m.usage));
         let Some(usage) = usage else { return };
         // Anthropic counts cache reads and writes apart from `input_tokens`; `input` holds all.
         let cache_read = usage.cache_read_input_tokens.unwrap_or(0);
