@@ -186,6 +186,12 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 /// Accepts connections until `stop` fires, serving each on its own task; then drops the
 /// listener (new connections are refused by the kernel) and returns.
+///
+/// With serving cores ([`Runtime::serving_cores`]) each connection is handed to the core
+/// serving the fewest open connections (the first of them on a tie) and lives there to its
+/// end: its requests, their upstream connections and timers never wake another thread.
+/// Balancing by open connections, not by a hash of the peer, keeps both cores busy with
+/// the few long-lived connections agents open.
 pub async fn serve<R: Runtime>(
     rt: R,
     listener: R::TcpListener,
@@ -194,6 +200,8 @@ pub async fn serve<R: Runtime>(
     cap: Arc<ConnectionCap>,
     stop: Shutdown,
 ) {
+    let cores = rt.serving_cores();
+    let loads: Arc<[AtomicUsize]> = cores.iter().map(|_| AtomicUsize::new(0)).collect();
     loop {
         let (stream, peer) = match race(stop.wait(), R::accept(&listener)).await {
             Either::Left(()) => break,
@@ -209,21 +217,62 @@ pub async fn serve<R: Runtime>(
             drop(stream);
             continue;
         };
+        let (conn_rt, stream, load) = match least_loaded(&loads) {
+            None => (rt.clone(), stream, None),
+            Some(core) => match cores[core].adopt(stream) {
+                Ok(stream) => (
+                    cores[core].clone(),
+                    stream,
+                    Some(CoreLoad::new(&loads, core)),
+                ),
+                Err(e) => {
+                    tracing::warn!(error = %e, core, "cannot hand a connection to a serving core; closing it");
+                    continue;
+                }
+            },
+        };
         let app = app.clone();
-        let conn_rt = rt.clone();
         let settings = settings.clone();
         let stop = stop.clone();
-        rt.spawn(async move {
+        conn_rt.clone().spawn(async move {
             let peer = Peer {
                 addr: peer,
                 remote: false,
             };
             serve_one(conn_rt, stream, peer, app, settings, stop).await;
-            drop(permit);
+            drop((permit, load));
         });
     }
     drop(listener);
     tracing::info!("local listener closed: no new connections");
+}
+
+/// The serving core with the fewest open connections (the first on a tie); `None` without
+/// serving cores.
+fn least_loaded(loads: &[AtomicUsize]) -> Option<usize> {
+    (0..loads.len()).min_by_key(|&core| loads[core].load(Ordering::Relaxed))
+}
+
+/// One open connection counted against its serving core until dropped.
+struct CoreLoad {
+    loads: Arc<[AtomicUsize]>,
+    core: usize,
+}
+
+impl CoreLoad {
+    fn new(loads: &Arc<[AtomicUsize]>, core: usize) -> Self {
+        loads[core].fetch_add(1, Ordering::Relaxed);
+        Self {
+            loads: loads.clone(),
+            core,
+        }
+    }
+}
+
+impl Drop for CoreLoad {
+    fn drop(&mut self) {
+        self.loads[self.core].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A convenience for tests and callers that want the bound address.
@@ -256,6 +305,25 @@ mod tests {
         assert_eq!(cap.refused.load(Ordering::Relaxed), 0);
         drop((second, third));
         assert_eq!(cap.open(), 0);
+    }
+
+    #[test]
+    fn connections_go_to_the_core_serving_the_fewest() {
+        assert_eq!(least_loaded(&[]), None, "no serving cores");
+        let loads: Arc<[AtomicUsize]> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+        let mut held = Vec::new();
+        for expected in [0, 1, 2, 0, 1] {
+            let core = least_loaded(&loads).expect("a core");
+            assert_eq!(core, expected);
+            held.push(CoreLoad::new(&loads, core));
+        }
+        // Core 1's first connection ends: the next goes there, then the round goes on.
+        held.remove(1);
+        assert_eq!(least_loaded(&loads), Some(1));
+        held.push(CoreLoad::new(&loads, 1));
+        assert_eq!(least_loaded(&loads), Some(2));
+        drop(held);
+        assert!(loads.iter().all(|l| l.load(Ordering::Relaxed) == 0));
     }
 
     #[test]

@@ -92,6 +92,31 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     /// The quinn runtime that drives QUIC endpoints on this executor.
     fn quinn_runtime(&self) -> Arc<dyn quinn::Runtime>;
 
+    // --- Serving cores (thread per core for the local listener) ---
+
+    /// The serving cores: one handle per thread that serves connections start to end on
+    /// its own (its own reactor, timers and tasks, nothing shared with the other threads
+    /// but `Arc`ed state). A connection handed to a core ([`adopt`](Self::adopt), then
+    /// [`spawn`](Self::spawn) on that handle) is read, forwarded upstream over that core's
+    /// pooled connections and answered without a wake-up crossing threads. Empty when the
+    /// runtime has none (connections are then served by `self`, on any of its threads).
+    fn serving_cores(&self) -> Vec<Self> {
+        Vec::new()
+    }
+
+    /// The index (into [`serving_cores`](Self::serving_cores)) of the serving core the
+    /// calling thread is, or `None` off the serving cores. What per-core state (the upstream
+    /// client's pool) is keyed by.
+    fn current_core() -> Option<usize> {
+        None
+    }
+
+    /// `stream`, driven from now on by this handle's core: an accepted connection is moved
+    /// to the core that will serve it. The identity without serving cores.
+    fn adopt(&self, stream: Self::TcpStream) -> io::Result<Self::TcpStream> {
+        Ok(stream)
+    }
+
     // --- Unix domain sockets (the daemon's admin socket in its state directory) ---
 
     /// A connected Unix domain stream socket.

@@ -87,7 +87,7 @@ impl<R: Runtime> Gateway<R> {
         }
         let req = builder.body(Full::new(Bytes::new())).ok()?;
         let max = self.snapshot().limits.max_response_bytes;
-        let body = match gate_rt::timeout(&self.rt, TIMEOUT, self.client.request(req)).await {
+        let body = match gate_rt::timeout(&self.rt, TIMEOUT, self.client().request(req)).await {
             Ok(Ok(response)) if response.status().is_success() => {
                 match collect_with_timeout(&self.rt, response.into_body(), TIMEOUT, max).await {
                     Ok(body) => body,

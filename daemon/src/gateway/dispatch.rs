@@ -303,7 +303,7 @@ impl<R: Runtime> Gateway<R> {
             let sent = gate_rt::timeout(
                 &self.rt,
                 snapshot.limits.idle_timeout,
-                self.client.request(upstream_req),
+                self.client().request(upstream_req),
             )
             .await;
             let response = match sent {

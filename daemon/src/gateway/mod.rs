@@ -70,7 +70,9 @@ pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 /// The gateway: shared by every connection.
 pub struct Gateway<R: Runtime> {
     rt: R,
-    client: HttpClient<R, Full<Bytes>>,
+    /// The upstream client of each serving core (index `core + 1`) and of every other
+    /// thread (index 0): a request reuses pooled connections of its own thread only.
+    clients: Box<[HttpClient<R, Full<Bytes>>]>,
     snapshot: RwLock<Arc<Snapshot>>,
     router: SharedRouter,
     /// Secrets the configuration does not hold (the admin token), scrubbed like its own.
@@ -134,7 +136,10 @@ impl<R: Runtime> Gateway<R> {
         };
         let rt_for_store = rt.clone();
         Ok(Self {
-            client: http_client(rt.clone(), &settings),
+            clients: std::iter::once(rt.clone())
+                .chain(rt.serving_cores())
+                .map(|rt| http_client(rt, &settings))
+                .collect(),
             rt,
             snapshot: RwLock::new(Arc::new(snapshot)),
             router: Arc::new(Mutex::new(router)),
@@ -149,6 +154,13 @@ impl<R: Runtime> Gateway<R> {
             accounting: Arc::new(policy::Accounting::for_store(rt_for_store, &config.store)?),
             shared: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The upstream client of the calling thread: its serving core's, or the shared one.
+    fn client(&self) -> &HttpClient<R, Full<Bytes>> {
+        R::current_core()
+            .and_then(|core| self.clients.get(core + 1))
+            .unwrap_or(&self.clients[0])
     }
 
     /// Sends each finished request's usage record to `sink` from now on.
