@@ -1,71 +1,108 @@
 //! The floor of Gate's HTTP stack, for the throughput benchmark (`bench/throughput.sh`, issue
-//! 16): a reverse proxy with nothing but the libraries Gate's request path is built on — tokio's
-//! multi-threaded runtime with one worker per core, hyper's HTTP/1.1 server, hyper-util's pooled
-//! client — that reads each request's body and forwards it to one origin, and streams the
-//! answer back. No authentication, routing, JSON, metrics, usage or timeouts.
+//! 16): a reverse proxy with nothing but the libraries and the structure Gate's request path is
+//! built on — `gate-runtime-tokio`'s serving cores (one single-threaded tokio runtime per core;
+//! connections accepted on the multi-threaded runtime and handed to the core with the fewest),
+//! hyper's HTTP/1.1 server, one hyper-util pooled client per core — that reads each request's
+//! body and forwards it to one origin, and streams the answer back. No authentication,
+//! routing, JSON, metrics, usage or timeouts. `--multi-thread` serves every connection on the
+//! multi-threaded runtime with one shared client instead (how Gate ran before its serving cores).
 //!
 //! It answers "how close to nginx-as-proxy can a proxy on this stack come here", so the
 //! benchmark can say how much of Gate's distance to the target is its own work and how much
 //! is the stack's. It is a benchmark tool: it listens on loopback only and runs until killed.
 //!
 //! ```text
-//! cargo run --release -p gate-daemon --example hyper_floor -- 127.0.0.1:PORT 127.0.0.1:ORIGIN_PORT
+//! cargo run --release -p gate-daemon --example hyper_floor -- 127.0.0.1:PORT 127.0.0.1:ORIGIN_PORT [--multi-thread]
 //! ```
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a tool reports failure
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use bytes::Bytes;
+use gate_rt::Runtime;
+use gate_runtime_tokio::TokioRuntime;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 type Answer = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+type FloorClient = Client<HttpConnector, Full<Bytes>>;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: hyper_floor LISTEN_ADDR ORIGIN_ADDR (both loopback, e.g. 127.0.0.1:8080)";
+    let usage = "usage: hyper_floor LISTEN_ADDR ORIGIN_ADDR [--multi-thread] (both loopback, e.g. 127.0.0.1:8080)";
     let listen: SocketAddr = args.next().expect(usage).parse().expect(usage);
     let origin: SocketAddr = args.next().expect(usage).parse().expect(usage);
+    let multi_thread = match args.next().as_deref() {
+        None => false,
+        Some("--multi-thread") => true,
+        Some(_) => panic!("{usage}"),
+    };
     assert!(
         listen.ip().is_loopback() && origin.ip().is_loopback(),
         "{usage}"
     );
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .enable_all()
-        .build()
-        .expect("start tokio");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
-        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    gate_runtime_tokio::block_on(|rt| async move {
+        let listener = rt.bind_tcp(listen).expect("bind");
+        let cores = if multi_thread {
+            Vec::new()
+        } else {
+            rt.serving_cores()
+        };
+        // One client per core (index core + 1) and one for the multi-threaded runtime: a
+        // request only ever uses pooled connections of its own thread.
+        let clients: Arc<[FloorClient]> = (0..=cores.len())
+            .map(|_| Client::builder(TokioExecutor::new()).build_http())
+            .collect();
+        let loads: Arc<[AtomicUsize]> = cores.iter().map(|_| AtomicUsize::new(0)).collect();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = TokioRuntime::accept(&listener).await else {
                 continue;
             };
-            let _ = stream.set_nodelay(true);
-            let client = client.clone();
-            tokio::spawn(async move {
+            let clients = clients.clone();
+            let serve = move |stream: tokio::net::TcpStream| async move {
                 let service = service_fn(move |req: Request<Incoming>| {
-                    let client = client.clone();
-                    async move { Ok::<_, Infallible>(forward(&client, origin, req).await) }
+                    let clients = clients.clone();
+                    async move {
+                        let client = TokioRuntime::current_core()
+                            .and_then(|core| clients.get(core + 1))
+                            .unwrap_or(&clients[0]);
+                        Ok::<_, Infallible>(forward(client, origin, req).await)
+                    }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
+            };
+            let Some(core) = (0..loads.len()).min_by_key(|&c| loads[c].load(Ordering::Relaxed))
+            else {
+                rt.spawn(serve(stream));
+                continue;
+            };
+            let Ok(stream) = cores[core].adopt(stream) else {
+                continue;
+            };
+            loads[core].fetch_add(1, Ordering::Relaxed);
+            let loads = loads.clone();
+            cores[core].spawn(async move {
+                serve(stream).await;
+                loads[core].fetch_sub(1, Ordering::Relaxed);
             });
         }
-    });
+    })
+    .expect("start tokio");
 }
 
 async fn forward(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: &FloorClient,
     origin: SocketAddr,
     req: Request<Incoming>,
 ) -> Response<Answer> {
