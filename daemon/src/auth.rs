@@ -8,10 +8,10 @@
 //! ([`crate::state::lock`]), so concurrent `gate token create` runs and the daemon never
 //! lose each other's keys.
 
+use gate_rt::tunnel::support::unix_now;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use base64::Engine;
@@ -234,13 +234,6 @@ impl std::hash::Hasher for DigestHasher {
     fn write_usize(&mut self, _: usize) {}
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn sha256(data: &[u8]) -> [u8; 32] {
     let digest = ring::digest::digest(&ring::digest::SHA256, data);
     let mut out = [0u8; 32];
@@ -295,7 +288,7 @@ pub fn new_key(edit: &KeyEdit) -> Result<(TokenRecord, String)> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let created_at = now_unix();
+    let created_at = unix_now();
     let mut record = TokenRecord {
         id,
         name: "default".to_owned(),
@@ -441,7 +434,7 @@ impl TokenStore {
     /// Changes the key with id `id`; `Ok(None)` when no key has that id, an error when the
     /// edit is not valid (nothing is written then).
     pub fn update(&mut self, id: &str, edit: &KeyEdit) -> Result<Option<TokenRecord>> {
-        let now = now_unix();
+        let now = unix_now();
         self.modify(|tokens| {
             let Some(record) = tokens.values_mut().find(|t| t.id == id) else {
                 return Ok(None);
@@ -468,7 +461,7 @@ impl TokenStore {
         }
         let record = self.by_digest.get(&sha256(token.as_bytes()))?;
         match record.expires_at {
-            Some(exp) if exp <= now_unix() => None,
+            Some(exp) if exp <= unix_now() => None,
             _ => Some(record),
         }
     }
@@ -482,7 +475,7 @@ impl TokenStore {
         let digest = sha256(token.as_bytes());
         let record = self.by_digest.get(&digest)?;
         match record.expires_at {
-            Some(exp) if exp <= now_unix() => None,
+            Some(exp) if exp <= unix_now() => None,
             _ => self.callers.get(&digest).cloned(),
         }
     }
@@ -598,7 +591,7 @@ impl JwtSettings {
             },
         )?;
         let claims = data.claims;
-        let now = now_unix();
+        let now = unix_now();
         let too_long = |from: u64| claims.exp.saturating_sub(from) > self.max_lifetime + JWT_LEEWAY;
         if too_long(now) || claims.iat.is_some_and(too_long) {
             return Err(AuthError::TooLongLived);
@@ -814,7 +807,7 @@ mod tests {
     fn jwt_checks_algorithm_issuer_and_expiry() {
         use jsonwebtoken::{encode, EncodingKey, Header};
         let settings = JwtSettings::new("s3cret", "gate-daemon");
-        let exp = now_unix() + 3600;
+        let exp = unix_now() + 3600;
         let claims = serde_json::json!({"sub": "alice", "iss": "gate-daemon", "exp": exp});
         let good = encode(
             &Header::default(),
@@ -840,7 +833,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(settings.verify(&t), Err(AuthError::WrongIssuer));
-        let expired = serde_json::json!({"iss": "gate-daemon", "exp": now_unix() - 3600});
+        let expired = serde_json::json!({"iss": "gate-daemon", "exp": unix_now() - 3600});
         let t = encode(
             &Header::default(),
             &expired,
@@ -876,7 +869,7 @@ mod tests {
     #[test]
     fn jwt_nbf_lifetime_audience_and_crit() {
         use serde_json::json;
-        let now = now_unix();
+        let now = unix_now();
         let settings =
             JwtSettings::with_rules("s3cret", "gate-daemon", 2, None, KeyPolicy::default());
         let ok = json!({"sub": "a", "iss": "gate-daemon", "iat": now, "exp": now + 3600});
@@ -927,7 +920,7 @@ mod tests {
     fn jwt_policy_claims_are_bounded_by_the_operator() {
         use gate_core::accounting::{Budget, Period, Usd};
         use serde_json::json;
-        let now = now_unix();
+        let now = unix_now();
         let ceiling = KeyPolicy {
             models: ModelPatterns::parse("gpt-*,claude-*"),
             rpm: Some(100),

@@ -2,7 +2,7 @@
 //! (client, upstream) protocol pair, supplies what the core does not read by itself
 //! (the clock for `created`), and frames converted events as SSE bytes.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use gate_rt::tunnel::support::unix_now;
 
 use bytes::Bytes;
 use gate_core::llm::convert::{
@@ -13,13 +13,6 @@ use gate_core::llm::endpoint::Translation;
 use gate_core::llm::gemini::{self, GeminiToOpenAiStream};
 use gate_core::llm::model_rules::UpstreamRules;
 use gate_core::llm::sse;
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
 
 /// SSE bytes of converted events.
 pub fn encode_events(events: Vec<StreamEvent>) -> Vec<Bytes> {

@@ -14,9 +14,10 @@
 //! Polling (a stat per file per second) is used rather than inotify: it is portable,
 //! costs nothing measurable, and also notices files replaced by rename.
 
+use gate_rt::tunnel::support::unix_now;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use gate_core::config::{ConfigError, ConfigSources, DaemonConfig, Loaded};
 use gate_rt::Runtime;
@@ -37,13 +38,6 @@ fn stamp(path: &Path) -> Stamp {
             .ok()
             .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len())),
     )
-}
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Why the last reload was refused.
@@ -156,7 +150,7 @@ impl<R: Runtime> Reloader<R> {
                 tracing::error!(error = %message, "the changed configuration does not load; keeping the last good one");
                 *lock(&self.last_error) = Some(ReloadError {
                     message: message.clone(),
-                    at_unix: now_unix(),
+                    at_unix: unix_now(),
                 });
                 Err(message)
             }

@@ -26,6 +26,7 @@
 //! reads the ledger and [`StoreHealth`]), or show the URL's password (errors come from
 //! `gate_rt::store`, which scrubs them).
 
+use gate_rt::tunnel::support::unix_now;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -167,12 +168,6 @@ FROM gate_spend GROUP BY key_id";
 
 const KEYS_SQL: &str =
     "SELECT id, name, sha256, created_at, expires_at, policy, rev FROM gate_keys";
-
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
 
 fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -409,7 +404,7 @@ impl<R: Runtime> SharedStore<R> {
             let Some((mut record, rev)) = rows.first().and_then(|row| self.key_of(row)) else {
                 return Ok(None);
             };
-            edit.apply(&mut record, now_unix())
+            edit.apply(&mut record, unix_now())
                 .map_err(KeyChangeError::Invalid)?;
             let policy = serde_json::to_string(&record.policy)
                 .map_err(|e| KeyChangeError::Invalid(e.to_string()))?;
@@ -1120,7 +1115,7 @@ pub async fn sync_once<R: Runtime>(
     }
     // What was written before asking: see `Ledger::sync_shared`.
     let written = store.written.snapshot();
-    let now_unix = now_unix();
+    let now_unix = unix_now();
     let spend = store.spend(now_unix).await?;
     gateway.apply_shared_spend(&spend, &written, now_unix);
     Ok(())

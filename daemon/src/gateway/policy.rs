@@ -13,6 +13,7 @@
 //! the request can cost on any candidate upstream: estimated input plus its output bound at
 //! the dearest candidate's price.
 
+use gate_rt::tunnel::support::unix_now;
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -133,12 +134,6 @@ impl Accounting {
     fn limiter(&self) -> std::sync::MutexGuard<'_, RateLimiter> {
         self.limiter.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 fn unix_now_ms() -> u64 {

@@ -1657,13 +1657,6 @@ mod tests {
         (server, redis)
     }
 
-    fn unix_now_secs() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
     fn lease_task() -> LeaseTask {
         LeaseTask {
             leases: Leases::default(),
@@ -1894,7 +1887,7 @@ mod tests {
     async fn stopping_gives_leases_back<R: Runtime>(rt: R) {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = unix_now_secs();
+        let now = gate_rt::tunnel::support::unix_now();
         let budget = Some(Budget {
             limit: Usd(1_000_000),
             period: Period::Day,
@@ -1949,7 +1942,7 @@ mod tests {
     async fn budget_removed_mid_lease_is_given_back<R: Runtime>(rt: R) {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = unix_now_secs();
+        let now = gate_rt::tunnel::support::unix_now();
         let rpm = Limits {
             rpm: Some(100),
             tpm: None,
@@ -1985,7 +1978,7 @@ mod tests {
     async fn unreserved_cost_is_spent<R: Runtime>(rt: R) {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = unix_now_secs();
+        let now = gate_rt::tunnel::support::unix_now();
         let (budget_key, _) = budget_keys("zero", Period::Day, Period::Day.start(now));
         let budget = Some(Budget {
             limit: Usd(1_000_000),
@@ -2051,7 +2044,7 @@ mod tests {
         assert_eq!(reserved(&task.leases, &id), Some((0, 0, 300)));
         // Decided, and the waiting future dropped before it read the decision.
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let now = unix_now_secs();
+        let now = gate_rt::tunnel::support::unix_now();
         let id: LeaseId = ("gone".to_owned(), Some(Period::Day), Period::Day.start(now));
         let waiting = limits.admit(admission(&id.0, Limits::default(), budget, 300, id.2));
         let end = Instant::now() + Duration::from_secs(10);
@@ -2072,7 +2065,7 @@ mod tests {
     async fn leases_across_a_period_boundary<R: Runtime>(rt: R) {
         let (_server, redis) = redis_on(&rt);
         let limits = RedisLimits::new(rt.clone(), redis.clone());
-        let today = Period::Day.start(unix_now_secs());
+        let today = Period::Day.start(gate_rt::tunnel::support::unix_now());
         let budget = Some(Budget {
             limit: Usd(1_000_000),
             period: Period::Day,
