@@ -175,8 +175,15 @@ async function main() {
     throw e;
   } finally {
     if (context) await context.close().catch(() => {});
-    for (const c of children) c.child.kill("SIGTERM");
-    fs.rmSync(dir, { recursive: true, force: true });
+    // Each process gone before its state directory is removed: a relay still stopping writes
+    // its state, and a removal racing it fails with ENOTEMPTY.
+    await Promise.all(children.map(({ child }) => new Promise((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      const force = setTimeout(() => child.kill("SIGKILL"), 10_000);
+      child.once("exit", () => { clearTimeout(force); resolve(); });
+      child.kill("SIGTERM");
+    })));
+    fs.rmSync(dir, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   }
 }
 
