@@ -18,10 +18,11 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use gate_daemon::server::{least_loaded, CoreLoad};
 use gate_rt::Runtime;
 use gate_runtime_tokio::TokioRuntime;
 use http_body_util::{BodyExt, Full};
@@ -82,19 +83,19 @@ fn main() {
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             };
-            let Some(core) = (0..loads.len()).min_by_key(|&c| loads[c].load(Ordering::Relaxed))
-            else {
+            // The daemon's hand-off (`gate_daemon::server::serve`): the core serving the
+            // fewest open connections.
+            let Some(core) = least_loaded(&loads) else {
                 rt.spawn(serve(stream));
                 continue;
             };
             let Ok(stream) = cores[core].adopt(stream) else {
                 continue;
             };
-            loads[core].fetch_add(1, Ordering::Relaxed);
-            let loads = loads.clone();
+            let load = CoreLoad::new(&loads, core);
             cores[core].spawn(async move {
                 serve(stream).await;
-                loads[core].fetch_sub(1, Ordering::Relaxed);
+                drop(load);
             });
         }
     })

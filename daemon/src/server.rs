@@ -248,19 +248,20 @@ pub async fn serve<R: Runtime>(
 }
 
 /// The serving core with the fewest open connections (the first on a tie); `None` without
-/// serving cores.
-fn least_loaded(loads: &[AtomicUsize]) -> Option<usize> {
+/// serving cores. `loads` counts each core's open connections (see [`CoreLoad`]).
+pub fn least_loaded(loads: &[AtomicUsize]) -> Option<usize> {
     (0..loads.len()).min_by_key(|&core| loads[core].load(Ordering::Relaxed))
 }
 
 /// One open connection counted against its serving core until dropped.
-struct CoreLoad {
+pub struct CoreLoad {
     loads: Arc<[AtomicUsize]>,
     core: usize,
 }
 
 impl CoreLoad {
-    fn new(loads: &Arc<[AtomicUsize]>, core: usize) -> Self {
+    /// Counts one more open connection on `core` until the result is dropped.
+    pub fn new(loads: &Arc<[AtomicUsize]>, core: usize) -> Self {
         loads[core].fetch_add(1, Ordering::Relaxed);
         Self {
             loads: loads.clone(),

@@ -246,8 +246,10 @@ fn serve(
     let dir = state::relay_state_dir(state_dir)?;
     let identity = Identity::load_or_create(&dir)?;
     match runtime {
+        // The relay forwards on the shared runtime (its connections are QUIC streams, not
+        // accepted sockets to hand to a core): no serving cores.
         RuntimeChoice::Tokio => {
-            gate_runtime_tokio::block_on(|rt| run(rt, settings, identity, dir))?
+            gate_runtime_tokio::block_on_without_cores(|rt| run(rt, settings, identity, dir))?
         }
         RuntimeChoice::Smol => gate_runtime_smol::block_on(|rt| run(rt, settings, identity, dir))?,
     }

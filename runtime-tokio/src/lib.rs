@@ -113,13 +113,31 @@ where
     F: FnOnce(TokioRuntime) -> Fut,
     Fut: Future,
 {
+    run(main, true)
+}
+
+/// [`block_on`] without serving cores (`serving_cores()` is empty): for a program that
+/// never hands connections to cores (the relay), which then starts no idle core threads.
+pub fn block_on_without_cores<F, Fut>(main: F) -> io::Result<Fut::Output>
+where
+    F: FnOnce(TokioRuntime) -> Fut,
+    Fut: Future,
+{
+    run(main, false)
+}
+
+fn run<F, Fut>(main: F, with_cores: bool) -> io::Result<Fut::Output>
+where
+    F: FnOnce(TokioRuntime) -> Fut,
+    Fut: Future,
+{
     let threads = thread_count();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .thread_name("gate-tokio")
         .enable_all()
         .build()?;
-    let cores = (0..threads)
+    let cores = (0..if with_cores { threads } else { 0 })
         .map(start_core)
         .collect::<io::Result<Vec<_>>>()?;
     let rt = TokioRuntime {
@@ -283,6 +301,24 @@ mod tests {
         })
         .expect("start tokio");
         assert!(checked >= 1);
+    }
+
+    #[test]
+    fn without_cores_no_core_thread_is_started_and_work_runs_on_the_shared_runtime() {
+        let (cores, ran) = block_on_without_cores(|rt| async move {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            rt.spawn(async move {
+                let _ = tx.send(here());
+            });
+            (
+                rt.serving_cores().len(),
+                rx.await.expect("spawned task ran"),
+            )
+        })
+        .expect("start tokio");
+        assert_eq!(cores, 0);
+        assert_eq!(ran.0, None);
+        assert!(ran.1.starts_with("gate-tokio"), "ran on {:?}", ran.1);
     }
 
     #[test]

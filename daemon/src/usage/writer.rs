@@ -442,6 +442,7 @@ mod tests {
         assert!(should_yield(MAX_BATCH - 1));
         assert!(!should_yield(MAX_BATCH));
         assert!(!should_yield(CHANNEL_CAPACITY));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Issue 16: records handed over back to back wake the writer once for their batch (and
