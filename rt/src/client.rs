@@ -131,7 +131,7 @@ impl<R: Runtime> Connector<R> {
         }
     }
 
-    async fn connect(self, uri: Uri) -> Result<ClientIo<R::TcpStream>, ConnectError> {
+    pub(crate) async fn connect(self, uri: Uri) -> Result<ClientIo<R::TcpStream>, ConnectError> {
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
@@ -270,6 +270,13 @@ impl<T: ByteStream> AsyncWrite for MaybeTls<T> {
 pub struct ClientIo<T> {
     inner: TokioIo<MaybeTls<T>>,
     h2: bool,
+}
+
+impl<T> ClientIo<T> {
+    /// TLS negotiated HTTP/2 (ALPN).
+    pub(crate) fn is_h2(&self) -> bool {
+        self.h2
+    }
 }
 
 impl<T: ByteStream> Connection for ClientIo<T> {

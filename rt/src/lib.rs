@@ -21,6 +21,7 @@
 pub mod client;
 pub mod fs;
 pub mod hyper_glue;
+pub mod pool;
 pub mod quic;
 #[cfg(feature = "scenario")]
 pub mod scenario;
@@ -45,7 +46,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
 /// The capabilities an async runtime gives to Gate.
 ///
 /// Implementations are cheap handles (`Clone`) to a running executor.
-pub trait Runtime: Clone + Send + Sync + 'static {
+pub trait Runtime: Clone + Send + Sync + Unpin + 'static {
     /// The name used on the command line (`--runtime tokio|smol`) and in logs.
     const NAME: &'static str;
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{client, hyper_glue, quic, Runtime};
+use crate::{client, hyper_glue, pool, quic, Runtime};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -24,6 +24,7 @@ pub async fn run<R: Runtime>(rt: R) -> Result<(), BoxError> {
     unix_echo(&rt).await?;
     timer(&rt).await?;
     http_roundtrip(&rt).await?;
+    pool_roundtrip(&rt).await?;
     quic_stream(&rt).await?;
     Ok(())
 }
@@ -135,6 +136,162 @@ pub async fn http_roundtrip<R: Runtime>(rt: &R) -> Result<(), BoxError> {
     let uri: http::Uri = format!("http://{closed_addr}/").parse()?;
     if http.get(uri).await.is_ok() {
         return Err("request to a closed port succeeded".into());
+    }
+    Ok(())
+}
+
+/// What [`raw_http_server`] shares with its test: its address, the connections it accepted
+/// and the request heads it read.
+type RawServer = (
+    SocketAddr,
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<std::sync::Mutex<Vec<String>>>,
+);
+
+/// A raw HTTP/1.1 server for [`pool_roundtrip`]: counts connections, records request heads,
+/// and answers `/big` with 1 MB, `/close` by closing the connection after the answer, and
+/// anything else with `ok`.
+fn raw_http_server<R: Runtime>(rt: &R) -> Result<RawServer, BoxError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = rt.bind_tcp(loopback())?;
+    let addr = R::listener_addr(&listener)?;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (count, seen, server_rt) = (accepted.clone(), heads.clone(), rt.clone());
+    rt.spawn(async move {
+        while let Ok((mut stream, _)) = R::accept(&listener).await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            server_rt.spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).push(head);
+                    let body = if path == "/big" {
+                        vec![b'x'; 1 << 20]
+                    } else {
+                        b"ok".to_vec()
+                    };
+                    let mut answer =
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len())
+                            .into_bytes();
+                    answer.extend_from_slice(&body);
+                    if stream.write_all(&answer).await.is_err() || path == "/close" {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, accepted, heads))
+}
+
+/// The gateway's per-core pool ([`pool::CorePool`]) against a raw server: HTTP/1.1 in origin
+/// form with `Host`, a connection reused once its body was read, not reused when the body was
+/// dropped unread, a connection the server closed replaced without an error, idle ones
+/// dropped after the idle timeout, and a refused connection an error.
+pub async fn pool_roundtrip<R: Runtime>(rt: &R) -> Result<(), BoxError> {
+    use std::sync::atomic::Ordering;
+    let (addr, accepted, heads) = raw_http_server(rt)?;
+    let settings = client::ClientSettings {
+        pool_idle_timeout: Duration::from_millis(300),
+        ..client::ClientSettings::default()
+    };
+    let pool: pool::CorePool<R, Empty<Bytes>> = pool::CorePool::new(rt.clone(), &settings);
+    let authority = addr.to_string();
+    let get = |path: &str| -> Result<http::Request<Empty<Bytes>>, BoxError> {
+        Ok(http::Request::get(format!("http://{addr}{path}")).body(Empty::new())?)
+    };
+    let read = |response: http::Response<pool::PooledBody<R, Empty<Bytes>>>| async move {
+        Ok::<_, BoxError>(response.into_body().collect().await?.to_bytes())
+    };
+    let connections = || accepted.load(Ordering::SeqCst);
+
+    for i in 0..3 {
+        let body = read(pool.request(get(&format!("/keep/{i}?q=1"))?).await?).await?;
+        if body != "ok" {
+            return Err(format!("unexpected body {body:?}").into());
+        }
+        if pool.idle_connections(false, &authority) != 1 {
+            return Err("a connection read to its end is not back in the pool".into());
+        }
+    }
+    if connections() != 1 {
+        return Err(format!("three requests took {} connections, not one", connections()).into());
+    }
+    let first = heads
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .first()
+        .map(|h| h.to_ascii_lowercase())
+        .unwrap_or_default();
+    if !first.starts_with("get /keep/0?q=1 http/1.1\r\n")
+        || !first.contains(&format!("\r\nhost: {authority}"))
+    {
+        return Err(format!("not origin form with Host: {first:?}").into());
+    }
+
+    // Dropped before its end: that connection is closed, the next request opens another.
+    let mut big = pool.request(get("/big")?).await?.into_body();
+    let _ = big.frame().await;
+    drop(big);
+    if pool.idle_connections(false, &authority) != 0 {
+        return Err("a connection with an unread body went back to the pool".into());
+    }
+    read(pool.request(get("/keep/after-big")?).await?).await?;
+    if connections() != 2 {
+        return Err(format!("{} connections after an unread body, not 2", connections()).into());
+    }
+
+    // The server closes the connection after answering: the next request still succeeds.
+    read(pool.request(get("/close")?).await?).await?;
+    rt.sleep(Duration::from_millis(50)).await;
+    read(pool.request(get("/keep/after-close")?).await?).await?;
+    if connections() != 3 {
+        return Err(format!("{} connections after a close, not 3", connections()).into());
+    }
+
+    // Idle past the timeout: dropped, a new connection is made.
+    rt.sleep(Duration::from_millis(400)).await;
+    read(pool.request(get("/keep/after-idle")?).await?).await?;
+    if connections() != 4 {
+        return Err(format!(
+            "{} connections after the idle timeout, not 4",
+            connections()
+        )
+        .into());
+    }
+
+    // A refused connection is an error that says so.
+    let closed = rt.bind_tcp(loopback())?;
+    let closed_addr = R::listener_addr(&closed)?;
+    drop(closed);
+    match pool
+        .request(http::Request::get(format!("http://{closed_addr}/")).body(Empty::new())?)
+        .await
+    {
+        Ok(_) => return Err("request to a closed port succeeded".into()),
+        Err(e) => {
+            let text = format!(
+                "{e}: {}",
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            );
+            if !text.contains("could not connect") {
+                return Err(format!("unclear connect error: {text}").into());
+            }
+        }
     }
     Ok(())
 }

@@ -53,7 +53,8 @@ use bytes::Bytes;
 use gate_core::config::DaemonConfig;
 use gate_core::llm::scrub::Scrubber;
 use gate_core::route::{BreakerConfig, Router};
-use gate_rt::client::{http_client, ClientSettings, HttpClient};
+use gate_rt::client::ClientSettings;
+use gate_rt::pool::{CorePool, PooledBody};
 use gate_rt::Runtime;
 use http_body_util::Full;
 
@@ -67,12 +68,15 @@ pub use snapshot::{Snapshot, UpstreamTarget};
 /// The `anthropic-version` sent when the client gave none.
 pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
+/// An upstream's response body (its connection goes back to the core's pool at its end).
+pub(crate) type UpstreamBody<R> = PooledBody<R, Full<Bytes>>;
+
 /// The gateway: shared by every connection.
 pub struct Gateway<R: Runtime> {
     rt: R,
     /// The upstream client of each serving core (index `core + 1`) and of every other
     /// thread (index 0): a request reuses pooled connections of its own thread only.
-    clients: Box<[HttpClient<R, Full<Bytes>>]>,
+    clients: Box<[CorePool<R, Full<Bytes>>]>,
     snapshot: RwLock<Arc<Snapshot>>,
     router: SharedRouter,
     /// Secrets the configuration does not hold (the admin token), scrubbed like its own.
@@ -138,7 +142,7 @@ impl<R: Runtime> Gateway<R> {
         Ok(Self {
             clients: std::iter::once(rt.clone())
                 .chain(rt.serving_cores())
-                .map(|rt| http_client(rt, &settings))
+                .map(|rt| CorePool::new(rt, &settings))
                 .collect(),
             rt,
             snapshot: RwLock::new(Arc::new(snapshot)),
@@ -157,7 +161,7 @@ impl<R: Runtime> Gateway<R> {
     }
 
     /// The upstream client of the calling thread: its serving core's, or the shared one.
-    fn client(&self) -> &HttpClient<R, Full<Bytes>> {
+    fn client(&self) -> &CorePool<R, Full<Bytes>> {
         R::current_core()
             .and_then(|core| self.clients.get(core + 1))
             .unwrap_or(&self.clients[0])

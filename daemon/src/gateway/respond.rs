@@ -10,7 +10,6 @@ use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::attempt::AttemptSlot;
 use super::policy::Charge;
@@ -42,7 +41,7 @@ impl<R: Runtime> Gateway<R> {
         upstream: &UpstreamTarget,
         model: &str,
         (stream_requested, include_usage, strip_usage): (bool, bool, bool),
-        response: Response<Incoming>,
+        response: Response<super::UpstreamBody<R>>,
         started: Instant,
         slot: Option<AttemptSlot>,
         charge: Charge,
@@ -77,7 +76,7 @@ impl<R: Runtime> Gateway<R> {
         upstream: &UpstreamTarget,
         model: &str,
         (stream_requested, include_usage, strip_usage): (bool, bool, bool),
-        response: Response<Incoming>,
+        response: Response<super::UpstreamBody<R>>,
         started: Instant,
         slot: Option<AttemptSlot>,
         charge: Charge,

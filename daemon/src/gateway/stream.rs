@@ -16,7 +16,7 @@ use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::StatusCode;
-use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper::body::{Body as HttpBody, Frame};
 
 use super::attempt::AttemptSlot;
 use super::policy::Charge;
@@ -71,7 +71,7 @@ pub(super) const BATCH_MAX_BYTES: usize = 64 * 1024;
 /// during those turns, what it has goes out, so an event that has arrived is never held for the
 /// next one.
 pub(super) struct StreamPipe<R: Runtime> {
-    pub(super) inner: Incoming,
+    pub(super) inner: super::UpstreamBody<R>,
     pub(super) rt: R,
     pub(super) idle: Duration,
     pub(super) sleep: Pin<Box<R::Sleep>>,

@@ -10,7 +10,7 @@ use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Incoming};
+use hyper::body::Body as HttpBody;
 
 use super::{Endpoint, UpstreamTarget, DEFAULT_ANTHROPIC_VERSION};
 use crate::convert;
@@ -84,7 +84,7 @@ impl std::fmt::Display for ReadError {
 /// Reads a buffered upstream body of at most `max` bytes, each chunk within `idle`.
 pub(super) async fn collect_with_timeout<R: Runtime>(
     rt: &R,
-    body: Incoming,
+    body: super::UpstreamBody<R>,
     idle: Duration,
     max: u64,
 ) -> Result<Bytes, ReadError> {
