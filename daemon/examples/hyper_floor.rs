@@ -2,7 +2,8 @@
 //! 16): a reverse proxy with nothing but the libraries and the structure Gate's request path is
 //! built on — `gate-runtime-tokio`'s serving cores (one single-threaded tokio runtime per core;
 //! connections accepted on the multi-threaded runtime and handed to the core with the fewest),
-//! hyper's HTTP/1.1 server, one hyper-util pooled client per core — that reads each request's
+//! hyper's HTTP/1.1 server, one `gate_rt::pool::CorePool` per core (the gateway's upstream
+//! pool on hyper's connection API) — that reads each request's
 //! body and forwards it to one origin, and streams the answer back. No authentication,
 //! routing, JSON, metrics, usage or timeouts. `--multi-thread` serves every connection on the
 //! multi-threaded runtime with one shared client instead (how Gate ran before its serving cores).
@@ -23,6 +24,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gate_daemon::server::{least_loaded, CoreLoad};
+use gate_rt::client::ClientSettings;
+use gate_rt::pool::CorePool;
 use gate_rt::Runtime;
 use gate_runtime_tokio::TokioRuntime;
 use http_body_util::{BodyExt, Full};
@@ -30,12 +33,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 
 type Answer = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
-type FloorClient = Client<HttpConnector, Full<Bytes>>;
+type FloorClient = CorePool<TokioRuntime, Full<Bytes>>;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -60,8 +61,9 @@ fn main() {
         };
         // One client per core (index core + 1) and one for the multi-threaded runtime: a
         // request only ever uses pooled connections of its own thread.
-        let clients: Arc<[FloorClient]> = (0..=cores.len())
-            .map(|_| Client::builder(TokioExecutor::new()).build_http())
+        let clients: Arc<[FloorClient]> = std::iter::once(rt.clone())
+            .chain(cores.iter().cloned())
+            .map(|rt| CorePool::new(rt, &ClientSettings::default()))
             .collect();
         let loads: Arc<[AtomicUsize]> = cores.iter().map(|_| AtomicUsize::new(0)).collect();
         loop {
