@@ -5,8 +5,9 @@
 //! under the advisory lock of `gate_rt::store`, so daemons starting together migrate once):
 //! - `gate_keys`: API keys (hash, name, expiry, policy as JSON) with a revision per row for
 //!   race-free edits, and `gate_keys_version`, a generation a trigger bumps on every change;
-//! - `gate_usage`: the usage log of every daemon, one row per request, with a unique id so a
-//!   batch written twice (an answer lost in an outage) is stored once;
+//! - `gate_usage`: the usage log of every daemon, one row per request;
+//! - `gate_usage_batches`: the id of every batch of usage rows written, so a batch written
+//!   twice (an answer lost in an outage, a spool read again) is stored once;
 //! - `gate_spend`: spend per key per UTC day, updated in the same statement as the usage
 //!   rows, so budgets read a few rows instead of the whole log.
 //!
@@ -132,21 +133,43 @@ pub const DAEMON_SCHEMA: Schema = Schema {
             // any table size (the migration runs within the connect timeout).
             sql: "DROP INDEX IF EXISTS gate_usage_key_at;",
         },
+        Migration {
+            version: 3,
+            description: "cheaper usage rows: exactly-once per batch, not per row",
+            // The per-row unique id cost PostgreSQL more than the row itself: its B-tree entry
+            // and the speculative insertion of `ON CONFLICT` were ~4 of the ~6-8 µs of server
+            // CPU per row (bench/pgusage.sh; ARCHITECTURE.md, "Shared usage rows"). A batch
+            // now carries one id, checked once. Dropping a constraint and a NOT NULL is
+            // instant on any table size; old rows keep their uids.
+            sql: "CREATE TABLE gate_usage_batches (
+                batch text PRIMARY KEY,
+                at_ms bigint NOT NULL
+            );
+            CREATE INDEX gate_usage_batches_at ON gate_usage_batches (at_ms);
+            ALTER TABLE gate_usage DROP CONSTRAINT IF EXISTS gate_usage_pkey;
+            ALTER TABLE gate_usage ALTER COLUMN uid DROP NOT NULL;",
+        },
     ],
 };
 
-/// Inserts a batch of usage rows (a row already there, by `uid`, is skipped) and adds the
-/// cost of those inserted to `gate_spend`, in one statement: both or neither.
+/// Inserts a batch of usage rows unless its id (`$1`) is already in `gate_usage_batches` (a
+/// batch written before, its answer lost), and adds the cost of the rows inserted to
+/// `gate_spend`, in one statement: all or nothing. `$2` is the batch's newest `at_ms` (the
+/// retention of batch ids), `$3` the daemon.
 const INSERT_USAGE_SQL: &str = "
-WITH ins AS (
-    INSERT INTO gate_usage (uid, daemon, at_ms, key_id, owner, endpoint, model, served_model,
+WITH batch AS (
+    INSERT INTO gate_usage_batches (batch, at_ms) VALUES ($1, $2)
+    ON CONFLICT (batch) DO NOTHING
+    RETURNING batch
+), ins AS (
+    INSERT INTO gate_usage (daemon, at_ms, key_id, owner, endpoint, model, served_model,
         upstream, input_tokens, output_tokens, cached_tokens, cache_write_tokens, cost_nanos,
         latency_ms, ttft_ms, status, error)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
-        $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[],
-        $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[], $16::bigint[],
-        $17::integer[], $18::text[])
-    ON CONFLICT (uid) DO NOTHING
+    SELECT $3::text, u.* FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
+        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::integer[],
+        $19::text[]) AS u
+    WHERE EXISTS (SELECT 1 FROM batch)
     RETURNING key_id, at_ms, cost_nanos
 ), spend AS (
     INSERT INTO gate_spend AS s (key_id, day, cost_nanos)
@@ -237,9 +260,9 @@ impl StoreHealth {
 pub struct Written(Mutex<HashMap<String, Usd>>);
 
 impl Written {
-    fn add(&self, records: &[(String, UsageRecord)]) {
+    fn add(&self, records: &[UsageRecord]) {
         let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, r) in records {
+        for r in records {
             let cost = r.cost.unwrap_or(Usd::ZERO);
             // The key's name is copied only the first time it is seen.
             match map.get_mut(&*r.key_id) {
@@ -570,19 +593,16 @@ impl<R: Runtime> SharedStore<R> {
             .collect())
     }
 
-    /// Writes `batch` (rows already there are skipped); counts it as written. The columns
-    /// borrow the records' text (no copy per field): the statement's parameters are encoded
-    /// in one go on the runtime, so what they cost is a pause of the writer's worker.
-    async fn write_usage(&self, batch: &[(String, UsageRecord)]) -> Result<(), StoreError> {
-        fn column<'a, T>(
-            batch: &'a [(String, UsageRecord)],
-            f: impl Fn(&'a UsageRecord) -> T,
-        ) -> Vec<T> {
-            batch.iter().map(|(_, r)| f(r)).collect()
+    /// Writes the batch `id` (nothing if a batch of that id was written before); counts it as
+    /// written. The columns borrow the records' text (no copy per field): the statement's
+    /// parameters are encoded in one go on the runtime, so what they cost is a pause of the
+    /// writer's worker.
+    async fn write_usage(&self, id: &str, batch: &[UsageRecord]) -> Result<(), StoreError> {
+        fn column<'a, T>(batch: &'a [UsageRecord], f: impl Fn(&'a UsageRecord) -> T) -> Vec<T> {
+            batch.iter().map(f).collect()
         }
         let num = |f: fn(&UsageRecord) -> u64| column(batch, move |r| int(f(r)));
-        let uids: Vec<&str> = batch.iter().map(|(uid, _)| uid.as_str()).collect();
-        let daemons: Vec<&str> = vec![self.daemon_id.as_str(); batch.len()];
+        let newest = int(batch.iter().map(|r| r.at_ms).max().unwrap_or(0));
         let at = num(|r| r.at_ms);
         let keys = column(batch, |r| &*r.key_id);
         let owners = column(batch, |r| r.owner.as_deref());
@@ -599,9 +619,10 @@ impl<R: Runtime> SharedStore<R> {
         let ttft = column(batch, |r| r.ttft_ms.map(int));
         let status = column(batch, |r| i32::from(r.status));
         let errors = column(batch, |r| r.error.as_deref());
-        let params: [&(dyn ToSql + Sync); 18] = [
-            &uids,
-            &daemons,
+        let params: [&(dyn ToSql + Sync); 19] = [
+            &id,
+            &newest,
+            &self.daemon_id,
             &at,
             &keys,
             &owners,
@@ -637,7 +658,9 @@ impl<R: Runtime> SharedStore<R> {
             store: self.clone(),
             receiver,
             control: control_rx,
-            buffer: VecDeque::new(),
+            batches: VecDeque::new(),
+            open: false,
+            buffered: 0,
             oldest: None,
             spool: spool.clone(),
             spooled: false,
@@ -725,8 +748,12 @@ struct UsageWriter<R: Runtime> {
     store: Arc<SharedStore<R>>,
     receiver: async_channel::Receiver<UsageRecord>,
     control: async_channel::Receiver<Control>,
-    /// Records not yet written, oldest first, each with its unique id.
-    buffer: VecDeque<(String, UsageRecord)>,
+    /// Records not yet written, oldest first, in batches (see [`Batch`]).
+    batches: VecDeque<Batch>,
+    /// Whether the last batch still takes records: it was never sent nor spooled.
+    open: bool,
+    /// Records in `batches`.
+    buffered: usize,
     /// When the oldest record of the buffer arrived.
     oldest: Option<Instant>,
     spool: PathBuf,
@@ -739,13 +766,44 @@ struct UsageWriter<R: Runtime> {
     outage_since: Option<Instant>,
 }
 
-/// A record's unique id, time-ordered: the milliseconds since the Unix epoch (12 hex digits),
+/// Records written in one statement under one id. Once a batch was sent (or spooled) it
+/// never changes: sent again after an answer was lost, or read back from the spool, it has
+/// the same id and the same records, and the store takes it once
+/// (`gate_usage_batches`). A batch whose fate is unknown must never be merged or split.
+struct Batch {
+    /// [`BATCH_PREFIX`] and a [`uid`]; or, for the records of a spool written by a build that
+    /// gave every record an id of its own, `legacy:<first id>:<count>`.
+    id: String,
+    records: Vec<UsageRecord>,
+    /// Read from the spool file, and in it still (it is never written there twice: two
+    /// copies side by side would read back as one batch of twice the records).
+    in_spool: bool,
+}
+
+/// How the ids of batches start (a record's id of earlier builds is 32 hex digits).
+const BATCH_PREFIX: &str = "b";
+
+/// A new batch's id.
+fn batch_id() -> String {
+    format!("{BATCH_PREFIX}{}", uid())
+}
+
+/// A batch id of this build (not a record id of an earlier one).
+fn is_batch_id(id: &str) -> bool {
+    id.len() == BATCH_PREFIX.len() + 32
+        && id.starts_with(BATCH_PREFIX)
+        && id[BATCH_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit())
+}
+
+/// A unique id, time-ordered: the milliseconds since the Unix epoch (12 hex digits),
 /// a counter of this process (8 hex digits) and 48 random bits (12 hex digits), 32
-/// characters as the random ids were. Ids this process makes later sort later (within one
-/// millisecond by the counter), so the primary key's B-tree takes them at its right edge,
-/// where PostgreSQL fills a page before it splits it, instead of at random pages all over an
-/// index larger than memory. Unique: within a process by (millisecond, counter), between
-/// daemons by the 48 random bits besides.
+/// characters. Ids this process makes later sort later (within one millisecond by the
+/// counter), so a B-tree of them takes new ones at its right edge, where PostgreSQL fills a
+/// page before it splits it, instead of at random pages all over an index larger than
+/// memory. Unique: within a process by (millisecond, counter), between daemons by the 48
+/// random bits besides.
 fn uid() -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
     // Drawn once per process (a system RNG call per record was most of a record's cost to
@@ -772,8 +830,61 @@ fn uid() -> String {
     )
 }
 
+/// The batches of a spool file's text, and how many records they hold (see
+/// `UsageWriter::read_spool`).
+fn parse_spool(text: &str) -> (Vec<Batch>, usize) {
+    let mut count = 0usize;
+    let mut batches: Vec<Batch> = Vec::new();
+    // The legacy run being read: its first record id and records.
+    let mut legacy: Option<(String, Vec<UsageRecord>)> = None;
+    let end_legacy = |legacy: &mut Option<(String, Vec<UsageRecord>)>, batches: &mut Vec<Batch>| {
+        if let Some((first, records)) = legacy.take() {
+            batches.push(Batch {
+                id: format!("legacy:{first}:{}", records.len()),
+                records,
+                in_spool: true,
+            });
+        }
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (id, record) = match serde_json::from_str::<(String, UsageRecord)>(line) {
+            Ok(entry) => entry,
+            Err(e) => {
+                tracing::warn!(error = %e, "a line of the usage spool is not a record; skipped");
+                continue;
+            }
+        };
+        count += 1;
+        if is_batch_id(&id) {
+            end_legacy(&mut legacy, &mut batches);
+            match batches.last_mut() {
+                Some(batch) if batch.id == id => batch.records.push(record),
+                _ => batches.push(Batch {
+                    id,
+                    records: vec![record],
+                    in_spool: true,
+                }),
+            }
+        } else {
+            if legacy.as_ref().is_some_and(|(_, r)| r.len() >= MAX_BATCH) {
+                end_legacy(&mut legacy, &mut batches);
+            }
+            legacy
+                .get_or_insert_with(|| (id, Vec::new()))
+                .1
+                .push(record);
+        }
+    }
+    end_legacy(&mut legacy, &mut batches);
+    (batches, count)
+}
+
 impl<R: Runtime> UsageWriter<R> {
-    /// Records a previous run spooled (the store was down when it stopped) go first.
+    /// Records a previous run spooled (the store was down when it stopped) go first. The
+    /// spool's lines are `[batch id, record]`; consecutive lines of one id are one batch, read
+    /// back as it was sent. Lines of an earlier build (an id per record) are grouped in runs
+    /// of up to [`MAX_BATCH`] under an id made of the run's first id and length: the same
+    /// file read again gives the same batches.
     fn read_spool(&mut self) {
         let text = match std::fs::read_to_string(&self.spool) {
             Ok(text) => text,
@@ -787,48 +898,76 @@ impl<R: Runtime> UsageWriter<R> {
                 return;
             }
         };
-        let mut count = 0usize;
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            match serde_json::from_str::<(String, UsageRecord)>(line) {
-                Ok(entry) => {
-                    self.buffer.push_back(entry);
-                    count += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "a line of the usage spool is not a record; skipped")
-                }
-            }
-        }
+        let (batches, count) = parse_spool(&text);
         self.spool_loaded = true;
         if count > 0 {
             self.spooled = true;
-            self.oldest = Some(Instant::now());
+            if self.buffered == 0 {
+                self.oldest = Some(Instant::now());
+            }
+            self.buffered += count;
+            self.batches.extend(batches);
+            // The last batch is the spool's: it takes no new records.
+            self.open = false;
             tracing::info!(records = count, path = %self.spool.display(), "usage records spooled by the last run will be written to the shared store");
         }
     }
 
     fn take(&mut self, record: UsageRecord) {
-        if self.buffer.is_empty() {
+        if self.buffered == 0 {
             self.oldest = Some(Instant::now());
         }
-        self.buffer.push_back((uid(), record));
-        if self.buffer.len() > MAX_BUFFERED {
-            // Past the bound the oldest go to disk: nothing handed over is dropped while the
-            // state directory takes them.
-            let excess = self.buffer.len() - MAX_BUFFERED / 2;
-            let spilled: Vec<_> = self.buffer.drain(..excess).collect();
+        match self.batches.back_mut() {
+            Some(batch) if self.open && batch.records.len() < MAX_BATCH => {
+                batch.records.push(record);
+            }
+            _ => {
+                self.batches.push_back(Batch {
+                    id: batch_id(),
+                    records: vec![record],
+                    in_spool: false,
+                });
+                self.open = true;
+            }
+        }
+        self.buffered += 1;
+        if self.buffered > MAX_BUFFERED {
+            // Past the bound the oldest batches go to disk: nothing handed over is dropped
+            // while the state directory takes them.
+            let mut spilled = Vec::new();
+            while self.buffered > MAX_BUFFERED / 2 {
+                let Some(batch) = self.batches.pop_front() else {
+                    break;
+                };
+                self.buffered -= batch.records.len();
+                spilled.push(batch);
+            }
+            if self.batches.is_empty() {
+                self.open = false;
+            }
             self.append_spool(&spilled);
         }
     }
 
-    fn append_spool(&mut self, records: &[(String, UsageRecord)]) -> bool {
+    fn append_spool(&mut self, batches: &[Batch]) -> bool {
         use std::io::Write;
         let mut text = String::new();
-        for entry in records {
-            if let Ok(line) = serde_json::to_string(entry) {
-                text.push_str(&line);
-                text.push('\n');
+        let mut records = 0usize;
+        for batch in batches.iter().filter(|b| !b.in_spool) {
+            for record in &batch.records {
+                if let Ok(line) = serde_json::to_string(&(&batch.id, record)) {
+                    text.push_str(&line);
+                    text.push('\n');
+                    records += 1;
+                }
             }
+        }
+        if records == 0 {
+            if !batches.is_empty() {
+                // All of them in the file already, and now only there: read it again later.
+                self.spool_loaded = false;
+            }
+            return true;
         }
         let written = std::fs::OpenOptions::new()
             .create(true)
@@ -839,14 +978,14 @@ impl<R: Runtime> UsageWriter<R> {
             Ok(()) => {
                 self.spooled = true;
                 // The file now holds records the buffer does not: read it whole again later
-                // (those already written are skipped by their ids).
+                // (the batches already written are skipped by their ids).
                 self.spool_loaded = false;
-                tracing::warn!(records = records.len(), path = %self.spool.display(), "usage records spooled to disk (the shared store is unreachable); written to it at the next start");
+                tracing::warn!(records, path = %self.spool.display(), "usage records spooled to disk (the shared store is unreachable); written to it at the next start");
                 true
             }
             Err(e) => {
-                self.metrics.usage_dropped.inc_by(records.len() as u64);
-                tracing::error!(records = records.len(), path = %self.spool.display(), error = %e, "usage records lost: the shared store is unreachable and the spool cannot be written");
+                self.metrics.usage_dropped.inc_by(records as u64);
+                tracing::error!(records, path = %self.spool.display(), error = %e, "usage records lost: the shared store is unreachable and the spool cannot be written");
                 false
             }
         }
@@ -878,13 +1017,16 @@ impl<R: Runtime> UsageWriter<R> {
     }
 
     async fn write_buffer(&mut self) -> bool {
-        while !self.buffer.is_empty() {
-            let n = self.buffer.len().min(MAX_BATCH);
-            // Written from the buffer in place; drained once the store has them.
-            let batch = &self.buffer.make_contiguous()[..n];
-            match self.store.write_usage(batch).await {
+        while let Some(batch) = self.batches.front() {
+            if self.batches.len() == 1 {
+                // Sent from now on: whatever the answer, the batch is what it is.
+                self.open = false;
+            }
+            match self.store.write_usage(&batch.id, &batch.records).await {
                 Ok(()) => {
-                    self.buffer.drain(..n);
+                    if let Some(done) = self.batches.pop_front() {
+                        self.buffered -= done.records.len();
+                    }
                     if let Some(since) = self.outage_since.take() {
                         tracing::info!(
                             outage = ?since.elapsed(),
@@ -895,7 +1037,7 @@ impl<R: Runtime> UsageWriter<R> {
                 Err(e) => {
                     if self.outage_since.is_none() {
                         self.outage_since = Some(Instant::now());
-                        tracing::warn!(error = %e, buffered = self.buffer.len(), "usage log: cannot write to the shared store; records are buffered in memory (up to {MAX_BUFFERED}, then spooled to disk) and written when it is back");
+                        tracing::warn!(error = %e, buffered = self.buffered, "usage log: cannot write to the shared store; records are buffered in memory (up to {MAX_BUFFERED}, then spooled to disk) and written when it is back");
                     }
                     return false;
                 }
@@ -932,7 +1074,7 @@ impl<R: Runtime> UsageWriter<R> {
                 Either::Left(Either::Left(Ok(record))) => {
                     self.take(record);
                     self.drain_channel();
-                    if self.buffer.len() < MAX_BATCH || retry_at.is_some() {
+                    if self.buffered < MAX_BATCH || retry_at.is_some() {
                         continue;
                     }
                 }
@@ -963,7 +1105,7 @@ impl<R: Runtime> UsageWriter<R> {
             let due_now = self
                 .oldest
                 .is_some_and(|oldest| oldest.elapsed() >= FLUSH_INTERVAL)
-                || self.buffer.len() >= MAX_BATCH;
+                || self.buffered >= MAX_BATCH;
             if due_now && retry_at.is_none_or(|at| Instant::now() >= at) {
                 let ok = self.write_all().await;
                 // The client backs off its reconnects; this only paces the attempts.
@@ -987,8 +1129,10 @@ impl<R: Runtime> UsageWriter<R> {
             self.drain_channel();
         }
         // The records read from the spool are in it still (it is removed only once they are
-        // written); a record there twice is stored once (its id).
-        let left: Vec<_> = self.buffer.drain(..).collect();
+        // written); a batch there twice is stored once (its id).
+        let left: Vec<Batch> = self.batches.drain(..).collect();
+        self.buffered = 0;
+        self.open = false;
         self.append_spool(&left);
         false
     }
@@ -1004,22 +1148,39 @@ impl<R: Runtime> SharedStore<R> {
     /// Deletes the shared usage rows older than `cutoff_ms`, [`RETENTION_CHUNK`] at a time;
     /// returns how many. Idempotent: daemons doing it at the same time delete each row once
     /// between them. `gate_spend` stays (one row per key and day): budgets are not reset by
-    /// the retention.
+    /// the retention. The ids of batches whose newest row is older go too: a batch replayed
+    /// after that (from a spool kept longer than the retention) is stored again, and its
+    /// rows deleted at the next run.
     pub async fn delete_usage_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        // By the rows' physical ids (a TID scan), so each chunk reads its rows once: `uid IN
+        // (...)` let the planner join against a sequential scan of the whole log for every
+        // chunk (bench/pgusage.sh --explain). A row another daemon deleted meanwhile is
+        // skipped.
+        let deleted = self
+            .delete_chunked(
+                "DELETE FROM gate_usage WHERE ctid = ANY(ARRAY(
+                    SELECT ctid FROM gate_usage WHERE at_ms < $1 LIMIT $2))",
+                cutoff_ms,
+            )
+            .await?;
+        self.delete_chunked(
+            "DELETE FROM gate_usage_batches WHERE ctid = ANY(ARRAY(
+                SELECT ctid FROM gate_usage_batches WHERE at_ms < $1 LIMIT $2))",
+            cutoff_ms,
+        )
+        .await?;
+        Ok(deleted)
+    }
+
+    /// Runs `delete` (`$1` the cutoff, `$2` the chunk) until a chunk deletes less than
+    /// [`RETENTION_CHUNK`] rows; returns how many it deleted.
+    async fn delete_chunked(&self, delete: &str, cutoff_ms: u64) -> Result<u64, StoreError> {
         let cutoff = int(cutoff_ms);
         let mut deleted = 0;
         loop {
             let n = self
                 .pg
-                .execute(
-                    // By the rows' physical ids (a TID scan), so each chunk reads its rows
-                    // once: `uid IN (...)` let the planner join against a sequential scan of
-                    // the whole log for every chunk (bench/pgusage.sh --explain). A row
-                    // another daemon deleted meanwhile is skipped.
-                    "DELETE FROM gate_usage WHERE ctid = ANY(ARRAY(
-                        SELECT ctid FROM gate_usage WHERE at_ms < $1 LIMIT $2))",
-                    &[&cutoff, &RETENTION_CHUNK],
-                )
+                .execute(delete, &[&cutoff, &RETENTION_CHUNK])
                 .await?;
             deleted += n;
             if n < u64::try_from(RETENTION_CHUNK).unwrap_or(u64::MAX) {
@@ -1135,7 +1296,91 @@ pub fn spend_in(sums: &[Usd; 4], period: Period) -> Usd {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-    use super::uid;
+    use super::{batch_id, is_batch_id, parse_spool, uid, MAX_BATCH};
+    use gate_core::accounting::{UsageRecord, Usd};
+    use std::sync::Arc;
+
+    fn record(cost: u64) -> UsageRecord {
+        UsageRecord {
+            at_ms: 1_700_000_000_000,
+            key_id: Arc::from("k"),
+            owner: None,
+            endpoint: "chat".into(),
+            model: Arc::from("m"),
+            served_model: None,
+            upstream: None,
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cost: Some(Usd(cost)),
+            latency_ms: 1,
+            ttft_ms: None,
+            status: 200,
+            error: None,
+        }
+    }
+
+    fn line(id: &str, cost: u64) -> String {
+        serde_json::to_string(&(id, record(cost))).unwrap() + "\n"
+    }
+
+    #[test]
+    fn batch_ids_are_told_apart_from_record_ids_of_earlier_builds() {
+        let id = batch_id();
+        assert!(is_batch_id(&id), "{id}");
+        assert!(!is_batch_id(&uid()), "a record id of an earlier build");
+        assert!(!is_batch_id("replayed-0"));
+        assert!(!is_batch_id(&format!("{id}0")));
+        assert!(!is_batch_id(&format!("b{}", "g".repeat(32))));
+    }
+
+    /// A spool reads back as the batches written to it: the lines of one id together, in
+    /// order; the lines of an earlier build in runs of at most `MAX_BATCH` under an id that
+    /// is the same every time the file is read; lines that are not records skipped.
+    #[test]
+    fn a_spool_reads_back_as_the_batches_written_to_it() {
+        let (a, b) = (batch_id(), batch_id());
+        let mut text = String::new();
+        for i in 0..3 {
+            text += &line(&a, i);
+        }
+        text += "not a record\n\n";
+        for i in 0..(MAX_BATCH as u64 + 5) {
+            text += &line(&format!("{:032x}", i), 100 + i);
+        }
+        text += &line(&b, 7);
+        text += &line(&format!("{:032x}", 999_999), 8);
+        let (batches, count) = parse_spool(&text);
+        assert_eq!(count, 3 + MAX_BATCH + 5 + 1 + 1);
+        let shape: Vec<(String, usize)> = batches
+            .iter()
+            .map(|b| (b.id.clone(), b.records.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (a.clone(), 3),
+                (format!("legacy:{:032x}:{MAX_BATCH}", 0), MAX_BATCH),
+                (format!("legacy:{:032x}:5", MAX_BATCH), 5),
+                (b.clone(), 1),
+                (format!("legacy:{:032x}:1", 999_999), 1),
+            ]
+        );
+        assert!(batches.iter().all(|b| b.in_spool));
+        let costs: Vec<u64> = batches[0]
+            .records
+            .iter()
+            .map(|r| r.cost.unwrap().0)
+            .collect();
+        assert_eq!(costs, [0, 1, 2]);
+        // Read again: the same ids.
+        let again: Vec<String> = parse_spool(&text).0.into_iter().map(|b| b.id).collect();
+        assert_eq!(
+            again,
+            shape.into_iter().map(|(id, _)| id).collect::<Vec<_>>()
+        );
+    }
 
     #[test]
     fn shared_usage_uids_are_unique_and_time_ordered() {

@@ -377,7 +377,7 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
              WHERE component = 'daemon'",
         )
         .unwrap();
-    assert_eq!(versions, "1,2");
+    assert_eq!(versions, "1,2,3");
     let indexes = pg
         .psql(
             "gate",
@@ -385,7 +385,8 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
              WHERE tablename = 'gate_usage'",
         )
         .unwrap();
-    assert_eq!(indexes, "gate_usage_at,gate_usage_pkey");
+    // No per-row unique id any more (migration 3): batches are written once by their id.
+    assert_eq!(indexes, "gate_usage_at");
     assert_eq!(
         pg.psql(
             "gate",
@@ -401,7 +402,9 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
     assert_eq!(report.len(), 1, "{report:?}");
     assert_eq!(report[0].requests, 500);
 
-    // The same 3 records spooled twice (a batch whose answer was lost, written again).
+    // The same records spooled twice (batches whose answer was lost, written again): 3 of
+    // an earlier build (an id per record) and two batches of this one (2 records and 1,
+    // the id repeated on each of a batch's lines).
     let state = temp_dir("pg-migrate");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -430,6 +433,35 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
             serde_json::to_string(&(format!("replayed-{i}"), record)).unwrap() + "\n"
         })
         .collect();
+    let batch_ids = [
+        "b0000000000010000000100000000000a",
+        "b0000000000010000000200000000000a",
+    ];
+    let spool: String = spool
+        + &[(batch_ids[0], 11), (batch_ids[0], 12), (batch_ids[1], 13)]
+            .iter()
+            .map(|(id, cost)| {
+                let record = UsageRecord {
+                    at_ms: now,
+                    key_id: Arc::from("k3"),
+                    owner: None,
+                    endpoint: "chat".into(),
+                    model: Arc::from("m"),
+                    served_model: None,
+                    upstream: None,
+                    input_tokens: 1,
+                    output_tokens: 1,
+                    cached_tokens: 0,
+                    cache_write_tokens: 0,
+                    cost: Some(Usd(*cost)),
+                    latency_ms: 1,
+                    ttft_ms: None,
+                    status: 200,
+                    error: None,
+                };
+                serde_json::to_string(&(id, record)).unwrap() + "\n"
+            })
+            .collect::<String>();
     for round in 0..2 {
         std::fs::write(state.join(SPOOL_FILE), &spool).unwrap();
         let log = store.start_usage_log(&state, Arc::new(Metrics::new()));
@@ -452,6 +484,25 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
         )
         .unwrap(),
         "21"
+    );
+    assert_eq!(
+        pg.psql(
+            "gate",
+            "SELECT count(*), sum(cost_nanos) FROM gate_usage WHERE key_id = 'k3'"
+        )
+        .unwrap(),
+        "3|36"
+    );
+    assert_eq!(
+        pg.psql(
+            "gate",
+            &format!(
+                "SELECT count(*) FROM gate_usage_batches WHERE batch IN ('{}', '{}')",
+                batch_ids[0], batch_ids[1]
+            )
+        )
+        .unwrap(),
+        "2"
     );
     // Reconnecting finds nothing to migrate.
     drop(store);

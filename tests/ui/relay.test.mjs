@@ -108,7 +108,8 @@ async function main() {
     const { stdout: nodeIdOut } = await execFileAsync(gateBin, ["id", "--state-dir", gateState]);
     const nodeId = nodeIdOut.trim();
 
-    const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "gate-ui-relay-chromium-"));
+    // The browser profile lives in the test's directory, removed with it at the end.
+    const userDataDir = fs.mkdtempSync(path.join(dir, "chromium-"));
     context = await chromium.launchPersistentContext(userDataDir, {
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
       headless: true,

@@ -66,8 +66,14 @@ pub fn relay_bin() -> PathBuf {
 }
 
 /// A fresh, empty directory under the system temp dir, unique to this process and call.
+///
+/// A test keeps its directories while it runs (and after a failure, to be read); the first
+/// call in each test process removes those of test processes that have ended, so runs do
+/// not pile directories up in the temp dir.
 pub fn temp_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_dirs_of_ended_tests);
     let dir = std::env::temp_dir().join(format!(
         "gate-test-{tag}-{}-{}",
         std::process::id(),
@@ -76,6 +82,34 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create a temp dir");
     dir
+}
+
+/// Removes `gate-test-{tag}-{pid}-{n}` directories whose process no longer runs (Linux:
+/// no `/proc/{pid}`). A directory whose pid was reused is kept until a later sweep.
+fn remove_dirs_of_ended_tests() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.starts_with("gate-test-") {
+            continue;
+        }
+        let mut parts = name.rsplitn(3, '-');
+        let (Some(n), Some(pid)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let (Ok(_), Ok(pid)) = (n.parse::<u64>(), pid.parse::<u32>()) else {
+            continue;
+        };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A loopback UDP port that was free a moment ago. Another process may take it before the
