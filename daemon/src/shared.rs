@@ -165,10 +165,11 @@ WITH batch AS (
     INSERT INTO gate_usage (daemon, at_ms, key_id, owner, endpoint, model, served_model,
         upstream, input_tokens, output_tokens, cached_tokens, cache_write_tokens, cost_nanos,
         latency_ms, ttft_ms, status, error)
-    SELECT $3::text, u.* FROM unnest($4::bigint[], $5::text[], $6::text[], $7::text[],
-        $8::text[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[],
-        $14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], $18::integer[],
-        $19::text[]) AS u
+    SELECT $3::text, unnest($4::bigint[]), unnest($5::text[]), unnest($6::text[]),
+        unnest($7::text[]), unnest($8::text[]), unnest($9::text[]), unnest($10::text[]),
+        unnest($11::bigint[]), unnest($12::bigint[]), unnest($13::bigint[]),
+        unnest($14::bigint[]), unnest($15::bigint[]), unnest($16::bigint[]),
+        unnest($17::bigint[]), unnest($18::integer[]), unnest($19::text[])
     WHERE EXISTS (SELECT 1 FROM batch)
     RETURNING key_id, at_ms, cost_nanos
 ), spend AS (
@@ -653,11 +654,13 @@ impl<R: Runtime> SharedStore<R> {
     ) -> Arc<SharedUsageLog> {
         let (sender, receiver) = async_channel::bounded(CHANNEL_CAPACITY);
         let (control, control_rx) = async_channel::unbounded();
+        let nudged = Arc::new(AtomicBool::new(false));
         let spool = state_dir.join(SPOOL_FILE);
         let mut writer = UsageWriter {
             store: self.clone(),
             receiver,
             control: control_rx,
+            nudged: nudged.clone(),
             batches: VecDeque::new(),
             open: false,
             buffered: 0,
@@ -673,6 +676,7 @@ impl<R: Runtime> SharedStore<R> {
         Arc::new(SharedUsageLog {
             sender,
             control,
+            nudged,
             metrics,
             last_drop_warning: Mutex::new(None),
         })
@@ -683,6 +687,8 @@ impl<R: Runtime> SharedStore<R> {
 pub struct SharedUsageLog {
     sender: async_channel::Sender<UsageRecord>,
     control: async_channel::Sender<Control>,
+    /// A [`Control::Drain`] was sent and the writer has not drained the channel since.
+    nudged: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     last_drop_warning: Mutex<Option<Instant>>,
 }
@@ -699,6 +705,9 @@ enum Control {
     Flush(async_channel::Sender<bool>),
     /// Write what can be written within [`CLOSE_DEADLINE`], spool the rest, stop.
     Close(async_channel::Sender<bool>),
+    /// [`MAX_BATCH`] records wait in the channel: take them (and write them when the store
+    /// takes writes).
+    Drain,
 }
 
 impl SharedUsageLog {
@@ -725,7 +734,15 @@ impl SharedUsageLog {
 impl UsageSink for SharedUsageLog {
     fn record(&self, record: UsageRecord) {
         self.metrics.record_usage(&record);
-        if self.sender.try_send(record).is_err() {
+        if self.sender.try_send(record).is_ok() {
+            // The writer is not woken per record (a wake-up across threads per request was
+            // most of what the shared log cost the gateway under load): the first record
+            // after an idle spell wakes it, then it sleeps until the batch is due, unless a
+            // full batch waits first.
+            if self.sender.len() >= MAX_BATCH && !self.nudged.swap(true, Ordering::AcqRel) {
+                let _ = self.control.try_send(Control::Drain);
+            }
+        } else {
             // The writer drains the channel into its buffer without waiting on the store,
             // so a full channel means the writer task is stuck or gone.
             self.metrics.usage_dropped.inc();
@@ -748,6 +765,8 @@ struct UsageWriter<R: Runtime> {
     store: Arc<SharedStore<R>>,
     receiver: async_channel::Receiver<UsageRecord>,
     control: async_channel::Receiver<Control>,
+    /// See [`SharedUsageLog::nudged`]; cleared when the channel is drained.
+    nudged: Arc<AtomicBool>,
     /// Records not yet written, oldest first, in batches (see [`Batch`]).
     batches: VecDeque<Batch>,
     /// Whether the last batch still takes records: it was never sent nor spooled.
@@ -1048,6 +1067,8 @@ impl<R: Runtime> UsageWriter<R> {
     }
 
     fn drain_channel(&mut self) {
+        // Cleared first: records sent from here on may nudge again.
+        self.nudged.store(false, Ordering::Release);
         while let Ok(record) = self.receiver.try_recv() {
             self.take(record);
         }
@@ -1065,8 +1086,18 @@ impl<R: Runtime> UsageWriter<R> {
             let wait = due.map_or(Duration::from_secs(3600), |at| {
                 at.saturating_duration_since(Instant::now())
             });
+            // Records are listened for only while none waits: a batch under way is taken
+            // from the channel when it is due (or on a `Drain`), not record by record.
+            let idle = self.buffered == 0 && retry_at.is_none();
+            let next_record = async {
+                if idle {
+                    self.receiver.recv().await
+                } else {
+                    std::future::pending().await
+                }
+            };
             let event = race(
-                race(self.receiver.recv(), self.control.recv()),
+                race(next_record, self.control.recv()),
                 self.store.rt.sleep(wait),
             )
             .await;
@@ -1095,6 +1126,7 @@ impl<R: Runtime> UsageWriter<R> {
                     let _ = done.try_send(ok);
                     return;
                 }
+                Either::Left(Either::Right(Ok(Control::Drain))) => {}
                 Either::Left(Either::Right(Err(_))) => {
                     self.close().await;
                     return;
