@@ -655,12 +655,14 @@ impl<R: Runtime> SharedStore<R> {
         let (sender, receiver) = async_channel::bounded(CHANNEL_CAPACITY);
         let (control, control_rx) = async_channel::unbounded();
         let nudged = Arc::new(AtomicBool::new(false));
+        let wakeups = Arc::new(AtomicU64::new(0));
         let spool = state_dir.join(SPOOL_FILE);
         let mut writer = UsageWriter {
             store: self.clone(),
             receiver,
             control: control_rx,
             nudged: nudged.clone(),
+            wakeups: wakeups.clone(),
             batches: VecDeque::new(),
             open: false,
             buffered: 0,
@@ -677,6 +679,7 @@ impl<R: Runtime> SharedStore<R> {
             sender,
             control,
             nudged,
+            wakeups,
             metrics,
             last_drop_warning: Mutex::new(None),
         })
@@ -689,6 +692,8 @@ pub struct SharedUsageLog {
     control: async_channel::Sender<Control>,
     /// A [`Control::Drain`] was sent and the writer has not drained the channel since.
     nudged: Arc<AtomicBool>,
+    /// How often the writer came back from waiting (tests: no wake-up per record).
+    wakeups: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
     last_drop_warning: Mutex<Option<Instant>>,
 }
@@ -719,6 +724,12 @@ impl SharedUsageLog {
             return false;
         }
         wait.recv().await.unwrap_or(false)
+    }
+
+    /// How often the writer task came back from waiting (for tests).
+    #[doc(hidden)]
+    pub fn wakeups(&self) -> u64 {
+        self.wakeups.load(Ordering::Relaxed)
     }
 
     /// A clean stop: writes what it can, spools the rest to the state directory.
@@ -767,6 +778,7 @@ struct UsageWriter<R: Runtime> {
     control: async_channel::Receiver<Control>,
     /// See [`SharedUsageLog::nudged`]; cleared when the channel is drained.
     nudged: Arc<AtomicBool>,
+    wakeups: Arc<AtomicU64>,
     /// Records not yet written, oldest first, in batches (see [`Batch`]).
     batches: VecDeque<Batch>,
     /// Whether the last batch still takes records: it was never sent nor spooled.
@@ -1101,6 +1113,7 @@ impl<R: Runtime> UsageWriter<R> {
                 self.store.rt.sleep(wait),
             )
             .await;
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
             match event {
                 Either::Left(Either::Left(Ok(record))) => {
                     self.take(record);

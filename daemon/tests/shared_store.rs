@@ -512,6 +512,82 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
     let _ = std::fs::remove_dir_all(&state);
 }
 
+/// Issue 16: records handed over while a batch is under way do not wake the shared usage
+/// log's writer one by one: it takes them when the batch is due (or 1000 are queued), and
+/// every one is written.
+async fn shared_writer_is_woken_per_batch_not_per_record<R: gate_rt::Runtime>(rt: R) {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use gate_core::accounting::{UsageRecord, Usd};
+    use gate_core::config::OnUnavailable;
+    use gate_daemon::metrics::Metrics;
+    use gate_daemon::shared::SharedStore;
+    use gate_daemon::usage::UsageSink;
+
+    let pg = PgServer::start().expect("PostgreSQL");
+    let url = pg.create_database("gate").unwrap();
+    let store = SharedStore::connect(rt.clone(), &url, OnUnavailable::Closed, "w".into())
+        .await
+        .expect("connects");
+    let state = temp_dir("pg-wakeups");
+    let log = store.start_usage_log(&state, Arc::new(Metrics::new()));
+    rt.sleep(Duration::from_millis(100)).await;
+    let before = log.wakeups();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let n = 3000u64;
+    for i in 0..n {
+        log.record(UsageRecord {
+            at_ms: now,
+            key_id: Arc::from("kw"),
+            owner: None,
+            endpoint: "chat".into(),
+            model: Arc::from("m"),
+            served_model: None,
+            upstream: None,
+            input_tokens: 1,
+            output_tokens: 1,
+            cached_tokens: 0,
+            cache_write_tokens: 0,
+            cost: Some(Usd(1)),
+            latency_ms: i,
+            ttft_ms: None,
+            status: 200,
+            error: None,
+        });
+        if i % 50 == 49 {
+            // The writer gets a chance to run between every 50 records (60 times).
+            rt.sleep(Duration::from_millis(1)).await;
+        }
+    }
+    assert!(log.flush().await);
+    let woken = log.wakeups() - before;
+    assert!(woken <= 12, "{n} records woke the writer {woken} times");
+    assert_eq!(
+        pg.psql(
+            "gate",
+            "SELECT count(*) FROM gate_usage WHERE key_id = 'kw'"
+        )
+        .unwrap(),
+        n.to_string()
+    );
+    assert!(log.flush_and_close().await);
+    let _ = std::fs::remove_dir_all(&state);
+}
+
+#[test]
+fn shared_writer_is_woken_per_batch_not_per_record_on_tokio() {
+    gate_runtime_tokio::block_on(shared_writer_is_woken_per_batch_not_per_record).expect("runtime");
+}
+
+#[test]
+fn shared_writer_is_woken_per_batch_not_per_record_on_smol() {
+    gate_runtime_smol::block_on(shared_writer_is_woken_per_batch_not_per_record).expect("runtime");
+}
+
 #[test]
 fn version_1_database_migrates_and_keeps_rows_on_tokio() {
     gate_runtime_tokio::block_on(version_1_database_migrates_and_keeps_rows).expect("runtime");
