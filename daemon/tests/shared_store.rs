@@ -334,6 +334,33 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A chat request's usage record of key `key` at `at_ms` costing `cost` nano-dollars.
+fn usage_record(
+    key: &str,
+    at_ms: u64,
+    cost: u64,
+    latency_ms: u64,
+) -> gate_core::accounting::UsageRecord {
+    gate_core::accounting::UsageRecord {
+        at_ms,
+        key_id: std::sync::Arc::from(key),
+        owner: None,
+        endpoint: "chat".into(),
+        model: std::sync::Arc::from("m"),
+        served_model: None,
+        upstream: None,
+        input_tokens: 1,
+        output_tokens: 1,
+        cached_tokens: 0,
+        cache_write_tokens: 0,
+        cost: Some(gate_core::accounting::Usd(cost)),
+        latency_ms,
+        ttft_ms: None,
+        status: 200,
+        error: None,
+    }
+}
+
 /// A database at schema version 1 with usage and spend rows (as deployed) migrates to the
 /// current version when a daemon connects: its rows stay, the indexes are those of version 2,
 /// and a batch written twice (replayed from the spool, as after a lost answer) is stored once
@@ -341,7 +368,6 @@ fn scenario(runtime: &str, pg: &mut PgServer, url: &str) {
 async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) {
     use std::sync::Arc;
 
-    use gate_core::accounting::{UsageRecord, Usd};
     use gate_core::config::OnUnavailable;
     use gate_daemon::metrics::Metrics;
     use gate_daemon::shared::{SharedStore, DAEMON_SCHEMA, SPOOL_FILE};
@@ -412,24 +438,7 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
         .as_millis() as u64;
     let spool: String = (0..3)
         .map(|i| {
-            let record = UsageRecord {
-                at_ms: now + i,
-                key_id: Arc::from("k2"),
-                owner: None,
-                endpoint: "chat".into(),
-                model: Arc::from("m"),
-                served_model: None,
-                upstream: None,
-                input_tokens: 1,
-                output_tokens: 1,
-                cached_tokens: 0,
-                cache_write_tokens: 0,
-                cost: Some(Usd(7)),
-                latency_ms: 1,
-                ttft_ms: None,
-                status: 200,
-                error: None,
-            };
+            let record = usage_record("k2", now + i, 7, 1);
             serde_json::to_string(&(format!("replayed-{i}"), record)).unwrap() + "\n"
         })
         .collect();
@@ -441,24 +450,7 @@ async fn version_1_database_migrates_and_keeps_rows<R: gate_rt::Runtime>(rt: R) 
         + &[(batch_ids[0], 11), (batch_ids[0], 12), (batch_ids[1], 13)]
             .iter()
             .map(|(id, cost)| {
-                let record = UsageRecord {
-                    at_ms: now,
-                    key_id: Arc::from("k3"),
-                    owner: None,
-                    endpoint: "chat".into(),
-                    model: Arc::from("m"),
-                    served_model: None,
-                    upstream: None,
-                    input_tokens: 1,
-                    output_tokens: 1,
-                    cached_tokens: 0,
-                    cache_write_tokens: 0,
-                    cost: Some(Usd(*cost)),
-                    latency_ms: 1,
-                    ttft_ms: None,
-                    status: 200,
-                    error: None,
-                };
+                let record = usage_record("k3", now, *cost, 1);
                 serde_json::to_string(&(id, record)).unwrap() + "\n"
             })
             .collect::<String>();
@@ -519,7 +511,6 @@ async fn shared_writer_is_woken_per_batch_not_per_record<R: gate_rt::Runtime>(rt
     use std::sync::Arc;
     use std::time::Duration;
 
-    use gate_core::accounting::{UsageRecord, Usd};
     use gate_core::config::OnUnavailable;
     use gate_daemon::metrics::Metrics;
     use gate_daemon::shared::SharedStore;
@@ -540,24 +531,7 @@ async fn shared_writer_is_woken_per_batch_not_per_record<R: gate_rt::Runtime>(rt
         .as_millis() as u64;
     let n = 3000u64;
     for i in 0..n {
-        log.record(UsageRecord {
-            at_ms: now,
-            key_id: Arc::from("kw"),
-            owner: None,
-            endpoint: "chat".into(),
-            model: Arc::from("m"),
-            served_model: None,
-            upstream: None,
-            input_tokens: 1,
-            output_tokens: 1,
-            cached_tokens: 0,
-            cache_write_tokens: 0,
-            cost: Some(Usd(1)),
-            latency_ms: i,
-            ttft_ms: None,
-            status: 200,
-            error: None,
-        });
+        log.record(usage_record("kw", now, 1, i));
         if i % 50 == 49 {
             // The writer gets a chance to run between every 50 records (60 times).
             rt.sleep(Duration::from_millis(1)).await;
