@@ -664,7 +664,6 @@ impl<R: Runtime> SharedStore<R> {
             nudged: nudged.clone(),
             wakeups: wakeups.clone(),
             batches: VecDeque::new(),
-            open: false,
             buffered: 0,
             oldest: None,
             spool: spool.clone(),
@@ -781,8 +780,6 @@ struct UsageWriter<R: Runtime> {
     wakeups: Arc<AtomicU64>,
     /// Records not yet written, oldest first, in batches (see [`Batch`]).
     batches: VecDeque<Batch>,
-    /// Whether the last batch still takes records: it was never sent nor spooled.
-    open: bool,
     /// Records in `batches`.
     buffered: usize,
     /// When the oldest record of the buffer arrived.
@@ -806,6 +803,9 @@ struct Batch {
     /// gave every record an id of its own, `legacy:<first id>:<count>`.
     id: String,
     records: Vec<UsageRecord>,
+    /// Sent, spooled or read from the spool: it takes no more records. Only the last batch
+    /// of the buffer can be unsealed.
+    sealed: bool,
     /// Read from the spool file, and in it still (it is never written there twice: two
     /// copies side by side would read back as one batch of twice the records).
     in_spool: bool,
@@ -873,6 +873,7 @@ fn parse_spool(text: &str) -> (Vec<Batch>, usize) {
             batches.push(Batch {
                 id: format!("legacy:{first}:{}", records.len()),
                 records,
+                sealed: true,
                 in_spool: true,
             });
         }
@@ -893,6 +894,7 @@ fn parse_spool(text: &str) -> (Vec<Batch>, usize) {
                 _ => batches.push(Batch {
                     id,
                     records: vec![record],
+                    sealed: true,
                     in_spool: true,
                 }),
             }
@@ -938,8 +940,6 @@ impl<R: Runtime> UsageWriter<R> {
             }
             self.buffered += count;
             self.batches.extend(batches);
-            // The last batch is the spool's: it takes no new records.
-            self.open = false;
             tracing::info!(records = count, path = %self.spool.display(), "usage records spooled by the last run will be written to the shared store");
         }
     }
@@ -949,16 +949,16 @@ impl<R: Runtime> UsageWriter<R> {
             self.oldest = Some(Instant::now());
         }
         match self.batches.back_mut() {
-            Some(batch) if self.open && batch.records.len() < MAX_BATCH => {
+            Some(batch) if !batch.sealed && batch.records.len() < MAX_BATCH => {
                 batch.records.push(record);
             }
             _ => {
                 self.batches.push_back(Batch {
                     id: batch_id(),
                     records: vec![record],
+                    sealed: false,
                     in_spool: false,
                 });
-                self.open = true;
             }
         }
         self.buffered += 1;
@@ -972,9 +972,6 @@ impl<R: Runtime> UsageWriter<R> {
                 };
                 self.buffered -= batch.records.len();
                 spilled.push(batch);
-            }
-            if self.batches.is_empty() {
-                self.open = false;
             }
             self.append_spool(&spilled);
         }
@@ -1048,11 +1045,10 @@ impl<R: Runtime> UsageWriter<R> {
     }
 
     async fn write_buffer(&mut self) -> bool {
-        while let Some(batch) = self.batches.front() {
-            if self.batches.len() == 1 {
-                // Sent from now on: whatever the answer, the batch is what it is.
-                self.open = false;
-            }
+        while let Some(batch) = self.batches.front_mut() {
+            // Sent from now on: whatever the answer, the batch is what it is.
+            batch.sealed = true;
+            let batch = &*batch;
             match self.store.write_usage(&batch.id, &batch.records).await {
                 Ok(()) => {
                     if let Some(done) = self.batches.pop_front() {
@@ -1177,7 +1173,6 @@ impl<R: Runtime> UsageWriter<R> {
         // written); a batch there twice is stored once (its id).
         let left: Vec<Batch> = self.batches.drain(..).collect();
         self.buffered = 0;
-        self.open = false;
         self.append_spool(&left);
         false
     }
