@@ -481,7 +481,7 @@ proptest! {
         prop_assert_eq!(parsed_end.unwrap().incomplete_event, end.incomplete_event);
     }
 
-    /// The watcher reports every event the parser dispatches whose data holds the marker, in
+    /// The watcher reports the data of every event the parser dispatches that holds the marker, in
     /// order, whatever the chunking (and only events of blocks that hold it).
     #[test]
     fn watcher_finds_every_marked_event(
@@ -491,11 +491,11 @@ proptest! {
     ) {
         let (parsed, _) = parse_chunks([&bytes[..]], 1 << 16, 1 << 16);
         let marker_text = std::str::from_utf8(marker).unwrap();
-        let expected: Vec<SseEvent> =
-            parsed.into_iter().filter(|e| e.data.contains(marker_text)).collect();
+        let expected: Vec<String> =
+            parsed.into_iter().map(|e| e.data).filter(|d| d.contains(marker_text)).collect();
         let chunks = split_at_points(&bytes, &cuts);
         let seen = watch(marker, 1 << 16, chunks.iter().map(|c| &c[..]));
-        let seen: Vec<SseEvent> = seen.into_iter().filter(|e| e.data.contains(marker_text)).collect();
+        let seen: Vec<String> = seen.into_iter().filter(|d| d.contains(marker_text)).collect();
         prop_assert_eq!(seen, expected);
     }
 
@@ -549,16 +549,17 @@ fn byte_at_a_time_long_lines() {
     );
 }
 
-/// The events an [`SseWatcher`] for `marker` (blocks up to `max` bytes) reports, fed `chunks`.
+/// The events' data an [`SseWatcher`] for `marker` (blocks up to `max` bytes) reports, fed
+/// `chunks`.
 fn watch<'a>(
     marker: &'static [u8],
     max: usize,
     chunks: impl IntoIterator<Item = &'a [u8]>,
-) -> Vec<SseEvent> {
+) -> Vec<String> {
     let mut watcher = SseWatcher::new(marker, max);
     let mut seen = Vec::new();
     for chunk in chunks {
-        watcher.push(chunk, |event| seen.push(event));
+        watcher.push(chunk, |data| seen.push(data.to_owned()));
     }
     seen
 }
@@ -577,13 +578,8 @@ fn watcher_parses_only_marked_blocks() {
         assert_eq!(
             seen,
             vec![
-                event(
-                    Some("message_delta"),
-                    "{\"usage\":{\"output_tokens\":7}}",
-                    None,
-                    None
-                ),
-                SseEvent::data("{\"choices\":[],\"usage\":{\"prompt_tokens\":3}}"),
+                "{\"usage\":{\"output_tokens\":7}}",
+                "{\"choices\":[],\"usage\":{\"prompt_tokens\":3}}",
             ],
             "chunks of {size}"
         );
@@ -599,10 +595,7 @@ fn watcher_skips_an_oversized_block_and_resumes() {
         let seen = watch(b"usage", 100, stream.as_bytes().chunks(size));
         assert_eq!(
             seen,
-            vec![
-                SseEvent::data("{\"usage\":1}"),
-                SseEvent::data("{\"usage\":1}")
-            ],
+            vec!["{\"usage\":1}", "{\"usage\":1}"],
             "chunks of {size}"
         );
     }
@@ -614,5 +607,22 @@ fn watcher_keeps_a_byte_order_mark_inside_the_stream() {
     // is not a `data` field.
     let stream = "\u{feff}data: u1\n\n\u{feff}data: u2\n\ndata: u3\n\n";
     let seen = watch(b"u", 1 << 10, [stream.as_bytes()]);
-    assert_eq!(seen, vec![SseEvent::data("u1"), SseEvent::data("u3")]);
+    assert_eq!(seen, vec!["u1", "u3"]);
+}
+
+#[test]
+fn watcher_joins_data_lines_and_ignores_other_fields() {
+    // Several data lines (any line ending), comments, other fields, a field without a colon,
+    // a value without its leading space, and invalid UTF-8: the data the parser would give.
+    let stream = b"event: x\r\n: note\rdata:u1\r\nid: 7\ndata\ndata: \xff u2\n\n";
+    let (parsed, _) = parse_chunks([&stream[..]], 1 << 10, 1 << 10);
+    assert_eq!(parsed.len(), 1);
+    assert_eq!(parsed[0].data, "u1\n\n\u{fffd} u2");
+    for size in 1..stream.len() {
+        assert_eq!(
+            watch(b"u", 1 << 10, stream.chunks(size)),
+            vec![parsed[0].data.clone()],
+            "chunks of {size}"
+        );
+    }
 }

@@ -76,8 +76,9 @@
 //! A proxy that forwards the bytes as they are and only needs the few events that contain some
 //! marker (the `"usage"` of token counts) uses [`SseWatcher`]: it finds the blank lines that end
 //! event blocks with a byte search, keeps only the bytes of an unfinished block, and parses a
-//! block (with [`SseParser`], so by the same rules) only when its raw bytes contain the marker.
-//! Every event whose `data` contains the marker is reported; events without it may be too.
+//! block (by [`SseParser`]'s rules, reading only its `data` lines) only when its raw bytes
+//! contain the marker. The `data` of every event that contains the marker is reported; that of
+//! events without it may be too.
 
 use std::borrow::Cow;
 
@@ -322,14 +323,7 @@ impl FieldState {
         if line.first() == Some(&b':') {
             return Ok(LineKind::Other);
         }
-        let (name, value) = match line.iter().position(|byte| *byte == b':') {
-            Some(colon) => {
-                let (name, rest) = line.split_at(colon);
-                let value = rest.get(1..).unwrap_or_default();
-                (name, value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &b""[..]),
-        };
+        let (name, value) = split_field(line);
         match name {
             b"data" => {
                 self.block.data.push_str(&decode(value));
@@ -408,6 +402,19 @@ struct Scanner {
     /// Set by the first error; the error is reported once by `poll_block`.
     failure: Option<SseError>,
     failure_reported: bool,
+}
+
+/// A non-blank line that is not a comment, as its field name and value (one leading space of
+/// the value removed; a line without a colon is a name with an empty value).
+fn split_field(line: &[u8]) -> (&[u8], &[u8]) {
+    match memchr::memchr(b':', line) {
+        Some(colon) => {
+            let (name, rest) = line.split_at(colon);
+            let value = rest.get(1..).unwrap_or_default();
+            (name, value.strip_prefix(b" ").unwrap_or(value))
+        }
+        None => (line, &b""[..]),
+    }
 }
 
 /// A completed block: stream range `start..end`, and the event if one was dispatched.
@@ -544,9 +551,7 @@ impl Scanner {
                 .unwrap_or(usize::MAX)
                 .max(line_start_index);
             let unsearched = self.buf.get(searched..).unwrap_or_default();
-            let Some(line_len) = unsearched
-                .iter()
-                .position(|byte| *byte == b'\n' || *byte == b'\r')
+            let Some(line_len) = memchr::memchr2(b'\n', b'\r', unsearched)
                 .map(|position| searched - line_start_index + position)
             else {
                 self.searched_to = self.offset_of(self.buf.len());
@@ -762,9 +767,9 @@ impl SseFramer {
 /// blocks (see the module docs, "Watching a forwarded stream cheaply"). It never changes or holds
 /// the stream: the caller forwards its bytes itself and pushes a view of them here.
 ///
-/// Guarantee: every event that [`SseParser`] would dispatch for the same bytes and whose `data`
-/// contains the marker is reported, in order, whatever the chunking; other events of the same
-/// blocks may be reported too. Memory: at most the bytes of one unfinished block, bounded by
+/// Guarantee: the `data` of every event that [`SseParser`] would dispatch for the same bytes and
+/// whose `data` contains the marker is reported, in order, whatever the chunking; that of other
+/// events of the same blocks may be reported too. Memory: at most the bytes of one unfinished block, bounded by
 /// `max_event_bytes`; a block larger than that is skipped (not reported), and watching resumes
 /// at the next blank line.
 #[derive(Debug)]
@@ -800,9 +805,9 @@ impl SseWatcher {
         }
     }
 
-    /// Looks at the next bytes of the stream; calls `on_event` for each event of a completed
-    /// block that contains the marker.
-    pub fn push(&mut self, chunk: &[u8], mut on_event: impl FnMut(SseEvent)) {
+    /// Looks at the next bytes of the stream; calls `on_data` with the `data` of the event of
+    /// each completed block that contains the marker.
+    pub fn push(&mut self, chunk: &[u8], mut on_data: impl FnMut(&str)) {
         if chunk.is_empty() {
             return;
         }
@@ -810,13 +815,13 @@ impl SseWatcher {
         let cut = if buf.is_empty() {
             // The usual case: nothing unfinished, the chunk is searched where it is.
             let cut = last_block_end(chunk);
-            self.complete(&chunk[..cut], &mut on_event);
+            self.complete(&chunk[..cut], &mut on_data);
             buf.extend_from_slice(&chunk[cut..]);
             cut
         } else {
             buf.extend_from_slice(chunk);
             let cut = last_block_end(&buf);
-            self.complete(&buf[..cut], &mut on_event);
+            self.complete(&buf[..cut], &mut on_data);
             buf.drain(..cut);
             cut
         };
@@ -825,7 +830,7 @@ impl SseWatcher {
     }
 
     /// `done` ends at a block end (or is empty): reports the marked events in it.
-    fn complete(&mut self, done: &[u8], on_event: &mut impl FnMut(SseEvent)) {
+    fn complete(&mut self, done: &[u8], on_data: &mut impl FnMut(&str)) {
         if done.is_empty() {
             return;
         }
@@ -841,15 +846,11 @@ impl SseWatcher {
             let end = next_block_end(done, at);
             let block = &done[start..end];
             if block.len() <= self.max_event_bytes {
-                let mut parser = SseParser::new(self.max_event_bytes, self.max_event_bytes);
-                if self.offset + start as u64 != 0 {
-                    // Not the start of the stream: a leading byte order mark is content here,
-                    // so give the parser a blank line first (it dispatches nothing).
-                    parser.push(b"\n");
-                }
-                parser.push(block);
-                while let Some(Ok(event)) = parser.next_event() {
-                    on_event(event);
+                // At the start of the stream a leading byte order mark is dropped; anywhere
+                // else it is content.
+                let at_stream_start = self.offset + start as u64 == 0;
+                if let Some(data) = block_data(block, at_stream_start) {
+                    on_data(&String::from_utf8_lossy(&data));
                 }
             }
             from = end;
@@ -870,6 +871,47 @@ impl SseWatcher {
             rest = rest[tail_start..].to_vec();
         }
         self.carry = rest;
+    }
+}
+
+/// The `data` of the event that `block` (one block, ending at its blank line) dispatches, by
+/// the rules of [`SseParser`]: `None` when it has no `data` line. Borrowed when it has one (the
+/// usual case), so a marked block costs one pass over its lines and no copy. Not decoded: the
+/// caller decodes the whole, which replaces invalid UTF-8 exactly as the parser's per-line
+/// decoding does (a line ending is ASCII, so no sequence spans two lines).
+fn block_data(block: &[u8], at_stream_start: bool) -> Option<Cow<'_, [u8]>> {
+    let mut rest = block;
+    if at_stream_start {
+        rest = rest.strip_prefix(BYTE_ORDER_MARK).unwrap_or(rest);
+    }
+    let mut data: Option<Cow<'_, [u8]>> = None;
+    loop {
+        let line_end = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        if line.is_empty() && (data.is_some() || line_end == rest.len()) {
+            return data;
+        }
+        let ending = match rest.get(line_end..line_end + 2) {
+            Some(b"\r\n") => 2,
+            _ => 1,
+        };
+        rest = rest.get(line_end + ending..).unwrap_or_default();
+        // A blank line before any data (the rest of the previous block's line endings, cut
+        // off by a chunk boundary, or a stream that starts with one) dispatches nothing.
+        if line.first().is_none_or(|first| *first == b':') {
+            continue;
+        }
+        if let (b"data", value) = split_field(line) {
+            data = Some(match data {
+                None => Cow::Borrowed(value),
+                Some(joined) => {
+                    let mut joined = joined.into_owned();
+                    joined.push(b'\n');
+                    joined.extend_from_slice(value);
+                    Cow::Owned(joined)
+                }
+            });
+        }
     }
 }
 

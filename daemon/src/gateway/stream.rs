@@ -295,8 +295,8 @@ impl<R: Runtime> StreamPipe<R> {
         match &mut self.mode {
             Mode::PassThrough(watcher) => {
                 let (usage, protocol) = (&mut self.usage, self.upstream_protocol);
-                watcher.push(&data, |event| {
-                    usage.observe(protocol, event.data.as_bytes())
+                watcher.push(&data, |event_data| {
+                    usage.observe(protocol, event_data.as_bytes())
                 });
                 let data = scrub_chunk(&self.secrets, data);
                 self.push(data);
