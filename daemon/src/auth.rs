@@ -535,19 +535,20 @@ impl TokenStore {
 
     /// The record of a valid, unexpired key.
     pub fn verify(&self, token: &str) -> Option<&TokenRecord> {
-        if !token.starts_with(TOKEN_PREFIX) {
-            return None;
-        }
-        let record = self.by_digest.get(&sha256(token.as_bytes()))?;
-        match record.expires_at {
-            Some(exp) if exp <= unix_now() => None,
-            _ => Some(record),
-        }
+        self.live_digest(token)
+            .and_then(|digest| self.by_digest.get(&digest))
     }
 
     /// The caller of `token` when it is a valid, unexpired Gate key: [`Self::verify`] and
     /// [`Caller::of_key`] in one, with the caller built when the store was loaded.
     pub fn verify_caller(&self, token: &str) -> Option<Caller> {
+        self.live_digest(token)
+            .and_then(|digest| self.callers.get(&digest).cloned())
+    }
+
+    /// The digest of `token` when it names a valid, unexpired key of this store (recently
+    /// verified keys are not hashed again: [`RecentKeys`]).
+    fn live_digest(&self, token: &str) -> Option<[u8; 32]> {
         if !token.starts_with(TOKEN_PREFIX) {
             return None;
         }
@@ -564,7 +565,7 @@ impl TokenStore {
         let record = self.by_digest.get(&digest)?;
         match record.expires_at {
             Some(exp) if exp <= unix_now() => None,
-            _ => self.callers.get(&digest).cloned(),
+            _ => Some(digest),
         }
     }
 
