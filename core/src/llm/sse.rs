@@ -769,9 +769,9 @@ impl SseFramer {
 ///
 /// Guarantee: the `data` of every event that [`SseParser`] would dispatch for the same bytes and
 /// whose `data` contains the marker is reported, in order, whatever the chunking; that of other
-/// events of the same blocks may be reported too. Memory: at most the bytes of one unfinished block, bounded by
-/// `max_event_bytes`; a block larger than that is skipped (not reported), and watching resumes
-/// at the next blank line.
+/// events of the same blocks may be reported too. Memory: at most the bytes of one unfinished
+/// block, bounded by `max_event_bytes`; a block larger than that is skipped (not reported), and
+/// watching resumes at the next blank line.
 #[derive(Debug)]
 pub struct SseWatcher {
     marker: memchr::memmem::Finder<'static>,
