@@ -248,6 +248,62 @@ fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+/// Parameters of one `usage` row in an insert (`id` and [`USAGE_VALUES`]).
+const USAGE_PARAMS: usize = 17;
+
+/// `INSERT INTO usage` of `rows` rows (1..=[`PACE_EVERY`]), numbered parameters in row order;
+/// built once per size (the texts are static).
+fn insert_rows_sql(rows: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        (1..=PACE_EVERY)
+            .map(|n| {
+                let values: Vec<String> = (0..n)
+                    .map(|row| {
+                        let params: Vec<String> = (1..=USAGE_PARAMS)
+                            .map(|p| format!("?{}", row * USAGE_PARAMS + p))
+                            .collect();
+                        format!("({})", params.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO usage (id, {USAGE_VALUES}) VALUES {}",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    &all[rows.clamp(1, PACE_EVERY) - 1]
+}
+
+/// Binds row `r` (with `id`, `NULL` for SQLite's next) to the parameters after `base`.
+/// One by one: rusqlite's `execute(params![..])` checks the count and dispatches each
+/// through `&dyn ToSql`, a fifth of the row's cost.
+fn bind_usage_row(
+    insert: &mut rusqlite::Statement<'_>,
+    base: usize,
+    id: Option<i64>,
+    r: &UsageRecord,
+) -> rusqlite::Result<()> {
+    insert.raw_bind_parameter(base + 1, id)?;
+    insert.raw_bind_parameter(base + 2, int(r.at_ms))?;
+    insert.raw_bind_parameter(base + 3, &*r.key_id)?;
+    insert.raw_bind_parameter(base + 4, r.owner.as_deref())?;
+    insert.raw_bind_parameter(base + 5, &*r.endpoint)?;
+    insert.raw_bind_parameter(base + 6, &*r.model)?;
+    insert.raw_bind_parameter(base + 7, r.served_model.as_deref())?;
+    insert.raw_bind_parameter(base + 8, r.upstream.as_deref())?;
+    insert.raw_bind_parameter(base + 9, int(r.input_tokens))?;
+    insert.raw_bind_parameter(base + 10, int(r.output_tokens))?;
+    insert.raw_bind_parameter(base + 11, int(r.cached_tokens))?;
+    insert.raw_bind_parameter(base + 12, int(r.cache_write_tokens))?;
+    insert.raw_bind_parameter(base + 13, r.cost.map(|c| int(c.0)))?;
+    insert.raw_bind_parameter(base + 14, int(r.latency_ms))?;
+    insert.raw_bind_parameter(base + 15, r.ttft_ms.map(int))?;
+    insert.raw_bind_parameter(base + 16, i64::from(r.status))?;
+    insert.raw_bind_parameter(base + 17, r.error.as_deref())
+}
+
 /// An integer column back as u64 (negative values, which Gate never writes, read as 0).
 fn uint(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
@@ -416,42 +472,39 @@ impl UsageDb {
         in_order.sort_by_key(|r| r.at_ms);
         let mut last_id = self.last_id;
         {
-            let mut insert = tx
-                .prepare(&format!(
-                    "INSERT INTO usage (id, {USAGE_VALUES})
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
-                ))
-                .map_err(err("prepare the insert"))?;
-            for (i, r) in in_order.iter().enumerate() {
-                if i > 0 && i % PACE_EVERY == 0 {
+            // Rows go in groups of `PACE_EVERY`, one multi-row statement per group, so a
+            // statement's start and end (opening the table's cursor, halting, resetting) are
+            // paid once a group: ~400 fewer instructions a row (callgrind, of ~9,000). A
+            // last group of fewer rows uses the statement of its size.
+            let mut full = None; // the statement of a whole group, prepared once a batch
+            let mut i = 0usize;
+            for (g, group) in in_order.chunks(PACE_EVERY).enumerate() {
+                if g > 0 {
                     pace();
                 }
-                let next = last_id.saturating_add(1);
-                let floor = id_floor(r.at_ms);
-                let id = (i == 0 || next < floor).then(|| floor.max(next));
-                last_id = id.unwrap_or(next);
-                // Bound one by one (rusqlite's `execute(params![..])` checks the count and
-                // dispatches each through `&dyn ToSql`: a fifth of the row's cost).
-                insert
-                    .raw_bind_parameter(1, id)
-                    .and_then(|()| insert.raw_bind_parameter(2, int(r.at_ms)))
-                    .and_then(|()| insert.raw_bind_parameter(3, &*r.key_id))
-                    .and_then(|()| insert.raw_bind_parameter(4, r.owner.as_deref()))
-                    .and_then(|()| insert.raw_bind_parameter(5, &*r.endpoint))
-                    .and_then(|()| insert.raw_bind_parameter(6, &*r.model))
-                    .and_then(|()| insert.raw_bind_parameter(7, r.served_model.as_deref()))
-                    .and_then(|()| insert.raw_bind_parameter(8, r.upstream.as_deref()))
-                    .and_then(|()| insert.raw_bind_parameter(9, int(r.input_tokens)))
-                    .and_then(|()| insert.raw_bind_parameter(10, int(r.output_tokens)))
-                    .and_then(|()| insert.raw_bind_parameter(11, int(r.cached_tokens)))
-                    .and_then(|()| insert.raw_bind_parameter(12, int(r.cache_write_tokens)))
-                    .and_then(|()| insert.raw_bind_parameter(13, r.cost.map(|c| int(c.0))))
-                    .and_then(|()| insert.raw_bind_parameter(14, int(r.latency_ms)))
-                    .and_then(|()| insert.raw_bind_parameter(15, r.ttft_ms.map(int)))
-                    .and_then(|()| insert.raw_bind_parameter(16, i64::from(r.status)))
-                    .and_then(|()| insert.raw_bind_parameter(17, r.error.as_deref()))
-                    .and_then(|()| insert.raw_execute())
-                    .map_err(err("insert a record"))?;
+                let mut last = None;
+                let slot = if group.len() == PACE_EVERY {
+                    &mut full
+                } else {
+                    &mut last
+                };
+                let insert = match slot {
+                    Some(statement) => statement,
+                    None => slot.insert(
+                        tx.prepare(insert_rows_sql(group.len()))
+                            .map_err(err("prepare the insert"))?,
+                    ),
+                };
+                for (row, r) in group.iter().enumerate() {
+                    let next = last_id.saturating_add(1);
+                    let floor = id_floor(r.at_ms);
+                    let id = (i == 0 || next < floor).then(|| floor.max(next));
+                    last_id = id.unwrap_or(next);
+                    bind_usage_row(insert, row * USAGE_PARAMS, id, r)
+                        .map_err(err("insert a record"))?;
+                    i += 1;
+                }
+                insert.raw_execute().map_err(err("insert a record"))?;
             }
             debug_assert!(records.is_empty() || tx.last_insert_rowid() == last_id);
             // The per-key day totals: one upsert per key and day of the batch.
@@ -1166,6 +1219,45 @@ pub(crate) mod tests {
                 "id {id} below the floor of {at_ms}"
             );
         }
+    }
+
+    /// Issue 16: a batch goes in multi-row statements of `PACE_EVERY` rows and one of the
+    /// rest; every row keeps its own values (in the right parameters) and a time-ordered id,
+    /// whichever group it fell in, and the next batch follows on.
+    #[test]
+    fn rows_written_in_groups_keep_their_values_and_order() {
+        let dir = temp_dir("groups");
+        let mut db = UsageDb::open(&UsageDb::path_in(&dir)).unwrap();
+        let batch = |first: u64, n: u64| -> Vec<UsageRecord> {
+            (first..first + n)
+                .map(|i| UsageRecord {
+                    // Runs of rows share a millisecond; some start a new one.
+                    at_ms: NOW_MS + i / 3,
+                    owner: (i % 2 == 0).then(|| format!("team-{i}").into()),
+                    input_tokens: 1_000 + i,
+                    output_tokens: 2_000 + i,
+                    cached_tokens: i,
+                    cache_write_tokens: i % 5,
+                    latency_ms: 10 * i,
+                    ttft_ms: (i % 3 == 0).then_some(i),
+                    status: if i % 7 == 0 { 502 } else { 200 },
+                    error: (i % 7 == 0).then(|| format!("upstream {i}").into()),
+                    ..record(0, &format!("k{}", i % 4), &format!("m{i}"), Some(i))
+                })
+                .collect()
+        };
+        let first = batch(0, 2 * PACE_EVERY as u64 + 5);
+        let second = batch(first.len() as u64, 3);
+        db.insert(&first).unwrap();
+        db.insert(&second).unwrap();
+        assert_time_ordered_ids(&db);
+        let all: Vec<UsageRecord> = first.into_iter().chain(second).collect();
+        let read = db.records_since(0).unwrap();
+        assert_eq!(read.len(), all.len());
+        for (got, want) in read.iter().zip(&all) {
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Schema 3: "since" queries and retention read a range of the table by id, and still
