@@ -13,7 +13,7 @@
 //!
 //! Time arrives as nanoseconds on any monotonic scale; nothing here reads a clock.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 /// Nanoseconds in the window every limit is expressed over.
 pub const MINUTE_NS: u64 = 60_000_000_000;
@@ -198,7 +198,8 @@ pub fn corrected_tokens_tat(
 /// Every key's rate-limit state.
 #[derive(Debug, Default)]
 pub struct RateLimiter {
-    keys: HashMap<String, Tats>,
+    /// FxHash, as the ledger's accounts: the ids are of authenticated callers.
+    keys: FxHashMap<String, Tats>,
 }
 
 impl RateLimiter {

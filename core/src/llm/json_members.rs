@@ -35,7 +35,7 @@ pub fn top_level_members<'a, const N: usize>(
         if data.get(at) != Some(&b'"') {
             return None;
         }
-        let key_end = skip_string(data, at)?;
+        let (key_end, escaped) = skip_string(data, at)?;
         let raw_key = &data[at + 1..key_end - 1];
         at = skip_ws(data, key_end);
         if data.get(at) != Some(&b':') {
@@ -43,7 +43,7 @@ pub fn top_level_members<'a, const N: usize>(
         }
         let start = skip_ws(data, at + 1);
         let end = skip_value(data, start)?;
-        if let Some(slot) = chosen(raw_key, &keys) {
+        if let Some(slot) = chosen(raw_key, escaped, &keys) {
             if found[slot].is_some() {
                 return None; // a duplicate field: a struct parser refuses the document
             }
@@ -67,10 +67,10 @@ pub fn decode_member<T: serde::de::DeserializeOwned>(
     raw.map_or(Ok(None), serde_json::from_slice::<Option<T>>)
 }
 
-/// Which of `keys` the key `raw` (its bytes between the quotes) names; a key with escapes is
-/// decoded first.
-fn chosen(raw: &[u8], keys: &[&str]) -> Option<usize> {
-    if !raw.contains(&b'\\') {
+/// Which of `keys` the key `raw` (its bytes between the quotes; `escaped` when they hold a
+/// backslash) names; a key with escapes is decoded first.
+fn chosen(raw: &[u8], escaped: bool, keys: &[&str]) -> Option<usize> {
+    if !escaped {
         return keys.iter().position(|k| k.as_bytes() == raw);
     }
     let mut quoted = Vec::with_capacity(raw.len() + 2);
@@ -96,14 +96,17 @@ fn end_of_document(data: &[u8], at: usize) -> bool {
     skip_ws(data, at) == data.len()
 }
 
-/// The index after the string that starts (with its opening quote) at `at`.
-fn skip_string(data: &[u8], at: usize) -> Option<usize> {
+/// The index after the string that starts (with its opening quote) at `at`, and whether the
+/// string holds a backslash.
+fn skip_string(data: &[u8], at: usize) -> Option<(usize, bool)> {
     let mut i = at + 1;
+    let mut escaped = false;
     loop {
         i += memchr::memchr2(b'"', b'\\', data.get(i..)?)?;
         if data[i] == b'"' {
-            return Some(i + 1);
+            return Some((i + 1, escaped));
         }
+        escaped = true;
         i += 2; // a backslash and the byte it escapes
     }
 }
@@ -112,14 +115,14 @@ fn skip_string(data: &[u8], at: usize) -> Option<usize> {
 /// brackets, strings inside skipped whole), or a scalar (up to the next delimiter).
 fn skip_value(data: &[u8], at: usize) -> Option<usize> {
     match *data.get(at)? {
-        b'"' => skip_string(data, at),
+        b'"' => skip_string(data, at).map(|(end, _)| end),
         b'{' | b'[' => {
             let mut depth = 0usize;
             let mut i = at;
             loop {
                 match *data.get(i)? {
                     b'"' => {
-                        i = skip_string(data, i)?;
+                        i = skip_string(data, i)?.0;
                         continue;
                     }
                     b'{' | b'[' => depth += 1,

@@ -34,12 +34,12 @@ pub struct Usage {
     pub cache_write_tokens: u64,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct Details {
     cached_tokens: Option<u64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, Debug, PartialEq)]
 struct Counts {
     prompt_tokens: Option<u64>,
     input_tokens: Option<u64>,
@@ -80,26 +80,19 @@ impl Usage {
         // skipped by its brackets, not parsed (`json_members`). A document a struct parser
         // refuses (not an object, a chosen key twice, a member of the wrong type) yields
         // nothing, as before.
-        #[derive(Deserialize)]
-        struct Nested {
-            usage: Option<Counts>,
-        }
         let Some([usage, message, response]) =
             super::json_members::top_level_members(data, ["usage", "message", "response"])
         else {
             return;
         };
-        use super::json_members::decode_member;
         let (Ok(usage), Ok(message), Ok(response)) = (
-            decode_member::<Counts>(usage),
-            decode_member::<Nested>(message),
-            decode_member::<Nested>(response),
+            decode_counts(usage),
+            decode_nested(message),
+            decode_nested(response),
         ) else {
             return;
         };
-        let usage = usage
-            .or_else(|| message.and_then(|m| m.usage))
-            .or_else(|| response.and_then(|m| m.usage));
+        let usage = usage.or(message).or(response);
         let Some(usage) = usage else { return };
         // Anthropic counts cache reads and writes apart from `input_tokens`; `input` holds all.
         let cache_read = usage.cache_read_input_tokens.unwrap_or(0);
@@ -161,6 +154,101 @@ impl Usage {
             crate::route::WireProtocol::Gemini => self.observe_gemini_json(data),
             _ => self.observe_json(data),
         }
+    }
+}
+
+/// A `usage` member's raw value (`json_members`) as a struct parser decodes it, `Err` where
+/// it refuses it. The plain case (an object whose counters are unsigned integers, `null` or
+/// absent) is read here; anything else (a float, a string, an escape in a key, a duplicated
+/// key) goes to serde, which decides as before. Serde on the usage of every answer cost
+/// ~1,600 instructions of a ~78,000-instruction request (issue 16).
+fn decode_counts(raw: Option<&[u8]>) -> Result<Option<Counts>, serde_json::Error> {
+    match raw.map(plain_counts) {
+        None => Ok(None),
+        Some(Some(counts)) => Ok(counts),
+        Some(None) => super::json_members::decode_member::<Counts>(raw),
+    }
+}
+
+/// The `usage` of an object member (Anthropic's `message`, the Responses API's `response`),
+/// as [`decode_counts`] reads it; serde decides what is not plain.
+fn decode_nested(raw: Option<&[u8]>) -> Result<Option<Counts>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Nested {
+        usage: Option<Counts>,
+    }
+    let Some(bytes) = raw else { return Ok(None) };
+    if bytes == b"null" {
+        return Ok(None);
+    }
+    if let Some([usage]) = super::json_members::top_level_members(bytes, ["usage"]) {
+        if let Some(counts) = usage.map_or(Some(None), plain_counts) {
+            return Ok(counts);
+        }
+    }
+    Ok(super::json_members::decode_member::<Nested>(raw)?.and_then(|n| n.usage))
+}
+
+/// `Some(counts)` when `raw` is plain (see [`decode_counts`]); `None` to ask serde.
+fn plain_counts(raw: &[u8]) -> Option<Option<Counts>> {
+    if raw == b"null" {
+        return Some(None);
+    }
+    let [prompt, input, completion, output, prompt_details, input_details, read, write] =
+        super::json_members::top_level_members(
+            raw,
+            [
+                "prompt_tokens",
+                "input_tokens",
+                "completion_tokens",
+                "output_tokens",
+                "prompt_tokens_details",
+                "input_tokens_details",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+            ],
+        )?;
+    Some(Some(Counts {
+        prompt_tokens: plain_u64(prompt)?,
+        input_tokens: plain_u64(input)?,
+        completion_tokens: plain_u64(completion)?,
+        output_tokens: plain_u64(output)?,
+        prompt_tokens_details: plain_details(prompt_details)?,
+        input_tokens_details: plain_details(input_details)?,
+        cache_read_input_tokens: plain_u64(read)?,
+        cache_creation_input_tokens: plain_u64(write)?,
+    }))
+}
+
+fn plain_details(raw: Option<&[u8]>) -> Option<Option<Details>> {
+    match raw {
+        None | Some(b"null") => Some(None),
+        Some(raw) => {
+            let [cached] = super::json_members::top_level_members(raw, ["cached_tokens"])?;
+            Some(Some(Details {
+                cached_tokens: plain_u64(cached)?,
+            }))
+        }
+    }
+}
+
+/// An absent or `null` member (`Some(None)`), or an integer written plainly: digits, no
+/// leading zero, at most 19 of them (always within `u64`). `None` for anything else.
+fn plain_u64(raw: Option<&[u8]>) -> Option<Option<u64>> {
+    match raw {
+        None | Some(b"null") => Some(None),
+        Some(digits @ [first, rest @ ..])
+            if digits.len() <= 19
+                && digits.iter().all(u8::is_ascii_digit)
+                && (*first != b'0' || rest.is_empty()) =>
+        {
+            Some(Some(
+                digits
+                    .iter()
+                    .fold(0, |n: u64, d| n * 10 + u64::from(d - b'0')),
+            ))
+        }
+        Some(_) => None,
     }
 }
 
@@ -234,6 +322,111 @@ mod tests {
                 cache_write_tokens: 50
             }
         );
+    }
+
+    /// Issue 16: the plain reader of `usage` decodes what serde decodes, and refuses what it
+    /// refuses, on every document (valid JSON here: the member scanner's own tests hold it to
+    /// a parser on the rest).
+    mod plain_counts_match_serde {
+        use super::super::{decode_counts, decode_nested, Counts};
+        use proptest::prelude::*;
+
+        const KEYS: [&str; 10] = [
+            "prompt_tokens",
+            "input_tokens",
+            "completion_tokens",
+            "output_tokens",
+            "prompt_tokens_details",
+            "input_tokens_details",
+            "cache_read_input_tokens",
+            "cache_creation_input_tokens",
+            "total_tokens",
+            "cached_tokens",
+        ];
+
+        fn value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                any::<u64>().prop_map(|n| n.to_string()),
+                (0u64..1000).prop_map(|n| n.to_string()),
+                any::<i64>().prop_map(|n| n.to_string()),
+                Just("null".to_owned()),
+                Just("-0".to_owned()),
+                Just("1.0".to_owned()),
+                Just("1e3".to_owned()),
+                Just("18446744073709551616".to_owned()),
+                Just("\"5\"".to_owned()),
+                Just("true".to_owned()),
+                Just("[1]".to_owned()),
+            ];
+            leaf.prop_recursive(2, 12, 4, |inner| {
+                prop::collection::vec((0..KEYS.len(), inner), 0..4)
+                    .prop_map(|members| object(&members))
+            })
+        }
+
+        fn object(members: &[(usize, String)]) -> String {
+            let body: Vec<String> = members
+                .iter()
+                .map(|(k, v)| format!("\"{}\" : {v}", KEYS[*k]))
+                .collect();
+            format!("{{ {} }}", body.join(","))
+        }
+
+        fn serde_counts(raw: &[u8]) -> Option<Option<Counts>> {
+            serde_json::from_slice::<Option<Counts>>(raw).ok()
+        }
+
+        proptest! {
+            #[test]
+            fn on_usage_objects(members in prop::collection::vec((0..KEYS.len(), value()), 0..9)) {
+                let raw = object(&members);
+                // Valid documents only (a leading zero is in `edge_cases`): on broken ones the
+                // scanner is the more lenient (a broken member it skips is not noticed).
+                prop_assert!(serde_json::from_str::<serde_json::Value>(&raw).is_ok());
+                let got = decode_counts(Some(raw.as_bytes())).ok();
+                prop_assert_eq!(got, serde_counts(raw.as_bytes()), "{}", raw);
+                // The same object as a message's `usage`.
+                let nested = format!("{{\"id\":\"m\",\"usage\":{raw},\"content\":[]}}");
+                #[derive(serde::Deserialize)]
+                struct Nested {
+                    usage: Option<Counts>,
+                }
+                let want = serde_json::from_slice::<Option<Nested>>(nested.as_bytes())
+                    .ok()
+                    .map(|n| n.and_then(|n| n.usage));
+                prop_assert_eq!(decode_nested(Some(nested.as_bytes())).ok(), want);
+            }
+        }
+
+        #[test]
+        fn edge_cases() {
+            for raw in [
+                "null",
+                "{}",
+                "{\"prompt_tokens\":0}",
+                "{\"prompt_tokens\":007}",
+                "{\"prompt_tokens\":-0}",
+                "{\"prompt_tokens\":12.0}",
+                "{\"prompt_tokens\":18446744073709551615}",
+                "{\"prompt_tokens\":1,\"prompt_tokens\":2}",
+                "{\"prompt_tok\\u0065ns\":3}",
+                "{\"prompt_tokens_details\":{\"cached_tokens\":4,\"cached_tokens\":5}}",
+                "{\"prompt_tokens_details\":{}}",
+                "{\"prompt_tokens_details\":7}",
+                "5",
+                "[]",
+            ] {
+                assert_eq!(
+                    decode_counts(Some(raw.as_bytes())).ok(),
+                    serde_counts(raw.as_bytes()),
+                    "{raw}"
+                );
+            }
+            assert_eq!(decode_counts(None).ok(), Some(None));
+            assert_eq!(decode_nested(None).ok(), Some(None));
+            assert_eq!(decode_nested(Some(b"null")).ok(), Some(None));
+            assert!(decode_nested(Some(b"3")).is_err());
+        }
     }
 
     #[test]

@@ -26,7 +26,6 @@ use super::{Endpoint, Gateway};
 use crate::auth::Caller;
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
-use crate::metrics::{EndpointLabels, RequestLabels};
 use crate::web::{full_body, Body, Peer};
 
 impl<R: Runtime> Gateway<R> {
@@ -66,19 +65,10 @@ impl<R: Runtime> Gateway<R> {
             }
         };
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                endpoint: endpoint.label().into(),
-                status: response.status().as_u16(),
-            })
-            .inc();
+            .count_request(endpoint, response.status().as_u16());
         if !is_event_stream(response.headers()) {
             self.metrics
-                .request_duration
-                .get_or_create(&EndpointLabels {
-                    endpoint: endpoint.label().into(),
-                })
-                .observe(started.elapsed().as_secs_f64());
+                .observe_request_duration(endpoint, started.elapsed().as_secs_f64());
         }
         response
     }
