@@ -2,7 +2,8 @@
 //! providers are reached: an upstream that negotiates HTTP/2 by ALPN gets one shared HTTP/2
 //! connection for every request, concurrent or not; one that speaks only HTTP/1.1 gets its
 //! connections reused once each answer is read. Both carry the right authority (`:authority`
-//! or `Host`, with the port) and the request body. Under tokio and smol.
+//! or `Host`, with the port) and the request body. Also the timeout the gateway wraps pool
+//! calls and body reads in. Under tokio and smol.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -238,4 +239,38 @@ fn untrusted_upstream_is_refused_tokio() {
 #[test]
 fn untrusted_upstream_is_refused_smol() {
     gate_runtime_smol::block_on(untrusted_upstream_is_refused).expect("runtime");
+}
+
+/// `gate_rt::timeout`: a future ready at once gives its value (no timer is made for it, even
+/// with no time at all), one never ready gives `Elapsed` once the time has passed, one ready
+/// later within the time gives its value.
+async fn timeout_races_the_future_against_a_timer<R: Runtime>(rt: R) {
+    use std::time::{Duration, Instant};
+    assert_eq!(
+        gate_rt::timeout(&rt, Duration::ZERO, async { 7 }).await,
+        Ok(7)
+    );
+    let started = Instant::now();
+    let never = std::future::pending::<()>();
+    assert_eq!(
+        gate_rt::timeout(&rt, Duration::from_millis(50), never).await,
+        Err(gate_rt::Elapsed)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let later = rt.clone();
+    let value = gate_rt::timeout(&rt, Duration::from_secs(30), async move {
+        later.sleep(Duration::from_millis(20)).await;
+        8
+    });
+    assert_eq!(value.await, Ok(8));
+}
+
+#[test]
+fn timeout_races_the_future_against_a_timer_tokio() {
+    gate_runtime_tokio::block_on(timeout_races_the_future_against_a_timer).expect("runtime");
+}
+
+#[test]
+fn timeout_races_the_future_against_a_timer_smol() {
+    gate_runtime_smol::block_on(timeout_races_the_future_against_a_timer).expect("runtime");
 }
