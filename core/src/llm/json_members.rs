@@ -71,7 +71,11 @@ pub fn decode_member<T: serde::de::DeserializeOwned>(
 /// backslash) names; a key with escapes is decoded first.
 fn chosen(raw: &[u8], escaped: bool, keys: &[&str]) -> Option<usize> {
     if !escaped {
-        return keys.iter().position(|k| k.as_bytes() == raw);
+        // Length and first byte before the comparison: most keys are none of `keys`.
+        return keys.iter().position(|k| {
+            let k = k.as_bytes();
+            k.len() == raw.len() && k.first() == raw.first() && k == raw
+        });
     }
     let mut quoted = Vec::with_capacity(raw.len() + 2);
     quoted.push(b'"');
@@ -111,6 +115,27 @@ fn skip_string(data: &[u8], at: usize) -> Option<(usize, bool)> {
     }
 }
 
+/// What a byte is to [`skip_value`]: [`QUOTE`], [`OPEN`], [`CLOSE`] (inside a container, the
+/// bytes it stops at) or [`SCALAR_END`] (after a scalar: a delimiter or white space), else 0.
+const CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    table[b'"' as usize] = QUOTE;
+    table[b'{' as usize] = OPEN;
+    table[b'[' as usize] = OPEN;
+    table[b'}' as usize] = CLOSE | SCALAR_END;
+    table[b']' as usize] = CLOSE | SCALAR_END;
+    table[b',' as usize] = SCALAR_END;
+    table[b' ' as usize] = SCALAR_END;
+    table[b'\t' as usize] = SCALAR_END;
+    table[b'\n' as usize] = SCALAR_END;
+    table[b'\r' as usize] = SCALAR_END;
+    table
+};
+const QUOTE: u8 = 1;
+const OPEN: u8 = 2;
+const CLOSE: u8 = 4;
+const SCALAR_END: u8 = 8;
+
 /// The index after the value that starts at `at`: a string, an object or array (by its
 /// brackets, strings inside skipped whole), or a scalar (up to the next delimiter).
 fn skip_value(data: &[u8], at: usize) -> Option<usize> {
@@ -120,19 +145,23 @@ fn skip_value(data: &[u8], at: usize) -> Option<usize> {
             let mut depth = 0usize;
             let mut i = at;
             loop {
-                match *data.get(i)? {
-                    b'"' => {
-                        i = skip_string(data, i)?.0;
-                        continue;
+                // To the next quote or bracket, one table look-up a byte.
+                i += data
+                    .get(i..)?
+                    .iter()
+                    .position(|b| CLASS[usize::from(*b)] & (QUOTE | OPEN | CLOSE) != 0)?;
+                let class = CLASS[usize::from(data[i])];
+                if class & QUOTE != 0 {
+                    i = skip_string(data, i)?.0;
+                    continue;
+                }
+                if class & OPEN != 0 {
+                    depth += 1;
+                } else {
+                    depth -= 1;
+                    if depth == 0 {
+                        return Some(i + 1);
                     }
-                    b'{' | b'[' => depth += 1,
-                    b'}' | b']' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return Some(i + 1);
-                        }
-                    }
-                    _ => {}
                 }
                 i += 1;
             }
@@ -141,7 +170,7 @@ fn skip_value(data: &[u8], at: usize) -> Option<usize> {
         _ => {
             let len = data[at..]
                 .iter()
-                .position(|b| matches!(b, b',' | b'}' | b']') || is_ws(*b))
+                .position(|b| CLASS[usize::from(*b)] & SCALAR_END != 0)
                 .unwrap_or(data.len() - at);
             Some(at + len)
         }
