@@ -189,25 +189,25 @@ fn decode_nested(raw: Option<&[u8]>) -> Result<Option<Counts>, serde_json::Error
     Ok(super::json_members::decode_member::<Nested>(raw)?.and_then(|n| n.usage))
 }
 
+/// The members of [`Counts`], in its order.
+const COUNT_KEYS: [&str; 8] = [
+    "prompt_tokens",
+    "input_tokens",
+    "completion_tokens",
+    "output_tokens",
+    "prompt_tokens_details",
+    "input_tokens_details",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+];
+
 /// `Some(counts)` when `raw` is plain (see [`decode_counts`]); `None` to ask serde.
 fn plain_counts(raw: &[u8]) -> Option<Option<Counts>> {
     if raw == b"null" {
         return Some(None);
     }
     let [prompt, input, completion, output, prompt_details, input_details, read, write] =
-        super::json_members::top_level_members(
-            raw,
-            [
-                "prompt_tokens",
-                "input_tokens",
-                "completion_tokens",
-                "output_tokens",
-                "prompt_tokens_details",
-                "input_tokens_details",
-                "cache_read_input_tokens",
-                "cache_creation_input_tokens",
-            ],
-        )?;
+        super::json_members::top_level_members(raw, COUNT_KEYS)?;
     Some(Some(Counts {
         prompt_tokens: plain_u64(prompt)?,
         input_tokens: plain_u64(input)?,
@@ -328,21 +328,22 @@ mod tests {
     /// refuses, on every document (valid JSON here: the member scanner's own tests hold it to
     /// a parser on the rest).
     mod plain_counts_match_serde {
-        use super::super::{decode_counts, decode_nested, Counts};
+        use super::super::{decode_counts, decode_nested, Counts, COUNT_KEYS};
         use proptest::prelude::*;
 
-        const KEYS: [&str; 10] = [
-            "prompt_tokens",
-            "input_tokens",
-            "completion_tokens",
-            "output_tokens",
-            "prompt_tokens_details",
-            "input_tokens_details",
-            "cache_read_input_tokens",
-            "cache_creation_input_tokens",
-            "total_tokens",
-            "cached_tokens",
-        ];
+        /// Every member of `Counts`, and two it does not have (`cached_tokens` belongs to
+        /// the details objects).
+        fn key(index: usize) -> &'static str {
+            COUNT_KEYS
+                .get(index)
+                .copied()
+                .unwrap_or(if index == COUNT_KEYS.len() {
+                    "total_tokens"
+                } else {
+                    "cached_tokens"
+                })
+        }
+        const KEY_COUNT: usize = COUNT_KEYS.len() + 2;
 
         fn value() -> impl Strategy<Value = String> {
             let leaf = prop_oneof![
@@ -359,7 +360,7 @@ mod tests {
                 Just("[1]".to_owned()),
             ];
             leaf.prop_recursive(2, 12, 4, |inner| {
-                prop::collection::vec((0..KEYS.len(), inner), 0..4)
+                prop::collection::vec((0..KEY_COUNT, inner), 0..4)
                     .prop_map(|members| object(&members))
             })
         }
@@ -367,7 +368,7 @@ mod tests {
         fn object(members: &[(usize, String)]) -> String {
             let body: Vec<String> = members
                 .iter()
-                .map(|(k, v)| format!("\"{}\" : {v}", KEYS[*k]))
+                .map(|(k, v)| format!("\"{}\" : {v}", key(*k)))
                 .collect();
             format!("{{ {} }}", body.join(","))
         }
@@ -378,7 +379,7 @@ mod tests {
 
         proptest! {
             #[test]
-            fn on_usage_objects(members in prop::collection::vec((0..KEYS.len(), value()), 0..9)) {
+            fn on_usage_objects(members in prop::collection::vec((0..KEY_COUNT, value()), 0..9)) {
                 let raw = object(&members);
                 // Valid documents only (a leading zero is in `edge_cases`): on broken ones the
                 // scanner is the more lenient (a broken member it skips is not noticed).
