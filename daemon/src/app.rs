@@ -46,7 +46,9 @@ impl<R: Runtime> App<R> {
             }
         }
         if path.starts_with("/v1beta/") || path == "/v1beta" {
-            return self.gateway.handle_gemini(req, peer).await;
+            // Boxed like the admin API: the Gemini front door's future is larger than the
+            // other endpoints' and would set the size of every request's future.
+            return Box::pin(self.gateway.handle_gemini(req, peer)).await;
         }
         match (req.method(), path) {
             (&Method::GET | &Method::HEAD, "/") => self.index(&req),

@@ -13,12 +13,13 @@ use hyper::body::{Body as HttpBody, Incoming};
 pub(super) struct Refusal(pub(super) StatusCode, pub(super) String);
 
 pub(super) fn check_json_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+    const JSON: &str = "application/json";
     match headers.get(http::header::CONTENT_TYPE).map(|v| v.to_str()) {
         None => Ok(()),
         Some(Ok(v))
-            if v.trim()
-                .to_ascii_lowercase()
-                .starts_with("application/json") =>
+            if v.trim_start()
+                .get(..JSON.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(JSON)) =>
         {
             Ok(())
         }
@@ -67,5 +68,46 @@ pub(super) async fn read_body_limited(body: Incoming, max: u64) -> Result<Bytes,
             StatusCode::BAD_REQUEST,
             format!("could not read the request body: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn with_type(value: &[u8]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_bytes(value).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn json_content_types_pass_in_any_case_and_others_are_refused() {
+        assert!(check_json_content_type(&HeaderMap::new()).is_ok());
+        for ok in [
+            &b"application/json"[..],
+            b"Application/JSON; charset=utf-8",
+            b"  application/json",
+            b"application/json-seq",
+        ] {
+            assert!(check_json_content_type(&with_type(ok)).is_ok(), "{ok:?}");
+        }
+        for refused in [
+            &b"text/plain"[..],
+            b"application/jso",
+            b"",
+            b"application/\xc3\xa9son",
+            b"\xff",
+        ] {
+            let Err(Refusal(status, message)) = check_json_content_type(&with_type(refused)) else {
+                panic!("{refused:?} passed");
+            };
+            assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert!(message.starts_with("Content-Type must be application/json"));
+        }
     }
 }

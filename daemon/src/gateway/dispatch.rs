@@ -17,6 +17,7 @@ use super::attempt::AttemptSlot;
 use super::body::{check_json_content_type, drain_body, read_body_limited, Refusal};
 use super::gemini::NativeGemini;
 use super::policy::Asked;
+use super::respond::NativeGeminiAnswer;
 use super::upstream::{
     build_native_gemini_request, build_upstream_body, build_upstream_request,
     check_conversion_bound, collect_with_timeout, error_chain, is_event_stream,
@@ -378,6 +379,10 @@ impl<R: Runtime> Gateway<R> {
                     native_here.map(|n| n.call),
                 )
                 .await;
+            if native_here.is_some() {
+                // The Gemini front door passes this answer on as it is.
+                out.extensions_mut().insert(NativeGeminiAnswer);
+            }
             admission.decorate(client_protocol, &mut out);
             return Ok(out);
         }

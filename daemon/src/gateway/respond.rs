@@ -33,43 +33,12 @@ use gate_core::route::AttemptOutcome;
 pub(super) struct NativeGeminiAnswer;
 
 impl<R: Runtime> Gateway<R> {
+    /// The client's answer from an upstream's `response` (an error status, a stream, or a
+    /// whole body), with the request charged. The caller marks a native Gemini answer
+    /// ([`NativeGeminiAnswer`]); no wrapper does it here, since each `async fn` level keeps
+    /// its arguments twice in its state (issue 16: the request's future is moved per request).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn respond(
-        &self,
-        endpoint: Endpoint,
-        client_protocol: WireProtocol,
-        upstream: &UpstreamTarget,
-        model: &str,
-        (stream_requested, include_usage, strip_usage): (bool, bool, bool),
-        response: Response<super::UpstreamBody<R>>,
-        started: Instant,
-        slot: Option<AttemptSlot>,
-        charge: Charge,
-        native: Option<NativeCall>,
-    ) -> Response<Body> {
-        let mut out = self
-            .respond_inner(
-                endpoint,
-                client_protocol,
-                upstream,
-                model,
-                (stream_requested, include_usage, strip_usage),
-                response,
-                started,
-                slot,
-                charge,
-                native,
-            )
-            .await;
-        if native.is_some() {
-            // The Gemini front door passes this answer on as it is.
-            out.extensions_mut().insert(NativeGeminiAnswer);
-        }
-        out
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn respond_inner(
         &self,
         endpoint: Endpoint,
         client_protocol: WireProtocol,
