@@ -310,7 +310,7 @@ impl Metrics {
                 status,
             })
         };
-        match (status, self.endpoint_series.get(endpoint as usize)) {
+        match (status, self.endpoint_series.get(endpoint.index())) {
             (200, Some((ok, _))) => ok.get_or_init(family).inc(),
             _ => family().inc(),
         };
@@ -323,7 +323,7 @@ impl Metrics {
                 endpoint: endpoint.label().into(),
             })
         };
-        match self.endpoint_series.get(endpoint as usize) {
+        match self.endpoint_series.get(endpoint.index()) {
             Some((_, duration)) => duration.get_or_init(family).observe(seconds),
             None => family().observe(seconds),
         }

@@ -36,6 +36,18 @@ impl Endpoint {
         Endpoint::CountTokens,
     ];
 
+    /// Its place in [`Endpoint::ALL`] (for tables indexed by endpoint).
+    pub fn index(self) -> usize {
+        match self {
+            Endpoint::ChatCompletions => 0,
+            Endpoint::Completions => 1,
+            Endpoint::Embeddings => 2,
+            Endpoint::Responses => 3,
+            Endpoint::Messages => 4,
+            Endpoint::CountTokens => 5,
+        }
+    }
+
     /// The endpoint of a `POST` path.
     pub fn from_path(path: &str) -> Option<Self> {
         Some(match path {
@@ -314,6 +326,13 @@ pub fn bounded_echo(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn index_is_the_place_in_all() {
+        for (i, endpoint) in Endpoint::ALL.iter().enumerate() {
+            assert_eq!(endpoint.index(), i, "{endpoint:?}");
+        }
+    }
 
     #[test]
     fn paths_round_trip_and_protocols() {

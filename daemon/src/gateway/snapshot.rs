@@ -40,6 +40,11 @@ pub struct UpstreamTarget {
     /// one of these (reference counts), not a `format!` and a parse. Paths whose URL does not
     /// parse are absent; their requests take the formatted path and report the error there.
     pub uris: Vec<(&'static str, http::Uri)>,
+    /// The client headers this upstream's protocol forwards
+    /// ([`gate_core::llm::endpoint::forwarded_request_headers`]) as header names, parsed once
+    /// (issue 16): a `&str` name is parsed again on every lookup and insert (~400
+    /// instructions a request).
+    pub forwarded_headers: Vec<HeaderName>,
 }
 
 /// Every path [`Translation::upstream_path`] can return but the empty one (a native Gemini
@@ -142,6 +147,10 @@ impl Snapshot {
             upstreams.push(UpstreamTarget {
                 name: name.as_str().into(),
                 uris: fixed_uris(&base_url),
+                forwarded_headers: gate_core::llm::endpoint::forwarded_request_headers(protocol)
+                    .iter()
+                    .map(|name| HeaderName::from_static(name))
+                    .collect(),
                 provider,
                 protocol,
                 base_url,

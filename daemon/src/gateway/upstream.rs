@@ -195,7 +195,7 @@ fn upstream_request_to(
     let headers = builder
         .headers_mut()
         .ok_or_else(|| format!("invalid upstream URL {:?}", url.to_string()))?;
-    for name in forwarded_request_header_names(upstream.protocol) {
+    for name in &upstream.forwarded_headers {
         if let Some(v) = client_headers.get(name) {
             headers.insert(name.clone(), v.clone());
         }
@@ -228,31 +228,6 @@ fn upstream_request_to(
     builder
         .body(Full::new(body))
         .map_err(|e| format!("invalid upstream request to {url}: {e}"))
-}
-
-/// [`endpoint::forwarded_request_headers`] as parsed header names, built once: a `&str`
-/// name is parsed again on every lookup and insert (~400 instructions a request).
-fn forwarded_request_header_names(protocol: WireProtocol) -> &'static [http::HeaderName] {
-    static NAMES: std::sync::LazyLock<[Vec<http::HeaderName>; 3]> =
-        std::sync::LazyLock::new(|| {
-            [
-                WireProtocol::OpenAi,
-                WireProtocol::Anthropic,
-                WireProtocol::Gemini,
-            ]
-            .map(|p| {
-                endpoint::forwarded_request_headers(p)
-                    .iter()
-                    .map(|name| http::HeaderName::from_static(name))
-                    .collect()
-            })
-        });
-    let index = match protocol {
-        WireProtocol::OpenAi => 0,
-        WireProtocol::Anthropic => 1,
-        WireProtocol::Gemini => 2,
-    };
-    &NAMES[index]
 }
 
 /// Copies the upstream response headers a client may see
