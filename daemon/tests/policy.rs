@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gate_core::accounting::{KeyPolicy, UsageRecord, Usd};
+use gate_core::accounting::{estimate, KeyPolicy, UsageRecord, Usd};
 use gate_daemon::app::App;
 use gate_daemon::auth::TokenStore;
 use gate_daemon::gateway::Gateway;
@@ -122,13 +122,17 @@ fn serve(stream: TcpStream, completion: u64, hits: &AtomicUsize, release: &Atomi
         let usage = json!({"prompt_tokens": 10, "completion_tokens": completion,
             "total_tokens": 10 + completion});
         if request["stream"] != true {
-            let answer = json!({
+            let mut answer = json!({
                 "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": model,
                 "choices": [{"index": 0, "finish_reason": "stop",
                     "message": {"role": "assistant", "content": "hello there"}}],
                 "usage": usage,
-            })
-            .to_string();
+            });
+            if model.starts_with("no-usage") {
+                // An upstream that does not count: the answer has no usage.
+                answer.as_object_mut().map(|a| a.remove("usage"));
+            }
+            let answer = answer.to_string();
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
@@ -678,6 +682,52 @@ async fn budgets_and_settlement_on_every_route<R: Runtime>(rt: R) {
     let last = gate.records().pop().unwrap();
     assert_eq!(&*last.key_id, gate.keys[1].id);
     assert_eq!((last.output_tokens, last.cost), (COMPLETION, None));
+}
+
+/// An answer without usage is charged by its size (a third of a token a byte), at most the
+/// request's own output bound, for a budgeted key (whose bound is read when admitting) and a
+/// key without a budget (whose bound is read only when its answer turns out to need it).
+async fn answers_without_usage_are_charged_within_the_request_bound<R: Runtime>(rt: R) {
+    let upstream = Upstream::start(COMPLETION, true);
+    let prices = format!("{PRICES}[upstreams.oai.prices.\"no-usage\"]\ninput = 0\noutput = 1000\n");
+    let config = upstream_config(&upstream, "\"gpt-4o\", \"no-usage\"", &prices);
+    let gate = start_gate(
+        &rt,
+        "no-usage",
+        &config,
+        &[
+            json!({"budget": {"usd": 100, "period": "month"}}),
+            json!({}),
+        ],
+    )
+    .await;
+    let mut budgeted_tokens = 0;
+    for key in [0, 1] {
+        let a = gate
+            .post("/v1/chat/completions", key, chat("no-usage", 300, false))
+            .await;
+        assert_status(&a, StatusCode::OK);
+        let sized = estimate::output_tokens_of_text(a.text().len() as u64);
+        assert!(sized > 3 && sized < 300, "{sized}");
+        let record = gate.records().pop().unwrap();
+        assert_eq!(&*record.key_id, gate.keys[key].id);
+        assert_eq!(record.output_tokens, sized, "key {key}: {record:?}");
+        let a = gate
+            .post("/v1/chat/completions", key, chat("no-usage", 3, false))
+            .await;
+        assert_status(&a, StatusCode::OK);
+        let record = gate.records().pop().unwrap();
+        assert_eq!(
+            record.output_tokens, 3,
+            "key {key}: the request's bound: {record:?}"
+        );
+        assert!(record.input_tokens > 0, "estimated: {record:?}");
+        if key == 0 {
+            budgeted_tokens = sized + 3;
+        }
+    }
+    // The budgeted key paid for the output it was charged ($0.001 a token).
+    assert_eq!(gate.spend(0), (budgeted_tokens * MILLI, 0));
 }
 
 /// Eight concurrent streams on a $1 budget, each able to cost $0.30: three are admitted and
@@ -1811,6 +1861,7 @@ common::both_runtimes!(
     model_refusals_in_every_protocol,
     rate_limits_with_headers,
     budgets_and_settlement_on_every_route,
+    answers_without_usage_are_charged_within_the_request_bound,
     concurrent_streams_never_overspend,
     abandoned_streams_are_settled,
     native_gemini_admission,

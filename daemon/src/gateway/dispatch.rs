@@ -203,6 +203,7 @@ impl<R: Runtime> Gateway<R> {
                 asked,
                 admit_endpoint,
                 admit_body,
+                stream,
                 &mut candidates,
                 &snapshot,
             )

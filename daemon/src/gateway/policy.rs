@@ -184,7 +184,7 @@ pub(super) struct Charge {
     period: Option<Period>,
     tpm: Option<u64>,
     estimated_input: u64,
-    max_output: u64,
+    max_output: OutputBound,
     record: UsageRecord,
     started: Instant,
     /// The answering upstream's price for the served model (`None`: unknown, or nothing
@@ -194,6 +194,26 @@ pub(super) struct Charge {
     /// Bytes of answer sent to the client (the output estimate of a stream without usage).
     streamed_bytes: u64,
     done: bool,
+}
+
+/// A request's output bound ([`estimate::max_output_tokens`]), read when a budgeted request
+/// is admitted (its most cost), else only if its settle needs it (an answer without usage):
+/// reading it cost ~1,200 instructions of every request, and most answers carry their usage.
+enum OutputBound {
+    Known(u64),
+    /// The request's body and the model's output cap, to read it from if needed. Only for a
+    /// request not asking for a stream: its charge is settled with its answer, so the body
+    /// is not kept past the request's own handling.
+    Later(bytes::Bytes, Option<u64>),
+}
+
+impl OutputBound {
+    fn get(&self) -> u64 {
+        match self {
+            OutputBound::Known(n) => *n,
+            OutputBound::Later(body, model_cap) => estimate::max_output_tokens(body, *model_cap),
+        }
+    }
 }
 
 impl Charge {
@@ -247,7 +267,7 @@ impl Charge {
                     // without usage): what was sent, a third of a token per byte (SSE
                     // framing included), at most the request's bound.
                     let sent = estimate::output_tokens_of_text(self.streamed_bytes)
-                        .min(self.max_output.max(usage.output));
+                        .min(self.max_output.get().max(usage.output));
                     usage.output.max(sent)
                 },
                 cached: usage.cached_tokens,
@@ -541,11 +561,15 @@ impl<R: Runtime> Gateway<R> {
     /// (a budgeted key keeps only those whose price is known): reserves its maximum cost and
     /// charges its rate limits, or answers the refusal.
     #[allow(clippy::result_large_err)]
+    ///
+    /// `stream`: the request asks for a stream (its output bound is then read now; see
+    /// [`OutputBound`]).
     pub(super) async fn admit(
         &self,
         asked: Asked<'_>,
         endpoint: Endpoint,
-        body: &[u8],
+        body: &bytes::Bytes,
+        stream: bool,
         candidates: &mut Vec<Candidate>,
         snapshot: &Snapshot,
     ) -> Result<(Charge, Admission), Response<Body>> {
@@ -573,12 +597,14 @@ impl<R: Runtime> Gateway<R> {
                 (a, b) => a.or(b).map(u64::from),
             }
         });
-        let max_output = if free || endpoint == Endpoint::Embeddings {
-            0
-        } else {
-            estimate::max_output_tokens(body, model_cap)
-        };
         let budget = policy.budget;
+        let max_output = if free || endpoint == Endpoint::Embeddings {
+            OutputBound::Known(0)
+        } else if budget.is_some() || stream {
+            OutputBound::Known(estimate::max_output_tokens(body, model_cap))
+        } else {
+            OutputBound::Later(body.clone(), model_cap)
+        };
         let mut max_cost = Usd::ZERO;
         if budget.is_some() && !free {
             let unpriced: Vec<String> = candidates
@@ -612,7 +638,7 @@ impl<R: Runtime> Gateway<R> {
             }
             let tokens = TokenCounts {
                 input: estimated_input,
-                output: max_output,
+                output: max_output.get(),
                 cached: 0,
                 cache_write: 0,
             };
