@@ -5,7 +5,7 @@ use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderMap, Response, StatusCode};
 
-use super::Gateway;
+use super::{Gateway, Snapshot};
 use crate::auth::{self, AuthError, Caller};
 use crate::errors::error_response;
 use crate::web::{json, Body, Peer};
@@ -70,7 +70,18 @@ fn is_loopback_authority(authority: &str) -> bool {
 impl<R: Runtime> Gateway<R> {
     /// Checks the client's credentials; returns who is calling and the policy that applies.
     pub fn authenticate(&self, headers: &HeaderMap, peer: Peer) -> Result<Caller, AuthError> {
-        let snapshot = self.snapshot();
+        self.authenticate_in(&self.snapshot(), headers, peer)
+    }
+
+    /// [`Self::authenticate`] under `snapshot` (a request reads the configuration's snapshot
+    /// once: each read is two atomic writes to a lock and two to a counter that every core
+    /// shares).
+    pub(super) fn authenticate_in(
+        &self,
+        snapshot: &Snapshot,
+        headers: &HeaderMap,
+        peer: Peer,
+    ) -> Result<Caller, AuthError> {
         let Some(token) = auth::credential(headers) else {
             if snapshot.allow_loopback && !peer.remote && peer.addr.ip().is_loopback() {
                 loopback_request_is_local(headers)?;

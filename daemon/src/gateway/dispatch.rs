@@ -23,11 +23,12 @@ use super::upstream::{
     check_conversion_bound, collect_with_timeout, error_chain, is_event_stream,
     map_upstream_status, retry_after,
 };
-use super::{Endpoint, Gateway};
+use super::{Endpoint, Gateway, Snapshot};
 use crate::auth::Caller;
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body, Peer};
+use std::sync::Arc;
 
 impl<R: Runtime> Gateway<R> {
     /// Serves one LLM request end to end.
@@ -82,10 +83,11 @@ impl<R: Runtime> Gateway<R> {
         peer: Peer,
         started: Instant,
     ) -> Result<Response<Body>, Refusal> {
-        let caller = self
-            .authenticate(&parts.headers, peer)
-            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
+        // Read once for the whole request (see `authenticate_in`).
         let snapshot = self.snapshot();
+        let caller = self
+            .authenticate_in(&snapshot, &parts.headers, peer)
+            .map_err(|e| Refusal(StatusCode::UNAUTHORIZED, e.to_string()))?;
         check_json_content_type(&parts.headers)?;
         let Some(body) = body.take() else {
             return Err(Refusal(
@@ -94,7 +96,7 @@ impl<R: Runtime> Gateway<R> {
             ));
         };
         let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        self.dispatch_body(endpoint, &parts, body, started, &caller, None)
+        self.dispatch_body(endpoint, &parts, body, started, &caller, None, &snapshot)
             .await
     }
 
@@ -103,6 +105,8 @@ impl<R: Runtime> Gateway<R> {
     ///
     /// `native`: a Gemini client's own request (`gemini.rs`), sent untouched to the native
     /// Gemini candidates while the others get `body` (its Chat Completions conversion).
+    /// `snapshot`: the configuration the request was authenticated under.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn dispatch_body(
         &self,
         endpoint: Endpoint,
@@ -111,9 +115,9 @@ impl<R: Runtime> Gateway<R> {
         started: Instant,
         caller: &Caller,
         native: Option<&NativeGemini>,
+        snapshot: &Arc<Snapshot>,
     ) -> Result<Response<Body>, Refusal> {
         let client_protocol = endpoint.client_protocol();
-        let snapshot = self.snapshot();
         // Only what routing needs is read; the rest of the body is skipped, not built into
         // a tree (a pass-through request is forwarded as the client's bytes).
         let summary = request_summary(&body).map_err(|e| {
@@ -205,7 +209,7 @@ impl<R: Runtime> Gateway<R> {
                 admit_body,
                 stream,
                 &mut candidates,
-                &snapshot,
+                snapshot,
             )
             .await
         {
@@ -314,7 +318,7 @@ impl<R: Runtime> Gateway<R> {
                 Ok(Err(e)) => {
                     self.count_attempt(&upstream.name, "connect_error");
                     slot.settle(&AttemptOutcome::ConnectError, None);
-                    let error = self.scrub_str(&snapshot, &error_chain(&e));
+                    let error = self.scrub_str(snapshot, &error_chain(&e));
                     tracing::warn!(upstream = %upstream.name, %error, "upstream request failed");
                     last_failure = Refusal(
                         StatusCode::BAD_GATEWAY,
@@ -340,7 +344,7 @@ impl<R: Runtime> Gateway<R> {
                 .await
                 .unwrap_or_default();
                 let message = upstream_message(&bytes)
-                    .map(|m| self.scrub_str(&snapshot, &m))
+                    .map(|m| self.scrub_str(snapshot, &m))
                     .unwrap_or_default();
                 tracing::warn!(upstream = %upstream.name, %status, %message, "upstream failed; trying the next one");
                 last_failure = Refusal(
@@ -378,6 +382,7 @@ impl<R: Runtime> Gateway<R> {
                     slot,
                     charge,
                     native_here.map(|n| n.call),
+                    snapshot,
                 )
                 .await;
             if native_here.is_some() {

@@ -365,6 +365,7 @@ impl<R: Runtime> Gateway<R> {
                 started,
                 caller,
                 Some(native),
+                &self.snapshot(),
             )
             .await?;
         if response.extensions().get::<NativeGeminiAnswer>().is_some() {

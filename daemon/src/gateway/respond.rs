@@ -18,7 +18,7 @@ use super::upstream::{
     check_conversion_bound, collect_with_timeout, copy_converted_response_headers,
     copy_response_headers, is_event_stream, is_json, map_upstream_status, ReadError,
 };
-use super::{Endpoint, Gateway, UpstreamTarget};
+use super::{Endpoint, Gateway, Snapshot, UpstreamTarget};
 use crate::convert;
 use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
@@ -26,6 +26,7 @@ use gate_core::llm::endpoint::Translation;
 use gate_core::llm::gemini::{GeminiArrayDecoder, NativeCall};
 use gate_core::llm::usage::{usage_key, Usage};
 use gate_core::route::AttemptOutcome;
+use std::sync::Arc;
 
 /// Marks a response that came from a native Gemini upstream for a Gemini client's own
 /// request (`gemini.rs` passes it on as it is).
@@ -50,8 +51,8 @@ impl<R: Runtime> Gateway<R> {
         slot: Option<AttemptSlot>,
         charge: Charge,
         native: Option<NativeCall>,
+        snapshot: &Arc<Snapshot>,
     ) -> Response<Body> {
-        let snapshot = self.snapshot();
         let snapshot_idle = snapshot.limits.idle_timeout;
         let max_response = snapshot.limits.max_response_bytes;
         let status = response.status();
@@ -73,7 +74,7 @@ impl<R: Runtime> Gateway<R> {
                     Err(e) => (Bytes::new(), Some(e)),
                 };
             // Upstream text may echo what Gate sent it (the provider key): scrubbed.
-            let bytes = Bytes::from(self.scrub(&snapshot, &bytes).into_owned());
+            let bytes = Bytes::from(self.scrub(snapshot, &bytes).into_owned());
             let message = match (upstream_message(&bytes), read_error) {
                 (Some(message), _) => message,
                 (None, Some(e)) => format!(
@@ -146,7 +147,7 @@ impl<R: Runtime> Gateway<R> {
                 model: model.to_owned(),
                 endpoint,
                 slot,
-                secrets: self.scrubber(&snapshot),
+                secrets: self.scrubber(snapshot),
                 stop: self.stream_stop.clone(),
                 stop_id: self.stream_stop.next_id(),
                 stop_waker: None,
@@ -208,7 +209,7 @@ impl<R: Runtime> Gateway<R> {
                 );
             }
         };
-        let bytes = match self.scrub(&snapshot, &bytes) {
+        let bytes = match self.scrub(snapshot, &bytes) {
             std::borrow::Cow::Borrowed(_) => bytes,
             std::borrow::Cow::Owned(scrubbed) => Bytes::from(scrubbed),
         };
