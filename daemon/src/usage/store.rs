@@ -1311,6 +1311,21 @@ pub(crate) mod tests {
         }
     }
 
+    /// Inserts `batches` one after the other and reads every row back, field by field, in
+    /// order, with time-ordered ids.
+    fn assert_batches_read_back(db: &mut UsageDb, batches: [Vec<UsageRecord>; 2]) {
+        for batch in &batches {
+            db.insert(batch).unwrap();
+        }
+        assert_time_ordered_ids(db);
+        let all: Vec<UsageRecord> = batches.into_iter().flatten().collect();
+        let read = db.records_since(0).unwrap();
+        assert_eq!(read.len(), all.len());
+        for (got, want) in read.iter().zip(&all) {
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+    }
+
     /// Issue 16: a batch goes in multi-row statements of `PACE_EVERY` rows and one of the
     /// rest; every row keeps its own values (in the right parameters) and a time-ordered id,
     /// whichever group it fell in, and the next batch follows on.
@@ -1338,15 +1353,7 @@ pub(crate) mod tests {
         };
         let first = batch(0, 2 * PACE_EVERY as u64 + 5);
         let second = batch(first.len() as u64, 3);
-        db.insert(&first).unwrap();
-        db.insert(&second).unwrap();
-        assert_time_ordered_ids(&db);
-        let all: Vec<UsageRecord> = first.into_iter().chain(second).collect();
-        let read = db.records_since(0).unwrap();
-        assert_eq!(read.len(), all.len());
-        for (got, want) in read.iter().zip(&all) {
-            assert_eq!(format!("{got:?}"), format!("{want:?}"));
-        }
+        assert_batches_read_back(&mut db, [first, second]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1398,15 +1405,7 @@ pub(crate) mod tests {
         first.extend(rows(&a, PACE_EVERY)); // back to the first texts
         first.extend(rows(&a, 3)); // a partial group
         let second = rows(&b, PACE_EVERY);
-        db.insert(&first).unwrap();
-        db.insert(&second).unwrap();
-        assert_time_ordered_ids(&db);
-        let all: Vec<UsageRecord> = first.into_iter().chain(second).collect();
-        let read = db.records_since(0).unwrap();
-        assert_eq!(read.len(), all.len());
-        for (got, want) in read.iter().zip(&all) {
-            assert_eq!(format!("{got:?}"), format!("{want:?}"));
-        }
+        assert_batches_read_back(&mut db, [first, second]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
