@@ -16,6 +16,15 @@ if [ ${#stages[@]} -eq 0 ]; then stages=(lint audit core-io tests e2e agents ui 
 want() { local s; for s in "${stages[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 step() { printf '\n==> %s\n' "$*"; }
 export CARGO_TERM_COLOR=never
+# A fresh clone gains nothing from incremental state, which is the largest part of a debug
+# target directory; CI builds without it so that it fits on a small disk.
+if [ -n "${CI:-}" ]; then export CARGO_INCREMENTAL=0; fi
+# The whole suite needs about 10 GB of disk for its builds (target/, fuzz/target, tools).
+free_kb=$(df -Pk . | awk 'NR==2 {print $4}')
+printf '==> disk: %s GB free here\n' "$((free_kb / 1024 / 1024))"
+if [ "$free_kb" -lt $((10 * 1024 * 1024)) ]; then
+    printf 'warning: less than 10 GB free; the builds may run out of disk\n' >&2
+fi
 
 apt_updated=0
 # Every install says what it installs before it starts: some take minutes and are quiet.
