@@ -140,6 +140,7 @@ impl<R: Runtime> Gateway<R> {
             label: policy_label(endpoint, parts),
             protocol: client_protocol,
             model: &model,
+            stream: summary.stream,
             started,
         };
         if let Err(refused) = self.check_model(asked) {
@@ -203,14 +204,7 @@ impl<R: Runtime> Gateway<R> {
             None => (endpoint, &body),
         };
         let (mut charge, admission) = match self
-            .admit(
-                asked,
-                admit_endpoint,
-                admit_body,
-                stream,
-                &mut candidates,
-                snapshot,
-            )
+            .admit(asked, admit_endpoint, admit_body, &mut candidates, snapshot)
             .await
         {
             Ok(admitted) => admitted,

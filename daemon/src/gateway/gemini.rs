@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -34,7 +35,7 @@ use hyper::body::{Frame, Incoming};
 use super::body::{check_json_content_type, read_body_limited, Refusal};
 use super::respond::NativeGeminiAnswer;
 use super::upstream::check_conversion_bound;
-use super::{Endpoint, Gateway};
+use super::{Endpoint, Gateway, Snapshot};
 use crate::web::{full_body, Body, Peer};
 
 /// The largest upstream event the stream converter reads.
@@ -48,6 +49,17 @@ pub(super) struct NativeGemini {
     /// Why only a native Gemini upstream may serve it (a Google server tool, `countTokens`,
     /// a request the converter refuses): the 400 when none can be tried.
     pub(super) native_only: Option<String>,
+}
+
+/// What each step of one Gemini request reads: its head, model and start, its caller, and
+/// the configuration it was authenticated under (read once, so that a reload mid-request
+/// does not mix two).
+struct GeminiRequest<'a> {
+    parts: &'a http::request::Parts,
+    model: &'a str,
+    started: Instant,
+    caller: &'a crate::auth::Caller,
+    snapshot: &'a Arc<Snapshot>,
 }
 
 /// An error answer in Google's shape.
@@ -110,7 +122,8 @@ impl<R: Runtime> Gateway<R> {
             }
         }
         parts.headers.remove("x-goog-api-key");
-        let caller = match self.authenticate(&parts.headers, peer) {
+        let snapshot = self.snapshot();
+        let caller = match self.authenticate_in(&snapshot, &parts.headers, peer) {
             Ok(caller) => caller,
             Err(e) => return google_error(StatusCode::UNAUTHORIZED, &e.to_string()),
         };
@@ -148,20 +161,20 @@ impl<R: Runtime> Gateway<R> {
             _ => {}
         }
         let model = model.unwrap_or_default();
+        let request = GeminiRequest {
+            parts: &parts,
+            model: &model,
+            started,
+            caller: &caller,
+            snapshot: &snapshot,
+        };
         let result = match call {
-            ModelsCall::CountTokens(_) => {
-                self.gemini_count_tokens(&parts, body, &model, started, &caller)
-                    .await
-            }
+            ModelsCall::CountTokens(_) => self.gemini_count_tokens(&request, body).await,
             ModelsCall::StreamGenerate(_) => {
                 let sse = gemini::wants_sse(query.as_deref());
-                self.gemini_generate(&parts, body, &model, Some(sse), started, &caller)
-                    .await
+                self.gemini_generate(&request, body, Some(sse)).await
             }
-            _ => {
-                self.gemini_generate(&parts, body, &model, None, started, &caller)
-                    .await
-            }
+            _ => self.gemini_generate(&request, body, None).await,
         };
         match result {
             Ok(response) => response,
@@ -173,8 +186,7 @@ impl<R: Runtime> Gateway<R> {
     }
 
     /// Whether some upstream serving `model` speaks Gemini natively, and whether some does not.
-    fn gemini_routes(&self, model: &str) -> (bool, bool) {
-        let snapshot = self.snapshot();
+    fn gemini_routes(&self, snapshot: &Snapshot, model: &str) -> (bool, bool) {
         let candidates = self.lock_router().all_candidates(model);
         let native = |c: &gate_core::route::Candidate| {
             snapshot
@@ -193,16 +205,13 @@ impl<R: Runtime> Gateway<R> {
     /// `/v1/messages/count_tokens` without an Anthropic upstream).
     async fn gemini_count_tokens(
         &self,
-        parts: &http::request::Parts,
+        request: &GeminiRequest<'_>,
         body: Incoming,
-        model: &str,
-        started: Instant,
-        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
-        check_json_content_type(&parts.headers)?;
-        let snapshot = self.snapshot();
-        let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
-        if self.gemini_routes(model).0 {
+        let model = request.model;
+        check_json_content_type(&request.parts.headers)?;
+        let body = read_body_limited(body, request.snapshot.limits.max_body_bytes).await?;
+        if self.gemini_routes(request.snapshot, model).0 {
             let native = NativeGemini {
                 body,
                 call: NativeCall::CountTokens,
@@ -213,7 +222,7 @@ impl<R: Runtime> Gateway<R> {
                 )),
             };
             return self
-                .gemini_dispatch_native_only(parts, &native, model, false, started, caller)
+                .gemini_dispatch_native_only(request, &native, false)
                 .await;
         }
         let bad = |e: String| Refusal(StatusCode::BAD_REQUEST, e);
@@ -249,22 +258,19 @@ impl<R: Runtime> Gateway<R> {
     /// `generateContent` (`stream: None`) and `streamGenerateContent` (`Some(sse)`).
     async fn gemini_generate(
         &self,
-        parts: &http::request::Parts,
+        request: &GeminiRequest<'_>,
         body: Incoming,
-        model: &str,
         stream: Option<bool>,
-        started: Instant,
-        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
-        check_json_content_type(&parts.headers)?;
-        let snapshot = self.snapshot();
-        let body = read_body_limited(body, snapshot.limits.max_body_bytes).await?;
+        let model = request.model;
+        check_json_content_type(&request.parts.headers)?;
+        let body = read_body_limited(body, request.snapshot.limits.max_body_bytes).await?;
         let call = match stream {
             None => NativeCall::Generate,
             Some(true) => NativeCall::StreamSse,
             Some(false) => NativeCall::StreamArray,
         };
-        let (has_native, has_converted) = self.gemini_routes(model);
+        let (has_native, has_converted) = self.gemini_routes(request.snapshot, model);
         let mut native = NativeGemini {
             body,
             call,
@@ -302,7 +308,7 @@ impl<R: Runtime> Gateway<R> {
         };
         match chat {
             Some(chat) => {
-                self.gemini_dispatch(parts, &native, Bytes::from(chat), model, started, caller)
+                self.gemini_dispatch(request, &native, Bytes::from(chat))
                     .await
             }
             None => {
@@ -314,15 +320,8 @@ impl<R: Runtime> Gateway<R> {
                         bounded_echo(model, super::dispatch::MAX_ECHO_CHARS)
                     )
                 });
-                self.gemini_dispatch_native_only(
-                    parts,
-                    &native,
-                    model,
-                    stream.is_some(),
-                    started,
-                    caller,
-                )
-                .await
+                self.gemini_dispatch_native_only(request, &native, stream.is_some())
+                    .await
             }
         }
     }
@@ -331,18 +330,15 @@ impl<R: Runtime> Gateway<R> {
     /// what routing reads).
     async fn gemini_dispatch_native_only(
         &self,
-        parts: &http::request::Parts,
+        request: &GeminiRequest<'_>,
         native: &NativeGemini,
-        model: &str,
         stream: bool,
-        started: Instant,
-        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
         let routing = serde_json::to_vec(&serde_json::json!({
-            "model": model, "stream": stream, "messages": []
+            "model": request.model, "stream": stream, "messages": []
         }))
         .unwrap_or_default();
-        self.gemini_dispatch(parts, native, Bytes::from(routing), model, started, caller)
+        self.gemini_dispatch(request, native, Bytes::from(routing))
             .await
     }
 
@@ -350,22 +346,19 @@ impl<R: Runtime> Gateway<R> {
     /// one converted.
     async fn gemini_dispatch(
         &self,
-        parts: &http::request::Parts,
+        request: &GeminiRequest<'_>,
         native: &NativeGemini,
         chat: Bytes,
-        model: &str,
-        started: Instant,
-        caller: &crate::auth::Caller,
     ) -> Result<Response<Body>, Refusal> {
         let response = self
             .dispatch_body(
                 Endpoint::ChatCompletions,
-                parts,
+                request.parts,
                 chat,
-                started,
-                caller,
+                request.started,
+                request.caller,
                 Some(native),
-                &self.snapshot(),
+                request.snapshot,
             )
             .await?;
         if response.extensions().get::<NativeGeminiAnswer>().is_some() {
@@ -413,7 +406,7 @@ impl<R: Runtime> Gateway<R> {
                 let converting = GeminiStreamBody {
                     inner: body,
                     parser: SseParser::new(MAX_EVENT_BYTES, MAX_EVENT_BYTES),
-                    converter: OpenAiToGeminiStream::new(model),
+                    converter: OpenAiToGeminiStream::new(request.model),
                     sse,
                     elements: 0,
                     pending: VecDeque::new(),

@@ -49,14 +49,15 @@ use gate_core::llm::endpoint::bounded_echo;
 const PRUNE_ABOVE: usize = 10_000;
 
 /// The request a policy decision is about: who asked, at which endpoint (its policy label),
-/// in which protocol (refusals answer in it), for which model, and since when (the usage
-/// record's latency).
+/// in which protocol (refusals answer in it), for which model, whether as a stream (its
+/// output bound is then read at once), and since when (the usage record's latency).
 #[derive(Clone, Copy)]
 pub(super) struct Asked<'a> {
     pub(super) caller: &'a Caller,
     pub(super) label: &'static str,
     pub(super) protocol: WireProtocol,
     pub(super) model: &'a str,
+    pub(super) stream: bool,
     pub(super) started: Instant,
 }
 
@@ -560,22 +561,21 @@ impl<R: Runtime> Gateway<R> {
     /// Admits `caller`'s request to `endpoint` for `model` with `body`, over `candidates`
     /// (a budgeted key keeps only those whose price is known): reserves its maximum cost and
     /// charges its rate limits, or answers the refusal.
-    #[allow(clippy::result_large_err)]
-    ///
-    /// `stream`: the request asks for a stream (its output bound is then read now; see
+    /// A stream's output bound is read now, a plain request's only when needed (see
     /// [`OutputBound`]).
+    #[allow(clippy::result_large_err)]
     pub(super) async fn admit(
         &self,
         asked: Asked<'_>,
         endpoint: Endpoint,
         body: &bytes::Bytes,
-        stream: bool,
         candidates: &mut Vec<Candidate>,
         snapshot: &Snapshot,
     ) -> Result<(Charge, Admission), Response<Body>> {
         let Asked {
             caller,
             model,
+            stream,
             started,
             ..
         } = asked;
