@@ -62,6 +62,14 @@ struct GeminiRequest<'a> {
     snapshot: &'a Arc<Snapshot>,
 }
 
+impl GeminiRequest<'_> {
+    /// The client's JSON body, under the configured size cap.
+    async fn read_json_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        check_json_content_type(&self.parts.headers)?;
+        read_body_limited(body, self.snapshot.limits.max_body_bytes).await
+    }
+}
+
 /// An error answer in Google's shape.
 pub fn google_error(status: StatusCode, message: &str) -> Response<Body> {
     let mut response = Response::new(full_body(Bytes::from(gemini::error_body(
@@ -209,8 +217,7 @@ impl<R: Runtime> Gateway<R> {
         body: Incoming,
     ) -> Result<Response<Body>, Refusal> {
         let model = request.model;
-        check_json_content_type(&request.parts.headers)?;
-        let body = read_body_limited(body, request.snapshot.limits.max_body_bytes).await?;
+        let body = request.read_json_body(body).await?;
         if self.gemini_routes(request.snapshot, model).0 {
             let native = NativeGemini {
                 body,
@@ -263,8 +270,7 @@ impl<R: Runtime> Gateway<R> {
         stream: Option<bool>,
     ) -> Result<Response<Body>, Refusal> {
         let model = request.model;
-        check_json_content_type(&request.parts.headers)?;
-        let body = read_body_limited(body, request.snapshot.limits.max_body_bytes).await?;
+        let body = request.read_json_body(body).await?;
         let call = match stream {
             None => NativeCall::Generate,
             Some(true) => NativeCall::StreamSse,
