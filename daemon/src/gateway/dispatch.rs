@@ -156,18 +156,19 @@ impl<R: Runtime> Gateway<R> {
         let plan = self
             .lock_router()
             .plan(&model, now, seed, |spec| endpoint.served_by(spec.protocol));
-        let echoed = bounded_echo(&model, MAX_ECHO_CHARS);
         if !plan.known {
             return Err(Refusal(
                 StatusCode::NOT_FOUND,
                 format!(
-                    "the model `{echoed}` does not exist or no upstream serves it for {}; \
+                    "the model `{}` does not exist or no upstream serves it for {}; \
                      GET /v1/models lists the models Gate routes",
+                    bounded_echo(&model, MAX_ECHO_CHARS),
                     endpoint.label()
                 ),
             ));
         }
         if plan.candidates.is_empty() {
+            let echoed = bounded_echo(&model, MAX_ECHO_CHARS);
             return Ok(self.no_candidate(client_protocol, &echoed, &plan, now));
         }
         let mut candidates = plan.candidates;
@@ -257,10 +258,8 @@ impl<R: Runtime> Gateway<R> {
                     upstream.translation(endpoint),
                     &body,
                     &model,
-                    (
-                        &candidate.upstream_model,
-                        upstream.rules_for(&candidate.upstream_model),
-                    ),
+                    &candidate.upstream_model,
+                    upstream,
                 )
                 .map_err(|(status, message)| Refusal(status, message))?;
                 // Usage on a pass-through chat stream whose client did not ask for it: asked of

@@ -45,6 +45,11 @@ pub struct UpstreamTarget {
     /// (issue 16): a `&str` name is parsed again on every lookup and insert (~400
     /// instructions a request).
     pub forwarded_headers: Vec<HeaderName>,
+    /// The `Host` header of a plain-`http` upstream, built once (issue 16): its requests
+    /// always go over HTTP/1.1, whose pool would otherwise build it per request
+    /// ([`gate_rt::pool::host_header`]). `None` for `https` upstreams, which may speak
+    /// HTTP/2 (`:authority`, no `Host`): the pool sets it there when HTTP/1.1 is negotiated.
+    pub host_header: Option<HeaderValue>,
 }
 
 /// Every path [`Translation::upstream_path`] can return but the empty one (a native Gemini
@@ -147,6 +152,10 @@ impl Snapshot {
             upstreams.push(UpstreamTarget {
                 name: name.as_str().into(),
                 uris: fixed_uris(&base_url),
+                host_header: http::Uri::try_from(base_url.as_str())
+                    .ok()
+                    .filter(|uri| uri.scheme() == Some(&http::uri::Scheme::HTTP))
+                    .and_then(|uri| gate_rt::pool::host_header(&uri)),
                 forwarded_headers: gate_core::llm::endpoint::forwarded_request_headers(protocol)
                     .iter()
                     .map(|name| HeaderName::from_static(name))

@@ -195,6 +195,9 @@ fn upstream_request_to(
     let headers = builder
         .headers_mut()
         .ok_or_else(|| format!("invalid upstream URL {:?}", url.to_string()))?;
+    if let Some(host) = &upstream.host_header {
+        headers.insert(http::header::HOST, host.clone());
+    }
     for name in &upstream.forwarded_headers {
         if let Some(v) = client_headers.get(name) {
             headers.insert(name.clone(), v.clone());
@@ -269,7 +272,8 @@ pub(super) fn build_upstream_body(
     translation: Translation,
     body: &Bytes,
     model: &str,
-    (upstream_model, rules): (&str, gate_core::llm::model_rules::UpstreamRules<'_>),
+    upstream_model: &str,
+    upstream: &UpstreamTarget,
 ) -> Result<Bytes, (StatusCode, String)> {
     let bad_request = |message| (StatusCode::BAD_REQUEST, message);
     if translation == Translation::PassThrough {
@@ -283,6 +287,8 @@ pub(super) fn build_upstream_body(
     match endpoint {
         Endpoint::ChatCompletions | Endpoint::Messages | Endpoint::Responses => {
             check_conversion_bound(body).map_err(|m| (StatusCode::PAYLOAD_TOO_LARGE, m))?;
+            // The upstream's rules for the model: only a converted request reads them.
+            let rules = upstream.rules_for(upstream_model);
             convert::request(translation, body, upstream_model, rules)
                 .map(Bytes::from)
                 .map_err(bad_request)
