@@ -31,8 +31,9 @@ from pathlib import Path
 from gateway import start, stop_all
 from throughput import MODEL, STREAM_MODEL, UPSTREAM_KEY, Target, check_answers, free_port, request_body, start_gate, start_origin, wait_ready
 
-# The usage log's writer thread (daemon/src/usage/writer.rs): everything under it is the log's.
-WRITER_ENTRY = "gate_daemon::usage::writer::Writer::run"
+# The usage log's writer thread (daemon/src/usage/writer.rs): everything its `Writer` methods
+# do is the log's (entered from its thread's closure, whatever was inlined into it).
+WRITER_ENTRY = "gate_daemon::usage::writer::Writer::"
 
 VALGRIND = ["valgrind", "--tool=callgrind", "--dump-instr=no", "--compress-strings=no", "--compress-pos=no"]
 
@@ -80,15 +81,21 @@ def newest_dump(outdir: Path, before: set[Path], deadline_s: float) -> Path:
     raise RuntimeError(f"no callgrind dump appeared in {outdir}")
 
 
-def parse_dump(dump: Path) -> tuple[int, dict[str, int], dict[str, int]]:
+def parse_dump(dump: Path, enter: str | None = None) -> tuple[int, dict[str, int], dict[str, int]]:
     """Total Ir, and Ir per function: self and inclusive (self plus the calls it made; a
     recursive call counts once per level). Read from the dump itself: callgrind_annotate 3.19
-    gives a Rust binary's inlined frames' self cost to the thread's entry point."""
+    gives a Rust binary's inlined frames' self cost to the thread's entry point.
+
+    With `enter`, the inclusive map also holds, under the key `enter`, the cost of every call
+    into a function whose name contains `enter` from one whose name does not: the whole cost
+    of that code, however the compiler inlined its entry point."""
     names: dict[str, str] = {}
     self_ir: dict[str, int] = {}
     incl_ir: dict[str, int] = {}
     total = 0
+    entered = 0
     fn = "?"
+    callee = "?"
     in_call = False
 
     def name(value: str) -> str:
@@ -105,7 +112,7 @@ def parse_dump(dump: Path) -> tuple[int, dict[str, int], dict[str, int]]:
                 fn = name(line[3:].rstrip("\n"))
                 in_call = False
             elif line.startswith("cfn="):
-                name(line[4:].rstrip("\n"))
+                callee = name(line[4:].rstrip("\n"))
             elif line.startswith("calls="):
                 in_call = True
             elif line[:1].isdigit() or line[:1] in "+-*":
@@ -116,11 +123,13 @@ def parse_dump(dump: Path) -> tuple[int, dict[str, int], dict[str, int]]:
                 incl_ir[fn] = incl_ir.get(fn, 0) + ir
                 if in_call:
                     in_call = False
+                    if enter and enter in callee and enter not in fn:
+                        entered += ir
                 else:
                     self_ir[fn] = self_ir.get(fn, 0) + ir
                     total += ir
-            elif line.startswith("summary:"):
-                pass
+    if enter:
+        incl_ir[enter] = entered
     return total, self_ir, incl_ir
 
 
@@ -146,7 +155,7 @@ def measure(root: Path, outdir: Path, target: Target, pid: int, stream: bool, co
     dump = newest_dump(outdir, before, 120)
     n = report["requests"]
     total, self_rows, incl_rows = annotate(dump, top)
-    _, _, incl = parse_dump(dump)
+    _, _, incl = parse_dump(dump, WRITER_ENTRY)
     # The usage log's writer thread works in batches (their size follows the request rate,
     # slower here than without callgrind), so its share per request is reported apart.
     writer = incl.get(WRITER_ENTRY, 0)
