@@ -12,15 +12,12 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=bench/common.sh
+source "$root/bench/common.sh"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo_=""
-    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-    $sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${missing[@]}"
 export PATH="$PATH:/usr/sbin"
 cargo build --release --quiet -p gate-daemon --example hyper_floor --example loadgen --example usage_rows
 if ! printf '%s\n' "$@" | grep -q -- '--gate-binary'; then

@@ -1,4 +1,4 @@
-# Shared by bench/gateway.sh and bench/throughput.sh (sourced, not run; needs $root).
+# Shared by the bench/*.sh scripts (sourced, not run; needs $root).
 
 # ensure_venv: bench/.venv with matplotlib (for the charts).
 ensure_venv() {
@@ -18,4 +18,17 @@ ensure_litellm() {
         echo "== installing litellm[proxy] into bench/.venv" >&2
         "$venv/bin/pip" install --quiet 'litellm[proxy]'
     fi
+}
+
+# apt_install_missing PACKAGE...: installs the Debian packages named (apt-get, with sudo when
+# not root); the caller lists only those whose command is missing. No-op without arguments.
+apt_install_missing() {
+    [ "$#" -gt 0 ] || return 0
+    echo "== installing $* (apt-get)" >&2
+    local sudo_=""
+    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
+    $sudo_ apt-get update -qq
+    # (On a machine without /usr/sbin/policy-rc.d the nginx package also starts the system's
+    # nginx on port 80; the benches do not use it: they run their own from a temp dir.)
+    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "$@" >/dev/null
 }

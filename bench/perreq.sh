@@ -11,17 +11,14 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=bench/common.sh
+source "$root/bench/common.sh"
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v perf >/dev/null 2>&1 || missing+=(linux-perf)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo_=""
-    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-    $sudo_ apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${missing[@]}"
 export PATH="$PATH:/usr/sbin"
 if ! printf '%s\n' "$@" | grep -q -- '--gate-binary'; then
     cargo build --release --quiet -p gate-daemon --bin gate

@@ -33,15 +33,7 @@ done
 missing=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-if [ ${#missing[@]} -gt 0 ]; then
-    echo "== installing ${missing[*]} (apt-get)" >&2
-    sudo_=""
-    [ "$(id -u)" -eq 0 ] || sudo_="sudo"
-    $sudo_ apt-get update -qq
-    # (On a machine without /usr/sbin/policy-rc.d the package also starts the system's nginx on
-    # port 80; the bench does not use it: it runs its own nginx processes from a temp dir.)
-    DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+apt_install_missing "${missing[@]}"
 export PATH="$PATH:/usr/sbin"
 
 echo "== building gate and the hyper floor (release)" >&2
