@@ -488,35 +488,18 @@ mod tests {
 
     #[test]
     fn host_header_names_the_port_only_when_it_is_not_the_schemes() {
-        assert_eq!(
-            host("http://127.0.0.1:8080/v1").as_deref(),
-            Some("127.0.0.1:8080")
-        );
-        assert_eq!(
-            host("http://example.com:80/v1").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("http://example.com/v1").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("https://example.com:443/").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(
-            host("https://example.com:80/").as_deref(),
-            Some("example.com:80")
-        );
-        assert_eq!(
-            host("http://user:pw@example.com:81/").as_deref(),
-            Some("example.com:81")
-        );
-        assert_eq!(
-            host("http://user@example.com/").as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(host("/only/a/path"), None);
+        for (url, want) in [
+            ("http://127.0.0.1:8080/v1", Some("127.0.0.1:8080")),
+            ("http://example.com:80/v1", Some("example.com")),
+            ("http://example.com/v1", Some("example.com")),
+            ("https://example.com:443/", Some("example.com")),
+            ("https://example.com:80/", Some("example.com:80")),
+            ("http://user:pw@example.com:81/", Some("example.com:81")),
+            ("http://user@example.com/", Some("example.com")),
+            ("/only/a/path", None),
+        ] {
+            assert_eq!(host(url).as_deref(), want, "{url}");
+        }
     }
 
     /// What `to_origin_form` leaves: the path as the target, and `Host` from the authority

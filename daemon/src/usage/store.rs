@@ -367,6 +367,9 @@ fn same_texts(a: &UsageRecord, b: &UsageRecord) -> bool {
 /// [`bind_row_numbers`]).
 type BoundNumbers = [Option<Option<i64>>; NUMBER_PARAMS * PACE_EVERY];
 
+/// A statement's numbers before its first run: none bound.
+const UNBOUND: BoundNumbers = [None; NUMBER_PARAMS * PACE_EVERY];
+
 /// The insert statements of one batch, each prepared when first needed (a statement's
 /// bindings stay between its runs, so texts bound for one group serve the next ones).
 struct GroupInserts<'t, 'r> {
@@ -398,9 +401,7 @@ impl<'t, 'r> GroupInserts<'t, 'r> {
                 Some((insert, bound, numbers)) => (insert, bound, numbers),
                 None => {
                     let insert = self.tx.prepare(insert_shared_texts_sql())?;
-                    let (insert, bound, numbers) =
-                        self.shared
-                            .insert((insert, first, [None; NUMBER_PARAMS * PACE_EVERY]));
+                    let (insert, bound, numbers) = self.shared.insert((insert, first, UNBOUND));
                     bind_row_texts(insert, 0, first)?;
                     (insert, bound, numbers)
                 }
@@ -421,10 +422,7 @@ impl<'t, 'r> GroupInserts<'t, 'r> {
         }
         let (insert, numbers) = match &mut self.by_size[group.len() - 1] {
             Some(prepared) => prepared,
-            slot => slot.insert((
-                self.tx.prepare(insert_rows_sql(group.len()))?,
-                [None; NUMBER_PARAMS * PACE_EVERY],
-            )),
+            slot => slot.insert((self.tx.prepare(insert_rows_sql(group.len()))?, UNBOUND)),
         };
         let per_row = NUMBER_PARAMS + TEXT_PARAMS;
         for (row, ((r, id), numbers)) in group
