@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from gateway import start, stop_all
-from throughput import MODEL, STREAM_MODEL, UPSTREAM_KEY, Target, check_answers, free_port, request_body, start_gate, start_origin, wait_ready
+from throughput import STREAM_FRAMINGS, MODEL, STREAM_MODEL, UPSTREAM_KEY, Target, check_answers, free_port, request_body, start_gate, start_origin, wait_ready
 
 # The usage log's writer thread (daemon/src/usage/writer.rs): everything its `Writer` methods
 # do is the log's (entered from its thread's closure, whatever was inlined into it).
@@ -190,6 +190,8 @@ def usage_rows(root: Path, rows: int, top: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--stream-framing", choices=STREAM_FRAMINGS, default="chunked",
+                    help="how the origin frames its stream (as bench/throughput.sh; default chunked)")
     ap.add_argument("--gate-binary", type=Path)
     ap.add_argument("--requests", type=int, default=4000, help="measured requests per scenario (default 4000)")
     ap.add_argument("--warmup", type=int, default=1000, help="requests before the counters are zeroed (default 1000)")
@@ -213,7 +215,7 @@ def main() -> int:
     outdir.mkdir()
     results = []
     try:
-        origin, origin_port = start_origin(work)
+        origin, origin_port = start_origin(work, args.stream_framing)
         targets: list[tuple[Target, int]] = []
         if only & {"gate", "gate-policy"}:
             plain, policy, _ = start_gate(root, work, origin_port, wrapper(work, binary, outdir), "")

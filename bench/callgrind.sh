@@ -5,6 +5,7 @@
 #
 #   bench/callgrind.sh [--gate-binary PATH] [--requests N] [--warmup N] [--conc N] [--top N]
 #                      [--only gate|gate-policy|hyper-floor]... [--no-stream] [--label TEXT]
+#                      [--stream-framing chunked|length]
 #   bench/callgrind.sh --usage-rows N      # the usage log alone (daemon/examples/usage_rows)
 #
 # Needs valgrind and nginx (installed here when missing). Takes a few minutes: every request

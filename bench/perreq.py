@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from gateway import stop_all
-from throughput import check_answers, start_gate, start_origin, wait_ready, wrk
+from throughput import STREAM_FRAMINGS, check_answers, start_gate, start_origin, wait_ready, wrk
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 ALLOC_EVENTS = ["probe_libc:malloc", "probe_libc:calloc", "probe_libc:realloc"]
@@ -152,6 +152,8 @@ class RssSampler:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", type=Path, required=True)
+    ap.add_argument("--stream-framing", choices=STREAM_FRAMINGS, default="chunked",
+                    help="how the origin frames its stream (as bench/throughput.sh; default chunked)")
     ap.add_argument("--gate-binary", type=Path, default=None)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--conc", type=int, default=50)
@@ -174,7 +176,7 @@ def main() -> int:
     atexit.register(stop_all)
     signal.signal(signal.SIGTERM, lambda *_: (stop_all(), sys.exit(1)))
 
-    _, origin_port = start_origin(work)
+    _, origin_port = start_origin(work, args.stream_framing)
     if args.gate_preload:
         os.environ["LD_PRELOAD"] = args.gate_preload
     gate, gate_policy, _ = start_gate(root, work, origin_port, binary, "")

@@ -183,14 +183,29 @@ def start_nginx(name: str, work: Path, conf_text_for_port) -> tuple[subprocess.P
     return proc, port
 
 
-def start_origin(work: Path) -> tuple[subprocess.Popen, int]:
+# How the origin frames its stream. "chunked" (the default) is what providers send: OpenAI,
+# Anthropic and Google stream SSE with `Transfer-Encoding: chunked`, since the length is not
+# known when the answer starts, so every proxy in front of them re-frames chunks too. nginx's
+# `return` always sends a Content-Length; a `sub_filter` that never matches makes nginx drop it
+# and chunk the same bytes. "length" is the framing of runs 1-14 (a streamed body with a
+# Content-Length, which nginx-as-proxy and the hyper floor pass on as it is, and which no
+# provider sends).
+STREAM_FRAMINGS = ("chunked", "length")
+
+
+def start_origin(work: Path, stream_framing: str = "chunked") -> tuple[subprocess.Popen, int]:
+    if stream_framing not in STREAM_FRAMINGS:
+        raise ValueError(f"stream framing must be one of {STREAM_FRAMINGS}, not {stream_framing!r}")
+    chunked = """
+            sub_filter_types text/event-stream;
+            sub_filter '__never_in_the_body__' '';""" if stream_framing == "chunked" else ""
     block = f"""        location = /v1/chat/completions {{
             default_type application/json;
             return 200 {nginx_string(completion_body())};
         }}
         location = /stream/v1/chat/completions {{
             default_type text/event-stream;
-            add_header Cache-Control no-cache;
+            add_header Cache-Control no-cache;{chunked}
             return 200 {nginx_string(stream_body())};
         }}
         location / {{ return 404 '{{"error":{{"message":"no such path on the bench origin"}}}}'; }}"""
@@ -273,6 +288,17 @@ def post(target: Target, stream: bool, timeout: float = 30) -> tuple[int, str, s
             return r.status, r.headers.get("content-type", ""), r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("content-type", ""), e.read().decode(errors="replace")
+
+
+def stream_framing_of(target: Target) -> str:
+    """How `target` frames its streamed answer: "chunked", "length" or what it sent instead."""
+    req = urllib.request.Request(target.url(True), data=request_body(True).encode(), method="POST",
+                                 headers={"content-type": "application/json", **target.hdrs(True)})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+        if "chunked" in (r.headers.get("transfer-encoding") or "").lower():
+            return "chunked"
+        return "length" if r.headers.get("content-length") else "neither"
 
 
 def check_answers(target: Target) -> None:
@@ -963,7 +989,8 @@ def chart(results: dict, path: Path) -> None:
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(paths), frameon=False)
     env = results["environment"]
     fig.suptitle(f"HTTP-layer limit (issue 16) — {env['date']}, {env['cpus']} CPUs, mode {results['mode']}, "
-                 f"load avg {env['loadavg_start']} (bench/throughput.sh)", fontsize=10, y=0.995)
+                 f"load avg {env['loadavg_start']}, stream framed {env.get('stream_framing', 'length')} "
+                 "(bench/throughput.sh)", fontsize=10, y=0.995)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path)
     # A raster copy for viewers without SVG support (not committed: bench/out/ is ignored).
@@ -992,6 +1019,9 @@ def main() -> int:
     ap.add_argument("--skip-portkey", action="store_true")
     ap.add_argument("--skip-shared-store", action="store_true",
                     help="no embedded vs shared store (PostgreSQL + Redis) pair")
+    ap.add_argument("--stream-framing", choices=STREAM_FRAMINGS, default="chunked",
+                    help="how the origin frames its SSE stream: chunked (as providers do; default) or "
+                         "length (a Content-Length, the framing of runs 1-14)")
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--soak-minutes", type=float, default=None)
     ap.add_argument("--gate-binary", type=Path, default=None, help="measure this gate instead of target/release/gate")
@@ -1058,6 +1088,7 @@ def main() -> int:
             "gate_binary": str(gate_binary),
             "workdir": str(work),
             "pinning": "none: every process unpinned, in the shell's session (one autogroup)",
+            "stream_framing": args.stream_framing,
         },
         "scenarios": {},
         "skipped": {},
@@ -1069,7 +1100,7 @@ def main() -> int:
                 results["skipped"][k] = v
 
     print(f"== work dir {work}", file=sys.stderr)
-    origin_proc, origin_port = start_origin(work)
+    origin_proc, origin_port = start_origin(work, args.stream_framing)
     direct = Target("direct", origin_proc, f"http://127.0.0.1:{origin_port}", {"authorization": f"Bearer {UPSTREAM_KEY}"},
                     stream_path="/stream/v1/chat/completions")
     proxy_proc, proxy_port = start_nginx_proxy(work, origin_port)
@@ -1107,6 +1138,11 @@ def main() -> int:
     for t in targets:
         wait_ready(t, 30)
         check_answers(t)
+    framing = stream_framing_of(direct)
+    if framing != args.stream_framing:
+        raise SystemExit(f"the origin frames its stream as {framing!r}, not {args.stream_framing!r} "
+                         "(nginx without http_sub_module? `nginx -V` lists it)")
+    results["stream_framing_by_path"] = {t.name: stream_framing_of(t) for t in targets}
     results["gate_idle_rss_mb"] = rss_mb(gate.proc.pid)
 
     peers = []
@@ -1189,7 +1225,8 @@ def main() -> int:
           f"{env['cpus']} CPUs ({env['cpu_model']}), load average {env['loadavg_start']} -> {env['loadavg_end']}, "
           f"hypervisor steal {env['host_steal_pct']['rounds']:.1f}% over the rounds; "
           f"{env['nginx']}, {env['wrk']}, LiteLLM {env['litellm']} ({env['litellm_workers']} workers), "
-          f"Portkey gateway {env['portkey_gateway']} on node {env['node']}")
+          f"Portkey gateway {env['portkey_gateway']} on node {env['node']}; "
+          f"the origin's stream framed {env.get('stream_framing', 'length')}")
     print()
     for line in tables(results):
         print(line)

@@ -5,6 +5,7 @@
 #
 #   bench/throughput.sh [--quick|--full] [--skip-peers] [--skip-litellm] [--skip-portkey]
 #                       [--rounds N] [--soak-minutes N] [--gate-binary PATH] [--gate-extra-config FILE]
+#                       [--stream-framing chunked|length]
 #
 # --quick (default): 1 round of short runs, no soak (~4 min with the peers). --full: 3
 # interleaved rounds of longer runs and a 10-minute soak of Gate (~30 min).

@@ -180,6 +180,8 @@ pub struct Metrics {
     key_model_other: KeySlots,
     token_series: SeriesCache<TokenSlots>,
     attempt_series: SeriesCache<OnceLock<Counter>>,
+    /// Per upstream (its second level is one empty name): its `time_to_first_token` series.
+    ttft_series: SeriesCache<OnceLock<Histogram>>,
     /// Per endpoint ([`Endpoint::ALL`] order): its `requests` series of status 200 and its
     /// `request_duration` series, found in their families once (each lookup hashed the
     /// labels with SipHash under the family's lock: ~660 instructions a request).
@@ -289,6 +291,7 @@ impl Metrics {
             key_model_other: KeySlots::default(),
             token_series: SeriesCache::default(),
             attempt_series: SeriesCache::default(),
+            ttft_series: SeriesCache::default(),
             endpoint_series: Default::default(),
             relay_registered,
             certificate_expiry,
@@ -327,6 +330,26 @@ impl Metrics {
             Some((_, duration)) => duration.get_or_init(family).observe(seconds),
             None => family().observe(seconds),
         }
+    }
+
+    /// Records when a stream from `upstream` sent its first bytes, `seconds` after its
+    /// request came (the series found once per upstream, not by a label lookup per stream).
+    pub fn observe_time_to_first_token(&self, upstream: &str, seconds: f64) {
+        self.ttft_series.with(
+            upstream,
+            "",
+            |_| true,
+            |slot| {
+                slot.get_or_init(|| {
+                    self.time_to_first_token
+                        .get_or_create(&UpstreamLabels {
+                            upstream: upstream.to_owned(),
+                        })
+                        .clone()
+                })
+                .observe(seconds);
+            },
+        );
     }
 
     /// Counts tokens of one response.

@@ -116,7 +116,7 @@ impl<R: Runtime> Gateway<R> {
                 inner: body,
                 rt: self.rt.clone(),
                 idle: snapshot_idle,
-                sleep: Box::pin(self.rt.sleep(snapshot_idle)),
+                sleep: None,
                 armed_at: started_pipe,
                 last_data: started_pipe,
                 client_protocol,

@@ -23,7 +23,7 @@ use super::policy::Charge;
 use super::Endpoint;
 use crate::convert::StreamConverter;
 use crate::errors::stream_error_event;
-use crate::metrics::{EndpointLabels, Metrics, UpstreamLabels};
+use crate::metrics::Metrics;
 use crate::web::BoxError;
 use gate_core::llm::usage::Usage;
 use gate_core::route::AttemptOutcome;
@@ -74,7 +74,10 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) inner: super::UpstreamBody<R>,
     pub(super) rt: R,
     pub(super) idle: Duration,
-    pub(super) sleep: Pin<Box<R::Sleep>>,
+    /// The idle timer, armed the first time the pipe waits for upstream data with nothing
+    /// to send (a stream that arrives whole never registers one: ~500 instructions and an
+    /// allocation of every streamed request in the bench, issue 16).
+    pub(super) sleep: Option<Pin<Box<R::Sleep>>>,
     /// When the running `sleep` was armed; data after it pushes the deadline back lazily
     /// (the timer is re-armed only when it fires, not per chunk).
     pub(super) armed_at: Instant,
@@ -272,11 +275,7 @@ impl<R: Runtime> StreamPipe<R> {
         self.metrics
             .add_usage(&self.upstream_name, &self.model, &self.usage);
         self.metrics
-            .request_duration
-            .get_or_create(&EndpointLabels {
-                endpoint: self.endpoint.label().into(),
-            })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe_request_duration(self.endpoint, self.started.elapsed().as_secs_f64());
     }
 
     pub(super) fn on_data(&mut self, data: Bytes) {
@@ -285,12 +284,10 @@ impl<R: Runtime> StreamPipe<R> {
         }
         if !self.first_byte {
             self.first_byte = true;
-            self.metrics
-                .time_to_first_token
-                .get_or_create(&UpstreamLabels {
-                    upstream: self.upstream_name.to_string(),
-                })
-                .observe(self.started.elapsed().as_secs_f64());
+            self.metrics.observe_time_to_first_token(
+                &self.upstream_name,
+                self.started.elapsed().as_secs_f64(),
+            );
         }
         match &mut self.mode {
             Mode::PassThrough(watcher) => {
@@ -401,20 +398,24 @@ impl<R: Runtime> StreamPipe<R> {
     /// Polls the idle timer; true when the upstream has been silent for `idle`.
     pub(super) fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
         loop {
-            if self.sleep.as_mut().poll(cx).is_pending() {
-                return false;
+            if let Some(sleep) = self.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+                // The timer ran from `armed_at`; data since then moves the deadline.
+                if self.last_data <= self.armed_at {
+                    return true;
+                }
             }
-            // The timer ran from `armed_at`; data since then moves the deadline.
-            if self.last_data <= self.armed_at {
-                return true;
-            }
+            // Not armed yet, or data came since it was: the deadline is `idle` after the
+            // last data (or after the pipe started, before any).
             let deadline = self.last_data + self.idle;
             let now = Instant::now();
             if deadline <= now {
                 return true;
             }
             self.armed_at = now;
-            self.sleep = Box::pin(self.rt.sleep(deadline - now));
+            self.sleep = Some(Box::pin(self.rt.sleep(deadline - now)));
         }
     }
 }
