@@ -780,7 +780,7 @@ impl SseFramer {
 /// watching resumes at the next blank line.
 #[derive(Debug)]
 pub struct SseWatcher {
-    marker: memchr::memmem::Finder<'static>,
+    marker: Marker,
     max_event_bytes: usize,
     /// Bytes after the last blank line seen (an unfinished block).
     carry: Vec<u8>,
@@ -791,6 +791,22 @@ pub struct SseWatcher {
     skipping: bool,
 }
 
+/// The searcher of an [`SseWatcher`]'s marker: its own, or one built once and shared.
+#[derive(Debug)]
+enum Marker {
+    Own(Box<memchr::memmem::Finder<'static>>),
+    Shared(&'static memchr::memmem::Finder<'static>),
+}
+
+impl Marker {
+    fn finder(&self) -> &memchr::memmem::Finder<'static> {
+        match self {
+            Marker::Own(finder) => finder,
+            Marker::Shared(finder) => finder,
+        }
+    }
+}
+
 impl SseWatcher {
     /// A watcher for blocks containing `marker`, which must not contain CR or LF (a marker
     /// with a line break could never be inside one `data` line).
@@ -798,12 +814,34 @@ impl SseWatcher {
     /// # Panics
     /// When `marker` is empty or contains CR or LF.
     pub fn new(marker: &'static [u8], max_event_bytes: usize) -> Self {
+        Self::watching(
+            Marker::Own(Box::new(memchr::memmem::Finder::new(marker))),
+            max_event_bytes,
+        )
+    }
+
+    /// [`new`](Self::new) with the marker's searcher built once elsewhere (a `static`): a
+    /// watcher per stream then neither builds one (~470 instructions) nor holds one (its
+    /// SIMD state is 32-byte aligned, so a body holding it inline took an aligned allocation,
+    /// ~900 instructions, issue 16).
+    ///
+    /// # Panics
+    /// As [`new`](Self::new).
+    pub fn with_finder(
+        marker: &'static memchr::memmem::Finder<'static>,
+        max_event_bytes: usize,
+    ) -> Self {
+        Self::watching(Marker::Shared(marker), max_event_bytes)
+    }
+
+    fn watching(marker: Marker, max_event_bytes: usize) -> Self {
+        let needle = marker.finder().needle();
         assert!(
-            !marker.is_empty() && !marker.iter().any(|b| *b == b'\r' || *b == b'\n'),
+            !needle.is_empty() && !needle.iter().any(|b| *b == b'\r' || *b == b'\n'),
             "the marker must be non-empty and on one line"
         );
         SseWatcher {
-            marker: memchr::memmem::Finder::new(marker),
+            marker,
             max_event_bytes,
             carry: Vec::new(),
             offset: 0,
@@ -846,7 +884,7 @@ impl SseWatcher {
             self.skipping = false;
             from = next_block_end(done, 0);
         }
-        while let Some(found) = self.marker.find(&done[from..]) {
+        while let Some(found) = self.marker.finder().find(&done[from..]) {
             let at = from + found;
             let start = from + last_block_end(&done[from..at]);
             let end = next_block_end(done, at);

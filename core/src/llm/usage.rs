@@ -266,6 +266,17 @@ static GEMINI_SNAKE_USAGE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'st
 /// The key of usage in Gemini answers (camelCase, as Google writes it).
 pub const GEMINI_USAGE_KEY: &[u8] = b"\"usageMetadata\"";
 
+/// The searcher of [`usage_key`]`(protocol)`, built once (for
+/// [`SseWatcher::with_finder`](crate::llm::sse::SseWatcher::with_finder)).
+pub fn usage_key_finder(
+    protocol: crate::route::WireProtocol,
+) -> &'static memchr::memmem::Finder<'static> {
+    match protocol {
+        crate::route::WireProtocol::Gemini => &GEMINI_USAGE_FINDER,
+        _ => &USAGE_FINDER,
+    }
+}
+
 /// The key an SSE watcher looks for in events of an upstream speaking `protocol`.
 pub fn usage_key(protocol: crate::route::WireProtocol) -> &'static [u8] {
     match protocol {

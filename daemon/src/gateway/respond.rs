@@ -24,7 +24,7 @@ use crate::errors::{error_response, upstream_message};
 use crate::web::{full_body, Body};
 use gate_core::llm::endpoint::Translation;
 use gate_core::llm::gemini::{GeminiArrayDecoder, NativeCall};
-use gate_core::llm::usage::{usage_key, Usage};
+use gate_core::llm::usage::{usage_key_finder, Usage};
 use gate_core::route::AttemptOutcome;
 use std::sync::Arc;
 
@@ -128,8 +128,8 @@ impl<R: Runtime> Gateway<R> {
                     None if strip_usage => {
                         Mode::PassThroughStripUsage(SseFramer::new(SSE_MAX_LINE, SSE_MAX_EVENT))
                     }
-                    None => Mode::PassThrough(SseWatcher::new(
-                        usage_key(upstream.protocol),
+                    None => Mode::PassThrough(SseWatcher::with_finder(
+                        usage_key_finder(upstream.protocol),
                         SSE_MAX_EVENT,
                     )),
                     Some(c) => Mode::Convert(SseParser::new(SSE_MAX_LINE, SSE_MAX_EVENT), c),
