@@ -626,3 +626,34 @@ fn watcher_joins_data_lines_and_ignores_other_fields() {
         );
     }
 }
+
+/// A watcher on a searcher built once (`with_finder`, what each stream of the daemon uses)
+/// reports what one with its own searcher reports, whatever the chunking, invalid UTF-8
+/// included (replaced, as the parser does).
+#[test]
+fn watcher_with_a_shared_searcher_reports_as_one_with_its_own() {
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    let stream = concat!(
+        "data: {\"choices\":[]}\n\n",
+        "data: {\"usage\":{\"prompt_tokens\":3}}\n\n",
+        "event: x\ndata: {\"usage\":null,\"t\":\"\u{e9}\"}\n\n",
+        "data: [DONE]\n\n"
+    )
+    .as_bytes()
+    .iter()
+    .copied()
+    .chain(*b"data: {\"usage\":\"a\xFFb\"}\n\n")
+    .collect::<Vec<u8>>();
+    let own = watch(b"\"usage\"", 1 << 16, [&stream[..]]);
+    assert_eq!(own.len(), 3, "{own:?}");
+    assert_eq!(own[2], "{\"usage\":\"a\u{FFFD}b\"}");
+    for cut in 0..=stream.len() {
+        let mut watcher = SseWatcher::with_finder(&USAGE, 1 << 16);
+        let mut shared = Vec::new();
+        for chunk in [&stream[..cut], &stream[cut..]] {
+            watcher.push(chunk, |data| shared.push(data.to_owned()));
+        }
+        assert_eq!(shared, own, "cut at {cut}");
+    }
+}
