@@ -280,9 +280,14 @@ def wait_ready(target: Target, deadline_s: float) -> None:
     raise RuntimeError(f"{target.name} not ready at {target.plain_url} after {deadline_s:.0f}s ({last})")
 
 
+def bench_request(target: Target, stream: bool) -> urllib.request.Request:
+    """The bench's plain or streamed request to `target`."""
+    return urllib.request.Request(target.url(stream), data=request_body(stream).encode(), method="POST",
+                                  headers={"content-type": "application/json", **target.hdrs(stream)})
+
+
 def post(target: Target, stream: bool, timeout: float = 30) -> tuple[int, str, str]:
-    req = urllib.request.Request(target.url(stream), data=request_body(stream).encode(), method="POST",
-                                 headers={"content-type": "application/json", **target.hdrs(stream)})
+    req = bench_request(target, stream)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, r.headers.get("content-type", ""), r.read().decode()
@@ -292,9 +297,7 @@ def post(target: Target, stream: bool, timeout: float = 30) -> tuple[int, str, s
 
 def stream_framing_of(target: Target) -> str:
     """How `target` frames its streamed answer: "chunked", "length" or what it sent instead."""
-    req = urllib.request.Request(target.url(True), data=request_body(True).encode(), method="POST",
-                                 headers={"content-type": "application/json", **target.hdrs(True)})
-    with urllib.request.urlopen(req, timeout=30) as r:
+    with urllib.request.urlopen(bench_request(target, True), timeout=30) as r:
         r.read()
         if "chunked" in (r.headers.get("transfer-encoding") or "").lower():
             return "chunked"

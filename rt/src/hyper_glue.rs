@@ -281,8 +281,7 @@ where
             // Neither the shutdown nor the timer woke since they were last polled.
             return Poll::Pending;
         }
-        let side_waker = this.side_waker.clone();
-        let mut side_cx = Context::from_waker(&side_waker);
+        let mut side_cx = Context::from_waker(&this.side_waker);
         if !this.shutdown_seen && this.shutdown.as_mut().poll(&mut side_cx).is_ready() {
             this.shutdown_seen = true;
             this.conn.as_mut().close_gracefully();

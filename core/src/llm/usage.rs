@@ -266,7 +266,8 @@ static GEMINI_SNAKE_USAGE_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'st
 /// The key of usage in Gemini answers (camelCase, as Google writes it).
 pub const GEMINI_USAGE_KEY: &[u8] = b"\"usageMetadata\"";
 
-/// The searcher of [`usage_key`]`(protocol)`, built once (for
+/// The searcher of the usage key of an upstream speaking `protocol` ([`USAGE_KEY`], or
+/// [`GEMINI_USAGE_KEY`] for Gemini), built once (for
 /// [`SseWatcher::with_finder`](crate::llm::sse::SseWatcher::with_finder)).
 pub fn usage_key_finder(
     protocol: crate::route::WireProtocol,
@@ -274,14 +275,6 @@ pub fn usage_key_finder(
     match protocol {
         crate::route::WireProtocol::Gemini => &GEMINI_USAGE_FINDER,
         _ => &USAGE_FINDER,
-    }
-}
-
-/// The key an SSE watcher looks for in events of an upstream speaking `protocol`.
-pub fn usage_key(protocol: crate::route::WireProtocol) -> &'static [u8] {
-    match protocol {
-        crate::route::WireProtocol::Gemini => GEMINI_USAGE_KEY,
-        _ => USAGE_KEY,
     }
 }
 
