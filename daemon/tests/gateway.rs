@@ -30,6 +30,7 @@ use gate_rt::Runtime;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const UPSTREAM_KEY: &str = "sk-upstream-secret-key-0123456789";
 const DEADLINE: Duration = Duration::from_secs(10);
@@ -61,6 +62,9 @@ struct Reply {
     hang: bool,
     /// Promise more body than is sent, then close the connection (a stream that breaks).
     truncate: bool,
+    /// Send the head, then wait this long before the body (noting when the body went out);
+    /// without it, head and body go out in one write.
+    body_after: Option<(Duration, Arc<Mutex<Option<Instant>>>)>,
 }
 
 impl Reply {
@@ -71,6 +75,25 @@ impl Reply {
             body: body.to_string().into_bytes(),
             hang: false,
             truncate: false,
+            body_after: None,
+        }
+    }
+    /// An SSE stream of `events` chat chunks and `[DONE]`.
+    fn stream(events: usize) -> Reply {
+        let mut body = String::new();
+        for i in 0..events {
+            body.push_str(&format!(
+                "data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"word{i} \"}}}}]}}\n\n"
+            ));
+        }
+        body.push_str("data: [DONE]\n\n");
+        Reply {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: body.into_bytes(),
+            hang: false,
+            truncate: false,
+            body_after: None,
         }
     }
     /// An SSE stream that sends one chunk and breaks off.
@@ -81,6 +104,7 @@ impl Reply {
             body: b"data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":0,\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"par\"}}]}\n\n".to_vec(),
             hang: false,
             truncate: true,
+            body_after: None,
         }
     }
     fn chat(text: &str) -> Reply {
@@ -103,6 +127,7 @@ impl Reply {
             body: Vec::new(),
             hang: true,
             truncate: false,
+            body_after: None,
         }
     }
 }
@@ -174,7 +199,20 @@ fn serve(stream: TcpStream, script: &Script, seen: &Mutex<Vec<Seen>>, closed: &A
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
-        if stream.write_all(head.as_bytes()).is_err() || stream.write_all(&reply.body).is_err() {
+        let sent = match &reply.body_after {
+            Some((pause, sent_at)) => {
+                let head_sent = stream.write_all(head.as_bytes()).is_ok();
+                std::thread::sleep(*pause);
+                *sent_at.lock().unwrap() = Some(Instant::now());
+                head_sent && stream.write_all(&reply.body).is_ok()
+            }
+            None => {
+                let mut whole = head.into_bytes();
+                whole.extend_from_slice(&reply.body);
+                stream.write_all(&whole).is_ok()
+            }
+        };
+        if !sent {
             return;
         }
         if reply.truncate {
@@ -590,6 +628,111 @@ async fn broken_streams_open_the_breaker<R: Runtime>(rt: R) {
     assert_eq!(upstream.hits(), 2);
 }
 
+/// A stream whose head and events reach Gate together reaches the client in one write: the
+/// client's first read holds the head and the first events (Gate gathers the first batch
+/// before the head goes out; one segment instead of two, issue 16). A stream whose upstream
+/// sends its head and then waits still gets its head through at once: Gate never holds the
+/// head for upstream data.
+async fn stream_head_leaves_with_the_first_events_but_never_waits_for_them<R: Runtime>(rt: R) {
+    let body_sent_at: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let noted = body_sent_at.clone();
+    let upstream = Upstream::start(move |seen| {
+        if seen.model() == "late" {
+            Reply {
+                body_after: Some((Duration::from_millis(1500), noted.clone())),
+                ..Reply::stream(3)
+            }
+        } else {
+            Reply::stream(3)
+        }
+    });
+    let config = upstream_block(
+        "streamer",
+        "custom",
+        &upstream.base_url(),
+        "models = [\"s\", \"late\"]",
+    );
+    let gate = start_gate(&rt, "stream-head", &config, BreakerConfig::default()).await;
+
+    // Head and events together: one read on a raw connection holds them. On tokio's serving
+    // cores (a connection, its upstream connection and their tasks on one thread) every time;
+    // smol's work-stealing executor may run the upstream connection's task on another thread
+    // after the head has gone, so there it is asked of one answer in five.
+    let mut one_read = 0;
+    for _ in 0..5 {
+        let first = first_read_of_a_stream(&rt, &gate, "s").await;
+        assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+        if first.contains("word0") {
+            one_read += 1;
+        } else {
+            assert!(
+                R::NAME != "tokio",
+                "the client's first read holds the head and the first event: {first}"
+            );
+        }
+    }
+    assert!(one_read > 0, "no answer left Gate as one write");
+
+    // The upstream sends its head, then its events 1.5 s later: the head is through first.
+    let mut request = chat("late");
+    request["stream"] = true.into();
+    let builder = gate
+        .request("POST", "/v1/chat/completions")
+        .header("authorization", format!("Bearer {}", gate.token))
+        .header("content-type", "application/json");
+    let response = gate
+        .client
+        .request(
+            builder
+                .body(Full::new(Bytes::from(request.to_string())))
+                .expect("request"),
+        )
+        .await
+        .expect("gate answers");
+    let head_at = Instant::now();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response
+        .into_body()
+        .collect()
+        .await
+        .expect("the stream")
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("word2") && text.contains("[DONE]"), "{text}");
+    let body_sent_at = body_sent_at
+        .lock()
+        .unwrap()
+        .expect("the upstream noted when it sent its events");
+    assert!(
+        head_at < body_sent_at,
+        "the head reached the client only after the upstream sent its first event"
+    );
+}
+
+/// What a client's first read of a streamed chat answer (`model`) on a fresh raw
+/// connection holds.
+async fn first_read_of_a_stream<R: Runtime>(rt: &R, gate: &Gate<R>, model: &str) -> String {
+    let mut request = chat(model);
+    request["stream"] = true.into();
+    let body = request.to_string();
+    let raw = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: gate\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        gate.token,
+        body.len()
+    );
+    let mut conn = rt.connect_tcp(gate.addr).await.expect("connect to gate");
+    conn.write_all(raw.as_bytes())
+        .await
+        .expect("send the request");
+    let mut first = vec![0u8; 64 * 1024];
+    let n = gate_rt::timeout(rt, DEADLINE, conn.read(&mut first))
+        .await
+        .expect("gate answers in time")
+        .expect("read the answer");
+    String::from_utf8_lossy(&first[..n]).into_owned()
+}
+
 /// `[routing.strategy]` orders a model's upstreams: `weighted` with weight 0 puts the first
 /// configured upstream last; a model without a strategy keeps configuration order.
 async fn strategies_order_the_upstreams<R: Runtime>(rt: R) {
@@ -639,6 +782,7 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
             .into_bytes(),
             hang: false,
             truncate: false,
+            body_after: None,
         },
         _ => Reply::json(
             400,
@@ -889,6 +1033,7 @@ fn sse(events: &[(&str, Value)]) -> Reply {
         body: body.into_bytes(),
         hang: false,
         truncate: false,
+        body_after: None,
     }
 }
 
@@ -1401,6 +1546,7 @@ fn native_gemini_upstream() -> Upstream {
                 body: body.into_bytes(),
                 hang: false,
                 truncate: false,
+                body_after: None,
             };
         }
         if path.ends_with(":streamGenerateContent") {
@@ -1416,6 +1562,7 @@ fn native_gemini_upstream() -> Upstream {
                 body: body.into_bytes(),
                 hang: false,
                 truncate: broken,
+                body_after: None,
             };
         }
         if path.ends_with(":generateContent") {
@@ -1759,6 +1906,7 @@ common::both_runtimes!(
     rate_limit_reaches_the_client_across_conversion,
     breaker_per_model_and_slot_released_on_disconnect,
     broken_streams_open_the_breaker,
+    stream_head_leaves_with_the_first_events_but_never_waits_for_them,
     strategies_order_the_upstreams,
     caps_scrubbing_and_bounded_echo,
     bearer_any_case_and_index,

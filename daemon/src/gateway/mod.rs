@@ -28,7 +28,8 @@
 //!   except the `model` field when an alias maps it to another upstream model;
 //! - failover happens only before any byte of the response reaches the client;
 //! - streams are forwarded as they arrive, never buffered whole and never held waiting for
-//!   more data (chunks already read from the upstream go out together, see `StreamPipe`);
+//!   more data (chunks already read from the upstream go out together, the head with the
+//!   first of them, see `StreamPipe`);
 //! - no total-time cap: only a connect timeout and an idle timeout between bytes.
 
 mod access;

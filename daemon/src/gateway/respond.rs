@@ -112,7 +112,7 @@ impl<R: Runtime> Gateway<R> {
         {
             let converter = convert::stream_converter(translation, model, include_usage);
             let started_pipe = Instant::now();
-            let pipe = StreamPipe {
+            let mut pipe = StreamPipe {
                 inner: body,
                 rt: self.rt.clone(),
                 idle: snapshot_idle,
@@ -136,6 +136,7 @@ impl<R: Runtime> Gateway<R> {
                 },
                 pending: VecDeque::new(),
                 pending_bytes: 0,
+                primed: None,
                 fresh: false,
                 empty_yields: 0,
                 done: false,
@@ -153,6 +154,7 @@ impl<R: Runtime> Gateway<R> {
                 stop_waker: None,
                 charge: Some(charge),
             };
+            pipe.prime().await;
             let mut out = Response::new(pipe.boxed());
             copy_converted_response_headers(
                 &parts.headers,

@@ -70,6 +70,11 @@ pub(super) const BATCH_MAX_BYTES: usize = 64 * 1024;
 /// of one per event). It never waits for time or for more upstream data: if nothing came in
 /// during those turns, what it has goes out, so an event that has arrived is never held for the
 /// next one.
+///
+/// The head goes out with the first batch: [`StreamPipe::prime`] gathers it, by the same
+/// rule, before the response is handed to the connection (at most [`BATCH_YIELDS`] turns more
+/// when nothing has come yet), so a stream whose head and first events arrived together
+/// leaves in one write instead of a head-only write and then the events.
 pub(super) struct StreamPipe<R: Runtime> {
     pub(super) inner: super::UpstreamBody<R>,
     pub(super) rt: R,
@@ -88,6 +93,8 @@ pub(super) struct StreamPipe<R: Runtime> {
     pub(super) mode: Mode,
     pub(super) pending: VecDeque<Bytes>,
     pub(super) pending_bytes: usize,
+    /// The first batch, gathered by [`StreamPipe::prime`] before the head went out.
+    pub(super) primed: Option<Bytes>,
     /// Data came since the pipe last yielded or returned `Pending`.
     pub(super) fresh: bool,
     /// Turns yielded since data last came (up to [`BATCH_YIELDS`]).
@@ -420,6 +427,100 @@ impl<R: Runtime> StreamPipe<R> {
     }
 }
 
+impl<R: Runtime> StreamPipe<R> {
+    /// Gathers the first batch before the response's head is handed to the connection, so
+    /// that the head and the first events leave in one write (and reach the client as one
+    /// segment) when they arrived together. Waits for nothing but the scheduler: when no
+    /// upstream data has come after [`BATCH_YIELDS`] turns, the head goes out alone, as it
+    /// would without this. What was gathered is the body's first frame.
+    pub(super) async fn prime(&mut self) {
+        let mut turns = 0;
+        std::future::poll_fn(|cx| match self.poll_batch(cx, false) {
+            Poll::Ready(batch) => {
+                self.primed = batch;
+                Poll::Ready(())
+            }
+            // Data came and the pipe is yielding to gather more: it woke itself.
+            Poll::Pending if !self.pending.is_empty() => Poll::Pending,
+            Poll::Pending if turns < BATCH_YIELDS => {
+                turns += 1;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Pending => Poll::Ready(()),
+        })
+        .await;
+    }
+
+    /// The next batch (`None` at the end). With `wait` false, a pipe that has nothing returns
+    /// `Pending` without registering for the stop signal or arming its idle timer (the caller
+    /// is [`StreamPipe::prime`], which then stops waiting).
+    fn poll_batch(&mut self, cx: &mut Context<'_>, wait: bool) -> Poll<Option<Bytes>> {
+        loop {
+            if self.done {
+                return Poll::Ready(self.take_batch());
+            }
+            if self.stop.fired() {
+                self.end_for_stop();
+                continue;
+            }
+            if self.pending_bytes >= BATCH_MAX_BYTES {
+                if let Some(bytes) = self.take_batch() {
+                    return Poll::Ready(Some(bytes));
+                }
+            }
+            match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            self.fresh = true;
+                            self.last_data = Instant::now();
+                            self.on_data(data);
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    let message = format!("the upstream connection failed mid-stream: {e}");
+                    self.fail(&message);
+                }
+                Poll::Ready(None) => self.on_end(),
+                Poll::Pending => {
+                    if !self.pending.is_empty() {
+                        if self.fresh {
+                            self.empty_yields = 0;
+                        }
+                        self.fresh = false;
+                        if self.empty_yields < BATCH_YIELDS {
+                            // A scheduler turn for the upstream connection to hand over what
+                            // it already read (see the type's docs).
+                            self.empty_yields += 1;
+                            cx.waker().wake_by_ref();
+                            return Poll::Pending;
+                        }
+                        if let Some(bytes) = self.take_batch() {
+                            return Poll::Ready(Some(bytes));
+                        }
+                    }
+                    self.fresh = false;
+                    if !wait {
+                        return Poll::Pending;
+                    }
+                    if self.stop_fired(cx) {
+                        // Ended at the top of the loop.
+                        continue;
+                    }
+                    if self.idle_expired(cx) {
+                        let message = format!("the upstream sent nothing for {:?}", self.idle);
+                        self.fail(&message);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
 impl<R: Runtime> HttpBody for StreamPipe<R> {
     type Data = Bytes;
     type Error = BoxError;
@@ -429,65 +530,11 @@ impl<R: Runtime> HttpBody for StreamPipe<R> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            if this.done {
-                return Poll::Ready(this.take_batch().map(|bytes| Ok(Frame::data(bytes))));
-            }
-            if this.stop.fired() {
-                this.end_for_stop();
-                continue;
-            }
-            if this.pending_bytes >= BATCH_MAX_BYTES {
-                if let Some(bytes) = this.take_batch() {
-                    return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                }
-            }
-            match Pin::new(&mut this.inner).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !data.is_empty() {
-                            this.fresh = true;
-                            this.last_data = Instant::now();
-                            this.on_data(data);
-                        }
-                    }
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    let message = format!("the upstream connection failed mid-stream: {e}");
-                    this.fail(&message);
-                }
-                Poll::Ready(None) => this.on_end(),
-                Poll::Pending => {
-                    if !this.pending.is_empty() {
-                        if this.fresh {
-                            this.empty_yields = 0;
-                        }
-                        this.fresh = false;
-                        if this.empty_yields < BATCH_YIELDS {
-                            // A scheduler turn for the upstream connection to hand over what
-                            // it already read (see the type's docs).
-                            this.empty_yields += 1;
-                            cx.waker().wake_by_ref();
-                            return Poll::Pending;
-                        }
-                        if let Some(bytes) = this.take_batch() {
-                            return Poll::Ready(Some(Ok(Frame::data(bytes))));
-                        }
-                    }
-                    this.fresh = false;
-                    if this.stop_fired(cx) {
-                        // Ended at the top of the loop.
-                        continue;
-                    }
-                    if this.idle_expired(cx) {
-                        let message = format!("the upstream sent nothing for {:?}", this.idle);
-                        this.fail(&message);
-                        continue;
-                    }
-                    return Poll::Pending;
-                }
-            }
+        if let Some(bytes) = this.primed.take() {
+            return Poll::Ready(Some(Ok(Frame::data(bytes))));
         }
+        this.poll_batch(cx, true)
+            .map(|batch| batch.map(|bytes| Ok(Frame::data(bytes))))
     }
 }
 
