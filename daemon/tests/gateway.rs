@@ -87,6 +87,10 @@ impl Reply {
             ));
         }
         body.push_str("data: [DONE]\n\n");
+        Reply::event_stream(body)
+    }
+    /// A `text/event-stream` answer of `body`, whole.
+    fn event_stream(body: String) -> Reply {
         Reply {
             status: 200,
             headers: vec![("content-type", "text/event-stream".into())],
@@ -1027,14 +1031,7 @@ fn sse(events: &[(&str, Value)]) -> Reply {
         }
         body.push_str(&format!("data: {data}\n\n"));
     }
-    Reply {
-        status: 200,
-        headers: vec![("content-type", "text/event-stream".into())],
-        body: body.into_bytes(),
-        hang: false,
-        truncate: false,
-        body_after: None,
-    }
+    Reply::event_stream(body)
 }
 
 /// A chat-completions-only upstream (no `/responses`), strict, answering with a tool call.
