@@ -40,7 +40,8 @@ impl Period {
         match self {
             Period::Day => days * 86_400,
             // 1970-01-01 was a Thursday: Monday-based weeks start 3 days later in the cycle.
-            Period::Week => (days - (days + 3) % 7) * 86_400,
+            // The week holding the epoch began before it: its start is clamped to 0.
+            Period::Week => days.saturating_sub((days + 3) % 7) * 86_400,
             Period::Month => {
                 let (y, m, _) = civil_from_days(days as i64);
                 (days_from_civil(y, m, 1) as u64) * 86_400
@@ -54,7 +55,11 @@ impl Period {
         let start = self.start(now_unix);
         match self {
             Period::Day => Some(start + 86_400),
-            Period::Week => Some(start + 7 * 86_400),
+            // Seven days after the week's Monday (not after a clamped start).
+            Period::Week => {
+                let days = now_unix / 86_400;
+                Some((days + 7 - (days + 3) % 7) * 86_400)
+            }
             Period::Month => {
                 let (y, m, _) = civil_from_days((start / 86_400) as i64);
                 let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
@@ -143,7 +148,7 @@ mod tests {
         }
 
         #[test]
-        fn now_is_inside_its_period(now in 0u64..8_000_000_000) {
+        fn now_is_inside_its_period(now in prop_oneof![0u64..8 * 86_400, 0u64..8_000_000_000]) {
             for p in Period::ALL {
                 let start = p.start(now);
                 prop_assert!(start <= now);
