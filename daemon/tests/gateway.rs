@@ -327,11 +327,14 @@ impl<R: Runtime> Gate<R> {
     /// `POST path` with the Gate token as a bearer token.
     async fn post(&self, path: &str, body: Value) -> Answer {
         let bytes = body.to_string().into_bytes();
-        let builder = self
-            .request("POST", path)
+        self.send(self.post_request(path), bytes).await
+    }
+
+    /// The request of [`post`](Self::post) before its body: a JSON `POST` with the token.
+    fn post_request(&self, path: &str) -> http::request::Builder {
+        self.request("POST", path)
             .header("authorization", format!("Bearer {}", self.token))
-            .header("content-type", "application/json");
-        self.send(builder, bytes).await
+            .header("content-type", "application/json")
     }
 
     fn health(&self, upstream: &str) -> Health {
@@ -680,14 +683,10 @@ async fn stream_head_leaves_with_the_first_events_but_never_waits_for_them<R: Ru
     // The upstream sends its head, then its events 1.5 s later: the head is through first.
     let mut request = chat("late");
     request["stream"] = true.into();
-    let builder = gate
-        .request("POST", "/v1/chat/completions")
-        .header("authorization", format!("Bearer {}", gate.token))
-        .header("content-type", "application/json");
     let response = gate
         .client
         .request(
-            builder
+            gate.post_request("/v1/chat/completions")
                 .body(Full::new(Bytes::from(request.to_string())))
                 .expect("request"),
         )

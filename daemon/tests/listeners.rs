@@ -141,6 +141,62 @@ fn silent_connections_are_closed_in_time_smol() {
     silent_connections_are_closed("smol");
 }
 
+/// A slow client on a kept-alive HTTP/1 connection: after one answered request it trickles
+/// the next head a byte at a time and never finishes it. The header-read limit (1 s here)
+/// cuts it, although an idle connection may stay a minute: a client cannot hold a connection
+/// (and its slot under `max_connections`) by never finishing a head.
+fn slow_later_head(runtime: &str) {
+    let dir = temp_dir(&format!("listeners-slow-head-{runtime}"));
+    let (gate, addr) = start_local_daemon(
+        &dir,
+        runtime,
+        "[server]\nheader_read_timeout_secs = 1\nkeep_alive_timeout_secs = 60\n",
+        None,
+    );
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    let status = get_health(&mut stream);
+    assert_eq!(status.as_deref(), Some("HTTP/1.1 200 OK"), "{}", gate.log());
+    let started = Instant::now();
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nhost: gate\r\nx-slow: ")
+        .expect("the head's start");
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .expect("set a read timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        assert!(
+            started.elapsed() < SHORT_BOUND,
+            "a head trickled for {:?} is still being read\n{}",
+            started.elapsed(),
+            gate.log()
+        );
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!(
+                "an answer to a head never finished: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+        if stream.write_all(b"a").is_err() {
+            break;
+        }
+    }
+    eprintln!("the trickled head was cut after {:?}", started.elapsed());
+}
+
+#[test]
+fn a_later_head_never_finished_is_cut_at_the_header_limit_tokio() {
+    slow_later_head("tokio");
+}
+
+#[test]
+fn a_later_head_never_finished_is_cut_at_the_header_limit_smol() {
+    slow_later_head("smol");
+}
+
 /// At the default limits: 300 silent connections, a legitimate client is served meanwhile,
 /// and every silent one is closed within ~10 s.
 fn flood_at_default_limits(runtime: &str) {

@@ -35,6 +35,63 @@ fn free_tcp_port() -> u16 {
         .expect("free port")
 }
 
+/// The ports a relay under test listens on: HTTPS (TCP and QUIC), the daemons' QUIC port and
+/// the metrics listener (used only where the test's config or environment names it).
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    https: u16,
+    p2p: u16,
+    metrics: u16,
+}
+
+/// How many times [`start_relay`] probes new ports when one was taken.
+const START_ATTEMPTS: usize = 5;
+
+/// Starts `gate-relay serve` on ports probed free, with `config(ports)` written to
+/// `config_path` and `env(ports)` in its environment, and waits until it logs that it listens.
+/// Between the probe and the relay's bind, a test running in parallel may take a port: when the
+/// relay exits saying an address is in use, it is started again on new ports (its log starts
+/// over). Any other exit, or no "relay listening" within 20 s, fails the test with the log.
+fn start_relay(
+    runtime: &str,
+    (config_path, state_dir, log): (&Path, &Path, &Path),
+    config: impl Fn(Ports) -> String,
+    env: impl Fn(Ports) -> Vec<(&'static str, String)>,
+) -> (Relay, Ports) {
+    for _ in 0..START_ATTEMPTS {
+        let (https, p2p) = free_ports();
+        let ports = Ports {
+            https,
+            p2p,
+            metrics: free_tcp_port(),
+        };
+        std::fs::write(config_path, config(ports)).expect("write the relay's config");
+        let _ = std::fs::remove_file(log);
+        let mut relay = spawn_relay_with_env(runtime, config_path, state_dir, log, &env(ports));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("relay listening") {
+                return (relay, ports);
+            }
+            if let Some(status) = relay.0.try_wait().expect("relay status") {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                assert!(
+                    text.contains("in use"),
+                    "gate-relay exited ({status}) before it listened:\n{text}"
+                );
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gate-relay did not say it listens within 20 s:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("gate-relay: a port was taken at each of {START_ATTEMPTS} attempts");
+}
+
 /// `gate-relay status [--json]`: exit code and stdout (stderr appended).
 fn relay_status(state_dir: &Path, config: &Path, json: bool) -> (Option<i32>, String) {
     let mut command = Command::new(BINARY);
@@ -237,20 +294,27 @@ fn tunnel_keys_from_the_file_reach_the_server() {
 async fn killed_and_restarted<R: Runtime>(rt: R, relay_runtime: &str) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
-    let (https_port, p2p_port) = free_ports();
-    let metrics_port = free_tcp_port();
     let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
-             domain_suffix = \"{SUFFIX}\"\nlog_level = \"debug\"\nmetrics_port = {metrics_port}\n\
-             claim_lapse_days = 7\n"
-        ),
-    )?;
     let log = dir.path().join("relay.log");
     let relay_id = Identity::load_or_create(&state)?.node_id().clone();
-    let mut relay = spawn_relay(relay_runtime, &config, &state, &log);
+    let (mut relay, ports) = start_relay(
+        relay_runtime,
+        (&config, &state, &log),
+        |p| {
+            format!(
+                "https_port = {}\np2p_port = {}\nbind_address = \"127.0.0.1\"\n\
+                 domain_suffix = \"{SUFFIX}\"\nlog_level = \"debug\"\nmetrics_port = {}\n\
+                 claim_lapse_days = 7\n",
+                p.https, p.p2p, p.metrics
+            )
+        },
+        |_| Vec::new(),
+    );
+    let Ports {
+        https: https_port,
+        p2p: p2p_port,
+        metrics: metrics_port,
+    } = ports;
     let address = format!("{relay_id}@127.0.0.1:{p2p_port}").parse()?;
     let daemon = start_daemon(&rt, address, Some("kept"))?;
     let registered = wait_until(&rt, Duration::from_secs(20), "daemon registered", || {
@@ -469,24 +533,25 @@ async fn metrics_from_the_environment<R: Runtime>(
 ) -> Result<(), BoxError> {
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
-    let (https_port, p2p_port) = free_ports();
-    let metrics_port = free_tcp_port();
     let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
-             domain_suffix = \"{SUFFIX}\"\n"
-        ),
-    )?;
     let log = dir.path().join("relay.log");
-    let _relay = spawn_relay_with_env(
+    let (_relay, ports) = start_relay(
         relay_runtime,
-        &config,
-        &state,
-        &log,
-        &[("RELAY_METRICS_PORT", metrics_port.to_string())],
+        (&config, &state, &log),
+        |p| {
+            format!(
+                "https_port = {}\np2p_port = {}\nbind_address = \"127.0.0.1\"\n\
+                 domain_suffix = \"{SUFFIX}\"\n",
+                p.https, p.p2p
+            )
+        },
+        |p| vec![("RELAY_METRICS_PORT", p.metrics.to_string())],
     );
+    let Ports {
+        https: https_port,
+        metrics: metrics_port,
+        ..
+    } = ports;
     let up = wait_until(&rt, Duration::from_secs(20), "metrics listener up", || {
         std::net::TcpStream::connect(("127.0.0.1", metrics_port)).is_ok()
     })
@@ -552,23 +617,20 @@ async fn dns_state_and_a_stuck_relay<R: Runtime>(
     const TOKEN: &str = "cf-token-that-must-not-leak-4711";
     let dir = tempfile::tempdir()?;
     let state = dir.path().join("state");
-    let (https_port, p2p_port) = free_ports();
     let config = dir.path().join("relay.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "https_port = {https_port}\np2p_port = {p2p_port}\nbind_address = \"127.0.0.1\"\n\
-             domain_suffix = \"{SUFFIX}\"\n[dns]\nenabled = true\n[dns.cloudflare]\n\
-             zone_id = \"zone-42\"\napi_url = \"http://127.0.0.1:9/client/v4\"\n"
-        ),
-    )?;
     let log = dir.path().join("relay.log");
-    let relay = spawn_relay_with_env(
+    let (relay, _) = start_relay(
         relay_runtime,
-        &config,
-        &state,
-        &log,
-        &[("RELAY__DNS__CLOUDFLARE__API_TOKEN", TOKEN.to_owned())],
+        (&config, &state, &log),
+        |p| {
+            format!(
+                "https_port = {}\np2p_port = {}\nbind_address = \"127.0.0.1\"\n\
+                 domain_suffix = \"{SUFFIX}\"\n[dns]\nenabled = true\n[dns.cloudflare]\n\
+                 zone_id = \"zone-42\"\napi_url = \"http://127.0.0.1:9/client/v4\"\n",
+                p.https, p.p2p
+            )
+        },
+        |_| vec![("RELAY__DNS__CLOUDFLARE__API_TOKEN", TOKEN.to_owned())],
     );
     let json = status_json_until(&rt, &state, &config, 0, "running", |v| v["running"] == true)
         .await

@@ -62,10 +62,12 @@ impl<R: Runtime> hyper::rt::Timer for HyperTimer<R> {
 pub struct ServerSettings {
     /// From the start of the connection (after a TLS handshake, if any) to the first full
     /// request: a client that sends nothing, half an HTTP/1 head or half the HTTP/2 preface is
-    /// closed after this. For HTTP/1 it is also hyper's limit on every later request head.
+    /// closed after this. For HTTP/1 it also bounds every later request head, counted from
+    /// the end of the answer before it (an HTTP/1 connection is idle until a full head came).
     pub header_read_timeout: Duration,
     /// How long a connection with no request in flight (HTTP/1 between requests, HTTP/2 with
-    /// no open stream) may stay open before it is closed gracefully.
+    /// no open stream) may stay open before it is closed gracefully; for HTTP/1, at most
+    /// `header_read_timeout`.
     pub keep_alive_timeout: Duration,
     /// HTTP/2: how often a PING goes out to check that the peer is still there.
     pub http2_keepalive_interval: Duration,
@@ -140,10 +142,14 @@ where
 {
     Box::pin(async move {
         let mut builder = auto::Builder::new(HyperExecutor(rt.clone()));
+        // hyper's own HTTP/1 head timer is off: it made, registered and dropped a timer for
+        // every request (~950 instructions and an allocation, issue 16), for what the
+        // watchdog below enforces anyway (an HTTP/1 connection between requests is silent
+        // for it, a half-sent head included; see `Activity::silent_until`).
         builder
             .http1()
             .timer(HyperTimer(rt.clone()))
-            .header_read_timeout(settings.header_read_timeout)
+            .header_read_timeout(None)
             .half_close(settings.half_close)
             .keep_alive(true);
         builder
@@ -332,6 +338,9 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// Whether a request came at all.
     served: AtomicBool,
+    /// Whether the requests come over HTTP/2 (a client may then stay idle, no head pending,
+    /// for the whole keep-alive timeout).
+    http2: AtomicBool,
 }
 
 impl Activity {
@@ -341,10 +350,13 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             served: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
         }
     }
 
-    /// When the connection has been silent too long, if no request is in flight.
+    /// When the connection has been silent too long, if no request is in flight. Between two
+    /// HTTP/1 requests the next head may already be coming (a slow client, or one holding the
+    /// connection with a head it never finishes): the header-read limit applies then too.
     fn silent_until(&self, settings: &ServerSettings) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
@@ -354,7 +366,14 @@ impl Activity {
         }
         let idle_since =
             self.origin + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
-        Some(idle_since + settings.keep_alive_timeout)
+        let limit = if self.http2.load(Ordering::Relaxed) {
+            settings.keep_alive_timeout
+        } else {
+            settings
+                .keep_alive_timeout
+                .min(settings.header_read_timeout)
+        };
+        Some(idle_since + limit)
     }
 
     fn start(self: &Arc<Self>) -> FlightGuard {
@@ -392,6 +411,9 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        if req.version() == hyper::Version::HTTP_2 {
+            self.activity.http2.store(true, Ordering::Relaxed);
+        }
         let guard = self.activity.start();
         TrackedFuture {
             inner: self.inner.call(req),
@@ -483,10 +505,25 @@ mod tests {
         drop(first);
         assert_eq!(activity.silent_until(&settings), None);
         drop(second);
-        // Idle: the keep-alive limit from the end of the last request.
+        // Idle HTTP/1: the next head may be on its way, so the shorter of the keep-alive and
+        // header-read limits, from the end of the last request.
         let deadline = activity.silent_until(&settings).expect("a deadline");
         let ended =
             activity.origin + Duration::from_millis(activity.idle_since_ms.load(Ordering::Acquire));
+        assert_eq!(deadline, ended + Duration::from_secs(3));
+        // Idle HTTP/2 (no stream open, nothing half-sent): the keep-alive limit.
+        activity.http2.store(true, Ordering::Relaxed);
+        let deadline = activity.silent_until(&settings).expect("a deadline");
         assert_eq!(deadline, ended + Duration::from_secs(7));
+        // A longer header-read limit does not stretch the keep-alive one.
+        let long_heads = ServerSettings {
+            header_read_timeout: Duration::from_secs(30),
+            ..settings
+        };
+        activity.http2.store(false, Ordering::Relaxed);
+        assert_eq!(
+            activity.silent_until(&long_heads),
+            Some(ended + Duration::from_secs(7))
+        );
     }
 }

@@ -252,7 +252,7 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(Value::from),
             (-1e6f64..1e6).prop_map(Value::from),
-            "[a-z\"\\\\{}\\[\\]:, \u{e9}\u{1F600}\n]{0,12}".prop_map(Value::String),
+            "[a-z\"\\\\{}\\[\\]:, \u{e9}\u{1F600}\n]{0,40}".prop_map(Value::String),
         ];
         leaf.prop_recursive(4, 32, 5, |inner| {
             prop_oneof![
