@@ -142,13 +142,13 @@ where
 {
     Box::pin(async move {
         let mut builder = auto::Builder::new(HyperExecutor(rt.clone()));
-        // hyper's own HTTP/1 head timer is off: it made, registered and dropped a timer for
-        // every request (~950 instructions and an allocation, issue 16), for what the
-        // watchdog below enforces anyway (an HTTP/1 connection between requests is silent
-        // for it, a half-sent head included; see `Activity::silent_until`).
+        // hyper's own HTTP/1 head timer is off, and HTTP/1 gets no timer at all (that timer
+        // was its only use): it made, registered and dropped a timer for every request (~950
+        // instructions and an allocation, issue 16), for what the watchdog below enforces
+        // anyway (an HTTP/1 connection between requests is silent for it, a half-sent head
+        // included; see `Activity::silent_until`).
         builder
             .http1()
-            .timer(HyperTimer(rt.clone()))
             .header_read_timeout(None)
             .half_close(settings.half_close)
             .keep_alive(true);
