@@ -5,21 +5,34 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
+#[path = "../../tests/support/free_ports.rs"]
+mod free_ports;
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::*;
+use free_ports::start_on_free_ports;
 use gate_relay::identity::Identity;
 use gate_rt::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_gate-relay");
 
-/// A child process killed (SIGKILL) when dropped.
-struct Relay(Child);
+/// A child process killed (SIGKILL) when dropped, and the file it logs to.
+struct Relay(Child, PathBuf);
+
+impl free_ports::Started for Relay {
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().expect("relay status")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.1).unwrap_or_default()
+    }
+}
 
 impl Drop for Relay {
     fn drop(&mut self) {
@@ -44,52 +57,32 @@ struct Ports {
     metrics: u16,
 }
 
-/// How many times [`start_relay`] probes new ports when one was taken.
-const START_ATTEMPTS: usize = 5;
-
 /// Starts `gate-relay serve` on ports probed free, with `config(ports)` written to
-/// `config_path` and `env(ports)` in its environment, and waits until it logs that it listens.
-/// Between the probe and the relay's bind, a test running in parallel may take a port: when the
-/// relay exits saying an address is in use, it is started again on new ports (its log starts
-/// over). Any other exit, or no "relay listening" within 20 s, fails the test with the log.
+/// `config_path` and `env(ports)` in its environment, and waits until it logs that it listens
+/// (its log starts over at each start; see [`start_on_free_ports`]).
 fn start_relay(
     runtime: &str,
     (config_path, state_dir, log): (&Path, &Path, &Path),
     config: impl Fn(Ports) -> String,
     env: impl Fn(Ports) -> Vec<(&'static str, String)>,
 ) -> (Relay, Ports) {
-    for _ in 0..START_ATTEMPTS {
-        let (https, p2p) = free_ports();
-        let ports = Ports {
-            https,
-            p2p,
-            metrics: free_tcp_port(),
-        };
-        std::fs::write(config_path, config(ports)).expect("write the relay's config");
-        let _ = std::fs::remove_file(log);
-        let mut relay = spawn_relay_with_env(runtime, config_path, state_dir, log, &env(ports));
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("relay listening") {
-                return (relay, ports);
-            }
-            if let Some(status) = relay.0.try_wait().expect("relay status") {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
-                assert!(
-                    text.contains("in use"),
-                    "gate-relay exited ({status}) before it listened:\n{text}"
-                );
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gate-relay did not say it listens within 20 s:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    panic!("gate-relay: a port was taken at each of {START_ATTEMPTS} attempts");
+    start_on_free_ports(
+        "gate-relay",
+        Duration::from_secs(20),
+        || {
+            let (https, p2p) = free_ports();
+            let ports = Ports {
+                https,
+                p2p,
+                metrics: free_tcp_port(),
+            };
+            std::fs::write(config_path, config(ports)).expect("write the relay's config");
+            let _ = std::fs::remove_file(log);
+            let relay = spawn_relay_with_env(runtime, config_path, state_dir, log, &env(ports));
+            (relay, ports)
+        },
+        |relay, _| free_ports::Started::log_text(relay).contains("relay listening"),
+    )
 }
 
 /// `gate-relay status [--json]`: exit code and stdout (stderr appended).
@@ -183,6 +176,7 @@ fn spawn_relay_with_env(
     log: &Path,
     env: &[(&str, String)],
 ) -> Relay {
+    let log_path = log.to_path_buf();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -199,7 +193,7 @@ fn spawn_relay_with_env(
         .stderr(log)
         .spawn()
         .expect("start gate-relay");
-    Relay(child)
+    Relay(child, log_path)
 }
 
 #[test]

@@ -18,8 +18,6 @@ use serde_json::{json, Value};
 
 /// How often a wait polls its condition.
 const POLL: Duration = Duration::from_millis(50);
-/// How many times a server is started on new ports after losing one to another test.
-const START_ATTEMPTS: usize = 5;
 /// How long a server may take to start (and a daemon to register with its relay).
 const START_DEADLINE: Duration = Duration::from_secs(90);
 
@@ -381,41 +379,18 @@ impl Drop for Proc {
     }
 }
 
-/// Starts a server on ports probed free ([`free_udp_port`] and the like) and waits until
-/// `ready` sees it up. Between the probe and the server's bind, a test running in parallel
-/// may take a port: when the server exits saying an address is in use, `start` is called
-/// again (it probes new ports). Any other exit, or no readiness by `deadline`, fails the
-/// test with the server's log.
-pub fn start_on_free_ports<T>(
-    what: &str,
-    deadline: Duration,
-    mut start: impl FnMut() -> (Proc, T),
-    mut ready: impl FnMut(&Proc, &T) -> bool,
-) -> (Proc, T) {
-    for _ in 0..START_ATTEMPTS {
-        let (mut proc, value) = start();
-        let end = Instant::now() + deadline;
-        loop {
-            if ready(&proc, &value) {
-                return (proc, value);
-            }
-            if let Some(status) = proc.exited() {
-                let log = proc.log();
-                assert!(
-                    log.contains("in use"),
-                    "{what} exited ({status}) before it was ready:\n{log}"
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < end,
-                "timed out after {deadline:?} waiting for {what} to start\n{}",
-                proc.log()
-            );
-            std::thread::sleep(POLL);
-        }
+#[path = "../../../tests/support/free_ports.rs"]
+mod free_ports;
+pub use free_ports::start_on_free_ports;
+
+impl free_ports::Started for Proc {
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.exited()
     }
-    panic!("{what}: a port was taken at each of {START_ATTEMPTS} attempts");
+
+    fn log_text(&self) -> String {
+        self.log()
+    }
 }
 
 /// Reads the address `gate serve` recorded in its state directory once it listens (useful
