@@ -1205,9 +1205,9 @@ def main() -> int:
         "max_of_one_measurement": max(steals, default=0.0),
     }
     # Every in-flight request failing at once is what a paused host looks like (the VM frozen
-    # for a snapshot: the guest's clock jumps on resume, wrk times the requests out, and steal
-    # does not count it); a stall or a fault of the path under test looks the same. Either way
-    # the run is not of record until it is explained.
+    # for a snapshot: the guest's clock jumps on resume, wrk fails the requests in flight, and
+    # steal does not count it); a stall or a fault of the path under test looks the same.
+    # Either way the run is not of record until it is explained.
     results["environment"]["stalled_measurements"] = [
         f"r{i + 1} {sc} {name} ("
         + ", ".join(f"{kind} errors: {n}" for kind, n in r["errors"].items() if n) + ")"
