@@ -5,8 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test or tool reports failure
 
 mod common;
-#[path = "../../tests/support/free_ports.rs"]
-mod free_ports;
+#[path = "../../tests/support/retry_start.rs"]
+mod retry_start;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -14,9 +14,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use common::*;
-use free_ports::start_on_free_ports;
 use gate_relay::identity::Identity;
 use gate_rt::Runtime;
+use retry_start::{start_on_free_ports, Started};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_gate-relay");
@@ -24,7 +24,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_gate-relay");
 /// A child process killed (SIGKILL) when dropped, and the file it logs to.
 struct Relay(Child, PathBuf);
 
-impl free_ports::Started for Relay {
+impl Started for Relay {
     fn exit_status(&mut self) -> Option<ExitStatus> {
         self.0.try_wait().expect("relay status")
     }
@@ -81,7 +81,7 @@ fn start_relay(
             let relay = spawn_relay_with_env(runtime, config_path, state_dir, log, &env(ports));
             (relay, ports)
         },
-        |relay, _| free_ports::Started::log_text(relay).contains("relay listening"),
+        |relay, _| relay.log_text().contains("relay listening"),
     )
 }
 

@@ -379,11 +379,11 @@ impl Drop for Proc {
     }
 }
 
-#[path = "../../../tests/support/free_ports.rs"]
-mod free_ports;
-pub use free_ports::start_on_free_ports;
+#[path = "../../../tests/support/retry_start.rs"]
+mod retry_start;
+pub use retry_start::start_on_free_ports;
 
-impl free_ports::Started for Proc {
+impl retry_start::Started for Proc {
     fn exit_status(&mut self) -> Option<ExitStatus> {
         self.exited()
     }

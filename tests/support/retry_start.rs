@@ -4,7 +4,7 @@
 //! A port probed free (bound to port 0 and let go) can be taken by another test before the
 //! server binds it; the server then exits saying the address is in use. Shared by the Rust
 //! tests of every crate: include it by path,
-//! `#[path = "../../tests/support/free_ports.rs"] mod free_ports;`
+//! `#[path = "../../tests/support/retry_start.rs"] mod retry_start;`
 
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
