@@ -95,7 +95,7 @@ proptest! {
         if let Some(stream) = stream { value["stream"] = stream.into(); }
         if let Some(include) = include_usage { value["stream_options"] = serde_json::json!({"include_usage": include}); }
         let summary = request_summary(&serde_json::to_vec(&value).unwrap()).unwrap();
-        prop_assert_eq!(summary.model, model);
+        prop_assert_eq!(summary.model.as_deref(), model.as_deref());
         prop_assert_eq!(summary.stream, stream.unwrap_or(false));
         prop_assert_eq!(summary.include_usage, include_usage.unwrap_or(false));
     }

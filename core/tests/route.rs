@@ -23,8 +23,8 @@ fn names(candidates: &[Candidate]) -> Vec<(&str, &str, Tier)> {
         .iter()
         .map(|candidate| {
             (
-                candidate.upstream_name.as_str(),
-                candidate.upstream_model.as_str(),
+                &*candidate.upstream_name,
+                &*candidate.upstream_model,
                 candidate.tier,
             )
         })
@@ -263,8 +263,8 @@ fn weighted_order_is_deterministic_and_follows_weights() {
         let order = router.candidates_weighted("gpt-4o", now, seed);
         assert_eq!(order, router.candidates_weighted("gpt-4o", now, seed));
         assert_eq!(order.len(), 3);
-        assert_eq!(order[2].upstream_name, "never-first");
-        if order[0].upstream_name == "heavy" {
+        assert_eq!(&*order[2].upstream_name, "never-first");
+        if &*order[0].upstream_name == "heavy" {
             heavy_first += 1;
         }
     }
@@ -289,7 +289,7 @@ fn latency_order_prefers_fast_and_unmeasured_upstreams() {
     let order: Vec<String> = router
         .candidates_by_latency("claude-x", now)
         .into_iter()
-        .map(|candidate| candidate.upstream_name)
+        .map(|candidate| candidate.upstream_name.to_string())
         .collect();
     assert_eq!(order, ["d", "b", "c", "a"]);
 }
@@ -637,7 +637,7 @@ proptest! {
             }
             let got: Vec<(String, String, Tier)> = candidates
                 .iter()
-                .map(|candidate| (candidate.upstream_name.clone(), candidate.upstream_model.clone(), candidate.tier))
+                .map(|candidate| (candidate.upstream_name.to_string(), candidate.upstream_model.to_string(), candidate.tier))
                 .collect();
             prop_assert_eq!(got, expected);
         }
@@ -673,8 +673,8 @@ proptest! {
             let without = |candidates: Vec<Candidate>| -> Vec<(String, String, Tier)> {
                 candidates
                     .into_iter()
-                    .filter(|candidate| candidate.upstream_name != removed_name)
-                    .map(|candidate| (candidate.upstream_name, candidate.upstream_model, candidate.tier))
+                    .filter(|candidate| *candidate.upstream_name != *removed_name)
+                    .map(|candidate| (candidate.upstream_name.to_string(), candidate.upstream_model.to_string(), candidate.tier))
                     .collect()
             };
             prop_assert_eq!(without(full.candidates(model, now)), without(reduced.candidates(model, now)));
@@ -753,7 +753,7 @@ proptest! {
         router.set_strategies(MODEL_POOL.iter().map(|m| (m.to_string(), strategy)).collect());
         let serves = |spec: &UpstreamSpec| served_protocol.is_none_or(|p| spec.protocol == p);
         for model in MODEL_POOL {
-            let plan = router.plan(model, now, seed, serves);
+            let plan = router.plan(&(*model).into(), now, seed, serves);
             let ordered = match strategy {
                 RouteStrategy::Ordered => router.candidates(model, now),
                 RouteStrategy::Weighted => router.candidates_weighted(model, now, seed),

@@ -15,8 +15,54 @@ use http_body_util::{BodyExt, Full};
 
 /// Boxed error type of response bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body type: buffered or streaming.
-pub type Body = BoxBody<Bytes, BoxError>;
+/// The response body type: buffered (the bytes in hand: most answers, and no allocation for
+/// them; issue 16) or streaming (boxed; [`stream_body`]).
+pub enum Body {
+    /// The whole body ([`full_body`]).
+    Full(Full<Bytes>),
+    /// A stream ([`stream_body`]).
+    Stream(BoxBody<Bytes, BoxError>),
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Full(full) => std::pin::Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            Body::Stream(stream) => std::pin::Pin::new(stream).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Full(full) => full.is_end_stream(),
+            Body::Stream(stream) => stream.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(full) => full.size_hint(),
+            Body::Stream(stream) => stream.size_hint(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Body::Full(_) => "Body::Full",
+            Body::Stream(_) => "Body::Stream",
+        })
+    }
+}
 
 /// Who is on the other end of a request.
 #[derive(Clone, Copy, Debug)]
@@ -41,7 +87,15 @@ pub trait Handler: Send + Sync + 'static {
 
 /// A buffered body.
 pub fn full_body(bytes: Bytes) -> Body {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
+    Body::Full(Full::new(bytes))
+}
+
+/// A streaming response body.
+pub fn stream_body<B>(body: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+{
+    Body::Stream(body.boxed())
 }
 
 /// A JSON response.

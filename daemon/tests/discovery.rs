@@ -46,7 +46,7 @@ async fn hanging_upstream_does_not_delay_another<R: Runtime>(rt: R) {
     rt.spawn(async move { discovery.discover_models().await });
     let routed_to_fast = |model: &str| {
         gateway.routes().iter().any(|(name, candidates)| {
-            name == model && candidates.iter().any(|c| c.upstream_name == "b-fast")
+            name == model && candidates.iter().any(|c| &*c.upstream_name == "b-fast")
         })
     };
     while !(routed_to_fast("fast-model") && routed_to_fast("fast-model-2")) {

@@ -886,7 +886,7 @@ async fn discovery_is_capped<R: Runtime>(rt: R) {
     );
     assert!(routes
         .iter()
-        .all(|(_, candidates)| candidates.iter().all(|c| c.upstream_name == "b-small")));
+        .all(|(_, candidates)| candidates.iter().all(|c| &*c.upstream_name == "b-small")));
 }
 
 /// `Authorization: BEARER` is accepted (the scheme is case-insensitive); `GET /` answers a

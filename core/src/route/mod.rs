@@ -21,7 +21,7 @@
 //! let mut router = Router::new(vec![UpstreamSpec::new("openai", ProviderKind::OpenAi)]).unwrap();
 //! let now = Instant::now(); // the daemon's clock, not the core's
 //! let seed = 7; // the daemon's per-request random draw, for the `weighted` strategy
-//! for candidate in router.plan("gpt-4o", now, seed, |_| true).candidates {
+//! for candidate in router.plan(&"gpt-4o".into(), now, seed, |_| true).candidates {
 //!     let model = &candidate.upstream_model;
 //!     if !router.try_acquire(candidate.upstream, model, now) {
 //!         continue; // a half-open (upstream, model) already has its one trial request

@@ -28,6 +28,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::breaker::{BreakerConfig, CircuitBreaker, Health};
@@ -320,10 +321,11 @@ pub enum Tier {
 pub struct Candidate {
     /// Which upstream.
     pub upstream: UpstreamId,
-    /// Its name.
-    pub upstream_name: String,
-    /// The model name to send to it (differs from the requested one for aliases).
-    pub upstream_model: String,
+    /// Its name (shared with the router: no copy per request).
+    pub upstream_name: Arc<str>,
+    /// The model name to send to it (differs from the requested one for aliases; the
+    /// requested name itself, shared, otherwise).
+    pub upstream_model: Arc<str>,
     /// Why it matched.
     pub tier: Tier,
 }
@@ -440,6 +442,9 @@ pub struct AttemptPlan {
 #[derive(Debug, Clone)]
 pub struct Router {
     upstreams: Vec<UpstreamSpec>,
+    /// The upstreams' names, in their order, shared by every [`Candidate`] (issue 16: a
+    /// request's plan copied them, and its requested model, into new strings).
+    names: Vec<Arc<str>>,
     model_sets: Vec<ModelSets>,
     states: Vec<UpstreamState>,
     breaker_config: BreakerConfig,
@@ -460,6 +465,7 @@ impl Router {
     ) -> Result<Self, RouteError> {
         let mut router = Router {
             upstreams: Vec::new(),
+            names: Vec::new(),
             model_sets: Vec::new(),
             states: Vec::new(),
             breaker_config,
@@ -487,6 +493,10 @@ impl Router {
             .map(|spec| old_state.remove(&spec.name).unwrap_or_default())
             .collect();
         self.model_sets = upstreams.iter().map(ModelSets::of).collect();
+        self.names = upstreams
+            .iter()
+            .map(|spec| Arc::from(spec.name.as_str()))
+            .collect();
         self.upstreams = upstreams;
         Ok(())
     }
@@ -536,35 +546,35 @@ impl Router {
     }
 
     /// How (and whether) one upstream serves `model`, ignoring its state.
-    fn route_for(&self, index: usize, model: &str) -> Option<(Tier, String)> {
+    fn route_for(&self, index: usize, model: &Arc<str>) -> Option<(Tier, Arc<str>)> {
         let spec = self.upstreams.get(index)?;
         let sets = self.model_sets.get(index)?;
         if !spec.enabled {
             return None;
         }
-        if let Some(target) = spec.aliases.get(model) {
-            return Some((Tier::Explicit, target.clone()));
+        if let Some(target) = spec.aliases.get(&**model) {
+            return Some((Tier::Explicit, Arc::from(target.as_str())));
         }
-        if sets.explicit.contains(model) {
-            return Some((Tier::Explicit, model.to_owned()));
+        if sets.explicit.contains(&**model) {
+            return Some((Tier::Explicit, model.clone()));
         }
         if spec.provider.serves_by_default(model) {
-            return Some((Tier::ProviderDefault, model.to_owned()));
+            return Some((Tier::ProviderDefault, model.clone()));
         }
-        if sets.discovered.contains(model) {
-            return Some((Tier::Discovered, model.to_owned()));
+        if sets.discovered.contains(&**model) {
+            return Some((Tier::Discovered, model.clone()));
         }
         None
     }
 
     /// Every upstream that serves `model`, in tier then configuration order.
-    fn matching(&self, model: &str) -> Vec<Candidate> {
+    fn matching(&self, model: &Arc<str>) -> Vec<Candidate> {
         let mut candidates: Vec<Candidate> = (0..self.upstreams.len())
             .filter_map(|index| {
                 let (tier, upstream_model) = self.route_for(index, model)?;
                 Some(Candidate {
                     upstream: UpstreamId(index),
-                    upstream_name: self.upstreams.get(index)?.name.clone(),
+                    upstream_name: self.names.get(index)?.clone(),
                     upstream_model,
                     tier,
                 })
@@ -594,41 +604,41 @@ impl Router {
     /// half-open with its trial in flight) and those rate limited at `now`. Empty for an
     /// unknown model. Call [`try_acquire`](Self::try_acquire) before each attempt.
     pub fn candidates(&self, model: &str, now: Instant) -> Vec<Candidate> {
-        let mut candidates = self.matching(model);
+        let mut candidates = self.matching(&Arc::from(model));
         candidates.retain(|candidate| self.admits(candidate, now));
         candidates
     }
 
     /// Every upstream that serves `model`, whatever its breaker or rate limit says.
     pub fn all_candidates(&self, model: &str) -> Vec<Candidate> {
-        self.matching(model)
+        self.matching(&Arc::from(model))
     }
 
     /// The attempt plan for one request for `model` at `now`: the admitted candidates that
     /// `serves` accepts (e.g. that can serve the endpoint), ordered by the model's
     /// [`RouteStrategy`] (`seed` drives the weighted draw), and why others were left out.
+    /// `model` is shared by the candidates that serve it under its own name.
     pub fn plan(
         &self,
-        model: &str,
+        model: &Arc<str>,
         now: Instant,
         seed: u64,
         serves: impl Fn(&UpstreamSpec) -> bool,
     ) -> AttemptPlan {
         let mut plan = AttemptPlan::default();
-        let serving: Vec<Candidate> = self
-            .matching(model)
-            .into_iter()
-            .filter(|candidate| self.upstream(candidate.upstream).is_some_and(&serves))
-            .collect();
-        plan.known = !serving.is_empty();
+        // Filtered in place: one allocation for the plan's list.
+        let mut candidates = self.matching(model);
+        candidates.retain(|candidate| self.upstream(candidate.upstream).is_some_and(&serves));
+        plan.known = !candidates.is_empty();
         let earliest = |slot: &mut Option<Instant>, at: Instant| {
             *slot = Some(slot.map_or(at, |current| current.min(at)));
         };
-        for candidate in serving {
+        candidates.retain(|candidate| {
             if let Some(until) =
                 self.rate_limited_until(candidate.upstream, &candidate.upstream_model, now)
             {
                 earliest(&mut plan.rate_limited_until, until);
+                false
             } else if !self.breaker_available(candidate.upstream, &candidate.upstream_model, now) {
                 if let Some(Health::Open { until }) = self
                     .breaker(candidate.upstream, &candidate.upstream_model)
@@ -636,11 +646,13 @@ impl Router {
                 {
                     earliest(&mut plan.open_until, until);
                 }
+                false
             } else {
-                plan.candidates.push(candidate);
+                true
             }
-        }
-        self.order(&mut plan.candidates, self.strategy(model), seed);
+        });
+        self.order(&mut candidates, self.strategy(model), seed);
+        plan.candidates = candidates;
         plan
     }
 
@@ -723,8 +735,8 @@ impl Router {
                 Some(ModelEntry {
                     id: id.to_owned(),
                     upstream: first.upstream,
-                    upstream_name: first.upstream_name,
-                    upstream_model: first.upstream_model,
+                    upstream_name: first.upstream_name.to_string(),
+                    upstream_model: first.upstream_model.to_string(),
                 })
             })
             .collect()

@@ -711,8 +711,8 @@ fn models_view<R: Runtime>(admin: &Admin<R>) -> ModelList {
             routes: candidates
                 .iter()
                 .map(|c| RouteView {
-                    upstream: c.upstream_name.clone(),
-                    upstream_model: c.upstream_model.clone(),
+                    upstream: c.upstream_name.to_string(),
+                    upstream_model: c.upstream_model.to_string(),
                     why: tier_name(c.tier).to_owned(),
                 })
                 .collect(),

@@ -418,7 +418,7 @@ impl<R: Runtime> Gateway<R> {
                     pending: VecDeque::new(),
                     finished: false,
                 };
-                let mut out = Response::new(converting.boxed());
+                let mut out = Response::new(crate::web::stream_body(converting));
                 let content_type = if sse {
                     "text/event-stream"
                 } else {

@@ -56,7 +56,7 @@ pub(super) struct Asked<'a> {
     pub(super) caller: &'a Caller,
     pub(super) label: &'static str,
     pub(super) protocol: WireProtocol,
-    pub(super) model: &'a str,
+    pub(super) model: &'a Arc<str>,
     pub(super) stream: bool,
     pub(super) started: Instant,
 }
@@ -219,11 +219,11 @@ impl OutputBound {
 
 impl Charge {
     /// The attempt that answers (failover: only this one is charged).
-    pub(super) fn answered_by(&mut self, upstream: &UpstreamTarget, served_model: &str) {
+    pub(super) fn answered_by(&mut self, upstream: &UpstreamTarget, served_model: &Arc<str>) {
         self.price = price_of(upstream, served_model);
         self.answered = true;
         self.record.upstream = Some(upstream.name.clone());
-        self.record.served_model = Some(served_model.into());
+        self.record.served_model = Some(served_model.clone());
     }
 
     /// Notes answer bytes sent to the client; the first marks the time to first token.
@@ -498,7 +498,7 @@ impl<R: Runtime> Gateway<R> {
             key_id: asked.caller.key_id.clone(),
             owner: asked.caller.owner.clone(),
             endpoint: asked.label.into(),
-            model: asked.model.into(),
+            model: asked.model.clone(),
             ..UsageRecord::default()
         }
     }
@@ -588,9 +588,7 @@ impl<R: Runtime> Gateway<R> {
             estimate::input_tokens(body)
         };
         let model_cap = candidates.first().and_then(upstream_of).and_then(|u| {
-            let first = candidates
-                .first()
-                .map_or(model, |c| c.upstream_model.as_str());
+            let first = candidates.first().map_or(&**model, |c| &*c.upstream_model);
             let rule = gate_core::llm::model_rules::openai_model_rule(first).max_output_tokens;
             match (rule, u.max_output_tokens) {
                 (Some(a), Some(b)) => Some(u64::from(a.min(b))),

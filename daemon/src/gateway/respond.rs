@@ -9,7 +9,6 @@ use gate_core::llm::sse::{SseFramer, SseParser, SseWatcher};
 use gate_core::route::WireProtocol;
 use gate_rt::Runtime;
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::BodyExt;
 
 use super::attempt::AttemptSlot;
 use super::policy::Charge;
@@ -155,7 +154,7 @@ impl<R: Runtime> Gateway<R> {
                 charge: Some(charge),
             };
             pipe.prime().await;
-            let mut out = Response::new(pipe.boxed());
+            let mut out = Response::new(crate::web::stream_body(pipe));
             copy_converted_response_headers(
                 &parts.headers,
                 out.headers_mut(),

@@ -4,14 +4,18 @@
 //! Must not: re-encode anything but the `model` value. Both functions work on either
 //! protocol's request (both put `model` and `stream` at the top level).
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use super::ConvertError;
 use serde::Deserialize;
 
 /// What routing needs from a request body before deciding where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestSummary {
-    /// The top-level `model`, if present and a string.
-    pub model: Option<String>,
+    /// The top-level `model`, if present and a string (shared: the route plan and the usage
+    /// record take it without a copy).
+    pub model: Option<Arc<str>>,
     /// The top-level `stream`; absent or `null` means `false`.
     pub stream: bool,
     /// `stream_options.include_usage` (OpenAI); absent means `false`.
@@ -21,14 +25,18 @@ pub struct RequestSummary {
 }
 
 #[derive(Deserialize)]
-struct Peek {
-    #[serde(default)]
-    model: Option<String>,
+struct Peek<'a> {
+    #[serde(default, borrow)]
+    model: Option<Model<'a>>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<PeekStreamOptions>,
 }
+
+/// A string borrowed from the body unless it has escapes (then decoded into a copy).
+#[derive(Deserialize)]
+struct Model<'a>(#[serde(borrow)] Cow<'a, str>);
 
 #[derive(Deserialize)]
 struct PeekStreamOptions {
@@ -43,7 +51,7 @@ pub fn request_summary(body: &[u8]) -> Result<RequestSummary, ConvertError> {
     let peek: Peek = serde_json::from_slice(body)
         .map_err(|err| ConvertError::InvalidRequest(err.to_string()))?;
     Ok(RequestSummary {
-        model: peek.model,
+        model: peek.model.map(|Model(name)| Arc::from(&*name)),
         stream: peek.stream.unwrap_or(false),
         has_stream_options: peek.stream_options.is_some(),
         include_usage: peek
