@@ -89,7 +89,7 @@ pub(super) async fn collect_with_timeout<R: Runtime, B>(
     max: u64,
 ) -> Result<Bytes, ReadError>
 where
-    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
     let mut body = body;
