@@ -767,9 +767,10 @@ async fn strategies_order_the_upstreams<R: Runtime>(rt: R) {
     assert_eq!(second.hits(), 8);
 }
 
-/// Buffered answers are capped by `server.max_response_bytes` (502 naming the key); upstream
-/// text that echoes the provider key is scrubbed, passed through or converted; a huge model
-/// name is echoed bounded.
+/// Buffered answers are capped by `server.max_response_bytes` (502 naming the key) and request
+/// bodies by `server.max_body_bytes` (413 naming it; a body under it arrives whole, in many
+/// reads); upstream text that echoes the provider key is scrubbed, passed through or
+/// converted; a huge model name is echoed bounded.
 async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
     let upstream = Upstream::start(|seen| {
         match seen.model().as_str() {
@@ -802,7 +803,7 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
         )
     });
     let config = format!(
-        "{}{}[server]\nmax_response_bytes = 65536\n",
+        "{}{}[server]\nmax_response_bytes = 65536\nmax_body_bytes = 2000000\n",
         upstream_block(
             "openai-like",
             "custom",
@@ -850,6 +851,20 @@ async fn caps_scrubbing_and_bounded_echo<R: Runtime>(rt: R) {
         answer.body.len() < 2048,
         "echoed {} bytes",
         answer.body.len()
+    );
+
+    let over = "gpt-".to_owned() + &"z".repeat(2_000_000);
+    let answer = gate.post("/v1/chat/completions", chat(&over)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        answer.text()
+    );
+    assert!(
+        answer.text().contains("server.max_body_bytes"),
+        "{}",
+        answer.text()
     );
 }
 

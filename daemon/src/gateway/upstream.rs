@@ -12,6 +12,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body as HttpBody;
 
+use super::body::{Gather, TooLarge};
 use super::{Endpoint, UpstreamTarget, DEFAULT_ANTHROPIC_VERSION};
 use crate::convert;
 
@@ -96,34 +97,15 @@ where
     if body.size_hint().lower() > max {
         return Err(ReadError::TooLarge(max));
     }
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    // A body that arrives in one piece (most answers) is returned as that piece, not
-    // copied; pieces after it are gathered in `out` (issue 16: the copy cost an allocation
-    // and ~250 instructions a request).
-    let mut first: Option<Bytes> = None;
-    let mut out = Vec::new();
+    let mut gather = Gather::new(max);
     loop {
         match gate_rt::timeout(rt, idle, body.frame()).await {
             Err(_) => return Err(ReadError::Idle(idle)),
-            Ok(None) => return Ok(first.unwrap_or_else(|| Bytes::from(out))),
+            Ok(None) => return Ok(gather.finish()),
             Ok(Some(Err(e))) => return Err(ReadError::Broken(e.to_string())),
-            Ok(Some(Ok(frame))) => {
-                let Ok(data) = frame.into_data() else {
-                    continue;
-                };
-                let held = first.as_ref().map_or(out.len(), Bytes::len);
-                if held.saturating_add(data.len()) > limit {
-                    return Err(ReadError::TooLarge(max));
-                }
-                if held == 0 {
-                    first = Some(data);
-                } else {
-                    if let Some(piece) = first.take() {
-                        out.extend_from_slice(&piece);
-                    }
-                    out.extend_from_slice(&data);
-                }
-            }
+            Ok(Some(Ok(frame))) => gather
+                .frame(frame)
+                .map_err(|TooLarge| ReadError::TooLarge(max))?,
         }
     }
 }
@@ -341,47 +323,15 @@ pub(super) fn check_conversion_bound(body: &[u8]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::VecDeque;
-    use std::convert::Infallible;
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    /// A body of the given pieces, one frame each.
-    struct Pieces(VecDeque<Bytes>);
-
-    impl hyper::body::Body for Pieces {
-        type Data = Bytes;
-        type Error = Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|piece| Ok(hyper::body::Frame::data(piece))),
-            )
-        }
-    }
-
-    fn pieces(parts: &[&'static str]) -> Pieces {
-        Pieces(
-            parts
-                .iter()
-                .map(|p| Bytes::from_static(p.as_bytes()))
-                .collect(),
-        )
-    }
+    use crate::gateway::body::tests::Pieces;
 
     async fn collect_pieces<R: Runtime>(rt: R) {
         let idle = Duration::from_secs(5);
         // One piece: returned as it is (the same bytes, not a copy).
         let one = Bytes::from_static(b"{\"id\":1}");
-        let got = collect_with_timeout(&rt, Pieces(VecDeque::from([one.clone()])), idle, 100)
+        let got = collect_with_timeout(&rt, Pieces::from([one.clone()]), idle, 100)
             .await
             .unwrap();
-        assert_eq!(got, one);
         assert_eq!(got.as_ptr(), one.as_ptr(), "a one-piece body is not copied");
         // Several pieces (empty ones among them): joined in order.
         for parts in [
@@ -390,24 +340,26 @@ mod tests {
             &["{", "", "}"],
             &[],
         ] {
-            let got = collect_with_timeout(&rt, pieces(parts), idle, 100)
+            let got = collect_with_timeout(&rt, Pieces::of(parts), idle, 100)
                 .await
                 .unwrap();
             assert_eq!(got, parts.concat().as_bytes(), "{parts:?}");
         }
-        // The cap holds for one piece and for pieces together.
-        let too_long = collect_with_timeout(&rt, pieces(&["12345"]), idle, 4).await;
-        assert!(
-            matches!(too_long, Err(ReadError::TooLarge(4))),
-            "{too_long:?}"
-        );
-        let too_long = collect_with_timeout(&rt, pieces(&["12", "34", "5"]), idle, 4).await;
-        assert!(
-            matches!(too_long, Err(ReadError::TooLarge(4))),
-            "{too_long:?}"
-        );
-        let exact = collect_with_timeout(&rt, pieces(&["12", "34"]), idle, 4).await;
+        // The cap holds for one piece and for pieces together; a broken body is reported.
+        for parts in [&["12345"][..], &["12", "34", "5"]] {
+            let too_long = collect_with_timeout(&rt, Pieces::of(parts), idle, 4).await;
+            assert!(
+                matches!(too_long, Err(ReadError::TooLarge(4))),
+                "{too_long:?}"
+            );
+        }
+        let exact = collect_with_timeout(&rt, Pieces::of(&["12", "34"]), idle, 4).await;
         assert_eq!(exact.unwrap(), "1234");
+        let broken = collect_with_timeout(&rt, Pieces::of(&["{"]).failing(), idle, 100).await;
+        assert!(
+            matches!(&broken, Err(ReadError::Broken(m)) if m == "connection reset"),
+            "{broken:?}"
+        );
     }
 
     #[test]
