@@ -372,7 +372,15 @@ impl Writer {
             }
         };
         match self.db.insert_paced(&self.batch, &mut pace) {
-            Ok(()) => self.batch.clear(),
+            Ok(()) => {
+                self.batch.clear();
+                // The batch and the queue trade vectors at every drain: one that grew in a
+                // burst (up to `QUEUE_CAPACITY` records) gives its room back here, so neither
+                // keeps more than a few batches' worth (RSS flat under load; issue 16).
+                if self.batch.capacity() > 4 * MAX_BATCH {
+                    self.batch.shrink_to(MAX_BATCH);
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, records = self.batch.len(), "cannot write usage records; will try again");
                 if self.batch.len() > MAX_PENDING {
@@ -606,9 +614,10 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// With the database locked by someone else, `record` still returns at once: the
-    /// queue fills, the rest is dropped and counted, and what was taken is written once
-    /// the lock is gone.
+    /// With the database locked by someone else, `record` still returns at once: the writer
+    /// takes what the queue holds when it is first woken (at most `QUEUE_CAPACITY`) and then
+    /// waits on the lock, the queue fills, the rest is dropped and counted, and what was
+    /// taken is written once the lock is gone.
     #[test]
     fn a_stuck_writer_never_blocks_the_request_path() {
         let dir = temp_dir("stuck");
@@ -618,7 +627,7 @@ mod tests {
         let blocker = rusqlite::Connection::open(&path).unwrap();
         blocker.execute_batch("BEGIN IMMEDIATE;").unwrap();
         let now = now_ms();
-        let handed = QUEUE_CAPACITY + 2 * MAX_BATCH + 100;
+        let handed = 2 * QUEUE_CAPACITY + 100;
         for i in 0..handed {
             let mut r = record(now, "k", "m", None);
             r.latency_ms = i as u64;
@@ -631,9 +640,16 @@ mod tests {
             .contains("gate_usage_records_dropped_total"));
         blocker.execute_batch("ROLLBACK;").unwrap();
         drop(blocker);
+        log.flush();
+        // The vectors that held the backlog give their room back once it is written.
+        for _ in 0..2 {
+            log.record(record(now, "k", "m", None));
+            log.flush();
+        }
+        assert!(log.shared.lock().records.capacity() <= 4 * MAX_BATCH);
         log.flush_and_close();
         let written = read_all(&dir).len() as u64;
-        assert_eq!(written + dropped, handed as u64);
+        assert_eq!(written + dropped, handed as u64 + 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
