@@ -33,7 +33,7 @@ fuzz_target!(|data: &[u8]| {
     if let (Ok(_), Ok(rewritten)) = (&original_summary, rewrite_model(data, "gate-model")) {
         let summary = request_summary(&rewritten);
         assert_eq!(
-            summary.map(|s| s.model),
+            summary.map(|s| s.model.map(|model| model.to_string())),
             Ok(Some("gate-model".to_owned())),
             "rewritten body must be JSON with the new model"
         );
