@@ -734,6 +734,9 @@ def summarize(results: dict) -> dict:
     def share(x, y):
         return x["rps"] / y["rps"] if y["rps"] else None
 
+    def latency_over(q):
+        return lambda x, y: x["latency_ms"][q] - y["latency_ms"][q]
+
     rows = {}
     for t in results["paths"]:
         row = {}
@@ -755,8 +758,7 @@ def summarize(results: dict) -> dict:
                 row[f"{sc}_p99_ms"] = r["latency_ms"]["p99"]
                 if t != "direct":
                     for q in ("p50", "p99"):
-                        row[f"{sc}_added_{q}_ms"] = paired(
-                            sc, t, "direct", lambda x, y, q=q: x["latency_ms"][q] - y["latency_ms"][q])
+                        row[f"{sc}_added_{q}_ms"] = paired(sc, t, "direct", latency_over(q))
         rss = [get(sc, t).get("rss_max_mb") for sc in ("c50", "c50-stream") if get(sc, t)]
         rss = [v for v in rss if v is not None]
         if rss:
@@ -779,7 +781,7 @@ def summarize(results: dict) -> dict:
         for sc in ("c1", "c1-stream"):
             for q in ("p50", "p99"):
                 rows["gate-policy"][f"{sc}_{q}_over_no_accounting_ms"] = paired(
-                    sc, "gate-policy", "gate-noacct", lambda x, y, q=q: x["latency_ms"][q] - y["latency_ms"][q])
+                    sc, "gate-policy", "gate-noacct", latency_over(q))
     return rows
 
 
